@@ -1,0 +1,310 @@
+"""Datasets and splits: list a dataset's images, then cut a seeded, stratified train/val/test split.
+
+A dataset listing is a DataFrame with the columns ``path`` (an image reference, see
+:mod:`finetune.images`), ``class_name`` and ``official_split`` ("train", "test" or "" when the
+dataset has no official split). A split is the same rows with ``label`` (the index of the class in
+the target's class list) and ``split``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .images import IMAGE_EXTENSIONS, check_image, read_idx
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+SPLIT_COLUMNS = ["path", "label", "class_name", "split"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What the split rule reads from config (``dataset:``)."""
+
+    format: str
+    path: str
+    classes: list | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    max_train_per_class: int | None = None
+    max_val_per_class: int | None = None
+    max_test_per_class: int | None = None
+    seed: int = 0
+    on_bad_image: str = "fail"
+    download_dir: str = "resources/datasets"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SplitSpec":
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+
+# --------------------------------------------------------------------------- listing datasets
+
+def _find_fashion_mnist_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / f"{stem}.gz", directory / stem, directory / "FashionMNIST" / "raw" / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download_fashion_mnist(download_dir: Path) -> Path:
+    """Fall back to torchvision's downloader (needs a network)."""
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(download_dir), train=True, download=True)
+        FashionMNIST(str(download_dir), train=False, download=True)
+    except Exception as exc:  # any network or archive failure
+        raise DataError(
+            f"Fashion-MNIST files not found in {FASHION_MNIST_DEBIAN_DIR} and the download failed ({exc}). "
+            "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once with a "
+            "network so torchvision can download them, or point dataset.path at a folder holding "
+            "train-images-idx3-ubyte.gz and friends."
+        ) from exc
+    return download_dir / "FashionMNIST" / "raw"
+
+
+def fashion_mnist_files(path: str, download_dir: str = "resources/datasets", allow_download: bool = True) -> dict:
+    directory = Path(path)
+    found = {key: _find_fashion_mnist_file(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    if all(found.values()):
+        return found
+    if not allow_download:
+        missing = ", ".join(FASHION_MNIST_FILES[k] for k, v in found.items() if v is None)
+        raise DataError(
+            f"Fashion-MNIST files missing in {directory}: {missing}. "
+            "Install them with `apt-get install dataset-fashion-mnist` or allow a download."
+        )
+    raw = _download_fashion_mnist(Path(download_dir))
+    return {key: _find_fashion_mnist_file(raw, stem) for key, stem in FASHION_MNIST_FILES.items()}
+
+
+def list_fashion_mnist(path: str, download_dir: str = "resources/datasets") -> pd.DataFrame:
+    files = fashion_mnist_files(path, download_dir)
+    frames = []
+    for split in ("train", "test"):
+        images_file, labels_file = files[(split, "images")], files[(split, "labels")]
+        labels = read_idx(str(labels_file))
+        images = read_idx(str(images_file))
+        if labels.ndim != 1 or images.ndim != 3 or len(labels) != len(images):
+            raise DataError(f"{images_file} and {labels_file} disagree: {images.shape} images, {labels.shape} labels")
+        if labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{labels_file} holds label {labels.max()}, Fashion-MNIST has 10 classes")
+        frames.append(pd.DataFrame({
+            "path": [f"{images_file}#{i}" for i in range(len(labels))],
+            "class_name": np.asarray(FASHION_MNIST_CLASSES, dtype=object)[labels],
+            "official_split": split,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def list_image_folder(root: str) -> pd.DataFrame:
+    directory = Path(root)
+    if not directory.is_dir():
+        raise DataError(f"dataset folder does not exist: {directory}")
+    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{directory} holds no class folders: expected {directory}/<class>/<image>")
+    rows, empty = [], []
+    for class_dir in class_dirs:
+        files = sorted(
+            p for p in class_dir.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not files:
+            empty.append(class_dir.name)
+        rows.extend((str(p), class_dir.name) for p in files)
+    if empty:
+        raise DataError(
+            f"class folder(s) with no images in {directory}: {', '.join(empty)} "
+            f"(extensions read: {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    frame = pd.DataFrame(rows, columns=["path", "class_name"])
+    frame["official_split"] = ""
+    return frame
+
+
+def list_csv_manifest(manifest: str) -> pd.DataFrame:
+    file = Path(manifest)
+    if not file.is_file():
+        raise DataError(f"CSV manifest does not exist: {file}")
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot parse CSV manifest {file}: {exc}") from exc
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"CSV manifest {file} lacks column(s) {', '.join(missing)}; it has {', '.join(frame.columns) or 'none'} "
+            "(expected a header line `path,label`)"
+        )
+    if frame.empty:
+        raise DataError(f"CSV manifest {file} lists no images")
+    blank = frame.index[(frame["path"].str.strip() == "") | (frame["label"].str.strip() == "")]
+    if len(blank):
+        raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(i + 2) for i in blank[:10])}")
+    # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole.
+    base = file.parent
+    paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"]]
+    duplicated = pd.Series(paths)[pd.Series(paths).duplicated()].unique()
+    if len(duplicated):
+        raise DataError(f"CSV manifest {file} lists the same image more than once: {', '.join(duplicated[:10])}")
+    missing_files = [p for p in paths if not os.path.exists(p)]
+    if missing_files:
+        more = f" (and {len(missing_files) - 10} more)" if len(missing_files) > 10 else ""
+        raise DataError(f"CSV manifest {file} names image(s) that do not exist: {', '.join(missing_files[:10])}{more}")
+    official = frame["split"].str.strip() if "split" in frame.columns else ""
+    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip(), "official_split": official})
+
+
+def list_dataset(spec: SplitSpec) -> pd.DataFrame:
+    if spec.format == "fashion-mnist":
+        return list_fashion_mnist(spec.path, spec.download_dir)
+    if spec.format == "imagefolder":
+        return list_image_folder(spec.path)
+    if spec.format == "csv":
+        return list_csv_manifest(spec.path)
+    raise DataError(f"unknown dataset format {spec.format!r}: use fashion-mnist, imagefolder or csv")
+
+
+# --------------------------------------------------------------------------- splitting
+
+def select_classes(all_classes: list[str], wanted: list | None) -> list[str]:
+    """Resolve ``dataset.classes`` (names or indices into the sorted class list) to names, in order."""
+    if not wanted:
+        return list(all_classes)
+    chosen = []
+    for item in wanted:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < len(all_classes):
+                raise DataError(f"dataset.classes: index {item} is out of range (the dataset has {len(all_classes)} classes)")
+            name = all_classes[item]
+        else:
+            name = str(item)
+            if name not in all_classes:
+                raise DataError(f"dataset.classes: {name!r} is not a class of the dataset; classes are {all_classes}")
+        if name in chosen:
+            raise DataError(f"dataset.classes names {name!r} twice")
+        chosen.append(name)
+    return chosen
+
+
+def _cap(n: int | None, cap: int | None) -> int:
+    return n if cap is None else min(n, cap)
+
+
+def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec) -> pd.DataFrame:
+    """Seeded, stratified split. Rows with an official test split keep it; the rest is cut per class."""
+    rng = np.random.default_rng(spec.seed)
+    has_official_test = (listing["official_split"] == "test").any()
+    parts = []
+    for label, name in enumerate(class_names):
+        rows = listing[listing["class_name"] == name]
+        pool = rows[rows["official_split"] != "test"] if has_official_test else rows
+        order = rng.permutation(len(pool))
+        pool = pool.iloc[order]
+        n = len(pool)
+        n_test = 0 if has_official_test else int(round(n * spec.test_fraction))
+        n_val = int(round(n * spec.val_fraction))
+        if spec.test_fraction > 0 and not has_official_test:
+            n_test = max(n_test, 1)
+        if spec.val_fraction > 0:
+            n_val = max(n_val, 1)
+        n_train = n - n_test - n_val
+        if n_train < 1:
+            raise DataError(
+                f"class {name!r} has {n} image(s): too few to stratify into train/val/test "
+                f"(needs {n_test} test + {n_val} val + at least 1 train). Add images or lower "
+                "dataset.val_fraction / dataset.test_fraction."
+            )
+        test = pool.iloc[:n_test] if not has_official_test else rows[rows["official_split"] == "test"]
+        if has_official_test and len(test) == 0:
+            raise DataError(f"class {name!r} has no image in the official test split")
+        val = pool.iloc[n_test : n_test + n_val]
+        train = pool.iloc[n_test + n_val :]
+        if has_official_test:
+            test = test.iloc[rng.permutation(len(test))] if spec.max_test_per_class else test
+        for split, frame, cap in (
+            ("train", train, spec.max_train_per_class),
+            ("val", val, spec.max_val_per_class),
+            ("test", test, spec.max_test_per_class),
+        ):
+            chosen = frame.iloc[: _cap(len(frame), cap)]
+            parts.append(pd.DataFrame({"path": chosen["path"].values, "label": label, "class_name": name, "split": split}))
+    out = pd.concat(parts, ignore_index=True)
+    out["split"] = pd.Categorical(out["split"], categories=list(SPLITS), ordered=True)
+    out = out.sort_values(["split", "label"], kind="stable").reset_index(drop=True)
+    out["split"] = out["split"].astype(str)
+    return out[SPLIT_COLUMNS]
+
+
+def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]:
+    """Decode every image once; return ``(path, reason)`` for those that fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        reasons = list(pool.map(check_image, paths))
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
+    """List, check, select and split a dataset. Returns the split and a report dict."""
+    listing = list_dataset(spec)
+    all_classes = sorted(listing["class_name"].unique()) if spec.format != "fashion-mnist" else FASHION_MNIST_CLASSES
+    class_names = select_classes(all_classes, spec.classes)
+    listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
+    bad: list[tuple[str, str]] = []
+    if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read
+        bad = find_bad_images(listing["path"].tolist(), threads)
+        if bad and spec.on_bad_image != "skip":
+            lines = "\n".join(f"  {p}: {r}" for p, r in bad)
+            raise DataError(
+                f"{len(bad)} unreadable image(s) in {spec.path} (set dataset.on_bad_image: skip to leave them out):\n{lines}"
+            )
+        listing = listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
+    split = stratified_split(listing, class_names, spec)
+    counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
+    report = {
+        "dataset": {"format": spec.format, "path": spec.path},
+        "seed": spec.seed,
+        "classes": class_names,
+        "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
+        "skipped_images": [{"path": p, "reason": r} for p, r in bad],
+    }
+    return split, report
+
+
+def read_split(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """Read a split CSV written by the split rule; return it and the class names in label order."""
+    file = Path(path)
+    try:
+        frame = pd.read_csv(file, dtype={"path": str, "label": int, "class_name": str, "split": str}, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read split file {file}: {exc}") from exc
+    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"split file {file} lacks column(s) {', '.join(missing)}")
+    pairs = frame[["label", "class_name"]].drop_duplicates().sort_values("label")
+    if list(pairs["label"]) != list(range(len(pairs))) or pairs["class_name"].duplicated().any():
+        raise DataError(f"split file {file}: labels must be 0..n-1 with one class name each")
+    return frame, pairs["class_name"].tolist()

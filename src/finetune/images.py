@@ -1,0 +1,135 @@
+"""Decoding and preprocessing of images, with PIL and numpy only (no torch).
+
+The same functions serve training, evaluation and the torch-free ``predict`` script, so the
+pixels a deployed ONNX model sees are exactly the pixels it was trained and checked on.
+
+An image reference is either a file path or ``<idx-images-file>#<index>`` for one image inside an
+IDX file (the format Fashion-MNIST ships in).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Images above this many pixels are refused by PIL as a possible decompression bomb; real
+# photographs from modern cameras stay far below it, so raise PIL's default rather than fail.
+Image.MAX_IMAGE_PIXELS = 300_000_000
+
+
+def _open_maybe_gzip(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+@lru_cache(maxsize=8)
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): uint8 images (N, H, W) or labels (N,)."""
+    file = Path(path)
+    try:
+        with _open_maybe_gzip(file) as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {file}: {exc}") from exc
+    if len(raw) < 4:
+        raise DataError(f"{file} is not an IDX file (only {len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise DataError(f"{file} is not a uint8 IDX file of labels or images (header {raw[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DataError(f"{file} is truncated: header promises {expected} values, file holds {len(raw) - offset}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """``'file.gz#12'`` -> ``('file.gz', 12)``; a plain path -> ``(path, None)``."""
+    head, sep, tail = ref.rpartition("#")
+    if sep and tail.isdigit() and head:
+        return head, int(tail)
+    return ref, None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB consistently."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float images: scale the full dynamic range to 0..255 instead of clipping.
+        array = np.asarray(img, dtype=np.float64)
+        high = array.max()
+        scaled = (array / high * 255.0) if high > 0 else array
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparent pixels over black: what a plain convert("RGB") would show anyway,
+        # but without PIL's warning for palette images.
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def load_image(ref: str) -> Image.Image:
+    """Open an image reference as an RGB PIL image; raise DataError naming the file on failure."""
+    path, index = split_ref(ref)
+    if index is not None:
+        images = read_idx(path)
+        if images.ndim != 3 or index >= len(images):
+            raise DataError(f"{ref}: no image {index} in {path} ({len(images)} images)")
+        return Image.fromarray(images[index], mode="L").convert("RGB")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except FileNotFoundError as exc:
+        raise DataError(f"image file not found: {path}") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def check_image(ref: str) -> str | None:
+    """Return None if the reference decodes, else a one-line reason."""
+    path, index = split_ref(ref)
+    if index is None:
+        if not os.path.exists(path):
+            return "file does not exist"
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    try:
+        load_image(ref)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def preprocess(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` (bilinear, antialiased), centre-crop ``crop_size``.
+
+    Returns uint8 (crop_size, crop_size, 3): torchvision's eval transform for classification
+    weights (Resize + CenterCrop), before normalisation.
+    """
+    width, height = img.size
+    scale = resize_size / min(width, height)
+    new_size = (max(crop_size, round(width * scale)), max(crop_size, round(height * scale)))
+    if new_size != img.size:
+        img = img.resize(new_size, Image.Resampling.BILINEAR)
+    left = (new_size[0] - crop_size) // 2
+    top = (new_size[1] - crop_size) // 2
+    img = img.crop((left, top, left + crop_size, top + crop_size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(batch_hwc_uint8: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) normalised with per-channel mean/std."""
+    x = batch_hwc_uint8.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
