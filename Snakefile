@@ -1,0 +1,36 @@
+# finetune: transfer learning as a Snakemake workflow.
+#
+#   split(source) -> pretrain -> weights --+
+#                                          +--> train{experiment,seed} -> evaluate -> summary
+#   split(target) -------------------------+                           -> export_onnx
+#
+# `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
+# done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
+# source model but its output layer, puts a new one sized to the target classes, and trains it.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/weights.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    input:
+        expand(
+            "results/{run}/{file}",
+            run=RUNS,
+            file=["metrics.json", "model.onnx", "onnx_parity.json"],
+        ),
+        "results/summary.csv",
+        "results/summary.md",

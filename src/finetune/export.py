@@ -1,0 +1,109 @@
+"""Export a trained model to ONNX with a dynamic batch axis, embed its metadata, and gate on parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import FinetuneError
+from .fileio import atomic_path
+
+
+class ParityError(FinetuneError):
+    """onnxruntime's logits differ from PyTorch's by more than the tolerance."""
+
+
+def onnx_metadata(checkpoint: dict) -> dict[str, str]:
+    """Everything a consumer needs to use the model, as ONNX ``metadata_props`` (strings)."""
+    prep = checkpoint["preprocessing"]
+    return {
+        "classes": json.dumps(checkpoint["classes"]),
+        "input_size": json.dumps([3, prep["crop_size"], prep["crop_size"]]),
+        "resize_size": str(prep["resize_size"]),
+        "crop_size": str(prep["crop_size"]),
+        "mean": json.dumps(prep["mean"]),
+        "std": json.dumps(prep["std"]),
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "pixel_scale": "1/255 then (x - mean) / std",
+        "arch": checkpoint["arch"],
+        "source_weights_sha256": str(checkpoint.get("weights_sha256")),
+        "finetune_version": __version__,
+    }
+
+
+def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo: bool = True) -> None:
+    import onnx
+    import torch
+
+    size = checkpoint["preprocessing"]["crop_size"]
+    example = torch.zeros(2, 3, size, size)
+    with atomic_path(out_path) as tmp:
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(model, (example,), str(tmp), dynamo=True, opset_version=opset,
+                              input_names=["x"], output_names=["logits"], dynamic_shapes={"x": {0: batch}},
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["x"], output_names=["logits"],
+                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        for key, value in onnx_metadata(checkpoint).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"{checkpoint['arch']} fine-tuned by finetune {__version__}"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+
+
+def read_metadata(onnx_path: str | Path) -> dict:
+    """Read a model's metadata with onnxruntime alone, decoding the JSON-valued entries."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    for key in ("classes", "input_size", "mean", "std"):
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return meta
+
+
+def parity_check(model, onnx_path: Path, inputs: np.ndarray, batch_n: int, tolerance: float) -> dict:
+    """Compare onnxruntime with PyTorch on real inputs at batch 1 and batch ``batch_n``, and top-1 on all."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    batch_n = max(2, min(batch_n, len(inputs)))
+
+    def both(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        return expected, session.run(None, {input_name: x})[0]
+
+    figures = {}
+    for label, x in (("batch_1", inputs[:1]), (f"batch_{batch_n}", inputs[:batch_n])):
+        expected, actual = both(x)
+        if actual.shape != expected.shape:
+            raise ParityError(f"{onnx_path}: onnxruntime output shape {actual.shape} != PyTorch {expected.shape} at {label}")
+        figures[label] = {"batch": len(x), "max_abs_diff": float(np.abs(actual - expected).max())}
+    agree, chunks = 0, 256
+    for start in range(0, len(inputs), chunks):
+        expected, actual = both(inputs[start : start + chunks])
+        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+    worst = max(f["max_abs_diff"] for f in figures.values())
+    report = {
+        "tolerance": tolerance,
+        "max_abs_diff": worst,
+        "checks": figures,
+        "top1_agreement": agree / max(1, len(inputs)),
+        "n_images": int(len(inputs)),
+        "input_shape": [d if isinstance(d, int) else str(d) for d in session.get_inputs()[0].shape],
+        "passed": bool(worst <= tolerance),
+    }
+    return report

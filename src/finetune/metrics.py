@@ -1,0 +1,92 @@
+"""Classification metrics as small pure numpy functions (no torch, no sklearn)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    actual = cm.sum(axis=1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": actual.astype(int)}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE with equal-width confidence bins; also the bins for a reliability plot."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece, bins = 0.0, []
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high) if low > 0 else (confidence >= low) & (confidence <= high)
+        count = int(in_bin.sum())
+        if count:
+            acc, conf = float(correct[in_bin].mean()), float(confidence[in_bin].mean())
+            ece += count / len(labels) * abs(acc - conf)
+        else:
+            acc = conf = float("nan")
+        bins.append({"low": float(low), "high": float(high), "count": count, "accuracy": acc, "confidence": conf})
+    return float(ece), bins
+
+
+def most_confused_pairs(cm: np.ndarray, class_names: list[str], n: int = 5) -> list[dict]:
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    pairs = []
+    for flat in order:
+        true, pred = np.unravel_index(flat, off.shape)
+        if off[true, pred] == 0:
+            break
+        pairs.append({"true": class_names[true], "predicted": class_names[pred], "count": int(off[true, pred])})
+    return pairs
+
+
+def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: list[str], top_k: int = 2) -> dict:
+    probs = softmax(logits.astype(np.float64))
+    preds = probs.argmax(axis=1)
+    n = len(class_names)
+    cm = confusion_matrix(labels, preds, n)
+    scores = per_class_scores(cm)
+    support = scores["support"]
+    ece, bins = expected_calibration_error(labels, probs)
+    return {
+        "n_test": int(len(labels)),
+        "accuracy": float((preds == labels).mean()),
+        f"top{min(top_k, n)}_accuracy": top_k_accuracy(labels, probs, top_k),
+        "macro_f1": float(scores["f1"].mean()),
+        "weighted_f1": float((scores["f1"] * support).sum() / max(1, support.sum())),
+        "ece": ece,
+        "per_class": {
+            name: {"precision": float(scores["precision"][i]), "recall": float(scores["recall"][i]),
+                   "f1": float(scores["f1"][i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "most_confused": most_confused_pairs(cm, class_names),
+        "calibration_bins": bins,
+        "confusion_matrix": cm.tolist(),
+    }

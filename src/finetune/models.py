@@ -1,0 +1,131 @@
+"""Build torchvision classifiers, find and replace their output layer, freeze per strategy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsError
+
+
+def available_architectures() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_architecture(arch: str, num_classes: int) -> nn.Module:
+    """A randomly initialised torchvision classification model with ``num_classes`` outputs."""
+    import torchvision
+
+    names = available_architectures()
+    if arch not in names:
+        raise ConfigError(f"unknown architecture {arch!r}; torchvision classification models are: {', '.join(names)}")
+    kwargs = {"num_classes": num_classes}
+    if arch.startswith("inception") or arch.startswith("googlenet"):
+        kwargs["aux_logits"] = False  # auxiliary heads are a training trick of the original paper
+        kwargs["init_weights"] = True
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def find_output_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Return ``(qualified name, module)`` of the model's output layer.
+
+    The output layer is the last ``nn.Linear`` registered in the model (``fc`` for ResNets,
+    ``classifier.1`` for EfficientNet, ``heads.head`` for ViT ...). SqueezeNet has no Linear: its
+    output layer is the last 1x1 ``nn.Conv2d``.
+    """
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+                last = (name, module)
+    if last is None:
+        raise ConfigError(f"cannot find an output layer (nn.Linear) in {type(model).__name__}")
+    return last
+
+
+def replace_output_layer(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the output layer by a new, randomly initialised one with ``num_classes`` outputs."""
+    name, old = find_output_layer(model)
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    model.set_submodule(name, new)
+    return model
+
+
+def output_layer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(find_output_layer(model)[1].parameters())
+
+
+def load_source_state(model: nn.Module, state_dict: dict, origin: str) -> None:
+    """Load source weights strictly, turning key/shape mismatches into one readable error."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first_lines = "\n".join(str(exc).splitlines()[:6])
+        raise WeightsError(
+            f"weights in {origin} do not fit architecture {type(model).__name__}: {first_lines}"
+        ) from exc
+
+
+def build_target_model(arch: str, num_classes: int, source_state: dict | None, source_num_classes: int | None,
+                       origin: str = "weights") -> nn.Module:
+    """Steps 2-3 of the recipe: copy every source layer, then a new output layer for the target classes.
+
+    ``source_state=None`` gives the same architecture with no pretrained weights (the scratch control).
+    """
+    if source_state is None:
+        return build_architecture(arch, num_classes)
+    model = build_architecture(arch, source_num_classes)
+    load_source_state(model, source_state, origin)
+    return replace_output_layer(model, num_classes)
+
+
+def set_batchnorm_eval(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Freeze BatchNorm's affine parameters (running statistics are frozen by :func:`set_batchnorm_eval`)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The model's top-level children except the output layer, in order: the units `gradual` unfreezes."""
+    head_name = find_output_layer(model)[0]
+    head_root = head_name.split(".")[0]
+    stages = []
+    for name, child in model.named_children():
+        if name == head_root:
+            continue
+        if any(p.numel() for p in child.parameters()):
+            stages.append(child)
+    return stages
+
+
+def strip_output_layer(model: nn.Module) -> nn.Module:
+    """The model with its output layer replaced by identity: the backbone, giving features."""
+    name, _ = find_output_layer(model)
+    model.set_submodule(name, nn.Identity())
+    return model
+
+
+def to_channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,333 @@
+"""One function per workflow stage. Scripts in ``workflow/scripts/`` parse arguments and call these."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import __version__
+from .data import SplitSpec, make_split, read_split
+from .errors import ConfigError, WeightsError
+from .fileio import atomic_path, read_json, sha256_of, write_json, write_text
+from .weights import (copy_local, download, fetch_torchvision, infer_num_classes, library_versions, load_state_dict,
+                      read_manifest, write_manifest)
+
+CHECKPOINT_FORMAT = "finetune-checkpoint/1"
+
+
+# --------------------------------------------------------------------------- split
+
+def split_stage(dataset_cfg: dict, out_csv: Path, out_report: Path, threads: int = 1) -> dict:
+    split, report = make_split(SplitSpec.from_config(dataset_cfg), threads=threads)
+    with atomic_path(out_csv) as tmp:
+        split.to_csv(tmp, index=False, lineterminator="\n")
+    write_json(out_report, report)
+    return report
+
+
+def load_split_tensors(split_csv: Path, prep, threads: int, splits=("train", "val", "test")):
+    """Decode the chosen splits of a split CSV once: {split: Data}, plus the class names."""
+    from .tensors import decode_images
+    from .training import Data
+    import torch
+
+    frame, classes = read_split(split_csv)
+    data = {}
+    for name in splits:
+        rows = frame[frame["split"] == name]
+        data[name] = Data(decode_images(rows["path"].tolist(), prep, threads),
+                          torch.tensor(rows["label"].to_numpy(), dtype=torch.long))
+    return data, classes, frame
+
+
+# --------------------------------------------------------------------------- pretrain (recipe step 1)
+
+def channel_stats(images) -> tuple[list[float], list[float]]:
+    x = images.float() / 255.0
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, out_weights: Path, out_info: Path,
+                   out_history: Path, threads: int, resume_dir: Path | None = None, log: Callable = print) -> dict:
+    """Train ``arch`` from scratch on the source split and publish it like downloaded weights."""
+    import torch
+
+    from .models import build_architecture
+    from .tensors import Preprocessing, decode_images
+    from .training import Data, TrainOptions, fit, options_key, seed_everything
+
+    opts = TrainOptions.from_dict(options)
+    seed_everything(opts.seed, opts.deterministic)
+    raw = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"))
+    mean, std = channel_stats(data["train"].images)
+    prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
+    model = build_architecture(arch, len(classes))
+    resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv)))
+    result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
+                 resume_path=resume, log=log)
+    with atomic_path(out_weights) as tmp:
+        torch.save(result.best_state, tmp)
+    pd.DataFrame(result.history).to_csv(out_history, index=False)
+    info = {
+        "arch": arch, "classes": classes, "preprocessing": prep.to_dict(),
+        "best_epoch": result.best_epoch, "best_val_accuracy": max(r["val_accuracy"] for r in result.history),
+        "train_seconds": round(result.train_seconds, 2), "split": str(split_csv), "split_sha256": sha256_of(split_csv),
+        "options": options, **library_versions(),
+    }
+    write_json(out_info, info)
+    _cleanup_resume(resume)
+    return info
+
+
+# --------------------------------------------------------------------------- weights (acquire)
+
+def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_info: Path | None = None,
+                  pretrained_weights: Path | None = None) -> dict:
+    """Fetch or copy weights from the configured source; write them with their manifest."""
+    source = cfg["source"]
+    timeout = float(cfg.get("timeout_s", 60))
+    if source == "torchvision":
+        meta = fetch_torchvision(cfg["torchvision"], out_weights, mirror=cfg.get("mirror"), sha256=cfg.get("sha256"),
+                                 timeout_s=timeout)
+        arch, classes, prep, digest, origin = meta["arch"], meta["classes"], meta["preprocessing"], meta["sha256"], meta["source"]
+        if cfg.get("arch") and cfg["arch"] != arch:
+            raise ConfigError(f"weights.arch is {cfg['arch']!r} but {cfg['torchvision']} belongs to {arch!r}")
+    elif source in ("url", "path"):
+        if source == "url":
+            if not cfg.get("sha256"):
+                raise ConfigError("weights.sha256 is required with weights.source: url (the download is verified)")
+            digest = download(cfg["url"], out_weights, sha256=cfg["sha256"], timeout_s=timeout)
+            origin = {"kind": "url", "url": cfg["url"]}
+        else:
+            digest = copy_local(cfg["path"], out_weights, sha256=cfg.get("sha256"))
+            origin = {"kind": "path", "path": str(cfg["path"])}
+        arch = cfg.get("arch")
+        if not arch:
+            raise ConfigError(f"weights.arch is required with weights.source: {source}")
+        prep = cfg.get("preprocessing")
+        if not prep:
+            raise ConfigError(f"weights.preprocessing (resize_size, crop_size, mean, std) is required with weights.source: {source}")
+        classes = list(cfg.get("classes") or [])
+    elif source == "pretrain":
+        info = read_json(pretrained_info)
+        digest = copy_local(str(pretrained_weights), out_weights)
+        arch, classes, prep = info["arch"], info["classes"], info["preprocessing"]
+        origin = {"kind": "pretrain", "path": str(pretrained_weights), "split": info["split"],
+                  "split_sha256": info["split_sha256"], "best_val_accuracy": info["best_val_accuracy"]}
+    else:
+        raise ConfigError(f"unknown weights.source {source!r}: use torchvision, url, path or pretrain")
+
+    state = load_state_dict(out_weights)
+    num_classes = infer_num_classes(arch, state, str(out_weights))
+    if classes and len(classes) != num_classes:
+        raise WeightsError(f"{out_weights}: the output layer has {num_classes} classes but {len(classes)} class names were given")
+    # Load once into the architecture so a mismatched file fails here, not in every experiment.
+    from .models import build_architecture, load_source_state
+
+    load_source_state(build_architecture(arch, num_classes), state, str(out_weights))
+    return write_manifest(out_manifest, weights_file=out_weights, arch=arch, num_classes=num_classes,
+                          classes=classes, preprocessing=prep, sha256=digest, source=origin)
+
+
+# --------------------------------------------------------------------------- train
+
+def _resume_file(resume_dir: Path | None, key: str) -> Path | None:
+    return None if resume_dir is None else Path(resume_dir) / f"{key}.pt"
+
+
+def _cleanup_resume(resume: Path | None) -> None:
+    if resume is not None and resume.exists():
+        resume.unlink()
+        try:
+            resume.parent.rmdir()
+        except OSError:
+            pass
+
+
+def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
+                out_info: Path, threads: int, pretrained: bool = True, image_size: int | None = None,
+                resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print) -> dict:
+    """Steps 2-4 of the recipe. ``pretrained=False`` is the control: the same architecture and
+    preprocessing as the weights, randomly initialised."""
+    import torch
+
+    from .models import build_target_model
+    from .tensors import Preprocessing
+    from .training import TrainOptions, fit, options_key, seed_everything
+
+    opts = TrainOptions.from_dict(options)
+    seed_everything(opts.seed, opts.deterministic)
+    manifest = read_manifest(manifest_path, verify_file=pretrained)
+    arch = manifest["arch"]
+    if pretrained:
+        source_state, source_classes, weights_sha = load_state_dict(manifest["path"]), manifest["num_classes"], manifest["sha256"]
+    else:
+        source_state, source_classes, weights_sha = None, None, None
+    prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
+    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"))
+    model = build_target_model(arch, len(classes), source_state, source_classes, origin=str(manifest_path))
+    split_sha = sha256_of(split_csv)
+    key = options_key(arch, options, image_size, split_sha, weights_sha)
+    feature_cache = None
+    if feature_cache_dir is not None and weights_sha is not None:
+        feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict())}.pt"
+    resume = _resume_file(resume_dir, key)
+    result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
+                 resume_path=resume, feature_cache=feature_cache, log=log)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
+        "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
+    }
+    with atomic_path(out_checkpoint) as tmp:
+        torch.save(checkpoint, tmp)
+    with atomic_path(out_history) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    info = {
+        "arch": arch, "strategy": opts.strategy, "pretrained": pretrained, "classes": classes,
+        "best_epoch": result.best_epoch, f"best_{opts.metric}": result.best_metric,
+        "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "trainable_params": result.trainable_params, "total_params": result.total_params,
+        "train_seconds": round(result.train_seconds, 2), "cached_features": result.used_cached_features,
+        "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
+        "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
+        "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),
+        "options": options, "finetune": __version__, "python": platform.python_version(), **library_versions(),
+    }
+    write_json(out_info, info)
+    _cleanup_resume(resume)
+    return info
+
+
+def load_checkpoint(path: Path):
+    """Rebuild the trained model from a train checkpoint: (model in eval mode, checkpoint dict)."""
+    import torch
+
+    from .models import build_architecture
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path} is not a checkpoint written by the train rule")
+    model = build_architecture(checkpoint["arch"], checkpoint["num_classes"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, out_confusion: Path,
+                   out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2) -> dict:
+    import numpy as np
+    import torch
+
+    from .metrics import classification_report, softmax
+    from .tensors import Preprocessing, batched_forward, decode_images
+
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    frame, classes = read_split(split_csv)
+    if classes != checkpoint["classes"]:
+        raise ConfigError(f"{checkpoint_path} was trained on classes {checkpoint['classes']}, {split_csv} has {classes}")
+    prep = Preprocessing.from_dict(checkpoint["preprocessing"])
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    started = time.perf_counter()
+    images = decode_images(test["path"].tolist(), prep, threads)
+    logits = batched_forward(model, images, prep, torch.device("cpu"), batch_size=batch_size).numpy()
+    labels = test["label"].to_numpy()
+    report = classification_report(labels, logits, classes, top_k=top_k)
+    report["classes"] = classes
+    report["eval_seconds"] = round(time.perf_counter() - started, 2)
+    cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
+    cm.index.name = "true\\predicted"
+    with atomic_path(out_confusion) as tmp:
+        cm.to_csv(tmp)
+    probs = softmax(logits.astype(np.float64))
+    predictions = pd.DataFrame({
+        "path": test["path"], "label": test["class_name"],
+        "predicted": [classes[i] for i in probs.argmax(1)], "probability": probs.max(1).round(6),
+    })
+    with atomic_path(out_predictions) as tmp:
+        predictions.to_csv(tmp, index=False)
+    write_json(out_metrics, report)
+    return report
+
+
+# --------------------------------------------------------------------------- export
+
+def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_parity: Path, tolerance: float,
+                 parity_batch: int, threads: int, dynamo: bool = True, opset: int = 18, log: Callable = print) -> dict:
+    import numpy as np
+
+    from .export import ParityError, export_onnx, parity_check
+    from .images import normalize
+    from .tensors import Preprocessing, decode_images
+
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    prep = Preprocessing.from_dict(checkpoint["preprocessing"])
+    frame, _ = read_split(split_csv)
+    test = frame[frame["split"] == "test"]
+    # The parity inputs go through the deployment path: uint8 pixels normalised with numpy.
+    pixels = decode_images(test["path"].tolist(), prep, threads).permute(0, 2, 3, 1).numpy()
+    inputs = normalize(pixels, prep.mean, prep.std)
+    started = time.perf_counter()
+    export_onnx(model, checkpoint, out_onnx, opset=opset, dynamo=dynamo)
+    export_seconds = time.perf_counter() - started
+    report = parity_check(model, out_onnx, inputs.astype(np.float32), parity_batch, tolerance)
+    report["export_seconds"] = round(export_seconds, 2)
+    report["exporter"] = "dynamo" if dynamo else "torchscript"
+    log(json.dumps(report, indent=2))
+    if not report["passed"]:
+        raise ParityError(
+            f"ONNX parity failed for {out_onnx}: max |onnxruntime - PyTorch| = {report['max_abs_diff']:.3g} "
+            f"> tolerance {tolerance:g} (figures above)"
+        )
+    write_json(out_parity, report)
+    return report
+
+
+# --------------------------------------------------------------------------- summary
+
+def summary_stage(runs: list[dict], out_csv: Path, out_md: Path) -> pd.DataFrame:
+    """One row per experiment (mean and std over seeds) from each run's train_info and metrics.
+
+    ``runs``: dicts with keys experiment, seed, info (path), metrics (path), weights_source.
+    """
+    rows = []
+    for run in runs:
+        info, metrics = read_json(run["info"]), read_json(run["metrics"])
+        rows.append({
+            "experiment": run["experiment"], "seed": run["seed"], "strategy": info["strategy"],
+            "pretrained": info["pretrained"], "weights_source": run["weights_source"] if info["pretrained"] else "none",
+            "trainable_params": info["trainable_params"], "epochs": info["epochs_run"],
+            "train_seconds": info["train_seconds"], "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        })
+    per_run = pd.DataFrame(rows)
+    keys = ["experiment", "strategy", "pretrained", "weights_source", "trainable_params"]
+    grouped = per_run.groupby(keys, sort=False)
+    table = grouped.agg(
+        seeds=("seed", "count"), epochs=("epochs", "mean"), train_seconds=("train_seconds", "mean"),
+        test_accuracy=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"),
+        macro_f1=("macro_f1", "mean"), macro_f1_std=("macro_f1", "std"),
+    ).reset_index()
+    table = table.fillna({"test_accuracy_std": 0.0, "macro_f1_std": 0.0})
+    table = table.sort_values("test_accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    with atomic_path(out_csv) as tmp:
+        table.round(4).to_csv(tmp, index=False)
+    lines = [
+        "| experiment | strategy | weights | trainable params | seeds | epochs | train s | test accuracy | macro F1 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.experiment} | {r.strategy} | {r.weights_source} | {r.trainable_params:,} | {r.seeds} | {r.epochs:g} | "
+            f"{r.train_seconds:.1f} | {r.test_accuracy:.4f} ± {r.test_accuracy_std:.4f} | {r.macro_f1:.4f} ± {r.macro_f1_std:.4f} |"
+        )
+    write_text(out_md, "\n".join(lines) + "\n")
+    return table

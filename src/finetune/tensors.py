@@ -1,0 +1,71 @@
+"""Decode a split's images once into a uint8 tensor, normalise on the fly, run a model in batches.
+
+Decoding once (instead of PIL + transforms in every epoch, as the classic tutorial loop does) is
+where most of the CPU time of small-image training goes; after that an epoch is pure tensor work.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .images import load_image, preprocess
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict, image_size: int | None = None) -> "Preprocessing":
+        """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it."""
+        resize, crop = int(d["resize_size"]), int(d["crop_size"])
+        if image_size and image_size != crop:
+            resize, crop = int(round(image_size * resize / crop)), int(image_size)
+        return cls(resize, crop, tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+    def to_dict(self) -> dict:
+        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": "bilinear", "channels": "RGB"}
+
+
+def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:
+    """Decode and preprocess every image once: uint8 tensor (N, 3, crop, crop)."""
+    def one(ref: str) -> np.ndarray:
+        return preprocess(load_image(ref), prep.resize_size, prep.crop_size)
+
+    out = np.empty((len(refs), prep.crop_size, prep.crop_size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for i, array in enumerate(pool.map(one, refs, chunksize=64)):
+            out[i] = array
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(x_uint8: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 (N, 3, H, W) on any device -> normalised float32, same arithmetic as images.normalize."""
+    mean = torch.tensor(prep.mean, device=x_uint8.device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, device=x_uint8.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def batched_forward(model: torch.nn.Module, images: torch.Tensor, prep: Preprocessing | None, device: torch.device,
+                    batch_size: int = 256, channels_last: bool = False) -> torch.Tensor:
+    """Run ``model`` over uint8 images (normalised with ``prep``) or ready features (``prep=None``)."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        if prep is not None:
+            x = normalize(x, prep)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        outputs.append(model(x).float().cpu())
+    if not outputs:
+        return torch.empty(0)
+    return torch.cat(outputs)

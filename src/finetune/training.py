@@ -1,0 +1,487 @@
+"""The training loop: strategies, optimisation, cached features, resume after a kill.
+
+One readable function, :func:`fit`, in the spirit of torchvision's reference ``train.py``:
+everything it does is spelled out by :class:`TrainOptions`.
+
+Strategies
+- ``finetune``: everything trains (optionally the backbone at ``lr * backbone_lr_factor``).
+- ``feature_extract``: only the new output layer trains; the backbone stays in eval mode, so
+  BatchNorm running statistics do not drift. With no augmentation its features are computed once
+  and cached, and the head trains on the cached tensors.
+- ``gradual``: head only for ``unfreeze_epoch`` epochs, then the last ``unfreeze_stages`` stages
+  (all when unset) train too at ``lr * backbone_lr_factor``. Every optimizer parameter group exists
+  from the start (frozen ones at lr 0), so a run resumed mid-schedule is the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, TrainingError
+from .fileio import atomic_path
+from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
+                     strip_output_layer)
+from .tensors import Preprocessing, batched_forward, normalize
+
+STRATEGIES = ("finetune", "feature_extract", "gradual")
+
+
+@dataclass
+class TrainOptions:
+    strategy: str = "finetune"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"            # adamw | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9               # sgd only
+    weight_decay: float = 1e-4          # never applied to norm layers and biases
+    backbone_lr_factor: float = 1.0     # finetune / gradual: backbone lr = lr * factor
+    unfreeze_epoch: int = 1             # gradual: epochs of head-only training
+    unfreeze_stages: int | None = None  # gradual: how many last stages to unfreeze (None: all)
+    bn: str = "auto"                    # auto (frozen for feature_extract, else train) | frozen | train
+    schedule: str = "cosine"            # cosine | onecycle | constant
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int | None = None
+    metric: str = "val_accuracy"        # val_accuracy | val_loss
+    class_weighting: str = "none"       # none | loss | sampler
+    augment: bool = False               # random resized crop + horizontal flip
+    cache_features: bool = True         # feature_extract without augmentation: one backbone pass
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"                # auto | cpu | cuda
+    amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "TrainOptions":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        opts = cls(**cfg)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, not {self.strategy!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, not {self.lr}"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, not {self.optimizer!r}"),
+            (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
+            (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
+            (self.metric in ("val_accuracy", "val_loss"), f"metric must be val_accuracy or val_loss, not {self.metric!r}"),
+            (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
+            (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"train: {message}")
+
+    @property
+    def bn_frozen(self) -> bool:
+        return self.bn == "frozen" or (self.bn == "auto" and self.strategy == "feature_extract")
+
+    @property
+    def uses_cached_features(self) -> bool:
+        return self.strategy == "feature_extract" and self.cache_features and not self.augment
+
+
+@dataclass
+class Data:
+    """A split decoded to tensors: uint8 images (N, 3, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+# --------------------------------------------------------------------------- small pure helpers
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimisation ``step`` (0-based)."""
+    if schedule == "onecycle":
+        # torch's OneCycleLR shape: 30% warm-up from lr/25, cosine down to lr/25e4.
+        peak = max(1, int(0.3 * total_steps))
+        if step < peak:
+            return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * step / peak)) / 2
+        progress = (step - peak) / max(1, total_steps - peak)
+        return 1 / 25e4 + (1 - 1 / 25e4) * (1 + math.cos(math.pi * progress)) / 2
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised so a balanced dataset gets all ones."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
+    return len(labels) / (num_classes * counts)
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm-layer parameters (all 1-D tensors) get no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def options_key(*parts) -> str:
+    """A short stable hash of JSON-able parts: names resume state and feature caches."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda, but no CUDA device is available (set it to auto or cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random resized crop (scale 0.35-1, ratio 3/4-4/3) and horizontal flip, per image, on uint8."""
+    from torchvision.transforms.v2 import functional as F
+
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(n):
+        area = h * w * (0.35 + 0.65 * torch.rand(1).item())
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(1).item())
+        ch = min(h, max(1, int(round(math.sqrt(area / ratio)))))
+        cw = min(w, max(1, int(round(math.sqrt(area * ratio)))))
+        top = int(torch.randint(0, h - ch + 1, (1,)).item())
+        left = int(torch.randint(0, w - cw + 1, (1,)).item())
+        img = F.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
+        if torch.rand(1).item() < 0.5:
+            img = F.horizontal_flip(img)
+        out[i] = img
+    return out
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived: Slurm's warning before a walltime kill, or Ctrl-C."""
+
+
+class _SignalGuard:
+    """Turn SIGTERM/SIGINT into StopRequested at the next batch boundary."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def check(self):
+        if self.signum is not None:
+            raise StopRequested(signal.Signals(self.signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class FitResult:
+    best_state: dict
+    best_epoch: int
+    best_metric: float
+    history: list[dict]
+    trainable_params: int
+    total_params: int
+    train_seconds: float
+    used_cached_features: bool
+    stopped_early: bool
+
+
+def _param_groups(model: nn.Module, opts: TrainOptions) -> list[dict]:
+    """Head and backbone groups, each split by weight decay. Backbone groups start at lr 0 if frozen."""
+    head_name = find_output_layer(model)[0]
+    groups = {("head", True): [], ("head", False): [], ("backbone", True): [], ("backbone", False): []}
+    for name, param in model.named_parameters():
+        part = "head" if name.startswith(head_name + ".") else "backbone"
+        groups[(part, not is_no_decay(name, param))].append(param)
+    if opts.strategy == "feature_extract":
+        groups[("backbone", True)], groups[("backbone", False)] = [], []
+    result = []
+    for (part, decay), params in groups.items():
+        if params:
+            result.append({"params": params, "part": part, "weight_decay": opts.weight_decay if decay else 0.0,
+                           "lr": opts.lr, "lr_scale": 1.0})
+    return result
+
+
+def _apply_freezing(model: nn.Module, groups: list[dict], opts: TrainOptions, epoch: int,
+                    stages: list[nn.Module]) -> list[nn.Module]:
+    """Set requires_grad and lr scales for ``epoch``; return the modules that must stay in eval mode."""
+    head_params = {id(p) for p in find_output_layer(model)[1].parameters()}
+    if opts.strategy == "feature_extract" or (opts.strategy == "gradual" and epoch < opts.unfreeze_epoch):
+        trainable_stages: list[nn.Module] = []
+    elif opts.strategy == "gradual" and opts.unfreeze_stages:
+        trainable_stages = stages[-opts.unfreeze_stages:]
+    else:
+        trainable_stages = stages
+    trainable_ids = {id(p) for stage in trainable_stages for p in stage.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head_params or id(p) in trainable_ids)
+    if opts.bn_frozen:
+        freeze_batchnorm(model)
+    for group in groups:
+        if group["part"] == "backbone":
+            group["lr_scale"] = opts.backbone_lr_factor if trainable_stages else 0.0
+    return [stage for stage in stages if stage not in trainable_stages]
+
+
+def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+              criterion: nn.Module) -> tuple[float, float]:
+    logits = forward(inputs)
+    loss = criterion(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
+
+def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
+        num_classes: int, threads: int = 1, resume_path: Path | None = None, feature_cache: Path | None = None,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train ``model`` (output layer already sized to ``num_classes``) and return its best state."""
+    device = choose_device(opts.device)
+    use_amp = opts.amp != "off" and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if opts.amp == "bf16" else torch.float16
+    channels_last = opts.channels_last and device.type == "cuda"
+    cached = opts.uses_cached_features
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    stages = backbone_stages(model)
+    groups = _param_groups(model, opts)
+    if opts.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=opts.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    weights = class_weights(train.labels, num_classes).to(device) if opts.class_weighting == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing)
+    eval_criterion = nn.CrossEntropyLoss()
+    sampling_weights = class_weights(train.labels, num_classes)[train.labels] if opts.class_weighting == "sampler" else None
+
+    head = find_output_layer(model)[1]
+    if cached:
+        # One backbone pass per split instead of one per epoch; the head then trains on tensors.
+        train_inputs, val_inputs = _cached_features(model, train, val, prep, device, feature_cache, log)
+        train_forward = head
+        eval_forward = lambda x: batched_forward(head, x, None, device, batch_size=1024)  # noqa: E731
+    else:
+        train_inputs, val_inputs = train.images, val.images
+        train_forward = model
+        eval_forward = lambda x: batched_forward(model, x, prep, device, channels_last=channels_last)  # noqa: E731
+    if opts.compile and not cached:
+        train_forward = torch.compile(model)
+
+    steps_per_epoch = math.ceil(len(train.labels) / opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    warmup_steps = int(round(opts.warmup_epochs * steps_per_epoch))
+    shuffle = torch.Generator().manual_seed(opts.seed)
+    maximize = opts.metric == "val_accuracy"
+
+    start_epoch, history = 0, []
+    best = {"state": copy.deepcopy(model.state_dict()), "metric": -math.inf if maximize else math.inf, "epoch": -1}
+    since_best = 0
+    if resume_path is not None and resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        shuffle.set_state(state["shuffle"])
+        set_rng_state(state["rng"])
+        start_epoch, history, best, since_best = state["epoch"] + 1, state["history"], state["best"], state["since_best"]
+        log(f"resuming from {resume_path}: epoch {start_epoch + 1} of {opts.epochs}")
+
+    trainable, total = 0, sum(p.numel() for p in model.parameters())
+    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+    stopped_early = False
+    with _SignalGuard() as guard:
+        for epoch in range(start_epoch, opts.epochs):
+            eval_modules = _apply_freezing(model, groups, opts, epoch, stages)
+            trainable, total = count_parameters(model)
+            if epoch == start_epoch:
+                log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, bn {'frozen' if opts.bn_frozen else 'train'})")
+            model.train()
+            for module in eval_modules:
+                module.eval()
+            if opts.bn_frozen:
+                set_batchnorm_eval(model)
+
+            if sampling_weights is not None:
+                order = torch.multinomial(sampling_weights, len(sampling_weights), replacement=True, generator=shuffle)
+            else:
+                order = torch.randperm(len(train.labels), generator=shuffle)
+            epoch_start = time.perf_counter()
+            seen, loss_sum, correct = 0, 0.0, 0
+            for step_in_epoch, start in enumerate(range(0, len(order), opts.batch_size)):
+                guard.check()
+                step = epoch * steps_per_epoch + step_in_epoch
+                factor = lr_factor(step, total_steps, warmup_steps, opts.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = opts.lr * group["lr_scale"] * factor
+                index = order[start : start + opts.batch_size]
+                x = train_inputs[index]
+                y = train.labels[index].to(device, non_blocking=True)
+                if not cached:
+                    if opts.augment:
+                        x = augment_batch(x)
+                    x = normalize(x.to(device, non_blocking=True), prep)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                else:
+                    x = x.to(device, non_blocking=True)
+                try:
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        logits = train_forward(x)
+                        loss = criterion(logits.float(), y)
+                except torch.OutOfMemoryError as exc:
+                    raise TrainingError(
+                        f"out of memory on {device} at batch size {opts.batch_size}: lower train.batch_size "
+                        f"(e.g. {max(1, opts.batch_size // 2)}) or image_size"
+                    ) from exc
+                if not torch.isfinite(loss):
+                    where = f"saved at epoch {len(history)} in {resume_path}" if history and resume_path else "none saved yet"
+                    raise TrainingError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training diverged "
+                        f"(lower train.lr, now {opts.lr:g}); last good state: {where}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                seen += len(index)
+                loss_sum += loss.item() * len(index)
+                correct += (logits.argmax(1) == y).sum().item()
+                if sys.stderr.isatty():
+                    print(f"\r  epoch {epoch + 1} {seen}/{len(order)}", end="", file=sys.stderr, flush=True)
+            if sys.stderr.isatty():
+                print("\r", end="", file=sys.stderr)
+            epoch_seconds = time.perf_counter() - epoch_start
+            model.eval()
+            val_loss, val_accuracy = _evaluate(eval_forward, val_inputs, val.labels, eval_criterion)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(1, seen),
+                "train_accuracy": correct / max(1, seen),
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "img_per_s": seen / max(epoch_seconds, 1e-9),
+                "elapsed_s": time.perf_counter() - started,
+                "trainable_params": trainable,
+            }
+            history.append(row)
+            log(
+                f"epoch {row['epoch']}/{opts.epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
+                f"val_loss {val_loss:.4f} val_acc {val_accuracy:.4f} lr {row['lr']:.2e} "
+                f"img/s {row['img_per_s']:.1f} elapsed {row['elapsed_s']:.1f}s"
+            )
+            value = val_accuracy if maximize else val_loss
+            if (value > best["metric"]) if maximize else (value < best["metric"]):
+                best = {"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                        "metric": value, "epoch": epoch + 1}
+                since_best = 0
+            else:
+                since_best += 1
+            if resume_path is not None:
+                _save_resume(resume_path, {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "shuffle": shuffle.get_state(), "rng": rng_state(),
+                    "history": history, "best": best, "since_best": since_best,
+                })
+            if opts.early_stopping_patience is not None and since_best >= opts.early_stopping_patience:
+                log(f"early stopping: {opts.metric} did not improve for {since_best} epoch(s); best epoch {best['epoch']}")
+                stopped_early = True
+                break
+
+    return FitResult(
+        best_state=best["state"], best_epoch=best["epoch"], best_metric=best["metric"], history=history,
+        trainable_params=trainable, total_params=total, train_seconds=time.perf_counter() - started,
+        used_cached_features=cached, stopped_early=stopped_early,
+    )
+
+
+def _save_resume(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessing, device: torch.device,
+                     cache_file: Path | None, log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    if cache_file is not None and cache_file.exists():
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if cached["train"].shape[0] == len(train.labels) and cached["val"].shape[0] == len(val.labels):
+            log(f"backbone features read from cache {cache_file}")
+            return cached["train"], cached["val"]
+    backbone = strip_output_layer(copy.deepcopy(model)).eval()
+    started = time.perf_counter()
+    features = {
+        "train": batched_forward(backbone, train.images, prep, device),
+        "val": batched_forward(backbone, val.images, prep, device),
+    }
+    seconds = time.perf_counter() - started
+    log(f"backbone features computed once: {len(train.labels) + len(val.labels)} images in {seconds:.1f}s")
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp:
+            torch.save(features, tmp)
+    return features["train"], features["val"]

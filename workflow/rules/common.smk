@@ -1,0 +1,62 @@
+# Shared by every rule: config validation, paths, and the per-rule slices of the config.
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir)
+SCRIPTS = REPO / "workflow" / "scripts"
+# The same interpreter that runs Snakemake runs the scripts (also inside cluster jobs).
+PYTHON = sys.executable
+# Scripts import the `finetune` package from src/, here and in jobs submitted to a cluster.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)
+
+# Experiments override `train`, so they must not get the schema's defaults filled in: validate
+# them as written, and let `train` supply every key an experiment leaves out.
+_experiments_as_written = copy.deepcopy(config.get("experiments"))
+validate(config, "../schemas/config.schema.yaml")
+if _experiments_as_written is not None:
+    config["experiments"] = _experiments_as_written
+
+EXPERIMENTS = config["experiments"]
+SEEDS = config["seeds"]
+RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
+
+# Settings of an experiment that are not options of the training loop.
+NOT_LOOP_OPTIONS = ("pretrained", "image_size")
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS) or "NONE",
+    seed=r"\d+",
+    dataset="target|source",
+
+
+def script(name):
+    """Scripts are rule inputs too, so editing one reruns exactly the jobs that use it."""
+    return str(SCRIPTS / f"{name}.py")
+
+
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def experiment_config(experiment):
+    return {**config["train"], **EXPERIMENTS[experiment]}
+
+
+def loop_options(train_config):
+    return {k: v for k, v in train_config.items() if k not in NOT_LOOP_OPTIONS}
+
+
+def train_options(experiment, seed):
+    """The training loop's options for one run: `train`, overridden by the experiment, plus the seed."""
+    return loop_options(experiment_config(experiment)) | {"seed": int(seed)}
+
+
+def uses_gpu(experiment):
+    return experiment_config(experiment)["device"] == "cuda"

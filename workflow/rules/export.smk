@@ -1,0 +1,29 @@
+# ONNX with a dynamic batch axis and its metadata; the job fails unless onnxruntime matches PyTorch.
+
+
+rule export_onnx:
+    input:
+        script=script("export_onnx"),
+        checkpoint=rules.train.output.checkpoint,
+        split="resources/splits/target.csv",
+    output:
+        onnx="results/{experiment}/seed{seed}/model.onnx",
+        parity="results/{experiment}/seed{seed}/onnx_parity.json",
+    params:
+        tolerance=config["export"]["tolerance"],
+        parity_batch=config["export"]["parity_batch"],
+        exporter=config["export"]["exporter"],
+        opset=config["export"]["opset"],
+    log:
+        "results/logs/export_onnx/{experiment}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/export_onnx/{experiment}/seed{seed}.tsv"
+    threads: config["threads"]["data"]
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
+        "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
+        "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# Seeded, stratified train/val/test split of the target dataset (and of the source dataset for `pretrain`).
+
+
+def dataset_config(dataset):
+    return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
+
+
+rule split:
+    input:
+        script=script("split"),
+    output:
+        csv="resources/splits/{dataset}.csv",
+        report="resources/splits/{dataset}.report.json",
+    params:
+        dataset=lambda w: as_json(dataset_config(w.dataset)),
+    log:
+        "results/logs/split/{dataset}.log",
+    benchmark:
+        "results/benchmarks/split/{dataset}.tsv"
+    threads: config["threads"]["data"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "{PYTHON} {input.script} --dataset {params.dataset:q} --out {output.csv} "
+        "--report {output.report} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,40 @@
+# Recipe steps 2-4: copy the source model but its output layer, put a new output layer sized to the
+# target classes, train (head only, everything, or gradually). One job per experiment and seed.
+
+
+rule train:
+    input:
+        script=script("train"),
+        split="resources/splits/target.csv",
+        manifest=rules.weights.output.manifest,
+        weights=rules.weights.output.weights,
+    output:
+        checkpoint="results/{experiment}/seed{seed}/model.pt",
+        history="results/{experiment}/seed{seed}/history.csv",
+        info="results/{experiment}/seed{seed}/train_info.json",
+    params:
+        options=lambda w: as_json(train_options(w.experiment, w.seed)),
+        scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
+        image_size=lambda w: (
+            f"--image-size {experiment_config(w.experiment)['image_size']}"
+            if experiment_config(w.experiment)["image_size"]
+            else ""
+        ),
+        # Resume state lives outside the outputs (Snakemake deletes a failed job's outputs).
+        resume_dir=lambda w: f"resources/resume/{w.experiment}/seed{w.seed}",
+        feature_cache_dir="resources/features",
+    log:
+        "results/logs/train/{experiment}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/seed{seed}.tsv"
+    threads: config["threads"]["train"]
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
+    shell:
+        "{PYTHON} {input.script} --split {input.split} --manifest {input.manifest} "
+        "--options {params.options:q} {params.scratch} {params.image_size} "
+        "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
+        "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "
+        "--threads {threads} > {log} 2>&1"

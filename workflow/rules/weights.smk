@@ -1,0 +1,68 @@
+# Pretrained weights and their manifest. With `weights.source: pretrain`, recipe step 1 runs here:
+# the source architecture is trained from scratch on the source classes, then published exactly
+# like downloaded weights.
+
+
+localrules:
+    weights,  # downloads need the internet, which cluster compute nodes often lack
+
+
+rule pretrain:
+    input:
+        script=script("pretrain"),
+        split="resources/splits/source.csv",
+    output:
+        weights="resources/pretrain/model.pth",
+        info="resources/pretrain/info.json",
+        history="resources/pretrain/history.csv",
+    params:
+        arch=config["weights"]["arch"],
+        image_size=config["pretrain"]["image_size"],
+        options=as_json(loop_options(config["pretrain"]["train"])),
+        resume_dir="resources/resume/pretrain",
+    log:
+        "results/logs/pretrain.log",
+    benchmark:
+        "results/benchmarks/pretrain.tsv"
+    threads: config["threads"]["train"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "{PYTHON} {input.script} --split {input.split} --arch {params.arch} --image-size {params.image_size} "
+        "--options {params.options:q} --out-weights {output.weights} --out-info {output.info} "
+        "--out-history {output.history} --resume-dir {params.resume_dir} --threads {threads} > {log} 2>&1"
+
+
+def weights_inputs(wildcards):
+    inputs = {"script": script("weights")}
+    if config["weights"]["source"] == "pretrain":
+        inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
+    return inputs
+
+
+def pretrained_args(wildcards, input):
+    if config["weights"]["source"] != "pretrain":
+        return ""
+    return f"--pretrained-weights {input.pretrained_weights} --pretrained-info {input.pretrained_info}"
+
+
+rule weights:
+    input:
+        unpack(weights_inputs),
+    output:
+        weights="resources/weights/weights.pth",
+        manifest="resources/weights/manifest.json",
+    params:
+        weights=as_json(config["weights"]),
+        pretrained=pretrained_args,
+    log:
+        "results/logs/weights.log",
+    benchmark:
+        "results/benchmarks/weights.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "{PYTHON} {input.script} --weights {params.weights:q} --out-weights {output.weights} "
+        "--out-manifest {output.manifest} {params.pretrained} > {log} 2>&1"

@@ -1,0 +1,30 @@
+"""Export the fine-tuned model to ONNX and check onnxruntime against PyTorch (rule `export_onnx`)."""
+
+import argparse
+from pathlib import Path
+
+from finetune.cli import run, set_torch_threads
+from finetune.stages import export_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="parity is checked on the test split's images")
+    parser.add_argument("--out-onnx", type=Path, required=True)
+    parser.add_argument("--out-parity", type=Path, required=True)
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--parity-batch", type=int, default=16)
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    threads = set_torch_threads(args.threads)
+    report = export_stage(args.checkpoint, args.split, args.out_onnx, args.out_parity, args.tolerance,
+                          args.parity_batch, threads, dynamo=args.exporter == "dynamo", opset=args.opset)
+    print(f"parity passed: max |diff| {report['max_abs_diff']:.2e} <= {args.tolerance:g}; "
+          f"top-1 agreement {report['top1_agreement']:.4f} on {report['n_images']} images")
+
+
+if __name__ == "__main__":
+    run(main)

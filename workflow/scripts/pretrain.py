@@ -1,0 +1,29 @@
+"""Recipe step 1 offline: pretrain the source architecture from scratch on the source split (rule `pretrain`)."""
+
+import argparse
+from pathlib import Path
+
+from finetune.cli import json_arg, run, set_torch_threads
+from finetune.stages import pretrain_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--options", type=json_arg, required=True, help="training options (JSON)")
+    parser.add_argument("--out-weights", type=Path, required=True)
+    parser.add_argument("--out-info", type=Path, required=True)
+    parser.add_argument("--out-history", type=Path, required=True)
+    parser.add_argument("--resume-dir", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    threads = set_torch_threads(args.threads)
+    info = pretrain_stage(args.split, args.arch, args.image_size, args.options, args.out_weights, args.out_info,
+                          args.out_history, threads, resume_dir=args.resume_dir)
+    print(f"source model {info['arch']} on {len(info['classes'])} classes: best val accuracy {info['best_val_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,25 @@
+"""Write a seeded, stratified train/val/test split of a dataset as CSV (rule `split`)."""
+
+import argparse
+from pathlib import Path
+
+from finetune.cli import json_arg, run
+from finetune.stages import split_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", type=json_arg, required=True, help="the dataset config (JSON)")
+    parser.add_argument("--out", type=Path, required=True, help="split CSV: path,label,class_name,split")
+    parser.add_argument("--report", type=Path, required=True, help="JSON: counts per class and split, skipped images")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    report = split_stage(args.dataset, args.out, args.report, threads=args.threads)
+    for name, counts in report["counts"].items():
+        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report["skipped_images"]:
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s): see {args.report}")
+
+
+if __name__ == "__main__":
+    run(main)

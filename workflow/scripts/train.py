@@ -1,0 +1,32 @@
+"""Fine-tune: copy the source model, put a new output layer for the target classes, train (rule `train`)."""
+
+import argparse
+from pathlib import Path
+
+from finetune.cli import json_arg, run, set_torch_threads
+from finetune.stages import train_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--options", type=json_arg, required=True, help="training options (JSON)")
+    parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--out-checkpoint", type=Path, required=True)
+    parser.add_argument("--out-history", type=Path, required=True)
+    parser.add_argument("--out-info", type=Path, required=True)
+    parser.add_argument("--resume-dir", type=Path, help="resume state lives here, outside the rule's outputs")
+    parser.add_argument("--feature-cache-dir", type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    threads = set_torch_threads(args.threads)
+    info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history, args.out_info,
+                       threads, pretrained=not args.scratch, image_size=args.image_size, resume_dir=args.resume_dir,
+                       feature_cache_dir=args.feature_cache_dir)
+    print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
+
+
+if __name__ == "__main__":
+    run(main)
