@@ -1,0 +1,50 @@
+# Two commands for a fresh machine (README): `make demo` and `make test`.
+# Both create the same environment first: a venv with the pinned packages, and Debian's
+# Fashion-MNIST package where it is missing and can be installed.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CORES ?= 4
+PYTEST_ARGS ?=
+
+.PHONY: env dataset demo test test-fast bench dag clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# Fashion-MNIST from Debian (31 MB); elsewhere the split rule falls back to torchvision's downloader.
+dataset:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "note: /usr/share/datasets/fashion-mnist is missing; the pipeline will try torchvision's download"; \
+	fi
+
+env: $(STAMP) dataset
+
+demo: env
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: env
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: env
+	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+dag: env
+	$(VENV)/bin/snakemake --rulegraph mermaid-js
+
+clean:
+	rm -rf results/* resources .snakemake
+	touch results/.gitkeep

@@ -1,0 +1,34 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import FASHION_MNIST, run_snakemake, tiny_config
+
+# Tests run torch in several processes at once (Snakemake jobs): keep each one to few threads.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not Path(FASHION_MNIST).is_dir():
+        skip = pytest.mark.skip(reason=f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist")
+        for item in items:
+            if "fashion_mnist" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny real config run once through the real `snakemake`; tests read (never modify) its outputs."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    run_snakemake(workdir, tiny_config(workdir))
+    return workdir
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run (mtimes kept), for tests that change or break things."""
+    destination = tmp_path / "run"
+    shutil.copytree(tiny_run, destination, symlinks=True)
+    return destination
