@@ -42,8 +42,8 @@ for port in "$CTLD_PORT" "$SLURMD_PORT"; do
     fi
 done
 
-H=$(hostname -s)
-MEM=$(( $(free -m | awk '/^Mem:/{print $2}') * 9 / 10 ))
+H=$(hostname -s 2>/dev/null || uname -n | cut -d. -f1)
+MEM=$(( $(awk '/^MemTotal:/{print $2}' /proc/meminfo) / 1024 * 9 / 10 ))  # MB (no procps on minimal images)
 # CPUs/Boards/Sockets/Cores/Threads exactly as slurmd detects them; RealMemory lowered to 90%.
 NODEHW=$(slurmd -C | head -1 | sed -E "s/^NodeName=[^ ]+ //; s/RealMemory=[0-9]+/RealMemory=$MEM/")
 
