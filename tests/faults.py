@@ -126,7 +126,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     /hang/<name> accepts and never answers (until the server stops); anything else is a 404."""
 
     files: dict[str, bytes] = {}
-    release: threading.Event
+    release: threading.Event  # set when the server stops: lets hanging requests end
+    hanging: threading.Event  # set once a request hangs
 
     def log_message(self, *args):  # keep pytest's output clean
         pass
@@ -139,6 +140,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = self.files[name]
         if parts[0] == "hang":
+            self.hanging.set()
             self.release.wait(60)
             return
         self.send_response(200)
@@ -153,17 +155,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class Server:
+    def __init__(self, url: str, hanging: threading.Event):
+        self.url, self.hanging = url, hanging
+
+
 @contextlib.contextmanager
 def http_server(files: dict[str, bytes]):
-    """A real HTTP server on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    release = threading.Event()
-    handler = type("Handler", (_Handler,), {"files": files, "release": release})
+    """A real HTTP server on 127.0.0.1 (a free port) in a thread; yields a :class:`Server` (base URL,
+    and an event set once a request hangs). See :class:`_Handler` for the routes."""
+    release, hanging = threading.Event(), threading.Event()
+    handler = type("Handler", (_Handler,), {"files": files, "release": release, "hanging": hanging})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield Server(f"http://127.0.0.1:{server.server_address[1]}", hanging)
     finally:
         release.set()
         server.shutdown()
