@@ -217,10 +217,10 @@ def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resu
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_too(inputs, tmp_path):
+def test_sigint_stops_cleanly_and_a_damaged_resume_state_is_not_fatal(inputs, tmp_path):
     resume = tmp_path / "resume"
-    process = start_script("train", *train_args(inputs.split, inputs.manifest, tmp_path / "run",
-                                                {**OPTIONS, "epochs": 4}, resume))
+    args = train_args(inputs.split, inputs.manifest, tmp_path / "run", {**OPTIONS, "epochs": 4}, resume)
+    process = start_script("train", *args)
     try:
         assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
         process.send_signal(signal.SIGINT)
@@ -230,7 +230,16 @@ def test_sigint_stops_cleanly_too(inputs, tmp_path):
     assert process.returncode == 143, stdout
     assert "Traceback" not in stdout and "KeyboardInterrupt" not in stdout
     assert re.search(r"stopped by SIGINT at epoch \d, step \d+: resume state of epoch \d kept in ", stdout), stdout
-    assert len(resume_files(resume)) == 1
+    [state_file] = resume_files(resume)
+
+    # The resume state is damaged afterwards (cut in half): the rerun says so and starts over.
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[: len(data) // 2])
+    result = run_script("train", *args)
+    assert result.returncode == 0, result.stdout
+    assert f"warning: resume state {state_file} is unreadable" in result.stdout
+    assert "starting again from epoch 1" in result.stdout
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
