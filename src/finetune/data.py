@@ -292,8 +292,11 @@ def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]
     """Decode every image once; return ``(path, reason)`` for those that fail."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    try:
         reasons = list(pool.map(check_image, paths))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a SIGTERM stops the check now, not after every image
     return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
