@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Callable
 
-from .errors import FinetuneError
+from .errors import FinetuneError, StopRequested
 
 
 def json_arg(text: str):
@@ -36,23 +37,32 @@ def set_torch_threads(threads: int) -> int:
     return n
 
 
+def _stop_now(signum, frame):
+    raise StopRequested(f"{signal.Signals(signum).name}: stopped at once; files being written were discarded, "
+                        "earlier results and resume state are kept")
+
+
 def run(main: Callable[[], int | None]) -> None:
     """Run ``main``; print a FinetuneError as one clear line (no traceback) and exit 1.
 
-    Exit status 143 (128 + SIGTERM) tells Slurm and Snakemake the job was stopped, not broken.
+    SIGTERM or SIGINT end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
+    and Snakemake the job was stopped, not broken: during training at the next batch boundary
+    (resume state of the last completed epoch kept), elsewhere at once, with any half-written
+    result removed.
     """
-    from .training import StopRequested
-
+    previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = main()
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     except StopRequested as exc:
-        print(f"stopped by {exc}: resume state kept; the next run continues from the last completed epoch",
-              file=sys.stderr, flush=True)
+        print(f"stopped by {exc}", file=sys.stderr, flush=True)
         sys.exit(143)
     except Exception:
         traceback.print_exc()
         sys.exit(2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code or 0)

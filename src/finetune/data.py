@@ -50,6 +50,7 @@ class SplitSpec:
     seed: int = 0
     on_bad_image: str = "fail"
     download_dir: str = "resources/datasets"
+    download_timeout_s: float = 30.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -67,40 +68,57 @@ def _find_fashion_mnist_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _download_fashion_mnist(download_dir: Path) -> Path:
-    """Fall back to torchvision's downloader (needs a network)."""
+def _how_to_get_fashion_mnist(directory: Path, missing: str) -> str:
+    return (
+        f"Fashion-MNIST files missing in {directory} ({missing}). Get them with "
+        "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu: /usr/share/datasets/fashion-mnist), or run once "
+        "with a network so torchvision can download them into dataset.download_dir, or point dataset.path at a "
+        "folder holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+        "t10k-labels-idx1-ubyte.gz"
+    )
+
+
+def _download_fashion_mnist(download_dir: Path, timeout_s: float, how_to: str) -> Path:
+    """Fall back to torchvision's downloader (needs a network).
+
+    torchvision's downloader has no timeout of its own: a socket timeout makes an unreachable or
+    silent server fail the download after ``timeout_s`` instead of hanging the job.
+    """
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
     try:
         from torchvision.datasets import FashionMNIST
 
         FashionMNIST(str(download_dir), train=True, download=True)
         FashionMNIST(str(download_dir), train=False, download=True)
     except Exception as exc:  # any network or archive failure
-        raise DataError(
-            f"Fashion-MNIST files not found in {FASHION_MNIST_DEBIAN_DIR} and the download failed ({exc}). "
-            "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run once with a "
-            "network so torchvision can download them, or point dataset.path at a folder holding "
-            "train-images-idx3-ubyte.gz and friends."
-        ) from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            reason = f"no answer within {timeout_s:g} s (dataset.download_timeout_s)"
+        raise DataError(f"{how_to}. The download failed: {reason}") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
     return download_dir / "FashionMNIST" / "raw"
 
 
-def fashion_mnist_files(path: str, download_dir: str = "resources/datasets", allow_download: bool = True) -> dict:
+def fashion_mnist_files(path: str, download_dir: str = "resources/datasets", allow_download: bool = True,
+                        timeout_s: float = 30.0) -> dict:
     directory = Path(path)
     found = {key: _find_fashion_mnist_file(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
     if all(found.values()):
         return found
+    missing = ", ".join(FASHION_MNIST_FILES[k] for k, v in found.items() if v is None)
+    how_to = _how_to_get_fashion_mnist(directory, missing)
     if not allow_download:
-        missing = ", ".join(FASHION_MNIST_FILES[k] for k, v in found.items() if v is None)
-        raise DataError(
-            f"Fashion-MNIST files missing in {directory}: {missing}. "
-            "Install them with `apt-get install dataset-fashion-mnist` or allow a download."
-        )
-    raw = _download_fashion_mnist(Path(download_dir))
+        raise DataError(how_to)
+    raw = _download_fashion_mnist(Path(download_dir), timeout_s, how_to)
     return {key: _find_fashion_mnist_file(raw, stem) for key, stem in FASHION_MNIST_FILES.items()}
 
 
-def list_fashion_mnist(path: str, download_dir: str = "resources/datasets") -> pd.DataFrame:
-    files = fashion_mnist_files(path, download_dir)
+def list_fashion_mnist(path: str, download_dir: str = "resources/datasets", timeout_s: float = 30.0) -> pd.DataFrame:
+    files = fashion_mnist_files(path, download_dir, timeout_s=timeout_s)
     frames = []
     for split in ("train", "test"):
         images_file, labels_file = files[(split, "images")], files[(split, "labels")]
@@ -121,10 +139,11 @@ def list_fashion_mnist(path: str, download_dir: str = "resources/datasets") -> p
 def list_image_folder(root: str) -> pd.DataFrame:
     directory = Path(root)
     if not directory.is_dir():
-        raise DataError(f"dataset folder does not exist: {directory}")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise DataError(f"dataset folder {directory} {what}: check dataset.path (an ImageFolder root: <path>/<class>/<image>)")
     class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"{directory} holds no class folders: expected {directory}/<class>/<image>")
+        raise DataError(f"{directory} holds no class folders: expected {directory}/<class>/<image> (check dataset.path)")
     rows, empty = [], []
     for class_dir in class_dirs:
         files = sorted(
@@ -137,7 +156,8 @@ def list_image_folder(root: str) -> pd.DataFrame:
     if empty:
         raise DataError(
             f"class folder(s) with no images in {directory}: {', '.join(empty)} "
-            f"(extensions read: {', '.join(IMAGE_EXTENSIONS)})"
+            f"(extensions read: {', '.join(IMAGE_EXTENSIONS)}); add images, or remove the folder(s) or leave the "
+            "class out with dataset.classes"
         )
     frame = pd.DataFrame(rows, columns=["path", "class_name"])
     frame["official_split"] = ""
@@ -147,7 +167,8 @@ def list_image_folder(root: str) -> pd.DataFrame:
 def list_csv_manifest(manifest: str) -> pd.DataFrame:
     file = Path(manifest)
     if not file.is_file():
-        raise DataError(f"CSV manifest does not exist: {file}")
+        what = "is a folder, not a file" if file.exists() else "does not exist"
+        raise DataError(f"CSV manifest {file} {what}: check dataset.path (a CSV file with a header line path,label)")
     try:
         frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -166,20 +187,29 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
     # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole.
     base = file.parent
     paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"]]
-    duplicated = pd.Series(paths)[pd.Series(paths).duplicated()].unique()
-    if len(duplicated):
-        raise DataError(f"CSV manifest {file} lists the same image more than once: {', '.join(duplicated[:10])}")
-    missing_files = [p for p in paths if not os.path.exists(p)]
+    lines: dict[str, list[int]] = {}
+    for line, p in enumerate(paths, start=2):  # line 1 is the header
+        lines.setdefault(os.path.normpath(p), []).append(line)
+    duplicated = [(p, where) for p, where in lines.items() if len(where) > 1]
+    if duplicated:
+        listed = "; ".join(f"{p} (lines {', '.join(map(str, where))})" for p, where in duplicated[:10])
+        more = f" and {len(duplicated) - 10} more" if len(duplicated) > 10 else ""
+        raise DataError(f"CSV manifest {file} lists the same image more than once: {listed}{more}. Keep one line per image")
+    missing_files = [(line, p) for line, p in enumerate(paths, start=2) if not os.path.exists(p)]
     if missing_files:
-        more = f" (and {len(missing_files) - 10} more)" if len(missing_files) > 10 else ""
-        raise DataError(f"CSV manifest {file} names image(s) that do not exist: {', '.join(missing_files[:10])}{more}")
+        listed = "; ".join(f"{p} (line {line})" for line, p in missing_files[:10])
+        more = f" and {len(missing_files) - 10} more" if len(missing_files) > 10 else ""
+        raise DataError(
+            f"CSV manifest {file} names {len(missing_files)} image(s) that do not exist: {listed}{more} "
+            f"(relative paths are read from the manifest's folder {base})"
+        )
     official = frame["split"].str.strip() if "split" in frame.columns else ""
     return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip(), "official_split": official})
 
 
 def list_dataset(spec: SplitSpec) -> pd.DataFrame:
     if spec.format == "fashion-mnist":
-        return list_fashion_mnist(spec.path, spec.download_dir)
+        return list_fashion_mnist(spec.path, spec.download_dir, spec.download_timeout_s)
     if spec.format == "imagefolder":
         return list_image_folder(spec.path)
     if spec.format == "csv":
@@ -189,7 +219,7 @@ def list_dataset(spec: SplitSpec) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- splitting
 
-def select_classes(all_classes: list[str], wanted: list | None) -> list[str]:
+def select_classes(all_classes: list[str], wanted: list | None, where: str = "the dataset") -> list[str]:
     """Resolve ``dataset.classes`` (names or indices into the sorted class list) to names, in order."""
     if not wanted:
         return list(all_classes)
@@ -197,12 +227,12 @@ def select_classes(all_classes: list[str], wanted: list | None) -> list[str]:
     for item in wanted:
         if isinstance(item, int) and not isinstance(item, bool):
             if not 0 <= item < len(all_classes):
-                raise DataError(f"dataset.classes: index {item} is out of range (the dataset has {len(all_classes)} classes)")
+                raise DataError(f"dataset.classes: index {item} is out of range ({where} has {len(all_classes)} classes)")
             name = all_classes[item]
         else:
             name = str(item)
             if name not in all_classes:
-                raise DataError(f"dataset.classes: {name!r} is not a class of the dataset; classes are {all_classes}")
+                raise DataError(f"dataset.classes: {name!r} is not a class of {where}; its classes are {all_classes}")
         if name in chosen:
             raise DataError(f"dataset.classes names {name!r} twice")
         chosen.append(name)
@@ -262,8 +292,11 @@ def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]
     """Decode every image once; return ``(path, reason)`` for those that fail."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    try:
         reasons = list(pool.map(check_image, paths))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a SIGTERM stops the check now, not after every image
     return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
@@ -271,7 +304,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict."""
     listing = list_dataset(spec)
     all_classes = sorted(listing["class_name"].unique()) if spec.format != "fashion-mnist" else FASHION_MNIST_CLASSES
-    class_names = select_classes(all_classes, spec.classes)
+    class_names = select_classes(all_classes, spec.classes, where=spec.path)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
     if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read
@@ -279,7 +312,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         if bad and spec.on_bad_image != "skip":
             lines = "\n".join(f"  {p}: {r}" for p, r in bad)
             raise DataError(
-                f"{len(bad)} unreadable image(s) in {spec.path} (set dataset.on_bad_image: skip to leave them out):\n{lines}"
+                f"{len(bad)} unreadable image(s) in {spec.path}: fix or delete them, or set dataset.on_bad_image: skip "
+                f"to leave them out (they are then listed in the split report):\n{lines}"
             )
         listing = listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
     split = stratified_split(listing, class_names, spec)

@@ -19,3 +19,19 @@ class ConfigError(FinetuneError):
 
 class TrainingError(FinetuneError):
     """Training cannot continue (non-finite loss, out of memory, interrupted)."""
+
+
+class WriteError(FinetuneError):
+    """A result could not be written (disk full, file size limit, read-only file system).
+
+    Results are written beside their destination and renamed onto it only when complete, so the
+    previous version of the file, if any, is still there, unchanged.
+    """
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived: Slurm's warning before a walltime kill, or Ctrl-C.
+
+    Not a FinetuneError: the entry points exit with 143 (128 + SIGTERM) so that schedulers see a
+    stopped job, not a broken one. The message says what was kept.
+    """

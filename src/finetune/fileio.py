@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import WriteError
+
+# errno values that can only mean "the file system refused a write" (a permission error inside the
+# block may be about reading an input, so it is left as it is).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -19,23 +27,123 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _write_failed(target: Path, exc: OSError) -> WriteError:
+    reason = exc.strerror or str(exc)
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return WriteError(f"cannot write {target}: {blocking} is a file, not a folder; move it away or choose another path")
+    hint = {
+        errno.ENOSPC: "free disk space",
+        errno.EDQUOT: "free space within your quota",
+        errno.EFBIG: "raise the file size limit (ulimit -f) or write elsewhere",
+        errno.EROFS: "make the folder writable or run from a writable working directory",
+    }.get(exc.errno, "check that the folder exists and is writable")
+    return WriteError(
+        f"cannot write {target}: {reason} (errno {exc.errno}); {hint}, then rerun. "
+        f"Nothing was replaced: a previous {target.name}, if any, is unchanged"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The rename is atomic on POSIX, so readers see either the old file or the complete new one.
+    The temporary file is flushed to disk (fsync) before the rename, and the rename is atomic on
+    POSIX, so readers, and a machine that loses power, see either the old file or the complete new
+    one. A full disk, a file size limit or a read-only file system becomes a :class:`WriteError`
+    naming ``path``; the temporary file is removed and the old file stays as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_failed(target, exc) from exc
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in _WRITE_ERRNOS:
+                raise _write_failed(target, exc) from exc
+            raise
+        try:
+            _fsync(tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _write_failed(target, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def ensure_writable(*paths: str | os.PathLike) -> None:
+    """Fail now, not after hours of work, when a result's folder cannot be created or written.
+
+    Creates each folder and a temporary file in it (removed at once); raises :class:`WriteError`
+    naming the path.
+    """
+    for path in paths:
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise _write_failed(target, exc) from exc
+
+
+def _fsync(path: Path) -> None:
+    if not path.is_file():  # the block may have written a directory or nothing at all
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _RecordingWriter(io.RawIOBase):
+    """A write-only file wrapper that remembers the OSError of a failed write.
+
+    torch.save reports a failed write as an opaque RuntimeError ("unexpected pos ..."); the
+    recorded OSError says why (disk full, file too large).
+    """
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically; a failed write raises a WriteError naming ``path``."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            writer = _RecordingWriter(handle)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as exc:
+                if writer.error is not None:
+                    raise writer.error from exc
+                raise
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

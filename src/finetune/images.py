@@ -62,20 +62,46 @@ def split_ref(ref: str) -> tuple[str, int | None]:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB consistently."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit and float images: scale the full dynamic range to 0..255 instead of clipping.
+    """Convert any PIL mode to 8-bit RGB consistently: a pixel value always maps to the same 8-bit value.
+
+    - 16-bit (and 32-bit integer) grayscale: the 16-bit range 0..65535 maps onto 0..255 (value / 257,
+      rounded), as image viewers show it; never a per-image stretch, so a dark image stays dark.
+      (PIL itself opens 16-bit RGB files as 8-bit RGB.)
+    - float grayscale: 0.0..1.0 maps onto 0..255, values outside are clipped.
+    - transparency (RGBA, LA, PA, palette with a transparent colour): composited over black.
+    - everything else (L, 1, P, CMYK, YCbCr, ...): PIL's own conversion to RGB.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(img, dtype=np.float64)
-        high = array.max()
-        scaled = (array / high * 255.0) if high > 0 else array
-        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = Image.fromarray(np.rint(np.clip(array, 0, 65535) / 257.0).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        img = Image.fromarray(np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         # Composite transparent pixels over black: what a plain convert("RGB") would show anyway,
         # but without PIL's warning for palette images.
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+class _Undecodable(Exception):
+    """Why a file is no image, without its path (the caller names the file)."""
+
+
+def _decode(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except FileNotFoundError:
+        raise
+    except Image.UnidentifiedImageError as exc:
+        raise _Undecodable("not an image, or a format PIL cannot read") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).replace(f"'{path}'", "").replace(str(path), "").split()) or type(exc).__name__
+        raise _Undecodable(reason) from exc
 
 
 def load_image(ref: str) -> Image.Image:
@@ -87,27 +113,32 @@ def load_image(ref: str) -> Image.Image:
             raise DataError(f"{ref}: no image {index} in {path} ({len(images)} images)")
         return Image.fromarray(images[index], mode="L").convert("RGB")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
+        return _decode(path)
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {path}") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _Undecodable as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
 def check_image(ref: str) -> str | None:
-    """Return None if the reference decodes, else a one-line reason."""
+    """Return None if the reference decodes, else a one-line reason (without the path)."""
     path, index = split_ref(ref)
-    if index is None:
-        if not os.path.exists(path):
-            return "file does not exist"
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
+    if index is not None:
+        try:
+            load_image(ref)
+        except DataError as exc:
+            return str(exc)
+        return None
+    if not os.path.exists(path):
+        return "file does not exist"
+    if os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
     try:
-        load_image(ref)
-    except DataError as exc:
-        return str(exc)
+        _decode(path)
+    except FileNotFoundError:
+        return "file does not exist"
+    except _Undecodable as exc:
+        return f"cannot decode: {exc}"
     return None
 
 

@@ -20,7 +20,13 @@ def build_architecture(arch: str, num_classes: int) -> nn.Module:
 
     names = available_architectures()
     if arch not in names:
-        raise ConfigError(f"unknown architecture {arch!r}; torchvision classification models are: {', '.join(names)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(arch).lower(), names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"unknown architecture {arch!r} (weights.arch){hint}; torchvision classification models are: {', '.join(names)}"
+        )
     kwargs = {"num_classes": num_classes}
     if arch.startswith("inception") or arch.startswith("googlenet"):
         kwargs["aux_logits"] = False  # auxiliary heads are a training trick of the original paper
@@ -63,15 +69,36 @@ def output_layer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(find_output_layer(model)[1].parameters())
 
 
-def load_source_state(model: nn.Module, state_dict: dict, origin: str) -> None:
+def _first(names, n: int = 3) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def load_source_state(model: nn.Module, state_dict: dict, origin: str, arch: str | None = None) -> None:
     """Load source weights strictly, turning key/shape mismatches into one readable error."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) missing ({_first(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
+    if reshaped:
+        problems.append(f"{len(reshaped)} of another shape ({_first(reshaped, 2)})")
+    name = arch or type(model).__name__
+    if problems:
+        raise WeightsError(
+            f"the weights in {origin} are not a {name} state_dict: {'; '.join(problems)}. "
+            "Set weights.arch to the architecture they were saved from"
+        )
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        first_lines = "\n".join(str(exc).splitlines()[:6])
-        raise WeightsError(
-            f"weights in {origin} do not fit architecture {type(model).__name__}: {first_lines}"
-        ) from exc
+        first_lines = " ".join(str(exc).splitlines()[:3])
+        raise WeightsError(f"the weights in {origin} do not fit {name}: {first_lines}") from exc
 
 
 def build_target_model(arch: str, num_classes: int, source_state: dict | None, source_num_classes: int | None,

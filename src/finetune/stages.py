@@ -13,7 +13,7 @@ import pandas as pd
 from . import __version__
 from .data import SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
-from .fileio import atomic_path, read_json, sha256_of, write_json, write_text
+from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
 from .weights import (copy_local, download, fetch_torchvision, infer_num_classes, library_versions, load_state_dict,
                       read_manifest, write_manifest)
 
@@ -62,6 +62,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     from .training import Data, TrainOptions, fit, options_key, seed_everything
 
     opts = TrainOptions.from_dict(options)
+    ensure_writable(out_weights, out_info, out_history)
     seed_everything(opts.seed, opts.deterministic)
     raw = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"))
@@ -71,9 +72,9 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv)))
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, log=log)
-    with atomic_path(out_weights) as tmp:
-        torch.save(result.best_state, tmp)
-    pd.DataFrame(result.history).to_csv(out_history, index=False)
+    torch_save(result.best_state, out_weights)
+    with atomic_path(out_history) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
     info = {
         "arch": arch, "classes": classes, "preprocessing": prep.to_dict(),
         "best_epoch": result.best_epoch, "best_val_accuracy": max(r["val_accuracy"] for r in result.history),
@@ -89,48 +90,56 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
 
 def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_info: Path | None = None,
                   pretrained_weights: Path | None = None) -> dict:
-    """Fetch or copy weights from the configured source; write them with their manifest."""
-    source = cfg["source"]
-    timeout = float(cfg.get("timeout_s", 60))
-    if source == "torchvision":
-        meta = fetch_torchvision(cfg["torchvision"], out_weights, mirror=cfg.get("mirror"), sha256=cfg.get("sha256"),
-                                 timeout_s=timeout)
-        arch, classes, prep, digest, origin = meta["arch"], meta["classes"], meta["preprocessing"], meta["sha256"], meta["source"]
-        if cfg.get("arch") and cfg["arch"] != arch:
-            raise ConfigError(f"weights.arch is {cfg['arch']!r} but {cfg['torchvision']} belongs to {arch!r}")
-    elif source in ("url", "path"):
-        if source == "url":
-            if not cfg.get("sha256"):
-                raise ConfigError("weights.sha256 is required with weights.source: url (the download is verified)")
-            digest = download(cfg["url"], out_weights, sha256=cfg["sha256"], timeout_s=timeout)
-            origin = {"kind": "url", "url": cfg["url"]}
-        else:
-            digest = copy_local(cfg["path"], out_weights, sha256=cfg.get("sha256"))
-            origin = {"kind": "path", "path": str(cfg["path"])}
-        arch = cfg.get("arch")
-        if not arch:
-            raise ConfigError(f"weights.arch is required with weights.source: {source}")
-        prep = cfg.get("preprocessing")
-        if not prep:
-            raise ConfigError(f"weights.preprocessing (resize_size, crop_size, mean, std) is required with weights.source: {source}")
-        classes = list(cfg.get("classes") or [])
-    elif source == "pretrain":
-        info = read_json(pretrained_info)
-        digest = copy_local(str(pretrained_weights), out_weights)
-        arch, classes, prep = info["arch"], info["classes"], info["preprocessing"]
-        origin = {"kind": "pretrain", "path": str(pretrained_weights), "split": info["split"],
-                  "split_sha256": info["split_sha256"], "best_val_accuracy": info["best_val_accuracy"]}
-    else:
-        raise ConfigError(f"unknown weights.source {source!r}: use torchvision, url, path or pretrain")
+    """Fetch or copy weights from the configured source; write them with their manifest.
 
-    state = load_state_dict(out_weights)
-    num_classes = infer_num_classes(arch, state, str(out_weights))
-    if classes and len(classes) != num_classes:
-        raise WeightsError(f"{out_weights}: the output layer has {num_classes} classes but {len(classes)} class names were given")
-    # Load once into the architecture so a mismatched file fails here, not in every experiment.
+    The new file is fetched, verified (hash) and loaded into the architecture beside
+    ``out_weights``, and replaces it only when all of that succeeded: a failed or refused download,
+    or weights of another architecture, leave an earlier ``out_weights`` and its manifest as they were.
+    """
     from .models import build_architecture, load_source_state
 
-    load_source_state(build_architecture(arch, num_classes), state, str(out_weights))
+    source = cfg["source"]
+    timeout = float(cfg.get("timeout_s", 60))
+    if source in ("url", "path"):
+        missing = [f"weights.{key}" for key in (source, "arch", "preprocessing") if not cfg.get(key)]
+        if source == "url" and not cfg.get("sha256"):
+            missing.append("weights.sha256 (the download is verified against it)")
+        if missing:
+            raise ConfigError(f"weights.source is {source}: set {', '.join(missing)}")
+    elif source not in ("torchvision", "pretrain"):
+        raise ConfigError(f"unknown weights.source {source!r}: use torchvision, url, path or pretrain")
+
+    with atomic_path(out_weights) as staged:
+        if source == "torchvision":
+            meta = fetch_torchvision(cfg["torchvision"], staged, mirror=cfg.get("mirror"), sha256=cfg.get("sha256"),
+                                     timeout_s=timeout)
+            arch, classes, prep, digest, origin = meta["arch"], meta["classes"], meta["preprocessing"], meta["sha256"], meta["source"]
+            where = origin["url"]
+            if cfg.get("arch") and cfg["arch"] != arch:
+                raise ConfigError(f"weights.arch is {cfg['arch']!r} but {cfg['torchvision']} belongs to {arch!r}")
+        elif source in ("url", "path"):
+            if source == "url":
+                digest = download(cfg["url"], staged, sha256=cfg["sha256"], timeout_s=timeout)
+                origin, where = {"kind": "url", "url": cfg["url"]}, cfg["url"]
+            else:
+                digest = copy_local(cfg["path"], staged, sha256=cfg.get("sha256"))
+                origin, where = {"kind": "path", "path": str(cfg["path"])}, str(cfg["path"])
+            arch, prep = cfg["arch"], cfg["preprocessing"]
+            classes = list(cfg.get("classes") or [])
+        else:  # pretrain
+            info = read_json(pretrained_info)
+            digest = copy_local(str(pretrained_weights), staged)
+            arch, classes, prep = info["arch"], info["classes"], info["preprocessing"]
+            origin = {"kind": "pretrain", "path": str(pretrained_weights), "split": info["split"],
+                      "split_sha256": info["split_sha256"], "best_val_accuracy": info["best_val_accuracy"]}
+            where = str(pretrained_weights)
+
+        state = load_state_dict(staged, origin=where)
+        num_classes = infer_num_classes(arch, state, where)
+        if classes and len(classes) != num_classes:
+            raise WeightsError(f"{where}: the output layer has {num_classes} classes but weights.classes names {len(classes)}")
+        # Load once into the architecture so a mismatched file fails here, not in every experiment.
+        load_source_state(build_architecture(arch, num_classes), state, where, arch=arch)
     return write_manifest(out_manifest, weights_file=out_weights, arch=arch, num_classes=num_classes,
                           classes=classes, preprocessing=prep, sha256=digest, source=origin)
 
@@ -162,6 +171,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     from .training import TrainOptions, fit, options_key, seed_everything
 
     opts = TrainOptions.from_dict(options)
+    ensure_writable(out_checkpoint, out_history, out_info)
     seed_everything(opts.seed, opts.deterministic)
     manifest = read_manifest(manifest_path, verify_file=pretrained)
     arch = manifest["arch"]
@@ -171,7 +181,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         source_state, source_classes, weights_sha = None, None, None
     prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
     data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"))
-    model = build_target_model(arch, len(classes), source_state, source_classes, origin=str(manifest_path))
+    model = build_target_model(arch, len(classes), source_state, source_classes, origin=manifest["path"])
     split_sha = sha256_of(split_csv)
     key = options_key(arch, options, image_size, split_sha, weights_sha)
     feature_cache = None
@@ -184,8 +194,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
         "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
     }
-    with atomic_path(out_checkpoint) as tmp:
-        torch.save(checkpoint, tmp)
+    torch_save(checkpoint, out_checkpoint)
     with atomic_path(out_history) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     info = {

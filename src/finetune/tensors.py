@@ -41,9 +41,13 @@ def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> tor
         return preprocess(load_image(ref), prep.resize_size, prep.crop_size)
 
     out = np.empty((len(refs), prep.crop_size, prep.crop_size, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    try:
         for i, array in enumerate(pool.map(one, refs, chunksize=64)):
             out[i] = array
+    finally:
+        # After an unreadable image or a SIGTERM, drop the images not started yet instead of decoding them all.
+        pool.shutdown(wait=True, cancel_futures=True)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, TrainingError
-from .fileio import atomic_path
+from .errors import ConfigError, StopRequested, TrainingError
+from .fileio import torch_save
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
                      strip_output_layer)
 from .tensors import Preprocessing, batched_forward, normalize
@@ -205,12 +205,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     return out
 
 
-class StopRequested(Exception):
-    """SIGTERM/SIGINT arrived: Slurm's warning before a walltime kill, or Ctrl-C."""
-
-
 class _SignalGuard:
-    """Turn SIGTERM/SIGINT into StopRequested at the next batch boundary."""
+    """Turn SIGTERM/SIGINT into :class:`StopRequested` at the next batch boundary.
+
+    Resume state is saved at the end of every epoch, so stopping between batches loses at most the
+    epoch in progress.
+    """
 
     def __init__(self):
         self.signum = None
@@ -224,9 +224,9 @@ class _SignalGuard:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def check(self):
+    def check(self, where: Callable[[], str]):
         if self.signum is not None:
-            raise StopRequested(signal.Signals(self.signum).name)
+            raise StopRequested(f"{signal.Signals(self.signum).name} {where()}")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -295,6 +295,36 @@ def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Ten
     return loss, accuracy
 
 
+def _out_of_memory(device: torch.device, opts: TrainOptions, phase: str) -> TrainingError:
+    return TrainingError(
+        f"out of memory on {device} while {phase} (train.batch_size {opts.batch_size}): lower train.batch_size "
+        f"(e.g. {max(1, opts.batch_size // 2)}) or the experiment's image_size"
+        + (", or set train.amp: bf16" if device.type == "cuda" and opts.amp == "off" else "")
+    )
+
+
+def _saved_state(resume_path: Path | None, history: list) -> str:
+    """What a run stopped now leaves for the next one."""
+    if resume_path is None:
+        return "no resume state is kept (no --resume-dir): a rerun starts again from epoch 1"
+    if not history:
+        return "no epoch completed yet: a rerun starts again from epoch 1"
+    return f"resume state of epoch {len(history)} kept in {resume_path}: a rerun continues with epoch {len(history) + 1}"
+
+
+def _load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
+    """The saved resume state, or None (with a warning) when the file cannot be read."""
+    try:
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError("not a resume state written by this training loop")
+        return state
+    except Exception as exc:  # a file from another torch version, or damaged outside this program
+        log(f"warning: resume state {resume_path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+            "starting again from epoch 1 (it is overwritten after the first epoch)")
+        return None
+
+
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
         num_classes: int, threads: int = 1, resume_path: Path | None = None, feature_cache: Path | None = None,
         log: Callable[[str], None] = print) -> FitResult:
@@ -324,7 +354,10 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     head = find_output_layer(model)[1]
     if cached:
         # One backbone pass per split instead of one per epoch; the head then trains on tensors.
-        train_inputs, val_inputs = _cached_features(model, train, val, prep, device, feature_cache, log)
+        try:
+            train_inputs, val_inputs = _cached_features(model, train, val, prep, device, feature_cache, log)
+        except torch.OutOfMemoryError as exc:
+            raise _out_of_memory(device, opts, "computing the backbone features") from exc
         train_forward = head
         eval_forward = lambda x: batched_forward(head, x, None, device, batch_size=1024)  # noqa: E731
     else:
@@ -346,8 +379,8 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     start_epoch, history = 0, []
     best = {"state": copy.deepcopy(model.state_dict()), "metric": -math.inf if maximize else math.inf, "epoch": -1}
     since_best = 0
-    if resume_path is not None and resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+    state = _load_resume(resume_path, log) if resume_path is not None and resume_path.exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -378,7 +411,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             epoch_start = time.perf_counter()
             seen, loss_sum, correct = 0, 0.0, 0
             for step_in_epoch, start in enumerate(range(0, len(order), opts.batch_size)):
-                guard.check()
+                guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
                 step = epoch * steps_per_epoch + step_in_epoch
                 factor = lr_factor(step, total_steps, warmup_steps, opts.schedule)
                 for group in optimizer.param_groups:
@@ -400,21 +433,21 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                         logits = train_forward(x)
                         loss = criterion(logits.float(), y)
+                    if not torch.isfinite(loss):
+                        if history and resume_path is not None:
+                            where = f"resume state of epoch {len(history)} kept in {resume_path}"
+                        else:
+                            where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
+                        raise TrainingError(
+                            f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training "
+                            f"diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                 except torch.OutOfMemoryError as exc:
-                    raise TrainingError(
-                        f"out of memory on {device} at batch size {opts.batch_size}: lower train.batch_size "
-                        f"(e.g. {max(1, opts.batch_size // 2)}) or image_size"
-                    ) from exc
-                if not torch.isfinite(loss):
-                    where = f"saved at epoch {len(history)} in {resume_path}" if history and resume_path else "none saved yet"
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training diverged "
-                        f"(lower train.lr, now {opts.lr:g}); last good state: {where}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                    raise _out_of_memory(device, opts, f"training (epoch {epoch + 1}, step {step_in_epoch + 1})") from exc
                 seen += len(index)
                 loss_sum += loss.item() * len(index)
                 correct += (logits.argmax(1) == y).sum().item()
@@ -424,7 +457,10 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 print("\r", end="", file=sys.stderr)
             epoch_seconds = time.perf_counter() - epoch_start
             model.eval()
-            val_loss, val_accuracy = _evaluate(eval_forward, val_inputs, val.labels, eval_criterion)
+            try:
+                val_loss, val_accuracy = _evaluate(eval_forward, val_inputs, val.labels, eval_criterion)
+            except torch.OutOfMemoryError as exc:
+                raise _out_of_memory(device, opts, f"evaluating the validation split (epoch {epoch + 1})") from exc
             row = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(1, seen),
@@ -468,8 +504,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
 
 
 def _save_resume(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    torch_save(state, path)  # atomic: a failed write leaves the previous epoch's state as it was
 
 
 def _cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessing, device: torch.device,
@@ -488,6 +523,5 @@ def _cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessi
     seconds = time.perf_counter() - started
     log(f"backbone features computed once: {len(train.labels) + len(val.labels)} images in {seconds:.1f}s")
     if cache_file is not None:
-        with atomic_path(cache_file) as tmp:
-            torch.save(features, tmp)
+        torch_save(features, cache_file)
     return features["train"], features["val"]

@@ -8,11 +8,14 @@ weights expect. The train rule trusts only that pair, after checking the hash.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import shutil
 import socket
 import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from .errors import WeightsError
@@ -29,21 +32,26 @@ def library_versions() -> dict:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
-    """Load a state_dict saved by torch (plain, or wrapped as ``{'state_dict': ...}``/``{'model': ...}``)."""
+def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
+    """Load a state_dict saved by torch (plain, or wrapped as ``{'state_dict': ...}``/``{'model': ...}``).
+
+    ``origin`` names the file in messages (the URL or source path when ``path`` is a staging file).
+    """
     import torch
 
+    origin = origin or str(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise WeightsError(f"weights file not found: {path}") from exc
+        raise WeightsError(f"weights file not found: {origin}") from exc
     except Exception as exc:  # torch raises a zoo of errors for non-checkpoint files
-        raise WeightsError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{origin} is not a readable PyTorch weights file: {first_line}") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(hasattr(v, "shape") for v in obj.values()):
-        raise WeightsError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+        raise WeightsError(f"{origin} does not hold a state_dict (a mapping of parameter names to tensors)")
     return obj
 
 
@@ -55,54 +63,88 @@ def infer_num_classes(arch: str, state_dict: dict, origin: str) -> int:
     key = f"{head_name}.weight"
     if key not in state_dict:
         raise WeightsError(
-            f"{origin} has no {key!r}: it is not a {arch} state_dict (first keys: {', '.join(list(state_dict)[:4])})"
+            f"{origin} has no {key!r}: it is not a {arch} state_dict (first keys: {', '.join(list(state_dict)[:4])}). "
+            "Set weights.arch to the architecture the weights were saved from"
         )
     return int(state_dict[key].shape[0])
 
 
-def _check_sha256(path: Path, expected: str | None, origin: str) -> str:
-    actual = sha256_of(path)
+def _check_sha256(path: Path, expected: str | None, origin: str, actual: str | None = None) -> str:
+    actual = actual or sha256_of(path)
     if expected and actual.lower() != expected.lower():
-        raise WeightsError(f"sha256 mismatch for {origin}: expected {expected.lower()}, got {actual}")
+        raise WeightsError(
+            f"sha256 mismatch for {origin}: expected {expected.lower()}, got {actual} ({path.stat().st_size} bytes); "
+            "the file was refused. Check weights.sha256, or the source if it should not have changed"
+        )
     return actual
+
+
+_READ_CHUNK = 1 << 20
+
+
+def _fetch(url: str, out, timeout_s: float) -> tuple[str, int, int | None]:
+    """Stream ``url`` into the open file ``out``: (sha256, bytes received, Content-Length or None)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "finetune (urllib)"})
+    digest, received = hashlib.sha256(), 0
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # timeout: connect and every read
+        length = response.headers.get("Content-Length")
+        while chunk := response.read(_READ_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+    return digest.hexdigest(), received, int(length) if length and length.isdigit() else None
 
 
 def download(url: str, destination: Path, sha256: str | None = None, hash_prefix: str | None = None,
              timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
-    """Download ``url`` to ``destination`` with torch.hub's downloader (the one torchvision uses).
+    """Download ``url`` to ``destination`` and verify it; return its sha256.
 
-    The file appears at ``destination`` only once complete and verified (full ``sha256``, or
-    torchvision's ``hash_prefix`` taken from the file name); a failure leaves nothing behind.
-    Returns the file's sha256.
+    The file appears at ``destination`` only once complete (as many bytes as the server announced)
+    and verified (full ``sha256``, or torchvision's ``hash_prefix`` taken from the file name, as
+    torch.hub checks it); a failure leaves nothing behind and an earlier ``destination`` unchanged.
+    ``timeout_s`` bounds the connection and every read, so a server that stops answering fails
+    the download instead of hanging it.
     """
-    from torch.hub import download_url_to_file
-
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise WeightsError(f"unsupported URL scheme in {url!r}: use http(s)://")
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)  # torch.hub's urlopen has no timeout argument
-    try:
-        with atomic_path(destination) as tmp:
-            try:
-                download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=False)
-            except urllib.error.HTTPError as exc:
-                raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-            except (urllib.error.URLError, TimeoutError, socket.timeout) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise WeightsError(f"download of {url} failed: {reason} (timeout {timeout_s:g} s)") from exc
-            except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected ..., got ...)'
-                raise WeightsError(f"download of {url} refused: {exc}") from exc
-            except OSError as exc:  # connection reset, incomplete read of a truncated body
-                raise WeightsError(f"download of {url} failed: {exc}") from exc
-            digest = _check_sha256(tmp, sha256, url)
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
+    with atomic_path(destination) as tmp:
+        try:
+            with open(tmp, "wb") as out:
+                digest, received, announced = _fetch(url, out, timeout_s)
+        except urllib.error.HTTPError as exc:
+            raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check weights.url") from exc
+        except (TimeoutError, socket.timeout) as exc:
+            raise WeightsError(
+                f"download of {url} failed: no answer within {timeout_s:g} s (weights.timeout_s); "
+                "the server is unreachable or hangs"
+            ) from exc
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                reason = f"no answer within {timeout_s:g} s (weights.timeout_s)"
+            raise WeightsError(f"download of {url} failed: {reason}; check weights.url and the network") from exc
+        except (http.client.HTTPException, ConnectionError) as exc:  # e.g. IncompleteRead, connection reset
+            raise WeightsError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
+        if announced is not None and received != announced:
+            expected = f"expected sha256 {sha256.lower()}, " if sha256 else ""
+            raise WeightsError(
+                f"download of {url} is truncated: received {received} of the {announced} bytes the server announced "
+                f"({expected}got {digest} for what arrived); nothing was kept, rerun to try again"
+            )
+        if hash_prefix and not digest.startswith(hash_prefix):
+            raise WeightsError(
+                f"hash mismatch for {url}: expected a sha256 starting with {hash_prefix} (from the file name), "
+                f"got {digest} ({received} bytes); the file was refused"
+            )
+        _check_sha256(tmp, sha256, url, actual=digest)
     return digest
 
 
 def torchvision_weights(enum_name: str):
     """Resolve ``'ResNet18_Weights.IMAGENET1K_V1'`` (or ``'ResNet18_Weights.DEFAULT'``) to the enum value."""
+    import difflib
+
     import torchvision
 
     try:
@@ -111,11 +153,22 @@ def torchvision_weights(enum_name: str):
         names = []
         for model_name in torchvision.models.list_models(module=torchvision.models):
             try:
-                names.extend(str(w) for w in torchvision.models.get_model_weights(model_name))
+                enum = torchvision.models.get_model_weights(model_name)
             except Exception:
                 continue
-        hint = ", ".join(n for n in names if n.lower().startswith(enum_name.split(".")[0].lower()[:6])) or ", ".join(names[:12]) + ", ..."
-        raise WeightsError(f"unknown torchvision weights {enum_name!r}; valid names include: {hint}") from exc
+            names.extend([str(w) for w in enum] + [f"{enum.__name__}.DEFAULT"])
+        names = sorted(set(names))
+        family = enum_name.split(".")[0]
+        same_enum = [n for n in names if n.split(".")[0] == family]
+        similar = same_enum or [n for n in names if n.lower().startswith(family.lower()[:6])]
+        lower = {n.lower(): n for n in names}
+        wanted = enum_name.lower() if "." in enum_name else f"{enum_name.lower()}_weights.default"
+        close = [lower[n] for n in difflib.get_close_matches(wanted, list(lower), n=1, cutoff=0.85)]
+        hint = ", ".join(similar or names[:12] + ["..."])
+        guess = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise WeightsError(
+            f"unknown torchvision weights {enum_name!r} (weights.torchvision){guess}; valid names include: {hint}"
+        ) from exc
 
 
 def torchvision_arch(weights_enum) -> str:

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
@@ -14,6 +15,15 @@ SCRIPTS = REPO / "workflow" / "scripts"
 PYTHON = sys.executable
 # Scripts import the `finetune` package from src/, here and in jobs submitted to a cluster.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)
+
+sys.path.insert(0, str(REPO / "src"))
+from finetune.configcheck import config_problems, format_problems
+
+# Every problem at once, one line each with its key path (Snakemake's own message shows only the
+# first, buried in a dump of the schema); nothing runs with a config that fails here.
+_problems = config_problems(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+if _problems:
+    raise WorkflowError(format_problems(_problems))
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out.

@@ -18,7 +18,10 @@ def main():
     for name, counts in report["counts"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report["skipped_images"]:
-        print(f"skipped {len(report['skipped_images'])} unreadable image(s): see {args.report}")
+        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image: skip), "
+              f"listed in {args.report}:")
+        for item in report["skipped_images"]:
+            print(f"  {item['path']}: {item['reason']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""Readable config validation: every problem in one line, naming its key path and what is allowed.
+
+Snakemake's own ``validate`` stops at the first problem and prints the whole sub-schema; the
+workflow calls :func:`config_problems` first (``workflow/rules/common.smk``) and refuses to start
+with one line per problem, e.g.::
+
+    train.lr: -0.1 is too small: it must be > 0
+    train.lrr: unknown key (did you mean lr?); allowed keys: augment, backbone_lr_factor, ...
+
+Also checked here, because JSON Schema cannot say them: fractions that leave no training images
+and the keys each ``weights.source`` needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import yaml
+
+_TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+               "array": "a list", "object": "a mapping (key: value)", "null": "null"}
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _where(path) -> str:
+    return _key_path(path) or "the top level"
+
+
+def _describe(error) -> list[str]:
+    """One or more lines for a jsonschema ValidationError."""
+    where, value, kind, expected = _where(error.absolute_path), error.instance, error.validator, error.validator_value
+    if kind == "additionalProperties" and isinstance(value, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = [k for k in value if k not in allowed]
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{guess}; allowed keys: {', '.join(allowed)}")
+        if lines:
+            return lines
+    if kind == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+        hint = ""
+        if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types:
+            hint = f" (YAML reads {value} as text: write it with a decimal point, e.g. {float(value):.1e})"
+        return [f"{where}: {value!r} is not {wanted}{hint}"]
+    if kind == "enum":
+        return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}"]
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        size = "small" if "inimum" in kind else "large"
+        return [f"{where}: {value!r} is too {size}: it must be {op} {expected}"]
+    if kind == "pattern":
+        what = "64 hex digits (a sha256)" if "64" in str(expected) else f"the pattern {expected}"
+        return [f"{where}: {value!r} must be {what}"]
+    if kind == "minItems":
+        return [f"{where}: needs at least {expected} item(s), has {len(value)}"]
+    if kind == "minProperties":
+        return [f"{where}: needs at least {expected} entry(ies)"]
+    if kind == "required":
+        return [f"{where}: {error.message}"]
+    return [f"{where}: {error.message}"]
+
+
+def _semantic_problems(config: dict) -> list[str]:
+    """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
+    problems = []
+    for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
+        if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
+            continue  # Fashion-MNIST has an official test split: test_fraction is ignored
+        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2)
+        if isinstance(val, (int, float)) and isinstance(test, (int, float)) and val + test >= 1:
+            problems.append(
+                f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave training images"
+            )
+    weights = config.get("weights")
+    if isinstance(weights, dict):
+        source = weights.get("source", "pretrain")
+        needs = {"url": ["url", "sha256", "preprocessing"], "path": ["path", "preprocessing"]}.get(source, [])
+        for key in needs:
+            if not weights.get(key):
+                problems.append(f"weights.{key}: required with weights.source: {source}")
+    return problems
+
+
+def config_problems(config: dict, schema_file: str | Path) -> list[str]:
+    """Every problem of ``config`` against the workflow's schema (and cross-key rules), one line each."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    problems: list[str] = []
+    for error in errors:
+        for line in _describe(error):
+            if line not in problems:
+                problems.append(line)
+    if not problems:
+        problems = _semantic_problems(config)
+    return problems
+
+
+def format_problems(problems: list[str]) -> str:
+    return (
+        f"invalid configuration ({len(problems)} problem(s); every key, its type and default: "
+        "workflow/schemas/config.schema.yaml):\n" + "\n".join(f"  {p}" for p in problems)
+    )

@@ -1,0 +1,319 @@
+"""Bad data and bad config (issue 5): each case through the real entry point, a clear message naming
+the culprit, and no earlier good result lost."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from faults import (PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict, silent_server,
+                    snapshot, train_args)
+from helpers import run_script, run_snakemake, tiny_config
+
+TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
+
+
+def imagefolder(root: Path, **extra) -> dict:
+    return {"format": "imagefolder", "path": str(root), "seed": 0, **extra}
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> Path:
+    """Random-init resnet18 weights (3 source classes) and their manifest, for the training checks."""
+    from finetune.weights import write_manifest
+
+    folder = tmp_path_factory.mktemp("weights")
+    digest = save_state_dict(folder / "weights.pth", "resnet18", 3)
+    write_manifest(folder / "manifest.json", weights_file=folder / "weights.pth", arch="resnet18", num_classes=3,
+                   classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
+    return folder / "manifest.json"
+
+
+# --------------------------------------------------------------------------- unreadable images
+
+def test_unreadable_images_fail_the_split_listing_every_one(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data, {"cat": 6, "dog": 6})
+    first = run_split(imagefolder(data), out)
+    assert first.returncode == 0, first.stdout
+    before = snapshot(out)
+
+    bad = make_bad_images(data / "cat")
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    assert f"error: {len(bad)} unreadable image(s) in {data}" in result.stdout
+    assert "dataset.on_bad_image: skip" in result.stdout
+    for kind, path in bad.items():
+        assert str(path) in result.stdout, f"{kind} ({path}) not named:\n{result.stdout}"
+    assert "empty file (0 bytes)" in result.stdout
+    assert f"{bad['not_an_image']}: cannot decode: not an image" in result.stdout
+    assert f"{bad['truncated_png']}: cannot decode: image file is truncated" in result.stdout
+    # The earlier good split is untouched, and no half-written file is left beside it.
+    assert snapshot(out) == before
+
+
+def test_unreadable_images_skipped_and_reported_then_training_works(tmp_path, tiny_manifest):
+    data, out = tmp_path / "data", tmp_path / "out"
+    good = make_images(data, {"cat": 6, "dog": 6})
+    bad = make_bad_images(data / "dog")
+    result = run_split(imagefolder(data, on_bad_image="skip"), out)
+    assert result.returncode == 0, result.stdout
+    assert f"skipped {len(bad)} unreadable image(s)" in result.stdout
+    report = json.loads((out / "split.report.json").read_text())
+    assert {item["path"] for item in report["skipped_images"]} == {str(p) for p in bad.values()}
+    assert all(item["reason"] for item in report["skipped_images"])
+    split = pd.read_csv(out / "split.csv")
+    assert set(split["path"]) == {str(p) for paths in good.values() for p in paths}
+
+    trained = run_script("train", *train_args(out / "split.csv", tiny_manifest, tmp_path / "run", TRAIN_OPTIONS))
+    assert trained.returncode == 0, trained.stdout
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+# --------------------------------------------------------------------------- folder layout
+
+def test_empty_class_folder_is_named(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, {"cat": 6, "dog": 6})
+    (data / "zebra").mkdir()
+    (data / "zebra" / "README.txt").write_text("images to come\n")
+    result = run_split(imagefolder(data), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: class folder(s) with no images in {data}: zebra" in result.stdout
+    assert "dataset.classes" in result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
+def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, {"cat": 6, "dog": 2})
+    result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert "error: class 'dog' has 2 image(s): too few to stratify" in result.stdout
+    assert "needs 1 test + 1 val + at least 1 train" in result.stdout
+    assert "dataset.val_fraction / dataset.test_fraction" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_dataset_path_that_does_not_exist(tmp_path, fmt):
+    missing = tmp_path / ("no-such-folder" if fmt == "imagefolder" else "no-such-manifest.csv")
+    result = run_split({"format": fmt, "path": str(missing)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert str(missing) in result.stdout and "does not exist" in result.stdout
+    assert "check dataset.path" in result.stdout
+
+
+# --------------------------------------------------------------------------- CSV manifests
+
+def write_manifest_csv(tmp_path: Path, rows: list[str], header: str = "path,label") -> Path:
+    make_images(tmp_path / "images", {"cat": 4, "dog": 4})
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("\n".join([header, *rows]) + "\n")
+    return manifest
+
+
+def good_rows(n: int = 4) -> list[str]:
+    return [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(n)]
+
+
+def test_csv_missing_column(tmp_path):
+    manifest = write_manifest_csv(tmp_path, [r.split(",")[0] + ",x" for r in good_rows()], header="path,class")
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: CSV manifest {manifest} lacks column(s) label; it has path, class" in result.stdout
+
+
+def test_csv_path_that_does_not_exist(tmp_path):
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["cat/lost.png,cat", "dog/gone.png,dog"])
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert "names 2 image(s) that do not exist" in result.stdout
+    assert f"{manifest.parent / 'cat/lost.png'} (line 10)" in result.stdout
+    assert f"{manifest.parent / 'dog/gone.png'} (line 11)" in result.stdout
+
+
+def test_csv_duplicate_path(tmp_path):
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["cat/001.png,dog"])
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert "lists the same image more than once" in result.stdout
+    assert f"{manifest.parent / 'cat/001.png'} (lines 3, 10)" in result.stdout
+
+
+def test_csv_class_list_names_a_label_not_in_the_manifest(tmp_path):
+    manifest = write_manifest_csv(tmp_path, good_rows())
+    result = run_split({"format": "csv", "path": str(manifest), "classes": ["cat", "unicorn"]}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: dataset.classes: 'unicorn' is not a class of {manifest}; its classes are ['cat', 'dog']" in result.stdout
+
+
+def test_csv_manifest_that_works(tmp_path):
+    """The control: the same manifest without the faults splits fine (relative paths, label column)."""
+    manifest = write_manifest_csv(tmp_path, good_rows())
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.25, "test_fraction": 0.25},
+                       tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    assert len(pd.read_csv(tmp_path / "out" / "split.csv")) == 8
+
+
+# --------------------------------------------------------------------------- image modes and sizes
+
+def write_png16_rgb(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG, written by hand (PIL cannot write one)."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def write_mode_variants(folder: Path, rgb: np.ndarray, huge: bool = False) -> dict[str, Path]:
+    """The same picture in every mode a real dataset mixes: {mode label: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(rgb)
+    gray = np.asarray(img.convert("L"))
+    out = {}
+
+    def save(label, image, name, **kwargs):
+        out[label] = folder / name
+        image.save(out[label], **kwargs)
+
+    save("L", img.convert("L"), "gray.png")
+    save("RGBA", img.convert("RGBA"), "rgba.png")
+    save("P", img.convert("P"), "palette.png")
+    save("P+transparency", img.convert("P"), "palette_transparent.png", transparency=0)
+    save("LA", img.convert("LA"), "gray_alpha.png")
+    save("1", img.convert("1"), "bilevel.png")
+    save("CMYK", img.convert("CMYK"), "cmyk.jpg", quality=95)
+    save("I;16", Image.fromarray(gray.astype(np.uint16) * 257), "gray16.png")
+    save("I;16 tiff", Image.fromarray(gray.astype(np.uint16) * 257), "gray16.tif")
+    save("F", Image.fromarray(gray.astype(np.float32) / 255.0), "float.tif")
+    out["RGB 16-bit"] = folder / "rgb16.png"
+    write_png16_rgb(out["RGB 16-bit"], rgb.astype(np.uint16) * 257)
+    save("RGB", img, "rgb.bmp")
+    if huge:
+        big = Image.fromarray(rgb).resize((5000, 4000), Image.Resampling.NEAREST)
+        save("5000x4000", big, "huge.jpg", quality=85)
+    return out
+
+
+def test_every_image_mode_decodes_to_8bit_rgb_consistently(tmp_path):
+    from finetune.images import load_image, preprocess
+
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    variants = write_mode_variants(tmp_path, rgb, huge=True)
+    for label, path in variants.items():
+        pixels = np.asarray(load_image(str(path)))
+        expected_shape = (4000, 5000, 3) if label == "5000x4000" else (24, 40, 3)
+        assert pixels.shape == expected_shape and pixels.dtype == np.uint8, (label, pixels.shape, pixels.dtype)
+        assert preprocess(load_image(str(path)), 32, 32).shape == (32, 32, 3), label
+    gray8 = np.asarray(load_image(str(variants["L"])))
+    # 16-bit and float files carry the same picture: they must give the same 8-bit pixels ...
+    for label in ("I;16", "I;16 tiff", "F"):
+        assert np.array_equal(np.asarray(load_image(str(variants[label]))), gray8), label
+    assert np.array_equal(np.asarray(load_image(str(variants["RGB 16-bit"]))), rgb)
+    assert np.array_equal(np.asarray(load_image(str(variants["RGBA"]))), rgb)
+    # ... and a 16-bit value maps to one 8-bit value whatever else is in the image: a dark image stays dark.
+    dark = tmp_path / "dark16.png"
+    Image.fromarray(np.full((8, 8), 2570, dtype=np.uint16)).save(dark)
+    assert np.unique(np.asarray(load_image(str(dark)))).tolist() == [10]
+
+
+@pytest.mark.slow
+def test_mixed_modes_and_sizes_split_and_train(tmp_path, tiny_manifest):
+    data, out = tmp_path / "data", tmp_path / "out"
+    rng = np.random.default_rng(1)
+    cat = write_mode_variants(data / "cat", rng.integers(0, 256, (32, 48, 3), dtype=np.uint8), huge=True)
+    dog = write_mode_variants(data / "dog", rng.integers(0, 256, (40, 32, 3), dtype=np.uint8))
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv")
+    assert len(split) == len(cat) + len(dog), "no image may be dropped"
+    assert json.loads((out / "split.report.json").read_text())["skipped_images"] == []
+    trained = run_script("train", *train_args(out / "split.csv", tiny_manifest, tmp_path / "run", TRAIN_OPTIONS))
+    assert trained.returncode == 0, trained.stdout
+    info = json.loads((tmp_path / "run" / "train_info.json").read_text())
+    assert info["n_train"] == (split["split"] == "train").sum()
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST absent, no network
+
+def test_fashion_mnist_missing_and_network_silent_fails_fast(tmp_path):
+    """No IDX files in dataset.path and a network that accepts connections but never answers (all
+    traffic goes through a silent proxy): one message saying how to get the files, after the
+    download timeout, not after a hang."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dataset = {"format": "fashion-mnist", "path": str(empty), "download_dir": str(tmp_path / "downloads"),
+               "download_timeout_s": 2}
+    with silent_server() as proxy:
+        env = {"http_proxy": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy,
+               "no_proxy": "", "NO_PROXY": ""}
+        started = time.monotonic()
+        result = run_split(dataset, tmp_path / "out", env=env, timeout=120)
+        seconds = time.monotonic() - started
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    message = result.stdout
+    assert f"Fashion-MNIST files missing in {empty}" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "no answer within 2 s (dataset.download_timeout_s)" in message
+    assert seconds < 60, f"took {seconds:.0f} s"
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
+# --------------------------------------------------------------------------- config, rejected at start
+
+PRE = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+BAD_CONFIGS = {
+    "unknown_top_level_key": ({"foo": 1}, "foo: unknown key; allowed keys: dataset, evaluate,"),
+    "unknown_nested_key": ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean lr?); allowed keys:"),
+    "unknown_key_in_experiment": ({"experiments": {"finetune": {"epoch": 3}}},
+                                  "experiments.finetune.epoch: unknown key (did you mean epochs?)"),
+    "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
+    "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
+                                  "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),
+    "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),
+    "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
+    "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),
+    "unknown_enum_value": ({"train": {"optimizer": "adam"}}, "train.optimizer: 'adam' is not allowed; use one of adamw, sgd"),
+    "fractions_leave_no_training_images": (
+        {"dataset": {"format": "imagefolder", "path": "data", "val_fraction": 0.5, "test_fraction": 0.5}},
+        "dataset.val_fraction + dataset.test_fraction is 1: it must be < 1"),
+    "url_weights_without_sha256": ({"weights": {"source": "url", "url": "http://example.org/w.pth", "preprocessing": PRE}},
+                                   "weights.sha256: required with weights.source: url"),
+    "sha256_not_hex": ({"weights": {"sha256": "abc"}}, "weights.sha256: 'abc' must be 64 hex digits (a sha256)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_rejected_at_start_naming_the_key(tmp_path, case):
+    overrides, expected = BAD_CONFIGS[case]
+    result = run_snakemake(tmp_path, tiny_config(tmp_path, **overrides), "-n", check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    assert "invalid configuration" in result.stdout, result.stdout
+    assert expected in result.stdout, result.stdout
+    assert "Failed validating" not in result.stdout, "Snakemake's schema dump instead of the one-line message"
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_every_config_problem_reported_at_once(tmp_path):
+    config = tiny_config(tmp_path, train={"lr": -1, "epochs": 0}, dataset={"test_fraction": 2})
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert "invalid configuration (3 problem(s)" in result.stdout, result.stdout
+    for key in ("train.lr:", "train.epochs:", "dataset.test_fraction:"):
+        assert key in result.stdout

@@ -1,0 +1,181 @@
+"""Bad pretrained weights (issue 5): refused downloads, files of another architecture, manifests that
+disagree with their file. Downloads come from a real HTTP server on 127.0.0.1; every case runs the
+real weights (or train) script and checks that an earlier good result is still there, byte for byte,
+with no partial file beside it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from faults import (http_server, make_images, run_split, run_weights, save_state_dict, sha256, snapshot,
+                    start_script, train_args, weights_config)
+from helpers import jobs_run, run_script, run_snakemake, tiny_config
+
+TORCHVISION_RESNET18 = "ResNet18_Weights.IMAGENET1K_V1"
+
+
+@pytest.fixture(scope="module")
+def good_weights(tmp_path_factory) -> Path:
+    """A real resnet18 state_dict (3 source classes, random init)."""
+    path = tmp_path_factory.mktemp("source") / "good.pth"
+    save_state_dict(path, "resnet18", 3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory, good_weights) -> Path:
+    """An earlier good result of the weights script: weights.pth and manifest.json."""
+    out = tmp_path_factory.mktemp("previous")
+    result = run_weights(weights_config(path=str(good_weights)), out)
+    assert result.returncode == 0, result.stdout
+    return out
+
+
+@pytest.fixture
+def out(previous, tmp_path) -> Path:
+    """A private copy of the earlier good result, for a run that must fail without touching it."""
+    destination = tmp_path / "weights"
+    shutil.copytree(previous, destination)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def server(good_weights):
+    files = {"good.pth": good_weights.read_bytes(), "resnet18-f37072fd.pth": b"not the real resnet18 weights\n"}
+    with http_server(files) as running:
+        yield running
+
+
+def assert_refused(result, out: Path, before: dict, *fragments: str) -> str:
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    message = next(line for line in result.stdout.splitlines() if line.startswith("error: "))
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert snapshot(out) == before, "the earlier weights.pth/manifest.json changed, or a partial file was left"
+    return message
+
+
+def test_url_download_that_works(server, good_weights, tmp_path):
+    """The control for the refusals below: the same server and script accept a good download."""
+    url = f"{server.url}/good.pth"
+    result = run_weights(weights_config(source="url", url=url, sha256=sha256(good_weights)), tmp_path)
+    assert result.returncode == 0, result.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["sha256"] == sha256(tmp_path / "weights.pth") == sha256(good_weights)
+    assert manifest["source"] == {"kind": "url", "url": url} and manifest["num_classes"] == 3
+
+
+@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "http_404", "hanging_server"])
+def test_refused_download_keeps_the_previous_weights(server, good_weights, out, case):
+    good_sha = sha256(good_weights)
+    other_sha = "0123456789abcdef" * 4
+    url, sha, timeout = {
+        "sha256_mismatch": (f"{server.url}/good.pth", other_sha, 5),
+        "truncated": (f"{server.url}/truncated/good.pth", good_sha, 5),
+        "http_404": (f"{server.url}/no-such-file.pth", good_sha, 5),
+        "hanging_server": (f"{server.url}/hang/good.pth", good_sha, 1),
+    }[case]
+    before = snapshot(out)
+    started = time.monotonic()
+    result = run_weights(weights_config(source="url", url=url, sha256=sha, timeout_s=timeout), out)
+    expected = {
+        "sha256_mismatch": [f"sha256 mismatch for {url}: expected {other_sha}, got {good_sha}", "refused"],
+        "truncated": [f"download of {url} is truncated: received", f"expected sha256 {good_sha}, got "],
+        "http_404": [f"download of {url} failed: HTTP 404", "check weights.url"],
+        "hanging_server": [f"download of {url} failed: no answer within 1 s (weights.timeout_s)"],
+    }[case]
+    assert_refused(result, out, before, *expected)
+    if case == "hanging_server":
+        assert time.monotonic() - started < 60
+
+
+def test_torchvision_hash_prefix_refused_from_a_mirror(server, out):
+    """torchvision weights through weights.mirror: the file's sha256 must start with the hash in its name."""
+    before = snapshot(out)
+    cfg = weights_config(source="torchvision", torchvision=TORCHVISION_RESNET18, mirror=server.url)
+    result = run_weights(cfg, out)
+    url = f"{server.url}/models/resnet18-f37072fd.pth"
+    assert_refused(result, out, before, f"hash mismatch for {url}: expected a sha256 starting with f37072fd", "got ")
+
+
+def test_stopped_during_a_download_leaves_no_partial_file(server, good_weights, out):
+    """SIGTERM while the download hangs: exit 143, the earlier weights untouched, nothing half-written."""
+    before = snapshot(out)
+    cfg = weights_config(source="url", url=f"{server.url}/hang/good.pth", sha256=sha256(good_weights), timeout_s=60)
+    server.hanging.clear()
+    process = start_script("weights", "--weights", json.dumps(cfg), "--out-weights", str(out / "weights.pth"),
+                           "--out-manifest", str(out / "manifest.json"))
+    try:
+        assert server.hanging.wait(120), "the download never reached the server"
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stdout
+    assert "stopped by SIGTERM" in stdout
+    assert snapshot(out) == before
+
+
+def test_state_dict_of_another_architecture(good_weights, out):
+    before = snapshot(out)
+    result = run_weights(weights_config(path=str(good_weights), arch="resnet34"), out)
+    assert_refused(result, out, before, f"the weights in {good_weights} are not a resnet34 state_dict",
+                   "parameter(s) missing (layer1.2.", "Set weights.arch")
+
+
+def test_unknown_architecture_lists_the_valid_ones(good_weights, out):
+    before = snapshot(out)
+    result = run_weights(weights_config(path=str(good_weights), arch="resnet19"), out)
+    message = assert_refused(result, out, before, "unknown architecture 'resnet19' (weights.arch)", "did you mean resnet18")
+    for name in ("resnet18", "resnet50", "mobilenet_v3_small", "vit_b_16"):
+        assert name in message
+
+
+def test_unknown_torchvision_weights_lists_the_valid_ones(out):
+    before = snapshot(out)
+    result = run_weights(weights_config(source="torchvision", torchvision="ResNet18_Weights.IMAGENET9K"), out)
+    assert_refused(result, out, before, "unknown torchvision weights 'ResNet18_Weights.IMAGENET9K' (weights.torchvision)",
+                   "valid names include: ResNet18_Weights.DEFAULT, ResNet18_Weights.IMAGENET1K_V1")
+
+
+def test_manifest_that_disagrees_with_its_file(previous, tmp_path):
+    """Someone edits the sha256 in manifest.json (or swaps weights.pth): train refuses both."""
+    weights = tmp_path / "weights"
+    shutil.copytree(previous, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    real_sha, manifest["sha256"] = manifest["sha256"], "f" * 64
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    make_images(tmp_path / "data", {"cat": 5, "dog": 5})
+    assert run_split({"format": "imagefolder", "path": str(tmp_path / "data")}, tmp_path / "split").returncode == 0
+    run = tmp_path / "run"
+    result = run_script("train", *train_args(tmp_path / "split" / "split.csv", weights / "manifest.json", run,
+                                             {"epochs": 1, "batch_size": 4, "device": "cpu"}))
+    assert result.returncode == 1, result.stdout
+    assert (f"error: {weights / 'weights.pth'} does not match its manifest {weights / 'manifest.json'}: "
+            f"sha256 is {real_sha}, manifest says {'f' * 64}") in result.stdout
+    assert not run.exists() or not any(run.iterdir())
+
+
+@pytest.mark.slow
+def test_failed_download_through_snakemake(server, good_weights, tmp_path):
+    """The user's view: snakemake stops at the weights rule, its log holds the one-line reason, and no
+    weights file is left for a later run to trust."""
+    url = f"{server.url}/no-such-file.pth"
+    weights = weights_config(source="url", url=url, sha256=sha256(good_weights))
+    config = tiny_config(tmp_path, replace={"weights": weights})
+    # (a flag between --configfile and the target, or argparse reads the target as a second config file)
+    result = run_snakemake(tmp_path, config, "--nolock", "resources/weights/manifest.json", check=False, timeout=300)
+    assert result.returncode != 0
+    assert jobs_run(result.stdout) == ["weights"]
+    assert "results/logs/weights.log" in result.stdout
+    log = (tmp_path / "results" / "logs" / "weights.log").read_text()
+    assert f"error: download of {url} failed: HTTP 404" in log
+    assert not (tmp_path / "resources" / "weights" / "weights.pth").exists()
+    assert [p.name for p in (tmp_path / "resources" / "weights").glob("*")] == []

@@ -1,0 +1,270 @@
+"""Faults during training (issue 5): a diverging loss, out of memory, SIGTERM/SIGINT, a write that fails
+mid-file. Each through the real train script (out of memory: the real training loop), checking the
+message, the exit status, and that the earlier checkpoint or resume state is still there, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from faults import PREPROCESSING_32, make_images, run_split, save_state_dict, snapshot, start_script, train_args
+from helpers import run_script
+
+OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
+FILE_SIZE_LIMIT = 1 << 20  # 1 MiB: far below a resnet18 checkpoint (45 MB)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> SimpleNamespace:
+    """A split of 2 x 6 tiny images (8 train: 2 steps an epoch) and random-init resnet18 weights with their manifest."""
+    from finetune.weights import write_manifest
+
+    root = tmp_path_factory.mktemp("inputs")
+    make_images(root / "data", {"cat": 6, "dog": 6})
+    split = run_split({"format": "imagefolder", "path": str(root / "data")}, root / "split")
+    assert split.returncode == 0, split.stdout
+    digest = save_state_dict(root / "weights" / "weights.pth", "resnet18", 3)
+    write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
+                   num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
+    return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
+
+
+@pytest.fixture(scope="module")
+def earlier_run(inputs, tmp_path_factory) -> Path:
+    """An earlier good result of the train script: model.pt, history.csv, train_info.json."""
+    out = tmp_path_factory.mktemp("earlier")
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, OPTIONS))
+    assert result.returncode == 0, result.stdout
+    return out
+
+
+@pytest.fixture
+def out(earlier_run, tmp_path) -> Path:
+    """A private copy of the earlier result, for a run that writes the same outputs and must fail."""
+    destination = tmp_path / "run"
+    shutil.copytree(earlier_run, destination)
+    return destination
+
+
+def error_line(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith(("error: ", "stopped by ")))
+
+
+def limit_file_size():
+    """preexec_fn: the child may write no file beyond FILE_SIZE_LIMIT bytes; a longer write fails
+    with EFBIG mid-file, as on a full disk (Python ignores SIGXFSZ, so the write returns the error)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+
+def resume_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
+
+
+def wait_for(predicate, process, seconds: float = 300):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+# --------------------------------------------------------------------------- diverging loss
+
+@pytest.mark.slow
+def test_loss_nan_stops_with_epoch_and_step(inputs, out):
+    before = snapshot(out)
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, {**OPTIONS, "lr": 1e30}))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    message = error_line(result.stdout)
+    assert re.search(r"loss became (nan|inf|-inf) at epoch 1, step \d+: training diverged; lower train\.lr "
+                     r"\(now 1e\+30\)", message), message
+    assert snapshot(out) == before, "the earlier checkpoint must stay as it was"
+
+
+@pytest.mark.slow
+def test_loss_nan_in_a_later_epoch_keeps_the_last_good_resume_state(inputs, tmp_path):
+    """Epoch 1 trains the head at a sane lr; epoch 2 unfreezes the backbone at lr 1e30 and diverges.
+    The resume state of epoch 1 stays, intact and finite."""
+    options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
+    resume = tmp_path / "resume"
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, tmp_path / "run", options, resume))
+    assert result.returncode == 1, result.stdout
+    message = error_line(result.stdout)
+    [state_file] = resume_files(resume)
+    assert re.search(r"loss became (nan|inf|-inf) at epoch 2, step \d+", message), message
+    assert f"Last good state: resume state of epoch 1 kept in {state_file}" in message
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- out of memory (the real loop)
+
+class _RaiseOOMInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+
+class OutOfMemoryNet(nn.Module):
+    """A tiny real model that runs out of memory in one place, as a too-large batch does on a GPU."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+        self.features = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if self.where == "forward" and self.training or self.where == "validation" and not self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        h = self.features(x).mean(dim=(2, 3))
+        if self.where == "backward":
+            h = _RaiseOOMInBackward.apply(h)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("where, phase", [
+    ("forward", "training (epoch 1, step 1)"),
+    ("backward", "training (epoch 1, step 1)"),
+    ("validation", "evaluating the validation split (epoch 1)"),
+])
+def test_out_of_memory_suggests_a_smaller_batch(where, phase):
+    from finetune.errors import TrainingError
+    from finetune.tensors import Preprocessing
+    from finetune.training import Data, TrainOptions, fit
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(16) % 2
+    train, val = Data(images[:12], labels[:12]), Data(images[12:], labels[12:])
+    prep = Preprocessing(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    opts = TrainOptions.from_dict({"epochs": 1, "batch_size": 8, "device": "cpu"})
+    with pytest.raises(TrainingError) as caught:
+        fit(OutOfMemoryNet(where), train, val, prep, opts, num_classes=2, log=lambda _: None)
+    assert str(caught.value) == (
+        f"out of memory on cpu while {phase} (train.batch_size 8): lower train.batch_size (e.g. 4) "
+        "or the experiment's image_size"
+    )
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+
+
+# --------------------------------------------------------------------------- SIGTERM / SIGINT, full disk, resume
+
+@pytest.mark.slow
+def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resumes(inputs, tmp_path):
+    options = {**OPTIONS, "epochs": 4}
+    out, resume = tmp_path / "run", tmp_path / "resume"
+    args = train_args(inputs.split, inputs.manifest, out, options, resume)
+
+    # 1. SIGTERM once the first epoch's resume state is on disk: exit 143 at the next batch.
+    process = start_script("train", *args)
+    try:
+        assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stdout
+    [state_file] = resume_files(resume)
+    saved = torch.load(state_file, map_location="cpu", weights_only=False)
+    done = len(saved["history"])
+    assert 1 <= done < 4
+    assert re.search(rf"stopped by SIGTERM at epoch {done + 1}, step \d+: resume state of epoch {done} kept in "
+                     rf"{re.escape(str(state_file))}: a rerun continues with epoch {done + 1}", stdout), stdout
+    assert not out.exists() or not (out / "model.pt").exists()
+    kept = snapshot(resume)
+
+    # 2. The rerun resumes, trains an epoch, and cannot write the next resume state (EFBIG mid-file):
+    #    a clear error, and the previous resume state is byte-identical, with no partial file beside it.
+    full = start_script("train", *args, preexec_fn=limit_file_size)
+    stdout, _ = full.communicate(timeout=600)
+    assert full.returncode == 1, stdout
+    assert f"resuming from {state_file}: epoch {done + 1} of 4" in stdout
+    message = error_line(stdout)
+    assert message.startswith(f"error: cannot write {state_file}: File too large (errno 27)"), message
+    assert "previous" in message and "unchanged" in message
+    assert snapshot(resume) == kept
+
+    # 3. With room to write again, the rerun resumes where step 1 stopped and finishes all 4 epochs.
+    result = run_script("train", *args)
+    assert result.returncode == 0, result.stdout
+    assert f"resuming from {state_file}: epoch {done + 1} of 4" in result.stdout
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert json.loads((out / "train_info.json").read_text())["epochs_run"] == 4
+    assert resume_files(resume) == [], "resume state is removed once the outputs are written"
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_a_damaged_resume_state_is_not_fatal(inputs, tmp_path):
+    resume = tmp_path / "resume"
+    args = train_args(inputs.split, inputs.manifest, tmp_path / "run", {**OPTIONS, "epochs": 4}, resume)
+    process = start_script("train", *args)
+    try:
+        assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stdout
+    assert "Traceback" not in stdout and "KeyboardInterrupt" not in stdout
+    assert re.search(r"stopped by SIGINT at epoch \d, step \d+: resume state of epoch \d kept in ", stdout), stdout
+    [state_file] = resume_files(resume)
+
+    # The resume state is damaged afterwards (cut in half): the rerun says so and starts over.
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[: len(data) // 2])
+    result = run_script("train", *args)
+    assert result.returncode == 0, result.stdout
+    assert f"warning: resume state {state_file} is unreadable" in result.stdout
+    assert "starting again from epoch 1" in result.stdout
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_full_disk_while_writing_the_checkpoint_keeps_the_previous_one(inputs, out):
+    before = snapshot(out)
+    process = start_script("train", *train_args(inputs.split, inputs.manifest, out, OPTIONS), preexec_fn=limit_file_size)
+    stdout, _ = process.communicate(timeout=600)
+    assert process.returncode == 1, stdout
+    assert "Traceback" not in stdout
+    message = error_line(stdout)
+    assert message.startswith(f"error: cannot write {out / 'model.pt'}: File too large (errno 27)"), message
+    assert "a previous model.pt, if any, is unchanged" in message
+    assert snapshot(out) == before, "model.pt must be byte-identical, with no partial file beside it"
+
+
+def test_results_folder_that_cannot_be_created_fails_before_training(inputs, tmp_path):
+    """The results "folder" is a regular file (root ignores permissions, so this is the honest way to
+    make a folder unwritable here): refused at start, naming it, not after the training."""
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder\n")
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, blocker / "exp", OPTIONS))
+    assert result.returncode == 1, result.stdout
+    assert error_line(result.stdout) == (
+        f"error: cannot write {blocker / 'exp' / 'model.pt'}: {blocker} is a file, not a folder; "
+        "move it away or choose another path"
+    )
+    assert "trainable parameters" not in result.stdout, "it must fail before training starts"
+    assert blocker.read_text() == "not a folder\n"
