@@ -36,19 +36,27 @@ def set_torch_threads(threads: int) -> int:
     return n
 
 
+def _stop_requested() -> tuple[type[BaseException], ...]:
+    """``training.StopRequested`` where the training loop is loaded, else nothing to catch.
+
+    Looked up lazily so torch-free entry points (``predict``) never import torch through here:
+    a script that never imported the training loop cannot raise its StopRequested.
+    """
+    training = sys.modules.get("finetune.training")
+    return (training.StopRequested,) if training is not None else ()
+
+
 def run(main: Callable[[], int | None]) -> None:
     """Run ``main``; print a FinetuneError as one clear line (no traceback) and exit 1.
 
     Exit status 143 (128 + SIGTERM) tells Slurm and Snakemake the job was stopped, not broken.
     """
-    from .training import StopRequested
-
     try:
         code = main()
     except FinetuneError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except StopRequested as exc:
+    except _stop_requested() as exc:
         print(f"stopped by {exc}: resume state kept; the next run continues from the last completed epoch",
               file=sys.stderr, flush=True)
         sys.exit(143)
