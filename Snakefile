@@ -7,6 +7,7 @@
 # `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
 # source model but its output layer, puts a new one sized to the target classes, and trains it.
+# `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
 
 from snakemake.utils import min_version
 
@@ -14,6 +15,9 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

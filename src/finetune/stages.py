@@ -224,7 +224,14 @@ def load_checkpoint(path: Path):
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, out_confusion: Path,
-                   out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2) -> dict:
+                   out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2,
+                   calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
+                   out_html: Path | None = None, title: str | None = None) -> dict:
+    """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
+
+    ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
+    curves need ``history`` (the run's history.csv).
+    """
     import numpy as np
     import torch
 
@@ -241,7 +248,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     images = decode_images(test["path"].tolist(), prep, threads)
     logits = batched_forward(model, images, prep, torch.device("cpu"), batch_size=batch_size).numpy()
     labels = test["label"].to_numpy()
-    report = classification_report(labels, logits, classes, top_k=top_k)
+    report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"] = classes
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
@@ -255,8 +262,33 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     })
     with atomic_path(out_predictions) as tmp:
         predictions.to_csv(tmp, index=False)
+    write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
+                             title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
     return report
+
+
+def write_evaluation_figures(report: dict, plots: dict, history: Path | None = None, out_html: Path | None = None,
+                             title: str = "") -> None:
+    """The plots and the HTML tables of one evaluation (a ``metrics.json`` dict)."""
+    from . import plots as plotting
+    from .tables import metrics_tables, page
+
+    unknown = set(plots) - {"confusion", "reliability", "learning_curves"}
+    if unknown:
+        raise ValueError(f"unknown plot(s): {', '.join(sorted(unknown))}")
+    if plots.get("confusion"):
+        plotting.confusion_matrix_plot(report["confusion_matrix"], report["classes"], plots["confusion"],
+                                       title=f"{title}: confusion matrix")
+    if plots.get("reliability"):
+        plotting.reliability_plot(report["calibration_bins"], report["ece"], plots["reliability"],
+                                  title=f"{title}: reliability")
+    if plots.get("learning_curves"):
+        if history is None:
+            raise ValueError("the learning curves plot needs the run's history.csv")
+        plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves")
+    if out_html is not None:
+        write_text(out_html, page(f"{title}: test-set metrics", metrics_tables(report)))
 
 
 # --------------------------------------------------------------------------- export
