@@ -2,7 +2,8 @@
 #
 #   split(source) -> pretrain -> weights --+
 #                                          +--> train{experiment,seed} -> evaluate -> summary
-#   split(target) -------------------------+                           -> export_onnx
+#   split(target) -------------------------+                           -> export_onnx -> (quantize_onnx)
+#                                                                                      -> (predict)
 #
 # `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
@@ -26,6 +27,7 @@ include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/summary.smk"
 
 
@@ -36,5 +38,7 @@ rule all:
             run=RUNS,
             file=["metrics.json", "model.onnx", "onnx_parity.json"],
         ),
+        expand("results/{run}/quantization.json", run=RUNS) if config["export"]["quantize"] else [],
+        [f"results/predictions/{PREDICT_RUN}/predictions.csv"] if PREDICT_RUN else [],
         "results/summary.csv",
         "results/summary.md",
