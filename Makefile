@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: env dataset demo test test-fast bench dag clean
+.PHONY: env dataset demo report test test-fast bench dag clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ env: $(STAMP) dataset
 
 demo: env
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+# One self-contained HTML file: leaderboard, metrics tables and plots of every run (after `make demo`).
+report: env
+	$(VENV)/bin/snakemake --report report.html
 
 test: env
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

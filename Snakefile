@@ -2,11 +2,13 @@
 #
 #   split(source) -> pretrain -> weights --+
 #                                          +--> train{experiment,seed} -> evaluate -> summary
-#   split(target) -------------------------+                           -> export_onnx
+#   split(target) -------------------------+                           -> export_onnx -> (quantize_onnx)
+#                                                                                      -> (predict)
 #
 # `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
 # source model but its output layer, puts a new one sized to the target classes, and trains it.
+# `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
 
 from snakemake.utils import min_version
 
@@ -16,12 +18,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/summary.smk"
 
 
@@ -32,5 +38,7 @@ rule all:
             run=RUNS,
             file=["metrics.json", "model.onnx", "onnx_parity.json"],
         ),
+        expand("results/{run}/quantization.json", run=RUNS) if config["export"]["quantize"] else [],
+        [f"results/predictions/{PREDICT_RUN}/predictions.csv"] if PREDICT_RUN else [],
         "results/summary.csv",
         "results/summary.md",

@@ -26,6 +26,7 @@ def onnx_metadata(checkpoint: dict) -> dict[str, str]:
         "crop_size": str(prep["crop_size"]),
         "mean": json.dumps(prep["mean"]),
         "std": json.dumps(prep["std"]),
+        "interpolation": str(prep.get("interpolation", "bilinear")),
         "channel_order": "RGB",
         "layout": "NCHW",
         "pixel_scale": "1/255 then (x - mean) / std",

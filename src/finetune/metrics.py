@@ -36,7 +36,11 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
-    """ECE with equal-width confidence bins; also the bins for a reliability plot."""
+    """ECE with equal-width confidence bins; also the bins for a reliability plot.
+
+    Confidence is the top-1 probability; bin i holds (low, high], the first bin also 0 itself.
+    ECE = sum over bins of (images in bin / all images) * |accuracy in bin - mean confidence in bin|.
+    """
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -66,17 +70,19 @@ def most_confused_pairs(cm: np.ndarray, class_names: list[str], n: int = 5) -> l
     return pairs
 
 
-def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: list[str], top_k: int = 2) -> dict:
+def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: list[str], top_k: int = 2,
+                          n_bins: int = 15) -> dict:
     probs = softmax(logits.astype(np.float64))
     preds = probs.argmax(axis=1)
     n = len(class_names)
     cm = confusion_matrix(labels, preds, n)
     scores = per_class_scores(cm)
     support = scores["support"]
-    ece, bins = expected_calibration_error(labels, probs)
+    ece, bins = expected_calibration_error(labels, probs, n_bins)
     return {
         "n_test": int(len(labels)),
         "accuracy": float((preds == labels).mean()),
+        "top_k": min(top_k, n),
         f"top{min(top_k, n)}_accuracy": top_k_accuracy(labels, probs, top_k),
         "macro_f1": float(scores["f1"].mean()),
         "weighted_f1": float((scores["f1"] * support).sum() / max(1, support.sum())),

@@ -233,7 +233,14 @@ def load_checkpoint(path: Path):
 # --------------------------------------------------------------------------- evaluate
 
 def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, out_confusion: Path,
-                   out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2) -> dict:
+                   out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2,
+                   calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
+                   out_html: Path | None = None, title: str | None = None) -> dict:
+    """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
+
+    ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
+    curves need ``history`` (the run's history.csv).
+    """
     import numpy as np
     import torch
 
@@ -250,7 +257,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     images = decode_images(test["path"].tolist(), prep, threads)
     logits = batched_forward(model, images, prep, torch.device("cpu"), batch_size=batch_size).numpy()
     labels = test["label"].to_numpy()
-    report = classification_report(labels, logits, classes, top_k=top_k)
+    report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"] = classes
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
@@ -264,8 +271,33 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     })
     with atomic_path(out_predictions) as tmp:
         predictions.to_csv(tmp, index=False)
+    write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
+                             title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
     return report
+
+
+def write_evaluation_figures(report: dict, plots: dict, history: Path | None = None, out_html: Path | None = None,
+                             title: str = "") -> None:
+    """The plots and the HTML tables of one evaluation (a ``metrics.json`` dict)."""
+    from . import plots as plotting
+    from .tables import metrics_tables, page
+
+    unknown = set(plots) - {"confusion", "reliability", "learning_curves"}
+    if unknown:
+        raise ValueError(f"unknown plot(s): {', '.join(sorted(unknown))}")
+    if plots.get("confusion"):
+        plotting.confusion_matrix_plot(report["confusion_matrix"], report["classes"], plots["confusion"],
+                                       title=f"{title}: confusion matrix")
+    if plots.get("reliability"):
+        plotting.reliability_plot(report["calibration_bins"], report["ece"], plots["reliability"],
+                                  title=f"{title}: reliability")
+    if plots.get("learning_curves"):
+        if history is None:
+            raise ValueError("the learning curves plot needs the run's history.csv")
+        plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves")
+    if out_html is not None:
+        write_text(out_html, page(f"{title}: test-set metrics", metrics_tables(report)))
 
 
 # --------------------------------------------------------------------------- export
@@ -303,10 +335,12 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
 
 # --------------------------------------------------------------------------- summary
 
-def summary_stage(runs: list[dict], out_csv: Path, out_md: Path) -> pd.DataFrame:
-    """One row per experiment (mean and std over seeds) from each run's train_info and metrics.
+def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path | None = None) -> pd.DataFrame:
+    """The leaderboard: one row per experiment, mean and std over its seeds, best test accuracy first.
 
     ``runs``: dicts with keys experiment, seed, info (path), metrics (path), weights_source.
+    The std is the sample standard deviation (n - 1) over seeds; with a single seed it is undefined,
+    left empty in the CSV and left out of the Markdown.
     """
     rows = []
     for run in runs:
@@ -317,26 +351,49 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path) -> pd.DataFrame
             "trainable_params": info["trainable_params"], "epochs": info["epochs_run"],
             "train_seconds": info["train_seconds"], "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         })
+    if not rows:
+        raise ConfigError("summary: no runs to summarise")
     per_run = pd.DataFrame(rows)
     keys = ["experiment", "strategy", "pretrained", "weights_source", "trainable_params"]
     grouped = per_run.groupby(keys, sort=False)
     table = grouped.agg(
-        seeds=("seed", "count"), epochs=("epochs", "mean"), train_seconds=("train_seconds", "mean"),
+        seeds=("seed", "count"), seed_list=("seed", lambda s: " ".join(str(v) for v in sorted(s))),
+        epochs=("epochs", "mean"), epochs_std=("epochs", "std"),
+        train_seconds=("train_seconds", "mean"), train_seconds_std=("train_seconds", "std"),
         test_accuracy=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"),
         macro_f1=("macro_f1", "mean"), macro_f1_std=("macro_f1", "std"),
     ).reset_index()
-    table = table.fillna({"test_accuracy_std": 0.0, "macro_f1_std": 0.0})
-    table = table.sort_values("test_accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    table = table.sort_values(["test_accuracy", "macro_f1"], ascending=False, kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
     with atomic_path(out_csv) as tmp:
         table.round(4).to_csv(tmp, index=False)
+
+    def mean_std(mean: float, std: float, digits: int) -> str:
+        return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
     lines = [
-        "| experiment | strategy | weights | trainable params | seeds | epochs | train s | test accuracy | macro F1 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| rank | experiment | strategy | weights | trainable params | seeds | epochs | train s | test accuracy | macro F1 |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.experiment} | {r.strategy} | {r.weights_source} | {r.trainable_params:,} | {r.seeds} | {r.epochs:g} | "
-            f"{r.train_seconds:.1f} | {r.test_accuracy:.4f} ± {r.test_accuracy_std:.4f} | {r.macro_f1:.4f} ± {r.macro_f1_std:.4f} |"
+            f"| {r.rank} | {r.experiment} | {r.strategy} | {r.weights_source} | {r.trainable_params:,} | {r.seeds} | "
+            f"{r.epochs:g} | {mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
+            f"{mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | {mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
     write_text(out_md, "\n".join(lines) + "\n")
+    if out_html is not None:
+        from .tables import page
+
+        shown = pd.DataFrame({
+            "rank": table["rank"], "experiment": table["experiment"], "strategy": table["strategy"],
+            "weights": table["weights_source"], "trainable params": table["trainable_params"].map("{:,}".format),
+            "seeds": table["seed_list"], "epochs": table["epochs"].map("{:g}".format),
+            "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
+            "test accuracy": [mean_std(m, s, 4) for m, s in zip(table["test_accuracy"], table["test_accuracy_std"])],
+            "macro F1": [mean_std(m, s, 4) for m, s in zip(table["macro_f1"], table["macro_f1_std"])],
+        })
+        note = ("Mean over seeds; ± is the sample standard deviation (n - 1) over seeds, shown when there are "
+                "two or more. Every experiment is evaluated on the same test images.")
+        write_text(out_html, page("Leaderboard", [("Experiments, best test accuracy first", shown), ("Note", note)]))
     return table

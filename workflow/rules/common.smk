@@ -36,6 +36,22 @@ EXPERIMENTS = config["experiments"]
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
 
+# What `rule all` asks `predict` for, if anything: the model of one experiment and seed.
+PREDICT = config["predict"]
+PREDICT_RUN = None
+if PREDICT["images"] is not None:
+    _experiment = PREDICT["experiment"] if PREDICT["experiment"] is not None else next(iter(EXPERIMENTS))
+    _seed = PREDICT["seed"] if PREDICT["seed"] is not None else SEEDS[0]
+    if _experiment not in EXPERIMENTS:
+        raise WorkflowError(
+            f"predict.experiment: {_experiment!r} is not an experiment of this config ({', '.join(EXPERIMENTS)})"
+        )
+    if _seed not in SEEDS:
+        raise WorkflowError(f"predict.seed: {_seed} is not in seeds {SEEDS}")
+    PREDICT_RUN = f"{_experiment}/seed{_seed}"
+if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
+    raise WorkflowError("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)")
+
 # Settings of an experiment that are not options of the training loop.
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 

@@ -1,17 +1,54 @@
-# Honest numbers: every experiment is evaluated on the same held-out test images.
+# Honest numbers: every experiment is evaluated on the same held-out test images. Besides the
+# numbers (metrics.json), the rule draws what a reader acts on: the confusion matrix, the
+# reliability diagram and the learning curves, all in the Snakemake report (`--report`).
+
+
+def run_labels(figure):
+    return {"experiment": "{experiment}", "seed": "{seed}", "figure": figure}
 
 
 rule evaluate:
     input:
         script=script("evaluate"),
         checkpoint=rules.train.output.checkpoint,
+        history=rules.train.output.history,
         split="resources/splits/target.csv",
     output:
         metrics="results/{experiment}/seed{seed}/metrics.json",
         confusion="results/{experiment}/seed{seed}/confusion_matrix.csv",
         predictions="results/{experiment}/seed{seed}/test_predictions.csv",
+        html=report(
+            "results/{experiment}/seed{seed}/metrics.html",
+            caption="../report/metrics.rst",
+            category="2. Evaluation",
+            subcategory="{experiment} seed {seed}",
+            labels=run_labels("metrics tables"),
+        ),
+        confusion_png=report(
+            "results/{experiment}/seed{seed}/confusion_matrix.png",
+            caption="../report/confusion_matrix.rst",
+            category="2. Evaluation",
+            subcategory="{experiment} seed {seed}",
+            labels=run_labels("confusion matrix"),
+        ),
+        reliability_png=report(
+            "results/{experiment}/seed{seed}/reliability.png",
+            caption="../report/reliability.rst",
+            category="2. Evaluation",
+            subcategory="{experiment} seed {seed}",
+            labels=run_labels("reliability diagram"),
+        ),
+        learning_curves_png=report(
+            "results/{experiment}/seed{seed}/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="2. Evaluation",
+            subcategory="{experiment} seed {seed}",
+            labels=run_labels("learning curves"),
+        ),
     params:
         top_k=config["evaluate"]["top_k"],
+        calibration_bins=config["evaluate"]["calibration_bins"],
+        title=lambda w: f"{w.experiment} seed {w.seed}",
     log:
         "results/logs/evaluate/{experiment}/seed{seed}.log",
     benchmark:
@@ -21,6 +58,9 @@ rule evaluate:
         mem_mb=3000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
+        "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "
-        "--out-predictions {output.predictions} --top-k {params.top_k} --threads {threads} > {log} 2>&1"
+        "--out-predictions {output.predictions} --out-html {output.html} "
+        "--out-confusion-png {output.confusion_png} --out-reliability-png {output.reliability_png} "
+        "--out-learning-curves-png {output.learning_curves_png} --title {params.title:q} "
+        "--top-k {params.top_k} --calibration-bins {params.calibration_bins} --threads {threads} > {log} 2>&1"

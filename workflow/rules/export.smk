@@ -27,3 +27,28 @@ rule export_onnx:
         "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
         "--threads {threads} > {log} 2>&1"
+
+
+# Optional (export.quantize: true): dynamic INT8 quantization, reported against fp32 on size,
+# speed and test accuracy. onnxruntime only, no torch.
+
+
+rule quantize_onnx:
+    input:
+        script=script("quantize_onnx"),
+        onnx=rules.export_onnx.output.onnx,
+        split="resources/splits/target.csv",
+    output:
+        onnx="results/{experiment}/seed{seed}/model.int8.onnx",
+        report="results/{experiment}/seed{seed}/quantization.json",
+    log:
+        "results/logs/quantize_onnx/{experiment}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/quantize_onnx/{experiment}/seed{seed}.tsv"
+    threads: config["threads"]["data"]
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "{PYTHON} {input.script} --onnx {input.onnx} --split {input.split} --out-onnx {output.onnx} "
+        "--out-report {output.report} --threads {threads} > {log} 2>&1"

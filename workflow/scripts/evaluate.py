@@ -1,4 +1,5 @@
-"""Test-set metrics of a trained model: accuracy, per-class P/R/F1, confusion matrix (rule `evaluate`)."""
+"""Test-set metrics of a trained model: accuracy, top-k, per-class P/R/F1, calibration, confusion matrix,
+and their plots (rule `evaluate`)."""
 
 import argparse
 from pathlib import Path
@@ -11,16 +12,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--history", type=Path, help="the run's history.csv, for the learning curves")
     parser.add_argument("--out-metrics", type=Path, required=True)
     parser.add_argument("--out-confusion", type=Path, required=True)
     parser.add_argument("--out-predictions", type=Path, required=True)
+    parser.add_argument("--out-confusion-png", type=Path)
+    parser.add_argument("--out-reliability-png", type=Path)
+    parser.add_argument("--out-learning-curves-png", type=Path)
+    parser.add_argument("--out-html", type=Path, help="the metrics tables as an HTML page (for the report)")
+    parser.add_argument("--title", help="names the run in plot titles (default: the checkpoint's folder)")
     parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--calibration-bins", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
+    plots = {"confusion": args.out_confusion_png, "reliability": args.out_reliability_png,
+             "learning_curves": args.out_learning_curves_png}
     report = evaluate_stage(args.checkpoint, args.split, args.out_metrics, args.out_confusion, args.out_predictions,
-                            threads, top_k=args.top_k)
-    print(f"test accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f} on {report['n_test']} images")
+                            threads, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
+                            plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title)
+    k = report["top_k"]
+    print(f"test accuracy {report['accuracy']:.4f}, top-{k} {report[f'top{k}_accuracy']:.4f}, "
+          f"macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} on {report['n_test']} images")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One table comparing every experiment (mean and std over seeds) (rule `summary`)."""
+"""The leaderboard: one table comparing every experiment (mean and std over seeds) (rule `summary`)."""
 
 import argparse
 import re
@@ -12,9 +12,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", required=True,
                         help="results/<experiment>/seed<seed> folders, each holding train_info.json and metrics.json")
-    parser.add_argument("--weights-source", required=True)
+    parser.add_argument("--weights-source", required=True, help="names the pretrained weights in the table")
     parser.add_argument("--out-csv", type=Path, required=True)
     parser.add_argument("--out-md", type=Path, required=True)
+    parser.add_argument("--out-html", type=Path, help="the table as an HTML page (for the report)")
     args = parser.parse_args()
     runs = []
     for folder in map(Path, args.runs):
@@ -22,7 +23,7 @@ def main():
         runs.append({"experiment": folder.parent.name, "seed": int(seed.group(1)) if seed else folder.name,
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
                      "weights_source": args.weights_source})
-    table = summary_stage(runs, args.out_csv, args.out_md)
+    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html)
     print(args.out_md.read_text())
     return 0 if len(table) else 1
 

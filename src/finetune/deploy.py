@@ -1,0 +1,341 @@
+"""Use an exported model the way a deployment does: onnxruntime, Pillow and numpy only (never torch).
+
+Everything needed to feed the model is read from the ONNX file's own metadata (written by
+:func:`finetune.export.onnx_metadata`): class names, resize and crop sizes, mean/std, channel
+order and layout. Pixels go through :mod:`finetune.images`, the functions training and
+evaluation use too, so a deployed model sees exactly the pixels it was checked on.
+
+Also here: dynamic INT8 quantization with onnxruntime and its report (size, speed, accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ConfigError, DataError, FinetuneError
+from .fileio import atomic_path, write_json
+from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
+from .metrics import softmax
+
+JSON_METADATA = ("classes", "input_size", "mean", "std")
+REQUIRED_METADATA = ("classes", "resize_size", "crop_size", "mean", "std")
+
+
+class ModelError(FinetuneError):
+    """The ONNX file cannot be loaded or lacks the metadata needed to preprocess its inputs."""
+
+
+def decode_metadata(raw: dict[str, str], origin: str = "model") -> dict:
+    """ONNX ``metadata_props`` (strings) -> values; checks what preprocessing needs is there and supported."""
+    meta = dict(raw)
+    for key in JSON_METADATA:
+        if key in meta:
+            try:
+                meta[key] = json.loads(meta[key])
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{origin}: metadata {key!r} is not valid JSON ({meta[key]!r})") from exc
+    missing = [key for key in REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise ModelError(
+            f"{origin} lacks the metadata {', '.join(missing)} needed to preprocess images: "
+            "export it with the workflow's export_onnx rule"
+        )
+    for key in ("resize_size", "crop_size"):
+        meta[key] = int(meta[key])
+    for key, supported in (("channel_order", "RGB"), ("layout", "NCHW"), ("interpolation", "bilinear")):
+        if key in meta and meta[key] != supported:
+            raise ModelError(f"{origin}: metadata {key}={meta[key]!r} is not supported (only {supported})")
+    if len(meta["mean"]) != 3 or len(meta["std"]) != 3:
+        raise ModelError(f"{origin}: mean and std must have 3 values (RGB), not {meta['mean']} / {meta['std']}")
+    return meta
+
+
+def new_session(path: str | Path, threads: int | None = None):
+    """A fresh onnxruntime CPU session of ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for missing/corrupt files
+        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+@dataclass
+class OnnxClassifier:
+    """An exported classifier: its onnxruntime session and the preprocessing from its metadata."""
+
+    path: Path
+    session: object
+    metadata: dict
+    input_name: str = field(init=False)
+
+    def __post_init__(self):
+        self.input_name = self.session.get_inputs()[0].name
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> "OnnxClassifier":
+        session = new_session(path, threads)
+        metadata = decode_metadata(session.get_modelmeta().custom_metadata_map, origin=str(path))
+        return cls(Path(path), session, metadata)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    def pixels(self, ref: str) -> np.ndarray:
+        """One image reference -> uint8 (crop, crop, 3), as the model's metadata says."""
+        return preprocess(load_image(ref), self.metadata["resize_size"], self.metadata["crop_size"])
+
+    def decode(self, refs: list[str], threads: int = 1) -> tuple[np.ndarray, dict[int, str]]:
+        """Decode ``refs`` in parallel: uint8 (n_ok, crop, crop, 3) of those that decode, and
+        ``{index in refs: reason}`` for those that do not."""
+        def one(ref: str):
+            try:
+                return self.pixels(ref), None
+            except DataError as exc:
+                return None, str(exc)
+            except (OSError, ValueError) as exc:  # e.g. a degenerate image PIL opens but cannot resize
+                return None, f"cannot decode image {ref}: {exc}"
+
+        crop = self.metadata["crop_size"]
+        arrays, errors = [], {}
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, (array, error) in enumerate(pool.map(one, refs)):
+                if error is None:
+                    arrays.append(array)
+                else:
+                    errors[i] = error
+        stacked = np.stack(arrays) if arrays else np.empty((0, crop, crop, 3), dtype=np.uint8)
+        return stacked, errors
+
+    def inputs(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> the float32 NCHW tensor the model takes."""
+        return normalize(pixels, self.metadata["mean"], self.metadata["std"])
+
+    def logits(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Run the model over uint8 pixels in batches: float32 (N, classes)."""
+        outputs = []
+        for start in range(0, len(pixels), batch_size):
+            x = self.inputs(pixels[start : start + batch_size])
+            outputs.append(self.session.run(None, {self.input_name: x})[0])
+        if not outputs:
+            return np.empty((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(outputs)
+
+
+# --------------------------------------------------------------------------- predict
+
+def list_images(source: str | Path) -> list[tuple[str, str]]:
+    """What to classify: ``(reference as the user wrote it, path to open)`` pairs.
+
+    ``source`` is a folder (every image file under it, recursively, by extension, sorted) or a CSV
+    file with a ``path`` column (relative paths are relative to the CSV's folder).
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(
+            p for p in source.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+        if not files:
+            raise DataError(f"no image files in {source} (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
+        return [(str(p), str(p)) for p in files]
+    if source.is_file():
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot parse image list {source}: {exc}") from exc
+        if "path" not in frame.columns:
+            raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'})")
+        refs = [p.strip() for p in frame["path"] if p.strip()]
+        if not refs:
+            raise DataError(f"image list {source} names no images")
+        return [(ref, ref if os.path.isabs(ref) else str(source.parent / ref)) for ref in refs]
+    raise DataError(f"images to classify not found: {source} is neither a folder nor a CSV file")
+
+
+def prediction_columns(top_k: int) -> list[str]:
+    columns = ["path", "predicted", "probability"]
+    for i in range(1, top_k + 1):
+        columns += [f"top{i}_class", f"top{i}_probability"]
+    return columns + ["error"]
+
+
+def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Path, top_k: int = 3,
+                   batch_size: int = 64, threads: int = 1, log: Callable[[str], None] | None = None) -> dict:
+    """Classify every image of ``source`` with the ONNX model; write one CSV row per image.
+
+    An image that cannot be read gets a row with an empty prediction and the reason in ``error``,
+    and a line on ``log`` (stderr by default); the others are classified regardless.
+    Returns counts: ``{"images", "classified", "failed"}``.
+    """
+    import csv
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    model = OnnxClassifier.load(model_path, threads)
+    classes = model.classes
+    k = max(1, min(top_k, len(classes)))
+    listed = list_images(source)
+    columns = prediction_columns(k)
+    rows, failed = [], 0
+    for start in range(0, len(listed), batch_size):
+        chunk = listed[start : start + batch_size]
+        pixels, errors = model.decode([opened for _, opened in chunk], threads)
+        probs = softmax(model.logits(pixels, batch_size).astype(np.float64))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        decoded = iter(range(len(pixels)))
+        for i, (ref, _) in enumerate(chunk):
+            row = dict.fromkeys(columns, "")
+            row["path"] = ref
+            if i in errors:
+                failed += 1
+                row["error"] = errors[i]
+                log(f"warning: unreadable image {ref}: {errors[i]}")
+            else:
+                j = next(decoded)
+                best = order[j]
+                row["predicted"], row["probability"] = classes[best[0]], f"{probs[j, best[0]]:.6f}"
+                for rank, c in enumerate(best, start=1):
+                    row[f"top{rank}_class"], row[f"top{rank}_probability"] = classes[c], f"{probs[j, c]:.6f}"
+            rows.append(row)
+    with atomic_path(out_csv) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    return {"images": len(rows), "classified": len(rows) - failed, "failed": failed}
+
+
+# --------------------------------------------------------------------------- accuracy and speed
+
+def split_accuracy(model: OnnxClassifier, split_csv: str | Path, split: str = "test", threads: int = 1,
+                   batch_size: int = 64, pixels: np.ndarray | None = None) -> dict:
+    """Top-1 accuracy of the ONNX model on one split of a split CSV (written by the split rule)."""
+    from .data import read_split
+
+    frame, classes = read_split(split_csv)
+    if classes != model.classes:
+        raise ConfigError(f"{model.path} classifies {model.classes}, {split_csv} has classes {classes}")
+    rows = frame[frame["split"] == split]
+    if pixels is None:
+        pixels, errors = model.decode(rows["path"].tolist(), threads)
+        if errors:
+            raise DataError(f"{len(errors)} {split} image(s) of {split_csv} do not decode, e.g. {next(iter(errors.values()))}")
+    predicted = model.logits(pixels, batch_size).argmax(1)
+    labels = rows["label"].to_numpy()
+    correct = int((predicted == labels).sum())
+    return {"n_images": int(len(labels)), "correct": correct, "accuracy": correct / max(1, len(labels)),
+            "predicted": predicted}
+
+
+def throughput(session, x: np.ndarray, batch: int, min_seconds: float = 1.0, min_repeats: int = 3,
+               max_repeats: int = 200) -> float:
+    """Images per second of ``session`` at ``batch`` (median over repeats, after one warm-up run)."""
+    name = session.get_inputs()[0].name
+    if len(x) < batch:
+        x = np.concatenate([x] * (batch // max(1, len(x)) + 1))
+    x = np.ascontiguousarray(x[:batch])
+    session.run(None, {name: x})
+    rates, spent = [], 0.0
+    while len(rates) < min_repeats or (spent < min_seconds and len(rates) < max_repeats):
+        started = time.perf_counter()
+        session.run(None, {name: x})
+        elapsed = time.perf_counter() - started
+        spent += elapsed
+        rates.append(batch / max(elapsed, 1e-9))
+    return float(np.median(rates))
+
+
+# --------------------------------------------------------------------------- INT8 quantization
+
+def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str | Path, out_report: str | Path,
+                   threads: int = 1, batches: tuple[int, ...] = (1, 64), min_seconds: float = 1.0,
+                   log: Callable[[str], None] = print) -> dict:
+    """Dynamic INT8 quantization (weights int8 ahead of time, activations quantized on the fly) with
+    onnxruntime, and a report of what it buys and costs: file size, img/s at each batch size and
+    test accuracy, int8 against fp32 on the same images."""
+    import logging
+
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path, out_onnx = Path(onnx_path), Path(out_onnx)
+    started = time.perf_counter()
+    with atomic_path(out_onnx) as tmp:
+        # onnxruntime logs advice to run its shape-inference pre-pass on every call (as a root-logger
+        # warning); the exported graph is already shape-inferred, so keep it out of the log.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        # Keep the metadata a consumer needs (quantize_dynamic copies it in some versions, not in others).
+        source_meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+        proto = onnx.load(str(tmp))
+        present = {p.key for p in proto.metadata_props}
+        for key, value in source_meta.items():
+            if key not in present:
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "quantization", f"dynamic int8 weights (onnxruntime {onnxruntime.__version__})"
+        onnx.save(proto, str(tmp))
+    quantize_seconds = time.perf_counter() - started
+
+    fp32, int8 = OnnxClassifier.load(onnx_path, threads), OnnxClassifier.load(out_onnx, threads)
+    from .data import read_split
+
+    frame, _ = read_split(split_csv)
+    refs = frame.loc[frame["split"] == "test", "path"].tolist()
+    pixels, errors = fp32.decode(refs, threads)
+    if errors:
+        raise DataError(f"{len(errors)} test image(s) of {split_csv} do not decode, e.g. {next(iter(errors.values()))}")
+    acc32 = split_accuracy(fp32, split_csv, threads=threads, pixels=pixels)
+    acc8 = split_accuracy(int8, split_csv, threads=threads, pixels=pixels)
+    x = fp32.inputs(pixels[: max(batches)])
+    speed = {}
+    for batch in batches:
+        rate32 = throughput(fp32.session, x, batch, min_seconds=min_seconds)
+        rate8 = throughput(int8.session, x, batch, min_seconds=min_seconds)
+        speed[f"batch_{batch}"] = {"fp32_img_per_s": round(rate32, 1), "int8_img_per_s": round(rate8, 1),
+                                   "speedup": round(rate8 / rate32, 3)}
+        log(f"batch {batch}: fp32 {rate32:.1f} img/s, int8 {rate8:.1f} img/s")
+    size32, size8 = onnx_path.stat().st_size, out_onnx.stat().st_size
+    report = {
+        "method": "onnxruntime.quantization.quantize_dynamic, weight_type QInt8",
+        "fp32_model": str(onnx_path), "int8_model": str(out_onnx),
+        "size_bytes": {"fp32": size32, "int8": size8, "ratio": round(size8 / size32, 4)},
+        "speed": speed,
+        "threads": threads,
+        "test_accuracy": {
+            "n_images": acc32["n_images"], "fp32": acc32["accuracy"], "int8": acc8["accuracy"],
+            "change": acc8["accuracy"] - acc32["accuracy"],
+            "top1_agreement": float((acc32["predicted"] == acc8["predicted"]).mean()) if acc32["n_images"] else 1.0,
+        },
+        "quantize_seconds": round(quantize_seconds, 2),
+        "onnxruntime": onnxruntime.__version__,
+        "note": ("img/s are wall-clock medians on this machine's CPU with the threads above; dynamic "
+                 "quantization turns Conv into ConvInteger, which onnxruntime's CPU kernels may run slower "
+                 "than fp32 Conv: compare the figures before deploying the int8 model"),
+    }
+    write_json(out_report, report)
+    return report

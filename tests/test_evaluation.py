@@ -1,0 +1,228 @@
+"""Evaluation a user can act on (issue 4): metric functions against hand-computed cases, the plots
+(real PNG files), the leaderboard over seeds, and the evaluate rule's outputs in a real tiny run."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from finetune.metrics import (classification_report, confusion_matrix, expected_calibration_error,
+                              most_confused_pairs, per_class_scores, top_k_accuracy)
+from finetune.plots import confusion_matrix_plot, learning_curves_plot, reliability_plot
+from finetune.stages import summary_stage, write_evaluation_figures
+
+
+def assert_png(path, min_size=(200, 200)):
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
+        img.verify()
+
+
+# --------------------------------------------------------------------------- metrics, by hand
+
+def test_confusion_matrix_rows_are_true_columns_predicted():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    preds = np.array([0, 1, 1, 2, 0, 2])
+    assert confusion_matrix(labels, preds, 3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_top_k_accuracy_by_hand():
+    probs = np.array([[0.5, 0.3, 0.2],   # label 1: 2nd
+                      [0.1, 0.2, 0.7],   # label 0: 3rd
+                      [0.6, 0.3, 0.1]])  # label 0: 1st
+    labels = np.array([1, 0, 0])
+    assert top_k_accuracy(labels, probs, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(labels, probs, 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy(labels, probs, 3) == 1.0
+    assert top_k_accuracy(labels, probs, 10) == 1.0  # k above the class count is all classes
+
+
+def test_per_class_precision_recall_f1_by_hand():
+    cm = np.array([[3, 1, 0],
+                   [2, 2, 0],
+                   [0, 0, 0]])   # class 2 never occurs and is never predicted
+    scores = per_class_scores(cm)
+    # class 0: tp 3, predicted 5, actual 4 -> P 0.6, R 0.75, F1 2*.6*.75/1.35
+    assert scores["precision"].tolist() == pytest.approx([0.6, 2 / 3, 0.0])
+    assert scores["recall"].tolist() == pytest.approx([0.75, 0.5, 0.0])
+    assert scores["f1"].tolist() == pytest.approx([0.9 / 1.35, 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), 0.0])
+    assert scores["support"].tolist() == [4, 4, 0]
+
+
+def test_macro_and_weighted_f1_and_accuracy_by_hand():
+    # 4 images of class A, 1 of class B; every image predicted A.
+    labels = np.array([0, 0, 0, 0, 1])
+    logits = np.array([[2.0, 0.0]] * 5)
+    report = classification_report(labels, logits, ["A", "B"], top_k=2, n_bins=10)
+    f1_a = 2 * 0.8 * 1.0 / 1.8  # precision 4/5, recall 1
+    assert report["accuracy"] == pytest.approx(0.8)
+    assert report["top_k"] == 2 and report["top2_accuracy"] == 1.0
+    assert report["macro_f1"] == pytest.approx(f1_a / 2)
+    assert report["weighted_f1"] == pytest.approx(f1_a * 4 / 5)
+    assert report["per_class"]["B"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert report["most_confused"] == [{"true": "B", "predicted": "A", "count": 1}]
+    assert report["confusion_matrix"] == [[4, 0], [1, 0]]
+
+
+def test_expected_calibration_error_by_hand():
+    probs = np.array([[0.90, 0.10],   # label 0, correct, confidence .90 -> bin (.8, 1]
+                      [0.75, 0.25],   # label 1, wrong,   confidence .75 -> bin (.6, .8]
+                      [0.45, 0.55],   # label 1, correct, confidence .55 -> bin (.4, .6]
+                      [0.35, 0.65]])  # label 1, correct, confidence .65 -> bin (.6, .8]
+    labels = np.array([0, 1, 1, 1])
+    ece, bins = expected_calibration_error(labels, probs, n_bins=5)
+    # (.4,.6]: 1 image, |1 - .55| = .45; (.6,.8]: 2 images, acc .5, conf .70 -> .20; (.8,1]: |1 - .9| = .1
+    assert ece == pytest.approx(0.25 * 0.45 + 0.5 * 0.20 + 0.25 * 0.10)
+    assert [b["count"] for b in bins] == [0, 0, 1, 2, 1]
+    assert bins[3]["accuracy"] == pytest.approx(0.5) and bins[3]["confidence"] == pytest.approx(0.70)
+    # Empty bins carry None (valid JSON), not NaN.
+    assert bins[0]["accuracy"] is None and bins[0]["confidence"] is None
+    json.dumps(bins, allow_nan=False)
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    probs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    ece, _ = expected_calibration_error(np.array([0, 1]), probs, n_bins=10)
+    assert ece == 0.0
+
+
+def test_most_confused_pairs_are_ordered_and_skip_zero_cells():
+    cm = np.array([[5, 3, 0],
+                   [1, 4, 0],
+                   [0, 7, 2]])
+    pairs = most_confused_pairs(cm, ["a", "b", "c"], n=5)
+    assert pairs == [{"true": "c", "predicted": "b", "count": 7},
+                     {"true": "a", "predicted": "b", "count": 3},
+                     {"true": "b", "predicted": "a", "count": 1}]
+
+
+# --------------------------------------------------------------------------- plots
+
+def test_every_plot_is_a_valid_png(tmp_path):
+    names = [f"class {i}" for i in range(12)]
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 20, size=(12, 12))
+    confusion_matrix_plot(cm, names, tmp_path / "cm.png")
+    labels = rng.integers(0, 3, size=200)
+    probs = rng.dirichlet([1, 1, 1], size=200)
+    ece, bins = expected_calibration_error(labels, probs, n_bins=15)
+    reliability_plot(bins, ece, tmp_path / "rel.png")
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.5], "val_loss": [1.1, 0.9, 1.0],
+                            "train_accuracy": [0.4, 0.7, 0.9], "val_accuracy": [0.5, 0.6, 0.55]})
+    history.to_csv(tmp_path / "history.csv", index=False)
+    learning_curves_plot(tmp_path / "history.csv", tmp_path / "curves.png")
+    for name in ("cm.png", "rel.png", "curves.png"):
+        assert_png(tmp_path / name)
+    # Nothing but the three files (atomic writes leave no temporary files behind).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png", "curves.png", "history.csv", "rel.png"]
+
+
+def test_plots_refuse_inconsistent_data(tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        confusion_matrix_plot([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "cm.png")
+    with pytest.raises(ValueError, match="no epochs"):
+        learning_curves_plot(pd.DataFrame({"epoch": []}), tmp_path / "curves.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluation_figures_and_tables_from_a_report(tmp_path):
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 3.0
+    report = classification_report(labels, logits, ["Shirt", "Bag", "Ankle <boot>"], top_k=2)
+    report["classes"] = ["Shirt", "Bag", "Ankle <boot>"]
+    pd.DataFrame({"epoch": [1], "train_loss": [1.0], "val_loss": [1.1], "train_accuracy": [0.5],
+                  "val_accuracy": [0.4]}).to_csv(tmp_path / "history.csv", index=False)
+    plots = {name: tmp_path / f"{name}.png" for name in ("confusion", "reliability", "learning_curves")}
+    write_evaluation_figures(report, plots, history=tmp_path / "history.csv", out_html=tmp_path / "metrics.html",
+                             title="demo seed 0")
+    for path in plots.values():
+        assert_png(path)
+    page = (tmp_path / "metrics.html").read_text()
+    assert "Ankle &lt;boot&gt;" in page and "<boot>" not in page  # class names are escaped
+    assert "macro average" in page and "weighted average" in page and "top-2 accuracy" in page
+
+
+# --------------------------------------------------------------------------- leaderboard over seeds
+
+def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
+              trainable=1000, epochs=3):
+    folder = tmp_path / experiment / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "train_info.json").write_text(json.dumps({
+        "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
+        "train_seconds": train_seconds}))
+    (folder / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": macro_f1}))
+    return {"experiment": experiment, "seed": seed, "info": folder / "train_info.json",
+            "metrics": folder / "metrics.json", "weights_source": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}
+
+
+def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
+    runs = [
+        write_run(tmp_path, "finetune", 0, 0.80, 0.70, 10.0),
+        write_run(tmp_path, "finetune", 1, 0.90, 0.80, 12.0),
+        write_run(tmp_path, "feature_extract", 0, 0.85, 0.84, 2.0, strategy="feature_extract", trainable=10),
+        write_run(tmp_path, "feature_extract", 1, 0.87, 0.86, 4.0, strategy="feature_extract", trainable=10),
+        write_run(tmp_path, "scratch", 0, 0.50, 0.40, 11.0, pretrained=False),
+        write_run(tmp_path, "scratch", 1, 0.60, 0.50, 13.0, pretrained=False),
+    ]
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html")
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert list(csv["experiment"]) == ["feature_extract", "finetune", "scratch"]  # best mean accuracy first
+    assert list(csv["rank"]) == [1, 2, 3]
+    assert list(csv["seeds"]) == [2, 2, 2]
+    finetune = csv.set_index("experiment").loc["finetune"]
+    assert finetune["test_accuracy"] == pytest.approx(0.85)
+    assert finetune["test_accuracy_std"] == pytest.approx(round(math.sqrt(0.005), 4))  # sample std, n - 1
+    assert finetune["macro_f1"] == pytest.approx(0.75)
+    assert finetune["train_seconds"] == pytest.approx(11.0)
+    assert finetune["train_seconds_std"] == pytest.approx(round(math.sqrt(2.0), 4))
+    assert finetune["weights_source"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    assert csv.set_index("experiment").loc["scratch", "weights_source"] == "none"
+    assert csv.set_index("experiment").loc["feature_extract", "trainable_params"] == 10
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    assert len(md) == 2 + 3
+    assert "| 2 | finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
+    assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
+    html = (tmp_path / "summary.html").read_text()
+    assert "0.8500 ± 0.0707" in html and "0 1" in html
+    assert len(table) == 3
+
+
+def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
+    runs = [write_run(tmp_path, "finetune", 0, 0.8, 0.7, 10.0)]
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    assert csv["test_accuracy_std"].isna().all()
+    assert "±" not in (tmp_path / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- the evaluate rule, for real
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
+    results = tiny_run / "results"
+    for run in ("finetune/seed0", "feature_extract/seed0", "scratch/seed0"):
+        folder = results / run
+        # Strict JSON (no NaN) so any consumer can read it.
+        metrics = json.loads((folder / "metrics.json").read_text(),
+                             parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
+        for key in ("accuracy", "top2_accuracy", "macro_f1", "weighted_f1", "ece", "per_class", "most_confused",
+                    "calibration_bins", "confusion_matrix"):
+            assert key in metrics, key
+        assert len(metrics["calibration_bins"]) == 15
+        for name in ("confusion_matrix.png", "reliability.png", "learning_curves.png"):
+            assert_png(folder / name)
+        page = (folder / "metrics.html").read_text()
+        for class_name in ("Shirt", "Sneaker", "Bag", "Ankle boot"):
+            assert class_name in page
+    summary = pd.read_csv(results / "summary.csv")
+    for column in ("strategy", "weights_source", "trainable_params", "epochs", "train_seconds", "test_accuracy",
+                   "test_accuracy_std", "macro_f1", "macro_f1_std"):
+        assert column in summary.columns, column
+    assert "Leaderboard" in (results / "summary.html").read_text()

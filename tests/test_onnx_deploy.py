@@ -1,0 +1,210 @@
+"""ONNX that deploys (issue 4): the exported model alone, with its metadata, reproduces the evaluate
+rule's accuracy; `predict` classifies new images without torch; INT8 quantization when enabled."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from PIL import Image
+
+from finetune.images import load_image, normalize, preprocess, read_idx
+from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
+
+RUNS = ["finetune/seed0", "feature_extract/seed0", "scratch/seed0"]
+CLASSES = ["Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_exported_model_alone_reproduces_the_evaluate_accuracy(tiny_run, run):
+    """A fresh onnxruntime session, the model's metadata and nothing else: the same predictions,
+    hence exactly as many correct test images as the evaluate rule counted (with PyTorch)."""
+    folder = tiny_run / "results" / run
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    classes = json.loads(meta["classes"])
+    resize, crop = int(meta["resize_size"]), int(meta["crop_size"])
+    mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+    assert meta["channel_order"] == "RGB" and meta["layout"] == "NCHW" and meta["interpolation"] == "bilinear"
+    assert json.loads(meta["input_size"]) == [3, crop, crop]
+
+    split = pd.read_csv(tiny_run / "resources/splits/target.csv")
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    pixels = np.stack([preprocess(load_image(ref), resize, crop) for ref in test["path"]])
+    logits = session.run(None, {session.get_inputs()[0].name: normalize(pixels, mean, std)})[0]
+    predicted = [classes[i] for i in logits.argmax(1)]
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    evaluated = pd.read_csv(folder / "test_predictions.csv")
+    assert list(evaluated["path"]) == list(test["path"])
+    assert predicted == list(evaluated["predicted"])
+    correct = sum(p == t for p, t in zip(predicted, test["class_name"]))
+    assert correct == round(metrics["accuracy"] * metrics["n_test"])
+    assert correct / len(test) == metrics["accuracy"]
+
+
+def test_metadata_names_classes_preprocessing_and_the_source_weights(tiny_run):
+    manifest = json.loads((tiny_run / "resources/weights/manifest.json").read_text())
+    for run in RUNS:
+        proto = onnx.load(str(tiny_run / "results" / run / "model.onnx"))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["classes"]) == CLASSES
+        assert json.loads(meta["mean"]) == pytest.approx(manifest["preprocessing"]["mean"])
+        assert json.loads(meta["std"]) == pytest.approx(manifest["preprocessing"]["std"])
+        assert int(meta["crop_size"]) == manifest["preprocessing"]["crop_size"]
+        assert meta["finetune_version"] and meta["arch"] == "resnet18"
+        expected_sha = "None" if run.startswith("scratch") else manifest["sha256"]
+        assert meta["source_weights_sha256"] == expected_sha
+        batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+        assert batch_dim.dim_param and not batch_dim.dim_value, "the batch axis must be dynamic"
+
+
+def write_images(folder, n=4):
+    """Real Fashion-MNIST test images as PNG/JPEG files, one corrupt PNG and a non-image file."""
+    images = read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")
+    (folder / "nested").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(images[i]).save(folder / f"item{i}.png")
+    Image.fromarray(np.stack([images[n]] * 3, axis=-1)).resize((90, 70)).save(folder / "nested" / "photo.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "notes.txt").write_text("not an image")
+    return n + 1
+
+
+PREDICT_WITHOUT_TORCH = textwrap.dedent("""
+    import runpy, sys
+    sys.argv = ["predict.py"] + sys.argv[1:]
+    code = 0
+    try:
+        runpy.run_path({script!r}, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    print("modules:", "torch" in sys.modules, "onnxruntime" in sys.modules, "PIL" in sys.modules)
+    sys.exit(code)
+""")
+
+
+def run_predict(*args):
+    script = str(REPO / "workflow/scripts/predict.py")
+    return subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TORCH.format(script=script), *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+
+
+def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image(tiny_run, tmp_path):
+    images = tmp_path / "new images"
+    n_good = write_images(images)
+    out = tmp_path / "predictions.csv"
+    model = tiny_run / "results/finetune/seed0/model.onnx"
+    result = run_predict("--model", str(model), "--images", str(images), "--out", str(out), "--top-k", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The script ran on onnxruntime and Pillow, and never imported torch.
+    assert "modules: False True True" in result.stdout, result.stdout
+    assert "broken.png" in result.stderr and "warning" in result.stderr
+
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["path", "predicted", "probability", "top1_class", "top1_probability",
+                                   "top2_class", "top2_probability", "top3_class", "top3_probability", "error"]
+    assert len(table) == n_good + 1  # notes.txt is not an image file: not listed
+    broken = table[table["path"].str.endswith("broken.png")].iloc[0]
+    assert broken["predicted"] == "" and "broken.png" in broken["error"]
+    good = table[table["error"] == ""]
+    assert len(good) == n_good
+    assert set(good["predicted"]) <= set(CLASSES)
+    assert (good["predicted"] == good["top1_class"]).all()
+    probs = good[["top1_probability", "top2_probability", "top3_probability"]].astype(float).to_numpy()
+    assert (np.diff(probs, axis=1) <= 0).all() and (probs.sum(axis=1) <= 1 + 1e-5).all()
+    assert any(p.endswith("nested/photo.jpg") for p in good["path"])  # folders are searched recursively
+
+    # The same images through the deploy path give the probabilities the model gives on its own.
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    first = good.iloc[0]
+    x = normalize(preprocess(load_image(first["path"]), int(meta["resize_size"]), int(meta["crop_size"]))[None],
+                  json.loads(meta["mean"]), json.loads(meta["std"]))
+    logits = session.run(None, {"x": x})[0][0]
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert float(first["probability"]) == pytest.approx(p.max(), abs=1e-5)
+
+
+def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, tmp_path):
+    images = tmp_path / "imgs"
+    write_images(images, n=2)
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"path": ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png")],
+                  "note": ["a", "b", "c"]}).to_csv(listing, index=False)
+    out = tmp_path / "out.csv"
+    result = run_predict("--model", str(tiny_run / "results/scratch/seed0/model.onnx"), "--images", str(listing),
+                         "--out", str(out), "--top-k", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["path"]) == ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png")]
+    assert "not found" in table.loc[1, "error"] and "missing.png" in result.stderr
+    assert table.loc[0, "error"] == "" and table.loc[2, "error"] == ""
+    assert "top4_class" in table.columns and "top5_class" not in table.columns  # k is capped at 4 classes
+
+
+def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "bad.jpg").write_bytes(b"")
+    out = tmp_path / "out.csv"
+    result = run_predict("--model", str(tiny_run / "results/finetune/seed0/model.onnx"), "--images",
+                         str(tmp_path / "only"), "--out", str(out))
+    assert result.returncode == 1
+    assert "error: none of the 1 image(s) could be read" in result.stderr
+    assert "bad.jpg" in pd.read_csv(out, keep_default_na=False).loc[0, "error"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_predict("--model", str(tiny_run / "results/finetune/seed0/model.onnx"), "--images", str(empty),
+                         "--out", str(tmp_path / "none.csv"))
+    assert result.returncode == 1 and "no image files in" in result.stderr
+
+
+def test_quantize_and_predict_rules(tiny_run_copy):
+    """export.quantize and predict.images on a finished run: only the new jobs run."""
+    workdir = tiny_run_copy
+    n_good = write_images(workdir / "incoming")
+    config = tiny_config(workdir, name="deploy.yaml", export={"quantize": True},
+                         predict={"images": "incoming", "experiment": "feature_extract", "model": "int8", "top_k": 2})
+    result = run_snakemake(workdir, config)
+    assert sorted(jobs_run(result.stdout)) == ["all", "predict"] + ["quantize_onnx"] * 3, result.stdout[-3000:]
+
+    for run in RUNS:
+        folder = workdir / "results" / run
+        report = json.loads((folder / "quantization.json").read_text())
+        assert report["size_bytes"]["int8"] < 0.35 * report["size_bytes"]["fp32"]
+        assert report["size_bytes"]["fp32"] == (folder / "model.onnx").stat().st_size
+        for batch in ("batch_1", "batch_64"):
+            assert report["speed"][batch]["fp32_img_per_s"] > 0 and report["speed"][batch]["int8_img_per_s"] > 0
+        accuracy = report["test_accuracy"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert accuracy["n_images"] == metrics["n_test"]
+        assert accuracy["fp32"] == pytest.approx(metrics["accuracy"])
+        assert accuracy["change"] == pytest.approx(accuracy["int8"] - accuracy["fp32"])
+        # The int8 model keeps the metadata a consumer needs.
+        meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
+                                    providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        assert json.loads(meta["classes"]) == CLASSES and "mean" in meta and "quantization" in meta
+
+    table = pd.read_csv(workdir / "results/predictions/feature_extract/seed0/predictions.csv", keep_default_na=False)
+    assert len(table) == n_good + 1 and (table["error"] != "").sum() == 1
+    assert "top2_class" in table.columns and "top3_class" not in table.columns
+    assert "broken.png" in (workdir / "results/logs/predict/feature_extract/seed0.log").read_text()
+
+
+def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):
+    workdir = tiny_run_copy
+    config = tiny_config(workdir, name="bad.yaml", predict={"images": "x", "experiment": "nope"})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0 and "predict.experiment: 'nope' is not an experiment" in result.stdout
+    config = tiny_config(workdir, name="bad2.yaml", predict={"images": "x", "model": "int8"})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0 and "predict.model: int8 needs export.quantize: true" in result.stdout

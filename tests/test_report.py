@@ -1,0 +1,58 @@
+"""`snakemake --report report.html` on a finished tiny run (issue 4): one self-contained HTML file with
+the leaderboard, every run's metrics tables and plots, each with its caption."""
+
+import base64
+import json
+import re
+import zipfile
+
+import pytest
+
+from helpers import run_snakemake
+
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
+
+RUNS = ["finetune/seed0", "feature_extract/seed0", "scratch/seed0"]
+PLOTS = ["confusion_matrix.png", "reliability.png", "learning_curves.png"]
+
+
+def embedded_results(html: str) -> dict:
+    """The report's results table: path -> {mime_type, caption, data_uri (base64), ...}."""
+    match = re.search(r"^\s*var results = (\{.*\});\s*$", html, flags=re.MULTILINE)
+    assert match, "no results table in the report"
+    return json.loads(match.group(1))
+
+
+def test_report_holds_the_leaderboard_and_every_runs_plots(tiny_run_copy):
+    workdir = tiny_run_copy
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "report.html")
+    report = workdir / "report.html"
+    assert "Report created" in result.stdout
+    # Snakemake 9 writes one self-contained HTML file for a .html name (a .zip name gives a zip).
+    assert not zipfile.is_zipfile(report)
+    html = report.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+
+    results = embedded_results(html)
+    expected = {f"results/{run}/{name}" for run in RUNS for name in PLOTS + ["metrics.html"]}
+    expected.add("results/summary.html")
+    assert expected <= set(results), sorted(expected - set(results))
+    for path, entry in results.items():
+        if path not in expected:
+            continue
+        assert entry["caption"].strip(), f"{path} has no caption"
+        head, _, payload = entry["data_uri"].partition(";base64,")
+        data = base64.b64decode(payload)
+        if path.endswith(".png"):
+            assert entry["mime_type"] == "image/png" and data.startswith(b"\x89PNG\r\n\x1a\n"), path
+        else:
+            assert entry["mime_type"] == "text/html" and b"<table" in data, path
+
+    # Captions are rendered for their run, the leaderboard comes first, the workflow is described.
+    assert "Confusion matrix of <strong>scratch</strong>" in results["results/scratch/seed0/confusion_matrix.png"]["caption"]
+    assert "ECE" in results["results/finetune/seed0/reliability.png"]["caption"]
+    leaderboard = base64.b64decode(results["results/summary.html"]["data_uri"].partition(";base64,")[2]).decode()
+    for experiment in ("finetune", "feature_extract", "scratch"):
+        assert experiment in leaderboard
+    assert "1. Leaderboard" in html and "2. Evaluation" in html
+    assert "Transfer learning with" in html  # workflow/report/workflow.rst
