@@ -718,11 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     say(f"finetune bench ({'smoke' if args.smoke else 'full'}): {info['cpu_model']}, {info['cpus_usable']} CPU(s), "
         f"{threads} thread(s), load average {info['loadavg_1_5_15']}")
     rows: dict[str, dict] = {}
-    phases: dict[str, float] = {}
+    phases: list[tuple[str, float]] = []  # (name, start)
 
     def phase(name: str):
         say(f"[{time.perf_counter() - started:6.0f} s] {name}")
-        phases[name] = time.perf_counter()
+        phases.append((name, time.perf_counter()))
 
     try:
         phase("noop_rerun_s: Snakemake on a finished DAG")
@@ -762,9 +762,11 @@ def main(argv: list[str] | None = None) -> int:
         phase("onnx_infer_img_per_s_*: onnxruntime vs eager PyTorch")
         for r in bench_onnx(transfer["checkpoints"]["finetune"], split_csv, scratch, sizes, threads):
             rows[r["metric"]] = r
+        phases.append(("end", time.perf_counter()))
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+    durations = {name: round(end - start, 1) for (name, start), (_, end) in zip(phases, phases[1:])}
 
     ordered = [rows[name] for name in ROWS]
     write_csv(ordered, out)
@@ -772,8 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_1_5_15"] = f"{info['loadavg_1_5_15']} at start, {info_after['loadavg_1_5_15']} at end"
     print_table(ordered, info, checked=not args.smoke)
     total = time.perf_counter() - started
-    say(f"\nwrote {out} in {total:.0f} s ({total / 60:.1f} min)")
-    (out.with_suffix(".json")).write_text(json.dumps({"machine": info, "seconds": round(total, 1),
+    say("\nwall time per phase: " + "; ".join(f"{name.split(':')[0]} {seconds:.0f} s" for name, seconds in durations.items()))
+    say(f"wrote {out} in {total:.0f} s ({total / 60:.1f} min)")
+    (out.with_suffix(".json")).write_text(json.dumps({"machine": info, "seconds": round(total, 1), "phases_s": durations,
                                                       "smoke": args.smoke, "weights": origin}, indent=2) + "\n")
     if args.smoke:
         return 0
