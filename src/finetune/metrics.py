@@ -48,7 +48,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
             acc, conf = float(correct[in_bin].mean()), float(confidence[in_bin].mean())
             ece += count / len(labels) * abs(acc - conf)
         else:
-            acc = conf = float("nan")
+            acc = conf = None  # JSON has no NaN
         bins.append({"low": float(low), "high": float(high), "count": count, "accuracy": acc, "confidence": conf})
     return float(ece), bins
 

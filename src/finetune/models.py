@@ -126,6 +126,3 @@ def strip_output_layer(model: nn.Module) -> nn.Module:
     model.set_submodule(name, nn.Identity())
     return model
 
-
-def to_channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,97 @@
+"""Acquiring weights from torchvision (via a mirror), a URL and a local path, against a real
+HTTP server on 127.0.0.1: the real download code, its hash checks, the manifest."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.fileio import sha256_of
+from finetune.models import build_architecture
+from helpers import run_script
+from weight_server import serve_folder
+
+# SqueezeNet 1.1: a real torchvision architecture small enough to serve (5 MB), and one whose
+# output layer is a 1x1 convolution, not an nn.Linear.
+ENUM = "SqueezeNet1_1_Weights.IMAGENET1K_V1"
+FILE_NAME = "squeezenet1_1-b8a52dc0.pth"  # the official file name: torchvision checks the hash prefix b8a52dc0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mirror")
+    (folder / "models").mkdir()
+    torch.manual_seed(0)
+    state = build_architecture("squeezenet1_1", 1000).state_dict()
+    torch.save(state, folder / "models" / FILE_NAME)
+    with serve_folder(folder) as base_url:
+        yield {"url": base_url, "file": folder / "models" / FILE_NAME, "sha256": sha256_of(folder / "models" / FILE_NAME)}
+
+
+def fetch(tmp_path, weights_cfg):
+    out = tmp_path / "out"
+    result = run_script("weights", "--weights", json.dumps(weights_cfg), "--out-weights", str(out / "weights.pth"),
+                        "--out-manifest", str(out / "manifest.json"))
+    return result, out
+
+
+def test_torchvision_weights_from_a_mirror_with_full_sha256(served, tmp_path):
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"],
+                                   "sha256": served["sha256"], "timeout_s": 10})
+    assert result.returncode == 0, result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arch"] == "squeezenet1_1" and manifest["num_classes"] == 1000
+    assert manifest["sha256"] == served["sha256"] == sha256_of(out / "weights.pth")
+    assert manifest["preprocessing"]["crop_size"] == 224 and manifest["preprocessing"]["resize_size"] == 256
+    assert manifest["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert len(manifest["classes"]) == 1000
+    assert manifest["source"] == {"kind": "torchvision", "name": ENUM, "url": f"{served['url']}/models/{FILE_NAME}"}
+
+
+def test_torchvision_hash_check_refuses_a_file_that_is_not_the_official_one(served, tmp_path):
+    # Without a full sha256, torchvision's own check applies: the served file's sha256 does not
+    # start with the b8a52dc0 its official name promises.
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"], "timeout_s": 10})
+    assert result.returncode == 1
+    assert "b8a52dc0" in result.stdout and FILE_NAME in result.stdout
+    assert not (out / "weights.pth").exists() and not (out / "manifest.json").exists()
+
+
+def test_url_weights_verified_by_sha256(served, tmp_path):
+    cfg = {"source": "url", "url": f"{served['url']}/models/{FILE_NAME}", "sha256": served["sha256"],
+           "arch": "squeezenet1_1", "timeout_s": 10,
+           "preprocessing": {"resize_size": 36, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    result, out = fetch(tmp_path, cfg)
+    assert result.returncode == 0, result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "url" and manifest["preprocessing"]["crop_size"] == 32
+
+
+def test_url_weights_with_a_wrong_sha256_are_refused(served, tmp_path):
+    wrong = "0" * 64
+    cfg = {"source": "url", "url": f"{served['url']}/models/{FILE_NAME}", "sha256": wrong, "arch": "squeezenet1_1",
+           "preprocessing": {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    result, out = fetch(tmp_path, cfg)
+    assert result.returncode == 1
+    assert wrong in result.stdout and served["sha256"] in result.stdout and FILE_NAME in result.stdout
+    assert not (out / "weights.pth").exists()
+    assert not out.exists() or not any(out.iterdir()), "no partial file may be left behind"
+
+
+def test_local_path_weights(served, tmp_path):
+    cfg = {"source": "path", "path": str(served["file"]), "sha256": served["sha256"], "arch": "squeezenet1_1",
+           "preprocessing": {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    result, out = fetch(tmp_path, cfg)
+    assert result.returncode == 0, result.stdout
+    assert json.loads((out / "manifest.json").read_text())["source"] == {"kind": "path", "path": str(served["file"])}
+
+
+def test_squeezenet_head_replacement_from_downloaded_weights(served, tmp_path):
+    from finetune.models import build_target_model, find_output_layer
+    from finetune.weights import load_state_dict
+
+    model = build_target_model("squeezenet1_1", 4, load_state_dict(served["file"]), 1000)
+    name, head = find_output_layer(model)
+    assert name == "classifier.1" and head.out_channels == 4
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
