@@ -349,7 +349,8 @@ def demo_weights(workdir: Path, threads: int) -> tuple[Path, Path, str]:
                         "--configfile", str(DEMO_CONFIG), "--cores", str(max(threads, 1)), *targets)
     say(f"  running the demo's split, pretrain and weights rules in {workdir} ...")
     seconds, _ = timed(run_checked, cmd, "the demo's weights rule", 3600)
-    return workdir / targets[0], workdir / targets[1], f"demo weights rule run here ({seconds:.0f} s)"
+    return (workdir / targets[0], workdir / targets[1],
+            f"the demo's rules in {workdir} ({seconds:.0f} s; Snakemake reran only what was missing or stale)")
 
 
 # --------------------------------------------------------------------------- rows: transfer accuracy
