@@ -1,0 +1,226 @@
+"""The workflow on a real one-node Slurm cluster, through profiles/slurm (issue 6: run on a cluster).
+
+A session fixture installs Slurm where it can (root, Debian, apt-get: .ci/slurm/install-slurm.sh), starts
+slurmctld, slurmd and a munged of their own in a temporary SLURM_DIR (.ci/slurm/start-slurm.sh) and always
+stops them by PID afterwards (.ci/slurm/stop-slurm.sh), also when a test fails. Elsewhere the tests skip.
+
+Each Slurm job costs ~12 s of overhead (a nested snakemake and the plugin's polling), so the tests use the
+tiny config: 12 jobs through Slurm, 3 local ones, and one failing job.
+
+Run them: python -m pytest tests/test_slurm.py -m slurm
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, jobs_run, run_snakemake, tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SCRIPTS = REPO / ".ci" / "slurm"
+PROFILE = REPO / "profiles" / "slurm"
+SLURM_COMMANDS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
+# The Snakefile's `localrules:` (downloads need the internet, which compute nodes often lack) and `all`.
+LOCAL_RULES = {"weights", "summary", "all"}
+# The tiny config's DAG: what must have gone through Slurm, job by job.
+SLURM_JOBS = {"split": 2, "pretrain": 1, "train": 3, "evaluate": 3, "export_onnx": 3}
+RUNS = ["finetune/seed0", "feature_extract/seed0", "scratch/seed0"]
+
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+RULE_HEADER = re.compile(r"^(local)?rule (\w+):$")
+JOBID_LINE = re.compile(r"^jobid: (\d+)$")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    slurm_dir: Path
+    cpus: int
+    mem_mb: int
+
+    def snakemake_args(self) -> list[str]:
+        """Through profiles/slurm, as a user would; plus settings for this one small, idle test node."""
+        return [
+            "--workflow-profile", str(PROFILE),
+            # run_snakemake's `--cores 2` would also cap the cores asked of Slurm at once (one training job
+            # at a time). With more, Slurm queues the jobs and starts each as soon as the node frees, without
+            # waiting for Snakemake's next poll. Threads stay the tiny config's (train 2, data 1).
+            "--cores", "16",
+            # The profile is sized for real cluster nodes: Snakemake lowers each job's memory request to this
+            # node's memory (and keeps the jobs it has in Slurm at once within it).
+            "--resources", f"mem_mb={self.mem_mb}",
+            # This cluster answers at once: poll it 1 s after a submission (the profile waits 20 s).
+            "--slurm-init-seconds-before-status-checks", "1",
+        ]
+
+
+def _why_no_slurm() -> str | None:
+    """Why Slurm cannot be installed and started here, or None."""
+    if not sys.platform.startswith("linux"):
+        return f"a one-node Slurm cluster needs Linux, not {sys.platform}"
+    if os.geteuid() != 0:
+        return "starting a Slurm cluster needs root (SlurmUser=root, /etc/slurm/slurm.conf)"
+    if not Path("/etc/debian_version").exists():
+        return "not Debian: .ci/slurm/install-slurm.sh installs Debian's slurm packages"
+    missing = [cmd for cmd in SLURM_COMMANDS if shutil.which(cmd) is None]
+    if missing and shutil.which("apt-get") is None:
+        return f"{', '.join(missing)} missing and no apt-get to install them"
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() and not conf.is_symlink():
+        return f"{conf} is a real file (a Slurm installation): the test cluster would replace it"
+    return None
+
+
+def _node() -> tuple[int, int]:
+    """CPUs and memory (MB) of the cluster's one node."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%c %m"], capture_output=True, text=True, check=True)
+    cpus, mem = out.stdout.split()[:2]
+    return int(cpus), int(mem)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(request) -> Cluster:
+    """A one-node Slurm cluster for the session; its daemons are stopped by PID at the end, always."""
+    reason = _why_no_slurm()
+    if reason:
+        pytest.skip(reason)
+    installed = subprocess.run(["bash", str(SCRIPTS / "install-slurm.sh")], capture_output=True, text=True,
+                               timeout=900)
+    if installed.returncode == 2:
+        pytest.skip(installed.stderr.strip())
+    if installed.returncode != 0:
+        pytest.fail(f"installing Slurm failed:\n{installed.stdout}\n{installed.stderr}")
+
+    # Under /tmp, not pytest's private tmp dir: munged runs as user `munge` and must reach its socket.
+    slurm_dir = Path(tempfile.mkdtemp(prefix="finetune-slurm-", dir="/tmp"))
+    env = {**os.environ, "SLURM_DIR": str(slurm_dir)}
+
+    def stop():
+        stopped = subprocess.run(["bash", str(SCRIPTS / "stop-slurm.sh")], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        print(stopped.stdout, stopped.stderr, sep="", end="")
+        if request.session.testsfailed:
+            print(f"Slurm state and logs kept for inspection: {slurm_dir}/log")
+        else:
+            shutil.rmtree(slurm_dir, ignore_errors=True)
+
+    # Registered before starting: a half-started cluster is stopped too.
+    request.addfinalizer(stop)
+    started = subprocess.run(["bash", str(SCRIPTS / "start-slurm.sh")], env=env, capture_output=True,
+                             text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"starting the Slurm cluster failed:\n{started.stdout}\n{started.stderr}")
+    cpus, mem_mb = _node()
+    if cpus < 2:
+        pytest.skip(f"the tiny config's training jobs take 2 CPUs; this node has {cpus}")
+    return Cluster(slurm_dir, cpus, mem_mb)
+
+
+def _jobs_by_kind(output: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Snakemake job id -> rule name, for the jobs it ran remotely (`rule X:`) and locally (`localrule X:`)."""
+    remote, local = {}, {}
+    header = None
+    for line in output.splitlines():
+        line = line.strip()
+        if match := RULE_HEADER.match(line):
+            header = match
+        elif header and (match := JOBID_LINE.match(line)):
+            (local if header.group(1) else remote)[int(match.group(1))] = header.group(2)
+            header = None
+    return remote, local
+
+
+def _squeue(run_id: str) -> dict[str, tuple[str, str]]:
+    """Slurm job id -> (state, comment) of every job of one Snakemake run, finished ones included."""
+    out = subprocess.run(["squeue", "--states=all", "-h", "--name", run_id, "-o", "%i|%T|%k"],
+                         capture_output=True, text=True, check=True)
+    jobs = {}
+    for line in out.stdout.splitlines():
+        job_id, state, comment = line.split("|", 2)
+        jobs[job_id] = (state, comment)
+    return jobs
+
+
+def _run_id(output: str) -> str:
+    match = re.search(r"SLURM run ID: (\S+)", output)
+    assert match, output[-3000:]
+    return match.group(1)
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.fashion_mnist
+def test_pipeline_runs_through_slurm(slurm_cluster, tiny_run, tmp_path):
+    workdir = tmp_path / "slurm_run"
+    result = run_snakemake(workdir, tiny_config(workdir), *slurm_cluster.snakemake_args())
+    out = result.stdout
+    assert "Using workflow specific profile" in out and str(PROFILE) in out
+
+    # Every job but the declared localrules went through Slurm, each with its own Slurm job id.
+    remote, local = _jobs_by_kind(out)
+    assert set(local.values()) == LOCAL_RULES, out[-3000:]
+    assert Counter(remote.values()) == Counter(SLURM_JOBS), out[-3000:]
+    submitted = {int(job): (slurm_id, log) for job, slurm_id, log in SUBMITTED.findall(out)}
+    assert set(submitted) == set(remote), "a job ran without a Slurm submission (or was submitted twice)"
+    slurm_ids = {slurm_id for slurm_id, _ in submitted.values()}
+    assert len(slurm_ids) == len(submitted)
+    for job, (_, log) in submitted.items():
+        assert Path(log).is_relative_to(workdir / ".snakemake" / "slurm_logs" / f"rule_{remote[job]}"), log
+
+    # Slurm knows them all, as this run's jobs, finished; and none other.
+    in_slurm = _squeue(_run_id(out))
+    assert set(in_slurm) == slurm_ids
+    for job, (slurm_id, _) in submitted.items():
+        state, comment = in_slurm[slurm_id]
+        assert state == "COMPLETED", (slurm_id, state)
+        assert comment == f"rule_{remote[job]}" or comment.startswith(f"rule_{remote[job]}_wildcards_"), comment
+
+    # Same outputs as the local run of the same config, and sound ones.
+    assert _files_under(workdir / "results") == _files_under(tiny_run / "results")
+    for run in RUNS:
+        parity = json.loads((workdir / "results" / run / "onnx_parity.json").read_text())
+        assert parity["passed"] is True, (run, parity)
+    # Nothing left incomplete: a second run has nothing to do.
+    assert jobs_run(run_snakemake(workdir, workdir / "config.yaml", *slurm_cluster.snakemake_args()).stdout) == []
+
+
+def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_path):
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    workdir = tmp_path / "failing_run"
+    config = tiny_config(workdir, replace={"dataset": {"format": "imagefolder", "path": str(empty)}})
+    # Only the target split, one attempt (not the profile's `retries: 1`: a second ~30 s failure shows nothing
+    # new). The target goes last: `--configfile` takes every word up to the next option.
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
+                           "resources/splits/target.csv", check=False)
+    out = result.stdout
+    assert result.returncode != 0, out[-3000:]
+
+    # The job went through Slurm, failed there, and the report names its Slurm log.
+    submitted = SUBMITTED.findall(out)
+    assert len(submitted) == 1, out[-3000:]
+    in_slurm = _squeue(_run_id(out))
+    for _, slurm_id, log in submitted:
+        assert in_slurm[slurm_id][0] == "FAILED", in_slurm
+        assert f"SLURM-job '{slurm_id}' failed" in out
+        # The error report lists the job's logs: the rule's own log and the job's Slurm log.
+        assert re.search(rf"^    log: .*{re.escape(log)} \(check log file\(s\) for error details\)$", out, re.M), log
+        slurm_log = Path(log)
+        assert slurm_log.is_relative_to(workdir / ".snakemake" / "slurm_logs" / "rule_split"), log
+        assert "Error in rule split" in slurm_log.read_text()
+    # `show-failed-logs` puts both logs in the output: the Slurm log, and the rule's log saying what went wrong.
+    assert f"Logfile {submitted[0][2]}:" in out
+    assert f"{empty} holds no class folders" in out
