@@ -37,11 +37,11 @@ def make_model(tiny, seed=0):
     return build_target_model("resnet18", len(tiny["classes"]), tiny["state"], tiny["manifest"]["num_classes"])
 
 
-def run_fit(tiny, model, **options):
+def run_fit(tiny, model, log=lambda _: None, resume_path=None, **options):
     opts = TrainOptions.from_dict({"epochs": 2, "batch_size": 8, "lr": 0.01, **options})
     torch.manual_seed(0)
     return fit(model, tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
-               num_classes=len(tiny["classes"]), log=lambda _: None)
+               num_classes=len(tiny["classes"]), log=log, resume_path=resume_path)
 
 
 def snapshot(model):
@@ -120,6 +120,35 @@ def test_cached_features_match_the_uncached_loop(tiny):
     for a, b in zip(cached.history, plain.history):
         assert abs(a["val_accuracy"] - b["val_accuracy"]) * n_val <= 1, "more than one validation image differs"
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(tiny, tmp_path):
+    options = {"strategy": "feature_extract", "epochs": 4, "cache_features": True}
+    reference = run_fit(tiny, make_model(tiny), **options)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_in_epoch_3(line):
+        if line.startswith("epoch 3/"):
+            raise Interrupted
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Interrupted):
+        run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **options)
+    saved = torch.load(resume, weights_only=False)
+    assert saved["epoch"] == 1 and set(saved["model"]) == {"weight", "bias"}, "only the head is resume state"
+    assert resume.stat().st_size < 100_000
+
+    lines = []
+    resumed = run_fit(tiny, make_model(tiny), log=lines.append, resume_path=resume, **options)
+    assert any(line.startswith("resuming from") for line in lines)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("img_per_s", "elapsed_s")} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+    assert set(resumed.best_state) == set(reference.best_state), "the checkpoint is the whole model"
+    for key, value in reference.best_state.items():
+        assert torch.equal(resumed.best_state[key], value), key
 
 
 @pytest.mark.parametrize("options", [
