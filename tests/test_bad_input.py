@@ -290,6 +290,10 @@ BAD_CONFIGS = {
     "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
     "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),
     "unknown_enum_value": ({"train": {"optimizer": "adam"}}, "train.optimizer: 'adam' is not allowed; use one of adamw, sgd"),
+    "lbfgs_without_cached_features": (
+        {"experiments": {"finetune": {"strategy": "finetune", "optimizer": "lbfgs"}}},
+        "experiments.finetune: optimizer lbfgs (set here or in train) solves the new head on cached backbone features; "
+        "it needs strategy: feature_extract, cache_features: true and augment: false (here strategy: finetune"),
     "fractions_leave_no_training_images": (
         {"dataset": {"format": "imagefolder", "path": "data", "val_fraction": 0.5, "test_fraction": 0.5}},
         "dataset.val_fraction + dataset.test_fraction is 1: it must be < 1"),

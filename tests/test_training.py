@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from finetune.models import build_target_model, find_output_layer
+from finetune.models import build_target_model, find_output_layer, strip_output_layer
 from finetune.stages import load_split_tensors
-from finetune.tensors import Preprocessing
+from finetune.tensors import Preprocessing, batched_forward
 from finetune.training import TrainOptions, fit, lr_factor
 from finetune.weights import load_state_dict, read_manifest
 from helpers import REPO
@@ -122,8 +122,10 @@ def test_cached_features_match_the_uncached_loop(tiny):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
-def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(tiny, tmp_path):
-    options = {"strategy": "feature_extract", "epochs": 4, "cache_features": True}
+@pytest.mark.parametrize("optimizer", [{"optimizer": "adamw"}, {"optimizer": "lbfgs", "lr": 1.0, "weight_decay": 0.1}],
+                         ids=["adamw", "lbfgs"])
+def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(tiny, tmp_path, optimizer):
+    options = {"strategy": "feature_extract", "epochs": 4, "cache_features": True, **optimizer}
     reference = run_fit(tiny, make_model(tiny), **options)
 
     class Interrupted(Exception):
@@ -138,7 +140,7 @@ def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(t
         run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **options)
     saved = torch.load(resume, weights_only=False)
     assert saved["epoch"] == 1 and set(saved["model"]) == {"weight", "bias"}, "only the head is resume state"
-    assert resume.stat().st_size < 100_000
+    assert resume.stat().st_size < 1_000_000, "the head and its optimizer state, not the ~45 MB model"
 
     lines = []
     resumed = run_fit(tiny, make_model(tiny), log=lines.append, resume_path=resume, **options)
@@ -149,6 +151,37 @@ def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(t
     assert set(resumed.best_state) == set(reference.best_state), "the checkpoint is the whole model"
     for key, value in reference.best_state.items():
         assert torch.equal(resumed.best_state[key], value), key
+
+
+def test_lbfgs_solves_the_regularised_head_problem(tiny, tmp_path):
+    """Full-batch L-BFGS on cached features minimises cross-entropy + wd/2 ||W||^2 over the head only."""
+    wd = 0.1
+    model = make_model(tiny)
+    before = snapshot(model)
+    resume = tmp_path / "resume.pt"  # holds the head after the last epoch (best_state: the best by val)
+    result = run_fit(tiny, model, strategy="feature_extract", optimizer="lbfgs", lr=1.0, weight_decay=wd, epochs=8,
+                     resume_path=resume)
+    assert result.used_cached_features and len(result.history) == 8
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    assert changed(before, result.best_state) == {"fc.weight", "fc.bias"}
+
+    # The same objective, computed here from the features: its gradient at the result is ~0 (a minimum),
+    # and at the random initial head it is not.
+    model.load_state_dict(before)
+    backbone = strip_output_layer(model).eval()
+    with torch.no_grad():
+        features = batched_forward(backbone, tiny["data"]["train"].images, tiny["prep"], torch.device("cpu"))
+    labels = tiny["data"]["train"].labels
+
+    def gradient_norm(weight, bias):
+        weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        objective = torch.nn.functional.cross_entropy(features @ weight.T + bias, labels) + 0.5 * wd * weight.pow(2).sum()
+        objective.backward()
+        return torch.cat([weight.grad.flatten(), bias.grad]).norm().item()
+
+    assert gradient_norm(before["fc.weight"], before["fc.bias"]) > 0.1
+    last = torch.load(resume, weights_only=False)["model"]
+    assert gradient_norm(last["weight"], last["bias"]) < 1e-3
 
 
 @pytest.mark.parametrize("options", [

@@ -88,6 +88,21 @@ def _semantic_problems(config: dict) -> list[str]:
         for key in needs:
             if not weights.get(key):
                 problems.append(f"weights.{key}: required with weights.source: {source}")
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    experiments = config.get("experiments") if isinstance(config.get("experiments"), dict) else {}
+    for name, overrides in experiments.items():
+        options = {**train, **(overrides if isinstance(overrides, dict) else {})}
+        if options.get("optimizer") != "lbfgs":
+            continue
+        cached = (options.get("strategy", "finetune") == "feature_extract" and options.get("cache_features", True)
+                  and not options.get("augment", False))
+        if not cached:
+            problems.append(
+                f"experiments.{name}: optimizer lbfgs (set here or in train) solves the new head on cached backbone features; it needs "
+                f"strategy: feature_extract, cache_features: true and augment: false (here strategy: "
+                f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
+                f"augment: {str(options.get('augment', False)).lower()})"
+            )
     return problems
 
 

@@ -7,7 +7,10 @@ Strategies
 - ``finetune``: everything trains (optionally the backbone at ``lr * backbone_lr_factor``).
 - ``feature_extract``: only the new output layer trains; the backbone stays in eval mode, so
   BatchNorm running statistics do not drift. With no augmentation its features are computed once
-  and cached, and the head trains on the cached tensors.
+  and cached, and the head trains on the cached tensors. There the head is a convex problem
+  (multinomial logistic regression on fixed features), so ``optimizer: lbfgs`` can solve it
+  full-batch with L-BFGS and an L2 penalty, as linear-probe evaluations do, with no learning-rate
+  schedule to tune; each epoch is one L-BFGS step of up to ``LBFGS_ITERATIONS`` iterations.
 - ``gradual``: head only for ``unfreeze_epoch`` epochs, then the last ``unfreeze_stages`` stages
   (all when unset) train too at ``lr * backbone_lr_factor``. Every optimizer parameter group exists
   from the start (frozen ones at lr 0), so a run resumed mid-schedule is the same run.
@@ -40,6 +43,8 @@ from .models import (backbone_stages, count_parameters, find_output_layer, freez
 from .tensors import Preprocessing, batched_forward, normalize
 
 STRATEGIES = ("finetune", "feature_extract", "gradual")
+OPTIMIZERS = ("adamw", "sgd", "lbfgs")
+LBFGS_ITERATIONS = 20  # per epoch: torch's default max_iter; the validation metric is checked in between
 GPU_RESIDENT_BYTES = 2 * 1024**3
 
 
@@ -48,10 +53,10 @@ class TrainOptions:
     strategy: str = "finetune"
     epochs: int = 10
     batch_size: int = 64
-    optimizer: str = "adamw"            # adamw | sgd
-    lr: float = 1e-3
+    optimizer: str = "adamw"            # adamw | sgd | lbfgs (feature_extract on cached features only)
+    lr: float = 1e-3                    # lbfgs: the step scale of its line search (1.0)
     momentum: float = 0.9               # sgd only
-    weight_decay: float = 1e-4          # never applied to norm layers and biases
+    weight_decay: float = 1e-4          # never applied to norm layers and biases; lbfgs: L2 penalty wd/2 * ||W||^2
     backbone_lr_factor: float = 1.0     # finetune / gradual: backbone lr = lr * factor
     unfreeze_epoch: int = 1             # gradual: epochs of head-only training
     unfreeze_stages: int | None = None  # gradual: how many last stages to unfreeze (None: all)
@@ -87,7 +92,12 @@ class TrainOptions:
             (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, not {self.lr}"),
-            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, not {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
+            (self.optimizer != "lbfgs" or self.uses_cached_features,
+             "optimizer lbfgs solves the new head on cached backbone features: it needs strategy feature_extract, "
+             f"cache_features true and augment false (here strategy {self.strategy!r}, "
+             f"cache_features {self.cache_features}, augment {self.augment})"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
             (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
             (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
             (self.metric in ("val_accuracy", "val_loss"), f"metric must be val_accuracy or val_loss, not {self.metric!r}"),
@@ -348,7 +358,14 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     # Fused kernels update every parameter in one pass: on the CPU, AdamW's step over ResNet18 takes
     # ~20 ms instead of ~110 ms with torch's default per-tensor loop (bench/bench.py, train_img_per_s).
     fused = _fused_supported(device)
-    if opts.optimizer == "adamw":
+    head_name, head = find_output_layer(model)
+    lbfgs = opts.optimizer == "lbfgs"
+    if lbfgs:
+        # One parameter group (torch's L-BFGS has no others); weight decay becomes the loss's L2 term.
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=opts.lr, max_iter=LBFGS_ITERATIONS, history_size=10,
+                                      line_search_fn="strong_wolfe")
+        decayed = [p for name, p in head.named_parameters() if not is_no_decay(name, p)]
+    elif opts.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=opts.lr, fused=fused)
     else:
         optimizer = torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=True, fused=fused)
@@ -359,7 +376,6 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     eval_criterion = nn.CrossEntropyLoss()
     sampling_weights = class_weights(train.labels, num_classes)[train.labels] if opts.class_weighting == "sampler" else None
 
-    head_name, head = find_output_layer(model)
     # What training changes, and so what resume state and the best checkpoint hold: the whole model,
     # or with cached features only the head (the frozen backbone is the weights file's): a few KB per
     # epoch instead of writing the model twice (~90 MB for ResNet18) after epochs that take 0.1 s.
@@ -382,7 +398,8 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     if opts.compile and not cached:
         train_forward = torch.compile(model)
 
-    steps_per_epoch = math.ceil(len(train.labels) / opts.batch_size)
+    batch_size = len(train.labels) if lbfgs else opts.batch_size  # L-BFGS is a full-batch method
+    steps_per_epoch = math.ceil(len(train.labels) / batch_size)
     total_steps = steps_per_epoch * opts.epochs
     warmup_steps = int(round(opts.warmup_epochs * steps_per_epoch))
     shuffle = torch.Generator().manual_seed(opts.seed)
@@ -425,13 +442,14 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 order = torch.randperm(len(train.labels), generator=shuffle)
             epoch_start = time.perf_counter()
             seen, loss_sum, correct = 0, 0.0, 0
-            for step_in_epoch, start in enumerate(range(0, len(order), opts.batch_size)):
+            for step_in_epoch, start in enumerate(range(0, len(order), batch_size)):
                 guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
                 step = epoch * steps_per_epoch + step_in_epoch
                 factor = lr_factor(step, total_steps, warmup_steps, opts.schedule)
                 for group in optimizer.param_groups:
-                    group["lr"] = opts.lr * group["lr_scale"] * factor
-                index = order[start : start + opts.batch_size]
+                    if not lbfgs:  # its line search chooses the step
+                        group["lr"] = opts.lr * group["lr_scale"] * factor
+                index = order[start : start + batch_size]
                 x = train_inputs[index]
                 y = train.labels[index].to(device, non_blocking=True)
                 if not cached:
@@ -445,9 +463,12 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 else:
                     x = x.to(device, non_blocking=True)
                 try:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = train_forward(x)
-                        loss = criterion(logits.float(), y)
+                    if lbfgs:
+                        logits, loss = _lbfgs_step(optimizer, head, decayed, criterion, x, y, opts.weight_decay)
+                    else:
+                        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                            logits = train_forward(x)
+                            loss = criterion(logits.float(), y)
                     if not torch.isfinite(loss):
                         if history and resume_path is not None:
                             where = f"resume state of epoch {len(history)} kept in {resume_path}"
@@ -457,10 +478,11 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                             f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training "
                             f"diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    if not lbfgs:
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
                 except torch.OutOfMemoryError as exc:
                     raise _out_of_memory(device, opts, f"training (epoch {epoch + 1}, step {step_in_epoch + 1})") from exc
                 seen += len(index)
@@ -520,6 +542,31 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         trainable_params=trainable, total_params=total, train_seconds=time.perf_counter() - started,
         used_cached_features=cached, stopped_early=stopped_early,
     )
+
+
+def _lbfgs_step(optimizer: torch.optim.LBFGS, head: nn.Module, decayed: list[nn.Parameter], criterion: nn.Module,
+                x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One full-batch L-BFGS step on ``criterion + weight_decay/2 * ||decayed||^2``.
+
+    Returns the logits and data loss before the step (what the other optimizers report per batch);
+    a non-finite loss is returned before any step is taken.
+    """
+    with torch.no_grad():
+        logits = head(x)
+        loss = criterion(logits, y)
+    if not torch.isfinite(loss):
+        return logits, loss
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        objective = criterion(head(x), y)
+        if weight_decay:
+            objective = objective + 0.5 * weight_decay * sum(p.pow(2).sum() for p in decayed)
+        objective.backward()
+        return objective
+
+    optimizer.step(closure)
+    return logits, loss
 
 
 def _save_resume(path: Path, state: dict) -> None:
