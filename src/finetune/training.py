@@ -580,11 +580,13 @@ def _cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessi
         if cached["train"].shape[0] == len(train.labels) and cached["val"].shape[0] == len(val.labels):
             log(f"backbone features read from cache {cache_file}")
             return cached["train"], cached["val"]
-    backbone = strip_output_layer(copy.deepcopy(model)).eval()
+    # A copy, channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (see batched_forward);
+    # the features are the same up to float rounding.
+    backbone = strip_output_layer(copy.deepcopy(model)).eval().to(memory_format=torch.channels_last)
     started = time.perf_counter()
     features = {
-        "train": batched_forward(backbone, train.images, prep, device),
-        "val": batched_forward(backbone, val.images, prep, device),
+        "train": batched_forward(backbone, train.images, prep, device, channels_last=True),
+        "val": batched_forward(backbone, val.images, prep, device, channels_last=True),
     }
     seconds = time.perf_counter() - started
     log(f"backbone features computed once: {len(train.labels) + len(val.labels)} images in {seconds:.1f}s")
