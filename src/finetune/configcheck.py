@@ -7,8 +7,8 @@ with one line per problem, e.g.::
     train.lr: -0.1 is too small: it must be > 0
     train.lrr: unknown key (did you mean lr?); allowed keys: augment, backbone_lr_factor, ...
 
-Also checked here, because JSON Schema cannot say them: fractions that leave no training images
-and the keys each ``weights.source`` needs.
+Also checked here, because JSON Schema cannot say them: fractions that leave no training images,
+the keys each ``weights.source`` needs, and ``optimizer: lbfgs`` only where features are cached.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ import yaml
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
 _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def caches_features(strategy: str, cache_features: bool, augment: bool) -> bool:
+    """Whether training computes the backbone's features once and trains the head on them.
+
+    Here (torch-free) so the check at workflow start and ``TrainOptions`` share one rule.
+    """
+    return strategy == "feature_extract" and cache_features and not augment
 
 
 def _key_path(path) -> str:
@@ -94,9 +102,8 @@ def _semantic_problems(config: dict) -> list[str]:
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         if options.get("optimizer") != "lbfgs":
             continue
-        cached = (options.get("strategy", "finetune") == "feature_extract" and options.get("cache_features", True)
-                  and not options.get("augment", False))
-        if not cached:
+        if not caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),
+                               options.get("augment", False)):
             problems.append(
                 f"experiments.{name}: optimizer lbfgs (set here or in train) solves the new head on cached backbone features; it needs "
                 f"strategy: feature_extract, cache_features: true and augment: false (here strategy: "

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .configcheck import caches_features
 from .errors import ConfigError, StopRequested, TrainingError
 from .fileio import torch_save
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
@@ -115,7 +116,7 @@ class TrainOptions:
 
     @property
     def uses_cached_features(self) -> bool:
-        return self.strategy == "feature_extract" and self.cache_features and not self.augment
+        return caches_features(self.strategy, self.cache_features, self.augment)
 
 
 @dataclass
