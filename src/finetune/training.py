@@ -447,8 +447,8 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
                 step = epoch * steps_per_epoch + step_in_epoch
                 factor = lr_factor(step, total_steps, warmup_steps, opts.schedule)
-                for group in optimizer.param_groups:
-                    if not lbfgs:  # its line search chooses the step
+                if not lbfgs:  # L-BFGS's line search chooses its step
+                    for group in optimizer.param_groups:
                         group["lr"] = opts.lr * group["lr_scale"] * factor
                 index = order[start : start + batch_size]
                 x = train_inputs[index]
