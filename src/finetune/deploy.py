@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, write_json
-from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
+from .images import IMAGE_EXTENSIONS, load_preprocessed, normalize
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -97,7 +97,7 @@ class OnnxClassifier:
 
     def pixels(self, ref: str) -> np.ndarray:
         """One image reference -> uint8 (crop, crop, 3), as the model's metadata says."""
-        return preprocess(load_image(ref), self.metadata["resize_size"], self.metadata["crop_size"])
+        return load_preprocessed(ref, self.metadata["resize_size"], self.metadata["crop_size"])
 
     def decode(self, refs: list[str], threads: int = 1) -> tuple[np.ndarray, dict[int, str]]:
         """Decode ``refs`` in parallel: uint8 (n_ok, crop, crop, 3) of those that decode, and

@@ -10,6 +10,7 @@ IDX file (the format Fashion-MNIST ships in).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from functools import lru_cache
@@ -90,9 +91,24 @@ class _Undecodable(Exception):
     """Why a file is no image, without its path (the caller names the file)."""
 
 
-def _decode(path: str) -> Image.Image:
+def _draft_for(img: Image.Image, min_side: int | None) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (DCT-domain scaling) where its shorter side stays >= ``min_side``.
+
+    A 12-megapixel photo resized to 256 px decoded in 28-30 ms this way instead of 141-153 ms (one
+    core); PIL picks the smallest scale whose size is still at least the one asked for.
+    """
+    if not min_side or img.format != "JPEG":
+        return
+    width, height = img.size
+    scale = min_side / min(width, height)
+    if scale <= 0.5:  # only where a reduced decode is possible at all
+        img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def _decode(path: str, min_side: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as img:
+            _draft_for(img, min_side)
             img.load()
             return _to_rgb(img)
     except FileNotFoundError:
@@ -104,8 +120,12 @@ def _decode(path: str) -> Image.Image:
         raise _Undecodable(reason) from exc
 
 
-def load_image(ref: str) -> Image.Image:
-    """Open an image reference as an RGB PIL image; raise DataError naming the file on failure."""
+def load_image(ref: str, min_side: int | None = None) -> Image.Image:
+    """Open an image reference as an RGB PIL image; raise DataError naming the file on failure.
+
+    ``min_side``: the image is only needed with its shorter side at least this long; a JPEG much
+    larger than that is decoded at a reduced scale (see :func:`_draft_for`).
+    """
     path, index = split_ref(ref)
     if index is not None:
         images = read_idx(path)
@@ -113,7 +133,7 @@ def load_image(ref: str) -> Image.Image:
             raise DataError(f"{ref}: no image {index} in {path} ({len(images)} images)")
         return Image.fromarray(images[index], mode="L").convert("RGB")
     try:
-        return _decode(path)
+        return _decode(path, min_side)
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {path}") from exc
     except _Undecodable as exc:
@@ -157,6 +177,12 @@ def preprocess(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray
     top = (new_size[1] - crop_size) // 2
     img = img.crop((left, top, left + crop_size, top + crop_size))
     return np.asarray(img, dtype=np.uint8)
+
+
+def load_preprocessed(ref: str, resize_size: int, crop_size: int) -> np.ndarray:
+    """One image reference -> uint8 (crop_size, crop_size, 3): the pixels training, evaluation and
+    ``predict`` all feed the model (large JPEGs decoded at a reduced scale first)."""
+    return preprocess(load_image(ref, min_side=resize_size), resize_size, crop_size)
 
 
 def normalize(batch_hwc_uint8: np.ndarray, mean, std) -> np.ndarray:

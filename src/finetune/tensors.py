@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .images import load_image, preprocess
+from .images import load_preprocessed
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Preprocessing:
 def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:
     """Decode and preprocess every image once: uint8 tensor (N, 3, crop, crop)."""
     def one(ref: str) -> np.ndarray:
-        return preprocess(load_image(ref), prep.resize_size, prep.crop_size)
+        return load_preprocessed(ref, prep.resize_size, prep.crop_size)
 
     out = np.empty((len(refs), prep.crop_size, prep.crop_size, 3), dtype=np.uint8)
     pool = ThreadPoolExecutor(max_workers=max(1, threads))

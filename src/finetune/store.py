@@ -1,0 +1,201 @@
+"""Decode once, stream many times: a split's images as one file-backed uint8 array.
+
+In the spirit of FFCV: every image of a split file is decoded and preprocessed once into an
+``.npy`` file (uint8, ``(N, H, W, 3)``, the split file's row order), beside a small JSON record
+written last. Jobs then read batches from the file instead of decoding again, with memory bounded
+by the batch (rows are read with ``pread`` into a fresh buffer, not through a memory map whose
+pages would count towards the job's resident memory as the epoch touches them).
+
+A file written by a killed job never takes the final name (it is written beside it and renamed
+when complete), and :func:`open_decoded` checks the array against its record, so a truncated or
+foreign file is refused with a message naming it, never read as data.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .data import read_split
+from .errors import DataError
+from .fileio import atomic_path, read_json, sha256_of, write_json
+from .images import load_preprocessed
+
+STORE_FORMAT = "finetune-decoded/1"
+CHUNK_IMAGES = 256  # images decoded between two writes: bounds the decode stage's memory
+
+
+def split_ranges(split_names: list[str]) -> dict[str, list[int]]:
+    """``{split: [start, stop]}`` of each split's rows; the split rule writes each split's rows together."""
+    ranges: dict[str, list[int]] = {}
+    for i, name in enumerate(split_names):
+        if name in ranges and ranges[name][1] != i:
+            raise DataError(f"the rows of split {name!r} are not contiguous in the split file")
+        ranges.setdefault(name, [i, i])[1] = i + 1
+    return ranges
+
+
+def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
+                  threads: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Decode every image of ``split_csv`` once into ``out_npy``; its record goes to ``out_info``."""
+    frame, classes = read_split(split_csv)
+    refs = frame["path"].tolist()
+    shape = (len(refs), crop_size, crop_size, 3)
+    started = time.perf_counter()
+    with atomic_path(out_npy) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        try:
+            for start in range(0, len(refs), CHUNK_IMAGES):
+                chunk = refs[start : start + CHUNK_IMAGES]
+                for offset, pixels in enumerate(pool.map(lambda r: load_preprocessed(r, resize_size, crop_size), chunk)):
+                    array[start + offset] = pixels
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        array.flush()
+        del array
+    seconds = time.perf_counter() - started
+    info = {
+        "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
+        "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
+        "bytes": out_npy.stat().st_size, "splits": split_ranges(frame["split"].tolist()), "classes": classes,
+        "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
+    }
+    write_json(out_info, info)
+    log(f"decoded {len(refs)} images to {out_npy} ({shape[1]}x{shape[2]} px, {info['bytes'] / 1e6:.1f} MB) "
+        f"in {seconds:.1f}s with {threads} thread(s)")
+    return info
+
+
+@dataclass
+class DecodedSplit:
+    """A decoded split file: rows are read on demand from ``path`` (never all held in memory)."""
+
+    path: Path
+    info: dict
+    labels: np.ndarray        # int64 (N,), the split file's order
+    data_offset: int          # where the array's bytes start in the .npy file
+
+    @property
+    def row_shape(self) -> tuple[int, int, int]:
+        return tuple(self.info["shape"][1:])
+
+    @property
+    def row_bytes(self) -> int:
+        h, w, c = self.row_shape
+        return h * w * c
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row numbers of one split (``train``, ``val`` or ``test``)."""
+        start, stop = self.info["splits"].get(split, [0, 0])
+        return np.arange(start, stop)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (len(rows), H, W, 3) of the given rows, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.row_shape), dtype=np.uint8)
+        flat = out.reshape(len(rows), -1)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i in np.argsort(rows, kind="stable"):  # ascending offsets: sequential where rows are
+                view = memoryview(flat[i])
+                got = os.preadv(fd, [view], self.data_offset + int(rows[i]) * self.row_bytes)
+                if got != self.row_bytes:
+                    raise DataError(f"{self.path}: row {rows[i]} is cut short (file truncated after it was checked)")
+        finally:
+            os.close(fd)
+        return out
+
+
+def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran:
+            raise ValueError("Fortran-ordered array")
+        return tuple(shape), dtype, handle.tell()
+
+
+def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
+                 sizes: tuple[int, int] | None = None) -> DecodedSplit:
+    """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``."""
+    npy, info_json = Path(npy), Path(info_json)
+    fix = f"delete {npy} and {info_json} and rerun (the decode job writes them again)"
+    try:
+        info = read_json(info_json)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the record of decoded images {info_json}: {exc}; {fix}") from exc
+    if info.get("format") != STORE_FORMAT:
+        raise DataError(f"{info_json} is not a record of decoded images ({STORE_FORMAT}); {fix}")
+    try:
+        shape, dtype, offset = _array_header(npy)
+        size = npy.stat().st_size
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{npy} is not a readable .npy array ({exc}); {fix}") from exc
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    problems = []
+    if list(shape) != info["shape"] or dtype != np.uint8:
+        problems.append(f"it holds {dtype} {list(shape)}, its record says uint8 {info['shape']}")
+    if size != expected or size != info["bytes"]:
+        problems.append(f"it has {size} bytes, {expected} expected: it was cut short or changed after it was written")
+    if split_csv is not None and sha256_of(split_csv) != info["split_sha256"]:
+        problems.append(f"it was decoded from another version of {split_csv}")
+    if sizes is not None and (info["resize_size"], info["crop_size"]) != tuple(sizes):
+        problems.append(f"it holds images resized to {info['resize_size']} and cropped to {info['crop_size']}, "
+                        f"{sizes[0]} and {sizes[1]} are needed")
+    if problems:
+        raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; {fix}")
+    labels = None
+    if split_csv is not None:
+        frame, _ = read_split(split_csv)
+        labels = frame["label"].to_numpy(dtype=np.int64)
+    return DecodedSplit(npy, info, labels, offset)
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """Run ``batches`` in a background thread, up to ``depth`` ahead of the consumer.
+
+    Reading rows (``pread``) and pinning/copying release the GIL, so the next batch is read while
+    the current one trains. An exception in the producer is raised in the consumer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
