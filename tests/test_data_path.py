@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ from PIL import Image
 from finetune.errors import DataError
 from finetune.images import load_image, load_preprocessed, preprocess
 from finetune.store import open_decoded, prefetch, write_decoded
-from helpers import REPO
+from faults import make_images
+from helpers import REPO, jobs_run, run_snakemake, tiny_config
 
 
 def photo(path, width, height, seed=0):
@@ -121,3 +123,59 @@ def test_prefetch_keeps_order_and_hands_on_the_producers_error():
     assert next(stream) == 1
     with pytest.raises(DataError, match="row 7"):
         next(stream)
+
+
+def decode_outputs(dry_run_output: str) -> list[str]:
+    """The decoded-images files a (dry) snakemake run makes, one per decode job."""
+    return sorted(line.split("output:", 1)[1].split(",")[0].strip() for line in dry_run_output.splitlines()
+                  if line.strip().startswith("output: resources/decoded/"))
+
+
+def test_one_decode_job_per_split_file_and_size_for_many_experiments_and_seeds(tmp_path):
+    experiments = {"finetune": {"strategy": "finetune"}, "feature_extract": {"strategy": "feature_extract"},
+                   "scratch": {"strategy": "finetune", "pretrained": False},
+                   "larger": {"strategy": "finetune", "image_size": 48}}
+    config = tiny_config(tmp_path, replace={"experiments": experiments, "seeds": [0, 1, 2]})
+    dry = run_snakemake(tmp_path, config, "-n")
+    assert decode_outputs(dry.stdout) == [
+        "resources/decoded/source/32/images.npy",   # pretrain.image_size
+        "resources/decoded/target/48/images.npy",   # the experiment with its own image_size
+        "resources/decoded/target/native/images.npy",  # the weights' own size: every other experiment
+    ], dry.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_copy):
+    workdir = tiny_run_copy
+    logs = sorted(p.relative_to(workdir / "results/logs/decode").as_posix()
+                  for p in (workdir / "results/logs/decode").rglob("*.log"))
+    assert logs == ["source/32.log", "target/native.log"]
+    tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "lr": 0.0005}})
+    dry = run_snakemake(workdir, workdir / "config.yaml", "-n")
+    assert "train" in dry.stdout and decode_outputs(dry.stdout) == [], dry.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_jobs_after_decode_never_open_an_image_file(tmp_path):
+    """Once decoded, train, evaluate and export read only the decoded array: with every image file
+    moved away they still run, and give the same results as before."""
+    images = tmp_path / "images"
+    make_images(images / "target", {"circle": 12, "square": 12, "cross": 12})
+    make_images(images / "source", {"a": 10, "b": 10, "c": 10}, seed=1)
+    config = tiny_config(
+        tmp_path / "run",
+        dataset={"format": "imagefolder", "path": str(images / "target"), "classes": None, "val_fraction": 0.25,
+                 "test_fraction": 0.25, "max_train_per_class": None, "max_val_per_class": None, "max_test_per_class": None},
+        pretrain={"dataset": {"format": "imagefolder", "path": str(images / "source"), "classes": None,
+                              "max_train_per_class": None, "max_val_per_class": None}},
+        replace={"experiments": {"finetune": {"strategy": "finetune"}}},
+    )
+    run_snakemake(tmp_path / "run", config)
+    first = json.loads((tmp_path / "run/results/finetune/seed0/metrics.json").read_text())
+    images.rename(tmp_path / "moved-away")
+    again = run_snakemake(tmp_path / "run", config, "--forcerun", "pretrain", "train")
+    ran = sorted(set(jobs_run(again.stdout)))
+    assert ran == ["all", "evaluate", "export_onnx", "pretrain", "summary", "train", "weights"], again.stdout[-3000:]
+    second = json.loads((tmp_path / "run/results/finetune/seed0/metrics.json").read_text())
+    assert second["n_test"] == first["n_test"] == 3 * 3

@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import struct
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -85,6 +86,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``, normalise with mean/std."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict, image_size: int | None = None) -> "Preprocessing":
+        """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it."""
+        resize, crop = int(d["resize_size"]), int(d["crop_size"])
+        if image_size and image_size != crop:
+            resize, crop = int(round(image_size * resize / crop)), int(image_size)
+        return cls(resize, crop, tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+    def to_dict(self) -> dict:
+        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": "bilinear", "channels": "RGB"}
 
 
 class _Undecodable(Exception):

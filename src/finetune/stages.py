@@ -11,13 +11,14 @@ from typing import Callable
 import pandas as pd
 
 from . import __version__
-from .data import SplitSpec, make_split, read_split
+from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
 from .weights import (copy_local, download, fetch_torchvision, infer_num_classes, library_versions, load_state_dict,
                       read_manifest, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
+PARITY_SAMPLE = 512  # test images on which export checks onnxruntime against PyTorch (top-1 agreement)
 
 
 # --------------------------------------------------------------------------- split
@@ -30,18 +31,55 @@ def split_stage(dataset_cfg: dict, out_csv: Path, out_report: Path, threads: int
     return report
 
 
-def load_split_tensors(split_csv: Path, prep, threads: int, splits=("train", "val", "test")):
-    """Decode the chosen splits of a split CSV once: {split: Data}, plus the class names."""
-    from .tensors import decode_images
-    from .training import Data
+def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, image_size: int | None = None,
+                 manifest_path: Path | None = None, splits=SPLITS, log: Callable = print) -> dict:
+    """Decode the images of a split file once, at the size the jobs that read them need.
+
+    With ``manifest_path`` (the target dataset): the weights' preprocessing, its crop overridden by
+    ``image_size``. Without (the source dataset of ``pretrain``): resized and cropped to ``image_size``.
+    """
+    from .images import Preprocessing
+    from .store import write_decoded
+
+    if manifest_path is not None:
+        prep = Preprocessing.from_dict(read_manifest(manifest_path, verify_file=False)["preprocessing"], image_size)
+        resize, crop = prep.resize_size, prep.crop_size
+    elif image_size:
+        resize, crop = image_size, image_size
+    else:
+        raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
+    return write_decoded(split_csv, resize, crop, out_npy, out_info, splits=splits, threads=threads, log=log)
+
+
+def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decoded: tuple[Path, Path] | None = None):
+    """The chosen splits of a split CSV as tensors: {split: Data}, plus the class names and the CSV.
+
+    ``decoded``: the decode rule's ``(images.npy, info.json)``, read (and checked to hold ``split_csv``
+    at ``prep``'s sizes) instead of decoding the images again; without it (a script run alone) the
+    images are decoded here.
+    """
     import torch
 
+    from .tensors import decode_images
+    from .training import Data
+
     frame, classes = read_split(split_csv)
+    store = None
+    if decoded is not None:
+        from .store import open_decoded
+
+        store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
     data = {}
     for name in splits:
-        rows = frame[frame["split"] == name]
-        data[name] = Data(decode_images(rows["path"].tolist(), prep, threads),
-                          torch.tensor(rows["label"].to_numpy(), dtype=torch.long))
+        if store is not None:
+            rows = store.rows(name)
+            images = torch.from_numpy(store.read(rows)).permute(0, 3, 1, 2).contiguous()
+            labels = torch.from_numpy(store.labels[rows])
+        else:
+            part = frame[frame["split"] == name]
+            images = decode_images(part["path"].tolist(), prep, threads)
+            labels = torch.tensor(part["label"].to_numpy(), dtype=torch.long)
+        data[name] = Data(images, labels)
     return data, classes, frame
 
 
@@ -53,19 +91,20 @@ def channel_stats(images) -> tuple[list[float], list[float]]:
 
 
 def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, out_weights: Path, out_info: Path,
-                   out_history: Path, threads: int, resume_dir: Path | None = None, log: Callable = print) -> dict:
+                   out_history: Path, threads: int, resume_dir: Path | None = None, log: Callable = print,
+                   decoded: tuple[Path, Path] | None = None) -> dict:
     """Train ``arch`` from scratch on the source split and publish it like downloaded weights."""
     import torch
 
     from .models import build_architecture
-    from .tensors import Preprocessing, decode_images
-    from .training import Data, TrainOptions, fit, options_key, seed_everything
+    from .tensors import Preprocessing
+    from .training import TrainOptions, fit, options_key, seed_everything
 
     opts = TrainOptions.from_dict(options)
     ensure_writable(out_weights, out_info, out_history)
     seed_everything(opts.seed, opts.deterministic)
     raw = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"))
+    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"), decoded=decoded)
     mean, std = channel_stats(data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     model = build_architecture(arch, len(classes))
@@ -161,7 +200,8 @@ def _cleanup_resume(resume: Path | None) -> None:
 
 def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
                 out_info: Path, threads: int, pretrained: bool = True, image_size: int | None = None,
-                resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print) -> dict:
+                resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print,
+                decoded: tuple[Path, Path] | None = None) -> dict:
     """Steps 2-4 of the recipe. ``pretrained=False`` is the control: the same architecture and
     preprocessing as the weights, randomly initialised."""
     import torch
@@ -180,7 +220,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     else:
         source_state, source_classes, weights_sha = None, None, None
     prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
-    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"))
+    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded)
     model = build_target_model(arch, len(classes), source_state, source_classes, origin=manifest["path"])
     split_sha = sha256_of(split_csv)
     key = options_key(arch, options, image_size, split_sha, weights_sha)
@@ -235,7 +275,8 @@ def load_checkpoint(path: Path):
 def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, out_confusion: Path,
                    out_predictions: Path, threads: int, batch_size: int = 256, top_k: int = 2,
                    calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
-                   out_html: Path | None = None, title: str | None = None) -> dict:
+                   out_html: Path | None = None, title: str | None = None,
+                   decoded: tuple[Path, Path] | None = None) -> dict:
     """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
 
     ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
@@ -245,7 +286,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     import torch
 
     from .metrics import classification_report, softmax
-    from .tensors import Preprocessing, batched_forward, decode_images
+    from .tensors import Preprocessing, batched_forward
 
     model, checkpoint = load_checkpoint(checkpoint_path)
     frame, classes = read_split(split_csv)
@@ -254,7 +295,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     started = time.perf_counter()
-    images = decode_images(test["path"].tolist(), prep, threads)
+    images = load_split_tensors(split_csv, prep, threads, splits=("test",), decoded=decoded)[0]["test"].images
     # Channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (oneDNN); see batched_forward.
     model = model.to(memory_format=torch.channels_last)
     logits = batched_forward(model, images, prep, torch.device("cpu"), batch_size=batch_size, channels_last=True).numpy()
@@ -304,20 +345,36 @@ def write_evaluation_figures(report: dict, plots: dict, history: Path | None = N
 
 # --------------------------------------------------------------------------- export
 
+def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path] | None = None):
+    """uint8 (n, H, W, 3): at most PARITY_SAMPLE test images, spread evenly over the test split
+    (never a second full pass over a large test set)."""
+    import numpy as np
+
+    from .tensors import decode_images
+
+    frame, _ = read_split(split_csv)
+    test_rows = np.flatnonzero((frame["split"] == "test").to_numpy())
+    picked = test_rows[np.unique(np.linspace(0, len(test_rows) - 1, min(len(test_rows), PARITY_SAMPLE)).round().astype(int))]
+    if decoded is None:
+        return decode_images(frame["path"].iloc[picked].tolist(), prep, threads).permute(0, 2, 3, 1).numpy()
+    from .store import open_decoded
+
+    store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
+    return store.read(store.rows("test")[np.searchsorted(test_rows, picked)])
+
+
 def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_parity: Path, tolerance: float,
-                 parity_batch: int, threads: int, dynamo: bool = True, opset: int = 18, log: Callable = print) -> dict:
+                 parity_batch: int, threads: int, dynamo: bool = True, opset: int = 18, log: Callable = print,
+                 decoded: tuple[Path, Path] | None = None) -> dict:
     import numpy as np
 
     from .export import ParityError, export_onnx, parity_check
     from .images import normalize
-    from .tensors import Preprocessing, decode_images
+    from .tensors import Preprocessing
 
     model, checkpoint = load_checkpoint(checkpoint_path)
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
-    frame, _ = read_split(split_csv)
-    test = frame[frame["split"] == "test"]
-    # The parity inputs go through the deployment path: uint8 pixels normalised with numpy.
-    pixels = decode_images(test["path"].tolist(), prep, threads).permute(0, 2, 3, 1).numpy()
+    pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)
     started = time.perf_counter()
     export_onnx(model, checkpoint, out_onnx, opset=opset, dynamo=dynamo)

@@ -20,14 +20,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from .data import read_split
+from .data import SPLITS, read_split
 from .errors import DataError
 from .fileio import atomic_path, read_json, sha256_of, write_json
 from .images import load_preprocessed
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STORE_FORMAT = "finetune-decoded/1"
 CHUNK_IMAGES = 256  # images decoded between two writes: bounds the decode stage's memory
@@ -43,10 +46,16 @@ def split_ranges(split_names: list[str]) -> dict[str, list[int]]:
     return ranges
 
 
-def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
-                  threads: int = 1, log: Callable[[str], None] = print) -> dict:
-    """Decode every image of ``split_csv`` once into ``out_npy``; its record goes to ``out_info``."""
+def _chosen_rows(split_csv: Path, splits) -> tuple["pd.DataFrame", list[str]]:
     frame, classes = read_split(split_csv)
+    return frame[frame["split"].isin(list(splits))].reset_index(drop=True), classes
+
+
+def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
+                  splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Decode the images of ``split_csv`` in ``splits`` once into ``out_npy`` (the split file's row
+    order); its record goes to ``out_info``, written last."""
+    frame, classes = _chosen_rows(split_csv, splits)
     refs = frame["path"].tolist()
     shape = (len(refs), crop_size, crop_size, 3)
     started = time.perf_counter()
@@ -81,7 +90,7 @@ class DecodedSplit:
 
     path: Path
     info: dict
-    labels: np.ndarray        # int64 (N,), the split file's order
+    labels: np.ndarray | None  # int64 (N,) of the stored rows (None when opened without the split file)
     data_offset: int          # where the array's bytes start in the .npy file
 
     @property
@@ -94,8 +103,10 @@ class DecodedSplit:
         return h * w * c
 
     def rows(self, split: str) -> np.ndarray:
-        """Row numbers of one split (``train``, ``val`` or ``test``)."""
-        start, stop = self.info["splits"].get(split, [0, 0])
+        """Row numbers (in the stored array) of one split: ``train``, ``val`` or ``test``."""
+        if split not in self.info["splits"]:
+            raise DataError(f"{self.path} holds no {split!r} images (it holds {', '.join(self.info['splits']) or 'none'})")
+        start, stop = self.info["splits"][split]
         return np.arange(start, stop)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -156,7 +167,7 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
         raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; {fix}")
     labels = None
     if split_csv is not None:
-        frame, _ = read_split(split_csv)
+        frame, _ = _chosen_rows(split_csv, info["splits"])
         labels = frame["label"].to_numpy(dtype=np.int64)
     return DecodedSplit(npy, info, labels, offset)
 

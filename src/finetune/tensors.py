@@ -7,32 +7,11 @@ where most of the CPU time of small-image training goes; after that an epoch is 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .images import load_preprocessed
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_dict(cls, d: dict, image_size: int | None = None) -> "Preprocessing":
-        """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it."""
-        resize, crop = int(d["resize_size"]), int(d["crop_size"])
-        if image_size and image_size != crop:
-            resize, crop = int(round(image_size * resize / crop)), int(image_size)
-        return cls(resize, crop, tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
-
-    def to_dict(self) -> dict:
-        return {"resize_size": self.resize_size, "crop_size": self.crop_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": "bilinear", "channels": "RGB"}
+from .images import Preprocessing, load_preprocessed  # noqa: F401  (Preprocessing: imported from here too)
 
 
 def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:

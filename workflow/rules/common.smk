@@ -60,6 +60,7 @@ wildcard_constraints:
     experiment="|".join(EXPERIMENTS) or "NONE",
     seed=r"\d+",
     dataset="target|source",
+    size=r"native|\d+",
 
 
 def script(name):
@@ -86,3 +87,32 @@ def train_options(experiment, seed):
 
 def uses_gpu(experiment):
     return experiment_config(experiment)["device"] == "cuda"
+
+
+def decoded(dataset, size):
+    """The decode rule's outputs for a split file at an image size (None: the weights' own)."""
+    folder = f"resources/decoded/{dataset}/{'native' if size is None else size}"
+    return {"decoded_images": f"{folder}/images.npy", "decoded_info": f"{folder}/info.json"}
+
+
+def target_decoded(experiment):
+    return decoded("target", experiment_config(experiment)["image_size"])
+
+
+def source_decoded():
+    return decoded("source", config["pretrain"]["image_size"])
+
+
+def decode_sizes_key(dataset, size):
+    """What fixes the sizes of a split's decoded images: when it changes, the decode job reruns."""
+    if dataset == "source":
+        return size
+    weights = config["weights"]
+    source = weights["source"]
+    if source == "pretrain":
+        sizes = config["pretrain"]["image_size"]
+    elif source == "torchvision":
+        sizes = weights["torchvision"]
+    else:
+        sizes = {k: (weights["preprocessing"] or {}).get(k) for k in ("resize_size", "crop_size")}
+    return as_json({"weights": source, "sizes": sizes, "image_size": size})

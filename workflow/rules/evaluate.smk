@@ -9,6 +9,7 @@ def run_labels(figure):
 
 rule evaluate:
     input:
+        unpack(lambda w: target_decoded(w.experiment)),
         script=script("evaluate"),
         checkpoint=rules.train.output.checkpoint,
         history=rules.train.output.history,
@@ -59,6 +60,7 @@ rule evaluate:
         runtime=30,
     shell:
         "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
+        "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "
         "--out-predictions {output.predictions} --out-html {output.html} "
         "--out-confusion-png {output.confusion_png} --out-reliability-png {output.reliability_png} "

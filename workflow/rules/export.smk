@@ -3,6 +3,7 @@
 
 rule export_onnx:
     input:
+        unpack(lambda w: target_decoded(w.experiment)),
         script=script("export_onnx"),
         checkpoint=rules.train.output.checkpoint,
         split="resources/splits/target.csv",
@@ -24,6 +25,7 @@ rule export_onnx:
         runtime=30,
     shell:
         "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
+        "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
         "--threads {threads} > {log} 2>&1"

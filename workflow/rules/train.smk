@@ -4,6 +4,7 @@
 
 rule train:
     input:
+        unpack(lambda w: target_decoded(w.experiment)),
         script=script("train"),
         split="resources/splits/target.csv",
         manifest=rules.weights.output.manifest,
@@ -33,7 +34,7 @@ rule train:
         runtime=240,
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
-        "{PYTHON} {input.script} --split {input.split} --manifest {input.manifest} "
+        "{PYTHON} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
         "--options {params.options:q} {params.scratch} {params.image_size} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "

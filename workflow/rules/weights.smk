@@ -9,6 +9,7 @@ localrules:
 
 rule pretrain:
     input:
+        **source_decoded(),
         script=script("pretrain"),
         split="resources/splits/source.csv",
     output:
@@ -29,7 +30,7 @@ rule pretrain:
         mem_mb=4000,
         runtime=120,
     shell:
-        "{PYTHON} {input.script} --split {input.split} --arch {params.arch} --image-size {params.image_size} "
+        "{PYTHON} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
         "--options {params.options:q} --out-weights {output.weights} --out-info {output.info} "
         "--out-history {output.history} --resume-dir {params.resume_dir} --threads {threads} > {log} 2>&1"
 

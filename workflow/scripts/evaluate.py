@@ -23,6 +23,8 @@ def main():
     parser.add_argument("--title", help="names the run in plot titles (default: the checkpoint's folder)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--calibration-bins", type=int, default=15)
+    parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
+                        help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
@@ -30,7 +32,8 @@ def main():
              "learning_curves": args.out_learning_curves_png}
     report = evaluate_stage(args.checkpoint, args.split, args.out_metrics, args.out_confusion, args.out_predictions,
                             threads, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
-                            plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title)
+                            plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title,
+                            decoded=tuple(args.decoded) if args.decoded else None)
     k = report["top_k"]
     print(f"test accuracy {report['accuracy']:.4f}, top-{k} {report[f'top{k}_accuracy']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} on {report['n_test']} images")

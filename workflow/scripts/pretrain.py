@@ -17,11 +17,14 @@ def main():
     parser.add_argument("--out-info", type=Path, required=True)
     parser.add_argument("--out-history", type=Path, required=True)
     parser.add_argument("--resume-dir", type=Path)
+    parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
+                        help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
     info = pretrain_stage(args.split, args.arch, args.image_size, args.options, args.out_weights, args.out_info,
-                          args.out_history, threads, resume_dir=args.resume_dir)
+                          args.out_history, threads, resume_dir=args.resume_dir,
+                          decoded=tuple(args.decoded) if args.decoded else None)
     print(f"source model {info['arch']} on {len(info['classes'])} classes: best val accuracy {info['best_val_accuracy']:.4f}")
 
 

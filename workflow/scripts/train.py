@@ -19,12 +19,15 @@ def main():
     parser.add_argument("--out-info", type=Path, required=True)
     parser.add_argument("--resume-dir", type=Path, help="resume state lives here, outside the rule's outputs")
     parser.add_argument("--feature-cache-dir", type=Path)
+    parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
+                        help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
     info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history, args.out_info,
                        threads, pretrained=not args.scratch, image_size=args.image_size, resume_dir=args.resume_dir,
-                       feature_cache_dir=args.feature_cache_dir)
+                       feature_cache_dir=args.feature_cache_dir,
+                       decoded=tuple(args.decoded) if args.decoded else None)
     print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
 
 

@@ -1,0 +1,32 @@
+# Decode once per DAG: every image of a split file, at the size its readers need, into one
+# file-backed uint8 array (resources/decoded/). pretrain, train, evaluate and export_onnx read
+# batches from it instead of decoding the images again.
+
+
+rule decode:
+    input:
+        script=script("decode"),
+        split="resources/splits/{dataset}.csv",
+        # The target's sizes come from the weights' preprocessing. ancient(): the weights file being
+        # written again (same preprocessing) does not make the decoded images stale; the params do.
+        manifest=lambda w: ancient(rules.weights.output.manifest) if w.dataset == "target" else [],
+    output:
+        images="resources/decoded/{dataset}/{size}/images.npy",
+        info="resources/decoded/{dataset}/{size}/info.json",
+    params:
+        sizes=lambda w: decode_sizes_key(w.dataset, w.size),
+        manifest=lambda w, input: f"--manifest {input.manifest}" if w.dataset == "target" else "",
+        image_size=lambda w: "" if w.size == "native" else f"--image-size {w.size}",
+        # pretrain reads the source's train and val images; train, evaluate and export all three of the target's
+        splits=lambda w: "train val test" if w.dataset == "target" else "train val",
+    log:
+        "results/logs/decode/{dataset}/{size}.log",
+    benchmark:
+        "results/benchmarks/decode/{dataset}/{size}.tsv"
+    threads: config["threads"]["data"]
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    shell:
+        "{PYTHON} {input.script} --split {input.split} {params.manifest} {params.image_size} "
+        "--splits {params.splits} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"
