@@ -51,12 +51,14 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     return write_decoded(split_csv, resize, crop, out_npy, out_info, splits=splits, threads=threads, log=log)
 
 
-def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decoded: tuple[Path, Path] | None = None):
+def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decoded: tuple[Path, Path] | None = None,
+                       stream: bool = False):
     """The chosen splits of a split CSV as tensors: {split: Data}, plus the class names and the CSV.
 
     ``decoded``: the decode rule's ``(images.npy, info.json)``, read (and checked to hold ``split_csv``
     at ``prep``'s sizes) instead of decoding the images again; without it (a script run alone) the
-    images are decoded here.
+    images are decoded here. ``stream`` (with ``decoded``): the images stay in the file and are read
+    batch by batch (:class:`finetune.store.StoredImages`), so memory does not grow with their number.
     """
     import torch
 
@@ -66,14 +68,14 @@ def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decod
     frame, classes = read_split(split_csv)
     store = None
     if decoded is not None:
-        from .store import open_decoded
+        from .store import StoredImages, open_decoded
 
         store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
     data = {}
     for name in splits:
         if store is not None:
             rows = store.rows(name)
-            images = torch.from_numpy(store.read(rows)).permute(0, 3, 1, 2).contiguous()
+            images = StoredImages(store, rows) if stream else torch.from_numpy(store.read(rows)).permute(0, 3, 1, 2).contiguous()
             labels = torch.from_numpy(store.labels[rows])
         else:
             part = frame[frame["split"] == name]
@@ -85,9 +87,20 @@ def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decod
 
 # --------------------------------------------------------------------------- pretrain (recipe step 1)
 
-def channel_stats(images) -> tuple[list[float], list[float]]:
-    x = images.float() / 255.0
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+def channel_stats(images, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (sample) standard deviation of uint8 images (N, 3, H, W) scaled to 0..1,
+    read ``chunk`` images at a time (in float64, so the sums over a large dataset stay exact enough)."""
+    import torch
+
+    count, total, squares = 0, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255.0
+        count += x.numel() // x.shape[1]
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    mean = total / count
+    var = (squares - count * mean * mean) / max(1, count - 1)
+    return mean.tolist(), var.clamp(min=0).sqrt().tolist()
 
 
 def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, out_weights: Path, out_info: Path,

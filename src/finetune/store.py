@@ -126,6 +126,38 @@ class DecodedSplit:
         return out
 
 
+class StoredImages:
+    """One split of a decoded file as a read-on-demand uint8 tensor ``(N, 3, H, W)``.
+
+    Indexing (a slice, or a tensor/array of positions) reads just those rows from the file, so a
+    training loop holds one batch of images at a time, whatever the dataset's size; ``to(device)``
+    reads them all (for a small dataset that can sit on the GPU whole).
+    """
+
+    def __init__(self, store: DecodedSplit, rows: np.ndarray):
+        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+        h, w, c = store.row_shape
+        self.shape = (len(self.rows), c, h, w)
+        self.dtype = "uint8"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, index):
+        import torch
+
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        pixels = self.store.read(self.rows[index])
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+    def to(self, device, non_blocking: bool = False):
+        return self[:].to(device, non_blocking=non_blocking)
+
+
 def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
