@@ -117,7 +117,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     ensure_writable(out_weights, out_info, out_history)
     seed_everything(opts.seed, opts.deterministic)
     raw = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"), decoded=decoded)
+    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"), decoded=decoded, stream=True)
     mean, std = channel_stats(data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     model = build_architecture(arch, len(classes))
@@ -233,7 +233,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     else:
         source_state, source_classes, weights_sha = None, None, None
     prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
-    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded)
+    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True)
     model = build_target_model(arch, len(classes), source_state, source_classes, origin=manifest["path"])
     split_sha = sha256_of(split_csv)
     key = options_key(arch, options, image_size, split_sha, weights_sha)
@@ -308,7 +308,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     started = time.perf_counter()
-    images = load_split_tensors(split_csv, prep, threads, splits=("test",), decoded=decoded)[0]["test"].images
+    images = load_split_tensors(split_csv, prep, threads, splits=("test",), decoded=decoded, stream=True)[0]["test"].images
     # Channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (oneDNN); see batched_forward.
     model = model.to(memory_format=torch.channels_last)
     logits = batched_forward(model, images, prep, torch.device("cpu"), batch_size=batch_size, channels_last=True).numpy()
