@@ -6,7 +6,6 @@ import onnx
 import pandas as pd
 import pytest
 
-from helpers import jobs_run, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -45,19 +44,3 @@ def test_head_only_training_trains_only_the_head(tiny_run):
     assert info["cached_features"] is True
     full = json.loads((tiny_run / "results/finetune/seed0/train_info.json").read_text())
     assert full["trainable_params"] == full["total_params"]
-
-
-def test_reruns_only_what_went_stale(tiny_run_copy):
-    workdir = tiny_run_copy
-    config = workdir / "config.yaml"
-    # A finished DAG: nothing to do.
-    second = run_snakemake(workdir, config)
-    assert jobs_run(second.stdout) == [], second.stdout[-3000:]
-    assert "Nothing to be done" in second.stdout
-    # One training parameter of one experiment changes: exactly its train, evaluate and export rerun
-    # (and the summary table that collects every experiment), never weights or split.
-    tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "lr": 0.0005}})
-    third = run_snakemake(workdir, config)
-    ran = sorted(jobs_run(third.stdout))
-    assert ran == ["all", "evaluate", "export_onnx", "summary", "train"], third.stdout[-3000:]
-    assert "results/finetune/seed0/model.pt" in third.stdout
