@@ -148,7 +148,9 @@ def test_each_rule_declares_exactly_the_modules_its_jobs_load(tiny_run_copy, tin
     make_images(workdir / "new_images", {"any": 2})
     tiny_config(workdir, predict={"images": "new_images"})
     targets = ["results/finetune/seed0/quantization.json", "results/predictions/finetune/seed0/predictions.csv"]
-    ran = run_snakemake(workdir, workdir / "config.yaml", *targets, env={"FINETUNE_RECORD_MODULES": str(records)})
+    # (A flag first: --configfile would take the targets for more config files.)
+    ran = run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", *targets,
+                        env={"FINETUNE_RECORD_MODULES": str(records)})
     assert Counter(jobs_run(ran.stdout)) == Counter({"quantize_onnx": 1, "predict": 1}), ran.stdout[-3000:]
     loaded = loaded_modules(tiny_run_modules) | loaded_modules(records)
 
