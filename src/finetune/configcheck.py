@@ -8,8 +8,9 @@ with one line per problem, e.g.::
     train.lrr: unknown key (did you mean lr?); allowed keys: augment, backbone_lr_factor, ...
 
 Also checked here, because JSON Schema cannot say them: fractions that leave no training images,
-the keys each ``weights.source`` needs, ``optimizer: lbfgs`` only where features are cached, and
-``pretrain.train`` keys that pretraining would ignore.
+the keys each ``weights.source`` needs, ``optimizer: lbfgs`` only where features are cached,
+``pretrain.train`` keys that pretraining would ignore, and an ``export.opset`` the chosen
+``export.exporter`` can write.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import re
 from pathlib import Path
 
 import yaml
+
+from .export import DYNAMO_MIN_OPSET, opset_problem
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
@@ -132,6 +135,10 @@ def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
                 f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
                 f"augment: {str(options.get('augment', False)).lower()})"
             )
+    export = config.get("export") if isinstance(config.get("export"), dict) else {}
+    problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
+    if problem:
+        problems.append(problem)
     return problems
 
 
