@@ -18,12 +18,23 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def module_records(workdir: Path) -> Path:
+    """Where the tiny run's jobs list the finetune modules they loaded (FINETUNE_RECORD_MODULES)."""
+    return workdir.with_name(f"{workdir.name}_modules")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """The tiny real config run once through the real `snakemake`; tests read (never modify) its outputs."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(workdir, tiny_config(workdir))
+    run_snakemake(workdir, tiny_config(workdir), env={"FINETUNE_RECORD_MODULES": str(module_records(workdir))})
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_run_modules(tiny_run) -> Path:
+    """One file per job of the tiny run, <script>.<pid>.txt, listing the finetune modules it loaded."""
+    return module_records(tiny_run)
 
 
 @pytest.fixture

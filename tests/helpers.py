@@ -62,9 +62,10 @@ def tiny_config(workdir: Path, name: str = "config.yaml", replace: dict | None =
 
 
 def run_snakemake(workdir: Path, configfile: Path | None, *args: str, check: bool = True, timeout: float = 900,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real snakemake on the repo's Snakefile in ``workdir``; stdout+stderr as text."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                  env: dict | None = None, snakefile: Path = REPO / "Snakefile",
+                  python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Run the real snakemake (the repo's Snakefile unless told) in ``workdir``; stdout+stderr as text."""
+    cmd = [python, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
            "--cores", "2"]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]

@@ -93,6 +93,30 @@ def test_empty_class_folder_is_named(tmp_path):
     assert not (tmp_path / "out" / "split.csv").exists()
 
 
+@pytest.mark.parametrize("chosen", [["cat", "dog"], [1, 2]], ids=["by-name", "by-index"])
+def test_empty_class_folder_left_out_with_dataset_classes_is_no_problem(tmp_path, chosen):
+    # `ant` sorts first: an index into the class list still counts it (indices do not shift when a
+    # folder is empty), so [1, 2] means cat and dog.
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    (data / "ant").mkdir()
+    result = run_split(imagefolder(data, classes=chosen), out)
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv")
+    assert sorted(split["path"]) == sorted(str(p) for paths in made.values() for p in paths)
+    assert dict(zip(split["class_name"], split["label"])) == {"cat": 0, "dog": 1}
+
+
+def test_empty_class_folder_chosen_with_dataset_classes_is_named(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, {"cat": 6, "dog": 6})
+    (data / "ant").mkdir()
+    result = run_split(imagefolder(data, classes=["ant", "dog"]), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: class folder(s) with no images in {data}: ant " in result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
 def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 2})

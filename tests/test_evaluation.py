@@ -13,6 +13,7 @@ from finetune.metrics import (classification_report, confusion_matrix, expected_
                               most_confused_pairs, per_class_scores, top_k_accuracy)
 from finetune.plots import confusion_matrix_plot, learning_curves_plot, reliability_plot
 from finetune.stages import summary_stage, write_evaluation_figures
+from recompute import calibration, class_metrics, held_out, probabilities, run_logits
 
 
 def assert_png(path, min_size=(200, 200)):
@@ -216,6 +217,25 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
                     "calibration_bins", "confusion_matrix"):
             assert key in metrics, key
         assert len(metrics["calibration_bins"]) == 15
+        # Every figure against the test's own count from the split's labels and the model run here.
+        test = held_out(tiny_run)
+        classes = ["Shirt", "Sneaker", "Bag", "Ankle boot"]
+        truth = [classes.index(c) for c in test["class_name"]]
+        probs = probabilities(run_logits(folder, test["path"]))
+        ranked = [sorted(range(4), key=lambda c: -row[c]) for row in probs]
+        expected = class_metrics(list(test["class_name"]), [classes[r[0]] for r in ranked], classes)
+        assert metrics["n_test"] == expected["n"]
+        assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+        assert metrics["top2_accuracy"] == pytest.approx(
+            sum(t in r[:2] for t, r in zip(truth, ranked)) / len(truth), abs=1e-12)
+        assert metrics["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-12)
+        assert metrics["weighted_f1"] == pytest.approx(expected["weighted_f1"], abs=1e-12)
+        assert metrics["confusion_matrix"] == expected["confusion"]
+        for name in classes:
+            assert metrics["per_class"][name] == pytest.approx(expected["per_class"][name], abs=1e-12), name
+        ece, counts = calibration(truth, probs, 15)
+        assert [b["count"] for b in metrics["calibration_bins"]] == counts
+        assert metrics["ece"] == pytest.approx(ece, abs=1e-6)
         for name in ("confusion_matrix.png", "reliability.png", "learning_curves.png"):
             assert_png(folder / name)
         page = (folder / "metrics.html").read_text()

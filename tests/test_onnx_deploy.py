@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from finetune.images import load_image, normalize, preprocess, read_idx
+from finetune.images import read_idx
 from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
+from recompute import held_out, model_inputs, onnx_logits, onnx_preprocessing, probabilities
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -36,10 +37,9 @@ def test_exported_model_alone_reproduces_the_evaluate_accuracy(tiny_run, run):
     assert meta["channel_order"] == "RGB" and meta["layout"] == "NCHW" and meta["interpolation"] == "bilinear"
     assert json.loads(meta["input_size"]) == [3, crop, crop]
 
-    split = pd.read_csv(tiny_run / "resources/splits/target.csv")
-    test = split[split["split"] == "test"].reset_index(drop=True)
-    pixels = np.stack([preprocess(load_image(ref), resize, crop) for ref in test["path"]])
-    logits = session.run(None, {session.get_inputs()[0].name: normalize(pixels, mean, std)})[0]
+    test = held_out(tiny_run)
+    prep = {"resize_size": resize, "crop_size": crop, "mean": mean, "std": std}
+    logits = session.run(None, {session.get_inputs()[0].name: model_inputs(test["path"], prep)})[0]
     predicted = [classes[i] for i in logits.argmax(1)]
 
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -69,11 +69,11 @@ def test_metadata_names_classes_preprocessing_and_the_source_weights(tiny_run):
 
 def write_images(folder, n=4):
     """Real Fashion-MNIST test images as PNG/JPEG files, one corrupt PNG and a non-image file."""
-    images = read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")
+    pixels = read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")
     (folder / "nested").mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(images[i]).save(folder / f"item{i}.png")
-    Image.fromarray(np.stack([images[n]] * 3, axis=-1)).resize((90, 70)).save(folder / "nested" / "photo.jpg")
+        Image.fromarray(pixels[i]).save(folder / f"item{i}.png")
+    Image.fromarray(np.stack([pixels[n]] * 3, axis=-1)).resize((90, 70)).save(folder / "nested" / "photo.jpg")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (folder / "notes.txt").write_text("not an image")
     return n + 1
@@ -124,15 +124,14 @@ def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image
     assert (np.diff(probs, axis=1) <= 0).all() and (probs.sum(axis=1) <= 1 + 1e-5).all()
     assert any(p.endswith("nested/photo.jpg") for p in good["path"])  # folders are searched recursively
 
-    # The same images through the deploy path give the probabilities the model gives on its own.
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    first = good.iloc[0]
-    x = normalize(preprocess(load_image(first["path"]), int(meta["resize_size"]), int(meta["crop_size"]))[None],
-                  json.loads(meta["mean"]), json.loads(meta["std"]))
-    logits = session.run(None, {"x": x})[0][0]
-    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-    assert float(first["probability"]) == pytest.approx(p.max(), abs=1e-5)
+    # Every readable image, run here through the model on its own: the same top-3 classes and probabilities.
+    prep = onnx_preprocessing(model)
+    for (_, row), p in zip(good.iterrows(), probabilities(onnx_logits(model, model_inputs(good["path"], prep)))):
+        ranked = sorted(range(len(CLASSES)), key=lambda c: -p[c])[:3]
+        assert row["predicted"] == CLASSES[ranked[0]], row["path"]
+        assert float(row["probability"]) == pytest.approx(p[ranked[0]], abs=1e-5)
+        assert [row[f"top{k}_class"] for k in (1, 2, 3)] == [CLASSES[c] for c in ranked], row["path"]
+        assert [float(row[f"top{k}_probability"]) for k in (1, 2, 3)] == pytest.approx([p[c] for c in ranked], abs=1e-5)
 
 
 def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, tmp_path):
@@ -184,11 +183,17 @@ def test_quantize_and_predict_rules(tiny_run_copy):
         assert report["size_bytes"]["fp32"] == (folder / "model.onnx").stat().st_size
         for batch in ("batch_1", "batch_64"):
             assert report["speed"][batch]["fp32_img_per_s"] > 0 and report["speed"][batch]["int8_img_per_s"] > 0
+        # Both models' accuracy counted here: each run by onnxruntime on the test images, against the labels.
         accuracy = report["test_accuracy"]
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert accuracy["n_images"] == metrics["n_test"]
-        assert accuracy["fp32"] == pytest.approx(metrics["accuracy"])
-        assert accuracy["change"] == pytest.approx(accuracy["int8"] - accuracy["fp32"])
+        test = held_out(workdir)
+        x = model_inputs(test["path"], onnx_preprocessing(folder / "model.onnx"))
+        counted = {kind: float(np.mean([CLASSES[i] == t for i, t in
+                                        zip(onnx_logits(folder / name, x).argmax(1), test["class_name"])]))
+                   for kind, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+        assert accuracy["n_images"] == len(test)
+        assert accuracy["fp32"] == pytest.approx(counted["fp32"], abs=1e-9)
+        assert accuracy["int8"] == pytest.approx(counted["int8"], abs=1e-9)
+        assert accuracy["change"] == pytest.approx(counted["int8"] - counted["fp32"], abs=1e-9)
         # The int8 model keeps the metadata a consumer needs.
         meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map

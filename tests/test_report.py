@@ -6,9 +6,11 @@ import json
 import re
 import zipfile
 
+import pandas as pd
 import pytest
 
 from helpers import run_snakemake
+from recompute import held_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -52,7 +54,18 @@ def test_report_holds_the_leaderboard_and_every_runs_plots(tiny_run_copy):
     assert "Confusion matrix of <strong>scratch</strong>" in results["results/scratch/seed0/confusion_matrix.png"]["caption"]
     assert "ECE" in results["results/finetune/seed0/reliability.png"]["caption"]
     leaderboard = base64.b64decode(results["results/summary.html"]["data_uri"].partition(";base64,")[2]).decode()
-    for experiment in ("finetune", "feature_extract", "scratch"):
-        assert experiment in leaderboard
+    # The leaderboard's accuracies, counted here from each run's predictions and the split's labels,
+    # best first.
+    header = re.findall(r"<th>(.*?)</th>", leaderboard)
+    rows = [re.findall(r"<td>(.*?)</td>", row, flags=re.S) for row in re.findall(r"<tr>(.*?)</tr>", leaderboard, flags=re.S)]
+    shown = {row[header.index("experiment")]: row[header.index("test accuracy")] for row in rows}
+    truth = list(held_out(workdir)["class_name"])
+    counted = {}
+    for run in RUNS:
+        predicted = list(pd.read_csv(workdir / "results" / run / "test_predictions.csv")["predicted"])
+        counted[run.split("/")[0]] = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+    assert shown == {experiment: f"{accuracy:.4f}" for experiment, accuracy in counted.items()}
+    assert [float(shown[row[header.index("experiment")]]) for row in rows] == sorted(
+        (round(a, 4) for a in counted.values()), reverse=True)
     assert "1. Leaderboard" in html and "2. Evaluation" in html
     assert "Transfer learning with" in html  # workflow/report/workflow.rst

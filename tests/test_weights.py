@@ -1,13 +1,15 @@
 """Acquiring weights from torchvision (via a mirror), a URL and a local path, against a real
 HTTP server on 127.0.0.1: the real download code, its hash checks, the manifest."""
 
+import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
-from finetune.fileio import sha256_of
 from finetune.models import build_architecture
 from helpers import run_script
 from weight_server import serve_folder
@@ -15,7 +17,12 @@ from weight_server import serve_folder
 # SqueezeNet 1.1: a real torchvision architecture small enough to serve (5 MB), and one whose
 # output layer is a 1x1 convolution, not an nn.Linear.
 ENUM = "SqueezeNet1_1_Weights.IMAGENET1K_V1"
-FILE_NAME = "squeezenet1_1-b8a52dc0.pth"  # the official file name: torchvision checks the hash prefix b8a52dc0
+FILE_NAME = "squeezenet1_1-b8a52dc0.pth"  # the official file name: its sha256 must start with b8a52dc0
+
+
+def sha256(path) -> str:
+    """Computed here with hashlib, not with the code's own helper."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def served(tmp_path_factory):
     state = build_architecture("squeezenet1_1", 1000).state_dict()
     torch.save(state, folder / "models" / FILE_NAME)
     with serve_folder(folder) as base_url:
-        yield {"url": base_url, "file": folder / "models" / FILE_NAME, "sha256": sha256_of(folder / "models" / FILE_NAME)}
+        yield {"url": base_url, "file": folder / "models" / FILE_NAME, "sha256": sha256(folder / "models" / FILE_NAME)}
 
 
 def fetch(tmp_path, weights_cfg):
@@ -42,7 +49,11 @@ def test_torchvision_weights_from_a_mirror_with_full_sha256(served, tmp_path):
     assert result.returncode == 0, result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arch"] == "squeezenet1_1" and manifest["num_classes"] == 1000
-    assert manifest["sha256"] == served["sha256"] == sha256_of(out / "weights.pth")
+    assert manifest["sha256"] == served["sha256"] == sha256(out / "weights.pth")
+    assert (out / "weights.pth").read_bytes() == served["file"].read_bytes()
+    # The mirror serves the official file's path: the one torchvision's enum names.
+    official = urllib.parse.urlparse(torchvision.models.get_weight(ENUM).url).path
+    assert official == f"/models/{FILE_NAME}"
     assert manifest["preprocessing"]["crop_size"] == 224 and manifest["preprocessing"]["resize_size"] == 256
     assert manifest["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert len(manifest["classes"]) == 1000
@@ -50,8 +61,10 @@ def test_torchvision_weights_from_a_mirror_with_full_sha256(served, tmp_path):
 
 
 def test_torchvision_hash_check_refuses_a_file_that_is_not_the_official_one(served, tmp_path):
-    # Without a full sha256, torchvision's own check applies: the served file's sha256 does not
-    # start with the b8a52dc0 its official name promises.
+    # Without a full sha256, torch.hub's hash-prefix convention applies: the served file's sha256
+    # does not start with the b8a52dc0 its official name promises (the prefix torch.hub itself reads).
+    assert torch.hub.HASH_REGEX.search(FILE_NAME).group(1) == "b8a52dc0"
+    assert not served["sha256"].startswith("b8a52dc0")
     result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"], "timeout_s": 10})
     assert result.returncode == 1
     assert "b8a52dc0" in result.stdout and FILE_NAME in result.stdout
@@ -66,6 +79,8 @@ def test_url_weights_verified_by_sha256(served, tmp_path):
     assert result.returncode == 0, result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "url" and manifest["preprocessing"]["crop_size"] == 32
+    assert manifest["sha256"] == sha256(out / "weights.pth") == served["sha256"]
+    assert (out / "weights.pth").read_bytes() == served["file"].read_bytes()
 
 
 def test_url_weights_with_a_wrong_sha256_are_refused(served, tmp_path):
@@ -85,6 +100,7 @@ def test_local_path_weights(served, tmp_path):
     result, out = fetch(tmp_path, cfg)
     assert result.returncode == 0, result.stdout
     assert json.loads((out / "manifest.json").read_text())["source"] == {"kind": "path", "path": str(served["file"])}
+    assert (out / "weights.pth").read_bytes() == served["file"].read_bytes()
 
 
 def test_squeezenet_head_replacement_from_downloaded_weights(served, tmp_path):

@@ -37,6 +37,23 @@ def set_torch_threads(threads: int) -> int:
     return n
 
 
+RECORD_MODULES = "FINETUNE_RECORD_MODULES"
+
+
+def record_loaded_modules() -> None:
+    """With FINETUNE_RECORD_MODULES=<folder> set, write the ``finetune`` modules this process loaded
+    to ``<folder>/<script>.<pid>.txt``, one a line. The tests compare them with the modules each rule
+    lists as its inputs (RULE_MODULES in workflow/rules/common.smk)."""
+    folder = os.environ.get(RECORD_MODULES)
+    if not folder:
+        return
+    names = sorted(name for name in sys.modules if name == "finetune" or name.startswith("finetune."))
+    os.makedirs(folder, exist_ok=True)
+    script = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    with open(os.path.join(folder, f"{script}.{os.getpid()}.txt"), "w") as out:
+        out.write("".join(f"{name}\n" for name in names))
+
+
 def _stop_now(signum, frame):
     raise StopRequested(f"{signal.Signals(signum).name}: stopped at once; files being written were discarded, "
                         "earlier results and resume state are kept")
@@ -65,4 +82,5 @@ def run(main: Callable[[], int | None]) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        record_loaded_modules()
     sys.exit(code or 0)

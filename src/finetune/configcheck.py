@@ -8,7 +8,9 @@ with one line per problem, e.g.::
     train.lrr: unknown key (did you mean lr?); allowed keys: augment, backbone_lr_factor, ...
 
 Also checked here, because JSON Schema cannot say them: fractions that leave no training images,
-the keys each ``weights.source`` needs, and ``optimizer: lbfgs`` only where features are cached.
+the keys each ``weights.source`` needs, ``optimizer: lbfgs`` only where features are cached,
+``pretrain.train`` keys that pretraining would ignore, and an ``export.opset`` the chosen
+``export.exporter`` can write.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import re
 from pathlib import Path
 
 import yaml
+
+from .export import DYNAMO_MIN_OPSET, opset_problem
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
@@ -78,9 +82,29 @@ def _describe(error) -> list[str]:
     return [f"{where}: {error.message}"]
 
 
-def _semantic_problems(config: dict) -> list[str]:
+# Keys of the `train` schema that pretraining has no use for: it always starts from random weights
+# and trains at pretrain.image_size.
+_NOT_PRETRAIN_OPTIONS = {
+    "pretrained": "pretraining always starts from random weights; remove it",
+    "image_size": "pretraining trains at pretrain.image_size; set that instead",
+}
+
+
+def schema_default(schema_file: str | Path, key: str):
+    """The default of a top-level key as the schema writes it (before defaults are filled into it)."""
+    return yaml.safe_load(Path(schema_file).read_text())["properties"][key]["default"]
+
+
+def _pretrain_train_problems(config: dict) -> list[str]:
+    train = (config.get("pretrain") or {}).get("train")
+    if not isinstance(train, dict):
+        return []
+    return [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
+
+
+def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
-    problems = []
+    problems = _pretrain_train_problems(config)
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
             continue  # Fashion-MNIST has an official test split: test_fraction is ignored
@@ -97,7 +121,8 @@ def _semantic_problems(config: dict) -> list[str]:
             if not weights.get(key):
                 problems.append(f"weights.{key}: required with weights.source: {source}")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    experiments = config.get("experiments") if isinstance(config.get("experiments"), dict) else {}
+    experiments = config.get("experiments", default_experiments)
+    experiments = experiments if isinstance(experiments, dict) else {}
     for name, overrides in experiments.items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         if options.get("optimizer") != "lbfgs":
@@ -110,6 +135,10 @@ def _semantic_problems(config: dict) -> list[str]:
                 f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
                 f"augment: {str(options.get('augment', False)).lower()})"
             )
+    export = config.get("export") if isinstance(config.get("export"), dict) else {}
+    problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
+    if problem:
+        problems.append(problem)
     return problems
 
 
@@ -127,7 +156,7 @@ def config_problems(config: dict, schema_file: str | Path) -> list[str]:
             if line not in problems:
                 problems.append(line)
     if not problems:
-        problems = _semantic_problems(config)
+        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"])
     return problems
 
 

@@ -136,29 +136,29 @@ def list_fashion_mnist(path: str, download_dir: str = "resources/datasets", time
     return pd.concat(frames, ignore_index=True)
 
 
-def list_image_folder(root: str) -> pd.DataFrame:
+def image_folder_classes(root: str) -> list[str]:
+    """The class folders of an ImageFolder root, sorted: its classes, empty ones included."""
     directory = Path(root)
     if not directory.is_dir():
         what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise DataError(f"dataset folder {directory} {what}: check dataset.path (an ImageFolder root: <path>/<class>/<image>)")
-    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
+    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
         raise DataError(f"{directory} holds no class folders: expected {directory}/<class>/<image> (check dataset.path)")
-    rows, empty = [], []
-    for class_dir in class_dirs:
+    return names
+
+
+def list_image_folder(root: str) -> pd.DataFrame:
+    """Every image of every class folder; a folder with none simply adds no rows (see
+    :func:`check_classes_have_images`, which looks only at the chosen classes)."""
+    directory = Path(root)
+    rows = []
+    for name in image_folder_classes(root):
         files = sorted(
-            p for p in class_dir.rglob("*")
+            p for p in (directory / name).rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
         )
-        if not files:
-            empty.append(class_dir.name)
-        rows.extend((str(p), class_dir.name) for p in files)
-    if empty:
-        raise DataError(
-            f"class folder(s) with no images in {directory}: {', '.join(empty)} "
-            f"(extensions read: {', '.join(IMAGE_EXTENSIONS)}); add images, or remove the folder(s) or leave the "
-            "class out with dataset.classes"
-        )
+        rows.extend((str(p), name) for p in files)
     frame = pd.DataFrame(rows, columns=["path", "class_name"])
     frame["official_split"] = ""
     return frame
@@ -218,6 +218,29 @@ def list_dataset(spec: SplitSpec) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- splitting
+
+def dataset_classes(spec: SplitSpec, listing: pd.DataFrame) -> list[str]:
+    """Every class of the dataset, in label order: what indices in ``dataset.classes`` count in."""
+    if spec.format == "fashion-mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if spec.format == "imagefolder":
+        return image_folder_classes(spec.path)  # empty folders count too, so indices do not shift
+    return sorted(listing["class_name"].unique())
+
+
+def check_classes_have_images(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec) -> None:
+    """Fail, naming them, if any of the chosen classes has no image (classes left out may be empty)."""
+    empty = [name for name in class_names if not (listing["class_name"] == name).any()]
+    if not empty:
+        return
+    if spec.format == "imagefolder":
+        raise DataError(
+            f"class folder(s) with no images in {spec.path}: {', '.join(empty)} "
+            f"(extensions read: {', '.join(IMAGE_EXTENSIONS)}); add images, or remove the folder(s) or leave the "
+            "class out with dataset.classes"
+        )
+    raise DataError(f"class(es) with no images in {spec.path}: {', '.join(empty)}; leave them out with dataset.classes")
+
 
 def select_classes(all_classes: list[str], wanted: list | None, where: str = "the dataset") -> list[str]:
     """Resolve ``dataset.classes`` (names or indices into the sorted class list) to names, in order."""
@@ -303,8 +326,8 @@ def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict."""
     listing = list_dataset(spec)
-    all_classes = sorted(listing["class_name"].unique()) if spec.format != "fashion-mnist" else FASHION_MNIST_CLASSES
-    class_names = select_classes(all_classes, spec.classes, where=spec.path)
+    class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
+    check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
     if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read

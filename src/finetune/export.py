@@ -8,12 +8,36 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import FinetuneError
+from .errors import ConfigError, FinetuneError
 from .fileio import atomic_path
+
+# torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
+# and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
+DYNAMO_MIN_OPSET = 18
 
 
 class ParityError(FinetuneError):
     """onnxruntime's logits differ from PyTorch's by more than the tolerance."""
+
+
+class ExportError(FinetuneError):
+    """The exporter wrote something other than what was asked for."""
+
+
+def opset_problem(exporter: str, opset: int) -> str | None:
+    """Why ``exporter`` cannot write ``opset`` (one line naming the config keys), or None."""
+    if exporter == "dynamo" and isinstance(opset, int) and opset < DYNAMO_MIN_OPSET:
+        return (
+            f"export.opset: {opset} with export.exporter: dynamo: torch's dynamo exporter writes opset "
+            f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
+            f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
+        )
+    return None
+
+
+def default_opset(proto) -> int | None:
+    """The version of the default ONNX domain a model imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def onnx_metadata(checkpoint: dict) -> dict[str, str]:
@@ -37,9 +61,14 @@ def onnx_metadata(checkpoint: dict) -> dict[str, str]:
 
 
 def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo: bool = True) -> None:
+    """Write ``model`` as ONNX at exactly ``opset`` with a dynamic batch axis and its metadata (atomically)."""
     import onnx
     import torch
 
+    exporter = "dynamo" if dynamo else "torchscript"
+    problem = opset_problem(exporter, opset)
+    if problem:
+        raise ConfigError(problem)
     size = checkpoint["preprocessing"]["crop_size"]
     example = torch.zeros(2, 3, size, size)
     with atomic_path(out_path) as tmp:
@@ -53,6 +82,11 @@ def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo
                               input_names=["x"], output_names=["logits"],
                               dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
         proto = onnx.load(str(tmp))
+        if default_opset(proto) != opset:
+            raise ExportError(
+                f"export.opset: {opset}: the {exporter} exporter wrote ONNX opset {default_opset(proto)} instead; "
+                f"choose an opset this torch {torch.__version__} exports, or the other export.exporter"
+            )
         for key, value in onnx_metadata(checkpoint).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

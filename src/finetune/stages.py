@@ -389,18 +389,24 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)
-    started = time.perf_counter()
-    export_onnx(model, checkpoint, out_onnx, opset=opset, dynamo=dynamo)
-    export_seconds = time.perf_counter() - started
-    report = parity_check(model, out_onnx, inputs.astype(np.float32), parity_batch, tolerance)
-    report["export_seconds"] = round(export_seconds, 2)
-    report["exporter"] = "dynamo" if dynamo else "torchscript"
-    log(json.dumps(report, indent=2))
-    if not report["passed"]:
-        raise ParityError(
-            f"ONNX parity failed for {out_onnx}: max |onnxruntime - PyTorch| = {report['max_abs_diff']:.3g} "
-            f"> tolerance {tolerance:g} (figures above)"
-        )
+    # The model is exported to a temporary file beside ``out_onnx`` and checked there; it is moved
+    # into place only when parity passed. A failed check leaves no model.onnx, and an earlier one
+    # (from a previous good run) as it was.
+    with atomic_path(out_onnx) as staged:
+        started = time.perf_counter()
+        export_onnx(model, checkpoint, staged, opset=opset, dynamo=dynamo)
+        export_seconds = time.perf_counter() - started
+        report = parity_check(model, staged, inputs.astype(np.float32), parity_batch, tolerance)
+        report["export_seconds"] = round(export_seconds, 2)
+        report["exporter"] = "dynamo" if dynamo else "torchscript"
+        report["opset"] = opset
+        log(json.dumps(report, indent=2))
+        if not report["passed"]:
+            kept = f"{out_onnx} was not written" + (", the earlier one is unchanged" if Path(out_onnx).exists() else "")
+            raise ParityError(
+                f"ONNX parity failed for {out_onnx}: max |onnxruntime - PyTorch| = {report['max_abs_diff']:.3g} "
+                f"> tolerance {tolerance:g} (export.tolerance; figures above); {kept}"
+            )
     write_json(out_parity, report)
     return report
 

@@ -1,4 +1,5 @@
-# Shared by every rule: config validation, paths, and the per-rule slices of the config.
+# Shared by every rule: config validation, paths, the per-rule slices of the config, and every
+# function the rules call (the other .smk files hold rules only).
 
 import copy
 import json
@@ -11,32 +12,46 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 SCRIPTS = REPO / "workflow" / "scripts"
-# The same interpreter that runs Snakemake runs the scripts (also inside cluster jobs).
-PYTHON = sys.executable
-# Scripts import the `finetune` package from src/, here and in jobs submitted to a cluster.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)
+PACKAGE = REPO / "src" / "finetune"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# The same interpreter that runs Snakemake runs the scripts (also inside cluster jobs); every rule
+# gets it as params.python. A Path, not a str: Snakemake leaves a value it cannot represent out of
+# the params it compares between runs, so calling the same venv's python by another name
+# (python, python3) reruns nothing, as before.
+PYTHON = Path(sys.executable)
+# Scripts import the `finetune` package from src/: first on PYTHONPATH, here and, through `envvars`
+# (which also checks it is set), in jobs submitted to a cluster.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO / "src"), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO / "src"))]
+)
+
+
+envvars:
+    "PYTHONPATH",
+
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import config_problems, format_problems
+from finetune.configcheck import config_problems, format_problems, schema_default
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
-_problems = config_problems(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+_problems = config_problems(config, SCHEMA)
 if _problems:
     raise WorkflowError(format_problems(_problems))
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
-# them as written, and let `train` supply every key an experiment leaves out.
-_experiments_as_written = copy.deepcopy(config.get("experiments"))
+# them as written, and let `train` supply every key an experiment leaves out. Without an
+# `experiments` section the one experiment is the schema's default, `finetune`, with no settings of
+# its own: every `train` key (train.strategy included) reaches its jobs.
+_experiments_as_written = copy.deepcopy(config.get("experiments", schema_default(SCHEMA, "experiments")))
 validate(config, "../schemas/config.schema.yaml")
-if _experiments_as_written is not None:
-    config["experiments"] = _experiments_as_written
+config["experiments"] = _experiments_as_written
 
 EXPERIMENTS = config["experiments"]
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
 
-# What `rule all` asks `predict` for, if anything: the model of one experiment and seed.
+# Whose model (one experiment and seed) classifies predict.images for the `all` target, if any.
 PREDICT = config["predict"]
 PREDICT_RUN = None
 if PREDICT["images"] is not None:
@@ -63,10 +78,40 @@ wildcard_constraints:
     size=r"native|\d+",
 
 
-def script(name):
-    """Scripts are rule inputs too, so editing one reruns exactly the jobs that use it."""
-    return str(SCRIPTS / f"{name}.py")
+# --------------------------------------------------------------------------- code a rule runs
 
+# The `finetune` modules each rule's script loads: the script's imports and what its stage function
+# imports lazily (a static scan of stages.py would make every rule depend on every module). They are
+# inputs like the scripts, so editing one reruns exactly the jobs that run it and what follows.
+# Snakemake keeps checksums of small inputs: a touch or a checkout that leaves a file's text as it
+# was reruns nothing. tests/test_reruns.py checks this table against what the jobs actually load.
+_STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "stages", "weights"]  # finetune.stages and its imports
+_DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]  # finetune.deploy: no torch
+RULE_MODULES = {
+    "split": _STAGES,
+    "decode": [*_STAGES, "store"],
+    "pretrain": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
+    "weights": [*_STAGES, "models"],
+    "train": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
+    "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
+    "export_onnx": [*_STAGES, "export", "models", "store", "tensors"],
+    "quantize_onnx": [*_DEPLOY, "data"],
+    "predict": _DEPLOY,
+    "summary": [*_STAGES, "tables"],
+}
+
+
+def script(rule):
+    """A rule's script (workflow/scripts/<rule>.py), one of its inputs."""
+    return str(SCRIPTS / f"{rule}.py")
+
+
+def package_modules(rule):
+    """The source files of the finetune modules a rule's script loads, inputs of the rule."""
+    return [str(PACKAGE / f"{module}.py") for module in RULE_MODULES[rule]]
+
+
+# --------------------------------------------------------------------------- config slices
 
 def as_json(value):
     return json.dumps(value, sort_keys=True)
@@ -87,6 +132,52 @@ def train_options(experiment, seed):
 
 def uses_gpu(experiment):
     return experiment_config(experiment)["device"] == "cuda"
+
+
+def dataset_config(dataset):
+    """The split rule's dataset: the target dataset, or the source dataset of `pretrain`."""
+    return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
+
+
+def weights_inputs(wildcards):
+    """The weights rule's inputs: the published `pretrain` model is one only with weights.source: pretrain."""
+    inputs = {"script": script("weights"), "modules": package_modules("weights")}
+    if config["weights"]["source"] == "pretrain":
+        inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
+    return inputs
+
+
+def pretrained_args(wildcards, input):
+    if config["weights"]["source"] != "pretrain":
+        return ""
+    return f"--pretrained-weights {input.pretrained_weights} --pretrained-info {input.pretrained_info}"
+
+
+def run_labels(figure):
+    """The labels of one run's figure (evaluate rule) in the report."""
+    return {"experiment": "{experiment}", "seed": "{seed}", "figure": figure}
+
+
+def predict_images(wildcards):
+    if config["predict"]["images"] is None:
+        raise WorkflowError("the predict rule needs predict.images (a folder of images or a CSV with a `path` column)")
+    return config["predict"]["images"]
+
+
+def predict_model(wildcards):
+    name = "model.int8.onnx" if config["predict"]["model"] == "int8" else "model.onnx"
+    return f"results/{wildcards.experiment}/seed{wildcards.seed}/{name}"
+
+
+def weights_label():
+    """The pretrained weights as the leaderboard (summary rule) names them."""
+    weights = config["weights"]
+    source = weights["source"]
+    if source == "torchvision":
+        return f"torchvision:{weights['torchvision']}"
+    if source in ("url", "path") and weights.get(source):
+        return f"{source}:{os.path.basename(str(weights[source]).rstrip('/'))}"
+    return source
 
 
 def decoded(dataset, size):

@@ -6,6 +6,7 @@
 rule decode:
     input:
         script=script("decode"),
+        modules=package_modules("decode"),
         split="resources/splits/{dataset}.csv",
         # The target's sizes come from the weights' preprocessing. ancient(): the weights file being
         # written again (same preprocessing) does not make the decoded images stale; the params do.
@@ -14,6 +15,7 @@ rule decode:
         images="resources/decoded/{dataset}/{size}/images.npy",
         info="resources/decoded/{dataset}/{size}/info.json",
     params:
+        python=PYTHON,
         sizes=lambda w: decode_sizes_key(w.dataset, w.size),
         manifest=lambda w, input: f"--manifest {input.manifest}" if w.dataset == "target" else "",
         image_size=lambda w: "" if w.size == "native" else f"--image-size {w.size}",
@@ -28,5 +30,5 @@ rule decode:
         mem_mb=1000,
         runtime=60,
     shell:
-        "{PYTHON} {input.script} --split {input.split} {params.manifest} {params.image_size} "
+        "{params.python} {input.script} --split {input.split} {params.manifest} {params.image_size} "
         "--splits {params.splits} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"

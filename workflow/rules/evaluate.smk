@@ -3,14 +3,11 @@
 # reliability diagram and the learning curves, all in the Snakemake report (`--report`).
 
 
-def run_labels(figure):
-    return {"experiment": "{experiment}", "seed": "{seed}", "figure": figure}
-
-
 rule evaluate:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
         script=script("evaluate"),
+        modules=package_modules("evaluate"),
         checkpoint=rules.train.output.checkpoint,
         history=rules.train.output.history,
         split="resources/splits/target.csv",
@@ -47,6 +44,7 @@ rule evaluate:
             labels=run_labels("learning curves"),
         ),
     params:
+        python=PYTHON,
         top_k=config["evaluate"]["top_k"],
         calibration_bins=config["evaluate"]["calibration_bins"],
         title=lambda w: f"{w.experiment} seed {w.seed}",
@@ -59,7 +57,7 @@ rule evaluate:
         mem_mb=3000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
+        "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "
         "--out-predictions {output.predictions} --out-html {output.html} "

@@ -5,12 +5,14 @@ rule export_onnx:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
         script=script("export_onnx"),
+        modules=package_modules("export_onnx"),
         checkpoint=rules.train.output.checkpoint,
         split="resources/splits/target.csv",
     output:
         onnx="results/{experiment}/seed{seed}/model.onnx",
         parity="results/{experiment}/seed{seed}/onnx_parity.json",
     params:
+        python=PYTHON,
         tolerance=config["export"]["tolerance"],
         parity_batch=config["export"]["parity_batch"],
         exporter=config["export"]["exporter"],
@@ -24,7 +26,7 @@ rule export_onnx:
         mem_mb=3000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
+        "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
@@ -38,11 +40,14 @@ rule export_onnx:
 rule quantize_onnx:
     input:
         script=script("quantize_onnx"),
+        modules=package_modules("quantize_onnx"),
         onnx=rules.export_onnx.output.onnx,
         split="resources/splits/target.csv",
     output:
         onnx="results/{experiment}/seed{seed}/model.int8.onnx",
         report="results/{experiment}/seed{seed}/quantization.json",
+    params:
+        python=PYTHON,
     log:
         "results/logs/quantize_onnx/{experiment}/seed{seed}.log",
     benchmark:
@@ -52,5 +57,5 @@ rule quantize_onnx:
         mem_mb=3000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --onnx {input.onnx} --split {input.split} --out-onnx {output.onnx} "
+        "{params.python} {input.script} --onnx {input.onnx} --split {input.split} --out-onnx {output.onnx} "
         "--out-report {output.report} --threads {threads} > {log} 2>&1"

@@ -4,25 +4,16 @@
 #   snakemake results/predictions/scratch/seed0/predictions.csv --config predict='{images: my_images}'
 
 
-def predict_images(wildcards):
-    if config["predict"]["images"] is None:
-        raise WorkflowError("rule predict: set predict.images (a folder of images or a CSV with a `path` column)")
-    return config["predict"]["images"]
-
-
-def predict_model(wildcards):
-    name = "model.int8.onnx" if config["predict"]["model"] == "int8" else "model.onnx"
-    return f"results/{wildcards.experiment}/seed{wildcards.seed}/{name}"
-
-
 rule predict:
     input:
         script=script("predict"),
+        modules=package_modules("predict"),
         model=predict_model,
         images=predict_images,
     output:
         csv="results/predictions/{experiment}/seed{seed}/predictions.csv",
     params:
+        python=PYTHON,
         top_k=config["predict"]["top_k"],
         batch_size=config["predict"]["batch_size"],
     log:
@@ -34,5 +25,5 @@ rule predict:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --model {input.model} --images {input.images:q} --out {output.csv} "
+        "{params.python} {input.script} --model {input.model} --images {input.images:q} --out {output.csv} "
         "--top-k {params.top_k} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"

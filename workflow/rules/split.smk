@@ -1,17 +1,15 @@
 # Seeded, stratified train/val/test split of the target dataset (and of the source dataset for `pretrain`).
 
 
-def dataset_config(dataset):
-    return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
-
-
 rule split:
     input:
         script=script("split"),
+        modules=package_modules("split"),
     output:
         csv="resources/splits/{dataset}.csv",
         report="resources/splits/{dataset}.report.json",
     params:
+        python=PYTHON,
         dataset=lambda w: as_json(dataset_config(w.dataset)),
     log:
         "results/logs/split/{dataset}.log",
@@ -22,5 +20,5 @@ rule split:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --dataset {params.dataset:q} --out {output.csv} "
+        "{params.python} {input.script} --dataset {params.dataset:q} --out {output.csv} "
         "--report {output.report} --threads {threads} > {log} 2>&1"

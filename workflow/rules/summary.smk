@@ -5,20 +5,10 @@ localrules:
     summary,
 
 
-def weights_label():
-    """The pretrained weights as the leaderboard names them."""
-    weights = config["weights"]
-    source = weights["source"]
-    if source == "torchvision":
-        return f"torchvision:{weights['torchvision']}"
-    if source in ("url", "path") and weights.get(source):
-        return f"{source}:{os.path.basename(str(weights[source]).rstrip('/'))}"
-    return source
-
-
 rule summary:
     input:
         script=script("summary"),
+        modules=package_modules("summary"),
         metrics=expand("results/{run}/metrics.json", run=RUNS),
         info=expand("results/{run}/train_info.json", run=RUNS),
     output:
@@ -31,10 +21,11 @@ rule summary:
             labels={"table": "leaderboard"},
         ),
     params:
+        python=PYTHON,
         runs=[f"results/{run}" for run in RUNS],
         weights_source=weights_label(),
     log:
         "results/logs/summary.log",
     shell:
-        "{PYTHON} {input.script} --runs {params.runs} --weights-source {params.weights_source:q} "
+        "{params.python} {input.script} --runs {params.runs} --weights-source {params.weights_source:q} "
         "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} > {log} 2>&1"

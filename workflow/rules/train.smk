@@ -6,6 +6,7 @@ rule train:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
         script=script("train"),
+        modules=package_modules("train"),
         split="resources/splits/target.csv",
         manifest=rules.weights.output.manifest,
         weights=rules.weights.output.weights,
@@ -14,6 +15,7 @@ rule train:
         history="results/{experiment}/seed{seed}/history.csv",
         info="results/{experiment}/seed{seed}/train_info.json",
     params:
+        python=PYTHON,
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
         scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
         image_size=lambda w: (
@@ -34,7 +36,7 @@ rule train:
         runtime=240,
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
-        "{PYTHON} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
+        "{params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
         "--options {params.options:q} {params.scratch} {params.image_size} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "

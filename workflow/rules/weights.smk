@@ -11,12 +11,14 @@ rule pretrain:
     input:
         **source_decoded(),
         script=script("pretrain"),
+        modules=package_modules("pretrain"),
         split="resources/splits/source.csv",
     output:
         weights="resources/pretrain/model.pth",
         info="resources/pretrain/info.json",
         history="resources/pretrain/history.csv",
     params:
+        python=PYTHON,
         arch=config["weights"]["arch"],
         image_size=config["pretrain"]["image_size"],
         options=as_json(loop_options(config["pretrain"]["train"])),
@@ -30,22 +32,9 @@ rule pretrain:
         mem_mb=4000,
         runtime=120,
     shell:
-        "{PYTHON} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
+        "{params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
         "--options {params.options:q} --out-weights {output.weights} --out-info {output.info} "
         "--out-history {output.history} --resume-dir {params.resume_dir} --threads {threads} > {log} 2>&1"
-
-
-def weights_inputs(wildcards):
-    inputs = {"script": script("weights")}
-    if config["weights"]["source"] == "pretrain":
-        inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
-    return inputs
-
-
-def pretrained_args(wildcards, input):
-    if config["weights"]["source"] != "pretrain":
-        return ""
-    return f"--pretrained-weights {input.pretrained_weights} --pretrained-info {input.pretrained_info}"
 
 
 rule weights:
@@ -55,6 +44,7 @@ rule weights:
         weights="resources/weights/weights.pth",
         manifest="resources/weights/manifest.json",
     params:
+        python=PYTHON,
         weights=as_json(config["weights"]),
         pretrained=pretrained_args,
     log:
@@ -65,5 +55,5 @@ rule weights:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{PYTHON} {input.script} --weights {params.weights:q} --out-weights {output.weights} "
+        "{params.python} {input.script} --weights {params.weights:q} --out-weights {output.weights} "
         "--out-manifest {output.manifest} {params.pretrained} > {log} 2>&1"

@@ -1,0 +1,213 @@
+"""Every config key a user sets reaches the job that uses it (issue 12).
+
+Each key of every section of the schema gets a value other than its default, derived from the
+schema itself (so a new key is covered without touching this file); a dry run
+(`snakemake -n --printshellcmds`, nothing runs) prints every job's command line, and each value is
+looked for in the command of the job that uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from helpers import REPO, TINY_CONFIG, run_snakemake, tiny_config
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+# Enough cores that no rule's `threads` is scaled down to fit.
+CORES = ("--cores", "64")
+
+# Values the schema cannot suggest: they must name things that exist in the config.
+CHOSEN = {
+    "weights.preprocessing": {"resize_size": 40, "crop_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
+    "predict.images": "new_images",
+    "predict.experiment": "finetune",  # the default is null (the first experiment)
+    "predict.seed": 3,  # in SEEDS below; the default is null (the first seed)
+}
+SEEDS = [0, 3]
+
+
+# --------------------------------------------------------------------------- values from the schema
+
+def resolve(schema: dict) -> dict:
+    if "$ref" in schema:
+        return {**SCHEMA["$defs"][schema["$ref"].split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def section_keys(section: str) -> dict[str, dict]:
+    """The keys of a (dotted) section of the schema with their sub-schemas."""
+    schema = SCHEMA
+    for part in section.split("."):
+        schema = resolve(schema["properties"][part])
+    return schema["properties"]
+
+
+def candidates(schema: dict, default):
+    """Values to try, in order, for a key: the first valid one that is not the default is used."""
+    types = schema.get("type", [])
+    types = types if isinstance(types, list) else [types]
+    yield from schema.get("enum", [])
+    if "boolean" in types:
+        yield not default
+    if "integer" in types:
+        base = default if isinstance(default, int) else schema.get("minimum", 0)
+        yield from (base + 1, base + 3, 9)
+    if "number" in types:
+        base = default if isinstance(default, (int, float)) else 1
+        yield from (base * 2, base / 2, base + 0.25, 0.5)
+    if "string" in types:
+        yield from ((default or "x") + "-changed", "ab" * 32)
+    if "array" in types:
+        yield from ([0, 1], ["a", "b"])
+
+
+def non_default(section: str, key: str, schema: dict):
+    if f"{section}.{key}" in CHOSEN:
+        return CHOSEN[f"{section}.{key}"]
+    default = schema.get("default")
+    for value in candidates(schema, default):
+        if value != default and jsonschema.Draft202012Validator(schema).is_valid(value):
+            return value
+    raise AssertionError(f"{section}.{key}: no non-default value derived from the schema; add one to CHOSEN")
+
+
+def changed(section: str, skip: tuple = ()) -> dict:
+    return {key: non_default(section, key, schema) for key, schema in section_keys(section).items() if key not in skip}
+
+
+# --------------------------------------------------------------------------- the jobs' command lines
+
+def commands(output: str) -> list[tuple[str, dict]]:
+    """(rule, {option: value}) of every job a dry run printed; rule = the script's name."""
+    jobs = []
+    for line in output.splitlines():
+        if not line.startswith("Shell command: ") or line == "Shell command: None":  # `all` runs nothing
+            continue
+        words = shlex.split(line[len("Shell command: "):].split(" > ")[0])
+        options, i = {}, 2
+        while i < len(words):
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
+            options[words[i].lstrip("-")] = value
+            i += 1 if value is True else 2
+        jobs.append((Path(words[1]).stem, options))
+    return jobs
+
+
+def jobs_of(jobs, rule: str, **where) -> list[dict]:
+    found = [o for r, o in jobs if r == rule and all(o.get(k) == v for k, v in where.items())]
+    assert found, f"no {rule} job with {where} in the dry run"
+    return found
+
+
+def dry_run(tmp_path: Path, config: dict) -> list[tuple[str, dict]]:
+    """The jobs of ``config`` as written (any key left out takes the schema's default)."""
+    (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist to be an input
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    return commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES).stdout)
+
+
+def assert_json_option_carries(options: dict, flag: str, values: dict, where: str) -> None:
+    carried = json.loads(options[flag])
+    wrong = {k: (v, carried.get(k, "<missing>")) for k, v in values.items() if carried.get(k, "<missing>") != v}
+    assert not wrong, f"{where}: set -> arrived: {wrong}"
+
+
+# --------------------------------------------------------------------------- the checks
+
+TRAIN_NOT_LOOP = ("pretrained", "image_size")  # reach train as --scratch / --image-size
+
+
+def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
+    loop = {k: v for k, v in train.items() if k not in TRAIN_NOT_LOOP}
+    assert_json_option_carries(options, "options", loop, where)
+    assert options.get("scratch", False) is (not train.get("pretrained", True)), f"{where}: pretrained"
+    assert options.get("image-size") == (str(train["image_size"]) if train.get("image_size") else None), where
+
+
+def everything_changed_but_weights() -> dict:
+    return {
+        "dataset": changed("dataset"),
+        "pretrain": {"dataset": changed("pretrain.dataset"), "image_size": non_default("pretrain", "image_size",
+                                                                                        section_keys("pretrain")["image_size"]),
+                     "train": changed("pretrain.train", skip=TRAIN_NOT_LOOP)},
+        "train": changed("train"),
+        "evaluate": changed("evaluate"),
+        "export": changed("export"),
+        "predict": changed("predict"),
+        "threads": changed("threads"),
+        "seeds": SEEDS,
+    }
+
+
+def test_the_config_covers_every_section_of_the_schema():
+    sections = set(SCHEMA["properties"]) - {"experiments", "seeds", "weights"}  # seeds and experiments: below
+    assert sections <= set(everything_changed_but_weights()), "a new section needs a check here"
+
+
+@pytest.mark.parametrize("experiments", [None, {"finetune": {}, "longer": {"epochs": 7}}],
+                         ids=["without-experiments", "with-experiments"])
+def test_every_key_reaches_its_job(tmp_path, experiments):
+    config = everything_changed_but_weights()
+    config["weights"] = TINY_CONFIG["weights"]
+    if experiments is not None:
+        config["experiments"] = experiments
+    jobs = dry_run(tmp_path, config)
+
+    target, source = jobs_of(jobs, "split", out="resources/splits/target.csv"), jobs_of(jobs, "split", out="resources/splits/source.csv")
+    assert_json_option_carries(target[0], "dataset", config["dataset"], "dataset -> split target")
+    assert_json_option_carries(source[0], "dataset", config["pretrain"]["dataset"], "pretrain.dataset -> split source")
+
+    pretrain = jobs_of(jobs, "pretrain")[0]
+    assert pretrain["image-size"] == str(config["pretrain"]["image_size"])
+    assert_json_option_carries(pretrain, "options", config["pretrain"]["train"], "pretrain.train -> pretrain")
+
+    for name, overrides in (experiments or {"finetune": {}}).items():
+        for seed in SEEDS:
+            train = {**config["train"], **overrides, "seed": seed}
+            options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed{seed}/model.pt"})[0]
+            assert_train_job_carries(options, train, f"train -> train {name}/seed{seed}")
+
+    for options in jobs_of(jobs, "evaluate"):
+        assert options["top-k"] == str(config["evaluate"]["top_k"])
+        assert options["calibration-bins"] == str(config["evaluate"]["calibration_bins"])
+    export = config["export"]
+    for options in jobs_of(jobs, "export_onnx"):
+        assert (options["tolerance"], options["parity-batch"], options["exporter"], options["opset"]) == (
+            str(export["tolerance"]), str(export["parity_batch"]), export["exporter"], str(export["opset"]))
+    assert export["quantize"] is True and jobs_of(jobs, "quantize_onnx")
+
+    predict = config["predict"]
+    run = f"results/{predict['experiment']}/seed{predict['seed']}"
+    options = jobs_of(jobs, "predict", out=f"results/predictions/{predict['experiment']}/seed{predict['seed']}/predictions.csv")[0]
+    assert options["images"] == predict["images"]
+    assert options["model"] == f"{run}/{'model.int8.onnx' if predict['model'] == 'int8' else 'model.onnx'}"
+    assert (options["top-k"], options["batch-size"]) == (str(predict["top_k"]), str(predict["batch_size"]))
+
+    threads = config["threads"]
+    for rule, kind in (("pretrain", "train"), ("train", "train"), ("split", "data"), ("evaluate", "data"),
+                       ("export_onnx", "data"), ("quantize_onnx", "data"), ("predict", "data")):
+        assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
+
+
+def test_every_weights_key_reaches_the_weights_job(tmp_path):
+    weights = changed("weights")
+    assert weights["source"] != "pretrain"
+    jobs = dry_run(tmp_path, {"weights": weights})
+    assert_json_option_carries(jobs_of(jobs, "weights")[0], "weights", weights, "weights -> weights")
+    assert not [rule for rule, _ in jobs if rule == "pretrain"], "no pretraining with other weights"
+
+
+@pytest.mark.parametrize("key", TRAIN_NOT_LOOP)
+def test_pretrain_train_keys_pretraining_ignores_are_refused(tmp_path, key):
+    value = non_default("train", key, SCHEMA["$defs"]["train"]["properties"][key])
+    configfile = tiny_config(tmp_path, pretrain={"train": {key: value}})
+    result = run_snakemake(tmp_path, configfile, "-n", check=False)
+    assert result.returncode != 0
+    assert f"pretrain.train.{key}: " in result.stdout, result.stdout[-3000:]

@@ -1,0 +1,120 @@
+"""ONNX export (issue 12): a failed parity check leaves no model behind and keeps an earlier one;
+`export.exporter` and `export.opset` give the ONNX file they name, with a dynamic batch axis and
+onnxruntime outputs that match PyTorch's, computed here on real test images."""
+
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import jobs_run, run_script, run_snakemake, tiny_config
+from recompute import held_out, model_inputs, onnx_logits, onnx_preprocessing, torch_logits
+
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
+
+RUN = "results/finetune/seed0"
+IMPOSSIBLE = "5e-324"  # the smallest positive float: no export meets it unless it is bit-exact
+# The failure tests export with TorchScript: the same staging and parity gate, in seconds, not minutes.
+FAST = ("--exporter", "torchscript")
+
+
+def export(tiny_run, out, *args):
+    return run_script("export_onnx", "--checkpoint", str(tiny_run / RUN / "model.pt"),
+                      "--split", str(tiny_run / "resources/splits/target.csv"), "--out-onnx", str(out / "model.onnx"),
+                      "--out-parity", str(out / "onnx_parity.json"), "--parity-batch", "4", *args)
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def parity_failure(result, out) -> float:
+    """The one error line of a failed parity check; returns the max |diff| it reports."""
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    message = next(line for line in result.stdout.splitlines() if line.startswith("error: "))
+    assert "ONNX parity failed" in message and str(out / "model.onnx") in message, message
+    assert f"> tolerance {float(IMPOSSIBLE):g}" in message and "export.tolerance" in message, message
+    return float(re.search(r"max \|onnxruntime - PyTorch\| = (\S+) >", message).group(1))
+
+
+def test_failed_parity_writes_no_model(tiny_run, tmp_path):
+    out = tmp_path / "fresh"
+    result = export(tiny_run, out, "--tolerance", IMPOSSIBLE, *FAST)
+    diff = parity_failure(result, out)
+    assert diff > 0, "the check must have failed on a real difference"
+    # Nothing at all is left: no model.onnx, no parity report, no temporary file beside them.
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
+def test_failed_parity_keeps_the_earlier_model_byte_for_byte(tiny_run, tmp_path):
+    out = tmp_path / "earlier"
+    out.mkdir()
+    for name in ("model.onnx", "onnx_parity.json"):
+        shutil.copy2(tiny_run / RUN / name, out / name)
+    before = snapshot(out)
+    result = export(tiny_run, out, "--tolerance", IMPOSSIBLE, *FAST)
+    parity_failure(result, out)
+    assert "the earlier one is unchanged" in result.stdout
+    assert snapshot(out) == before, "the earlier model.onnx/onnx_parity.json changed, or a file was left beside them"
+
+
+def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
+    """The file's opset, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
+    proto = onnx.load(str(model_path))
+    onnx.checker.check_model(proto, full_check=True)
+    default_domain = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    assert default_domain == [opset], f"{model_path}: opset_import {default_domain}, asked for {opset}"
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        batch = value.type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.HasField("dim_value"), f"{value.name}: the batch axis is not dynamic"
+    x = model_inputs(refs, onnx_preprocessing(model_path))
+    expected = torch_logits(checkpoint_path, x)
+    # Batch sizes the export never saw (it traced batch 2): 1 and all the test images.
+    for batch in (x[:1], x):
+        actual = onnx_logits(model_path, batch)
+        assert actual.shape == (len(batch), 4)
+        assert np.abs(actual - expected[: len(batch)]).max() <= 1e-4
+    assert (onnx_logits(model_path, x).argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.parametrize("exporter, opset", [("dynamo", 20), ("torchscript", 18)])
+def test_script_exports_with_the_exporter_and_opset_asked_for(tiny_run, tmp_path, exporter, opset):
+    out = tmp_path / "out"
+    result = export(tiny_run, out, "--exporter", exporter, "--opset", str(opset))
+    assert result.returncode == 0, result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "onnx_parity.json"]
+    assert_sound_onnx(out / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], opset)
+
+
+def test_export_config_keys_reach_the_exported_file(tiny_run, tiny_run_copy):
+    """`export.exporter: torchscript` and `export.opset: 17` through the real snakemake: the export reruns."""
+    workdir = tiny_run_copy
+    config = tiny_config(workdir, name="torchscript.yaml", export={"exporter": "torchscript", "opset": 17})
+    # The target goes before --configfile, which would take it for a second config file.
+    result = run_snakemake(workdir, None, f"{RUN}/model.onnx", "--configfile", str(config))
+    assert jobs_run(result.stdout) == ["export_onnx"], result.stdout[-3000:]
+    assert_sound_onnx(workdir / RUN / "model.onnx", workdir / RUN / "model.pt", held_out(workdir)["path"], 17)
+    # The default config's model (dynamo) carries the default opset, 18.
+    assert_sound_onnx(tiny_run / RUN / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], 18)
+
+
+DYNAMO_17 = ("export.opset: 17 with export.exporter: dynamo: torch's dynamo exporter writes opset 18 or later")
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused(tiny_run, tmp_path):
+    """torch's dynamo exporter, asked for opset 17, quietly writes 18: refused, never delivered as 17."""
+    out = tmp_path / "out"
+    result = export(tiny_run, out, "--exporter", "dynamo", "--opset", "17")
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    assert f"error: {DYNAMO_17}" in result.stdout and "export.exporter: torchscript" in result.stdout
+    assert not out.exists() or not any(out.iterdir())
+    # The workflow refuses the config before anything runs.
+    workdir = tmp_path / "workdir"
+    config = tiny_config(workdir, export={"exporter": "dynamo", "opset": 17})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0 and DYNAMO_17 in result.stdout, result.stdout[-3000:]
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()

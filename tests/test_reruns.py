@@ -1,0 +1,165 @@
+"""Rerun only what changed (issue 12): each change checked by the exact jobs Snakemake runs, or
+would run (`snakemake -n` on a copy of the finished tiny run).
+
+Code is edited in a copy of the repo's workflow (Snakefile, workflow/, src/, config/, profiles/,
+mtimes kept), never in the source tree itself.
+"""
+
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from faults import make_images
+from helpers import REPO, jobs_run, run_snakemake, tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
+
+EXPERIMENTS = 3  # the tiny config: finetune, feature_extract, scratch; one seed
+AFTER_TRAIN = {"train": EXPERIMENTS, "evaluate": EXPERIMENTS, "export_onnx": EXPERIMENTS, "summary": 1, "all": 1}
+AFTER_EVALUATE = {"evaluate": EXPERIMENTS, "summary": 1, "all": 1}
+NOTHING = Counter()
+
+
+def would_run(workdir: Path, snakefile: Path = REPO / "Snakefile", **kwargs) -> Counter:
+    """How many jobs of each rule a dry run of the workdir's config.yaml lists."""
+    result = run_snakemake(workdir, workdir / "config.yaml", "-n", snakefile=snakefile, **kwargs)
+    return Counter(jobs_run(result.stdout))
+
+
+# --------------------------------------------------------------------------- config changes
+
+def test_reruns_only_what_went_stale(tiny_run_copy):
+    workdir = tiny_run_copy
+    config = workdir / "config.yaml"
+    # A finished DAG: nothing to do.
+    second = run_snakemake(workdir, config)
+    assert jobs_run(second.stdout) == [], second.stdout[-3000:]
+    assert "Nothing to be done" in second.stdout
+    # One training parameter of one experiment changes: exactly its train, evaluate and export rerun
+    # (and the summary table that collects every experiment), never weights or split.
+    tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "lr": 0.0005}})
+    third = run_snakemake(workdir, config)
+    ran = sorted(jobs_run(third.stdout))
+    assert ran == ["all", "evaluate", "export_onnx", "summary", "train"], third.stdout[-3000:]
+    assert "results/finetune/seed0/model.pt" in third.stdout
+
+
+def test_a_dataset_change_reruns_the_target_split_and_all_after_it_not_pretraining(tiny_run_copy):
+    tiny_config(tiny_run_copy, dataset={"seed": 1})
+    result = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "-n")
+    assert Counter(jobs_run(result.stdout)) == Counter({"split": 1, **AFTER_TRAIN}), result.stdout[-3000:]
+    assert "output: resources/splits/target.csv" in result.stdout
+    assert "output: resources/splits/source.csv" not in result.stdout
+
+
+def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
+    tiny_config(tiny_run_copy, export={"tolerance": 1e-3})
+    assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})
+
+
+def test_the_same_python_by_another_name_reruns_nothing(tiny_run_copy):
+    other = Path(sys.executable).with_name("python3" if Path(sys.executable).name != "python3" else "python")
+    if not other.exists():
+        pytest.skip(f"no {other} beside {sys.executable}")
+    assert would_run(tiny_run_copy, python=str(other)) == NOTHING
+
+
+# --------------------------------------------------------------------------- code changes
+
+@pytest.fixture
+def code_copy(tiny_run_copy, tmp_path) -> Path:
+    """A copy of the workflow's code that the copy of the tiny run counts as up to date.
+
+    The copy's files have other paths, which Snakemake reads as a new set of inputs: `--touch`
+    records them as the inputs the results were made with (it runs no job).
+    """
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("Snakefile", "workflow", "src", "config", "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))  # copy2: mtimes kept
+        else:
+            shutil.copy2(source, repo / name)
+    run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "--touch", snakefile=repo / "Snakefile")
+    assert would_run(tiny_run_copy, snakefile=repo / "Snakefile") == NOTHING
+    return repo
+
+
+def edit(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# edited\n")
+
+
+@pytest.mark.parametrize("changed, reruns", [
+    ("workflow/scripts/evaluate.py", AFTER_EVALUATE),
+    ("src/finetune/metrics.py", AFTER_EVALUATE),
+    ("src/finetune/training.py", {"pretrain": 1, "weights": 1, **AFTER_TRAIN}),
+])
+def test_editing_code_reruns_exactly_the_jobs_that_run_it_and_what_follows(tiny_run_copy, code_copy, changed, reruns):
+    edit(code_copy / changed)
+    assert would_run(tiny_run_copy, snakefile=code_copy / "Snakefile") == Counter(reruns)
+
+
+def test_touching_code_without_changing_it_reruns_nothing(tiny_run_copy, code_copy):
+    later = time.time() + 60
+    for changed in ("workflow/scripts/evaluate.py", "src/finetune/metrics.py", "src/finetune/training.py"):
+        os.utime(code_copy / changed, (later, later))
+    assert would_run(tiny_run_copy, snakefile=code_copy / "Snakefile") == NOTHING
+
+
+# --------------------------------------------------------------------------- the modules each rule declares
+
+def module_name(name: str) -> str:
+    """finetune -> __init__, finetune.metrics -> metrics: as the source files are named."""
+    return "__init__" if name == "finetune" else name.removeprefix("finetune.")
+
+
+def loaded_modules(folder: Path) -> dict[str, set[str]]:
+    """{rule: finetune modules its jobs loaded}, from the <script>.<pid>.txt files jobs wrote there."""
+    loaded: dict[str, set[str]] = {}
+    for record in folder.glob("*.txt"):
+        rule = record.name.split(".")[0]
+        loaded.setdefault(rule, set()).update(module_name(n) for n in record.read_text().split())
+    return loaded
+
+
+def declared_modules(dry_run_output: str) -> dict[str, set[str]]:
+    """{rule: finetune modules among its inputs}, from the `input:` lines of a dry run."""
+    declared: dict[str, set[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("rule ", "localrule ")) and stripped.endswith(":"):
+            rule = stripped.split(" ", 1)[1][:-1]
+        elif stripped.startswith("input: ") and rule is not None:
+            files = [Path(f) for f in stripped[len("input: "):].split(", ")]
+            declared.setdefault(rule, set()).update(f.stem for f in files if f.parent.name == "finetune")
+    return declared
+
+
+def test_each_rule_declares_exactly_the_modules_its_jobs_load(tiny_run_copy, tiny_run_modules, tmp_path):
+    # The tiny run ran every rule but quantize_onnx and predict: run those two here.
+    workdir, records = tiny_run_copy, tmp_path / "modules"
+    make_images(workdir / "new_images", {"any": 2})
+    tiny_config(workdir, predict={"images": "new_images"})
+    targets = ["results/finetune/seed0/quantization.json", "results/predictions/finetune/seed0/predictions.csv"]
+    # (A flag first: --configfile would take the targets for more config files.)
+    ran = run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", *targets,
+                        env={"FINETUNE_RECORD_MODULES": str(records)})
+    assert Counter(jobs_run(ran.stdout)) == Counter({"quantize_onnx": 1, "predict": 1}), ran.stdout[-3000:]
+    loaded = loaded_modules(tiny_run_modules) | loaded_modules(records)
+
+    dry = run_snakemake(workdir, workdir / "config.yaml", "-n", "--forceall", "all", *targets)
+    declared = declared_modules(dry.stdout)
+    rules = {"split", "decode", "pretrain", "weights", "train", "evaluate", "export_onnx", "quantize_onnx", "predict",
+             "summary"}
+    assert set(loaded) == rules, f"jobs recorded for {sorted(loaded)}"
+    for rule in sorted(rules):
+        missing, extra = loaded[rule] - declared.get(rule, set()), declared.get(rule, set()) - loaded[rule]
+        assert not missing, f"rule {rule} loads {sorted(missing)} but does not list them (RULE_MODULES, common.smk)"
+        assert not extra, f"rule {rule} lists {sorted(extra)} but its jobs do not load them"
