@@ -67,6 +67,10 @@ def run(main: Callable[[], int | None]) -> None:
     (resume state of the last completed epoch kept), elsewhere at once, with any half-written
     result removed.
     """
+    # The rules send stdout to their log file, where Python buffers it in blocks: without this, a job's log
+    # showed no epoch until the job ended, and a job killed (SIGKILL, walltime) lost every line it printed.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = main()
