@@ -5,17 +5,26 @@ from pathlib import Path
 import pytest
 
 from helpers import FASHION_MNIST, run_snakemake, tiny_config
+from prerequisites import missing
 
 # Tests run torch in several processes at once (Snakemake jobs): keep each one to few threads.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    if not Path(FASHION_MNIST).is_dir():
-        skip = pytest.mark.skip(reason=f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist")
-        for item in items:
-            if "fashion_mnist" in item.keywords:
-                item.add_marker(skip)
+    """Before `-m "not slow"` deselects: a test that needs the tiny DAG is slow (the whole DAG through the real
+    snakemake takes minutes on 2 busy cores), whether it asks for tiny_run itself or through other fixtures."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):  # the fixture closure: tiny_run_copy needs tiny_run
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tests marked fashion_mnist skip where the files are missing, before any fixture runs; in CI they error."""
+    if "fashion_mnist" in item.keywords and not Path(FASHION_MNIST).is_dir():
+        missing(f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist")
 
 
 def module_records(workdir: Path) -> Path:

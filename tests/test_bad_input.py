@@ -327,6 +327,9 @@ BAD_CONFIGS = {
 }
 
 
+# One snakemake start-up per case (~3 s each, ~45 s for the table): slow. The quick tests keep one real
+# snakemake rejection, test_every_config_problem_reported_at_once.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_bad_config_rejected_at_start_naming_the_key(tmp_path, case):
     overrides, expected = BAD_CONFIGS[case]

@@ -2,7 +2,8 @@
 
 A session fixture installs Slurm where it can (root, Debian, apt-get: .ci/slurm/install-slurm.sh), starts
 slurmctld, slurmd and a munged of their own in a temporary SLURM_DIR (.ci/slurm/start-slurm.sh) and always
-stops them by PID afterwards (.ci/slurm/stop-slurm.sh), also when a test fails. Elsewhere the tests skip.
+stops them by PID afterwards (.ci/slurm/stop-slurm.sh), also when a test fails. Elsewhere the tests skip;
+in CI (CI set) they fail instead (tests/prerequisites.py).
 
 Each Slurm job costs ~12 s of overhead (a nested snakemake and the plugin's polling), so the tests use the
 tiny config: 12 jobs through Slurm, 3 local ones, and one failing job.
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, jobs_run, run_snakemake, tiny_config
+from prerequisites import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -94,11 +96,11 @@ def slurm_cluster(request) -> Cluster:
     """A one-node Slurm cluster for the session; its daemons are stopped by PID at the end, always."""
     reason = _why_no_slurm()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     installed = subprocess.run(["bash", str(SCRIPTS / "install-slurm.sh")], capture_output=True, text=True,
                                timeout=900)
     if installed.returncode == 2:
-        pytest.skip(installed.stderr.strip())
+        missing(installed.stderr.strip())
     if installed.returncode != 0:
         pytest.fail(f"installing Slurm failed:\n{installed.stdout}\n{installed.stderr}")
 
@@ -123,7 +125,7 @@ def slurm_cluster(request) -> Cluster:
         pytest.fail(f"starting the Slurm cluster failed:\n{started.stdout}\n{started.stderr}")
     cpus, mem_mb = _node()
     if cpus < 2:
-        pytest.skip(f"the tiny config's training jobs take 2 CPUs; this node has {cpus}")
+        missing(f"the tiny config's training jobs take 2 CPUs; this node has {cpus}")
     return Cluster(slurm_dir, cpus, mem_mb)
 
 

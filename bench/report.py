@@ -1,0 +1,87 @@
+"""What the bench reports: the rows in order, their targets, the machine, and the printed table."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+from pathlib import Path
+
+# common first: it sets OMP_WAIT_POLICY before torch is imported.
+from common import say
+
+import torch
+
+from finetune.cli import usable_cpus
+
+ROWS = [
+    "train_img_per_s", "feature_extract_25ep_s", "noop_rerun_s", "dag_build_20exp_s",
+    "onnx_infer_img_per_s_b1", "onnx_infer_img_per_s_b64", "transfer_acc_finetune", "transfer_acc_feature_extract",
+]
+# (comparison, bound) on the ratio; the accuracy rows are checked as a difference in points instead.
+TARGETS = {
+    "train_img_per_s": (">=", 1.2),
+    "feature_extract_25ep_s": ("<=", 0.05),
+    "noop_rerun_s": ("<=", 2.0),
+    "dag_build_20exp_s": ("<=", 3.0),
+    "onnx_infer_img_per_s_b1": (">=", 1.5),
+}
+TRANSFER_MIN_POINTS = 5.0     # pretrained must beat scratch by this many points of test accuracy
+FEATURE_EXTRACT_MAX_POINTS = 1.0  # cached features must not change the accuracy by more than this
+
+
+def machine_info(threads: int) -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": model, "cpus_usable": usable_cpus(), "cpus_online": os.cpu_count(), "threads": threads,
+        "loadavg_1_5_15": [round(v, 2) for v in load], "python": platform.python_version(),
+        "torch": torch.__version__, "platform": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
+
+def check(r: dict) -> tuple[str, bool | None]:
+    """('target', met?) of a row; None where the row has no target."""
+    metric = r["metric"]
+    if metric in TARGETS:
+        op, bound = TARGETS[metric]
+        met = r["ratio"] >= bound if op == ">=" else r["ratio"] <= bound
+        target = f"ratio {op} {bound:g}"
+        if metric == "feature_extract_25ep_s":
+            met = met and abs(r["acc_diff_pts"]) <= FEATURE_EXTRACT_MAX_POINTS
+            target += f", |acc diff| <= {FEATURE_EXTRACT_MAX_POINTS:g} pt"
+        return target, met
+    if metric.startswith("transfer_acc_"):
+        return f">= +{TRANSFER_MIN_POINTS:g} pts", (r["ours"] - r["baseline"]) * 100 >= TRANSFER_MIN_POINTS
+    return "", None
+
+
+def print_table(rows: list[dict], info: dict, checked: bool = True) -> None:
+    say()
+    say(f"finetune benchmark - {info['date']}")
+    say(f"machine: {info['cpu_model']}, {info['cpus_usable']} usable CPU(s) of {info['cpus_online']}, "
+        f"{info['threads']} torch thread(s), load average {info['loadavg_1_5_15']}; torch {info['torch']}, "
+        f"Python {info['python']}, OMP_WAIT_POLICY={info['omp_wait_policy']}" + (f"; GPU {info['gpu']}" if info.get("gpu") else ""))
+    header = f"{'metric':<30} {'ours':>11} {'baseline':>11} {'ratio':>8}  {'unit':<14} {'target':<34} {'met':<4}"
+    say(header)
+    say("-" * len(header))
+    for r in rows:
+        target, met = check(r)
+        mark = "" if met is None or not checked else ("yes" if met else "NO")
+        say(f"{r['metric']:<30} {r['ours']:>11.4g} {r['baseline']:>11.4g} {r['ratio']:>8.3g}  {r['unit']:<14} "
+            f"{target:<34} {mark:<4}")
+    say()
+    for r in rows:
+        say(f"  {r['metric']}: {r['note']}")
+
