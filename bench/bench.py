@@ -12,6 +12,9 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   noop_rerun_s                 ``snakemake --cores 4`` on a finished DAG vs ``snakemake --version``
   dag_build_20exp_s            dry run of 20 experiments vs 1 experiment
   onnx_infer_img_per_s_b1/_b64 onnxruntime vs eager PyTorch inference
+  decode_img_per_s_12mp        the decode stage on 12-megapixel JPEGs vs ImageFolder + Resize + CenterCrop
+  decode_passes_demo           images decoded over the bench's whole DAG vs images in its split files
+  export_onnx_s                the export_onnx job vs the export call alone
   transfer_acc_finetune        test accuracy of the demo's experiments vs scratch, mean over seeds
   transfer_acc_feature_extract
 
@@ -21,7 +24,7 @@ Usage:
   python bench/bench.py --gpu                # CUDA: fp32 eager vs AMP + channels_last at 224 px
 
 One module per family of rows, all in bench/: dag.py (the Snakemake rows), transfer.py (accuracy),
-train_speed.py (training vs bench/baseline_tutorial.py), onnx_speed.py, gpu.py (--gpu); inputs.py makes
+train_speed.py (training vs bench/baseline_tutorial.py), onnx_speed.py, data_path.py (decode, export job), gpu.py (--gpu); inputs.py makes
 what they read (the demo's source model, the PNG folder), common.py holds the timing, the row and the
 CSV, report.py the targets and the printed table. The tiny config is the tests' (tests/helpers.py).
 """
@@ -42,6 +45,7 @@ from common import FULL, IMAGE_SIZE, SMOKE, default_out, demo_config, say, write
 import torch
 
 from dag import bench_dag_build, bench_noop_rerun
+from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job
 from finetune.cli import usable_cpus
 from finetune.tensors import Preprocessing
 from finetune.weights import load_state_dict, read_manifest
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         phase("noop_rerun_s: Snakemake on a finished DAG")
         rows["noop_rerun_s"], tiny_dir = bench_noop_rerun(scratch / "tiny", sizes)
+        rows["decode_passes_demo"] = bench_decode_passes(tiny_dir)
+        phase("decode_img_per_s_12mp: the decode stage vs ImageFolder + Resize on 12-megapixel JPEGs")
+        rows["decode_img_per_s_12mp"] = bench_decode_12mp(scratch / "decode", 2 if args.smoke else 12, sizes.reps, threads)
         phase("dag_build_20exp_s: dry runs")
         rows["dag_build_20exp_s"] = bench_dag_build(scratch / "dag", sizes)
 
@@ -126,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         phase("onnx_infer_img_per_s_*: onnxruntime vs eager PyTorch")
         for r in bench_onnx(transfer["checkpoints"]["finetune"], split_csv, scratch, sizes, threads):
             rows[r["metric"]] = r
+        phase("export_onnx_s: the export job vs the export call alone")
+        rows["export_onnx_s"] = bench_export_job(transfer["checkpoints"]["finetune"], split_csv, scratch, sizes.reps, threads)
         phases.append(("end", time.perf_counter()))
     finally:
         if not args.keep:

@@ -35,7 +35,7 @@ def bench_noop_rerun(workdir: Path, sizes: Sizes) -> tuple[dict, Path]:
     for _ in range(sizes.snakemake_reps):
         ours.append(timed(run_checked, noop_cmd, "the no-op rerun")[0])
         base_times.append(timed(run_checked, version_cmd, "snakemake --version")[0])
-    jobs = 2 + 2 + 3 * len(experiments) + 2  # split x2, pretrain, weights, 3 per run, summary, all
+    jobs = 2 + 2 + 2 + 3 * len(experiments) + 2  # split x2, decode x2, pretrain, weights, 3 per run, summary, all
     result = row("noop_rerun_s", median(ours), median(base_times), "s", False,
                  f"finished DAG of {jobs} jobs ({len(experiments)} experiment(s)); no-op {spread(ours)} s, "
                  f"--version {spread(base_times)} s")

@@ -94,15 +94,22 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
         assert isinstance(r.note, str) and r.note, r
 
     # Timed in this run: every duration, and the time every rate implies, fits in the test's own stopwatch.
-    for metric in ("feature_extract_25ep_s", "noop_rerun_s", "dag_build_20exp_s"):
+    for metric in ("feature_extract_25ep_s", "noop_rerun_s", "dag_build_20exp_s", "export_onnx_s"):
         assert rows.loc[metric, "ours"] < wall and rows.loc[metric, "baseline"] < wall, metric
     # The smoke's training row reads the tiny config's train split: every image at least once per timing.
     n_train = TINY_CONFIG["dataset"]["max_train_per_class"] * len(TINY_CONFIG["dataset"]["classes"])
-    for metric, images in (("train_img_per_s", n_train), ("onnx_infer_img_per_s_b1", 1), ("onnx_infer_img_per_s_b64", 64)):
+    for metric, images in (("train_img_per_s", n_train), ("onnx_infer_img_per_s_b1", 1), ("onnx_infer_img_per_s_b64", 64),
+                           ("decode_img_per_s_12mp", 2)):
         assert images / rows.loc[metric, "ours"] < wall and images / rows.loc[metric, "baseline"] < wall, metric
 
-    # The accuracy rows, recomputed from the kept checkpoints (smoke: seed 0 only, on the tiny DAG's split).
+    # Decode passes: the tiny DAG's split files, counted here; its decode jobs decode the target's rows and the
+    # source's train and val rows, and no other job decodes.
     (work,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    splits = {name: pd.read_csv(work / "tiny" / "resources" / "splits" / f"{name}.csv") for name in ("target", "source")}
+    assert rows.loc["decode_passes_demo", "baseline"] == len(splits["target"]) + len(splits["source"])
+    assert rows.loc["decode_passes_demo", "ours"] == len(splits["target"]) + (splits["source"]["split"] != "test").sum()
+
+    # The accuracy rows, recomputed from the kept checkpoints (smoke: seed 0 only, on the tiny DAG's split).
     split_csv = work / "tiny" / "resources" / "splits" / "target.csv"
     runs = work / "transfer"
     scratch = accuracy_by_hand(runs / "scratch" / "seed0" / "model.pt", split_csv)

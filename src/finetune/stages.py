@@ -80,6 +80,7 @@ def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decod
         else:
             part = frame[frame["split"] == name]
             images = decode_images(part["path"].tolist(), prep, threads)
+            print(f"decoded {len(part)} images of {split_csv} ({name}) here: no decoded file given", flush=True)
             labels = torch.tensor(part["label"].to_numpy(), dtype=torch.long)
         data[name] = Data(images, labels)
     return data, classes, frame
@@ -369,6 +370,7 @@ def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path
     test_rows = np.flatnonzero((frame["split"] == "test").to_numpy())
     picked = test_rows[np.unique(np.linspace(0, len(test_rows) - 1, min(len(test_rows), PARITY_SAMPLE)).round().astype(int))]
     if decoded is None:
+        print(f"decoded {len(picked)} images of {split_csv} (test) here: no decoded file given", flush=True)
         return decode_images(frame["path"].iloc[picked].tolist(), prep, threads).permute(0, 2, 3, 1).numpy()
     from .store import open_decoded
 

@@ -1,0 +1,103 @@
+"""The data path (issue 13): ``decode_img_per_s_12mp``, ``decode_passes_demo`` and ``export_onnx_s``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# common first: it sets OMP_WAIT_POLICY before torch is imported.
+from common import REPO, median, row, spread, timed
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from finetune.store import write_decoded
+
+DECODED_LINE = re.compile(r"^decoded (\d+) images", re.M)
+
+
+def write_photos(folder: Path, count: int, width: int = 4032, height: int = 3024) -> list[Path]:
+    """``count`` 12-megapixel JPEGs (smooth gradients and waves plus noise, quality 92), as a camera writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    paths = []
+    for i in range(count):
+        pixels = np.stack([(x / (14 + i) + 40 * np.sin(y / 50)) % 256, (y / (10 + i)) % 256, ((x + y) / 20) % 256], -1)
+        pixels = np.clip(pixels + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
+        path = folder / "photo" / f"{i:03d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def bench_decode_12mp(workdir: Path, count: int, reps: int, threads: int) -> dict:
+    """The decode stage vs the tutorial's ImageFolder + Resize(256) + CenterCrop(224), same threads, same files."""
+    from torchvision import datasets, transforms
+
+    paths = write_photos(workdir / "photos", count)
+    split = workdir / "photos.csv"
+    pd.DataFrame({"path": [str(p) for p in paths], "label": 0, "class_name": "photo", "split": "train"}).to_csv(split, index=False)
+    tutorial = datasets.ImageFolder(str(workdir / "photos"), transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()]))
+
+    def ours():
+        write_decoded(split, 256, 224, workdir / "photos.npy", workdir / "photos.json", threads=threads, log=lambda _: None)
+
+    def baseline():
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(tutorial.__getitem__, range(len(tutorial))))
+
+    ours_s, base_s = [], []
+    for _ in range(reps):
+        ours_s.append(count / timed(ours)[0])
+        base_s.append(count / timed(baseline)[0])
+    return row("decode_img_per_s_12mp", median(ours_s), median(base_s), "img/s", True,
+               f"{count} JPEGs 4032x3024 to 224 px, {threads} threads: decode stage (draft mode) {spread(ours_s)} vs "
+               f"ImageFolder + Resize + CenterCrop {spread(base_s)} img/s")
+
+
+def bench_decode_passes(dag_dir: Path) -> dict:
+    """Images decoded over a finished DAG (every job's log counted) vs the images in its split files."""
+    decoded = sum(int(n) for log in (dag_dir / "results/logs").rglob("*.log")
+                  for n in DECODED_LINE.findall(log.read_text(errors="replace")))
+    listed = sum(len(pd.read_csv(csv)) for csv in (dag_dir / "resources/splits").glob("*.csv"))
+    jobs = sum(1 for _ in (dag_dir / "results/logs").rglob("*.log"))
+    return row("decode_passes_demo", decoded, listed, "images", False,
+               f"images decoded in the {jobs} jobs of the bench's DAG (lines 'decoded N images' in every job log) vs "
+               "rows of its split files (the source's test images are never decoded)")
+
+
+def bench_export_job(checkpoint: Path, split_csv: Path, workdir: Path, reps: int, threads: int) -> dict:
+    """The export_onnx job (script, decoded test images, parity) vs the export call alone, same exporter (dynamo)."""
+    from finetune.export import export_onnx
+    from finetune.stages import load_checkpoint
+
+    import torch
+
+    model, ckpt = load_checkpoint(checkpoint)
+    size = ckpt["preprocessing"]["resize_size"], ckpt["preprocessing"]["crop_size"]
+    npy, info = workdir / "export_decoded.npy", workdir / "export_decoded.json"
+    write_decoded(split_csv, *size, npy, info, threads=threads, log=lambda _: None)
+    cmd = [sys.executable, str(REPO / "workflow/scripts/export_onnx.py"), "--checkpoint", str(checkpoint), "--split",
+           str(split_csv), "--decoded", str(npy), str(info), "--out-onnx", str(workdir / "job.onnx"),
+           "--out-parity", str(workdir / "job.json"), "--threads", str(threads)]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
+    torch.set_num_threads(threads)
+    job_s, call_s = [], []
+    for _ in range(reps):
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        job_s.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            call_s.append(timed(export_onnx, model, ckpt, Path(tmp) / "call.onnx")[0])
+    return row("export_onnx_s", median(job_s), median(call_s), "s", False,
+               f"export_onnx.py (start-up, decoded test images, dynamo export, parity on <= 512 images) {spread(job_s)} s "
+               f"vs torch.onnx.export alone (dynamo, in a warm process) {spread(call_s)} s")
