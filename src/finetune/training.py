@@ -3,7 +3,8 @@
 :func:`fit`, in the spirit of torchvision's reference ``train.py``: set up once (device, optimizer,
 losses, inputs or cached features), then per epoch :func:`train_one_epoch`, :func:`evaluate`, the
 best epoch kept, the resume state saved, early stopping. Everything it does is spelled out by
-:class:`TrainOptions`.
+:class:`TrainOptions`. The epochs' order and the augmentation draw from their own generators,
+seeded by ``TrainOptions.seed``; the resume state keeps them (and torch's global RNG, for dropout).
 
 Strategies
 - ``finetune``: everything trains (optionally the backbone at ``lr * backbone_lr_factor``).
@@ -199,23 +200,34 @@ def set_rng_state(state: dict) -> None:
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random resized crop (scale 0.35-1, ratio 3/4-4/3) and horizontal flip, per image, on uint8."""
-    from torchvision.transforms.v2 import functional as F
+    """Random resized crop (scale 0.35-1, ratio 3/4-4/3) and horizontal flip, per image, on uint8.
 
+    Every random number comes from ``generator`` (a CPU generator; None: torch's global one).
+    """
     n, _, h, w = x.shape
     out = torch.empty_like(x)
     for i in range(n):
-        area = h * w * (0.35 + 0.65 * torch.rand(1).item())
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(1).item())
-        ch = min(h, max(1, int(round(math.sqrt(area / ratio)))))
-        cw = min(w, max(1, int(round(math.sqrt(area * ratio)))))
-        top = int(torch.randint(0, h - ch + 1, (1,)).item())
-        left = int(torch.randint(0, w - cw + 1, (1,)).item())
-        img = F.resized_crop(x[i], top, left, ch, cw, [h, w], antialias=True)
-        if torch.rand(1).item() < 0.5:
-            img = F.horizontal_flip(img)
-        out[i] = img
+        out[i] = _random_resized_crop_and_flip(x[i], generator)
     return out
+
+
+def _random_resized_crop_and_flip(image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as F
+
+    def uniform() -> float:
+        return torch.rand(1, generator=generator).item()
+
+    _, h, w = image.shape
+    area = h * w * (0.35 + 0.65 * uniform())
+    ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * uniform())
+    ch = min(h, max(1, int(round(math.sqrt(area / ratio)))))
+    cw = min(w, max(1, int(round(math.sqrt(area * ratio)))))
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator).item())
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator).item())
+    image = F.resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
+    if uniform() < 0.5:
+        image = F.horizontal_flip(image)
+    return image
 
 
 class _SignalGuard:
@@ -361,6 +373,7 @@ class _Setup:
     val_labels: torch.Tensor
     steps: _Steps
     shuffle: torch.Generator                # the epochs' order (or the sampler's draw)
+    augment: torch.Generator                # every random number of the augmentation
 
     @property
     def lbfgs(self) -> bool:
@@ -386,7 +399,13 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         decayed=decayed, scaler=scaler, losses=losses, inputs=inputs, train_labels=train.labels,
         val_labels=val.labels, steps=_steps(len(train.labels), opts),
         shuffle=torch.Generator().manual_seed(opts.seed),
+        augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
     )
+
+
+def augmentation_seed(seed: int) -> int:
+    """The seed of the augmentation's own generator: derived from ``seed``, unrelated to the shuffle's."""
+    return int(options_key("augment", seed), 16)
 
 
 def _placement(opts: TrainOptions) -> _Placement:
@@ -568,7 +587,7 @@ def _training_batch(setup: _Setup, index: torch.Tensor) -> tuple[torch.Tensor, t
     if setup.inputs.cached:
         return x.to(device, non_blocking=True), y
     if setup.opts.augment:
-        x = augment_batch(x)
+        x = augment_batch(x, setup.augment)
     if device.type == "cuda" and not x.is_cuda:
         x = x.pin_memory()  # page-locked, so the copy below can overlap compute
     x = normalize(x.to(device, non_blocking=True), setup.prep)
@@ -714,7 +733,7 @@ def _resume_state(setup: _Setup, progress: _Progress, epoch: int) -> dict:
     return {
         "epoch": epoch, "model": setup.trained.state_dict(), "optimizer": setup.optimizer.state_dict(),
         "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
-        "rng": rng_state(),
+        "augment": setup.augment.get_state(), "rng": rng_state(),
         "history": progress.history, "best": progress.best, "since_best": progress.since_best,
     }
 
@@ -731,18 +750,23 @@ def _restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[st
         state = None
     if state is None:
         return None
-    _restore_training_state(setup, state)
+    _restore_training_state(setup, state, resume_path, log)
     progress = _Progress(history=state["history"], best=state["best"], since_best=state["since_best"],
                          start_epoch=state["epoch"] + 1)
     log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
     return progress
 
 
-def _restore_training_state(setup: _Setup, state: dict) -> None:
+def _restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: Callable[[str], None]) -> None:
     setup.trained.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.scaler.load_state_dict(state["scaler"])
     setup.shuffle.set_state(state["shuffle"])
+    if "augment" in state:
+        setup.augment.set_state(state["augment"])
+    elif setup.opts.augment:  # written before the augmentation had its own generator
+        log(f"warning: resume state {resume_path} holds no augmentation generator state; the augmentation "
+            "continues from a freshly seeded one (the run is no longer the same as an uninterrupted one)")
     set_rng_state(state["rng"])
 
 
