@@ -245,7 +245,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     assert len(result.history) == best_epoch + patience < epochs
     assert result.best_epoch == best_epoch and best_epoch > 1
     last_state = snapshot(model)
-    assert not equal_states(result.best_state, last_state), "the test needs a best epoch that is not the last"
+    assert not equal_states(result.best_state, last_state), "best_state is the last epoch's, not the best epoch's"
 
     # Independently: the same seed trained for best_epoch epochs only (a constant lr: the same steps).
     shorter_model = make_model(tiny)
