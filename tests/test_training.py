@@ -1,5 +1,6 @@
 """Training strategies, schedules, cached features and resume, on tiny real Fashion-MNIST data."""
 
+import copy
 import json
 import os
 import signal
@@ -11,11 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as F
 
 from finetune.models import build_target_model, find_output_layer, strip_output_layer
 from finetune.stages import load_split_tensors
 from finetune.tensors import Preprocessing, batched_forward
-from finetune.training import TrainOptions, fit, lr_factor
+from finetune.training import Data, TrainOptions, augment_batch, fit, lr_factor
 from finetune.weights import load_state_dict, read_manifest
 from helpers import REPO
 
@@ -37,15 +40,28 @@ def make_model(tiny, seed=0):
     return build_target_model("resnet18", len(tiny["classes"]), tiny["state"], tiny["manifest"]["num_classes"])
 
 
-def run_fit(tiny, model, log=lambda _: None, resume_path=None, **options):
-    opts = TrainOptions.from_dict({"epochs": 2, "batch_size": 8, "lr": 0.01, **options})
-    torch.manual_seed(0)
-    return fit(model, tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
+def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, global_seed=0, **options):
+    """fit on the tiny split, on the CPU (the tests compare with CPU tensors; override with device=...).
+
+    ``global_seed`` seeds torch's global RNG just before: fit must not depend on it.
+    """
+    opts = TrainOptions.from_dict({"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu", **options})
+    torch.manual_seed(global_seed)
+    return fit(model, train or tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
                num_classes=len(tiny["classes"]), log=log, resume_path=resume_path)
 
 
 def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def strip(history):
+    """The history without its timings."""
+    return [{k: v for k, v in row.items() if k not in ("img_per_s", "elapsed_s")} for row in history]
+
+
+def equal_states(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def changed(before, after, prefix=""):
@@ -145,7 +161,6 @@ def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(t
     lines = []
     resumed = run_fit(tiny, make_model(tiny), log=lines.append, resume_path=resume, **options)
     assert any(line.startswith("resuming from") for line in lines)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("img_per_s", "elapsed_s")} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(reference.history)
     assert resumed.best_epoch == reference.best_epoch
     assert set(resumed.best_state) == set(reference.best_state), "the checkpoint is the whole model"
@@ -195,11 +210,15 @@ def test_optimisation_options_train(tiny, options):
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
 
 
-def test_same_seed_same_history(tiny):
-    a = run_fit(tiny, make_model(tiny), strategy="finetune", seed=3)
-    b = run_fit(tiny, make_model(tiny), strategy="finetune", seed=3)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("img_per_s", "elapsed_s")} for r in h]  # noqa: E731
+def test_same_seed_same_history_whatever_the_global_rng_and_another_seed_another(tiny):
+    """The run is a function of opts.seed: not of torch's global RNG (disturbed differently before each
+    run here), and a different seed gives a different run."""
+    a = run_fit(tiny, make_model(tiny), strategy="finetune", seed=3, global_seed=1)
+    b = run_fit(tiny, make_model(tiny), strategy="finetune", seed=3, global_seed=2)
+    c = run_fit(tiny, make_model(tiny), strategy="finetune", seed=4, global_seed=1)
     assert strip(a.history) == strip(b.history)
+    assert equal_states(a.best_state, b.best_state)
+    assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
 
 
 def test_lr_schedules():
@@ -211,10 +230,228 @@ def test_lr_schedules():
     assert peak == pytest.approx(1.0) and lr_factor(0, 100, 0, "onecycle") == pytest.approx(1 / 25)
 
 
+# --------------------------------------------------------------------------- early stopping
+
+EARLY_STOPPING = {"strategy": "feature_extract", "schedule": "constant", "metric": "val_accuracy", "lr": 0.05}
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weights(tiny):
+    patience, epochs = 2, 12
+    model = make_model(tiny)
+    result = run_fit(tiny, model, epochs=epochs, early_stopping_patience=patience, **EARLY_STOPPING)
+    accuracies = [row["val_accuracy"] for row in result.history]
+    best_epoch = 1 + accuracies.index(max(accuracies))  # the first epoch with the highest accuracy
+    assert result.stopped_early
+    assert len(result.history) == best_epoch + patience < epochs
+    assert result.best_epoch == best_epoch and best_epoch > 1
+    last_state = snapshot(model)
+    assert not equal_states(result.best_state, last_state), "best_state is the last epoch's, not the best epoch's"
+
+    # Independently: the same seed trained for best_epoch epochs only (a constant lr: the same steps).
+    shorter_model = make_model(tiny)
+    shorter = run_fit(tiny, shorter_model, epochs=best_epoch, **EARLY_STOPPING)
+    assert strip(shorter.history) == strip(result.history[:best_epoch])
+    assert equal_states(result.best_state, snapshot(shorter_model))
+
+
+# --------------------------------------------------------------------------- class weighting
+
+def imbalanced(data, counts):
+    """The first ``counts[c]`` images of each class ``c`` of ``data``."""
+    keep = torch.cat([torch.nonzero(data.labels == c).flatten()[:n] for c, n in enumerate(counts)])
+    assert [int((data.labels[keep] == c).sum()) for c in range(len(counts))] == list(counts)
+    return Data(data.images[keep], data.labels[keep])
+
+
+def test_class_weighting_loss_optimises_the_inverse_frequency_weighted_cross_entropy(tiny):
+    counts = [8, 4, 2, 1]
+    train = imbalanced(tiny["data"]["train"], counts)
+    # The initial model's losses on the whole training set (a full batch, in train mode as fit's first step).
+    reference = make_model(tiny).train()
+    mean = torch.tensor(tiny["prep"].mean).view(1, 3, 1, 1)
+    std = torch.tensor(tiny["prep"].std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = reference((train.images.float() / 255 - mean) / std)
+    losses = torch.nn.functional.cross_entropy(logits, train.labels, reduction="none")
+    weights = torch.tensor([1 / n for n in counts])[train.labels]  # inverse frequency
+    weighted, plain = ((weights * losses).sum() / weights.sum()).item(), losses.mean().item()
+    assert abs(weighted - plain) > 0.01, "the weighting must make a difference here"
+
+    options = {"strategy": "finetune", "epochs": 1, "batch_size": len(train.labels)}
+    for weighting, expected in (("loss", weighted), ("none", plain)):
+        result = run_fit(tiny, make_model(tiny), train=train, class_weighting=weighting, **options)
+        assert result.history[0]["train_loss"] == pytest.approx(expected, rel=1e-5), weighting
+
+
+class TinyNet(nn.Module):
+    """A real, small classifier on channel means: fast enough for epochs over hundreds of images."""
+
+    def __init__(self, classes=2):
+        super().__init__()
+        self.features = nn.Linear(3, 4)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.features(x.mean(dim=(2, 3)))))
+
+
+def record_training_inputs(model):
+    """The inputs of every forward pass in train mode (the training steps; validation runs in eval mode)."""
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()) if module.training else None)
+    return seen
+
+
+PLAIN = Preprocessing(8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # normalised input = pixel / 255
+
+
+def fit_tiny_net(train, val, **options):
+    """Train a TinyNet; return the images it saw in its training steps, in order."""
+    torch.manual_seed(0)
+    model = TinyNet(int(train.labels.max()) + 1)
+    seen = record_training_inputs(model)
+    opts = TrainOptions.from_dict({"epochs": 1, "batch_size": 100, "lr": 0.01, "device": "cpu", **options})
+    fit(model, train, val, PLAIN, opts, num_classes=int(train.labels.max()) + 1, log=lambda _: None)
+    return torch.cat(seen)
+
+
+def test_class_weighting_sampler_shows_the_model_balanced_classes():
+    # 90% class 0, 10% class 1; every pixel of an image says its label (0 or 255).
+    labels = torch.tensor([0] * 540 + [1] * 60)
+    images = (labels * 255).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()
+    train, val = Data(images, labels), Data(images[::100], labels[::100])
+    shares = {}
+    for weighting in ("sampler", "none"):
+        seen = fit_tiny_net(train, val, class_weighting=weighting)
+        assert len(seen) == 600, "one epoch shows as many images as the training split has"
+        shares[weighting] = int((seen.mean(dim=(1, 2, 3)) > 0.5).sum()) / len(seen)
+    assert shares["none"] == 60 / 600  # each image once: the natural ratio
+    assert 0.4 <= shares["sampler"] <= 0.6, shares  # balanced: 0.5, give or take 5 standard deviations (0.02)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def crops_and_flips(image, min_area):
+    """Every resized crop (back to full size) of ``image`` covering at least ``min_area`` of it, and its mirror image."""
+    _, h, w = image.shape
+    candidates = []
+    for ch in range(1, h + 1):
+        for cw in range(1, w + 1):
+            if ch * cw < min_area * h * w:
+                continue
+            for top in range(h - ch + 1):
+                for left in range(w - cw + 1):
+                    crop = F.resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
+                    candidates += [crop, crop.flip(-1)]
+    return torch.stack(candidates)
+
+
+def test_augment_shows_the_model_random_crops_and_flips_of_the_training_images():
+    generator = torch.Generator().manual_seed(0)
+    n = 6
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    images[:, 2] = (40 * torch.arange(n, dtype=torch.uint8)).view(n, 1, 1)  # channel 2 names the image
+    labels = torch.arange(n) % 2
+    train, val = Data(images, labels), Data(images[:2], labels[:2])
+    plain = fit_tiny_net(train, val, epochs=2, batch_size=3)
+    augmented = fit_tiny_net(train, val, epochs=2, batch_size=3, augment=True)
+    assert len(plain) == len(augmented) == 2 * n
+    as_pixels = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
+    assert {as_pixels(x).numpy().tobytes() for x in plain} == {image.numpy().tobytes() for image in images}
+
+    # Each image seen is a resized crop (of at least ~1/3 of the image, as promised 0.35-1), possibly mirrored, of
+    # its training image, and most are not the training image itself.
+    candidates = {}
+    unchanged = 0
+    for x in map(as_pixels, augmented):
+        index = int(x[2, 0, 0]) // 40
+        assert (x[2] == 40 * index).all(), "the image-naming channel is constant under crops and flips"
+        if index not in candidates:
+            candidates[index] = crops_and_flips(images[index], min_area=0.3)
+        assert (candidates[index] == x).flatten(1).all(1).any(), "not a crop and flip of its training image"
+        unchanged += torch.equal(x, images[index])
+    assert unchanged <= len(augmented) // 2
+
+
+def test_augment_turns_feature_caching_off_and_the_backbone_sees_augmented_images(tiny):
+    model = make_model(tiny)
+    seen = record_training_inputs(model)
+    result = run_fit(tiny, model, strategy="feature_extract", epochs=1, augment=True)
+    assert not result.used_cached_features
+    train = tiny["data"]["train"]
+    assert len(torch.cat(seen)) == len(train.labels), "the whole model runs on every training image"
+    mean = torch.tensor(tiny["prep"].mean).view(1, 3, 1, 1)
+    std = torch.tensor(tiny["prep"].std).view(1, 3, 1, 1)
+    originals = (train.images.float() / 255 - mean) / std
+    exact = sum(bool((originals == x).flatten(1).all(1).any()) for x in torch.cat(seen))
+    assert exact <= len(train.labels) // 2, "most images seen must be transformed"
+
+
+def test_augment_batch_draws_only_from_its_generator():
+    images = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    global_state = torch.get_rng_state()
+    a = augment_batch(images, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), global_state), "augment_batch drew from torch's global RNG"
+    torch.manual_seed(123)
+    assert torch.equal(augment_batch(images, torch.Generator().manual_seed(7)), a)
+    assert not torch.equal(augment_batch(images, torch.Generator().manual_seed(8)), a)
+
+
+AUGMENTED = {"strategy": "finetune", "augment": True, "epochs": 3, "lr": 0.001}
+
+
+def test_augment_is_deterministic_per_seed(tiny):
+    """The same seed gives the same run whatever torch's global RNG (disturbed differently here); another, another."""
+    options = {**AUGMENTED, "epochs": 2}
+    models = [make_model(tiny) for _ in range(3)]
+    a = run_fit(tiny, models[0], seed=5, global_seed=1, **options)
+    b = run_fit(tiny, models[1], seed=5, global_seed=2, **options)
+    c = run_fit(tiny, models[2], seed=6, global_seed=1, **options)
+    assert strip(a.history) == strip(b.history)
+    assert equal_states(snapshot(models[0]), snapshot(models[1]))
+    assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
+    assert not equal_states(snapshot(models[0]), snapshot(models[2]))
+
+
+def test_augment_resumes_as_the_same_run(tiny, tmp_path):
+    reference_model = make_model(tiny)
+    reference = run_fit(tiny, reference_model, **AUGMENTED)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_in_epoch_3(line):
+        if line.startswith("epoch 3/"):
+            raise Interrupted
+
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Interrupted):
+        run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **AUGMENTED)
+    saved = torch.load(resume, weights_only=False)
+    assert saved["epoch"] == 1
+    old_format = {k: v for k, v in saved.items() if k != "augment"}  # as written before augment had its generator
+
+    lines = []
+    resumed_model = make_model(tiny)
+    resumed = run_fit(tiny, resumed_model, log=lines.append, resume_path=resume, global_seed=7, **AUGMENTED)
+    assert any(line.startswith("resuming from") for line in lines)
+    assert strip(resumed.history) == strip(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+    assert equal_states(resumed.best_state, reference.best_state)
+    assert equal_states(snapshot(resumed_model), snapshot(reference_model))
+
+    # A resume state without the augmentation generator's state still resumes, with a warning.
+    torch.save(old_format, resume)
+    lines = []
+    old = run_fit(tiny, make_model(tiny), log=lines.append, resume_path=resume, **AUGMENTED)
+    assert any("holds no augmentation generator state" in line for line in lines)
+    assert strip(old.history[:2]) == strip(reference.history[:2]) and len(old.history) == 3
+
+
 # --------------------------------------------------------------------------- resume after SIGKILL
 
 def train_command(tiny_run, out: Path, epochs: int) -> list[str]:
-    options = {"strategy": "finetune", "epochs": epochs, "batch_size": 8, "lr": 0.001, "seed": 0}
+    options = {"strategy": "finetune", "epochs": epochs, "batch_size": 8, "lr": 0.001, "seed": 0, "device": "cpu"}
     return [
         sys.executable, str(REPO / "workflow/scripts/train.py"),
         "--split", str(tiny_run / "resources/splits/target.csv"),
