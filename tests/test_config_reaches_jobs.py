@@ -177,6 +177,7 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
     for options in jobs_of(jobs, "evaluate"):
         assert options["top-k"] == str(config["evaluate"]["top_k"])
         assert options["calibration-bins"] == str(config["evaluate"]["calibration_bins"])
+        assert (options["device"], options["batch-size"]) == (config["evaluate"]["device"], str(config["evaluate"]["batch_size"]))
     export = config["export"]
     for options in jobs_of(jobs, "export_onnx"):
         assert (options["tolerance"], options["parity-batch"], options["exporter"], options["opset"]) == (
@@ -191,7 +192,7 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
     assert (options["top-k"], options["batch-size"]) == (str(predict["top_k"]), str(predict["batch_size"]))
 
     threads = config["threads"]
-    for rule, kind in (("pretrain", "train"), ("train", "train"), ("split", "data"), ("evaluate", "data"),
+    for rule, kind in (("pretrain", "train"), ("train", "train"), ("split", "data"), ("decode", "data"), ("evaluate", "data"),
                        ("export_onnx", "data"), ("quantize_onnx", "data"), ("predict", "data")):
         assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
 

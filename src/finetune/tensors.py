@@ -7,11 +7,31 @@ where most of the CPU time of small-image training goes; after that an epoch is 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .images import Preprocessing, load_preprocessed  # noqa: F401  (Preprocessing: imported from here too)
+
+
+@dataclass
+class Data:
+    """A split: uint8 images (N, 3, H, W), a tensor or read on demand (``finetune.store.StoredImages``), and
+    int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def choose_device(requested: str, key: str = "train.device") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> the device; ``auto`` takes CUDA where there is one."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is cuda, but no CUDA device is available (set it to auto or cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:

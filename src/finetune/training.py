@@ -44,12 +44,14 @@ from .errors import ConfigError, StopRequested, TrainingError
 from .fileio import torch_save
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
                      strip_output_layer)
-from .tensors import Preprocessing, batched_forward, normalize
+from .store import StoredImages, prefetch
+from .tensors import Data, Preprocessing, batched_forward, choose_device, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
 STRATEGIES = ("finetune", "feature_extract", "gradual")
 OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 LBFGS_ITERATIONS = 20  # per epoch: torch's default max_iter; the validation metric is checked in between
 GPU_RESIDENT_BYTES = 2 * 1024**3
+PREFETCH_BATCHES = 2  # batches read ahead of the step when images stream from a decoded file
 
 
 @dataclass
@@ -122,14 +124,6 @@ class TrainOptions:
         return caches_features(self.strategy, self.cache_features, self.augment)
 
 
-@dataclass
-class Data:
-    """A split decoded to tensors: uint8 images (N, 3, H, W) and int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
 # --------------------------------------------------------------------------- small pure helpers
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -174,14 +168,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-
-
-def choose_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda, but no CUDA device is available (set it to auto or cpu)")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def rng_state() -> dict:
@@ -538,14 +524,12 @@ def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: l
                     resume_path: Path | None) -> dict:
     """One pass over the epoch's order; returns its train_loss, train_accuracy and img_per_s."""
     order = _epoch_order(setup)
-    batch_size = setup.steps.batch_size
     started = time.perf_counter()
     seen, loss_sum, correct = 0, 0.0, 0
-    for step_in_epoch, start in enumerate(range(0, len(order), batch_size)):
+    for step_in_epoch, (index, images) in enumerate(_read_batches(setup, order)):
         guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
         _set_learning_rates(setup, epoch * setup.steps.per_epoch + step_in_epoch)
-        index = order[start : start + batch_size]
-        x, y = _training_batch(setup, index)
+        x, y = _training_batch(setup, index, images)
         try:
             logits, loss = _train_step(setup, x, y)
         except torch.OutOfMemoryError as exc:
@@ -579,16 +563,31 @@ def _set_learning_rates(setup: _Setup, step: int) -> None:
         group["lr"] = setup.opts.lr * group["lr_scale"] * factor
 
 
-def _training_batch(setup: _Setup, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_batches(setup: _Setup, order: torch.Tensor):
+    """``(index, inputs)`` of each step of the epoch, as stored (uint8 images or features), in order.
+
+    Images streamed from a decoded file (:class:`StoredImages`) are read ahead in a background thread,
+    into page-locked memory where they go to a GPU, so the device does not wait for the disk.
+    """
+    inputs, pin = setup.inputs.train, setup.place.device.type == "cuda"
+
+    def read(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = inputs[index]
+        return index, (x.pin_memory() if pin and not x.is_cuda else x)
+
+    batches = (read(index) for index in order.split(setup.steps.batch_size))
+    return prefetch(batches, depth=PREFETCH_BATCHES) if isinstance(inputs, StoredImages) else batches
+
+
+def _training_batch(setup: _Setup, index: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and labels of one step, on the device: features, or (augmented) normalised images."""
     device = setup.place.device
-    x = setup.inputs.train[index]
     y = setup.train_labels[index].to(device, non_blocking=True)
     if setup.inputs.cached:
         return x.to(device, non_blocking=True), y
     if setup.opts.augment:
         x = augment_batch(x, setup.augment)
-    if device.type == "cuda" and not x.is_cuda:
+    if device.type == "cuda" and not x.is_cuda and not x.is_pinned():
         x = x.pin_memory()  # page-locked, so the copy below can overlap compute
     x = normalize(x.to(device, non_blocking=True), setup.prep)
     if setup.place.channels_last:

@@ -47,6 +47,8 @@ rule evaluate:
         python=PYTHON,
         top_k=config["evaluate"]["top_k"],
         calibration_bins=config["evaluate"]["calibration_bins"],
+        device=config["evaluate"]["device"],
+        batch_size=config["evaluate"]["batch_size"],
         title=lambda w: f"{w.experiment} seed {w.seed}",
     log:
         "results/logs/evaluate/{experiment}/seed{seed}.log",
@@ -56,6 +58,7 @@ rule evaluate:
     resources:
         mem_mb=3000,
         runtime=30,
+        gpu=1 if config["evaluate"]["device"] == "cuda" else 0,
     shell:
         "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
         "--decoded {input.decoded_images} {input.decoded_info} "
@@ -63,4 +66,5 @@ rule evaluate:
         "--out-predictions {output.predictions} --out-html {output.html} "
         "--out-confusion-png {output.confusion_png} --out-reliability-png {output.reliability_png} "
         "--out-learning-curves-png {output.learning_curves_png} --title {params.title:q} "
-        "--top-k {params.top_k} --calibration-bins {params.calibration_bins} --threads {threads} > {log} 2>&1"
+        "--top-k {params.top_k} --calibration-bins {params.calibration_bins} "
+        "--device {params.device} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"

@@ -23,6 +23,8 @@ def main():
     parser.add_argument("--title", help="names the run in plot titles (default: the checkpoint's folder)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--calibration-bins", type=int, default=15)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA where there is one")
+    parser.add_argument("--batch-size", type=int, default=256, help="test images per forward pass")
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
@@ -31,7 +33,7 @@ def main():
     plots = {"confusion": args.out_confusion_png, "reliability": args.out_reliability_png,
              "learning_curves": args.out_learning_curves_png}
     report = evaluate_stage(args.checkpoint, args.split, args.out_metrics, args.out_confusion, args.out_predictions,
-                            threads, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
+                            threads, batch_size=args.batch_size, device=args.device, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
                             plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title,
                             decoded=tuple(args.decoded) if args.decoded else None)
     k = report["top_k"]
