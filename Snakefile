@@ -1,10 +1,12 @@
 # finetune: transfer learning as a Snakemake workflow.
 #
-#   split(source) -> pretrain -> weights --+
-#                                          +--> train{experiment,seed} -> evaluate -> summary
-#   split(target) -------------------------+                           -> export_onnx -> (quantize_onnx)
-#                                                                                      -> (predict)
+#   split(source) -> decode -> pretrain -> weights --+
+#                                                    +--> train{experiment,seed} -> evaluate -> summary
+#   split(target) -> decode{size} -------------------+                           -> export_onnx -> (quantize_onnx)
+#                                                                                                -> (predict)
 #
+# `decode` turns each split file's images into one file-backed uint8 array, once per image size;
+# every later job reads its images from there.
 # `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
 # source model but its output layer, puts a new one sized to the target classes, and trains it.
