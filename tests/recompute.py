@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finetune.images import load_image, normalize, preprocess
+from finetune.images import load_image, normalize, preprocess, split_ref
 
 
 def held_out(workdir: Path) -> pd.DataFrame:
@@ -33,9 +33,26 @@ def onnx_preprocessing(model_path: Path) -> dict:
             "mean": json.loads(meta["mean"]), "std": json.loads(meta["std"]), "classes": json.loads(meta["classes"])}
 
 
+def decode_as_documented(ref: str, resize_size: int):
+    """An image as README's decode stage says it is read: a JPEG at least twice the resize size (shorter side)
+    is decoded at a reduced scale (PIL's draft mode) that keeps its shorter side >= the resize size."""
+    from PIL import Image
+
+    path, index = split_ref(ref)
+    if index is not None or not path.lower().endswith((".jpg", ".jpeg")):
+        return load_image(ref)
+    with Image.open(path) as img:
+        width, height = img.size
+        scale = resize_size / min(width, height)
+        if scale <= 0.5:
+            img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        return img.convert("RGB")
+
+
 def model_inputs(refs, prep: dict) -> np.ndarray:
     """Decode image references and normalise them as a deployment would: float32 NCHW."""
-    pixels = np.stack([preprocess(load_image(ref), prep["resize_size"], prep["crop_size"]) for ref in refs])
+    pixels = np.stack([preprocess(decode_as_documented(ref, prep["resize_size"]), prep["resize_size"], prep["crop_size"])
+                       for ref in refs])
     return normalize(pixels, prep["mean"], prep["std"])
 
 

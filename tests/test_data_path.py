@@ -217,7 +217,7 @@ def test_streaming_from_the_decoded_file_trains_exactly_like_the_in_memory_path(
 
 
 MEMORY_PROBE = """
-import resource, sys, torch
+import sys, torch
 from pathlib import Path
 from finetune.stages import load_split_tensors
 from finetune.tensors import Preprocessing
@@ -227,7 +227,8 @@ data, _, _ = load_split_tensors(split, Preprocessing(64, 64, (0.5,) * 3, (0.25,)
 images, total = data["train"].images, 0
 for index in torch.randperm(len(images)).split(64):  # one epoch in random order, as fit reads it
     total += int(images[index].float().mean() > 0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# This process's own peak (VmHWM, in kB): ru_maxrss would carry over the parent's peak through fork + exec.
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 

@@ -37,7 +37,7 @@ SLURM_COMMANDS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", 
 # The Snakefile's `localrules:` (downloads need the internet, which compute nodes often lack) and `all`.
 LOCAL_RULES = {"weights", "summary", "all"}
 # The tiny config's DAG: what must have gone through Slurm, job by job.
-SLURM_JOBS = {"split": 2, "pretrain": 1, "train": 3, "evaluate": 3, "export_onnx": 3}
+SLURM_JOBS = {"split": 2, "decode": 2, "pretrain": 1, "train": 3, "evaluate": 3, "export_onnx": 3}
 RUNS = ["finetune/seed0", "feature_extract/seed0", "scratch/seed0"]
 
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")

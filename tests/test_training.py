@@ -1,6 +1,5 @@
 """Training strategies, schedules, cached features and resume, on tiny real Fashion-MNIST data."""
 
-import copy
 import json
 import os
 import signal
@@ -49,6 +48,22 @@ def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, globa
     torch.manual_seed(global_seed)
     return fit(model, train or tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
                num_classes=len(tiny["classes"]), log=log, resume_path=resume_path)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_in_epoch_3(tiny, resume, **options) -> dict:
+    """Run fit with a resume file and stop it as epoch 3 is logged (after epoch 2's state was saved);
+    return the resume state it left."""
+    def interrupt_in_epoch_3(line):
+        if line.startswith("epoch 3/"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **options)
+    return torch.load(resume, weights_only=False)
 
 
 def snapshot(model):
@@ -143,18 +158,8 @@ def test_cached_features_match_the_uncached_loop(tiny):
 def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(tiny, tmp_path, optimizer):
     options = {"strategy": "feature_extract", "epochs": 4, "cache_features": True, **optimizer}
     reference = run_fit(tiny, make_model(tiny), **options)
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt_in_epoch_3(line):
-        if line.startswith("epoch 3/"):
-            raise Interrupted
-
     resume = tmp_path / "resume.pt"
-    with pytest.raises(Interrupted):
-        run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **options)
-    saved = torch.load(resume, weights_only=False)
+    saved = interrupted_in_epoch_3(tiny, resume, **options)
     assert saved["epoch"] == 1 and set(saved["model"]) == {"weight", "bias"}, "only the head is resume state"
     assert resume.stat().st_size < 1_000_000, "the head and its optimizer state, not the ~45 MB model"
 
@@ -416,18 +421,8 @@ def test_augment_is_deterministic_per_seed(tiny):
 def test_augment_resumes_as_the_same_run(tiny, tmp_path):
     reference_model = make_model(tiny)
     reference = run_fit(tiny, reference_model, **AUGMENTED)
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt_in_epoch_3(line):
-        if line.startswith("epoch 3/"):
-            raise Interrupted
-
     resume = tmp_path / "resume.pt"
-    with pytest.raises(Interrupted):
-        run_fit(tiny, make_model(tiny), log=interrupt_in_epoch_3, resume_path=resume, **AUGMENTED)
-    saved = torch.load(resume, weights_only=False)
+    saved = interrupted_in_epoch_3(tiny, resume, **AUGMENTED)
     assert saved["epoch"] == 1
     old_format = {k: v for k, v in saved.items() if k != "augment"}  # as written before augment had its generator
 

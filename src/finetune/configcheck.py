@@ -21,11 +21,26 @@ from pathlib import Path
 
 import yaml
 
-from .export import DYNAMO_MIN_OPSET, opset_problem
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
 _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+# torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
+# and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
+DYNAMO_MIN_OPSET = 18
+
+
+def opset_problem(exporter: str, opset: int) -> str | None:
+    """Why ``exporter`` cannot write ``opset`` (one line naming the config keys), or None."""
+    if exporter == "dynamo" and isinstance(opset, int) and opset < DYNAMO_MIN_OPSET:
+        return (
+            f"export.opset: {opset} with export.exporter: dynamo: torch's dynamo exporter writes opset "
+            f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
+            f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
+        )
+    return None
 
 
 def caches_features(strategy: str, cache_features: bool, augment: bool) -> bool:

@@ -8,13 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .configcheck import opset_problem
 from .errors import ConfigError, FinetuneError
 from .fileio import atomic_path
-
-# torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
-# and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
-DYNAMO_MIN_OPSET = 18
-
 
 class ParityError(FinetuneError):
     """onnxruntime's logits differ from PyTorch's by more than the tolerance."""
@@ -22,17 +18,6 @@ class ParityError(FinetuneError):
 
 class ExportError(FinetuneError):
     """The exporter wrote something other than what was asked for."""
-
-
-def opset_problem(exporter: str, opset: int) -> str | None:
-    """Why ``exporter`` cannot write ``opset`` (one line naming the config keys), or None."""
-    if exporter == "dynamo" and isinstance(opset, int) and opset < DYNAMO_MIN_OPSET:
-        return (
-            f"export.opset: {opset} with export.exporter: dynamo: torch's dynamo exporter writes opset "
-            f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
-            f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
-        )
-    return None
 
 
 def default_opset(proto) -> int | None:

@@ -94,7 +94,7 @@ RULE_MODULES = {
     "weights": [*_STAGES, "models"],
     "train": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
-    "export_onnx": [*_STAGES, "export", "models", "store", "tensors"],
+    "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
     "summary": [*_STAGES, "tables"],
