@@ -138,7 +138,6 @@ class StoredImages:
         self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
         h, w, c = store.row_shape
         self.shape = (len(self.rows), c, h, w)
-        self.dtype = "uint8"
 
     def __len__(self) -> int:
         return len(self.rows)
