@@ -15,6 +15,7 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   decode_img_per_s_12mp        the decode stage on 12-megapixel JPEGs vs ImageFolder + Resize + CenterCrop
   decode_passes_demo           images decoded over the bench's whole DAG vs images in its split files
   export_onnx_s                the export_onnx job vs the export call alone
+  train_peak_rss_4x            peak RSS of a train job on 4x the images vs on 1x (same image size)
   transfer_acc_finetune        test accuracy of the demo's experiments vs scratch, mean over seeds
   transfer_acc_feature_extract
 
@@ -45,7 +46,7 @@ from common import FULL, IMAGE_SIZE, SMOKE, default_out, demo_config, say, write
 import torch
 
 from dag import bench_dag_build, bench_noop_rerun
-from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job
+from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job, bench_train_peak_rss
 from finetune.cli import usable_cpus
 from finetune.tensors import Preprocessing
 from finetune.weights import load_state_dict, read_manifest
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         transfer_rows, transfer = bench_transfer(config, manifest_path, split_csv, scratch / "transfer", sizes, threads)
         for r in transfer_rows:
             rows[r["metric"]] = r
+
+        phase("train_peak_rss_4x: peak RSS of a train job on 4x the images vs 1x")
+        rows["train_peak_rss_4x"] = bench_train_peak_rss(manifest_path, Path(config["dataset"]["path"]), scratch,
+                                                         sizes.rss_images, sizes.rss_image_size, threads)
 
         phase("writing the speed rows' images as PNG files (ImageFolder)")
         # Smoke: the tiny DAG's few images stand in for the subset.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -112,3 +113,56 @@ def bench_export_job(checkpoint: Path, split_csv: Path, workdir: Path, reps: int
     return row("export_onnx_s", median(job_s), median(call_s), "s", False,
                f"export_onnx.py (start-up, decoded test images, dynamo export, parity on <= 512 images) {spread(job_s)} s "
                f"vs the export call alone in a fresh process (dynamo; its lazy imports included) {spread(call_s)} s")
+
+
+# The train job's own peak, as its parent sees it: ru_maxrss of the waited-for child (this wrapper
+# imports nothing large, so what the child inherits over fork + exec is a few MB).
+PEAK_OF_CHILD = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+if code.returncode:
+    sys.exit(code.stderr[-3000:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _fashion_split(out: Path, fashion_mnist: Path, n_train: int, n_val: int) -> Path:
+    """A split CSV of the first ``n_train`` + ``n_val`` Fashion-MNIST training images (classes as they come)."""
+    from finetune.images import read_idx
+
+    labels = read_idx(fashion_mnist / "train-labels-idx1-ubyte.gz")[: n_train + n_val]
+    refs = [f"{fashion_mnist}/train-images-idx3-ubyte.gz#{i}" for i in range(len(labels))]
+    pd.DataFrame({"path": refs, "label": labels.astype(int), "class_name": [f"c{v}" for v in labels],
+                  "split": ["train"] * n_train + ["val"] * n_val}).to_csv(out, index=False)
+    return out
+
+
+def bench_train_peak_rss(manifest: Path, fashion_mnist: Path, workdir: Path, n_train: int, image_size: int,
+                         threads: int) -> dict:
+    """Peak RSS of the train job (workflow/scripts/train.py, reading the decode stage's file) on 4x the
+    images vs on 1x, same image size. The job is feature_extract (one backbone pass over every image,
+    then the head): it touches every image like a fine-tuning epoch, at a fraction of the time."""
+    from finetune.images import Preprocessing as Prep
+    from finetune.weights import read_manifest
+
+    prep = Prep.from_dict(read_manifest(manifest)["preprocessing"], image_size)
+    options = json.dumps({"strategy": "feature_extract", "epochs": 1, "batch_size": 64, "lr": 0.01, "device": "cpu", "seed": 0})
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    peaks_mb, held_mb = {}, {}
+    for scale in (1, 4):
+        split = _fashion_split(workdir / f"rss{scale}.csv", fashion_mnist, n_train * scale, 200)
+        npy, info = workdir / f"rss{scale}.npy", workdir / f"rss{scale}.json"
+        write_decoded(split, prep.resize_size, prep.crop_size, npy, info, threads=threads, log=lambda _: None)
+        held_mb[scale] = npy.stat().st_size / 1e6
+        job = [sys.executable, str(REPO / "workflow/scripts/train.py"), "--split", str(split), "--manifest", str(manifest),
+               "--options", options, "--image-size", str(image_size), "--decoded", str(npy), str(info),
+               "--threads", str(threads)] + [a for name in ("checkpoint", "history", "info")
+                                               for a in (f"--out-{name}", str(workdir / f"rss{scale}.{name}"))]
+        out = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *job], capture_output=True, text=True, env=env)
+        if out.returncode:
+            raise SystemExit(f"bench: the train job on {split} failed:\n{out.stderr}")
+        peaks_mb[scale] = int(out.stdout.split()[-1]) / 1024
+    return row("train_peak_rss_4x", peaks_mb[4], peaks_mb[1], "MB", False,
+               f"peak RSS of the train job (feature_extract, {image_size} px, streamed from the decode stage's file) on "
+               f"{4 * n_train} vs {n_train} Fashion-MNIST images: {peaks_mb[4]:.0f} vs {peaks_mb[1]:.0f} MB; held in "
+               f"memory the images alone would be {held_mb[4]:.0f} vs {held_mb[1]:.0f} MB")

@@ -109,6 +109,13 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
     assert rows.loc["decode_passes_demo", "baseline"] == len(splits["target"]) + len(splits["source"])
     assert rows.loc["decode_passes_demo", "ours"] == len(splits["target"]) + (splits["source"]["split"] != "test").sum()
 
+    # Peak RSS: a process that imported torch (well over 100 MB) and read every image; the 4x job's split holds
+    # 4x the training images of the 1x job's.
+    for metric in ("ours", "baseline"):
+        assert 100 < rows.loc["train_peak_rss_4x", metric] < 24_000, rows.loc["train_peak_rss_4x"]
+    sizes = {scale: (pd.read_csv(work / f"rss{scale}.csv")["split"] == "train").sum() for scale in (1, 4)}
+    assert sizes[4] == 4 * sizes[1] > 0
+
     # The accuracy rows, recomputed from the kept checkpoints (smoke: seed 0 only, on the tiny DAG's split).
     split_csv = work / "tiny" / "resources" / "splits" / "target.csv"
     runs = work / "transfer"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from finetune.errors import DataError
-from finetune.images import load_image, load_preprocessed, preprocess
+from finetune.images import load_image, load_preprocessed, preprocess, preprocess_stored
 from finetune.store import open_decoded, prefetch, write_decoded
 from faults import make_images
 from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
@@ -65,6 +65,19 @@ def split_csv(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("resize, crop", [(256, 224), (37, 32), (36, 33), (32, 32), (8, 7)])
+def test_the_stored_squares_centre_is_the_evaluation_crop_for_every_aspect_ratio(resize, crop):
+    rng = np.random.default_rng(resize)
+    for width in range(crop, crop + 23):
+        for height in (crop, crop + 1, crop + 2, 2 * crop + 1, 3 * crop):
+            img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            for w, h, image in ((width, height, img), (height, width, img.transpose(Image.Transpose.TRANSPOSE))):
+                square = preprocess_stored(image, resize, crop)
+                start = (resize - crop) // 2
+                assert square.shape == (resize, resize, 3), (w, h)
+                assert np.array_equal(square[start : start + crop, start : start + crop], preprocess(image, resize, crop)), (w, h)
+
+
 def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 40, 32, npy, info, threads=2, log=lambda _: None)
@@ -72,25 +85,72 @@ def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_pa
     frame = pd.read_csv(split_csv)
     expected = np.stack([preprocess(Image.open(p).convert("RGB"), 40, 32) for p in frame["path"]])
     rows = np.array([7, 0, 23, 12, 12, 5])
-    assert np.array_equal(decoded.read(rows), expected[rows])
-    assert np.array_equal(decoded.read(np.arange(24)), expected)
+    assert np.array_equal(decoded.read(rows, 32), expected[rows])
+    assert np.array_equal(decoded.read(np.arange(24), 32), expected)
+    # Stored: the 40 x 40 square of the resized image around that centre crop, 4 px of margin on each side.
+    squares = decoded.read(np.arange(24))
+    for path, square in zip(frame["path"], squares):
+        img = Image.open(path).convert("RGB")
+        scale = 40 / min(img.size)
+        resized = np.asarray(img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.Resampling.BILINEAR))
+        top, left = (resized.shape[0] - 32) // 2 - 4, (resized.shape[1] - 32) // 2 - 4
+        assert np.array_equal(square, resized[top : top + 40, left : left + 40])
     assert list(decoded.rows("val")) == list(range(12, 18))
     assert list(decoded.labels) == list(frame["label"])
 
 
-def test_a_truncated_or_stale_decoded_file_is_refused_naming_it(split_csv, tmp_path):
+def test_a_stale_decoded_file_is_refused_naming_it_and_kept(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
-    with pytest.raises(DataError, match="32 and 32 are needed|are needed"):
+    before = npy.read_bytes(), info.read_bytes()
+    with pytest.raises(DataError, match=f"{npy}.*40 and 32 are needed"):
         open_decoded(npy, info, split_csv, (40, 32))
     frame = pd.read_csv(split_csv)
     frame.iloc[::-1].to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(DataError, match="another version"):
         open_decoded(npy, info, tmp_path / "other.csv")
+    assert (npy.read_bytes(), info.read_bytes()) == before  # intact, only made for something else: left alone
+
+
+def _truncate(npy, info):
     with open(npy, "r+b") as handle:
         handle.truncate(npy.stat().st_size - 100)
-    with pytest.raises(DataError, match=f"{npy}.*cut short"):
-        open_decoded(npy, info, split_csv)
+
+
+def _spoil_header(npy, info):
+    with open(npy, "r+b") as handle:
+        handle.write(b"garbage!")
+
+
+def _spoil_record(npy, info):
+    info.write_text(info.read_text()[:20])
+
+
+def _other_shape(npy, info):
+    record = json.loads(info.read_text())
+    record["shape"][0] += 1
+    info.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage, why", [(_truncate, "cut short"), (_spoil_header, "not a readable .npy"),
+                                         (_spoil_record, "cannot be read"), (_other_shape, "its record says")])
+def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again(split_csv, tmp_path, damage, why):
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    damage(npy, info)
+    with pytest.raises(DataError, match=f"{npy}.*{why}.*removed .*run the workflow again"):
+        open_decoded(npy, info, split_csv, (32, 32))
+    assert not npy.exists() and not info.exists()
+
+
+def test_rows_come_from_the_file_that_was_checked_even_if_its_name_is_replaced(split_csv, tmp_path):
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    expected = np.load(npy)
+    decoded = open_decoded(npy, info, split_csv, (32, 32))
+    npy.unlink()
+    npy.write_bytes(b"something else entirely")
+    assert np.array_equal(decoded.read(np.arange(len(expected))), expected)
 
 
 def test_a_decode_killed_mid_write_leaves_no_file_under_the_final_name(tmp_path):
@@ -154,6 +214,31 @@ def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_
     tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "lr": 0.0005}})
     dry = run_snakemake(workdir, workdir / "config.yaml", "-n")
     assert "train" in dry.stdout and decode_outputs(dry.stdout) == [], dry.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuilds_it(tiny_run_copy):
+    """Decoded images cut short after the run (a disk filling up, a copy interrupted): the job that
+    reads them fails naming the file and writes nothing; the next run decodes again and ends with
+    the same metrics as the first."""
+    workdir = tiny_run_copy
+    npy = workdir / "resources/decoded/target/native/images.npy"
+    metrics = workdir / "results/finetune/seed0/metrics.json"
+    first = json.loads(metrics.read_text())
+    with open(npy, "r+b") as handle:
+        handle.truncate(npy.stat().st_size // 2)
+    target = "results/finetune/seed0/metrics.json"
+    failed = run_snakemake(workdir, workdir / "config.yaml", target, check=False)
+    assert failed.returncode != 0
+    logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
+    assert f"decoded images {npy} were damaged" in logs and "cut short" in logs
+    assert not npy.exists()
+    again = run_snakemake(workdir, workdir / "config.yaml", target)
+    assert "decode" in jobs_run(again.stdout), again.stdout[-3000:]
+    second = json.loads(metrics.read_text())
+    timing = {"eval_seconds"}
+    assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
 
 
 @pytest.mark.slow

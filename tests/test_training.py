@@ -336,8 +336,9 @@ def test_class_weighting_sampler_shows_the_model_balanced_classes():
 
 # --------------------------------------------------------------------------- augmentation
 
-def crops_and_flips(image, min_area):
-    """Every resized crop (back to full size) of ``image`` covering at least ``min_area`` of it, and its mirror image."""
+def crops_and_flips(image, size, min_area):
+    """Every crop of ``image`` (whole pixels) covering at least ``min_area`` of it, resized to ``size`` x ``size``
+    bilinearly without antialiasing (torch's interpolate on the cropped region), and its mirror image; float."""
     _, h, w = image.shape
     candidates = []
     for ch in range(1, h + 1):
@@ -346,9 +347,13 @@ def crops_and_flips(image, min_area):
                 continue
             for top in range(h - ch + 1):
                 for left in range(w - cw + 1):
-                    crop = F.resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
+                    crop = F.resized_crop(image.float(), top, left, ch, cw, [size, size], antialias=False)
                     candidates += [crop, crop.flip(-1)]
     return torch.stack(candidates)
+
+
+def matches_one_of(x, candidates, atol=1e-3):
+    return bool(((candidates - x).abs().flatten(1).amax(1) <= atol).any())
 
 
 def test_augment_shows_the_model_random_crops_and_flips_of_the_training_images():
@@ -368,16 +373,28 @@ def test_augment_shows_the_model_random_crops_and_flips_of_the_training_images()
     # its training image, and most are not the training image itself.
     candidates = {}
     unchanged = 0
-    for x in map(as_pixels, augmented):
-        index = int(x[2, 0, 0]) // 40
-        assert (x[2] == 40 * index).all(), "the image-naming channel is constant under crops and flips"
+    for x in augmented:
+        x = x * 255
+        index = int(x[2, 0, 0].round()) // 40
+        assert torch.allclose(x[2], torch.tensor(40.0 * index), atol=1e-3), "the naming channel is constant"
         if index not in candidates:
-            candidates[index] = crops_and_flips(images[index], min_area=0.3)
-        assert (candidates[index] == x).flatten(1).all(1).any(), "not a crop and flip of its training image"
-        unchanged += torch.equal(x, images[index])
+            candidates[index] = crops_and_flips(images[index], 8, min_area=0.3)
+        assert matches_one_of(x, candidates[index]), "not a crop and flip of its training image"
+        unchanged += torch.allclose(x, images[index].float(), atol=1e-3)
     assert unchanged <= len(augmented) // 2
 
 
+def test_augment_crops_from_the_stored_squares_margin_and_resizes_to_the_crop_size():
+    """Stored squares larger than the crop (the decode stage keeps the resize size): every augmented image is a
+    whole-pixel crop of its square of at least 0.35 of its area (up to rounding), resized to the crop size, some
+    mirrored; the crops reach into the margin outside the centre crop."""
+    squares = torch.randint(0, 256, (12, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    out = augment_batch(squares, 8, torch.Generator().manual_seed(4))
+    assert out.shape == (12, 3, 8, 8) and out.dtype == torch.float32
+    for image, seen in zip(squares, out):
+        assert matches_one_of(seen, crops_and_flips(image, 8, min_area=0.3))
+    centre = squares[:, :, 1:9, 1:9].float()
+    assert not any(torch.allclose(seen, c) for seen, c in zip(out, centre))
 def test_augment_turns_feature_caching_off_and_the_backbone_sees_augmented_images(tiny):
     model = make_model(tiny)
     seen = record_training_inputs(model)
@@ -395,11 +412,11 @@ def test_augment_turns_feature_caching_off_and_the_backbone_sees_augmented_image
 def test_augment_batch_draws_only_from_its_generator():
     images = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     global_state = torch.get_rng_state()
-    a = augment_batch(images, torch.Generator().manual_seed(7))
+    a = augment_batch(images, 12, torch.Generator().manual_seed(7))
     assert torch.equal(torch.get_rng_state(), global_state), "augment_batch drew from torch's global RNG"
     torch.manual_seed(123)
-    assert torch.equal(augment_batch(images, torch.Generator().manual_seed(7)), a)
-    assert not torch.equal(augment_batch(images, torch.Generator().manual_seed(8)), a)
+    assert torch.equal(augment_batch(images, 12, torch.Generator().manual_seed(7)), a)
+    assert not torch.equal(augment_batch(images, 12, torch.Generator().manual_seed(8)), a)
 
 
 AUGMENTED = {"strategy": "finetune", "augment": True, "epochs": 3, "lr": 0.001}

@@ -202,6 +202,40 @@ def preprocess(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray
     return np.asarray(img, dtype=np.uint8)
 
 
+def stored_size(resize_size: int, crop_size: int) -> int:
+    """Side of the square a decoded file keeps per image: the resized image's centre, crop included."""
+    return max(resize_size, crop_size)
+
+
+def centre_offset(stored: int, crop_size: int) -> int:
+    """Where the centre crop starts in a stored square (rows and columns alike)."""
+    return (stored - crop_size) // 2
+
+
+def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+    """Like :func:`preprocess`, but keep the ``stored_size`` square around the centre crop, so random
+    crops for augmentation have the resized image's margin to draw from.
+
+    The square is placed so that its centre crop (:func:`centre_offset`) is exactly the pixels
+    :func:`preprocess` returns, whatever the image's aspect ratio.
+    """
+    side = stored_size(resize_size, crop_size)
+    width, height = img.size
+    scale = resize_size / min(width, height)
+    new_size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    if new_size != img.size:
+        img = img.resize(new_size, Image.Resampling.BILINEAR)
+    inner = centre_offset(side, crop_size)
+    left = (new_size[0] - crop_size) // 2 - inner
+    top = (new_size[1] - crop_size) // 2 - inner
+    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+
+
+def load_stored(ref: str, resize_size: int, crop_size: int) -> np.ndarray:
+    """One image reference -> uint8 (S, S, 3), S = :func:`stored_size`: what the decode stage keeps."""
+    return preprocess_stored(load_image(ref, min_side=resize_size), resize_size, crop_size)
+
+
 def load_preprocessed(ref: str, resize_size: int, crop_size: int) -> np.ndarray:
     """One image reference -> uint8 (crop_size, crop_size, 3): the pixels training, evaluation and
     ``predict`` all feed the model (large JPEGs decoded at a reduced scale first)."""

@@ -52,13 +52,15 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
 
 
 def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decoded: tuple[Path, Path] | None = None,
-                       stream: bool = False):
+                       stream: bool = False, uncropped=()):
     """The chosen splits of a split CSV as tensors: {split: Data}, plus the class names and the CSV.
 
     ``decoded``: the decode rule's ``(images.npy, info.json)``, read (and checked to hold ``split_csv``
     at ``prep``'s sizes) instead of decoding the images again; without it (a script run alone) the
     images are decoded here. ``stream`` (with ``decoded``): the images stay in the file and are read
     batch by batch (:class:`finetune.store.StoredImages`), so memory does not grow with their number.
+    Images are centre crops, except in the ``uncropped`` splits (with ``decoded``): there they are the
+    stored squares at the resize size, for random resized crops (``augment``).
     """
     import torch
 
@@ -67,22 +69,35 @@ def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decod
     frame, classes = read_split(split_csv)
     store = None
     if decoded is not None:
-        from .store import StoredImages, open_decoded
+        from .store import open_decoded
 
         store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
     data = {}
     for name in splits:
         if store is not None:
-            rows = store.rows(name)
-            images = StoredImages(store, rows) if stream else torch.from_numpy(store.read(rows)).permute(0, 3, 1, 2).contiguous()
-            labels = torch.from_numpy(store.labels[rows])
+            crop = None if name in uncropped else prep.crop_size
+            data[name] = _stored_split(store, name, crop, stream)
         else:
             part = frame[frame["split"] == name]
             images = decode_images(part["path"].tolist(), prep, threads)
             print(f"decoded {len(part)} images of {split_csv} ({name}) here: no decoded file given", flush=True)
-            labels = torch.tensor(part["label"].to_numpy(), dtype=torch.long)
-        data[name] = Data(images, labels)
+            data[name] = Data(images, torch.tensor(part["label"].to_numpy(), dtype=torch.long))
     return data, classes, frame
+
+
+def _stored_split(store, name: str, crop: int | None, stream: bool):
+    """One split of a decoded file as Data: read batch by batch (``stream``) or all at once."""
+    import torch
+
+    from .store import StoredImages
+    from .tensors import Data
+
+    rows = store.rows(name)
+    if stream:
+        images = StoredImages(store, rows, crop)
+    else:
+        images = torch.from_numpy(store.read(rows, crop)).permute(0, 3, 1, 2).contiguous()
+    return Data(images, torch.from_numpy(store.labels[rows]))
 
 
 # --------------------------------------------------------------------------- pretrain (recipe step 1)
@@ -232,7 +247,9 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     else:
         source_state, source_classes, weights_sha = None, None, None
     prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
-    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True)
+    # With augment, training images are the stored squares: random resized crops draw from the resize size.
+    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True,
+                                          uncropped=("train",) if opts.augment else ())
     model = build_target_model(arch, len(classes), source_state, source_classes, origin=manifest["path"])
     split_sha = sha256_of(split_csv)
     key = options_key(arch, options, image_size, split_sha, weights_sha)
@@ -374,7 +391,7 @@ def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path
     from .store import open_decoded
 
     store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
-    return store.read(store.rows("test")[np.searchsorted(test_rows, picked)])
+    return store.read(store.rows("test")[np.searchsorted(test_rows, picked)], prep.crop_size)
 
 
 def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_parity: Path, tolerance: float,

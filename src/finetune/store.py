@@ -1,14 +1,20 @@
 """Decode once, stream many times: a split's images as one file-backed uint8 array.
 
 In the spirit of FFCV: every image of a split file is decoded and preprocessed once into an
-``.npy`` file (uint8, ``(N, H, W, 3)``, the split file's row order), beside a small JSON record
-written last. Jobs then read batches from the file instead of decoding again, with memory bounded
+``.npy`` file (uint8, ``(N, S, S, 3)``, the split file's row order), beside a small JSON record
+written last. ``S`` is the resize size, not the crop: each image keeps the square around its centre
+crop (:func:`finetune.images.preprocess_stored`), so evaluation reads the centre crop and training
+with ``augment`` draws random resized crops from the whole square, without decoding again. Jobs then read batches from the file instead of decoding again, with memory bounded
 by the batch (rows are read with ``pread`` into a fresh buffer, not through a memory map whose
 pages would count towards the job's resident memory as the epoch touches them).
 
 A file written by a killed job never takes the final name (it is written beside it and renamed
 when complete), and :func:`open_decoded` checks the array against its record, so a truncated or
-foreign file is refused with a message naming it, never read as data.
+foreign file is never read as data: a damaged pair (unreadable record or header, wrong shape or
+size) is removed with a message naming it, so the next run of the workflow decodes it again; a pair
+that is intact but belongs to another split file or size is refused and left alone. The check
+covers structure and size, not every byte (a full checksum would cost each job a pass over the
+whole file).
 """
 
 from __future__ import annotations
@@ -20,19 +26,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from .data import SPLITS, read_split
 from .errors import DataError
 from .fileio import atomic_path, read_json, sha256_of, write_json
-from .images import load_preprocessed
+from .images import centre_offset, load_stored, stored_size
 
 if TYPE_CHECKING:
     import pandas as pd
 
-STORE_FORMAT = "finetune-decoded/1"
+STORE_FORMAT = "finetune-decoded/2"  # /2: squares at the resize size (/1 held the crop)
 CHUNK_IMAGES = 256  # images decoded between two writes: bounds the decode stage's memory
 
 
@@ -57,7 +63,8 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     order); its record goes to ``out_info``, written last."""
     frame, classes = _chosen_rows(split_csv, splits)
     refs = frame["path"].tolist()
-    shape = (len(refs), crop_size, crop_size, 3)
+    side = stored_size(resize_size, crop_size)
+    shape = (len(refs), side, side, 3)
     started = time.perf_counter()
     with atomic_path(out_npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -65,7 +72,7 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
-                for offset, pixels in enumerate(pool.map(lambda r: load_preprocessed(r, resize_size, crop_size), chunk)):
+                for offset, pixels in enumerate(pool.map(lambda r: load_stored(r, resize_size, crop_size), chunk)):
                     array[start + offset] = pixels
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -86,12 +93,17 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
 
 @dataclass
 class DecodedSplit:
-    """A decoded split file: rows are read on demand from ``path`` (never all held in memory)."""
+    """A decoded split file: rows are read on demand from ``path`` (never all held in memory).
+
+    The file stays open from the check in :func:`open_decoded` on, so rows are read from the very
+    file that was checked, even if the name is removed or replaced meanwhile.
+    """
 
     path: Path
     info: dict
     labels: np.ndarray | None  # int64 (N,) of the stored rows (None when opened without the split file)
     data_offset: int          # where the array's bytes start in the .npy file
+    handle: BinaryIO          # the checked file, open for reading
 
     @property
     def row_shape(self) -> tuple[int, int, int]:
@@ -109,35 +121,34 @@ class DecodedSplit:
         start, stop = self.info["splits"][split]
         return np.arange(start, stop)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """uint8 (len(rows), H, W, 3) of the given rows, in that order."""
+    def read(self, rows: np.ndarray, crop: int | None = None) -> np.ndarray:
+        """uint8 (len(rows), S, S, 3) of the given rows, in that order; with ``crop``, their centre crops."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.row_shape), dtype=np.uint8)
-        flat = out.reshape(len(rows), -1)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i in np.argsort(rows, kind="stable"):  # ascending offsets: sequential where rows are
-                view = memoryview(flat[i])
-                got = os.preadv(fd, [view], self.data_offset + int(rows[i]) * self.row_bytes)
-                if got != self.row_bytes:
-                    raise DataError(f"{self.path}: row {rows[i]} is cut short (file truncated after it was checked)")
-        finally:
-            os.close(fd)
-        return out
+        flat, fd = out.reshape(len(rows), -1), self.handle.fileno()
+        for i in np.argsort(rows, kind="stable"):  # ascending offsets: sequential where rows are
+            got = os.preadv(fd, [memoryview(flat[i])], self.data_offset + int(rows[i]) * self.row_bytes)
+            if got != self.row_bytes:
+                raise DataError(f"{self.path}: row {rows[i]} is cut short (file truncated after it was checked)")
+        if crop is None or crop == self.row_shape[0]:
+            return out
+        start = centre_offset(self.row_shape[0], crop)
+        return np.ascontiguousarray(out[:, start : start + crop, start : start + crop])
 
 
 class StoredImages:
-    """One split of a decoded file as a read-on-demand uint8 tensor ``(N, 3, H, W)``.
+    """One split of a decoded file as a read-on-demand uint8 tensor ``(N, 3, H, W)``: the centre
+    crops of side ``crop``, or (``crop=None``) the stored squares, for random crops.
 
     Indexing (a slice, or a tensor/array of positions) reads just those rows from the file, so a
     training loop holds one batch of images at a time, whatever the dataset's size; ``to(device)``
     reads them all (for a small dataset that can sit on the GPU whole).
     """
 
-    def __init__(self, store: DecodedSplit, rows: np.ndarray):
-        self.store, self.rows = store, np.asarray(rows, dtype=np.int64)
+    def __init__(self, store: DecodedSplit, rows: np.ndarray, crop: int | None = None):
+        self.store, self.rows, self.crop = store, np.asarray(rows, dtype=np.int64), crop
         h, w, c = store.row_shape
-        self.shape = (len(self.rows), c, h, w)
+        self.shape = (len(self.rows), c, crop or h, crop or w)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -150,57 +161,87 @@ class StoredImages:
 
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        pixels = self.store.read(self.rows[index])
+        pixels = self.store.read(self.rows[index], self.crop)
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
     def to(self, device, non_blocking: bool = False):
         return self[:].to(device, non_blocking=non_blocking)
 
 
-def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        if fortran:
-            raise ValueError("Fortran-ordered array")
-        return tuple(shape), dtype, handle.tell()
+def _array_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(handle)
+    if fortran:
+        raise ValueError("Fortran-ordered array")
+    return tuple(shape), dtype, handle.tell()
+
+
+def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, dict, int]:
+    """(what is wrong with the pair, or None; its record; where the array's bytes start)."""
+    try:
+        info = read_json(info_json)
+    except (OSError, ValueError) as exc:
+        return f"its record {info_json} cannot be read ({exc})", {}, 0
+    if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
+        return f"{info_json} is not a record of decoded images ({STORE_FORMAT})", {}, 0
+    try:
+        shape, dtype, offset = _array_header(handle)
+    except (OSError, ValueError) as exc:
+        return f"it is not a readable .npy array ({exc})", info, 0
+    size = os.fstat(handle.fileno()).st_size
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if list(shape) != info.get("shape") or dtype != np.uint8:
+        return f"it holds {dtype} {list(shape)}, its record says uint8 {info.get('shape')}", info, offset
+    if size != expected or size != info.get("bytes"):
+        return f"it has {size} bytes, {expected} expected: it was cut short or changed after it was written", info, offset
+    return None, info, offset
+
+
+def _remove_damaged(npy: Path, info_json: Path, why: str) -> DataError:
+    """Remove a damaged pair (so the workflow's next run decodes it again); the error to raise."""
+    for path in (npy, info_json):
+        path.unlink(missing_ok=True)
+    return DataError(f"decoded images {npy} were damaged ({why}): removed {npy} and {info_json}; "
+                     "run the workflow again and its decode job writes them anew")
 
 
 def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
                  sizes: tuple[int, int] | None = None) -> DecodedSplit:
-    """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``."""
+    """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
+
+    A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size is refused.
+    """
     npy, info_json = Path(npy), Path(info_json)
-    fix = f"delete {npy} and {info_json} and rerun (the decode job writes them again)"
     try:
-        info = read_json(info_json)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the record of decoded images {info_json}: {exc}; {fix}") from exc
-    if info.get("format") != STORE_FORMAT:
-        raise DataError(f"{info_json} is not a record of decoded images ({STORE_FORMAT}); {fix}")
+        handle = open(npy, "rb")
+    except OSError as exc:
+        raise DataError(f"cannot open decoded images {npy}: {exc}; run the workflow (its decode job writes them)") from exc
     try:
-        shape, dtype, offset = _array_header(npy)
-        size = npy.stat().st_size
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{npy} is not a readable .npy array ({exc}); {fix}") from exc
-    expected = offset + int(np.prod(shape)) * dtype.itemsize
+        why, info, offset = _damage(handle, npy, info_json)
+        if why is not None:
+            raise _remove_damaged(npy, info_json, why)
+        _check_belongs(npy, info, split_csv, sizes)
+    except BaseException:
+        handle.close()
+        raise
+    labels = None
+    if split_csv is not None:
+        frame, _ = _chosen_rows(split_csv, info["splits"])
+        labels = frame["label"].to_numpy(dtype=np.int64)
+    return DecodedSplit(npy, info, labels, offset, handle)
+
+
+def _check_belongs(npy: Path, info: dict, split_csv: Path | None, sizes: tuple[int, int] | None) -> None:
     problems = []
-    if list(shape) != info["shape"] or dtype != np.uint8:
-        problems.append(f"it holds {dtype} {list(shape)}, its record says uint8 {info['shape']}")
-    if size != expected or size != info["bytes"]:
-        problems.append(f"it has {size} bytes, {expected} expected: it was cut short or changed after it was written")
     if split_csv is not None and sha256_of(split_csv) != info["split_sha256"]:
         problems.append(f"it was decoded from another version of {split_csv}")
     if sizes is not None and (info["resize_size"], info["crop_size"]) != tuple(sizes):
         problems.append(f"it holds images resized to {info['resize_size']} and cropped to {info['crop_size']}, "
                         f"{sizes[0]} and {sizes[1]} are needed")
     if problems:
-        raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; {fix}")
-    labels = None
-    if split_csv is not None:
-        frame, _ = _chosen_rows(split_csv, info["splits"])
-        labels = frame["label"].to_numpy(dtype=np.int64)
-    return DecodedSplit(npy, info, labels, offset)
+        raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; rerun the workflow, whose "
+                        "decode job writes them for the split file and size its jobs need")
 
 
 def prefetch(batches: Iterator, depth: int = 2) -> Iterator:

@@ -185,35 +185,51 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random resized crop (scale 0.35-1, ratio 3/4-4/3) and horizontal flip, per image, on uint8.
+AUGMENT_SCALE = (0.35, 1.0)    # share of the image's area a random crop covers
+AUGMENT_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height), drawn log-uniformly
 
-    Every random number comes from ``generator`` (a CPU generator; None: torch's global one).
+
+def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random resized crop to ``size`` x ``size`` and horizontal flip of every image of a batch, at once.
+
+    ``x``: (N, 3, H, W), uint8 or float, on any device (the stored squares at the resize size, or
+    already cropped images). Returns float32 pixels (0-255) on ``x``'s device. Each crop is a whole
+    number of pixels (box drawn as torchvision's ``RandomResizedCrop`` draws it: area share
+    :data:`AUGMENT_SCALE`, aspect :data:`AUGMENT_RATIO`) resized bilinearly, without antialiasing,
+    exactly as ``torch.nn.functional.interpolate`` resizes the cropped region; one ``grid_sample``
+    does the whole batch. Every random number comes from ``generator`` (a CPU generator; None:
+    torch's global one), so a run is the same on any device.
     """
     n, _, h, w = x.shape
-    out = torch.empty_like(x)
-    for i in range(n):
-        out[i] = _random_resized_crop_and_flip(x[i], generator)
-    return out
+    top, left, height, width, flip = _crop_boxes(n, h, w, generator)
+    columns = _source_coordinates(left, width, size, w)
+    columns = torch.where(flip[:, None], columns.flip(1), columns)
+    rows = _source_coordinates(top, height, size, h)
+    grid = torch.stack([columns[:, None, :].expand(n, size, size), rows[:, :, None].expand(n, size, size)], dim=-1)
+    grid = grid.to(device=x.device, dtype=torch.float32, non_blocking=True)
+    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _random_resized_crop_and_flip(image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as F
+def _crop_boxes(n: int, h: int, w: int, generator: torch.Generator | None):
+    """(top, left, height, width, flip) of ``n`` random crops of an ``h`` x ``w`` image, as CPU tensors."""
+    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    area = h * w * (AUGMENT_SCALE[0] + (AUGMENT_SCALE[1] - AUGMENT_SCALE[0]) * u[:, 0])
+    log_lo, log_hi = math.log(AUGMENT_RATIO[0]), math.log(AUGMENT_RATIO[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    height = torch.sqrt(area / ratio).round().clamp(1, h)
+    width = torch.sqrt(area * ratio).round().clamp(1, w)
+    top = torch.floor(u[:, 2] * (h - height + 1)).clamp(max=h - height)
+    left = torch.floor(u[:, 3] * (w - width + 1)).clamp(max=w - width)
+    return top, left, height, width, u[:, 4] < 0.5
 
-    def uniform() -> float:
-        return torch.rand(1, generator=generator).item()
 
-    _, h, w = image.shape
-    area = h * w * (0.35 + 0.65 * uniform())
-    ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * uniform())
-    ch = min(h, max(1, int(round(math.sqrt(area / ratio)))))
-    cw = min(w, max(1, int(round(math.sqrt(area * ratio)))))
-    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator).item())
-    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator).item())
-    image = F.resized_crop(image, top, left, ch, cw, [h, w], antialias=True)
-    if uniform() < 0.5:
-        image = F.horizontal_flip(image)
-    return image
+def _source_coordinates(start: torch.Tensor, length: torch.Tensor, size: int, extent: int) -> torch.Tensor:
+    """grid_sample's normalised coordinates of ``size`` output pixels resized from [start, start + length)
+    of an axis ``extent`` long: interpolate's half-pixel rule, clamped to the crop's own edge pixels."""
+    out = torch.arange(size, dtype=torch.float64)
+    source = start[:, None] + (out[None, :] + 0.5) * (length[:, None] / size) - 0.5
+    source = torch.minimum(torch.maximum(source, start[:, None]), (start + length - 1)[:, None])
+    return (source + 0.5) * (2.0 / extent) - 1.0
 
 
 class _SignalGuard:
@@ -585,11 +601,12 @@ def _training_batch(setup: _Setup, index: torch.Tensor, x: torch.Tensor) -> tupl
     y = setup.train_labels[index].to(device, non_blocking=True)
     if setup.inputs.cached:
         return x.to(device, non_blocking=True), y
-    if setup.opts.augment:
-        x = augment_batch(x, setup.augment)
     if device.type == "cuda" and not x.is_cuda and not x.is_pinned():
         x = x.pin_memory()  # page-locked, so the copy below can overlap compute
-    x = normalize(x.to(device, non_blocking=True), setup.prep)
+    x = x.to(device, non_blocking=True)
+    if setup.opts.augment:  # on the device: crops of the stored squares, resized to the crop size
+        x = augment_batch(x, setup.prep.crop_size, setup.augment)
+    x = normalize(x, setup.prep)
     if setup.place.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
