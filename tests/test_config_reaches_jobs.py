@@ -178,6 +178,7 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
         assert options["top-k"] == str(config["evaluate"]["top_k"])
         assert options["calibration-bins"] == str(config["evaluate"]["calibration_bins"])
         assert (options["device"], options["batch-size"]) == (config["evaluate"]["device"], str(config["evaluate"]["batch_size"]))
+        assert config["evaluate"]["onnx"] is True and options["onnx"] == options["checkpoint"].replace("model.pt", "model.onnx")
     export = config["export"]
     for options in jobs_of(jobs, "export_onnx"):
         assert (options["tolerance"], options["parity-batch"], options["exporter"], options["opset"]) == (

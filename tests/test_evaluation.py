@@ -246,3 +246,31 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
                    "test_accuracy_std", "macro_f1", "macro_f1_std"):
         assert column in summary.columns, column
     assert "Leaderboard" in (results / "summary.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
+    """evaluate.onnx: the script scores model.onnx too; its accuracy and agreement are recomputed here from a
+    fresh onnxruntime session on images decoded as the README documents, and the PyTorch side from torchvision."""
+    from helpers import run_script
+    from recompute import model_inputs, onnx_logits, onnx_preprocessing
+
+    folder = tiny_run / "results/finetune/seed0"
+    decoded = tiny_run / "resources/decoded/target/native"
+    out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
+                     "--decoded", str(decoded / "images.npy"), str(decoded / "info.json"), "--onnx", str(folder / "model.onnx"),
+                     "--out-metrics", str(tmp_path / "m.json"), "--out-confusion", str(tmp_path / "c.csv"),
+                     "--out-predictions", str(tmp_path / "p.csv"), "--device", "cpu")
+    assert out.returncode == 0, out.stdout[-3000:]
+    onnx = json.loads((tmp_path / "m.json").read_text())["onnx"]
+    test = held_out(tiny_run)
+    prep = onnx_preprocessing(folder / "model.onnx")
+    ours = onnx_logits(folder / "model.onnx", model_inputs(test["path"], prep)).argmax(1)
+    theirs = run_logits(folder, test["path"]).argmax(1)
+    truth = np.array([prep["classes"].index(c) for c in test["class_name"]])
+    assert onnx["model"] == str(folder / "model.onnx")
+    assert onnx["accuracy"] == pytest.approx(float((ours == truth).mean()), abs=1e-12)
+    assert onnx["top1_agreement_with_pytorch"] == pytest.approx(float((ours == theirs).mean()), abs=1e-12)
+    assert 0 <= onnx["max_abs_logit_diff"] < 1e-3
+    assert f"ONNX model {folder / 'model.onnx'}: test accuracy {onnx['accuracy']:.4f}" in out.stdout

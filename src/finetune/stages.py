@@ -305,11 +305,12 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                    out_predictions: Path, threads: int, batch_size: int = 256, device: str = "cpu", top_k: int = 2,
                    calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
                    out_html: Path | None = None, title: str | None = None,
-                   decoded: tuple[Path, Path] | None = None) -> dict:
+                   decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None) -> dict:
     """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
 
     ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
-    curves need ``history`` (the run's history.csv).
+    curves need ``history`` (the run's history.csv). ``onnx_model``: also score the exported model
+    on the same images with onnxruntime (the report's ``onnx`` section).
     """
     import numpy as np
     import torch
@@ -332,6 +333,8 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     labels = test["label"].to_numpy()
     report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"] = classes
+    if onnx_model is not None:
+        report["onnx"] = score_onnx(onnx_model, images, prep, logits, labels, report["top_k"], batch_size, threads)
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
     cm.index.name = "true\\predicted"
@@ -348,6 +351,30 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                              title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
     return report
+
+
+def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int, batch_size: int, threads: int) -> dict:
+    """The exported model's test metrics with onnxruntime (CPU) on the images PyTorch was scored on,
+    and how far it is from PyTorch's: top-1 agreement and the largest logit difference."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from .images import normalize
+    from .metrics import top_k_accuracy, softmax
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    session = ort.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    batches = (images[start : start + batch_size].permute(0, 2, 3, 1).numpy() for start in range(0, len(images), batch_size))
+    logits = np.concatenate([session.run(None, {name: normalize(x, prep.mean, prep.std)})[0] for x in batches])
+    probs = softmax(logits.astype(np.float64))
+    return {
+        "model": str(onnx_model), "accuracy": float((probs.argmax(1) == labels).mean()),
+        f"top{top_k}_accuracy": top_k_accuracy(labels, probs, top_k),
+        "top1_agreement_with_pytorch": float((logits.argmax(1) == torch_logits.argmax(1)).mean()),
+        "max_abs_logit_diff": float(np.abs(logits - torch_logits).max()) if len(logits) else 0.0,
+    }
 
 
 def write_evaluation_figures(report: dict, plots: dict, history: Path | None = None, out_html: Path | None = None,

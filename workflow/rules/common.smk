@@ -190,6 +190,13 @@ def target_decoded(experiment):
     return decoded("target", experiment_config(experiment)["image_size"])
 
 
+def onnx_to_score(wildcards):
+    """evaluate.onnx: the run's exported model, scored by evaluate besides the PyTorch checkpoint."""
+    if not config["evaluate"]["onnx"]:
+        return {}
+    return {"onnx": f"results/{wildcards.experiment}/seed{wildcards.seed}/model.onnx"}
+
+
 def source_decoded():
     return decoded("source", config["pretrain"]["image_size"])
 
