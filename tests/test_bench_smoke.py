@@ -138,3 +138,32 @@ def test_gpu_mode_explains_itself_without_cuda(tmp_path):
     assert result.returncode == 2, result.stdout
     assert "needs a CUDA device" in result.stdout
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_gpu_dag_busy_share_counts_only_samples_taken_while_a_train_job_fits():
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_dag import busy_share
+
+    samples = [(t, util) for t, util in zip(range(100), [0, 5] * 50)]  # busy at every odd second
+    windows = [[10, 19.5], [50, 53]]  # seconds 10-19 (5 busy of 10) and 50-53 (2 busy of 4)
+    expected = [util for t, util in samples if 10 <= t <= 19.5 or 50 <= t <= 53]
+    assert busy_share(samples, windows) == (sum(u > 0 for u in expected), len(expected)) == (7, 14)
+    assert busy_share(samples, []) == (0, 0)
+
+
+@pytest.mark.fashion_mnist
+def test_gpu_dag_config_is_valid_and_builds_the_issues_dag(tmp_path):
+    """The 224-px DAG `bench.py --gpu --dag` runs: its config passes the schema and gives one train job per
+    experiment at 224 px (dry run, nothing is trained)."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_dag import dag_config
+    from helpers import FASHION_MNIST, run_snakemake
+
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(dag_config(FASHION_MNIST)))
+    dry = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds")
+    trains = [line for line in dry.stdout.splitlines() if "scripts/train.py --split" in line]
+    assert len(trains) == 2 and all("--image-size 224" in line for line in trains), dry.stdout[-3000:]
+    assert all('"batch_size": 128' in line and '"amp": "bf16"' in line for line in trains)

@@ -257,8 +257,10 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     if feature_cache_dir is not None and weights_sha is not None:
         feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict())}.pt"
     resume = _resume_file(resume_dir, key)
+    fit_started_at = time.time()
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, feature_cache=feature_cache, log=log)
+    fit_window = [round(fit_started_at, 3), round(time.time(), 3)]
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
         "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
@@ -271,7 +273,8 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "best_epoch": result.best_epoch, f"best_{opts.metric}": result.best_metric,
         "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
-        "train_seconds": round(result.train_seconds, 2), "cached_features": result.used_cached_features,
+        "train_seconds": round(result.train_seconds, 2), "fit_window_unix_s": fit_window,
+        "cached_features": result.used_cached_features,
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
         "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
         "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),
