@@ -4,6 +4,7 @@
 import copy
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
+from finetune.sweeps import expand as expand_sweeps
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
@@ -47,7 +49,10 @@ _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default
 validate(config, "../schemas/config.schema.yaml")
 config["experiments"] = _experiments_as_written
 
-EXPERIMENTS = config["experiments"]
+# A run per experiment, or per combination of its `sweep` (src/finetune/sweeps.py names them):
+# EXPERIMENTS maps each run's name (the {experiment} wildcard) to its train overrides, SWEEP_OF
+# each run's name to the experiment as written (the leaderboard selects one run per experiment).
+EXPERIMENTS, SWEEP_OF = expand_sweeps(config["experiments"])
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
 
@@ -72,7 +77,7 @@ NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 
 
 wildcard_constraints:
-    experiment="|".join(EXPERIMENTS) or "NONE",
+    experiment="|".join(map(re.escape, EXPERIMENTS)) or "NONE",
     seed=r"\d+",
     dataset="target|source",
     size=r"native|\d+",
