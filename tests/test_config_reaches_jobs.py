@@ -8,6 +8,7 @@ looked for in the command of the job that uses it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 from pathlib import Path
@@ -212,3 +213,37 @@ def test_pretrain_train_keys_pretraining_ignores_are_refused(tmp_path, key):
     result = run_snakemake(tmp_path, configfile, "-n", check=False)
     assert result.returncode != 0
     assert f"pretrain.train.{key}: " in result.stdout, result.stdout[-3000:]
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def sweep_cases() -> dict:
+    """One experiment per `train` key sweeping a value derived from the schema (metric is refused in
+    a sweep: tests/test_sweeps.py), and one sweeping two keys, 2 x 2 combinations."""
+    keys = SCHEMA["$defs"]["train"]["properties"]
+    cases = {f"sweep_{key}": {"sweep": {key: [non_default("train", key, rule)]}} for key, rule in keys.items()
+             if key != "metric"}
+    cases["grid"] = {"strategy": "finetune", "sweep": {"lr": [0.002, 0.0005], "epochs": [2, 5]}}
+    return {"finetune": {}, **cases}
+
+
+def test_every_swept_value_reaches_its_runs_train_job(tmp_path):
+    from finetune.sweeps import run_name
+
+    config = everything_changed_but_weights()
+    config["weights"], config["experiments"] = TINY_CONFIG["weights"], sweep_cases()
+    jobs = dry_run(tmp_path, config)
+    expected = 0
+    for experiment, overrides in config["experiments"].items():
+        sweep = overrides.get("sweep", {})
+        keys = list(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)) if sweep else [()]:
+            name = run_name(experiment, list(zip(keys, values))) if sweep else experiment
+            train = {**config["train"], **{k: v for k, v in overrides.items() if k != "sweep"}, **dict(zip(keys, values))}
+            for seed in SEEDS:
+                options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed{seed}/model.pt"})[0]
+                assert_train_job_carries(options, {**train, "seed": seed}, f"sweep -> train {name}/seed{seed}")
+                assert jobs_of(jobs, "evaluate", **{"checkpoint": f"results/{name}/seed{seed}/model.pt"})
+                assert jobs_of(jobs, "export_onnx", **{"checkpoint": f"results/{name}/seed{seed}/model.pt"})
+                expected += 1
+    assert len(jobs_of(jobs, "train")) == expected  # no run beyond the combinations
