@@ -102,7 +102,7 @@ RULE_MODULES = {
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
-    "summary": [*_STAGES, "tables"],
+    "summary": [*_STAGES, "leaderboard", "selection", "tables"],
 }
 
 

@@ -1,0 +1,59 @@
+"""Honest model selection: runs are chosen by the validation metric their training recorded
+(``train.metric``, at the best epoch; ``train_info.json``), never by a test figure.
+
+Torch- and pandas-free: the summary (leaderboard) and predict (the selected model) choose alike.
+Within an experiment (a sweep's runs, or the one run of an experiment without a sweep) the run
+whose mean over seeds is best is selected; of its seeds, the one with the best value (first on a tie).
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from .errors import ConfigError
+from .fileio import read_json
+
+LOWER_IS_BETTER = {"val_loss"}
+
+
+def oriented(metric: str, value: float) -> float:
+    """``value`` as a score where higher is better."""
+    return -value if metric in LOWER_IS_BETTER else value
+
+
+def validation_record(info: dict) -> dict:
+    """{"metric", "value"}: the metric training chose its best epoch by, and that epoch's value."""
+    metric = info["options"]["metric"]
+    return {"metric": metric, "value": float(info[f"best_{metric}"])}
+
+
+def read_record(experiment: str, seed: int, info_path) -> dict:
+    """One run's record: experiment (the run's name), seed, metric, value."""
+    return {"experiment": experiment, "seed": seed, **validation_record(read_json(info_path))}
+
+
+def common_metric(records: list[dict]) -> str:
+    metrics = sorted({r["metric"] for r in records})
+    if len(metrics) != 1:
+        named = ", ".join(f"{r['experiment']}: {r['metric']}" for r in records)
+        raise ConfigError(f"runs chosen among must share one train.metric; they have {named}")
+    return metrics[0]
+
+
+def select_experiment(records: list[dict]) -> str:
+    """The run name whose mean validation value over its seeds is best (the first written on a tie)."""
+    metric = common_metric(records)
+    values: dict[str, list[float]] = {}
+    for record in records:
+        values.setdefault(record["experiment"], []).append(record["value"])
+    return max(values, key=lambda name: oriented(metric, mean(values[name])))
+
+
+def select_run(records: list[dict], seed: int | None = None) -> dict:
+    """The selected run's record: its experiment by :func:`select_experiment`, then its best seed
+    (or ``seed`` where given)."""
+    chosen = select_experiment(records)
+    mine = [r for r in records if r["experiment"] == chosen and (seed is None or r["seed"] == seed)]
+    if not mine:
+        raise ConfigError(f"no run of {chosen} with seed {seed}")
+    return max(mine, key=lambda r: oriented(r["metric"], r["value"]))
