@@ -103,3 +103,13 @@ def test_a_dry_run_has_train_evaluate_export_per_combination_and_seed(tmp_path):
         assert jobs.count(rule) == len(runs), rule
     for run in runs:
         assert f"results/{run}/model.pt" in result.stdout, run
+
+
+def test_predict_left_to_selection_refuses_runs_with_different_metrics(tmp_path):
+    (tmp_path / "new").mkdir()
+    config = tiny_config(tmp_path, predict={"images": "new"},
+                         replace={"experiments": {"a": {}, "b": {"metric": "val_loss"}}})
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert "predict.experiment: the runs to select among have different train.metric (a: val_accuracy, b: val_loss)" \
+        in result.stdout, result.stdout[-3000:]

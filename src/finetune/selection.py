@@ -8,6 +8,8 @@ whose mean over seeds is best is selected; of its seeds, the one with the best v
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from statistics import mean
 
 from .errors import ConfigError
@@ -27,9 +29,15 @@ def validation_record(info: dict) -> dict:
     return {"metric": metric, "value": float(info[f"best_{metric}"])}
 
 
-def read_record(experiment: str, seed: int, info_path) -> dict:
-    """One run's record: experiment (the run's name), seed, metric, value."""
-    return {"experiment": experiment, "seed": seed, **validation_record(read_json(info_path))}
+def folder_record(folder: str | Path) -> dict:
+    """The record of a run folder, results/<run name>/seed<n>: experiment (the run's name), seed, metric,
+    value, folder."""
+    folder = Path(folder)
+    seed = re.fullmatch(r"seed(\d+)", folder.name)
+    if seed is None:
+        raise ConfigError(f"{folder}: not a run folder (results/<run>/seed<n>)")
+    info = read_json(folder / "train_info.json")
+    return {"experiment": folder.parent.name, "seed": int(seed.group(1)), **validation_record(info), "folder": str(folder)}
 
 
 def common_metric(records: list[dict]) -> str:
@@ -57,3 +65,9 @@ def select_run(records: list[dict], seed: int | None = None) -> dict:
     if not mine:
         raise ConfigError(f"no run of {chosen} with seed {seed}")
     return max(mine, key=lambda r: oriented(r["metric"], r["value"]))
+
+
+def choose_model(folders: list, model_name: str, seed: int | None = None) -> dict:
+    """The selected run among run folders (every seed of every candidate) and its model file."""
+    run = select_run([folder_record(folder) for folder in folders], seed)
+    return {**run, "model": str(Path(run["folder"]) / model_name)}
