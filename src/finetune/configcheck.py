@@ -25,8 +25,6 @@ from pathlib import Path
 
 import yaml
 
-from .sweeps import expand, sweep_problems
-
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
@@ -125,6 +123,8 @@ def _pretrain_train_problems(config: dict) -> list[str]:
 
 def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
+    from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
+
     problems = _pretrain_train_problems(config)
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
