@@ -42,6 +42,6 @@ rule all:
             file=["metrics.json", "model.onnx", "onnx_parity.json"],
         ),
         expand("results/{run}/quantization.json", run=RUNS) if config["export"]["quantize"] else [],
-        [f"results/predictions/{PREDICT_RUN}/predictions.csv"] if PREDICT_RUN else [],
+        [PREDICT_TARGET] if PREDICT_TARGET else [],
         "results/summary.csv",
         "results/summary.md",

@@ -10,7 +10,7 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   feature_extract_25ep_s       head-only training with cached backbone features vs the tutorial's
                                frozen-backbone loop (backbone forward every epoch); both accuracies
   noop_rerun_s                 ``snakemake --cores 4`` on a finished DAG vs ``snakemake --version``
-  dag_build_20exp_s            dry run of 20 experiments vs 1 experiment
+  dag_build_20exp_s            dry run of 20 experiments vs 1 experiment (note: a 3x3x3 sweep over 3 seeds)
   onnx_infer_img_per_s_b1/_b64 onnxruntime vs eager PyTorch inference
   decode_img_per_s_12mp        the decode stage on 12-megapixel JPEGs vs ImageFolder + Resize + CenterCrop
   decode_passes_demo           images decoded over the bench's whole DAG vs images in its split files

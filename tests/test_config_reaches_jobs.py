@@ -8,6 +8,7 @@ looked for in the command of the job that uses it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 from pathlib import Path
@@ -26,8 +27,8 @@ CORES = ("--cores", "64")
 CHOSEN = {
     "weights.preprocessing": {"resize_size": 40, "crop_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
     "predict.images": "new_images",
-    "predict.experiment": "finetune",  # the default is null (the first experiment)
-    "predict.seed": 3,  # in SEEDS below; the default is null (the first seed)
+    "predict.experiment": "finetune",  # the default is null (the run selected by validation metric)
+    "predict.seed": 3,  # in SEEDS below; the default is null (the selected run's best seed)
 }
 SEEDS = [0, 3]
 
@@ -105,12 +106,17 @@ def jobs_of(jobs, rule: str, **where) -> list[dict]:
     return found
 
 
-def dry_run(tmp_path: Path, config: dict) -> list[tuple[str, dict]]:
-    """The jobs of ``config`` as written (any key left out takes the schema's default)."""
+def dry_run_output(tmp_path: Path, config: dict) -> str:
+    """What a dry run of ``config`` as written prints (any key left out takes the schema's default)."""
     (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist to be an input
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-    return commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES).stdout)
+    return run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES).stdout
+
+
+def dry_run(tmp_path: Path, config: dict) -> list[tuple[str, dict]]:
+    """The jobs of ``config`` as written."""
+    return commands(dry_run_output(tmp_path, config))
 
 
 def assert_json_option_carries(options: dict, flag: str, values: dict, where: str) -> None:
@@ -213,3 +219,60 @@ def test_pretrain_train_keys_pretraining_ignores_are_refused(tmp_path, key):
     result = run_snakemake(tmp_path, configfile, "-n", check=False)
     assert result.returncode != 0
     assert f"pretrain.train.{key}: " in result.stdout, result.stdout[-3000:]
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def sweep_cases() -> dict:
+    """One experiment per `train` key sweeping a value derived from the schema (metric is refused in
+    a sweep: tests/test_sweeps.py), and one sweeping two keys, 2 x 2 combinations."""
+    keys = SCHEMA["$defs"]["train"]["properties"]
+    cases = {f"sweep_{key}": {"sweep": {key: [non_default("train", key, rule)]}} for key, rule in keys.items()
+             if key != "metric"}
+    cases["grid"] = {"strategy": "finetune", "sweep": {"lr": [0.002, 0.0005], "epochs": [2, 5]}}
+    return {"finetune": {}, **cases}
+
+
+def test_every_swept_value_reaches_its_runs_train_job(tmp_path):
+    from finetune.sweeps import run_name
+
+    config = everything_changed_but_weights()
+    config["weights"], config["experiments"] = TINY_CONFIG["weights"], sweep_cases()
+    jobs = dry_run(tmp_path, config)
+    expected = 0
+    for experiment, overrides in config["experiments"].items():
+        sweep = overrides.get("sweep", {})
+        keys = list(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)) if sweep else [()]:
+            name = run_name(experiment, list(zip(keys, values))) if sweep else experiment
+            train = {**config["train"], **{k: v for k, v in overrides.items() if k != "sweep"}, **dict(zip(keys, values))}
+            for seed in SEEDS:
+                options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed{seed}/model.pt"})[0]
+                assert_train_job_carries(options, {**train, "seed": seed}, f"sweep -> train {name}/seed{seed}")
+                assert jobs_of(jobs, "evaluate", **{"checkpoint": f"results/{name}/seed{seed}/model.pt"})
+                assert jobs_of(jobs, "export_onnx", **{"checkpoint": f"results/{name}/seed{seed}/model.pt"})
+                expected += 1
+    assert len(jobs_of(jobs, "train")) == expected  # no run beyond the combinations
+
+
+@pytest.mark.parametrize("experiment, seed", [(None, None), ("grid", None), ("grid", 3), ("finetune", None)])
+def test_predict_left_to_selection_chooses_among_the_runs_it_stands_for(tmp_path, experiment, seed):
+    """predict.experiment null (every run), naming a sweep, or predict.seed null: the predict_selected job
+    chooses by validation metric among exactly those runs (each seed's train_info.json)."""
+    from finetune.sweeps import expand
+
+    experiments = {"finetune": {}, "grid": {"sweep": {"lr": [0.002, 0.0005], "epochs": [2, 5]}}}
+    config = {"weights": TINY_CONFIG["weights"], "experiments": experiments, "seeds": SEEDS,
+              "predict": {"images": "new_images", "experiment": experiment, "seed": seed, "model": "fp32"}}
+    output = dry_run_output(tmp_path, config)
+    jobs = commands(output)
+    runs, sweep_of = expand(experiments)
+    candidates = [r for r in runs if experiment in (None, sweep_of[r])]
+    assert not [o for r, o in jobs if r == "predict" and "model" in o], "no named-run predict job"
+    options = jobs_of(jobs, "predict", out="results/predictions/selected/predictions.csv")[0]
+    words = shlex.split(next(line for line in output.splitlines() if "--choose-from" in line).split(" > ")[0])
+    start = words.index("--choose-from") + 1
+    folders = words[start:words.index("--model-name")]
+    assert folders == [f"results/{run}/seed{s}" for run in candidates for s in SEEDS]
+    assert options.get("seed") == (None if seed is None else str(seed))
+    assert options["model-name"] == "model.onnx" and options["out-selection"] == "results/predictions/selected/selection.json"

@@ -151,14 +151,15 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
 # --------------------------------------------------------------------------- leaderboard over seeds
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
-              trainable=1000, epochs=3):
+              trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None):
+    """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given."""
     folder = tmp_path / experiment / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "train_info.json").write_text(json.dumps({
         "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
-        "train_seconds": train_seconds}))
+        "train_seconds": train_seconds, "options": {"metric": metric}, f"best_{metric}": accuracy if val is None else val}))
     (folder / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": macro_f1}))
-    return {"experiment": experiment, "seed": seed, "info": folder / "train_info.json",
+    return {"experiment": experiment, "sweep": sweep, "seed": seed, "info": folder / "train_info.json",
             "metrics": folder / "metrics.json", "weights_source": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}
 
 
@@ -186,8 +187,9 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert csv.set_index("experiment").loc["scratch", "weights_source"] == "none"
     assert csv.set_index("experiment").loc["feature_extract", "trainable_params"] == 10
     md = (tmp_path / "summary.md").read_text().splitlines()
-    assert len(md) == 2 + 3
-    assert "| 2 | finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
+    assert len(md) == 2 + 3 + 2  # the table, a blank line, the sentence saying how runs are chosen
+    assert "| 2 | finetune | ✓ finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
+    assert "selected by val_accuracy on the validation images" in md[-1]
     assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
     html = (tmp_path / "summary.html").read_text()
     assert "0.8500 ± 0.0707" in html and "0 1" in html
@@ -200,6 +202,68 @@ def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert csv["test_accuracy_std"].isna().all()
     assert "±" not in (tmp_path / "summary.md").read_text()
+
+
+# A sweep of three lr and a plain experiment, two seeds each: (validation, test accuracy) per seed. The
+# validation figures and the test figures order the sweep's runs differently.
+DISAGREE = {
+    ("finetune-lr1e-3", "finetune"): [(0.70, 0.93), (0.72, 0.91)],  # best test accuracy, worst validation
+    ("finetune-lr3e-4", "finetune"): [(0.90, 0.80), (0.86, 0.82)],  # best validation
+    ("finetune-lr1e-4", "finetune"): [(0.80, 0.88), (0.82, 0.86)],
+    ("scratch", "scratch"): [(0.60, 0.95), (0.62, 0.94)],
+}
+
+
+def disagreeing_runs(tmp_path, metric="val_accuracy"):
+    runs = []
+    for (name, sweep), seeds in DISAGREE.items():
+        for seed, (val, test) in enumerate(seeds):
+            shown_val = 1 - val if metric == "val_loss" else val  # a loss: lower is better, same order
+            runs.append(write_run(tmp_path, name, seed, test, test, 1.0, val=shown_val, metric=metric, sweep=sweep))
+    return runs
+
+
+def argmax_by(sweep: str, index: int) -> str:
+    """Independently: the run of ``sweep`` whose mean over seeds of figure ``index`` (0 val, 1 test) is largest."""
+    means = {name: sum(s[index] for s in seeds) / len(seeds) for (name, of), seeds in DISAGREE.items() if of == sweep}
+    return max(means, key=means.get)
+
+
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_loss"])
+def test_the_leaderboard_selects_by_validation_even_where_test_accuracy_would_pick_another(tmp_path, metric):
+    from helpers import run_script
+
+    runs = disagreeing_runs(tmp_path, metric)
+    by_val, by_test = argmax_by("finetune", 0), argmax_by("finetune", 1)
+    assert by_val != by_test  # the case is built so that the choice matters
+    out = tmp_path / "out"
+    sweep_of = {name: sweep for name, sweep in DISAGREE}
+    result = run_script("summary", "--runs", *(str(r["info"].parent) for r in runs), "--weights-source", "w",
+                        "--sweep-of", json.dumps(sweep_of), "--out-csv", str(out / "summary.csv"),
+                        "--out-md", str(out / "summary.md"), "--out-html", str(out / "summary.html"),
+                        "--out-selected", str(out / "selected.json"))
+    assert result.returncode == 0, result.stdout
+    csv = pd.read_csv(out / "summary.csv")
+    assert set(csv.loc[csv["selected"], "experiment"]) == {by_val, "scratch"}
+    assert list(csv["experiment"])[0] == max(DISAGREE, key=lambda k: sum(v for v, _ in DISAGREE[k]))[0]
+    assert set(csv["selected_by"]) == {metric}
+    chosen = csv.set_index("experiment").loc[by_val]
+    assert chosen["test_accuracy"] == pytest.approx(sum(t for _, t in DISAGREE[(by_val, "finetune")]) / 2)
+    selected = json.loads((out / "selected.json").read_text())
+    best_seed = max(range(2), key=lambda s: DISAGREE[(by_val, "finetune")][s][0])
+    assert selected["finetune"]["run"] == by_val and selected["finetune"]["seed"] == best_seed
+    assert selected["finetune"]["model"] == f"{out.parent}/{by_val}/seed{best_seed}/model.onnx"
+    assert f"selected by {metric} on the validation images" in (out / "summary.md").read_text()
+    assert f"selected by {metric}" in (out / "summary.html").read_text()
+
+
+def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):
+    runs = [write_run(tmp_path, "a", 0, 0.9, 0.9, 1.0, val=0.5), write_run(tmp_path, "b", 0, 0.8, 0.8, 1.0, val=0.2, metric="val_loss"),
+            write_run(tmp_path, "c", 0, 0.7, 0.7, 1.0, val=0.1, metric="val_loss", sweep="b")]
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert list(zip(table["experiment"], table["rank"], table["selected"])) == [
+        ("a", 1, True), ("c", 1, True), ("b", 2, False)]  # lower loss first within b's sweep
+    assert "not ranked against each other" in (tmp_path / "summary.md").read_text()
 
 
 # --------------------------------------------------------------------------- the evaluate rule, for real

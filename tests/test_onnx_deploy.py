@@ -213,3 +213,25 @@ def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):
     config = tiny_config(workdir, name="bad2.yaml", predict={"images": "x", "model": "int8"})
     result = run_snakemake(workdir, config, "-n", check=False)
     assert result.returncode != 0 and "predict.model: int8 needs export.quantize: true" in result.stdout
+
+
+def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_path):
+    """--choose-from (rule predict_selected): the model of the run whose best-epoch validation figure is best,
+    computed here from each run's history.csv, and the predictions that model alone gives."""
+    images = tmp_path / "images"
+    write_images(images)
+    folders = [tiny_run / f"results/{run}/seed0" for run in ("finetune", "feature_extract", "scratch")]
+    best_val = {f: pd.read_csv(f / "history.csv")["val_accuracy"].max() for f in folders}
+    expected = max(folders, key=best_val.get)  # the first on a tie, as written
+    chosen, named = tmp_path / "chosen.csv", tmp_path / "named.csv"
+    result = run_predict("--choose-from", *map(str, folders), "--images", str(images), "--out", str(chosen),
+                         "--out-selection", str(tmp_path / "selection.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "modules: False True True" in result.stdout, result.stdout  # still no torch
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert selection["folder"] == str(expected) and selection["metric"] == "val_accuracy"
+    assert selection["value"] == pytest.approx(best_val[expected])
+    assert run_predict("--model", str(expected / "model.onnx"), "--images", str(images), "--out", str(named)).returncode == 0
+    assert chosen.read_text() == named.read_text()
+    summary = json.loads((tiny_run / "results/selected.json").read_text())
+    assert {experiment: s["run"] for experiment, s in summary.items()} == {f.parent.name: f.parent.name for f in folders}

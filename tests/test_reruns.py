@@ -70,6 +70,35 @@ def test_the_same_python_by_another_name_reruns_nothing(tiny_run_copy):
     assert would_run(tiny_run_copy, python=str(other)) == NOTHING
 
 
+def mark_done(workdir: Path, config: Path) -> None:
+    """Every output of the DAG created empty, then `--touch`: Snakemake records each job as done, with its
+    params, code and input files, as after a real run."""
+    dry = run_snakemake(workdir, config, "-n")
+    for line in dry.stdout.splitlines():
+        if line.strip().startswith("output: "):
+            for name in line.strip()[len("output: "):].split(", "):
+                (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+                (workdir / name).touch()
+    run_snakemake(workdir, config, "--touch")
+
+
+def test_editing_one_swept_value_reruns_only_that_run(tmp_path):
+    """A sweep's runs are ordinary runs: a changed value is a new run (its name carries the value), trained
+    alone; the other runs of the sweep stay as they are. The DAG is marked done by `--touch` (which records
+    what Snakemake compares, as a real run would), so no training is needed to see the job lists."""
+    sweep = {"lr": [0.001, 0.0003], "backbone_lr_factor": [0.1, 1.0]}
+    config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"strategy": "finetune", "sweep": sweep}}})
+    mark_done(tmp_path, config)
+    assert would_run(tmp_path) == NOTHING
+    tiny_config(tmp_path, replace={"experiments": {"finetune": {"strategy": "finetune",
+                                                                "sweep": {**sweep, "lr": [0.001, 0.0005]}}}})
+    result = run_snakemake(tmp_path, config, "-n")
+    assert Counter(jobs_run(result.stdout)) == Counter({"train": 2, "evaluate": 2, "export_onnx": 2, "summary": 1, "all": 1})
+    trained = {line.split("results/")[1].split("/seed")[0] for line in result.stdout.splitlines()
+               if "output: results/" in line and "model.pt" in line}
+    assert trained == {"finetune-lr5e-4-backbone_lr_factor0.1", "finetune-lr5e-4-backbone_lr_factor1"}
+
+
 # --------------------------------------------------------------------------- code changes
 
 @pytest.fixture

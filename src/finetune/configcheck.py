@@ -9,8 +9,12 @@ with one line per problem, e.g.::
 
 Also checked here, because JSON Schema cannot say them: fractions that leave no training images,
 the keys each ``weights.source`` needs, ``optimizer: lbfgs`` only where features are cached,
-``pretrain.train`` keys that pretraining would ignore, and an ``export.opset`` the chosen
-``export.exporter`` can write.
+``pretrain.train`` keys that pretraining would ignore, an ``export.opset`` the chosen
+``export.exporter`` can write, and sweeps (``experiments.<name>.sweep``): each swept value is checked
+against its ``train`` key's own schema, e.g.::
+
+    experiments.finetune.sweep.lr.1: 'fast' is not a number
+    experiments.finetune.sweep.lr: lr is also set in experiments.finetune; set it in one place
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ def _pretrain_train_problems(config: dict) -> list[str]:
 
 def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
+    from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
+
     problems = _pretrain_train_problems(config)
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
@@ -138,7 +144,10 @@ def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     experiments = config.get("experiments", default_experiments)
     experiments = experiments if isinstance(experiments, dict) else {}
-    for name, overrides in experiments.items():
+    swept = sweep_problems(experiments)
+    if swept:
+        return problems + swept
+    for name, overrides in expand(experiments)[0].items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         if options.get("optimizer") != "lbfgs":
             continue
@@ -157,11 +166,20 @@ def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     return problems
 
 
+def with_sweep_items(schema: dict) -> dict:
+    """The schema with each sweep key's values checked against that `train` key's own schema."""
+    sweep = schema["$defs"]["experiment"]["properties"]["sweep"]
+    listed = sweep["additionalProperties"]
+    sweep["properties"] = {key: {**listed, "items": rule} for key, rule in schema["$defs"]["train"]["properties"].items()}
+    sweep["additionalProperties"] = False
+    return schema
+
+
 def config_problems(config: dict, schema_file: str | Path) -> list[str]:
     """Every problem of ``config`` against the workflow's schema (and cross-key rules), one line each."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_file).read_text())
+    schema = with_sweep_items(yaml.safe_load(Path(schema_file).read_text()))
     validator_class = jsonschema.validators.validator_for(schema)
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))

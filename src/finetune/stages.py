@@ -461,65 +461,34 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
 
 # --------------------------------------------------------------------------- summary
 
-def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path | None = None) -> pd.DataFrame:
-    """The leaderboard: one row per experiment, mean and std over its seeds, best test accuracy first.
+def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path | None = None,
+                  out_selected: Path | None = None) -> pd.DataFrame:
+    """The leaderboard: one row per run name, mean and std over its seeds, ranked by the validation metric
+    (``train.metric``); the run selected per experiment (a sweep's runs together) is marked, and written
+    to ``out_selected`` with its best seed and model. Test figures are reported, never used to choose.
 
-    ``runs``: dicts with keys experiment, seed, info (path), metrics (path), weights_source.
-    The std is the sample standard deviation (n - 1) over seeds; with a single seed it is undefined,
-    left empty in the CSV and left out of the Markdown.
+    ``runs``: dicts with keys experiment (the run's name), sweep (the experiment as written; default the
+    run's name), seed, info (path), metrics (path), weights_source. The std is the sample standard
+    deviation (n - 1) over seeds; with a single seed it is undefined, left empty in the CSV and left out
+    of the Markdown.
     """
-    rows = []
-    for run in runs:
-        info, metrics = read_json(run["info"]), read_json(run["metrics"])
-        rows.append({
-            "experiment": run["experiment"], "seed": run["seed"], "strategy": info["strategy"],
-            "pretrained": info["pretrained"], "weights_source": run["weights_source"] if info["pretrained"] else "none",
-            "trainable_params": info["trainable_params"], "epochs": info["epochs_run"],
-            "train_seconds": info["train_seconds"], "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-        })
-    if not rows:
+    from .leaderboard import aggregate, chosen_by, markdown, ranked, run_row, selections, shown
+
+    if not runs:
         raise ConfigError("summary: no runs to summarise")
-    per_run = pd.DataFrame(rows)
-    keys = ["experiment", "strategy", "pretrained", "weights_source", "trainable_params"]
-    grouped = per_run.groupby(keys, sort=False)
-    table = grouped.agg(
-        seeds=("seed", "count"), seed_list=("seed", lambda s: " ".join(str(v) for v in sorted(s))),
-        epochs=("epochs", "mean"), epochs_std=("epochs", "std"),
-        train_seconds=("train_seconds", "mean"), train_seconds_std=("train_seconds", "std"),
-        test_accuracy=("test_accuracy", "mean"), test_accuracy_std=("test_accuracy", "std"),
-        macro_f1=("macro_f1", "mean"), macro_f1_std=("macro_f1", "std"),
-    ).reset_index()
-    table = table.sort_values(["test_accuracy", "macro_f1"], ascending=False, kind="stable").reset_index(drop=True)
-    table.insert(0, "rank", range(1, len(table) + 1))
+    per_run = pd.DataFrame([run_row(run, read_json(run["info"]), read_json(run["metrics"])) for run in runs])
+    chosen = selections(per_run)
+    table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
-        table.round(4).to_csv(tmp, index=False)
-
-    def mean_std(mean: float, std: float, digits: int) -> str:
-        return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-    lines = [
-        "| rank | experiment | strategy | weights | trainable params | seeds | epochs | train s | test accuracy | macro F1 |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.rank} | {r.experiment} | {r.strategy} | {r.weights_source} | {r.trainable_params:,} | {r.seeds} | "
-            f"{r.epochs:g} | {mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
-            f"{mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | {mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
-        )
-    write_text(out_md, "\n".join(lines) + "\n")
+        table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
+    write_text(out_md, markdown(table))
+    if out_selected is not None:
+        write_json(out_selected, chosen)
     if out_html is not None:
         from .tables import page
 
-        shown = pd.DataFrame({
-            "rank": table["rank"], "experiment": table["experiment"], "strategy": table["strategy"],
-            "weights": table["weights_source"], "trainable params": table["trainable_params"].map("{:,}".format),
-            "seeds": table["seed_list"], "epochs": table["epochs"].map("{:g}".format),
-            "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
-            "test accuracy": [mean_std(m, s, 4) for m, s in zip(table["test_accuracy"], table["test_accuracy_std"])],
-            "macro F1": [mean_std(m, s, 4) for m, s in zip(table["macro_f1"], table["macro_f1_std"])],
-        })
         note = ("Mean over seeds; ± is the sample standard deviation (n - 1) over seeds, shown when there are "
                 "two or more. Every experiment is evaluated on the same test images.")
-        write_text(out_html, page("Leaderboard", [("Experiments, best test accuracy first", shown), ("Note", note)]))
+        write_text(out_html, page("Leaderboard", [("Runs, best validation figure first", shown(table)),
+                                                  ("How runs are chosen", chosen_by(table)), ("Note", note)]))
     return table

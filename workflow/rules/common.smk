@@ -4,6 +4,7 @@
 import copy
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
+from finetune.sweeps import expand as expand_sweeps
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
@@ -47,23 +49,43 @@ _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default
 validate(config, "../schemas/config.schema.yaml")
 config["experiments"] = _experiments_as_written
 
-EXPERIMENTS = config["experiments"]
+# A run per experiment, or per combination of its `sweep` (src/finetune/sweeps.py names them):
+# EXPERIMENTS maps each run's name (the {experiment} wildcard) to its train overrides, SWEEP_OF
+# each run's name to the experiment as written (the leaderboard selects one run per experiment).
+EXPERIMENTS, SWEEP_OF = expand_sweeps(config["experiments"])
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
 
-# Whose model (one experiment and seed) classifies predict.images for the `all` target, if any.
+# Whose model classifies predict.images for the `all` target, if any: one named run and seed
+# (rule predict), or, where predict.experiment names a sweep or is null or predict.seed is null, the
+# run selected by validation metric among PREDICT_CANDIDATES (rule predict_selected; the choice is
+# made in the job, from the runs' train_info.json, so the DAG stays static).
 PREDICT = config["predict"]
-PREDICT_RUN = None
-if PREDICT["images"] is not None:
-    _experiment = PREDICT["experiment"] if PREDICT["experiment"] is not None else next(iter(EXPERIMENTS))
-    _seed = PREDICT["seed"] if PREDICT["seed"] is not None else SEEDS[0]
-    if _experiment not in EXPERIMENTS:
-        raise WorkflowError(
-            f"predict.experiment: {_experiment!r} is not an experiment of this config ({', '.join(EXPERIMENTS)})"
-        )
-    if _seed not in SEEDS:
-        raise WorkflowError(f"predict.seed: {_seed} is not in seeds {SEEDS}")
-    PREDICT_RUN = f"{_experiment}/seed{_seed}"
+PREDICT_TARGET, PREDICT_CANDIDATES = None, []
+
+
+def runs_named(name):
+    """The run names an experiment name stands for: a sweep's runs, or the one run of that name."""
+    return [run for run, experiment in SWEEP_OF.items() if experiment == name] or ([name] if name in EXPERIMENTS else [])
+
+
+def predict_choice(experiment, seed):
+    """(target, candidate run names): a named run and seed, or the selected run among candidates."""
+    candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
+    if not candidates:
+        raise WorkflowError(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
+                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))})")
+    if seed is not None and seed not in SEEDS:
+        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}")
+    if len(candidates) == 1 and seed is not None:
+        return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
+    metrics = {run: experiment_config(run)["metric"] for run in candidates}
+    if len(set(metrics.values())) > 1:
+        raise WorkflowError("predict.experiment: the runs to select among have different train.metric ("
+                            + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment")
+    return "results/predictions/selected/predictions.csv", candidates
+
+
 if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
     raise WorkflowError("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)")
 
@@ -72,7 +94,7 @@ NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 
 
 wildcard_constraints:
-    experiment="|".join(EXPERIMENTS) or "NONE",
+    experiment="|".join(map(re.escape, EXPERIMENTS)) or "NONE",
     seed=r"\d+",
     dataset="target|source",
     size=r"native|\d+",
@@ -97,7 +119,8 @@ RULE_MODULES = {
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
-    "summary": [*_STAGES, "tables"],
+    "predict_selected": [*_DEPLOY, "selection"],
+    "summary": [*_STAGES, "leaderboard", "selection", "tables"],
 }
 
 
@@ -164,9 +187,24 @@ def predict_images(wildcards):
     return config["predict"]["images"]
 
 
+def predict_model_name():
+    return "model.int8.onnx" if config["predict"]["model"] == "int8" else "model.onnx"
+
+
 def predict_model(wildcards):
-    name = "model.int8.onnx" if config["predict"]["model"] == "int8" else "model.onnx"
-    return f"results/{wildcards.experiment}/seed{wildcards.seed}/{name}"
+    return f"results/{wildcards.experiment}/seed{wildcards.seed}/{predict_model_name()}"
+
+
+def selected_seeds():
+    return SEEDS if config["predict"]["seed"] is None else [config["predict"]["seed"]]
+
+
+def predict_selected_inputs(wildcards):
+    """Every candidate run's train_info.json (all seeds: runs are selected by their mean) and models."""
+    return {
+        "infos": [f"results/{run}/seed{seed}/train_info.json" for run in PREDICT_CANDIDATES for seed in SEEDS],
+        "models": [f"results/{run}/seed{seed}/{predict_model_name()}" for run in PREDICT_CANDIDATES for seed in selected_seeds()],
+    }
 
 
 def weights_label():
@@ -214,3 +252,9 @@ def decode_sizes_key(dataset, size):
     else:
         sizes = {k: (weights["preprocessing"] or {}).get(k) for k in ("resize_size", "crop_size")}
     return as_json({"weights": source, "sizes": sizes, "image_size": size})
+
+
+# --------------------------------------------------------------------------- predict's run
+
+if PREDICT["images"] is not None:
+    PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])

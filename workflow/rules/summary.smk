@@ -1,4 +1,5 @@
-# The leaderboard: one table comparing the experiments (mean and std over seeds).
+# The leaderboard: every run (mean and std over seeds), ranked by the validation metric (train.metric);
+# the run selected per experiment (a sweep's runs together) is marked and written to selected.json.
 
 
 localrules:
@@ -14,6 +15,7 @@ rule summary:
     output:
         csv="results/summary.csv",
         md="results/summary.md",
+        selected="results/selected.json",
         html=report(
             "results/summary.html",
             caption="../report/leaderboard.rst",
@@ -24,8 +26,10 @@ rule summary:
         python=PYTHON,
         runs=[f"results/{run}" for run in RUNS],
         weights_source=weights_label(),
+        sweep_of=as_json(SWEEP_OF),
     log:
         "results/logs/summary.log",
     shell:
         "{params.python} {input.script} --runs {params.runs} --weights-source {params.weights_source:q} "
-        "--out-csv {output.csv} --out-md {output.md} --out-html {output.html} > {log} 2>&1"
+        "--sweep-of {params.sweep_of:q} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} "
+        "--out-selected {output.selected} > {log} 2>&1"

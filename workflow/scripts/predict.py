@@ -15,9 +15,28 @@ from finetune.deploy import predict_images
 from finetune.errors import DataError
 
 
+def chosen_model(args) -> Path:
+    """The model of the run selected among --choose-from, recorded in --out-selection."""
+    from finetune.fileio import write_json
+    from finetune.selection import choose_model
+
+    chosen = choose_model(args.choose_from, args.model_name, args.seed)
+    print(f"selected {chosen['folder']} by {chosen['metric']} {chosen['value']:.4f}: {chosen['model']}", file=sys.stderr)
+    if args.out_selection is not None:
+        write_json(args.out_selection, {**chosen, "candidates": [str(f) for f in args.choose_from]})
+    return Path(chosen["model"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="model.onnx (or model.int8.onnx) from export_onnx")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, help="model.onnx (or model.int8.onnx) from export_onnx")
+    which.add_argument("--choose-from", nargs="+", type=Path, metavar="RUN_FOLDER",
+                       help="results/<run>/seed<n> folders: the model of the run selected by validation metric "
+                            "(finetune.selection: best mean over seeds, then its best seed)")
+    parser.add_argument("--model-name", default="model.onnx", help="with --choose-from: the model file in the run folder")
+    parser.add_argument("--seed", type=int, help="with --choose-from: take the selected run's model of this seed")
+    parser.add_argument("--out-selection", type=Path, help="with --choose-from: JSON naming the chosen run and why")
     parser.add_argument("--images", type=Path, required=True,
                         help="a folder of images (searched recursively) or a CSV file with a `path` column")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
@@ -27,7 +46,8 @@ def main():
     args = parser.parse_args()
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be at least 1")
-    counts = predict_images(args.model, args.images, args.out, top_k=args.top_k, batch_size=args.batch_size,
+    model = args.model if args.model is not None else chosen_model(args)
+    counts = predict_images(model, args.images, args.out, top_k=args.top_k, batch_size=args.batch_size,
                             threads=max(1, min(args.threads, usable_cpus())))
     print(f"classified {counts['classified']} of {counts['images']} image(s) -> {args.out}"
           + (f"; {counts['failed']} unreadable (see the error column)" if counts["failed"] else ""),

@@ -1,6 +1,8 @@
-"""The leaderboard: one table comparing every experiment (mean and std over seeds) (rule `summary`)."""
+"""The leaderboard (rule `summary`): every run (mean and std over seeds), ranked and selected by the
+validation metric; the selected run of each experiment also goes to --out-selected."""
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -13,17 +15,20 @@ def main():
     parser.add_argument("--runs", nargs="+", required=True,
                         help="results/<experiment>/seed<seed> folders, each holding train_info.json and metrics.json")
     parser.add_argument("--weights-source", required=True, help="names the pretrained weights in the table")
+    parser.add_argument("--sweep-of", type=json.loads, default={},
+                        help='JSON {run name: experiment as written}: the runs of a sweep are selected among together')
     parser.add_argument("--out-csv", type=Path, required=True)
     parser.add_argument("--out-md", type=Path, required=True)
     parser.add_argument("--out-html", type=Path, help="the table as an HTML page (for the report)")
+    parser.add_argument("--out-selected", type=Path, help="JSON: per experiment, the selected run, seed and model")
     args = parser.parse_args()
     runs = []
     for folder in map(Path, args.runs):
         seed = re.fullmatch(r"seed(\d+)", folder.name)
-        runs.append({"experiment": folder.parent.name, "seed": int(seed.group(1)) if seed else folder.name,
+        runs.append({"experiment": folder.parent.name, "sweep": args.sweep_of.get(folder.parent.name), "seed": int(seed.group(1)) if seed else folder.name,
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
                      "weights_source": args.weights_source})
-    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html)
+    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected)
     print(args.out_md.read_text())
     return 0 if len(table) else 1
 

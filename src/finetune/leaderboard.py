@@ -1,0 +1,108 @@
+"""The leaderboard (rule `summary`): one row per run name, mean and std over its seeds, ranked by the
+validation metric; per experiment (a sweep's runs together) the run selection chooses is marked
+(``finetune.selection``). Test figures are reported, never used to rank or choose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .selection import oriented, select_run, validation_record
+
+FIGURES = ("val", "test_accuracy", "macro_f1", "epochs", "train_seconds")
+KEYS = ["experiment", "sweep", "strategy", "pretrained", "weights_source", "trainable_params", "val_metric"]
+
+
+def run_row(run: dict, info: dict, metrics: dict) -> dict:
+    """One run's line: ``run`` has experiment (the run's name), sweep (the experiment as written), seed,
+    weights_source; ``info`` is its train_info.json, ``metrics`` its metrics.json."""
+    record = validation_record(info)
+    return {
+        "experiment": run["experiment"], "sweep": run.get("sweep") or run["experiment"], "seed": run["seed"],
+        "strategy": info["strategy"], "pretrained": info["pretrained"],
+        "weights_source": run["weights_source"] if info["pretrained"] else "none",
+        "trainable_params": info["trainable_params"], "val_metric": record["metric"], "val": record["value"],
+        "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
+        "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "folder": str(Path(run["info"]).parent),
+    }
+
+
+def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (n - 1) over seeds of every figure, one row per run name."""
+    spec = {"seeds": ("seed", "count"), "seed_list": ("seed", lambda s: " ".join(str(v) for v in sorted(s)))}
+    for figure in FIGURES:
+        spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
+    return per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
+
+
+def selections(per_run: pd.DataFrame) -> dict:
+    """{experiment as written: the selected run} (finetune.selection.select_run over its runs and seeds)."""
+    chosen = {}
+    for sweep, runs in per_run.groupby("sweep", sort=False):
+        records = [{"experiment": r.experiment, "seed": r.seed, "metric": r.val_metric, "value": r.val, "folder": r.folder}
+                   for r in runs.itertuples()]
+        run = select_run(records)
+        mean = runs.loc[runs["experiment"] == run["experiment"], "val"].mean()
+        chosen[sweep] = {"run": run["experiment"], "seed": int(run["seed"]), "metric": run["metric"],
+                         "value": run["value"], "mean_over_seeds": float(mean),
+                         "model": f"{run['folder']}/model.onnx"}
+    return chosen
+
+
+def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
+    """Best validation figure first: over every row when all share one metric, else within each experiment."""
+    table = table.assign(selected=table["experiment"].isin([c["run"] for c in chosen.values()]),
+                         score=[oriented(m, v) for m, v in zip(table["val_metric"], table["val"])])
+    one_metric = table["val_metric"].nunique() == 1
+    order = {sweep: i for i, sweep in enumerate(dict.fromkeys(table["sweep"]))}
+    table = table.assign(group=0 if one_metric else table["sweep"].map(order))
+    table = table.sort_values(["group", "score", "selected"], ascending=[True, False, False], kind="stable")
+    table.insert(0, "rank", table.groupby("group").cumcount() + 1)
+    return table.drop(columns=["score", "group"]).reset_index(drop=True)
+
+
+def chosen_by(table: pd.DataFrame) -> str:
+    """The sentence saying how the table ranks and chooses."""
+    metrics = sorted(set(table["val_metric"]))
+    how = (f"by {metrics[0]}" if len(metrics) == 1 else
+           f"within each experiment by its own train.metric ({', '.join(metrics)}; they differ, so experiments are not ranked against each other)")
+    return (f"Ranked and selected {how} on the validation images (best epoch, mean over seeds); the selected run of each "
+            "experiment is marked. Test figures are reported, never used to rank or choose.")
+
+
+def mean_std(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| rank | experiment | selected | strategy | weights | trainable params | seeds | epochs | train s | validation | "
+        "test accuracy | macro F1 |",
+        "|---:|---|:---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.rank} | {r.experiment} | {'✓ ' + r.sweep if r.selected else ''} | {r.strategy} | {r.weights_source} | "
+            f"{r.trainable_params:,} | {r.seeds} | {r.epochs:g} | {mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
+            f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
+            f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
+        )
+    return "\n".join([*lines, "", chosen_by(table)]) + "\n"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the HTML page shows it."""
+    return pd.DataFrame({
+        "rank": table["rank"], "experiment": table["experiment"],
+        "selected": [f"✓ {s}" if chosen else "" for s, chosen in zip(table["sweep"], table["selected"])],
+        "strategy": table["strategy"], "weights": table["weights_source"],
+        "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seed_list"],
+        "epochs": table["epochs"].map("{:g}".format),
+        "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
+        "validation": [f"{n} {mean_std(m, s, 4)}" for n, m, s in zip(table["val_metric"], table["val"], table["val_std"])],
+        "test accuracy": [mean_std(m, s, 4) for m, s in zip(table["test_accuracy"], table["test_accuracy_std"])],
+        "macro F1": [mean_std(m, s, 4) for m, s in zip(table["macro_f1"], table["macro_f1_std"])],
+    })

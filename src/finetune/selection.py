@@ -1,0 +1,73 @@
+"""Honest model selection: runs are chosen by the validation metric their training recorded
+(``train.metric``, at the best epoch; ``train_info.json``), never by a test figure.
+
+Torch- and pandas-free: the summary (leaderboard) and predict (the selected model) choose alike.
+Within an experiment (a sweep's runs, or the one run of an experiment without a sweep) the run
+whose mean over seeds is best is selected; of its seeds, the one with the best value (first on a tie).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from statistics import mean
+
+from .errors import ConfigError
+from .fileio import read_json
+
+LOWER_IS_BETTER = {"val_loss"}
+
+
+def oriented(metric: str, value: float) -> float:
+    """``value`` as a score where higher is better."""
+    return -value if metric in LOWER_IS_BETTER else value
+
+
+def validation_record(info: dict) -> dict:
+    """{"metric", "value"}: the metric training chose its best epoch by, and that epoch's value."""
+    metric = info["options"]["metric"]
+    return {"metric": metric, "value": float(info[f"best_{metric}"])}
+
+
+def folder_record(folder: str | Path) -> dict:
+    """The record of a run folder, results/<run name>/seed<n>: experiment (the run's name), seed, metric,
+    value, folder."""
+    folder = Path(folder)
+    seed = re.fullmatch(r"seed(\d+)", folder.name)
+    if seed is None:
+        raise ConfigError(f"{folder}: not a run folder (results/<run>/seed<n>)")
+    info = read_json(folder / "train_info.json")
+    return {"experiment": folder.parent.name, "seed": int(seed.group(1)), **validation_record(info), "folder": str(folder)}
+
+
+def common_metric(records: list[dict]) -> str:
+    metrics = sorted({r["metric"] for r in records})
+    if len(metrics) != 1:
+        named = ", ".join(f"{r['experiment']}: {r['metric']}" for r in records)
+        raise ConfigError(f"runs chosen among must share one train.metric; they have {named}")
+    return metrics[0]
+
+
+def select_experiment(records: list[dict]) -> str:
+    """The run name whose mean validation value over its seeds is best (the first written on a tie)."""
+    metric = common_metric(records)
+    values: dict[str, list[float]] = {}
+    for record in records:
+        values.setdefault(record["experiment"], []).append(record["value"])
+    return max(values, key=lambda name: oriented(metric, mean(values[name])))
+
+
+def select_run(records: list[dict], seed: int | None = None) -> dict:
+    """The selected run's record: its experiment by :func:`select_experiment`, then its best seed
+    (or ``seed`` where given)."""
+    chosen = select_experiment(records)
+    mine = [r for r in records if r["experiment"] == chosen and (seed is None or r["seed"] == seed)]
+    if not mine:
+        raise ConfigError(f"no run of {chosen} with seed {seed}")
+    return max(mine, key=lambda r: oriented(r["metric"], r["value"]))
+
+
+def choose_model(folders: list, model_name: str, seed: int | None = None) -> dict:
+    """The selected run among run folders (every seed of every candidate) and its model file."""
+    run = select_run([folder_record(folder) for folder in folders], seed)
+    return {**run, "model": str(Path(run["folder"]) / model_name)}

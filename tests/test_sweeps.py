@@ -1,0 +1,115 @@
+"""Sweeps (issue 16): an experiment's `sweep:` becomes one run per combination, each named stably,
+and every wrong sweep is refused at start with its key path."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from helpers import REPO, TINY_CONFIG, deep_update, jobs_run, run_snakemake, tiny_config
+
+from finetune.configcheck import config_problems
+from finetune.sweeps import expand, value_text
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SWEEP = {"lr": [1.0e-3, 3.0e-4], "backbone_lr_factor": [0.1, 0.3, 1.0]}
+
+
+def with_experiments(experiments: dict) -> dict:
+    return deep_update({k: v for k, v in TINY_CONFIG.items() if k != "experiments"}, {"experiments": experiments})
+
+
+# --------------------------------------------------------------------------- names and expansion
+
+@pytest.mark.parametrize("value, text", [(3.0e-4, "3e-4"), (1.0e-3, "1e-3"), (0.3, "0.3"), (1.0, "1"), (0.25, "0.25"),
+                                         (1500.0, "1500"), (2.5e-5, "2.5e-5"), (7, "7"), (True, "true"), (None, "none"),
+                                         ("feature_extract", "feature_extract")])
+def test_a_value_reads_back_from_its_name(value, text):
+    assert value_text(value) == text
+    if isinstance(value, float):
+        assert float(text) == value
+
+
+def test_a_sweep_expands_into_every_combination_with_stable_unique_names():
+    experiments = {"finetune": {"strategy": "finetune", "sweep": SWEEP}, "scratch": {"pretrained": False}}
+    runs, groups = expand(experiments)
+    # Independently: the product of the lists, named key+value in the order written.
+    expected = {}
+    for lr, factor in itertools.product(SWEEP["lr"], SWEEP["backbone_lr_factor"]):
+        name = f"finetune-lr{value_text(lr)}-backbone_lr_factor{value_text(factor)}"
+        expected[name] = {"strategy": "finetune", "lr": lr, "backbone_lr_factor": factor}
+    expected["scratch"] = {"pretrained": False}
+    assert runs == expected
+    assert "finetune-lr3e-4-backbone_lr_factor0.3" in runs
+    assert groups == {name: ("scratch" if name == "scratch" else "finetune") for name in expected}
+    assert expand(experiments) == (runs, groups)  # the same config, the same names
+    assert all(re.fullmatch(r"[A-Za-z0-9_.+-]+", name) for name in runs)
+    assert experiments["finetune"]["sweep"] == SWEEP  # the config as written is left as it was
+
+
+# --------------------------------------------------------------------------- refused, naming the key path
+
+BAD_SWEEPS = {
+    "unknown_key": ({"lrr": [0.1]}, "experiments.finetune.sweep.lrr: unknown key (did you mean lr?)"),
+    "empty_list": ({"lr": []}, "experiments.finetune.sweep.lr: needs at least 1 item(s), has 0"),
+    "not_a_list": ({"lr": 0.1}, "experiments.finetune.sweep.lr: 0.1 is not a list"),
+    "wrong_type": ({"lr": [0.1, "fast"]}, "experiments.finetune.sweep.lr.1: 'fast' is not a number"),
+    "out_of_range": ({"epochs": [2, 0]}, "experiments.finetune.sweep.epochs.1: 0 is too small: it must be >= 1"),
+    "bad_enum": ({"optimizer": ["adamw", "adam"]}, "experiments.finetune.sweep.optimizer.1: 'adam' is not allowed"),
+    "set_twice": ({"strategy": ["finetune", "gradual"]},
+                  "experiments.finetune.sweep.strategy: strategy is also set in experiments.finetune; set it in one place"),
+    "metric": ({"metric": ["val_accuracy", "val_loss"]}, "experiments.finetune.sweep.metric: the runs of a sweep are compared"),
+    "empty_sweep": ({}, "experiments.finetune.sweep: needs at least 1 entry(ies)"),
+    "lbfgs_in_a_run": ({"optimizer": ["adamw", "lbfgs"]}, "experiments.finetune-optimizerlbfgs: optimizer lbfgs"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SWEEPS))
+def test_a_bad_sweep_is_refused_naming_its_key_path(case):
+    sweep, expected = BAD_SWEEPS[case]
+    problems = config_problems(with_experiments({"finetune": {"strategy": "finetune", "sweep": sweep}}), SCHEMA)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_duplicate_values_and_colliding_names_are_refused():
+    twice = config_problems(with_experiments({"finetune": {"sweep": {"lr": [0.1, 0.1]}}}), SCHEMA)
+    assert any(p.startswith("experiments.finetune.sweep.lr: ") and "non-unique" in p for p in twice), twice
+    clash = {"finetune": {"sweep": {"epochs": [2, 3]}}, "finetune-epochs2": {"lr": 0.01}}
+    problems = config_problems(with_experiments(clash), SCHEMA)
+    assert problems == ["experiments.finetune-epochs2: run name 'finetune-epochs2' is also a run of experiments.finetune"]
+
+
+def test_a_good_sweep_passes():
+    assert config_problems(with_experiments({"finetune": {"strategy": "finetune", "sweep": SWEEP}}), SCHEMA) == []
+
+
+def test_snakemake_refuses_a_bad_sweep_at_start(tmp_path):
+    config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"lr": 0.1, "sweep": {"lr": [0.2], "epoch": [1]}}}})
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert "experiments.finetune.sweep.epoch: unknown key (did you mean epochs?)" in result.stdout, result.stdout[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_dry_run_has_train_evaluate_export_per_combination_and_seed(tmp_path):
+    config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"sweep": SWEEP}}, "seeds": [0, 1]})
+    result = run_snakemake(tmp_path, config, "-n")
+    runs = [f"finetune-lr{value_text(a)}-backbone_lr_factor{value_text(b)}/seed{s}"
+            for a, b, s in itertools.product(SWEEP["lr"], SWEEP["backbone_lr_factor"], (0, 1))]
+    jobs = jobs_run(result.stdout)
+    for rule in ("train", "evaluate", "export_onnx"):
+        assert jobs.count(rule) == len(runs), rule
+    for run in runs:
+        assert f"results/{run}/model.pt" in result.stdout, run
+
+
+def test_predict_left_to_selection_refuses_runs_with_different_metrics(tmp_path):
+    (tmp_path / "new").mkdir()
+    config = tiny_config(tmp_path, predict={"images": "new"},
+                         replace={"experiments": {"a": {}, "b": {"metric": "val_loss"}}})
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert "predict.experiment: the runs to select among have different train.metric (a: val_accuracy, b: val_loss)" \
+        in result.stdout, result.stdout[-3000:]
