@@ -111,7 +111,7 @@ def bench_export_job(checkpoint: Path, split_csv: Path, workdir: Path, reps: int
         job_s.append(time.perf_counter() - started)
         call_s.append(float(subprocess.run(call, check=True, capture_output=True, text=True, env=env).stdout.split()[-1]))
     return row("export_onnx_s", median(job_s), median(call_s), "s", False,
-               f"export_onnx.py (start-up, decoded test images, dynamo export, parity on <= 512 images) {spread(job_s)} s "
+               f"export_onnx.py (start-up, decoded test images, dynamo export, parity on <= 256 images) {spread(job_s)} s "
                f"vs the export call alone in a fresh process (dynamo; its lazy imports included) {spread(call_s)} s")
 
 

@@ -18,7 +18,7 @@ from .weights import (copy_local, download, fetch_torchvision, infer_num_classes
                       read_manifest, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
-PARITY_SAMPLE = 512  # test images on which export checks onnxruntime against PyTorch (top-1 agreement)
+PARITY_SAMPLE = 256  # test images on which export checks onnxruntime against PyTorch (top-1 agreement)
 
 
 # --------------------------------------------------------------------------- split
