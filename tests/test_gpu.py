@@ -65,6 +65,21 @@ def test_trains_evaluates_and_exports_on_cuda(inputs, tmp_path, amp, channels_la
     assert report["passed"] and report["max_abs_diff"] <= 1e-4
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_reports_its_compile_time_and_exports(inputs, tmp_path, mode):
+    from finetune.stages import export_stage
+
+    output = train(inputs, tmp_path, OPTIONS | {"amp": "bf16", "channels_last": True, "compile": mode})
+    info = json.loads((tmp_path / "train_info.json").read_text())
+    assert 0 < info["compile_seconds"] <= info["train_seconds"]
+    assert f"torch.compile (train.compile {mode}): the first training step took" in output
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert all(math.isfinite(v) for v in history[["train_loss", "val_loss"]].to_numpy().ravel())
+    report = export_stage(tmp_path / "model.pt", inputs.split, tmp_path / "model.onnx", tmp_path / "parity.json",
+                          1e-4, 4, 1, log=lambda _: None)
+    assert report["passed"]
+
+
 def test_resume_after_sigkill_on_cuda_ends_like_an_uninterrupted_run(inputs, tmp_path):
     # deterministic: cuDNN and cuBLAS pick reproducible kernels, so the two runs can be compared closely.
     options = OPTIONS | {"epochs": 4, "deterministic": True, "amp": "bf16", "channels_last": True}

@@ -242,6 +242,9 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     resume = _resume_file(resume_dir, key)
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, feature_cache=feature_cache, log=log)
+    if result.compile_seconds is not None:
+        log(f"torch.compile (train.compile {opts.compile}): the first training step took {result.compile_seconds:.1f} s, "
+            "compilation included (counted in train_seconds)")
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
         "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
@@ -255,6 +258,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 2), "cached_features": result.used_cached_features,
+        "compile_seconds": None if result.compile_seconds is None else round(result.compile_seconds, 2),
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
         "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
         "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),

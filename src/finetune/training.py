@@ -48,6 +48,7 @@ from .store import StoredImages, prefetch
 from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
 STRATEGIES = ("finetune", "feature_extract", "gradual")
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's mode for the training forward (or none)
 OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 LBFGS_ITERATIONS = 20  # per epoch: torch's default max_iter; the validation metric is checked in between
 GPU_RESIDENT_BYTES = 2 * 1024**3
@@ -83,7 +84,7 @@ class TrainOptions:
     device: str = "auto"                # auto | cpu | cuda
     amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "off"                # off | default | reduce-overhead: torch.compile the training forward
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainOptions":
@@ -113,6 +114,7 @@ class TrainOptions:
             (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
             (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -261,6 +263,7 @@ class FitResult:
     train_seconds: float
     used_cached_features: bool
     stopped_early: bool
+    compile_seconds: float | None = None    # train.compile: the first training step, compilation included
 
 
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
@@ -295,7 +298,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         best_state=_best_model_state(setup, progress), best_epoch=progress.best["epoch"],
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
         total_params=total, train_seconds=time.perf_counter() - started,
-        used_cached_features=setup.inputs.cached, stopped_early=stopped_early,
+        used_cached_features=setup.inputs.cached, stopped_early=stopped_early, compile_seconds=setup.compile_seconds,
     )
 
 
@@ -364,6 +367,7 @@ class _Setup:
     shuffle: torch.Generator                # the epochs' order (or the sampler's draw)
     augment: torch.Generator                # every random number of the augmentation
     normalization: tuple[torch.Tensor, torch.Tensor]  # mean and std on the device, made once
+    compile_seconds: float | None = None    # set by the first training step when train.compile is on
 
     @property
     def lbfgs(self) -> bool:
@@ -478,7 +482,7 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
         # Small decoded datasets (uint8) live on the GPU: no host-to-device copy per batch.
         train_images = train_images.to(place.device)
     eval_forward = lambda x: batched_forward(model, x, prep, place.device, channels_last=place.channels_last)  # noqa: E731
-    train_forward = torch.compile(model) if opts.compile else model
+    train_forward = model if opts.compile == "off" else torch.compile(model, mode=opts.compile)
     return _Inputs(train_images, val.images, train_forward=train_forward, eval_forward=eval_forward, cached=False)
 
 
@@ -538,7 +542,10 @@ def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: l
     divergence = _DivergenceCheck(setup.opts, epoch, history, resume_path)
     for step_in_epoch, (x, y) in enumerate(_read_batches(setup, order)):
         _stop_if_requested(guard, divergence, epoch, step_in_epoch, history, resume_path)
-        _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+        if setup.opts.compile != "off" and setup.compile_seconds is None:
+            _first_compiled_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+        else:
+            _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
         _show_progress(f"\r  epoch {epoch + 1} {sums.seen}/{len(order)}")
     divergence.check()
     _show_progress("\r")
@@ -558,6 +565,19 @@ def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y:
         raise _out_of_memory(setup.place.device, setup.opts, where) from exc
     sums.add(logits, loss, y)
     divergence.add(loss)
+
+
+def _first_compiled_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
+                         sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+    """The first step with train.compile on, timed to the end of its device work: torch.compile compiles there.
+
+    Its time (``FitResult.compile_seconds``, in train_info.json and the log) counts in the epoch's and the job's.
+    """
+    started = time.perf_counter()
+    _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+    if setup.place.device.type == "cuda":
+        torch.cuda.synchronize(setup.place.device)
+    setup.compile_seconds = time.perf_counter() - started
 
 
 class _EpochSums:
