@@ -24,7 +24,7 @@ import torch
 from finetune.models import build_target_model
 from finetune.tensors import Data, Preprocessing, normalization_constants
 from finetune.training import TrainOptions, fit, seed_everything
-from report import check, machine_info, print_table
+from report import GPU_ROWS, check, machine_info, print_table
 
 NUM_CLASSES = 4
 PREP_224 = {"resize_size": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -60,6 +60,7 @@ def bench_gpu(args) -> int:
     train, val = gpu_data(args.data, prep, sizes, args.threads)
     figures = {b: measure_batch(b, train, val, prep, device, sizes) for b in sizes.batches}
     rows = gpu_rows(figures, device, sizes, len(train.labels))
+    assert [r["metric"] for r in rows] == GPU_ROWS, "report.GPU_ROWS and gpu_rows disagree"
     write_csv(rows, out)
     out.with_suffix(".json").write_text(json.dumps({"device": device_name(device), "sizes": asdict(sizes),
                                                     "figures": figures}, indent=2) + "\n")
@@ -99,6 +100,7 @@ def measure_batch(batch: int, train: Data, val: Data, prep: Preprocessing, devic
         for variant, options in VARIANTS.items():
             figures["fit"][variant].append(fit_speed(batch, options, train, val, prep, device, sizes, num_classes, rep))
             speed, check = ceiling_speed(batch, options, train, prep, device, sizes, num_classes)
+            release(device)
             figures["ceiling"][variant].append(speed)
             figures.setdefault("ceiling_check", check)
         say(f"  batch {batch} rep {rep + 1}: " + ", ".join(
@@ -124,36 +126,32 @@ def ceiling_speed(batch: int, options: dict, train: Data, prep: Preprocessing, d
     every parameter moved, its last loss."""
     amp = options["amp"] != "off" and device.type == "cuda"
     channels_last = options["channels_last"] and device.type == "cuda"
-    model = fresh_model(num_classes).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = fresh_model(num_classes).to(device, memory_format=torch.channels_last if channels_last else None).train()
     start = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     batches = device_batches(train, prep, device, batch, channels_last)
-
-    def step(i: int) -> torch.Tensor:
-        x, y = batches[i % len(batches)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    for i in range(max(1, sizes.ceiling_steps // 4)):
-        step(i)
+    for i in range(max(1, sizes.ceiling_steps // 4)):  # warm-up
+        ceiling_step(model, optimizer, *batches[i % len(batches)], amp)
     synchronize(device)
     started = time.perf_counter()
     for i in range(sizes.ceiling_steps):
-        loss = step(i)
+        loss = ceiling_step(model, optimizer, *batches[i % len(batches)], amp)
     synchronize(device)
     seconds = time.perf_counter() - started
     images = sum(len(batches[i % len(batches)][1]) for i in range(sizes.ceiling_steps))
     check = {"parameters": sum(p.numel() for p in model.parameters()), "last_loss": float(loss.detach()),
              "every_parameter_moved": all(not torch.equal(p, s) for p, s in zip(model.parameters(), start))}
-    del model, optimizer, batches
-    release(device)
     return images / seconds, check
+
+
+def ceiling_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 amp: bool) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 def device_batches(train: Data, prep: Preprocessing, device: torch.device, batch: int,
