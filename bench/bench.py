@@ -22,7 +22,8 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
 Usage:
   python bench/bench.py                      # the full benchmark (< 15 min on 2 cores), checks the targets
   python bench/bench.py --smoke --out X.csv  # tiny sizes, every row, no checks (tests/test_bench_smoke.py)
-  python bench/bench.py --gpu                # CUDA: fp32 eager vs AMP + channels_last at 224 px
+  python bench/bench.py --gpu                # CUDA at 224 px, batch 32/128/256: bench_gpu.csv (bench/gpu.py)
+  python bench/bench.py --gpu --smoke --device cpu --out X.csv   # its code path at tiny sizes, no GPU needed
 
 One module per family of rows, all in bench/: dag.py (the Snakemake rows), transfer.py (accuracy),
 train_speed.py (training vs bench/baseline_tutorial.py), onnx_speed.py, data_path.py (decode, export job), gpu.py (--gpu); inputs.py makes
@@ -62,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default_out(), help="CSV to write; its folder holds the bench's work files")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of minutes, no target checks")
-    parser.add_argument("--gpu", action="store_true", help="CUDA: fp32 eager vs AMP + channels_last at 224 px")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the training loop on CUDA at 224 px, batch 32/128/256 (bench_gpu.csv; docs/bench.md)")
+    parser.add_argument("--device", default=None, help="--gpu only: the device (default cuda; cpu for --smoke)")
+    parser.add_argument("--data", default=None,
+                        help="--gpu only: a split CSV to read images from (default: generated images in memory)")
+    parser.add_argument("--dag", metavar="FASHION_MNIST", default=None,
+                        help="--gpu only: also run issue 13's 224-px DAG on Fashion-MNIST at this path (its wall time, "
+                             "and how busy nvidia-smi sees the GPU while its train jobs fit)")
     parser.add_argument("--threads", type=int, default=usable_cpus(), help="torch (and decoding) threads, both sides")
     parser.add_argument("--workers", type=int, default=0,
                         help="the tutorial's DataLoader worker processes (0: load in the training process, "

@@ -1,70 +1,209 @@
-"""``bench.py --gpu``: ``train_img_per_s`` on CUDA at 224 px through ``fit``, fp32 eager (baseline) against
-AMP + channels_last (ours)."""
+"""``bench.py --gpu``: the training loop on a GPU at 224 px, from generated images (or ``--data``), batch 32, 128
+and 256. Writes ``bench_gpu.csv`` (the columns of bench.csv) and ``bench_gpu.json`` (every figure measured):
+
+  train_img_per_s_cuda224_b256  ``fit`` with AMP (bf16) + channels_last vs ``fit`` in fp32 eager, batch 256
+  fit_vs_ceiling_cuda224_b256   ``fit`` (AMP + channels_last) vs a minimal loop of the same model: fused AdamW,
+                                data already on the GPU, no host sync in the timed steps
+  fit_vs_ceiling_cuda224_b32    the faster ``fit`` variant vs the faster minimal loop at batch 32
+
+``--smoke`` runs the same code at tiny sizes (``--device cpu`` where there is no GPU): a test checks it.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # common first: it sets OMP_WAIT_POLICY before torch is imported.
-from common import default_out, demo_config, experiment_options, median, quiet, row, say, spread, write_csv
+from common import default_out, median, quiet, row, say, spread, write_csv
 
 import torch
 
-from finetune.stages import load_split_tensors
-from finetune.tensors import Preprocessing
+from finetune.models import build_target_model
+from finetune.tensors import Data, Preprocessing, normalization_constants
 from finetune.training import TrainOptions, fit, seed_everything
-from finetune.weights import load_state_dict, read_manifest
-from inputs import demo_weights, folder_split_csv, speed_split, write_image_folder
-from report import machine_info, print_table
-from train_speed import fresh_model
+from report import GPU_ROWS, check, machine_info, print_table
+
+NUM_CLASSES = 4
+PREP_224 = {"resize_size": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+VARIANTS = {"fp32": {"amp": "off", "channels_last": False}, "amp_cl": {"amp": "bf16", "channels_last": True}}
+
+
+@dataclass(frozen=True)
+class GpuSizes:
+    image_size: int
+    n_train: int
+    n_val: int
+    epochs: int                 # per `fit` run; the first is the warm-up (cuDNN's search, the allocator)
+    reps: int
+    ceiling_steps: int          # timed steps of the minimal loop, after as many warm-up steps / 4
+    batches: tuple[int, ...] = (32, 128, 256)
+
+
+GPU_FULL = GpuSizes(image_size=224, n_train=6144, n_val=512, epochs=3, reps=3, ceiling_steps=60)
+GPU_SMOKE = GpuSizes(image_size=16, n_train=64, n_val=16, epochs=2, reps=1, ceiling_steps=4)
 
 
 def bench_gpu(args) -> int:
-    """train_img_per_s on CUDA at 224 px: fp32 eager (baseline) vs AMP + channels_last (ours), both through `fit`.
-
-    Written to be correct by reading: the machines this was developed on have no GPU.
-    """
-    if not torch.cuda.is_available():
+    device = torch.device(args.device or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
         say(f"bench --gpu needs a CUDA device, and torch.cuda.is_available() is False here "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). "
-            "Run it on a machine with an NVIDIA GPU; the CPU benchmark is `make bench`.")
+            "Run it on a machine with an NVIDIA GPU (or --smoke --device cpu); the CPU benchmark is `make bench`.")
         return 2
+    sizes = GPU_SMOKE if args.smoke else GPU_FULL
     out = Path(args.out).with_name("bench_gpu.csv") if args.out == default_out() else Path(args.out)
-    workdir = out.parent
-    workdir.mkdir(parents=True, exist_ok=True)
-    threads = args.threads
-    torch.set_num_threads(threads)
-    config = demo_config()
-    manifest_path, _, origin = demo_weights(workdir / "demo", threads)
-    manifest = read_manifest(manifest_path)
-    source_state = load_state_dict(manifest["path"])
-    listing = write_image_folder(speed_split(config, workdir, threads), workdir / "images")
-    folder_csv = folder_split_csv(listing, workdir / "images.csv")
-    size = 224
-    prep = Preprocessing.from_dict(manifest["preprocessing"], size)
-    data, _, _ = load_split_tensors(folder_csv, prep, threads, splits=("train", "val"))
-    amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    base_options = experiment_options(config, "finetune", 0)[0] | {"device": "cuda", "epochs": 6}
-    variants = {"baseline": base_options | {"amp": "off", "channels_last": False},
-                "ours": base_options | {"amp": amp, "channels_last": True}}
-    speeds: dict[str, list[float]] = {"ours": [], "baseline": []}
-    for rep in range(3):
-        for side, options in variants.items():
-            seed_everything(rep, False)
-            model = fresh_model(manifest, source_state)
-            result = fit(model, data["train"], data["val"], prep, TrainOptions.from_dict(options | {"seed": rep}),
-                         num_classes=4, threads=threads, log=quiet)
-            # Epoch 1 is the warm-up (cuDNN algorithm search, allocator); `fit` syncs every step (loss.item()).
-            speeds[side].append(median([r["img_per_s"] for r in result.history[1:]]))
-            torch.cuda.synchronize()
-            del model, result
-            torch.cuda.empty_cache()
-    rows = [row("train_img_per_s_cuda224", median(speeds["ours"]), median(speeds["baseline"]), "img/s", True,
-                f"{torch.cuda.get_device_name()} resnet18 {size}px batch {base_options['batch_size']}: "
-                f"AMP {amp} + channels_last {spread(speeds['ours'])} vs fp32 eager {spread(speeds['baseline'])} img/s "
-                f"(median of epochs 2-6, 3 runs each; weights: {origin})")]
-    write_csv(rows, out)
-    print_table(rows, machine_info(threads) | {"gpu": torch.cuda.get_device_name()})
-    say(f"wrote {out}")
-    return 0
+    torch.set_num_threads(max(1, args.threads))
+    prep = Preprocessing.from_dict(PREP_224, sizes.image_size)
+    train, val = gpu_data(args.data, prep, sizes, args.threads)
+    figures = {b: measure_batch(b, train, val, prep, device, sizes) for b in sizes.batches}
+    rows = gpu_rows(figures, device, sizes, len(train.labels))
+    assert [r["metric"] for r in rows] == GPU_ROWS, "report.GPU_ROWS and gpu_rows disagree"
+    details = {"device": device_name(device), "sizes": asdict(sizes), "figures": figures}
+    if args.dag:
+        release(device)
+        from gpu_dag import bench_gpu_dag
 
+        dag_rows, details["dag224"] = bench_gpu_dag(out.parent / "dag224", args.dag)
+        rows += dag_rows
+    write_csv(rows, out)
+    out.with_suffix(".json").write_text(json.dumps(details, indent=2) + "\n")
+    print_table(rows, machine_info(args.threads) | {"gpu": device_name(device)}, checked=not args.smoke)
+    say(f"wrote {out}")
+    missed = [] if args.smoke else [r["metric"] for r in rows if check(r)[1] is False]
+    if missed:
+        say(f"targets missed: {', '.join(missed)} (see docs/bench.md, GPU rows)")
+    return 1 if missed and not args.no_check else 0
+
+
+def gpu_data(path: str | None, prep: Preprocessing, sizes: GpuSizes, threads: int) -> tuple[Data, Data]:
+    """The train and val splits of a split CSV (``--data``), or generated uint8 images with random labels."""
+    if path:
+        from finetune.stages import load_split_tensors
+
+        data, _, _ = load_split_tensors(Path(path), prep, threads, splits=("train", "val"))
+        return data["train"], data["val"]
+    gen = torch.Generator().manual_seed(0)
+    n, s = sizes.n_train + sizes.n_val, sizes.image_size
+    images = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return Data(images[:sizes.n_train], labels[:sizes.n_train]), Data(images[sizes.n_train:], labels[sizes.n_train:])
+
+
+def fresh_model(num_classes: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_target_model("resnet18", num_classes, None, None)
+
+
+def measure_batch(batch: int, train: Data, val: Data, prep: Preprocessing, device: torch.device,
+                  sizes: GpuSizes) -> dict:
+    """img/s of each `fit` variant and each minimal-loop variant at ``batch``: lists over the repeats."""
+    figures: dict = {"fit": {v: [] for v in VARIANTS}, "ceiling": {v: [] for v in VARIANTS}}
+    num_classes = int(train.labels.max()) + 1
+    for rep in range(sizes.reps):
+        for variant, options in VARIANTS.items():
+            figures["fit"][variant].append(fit_speed(batch, options, train, val, prep, device, sizes, num_classes, rep))
+            speed, check = ceiling_speed(batch, options, train, prep, device, sizes, num_classes)
+            release(device)
+            figures["ceiling"][variant].append(speed)
+            figures.setdefault("ceiling_check", check)
+        say(f"  batch {batch} rep {rep + 1}: " + ", ".join(
+            f"{kind} {v} {figures[kind][v][-1]:.0f}" for kind in ("fit", "ceiling") for v in VARIANTS) + " img/s")
+    return figures
+
+
+def fit_speed(batch: int, options: dict, train: Data, val: Data, prep: Preprocessing, device: torch.device,
+              sizes: GpuSizes, num_classes: int, seed: int) -> float:
+    """Median img/s of the epochs after the first, as `fit` reports them (an epoch's time ends with its check)."""
+    opts = TrainOptions.from_dict({"strategy": "finetune", "epochs": sizes.epochs, "batch_size": batch, "lr": 1e-3,
+                                   "device": device.type, "seed": seed, "schedule": "constant", **options})
+    seed_everything(seed, False)
+    result = fit(fresh_model(num_classes), train, val, prep, opts, num_classes=num_classes, log=quiet)
+    release(device)
+    return median([r["img_per_s"] for r in result.history[1:]])
+
+
+def ceiling_speed(batch: int, options: dict, train: Data, prep: Preprocessing, device: torch.device,
+                  sizes: GpuSizes, num_classes: int) -> tuple[float, dict]:
+    """img/s of the minimal loop: the same model and precision, fused AdamW, normalised batches already on the
+    device, nothing read back inside the timed steps. Also what shows it trained: its parameter count, whether
+    every parameter moved, its last loss."""
+    amp = options["amp"] != "off" and device.type == "cuda"
+    channels_last = options["channels_last"] and device.type == "cuda"
+    model = fresh_model(num_classes).to(device, memory_format=torch.channels_last if channels_last else None).train()
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    batches = device_batches(train, prep, device, batch, channels_last)
+    for i in range(max(1, sizes.ceiling_steps // 4)):  # warm-up
+        ceiling_step(model, optimizer, *batches[i % len(batches)], amp)
+    synchronize(device)
+    started = time.perf_counter()
+    for i in range(sizes.ceiling_steps):
+        loss = ceiling_step(model, optimizer, *batches[i % len(batches)], amp)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    images = sum(len(batches[i % len(batches)][1]) for i in range(sizes.ceiling_steps))
+    check = {"parameters": sum(p.numel() for p in model.parameters()), "last_loss": float(loss.detach()),
+             "every_parameter_moved": all(not torch.equal(p, s) for p, s in zip(model.parameters(), start))}
+    return images / seconds, check
+
+
+def ceiling_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 amp: bool) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def device_batches(train: Data, prep: Preprocessing, device: torch.device, batch: int,
+                   channels_last: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to 8 full batches of the training images, normalised on the device, ready to feed."""
+    n = min(len(train.labels), 8 * batch)
+    n = max(batch, n - n % batch) if n >= batch else n
+    mean, std = normalization_constants(prep, device)
+    x = (train.images[:n].to(device).float() / 255.0 - mean) / std
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return list(zip(x.split(batch), train.labels[:n].to(device).split(batch)))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"cpu ({machine_info(torch.get_num_threads())['cpu_model']}), torch {torch.__version__}, no CUDA"
+
+
+def gpu_rows(figures: dict, device: torch.device, sizes: GpuSizes, n_train: int) -> list[dict]:
+    """The three rows of bench_gpu.csv from the figures of the largest and the smallest batch."""
+    large, small = figures[max(sizes.batches)], figures[min(sizes.batches)]
+    where = (f"{device_name(device)}; resnet18 {sizes.image_size}px, {n_train} images, {sizes.epochs} epochs per fit "
+             f"(median of epochs 2+), {sizes.ceiling_steps} minimal-loop steps; median (min-max, n) of {sizes.reps}")
+    best_fit = max(VARIANTS, key=lambda v: median(small["fit"][v]))
+    best_ceiling = max(VARIANTS, key=lambda v: median(small["ceiling"][v]))
+    return [
+        row("train_img_per_s_cuda224_b256", median(large["fit"]["amp_cl"]), median(large["fit"]["fp32"]), "img/s", True,
+            f"{where}; batch {max(sizes.batches)}: fit AMP bf16 + channels_last {spread(large['fit']['amp_cl'])} vs "
+            f"fit fp32 eager {spread(large['fit']['fp32'])} img/s"),
+        row("fit_vs_ceiling_cuda224_b256", median(large["fit"]["amp_cl"]), median(large["ceiling"]["amp_cl"]), "img/s",
+            True, f"{where}; batch {max(sizes.batches)}, AMP bf16 + channels_last: fit {spread(large['fit']['amp_cl'])} "
+            f"vs minimal loop {spread(large['ceiling']['amp_cl'])} img/s"),
+        row("fit_vs_ceiling_cuda224_b32", median(small["fit"][best_fit]), median(small["ceiling"][best_ceiling]), "img/s",
+            True, f"{where}; batch {min(sizes.batches)}: fit {best_fit} {spread(small['fit'][best_fit])} vs minimal "
+            f"loop {best_ceiling} {spread(small['ceiling'][best_ceiling])} img/s (the faster variant of each)"),
+    ]

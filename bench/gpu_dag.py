@@ -10,6 +10,7 @@ in >= 80% of the samples taken while a train job fits (``fit_window_unix_s`` in 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -73,8 +74,10 @@ def busy_share(samples: list[tuple[float, int]], windows: list[list[float]]) -> 
 
 
 def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
-    """Run the DAG once in ``workdir`` (fresh); the busy-share row and the figures for bench_gpu.json."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Run the DAG once in ``workdir`` (emptied first: a finished DAG would rerun nothing); the busy-share row
+    and the figures for bench_gpu.json."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(dag_config(fashion_mnist), sort_keys=False))
     sampler = GpuSampler()

@@ -20,6 +20,7 @@ ROWS = [
     "onnx_infer_img_per_s_b1", "onnx_infer_img_per_s_b64", "transfer_acc_finetune", "transfer_acc_feature_extract",
     "decode_img_per_s_12mp", "decode_passes_demo", "export_onnx_s", "train_peak_rss_4x",
 ]
+GPU_ROWS = ["train_img_per_s_cuda224_b256", "fit_vs_ceiling_cuda224_b256", "fit_vs_ceiling_cuda224_b32"]  # --gpu
 # (comparison, bound) on the ratio; the accuracy rows are checked as a difference in points instead.
 TARGETS = {
     "train_img_per_s": (">=", 1.2),
@@ -31,6 +32,10 @@ TARGETS = {
     "decode_passes_demo": ("<=", 1.05),
     "export_onnx_s": ("<=", 2.0),
     "train_peak_rss_4x": ("<=", 1.25),
+    "train_img_per_s_cuda224_b256": (">=", 2.0),
+    "fit_vs_ceiling_cuda224_b256": (">=", 0.95),
+    "fit_vs_ceiling_cuda224_b32": (">=", 0.9),
+    "gpu_busy_share_dag224": (">=", 0.8),  # --gpu --dag
 }
 TRANSFER_MIN_POINTS = 5.0     # pretrained must beat scratch by this many points of test accuracy
 FEATURE_EXTRACT_MAX_POINTS = 1.0  # cached features must not change the accuracy by more than this

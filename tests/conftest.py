@@ -22,9 +22,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """Tests marked fashion_mnist skip where the files are missing, before any fixture runs; in CI they error."""
+    """Tests marked fashion_mnist skip where the files are missing, before any fixture runs; in CI they error.
+    Tests marked gpu skip where there is no CUDA device."""
     if "fashion_mnist" in item.keywords and not Path(FASHION_MNIST).is_dir():
         missing(f"{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist")
+    if "gpu" in item.keywords:
+        import torch
+
+        if not torch.cuda.is_available():  # a plain skip, in CI too: CI machines have no GPU
+            pytest.skip(f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, "
+                        f"built for CUDA {torch.version.cuda or 'none'})")
 
 
 def module_records(workdir: Path) -> Path:

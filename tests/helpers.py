@@ -27,9 +27,11 @@ TINY_CONFIG = {
             "val_fraction": 0.1, "max_train_per_class": 8, "max_val_per_class": 4,
         },
         "image_size": 32,
-        "train": {"epochs": 1, "batch_size": 16, "lr": 0.002},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.002, "device": "cpu"},
     },
-    "train": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+    # device cpu: the tests recompute the runs' figures with CPU tensors, so the runs must not move to a GPU
+    # where there is one (`auto`); the CUDA paths have their own tests (tests/test_gpu.py, `pytest -m gpu`).
+    "train": {"epochs": 1, "batch_size": 8, "lr": 0.001, "device": "cpu"},
     "experiments": {
         "finetune": {"strategy": "finetune"},
         "feature_extract": {"strategy": "feature_extract", "lr": 0.01},
@@ -38,6 +40,7 @@ TINY_CONFIG = {
     "seeds": [0],
     "threads": {"train": 2, "data": 1},
     "export": {"parity_batch": 4},
+    "evaluate": {"device": "cpu"},
 }
 
 

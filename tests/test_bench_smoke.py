@@ -19,7 +19,7 @@ import pytest
 
 from helpers import REPO, TINY_CONFIG
 
-pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
+pytestmark = [pytest.mark.slow]
 
 DOCS = REPO / "docs" / "bench.md"
 
@@ -29,9 +29,10 @@ def documented_columns() -> list[str]:
     return re.search(r"\(`(metric,[a-z_,]+)`", DOCS.read_text()).group(1).split(",")
 
 
-def documented_rows() -> list[str]:
-    """The metric names of docs/bench.md's "What is compared" table; `_b64` after `x_b1` means `x_b64`."""
-    section = DOCS.read_text().split("## What is compared", 1)[1].split("\n## ", 1)[0]
+def documented_rows(heading: str = "## What is compared") -> list[str]:
+    """The metric names of a table of docs/bench.md (its "What is compared" table unless told); `_b64` after `x_b1`
+    means `x_b64`."""
+    section = DOCS.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
     names: list[str] = []
     for line in section.splitlines():
         if not line.startswith("| `"):
@@ -76,6 +77,7 @@ def accuracy_by_hand(checkpoint_path, split_csv) -> float:
 
 
 
+@pytest.mark.fashion_mnist
 def test_bench_smoke_measures_every_documented_row(tmp_path):
     out = tmp_path / "bench.csv"
     started = time.monotonic()
@@ -167,3 +169,34 @@ def test_gpu_dag_config_is_valid_and_builds_the_issues_dag(tmp_path):
     trains = [line for line in dry.stdout.splitlines() if "scripts/train.py --split" in line]
     assert len(trains) == 2 and all("--image-size 224" in line for line in trains), dry.stdout[-3000:]
     assert all('"batch_size": 128' in line and '"amp": "bf16"' in line for line in trains)
+
+
+def test_gpu_bench_smoke_on_the_cpu_writes_its_documented_rows(tmp_path):
+    """`--gpu --smoke --device cpu`: the GPU benchmark's code path at tiny sizes. Its rows are docs/bench.md's GPU
+    table with finite positive figures, and its minimal loop trained torchvision's resnet18 with 4 outputs."""
+    import json
+
+    import torch
+    import torchvision
+
+    out = tmp_path / "bench_gpu.csv"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--gpu", "--smoke", "--device", "cpu",
+                             "--threads", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:]
+    table = pd.read_csv(out)
+    assert list(table.columns) == documented_columns()
+    assert list(table["metric"]) == documented_rows("## GPU rows")
+    for r in table.itertuples():
+        assert math.isfinite(r.ours) and math.isfinite(r.baseline) and r.ours > 0 and r.baseline > 0, r
+        assert r.ratio == pytest.approx(r.ours / r.baseline, rel=1e-3), r
+        assert f"torch {torch.__version__}" in r.note and "min-max" in r.note, r
+    details = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(int(b) for b in details["figures"]) == [32, 128, 256]
+    resnet18 = sum(p.numel() for p in torchvision.models.resnet18(num_classes=4).parameters())
+    for batch, figures in details["figures"].items():
+        speeds = [v for kind in ("fit", "ceiling") for runs in figures[kind].values() for v in runs]
+        assert speeds and all(math.isfinite(v) and v > 0 for v in speeds), batch
+        check = figures["ceiling_check"]
+        assert check["parameters"] == resnet18 and check["every_parameter_moved"], (batch, check)
+        assert math.isfinite(check["last_loss"]), (batch, check)

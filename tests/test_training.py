@@ -226,6 +226,16 @@ def test_same_seed_same_history_whatever_the_global_rng_and_another_seed_another
     assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
 
 
+def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
+    from finetune.errors import ConfigError
+
+    assert TrainOptions().compile == "off"
+    assert TrainOptions.from_dict({"compile": "reduce-overhead"}).compile == "reduce-overhead"
+    for bad in ("fast", True):
+        with pytest.raises(ConfigError, match=r"^train: compile must be one of \('off', 'default', 'reduce-overhead'\), "):
+            TrainOptions.from_dict({"compile": bad})
+
+
 def test_lr_schedules():
     assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)

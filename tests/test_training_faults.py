@@ -18,6 +18,10 @@ import pytest
 import torch
 from torch import nn
 
+from finetune.errors import TrainingError
+from finetune.tensors import Data, Preprocessing
+from finetune.training import TrainOptions, fit
+
 from faults import PREPROCESSING_32, make_images, run_split, save_state_dict, snapshot, start_script, train_args
 from helpers import run_script
 
@@ -112,6 +116,102 @@ def test_loss_nan_in_a_later_epoch_keeps_the_last_good_resume_state(inputs, tmp_
     assert state["epoch"] == 0 and len(state["history"]) == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- a non-finite loss between two checks
+
+class TripwireNet(nn.Module):
+    """A small convnet whose loss becomes +inf on a batch holding a white image (normalised > 1.2) from its
+    ``STEPS_PER_EPOCH + 1``-th training forward on (epoch 2) while ``armed``: the logit of the image's label (always
+    1) becomes -inf. From then on it answers NaN, as a model whose weights that step filled with NaN.
+    ``poisoned_steps``: the steps of epoch 2 (1-based) that saw the white image."""
+
+    def __init__(self, armed: bool):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 4)
+        self.armed, self.training_calls, self.poisoned_steps = armed, 0, []
+
+    def forward(self, x):
+        logits = self.fc(self.features(x))
+        self.training_calls += self.training
+        if not (self.armed and self.training and self.training_calls > STEPS_PER_EPOCH):
+            return logits
+        if self.poisoned_steps:
+            return logits * torch.nan
+        white = x.flatten(1).amax(1) > 1.2
+        if white.any():
+            self.poisoned_steps.append(self.training_calls - STEPS_PER_EPOCH)
+        label_logit = logits[:, 1:2] - torch.where(white, torch.inf, 0.0)[:, None]
+        return torch.cat([logits[:, :1], label_logit, logits[:, 2:]], dim=1)
+
+
+N_TRAIN, BATCH, SEED = 80, 2, 3
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 40: more than one divergence check interval
+TRIPWIRE_OPTIONS = {"strategy": "finetune", "epochs": 2, "batch_size": BATCH, "lr": 1e-3,
+                    "device": "cpu", "seed": SEED, "schedule": "constant"}
+TRIPWIRE_PREP = Preprocessing(resize_size=8, crop_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def tripwire_data(step_in_epoch_2: int):
+    """Dark images (normalised <= 0) but one all-white image, placed in the ``step_in_epoch_2``-th batch (1-based)
+    of epoch 2: the epochs' order is ``torch.randperm`` drawn from a generator seeded with ``seed``, one per epoch."""
+    shuffle = torch.Generator().manual_seed(SEED)
+    torch.randperm(N_TRAIN, generator=shuffle)  # epoch 1
+    white = int(torch.randperm(N_TRAIN, generator=shuffle)[(step_in_epoch_2 - 1) * BATCH + 1])
+    pixels = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 128, (N_TRAIN + 8, 3, 8, 8), dtype=torch.uint8, generator=pixels)
+    images[white] = 255
+    labels = torch.arange(N_TRAIN + 8) % 4
+    labels[white] = 1
+    return Data(images[:N_TRAIN], labels[:N_TRAIN]), Data(images[N_TRAIN:], labels[N_TRAIN:])
+
+
+def fit_tripwire(armed: bool, step_in_epoch_2: int, resume_path=None, log=lambda _: None):
+    train, val = tripwire_data(step_in_epoch_2)
+    torch.manual_seed(0)
+    model = TripwireNet(armed)
+    result = fit(model, train, val, TRIPWIRE_PREP, TrainOptions.from_dict(TRIPWIRE_OPTIONS), num_classes=4,
+                 resume_path=resume_path, log=log)
+    return model, result
+
+
+@pytest.mark.parametrize("step", [7, 35], ids=["first-interval", "second-interval"])
+def test_the_first_non_finite_loss_between_two_checks_is_the_step_named(step):
+    from finetune.training import DIVERGENCE_CHECK_STEPS
+
+    assert step % DIVERGENCE_CHECK_STEPS not in (0, 1) and step < STEPS_PER_EPOCH, "the step lies inside an interval"
+    model = TripwireNet(True)
+    train, val = tripwire_data(step)
+    with pytest.raises(TrainingError) as error:
+        fit(model, train, val, TRIPWIRE_PREP, TrainOptions.from_dict(TRIPWIRE_OPTIONS), num_classes=4, log=lambda _: None)
+    assert model.poisoned_steps[0] == step, "the data did not put the white image where the test meant it"
+    assert model.training_calls > STEPS_PER_EPOCH + step, "the steps after the bad one ran (the loss is read in intervals)"
+    assert str(error.value) == (f"loss became inf at epoch 2, step {step}: training diverged; lower train.lr "
+                                "(now 0.001) or use warmup_epochs. Last good state: none kept (no --resume-dir)")
+
+
+def test_a_rerun_after_a_non_finite_loss_resumes_from_the_last_epoch_as_an_uninterrupted_run(tmp_path):
+    """Epoch 2 diverges at step 7 and runs on to the check: none of those steps reaches the resume state; the
+    rerun (the bright image now harmless) continues from epoch 1's state and ends as a run that never diverged."""
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(TrainingError, match=r"at epoch 2, step 7: .* Last good state: resume state of epoch 1 kept in "):
+        fit_tripwire(True, 7, resume)
+    state = torch.load(resume, weights_only=False)
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state["best"]["state"].values() if v.is_floating_point())
+
+    lines = []
+    _, resumed = fit_tripwire(False, 7, resume, log=lines.append)
+    _, reference = fit_tripwire(False, 7)
+    assert f"resuming from {resume}: epoch 2 of 2" in lines
+    strip = lambda history: [{k: v for k, v in r.items() if k not in ("img_per_s", "elapsed_s")} for r in history]  # noqa: E731
+    assert strip(resumed.history) == strip(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+    for key, value in reference.best_state.items():
+        assert torch.equal(resumed.best_state[key], value), key
 
 
 # --------------------------------------------------------------------------- out of memory (the real loop)

@@ -261,6 +261,9 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, feature_cache=feature_cache, log=log)
     fit_window = [round(fit_started_at, 3), round(time.time(), 3)]
+    if result.compile_seconds is not None:
+        log(f"torch.compile (train.compile {opts.compile}): the first training step took {result.compile_seconds:.1f} s, "
+            "compilation included (counted in train_seconds)")
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
         "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
@@ -275,6 +278,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 2), "fit_window_unix_s": fit_window,
         "cached_features": result.used_cached_features,
+        "compile_seconds": None if result.compile_seconds is None else round(result.compile_seconds, 2),
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
         "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
         "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),

@@ -50,10 +50,21 @@ def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> tor
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def normalize(x_uint8: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 (N, 3, H, W) on any device -> normalised float32, same arithmetic as images.normalize."""
-    mean = torch.tensor(prep.mean, device=x_uint8.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std, device=x_uint8.device, dtype=torch.float32).view(1, -1, 1, 1)
+def normalization_constants(prep: Preprocessing, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prep``'s mean and std as (1, C, 1, 1) float32 tensors on ``device``."""
+    mean = torch.tensor(prep.mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    return mean, std
+
+
+def normalize(x_uint8: torch.Tensor, prep: Preprocessing,
+              constants: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 (N, 3, H, W) on any device -> normalised float32, same arithmetic as images.normalize.
+
+    ``constants``: :func:`normalization_constants` made once on that device (making them copies from
+    the host, which waits for a GPU: a training loop passes them).
+    """
+    mean, std = constants if constants is not None else normalization_constants(prep, x_uint8.device)
     return (x_uint8.float() / 255.0 - mean) / std
 
 

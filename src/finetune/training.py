@@ -45,13 +45,17 @@ from .fileio import torch_save
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
                      strip_output_layer)
 from .store import StoredImages, prefetch
-from .tensors import Data, Preprocessing, batched_forward, choose_device, normalize  # noqa: F401  (Data, choose_device: imported from here too)
+from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
 STRATEGIES = ("finetune", "feature_extract", "gradual")
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's mode for the training forward (or none)
 OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 LBFGS_ITERATIONS = 20  # per epoch: torch's default max_iter; the validation metric is checked in between
 GPU_RESIDENT_BYTES = 2 * 1024**3
 PREFETCH_BATCHES = 2  # batches read ahead of the step when images stream from a decoded file
+# Steps between two reads of the losses for a non-finite one (and at the end of every epoch): each read
+# waits for the device, so a GPU runs this many steps ahead of Python at most.
+DIVERGENCE_CHECK_STEPS = 32
 
 
 @dataclass
@@ -80,7 +84,7 @@ class TrainOptions:
     device: str = "auto"                # auto | cpu | cuda
     amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "off"                # off | default | reduce-overhead: torch.compile the training forward
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainOptions":
@@ -110,6 +114,7 @@ class TrainOptions:
             (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
             (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,7 +211,10 @@ def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None 
     columns = torch.where(flip[:, None], columns.flip(1), columns)
     rows = _source_coordinates(top, height, size, h)
     grid = torch.stack([columns[:, None, :].expand(n, size, size), rows[:, :, None].expand(n, size, size)], dim=-1)
-    grid = grid.to(device=x.device, dtype=torch.float32, non_blocking=True)
+    grid = grid.to(torch.float32)
+    if x.is_cuda:  # page-locked, so the copy does not wait for the GPU's queued work
+        grid = grid.pin_memory()
+    grid = grid.to(x.device, non_blocking=True)
     return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -274,6 +282,7 @@ class FitResult:
     train_seconds: float
     used_cached_features: bool
     stopped_early: bool
+    compile_seconds: float | None = None    # train.compile: the first training step, compilation included
 
 
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
@@ -308,7 +317,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         best_state=_best_model_state(setup, progress), best_epoch=progress.best["epoch"],
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
         total_params=total, train_seconds=time.perf_counter() - started,
-        used_cached_features=setup.inputs.cached, stopped_early=stopped_early,
+        used_cached_features=setup.inputs.cached, stopped_early=stopped_early, compile_seconds=setup.compile_seconds,
     )
 
 
@@ -376,6 +385,8 @@ class _Setup:
     steps: _Steps
     shuffle: torch.Generator                # the epochs' order (or the sampler's draw)
     augment: torch.Generator                # every random number of the augmentation
+    normalization: tuple[torch.Tensor, torch.Tensor]  # mean and std on the device, made once
+    compile_seconds: float | None = None    # set by the first training step when train.compile is on
 
     @property
     def lbfgs(self) -> bool:
@@ -402,6 +413,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         val_labels=val.labels, steps=_steps(len(train.labels), opts),
         shuffle=torch.Generator().manual_seed(opts.seed),
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
+        normalization=normalization_constants(prep, place.device),
     )
 
 
@@ -489,7 +501,7 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
         # Small decoded datasets (uint8) live on the GPU: no host-to-device copy per batch.
         train_images = train_images.to(place.device)
     eval_forward = lambda x: batched_forward(model, x, prep, place.device, channels_last=place.channels_last)  # noqa: E731
-    train_forward = torch.compile(model) if opts.compile else model
+    train_forward = model if opts.compile == "off" else torch.compile(model, mode=opts.compile)
     return _Inputs(train_images, val.images, train_forward=train_forward, eval_forward=eval_forward, cached=False)
 
 
@@ -538,29 +550,111 @@ def _apply_freezing(model: nn.Module, groups: list[dict], opts: TrainOptions, ep
 
 def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: list[dict],
                     resume_path: Path | None) -> dict:
-    """One pass over the epoch's order; returns its train_loss, train_accuracy and img_per_s."""
+    """One pass over the epoch's order; returns its train_loss, train_accuracy and img_per_s.
+
+    Nothing here waits for the device per step: the loss and accuracy sums stay on it, and each step's
+    loss is checked for divergence every ``DIVERGENCE_CHECK_STEPS`` steps and at the end of the epoch.
+    """
     order = _epoch_order(setup)
     started = time.perf_counter()
-    seen, loss_sum, correct = 0, 0.0, 0
-    for step_in_epoch, (index, images) in enumerate(_read_batches(setup, order)):
-        guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
-        _set_learning_rates(setup, epoch * setup.steps.per_epoch + step_in_epoch)
-        x, y = _training_batch(setup, index, images)
-        try:
-            logits, loss = _train_step(setup, x, y)
-        except torch.OutOfMemoryError as exc:
-            where = f"training (epoch {epoch + 1}, step {step_in_epoch + 1})"
-            raise _out_of_memory(setup.place.device, setup.opts, where) from exc
-        if not torch.isfinite(loss):
-            raise _diverged(loss, setup.opts, epoch, step_in_epoch, history, resume_path)
-        seen += len(index)
-        loss_sum += loss.item() * len(index)
-        correct += (logits.argmax(1) == y).sum().item()
-        _show_progress(f"\r  epoch {epoch + 1} {seen}/{len(order)}")
+    sums = _EpochSums.on(setup.place.device)
+    divergence = _DivergenceCheck(setup.opts, epoch, history, resume_path)
+    for step_in_epoch, (x, y) in enumerate(_read_batches(setup, order)):
+        _stop_if_requested(guard, divergence, epoch, step_in_epoch, history, resume_path)
+        if setup.opts.compile != "off" and setup.compile_seconds is None:
+            _first_compiled_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+        else:
+            _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+        _show_progress(f"\r  epoch {epoch + 1} {sums.seen}/{len(order)}")
+    divergence.check()
     _show_progress("\r")
-    seconds = time.perf_counter() - started
-    return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "img_per_s": seen / max(seconds, 1e-9)}
+    return sums.metrics(time.perf_counter() - started)
+
+
+def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
+              sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+    """Train on one batch as read (:func:`_read_batches`); the loss and accuracy stay on the device."""
+    _set_learning_rates(setup, epoch * setup.steps.per_epoch + step_in_epoch)
+    x, y = _training_batch(setup, x, y)
+    try:
+        logits, loss = _train_step(setup, x, y)
+    except torch.OutOfMemoryError as exc:
+        divergence.check()  # a loss that went non-finite before is the first thing that went wrong
+        where = f"training (epoch {epoch + 1}, step {step_in_epoch + 1})"
+        raise _out_of_memory(setup.place.device, setup.opts, where) from exc
+    sums.add(logits, loss, y)
+    divergence.add(loss)
+
+
+def _first_compiled_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
+                         sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+    """The first step with train.compile on, timed to the end of its device work: torch.compile compiles there.
+
+    Its time (``FitResult.compile_seconds``, in train_info.json and the log) counts in the epoch's and the job's.
+    """
+    started = time.perf_counter()
+    _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+    if setup.place.device.type == "cuda":
+        torch.cuda.synchronize(setup.place.device)
+    setup.compile_seconds = time.perf_counter() - started
+
+
+class _EpochSums:
+    """The epoch's running loss and correct predictions, kept on the device (read once, at its end)."""
+
+    def __init__(self, loss_sum: torch.Tensor, correct: torch.Tensor):
+        self.loss_sum, self.correct, self.seen = loss_sum, correct, 0
+
+    @classmethod
+    def on(cls, device: torch.device) -> "_EpochSums":
+        return cls(torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        self.seen += len(y)
+        self.loss_sum += loss.detach().double() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+
+    def metrics(self, seconds: float) -> dict:
+        seen = max(1, self.seen)
+        return {"train_loss": self.loss_sum.item() / seen, "train_accuracy": self.correct.item() / seen,
+                "img_per_s": self.seen / max(seconds, 1e-9)}
+
+
+class _DivergenceCheck:
+    """Each step's loss, kept on the device until :meth:`check` reads them all at once.
+
+    :meth:`check` raises :func:`_diverged` naming the first non-finite step. It runs before the epoch
+    ends, so the steps after a bad one never reach the resume state or the best epoch's copy.
+    """
+
+    def __init__(self, opts: TrainOptions, epoch: int, history: list, resume_path: Path | None):
+        self.opts, self.epoch, self.history, self.resume_path = opts, epoch, history, resume_path
+        self.losses: list[torch.Tensor] = []
+        self.first_step = 0  # 0-based step of the epoch of losses[0]
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        if len(self.losses) >= DIVERGENCE_CHECK_STEPS:
+            self.check()
+
+    def check(self) -> None:
+        if not self.losses:
+            return
+        losses = torch.stack(self.losses).cpu()  # the one wait for the device per interval
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise _diverged(losses[i], self.opts, self.epoch, self.first_step + i, self.history, self.resume_path)
+        self.first_step += len(self.losses)
+        self.losses = []
+
+
+def _stop_if_requested(guard: "_SignalGuard", divergence: _DivergenceCheck, epoch: int, step_in_epoch: int,
+                       history: list, resume_path: Path | None) -> None:
+    """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first."""
+    if guard.signum is not None:
+        divergence.check()
+    guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
 
 
 def _epoch_order(setup: _Setup) -> torch.Tensor:
@@ -580,25 +674,30 @@ def _set_learning_rates(setup: _Setup, step: int) -> None:
 
 
 def _read_batches(setup: _Setup, order: torch.Tensor):
-    """``(index, inputs)`` of each step of the epoch, as stored (uint8 images or features), in order.
+    """``(inputs, labels)`` of each step of the epoch, as stored (uint8 images or features), in order.
 
     Images streamed from a decoded file (:class:`StoredImages`) are read ahead in a background thread,
-    into page-locked memory where they go to a GPU, so the device does not wait for the disk.
+    into page-locked memory where they go to a GPU, so the device does not wait for the disk. Labels
+    travel with their batch (pinned too). Images already on the GPU are indexed there, with the labels.
     """
-    inputs, pin = setup.inputs.train, setup.place.device.type == "cuda"
+    inputs, labels, device = setup.inputs.train, setup.train_labels, setup.place.device
+    on_gpu = isinstance(inputs, torch.Tensor) and inputs.is_cuda
+    if on_gpu:
+        order, labels = order.to(device), labels.to(device)
+    pin = device.type == "cuda" and not on_gpu
 
     def read(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = inputs[index]
-        return index, (x.pin_memory() if pin and not x.is_cuda else x)
+        x, y = inputs[index], labels[index]
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
     batches = (read(index) for index in order.split(setup.steps.batch_size))
     return prefetch(batches, depth=PREFETCH_BATCHES) if isinstance(inputs, StoredImages) else batches
 
 
-def _training_batch(setup: _Setup, index: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and labels of one step, on the device: features, or (augmented) normalised images."""
     device = setup.place.device
-    y = setup.train_labels[index].to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
     if setup.inputs.cached:
         return x.to(device, non_blocking=True), y
     if device.type == "cuda" and not x.is_cuda and not x.is_pinned():
@@ -606,14 +705,18 @@ def _training_batch(setup: _Setup, index: torch.Tensor, x: torch.Tensor) -> tupl
     x = x.to(device, non_blocking=True)
     if setup.opts.augment:  # on the device: crops of the stored squares, resized to the crop size
         x = augment_batch(x, setup.prep.crop_size, setup.augment)
-    x = normalize(x, setup.prep)
+    x = normalize(x, setup.prep, setup.normalization)
     if setup.place.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
 
 
 def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and loss of the batch, then one optimizer step unless the loss is not finite."""
+    """Logits and loss of the batch, then one optimizer step.
+
+    The step runs whatever the loss (asking would wait for the device): a non-finite loss stops the
+    epoch at the next divergence check, before any state is saved; fp16's GradScaler skips it anyway.
+    """
     if setup.lbfgs:
         return _lbfgs_step(setup.optimizer, setup.head, setup.decayed, setup.losses.train, x, y,
                            setup.opts.weight_decay)
@@ -621,11 +724,10 @@ def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp):
         logits = setup.inputs.train_forward(x)
         loss = setup.losses.train(logits.float(), y)
-    if torch.isfinite(loss):
-        setup.optimizer.zero_grad(set_to_none=True)
-        setup.scaler.scale(loss).backward()
-        setup.scaler.step(setup.optimizer)
-        setup.scaler.update()
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
     return logits, loss
 
 

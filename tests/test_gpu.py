@@ -1,0 +1,133 @@
+"""The training loop on CUDA (issue 14): every precision and memory format trains, evaluates and exports; resume
+after a kill; no host sync in a training step. Marked ``gpu``: skipped (with the reason) where CUDA is missing,
+run on a GPU machine with ``pytest -m gpu``. Tiny generated images: no dataset needed."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from faults import PREPROCESSING_32, make_images, run_split, save_state_dict, start_script, train_args
+from helpers import run_script
+
+pytestmark = [pytest.mark.gpu]
+
+OPTIONS = {"epochs": 2, "batch_size": 4, "lr": 0.001, "device": "cuda", "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> SimpleNamespace:
+    """A split of 2 x 12 generated 32-px images and random-init resnet18 weights with their manifest."""
+    from finetune.weights import write_manifest
+
+    root = tmp_path_factory.mktemp("inputs")
+    make_images(root / "data", {"cat": 12, "dog": 12})
+    split = run_split({"format": "imagefolder", "path": str(root / "data")}, root / "split")
+    assert split.returncode == 0, split.stdout
+    digest = save_state_dict(root / "weights" / "weights.pth", "resnet18", 3)
+    write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
+                   num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
+    return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
+
+
+def train(inputs, out, options, resume_dir=None):
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, options, resume_dir))
+    assert result.returncode == 0, result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_trains_evaluates_and_exports_on_cuda(inputs, tmp_path, amp, channels_last):
+    from finetune.stages import evaluate_stage, export_stage, load_checkpoint
+
+    train(inputs, tmp_path, OPTIONS | {"amp": amp, "channels_last": channels_last})
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 2 and all(math.isfinite(v) for v in history[["train_loss", "val_loss"]].to_numpy().ravel())
+    assert json.loads((tmp_path / "train_info.json").read_text())["device"] == "cuda"
+    model, _ = load_checkpoint(tmp_path / "model.pt")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    metrics = {}
+    for device in ("cuda", "cpu"):
+        metrics[device] = evaluate_stage(tmp_path / "model.pt", inputs.split, tmp_path / f"{device}.json",
+                                         tmp_path / f"{device}_cm.csv", tmp_path / f"{device}_pred.csv", 1, device=device)
+    n_test = metrics["cpu"]["n_test"]
+    assert abs(metrics["cuda"]["accuracy"] - metrics["cpu"]["accuracy"]) * n_test <= 1, "more than one image differs"
+    report = export_stage(tmp_path / "model.pt", inputs.split, tmp_path / "model.onnx", tmp_path / "parity.json",
+                          1e-4, 4, 1, log=lambda _: None)
+    assert report["passed"] and report["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_reports_its_compile_time_and_exports(inputs, tmp_path, mode):
+    from finetune.stages import export_stage
+
+    output = train(inputs, tmp_path, OPTIONS | {"amp": "bf16", "channels_last": True, "compile": mode})
+    info = json.loads((tmp_path / "train_info.json").read_text())
+    assert 0 < info["compile_seconds"] <= info["train_seconds"]
+    assert f"torch.compile (train.compile {mode}): the first training step took" in output
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert all(math.isfinite(v) for v in history[["train_loss", "val_loss"]].to_numpy().ravel())
+    report = export_stage(tmp_path / "model.pt", inputs.split, tmp_path / "model.onnx", tmp_path / "parity.json",
+                          1e-4, 4, 1, log=lambda _: None)
+    assert report["passed"]
+
+
+def test_resume_after_sigkill_on_cuda_ends_like_an_uninterrupted_run(inputs, tmp_path):
+    # deterministic: cuDNN and cuBLAS pick reproducible kernels, so the two runs can be compared closely.
+    options = OPTIONS | {"epochs": 4, "deterministic": True, "amp": "bf16", "channels_last": True}
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train(inputs, reference, options)
+    proc = start_script("train", *train_args(inputs.split, inputs.manifest, resumed, options, resumed / "resume"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any((resumed / "resume").glob("*.pt")):
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be killed: " + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "model.pt").exists()
+    assert "resuming from" in train(inputs, resumed, options, resumed / "resume")
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "history.csv")[columns],
+                                  pd.read_csv(reference / "history.csv")[columns], rtol=1e-5)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+@pytest.mark.parametrize("resident", [True, False], ids=["images_on_gpu", "pinned_copies"])
+def test_a_training_step_never_waits_for_the_gpu(monkeypatch, amp, resident):
+    """The steps between two divergence checks run under torch.cuda.set_sync_debug_mode("error"): any host
+    sync (``.item()``, a Python ``if`` on a device tensor, a pageable copy) raises."""
+    from finetune import training
+    from finetune.models import build_target_model
+    from finetune.tensors import Data, Preprocessing
+
+    if not resident:
+        monkeypatch.setattr(training, "GPU_RESIDENT_BYTES", 0)  # images stay on the host: pinned per batch
+    gen = torch.Generator().manual_seed(0)
+    data = Data(torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(48) % 3)
+    opts = training.TrainOptions.from_dict({**OPTIONS, "amp": amp, "channels_last": True, "batch_size": 2})
+    torch.manual_seed(0)
+    model = build_target_model("resnet18", 3, None, None)
+    setup = training._set_up(model, data, data, Preprocessing.from_dict(PREPROCESSING_32), opts, 3, None, lambda _: None)
+    training._prepare_epoch(setup, 0)
+    sums, divergence = training._EpochSums.on(setup.place.device), training._DivergenceCheck(opts, 0, [], None)
+    batches = training._read_batches(setup, training._epoch_order(setup))
+    steps = training.DIVERGENCE_CHECK_STEPS - 1
+    for step in range(3):  # warm-up: cuDNN's choices, the optimizer's state, the first read of the epoch
+        training._one_step(setup, 0, step, *next(batches), sums, divergence)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3, min(steps, len(data.labels) // 2)):
+            training._one_step(setup, 0, step, *next(batches), sums, divergence)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    divergence.check()
+    assert math.isfinite(sums.metrics(1.0)["train_loss"])
