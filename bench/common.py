@@ -57,7 +57,7 @@ class Sizes:
 
 FULL = Sizes(train_epochs=2, reps=3, snakemake_reps=5, onnx_reps=5, onnx_calls_b1=200, onnx_calls_b64=6,
              seeds=(0, 1, 2), tiny_experiments=3, fe_epochs=25,
-             rss_images=2000, rss_image_size=128)
+             rss_images=4000, rss_image_size=128)
 SMOKE = Sizes(train_epochs=1, reps=1, snakemake_reps=1, onnx_reps=1, onnx_calls_b1=5, onnx_calls_b64=1,
               seeds=(0,), tiny_experiments=1, fe_epochs=2,
               rss_images=40, rss_image_size=32)
