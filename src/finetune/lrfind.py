@@ -1,0 +1,110 @@
+"""Learning-rate range test (Leslie Smith; fastai's ``lr_find``) on exactly ``train``'s data path and device.
+
+:func:`find_lr` sets up training as :func:`finetune.training.fit` does (same optimizer and parameter
+groups, same batches, augmentation, normalisation and device), then raises the learning rate
+exponentially from ``min_lr`` to ``max_lr`` over ``steps`` optimizer steps, each group at
+``lr * lr_scale``. Each step's loss is recorded with its bias-corrected exponential moving average
+(smoothing ``beta``: ``avg = beta * avg + (1 - beta) * loss``, smoothed = ``avg / (1 - beta**(i+1))``).
+The test stops as soon as the smoothed loss exceeds ``diverge_factor`` times its minimum so far, or
+is not finite. Unlike ``fit``, the loop reads every step's loss (it must, to stop on divergence).
+
+Suggestion: the lr of the steepest descent of the smoothed loss (its largest drop from one step to
+the next, at or before its minimum): ``method: steepest``. Where the smoothed loss never falls,
+the lr of its minimum / 10: ``method: min_loss/10``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .tensors import Data, Preprocessing
+from .training import (TrainOptions, _epoch_order, _prepare_epoch, _read_batches, _set_up, _train_step,
+                       _training_batch)
+
+DEFAULT_STEPS = 200
+
+
+@dataclass
+class LrCurve:
+    lr: list[float]
+    loss: list[float]
+    smoothed: list[float]
+    suggestion: float
+    method: str            # steepest | min_loss/10
+    diverged: bool         # stopped before max_lr because the smoothed loss diverged
+
+    def rows(self) -> list[dict]:
+        return [{"step": i + 1, "lr": lr, "loss": loss, "smoothed_loss": s}
+                for i, (lr, loss, s) in enumerate(zip(self.lr, self.loss, self.smoothed))]
+
+
+def range_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
+    """``steps`` learning rates from ``min_lr`` to ``max_lr``, evenly spaced on a log scale."""
+    if not 0 < min_lr < max_lr or steps < 2:
+        raise ConfigError(f"lr_find: needs 0 < min_lr < max_lr and steps >= 2 (here {min_lr}, {max_lr}, {steps})")
+    ratio = max_lr / min_lr
+    return [min_lr * ratio ** (i / (steps - 1)) for i in range(steps)]
+
+
+def smooth(losses: list[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average of ``losses``."""
+    average, smoothed = 0.0, []
+    for i, loss in enumerate(losses):
+        average = beta * average + (1 - beta) * loss
+        smoothed.append(average / (1 - beta ** (i + 1)))
+    return smoothed
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
+    """(suggested lr, method): the steepest fall of the smoothed loss up to its minimum, else min-loss lr / 10."""
+    finite = [s if math.isfinite(s) else math.inf for s in smoothed]
+    lowest = min(range(len(finite)), key=finite.__getitem__)
+    drops = [(finite[i] - finite[i - 1], i) for i in range(1, lowest + 1) if finite[i] < finite[i - 1]]
+    if drops:
+        return lrs[min(drops)[1]], "steepest"
+    return lrs[lowest] / 10, "min_loss/10"
+
+
+def find_lr(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, num_classes: int,
+            min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = DEFAULT_STEPS, smoothing: float = 0.98,
+            diverge_factor: float = 4.0, feature_cache: Path | None = None,
+            log: Callable[[str], None] = print) -> LrCurve:
+    """Run the range test on ``model`` (which it trains: pass a fresh one) and return the curve and suggestion."""
+    if opts.optimizer == "lbfgs":
+        raise ConfigError("lr_find: optimizer lbfgs chooses its own step (line search); it has no lr to find")
+    lrs = range_lrs(min_lr, max_lr, steps)
+    setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log)
+    _prepare_epoch(setup, 0)  # the first epoch's trainable parameters (gradual: the head)
+    losses, smoothed = [], []
+    for lr, (x, y) in zip(lrs, _batches(setup)):
+        for group in setup.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        x, y = _training_batch(setup, x, y)
+        losses.append(float(_train_step(setup, x, y)[1].item()))  # the one read per step
+        smoothed = smooth(losses, smoothing)
+        if _diverges(smoothed, diverge_factor):
+            break
+    diverged = _diverges(smoothed, diverge_factor)
+    suggestion, method = suggest(lrs[: len(losses)], smoothed)
+    log(f"lr_find: {len(losses)} steps, lr {lrs[0]:.2e} to {lrs[len(losses) - 1]:.2e}"
+        f"{' (stopped: loss diverged)' if diverged else ''}; suggested lr {suggestion:.3g} ({method})")
+    return LrCurve(lr=lrs[: len(losses)], loss=losses, smoothed=smoothed, suggestion=suggestion, method=method,
+                   diverged=diverged)
+
+
+def _diverges(smoothed: list[float], diverge_factor: float) -> bool:
+    last = smoothed[-1]
+    return not math.isfinite(last) or last > diverge_factor * min(smoothed)
+
+
+def _batches(setup):
+    """Training batches as ``fit`` reads them, epoch after epoch, for as long as asked."""
+    while True:
+        yield from _read_batches(setup, _epoch_order(setup))
