@@ -10,7 +10,8 @@
 # `weights` acquires pretrained weights (torchvision, a URL, a local file, or `pretrain`: recipe step 1
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
 # source model but its output layer, puts a new one sized to the target classes, and trains it.
-# `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
+# `lr_find` runs the learning-rate range test of an experiment run; a run with `lr: auto` trains at its
+# suggestion. # `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
 
 from snakemake.utils import min_version
 
@@ -27,6 +28,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/decode.smk"
+include: "workflow/rules/lr_find.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"

@@ -1,13 +1,23 @@
 """The learning-rate range test (finetune.lrfind) on a tiny synthetic problem, on train's own loop."""
 
+import json
 import math
+import shlex
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
+from finetune.configcheck import config_problems
+from finetune.errors import ConfigError
 from finetune.lrfind import find_lr
+from finetune.stages import resolve_lr
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions
+from helpers import REPO, TINY_CONFIG, deep_update, run_snakemake, tiny_config
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 PLAIN = Preprocessing(8, 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # normalised input = pixel / 255
 BETA = 0.98
@@ -69,3 +79,74 @@ def test_lrs_rise_exponentially_from_min_lr():
     ratios = [b / a for a, b in zip(curve.lr, curve.lr[1:])]
     assert math.isclose(curve.lr[0], 1e-4) and all(math.isclose(r, ratios[0]) for r in ratios)
     assert not curve.diverged and len(curve.loss) == 40 and math.isclose(curve.lr[-1], 1e-1)
+
+
+# --------------------------------------------------------------------------- lr: auto in the workflow
+
+def config_with(**overrides):
+    return deep_update(TINY_CONFIG, overrides)
+
+
+AUTO_REFUSED = {
+    "lbfgs_in_the_experiment": (
+        {"experiments": {"probe": {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": "auto"}}},
+        "experiments.probe.lr: auto needs a learning rate to find"),
+    "lbfgs_with_lr_auto_in_train": (
+        {"train": {"lr": "auto"}, "experiments": {"probe": {"strategy": "feature_extract", "optimizer": "lbfgs"}}},
+        "train.lr: auto needs a learning rate to find"),
+    "swept": ({"experiments": {"grid": {"sweep": {"lr": ["auto", 0.001]}}}},
+              "experiments.grid.sweep.lr: auto cannot be swept"),
+    "pretraining": ({"pretrain": {"train": {"lr": "auto"}}}, "pretrain.train.lr: auto is not available"),
+    "other_text": ({"train": {"lr": "fast"}}, "train.lr: 'fast' is not a number or auto"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTO_REFUSED))
+def test_lr_auto_is_refused_where_it_cannot_work_naming_the_key(case):
+    overrides, expected = AUTO_REFUSED[case]
+    problems = config_problems(config_with(**overrides), SCHEMA)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_lr_auto_in_an_experiment_or_in_train_is_accepted():
+    assert config_problems(config_with(experiments={"finetune": {"lr": "auto"}}), SCHEMA) == []
+    assert config_problems(config_with(train={"lr": "auto"}), SCHEMA) == []
+
+
+def shell_commands(output: str) -> list[list[str]]:
+    """The words of every job's command a dry run printed (python, script, options...), up to the log redirect."""
+    prefix = "Shell command: "
+    return [shlex.split(line[len(prefix):].split(" > ")[0]) for line in output.splitlines()
+            if line.startswith(prefix) and line != prefix + "None"]
+
+
+def command_of(commands: list[list[str]], script: str, option: str, value: str) -> list[str]:
+    found = [c for c in commands if Path(c[1]).name == script and value in c[c.index(option) + 1:c.index(option) + 2]]
+    assert len(found) == 1, (script, option, value, commands)
+    return found[0]
+
+
+def test_a_dry_run_with_lr_auto_runs_lr_find_and_train_reads_its_suggestion(tmp_path):
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}, "fixed": {"lr": 0.01}}})
+    commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
+    suggestion = "results/lr_find/auto/suggestion.json"
+    lr_find = command_of(commands, "lr_find.py", "--out-suggestion", suggestion)
+    assert json.loads(lr_find[lr_find.index("--options") + 1])["lr"] == "auto"
+    train = command_of(commands, "train.py", "--out-info", "results/auto/seed0/train_info.json")
+    assert train[train.index("--lr-from") + 1] == suggestion
+    assert json.loads(train[train.index("--options") + 1])["lr"] == "auto"
+    fixed = command_of(commands, "train.py", "--out-info", "results/fixed/seed0/train_info.json")
+    assert "--lr-from" not in fixed
+    assert not [c for c in commands if "results/lr_find/fixed/suggestion.json" in c]
+
+
+def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
+    suggestion = tmp_path / "suggestion.json"
+    suggestion.write_text(json.dumps({"lr": 0.0123, "method": "steepest"}))
+    options, lr = resolve_lr({"lr": "auto", "epochs": 1}, suggestion)
+    assert options == {"lr": 0.0123, "epochs": 1} and lr == 0.0123
+    assert resolve_lr({"lr": 0.5}, None) == ({"lr": 0.5}, 0.5)
+    with pytest.raises(ConfigError, match="--lr-from"):
+        resolve_lr({"lr": "auto"}, None)
+    with pytest.raises(ConfigError, match="not auto"):
+        resolve_lr({"lr": 0.5}, suggestion)

@@ -79,10 +79,10 @@ def _describe(error) -> list[str]:
     if kind == "type":
         types = expected if isinstance(expected, list) else [expected]
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
-        hint = ""
-        if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types:
-            hint = f" (YAML reads {value} as text: write it with a decimal point, e.g. {float(value):.1e})"
-        return [f"{where}: {value!r} is not {wanted}{hint}"]
+        return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
+    if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto
+        hint = _number_text_hint(value, ["number"])
+        return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"]
     if kind == "enum":
         return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}"]
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -99,6 +99,12 @@ def _describe(error) -> list[str]:
     if kind == "required":
         return [f"{where}: {error.message}"]
     return [f"{where}: {error.message}"]
+
+
+def _number_text_hint(value, types) -> str:
+    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types:
+        return f" (YAML reads {value} as text: write it with a decimal point, e.g. {float(value):.1e})"
+    return ""
 
 
 # Keys of the `train` schema that pretraining has no use for: it always starts from random weights
@@ -118,7 +124,26 @@ def _pretrain_train_problems(config: dict) -> list[str]:
     train = (config.get("pretrain") or {}).get("train")
     if not isinstance(train, dict):
         return []
-    return [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
+    problems = [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
+    if train.get("lr") == "auto":
+        problems.append("pretrain.train.lr: auto is not available for pretraining (the learning-rate finder runs "
+                        "for experiments); set a number")
+    return problems
+
+
+def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict) -> list[str]:
+    """`lr: auto` where the learning-rate finder cannot serve it: swept, or with optimizer lbfgs."""
+    problems = [f"experiments.{name}.sweep.lr: auto cannot be swept (one lr_find runs per experiment run); "
+                "set lr: auto in the experiment itself, or sweep numbers"
+                for name, spec in experiments.items()
+                if isinstance(spec, dict) and "auto" in ((spec.get("sweep") or {}).get("lr") or [])]
+    for name, overrides in runs.items():
+        options = {**train, **(overrides if isinstance(overrides, dict) else {})}
+        if options.get("lr") == "auto" and options.get("optimizer") == "lbfgs":
+            where = f"experiments.{experiment_of[name]}.lr" if "lr" in overrides else "train.lr"
+            problems.append(f"{where}: auto needs a learning rate to find, but experiment run {name} uses optimizer "
+                            "lbfgs (its line search chooses the step); set a number")
+    return problems
 
 
 def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
@@ -147,7 +172,9 @@ def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     swept = sweep_problems(experiments)
     if swept:
         return problems + swept
-    for name, overrides in expand(experiments)[0].items():
+    runs, experiment_of = expand(experiments)
+    problems += _lr_auto_problems(experiments, runs, experiment_of, train)
+    for name, overrides in runs.items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         if options.get("optimizer") != "lbfgs":
             continue

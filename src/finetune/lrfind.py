@@ -9,8 +9,9 @@ The test stops as soon as the smoothed loss exceeds ``diverge_factor`` times its
 is not finite. Unlike ``fit``, the loop reads every step's loss (it must, to stop on divergence).
 
 Suggestion: the lr of the steepest descent of the smoothed loss (its largest drop from one step to
-the next, at or before its minimum): ``method: steepest``. Where the smoothed loss never falls,
-the lr of its minimum / 10: ``method: min_loss/10``.
+the next, at or before its minimum, after the first ``SKIP_START`` steps, where the average still
+rests on a few batches): ``method: steepest``. Where the smoothed loss never falls there, the lr of
+its minimum / 10: ``method: min_loss/10``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -29,6 +29,7 @@ from .training import (TrainOptions, _epoch_order, _prepare_epoch, _read_batches
                        _training_batch)
 
 DEFAULT_STEPS = 200
+SKIP_START = 10  # fastai's skip_start: the first steps' smoothed loss says more about a few batches than about the lr
 
 
 @dataclass
@@ -62,11 +63,14 @@ def smooth(losses: list[float], beta: float) -> list[float]:
     return smoothed
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
-    """(suggested lr, method): the steepest fall of the smoothed loss up to its minimum, else min-loss lr / 10."""
+def suggest(lrs: list[float], smoothed: list[float], skip_start: int = SKIP_START) -> tuple[float, str]:
+    """(suggested lr, method): the steepest fall of the smoothed loss up to its minimum, else min-loss lr / 10.
+
+    The first ``skip_start`` steps are left out (all kept when the curve is too short to leave them out)."""
+    skip = skip_start if len(smoothed) > skip_start + 2 else 0
     finite = [s if math.isfinite(s) else math.inf for s in smoothed]
-    lowest = min(range(len(finite)), key=finite.__getitem__)
-    drops = [(finite[i] - finite[i - 1], i) for i in range(1, lowest + 1) if finite[i] < finite[i - 1]]
+    lowest = min(range(skip, len(finite)), key=finite.__getitem__)
+    drops = [(finite[i] - finite[i - 1], i) for i in range(skip + 1, lowest + 1) if finite[i] < finite[i - 1]]
     if drops:
         return lrs[min(drops)[1]], "steepest"
     return lrs[lowest] / 10, "min_loss/10"

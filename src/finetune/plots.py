@@ -120,3 +120,26 @@ def learning_curves_plot(history, out_path: str | Path, title: str = "Learning c
     fig.suptitle(f"{title} ({len(epochs)} epoch{'s' if len(epochs) != 1 else ''})")
     _save(fig, out_path)
 
+
+
+def lr_find_plot(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float,
+                 method: str, out_path: str | Path, title: str = "Learning-rate range test") -> None:
+    """Loss against learning rate (log scale), raw and smoothed, with the suggested lr marked."""
+    lrs, losses, smoothed = (np.asarray(v, dtype=np.float64) for v in (lrs, losses, smoothed))
+    if len(lrs) == 0:
+        raise ValueError("the range test recorded no steps to plot")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, color="lightgrey", linewidth=1, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
+    ax.axvline(suggestion, color="tab:red", linestyle=":", label=f"suggested lr {suggestion:.2e} ({method})")
+    finite = smoothed[np.isfinite(smoothed)]
+    if len(finite):  # the divergence at the end would flatten the rest of the curve
+        low, start = finite.min(), finite[0]
+        ax.set_ylim(low - 0.1 * abs(low), max(start, low) + 0.5 * abs(max(start, low) - low) + 0.1 * abs(low) + 1e-6)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title} ({len(lrs)} steps)")
+    _save(fig, out_path)

@@ -228,31 +228,20 @@ def _cleanup_resume(resume: Path | None) -> None:
 def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
                 out_info: Path, threads: int, pretrained: bool = True, image_size: int | None = None,
                 resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print,
-                decoded: tuple[Path, Path] | None = None) -> dict:
+                decoded: tuple[Path, Path] | None = None, lr_from: Path | None = None) -> dict:
     """Steps 2-4 of the recipe. ``pretrained=False`` is the control: the same architecture and
-    preprocessing as the weights, randomly initialised."""
+    preprocessing as the weights, randomly initialised. With ``lr: auto`` in ``options``, ``lr_from``
+    (rule lr_find's suggestion.json) gives the learning rate."""
     import torch
 
-    from .models import build_target_model
-    from .tensors import Preprocessing
-    from .training import TrainOptions, fit, options_key, seed_everything
+    from .training import fit, options_key
 
-    opts = TrainOptions.from_dict(options)
     ensure_writable(out_checkpoint, out_history, out_info)
-    seed_everything(opts.seed, opts.deterministic)
-    manifest = read_manifest(manifest_path, verify_file=pretrained)
-    arch = manifest["arch"]
-    if pretrained:
-        source_state, source_classes, weights_sha = load_state_dict(manifest["path"]), manifest["num_classes"], manifest["sha256"]
-    else:
-        source_state, source_classes, weights_sha = None, None, None
-    prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
-    # With augment, training images are the stored squares: random resized crops draw from the resize size.
-    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True,
-                                          uncropped=("train",) if opts.augment else ())
-    model = build_target_model(arch, len(classes), source_state, source_classes, origin=manifest["path"])
+    loop_options, lr_used = resolve_lr(options, lr_from)
+    opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
+        split_csv, manifest_path, loop_options, threads, pretrained, image_size, decoded)
     split_sha = sha256_of(split_csv)
-    key = options_key(arch, options, image_size, split_sha, weights_sha)
+    key = options_key(arch, loop_options, image_size, split_sha, weights_sha)
     feature_cache = None
     if feature_cache_dir is not None and weights_sha is not None:
         feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict())}.pt"
@@ -282,11 +271,78 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
         "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
         "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),
-        "options": options, "finetune": __version__, "python": platform.python_version(), **library_versions(),
+        "options": options, "lr_used": lr_used, "lr_from": None if lr_from is None else str(lr_from),
+        "finetune": __version__, "python": platform.python_version(), **library_versions(),
     }
     write_json(out_info, info)
     _cleanup_resume(resume)
     return info
+
+
+def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, threads: int, pretrained: bool,
+                     image_size: int | None, decoded: tuple[Path, Path] | None):
+    """What train and lr_find set up alike: (opts, arch, prep, train/val data, classes, new model, weights sha256)."""
+    from .models import build_target_model
+    from .tensors import Preprocessing
+    from .training import TrainOptions, seed_everything
+
+    opts = TrainOptions.from_dict(options)
+    seed_everything(opts.seed, opts.deterministic)
+    manifest = read_manifest(manifest_path, verify_file=pretrained)
+    if pretrained:
+        source_state, source_classes, weights_sha = load_state_dict(manifest["path"]), manifest["num_classes"], manifest["sha256"]
+    else:
+        source_state, source_classes, weights_sha = None, None, None
+    prep = Preprocessing.from_dict(manifest["preprocessing"], image_size)
+    # With augment, training images are the stored squares: random resized crops draw from the resize size.
+    data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True,
+                                          uncropped=("train",) if opts.augment else ())
+    model = build_target_model(manifest["arch"], len(classes), source_state, source_classes, origin=manifest["path"])
+    return opts, manifest["arch"], prep, data, classes, model, weights_sha
+
+
+def resolve_lr(options: dict, lr_from: Path | None) -> tuple[dict, float]:
+    """(the loop's options with a numeric lr, that lr): ``lr: auto`` takes lr_find's suggestion from ``lr_from``."""
+    if options.get("lr") != "auto":
+        if lr_from is not None:
+            raise ConfigError(f"--lr-from {lr_from} is given, but the options' lr is {options.get('lr')!r}, not auto")
+        return options, options.get("lr")
+    if lr_from is None:
+        raise ConfigError("train.lr is auto: give lr_find's suggestion with --lr-from (the workflow does)")
+    suggestion = read_json(lr_from)
+    if not isinstance(suggestion, dict) or not isinstance(suggestion.get("lr"), (int, float)) or suggestion["lr"] <= 0:
+        raise ConfigError(f"{lr_from} holds no positive 'lr' (is it lr_find's suggestion.json?)")
+    return {**options, "lr": suggestion["lr"]}, suggestion["lr"]
+
+
+def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: Path, out_png: Path, out_json: Path,
+                  threads: int, pretrained: bool = True, image_size: int | None = None,
+                  feature_cache_dir: Path | None = None, decoded: tuple[Path, Path] | None = None,
+                  range_test: dict | None = None, log: Callable = print) -> dict:
+    """The learning-rate range test of one experiment run (rule lr_find): the curve (CSV, PNG) and suggested lr."""
+    from .lrfind import find_lr
+    from .plots import lr_find_plot
+    from .training import options_key
+
+    ensure_writable(out_csv, out_png, out_json)
+    range_test = dict(range_test or {})
+    # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
+    opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
+        split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", 1e-7)}, threads, pretrained, image_size, decoded)
+    feature_cache = None
+    if feature_cache_dir is not None and weights_sha is not None:
+        feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, sha256_of(split_csv), prep.to_dict())}.pt"
+    curve = find_lr(model, data["train"], data["val"], prep, opts, num_classes=len(classes), feature_cache=feature_cache,
+                    log=log, **range_test)
+    with atomic_path(out_csv) as tmp:
+        pd.DataFrame(curve.rows()).to_csv(tmp, index=False)
+    lr_find_plot(curve.lr, curve.loss, curve.smoothed, curve.suggestion, curve.method, out_png)
+    suggestion = {"lr": curve.suggestion, "method": curve.method, "steps": len(curve.loss), "diverged": curve.diverged,
+                  "lr_range": [curve.lr[0], curve.lr[-1]], "options": options, "range_test": range_test,
+                  "arch": arch, "split_sha256": sha256_of(split_csv), "weights_sha256": weights_sha,
+                  "finetune": __version__}
+    write_json(out_json, suggestion)
+    return suggestion
 
 
 def load_checkpoint(path: Path):

@@ -101,7 +101,8 @@ class TrainOptions:
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, not {self.strategy!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, not {self.lr}"),
+            (not isinstance(self.lr, str) and self.lr > 0,
+             f"lr must be > 0, not {self.lr!r}" + (" (lr auto is replaced by lr_find's suggestion first: --lr-from)" if self.lr == "auto" else "")),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
             (self.optimizer != "lbfgs" or self.uses_cached_features,
              "optimizer lbfgs solves the new head on cached backbone features: it needs strategy feature_extract, "

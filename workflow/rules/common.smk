@@ -115,6 +115,7 @@ RULE_MODULES = {
     "pretrain": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
     "weights": [*_STAGES, "models"],
     "train": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
+    "lr_find": [*_STAGES, "configcheck", "lrfind", "models", "plots", "store", "tensors", "training"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
@@ -151,6 +152,28 @@ def loop_options(train_config):
 def train_options(experiment, seed):
     """The training loop's options for one run: `train`, overridden by the experiment, plus the seed."""
     return loop_options(experiment_config(experiment)) | {"seed": int(seed)}
+
+
+# lr_find's suggestion for an experiment run: the lr of its train jobs where the run has `lr: auto`.
+LR_SUGGESTION = "results/lr_find/{experiment}/suggestion.json"
+
+
+def lr_find_options(experiment):
+    """The range test's options: the run's training options (lr auto included), seeded by the first of `seeds`."""
+    return train_options(experiment, SEEDS[0])
+
+
+def lr_is_auto(experiment):
+    return experiment_config(experiment)["lr"] == "auto"
+
+
+def lr_suggestion_input(wildcards):
+    """train's input: lr_find's suggestion, for a run with `lr: auto` only."""
+    return {"lr_suggestion": LR_SUGGESTION.format(experiment=wildcards.experiment)} if lr_is_auto(wildcards.experiment) else {}
+
+
+def lr_from_arg(wildcards, input):
+    return f"--lr-from {input.lr_suggestion}" if lr_is_auto(wildcards.experiment) else ""
 
 
 def uses_gpu(experiment):

@@ -5,6 +5,7 @@
 rule train:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
+        unpack(lr_suggestion_input),
         script=script("train"),
         modules=package_modules("train"),
         split="resources/splits/target.csv",
@@ -26,6 +27,7 @@ rule train:
         # Resume state lives outside the outputs (Snakemake deletes a failed job's outputs).
         resume_dir=lambda w: f"resources/resume/{w.experiment}/seed{w.seed}",
         feature_cache_dir="resources/features",
+        lr_from=lr_from_arg,
     log:
         "results/logs/train/{experiment}/seed{seed}.log",
     benchmark:
@@ -37,7 +39,7 @@ rule train:
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
         "{params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
-        "--options {params.options:q} {params.scratch} {params.image_size} "
+        "--options {params.options:q} {params.scratch} {params.image_size} {params.lr_from} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "
         "--threads {threads} > {log} 2>&1"

@@ -21,13 +21,14 @@ def main():
     parser.add_argument("--feature-cache-dir", type=Path)
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
+    parser.add_argument("--lr-from", type=Path, help="lr: auto takes the lr from this file (rule lr_find's suggestion.json)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
     info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history, args.out_info,
                        threads, pretrained=not args.scratch, image_size=args.image_size, resume_dir=args.resume_dir,
                        feature_cache_dir=args.feature_cache_dir,
-                       decoded=tuple(args.decoded) if args.decoded else None)
+                       decoded=tuple(args.decoded) if args.decoded else None, lr_from=args.lr_from)
     print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
 
 

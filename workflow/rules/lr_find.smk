@@ -1,0 +1,41 @@
+# Learning-rate range test of one experiment run (lr rising exponentially, loss smoothed, stopped on
+# divergence), on train's data path and device. Its suggestion.json is the lr of every train job of a
+# run with `lr: auto`; the rule runs for those runs, or when its outputs are asked for by name.
+
+
+rule lr_find:
+    input:
+        unpack(lambda w: target_decoded(w.experiment)),
+        script=script("lr_find"),
+        modules=package_modules("lr_find"),
+        split="resources/splits/target.csv",
+        manifest=rules.weights.output.manifest,
+        weights=rules.weights.output.weights,
+    output:
+        csv="results/lr_find/{experiment}/lr_find.csv",
+        png="results/lr_find/{experiment}/lr_find.png",
+        suggestion=LR_SUGGESTION,
+    params:
+        python=PYTHON,
+        options=lambda w: as_json(lr_find_options(w.experiment)),
+        scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
+        image_size=lambda w: (
+            f"--image-size {experiment_config(w.experiment)['image_size']}"
+            if experiment_config(w.experiment)["image_size"]
+            else ""
+        ),
+        feature_cache_dir="resources/features",
+    log:
+        "results/logs/lr_find/{experiment}.log",
+    benchmark:
+        "results/benchmarks/lr_find/{experiment}.tsv"
+    threads: config["threads"]["train"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
+    shell:
+        "{params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
+        "--options {params.options:q} {params.scratch} {params.image_size} "
+        "--out-csv {output.csv} --out-png {output.png} --out-suggestion {output.suggestion} "
+        "--feature-cache-dir {params.feature_cache_dir} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,34 @@
+"""Learning-rate range test of one experiment run on train's data path and device (rule `lr_find`)."""
+
+import argparse
+from pathlib import Path
+
+from finetune.cli import json_arg, run, set_torch_threads
+from finetune.stages import lr_find_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--options", type=json_arg, required=True, help="the run's training options (JSON)")
+    parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--out-csv", type=Path, required=True)
+    parser.add_argument("--out-png", type=Path, required=True)
+    parser.add_argument("--out-suggestion", type=Path, required=True)
+    parser.add_argument("--feature-cache-dir", type=Path)
+    parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
+                        help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    threads = set_torch_threads(args.threads)
+    suggestion = lr_find_stage(args.split, args.manifest, args.options, args.out_csv, args.out_png, args.out_suggestion,
+                               threads, pretrained=not args.scratch, image_size=args.image_size,
+                               feature_cache_dir=args.feature_cache_dir,
+                               decoded=tuple(args.decoded) if args.decoded else None)
+    print(f"suggested lr {suggestion['lr']:.3g} ({suggestion['method']}, {suggestion['steps']} steps)")
+
+
+if __name__ == "__main__":
+    run(main)
