@@ -13,7 +13,13 @@ rule lr_find:
         weights=rules.weights.output.weights,
     output:
         csv="results/lr_find/{experiment}/lr_find.csv",
-        png="results/lr_find/{experiment}/lr_find.png",
+        png=report(
+            "results/lr_find/{experiment}/lr_find.png",
+            caption="../report/lr_find.rst",
+            category="3. Learning-rate finder",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "figure": "lr range test"},
+        ),
         suggestion=LR_SUGGESTION,
     params:
         python=PYTHON,
