@@ -229,12 +229,13 @@ def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuild
     with open(npy, "r+b") as handle:
         handle.truncate(npy.stat().st_size // 2)
     target = "results/finetune/seed0/metrics.json"
-    failed = run_snakemake(workdir, workdir / "config.yaml", target, check=False)
+    # The target before --configfile (which takes every word after it as a config file).
+    failed = run_snakemake(workdir, None, target, "--configfile", str(workdir / "config.yaml"), check=False)
     assert failed.returncode != 0
     logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
     assert f"decoded images {npy.relative_to(workdir)} were damaged" in logs and "cut short" in logs  # jobs name it as the rule does
     assert not npy.exists()
-    again = run_snakemake(workdir, workdir / "config.yaml", target)
+    again = run_snakemake(workdir, None, target, "--configfile", str(workdir / "config.yaml"))
     assert "decode" in jobs_run(again.stdout), again.stdout[-3000:]
     second = json.loads(metrics.read_text())
     timing = {"eval_seconds"}

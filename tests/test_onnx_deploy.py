@@ -172,7 +172,7 @@ def test_quantize_and_predict_rules(tiny_run_copy):
     workdir = tiny_run_copy
     n_good = write_images(workdir / "incoming")
     config = tiny_config(workdir, name="deploy.yaml", export={"quantize": True},
-                         predict={"images": "incoming", "experiment": "feature_extract", "model": "int8", "top_k": 2})
+                         predict={"images": "incoming", "experiment": "feature_extract", "seed": 0, "model": "int8", "top_k": 2})
     result = run_snakemake(workdir, config)
     assert sorted(jobs_run(result.stdout)) == ["all", "predict"] + ["quantize_onnx"] * 3, result.stdout[-3000:]
 
