@@ -138,7 +138,7 @@ def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
     damage(npy, info)
-    with pytest.raises(DataError, match=f"{npy}.*{why}.*removed .*run the workflow again"):
+    with pytest.raises(DataError, match=f"{npy}.*{why}.*removed .*snakemake --forcerun {npy}"):
         open_decoded(npy, info, split_csv, (32, 32))
     assert not npy.exists() and not info.exists()
 
@@ -220,8 +220,8 @@ def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_
 @pytest.mark.fashion_mnist
 def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuilds_it(tiny_run_copy):
     """Decoded images cut short after the run (a disk filling up, a copy interrupted): the job that
-    reads them fails naming the file and writes nothing; the next run decodes again and ends with
-    the same metrics as the first."""
+    reads them fails naming the file, removes it and says how to decode it again; that command
+    decodes again and ends with the same metrics as the first run."""
     workdir = tiny_run_copy
     npy = workdir / "resources/decoded/target/native/images.npy"
     metrics = workdir / "results/finetune/seed0/metrics.json"
@@ -235,7 +235,9 @@ def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuild
     logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
     assert f"decoded images {npy.relative_to(workdir)} were damaged" in logs and "cut short" in logs  # jobs name it as the rule does
     assert not npy.exists()
-    again = run_snakemake(workdir, None, target, "--configfile", str(workdir / "config.yaml"))
+    command = f"snakemake --forcerun {npy.relative_to(workdir)}"
+    assert command in logs
+    again = run_snakemake(workdir, None, target, *command.split()[1:], "--configfile", str(workdir / "config.yaml"))
     assert "decode" in jobs_run(again.stdout), again.stdout[-3000:]
     second = json.loads(metrics.read_text())
     timing = {"eval_seconds"}

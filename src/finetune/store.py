@@ -11,7 +11,7 @@ pages would count towards the job's resident memory as the epoch touches them).
 A file written by a killed job never takes the final name (it is written beside it and renamed
 when complete), and :func:`open_decoded` checks the array against its record, so a truncated or
 foreign file is never read as data: a damaged pair (unreadable record or header, wrong shape or
-size) is removed with a message naming it, so the next run of the workflow decodes it again; a pair
+size) is removed with a message naming it and the command that decodes it again; a pair
 that is intact but belongs to another split file or size is refused and left alone. The check
 covers structure and size, not every byte (a full checksum would cost each job a pass over the
 whole file).
@@ -202,8 +202,9 @@ def _remove_damaged(npy: Path, info_json: Path, why: str) -> DataError:
     """Remove a damaged pair (so the workflow's next run decodes it again); the error to raise."""
     for path in (npy, info_json):
         path.unlink(missing_ok=True)
-    return DataError(f"decoded images {npy} were damaged ({why}): removed {npy} and {info_json}; "
-                     "run the workflow again and its decode job writes them anew")
+    return DataError(f"decoded images {npy} were damaged ({why}): removed {npy} and {info_json}; decode them "
+                     f"again with `snakemake --forcerun {npy}` (a plain rerun can take the results made before the "
+                     "damage as up to date and do nothing)")
 
 
 def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
