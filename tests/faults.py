@@ -207,3 +207,19 @@ def silent_server():
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def split_and_weights(root: Path, per_class: int):
+    """A split of 2 x ``per_class`` generated 32-px images (cat, dog) and random-init resnet18 weights with
+    their manifest, under ``root``: SimpleNamespace(split=..., manifest=...)."""
+    from types import SimpleNamespace
+
+    from finetune.weights import write_manifest
+
+    make_images(root / "data", {"cat": per_class, "dog": per_class})
+    split = run_split({"format": "imagefolder", "path": str(root / "data")}, root / "split")
+    assert split.returncode == 0, split.stdout
+    digest = save_state_dict(root / "weights" / "weights.pth", "resnet18", 3)
+    write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
+                   num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
+    return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from faults import PREPROCESSING_32, make_images, run_split, save_state_dict, start_script, train_args
+from faults import PREPROCESSING_32, split_and_weights, start_script, train_args
 from helpers import run_script
 
 pytestmark = [pytest.mark.gpu]
@@ -25,16 +25,7 @@ OPTIONS = {"epochs": 2, "batch_size": 4, "lr": 0.001, "device": "cuda", "seed": 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> SimpleNamespace:
     """A split of 2 x 12 generated 32-px images and random-init resnet18 weights with their manifest."""
-    from finetune.weights import write_manifest
-
-    root = tmp_path_factory.mktemp("inputs")
-    make_images(root / "data", {"cat": 12, "dog": 12})
-    split = run_split({"format": "imagefolder", "path": str(root / "data")}, root / "split")
-    assert split.returncode == 0, split.stdout
-    digest = save_state_dict(root / "weights" / "weights.pth", "resnet18", 3)
-    write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
-                   num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
-    return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
+    return split_and_weights(tmp_path_factory.mktemp("inputs"), 12)
 
 
 def train(inputs, out, options, resume_dir=None):

@@ -22,7 +22,7 @@ from finetune.errors import TrainingError
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions, fit
 
-from faults import PREPROCESSING_32, make_images, run_split, save_state_dict, snapshot, start_script, train_args
+from faults import snapshot, split_and_weights, start_script, train_args
 from helpers import run_script
 
 OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
@@ -32,16 +32,7 @@ FILE_SIZE_LIMIT = 1 << 20  # 1 MiB: far below a resnet18 checkpoint (45 MB)
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> SimpleNamespace:
     """A split of 2 x 6 tiny images (8 train: 2 steps an epoch) and random-init resnet18 weights with their manifest."""
-    from finetune.weights import write_manifest
-
-    root = tmp_path_factory.mktemp("inputs")
-    make_images(root / "data", {"cat": 6, "dog": 6})
-    split = run_split({"format": "imagefolder", "path": str(root / "data")}, root / "split")
-    assert split.returncode == 0, split.stdout
-    digest = save_state_dict(root / "weights" / "weights.pth", "resnet18", 3)
-    write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
-                   num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
-    return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
+    return split_and_weights(tmp_path_factory.mktemp("inputs"), 6)
 
 
 @pytest.fixture(scope="module")
