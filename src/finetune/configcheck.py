@@ -55,6 +55,43 @@ def caches_features(strategy: str, cache_features: bool, augment: bool) -> bool:
     return strategy == "feature_extract" and cache_features and not augment
 
 
+def distributed_problems(options: dict) -> list[str]:
+    """Why one run's training options cannot train in ``devices x nodes`` processes ([] when they can).
+
+    Here (torch-free) so the check at workflow start and ``TrainOptions`` share one rule. ``options``:
+    the run's `train` keys with their defaults.
+    """
+    devices, nodes = options.get("devices", 1), options.get("nodes", 1)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (devices, nodes)):
+        return [f"devices and nodes must be whole numbers >= 1, not {devices!r} and {nodes!r}"]
+    world, batch = devices * nodes, options.get("batch_size")
+    processes = f"{world} processes (devices {devices} x nodes {nodes})"
+    cached = caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),
+                             options.get("augment", False))
+    bn_frozen = options.get("bn", "auto") == "frozen" or (
+        options.get("bn", "auto") == "auto" and options.get("strategy", "finetune") == "feature_extract")
+    sync = options.get("sync_batchnorm", False)
+    checks = [
+        (not isinstance(batch, int) or batch % world == 0,
+         f"batch_size {batch} does not divide among {processes}: each process takes batch_size / (devices x nodes) "
+         f"examples of every batch; use a multiple of {world}"
+         + (f", e.g. {max(world, round(batch / world) * world)}" if isinstance(batch, int) else "")),
+        (world == 1 or not (cached or options.get("optimizer") == "lbfgs"),
+         f"{processes}: strategy {options.get('strategy', 'finetune')} on cached backbone features (and optimizer "
+         "lbfgs) trains the head on small tensors in one process; set devices 1 and nodes 1 (or cache_features "
+         "false, to train on images in several processes)"),
+        (not sync or world > 1,
+         "sync_batchnorm shares BatchNorm statistics among training processes: it needs devices x nodes > 1"),
+        (not sync or not bn_frozen,
+         f"sync_batchnorm needs BatchNorm in training mode, but it is frozen here (bn {options.get('bn', 'auto')}, "
+         f"strategy {options.get('strategy', 'finetune')})"),
+        (not sync or options.get("device", "auto") != "cpu",
+         "sync_batchnorm runs on GPUs only (torch's SyncBatchNorm): with device cpu each process normalises over "
+         "its own part of the batch; set sync_batchnorm false, or bn frozen"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 def _key_path(path) -> str:
     return ".".join(str(p) for p in path)
 
@@ -112,6 +149,9 @@ def _number_text_hint(value, types) -> str:
 _NOT_PRETRAIN_OPTIONS = {
     "pretrained": "pretraining always starts from random weights; remove it",
     "image_size": "pretraining trains at pretrain.image_size; set that instead",
+    "devices": "pretraining runs in one process (several processes train the experiments: set devices there)",
+    "nodes": "pretraining runs in one process (several processes train the experiments: set nodes there)",
+    "sync_batchnorm": "pretraining runs in one process; sync_batchnorm is for experiments with devices x nodes > 1",
 }
 
 
@@ -146,7 +186,7 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
     return problems
 
 
-def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
+def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
     from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
 
@@ -176,6 +216,7 @@ def _semantic_problems(config: dict, default_experiments: dict) -> list[str]:
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
     for name, overrides in runs.items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
+        problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
         if options.get("optimizer") != "lbfgs":
             continue
         if not caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),
@@ -216,7 +257,9 @@ def config_problems(config: dict, schema_file: str | Path) -> list[str]:
             if line not in problems:
                 problems.append(line)
     if not problems:
-        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"])
+        train_defaults = {key: rule["default"] for key, rule in schema["$defs"]["train"]["properties"].items()
+                          if isinstance(rule, dict) and "default" in rule}
+        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], train_defaults)
     return problems
 
 

@@ -228,13 +228,17 @@ def _cleanup_resume(resume: Path | None) -> None:
 def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
                 out_info: Path, threads: int, pretrained: bool = True, image_size: int | None = None,
                 resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print,
-                decoded: tuple[Path, Path] | None = None, lr_from: Path | None = None) -> dict:
+                decoded: tuple[Path, Path] | None = None, lr_from: Path | None = None, ranks=None) -> dict:
     """Steps 2-4 of the recipe. ``pretrained=False`` is the control: the same architecture and
     preprocessing as the weights, randomly initialised. With ``lr: auto`` in ``options``, ``lr_from``
-    (rule lr_find's suggestion.json) gives the learning rate."""
+    (rule lr_find's suggestion.json) gives the learning rate. ``ranks``: this process's place among
+    several training processes (:func:`finetune.distributed.start`); only rank 0 writes the outputs."""
     import torch
 
+    from .distributed import SINGLE
     from .training import fit, options_key
+
+    ranks = ranks or SINGLE
 
     ensure_writable(out_checkpoint, out_history, out_info)
     loop_options, lr_used = resolve_lr(options, lr_from)
@@ -248,8 +252,10 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     resume = _resume_file(resume_dir, key)
     fit_started_at = time.time()
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
-                 resume_path=resume, feature_cache=feature_cache, log=log)
+                 resume_path=resume, feature_cache=feature_cache, log=log if ranks.main else _quiet, ranks=ranks)
     fit_window = [round(fit_started_at, 3), round(time.time(), 3)]
+    if not ranks.main:
+        return {}
     if result.compile_seconds is not None:
         log(f"torch.compile (train.compile {opts.compile}): the first training step took {result.compile_seconds:.1f} s, "
             "compilation included (counted in train_seconds)")
@@ -269,7 +275,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "cached_features": result.used_cached_features,
         "compile_seconds": None if result.compile_seconds is None else round(result.compile_seconds, 2),
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
-        "seed": opts.seed, "threads": threads, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
+        "seed": opts.seed, "threads": threads, "processes": ranks.world, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
         "weights_sha256": weights_sha, "split_sha256": split_sha, "preprocessing": prep.to_dict(),
         "options": options, "lr_used": lr_used, "lr_from": None if lr_from is None else str(lr_from),
         "finetune": __version__, "python": platform.python_version(), **library_versions(),
@@ -277,6 +283,10 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     write_json(out_info, info)
     _cleanup_resume(resume)
     return info
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: their lines would repeat rank 0's."""
 
 
 def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, threads: int, pretrained: bool,

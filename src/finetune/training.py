@@ -39,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configcheck import caches_features
+from . import distributed
+from .configcheck import caches_features, distributed_problems
+from .distributed import SINGLE, Ranks
 from .errors import ConfigError, StopRequested, TrainingError
 from .fileio import torch_save
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
@@ -85,6 +87,9 @@ class TrainOptions:
     amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
     channels_last: bool = False
     compile: str = "off"                # off | default | reduce-overhead: torch.compile the training forward
+    devices: int = 1                    # training processes per node: GPUs, or CPU processes with device cpu
+    nodes: int = 1                      # nodes of one training (Slurm); devices x nodes processes share each batch
+    sync_batchnorm: bool = False        # several CUDA processes: BatchNorm statistics over the global batch
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainOptions":
@@ -116,10 +121,14 @@ class TrainOptions:
             (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
+            *self._distributed_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"train: {message}")
+
+    def _distributed_checks(self) -> list[tuple[bool, str]]:
+        return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]
 
     @property
     def bn_frozen(self) -> bool:
@@ -195,7 +204,8 @@ AUGMENT_SCALE = (0.35, 1.0)    # share of the image's area a random crop covers
 AUGMENT_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height), drawn log-uniformly
 
 
-def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
+                  part_of: tuple[int, int] | None = None) -> torch.Tensor:
     """Random resized crop to ``size`` x ``size`` and horizontal flip of every image of a batch, at once.
 
     ``x``: (N, 3, H, W), uint8 or float, on any device (the stored squares at the resize size, or
@@ -205,9 +215,14 @@ def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None 
     exactly as ``torch.nn.functional.interpolate`` resizes the cropped region; one ``grid_sample``
     does the whole batch. Every random number comes from ``generator`` (a CPU generator; None:
     torch's global one), so a run is the same on any device.
+
+    ``part_of=(offset, total)``: ``x`` is images ``offset ...`` of a batch of ``total`` (one training
+    process's share): the random numbers of the whole batch are drawn and ``x`` gets its images' share,
+    so every process draws alike and the batch is augmented as one process would augment it.
     """
     n, _, h, w = x.shape
-    top, left, height, width, flip = _crop_boxes(n, h, w, generator)
+    offset, total = part_of if part_of is not None else (0, n)
+    top, left, height, width, flip = (t[offset:offset + n] for t in _crop_boxes(total, h, w, generator))
     columns = _source_coordinates(left, width, size, w)
     columns = torch.where(flip[:, None], columns.flip(1), columns)
     rows = _source_coordinates(top, height, size, h)
@@ -250,6 +265,7 @@ class _SignalGuard:
 
     def __init__(self):
         self.signum = None
+        self.agreed = False  # several processes: some rank was asked to stop (seen at a divergence check)
         self._previous = {}
 
     def __enter__(self):
@@ -263,6 +279,10 @@ class _SignalGuard:
     def check(self, where: Callable[[], str]):
         if self.signum is not None:
             raise StopRequested(f"{signal.Signals(self.signum).name} {where()}")
+
+    def stop_now(self, where: Callable[[], str]):
+        name = signal.Signals(self.signum).name if self.signum is not None else "a signal to another training process"
+        raise StopRequested(f"{name} {where()}")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -288,9 +308,13 @@ class FitResult:
 
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
         num_classes: int, threads: int = 1, resume_path: Path | None = None, feature_cache: Path | None = None,
-        log: Callable[[str], None] = print) -> FitResult:
-    """Train ``model`` (output layer already sized to ``num_classes``) and return its best state."""
-    setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log)
+        log: Callable[[str], None] = print, ranks: Ranks = SINGLE) -> FitResult:
+    """Train ``model`` (output layer already sized to ``num_classes``) and return its best state.
+
+    ``ranks``: this process's place among several training processes (:mod:`finetune.distributed`);
+    only rank 0 writes the resume state.
+    """
+    setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log, ranks)
     progress = _restore_progress(setup, resume_path, log)
     if progress is None:
         progress = _fresh_progress(setup)
@@ -309,7 +333,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             progress.history.append(row)
             _log_epoch(row, opts.epochs, log)
             _track_best(progress, setup.trained, row, opts)
-            if resume_path is not None:
+            if resume_path is not None and ranks.main:
                 _save_resume(resume_path, _resume_state(setup, progress, epoch))
             if _stops_early(opts, progress, log):
                 stopped_early = True
@@ -339,6 +363,18 @@ class _Losses:
     train: nn.Module                        # class weights ('loss') and label smoothing apply here
     eval: nn.Module                         # plain cross-entropy: validation loss comparable across options
     sampling_weights: torch.Tensor | None   # 'sampler': per-example weights of the epoch's draw
+    train_sum: nn.Module | None = None      # several processes: ``train`` summed, not averaged (see _train_step)
+    example_weights: torch.Tensor | None = None  # 'loss': each class's weight (CPU), for a global batch's mean
+
+
+@dataclass(frozen=True)
+class _Share:
+    """One training process's part of a global batch: where it starts, the batch's size, and the sum of the
+    batch's loss weights (its size, or with class_weighting 'loss' its examples' class weights)."""
+
+    offset: int
+    total: int
+    normalizer: float
 
 
 @dataclass(frozen=True)
@@ -387,7 +423,9 @@ class _Setup:
     shuffle: torch.Generator                # the epochs' order (or the sampler's draw)
     augment: torch.Generator                # every random number of the augmentation
     normalization: tuple[torch.Tensor, torch.Tensor]  # mean and std on the device, made once
+    ranks: Ranks = SINGLE                   # several processes: this one's rank (finetune.distributed)
     compile_seconds: float | None = None    # set by the first training step when train.compile is on
+    ddp_trainable: tuple | None = None      # several processes: the parameters the DDP wrapper was built for
 
     @property
     def lbfgs(self) -> bool:
@@ -395,8 +433,11 @@ class _Setup:
 
 
 def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, num_classes: int,
-            feature_cache: Path | None, log: Callable[[str], None]) -> _Setup:
-    place = _placement(opts)
+            feature_cache: Path | None, log: Callable[[str], None], ranks: Ranks = SINGLE) -> _Setup:
+    place = _placement(opts, ranks)
+    _check_last_batch(len(train.labels), opts, ranks)
+    if opts.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(place.device)
     if place.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -414,8 +455,18 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         val_labels=val.labels, steps=_steps(len(train.labels), opts),
         shuffle=torch.Generator().manual_seed(opts.seed),
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
-        normalization=normalization_constants(prep, place.device),
+        normalization=normalization_constants(prep, place.device), ranks=ranks,
     )
+
+
+def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
+    """Several processes: every process needs an example of every batch, the epoch's last one included."""
+    last = n_train % opts.batch_size or opts.batch_size
+    if ranks.active and last < ranks.world:
+        raise ConfigError(
+            f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
+            f"{opts.batch_size}), fewer than the {ranks.world} training processes (devices {opts.devices} x nodes "
+            f"{opts.nodes}): choose a batch_size that leaves at least {ranks.world} (or none) for the last batch")
 
 
 def augmentation_seed(seed: int) -> int:
@@ -423,8 +474,13 @@ def augmentation_seed(seed: int) -> int:
     return int(options_key("augment", seed), 16)
 
 
-def _placement(opts: TrainOptions) -> _Placement:
+def _placement(opts: TrainOptions, ranks: Ranks = SINGLE) -> _Placement:
     device = choose_device(opts.device)
+    if opts.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("train: sync_batchnorm runs on GPUs only (torch's SyncBatchNorm), and this run trains on "
+                          f"{device} (device {opts.device}): set sync_batchnorm false or use bn frozen")
+    if ranks.active and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)  # one GPU per process
     return _Placement(device=device, amp=opts.amp != "off" and device.type == "cuda",
                       amp_dtype=torch.bfloat16 if opts.amp == "bf16" else torch.float16,
                       channels_last=opts.channels_last and device.type == "cuda")
@@ -472,7 +528,9 @@ def _make_losses(labels: torch.Tensor, num_classes: int, opts: TrainOptions, dev
     weights = class_weights(labels, num_classes).to(device) if opts.class_weighting == "loss" else None
     sampling = class_weights(labels, num_classes)[labels] if opts.class_weighting == "sampler" else None
     return _Losses(train=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing),
-                   eval=nn.CrossEntropyLoss(), sampling_weights=sampling)
+                   eval=nn.CrossEntropyLoss(), sampling_weights=sampling,
+                   train_sum=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing, reduction="sum"),
+                   example_weights=None if weights is None else weights.cpu())
 
 
 def _prepare_inputs(model: nn.Module, head: nn.Module, train: Data, val: Data, prep: Preprocessing,
@@ -525,7 +583,29 @@ def _prepare_epoch(setup: _Setup, epoch: int) -> tuple[int, int]:
         module.eval()
     if opts.bn_frozen:
         set_batchnorm_eval(model)
+    _distributed_forward(setup)
     return counts
+
+
+def _distributed_forward(setup: _Setup) -> None:
+    """Several processes: wrap the model in DistributedDataParallel for the parameters this epoch trains.
+
+    DDP averages the gradients of the parameters that required them when it was built, so the wrapper
+    is built again whenever that set changes (``gradual`` unfreezing); every rank does it in the same epoch.
+    """
+    if not setup.ranks.active:
+        return
+    trainable = tuple(name for name, p in setup.model.named_parameters() if p.requires_grad)
+    if trainable == setup.ddp_trainable:
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [setup.place.device.index] if setup.place.device.type == "cuda" else None
+    setup.inputs = dataclasses.replace(setup.inputs, train_forward=None)  # the previous wrapper goes first
+    wrapped = DistributedDataParallel(setup.model, device_ids=device_ids)
+    forward = wrapped if setup.opts.compile == "off" else torch.compile(wrapped, mode=setup.opts.compile)
+    setup.inputs = dataclasses.replace(setup.inputs, train_forward=forward)
+    setup.ddp_trainable = trainable
 
 
 def _apply_freezing(model: nn.Module, groups: list[dict], opts: TrainOptions, epoch: int,
@@ -558,67 +638,77 @@ def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: l
     """
     order = _epoch_order(setup)
     started = time.perf_counter()
-    sums = _EpochSums.on(setup.place.device)
-    divergence = _DivergenceCheck(setup.opts, epoch, history, resume_path)
-    for step_in_epoch, (x, y) in enumerate(_read_batches(setup, order)):
-        _stop_if_requested(guard, divergence, epoch, step_in_epoch, history, resume_path)
+    sums = _EpochSums.on(setup.place.device, setup.ranks)
+    divergence = _DivergenceCheck(setup.opts, epoch, history, resume_path, setup.ranks, guard)
+    for step_in_epoch, (x, y, share) in enumerate(_read_batches(setup, order)):
+        _stop_if_requested(setup, guard, divergence, epoch, step_in_epoch, history, resume_path)
         if setup.opts.compile != "off" and setup.compile_seconds is None:
-            _first_compiled_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+            _first_compiled_step(setup, epoch, step_in_epoch, x, y, share, sums, divergence)
         else:
-            _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+            _one_step(setup, epoch, step_in_epoch, x, y, share, sums, divergence)
         _show_progress(f"\r  epoch {epoch + 1} {sums.seen}/{len(order)}")
     divergence.check()
     _show_progress("\r")
     return sums.metrics(time.perf_counter() - started)
 
 
-def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
+def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor, share: "_Share | None",
               sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
     """Train on one batch as read (:func:`_read_batches`); the loss and accuracy stay on the device."""
     _set_learning_rates(setup, epoch * setup.steps.per_epoch + step_in_epoch)
-    x, y = _training_batch(setup, x, y)
+    x, y = _training_batch(setup, x, y, share)
     try:
-        logits, loss = _train_step(setup, x, y)
+        logits, loss = _train_step(setup, x, y, share)
     except torch.OutOfMemoryError as exc:
         divergence.check()  # a loss that went non-finite before is the first thing that went wrong
         where = f"training (epoch {epoch + 1}, step {step_in_epoch + 1})"
         raise _out_of_memory(setup.place.device, setup.opts, where) from exc
-    sums.add(logits, loss, y)
+    sums.add(logits, loss, y, share)
     divergence.add(loss)
 
 
 def _first_compiled_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
-                         sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+                         share: "_Share | None", sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
     """The first step with train.compile on, timed to the end of its device work: torch.compile compiles there.
 
     Its time (``FitResult.compile_seconds``, in train_info.json and the log) counts in the epoch's and the job's.
     """
     started = time.perf_counter()
-    _one_step(setup, epoch, step_in_epoch, x, y, sums, divergence)
+    _one_step(setup, epoch, step_in_epoch, x, y, share, sums, divergence)
     if setup.place.device.type == "cuda":
         torch.cuda.synchronize(setup.place.device)
     setup.compile_seconds = time.perf_counter() - started
 
 
 class _EpochSums:
-    """The epoch's running loss and correct predictions, kept on the device (read once, at its end)."""
+    """The epoch's running loss and correct predictions, kept on the device (read once, at its end).
 
-    def __init__(self, loss_sum: torch.Tensor, correct: torch.Tensor):
-        self.loss_sum, self.correct, self.seen = loss_sum, correct, 0
+    Several processes: each sums its own examples (the loss as its share of the global batch's mean
+    times the batch's size); :meth:`metrics` adds the ranks' sums up, so every rank reports the epoch's.
+    """
+
+    def __init__(self, loss_sum: torch.Tensor, correct: torch.Tensor, ranks: Ranks = SINGLE):
+        self.loss_sum, self.correct, self.seen, self.ranks = loss_sum, correct, 0, ranks
 
     @classmethod
-    def on(cls, device: torch.device) -> "_EpochSums":
-        return cls(torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+    def on(cls, device: torch.device, ranks: Ranks = SINGLE) -> "_EpochSums":
+        return cls(torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.int64, device=device),
+                   ranks)
 
-    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor, share: "_Share | None" = None) -> None:
         self.seen += len(y)
-        self.loss_sum += loss.detach().double() * len(y)
+        weight = len(y) if share is None else share.total / self.ranks.world
+        self.loss_sum += loss.detach().double() * weight
         self.correct += (logits.detach().argmax(1) == y).sum()
 
     def metrics(self, seconds: float) -> dict:
-        seen = max(1, self.seen)
-        return {"train_loss": self.loss_sum.item() / seen, "train_accuracy": self.correct.item() / seen,
-                "img_per_s": self.seen / max(seconds, 1e-9)}
+        loss_sum, correct, seen = self.loss_sum.item(), self.correct.item(), self.seen
+        if self.ranks.active:
+            totals = distributed.all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), self.ranks,
+                                         control=True)
+            loss_sum, correct, seen = totals[0].item(), int(totals[1].item()), int(totals[2].item())
+        return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+                "img_per_s": seen / max(seconds, 1e-9)}
 
 
 class _DivergenceCheck:
@@ -628,8 +718,10 @@ class _DivergenceCheck:
     ends, so the steps after a bad one never reach the resume state or the best epoch's copy.
     """
 
-    def __init__(self, opts: TrainOptions, epoch: int, history: list, resume_path: Path | None):
+    def __init__(self, opts: TrainOptions, epoch: int, history: list, resume_path: Path | None,
+                 ranks: Ranks = SINGLE, guard: "_SignalGuard | None" = None):
         self.opts, self.epoch, self.history, self.resume_path = opts, epoch, history, resume_path
+        self.ranks, self.guard = ranks, guard
         self.losses: list[torch.Tensor] = []
         self.first_step = 0  # 0-based step of the epoch of losses[0]
 
@@ -639,9 +731,13 @@ class _DivergenceCheck:
             self.check()
 
     def check(self) -> None:
-        if not self.losses:
+        """Several processes: every rank calls it at the same steps; the ranks' losses are added up (a
+        non-finite one on any rank stops all at the same step) and so are their stop requests."""
+        if not self.losses and not self.ranks.active:
             return
-        losses = torch.stack(self.losses).cpu()  # the one wait for the device per interval
+        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)  # the one wait per interval
+        if self.ranks.active:
+            losses = self._agree(losses)
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -649,10 +745,28 @@ class _DivergenceCheck:
         self.first_step += len(self.losses)
         self.losses = []
 
+    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
+        """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop."""
+        asked = self.guard is not None and self.guard.signum is not None
+        flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0], dtype=torch.float64)])
+        distributed.all_sum(flags, self.ranks, control=True)
+        if self.guard is not None and flags[-1].item() > 0:
+            self.guard.agreed = True
+        return flags[:-1]
 
-def _stop_if_requested(guard: "_SignalGuard", divergence: _DivergenceCheck, epoch: int, step_in_epoch: int,
-                       history: list, resume_path: Path | None) -> None:
-    """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first."""
+
+def _stop_if_requested(setup: _Setup, guard: "_SignalGuard", divergence: _DivergenceCheck, epoch: int,
+                       step_in_epoch: int, history: list, resume_path: Path | None) -> None:
+    """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first.
+
+    Several processes stop together: a signal to any rank is seen by all at the next divergence check
+    (within ``DIVERGENCE_CHECK_STEPS`` steps, or the epoch's end), and every rank stops there.
+    """
+    if setup.ranks.active:
+        if guard.agreed:
+            guard.stop_now(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1} (all {setup.ranks.world} "
+                                   f"processes): {_saved_state(resume_path, history)}")
+        return
     if guard.signum is not None:
         divergence.check()
     guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
@@ -675,27 +789,37 @@ def _set_learning_rates(setup: _Setup, step: int) -> None:
 
 
 def _read_batches(setup: _Setup, order: torch.Tensor):
-    """``(inputs, labels)`` of each step of the epoch, as stored (uint8 images or features), in order.
+    """``(inputs, labels, share)`` of each step of the epoch, as stored (uint8 images or features), in order.
 
     Images streamed from a decoded file (:class:`StoredImages`) are read ahead in a background thread,
     into page-locked memory where they go to a GPU, so the device does not wait for the disk. Labels
     travel with their batch (pinned too). Images already on the GPU are indexed there, with the labels.
+    Several processes: each reads only its own part of every global batch (:func:`distributed.shard`),
+    described by ``share`` (:class:`_Share`; None for one process).
     """
-    inputs, labels, device = setup.inputs.train, setup.train_labels, setup.place.device
+    inputs, labels, device, ranks = setup.inputs.train, setup.train_labels, setup.place.device, setup.ranks
+    weights = setup.losses.example_weights
     on_gpu = isinstance(inputs, torch.Tensor) and inputs.is_cuda
     if on_gpu:
         order, labels = order.to(device), labels.to(device)
     pin = device.type == "cuda" and not on_gpu
 
-    def read(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Share | None]:
+        share = None
+        if ranks.active:
+            part = distributed.shard(index, ranks)
+            offset = int(distributed.shard(torch.arange(len(index)), ranks)[0])
+            normalizer = float(len(index)) if weights is None else float(weights[labels[index].cpu()].sum())
+            share, index = _Share(offset=offset, total=len(index), normalizer=normalizer), part
         x, y = inputs[index], labels[index]
-        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+        return (x.pin_memory(), y.pin_memory(), share) if pin else (x, y, share)
 
     batches = (read(index) for index in order.split(setup.steps.batch_size))
     return prefetch(batches, depth=PREFETCH_BATCHES) if isinstance(inputs, StoredImages) else batches
 
 
-def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
+                    share: _Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and labels of one step, on the device: features, or (augmented) normalised images."""
     device = setup.place.device
     y = y.to(device, non_blocking=True)
@@ -705,18 +829,24 @@ def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[to
         x = x.pin_memory()  # page-locked, so the copy below can overlap compute
     x = x.to(device, non_blocking=True)
     if setup.opts.augment:  # on the device: crops of the stored squares, resized to the crop size
-        x = augment_batch(x, setup.prep.crop_size, setup.augment)
+        x = augment_batch(x, setup.prep.crop_size, setup.augment,
+                          part_of=None if share is None else (share.offset, share.total))
     x = normalize(x, setup.prep, setup.normalization)
     if setup.place.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
 
 
-def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
+                share: _Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and loss of the batch, then one optimizer step.
 
     The step runs whatever the loss (asking would wait for the device): a non-finite loss stops the
     epoch at the next divergence check, before any state is saved; fp16's GradScaler skips it anyway.
+
+    Several processes (``share``): each rank's loss is its examples' summed loss times world size over
+    the global batch's normaliser, so DDP's average of the ranks' gradients is the gradient of the
+    global batch's mean loss, exactly as one process computes it, whatever the parts' sizes.
     """
     if setup.lbfgs:
         return _lbfgs_step(setup.optimizer, setup.head, setup.decayed, setup.losses.train, x, y,
@@ -724,7 +854,10 @@ def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     place = setup.place
     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp):
         logits = setup.inputs.train_forward(x)
-        loss = setup.losses.train(logits.float(), y)
+        if share is None:
+            loss = setup.losses.train(logits.float(), y)
+        else:
+            loss = setup.losses.train_sum(logits.float(), y) * (setup.ranks.world / share.normalizer)
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss).backward()
     setup.scaler.step(setup.optimizer)
@@ -752,9 +885,14 @@ def _show_progress(text: str) -> None:
 # --------------------------------------------------------------------------- validation, the epoch's row
 
 def evaluate(setup: _Setup, epoch: int) -> tuple[float, float]:
-    """Validation loss (plain cross-entropy) and accuracy of the model as it is now, in eval mode."""
+    """Validation loss (plain cross-entropy) and accuracy of the model as it is now, in eval mode.
+
+    Several processes: each scores its own part of the split, and the sums are added up.
+    """
     setup.model.eval()
     try:
+        if setup.ranks.active:
+            return _evaluate_shared(setup)
         logits = setup.inputs.eval_forward(setup.inputs.val)
         loss = setup.losses.eval(logits, setup.val_labels).item()
         accuracy = (logits.argmax(1) == setup.val_labels).float().mean().item()
@@ -762,6 +900,22 @@ def evaluate(setup: _Setup, epoch: int) -> tuple[float, float]:
         raise _out_of_memory(setup.place.device, setup.opts,
                              f"evaluating the validation split (epoch {epoch + 1})") from exc
     return loss, accuracy
+
+
+def _evaluate_shared(setup: _Setup) -> tuple[float, float]:
+    n = len(setup.val_labels)
+    start, stop = distributed.shard_bounds(n, setup.ranks)
+    images = setup.inputs.val
+    part = StoredImages(images.store, images.rows[start:stop], images.crop) if isinstance(images, StoredImages) \
+        else images[start:stop]
+    labels = setup.val_labels[start:stop]
+    logits = setup.inputs.eval_forward(part) if stop > start else torch.zeros(0, 1)
+    sums = torch.zeros(2, dtype=torch.float64)
+    if stop > start:
+        sums[0] = nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] = (logits.argmax(1) == labels).sum().double()
+    distributed.all_sum(sums, setup.ranks, control=True)
+    return sums[0].item() / n, sums[1].item() / n
 
 
 def _epoch_row(setup: _Setup, epoch: int, train_metrics: dict, val_loss: float, val_accuracy: float,

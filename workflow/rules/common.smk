@@ -112,10 +112,10 @@ _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]
 RULE_MODULES = {
     "split": _STAGES,
     "decode": [*_STAGES, "store"],
-    "pretrain": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
+    "pretrain": [*_STAGES, "configcheck", "distributed", "models", "store", "tensors", "training"],
     "weights": [*_STAGES, "models"],
-    "train": [*_STAGES, "configcheck", "models", "store", "tensors", "training"],
-    "lr_find": [*_STAGES, "configcheck", "lrfind", "models", "plots", "store", "tensors", "training"],
+    "train": [*_STAGES, "configcheck", "distributed", "models", "store", "tensors", "training"],
+    "lr_find": [*_STAGES, "configcheck", "distributed", "lrfind", "models", "plots", "store", "tensors", "training"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
@@ -178,6 +178,14 @@ def lr_from_arg(wildcards, input):
 
 def uses_gpu(experiment):
     return experiment_config(experiment)["device"] == "cuda"
+
+
+def train_launcher(experiment):
+    """How rule train starts its script: one Python process, or devices x nodes through finetune.launch (torchrun)."""
+    cfg = experiment_config(experiment)
+    if cfg["devices"] * cfg["nodes"] == 1:
+        return str(PYTHON)
+    return f"{PYTHON} -m finetune.launch --devices {cfg['devices']} --nodes {cfg['nodes']} --"
 
 
 def dataset_config(dataset):

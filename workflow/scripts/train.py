@@ -1,8 +1,10 @@
 """Fine-tune: copy the source model, put a new output layer for the target classes, train (rule `train`)."""
 
 import argparse
+import os
 from pathlib import Path
 
+from finetune import distributed
 from finetune.cli import json_arg, run, set_torch_threads
 from finetune.stages import train_stage
 
@@ -24,12 +26,18 @@ def main():
     parser.add_argument("--lr-from", type=Path, help="lr: auto takes the lr from this file (rule lr_find's suggestion.json)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    threads = set_torch_threads(args.threads)
-    info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history, args.out_info,
-                       threads, pretrained=not args.scratch, image_size=args.image_size, resume_dir=args.resume_dir,
-                       feature_cache_dir=args.feature_cache_dir,
-                       decoded=tuple(args.decoded) if args.decoded else None, lr_from=args.lr_from)
-    print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
+    # Several training processes on a node (torchrun) share the job's threads.
+    threads = set_torch_threads(distributed.ddp_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    ranks = distributed.start(args.options)
+    try:
+        info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history,
+                           args.out_info, threads, pretrained=not args.scratch, image_size=args.image_size,
+                           resume_dir=args.resume_dir, feature_cache_dir=args.feature_cache_dir,
+                           decoded=tuple(args.decoded) if args.decoded else None, lr_from=args.lr_from, ranks=ranks)
+    finally:
+        distributed.stop(ranks)
+    if ranks.main:
+        print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
 
 
 if __name__ == "__main__":

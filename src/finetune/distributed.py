@@ -1,0 +1,121 @@
+"""One model trained by several processes: ``torch.distributed`` data parallelism, as ``torchrun`` starts it.
+
+``train.devices`` processes per node (GPUs, or CPU processes with ``device: cpu``) times ``train.nodes``
+nodes. Every process holds the whole model and reads its own share of each global batch of
+``batch_size`` examples from the decoded split (:func:`shard`); DistributedDataParallel averages the
+gradients, and the losses are scaled so that the average is the global batch's (see
+``training._train_step``). Every process draws the same epoch order and the same augmentation numbers
+(the generators are seeded alike), so a run does not depend on how many processes share it, up to
+float rounding. Rank 0 writes the checkpoint, history and resume state; every rank reads the resume state.
+
+A single process (``devices`` and ``nodes`` 1) never touches ``torch.distributed``: :data:`SINGLE`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from .errors import ConfigError
+
+# How long a collective waits for a rank that stopped answering before it fails (the job then fails,
+# and torchrun names the rank that died first).
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    control: object = None  # a gloo process group for the host-side agreement (stop, divergence)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Ranks()
+
+
+def start(options: dict, log=print) -> Ranks:
+    """Join the process group torchrun set up (RANK, WORLD_SIZE, LOCAL_RANK); :data:`SINGLE` for one process.
+
+    ``options``: the run's training options (``devices``, ``nodes``, ``device``, ``batch_size``). Refuses
+    a world size other than the one they ask for: a job started by hand without torchrun, or a launcher
+    that gave another number of processes, would otherwise train another run quietly.
+    """
+    devices, nodes = options.get("devices", 1), options.get("nodes", 1)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (devices, nodes)):
+        raise ConfigError(f"train: devices and nodes must be whole numbers >= 1, not {devices!r} and {nodes!r}")
+    expected = devices * nodes
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != expected:
+        raise ConfigError(
+            f"train.devices {devices} x train.nodes {nodes} asks for {expected} training process(es), "
+            f"but this one was started as one of {world} (WORLD_SIZE): start it with the workflow's train rule, "
+            f"which launches them (python -m finetune.launch)")
+    if expected == 1:
+        return SINGLE
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = options.get("device", "auto")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if cuda else dist.group.WORLD
+    ranks = Ranks(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, control=control)
+    if ranks.main:
+        batch = options.get("batch_size")
+        per_process = batch // ranks.world if isinstance(batch, int) else "batch_size / processes"
+        log(f"distributed training: {ranks.world} processes ({devices} per node x {nodes} node(s)), "
+            f"backend {'nccl' if cuda else 'gloo'}, {per_process} examples of each global batch per process")
+    return ranks
+
+
+def stop(ranks: Ranks) -> None:
+    if ranks.active:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def shard(index: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """This rank's contiguous part of a global batch: sizes differ by one at most, the first ranks get the extra."""
+    if not ranks.active:
+        return index
+    base, extra = divmod(len(index), ranks.world)
+    start = ranks.rank * base + min(ranks.rank, extra)
+    return index[start:start + base + (1 if ranks.rank < extra else 0)]
+
+
+def shard_bounds(n: int, ranks: Ranks) -> tuple[int, int]:
+    """[start, stop) of this rank's part of ``n`` examples, as :func:`shard` cuts them."""
+    part = shard(torch.arange(n), ranks)
+    return (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+
+
+def all_sum(tensor: torch.Tensor, ranks: Ranks, control: bool = False) -> torch.Tensor:
+    """``tensor`` summed over the ranks (in place; returned). ``control``: over the host-side gloo group."""
+    if ranks.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=ranks.control if control else None)
+    return tensor
+
+
+def ddp_threads(threads: int, local_world: int) -> int:
+    """CPU threads per process when ``local_world`` processes share a job's ``threads``."""
+    return max(1, threads // max(1, local_world))

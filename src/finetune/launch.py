@@ -1,0 +1,71 @@
+"""Start a training script as several processes: torchrun on one node, srun + torchrun on several (rule `train`).
+
+    python -m finetune.launch --devices D --nodes N -- SCRIPT [ARGS...]
+
+- ``D x N == 1``: SCRIPT runs as it is, in this process (no torch.distributed).
+- one node: ``torchrun --standalone --nproc-per-node D`` (a free local port, no restarts: a failed
+  process fails the job, and Snakemake or Slurm's retry resumes it from its resume state).
+- ``N`` nodes, inside a Slurm allocation of ``N`` nodes (the profile's ``set-resources`` for `train`,
+  README "Several GPUs and nodes"): ``srun`` starts one torchrun per node, which meet at the first
+  node of the allocation (c10d rendezvous, id = the Slurm job id) and start ``D`` processes each.
+
+When one process fails, torchrun stops the others and ends with a summary naming the first rank that
+failed, its exit code or signal; the job's log has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+class LaunchError(Exception):
+    pass
+
+
+def command(python: str, devices: int, nodes: int, script_args: list[str], env: dict) -> list[str]:
+    """The command that starts ``devices x nodes`` processes of ``script_args`` (a script and its arguments)."""
+    if devices < 1 or nodes < 1:
+        raise LaunchError(f"train.devices and train.nodes must be >= 1, not {devices} and {nodes}")
+    if devices * nodes == 1:
+        return [python, *script_args]
+    torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={devices}", "--max-restarts=0"]
+    if nodes == 1:
+        return [*torchrun, "--standalone", "--nnodes=1", *script_args]
+    job, allocated = env.get("SLURM_JOB_ID"), env.get("SLURM_JOB_NUM_NODES")
+    if not job or allocated != str(nodes):
+        where = f"a Slurm job of {allocated} node(s)" if job else "no Slurm job"
+        raise LaunchError(
+            f"train.nodes {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
+            f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
+            "\"Several GPUs and nodes\"), or set train.nodes 1")
+    head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], check=True,
+                          capture_output=True, text=True).stdout.split()[0]
+    port = 20000 + int(job) % 20000  # one port per job: two jobs sharing a node do not meet
+    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torchrun,
+            f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={job}",
+            *script_args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1, help="processes per node (train.devices)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (train.nodes)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
+    args = parser.parse_args(argv)
+    script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    if not script_args:
+        parser.error("give the script to start after --")
+    try:
+        cmd = command(sys.executable, args.devices, args.nodes, script_args, dict(os.environ))
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(f"launch: {' '.join(cmd)}", flush=True)
+    os.execvp(cmd[0], cmd)  # torchrun (or srun) takes this process's place: signals reach it directly
+
+
+if __name__ == "__main__":
+    main()

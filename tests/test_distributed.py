@@ -1,0 +1,180 @@
+"""One model trained by two processes (torch.distributed, gloo on the CPU) through the real `train` rule.
+
+What holds: two processes at global batch B draw the same epoch order and the same augmentation numbers
+as one process at batch B, each takes half of every batch, and their losses are scaled so that DDP's
+average gradient is the gradient of the whole batch's mean loss. What differs is the order of float
+additions (each half summed, then the halves added by the all-reduce) and the CPU kernels' rounding on
+batches of B/2 images instead of B: a few float32 ulp.
+
+Where the network between the images and the trained weights is smooth, that stays a few ulp: the
+head trained on a frozen backbone's live features (`feature_extract` without the cache, augmented
+images) gives two-process histories and weights within 1e-5 of one process's (seen: ~1e-7).
+Fine-tuning the whole network is not smooth that way: max-pooling routes each gradient to the largest
+of tied activations (the images' flat background), and a rounding difference that flips a tie moves a
+weight by ~1e-4 in one step, after which the runs part. One process with 1 thread and with 2 threads
+part exactly the same way (seen: 3e-8 for two steps, then 1e-4), so that is a property of float
+arithmetic, not of distributed training; the fine-tuning test therefore compares two-process runs with
+each other: a run with a rank killed and resumed equals the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import REPO, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.slow
+
+TOLERANCE = 1e-5
+# 60 training images per class: epochs long enough (~2 s with two processes) to kill one mid-epoch.
+DATASET = {"max_train_per_class": 60, "max_val_per_class": 8, "max_test_per_class": 4}
+TRAIN = {"epochs": 3, "batch_size": 10, "augment": True, "lr": 0.001}
+HEAD = {"strategy": "feature_extract", "cache_features": False, "lr": 0.01}
+EXPERIMENTS = {
+    "head_one": HEAD,
+    "head_two": {**HEAD, "devices": 2},
+    "finetune_two": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+    "finetune_two_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+}
+
+
+def _config(workdir: Path, **overrides) -> Path:
+    # threads.train 1: each process of `two` gets one thread too (the job's threads are shared among its processes)
+    return tiny_config(workdir, dataset=DATASET, train=TRAIN, threads={"train": 1, "data": 1},
+                       replace={"experiments": EXPERIMENTS}, **overrides)
+
+
+def _model(workdir: Path, experiment: str) -> Path:
+    return workdir / "results" / experiment / "seed0" / "model.pt"
+
+
+def _target(experiment: str) -> str:
+    return f"results/{experiment}/seed0/model.pt"
+
+
+def _history(workdir: Path, experiment: str) -> pd.DataFrame:
+    return pd.read_csv(workdir / "results" / experiment / "seed0" / "history.csv")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The uninterrupted runs; and the module lists of the processes that ran `train`."""
+    workdir = tmp_path_factory.mktemp("distributed")
+    records = workdir / "modules"
+    # (A flag first: --configfile would take the targets for more config files.)
+    run_snakemake(workdir, _config(workdir), "--printshellcmds", _target("head_one"), _target("head_two"),
+                  _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records)})
+    return workdir, records
+
+
+def _differences(workdir: Path, experiment: str, reference: str) -> tuple[dict, float]:
+    """{history column: largest difference}, largest weight difference between two runs' results."""
+    ours, theirs = _history(workdir, experiment), _history(workdir, reference)
+    assert len(ours) == len(theirs) == TRAIN["epochs"]
+    columns = {c: float((ours[c] - theirs[c]).abs().max())
+               for c in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")}
+    a = torch.load(_model(workdir, experiment), weights_only=False)["state_dict"]
+    b = torch.load(_model(workdir, reference), weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    return columns, max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
+    workdir, records = runs
+    columns, weights = _differences(workdir, "head_two", "head_one")
+    assert max(columns.values()) < TOLERANCE and weights < TOLERANCE, (columns, weights)
+    # and training moved the head by far more than that
+    trained = torch.load(_model(workdir, "head_one"), weights_only=False)["state_dict"]["fc.weight"]
+    assert _history(workdir, "head_one")["train_loss"].iloc[-1] < _history(workdir, "head_one")["train_loss"].iloc[0]
+    assert trained.abs().max() > 1000 * TOLERANCE
+    # Five training processes wrote their module lists: one for head_one, two (other pids) for each other run.
+    assert len(sorted(records.glob("train.*.txt"))) == 5, sorted(records.glob("train.*.txt"))
+    log = (workdir / "results" / "logs" / "train" / "head_two" / "seed0.log").read_text()
+    assert "torch.distributed.run --nproc-per-node=2" in log
+    # Rank 0 alone wrote the log's epoch lines (each epoch once).
+    assert sum(line.startswith("epoch 1/") for line in log.splitlines()) == 1, log
+
+
+def _rank_processes(workdir: Path, rank: int) -> list[int]:
+    """PIDs of training processes of rank ``rank`` running in ``workdir`` (their environment says RANK)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (any(part.endswith(b"workflow/scripts/train.py") for part in cmdline) and f"RANK={rank}".encode() in environ
+                and Path(cwd) == workdir):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
+    workdir, _ = runs
+    target = _target("finetune_two_killed")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", target, "--configfile", str(workdir / "config.yaml")]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    resume_dir = workdir / "resources" / "resume" / "finetune_two_killed" / "seed0"
+    deadline = time.monotonic() + 600
+    killed = None
+    while killed is None and job.poll() is None and time.monotonic() < deadline:
+        if list(resume_dir.glob("*.pt")):  # epoch 1 done: the next one is under way
+            pids = _rank_processes(workdir, 1)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+        time.sleep(0.05)
+    out, _ = job.communicate(timeout=600)
+    assert killed is not None, f"no rank-1 process found after epoch 1:\n{out[-3000:]}"
+    assert job.returncode != 0, out[-3000:]
+    log = (workdir / "results" / "logs" / "train" / "finetune_two_killed" / "seed0.log").read_text()
+    # torchrun's summary names the process that failed first: rank 1, killed by signal 9.
+    assert "rank      : 1 (local_rank: 1)" in log, log[-3000:]
+    assert f"Signal 9 (SIGKILL) received by PID {killed}" in log, log[-3000:]
+    assert not _model(workdir, "finetune_two_killed").exists()
+
+    rerun = run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", target)
+    log = (workdir / "results" / "logs" / "train" / "finetune_two_killed" / "seed0.log").read_text()
+    assert "resuming from" in log, (log[-3000:], rerun.stdout[-2000:])
+    # The resumed run is the uninterrupted one, exactly.
+    columns, weights = _differences(workdir, "finetune_two_killed", "finetune_two")
+    assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ({"strategy": "finetune", "devices": 2, "batch_size": 9},
+     "experiments.bad: batch_size 9 does not divide among 2 processes (devices 2 x nodes 1)"),
+    ({"strategy": "feature_extract", "devices": 2},
+     "experiments.bad: 2 processes (devices 2 x nodes 1): strategy feature_extract on cached backbone features"),
+    ({"strategy": "finetune", "devices": 2, "sync_batchnorm": True, "device": "cpu"},
+     "experiments.bad: sync_batchnorm runs on GPUs only"),
+    ({"strategy": "finetune", "sync_batchnorm": True, "device": "cuda"},
+     "experiments.bad: sync_batchnorm shares BatchNorm statistics among training processes: it needs devices x nodes > 1"),
+])
+def test_settings_several_processes_cannot_train_are_refused_before_any_job(tmp_path, experiment, message):
+    config = tiny_config(tmp_path, replace={"experiments": {"bad": experiment}})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
+
+
+def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, "-m", "finetune.launch", "--devices", "2", "--nodes", "2", "--",
+                             str(REPO / "workflow" / "scripts" / "train.py")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "train.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes" in result.stderr
