@@ -181,7 +181,7 @@ def uses_gpu(experiment):
 
 
 def train_launcher(experiment):
-    """How rule train starts its script: one Python process, or devices x nodes through finetune.launch (torchrun)."""
+    """How the train jobs start their script: one Python process, or devices x nodes through finetune.launch (torchrun)."""
     cfg = experiment_config(experiment)
     if cfg["devices"] * cfg["nodes"] == 1:
         return str(PYTHON)
