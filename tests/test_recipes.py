@@ -322,6 +322,20 @@ def test_without_layer_decay_the_groups_are_as_before():
     assert all(lr == pytest.approx(0.01 if name.startswith("fc.") else 0.003) for name, lr in lrs.items())
 
 
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_gradual_resumed_before_its_unfreeze_epoch_is_the_uninterrupted_run(tmp_path, layer_decay):
+    """Stopped in the head-only epochs, resumed: the backbone (with layer_decay, each stage at its lr) trains
+    from the unfreeze epoch as it would have (the resumed optimizer's groups get the lr scales)."""
+    options = {"strategy": "gradual", "unfreeze_epoch": 2, "epochs": 4, "layer_decay": layer_decay}
+    reference, _ = fit_small(**options)
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Interrupted):
+        fit_small(log=stop_in_epoch_3, resume_path=resume, **options)
+    resumed, _ = fit_small(resume_path=resume, **options)
+    assert strip(resumed.history) == strip(reference.history)
+    assert equal_states(resumed.best_state, reference.best_state)
+
+
 def test_layer_decay_is_refused_for_feature_extract_and_out_of_range():
     with pytest.raises(ConfigError, match="layer_decay 0.7 .* strategy feature_extract trains only the new head"):
         TrainOptions.from_dict({"strategy": "feature_extract", "layer_decay": 0.7})
