@@ -341,3 +341,114 @@ def test_layer_decay_is_refused_for_feature_extract_and_out_of_range():
         TrainOptions.from_dict({"strategy": "feature_extract", "layer_decay": 0.7})
     with pytest.raises(ConfigError, match="layer_decay must be null .* not 1.5"):
         TrainOptions.from_dict({"layer_decay": 1.5})
+
+
+# --------------------------------------------------------------------------- test-time augmentation (tiny real run)
+
+RUN = "results/finetune/seed0"
+
+
+def flip_averaged_logits(checkpoint_path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, hflip-averaged) logits of the checkpoint rebuilt with torchvision, on ``x`` and its mirror image."""
+    from recompute import torch_model
+
+    model, _ = torch_model(checkpoint_path)
+    with torch.no_grad():
+        plain = model(torch.from_numpy(x)).numpy()
+        mirrored = model(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))).numpy()
+    return plain, (plain + mirrored) / 2
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_evaluate_with_hflip_tta_scores_the_mean_logits_of_image_and_mirror_image(tiny_run, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from helpers import run_script
+    from recompute import held_out, model_inputs
+
+    folder, decoded = tiny_run / RUN, tiny_run / "resources/decoded/target/native"
+    out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
+                     "--decoded", str(decoded / "images.npy"), str(decoded / "info.json"), "--onnx", str(folder / "model.onnx"),
+                     "--out-metrics", str(tmp_path / "m.json"), "--out-confusion", str(tmp_path / "c.csv"),
+                     "--out-predictions", str(tmp_path / "p.csv"), "--device", "cpu", "--tta", "hflip")
+    assert out.returncode == 0, out.stdout[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    checkpoint = torch.load(folder / "model.pt", weights_only=True)
+    test = held_out(tiny_run)
+    plain, averaged = flip_averaged_logits(folder / "model.pt", model_inputs(test["path"], checkpoint["preprocessing"]))
+    truth = np.array([checkpoint["classes"].index(c) for c in test["class_name"]])
+    probs = softmax(averaged.astype(np.float64))
+    assert metrics["tta"] == "hflip"
+    assert metrics["accuracy"] == pytest.approx(float((averaged.argmax(1) == truth).mean()), abs=1e-12)
+    assert list(predictions["predicted"]) == [checkpoint["classes"][i] for i in probs.argmax(1)]
+    assert np.allclose(predictions["probability"], probs.max(1), atol=1e-5)
+    assert not np.allclose(predictions["probability"], softmax(plain.astype(np.float64)).max(1), atol=1e-4)
+    # The exported model of the tiny run does not flip: it is compared with the plain PyTorch model.
+    assert metrics["onnx"]["tta"] == "none" and metrics["onnx"]["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_export_with_tta_exports_the_flip_average_and_says_so_only_then(tiny_run, tmp_path):
+    import json
+
+    from finetune.export import read_metadata
+    from helpers import run_script
+    from recompute import held_out, model_inputs, onnx_logits
+
+    assert "tta" not in read_metadata(tiny_run / RUN / "model.onnx")  # export.tta false (default): no key
+    out = tmp_path / "out"
+    result = run_script("export_onnx", "--checkpoint", str(tiny_run / RUN / "model.pt"),
+                        "--split", str(tiny_run / "resources/splits/target.csv"), "--out-onnx", str(out / "model.onnx"),
+                        "--out-parity", str(out / "onnx_parity.json"), "--parity-batch", "4", "--tta", "hflip")
+    assert result.returncode == 0, result.stdout[-3000:]
+    meta = read_metadata(out / "model.onnx")
+    assert meta["tta"] == "hflip"
+    assert json.loads((out / "onnx_parity.json").read_text())["tta"] == "hflip"
+    x = model_inputs(held_out(tiny_run)["path"][:8], {k: meta[k] if k in ("mean", "std") else int(meta[k])
+                                                        for k in ("resize_size", "crop_size", "mean", "std")})
+    plain, averaged = flip_averaged_logits(tiny_run / RUN / "model.pt", x)
+    for batch in (x[:1], x):
+        actual = onnx_logits(out / "model.onnx", batch)
+        assert np.abs(actual - averaged[: len(batch)]).max() <= 1e-4
+    assert np.abs(onnx_logits(out / "model.onnx", x) - plain).max() > 1e-3  # it does flip
+
+
+# --------------------------------------------------------------------------- the config, before anything runs
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"strategy": "feature_extract", "layer_decay": 0.7},
+     "experiments.probe: layer_decay: 0.7 scales the backbone stages' learning rates, but strategy: feature_extract"),
+    ({"strategy": "feature_extract", "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+     "experiments.probe: mixup_alpha: 0.2 and cutmix_alpha: 1 mix training images"),
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "ema_decay": 0.99},
+     "experiments.probe: ema_decay: 0.99 averages the weights over optimizer steps; optimizer lbfgs"),
+])
+def test_the_workflow_refuses_a_recipe_where_it_makes_no_sense_before_running(overrides, expected):
+    from finetune.configcheck import config_problems
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    problems = config_problems({"experiments": {"probe": overrides}}, schema)
+    assert any(p.startswith(expected) for p in problems), problems
+    allowed = {**overrides, "strategy": "gradual", "optimizer": "adamw"}
+    assert config_problems({"experiments": {"probe": allowed}}, schema) == []
+    assert any(p.startswith("pretrain.train: ") for p in config_problems({"pretrain": {"train": overrides}}, schema))
+
+
+@pytest.mark.parametrize("key, value", [("ema_decay", 1.0), ("mixup_alpha", -0.5), ("layer_decay", 0), ("layer_decay", 1.2)])
+def test_the_schema_refuses_recipe_values_out_of_range(key, value):
+    from finetune.configcheck import config_problems
+    from helpers import REPO
+
+    problems = config_problems({"train": {key: value}}, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert any(f"train.{key}" in p for p in problems), problems
