@@ -322,11 +322,15 @@ def test_without_layer_decay_the_groups_are_as_before():
     assert all(lr == pytest.approx(0.01 if name.startswith("fc.") else 0.003) for name, lr in lrs.items())
 
 
-@pytest.mark.parametrize("layer_decay", [None, 0.5])
-def test_gradual_resumed_before_its_unfreeze_epoch_is_the_uninterrupted_run(tmp_path, layer_decay):
+@pytest.mark.parametrize("options", [
+    {"strategy": "gradual", "unfreeze_epoch": 2},
+    {"strategy": "gradual", "unfreeze_epoch": 2, "layer_decay": 0.5},
+    {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0},  # its optimizer's group is not setup.groups
+], ids=["gradual", "gradual-layer_decay", "lbfgs"])
+def test_gradual_resumed_before_its_unfreeze_epoch_is_the_uninterrupted_run(tmp_path, options):
     """Stopped in the head-only epochs, resumed: the backbone (with layer_decay, each stage at its lr) trains
     from the unfreeze epoch as it would have (the resumed optimizer's groups get the lr scales)."""
-    options = {"strategy": "gradual", "unfreeze_epoch": 2, "epochs": 4, "layer_decay": layer_decay}
+    options = {**options, "epochs": 4}
     reference, _ = fit_small(**options)
     resume = tmp_path / "resume.pt"
     with pytest.raises(Interrupted):

@@ -981,9 +981,10 @@ def _restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[st
 def _restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: Callable[[str], None]) -> None:
     setup.trained.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
-    # load_state_dict makes new group dicts: the epochs' freezing must set the lr scales of those (gradual's
-    # unfreezing after a resume), not of the dicts the optimizer was built from.
-    setup.groups = setup.optimizer.param_groups
+    if not setup.lbfgs:  # (L-BFGS's one group is the head's, built apart from setup.groups)
+        # load_state_dict makes new group dicts: the epochs' freezing must set the lr scales of those (gradual's
+        # unfreezing after a resume), not of the dicts the optimizer was built from.
+        setup.groups = setup.optimizer.param_groups
     setup.scaler.load_state_dict(state["scaler"])
     setup.shuffle.set_state(state["shuffle"])
     if "augment" in state:
