@@ -29,6 +29,9 @@ CHOSEN = {
     "predict.images": "new_images",
     "predict.experiment": "finetune",  # the default is null (the run selected by validation metric)
     "predict.seed": 3,  # in SEEDS below; the default is null (the selected run's best seed)
+    # Not feature_extract: every train key changed at once sets layer_decay, refused with it.
+    "train.strategy": "gradual",
+    "pretrain.train.strategy": "gradual",
 }
 SEEDS = [0, 3]
 
@@ -185,10 +188,12 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
         assert options["calibration-bins"] == str(config["evaluate"]["calibration_bins"])
         assert (options["device"], options["batch-size"]) == (config["evaluate"]["device"], str(config["evaluate"]["batch_size"]))
         assert config["evaluate"]["onnx"] is True and options["onnx"] == options["checkpoint"].replace("model.pt", "model.onnx")
+        assert options["tta"] == config["evaluate"]["tta"] == "hflip"
     export = config["export"]
     for options in jobs_of(jobs, "export_onnx"):
         assert (options["tolerance"], options["parity-batch"], options["exporter"], options["opset"]) == (
             str(export["tolerance"]), str(export["parity_batch"]), export["exporter"], str(export["opset"]))
+        assert export["tta"] is True and options["tta"] == "hflip"
     assert export["quantize"] is True and jobs_of(jobs, "quantize_onnx")
 
     predict = config["predict"]

@@ -80,6 +80,9 @@ def distributed_problems(options: dict) -> list[str]:
          f"{processes}: strategy {options.get('strategy', 'finetune')} on cached backbone features (and optimizer "
          "lbfgs) trains the head on small tensors in one process; set devices 1 and nodes 1 (or cache_features "
          "false, to train on images in several processes)"),
+        (world == 1 or not any((options.get(key) or 0) > 0 for key in ("mixup_alpha", "cutmix_alpha")),
+         f"{processes}: mixup_alpha / cutmix_alpha pair images within a batch, and several processes would pair "
+         "them within each process's part only; train the mixing runs with devices 1 and nodes 1"),
         (not sync or world > 1,
          "sync_batchnorm shares BatchNorm statistics among training processes: it needs devices x nodes > 1"),
         (not sync or not bn_frozen,
@@ -90,6 +93,23 @@ def distributed_problems(options: dict) -> list[str]:
          "its own part of the batch; set sync_batchnorm false, or bn frozen"),
     ]
     return [message for ok, message in checks if not ok]
+def recipe_problems(options: dict) -> list[str]:
+    """The training recipes (ema_decay, mixup_alpha, cutmix_alpha, layer_decay) set where they make no sense."""
+    strategy = options.get("strategy", "finetune")
+    cached = caches_features(strategy, options.get("cache_features", True), options.get("augment", False))
+    mixing = [f"{key}: {options[key]:g}" for key in ("mixup_alpha", "cutmix_alpha") if (options.get(key) or 0) > 0]
+    problems = []
+    if mixing and cached:
+        problems.append(f"{' and '.join(mixing)} mix training images, but strategy: feature_extract with cache_features: "
+                        "true and augment: false trains the head on cached backbone features, and mixing those is not "
+                        "mixup of images; set cache_features: false or leave the mixing off")
+    if options.get("layer_decay") is not None and strategy == "feature_extract":
+        problems.append(f"layer_decay: {options['layer_decay']} scales the backbone stages' learning rates, but strategy: "
+                        "feature_extract trains only the new head; use finetune or gradual, or leave layer_decay null")
+    if options.get("ema_decay") is not None and options.get("optimizer") == "lbfgs":
+        problems.append(f"ema_decay: {options['ema_decay']} averages the weights over optimizer steps; optimizer lbfgs "
+                        "takes one step per epoch: leave ema_decay null")
+    return problems
 
 
 def _key_path(path) -> str:
@@ -165,6 +185,7 @@ def _pretrain_train_problems(config: dict) -> list[str]:
     if not isinstance(train, dict):
         return []
     problems = [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
+    problems += [f"pretrain.train: {why}" for why in recipe_problems(train)]
     if train.get("lr") == "auto":
         problems.append("pretrain.train.lr: auto is not available for pretraining (the learning-rate finder runs "
                         "for experiments); set a number")
@@ -217,6 +238,7 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     for name, overrides in runs.items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
+        problems += [f"experiments.{name}: {why}" for why in recipe_problems(options)]
         if options.get("optimizer") != "lbfgs":
             continue
         if not caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),

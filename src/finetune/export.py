@@ -26,8 +26,11 @@ def default_opset(proto) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def onnx_metadata(checkpoint: dict) -> dict[str, str]:
-    """Everything a consumer needs to use the model, as ONNX ``metadata_props`` (strings)."""
+def onnx_metadata(checkpoint: dict, tta: bool = False) -> dict[str, str]:
+    """Everything a consumer needs to use the model, as ONNX ``metadata_props`` (strings).
+
+    ``tta``: only when the exported graph itself averages over the horizontal flip, ``tta: hflip``.
+    """
     prep = checkpoint["preprocessing"]
     return {
         "classes": json.dumps(checkpoint["classes"]),
@@ -43,11 +46,16 @@ def onnx_metadata(checkpoint: dict) -> dict[str, str]:
         "arch": checkpoint["arch"],
         "source_weights_sha256": str(checkpoint.get("weights_sha256")),
         "finetune_version": __version__,
+        **({"tta": "hflip"} if tta else {}),
     }
 
 
-def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo: bool = True) -> None:
-    """Write ``model`` as ONNX at exactly ``opset`` with a dynamic batch axis and its metadata (atomically)."""
+def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo: bool = True, tta: bool = False) -> None:
+    """Write ``model`` as ONNX at exactly ``opset`` with a dynamic batch axis and its metadata (atomically).
+
+    ``tta``: ``model`` averages over the horizontal flip itself (:class:`finetune.models.HflipAverage`);
+    the metadata says so.
+    """
     import onnx
     import torch
 
@@ -73,7 +81,7 @@ def export_onnx(model, checkpoint: dict, out_path: Path, opset: int = 18, dynamo
                 f"export.opset: {opset}: the {exporter} exporter wrote ONNX opset {default_opset(proto)} instead; "
                 f"choose an opset this torch {torch.__version__} exports, or the other export.exporter"
             )
-        for key, value in onnx_metadata(checkpoint).items():
+        for key, value in onnx_metadata(checkpoint, tta=tta).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = f"{checkpoint['arch']} fine-tuned by finetune {__version__}"

@@ -153,3 +153,35 @@ def strip_output_layer(model: nn.Module) -> nn.Module:
     model.set_submodule(name, nn.Identity())
     return model
 
+
+
+def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Each backbone parameter's depth (``layer_decay``), and the output layer's (the largest).
+
+    Depth 0 is the stem: the top-level single layers before the first block (a ResNet's conv1 and
+    bn1); each following top-level child with parameters is one deeper (a ResNet's layer1 .. layer4:
+    1 .. 4); the output layer is one deeper still (a ResNet's fc: 5).
+    """
+    head_root = find_output_layer(model)[0].split(".")[0]
+    depths, depth, in_stem = {}, 0, True
+    for name, child in model.named_children():
+        if name == head_root or not any(p.numel() for p in child.parameters()):
+            continue
+        is_single_layer = not any(True for _ in child.children())
+        if not (in_stem and is_single_layer):
+            in_stem = False
+            depth += 1
+        for param_name, _ in child.named_parameters():
+            depths[f"{name}.{param_name}"] = depth
+    return depths, depth + 1
+
+
+class HflipAverage(nn.Module):
+    """Test-time augmentation: the mean of the model's logits on the image and on its mirror image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(-1))) / 2

@@ -18,6 +18,7 @@ from .weights import (copy_local, download, fetch_torchvision, infer_num_classes
                       read_manifest, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
+TTA_MODES = ("none", "hflip")  # evaluate.tta
 PARITY_SAMPLE = 256  # test images on which export checks onnxruntime against PyTorch (top-1 agreement)
 
 
@@ -262,6 +263,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
         "preprocessing": prep.to_dict(), "weights_sha256": weights_sha, "state_dict": result.best_state,
+        "ema_decay": opts.ema_decay,  # not None: state_dict holds the moving average of the weights
     }
     torch_save(checkpoint, out_checkpoint)
     with atomic_path(out_history) as tmp:
@@ -272,7 +274,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 2), "fit_window_unix_s": fit_window,
-        "cached_features": result.used_cached_features,
+        "cached_features": result.used_cached_features, "ema_decay": opts.ema_decay,
         "compile_seconds": None if result.compile_seconds is None else round(result.compile_seconds, 2),
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),
         "seed": opts.seed, "threads": threads, "processes": ranks.world, "device": str(torch.device("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu")),
@@ -378,8 +380,11 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                    out_predictions: Path, threads: int, batch_size: int = 256, device: str = "cpu", top_k: int = 2,
                    calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
                    out_html: Path | None = None, title: str | None = None,
-                   decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None) -> dict:
+                   decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None, tta: str = "none") -> dict:
     """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
+
+    ``tta``: ``none``, or ``hflip``: the logits are the mean of the model's on each image and on its
+    mirror image (:class:`finetune.models.HflipAverage`); metrics.json records it as ``tta``.
 
     ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
     curves need ``history`` (the run's history.csv). ``onnx_model``: also score the exported model
@@ -389,8 +394,11 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     import torch
 
     from .metrics import classification_report, softmax
+    from .models import HflipAverage
     from .tensors import Preprocessing, batched_forward, choose_device
 
+    if tta not in TTA_MODES:
+        raise ConfigError(f"evaluate.tta must be one of {TTA_MODES}, not {tta!r}")
     model, checkpoint = load_checkpoint(checkpoint_path)
     frame, classes = read_split(split_csv)
     if classes != checkpoint["classes"]:
@@ -402,12 +410,21 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     # Channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (oneDNN); see batched_forward.
     on = choose_device(device, key="evaluate.device")
     model = model.to(on, memory_format=torch.channels_last)
-    logits = batched_forward(model, images, prep, on, batch_size=batch_size, channels_last=True).numpy()
+
+    def forward(with_tta: bool):
+        wrapped = HflipAverage(model) if with_tta else model
+        return batched_forward(wrapped, images, prep, on, batch_size=batch_size, channels_last=True).numpy()
+
+    logits = forward(tta == "hflip")
     labels = test["label"].to_numpy()
     report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
-    report["classes"] = classes
+    report["classes"], report["tta"] = classes, tta
     if onnx_model is not None:
-        report["onnx"] = score_onnx(onnx_model, images, prep, logits, labels, report["top_k"], batch_size, threads)
+        # Compared with PyTorch doing what the exported model does (its metadata says whether it flips).
+        onnx_tta = _onnx_tta(onnx_model)
+        reference = logits if onnx_tta == (tta == "hflip") else forward(onnx_tta)
+        report["onnx"] = score_onnx(onnx_model, images, prep, reference, labels, report["top_k"], batch_size, threads)
+        report["onnx"]["tta"] = "hflip" if onnx_tta else "none"
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
     cm.index.name = "true\\predicted"
@@ -424,6 +441,13 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                              title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
     return report
+
+
+def _onnx_tta(onnx_model: Path) -> bool:
+    """Whether an exported model averages over the horizontal flip itself (its metadata's ``tta``)."""
+    from .export import read_metadata
+
+    return read_metadata(onnx_model).get("tta") == "hflip"
 
 
 def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int, batch_size: int, threads: int) -> dict:
@@ -496,14 +520,20 @@ def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path
 
 def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_parity: Path, tolerance: float,
                  parity_batch: int, threads: int, dynamo: bool = True, opset: int = 18, log: Callable = print,
-                 decoded: tuple[Path, Path] | None = None) -> dict:
+                 decoded: tuple[Path, Path] | None = None, tta: bool = False) -> dict:
+    """``tta``: the exported graph itself averages the logits over the image and its mirror image
+    (:class:`finetune.models.HflipAverage`), its metadata says ``tta: hflip``, and parity is checked
+    against the same wrapped model in PyTorch."""
     import numpy as np
 
     from .export import ParityError, export_onnx, parity_check
     from .images import normalize
+    from .models import HflipAverage
     from .tensors import Preprocessing
 
     model, checkpoint = load_checkpoint(checkpoint_path)
+    if tta:
+        model = HflipAverage(model).eval()
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)
@@ -512,12 +542,13 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
     # (from a previous good run) as it was.
     with atomic_path(out_onnx) as staged:
         started = time.perf_counter()
-        export_onnx(model, checkpoint, staged, opset=opset, dynamo=dynamo)
+        export_onnx(model, checkpoint, staged, opset=opset, dynamo=dynamo, tta=tta)
         export_seconds = time.perf_counter() - started
         report = parity_check(model, staged, inputs.astype(np.float32), parity_batch, tolerance)
         report["export_seconds"] = round(export_seconds, 2)
         report["exporter"] = "dynamo" if dynamo else "torchscript"
         report["opset"] = opset
+        report["tta"] = "hflip" if tta else "none"
         log(json.dumps(report, indent=2))
         if not report["passed"]:
             kept = f"{out_onnx} was not written" + (", the earlier one is unchanged" if Path(out_onnx).exists() else "")

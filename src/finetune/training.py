@@ -21,6 +21,7 @@ Strategies
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -44,8 +45,9 @@ from .configcheck import caches_features, distributed_problems
 from .distributed import SINGLE, Ranks
 from .errors import ConfigError, StopRequested, TrainingError
 from .fileio import torch_save
-from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, set_batchnorm_eval,
-                     strip_output_layer)
+from .mixing import mix_batch
+from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, parameter_depths,
+                     set_batchnorm_eval, strip_output_layer)
 from .store import StoredImages, prefetch
 from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
@@ -90,6 +92,10 @@ class TrainOptions:
     devices: int = 1                    # training processes per node: GPUs, or CPU processes with device cpu
     nodes: int = 1                      # nodes of one training (Slurm); devices x nodes processes share each batch
     sync_batchnorm: bool = False        # several CUDA processes: BatchNorm statistics over the global batch
+    ema_decay: float | None = None      # exponential moving average of the weights (None: off); validated and kept
+    mixup_alpha: float = 0.0            # mixup's Beta(alpha, alpha) (0: off); with cutmix too, one of them per batch
+    cutmix_alpha: float = 0.0           # cutmix's Beta(alpha, alpha) (0: off)
+    layer_decay: float | None = None    # finetune / gradual: a stage d stages below the head trains at lr * decay^d
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainOptions":
@@ -122,6 +128,7 @@ class TrainOptions:
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
             *self._distributed_checks(),
+            *self._recipe_checks(),
         ]
         for ok, message in checks:
             if not ok:
@@ -129,6 +136,31 @@ class TrainOptions:
 
     def _distributed_checks(self) -> list[tuple[bool, str]]:
         return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]
+    def _recipe_checks(self) -> list[tuple[bool, str]]:
+        """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values, and the strategies they make no sense with."""
+        ema, layer = self.ema_decay, self.layer_decay
+        mixing = [f"{key} {value:g}" for key, value in (("mixup_alpha", self.mixup_alpha),
+                                                         ("cutmix_alpha", self.cutmix_alpha)) if value > 0]
+        return [
+            (ema is None or 0 < ema < 1, f"ema_decay must be null (off) or between 0 and 1 (e.g. 0.999), not {ema!r}"),
+            (ema is None or self.optimizer != "lbfgs",
+             f"ema_decay {ema} averages the weights over optimizer steps; optimizer lbfgs takes one step per epoch "
+             "(a full-batch solve): leave ema_decay null"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0: off), not {self.mixup_alpha!r}"),
+            (self.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0 (0: off), not {self.cutmix_alpha!r}"),
+            (not mixing or not self.uses_cached_features,
+             f"{' and '.join(mixing)} mix training images, but strategy feature_extract with cache_features true "
+             "and augment false trains the head on cached backbone features, and mixing those is not mixup of "
+             "images: set cache_features false (the backbone then sees the mixed images) or leave the mixing off"),
+            (layer is None or 0 < layer <= 1, f"layer_decay must be null (off) or in (0, 1] (e.g. 0.7), not {layer!r}"),
+            (layer is None or self.strategy != "feature_extract",
+             f"layer_decay {layer} scales the learning rates of the backbone's stages, but strategy feature_extract "
+             "trains only the new head: use strategy finetune or gradual, or leave layer_decay null"),
+        ]
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     @property
     def bn_frozen(self) -> bool:
@@ -328,11 +360,13 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, "
                     f"bn {'frozen' if opts.bn_frozen else 'train'})")
             train_metrics = train_one_epoch(setup, epoch, guard, progress.history, resume_path)
-            val_loss, val_accuracy = evaluate(setup, epoch)
-            row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started, trainable)
-            progress.history.append(row)
-            _log_epoch(row, opts.epochs, log)
-            _track_best(progress, setup.trained, row, opts)
+            with _scored_weights(setup):  # with ema_decay: the averaged weights are validated and kept
+                val_loss, val_accuracy = evaluate(setup, epoch)
+                row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started,
+                                 trainable)
+                progress.history.append(row)
+                _log_epoch(row, opts.epochs, log)
+                _track_best(progress, setup.trained, row, opts)
             if resume_path is not None and ranks.main:
                 _save_resume(resume_path, _resume_state(setup, progress, epoch))
             if _stops_early(opts, progress, log):
@@ -361,6 +395,7 @@ class _Placement:
 @dataclass(frozen=True)
 class _Losses:
     train: nn.Module                        # class weights ('loss') and label smoothing apply here
+    soft: nn.Module                         # mixup/cutmix: cross-entropy on soft targets (smoothed already), class weights
     eval: nn.Module                         # plain cross-entropy: validation loss comparable across options
     sampling_weights: torch.Tensor | None   # 'sampler': per-example weights of the epoch's draw
     train_sum: nn.Module | None = None      # several processes: ``train`` summed, not averaged (see _train_step)
@@ -423,6 +458,9 @@ class _Setup:
     shuffle: torch.Generator                # the epochs' order (or the sampler's draw)
     augment: torch.Generator                # every random number of the augmentation
     normalization: tuple[torch.Tensor, torch.Tensor]  # mean and std on the device, made once
+    num_classes: int
+    mix: torch.Generator                    # every random number of mixup / cutmix
+    ema: "_Ema | None"                      # ema_decay: the moving average of the trained weights
     ranks: Ranks = SINGLE                   # several processes: this one's rank (finetune.distributed)
     compile_seconds: float | None = None    # set by the first training step when train.compile is on
     ddp_trainable: tuple | None = None      # several processes: the parameters the DDP wrapper was built for
@@ -448,14 +486,17 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     scaler = torch.amp.GradScaler("cuda", enabled=place.amp and place.amp_dtype == torch.float16)
     losses = _make_losses(train.labels, num_classes, opts, place.device)
     inputs = _prepare_inputs(model, head, train, val, prep, opts, place, feature_cache, log)
+    trained = head if inputs.cached else model
     return _Setup(
         opts=opts, prep=prep, place=place, model=model, head_name=head_name, head=head,
-        trained=head if inputs.cached else model, stages=stages, groups=groups, optimizer=optimizer,
+        trained=trained, stages=stages, groups=groups, optimizer=optimizer,
         decayed=decayed, scaler=scaler, losses=losses, inputs=inputs, train_labels=train.labels,
         val_labels=val.labels, steps=_steps(len(train.labels), opts),
         shuffle=torch.Generator().manual_seed(opts.seed),
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
-        normalization=normalization_constants(prep, place.device), ranks=ranks,
+        normalization=normalization_constants(prep, place.device), num_classes=num_classes,
+        mix=torch.Generator().manual_seed(int(options_key("mix", opts.seed), 16)),
+        ema=None if opts.ema_decay is None else _Ema(trained, opts.ema_decay), ranks=ranks,
     )
 
 
@@ -492,19 +533,26 @@ def _fused_supported(device: torch.device) -> bool | None:
 
 
 def _param_groups(model: nn.Module, opts: TrainOptions) -> list[dict]:
-    """Head and backbone groups, each split by weight decay. Backbone groups start at lr 0 if frozen."""
+    """Head and backbone groups, each split by weight decay. Backbone groups start at lr 0 if frozen.
+
+    With ``layer_decay``, the backbone's groups are split by depth too (:func:`parameter_depths`): each
+    group's ``depth_scale`` is ``layer_decay ** (head depth - its depth)``, 1 for the head.
+    """
     head_name = find_output_layer(model)[0]
-    groups = {("head", True): [], ("head", False): [], ("backbone", True): [], ("backbone", False): []}
+    depths, head_depth = parameter_depths(model) if opts.layer_decay is not None else ({}, 0)
+    groups = {("head", head_depth, True): [], ("head", head_depth, False): []}
     for name, param in model.named_parameters():
         part = "head" if name.startswith(head_name + ".") else "backbone"
-        groups[(part, not is_no_decay(name, param))].append(param)
-    if opts.strategy == "feature_extract":
-        groups[("backbone", True)], groups[("backbone", False)] = [], []
+        if part == "backbone" and opts.strategy == "feature_extract":
+            continue
+        depth = head_depth if part == "head" else depths.get(name, 0)
+        groups.setdefault((part, depth, not is_no_decay(name, param)), []).append(param)
     result = []
-    for (part, decay), params in groups.items():
+    for (part, depth, decay), params in sorted(groups.items(), key=lambda item: (item[0][0] != "head", item[0][1], not item[0][2])):
         if params:
+            scale = 1.0 if opts.layer_decay is None else opts.layer_decay ** (head_depth - depth)
             result.append({"params": params, "part": part, "weight_decay": opts.weight_decay if decay else 0.0,
-                           "lr": opts.lr, "lr_scale": 1.0})
+                           "lr": opts.lr, "lr_scale": 1.0, "depth_scale": scale})
     return result
 
 
@@ -528,7 +576,7 @@ def _make_losses(labels: torch.Tensor, num_classes: int, opts: TrainOptions, dev
     weights = class_weights(labels, num_classes).to(device) if opts.class_weighting == "loss" else None
     sampling = class_weights(labels, num_classes)[labels] if opts.class_weighting == "sampler" else None
     return _Losses(train=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing),
-                   eval=nn.CrossEntropyLoss(), sampling_weights=sampling,
+                   soft=nn.CrossEntropyLoss(weight=weights), eval=nn.CrossEntropyLoss(), sampling_weights=sampling,
                    train_sum=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing, reduction="sum"),
                    example_weights=None if weights is None else weights.cpu())
 
@@ -625,7 +673,7 @@ def _apply_freezing(model: nn.Module, groups: list[dict], opts: TrainOptions, ep
         freeze_batchnorm(model)
     for group in groups:
         if group["part"] == "backbone":
-            group["lr_scale"] = opts.backbone_lr_factor if trainable_stages else 0.0
+            group["lr_scale"] = opts.backbone_lr_factor * group.get("depth_scale", 1.0) if trainable_stages else 0.0
     return [stage for stage in stages if stage not in trainable_stages]
 
 
@@ -663,6 +711,8 @@ def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y:
         divergence.check()  # a loss that went non-finite before is the first thing that went wrong
         where = f"training (epoch {epoch + 1}, step {step_in_epoch + 1})"
         raise _out_of_memory(setup.place.device, setup.opts, where) from exc
+    if setup.ema is not None:
+        setup.ema.update(setup.trained)
     sums.add(logits, loss, y, share)
     divergence.add(loss)
 
@@ -696,6 +746,9 @@ class _EpochSums:
                    ranks)
 
     def add(self, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor, share: "_Share | None" = None) -> None:
+        """``y``: labels, or mixup/cutmix soft targets (counted against the label with the larger share)."""
+        if y.is_floating_point():
+            y = y.argmax(1)
         self.seen += len(y)
         weight = len(y) if share is None else share.total / self.ranks.world
         self.loss_sum += loss.detach().double() * weight
@@ -820,7 +873,10 @@ def _read_batches(setup: _Setup, order: torch.Tensor):
 
 def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
                     share: _Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and labels of one step, on the device: features, or (augmented) normalised images."""
+    """Inputs and labels of one step, on the device: features, or (augmented) normalised images.
+
+    With mixup / cutmix (after the augmentation) the labels become soft targets (:mod:`finetune.mixing`).
+    """
     device = setup.place.device
     y = y.to(device, non_blocking=True)
     if setup.inputs.cached:
@@ -832,6 +888,9 @@ def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
         x = augment_batch(x, setup.prep.crop_size, setup.augment,
                           part_of=None if share is None else (share.offset, share.total))
     x = normalize(x, setup.prep, setup.normalization)
+    if setup.opts.mixes:  # soft targets instead of labels
+        opts = setup.opts
+        x, y, _ = mix_batch(x, y, setup.num_classes, opts.mixup_alpha, opts.cutmix_alpha, opts.label_smoothing, setup.mix)
     if setup.place.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
@@ -854,10 +913,11 @@ def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
     place = setup.place
     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp):
         logits = setup.inputs.train_forward(x)
-        if share is None:
-            loss = setup.losses.train(logits.float(), y)
-        else:
+        if share is not None:  # several processes (mixing is single-process: refused by the options)
             loss = setup.losses.train_sum(logits.float(), y) * (setup.ranks.world / share.normalizer)
+        else:
+            criterion = setup.losses.soft if y.is_floating_point() else setup.losses.train
+            loss = criterion(logits.float(), y)
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss).backward()
     setup.scaler.step(setup.optimizer)
@@ -950,6 +1010,46 @@ def _out_of_memory(device: torch.device, opts: TrainOptions, phase: str) -> Trai
     )
 
 
+# --------------------------------------------------------------------------- exponential moving average
+
+class _Ema:
+    """``ema_decay``: after each optimizer step, every float tensor of the state (parameters and buffers,
+    BatchNorm's running statistics included) moves to ``decay * average + (1 - decay) * current``;
+    integer buffers (BatchNorm's batch count) are copied. It starts at the weights training starts from."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self._floats = [k for k, v in self.state.items() if v.is_floating_point()]
+        self._others = [k for k, v in self.state.items() if not v.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        current = module.state_dict()
+        torch._foreach_lerp_([self.state[k] for k in self._floats], [current[k].detach() for k in self._floats],
+                             1.0 - self.decay)
+        for k in self._others:
+            self.state[k].copy_(current[k])
+
+    def load(self, state: dict) -> None:
+        for k, v in self.state.items():
+            v.copy_(state[k])
+
+
+@contextlib.contextmanager
+def _scored_weights(setup: _Setup):
+    """With ema_decay: the averaged weights in the trained module while the block runs, then the live ones back."""
+    if setup.ema is None:
+        yield
+        return
+    live = {k: v.detach().clone() for k, v in setup.trained.state_dict().items()}
+    setup.trained.load_state_dict(setup.ema.state)
+    try:
+        yield
+    finally:
+        setup.trained.load_state_dict(live)
+
+
 # --------------------------------------------------------------------------- best epoch, early stopping
 
 @dataclass
@@ -1006,8 +1106,9 @@ def _resume_state(setup: _Setup, progress: _Progress, epoch: int) -> dict:
     return {
         "epoch": epoch, "model": setup.trained.state_dict(), "optimizer": setup.optimizer.state_dict(),
         "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
-        "augment": setup.augment.get_state(), "rng": rng_state(),
+        "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(),
         "history": progress.history, "best": progress.best, "since_best": progress.since_best,
+        **({"ema": setup.ema.state} if setup.ema is not None else {}),
     }
 
 
@@ -1033,6 +1134,10 @@ def _restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[st
 def _restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: Callable[[str], None]) -> None:
     setup.trained.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
+    if not setup.lbfgs:  # (L-BFGS's one group is the head's, built apart from setup.groups)
+        # load_state_dict makes new group dicts: the epochs' freezing must set the lr scales of those (gradual's
+        # unfreezing after a resume), not of the dicts the optimizer was built from.
+        setup.groups = setup.optimizer.param_groups
     setup.scaler.load_state_dict(state["scaler"])
     setup.shuffle.set_state(state["shuffle"])
     if "augment" in state:
@@ -1040,6 +1145,10 @@ def _restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: 
     elif setup.opts.augment:  # written before the augmentation had its own generator
         log(f"warning: resume state {resume_path} holds no augmentation generator state; the augmentation "
             "continues from a freshly seeded one (the run is no longer the same as an uninterrupted one)")
+    if "mix" in state:
+        setup.mix.set_state(state["mix"])
+    if setup.ema is not None:
+        setup.ema.load(state["ema"])
     set_rng_state(state["rng"])
 
 

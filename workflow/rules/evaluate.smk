@@ -50,6 +50,7 @@ rule evaluate:
         calibration_bins=config["evaluate"]["calibration_bins"],
         device=config["evaluate"]["device"],
         batch_size=config["evaluate"]["batch_size"],
+        tta=config["evaluate"]["tta"],
         onnx=lambda w, input: f"--onnx {input.onnx}" if "onnx" in input.keys() else "",
         title=lambda w: f"{w.experiment} seed {w.seed}",
     log:
@@ -69,4 +70,4 @@ rule evaluate:
         "--out-confusion-png {output.confusion_png} --out-reliability-png {output.reliability_png} "
         "--out-learning-curves-png {output.learning_curves_png} --title {params.title:q} "
         "--top-k {params.top_k} --calibration-bins {params.calibration_bins} "
-        "--device {params.device} --batch-size {params.batch_size} {params.onnx} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --batch-size {params.batch_size} {params.onnx} --tta {params.tta} --threads {threads} > {log} 2>&1"

@@ -17,6 +17,7 @@ rule export_onnx:
         parity_batch=config["export"]["parity_batch"],
         exporter=config["export"]["exporter"],
         opset=config["export"]["opset"],
+        tta="hflip" if config["export"]["tta"] else "none",
     log:
         "results/logs/export_onnx/{experiment}/seed{seed}.log",
     benchmark:
@@ -30,7 +31,7 @@ rule export_onnx:
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
-        "--threads {threads} > {log} 2>&1"
+        "--tta {params.tta} --threads {threads} > {log} 2>&1"
 
 
 # Optional (export.quantize: true): dynamic INT8 quantization, reported against fp32 on size,

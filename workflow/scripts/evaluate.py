@@ -28,6 +28,8 @@ def main():
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--onnx", type=Path, help="also score this exported model (onnxruntime) on the same images")
+    parser.add_argument("--tta", choices=["none", "hflip"], default="none",
+                        help="hflip: each image's logits are the mean over it and its mirror image")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
@@ -36,7 +38,8 @@ def main():
     report = evaluate_stage(args.checkpoint, args.split, args.out_metrics, args.out_confusion, args.out_predictions,
                             threads, batch_size=args.batch_size, device=args.device, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
                             plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title,
-                            decoded=tuple(args.decoded) if args.decoded else None, onnx_model=args.onnx)
+                            decoded=tuple(args.decoded) if args.decoded else None, onnx_model=args.onnx,
+                            tta=args.tta)
     k = report["top_k"]
     print(f"test accuracy {report['accuracy']:.4f}, top-{k} {report[f'top{k}_accuracy']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} on {report['n_test']} images")

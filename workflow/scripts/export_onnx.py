@@ -19,12 +19,14 @@ def main():
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
+    parser.add_argument("--tta", choices=["none", "hflip"], default="none",
+                        help="hflip: the exported graph averages the logits of each image and its mirror image")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
     report = export_stage(args.checkpoint, args.split, args.out_onnx, args.out_parity, args.tolerance,
                           args.parity_batch, threads, dynamo=args.exporter == "dynamo", opset=args.opset,
-                          decoded=tuple(args.decoded) if args.decoded else None)
+                          decoded=tuple(args.decoded) if args.decoded else None, tta=args.tta == "hflip")
     print(f"parity passed: max |diff| {report['max_abs_diff']:.2e} <= {args.tolerance:g}; "
           f"top-1 agreement {report['top1_agreement']:.4f} on {report['n_images']} images")
 
