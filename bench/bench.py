@@ -16,6 +16,7 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   decode_passes_demo           images decoded over the bench's whole DAG vs images in its split files
   export_onnx_s                the export_onnx job vs the export call alone
   train_peak_rss_4x            peak RSS of a train job on 4x the images vs on 1x (same image size)
+  ddp_cpu_2proc_img_per_s      one run trained by 2 gloo processes (train.devices 2) vs 1, same global batch
   transfer_acc_finetune        test accuracy of the demo's experiments vs scratch, mean over seeds
   transfer_acc_feature_extract
 
@@ -47,6 +48,7 @@ from common import FULL, IMAGE_SIZE, SMOKE, default_out, demo_config, say, write
 import torch
 
 from dag import bench_dag_build, bench_noop_rerun
+from distributed import bench_ddp_cpu
 from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job, bench_train_peak_rss
 from finetune.cli import usable_cpus
 from finetune.tensors import Preprocessing
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         phase("train_peak_rss_4x: peak RSS of a train job on 4x the images vs 1x")
         rows["train_peak_rss_4x"] = bench_train_peak_rss(manifest_path, Path(config["dataset"]["path"]), scratch,
                                                          sizes.rss_images, sizes.rss_image_size, threads)
+
+        phase("ddp_cpu_2proc_img_per_s: 2 training processes (gloo) vs 1, same global batch and threads")
+        rows["ddp_cpu_2proc_img_per_s"] = bench_ddp_cpu(manifest_path, Path(config["dataset"]["path"]), scratch,
+                                                        sizes.ddp_images, IMAGE_SIZE, sizes.ddp_epochs, threads)
 
         phase("writing the speed rows' images as PNG files (ImageFolder)")
         # Smoke: the tiny DAG's few images stand in for the subset.

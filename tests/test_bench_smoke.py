@@ -6,6 +6,7 @@ recomputed here from the kept checkpoints with torchvision's transforms and the 
 """
 
 import gzip
+import json
 import math
 import os
 import re
@@ -117,6 +118,15 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
         assert 100 < rows.loc["train_peak_rss_4x", metric] < 24_000, rows.loc["train_peak_rss_4x"]
     sizes = {scale: (pd.read_csv(work / f"rss{scale}.csv")["split"] == "train").sum() for scale in (1, 4)}
     assert sizes[4] == 4 * sizes[1] > 0
+
+    # Two training processes vs one: both trained every image of each epoch, in the epoch's time.
+    ddp = rows.loc["ddp_cpu_2proc_img_per_s"]
+    n_ddp = (pd.read_csv(work / "ddp.csv")["split"] == "train").sum()
+    for devices, metric in ((2, "ours"), (1, "baseline")):
+        history = pd.read_csv(work / f"ddp{devices}" / "history")
+        assert ddp[metric] == pytest.approx(history["img_per_s"].iloc[-1])
+        assert n_ddp / history["img_per_s"].iloc[-1] < history["elapsed_s"].iloc[-1] + 1e-6
+        assert json.loads((work / f"ddp{devices}" / "info").read_text())["n_train"] == n_ddp
 
     # The accuracy rows, recomputed from the kept checkpoints (smoke: seed 0 only, on the tiny DAG's split).
     split_csv = work / "tiny" / "resources" / "splits" / "target.csv"

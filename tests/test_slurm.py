@@ -226,3 +226,40 @@ def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_pa
     # `show-failed-logs` puts both logs in the output: the Slurm log, and the rule's log saying what went wrong.
     assert f"Logfile {submitted[0][2]}:" in out
     assert f"{empty} holds no class folders" in out
+
+
+def test_a_run_of_two_processes_is_one_slurm_job_and_trains_as_one_process_does(slurm_cluster, tmp_path):
+    # The head on a frozen backbone's live features: smooth, so two processes train one's run to ~1e-7
+    # (tests/test_distributed.py says why fine-tuning the whole network is compared otherwise).
+    head = {"strategy": "feature_extract", "cache_features": False, "augment": True, "lr": 0.01, "epochs": 2}
+    target = "results/head/seed0/model.pt"
+    runs = {}
+    for name, extra in (("local", {}), ("slurm", {"devices": 2})):
+        workdir = tmp_path / name
+        config = tiny_config(workdir, replace={"experiments": {"head": {**head, **extra}}})
+        args = slurm_cluster.snakemake_args() if name == "slurm" else []
+        # (A flag first: --configfile would take the target for another config file.)
+        result = run_snakemake(workdir, config, *args, "--printshellcmds", target,
+                               env={"FINETUNE_RECORD_MODULES": str(workdir / "modules")})
+        runs[name] = (workdir, result.stdout)
+
+    workdir, out = runs["slurm"]
+    remote, _ = _jobs_by_kind(out)
+    train_jobs = [job for job, rule in remote.items() if rule == "train"]
+    assert len(train_jobs) == 1, out[-3000:]
+    submitted = {int(job): slurm_id for job, slurm_id, _ in SUBMITTED.findall(out)}
+    assert train_jobs[0] in submitted, "the train job ran without a Slurm submission"
+    in_slurm = _squeue(_run_id(out))
+    assert in_slurm[submitted[train_jobs[0]]][0] == "COMPLETED"
+    # One Slurm job, two training processes (two module lists from train.py, other pids).
+    assert len(list((workdir / "modules").glob("train.*.txt"))) == 2
+    assert "torch.distributed.run --nproc-per-node=2" in (workdir / "results/logs/train/head/seed0.log").read_text()
+
+    import pandas as pd
+    import torch
+
+    local, slurm = (pd.read_csv(runs[n][0] / "results/head/seed0/history.csv") for n in ("local", "slurm"))
+    for column in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+        assert (local[column] - slurm[column]).abs().max() < 1e-5, (column, local[column], slurm[column])
+    a, b = (torch.load(runs[n][0] / target, weights_only=False)["state_dict"] for n in ("local", "slurm"))
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
