@@ -25,7 +25,6 @@ from pathlib import Path
 from common import SMOKE, Sizes, experiment_options, quiet, row, say
 
 import numpy as np
-import torch
 
 import baseline_tutorial as tutorial
 from finetune.models import build_target_model
