@@ -17,6 +17,11 @@ the recipe (see docs/bench.md):
   tutorial leaves the frozen backbone's BatchNorm in training mode, so its statistics drift); with it,
   both sides train the same function and their accuracies differ by the caching alone;
 - the best weights are kept in memory (``copy.deepcopy``) instead of a temporary file.
+
+The tutorial's recipe itself (``recipe_acc_vs_tutorial``, bench/recipe.py) adds back what the rows above
+leave out: its train transform (``train_transforms``: RandomResizedCrop + RandomHorizontalFlip), and
+``tutorial_recipe``: SGD lr 0.001 momentum 0.9 over the whole network, StepLR(step_size=7, gamma=0.1)
+stepped per epoch, CrossEntropyLoss, 25 epochs, batch 4 (``TUTORIAL_RECIPE``).
 """
 
 from __future__ import annotations
@@ -31,21 +36,51 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 
-def data_transforms(image_size: int, mean, std) -> transforms.Compose:
-    """The tutorial's val transform at ``image_size``: Resize, CenterCrop, ToTensor, Normalize."""
+def data_transforms(image_size: int, mean, std, resize_size: int | None = None) -> transforms.Compose:
+    """The tutorial's val transform at ``image_size``: Resize (``resize_size``, default ``image_size``), CenterCrop,
+    ToTensor, Normalize."""
     return transforms.Compose([
-        transforms.Resize(image_size),
+        transforms.Resize(resize_size or image_size),
         transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize(list(mean), list(std)),
     ])
 
 
+def train_transforms(image_size: int, mean, std) -> transforms.Compose:
+    """The tutorial's train transform at ``image_size``: RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(list(mean), list(std)),
+    ])
+
+
+# The tutorial's "finetuning the ConvNet" recipe: every parameter trained.
+TUTORIAL_RECIPE = {"lr": 0.001, "momentum": 0.9, "step_size": 7, "gamma": 0.1, "epochs": 25, "batch_size": 4}
+
+
+def tutorial_recipe(model: nn.Module, recipe: dict = TUTORIAL_RECIPE):
+    """(criterion, optimizer, scheduler) as the tutorial builds them: CrossEntropyLoss, SGD with momentum over
+    every parameter, StepLR stepped once per epoch."""
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe["step_size"], gamma=recipe["gamma"])
+    return criterion, optimizer, scheduler
+
+
 def make_dataloaders(data_dir: str, image_size: int, mean, std, batch_size: int, num_workers: int = 0,
-                     phases=("train", "val")) -> tuple[dict, dict]:
-    """``data_dir/<phase>/<class>/<image>`` -> ImageFolder datasets and DataLoaders (shuffled for train)."""
-    transform = data_transforms(image_size, mean, std)
-    image_datasets = {x: datasets.ImageFolder(os.path.join(data_dir, x), transform) for x in phases}
+                     phases=("train", "val"), resize_size: int | None = None,
+                     train_transform: transforms.Compose | None = None) -> tuple[dict, dict]:
+    """``data_dir/<phase>/<class>/<image>`` -> ImageFolder datasets and DataLoaders (shuffled for train).
+
+    Every phase gets the eval transform (Resize ``resize_size``, default ``image_size``, + CenterCrop), but the
+    train phase gets ``train_transform`` where one is given."""
+    transform = data_transforms(image_size, mean, std, resize_size)
+    image_datasets = {x: datasets.ImageFolder(os.path.join(data_dir, x),
+                                              train_transform if x == "train" and train_transform else transform)
+                      for x in phases}
     dataloaders = {
         x: DataLoader(image_datasets[x], batch_size=batch_size, shuffle=(x == "train"), num_workers=num_workers)
         for x in phases

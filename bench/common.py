@@ -55,14 +55,15 @@ class Sizes:
     rss_image_size: int
     ddp_images: int             # ddp_cpu_2proc_img_per_s: training images
     ddp_epochs: int
+    recipe_tutorial_epochs: int  # recipe_acc_vs_tutorial: the tutorial recipe's epochs (ours: the demo's; smoke 1)
 
 
 FULL = Sizes(train_epochs=2, reps=3, snakemake_reps=5, onnx_reps=5, onnx_calls_b1=200, onnx_calls_b64=6,
              seeds=(0, 1, 2), tiny_experiments=3, fe_epochs=25,
-             rss_images=4000, rss_image_size=128, ddp_images=1024, ddp_epochs=2)
+             rss_images=4000, rss_image_size=128, recipe_tutorial_epochs=25, ddp_images=1024, ddp_epochs=2)
 SMOKE = Sizes(train_epochs=1, reps=1, snakemake_reps=1, onnx_reps=1, onnx_calls_b1=5, onnx_calls_b64=1,
               seeds=(0,), tiny_experiments=1, fe_epochs=2,
-              rss_images=40, rss_image_size=32, ddp_images=40, ddp_epochs=1)
+              rss_images=40, rss_image_size=32, recipe_tutorial_epochs=2, ddp_images=40, ddp_epochs=1)
 
 
 # --------------------------------------------------------------------------- messages and timing

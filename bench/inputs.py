@@ -94,3 +94,16 @@ def folder_split_csv(listing: dict[str, list[tuple[str, int]]], out: Path) -> Pa
     frame[["path", "label", "class_name", "split"]].to_csv(out, index=False)
     return out
 
+
+
+def tiny_weights(workdir: Path, threads: int) -> tuple[Path, Path]:
+    """The tests' tiny config's pretrained source model and target split (seconds): what ``--smoke --only``
+    reads where the tiny DAG of ``noop_rerun_s`` is not run."""
+    from helpers import tiny_config
+
+    config = tiny_config(workdir)
+    targets = ["resources/weights/manifest.json", "resources/splits/target.csv"]
+    run_checked(snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                              "--configfile", str(config), "--cores", str(max(threads, 1)), *targets),
+                "the tiny config's weights rule", 900)
+    return workdir / targets[0], workdir / targets[1]

@@ -20,6 +20,7 @@ ROWS = [
     "onnx_infer_img_per_s_b1", "onnx_infer_img_per_s_b64", "transfer_acc_finetune", "transfer_acc_feature_extract",
     "decode_img_per_s_12mp", "decode_passes_demo", "export_onnx_s", "train_peak_rss_4x",
     "ddp_cpu_2proc_img_per_s",
+    "recipe_acc_vs_tutorial",
 ]
 GPU_ROWS = ["train_img_per_s_cuda224_b256", "fit_vs_ceiling_cuda224_b256", "fit_vs_ceiling_cuda224_b32"]  # --gpu
 # (comparison, bound) on the ratio; the accuracy rows are checked as a difference in points instead.
@@ -41,6 +42,7 @@ TARGETS = {
 }
 TRANSFER_MIN_POINTS = 5.0     # pretrained must beat scratch by this many points of test accuracy
 FEATURE_EXTRACT_MAX_POINTS = 1.0  # cached features must not change the accuracy by more than this
+RECIPE_MIN_POINTS = 1.0       # the demo's finetune recipe must beat the PyTorch tutorial's by this many points
 
 
 def machine_info(threads: int) -> dict:
@@ -74,6 +76,8 @@ def check(r: dict) -> tuple[str, bool | None]:
             met = met and abs(r["acc_diff_pts"]) <= FEATURE_EXTRACT_MAX_POINTS
             target += f", |acc diff| <= {FEATURE_EXTRACT_MAX_POINTS:g} pt"
         return target, met
+    if metric == "recipe_acc_vs_tutorial":
+        return f">= +{RECIPE_MIN_POINTS:g} pt", (r["ours"] - r["baseline"]) * 100 >= RECIPE_MIN_POINTS
     if metric.startswith("transfer_acc_"):
         return f">= +{TRANSFER_MIN_POINTS:g} pts", (r["ours"] - r["baseline"]) * 100 >= TRANSFER_MIN_POINTS
     return "", None

@@ -142,6 +142,78 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["bench.csv", "bench.json"]
 
 
+@pytest.mark.fashion_mnist
+def test_bench_smoke_recipe_acc_vs_tutorial(tmp_path):
+    """`--smoke --only recipe_acc_vs_tutorial` (issue 16): the row alone, at tiny sizes. Our accuracy is recomputed
+    from the kept checkpoint; the tutorial side read the same split's images as PNG files; both wall times are in
+    the note and fit in the test's own stopwatch."""
+    import json
+
+    out = tmp_path / "bench.csv"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--smoke", "--keep",
+                             "--only", "recipe_acc_vs_tutorial", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, cwd=tmp_path)
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "recipe_acc_vs_tutorial" in documented_rows()
+    table = pd.read_csv(out)
+    assert list(table.columns) == documented_columns()
+    assert list(table["metric"]) == ["recipe_acc_vs_tutorial"]
+    r = table.iloc[0]
+    assert 0 < r.ours <= 1 and 0 < r.baseline <= 1 and r.unit == "test accuracy" and bool(r.higher_is_better)
+    assert r.ratio == pytest.approx(r.ours / r.baseline, rel=1e-3)
+
+    (work,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    split_csv = work / "tiny" / "resources" / "splits" / "target.csv"
+    assert r.ours == pytest.approx(accuracy_by_hand(work / "recipe" / "ours" / "seed0" / "model.pt", split_csv), abs=1e-5)
+    split = pd.read_csv(split_csv)
+    for name in ("train", "val", "test"):  # the tutorial's ImageFolder: the same split, image for image
+        assert len(list((work / "recipe" / "images" / name).glob("*/*.png"))) == (split["split"] == name).sum(), name
+    n_test = int((split["split"] == "test").sum())
+    # The tutorial's accuracy is a share of the same test images.
+    assert round(r.baseline * n_test) == pytest.approx(r.baseline * n_test, abs=1e-6)
+
+    details = json.loads(out.with_suffix(".json").read_text())["recipe_acc_vs_tutorial"]
+    assert details["accuracy"]["ours"] == [pytest.approx(r.ours, abs=1e-5)]
+    assert details["accuracy"]["tutorial"] == [pytest.approx(r.baseline, abs=1e-5)]
+    for side in ("ours", "tutorial"):
+        (seconds,) = details["wall_s"][side]
+        assert 0 < seconds < wall, side
+        in_note = re.search(rf"{side} (\d+) s", r.note)
+        assert in_note and abs(int(in_note.group(1)) - seconds) <= 1, (side, r.note)
+    assert "SGD lr 0.001 momentum 0.9, StepLR(7, 0.1)" in r.note and "2 epochs, batch 4" in r.note, r.note
+
+
+def test_recipe_acc_vs_tutorial_baseline_is_the_tutorials_recipe():
+    """The tutorial side's recipe: SGD lr 0.001 momentum 0.9 over every parameter, StepLR(7, 0.1) per epoch,
+    25 epochs, RandomResizedCrop + RandomHorizontalFlip for training only."""
+    import torch
+    import torchvision
+    from torchvision import transforms
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import baseline_tutorial as tutorial
+
+    model = torchvision.models.resnet18(num_classes=4)
+    criterion, optimizer, scheduler = tutorial.tutorial_recipe(model)
+    assert isinstance(criterion, torch.nn.CrossEntropyLoss) and isinstance(optimizer, torch.optim.SGD)
+    (group,) = optimizer.param_groups
+    assert group["lr"] == 0.001 and group["momentum"] == 0.9 and group["weight_decay"] == 0
+    assert len(group["params"]) == len(list(model.parameters()))
+    lrs = []
+    for _ in range(tutorial.TUTORIAL_RECIPE["epochs"]):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:7] == [0.001] * 7 and lrs[7:14] == [pytest.approx(1e-4)] * 7 and lrs[-1] == pytest.approx(1e-6)
+    assert len(lrs) == 25
+    train = [type(t) for t in tutorial.train_transforms(32, (0.5,) * 3, (0.25,) * 3).transforms]
+    assert train[:2] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip]
+    evaluation = [type(t) for t in tutorial.data_transforms(32, (0.5,) * 3, (0.25,) * 3, 36).transforms]
+    assert evaluation[:2] == [transforms.Resize, transforms.CenterCrop]
+
+
 def test_gpu_mode_explains_itself_without_cuda(tmp_path):
     # CUDA hidden from the subprocess: the message is checked on every machine, with a GPU or without.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
