@@ -20,6 +20,7 @@ each other: a run with a rank killed and resumed equals the uninterrupted run ex
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ EXPERIMENTS = {
     "head_two": {**HEAD, "devices": 2},
     "finetune_two": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+    "finetune_two_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
 }
 
 
@@ -122,25 +124,32 @@ def _rank_processes(workdir: Path, rank: int) -> list[int]:
     return found
 
 
+def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, signum: int) -> tuple[int, str, int]:
+    """Run `experiment` through snakemake; once its first epoch is saved, send ``signum`` to its rank ``rank``.
+    Returns (the process signalled, snakemake's output, its exit status)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", _target(experiment), "--configfile", str(workdir / "config.yaml")]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    resume_dir = workdir / "resources" / "resume" / experiment / "seed0"
+    deadline = time.monotonic() + 600
+    signalled = None
+    while signalled is None and job.poll() is None and time.monotonic() < deadline:
+        if list(resume_dir.glob("*.pt")):  # epoch 1 done: the next one is under way
+            pids = _rank_processes(workdir, rank)
+            if pids:
+                os.kill(pids[0], signum)
+                signalled = pids[0]
+        time.sleep(0.05)
+    out, _ = job.communicate(timeout=600)
+    assert signalled is not None, f"no rank-{rank} process found after epoch 1:\n{out[-3000:]}"
+    return signalled, out, job.returncode
+
+
 def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
     workdir, _ = runs
     target = _target("finetune_two_killed")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", target, "--configfile", str(workdir / "config.yaml")]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    resume_dir = workdir / "resources" / "resume" / "finetune_two_killed" / "seed0"
-    deadline = time.monotonic() + 600
-    killed = None
-    while killed is None and job.poll() is None and time.monotonic() < deadline:
-        if list(resume_dir.glob("*.pt")):  # epoch 1 done: the next one is under way
-            pids = _rank_processes(workdir, 1)
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed = pids[0]
-        time.sleep(0.05)
-    out, _ = job.communicate(timeout=600)
-    assert killed is not None, f"no rank-1 process found after epoch 1:\n{out[-3000:]}"
-    assert job.returncode != 0, out[-3000:]
+    killed, out, returncode = _signal_rank_after_epoch_one(workdir, "finetune_two_killed", 1, signal.SIGKILL)
+    assert returncode != 0, out[-3000:]
     log = (workdir / "results" / "logs" / "train" / "finetune_two_killed" / "seed0.log").read_text()
     # torchrun's summary names the process that failed first: rank 1, killed by signal 9.
     assert "rank      : 1 (local_rank: 1)" in log, log[-3000:]
@@ -178,3 +187,23 @@ def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp
                              str(REPO / "workflow" / "scripts" / "train.py")], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "train.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes" in result.stderr
+
+
+def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
+    workdir, _ = runs
+    _, out, returncode = _signal_rank_after_epoch_one(workdir, "finetune_two_stopped", 1, signal.SIGTERM)
+    assert returncode != 0, out[-3000:]
+    log = (workdir / "results" / "logs" / "train" / "finetune_two_stopped" / "seed0.log").read_text()
+    # Both ranks stopped at the same step, through the training loop's clean stop (exit status 143), rank 1 for
+    # its own signal and rank 0 because rank 1 was asked; neither was killed.
+    stops = re.findall(r"^stopped by (SIGTERM|a signal to another training process) at epoch (\d+), step (\d+)", log, re.M)
+    assert sorted(kind for kind, *_ in stops) == ["SIGTERM", "a signal to another training process"], log[-3000:]
+    assert len({tuple(where) for _, *where in stops}) == 1, stops
+    assert "exitcode  : 143" in log and "Signal 9" not in log, log[-3000:]
+    assert not _model(workdir, "finetune_two_stopped").exists()
+
+    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target("finetune_two_stopped"))
+    log = (workdir / "results" / "logs" / "train" / "finetune_two_stopped" / "seed0.log").read_text()
+    assert "resuming from" in log, log[-3000:]
+    columns, weights = _differences(workdir, "finetune_two_stopped", "finetune_two")
+    assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
