@@ -32,6 +32,11 @@ CHOSEN = {
     # Not feature_extract: every train key changed at once sets layer_decay, refused with it.
     "train.strategy": "gradual",
     "pretrain.train.strategy": "gradual",
+    # One process: every train key changed at once sets mixup_alpha, refused with several processes. The
+    # distributed keys reach their jobs in the sweep cases and in test_distributed_keys_reach_the_train_job.
+    "train.devices": 1,
+    "train.nodes": 1,
+    "train.sync_batchnorm": False,
 }
 SEEDS = [0, 3]
 
@@ -95,6 +100,10 @@ def commands(output: str) -> list[tuple[str, dict]]:
             continue
         words = shlex.split(line[len("Shell command: "):].split(" > ")[0])
         options, i = {}, 2
+        if words[1:3] == ["-m", "finetune.launch"]:  # several training processes: the launcher, then the script
+            options = {"launch-devices": words[words.index("--devices") + 1],
+                       "launch-nodes": words[words.index("--nodes") + 1]}
+            words = [words[0], *words[words.index("--") + 1:]]
         while i < len(words):
             value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
             options[words[i].lstrip("-")] = value
@@ -131,6 +140,7 @@ def assert_json_option_carries(options: dict, flag: str, values: dict, where: st
 # --------------------------------------------------------------------------- the checks
 
 TRAIN_NOT_LOOP = ("pretrained", "image_size")  # reach train as --scratch / --image-size
+NOT_PRETRAIN = (*TRAIN_NOT_LOOP, "devices", "nodes", "sync_batchnorm")  # refused in pretrain.train
 
 
 def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
@@ -138,6 +148,9 @@ def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
     assert_json_option_carries(options, "options", loop, where)
     assert options.get("scratch", False) is (not train.get("pretrained", True)), f"{where}: pretrained"
     assert options.get("image-size") == (str(train["image_size"]) if train.get("image_size") else None), where
+    devices, nodes = train.get("devices", 1), train.get("nodes", 1)
+    launched = {"launch-devices": str(devices), "launch-nodes": str(nodes)} if devices * nodes > 1 else {}
+    assert {k: v for k, v in options.items() if k.startswith("launch-")} == launched, where
 
 
 def everything_changed_but_weights() -> dict:
@@ -145,7 +158,7 @@ def everything_changed_but_weights() -> dict:
         "dataset": changed("dataset"),
         "pretrain": {"dataset": changed("pretrain.dataset"), "image_size": non_default("pretrain", "image_size",
                                                                                         section_keys("pretrain")["image_size"]),
-                     "train": changed("pretrain.train", skip=TRAIN_NOT_LOOP)},
+                     "train": changed("pretrain.train", skip=NOT_PRETRAIN)},
         "train": changed("train"),
         "evaluate": changed("evaluate"),
         "export": changed("export"),
@@ -217,7 +230,7 @@ def test_every_weights_key_reaches_the_weights_job(tmp_path):
     assert not [rule for rule, _ in jobs if rule == "pretrain"], "no pretraining with other weights"
 
 
-@pytest.mark.parametrize("key", TRAIN_NOT_LOOP)
+@pytest.mark.parametrize("key", NOT_PRETRAIN)
 def test_pretrain_train_keys_pretraining_ignores_are_refused(tmp_path, key):
     value = non_default("train", key, SCHEMA["$defs"]["train"]["properties"][key])
     configfile = tiny_config(tmp_path, pretrain={"train": {key: value}})
@@ -233,7 +246,10 @@ def sweep_cases() -> dict:
     a sweep: tests/test_sweeps.py), and one sweeping two keys, 2 x 2 combinations."""
     keys = SCHEMA["$defs"]["train"]["properties"]
     cases = {f"sweep_{key}": {"sweep": {key: [non_default("train", key, rule)]}} for key, rule in keys.items()
-             if key != "metric"}
+             if key not in ("metric", "devices", "nodes", "sync_batchnorm")}
+    # Several processes: with the batch mixing off (it is on in `train` here) and a batch they divide.
+    cases["sweep_processes"] = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "batch_size": 8,
+                                "sweep": {"devices": [2], "nodes": [2]}}
     cases["grid"] = {"strategy": "finetune", "sweep": {"lr": [0.002, 0.0005], "epochs": [2, 5]}}
     return {"finetune": {}, **cases}
 
@@ -281,3 +297,13 @@ def test_predict_left_to_selection_chooses_among_the_runs_it_stands_for(tmp_path
     assert folders == [f"results/{run}/seed{s}" for run in candidates for s in SEEDS]
     assert options.get("seed") == (None if seed is None else str(seed))
     assert options["model-name"] == "model.onnx" and options["out-selection"] == "results/predictions/selected/selection.json"
+
+
+def test_distributed_keys_reach_the_train_job(tmp_path):
+    experiment = {"strategy": "finetune", "device": "cuda", "devices": 2, "nodes": 3, "sync_batchnorm": True,
+                  "batch_size": 12}
+    config = tiny_config(tmp_path, replace={"experiments": {"ddp": experiment}})
+    out = run_snakemake(tmp_path, config, "-n", "--printshellcmds", "--resources", "gpu=2").stdout
+    (train,) = jobs_of(commands(out), "train")
+    assert (train["launch-devices"], train["launch-nodes"]) == ("2", "3")
+    assert_json_option_carries(train, "options", experiment, "experiments.ddp -> train")
