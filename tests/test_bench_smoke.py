@@ -124,7 +124,7 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
     n_ddp = (pd.read_csv(work / "ddp.csv")["split"] == "train").sum()
     for devices, metric in ((2, "ours"), (1, "baseline")):
         history = pd.read_csv(work / f"ddp{devices}" / "history")
-        assert ddp[metric] == pytest.approx(history["img_per_s"].iloc[-1])
+        assert ddp[metric] == pytest.approx(history["img_per_s"].iloc[-1], rel=1e-5)  # the CSV keeps 6 digits
         assert n_ddp / history["img_per_s"].iloc[-1] < history["elapsed_s"].iloc[-1] + 1e-6
         assert json.loads((work / f"ddp{devices}" / "info").read_text())["n_train"] == n_ddp
 
