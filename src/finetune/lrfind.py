@@ -87,7 +87,7 @@ def find_lr(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log)
     _prepare_epoch(setup, 0)  # the first epoch's trainable parameters (gradual: the head)
     losses, smoothed = [], []
-    for lr, (x, y) in zip(lrs, _batches(setup)):
+    for lr, (x, y, _) in zip(lrs, _batches(setup)):  # one process: no share of a global batch
         for group in setup.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         x, y = _training_batch(setup, x, y)

@@ -112,10 +112,10 @@ _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]
 RULE_MODULES = {
     "split": _STAGES,
     "decode": [*_STAGES, "store"],
-    "pretrain": [*_STAGES, "configcheck", "distributed", "models", "store", "tensors", "training"],
+    "pretrain": [*_STAGES, "configcheck", "distributed", "mixing", "models", "store", "tensors", "training"],
     "weights": [*_STAGES, "models"],
-    "train": [*_STAGES, "configcheck", "distributed", "models", "store", "tensors", "training"],
-    "lr_find": [*_STAGES, "configcheck", "distributed", "lrfind", "models", "plots", "store", "tensors", "training"],
+    "train": [*_STAGES, "configcheck", "distributed", "mixing", "models", "store", "tensors", "training"],
+    "lr_find": [*_STAGES, "configcheck", "distributed", "lrfind", "mixing", "models", "plots", "store", "tensors", "training"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
@@ -181,11 +181,12 @@ def uses_gpu(experiment):
 
 
 def train_launcher(experiment):
-    """How the train jobs start their script: one Python process, or devices x nodes through finetune.launch (torchrun)."""
+    """How the train jobs start their script: as it is (one process), or through finetune.launch (torchrun:
+    devices x nodes processes). Without the interpreter's path, which is no parameter of the run."""
     cfg = experiment_config(experiment)
     if cfg["devices"] * cfg["nodes"] == 1:
-        return str(PYTHON)
-    return f"{PYTHON} -m finetune.launch --devices {cfg['devices']} --nodes {cfg['nodes']} --"
+        return ""
+    return f"-m finetune.launch --devices {cfg['devices']} --nodes {cfg['nodes']} --"
 
 
 def dataset_config(dataset):

@@ -17,6 +17,7 @@ rule train:
         info="results/{experiment}/seed{seed}/train_info.json",
     params:
         # One process, or devices x nodes processes started by torchrun (README "Several GPUs and nodes").
+        python=PYTHON,
         launch=lambda w: train_launcher(w.experiment),
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
         scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
@@ -40,7 +41,7 @@ rule train:
         # GPUs per node (sbatch --gpus; a job of several nodes asks with `gres` instead: README)
         gpu=lambda w: experiment_config(w.experiment)["devices"] if uses_gpu(w.experiment) else 0,
     shell:
-        "{params.launch} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
+        "{params.python} {params.launch} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
         "--options {params.options:q} {params.scratch} {params.image_size} {params.lr_from} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "
