@@ -38,3 +38,17 @@ def test_a_stopped_training_job_exits_143():
     """)
     assert result.returncode == 143, result.stderr
     assert "stopped by SIGTERM" in result.stderr
+
+
+def test_fast_exit_runs_atexit_and_flushes_what_was_printed():
+    """run(main, fast_exit=True) skips the interpreter's teardown, not the atexit handlers nor buffered output."""
+    result = run_python("""
+        import atexit, sys
+        from finetune.cli import run
+        atexit.register(lambda: print("atexit ran"))
+        def main():
+            sys.stdout.write("written, not flushed")
+        run(main, fast_exit=True)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "written, not flushedatexit ran\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -59,13 +60,19 @@ def _stop_now(signum, frame):
                         "earlier results and resume state are kept")
 
 
-def run(main: Callable[[], int | None]) -> None:
+def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     """Run ``main``; print a FinetuneError as one clear line (no traceback) and exit 1.
 
     SIGTERM or SIGINT end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
     and Snakemake the job was stopped, not broken: during training at the next batch boundary
     (resume state of the last completed epoch kept), elsewhere at once, with any half-written
     result removed.
+
+    ``fast_exit``: once ``main`` has returned, run the ``atexit`` handlers, flush stdout and stderr
+    and end the process with ``os._exit``, skipping the interpreter's teardown of every module and
+    object. After the dynamo exporter (torch._dynamo, sympy, onnxscript loaded) that teardown took
+    2.4-3.5 s of a 15-18 s export job on 2 busy cores, and wrote nothing. Only for scripts whose
+    outputs are all closed when ``main`` returns (files written with ``fileio.atomic_path``).
     """
     # The rules send stdout to their log file, where Python buffers it in blocks: without this, a job's log
     # showed no epoch until the job ended, and a job killed (SIGKILL, walltime) lost every line it printed.
@@ -87,4 +94,17 @@ def run(main: Callable[[], int | None]) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         record_loaded_modules()
+    if fast_exit:
+        _exit_now(code or 0)
     sys.exit(code or 0)
+
+
+def _exit_now(code: int) -> None:
+    """End the process as ``sys.exit`` would, less the interpreter's teardown (see ``run``)."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)

@@ -369,9 +369,29 @@ def load_checkpoint(path: Path):
         raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is not a checkpoint written by the train rule")
-    model = build_architecture(checkpoint["arch"], checkpoint["num_classes"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = _model_from_state(build_architecture, checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"])
     return model.eval(), checkpoint
+
+
+def _model_from_state(build: Callable, arch: str, num_classes: int, state_dict: dict):
+    """``build(arch, num_classes)`` holding ``state_dict``'s tensors, without first initialising weights the
+    state dict replaces: built on the meta device and given the tensors themselves (``assign``). An
+    architecture that cannot be built so, or that keeps a tensor outside its state dict (a non-persistent
+    buffer), is built and initialised as usual and the state dict copied in."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build(arch, num_classes)
+    except Exception:  # a builder that computes on its tensors; the usual way below says what is wrong, if anything
+        model = None
+    if model is not None:
+        model.load_state_dict(state_dict, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model
+    model = build(arch, num_classes)
+    model.load_state_dict(state_dict)
+    return model
 
 
 # --------------------------------------------------------------------------- evaluate
