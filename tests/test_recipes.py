@@ -59,8 +59,8 @@ def record_steps(monkeypatch) -> list[dict]:
     states = []
     step = training._train_step
 
-    def recording(setup, x, y):
-        out = step(setup, x, y)
+    def recording(setup, x, y, share=None):
+        out = step(setup, x, y, share)
         states.append({k: v.detach().clone() for k, v in setup.trained.state_dict().items()})
         return out
 
@@ -210,8 +210,8 @@ def record_training_inputs(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor
     seen = []
     batch_of = training._training_batch
 
-    def recording(setup, x, y):
-        out = batch_of(setup, x, y)
+    def recording(setup, x, y, share=None):
+        out = batch_of(setup, x, y, share)
         seen.append((out[0].clone(), out[1].clone()))
         return out
 
