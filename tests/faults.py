@@ -223,3 +223,23 @@ def split_and_weights(root: Path, per_class: int):
     write_manifest(root / "weights" / "manifest.json", weights_file=root / "weights" / "weights.pth", arch="resnet18",
                    num_classes=3, classes=[], preprocessing=PREPROCESSING_32, sha256=digest, source={"kind": "test"})
     return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
+
+
+def job_pids(workdir: Path, script: str, env: str | None = None) -> list[int]:
+    """The python processes running ``workflow/scripts/<script>`` in ``workdir``: the script among their
+    arguments as one word (not the shell around them, whose command is one long word). ``env``: only those
+    whose environment holds that ``NAME=value`` (e.g. ``RANK=1``: one of several training processes)."""
+    path, cwd = str(REPO / "workflow" / "scripts" / script), os.path.realpath(workdir)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0")]
+            if path not in argv[1:] or os.path.realpath(os.readlink(entry / "cwd")) != cwd:
+                continue
+            if env is None or env.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except (OSError, UnicodeDecodeError):
+            continue  # ended meanwhile, or not ours to read
+    return pids

@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 import torch
 
+from faults import job_pids
 from helpers import REPO, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -106,24 +107,6 @@ def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
     assert sum(line.startswith("epoch 1/") for line in log.splitlines()) == 1, log
 
 
-def _rank_processes(workdir: Path, rank: int) -> list[int]:
-    """PIDs of training processes of rank ``rank`` running in ``workdir`` (their environment says RANK)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if (any(part.endswith(b"workflow/scripts/train.py") for part in cmdline) and f"RANK={rank}".encode() in environ
-                and Path(cwd) == workdir):
-            found.append(int(entry.name))
-    return found
-
-
 def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, signum: int) -> tuple[int, str, int]:
     """Run `experiment` through snakemake; once its first epoch is saved, send ``signum`` to its rank ``rank``.
     Returns (the process signalled, snakemake's output, its exit status)."""
@@ -135,7 +118,7 @@ def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, sign
     signalled = None
     while signalled is None and job.poll() is None and time.monotonic() < deadline:
         if list(resume_dir.glob("*.pt")):  # epoch 1 done: the next one is under way
-            pids = _rank_processes(workdir, rank)
+            pids = job_pids(workdir, "train.py", env=f"RANK={rank}")
             if pids:
                 os.kill(pids[0], signum)
                 signalled = pids[0]

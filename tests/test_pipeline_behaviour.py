@@ -32,6 +32,7 @@ import pandas as pd
 import pytest
 import torch
 
+from faults import job_pids
 from helpers import REPO, jobs_run, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
@@ -127,22 +128,6 @@ def wait_until(condition, run: Snakemake, what: str, timeout: float = PATIENCE_S
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout} s:\n{run.output[-6000:]}")
         time.sleep(0.05)
-
-
-def job_pids(workdir: Path, script: str) -> list[int]:
-    """The python processes running ``workflow/scripts/<script>`` in ``workdir`` (not the shell around them)."""
-    path, cwd = str(REPO / "workflow" / "scripts" / script), os.path.realpath(workdir)
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if len(argv) > 1 and argv[1].decode() == path and os.path.realpath(os.readlink(entry / "cwd")) == cwd:
-                pids.append(int(entry.name))
-        except (OSError, UnicodeDecodeError):
-            continue  # ended meanwhile, or not ours to read
-    return pids
 
 
 def stop_job_after_epoch_1(run: Snakemake, script: str, log: Path, resume_dir: Path, ctrl_c: bool = False,
