@@ -2,7 +2,7 @@
 
 ``train.devices`` processes per node (GPUs, or CPU processes with ``device: cpu``) times ``train.nodes``
 nodes. Every process holds the whole model and reads its own share of each global batch of
-``batch_size`` examples from the decoded split (:func:`shard`); DistributedDataParallel averages the
+``batch_size`` examples from the decoded split (:func:`shard_bounds`); DistributedDataParallel averages the
 gradients, and the losses are scaled so that the average is the global batch's (see
 ``training._train_step``). Every process draws the same epoch order and the same augmentation numbers
 (the generators are seeded alike), so a run does not depend on how many processes share it, up to
@@ -92,19 +92,12 @@ def stop(ranks: Ranks) -> None:
             dist.destroy_process_group()
 
 
-def shard(index: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """This rank's contiguous part of a global batch: sizes differ by one at most, the first ranks get the extra."""
-    if not ranks.active:
-        return index
-    base, extra = divmod(len(index), ranks.world)
-    start = ranks.rank * base + min(ranks.rank, extra)
-    return index[start:start + base + (1 if ranks.rank < extra else 0)]
-
-
 def shard_bounds(n: int, ranks: Ranks) -> tuple[int, int]:
-    """[start, stop) of this rank's part of ``n`` examples, as :func:`shard` cuts them."""
-    part = shard(torch.arange(n), ranks)
-    return (int(part[0]), int(part[-1]) + 1) if len(part) else (0, 0)
+    """[start, stop) of this rank's contiguous part of ``n`` examples (a global batch, or the validation split):
+    the parts' sizes differ by one at most, the first ranks take the extra."""
+    base, extra = divmod(n, ranks.world)
+    start = ranks.rank * base + min(ranks.rank, extra)
+    return start, start + base + (1 if ranks.rank < extra else 0)
 
 
 def all_sum(tensor: torch.Tensor, ranks: Ranks, control: bool = False) -> torch.Tensor:

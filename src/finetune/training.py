@@ -847,7 +847,7 @@ def _read_batches(setup: _Setup, order: torch.Tensor):
     Images streamed from a decoded file (:class:`StoredImages`) are read ahead in a background thread,
     into page-locked memory where they go to a GPU, so the device does not wait for the disk. Labels
     travel with their batch (pinned too). Images already on the GPU are indexed there, with the labels.
-    Several processes: each reads only its own part of every global batch (:func:`distributed.shard`),
+    Several processes: each reads only its own part of every global batch (:func:`distributed.shard_bounds`),
     described by ``share`` (:class:`_Share`; None for one process).
     """
     inputs, labels, device, ranks = setup.inputs.train, setup.train_labels, setup.place.device, setup.ranks
@@ -860,10 +860,9 @@ def _read_batches(setup: _Setup, order: torch.Tensor):
     def read(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Share | None]:
         share = None
         if ranks.active:
-            part = distributed.shard(index, ranks)
-            offset = int(distributed.shard(torch.arange(len(index)), ranks)[0])
+            start, stop = distributed.shard_bounds(len(index), ranks)
             normalizer = float(len(index)) if weights is None else float(weights[labels[index].cpu()].sum())
-            share, index = _Share(offset=offset, total=len(index), normalizer=normalizer), part
+            share, index = _Share(offset=start, total=len(index), normalizer=normalizer), index[start:stop]
         x, y = inputs[index], labels[index]
         return (x.pin_memory(), y.pin_memory(), share) if pin else (x, y, share)
 
