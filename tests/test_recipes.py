@@ -246,9 +246,9 @@ def test_train_accuracy_with_soft_targets_counts_the_label_with_the_larger_share
 
 
 def test_mixing_cached_features_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="mixup_alpha 0.2 mix training images.*cached backbone features.*not mixup of images"):
+    with pytest.raises(ConfigError, match="mixup_alpha: 0.2 mix training images.*cached backbone features.*not mixup of images"):
         TrainOptions.from_dict({"strategy": "feature_extract", "mixup_alpha": 0.2})
-    with pytest.raises(ConfigError, match="cutmix_alpha 1 mix"):
+    with pytest.raises(ConfigError, match="cutmix_alpha: 1 mix"):
         TrainOptions.from_dict({"strategy": "feature_extract", "cutmix_alpha": 1.0})
     TrainOptions.from_dict({"strategy": "feature_extract", "cache_features": False, "mixup_alpha": 0.2})
     with pytest.raises(ConfigError, match="mixup_alpha must be >= 0"):
@@ -341,7 +341,7 @@ def test_gradual_resumed_before_its_unfreeze_epoch_is_the_uninterrupted_run(tmp_
 
 
 def test_layer_decay_is_refused_for_feature_extract_and_out_of_range():
-    with pytest.raises(ConfigError, match="layer_decay 0.7 .* strategy feature_extract trains only the new head"):
+    with pytest.raises(ConfigError, match="layer_decay: 0.7 .* strategy: feature_extract trains only the new head"):
         TrainOptions.from_dict({"strategy": "feature_extract", "layer_decay": 0.7})
     with pytest.raises(ConfigError, match="layer_decay must be null .* not 1.5"):
         TrainOptions.from_dict({"layer_decay": 1.5})

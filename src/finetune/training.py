@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .configcheck import caches_features, distributed_problems
+from .configcheck import caches_features, distributed_problems, recipe_problems
 from .distributed import SINGLE, Ranks
 from .errors import ConfigError, StopRequested, TrainingError
 from .fileio import torch_save
@@ -137,25 +137,15 @@ class TrainOptions:
     def _distributed_checks(self) -> list[tuple[bool, str]]:
         return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]
     def _recipe_checks(self) -> list[tuple[bool, str]]:
-        """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values, and the strategies they make no sense with."""
+        """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values here; the strategies they make no
+        sense with by the rule the workflow's start checks too (configcheck.recipe_problems)."""
         ema, layer = self.ema_decay, self.layer_decay
-        mixing = [f"{key} {value:g}" for key, value in (("mixup_alpha", self.mixup_alpha),
-                                                         ("cutmix_alpha", self.cutmix_alpha)) if value > 0]
         return [
             (ema is None or 0 < ema < 1, f"ema_decay must be null (off) or between 0 and 1 (e.g. 0.999), not {ema!r}"),
-            (ema is None or self.optimizer != "lbfgs",
-             f"ema_decay {ema} averages the weights over optimizer steps; optimizer lbfgs takes one step per epoch "
-             "(a full-batch solve): leave ema_decay null"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0: off), not {self.mixup_alpha!r}"),
             (self.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0 (0: off), not {self.cutmix_alpha!r}"),
-            (not mixing or not self.uses_cached_features,
-             f"{' and '.join(mixing)} mix training images, but strategy feature_extract with cache_features true "
-             "and augment false trains the head on cached backbone features, and mixing those is not mixup of "
-             "images: set cache_features false (the backbone then sees the mixed images) or leave the mixing off"),
             (layer is None or 0 < layer <= 1, f"layer_decay must be null (off) or in (0, 1] (e.g. 0.7), not {layer!r}"),
-            (layer is None or self.strategy != "feature_extract",
-             f"layer_decay {layer} scales the learning rates of the backbone's stages, but strategy feature_extract "
-             "trains only the new head: use strategy finetune or gradual, or leave layer_decay null"),
+            *((False, why) for why in recipe_problems(dataclasses.asdict(self))),
         ]
 
     @property
