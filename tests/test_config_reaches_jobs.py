@@ -162,6 +162,7 @@ def everything_changed_but_weights() -> dict:
         "train": changed("train"),
         "evaluate": changed("evaluate"),
         "export": changed("export"),
+        "lr_find": changed("lr_find"),
         "predict": changed("predict"),
         "threads": changed("threads"),
         "seeds": SEEDS,
@@ -173,7 +174,7 @@ def test_the_config_covers_every_section_of_the_schema():
     assert sections <= set(everything_changed_but_weights()), "a new section needs a check here"
 
 
-@pytest.mark.parametrize("experiments", [None, {"finetune": {}, "longer": {"epochs": 7}}],
+@pytest.mark.parametrize("experiments", [None, {"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}],
                          ids=["without-experiments", "with-experiments"])
 def test_every_key_reaches_its_job(tmp_path, experiments):
     config = everything_changed_but_weights()
@@ -195,6 +196,10 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
             train = {**config["train"], **overrides, "seed": seed}
             options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed{seed}/model.pt"})[0]
             assert_train_job_carries(options, train, f"train -> train {name}/seed{seed}")
+
+    if "auto" in (experiments or {}):  # lr: auto runs the range test, with every lr_find setting
+        (options,) = jobs_of(jobs, "lr_find")
+        assert json.loads(options["range-test"]) == config["lr_find"], "lr_find -> lr_find"
 
     for options in jobs_of(jobs, "evaluate"):
         assert options["top-k"] == str(config["evaluate"]["top_k"])

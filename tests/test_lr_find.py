@@ -15,7 +15,7 @@ from finetune.lrfind import find_lr
 from finetune.stages import resolve_lr
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions
-from helpers import REPO, TINY_CONFIG, deep_update, run_snakemake, tiny_config
+from helpers import REPO, TINY_CONFIG, deep_update, jobs_run, run_snakemake, tiny_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -150,3 +150,47 @@ def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
         resolve_lr({"lr": "auto"}, None)
     with pytest.raises(ConfigError, match="not auto"):
         resolve_lr({"lr": 0.5}, suggestion)
+
+
+# --------------------------------------------------------------------------- the rule, run for real
+
+RANGE_TEST = {"min_lr": 1e-5, "max_lr": 1.0, "steps": 24, "smoothing": 0.9, "diverge_factor": 4.0}
+
+
+def test_the_lr_find_rule_runs_the_configured_range_test_and_train_uses_its_suggestion(tmp_path):
+    import pandas as pd
+
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}}, "lr_find": RANGE_TEST})
+    run_snakemake(tmp_path, configfile, "--printshellcmds", "results/auto/seed0/train_info.json")
+    curve = pd.read_csv(tmp_path / "results/lr_find/auto/lr_find.csv")
+    # the configured range: lr from min_lr, each step the same factor (max/min)^(1/(steps-1)), at most `steps` steps
+    factor = (RANGE_TEST["max_lr"] / RANGE_TEST["min_lr"]) ** (1 / (RANGE_TEST["steps"] - 1))
+    lrs = list(curve["lr"])
+    assert 2 <= len(lrs) <= RANGE_TEST["steps"] and math.isclose(lrs[0], RANGE_TEST["min_lr"])
+    assert all(math.isclose(b / a, factor, rel_tol=1e-9) for a, b in zip(lrs, lrs[1:]))
+    # the configured smoothing, recomputed from the recorded raw losses
+    avg, smoothed = 0.0, []
+    for step, loss in enumerate(curve["loss"], start=1):
+        avg = RANGE_TEST["smoothing"] * avg + (1 - RANGE_TEST["smoothing"]) * loss
+        smoothed.append(avg / (1 - RANGE_TEST["smoothing"] ** step))
+    assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(smoothed, curve["smoothed_loss"]))
+    # it stopped early only where the configured divergence rule says so
+    if len(lrs) < RANGE_TEST["steps"]:
+        assert smoothed[-1] > RANGE_TEST["diverge_factor"] * min(smoothed) or not math.isfinite(smoothed[-1])
+    suggestion = json.loads((tmp_path / "results/lr_find/auto/suggestion.json").read_text())
+    assert suggestion["range_test"] == RANGE_TEST
+    assert any(math.isclose(suggestion["lr"], lr) or math.isclose(suggestion["lr"], lr / 10) for lr in lrs)
+    info = json.loads((tmp_path / "results/auto/seed0/train_info.json").read_text())
+    assert info["lr_used"] == suggestion["lr"] and info["options"]["lr"] == "auto"
+    # another range-test setting reruns the range test and the train job that read it, nothing upstream
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}},
+                                                "lr_find": {**RANGE_TEST, "steps": 30}})
+    again = run_snakemake(tmp_path, configfile, "-n", "results/auto/seed0/train_info.json").stdout
+    assert sorted(jobs_run(again)) == ["lr_find", "train"], again
+
+
+def test_a_range_test_that_cannot_rise_is_refused_naming_the_keys():
+    problems = config_problems(config_with(lr_find={"min_lr": 1.0, "max_lr": 0.1}), SCHEMA)
+    assert any(p.startswith("lr_find.min_lr: 1 must be below lr_find.max_lr (0.1)") for p in problems), problems
+    problems = config_problems(config_with(lr_find={"stepz": 10}), SCHEMA)
+    assert any("stepz" in p for p in problems), problems

@@ -227,6 +227,10 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
         for key in needs:
             if not weights.get(key):
                 problems.append(f"weights.{key}: required with weights.source: {source}")
+    range_test = config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {}
+    min_lr, max_lr = range_test.get("min_lr", 1e-7), range_test.get("max_lr", 10.0)
+    if min_lr >= max_lr:
+        problems.append(f"lr_find.min_lr: {min_lr:g} must be below lr_find.max_lr ({max_lr:g}): the range test raises the lr from one to the other")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     experiments = config.get("experiments", default_experiments)
     experiments = experiments if isinstance(experiments, dict) else {}

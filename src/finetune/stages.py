@@ -327,6 +327,9 @@ def resolve_lr(options: dict, lr_from: Path | None) -> tuple[dict, float]:
     return {**options, "lr": suggestion["lr"]}, suggestion["lr"]
 
 
+RANGE_TEST_KEYS = {"min_lr", "max_lr", "steps", "smoothing", "diverge_factor"}  # config key lr_find
+
+
 def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: Path, out_png: Path, out_json: Path,
                   threads: int, pretrained: bool = True, image_size: int | None = None,
                   feature_cache_dir: Path | None = None, decoded: tuple[Path, Path] | None = None,
@@ -338,6 +341,9 @@ def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: 
 
     ensure_writable(out_csv, out_png, out_json)
     range_test = dict(range_test or {})
+    unknown = sorted(set(range_test) - RANGE_TEST_KEYS)
+    if unknown:
+        raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(RANGE_TEST_KEYS))})")
     # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", 1e-7)}, threads, pretrained, image_size, decoded)

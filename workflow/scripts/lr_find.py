@@ -12,6 +12,8 @@ def main():
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True, help="weights manifest (architecture, preprocessing)")
     parser.add_argument("--options", type=json_arg, required=True, help="the run's training options (JSON)")
+    parser.add_argument("--range-test", type=json_arg, default={},
+                        help="the range test's settings (JSON; config key lr_find): min_lr, max_lr, steps, smoothing, diverge_factor")
     parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--out-csv", type=Path, required=True)
@@ -26,7 +28,7 @@ def main():
     suggestion = lr_find_stage(args.split, args.manifest, args.options, args.out_csv, args.out_png, args.out_suggestion,
                                threads, pretrained=not args.scratch, image_size=args.image_size,
                                feature_cache_dir=args.feature_cache_dir,
-                               decoded=tuple(args.decoded) if args.decoded else None)
+                               decoded=tuple(args.decoded) if args.decoded else None, range_test=args.range_test)
     print(f"suggested lr {suggestion['lr']:.3g} ({suggestion['method']}, {suggestion['steps']} steps)")
 
 
