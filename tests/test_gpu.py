@@ -95,7 +95,7 @@ def test_resume_after_sigkill_on_cuda_ends_like_an_uninterrupted_run(inputs, tmp
 def test_a_training_step_never_waits_for_the_gpu(monkeypatch, amp, resident):
     """The steps between two divergence checks run under torch.cuda.set_sync_debug_mode("error"): any host
     sync (``.item()``, a Python ``if`` on a device tensor, a pageable copy) raises."""
-    from finetune import training
+    from finetune import stopping, training
     from finetune.models import build_target_model
     from finetune.tensors import Data, Preprocessing
 
@@ -108,9 +108,9 @@ def test_a_training_step_never_waits_for_the_gpu(monkeypatch, amp, resident):
     model = build_target_model("resnet18", 3, None, None)
     setup = training._set_up(model, data, data, Preprocessing.from_dict(PREPROCESSING_32), opts, 3, None, lambda _: None)
     training._prepare_epoch(setup, 0)
-    sums, divergence = training._EpochSums.on(setup.place.device), training._DivergenceCheck(opts, 0, [], None)
+    sums, divergence = training._EpochSums.on(setup.place.device), stopping.DivergenceCheck(opts, 0, [], None)
     batches = training._read_batches(setup, training._epoch_order(setup))
-    steps = training.DIVERGENCE_CHECK_STEPS - 1
+    steps = stopping.DIVERGENCE_CHECK_STEPS - 1
     for step in range(3):  # warm-up: cuDNN's choices, the optimizer's state, the first read of the epoch
         training._one_step(setup, 0, step, *next(batches), sums, divergence)
     torch.cuda.synchronize()

@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as F
 from finetune.models import build_target_model, find_output_layer, strip_output_layer
 from finetune.stages import load_split_tensors
 from finetune.tensors import Preprocessing, batched_forward
-from finetune.training import Data, TrainOptions, augment_batch, fit, lr_factor
+from finetune.augment import augment_batch
+from finetune.training import Data, TrainOptions, fit, lr_factor
 from finetune.weights import load_state_dict, read_manifest
 from helpers import REPO
 

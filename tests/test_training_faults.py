@@ -170,7 +170,7 @@ def fit_tripwire(armed: bool, step_in_epoch_2: int, resume_path=None, log=lambda
 
 @pytest.mark.parametrize("step", [7, 35], ids=["first-interval", "second-interval"])
 def test_the_first_non_finite_loss_between_two_checks_is_the_step_named(step):
-    from finetune.training import DIVERGENCE_CHECK_STEPS
+    from finetune.stopping import DIVERGENCE_CHECK_STEPS
 
     assert step % DIVERGENCE_CHECK_STEPS not in (0, 1) and step < STEPS_PER_EPOCH, "the step lies inside an interval"
     model = TripwireNet(True)

@@ -8,9 +8,7 @@ the target's class list) and ``split``.
 
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -17,19 +17,22 @@ Strategies
 - ``gradual``: head only for ``unfreeze_epoch`` epochs, then the last ``unfreeze_stages`` stages
   (all when unset) train too at ``lr * backbone_lr_factor``. Every optimizer parameter group exists
   from the start (frozen ones at lr 0), so a run resumed mid-schedule is the same run.
+
+Its parts live beside it: the options (:mod:`finetune.options`), the batch augmentation
+(:mod:`finetune.augment`) and mixing (:mod:`finetune.mixing`), the moving average of the weights
+(:mod:`finetune.ema`), stopping on a signal or a non-finite loss (:mod:`finetune.stopping`), the best
+epoch and the resume state (:mod:`finetune.progress`), cached features and L-BFGS (:mod:`finetune.features`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -41,124 +44,24 @@ import torch
 from torch import nn
 
 from . import distributed
-from .configcheck import caches_features, distributed_problems, recipe_problems
+from .augment import augment_batch
 from .distributed import SINGLE, Ranks
-from .errors import ConfigError, StopRequested, TrainingError
-from .fileio import torch_save
+from .ema import Ema
+from .errors import ConfigError, TrainingError
+from .features import cached_features, lbfgs_step
 from .mixing import mix_batch
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, parameter_depths,
-                     set_batchnorm_eval, strip_output_layer)
+                     set_batchnorm_eval)
+from .options import TrainOptions
+from .progress import (best_model_state, fresh_progress, restore_progress, resume_state, save_resume, stops_early,
+                       track_best)
+from .stopping import DivergenceCheck, SignalGuard, stop_if_requested
 from .store import StoredImages, prefetch
 from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
-STRATEGIES = ("finetune", "feature_extract", "gradual")
-COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's mode for the training forward (or none)
-OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 LBFGS_ITERATIONS = 20  # per epoch: torch's default max_iter; the validation metric is checked in between
 GPU_RESIDENT_BYTES = 2 * 1024**3
 PREFETCH_BATCHES = 2  # batches read ahead of the step when images stream from a decoded file
-# Steps between two reads of the losses for a non-finite one (and at the end of every epoch): each read
-# waits for the device, so a GPU runs this many steps ahead of Python at most.
-DIVERGENCE_CHECK_STEPS = 32
-
-
-@dataclass
-class TrainOptions:
-    strategy: str = "finetune"
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adamw"            # adamw | sgd | lbfgs (feature_extract on cached features only)
-    lr: float = 1e-3                    # lbfgs: the step scale of its line search (1.0)
-    momentum: float = 0.9               # sgd only
-    weight_decay: float = 1e-4          # never applied to norm layers and biases; lbfgs: L2 penalty wd/2 * ||W||^2
-    backbone_lr_factor: float = 1.0     # finetune / gradual: backbone lr = lr * factor
-    unfreeze_epoch: int = 1             # gradual: epochs of head-only training
-    unfreeze_stages: int | None = None  # gradual: how many last stages to unfreeze (None: all)
-    bn: str = "auto"                    # auto (frozen for feature_extract, else train) | frozen | train
-    schedule: str = "cosine"            # cosine | onecycle | constant
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    early_stopping_patience: int | None = None
-    metric: str = "val_accuracy"        # val_accuracy | val_loss
-    class_weighting: str = "none"       # none | loss | sampler
-    augment: bool = False               # random resized crop + horizontal flip
-    cache_features: bool = True         # feature_extract without augmentation: one backbone pass
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"                # auto | cpu | cuda
-    amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
-    channels_last: bool = False
-    compile: str = "off"                # off | default | reduce-overhead: torch.compile the training forward
-    devices: int = 1                    # training processes per node: GPUs, or CPU processes with device cpu
-    nodes: int = 1                      # nodes of one training (Slurm); devices x nodes processes share each batch
-    sync_batchnorm: bool = False        # several CUDA processes: BatchNorm statistics over the global batch
-    ema_decay: float | None = None      # exponential moving average of the weights (None: off); validated and kept
-    mixup_alpha: float = 0.0            # mixup's Beta(alpha, alpha) (0: off); with cutmix too, one of them per batch
-    cutmix_alpha: float = 0.0           # cutmix's Beta(alpha, alpha) (0: off)
-    layer_decay: float | None = None    # finetune / gradual: a stage d stages below the head trains at lr * decay^d
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "TrainOptions":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - fields)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        opts = cls(**cfg)
-        opts.validate()
-        return opts
-
-    def validate(self) -> None:
-        checks = [
-            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, not {self.strategy!r}"),
-            (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}"),
-            (not isinstance(self.lr, str) and self.lr > 0,
-             f"lr must be > 0, not {self.lr!r}" + (" (lr auto is replaced by lr_find's suggestion first: --lr-from)" if self.lr == "auto" else "")),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
-            (self.optimizer != "lbfgs" or self.uses_cached_features,
-             "optimizer lbfgs solves the new head on cached backbone features: it needs strategy feature_extract, "
-             f"cache_features true and augment false (here strategy {self.strategy!r}, "
-             f"cache_features {self.cache_features}, augment {self.augment})"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
-            (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
-            (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
-            (self.metric in ("val_accuracy", "val_loss"), f"metric must be val_accuracy or val_loss, not {self.metric!r}"),
-            (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
-            (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
-            (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
-            *self._distributed_checks(),
-            *self._recipe_checks(),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"train: {message}")
-
-    def _distributed_checks(self) -> list[tuple[bool, str]]:
-        return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]
-    def _recipe_checks(self) -> list[tuple[bool, str]]:
-        """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values here; the strategies they make no
-        sense with by the rule the workflow's start checks too (configcheck.recipe_problems)."""
-        ema, layer = self.ema_decay, self.layer_decay
-        return [
-            (ema is None or 0 < ema < 1, f"ema_decay must be null (off) or between 0 and 1 (e.g. 0.999), not {ema!r}"),
-            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0: off), not {self.mixup_alpha!r}"),
-            (self.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0 (0: off), not {self.cutmix_alpha!r}"),
-            (layer is None or 0 < layer <= 1, f"layer_decay must be null (off) or in (0, 1] (e.g. 0.7), not {layer!r}"),
-            *((False, why) for why in recipe_problems(dataclasses.asdict(self))),
-        ]
-
-    @property
-    def mixes(self) -> bool:
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    @property
-    def bn_frozen(self) -> bool:
-        return self.bn == "frozen" or (self.bn == "auto" and self.strategy == "feature_extract")
-
-    @property
-    def uses_cached_features(self) -> bool:
-        return caches_features(self.strategy, self.cache_features, self.augment)
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -207,111 +110,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-AUGMENT_SCALE = (0.35, 1.0)    # share of the image's area a random crop covers
-AUGMENT_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height), drawn log-uniformly
-
-
-def augment_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None,
-                  part_of: tuple[int, int] | None = None) -> torch.Tensor:
-    """Random resized crop to ``size`` x ``size`` and horizontal flip of every image of a batch, at once.
-
-    ``x``: (N, 3, H, W), uint8 or float, on any device (the stored squares at the resize size, or
-    already cropped images). Returns float32 pixels (0-255) on ``x``'s device. Each crop is a whole
-    number of pixels (box drawn as torchvision's ``RandomResizedCrop`` draws it: area share
-    :data:`AUGMENT_SCALE`, aspect :data:`AUGMENT_RATIO`) resized bilinearly, without antialiasing,
-    exactly as ``torch.nn.functional.interpolate`` resizes the cropped region; one ``grid_sample``
-    does the whole batch. Every random number comes from ``generator`` (a CPU generator; None:
-    torch's global one), so a run is the same on any device.
-
-    ``part_of=(offset, total)``: ``x`` is images ``offset ...`` of a batch of ``total`` (one training
-    process's share): the random numbers of the whole batch are drawn and ``x`` gets its images' share,
-    so every process draws alike and the batch is augmented as one process would augment it.
-    """
-    n, _, h, w = x.shape
-    offset, total = part_of if part_of is not None else (0, n)
-    top, left, height, width, flip = (t[offset:offset + n] for t in _crop_boxes(total, h, w, generator))
-    columns = _source_coordinates(left, width, size, w)
-    columns = torch.where(flip[:, None], columns.flip(1), columns)
-    rows = _source_coordinates(top, height, size, h)
-    grid = torch.stack([columns[:, None, :].expand(n, size, size), rows[:, :, None].expand(n, size, size)], dim=-1)
-    grid = grid.to(torch.float32)
-    if x.is_cuda:  # page-locked, so the copy does not wait for the GPU's queued work
-        grid = grid.pin_memory()
-    grid = grid.to(x.device, non_blocking=True)
-    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _crop_boxes(n: int, h: int, w: int, generator: torch.Generator | None):
-    """(top, left, height, width, flip) of ``n`` random crops of an ``h`` x ``w`` image, as CPU tensors."""
-    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
-    area = h * w * (AUGMENT_SCALE[0] + (AUGMENT_SCALE[1] - AUGMENT_SCALE[0]) * u[:, 0])
-    log_lo, log_hi = math.log(AUGMENT_RATIO[0]), math.log(AUGMENT_RATIO[1])
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
-    height = torch.sqrt(area / ratio).round().clamp(1, h)
-    width = torch.sqrt(area * ratio).round().clamp(1, w)
-    top = torch.floor(u[:, 2] * (h - height + 1)).clamp(max=h - height)
-    left = torch.floor(u[:, 3] * (w - width + 1)).clamp(max=w - width)
-    return top, left, height, width, u[:, 4] < 0.5
-
-
-def _source_coordinates(start: torch.Tensor, length: torch.Tensor, size: int, extent: int) -> torch.Tensor:
-    """grid_sample's normalised coordinates of ``size`` output pixels resized from [start, start + length)
-    of an axis ``extent`` long: interpolate's half-pixel rule, clamped to the crop's own edge pixels."""
-    out = torch.arange(size, dtype=torch.float64)
-    source = start[:, None] + (out[None, :] + 0.5) * (length[:, None] / size) - 0.5
-    source = torch.minimum(torch.maximum(source, start[:, None]), (start + length - 1)[:, None])
-    return (source + 0.5) * (2.0 / extent) - 1.0
-
-
-class _SignalGuard:
-    """Turn SIGTERM/SIGINT into :class:`StopRequested` at the next batch boundary.
-
-    Resume state is saved at the end of every epoch, so stopping between batches loses at most the
-    epoch in progress.
-    """
-
-    def __init__(self):
-        self.signum = None
-        self.agreed = False  # several processes: some rank was asked to stop (seen at a divergence check)
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def check(self, where: Callable[[], str]):
-        if self.signum is not None:
-            raise StopRequested(f"{signal.Signals(self.signum).name} {where()}")
-
-    def stop_now(self, where: Callable[[], str]):
-        name = signal.Signals(self.signum).name if self.signum is not None else "a signal to another training process"
-        raise StopRequested(f"{name} {where()}")
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 # --------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -337,13 +135,13 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     only rank 0 writes the resume state.
     """
     setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log, ranks)
-    progress = _restore_progress(setup, resume_path, log)
+    progress = restore_progress(setup, resume_path, log)
     if progress is None:
-        progress = _fresh_progress(setup)
+        progress = fresh_progress(setup)
     trainable, total = 0, sum(p.numel() for p in model.parameters())
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     stopped_early = False
-    with _SignalGuard() as guard:
+    with SignalGuard() as guard:
         for epoch in range(progress.start_epoch, opts.epochs):
             trainable, total = _prepare_epoch(setup, epoch)
             if epoch == progress.start_epoch:
@@ -356,14 +154,14 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                                  trainable)
                 progress.history.append(row)
                 _log_epoch(row, opts.epochs, log)
-                _track_best(progress, setup.trained, row, opts)
+                track_best(progress, setup.trained, row, opts)
             if resume_path is not None and ranks.main:
-                _save_resume(resume_path, _resume_state(setup, progress, epoch))
-            if _stops_early(opts, progress, log):
+                save_resume(resume_path, resume_state(setup, progress, epoch))
+            if stops_early(opts, progress, log):
                 stopped_early = True
                 break
     return FitResult(
-        best_state=_best_model_state(setup, progress), best_epoch=progress.best["epoch"],
+        best_state=best_model_state(setup, progress), best_epoch=progress.best["epoch"],
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
         total_params=total, train_seconds=time.perf_counter() - started,
         used_cached_features=setup.inputs.cached, stopped_early=stopped_early, compile_seconds=setup.compile_seconds,
@@ -450,7 +248,7 @@ class _Setup:
     normalization: tuple[torch.Tensor, torch.Tensor]  # mean and std on the device, made once
     num_classes: int
     mix: torch.Generator                    # every random number of mixup / cutmix
-    ema: "_Ema | None"                      # ema_decay: the moving average of the trained weights
+    ema: "Ema | None"                      # ema_decay: the moving average of the trained weights
     ranks: Ranks = SINGLE                   # several processes: this one's rank (finetune.distributed)
     compile_seconds: float | None = None    # set by the first training step when train.compile is on
     ddp_trainable: tuple | None = None      # several processes: the parameters the DDP wrapper was built for
@@ -486,7 +284,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
         normalization=normalization_constants(prep, place.device), num_classes=num_classes,
         mix=torch.Generator().manual_seed(int(options_key("mix", opts.seed), 16)),
-        ema=None if opts.ema_decay is None else _Ema(trained, opts.ema_decay), ranks=ranks,
+        ema=None if opts.ema_decay is None else Ema(trained, opts.ema_decay), ranks=ranks,
     )
 
 
@@ -584,7 +382,7 @@ def _feature_inputs(model: nn.Module, head: nn.Module, train: Data, val: Data, p
                     log: Callable[[str], None]) -> _Inputs:
     """One backbone pass per split instead of one per epoch; the head then trains on tensors."""
     try:
-        train_features, val_features = _cached_features(model, train, val, prep, device, feature_cache, log)
+        train_features, val_features = cached_features(model, train, val, prep, device, feature_cache, log)
     except torch.OutOfMemoryError as exc:
         raise _out_of_memory(device, opts, "computing the backbone features") from exc
     eval_forward = lambda x: batched_forward(head, x, None, device, batch_size=1024)  # noqa: E731
@@ -667,7 +465,7 @@ def _apply_freezing(model: nn.Module, groups: list[dict], opts: TrainOptions, ep
     return [stage for stage in stages if stage not in trainable_stages]
 
 
-def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: list[dict],
+def train_one_epoch(setup: _Setup, epoch: int, guard: "SignalGuard", history: list[dict],
                     resume_path: Path | None) -> dict:
     """One pass over the epoch's order; returns its train_loss, train_accuracy and img_per_s.
 
@@ -677,9 +475,9 @@ def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: l
     order = _epoch_order(setup)
     started = time.perf_counter()
     sums = _EpochSums.on(setup.place.device, setup.ranks)
-    divergence = _DivergenceCheck(setup.opts, epoch, history, resume_path, setup.ranks, guard)
+    divergence = DivergenceCheck(setup.opts, epoch, history, resume_path, setup.ranks, guard)
     for step_in_epoch, (x, y, share) in enumerate(_read_batches(setup, order)):
-        _stop_if_requested(setup, guard, divergence, epoch, step_in_epoch, history, resume_path)
+        stop_if_requested(setup, guard, divergence, epoch, step_in_epoch, history, resume_path)
         if setup.opts.compile != "off" and setup.compile_seconds is None:
             _first_compiled_step(setup, epoch, step_in_epoch, x, y, share, sums, divergence)
         else:
@@ -691,7 +489,7 @@ def train_one_epoch(setup: _Setup, epoch: int, guard: "_SignalGuard", history: l
 
 
 def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor, share: "_Share | None",
-              sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+              sums: "_EpochSums", divergence: "DivergenceCheck") -> None:
     """Train on one batch as read (:func:`_read_batches`); the loss and accuracy stay on the device."""
     _set_learning_rates(setup, epoch * setup.steps.per_epoch + step_in_epoch)
     x, y = _training_batch(setup, x, y, share)
@@ -708,7 +506,7 @@ def _one_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y:
 
 
 def _first_compiled_step(setup: _Setup, epoch: int, step_in_epoch: int, x: torch.Tensor, y: torch.Tensor,
-                         share: "_Share | None", sums: "_EpochSums", divergence: "_DivergenceCheck") -> None:
+                         share: "_Share | None", sums: "_EpochSums", divergence: "DivergenceCheck") -> None:
     """The first step with train.compile on, timed to the end of its device work: torch.compile compiles there.
 
     Its time (``FitResult.compile_seconds``, in train_info.json and the log) counts in the epoch's and the job's.
@@ -752,67 +550,6 @@ class _EpochSums:
             loss_sum, correct, seen = totals[0].item(), int(totals[1].item()), int(totals[2].item())
         return {"train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
                 "img_per_s": seen / max(seconds, 1e-9)}
-
-
-class _DivergenceCheck:
-    """Each step's loss, kept on the device until :meth:`check` reads them all at once.
-
-    :meth:`check` raises :func:`_diverged` naming the first non-finite step. It runs before the epoch
-    ends, so the steps after a bad one never reach the resume state or the best epoch's copy.
-    """
-
-    def __init__(self, opts: TrainOptions, epoch: int, history: list, resume_path: Path | None,
-                 ranks: Ranks = SINGLE, guard: "_SignalGuard | None" = None):
-        self.opts, self.epoch, self.history, self.resume_path = opts, epoch, history, resume_path
-        self.ranks, self.guard = ranks, guard
-        self.losses: list[torch.Tensor] = []
-        self.first_step = 0  # 0-based step of the epoch of losses[0]
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss.detach())
-        if len(self.losses) >= DIVERGENCE_CHECK_STEPS:
-            self.check()
-
-    def check(self) -> None:
-        """Several processes: every rank calls it at the same steps; the ranks' losses are added up (a
-        non-finite one on any rank stops all at the same step) and so are their stop requests."""
-        if not self.losses and not self.ranks.active:
-            return
-        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)  # the one wait per interval
-        if self.ranks.active:
-            losses = self._agree(losses)
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise _diverged(losses[i], self.opts, self.epoch, self.first_step + i, self.history, self.resume_path)
-        self.first_step += len(self.losses)
-        self.losses = []
-
-    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
-        """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop."""
-        asked = self.guard is not None and self.guard.signum is not None
-        flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0], dtype=torch.float64)])
-        distributed.all_sum(flags, self.ranks, control=True)
-        if self.guard is not None and flags[-1].item() > 0:
-            self.guard.agreed = True
-        return flags[:-1]
-
-
-def _stop_if_requested(setup: _Setup, guard: "_SignalGuard", divergence: _DivergenceCheck, epoch: int,
-                       step_in_epoch: int, history: list, resume_path: Path | None) -> None:
-    """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first.
-
-    Several processes stop together: a signal to any rank is seen by all at the next divergence check
-    (within ``DIVERGENCE_CHECK_STEPS`` steps, or the epoch's end), and every rank stops there.
-    """
-    if setup.ranks.active:
-        if guard.agreed:
-            guard.stop_now(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1} (all {setup.ranks.world} "
-                                   f"processes): {_saved_state(resume_path, history)}")
-        return
-    if guard.signum is not None:
-        divergence.check()
-    guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {_saved_state(resume_path, history)}")
 
 
 def _epoch_order(setup: _Setup) -> torch.Tensor:
@@ -897,7 +634,7 @@ def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
     global batch's mean loss, exactly as one process computes it, whatever the parts' sizes.
     """
     if setup.lbfgs:
-        return _lbfgs_step(setup.optimizer, setup.head, setup.decayed, setup.losses.train, x, y,
+        return lbfgs_step(setup.optimizer, setup.head, setup.decayed, setup.losses.train, x, y,
                            setup.opts.weight_decay)
     place = setup.place
     with torch.autocast(place.device.type, dtype=place.amp_dtype, enabled=place.amp):
@@ -912,18 +649,6 @@ def _train_step(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
     setup.scaler.step(setup.optimizer)
     setup.scaler.update()
     return logits, loss
-
-
-def _diverged(loss: torch.Tensor, opts: TrainOptions, epoch: int, step_in_epoch: int, history: list,
-              resume_path: Path | None) -> TrainingError:
-    if history and resume_path is not None:
-        where = f"resume state of epoch {len(history)} kept in {resume_path}"
-    else:
-        where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
-    return TrainingError(
-        f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training "
-        f"diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
-    )
 
 
 def _show_progress(text: str) -> None:
@@ -1001,30 +726,6 @@ def _out_of_memory(device: torch.device, opts: TrainOptions, phase: str) -> Trai
 
 # --------------------------------------------------------------------------- exponential moving average
 
-class _Ema:
-    """``ema_decay``: after each optimizer step, every float tensor of the state (parameters and buffers,
-    BatchNorm's running statistics included) moves to ``decay * average + (1 - decay) * current``;
-    integer buffers (BatchNorm's batch count) are copied. It starts at the weights training starts from."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self._floats = [k for k, v in self.state.items() if v.is_floating_point()]
-        self._others = [k for k, v in self.state.items() if not v.is_floating_point()]
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        current = module.state_dict()
-        torch._foreach_lerp_([self.state[k] for k in self._floats], [current[k].detach() for k in self._floats],
-                             1.0 - self.decay)
-        for k in self._others:
-            self.state[k].copy_(current[k])
-
-    def load(self, state: dict) -> None:
-        for k, v in self.state.items():
-            v.copy_(state[k])
-
-
 @contextlib.contextmanager
 def _scored_weights(setup: _Setup):
     """With ema_decay: the averaged weights in the trained module while the block runs, then the live ones back."""
@@ -1038,175 +739,3 @@ def _scored_weights(setup: _Setup):
     finally:
         setup.trained.load_state_dict(live)
 
-
-# --------------------------------------------------------------------------- best epoch, early stopping
-
-@dataclass
-class _Progress:
-    """What the epochs so far leave: the resume state holds it, the next epoch continues it."""
-
-    history: list[dict]
-    best: dict              # "state" (of setup.trained, on the CPU), "metric", "epoch" (1-based; -1: none yet)
-    since_best: int = 0     # epochs since the best one
-    start_epoch: int = 0    # 0-based: the first epoch this call of fit trains
-
-
-def _fresh_progress(setup: _Setup) -> _Progress:
-    worst = -math.inf if _maximizes(setup.opts) else math.inf
-    return _Progress(history=[], best={"state": copy.deepcopy(setup.trained.state_dict()), "metric": worst, "epoch": -1})
-
-
-def _maximizes(opts: TrainOptions) -> bool:
-    return opts.metric == "val_accuracy"
-
-
-def _track_best(progress: _Progress, trained: nn.Module, row: dict, opts: TrainOptions) -> None:
-    """Keep a CPU copy of the trained state if this epoch's metric is the best so far; else count one more epoch."""
-    value, best = row[opts.metric], progress.best["metric"]
-    if (value > best) if _maximizes(opts) else (value < best):
-        progress.best = {"state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
-                         "metric": value, "epoch": row["epoch"]}
-        progress.since_best = 0
-    else:
-        progress.since_best += 1
-
-
-def _stops_early(opts: TrainOptions, progress: _Progress, log: Callable[[str], None]) -> bool:
-    if opts.early_stopping_patience is None or progress.since_best < opts.early_stopping_patience:
-        return False
-    log(f"early stopping: {opts.metric} did not improve for {progress.since_best} epoch(s); "
-        f"best epoch {progress.best['epoch']}")
-    return True
-
-
-def _best_model_state(setup: _Setup, progress: _Progress) -> dict:
-    """The whole model's state at the best epoch; with cached features the backbone as loaded, the best head."""
-    best_state = progress.best["state"]
-    if setup.trained is not setup.model:
-        best_state = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
-        best_state.update({f"{setup.head_name}.{k}": v for k, v in progress.best["state"].items()})
-    return best_state
-
-
-# --------------------------------------------------------------------------- resume state
-
-def _resume_state(setup: _Setup, progress: _Progress, epoch: int) -> dict:
-    """All a rerun needs to continue after ``epoch`` (0-based) as if never stopped."""
-    return {
-        "epoch": epoch, "model": setup.trained.state_dict(), "optimizer": setup.optimizer.state_dict(),
-        "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
-        "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(),
-        "history": progress.history, "best": progress.best, "since_best": progress.since_best,
-        **({"ema": setup.ema.state} if setup.ema is not None else {}),
-    }
-
-
-def _save_resume(path: Path, state: dict) -> None:
-    torch_save(state, path)  # atomic: a failed write leaves the previous epoch's state as it was
-
-
-def _restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[str], None]) -> _Progress | None:
-    """Continue from the saved resume state, if there is a usable one: restore it into ``setup``."""
-    state = _load_resume(resume_path, log) if resume_path is not None and resume_path.exists() else None
-    if state is not None and set(state["model"]) != set(setup.trained.state_dict()):
-        log(f"warning: resume state {resume_path} holds other parameters than this run trains; starting again from epoch 1")
-        state = None
-    if state is None:
-        return None
-    _restore_training_state(setup, state, resume_path, log)
-    progress = _Progress(history=state["history"], best=state["best"], since_best=state["since_best"],
-                         start_epoch=state["epoch"] + 1)
-    log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
-    return progress
-
-
-def _restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: Callable[[str], None]) -> None:
-    setup.trained.load_state_dict(state["model"])
-    setup.optimizer.load_state_dict(state["optimizer"])
-    if not setup.lbfgs:  # (L-BFGS's one group is the head's, built apart from setup.groups)
-        # load_state_dict makes new group dicts: the epochs' freezing must set the lr scales of those (gradual's
-        # unfreezing after a resume), not of the dicts the optimizer was built from.
-        setup.groups = setup.optimizer.param_groups
-    setup.scaler.load_state_dict(state["scaler"])
-    setup.shuffle.set_state(state["shuffle"])
-    if "augment" in state:
-        setup.augment.set_state(state["augment"])
-    elif setup.opts.augment:  # written before the augmentation had its own generator
-        log(f"warning: resume state {resume_path} holds no augmentation generator state; the augmentation "
-            "continues from a freshly seeded one (the run is no longer the same as an uninterrupted one)")
-    if "mix" in state:
-        setup.mix.set_state(state["mix"])
-    if setup.ema is not None:
-        setup.ema.load(state["ema"])
-    set_rng_state(state["rng"])
-
-
-def _load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
-    """The saved resume state, or None (with a warning) when the file cannot be read."""
-    try:
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "epoch" not in state:
-            raise ValueError("not a resume state written by this training loop")
-        return state
-    except Exception as exc:  # a file from another torch version, or damaged outside this program
-        log(f"warning: resume state {resume_path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
-            "starting again from epoch 1 (it is overwritten after the first epoch)")
-        return None
-
-
-def _saved_state(resume_path: Path | None, history: list) -> str:
-    """What a run stopped now leaves for the next one."""
-    if resume_path is None:
-        return "no resume state is kept (no --resume-dir): a rerun starts again from epoch 1"
-    if not history:
-        return "no epoch completed yet: a rerun starts again from epoch 1"
-    return f"resume state of epoch {len(history)} kept in {resume_path}: a rerun continues with epoch {len(history) + 1}"
-
-
-# --------------------------------------------------------------------------- L-BFGS, cached features
-
-def _lbfgs_step(optimizer: torch.optim.LBFGS, head: nn.Module, decayed: list[nn.Parameter], criterion: nn.Module,
-                x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One full-batch L-BFGS step on ``criterion + weight_decay/2 * ||decayed||^2``.
-
-    Returns the logits and data loss before the step (what the other optimizers report per batch);
-    a non-finite loss is returned before any step is taken.
-    """
-    with torch.no_grad():
-        logits = head(x)
-        loss = criterion(logits, y)
-    if not torch.isfinite(loss):
-        return logits, loss
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        objective = criterion(head(x), y)
-        if weight_decay:
-            objective = objective + 0.5 * weight_decay * sum(p.pow(2).sum() for p in decayed)
-        objective.backward()
-        return objective
-
-    optimizer.step(closure)
-    return logits, loss
-
-
-def _cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessing, device: torch.device,
-                     cache_file: Path | None, log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    if cache_file is not None and cache_file.exists():
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached["train"].shape[0] == len(train.labels) and cached["val"].shape[0] == len(val.labels):
-            log(f"backbone features read from cache {cache_file}")
-            return cached["train"], cached["val"]
-    # A copy, channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (see batched_forward);
-    # the features are the same up to float rounding.
-    backbone = strip_output_layer(copy.deepcopy(model)).eval().to(memory_format=torch.channels_last)
-    started = time.perf_counter()
-    features = {
-        "train": batched_forward(backbone, train.images, prep, device, channels_last=True),
-        "val": batched_forward(backbone, val.images, prep, device, channels_last=True),
-    }
-    seconds = time.perf_counter() - started
-    log(f"backbone features computed once: {len(train.labels) + len(val.labels)} images in {seconds:.1f}s")
-    if cache_file is not None:
-        torch_save(features, cache_file)
-    return features["train"], features["val"]

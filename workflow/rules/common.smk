@@ -109,13 +109,16 @@ wildcard_constraints:
 # was reruns nothing. tests/test_reruns.py checks this table against what the jobs actually load.
 _STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "stages", "weights"]  # finetune.stages and its imports
 _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]  # finetune.deploy: no torch
+# finetune.training and its parts
+_TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
+             "stopping", "store", "tensors", "training"]
 RULE_MODULES = {
     "split": _STAGES,
     "decode": [*_STAGES, "store"],
-    "pretrain": [*_STAGES, "configcheck", "distributed", "mixing", "models", "store", "tensors", "training"],
+    "pretrain": [*_STAGES, *_TRAINING],
     "weights": [*_STAGES, "models"],
-    "train": [*_STAGES, "configcheck", "distributed", "mixing", "models", "store", "tensors", "training"],
-    "lr_find": [*_STAGES, "configcheck", "distributed", "lrfind", "mixing", "models", "plots", "store", "tensors", "training"],
+    "train": [*_STAGES, *_TRAINING],
+    "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],

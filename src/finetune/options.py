@@ -1,0 +1,115 @@
+"""The training loop's options (:class:`TrainOptions`): one field per `train` key, checked as the workflow's
+schema and cross-key rules check them (the shared rules live in :mod:`finetune.configcheck`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .configcheck import caches_features, distributed_problems, recipe_problems
+from .errors import ConfigError
+
+
+STRATEGIES = ("finetune", "feature_extract", "gradual")
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's mode for the training forward (or none)
+OPTIMIZERS = ("adamw", "sgd", "lbfgs")
+
+
+@dataclass
+class TrainOptions:
+    strategy: str = "finetune"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"            # adamw | sgd | lbfgs (feature_extract on cached features only)
+    lr: float = 1e-3                    # lbfgs: the step scale of its line search (1.0)
+    momentum: float = 0.9               # sgd only
+    weight_decay: float = 1e-4          # never applied to norm layers and biases; lbfgs: L2 penalty wd/2 * ||W||^2
+    backbone_lr_factor: float = 1.0     # finetune / gradual: backbone lr = lr * factor
+    unfreeze_epoch: int = 1             # gradual: epochs of head-only training
+    unfreeze_stages: int | None = None  # gradual: how many last stages to unfreeze (None: all)
+    bn: str = "auto"                    # auto (frozen for feature_extract, else train) | frozen | train
+    schedule: str = "cosine"            # cosine | onecycle | constant
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int | None = None
+    metric: str = "val_accuracy"        # val_accuracy | val_loss
+    class_weighting: str = "none"       # none | loss | sampler
+    augment: bool = False               # random resized crop + horizontal flip
+    cache_features: bool = True         # feature_extract without augmentation: one backbone pass
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"                # auto | cpu | cuda
+    amp: str = "off"                    # off | bf16 | fp16 (CUDA only)
+    channels_last: bool = False
+    compile: str = "off"                # off | default | reduce-overhead: torch.compile the training forward
+    devices: int = 1                    # training processes per node: GPUs, or CPU processes with device cpu
+    nodes: int = 1                      # nodes of one training (Slurm); devices x nodes processes share each batch
+    sync_batchnorm: bool = False        # several CUDA processes: BatchNorm statistics over the global batch
+    ema_decay: float | None = None      # exponential moving average of the weights (None: off); validated and kept
+    mixup_alpha: float = 0.0            # mixup's Beta(alpha, alpha) (0: off); with cutmix too, one of them per batch
+    cutmix_alpha: float = 0.0           # cutmix's Beta(alpha, alpha) (0: off)
+    layer_decay: float | None = None    # finetune / gradual: a stage d stages below the head trains at lr * decay^d
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "TrainOptions":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        opts = cls(**cfg)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, not {self.strategy!r}"),
+            (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}"),
+            (not isinstance(self.lr, str) and self.lr > 0,
+             f"lr must be > 0, not {self.lr!r}" + (" (lr auto is replaced by lr_find's suggestion first: --lr-from)" if self.lr == "auto" else "")),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}"),
+            (self.optimizer != "lbfgs" or self.uses_cached_features,
+             "optimizer lbfgs solves the new head on cached backbone features: it needs strategy feature_extract, "
+             f"cache_features true and augment false (here strategy {self.strategy!r}, "
+             f"cache_features {self.cache_features}, augment {self.augment})"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
+            (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
+            (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
+            (self.metric in ("val_accuracy", "val_loss"), f"metric must be val_accuracy or val_loss, not {self.metric!r}"),
+            (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
+            (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
+            *self._distributed_checks(),
+            *self._recipe_checks(),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"train: {message}")
+
+    def _distributed_checks(self) -> list[tuple[bool, str]]:
+        return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]
+
+    def _recipe_checks(self) -> list[tuple[bool, str]]:
+        """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values here; the strategies they make no
+        sense with by the rule the workflow's start checks too (configcheck.recipe_problems)."""
+        ema, layer = self.ema_decay, self.layer_decay
+        return [
+            (ema is None or 0 < ema < 1, f"ema_decay must be null (off) or between 0 and 1 (e.g. 0.999), not {ema!r}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0 (0: off), not {self.mixup_alpha!r}"),
+            (self.cutmix_alpha >= 0, f"cutmix_alpha must be >= 0 (0: off), not {self.cutmix_alpha!r}"),
+            (layer is None or 0 < layer <= 1, f"layer_decay must be null (off) or in (0, 1] (e.g. 0.7), not {layer!r}"),
+            *((False, why) for why in recipe_problems(dataclasses.asdict(self))),
+        ]
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
+    def bn_frozen(self) -> bool:
+        return self.bn == "frozen" or (self.bn == "auto" and self.strategy == "feature_extract")
+
+    @property
+    def uses_cached_features(self) -> bool:
+        return caches_features(self.strategy, self.cache_features, self.augment)

@@ -1,0 +1,147 @@
+"""What the epochs leave behind: the history, the best epoch (kept on the CPU), early stopping, and the
+resume state a rerun continues from as if never stopped (model, optimizer, scaler, every generator)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fileio import torch_save
+from .options import TrainOptions
+
+if TYPE_CHECKING:
+    from .training import _Setup
+
+
+@dataclass
+class Progress:
+    """What the epochs so far leave: the resume state holds it, the next epoch continues it."""
+
+    history: list[dict]
+    best: dict              # "state" (of setup.trained, on the CPU), "metric", "epoch" (1-based; -1: none yet)
+    since_best: int = 0     # epochs since the best one
+    start_epoch: int = 0    # 0-based: the first epoch this call of fit trains
+
+
+def fresh_progress(setup: _Setup) -> Progress:
+    worst = -math.inf if maximizes(setup.opts) else math.inf
+    return Progress(history=[], best={"state": copy.deepcopy(setup.trained.state_dict()), "metric": worst, "epoch": -1})
+
+
+def maximizes(opts: TrainOptions) -> bool:
+    return opts.metric == "val_accuracy"
+
+
+def track_best(progress: Progress, trained: nn.Module, row: dict, opts: TrainOptions) -> None:
+    """Keep a CPU copy of the trained state if this epoch's metric is the best so far; else count one more epoch."""
+    value, best = row[opts.metric], progress.best["metric"]
+    if (value > best) if maximizes(opts) else (value < best):
+        progress.best = {"state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
+                         "metric": value, "epoch": row["epoch"]}
+        progress.since_best = 0
+    else:
+        progress.since_best += 1
+
+
+def stops_early(opts: TrainOptions, progress: Progress, log: Callable[[str], None]) -> bool:
+    if opts.early_stopping_patience is None or progress.since_best < opts.early_stopping_patience:
+        return False
+    log(f"early stopping: {opts.metric} did not improve for {progress.since_best} epoch(s); "
+        f"best epoch {progress.best['epoch']}")
+    return True
+
+
+def best_model_state(setup: _Setup, progress: Progress) -> dict:
+    """The whole model's state at the best epoch; with cached features the backbone as loaded, the best head."""
+    best_state = progress.best["state"]
+    if setup.trained is not setup.model:
+        best_state = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
+        best_state.update({f"{setup.head_name}.{k}": v for k, v in progress.best["state"].items()})
+    return best_state
+
+
+def resume_state(setup: _Setup, progress: Progress, epoch: int) -> dict:
+    """All a rerun needs to continue after ``epoch`` (0-based) as if never stopped."""
+    return {
+        "epoch": epoch, "model": setup.trained.state_dict(), "optimizer": setup.optimizer.state_dict(),
+        "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
+        "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(),
+        "history": progress.history, "best": progress.best, "since_best": progress.since_best,
+        **({"ema": setup.ema.state} if setup.ema is not None else {}),
+    }
+
+
+def save_resume(path: Path, state: dict) -> None:
+    torch_save(state, path)  # atomic: a failed write leaves the previous epoch's state as it was
+
+
+def restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[str], None]) -> Progress | None:
+    """Continue from the saved resume state, if there is a usable one: restore it into ``setup``."""
+    state = load_resume(resume_path, log) if resume_path is not None and resume_path.exists() else None
+    if state is not None and set(state["model"]) != set(setup.trained.state_dict()):
+        log(f"warning: resume state {resume_path} holds other parameters than this run trains; starting again from epoch 1")
+        state = None
+    if state is None:
+        return None
+    restore_training_state(setup, state, resume_path, log)
+    progress = Progress(history=state["history"], best=state["best"], since_best=state["since_best"],
+                         start_epoch=state["epoch"] + 1)
+    log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
+    return progress
+
+
+def restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: Callable[[str], None]) -> None:
+    setup.trained.load_state_dict(state["model"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if not setup.lbfgs:  # (L-BFGS's one group is the head's, built apart from setup.groups)
+        # load_state_dict makes new group dicts: the epochs' freezing must set the lr scales of those (gradual's
+        # unfreezing after a resume), not of the dicts the optimizer was built from.
+        setup.groups = setup.optimizer.param_groups
+    setup.scaler.load_state_dict(state["scaler"])
+    setup.shuffle.set_state(state["shuffle"])
+    if "augment" in state:
+        setup.augment.set_state(state["augment"])
+    elif setup.opts.augment:  # written before the augmentation had its own generator
+        log(f"warning: resume state {resume_path} holds no augmentation generator state; the augmentation "
+            "continues from a freshly seeded one (the run is no longer the same as an uninterrupted one)")
+    if "mix" in state:
+        setup.mix.set_state(state["mix"])
+    if setup.ema is not None:
+        setup.ema.load(state["ema"])
+    set_rng_state(state["rng"])
+
+
+def load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
+    """The saved resume state, or None (with a warning) when the file cannot be read."""
+    try:
+        state = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "epoch" not in state:
+            raise ValueError("not a resume state written by this training loop")
+        return state
+    except Exception as exc:  # a file from another torch version, or damaged outside this program
+        log(f"warning: resume state {resume_path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+            "starting again from epoch 1 (it is overwritten after the first epoch)")
+        return None
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

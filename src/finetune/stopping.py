@@ -1,0 +1,140 @@
+"""How training stops before its last epoch: on SIGTERM/SIGINT at a batch boundary (:class:`SignalGuard`),
+or on a non-finite loss found at a bounded interval (:class:`DivergenceCheck`); several processes agree
+on both at the same steps. The messages say what a rerun continues from."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from . import distributed
+from .distributed import SINGLE, Ranks
+from .errors import StopRequested, TrainingError
+from .options import TrainOptions
+
+if TYPE_CHECKING:
+    from .training import _Setup
+
+
+# Steps between two reads of the losses for a non-finite one (and at the end of every epoch): each read
+# waits for the device, so a GPU runs this many steps ahead of Python at most.
+DIVERGENCE_CHECK_STEPS = 32
+
+
+class SignalGuard:
+    """Turn SIGTERM/SIGINT into :class:`StopRequested` at the next batch boundary.
+
+    Resume state is saved at the end of every epoch, so stopping between batches loses at most the
+    epoch in progress.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self.agreed = False  # several processes: some rank was asked to stop (seen at a divergence check)
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def check(self, where: Callable[[], str]):
+        if self.signum is not None:
+            raise StopRequested(f"{signal.Signals(self.signum).name} {where()}")
+
+    def stop_now(self, where: Callable[[], str]):
+        name = signal.Signals(self.signum).name if self.signum is not None else "a signal to another training process"
+        raise StopRequested(f"{name} {where()}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class DivergenceCheck:
+    """Each step's loss, kept on the device until :meth:`check` reads them all at once.
+
+    :meth:`check` raises :func:`diverged` naming the first non-finite step. It runs before the epoch
+    ends, so the steps after a bad one never reach the resume state or the best epoch's copy.
+    """
+
+    def __init__(self, opts: TrainOptions, epoch: int, history: list, resume_path: Path | None,
+                 ranks: Ranks = SINGLE, guard: "SignalGuard | None" = None):
+        self.opts, self.epoch, self.history, self.resume_path = opts, epoch, history, resume_path
+        self.ranks, self.guard = ranks, guard
+        self.losses: list[torch.Tensor] = []
+        self.first_step = 0  # 0-based step of the epoch of losses[0]
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        if len(self.losses) >= DIVERGENCE_CHECK_STEPS:
+            self.check()
+
+    def check(self) -> None:
+        """Several processes: every rank calls it at the same steps; the ranks' losses are added up (a
+        non-finite one on any rank stops all at the same step) and so are their stop requests."""
+        if not self.losses and not self.ranks.active:
+            return
+        losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)  # the one wait per interval
+        if self.ranks.active:
+            losses = self._agree(losses)
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise diverged(losses[i], self.opts, self.epoch, self.first_step + i, self.history, self.resume_path)
+        self.first_step += len(self.losses)
+        self.losses = []
+
+    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
+        """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop."""
+        asked = self.guard is not None and self.guard.signum is not None
+        flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0], dtype=torch.float64)])
+        distributed.all_sum(flags, self.ranks, control=True)
+        if self.guard is not None and flags[-1].item() > 0:
+            self.guard.agreed = True
+        return flags[:-1]
+
+
+def stop_if_requested(setup: _Setup, guard: "SignalGuard", divergence: DivergenceCheck, epoch: int,
+                       step_in_epoch: int, history: list, resume_path: Path | None) -> None:
+    """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first.
+
+    Several processes stop together: a signal to any rank is seen by all at the next divergence check
+    (within ``DIVERGENCE_CHECK_STEPS`` steps, or the epoch's end), and every rank stops there.
+    """
+    if setup.ranks.active:
+        if guard.agreed:
+            guard.stop_now(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1} (all {setup.ranks.world} "
+                                   f"processes): {saved_state(resume_path, history)}")
+        return
+    if guard.signum is not None:
+        divergence.check()
+    guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {saved_state(resume_path, history)}")
+
+
+def diverged(loss: torch.Tensor, opts: TrainOptions, epoch: int, step_in_epoch: int, history: list,
+              resume_path: Path | None) -> TrainingError:
+    if history and resume_path is not None:
+        where = f"resume state of epoch {len(history)} kept in {resume_path}"
+    else:
+        where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
+    return TrainingError(
+        f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training "
+        f"diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
+    )
+
+
+def saved_state(resume_path: Path | None, history: list) -> str:
+    """What a run stopped now leaves for the next one."""
+    if resume_path is None:
+        return "no resume state is kept (no --resume-dir): a rerun starts again from epoch 1"
+    if not history:
+        return "no epoch completed yet: a rerun starts again from epoch 1"
+    return f"resume state of epoch {len(history)} kept in {resume_path}: a rerun continues with epoch {len(history) + 1}"
