@@ -92,7 +92,8 @@ print(time.perf_counter() - started)
 
 def bench_export_job(checkpoint: Path, split_csv: Path, workdir: Path, reps: int, threads: int) -> dict:
     """The export_onnx job (script: start-up, decoded test images, export, parity) vs the export call alone,
-    timed around the call in a fresh process as a job makes it (the exporter's own lazy imports included)."""
+    timed around the call in a fresh process as a job makes it: the exporter's own lazy imports (torch.onnx's
+    exporter, onnx, onnxscript) included; torch._dynamo is not among them, torchvision's import loads it."""
     from finetune.stages import load_checkpoint
 
     _, ckpt = load_checkpoint(checkpoint)
@@ -112,7 +113,8 @@ def bench_export_job(checkpoint: Path, split_csv: Path, workdir: Path, reps: int
         call_s.append(float(subprocess.run(call, check=True, capture_output=True, text=True, env=env).stdout.split()[-1]))
     return row("export_onnx_s", median(job_s), median(call_s), "s", False,
                f"export_onnx.py (start-up, decoded test images, dynamo export, parity on <= 256 images) {spread(job_s)} s "
-               f"vs the export call alone in a fresh process (dynamo; its lazy imports included) {spread(call_s)} s")
+               f"vs the export call alone in a fresh process (dynamo; its lazy imports included, torch._dynamo loaded by "
+               f"torchvision before it) {spread(call_s)} s")
 
 
 # The train job's own peak, as its parent sees it: ru_maxrss of the waited-for child (this wrapper
