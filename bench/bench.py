@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of minutes, no target checks")
     parser.add_argument("--gpu", action="store_true",
                         help="the training loop on CUDA at 224 px, batch 32/128/256 (bench_gpu.csv; docs/bench.md)")
+    parser.add_argument("--reps", type=int, default=None, help="--gpu only: repeats of each figure (default 3; smoke 1)")
+    parser.add_argument("--batches", default=None, metavar="B1,B2,...",
+                        help="--gpu only: the batch sizes to sweep (default 32,128,256); the rows read the smallest and largest")
+    parser.add_argument("--compile", action="store_true",
+                        help="--gpu only: also fit with train.compile reduce-overhead (CUDA graphs) at the smallest and "
+                             "largest batch, one repeat (rows compile_vs_eager_cuda224_b32/_b256; docs/bench.md)")
     parser.add_argument("--device", default=None, help="--gpu only: the device (default cuda; cpu for --smoke)")
     parser.add_argument("--data", default=None,
                         help="--gpu only: a split CSV to read images from (default: generated images in memory)")

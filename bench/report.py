@@ -23,6 +23,7 @@ ROWS = [
     "recipe_acc_vs_tutorial",
 ]
 GPU_ROWS = ["train_img_per_s_cuda224_b256", "fit_vs_ceiling_cuda224_b256", "fit_vs_ceiling_cuda224_b32"]  # --gpu
+COMPILE_ROWS = ["compile_vs_eager_cuda224_b32", "compile_vs_eager_cuda224_b256"]  # --gpu --compile: no target
 # (comparison, bound) on the ratio; the accuracy rows are checked as a difference in points instead.
 TARGETS = {
     "train_img_per_s": (">=", 1.2),

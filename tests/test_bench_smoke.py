@@ -263,7 +263,7 @@ def test_gpu_bench_smoke_on_the_cpu_writes_its_documented_rows(tmp_path):
 
     out = tmp_path / "bench_gpu.csv"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--gpu", "--smoke", "--device", "cpu",
-                             "--threads", "1", "--out", str(out)],
+                             "--compile", "--threads", "1", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:]
     table = pd.read_csv(out)
@@ -282,3 +282,9 @@ def test_gpu_bench_smoke_on_the_cpu_writes_its_documented_rows(tmp_path):
         check = figures["ceiling_check"]
         assert check["parameters"] == resnet18 and check["every_parameter_moved"], (batch, check)
         assert math.isfinite(check["last_loss"]), (batch, check)
+    # --compile: the compiled variant at the smallest and the largest batch only, its compilation timed apart
+    for batch, figures in details["figures"].items():
+        compiled = "amp_cl_graphs" in figures["fit"]
+        assert compiled == (batch in ("32", "256")), batch
+        assert not compiled or (len(figures["fit"]["amp_cl_graphs"]) == 1 and figures["compile_s"]["amp_cl_graphs"] > 0
+                                and "compile_error" not in figures), (batch, figures)

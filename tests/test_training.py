@@ -255,8 +255,9 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     patience, epochs = 2, 12
     model = make_model(tiny)
     result = run_fit(tiny, model, epochs=epochs, early_stopping_patience=patience, **EARLY_STOPPING)
-    accuracies = [row["val_accuracy"] for row in result.history]
-    best_epoch = 1 + accuracies.index(max(accuracies))  # the first epoch with the highest accuracy
+    # the highest accuracy; among epochs tied on it the lowest validation loss (then the first)
+    ranked = [(row["val_accuracy"], -row["val_loss"], -row["epoch"]) for row in result.history]
+    best_epoch = -max(ranked)[2]
     assert result.stopped_early
     assert len(result.history) == best_epoch + patience < epochs
     assert result.best_epoch == best_epoch and best_epoch > 1
@@ -268,6 +269,27 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     shorter = run_fit(tiny, shorter_model, epochs=best_epoch, **EARLY_STOPPING)
     assert strip(shorter.history) == strip(result.history[:best_epoch])
     assert equal_states(result.best_state, snapshot(shorter_model))
+
+
+def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss():
+    from finetune.progress import Progress, track_best
+
+    opts = TrainOptions.from_dict({"metric": "val_accuracy"})
+    progress = Progress(history=[], best={"state": {}, "metric": float("-inf"), "epoch": -1})
+    layer = torch.nn.Linear(2, 2)
+    rows = [(0.75, 0.9), (0.95, 0.54), (0.95, 0.41), (0.95, 0.47), (0.90, 0.20), (0.95, 0.41)]
+    kept = []
+    for epoch, (accuracy, loss) in enumerate(rows, start=1):
+        track_best(progress, layer, {"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss}, opts)
+        kept.append((progress.best["epoch"], progress.since_best))
+    # epoch 3 ties epoch 2's accuracy at a lower loss: it is kept; 4 (higher loss), 5 (lower accuracy) and 6
+    # (the same loss, not lower) are not, and count as epochs without improvement for early stopping
+    assert kept == [(1, 0), (2, 0), (3, 0), (3, 1), (3, 2), (3, 3)]
+    by_loss = Progress(history=[], best={"state": {}, "metric": float("inf"), "epoch": -1})
+    for epoch, (accuracy, loss) in enumerate(rows, start=1):
+        track_best(by_loss, layer, {"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss},
+                   TrainOptions.from_dict({"metric": "val_loss"}))
+    assert by_loss.best["epoch"] == 5  # metric val_loss: the lowest loss, whatever the accuracy
 
 
 # --------------------------------------------------------------------------- class weighting

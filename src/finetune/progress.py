@@ -26,7 +26,7 @@ class Progress:
     """What the epochs so far leave: the resume state holds it, the next epoch continues it."""
 
     history: list[dict]
-    best: dict              # "state" (of setup.trained, on the CPU), "metric", "epoch" (1-based; -1: none yet)
+    best: dict              # "state" (of setup.trained, on the CPU), "metric", "epoch" (1-based; -1: none yet), "val_loss"
     since_best: int = 0     # epochs since the best one
     start_epoch: int = 0    # 0-based: the first epoch this call of fit trains
 
@@ -41,20 +41,32 @@ def maximizes(opts: TrainOptions) -> bool:
 
 
 def track_best(progress: Progress, trained: nn.Module, row: dict, opts: TrainOptions) -> None:
-    """Keep a CPU copy of the trained state if this epoch's metric is the best so far; else count one more epoch."""
-    value, best = row[opts.metric], progress.best["metric"]
-    if (value > best) if maximizes(opts) else (value < best):
+    """Keep a CPU copy of the trained state if this epoch is the best so far (:func:`improves`); else count one
+    more epoch since the best."""
+    if improves(row, progress.best, opts):
         progress.best = {"state": {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()},
-                         "metric": value, "epoch": row["epoch"]}
+                         "metric": row[opts.metric], "epoch": row["epoch"], "val_loss": row["val_loss"]}
         progress.since_best = 0
     else:
         progress.since_best += 1
 
 
+def improves(row: dict, best: dict, opts: TrainOptions) -> bool:
+    """Whether an epoch's row beats the best so far on ``opts.metric``; ``val_accuracy`` ties go to the lower
+    validation loss. On a small validation split accuracy ties for many epochs (40 images: steps of 2.5%), and
+    keeping the first of them kept a model whose validation loss was still falling (the demo's finetune, seed 0:
+    epoch 2 of 12 at val loss 0.54 instead of 0.20). Validation figures only: the test split never chooses."""
+    value, metric = row[opts.metric], best["metric"]
+    if not maximizes(opts):
+        return value < metric
+    return value > metric or (value == metric and row["val_loss"] < best.get("val_loss", math.inf))
+
+
 def stops_early(opts: TrainOptions, progress: Progress, log: Callable[[str], None]) -> bool:
     if opts.early_stopping_patience is None or progress.since_best < opts.early_stopping_patience:
         return False
-    log(f"early stopping: {opts.metric} did not improve for {progress.since_best} epoch(s); "
+    tie = " (nor val_loss at equal accuracy)" if maximizes(opts) else ""
+    log(f"early stopping: {opts.metric}{tie} did not improve for {progress.since_best} epoch(s); "
         f"best epoch {progress.best['epoch']}")
     return True
 
