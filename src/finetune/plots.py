@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .fileio import atomic_path  # noqa: E402
+from .selection import best_epoch_row  # noqa: E402
 
 DPI = 110
 
@@ -107,10 +108,8 @@ def learning_curves_plot(history, out_path: str | Path, title: str = "Learning c
         if column in frame.columns:
             acc_ax.plot(epochs, frame[column], style, label=column.replace("_", " "), markersize=4)
     if "val_accuracy" in frame.columns and frame["val_accuracy"].notna().any():
-        # the epoch training kept: the highest val accuracy, its ties to the lower val loss (finetune.progress)
-        order = ["val_accuracy", "val_loss"] if "val_loss" in frame.columns else ["val_accuracy"]
-        ranked = frame.reset_index(drop=True).sort_values(order, ascending=[False, True][: len(order)], kind="mergesort")
-        best = int(ranked.index[0])
+        rows = frame.reset_index(drop=True).to_dict("records")
+        best = rows.index(best_epoch_row(rows, "val_accuracy"))  # the epoch training kept
         acc_ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best val (epoch {epochs[best]})")
     for ax, ylabel in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")

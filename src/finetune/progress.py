@@ -16,6 +16,7 @@ from torch import nn
 
 from .fileio import torch_save
 from .options import TrainOptions
+from .selection import epoch_score
 
 if TYPE_CHECKING:
     from .training import _Setup
@@ -52,14 +53,12 @@ def track_best(progress: Progress, trained: nn.Module, row: dict, opts: TrainOpt
 
 
 def improves(row: dict, best: dict, opts: TrainOptions) -> bool:
-    """Whether an epoch's row beats the best so far on ``opts.metric``; ``val_accuracy`` ties go to the lower
-    validation loss. On a small validation split accuracy ties for many epochs (40 images: steps of 2.5%), and
-    keeping the first of them kept a model whose validation loss was still falling (the demo's finetune, seed 0:
-    epoch 2 of 12 at val loss 0.54 instead of 0.20). Validation figures only: the test split never chooses."""
-    value, metric = row[opts.metric], best["metric"]
-    if not maximizes(opts):
-        return value < metric
-    return value > metric or (value == metric and row["val_loss"] < best.get("val_loss", math.inf))
+    """Whether an epoch's row beats the best so far on ``opts.metric`` (:func:`finetune.selection.epoch_score`:
+    ``val_accuracy`` ties go to the lower validation loss). Validation figures only: the test split never chooses."""
+    if best["epoch"] < 0:
+        return True
+    kept = {opts.metric: best["metric"], "val_loss": best.get("val_loss", math.inf)}
+    return epoch_score(row, opts.metric) > epoch_score(kept, opts.metric)
 
 
 def stops_early(opts: TrainOptions, progress: Progress, log: Callable[[str], None]) -> bool:

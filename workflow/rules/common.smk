@@ -111,7 +111,7 @@ _STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "stages", "w
 _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]  # finetune.deploy: no torch
 # finetune.training and its parts
 _TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
-             "stopping", "store", "tensors", "training"]
+             "selection", "stopping", "store", "tensors", "training"]
 RULE_MODULES = {
     "split": _STAGES,
     "decode": [*_STAGES, "store"],
@@ -119,7 +119,7 @@ RULE_MODULES = {
     "weights": [*_STAGES, "models"],
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
-    "evaluate": [*_STAGES, "metrics", "models", "plots", "store", "tables", "tensors"],
+    "evaluate": [*_STAGES, "metrics", "models", "plots", "selection", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
