@@ -31,7 +31,7 @@ def test_run_reports_an_error_without_importing_torch():
 def test_a_stopped_training_job_exits_143():
     result = run_python("""
         from finetune.cli import run
-        from finetune.training import StopRequested
+        from finetune.errors import StopRequested
         def main():
             raise StopRequested("SIGTERM")
         run(main)
