@@ -207,7 +207,8 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
     return problems
 
 
-def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None) -> list[str]:
+def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None,
+                       range_defaults: dict | None = None) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
     from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
 
@@ -227,9 +228,9 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
         for key in needs:
             if not weights.get(key):
                 problems.append(f"weights.{key}: required with weights.source: {source}")
-    range_test = config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {}
-    min_lr, max_lr = range_test.get("min_lr", 1e-7), range_test.get("max_lr", 10.0)
-    if min_lr >= max_lr:
+    range_test = {**(range_defaults or {}), **(config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {})}
+    min_lr, max_lr = range_test.get("min_lr"), range_test.get("max_lr")
+    if min_lr is not None and max_lr is not None and min_lr >= max_lr:
         problems.append(f"lr_find.min_lr: {min_lr:g} must be below lr_find.max_lr ({max_lr:g}): the range test raises the lr from one to the other")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     experiments = config.get("experiments", default_experiments)
@@ -285,7 +286,9 @@ def config_problems(config: dict, schema_file: str | Path) -> list[str]:
     if not problems:
         train_defaults = {key: rule["default"] for key, rule in schema["$defs"]["train"]["properties"].items()
                           if isinstance(rule, dict) and "default" in rule}
-        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], train_defaults)
+        range_defaults = {key: rule["default"] for key, rule in schema["properties"]["lr_find"]["properties"].items()}
+        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], train_defaults,
+                                      range_defaults)
     return problems
 
 

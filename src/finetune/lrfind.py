@@ -29,6 +29,8 @@ from .training import (TrainOptions, _epoch_order, _prepare_epoch, _read_batches
                        _training_batch)
 
 DEFAULT_STEPS = 200
+# The range test's settings (config key lr_find; the schema gives the same defaults) and their defaults.
+DEFAULT_RANGE = {"min_lr": 1e-7, "max_lr": 10.0, "steps": DEFAULT_STEPS, "smoothing": 0.98, "diverge_factor": 4.0}
 SKIP_START = 10  # fastai's skip_start: the first steps' smoothed loss says more about a few batches than about the lr
 
 
@@ -77,8 +79,9 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int = SKIP_STAR
 
 
 def find_lr(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, num_classes: int,
-            min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = DEFAULT_STEPS, smoothing: float = 0.98,
-            diverge_factor: float = 4.0, feature_cache: Path | None = None,
+            min_lr: float = DEFAULT_RANGE["min_lr"], max_lr: float = DEFAULT_RANGE["max_lr"], steps: int = DEFAULT_STEPS,
+            smoothing: float = DEFAULT_RANGE["smoothing"], diverge_factor: float = DEFAULT_RANGE["diverge_factor"],
+            feature_cache: Path | None = None,
             log: Callable[[str], None] = print) -> LrCurve:
     """Run the range test on ``model`` (which it trains: pass a fresh one) and return the curve and suggestion."""
     if opts.optimizer == "lbfgs":

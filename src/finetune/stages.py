@@ -327,26 +327,23 @@ def resolve_lr(options: dict, lr_from: Path | None) -> tuple[dict, float]:
     return {**options, "lr": suggestion["lr"]}, suggestion["lr"]
 
 
-RANGE_TEST_KEYS = {"min_lr", "max_lr", "steps", "smoothing", "diverge_factor"}  # config key lr_find
-
-
 def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: Path, out_png: Path, out_json: Path,
                   threads: int, pretrained: bool = True, image_size: int | None = None,
                   feature_cache_dir: Path | None = None, decoded: tuple[Path, Path] | None = None,
                   range_test: dict | None = None, log: Callable = print) -> dict:
     """The learning-rate range test of one experiment run (rule lr_find): the curve (CSV, PNG) and suggested lr."""
-    from .lrfind import find_lr
+    from .lrfind import DEFAULT_RANGE, find_lr
     from .plots import lr_find_plot
     from .training import options_key
 
     ensure_writable(out_csv, out_png, out_json)
     range_test = dict(range_test or {})
-    unknown = sorted(set(range_test) - RANGE_TEST_KEYS)
+    unknown = sorted(set(range_test) - set(DEFAULT_RANGE))
     if unknown:
-        raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(RANGE_TEST_KEYS))})")
+        raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(DEFAULT_RANGE))})")
     # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
-        split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", 1e-7)}, threads, pretrained, image_size, decoded)
+        split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", DEFAULT_RANGE["min_lr"])}, threads, pretrained, image_size, decoded)
     feature_cache = None
     if feature_cache_dir is not None and weights_sha is not None:
         feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, sha256_of(split_csv), prep.to_dict())}.pt"
