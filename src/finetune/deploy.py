@@ -270,13 +270,38 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
     """Dynamic INT8 quantization (weights int8 ahead of time, activations quantized on the fly) with
     onnxruntime, and a report of what it buys and costs: file size, img/s at each batch size and
     test accuracy, int8 against fp32 on the same images."""
+    import onnxruntime
+
+    onnx_path, out_onnx = Path(onnx_path), Path(out_onnx)
+    quantize_seconds = quantize_int8(onnx_path, out_onnx)
+    fp32, int8 = OnnxClassifier.load(onnx_path, threads), OnnxClassifier.load(out_onnx, threads)
+    pixels = _test_pixels(fp32, split_csv, threads)
+    size32, size8 = onnx_path.stat().st_size, out_onnx.stat().st_size
+    report = {
+        "method": "onnxruntime.quantization.quantize_dynamic, weight_type QInt8",
+        "fp32_model": str(onnx_path), "int8_model": str(out_onnx),
+        "size_bytes": {"fp32": size32, "int8": size8, "ratio": round(size8 / size32, 4)},
+        "speed": _compare_speed(fp32, int8, fp32.inputs(pixels[: max(batches)]), batches, min_seconds, log),
+        "threads": threads,
+        "test_accuracy": _compare_accuracy(fp32, int8, split_csv, threads, pixels),
+        "quantize_seconds": round(quantize_seconds, 2),
+        "onnxruntime": onnxruntime.__version__,
+        "note": ("img/s are wall-clock medians on this machine's CPU with the threads above; dynamic "
+                 "quantization turns Conv into ConvInteger, which onnxruntime's CPU kernels may run slower "
+                 "than fp32 Conv: compare the figures before deploying the int8 model"),
+    }
+    write_json(out_report, report)
+    return report
+
+
+def quantize_int8(onnx_path: Path, out_onnx: Path) -> float:
+    """``onnx_path`` quantized (dynamic int8 weights) into ``out_onnx`` with its metadata kept; the seconds it took."""
     import logging
 
     import onnx
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    onnx_path, out_onnx = Path(onnx_path), Path(out_onnx)
     started = time.perf_counter()
     with atomic_path(out_onnx) as tmp:
         # onnxruntime logs advice to run its shape-inference pre-pass on every call (as a root-logger
@@ -299,19 +324,32 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
         entry = proto.metadata_props.add()
         entry.key, entry.value = "quantization", f"dynamic int8 weights (onnxruntime {onnxruntime.__version__})"
         onnx.save(proto, str(tmp))
-    quantize_seconds = time.perf_counter() - started
+    return time.perf_counter() - started
 
-    fp32, int8 = OnnxClassifier.load(onnx_path, threads), OnnxClassifier.load(out_onnx, threads)
+
+def _test_pixels(model: "OnnxClassifier", split_csv: str | Path, threads: int) -> np.ndarray:
+    """The split file's test images, decoded as ``model`` expects them; a DataError if any does not decode."""
     from .data import read_split
 
     frame, _ = read_split(split_csv)
     refs = frame.loc[frame["split"] == "test", "path"].tolist()
-    pixels, errors = fp32.decode(refs, threads)
+    pixels, errors = model.decode(refs, threads)
     if errors:
         raise DataError(f"{len(errors)} test image(s) of {split_csv} do not decode, e.g. {next(iter(errors.values()))}")
+    return pixels
+
+
+def _compare_accuracy(fp32: "OnnxClassifier", int8: "OnnxClassifier", split_csv, threads: int, pixels) -> dict:
     acc32 = split_accuracy(fp32, split_csv, threads=threads, pixels=pixels)
     acc8 = split_accuracy(int8, split_csv, threads=threads, pixels=pixels)
-    x = fp32.inputs(pixels[: max(batches)])
+    return {
+        "n_images": acc32["n_images"], "fp32": acc32["accuracy"], "int8": acc8["accuracy"],
+        "change": acc8["accuracy"] - acc32["accuracy"],
+        "top1_agreement": float((acc32["predicted"] == acc8["predicted"]).mean()) if acc32["n_images"] else 1.0,
+    }
+
+
+def _compare_speed(fp32: "OnnxClassifier", int8: "OnnxClassifier", x, batches, min_seconds: float, log) -> dict:
     speed = {}
     for batch in batches:
         rate32 = throughput(fp32.session, x, batch, min_seconds=min_seconds)
@@ -319,23 +357,4 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
         speed[f"batch_{batch}"] = {"fp32_img_per_s": round(rate32, 1), "int8_img_per_s": round(rate8, 1),
                                    "speedup": round(rate8 / rate32, 3)}
         log(f"batch {batch}: fp32 {rate32:.1f} img/s, int8 {rate8:.1f} img/s")
-    size32, size8 = onnx_path.stat().st_size, out_onnx.stat().st_size
-    report = {
-        "method": "onnxruntime.quantization.quantize_dynamic, weight_type QInt8",
-        "fp32_model": str(onnx_path), "int8_model": str(out_onnx),
-        "size_bytes": {"fp32": size32, "int8": size8, "ratio": round(size8 / size32, 4)},
-        "speed": speed,
-        "threads": threads,
-        "test_accuracy": {
-            "n_images": acc32["n_images"], "fp32": acc32["accuracy"], "int8": acc8["accuracy"],
-            "change": acc8["accuracy"] - acc32["accuracy"],
-            "top1_agreement": float((acc32["predicted"] == acc8["predicted"]).mean()) if acc32["n_images"] else 1.0,
-        },
-        "quantize_seconds": round(quantize_seconds, 2),
-        "onnxruntime": onnxruntime.__version__,
-        "note": ("img/s are wall-clock medians on this machine's CPU with the threads above; dynamic "
-                 "quantization turns Conv into ConvInteger, which onnxruntime's CPU kernels may run slower "
-                 "than fp32 Conv: compare the figures before deploying the int8 model"),
-    }
-    write_json(out_report, report)
-    return report
+    return speed
