@@ -78,12 +78,14 @@ def strip(history):
 
 # --------------------------------------------------------------------------- EMA
 
-def fold_ema(start: dict, steps: list[dict], decay: float) -> dict:
-    """The moving average recomputed here, in float64: e <- decay * e + (1 - decay) * w per step."""
+def fold_ema(start: dict, steps: list[dict], decay: float, warmup: bool = False) -> dict:
+    """The moving average recomputed here, in float64: e <- d * e + (1 - d) * w per step, d = decay or, with
+    the warm-up, TensorFlow's min(decay, (1 + n) / (10 + n)) at step n = 1, 2, ..."""
     ema = {k: v.double() if v.is_floating_point() else v.clone() for k, v in start.items()}
-    for state in steps:
+    for n, state in enumerate(steps, start=1):
+        d = min(decay, (1 + n) / (10 + n)) if warmup else decay
         for k, v in state.items():
-            ema[k] = decay * ema[k] + (1 - decay) * v.double() if v.is_floating_point() else v.clone()
+            ema[k] = d * ema[k] + (1 - d) * v.double() if v.is_floating_point() else v.clone()
     return ema
 
 
@@ -94,7 +96,7 @@ def test_ema_checkpoint_is_the_moving_average_of_the_same_runs_weights(monkeypat
     plain, _ = fit_small()
     steps_per_epoch = len(plain_steps) // 3
     ema_steps_start = len(plain_steps)
-    averaged, _ = fit_small(ema_decay=0.8)
+    averaged, _ = fit_small(ema_decay=0.8, ema_warmup=False)
     ema_run_steps = plain_steps[ema_steps_start:]
     del plain_steps[ema_steps_start:]
 
@@ -111,6 +113,28 @@ def test_ema_checkpoint_is_the_moving_average_of_the_same_runs_weights(monkeypat
             assert torch.equal(v, expected[k]), k
     assert any("running_mean" in k for k in expected)  # buffers averaged too
     assert not equal_states(averaged.best_state, plain.best_state)
+
+
+def test_ema_warmup_averages_with_the_ramped_decay_and_forgets_the_start(monkeypatch):
+    """ema_warmup (the default): the checkpoint is the average folded with min(decay, (1 + n) / (10 + n)); on a
+    run far shorter than 1 / (1 - decay) steps it is close to the trained weights, not to the start."""
+    torch.manual_seed(0)
+    start = SmallNet().state_dict()
+    steps = record_steps(monkeypatch)
+    averaged, _ = fit_small(ema_decay=0.999, epochs=4, metric="val_loss")
+    best = steps[: averaged.best_epoch * (len(steps) // 4)]
+    expected = fold_ema(start, best, 0.999, warmup=True)
+    for k, v in averaged.best_state.items():
+        if v.is_floating_point():
+            assert torch.allclose(v.double(), expected[k], atol=1e-6, rtol=0), k
+    # Without the ramp, 0.999 over these few steps keeps about 99% of the start: the warm-up's average is
+    # nearer the last trained weights than the start, the plain one the other way round.
+    plain = fold_ema(start, best, 0.999)
+    weights = "fc.weight"
+    to_last = (expected[weights] - best[-1][weights].double()).norm()
+    to_start = (expected[weights] - start[weights].double()).norm()
+    assert to_last < to_start
+    assert (plain[weights] - start[weights].double()).norm() < (plain[weights] - best[-1][weights].double()).norm()
 
 
 def test_ema_validation_scores_the_averaged_weights(monkeypatch):

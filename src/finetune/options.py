@@ -46,6 +46,7 @@ class TrainOptions:
     nodes: int = 1                      # nodes of one training (Slurm); devices x nodes processes share each batch
     sync_batchnorm: bool = False        # several CUDA processes: BatchNorm statistics over the global batch
     ema_decay: float | None = None      # exponential moving average of the weights (None: off); validated and kept
+    ema_warmup: bool = True             # the decay ramps up from 0.18 (finetune.ema.decay_at)
     mixup_alpha: float = 0.0            # mixup's Beta(alpha, alpha) (0: off); with cutmix too, one of them per batch
     cutmix_alpha: float = 0.0           # cutmix's Beta(alpha, alpha) (0: off)
     layer_decay: float | None = None    # finetune / gradual: a stage d stages below the head trains at lr * decay^d

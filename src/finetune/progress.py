@@ -86,7 +86,7 @@ def resume_state(setup: _Setup, progress: Progress, epoch: int) -> dict:
         "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
         "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(),
         "history": progress.history, "best": progress.best, "since_best": progress.since_best,
-        **({"ema": setup.ema.state} if setup.ema is not None else {}),
+        **({"ema": setup.ema.state_dict()} if setup.ema is not None else {}),
     }
 
 
@@ -126,7 +126,7 @@ def restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: C
     if "mix" in state:
         setup.mix.set_state(state["mix"])
     if setup.ema is not None:
-        setup.ema.load(state["ema"])
+        setup.ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
 
 

@@ -284,7 +284,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
         normalization=normalization_constants(prep, place.device), num_classes=num_classes,
         mix=torch.Generator().manual_seed(int(options_key("mix", opts.seed), 16)),
-        ema=None if opts.ema_decay is None else Ema(trained, opts.ema_decay), ranks=ranks,
+        ema=None if opts.ema_decay is None else Ema(trained, opts.ema_decay, opts.ema_warmup), ranks=ranks,
     )
 
 
