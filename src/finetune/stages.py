@@ -413,10 +413,9 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     curves need ``history`` (the run's history.csv). ``onnx_model``: also score the exported model
     on the same images with onnxruntime (the report's ``onnx`` section).
     """
-    import numpy as np
     import torch
 
-    from .metrics import classification_report, softmax
+    from .metrics import classification_report
     from .models import HflipAverage
     from .tensors import Preprocessing, batched_forward, choose_device
 
@@ -449,7 +448,22 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         report["onnx"] = score_onnx(onnx_model, images, prep, reference, labels, report["top_k"], batch_size, threads)
         report["onnx"]["tta"] = "hflip" if onnx_tta else "none"
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
-    cm = pd.DataFrame(report["confusion_matrix"], index=classes, columns=classes)
+    _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions)
+    write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
+                             title=title or Path(checkpoint_path).parent.as_posix())
+    write_json(out_metrics, report)
+    return report
+
+
+def _write_test_tables(confusion, logits, test: pd.DataFrame, classes: list[str], out_confusion: Path,
+                       out_predictions: Path) -> None:
+    """confusion_matrix.csv (rows true, columns predicted) and test_predictions.csv (each image's top class and
+    its probability)."""
+    import numpy as np
+
+    from .metrics import softmax
+
+    cm = pd.DataFrame(confusion, index=classes, columns=classes)
     cm.index.name = "true\\predicted"
     with atomic_path(out_confusion) as tmp:
         cm.to_csv(tmp)
@@ -460,10 +474,6 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     })
     with atomic_path(out_predictions) as tmp:
         predictions.to_csv(tmp, index=False)
-    write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
-                             title=title or Path(checkpoint_path).parent.as_posix())
-    write_json(out_metrics, report)
-    return report
 
 
 def _onnx_tta(onnx_model: Path) -> bool:
