@@ -473,6 +473,20 @@ def test_the_workflow_refuses_a_recipe_where_it_makes_no_sense_before_running(ov
     assert any(p.startswith("pretrain.train: ") for p in config_problems({"pretrain": {"train": overrides}}, schema))
 
 
+def test_ema_warmup_without_an_average_is_refused_naming_both_keys():
+    from finetune.configcheck import config_problems
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    problems = config_problems({"experiments": {"probe": {"ema_warmup": False}}}, schema)
+    assert any(p.startswith("experiments.probe: ema_warmup: false sets how the moving average") and "ema_decay is null"
+               in p for p in problems), problems
+    assert config_problems({"experiments": {"probe": {"ema_warmup": False, "ema_decay": 0.99}}}, schema) == []
+    assert config_problems({"train": {"ema_decay": 0.99}, "experiments": {"probe": {"ema_warmup": False}}}, schema) == []
+    with pytest.raises(ConfigError, match="ema_warmup: false .* ema_decay is null"):
+        TrainOptions.from_dict({"ema_warmup": False})
+
+
 @pytest.mark.parametrize("key, value", [("ema_decay", 1.0), ("mixup_alpha", -0.5), ("layer_decay", 0), ("layer_decay", 1.2)])
 def test_the_schema_refuses_recipe_values_out_of_range(key, value):
     from finetune.configcheck import config_problems
