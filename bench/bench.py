@@ -70,11 +70,11 @@ class _Done(Exception):
     """--only: every row asked for is measured."""
 
 
-
 # decode_img_per_s_12mp's folder: 48 photos, so the decode job's fixed cost (reading and checking the split file,
 # creating, flushing and fsyncing the array and its record: 20-40 ms) weighs in a rate in img/s as little as in a
 # real folder; with 12 it was a tenth of the stage's time (docs/bench.md, decode_img_per_s_12mp).
 PHOTOS = 48
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
