@@ -17,7 +17,8 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   export_onnx_s                the export_onnx job vs the export call alone
   train_peak_rss_4x            peak RSS of a train job on 4x the images vs on 1x (same image size)
   ddp_cpu_2proc_img_per_s      one run trained by 2 gloo processes (train.devices 2) vs 1, same global batch
-  transfer_acc_finetune        test accuracy of the demo's experiments vs scratch, mean over seeds
+  transfer_acc_finetune        test accuracy of the demo's experiments vs scratch, mean over seeds (seed s: few-shot
+                               sample s, training seed s)
   transfer_acc_feature_extract
   recipe_acc_vs_tutorial       test accuracy of the demo's finetune at 100 train images per class vs the PyTorch
                                tutorial's recipe (SGD + StepLR, 25 epochs), mean over seeds; both wall times

@@ -12,7 +12,9 @@ scored by ``evaluate_stage``; the table gives the mean over dataset seeds x trai
   .venv/bin/python bench/dev_protocol.py --manifest ... --only demo scratch --out /tmp/dev
 
 Its figures for the demo (2026-11-29, docs/bench.md "Results"): finetune 0.891, scratch 0.782; of the variants
-below only ema_decay (with its warm-up) scored higher, 0.896, within the runs' spread.
+below only ema_decay (with its warm-up) scored higher, 0.896, within the runs' spread; augment: true scored
+lower (finetune 0.829, scratch 0.745). For a source model other than the demo's, make its manifest with the
+demo's rules under another config and pass it with --manifest (docs/bench.md "Findings" lists those tried).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ CANDIDATES = {
     "ema_0.99": ("finetune", {"ema_decay": 0.99}),  # with ema_warmup, the default
     "ema_0.999": ("finetune", {"ema_decay": 0.999}),
     "ema_0.99_no_warmup": ("finetune", {"ema_decay": 0.99, "ema_warmup": False}),
+    "augment": ("finetune", {"augment": True}),
+    "scratch_augment": ("scratch", {"augment": True}),
 }
 
 

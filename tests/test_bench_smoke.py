@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import REPO, TINY_CONFIG
+from helpers import FASHION_MNIST, REPO, TINY_CONFIG
 
 pytestmark = [pytest.mark.slow]
 
@@ -131,9 +131,9 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
     # The accuracy rows, recomputed from the kept checkpoints (smoke: seed 0 only, on the tiny DAG's split).
     split_csv = work / "tiny" / "resources" / "splits" / "target.csv"
     runs = work / "transfer"
-    scratch = accuracy_by_hand(runs / "scratch" / "seed0" / "model.pt", split_csv)
+    scratch = accuracy_by_hand(runs / "scratch" / "sample0_seed0" / "model.pt", split_csv)
     for experiment in ("finetune", "feature_extract"):
-        ours = accuracy_by_hand(runs / experiment / "seed0" / "model.pt", split_csv)
+        ours = accuracy_by_hand(runs / experiment / "sample0_seed0" / "model.pt", split_csv)
         assert rows.loc[f"transfer_acc_{experiment}", "ours"] == pytest.approx(ours, abs=1e-5), experiment
         assert rows.loc[f"transfer_acc_{experiment}", "baseline"] == pytest.approx(scratch, abs=1e-5), experiment
 
@@ -288,3 +288,38 @@ def test_gpu_bench_smoke_on_the_cpu_writes_its_documented_rows(tmp_path):
         assert compiled == (batch in ("32", "256")), batch
         assert not compiled or (len(figures["fit"]["amp_cl_graphs"]) == 1 and figures["compile_s"]["amp_cl_graphs"] > 0
                                 and "compile_error" not in figures), (batch, figures)
+
+
+@pytest.mark.fashion_mnist
+def test_transfer_rows_draw_one_few_shot_sample_per_seed(tmp_path):
+    """transfer_acc_* seed s trains on few-shot sample s (`dataset.seed: s`): seed 0 is the demo's own split file;
+    another seed's sample keeps the demo's budget per class and the same official test images, with other training
+    images, whose labels agree with the raw IDX label file."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from transfer import sample_split
+
+    from finetune.data import SplitSpec, make_split
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["dataset"]["path"] = FASHION_MNIST
+    demo_csv = tmp_path / "demo.csv"
+    make_split(SplitSpec(**config["dataset"]))[0].to_csv(demo_csv, index=False)
+    assert sample_split(config, config["dataset"]["seed"], demo_csv, tmp_path / "work") == demo_csv
+    demo, other = pd.read_csv(demo_csv), pd.read_csv(sample_split(config, 1, demo_csv, tmp_path / "work"))
+
+    with gzip.open(f"{FASHION_MNIST}/train-labels-idx1-ubyte.gz") as handle:
+        raw = np.frombuffer(handle.read()[8:], np.uint8)
+    classes = config["dataset"]["classes"]
+    for name, budget in (("train", "max_train_per_class"), ("val", "max_val_per_class")):
+        rows = other[other["split"] == name]
+        assert rows["label"].value_counts().to_dict() == {k: config["dataset"][budget] for k in range(len(classes))}
+        indices = rows["path"].str.rsplit("#", n=1).str[1].astype(int)
+        assert [classes[k] for k in rows["label"]] == list(raw[indices]), name
+    train = {split: set(frame.loc[frame["split"] == "train", "path"]) for split, frame in (("demo", demo), ("other", other))}
+    assert train["demo"] != train["other"]
+    test = [frame.loc[frame["split"] == "test", ["path", "label"]].sort_values("path").reset_index(drop=True)
+            for frame in (demo, other)]
+    assert len(test[0]) == 4000
+    pd.testing.assert_frame_equal(test[0], test[1])
