@@ -34,8 +34,8 @@ def sample_split(config: dict, dataset_seed: int, demo_split: Path, workdir: Pat
 
 
 def train_and_score(config: dict, experiment: str, seed: int, split_csv: Path, manifest: Path, folder: Path,
-                    workdir: Path, sizes: Sizes, threads: int) -> tuple[float, float]:
-    """One run of a demo experiment: (test accuracy, seconds)."""
+                    workdir: Path, sizes: Sizes, threads: int) -> float:
+    """One run of a demo experiment: its test accuracy."""
     options, pretrained, image_size = experiment_options(config, experiment, seed)
     if sizes is SMOKE:
         options["epochs"] = 1
@@ -48,7 +48,7 @@ def train_and_score(config: dict, experiment: str, seed: int, split_csv: Path, m
     took = time.perf_counter() - started
     say(f"  {experiment} {folder.name}: test accuracy {report['accuracy']:.4f} ({took:.0f} s, "
         f"{report['n_test']} test images)")
-    return report["accuracy"], took
+    return report["accuracy"]
 
 
 def control_experiment(config: dict) -> str:
@@ -69,15 +69,13 @@ def bench_transfer(config: dict, manifest: Path, split_csv: Path, workdir: Path,
     demo_seed = config["dataset"].get("seed", 0)
     runs = {(seed, seed) for seed in sizes.seeds} | {(demo_seed, seed) for seed in sizes.seeds}
     accuracy: dict[tuple[str, int, int], float] = {}
-    seconds: dict[str, list[float]] = {}
     checkpoints = {}
     for dataset_seed, seed in sorted(runs):
         split = sample_split(config, dataset_seed, split_csv, workdir)
         for experiment in config["experiments"]:
             folder = workdir / experiment / f"sample{dataset_seed}_seed{seed}"
-            accuracy[experiment, dataset_seed, seed], took = train_and_score(
+            accuracy[experiment, dataset_seed, seed] = train_and_score(
                 config, experiment, seed, split, manifest, folder, workdir, sizes, threads)
-            seconds.setdefault(experiment, []).append(took)
             if dataset_seed == demo_seed:
                 checkpoints.setdefault(experiment, folder / "model.pt")
 
@@ -98,4 +96,4 @@ def bench_transfer(config: dict, manifest: Path, split_csv: Path, workdir: Path,
                         f"ours/{control}: {per_seed}; the demo's own sample (dataset.seed {demo_seed}) alone, training "
                         f"seeds {list(sizes.seeds)}: {np.mean(demo_ours):.4f} vs {np.mean(demo_base):.4f}, "
                         f"{demo_gap:+.1f} pts"))
-    return rows, {"checkpoints": checkpoints, "seconds": seconds}
+    return rows, {"checkpoints": checkpoints}
