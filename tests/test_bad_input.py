@@ -348,3 +348,29 @@ def test_every_config_problem_reported_at_once(tmp_path):
     assert "invalid configuration (3 problem(s)" in result.stdout, result.stdout
     for key in ("train.lr:", "train.epochs:", "dataset.test_fraction:"):
         assert key in result.stdout
+
+
+@pytest.mark.slow
+def test_image_size_the_architecture_cannot_take_stops_train_naming_the_key(tmp_path):
+    """AlexNet needs at least 63 px: at image_size 16 the train job stops before training, naming the
+    setting and sizes that do work, and writes no model; the source model (64 px) is kept."""
+    import torch
+    import torchvision
+
+    config = tiny_config(tmp_path, weights={"arch": "alexnet"}, pretrain={"image_size": 64},
+                         replace={"experiments": {"small": {"strategy": "finetune", "image_size": 16}}})
+    result = run_snakemake(tmp_path, config, check=False)
+    assert result.returncode != 0, result.stdout
+    message = next(line for line in result.stdout.splitlines() if line.startswith("error: alexnet cannot take"))
+    assert message.startswith("error: alexnet cannot take 16x16 images (image_size: 16): "), message
+    assert "set image_size (train's or the experiment's) to one of them" in message, message
+    offered = [int(s) for s in message.split("; it takes e.g. ")[1].split(":")[0].split(", ")]
+    # Independently: torchvision's AlexNet refuses 16 px and takes every size offered.
+    alexnet = torchvision.models.alexnet(num_classes=4).eval()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            alexnet(torch.zeros(1, 3, 16, 16))
+        for size in offered:
+            assert alexnet(torch.zeros(1, 3, size, size)).shape == (1, 4), size
+    assert (tmp_path / "resources" / "weights" / "weights.pth").exists()
+    assert not (tmp_path / "results" / "small" / "seed0" / "model.pt").exists()

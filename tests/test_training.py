@@ -544,3 +544,20 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tiny_run, tmp_path)
     a = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_input_size_probe_changes_nothing_and_names_what_the_model_refuses():
+    from finetune.models import build_architecture, input_size_error
+
+    model = build_architecture("resnet18", 4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert input_size_error(model, 32) is None
+    assert model.training, "the probe left the model in eval mode"
+    assert torch.equal(torch.get_rng_state(), rng), "the probe drew random numbers: training would change"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the probe moved a weight or buffer"
+    # torchvision's ViT takes its one image size only; the probe returns the model's own reason.
+    vit = build_architecture("vit_b_16", 4)
+    with pytest.raises(AssertionError) as refused:
+        vit(torch.zeros(1, 3, 64, 64))
+    assert input_size_error(vit, 64) == str(refused.value)

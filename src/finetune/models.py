@@ -65,6 +65,46 @@ def replace_output_layer(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+# Image sizes offered when a model refuses the configured one (ViTs and MaxViT take 224 only, AlexNet
+# and VGG at least 32, Inception v3 at least 75).
+PROBE_SIZES = (32, 64, 96, 128, 160, 224, 256, 299, 384)
+
+
+def input_size_error(model: nn.Module, size: int) -> str | None:
+    """Why ``model`` cannot take ``size`` x ``size`` images (its own message), or None where it can.
+
+    One forward of one zero image in eval mode without gradients: no parameter, buffer or random state
+    changes, and the model's train/eval mode is restored.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    finally:
+        model.train(was_training)
+    return None
+
+
+def check_input_size(model: nn.Module, arch: str, size: int, setting: str, key: str) -> None:
+    """Refuse, before any training, an image size the architecture cannot take; name the setting and sizes it can."""
+    problem = input_size_error(model, size)
+    if problem is None:
+        return
+    fits = []
+    for candidate in PROBE_SIZES:
+        if input_size_error(model, candidate) is None:
+            fits.append(candidate)
+            if len(fits) == 3:
+                break
+    hint = f"; it takes e.g. {', '.join(map(str, fits))}: set {key} to one of them" if fits \
+        else f"; none of {', '.join(map(str, PROBE_SIZES))} works either"
+    raise ConfigError(f"{arch} cannot take {size}x{size} images ({setting}): {problem}{hint}")
+
+
 def output_layer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(find_output_layer(model)[1].parameters())
 

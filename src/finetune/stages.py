@@ -124,7 +124,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
                    decoded: tuple[Path, Path] | None = None) -> dict:
     """Train ``arch`` from scratch on the source split and publish it like downloaded weights."""
 
-    from .models import build_architecture
+    from .models import build_architecture, check_input_size
     from .tensors import Preprocessing
     from .training import TrainOptions, fit, options_key, seed_everything
 
@@ -136,6 +136,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     mean, std = channel_stats(data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     model = build_architecture(arch, len(classes))
+    check_input_size(model, arch, image_size, f"pretrain.image_size: {image_size}", "pretrain.image_size")
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv)))
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, log=log)
@@ -294,7 +295,7 @@ def _quiet(message: str) -> None:
 def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, threads: int, pretrained: bool,
                      image_size: int | None, decoded: tuple[Path, Path] | None):
     """What train and lr_find set up alike: (opts, arch, prep, train/val data, classes, new model, weights sha256)."""
-    from .models import build_target_model
+    from .models import build_target_model, check_input_size
     from .tensors import Preprocessing
     from .training import TrainOptions, seed_everything
 
@@ -310,6 +311,9 @@ def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, thread
     data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True,
                                           uncropped=("train",) if opts.augment else ())
     model = build_target_model(manifest["arch"], len(classes), source_state, source_classes, origin=manifest["path"])
+    setting = (f"image_size: {image_size}" if image_size else
+               f"the crop size of the weights' preprocessing in {manifest_path}")
+    check_input_size(model, manifest["arch"], prep.crop_size, setting, "image_size (train's or the experiment's)")
     return opts, manifest["arch"], prep, data, classes, model, weights_sha
 
 
