@@ -3,8 +3,6 @@ tensors), horizontal-flip test-time augmentation (evaluate and export, on the ti
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
