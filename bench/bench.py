@@ -67,17 +67,19 @@ from train_speed import bench_feature_extract, bench_train_throughput
 from transfer import bench_transfer
 
 
-class _Done(Exception):
-    """--only: every row asked for is measured."""
-
-
 # decode_img_per_s_12mp's folder: 48 photos, so the decode job's fixed cost (reading and checking the split file,
 # creating, flushing and fsyncing the array and its record: 20-40 ms) weighs in a rate in img/s as little as in a
 # real folder; with 12 it was a tenth of the stage's time (docs/bench.md, decode_img_per_s_12mp).
 PHOTOS = 48
 
 
-def main(argv: list[str] | None = None) -> int:
+# Rows that read the transfer rows' checkpoints, and rows that need no source model.
+NEEDS_TRANSFER = ("transfer_acc_finetune", "transfer_acc_feature_extract", "onnx_infer_img_per_s_b1",
+                  "onnx_infer_img_per_s_b64", "export_onnx_s")
+NEEDS_NO_WEIGHTS = ("noop_rerun_s", "decode_passes_demo", "decode_img_per_s_12mp", "dag_build_20exp_s")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default_out(), help="CSV to write; its folder holds the bench's work files")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of minutes, no target checks")
@@ -105,144 +107,192 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this row (repeat, or separate with commas) and what it needs; the CSV holds "
                              "those rows")
     args = parser.parse_args(argv)
-    if args.gpu:
-        return bench_gpu(args)
-    only = None if args.only is None else {name.strip() for item in args.only for name in item.split(",") if name.strip()}
-    if only is not None and (not only or only - set(ROWS)):
-        parser.error(f"--only: unknown row(s) {sorted(only - set(ROWS)) or '(none given)'}; rows: {', '.join(ROWS)}")
+    gpu_only = [f"--{name}" for name in ("reps", "batches", "device", "data", "dag") if getattr(args, name) is not None]
+    gpu_only += ["--compile"] if args.compile else []
+    if gpu_only and not args.gpu:
+        parser.error(f"{', '.join(gpu_only)}: --gpu only (the CPU rows' sizes are fixed: --smoke or the full run)")
+    if args.gpu and args.only is not None:
+        parser.error("--only chooses among the CPU rows; --gpu measures its own rows (docs/bench.md, GPU rows)")
+    if args.only is not None:
+        args.only = {name.strip() for item in args.only for name in item.split(",") if name.strip()}
+        if not args.only or args.only - set(ROWS):
+            parser.error(f"--only: unknown row(s) {sorted(args.only - set(ROWS)) or '(none given)'}; rows: {', '.join(ROWS)}")
+    return args
 
-    def wanted(*names: str) -> bool:
-        return only is None or bool(only.intersection(names))
 
-    sizes = SMOKE if args.smoke else FULL
-    threads = max(1, args.threads)
-    torch.set_num_threads(threads)
-    out = Path(args.out).resolve()
-    workdir = out.parent
-    workdir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="work-", dir=workdir))
-    started = time.perf_counter()
-    info = machine_info(threads)
-    say(f"finetune bench ({'smoke' if args.smoke else 'full'}): {info['cpu_model']}, {info['cpus_usable']} CPU(s), "
-        f"{threads} thread(s), load average {info['loadavg_1_5_15']}")
-    rows: dict[str, dict] = {}
-    phases: list[tuple[str, float]] = []  # (name, start)
+class Session:
+    """One CPU bench run: its settings, work folder, the rows measured so far and the wall time per phase."""
 
-    def phase(name: str):
-        say(f"[{time.perf_counter() - started:6.0f} s] {name}")
-        phases.append((name, time.perf_counter()))
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.only = args, args.only
+        self.sizes = SMOKE if args.smoke else FULL
+        self.threads = max(1, args.threads)
+        torch.set_num_threads(self.threads)
+        self.out = Path(args.out).resolve()
+        self.workdir = self.out.parent
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="work-", dir=self.workdir))
+        self.started = time.perf_counter()
+        self.rows: dict[str, dict] = {}
+        self.phases: list[tuple[str, float]] = []  # (name, start)
+        self.origin = None  # where the source model came from
 
-    # Rows that read the transfer rows' checkpoints, and rows that need no source model.
-    needs_transfer = ("transfer_acc_finetune", "transfer_acc_feature_extract", "onnx_infer_img_per_s_b1",
-                      "onnx_infer_img_per_s_b64", "export_onnx_s")
-    needs_no_weights = ("noop_rerun_s", "decode_passes_demo", "decode_img_per_s_12mp", "dag_build_20exp_s")
-    tiny_dir, origin = None, None
-    try:
-        if wanted("noop_rerun_s", "decode_passes_demo"):
-            phase("noop_rerun_s: Snakemake on a finished DAG")
-            rows["noop_rerun_s"], tiny_dir = bench_noop_rerun(scratch / "tiny", sizes)
-            rows["decode_passes_demo"] = bench_decode_passes(tiny_dir)
-        if wanted("decode_img_per_s_12mp"):
-            phase("decode_img_per_s_12mp: the decode stage vs ImageFolder + Resize on 12-megapixel JPEGs")
-            rows["decode_img_per_s_12mp"] = bench_decode_12mp(scratch / "decode", 2 if args.smoke else PHOTOS, sizes.reps, threads)
-        if wanted("dag_build_20exp_s"):
-            phase("dag_build_20exp_s: dry runs")
-            rows["dag_build_20exp_s"] = bench_dag_build(scratch / "dag", sizes)
-        if only is not None and only <= set(needs_no_weights):
-            raise _Done
+    def wanted(self, *names: str) -> bool:
+        return self.only is None or bool(self.only.intersection(names))
 
-        config = demo_config()
-        if args.smoke:
-            # The tiny DAG's pretrained model and target split stand in for the demo's.
-            if tiny_dir is None:  # --only without the tiny DAG's rows: its weights and split rules alone
-                phase("the tiny config's pretrained source model")
-                tiny_weights(scratch / "tiny", threads)
-                tiny_dir = scratch / "tiny"
-            manifest_path, split_csv = tiny_dir / "resources/weights/manifest.json", tiny_dir / "resources/splits/target.csv"
-            origin = "the tiny DAG's (smoke)"
-        else:
-            phase("the demo's pretrained source model")
-            manifest_path, split_csv, origin = demo_weights(workdir / "demo", threads)
-        say(f"  weights: {origin}")
-        manifest = read_manifest(manifest_path)
-        source_state = load_state_dict(manifest["path"])
+    def phase(self, name: str) -> None:
+        say(f"[{time.perf_counter() - self.started:6.0f} s] {name}")
+        self.phases.append((name, time.perf_counter()))
 
-        if wanted(*needs_transfer):
-            phase(f"transfer_acc_*: the demo's experiments x seeds {list(sizes.seeds)}")
-            transfer_rows, transfer = bench_transfer(config, manifest_path, split_csv, scratch / "transfer", sizes, threads)
-            for r in transfer_rows:
-                rows[r["metric"]] = r
+    def add(self, *rows: dict) -> None:
+        for row in rows:
+            self.rows[row["metric"]] = row
 
-        if wanted("train_peak_rss_4x"):
-            phase("train_peak_rss_4x: peak RSS of a train job on 4x the images vs 1x")
-            rows["train_peak_rss_4x"] = bench_train_peak_rss(manifest_path, Path(config["dataset"]["path"]), scratch,
-                                                             sizes.rss_images, sizes.rss_image_size, threads)
+    def finish(self) -> dict[str, float]:
+        """Close the last phase, remove the work files (unless --keep); the seconds per phase."""
+        self.phases.append(("end", time.perf_counter()))
+        if not self.args.keep:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return {name: round(end - start, 1) for (name, start), (_, end) in zip(self.phases, self.phases[1:])}
 
-        if wanted("ddp_cpu_2proc_img_per_s"):
-            phase("ddp_cpu_2proc_img_per_s: 2 training processes (gloo) vs 1, same global batch and threads")
-            rows["ddp_cpu_2proc_img_per_s"] = bench_ddp_cpu(manifest_path, Path(config["dataset"]["path"]), scratch,
-                                                            sizes.ddp_images, IMAGE_SIZE, sizes.ddp_epochs, threads)
-        if wanted("recipe_acc_vs_tutorial"):
-            phase(f"recipe_acc_vs_tutorial: the demo's finetune vs the PyTorch tutorial's recipe x seeds {list(sizes.seeds)}")
-            # Smoke: the tiny DAG's split stands in for the demo's at 100 training images per class.
-            rows["recipe_acc_vs_tutorial"] = bench_recipe(config, manifest_path, scratch / "recipe", sizes, threads,
-                                                          split_csv if args.smoke else None)
 
-        if wanted("feature_extract_25ep_s", "train_img_per_s"):
-            phase("writing the speed rows' images as PNG files (ImageFolder)")
-            # Smoke: the tiny DAG's few images stand in for the subset.
-            speed_csv = split_csv if args.smoke else speed_split(config, scratch, threads)
-            listing = write_image_folder(speed_csv, scratch / "images")
-            folder_csv = folder_split_csv(listing, scratch / "images.csv")
-            prep = Preprocessing.from_dict(manifest["preprocessing"], IMAGE_SIZE)
-            say(f"  {', '.join(f'{k} {len(v)}' for k, v in listing.items())} images in {scratch / 'images'}")
+def measure_dag_rows(run: Session) -> Path | None:
+    """The rows that run Snakemake or the decode stage only; the tiny DAG's folder where it ran."""
+    tiny_dir = None
+    if run.wanted("noop_rerun_s", "decode_passes_demo"):
+        run.phase("noop_rerun_s: Snakemake on a finished DAG")
+        noop, tiny_dir = bench_noop_rerun(run.scratch / "tiny", run.sizes)
+        run.add(noop, bench_decode_passes(tiny_dir))
+    if run.wanted("decode_img_per_s_12mp"):
+        run.phase("decode_img_per_s_12mp: the decode stage vs ImageFolder + Resize on 12-megapixel JPEGs")
+        run.add(bench_decode_12mp(run.scratch / "decode", 2 if run.args.smoke else PHOTOS, run.sizes.reps, run.threads))
+    if run.wanted("dag_build_20exp_s"):
+        run.phase("dag_build_20exp_s: dry runs")
+        run.add(bench_dag_build(run.scratch / "dag", run.sizes))
+    return tiny_dir
 
-        if wanted("feature_extract_25ep_s"):
-            phase("feature_extract_25ep_s: cached features vs the tutorial's frozen backbone")
-            rows["feature_extract_25ep_s"] = bench_feature_extract(scratch / "images", folder_csv, manifest, source_state,
-                                                                   prep, config, sizes, threads, args.workers)
-        if wanted("train_img_per_s"):
-            phase("train_img_per_s: full fine-tuning vs the tutorial loop")
-            rows["train_img_per_s"] = bench_train_throughput(scratch / "images", folder_csv, manifest, source_state, prep,
-                                                             config, sizes, threads, args.workers)
-        if wanted("onnx_infer_img_per_s_b1", "onnx_infer_img_per_s_b64"):
-            phase("onnx_infer_img_per_s_*: onnxruntime vs eager PyTorch")
-            for r in bench_onnx(transfer["checkpoints"]["finetune"], split_csv, scratch, sizes, threads):
-                rows[r["metric"]] = r
-        if wanted("export_onnx_s"):
-            phase("export_onnx_s: the export job vs the export call alone")
-            rows["export_onnx_s"] = bench_export_job(transfer["checkpoints"]["finetune"], split_csv, scratch, sizes.reps,
-                                                     threads)
-    except _Done:
-        pass
-    finally:
-        phases.append(("end", time.perf_counter()))
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-    durations = {name: round(end - start, 1) for (name, start), (_, end) in zip(phases, phases[1:])}
 
-    ordered = [rows[name] for name in ROWS if only is None or name in only]
-    write_csv(ordered, out)
-    info_after = machine_info(threads)
+def source_model(run: Session, tiny_dir: Path | None) -> tuple[Path, Path]:
+    """(weights manifest, target split) the training rows start from: the demo's, or the tiny DAG's in smoke."""
+    if not run.args.smoke:
+        run.phase("the demo's pretrained source model")
+        manifest_path, split_csv, run.origin = demo_weights(run.workdir / "demo", run.threads)
+    else:
+        # The tiny DAG's pretrained model and target split stand in for the demo's.
+        if tiny_dir is None:  # --only without the tiny DAG's rows: its weights and split rules alone
+            run.phase("the tiny config's pretrained source model")
+            tiny_weights(run.scratch / "tiny", run.threads)
+            tiny_dir = run.scratch / "tiny"
+        manifest_path, split_csv = tiny_dir / "resources/weights/manifest.json", tiny_dir / "resources/splits/target.csv"
+        run.origin = "the tiny DAG's (smoke)"
+    say(f"  weights: {run.origin}")
+    return manifest_path, split_csv
+
+
+def measure_training_rows(run: Session, config: dict, manifest_path: Path, split_csv: Path) -> dict | None:
+    """Transfer accuracy, a train job's memory, two-process training, the tutorial's recipe; the transfer runs."""
+    sizes, threads, dataset = run.sizes, run.threads, Path(config["dataset"]["path"])
+    transfer = None
+    if run.wanted(*NEEDS_TRANSFER):
+        run.phase(f"transfer_acc_*: the demo's experiments x seeds {list(sizes.seeds)}")
+        transfer_rows, transfer = bench_transfer(config, manifest_path, split_csv, run.scratch / "transfer", sizes, threads)
+        run.add(*transfer_rows)
+    if run.wanted("train_peak_rss_4x"):
+        run.phase("train_peak_rss_4x: peak RSS of a train job on 4x the images vs 1x")
+        run.add(bench_train_peak_rss(manifest_path, dataset, run.scratch, sizes.rss_images, sizes.rss_image_size, threads))
+    if run.wanted("ddp_cpu_2proc_img_per_s"):
+        run.phase("ddp_cpu_2proc_img_per_s: 2 training processes (gloo) vs 1, same global batch and threads")
+        run.add(bench_ddp_cpu(manifest_path, dataset, run.scratch, sizes.ddp_images, IMAGE_SIZE, sizes.ddp_epochs, threads))
+    if run.wanted("recipe_acc_vs_tutorial"):
+        run.phase(f"recipe_acc_vs_tutorial: the demo's finetune vs the PyTorch tutorial's recipe x seeds {list(sizes.seeds)}")
+        # Smoke: the tiny DAG's split stands in for the demo's at 100 training images per class.
+        run.add(bench_recipe(config, manifest_path, run.scratch / "recipe", sizes, threads,
+                             split_csv if run.args.smoke else None))
+    return transfer
+
+
+def measure_speed_rows(run: Session, config: dict, manifest_path: Path, split_csv: Path) -> None:
+    """Head-only and full training speed, from a folder of PNG files, against the tutorial's loops."""
+    if not run.wanted("feature_extract_25ep_s", "train_img_per_s"):
+        return
+    manifest = read_manifest(manifest_path)
+    source_state = load_state_dict(manifest["path"])
+    run.phase("writing the speed rows' images as PNG files (ImageFolder)")
+    # Smoke: the tiny DAG's few images stand in for the subset.
+    speed_csv = split_csv if run.args.smoke else speed_split(config, run.scratch, run.threads)
+    folder = run.scratch / "images"
+    listing = write_image_folder(speed_csv, folder)
+    folder_csv = folder_split_csv(listing, run.scratch / "images.csv")
+    prep = Preprocessing.from_dict(manifest["preprocessing"], IMAGE_SIZE)
+    say(f"  {', '.join(f'{k} {len(v)}' for k, v in listing.items())} images in {folder}")
+    common = (folder, folder_csv, manifest, source_state, prep, config, run.sizes, run.threads, run.args.workers)
+    if run.wanted("feature_extract_25ep_s"):
+        run.phase("feature_extract_25ep_s: cached features vs the tutorial's frozen backbone")
+        run.add(bench_feature_extract(*common))
+    if run.wanted("train_img_per_s"):
+        run.phase("train_img_per_s: full fine-tuning vs the tutorial loop")
+        run.add(bench_train_throughput(*common))
+
+
+def measure_export_rows(run: Session, transfer: dict | None, split_csv: Path) -> None:
+    """onnxruntime vs PyTorch inference, and the export job vs the export call, on the transfer runs' finetune model."""
+    if run.wanted("onnx_infer_img_per_s_b1", "onnx_infer_img_per_s_b64"):
+        run.phase("onnx_infer_img_per_s_*: onnxruntime vs eager PyTorch")
+        run.add(*bench_onnx(transfer["checkpoints"]["finetune"], split_csv, run.scratch, run.sizes, run.threads))
+    if run.wanted("export_onnx_s"):
+        run.phase("export_onnx_s: the export job vs the export call alone")
+        run.add(bench_export_job(transfer["checkpoints"]["finetune"], split_csv, run.scratch, run.sizes.reps, run.threads))
+
+
+def measure(run: Session) -> None:
+    """Every row asked for, in the order that lets later rows reuse earlier rows' inputs."""
+    tiny_dir = measure_dag_rows(run)
+    if run.only is not None and run.only <= set(NEEDS_NO_WEIGHTS):
+        return
+    config = demo_config()
+    manifest_path, split_csv = source_model(run, tiny_dir)
+    transfer = measure_training_rows(run, config, manifest_path, split_csv)
+    measure_speed_rows(run, config, manifest_path, split_csv)
+    measure_export_rows(run, transfer, split_csv)
+
+
+def report(run: Session, info: dict, durations: dict[str, float]) -> int:
+    """Write the CSV and its JSON companion, print the table; the exit status (1: a target missed)."""
+    ordered = [run.rows[name] for name in ROWS if run.only is None or name in run.only]
+    write_csv(ordered, run.out)
+    info_after = machine_info(run.threads)
     info["loadavg_1_5_15"] = f"{info['loadavg_1_5_15']} at start, {info_after['loadavg_1_5_15']} at end"
-    print_table(ordered, info, checked=not args.smoke)
-    total = time.perf_counter() - started
+    print_table(ordered, info, checked=not run.args.smoke)
+    total = time.perf_counter() - run.started
     say("\nwall time per phase: " + "; ".join(f"{name.split(':')[0]} {seconds:.0f} s" for name, seconds in durations.items()))
-    say(f"wrote {out} in {total:.0f} s ({total / 60:.1f} min)")
-    (out.with_suffix(".json")).write_text(json.dumps({"machine": info, "seconds": round(total, 1), "phases_s": durations,
-                                                      "smoke": args.smoke, "weights": origin,
-                                                      "only": None if only is None else sorted(only),
-                                                      "recipe_acc_vs_tutorial": {k: rows["recipe_acc_vs_tutorial"][k]
-                                                                                 for k in ("accuracy", "wall_s")}
-                                                      if "recipe_acc_vs_tutorial" in rows else None},
-                                                     indent=2) + "\n")
-    if args.smoke:
+    say(f"wrote {run.out} in {total:.0f} s ({total / 60:.1f} min)")
+    recipe = run.rows.get("recipe_acc_vs_tutorial")
+    summary = {"machine": info, "seconds": round(total, 1), "phases_s": durations, "smoke": run.args.smoke,
+               "weights": run.origin, "only": None if run.only is None else sorted(run.only),
+               "recipe_acc_vs_tutorial": {k: recipe[k] for k in ("accuracy", "wall_s")} if recipe else None}
+    run.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    if run.args.smoke:
         return 0
     missed = [r["metric"] for r in ordered if check(r)[1] is False]
     if missed:
         say(f"targets missed: {', '.join(missed)} (see docs/bench.md)")
-        return 0 if args.no_check else 1
+        return 0 if run.args.no_check else 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.gpu:
+        return bench_gpu(args)
+    run = Session(args)
+    info = machine_info(run.threads)
+    say(f"finetune bench ({'smoke' if args.smoke else 'full'}): {info['cpu_model']}, {info['cpus_usable']} CPU(s), "
+        f"{run.threads} thread(s), load average {info['loadavg_1_5_15']}")
+    try:
+        measure(run)
+    finally:
+        durations = run.finish()
+    return report(run, info, durations)
 
 
 if __name__ == "__main__":
