@@ -67,15 +67,22 @@ def split_csv(tmp_path):
 
 @pytest.mark.parametrize("resize, crop", [(256, 224), (37, 32), (36, 33), (32, 32), (8, 7)])
 def test_the_stored_squares_centre_is_the_evaluation_crop_for_every_aspect_ratio(resize, crop):
+    """The evaluation crop is torchvision's Resize + CenterCrop, pixel for pixel (their rounding of the
+    longer side and of the crop's position included), and the stored square's centre holds it."""
+    from torchvision import transforms
+
+    reference = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop)])
     rng = np.random.default_rng(resize)
     for width in range(crop, crop + 23):
         for height in (crop, crop + 1, crop + 2, 2 * crop + 1, 3 * crop):
             img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
             for w, h, image in ((width, height, img), (height, width, img.transpose(Image.Transpose.TRANSPOSE))):
                 square = preprocess_stored(image, resize, crop)
-                start = (resize - crop) // 2
+                start = int(round((resize - crop) / 2))  # CenterCrop's position in a resize x resize square
                 assert square.shape == (resize, resize, 3), (w, h)
-                assert np.array_equal(square[start : start + crop, start : start + crop], preprocess(image, resize, crop)), (w, h)
+                evaluation = preprocess(image, resize, crop)
+                assert np.array_equal(evaluation, np.asarray(reference(image))), (w, h)
+                assert np.array_equal(square[start : start + crop, start : start + crop], evaluation), (w, h)
 
 
 def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_path):
@@ -87,13 +94,14 @@ def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_pa
     rows = np.array([7, 0, 23, 12, 12, 5])
     assert np.array_equal(decoded.read(rows, 32), expected[rows])
     assert np.array_equal(decoded.read(np.arange(24), 32), expected)
-    # Stored: the 40 x 40 square of the resized image around that centre crop, 4 px of margin on each side.
+    # Stored: the 40 x 40 square of the resized image (torchvision's Resize) around that centre crop (where
+    # torchvision's CenterCrop puts it), 4 px of margin on each side.
+    from torchvision import transforms
+
     squares = decoded.read(np.arange(24))
     for path, square in zip(frame["path"], squares):
-        img = Image.open(path).convert("RGB")
-        scale = 40 / min(img.size)
-        resized = np.asarray(img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.Resampling.BILINEAR))
-        top, left = (resized.shape[0] - 32) // 2 - 4, (resized.shape[1] - 32) // 2 - 4
+        resized = np.asarray(transforms.Resize(40)(Image.open(path).convert("RGB")))
+        top, left = (int(round((length - 32) / 2)) - 4 for length in resized.shape[:2])
         assert np.array_equal(square, resized[top : top + 40, left : left + 40])
     assert list(decoded.rows("val")) == list(range(12, 18))
     assert list(decoded.labels) == list(frame["label"])
@@ -340,3 +348,112 @@ def test_memory_of_an_epoch_read_from_the_decoded_file_does_not_grow_with_the_im
             peaks[mode, n] = int(out.stdout.split()[-1]) / 1024  # MB
     assert peaks["stream", 16000] / peaks["stream", 4000] <= 1.1, peaks
     assert peaks["memory", 16000] - peaks["memory", 4000] >= 100, peaks  # the 148 MB more are really held there
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_weights_resize_filter_gives_torchvision_s_pixels_and_is_recorded(tmp_path, split_csv, interpolation):
+    """The pixels of torchvision's own eval transform (Resize with the weights' filter on the PIL image,
+    CenterCrop), one by one and in the decoded file; a file decoded with another filter is refused."""
+    from torchvision import transforms
+
+    from finetune.images import Preprocessing
+
+    mode = transforms.InterpolationMode(interpolation)
+    reference = transforms.Compose([transforms.Resize(64, interpolation=mode), transforms.CenterCrop(56)])
+    img_path = photo(tmp_path / "p.png", 300, 200)  # 300x200 -> 96x64: both round the long side alike
+    expected = np.asarray(reference(Image.open(img_path).convert("RGB")))
+    assert np.array_equal(load_preprocessed(str(img_path), 64, 56, interpolation), expected)
+    other = "bicubic" if interpolation == "bilinear" else "bilinear"
+    assert not np.array_equal(load_preprocessed(str(img_path), 64, 56, other), expected), "the filter took no effect"
+    assert Preprocessing.from_dict({"resize_size": 64, "crop_size": 56, "mean": [0] * 3, "std": [1] * 3,
+                                    "interpolation": interpolation}).to_dict()["interpolation"] == interpolation
+
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 40, 32, npy, info, log=lambda _: None, interpolation=interpolation)
+    assert json.loads(info.read_text())["interpolation"] == interpolation
+    frame = pd.read_csv(split_csv)
+    centre = transforms.Compose([transforms.Resize(40, interpolation=mode), transforms.CenterCrop(32)])
+    expected = np.stack([np.asarray(centre(Image.open(p).convert("RGB"))) for p in frame["path"]])
+    decoded = open_decoded(npy, info, split_csv, (40, 32), interpolation)
+    assert np.array_equal(decoded.read(np.arange(len(frame)), 32), expected)
+    decoded.handle.close()
+    with pytest.raises(DataError, match=f"{npy}.*resized with {interpolation} interpolation, {other} is needed"):
+        open_decoded(npy, info, split_csv, (40, 32), other)
+
+
+def test_an_unsupported_resize_filter_is_refused_naming_it():
+    from finetune.errors import ConfigError
+    from finetune.images import Preprocessing
+
+    with pytest.raises(ConfigError, match="interpolation 'lanczos' is not supported: use bilinear or bicubic"):
+        Preprocessing.from_dict({"resize_size": 40, "crop_size": 32, "mean": [0] * 3, "std": [1] * 3,
+                                 "interpolation": "lanczos"})
+
+
+@pytest.mark.slow
+def test_bicubic_weights_are_decoded_exported_and_predicted_bicubic(tmp_path):
+    """Weights whose preprocessing says bicubic (as torchvision's EfficientNet and Swin weights do): the
+    decoded images, the ONNX metadata and `predict` all use it; back to bilinear, the images decode again."""
+    import onnxruntime as ort
+    from torchvision import transforms
+
+    from faults import save_state_dict
+    from finetune.images import load_image, normalize
+    from recompute import probabilities
+
+    source = tmp_path / "source.pth"
+    save_state_dict(source, "resnet18", 3)
+    prep = {"resize_size": 40, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "interpolation": "bicubic"}
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    photos = [photo(incoming / f"{i}.png", 90 + 7 * i, 61 + 5 * i, seed=i) for i in range(3)]
+    weights = {"source": "path", "path": str(source), "arch": "resnet18", "preprocessing": prep}
+    config = tiny_config(tmp_path, weights=weights, replace={"experiments": {"finetune": {"strategy": "finetune"}}},
+                         predict={"images": str(incoming), "experiment": "finetune", "seed": 0})
+    run_snakemake(tmp_path, config)
+
+    bicubic = transforms.Compose([transforms.Resize(40, interpolation=transforms.InterpolationMode.BICUBIC),
+                                  transforms.CenterCrop(32)])
+    info = json.loads((tmp_path / "resources/decoded/target/native/info.json").read_text())
+    assert info["interpolation"] == "bicubic"
+    decoded = open_decoded(tmp_path / "resources/decoded/target/native/images.npy",
+                           tmp_path / "resources/decoded/target/native/info.json")
+    frame = pd.read_csv(tmp_path / "resources/splits/target.csv")
+    rows = decoded.rows("test")[:5]
+    expected = np.stack([np.asarray(bicubic(load_image(ref))) for ref in frame["path"].iloc[rows]])
+    assert np.array_equal(decoded.read(rows, 32), expected)
+    decoded.handle.close()
+
+    model = tmp_path / "results/finetune/seed0/model.onnx"
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["interpolation"] == "bicubic"
+    pixels = np.stack([np.asarray(bicubic(Image.open(p).convert("RGB"))) for p in photos])
+    logits = session.run(None, {session.get_inputs()[0].name: normalize(pixels, prep["mean"], prep["std"])})[0]
+    table = pd.read_csv(tmp_path / "results/predictions/finetune/seed0/predictions.csv").set_index("path")
+    for path, p in zip(photos, probabilities(logits)):
+        assert float(table.loc[str(path), "probability"]) == pytest.approx(max(p), abs=1e-5), path
+
+    bilinear = tiny_config(tmp_path, weights={**weights, "preprocessing": {**prep, "interpolation": "bilinear"}},
+                           replace={"experiments": {"finetune": {"strategy": "finetune"}}},
+                           predict={"images": str(incoming), "experiment": "finetune", "seed": 0})
+    assert {"decode", "train"} <= set(jobs_run(run_snakemake(tmp_path, bilinear, "-n").stdout))
+
+
+@pytest.mark.parametrize("enum_name", ["EfficientNet_B0_Weights.IMAGENET1K_V1", "ResNet50_Weights.IMAGENET1K_V2"])
+def test_the_decode_job_takes_torchvision_weights_sizes_and_filter_from_the_enum_alone(split_csv, tmp_path, enum_name):
+    """No weights file needed: the enum's own transforms give the resize, crop and filter (no download)."""
+    import torchvision
+
+    from finetune.stages import decode_stage
+
+    transform = torchvision.models.get_weight(enum_name).transforms()
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    decode_stage(split_csv, npy, info, threads=1, image_size=48, log=lambda _: None,
+                 weights_sizes={"weights": "torchvision", "sizes": enum_name, "image_size": 48})
+    record = json.loads(info.read_text())
+    # image_size 48 replaces the crop and scales the resize with it (232/224 for ResNet50 V2, 256/224 else).
+    expected_resize = round(48 * transform.resize_size[0] / transform.crop_size[0])
+    assert (record["resize_size"], record["crop_size"]) == (expected_resize, 48)
+    assert record["interpolation"] == transform.interpolation.value
+    assert not list(tmp_path.glob("*.pth")), "nothing was downloaded"

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, write_json
-from .images import IMAGE_EXTENSIONS, load_preprocessed, normalize
+from .images import IMAGE_EXTENSIONS, RESAMPLING, load_preprocessed, normalize
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -51,9 +51,10 @@ def decode_metadata(raw: dict[str, str], origin: str = "model") -> dict:
         )
     for key in ("resize_size", "crop_size"):
         meta[key] = int(meta[key])
-    for key, supported in (("channel_order", "RGB"), ("layout", "NCHW"), ("interpolation", "bilinear")):
-        if key in meta and meta[key] != supported:
-            raise ModelError(f"{origin}: metadata {key}={meta[key]!r} is not supported (only {supported})")
+    for key, supported in (("channel_order", ("RGB",)), ("layout", ("NCHW",)), ("interpolation", tuple(RESAMPLING))):
+        if key in meta and meta[key] not in supported:
+            raise ModelError(f"{origin}: metadata {key}={meta[key]!r} is not supported (only {' or '.join(supported)})")
+    meta.setdefault("interpolation", "bilinear")
     if len(meta["mean"]) != 3 or len(meta["std"]) != 3:
         raise ModelError(f"{origin}: mean and std must have 3 values (RGB), not {meta['mean']} / {meta['std']}")
     return meta
@@ -97,7 +98,7 @@ class OnnxClassifier:
 
     def pixels(self, ref: str) -> np.ndarray:
         """One image reference -> uint8 (crop, crop, 3), as the model's metadata says."""
-        return load_preprocessed(ref, self.metadata["resize_size"], self.metadata["crop_size"])
+        return load_preprocessed(ref, self.metadata["resize_size"], self.metadata["crop_size"], self.metadata["interpolation"])
 
     def decode(self, refs: list[str], threads: int = 1) -> tuple[np.ndarray, dict[int, str]]:
         """Decode ``refs`` in parallel: uint8 (n_ok, crop, crop, 3) of those that decode, and

@@ -20,13 +20,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # Images above this many pixels are refused by PIL as a possible decompression bomb; real
 # photographs from modern cameras stay far below it, so raise PIL's default rather than fail.
 Image.MAX_IMAGE_PIXELS = 300_000_000
+
+# The resize filters torchvision's classification weights use (their transforms' ``interpolation``),
+# applied with PIL as torchvision's ``Resize`` does on PIL images (antialiased).
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resampling(interpolation: str) -> Image.Resampling:
+    try:
+        return RESAMPLING[interpolation]
+    except (KeyError, TypeError):
+        raise ConfigError(f"interpolation {interpolation!r} is not supported: use {' or '.join(RESAMPLING)}") from None
 
 
 def _open_maybe_gzip(path: Path):
@@ -96,18 +107,26 @@ class Preprocessing:
     crop_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    interpolation: str = "bilinear"  # the resize filter: a key of RESAMPLING
+
+    def __post_init__(self):
+        resampling(self.interpolation)
 
     @classmethod
     def from_dict(cls, d: dict, image_size: int | None = None) -> "Preprocessing":
-        """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it."""
+        """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it.
+
+        A record without ``interpolation`` (written before it was kept) means bilinear, as then.
+        """
         resize, crop = int(d["resize_size"]), int(d["crop_size"])
         if image_size and image_size != crop:
             resize, crop = int(round(image_size * resize / crop)), int(image_size)
-        return cls(resize, crop, tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+        return cls(resize, crop, tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
+                   str(d.get("interpolation", "bilinear")))
 
     def to_dict(self) -> dict:
         return {"resize_size": self.resize_size, "crop_size": self.crop_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": "bilinear", "channels": "RGB"}
+                "std": list(self.std), "interpolation": self.interpolation, "channels": "RGB"}
 
 
 class _Undecodable(Exception):
@@ -185,19 +204,26 @@ def check_image(ref: str) -> str | None:
     return None
 
 
-def preprocess(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
-    """Resize the shorter side to ``resize_size`` (bilinear, antialiased), centre-crop ``crop_size``.
+def resized_size(size: tuple[int, int], resize_size: int, at_least: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``resize_size``, as torchvision's ``Resize(int)``
+    computes it (the longer side truncated: 80x48 to 40 gives 66x40), each side at least ``at_least``."""
+    width, height = size
+    short, long = sorted((width, height))
+    new_long = int(resize_size * long / short)
+    new_width, new_height = (resize_size, new_long) if width <= height else (new_long, resize_size)
+    return max(at_least, new_width), max(at_least, new_height)
+
+
+def preprocess(img: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` (``interpolation``, antialiased), centre-crop ``crop_size``.
 
     Returns uint8 (crop_size, crop_size, 3): torchvision's eval transform for classification
     weights (Resize + CenterCrop), before normalisation.
     """
-    width, height = img.size
-    scale = resize_size / min(width, height)
-    new_size = (max(crop_size, round(width * scale)), max(crop_size, round(height * scale)))
+    new_size = resized_size(img.size, resize_size, crop_size)
     if new_size != img.size:
-        img = img.resize(new_size, Image.Resampling.BILINEAR)
-    left = (new_size[0] - crop_size) // 2
-    top = (new_size[1] - crop_size) // 2
+        img = img.resize(new_size, resampling(interpolation))
+    left, top = centre_offset(new_size[0], crop_size), centre_offset(new_size[1], crop_size)
     img = img.crop((left, top, left + crop_size, top + crop_size))
     return np.asarray(img, dtype=np.uint8)
 
@@ -207,12 +233,13 @@ def stored_size(resize_size: int, crop_size: int) -> int:
     return max(resize_size, crop_size)
 
 
-def centre_offset(stored: int, crop_size: int) -> int:
-    """Where the centre crop starts in a stored square (rows and columns alike)."""
-    return (stored - crop_size) // 2
+def centre_offset(length: int, crop_size: int) -> int:
+    """Where a centre crop starts along a side of ``length`` pixels: torchvision's ``CenterCrop``
+    rounding (``round((length - crop) / 2)``, half to even), in images and stored squares alike."""
+    return int(round((length - crop_size) / 2.0))
 
 
-def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Like :func:`preprocess`, but keep the ``stored_size`` square around the centre crop, so random
     crops for augmentation have the resized image's margin to draw from.
 
@@ -220,26 +247,24 @@ def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int) -> np.
     :func:`preprocess` returns, whatever the image's aspect ratio.
     """
     side = stored_size(resize_size, crop_size)
-    width, height = img.size
-    scale = resize_size / min(width, height)
-    new_size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    new_size = resized_size(img.size, resize_size, side)
     if new_size != img.size:
-        img = img.resize(new_size, Image.Resampling.BILINEAR)
+        img = img.resize(new_size, resampling(interpolation))
     inner = centre_offset(side, crop_size)
-    left = (new_size[0] - crop_size) // 2 - inner
-    top = (new_size[1] - crop_size) // 2 - inner
+    left = centre_offset(new_size[0], crop_size) - inner
+    top = centre_offset(new_size[1], crop_size) - inner
     return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
 
 
-def load_stored(ref: str, resize_size: int, crop_size: int) -> np.ndarray:
+def load_stored(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """One image reference -> uint8 (S, S, 3), S = :func:`stored_size`: what the decode stage keeps."""
-    return preprocess_stored(load_image(ref, min_side=resize_size), resize_size, crop_size)
+    return preprocess_stored(load_image(ref, min_side=resize_size), resize_size, crop_size, interpolation)
 
 
-def load_preprocessed(ref: str, resize_size: int, crop_size: int) -> np.ndarray:
+def load_preprocessed(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """One image reference -> uint8 (crop_size, crop_size, 3): the pixels training, evaluation and
     ``predict`` all feed the model (large JPEGs decoded at a reduced scale first)."""
-    return preprocess(load_image(ref, min_side=resize_size), resize_size, crop_size)
+    return preprocess(load_image(ref, min_side=resize_size), resize_size, crop_size, interpolation)
 
 
 def normalize(batch_hwc_uint8: np.ndarray, mean, std) -> np.ndarray:

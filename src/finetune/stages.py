@@ -33,23 +33,49 @@ def split_stage(dataset_cfg: dict, out_csv: Path, out_report: Path, threads: int
 
 
 def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, image_size: int | None = None,
-                 manifest_path: Path | None = None, splits=SPLITS, log: Callable = print) -> dict:
+                 manifest_path: Path | None = None, splits=SPLITS, log: Callable = print,
+                 weights_sizes: dict | None = None) -> dict:
     """Decode the images of a split file once, at the size the jobs that read them need.
 
-    With ``manifest_path`` (the target dataset): the weights' preprocessing, its crop overridden by
-    ``image_size``. Without (the source dataset of ``pretrain``): resized and cropped to ``image_size``.
+    The target dataset: the weights' preprocessing, its crop overridden by ``image_size``, read from the
+    config's own ``weights_sizes`` (:func:`weights_preprocessing`; the workflow's way, so decoding needs
+    no weights file) or from a weights manifest (``manifest_path``). The source dataset of ``pretrain``
+    (neither given): resized and cropped to ``image_size``.
     """
     from .images import Preprocessing
     from .store import write_decoded
 
-    if manifest_path is not None:
+    if weights_sizes is not None:
+        prep = Preprocessing.from_dict(weights_preprocessing(weights_sizes), image_size)
+    elif manifest_path is not None:
         prep = Preprocessing.from_dict(read_manifest(manifest_path, verify_file=False)["preprocessing"], image_size)
-        resize, crop = prep.resize_size, prep.crop_size
     elif image_size:
-        resize, crop = image_size, image_size
+        prep = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     else:
         raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
-    return write_decoded(split_csv, resize, crop, out_npy, out_info, splits=splits, threads=threads, log=log)
+    return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
+                         log=log, interpolation=prep.interpolation)
+
+
+def weights_preprocessing(weights_sizes: dict) -> dict:
+    """The resize, crop and filter the weights job writes in its manifest, from the config alone.
+
+    ``weights_sizes`` is the workflow's ``{"weights": <weights.source>, "sizes": ...}``: for ``pretrain``
+    ``pretrain.image_size`` (the source model's resize and crop), for ``torchvision`` the weights enum's
+    name (its transforms), for ``url`` and ``path`` ``weights.preprocessing``. Mean and std do not
+    matter to decoding (images are stored as uint8) and are left neutral.
+    """
+    from .weights import preprocessing_from_torchvision, torchvision_weights
+
+    source, sizes = weights_sizes.get("weights"), weights_sizes.get("sizes")
+    neutral = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    if source == "pretrain":
+        return {"resize_size": int(sizes), "crop_size": int(sizes), **neutral}
+    if source == "torchvision":
+        return preprocessing_from_torchvision(torchvision_weights(str(sizes)))
+    if source in ("url", "path") and isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size"):
+        return {**neutral, **{k: v for k, v in sizes.items() if v is not None}}
+    raise ConfigError(f"decode: cannot tell the image sizes from {weights_sizes!r} (weights.source and its preprocessing)")
 
 
 def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decoded: tuple[Path, Path] | None = None,
@@ -72,7 +98,8 @@ def load_split_tensors(split_csv: Path, prep, threads: int, splits=SPLITS, decod
     if decoded is not None:
         from .store import open_decoded
 
-        store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
+        store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size),
+                             interpolation=prep.interpolation)
     data = {}
     for name in splits:
         if store is not None:
@@ -164,6 +191,7 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
     ``out_weights``, and replaces it only when all of that succeeded: a failed or refused download,
     or weights of another architecture, leave an earlier ``out_weights`` and its manifest as they were.
     """
+    from .images import Preprocessing
     from .models import build_architecture, load_source_state
 
     source = cfg["source"]
@@ -202,6 +230,8 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
                       "split_sha256": info["split_sha256"], "best_val_accuracy": info["best_val_accuracy"]}
             where = str(pretrained_weights)
 
+        # Every filter and size the jobs will use, written out (and checked) in the manifest.
+        prep = Preprocessing.from_dict(prep).to_dict()
         state = load_state_dict(staged, origin=where)
         num_classes = infer_num_classes(arch, state, where)
         if classes and len(classes) != num_classes:
@@ -551,7 +581,8 @@ def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path
         return decode_images(frame["path"].iloc[picked].tolist(), prep, threads).permute(0, 2, 3, 1).numpy()
     from .store import open_decoded
 
-    store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size))
+    store = open_decoded(*decoded, split_csv=split_csv, sizes=(prep.resize_size, prep.crop_size),
+                         interpolation=prep.interpolation)
     return store.read(store.rows("test")[np.searchsorted(test_rows, picked)], prep.crop_size)
 
 

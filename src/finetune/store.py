@@ -38,7 +38,8 @@ from .images import centre_offset, load_stored, stored_size
 if TYPE_CHECKING:
     import pandas as pd
 
-STORE_FORMAT = "finetune-decoded/2"  # /2: squares at the resize size (/1 held the crop)
+# /2: squares at the resize size (/1 held the crop); /3: torchvision's resize and centre-crop rounding, the filter recorded
+STORE_FORMAT = "finetune-decoded/3"
 CHUNK_IMAGES = 256  # images decoded between two writes: bounds the decode stage's memory
 
 
@@ -58,7 +59,8 @@ def _chosen_rows(split_csv: Path, splits) -> tuple["pd.DataFrame", list[str]]:
 
 
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
-                  splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print) -> dict:
+                  splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print,
+                  interpolation: str = "bilinear") -> dict:
     """Decode the images of ``split_csv`` in ``splits`` once into ``out_npy`` (the split file's row
     order); its record goes to ``out_info``, written last."""
     frame, classes = _chosen_rows(split_csv, splits)
@@ -72,7 +74,7 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
-                for offset, pixels in enumerate(pool.map(lambda r: load_stored(r, resize_size, crop_size), chunk)):
+                for offset, pixels in enumerate(pool.map(lambda r: load_stored(r, resize_size, crop_size, interpolation), chunk)):
                     array[start + offset] = pixels
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -82,7 +84,8 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     info = {
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
-        "bytes": out_npy.stat().st_size, "splits": split_ranges(frame["split"].tolist()), "classes": classes,
+        "interpolation": interpolation, "bytes": out_npy.stat().st_size,
+        "splits": split_ranges(frame["split"].tolist()), "classes": classes,
         "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
     }
     write_json(out_info, info)
@@ -208,7 +211,7 @@ def _remove_damaged(npy: Path, info_json: Path, why: str) -> DataError:
 
 
 def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
-                 sizes: tuple[int, int] | None = None) -> DecodedSplit:
+                 sizes: tuple[int, int] | None = None, interpolation: str | None = None) -> DecodedSplit:
     """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
 
     A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size is refused.
@@ -222,7 +225,7 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
         why, info, offset = _damage(handle, npy, info_json)
         if why is not None:
             raise _remove_damaged(npy, info_json, why)
-        _check_belongs(npy, info, split_csv, sizes)
+        _check_belongs(npy, info, split_csv, sizes, interpolation)
     except BaseException:
         handle.close()
         raise
@@ -233,13 +236,18 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
     return DecodedSplit(npy, info, labels, offset, handle)
 
 
-def _check_belongs(npy: Path, info: dict, split_csv: Path | None, sizes: tuple[int, int] | None) -> None:
+def _check_belongs(npy: Path, info: dict, split_csv: Path | None, sizes: tuple[int, int] | None,
+                   interpolation: str | None) -> None:
     problems = []
     if split_csv is not None and sha256_of(split_csv) != info["split_sha256"]:
         problems.append(f"it was decoded from another version of {split_csv}")
     if sizes is not None and (info["resize_size"], info["crop_size"]) != tuple(sizes):
         problems.append(f"it holds images resized to {info['resize_size']} and cropped to {info['crop_size']}, "
                         f"{sizes[0]} and {sizes[1]} are needed")
+    # A record written before the filter was kept was resized bilinearly.
+    if interpolation is not None and info.get("interpolation", "bilinear") != interpolation:
+        problems.append(f"it holds images resized with {info.get('interpolation', 'bilinear')} interpolation, "
+                        f"{interpolation} is needed")
     if problems:
         raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; rerun the workflow, whose "
                         "decode job writes them for the split file and size its jobs need")

@@ -37,7 +37,7 @@ def choose_device(requested: str, key: str = "train.device") -> torch.device:
 def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:
     """Decode and preprocess every image once: uint8 tensor (N, 3, crop, crop)."""
     def one(ref: str) -> np.ndarray:
-        return load_preprocessed(ref, prep.resize_size, prep.crop_size)
+        return load_preprocessed(ref, prep.resize_size, prep.crop_size, prep.interpolation)
 
     out = np.empty((len(refs), prep.crop_size, prep.crop_size, 3), dtype=np.uint8)
     pool = ThreadPoolExecutor(max_workers=max(1, threads))

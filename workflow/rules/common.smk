@@ -285,7 +285,7 @@ def decode_sizes_key(dataset, size):
     elif source == "torchvision":
         sizes = weights["torchvision"]
     else:
-        sizes = {k: (weights["preprocessing"] or {}).get(k) for k in ("resize_size", "crop_size")}
+        sizes = {k: (weights["preprocessing"] or {}).get(k) for k in ("resize_size", "crop_size", "interpolation")}
     return as_json({"weights": source, "sizes": sizes, "image_size": size})
 
 

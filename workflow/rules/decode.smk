@@ -8,16 +8,17 @@ rule decode:
         script=script("decode"),
         modules=package_modules("decode"),
         split="resources/splits/{dataset}.csv",
-        # The target's sizes come from the weights' preprocessing. ancient(): the weights file being
-        # written again (same preprocessing) does not make the decoded images stale; the params do.
-        manifest=lambda w: ancient(rules.weights.output.manifest) if w.dataset == "target" else [],
+        # No weights file: the target's sizes come from the config (params.sizes: the weights' source and what
+        # fixes their preprocessing), so decoding runs beside the weights job, reruns exactly when the sizes
+        # change, and not when the weights are written again. The jobs that read the images check them
+        # against the manifest's preprocessing.
     output:
         images="resources/decoded/{dataset}/{size}/images.npy",
         info="resources/decoded/{dataset}/{size}/info.json",
     params:
         python=PYTHON,
         sizes=lambda w: decode_sizes_key(w.dataset, w.size),
-        manifest=lambda w, input: f"--manifest {input.manifest}" if w.dataset == "target" else "",
+        weights=lambda w: ["--weights-sizes", decode_sizes_key(w.dataset, w.size)] if w.dataset == "target" else [],
         image_size=lambda w: "" if w.size == "native" else f"--image-size {w.size}",
         # pretrain reads the source's train and val images; train, evaluate and export all three of the target's
         splits=lambda w: "train val test" if w.dataset == "target" else "train val",
@@ -30,5 +31,5 @@ rule decode:
         mem_mb=1000,
         runtime=60,
     shell:
-        "{params.python} {input.script} --split {input.split} {params.manifest} {params.image_size} "
+        "{params.python} {input.script} --split {input.split} {params.weights:q} {params.image_size} "
         "--splits {params.splits} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"

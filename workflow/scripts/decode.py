@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import run
+from finetune.cli import json_arg, run
 from finetune.stages import decode_stage
 
 
@@ -11,7 +11,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, help="weights manifest: its preprocessing gives the sizes (target dataset)")
-    parser.add_argument("--image-size", type=int, help="the crop; with --manifest it overrides the weights' crop")
+    parser.add_argument("--weights-sizes", type=json_arg,
+                        help="what fixes the weights' preprocessing, from the config (JSON; the workflow's way): "
+                             '{"weights": <weights.source>, "sizes": <pretrain.image_size, the torchvision enum, or '
+                             "weights.preprocessing>}")
+    parser.add_argument("--image-size", type=int, help="the crop; with --manifest or --weights-sizes it overrides the weights' crop")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
                         help="which of the split file's images are read later (default: all)")
     parser.add_argument("--out-images", type=Path, required=True)
@@ -19,7 +23,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     info = decode_stage(args.split, args.out_images, args.out_info, args.threads, image_size=args.image_size,
-                        manifest_path=args.manifest, splits=args.splits)
+                        manifest_path=args.manifest, splits=args.splits, weights_sizes=args.weights_sizes)
     print(f"{info['images_decoded']} images decoded in {info['decode_seconds']} s")
 
 
