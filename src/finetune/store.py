@@ -244,10 +244,8 @@ def _check_belongs(npy: Path, info: dict, split_csv: Path | None, sizes: tuple[i
     if sizes is not None and (info["resize_size"], info["crop_size"]) != tuple(sizes):
         problems.append(f"it holds images resized to {info['resize_size']} and cropped to {info['crop_size']}, "
                         f"{sizes[0]} and {sizes[1]} are needed")
-    # A record written before the filter was kept was resized bilinearly.
-    if interpolation is not None and info.get("interpolation", "bilinear") != interpolation:
-        problems.append(f"it holds images resized with {info.get('interpolation', 'bilinear')} interpolation, "
-                        f"{interpolation} is needed")
+    if interpolation is not None and info["interpolation"] != interpolation:
+        problems.append(f"it holds images resized with {info['interpolation']} interpolation, {interpolation} is needed")
     if problems:
         raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; rerun the workflow, whose "
                         "decode job writes them for the split file and size its jobs need")

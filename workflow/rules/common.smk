@@ -274,10 +274,9 @@ def source_decoded():
     return decoded("source", config["pretrain"]["image_size"])
 
 
-def decode_sizes_key(dataset, size):
-    """What fixes the sizes of a split's decoded images: when it changes, the decode job reruns."""
-    if dataset == "source":
-        return size
+def decode_sizes_key(size):
+    """What fixes the sizes and filter of the target's decoded images, from the config (the decode job's
+    --weights-sizes, a param: when it changes, the job reruns). The source's: pretrain.image_size alone."""
     weights = config["weights"]
     source = weights["source"]
     if source == "pretrain":

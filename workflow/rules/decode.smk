@@ -8,17 +8,16 @@ rule decode:
         script=script("decode"),
         modules=package_modules("decode"),
         split="resources/splits/{dataset}.csv",
-        # No weights file: the target's sizes come from the config (params.sizes: the weights' source and what
-        # fixes their preprocessing), so decoding runs beside the weights job, reruns exactly when the sizes
-        # change, and not when the weights are written again. The jobs that read the images check them
-        # against the manifest's preprocessing.
+        # No weights file: the target's sizes come from the config (params.weights: the weights' source and
+        # what fixes their preprocessing; the source's from params.image_size), so decoding runs beside the
+        # weights job, reruns exactly when the sizes change, and not when the weights are written again.
+        # The jobs that read the images check them against the manifest's preprocessing.
     output:
         images="resources/decoded/{dataset}/{size}/images.npy",
         info="resources/decoded/{dataset}/{size}/info.json",
     params:
         python=PYTHON,
-        sizes=lambda w: decode_sizes_key(w.dataset, w.size),
-        weights=lambda w: ["--weights-sizes", decode_sizes_key(w.dataset, w.size)] if w.dataset == "target" else [],
+        weights=lambda w: ["--weights-sizes", decode_sizes_key(w.size)] if w.dataset == "target" else [],
         image_size=lambda w: "" if w.size == "native" else f"--image-size {w.size}",
         # pretrain reads the source's train and val images; train, evaluate and export all three of the target's
         splits=lambda w: "train val test" if w.dataset == "target" else "train val",
