@@ -113,6 +113,11 @@ class Preprocessing:
         resampling(self.interpolation)
 
     @classmethod
+    def raw(cls, size: int) -> "Preprocessing":
+        """Resize and crop to ``size``, no normalisation: the pixels before any mean/std is known."""
+        return cls(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    @classmethod
     def from_dict(cls, d: dict, image_size: int | None = None) -> "Preprocessing":
         """From a manifest's ``preprocessing``; ``image_size`` overrides the crop, scaling the resize with it.
 

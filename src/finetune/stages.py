@@ -50,7 +50,7 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     elif manifest_path is not None:
         prep = Preprocessing.from_dict(read_manifest(manifest_path, verify_file=False)["preprocessing"], image_size)
     elif image_size:
-        prep = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        prep = Preprocessing.raw(image_size)
     else:
         raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
     return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
@@ -65,15 +65,16 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
     name (its transforms), for ``url`` and ``path`` ``weights.preprocessing``. Mean and std do not
     matter to decoding (images are stored as uint8) and are left neutral.
     """
+    from .images import Preprocessing
     from .weights import preprocessing_from_torchvision, torchvision_weights
 
     source, sizes = weights_sizes.get("weights"), weights_sizes.get("sizes")
-    neutral = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
     if source == "pretrain":
-        return {"resize_size": int(sizes), "crop_size": int(sizes), **neutral}
+        return Preprocessing.raw(int(sizes)).to_dict()
     if source == "torchvision":
         return preprocessing_from_torchvision(torchvision_weights(str(sizes)))
     if source in ("url", "path") and isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size"):
+        neutral = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
         return {**neutral, **{k: v for k, v in sizes.items() if v is not None}}
     raise ConfigError(f"decode: cannot tell the image sizes from {weights_sizes!r} (weights.source and its preprocessing)")
 
@@ -158,12 +159,13 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     opts = TrainOptions.from_dict(options)
     ensure_writable(out_weights, out_info, out_history)
     seed_everything(opts.seed, opts.deterministic)
-    raw = Preprocessing(image_size, image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    data, classes, _ = load_split_tensors(split_csv, raw, threads, splits=("train", "val"), decoded=decoded, stream=True)
+    data, classes, _ = load_split_tensors(split_csv, Preprocessing.raw(image_size), threads, splits=("train", "val"),
+                                          decoded=decoded, stream=True)
+    model = build_architecture(arch, len(classes))
+    # Before the pass over the images that channel_stats makes: a size the model cannot take fails at once.
+    check_input_size(model, arch, image_size, f"pretrain.image_size: {image_size}", "pretrain.image_size")
     mean, std = channel_stats(data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
-    model = build_architecture(arch, len(classes))
-    check_input_size(model, arch, image_size, f"pretrain.image_size: {image_size}", "pretrain.image_size")
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv)))
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, log=log)
