@@ -189,6 +189,66 @@ def test_csv_manifest_that_works(tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / "split.csv")) == 8
 
 
+def marked_manifest(tmp_path: Path, marks: dict[str, list[str]]) -> Path:
+    """A manifest with a split column: ``marks[class]`` is each of its images' mark, in file order."""
+    make_images(tmp_path / "images", {name: len(m) for name, m in marks.items()})
+    manifest = tmp_path / "images" / "manifest.csv"
+    rows = [f"{name}/{i:03d}.png,{name},{mark}" for name, m in marks.items() for i, mark in enumerate(m)]
+    manifest.write_text("\n".join(["path,label,split", *rows]) + "\n")
+    return manifest
+
+
+def rows_marked(manifest: Path, *marks: str) -> set[str]:
+    """The manifest's images whose split column, stripped and lower-cased, is one of ``marks``: read
+    with the csv module, apart from the code under test."""
+    import csv
+
+    with open(manifest, newline="") as handle:
+        return {str(manifest.parent / r["path"]) for r in csv.DictReader(handle) if r["split"].strip().lower() in marks}
+
+
+def test_csv_split_column_keeps_its_val_and_test_rows(tmp_path):
+    """Rows marked test or val (any case) are exactly that split; the train and unmarked rows are all training."""
+    marks = {"cat": ["Test", "test", "VAL", " val ", "train", "", "train", ""],
+             "dog": ["test", "val", "val", "train", "train", "", "", "train"]}
+    manifest = marked_manifest(tmp_path, marks)
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.3, "test_fraction": 0.3}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    got = {s: set(split.loc[split["split"] == s, "path"]) for s in ("train", "val", "test")}
+    assert got == {"test": rows_marked(manifest, "test"), "val": rows_marked(manifest, "val"),
+                   "train": rows_marked(manifest, "train", "")}
+    assert json.loads((tmp_path / "out" / "split.report.json").read_text())["official_splits"] == ["val", "test"]
+
+
+def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
+    """Only test given: val is val_fraction of each class's other rows, never a test row."""
+    marks = {"cat": ["test"] * 3 + ["train"] * 5 + [""] * 5, "dog": ["test"] * 2 + [""] * 10}
+    manifest = marked_manifest(tmp_path, marks)
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.2, "test_fraction": 0.5}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    assert set(split.loc[split["split"] == "test", "path"]) == rows_marked(manifest, "test")
+    pool = rows_marked(manifest, "train", "")
+    val = split[split["split"] == "val"]
+    assert set(val["path"]) <= pool
+    assert val.groupby("class_name").size().to_dict() == {"cat": round(10 * 0.2), "dog": round(10 * 0.2)}
+    assert set(split.loc[split["split"] == "train", "path"]) == pool - set(val["path"])
+
+
+@pytest.mark.parametrize("value", ["testing", "validation"])
+def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
+    """A misspelt mark would put those images in the pool (test images into training): refused, naming it."""
+    marks = {"cat": ["test", "train", "train", value, "train"], "dog": ["test", "train", "train", "train", value]}
+    manifest = marked_manifest(tmp_path, marks)
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: CSV manifest {manifest}: column split holds value(s) that name no split: '{value}' (line(s) 5, 11)" \
+        in result.stdout
+    assert "Use test, val, train, or leave it empty" in result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
 # --------------------------------------------------------------------------- image modes and sizes
 
 def write_png16_rgb(path: Path, pixels: np.ndarray) -> None:

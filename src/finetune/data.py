@@ -31,6 +31,10 @@ FASHION_MNIST_FILES = {
 }
 SPLIT_COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "val", "test")
+# A dataset's own ``split`` column: rows marked val or test are kept as that split; train and empty rows
+# are the pool the splits it does not give are drawn from (as Fashion-MNIST's official train set is).
+OFFICIAL_SPLIT_VALUES = ("", "train", "val", "test")
+GIVEN_SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,25 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
             f"CSV manifest {file} names {len(missing_files)} image(s) that do not exist: {listed}{more} "
             f"(relative paths are read from the manifest's folder {base})"
         )
-    official = frame["split"].str.strip() if "split" in frame.columns else ""
+    official = _official_splits(frame["split"], file) if "split" in frame.columns else ""
     return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip(), "official_split": official})
+
+
+def _official_splits(column: pd.Series, file: Path) -> pd.Series:
+    """A manifest's ``split`` column, read case-insensitively; a value that names no split is refused,
+    since a misspelt ``test`` would otherwise put test images into training."""
+    values = column.str.strip().str.lower()
+    unknown = values[~values.isin(OFFICIAL_SPLIT_VALUES)]
+    if len(unknown):
+        listed = "; ".join(
+            f"{value!r} (line(s) {', '.join(str(i + 2) for i in unknown.index[unknown == value][:5])})"
+            for value in column[unknown.index].str.strip().unique()[:10]
+        )
+        raise DataError(
+            f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val, train, "
+            "or leave it empty (train and empty rows are the pool the splits the manifest does not give are drawn from)"
+        )
+    return values
 
 
 def list_dataset(spec: SplitSpec) -> pd.DataFrame:
@@ -264,49 +285,59 @@ def _cap(n: int | None, cap: int | None) -> int:
     return n if cap is None else min(n, cap)
 
 
+def _drawn_count(n: int, fraction: float) -> int:
+    """Images of a pool of ``n`` a split drawn with ``fraction`` gets: rounded, at least one where it is asked for."""
+    return max(int(round(n * fraction)), 1) if fraction > 0 else 0
+
+
+def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: SplitSpec,
+                 rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    """One class's rows -> its train/val/test rows (uncapped). The splits in ``given`` are the rows the
+    dataset marks so; the others are drawn from the rest (the pool), test first, then val."""
+    pool = rows[~rows["official_split"].isin(given)]
+    pool = pool.iloc[rng.permutation(len(pool))]
+    n = len(pool)
+    n_test = 0 if "test" in given else _drawn_count(n, spec.test_fraction)
+    n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
+    if n - n_test - n_val < 1:
+        raise DataError(
+            f"class {name!r} has {n} image(s){' outside the official ' + ' and '.join(given) + ' split' if given else ''}: "
+            f"too few to stratify into train/val/test (needs {n_test} test + {n_val} val + at least 1 train). "
+            "Add images or lower dataset.val_fraction / dataset.test_fraction."
+        )
+    parts = {"test": pool.iloc[:n_test], "val": pool.iloc[n_test : n_test + n_val], "train": pool.iloc[n_test + n_val :]}
+    for split in ("test", "val"):  # this order keeps the random draws of datasets that give only a test split
+        if split in given:
+            official = rows[rows["official_split"] == split]
+            if len(official) == 0:
+                raise DataError(f"class {name!r} has no image in the official {split} split")
+            capped = spec.max_test_per_class if split == "test" else spec.max_val_per_class
+            parts[split] = official.iloc[rng.permutation(len(official))] if capped else official
+    return parts
+
+
 def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec) -> pd.DataFrame:
-    """Seeded, stratified split. Rows with an official test split keep it; the rest is cut per class."""
+    """Seeded, stratified split. Rows marked val or test (a dataset's official split) keep it; the rest
+    of each class is cut by the fractions into the splits the dataset does not give."""
     rng = np.random.default_rng(spec.seed)
-    has_official_test = (listing["official_split"] == "test").any()
+    given = official_splits(listing)
+    caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
     parts = []
     for label, name in enumerate(class_names):
-        rows = listing[listing["class_name"] == name]
-        pool = rows[rows["official_split"] != "test"] if has_official_test else rows
-        order = rng.permutation(len(pool))
-        pool = pool.iloc[order]
-        n = len(pool)
-        n_test = 0 if has_official_test else int(round(n * spec.test_fraction))
-        n_val = int(round(n * spec.val_fraction))
-        if spec.test_fraction > 0 and not has_official_test:
-            n_test = max(n_test, 1)
-        if spec.val_fraction > 0:
-            n_val = max(n_val, 1)
-        n_train = n - n_test - n_val
-        if n_train < 1:
-            raise DataError(
-                f"class {name!r} has {n} image(s): too few to stratify into train/val/test "
-                f"(needs {n_test} test + {n_val} val + at least 1 train). Add images or lower "
-                "dataset.val_fraction / dataset.test_fraction."
-            )
-        test = pool.iloc[:n_test] if not has_official_test else rows[rows["official_split"] == "test"]
-        if has_official_test and len(test) == 0:
-            raise DataError(f"class {name!r} has no image in the official test split")
-        val = pool.iloc[n_test : n_test + n_val]
-        train = pool.iloc[n_test + n_val :]
-        if has_official_test:
-            test = test.iloc[rng.permutation(len(test))] if spec.max_test_per_class else test
-        for split, frame, cap in (
-            ("train", train, spec.max_train_per_class),
-            ("val", val, spec.max_val_per_class),
-            ("test", test, spec.max_test_per_class),
-        ):
-            chosen = frame.iloc[: _cap(len(frame), cap)]
+        rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng)
+        for split in SPLITS:
+            chosen = rows[split].iloc[: _cap(len(rows[split]), caps[split])]
             parts.append(pd.DataFrame({"path": chosen["path"].values, "label": label, "class_name": name, "split": split}))
     out = pd.concat(parts, ignore_index=True)
     out["split"] = pd.Categorical(out["split"], categories=list(SPLITS), ordered=True)
     out = out.sort_values(["split", "label"], kind="stable").reset_index(drop=True)
     out["split"] = out["split"].astype(str)
     return out[SPLIT_COLUMNS]
+
+
+def official_splits(listing: pd.DataFrame) -> tuple[str, ...]:
+    """The splits a dataset listing gives itself (some of val, test)."""
+    return tuple(s for s in GIVEN_SPLITS if (listing["official_split"] == s).any())
 
 
 def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]:
@@ -342,6 +373,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     report = {
         "dataset": {"format": spec.format, "path": spec.path},
         "seed": spec.seed,
+        "official_splits": list(official_splits(listing)),
         "classes": class_names,
         "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
         "skipped_images": [{"path": p, "reason": r} for p, r in bad],
