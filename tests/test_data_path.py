@@ -21,14 +21,42 @@ from faults import make_images
 from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
 
 
-def photo(path, width, height, seed=0):
-    """A smooth photo-like RGB image (gradients and waves plus a little noise), saved as ``path``."""
+def photo(path, width, height, seed=0, orientation=None):
+    """A smooth photo-like RGB image (gradients and waves plus a little noise), saved as ``path``;
+    ``orientation``: the EXIF Orientation tag to store with it (a JPEG)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([(x / 16 + 40 * np.sin(y / 50)) % 256, (y / 12) % 256, ((x + y) / 20) % 256], -1)
     pixels = np.clip(pixels + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, quality=92)
+    extra = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        extra["exif"] = exif.tobytes()
+    Image.fromarray(pixels).save(path, quality=92, **extra)
     return path
+
+
+# The EXIF Orientation tag (0x0112): where the stored rows and columns go in the picture as it is meant
+# to be seen, written out with numpy from the tag's definition (not with PIL's ImageOps).
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],                        # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                     # upside down
+    4: lambda a: a[::-1, :],                        # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),              # row 0 is the left side, column 0 the top
+    6: lambda a: np.rot90(a, k=-1),                 # row 0 is the right side, column 0 the top: turn clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # row 0 is the right side, column 0 the bottom
+    8: lambda a: np.rot90(a, k=1),                  # row 0 is the left side, column 0 the bottom: anticlockwise
+}
+
+
+def as_stored(path, draft=None) -> np.ndarray:
+    """The file's pixels as stored (PIL's plain open applies no orientation), optionally draft-scaled."""
+    with Image.open(path) as img:
+        if draft:
+            img.draft("RGB", draft)
+        return np.asarray(img.convert("RGB"))
 
 
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_nearly_the_same_pixels(tmp_path):
@@ -51,6 +79,47 @@ def test_small_images_and_other_formats_decode_exactly_as_before(tmp_path):
     Image.open(photo(tmp_path / "tmp.jpg", 1200, 900)).save(png)
     for path in (small, png):
         assert np.array_equal(load_preprocessed(str(path), 256, 224), preprocess(load_image(str(path)), 256, 224))
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_a_photo_is_decoded_upright_by_its_exif_orientation(tmp_path, orientation):
+    """All eight EXIF orientations, at full size and through a reduced (draft) decode; ``none`` keeps
+    the stored pixels (what a model exported before orientation was applied expects)."""
+    small = photo(tmp_path / "small.jpg", 72, 48, seed=orientation, orientation=orientation)
+    assert np.array_equal(np.asarray(load_image(str(small))), UPRIGHT[orientation](as_stored(small)))
+    assert np.array_equal(np.asarray(load_image(str(small), orientation="none")), as_stored(small))
+    big = photo(tmp_path / "big.jpg", 2400, 1800, orientation=orientation)
+    reduced = np.asarray(load_image(str(big), min_side=224))
+    assert np.array_equal(reduced, UPRIGHT[orientation](as_stored(big, draft=(300, 225))))
+    assert reduced.shape[:2] == ((300, 225) if orientation >= 5 else (225, 300))
+
+
+def test_the_decode_stage_stores_photos_upright(tmp_path):
+    """The decoded squares are torchvision's Resize + CenterCrop of each picture turned upright by numpy."""
+    from torchvision import transforms
+
+    refs = [str(photo(tmp_path / f"{o}.jpg", 70, 46, seed=o, orientation=o)) for o in sorted(UPRIGHT)]
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"path": refs, "label": 0, "class_name": "a", "split": "train"}).to_csv(split, index=False)
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split, 40, 32, npy, info, log=lambda _: None)
+    assert json.loads(info.read_text())["orientation"] == "exif"
+    centre = transforms.Compose([transforms.Resize(40), transforms.CenterCrop(32)])
+    expected = np.stack([np.asarray(centre(Image.fromarray(UPRIGHT[o](as_stored(r))))) for o, r in zip(sorted(UPRIGHT), refs)])
+    decoded = open_decoded(npy, info, split)
+    assert np.array_equal(decoded.read(np.arange(len(refs)), 32), expected)
+    decoded.handle.close()
+
+
+def test_a_model_without_orientation_metadata_gets_its_images_as_stored():
+    """Models exported before orientation was recorded were trained on stored pixels; an unknown value is refused."""
+    from finetune.deploy import ModelError, decode_metadata
+
+    meta = {"classes": '["a", "b"]', "resize_size": "40", "crop_size": "32", "mean": "[0, 0, 0]", "std": "[1, 1, 1]"}
+    assert decode_metadata(dict(meta))["orientation"] == "none"
+    assert decode_metadata({**meta, "orientation": "exif"})["orientation"] == "exif"
+    with pytest.raises(ModelError, match="metadata orientation='sideways' is not supported \\(only exif or none\\)"):
+        decode_metadata({**meta, "orientation": "sideways"})
 
 
 @pytest.fixture
@@ -408,6 +477,7 @@ def test_bicubic_weights_are_decoded_exported_and_predicted_bicubic(tmp_path):
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     photos = [photo(incoming / f"{i}.png", 90 + 7 * i, 61 + 5 * i, seed=i) for i in range(3)]
+    sideways = photo(incoming / "sideways.jpg", 88, 60, seed=9, orientation=6)  # a phone photo taken upright
     weights = {"source": "path", "path": str(source), "arch": "resnet18", "preprocessing": prep}
     config = tiny_config(tmp_path, weights=weights, replace={"experiments": {"finetune": {"strategy": "finetune"}}},
                          predict={"images": str(incoming), "experiment": "finetune", "seed": 0})
@@ -427,11 +497,13 @@ def test_bicubic_weights_are_decoded_exported_and_predicted_bicubic(tmp_path):
 
     model = tmp_path / "results/finetune/seed0/model.onnx"
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map["interpolation"] == "bicubic"
-    pixels = np.stack([np.asarray(bicubic(Image.open(p).convert("RGB"))) for p in photos])
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert (metadata["interpolation"], metadata["orientation"]) == ("bicubic", "exif")
+    upright = [Image.open(p).convert("RGB") for p in photos] + [Image.fromarray(UPRIGHT[6](as_stored(sideways)))]
+    pixels = np.stack([np.asarray(bicubic(img)) for img in upright])
     logits = session.run(None, {session.get_inputs()[0].name: normalize(pixels, prep["mean"], prep["std"])})[0]
     table = pd.read_csv(tmp_path / "results/predictions/finetune/seed0/predictions.csv").set_index("path")
-    for path, p in zip(photos, probabilities(logits)):
+    for path, p in zip([*photos, sideways], probabilities(logits)):
         assert float(table.loc[str(path), "probability"]) == pytest.approx(max(p), abs=1e-5), path
 
     bilinear = tiny_config(tmp_path, weights={**weights, "preprocessing": {**prep, "interpolation": "bilinear"}},

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, write_json
-from .images import IMAGE_EXTENSIONS, RESAMPLING, load_preprocessed, normalize
+from .images import IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, load_preprocessed, normalize
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -51,10 +51,13 @@ def decode_metadata(raw: dict[str, str], origin: str = "model") -> dict:
         )
     for key in ("resize_size", "crop_size"):
         meta[key] = int(meta[key])
-    for key, supported in (("channel_order", ("RGB",)), ("layout", ("NCHW",)), ("interpolation", tuple(RESAMPLING))):
+    for key, supported in (("channel_order", ("RGB",)), ("layout", ("NCHW",)), ("interpolation", tuple(RESAMPLING)),
+                           ("orientation", ORIENTATIONS)):
         if key in meta and meta[key] not in supported:
             raise ModelError(f"{origin}: metadata {key}={meta[key]!r} is not supported (only {' or '.join(supported)})")
+    # Models exported before these were recorded: resized bilinearly, EXIF orientation not applied.
     meta.setdefault("interpolation", "bilinear")
+    meta.setdefault("orientation", "none")
     if len(meta["mean"]) != 3 or len(meta["std"]) != 3:
         raise ModelError(f"{origin}: mean and std must have 3 values (RGB), not {meta['mean']} / {meta['std']}")
     return meta
@@ -98,7 +101,8 @@ class OnnxClassifier:
 
     def pixels(self, ref: str) -> np.ndarray:
         """One image reference -> uint8 (crop, crop, 3), as the model's metadata says."""
-        return load_preprocessed(ref, self.metadata["resize_size"], self.metadata["crop_size"], self.metadata["interpolation"])
+        meta = self.metadata
+        return load_preprocessed(ref, meta["resize_size"], meta["crop_size"], meta["interpolation"], meta["orientation"])
 
     def decode(self, refs: list[str], threads: int = 1) -> tuple[np.ndarray, dict[int, str]]:
         """Decode ``refs`` in parallel: uint8 (n_ok, crop, crop, 3) of those that decode, and

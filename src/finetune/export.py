@@ -40,6 +40,7 @@ def onnx_metadata(checkpoint: dict, tta: bool = False) -> dict[str, str]:
         "mean": json.dumps(prep["mean"]),
         "std": json.dumps(prep["std"]),
         "interpolation": str(prep.get("interpolation", "bilinear")),
+        "orientation": "exif",  # files are turned upright by their EXIF tag first (finetune.images.ORIENTATIONS)
         "channel_order": "RGB",
         "layout": "NCHW",
         "pixel_scale": "1/255 then (x - mean) / std",

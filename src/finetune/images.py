@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import ConfigError, DataError
 
@@ -152,11 +152,19 @@ def _draft_for(img: Image.Image, min_side: int | None) -> None:
         img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
 
 
-def _decode(path: str, min_side: int | None = None) -> Image.Image:
+# How a decoded file is turned upright: "exif" applies the EXIF Orientation tag (a phone photo taken
+# upright but stored sideways shows upright, as every image viewer shows it); "none" keeps the stored
+# pixels (what models exported before the tag was applied saw; torchvision's ImageFolder does the same).
+ORIENTATIONS = ("exif", "none")
+
+
+def _decode(path: str, min_side: int | None = None, orientation: str = "exif") -> Image.Image:
     try:
         with Image.open(path) as img:
             _draft_for(img, min_side)
             img.load()
+            if orientation == "exif":
+                ImageOps.exif_transpose(img, in_place=True)
             return _to_rgb(img)
     except FileNotFoundError:
         raise
@@ -167,8 +175,9 @@ def _decode(path: str, min_side: int | None = None) -> Image.Image:
         raise _Undecodable(reason) from exc
 
 
-def load_image(ref: str, min_side: int | None = None) -> Image.Image:
-    """Open an image reference as an RGB PIL image; raise DataError naming the file on failure.
+def load_image(ref: str, min_side: int | None = None, orientation: str = "exif") -> Image.Image:
+    """Open an image reference as an RGB PIL image, upright as ``orientation`` says (see
+    :data:`ORIENTATIONS`); raise DataError naming the file on failure.
 
     ``min_side``: the image is only needed with its shorter side at least this long; a JPEG much
     larger than that is decoded at a reduced scale (see :func:`_draft_for`).
@@ -180,7 +189,7 @@ def load_image(ref: str, min_side: int | None = None) -> Image.Image:
             raise DataError(f"{ref}: no image {index} in {path} ({len(images)} images)")
         return Image.fromarray(images[index], mode="L").convert("RGB")
     try:
-        return _decode(path, min_side)
+        return _decode(path, min_side, orientation)
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {path}") from exc
     except _Undecodable as exc:
@@ -262,14 +271,16 @@ def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int, interp
 
 
 def load_stored(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """One image reference -> uint8 (S, S, 3), S = :func:`stored_size`: what the decode stage keeps."""
+    """One image reference -> uint8 (S, S, 3), S = :func:`stored_size`: what the decode stage keeps
+    (upright by its EXIF tag)."""
     return preprocess_stored(load_image(ref, min_side=resize_size), resize_size, crop_size, interpolation)
 
 
-def load_preprocessed(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
+def load_preprocessed(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear",
+                      orientation: str = "exif") -> np.ndarray:
     """One image reference -> uint8 (crop_size, crop_size, 3): the pixels training, evaluation and
     ``predict`` all feed the model (large JPEGs decoded at a reduced scale first)."""
-    return preprocess(load_image(ref, min_side=resize_size), resize_size, crop_size, interpolation)
+    return preprocess(load_image(ref, min_side=resize_size, orientation=orientation), resize_size, crop_size, interpolation)
 
 
 def normalize(batch_hwc_uint8: np.ndarray, mean, std) -> np.ndarray:

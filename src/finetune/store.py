@@ -38,8 +38,9 @@ from .images import centre_offset, load_stored, stored_size
 if TYPE_CHECKING:
     import pandas as pd
 
-# /2: squares at the resize size (/1 held the crop); /3: torchvision's resize and centre-crop rounding, the filter recorded
-STORE_FORMAT = "finetune-decoded/3"
+# /2: squares at the resize size (/1 held the crop); /3: torchvision's resize and centre-crop rounding, the filter recorded;
+# /4: images turned upright by their EXIF orientation
+STORE_FORMAT = "finetune-decoded/4"
 CHUNK_IMAGES = 256  # images decoded between two writes: bounds the decode stage's memory
 
 
@@ -84,7 +85,7 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     info = {
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
-        "interpolation": interpolation, "bytes": out_npy.stat().st_size,
+        "interpolation": interpolation, "orientation": "exif", "bytes": out_npy.stat().st_size,
         "splits": split_ranges(frame["split"].tolist()), "classes": classes,
         "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
     }
