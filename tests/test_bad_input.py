@@ -117,6 +117,22 @@ def test_empty_class_folder_chosen_with_dataset_classes_is_named(tmp_path):
     assert not (tmp_path / "out" / "split.csv").exists()
 
 
+def test_a_number_that_is_a_class_name_and_another_class_s_index_is_refused(tmp_path):
+    """Folders named 1, 2, 3: `classes: [1, 2]` could mean folders 1 and 2 or (by index) 2 and 3."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"1": 6, "2": 6, "3": 6})
+    result = run_split(imagefolder(data, classes=[1, 2]), out)
+    assert result.returncode == 1, result.stdout
+    assert (f"error: dataset.classes: 1 is ambiguous: {data} has a class named '1', and the class at index 1 is '2'. "
+            "Quote it ('1') to choose the class named 1") in result.stdout
+    assert not (out / "split.csv").exists()
+    result = run_split(imagefolder(data, classes=["1", "2"]), out)  # quoted: the names
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv", dtype={"class_name": str})
+    assert sorted(split["path"]) == sorted(str(p) for name in ("1", "2") for p in made[name])
+    assert dict(zip(split["class_name"], split["label"])) == {"1": 0, "2": 1}
+
+
 def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 2})

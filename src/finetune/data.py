@@ -268,6 +268,7 @@ def select_classes(all_classes: list[str], wanted: list | None, where: str = "th
     chosen = []
     for item in wanted:
         if isinstance(item, int) and not isinstance(item, bool):
+            _check_index_is_no_other_name(item, all_classes, where)
             if not 0 <= item < len(all_classes):
                 raise DataError(f"dataset.classes: index {item} is out of range ({where} has {len(all_classes)} classes)")
             name = all_classes[item]
@@ -279,6 +280,18 @@ def select_classes(all_classes: list[str], wanted: list | None, where: str = "th
             raise DataError(f"dataset.classes names {name!r} twice")
         chosen.append(name)
     return chosen
+
+
+def _check_index_is_no_other_name(item: int, all_classes: list[str], where: str) -> None:
+    """Where classes are named by numbers (folders 1, 2, 3), an unquoted number in ``dataset.classes``
+    could mean the class of that name or the class at that index: refuse it where the two differ."""
+    in_range = 0 <= item < len(all_classes)
+    if str(item) not in all_classes or (in_range and all_classes[item] == str(item)):
+        return  # no class of that name, or the name and the index agree
+    at_index = f"the class at index {item} is {all_classes[item]!r}" if in_range else \
+        f"there is no index {item} ({where} has {len(all_classes)} classes)"
+    raise DataError(f"dataset.classes: {item} is ambiguous: {where} has a class named '{item}', and {at_index}. "
+                    f"Quote it ('{item}') to choose the class named {item}; a number is an index into the sorted classes")
 
 
 def _cap(n: int | None, cap: int | None) -> int:
