@@ -67,7 +67,7 @@ def test_unreadable_images_skipped_and_reported_then_training_works(tmp_path, ti
     bad = make_bad_images(data / "dog")
     result = run_split(imagefolder(data, on_bad_image="skip"), out)
     assert result.returncode == 0, result.stdout
-    assert f"skipped {len(bad)} unreadable image(s)" in result.stdout
+    assert f"skipped {len(bad)} image(s) (dataset.on_bad_image: skip)" in result.stdout
     report = json.loads((out / "split.report.json").read_text())
     assert {item["path"] for item in report["skipped_images"]} == {str(p) for p in bad.values()}
     assert all(item["reason"] for item in report["skipped_images"])
@@ -80,6 +80,78 @@ def test_unreadable_images_skipped_and_reported_then_training_works(tmp_path, ti
 
 
 # --------------------------------------------------------------------------- folder layout
+
+def digest_groups(paths) -> dict[str, list[str]]:
+    """Paths grouped by their files' bytes (md5, computed here apart from the code under test)."""
+    import hashlib
+
+    groups: dict[str, list[str]] = {}
+    for p in paths:
+        groups.setdefault(hashlib.md5(Path(p).read_bytes()).hexdigest(), []).append(str(p))
+    return groups
+
+
+def test_identical_files_in_a_class_are_kept_once_so_no_image_is_in_two_splits(tmp_path):
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"cat": 8, "dog": 8})
+    for i in range(4):  # copies with other names, one in a subfolder, one of them twice
+        shutil.copy(made["cat"][i], data / "cat" / f"copy{i}.png")
+    (data / "dog" / "again").mkdir()
+    shutil.copy(made["dog"][0], data / "dog" / "again" / "000.png")
+    shutil.copy(made["dog"][0], data / "dog" / "000-1.png")
+    result = run_split(imagefolder(data, val_fraction=0.25, test_fraction=0.25), out)
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv")
+    groups = digest_groups(p for p in data.rglob("*.png"))
+    assert len(split) == len(groups) == 16, "one copy of each image"
+    assert all(sum(p in set(split["path"]) for p in paths) == 1 for paths in groups.values())
+    report = json.loads((out / "split.report.json").read_text())
+    left_out = {item["path"]: item["same_as"] for item in report["duplicate_images"]}
+    assert len(left_out) == 6 and set(left_out.values()) <= set(split["path"])
+    assert all(left_out[p] in paths for paths in groups.values() for p in paths if p in left_out)
+    assert "left out 6 copy(ies) of images found more than once in a class" in result.stdout
+
+
+def test_a_copy_of_an_official_test_image_is_left_out_of_the_pool(tmp_path):
+    """A manifest whose test rows have byte-identical copies among its train rows: the test copy stays."""
+    import shutil
+
+    made = make_images(tmp_path / "images", {"cat": 6, "dog": 6})
+    rows = [f"{name}/{i:03d}.png,{name},{'test' if i < 2 else 'train'}" for name in ("cat", "dog") for i in range(6)]
+    for name in ("cat", "dog"):
+        shutil.copy(made[name][0], tmp_path / "images" / name / "dup.png")
+        rows.append(f"{name}/dup.png,{name},train")
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("\n".join(["path,label,split", *rows]) + "\n")
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.25}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    assert set(split.loc[split["split"] == "test", "path"]) == {str(made[n][i]) for n in ("cat", "dog") for i in (0, 1)}
+    assert not any(p.endswith("dup.png") for p in split["path"])
+
+
+def test_an_image_under_two_labels_is_refused_naming_every_copy(tmp_path):
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    shutil.copy(made["dog"][2], data / "cat" / "looks-like-a-dog.png")
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 1, result.stdout
+    assert f"error: 2 image(s) found under two labels (identical files) in {data}" in result.stdout
+    assert (f"{data / 'cat' / 'looks-like-a-dog.png'}: labelled 'cat', but the same image (identical bytes) is "
+            f"{made['dog'][2]} (dog)") in result.stdout
+    assert not (out / "split.csv").exists()
+    result = run_split(imagefolder(data, on_bad_image="skip"), out)
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv")
+    both = {str(data / "cat" / "looks-like-a-dog.png"), str(made["dog"][2])}
+    assert not both & set(split["path"]) and len(split) == 11
+    report = json.loads((out / "split.report.json").read_text())
+    assert {item["path"] for item in report["skipped_images"]} == both
+
 
 def test_empty_class_folder_is_named(tmp_path):
     data = tmp_path / "data"

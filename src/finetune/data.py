@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .images import IMAGE_EXTENSIONS, check_image, read_idx
+from .fileio import sha256_of
+from .images import IMAGE_EXTENSIONS, check_image, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -353,16 +354,72 @@ def official_splits(listing: pd.DataFrame) -> tuple[str, ...]:
     return tuple(s for s in GIVEN_SPLITS if (listing["official_split"] == s).any())
 
 
-def find_bad_images(paths: list[str], threads: int = 1) -> list[tuple[str, str]]:
-    """Decode every image once; return ``(path, reason)`` for those that fail."""
+def _inspect(path: str) -> tuple[str | None, str | None]:
+    """(why the image does not decode, or None; the sha256 of its file's bytes, or None)."""
+    reason = check_image(path)
+    if reason is not None or split_ref(path)[1] is not None:
+        return reason, None
+    try:
+        return None, sha256_of(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}", None
+
+
+def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None, str | None]]:
+    """Decode every image once and hash its file: :func:`_inspect` of each path, in order."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
     try:
-        reasons = list(pool.map(check_image, paths))
+        return list(pool.map(_inspect, paths))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a SIGTERM stops the check now, not after every image
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+# Which copy of an image found more than once in a class is kept: the official test copy, then val, then the pool's.
+KEEP_ORDER = {"test": 0, "val": 1}
+
+
+def find_duplicates(listing: pd.DataFrame, digests: list[str | None]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`, then listing
+    order) is redundant, and would put one image in two splits: ``[{path, same_as}]``. Across classes,
+    the image is labelled two ways: ``(path, reason)`` of every copy."""
+    frame = listing.assign(digest=digests)
+    frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
+    frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)))
+    redundant, conflicting = [], []
+    for _, group in frame.sort_values("rank", kind="stable").groupby("digest", sort=False):
+        if group["class_name"].nunique() > 1:
+            for path, name in zip(group["path"], group["class_name"]):
+                others = "; ".join(f"{p} ({c})" for p, c in zip(group["path"], group["class_name"]) if p != path)
+                conflicting.append((path, f"labelled {name!r}, but the same image (identical bytes) is {others}"))
+            continue
+        kept = group["path"].iloc[0]
+        redundant.extend({"path": p, "same_as": kept} for p in group["path"].iloc[1:])
+    return redundant, conflicting
+
+
+def _leave_out_bad(listing: pd.DataFrame, bad: list[tuple[str, str]], what: str, spec: SplitSpec) -> pd.DataFrame:
+    if bad and spec.on_bad_image != "skip":
+        lines = "\n".join(f"  {p}: {r}" for p, r in bad)
+        raise DataError(
+            f"{len(bad)} {what} in {spec.path}: fix or delete them, or set dataset.on_bad_image: skip "
+            f"to leave them out (they are then listed in the split report):\n{lines}"
+        )
+    return listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
+
+
+def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, list, list[dict]]:
+    """The listing without unreadable images, images labelled two ways (both refused unless
+    ``on_bad_image: skip``) and redundant copies; the images skipped, ``(path, reason)``; the copies left out."""
+    inspected = inspect_images(listing["path"].tolist(), threads)
+    unreadable = [(p, reason) for p, (reason, _) in zip(listing["path"], inspected) if reason is not None]
+    listing = _leave_out_bad(listing, unreadable, "unreadable image(s)", spec)
+    digests = [digest for reason, digest in inspected if reason is None]
+    redundant, conflicting = find_duplicates(listing, digests)
+    listing = _leave_out_bad(listing, conflicting, "image(s) found under two labels (identical files)", spec)
+    left_out = {item["path"] for item in redundant}
+    return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant
 
 
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
@@ -372,15 +429,9 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
-    if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read
-        bad = find_bad_images(listing["path"].tolist(), threads)
-        if bad and spec.on_bad_image != "skip":
-            lines = "\n".join(f"  {p}: {r}" for p, r in bad)
-            raise DataError(
-                f"{len(bad)} unreadable image(s) in {spec.path}: fix or delete them, or set dataset.on_bad_image: skip "
-                f"to leave them out (they are then listed in the split report):\n{lines}"
-            )
-        listing = listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
+    duplicates: list[dict] = []
+    if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read, and are used as published
+        listing, bad, duplicates = checked_listing(listing, spec, threads)
     split = stratified_split(listing, class_names, spec)
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
@@ -390,6 +441,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "classes": class_names,
         "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
         "skipped_images": [{"path": p, "reason": r} for p, r in bad],
+        "duplicate_images": duplicates,
     }
     return split, report
 

@@ -18,10 +18,15 @@ def main():
     for name, counts in report["counts"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report["skipped_images"]:
-        print(f"skipped {len(report['skipped_images'])} unreadable image(s) (dataset.on_bad_image: skip), "
+        print(f"skipped {len(report['skipped_images'])} image(s) (dataset.on_bad_image: skip), "
               f"listed in {args.report}:")
         for item in report["skipped_images"]:
             print(f"  {item['path']}: {item['reason']}")
+    if report["duplicate_images"]:
+        print(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
+              f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
+        for item in report["duplicate_images"]:
+            print(f"  {item['path']}: same as {item['same_as']}")
 
 
 if __name__ == "__main__":
