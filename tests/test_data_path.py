@@ -81,6 +81,37 @@ def test_small_images_and_other_formats_decode_exactly_as_before(tmp_path):
         assert np.array_equal(load_preprocessed(str(path), 256, 224), preprocess(load_image(str(path)), 256, 224))
 
 
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_the_split_check_decodes_at_a_reduced_scale_yet_finds_every_broken_jpeg(tmp_path, progressive):
+    """The check reads a large JPEG at 1/8 scale; its verdict on intact, cut-short and overwritten files
+    is the one of a full-size decode with PIL."""
+    from finetune.images import check_image
+
+    big = tmp_path / "big.jpg"
+    Image.open(photo(tmp_path / "src.jpg", 1600, 1200)).save(big, quality=90, progressive=progressive)
+    raw = big.read_bytes()
+    files = {"intact": big}
+    for fraction in (0.3, 0.9, 0.999):
+        files[f"cut at {fraction}"] = tmp_path / f"cut{fraction}.jpg"
+        files[f"cut at {fraction}"].write_bytes(raw[: int(len(raw) * fraction)])
+    broken = bytearray(raw)
+    broken[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64
+    files["overwritten"] = tmp_path / "broken.jpg"
+    files["overwritten"].write_bytes(bytes(broken))
+
+    def full_decode_fails(path) -> bool:
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except OSError:
+            return True
+        return False
+
+    verdicts = {name: check_image(str(path)) is not None for name, path in files.items()}
+    assert verdicts == {name: full_decode_fails(path) for name, path in files.items()}
+    assert verdicts["intact"] is False and verdicts["cut at 0.999"] is True
+
+
 @pytest.mark.parametrize("orientation", sorted(UPRIGHT))
 def test_a_photo_is_decoded_upright_by_its_exif_orientation(tmp_path, orientation):
     """All eight EXIF orientations, at full size and through a reduced (draft) decode; ``none`` keeps
