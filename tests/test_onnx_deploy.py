@@ -3,9 +3,11 @@ rule's accuracy; `predict` classifies new images without torch; INT8 quantizatio
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import onnx
@@ -203,6 +205,11 @@ def test_quantize_and_predict_rules(tiny_run_copy):
     assert len(table) == n_good + 1 and (table["error"] != "").sum() == 1
     assert "top2_class" in table.columns and "top3_class" not in table.columns
     assert "broken.png" in (workdir / "results/logs/predict/feature_extract/seed0.log").read_text()
+
+    # An image added in a folder below predict.images makes the predictions stale, and nothing else.
+    time.sleep(0.05)
+    shutil.copy(workdir / "incoming" / "item0.png", workdir / "incoming" / "nested" / "new.png")
+    assert sorted(jobs_run(run_snakemake(workdir, config, "-n").stdout)) == ["all", "predict"]
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

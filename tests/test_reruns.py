@@ -99,6 +99,59 @@ def test_editing_one_swept_value_reruns_only_that_run(tmp_path):
     assert trained == {"finetune-lr5e-4-backbone_lr_factor0.1", "finetune-lr5e-4-backbone_lr_factor1"}
 
 
+# --------------------------------------------------------------------------- data changes
+
+AFTER_SPLIT = Counter({"split": 1, "decode": 1, **AFTER_TRAIN})
+
+
+def own_images_config(workdir: Path, dataset: dict) -> Path:
+    return tiny_config(workdir, dataset={"classes": None, "val_fraction": 0.25, "test_fraction": 0.25,
+                                         "max_train_per_class": None, "max_val_per_class": None,
+                                         "max_test_per_class": None, **dataset})
+
+
+def test_adding_removing_or_renaming_an_image_reruns_the_split_and_what_follows(tmp_path):
+    """An ImageFolder, nested folders included: each change to its files reruns the target's split and
+    everything after it (never the source's split or pretraining); reading or rewriting the same files
+    in place reruns nothing."""
+    images = tmp_path / "images"
+    made = make_images(images, {"circle": 8, "square": 8})
+    (images / "square" / "more").mkdir()
+    make_images(tmp_path / "spare", {"square": 3}, seed=5)
+    config = own_images_config(tmp_path / "run", {"format": "imagefolder", "path": str(images)})
+    mark_done(tmp_path / "run", config)
+    assert would_run(tmp_path / "run") == NOTHING
+    os.utime(made["circle"][0])  # read or touched, not changed: the folder's list of files is the same
+    assert would_run(tmp_path / "run") == NOTHING
+    changes = [
+        lambda: shutil.copy(tmp_path / "spare/square/000.png", images / "square" / "new.png"),
+        lambda: shutil.copy(tmp_path / "spare/square/001.png", images / "square" / "more" / "new.png"),
+        lambda: made["circle"][1].unlink(),
+        lambda: made["circle"][2].rename(made["circle"][2].with_name("renamed.png")),
+    ]
+    for change in changes:
+        time.sleep(0.05)
+        change()
+        result = run_snakemake(tmp_path / "run", config, "-n")
+        assert Counter(jobs_run(result.stdout)) == AFTER_SPLIT, result.stdout[-3000:]
+        assert "output: resources/splits/source.csv" not in result.stdout
+        mark_done(tmp_path / "run", config)
+
+
+def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):
+    made = make_images(tmp_path / "images", {"circle": 8, "square": 8})
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p.parent.name}/{p.name},{name}\n"
+                                                  for name, paths in made.items() for p in paths[:7]))
+    config = own_images_config(tmp_path / "run", {"format": "csv", "path": str(manifest)})
+    mark_done(tmp_path / "run", config)
+    assert would_run(tmp_path / "run") == NOTHING
+    time.sleep(0.05)
+    with manifest.open("a") as handle:
+        handle.write(f"circle/{made['circle'][7].name},circle\n")
+    assert would_run(tmp_path / "run") == AFTER_SPLIT
+
+
 # --------------------------------------------------------------------------- code changes
 
 @pytest.fixture

@@ -197,6 +197,31 @@ def dataset_config(dataset):
     return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
 
 
+def dataset_inputs(wildcards):
+    """What Snakemake watches of a dataset, so that its split reruns when the data changes: a CSV
+    manifest (its text), or every folder of an ImageFolder (a folder's mtime changes when an image in
+    it is added, removed or renamed). Fashion-MNIST's files are used as published. A path that does not
+    exist is left to the split job, whose message names the key."""
+    cfg = dataset_config(wildcards.dataset)
+    path = Path(cfg["path"])
+    if cfg["format"] == "csv":
+        return [str(path)] if path.is_file() else []
+    if cfg["format"] == "imagefolder" and path.is_dir():
+        return image_folder_tree(path)
+    return []
+
+
+def image_folder_tree(root):
+    """The root and every folder below it, but hidden class folders (the split ignores them)."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        if folder == str(root):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        subfolders.sort()
+        found.append(folder)
+    return found
+
+
 def weights_inputs(wildcards):
     """The weights rule's inputs: the published `pretrain` model is one only with weights.source: pretrain."""
     inputs = {"script": script("weights"), "modules": package_modules("weights")}
@@ -220,6 +245,13 @@ def predict_images(wildcards):
     if config["predict"]["images"] is None:
         raise WorkflowError("the predict rule needs predict.images (a folder of images or a CSV with a `path` column)")
     return config["predict"]["images"]
+
+
+def predict_image_folders(wildcards):
+    """The folders below predict.images (a folder is searched recursively): with the folder itself an
+    input, an image added to, removed from or renamed in any of them reruns the predictions."""
+    path = Path(predict_images(wildcards))
+    return image_folder_tree(path)[1:] if path.is_dir() else []
 
 
 def predict_model_name():

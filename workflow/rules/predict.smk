@@ -11,6 +11,7 @@ rule predict:
         modules=package_modules("predict"),
         model=predict_model,
         images=predict_images,
+        subfolders=predict_image_folders,
     output:
         csv="results/predictions/{experiment}/seed{seed}/predictions.csv",
     params:
@@ -41,6 +42,7 @@ rule predict_selected:
         script=script("predict"),
         modules=package_modules("predict_selected"),
         images=predict_images,
+        subfolders=predict_image_folders,
     output:
         csv="results/predictions/selected/predictions.csv",
         selection="results/predictions/selected/selection.json",

@@ -5,6 +5,7 @@ rule split:
     input:
         script=script("split"),
         modules=package_modules("split"),
+        data=dataset_inputs,
     output:
         csv="resources/splits/{dataset}.csv",
         report="resources/splits/{dataset}.report.json",
