@@ -107,6 +107,7 @@ def test_identical_files_in_a_class_are_kept_once_so_no_image_is_in_two_splits(t
     groups = digest_groups(p for p in data.rglob("*.png"))
     assert len(split) == len(groups) == 16, "one copy of each image"
     assert all(sum(p in set(split["path"]) for p in paths) == 1 for paths in groups.values())
+    assert all(min(paths, key=len) in set(split["path"]) for paths in groups.values()), "the original name is kept"
     report = json.loads((out / "split.report.json").read_text())
     left_out = {item["path"]: item["same_as"] for item in report["duplicate_images"]}
     assert len(left_out) == 6 and set(left_out.values()) <= set(split["path"])

@@ -376,19 +376,20 @@ def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None,
         pool.shutdown(wait=True, cancel_futures=True)  # a SIGTERM stops the check now, not after every image
 
 
-# Which copy of an image found more than once in a class is kept: the official test copy, then val, then the pool's.
+# Which copy of an image found more than once in a class is kept: the official test copy, then val, then
+# the pool's; among those, the shortest path (``IMG_1.jpg`` rather than ``IMG_1 (1).jpg``), then listing order.
 KEEP_ORDER = {"test": 0, "val": 1}
 
 
 def find_duplicates(listing: pd.DataFrame, digests: list[str | None]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`, then listing
-    order) is redundant, and would put one image in two splits: ``[{path, same_as}]``. Across classes,
+    """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`) is redundant, and would put one image in two splits: ``[{path, same_as}]``. Across classes,
     the image is labelled two ways: ``(path, reason)`` of every copy."""
     frame = listing.assign(digest=digests)
     frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
-    frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)))
+    frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)),
+                         length=frame["path"].str.len())
     redundant, conflicting = [], []
-    for _, group in frame.sort_values("rank", kind="stable").groupby("digest", sort=False):
+    for _, group in frame.sort_values(["rank", "length"], kind="stable").groupby("digest", sort=False):
         if group["class_name"].nunique() > 1:
             for path, name in zip(group["path"], group["class_name"]):
                 others = "; ".join(f"{p} ({c})" for p, c in zip(group["path"], group["class_name"]) if p != path)
