@@ -154,6 +154,22 @@ def test_an_image_under_two_labels_is_refused_naming_every_copy(tmp_path):
     assert {item["path"] for item in report["skipped_images"]} == both
 
 
+def test_files_in_a_format_not_read_are_counted_not_silently_left_out(tmp_path):
+    """An iPhone's .heic photos beside .jpg ones: the split reads the others, and says what it left out."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    for name in ("IMG_1.heic", "IMG_2.HEIC", "nested/IMG_3.heic"):
+        (data / "cat" / name).parent.mkdir(exist_ok=True)
+        (data / "cat" / name).write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (data / "dog" / "notes.txt").write_text("to label\n")
+    (data / "dog" / ".DS_Store").write_bytes(b"\x00")  # hidden: not counted
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 0, result.stdout
+    assert sorted(pd.read_csv(out / "split.csv")["path"]) == sorted(str(p) for paths in made.values() for p in paths)
+    assert json.loads((out / "split.report.json").read_text())["ignored_files"] == {".heic": 3, ".txt": 1}
+    assert "ignored files that are not images of a format read here (3 .heic, 1 .txt)" in result.stdout
+
+
 def test_empty_class_folder_is_named(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 6})

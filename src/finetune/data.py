@@ -153,17 +153,22 @@ def image_folder_classes(root: str) -> list[str]:
 
 def list_image_folder(root: str) -> pd.DataFrame:
     """Every image of every class folder; a folder with none simply adds no rows (see
-    :func:`check_classes_have_images`, which looks only at the chosen classes)."""
+    :func:`check_classes_have_images`, which looks only at the chosen classes).
+
+    ``frame.attrs["ignored_files"]``: how many other files (not hidden) each extension had, so that
+    images in a format not read (``.heic``, ``.avif``) are reported rather than silently left out.
+    """
     directory = Path(root)
-    rows = []
+    rows, ignored = [], {}
     for name in image_folder_classes(root):
-        files = sorted(
-            p for p in (directory / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
-        rows.extend((str(p), name) for p in files)
+        for p in sorted(p for p in (directory / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                rows.append((str(p), name))
+            else:
+                ignored[p.suffix.lower() or "(none)"] = ignored.get(p.suffix.lower() or "(none)", 0) + 1
     frame = pd.DataFrame(rows, columns=["path", "class_name"])
     frame["official_split"] = ""
+    frame.attrs["ignored_files"] = dict(sorted(ignored.items()))
     return frame
 
 
@@ -426,6 +431,7 @@ def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) ->
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict."""
     listing = list_dataset(spec)
+    ignored_files = dict(listing.attrs.get("ignored_files", {}))
     class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
     check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
@@ -443,6 +449,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
         "skipped_images": [{"path": p, "reason": r} for p, r in bad],
         "duplicate_images": duplicates,
+        "ignored_files": ignored_files,
     }
     return split, report
 

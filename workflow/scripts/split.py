@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run
+from finetune.images import IMAGE_EXTENSIONS
 from finetune.stages import split_stage
 
 
@@ -22,6 +23,10 @@ def main():
               f"listed in {args.report}:")
         for item in report["skipped_images"]:
             print(f"  {item['path']}: {item['reason']}")
+    if report["ignored_files"]:
+        counts = ", ".join(f"{n} {ext}" for ext, n in report["ignored_files"].items())
+        print(f"ignored files that are not images of a format read here ({counts}); the formats read: "
+              f"{', '.join(IMAGE_EXTENSIONS)}")
     if report["duplicate_images"]:
         print(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
               f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
