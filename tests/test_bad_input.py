@@ -170,6 +170,20 @@ def test_files_in_a_format_not_read_are_counted_not_silently_left_out(tmp_path):
     assert "ignored files that are not images of a format read here (3 .heic, 1 .txt)" in result.stdout
 
 
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_a_dataset_of_one_class_is_refused(tmp_path, fmt):
+    """A classifier of one class learns nothing (its accuracy is 1 whatever it does): refused before any split."""
+    made = make_images(tmp_path / "data", {"cat": 6})
+    path = tmp_path / "data"
+    if fmt == "csv":
+        path = tmp_path / "data" / "manifest.csv"
+        path.write_text("path,label\n" + "".join(f"cat/{p.name},cat\n" for p in made["cat"]))
+    result = run_split({"format": fmt, "path": str(path)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: {path} has one class only ('cat'): a classifier needs at least two" in result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
 def test_empty_class_folder_is_named(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 6})

@@ -433,6 +433,9 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     listing = list_dataset(spec)
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
+    if len(class_names) < 2:
+        layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
+        raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
     check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
