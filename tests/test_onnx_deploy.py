@@ -111,6 +111,7 @@ def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image
     # The script ran on onnxruntime and Pillow, and never imported torch.
     assert "modules: False True True" in result.stdout, result.stdout
     assert "broken.png" in result.stderr and "warning" in result.stderr
+    assert "warning: ignored files that are not images of a format read here (1 .txt)" in result.stderr
 
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["path", "predicted", "probability", "top1_class", "top1_probability",

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import DataError
 from .fileio import sha256_of
-from .images import IMAGE_EXTENSIONS, check_image, read_idx, split_ref
+from .images import IMAGE_EXTENSIONS, check_image, extension_counts, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -159,16 +159,16 @@ def list_image_folder(root: str) -> pd.DataFrame:
     images in a format not read (``.heic``, ``.avif``) are reported rather than silently left out.
     """
     directory = Path(root)
-    rows, ignored = [], {}
+    rows, ignored = [], []
     for name in image_folder_classes(root):
         for p in sorted(p for p in (directory / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
             if p.suffix.lower() in IMAGE_EXTENSIONS:
                 rows.append((str(p), name))
             else:
-                ignored[p.suffix.lower() or "(none)"] = ignored.get(p.suffix.lower() or "(none)", 0) + 1
+                ignored.append(p)
     frame = pd.DataFrame(rows, columns=["path", "class_name"])
     frame["official_split"] = ""
-    frame.attrs["ignored_files"] = dict(sorted(ignored.items()))
+    frame.attrs["ignored_files"] = extension_counts(ignored)
     return frame
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, write_json
-from .images import IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, load_preprocessed, normalize
+from .images import IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, load_preprocessed, normalize, not_read_line
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -143,22 +143,21 @@ class OnnxClassifier:
 
 # --------------------------------------------------------------------------- predict
 
-def list_images(source: str | Path) -> list[tuple[str, str]]:
-    """What to classify: ``(reference as the user wrote it, path to open)`` pairs.
+def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """What to classify: ``(reference as the user wrote it, path to open)`` pairs, and the files of a
+    folder left out for their format, counted by extension (:func:`finetune.images.extension_counts`).
 
-    ``source`` is a folder (every image file under it, recursively, by extension, sorted) or a CSV
-    file with a ``path`` column (relative paths are relative to the CSV's folder).
+    ``source`` is a folder (every image file under it, recursively, by extension, sorted; hidden files
+    and folders left out) or a CSV file with a ``path`` column (relative paths are relative to the CSV's folder).
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(
-            p for p in source.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(source).parts)
-        )
+        found = sorted(p for p in source.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts))
+        files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not files:
             raise DataError(f"no image files in {source} (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
-        return [(str(p), str(p)) for p in files]
+        return [(str(p), str(p)) for p in files], extension_counts(p for p in found if p.suffix.lower() not in IMAGE_EXTENSIONS)
     if source.is_file():
         import pandas as pd
 
@@ -171,7 +170,7 @@ def list_images(source: str | Path) -> list[tuple[str, str]]:
         refs = [p.strip() for p in frame["path"] if p.strip()]
         if not refs:
             raise DataError(f"image list {source} names no images")
-        return [(ref, ref if os.path.isabs(ref) else str(source.parent / ref)) for ref in refs]
+        return [(ref, ref if os.path.isabs(ref) else str(source.parent / ref)) for ref in refs], {}
     raise DataError(f"images to classify not found: {source} is neither a folder nor a CSV file")
 
 
@@ -196,7 +195,9 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     model = OnnxClassifier.load(model_path, threads)
     classes = model.classes
     k = max(1, min(top_k, len(classes)))
-    listed = list_images(source)
+    listed, ignored = list_images(source)
+    if ignored:
+        log(f"warning: {not_read_line(ignored)}")
     columns = prediction_columns(k)
     rows, failed = [], 0
     for start in range(0, len(listed), batch_size):

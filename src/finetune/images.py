@@ -40,6 +40,21 @@ def resampling(interpolation: str) -> Image.Resampling:
         raise ConfigError(f"interpolation {interpolation!r} is not supported: use {' or '.join(RESAMPLING)}") from None
 
 
+def extension_counts(paths) -> dict[str, int]:
+    """How many of ``paths`` have each (lower-cased) extension, sorted: what a listing left out, said in a line."""
+    counts: dict[str, int] = {}
+    for p in paths:
+        suffix = Path(p).suffix.lower() or "(none)"
+        counts[suffix] = counts.get(suffix, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def not_read_line(counts: dict[str, int]) -> str:
+    """``counts`` (:func:`extension_counts`) of files left out, as the logs say it."""
+    listed = ", ".join(f"{n} {ext}" for ext, n in counts.items())
+    return f"ignored files that are not images of a format read here ({listed}); the formats read: {', '.join(IMAGE_EXTENSIONS)}"
+
+
 def _open_maybe_gzip(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run
-from finetune.images import IMAGE_EXTENSIONS
+from finetune.images import not_read_line
 from finetune.stages import split_stage
 
 
@@ -24,9 +24,7 @@ def main():
         for item in report["skipped_images"]:
             print(f"  {item['path']}: {item['reason']}")
     if report["ignored_files"]:
-        counts = ", ".join(f"{n} {ext}" for ext, n in report["ignored_files"].items())
-        print(f"ignored files that are not images of a format read here ({counts}); the formats read: "
-              f"{', '.join(IMAGE_EXTENSIONS)}")
+        print(not_read_line(report["ignored_files"]))
     if report["duplicate_images"]:
         print(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
               f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
