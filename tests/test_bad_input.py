@@ -184,6 +184,34 @@ def test_a_dataset_of_one_class_is_refused(tmp_path, fmt):
     assert not (tmp_path / "out" / "split.csv").exists()
 
 
+def test_results_take_the_permissions_the_umask_gives_and_keep_their_own(tmp_path):
+    """Results are written to a temporary file (mkstemp: 0600) and renamed: they must still be readable
+    by whom the user's umask allows (a group on a shared cluster), and a file rewritten keeps its mode."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data, {"cat": 6, "dog": 6})
+
+    def split_with_umask(mask):
+        args = ["--dataset", json.dumps(imagefolder(data)), "--out", str(out / "split.csv"),
+                "--report", str(out / "split.report.json")]
+        return subprocess.run([sys.executable, str(REPO / "workflow/scripts/split.py"), *args], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, preexec_fn=lambda: os.umask(mask))
+
+    assert split_with_umask(0o027).returncode == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {"split.csv": 0o640, "split.report.json": 0o640}
+    os.chmod(out / "split.csv", 0o604)
+    assert split_with_umask(0o077).returncode == 0
+    assert stat.S_IMODE((out / "split.csv").stat().st_mode) == 0o604
+    assert stat.S_IMODE((out / "split.report.json").stat().st_mode) == 0o640
+
+
 def test_empty_class_folder_is_named(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 6})

@@ -112,6 +112,35 @@ def test_the_split_check_decodes_at_a_reduced_scale_yet_finds_every_broken_jpeg(
     assert verdicts["intact"] is False and verdicts["cut at 0.999"] is True
 
 
+def test_a_decode_that_runs_out_of_space_names_the_file_and_keeps_the_earlier_one(split_csv, tmp_path):
+    """The images are written in order with plain writes (a memory map killed the job with SIGBUS on a
+    full tmpfs): a write refused mid-file (here by the file size limit, EFBIG, as ENOSPC would be) is a
+    clear error, the partial file is removed, and the earlier decoded pair stays byte for byte."""
+    import resource
+
+    from faults import snapshot, start_script
+    from helpers import run_script
+
+    out = tmp_path / "decoded"
+
+    def args(size):
+        return ["--split", str(split_csv), "--image-size", str(size), "--out-images", str(out / "d.npy"),
+                "--out-info", str(out / "d.json")]
+
+    assert run_script("decode", *args(32)).returncode == 0
+    before = snapshot(out)
+    limit = 2 * (out / "d.npy").stat().st_size  # the 64-px array is 4x larger: refused half-way
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    process = start_script("decode", *args(64), preexec_fn=limit_file_size)
+    stdout, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, stdout
+    assert f"error: cannot write {out / 'd.npy'}: File too large (errno 27)" in stdout and "Traceback" not in stdout
+    assert snapshot(out) == before, "no partial file beside the earlier pair, which is unchanged"
+
+
 @pytest.mark.parametrize("orientation", sorted(UPRIGHT))
 def test_a_photo_is_decoded_upright_by_its_exif_orientation(tmp_path, orientation):
     """All eight EXIF orientations, at full size and through a reduced (draft) decode; ``none`` keeps
@@ -355,7 +384,8 @@ def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuild
 @pytest.mark.slow
 def test_jobs_after_decode_never_open_an_image_file(tmp_path):
     """Once decoded, train, evaluate and export read only the decoded array: with every image file
-    moved away they still run, and give the same results as before."""
+    overwritten in place by bytes that are no image (same names, so the folders the split watches are
+    unchanged) they still run, and give the same results as before."""
     images = tmp_path / "images"
     make_images(images / "target", {"circle": 12, "square": 12, "cross": 12})
     make_images(images / "source", {"a": 10, "b": 10, "c": 10}, seed=1)
@@ -369,7 +399,8 @@ def test_jobs_after_decode_never_open_an_image_file(tmp_path):
     )
     run_snakemake(tmp_path / "run", config)
     first = json.loads((tmp_path / "run/results/finetune/seed0/metrics.json").read_text())
-    images.rename(tmp_path / "moved-away")
+    for image in [p for p in images.rglob("*") if p.is_file()]:
+        image.write_bytes(b"no longer an image")
     again = run_snakemake(tmp_path / "run", config, "--forcerun", "pretrain", "train")
     ran = sorted(set(jobs_run(again.stdout)))
     assert ran == ["all", "evaluate", "export_onnx", "pretrain", "summary", "train", "weights"], again.stdout[-3000:]

@@ -18,6 +18,20 @@ from .errors import WriteError
 # block may be about reading an input, so it is left as it is).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
+# The process's umask, read once at import (reading it means setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _new_file_mode(target: Path) -> int:
+    """The permissions a plain ``open(target, "w")`` would leave: an existing file's own, else
+    0666 less the umask (mkstemp's temporary files are 0600, which would hide every result from the
+    user's group on a shared cluster)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -57,7 +71,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, _new_file_mode(target))
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise _write_failed(target, exc) from exc
     tmp = Path(tmp_name)

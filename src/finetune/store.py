@@ -59,6 +59,23 @@ def _chosen_rows(split_csv: Path, splits) -> tuple["pd.DataFrame", list[str]]:
     return frame[frame["split"].isin(list(splits))].reset_index(drop=True), classes
 
 
+def _warn_if_short_of_space(target: Path, needed: int, log: Callable[[str], None]) -> None:
+    """Say at the start, not after hours of decoding, when the images will not fit (a compressing file
+    system may still hold them, so this only warns; a write that fails names the file and removes it)."""
+    import shutil
+
+    folder = next((p for p in (target.parent, *target.parents) if p.exists()), None)
+    if folder is None:
+        return
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        log(f"warning: the decoded images need {_megabytes(needed)} and {folder} has {_megabytes(free)} free")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
                   splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print,
                   interpolation: str = "bilinear") -> dict:
@@ -68,19 +85,21 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     refs = frame["path"].tolist()
     side = stored_size(resize_size, crop_size)
     shape = (len(refs), side, side, 3)
+    _warn_if_short_of_space(Path(out_npy), len(refs) * side * side * 3, log)
     started = time.perf_counter()
-    with atomic_path(out_npy) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    # Written in order with plain writes, not through a memory map: a full disk is then an OSError
+    # (a clear message, the partial file removed), where a page of a map that cannot be stored
+    # kills the process with SIGBUS.
+    with atomic_path(out_npy) as tmp, open(tmp, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
         pool = ThreadPoolExecutor(max_workers=max(1, threads))
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
-                for offset, pixels in enumerate(pool.map(lambda r: load_stored(r, resize_size, crop_size, interpolation), chunk)):
-                    array[start + offset] = pixels
+                for pixels in pool.map(lambda r: load_stored(r, resize_size, crop_size, interpolation), chunk):
+                    handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).data)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        array.flush()
-        del array
     seconds = time.perf_counter() - started
     info = {
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
