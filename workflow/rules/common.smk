@@ -2,6 +2,7 @@
 # function the rules call (the other .smk files hold rules only).
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -197,29 +198,35 @@ def dataset_config(dataset):
     return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
 
 
+# What Snakemake watches of a dataset, so that its split reruns when the data changes. A CSV manifest is
+# an input (its text). An ImageFolder's state is a param: a digest of the modification time of every
+# folder of its tree (a folder's changes when an image in it is added, removed or renamed), so that a
+# tree of thousands of folders is not listed as inputs in every job line. Fashion-MNIST's files are used
+# as published. A path that does not exist is left to the split job, whose message names the key.
+
+
 def dataset_inputs(wildcards):
-    """What Snakemake watches of a dataset, so that its split reruns when the data changes: a CSV
-    manifest (its text), or every folder of an ImageFolder (a folder's mtime changes when an image in
-    it is added, removed or renamed). Fashion-MNIST's files are used as published. A path that does not
-    exist is left to the split job, whose message names the key."""
     cfg = dataset_config(wildcards.dataset)
-    path = Path(cfg["path"])
-    if cfg["format"] == "csv":
-        return [str(path)] if path.is_file() else []
-    if cfg["format"] == "imagefolder" and path.is_dir():
-        return image_folder_tree(path)
-    return []
+    return [cfg["path"]] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
-def image_folder_tree(root):
-    """The root and every folder below it, but hidden class folders (the split ignores them)."""
-    found = []
+def dataset_state(wildcards):
+    cfg = dataset_config(wildcards.dataset)
+    return folder_tree_state(cfg["path"]) if cfg["format"] == "imagefolder" else ""
+
+
+def folder_tree_state(root):
+    """Digest of the path and modification time of ``root`` and every folder below it ("" where there
+    is no such folder), hidden class folders left out as the split leaves them out."""
+    if not os.path.isdir(root):
+        return ""
+    digest = hashlib.sha256()
     for folder, subfolders, _ in os.walk(root):
         if folder == str(root):
             subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         subfolders.sort()
-        found.append(folder)
-    return found
+        digest.update(f"{os.path.relpath(folder, root)}\0{os.stat(folder).st_mtime_ns}\0".encode())
+    return digest.hexdigest()[:16]
 
 
 def weights_inputs(wildcards):
@@ -247,11 +254,10 @@ def predict_images(wildcards):
     return config["predict"]["images"]
 
 
-def predict_image_folders(wildcards):
-    """The folders below predict.images (a folder is searched recursively): with the folder itself an
-    input, an image added to, removed from or renamed in any of them reruns the predictions."""
-    path = Path(predict_images(wildcards))
-    return image_folder_tree(path)[1:] if path.is_dir() else []
+def predict_images_state(wildcards):
+    """predict.images, a folder, is searched recursively: the state of its tree (:func:`folder_tree_state`)
+    reruns the predictions when an image is added, removed or renamed anywhere in it."""
+    return folder_tree_state(predict_images(wildcards))
 
 
 def predict_model_name():

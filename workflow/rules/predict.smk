@@ -11,11 +11,11 @@ rule predict:
         modules=package_modules("predict"),
         model=predict_model,
         images=predict_images,
-        subfolders=predict_image_folders,
     output:
         csv="results/predictions/{experiment}/seed{seed}/predictions.csv",
     params:
         python=PYTHON,
+        images_state=predict_images_state,
         top_k=config["predict"]["top_k"],
         batch_size=config["predict"]["batch_size"],
     log:
@@ -42,12 +42,12 @@ rule predict_selected:
         script=script("predict"),
         modules=package_modules("predict_selected"),
         images=predict_images,
-        subfolders=predict_image_folders,
     output:
         csv="results/predictions/selected/predictions.csv",
         selection="results/predictions/selected/selection.json",
     params:
         python=PYTHON,
+        images_state=predict_images_state,
         runs=[f"results/{run}/seed{seed}" for run in PREDICT_CANDIDATES for seed in SEEDS],
         model_name=predict_model_name(),
         seed="" if config["predict"]["seed"] is None else f"--seed {config['predict']['seed']}",

@@ -12,6 +12,7 @@ rule split:
     params:
         python=PYTHON,
         dataset=lambda w: as_json(dataset_config(w.dataset)),
+        data_state=dataset_state,
     log:
         "results/logs/split/{dataset}.log",
     benchmark:
