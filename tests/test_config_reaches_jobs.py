@@ -312,3 +312,51 @@ def test_distributed_keys_reach_the_train_job(tmp_path):
     (train,) = jobs_of(commands(out), "train")
     assert (train["launch-devices"], train["launch-nodes"]) == ("2", "3")
     assert_json_option_carries(train, "options", experiment, "experiments.ddp -> train")
+
+
+# --------------------------------------------------------------------------- a config of one's own over the demo's
+
+def run_over_the_demo(tmp_path: Path, own: dict, *flags: str):
+    """A dry run where config/config.yaml is the demo's (as in the repository root) and ``own`` is given
+    with --configfile: (the jobs, the output)."""
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
+    (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)
+    configfile = tmp_path / "mine.yaml"
+    configfile.write_text(yaml.safe_dump(own, sort_keys=False))
+    output = run_snakemake(tmp_path, configfile, *flags, "-n", "--printshellcmds", *CORES).stdout
+    return commands(output), output
+
+
+def test_a_config_naming_another_dataset_does_not_inherit_the_demo_s_choices_for_fashion_mnist(tmp_path):
+    """The README's own example for one's own images, over the demo: the demo's classes 6-9 and its few-shot
+    caps (10 per class) must not apply to the user's images; the schema's defaults do, and a note says so."""
+    own = {"dataset": {"format": "imagefolder", "path": "photos", "val_fraction": 0.15, "test_fraction": 0.15}}
+    jobs, output = run_over_the_demo(tmp_path, own)
+    dataset = json.loads(jobs_of(jobs, "split", out="resources/splits/target.csv")[0]["dataset"])
+    defaults = {key: schema.get("default") for key, schema in section_keys("dataset").items()}
+    assert dataset == {**defaults, **own["dataset"]}
+    assert "note: dataset: your config names another format 'imagefolder' and path 'photos'" in output
+    # The source dataset of pretraining is still the demo's: the user named none.
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    source = json.loads(jobs_of(jobs, "split", out="resources/splits/source.csv")[0]["dataset"])
+    assert source["classes"] == demo["pretrain"]["dataset"]["classes"]
+
+
+def test_a_config_that_tweaks_the_demo_is_merged_key_by_key(tmp_path):
+    """Same dataset, an experiment of the demo's: each key given replaces the demo's, the rest stays."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    jobs, output = run_over_the_demo(tmp_path, {"dataset": {"seed": 1}, "experiments": {"finetune": {"lr": 0.01}}})
+    dataset = json.loads(jobs_of(jobs, "split", out="resources/splits/target.csv")[0]["dataset"])
+    assert dataset["seed"] == 1 and dataset["classes"] == demo["dataset"]["classes"]
+    assert dataset["max_train_per_class"] == demo["dataset"]["max_train_per_class"]
+    trained = {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")}
+    assert trained == set(demo["experiments"])
+    assert json.loads(jobs_of(jobs, "train", **{"out-checkpoint": "results/finetune/seed0/model.pt"})[0]["options"])["lr"] == 0.01
+    assert "note:" not in output
+
+
+def test_experiments_of_other_names_replace_the_demo_s(tmp_path):
+    jobs, output = run_over_the_demo(tmp_path, {"experiments": {"mine": {"strategy": "finetune", "epochs": 2}}})
+    assert {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")} == {"mine"}
+    assert "note: experiments: yours (mine) replace config/config.yaml's (finetune, feature_extract, scratch)" in output

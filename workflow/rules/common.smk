@@ -34,7 +34,18 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
+from finetune.userconfig import own_sections
 from finetune.sweeps import expand as expand_sweeps
+
+# A config of the user's own (--configfile) is merged key by key over config/config.yaml, the demo's,
+# where that file is found. A section that describes something else (another dataset, another source of
+# weights, experiments of other names) replaces the demo's instead of inheriting its choices, such as
+# Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
+if os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config:
+    from snakemake.common.configfile import load_configfile
+
+    for _note in own_sections(config, load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}):
+        print(f"note: {_note}", file=sys.stderr)
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.

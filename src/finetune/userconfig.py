@@ -1,0 +1,46 @@
+"""A user's config (``--configfile``) over the workflow's own ``config/config.yaml`` (the demo's).
+
+Snakemake merges the two key by key. Loaded by ``workflow/rules/common.smk`` only (no job imports
+it, so editing it reruns nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+
+
+# Sections of a user's config that replace the workflow's own config/config.yaml (the demo), rather than
+# update it key by key, where they describe something else: (key path, the keys that say what it is).
+OWN_SECTIONS = ((("dataset",), ("format", "path")), (("pretrain", "dataset"), ("format", "path")), (("weights",), ("source",)))
+
+
+def _at(config: dict, path: tuple[str, ...]):
+    for key in path:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
+    """Put back, in the merged ``config``, each section of ``user`` (the ``--configfile`` / ``--config``
+    layer) that describes another thing than ``workflow_file``'s as the user wrote it: another dataset
+    (``format`` or ``path``), another ``weights.source``, or experiments none of whose names are the
+    workflow file's. The schema's defaults then fill it, not the demo's choices (Fashion-MNIST's classes
+    6-9, 10 images per class). Returns one line per section replaced where keys would have been inherited."""
+    notes = []
+    for path, identity in OWN_SECTIONS:
+        mine, theirs = _at(user, path), _at(workflow_file, path)
+        if not (isinstance(mine, dict) and isinstance(theirs, dict)):
+            continue
+        other = [f"{key} {mine[key]!r}" for key in identity if key in mine and mine[key] != theirs.get(key)]
+        inherited = sorted(set(theirs) - set(mine))
+        if other and inherited:
+            _at(config, path[:-1])[path[-1]] = copy.deepcopy(mine)
+            notes.append(f"{'.'.join(path)}: your config names another {' and '.join(other)}, so its section replaces "
+                         f"config/config.yaml's: {', '.join(inherited)} from there do not apply (the schema's defaults do)")
+    mine, theirs = user.get("experiments"), workflow_file.get("experiments")
+    if isinstance(mine, dict) and isinstance(theirs, dict) and mine and not set(mine) & set(theirs):
+        config["experiments"] = copy.deepcopy(mine)
+        notes.append(f"experiments: yours ({', '.join(mine)}) replace config/config.yaml's ({', '.join(theirs)}), "
+                     "none of whose names you use")
+    return notes
+
