@@ -15,7 +15,7 @@ from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
 from .weights import (copy_local, download, fetch_torchvision, infer_num_classes, library_versions, load_state_dict,
-                      read_manifest, write_manifest)
+                      read_manifest, torchvision_arch, torchvision_weights, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
 TTA_MODES = ("none", "hflip")  # evaluate.tta
@@ -66,7 +66,7 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
     matter to decoding (images are stored as uint8) and are left neutral.
     """
     from .images import Preprocessing
-    from .weights import preprocessing_from_torchvision, torchvision_weights
+    from .weights import preprocessing_from_torchvision
 
     source, sizes = weights_sizes.get("weights"), weights_sizes.get("sizes")
     if source == "pretrain":
@@ -207,14 +207,17 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
     elif source not in ("torchvision", "pretrain"):
         raise ConfigError(f"unknown weights.source {source!r}: use torchvision, url, path or pretrain")
 
+    if source == "torchvision" and cfg.get("arch"):  # checked before the download
+        arch = torchvision_arch(torchvision_weights(cfg["torchvision"]))
+        if cfg["arch"] != arch:
+            raise ConfigError(f"weights.arch is {cfg['arch']!r} but {cfg['torchvision']} belongs to {arch!r}: "
+                              "leave weights.arch out (torchvision weights name their architecture) or fix it")
     with atomic_path(out_weights) as staged:
         if source == "torchvision":
             meta = fetch_torchvision(cfg["torchvision"], staged, mirror=cfg.get("mirror"), sha256=cfg.get("sha256"),
                                      timeout_s=timeout)
             arch, classes, prep, digest, origin = meta["arch"], meta["classes"], meta["preprocessing"], meta["sha256"], meta["source"]
             where = origin["url"]
-            if cfg.get("arch") and cfg["arch"] != arch:
-                raise ConfigError(f"weights.arch is {cfg['arch']!r} but {cfg['torchvision']} belongs to {arch!r}")
         elif source in ("url", "path"):
             if source == "url":
                 digest = download(cfg["url"], staged, sha256=cfg["sha256"], timeout_s=timeout)

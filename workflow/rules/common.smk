@@ -58,8 +58,13 @@ if _problems:
 # `experiments` section the one experiment is the schema's default, `finetune`, with no settings of
 # its own: every `train` key (train.strategy included) reaches its jobs.
 _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default(SCHEMA, "experiments")))
+_arch_as_written = (config.get("weights") or {}).get("arch")
 validate(config, "../schemas/config.schema.yaml")
 config["experiments"] = _experiments_as_written
+# torchvision weights name their own architecture: weights.arch is only a check there, where written
+# (the schema's default, resnet18, would refuse every other enum).
+if config["weights"]["source"] == "torchvision":
+    config["weights"]["arch"] = _arch_as_written
 
 # A run per experiment, or per combination of its `sweep` (src/finetune/sweeps.py names them):
 # EXPERIMENTS maps each run's name (the {experiment} wildcard) to its train overrides, SWEEP_OF
