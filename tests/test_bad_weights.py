@@ -179,3 +179,35 @@ def test_failed_download_through_snakemake(server, good_weights, tmp_path):
     assert f"error: download of {url} failed: HTTP 404" in log
     assert not (tmp_path / "resources" / "weights" / "weights.pth").exists()
     assert [p.name for p in (tmp_path / "resources" / "weights").glob("*")] == []
+
+
+@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "compile+DataParallel+checkpoint"])
+def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path, wrapper):
+    """A state_dict saved from a model wrapped for training (keys `module.…`, `_orig_mod.…`, a training
+    checkpoint `{"model": …, "epoch": …}`): the weights job publishes it, and what the jobs load is the
+    plain model's own state_dict, tensor for tensor."""
+    import torch
+
+    from finetune.models import build_architecture
+    from finetune.weights import load_state_dict
+
+    torch.manual_seed(0)
+    model = build_architecture("resnet18", 3)
+    wrapped = model
+    if "compile" in wrapper:
+        wrapped = torch.compile(wrapped)
+    if "DataParallel" in wrapper:
+        wrapped = torch.nn.DataParallel(wrapped)
+    saved = wrapped.state_dict()
+    assert all(k.startswith(("module.", "_orig_mod.")) for k in saved), "the wrapper prefixes every key"
+    if "checkpoint" in wrapper:
+        saved = {"model": saved, "epoch": 7}
+    torch.save(saved, tmp_path / "trained.pth")
+    result = run_weights(weights_config(path=str(tmp_path / "trained.pth")), tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 3 and manifest["sha256"] == sha256(tmp_path / "trained.pth")
+    loaded = load_state_dict(tmp_path / "out" / "weights.pth")
+    plain = model.state_dict()
+    assert list(loaded) == list(plain)
+    assert all(torch.equal(loaded[k], plain[k]) for k in plain)

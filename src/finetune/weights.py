@@ -32,8 +32,25 @@ def library_versions() -> dict:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+# What a wrapper puts before every key of the model it wraps: DataParallel and DistributedDataParallel
+# (``module.``), torch.compile (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _without_wrapper_prefixes(state: dict) -> dict:
+    """``state`` with each prefix that every key shares (:data:`WRAPPER_PREFIXES`, nested in any order) removed."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state, stripped = {key[len(prefix):]: value for key, value in state.items()}, True
+    return state
+
+
 def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
-    """Load a state_dict saved by torch (plain, or wrapped as ``{'state_dict': ...}``/``{'model': ...}``).
+    """Load a state_dict saved by torch (plain, or wrapped as ``{'state_dict': ...}``/``{'model': ...}``,
+    from a model wrapped by DataParallel, DistributedDataParallel or torch.compile: their key prefixes go).
 
     ``origin`` names the file in messages (the URL or source path when ``path`` is a staging file).
     """
@@ -52,7 +69,7 @@ def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
             obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(hasattr(v, "shape") for v in obj.values()):
         raise WeightsError(f"{origin} does not hold a state_dict (a mapping of parameter names to tensors)")
-    return obj
+    return _without_wrapper_prefixes(obj)
 
 
 def infer_num_classes(arch: str, state_dict: dict, origin: str) -> int:
