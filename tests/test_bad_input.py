@@ -357,15 +357,48 @@ def rows_marked(manifest: Path, *marks: str) -> set[str]:
 def test_csv_split_column_keeps_its_val_and_test_rows(tmp_path):
     """Rows marked test or val (any case) are exactly that split; the train and unmarked rows are all training."""
     marks = {"cat": ["Test", "test", "VAL", " val ", "train", "", "train", ""],
-             "dog": ["test", "val", "val", "train", "train", "", "", "train"]}
+             "dog": ["test", "Valid", "validation", "train", "train", "", "", "train"]}
     manifest = marked_manifest(tmp_path, marks)
     result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.3, "test_fraction": 0.3}, tmp_path / "out")
     assert result.returncode == 0, result.stdout
     split = pd.read_csv(tmp_path / "out" / "split.csv")
     got = {s: set(split.loc[split["split"] == s, "path"]) for s in ("train", "val", "test")}
-    assert got == {"test": rows_marked(manifest, "test"), "val": rows_marked(manifest, "val"),
+    assert got == {"test": rows_marked(manifest, "test"), "val": rows_marked(manifest, "val", "valid", "validation"),
                    "train": rows_marked(manifest, "train", "")}
     assert json.loads((tmp_path / "out" / "split.report.json").read_text())["official_splits"] == ["val", "test"]
+
+
+@pytest.mark.parametrize("names", [("train", "val", "test"), ("Train", "valid", "test"), ("train", "validation")])
+def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_path, names):
+    """`<root>/<split>/<class>/<image>` (torchvision's references, Kaggle and Roboflow exports): each image
+    stays in its folder's split, classes are the class folders of every split, and a split it lacks is
+    drawn from train. Before, train/ and val/ were taken for two classes named train and val."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = {name: make_images(data / name, {"cat": 6, "dog": 5}, seed=i) for i, name in enumerate(names)}
+    result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2), out)
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(out / "split.csv")
+    assert sorted(split["class_name"].unique()) == ["cat", "dog"]
+    canonical = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+    for folder, paths in made.items():
+        for name, files in paths.items():
+            rows = split[split["path"].isin([str(p) for p in files])]
+            assert (rows["class_name"] == name).all() and len(rows) == len(files)
+            if canonical[folder.lower()] != "train":
+                assert (rows["split"] == canonical[folder.lower()]).all(), folder
+    if len(names) == 2:  # no test folder: test drawn from train, a fifth of each class
+        test = split[split["split"] == "test"]
+        assert set(test["path"]) <= {str(p) for files in made["train"].values() for p in files}
+        assert test.groupby("class_name").size().to_dict() == {"cat": round(6 * 0.2), "dog": round(5 * 0.2)}
+
+
+def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
+    data = tmp_path / "data"
+    make_images(data / "train", {"cat": 4, "dog": 4})
+    make_images(data, {"bird": 4})
+    result = run_split(imagefolder(data), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: {data} mixes split folders holding class folders (train) with other folders (bird)" in result.stdout
 
 
 def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
@@ -383,7 +416,7 @@ def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
     assert set(split.loc[split["split"] == "train", "path"]) == pool - set(val["path"])
 
 
-@pytest.mark.parametrize("value", ["testing", "validation"])
+@pytest.mark.parametrize("value", ["testing", "holdout"])
 def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
     """A misspelt mark would put those images in the pool (test images into training): refused, naming it."""
     marks = {"cat": ["test", "train", "train", value, "train"], "dog": ["test", "train", "train", "train", value]}
@@ -392,7 +425,7 @@ def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
     assert result.returncode == 1, result.stdout
     assert f"error: CSV manifest {manifest}: column split holds value(s) that name no split: '{value}' (line(s) 5, 11)" \
         in result.stdout
-    assert "Use test, val, train, or leave it empty" in result.stdout
+    assert "Use test, val (or valid, validation), train, or leave it empty" in result.stdout
     assert not (tmp_path / "out" / "split.csv").exists()
 
 

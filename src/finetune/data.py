@@ -34,7 +34,8 @@ SPLIT_COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "val", "test")
 # A dataset's own ``split`` column: rows marked val or test are kept as that split; train and empty rows
 # are the pool the splits it does not give are drawn from (as Fashion-MNIST's official train set is).
-OFFICIAL_SPLIT_VALUES = ("", "train", "val", "test")
+# The names a split is given in a manifest's split column or as a folder (lower-cased), and the split each means.
+SPLIT_NAMES = {"": "", "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 GIVEN_SPLITS = ("val", "test")
 
 
@@ -139,35 +140,69 @@ def list_fashion_mnist(path: str, download_dir: str = "resources/datasets", time
     return pd.concat(frames, ignore_index=True)
 
 
-def image_folder_classes(root: str) -> list[str]:
-    """The class folders of an ImageFolder root, sorted: its classes, empty ones included."""
+def _subfolders(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def split_folders(directory: Path) -> dict[Path, str]:
+    """``{folder: split}`` where the root is already split, ``<root>/<split>/<class>/<image>`` (torchvision's
+    references and many published datasets: train/ and val/, or train/, valid/ and test/): every folder
+    of the root is named as a split (:data:`SPLIT_NAMES`) and holds class folders. Else ``{}``."""
+    tops = _subfolders(directory)
+    named = [p for p in tops if p.name.lower() in SPLIT_NAMES and _subfolders(p)]
+    if named and len(named) < len(tops):
+        others = ", ".join(p.name for p in tops if p not in named)
+        raise DataError(
+            f"{directory} mixes split folders holding class folders ({', '.join(p.name for p in named)}) with other "
+            f"folders ({others}): lay it out as {directory}/<class>/<image>, or as {directory}/<split>/<class>/<image> "
+            "with splits train, val (or valid, validation) and test only"
+        )
+    return {p: SPLIT_NAMES[p.name.lower()] for p in named}
+
+
+def _class_folders(directory: Path) -> dict[str, list[tuple[Path, str]]]:
+    """``{class: [(folder, official split), ...]}`` of an ImageFolder root, either layout."""
+    classes: dict[str, list[tuple[Path, str]]] = {}
+    for top, split in (split_folders(directory) or {directory: ""}).items():
+        for folder in _subfolders(top):
+            classes.setdefault(folder.name, []).append((folder, split))
+    return dict(sorted(classes.items()))
+
+
+def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
+    """:func:`_class_folders` of a root that must exist and hold class folders."""
     directory = Path(root)
     if not directory.is_dir():
         what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise DataError(f"dataset folder {directory} {what}: check dataset.path (an ImageFolder root: <path>/<class>/<image>)")
-    names = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
+    classes = _class_folders(directory)
+    if not classes:
         raise DataError(f"{directory} holds no class folders: expected {directory}/<class>/<image> (check dataset.path)")
-    return names
+    return classes
+
+
+def image_folder_classes(root: str) -> list[str]:
+    """The class folders of an ImageFolder root, sorted: its classes, empty ones included."""
+    return list(_image_folder(root))
 
 
 def list_image_folder(root: str) -> pd.DataFrame:
     """Every image of every class folder; a folder with none simply adds no rows (see
-    :func:`check_classes_have_images`, which looks only at the chosen classes).
+    :func:`check_classes_have_images`, which looks only at the chosen classes). In a root already split
+    (:func:`split_folders`), each image's ``official_split`` is its split folder's.
 
     ``frame.attrs["ignored_files"]``: how many other files (not hidden) each extension had, so that
     images in a format not read (``.heic``, ``.avif``) are reported rather than silently left out.
     """
-    directory = Path(root)
     rows, ignored = [], []
-    for name in image_folder_classes(root):
-        for p in sorted(p for p in (directory / name).rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                rows.append((str(p), name))
-            else:
-                ignored.append(p)
-    frame = pd.DataFrame(rows, columns=["path", "class_name"])
-    frame["official_split"] = ""
+    for name, folders in _image_folder(root).items():
+        for folder, split in folders:
+            for p in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if p.suffix.lower() in IMAGE_EXTENSIONS:
+                    rows.append((str(p), name, split))
+                else:
+                    ignored.append(p)
+    frame = pd.DataFrame(rows, columns=["path", "class_name", "official_split"])
     frame.attrs["ignored_files"] = extension_counts(ignored)
     return frame
 
@@ -219,17 +254,18 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
     """A manifest's ``split`` column, read case-insensitively; a value that names no split is refused,
     since a misspelt ``test`` would otherwise put test images into training."""
     values = column.str.strip().str.lower()
-    unknown = values[~values.isin(OFFICIAL_SPLIT_VALUES)]
+    unknown = values[~values.isin(list(SPLIT_NAMES))]
     if len(unknown):
         listed = "; ".join(
             f"{value!r} (line(s) {', '.join(str(i + 2) for i in unknown.index[unknown == value][:5])})"
             for value in column[unknown.index].str.strip().unique()[:10]
         )
         raise DataError(
-            f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val, train, "
-            "or leave it empty (train and empty rows are the pool the splits the manifest does not give are drawn from)"
+            f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val (or valid, "
+            "validation), train, or leave it empty (train and empty rows are the pool the splits the manifest does not "
+            "give are drawn from)"
         )
-    return values
+    return values.map(SPLIT_NAMES)
 
 
 def list_dataset(spec: SplitSpec) -> pd.DataFrame:
