@@ -32,9 +32,10 @@ FASHION_MNIST_FILES = {
 }
 SPLIT_COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "val", "test")
-# A dataset's own ``split`` column: rows marked val or test are kept as that split; train and empty rows
-# are the pool the splits it does not give are drawn from (as Fashion-MNIST's official train set is).
-# The names a split is given in a manifest's split column or as a folder (lower-cased), and the split each means.
+# A dataset's own split (a manifest's split column, split folders, Fashion-MNIST's files): images marked
+# val or test are kept as that split; train and unmarked ones are the pool the splits it does not give are
+# drawn from (as Fashion-MNIST's official train set is). The names a split is given (lower-cased), and
+# the split each means:
 SPLIT_NAMES = {"": "", "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 GIVEN_SPLITS = ("val", "test")
 
@@ -423,8 +424,9 @@ KEEP_ORDER = {"test": 0, "val": 1}
 
 
 def find_duplicates(listing: pd.DataFrame, digests: list[str | None]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`) is redundant, and would put one image in two splits: ``[{path, same_as}]``. Across classes,
-    the image is labelled two ways: ``(path, reason)`` of every copy."""
+    """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`) is redundant and
+    could put one image in two splits: ``[{path, same_as}]``. Across classes, the image is labelled two
+    ways: ``(path, reason)`` of every copy."""
     frame = listing.assign(digest=digests)
     frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
     frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)),
