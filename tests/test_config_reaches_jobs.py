@@ -227,12 +227,29 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
         assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
 
 
-def test_every_weights_key_reaches_the_weights_job(tmp_path):
-    weights = changed("weights")
-    assert weights["source"] != "pretrain"
+@pytest.mark.parametrize("source", ["torchvision", "url", "path"])
+def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, source):
+    from finetune.configcheck import WEIGHTS_KEYS
+
+    every = changed("weights")
+    weights = {"source": source, **{key: every[key] for key in WEIGHTS_KEYS[source]}}
+    if source == "torchvision":
+        weights["arch"] = "resnet18"  # a check there: it must name the enum's architecture
+        weights["torchvision"] = "ResNet18_Weights.DEFAULT"
     jobs = dry_run(tmp_path, {"weights": weights})
     assert_json_option_carries(jobs_of(jobs, "weights")[0], "weights", weights, "weights -> weights")
     assert not [rule for rule, _ in jobs if rule == "pretrain"], "no pretraining with other weights"
+
+
+def test_a_weights_key_the_source_does_not_read_is_refused(tmp_path):
+    """`preprocessing` with torchvision weights would be silently ignored (the enum's own transforms apply)."""
+    config = tiny_config(tmp_path, replace={"weights": {"source": "torchvision", "torchvision": "ResNet18_Weights.DEFAULT",
+                                                        "preprocessing": CHOSEN["weights.preprocessing"], "path": "x.pth"}})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert ("weights.preprocessing: not used with weights.source: torchvision, which reads torchvision, mirror, "
+            "sha256, timeout_s, arch; remove it") in result.stdout
+    assert "weights.path: not used with weights.source: torchvision" in result.stdout
 
 
 @pytest.mark.parametrize("key", NOT_PRETRAIN)

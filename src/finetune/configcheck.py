@@ -210,6 +210,29 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
     return problems
 
 
+# The weights keys each source reads (besides `source`): any other written is refused, not silently ignored.
+WEIGHTS_KEYS = {
+    "pretrain": ("arch",),
+    "torchvision": ("torchvision", "mirror", "sha256", "timeout_s", "arch"),
+    "url": ("url", "sha256", "timeout_s", "arch", "preprocessing", "classes"),
+    "path": ("path", "sha256", "arch", "preprocessing", "classes"),
+}
+
+
+def _weights_problems(weights: dict) -> list[str]:
+    source = weights.get("source", "pretrain")
+    if source not in WEIGHTS_KEYS:
+        return []  # the schema names it
+    needs = {"url": ["url", "sha256", "preprocessing"], "path": ["path", "preprocessing"]}.get(source, [])
+    problems = [f"weights.{key}: required with weights.source: {source}" for key in needs if not weights.get(key)]
+    read = WEIGHTS_KEYS[source]
+    for key, value in weights.items():
+        if key != "source" and key not in read and value is not None:
+            problems.append(f"weights.{key}: not used with weights.source: {source}, which reads {', '.join(read)}; "
+                            "remove it (or choose the source that reads it)")
+    return problems
+
+
 def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None,
                        range_defaults: dict | None = None) -> list[str]:
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
@@ -224,13 +247,8 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
             problems.append(
                 f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave training images"
             )
-    weights = config.get("weights")
-    if isinstance(weights, dict):
-        source = weights.get("source", "pretrain")
-        needs = {"url": ["url", "sha256", "preprocessing"], "path": ["path", "preprocessing"]}.get(source, [])
-        for key in needs:
-            if not weights.get(key):
-                problems.append(f"weights.{key}: required with weights.source: {source}")
+    if isinstance(config.get("weights"), dict):
+        problems += _weights_problems(config["weights"])
     range_test = {**(range_defaults or {}), **(config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {})}
     min_lr, max_lr = range_test.get("min_lr"), range_test.get("max_lr")
     if min_lr is not None and max_lr is not None and min_lr >= max_lr:
