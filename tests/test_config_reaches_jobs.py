@@ -153,10 +153,14 @@ def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
     assert {k: v for k, v in options.items() if k.startswith("launch-")} == launched, where
 
 
+FASHION_MNIST_ONLY = ("download_dir", "download_timeout_s")  # refused with another format: test below
+
+
 def everything_changed_but_weights() -> dict:
     return {
-        "dataset": changed("dataset"),
-        "pretrain": {"dataset": changed("pretrain.dataset"), "image_size": non_default("pretrain", "image_size",
+        "dataset": changed("dataset", skip=FASHION_MNIST_ONLY),
+        "pretrain": {"dataset": changed("pretrain.dataset", skip=FASHION_MNIST_ONLY),
+                     "image_size": non_default("pretrain", "image_size",
                                                                                         section_keys("pretrain")["image_size"]),
                      "train": changed("pretrain.train", skip=NOT_PRETRAIN)},
         "train": changed("train"),
@@ -225,6 +229,25 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
     for rule, kind in (("pretrain", "train"), ("train", "train"), ("split", "data"), ("decode", "data"), ("evaluate", "data"),
                        ("export_onnx", "data"), ("quantize_onnx", "data"), ("predict", "data")):
         assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
+
+
+def test_the_fashion_mnist_keys_reach_the_split_job(tmp_path):
+    dataset = {**TINY_CONFIG["dataset"], **{key: non_default("dataset", key, section_keys("dataset")[key]) for key in FASHION_MNIST_ONLY}}
+    jobs = dry_run(tmp_path, {"dataset": dataset, "weights": TINY_CONFIG["weights"]})
+    assert_json_option_carries(jobs_of(jobs, "split", out="resources/splits/target.csv")[0], "dataset", dataset, "dataset -> split")
+
+
+@pytest.mark.parametrize("fmt, key", [("fashion-mnist", "test_fraction"), ("fashion-mnist", "on_bad_image"),
+                                      ("imagefolder", "download_dir")])
+def test_a_dataset_key_the_format_does_not_read_is_refused(tmp_path, fmt, key):
+    """`test_fraction: 0.3` with Fashion-MNIST would be silently ignored (its official test split is the test set)."""
+    value = non_default("dataset", key, section_keys("dataset")[key])
+    dataset = {**TINY_CONFIG["dataset"], key: value} if fmt == "fashion-mnist" else \
+        {"format": fmt, "path": str(tmp_path), key: value}
+    config = tiny_config(tmp_path, replace={"dataset": dataset})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert f"dataset.{key}: not used with dataset.format: {fmt} (" in result.stdout, result.stdout[-2000:]
 
 
 @pytest.mark.parametrize("source", ["torchvision", "url", "path"])

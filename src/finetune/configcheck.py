@@ -219,6 +219,21 @@ WEIGHTS_KEYS = {
 }
 
 
+# The dataset keys a format does not read: written, they are refused rather than silently ignored.
+DATASET_KEYS_NOT_READ = {
+    "fashion-mnist": {"test_fraction": "its official test split is the test set (max_test_per_class caps it)",
+                      "on_bad_image": "its IDX files are checked whole"},
+    "imagefolder": {"download_dir": "only fashion-mnist is downloaded", "download_timeout_s": "only fashion-mnist is downloaded"},
+    "csv": {"download_dir": "only fashion-mnist is downloaded", "download_timeout_s": "only fashion-mnist is downloaded"},
+}
+
+
+def _dataset_problems(prefix: str, dataset: dict) -> list[str]:
+    fmt = dataset.get("format", "fashion-mnist")
+    return [f"{prefix}.{key}: not used with {prefix}.format: {fmt} ({why}); remove it"
+            for key, why in DATASET_KEYS_NOT_READ.get(fmt, {}).items() if dataset.get(key) is not None]
+
+
 def _weights_problems(weights: dict) -> list[str]:
     source = weights.get("source", "pretrain")
     if source not in WEIGHTS_KEYS:
@@ -240,6 +255,8 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
 
     problems = _pretrain_train_problems(config)
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
+        if isinstance(dataset, dict):
+            problems += _dataset_problems(prefix, dataset)
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
             continue  # Fashion-MNIST has an official test split: test_fraction is ignored
         val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2)
