@@ -226,8 +226,9 @@ def check_image(ref: str) -> str | None:
         return "empty file (0 bytes)"
     try:
         # At the smallest scale a JPEG allows (1/8): its whole bitstream is still read, so a truncated
-        # or broken file fails as at full size, in a fraction of the time (the split stage checks every file).
-        _decode(path, min_side=1, orientation="none")
+        # or broken file fails as at full size, in a fraction of the time (the split stage checks every
+        # file). Turned upright as the decode stage will, so a file that passes here decodes there.
+        _decode(path, min_side=1)
     except FileNotFoundError:
         return "file does not exist"
     except _Undecodable as exc:
