@@ -384,11 +384,13 @@ def test_a_config_naming_another_dataset_does_not_inherit_the_demo_s_choices_for
 
 
 def test_a_config_that_tweaks_the_demo_is_merged_key_by_key(tmp_path):
-    """Same dataset, an experiment of the demo's: each key given replaces the demo's, the rest stays."""
+    """Same dataset (another copy of Fashion-MNIST is the same dataset), an experiment of the demo's: each
+    key given replaces the demo's, the rest stays."""
     demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    jobs, output = run_over_the_demo(tmp_path, {"dataset": {"seed": 1}, "experiments": {"finetune": {"lr": 0.01}}})
+    copy = str(tmp_path / "fashion-mnist-copy")
+    jobs, output = run_over_the_demo(tmp_path, {"dataset": {"seed": 1, "path": copy}, "experiments": {"finetune": {"lr": 0.01}}})
     dataset = json.loads(jobs_of(jobs, "split", out="resources/splits/target.csv")[0]["dataset"])
-    assert dataset["seed"] == 1 and dataset["classes"] == demo["dataset"]["classes"]
+    assert dataset["seed"] == 1 and dataset["path"] == copy and dataset["classes"] == demo["dataset"]["classes"]
     assert dataset["max_train_per_class"] == demo["dataset"]["max_train_per_class"]
     trained = {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")}
     assert trained == set(demo["experiments"])

@@ -20,10 +20,18 @@ def _at(config: dict, path: tuple[str, ...]):
     return config
 
 
+def _another(key: str, mine: dict, theirs: dict) -> bool:
+    """Does ``mine``'s ``key`` name another thing than ``theirs``? Another path to Fashion-MNIST is a copy
+    of the same published dataset, not another one."""
+    if key not in mine or mine[key] == theirs.get(key):
+        return False
+    return not (key == "path" and mine.get("format", theirs.get("format")) == theirs.get("format") == "fashion-mnist")
+
+
 def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
     """Put back, in the merged ``config``, each section of ``user`` (the ``--configfile`` / ``--config``
     layer) that describes another thing than ``workflow_file``'s as the user wrote it: another dataset
-    (``format`` or ``path``), another ``weights.source``, or experiments none of whose names are the
+    (``format``, or ``path`` but to a copy of Fashion-MNIST), another ``weights.source``, or experiments none of whose names are the
     workflow file's. The schema's defaults then fill it, not the demo's choices (Fashion-MNIST's classes
     6-9, 10 images per class). Returns one line per section replaced where keys would have been inherited."""
     notes = []
@@ -31,7 +39,7 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
         mine, theirs = _at(user, path), _at(workflow_file, path)
         if not (isinstance(mine, dict) and isinstance(theirs, dict)):
             continue
-        other = [f"{key} {mine[key]!r}" for key in identity if key in mine and mine[key] != theirs.get(key)]
+        other = [f"{key} {mine[key]!r}" for key in identity if _another(key, mine, theirs)]
         inherited = sorted(set(theirs) - set(mine))
         if other and inherited:
             _at(config, path[:-1])[path[-1]] = copy.deepcopy(mine)
