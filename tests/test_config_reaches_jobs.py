@@ -359,7 +359,7 @@ def test_distributed_keys_reach_the_train_job(tmp_path):
 def run_over_the_demo(tmp_path: Path, own: dict, *flags: str):
     """A dry run where config/config.yaml is the demo's (as in the repository root) and ``own`` is given
     with --configfile: (the jobs, the output)."""
-    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
     (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)
     configfile = tmp_path / "mine.yaml"
@@ -402,3 +402,16 @@ def test_experiments_of_other_names_replace_the_demo_s(tmp_path):
     jobs, output = run_over_the_demo(tmp_path, {"experiments": {"mine": {"strategy": "finetune", "epochs": 2}}})
     assert {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")} == {"mine"}
     assert "note: experiments: yours (mine) replace config/config.yaml's (finetune, feature_extract, scratch)" in output
+
+
+def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
+    """Written with weights.source: path, `pretrain` trains nothing: the run says so at start (not refused: a
+    config copied from the demo keeps its section)."""
+    weights = {"source": "path", "path": "w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
+    output = dry_run_output(tmp_path, {**TINY_CONFIG, "weights": weights})
+    assert "note: pretrain: not used with weights.source: path" in output
+    (tmp_path / "demo-source").mkdir()
+    assert "note: pretrain" not in dry_run_output(tmp_path / "demo-source", TINY_CONFIG)
+    # Over the demo, its own pretrain section is not the user's: no note for what they did not write.
+    _, output = run_over_the_demo(tmp_path / "over", {"weights": weights})
+    assert "note: pretrain" not in output

@@ -41,11 +41,17 @@ from finetune.sweeps import expand as expand_sweeps
 # where that file is found. A section that describes something else (another dataset, another source of
 # weights, experiments of other names) replaces the demo's instead of inheriting its choices, such as
 # Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
-if os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config:
+_merged_over_the_demo = os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config
+if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
     for _note in own_sections(config, load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}):
         print(f"note: {_note}", file=sys.stderr)
+# A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
+_written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
+if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
+    print(f"note: pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
+          "trains a source model)", file=sys.stderr)
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
