@@ -212,6 +212,29 @@ def test_results_take_the_permissions_the_umask_gives_and_keep_their_own(tmp_pat
     assert stat.S_IMODE((out / "split.report.json").stat().st_mode) == 0o640
 
 
+def test_symlinked_folders_are_followed_hidden_ones_skipped_and_a_loop_walked_once(tmp_path):
+    """As torchvision's ImageFolder finds images (os.walk with followlinks): a class folder that is a
+    symlink, a symlinked folder inside one, a symlink loop (walked once), a hidden .ipynb_checkpoints."""
+    import os
+
+    real = make_images(tmp_path / "real", {"cats": 6, "dogs": 5})
+    data = tmp_path / "data"
+    (data / "dog").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "cats", data / "cat")
+    os.symlink(tmp_path / "real" / "dogs", data / "dog" / "linked")
+    os.symlink(data / "dog", data / "dog" / "loop")
+    own = make_images(tmp_path / "own", {"dog": 1}, seed=3)["dog"][0]
+    own.rename(data / "dog" / "own.png")
+    make_images(data / "dog" / ".ipynb_checkpoints", {"stale": 2}, seed=4)
+    result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2), tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    expected = {str(data / "cat" / p.name): "cat" for p in real["cats"]}
+    expected |= {str(data / "dog" / "linked" / p.name): "dog" for p in real["dogs"]}
+    expected[str(data / "dog" / "own.png")] = "dog"
+    assert dict(zip(split["path"], split["class_name"])) == expected
+
+
 def test_empty_class_folder_is_named(tmp_path):
     data = tmp_path / "data"
     make_images(data, {"cat": 6, "dog": 6})

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import DataError
 from .fileio import sha256_of
-from .images import IMAGE_EXTENSIONS, check_image, extension_counts, read_idx, split_ref
+from .images import IMAGE_EXTENSIONS, check_image, extension_counts, files_below, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -198,7 +198,7 @@ def list_image_folder(root: str) -> pd.DataFrame:
     rows, ignored = [], []
     for name, folders in _image_folder(root).items():
         for folder, split in folders:
-            for p in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            for p in files_below(folder):
                 if p.suffix.lower() in IMAGE_EXTENSIONS:
                     rows.append((str(p), name, split))
                 else:

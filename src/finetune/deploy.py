@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, write_json
-from .images import IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, load_preprocessed, normalize, not_read_line
+from .images import (IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_preprocessed,
+                     normalize, not_read_line)
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -152,8 +153,7 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
     """
     source = Path(source)
     if source.is_dir():
-        found = sorted(p for p in source.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts))
+        found = files_below(source)
         files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not files:
             raise DataError(f"no image files in {source} (extensions read: {', '.join(IMAGE_EXTENSIONS)})")

@@ -40,6 +40,27 @@ def resampling(interpolation: str) -> Image.Resampling:
         raise ConfigError(f"interpolation {interpolation!r} is not supported: use {' or '.join(RESAMPLING)}") from None
 
 
+def walk_folders(root, skip_hidden: bool = True):
+    """``(folder, file names)`` of ``root`` and every folder below it, in sorted order, as torchvision's
+    ImageFolder walks them: folders reached through symlinks are followed (a symlink farm is a common
+    way to make a subset), each real folder once (a symlink loop ends there); hidden folders and files
+    (``.ipynb_checkpoints``, ``.DS_Store``) are left out."""
+    seen = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(d for d in subfolders if not (skip_hidden and d.startswith(".")))
+        yield folder, sorted(n for n in names if not (skip_hidden and n.startswith(".")))
+
+
+def files_below(root) -> list[Path]:
+    """Every file below ``root`` (:func:`walk_folders`), sorted by path."""
+    return sorted(Path(folder) / name for folder, names in walk_folders(root) for name in names)
+
+
 def extension_counts(paths) -> dict[str, int]:
     """How many of ``paths`` have each (lower-cased) extension, sorted: what a listing left out, said in a line."""
     counts: dict[str, int] = {}

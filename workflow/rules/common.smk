@@ -34,6 +34,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
+from finetune.images import walk_folders
 from finetune.userconfig import own_sections
 from finetune.sweeps import expand as expand_sweeps
 
@@ -239,14 +240,11 @@ def dataset_state(wildcards):
 
 def folder_tree_state(root):
     """Digest of the path and modification time of ``root`` and every folder below it ("" where there
-    is no such folder), hidden class folders left out as the split leaves them out."""
+    is no such folder), walked as the split and predict walk them (finetune.images.walk_folders)."""
     if not os.path.isdir(root):
         return ""
     digest = hashlib.sha256()
-    for folder, subfolders, _ in os.walk(root):
-        if folder == str(root):
-            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        subfolders.sort()
+    for folder, _ in walk_folders(root):
         digest.update(f"{os.path.relpath(folder, root)}\0{os.stat(folder).st_mtime_ns}\0".encode())
     return digest.hexdigest()[:16]
 
