@@ -40,9 +40,10 @@ def resampling(interpolation: str) -> Image.Resampling:
         raise ConfigError(f"interpolation {interpolation!r} is not supported: use {' or '.join(RESAMPLING)}") from None
 
 
-def walk_folders(root, skip_hidden: bool = True):
-    """``(folder, file names)`` of ``root`` and every folder below it, in sorted order, as torchvision's
-    ImageFolder walks them: folders reached through symlinks are followed (a symlink farm is a common
+def walk_folders(root):
+    """``(folder, file names)`` of ``root`` and every folder below it (folders in sorted order, names as
+    listed: :func:`files_below` sorts the paths, the watched state needs none), as torchvision's ImageFolder
+    walks them: folders reached through symlinks are followed (a symlink farm is a common
     way to make a subset), each real folder once (a symlink loop ends there); hidden folders and files
     (``.ipynb_checkpoints``, ``.DS_Store``) are left out."""
     seen = set()
@@ -52,8 +53,8 @@ def walk_folders(root, skip_hidden: bool = True):
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not (skip_hidden and d.startswith(".")))
-        yield folder, sorted(n for n in names if not (skip_hidden and n.startswith(".")))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        yield folder, [n for n in names if not n.startswith(".")]
 
 
 def files_below(root) -> list[Path]:
