@@ -220,11 +220,12 @@ WEIGHTS_KEYS = {
 
 
 # The dataset keys a format does not read: written, they are refused rather than silently ignored.
+_DOWNLOAD_KEYS = dict.fromkeys(("download_dir", "download_timeout_s"), "only fashion-mnist is downloaded")
 DATASET_KEYS_NOT_READ = {
     "fashion-mnist": {"test_fraction": "its official test split is the test set (max_test_per_class caps it)",
                       "on_bad_image": "its IDX files are checked whole"},
-    "imagefolder": {"download_dir": "only fashion-mnist is downloaded", "download_timeout_s": "only fashion-mnist is downloaded"},
-    "csv": {"download_dir": "only fashion-mnist is downloaded", "download_timeout_s": "only fashion-mnist is downloaded"},
+    "imagefolder": _DOWNLOAD_KEYS,
+    "csv": _DOWNLOAD_KEYS,
 }
 
 
