@@ -252,7 +252,7 @@ def test_a_dataset_key_the_format_does_not_read_is_refused(tmp_path, fmt, key):
 
 @pytest.mark.parametrize("source", ["torchvision", "url", "path"])
 def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, source):
-    from finetune.configcheck import WEIGHTS_KEYS
+    from finetune.weights import WEIGHTS_KEYS
 
     every = changed("weights")
     weights = {"source": source, **{key: every[key] for key in WEIGHTS_KEYS[source]}}

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from .weights import WEIGHTS_KEYS, WEIGHTS_REQUIRED
+
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
                "array": "a list", "object": "a mapping (key: value)", "null": "null"}
@@ -210,15 +212,6 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
     return problems
 
 
-# The weights keys each source reads (besides `source`): any other written is refused, not silently ignored.
-WEIGHTS_KEYS = {
-    "pretrain": ("arch",),
-    "torchvision": ("torchvision", "mirror", "sha256", "timeout_s", "arch"),
-    "url": ("url", "sha256", "timeout_s", "arch", "preprocessing", "classes"),
-    "path": ("path", "sha256", "arch", "preprocessing", "classes"),
-}
-
-
 # The dataset keys a format does not read: written, they are refused rather than silently ignored.
 _DOWNLOAD_KEYS = dict.fromkeys(("download_dir", "download_timeout_s"), "only fashion-mnist is downloaded")
 DATASET_KEYS_NOT_READ = {
@@ -239,8 +232,8 @@ def _weights_problems(weights: dict) -> list[str]:
     source = weights.get("source", "pretrain")
     if source not in WEIGHTS_KEYS:
         return []  # the schema names it
-    needs = {"url": ["url", "sha256", "preprocessing"], "path": ["path", "preprocessing"]}.get(source, [])
-    problems = [f"weights.{key}: required with weights.source: {source}" for key in needs if not weights.get(key)]
+    problems = [f"weights.{key}: required with weights.source: {source}"
+                for key in WEIGHTS_REQUIRED.get(source, ()) if not weights.get(key)]
     read = WEIGHTS_KEYS[source]
     for key, value in weights.items():
         if key != "source" and key not in read and value is not None:

@@ -14,8 +14,9 @@ from . import __version__
 from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
-from .weights import (copy_local, download, fetch_torchvision, infer_num_classes, library_versions, load_state_dict,
-                      read_manifest, torchvision_arch, torchvision_weights, write_manifest)
+from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
+                      infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch, torchvision_weights,
+                      write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
 TTA_MODES = ("none", "hflip")  # evaluate.tta
@@ -197,15 +198,12 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
     from .models import build_architecture, load_source_state
 
     source = cfg["source"]
-    timeout = float(cfg.get("timeout_s", 60))
-    if source in ("url", "path"):
-        missing = [f"weights.{key}" for key in (source, "arch", "preprocessing") if not cfg.get(key)]
-        if source == "url" and not cfg.get("sha256"):
-            missing.append("weights.sha256 (the download is verified against it)")
-        if missing:
-            raise ConfigError(f"weights.source is {source}: set {', '.join(missing)}")
-    elif source not in ("torchvision", "pretrain"):
-        raise ConfigError(f"unknown weights.source {source!r}: use torchvision, url, path or pretrain")
+    timeout = float(cfg.get("timeout_s", DEFAULT_TIMEOUT_S))
+    if source not in WEIGHTS_KEYS:
+        raise ConfigError(f"unknown weights.source {source!r}: use {', '.join(WEIGHTS_KEYS)}")
+    missing = [f"weights.{key}" for key in (*WEIGHTS_REQUIRED.get(source, ()), "arch") if not cfg.get(key)]
+    if source in WEIGHTS_REQUIRED and missing:
+        raise ConfigError(f"weights.source is {source}: set {', '.join(missing)}")
 
     if source == "torchvision" and cfg.get("arch"):  # checked before the download
         arch = torchvision_arch(torchvision_weights(cfg["torchvision"]))

@@ -21,6 +21,16 @@ from pathlib import Path
 from .errors import WeightsError
 from .fileio import atomic_path, read_json, sha256_of, write_json
 
+# The keys of `weights:` each source reads (configcheck refuses the others, written) and those it cannot do
+# without (the schema gives `arch` a default; weights_stage, which may run alone, also needs it).
+WEIGHTS_KEYS = {
+    "pretrain": ("arch",),
+    "torchvision": ("torchvision", "mirror", "sha256", "timeout_s", "arch"),
+    "url": ("url", "sha256", "timeout_s", "arch", "preprocessing", "classes"),
+    "path": ("path", "sha256", "arch", "preprocessing", "classes"),
+}
+WEIGHTS_REQUIRED = {"url": ("url", "sha256", "preprocessing"), "path": ("path", "preprocessing")}
+
 MANIFEST_FORMAT = "finetune-weights/1"
 DEFAULT_TIMEOUT_S = 60
 
