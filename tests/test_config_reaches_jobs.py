@@ -213,8 +213,9 @@ def test_every_key_reaches_its_job(tmp_path, experiments):
         assert options["tta"] == config["evaluate"]["tta"] == "hflip"
     export = config["export"]
     for options in jobs_of(jobs, "export_onnx"):
-        assert (options["tolerance"], options["parity-batch"], options["exporter"], options["opset"]) == (
-            str(export["tolerance"]), str(export["parity_batch"]), export["exporter"], str(export["opset"]))
+        assert (options["tolerance"], options["rtol"], options["parity-batch"], options["exporter"], options["opset"]) == (
+            str(export["tolerance"]), str(export["rtol"]), str(export["parity_batch"]), export["exporter"],
+            str(export["opset"]))
         assert export["tta"] is True and options["tta"] == "hflip"
     assert export["quantize"] is True and jobs_of(jobs, "quantize_onnx")
 

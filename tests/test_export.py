@@ -15,7 +15,7 @@ from recompute import held_out, model_inputs, onnx_logits, onnx_preprocessing, t
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
 RUN = "results/finetune/seed0"
-IMPOSSIBLE = "5e-324"  # the smallest positive float: no export meets it unless it is bit-exact
+IMPOSSIBLE = ("--tolerance", "5e-324", "--rtol", "0")  # the smallest positive float: only a bit-exact export meets it
 # The failure tests export with TorchScript: the same staging and parity gate, in seconds, not minutes.
 FAST = ("--exporter", "torchscript")
 
@@ -36,13 +36,14 @@ def parity_failure(result, out) -> float:
     assert "Traceback" not in result.stdout, result.stdout
     message = next(line for line in result.stdout.splitlines() if line.startswith("error: "))
     assert "ONNX parity failed" in message and str(out / "model.onnx") in message, message
-    assert f"> tolerance {float(IMPOSSIBLE):g}" in message and "export.tolerance" in message, message
+    assert f"> tolerance {float(IMPOSSIBLE[1]):g} + rtol 0 x" in message, message
+    assert "export.tolerance" in message and "export.rtol" in message, message
     return float(re.search(r"max \|onnxruntime - PyTorch\| = (\S+) >", message).group(1))
 
 
 def test_failed_parity_writes_no_model(tiny_run, tmp_path):
     out = tmp_path / "fresh"
-    result = export(tiny_run, out, "--tolerance", IMPOSSIBLE, *FAST)
+    result = export(tiny_run, out, *IMPOSSIBLE, *FAST)
     diff = parity_failure(result, out)
     assert diff > 0, "the check must have failed on a real difference"
     # Nothing at all is left: no model.onnx, no parity report, no temporary file beside them.
@@ -55,7 +56,7 @@ def test_failed_parity_keeps_the_earlier_model_byte_for_byte(tiny_run, tmp_path)
     for name in ("model.onnx", "onnx_parity.json"):
         shutil.copy2(tiny_run / RUN / name, out / name)
     before = snapshot(out)
-    result = export(tiny_run, out, "--tolerance", IMPOSSIBLE, *FAST)
+    result = export(tiny_run, out, *IMPOSSIBLE, *FAST)
     parity_failure(result, out)
     assert "the earlier one is unchanged" in result.stdout
     assert snapshot(out) == before, "the earlier model.onnx/onnx_parity.json changed, or a file was left beside them"
@@ -78,6 +79,38 @@ def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
         assert actual.shape == (len(batch), 4)
         assert np.abs(actual - expected[: len(batch)]).max() <= 1e-4
     assert (onnx_logits(model_path, x).argmax(1) == expected.argmax(1)).all()
+
+
+def test_a_model_with_large_logits_is_judged_by_their_size(tiny_run, tmp_path):
+    """A faithful export of a model whose logits reach ~1e5 (a sweep's diverged run, say) differs from PyTorch
+    by float rounding of that size: it passes the default export.rtol; the absolute tolerance alone refuses it."""
+    import torch
+
+    checkpoint = torch.load(tiny_run / RUN / "model.pt", weights_only=False)
+    for key in ("fc.weight", "fc.bias"):
+        checkpoint["state_dict"][key] = checkpoint["state_dict"][key] * 1e5
+    large = tmp_path / "large.pt"
+    torch.save(checkpoint, large)
+    refs = held_out(tiny_run)["path"]
+
+    def export_large(out, *args):
+        return run_script("export_onnx", "--checkpoint", str(large), "--split", str(tiny_run / "resources/splits/target.csv"),
+                          "--out-onnx", str(out / "model.onnx"), "--out-parity", str(out / "onnx_parity.json"),
+                          "--parity-batch", "4", *FAST, *args)
+
+    result = export_large(tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    x = model_inputs(refs, onnx_preprocessing(tmp_path / "out/model.onnx"))
+    expected, actual = torch_logits(large, x), onnx_logits(tmp_path / "out/model.onnx", x)
+    scale = np.abs(expected).max(axis=1, keepdims=True)
+    assert scale.min() > 1e3, "the logits were meant to be large"
+    assert np.abs(actual - expected).max() > 1e-4, "rounding at this size exceeds the absolute tolerance alone"
+    assert (np.abs(actual - expected) <= 1e-4 + 1e-5 * scale).all()
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+    # rtol 0: the absolute tolerance alone judges, and refuses this model.
+    result = export_large(tmp_path / "strict", "--rtol", "0")
+    assert result.returncode == 1 and "ONNX parity failed" in result.stdout, result.stdout
+    assert not (tmp_path / "strict/model.onnx").exists()
 
 
 @pytest.mark.parametrize("exporter, opset", [("dynamo", 20), ("torchscript", 18)])

@@ -591,13 +591,13 @@ def parity_images(split_csv: Path, prep, threads: int, decoded: tuple[Path, Path
 
 def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_parity: Path, tolerance: float,
                  parity_batch: int, threads: int, dynamo: bool = True, opset: int = 18, log: Callable = print,
-                 decoded: tuple[Path, Path] | None = None, tta: bool = False) -> dict:
+                 decoded: tuple[Path, Path] | None = None, tta: bool = False, rtol: float | None = None) -> dict:
     """``tta``: the exported graph itself averages the logits over the image and its mirror image
     (:class:`finetune.models.HflipAverage`), its metadata says ``tta: hflip``, and parity is checked
     against the same wrapped model in PyTorch."""
     import numpy as np
 
-    from .export import ParityError, export_onnx, parity_check
+    from .export import DEFAULT_RTOL, ParityError, export_onnx, parity_check
     from .images import normalize
     from .models import HflipAverage
     from .tensors import Preprocessing
@@ -615,7 +615,8 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
         started = time.perf_counter()
         export_onnx(model, checkpoint, staged, opset=opset, dynamo=dynamo, tta=tta)
         export_seconds = time.perf_counter() - started
-        report = parity_check(model, staged, inputs.astype(np.float32), parity_batch, tolerance)
+        rtol = DEFAULT_RTOL if rtol is None else rtol
+        report = parity_check(model, staged, inputs.astype(np.float32), parity_batch, tolerance, rtol)
         report["export_seconds"] = round(export_seconds, 2)
         report["exporter"] = "dynamo" if dynamo else "torchscript"
         report["opset"] = opset
@@ -625,7 +626,8 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
             kept = f"{out_onnx} was not written" + (", the earlier one is unchanged" if Path(out_onnx).exists() else "")
             raise ParityError(
                 f"ONNX parity failed for {out_onnx}: max |onnxruntime - PyTorch| = {report['max_abs_diff']:.3g} "
-                f"> tolerance {tolerance:g} (export.tolerance; figures above); {kept}"
+                f"> tolerance {tolerance:g} + rtol {rtol:g} x the image's largest |logit| (export.tolerance, "
+                f"export.rtol; figures above); {kept}"
             )
     write_json(out_parity, report)
     return report

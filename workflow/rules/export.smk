@@ -14,6 +14,7 @@ rule export_onnx:
     params:
         python=PYTHON,
         tolerance=config["export"]["tolerance"],
+        rtol=config["export"]["rtol"],
         parity_batch=config["export"]["parity_batch"],
         exporter=config["export"]["exporter"],
         opset=config["export"]["opset"],
@@ -29,7 +30,7 @@ rule export_onnx:
     shell:
         "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
         "--decoded {input.decoded_images} {input.decoded_info} "
-        "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} "
+        "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} --rtol {params.rtol} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
         "--tta {params.tta} --threads {threads} > {log} 2>&1"
 

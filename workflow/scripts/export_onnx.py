@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import run, set_torch_threads
+from finetune.export import DEFAULT_RTOL
 from finetune.stages import export_stage
 
 
@@ -13,7 +14,9 @@ def main():
     parser.add_argument("--split", type=Path, required=True, help="parity is checked on the test split's images")
     parser.add_argument("--out-onnx", type=Path, required=True)
     parser.add_argument("--out-parity", type=Path, required=True)
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="absolute part of the allowed logit difference")
+    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                        help="the part that grows with each image's largest |logit|: tolerance + rtol x that")
     parser.add_argument("--parity-batch", type=int, default=16)
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
@@ -26,8 +29,10 @@ def main():
     threads = set_torch_threads(args.threads)
     report = export_stage(args.checkpoint, args.split, args.out_onnx, args.out_parity, args.tolerance,
                           args.parity_batch, threads, dynamo=args.exporter == "dynamo", opset=args.opset,
-                          decoded=tuple(args.decoded) if args.decoded else None, tta=args.tta == "hflip")
-    print(f"parity passed: max |diff| {report['max_abs_diff']:.2e} <= {args.tolerance:g}; "
+                          decoded=tuple(args.decoded) if args.decoded else None, tta=args.tta == "hflip",
+                          rtol=args.rtol)
+    print(f"parity passed: max |diff| {report['max_abs_diff']:.2e} within {args.tolerance:g} + {args.rtol:g} x "
+          f"the largest |logit| (at most {report['max_logit']:.3g}); "
           f"top-1 agreement {report['top1_agreement']:.4f} on {report['n_images']} images")
 
 
