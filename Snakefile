@@ -11,7 +11,7 @@
 # done here, offline) and publishes them with a sha256 manifest. `train` copies every layer of the
 # source model but its output layer, puts a new one sized to the target classes, and trains it.
 # `lr_find` runs the learning-rate range test of an experiment run; a run with `lr: auto` trains at its
-# suggestion. # `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
+# suggestion. `snakemake --report report.html` then gathers the leaderboard and every run's plots in one file.
 
 from snakemake.utils import min_version
 
