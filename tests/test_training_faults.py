@@ -5,6 +5,7 @@ message, the exit status, and that the earlier checkpoint or resume state is sti
 from __future__ import annotations
 
 import json
+import math
 import re
 import resource
 import shutil
@@ -203,6 +204,33 @@ def test_a_rerun_after_a_non_finite_loss_resumes_from_the_last_epoch_as_an_unint
     assert resumed.best_epoch == reference.best_epoch
     for key, value in reference.best_state.items():
         assert torch.equal(resumed.best_state[key], value), key
+
+
+class OverflowNet(TripwireNet):
+    """Finite in training; in validation from epoch 2 on, logits of +inf and -inf, as weights grown until the
+    outputs overflow (the training losses of such a run can stay finite: seen at SGD lr 100, train loss 1e19)."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        if not self.training and self.training_calls > STEPS_PER_EPOCH:
+            return logits * torch.inf
+        return logits
+
+
+def test_a_validation_loss_that_is_not_finite_stops_training_before_the_epoch_is_kept(tmp_path):
+    resume = tmp_path / "resume.pt"
+    train, val = tripwire_data(7)
+    torch.manual_seed(0)
+    model = OverflowNet(armed=False)
+    with pytest.raises(TrainingError) as error:
+        fit(model, train, val, TRIPWIRE_PREP, TrainOptions.from_dict(TRIPWIRE_OPTIONS), num_classes=4,
+            resume_path=resume, log=lambda _: None)
+    assert model.training_calls == 2 * STEPS_PER_EPOCH, "epoch 2 trained to its end, then validation overflowed"
+    assert str(error.value) == (
+        "validation loss became nan at epoch 2 (the model's outputs are no longer finite numbers): training diverged; "
+        f"lower train.lr (now 0.001) or use warmup_epochs. Last good state: resume state of epoch 1 kept in {resume}")
+    state = torch.load(resume, weights_only=False)
+    assert state["epoch"] == 0 and len(state["history"]) == 1 and math.isfinite(state["history"][0]["val_loss"])
 
 
 # --------------------------------------------------------------------------- out of memory (the real loop)

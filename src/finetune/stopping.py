@@ -1,9 +1,11 @@
 """How training stops before its last epoch: on SIGTERM/SIGINT at a batch boundary (:class:`SignalGuard`),
-or on a non-finite loss found at a bounded interval (:class:`DivergenceCheck`); several processes agree
-on both at the same steps. The messages say what a rerun continues from."""
+or on a non-finite loss found at a bounded interval (:class:`DivergenceCheck`) or in validation
+(:func:`check_validation_loss`); several processes agree on all of them at the same steps. The messages say
+what a rerun continues from."""
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -88,7 +90,8 @@ class DivergenceCheck:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise diverged(losses[i], self.opts, self.epoch, self.first_step + i, self.history, self.resume_path)
+            raise diverged(f"loss became {losses[i].item()} at epoch {self.epoch + 1}, step {self.first_step + i + 1}",
+                           self.opts, self.history, self.resume_path)
         self.first_step += len(self.losses)
         self.losses = []
 
@@ -119,16 +122,24 @@ def stop_if_requested(setup: _Setup, guard: "SignalGuard", divergence: Divergenc
     guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {saved_state(resume_path, history)}")
 
 
-def diverged(loss: torch.Tensor, opts: TrainOptions, epoch: int, step_in_epoch: int, history: list,
-              resume_path: Path | None) -> TrainingError:
+def diverged(what: str, opts: TrainOptions, history: list, resume_path: Path | None) -> TrainingError:
+    """``what`` went non-finite (``loss became nan at epoch 2, step 5``): the error, with the last good state."""
     if history and resume_path is not None:
         where = f"resume state of epoch {len(history)} kept in {resume_path}"
     else:
         where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
     return TrainingError(
-        f"loss became {loss.item()} at epoch {epoch + 1}, step {step_in_epoch + 1}: training "
-        f"diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
+        f"{what}: training diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
     )
+
+
+def check_validation_loss(val_loss: float, opts: TrainOptions, epoch: int, history: list,
+                          resume_path: Path | None) -> None:
+    """A non-finite validation loss with finite training losses: the weights grew until the model's outputs
+    overflow (inf or nan logits), so neither this epoch nor its model can be kept."""
+    if not math.isfinite(val_loss):
+        raise diverged(f"validation loss became {val_loss} at epoch {epoch + 1} (the model's outputs are no "
+                       "longer finite numbers)", opts, history, resume_path)
 
 
 def saved_state(resume_path: Path | None, history: list) -> str:

@@ -55,7 +55,7 @@ from .models import (backbone_stages, count_parameters, find_output_layer, freez
 from .options import TrainOptions
 from .progress import (best_model_state, fresh_progress, restore_progress, resume_state, save_resume, stops_early,
                        track_best)
-from .stopping import DivergenceCheck, SignalGuard, stop_if_requested
+from .stopping import DivergenceCheck, SignalGuard, check_validation_loss, stop_if_requested
 from .store import StoredImages, prefetch
 from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
 
@@ -150,6 +150,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             train_metrics = train_one_epoch(setup, epoch, guard, progress.history, resume_path)
             with _scored_weights(setup):  # with ema_decay: the averaged weights are validated and kept
                 val_loss, val_accuracy = evaluate(setup, epoch)
+                check_validation_loss(val_loss, opts, epoch, progress.history, resume_path)
                 row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started,
                                  trainable)
                 progress.history.append(row)
