@@ -32,6 +32,12 @@ CHOSEN = {
     # Not feature_extract: every train key changed at once sets layer_decay, refused with it.
     "train.strategy": "gradual",
     "pretrain.train.strategy": "gradual",
+    # Where every changed key is acted on (a key the run would not act on is refused): warmup_epochs by a
+    # schedule other than onecycle, amp and channels_last on CUDA (a dry run needs no GPU).
+    "train.schedule": "constant",
+    "pretrain.train.schedule": "constant",
+    "train.device": "cuda",
+    "pretrain.train.device": "cuda",
     # One process: every train key changed at once sets mixup_alpha, refused with several processes. The
     # distributed keys reach their jobs in the sweep cases and in test_distributed_keys_reach_the_train_job.
     "train.devices": 1,
@@ -357,15 +363,20 @@ def test_distributed_keys_reach_the_train_job(tmp_path):
 
 # --------------------------------------------------------------------------- a config of one's own over the demo's
 
-def run_over_the_demo(tmp_path: Path, own: dict, *flags: str):
-    """A dry run where config/config.yaml is the demo's (as in the repository root) and ``own`` is given
-    with --configfile: (the jobs, the output)."""
+def config_over_the_demo(tmp_path: Path, own: dict) -> tuple[Path, Path]:
+    """A working folder whose config/config.yaml is the demo's (as in the repository root), and ``own``
+    written beside it to give with --configfile."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
     (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)
     configfile = tmp_path / "mine.yaml"
     configfile.write_text(yaml.safe_dump(own, sort_keys=False))
-    output = run_snakemake(tmp_path, configfile, *flags, "-n", "--printshellcmds", *CORES).stdout
+    return tmp_path, configfile
+
+
+def run_over_the_demo(tmp_path: Path, own: dict, *flags: str):
+    """A dry run of ``own`` over the demo's config (:func:`config_over_the_demo`): (the jobs, the output)."""
+    output = run_snakemake(*config_over_the_demo(tmp_path, own), *flags, "-n", "--printshellcmds", *CORES).stdout
     return commands(output), output
 
 
@@ -403,6 +414,24 @@ def test_experiments_of_other_names_replace_the_demo_s(tmp_path):
     jobs, output = run_over_the_demo(tmp_path, {"experiments": {"mine": {"strategy": "finetune", "epochs": 2}}})
     assert {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")} == {"mine"}
     assert "note: experiments: yours (mine) replace config/config.yaml's (finetune, feature_extract, scratch)" in output
+
+
+def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_it(tmp_path):
+    """Over the demo, experiments of the user's own that are all L-BFGS heads act on none of the demo's
+    `train.schedule` and `train.warmup_epochs`: those are the demo's, not refused. The user's own
+    `train.momentum`, which their AdamW experiment does not act on, is refused, naming the key."""
+    head = {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert {"schedule", "warmup_epochs"} <= set(demo["train"]), "the demo's train section no longer sets these"
+    jobs, output = run_over_the_demo(tmp_path / "demo-keys", {"experiments": {"head": head}})
+    assert {Path(o["out-checkpoint"]).parts[1] for o in jobs_of(jobs, "train")} == {"head"}
+    assert "not used" not in output
+    mine = {"train": {"momentum": 0.5}, "experiments": {"head": head, "mine": {"strategy": "finetune"}}}
+    result = run_snakemake(*config_over_the_demo(tmp_path / "own-key", mine), "-n", check=False)
+    assert result.returncode != 0
+    assert ("train.momentum: not used by any experiment that takes it from train: only optimizer sgd has momentum, "
+            "and this is optimizer lbfgs; remove it") in result.stdout, result.stdout[-3000:]
+    assert "train.schedule" not in result.stdout and "train.warmup_epochs" not in result.stdout
 
 
 def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):

@@ -227,6 +227,55 @@ def test_same_seed_same_history_whatever_the_global_rng_and_another_seed_another
     assert [r["train_loss"] for r in c.history] != [r["train_loss"] for r in a.history]
 
 
+# (a run's options, a key, two values of it): the run does not act on the key, so the two values train the same run,
+# and the workflow refuses the key written for that run (configcheck.unread_options).
+UNREAD = [
+    ({"strategy": "finetune", "epochs": 3}, "unfreeze_epoch", 1, 2),
+    ({"strategy": "finetune"}, "unfreeze_stages", 1, 3),
+    ({"strategy": "feature_extract"}, "backbone_lr_factor", 0.1, 1.0),
+    ({"strategy": "feature_extract", "augment": True}, "backbone_lr_factor", 0.1, 1.0),
+    ({"strategy": "finetune", "optimizer": "adamw"}, "momentum", 0.5, 0.9),
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "schedule", "cosine", "constant"),
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "warmup_epochs", 0, 1),
+    ({"strategy": "finetune", "schedule": "onecycle"}, "warmup_epochs", 0, 1),
+    ({"strategy": "feature_extract"}, "bn", "frozen", "train"),
+    ({"strategy": "feature_extract", "augment": True}, "bn", "frozen", "train"),
+    ({"strategy": "feature_extract", "augment": True}, "cache_features", False, True),
+    ({"strategy": "finetune"}, "cache_features", False, True),
+    ({"strategy": "finetune", "device": "cpu"}, "amp", "off", "bf16"),
+    ({"strategy": "finetune", "device": "cpu"}, "channels_last", False, True),
+]
+# The same keys where the run acts on them: the two values train two different runs, and the key is accepted.
+READ = [
+    ({"strategy": "gradual", "epochs": 3}, "unfreeze_epoch", 1, 2),
+    ({"strategy": "gradual", "unfreeze_epoch": 1}, "unfreeze_stages", 1, 3),
+    ({"strategy": "finetune"}, "backbone_lr_factor", 0.1, 1.0),
+    ({"strategy": "finetune", "optimizer": "sgd"}, "momentum", 0.5, 0.9),
+    ({"strategy": "finetune"}, "warmup_epochs", 0, 1),
+    ({"strategy": "finetune"}, "bn", "frozen", "train"),
+    ({"strategy": "feature_extract"}, "cache_features", False, True),
+]
+
+
+@pytest.mark.parametrize("options, key, a, b", UNREAD + READ,
+                         ids=[f"{'unread' if i < len(UNREAD) else 'read'}-{c[1]}-{c[0]['strategy']}"
+                              for i, c in enumerate(UNREAD + READ)])
+def test_a_key_the_run_does_not_act_on_is_refused_and_one_it_acts_on_is_not(tiny, options, key, a, b):
+    from finetune.configcheck import config_problems
+
+    first = run_fit(tiny, make_model(tiny), **{**options, key: a})
+    second = run_fit(tiny, make_model(tiny), **{**options, key: b})
+    same = strip(first.history) == strip(second.history) and equal_states(first.best_state, second.best_state)
+    problems = config_problems({"experiments": {"probe": {**options, key: b}}}, REPO / "workflow/schemas/config.schema.yaml")
+    refused = [p for p in problems if p.startswith(f"experiments.probe.{key}: not used: ")]
+    if (options, key, a, b) in UNREAD:
+        assert same, f"{key} {a} and {b} trained different runs: the run acts on it"
+        assert refused and problems == refused, problems
+    else:
+        assert not same, f"{key} {a} and {b} trained the same run"
+        assert problems == [], problems
+
+
 def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
     from finetune.errors import ConfigError
 

@@ -117,6 +117,65 @@ def recipe_problems(options: dict) -> list[str]:
     return problems
 
 
+# Values of a `train` key that ask for nothing: written where the key does not apply, they are not refused.
+_NO_EFFECT = {"cache_features": (False,), "bn": ("auto", "frozen"), "amp": ("off",), "channels_last": (False,),
+              "warmup_epochs": (0,), "unfreeze_stages": (None,)}
+
+
+def unread_options(options: dict) -> dict[str, str]:
+    """The `train` keys one run's training does not act on, given its other options, each with the reason.
+
+    ``options``: the run's keys with their defaults. A key written for such a run is refused at start
+    (:func:`_unread_problems`) rather than silently ignored.
+    """
+    strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
+    unread = {}
+    if strategy != "gradual":
+        unread["unfreeze_epoch"] = unread["unfreeze_stages"] = (
+            f"only strategy gradual unfreezes the backbone in stages, and this is strategy {strategy}")
+    if strategy == "feature_extract":
+        unread["backbone_lr_factor"] = "strategy feature_extract trains only the new head; the backbone does not train"
+    if optimizer != "sgd":
+        unread["momentum"] = f"only optimizer sgd has momentum, and this is optimizer {optimizer}"
+    if optimizer == "lbfgs":
+        unread["schedule"] = unread["warmup_epochs"] = (
+            "optimizer lbfgs's line search chooses each step: no learning-rate schedule applies")
+    elif options.get("schedule", "cosine") == "onecycle":
+        unread["warmup_epochs"] = "schedule onecycle warms up over its first 30% of steps itself"
+    if strategy != "feature_extract" or options.get("augment", False):
+        unread["cache_features"] = ("backbone features are cached only for strategy feature_extract without augment, "
+                                    f"and this is strategy {strategy}, augment {str(options.get('augment', False)).lower()}")
+    if strategy == "feature_extract":
+        unread["bn"] = "strategy feature_extract keeps the whole backbone in eval mode: its BatchNorm layers never train"
+    if options.get("device", "auto") == "cpu":
+        unread["amp"] = unread["channels_last"] = "autocast and channels-last apply on CUDA only, and this is device cpu"
+    return {key: why for key, why in unread.items() if options.get(key) not in _NO_EFFECT.get(key, ())}
+
+
+def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict, defaults: dict,
+                     written_train: dict) -> list[str]:
+    """Keys written in an experiment (or its sweep) that none of its runs act on, and keys of `train` that no
+    run taking them from there acts on: refused, naming the key and why (``unread_options``)."""
+    unread = {name: unread_options({**defaults, **train, **overrides}) for name, overrides in runs.items()}
+    problems = []
+    for experiment, spec in experiments.items():
+        if not isinstance(spec, dict):
+            continue
+        names = [name for name, of in experiment_of.items() if of == experiment]
+        swept = spec.get("sweep") or {}
+        for key in [*(k for k in spec if k != "sweep"), *swept]:
+            reasons = [unread[name].get(key) for name in names]
+            if names and all(reasons):
+                where = f"experiments.{experiment}.{'sweep.' if key in swept else ''}{key}"
+                problems.append(f"{where}: not used: {reasons[0]}; remove it")
+    for key in written_train:
+        inheriting = [name for name, overrides in runs.items() if key not in overrides]
+        reasons = [unread[name].get(key) for name in inheriting]
+        if inheriting and all(reasons):
+            problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
+    return problems
+
+
 def _key_path(path) -> str:
     return ".".join(str(p) for p in path)
 
@@ -243,11 +302,17 @@ def _weights_problems(weights: dict) -> list[str]:
 
 
 def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None,
-                       range_defaults: dict | None = None) -> list[str]:
-    """Rules across keys, checked only where the schema found nothing wrong with the keys involved."""
+                       range_defaults: dict | None = None, written_train: dict | None = None) -> list[str]:
+    """Rules across keys, checked only where the schema found nothing wrong with the keys involved.
+
+    ``written_train``: the `train` keys the user wrote (default: all of ``config``'s)."""
     from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
 
     problems = _pretrain_train_problems(config)
+    pretrain_train = (config.get("pretrain") or {}).get("train")
+    if isinstance(pretrain_train, dict):
+        unread = unread_options({**(train_defaults or {}), **pretrain_train})
+        problems += [f"pretrain.train.{key}: not used: {unread[key]}; remove it" for key in pretrain_train if key in unread]
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if isinstance(dataset, dict):
             problems += _dataset_problems(prefix, dataset)
@@ -272,6 +337,8 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
         return problems + swept
     runs, experiment_of = expand(experiments)
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
+    problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
+                                 train if written_train is None else written_train)
     for name, overrides in runs.items():
         options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
@@ -302,8 +369,11 @@ def with_sweep_items(schema: dict) -> dict:
     return schema
 
 
-def config_problems(config: dict, schema_file: str | Path) -> list[str]:
-    """Every problem of ``config`` against the workflow's schema (and cross-key rules), one line each."""
+def config_problems(config: dict, schema_file: str | Path, written_train: dict | None = None) -> list[str]:
+    """Every problem of ``config`` against the workflow's schema (and cross-key rules), one line each.
+
+    ``written_train``: the `train` keys the user wrote, where ``config`` also holds the workflow's own file's
+    (a `train` key no experiment acts on is refused only where the user wrote it); default: all of them."""
     import jsonschema
 
     schema = with_sweep_items(yaml.safe_load(Path(schema_file).read_text()))
@@ -320,7 +390,7 @@ def config_problems(config: dict, schema_file: str | Path) -> list[str]:
                           if isinstance(rule, dict) and "default" in rule}
         range_defaults = {key: rule["default"] for key, rule in schema["properties"]["lr_find"]["properties"].items()}
         problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], train_defaults,
-                                      range_defaults)
+                                      range_defaults, written_train)
     return problems
 
 

@@ -56,7 +56,7 @@ if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretr
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
-_problems = config_problems(config, SCHEMA)
+_problems = config_problems(config, SCHEMA, written_train=_written.get("train") if isinstance(_written.get("train"), dict) else {})
 if _problems:
     raise WorkflowError(format_problems(_problems))
 
