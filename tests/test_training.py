@@ -237,6 +237,10 @@ UNREAD = [
     ({"strategy": "finetune", "optimizer": "adamw"}, "momentum", 0.5, 0.9),
     ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "schedule", "cosine", "constant"),
     ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "warmup_epochs", 0, 1),
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "batch_size", 4, 16),
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}, "amp", "off", "bf16"),
+    ({"strategy": "feature_extract"}, "compile", "off", "default"),
+    ({"strategy": "feature_extract"}, "channels_last", False, True),
     ({"strategy": "finetune", "schedule": "onecycle"}, "warmup_epochs", 0, 1),
     ({"strategy": "feature_extract"}, "bn", "frozen", "train"),
     ({"strategy": "feature_extract", "augment": True}, "bn", "frozen", "train"),
@@ -254,6 +258,7 @@ READ = [
     ({"strategy": "finetune"}, "warmup_epochs", 0, 1),
     ({"strategy": "finetune"}, "bn", "frozen", "train"),
     ({"strategy": "feature_extract"}, "cache_features", False, True),
+    ({"strategy": "feature_extract"}, "batch_size", 4, 16),
 ]
 
 

@@ -119,7 +119,7 @@ def recipe_problems(options: dict) -> list[str]:
 
 # Values of a `train` key that ask for nothing: written where the key does not apply, they are not refused.
 _NO_EFFECT = {"cache_features": (False,), "bn": ("auto", "frozen"), "amp": ("off",), "channels_last": (False,),
-              "warmup_epochs": (0,), "unfreeze_stages": (None,)}
+              "warmup_epochs": (0,), "unfreeze_stages": (None,), "compile": ("off",)}
 
 
 def unread_options(options: dict) -> dict[str, str]:
@@ -129,6 +129,7 @@ def unread_options(options: dict) -> dict[str, str]:
     (:func:`_unread_problems`) rather than silently ignored.
     """
     strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
+    cached = caches_features(strategy, options.get("cache_features", True), options.get("augment", False))
     unread = {}
     if strategy != "gradual":
         unread["unfreeze_epoch"] = unread["unfreeze_stages"] = (
@@ -137,9 +138,14 @@ def unread_options(options: dict) -> dict[str, str]:
         unread["backbone_lr_factor"] = "strategy feature_extract trains only the new head; the backbone does not train"
     if optimizer != "sgd":
         unread["momentum"] = f"only optimizer sgd has momentum, and this is optimizer {optimizer}"
+    if cached:
+        unread["compile"] = "on cached features the head trains on feature vectors, uncompiled"
+        unread["channels_last"] = "on cached features the head trains on feature vectors, which have no memory format"
     if optimizer == "lbfgs":
         unread["schedule"] = unread["warmup_epochs"] = (
             "optimizer lbfgs's line search chooses each step: no learning-rate schedule applies")
+        unread["batch_size"] = "optimizer lbfgs is full-batch: each step takes every training image"
+        unread["amp"] = "optimizer lbfgs solves the head in full precision"
     elif options.get("schedule", "cosine") == "onecycle":
         unread["warmup_epochs"] = "schedule onecycle warms up over its first 30% of steps itself"
     if strategy != "feature_extract" or options.get("augment", False):
