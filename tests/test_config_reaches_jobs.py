@@ -434,6 +434,22 @@ def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_
     assert "train.schedule" not in result.stdout and "train.warmup_epochs" not in result.stdout
 
 
+def test_predict_keys_without_predict_images_are_named(tmp_path):
+    """predict.top_k and predict.experiment choose what classifies predict.images: with no images they do
+    nothing, and the run says so at start; with images, no note and the predict job carries them."""
+    (tmp_path / "none").mkdir()
+    output = dry_run_output(tmp_path / "none", {**TINY_CONFIG, "predict": {"top_k": 2, "experiment": "scratch"}})
+    assert ("note: predict: predict.top_k, predict.experiment not used: predict.images is null, so nothing is "
+            "classified") in output, output[-3000:]
+    assert "results/predictions/" not in output
+    (tmp_path / "some").mkdir()
+    output = dry_run_output(tmp_path / "some", {**TINY_CONFIG, "predict": {"images": "new_images", "top_k": 2,
+                                                                          "experiment": "scratch", "seed": 0}})
+    assert "note: predict" not in output
+    options = jobs_of(commands(output), "predict", out="results/predictions/scratch/seed0/predictions.csv")[0]
+    assert options["top-k"] == "2"
+
+
 def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
     """Written with weights.source: path, `pretrain` trains nothing: the run says so at start (not refused: a
     config copied from the demo keeps its section)."""

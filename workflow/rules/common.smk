@@ -53,6 +53,12 @@ _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the
 if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
     print(f"note: pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
           "trains a source model)", file=sys.stderr)
+# So is a `predict` section without images: its other keys choose the model and the columns of predictions
+# that are not made.
+_predict_written = [key for key in (_written.get("predict") or {}) if key != "images"] if isinstance(_written.get("predict"), dict) else []
+if _predict_written and (config.get("predict") or {}).get("images") is None:
+    print(f"note: predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
+          "null, so nothing is classified (set it to a folder of images or a CSV with a path column)", file=sys.stderr)
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
