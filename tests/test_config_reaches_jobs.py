@@ -450,6 +450,17 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert options["top-k"] == "2"
 
 
+def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):
+    (tmp_path / "fixed").mkdir()
+    output = dry_run_output(tmp_path / "fixed", {**TINY_CONFIG, "lr_find": {"steps": 50}})
+    assert "note: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves asked for" in output
+    (tmp_path / "auto").mkdir()
+    config = {**TINY_CONFIG, "lr_find": {"steps": 50}, "experiments": {"finetune": {"lr": "auto"}}}
+    output = dry_run_output(tmp_path / "auto", config)
+    assert "note: lr_find" not in output
+    assert json.loads(jobs_of(commands(output), "lr_find")[0]["range-test"])["steps"] == 50
+
+
 def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
     """Written with weights.source: path, `pretrain` trains nothing: the run says so at start (not refused: a
     config copied from the demo keeps its section)."""

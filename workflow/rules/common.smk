@@ -53,8 +53,10 @@ _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the
 if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
     print(f"note: pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
           "trains a source model)", file=sys.stderr)
-# So is a `predict` section without images: its other keys choose the model and the columns of predictions
-# that are not made.
+# The `lr_find` keys written, before the schema's defaults fill the section (noted below where no run uses them).
+_lr_find_written = list(_written["lr_find"]) if isinstance(_written.get("lr_find"), dict) else []
+# A `predict` section without images: its other keys choose the model and the columns of predictions that
+# are not made.
 _predict_written = [key for key in (_written.get("predict") or {}) if key != "images"] if isinstance(_written.get("predict"), dict) else []
 if _predict_written and (config.get("predict") or {}).get("images") is None:
     print(f"note: predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
@@ -198,6 +200,13 @@ def lr_find_options(experiment):
 
 def lr_is_auto(experiment):
     return experiment_config(experiment)["lr"] == "auto"
+
+
+# `lr_find` settings run the range test of the runs with `lr: auto`; where there is none, only a curve asked for
+# by name uses them: say so rather than leave them silently unused.
+if _lr_find_written and not any(map(lr_is_auto, EXPERIMENTS)):
+    print(f"note: lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
+          "set only the curves asked for by name (snakemake results/lr_find/<run>/lr_find.png)", file=sys.stderr)
 
 
 def lr_suggestion_input(wildcards):
