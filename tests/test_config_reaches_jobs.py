@@ -461,6 +461,25 @@ def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):
     assert json.loads(jobs_of(commands(output), "lr_find")[0]["range-test"])["steps"] == 50
 
 
+def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):
+    """`dataset.path: ~/photos` (and predict.images, weights.path) name the home folder's, as torchvision's
+    datasets read them: the jobs get the real path."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    for folder in (home / "photos" / "cat", home / "incoming", work):
+        folder.mkdir(parents=True)
+    weights = {"source": "path", "path": "~/w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
+    config = {**TINY_CONFIG, "dataset": {"format": "imagefolder", "path": "~/photos"}, "weights": weights,
+              "predict": {"images": "~/incoming", "experiment": "finetune", "seed": 0}}
+    configfile = work / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    output = run_snakemake(work, configfile, "-n", "--printshellcmds", *CORES, env={"HOME": str(home)}).stdout
+    jobs = commands(output)
+    split = json.loads(jobs_of(jobs, "split", out="resources/splits/target.csv")[0]["dataset"])
+    assert split["path"] == str(home / "photos")
+    assert json.loads(jobs_of(jobs, "weights")[0]["weights"])["path"] == str(home / "w.pth")
+    assert jobs_of(jobs, "predict")[0]["images"] == str(home / "incoming")
+
+
 def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
     """Written with weights.source: path, `pretrain` trains nothing: the run says so at start (not refused: a
     config copied from the demo keeps its section)."""

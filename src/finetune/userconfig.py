@@ -7,6 +7,7 @@ it, so editing it reruns nothing).
 from __future__ import annotations
 
 import copy
+import os
 
 
 # Sections of a user's config that replace the workflow's own config/config.yaml (the demo), rather than
@@ -26,6 +27,21 @@ def _another(key: str, mine: dict, theirs: dict) -> bool:
     if key not in mine or mine[key] == theirs.get(key):
         return False
     return not (key == "path" and mine.get("format", theirs.get("format")) == theirs.get("format") == "fashion-mnist")
+
+
+# The config's paths to files and folders of the user's (key path under the config).
+PATH_KEYS = (("dataset", "path"), ("dataset", "download_dir"), ("pretrain", "dataset", "path"),
+             ("pretrain", "dataset", "download_dir"), ("weights", "path"), ("predict", "images"))
+
+
+def expand_home(config: dict) -> None:
+    """``~`` at the start of a path key means the home folder, as torchvision's datasets and pandas read it:
+    replaced in ``config`` itself, so every job and the watched folder state see the real path."""
+    for path in PATH_KEYS:
+        section = _at(config, path[:-1])
+        value = section.get(path[-1]) if isinstance(section, dict) else None
+        if isinstance(value, str) and value.startswith("~"):
+            section[path[-1]] = os.path.expanduser(value)
 
 
 def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:

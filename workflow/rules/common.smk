@@ -35,7 +35,7 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.images import walk_folders
-from finetune.userconfig import own_sections
+from finetune.userconfig import expand_home, own_sections
 from finetune.sweeps import expand as expand_sweeps
 
 # A config of the user's own (--configfile) is merged key by key over config/config.yaml, the demo's,
@@ -76,6 +76,7 @@ _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default
 _arch_as_written = (config.get("weights") or {}).get("arch")
 validate(config, "../schemas/config.schema.yaml")
 config["experiments"] = _experiments_as_written
+expand_home(config)  # dataset.path: ~/photos is the home folder's photos, as torchvision reads it
 # torchvision weights name their own architecture: weights.arch is only a check there, where written
 # (the schema's default, resnet18, would refuse every other enum).
 if config["weights"]["source"] == "torchvision":
