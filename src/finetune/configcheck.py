@@ -136,6 +136,7 @@ def unread_options(options: dict) -> dict[str, str]:
             f"only strategy gradual unfreezes the backbone in stages, and this is strategy {strategy}")
     if strategy == "feature_extract":
         unread["backbone_lr_factor"] = "strategy feature_extract trains only the new head; the backbone does not train"
+        unread["bn"] = "strategy feature_extract keeps the whole backbone in eval mode: its BatchNorm layers never train"
     if optimizer != "sgd":
         unread["momentum"] = f"only optimizer sgd has momentum, and this is optimizer {optimizer}"
     if cached:
@@ -151,8 +152,6 @@ def unread_options(options: dict) -> dict[str, str]:
     if strategy != "feature_extract" or options.get("augment", False):
         unread["cache_features"] = ("backbone features are cached only for strategy feature_extract without augment, "
                                     f"and this is strategy {strategy}, augment {str(options.get('augment', False)).lower()}")
-    if strategy == "feature_extract":
-        unread["bn"] = "strategy feature_extract keeps the whole backbone in eval mode: its BatchNorm layers never train"
     if options.get("device", "auto") == "cpu":
         unread["amp"] = unread["channels_last"] = "autocast and channels-last apply on CUDA only, and this is device cpu"
     return {key: why for key, why in unread.items() if options.get(key) not in _NO_EFFECT.get(key, ())}
