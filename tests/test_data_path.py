@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -379,6 +380,55 @@ def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuild
     second = json.loads(metrics.read_text())
     timing = {"eval_seconds"}
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
+
+
+def head_config(workdir, weights_file):
+    """feature_extract on cached features over an ImageFolder of ``workdir``, two seeds, weights from a file."""
+    config = {
+        "dataset": {"format": "imagefolder", "path": "photos", "val_fraction": 0.25, "test_fraction": 0.25},
+        "weights": {"source": "path", "path": str(weights_file), "arch": "resnet18",
+                    "preprocessing": {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "device": "cpu"},
+        "experiments": {"head": {"strategy": "feature_extract"}},
+        # train: 2 threads of the 2 cores: the seeds train one after the other, the second reading the cache
+        "seeds": [0, 1], "threads": {"train": 2, "data": 1}, "evaluate": {"device": "cpu"},
+    }
+    path = workdir / "config.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.slow
+def test_cached_features_are_not_reused_once_the_images_are_decoded_anew(tmp_path):
+    """The README's advice after editing an image in place: --forcerun split. The split file comes out the same
+    (same names), the decode gives the new pixels, and the head must train on the new image's features, not on
+    features cached from the old pixels: its model equals that of a fresh folder holding the edited images."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    weights_file = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights_file)
+    models = [f"results/head/seed{seed}/model.pt" for seed in (0, 1)]
+    work, fresh = tmp_path / "work", tmp_path / "fresh"
+    make_images(work / "photos", {"a": 8, "b": 8})
+    run_snakemake(work, head_config(work, weights_file), "--printshellcmds", *models)
+    logs = [(work / f"results/logs/train/head/seed{seed}.log").read_text() for seed in (0, 1)]
+    assert any("backbone features computed once" in log for log in logs), logs
+    assert any("backbone features read from cache" in log for log in logs), "the seeds shared no cache"
+    split_before = (work / "resources/splits/target.csv").read_bytes()
+
+    edited = sorted((work / "photos" / "a").iterdir())[0]  # in place, same name: no folder changes
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(edited)
+    again = run_snakemake(work, head_config(work, weights_file), "--forcerun", "split", "--printshellcmds", *models)
+    assert {"split", "decode", "train"} <= set(jobs_run(again.stdout)), again.stdout[-3000:]
+    assert (work / "resources/splits/target.csv").read_bytes() == split_before, "the split file was meant to stay"
+
+    shutil.copytree(work / "photos", fresh / "photos")
+    run_snakemake(fresh, head_config(fresh, weights_file), "--printshellcmds", *models)
+    for model in models:
+        ours, theirs = (torch.load(root / model, weights_only=False)["state_dict"] for root in (work, fresh))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), f"{model}: trained on stale cached features"
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import time
@@ -295,9 +296,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         split_csv, manifest_path, loop_options, threads, pretrained, image_size, decoded)
     split_sha = sha256_of(split_csv)
     key = options_key(arch, loop_options, image_size, split_sha, weights_sha)
-    feature_cache = None
-    if feature_cache_dir is not None and weights_sha is not None:
-        feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict())}.pt"
+    feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key)
     fit_started_at = time.time()
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
@@ -333,6 +332,24 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     write_json(out_info, info)
     _cleanup_resume(resume, log)
     return info
+
+
+def _feature_cache_file(feature_cache_dir: Path | None, weights_sha: str | None, split_sha: str, prep,
+                        decoded: tuple[Path, Path] | None) -> Path | None:
+    """Where the backbone features of a split's images under some weights are kept for other jobs (the seeds of
+    a feature_extract run, lr_find), or None: nothing is kept without pretrained weights or a decoded file.
+
+    Keyed by the weights, the split file, the preprocessing and the decoded images file as written (its record,
+    size, inode and modification time): the split file alone does not say what the pixels are, and a decode run
+    again gives them anew (an image edited in place and ``--forcerun split``, or a new version of the decoder)."""
+    from .training import options_key
+
+    if feature_cache_dir is None or weights_sha is None or decoded is None:
+        return None
+    images, record = decoded
+    written = os.stat(images)
+    pixels = [sha256_of(record), written.st_size, written.st_ino, written.st_mtime_ns]
+    return Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict(), pixels)}.pt"
 
 
 def _quiet(message: str) -> None:
@@ -385,7 +402,6 @@ def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: 
     """The learning-rate range test of one experiment run (rule lr_find): the curve (CSV, PNG) and suggested lr."""
     from .lrfind import DEFAULT_RANGE, find_lr
     from .plots import lr_find_plot
-    from .training import options_key
 
     ensure_writable(out_csv, out_png, out_json)
     range_test = dict(range_test or {})
@@ -395,9 +411,7 @@ def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: 
     # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", DEFAULT_RANGE["min_lr"])}, threads, pretrained, image_size, decoded)
-    feature_cache = None
-    if feature_cache_dir is not None and weights_sha is not None:
-        feature_cache = Path(feature_cache_dir) / f"{options_key(weights_sha, sha256_of(split_csv), prep.to_dict())}.pt"
+    feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, sha256_of(split_csv), prep, decoded)
     curve = find_lr(model, data["train"], data["val"], prep, opts, num_classes=len(classes), feature_cache=feature_cache,
                     log=log, **range_test)
     with atomic_path(out_csv) as tmp:
