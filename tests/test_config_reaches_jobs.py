@@ -291,6 +291,17 @@ def test_pretrain_train_keys_pretraining_ignores_are_refused(tmp_path, key):
     assert f"pretrain.train.{key}: " in result.stdout, result.stdout[-3000:]
 
 
+def test_pretraining_only_the_output_layer_of_a_random_network_is_refused(tmp_path):
+    """pretrain starts from random weights: feature_extract would publish a random backbone as the source model
+    (that it trains the head alone is tests/test_training.py's feature_extract test)."""
+    configfile = tiny_config(tmp_path / "head", pretrain={"train": {"strategy": "feature_extract"}})
+    result = run_snakemake(tmp_path / "head", configfile, "-n", check=False)
+    assert result.returncode != 0
+    assert "pretrain.train.strategy: feature_extract trains only the output layer" in result.stdout, result.stdout[-3000:]
+    configfile = tiny_config(tmp_path / "gradual", pretrain={"train": {"strategy": "gradual"}})
+    assert run_snakemake(tmp_path / "gradual", configfile, "-n", check=False).returncode == 0
+
+
 # --------------------------------------------------------------------------- sweeps
 
 def sweep_cases() -> dict:

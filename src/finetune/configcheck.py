@@ -258,6 +258,9 @@ def _pretrain_train_problems(config: dict) -> list[str]:
     if train.get("lr") == "auto":
         problems.append("pretrain.train.lr: auto is not available for pretraining (the learning-rate finder runs "
                         "for experiments); set a number")
+    if train.get("strategy") == "feature_extract":
+        problems.append("pretrain.train.strategy: feature_extract trains only the output layer, and pretraining starts "
+                        "from random weights: the source model's backbone would stay random; use finetune (the default)")
     return problems
 
 
