@@ -424,6 +424,23 @@ def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
     assert f"error: {data} mixes split folders holding class folders (train) with other folders (bird)" in result.stdout
 
 
+def test_csv_manifest_written_with_spaces_after_the_commas_reads_as_meant(tmp_path):
+    """`path, label, split` and `cat/000.png, cat, test`, as a hand-written manifest often is: the same split as
+    the manifest without the spaces (not a refusal for want of a `label` column, nor classes named ' cat')."""
+    marks = {"cat": ["test", "", "", "", "val", ""], "dog": ["", "test", "", "", "", "val"]}
+    plain = marked_manifest(tmp_path, marks)
+    spaced = plain.with_name("spaced.csv")
+    spaced.write_text(plain.read_text().replace(",", ", "))
+    spec = {"format": "csv", "val_fraction": 0.25, "test_fraction": 0.25}
+    for manifest, out in ((plain, tmp_path / "plain"), (spaced, tmp_path / "spaced")):
+        result = run_split({**spec, "path": str(manifest)}, out)
+        assert result.returncode == 0, result.stdout
+    assert (tmp_path / "spaced" / "split.csv").read_bytes() == (tmp_path / "plain" / "split.csv").read_bytes()
+    split = pd.read_csv(tmp_path / "spaced" / "split.csv")
+    assert set(split.loc[split["split"] == "test", "path"]) == rows_marked(plain, "test")
+    assert sorted(split["class_name"].unique()) == ["cat", "dog"]
+
+
 def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
     """Only test given: val is val_fraction of each class's other rows, never a test row."""
     marks = {"cat": ["test"] * 3 + ["train"] * 5 + [""] * 5, "dog": ["test"] * 2 + [""] * 10}
