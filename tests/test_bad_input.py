@@ -424,18 +424,20 @@ def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
     assert f"error: {data} mixes split folders holding class folders (train) with other folders (bird)" in result.stdout
 
 
-def test_csv_manifest_written_with_spaces_after_the_commas_reads_as_meant(tmp_path):
-    """`path, label, split` and `cat/000.png, cat, test`, as a hand-written manifest often is: the same split as
-    the manifest without the spaces (not a refusal for want of a `label` column, nor classes named ' cat')."""
+def test_csv_manifest_written_with_spaces_after_the_commas_or_by_excel_reads_as_meant(tmp_path):
+    """`path, label, split` and `cat/000.png, cat, test`, as a hand-written manifest often is, and Excel's "CSV UTF-8"
+    (a byte-order mark, Windows line ends): the same split as the plain manifest (not a refusal for want of a
+    `label` column, nor classes named ' cat')."""
     marks = {"cat": ["test", "", "", "", "val", ""], "dog": ["", "test", "", "", "", "val"]}
     plain = marked_manifest(tmp_path, marks)
-    spaced = plain.with_name("spaced.csv")
-    spaced.write_text(plain.read_text().replace(",", ", "))
+    plain.with_name("spaced.csv").write_text(plain.read_text().replace(",", ", "))
+    plain.with_name("excel.csv").write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
     spec = {"format": "csv", "val_fraction": 0.25, "test_fraction": 0.25}
-    for manifest, out in ((plain, tmp_path / "plain"), (spaced, tmp_path / "spaced")):
-        result = run_split({**spec, "path": str(manifest)}, out)
+    for name in ("manifest", "spaced", "excel"):
+        result = run_split({**spec, "path": str(plain.with_name(f"{name}.csv"))}, tmp_path / name)
         assert result.returncode == 0, result.stdout
-    assert (tmp_path / "spaced" / "split.csv").read_bytes() == (tmp_path / "plain" / "split.csv").read_bytes()
+    for name in ("spaced", "excel"):
+        assert (tmp_path / name / "split.csv").read_bytes() == (tmp_path / "manifest" / "split.csv").read_bytes(), name
     split = pd.read_csv(tmp_path / "spaced" / "split.csv")
     assert set(split.loc[split["split"] == "test", "path"]) == rows_marked(plain, "test")
     assert sorted(split["class_name"].unique()) == ["cat", "dog"]
