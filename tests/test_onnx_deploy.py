@@ -152,6 +152,13 @@ def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, t
     assert "not found" in table.loc[1, "error"] and "missing.png" in result.stderr
     assert table.loc[0, "error"] == "" and table.loc[2, "error"] == ""
     assert "top4_class" in table.columns and "top5_class" not in table.columns  # k is capped at 4 classes
+    # The same list written by hand, with spaces after the commas (`note, path`): the same rows.
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("note, path\n" + "".join(f"{n}, {p}\n" for n, p in zip("abc", table["path"])))
+    result = run_predict("--model", str(tiny_run / "results/scratch/seed0/model.onnx"), "--images", str(spaced),
+                         "--out", str(tmp_path / "spaced_out.csv"), "--top-k", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert pd.read_csv(tmp_path / "spaced_out.csv", keep_default_na=False).equals(table)
 
 
 def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):

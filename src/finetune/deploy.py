@@ -162,9 +162,10 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         import pandas as pd
 
         try:
-            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)  # `id, path` too
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot parse image list {source}: {exc}") from exc
+        frame.columns = [str(column).strip() for column in frame.columns]
         if "path" not in frame.columns:
             raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'})")
         refs = [p.strip() for p in frame["path"] if p.strip()]
