@@ -144,6 +144,31 @@ def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     assert trainable[0] == 512 * 4 + 4 and trainable[1] > trainable[0]
 
 
+def test_gradual_that_would_never_unfreeze_is_refused(tiny):
+    """unfreeze_epoch >= epochs: the head trains alone to the end and the backbone never moves (trained here with
+    options built without their checks), so the workflow and the loop refuse it."""
+    from finetune.configcheck import config_problems
+    from finetune.errors import ConfigError
+
+    model = make_model(tiny)
+    before = snapshot(model)
+    unchecked = TrainOptions(strategy="gradual", unfreeze_epoch=2, epochs=2, batch_size=8, lr=0.01, device="cpu")
+    fit(model, tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], unchecked, num_classes=len(tiny["classes"]),
+        log=lambda _: None)
+    moved = changed(before, snapshot(model))
+    assert moved and all(k.startswith("fc.") for k in moved), "the backbone trained"
+    for unfreeze, epochs in ((2, 2), (5, 3)):
+        options = {"strategy": "gradual", "unfreeze_epoch": unfreeze, "epochs": epochs}
+        problems = config_problems({"experiments": {"slow": options}}, REPO / "workflow/schemas/config.schema.yaml")
+        assert problems == [f"experiments.slow: unfreeze_epoch: {unfreeze} with epochs: {epochs}: strategy gradual "
+                            f"trains the head alone for {unfreeze} epochs, so the backbone would never train; lower "
+                            "unfreeze_epoch below epochs, or use strategy feature_extract"], problems
+        with pytest.raises(ConfigError, match=f"unfreeze_epoch: {unfreeze} with epochs: {epochs}"):
+            TrainOptions.from_dict(options)
+    assert config_problems({"experiments": {"ok": {"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}}},
+                           REPO / "workflow/schemas/config.schema.yaml") == []
+
+
 def test_cached_features_match_the_uncached_loop(tiny):
     cached = run_fit(tiny, make_model(tiny), strategy="feature_extract", epochs=3, cache_features=True)
     plain = run_fit(tiny, make_model(tiny), strategy="feature_extract", epochs=3, cache_features=False)

@@ -96,7 +96,8 @@ def distributed_problems(options: dict) -> list[str]:
     ]
     return [message for ok, message in checks if not ok]
 def recipe_problems(options: dict) -> list[str]:
-    """The training recipes (ema_decay, ema_warmup, mixup_alpha, cutmix_alpha, layer_decay) set where they make no sense."""
+    """The training recipes (ema_decay, ema_warmup, mixup_alpha, cutmix_alpha, layer_decay, gradual's unfreeze_epoch)
+    set where they make no sense."""
     strategy = options.get("strategy", "finetune")
     cached = caches_features(strategy, options.get("cache_features", True), options.get("augment", False))
     mixing = [f"{key}: {options[key]:g}" for key in ("mixup_alpha", "cutmix_alpha") if (options.get(key) or 0) > 0]
@@ -111,6 +112,11 @@ def recipe_problems(options: dict) -> list[str]:
     if options.get("ema_decay") is not None and options.get("optimizer") == "lbfgs":
         problems.append(f"ema_decay: {options['ema_decay']} averages the weights over optimizer steps; optimizer lbfgs "
                         "takes one step per epoch: leave ema_decay null")
+    unfreeze, epochs = options.get("unfreeze_epoch", 1), options.get("epochs", 10)
+    if strategy == "gradual" and isinstance(unfreeze, int) and isinstance(epochs, int) and unfreeze >= epochs:
+        problems.append(f"unfreeze_epoch: {unfreeze} with epochs: {epochs}: strategy gradual trains the head alone for "
+                        f"{unfreeze} epochs, so the backbone would never train; lower unfreeze_epoch below epochs, or use "
+                        "strategy feature_extract")
     if options.get("ema_warmup") is False and options.get("ema_decay") is None:
         problems.append("ema_warmup: false sets how the moving average of the weights starts, but ema_decay is null "
                         "(no average): set ema_decay (e.g. 0.999) or leave ema_warmup out")
