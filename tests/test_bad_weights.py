@@ -181,7 +181,7 @@ def test_failed_download_through_snakemake(server, good_weights, tmp_path):
     assert [p.name for p in (tmp_path / "resources" / "weights").glob("*")] == []
 
 
-@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "compile+DataParallel+checkpoint"])
+@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "compile+DataParallel+checkpoint", "tutorial-checkpoint"])
 def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path, wrapper):
     """A state_dict saved from a model wrapped for training (keys `module.…`, `_orig_mod.…`, a training
     checkpoint `{"model": …, "epoch": …}`): the weights job publishes it, and what the jobs load is the
@@ -199,8 +199,11 @@ def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path
     if "DataParallel" in wrapper:
         wrapped = torch.nn.DataParallel(wrapped)
     saved = wrapped.state_dict()
-    assert all(k.startswith(("module.", "_orig_mod.")) for k in saved), "the wrapper prefixes every key"
-    if "checkpoint" in wrapper:
+    assert wrapper == "tutorial-checkpoint" or all(k.startswith(("module.", "_orig_mod.")) for k in saved), \
+        "the wrapper prefixes every key"
+    if wrapper == "tutorial-checkpoint":  # torch's tutorial "Saving and loading a general checkpoint"
+        saved = {"epoch": 7, "model_state_dict": model.state_dict(), "optimizer_state_dict": {"state": {}}, "loss": 0.5}
+    elif "checkpoint" in wrapper:
         saved = {"model": saved, "epoch": 7}
     torch.save(saved, tmp_path / "trained.pth")
     result = run_weights(weights_config(path=str(tmp_path / "trained.pth")), tmp_path / "out")
@@ -211,3 +214,33 @@ def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path
     plain = model.state_dict()
     assert list(loaded) == list(plain)
     assert all(torch.equal(loaded[k], plain[k]) for k in plain)
+
+
+@pytest.mark.parametrize("kind", ["whole-model", "torchscript", "no-weights"])
+def test_a_file_that_is_no_state_dict_is_refused_saying_what_to_save(tmp_path, kind):
+    """A whole model pickled with torch.save(model) (unpickling it would run code from the file), a TorchScript
+    archive, a checkpoint without weights: each refused with what it is and what to save, nothing published."""
+    import torch
+
+    from finetune.models import build_architecture
+
+    model, file = build_architecture("resnet18", 3), tmp_path / "given.pth"
+    if kind == "whole-model":
+        torch.save(model, file)
+    elif kind == "torchscript":
+        torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(1, 3, 32, 32)), file)
+    else:
+        torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, file)
+    result = run_weights(weights_config(path=str(file)), tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    expected = {"whole-model": f"error: {file} holds pickled Python objects (a whole model saved with torch.save(model), "
+                               "say), which finetune does not unpickle, as that runs code from the file: save the model's "
+                               "weights with torch.save(model.state_dict(), path) and use that file",
+                "torchscript": f"error: {file} is a TorchScript archive (torch.jit.save), not a state_dict: save the "
+                               "model's weights with torch.save(model.state_dict(), path)",
+                "no-weights": f"error: {file} does not hold a state_dict (a mapping of parameter names to tensors), nor a "
+                              "checkpoint with one under state_dict, model_state_dict, model, net: its top-level keys are "
+                              "epoch, optimizer"}[kind]
+    assert expected in result.stdout, result.stdout
+    assert "\x1b[" not in result.stdout
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

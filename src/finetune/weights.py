@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import socket
 import urllib.error
@@ -58,11 +59,19 @@ def _without_wrapper_prefixes(state: dict) -> dict:
     return state
 
 
-def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
-    """Load a state_dict saved by torch (plain, or wrapped as ``{'state_dict': ...}``/``{'model': ...}``,
-    from a model wrapped by DataParallel, DistributedDataParallel or torch.compile: their key prefixes go).
+# Where training checkpoints keep the model's weights: torch's own tutorial ("model_state_dict"), Lightning and
+# timm ("state_dict"), and others ("model", "net").
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+SAVE_STATE_DICT = "save the model's weights with torch.save(model.state_dict(), path) and use that file"
 
-    ``origin`` names the file in messages (the URL or source path when ``path`` is a staging file).
+
+def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
+    """Load a state_dict saved by torch: plain, or inside a training checkpoint (:data:`CHECKPOINT_KEYS`), from a
+    model wrapped by DataParallel, DistributedDataParallel or torch.compile (their key prefixes go).
+
+    Only tensors are read (``weights_only``): a whole pickled model or a TorchScript archive is refused with
+    what to save instead. ``origin`` names the file in messages (the URL or source path when ``path`` is a
+    staging file).
     """
     import torch
 
@@ -72,14 +81,31 @@ def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
     except FileNotFoundError as exc:
         raise WeightsError(f"weights file not found: {origin}") from exc
     except Exception as exc:  # torch raises a zoo of errors for non-checkpoint files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{origin} is not a readable PyTorch weights file: {first_line}") from exc
-    for key in ("state_dict", "model"):
+        raise WeightsError(f"{origin} {_unreadable_because(path, exc)}") from exc
+    for key in CHECKPOINT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(hasattr(v, "shape") for v in obj.values()):
-        raise WeightsError(f"{origin} does not hold a state_dict (a mapping of parameter names to tensors)")
+        held = f"its top-level keys are {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, dict) and obj else \
+            f"it holds {'an empty mapping' if isinstance(obj, dict) else type(obj).__name__}"
+        raise WeightsError(f"{origin} does not hold a state_dict (a mapping of parameter names to tensors), nor a "
+                           f"checkpoint with one under {', '.join(CHECKPOINT_KEYS)}: {held}")
     return _without_wrapper_prefixes(obj)
+
+
+def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
+    """Why torch.load with weights_only refused a file, in the words a user can act on."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/constants.pkl") for name in archive.namelist()):
+                return f"is a TorchScript archive (torch.jit.save), not a state_dict: {SAVE_STATE_DICT}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours parts of its messages
+    if text.startswith("Weights only load failed"):
+        return (f"holds pickled Python objects (a whole model saved with torch.save(model), say), which finetune does "
+                f"not unpickle, as that runs code from the file: {SAVE_STATE_DICT}")
+    return f"is not a readable PyTorch weights file: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def infer_num_classes(arch: str, state_dict: dict, origin: str) -> int:
