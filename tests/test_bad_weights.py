@@ -181,7 +181,8 @@ def test_failed_download_through_snakemake(server, good_weights, tmp_path):
     assert [p.name for p in (tmp_path / "resources" / "weights").glob("*")] == []
 
 
-@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "compile+DataParallel+checkpoint", "tutorial-checkpoint"])
+@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "compile+DataParallel+checkpoint", "tutorial-checkpoint",
+                                     "lightning-checkpoint"])
 def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path, wrapper):
     """A state_dict saved from a model wrapped for training (keys `module.…`, `_orig_mod.…`, a training
     checkpoint `{"model": …, "epoch": …}`): the weights job publishes it, and what the jobs load is the
@@ -199,10 +200,14 @@ def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path
     if "DataParallel" in wrapper:
         wrapped = torch.nn.DataParallel(wrapped)
     saved = wrapped.state_dict()
-    assert wrapper == "tutorial-checkpoint" or all(k.startswith(("module.", "_orig_mod.")) for k in saved), \
+    assert "-checkpoint" in wrapper or all(k.startswith(("module.", "_orig_mod.")) for k in saved), \
         "the wrapper prefixes every key"
     if wrapper == "tutorial-checkpoint":  # torch's tutorial "Saving and loading a general checkpoint"
         saved = {"epoch": 7, "model_state_dict": model.state_dict(), "optimizer_state_dict": {"state": {}}, "loss": 0.5}
+    elif wrapper == "lightning-checkpoint":  # a LightningModule holding the network as self.model, as saved by Lightning
+        holder = torch.nn.Module()
+        holder.model = model
+        saved = {"epoch": 7, "global_step": 70, "pytorch-lightning_version": "2.5.0", "state_dict": holder.state_dict()}
     elif "checkpoint" in wrapper:
         saved = {"model": saved, "epoch": 7}
     torch.save(saved, tmp_path / "trained.pth")

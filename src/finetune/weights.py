@@ -43,19 +43,13 @@ def library_versions() -> dict:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-# What a wrapper puts before every key of the model it wraps: DataParallel and DistributedDataParallel
-# (``module.``), torch.compile (``_orig_mod.``).
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
 def _without_wrapper_prefixes(state: dict) -> dict:
-    """``state`` with each prefix that every key shares (:data:`WRAPPER_PREFIXES`, nested in any order) removed."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in state):
-                state, stripped = {key[len(prefix):]: value for key, value in state.items()}, True
+    """``state`` without the name every key starts with, for as long as one does: the attribute of a wrapper that
+    holds the model (``module.`` of DataParallel and DistributedDataParallel, ``_orig_mod.`` of torch.compile,
+    ``model.`` of a LightningModule, nested in any order). A classifier's own keys never share one: its output
+    layer is a top-level child beside the others (every torchvision classifier's is)."""
+    while state and all("." in key for key in state) and len({key.split(".", 1)[0] for key in state}) == 1:
+        state = {key.split(".", 1)[1]: value for key, value in state.items()}
     return state
 
 
