@@ -298,7 +298,7 @@ def test_pretraining_only_the_output_layer_of_a_random_network_is_refused(tmp_pa
     result = run_snakemake(tmp_path / "head", configfile, "-n", check=False)
     assert result.returncode != 0
     assert "pretrain.train.strategy: feature_extract trains only the output layer" in result.stdout, result.stdout[-3000:]
-    configfile = tiny_config(tmp_path / "gradual", pretrain={"train": {"strategy": "gradual"}})
+    configfile = tiny_config(tmp_path / "gradual", pretrain={"train": {"strategy": "gradual", "epochs": 2}})
     assert run_snakemake(tmp_path / "gradual", configfile, "-n", check=False).returncode == 0
 
 
