@@ -170,6 +170,22 @@ def test_files_in_a_format_not_read_are_counted_not_silently_left_out(tmp_path):
     assert "ignored files that are not images of a format read here (3 .heic, 1 .txt)" in result.stdout
 
 
+def test_a_class_left_too_small_by_skipped_images_names_them(tmp_path):
+    """on_bad_image: skip leaves out a class's unreadable files; where too few are left, the message names the
+    files left out (the split report that would list them is not written) and how to drop the class."""
+    data = tmp_path / "data"
+    make_images(data, {"cat": 6, "dog": 6})
+    bad = make_bad_images(data / "bird")
+    result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2, on_bad_image="skip"), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    message = next(line for line in result.stdout.splitlines() if line.startswith("error: "))
+    assert message.startswith("error: class 'bird' has 0 image(s): too few to stratify"), message
+    assert f"{len(bad)} more of its files were left out: " in message
+    assert all(str(path) in message for path in sorted(bad.values())[:5]), message
+    assert message.endswith("or leave the class out with dataset.classes."), message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
 def test_a_dataset_of_one_class_is_refused(tmp_path, fmt):
     """A classifier of one class learns nothing (its accuracy is 1 whatever it does): refused before any split."""

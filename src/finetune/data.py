@@ -349,9 +349,10 @@ def _drawn_count(n: int, fraction: float) -> int:
 
 
 def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: SplitSpec,
-                 rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+                 rng: np.random.Generator, left_out: list[str] = ()) -> dict[str, pd.DataFrame]:
     """One class's rows -> its train/val/test rows (uncapped). The splits in ``given`` are the rows the
-    dataset marks so; the others are drawn from the rest (the pool), test first, then val."""
+    dataset marks so; the others are drawn from the rest (the pool), test first, then val. ``left_out``: the
+    class's files the check left out, ``path (why)``, for the message."""
     pool = rows[~rows["official_split"].isin(given)]
     pool = pool.iloc[rng.permutation(len(pool))]
     n = len(pool)
@@ -360,8 +361,11 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     if n - n_test - n_val < 1:
         raise DataError(
             f"class {name!r} has {n} image(s){' outside the official ' + ' and '.join(given) + ' split' if given else ''}: "
-            f"too few to stratify into train/val/test (needs {n_test} test + {n_val} val + at least 1 train). "
-            "Add images or lower dataset.val_fraction / dataset.test_fraction."
+            f"too few to stratify into train/val/test (needs {n_test} test + {n_val} val + at least 1 train)"
+            + (f"; {len(left_out)} more of its files were left out: {'; '.join(left_out[:5])}"
+               + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "") if left_out else "")
+            + ". Add images or lower dataset.val_fraction / dataset.test_fraction"
+            + (", or leave the class out with dataset.classes." if n == 0 else ".")
         )
     parts = {"test": pool.iloc[:n_test], "val": pool.iloc[n_test : n_test + n_val], "train": pool.iloc[n_test + n_val :]}
     for split in ("test", "val"):  # this order keeps the random draws of datasets that give only a test split
@@ -374,15 +378,17 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     return parts
 
 
-def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec) -> pd.DataFrame:
+def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec,
+                     left_out: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Seeded, stratified split. Rows marked val or test (a dataset's official split) keep it; the rest
-    of each class is cut by the fractions into the splits the dataset does not give."""
+    of each class is cut by the fractions into the splits the dataset does not give. ``left_out``: per class,
+    the files the check left out (named when a class is left with too few)."""
     rng = np.random.default_rng(spec.seed)
     given = official_splits(listing)
     caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
     parts = []
     for label, name in enumerate(class_names):
-        rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng)
+        rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng, (left_out or {}).get(name, []))
         for split in SPLITS:
             chosen = rows[split].iloc[: _cap(len(rows[split]), caps[split])]
             parts.append(pd.DataFrame({"path": chosen["path"].values, "label": label, "class_name": name, "split": split}))
@@ -468,6 +474,18 @@ def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) ->
     return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant
 
 
+def _left_out_by_class(listed: pd.DataFrame, bad: list[tuple[str, str]], duplicates: list[dict]) -> dict[str, list[str]]:
+    """Per class, the files the check left out, ``path (why)``: named where a class is left with too few."""
+    why = {**{path: reason for path, reason in bad}, **{d["path"]: f"a copy of {d['same_as']}" for d in duplicates}}
+    if not why:
+        return {}
+    left_out: dict[str, list[str]] = {}
+    for path, name in zip(listed["path"], listed["class_name"]):
+        if path in why:
+            left_out.setdefault(name, []).append(f"{path} ({why[path]})")
+    return left_out
+
+
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict."""
     listing = list_dataset(spec)
@@ -480,9 +498,10 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
     duplicates: list[dict] = []
+    listed = listing
     if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read, and are used as published
         listing, bad, duplicates = checked_listing(listing, spec, threads)
-    split = stratified_split(listing, class_names, spec)
+    split = stratified_split(listing, class_names, spec, _left_out_by_class(listed, bad, duplicates))
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
         "dataset": {"format": spec.format, "path": spec.path},
