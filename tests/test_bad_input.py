@@ -407,6 +407,10 @@ def test_csv_split_column_keeps_its_val_and_test_rows(tmp_path):
     assert json.loads((tmp_path / "out" / "split.report.json").read_text())["official_splits"] == ["val", "test"]
 
 
+def canonical_split(folder: str) -> str:
+    return {"valid": "val", "validation": "val"}.get(folder.lower(), folder.lower())
+
+
 @pytest.mark.parametrize("names", [("train", "val", "test"), ("Train", "valid", "test"), ("train", "validation")])
 def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_path, names):
     """`<root>/<split>/<class>/<image>` (torchvision's references, Kaggle and Roboflow exports): each image
@@ -416,6 +420,9 @@ def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_p
     made = {name: make_images(data / name, {"cat": 6, "dog": 5}, seed=i) for i, name in enumerate(names)}
     result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2), out)
     assert result.returncode == 0, result.stdout
+    for given in sorted({canonical_split(name) for name in names} - {"train"}):  # the log says the fraction is not used
+        assert f"{given}: the dataset's own {given} split" in result.stdout and f"dataset.{given}_fraction does not apply" \
+            in result.stdout, result.stdout
     split = pd.read_csv(out / "split.csv")
     assert sorted(split["class_name"].unique()) == ["cat", "dog"]
     canonical = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

@@ -18,6 +18,10 @@ def main():
     report = split_stage(args.dataset, args.out, args.report, threads=args.threads)
     for name, counts in report["counts"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report["dataset"]["format"] != "fashion-mnist":  # whose official test split is documented as the test set
+        for split in report["official_splits"]:
+            print(f"{split}: the dataset's own {split} split (its {split} folder, or the rows marked {split}); "
+                  f"dataset.{split}_fraction does not apply to it")
     if report["skipped_images"]:
         print(f"skipped {len(report['skipped_images'])} image(s) (dataset.on_bad_image: skip), "
               f"listed in {args.report}:")
