@@ -17,8 +17,8 @@ from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
 from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
-                      infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch, torchvision_weights,
-                      write_manifest)
+                      infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch,
+                      torchvision_weights, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
 TTA_MODES = ("none", "hflip")  # evaluate.tta
