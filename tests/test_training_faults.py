@@ -110,25 +110,6 @@ def test_loss_nan_in_a_later_epoch_keeps_the_last_good_resume_state(inputs, tmp_
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
-@pytest.mark.slow
-def test_a_completed_run_removes_the_resume_states_other_settings_of_it_left(inputs, tmp_path):
-    """A run stopped with one lr (its resume state of epoch 1 kept), then run to the end with another: the first
-    state can never be resumed by this run and weighs as much as the model and its optimizer, so the run that
-    completes removes it with its own, and says so. A file of the user's in the folder stays."""
-    diverging = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
-    resume = tmp_path / "resume"
-    first = run_script("train", *train_args(inputs.split, inputs.manifest, tmp_path / "run", diverging, resume))
-    assert first.returncode == 1, first.stdout
-    [stale] = resume_files(resume)
-    (resume / "notes.txt").write_text("mine")
-    second = run_script("train", *train_args(inputs.split, inputs.manifest, tmp_path / "run",
-                                             {**diverging, "backbone_lr_factor": 0.1}, resume))
-    assert second.returncode == 0, second.stdout
-    assert "resuming from" not in second.stdout, "another lr must start afresh"
-    assert f"removed 1 resume state(s) of other settings of this run from {resume}: {stale.name}" in second.stdout
-    assert sorted(p.name for p in resume.iterdir()) == ["notes.txt"]
-
-
 # --------------------------------------------------------------------------- a non-finite loss between two checks
 
 class TripwireNet(nn.Module):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -182,7 +181,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
         "options": options, **library_versions(),
     }
     write_json(out_info, info)
-    _cleanup_resume(resume, log)
+    _cleanup_resume(resume)
     return info
 
 
@@ -253,26 +252,13 @@ def _resume_file(resume_dir: Path | None, key: str) -> Path | None:
     return None if resume_dir is None else Path(resume_dir) / f"{key}.pt"
 
 
-# A resume state's file name (training.options_key), and what a kill while saving one leaves (fileio.atomic_path).
-_RESUME_FILE = re.compile(r"^(\.)?[0-9a-f]{16}\.pt(\..+\.tmp)?$")
-
-
-def _cleanup_resume(resume: Path | None, log: Callable = print) -> None:
-    """After a run completed: remove its resume state, and the states that runs of other settings of the same
-    run (a run stopped, then started again with another lr, say) left in its folder: each can weigh as much as
-    the model and its optimizer, and a rerun with those settings now starts afresh. Other files stay."""
-    if resume is None or not resume.parent.is_dir():
-        return
-    stale = sorted(p for p in resume.parent.iterdir() if p != resume and _RESUME_FILE.match(p.name))
-    for path in [resume, *stale]:
-        path.unlink(missing_ok=True)
-    if stale:
-        log(f"removed {len(stale)} resume state(s) of other settings of this run from {resume.parent}: "
-            + ", ".join(p.name for p in stale))
-    try:
-        resume.parent.rmdir()
-    except OSError:
-        pass
+def _cleanup_resume(resume: Path | None) -> None:
+    if resume is not None and resume.exists():
+        resume.unlink()
+        try:
+            resume.parent.rmdir()
+        except OSError:
+            pass
 
 
 def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
@@ -330,7 +316,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "finetune": __version__, "python": platform.python_version(), **library_versions(),
     }
     write_json(out_info, info)
-    _cleanup_resume(resume, log)
+    _cleanup_resume(resume)
     return info
 
 
