@@ -425,13 +425,12 @@ def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_p
             in result.stdout, result.stdout
     split = pd.read_csv(out / "split.csv")
     assert sorted(split["class_name"].unique()) == ["cat", "dog"]
-    canonical = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
     for folder, paths in made.items():
         for name, files in paths.items():
             rows = split[split["path"].isin([str(p) for p in files])]
             assert (rows["class_name"] == name).all() and len(rows) == len(files)
-            if canonical[folder.lower()] != "train":
-                assert (rows["split"] == canonical[folder.lower()]).all(), folder
+            if canonical_split(folder) != "train":
+                assert (rows["split"] == canonical_split(folder)).all(), folder
     if len(names) == 2:  # no test folder: test drawn from train, a fifth of each class
         test = split[split["split"] == "test"]
         assert set(test["path"]) <= {str(p) for files in made["train"].values() for p in files}
