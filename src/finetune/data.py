@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fileio import sha256_of
+from .fileio import read_text_table, sha256_of
 from .images import IMAGE_EXTENSIONS, check_image, extension_counts, files_below, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
@@ -214,11 +214,9 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
         what = "is a folder, not a file" if file.exists() else "does not exist"
         raise DataError(f"CSV manifest {file} {what}: check dataset.path (a CSV file with a header line path,label)")
     try:
-        # skipinitialspace: a manifest written by hand as `path, label` and `cat/1.jpg, cat` reads as meant.
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = read_text_table(file)  # `path, label` and `cat/1.jpg, cat`, as written by hand, read as meant
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot parse CSV manifest {file}: {exc}") from exc
-    frame.columns = [str(column).strip() for column in frame.columns]
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DataError(

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, read_text_table, write_json
 from .images import (IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_preprocessed,
                      normalize, not_read_line)
 from .metrics import softmax
@@ -162,10 +162,9 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         import pandas as pd
 
         try:
-            frame = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)  # `id, path` too
+            frame = read_text_table(source)  # `note, path` too
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot parse image list {source}: {exc}") from exc
-        frame.columns = [str(column).strip() for column in frame.columns]
         if "path" not in frame.columns:
             raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'})")
         refs = [p.strip() for p in frame["path"] if p.strip()]

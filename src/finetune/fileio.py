@@ -175,3 +175,14 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_text_table(path: str | os.PathLike):
+    """A CSV file a person may have written (a dataset manifest, a list of images to classify) as a DataFrame of
+    strings, empty cells as "": spaces after the commas (`path, label`) are skipped and the column names
+    stripped; Excel's byte-order mark is read away. pandas' parse errors and UnicodeDecodeError propagate."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
