@@ -110,6 +110,31 @@ def test_loss_nan_in_a_later_epoch_keeps_the_last_good_resume_state(inputs, tmp_
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
+def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(inputs, tmp_path):
+    """A run stopped (here: diverged at epoch 2, its epoch-1 state kept) resumes while its decoded images are the
+    same file; once the decode has run again (an image edited in place and --forcerun split), the state holds a
+    run of the old pixels and the run starts afresh."""
+    from finetune.store import write_decoded
+
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)
+    options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
+    resume = tmp_path / "resume"
+
+    def train():
+        args = train_args(inputs.split, inputs.manifest, tmp_path / "run", options, resume)
+        result = run_script("train", *args, "--decoded", str(npy), str(info))
+        assert result.returncode == 1 and "training diverged" in result.stdout, result.stdout
+        return result.stdout
+
+    assert "resuming from" not in train()
+    assert f"resuming from {resume_files(resume)[0]}" in train(), "the same pixels: the stopped run goes on"
+    time.sleep(0.01)
+    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)  # the decode run again
+    assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
+
+
 # --------------------------------------------------------------------------- a non-finite loss between two checks
 
 class TripwireNet(nn.Module):

@@ -168,7 +168,9 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     check_input_size(model, arch, image_size, f"pretrain.image_size: {image_size}", "pretrain.image_size")
     mean, std = channel_stats(data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
-    resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv)))
+    pixels = decoded_identity(decoded)
+    resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv),
+                                                  *([pixels] if pixels else [])))
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, log=log)
     torch_save(result.best_state, out_weights)
@@ -281,7 +283,9 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, loop_options, threads, pretrained, image_size, decoded)
     split_sha = sha256_of(split_csv)
-    key = options_key(arch, loop_options, image_size, split_sha, weights_sha)
+    # The pixels are part of the run: a decode run again since the state was saved starts the run afresh.
+    pixels = decoded_identity(decoded)
+    key = options_key(arch, loop_options, image_size, split_sha, weights_sha, *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key)
     fit_started_at = time.time()
@@ -320,22 +324,30 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     return info
 
 
+def decoded_identity(decoded: tuple[Path, Path] | None) -> list | None:
+    """The decoded images file as written: its record's sha256, its size and modification time; None without one.
+
+    The split file alone does not say what the pixels are: a decode run again gives them anew (an image edited in
+    place and ``--forcerun split``, or a new version of the decoder), and then neither cached features nor a
+    resume state of the old pixels may be used. A copy that keeps modification times (``cp -a``, rsync) keeps it."""
+    if decoded is None:
+        return None
+    images, record = decoded
+    written = os.stat(images)
+    return [sha256_of(record), written.st_size, written.st_mtime_ns]
+
+
 def _feature_cache_file(feature_cache_dir: Path | None, weights_sha: str | None, split_sha: str, prep,
                         decoded: tuple[Path, Path] | None) -> Path | None:
     """Where the backbone features of a split's images under some weights are kept for other jobs (the seeds of
     a feature_extract run, lr_find), or None: nothing is kept without pretrained weights or a decoded file.
-
-    Keyed by the weights, the split file, the preprocessing and the decoded images file as written (its record,
-    size, inode and modification time): the split file alone does not say what the pixels are, and a decode run
-    again gives them anew (an image edited in place and ``--forcerun split``, or a new version of the decoder)."""
+    Keyed by the weights, the split file, the preprocessing and the decoded file as written."""
     from .training import options_key
 
     if feature_cache_dir is None or weights_sha is None or decoded is None:
         return None
-    images, record = decoded
-    written = os.stat(images)
-    pixels = [sha256_of(record), written.st_size, written.st_ino, written.st_mtime_ns]
-    return Path(feature_cache_dir) / f"{options_key(weights_sha, split_sha, prep.to_dict(), pixels)}.pt"
+    key = options_key(weights_sha, split_sha, prep.to_dict(), decoded_identity(decoded))
+    return Path(feature_cache_dir) / f"{key}.pt"
 
 
 def _quiet(message: str) -> None:
