@@ -72,6 +72,8 @@ def bench_gpu(args) -> int:
     expected = GPU_ROWS + (COMPILE_ROWS if args.compile else [])
     assert [r["metric"] for r in rows] == expected, "report.GPU_ROWS / COMPILE_ROWS and gpu_rows disagree"
     details = {"device": device_name(device), "sizes": asdict(sizes), "figures": figures}
+    write_csv(rows, out)  # the speed rows stand even if the DAG below fails or is stopped at a time limit
+    out.with_suffix(".json").write_text(json.dumps(details, indent=2) + "\n")
     if args.dag:
         release(device)
         from gpu_dag import bench_gpu_dag

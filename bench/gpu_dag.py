@@ -10,6 +10,7 @@ in >= 80% of the samples taken while a train job fits (``fit_window_unix_s`` in 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 # common first: it sets OMP_WAIT_POLICY before torch is imported.
-from common import REPO, row, run_checked, say, snakemake_cmd
+from common import REPO, row, say, snakemake_cmd
 
 import yaml
 
@@ -73,6 +74,26 @@ def busy_share(samples: list[tuple[float, int]], windows: list[list[float]]) -> 
     return sum(util > 0 for util in inside), len(inside)
 
 
+def run_logged(cmd: list[str], log_path: Path, timeout: float = 3600) -> None:
+    """Run the DAG with its output going to ``log_path`` as it comes (a run stopped at a time limit still shows how
+    far it got); its tail in the error when it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)}
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+    if code != 0:
+        raise SystemExit(f"bench: the 224-px DAG failed ({code}):\n{' '.join(cmd)}\n{log_path.read_text()[-4000:]}")
+
+
+def job_seconds(benchmarks: Path) -> dict[str, float]:
+    """Each job's wall seconds from its Snakemake ``benchmark:`` file, keyed by the file's path under ``benchmarks``."""
+    seconds = {}
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if len(lines) >= 2:
+            seconds[str(tsv.relative_to(benchmarks).with_suffix(""))] = float(lines[1].split("\t")[0])
+    return seconds
+
+
 def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
     """Run the DAG once in ``workdir`` (emptied first: a finished DAG would rerun nothing); the busy-share row
     and the figures for bench_gpu.json."""
@@ -83,8 +104,8 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
     sampler = GpuSampler()
     started = time.perf_counter()
     try:
-        run_checked(snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-                                  str(configfile), "--cores", str(usable_cpus())), "the 224-px DAG", 3600)
+        run_logged(snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
+                                 str(configfile), "--cores", str(usable_cpus())), workdir / "snakemake.log")
     finally:
         samples = sampler.stop()
     wall = time.perf_counter() - started
@@ -92,7 +113,7 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
     busy, total = busy_share(samples, windows)
     figures = {"wall_s": round(wall, 1), "goal_wall_s": DAG_GOAL_S, "busy_samples": busy, "fit_samples": total,
                "all_samples": len(samples), "busy_samples_whole_dag": sum(u > 0 for _, u in samples),
-               "fit_windows_unix_s": windows}
+               "fit_windows_unix_s": windows, "job_s": job_seconds(workdir / "results" / "benchmarks")}
     say(f"  224-px DAG: {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); GPU busy in {busy} of {total} samples while fitting")
     note = (f"224-px DAG of issue 13 (finetune + feature_extract, 8,000 train images, batch 128, bf16 + channels_last): "
             f"wall {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); nvidia-smi samples with utilization > 0 while a train job "
