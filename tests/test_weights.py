@@ -3,6 +3,9 @@ HTTP server on 127.0.0.1: the real download code, its hash checks, the manifest.
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import torch
 import torchvision
 
 from finetune.models import build_architecture
-from helpers import run_script
+from helpers import REPO, run_script
 from weight_server import serve_folder
 
 # SqueezeNet 1.1: a real torchvision architecture small enough to serve (5 MB), and one whose
@@ -133,3 +136,37 @@ def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_f
     # The mirror is a closed port: reaching the check after a download attempt would fail differently.
     assert f"error: weights.arch is 'resnet18' but {ENUM} belongs to 'squeezenet1_1'" in log, log
     assert not (other / "resources/weights/weights.pth").exists()
+
+
+def test_pretrained_weights_are_published_without_importing_torch(tmp_path):
+    """source: pretrain copies what the pretrain rule saved: its manifest comes from pretrain's info and the file's
+    own hash, and the job never imports torch (seconds per job; ~10 s on the GPU machine). The versions it records
+    are those torch and torchvision report, and the published file loads into the architecture."""
+    torch.manual_seed(0)
+    classes = ["a", "b", "c"]
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    torch.save(build_architecture("resnet18", len(classes)).state_dict(), pretrain / "model.pth")
+    prep = {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    (pretrain / "info.json").write_text(json.dumps({"arch": "resnet18", "classes": classes, "preprocessing": prep,
+                                                    "split": "source.csv", "split_sha256": "0" * 64,
+                                                    "best_val_accuracy": 0.5}))
+    out = tmp_path / "out"
+    code = f"""
+import sys
+from pathlib import Path
+from finetune.stages import weights_stage
+weights_stage({{"source": "pretrain", "arch": "resnet18"}}, Path({str(out / 'w.pth')!r}), Path({str(out / 'm.json')!r}),
+              pretrained_info=Path({str(pretrain / 'info.json')!r}), pretrained_weights=Path({str(pretrain / 'model.pth')!r}))
+print("torch imported:", "torch" in sys.modules, "torchvision imported:", "torchvision" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False torchvision imported: False" in result.stdout
+    manifest = json.loads((out / "m.json").read_text())
+    assert manifest["sha256"] == sha256(pretrain / "model.pth") == sha256(out / "w.pth")
+    assert (manifest["arch"], manifest["num_classes"], manifest["classes"]) == ("resnet18", 3, classes)
+    assert (manifest["torch"], manifest["torchvision"]) == (torch.__version__, torchvision.__version__)
+    state = torch.load(out / "w.pth", weights_only=True)
+    build_architecture("resnet18", 3).load_state_dict(state)

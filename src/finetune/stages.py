@@ -198,7 +198,6 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
     or weights of another architecture, leave an earlier ``out_weights`` and its manifest as they were.
     """
     from .images import Preprocessing
-    from .models import build_architecture, load_source_state
 
     source = cfg["source"]
     timeout = float(cfg.get("timeout_s", DEFAULT_TIMEOUT_S))
@@ -238,14 +237,27 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
 
         # Every filter and size the jobs will use, written out (and checked) in the manifest.
         prep = Preprocessing.from_dict(prep).to_dict()
-        state = load_state_dict(staged, origin=where)
-        num_classes = infer_num_classes(arch, state, where)
-        if classes and len(classes) != num_classes:
-            raise WeightsError(f"{where}: the output layer has {num_classes} classes but weights.classes names {len(classes)}")
-        # Load once into the architecture so a mismatched file fails here, not in every experiment.
-        load_source_state(build_architecture(arch, num_classes), state, where, arch=arch)
+        if source == "pretrain":
+            # pretrain_stage saved this architecture's state with these classes: loading it again would check
+            # nothing new and import torch, the largest part of this job's time (~10 s on the GPU machine).
+            num_classes = len(classes)
+        else:
+            num_classes = _checked_num_classes(staged, arch, classes, where)
     return write_manifest(out_manifest, weights_file=out_weights, arch=arch, num_classes=num_classes,
                           classes=classes, preprocessing=prep, sha256=digest, source=origin)
+
+
+def _checked_num_classes(weights_file: Path, arch: str, classes: list, where: str) -> int:
+    """The output layer's size of the state in ``weights_file``, loaded once into ``arch`` so that a mismatched
+    file fails here, not in every experiment."""
+    from .models import build_architecture, load_source_state
+
+    state = load_state_dict(weights_file, origin=where)
+    num_classes = infer_num_classes(arch, state, where)
+    if classes and len(classes) != num_classes:
+        raise WeightsError(f"{where}: the output layer has {num_classes} classes but weights.classes names {len(classes)}")
+    load_source_state(build_architecture(arch, num_classes), state, where, arch=arch)
+    return num_classes
 
 
 # --------------------------------------------------------------------------- train

@@ -37,10 +37,29 @@ DEFAULT_TIMEOUT_S = 60
 
 
 def library_versions() -> dict:
-    import torch
-    import torchvision
+    """torch's and torchvision's ``__version__`` (e.g. 2.14.1+cu130), without importing them where no one has yet:
+    an import of torch takes seconds (~10 s on the GPU machine), and a job that needs no tensors should not pay it."""
+    return {name: module_version(name) for name in ("torch", "torchvision")}
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+def module_version(name: str) -> str:
+    """``name.__version__``, read from the package's ``version.py`` (where torch and torchvision keep it) unless the
+    package is imported already; its distribution's version (without the local tag) where that file says nothing."""
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name].__version__
+    spec = importlib.util.find_spec(name)  # finds the package without running it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", (Path(folder) / "version.py").read_text(), re.M)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    return importlib.metadata.version(name)
 
 
 def _without_wrapper_prefixes(state: dict) -> dict:
