@@ -602,6 +602,30 @@ def test_fashion_mnist_missing_and_network_silent_fails_fast(tmp_path):
     assert not (tmp_path / "out" / "split.csv").exists()
 
 
+@pytest.mark.parametrize("split, fraction, name, key", [
+    ("test", "test_fraction", "target.csv", "dataset.test_fraction"),
+    ("val", "val_fraction", "source.csv", "pretrain.dataset.val_fraction"),
+])
+def test_a_split_drawn_without_val_or_test_images_stops_at_decode_naming_the_key(tmp_path, split, fraction, name, key):
+    """A fraction of 0 (the dataset giving no such split of its own) leaves the split file without val or
+    test images: decode, the job after the split, stops there, naming the key, instead of a train or evaluate
+    job failing after the training on a message about a decoded file; no decoded file is written."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data, {"cat": 6, "dog": 6})
+    assert run_split(imagefolder(data, **{fraction: 0}), out).returncode == 0
+    (out / "split.csv").rename(out / name)
+    counts = pd.read_csv(out / name)["split"].value_counts()
+    assert split not in counts and counts["train"] > 0, counts  # independently: the split file has none
+    result = run_script("decode", "--split", str(out / name), "--image-size", "32", "--splits", "train", "val", "test",
+                        "--out-images", str(out / "d.npy"), "--out-info", str(out / "d.json"))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    assert f"error: {out / name} has no {split} images" in result.stdout, result.stdout
+    assert f"{key} is 0 and the dataset gives no {split} split of its own" in result.stdout, result.stdout
+    assert f"set {key} above 0" in result.stdout
+    assert not (out / "d.npy").exists() and not (out / "d.json").exists()
+
+
 # --------------------------------------------------------------------------- config, rejected at start
 
 PRE = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -625,6 +649,9 @@ BAD_CONFIGS = {
     "fractions_leave_no_training_images": (
         {"dataset": {"format": "imagefolder", "path": "data", "val_fraction": 0.5, "test_fraction": 0.5}},
         "dataset.val_fraction + dataset.test_fraction is 1: it must be < 1"),
+    "fashion_mnist_without_validation_images": (
+        {"pretrain": {"dataset": {"val_fraction": 0}}},
+        "pretrain.dataset.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no validation images"),
     "url_weights_without_sha256": ({"weights": {"source": "url", "url": "http://example.org/w.pth", "preprocessing": PRE}},
                                    "weights.sha256: required with weights.source: url"),
     "sha256_not_hex": ({"weights": {"sha256": "abc"}}, "weights.sha256: 'abc' must be 64 hex digits (a sha256)"),

@@ -330,6 +330,10 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if isinstance(dataset, dict):
             problems += _dataset_problems(prefix, dataset)
+        if isinstance(dataset, dict) and dataset.get("format", "fashion-mnist") == "fashion-mnist" \
+                and dataset.get("val_fraction") == 0:
+            problems.append(f"{prefix}.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no "
+                            "validation images, on which training chooses its best epoch; set it above 0 (default 0.2)")
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
             continue  # Fashion-MNIST has an official test split: test_fraction is ignored
         val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2)

@@ -45,8 +45,9 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     (neither given): resized and cropped to ``image_size``.
     """
     from .images import Preprocessing
-    from .store import write_decoded
+    from .store import check_splits_present, write_decoded
 
+    check_splits_present(split_csv, splits)
     if weights_sizes is not None:
         prep = Preprocessing.from_dict(weights_preprocessing(weights_sizes), image_size)
     elif manifest_path is not None:

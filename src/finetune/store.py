@@ -59,6 +59,30 @@ def _chosen_rows(split_csv: Path, splits) -> tuple["pd.DataFrame", list[str]]:
     return frame[frame["split"].isin(list(splits))].reset_index(drop=True), classes
 
 
+# What the jobs after decode do with each split's images (named when a split file has none).
+SPLIT_USES = {"train": "the runs train on them", "val": "training chooses its best epoch on them",
+              "test": "evaluate and export_onnx score the model on them"}
+
+
+def check_splits_present(split_csv: Path, splits) -> None:
+    """The decode job's check: each of ``splits`` (those the jobs after it read) has images in ``split_csv``."""
+    present = set(read_split(split_csv)[0]["split"])
+    for split in splits:
+        if split not in present:
+            raise DataError(missing_split_message(Path(split_csv), split))
+
+
+def missing_split_message(split_csv: Path, split: str) -> str:
+    """Why a split file without ``split`` images cannot go on, and the key that decides it: the workflow's
+    ``resources/splits/source.csv`` is drawn by ``pretrain.dataset``, any other split file by ``dataset``."""
+    prefix = "pretrain.dataset" if split_csv.stem == "source" else "dataset"
+    if split == "train":
+        return f"{split_csv} has no train images: check {prefix}.classes and {prefix}.path"
+    return (f"{split_csv} has no {split} images, and the jobs after decode need them ({SPLIT_USES[split]}): "
+            f"{prefix}.{split}_fraction is 0 and the dataset gives no {split} split of its own (a {split}/ folder beside "
+            f"train/ in an ImageFolder, or a CSV manifest's split column); set {prefix}.{split}_fraction above 0 (e.g. 0.1)")
+
+
 def _warn_if_short_of_space(target: Path, needed: int, log: Callable[[str], None]) -> None:
     """Say at the start, not after hours of decoding, when the images will not fit (a compressing file
     system may still hold them, so this only warns; a write that fails names the file and removes it)."""
