@@ -297,6 +297,12 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
                  "than fp32 Conv: compare the figures before deploying the int8 model"),
     }
     write_json(out_report, report)
+    speedups = [figures["speedup"] for figures in report["speed"].values()]
+    if speedups and max(speedups) < 1:
+        log(f"warning: the int8 model is slower than fp32 on this CPU at every batch size measured "
+            f"({min(speedups):.2f}-{max(speedups):.2f}x the speed; onnxruntime runs its ConvInteger kernels "
+            f"slower than fp32 Conv here): it saves size ({size8 / size32:.2f} of the file), not time; deploy "
+            "model.onnx (predict.model: fp32) unless the size matters, or measure on the machine that will run it")
     return report
 
 
