@@ -4,7 +4,8 @@ the train jobs fit (``nvidia-smi`` sampled once a second).
 The config is the issue's: Fashion-MNIST classes 6-9, 2,000 training images per class at 224 px, batch 128,
 bf16 + channels_last, experiments finetune + feature_extract (L-BFGS head), one seed; the source model is
 pretrained at 32 px on classes 0-5. Goals (issue 13): the DAG in <= 60 s, the GPU busy (utilization above 0)
-in >= 80% of the samples taken while a train job fits (``fit_window_unix_s`` in its train_info.json).
+in >= 80% of the samples taken during the train jobs' epochs (``epochs_window_unix_s`` in their train_info.json;
+the share over their whole ``fit``, set-up included, ``fit_window_unix_s``, is given beside it).
 """
 
 from __future__ import annotations
@@ -109,13 +110,20 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
     finally:
         samples = sampler.stop()
     wall = time.perf_counter() - started
-    windows = [json.loads(p.read_text())["fit_window_unix_s"] for p in sorted(workdir.glob("results/*/seed*/train_info.json"))]
-    busy, total = busy_share(samples, windows)
-    figures = {"wall_s": round(wall, 1), "goal_wall_s": DAG_GOAL_S, "busy_samples": busy, "fit_samples": total,
+    infos = [json.loads(p.read_text()) for p in sorted(workdir.glob("results/*/seed*/train_info.json"))]
+    epochs, fits = [i["epochs_window_unix_s"] for i in infos], [i["fit_window_unix_s"] for i in infos]
+    busy, total = busy_share(samples, epochs)
+    fit_busy, fit_total = busy_share(samples, fits)
+    figures = {"wall_s": round(wall, 1), "goal_wall_s": DAG_GOAL_S, "busy_samples": busy, "epoch_samples": total,
+               "busy_samples_whole_fit": fit_busy, "fit_samples": fit_total,
                "all_samples": len(samples), "busy_samples_whole_dag": sum(u > 0 for _, u in samples),
-               "fit_windows_unix_s": windows, "job_s": job_seconds(workdir / "results" / "benchmarks")}
-    say(f"  224-px DAG: {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); GPU busy in {busy} of {total} samples while fitting")
+               "epochs_windows_unix_s": epochs, "fit_windows_unix_s": fits,
+               "job_s": job_seconds(workdir / "results" / "benchmarks")}
+    say(f"  224-px DAG: {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); GPU busy in {busy} of {total} samples during the "
+        f"train jobs' epochs ({fit_busy} of {fit_total} over their whole fit)")
     note = (f"224-px DAG of issue 13 (finetune + feature_extract, 8,000 train images, batch 128, bf16 + channels_last): "
-            f"wall {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); nvidia-smi samples with utilization > 0 while a train job "
-            f"fits vs all samples then; over the whole DAG {figures['busy_samples_whole_dag']} of {len(samples)}")
+            f"wall {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); nvidia-smi samples with utilization > 0 during the train "
+            f"jobs' epochs vs all samples then (issue 13: busy >= 80% of the epochs); over each train job's whole fit, "
+            f"its set-up before the first epoch included, {fit_busy} of {fit_total}; over the whole DAG "
+            f"{figures['busy_samples_whole_dag']} of {len(samples)}")
     return [row("gpu_busy_share_dag224", busy, max(total, 1), "samples", True, note)], figures

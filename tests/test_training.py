@@ -640,3 +640,18 @@ def test_input_size_probe_changes_nothing_and_names_what_the_model_refuses():
     with pytest.raises(AssertionError) as refused:
         vit(torch.zeros(1, 3, 64, 64))
     assert input_size_error(vit, 64) == str(refused.value)
+
+
+def test_train_info_records_when_the_fit_and_its_epochs_ran(tiny_run, tmp_path):
+    """fit_window_unix_s spans the whole fit, epochs_window_unix_s its epochs (bench.py --gpu --dag counts GPU
+    samples in them): both lie inside the job as the test's own clock saw it, the epochs inside the fit, and the
+    epochs' span is the time history.csv records for them, plus what follows the last row (its resume state
+    written, the best weights kept: seconds at most)."""
+    before = time.time()
+    run_to_end(train_command(tiny_run, tmp_path, 2))
+    after = time.time()
+    info = json.loads((tmp_path / "train_info.json").read_text())
+    fit_window, epochs_window = info["fit_window_unix_s"], info["epochs_window_unix_s"]
+    assert before <= fit_window[0] <= epochs_window[0] <= epochs_window[1] <= fit_window[1] <= after + 0.001
+    elapsed = pd.read_csv(tmp_path / "history.csv")["elapsed_s"].iloc[-1]
+    assert elapsed - 0.01 <= epochs_window[1] - epochs_window[0] <= elapsed + 5, (epochs_window, elapsed)

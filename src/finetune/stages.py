@@ -324,6 +324,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 2), "fit_window_unix_s": fit_window,
+        "epochs_window_unix_s": [round(t, 3) for t in result.epochs_window_unix_s],
         "cached_features": result.used_cached_features, "ema_decay": opts.ema_decay,
         "compile_seconds": None if result.compile_seconds is None else round(result.compile_seconds, 2),
         "n_train": len(data["train"].labels), "n_val": len(data["val"].labels),

@@ -124,6 +124,7 @@ class FitResult:
     used_cached_features: bool
     stopped_early: bool
     compile_seconds: float | None = None    # train.compile: the first training step, compilation included
+    epochs_window_unix_s: tuple[float, float] | None = None  # this process's epochs: first start, last end
 
 
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
@@ -140,6 +141,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         progress = fresh_progress(setup)
     trainable, total = 0, sum(p.numel() for p in model.parameters())
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
+    epochs_started_at = time.time()
     stopped_early = False
     with SignalGuard() as guard:
         for epoch in range(progress.start_epoch, opts.epochs):
@@ -166,6 +168,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
         total_params=total, train_seconds=time.perf_counter() - started,
         used_cached_features=setup.inputs.cached, stopped_early=stopped_early, compile_seconds=setup.compile_seconds,
+        epochs_window_unix_s=(epochs_started_at, time.time()),
     )
 
 
