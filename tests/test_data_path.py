@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,6 +112,35 @@ def test_the_split_check_decodes_at_a_reduced_scale_yet_finds_every_broken_jpeg(
     verdicts = {name: check_image(str(path)) is not None for name, path in files.items()}
     assert verdicts == {name: full_decode_fails(path) for name, path in files.items()}
     assert verdicts["intact"] is False and verdicts["cut at 0.999"] is True
+
+
+def bytes_read_by_this_process() -> int:
+    """What this process has read through read() calls so far, from the page cache or the disk (/proc/self/io)."""
+    with open("/proc/self/io") as handle:
+        return int(next(line.split()[1] for line in handle if line.startswith("rchar")))
+
+
+def test_the_split_check_reads_each_image_file_once(tmp_path):
+    """The split stage decodes every image and hashes its file (duplicates): one read of the file's bytes for
+    both, so a dataset on network storage is read once there, not twice. Counted by the kernel (rchar), the
+    digests checked with hashlib, a truncated file still named."""
+    import hashlib
+
+    from finetune.data import inspect_images
+
+    paths = [str(photo(tmp_path / f"{i}.jpg", 320, 240, seed=i)) for i in range(12)]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(Path(paths[0]).read_bytes()[:3000])
+    paths.append(str(cut))
+    inspect_images(paths[:1])  # PIL's JPEG plugin is imported on first use: its files are not the images
+    before = bytes_read_by_this_process()
+    results = inspect_images(paths, threads=2)
+    read = bytes_read_by_this_process() - before
+    total = sum(os.path.getsize(p) for p in paths)
+    assert total <= read <= 1.1 * total, f"{read} bytes read for {total} bytes of files"
+    assert [digest for _, digest in results[:-1]] == [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths[:-1]]
+    assert all(reason is None for reason, _ in results[:-1])
+    assert results[-1][0] is not None and results[-1][1] is None, results[-1]
 
 
 def test_a_decode_that_runs_out_of_space_names_the_file_and_keeps_the_earlier_one(split_csv, tmp_path):

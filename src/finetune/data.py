@@ -8,6 +8,7 @@ the target's class list) and ``split``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fileio import read_text_table, sha256_of
+from .fileio import read_text_table
 from .images import IMAGE_EXTENSIONS, check_image, extension_counts, files_below, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
@@ -403,14 +404,18 @@ def official_splits(listing: pd.DataFrame) -> tuple[str, ...]:
 
 
 def _inspect(path: str) -> tuple[str | None, str | None]:
-    """(why the image does not decode, or None; the sha256 of its file's bytes, or None)."""
-    reason = check_image(path)
-    if reason is not None or split_ref(path)[1] is not None:
-        return reason, None
+    """(why the image does not decode, or None; the sha256 of its file's bytes, or None). The file is read
+    once: its bytes are hashed and decoded (a dataset on network storage is read once here, not twice)."""
+    if split_ref(path)[1] is not None:  # an image inside a file (Fashion-MNIST's IDX): no file of its own
+        return check_image(path), None
     try:
-        return None, sha256_of(path)
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "file does not exist", None
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}", None
+    reason = check_image(path, data)
+    return reason, None if reason is not None else hashlib.sha256(data).hexdigest()
 
 
 def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None, str | None]]:

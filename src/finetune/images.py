@@ -10,6 +10,7 @@ IDX file (the format Fashion-MNIST ships in).
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
@@ -195,9 +196,10 @@ def _draft_for(img: Image.Image, min_side: int | None) -> None:
 ORIENTATIONS = ("exif", "none")
 
 
-def _decode(path: str, min_side: int | None = None, orientation: str = "exif") -> Image.Image:
+def _decode(path: str, min_side: int | None = None, orientation: str = "exif", data: bytes | None = None) -> Image.Image:
+    """``path`` decoded (from ``data``, its bytes, where the caller has read them already)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             _draft_for(img, min_side)
             img.load()
             if orientation == "exif":
@@ -233,8 +235,9 @@ def load_image(ref: str, min_side: int | None = None, orientation: str = "exif")
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
-def check_image(ref: str) -> str | None:
-    """Return None if the reference decodes, else a one-line reason (without the path)."""
+def check_image(ref: str, data: bytes | None = None) -> str | None:
+    """Return None if the reference decodes, else a one-line reason (without the path). ``data``: the file's
+    bytes, where the caller has read them already (the split stage hashes the same bytes: one read per file)."""
     path, index = split_ref(ref)
     if index is not None:
         try:
@@ -242,15 +245,15 @@ def check_image(ref: str) -> str | None:
         except DataError as exc:
             return str(exc)
         return None
-    if not os.path.exists(path):
+    if data is None and not os.path.exists(path):
         return "file does not exist"
-    if os.path.getsize(path) == 0:
+    if (len(data) if data is not None else os.path.getsize(path)) == 0:
         return "empty file (0 bytes)"
     try:
         # At the smallest scale a JPEG allows (1/8): its whole bitstream is still read, so a truncated
         # or broken file fails as at full size, in a fraction of the time (the split stage checks every
         # file). Turned upright as the decode stage will, so a file that passes here decodes there.
-        _decode(path, min_side=1)
+        _decode(path, min_side=1, data=data)
     except FileNotFoundError:
         return "file does not exist"
     except _Undecodable as exc:
