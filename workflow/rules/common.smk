@@ -149,7 +149,8 @@ RULE_MODULES = {
     "split": _STAGES,
     "decode": [*_STAGES, "store"],
     "pretrain": [*_STAGES, *_TRAINING],
-    "weights": [*_STAGES, "models"],
+    # Weights from pretrain are published as pretrain saved them (no model built): models only for the others.
+    "weights": [*_STAGES, *(["models"] if config["weights"]["source"] != "pretrain" else [])],
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
     "evaluate": [*_STAGES, "metrics", "models", "plots", "selection", "store", "tables", "tensors"],
