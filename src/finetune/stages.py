@@ -197,6 +197,8 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
     The new file is fetched, verified (hash) and loaded into the architecture beside
     ``out_weights``, and replaces it only when all of that succeeded: a failed or refused download,
     or weights of another architecture, leave an earlier ``out_weights`` and its manifest as they were.
+    Weights from ``pretrain`` are copied as pretrain saved them, without importing torch (that stage built
+    the architecture with these classes).
     """
     from .images import Preprocessing
 
