@@ -120,9 +120,14 @@ def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
+def with_package_env() -> dict:
+    """This process's environment with the repo's src/ first on PYTHONPATH: what the bench's subprocesses run with."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)}
+
+
 def run_checked(cmd: list[str], what: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)}
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                            env=with_package_env())
     if result.returncode != 0:
         raise SystemExit(f"bench: {what} failed ({result.returncode}):\n{' '.join(cmd)}\n{result.stdout[-4000:]}")
     return result

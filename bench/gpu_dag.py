@@ -11,7 +11,6 @@ the share over their whole ``fit``, set-up included, ``fit_window_unix_s``, is g
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 # common first: it sets OMP_WAIT_POLICY before torch is imported.
-from common import REPO, row, say, snakemake_cmd
+from common import REPO, row, say, snakemake_cmd, with_package_env
 
 import yaml
 
@@ -78,9 +77,8 @@ def busy_share(samples: list[tuple[float, int]], windows: list[list[float]]) -> 
 def run_logged(cmd: list[str], log_path: Path, timeout: float = 3600) -> None:
     """Run the DAG with its output going to ``log_path`` as it comes (a run stopped at a time limit still shows how
     far it got); its tail in the error when it fails."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(REPO / "src"), os.environ.get("PYTHONPATH")] if p)}
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=with_package_env(), timeout=timeout).returncode
     if code != 0:
         raise SystemExit(f"bench: the 224-px DAG failed ({code}):\n{' '.join(cmd)}\n{log_path.read_text()[-4000:]}")
 
