@@ -45,9 +45,8 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     (neither given): resized and cropped to ``image_size``.
     """
     from .images import Preprocessing
-    from .store import check_splits_present, write_decoded
+    from .store import write_decoded
 
-    check_splits_present(split_csv, splits)
     if weights_sizes is not None:
         prep = Preprocessing.from_dict(weights_preprocessing(weights_sizes), image_size)
     elif manifest_path is not None:
@@ -57,7 +56,7 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     else:
         raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
     return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
-                         log=log, interpolation=prep.interpolation)
+                         log=log, interpolation=prep.interpolation, require_every_split=True)
 
 
 def weights_preprocessing(weights_sizes: dict) -> dict:

@@ -64,14 +64,6 @@ SPLIT_USES = {"train": "the runs train on them", "val": "training chooses its be
               "test": "evaluate and export_onnx score the model on them"}
 
 
-def check_splits_present(split_csv: Path, splits) -> None:
-    """The decode job's check: each of ``splits`` (those the jobs after it read) has images in ``split_csv``."""
-    present = set(read_split(split_csv)[0]["split"])
-    for split in splits:
-        if split not in present:
-            raise DataError(missing_split_message(Path(split_csv), split))
-
-
 def missing_split_message(split_csv: Path, split: str) -> str:
     """Why a split file without ``split`` images cannot go on, and the key that decides it: the workflow's
     ``resources/splits/source.csv`` is drawn by ``pretrain.dataset``, any other split file by ``dataset``."""
@@ -102,10 +94,14 @@ def _megabytes(n: int) -> str:
 
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
                   splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print,
-                  interpolation: str = "bilinear") -> dict:
+                  interpolation: str = "bilinear", require_every_split: bool = False) -> dict:
     """Decode the images of ``split_csv`` in ``splits`` once into ``out_npy`` (the split file's row
-    order); its record goes to ``out_info``, written last."""
+    order); its record goes to ``out_info``, written last. ``require_every_split`` (the decode job, whose
+    ``splits`` are those the jobs after it read): a split of them without images is refused, naming the key."""
     frame, classes = _chosen_rows(split_csv, splits)
+    missing = set(splits) - set(frame["split"]) if require_every_split else set()
+    if missing:
+        raise DataError(missing_split_message(Path(split_csv), next(s for s in splits if s in missing)))
     refs = frame["path"].tolist()
     side = stored_size(resize_size, crop_size)
     shape = (len(refs), side, side, 3)
