@@ -60,8 +60,7 @@ def _chosen_rows(split_csv: Path, splits) -> tuple["pd.DataFrame", list[str]]:
 
 
 # What the jobs after decode do with each split's images (named when a split file has none).
-SPLIT_USES = {"train": "the runs train on them", "val": "training chooses its best epoch on them",
-              "test": "evaluate and export_onnx score the model on them"}
+SPLIT_USES = {"val": "training chooses its best epoch on them", "test": "evaluate and export_onnx score the model on them"}
 
 
 def missing_split_message(split_csv: Path, split: str) -> str:
@@ -99,9 +98,11 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     order); its record goes to ``out_info``, written last. ``require_every_split`` (the decode job, whose
     ``splits`` are those the jobs after it read): a split of them without images is refused, naming the key."""
     frame, classes = _chosen_rows(split_csv, splits)
-    missing = set(splits) - set(frame["split"]) if require_every_split else set()
-    if missing:
-        raise DataError(missing_split_message(Path(split_csv), next(s for s in splits if s in missing)))
+    if require_every_split:
+        present = set(frame["split"])
+        missing = [split for split in splits if split not in present]
+        if missing:
+            raise DataError(missing_split_message(Path(split_csv), missing[0]))
     refs = frame["path"].tolist()
     side = stored_size(resize_size, crop_size)
     shape = (len(refs), side, side, 3)
