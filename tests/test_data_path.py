@@ -311,6 +311,24 @@ def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again
     assert not npy.exists() and not info.exists()
 
 
+def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp_path):
+    # A mistyped record name, or the record of another decoded split (another folder), is a wrong path,
+    # not damage: both files stay byte for byte as they were.
+    npy, info = tmp_path / "a" / "images.npy", tmp_path / "a" / "info.json"
+    other_npy, other_info = tmp_path / "b" / "images.npy", tmp_path / "b" / "info.json"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    write_decoded(split_csv, 48, 48, other_npy, other_info, log=lambda _: None)
+    before = {path: path.read_bytes() for path in (npy, info, other_npy, other_info)}
+    with pytest.raises(DataError, match=f"record {tmp_path / 'a' / 'images.json'} does not exist.*nothing was removed"):
+        open_decoded(npy, tmp_path / "a" / "images.json", split_csv, (32, 32))
+    with pytest.raises(DataError, match=f"{npy} do not match the record {other_info}.*another folder.*nothing was removed"):
+        open_decoded(npy, other_info, split_csv, (32, 32))
+    assert {path: path.read_bytes() for path in before} == before
+    assert open_decoded(npy, info, split_csv, (32, 32)).read(np.arange(2)).shape == (2, 32, 32, 3)
+
+
 def test_rows_come_from_the_file_that_was_checked_even_if_its_name_is_replaced(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)

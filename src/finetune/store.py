@@ -11,7 +11,8 @@ pages would count towards the job's resident memory as the epoch touches them).
 A file written by a killed job never takes the final name (it is written beside it and renamed
 when complete), and :func:`open_decoded` checks the array against its record, so a truncated or
 foreign file is never read as data: a damaged pair (unreadable record or header, wrong shape or
-size) is removed with a message naming it and the command that decodes it again; a pair
+size; the two in one folder, as the decode job writes them) is removed with a message naming it and
+the command that decodes it again; a missing record removes nothing; a pair
 that is intact but belongs to another split file or size is refused and left alone. The check
 covers structure and size, not every byte (a full checksum would cost each job a pass over the
 whole file).
@@ -256,6 +257,8 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
     """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
 
     A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size is refused.
+    Nothing is removed where the record is missing or in another folder than the images: that is a wrong
+    path more likely than damage, and the images may be intact.
     """
     npy, info_json = Path(npy), Path(info_json)
     try:
@@ -263,7 +266,14 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
     except OSError as exc:
         raise DataError(f"cannot open decoded images {npy}: {exc}; run the workflow (its decode job writes them)") from exc
     try:
+        if not info_json.exists():
+            raise DataError(f"decoded images {npy}: their record {info_json} does not exist (the decode job writes "
+                            "it beside them, as info.json); nothing was removed. If the record was lost, decode "
+                            f"them again with `snakemake --forcerun {npy}`")
         why, info, offset = _damage(handle, npy, info_json)
+        if why is not None and npy.resolve().parent != info_json.resolve().parent:
+            raise DataError(f"decoded images {npy} do not match the record {info_json} ({why}), which is in another "
+                            "folder: they are not a pair written by one decode job; nothing was removed")
         if why is not None:
             raise _remove_damaged(npy, info_json, why)
         _check_belongs(npy, info, split_csv, sizes, interpolation)
