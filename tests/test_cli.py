@@ -52,3 +52,43 @@ def test_fast_exit_runs_atexit_and_flushes_what_was_printed():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "written, not flushedatexit ran\n"
+
+
+def test_the_time_line_adds_up_to_the_wall_time_the_parent_measures():
+    # A job that spends 0.6 s before run() (as imports do) and 0.3 s in its one part: the line at the end of its
+    # output names each part with its seconds, and their sum is the process's life as the parent clocks it.
+    import re
+    import time
+
+    started = time.monotonic()
+    result = run_python("""
+        import time
+        time.sleep(0.6)
+        from finetune.cli import run
+        from finetune.jobclock import lap
+        def main():
+            time.sleep(0.3)
+            lap("work")
+            time.sleep(0.2)
+        run(main)
+    """)
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    parts = re.fullmatch(r"time: start-up ([\d.]+) s, work ([\d.]+) s, other ([\d.]+) s; ([\d.]+) s in all", line)
+    assert parts, line
+    startup, work, other, total = map(float, parts.groups())
+    assert 0.6 <= startup + 0.05 and startup <= wall - 0.45
+    assert abs(work - 0.3) <= 0.1 and abs(other - 0.2) <= 0.1
+    assert abs(total - (startup + work + other)) <= 0.15
+    assert wall - 1.0 <= total <= wall + 0.05  # the parent's clock also counts starting and reaping the process
+
+
+def test_a_job_without_parts_prints_no_time_line():
+    result = run_python("""
+        from finetune.cli import run
+        def main():
+            print("done")
+        run(main)
+    """)
+    assert result.returncode == 0 and result.stdout == "done\n", result.stdout

@@ -72,3 +72,26 @@ def test_head_only_training_trains_only_the_head(tiny_run):
     assert info["cached_features"] is True
     full = json.loads((tiny_run / "results/finetune/seed0/train_info.json").read_text())
     assert full["trainable_params"] == full["total_params"]
+
+
+def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_clock(tiny_run):
+    """The last line of each torch job's log splits its time into parts; their sum is the job's wall time as
+    Snakemake's `benchmark:` file measured it from outside the process (that also counts the shell that starts it)."""
+    import re
+
+    results = tiny_run / "results"
+    jobs = {"pretrain": ["imports", "inputs", "fit", "outputs"],
+            "train/finetune/seed0": ["imports", "inputs", "fit", "outputs"],
+            "evaluate/finetune/seed0": ["imports", "inputs", "forward", "outputs"],
+            "export_onnx/finetune/seed0": ["imports", "inputs", "export", "parity", "outputs"],
+            "decode/target/native": ["decode", "flush to disk"]}
+    for job, expected in jobs.items():
+        line = (results / "logs" / f"{job}.log").read_text().strip().splitlines()[-1]
+        parsed = re.fullmatch(r"time: (.*); ([\d.]+) s in all", line)
+        assert parsed, (job, line)
+        parts = dict(re.fullmatch(r"(.+) ([\d.]+) s", part).groups() for part in parsed.group(1).split(", "))
+        assert [name for name in parts if name not in ("start-up", "CUDA start", "other")] == expected, (job, line)
+        total = float(parsed.group(2))
+        assert total == pytest.approx(sum(map(float, parts.values())), abs=0.1 * len(parts))
+        measured = pd.read_csv(results / "benchmarks" / f"{job}.tsv", sep="\t")["s"].iloc[-1]
+        assert measured - 1.5 <= total <= measured + 0.05, (job, line, measured)

@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import Callable
 
+from . import jobclock
 from .errors import FinetuneError, StopRequested
 
 
@@ -79,6 +80,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    jobclock.start()
     try:
         code = main()
     except FinetuneError as exc:
@@ -94,6 +96,9 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         record_loaded_modules()
+    timing = jobclock.summary()
+    if timing:
+        print(timing, flush=True)
     if fast_exit:
         _exit_now(code or 0)
     sys.exit(code or 0)

@@ -12,6 +12,7 @@ from typing import Callable
 import pandas as pd
 
 from . import __version__
+from .jobclock import lap
 from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
@@ -22,6 +23,15 @@ from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_lo
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
 TTA_MODES = ("none", "hflip")  # evaluate.tta
 PARITY_SAMPLE = 256  # test images on which export checks onnxruntime against PyTorch (top-1 agreement)
+
+
+def imports_done() -> None:
+    """End the job's ``imports`` (:mod:`finetune.jobclock`): torchvision too, which each torch stage loads to build
+    its model, so that the time the imports take is told apart from reading the inputs."""
+    import importlib
+
+    importlib.import_module("torchvision")
+    lap("imports")
 
 
 # --------------------------------------------------------------------------- split
@@ -155,9 +165,10 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     """Train ``arch`` from scratch on the source split and publish it like downloaded weights."""
 
     from .models import build_architecture, check_input_size
-    from .tensors import Preprocessing
+    from .tensors import Preprocessing, start_cuda
     from .training import TrainOptions, fit, options_key, seed_everything
 
+    imports_done()
     opts = TrainOptions.from_dict(options)
     ensure_writable(out_weights, out_info, out_history)
     seed_everything(opts.seed, opts.deterministic)
@@ -171,8 +182,12 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     pixels = decoded_identity(decoded)
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv),
                                                   *([pixels] if pixels else [])))
+    lap("inputs")
+    if start_cuda(opts.device):
+        lap("CUDA start")
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, log=log)
+    lap("fit")
     torch_save(result.best_state, out_weights)
     with atomic_path(out_history) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -184,6 +199,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     }
     write_json(out_info, info)
     _cleanup_resume(resume)
+    lap("outputs")
     return info
 
 
@@ -288,8 +304,10 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     import torch
 
     from .distributed import SINGLE
+    from .tensors import start_cuda
     from .training import fit, options_key
 
+    imports_done()
     ranks = ranks or SINGLE
 
     ensure_writable(out_checkpoint, out_history, out_info)
@@ -302,10 +320,14 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     key = options_key(arch, loop_options, image_size, split_sha, weights_sha, *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key)
+    lap("inputs")
+    if start_cuda(loop_options.get("device", "auto")):
+        lap("CUDA start")
     fit_started_at = time.time()
     result = fit(model, data["train"], data["val"], prep, opts, num_classes=len(classes), threads=threads,
                  resume_path=resume, feature_cache=feature_cache, log=log if ranks.main else _quiet, ranks=ranks)
     fit_window = [round(fit_started_at, 3), round(time.time(), 3)]
+    lap("fit")
     if not ranks.main:
         return {}
     if result.compile_seconds is not None:
@@ -336,6 +358,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     }
     write_json(out_info, info)
     _cleanup_resume(resume)
+    lap("outputs")
     return info
 
 
@@ -495,8 +518,9 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
 
     from .metrics import classification_report
     from .models import HflipAverage
-    from .tensors import Preprocessing, batched_forward, choose_device
+    from .tensors import Preprocessing, batched_forward, choose_device, start_cuda
 
+    imports_done()
     if tta not in TTA_MODES:
         raise ConfigError(f"evaluate.tta must be one of {TTA_MODES}, not {tta!r}")
     model, checkpoint = load_checkpoint(checkpoint_path)
@@ -507,8 +531,11 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     started = time.perf_counter()
     images = load_split_tensors(split_csv, prep, threads, splits=("test",), decoded=decoded, stream=True)[0]["test"].images
+    lap("inputs")
     # Channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (oneDNN); see batched_forward.
     on = choose_device(device, key="evaluate.device")
+    if start_cuda(on.type):
+        lap("CUDA start")
     model = model.to(on, memory_format=torch.channels_last)
 
     def forward(with_tta: bool):
@@ -516,6 +543,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         return batched_forward(wrapped, images, prep, on, batch_size=batch_size, channels_last=True).numpy()
 
     logits = forward(tta == "hflip")
+    lap("forward")
     labels = test["label"].to_numpy()
     report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"], report["tta"] = classes, tta
@@ -525,11 +553,13 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         reference = logits if onnx_tta == (tta == "hflip") else forward(onnx_tta)
         report["onnx"] = score_onnx(onnx_model, images, prep, reference, labels, report["top_k"], batch_size, threads)
         report["onnx"]["tta"] = "hflip" if onnx_tta else "none"
+        lap("ONNX scoring")
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions)
     write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
                              title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
+    lap("outputs")
     return report
 
 
@@ -643,21 +673,23 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
     from .models import HflipAverage
     from .tensors import Preprocessing
 
+    imports_done()
     model, checkpoint = load_checkpoint(checkpoint_path)
     if tta:
         model = HflipAverage(model).eval()
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)
+    lap("inputs")
     # The model is exported to a temporary file beside ``out_onnx`` and checked there; it is moved
     # into place only when parity passed. A failed check leaves no model.onnx, and an earlier one
     # (from a previous good run) as it was.
     with atomic_path(out_onnx) as staged:
-        started = time.perf_counter()
         export_onnx(model, checkpoint, staged, opset=opset, dynamo=dynamo, tta=tta)
-        export_seconds = time.perf_counter() - started
+        export_seconds = lap("export")
         rtol = DEFAULT_RTOL if rtol is None else rtol
         report = parity_check(model, staged, inputs.astype(np.float32), parity_batch, tolerance, rtol)
+        lap("parity")
         report["export_seconds"] = round(export_seconds, 2)
         report["exporter"] = "dynamo" if dynamo else "torchscript"
         report["opset"] = opset
@@ -671,6 +703,7 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
                 f"export.rtol; figures above); {kept}"
             )
     write_json(out_parity, report)
+    lap("outputs")
     return report
 
 

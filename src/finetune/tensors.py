@@ -34,6 +34,16 @@ def choose_device(requested: str, key: str = "train.device") -> torch.device:
     return torch.device(requested)
 
 
+def start_cuda(requested: str) -> bool:
+    """Create the CUDA context now where ``requested`` (``auto``, ``cpu``, ``cuda``) runs on CUDA, so that the job's
+    time line (:mod:`finetune.jobclock`) shows its cost apart from the work; whether it did."""
+    if requested == "cpu" or not torch.cuda.is_available():
+        return False
+    torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
+    return True
+
+
 def decode_images(refs: list[str], prep: Preprocessing, threads: int = 1) -> torch.Tensor:
     """Decode and preprocess every image once: uint8 tensor (N, 3, crop, crop)."""
     def one(ref: str) -> np.ndarray:

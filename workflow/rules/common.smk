@@ -140,8 +140,8 @@ wildcard_constraints:
 # inputs like the scripts, so editing one reruns exactly the jobs that run it and what follows.
 # Snakemake keeps checksums of small inputs: a touch or a checkout that leaves a file's text as it
 # was reruns nothing. tests/test_reruns.py checks this table against what the jobs actually load.
-_STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "stages", "weights"]  # finetune.stages and its imports
-_DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "metrics"]  # finetune.deploy: no torch
+_STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "jobclock", "stages", "weights"]  # finetune.stages and its imports
+_DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock", "metrics"]  # finetune.deploy: no torch
 # finetune.training and its parts
 _TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
              "selection", "stopping", "store", "tensors", "training"]
