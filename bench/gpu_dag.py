@@ -27,8 +27,10 @@ from finetune.cli import usable_cpus
 DAG_GOAL_S = 60.0
 
 
-def dag_config(fashion_mnist: str) -> dict:
+def dag_config(fashion_mnist: str, threads: int | None = None) -> dict:
+    """The issue's config; ``threads`` for both kinds of job (default: every usable CPU, as the issue has it)."""
     fm = {"format": "fashion-mnist", "path": fashion_mnist}
+    threads = threads or usable_cpus()
     return {
         "dataset": {**fm, "classes": [6, 7, 8, 9], "val_fraction": 0.1, "max_train_per_class": 2000, "max_val_per_class": 200},
         "weights": {"source": "pretrain", "arch": "resnet18"},
@@ -41,7 +43,7 @@ def dag_config(fashion_mnist: str) -> dict:
                         "feature_extract": {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0,
                                             "weight_decay": 0.1, "epochs": 25}},
         "seeds": [0],
-        "threads": {"train": usable_cpus(), "data": usable_cpus()},
+        "threads": {"train": threads, "data": threads},
     }
 
 
@@ -93,13 +95,14 @@ def job_seconds(benchmarks: Path) -> dict[str, float]:
     return seconds
 
 
-def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
+def bench_gpu_dag(workdir: Path, fashion_mnist: str, threads: int | None = None) -> tuple[list[dict], dict]:
     """Run the DAG once in ``workdir`` (emptied first: a finished DAG would rerun nothing); the busy-share row
-    and the figures for bench_gpu.json."""
+    and the figures for bench_gpu.json. ``threads``: each job's (default: every CPU, the issue's config)."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(dag_config(fashion_mnist), sort_keys=False))
+    config = dag_config(fashion_mnist, threads)
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     sampler = GpuSampler()
     started = time.perf_counter()
     try:
@@ -116,8 +119,9 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
                "busy_samples_whole_fit": fit_busy, "fit_samples": fit_total,
                "all_samples": len(samples), "busy_samples_whole_dag": sum(u > 0 for _, u in samples),
                "epochs_windows_unix_s": epochs, "fit_windows_unix_s": fits,
+               "threads": config["threads"]["train"], "cores": usable_cpus(),
                "job_s": job_seconds(workdir / "results" / "benchmarks")}
-    say(f"  224-px DAG: {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); GPU busy in {busy} of {total} samples during the "
+    say(f"  224-px DAG ({config['threads']['train']} threads a job, --cores {usable_cpus()}): {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); GPU busy in {busy} of {total} samples during the "
         f"train jobs' epochs ({fit_busy} of {fit_total} over their whole fit)")
     note = (f"224-px DAG of issue 13 (finetune + feature_extract, 8,000 train images, batch 128, bf16 + channels_last): "
             f"wall {wall:.0f} s (goal <= {DAG_GOAL_S:.0f} s); nvidia-smi samples with utilization > 0 during the train "
@@ -125,3 +129,24 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str) -> tuple[list[dict], dict]:
             f"its set-up before the first epoch included, {fit_busy} of {fit_total}; over the whole DAG "
             f"{figures['busy_samples_whole_dag']} of {len(samples)}")
     return [row("gpu_busy_share_dag224", busy, max(total, 1), "samples", True, note)], figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The DAG alone, e.g. with fewer threads a job than cores so that jobs run side by side (README, On a GPU):
+    ``python bench/gpu_dag.py FASHION_MNIST WORKDIR --threads 8``; its figures as JSON on the last line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("fashion_mnist")
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--threads", type=int, default=None, help="each job's threads (default: every usable CPU)")
+    args = parser.parse_args(argv)
+    rows, figures = bench_gpu_dag(args.workdir.resolve(), args.fashion_mnist, args.threads)
+    print(json.dumps({key: figures[key] for key in ("wall_s", "threads", "cores", "busy_samples", "epoch_samples",
+                                                    "busy_samples_whole_fit", "fit_samples", "job_s")}
+                     | {"busy_share": round(rows[0]["ratio"], 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

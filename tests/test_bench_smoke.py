@@ -253,6 +253,11 @@ def test_gpu_dag_config_is_valid_and_builds_the_issues_dag(tmp_path):
     trains = [line for line in dry.stdout.splitlines() if "scripts/train.py --split" in line]
     assert len(trains) == 2 and all("--image-size 224" in line for line in trains), dry.stdout[-3000:]
     assert all('"batch_size": 128' in line and '"amp": "bf16"' in line for line in trains)
+    # gpu-check's dag_half: the same DAG with fewer threads a job, which reach the jobs.
+    configfile.write_text(yaml.safe_dump(dag_config(FASHION_MNIST, threads=1)))
+    dry = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds")
+    jobs = [line for line in dry.stdout.splitlines() if "/workflow/scripts/" in line and "--threads" in line]
+    assert jobs and all(line.rstrip().split("--threads ")[1].split()[0] == "1" for line in jobs), dry.stdout[-3000:]
 
 
 def test_gpu_bench_smoke_on_the_cpu_writes_its_documented_rows(tmp_path):
