@@ -73,9 +73,10 @@ def runs(tmp_path_factory):
     """The uninterrupted runs; and the module lists of the processes that ran `train`."""
     workdir = tmp_path_factory.mktemp("distributed")
     records = workdir / "modules"
+    (workdir / "tmp").mkdir()  # the jobs' TMPDIR, where torchrun makes its workers' log folders
     # (A flag first: --configfile would take the targets for more config files.)
     run_snakemake(workdir, _config(workdir), "--printshellcmds", _target("head_one"), _target("head_two"),
-                  _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records)})
+                  _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records), "TMPDIR": str(workdir / "tmp")})
     return workdir, records
 
 
@@ -105,6 +106,8 @@ def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
     assert "torch.distributed.run --nproc-per-node=2" in log
     # Rank 0 alone wrote the log's epoch lines (each epoch once).
     assert sum(line.startswith("epoch 1/") for line in log.splitlines()) == 1, log
+    # torchrun made its workers' log folders in the jobs' TMPDIR; the runs succeeded, so none is left there.
+    assert sorted(p.name for p in (workdir / "tmp").iterdir()) == [], "a torchrun log folder was left behind"
 
 
 def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, signum: int) -> tuple[int, str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 
 import torch
@@ -90,6 +91,24 @@ def stop(ranks: Ranks) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def remove_launcher_folders(ranks: Ranks) -> None:
+    """After a run that succeeded, the folders torchrun made for its workers' logs on this node
+    (``$TMPDIR/torchelastic_*/<run>_*/attempt_0/<local rank>/``, empty when nothing failed): removed by the
+    node's local rank 0, empty folders only, so a worker's error file stays where torchrun wrote it.
+    Without this every training of several processes left one such tree behind in the temporary folder."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not ranks.active or ranks.local_rank != 0 or not error_file:
+        return
+    root = next((folder for folder in Path(error_file).parents if folder.name.startswith("torchelastic_")), None)
+    if root is None or not root.is_dir():
+        return
+    for folder, _, _ in os.walk(root, topdown=False):
+        try:
+            os.rmdir(folder)  # only an empty one
+        except OSError:
+            pass
 
 
 def shard_bounds(n: int, ranks: Ranks) -> tuple[int, int]:

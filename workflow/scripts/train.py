@@ -36,6 +36,7 @@ def main():
                            decoded=tuple(args.decoded) if args.decoded else None, lr_from=args.lr_from, ranks=ranks)
     finally:
         distributed.stop(ranks)
+    distributed.remove_launcher_folders(ranks)
     if ranks.main:
         print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']} s")
 
