@@ -113,3 +113,36 @@ def test_predict_left_to_selection_refuses_runs_with_different_metrics(tmp_path)
     assert result.returncode != 0
     assert "predict.experiment: the runs to select among have different train.metric (a: val_accuracy, b: val_loss)" \
         in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_a_combination_that_diverges_with_on_divergence_stop_keeps_its_epochs_and_the_sweep_completes(tmp_path):
+    """gradual: epoch 1 trains the head; epoch 2 unfreezes the backbone, at lr x 1e33 in one combination, which
+    diverges. With on_divergence: stop the whole workflow completes: that run keeps its epoch-1 model, which
+    evaluate scores as this test does from its model.pt, and the leaderboard says it diverged."""
+    import json
+
+    import pandas as pd
+
+    from recompute import held_out, run_logits
+
+    experiment = {"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2, "on_divergence": "stop",
+                  "sweep": {"backbone_lr_factor": [1.0, 1.0e33]}}
+    config = tiny_config(tmp_path, replace={"experiments": {"gradual": experiment}})
+    run_snakemake(tmp_path, config)
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv").set_index("experiment")
+    assert summary["diverged_seeds"].to_dict() == {"gradual-backbone_lr_factor1": 0, "gradual-backbone_lr_factor1e33": 1}
+    assert summary.loc["gradual-backbone_lr_factor1e33", "epochs"] == 1
+    assert summary.loc["gradual-backbone_lr_factor1", "epochs"] == 2
+    markdown = (tmp_path / "results" / "summary.md").read_text().splitlines()
+    flagged = [line for line in markdown if "(diverged: 1 of 1 seeds)" in line]
+    assert len(flagged) == 1 and "gradual-backbone_lr_factor1e33" in flagged[0]
+    run = tmp_path / "results" / "gradual-backbone_lr_factor1e33" / "seed0"
+    info = json.loads((run / "train_info.json").read_text())
+    assert re.fullmatch(r"loss became (nan|inf|-inf) at epoch 2, step \d+", info["diverged"]), info
+    test = held_out(tmp_path)
+    predicted = run_logits(run, test["path"]).argmax(1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(float((predicted == test["label"].to_numpy()).mean()), abs=1e-12)
+    assert json.loads((run / "onnx_parity.json").read_text())["passed"]

@@ -111,6 +111,41 @@ def test_loss_nan_in_a_later_epoch_keeps_the_last_good_resume_state(inputs, tmp_
 
 
 @pytest.mark.slow
+def test_on_divergence_stop_ends_the_run_with_the_epochs_before_it(inputs, tmp_path):
+    """The same run as above with on_divergence: stop: the job succeeds, and its model is exactly the weights
+    that epoch 1 left, as the failing run's epoch-1 resume state holds them (the run is deterministic on the CPU).
+    train_info.json says where it diverged; the history holds epoch 1 only."""
+    options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
+    resume = tmp_path / "resume"
+    failed = run_script("train", *train_args(inputs.split, inputs.manifest, tmp_path / "failed", options, resume))
+    assert failed.returncode == 1 and "train.on_divergence: stop keeps the best epoch" in failed.stdout, failed.stdout
+    epoch_1 = torch.load(resume_files(resume)[0], map_location="cpu", weights_only=False)["model"]
+
+    run = tmp_path / "run"
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, run, {**options, "on_divergence": "stop"}))
+    assert result.returncode == 0, result.stdout
+    assert re.search(r"loss became (nan|inf|-inf) at epoch 2, step \d+: training diverged; the run ends with the best "
+                     r"of its 1 epoch\(s\) done", result.stdout), result.stdout
+    model = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert model.keys() == epoch_1.keys() and all(torch.equal(model[k], epoch_1[k]) for k in model)
+    info = json.loads((run / "train_info.json").read_text())
+    assert re.fullmatch(r"loss became (nan|inf|-inf) at epoch 2, step \d+", info["diverged"]), info["diverged"]
+    assert info["epochs_run"] == info["best_epoch"] == 1 and len(pd.read_csv(run / "history.csv")) == 1
+
+
+@pytest.mark.slow
+def test_on_divergence_stop_still_fails_where_no_epoch_was_done(inputs, out):
+    before = snapshot(out)
+    options = {**OPTIONS, "lr": 1e30, "on_divergence": "stop"}
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, options))
+    assert result.returncode == 1, result.stdout
+    message = error_line(result.stdout)
+    assert re.search(r"loss became (nan|inf|-inf) at epoch 1, step \d+: .*on_divergence is stop, but no epoch was "
+                     r"done before it", message), message
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
 def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(inputs, tmp_path):
     """A run stopped (here: diverged at epoch 2, its epoch-1 state kept) resumes while its decoded images are the
     same file; once the decode has run again (an image edited in place and --forcerun split), the state holds a
@@ -206,7 +241,8 @@ def test_the_first_non_finite_loss_between_two_checks_is_the_step_named(step):
     assert model.poisoned_steps[0] == step, "the data did not put the white image where the test meant it"
     assert model.training_calls > STEPS_PER_EPOCH + step, "the steps after the bad one ran (the loss is read in intervals)"
     assert str(error.value) == (f"loss became inf at epoch 2, step {step}: training diverged; lower train.lr "
-                                "(now 0.001) or use warmup_epochs. Last good state: none kept (no --resume-dir)")
+                                "(now 0.001) or use warmup_epochs (train.on_divergence: stop keeps the best epoch before "
+                                "it instead, where one is done). Last good state: none kept (no --resume-dir)")
 
 
 def test_a_rerun_after_a_non_finite_loss_resumes_from_the_last_epoch_as_an_uninterrupted_run(tmp_path):
@@ -253,9 +289,23 @@ def test_a_validation_loss_that_is_not_finite_stops_training_before_the_epoch_is
     assert model.training_calls == 2 * STEPS_PER_EPOCH, "epoch 2 trained to its end, then validation overflowed"
     assert str(error.value) == (
         "validation loss became nan at epoch 2 (the model's outputs are no longer finite numbers): training diverged; "
-        f"lower train.lr (now 0.001) or use warmup_epochs. Last good state: resume state of epoch 1 kept in {resume}")
+        "lower train.lr (now 0.001) or use warmup_epochs (train.on_divergence: stop keeps the best epoch before it "
+        f"instead, where one is done). Last good state: resume state of epoch 1 kept in {resume}")
     state = torch.load(resume, weights_only=False)
     assert state["epoch"] == 0 and len(state["history"]) == 1 and math.isfinite(state["history"][0]["val_loss"])
+
+
+def test_on_divergence_stop_keeps_the_epoch_before_a_validation_loss_that_is_not_finite():
+    """The same run with on_divergence: stop returns epoch 1's model, validated finite, and says where it stopped."""
+    train, val = tripwire_data(7)
+    torch.manual_seed(0)
+    model = OverflowNet(armed=False)
+    result = fit(model, train, val, TRIPWIRE_PREP, TrainOptions.from_dict({**TRIPWIRE_OPTIONS, "on_divergence": "stop"}),
+                 num_classes=4, log=lambda _: None)
+    assert model.training_calls == 2 * STEPS_PER_EPOCH
+    assert result.diverged == "validation loss became nan at epoch 2 (the model's outputs are no longer finite numbers)"
+    assert len(result.history) == 1 and result.best_epoch == 1 and math.isfinite(result.history[0]["val_loss"])
+    assert all(torch.isfinite(v).all() for v in result.best_state.values() if v.is_floating_point())
 
 
 # --------------------------------------------------------------------------- out of memory (the real loop)

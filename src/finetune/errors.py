@@ -21,6 +21,15 @@ class TrainingError(FinetuneError):
     """Training cannot continue (non-finite loss, out of memory, interrupted)."""
 
 
+class Diverged(TrainingError):
+    """The training or validation loss became non-finite; ``what`` says where (``loss became nan at epoch 2,
+    step 5``)."""
+
+    def __init__(self, message: str, what: str):
+        super().__init__(message)
+        self.what = what
+
+
 class WriteError(FinetuneError):
     """A result could not be written (disk full, file size limit, read-only file system).
 

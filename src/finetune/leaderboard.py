@@ -26,13 +26,15 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "trainable_params": info["trainable_params"], "val_metric": record["metric"], "val": record["value"],
         "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
         "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
         "folder": str(Path(run["info"]).parent),
     }
 
 
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (n - 1) over seeds of every figure, one row per run name."""
-    spec = {"seeds": ("seed", "count"), "seed_list": ("seed", lambda s: " ".join(str(v) for v in sorted(s)))}
+    spec = {"seeds": ("seed", "count"), "seed_list": ("seed", lambda s: " ".join(str(v) for v in sorted(s))),
+            "diverged_seeds": ("diverged", "sum")}
     for figure in FIGURES:
         spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
     return per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
@@ -77,6 +79,11 @@ def mean_std(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def epochs_cell(epochs: float, diverged_seeds: int, seeds: int) -> str:
+    """The epochs run (mean over seeds), and how many seeds ended at a non-finite loss (on_divergence: stop)."""
+    return f"{epochs:g}" + (f" (diverged: {diverged_seeds} of {seeds} seeds)" if diverged_seeds else "")
+
+
 def markdown(table: pd.DataFrame) -> str:
     lines = [
         "| rank | experiment | selected | strategy | weights | trainable params | seeds | epochs | train s | validation | "
@@ -86,7 +93,8 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         lines.append(
             f"| {r.rank} | {r.experiment} | {'✓ ' + r.sweep if r.selected else ''} | {r.strategy} | {r.weights_source} | "
-            f"{r.trainable_params:,} | {r.seeds} | {r.epochs:g} | {mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
+            f"{r.trainable_params:,} | {r.seeds} | {epochs_cell(r.epochs, r.diverged_seeds, r.seeds)} | "
+            f"{mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
             f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
@@ -100,7 +108,7 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
         "selected": [f"✓ {s}" if chosen else "" for s, chosen in zip(table["sweep"], table["selected"])],
         "strategy": table["strategy"], "weights": table["weights_source"],
         "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seed_list"],
-        "epochs": table["epochs"].map("{:g}".format),
+        "epochs": [epochs_cell(e, d, n) for e, d, n in zip(table["epochs"], table["diverged_seeds"], table["seeds"])],
         "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
         "validation": [f"{n} {mean_std(m, s, 4)}" for n, m, s in zip(table["val_metric"], table["val"], table["val_std"])],
         "test accuracy": [mean_std(m, s, 4) for m, s in zip(table["test_accuracy"], table["test_accuracy_std"])],

@@ -50,6 +50,7 @@ class TrainOptions:
     mixup_alpha: float = 0.0            # mixup's Beta(alpha, alpha) (0: off); with cutmix too, one of them per batch
     cutmix_alpha: float = 0.0           # cutmix's Beta(alpha, alpha) (0: off)
     layer_decay: float | None = None    # finetune / gradual: a stage d stages below the head trains at lr * decay^d
+    on_divergence: str = "fail"         # fail | stop: a non-finite loss fails the job, or ends the run at the epochs done
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainOptions":
@@ -81,6 +82,7 @@ class TrainOptions:
             (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, not {self.compile!r}"),
+            (self.on_divergence in ("fail", "stop"), f"on_divergence must be fail or stop, not {self.on_divergence!r}"),
             *self._distributed_checks(),
             *self._recipe_checks(),
         ]

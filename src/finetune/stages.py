@@ -194,7 +194,8 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     info = {
         "arch": arch, "classes": classes, "preprocessing": prep.to_dict(),
         "best_epoch": result.best_epoch, "best_val_accuracy": max(r["val_accuracy"] for r in result.history),
-        "train_seconds": round(result.train_seconds, 2), "split": str(split_csv), "split_sha256": sha256_of(split_csv),
+        "train_seconds": round(result.train_seconds, 2), "diverged": result.diverged,
+        "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "options": options, **library_versions(),
     }
     write_json(out_info, info)
@@ -344,7 +345,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     info = {
         "arch": arch, "strategy": opts.strategy, "pretrained": pretrained, "classes": classes,
         "best_epoch": result.best_epoch, f"best_{opts.metric}": result.best_metric,
-        "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "epochs_run": len(result.history), "stopped_early": result.stopped_early, "diverged": result.diverged,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 2), "fit_window_unix_s": fit_window,
         "epochs_window_unix_s": [round(t, 3) for t in result.epochs_window_unix_s],

@@ -14,7 +14,7 @@ import torch
 
 from . import distributed
 from .distributed import SINGLE, Ranks
-from .errors import StopRequested, TrainingError
+from .errors import Diverged, StopRequested
 from .options import TrainOptions
 
 if TYPE_CHECKING:
@@ -122,15 +122,17 @@ def stop_if_requested(setup: _Setup, guard: "SignalGuard", divergence: Divergenc
     guard.check(lambda: f"at epoch {epoch + 1}, step {step_in_epoch + 1}: {saved_state(resume_path, history)}")
 
 
-def diverged(what: str, opts: TrainOptions, history: list, resume_path: Path | None) -> TrainingError:
-    """``what`` went non-finite (``loss became nan at epoch 2, step 5``): the error, with the last good state."""
+def diverged(what: str, opts: TrainOptions, history: list, resume_path: Path | None) -> Diverged:
+    """``what`` went non-finite (``loss became nan at epoch 2, step 5``): the error, with the last good state.
+    With ``on_divergence: stop`` and an epoch done, :func:`finetune.training.fit` ends the run there instead."""
     if history and resume_path is not None:
         where = f"resume state of epoch {len(history)} kept in {resume_path}"
     else:
         where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
-    return TrainingError(
-        f"{what}: training diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs. Last good state: {where}"
-    )
+    keep = (" (train.on_divergence: stop keeps the best epoch before it instead, where one is done)"
+            if opts.on_divergence == "fail" else " (train.on_divergence is stop, but no epoch was done before it)")
+    return Diverged(f"{what}: training diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs{keep}. "
+                    f"Last good state: {where}", what)
 
 
 def check_validation_loss(val_loss: float, opts: TrainOptions, epoch: int, history: list,

@@ -47,7 +47,7 @@ from . import distributed
 from .augment import augment_batch
 from .distributed import SINGLE, Ranks
 from .ema import Ema
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, Diverged, TrainingError
 from .features import cached_features, lbfgs_step
 from .mixing import mix_batch
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, parameter_depths,
@@ -125,6 +125,7 @@ class FitResult:
     stopped_early: bool
     compile_seconds: float | None = None    # train.compile: the first training step, compilation included
     epochs_window_unix_s: tuple[float, float] | None = None  # this process's epochs: first start, last end
+    diverged: str | None = None             # on_divergence stop: where the loss went non-finite, ending the run
 
 
 def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions, *,
@@ -142,22 +143,22 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     trainable, total = 0, sum(p.numel() for p in model.parameters())
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     epochs_started_at = time.time()
-    stopped_early = False
+    stopped_early, diverged_at = False, None
     with SignalGuard() as guard:
         for epoch in range(progress.start_epoch, opts.epochs):
             trainable, total = _prepare_epoch(setup, epoch)
             if epoch == progress.start_epoch:
                 log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, "
                     f"bn {'frozen' if opts.bn_frozen else 'train'})")
-            train_metrics = train_one_epoch(setup, epoch, guard, progress.history, resume_path)
-            with _scored_weights(setup):  # with ema_decay: the averaged weights are validated and kept
-                val_loss, val_accuracy = evaluate(setup, epoch)
-                check_validation_loss(val_loss, opts, epoch, progress.history, resume_path)
-                row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started,
-                                 trainable)
-                progress.history.append(row)
-                _log_epoch(row, opts.epochs, log)
-                track_best(progress, setup.trained, row, opts)
+            try:
+                _train_and_score_epoch(setup, epoch, guard, progress, resume_path, started, trainable, log)
+            except Diverged as exc:
+                if opts.on_divergence != "stop" or not progress.history:
+                    raise
+                diverged_at = exc.what
+                log(f"{exc.what}: training diverged; the run ends with the best of its {len(progress.history)} epoch(s) "
+                    "done (train.on_divergence: stop)")
+                break
             if resume_path is not None and ranks.main:
                 save_resume(resume_path, resume_state(setup, progress, epoch))
             if stops_early(opts, progress, log):
@@ -168,8 +169,22 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
         total_params=total, train_seconds=time.perf_counter() - started,
         used_cached_features=setup.inputs.cached, stopped_early=stopped_early, compile_seconds=setup.compile_seconds,
-        epochs_window_unix_s=(epochs_started_at, time.time()),
+        epochs_window_unix_s=(epochs_started_at, time.time()), diverged=diverged_at,
     )
+
+
+def _train_and_score_epoch(setup: "_Setup", epoch: int, guard: SignalGuard, progress, resume_path: Path | None,
+                           started: float, trainable: int, log: Callable[[str], None]) -> None:
+    """One epoch: train, validate, add its row to the history and keep the model if it is the best so far."""
+    opts = setup.opts
+    train_metrics = train_one_epoch(setup, epoch, guard, progress.history, resume_path)
+    with _scored_weights(setup):  # with ema_decay: the averaged weights are validated and kept
+        val_loss, val_accuracy = evaluate(setup, epoch)
+        check_validation_loss(val_loss, opts, epoch, progress.history, resume_path)
+        row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started, trainable)
+        progress.history.append(row)
+        _log_epoch(row, opts.epochs, log)
+        track_best(progress, setup.trained, row, opts)
 
 
 # --------------------------------------------------------------------------- set-up
