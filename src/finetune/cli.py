@@ -97,7 +97,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
             signal.signal(sig, handler)
         record_loaded_modules()
     timing = jobclock.summary()
-    if timing:
+    if timing and os.environ.get("RANK", "0") == "0":  # several training processes: rank 0's, as its other lines
         print(timing, flush=True)
     if fast_exit:
         _exit_now(code or 0)
