@@ -12,10 +12,10 @@ from typing import Callable
 import pandas as pd
 
 from . import __version__
-from .jobclock import lap
 from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
+from .jobclock import lap
 from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
                       infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch,
                       torchvision_weights, write_manifest)
