@@ -126,8 +126,8 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         decoded_at = time.perf_counter()
         lap("decode")
     lap("flush to disk")  # atomic_path's fsync: what of the file the page cache still holds
-    seconds = time.perf_counter() - started
-    decoding, flushing = decoded_at - started, seconds - (decoded_at - started)
+    finished = time.perf_counter()
+    seconds, decoding, flushing = finished - started, decoded_at - started, finished - decoded_at
     info = {
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
