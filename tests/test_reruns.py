@@ -5,6 +5,7 @@ Code is edited in a copy of the repo's workflow (Snakefile, workflow/, src/, con
 mtimes kept), never in the source tree itself.
 """
 
+import io
 import os
 import shutil
 import sys
@@ -12,7 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from faults import make_images
 from helpers import REPO, jobs_run, run_snakemake, tiny_config
@@ -157,6 +160,67 @@ def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):
     with manifest.open("a") as handle:
         handle.write(f"circle/{made['circle'][7].name},circle\n")
     assert would_run(tmp_path / "run") == AFTER_SPLIT
+
+
+def overwrite_in_place(image: Path, seed: int) -> None:
+    """Other pixels under the same name: the file's size and modification time change, its folder's do not."""
+    folder_mtime = image.parent.stat().st_mtime_ns
+    time.sleep(0.05)
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    with image.open("r+b") as handle:  # the same file (inode) written again, as an editor saving in place
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        handle.write(buffer.getvalue())
+        handle.truncate()
+    assert image.parent.stat().st_mtime_ns == folder_mtime
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_an_image_overwritten_in_place_reruns_the_split_where_files_are_watched(tmp_path, fmt):
+    """Overwritten under the same name, an image changes no folder: `dataset.watch: folders` (the default)
+    sees nothing, as the README says; with `watch: files` the split and all after it rerun."""
+    images = tmp_path / "images"
+    made = make_images(images, {"circle": 8, "square": 8})
+    path = images
+    if fmt == "csv":
+        path = images / "manifest.csv"
+        path.write_text("path,label\n" + "".join(f"{p.parent.name}/{p.name},{name}\n"
+                                                  for name, paths in made.items() for p in paths))
+    workdir = tmp_path / "run"
+    config = own_images_config(workdir, {"format": fmt, "path": str(path)})
+    settle(workdir, config)
+    overwrite_in_place(made["circle"][0], seed=11)
+    assert would_run(workdir) == NOTHING
+    own_images_config(workdir, {"format": fmt, "path": str(path), "watch": "files"})
+    assert would_run(workdir) == AFTER_SPLIT  # a new digest: that image did change
+    settle(workdir, config)
+    assert would_run(workdir) == NOTHING
+    overwrite_in_place(made["square"][3], seed=12)
+    result = run_snakemake(workdir, config, "-n")
+    assert Counter(jobs_run(result.stdout)) == AFTER_SPLIT, result.stdout[-3000:]
+    assert "output: resources/splits/source.csv" not in result.stdout
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["folder", "csv list"])
+def test_an_image_to_classify_overwritten_in_place_reruns_predict_where_files_are_watched(tiny_run_copy, listed):
+    workdir, config = tiny_run_copy, tiny_run_copy / "config.yaml"
+    made = make_images(workdir / "new_images" / "any", {"a": 2, "b": 2})
+    images = "new_images"
+    if listed:
+        images = "new_images/list.csv"
+        (workdir / images).write_text("path\n" + "".join(f"any/{p.parent.name}/{p.name}\n"
+                                                         for paths in made.values() for p in paths))
+    predict = {"images": images, "experiment": "finetune", "seed": 0}
+    tiny_config(workdir, predict=predict)
+    run_snakemake(workdir, config)
+    assert would_run(workdir) == NOTHING
+    overwrite_in_place(made["a"][1], seed=13)
+    assert would_run(workdir) == NOTHING
+    tiny_config(workdir, predict={**predict, "watch": "files"})
+    run_snakemake(workdir, config)
+    assert would_run(workdir) == NOTHING
+    overwrite_in_place(made["b"][0], seed=14)
+    assert would_run(workdir) == Counter({"predict": 1, "all": 1})
 
 
 # --------------------------------------------------------------------------- code changes

@@ -2,7 +2,6 @@
 # function the rules call (the other .smk files hold rules only).
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
-from finetune.images import walk_folders
+from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import expand_home, own_sections
 from finetune.sweeps import expand as expand_sweeps
 
@@ -238,11 +237,16 @@ def dataset_config(dataset):
     return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
 
 
-# What Snakemake watches of a dataset, so that its split reruns when the data changes. A CSV manifest is
-# an input (its text). An ImageFolder's state is a param: a digest of the modification time of every
-# folder of its tree (a folder's changes when an image in it is added, removed or renamed), so that a
-# tree of thousands of folders is not listed as inputs in every job line. Fashion-MNIST's files are used
-# as published. A path that does not exist is left to the split job, whose message names the key.
+def split_dataset_config(dataset):
+    """The dataset config the split job reads: all but `watch`, which is Snakemake's (dataset_state)."""
+    return {k: v for k, v in dataset_config(dataset).items() if k != "watch"}
+
+
+# What Snakemake watches of a dataset, so that its split reruns when the data changes: a CSV manifest
+# is an input (its text); the rest is a param, a digest of the tree's folders (and with `watch: files`
+# of every image file's size and modification time), so that thousands of files are not listed as
+# inputs in every job line (finetune.watch). A path that does not exist is left to the split job, whose
+# message names the key.
 
 
 def dataset_inputs(wildcards):
@@ -251,19 +255,7 @@ def dataset_inputs(wildcards):
 
 
 def dataset_state(wildcards):
-    cfg = dataset_config(wildcards.dataset)
-    return folder_tree_state(cfg["path"]) if cfg["format"] == "imagefolder" else ""
-
-
-def folder_tree_state(root):
-    """Digest of the path and modification time of ``root`` and every folder below it ("" where there
-    is no such folder), walked as the split and predict walk them (finetune.images.walk_folders)."""
-    if not os.path.isdir(root):
-        return ""
-    digest = hashlib.sha256()
-    for folder, _ in walk_folders(root):
-        digest.update(f"{os.path.relpath(folder, root)}\0{os.stat(folder).st_mtime_ns}\0".encode())
-    return digest.hexdigest()[:16]
+    return watched_state(dataset_config(wildcards.dataset))
 
 
 def weights_inputs(wildcards):
@@ -292,9 +284,10 @@ def predict_images(wildcards):
 
 
 def predict_images_state(wildcards):
-    """predict.images, a folder, is searched recursively: the state of its tree (:func:`folder_tree_state`)
-    reruns the predictions when an image is added, removed or renamed anywhere in it."""
-    return folder_tree_state(predict_images(wildcards))
+    """predict.images, a folder searched recursively or a CSV list: the state of its images
+    (finetune.watch.images_state, at the depth predict.watch asks for) reruns the predictions when one
+    is added, removed or renamed (with `watch: files`, also overwritten in place)."""
+    return images_state(predict_images(wildcards), config["predict"]["watch"])
 
 
 def predict_model_name():

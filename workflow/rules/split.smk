@@ -11,7 +11,7 @@ rule split:
         report="resources/splits/{dataset}.report.json",
     params:
         python=PYTHON,
-        dataset=lambda w: as_json(dataset_config(w.dataset)),
+        dataset=lambda w: as_json(split_dataset_config(w.dataset)),
         data_state=dataset_state,
     log:
         "results/logs/split/{dataset}.log",
