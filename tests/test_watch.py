@@ -1,0 +1,75 @@
+"""What `watch` sees of a dataset or of images to classify (finetune.watch): which changes give a new
+digest, and which do not. test_reruns shows the same through Snakemake's dry runs."""
+
+import os
+import time
+
+from finetune.watch import images_state, listed_files_state, tree_state
+
+
+def make_tree(root):
+    (root / "cat").mkdir(parents=True)
+    (root / "dog" / "more").mkdir(parents=True)
+    for name in ("cat/a.png", "cat/b.png", "dog/c.png", "dog/more/d.png"):
+        (root / name).write_bytes(name.encode())
+    return root
+
+
+def overwrite(path, data: bytes):
+    folder = path.parent.stat().st_mtime_ns
+    time.sleep(0.02)
+    path.write_bytes(data)
+    assert path.parent.stat().st_mtime_ns == folder  # the folder's own state is as before
+
+
+def test_folders_see_a_file_added_or_removed_but_not_one_overwritten_in_place(tmp_path):
+    root = make_tree(tmp_path / "images")
+    before = tree_state(root)
+    overwrite(root / "cat/a.png", b"other pixels")
+    assert tree_state(root) == before
+    (root / "dog/more/e.png").write_bytes(b"new")
+    assert tree_state(root) != before
+
+
+def test_files_see_an_image_overwritten_in_place_or_touched_deep_in_the_tree(tmp_path):
+    root = make_tree(tmp_path / "images")
+    states = [tree_state(root, "files")]
+    overwrite(root / "dog/more/d.png", b"other pixels")
+    states.append(tree_state(root, "files"))
+    time.sleep(0.02)
+    os.utime(root / "cat/b.png")
+    states.append(tree_state(root, "files"))
+    assert len(set(states)) == 3
+    assert tree_state(root, "files") == states[-1]  # the same tree, the same digest
+
+
+def test_hidden_files_are_not_watched_as_they_are_not_read(tmp_path):
+    root = make_tree(tmp_path / "images")
+    (root / "cat" / ".DS_Store").write_bytes(b"finder")
+    before = tree_state(root, "files")
+    overwrite(root / "cat" / ".DS_Store", b"finder, later")
+    assert tree_state(root, "files") == before
+
+
+def test_a_list_watches_the_files_it_names_and_only_with_files(tmp_path):
+    root = make_tree(tmp_path / "images")
+    listing = root / "list.csv"
+    listing.write_text("path\ncat/a.png\n" + f"{root / 'dog/c.png'}\n")  # relative to the list, and absolute
+    before = listed_files_state(listing, "files")
+    overwrite(root / "cat/b.png", b"not listed")
+    assert listed_files_state(listing, "files") == before
+    overwrite(root / "dog/c.png", b"listed, by its absolute path")
+    after = listed_files_state(listing, "files")
+    assert after != before
+    (root / "cat/a.png").unlink()
+    assert listed_files_state(listing, "files") not in (before, after)
+    assert listed_files_state(listing, "folders") == ""  # the list's text is the rule's input
+    assert images_state(listing, "files") == listed_files_state(listing, "files")
+    assert images_state(root, "files") == tree_state(root, "files")
+
+
+def test_nothing_to_watch_leaves_the_message_to_the_job(tmp_path):
+    assert tree_state(tmp_path / "missing", "files") == ""
+    assert listed_files_state(tmp_path / "missing.csv", "files") == ""
+    (tmp_path / "no_path.csv").write_text("file\na.png\n")
+    assert listed_files_state(tmp_path / "no_path.csv", "files") == ""
