@@ -18,7 +18,7 @@ import pandas as pd
 
 from .errors import DataError
 from .fileio import read_text_table
-from .images import IMAGE_EXTENSIONS, check_image, extension_counts, files_below, read_idx, split_ref
+from .images import IMAGE_EXTENSIONS, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -55,6 +55,7 @@ class SplitSpec:
     max_test_per_class: int | None = None
     seed: int = 0
     on_bad_image: str = "fail"
+    near_duplicates: str | bool = "report"  # or leave_out, or false
     download_dir: str = "resources/datasets"
     download_timeout_s: float = 30.0
     extra: dict = field(default_factory=dict)
@@ -403,22 +404,23 @@ def official_splits(listing: pd.DataFrame) -> tuple[str, ...]:
     return tuple(s for s in GIVEN_SPLITS if (listing["official_split"] == s).any())
 
 
-def _inspect(path: str) -> tuple[str | None, str | None]:
-    """(why the image does not decode, or None; the sha256 of its file's bytes, or None). The file is read
-    once: its bytes are hashed and decoded (a dataset on network storage is read once here, not twice)."""
+def _inspect(path: str) -> tuple[str | None, str | None, np.ndarray | None]:
+    """(why the image does not decode, or None; the sha256 of its file's bytes, or None; its thumbnail, or
+    None). The file is read once: its bytes are hashed and decoded (a dataset on network storage is read
+    once here, not twice)."""
     if split_ref(path)[1] is not None:  # an image inside a file (Fashion-MNIST's IDX): no file of its own
-        return check_image(path), None
+        return *inspect_image(path), None
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return "file does not exist", None
+        return "file does not exist", None, None
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}", None
-    reason = check_image(path, data)
-    return reason, None if reason is not None else hashlib.sha256(data).hexdigest()
+        return f"cannot read: {exc.strerror or exc}", None, None
+    reason, thumb = inspect_image(path, data)
+    return reason, None if reason is not None else hashlib.sha256(data).hexdigest(), thumb
 
 
-def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None, str | None]]:
+def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None, str | None, np.ndarray | None]]:
     """Decode every image once and hash its file: :func:`_inspect` of each path, in order."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -464,17 +466,19 @@ def _leave_out_bad(listing: pd.DataFrame, bad: list[tuple[str, str]], what: str,
     return listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
 
 
-def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, list, list[dict]]:
+def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, list, list[dict], dict]:
     """The listing without unreadable images, images labelled two ways (both refused unless
-    ``on_bad_image: skip``) and redundant copies; the images skipped, ``(path, reason)``; the copies left out."""
+    ``on_bad_image: skip``) and redundant copies; the images skipped, ``(path, reason)``; the copies left
+    out; the thumbnail of each image that decodes, by path."""
     inspected = inspect_images(listing["path"].tolist(), threads)
-    unreadable = [(p, reason) for p, (reason, _) in zip(listing["path"], inspected) if reason is not None]
+    unreadable = [(p, reason) for p, (reason, _, _) in zip(listing["path"], inspected) if reason is not None]
+    thumbnails = {p: thumb for p, (reason, _, thumb) in zip(listing["path"], inspected) if reason is None}
     listing = _leave_out_bad(listing, unreadable, "unreadable image(s)", spec)
-    digests = [digest for reason, digest in inspected if reason is None]
+    digests = [digest for reason, digest, _ in inspected if reason is None]
     redundant, conflicting = find_duplicates(listing, digests)
     listing = _leave_out_bad(listing, conflicting, "image(s) found under two labels (identical files)", spec)
     left_out = {item["path"] for item in redundant}
-    return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant
+    return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant, thumbnails
 
 
 def _left_out_by_class(listed: pd.DataFrame, bad: list[tuple[str, str]], duplicates: list[dict]) -> dict[str, list[str]]:
@@ -501,10 +505,15 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
     bad: list[tuple[str, str]] = []
     duplicates: list[dict] = []
+    thumbnails: dict = {}
     listed = listing
     if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read, and are used as published
-        listing, bad, duplicates = checked_listing(listing, spec, threads)
-    split = stratified_split(listing, class_names, spec, _left_out_by_class(listed, bad, duplicates))
+        listing, bad, duplicates, thumbnails = checked_listing(listing, spec, threads)
+    left_out = _left_out_by_class(listed, bad, duplicates)
+    split = stratified_split(listing, class_names, spec, left_out)
+    near: dict = {"checked": False, "pairs": []}
+    if spec.near_duplicates:  # false: not checked
+        split, near = split_without_near_duplicates(split, listing, class_names, spec, thumbnails, left_out, threads)
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
         "dataset": {"format": spec.format, "path": spec.path},
@@ -514,9 +523,55 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
         "skipped_images": [{"path": p, "reason": r} for p, r in bad],
         "duplicate_images": duplicates,
+        "near_duplicates": near,
         "ignored_files": ignored_files,
     }
     return split, report
+
+
+def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, class_names: list[str], spec: SplitSpec,
+                                  thumbnails: dict, left_out: dict[str, list[str]], threads: int = 1) -> tuple[pd.DataFrame, dict]:
+    """Near duplicates across the splits of ``split`` (finetune.nearduplicates), as the split report's
+    ``near_duplicates``: ``checked`` (false where there were more than MAX_PAIRS pairs to compare, ``why``
+    then says so), ``pairs`` found and ``left_out``. With ``near_duplicates: leave_out``, the copy in the
+    earlier split (train before val; test is never changed) is left out of the listing and the split drawn
+    again, until none is left; ``left_out`` (per class, for the split's messages) gets each of them."""
+    from .nearduplicates import MAX_PAIRS, find_near_duplicates, pairs_to_compare  # the split's own module
+
+    near = {"checked": True, "pairs": [], "left_out": spec.near_duplicates == "leave_out"}
+    while True:
+        pairs = pairs_to_compare(split["split"])
+        if pairs > MAX_PAIRS:
+            return split, {**near, "checked": False, "why": f"{pairs:,} pairs of images to compare, more than {MAX_PAIRS:,}"}
+        found = find_near_duplicates(split, _thumbnails(split["path"].tolist(), thumbnails, threads))
+        near["pairs"] += found
+        if not found or spec.near_duplicates != "leave_out":
+            return split, near
+        for item in found:
+            left_out.setdefault(item["class_name"], []).append(
+                f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})")
+        listing = listing[~listing["path"].isin({item["path"] for item in found})].reset_index(drop=True)
+        split = stratified_split(listing, class_names, spec, left_out)
+
+
+def _thumbnails(paths: list[str], known: dict, threads: int = 1) -> np.ndarray:
+    """The (N, 256) thumbnails of ``paths``: those the check made (``known``), the others (Fashion-MNIST's
+    images, which the check does not decode) made here and added to ``known``."""
+    missing = [p for p in paths if p not in known]
+    by_file: dict[str, list[tuple[str, int]]] = {}
+    for ref in missing:
+        file, index = split_ref(ref)
+        if index is not None:
+            by_file.setdefault(file, []).append((ref, index))
+    for file, refs in by_file.items():  # Fashion-MNIST's images: all of a file at once
+        known.update(zip((ref for ref, _ in refs), idx_thumbnails(file, [index for _, index in refs])))
+    missing = [p for p in missing if p not in known]
+    if missing:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            known.update(zip(missing, (thumb for _, thumb in pool.map(inspect_image, missing))))
+    return np.stack([known[p] for p in paths]) if paths else np.empty((0, 256), dtype=np.uint8)
 
 
 def read_split(path: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:

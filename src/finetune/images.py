@@ -238,27 +238,63 @@ def load_image(ref: str, min_side: int | None = None, orientation: str = "exif")
 def check_image(ref: str, data: bytes | None = None) -> str | None:
     """Return None if the reference decodes, else a one-line reason (without the path). ``data``: the file's
     bytes, where the caller has read them already (the split stage hashes the same bytes: one read per file)."""
+    return inspect_image(ref, data)[0]
+
+
+def inspect_image(ref: str, data: bytes | None = None) -> tuple[str | None, np.ndarray | None]:
+    """(None, the image's :func:`thumbnail`) if the reference decodes, else (a one-line reason without the
+    path, None). ``data`` as in :func:`check_image`."""
     path, index = split_ref(ref)
     if index is not None:
         try:
-            load_image(ref)
+            return None, thumbnail(load_image(ref))
         except DataError as exc:
-            return str(exc)
-        return None
+            return str(exc), None
     if data is None and not os.path.exists(path):
-        return "file does not exist"
+        return "file does not exist", None
     if (len(data) if data is not None else os.path.getsize(path)) == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", None
     try:
         # At the smallest scale a JPEG allows (1/8): its whole bitstream is still read, so a truncated
         # or broken file fails as at full size, in a fraction of the time (the split stage checks every
         # file). Turned upright as the decode stage will, so a file that passes here decodes there.
-        _decode(path, min_side=1, data=data)
+        image = _decode(path, min_side=1, data=data)
     except FileNotFoundError:
-        return "file does not exist"
+        return "file does not exist", None
     except _Undecodable as exc:
-        return f"cannot decode: {exc}"
-    return None
+        return f"cannot decode: {exc}", None
+    return None, thumbnail(image)
+
+
+THUMBNAIL_SIDE = 16
+
+
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """The image as 16x16 gray levels, each the mean of the area it covers (uint8, flat: 256 values): what
+    the split compares to find an image's re-encoded or resized copies (finetune.nearduplicates). Exact
+    area means, so that a JPEG decoded at 1/8 scale (the mean of each 8x8 block) gives the same figures
+    as at full size within a gray level or so (PIL's BOX filter takes whole pixels, and does not)."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    rows, columns = (_area_weights(n, THUMBNAIL_SIDE) for n in gray.shape)
+    return np.clip(np.rint(rows @ gray @ columns.T), 0, 255).astype(np.uint8).reshape(-1)
+
+
+def idx_thumbnails(path: str, indices) -> np.ndarray:
+    """:func:`thumbnail` of images ``indices`` of the IDX file ``path`` (gray already), all at once."""
+    images = read_idx(path)[np.asarray(indices, dtype=np.int64)].astype(np.float32)
+    rows, columns = (_area_weights(n, THUMBNAIL_SIDE) for n in images.shape[1:])
+    cells = np.einsum("ih,nhw,jw->nij", rows, images, columns, optimize=True)
+    return np.clip(np.rint(cells), 0, 255).astype(np.uint8).reshape(len(images), -1)
+
+
+@lru_cache(maxsize=64)
+def _area_weights(size: int, cells: int) -> np.ndarray:
+    """(cells, size) weights: the share of each of ``size`` pixels in each of ``cells`` equal cells, each
+    row summing to 1."""
+    edges = np.arange(cells + 1) * (size / cells)
+    pixels = np.arange(size)
+    overlap = np.minimum(edges[1:, None], pixels[None, :] + 1) - np.maximum(edges[:-1, None], pixels[None, :])
+    return (np.clip(overlap, 0, None) * (cells / size)).astype(np.float32)
 
 
 def resized_size(size: tuple[int, int], resize_size: int, at_least: int) -> tuple[int, int]:

@@ -145,7 +145,7 @@ _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock"
 _TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
              "selection", "stopping", "store", "tensors", "training"]
 RULE_MODULES = {
-    "split": _STAGES,
+    "split": [*_STAGES, "nearduplicates"],
     "decode": [*_STAGES, "store"],
     "pretrain": [*_STAGES, *_TRAINING],
     # Weights from pretrain are published as pretrain saved them (no model built): models only for the others.

@@ -34,6 +34,22 @@ def main():
               f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
         for item in report["duplicate_images"]:
             print(f"  {item['path']}: same as {item['same_as']}")
+    print(near_duplicates_lines(report["near_duplicates"], args.report))
+
+
+def near_duplicates_lines(near: dict, report: Path) -> str:
+    if not near["checked"]:
+        return (f"near duplicates across splits: not checked ({near['why']}; dataset.near_duplicates: false "
+                "skips the check)" if "why" in near else "near duplicates across splits: not checked (dataset.near_duplicates: false)")
+    pairs = near["pairs"]
+    done = "left out of the earlier split" if near["left_out"] else "kept (dataset.near_duplicates: leave_out leaves them out)"
+    lines = [f"near duplicates across splits: {len(pairs)} image(s) with a near copy in another split"
+             + (f", {done}, listed in {report}:" if pairs else "")]
+    lines += [f"  {p['path']} ({p['split']}, {p['class_name']}): near {p['copy_of']} ({p['copy_split']}, "
+              f"{p['copy_class']}), {p['rms']} gray levels apart" for p in pairs[:20]]
+    if len(pairs) > 20:
+        lines.append(f"  and {len(pairs) - 20} more")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""Near duplicates across splits (finetune.nearduplicates): the same picture saved again, resized or
+converted, in two splits. Found pairs are checked against a plain pairwise computation, and on
+Fashion-MNIST against the full-size images: a thumbnail is a mean of blocks, and a mean never spreads
+two images further apart than they are (Jensen), so every pair of images within MAX_RMS - 1 gray levels
+(RMS) at full size must be found, whatever the thumbnails' rounding."""
+
+import json
+import subprocess
+import sys
+from itertools import product
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+from finetune.data import SplitSpec, make_split, read_idx, split_ref
+from finetune.images import inspect_image
+from finetune.nearduplicates import MAX_RMS, find_near_duplicates
+from helpers import FASHION_MNIST, REPO
+
+
+def scene(path, seed: int, size=(320, 240)):
+    """A picture of its own: a background and a few shapes, colours and places drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x, y = int(rng.integers(0, size[0] - 60)), int(rng.integers(0, size[1] - 60))
+        w, h = int(rng.integers(30, 120)), int(rng.integers(30, 120))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    image.save(path, quality=92)
+    return path
+
+
+def copies_of(original, folder):
+    """The ways the same picture comes back under other bytes: saved again at a lower JPEG quality, at
+    half the size as PNG, in gray levels."""
+    image = Image.open(original)
+    image.save(folder / f"{original.stem}_q70.jpg", quality=70)
+    image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS).save(folder / f"{original.stem}_half.png")
+    image.convert("L").save(folder / f"{original.stem}_gray.jpg", quality=90)
+    return [folder / f"{original.stem}_{kind}" for kind in ("q70.jpg", "half.png", "gray.jpg")]
+
+
+def pairwise(split: pd.DataFrame, thumbnails: np.ndarray) -> dict:
+    """Every pair of rows in splits that must not share an image, within MAX_RMS: {(path, copy_of): rms}."""
+    order = {"train": 0, "val": 1, "test": 2}
+    found = {}
+    for i, j in product(range(len(split)), repeat=2):
+        a, b = split.iloc[i], split.iloc[j]
+        if order[a["split"]] < order[b["split"]]:
+            rms = float(np.sqrt(np.mean((thumbnails[i].astype(float) - thumbnails[j].astype(float)) ** 2)))
+            if rms <= MAX_RMS:
+                found[(a["path"], b["path"])] = rms
+    return found
+
+
+def test_a_picture_saved_again_resized_or_in_gray_is_found_in_another_split_and_other_pictures_are_not(tmp_path):
+    originals = [scene(tmp_path / f"photo{i}.jpg", seed=i) for i in range(6)]
+    copies = {o: copies_of(o, tmp_path) for o in originals[:2]}
+    rows = [(str(originals[0]), "test"), (str(originals[1]), "val"), *((str(o), "train") for o in originals[2:4]),
+            *((str(o), "test") for o in originals[4:])]
+    rows += [(str(c), "train") for c in copies[originals[0]]] + [(str(copies[originals[1]][0]), "train"),
+                                                                 (str(copies[originals[1]][1]), "val")]  # same split: no leak
+    split = pd.DataFrame(rows, columns=["path", "split"]).assign(class_name="any")
+    thumbnails = np.stack([inspect_image(p)[1] for p in split["path"]])
+
+    found = find_near_duplicates(split, thumbnails)
+
+    expected = {(str(c), str(originals[0])) for c in copies[originals[0]]} | {(str(copies[originals[1]][0]), str(originals[1]))}
+    assert {(f["path"], f["copy_of"]) for f in found} >= expected
+    independent = pairwise(split, thumbnails)
+    assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx({k: round(v, 2) for k, v in independent.items()}, abs=0.011)
+    assert all(f["split"] != f["copy_split"] for f in found)
+
+
+def test_the_split_report_lists_them_and_leave_out_removes_the_train_copy_keeping_test_as_given(tmp_path):
+    """Through the split job's own script, from a CSV manifest whose split column puts a picture in test
+    and its copies in the training pool."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = ["path,label,split"]
+    for name, seeds in (("cats", range(0, 8)), ("dogs", range(10, 18))):
+        for seed in seeds:
+            lines.append(f"{scene(folder / f'{name}{seed}.jpg', seed).name},{name},{'test' if seed in (0, 10) else ''}")
+    leaked = copies_of(folder / "cats0.jpg", folder)[:2]
+    lines += [f"{c.name},cats," for c in leaked]
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+    def split_job(mode):
+        dataset = {"format": "csv", "path": str(folder / "manifest.csv"), "val_fraction": 0.2, "near_duplicates": mode}
+        out = tmp_path / str(mode)
+        result = subprocess.run([sys.executable, str(REPO / "workflow/scripts/split.py"), "--dataset", json.dumps(dataset),
+                                 "--out", str(out / "split.csv"), "--report", str(out / "report.json")],
+                                capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return pd.read_csv(out / "split.csv"), json.loads((out / "report.json").read_text()), result.stdout
+
+    split, report, log = split_job("report")
+    leaking = split[split["path"].isin({str(c) for c in leaked}) & (split["split"] != "test")]
+    assert len(leaking) == 2  # both copies are in the training pool (train or val)
+    pairs = {(p["path"], p["copy_of"]) for p in report["near_duplicates"]["pairs"]}
+    assert pairs == {(str(c), str(folder / "cats0.jpg")) for c in leaked}
+    assert "near duplicates across splits: 2 image(s)" in log and leaked[0].name in log and "leave_out" in log
+
+    split, report, log = split_job("leave_out")
+    assert not split["path"].isin({str(c) for c in leaked}).any()
+    test = set(split.loc[split["split"] == "test", "path"])
+    assert test == {str(folder / "cats0.jpg"), str(folder / "dogs10.jpg")}  # the manifest's test rows, unchanged
+    assert report["near_duplicates"]["left_out"] and len(report["near_duplicates"]["pairs"]) == 2
+    assert sum(report["counts"]["cats"].values()) == 8 and sum(report["counts"]["dogs"].values()) == 8
+
+    split, report, log = split_job(False)
+    assert split["path"].isin({str(c) for c in leaked}).sum() == 2
+    assert report["near_duplicates"] == {"checked": False, "pairs": []}
+    assert "not checked (dataset.near_duplicates: false)" in log
+
+
+@pytest.mark.fashion_mnist
+def test_every_fashion_mnist_pair_close_at_full_size_is_found_in_the_demo_s_source_split():
+    import yaml
+
+    demo = yaml.safe_load((REPO / "config/config.yaml").read_text())["pretrain"]["dataset"]
+    spec = SplitSpec.from_config({"format": "fashion-mnist", "path": str(FASHION_MNIST), **demo})
+    split, report = make_split(spec, threads=2)
+    assert report["near_duplicates"]["checked"]
+    reported = {(p["path"], p["copy_of"]) for p in report["near_duplicates"]["pairs"]}
+
+    pixels = np.stack([read_idx(split_ref(p)[0])[split_ref(p)[1]] for p in split["path"]]).reshape(len(split), -1)
+    values = pixels.astype(np.float64)
+    norms = (values ** 2).sum(1)
+    close = set()
+    for later, earlier in (("train", "test"), ("val", "test"), ("train", "val")):
+        a, b = np.flatnonzero(split["split"] == later), np.flatnonzero(split["split"] == earlier)
+        rms = np.sqrt(np.maximum(norms[a, None] + norms[None, b] - 2 * values[a] @ values[b].T, 0) / values.shape[1])
+        close |= {(split["path"].iloc[a[i]], split["path"].iloc[b[j]]) for i, j in zip(*np.nonzero(rms <= MAX_RMS - 1))}
+    assert close, "the demo's source split has pictures within 4 gray levels of one in another split"
+    assert close <= reported
+    for path, copy_of in reported:  # and what is reported is the same picture: at most a few gray levels apart
+        one, other = (read_idx(split_ref(p)[0])[split_ref(p)[1]].astype(float) for p in (path, copy_of))
+        assert np.abs(one - other).mean() <= 3, (path, copy_of)
