@@ -204,6 +204,31 @@ def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
     assert "±" not in (tmp_path / "summary.md").read_text()
 
 
+def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(tmp_path):
+    """Kept (near_duplicates: report), they make the figures optimistic: the note counts the distinct test
+    (and val) images with a copy in a split the model learnt from; left out or absent, no note."""
+    runs = [write_run(tmp_path, "finetune", 0, 0.8, 0.7, 10.0)]
+    pairs = [("train/a.png", "test/x.png", "test"), ("val/b.png", "test/x.png", "test"), ("train/c.png", "test/y.png", "test"),
+             ("train/d.png", "val/z.png", "val")]
+    report = {"counts": {"cat": {"train": 10, "val": 4, "test": 30}, "dog": {"train": 10, "val": 4, "test": 20}},
+              "near_duplicates": {"checked": True, "left_out": False, "pairs": [
+                  {"path": p, "split": p.split("/")[0], "class_name": "cat", "copy_of": c, "copy_split": cs,
+                   "copy_class": "cat", "rms": 1.0} for p, c, cs in pairs]}}
+    notes, pages = {}, {}
+    for case, near in (("kept", report["near_duplicates"]), ("left out", {**report["near_duplicates"], "left_out": True}),
+                       ("none", {"checked": True, "left_out": False, "pairs": []})):
+        (tmp_path / "report.json").write_text(json.dumps({**report, "near_duplicates": near}))
+        summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html",
+                      split_report=tmp_path / "report.json")
+        notes[case] = [line for line in (tmp_path / "summary.md").read_text().splitlines() if "near duplicate" in line]
+        pages[case] = (tmp_path / "summary.html").read_text()
+    assert len(notes["kept"]) == 2
+    assert notes["kept"][0].startswith("2 of the 50 test images have a near duplicate in train or val")
+    assert notes["kept"][1].startswith("1 of the 8 val images have a near duplicate in train")
+    assert "2 of the 50 test images have a near duplicate" in pages["kept"]
+    assert notes["left out"] == [] and notes["none"] == [] and "near duplicate" not in pages["none"]
+
+
 # A sweep of three lr and a plain experiment, two seeds each: (validation, test accuracy) per seed. The
 # validation figures and the test figures order the sweep's runs differently.
 DISAGREE = {

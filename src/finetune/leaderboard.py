@@ -101,6 +101,27 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join([*lines, "", chosen_by(table)]) + "\n"
 
 
+def near_duplicate_notes(split_report: dict, report_path: str = "resources/splits/target.report.json") -> list[str]:
+    """What the target split's near duplicates (finetune.nearduplicates) mean for the figures: test (or val)
+    images with a near copy in a split the model learnt from, kept where ``near_duplicates: report``."""
+    near = split_report.get("near_duplicates")
+    if near is None:  # a split report from before the check
+        return []
+    if not near["checked"]:
+        why = near.get("why", "dataset.near_duplicates: false")
+        return [f"Near duplicates across the splits were not looked for ({why})."]
+    if near.get("left_out"):
+        return []
+    notes = []
+    for split, learnt_from, figures in (("test", "train or val", "the test figures"), ("val", "train", "the validation figures")):
+        images = {pair["copy_of"] for pair in near["pairs"] if pair["copy_split"] == split}
+        if images:
+            total = sum(counts.get(split, 0) for counts in split_report.get("counts", {}).values())
+            notes.append(f"{len(images)} of the {total:,} {split} images have a near duplicate in {learnt_from} ({report_path}): "
+                         f"{figures} may be optimistic; dataset.near_duplicates: leave_out leaves the copies out.")
+    return notes
+
+
 def shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as the HTML page shows it."""
     return pd.DataFrame({

@@ -711,7 +711,7 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
 # --------------------------------------------------------------------------- summary
 
 def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path | None = None,
-                  out_selected: Path | None = None) -> pd.DataFrame:
+                  out_selected: Path | None = None, split_report: Path | None = None) -> pd.DataFrame:
     """The leaderboard: one row per run name, mean and std over its seeds, ranked by the validation metric
     (``train.metric``); the run selected per experiment (a sweep's runs together) is marked, and written
     to ``out_selected`` with its best seed and model. Test figures are reported, never used to choose.
@@ -719,9 +719,10 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     ``runs``: dicts with keys experiment (the run's name), sweep (the experiment as written; default the
     run's name), seed, info (path), metrics (path), weights_source. The std is the sample standard
     deviation (n - 1) over seeds; with a single seed it is undefined, left empty in the CSV and left out
-    of the Markdown.
+    of the Markdown. ``split_report``: the target split's report, whose near duplicates across splits are
+    noted under the table (:func:`finetune.leaderboard.near_duplicate_notes`).
     """
-    from .leaderboard import aggregate, chosen_by, markdown, ranked, run_row, selections, shown
+    from .leaderboard import aggregate, chosen_by, markdown, near_duplicate_notes, ranked, run_row, selections, shown
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
@@ -730,14 +731,15 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
-    write_text(out_md, markdown(table))
+    notes = near_duplicate_notes(read_json(split_report), str(split_report)) if split_report is not None else []
+    write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:
         write_json(out_selected, chosen)
     if out_html is not None:
         from .tables import page
 
-        note = ("Mean over seeds; ± is the sample standard deviation (n - 1) over seeds, shown when there are "
-                "two or more. Every experiment is evaluated on the same test images.")
+        note = " ".join(["Mean over seeds; ± is the sample standard deviation (n - 1) over seeds, shown when there are "
+                         "two or more. Every experiment is evaluated on the same test images.", *notes])
         write_text(out_html, page("Leaderboard", [("Runs, best validation figure first", shown(table)),
                                                   ("How runs are chosen", chosen_by(table)), ("Note", note)]))
     return table

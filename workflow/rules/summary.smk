@@ -12,6 +12,7 @@ rule summary:
         modules=package_modules("summary"),
         metrics=expand("results/{run}/metrics.json", run=RUNS),
         info=expand("results/{run}/train_info.json", run=RUNS),
+        split_report="resources/splits/target.report.json",
     output:
         csv="results/summary.csv",
         md="results/summary.md",
@@ -32,4 +33,4 @@ rule summary:
     shell:
         "{params.python} {input.script} --runs {params.runs} --weights-source {params.weights_source:q} "
         "--sweep-of {params.sweep_of:q} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} "
-        "--out-selected {output.selected} > {log} 2>&1"
+        "--out-selected {output.selected} --split-report {input.split_report} > {log} 2>&1"

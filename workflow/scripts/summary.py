@@ -21,6 +21,8 @@ def main():
     parser.add_argument("--out-md", type=Path, required=True)
     parser.add_argument("--out-html", type=Path, help="the table as an HTML page (for the report)")
     parser.add_argument("--out-selected", type=Path, help="JSON: per experiment, the selected run, seed and model")
+    parser.add_argument("--split-report", type=Path,
+                        help="the target split's report: its near duplicates across splits are noted under the table")
     args = parser.parse_args()
     runs = []
     for folder in map(Path, args.runs):
@@ -28,7 +30,7 @@ def main():
         runs.append({"experiment": folder.parent.name, "sweep": args.sweep_of.get(folder.parent.name), "seed": int(seed.group(1)) if seed else folder.name,
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
                      "weights_source": args.weights_source})
-    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected)
+    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected, args.split_report)
     print(args.out_md.read_text())
     return 0 if len(table) else 1
 
