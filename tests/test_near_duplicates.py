@@ -45,16 +45,18 @@ def copies_of(original, folder):
 
 
 def pairwise(split: pd.DataFrame, thumbnails: np.ndarray) -> dict:
-    """Every pair of rows in splits that must not share an image, within MAX_RMS: {(path, copy_of): rms}."""
+    """Each row's nearest row in each later split it must not share an image with, where within MAX_RMS:
+    {(path, copy_of): rms}, by a loop over every pair."""
     order = {"train": 0, "val": 1, "test": 2}
-    found = {}
+    nearest = {}
     for i, j in product(range(len(split)), repeat=2):
         a, b = split.iloc[i], split.iloc[j]
         if order[a["split"]] < order[b["split"]]:
             rms = float(np.sqrt(np.mean((thumbnails[i].astype(float) - thumbnails[j].astype(float)) ** 2)))
-            if rms <= MAX_RMS:
-                found[(a["path"], b["path"])] = rms
-    return found
+            key = (a["path"], b["split"])
+            if rms <= MAX_RMS and rms < nearest.get(key, (None, np.inf))[1]:
+                nearest[key] = (b["path"], rms)
+    return {(path, copy): rms for (path, _), (copy, rms) in nearest.items()}
 
 
 def test_a_picture_saved_again_resized_or_in_gray_is_found_in_another_split_and_other_pictures_are_not(tmp_path):
@@ -141,3 +143,18 @@ def test_every_fashion_mnist_pair_close_at_full_size_is_found_in_the_demo_s_sour
     for path, copy_of in reported:  # and what is reported is the same picture: at most a few gray levels apart
         one, other = (read_idx(split_ref(p)[0])[split_ref(p)[1]].astype(float) for p in (path, copy_of))
         assert np.abs(one - other).mean() <= 3, (path, copy_of)
+
+
+def test_a_split_of_near_blank_images_lists_each_image_once_not_every_pair():
+    """300 train and 300 test images all within a gray level of each other: 90,000 close pairs, but each
+    train image is listed once, with its nearest test image."""
+    rng = np.random.default_rng(0)
+    thumbnails = (100 + rng.integers(0, 2, (600, 256))).astype(np.uint8)
+    split = pd.DataFrame({"path": [f"img{i}.png" for i in range(600)], "class_name": "blank",
+                          "split": ["train"] * 300 + ["test"] * 300})
+    found = find_near_duplicates(split, thumbnails)
+    assert sorted(f["path"] for f in found) == sorted(f"img{i}.png" for i in range(300))
+    for f in found:  # the nearest: no test image is closer
+        i = int(f["path"][3:-4])
+        distances = np.sqrt(((thumbnails[300:].astype(float) - thumbnails[i]) ** 2).mean(1))
+        assert f["rms"] == pytest.approx(distances.min(), abs=0.006)

@@ -34,9 +34,10 @@ def pairs_to_compare(splits: pd.Series) -> int:
 def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: float = MAX_RMS) -> list[dict]:
     """Each image of ``split`` (rows with path, class_name, split) with a near copy in a split it must not
     share with, ``thumbnails`` being its rows' (N, 256) uint8 thumbnails: ``{path, split, class_name,
-    copy_of, copy_split, copy_class, rms}``, where ``path`` is in the later split of :data:`PAIRS` (train
-    before val before test) and ``copy_of`` in the earlier, nearest copy first. An image with near copies in
-    both of the others is listed once per split pair."""
+    copy_of, copy_split, copy_class, rms}``, where ``path`` is in the earlier split (train before val
+    before test) and ``copy_of`` is its nearest copy in the later one. An image is listed once per split
+    pair, with its nearest copy only, so the list never outgrows the split (a dataset of near-blank
+    images would otherwise pair everything with everything)."""
     values = thumbnails.astype(np.float32) - 128.0  # centred: the squared norms stay exact in float32
     norms = np.einsum("ij,ij->i", values, values)
     found = []
@@ -49,8 +50,9 @@ def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: f
             rows = other[start:start + CHUNK_ROWS]
             squared = norms[rows, None] + norms[None, kept] - 2.0 * (values[rows] @ values[kept].T)
             rms = np.sqrt(np.maximum(squared, 0.0) / values.shape[1])
-            for row, column in zip(*np.nonzero(rms <= max_rms)):
-                found.append((rows[row], kept[column], float(rms[row, column])))
+            nearest = rms.argmin(axis=1)
+            for row in np.flatnonzero(rms[np.arange(len(rows)), nearest] <= max_rms):
+                found.append((rows[row], kept[nearest[row]], float(rms[row, nearest[row]])))
     return [_pair(split, other, kept, rms) for other, kept, rms in sorted(found, key=lambda f: (f[0], f[2]))]
 
 
