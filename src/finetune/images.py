@@ -274,7 +274,10 @@ def thumbnail(image: Image.Image) -> np.ndarray:
     the split compares to find an image's re-encoded or resized copies (finetune.nearduplicates). Exact
     area means, so that a JPEG decoded at 1/8 scale (the mean of each 8x8 block) gives the same figures
     as at full size within a gray level or so (PIL's BOX filter takes whole pixels, and does not)."""
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    gray = image.convert("L")
+    if min(gray.size) >= 256:  # block means first (exact, and fast in PIL), at least 8 per cell left
+        gray = gray.reduce(min(gray.size) // (8 * THUMBNAIL_SIDE))
+    gray = np.asarray(gray, dtype=np.float32)
     rows, columns = (_area_weights(n, THUMBNAIL_SIDE) for n in gray.shape)
     return np.clip(np.rint(rows @ gray @ columns.T), 0, 255).astype(np.uint8).reshape(-1)
 
