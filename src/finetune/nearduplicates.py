@@ -23,7 +23,9 @@ MAX_RMS = 5.0
 MAX_PAIRS = 2_000_000_000
 # The split a copy is left out of, first: test is never changed (it may be an official test set).
 PAIRS = (("test", "train"), ("test", "val"), ("val", "train"))
-CHUNK_ROWS = 2048
+# Distances computed at once, at most (64 MB of float32 per temporary): the rows of a chunk times the
+# images they are compared with.
+CHUNK_CELLS = 16_000_000
 
 
 def pairs_to_compare(splits: pd.Series) -> int:
@@ -46,8 +48,9 @@ def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: f
         other = np.flatnonzero(split["split"].to_numpy() == other_split)
         if not len(kept) or not len(other):
             continue
-        for start in range(0, len(other), CHUNK_ROWS):
-            rows = other[start:start + CHUNK_ROWS]
+        chunk = max(1, CHUNK_CELLS // len(kept))
+        for start in range(0, len(other), chunk):
+            rows = other[start:start + chunk]
             squared = norms[rows, None] + norms[None, kept] - 2.0 * (values[rows] @ values[kept].T)
             rms = np.sqrt(np.maximum(squared, 0.0) / values.shape[1])
             nearest = rms.argmin(axis=1)
