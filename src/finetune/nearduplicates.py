@@ -7,8 +7,9 @@ Two images are near duplicates where their thumbnails differ by at most :data:`M
 (root mean square over the 256 cells). A copy saved again as a JPEG at quality 70 differs by about 1; at
 half the size, as PNG, by up to 3.5 (pictures of sharp-edged shapes: the check decodes a JPEG at 1/8
 scale, whose 8x8 blocks straddle the thumbnail's cells); two different pictures by tens. On the whole of
-Fashion-MNIST (70,000 images, the default split) 29 pairs are within 5, every one of them in one class
-and, looked at, the same garment; at 8 there are 150, some of them two different items.
+Fashion-MNIST (70,000 images, the default split) 27 images have a copy within 5 in another split, every
+one in its own class and, looked at, the same garment; at 8 there are about 150, some of them two
+different items.
 Every image of a split is compared with every image of the splits it must not share with: test with val
 and train, val with train (one matrix product per chunk of rows).
 """
