@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 MAX_RMS = 5.0
-# Pairs compared at most (about 15 s on 2 cores, 150 million pairs a second); a larger split is left unchecked, and the log says so.
+# Pairs compared at most (about 13 s on 2 cores, at 150 million pairs a second); a larger split is left
+# unchecked, and the log says so.
 MAX_PAIRS = 2_000_000_000
 # The split a copy is left out of, first: test is never changed (it may be an official test set).
 PAIRS = (("test", "train"), ("test", "val"), ("val", "train"))
