@@ -513,7 +513,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     split = stratified_split(listing, class_names, spec, left_out)
     near: dict = {"checked": False, "pairs": []}
     if spec.near_duplicates:  # false: not checked
-        split, near = split_without_near_duplicates(split, listing, class_names, spec, thumbnails, left_out, threads)
+        split, near = split_without_near_duplicates(split, listing, class_names, spec, thumbnails, left_out)
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
         "dataset": {"format": spec.format, "path": spec.path},
@@ -530,7 +530,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
 
 
 def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, class_names: list[str], spec: SplitSpec,
-                                  thumbnails: dict, left_out: dict[str, list[str]], threads: int = 1) -> tuple[pd.DataFrame, dict]:
+                                  thumbnails: dict, left_out: dict[str, list[str]]) -> tuple[pd.DataFrame, dict]:
     """Near duplicates across the splits of ``split`` (finetune.nearduplicates), as the split report's
     ``near_duplicates``: ``checked`` (false where there were more than MAX_PAIRS pairs to compare, ``why``
     then says so), ``pairs`` found and ``left_out``. With ``near_duplicates: leave_out``, the copy in the
@@ -543,7 +543,7 @@ def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, cl
         pairs = pairs_to_compare(split["split"])
         if pairs > MAX_PAIRS:
             return split, {**near, "checked": False, "why": f"{pairs:,} pairs of images to compare, more than {MAX_PAIRS:,}"}
-        found = find_near_duplicates(split, _thumbnails(split["path"].tolist(), thumbnails, threads))
+        found = find_near_duplicates(split, _thumbnails(split["path"].tolist(), thumbnails))
         near["pairs"] += found
         if not found or spec.near_duplicates != "leave_out":
             return split, near
@@ -554,23 +554,17 @@ def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, cl
         split = stratified_split(listing, class_names, spec, left_out)
 
 
-def _thumbnails(paths: list[str], known: dict, threads: int = 1) -> np.ndarray:
-    """The (N, 256) thumbnails of ``paths``: those the check made (``known``), the others (Fashion-MNIST's
-    images, which the check does not decode) made here and added to ``known``."""
-    missing = [p for p in paths if p not in known]
+def _thumbnails(paths: list[str], known: dict) -> np.ndarray:
+    """The (N, 256) thumbnails of ``paths``: those the check made (``known``: every image file it decoded),
+    and Fashion-MNIST's, which the check does not decode, made here a whole IDX file at once and added to
+    ``known``."""
     by_file: dict[str, list[tuple[str, int]]] = {}
-    for ref in missing:
-        file, index = split_ref(ref)
-        if index is not None:
+    for ref in paths:
+        if ref not in known:
+            file, index = split_ref(ref)
             by_file.setdefault(file, []).append((ref, index))
-    for file, refs in by_file.items():  # Fashion-MNIST's images: all of a file at once
+    for file, refs in by_file.items():
         known.update(zip((ref for ref, _ in refs), idx_thumbnails(file, [index for _, index in refs])))
-    missing = [p for p in missing if p not in known]
-    if missing:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            known.update(zip(missing, (thumb for _, thumb in pool.map(inspect_image, missing))))
     return np.stack([known[p] for p in paths]) if paths else np.empty((0, 256), dtype=np.uint8)
 
 
