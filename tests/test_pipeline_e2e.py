@@ -75,7 +75,7 @@ def test_head_only_training_trains_only_the_head(tiny_run):
 
 
 def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_clock(tiny_run):
-    """The last line of each torch job's log splits its time into parts; their sum is the job's wall time as
+    """The last line of each torch job's log (and of decode's and split's) splits its time into parts; their sum is the job's wall time as
     Snakemake's `benchmark:` file measured it from outside the process (that also counts the shell that starts it)."""
     import re
 
@@ -84,7 +84,8 @@ def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_cl
             "train/finetune/seed0": ["imports", "inputs", "fit", "outputs"],
             "evaluate/finetune/seed0": ["imports", "inputs", "forward", "outputs"],
             "export_onnx/finetune/seed0": ["imports", "inputs", "export", "parity", "outputs"],
-            "decode/target/native": ["decode", "flush to disk"]}
+            "decode/target/native": ["decode", "flush to disk"],
+            "split/target": ["listing", "split", "near duplicates", "outputs"]}  # Fashion-MNIST: no image files to check
     for job, expected in jobs.items():
         line = (results / "logs" / f"{job}.log").read_text().strip().splitlines()[-1]
         parsed = re.fullmatch(r"time: (.*); ([\d.]+) s in all", line)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .errors import DataError
 from .fileio import read_text_table
+from .jobclock import lap
 from .images import IMAGE_EXTENSIONS, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
@@ -494,8 +495,10 @@ def _left_out_by_class(listed: pd.DataFrame, bad: list[tuple[str, str]], duplica
 
 
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
-    """List, check, select and split a dataset. Returns the split and a report dict."""
+    """List, check, select and split a dataset. Returns the split and a report dict. Each part ends a lap
+    of the job's time line (:mod:`finetune.jobclock`): listing, checking images, split, near duplicates."""
     listing = list_dataset(spec)
+    lap("listing")
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
     if len(class_names) < 2:
@@ -509,11 +512,14 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     listed = listing
     if spec.format != "fashion-mnist":  # IDX files were validated as a whole when read, and are used as published
         listing, bad, duplicates, thumbnails = checked_listing(listing, spec, threads)
+        lap("checking images")
     left_out = _left_out_by_class(listed, bad, duplicates)
     split = stratified_split(listing, class_names, spec, left_out)
+    lap("split")
     near: dict = {"checked": False, "pairs": []}
     if spec.near_duplicates:  # false: not checked
         split, near = split_without_near_duplicates(split, listing, class_names, spec, thumbnails, left_out)
+        lap("near duplicates")
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
         "dataset": {"format": spec.format, "path": spec.path},

@@ -41,6 +41,7 @@ def split_stage(dataset_cfg: dict, out_csv: Path, out_report: Path, threads: int
     with atomic_path(out_csv) as tmp:
         split.to_csv(tmp, index=False, lineterminator="\n")
     write_json(out_report, report)
+    lap("outputs")
     return report
 
 
