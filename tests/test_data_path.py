@@ -139,7 +139,7 @@ def test_the_split_check_reads_each_image_file_once(tmp_path):
     total = sum(os.path.getsize(p) for p in paths)
     assert total <= read <= 1.1 * total, f"{read} bytes read for {total} bytes of files"
     assert [digest for _, digest, _ in results[:-1]] == [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths[:-1]]
-    assert all(reason is None and thumb.shape == (256,) for reason, _, thumb in results[:-1])
+    assert all(reason is None and thumb.shape == (384,) for reason, _, thumb in results[:-1])
     assert results[-1][0] is not None and results[-1][1:] == (None, None), results[-1]
 
 

@@ -46,13 +46,17 @@ def copies_of(original, folder):
 
 def pairwise(split: pd.DataFrame, thumbnails: np.ndarray) -> dict:
     """Each row's nearest row in each later split it must not share an image with, where within MAX_RMS:
-    {(path, copy_of): rms}, by a loop over every pair."""
+    {(path, copy_of): rms}, by a loop over every pair. The difference counts the 128 colour cells only where
+    both images have colour (a colour cell more than 2 levels from 128)."""
     order = {"train": 0, "val": 1, "test": 2}
+    values = thumbnails.astype(float)
+    coloured = [bool((np.abs(v[256:] - 128) > 2).any()) for v in values]
     nearest = {}
     for i, j in product(range(len(split)), repeat=2):
         a, b = split.iloc[i], split.iloc[j]
         if order[a["split"]] < order[b["split"]]:
-            rms = float(np.sqrt(np.mean((thumbnails[i].astype(float) - thumbnails[j].astype(float)) ** 2)))
+            cells = slice(None) if coloured[i] and coloured[j] else slice(0, 256)
+            rms = float(np.sqrt(np.mean((values[i][cells] - values[j][cells]) ** 2)))
             key = (a["path"], b["split"])
             if rms <= MAX_RMS and rms < nearest.get(key, (None, np.inf))[1]:
                 nearest[key] = (b["path"], rms)
@@ -76,6 +80,32 @@ def test_a_picture_saved_again_resized_or_in_gray_is_found_in_another_split_and_
     independent = pairwise(split, thumbnails)
     assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx({k: round(v, 2) for k, v in independent.items()}, abs=0.011)
     assert all(f["split"] != f["copy_split"] for f in found)
+
+
+def test_pictures_of_the_same_gray_levels_in_other_colours_are_not_paired(tmp_path):
+    """A red circle on green and a circle of another colour on another background, of the same luma cell for
+    cell: the same in gray, two pictures in colour (a T-shirt in two colours, say)."""
+    def circle(path, background, disc):
+        image = Image.new("RGB", (300, 300), background)
+        ImageDraw.Draw(image).ellipse([60, 60, 240, 240], fill=disc)
+        image.save(path, quality=95)
+        return str(path)
+
+    def same_luma(rgb, red):  # another colour with the same Y (ITU-R 601), by solving for its green
+        y = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+        blue = 255 - rgb[2]
+        return red, int(round((y - 0.299 * red - 0.114 * blue) / 0.587)), blue
+
+    one = circle(tmp_path / "one.jpg", (150, 200, 40), (220, 120, 90))
+    other = circle(tmp_path / "other.jpg", same_luma((150, 200, 40), 200), same_luma((220, 120, 90), 90))
+    gray = tmp_path / "one_gray.png"
+    Image.open(one).convert("L").save(gray)
+    split = pd.DataFrame({"path": [one, other, str(gray)], "split": ["test", "train", "train"], "class_name": "circle"})
+    thumbnails = np.stack([inspect_image(p)[1] for p in split["path"]])
+    assert np.abs(thumbnails[0, :256].astype(int) - thumbnails[1, :256]).max() <= 3  # the same in gray
+    found = find_near_duplicates(split, thumbnails)
+    assert [(f["path"], f["copy_of"]) for f in found] == [(str(gray), one)]  # the gray copy only
+    assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx(pairwise(split, thumbnails), abs=0.011)
 
 
 def test_the_split_report_lists_them_and_leave_out_removes_the_train_copy_keeping_test_as_given(tmp_path):
@@ -149,12 +179,12 @@ def test_a_split_of_near_blank_images_lists_each_image_once_not_every_pair():
     """300 train and 300 test images all within a gray level of each other: 90,000 close pairs, but each
     train image is listed once, with its nearest test image."""
     rng = np.random.default_rng(0)
-    thumbnails = (100 + rng.integers(0, 2, (600, 256))).astype(np.uint8)
+    thumbnails = np.concatenate([100 + rng.integers(0, 2, (600, 256)), np.full((600, 128), 128)], axis=1).astype(np.uint8)
     split = pd.DataFrame({"path": [f"img{i}.png" for i in range(600)], "class_name": "blank",
                           "split": ["train"] * 300 + ["test"] * 300})
     found = find_near_duplicates(split, thumbnails)
     assert sorted(f["path"] for f in found) == sorted(f"img{i}.png" for i in range(300))
     for f in found:  # the nearest: no test image is closer
         i = int(f["path"][3:-4])
-        distances = np.sqrt(((thumbnails[300:].astype(float) - thumbnails[i]) ** 2).mean(1))
+        distances = np.sqrt(((thumbnails[300:, :256].astype(float) - thumbnails[i, :256]) ** 2).mean(1))
         assert f["rms"] == pytest.approx(distances.min(), abs=0.006)

@@ -266,28 +266,39 @@ def inspect_image(ref: str, data: bytes | None = None) -> tuple[str | None, np.n
     return None, thumbnail(image)
 
 
-THUMBNAIL_SIDE = 16
+THUMBNAIL_SIDE = 16  # gray levels (luma, Y) in 16x16 cells
+CHROMA_SIDE = 8  # colour (Cb and Cr) in 8x8 cells
+THUMBNAIL_SIZE = THUMBNAIL_SIDE ** 2 + 2 * CHROMA_SIDE ** 2  # 384 values
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
-    """The image as 16x16 gray levels, each the mean of the area it covers (uint8, flat: 256 values): what
-    the split compares to find an image's re-encoded or resized copies (finetune.nearduplicates). Exact
-    area means, so that a JPEG decoded at 1/8 scale (the mean of each 8x8 block) gives the same figures
-    as at full size within a gray level or so (PIL's BOX filter takes whole pixels, and does not)."""
-    gray = image.convert("L")
-    if min(gray.size) >= 256:  # block means first (exact, and fast in PIL), at least 8 per cell left
-        gray = gray.reduce(min(gray.size) // (8 * THUMBNAIL_SIDE))
-    gray = np.asarray(gray, dtype=np.float32)
-    rows, columns = (_area_weights(n, THUMBNAIL_SIDE) for n in gray.shape)
-    return np.clip(np.rint(rows @ gray @ columns.T), 0, 255).astype(np.uint8).reshape(-1)
+    """What the split compares to find an image's re-encoded or resized copies (finetune.nearduplicates),
+    as uint8, flat: the image's luma (Y) in 16x16 cells, then its Cb and Cr in 8x8 cells (128 where it is
+    gray), each cell the mean of the area it covers. Exact area means, so that a JPEG decoded at 1/8 scale
+    (the mean of each 8x8 block) gives the same figures as at full size within a level or so (PIL's BOX
+    filter takes whole pixels, and does not). The colour tells apart pictures with the same gray levels
+    (a red and a green T-shirt)."""
+    ycbcr = image.convert("YCbCr")
+    if min(ycbcr.size) >= 256:  # block means first (exact, and fast in PIL), at least 8 per cell left
+        ycbcr = ycbcr.reduce(min(ycbcr.size) // (8 * THUMBNAIL_SIDE))
+    planes = np.asarray(ycbcr, dtype=np.float32)
+    return np.concatenate([_area_means(planes[..., 0], THUMBNAIL_SIDE),
+                           *(_area_means(planes[..., c], CHROMA_SIDE) for c in (1, 2))])
+
+
+def _area_means(plane: np.ndarray, cells: int) -> np.ndarray:
+    rows, columns = (_area_weights(n, cells) for n in plane.shape)
+    return np.clip(np.rint(rows @ plane @ columns.T), 0, 255).astype(np.uint8).reshape(-1)
 
 
 def idx_thumbnails(path: str, indices) -> np.ndarray:
-    """:func:`thumbnail` of images ``indices`` of the IDX file ``path`` (gray already), all at once."""
+    """:func:`thumbnail` of images ``indices`` of the IDX file ``path`` (gray: no colour), all at once; the
+    luma within one level of thumbnail's (PIL's YCbCr conversion rounds a gray level by one now and then)."""
     images = read_idx(path)[np.asarray(indices, dtype=np.int64)].astype(np.float32)
     rows, columns = (_area_weights(n, THUMBNAIL_SIDE) for n in images.shape[1:])
     cells = np.einsum("ih,nhw,jw->nij", rows, images, columns, optimize=True)
-    return np.clip(np.rint(cells), 0, 255).astype(np.uint8).reshape(len(images), -1)
+    luma = np.clip(np.rint(cells), 0, 255).astype(np.uint8).reshape(len(images), -1)
+    return np.concatenate([luma, np.full((len(images), 2 * CHROMA_SIDE ** 2), 128, dtype=np.uint8)], axis=1)
 
 
 @lru_cache(maxsize=64)

@@ -1,15 +1,17 @@
 """Near duplicates across splits: the same picture in two splits under other bytes (saved again as JPEG,
 resized, converted to PNG), so that the model would be scored on, or chosen by, an image it trained on.
 Identical files are found by their sha256 before the split (finetune.data.find_duplicates); this finds
-the rest after it, on the images' 16x16 thumbnails (finetune.images.thumbnail).
+the rest after it, on the images' thumbnails (finetune.images.thumbnail: 16x16 luma, 8x8 colour).
 
-Two images are near duplicates where their thumbnails differ by at most :data:`MAX_RMS` gray levels
-(root mean square over the 256 cells). A copy saved again as a JPEG at quality 70 differs by about 1; at
-half the size, as PNG, by up to 3.5 (pictures of sharp-edged shapes: the check decodes a JPEG at 1/8
-scale, whose 8x8 blocks straddle the thumbnail's cells); two different pictures by tens. On the whole of
-Fashion-MNIST (70,000 images, the default split) 27 images have a copy within 5 in another split, every
-one in its own class and, looked at, the same garment; at 8 there are about 150, some of them two
-different items.
+Two images are near duplicates where their thumbnails differ by at most :data:`MAX_RMS` levels (root
+mean square over the thumbnail's 256 luma cells, and its 128 colour cells where both images have colour).
+A copy saved again as a JPEG at quality 70 differs by about 1; at half the size, as PNG, by up to 3.5
+(pictures of sharp-edged shapes: the check decodes a JPEG at 1/8 scale, whose 8x8 blocks straddle the
+thumbnail's cells); two different pictures by tens, and two pictures of the same gray levels but other
+colours (a red and a green circle on other backgrounds) by 20 and more once colour counts. On the whole
+of Fashion-MNIST (70,000 gray images, the default split) 27 images have a copy within 5 in another
+split, every one in its own class and, looked at, the same garment; at 8 there are about 150, some of
+them two different items.
 Every image of a split is compared with every image of the splits it must not share with: test with val
 and train, val with train (one matrix product per chunk of rows).
 """
@@ -19,9 +21,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .images import THUMBNAIL_SIDE
+
 MAX_RMS = 5.0
-# Pairs compared at most (about 13 s on 2 cores, at 150 million pairs a second); a larger split is left
-# unchecked, and the log says so.
+# A thumbnail is gray where none of its colour cells is further than this from 128.
+GRAY_LEVELS = 2.0
+# Pairs compared at most (10-24 s on 2 cores: 200 million pairs a second for gray images, 85 million for
+# colour ones); a larger split is left unchecked, and the log says so.
 MAX_PAIRS = 2_000_000_000
 # The split a copy is left out of, first: test is never changed (it may be an official test set).
 PAIRS = (("test", "train"), ("test", "val"), ("val", "train"))
@@ -37,14 +43,14 @@ def pairs_to_compare(splits: pd.Series) -> int:
 
 def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: float = MAX_RMS) -> list[dict]:
     """Each image of ``split`` (rows with path, class_name, split) with a near copy in a split it must not
-    share with, ``thumbnails`` being its rows' (N, 256) uint8 thumbnails: ``{path, split, class_name,
-    copy_of, copy_split, copy_class, rms}``, where ``path`` is in the earlier split (train before val
-    before test) and ``copy_of`` is its nearest copy in the later one. An image is listed once per split
-    pair, with its nearest copy only, so the list never outgrows the split (a dataset of near-blank
-    images would otherwise pair everything with everything)."""
-    values = thumbnails.astype(np.float32) - 128.0  # centred: the squared norms stay exact in float32
-    norms = np.einsum("ij,ij->i", values, values)
+    share with, ``thumbnails`` being its rows' (N, 384) uint8 thumbnails (finetune.images.thumbnail):
+    ``{path, split, class_name, copy_of, copy_split, copy_class, rms}``, where ``path`` is in the earlier
+    split (train before val before test) and ``copy_of`` is its nearest copy in the later one
+    (:meth:`Thumbnails.mean_squared`). An image is listed once per split pair, with its nearest copy only, so the
+    list never outgrows the split (a dataset of near-blank images would otherwise pair everything with
+    everything)."""
     found = []
+    compared = Thumbnails(thumbnails)
     for kept_split, other_split in PAIRS:
         kept = np.flatnonzero(split["split"].to_numpy() == kept_split)
         other = np.flatnonzero(split["split"].to_numpy() == other_split)
@@ -53,12 +59,40 @@ def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: f
         chunk = max(1, CHUNK_CELLS // len(kept))
         for start in range(0, len(other), chunk):
             rows = other[start:start + chunk]
-            squared = norms[rows, None] + norms[None, kept] - 2.0 * (values[rows] @ values[kept].T)
-            rms = np.sqrt(np.maximum(squared, 0.0) / values.shape[1])
-            nearest = rms.argmin(axis=1)
-            for row in np.flatnonzero(rms[np.arange(len(rows)), nearest] <= max_rms):
-                found.append((rows[row], kept[nearest[row]], float(rms[row, nearest[row]])))
+            mean_squared = compared.mean_squared(rows, kept)
+            nearest = mean_squared.argmin(axis=1)
+            closest = mean_squared[np.arange(len(rows)), nearest]
+            for row in np.flatnonzero(closest <= max_rms ** 2):
+                found.append((rows[row], kept[nearest[row]], float(np.sqrt(closest[row]))))
     return [_pair(split, other, kept, rms) for other, kept, rms in sorted(found, key=lambda f: (f[0], f[2]))]
+
+
+class Thumbnails:
+    """Thumbnails ready to compare: luma and colour centred on 128 (so that the squared norms stay exact in
+    float32), their squared norms, and which images have colour (a Cb or Cr cell more than
+    :data:`GRAY_LEVELS` from 128)."""
+
+    def __init__(self, thumbnails: np.ndarray):
+        values = thumbnails.astype(np.float32) - 128.0
+        self.luma, self.chroma = values[:, :THUMBNAIL_SIDE ** 2], values[:, THUMBNAIL_SIDE ** 2:]
+        self.luma_norms, self.chroma_norms = (np.einsum("ij,ij->i", v, v) for v in (self.luma, self.chroma))
+        self.coloured = np.abs(self.chroma).max(axis=1) > GRAY_LEVELS
+
+    def mean_squared(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Mean squared difference (the RMS squared), rows x columns: over luma and colour where both images
+        have colour, over luma alone where either is gray, so that a gray copy of a colour picture is still
+        its copy."""
+        squared = _squared(self.luma, self.luma_norms, rows, columns)
+        both = self.coloured[rows, None] & self.coloured[None, columns]
+        if not both.any():
+            return squared / self.luma.shape[1]
+        squared += np.where(both, _squared(self.chroma, self.chroma_norms, rows, columns), 0.0)
+        return squared / np.where(both, self.luma.shape[1] + self.chroma.shape[1], self.luma.shape[1])
+
+
+def _squared(values: np.ndarray, norms: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Sums of squared differences between ``values``' rows, rows x columns."""
+    return np.maximum(norms[rows, None] + norms[None, columns] - 2.0 * (values[rows] @ values[columns].T), 0.0)
 
 
 def _pair(split: pd.DataFrame, other: int, kept: int, rms: float) -> dict:

@@ -46,7 +46,7 @@ def near_duplicates_lines(near: dict, report: Path) -> str:
     lines = [f"near duplicates across splits: {len(pairs)} image(s) with a near copy in another split"
              + (f", {done}, listed in {report}:" if pairs else "")]
     lines += [f"  {p['path']} ({p['split']}, {p['class_name']}): near {p['copy_of']} ({p['copy_split']}, "
-              f"{p['copy_class']}), {p['rms']} gray levels apart" for p in pairs[:20]]
+              f"{p['copy_class']}), {p['rms']} levels apart (RMS)" for p in pairs[:20]]
     if len(pairs) > 20:
         lines.append(f"  and {len(pairs) - 20} more")
     return "\n".join(lines)
