@@ -87,7 +87,7 @@ def test_small_images_and_other_formats_decode_exactly_as_before(tmp_path):
 def test_the_split_check_decodes_at_a_reduced_scale_yet_finds_every_broken_jpeg(tmp_path, progressive):
     """The check reads a large JPEG at 1/8 scale; its verdict on intact, cut-short and overwritten files
     is the one of a full-size decode with PIL."""
-    from finetune.images import check_image
+    from finetune.images import inspect_image
 
     big = tmp_path / "big.jpg"
     Image.open(photo(tmp_path / "src.jpg", 1600, 1200)).save(big, quality=90, progressive=progressive)
@@ -109,7 +109,7 @@ def test_the_split_check_decodes_at_a_reduced_scale_yet_finds_every_broken_jpeg(
             return True
         return False
 
-    verdicts = {name: check_image(str(path)) is not None for name, path in files.items()}
+    verdicts = {name: inspect_image(str(path))[0] is not None for name, path in files.items()}
     assert verdicts == {name: full_decode_fails(path) for name, path in files.items()}
     assert verdicts["intact"] is False and verdicts["cut at 0.999"] is True
 

@@ -235,15 +235,10 @@ def load_image(ref: str, min_side: int | None = None, orientation: str = "exif")
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
-def check_image(ref: str, data: bytes | None = None) -> str | None:
-    """Return None if the reference decodes, else a one-line reason (without the path). ``data``: the file's
-    bytes, where the caller has read them already (the split stage hashes the same bytes: one read per file)."""
-    return inspect_image(ref, data)[0]
-
-
 def inspect_image(ref: str, data: bytes | None = None) -> tuple[str | None, np.ndarray | None]:
     """(None, the image's :func:`thumbnail`) if the reference decodes, else (a one-line reason without the
-    path, None). ``data`` as in :func:`check_image`."""
+    path, None). ``data``: the file's bytes, where the caller has read them already (the split stage hashes
+    the same bytes: one read per file)."""
     path, index = split_ref(ref)
     if index is not None:
         try:
