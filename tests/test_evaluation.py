@@ -207,7 +207,10 @@ def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
 def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(tmp_path):
     """Kept (near_duplicates: report), they make the figures optimistic: the note counts the distinct test
     (and val) images with a copy in a split the model learnt from; left out or absent, no note."""
-    runs = [write_run(tmp_path, "finetune", 0, 0.8, 0.7, 10.0)]
+    runs = [write_run(tmp_path, "finetune", 0, 0.8, 0.7, 10.0), write_run(tmp_path, "finetune", 1, 0.8, 0.8, 10.0)]
+    for run, without in zip(runs, (0.65, 0.75)):  # evaluate's figure without the test images with a copy
+        metrics = json.loads(run["metrics"].read_text())
+        run["metrics"].write_text(json.dumps({**metrics, "near_duplicates": {"accuracy_without": without}}))
     pairs = [("train/a.png", "test/x.png", "test"), ("val/b.png", "test/x.png", "test"), ("train/c.png", "test/y.png", "test"),
              ("train/d.png", "val/z.png", "val")]
     report = {"counts": {"cat": {"train": 10, "val": 4, "test": 30}, "dog": {"train": 10, "val": 4, "test": 20}},
@@ -224,8 +227,10 @@ def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(
         pages[case] = (tmp_path / "summary.html").read_text()
     assert len(notes["kept"]) == 2
     assert notes["kept"][0].startswith("2 of the 50 test images have a near duplicate in train or val")
-    assert notes["kept"][1].startswith("1 of the 8 val images have a near duplicate in train")
+    assert notes["kept"][1].startswith("1 of the 8 val images has a near duplicate in train")
+    assert "(test accuracy without them, mean over seeds, selected runs: finetune 0.7000 (with them 0.8000));" in notes["kept"][0]
     assert "2 of the 50 test images have a near duplicate" in pages["kept"]
+    assert pd.read_csv(tmp_path / "summary.csv")["test_accuracy_no_near_duplicates"].tolist() == [pytest.approx(0.70)]
     assert notes["left out"] == [] and notes["none"] == [] and "near duplicate" not in pages["none"]
 
 
@@ -327,6 +332,11 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
         assert metrics["ece"] == pytest.approx(ece, abs=1e-6)
         for name in ("confusion_matrix.png", "reliability.png", "learning_curves.png"):
             assert_png(folder / name)
+        # The split's report (rule evaluate reads it) has no near duplicate of a test image in this split.
+        report = json.loads((tiny_run / "resources/splits/target.report.json").read_text())["near_duplicates"]
+        assert report["checked"] and not [p for p in report["pairs"] if p["copy_split"] == "test"]
+        assert metrics["near_duplicates"] == {"checked": True, "test_images_with_copy": 0, "n_test_without": expected["n"],
+                                              "accuracy_without": pytest.approx(expected["accuracy"], abs=1e-12)}
         page = (folder / "metrics.html").read_text()
         for class_name in ("Shirt", "Sneaker", "Bag", "Ankle boot"):
             assert class_name in page
@@ -363,3 +373,57 @@ def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
     assert onnx["top1_agreement_with_pytorch"] == pytest.approx(float((ours == theirs).mean()), abs=1e-12)
     assert 0 <= onnx["max_abs_logit_diff"] < 1e-3
     assert f"ONNX model {folder / 'model.onnx'}: test accuracy {onnx['accuracy']:.4f}" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_evaluate_scores_the_test_images_without_a_near_duplicate_apart(tiny_run, tmp_path):
+    """With the split's report (rule evaluate passes it), the test images with a near copy in train or val
+    are named in test_predictions.csv and left out of a second accuracy, recomputed here from torchvision;
+    a val image's copy in train does not count, left-out copies count none, and an unchecked split none."""
+    from helpers import run_script
+
+    folder = tiny_run / "results/finetune/seed0"
+    split = pd.read_csv(tiny_run / "resources/splits/target.csv")
+    test = held_out(tiny_run)
+    train, val = split[split["split"] == "train"]["path"].tolist(), split[split["split"] == "val"]["path"].tolist()
+    pairs = [(train[0], "train", test["path"][0], "test", 2.0), (val[0], "val", test["path"][0], "test", 1.0),
+             (train[1], "train", test["path"][3], "test", 4.0), (val[1], "val", test["path"][5], "test", 0.5),
+             (train[2], "train", val[2], "val", 0.1)]
+    near = {"checked": True, "left_out": False, "pairs": [
+        {"path": a, "split": sa, "class_name": "x", "copy_of": b, "copy_split": sb, "copy_class": "x", "rms": rms}
+        for a, sa, b, sb, rms in pairs]}
+    truth = np.array([["Shirt", "Sneaker", "Bag", "Ankle boot"].index(c) for c in test["class_name"]])
+    correct = run_logits(folder, test["path"]).argmax(1) == truth
+    decoded = tiny_run / "resources/decoded/target/native"
+    results = {}
+    for case, report in (("kept", near), ("left out", {**near, "left_out": True}), ("unchecked", {**near, "checked": False})):
+        (tmp_path / "report.json").write_text(json.dumps({"near_duplicates": report}))
+        out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
+                         "--split-report", str(tmp_path / "report.json"),
+                         "--decoded", str(decoded / "images.npy"), str(decoded / "info.json"),
+                         "--out-metrics", str(tmp_path / "m.json"), "--out-confusion", str(tmp_path / "c.csv"),
+                         "--out-predictions", str(tmp_path / "p.csv"), "--out-html", str(tmp_path / "m.html"), "--device", "cpu")
+        assert out.returncode == 0, out.stdout[-3000:]
+        results[case] = (json.loads((tmp_path / "m.json").read_text()), pd.read_csv(tmp_path / "p.csv", keep_default_na=False),
+                         (tmp_path / "m.html").read_text(), out.stdout)
+
+    metrics, predictions, page, log = results["kept"]
+    kept = np.ones(len(test), dtype=bool)
+    kept[[0, 3, 5]] = False
+    assert metrics["near_duplicates"] == {"checked": True, "test_images_with_copy": 3, "n_test_without": len(test) - 3,
+                                          "accuracy_without": pytest.approx(float(correct[kept].mean()), abs=1e-12)}
+    assert metrics["accuracy"] == pytest.approx(float(correct.mean()), abs=1e-12)
+    expected = [""] * len(test)
+    expected[0], expected[3], expected[5] = val[0], train[1], val[1]  # the nearest copy of each
+    assert predictions["near_duplicate_of"].tolist() == expected
+    assert f"without the 3 test images with a near duplicate in train or val ({len(test) - 3} images)" in page
+    assert "3 test image(s) have a near duplicate in train or val" in log
+    for case in ("left out", "unchecked"):
+        metrics, predictions, page, log = results[case]
+        assert set(predictions["near_duplicate_of"]) == {""}
+        assert "near duplicate" not in page and "near duplicate" not in log
+    assert results["left out"][0]["near_duplicates"] == {"checked": True, "test_images_with_copy": 0, "n_test_without": len(test),
+                                                         "accuracy_without": pytest.approx(float(correct.mean()), abs=1e-12)}
+    assert results["unchecked"][0]["near_duplicates"] == {"checked": False, "test_images_with_copy": None,
+                                                          "n_test_without": None, "accuracy_without": None}

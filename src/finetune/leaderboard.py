@@ -11,7 +11,7 @@ import pandas as pd
 
 from .selection import oriented, select_run, validation_record
 
-FIGURES = ("val", "test_accuracy", "macro_f1", "epochs", "train_seconds")
+FIGURES = ("val", "test_accuracy", "test_accuracy_no_near_duplicates", "macro_f1", "epochs", "train_seconds")
 KEYS = ["experiment", "sweep", "strategy", "pretrained", "weights_source", "trainable_params", "val_metric"]
 
 
@@ -26,9 +26,15 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "trainable_params": info["trainable_params"], "val_metric": record["metric"], "val": record["value"],
         "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
         "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        # On the test images without a near copy in train or val; NaN where not looked for (or none is left).
+        "test_accuracy_no_near_duplicates": _or_nan((metrics.get("near_duplicates") or {}).get("accuracy_without")),
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
         "folder": str(Path(run["info"]).parent),
     }
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
@@ -101,25 +107,37 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join([*lines, "", chosen_by(table)]) + "\n"
 
 
-def near_duplicate_notes(split_report: dict, report_path: str = "resources/splits/target.report.json") -> list[str]:
+def near_duplicate_notes(split_report: dict, report_path: str = "resources/splits/target.report.json",
+                         table: pd.DataFrame | None = None) -> list[str]:
     """What the target split's near duplicates (finetune.nearduplicates) mean for the figures: test (or val)
-    images with a near copy in a split the model learnt from, kept where ``near_duplicates: report``."""
+    images with a near copy in a split the model learnt from, kept where ``near_duplicates: report``; with
+    ``table`` (the leaderboard), the selected runs' test accuracy without those test images."""
+    from .nearduplicates import LEARNT_FROM, copies_learnt_from
+
     near = split_report.get("near_duplicates")
     if near is None:  # a split report from before the check
         return []
     if not near["checked"]:
         why = near.get("why", "dataset.near_duplicates: false")
         return [f"Near duplicates across the splits were not looked for ({why})."]
-    if near.get("left_out"):
-        return []
     notes = []
-    for split, learnt_from, figures in (("test", "train or val", "the test figures"), ("val", "train", "the validation figures")):
-        images = {pair["copy_of"] for pair in near["pairs"] if pair["copy_split"] == split}
+    for split, figures in (("test", "the test figures"), ("val", "the validation figures")):
+        images = copies_learnt_from(near, split)
         if images:
             total = sum(counts.get(split, 0) for counts in split_report.get("counts", {}).values())
-            notes.append(f"{len(images)} of the {total:,} {split} images have a near duplicate in {learnt_from} ({report_path}): "
-                         f"{figures} may be optimistic; dataset.near_duplicates: leave_out leaves the copies out.")
+            without = _selected_without(table) if split == "test" and table is not None else ""
+            have = "has" if len(images) == 1 else "have"
+            notes.append(f"{len(images)} of the {total:,} {split} images {have} a near duplicate in "
+                         f"{' or '.join(LEARNT_FROM[split])} ({report_path}): {figures} may be optimistic{without}; "
+                         "dataset.near_duplicates: leave_out leaves the copies out.")
     return notes
+
+
+def _selected_without(table: pd.DataFrame) -> str:
+    """The selected runs' test accuracy without the test images that have a near duplicate, as a note's clause."""
+    figures = [f"{r.experiment} {r.test_accuracy_no_near_duplicates:.4f} (with them {r.test_accuracy:.4f})"
+               for r in table[table["selected"]].itertuples() if not pd.isna(r.test_accuracy_no_near_duplicates)]
+    return f" (test accuracy without them, mean over seeds, selected runs: {', '.join(figures)})" if figures else ""
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:

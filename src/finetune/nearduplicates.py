@@ -9,9 +9,9 @@ A copy saved again as a JPEG at quality 70 differs by about 1; at half the size,
 (pictures of sharp-edged shapes: the check decodes a JPEG at 1/8 scale, whose 8x8 blocks straddle the
 thumbnail's cells); two different pictures by tens, and two pictures of the same gray levels but other
 colours (a red and a green circle on other backgrounds) by 20 and more once colour counts. On the whole
-of Fashion-MNIST (70,000 gray images, the default split) 27 images have a copy within 5 in another
-split, every one in its own class and, looked at, the same garment; at 8 there are about 150, some of
-them two different items.
+of Fashion-MNIST (70,000 gray images, the default split) there are 29 pairs within 5 across splits (45
+images; 10 test images with a copy in train or val), every one in its own class and, looked at, the same
+garment; at 8 there are about 150, some of them two different items.
 Every image of a split is compared with every image of the splits it must not share with: test with val
 and train, val with train (one matrix product per chunk of rows).
 """
@@ -45,26 +45,46 @@ def find_near_duplicates(split: pd.DataFrame, thumbnails: np.ndarray, max_rms: f
     """Each image of ``split`` (rows with path, class_name, split) with a near copy in a split it must not
     share with, ``thumbnails`` being its rows' (N, 384) uint8 thumbnails (finetune.images.thumbnail):
     ``{path, split, class_name, copy_of, copy_split, copy_class, rms}``, where ``path`` is in the earlier
-    split (train before val before test) and ``copy_of`` is its nearest copy in the later one
-    (:meth:`Thumbnails.mean_squared`). An image is listed once per split pair, with its nearest copy only, so the
-    list never outgrows the split (a dataset of near-blank images would otherwise pair everything with
-    everything)."""
-    found = []
+    split (train before val before test) and ``copy_of`` in the later one (:meth:`Thumbnails.mean_squared`).
+    Per pair of splits, every image of either split with a copy in the other is listed with its nearest
+    copy there (so every test image with a copy in train is among the ``copy_of``, and every train image
+    with one in test among the ``path``), and only with it, so that the list never outgrows the split (a
+    dataset of near-blank images would otherwise pair everything with everything)."""
+    found: dict[tuple[int, int], float] = {}
     compared = Thumbnails(thumbnails)
     for kept_split, other_split in PAIRS:
         kept = np.flatnonzero(split["split"].to_numpy() == kept_split)
         other = np.flatnonzero(split["split"].to_numpy() == other_split)
-        if not len(kept) or not len(other):
-            continue
-        chunk = max(1, CHUNK_CELLS // len(kept))
-        for start in range(0, len(other), chunk):
-            rows = other[start:start + chunk]
-            mean_squared = compared.mean_squared(rows, kept)
-            nearest = mean_squared.argmin(axis=1)
-            closest = mean_squared[np.arange(len(rows)), nearest]
-            for row in np.flatnonzero(closest <= max_rms ** 2):
-                found.append((rows[row], kept[nearest[row]], float(np.sqrt(closest[row]))))
-    return [_pair(split, other, kept, rms) for other, kept, rms in sorted(found, key=lambda f: (f[0], f[2]))]
+        if len(kept) and len(other):
+            found.update(_nearest_copies(compared, kept, other, max_rms))
+    ordered = sorted(found.items(), key=lambda item: (item[0][0], item[1], item[0][1]))
+    return [_pair(split, other, kept, rms) for (other, kept), rms in ordered]
+
+
+def _nearest_copies(compared: "Thumbnails", kept: np.ndarray, other: np.ndarray, max_rms: float) -> dict:
+    """{(row in ``other``, row in ``kept``): rms} for each image of either with a copy within ``max_rms`` in
+    the other, paired with its nearest copy."""
+    pairs = {}
+    best = np.full(len(kept), np.inf, dtype=np.float32)  # each kept image's nearest other image so far
+    best_row = np.zeros(len(kept), dtype=np.int64)
+    columns = np.arange(len(kept))
+    chunk = max(1, CHUNK_CELLS // len(kept))
+    for start in range(0, len(other), chunk):
+        rows = other[start:start + chunk]
+        mean_squared = compared.mean_squared(rows, kept)
+        nearest = mean_squared.argmin(axis=1)
+        closest = mean_squared[np.arange(len(rows)), nearest]
+        hits = np.flatnonzero(closest <= max_rms ** 2)
+        for row in hits:
+            pairs[(int(rows[row]), int(kept[nearest[row]]))] = float(np.sqrt(closest[row]))
+        if len(hits):  # a kept image's copies in this chunk are among the rows with a copy: look at those only
+            nearest_hit = mean_squared[hits].argmin(axis=0)
+            value = mean_squared[hits[nearest_hit], columns]
+            nearer = value < best
+            best[nearer], best_row[nearer] = value[nearer], rows[hits[nearest_hit[nearer]]]
+    for column in np.flatnonzero(best <= max_rms ** 2):
+        pairs[(int(best_row[column]), int(kept[column]))] = float(np.sqrt(best[column]))
+    return pairs
 
 
 class Thumbnails:
@@ -99,3 +119,25 @@ def _pair(split: pd.DataFrame, other: int, kept: int, rms: float) -> dict:
     a, b = split.iloc[other], split.iloc[kept]
     return {"path": a["path"], "split": a["split"], "class_name": a["class_name"],
             "copy_of": b["path"], "copy_split": b["split"], "copy_class": b["class_name"], "rms": round(rms, 2)}
+
+
+# The splits a model learnt from, for the images of each split it is scored on: val chose the epoch (and the run).
+LEARNT_FROM = {"test": ("train", "val"), "val": ("train",)}
+
+
+def copies_learnt_from(near: dict | None, split: str = "test") -> dict[str, dict] | None:
+    """Each image of ``split`` with a near copy in a split the model learnt from (:data:`LEARNT_FROM`), from a
+    split report's ``near_duplicates``: {path: its nearest such copy, ``{path, split, rms}``}. None where they
+    were not looked for (``near`` None, from a report made before the check, or not ``checked``); empty
+    where they were left out (``leave_out``: the split was drawn again until none was left)."""
+    if near is None or not near.get("checked"):
+        return None
+    if near.get("left_out"):
+        return {}
+    copies: dict[str, dict] = {}
+    for pair in near["pairs"]:
+        if pair["copy_split"] == split and pair["split"] in LEARNT_FROM[split]:
+            known = copies.get(pair["copy_of"])
+            if known is None or pair["rms"] < known["rms"]:
+                copies[pair["copy_of"]] = {"path": pair["path"], "split": pair["split"], "rms": pair["rms"]}
+    return copies

@@ -506,7 +506,8 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                    out_predictions: Path, threads: int, batch_size: int = 256, device: str = "cpu", top_k: int = 2,
                    calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
                    out_html: Path | None = None, title: str | None = None,
-                   decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None, tta: str = "none") -> dict:
+                   decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None, tta: str = "none",
+                   split_report: Path | None = None) -> dict:
     """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
 
     ``tta``: ``none``, or ``hflip``: the logits are the mean of the model's on each image and on its
@@ -514,7 +515,9 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
 
     ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
     curves need ``history`` (the run's history.csv). ``onnx_model``: also score the exported model
-    on the same images with onnxruntime (the report's ``onnx`` section).
+    on the same images with onnxruntime (the report's ``onnx`` section). ``split_report``: the split's
+    report, whose near duplicates give ``near_duplicates`` (:func:`without_near_duplicates`) and
+    test_predictions.csv's ``near_duplicate_of``.
     """
     import torch
 
@@ -549,6 +552,8 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     labels = test["label"].to_numpy()
     report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"], report["tta"] = classes, tta
+    copies = _test_copies(split_report)
+    report["near_duplicates"] = without_near_duplicates(test["path"], labels, logits.argmax(1), copies)
     if onnx_model is not None:
         # Compared with PyTorch doing what the exported model does (its metadata says whether it flips).
         onnx_tta = _onnx_tta(onnx_model)
@@ -557,7 +562,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         report["onnx"]["tta"] = "hflip" if onnx_tta else "none"
         lap("ONNX scoring")
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
-    _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions)
+    _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions, copies or {})
     write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
                              title=title or Path(checkpoint_path).parent.as_posix())
     write_json(out_metrics, report)
@@ -565,10 +570,32 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     return report
 
 
+def _test_copies(split_report: Path | None) -> dict[str, dict] | None:
+    """The test images with a near copy in train or val, from the split's report
+    (:func:`finetune.nearduplicates.copies_learnt_from`); None where they were not looked for."""
+    if split_report is None:
+        return None
+    from .nearduplicates import copies_learnt_from
+
+    return copies_learnt_from(read_json(split_report).get("near_duplicates"), "test")
+
+
+def without_near_duplicates(paths: pd.Series, labels, predicted, copies: dict[str, dict] | None) -> dict:
+    """metrics.json's ``near_duplicates``: how many test images have a near copy in a split the model learnt
+    from (``copies``), and the top-1 accuracy on the others (null where every test image has one, or where
+    near duplicates were not looked for: ``checked`` false)."""
+    if copies is None:
+        return {"checked": False, "test_images_with_copy": None, "n_test_without": None, "accuracy_without": None}
+    kept = ~paths.isin(copies.keys()).to_numpy()
+    correct = (predicted == labels)[kept]
+    return {"checked": True, "test_images_with_copy": int((~kept).sum()), "n_test_without": int(kept.sum()),
+            "accuracy_without": float(correct.mean()) if kept.any() else None}
+
+
 def _write_test_tables(confusion, logits, test: pd.DataFrame, classes: list[str], out_confusion: Path,
-                       out_predictions: Path) -> None:
-    """confusion_matrix.csv (rows true, columns predicted) and test_predictions.csv (each image's top class and
-    its probability)."""
+                       out_predictions: Path, copies: dict[str, dict]) -> None:
+    """confusion_matrix.csv (rows true, columns predicted) and test_predictions.csv (each image's top class,
+    its probability, and its nearest near copy in train or val, if any)."""
     import numpy as np
 
     from .metrics import softmax
@@ -581,6 +608,7 @@ def _write_test_tables(confusion, logits, test: pd.DataFrame, classes: list[str]
     predictions = pd.DataFrame({
         "path": test["path"], "label": test["class_name"],
         "predicted": [classes[i] for i in probs.argmax(1)], "probability": probs.max(1).round(6),
+        "near_duplicate_of": [copies[p]["path"] if p in copies else "" for p in test["path"]],
     })
     with atomic_path(out_predictions) as tmp:
         predictions.to_csv(tmp, index=False)
@@ -732,7 +760,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
-    notes = near_duplicate_notes(read_json(split_report), str(split_report)) if split_report is not None else []
+    notes = near_duplicate_notes(read_json(split_report), str(split_report), table) if split_report is not None else []
     write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:
         write_json(out_selected, chosen)

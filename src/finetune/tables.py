@@ -47,6 +47,10 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
         ("weighted F1", report["weighted_f1"]),
         ("expected calibration error (ECE)", report["ece"]),
     ]
+    near = report.get("near_duplicates") or {}
+    if near.get("test_images_with_copy"):
+        rows.append((f"top-1 accuracy without the {near['test_images_with_copy']} test images with a near duplicate "
+                     f"in train or val ({near['n_test_without']} images)", near["accuracy_without"]))
     overall = pd.DataFrame([(name, f"{v:.4f}" if isinstance(v, float) else str(v)) for name, v in rows],
                            columns=["metric", "value"])
     per_class = pd.DataFrame([{"class": name, **scores} for name, scores in report["per_class"].items()])

@@ -152,12 +152,12 @@ RULE_MODULES = {
     "weights": [*_STAGES, *(["models"] if config["weights"]["source"] != "pretrain" else [])],
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
-    "evaluate": [*_STAGES, "metrics", "models", "plots", "selection", "store", "tables", "tensors"],
+    "evaluate": [*_STAGES, "metrics", "models", "nearduplicates", "plots", "selection", "store", "tables", "tensors"],
     "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
     "predict_selected": [*_DEPLOY, "selection"],
-    "summary": [*_STAGES, "leaderboard", "selection", "tables"],
+    "summary": [*_STAGES, "leaderboard", "nearduplicates", "selection", "tables"],
 }
 
 

@@ -12,6 +12,7 @@ rule evaluate:
         checkpoint=rules.train.output.checkpoint,
         history=rules.train.output.history,
         split="resources/splits/target.csv",
+        split_report="resources/splits/target.report.json",
     output:
         metrics="results/{experiment}/seed{seed}/metrics.json",
         confusion="results/{experiment}/seed{seed}/confusion_matrix.csv",
@@ -63,7 +64,8 @@ rule evaluate:
         runtime=30,
         gpu=1 if config["evaluate"]["device"] == "cuda" else 0,
     shell:
-        "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --history {input.history} "
+        "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --split-report {input.split_report} "
+        "--history {input.history} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "
         "--out-predictions {output.predictions} --out-html {output.html} "

@@ -30,6 +30,8 @@ def main():
     parser.add_argument("--onnx", type=Path, help="also score this exported model (onnxruntime) on the same images")
     parser.add_argument("--tta", choices=["none", "hflip"], default="none",
                         help="hflip: each image's logits are the mean over it and its mirror image")
+    parser.add_argument("--split-report", type=Path,
+                        help="the split's report: its near duplicates give the test accuracy without the test images that have one")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     threads = set_torch_threads(args.threads)
@@ -39,10 +41,16 @@ def main():
                             threads, batch_size=args.batch_size, device=args.device, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
                             plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title,
                             decoded=tuple(args.decoded) if args.decoded else None, onnx_model=args.onnx,
-                            tta=args.tta)
+                            tta=args.tta, split_report=args.split_report)
     k = report["top_k"]
     print(f"test accuracy {report['accuracy']:.4f}, top-{k} {report[f'top{k}_accuracy']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} on {report['n_test']} images")
+    near = report["near_duplicates"]
+    if near["test_images_with_copy"]:
+        without = near["accuracy_without"]
+        print(f"{near['test_images_with_copy']} test image(s) have a near duplicate in train or val "
+              f"(test_predictions.csv, near_duplicate_of): test accuracy without them "
+              f"{'n/a' if without is None else f'{without:.4f}'} on {near['n_test_without']} images")
     if "onnx" in report:
         onnx = report["onnx"]
         print(f"ONNX model {onnx['model']}: test accuracy {onnx['accuracy']:.4f}, top-1 agreement with PyTorch "

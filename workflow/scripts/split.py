@@ -43,8 +43,9 @@ def near_duplicates_lines(near: dict, report: Path) -> str:
                 "skips the check)" if "why" in near else "near duplicates across splits: not checked (dataset.near_duplicates: false)")
     pairs = near["pairs"]
     done = "left out of the earlier split" if near["left_out"] else "kept (dataset.near_duplicates: leave_out leaves them out)"
-    lines = [f"near duplicates across splits: {len(pairs)} image(s) with a near copy in another split"
-             + (f", {done}, listed in {report}:" if pairs else "")]
+    earlier = {p["path"] for p in pairs}  # the train or val images, each with a copy in a later split
+    lines = [f"near duplicates across splits: {len(earlier)} image(s) with a near copy in a later split"
+             + (f" ({len(pairs)} pair(s)), {done}, listed in {report}:" if pairs else "")]
     lines += [f"  {p['path']} ({p['split']}, {p['class_name']}): near {p['copy_of']} ({p['copy_split']}, "
               f"{p['copy_class']}), {p['rms']} levels apart (RMS)" for p in pairs[:20]]
     if len(pairs) > 20:
