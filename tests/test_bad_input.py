@@ -305,12 +305,16 @@ def test_a_number_that_is_a_class_name_and_another_class_s_index_is_refused(tmp_
 
 def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
     data = tmp_path / "data"
-    make_images(data, {"cat": 6, "dog": 2})
+    make_images(data, {"cat": 6, "dog": 2, "eel": 1})
     result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.2), tmp_path / "out")
     assert result.returncode == 1, result.stdout
     assert "error: class 'dog' has 2 image(s): too few to stratify" in result.stdout
     assert "needs 1 test + 1 val + at least 1 train" in result.stdout
     assert "dataset.val_fraction / dataset.test_fraction" in result.stdout
+    # every class too small is named at once, not one per run
+    assert "class 'eel' has 1 image(s): too few to stratify" in result.stdout
+    assert "class 'cat'" not in result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])

@@ -387,12 +387,18 @@ def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitS
     rng = np.random.default_rng(spec.seed)
     given = official_splits(listing)
     caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
-    parts = []
+    parts, too_few = [], []
     for label, name in enumerate(class_names):
-        rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng, (left_out or {}).get(name, []))
+        try:
+            rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng, (left_out or {}).get(name, []))
+        except DataError as exc:  # every class too small, in one message: not one class per run
+            too_few.append(str(exc))
+            continue
         for split in SPLITS:
             chosen = rows[split].iloc[: _cap(len(rows[split]), caps[split])]
             parts.append(pd.DataFrame({"path": chosen["path"].values, "label": label, "class_name": name, "split": split}))
+    if too_few:
+        raise DataError("\n".join(too_few))
     out = pd.concat(parts, ignore_index=True)
     out["split"] = pd.Categorical(out["split"], categories=list(SPLITS), ordered=True)
     out = out.sort_values(["split", "label"], kind="stable").reset_index(drop=True)
