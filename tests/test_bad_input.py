@@ -685,6 +685,42 @@ def test_every_config_problem_reported_at_once(tmp_path):
         assert key in result.stdout
 
 
+def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and_lines(tmp_path):
+    """YAML keeps the last of two equal keys without a word: a second `evaluate:` section would drop the
+    first's settings. Refused at start, at any depth, with the lines (counted here from the text); nothing
+    runs. YAML merge keys (`<<`) and equal keys in different mappings are not duplicates."""
+    text = tiny_config(tmp_path).read_text()
+    text += "evaluate:\n  top_k: 3\nexperiments:\n  a: &base\n    strategy: finetune\n    lr: 0.03\n    lr: 0.04\n"
+    text += "  b:\n    <<: *base\n    epochs: 2\n"
+    config = tmp_path / "twice.yaml"
+    config.write_text(text)
+    lines = text.splitlines()
+    evaluate = [i + 1 for i, line in enumerate(lines) if line == "evaluate:"]
+    experiments = [i + 1 for i, line in enumerate(lines) if line == "experiments:"]
+    lr = [i + 1 for i, line in enumerate(lines) if line in ("    lr: 0.03", "    lr: 0.04")]
+    assert len(evaluate) == len(experiments) == len(lr) == 2
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    assert "a config file writes a key twice" in result.stdout, result.stdout
+    for key, (first, second) in (("evaluate", evaluate), ("experiments", experiments), ("experiments.a.lr", lr)):
+        assert f"{config}: {key} is written twice (lines {first} and {second})" in result.stdout, result.stdout
+    assert "experiments.b" not in result.stdout and "strategy" not in result.stdout
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):
+    from finetune.userconfig import duplicate_keys
+
+    config = tmp_path / "c.json"
+    config.write_text('{"seeds": [0, 1],\n "train": {"lr": 0.1},\n "train": {"epochs": 2},\n'
+                      ' "sweep": [{"lr": 1, "lr": 2}, {"lr": 3}]}\n')
+    assert duplicate_keys(config) == [
+        "train is written twice (lines 2 and 3): only the last is read, so what line 2 sets would be ignored",
+        "sweep[0].lr is written twice (lines 4 and 4): only the last is read, so what line 4 sets would be ignored"]
+    config.write_text('{"train": {"lr": 0.1}, "evaluate": {"lr": 0.1}}')
+    assert duplicate_keys(config) == []
+
+
 @pytest.mark.slow
 def test_image_size_the_architecture_cannot_take_stops_train_naming_the_key(tmp_path):
     """AlexNet needs at least 63 px: at image_size 16 the train job stops before training, naming the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 
 # Sections of a user's config that replace the workflow's own config/config.yaml (the demo), rather than
@@ -68,3 +69,39 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
                      "none of whose names you use")
     return notes
 
+
+
+def duplicate_keys(path: str | os.PathLike) -> list[str]:
+    """Keys written twice in one mapping of a YAML (or JSON) config file, one line each with the key's path
+    and both lines. YAML and JSON loaders keep the last silently, so the settings under the first would be
+    ignored without a word (two `train:` sections, say). Not YAML at all: nothing here (Snakemake says so)."""
+    import yaml
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    found: list[str] = []
+    _walk(root, (), found)
+    return found
+
+
+def _walk(node, where: tuple[str, ...], found: list[str]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":  # `<<`: merges, not keys
+                continue
+            line = key.start_mark.line + 1
+            name = ".".join((*where, key.value))
+            if (key.tag, key.value) in first:
+                found.append(f"{name} is written twice (lines {first[(key.tag, key.value)]} and {line}): only the "
+                             f"last is read, so what line {first[(key.tag, key.value)]} sets would be ignored")
+            else:
+                first[(key.tag, key.value)] = line
+            _walk(value, (*where, key.value), found)
