@@ -161,6 +161,26 @@ def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, t
     assert pd.read_csv(tmp_path / "spaced_out.csv", keep_default_na=False).equals(table)
 
 
+def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
+    """predict.images may name one image (by its extension, in any case): one row, the model's own answer
+    recomputed here; before, the image was read as a CSV list and the job stopped on its bytes."""
+    write_images(tmp_path / "imgs", n=1)
+    image = tmp_path / "imgs" / "item0.PNG"
+    (tmp_path / "imgs" / "item0.png").rename(image)
+    model = tiny_run / "results/finetune/seed0/model.onnx"
+    out = tmp_path / "one.csv"
+    result = run_predict("--model", str(model), "--images", str(image), "--out", str(out), "--top-k", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["path"]) == [str(image)] and table.loc[0, "error"] == ""
+    p = probabilities(onnx_logits(model, model_inputs([str(image)], onnx_preprocessing(model))))[0]
+    assert table.loc[0, "predicted"] == CLASSES[int(np.argmax(p))]
+    assert float(table.loc[0, "probability"]) == pytest.approx(max(p), abs=1e-5)
+    notes = tmp_path / "imgs" / "notes.txt"  # neither an image nor a list with a path column: named
+    result = run_predict("--model", str(model), "--images", str(notes), "--out", str(tmp_path / "bad.csv"))
+    assert result.returncode == 1 and f"image list {notes} has no `path` column" in result.stderr, result.stderr
+
+
 def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "bad.jpg").write_bytes(b"")

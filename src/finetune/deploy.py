@@ -149,9 +149,12 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
     folder left out for their format, counted by extension (:func:`finetune.images.extension_counts`).
 
     ``source`` is a folder (every image file under it, recursively, by extension, sorted; hidden files
-    and folders left out) or a CSV file with a ``path`` column (relative paths are relative to the CSV's folder).
+    and folders left out), one image file (by its extension), or a CSV file with a ``path`` column (relative
+    paths are relative to the CSV's folder).
     """
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        return [(str(source), str(source))], {}
     if source.is_dir():
         found = files_below(source)
         files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -171,7 +174,7 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         if not refs:
             raise DataError(f"image list {source} names no images")
         return [(ref, ref if os.path.isabs(ref) else str(source.parent / ref)) for ref in refs], {}
-    raise DataError(f"images to classify not found: {source} is neither a folder nor a CSV file")
+    raise DataError(f"images to classify not found: {source} is not a folder, an image file or a CSV list of images")
 
 
 def prediction_columns(top_k: int) -> list[str]:

@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--seed", type=int, help="with --choose-from: take the selected run's model of this seed")
     parser.add_argument("--out-selection", type=Path, help="with --choose-from: JSON naming the chosen run and why")
     parser.add_argument("--images", type=Path, required=True,
-                        help="a folder of images (searched recursively) or a CSV file with a `path` column")
+                        help="a folder of images (searched recursively), one image file, or a CSV file with a `path` column")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
