@@ -138,3 +138,26 @@ def calibration(true_idx: list[int], probs: list[list[float]], n_bins: int) -> t
             confidence = sum(c for c, _ in group) / len(group)
             ece += len(group) / len(true_idx) * abs(accuracy - confidence)
     return ece, [len(group) for group in members]
+
+
+def wilson_bounds(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval by its definition, not its closed form: the proportions p for which the
+    observed share lies within z standard errors of p, (correct/n - p)^2 = z^2 p (1 - p) / n, found by
+    bisection on each side of the observed share (z from the normal distribution, not a constant)."""
+    from statistics import NormalDist
+
+    z, share = NormalDist().inv_cdf(0.5 + level / 2), correct / n
+
+    def outside(p: float) -> bool:
+        return (share - p) ** 2 > z * z * p * (1 - p) / n
+
+    def root(low: float, high: float, low_outside: bool) -> float:
+        for _ in range(200):
+            middle = (low + high) / 2
+            if outside(middle) == low_outside:
+                low = middle
+            else:
+                high = middle
+        return (low + high) / 2
+
+    return root(0.0, share, True) if correct else 0.0, root(share, 1.0, False) if correct < n else 1.0

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from finetune.metrics import (classification_report, confusion_matrix, expected_calibration_error,
-                              most_confused_pairs, per_class_scores, top_k_accuracy)
+                              most_confused_pairs, per_class_scores, top_k_accuracy, wilson_interval)
 from finetune.plots import confusion_matrix_plot, learning_curves_plot, reliability_plot
 from finetune.stages import summary_stage, write_evaluation_figures
-from recompute import calibration, class_metrics, held_out, probabilities, run_logits
+from recompute import calibration, class_metrics, held_out, probabilities, run_logits, wilson_bounds
 
 
 def assert_png(path, min_size=(200, 200)):
@@ -84,6 +84,16 @@ def test_expected_calibration_error_by_hand():
     # Empty bins carry None (valid JSON), not NaN.
     assert bins[0]["accuracy"] is None and bins[0]["confidence"] is None
     json.dumps(bins, allow_nan=False)
+
+
+@pytest.mark.parametrize("correct, n", [(914, 1000), (3657, 4000), (0, 20), (20, 20), (1, 3), (50, 100)])
+def test_accuracy_interval_is_the_wilson_interval_by_its_definition(correct, n):
+    """Against the interval found by bisection on its defining equation (tests/recompute.py); at 0 and n
+    correct it still has width, where p ± z·sqrt(p(1-p)/n) would be a single point."""
+    low, high = wilson_interval(correct, n)
+    assert (low, high) == pytest.approx(wilson_bounds(correct, n), abs=1e-9)
+    assert 0 <= low <= correct / n <= high <= 1 and high - low > 0
+    assert wilson_interval(0, 0) is None
 
 
 def test_perfectly_calibrated_predictions_have_zero_ece():
@@ -187,7 +197,7 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert csv.set_index("experiment").loc["scratch", "weights_source"] == "none"
     assert csv.set_index("experiment").loc["feature_extract", "trainable_params"] == 10
     md = (tmp_path / "summary.md").read_text().splitlines()
-    assert len(md) == 2 + 3 + 2  # the table, a blank line, the sentence saying how runs are chosen
+    assert len(md) == 2 + 3 + 2  # the table, a blank line, the sentence saying how runs are chosen (no n_test: no note)
     assert "| 2 | finetune | ✓ finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
     assert "selected by val_accuracy on the validation images" in md[-1]
     assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
@@ -202,6 +212,23 @@ def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert csv["test_accuracy_std"].isna().all()
     assert "±" not in (tmp_path / "summary.md").read_text()
+
+
+def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
+    """With n_test in metrics.json, a note gives the first-ranked run's 95% interval on a test set of that
+    size; runs scored on test sets of other sizes get none."""
+    runs = [write_run(tmp_path, "finetune", 0, 0.90, 0.8, 10.0), write_run(tmp_path, "finetune", 1, 0.92, 0.8, 10.0),
+            write_run(tmp_path, "scratch", 0, 0.70, 0.6, 10.0)]
+    for run in runs:
+        run["metrics"].write_text(json.dumps({**json.loads(run["metrics"].read_text()), "n_test": 500}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html")
+    low, high = wilson_bounds(455, 500)  # finetune ranks first: 0.91 over its seeds, 455 of 500
+    note = (f"The test figures are over 500 test images: a test accuracy of 0.9100 (finetune) has a 95% interval of "
+            f"{low:.4f} to {high:.4f} (Wilson) over test sets of that size")
+    assert note in (tmp_path / "summary.md").read_text() and note in (tmp_path / "summary.html").read_text()
+    runs[2]["metrics"].write_text(json.dumps({**json.loads(runs[2]["metrics"].read_text()), "n_test": 400}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert "95% interval" not in (tmp_path / "summary.md").read_text()
 
 
 def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(tmp_path):
@@ -320,6 +347,8 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
         expected = class_metrics(list(test["class_name"]), [classes[r[0]] for r in ranked], classes)
         assert metrics["n_test"] == expected["n"]
         assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+        correct = round(expected["accuracy"] * expected["n"])
+        assert metrics["accuracy_ci95"] == pytest.approx(list(wilson_bounds(correct, expected["n"])), abs=1e-9)
         assert metrics["top2_accuracy"] == pytest.approx(
             sum(t in r[:2] for t, r in zip(truth, ranked)) / len(truth), abs=1e-12)
         assert metrics["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-12)
@@ -345,6 +374,7 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
                    "test_accuracy_std", "macro_f1", "macro_f1_std"):
         assert column in summary.columns, column
     assert "Leaderboard" in (results / "summary.html").read_text()
+    assert f"The test figures are over {metrics['n_test']:,} test images: " in (results / "summary.md").read_text()
 
 
 @pytest.mark.slow

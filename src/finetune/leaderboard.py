@@ -25,7 +25,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "weights_source": run["weights_source"] if info["pretrained"] else "none",
         "trainable_params": info["trainable_params"], "val_metric": record["metric"], "val": record["value"],
         "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
-        "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+        "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n_test": _or_nan(metrics.get("n_test")),
         # On the test images without a near copy in train or val; NaN where not looked for (or none is left).
         "test_accuracy_no_near_duplicates": _or_nan((metrics.get("near_duplicates") or {}).get("accuracy_without")),
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
@@ -105,6 +105,21 @@ def markdown(table: pd.DataFrame) -> str:
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
     return "\n".join([*lines, "", chosen_by(table)]) + "\n"
+
+
+def test_noise_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """How far chance alone moves the test figures: the 95% Wilson interval of the first-ranked run's test
+    accuracy (mean over seeds) on a test set of this size. Nothing where the runs' test sets differ in
+    size or metrics.json does not say (made before ``n_test``)."""
+    from .metrics import wilson_interval
+
+    if per_run["n_test"].isna().any() or per_run["n_test"].nunique() != 1:
+        return []
+    n, top = int(per_run["n_test"].iloc[0]), table.iloc[0]
+    low, high = wilson_interval(int(round(top.test_accuracy * n)), n)
+    return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}) "
+            f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
+            "closer than that may differ by chance."]
 
 
 def near_duplicate_notes(split_report: dict, report_path: str = "resources/splits/target.report.json",

@@ -70,6 +70,22 @@ def most_confused_pairs(cm: np.ndarray, class_names: list[str], n: int = 5) -> l
     return pairs
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: two-sided 95%
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> list[float] | None:
+    """The Wilson score interval of the proportion ``correct / n`` (95% by default): the accuracies the
+    same model could have on other test sets of this size and kind, given this one. It stays inside
+    [0, 1] and is not empty at 0 or n correct, where the normal approximation's p ± z·sqrt(p(1-p)/n) is.
+    None without images."""
+    if n <= 0:
+        return None
+    p, zz = correct / n, z * z
+    centre = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z * np.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
 def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: list[str], top_k: int = 2,
                           n_bins: int = 15) -> dict:
     probs = softmax(logits.astype(np.float64))
@@ -82,6 +98,7 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: l
     return {
         "n_test": int(len(labels)),
         "accuracy": float((preds == labels).mean()),
+        "accuracy_ci95": wilson_interval(int((preds == labels).sum()), len(labels)),
         "top_k": min(top_k, n),
         f"top{min(top_k, n)}_accuracy": top_k_accuracy(labels, probs, top_k),
         "macro_f1": float(scores["f1"].mean()),

@@ -42,6 +42,8 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
     rows = [
         ("test images", report["n_test"]),
         ("top-1 accuracy", report["accuracy"]),
+        *([("top-1 accuracy, 95% interval over test sets of this size (Wilson)",
+            "{:.4f} to {:.4f}".format(*report["accuracy_ci95"]))] if report.get("accuracy_ci95") else []),
         (f"top-{k} accuracy", report.get(f"top{k}_accuracy")),
         ("macro F1", report["macro_f1"]),
         ("weighted F1", report["weighted_f1"]),

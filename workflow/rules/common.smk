@@ -164,7 +164,7 @@ RULE_MODULES = {
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
     "predict_selected": [*_DEPLOY, "selection"],
-    "summary": [*_STAGES, "leaderboard", "nearduplicates", "selection", "tables"],
+    "summary": [*_STAGES, "leaderboard", "metrics", "nearduplicates", "selection", "tables"],
 }
 
 
