@@ -1,6 +1,7 @@
 """Training strategies, schedules, cached features and resume, on tiny real Fashion-MNIST data."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -430,6 +431,28 @@ def fit_tiny_net(train, val, **options):
     opts = TrainOptions.from_dict({"epochs": 1, "batch_size": 100, "lr": 0.01, "device": "cpu", **options})
     fit(model, train, val, PLAIN, opts, num_classes=int(train.labels.max()) + 1, log=lambda _: None)
     return torch.cat(seen)
+
+
+def test_an_epoch_never_ends_on_a_batch_of_one_image(tiny):
+    """25 training images at batch_size 8 (or 32 at 31): the lone last image joins the batch before it, for
+    BatchNorm cannot train on one image ("Expected more than 1 value per channel", the job stopped), and every
+    image is still trained on once an epoch; the learning-rate schedule counts the steps taken."""
+    full = tiny["data"]["train"]
+    for train, batch_size, sizes in ((Data(full.images[:25], full.labels[:25]), 8, [8, 8, 9]),
+                                     (full, len(full.labels) - 1, [len(full.labels)])):
+        model = make_model(tiny)
+        seen = record_training_inputs(model)
+        result = run_fit(tiny, model, train=train, batch_size=batch_size, strategy="finetune", schedule="cosine",
+                         warmup_epochs=0)
+        assert [len(x) for x in seen] == sizes * 2  # two epochs
+        for epoch in range(2):  # each (distinct) image once an epoch: as many different inputs as images
+            shown = torch.cat(seen[epoch * len(sizes):(epoch + 1) * len(sizes)])
+            assert len({tuple(x.flatten()[::7].tolist()) for x in shown}) == len(train.labels)
+        assert all(math.isfinite(row["train_loss"]) for row in result.history)
+        # cosine over the steps taken (history: the lr of each epoch's last step)
+        steps = len(sizes)
+        assert [row["lr"] for row in result.history] == pytest.approx(
+            [0.01 * lr_factor(steps - 1, 2 * steps, 0, "cosine"), 0.01 * lr_factor(2 * steps - 1, 2 * steps, 0, "cosine")])
 
 
 def test_class_weighting_sampler_shows_the_model_balanced_classes():

@@ -309,7 +309,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
 
 def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
     """Several processes: every process needs an example of every batch, the epoch's last one included."""
-    last = n_train % opts.batch_size or opts.batch_size
+    last = (n_train % opts.batch_size or opts.batch_size) + (opts.batch_size if _lone_last(n_train, opts.batch_size) else 0)
     if ranks.active and last < ranks.world:
         raise ConfigError(
             f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
@@ -421,7 +421,7 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
 
 def _steps(n_train: int, opts: TrainOptions) -> _Steps:
     batch_size = n_train if opts.optimizer == "lbfgs" else opts.batch_size  # L-BFGS is a full-batch method
-    per_epoch = math.ceil(n_train / batch_size)
+    per_epoch = math.ceil(n_train / batch_size) - (1 if _lone_last(n_train, batch_size) else 0)
     return _Steps(batch_size=batch_size, per_epoch=per_epoch, total=per_epoch * opts.epochs,
                   warmup=int(round(opts.warmup_epochs * per_epoch)))
 
@@ -612,8 +612,23 @@ def _read_batches(setup: _Setup, order: torch.Tensor):
         x, y = inputs[index], labels[index]
         return (x.pin_memory(), y.pin_memory(), share) if pin else (x, y, share)
 
-    batches = (read(index) for index in order.split(setup.steps.batch_size))
+    batches = (read(index) for index in epoch_batches(order, setup.steps.batch_size))
     return prefetch(batches, depth=PREFETCH_BATCHES) if isinstance(inputs, StoredImages) else batches
+
+
+def _lone_last(n: int, batch_size: int) -> bool:
+    """Would an epoch of ``n`` examples end on a batch of one? BatchNorm cannot train on a single example
+    ("Expected more than 1 value per channel when training")."""
+    return n > batch_size and n % batch_size == 1
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The epoch's order cut into batches of ``batch_size``; a last batch of one example joins the batch
+    before it (one batch of batch_size + 1), so that every example is trained on in every epoch."""
+    batches = list(order.split(batch_size))
+    if _lone_last(len(order), batch_size):
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 def _training_batch(setup: _Setup, x: torch.Tensor, y: torch.Tensor,
