@@ -455,6 +455,24 @@ def test_an_epoch_never_ends_on_a_batch_of_one_image(tiny):
             [0.01 * lr_factor(steps - 1, 2 * steps, 0, "cosine"), 0.01 * lr_factor(2 * steps - 1, 2 * steps, 0, "cosine")])
 
 
+def test_batchnorm_that_would_train_on_one_image_is_refused_naming_the_keys(tiny):
+    """batch_size 1 with BatchNorm layers in train mode stopped the job deep in torch; now it is refused
+    before the first step, naming the keys that fix it. With bn: frozen, or the head alone
+    (feature_extract), batch_size 1 trains."""
+    from finetune.errors import ConfigError
+
+    model = make_model(tiny)
+    before = snapshot(model)
+    with pytest.raises(ConfigError, match=r"train: batch_size 1 gives BatchNorm batches of 1 image, and BatchNorm cannot "
+                                          r"train on one image \(strategy finetune, bn auto\): use a batch_size of 2 or more, "
+                                          r"or bn: frozen"):
+        run_fit(tiny, model, batch_size=1, strategy="finetune", epochs=1)
+    assert equal_states(before, snapshot(model))  # nothing trained
+    for options in ({"strategy": "finetune", "bn": "frozen"}, {"strategy": "feature_extract", "cache_features": False}):
+        result = run_fit(tiny, make_model(tiny), batch_size=1, epochs=1, **options)
+        assert math.isfinite(result.history[0]["train_loss"]), options
+
+
 def test_class_weighting_sampler_shows_the_model_balanced_classes():
     # 90% class 0, 10% class 1; every pixel of an image says its label (0 or 255).
     labels = torch.tensor([0] * 540 + [1] * 60)

@@ -281,6 +281,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
             feature_cache: Path | None, log: Callable[[str], None], ranks: Ranks = SINGLE) -> _Setup:
     place = _placement(opts, ranks)
     _check_last_batch(len(train.labels), opts, ranks)
+    _check_batchnorm_batches(model, len(train.labels), opts, ranks)
     if opts.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(place.device)
@@ -315,6 +316,26 @@ def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
             f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
             f"{opts.batch_size}), fewer than the {ranks.world} training processes (devices {opts.devices} x nodes "
             f"{opts.nodes}): choose a batch_size that leaves at least {ranks.world} (or none) for the last batch")
+
+
+def _check_batchnorm_batches(model: nn.Module, n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
+    """BatchNorm in train mode normalises each batch by its own statistics, and cannot with one image
+    ("Expected more than 1 value per channel when training"): refuse a run whose BatchNorm layers train on
+    batches of one (batch_size 1, or one image a process without sync_batchnorm), naming the keys."""
+    if opts.bn_frozen or opts.optimizer == "lbfgs" or not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    batch_size = n_train if n_train < opts.batch_size else opts.batch_size
+    last = n_train % batch_size or batch_size
+    smallest = min(batch_size, last + (batch_size if _lone_last(n_train, batch_size) else 0))
+    per_process = smallest if opts.sync_batchnorm or not ranks.active else smallest // ranks.world
+    if per_process < 2:
+        where = "" if per_process == smallest else f" per process ({ranks.world} processes, sync_batchnorm off)"
+        raise ConfigError(
+            f"train: batch_size {opts.batch_size} gives BatchNorm batches of {per_process} image{where}, and BatchNorm "
+            f"cannot train on one image (strategy {opts.strategy}, bn {opts.bn}): use a batch_size of 2 or more"
+            f"{' per process, or sync_batchnorm: true' if where else ''}, or bn: frozen (BatchNorm then keeps the "
+            "source model's statistics)")
 
 
 def augmentation_seed(seed: int) -> int:
