@@ -231,6 +231,56 @@ def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
     assert "95% interval" not in (tmp_path / "summary.md").read_text()
 
 
+def exact_sign_flip_p(d) -> float:
+    """The sign-flip test's p-value by enumerating every sign vector (small n only)."""
+    from itertools import product
+
+    d = [x for x in d if x != 0]
+    observed = abs(sum(d))
+    flips = list(product((-1, 1), repeat=len(d)))
+    return sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-9 for signs in flips) / len(flips)
+
+
+@pytest.mark.parametrize("d", [[1] * 9 + [-1] * 3, [1, 1, 1, -1, 0, 0, 1, -1, 0.5, -0.5, 1, 1, 1, 0], [0.5] * 4 + [-1] * 2])
+def test_paired_p_value_against_every_sign_vector(d):
+    from finetune.leaderboard import paired_p_value
+
+    a = np.array(d, dtype=float)
+    p = paired_p_value(a, np.zeros_like(a), draws=40_000)
+    assert p == pytest.approx(exact_sign_flip_p(d), abs=0.01)  # 40,000 draws: standard error <= 0.0025
+    assert paired_p_value(a, a) == 1.0
+
+
+def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_test_image(tmp_path):
+    """Each run's test_predictions.csv per seed: the note gives each other selected run's test accuracy
+    difference from the first-ranked one and the sign-flip p-value, both recomputed here from the rows."""
+    import re
+
+    paths = [f"img{i}.png" for i in range(14)]
+    right = {("finetune", 0): [1] * 12 + [0, 0], ("finetune", 1): [1] * 11 + [0, 0, 1],
+             ("scratch", 0): [1, 0] * 7, ("scratch", 1): [0, 1] * 7}
+    runs = []
+    for (experiment, seed), correct in right.items():
+        val = 0.9 if experiment == "finetune" else 0.5
+        run = write_run(tmp_path, experiment, seed, val, sum(correct) / 14, 10.0)
+        labels = ["cat" if i % 2 else "dog" for i in range(14)]
+        predicted = [label if ok else ("dog" if label == "cat" else "cat") for label, ok in zip(labels, correct)]
+        run["predictions"] = run["info"].parent / "test_predictions.csv"
+        pd.DataFrame({"path": paths, "label": labels, "predicted": predicted, "probability": 0.9}).to_csv(run["predictions"], index=False)
+        runs.append(run)
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    note = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "paired on the same" in line)
+    assert note.startswith("Test accuracy of the selected runs against finetune (first), paired on the same 14 test images")
+    first = np.mean([right[("finetune", 0)], right[("finetune", 1)]], axis=0)
+    other = np.mean([right[("scratch", 0)], right[("scratch", 1)]], axis=0)
+    difference, p = re.search(r"scratch ([+-]\d\.\d{4}) \(p = ([\d.]+)\)", note).groups()
+    assert float(difference) == pytest.approx(other.mean() - first.mean(), abs=5e-5)
+    assert float(p) == pytest.approx(exact_sign_flip_p(list(first - other)), abs=0.012)
+    runs[-1]["predictions"].unlink()  # a seed without its predictions: no comparison
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert "paired on the same" not in (tmp_path / "summary.md").read_text()
+
+
 def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(tmp_path):
     """Kept (near_duplicates: report), they make the figures optimistic: the note counts the distinct test
     (and val) images with a copy in a split the model learnt from; left out or absent, no note."""
@@ -375,6 +425,12 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
         assert column in summary.columns, column
     assert "Leaderboard" in (results / "summary.html").read_text()
     assert f"The test figures are over {metrics['n_test']:,} test images: " in (results / "summary.md").read_text()
+    # The runs against the first-ranked one, paired per image: with one seed, the difference of accuracies.
+    note = next(line for line in (results / "summary.md").read_text().splitlines() if "paired on the same" in line)
+    first = summary["experiment"].iloc[0]
+    accuracy = {r: json.loads((results / r / "seed0/metrics.json").read_text())["accuracy"] for r in ("finetune", "feature_extract", "scratch")}
+    for run in set(accuracy) - {first}:
+        assert f"{run} {accuracy[run] - accuracy[first]:+.4f} (p = " in note, note
 
 
 @pytest.mark.slow

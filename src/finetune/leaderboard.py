@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .selection import oriented, select_run, validation_record
@@ -105,6 +106,60 @@ def markdown(table: pd.DataFrame) -> str:
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
     return "\n".join([*lines, "", chosen_by(table)]) + "\n"
+
+
+SIGN_FLIPS = 10_000  # random sign vectors of the paired test: its p-value is known to about +-0.005 at p = 0.05
+
+
+def paired_p_value(a: np.ndarray, b: np.ndarray, draws: int = SIGN_FLIPS, seed: int = 0) -> float:
+    """Two-sided p-value of the mean of ``a - b`` (paired per test image: each run's share of seeds that got
+    the image right) being 0, by a sign-flip permutation test: under no difference, each image's
+    difference is as likely negative as positive. (1 + draws at least as extreme) / (1 + draws)."""
+    d = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    d = d[d != 0]
+    if len(d) == 0:
+        return 1.0
+    observed = abs(d.sum())
+    rng = np.random.default_rng(seed)
+    extreme, rows = 0, max(1, min(1000, 4_000_000 // len(d)))  # at most 4 million signs at once (32 MB as float64)
+    for start in range(0, draws, rows):
+        signs = rng.integers(0, 2, size=(min(rows, draws - start), len(d)), dtype=np.int8) * 2 - 1
+        extreme += int((np.abs(signs @ d) >= observed - 1e-9).sum())
+    return (1 + extreme) / (1 + draws)
+
+
+def per_image_correct(runs: list[dict]) -> dict[str, pd.Series] | None:
+    """{run name: the share of its seeds that classified each test image right, by path}, from each seed's
+    test_predictions.csv (``run["predictions"]``); None where a seed has none (made before it, or a test)."""
+    shares: dict[str, list[pd.Series]] = {}
+    for run in runs:
+        path = run.get("predictions")
+        if path is None or not Path(path).is_file():
+            return None
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        shares.setdefault(run["experiment"], []).append(
+            pd.Series((table["predicted"] == table["label"]).to_numpy(dtype=float), index=table["path"]))
+    return {name: pd.concat(seeds, axis=1).mean(axis=1) for name, seeds in shares.items()}
+
+
+def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
+    """The selected runs' test accuracy against the first-ranked run's, paired on the same test images
+    (:func:`paired_p_value`), as a note; nothing with one selected run, or without every run's predictions."""
+    selected = table.loc[table["selected"], "experiment"].tolist()
+    first = table["experiment"].iloc[0]
+    others = [name for name in selected if name != first]
+    correct = per_image_correct(runs) if others else None
+    if correct is None or any(not correct[name].index.equals(correct[first].index) for name in others):
+        return []
+    a = correct[first].to_numpy()
+    parts = []
+    for name in others:
+        b = correct[name].to_numpy()
+        p = paired_p_value(a, b)
+        parts.append(f"{name} {b.mean() - a.mean():+.4f} (p = {'< 0.001' if p < 0.001 else f'{p:.3f}'})")
+    return [f"Test accuracy of the selected runs against {first} (first), paired on the same {len(a):,} test images "
+            f"(each image's share of seeds right; two-sided sign-flip test, {SIGN_FLIPS:,} draws): {', '.join(parts)}. "
+            "A p-value above 0.05 says the test set cannot tell the two apart."]
 
 
 def test_noise_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:

@@ -746,13 +746,14 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     to ``out_selected`` with its best seed and model. Test figures are reported, never used to choose.
 
     ``runs``: dicts with keys experiment (the run's name), sweep (the experiment as written; default the
-    run's name), seed, info (path), metrics (path), weights_source. The std is the sample standard
+    run's name), seed, info (path), metrics (path), weights_source, and optionally predictions (its
+    test_predictions.csv: the selected runs are then compared with the first, paired per test image). The std is the sample standard
     deviation (n - 1) over seeds; with a single seed it is undefined, left empty in the CSV and left out
     of the Markdown. ``split_report``: the target split's report, whose near duplicates across splits are
     noted under the table (:func:`finetune.leaderboard.near_duplicate_notes`).
     """
-    from .leaderboard import (aggregate, chosen_by, markdown, near_duplicate_notes, ranked, run_row, selections, shown,
-                              test_noise_notes)
+    from .leaderboard import (aggregate, chosen_by, markdown, near_duplicate_notes, paired_notes, ranked, run_row,
+                              selections, shown, test_noise_notes)
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
@@ -761,7 +762,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
-    notes = test_noise_notes(per_run, table)
+    notes = test_noise_notes(per_run, table) + paired_notes(runs, table)
     notes += near_duplicate_notes(read_json(split_report), str(split_report), table) if split_report is not None else []
     write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:

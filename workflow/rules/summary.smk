@@ -12,6 +12,7 @@ rule summary:
         modules=package_modules("summary"),
         metrics=expand("results/{run}/metrics.json", run=RUNS),
         info=expand("results/{run}/train_info.json", run=RUNS),
+        predictions=expand("results/{run}/test_predictions.csv", run=RUNS),
         split_report="resources/splits/target.report.json",
     output:
         csv="results/summary.csv",

@@ -13,7 +13,7 @@ from finetune.stages import summary_stage
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", required=True,
-                        help="results/<experiment>/seed<seed> folders, each holding train_info.json and metrics.json")
+                        help="results/<experiment>/seed<seed> folders, each holding train_info.json, metrics.json and test_predictions.csv")
     parser.add_argument("--weights-source", required=True, help="names the pretrained weights in the table")
     parser.add_argument("--sweep-of", type=json.loads, default={},
                         help='JSON {run name: experiment as written}: the runs of a sweep are selected among together')
@@ -29,6 +29,7 @@ def main():
         seed = re.fullmatch(r"seed(\d+)", folder.name)
         runs.append({"experiment": folder.parent.name, "sweep": args.sweep_of.get(folder.parent.name), "seed": int(seed.group(1)) if seed else folder.name,
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
+                     "predictions": folder / "test_predictions.csv",
                      "weights_source": args.weights_source})
     table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected, args.split_report)
     print(args.out_md.read_text())
