@@ -156,10 +156,10 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
     for name in others:
         b = correct[name].to_numpy()
         p = paired_p_value(a, b)
-        parts.append(f"{name} {b.mean() - a.mean():+.4f} (p = {'< 0.001' if p < 0.001 else f'{p:.3f}'})")
+        parts.append(f"{name} {b.mean() - a.mean():+.4f} ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'})")
     return [f"Test accuracy of the selected runs against {first} (first), paired on the same {len(a):,} test images "
             f"(each image's share of seeds right; two-sided sign-flip test, {SIGN_FLIPS:,} draws): {', '.join(parts)}. "
-            "A p-value above 0.05 says the test set cannot tell the two apart."]
+            "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
 
 
 def test_noise_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
