@@ -162,7 +162,7 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
             "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
 
 
-def test_noise_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """How far chance alone moves the test figures: the 95% Wilson interval of the first-ranked run's test
     accuracy (mean over seeds) on a test set of this size. Nothing where the runs' test sets differ in
     size or metrics.json does not say (made before ``n_test``)."""
