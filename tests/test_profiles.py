@@ -41,3 +41,33 @@ def test_slurm_profile_settings():
 def test_default_profile_limits_gpu_jobs_to_the_gpus():
     assert DEFAULT["resources"]["gpu"] >= 1
     assert "executor" not in DEFAULT
+
+
+def test_a_key_written_twice_in_the_profile_in_use_is_refused_naming_it(tmp_path):
+    """A second `default-resources:` appended to an edited copy of the Slurm profile: Snakemake would keep
+    only the last (the runtime here) and drop the partition and memory of the first without a word. The
+    workflow refuses to start, naming the profile file, the key and both lines (counted here); the shipped
+    profiles have no such key."""
+    from helpers import run_snakemake, tiny_config
+    from finetune.userconfig import duplicate_keys, profile_files
+
+    for name in ("slurm", "default"):
+        assert duplicate_keys(REPO / "profiles" / name / "config.yaml") == [], name
+    profile = tmp_path / "myslurm"
+    profile.mkdir()
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text() + "default-resources:\n  runtime: 60\n"
+    (profile / "config.yaml").write_text(text)
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith("default-resources:")]
+    assert len(lines) == 2
+    config = tiny_config(tmp_path / "run")
+    for option in (["--workflow-profile", str(profile)], [f"--workflow-profile={profile}"], ["--profile", str(profile)]):
+        result = run_snakemake(tmp_path / "run", config, "-n", *option, check=False, timeout=120)
+        assert result.returncode != 0, result.stdout
+        assert (f"{profile / 'config.yaml'}: default-resources is written twice (lines {lines[0]} and {lines[1]})"
+                in result.stdout), (option, result.stdout[-2000:])
+    assert not (tmp_path / "run" / "results").exists()
+    # Which profile files a command line uses, as Snakemake picks them.
+    assert profile_files(["snakemake", "-n"], {}, REPO) == [REPO / "profiles" / "default" / "config.yaml"]
+    assert profile_files(["snakemake", "--workflow-profile", "none"], {}, REPO) == []
+    assert profile_files(["snakemake", "--workflow-profile", "none"], {"SNAKEMAKE_PROFILE": str(profile)}, REPO) == [
+        profile / "config.yaml"]

@@ -105,3 +105,36 @@ def _walk(node, where: tuple[str, ...], found: list[str]) -> None:
             else:
                 first[(key.tag, key.value)] = line
             _walk(value, (*where, key.value), found)
+
+
+PROFILE_FILES = ("config.v9+.yaml", "config.yaml")  # the file Snakemake 9 reads in a profile folder, first found
+
+
+def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLike) -> list[Path]:
+    """The profile config files of this Snakemake run, from its command line: ``--profile`` (or
+    $SNAKEMAKE_PROFILE) and ``--workflow-profile`` (without it, the workflow's profiles/default, as Snakemake
+    takes it; ``none``: none). A profile named rather than a folder is looked up in
+    ~/.config/snakemake/<name>, as Snakemake does."""
+    def value(option: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg == option and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(option + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    folders = []
+    profile = value("--profile") or environ.get("SNAKEMAKE_PROFILE")
+    if profile:
+        folders.append(Path(profile) if os.path.isdir(profile) else Path.home() / ".config" / "snakemake" / profile)
+    workflow_profile = value("--workflow-profile")
+    if workflow_profile is None:
+        folders.append(Path(workflow_dir) / "profiles" / "default")
+    elif workflow_profile != "none":
+        folders.append(Path(workflow_profile))
+    found = []
+    for folder in folders:
+        file = next((folder / name for name in PROFILE_FILES if (folder / name).is_file()), None)
+        if file is not None:
+            found.append(file)
+    return found

@@ -34,15 +34,18 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.watch import dataset_state as watched_state, images_state
-from finetune.userconfig import duplicate_keys, expand_home, own_sections
+from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files
 from finetune.sweeps import expand as expand_sweeps
 
-# A key written twice in one config file: YAML keeps the last without a word, so the first's settings
-# would be ignored. Refused, naming the file, the key and both lines.
+# A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
+# edited Slurm profile, say): YAML keeps the last without a word, so the first's settings would be
+# ignored. Refused, naming the file, the key and both lines.
 _duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.path.exists("config/config.yaml") else []),
-                                                 *workflow.config_settings.configfiles] for problem in duplicate_keys(file)]
+                                                 *workflow.config_settings.configfiles,
+                                                 *profile_files(sys.argv, os.environ, workflow.basedir)]
+               for problem in duplicate_keys(file)]
 if _duplicates:
-    raise WorkflowError("a config file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
+    raise WorkflowError("a config or profile file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
 
 # A config of the user's own (--configfile) is merged key by key over config/config.yaml, the demo's,
 # where that file is found. A section that describes something else (another dataset, another source of
