@@ -310,7 +310,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
 
 def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
     """Several processes: every process needs an example of every batch, the epoch's last one included."""
-    last = (n_train % opts.batch_size or opts.batch_size) + (opts.batch_size if _lone_last(n_train, opts.batch_size) else 0)
+    last = _smallest_batch(n_train, opts.batch_size)
     if ranks.active and last < ranks.world:
         raise ConfigError(
             f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
@@ -325,9 +325,7 @@ def _check_batchnorm_batches(model: nn.Module, n_train: int, opts: TrainOptions,
     if opts.bn_frozen or opts.optimizer == "lbfgs" or not any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return
-    batch_size = n_train if n_train < opts.batch_size else opts.batch_size
-    last = n_train % batch_size or batch_size
-    smallest = min(batch_size, last + (batch_size if _lone_last(n_train, batch_size) else 0))
+    smallest = _smallest_batch(n_train, opts.batch_size)
     per_process = smallest if opts.sync_batchnorm or not ranks.active else smallest // ranks.world
     if per_process < 2:
         where = "" if per_process == smallest else f" per process ({ranks.world} processes, sync_batchnorm off)"
@@ -641,6 +639,15 @@ def _lone_last(n: int, batch_size: int) -> bool:
     """Would an epoch of ``n`` examples end on a batch of one? BatchNorm cannot train on a single example
     ("Expected more than 1 value per channel when training")."""
     return n > batch_size and n % batch_size == 1
+
+
+def _smallest_batch(n: int, batch_size: int) -> int:
+    """The size of the smallest batch of an epoch of ``n`` examples, as :func:`epoch_batches` cuts it."""
+    if n <= batch_size:
+        return n
+    if _lone_last(n, batch_size):  # the lone example joined the batch before it
+        return batch_size if n > 2 * batch_size else n
+    return n % batch_size or batch_size
 
 
 def epoch_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
