@@ -715,8 +715,8 @@ def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):
     config.write_text('{"seeds": [0, 1],\n "train": {"lr": 0.1},\n "train": {"epochs": 2},\n'
                       ' "sweep": [{"lr": 1, "lr": 2}, {"lr": 3}]}\n')
     assert duplicate_keys(config) == [
-        "train is written twice (lines 2 and 3): only the last is read, so what line 2 sets would be ignored",
-        "sweep[0].lr is written twice (lines 4 and 4): only the last is read, so what line 4 sets would be ignored"]
+        "train is written twice (lines 2 and 3): only the last is read, so what the first sets would be ignored",
+        "sweep[0].lr is written twice (both on line 4): only the last is read, so what the first sets would be ignored"]
     config.write_text('{"train": {"lr": 0.1}, "evaluate": {"lr": 0.1}}')
     assert duplicate_keys(config) == []
 

@@ -98,12 +98,14 @@ def _walk(node, where: tuple[str, ...], found: list[str]) -> None:
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":  # `<<`: merges, not keys
                 continue
             line = key.start_mark.line + 1
-            name = ".".join((*where, key.value))
-            if (key.tag, key.value) in first:
-                found.append(f"{name} is written twice (lines {first[(key.tag, key.value)]} and {line}): only the "
-                             f"last is read, so what line {first[(key.tag, key.value)]} sets would be ignored")
-            else:
+            earlier = first.get((key.tag, key.value))
+            if earlier is None:
                 first[(key.tag, key.value)] = line
+            else:
+                name = ".".join((*where, key.value))
+                lines = f"lines {earlier} and {line}" if earlier != line else f"both on line {line}"
+                found.append(f"{name} is written twice ({lines}): only the last is read, so what the first "
+                             f"sets would be ignored")
             _walk(value, (*where, key.value), found)
 
 
