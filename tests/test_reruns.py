@@ -121,9 +121,9 @@ def settle(workdir: Path, config: Path) -> None:
 
 
 def test_adding_removing_or_renaming_an_image_reruns_the_split_and_what_follows(tmp_path):
-    """An ImageFolder, nested folders included: each change to its files reruns the target's split and
+    """An ImageFolder, nested folders included: each change to its images reruns the target's split and
     everything after it (never the source's split or pretraining); reading or rewriting the same files
-    in place reruns nothing."""
+    in place, or files that are no images, rerun nothing."""
     images = tmp_path / "images"
     made = make_images(images, {"circle": 8, "square": 8})
     (images / "square" / "more").mkdir()
@@ -132,6 +132,13 @@ def test_adding_removing_or_renaming_an_image_reruns_the_split_and_what_follows(
     settle(tmp_path / "run", config)
     assert would_run(tmp_path / "run") == NOTHING
     os.utime(made["circle"][0])  # read or touched, not changed: the folder's list of files is the same
+    assert would_run(tmp_path / "run") == NOTHING
+    # Files no job reads (a Finder's .DS_Store, notes), or an image added and deleted again, change the
+    # folders' modification times but not the split: nothing retrains.
+    (images / "circle" / ".DS_Store").write_bytes(b"finder")
+    (images / "square" / "more" / "notes.txt").write_text("shot on tuesday")
+    shutil.copy(tmp_path / "spare/square/002.png", images / "square" / "gone.png")
+    (images / "square" / "gone.png").unlink()
     assert would_run(tmp_path / "run") == NOTHING
     changes = [
         lambda: shutil.copy(tmp_path / "spare/square/000.png", images / "square" / "new.png"),

@@ -31,6 +31,28 @@ def test_folders_see_a_file_added_or_removed_but_not_one_overwritten_in_place(tm
     assert tree_state(root) != before
 
 
+def test_folders_see_an_image_renamed_or_replaced_but_not_files_no_job_reads(tmp_path):
+    """A Finder's .DS_Store, a notes file, or an image added and deleted again changes every folder's
+    modification time but nothing a split or predict reads: the same digest, so nothing retrains."""
+    root = make_tree(tmp_path / "images")
+    before = tree_state(root)
+    (root / "cat" / ".DS_Store").write_bytes(b"finder")
+    (root / "dog" / "more" / "notes.txt").write_text("shot on tuesday")
+    (root / "dog" / "new.png").write_bytes(b"new")
+    (root / "dog" / "new.png").unlink()
+    assert os.stat(root / "cat").st_mtime_ns != 0 and tree_state(root) == before
+    (root / "cat" / "a.png").rename(root / "cat" / "z.png")
+    renamed = tree_state(root)
+    assert renamed != before
+    (root / "cat" / "z.png").rename(root / "cat" / "a.png")
+    assert tree_state(root) == before  # renamed back: the same files
+    (tmp_path / "fixed.png").write_bytes(b"fixed pixels")
+    os.replace(tmp_path / "fixed.png", root / "dog" / "c.png")  # `mv fixed.png dog/c.png`: another file, same name
+    assert tree_state(root) not in (before, renamed)
+    (root / "dog" / "Other.JPG").write_bytes(b"an image by its extension, whatever its case")
+    assert tree_state(root) not in (before, renamed)
+
+
 def test_files_see_an_image_overwritten_in_place_or_touched_deep_in_the_tree(tmp_path):
     root = make_tree(tmp_path / "images")
     states = [tree_state(root, "files")]
@@ -46,8 +68,10 @@ def test_files_see_an_image_overwritten_in_place_or_touched_deep_in_the_tree(tmp
 def test_hidden_files_are_not_watched_as_they_are_not_read(tmp_path):
     root = make_tree(tmp_path / "images")
     (root / "cat" / ".DS_Store").write_bytes(b"finder")
+    (root / "cat" / "notes.txt").write_bytes(b"notes")
     before = tree_state(root, "files")
     overwrite(root / "cat" / ".DS_Store", b"finder, later")
+    overwrite(root / "cat" / "notes.txt", b"not an image either")
     assert tree_state(root, "files") == before
 
 
