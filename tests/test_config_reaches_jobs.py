@@ -124,17 +124,36 @@ def jobs_of(jobs, rule: str, **where) -> list[dict]:
     return found
 
 
-def dry_run_output(tmp_path: Path, config: dict) -> str:
-    """What a dry run of ``config`` as written prints (any key left out takes the schema's default)."""
+def as_text(value):
+    """``value`` with every scalar as text: what Snakemake's parse of a nested ``--config`` value gives."""
+    if isinstance(value, dict):
+        return {key: as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_text(item) for item in value]
+    return yaml.safe_dump(value).removesuffix("\n...\n").strip()
+
+
+def command_line_config(config: dict, via: str) -> list[str]:
+    """``config`` as ``--config`` arguments: as a user types them (YAML flow text), or as Snakemake passes
+    them on to the jobs it spawns on a cluster (the repr of its parse, every scalar text)."""
+    if via == "--config":
+        return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()}" for key, value in config.items()]
+    return [f"{key}={as_text(value)!r}" for key, value in config.items()]
+
+
+def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile") -> str:
+    """What a dry run of ``config`` as written prints (any key left out takes the schema's default), the
+    config given in a file or on the command line (:func:`command_line_config`)."""
     (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist to be an input
     configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-    return run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES).stdout
+    configfile.write_text(yaml.safe_dump(config if via == "configfile" else {}, sort_keys=False))
+    given = [] if via == "configfile" else ["--config", *command_line_config(config, via)]
+    return run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES, *given).stdout
 
 
-def dry_run(tmp_path: Path, config: dict) -> list[tuple[str, dict]]:
+def dry_run(tmp_path: Path, config: dict, via: str = "configfile") -> list[tuple[str, dict]]:
     """The jobs of ``config`` as written."""
-    return commands(dry_run_output(tmp_path, config))
+    return commands(dry_run_output(tmp_path, config, via))
 
 
 def assert_json_option_carries(options: dict, flag: str, values: dict, where: str) -> None:
@@ -193,14 +212,20 @@ def test_the_config_covers_every_section_of_the_schema():
     assert sections <= set(everything_changed_but_weights()), "a new section needs a check here"
 
 
-@pytest.mark.parametrize("experiments", [None, {"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}],
-                         ids=["without-experiments", "with-experiments"])
-def test_every_key_reaches_its_job(tmp_path, experiments):
+@pytest.mark.parametrize("experiments, via", [
+    (None, "configfile"),
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "configfile"),
+    # Snakemake reads a nested --config value as text ('0.01'), and passes the jobs it spawns on a cluster
+    # the repr of that text: both read as a config file would.
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "--config"),
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "spawned-job --config"),
+], ids=["without-experiments", "with-experiments", "command-line", "command-line-of-a-cluster-job"])
+def test_every_key_reaches_its_job(tmp_path, experiments, via):
     config = everything_changed_but_weights()
     config["weights"] = TINY_CONFIG["weights"]
     if experiments is not None:
         config["experiments"] = experiments
-    jobs = dry_run(tmp_path, config)
+    jobs = dry_run(tmp_path, config, via)
 
     target, source = jobs_of(jobs, "split", out="resources/splits/target.csv"), jobs_of(jobs, "split", out="resources/splits/source.csv")
     assert_json_option_carries(target[0], "dataset", job_keys(config["dataset"]), "dataset -> split target")

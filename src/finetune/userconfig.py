@@ -140,3 +140,26 @@ def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLik
         if file is not None:
             found.append(file)
     return found
+
+
+def typed_command_line_config(given) -> dict:
+    """``--config`` values as a config file gives them. Snakemake reads a nested value
+    (``--config 'train={lr: 0.01}' 'seeds=[0, 1]'``) with YAML's BaseLoader, which makes every scalar text
+    ('0.01', '0'), and passes them to the jobs it spawns (Slurm) as the repr of that text: each such text is
+    read again as YAML reads an unquoted scalar (0.01, 0, true, null); other texts stay text."""
+    import yaml
+
+    def typed(value):
+        if isinstance(value, dict) or hasattr(value, "items"):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [typed(item) for item in value]
+        if isinstance(value, str):
+            try:
+                read = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return read if read is None or isinstance(read, (bool, int, float)) else value
+        return value
+
+    return typed(dict(given or {}))

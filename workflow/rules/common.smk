@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 REPO = Path(workflow.basedir)
 SCRIPTS = REPO / "workflow" / "scripts"
@@ -34,7 +34,7 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.watch import dataset_state as watched_state, images_state
-from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files
+from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files, typed_command_line_config
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -46,6 +46,14 @@ _duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.
                for problem in duplicate_keys(file)]
 if _duplicates:
     raise WorkflowError("a config or profile file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
+
+# `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'), here and
+# in the jobs it spawns (Slurm); read each as a config file would (0.01), in the config and in what the
+# user wrote (the notes below read it).
+if workflow.config_settings.config:
+    _typed_cli = typed_command_line_config(workflow.config_settings.config)
+    update_config(config, _typed_cli)
+    update_config(workflow.config_settings.overwrite_config, _typed_cli)
 
 # A config of the user's own (--configfile) is merged key by key over config/config.yaml, the demo's,
 # where that file is found. A section that describes something else (another dataset, another source of
