@@ -337,6 +337,23 @@ def test_pretraining_only_the_output_layer_of_a_random_network_is_refused(tmp_pa
     assert run_snakemake(tmp_path / "gradual", configfile, "-n", check=False).returncode == 0
 
 
+def test_a_scratch_run_that_would_train_only_a_head_on_random_features_is_refused(tmp_path):
+    """pretrained: false with strategy feature_extract (from `train`, where a user made feature_extract the
+    default) would train a linear probe on a random frozen backbone, not a model from scratch."""
+    configfile = tiny_config(tmp_path / "probe", replace={
+        "train": {**TINY_CONFIG["train"], "strategy": "feature_extract"},
+        "experiments": {"fe": {}, "scratch": {"pretrained": False}}})
+    result = run_snakemake(tmp_path / "probe", configfile, "-n", check=False)
+    assert result.returncode != 0
+    assert ("experiments.scratch: pretrained: false with strategy: feature_extract: the backbone would start random "
+            "and stay frozen") in result.stdout, result.stdout[-3000:]
+    assert "experiments.fe:" not in result.stdout
+    configfile = tiny_config(tmp_path / "scratch", replace={
+        "train": {**TINY_CONFIG["train"], "strategy": "feature_extract"},
+        "experiments": {"fe": {}, "scratch": {"pretrained": False, "strategy": "finetune"}}})
+    assert run_snakemake(tmp_path / "scratch", configfile, "-n", check=False).returncode == 0
+
+
 # --------------------------------------------------------------------------- sweeps
 
 def sweep_cases() -> dict:

@@ -106,6 +106,10 @@ def recipe_problems(options: dict) -> list[str]:
         problems.append(f"{' and '.join(mixing)} mix training images, but strategy: feature_extract with cache_features: "
                         "true and augment: false trains the head on cached backbone features, and mixing those is not "
                         "mixup of images; set cache_features: false or leave the mixing off")
+    if options.get("pretrained") is False and strategy == "feature_extract":
+        problems.append("pretrained: false with strategy: feature_extract: the backbone would start random and stay "
+                        "frozen, so only a head on random features would train; to train from scratch set strategy: "
+                        "finetune (in this experiment, or in train)")
     if options.get("layer_decay") is not None and strategy == "feature_extract":
         problems.append(f"layer_decay: {options['layer_decay']} scales the backbone stages' learning rates, but strategy: "
                         "feature_extract trains only the new head; use finetune or gradual, or leave layer_decay null")
