@@ -62,7 +62,11 @@ def test_macro_and_weighted_f1_and_accuracy_by_hand():
     report = classification_report(labels, logits, ["A", "B"], top_k=2, n_bins=10)
     f1_a = 2 * 0.8 * 1.0 / 1.8  # precision 4/5, recall 1
     assert report["accuracy"] == pytest.approx(0.8)
-    assert report["top_k"] == 2 and report["top2_accuracy"] == 1.0
+    # Two classes: each image's class is among the top 2, so a top-2 accuracy (1.0) would say nothing.
+    assert report["top_k"] is None and not any(key.startswith("top2") for key in report)
+    three = classification_report(np.array([0, 1, 2]), np.array([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0], [2.0, 1.0, 0.0]]),
+                                  ["A", "B", "C"], top_k=2)
+    assert three["top_k"] == 2 and three["top2_accuracy"] == pytest.approx(2 / 3)  # C is third for the last image
     assert report["macro_f1"] == pytest.approx(f1_a / 2)
     assert report["weighted_f1"] == pytest.approx(f1_a * 4 / 5)
     assert report["per_class"]["B"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}

@@ -95,12 +95,14 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: l
     scores = per_class_scores(cm)
     support = scores["support"]
     ece, bins = expected_calibration_error(labels, probs, n_bins)
+    # With k classes or fewer, every image's class is among the top k: a top-k accuracy of 1.0 says nothing.
+    scored_k = top_k if top_k < n else None
     return {
         "n_test": int(len(labels)),
         "accuracy": float((preds == labels).mean()),
         "accuracy_ci95": wilson_interval(int((preds == labels).sum()), len(labels)),
-        "top_k": min(top_k, n),
-        f"top{min(top_k, n)}_accuracy": top_k_accuracy(labels, probs, top_k),
+        "top_k": scored_k,
+        **({f"top{scored_k}_accuracy": top_k_accuracy(labels, probs, scored_k)} if scored_k else {}),
         "macro_f1": float(scores["f1"].mean()),
         "weighted_f1": float((scores["f1"] * support).sum() / max(1, support.sum())),
         "ece": ece,

@@ -621,7 +621,7 @@ def _onnx_tta(onnx_model: Path) -> bool:
     return read_metadata(onnx_model).get("tta") == "hflip"
 
 
-def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int, batch_size: int, threads: int) -> dict:
+def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int | None, batch_size: int, threads: int) -> dict:
     """The exported model's test metrics with onnxruntime (CPU) on the images PyTorch was scored on,
     and how far it is from PyTorch's: top-1 agreement and the largest logit difference."""
     import numpy as np
@@ -639,7 +639,7 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int,
     probs = softmax(logits.astype(np.float64))
     return {
         "model": str(onnx_model), "accuracy": float((probs.argmax(1) == labels).mean()),
-        f"top{top_k}_accuracy": top_k_accuracy(labels, probs, top_k),
+        **({f"top{top_k}_accuracy": top_k_accuracy(labels, probs, top_k)} if top_k else {}),
         "top1_agreement_with_pytorch": float((logits.argmax(1) == torch_logits.argmax(1)).mean()),
         "max_abs_logit_diff": float(np.abs(logits - torch_logits).max()) if len(logits) else 0.0,
     }

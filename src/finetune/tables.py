@@ -38,13 +38,13 @@ def page(title: str, sections: list[tuple[str, pd.DataFrame | str]]) -> str:
 
 def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
     """The tables of one evaluation (``metrics.json``): overall, per class, most confused pairs."""
-    k = report.get("top_k", 2)
+    k = report.get("top_k")
     rows = [
         ("test images", report["n_test"]),
         ("top-1 accuracy", report["accuracy"]),
         *([("top-1 accuracy, 95% interval over test sets of this size (Wilson)",
             "{:.4f} to {:.4f}".format(*report["accuracy_ci95"]))] if report.get("accuracy_ci95") else []),
-        (f"top-{k} accuracy", report.get(f"top{k}_accuracy")),
+        *([(f"top-{k} accuracy", report.get(f"top{k}_accuracy"))] if k else []),
         ("macro F1", report["macro_f1"]),
         ("weighted F1", report["weighted_f1"]),
         ("expected calibration error (ECE)", report["ece"]),

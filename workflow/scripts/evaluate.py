@@ -43,8 +43,12 @@ def main():
                             decoded=tuple(args.decoded) if args.decoded else None, onnx_model=args.onnx,
                             tta=args.tta, split_report=args.split_report)
     k = report["top_k"]
-    print(f"test accuracy {report['accuracy']:.4f}, top-{k} {report[f'top{k}_accuracy']:.4f}, "
-          f"macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} on {report['n_test']} images")
+    top_k = f"top-{k} {report[f'top{k}_accuracy']:.4f}, " if k else ""
+    print(f"test accuracy {report['accuracy']:.4f}, {top_k}macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} "
+          f"on {report['n_test']} images")
+    if not k:
+        print(f"note: evaluate.top_k {args.top_k} is not below the {len(report['per_class'])} classes: every image's class "
+              f"is among the top {args.top_k}, so top-k accuracy is left out (metrics.json top_k: null)")
     near = report["near_duplicates"]
     if near["test_images_with_copy"]:
         without = near["accuracy_without"]
