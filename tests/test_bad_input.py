@@ -412,10 +412,11 @@ def test_csv_split_column_keeps_its_val_and_test_rows(tmp_path):
 
 
 def canonical_split(folder: str) -> str:
-    return {"valid": "val", "validation": "val"}.get(folder.lower(), folder.lower())
+    return {"valid": "val", "validation": "val", "training": "train", "testing": "test"}.get(folder.lower(), folder.lower())
 
 
-@pytest.mark.parametrize("names", [("train", "val", "test"), ("Train", "valid", "test"), ("train", "validation")])
+@pytest.mark.parametrize("names", [("train", "val", "test"), ("Train", "valid", "test"), ("train", "validation"),
+                                   ("Training", "Testing")])
 def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_path, names):
     """`<root>/<split>/<class>/<image>` (torchvision's references, Kaggle and Roboflow exports): each image
     stays in its folder's split, classes are the class folders of every split, and a split it lacks is
@@ -435,10 +436,35 @@ def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_p
             assert (rows["class_name"] == name).all() and len(rows) == len(files)
             if canonical_split(folder) != "train":
                 assert (rows["split"] == canonical_split(folder)).all(), folder
-    if len(names) == 2:  # no test folder: test drawn from train, a fifth of each class
+    if names == ("train", "validation"):  # no test folder: test drawn from train, a fifth of each class
         test = split[split["split"] == "test"]
         assert set(test["path"]) <= {str(p) for files in made["train"].values() for p in files}
         assert test.groupby("class_name").size().to_dict() == {"cat": round(6 * 0.2), "dog": round(5 * 0.2)}
+
+
+def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(tmp_path):
+    """seg_train/<class>/ and seg_test/<class>/ (Intel's scene dataset): read as classes seg_test and seg_train,
+    as laid out, but the log says what to rename. Images in the root itself have no class: counted, not silent."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i, name in enumerate(("seg_train", "seg_test")):
+        make_images(data / name, {"cat": 4, "dog": 4}, seed=i)
+    loose = make_images(tmp_path / "loose", {"x": 2}, seed=9)["x"]
+    for path in loose:
+        path.rename(data / path.name)
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 0, result.stdout
+    assert (f"note: the class folders of {data} (seg_test, seg_train) hold no images of their own, only the same "
+            "subfolders (cat, dog): if those are your classes and seg_test, seg_train your splits, rename the split "
+            "folders train, val and test") in result.stdout, result.stdout
+    report = json.loads((out / "split.report.json").read_text())
+    assert report["images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)
+    assert f"ignored 2 image(s) outside any class folder" in result.stdout
+    assert sorted(pd.read_csv(out / "split.csv")["class_name"].unique()) == ["seg_test", "seg_train"]
+    plain = tmp_path / "plain"
+    make_images(plain, {"cat": 4, "dog": 4})
+    result = run_split(imagefolder(plain), tmp_path / "plain_out")
+    assert result.returncode == 0 and "note:" not in result.stdout and "outside any class" not in result.stdout, result.stdout
+    assert json.loads((tmp_path / "plain_out" / "split.report.json").read_text())["layout_note"] is None
 
 
 def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
@@ -484,7 +510,7 @@ def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
     assert set(split.loc[split["split"] == "train", "path"]) == pool - set(val["path"])
 
 
-@pytest.mark.parametrize("value", ["testing", "holdout"])
+@pytest.mark.parametrize("value", ["tests", "holdout"])
 def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
     """A misspelt mark would put those images in the pool (test images into training): refused, naming it."""
     marks = {"cat": ["test", "train", "train", value, "train"], "dog": ["test", "train", "train", "train", value]}
@@ -493,7 +519,7 @@ def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
     assert result.returncode == 1, result.stdout
     assert f"error: CSV manifest {manifest}: column split holds value(s) that name no split: '{value}' (line(s) 5, 11)" \
         in result.stdout
-    assert "Use test, val (or valid, validation), train, or leave it empty" in result.stdout
+    assert "Use test, val, train (or testing, valid, validation, training), or leave it empty" in result.stdout
     assert not (tmp_path / "out" / "split.csv").exists()
 
 

@@ -38,7 +38,8 @@ SPLITS = ("train", "val", "test")
 # val or test are kept as that split; train and unmarked ones are the pool the splits it does not give are
 # drawn from (as Fashion-MNIST's official train set is). The names a split is given (lower-cased), and
 # the split each means:
-SPLIT_NAMES = {"": "", "train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_NAMES = {"": "", "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
 GIVEN_SPLITS = ("val", "test")
 
 
@@ -159,7 +160,7 @@ def split_folders(directory: Path) -> dict[Path, str]:
         raise DataError(
             f"{directory} mixes split folders holding class folders ({', '.join(p.name for p in named)}) with other "
             f"folders ({others}): lay it out as {directory}/<class>/<image>, or as {directory}/<split>/<class>/<image> "
-            "with splits train, val (or valid, validation) and test only"
+            "with splits train, val and test only (or training, valid, validation, testing)"
         )
     return {p: SPLIT_NAMES[p.name.lower()] for p in named}
 
@@ -195,20 +196,47 @@ def list_image_folder(root: str) -> pd.DataFrame:
     :func:`check_classes_have_images`, which looks only at the chosen classes). In a root already split
     (:func:`split_folders`), each image's ``official_split`` is its split folder's.
 
-    ``frame.attrs["ignored_files"]``: how many other files (not hidden) each extension had, so that
-    images in a format not read (``.heic``, ``.avif``) are reported rather than silently left out.
+    ``frame.attrs``: ``ignored_files``, how many other files (not hidden) each extension had, so that
+    images in a format not read (``.heic``, ``.avif``) are reported rather than silently left out;
+    ``outside_class_folders``, the images in the root (or a split folder) itself, which have no class;
+    ``layout_note``, where the class folders look like split folders of other names (:func:`layout_note`).
     """
     rows, ignored = [], []
-    for name, folders in _image_folder(root).items():
+    classes = _image_folder(root)
+    for name, folders in classes.items():
         for folder, split in folders:
             for p in files_below(folder):
                 if p.suffix.lower() in IMAGE_EXTENSIONS:
                     rows.append((str(p), name, split))
                 else:
                     ignored.append(p)
+    tops = [Path(root), *split_folders(Path(root))]
     frame = pd.DataFrame(rows, columns=["path", "class_name", "official_split"])
     frame.attrs["ignored_files"] = extension_counts(ignored)
+    frame.attrs["outside_class_folders"] = sorted(str(p) for top in tops for p in _images_in(top))
+    frame.attrs["layout_note"] = layout_note(Path(root), classes)
     return frame
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files in ``folder`` itself (not below it), hidden ones left out."""
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str | None:
+    """Where every class folder holds no image of its own but the same subfolders (``seg_train/<class>/``,
+    ``seg_test/<class>/``), the "classes" are most likely split folders named otherwise: what to rename.
+    Images below a class folder count for that class, so such a root trains a classifier of split names."""
+    folders = [folder for entries in classes.values() for folder, _ in entries]
+    if len(folders) < 2 or any(_images_in(folder) for folder in folders):
+        return None
+    inner = [{p.name for p in _subfolders(folder)} for folder in folders]
+    if len(inner[0]) < 2 or any(names != inner[0] for names in inner):
+        return None
+    return (f"the class folders of {root} ({', '.join(classes)}) hold no images of their own, only the same "
+            f"subfolders ({', '.join(sorted(inner[0]))}): if those are your classes and {', '.join(classes)} your "
+            "splits, rename the split folders train, val and test; as laid out, each of "
+            f"{', '.join(classes)} is a class")
 
 
 def list_csv_manifest(manifest: str) -> pd.DataFrame:
@@ -265,8 +293,8 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
             for value in column[unknown.index].str.strip().unique()[:10]
         )
         raise DataError(
-            f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val (or valid, "
-            "validation), train, or leave it empty (train and empty rows are the pool the splits the manifest does not "
+            f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val, train (or "
+            "testing, valid, validation, training), or leave it empty (train and empty rows are the pool the splits the manifest does not "
             "give are drawn from)"
         )
     return values.map(SPLIT_NAMES)
@@ -506,6 +534,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     listing = list_dataset(spec)
     lap("listing")
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
+    outside = list(listing.attrs.get("outside_class_folders", []))
+    layout = listing.attrs.get("layout_note")
     class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
     if len(class_names) < 2:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
@@ -537,6 +567,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "duplicate_images": duplicates,
         "near_duplicates": near,
         "ignored_files": ignored_files,
+        "images_outside_class_folders": outside,
+        "layout_note": layout,
     }
     return split, report
 

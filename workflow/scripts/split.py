@@ -29,6 +29,12 @@ def main():
             print(f"  {item['path']}: {item['reason']}")
     if report["ignored_files"]:
         print(not_read_line(report["ignored_files"]))
+    outside = report["images_outside_class_folders"]
+    if outside:
+        print(f"ignored {len(outside)} image(s) outside any class folder (an image's class is the folder it is in), "
+              f"listed in {args.report}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
+    if report["layout_note"]:
+        print(f"note: {report['layout_note']}")
     if report["duplicate_images"]:
         print(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
               f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
