@@ -133,6 +133,23 @@ def test_a_copy_of_an_official_test_image_is_left_out_of_the_pool(tmp_path):
     assert not any(p.endswith("dup.png") for p in split["path"])
 
 
+def test_unreadable_images_and_images_under_two_labels_are_refused_in_one_message(tmp_path):
+    """Every bad file at once, whatever its kind: one round of fixes, not one per kind."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    shutil.copy(made["dog"][2], data / "cat" / "looks-like-a-dog.png")
+    (data / "dog" / "empty.png").write_bytes(b"")
+    result = run_split(imagefolder(data), out)
+    assert result.returncode == 1, result.stdout
+    assert (f"error: 1 unreadable image(s) and 2 image(s) found under two labels (identical files) in {data}: fix or "
+            "delete them") in result.stdout, result.stdout
+    for path in (data / "dog" / "empty.png", data / "cat" / "looks-like-a-dog.png", made["dog"][2]):
+        assert f"  {path}: " in result.stdout
+    assert not (out / "split.csv").exists()
+
+
 def test_an_image_under_two_labels_is_refused_naming_every_copy(tmp_path):
     import shutil
 

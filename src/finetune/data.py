@@ -491,14 +491,16 @@ def find_duplicates(listing: pd.DataFrame, digests: list[str | None]) -> tuple[l
     return redundant, conflicting
 
 
-def _leave_out_bad(listing: pd.DataFrame, bad: list[tuple[str, str]], what: str, spec: SplitSpec) -> pd.DataFrame:
-    if bad and spec.on_bad_image != "skip":
-        lines = "\n".join(f"  {p}: {r}" for p, r in bad)
+def _refuse_bad(kinds: dict[str, list[tuple[str, str]]], spec: SplitSpec) -> None:
+    """Unless ``on_bad_image: skip``, stop with every bad file of every kind (``{what: [(path, reason)]}``) in
+    one message, so that one round of fixes is enough."""
+    found = {what: bad for what, bad in kinds.items() if bad}
+    if found and spec.on_bad_image != "skip":
+        lines = "\n".join(f"  {p}: {r}" for bad in found.values() for p, r in bad)
         raise DataError(
-            f"{len(bad)} {what} in {spec.path}: fix or delete them, or set dataset.on_bad_image: skip "
-            f"to leave them out (they are then listed in the split report):\n{lines}"
+            f"{' and '.join(f'{len(bad)} {what}' for what, bad in found.items())} in {spec.path}: fix or delete them, "
+            f"or set dataset.on_bad_image: skip to leave them out (they are then listed in the split report):\n{lines}"
         )
-    return listing[~listing["path"].isin({p for p, _ in bad})].reset_index(drop=True)
 
 
 def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, list, list[dict], dict]:
@@ -508,11 +510,11 @@ def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) ->
     inspected = inspect_images(listing["path"].tolist(), threads)
     unreadable = [(p, reason) for p, (reason, _, _) in zip(listing["path"], inspected) if reason is not None]
     thumbnails = {p: thumb for p, (reason, _, thumb) in zip(listing["path"], inspected) if reason is None}
-    listing = _leave_out_bad(listing, unreadable, "unreadable image(s)", spec)
+    listing = listing[~listing["path"].isin({p for p, _ in unreadable})].reset_index(drop=True)
     digests = [digest for reason, digest, _ in inspected if reason is None]
     redundant, conflicting = find_duplicates(listing, digests)
-    listing = _leave_out_bad(listing, conflicting, "image(s) found under two labels (identical files)", spec)
-    left_out = {item["path"] for item in redundant}
+    _refuse_bad({"unreadable image(s)": unreadable, "image(s) found under two labels (identical files)": conflicting}, spec)
+    left_out = {p for p, _ in conflicting} | {item["path"] for item in redundant}
     return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant, thumbnails
 
 
