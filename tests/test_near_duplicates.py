@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from finetune.data import SplitSpec, make_split, read_idx, split_ref
+from finetune.errors import DataError
 from finetune.images import inspect_image
 from finetune.nearduplicates import MAX_RMS, find_near_duplicates
 from helpers import FASHION_MNIST, REPO
@@ -214,3 +215,29 @@ def test_a_test_image_whose_copy_is_nearer_another_test_image_is_still_listed():
     assert [(f["path"], f["copy_of"], f["rms"]) for f in found] == [("train.png", "test_same.png", 0.0),
                                                                      ("train.png", "test_changed.png", 3.0)]
     assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx(pairwise(split, thumbnails), abs=0.011)
+
+
+def test_a_class_left_too_small_by_leave_out_names_each_file_left_out_once(tmp_path):
+    """A picture in test and two copies of it in the pool, drawn into train and val: three pairs (the train
+    copy is near both others), two files left out. The message counts and names files, not pairs."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = ["path,label,split"] + [f"{scene(folder / f'cats{seed}.jpg', seed).name},cats,{'test' if seed == 0 else ''}"
+                                    for seed in range(8)]
+    picture = scene(folder / "rare_p.jpg", 50)
+    Image.open(picture).resize((160, 120)).save(folder / "rare_half.png")
+    Image.open(picture).convert("L").save(folder / "rare_gray.jpg", quality=90)
+    scene(folder / "rare_q.jpg", 51)
+    lines += ["rare_p.jpg,rare,test", "rare_half.png,rare,", "rare_gray.jpg,rare,", "rare_q.jpg,rare,"]
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    dataset = {"format": "csv", "path": str(folder / "m.csv"), "val_fraction": 0.3, "seed": 0}
+    split, report = make_split(SplitSpec.from_config({**dataset, "near_duplicates": "report"}))
+    pairs = report["near_duplicates"]["pairs"]
+    left = {p["path"] for p in pairs if p["class_name"] == "rare"}
+    assert left == {str(folder / "rare_half.png"), str(folder / "rare_gray.jpg")} and len(pairs) == 3  # the case
+    with pytest.raises(DataError) as refused:
+        make_split(SplitSpec.from_config({**dataset, "near_duplicates": "leave_out"}))
+    message = str(refused.value)
+    assert "class 'rare' has 1 image(s) outside the official test split" in message
+    assert "; 2 more of its files were left out: " in message, message
+    assert all(message.count(f"{path} (a near duplicate of") == 1 for path in left), message

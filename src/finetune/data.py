@@ -593,7 +593,10 @@ def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, cl
         near["pairs"] += found
         if not found or spec.near_duplicates != "leave_out":
             return split, near
-        for item in found:
+        nearest: dict[str, dict] = {}  # an image with copies in val and test is one file left out: named once
+        for item in sorted(found, key=lambda item: item["rms"]):
+            nearest.setdefault(item["path"], item)
+        for item in nearest.values():
             left_out.setdefault(item["class_name"], []).append(
                 f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})")
         listing = listing[~listing["path"].isin({item["path"] for item in found})].reset_index(drop=True)
