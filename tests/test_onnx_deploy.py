@@ -252,6 +252,11 @@ def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):
     config = tiny_config(workdir, name="bad2.yaml", predict={"images": "x", "model": "int8"})
     result = run_snakemake(workdir, config, "-n", check=False)
     assert result.returncode != 0 and "predict.model: int8 needs export.quantize: true" in result.stdout
+    config = tiny_config(workdir, name="bad3.yaml", predict={"images": "incoming/", "experiment": "finetune", "seed": 0})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0 and (f"predict.images: incoming/ does not exist (relative to the working directory "
+                                       f"{workdir})") in result.stdout, result.stdout[-2000:]
+    assert "MissingInputException" not in result.stdout
 
 
 def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_path):

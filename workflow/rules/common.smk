@@ -378,3 +378,8 @@ def decode_sizes_key(size):
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
+    if not os.path.exists(PREDICT["images"]):
+        raise WorkflowError(
+            f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
+            "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
+        )
