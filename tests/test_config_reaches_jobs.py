@@ -554,3 +554,18 @@ def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
     # Over the demo, its own pretrain section is not the user's: no note for what they did not write.
     _, output = run_over_the_demo(tmp_path / "over", {"weights": weights})
     assert "note: pretrain" not in output
+
+
+def test_an_experiment_named_as_a_folder_of_results_is_refused(tmp_path):
+    """results/logs/, results/benchmarks/, ... are not runs: an experiment (or a sweep's run) named so would put its
+    model among the logs, where clearing them deletes it. Letter case aside: one folder on macOS."""
+    configfile = tiny_config(tmp_path, replace={"experiments": {"finetune": {}, "Logs": {}, "lr_find": {"lr": "auto"},
+                                                                "benchmarks": {"sweep": {"lr": [0.01]}}}})
+    result = run_snakemake(tmp_path, configfile, "-n", check=False)
+    assert result.returncode != 0
+    for experiment, folder, holds in (("Logs", "logs", "the jobs' logs"), ("lr_find", "lr_find", "the learning-rate finder's curves")):
+        assert (f"experiments.{experiment}: the run name {experiment} names the folder results/{folder}/ (letter case aside), "
+                f"which holds {holds}: rename the experiment") in result.stdout, result.stdout[-3000:]
+    assert "experiments.finetune:" not in result.stdout
+    assert "experiments.benchmarks:" not in result.stdout  # its run is benchmarks-lr0.01 (finetune.sweeps)
+    assert not (tmp_path / "results").exists()

@@ -33,6 +33,13 @@ _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a strin
 _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+# The folders of results/ that are not runs: an experiment (or a sweep's run) of such a name would put its
+# model among them (results/logs/seed0/model.pt), where clearing the logs deletes it.
+RESULTS_FOLDERS = {"logs": "the jobs' logs", "benchmarks": "the jobs' benchmark files",
+                   "lr_find": "the learning-rate finder's curves", "predictions": "the predictions of new images",
+                   "bench": "make bench's results"}
+
+
 # torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
 # and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
 DYNAMO_MIN_OPSET = 18
@@ -358,6 +365,9 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     if swept:
         return problems + swept
     runs, experiment_of = expand(experiments)
+    problems += [f"experiments.{experiment_of[name]}: the run name {name} names the folder results/{name.lower()}/ "
+                 f"(letter case aside), which holds {RESULTS_FOLDERS[name.lower()]}: rename the experiment" for name in runs
+                 if name.lower() in RESULTS_FOLDERS]
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
     problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
                                  train if written_train is None else written_train)
