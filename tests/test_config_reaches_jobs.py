@@ -569,3 +569,15 @@ def test_an_experiment_named_as_a_folder_of_results_is_refused(tmp_path):
     assert "experiments.finetune:" not in result.stdout
     assert "experiments.benchmarks:" not in result.stdout  # its run is benchmarks-lr0.01 (finetune.sweeps)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_train_job_is_told_where_its_run_s_own_keys_are_written(tmp_path):
+    """Its messages ("lower experiments.div.lr") name the key the user wrote: the experiment's, its sweep's, or train's."""
+    config = {**TINY_CONFIG, "experiments": {"finetune": {}, "div": {"optimizer": "sgd", "lr": 0.5,
+                                                                     "sweep": {"batch_size": [4, 8]}}}}
+    jobs = dry_run(tmp_path, config)
+    for name, expected in (("finetune", {}), ("div-batch_size4", {
+            "optimizer": "experiments.div.optimizer", "lr": "experiments.div.lr",
+            "batch_size": "experiments.div.sweep.batch_size"})):
+        options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed0/model.pt"})[0]
+        assert json.loads(options["key-names"]) == expected, name

@@ -90,6 +90,13 @@ def test_loss_nan_stops_with_epoch_and_step(inputs, out):
     assert re.search(r"loss became (nan|inf|-inf) at epoch 1, step \d+: training diverged; lower train\.lr "
                      r"\(now 1e\+30\)", message), message
     assert snapshot(out) == before, "the earlier checkpoint must stay as it was"
+    # The lr an experiment sets (the workflow says so with --key-names): the message names the key written.
+    names = {"lr": "experiments.div.lr", "on_divergence": "experiments.div.on_divergence"}
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, {**OPTIONS, "lr": 1e30}),
+                        "--key-names", json.dumps(names))
+    message = error_line(result.stdout)
+    assert result.returncode == 1 and "training diverged; lower experiments.div.lr (now 1e+30) or use warmup_epochs " \
+        "(experiments.div.on_divergence: stop keeps" in message, message
 
 
 @pytest.mark.slow
@@ -462,3 +469,18 @@ def test_results_folder_that_cannot_be_created_fails_before_training(inputs, tmp
     )
     assert "trainable parameters" not in result.stdout, "it must fail before training starts"
     assert blocker.read_text() == "not a folder\n"
+
+
+def test_pretraining_s_messages_name_the_pretrain_train_keys():
+    """The pretrain job's keys are pretrain.train.<key> (its script says so with name_keys), not train.<key>."""
+    from finetune.options import name_keys
+    from finetune.stopping import diverged
+
+    name_keys(prefix="pretrain.train")
+    try:
+        message = str(diverged("loss became nan at epoch 1, step 2", TrainOptions.from_dict(OPTIONS), [], None))
+    finally:
+        name_keys()
+    assert "training diverged; lower pretrain.train.lr (now 0.001) or use warmup_epochs (pretrain.train.on_divergence: " \
+        "stop keeps" in message, message
+    assert "lower train.lr" in str(diverged("loss became nan", TrainOptions.from_dict(OPTIONS), [], None))

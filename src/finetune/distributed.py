@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .options import key_name
 
 # How long a collective waits for a rank that stopped answering before it fails (the job then fails,
 # and torchrun names the rank that died first).
@@ -62,7 +63,7 @@ def start(options: dict, log=print) -> Ranks:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != expected:
         raise ConfigError(
-            f"train.devices {devices} x train.nodes {nodes} asks for {expected} training process(es), "
+            f"{key_name('devices')} {devices} x {key_name('nodes')} {nodes} asks for {expected} training process(es), "
             f"but this one was started as one of {world} (WORLD_SIZE): start it with the workflow's train rule, "
             f"which launches them (python -m finetune.launch)")
     if expected == 1:

@@ -10,6 +10,25 @@ from .configcheck import caches_features, distributed_problems, recipe_problems
 from .errors import ConfigError
 
 
+# Where this job's `train` keys were written, for the messages that say what to change: `train.lr`, or
+# `experiments.<name>.lr` (`...sweep.lr`) where the run's experiment sets it, or `pretrain.train.lr`. Set
+# once by the job's script (:func:`name_keys`); a job started otherwise says `train.<key>`.
+_KEY_NAMES: dict[str, str] = {}
+_KEY_PREFIX = {"": "train"}
+
+
+def name_keys(names: dict[str, str] | None = None, prefix: str = "train") -> None:
+    """Say in messages that the keys of ``names`` were written there, and every other key under ``prefix``."""
+    _KEY_NAMES.clear()
+    _KEY_NAMES.update(names or {})
+    _KEY_PREFIX[""] = prefix
+
+
+def key_name(key: str) -> str:
+    """The config key a user wrote for the training option ``key`` (:func:`name_keys`)."""
+    return _KEY_NAMES.get(key, f"{_KEY_PREFIX['']}.{key}")
+
+
 STRATEGIES = ("finetune", "feature_extract", "gradual")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile's mode for the training forward (or none)
 OPTIMIZERS = ("adamw", "sgd", "lbfgs")

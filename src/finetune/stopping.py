@@ -15,7 +15,7 @@ import torch
 from . import distributed
 from .distributed import SINGLE, Ranks
 from .errors import Diverged, StopRequested
-from .options import TrainOptions
+from .options import TrainOptions, key_name
 
 if TYPE_CHECKING:
     from .training import _Setup
@@ -129,9 +129,9 @@ def diverged(what: str, opts: TrainOptions, history: list, resume_path: Path | N
         where = f"resume state of epoch {len(history)} kept in {resume_path}"
     else:
         where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
-    keep = (" (train.on_divergence: stop keeps the best epoch before it instead, where one is done)"
-            if opts.on_divergence == "fail" else " (train.on_divergence is stop, but no epoch was done before it)")
-    return Diverged(f"{what}: training diverged; lower train.lr (now {opts.lr:g}) or use warmup_epochs{keep}. "
+    keep = (f" ({key_name('on_divergence')}: stop keeps the best epoch before it instead, where one is done)"
+            if opts.on_divergence == "fail" else f" ({key_name('on_divergence')} is stop, but no epoch was done before it)")
+    return Diverged(f"{what}: training diverged; lower {key_name('lr')} (now {opts.lr:g}) or use warmup_epochs{keep}. "
                     f"Last good state: {where}", what)
 
 

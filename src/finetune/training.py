@@ -52,7 +52,7 @@ from .features import cached_features, lbfgs_step
 from .mixing import mix_batch
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, parameter_depths,
                      set_batchnorm_eval)
-from .options import TrainOptions
+from .options import TrainOptions, key_name
 from .progress import (best_model_state, fresh_progress, restore_progress, resume_state, save_resume, stops_early,
                        track_best)
 from .stopping import DivergenceCheck, SignalGuard, check_validation_loss, stop_if_requested
@@ -342,7 +342,7 @@ def augmentation_seed(seed: int) -> int:
 
 
 def _placement(opts: TrainOptions, ranks: Ranks = SINGLE) -> _Placement:
-    device = choose_device(opts.device)
+    device = choose_device(opts.device, key=key_name("device"))
     if opts.sync_batchnorm and device.type != "cuda":
         raise ConfigError("train: sync_batchnorm runs on GPUs only (torch's SyncBatchNorm), and this run trains on "
                           f"{device} (device {opts.device}): set sync_batchnorm false or use bn frozen")
@@ -780,9 +780,9 @@ def _log_epoch(row: dict, epochs: int, log: Callable[[str], None]) -> None:
 
 def _out_of_memory(device: torch.device, opts: TrainOptions, phase: str) -> TrainingError:
     return TrainingError(
-        f"out of memory on {device} while {phase} (train.batch_size {opts.batch_size}): lower train.batch_size "
-        f"(e.g. {max(1, opts.batch_size // 2)}) or the experiment's image_size"
-        + (", or set train.amp: bf16" if device.type == "cuda" and opts.amp == "off" else "")
+        f"out of memory on {device} while {phase} ({key_name('batch_size')} {opts.batch_size}): lower "
+        f"{key_name('batch_size')} (e.g. {max(1, opts.batch_size // 2)}) or the experiment's image_size"
+        + (f", or set {key_name('amp')}: bf16" if device.type == "cuda" and opts.amp == "off" else "")
     )
 
 

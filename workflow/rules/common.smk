@@ -203,6 +203,15 @@ def loop_options(train_config):
     return {k: v for k, v in train_config.items() if k not in NOT_LOOP_OPTIONS}
 
 
+def train_key_names(experiment):
+    """Where the run's own keys are written (experiments.<name>.<key>, or ...sweep.<key>), for the messages
+    of its train job; the keys it takes from `train` are named train.<key> there."""
+    written = config["experiments"][SWEEP_OF[experiment]] or {}
+    swept = written.get("sweep") or {}
+    return {key: f"experiments.{SWEEP_OF[experiment]}.{'sweep.' if key in swept else ''}{key}"
+            for key in EXPERIMENTS[experiment]}
+
+
 def train_options(experiment, seed):
     """The training loop's options for one run: `train`, overridden by the experiment, plus the seed."""
     return loop_options(experiment_config(experiment)) | {"seed": int(seed)}

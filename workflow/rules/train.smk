@@ -20,6 +20,7 @@ rule train:
         python=PYTHON,
         launch=lambda w: train_launcher(w.experiment),
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
+        key_names=lambda w: as_json(train_key_names(w.experiment)),
         scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
         image_size=lambda w: (
             f"--image-size {experiment_config(w.experiment)['image_size']}"
@@ -42,7 +43,7 @@ rule train:
         gpu=lambda w: experiment_config(w.experiment)["devices"] if uses_gpu(w.experiment) else 0,
     shell:
         "{params.python} {params.launch} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
-        "--options {params.options:q} {params.scratch} {params.image_size} {params.lr_from} "
+        "--options {params.options:q} --key-names {params.key_names:q} {params.scratch} {params.image_size} {params.lr_from} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "
         "--threads {threads} > {log} 2>&1"

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run, set_torch_threads
+from finetune.options import name_keys
 from finetune.stages import pretrain_stage
 
 
@@ -21,6 +22,7 @@ def main():
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    name_keys(prefix="pretrain.train")  # the messages name the keys the user wrote there
     threads = set_torch_threads(args.threads)
     info = pretrain_stage(args.split, args.arch, args.image_size, args.options, args.out_weights, args.out_info,
                           args.out_history, threads, resume_dir=args.resume_dir,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from finetune import distributed
 from finetune.cli import json_arg, run, set_torch_threads
+from finetune.options import name_keys
 from finetune.stages import train_stage
 
 
@@ -24,8 +25,12 @@ def main():
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--lr-from", type=Path, help="lr: auto takes the lr from this file (rule lr_find's suggestion.json)")
+    parser.add_argument("--key-names", type=json_arg, default={},
+                        help="where the run's own keys are written, for messages (JSON: {lr: experiments.<name>.lr}); "
+                             "the others are train.<key>")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    name_keys(args.key_names)
     # Several training processes on a node (torchrun) share the job's threads.
     threads = set_torch_threads(distributed.ddp_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     ranks = distributed.start(args.options)
