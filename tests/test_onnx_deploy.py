@@ -179,6 +179,7 @@ def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
     notes = tmp_path / "imgs" / "notes.txt"  # neither an image nor a list with a path column: named
     result = run_predict("--model", str(model), "--images", str(notes), "--out", str(tmp_path / "bad.csv"))
     assert result.returncode == 1 and f"image list {notes} has no `path` column" in result.stderr, result.stderr
+    assert "a file that is not an image (.png, .jpg" in result.stderr and "is read as a CSV list of images" in result.stderr
 
 
 def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
@@ -189,7 +190,8 @@ def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
                          str(tmp_path / "only"), "--out", str(out))
     assert result.returncode == 1
     assert "error: none of the 1 image(s) could be read" in result.stderr
-    assert "bad.jpg" in pd.read_csv(out, keep_default_na=False).loc[0, "error"]
+    assert pd.read_csv(out, keep_default_na=False).loc[0, "error"] == \
+        f"cannot decode image {tmp_path / 'only' / 'bad.jpg'}: empty file (0 bytes)"  # as the split says it
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_predict("--model", str(tiny_run / "results/finetune/seed0/model.onnx"), "--images", str(empty),

@@ -169,7 +169,8 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot parse image list {source}: {exc}") from exc
         if "path" not in frame.columns:
-            raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'})")
+            raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'}): a "
+                            f"file that is not an image ({', '.join(IMAGE_EXTENSIONS)}) is read as a CSV list of images")
         refs = [p.strip() for p in frame["path"] if p.strip()]
         if not refs:
             raise DataError(f"image list {source} names no images")

@@ -232,7 +232,8 @@ def load_image(ref: str, min_side: int | None = None, orientation: str = "exif")
     except FileNotFoundError as exc:
         raise DataError(f"image file not found: {path}") from exc
     except _Undecodable as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0  # said as the split's check says it
+        raise DataError(f"cannot decode image {path}: {'empty file (0 bytes)' if empty else exc}") from exc
 
 
 def inspect_image(ref: str, data: bytes | None = None) -> tuple[str | None, np.ndarray | None]:
