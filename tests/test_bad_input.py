@@ -682,6 +682,9 @@ BAD_CONFIGS = {
     "unknown_nested_key": ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean lr?); allowed keys:"),
     "unknown_key_in_experiment": ({"experiments": {"finetune": {"epoch": 3}}},
                                   "experiments.finetune.epoch: unknown key (did you mean epochs?)"),
+    "top_level_key_in_an_experiment": ({"experiments": {"finetune": {"seeds": [0, 1]}}},
+                                       "experiments.finetune.seeds: unknown key (seeds is a key of the config's top "
+                                       "level, not of experiments.finetune); allowed keys:"),
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
     "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
                                   "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),

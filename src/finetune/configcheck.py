@@ -206,8 +206,9 @@ def _where(path) -> str:
     return _key_path(path) or "the top level"
 
 
-def _describe(error) -> list[str]:
-    """One or more lines for a jsonschema ValidationError."""
+def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
+    """One or more lines for a jsonschema ValidationError; ``top_level``: the config's top-level keys (a key
+    of theirs written in a section, `experiments.a.seeds`, is named as such)."""
     where, value, kind, expected = _where(error.absolute_path), error.instance, error.validator, error.validator_value
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(error.schema.get("properties", {}))
@@ -216,6 +217,8 @@ def _describe(error) -> list[str]:
         for key in unknown:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             guess = f" (did you mean {close[0]}?)" if close else ""
+            if error.absolute_path and key in top_level:
+                guess = f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
             lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{guess}; allowed keys: {', '.join(allowed)}")
         if lines:
             return lines
@@ -414,7 +417,7 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems: list[str] = []
     for error in errors:
-        for line in _describe(error):
+        for line in _describe(error, tuple(schema["properties"])):
             if line not in problems:
                 problems.append(line)
     if not problems:
