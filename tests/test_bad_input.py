@@ -791,3 +791,17 @@ def test_image_size_the_architecture_cannot_take_stops_train_naming_the_key(tmp_
             assert alexnet(torch.zeros(1, 3, size, size)).shape == (1, 4), size
     assert (tmp_path / "resources" / "weights" / "weights.pth").exists()
     assert not (tmp_path / "results" / "small" / "seed0" / "model.pt").exists()
+
+
+def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):
+    """--configfile a.yaml b.yaml --config ...: Snakemake merges them, the last that writes a key winning; a
+    problem says which source that is (a key no source writes, a default, is named as before)."""
+    base = tiny_config(tmp_path)
+    second = tmp_path / "more.yaml"
+    second.write_text("train:\n  lr: -1.0\nexperiments:\n  finetune:\n    epoch: 3\n")
+    result = run_snakemake(tmp_path, base, str(second), "--config", "seeds=[0, 0]", "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert f"train.lr: -1.0 is too small: it must be > 0 (set in {second})" in result.stdout, result.stdout[-3000:]
+    assert f"experiments.finetune.epoch: unknown key (did you mean epochs?) (set in {second}); allowed keys:" in result.stdout
+    assert "seeds: [0, 0] has non-unique elements (set in --config)" in result.stdout
+    assert not (tmp_path / "results").exists()

@@ -163,3 +163,33 @@ def typed_command_line_config(given) -> dict:
         return value
 
     return typed(dict(given or {}))
+
+
+def _writes(config, path: list[str]) -> bool:
+    for key in path:
+        if isinstance(config, dict) and key in config:
+            config = config[key]
+        elif isinstance(config, list) and key.isdigit() and int(key) < len(config):
+            config = config[int(key)]
+        else:
+            return False
+    return True
+
+
+def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
+    """Each problem (``key.path: why``) with the source its key's value comes from, where there are several
+    (``sources``: {name: the config it gives}, in the order Snakemake merges them, so the last that writes
+    the key wins): ``train.lr: ... (set in my.yaml)``. A problem whose key no source writes (a default) is
+    unchanged."""
+    if len(sources) < 2:
+        return problems
+    named = []
+    for problem in problems:
+        path = problem.split(":", 1)[0].split(".")
+        files = [name for name, config in sources.items() if _writes(config, path)]
+        if not files:
+            named.append(problem)
+            continue
+        head, allowed, tail = problem.partition("; allowed keys:")  # said before the (long) list of keys
+        named.append(f"{head} (set in {files[-1]}){allowed}{tail}")
+    return named

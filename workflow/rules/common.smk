@@ -34,7 +34,7 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.watch import dataset_state as watched_state, images_state
-from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files, typed_command_line_config
+from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files, typed_command_line_config, where_written
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -83,7 +83,13 @@ if _predict_written and (config.get("predict") or {}).get("images") is None:
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
 _problems = config_problems(config, SCHEMA, written_train=_written.get("train") if isinstance(_written.get("train"), dict) else {})
 if _problems:
-    raise WorkflowError(format_problems(_problems))
+    # Several files (or --config) give the config: each problem says which of them writes its key.
+    from snakemake.common.configfile import load_configfile
+
+    _sources = {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
+                **{str(f): load_configfile(f) for f in workflow.config_settings.configfiles},
+                **({"--config": dict(workflow.config_settings.config)} if workflow.config_settings.config else {})}
+    raise WorkflowError(format_problems(where_written(_problems, _sources)))
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
