@@ -685,6 +685,10 @@ BAD_CONFIGS = {
     "top_level_key_in_an_experiment": ({"experiments": {"finetune": {"seeds": [0, 1]}}},
                                        "experiments.finetune.seeds: unknown key (seeds is a key of the config's top "
                                        "level, not of experiments.finetune); allowed keys:"),
+    "fashion_mnist_class_out_of_range": ({"dataset": {"classes": [6, 12]}},
+                                         "dataset.classes: index 12 is out of range (Fashion-MNIST has 10 classes)"),
+    "fashion_mnist_class_twice": ({"pretrain": {"dataset": {"classes": [0, 6, "Shirt"]}}},
+                                  "pretrain.dataset.classes names 'Shirt' twice"),
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
     "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
                                   "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),

@@ -311,8 +311,20 @@ DATASET_KEYS_NOT_READ = {
 
 def _dataset_problems(prefix: str, dataset: dict) -> list[str]:
     fmt = dataset.get("format", "fashion-mnist")
-    return [f"{prefix}.{key}: not used with {prefix}.format: {fmt} ({why}); remove it"
-            for key, why in DATASET_KEYS_NOT_READ.get(fmt, {}).items() if dataset.get(key) is not None]
+    problems = [f"{prefix}.{key}: not used with {prefix}.format: {fmt} ({why}); remove it"
+                for key, why in DATASET_KEYS_NOT_READ.get(fmt, {}).items() if dataset.get(key) is not None]
+    classes = dataset.get("classes")
+    if fmt == "fashion-mnist" and classes:  # its classes are known now: as the split would resolve them
+        from .data import FASHION_MNIST_CLASSES, select_classes
+        from .errors import DataError
+
+        try:
+            select_classes(FASHION_MNIST_CLASSES, classes, where="Fashion-MNIST")
+        except DataError as exc:
+            problems.append(str(exc).replace("dataset.classes", f"{prefix}.classes", 1))
+    elif classes and len({repr(c) for c in classes}) < len(classes):
+        problems.append(f"{prefix}.classes: {classes} names a class twice")
+    return problems
 
 
 def _weights_problems(weights: dict) -> list[str]:
