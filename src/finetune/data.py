@@ -537,7 +537,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     lap("listing")
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     outside = list(listing.attrs.get("outside_class_folders", []))
-    layout = listing.attrs.get("layout_note")
+    note = listing.attrs.get("layout_note")
     class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
     if len(class_names) < 2:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
@@ -570,7 +570,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "near_duplicates": near,
         "ignored_files": ignored_files,
         "images_outside_class_folders": outside,
-        "layout_note": layout,
+        "layout_note": note,
     }
     return split, report
 
