@@ -492,3 +492,28 @@ def test_the_schema_refuses_recipe_values_out_of_range(key, value):
 
     problems = config_problems({"train": {key: value}}, REPO / "workflow" / "schemas" / "config.schema.yaml")
     assert any(f"train.{key}" in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------- a run stopped before its outputs
+
+@pytest.mark.parametrize("options", [
+    {"early_stopping_patience": 1, "metric": "val_loss", "lr": 2.0, "epochs": 8},  # stops after epoch 5
+    {"strategy": "gradual", "unfreeze_stages": 1, "epochs": 2},
+], ids=["stopped-early", "after-its-last-epoch"])
+def test_a_run_stopped_before_its_outputs_were_written_ends_as_it_would_have(tmp_path, options):
+    """A finished fit leaves its resume state until the train job has written its outputs (a kill in that
+    window leaves exactly this file). Fitting again ends as the run did: no epochs past its early stop,
+    the same history, best state and parameter counts (before, a rerun trained on past the early stop, and
+    one resumed after its last epoch reported 0 trainable parameters)."""
+    resume = tmp_path / "resume.pt"
+    done, _ = fit_small(resume_path=resume, **options)
+    assert resume.exists()
+    if "early_stopping_patience" in options:
+        assert done.stopped_early and len(done.history) < options["epochs"], "the case: the run stops early"
+    lines = []
+    again, _ = fit_small(log=lines.append, resume_path=resume, **options)
+    assert strip(again.history) == strip(done.history)
+    assert (again.best_epoch, again.stopped_early, again.trainable_params, again.total_params) == \
+        (done.best_epoch, done.stopped_early, done.trainable_params, done.total_params)
+    assert done.trainable_params > 0 and equal_states(again.best_state, done.best_state)
+    assert not any(line.startswith("epoch ") for line in lines), lines  # no epoch trained again

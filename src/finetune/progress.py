@@ -105,7 +105,10 @@ def restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[str
     restore_training_state(setup, state, resume_path, log)
     progress = Progress(history=state["history"], best=state["best"], since_best=state["since_best"],
                          start_epoch=state["epoch"] + 1)
-    log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
+    if progress.start_epoch < setup.opts.epochs:
+        log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
+    else:  # stopped after its last epoch's state was saved, before its outputs were written
+        log(f"resuming from {resume_path}: all {setup.opts.epochs} epochs were done; writing the outputs")
     return progress
 
 

@@ -140,12 +140,15 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     progress = restore_progress(setup, resume_path, log)
     if progress is None:
         progress = fresh_progress(setup)
-    trainable, total = 0, sum(p.numel() for p in model.parameters())
+    # Resumed after the epoch that stopped it early (its state is saved before that check) or after its last
+    # epoch, a run stopped before its outputs were written trains no more: it ends as it would have.
+    stopped_early = bool(progress.history) and stops_early(opts, progress, log)
+    trainable, total = _parameter_counts(setup, progress.start_epoch - 1) if progress.history else (0, 0)
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     epochs_started_at = time.time()
-    stopped_early, diverged_at = False, None
+    diverged_at = None
     with SignalGuard() as guard:
-        for epoch in range(progress.start_epoch, opts.epochs):
+        for epoch in range(progress.start_epoch, progress.start_epoch if stopped_early else opts.epochs):
             trainable, total = _prepare_epoch(setup, epoch)
             if epoch == progress.start_epoch:
                 log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, "
@@ -446,6 +449,12 @@ def _steps(n_train: int, opts: TrainOptions) -> _Steps:
 
 
 # --------------------------------------------------------------------------- one epoch
+
+def _parameter_counts(setup: _Setup, epoch: int) -> tuple[int, int]:
+    """(trainable, total) parameters in ``epoch`` (0-based): what a run resumed after it reports."""
+    _apply_freezing(setup.model, setup.groups, setup.opts, epoch, setup.stages)
+    return count_parameters(setup.model)
+
 
 def _prepare_epoch(setup: _Setup, epoch: int) -> tuple[int, int]:
     """Freeze what ``epoch`` does not train, set train/eval modes; return (trainable, total) parameter counts."""
