@@ -69,7 +69,8 @@ PREFETCH_BATCHES = 2  # batches read ahead of the step when images stream from a
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate at optimisation ``step`` (0-based)."""
     if schedule == "onecycle":
-        # torch's OneCycleLR shape: 30% warm-up from lr/25, cosine down to lr/25e4.
+        # The shape of torch's OneCycleLR (not its exact steps): a cosine warm-up from lr/25 to lr over the first
+        # 30% of steps, then a cosine down towards lr/25e4 (the last step is one step short of it).
         peak = max(1, int(0.3 * total_steps))
         if step < peak:
             return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * step / peak)) / 2
