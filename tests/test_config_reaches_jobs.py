@@ -301,8 +301,14 @@ def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, sour
     if source == "torchvision":
         weights["arch"] = "resnet18"  # a check there: it must name the enum's architecture
         weights["torchvision"] = "ResNet18_Weights.DEFAULT"
+    if source == "path":
+        (tmp_path / weights["path"]).write_bytes(b"")  # it must exist at start: an input of the weights rule
     jobs = dry_run(tmp_path, {"weights": weights})
-    assert_json_option_carries(jobs_of(jobs, "weights")[0], "weights", weights, "weights -> weights")
+    (options,) = jobs_of(jobs, "weights")
+    fetch = json.loads(options["fetch"])  # how to fetch them: passed apart, not compared between runs
+    assert set(fetch) == {"timeout_s", "mirror", "url"}
+    carried = json.dumps({**json.loads(options["weights"]), **fetch})
+    assert_json_option_carries({"weights": carried}, "weights", weights, "weights -> weights")
     assert not [rule for rule, _ in jobs if rule == "pretrain"], "no pretraining with other weights"
 
 
@@ -530,6 +536,7 @@ def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     for folder in (home / "photos" / "cat", home / "incoming", work):
         folder.mkdir(parents=True)
+    (home / "w.pth").write_bytes(b"")
     weights = {"source": "path", "path": "~/w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
     config = {**TINY_CONFIG, "dataset": {"format": "imagefolder", "path": "~/photos"}, "weights": weights,
               "predict": {"images": "~/incoming", "experiment": "finetune", "seed": 0}}
@@ -547,11 +554,14 @@ def test_a_pretrain_section_unused_by_the_weights_source_is_named(tmp_path):
     """Written with weights.source: path, `pretrain` trains nothing: the run says so at start (not refused: a
     config copied from the demo keeps its section)."""
     weights = {"source": "path", "path": "w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
+    (tmp_path / "w.pth").write_bytes(b"")
     output = dry_run_output(tmp_path, {**TINY_CONFIG, "weights": weights})
     assert "note: pretrain: not used with weights.source: path" in output
     (tmp_path / "demo-source").mkdir()
     assert "note: pretrain" not in dry_run_output(tmp_path / "demo-source", TINY_CONFIG)
     # Over the demo, its own pretrain section is not the user's: no note for what they did not write.
+    (tmp_path / "over").mkdir()
+    (tmp_path / "over" / "w.pth").write_bytes(b"")
     _, output = run_over_the_demo(tmp_path / "over", {"weights": weights})
     assert "note: pretrain" not in output
 
@@ -581,3 +591,13 @@ def test_a_train_job_is_told_where_its_run_s_own_keys_are_written(tmp_path):
             "batch_size": "experiments.div.sweep.batch_size"})):
         options = jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed0/model.pt"})[0]
         assert json.loads(options["key-names"]) == expected, name
+
+
+def test_a_weights_path_that_does_not_exist_stops_at_start_naming_the_key(tmp_path):
+    weights = {"source": "path", "path": "nonexist.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
+    configfile = tiny_config(tmp_path, replace={"weights": weights})
+    result = run_snakemake(tmp_path, configfile, "-n", check=False)
+    assert result.returncode != 0
+    assert (f"weights.path: nonexist.pth does not exist (relative to the working directory {tmp_path}): name the "
+            "weights file") in result.stdout, result.stdout[-2000:]
+    assert "MissingInputException" not in result.stdout and not (tmp_path / "results").exists()

@@ -102,6 +102,57 @@ def test_editing_one_swept_value_reruns_only_that_run(tmp_path):
     assert trained == {"finetune-lr5e-4-backbone_lr_factor0.1", "finetune-lr5e-4-backbone_lr_factor1"}
 
 
+# --------------------------------------------------------------------------- the weights
+
+PREPROCESSING = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_after_it(tmp_path):
+    """weights.path is an input of the weights rule: another file at that path (a newer download, say) reruns
+    the weights and every run trained from them; before, nothing reran and every result stayed stale."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"first weights")
+    config = tiny_config(tmp_path / "run", replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
+                                                                "preprocessing": PREPROCESSING}})
+    mark_done(tmp_path / "run", config)
+    assert would_run(tmp_path / "run") == NOTHING
+    time.sleep(0.05)
+    (tmp_path / "newer.pth").write_bytes(b"other weights")
+    os.replace(tmp_path / "newer.pth", weights)
+    ran = would_run(tmp_path / "run")
+    assert ran["weights"] == 1 and ran["train"] == EXPERIMENTS and ran["evaluate"] == EXPERIMENTS, ran
+
+
+def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path):
+    """The file is pinned by its sha256: a longer timeout_s or another url (a mirror of the same file) reruns
+    nothing (before, a longer timeout retrained every run); another sha256 reruns the weights. The weights job
+    runs for real (Snakemake records the params it compares), downloading from a server on 127.0.0.1."""
+    import hashlib
+
+    import torch
+
+    from finetune.models import build_architecture
+    from weight_server import serve_folder
+
+    served = tmp_path / "served"
+    (served / "mirror").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_architecture("resnet18", 1000).state_dict(), served / "w.pth")
+    shutil.copy(served / "w.pth", served / "mirror" / "w.pth")
+    digest = hashlib.sha256((served / "w.pth").read_bytes()).hexdigest()
+    run = tmp_path / "run"
+    target = ("--printshellcmds", "resources/weights/manifest.json")
+    with serve_folder(served) as base:
+        weights = {"source": "url", "url": f"{base}/w.pth", "sha256": digest, "arch": "resnet18",
+                   "preprocessing": PREPROCESSING, "timeout_s": 60}
+        config = tiny_config(run, replace={"weights": weights})
+        assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
+        tiny_config(run, replace={"weights": {**weights, "timeout_s": 600, "url": f"{base}/mirror/w.pth"}})
+        assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == []
+        tiny_config(run, replace={"weights": {**weights, "sha256": "cd" * 32}})
+        assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
+
+
 # --------------------------------------------------------------------------- data changes
 
 AFTER_SPLIT = Counter({"split": 1, "decode": 1, **AFTER_TRAIN})

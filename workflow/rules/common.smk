@@ -292,11 +292,38 @@ def dataset_state(wildcards):
 
 
 def weights_inputs(wildcards):
-    """The weights rule's inputs: the published `pretrain` model is one only with weights.source: pretrain."""
+    """The weights rule's inputs: the published `pretrain` model is one only with weights.source: pretrain; the
+    file of weights.source: path is one, so that a file replaced at that path reruns the weights and what follows."""
     inputs = {"script": script("weights"), "modules": package_modules("weights")}
     if config["weights"]["source"] == "pretrain":
         inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
+    if config["weights"]["source"] == "path":
+        inputs["weights_file"] = config["weights"]["path"]
     return inputs
+
+
+class NotARerunTrigger:
+    """A param Snakemake passes on to the job's command but does not compare between runs (it compares only
+    the values it can represent: texts, numbers, lists, ...), for settings that cannot change the outputs."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+# How the weights are fetched, not which: the file is pinned by weights.sha256 (required with a mirror or a url),
+# so a longer timeout or another mirror of the same file reruns nothing.
+WEIGHTS_FETCH_KEYS = ("timeout_s", "mirror", "url")
+
+
+def weights_identity():
+    return as_json({k: v for k, v in config["weights"].items() if k not in WEIGHTS_FETCH_KEYS})
+
+
+def weights_fetch():
+    return NotARerunTrigger(as_json({k: v for k, v in config["weights"].items() if k in WEIGHTS_FETCH_KEYS}))
 
 
 def pretrained_args(wildcards, input):
@@ -390,6 +417,11 @@ def decode_sizes_key(size):
 
 
 # --------------------------------------------------------------------------- predict's run
+
+if config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
+    _what = "is a folder, not a file" if os.path.isdir(config["weights"]["path"]) else "does not exist"
+    raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
+                        f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])

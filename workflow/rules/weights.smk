@@ -45,7 +45,8 @@ rule weights:
         manifest="resources/weights/manifest.json",
     params:
         python=PYTHON,
-        weights=as_json(config["weights"]),
+        weights=weights_identity(),
+        fetch=weights_fetch(),
         pretrained=pretrained_args,
     log:
         "results/logs/weights.log",
@@ -55,5 +56,5 @@ rule weights:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{params.python} {input.script} --weights {params.weights:q} --out-weights {output.weights} "
+        "{params.python} {input.script} --weights {params.weights:q} --fetch {params.fetch:q} --out-weights {output.weights} "
         "--out-manifest {output.manifest} {params.pretrained} > {log} 2>&1"

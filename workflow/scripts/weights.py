@@ -10,12 +10,15 @@ from finetune.stages import weights_stage
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", type=json_arg, required=True, help="the weights config (JSON)")
+    parser.add_argument("--fetch", type=json_arg, default={},
+                        help="how to fetch them, merged into --weights (JSON: timeout_s, mirror, url; the workflow "
+                             "passes these apart: they do not rerun the job)")
     parser.add_argument("--out-weights", type=Path, required=True)
     parser.add_argument("--out-manifest", type=Path, required=True)
     parser.add_argument("--pretrained-weights", type=Path, help="with source pretrain: the pretrain rule's weights")
     parser.add_argument("--pretrained-info", type=Path, help="with source pretrain: the pretrain rule's info JSON")
     args = parser.parse_args()
-    manifest = weights_stage(args.weights, args.out_weights, args.out_manifest,
+    manifest = weights_stage({**args.weights, **args.fetch}, args.out_weights, args.out_manifest,
                              pretrained_info=args.pretrained_info, pretrained_weights=args.pretrained_weights)
     print(f"{manifest['arch']} weights ({manifest['num_classes']} source classes) sha256 {manifest['sha256']}")
 
