@@ -517,3 +517,25 @@ def test_evaluate_scores_the_test_images_without_a_near_duplicate_apart(tiny_run
                                                          "accuracy_without": pytest.approx(float(correct.mean()), abs=1e-12)}
     assert results["unchecked"][0]["near_duplicates"] == {"checked": False, "test_images_with_copy": None,
                                                           "n_test_without": None, "accuracy_without": None}
+
+
+def test_test_figures_with_test_time_augmentation_say_so_in_the_leaderboard_and_the_tables(tmp_path):
+    """evaluate.tta: hflip scores another forward pass than a plain model.onnx runs: the leaderboard names the runs
+    scored so, and metrics.html says the augmentation and, with evaluate.onnx, the exported model's own figures."""
+    from finetune.tables import metrics_tables
+
+    runs = [write_run(tmp_path, "finetune", 0, 0.90, 0.8, 10.0), write_run(tmp_path, "scratch", 0, 0.70, 0.6, 10.0)]
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert "test-time augmentation" not in (tmp_path / "summary.md").read_text()
+    runs[0]["metrics"].write_text(json.dumps({**json.loads(runs[0]["metrics"].read_text()), "tta": "hflip"}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    text = (tmp_path / "summary.md").read_text()
+    assert "The test figures of finetune are with test-time augmentation (evaluate.tta: hflip" in text
+    assert "scratch" not in text.split("test-time augmentation")[0].split("\n")[-1]
+
+    report = {**classification_report(np.array([0, 1, 1]), np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), ["A", "B"]),
+              "tta": "hflip", "onnx": {"accuracy": 0.875, "tta": "none", "top1_agreement_with_pytorch": 1.0, "max_abs_logit_diff": 2e-6}}
+    overall = dict(metrics_tables(report)[0][1].itertuples(index=False))
+    assert overall["test-time augmentation (evaluate.tta)"] == "hflip"
+    assert overall["exported model.onnx (onnxruntime, test-time augmentation none): top-1 accuracy"] == "0.8750"
+    assert overall["its top-1 agreement with PyTorch (with test-time augmentation none)"] == "1.0000"

@@ -30,6 +30,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         # On the test images without a near copy in train or val; NaN where not looked for (or none is left).
         "test_accuracy_no_near_duplicates": _or_nan((metrics.get("near_duplicates") or {}).get("accuracy_without")),
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
+        "tta": metrics.get("tta") or "none",  # evaluate.tta: the test figures with test-time augmentation
         "folder": str(Path(run["info"]).parent),
     }
 
@@ -160,6 +161,16 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
     return [f"Test accuracy of the selected runs against {first} (first), paired on the same {len(a):,} test images "
             f"(each image's share of seeds right; two-sided sign-flip test, {SIGN_FLIPS:,} draws): {', '.join(parts)}. "
             "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
+
+
+def tta_notes(per_run: pd.DataFrame) -> list[str]:
+    """Test figures scored with test-time augmentation (evaluate.tta: hflip) are not a plain forward pass's: said."""
+    flipped = sorted(set(per_run.loc[per_run["tta"] == "hflip", "experiment"]))
+    if not flipped:
+        return []
+    return [f"The test figures of {', '.join(flipped)} are with test-time augmentation (evaluate.tta: hflip: each test "
+            "image scored by the mean of the model's logits on it and on its mirror image); a model.onnx exported "
+            "without it (export.tta: false) scores as without it."]
 
 
 def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:

@@ -41,6 +41,7 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
     k = report.get("top_k")
     rows = [
         ("test images", report["n_test"]),
+        ("test-time augmentation (evaluate.tta)", report.get("tta", "none")),
         ("top-1 accuracy", report["accuracy"]),
         *([("top-1 accuracy, 95% interval over test sets of this size (Wilson)",
             "{:.4f} to {:.4f}".format(*report["accuracy_ci95"]))] if report.get("accuracy_ci95") else []),
@@ -53,6 +54,13 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
     if near.get("test_images_with_copy"):
         rows.append((f"top-1 accuracy without the {near['test_images_with_copy']} test images with a near duplicate "
                      f"in train or val ({near['n_test_without']} images)", near["accuracy_without"]))
+    onnx = report.get("onnx")
+    if onnx:
+        rows += [(f"exported model.onnx (onnxruntime, test-time augmentation {onnx['tta']}): top-1 accuracy",
+                  onnx["accuracy"]),
+                 (f"its top-1 agreement with PyTorch (with test-time augmentation {onnx['tta']})",
+                  onnx["top1_agreement_with_pytorch"]),
+                 ("its largest logit difference from PyTorch", f"{onnx['max_abs_logit_diff']:.2e}")]
     overall = pd.DataFrame([(name, f"{v:.4f}" if isinstance(v, float) else str(v)) for name, v in rows],
                            columns=["metric", "value"])
     per_class = pd.DataFrame([{"class": name, **scores} for name, scores in report["per_class"].items()])

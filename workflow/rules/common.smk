@@ -418,6 +418,15 @@ def decode_sizes_key(size):
 
 # --------------------------------------------------------------------------- predict's run
 
+# The test figures with test-time augmentation, the shipped model.onnx without (or the reverse): the leaderboard
+# would score another model than the one deployed.
+_evaluate_tta, _export_tta = config["evaluate"]["tta"], "hflip" if config["export"]["tta"] else "none"
+if _evaluate_tta != _export_tta:
+    print(f"note: evaluate.tta is {_evaluate_tta} but export.tta is {str(config['export']['tta']).lower()}: the test figures "
+          f"(and the leaderboard) score the model with test-time augmentation {_evaluate_tta}, the exported model.onnx "
+          f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
+          "too)", file=sys.stderr)
+
 if config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
     _what = "is a folder, not a file" if os.path.isdir(config["weights"]["path"]) else "does not exist"
     raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
