@@ -338,6 +338,12 @@ def _weights_problems(weights: dict) -> list[str]:
         if key != "source" and key not in read and value is not None:
             problems.append(f"weights.{key}: not used with weights.source: {source}, which reads {', '.join(read)}; "
                             "remove it (or choose the source that reads it)")
+    prep = weights.get("preprocessing")
+    if isinstance(prep, dict) and isinstance(prep.get("resize_size"), int) and isinstance(prep.get("crop_size"), int) \
+            and prep["crop_size"] > prep["resize_size"]:
+        problems.append(f"weights.preprocessing: crop_size {prep['crop_size']} is larger than resize_size "
+                        f"{prep['resize_size']}: a centre crop cannot be larger than the image it is cut from; set "
+                        f"resize_size >= crop_size (torchvision's convention: resize 256, crop 224)")
     return problems
 
 
