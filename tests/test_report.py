@@ -8,6 +8,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+import yaml
 
 from helpers import run_snakemake
 from recompute import held_out
@@ -74,3 +75,14 @@ def test_report_holds_the_leaderboard_and_every_runs_plots(tiny_run_copy):
     assert "selected by val_accuracy" in leaderboard
     assert "1. Leaderboard" in html and "2. Evaluation" in html
     assert "Transfer learning with" in html  # workflow/report/workflow.rst
+    # The description names this run's own experiments and embeds the configuration it was made with.
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\s*$", html, flags=re.MULTILINE).group(1))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for name in config["experiments"]:
+        assert f">{name}</tt> (" in description, name
+    assert "no pretrained weights: the control" in description  # scratch: pretrained false
+    text = re.sub(r"<[^>]+>", "", description)
+    embedded = json.loads(text[text.index("(every key, defaults filled in):") + len("(every key, defaults filled in):"):]
+                          .replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    assert embedded["dataset"]["max_train_per_class"] == config["dataset"]["max_train_per_class"]
+    assert set(embedded["experiments"]) == set(config["experiments"]) and embedded["seeds"] == config["seeds"]
