@@ -2,6 +2,7 @@
 `export.exporter` and `export.opset` give the ONNX file they name, with a dynamic batch axis and
 onnxruntime outputs that match PyTorch's, computed here on real test images."""
 
+import json
 import re
 import shutil
 
@@ -151,3 +152,14 @@ def test_an_opset_the_exporter_cannot_write_is_refused(tiny_run, tmp_path):
     result = run_snakemake(workdir, config, "-n", check=False)
     assert result.returncode != 0 and DYNAMO_17 in result.stdout, result.stdout[-3000:]
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_a_parity_batch_larger_than_the_test_images_is_said_and_the_batch_used_recorded(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    n_test = len(held_out(tiny_run))
+    result = export(tiny_run, out, *FAST, "--parity-batch", "200")
+    assert result.returncode == 0, result.stdout
+    assert (f"note: export.parity_batch 200 is more than the {n_test} test images of the parity check: checked at "
+            f"batch {n_test}") in result.stdout, result.stdout[-2000:]
+    parity = json.loads((out / "onnx_parity.json").read_text())
+    assert parity["n_images"] == n_test and f"batch_{n_test}" in json.dumps(parity["checks"]), parity["checks"]

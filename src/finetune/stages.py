@@ -710,6 +710,9 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)
+    if parity_batch > len(inputs):
+        log(f"note: export.parity_batch {parity_batch} is more than the {len(inputs)} test images of the parity check: "
+            f"checked at batch {max(2, len(inputs))}")
     lap("inputs")
     # The model is exported to a temporary file beside ``out_onnx`` and checked there; it is moved
     # into place only when parity passed. A failed check leaves no model.onnx, and an earlier one
