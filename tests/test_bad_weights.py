@@ -249,3 +249,26 @@ def test_a_file_that_is_no_state_dict_is_refused_saying_what_to_save(tmp_path, k
     assert expected in result.stdout, result.stdout
     assert "\x1b[" not in result.stdout
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "html", "text"])
+def test_a_file_that_is_no_pytorch_file_says_what_it_seems_to_be(tmp_path, kind):
+    """A safetensors file (a length, then a JSON header), an HTML login page saved in place of the weights, a text
+    file: named for what they are, not as pickled objects or by a bare byte from torch."""
+    import struct
+
+    file = tmp_path / "given.pth"
+    if kind == "safetensors":
+        header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        file.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    elif kind == "html":
+        file.write_bytes(b"\n<!DOCTYPE html><html><head><title>Sign in</title></head></html>\n")
+    else:
+        file.write_text("epoch,loss\n1,0.5\n")
+    result = run_weights(weights_config(path=str(file)), tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    expected = {"safetensors": "it is a safetensors file (its JSON header), which finetune does not read; convert it",
+                "html": "it starts as an HTML or XML page (a login or error page saved in its place?)",
+                "text": "its first bytes are 'epoch,loss\\n1,0.5\\n', not those of a file torch.save writes"}[kind]
+    assert f"error: {file} is not a PyTorch file: {expected}" in result.stdout, result.stdout
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

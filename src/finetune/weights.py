@@ -106,6 +106,28 @@ def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
     return _without_wrapper_prefixes(obj)
 
 
+def _pickle_start(path: str | os.PathLike) -> bool:
+    """Does the file start as a pickle (protocol 2 or later: 0x80) does, as torch.save's legacy format?"""
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
+
+
+def _what_file(path: str | os.PathLike) -> str:
+    """What a file that is no PyTorch file seems to be, from its first bytes (for the message)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":
+        return ("it is a safetensors file (its JSON header), which finetune does not read; convert it with "
+                "torch.save(safetensors.torch.load_file(path), 'weights.pth')")
+    text = head.lstrip().lower()
+    if text.startswith(b"<"):
+        return "it starts as an HTML or XML page (a login or error page saved in its place?), not as saved weights"
+    if not head:
+        return "it is empty"
+    printable = head[:40].decode("latin-1")
+    return f"its first bytes are {printable!r}, not those of a file torch.save writes (a zip archive or a pickle)"
+
+
 def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
     """Why torch.load with weights_only refused a file, in the words a user can act on."""
     import zipfile
@@ -114,6 +136,8 @@ def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("/constants.pkl") for name in archive.namelist()):
                 return f"is a TorchScript archive (torch.jit.save), not a state_dict: {SAVE_STATE_DICT}"
+    elif not _pickle_start(path):  # torch.save writes a zip archive, or (old format) a pickle
+        return f"is not a PyTorch file: {_what_file(path)}"
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours parts of its messages
     if text.startswith("Weights only load failed"):
         return (f"holds pickled Python objects (a whole model saved with torch.save(model), say), which finetune does "
