@@ -74,6 +74,16 @@ def test_torchvision_hash_check_refuses_a_file_that_is_not_the_official_one(serv
     assert not (out / "weights.pth").exists() and not (out / "manifest.json").exists()
 
 
+def test_a_mirror_without_the_file_names_the_mirror_key(served, tmp_path):
+    """The mirror gave the URL, so a 404 there says to check weights.mirror (the user wrote no weights.url)."""
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": f"{served['url']}/elsewhere",
+                                   "sha256": served["sha256"], "timeout_s": 10})
+    assert result.returncode == 1, result.stdout
+    assert (f"download of {served['url']}/elsewhere/models/{FILE_NAME} failed: HTTP 404 File not found; check "
+            "weights.mirror (the official file's path under it)") in result.stdout, result.stdout
+    assert "weights.url" not in result.stdout and not (out / "weights.pth").exists()
+
+
 def test_url_weights_verified_by_sha256(served, tmp_path):
     cfg = {"source": "url", "url": f"{served['url']}/models/{FILE_NAME}", "sha256": served["sha256"],
            "arch": "squeezenet1_1", "timeout_s": 10,

@@ -186,14 +186,14 @@ def _fetch(url: str, out, timeout_s: float) -> tuple[str, int, int | None]:
 
 
 def download(url: str, destination: Path, sha256: str | None = None, hash_prefix: str | None = None,
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
+             timeout_s: float = DEFAULT_TIMEOUT_S, key: str = "weights.url") -> str:
     """Download ``url`` to ``destination`` and verify it; return its sha256.
 
     The file appears at ``destination`` only once complete (as many bytes as the server announced)
     and verified (full ``sha256``, or torchvision's ``hash_prefix`` taken from the file name, as
     torch.hub checks it); a failure leaves nothing behind and an earlier ``destination`` unchanged.
     ``timeout_s`` bounds the connection and every read, so a server that stops answering fails
-    the download instead of hanging it.
+    the download instead of hanging it. ``key``: the config key that gave the URL, named in the messages.
     """
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
@@ -203,7 +203,7 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
             with open(tmp, "wb") as out:
                 digest, received, announced = _fetch(url, out, timeout_s)
         except urllib.error.HTTPError as exc:
-            raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check weights.url") from exc
+            raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check {key}") from exc
         except (TimeoutError, socket.timeout) as exc:
             raise WeightsError(
                 f"download of {url} failed: no answer within {timeout_s:g} s (weights.timeout_s); "
@@ -213,7 +213,7 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
             reason = exc.reason
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 reason = f"no answer within {timeout_s:g} s (weights.timeout_s)"
-            raise WeightsError(f"download of {url} failed: {reason}; check weights.url and the network") from exc
+            raise WeightsError(f"download of {url} failed: {reason}; check {key} and the network") from exc
         except (http.client.HTTPException, ConnectionError) as exc:  # e.g. IncompleteRead, connection reset
             raise WeightsError(f"download of {url} failed: {type(exc).__name__}: {exc}") from exc
         if announced is not None and received != announced:
@@ -301,7 +301,8 @@ def fetch_torchvision(enum_name: str, destination: Path, mirror: str | None = No
     # torchvision's own check: the file name ends in the first hex digits of its sha256.
     stem = Path(urllib.parse.urlparse(weights_enum.url).path).stem
     hash_prefix = None if sha256 else stem.rsplit("-", 1)[-1]
-    digest = download(url, destination, sha256=sha256, hash_prefix=hash_prefix, timeout_s=timeout_s)
+    key = "weights.mirror (the official file's path under it)" if mirror else "weights.torchvision"
+    digest = download(url, destination, sha256=sha256, hash_prefix=hash_prefix, timeout_s=timeout_s, key=key)
     return {
         "arch": torchvision_arch(weights_enum),
         "classes": list(weights_enum.meta.get("categories") or []),
