@@ -97,3 +97,20 @@ def test_nothing_to_watch_leaves_the_message_to_the_job(tmp_path):
     assert listed_files_state(tmp_path / "missing.csv", "files") == ""
     (tmp_path / "no_path.csv").write_text("file\na.png\n")
     assert listed_files_state(tmp_path / "no_path.csv", "files") == ""
+
+
+def test_a_symlinked_folder_is_watched_as_the_split_reads_it_and_a_loop_ends(tmp_path):
+    """The split follows symlinked folders (a symlink farm is a common subset): so does the digest; a link back
+    up the tree is walked once, as the split walks it."""
+    root = make_tree(tmp_path / "images")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.png").write_bytes(b"x")
+    (root / "cat" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "dog" / "loop").symlink_to(root, target_is_directory=True)
+    before = tree_state(root)
+    (elsewhere / "y.png").write_bytes(b"y")  # an image added where the link points
+    assert tree_state(root) != before
+    from finetune.images import files_below
+
+    assert str(root / "cat" / "linked" / "y.png") in {str(p) for p in files_below(root)}  # the split reads it too
