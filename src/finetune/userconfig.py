@@ -142,6 +142,52 @@ def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLik
     return found
 
 
+def command_line_config(argv: list[str]) -> dict | None:
+    """The ``--config key=value ...`` items of a Snakemake command line, each value read as YAML reads it in a
+    config file (``'train={lr: 0.01}'`` -> 0.01, ``'dataset={classes: ["7"]}'`` -> the text '7'), or as JSON
+    where it is JSON; None where the command line has none. Snakemake's own parse makes every nested scalar
+    text, losing what quotes said."""
+    import json
+
+    import yaml
+
+    items: list[str] = []
+    taking = False
+    for arg in argv[1:]:
+        if arg in ("--config", "-C"):
+            taking = True
+        elif arg.startswith("--config="):
+            taking = True
+            items.append(arg[len("--config="):])
+        elif arg.startswith("-") and not arg[1:2].isdigit():
+            taking = False
+        elif taking:
+            items.append(arg)
+    if not items:
+        return None
+    config: dict = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:  # JSON first: what the jobs are given (:func:`as_config_args`; YAML would read 2e-05 as text)
+            config[key] = json.loads(text) if text else None
+            continue
+        except ValueError:
+            pass
+        try:
+            config[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            config[key] = text
+    return config
+
+
+def as_config_args(config: dict) -> list[str]:
+    """``config`` as ``--config`` items that :func:`command_line_config` reads back to the same values (JSON is
+    YAML): what the jobs Snakemake spawns on a cluster are given."""
+    import json
+
+    return [f"{key}={json.dumps(value)}" for key, value in config.items()]
+
+
 def typed_command_line_config(given) -> dict:
     """``--config`` values as a config file gives them. Snakemake reads a nested value
     (``--config 'train={lr: 0.01}' 'seeds=[0, 1]'``) with YAML's BaseLoader, which makes every scalar text

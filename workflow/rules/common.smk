@@ -34,7 +34,8 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.watch import dataset_state as watched_state, images_state
-from finetune.userconfig import duplicate_keys, expand_home, own_sections, profile_files, typed_command_line_config, where_written
+from finetune.userconfig import (as_config_args, command_line_config, duplicate_keys, expand_home, own_sections,
+                                 profile_files, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -47,13 +48,18 @@ _duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.
 if _duplicates:
     raise WorkflowError("a config or profile file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
 
-# `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'), here and
-# in the jobs it spawns (Slurm); read each as a config file would (0.01), in the config and in what the
-# user wrote (the notes below read it).
+# `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
+# again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
+# in what the user wrote (the notes below read it), and the jobs Snakemake spawns (Slurm) are given the
+# values as JSON, which they read back the same way. Without a command line to read (Snakemake's API), the
+# texts are read as YAML reads unquoted values.
 if workflow.config_settings.config:
-    _typed_cli = typed_command_line_config(workflow.config_settings.config)
+    _typed_cli = command_line_config(sys.argv)
+    if _typed_cli is None:
+        _typed_cli = typed_command_line_config(workflow.config_settings.config)
     update_config(config, _typed_cli)
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
+    workflow.config_settings.config_args = as_config_args(_typed_cli)
 
 # A config of the user's own (--configfile) is merged key by key over config/config.yaml, the demo's,
 # where that file is found. A section that describes something else (another dataset, another source of
