@@ -114,3 +114,18 @@ def test_a_symlinked_folder_is_watched_as_the_split_reads_it_and_a_loop_ends(tmp
     from finetune.images import files_below
 
     assert str(root / "cat" / "linked" / "y.png") in {str(p) for p in files_below(root)}  # the split reads it too
+
+
+def test_fashion_mnist_s_files_are_watched_with_files(tmp_path):
+    """Its IDX files are no image files by extension: with watch files each is watched all the same."""
+    from finetune.watch import dataset_state
+
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).write_bytes(b"idx")
+    dataset = {"format": "fashion-mnist", "path": str(folder)}
+    assert dataset_state({**dataset, "watch": "folders"}) == ""  # used as published
+    before = dataset_state({**dataset, "watch": "files"})
+    overwrite(folder / "train-images-idx3-ubyte.gz", b"other images")
+    assert dataset_state({**dataset, "watch": "files"}) != before

@@ -29,22 +29,23 @@ from .images import IMAGE_EXTENSIONS
 WATCH = ("folders", "files")
 
 
-def tree_state(root: str | os.PathLike, watch: str = "folders") -> str:
+def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: bool = True) -> str:
     """Digest of ``root`` and every folder below it, walked as the split and predict walk them
     (:func:`finetune.images.walk_folders`): each folder's path and each image file's name with its inode
-    number, or with ``watch="files"`` its size and modification time."""
+    number, or with ``watch="files"`` its size and modification time. ``images_only`` false: every file (not
+    hidden) counts, as Fashion-MNIST's IDX files do."""
     _check(watch)
     if not os.path.isdir(root):
         return ""
     digest = hashlib.sha256()
-    for folder, images in _image_entries(root):
+    for folder, images in _image_entries(root, images_only):
         state = (lambda entry: _stat(entry.path)) if watch == "files" else (lambda entry: entry.inode())
         digest.update(f"{os.path.relpath(folder, root)}\0".encode())
         digest.update("".join(f"{entry.name}\0{state(entry)}\0" for entry in images).encode())
     return digest.hexdigest()[:16]
 
 
-def _image_entries(root):
+def _image_entries(root, images_only: bool = True):
     """``(folder, its image files' directory entries sorted by name)`` of ``root`` and every folder below it, walked
     as :func:`finetune.images.walk_folders` walks them (symlinked folders followed, each real folder once, hidden
     folders and files left out), in one listing per folder: the names and inode numbers come with it."""
@@ -61,7 +62,7 @@ def _image_entries(root):
         except OSError:
             continue
         folders = [entry for entry in entries if _is_folder(entry)]
-        yield folder, sorted((entry for entry in entries if entry.name.lower().endswith(IMAGE_EXTENSIONS)
+        yield folder, sorted((entry for entry in entries if (not images_only or entry.name.lower().endswith(IMAGE_EXTENSIONS))
                               and not _is_folder(entry)), key=lambda entry: entry.name)
         stack.extend(sorted((entry.path for entry in folders), reverse=True))  # popped in name order
 
@@ -102,8 +103,8 @@ def dataset_state(dataset: dict) -> str:
     watch = dataset.get("watch", "folders")
     if dataset["format"] == "csv":
         return listed_files_state(dataset["path"], watch)
-    if dataset["format"] == "fashion-mnist" and watch == "folders":
-        return ""  # its four files are used as published: nothing to list
+    if dataset["format"] == "fashion-mnist":  # its four IDX files, used as published unless files are watched
+        return "" if watch == "folders" else tree_state(dataset["path"], watch, images_only=False)
     return tree_state(dataset["path"], watch)
 
 

@@ -20,7 +20,8 @@ rule train:
         python=PYTHON,
         launch=lambda w: train_launcher(w.experiment),
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
-        key_names=lambda w: as_json(train_key_names(w.experiment)),
+        # Where each key is written, for messages only: a key moved from train to the experiment reruns nothing.
+        key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),
         scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
         image_size=lambda w: (
             f"--image-size {experiment_config(w.experiment)['image_size']}"
