@@ -4,7 +4,15 @@ digest, and which do not. test_reruns shows the same through Snakemake's dry run
 import os
 import time
 
+import pytest
+
 from finetune.watch import images_state, listed_files_state, tree_state
+
+
+@pytest.fixture(autouse=True)
+def in_a_working_directory_of_its_own(tmp_path, monkeypatch):
+    """tree_state keeps its cache in the working directory's .snakemake/, as Snakemake's own files."""
+    monkeypatch.chdir(tmp_path)
 
 
 def make_tree(root):
@@ -129,3 +137,30 @@ def test_fashion_mnist_s_files_are_watched_with_files(tmp_path):
     before = dataset_state({**dataset, "watch": "files"})
     overwrite(folder / "train-images-idx3-ubyte.gz", b"other images")
     assert dataset_state({**dataset, "watch": "files"}) != before
+
+
+def test_an_image_deleted_and_written_again_under_its_name_is_seen_even_where_its_inode_is_reused(tmp_path):
+    """rm + cp (a script exporting a class folder again, a checkout): the folder changes, so its images are looked
+    at, and the new file's size and time differ. (A digest of names and inode numbers missed it where the file
+    system gave the new file the freed inode, as ext4 does.)"""
+    root = make_tree(tmp_path / "images")
+    before = tree_state(root)
+    inode = os.stat(root / "cat" / "a.png").st_ino
+    time.sleep(0.02)
+    (root / "cat" / "a.png").unlink()
+    (root / "cat" / "a.png").write_bytes(b"pixels exported again")
+    print("inode reused:", os.stat(root / "cat" / "a.png").st_ino == inode)
+    assert tree_state(root) != before
+
+
+def test_the_cache_spares_looking_at_unchanged_folders_and_both_depths_agree(tmp_path):
+    """watch folders takes an unchanged folder's files from the cache (so an image overwritten in place is not seen
+    there, as documented), files looks at every file; where nothing was overwritten in place both give the same
+    digest, so switching rerun nothing; without a cache every folder is looked at."""
+    root = make_tree(tmp_path / "images")
+    first = tree_state(root)
+    assert tree_state(root, "files") == first == tree_state(root, cache=None)
+    overwrite(root / "dog" / "c.png", b"other pixels, written in place")
+    assert tree_state(root) == first  # the folder did not change: its files' states come from the cache
+    assert tree_state(root, "files") != first  # looked at: seen, and the cache refreshed
+    assert tree_state(root) == tree_state(root, "files") == tree_state(root, cache=None)
