@@ -240,6 +240,11 @@ def test_quantize_and_predict_rules(tiny_run_copy):
     assert "top2_class" in table.columns and "top3_class" not in table.columns
     assert "broken.png" in (workdir / "results/logs/predict/feature_extract/seed0.log").read_text()
 
+    # A file no job reads, at the top of predict.images, changes nothing (the folder is not an input by its time).
+    time.sleep(0.05)
+    (workdir / "incoming" / ".DS_Store").write_bytes(b"finder")
+    (workdir / "incoming" / "notes.txt").write_text("new photos")
+    assert jobs_run(run_snakemake(workdir, config, "-n").stdout) == []
     # An image added in a folder below predict.images makes the predictions stale, and nothing else.
     time.sleep(0.05)
     shutil.copy(workdir / "incoming" / "item0.png", workdir / "incoming" / "nested" / "new.png")

@@ -349,6 +349,13 @@ def predict_images(wildcards):
     return config["predict"]["images"]
 
 
+def predict_images_input(wildcards):
+    """predict.images as an input where it is a file (an image, or a CSV list whose text counts). A folder is
+    watched by its state (predict_images_state), not its own modification time, which a .DS_Store changes."""
+    images = predict_images(wildcards)
+    return {} if os.path.isdir(images) else {"images": images}
+
+
 def predict_images_state(wildcards):
     """predict.images, a folder searched recursively or a CSV list: the state of its images
     (finetune.watch.images_state, at the depth predict.watch asks for) reruns the predictions when one

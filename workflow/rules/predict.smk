@@ -7,14 +7,15 @@
 
 rule predict:
     input:
+        unpack(predict_images_input),
         script=script("predict"),
         modules=package_modules("predict"),
         model=predict_model,
-        images=predict_images,
     output:
         csv="results/predictions/{experiment}/seed{seed}/predictions.csv",
     params:
         python=PYTHON,
+        images=predict_images,
         images_state=predict_images_state,
         top_k=config["predict"]["top_k"],
         batch_size=config["predict"]["batch_size"],
@@ -27,7 +28,7 @@ rule predict:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{params.python} {input.script} --model {input.model} --images {input.images:q} --out {output.csv} "
+        "{params.python} {input.script} --model {input.model} --images {params.images:q} --out {output.csv} "
         "--top-k {params.top_k} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
 
 
@@ -39,14 +40,15 @@ rule predict:
 rule predict_selected:
     input:
         unpack(predict_selected_inputs),
+        unpack(predict_images_input),
         script=script("predict"),
         modules=package_modules("predict_selected"),
-        images=predict_images,
     output:
         csv="results/predictions/selected/predictions.csv",
         selection="results/predictions/selected/selection.json",
     params:
         python=PYTHON,
+        images=predict_images,
         images_state=predict_images_state,
         runs=[f"results/{run}/seed{seed}" for run in PREDICT_CANDIDATES for seed in SEEDS],
         model_name=predict_model_name(),
@@ -63,5 +65,5 @@ rule predict_selected:
         runtime=30,
     shell:
         "{params.python} {input.script} --choose-from {params.runs} --model-name {params.model_name} {params.seed} "
-        "--images {input.images:q} --out {output.csv} --out-selection {output.selection} "
+        "--images {params.images:q} --out {output.csv} --out-selection {output.selection} "
         "--top-k {params.top_k} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
