@@ -251,7 +251,7 @@ def test_a_file_that_is_no_state_dict_is_refused_saying_what_to_save(tmp_path, k
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("kind", ["safetensors", "html", "text"])
+@pytest.mark.parametrize("kind", ["safetensors", "html", "text", "cut-short"])
 def test_a_file_that_is_no_pytorch_file_says_what_it_seems_to_be(tmp_path, kind):
     """A safetensors file (a length, then a JSON header), an HTML login page saved in place of the weights, a text
     file: named for what they are, not as pickled objects or by a bare byte from torch."""
@@ -261,6 +261,11 @@ def test_a_file_that_is_no_pytorch_file_says_what_it_seems_to_be(tmp_path, kind)
     if kind == "safetensors":
         header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
         file.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    elif kind == "cut-short":  # a torch.save file copied or downloaded only in part
+        import torch
+
+        torch.save({"fc.weight": torch.zeros(64, 64)}, file)
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
     elif kind == "html":
         file.write_bytes(b"\n<!DOCTYPE html><html><head><title>Sign in</title></head></html>\n")
     else:
@@ -269,6 +274,7 @@ def test_a_file_that_is_no_pytorch_file_says_what_it_seems_to_be(tmp_path, kind)
     assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
     expected = {"safetensors": "it is a safetensors file (its JSON header), which finetune does not read; convert it",
                 "html": "it starts as an HTML or XML page (a login or error page saved in its place?)",
-                "text": "its first bytes are 'epoch,loss\\n1,0.5\\n', not those of a file torch.save writes"}[kind]
+                "text": "its first bytes are 'epoch,loss\\n1,0.5\\n', not those of a file torch.save writes",
+                "cut-short": "it starts as the zip archive torch.save writes but is incomplete or damaged"}[kind]
     assert f"error: {file} is not a PyTorch file: {expected}" in result.stdout, result.stdout
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

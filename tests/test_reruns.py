@@ -123,6 +123,30 @@ def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_afte
     assert ran["weights"] == 1 and ran["train"] == EXPERIMENTS and ran["evaluate"] == EXPERIMENTS, ran
 
 
+def test_an_older_weights_file_switched_in_at_weights_path_reruns_the_weights(tmp_path):
+    """An earlier checkpoint moved back to the path (`mv`, which keeps its time): the file there is older than the
+    weights job's outputs, so its time alone says nothing changed; its state (a param) does. The job runs for
+    real first (Snakemake records the params it compares)."""
+    import torch
+
+    from finetune.models import build_architecture
+
+    run = tmp_path / "run"
+    for name, seed in (("earlier.pth", 0), ("later.pth", 1)):
+        torch.manual_seed(seed)
+        torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / name)
+    os.utime(tmp_path / "earlier.pth", (1_000_000_000, 1_000_000_000))  # 2001
+    shutil.copy2(tmp_path / "later.pth", tmp_path / "weights.pth")
+    config = tiny_config(run, replace={"weights": {"source": "path", "path": str(tmp_path / "weights.pth"),
+                                                   "arch": "resnet18", "preprocessing": PREPROCESSING}})
+    target = ("--printshellcmds", "resources/weights/manifest.json")
+    assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
+    assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == []
+    os.replace(tmp_path / "earlier.pth", tmp_path / "weights.pth")
+    assert os.stat(tmp_path / "weights.pth").st_mtime < os.stat(run / "resources/weights/weights.pth").st_mtime
+    assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
+
+
 def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path):
     """The file is pinned by its sha256: a longer timeout_s or another url (a mirror of the same file) reruns
     nothing (before, a longer timeout retrained every run); another sha256 reruns the weights. The weights job

@@ -124,6 +124,9 @@ def _what_file(path: str | os.PathLike) -> str:
         return "it starts as an HTML or XML page (a login or error page saved in its place?), not as saved weights"
     if not head:
         return "it is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return ("it starts as the zip archive torch.save writes but is incomplete or damaged (a copy or download "
+                "cut short?): copy or download it again")
     printable = head[:40].decode("latin-1")
     return f"its first bytes are {printable!r}, not those of a file torch.save writes (a zip archive or a pickle)"
 

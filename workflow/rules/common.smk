@@ -319,9 +319,23 @@ class NotARerunTrigger:
         return self.text
 
 
-# How the weights are fetched, not which: the file is pinned by weights.sha256 (required with a mirror or a url),
-# so a longer timeout or another mirror of the same file reruns nothing.
+# How the weights are fetched, not which: the file is pinned by weights.sha256 (required with a url; with a
+# torchvision mirror, the sha256 or torchvision's hash prefix), so a longer timeout or another mirror of the
+# same file reruns nothing.
 WEIGHTS_FETCH_KEYS = ("timeout_s", "mirror", "url")
+
+
+def weights_file_state():
+    """With weights.source: path, the file there (symlinks resolved) by inode, size and time: another file at the
+    path reruns the weights even where it is older than their outputs (a symlink switched back to an older
+    checkpoint), which the file as an input alone would not."""
+    if config["weights"]["source"] != "path":
+        return ""
+    try:
+        stat = os.stat(config["weights"]["path"])
+    except OSError:
+        return "missing"
+    return f"{os.path.realpath(config['weights']['path'])} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def weights_identity():
@@ -440,14 +454,15 @@ if _evaluate_tta != _export_tta:
           f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
           "too)", file=sys.stderr)
 
-if config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
+# Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files).
+if workflow.is_main_process and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
     _what = "is a folder, not a file" if os.path.isdir(config["weights"]["path"]) else "does not exist"
     raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
                         f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
-    if not os.path.exists(PREDICT["images"]):
+    if workflow.is_main_process and not os.path.exists(PREDICT["images"]):
         raise WorkflowError(
             f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"

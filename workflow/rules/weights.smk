@@ -47,6 +47,7 @@ rule weights:
         python=PYTHON,
         weights=weights_identity(),
         fetch=weights_fetch(),
+        file_state=weights_file_state(),
         pretrained=pretrained_args,
     log:
         "results/logs/weights.log",
