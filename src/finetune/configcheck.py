@@ -217,7 +217,9 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
         for key in unknown:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             guess = f" (did you mean {close[0]}?)" if close else ""
-            if error.absolute_path and key in top_level:
+            if list(error.absolute_path) == ["pretrain", "train"] and key in ("dataset", "image_size"):
+                guess = f" ({key} is a key of pretrain, not of pretrain.train)"
+            elif error.absolute_path and key in top_level:
                 guess = f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
             lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{guess}; allowed keys: {', '.join(allowed)}")
         if lines:

@@ -161,7 +161,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                     raise
                 diverged_at = exc.what
                 log(f"{exc.what}: training diverged; the run ends with the best of its {len(progress.history)} epoch(s) "
-                    "done (train.on_divergence: stop)")
+                    f"done ({key_name('on_divergence')}: stop)")
                 break
             if resume_path is not None and ranks.main:
                 save_resume(resume_path, resume_state(setup, progress, epoch))

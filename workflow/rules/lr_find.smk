@@ -24,6 +24,7 @@ rule lr_find:
     params:
         python=PYTHON,
         options=lambda w: as_json(lr_find_options(w.experiment)),
+        key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),  # for messages only
         range_test=as_json(config["lr_find"]),
         scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
         image_size=lambda w: (
@@ -43,6 +44,6 @@ rule lr_find:
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
         "{params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
-        "--options {params.options:q} --range-test {params.range_test:q} {params.scratch} {params.image_size} "
+        "--options {params.options:q} --key-names {params.key_names:q} --range-test {params.range_test:q} {params.scratch} {params.image_size} "
         "--out-csv {output.csv} --out-png {output.png} --out-suggestion {output.suggestion} "
         "--feature-cache-dir {params.feature_cache_dir} --threads {threads} > {log} 2>&1"

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run, set_torch_threads
+from finetune.options import name_keys
 from finetune.stages import lr_find_stage
 
 
@@ -22,8 +23,11 @@ def main():
     parser.add_argument("--feature-cache-dir", type=Path)
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
+    parser.add_argument("--key-names", type=json_arg, default={},
+                        help="where the run's own keys are written, for messages (JSON, as train's)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    name_keys(args.key_names)
     threads = set_torch_threads(args.threads)
     suggestion = lr_find_stage(args.split, args.manifest, args.options, args.out_csv, args.out_png, args.out_suggestion,
                                threads, pretrained=not args.scratch, image_size=args.image_size,
