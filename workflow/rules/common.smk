@@ -51,12 +51,11 @@ if _duplicates:
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
 # again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
 # in what the user wrote (the notes below read it), and the jobs Snakemake spawns (Slurm) are given the
-# values as JSON, which they read back the same way. Without a command line to read (Snakemake's API), the
-# texts are read as YAML reads unquoted values.
+# values as JSON, which they read back the same way. Values not on the command line (a profile's `config:`,
+# Snakemake's API) are read as YAML reads unquoted values.
 if workflow.config_settings.config:
-    _typed_cli = command_line_config(sys.argv)
-    if _typed_cli is None:
-        _typed_cli = typed_command_line_config(workflow.config_settings.config)
+    _typed_cli = typed_command_line_config(workflow.config_settings.config)
+    update_config(_typed_cli, command_line_config(sys.argv) or {})
     update_config(config, _typed_cli)
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
     workflow.config_settings.config_args = as_config_args(_typed_cli)
