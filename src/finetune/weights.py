@@ -106,16 +106,8 @@ def load_state_dict(path: str | os.PathLike, origin: str | None = None) -> dict:
     return _without_wrapper_prefixes(obj)
 
 
-def _pickle_start(path: str | os.PathLike) -> bool:
-    """Does the file start as a pickle (protocol 2 or later: 0x80) does, as torch.save's legacy format?"""
-    with open(path, "rb") as handle:
-        return handle.read(1) == b"\x80"
-
-
-def _what_file(path: str | os.PathLike) -> str:
-    """What a file that is no PyTorch file seems to be, from its first bytes (for the message)."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
+def _what_file(head: bytes) -> str:
+    """What a file that is no PyTorch file seems to be, from its first bytes ``head`` (for the message)."""
     if len(head) >= 8 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":
         return ("it is a safetensors file (its JSON header), which finetune does not read; convert it with "
                 "torch.save(safetensors.torch.load_file(path), 'weights.pth')")
@@ -139,8 +131,11 @@ def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
         with zipfile.ZipFile(path) as archive:
             if any(name.endswith("/constants.pkl") for name in archive.namelist()):
                 return f"is a TorchScript archive (torch.jit.save), not a state_dict: {SAVE_STATE_DICT}"
-    elif not _pickle_start(path):  # torch.save writes a zip archive, or (old format) a pickle
-        return f"is not a PyTorch file: {_what_file(path)}"
+    else:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+        if not head.startswith(b"\x80"):  # torch.save writes a zip archive, or (old format) a pickle (protocol >= 2)
+            return f"is not a PyTorch file: {_what_file(head)}"
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours parts of its messages
     if text.startswith("Weights only load failed"):
         return (f"holds pickled Python objects (a whole model saved with torch.save(model), say), which finetune does "
