@@ -47,6 +47,7 @@ EXPERIMENTS = {
     "finetune_two": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+    "finetune_two_launcher_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
 }
 
 
@@ -112,9 +113,9 @@ def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
     assert sorted((workdir / "tmp").glob("torchelastic_*")) == [], "a torchrun log folder was left behind"
 
 
-def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, signum: int) -> tuple[int, str, int]:
-    """Run `experiment` through snakemake; once its first epoch is saved, send ``signum`` to its rank ``rank``.
-    Returns (the process signalled, snakemake's output, its exit status)."""
+def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int | None, signum: int) -> tuple[int, str, int]:
+    """Run `experiment` through snakemake; once its first epoch is saved, send ``signum`` to its rank ``rank``
+    (None: to torchrun, the job's own process). Returns (the process signalled, snakemake's output, its exit status)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", _target(experiment), "--configfile", str(workdir / "config.yaml")]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -123,7 +124,7 @@ def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, sign
     signalled = None
     while signalled is None and job.poll() is None and time.monotonic() < deadline:
         if list(resume_dir.glob("*.pt")):  # epoch 1 done: the next one is under way
-            pids = job_pids(workdir, "train.py", env=f"RANK={rank}")
+            pids = _torchrun(workdir) if rank is None else job_pids(workdir, "train.py", env=f"RANK={rank}")
             if pids:
                 os.kill(pids[0], signum)
                 signalled = pids[0]
@@ -131,6 +132,26 @@ def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int, sign
     out, _ = job.communicate(timeout=600)
     assert signalled is not None, f"no rank-{rank} process found after epoch 1:\n{out[-3000:]}"
     return signalled, out, job.returncode
+
+
+def _torchrun(workdir: Path) -> list[int]:
+    """torchrun's own process (the agent) of the train job running in ``workdir``."""
+    return [pid for pid in job_pids(workdir, "train.py")
+            if b"torch.distributed.run" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _ranks(workdir: Path) -> list[int]:
+    """The training processes of the train job running in ``workdir`` (torchrun's workers: RANK in their
+    environment), zombies left out."""
+    return [pid for rank in (0, 1) for pid in job_pids(workdir, "train.py", env=f"RANK={rank}") if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
@@ -149,6 +170,27 @@ def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
     assert "resuming from" in log, (log[-3000:], rerun.stdout[-2000:])
     # The resumed run is the uninterrupted one, exactly.
     columns, weights = _differences(workdir, "finetune_two_killed", "finetune_two")
+    assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
+
+
+def test_a_killed_torchrun_takes_its_training_processes_with_it_and_the_next_run_resumes(runs):
+    """SIGKILL to the job's process, torchrun (a walltime kill, an OOM killer, `kill -9` of the job): its
+    workers run in sessions of their own, and once trained on to write the outputs of the failed job."""
+    workdir, _ = runs
+    experiment = "finetune_two_launcher_killed"
+    killed, out, returncode = _signal_rank_after_epoch_one(workdir, experiment, None, signal.SIGKILL)
+    assert returncode != 0, out[-3000:]
+    deadline = time.monotonic() + 30
+    while _ranks(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _ranks(workdir) == [], f"training processes outlived torchrun ({killed}): {_ranks(workdir)}"
+    assert not _model(workdir, experiment).exists()
+    assert list((workdir / "resources" / "resume" / experiment / "seed0").glob("*.pt")), "the resume state went"
+
+    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
+    log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
+    assert "resuming from" in log, log[-3000:]
+    columns, weights = _differences(workdir, experiment, "finetune_two")
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
 
 

@@ -13,7 +13,10 @@ A single process (``devices`` and ``nodes`` 1) never touches ``torch.distributed
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -68,6 +71,7 @@ def start(options: dict, log=print) -> Ranks:
             f"which launches them (python -m finetune.launch)")
     if expected == 1:
         return SINGLE
+    die_with_launcher()
     import torch.distributed as dist
 
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -84,6 +88,34 @@ def start(options: dict, log=print) -> Ranks:
         log(f"distributed training: {ranks.world} processes ({devices} per node x {nodes} node(s)), "
             f"backend {'nccl' if cuda else 'gloo'}, {per_process} examples of each global batch per process")
     return ranks
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LAUNCHERS = (b"torch.distributed.run", b"torchrun")
+
+
+def die_with_launcher() -> None:
+    """Make this training process die (SIGKILL) when torchrun, its parent, dies.
+
+    torchrun starts its workers in sessions of their own, so a SIGKILL to the job (to torchrun: the train
+    job's process) reached none of them: they trained on, and wrote the outputs of a job Snakemake had
+    already failed and cleaned up, which the next run then took as up to date. Now they die with it, as the
+    one process of a single-process job does, and the next run resumes from the last saved epoch.
+    Linux only (prctl), for processes torchrun started (TORCHELASTIC_RUN_ID); a process whose parent is no
+    torchrun any more (it died before this call) ends here.
+    """
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return  # not ours to read: leave it to the death signal
+    if not any(name in parent for name in _LAUNCHERS):
+        print("error: torchrun, which started this training process, has ended: stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def stop(ranks: Ranks) -> None:
