@@ -475,7 +475,7 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
             "folders train, val and test") in result.stdout, result.stdout
     report = json.loads((out / "split.report.json").read_text())
     assert report["images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)
-    assert f"ignored 2 image(s) outside any class folder" in result.stdout
+    assert "ignored 2 image(s) outside any class folder" in result.stdout
     assert sorted(pd.read_csv(out / "split.csv")["class_name"].unique()) == ["seg_test", "seg_train"]
     plain = tmp_path / "plain"
     make_images(plain, {"cat": 4, "dog": 4})
