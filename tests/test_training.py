@@ -170,6 +170,29 @@ def test_gradual_that_would_never_unfreeze_is_refused(tiny):
                            REPO / "workflow/schemas/config.schema.yaml") == []
 
 
+def test_a_warm_up_longer_than_the_training_is_refused():
+    """warmup_epochs above epochs: the lr would never reach the lr written (the linear warm-up's factor at the last
+    step is (steps run) / (warm-up steps) < 1), so the workflow and the loop refuse it; equal to epochs reaches it."""
+    from finetune.configcheck import config_problems
+    from finetune.errors import ConfigError
+    from finetune.training import lr_factor
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    for schedule in ("cosine", "constant"):
+        options = {"strategy": "finetune", "schedule": schedule, "warmup_epochs": 5, "epochs": 2}
+        steps = 2 * 3  # 3 steps an epoch
+        assert lr_factor(steps - 1, steps, 5 * 3, schedule) == pytest.approx(6 / 15)
+        problems = config_problems({"experiments": {"w": options}}, schema)
+        assert problems == ["experiments.w: warmup_epochs: 5 with epochs: 2: the learning rate would still be warming "
+                            "up when training ends, below the lr written, and the schedule after the warm-up would never "
+                            "run; lower warmup_epochs to at most epochs"], problems
+        with pytest.raises(ConfigError, match="warmup_epochs: 5 with epochs: 2"):
+            TrainOptions.from_dict(options)
+        assert lr_factor(steps - 1, steps, steps, schedule) == 1.0
+        assert config_problems({"experiments": {"w": {**options, "warmup_epochs": 2}}}, schema) == []
+    assert config_problems({"train": {"warmup_epochs": 1.5, "epochs": 1}}, schema)  # the shared train section too
+
+
 def test_cached_features_match_the_uncached_loop(tiny):
     cached = run_fit(tiny, make_model(tiny), strategy="feature_extract", epochs=3, cache_features=True)
     plain = run_fit(tiny, make_model(tiny), strategy="feature_extract", epochs=3, cache_features=False)

@@ -128,10 +128,20 @@ def recipe_problems(options: dict) -> list[str]:
         problems.append(f"unfreeze_epoch: {unfreeze} with epochs: {epochs}: strategy gradual trains the head alone for "
                         f"{unfreeze} epochs, so the backbone would never train; lower unfreeze_epoch below epochs, or use "
                         "strategy feature_extract")
+    warmup = options.get("warmup_epochs", 0)
+    if (_is_number(warmup) and _is_number(epochs) and warmup > epochs and options.get("optimizer") != "lbfgs"
+            and options.get("schedule", "cosine") != "onecycle"):
+        problems.append(f"warmup_epochs: {warmup:g} with epochs: {epochs}: the learning rate would still be warming up "
+                        f"when training ends, below the lr written, and the schedule after the warm-up would never run; "
+                        "lower warmup_epochs to at most epochs")
     if options.get("ema_warmup") is False and options.get("ema_decay") is None:
         problems.append("ema_warmup: false sets how the moving average of the weights starts, but ema_decay is null "
                         "(no average): set ema_decay (e.g. 0.999) or leave ema_warmup out")
     return problems
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # Values of a `train` key that ask for nothing: written where the key does not apply, they are not refused.
