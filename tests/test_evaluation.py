@@ -165,13 +165,19 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
 # --------------------------------------------------------------------------- leaderboard over seeds
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
-              trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None):
-    """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given."""
+              trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None, val_loss=0.5):
+    """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given.
+    Its history: a first epoch worse on every figure, then the best epoch (``val_loss`` the loss there, or the
+    figure itself with metric val_loss)."""
     folder = tmp_path / experiment / f"seed{seed}"
     folder.mkdir(parents=True)
+    best = accuracy if val is None else val
     (folder / "train_info.json").write_text(json.dumps({
         "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
-        "train_seconds": train_seconds, "options": {"metric": metric}, f"best_{metric}": accuracy if val is None else val}))
+        "train_seconds": train_seconds, "options": {"metric": metric}, f"best_{metric}": best}))
+    rows = ([(1, best + 1, 0.0), (2, best, 1.0)] if metric == "val_loss" else
+            [(1, val_loss + 1, best - 0.1), (2, val_loss, best)])
+    (folder / "history.csv").write_text("epoch,val_loss,val_accuracy\n" + "".join(f"{e},{l},{a}\n" for e, l, a in rows))
     (folder / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": macro_f1}))
     return {"experiment": experiment, "sweep": sweep, "seed": seed, "info": folder / "train_info.json",
             "metrics": folder / "metrics.json", "weights_source": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}
@@ -366,6 +372,35 @@ def test_the_leaderboard_selects_by_validation_even_where_test_accuracy_would_pi
     assert selected["finetune"]["model"] == f"{out.parent}/{by_val}/seed{best_seed}/model.onnx"
     assert f"selected by {metric} on the validation images" in (out / "summary.md").read_text()
     assert f"selected by {metric}" in (out / "summary.html").read_text()
+
+
+def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_path):
+    """As between epochs: a seed tied with another on val_accuracy loses to the one of lower val_loss at its
+    best epoch, whichever was written first; runs tied on their mean, to the lower mean val_loss."""
+    from finetune.selection import choose_model
+    from helpers import run_script
+
+    figures = {("first", 0): (0.5, 0.9), ("first", 1): (0.5, 0.7),  # (val_accuracy, val_loss): tied means
+               ("second", 0): (0.5, 0.6), ("second", 1): (0.5, 0.8)}
+    runs = [write_run(tmp_path, name, seed, 0.8, 0.8, 1.0, val=acc, val_loss=loss, sweep="sweep")
+            for (name, seed), (acc, loss) in figures.items()]
+    mean_loss = {name: (figures[(name, 0)][1] + figures[(name, 1)][1]) / 2 for name in ("first", "second")}
+    run = min(mean_loss, key=mean_loss.get)  # 0.7 against 0.8
+    seed = min((0, 1), key=lambda s: figures[(run, s)][1])
+    assert (run, seed) == ("second", 0) and figures[("first", 1)][1] > figures[(run, seed)][1]
+    out = tmp_path / "out"
+    result = run_script("summary", "--runs", *(str(r["info"].parent) for r in runs), "--weights-source", "w",
+                        "--sweep-of", json.dumps({"first": "sweep", "second": "sweep"}),
+                        "--out-csv", str(out / "summary.csv"), "--out-md", str(out / "summary.md"),
+                        "--out-selected", str(out / "selected.json"))
+    assert result.returncode == 0, result.stdout
+    selected = json.loads((out / "selected.json").read_text())["sweep"]
+    assert (selected["run"], selected["seed"]) == (run, seed), selected
+    # predict's choice among run folders (rule predict_selected), the same way
+    chosen = choose_model([r["info"].parent for r in runs], "model.onnx")
+    assert (chosen["experiment"], chosen["seed"]) == (run, seed), chosen
+    # within the chosen run alone, the seed tied on val_accuracy goes the same way
+    assert choose_model([tmp_path / "first" / "seed0", tmp_path / "first" / "seed1"], "m")["seed"] == 1
 
 
 def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):

@@ -272,8 +272,10 @@ def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_p
     images = tmp_path / "images"
     write_images(images)
     folders = [tiny_run / f"results/{run}/seed0" for run in ("finetune", "feature_extract", "scratch")]
-    best_val = {f: pd.read_csv(f / "history.csv")["val_accuracy"].max() for f in folders}
-    expected = max(folders, key=best_val.get)  # the first on a tie, as written
+    # each run's best epoch: the highest val_accuracy, a tie to the lower val_loss; runs tied likewise, then the first
+    best = {f: max(zip(h["val_accuracy"], -h["val_loss"])) for f in folders for h in [pd.read_csv(f / "history.csv")]}
+    best_val = {f: best[f][0] for f in folders}
+    expected = max(folders, key=best.get)
     chosen, named = tmp_path / "chosen.csv", tmp_path / "named.csv"
     result = run_predict("--choose-from", *map(str, folders), "--images", str(images), "--out", str(chosen),
                          "--out-selection", str(tmp_path / "selection.json"))

@@ -19,12 +19,13 @@ KEYS = ["experiment", "sweep", "strategy", "pretrained", "weights_source", "trai
 def run_row(run: dict, info: dict, metrics: dict) -> dict:
     """One run's line: ``run`` has experiment (the run's name), sweep (the experiment as written), seed,
     weights_source; ``info`` is its train_info.json, ``metrics`` its metrics.json."""
-    record = validation_record(info)
+    record = validation_record(info, Path(run["info"]).parent)
     return {
         "experiment": run["experiment"], "sweep": run.get("sweep") or run["experiment"], "seed": run["seed"],
         "strategy": info["strategy"], "pretrained": info["pretrained"],
         "weights_source": run["weights_source"] if info["pretrained"] else "none",
         "trainable_params": info["trainable_params"], "val_metric": record["metric"], "val": record["value"],
+        "tie_break": record["tie_break"],
         "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
         "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n_test": _or_nan(metrics.get("n_test")),
         # On the test images without a near copy in train or val; NaN where not looked for (or none is left).
@@ -52,8 +53,8 @@ def selections(per_run: pd.DataFrame) -> dict:
     """{experiment as written: the selected run} (finetune.selection.select_run over its runs and seeds)."""
     chosen = {}
     for sweep, runs in per_run.groupby("sweep", sort=False):
-        records = [{"experiment": r.experiment, "seed": r.seed, "metric": r.val_metric, "value": r.val, "folder": r.folder}
-                   for r in runs.itertuples()]
+        records = [{"experiment": r.experiment, "seed": r.seed, "metric": r.val_metric, "value": r.val,
+                    "tie_break": r.tie_break, "folder": r.folder} for r in runs.itertuples()]
         run = select_run(records)
         mean = runs.loc[runs["experiment"] == run["experiment"], "val"].mean()
         chosen[sweep] = {"run": run["experiment"], "seed": int(run["seed"]), "metric": run["metric"],

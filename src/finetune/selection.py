@@ -3,11 +3,14 @@
 
 Torch- and pandas-free: the summary (leaderboard) and predict (the selected model) choose alike.
 Within an experiment (a sweep's runs, or the one run of an experiment without a sweep) the run
-whose mean over seeds is best is selected; of its seeds, the one with the best value (first on a tie).
+whose mean over seeds is best is selected; of its seeds, the one with the best value. Ties go as they
+go between epochs (:func:`epoch_score`): with ``val_accuracy``, to the lower validation loss of the
+best epoch (its mean over seeds, for runs); then to the first written.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from pathlib import Path
@@ -40,21 +43,33 @@ def best_epoch_row(history: list[dict], metric: str) -> dict:
     return max(history, key=lambda row: epoch_score(row, metric))  # max keeps the first of equal scores
 
 
-def validation_record(info: dict) -> dict:
-    """{"metric", "value"}: the metric training chose its best epoch by, and that epoch's value."""
+def validation_record(info: dict, folder: str | Path) -> dict:
+    """{"metric", "value", "tie_break"}: the metric training chose its best epoch by, that epoch's value,
+    and how the run ranks among runs of an equal value (higher is better: :func:`epoch_score`'s second
+    part, from the best epoch of the run's history.csv in ``folder``)."""
     metric = info["options"]["metric"]
-    return {"metric": metric, "value": float(info[f"best_{metric}"])}
+    return {"metric": metric, "value": float(info[f"best_{metric}"]), "tie_break": tie_break(folder, metric)}
+
+
+def tie_break(folder: str | Path, metric: str) -> float:
+    """The second part of the best epoch's :func:`epoch_score` in ``folder``/history.csv (0 where none)."""
+    if metric != "val_accuracy":
+        return 0.0
+    with open(Path(folder) / "history.csv", newline="") as f:
+        history = [{k: float(v) for k, v in row.items() if k in ("val_accuracy", "val_loss")} for row in csv.DictReader(f)]
+    return epoch_score(best_epoch_row(history, metric), metric)[1] if history else 0.0
 
 
 def folder_record(folder: str | Path) -> dict:
     """The record of a run folder, results/<run name>/seed<n>: experiment (the run's name), seed, metric,
-    value, folder."""
+    value, tie_break, folder."""
     folder = Path(folder)
     seed = re.fullmatch(r"seed(\d+)", folder.name)
     if seed is None:
         raise ConfigError(f"{folder}: not a run folder (results/<run>/seed<n>)")
     info = read_json(folder / "train_info.json")
-    return {"experiment": folder.parent.name, "seed": int(seed.group(1)), **validation_record(info), "folder": str(folder)}
+    return {"experiment": folder.parent.name, "seed": int(seed.group(1)), **validation_record(info, folder),
+            "folder": str(folder)}
 
 
 def common_metric(records: list[dict]) -> str:
@@ -66,12 +81,14 @@ def common_metric(records: list[dict]) -> str:
 
 
 def select_experiment(records: list[dict]) -> str:
-    """The run name whose mean validation value over its seeds is best (the first written on a tie)."""
+    """The run name whose mean validation value over its seeds is best; on a tie, the best mean tie_break,
+    then the first written."""
     metric = common_metric(records)
-    values: dict[str, list[float]] = {}
+    runs: dict[str, list[dict]] = {}
     for record in records:
-        values.setdefault(record["experiment"], []).append(record["value"])
-    return max(values, key=lambda name: oriented(metric, mean(values[name])))
+        runs.setdefault(record["experiment"], []).append(record)
+    return max(runs, key=lambda name: (oriented(metric, mean(r["value"] for r in runs[name])),
+                                       mean(r.get("tie_break", 0.0) for r in runs[name])))
 
 
 def select_run(records: list[dict], seed: int | None = None) -> dict:
@@ -81,7 +98,7 @@ def select_run(records: list[dict], seed: int | None = None) -> dict:
     mine = [r for r in records if r["experiment"] == chosen and (seed is None or r["seed"] == seed)]
     if not mine:
         raise ConfigError(f"no run of {chosen} with seed {seed}")
-    return max(mine, key=lambda r: oriented(r["metric"], r["value"]))
+    return max(mine, key=lambda r: (oriented(r["metric"], r["value"]), r.get("tie_break", 0.0)))
 
 
 def choose_model(folders: list, model_name: str, seed: int | None = None) -> dict:

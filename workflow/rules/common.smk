@@ -389,9 +389,11 @@ def selected_seeds():
 
 
 def predict_selected_inputs(wildcards):
-    """Every candidate run's train_info.json (all seeds: runs are selected by their mean) and models."""
+    """Every candidate run's train_info.json and history.csv (all seeds: runs are selected by their mean; a tie
+    by the best epochs' val_loss) and models."""
     return {
         "infos": [f"results/{run}/seed{seed}/train_info.json" for run in PREDICT_CANDIDATES for seed in SEEDS],
+        "histories": [f"results/{run}/seed{seed}/history.csv" for run in PREDICT_CANDIDATES for seed in SEEDS],
         "models": [f"results/{run}/seed{seed}/{predict_model_name()}" for run in PREDICT_CANDIDATES for seed in selected_seeds()],
     }
 

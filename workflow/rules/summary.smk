@@ -12,6 +12,7 @@ rule summary:
         modules=package_modules("summary"),
         metrics=expand("results/{run}/metrics.json", run=RUNS),
         info=expand("results/{run}/train_info.json", run=RUNS),
+        history=expand("results/{run}/history.csv", run=RUNS),  # ties on the metric: the best epoch's val_loss
         predictions=expand("results/{run}/test_predictions.csv", run=RUNS),
         split_report="resources/splits/target.report.json",
     output:
