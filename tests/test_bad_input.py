@@ -16,7 +16,7 @@ from PIL import Image
 
 from faults import (PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict, silent_server,
                     snapshot, train_args)
-from helpers import run_script, run_snakemake, tiny_config
+from helpers import REPO, run_script, run_snakemake, tiny_config
 
 TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
 
@@ -759,6 +759,44 @@ def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and
         assert f"{config}: {key} is written twice (lines {first} and {second})" in result.stdout, result.stdout
     assert "experiments.b" not in result.stdout and "strategy" not in result.stdout
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_key_written_twice_on_the_command_line_is_refused_and_a_nan_or_infinity_anywhere(tmp_path):
+    """--config 'train={epochs: 1, epochs: 2}' kept the last without a word, as a file did before it was refused;
+    `.nan` passed every range check (a comparison with NaN is false) and reached the jobs, after Snakemake had
+    deleted the outputs they were to replace. Both are refused at start; nothing runs."""
+    config = tiny_config(tmp_path)
+    result = run_snakemake(tmp_path, config, "--config", "train={epochs: 1, epochs: 2}", "seeds=[0]", "seeds=[1]",
+                           "-n", check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    assert "--config: train.epochs is written twice: only the last is read" in result.stdout, result.stdout
+    assert "--config: seeds is given twice: only the last is read" in result.stdout, result.stdout
+    result = run_snakemake(tmp_path, config, "--config", "experiments={finetune: {lr: .nan}}",
+                           "export={tolerance: .nan, rtol: .inf}", "dataset={val_fraction: -.inf}", "-n",
+                           check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    for key, text in (("experiments.finetune.lr", ".nan"), ("export.tolerance", ".nan"), ("export.rtol", ".inf"),
+                      ("dataset.val_fraction", "-.inf")):
+        assert f"{key}: {text} is not a finite number; write a number" in result.stdout, result.stdout
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_nan_and_infinity_are_found_at_any_depth_of_a_config():
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    nan, inf = float("nan"), float("inf")
+    config = {"train": {"label_smoothing": nan}, "experiments": {"a": {"sweep": {"lr": [0.1, inf]}}},
+              "pretrain": {"train": {"weight_decay": -inf}}}
+    assert config_problems(config, schema)[:3] == [
+        "train.label_smoothing: .nan is not a finite number; write a number",
+        "experiments.a.sweep.lr.1: .inf is not a finite number; write a number",
+        "pretrain.train.weight_decay: -.inf is not a finite number; write a number"]
+    assert config_problems({"train": {"lr": 1e308}}, schema) == []
+    # torch's generators take 64 bits: a larger seed failed in the train job (Overflow when unpacking long long)
+    assert config_problems({"seeds": [0, 2**64]}, schema) == ["seeds.1: 18446744073709551616 is too large: it must be "
+                                                              "<= 18446744073709551615"]
+    assert config_problems({"seeds": [2**64 - 1]}, schema) == []
 
 
 def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):

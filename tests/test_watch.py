@@ -1,6 +1,7 @@
 """What `watch` sees of a dataset or of images to classify (finetune.watch): which changes give a new
 digest, and which do not. test_reruns shows the same through Snakemake's dry runs."""
 
+import json
 import os
 import time
 
@@ -164,3 +165,18 @@ def test_the_cache_spares_looking_at_unchanged_folders_and_both_depths_agree(tmp
     assert tree_state(root) == first  # the folder did not change: its files' states come from the cache
     assert tree_state(root, "files") != first  # looked at: seen, and the cache refreshed
     assert tree_state(root) == tree_state(root, "files") == tree_state(root, cache=None)
+
+
+@pytest.mark.parametrize("text", ['{"x": 1}', '[1, 2]', '{"/a": [1]}', "{not json", ""])
+def test_a_damaged_cache_is_looked_past_and_written_again(tmp_path, text):
+    """The cache is Snakemake's working state, not the user's: damaged or edited, its entries of another shape are
+    left out (those folders looked at afresh, the digest as without a cache) and the cache is written whole."""
+    from finetune.watch import CACHE
+
+    root = make_tree(tmp_path / "images")
+    expected = tree_state(root, cache=None)
+    CACHE.parent.mkdir(exist_ok=True)
+    CACHE.write_text(text.replace("/a", str(root.resolve())))
+    assert tree_state(root) == expected
+    assert len(json.loads(CACHE.read_text())) == 4  # images, cat, dog, dog/more
+    assert tree_state(root) == expected

@@ -20,6 +20,7 @@ against its ``train`` key's own schema, e.g.::
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 
@@ -206,6 +207,19 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
     return problems
+
+
+def _non_finite_problems(value, path: tuple = ()) -> list[str]:
+    """A NaN or infinity anywhere in the config (YAML's .nan, .inf): every range check passes a NaN (each
+    comparison with it is false), so such a value reached the jobs, which failed there or misbehaved."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _non_finite_problems(item, (*path, key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _non_finite_problems(item, (*path, i))]
+    if isinstance(value, float) and not math.isfinite(value):
+        text = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+        return [f"{_where(path)}: {text} is not a finite number; write a number"]
+    return []
 
 
 def _key_path(path) -> str:
@@ -445,7 +459,7 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     validator_class = jsonschema.validators.validator_for(schema)
     validator = validator_class(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
-    problems: list[str] = []
+    problems: list[str] = _non_finite_problems(config)
     for error in errors:
         for line in _describe(error, tuple(schema["properties"])):
             if line not in problems:

@@ -86,12 +86,13 @@ def duplicate_keys(path: str | os.PathLike) -> list[str]:
     return found
 
 
-def _walk(node, where: tuple[str, ...], found: list[str]) -> None:
+def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
+    """``lines``: name the lines of both (a file's; a --config value is one line)."""
     import yaml
 
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found)
+            _walk(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found, lines)
     elif isinstance(node, yaml.MappingNode):
         first: dict[tuple[str, str], int] = {}
         for key, value in node.value:
@@ -103,10 +104,10 @@ def _walk(node, where: tuple[str, ...], found: list[str]) -> None:
                 first[(key.tag, key.value)] = line
             else:
                 name = ".".join((*where, key.value))
-                lines = f"lines {earlier} and {line}" if earlier != line else f"both on line {line}"
-                found.append(f"{name} is written twice ({lines}): only the last is read, so what the first "
+                at = (f" (lines {earlier} and {line})" if earlier != line else f" (both on line {line})") if lines else ""
+                found.append(f"{name} is written twice{at}: only the last is read, so what the first "
                              f"sets would be ignored")
-            _walk(value, (*where, key.value), found)
+            _walk(value, (*where, key.value), found, lines)
 
 
 PROFILE_FILES = ("config.v9+.yaml", "config.yaml")  # the file Snakemake 9 reads in a profile folder, first found
@@ -151,18 +152,7 @@ def command_line_config(argv: list[str]) -> dict | None:
 
     import yaml
 
-    items: list[str] = []
-    taking = False
-    for arg in argv[1:]:
-        if arg in ("--config", "-C"):
-            taking = True
-        elif arg.startswith("--config="):
-            taking = True
-            items.append(arg[len("--config="):])
-        elif arg.startswith("-") and not arg[1:2].isdigit():
-            taking = False
-        elif taking:
-            items.append(arg)
+    items = _config_items(argv)
     if not items:
         return None
     config: dict = {}
@@ -178,6 +168,45 @@ def command_line_config(argv: list[str]) -> dict | None:
         except yaml.YAMLError:
             config[key] = text
     return config
+
+
+def _config_items(argv: list[str]) -> list[str]:
+    """The ``key=value`` items after ``--config`` (or ``-C``) on a Snakemake command line."""
+    items: list[str] = []
+    taking = False
+    for arg in argv[1:]:
+        if arg in ("--config", "-C"):
+            taking = True
+        elif arg.startswith("--config="):
+            taking = True
+            items.append(arg[len("--config="):])
+        elif arg.startswith("-") and not arg[1:2].isdigit():
+            taking = False
+        elif taking:
+            items.append(arg)
+    return items
+
+
+def command_line_duplicates(argv: list[str]) -> list[str]:
+    """Keys written twice in the ``--config`` items of a command line: a key given twice (``train=... train=...``),
+    or twice in one mapping of a value (``'train={epochs: 1, epochs: 2}'``). Only the last is read, as in a
+    config file (:func:`duplicate_keys`), so the first's setting would be ignored without a word."""
+    import yaml
+
+    found: list[str] = []
+    seen: set[str] = set()
+    for item in _config_items(argv):
+        key, _, text = item.partition("=")
+        if key in seen:
+            found.append(f"{key} is given twice: only the last is read, so what the first sets would be ignored")
+        seen.add(key)
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            continue
+        if root is not None:
+            _walk(root, (key,), found, lines=False)
+    return found
 
 
 def as_config_args(config: dict) -> list[str]:

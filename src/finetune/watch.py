@@ -70,12 +70,17 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
 
 
 def _read_cache(cache) -> dict:
+    """{folder: [mtime, files' digest]}; entries of another shape (a file edited or damaged) are left out:
+    those folders are looked at afresh."""
     try:
         with open(cache) as handle:
             data = json.load(handle)
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {folder: entry for folder, entry in data.items()
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)}
 
 
 def _write_cache(cache, data: dict) -> None:

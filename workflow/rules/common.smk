@@ -34,8 +34,8 @@ envvars:
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, schema_default
 from finetune.watch import dataset_state as watched_state, images_state
-from finetune.userconfig import (as_config_args, command_line_config, duplicate_keys, expand_home, own_sections,
-                                 profile_files, typed_command_line_config, where_written)
+from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
+                                 expand_home, own_sections, profile_files, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -45,6 +45,7 @@ _duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.
                                                  *workflow.config_settings.configfiles,
                                                  *profile_files(sys.argv, os.environ, workflow.basedir)]
                for problem in duplicate_keys(file)]
+_duplicates += [f"--config: {problem}" for problem in command_line_duplicates(sys.argv)]
 if _duplicates:
     raise WorkflowError("a config or profile file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
 
