@@ -41,7 +41,7 @@ def make_model(tiny, seed=0):
     return build_target_model("resnet18", len(tiny["classes"]), tiny["state"], tiny["manifest"]["num_classes"])
 
 
-def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, global_seed=0, **options):
+def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, global_seed=0, feature_cache=None, **options):
     """fit on the tiny split, on the CPU (the tests compare with CPU tensors; override with device=...).
 
     ``global_seed`` seeds torch's global RNG just before: fit must not depend on it.
@@ -49,7 +49,7 @@ def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, globa
     opts = TrainOptions.from_dict({"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu", **options})
     torch.manual_seed(global_seed)
     return fit(model, train or tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
-               num_classes=len(tiny["classes"]), log=log, resume_path=resume_path)
+               num_classes=len(tiny["classes"]), log=log, resume_path=resume_path, feature_cache=feature_cache)
 
 
 class Interrupted(Exception):
@@ -201,6 +201,35 @@ def test_cached_features_match_the_uncached_loop(tiny):
     for a, b in zip(cached.history, plain.history):
         assert abs(a["val_accuracy"] - b["val_accuracy"]) * n_val <= 1, "more than one validation image differs"
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "other shapes"])
+def test_a_damaged_feature_cache_is_said_removed_and_computed_again(tiny, tmp_path, damage):
+    """The cache is derived data: a file cut short (a kill mid-write on a file system without atomic renames, a
+    disk error) crashed every rerun with torch.load's traceback until found by hand. Now it is computed again,
+    and the run is the run with an intact cache."""
+    cache = tmp_path / "features.pt"
+    options = {"strategy": "feature_extract", "epochs": 2, "cache_features": True}
+    lines = []
+    first = run_fit(tiny, make_model(tiny), feature_cache=cache, log=lines.append, **options)
+    assert any(line.startswith("backbone features computed once") for line in lines), lines
+    intact = torch.load(cache, weights_only=True)
+    if damage == "cut short":
+        cache.write_bytes(cache.read_bytes()[:5000])
+    else:
+        torch.save({"train": intact["train"][:3], "val": intact["val"]}, cache)
+    lines = []
+    again = run_fit(tiny, make_model(tiny), feature_cache=cache, log=lines.append, **options)
+    warning = next(line for line in lines if line.startswith("warning: feature cache"))
+    assert warning.startswith(f"warning: feature cache {cache}: it ") and warning.endswith(
+        "; removed, the features are computed again"), warning
+    assert any(line.startswith("backbone features computed once") for line in lines), lines
+    rewritten = torch.load(cache, weights_only=True)
+    assert all(torch.equal(rewritten[k], intact[k]) for k in ("train", "val"))
+    assert strip(again.history) == strip(first.history)
+    lines = []
+    run_fit(tiny, make_model(tiny), feature_cache=cache, log=lines.append, **options)
+    assert f"backbone features read from cache {cache}" in lines and not any("warning" in line for line in lines)
 
 
 @pytest.mark.parametrize("optimizer", [{"optimizer": "adamw"}, {"optimizer": "lbfgs", "lr": 1.0, "weight_decay": 0.1}],

@@ -41,13 +41,33 @@ def lbfgs_step(optimizer: torch.optim.LBFGS, head: nn.Module, decayed: list[nn.P
     return logits, loss
 
 
+def _read_cache(cache_file: Path | None, n_train: int, n_val: int,
+                log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (train, val) features, or None where there are none to use. A cache file that cannot be read
+    (cut short, damaged) or holds other shapes is said, removed and computed again: it is derived data."""
+    if cache_file is None or not cache_file.exists():
+        return None
+    try:
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+        train, val = cached["train"], cached["val"]
+        if (isinstance(train, torch.Tensor) and isinstance(val, torch.Tensor) and train.ndim == val.ndim == 2
+                and train.shape[0] == n_train and val.shape[0] == n_val and train.shape[1] == val.shape[1]
+                and train.is_floating_point() and val.is_floating_point()):
+            return train, val
+        why = f"it holds other shapes than {n_train} train and {n_val} val feature vectors"
+    except Exception as exc:  # noqa: BLE001  (torch.load's errors for a damaged file are of many kinds)
+        why = f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+    log(f"warning: feature cache {cache_file}: {why}; removed, the features are computed again")
+    cache_file.unlink(missing_ok=True)
+    return None
+
+
 def cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessing, device: torch.device,
                      cache_file: Path | None, log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
-    if cache_file is not None and cache_file.exists():
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached["train"].shape[0] == len(train.labels) and cached["val"].shape[0] == len(val.labels):
-            log(f"backbone features read from cache {cache_file}")
-            return cached["train"], cached["val"]
+    cached = _read_cache(cache_file, len(train.labels), len(val.labels), log)
+    if cached is not None:
+        log(f"backbone features read from cache {cache_file}")
+        return cached
     # A copy, channels-last: ResNet18 inference on these CPUs ran ~1.7x faster in NHWC (see batched_forward);
     # the features are the same up to float rounding.
     backbone = strip_output_layer(copy.deepcopy(model)).eval().to(memory_format=torch.channels_last)
