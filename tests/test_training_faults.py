@@ -484,3 +484,18 @@ def test_pretraining_s_messages_name_the_pretrain_train_keys():
     assert "training diverged; lower pretrain.train.lr (now 0.001) or use warmup_epochs (pretrain.train.on_divergence: " \
         "stop keeps" in message, message
     assert "lower train.lr" in str(diverged("loss became nan", TrainOptions.from_dict(OPTIONS), [], None))
+
+
+def test_a_resume_folder_that_cannot_be_written_fails_before_training(inputs, tmp_path):
+    """resources/ unwritable (here a file where the folder should be): the resume state could not be saved after
+    the first epoch, so the job failed there, an epoch of work late. Refused at start, naming the resume file."""
+    blocker = tmp_path / "resources"
+    blocker.write_text("not a folder\n")
+    out = tmp_path / "run"
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, OPTIONS, blocker / "resume"))
+    assert result.returncode == 1, result.stdout
+    message = error_line(result.stdout)
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(blocker / 'resume'))}/[0-9a-f]+\.pt: {re.escape(str(blocker))} "
+                        "is a file, not a folder; move it away or choose another path", message), message
+    assert "trainable parameters" not in result.stdout, "it must fail before training starts"
+    assert not (out / "model.pt").exists()

@@ -283,7 +283,12 @@ def _checked_num_classes(weights_file: Path, arch: str, classes: list, where: st
 # --------------------------------------------------------------------------- train
 
 def _resume_file(resume_dir: Path | None, key: str) -> Path | None:
-    return None if resume_dir is None else Path(resume_dir) / f"{key}.pt"
+    """The run's resume state in ``resume_dir``, whose folder is checked writable now, not after the first epoch."""
+    if resume_dir is None:
+        return None
+    path = Path(resume_dir) / f"{key}.pt"
+    ensure_writable(path)
+    return path
 
 
 def _cleanup_resume(resume: Path | None) -> None:
