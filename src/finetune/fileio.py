@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,6 +61,11 @@ def _write_failed(target: Path, exc: OSError) -> WriteError:
     )
 
 
+# The temporary files of the atomic_path blocks under way in this process: {temporary path: its target}.
+_WRITING: dict[Path, Path] = {}
+_HOST = socket.gethostname().replace(".", "_")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -66,11 +74,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     POSIX, so readers, and a machine that loses power, see either the old file or the complete new
     one. A full disk, a file size limit or a read-only file system becomes a :class:`WriteError`
     naming ``path``; the temporary file is removed and the old file stays as it was.
+
+    The temporary file's name, ``.<name>.<host>-<pid>.<random>.tmp``, says which process writes it: a
+    process killed while writing (SIGKILL, a walltime) cannot remove its own, so the next write of
+    ``path`` removes those of processes of this host that no longer run. ``path`` that is itself the
+    temporary file of a block under way (a writer handed a staged path) is written as it is, and a
+    failed write names the block's target.
     """
     target = Path(path)
+    if target in _WRITING:
+        yield from _write_staged(target, _WRITING[target])
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _remove_abandoned(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}-{os.getpid()}.", suffix=".tmp",
+                                        dir=target.parent)
         try:
             os.fchmod(fd, _new_file_mode(target))
         finally:
@@ -78,6 +97,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise _write_failed(target, exc) from exc
     tmp = Path(tmp_name)
+    _WRITING[tmp] = target
     try:
         try:
             yield tmp
@@ -91,8 +111,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as exc:
             raise _write_failed(target, exc) from exc
     finally:
+        del _WRITING[tmp]
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_staged(staged: Path, target: Path) -> Iterator[Path]:
+    """The inner block of nested atomic_path calls: the outer one's temporary file, errors naming its target."""
+    try:
+        yield staged
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_failed(target, exc) from exc
+        raise
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Remove the temporary files of ``target`` left by writers of this host that no longer run."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.{re.escape(_HOST)}-(\d+)\.[^.]+\.tmp")
+    for entry in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(_HOST)}-*.tmp"):
+        match = pattern.fullmatch(entry.name)
+        if match and not _running(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: it runs
+        return True
+    return True
 
 
 def ensure_writable(*paths: str | os.PathLike) -> None:
