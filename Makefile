@@ -48,7 +48,8 @@ test-fast: env
 	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
 
 # Ours vs what a user would otherwise write, as ratios measured in the same run (docs/bench.md):
-# prints a table, writes results/bench/bench.csv; under 15 minutes on 2 CPU cores.
+# prints a table, writes results/bench/bench.csv. On 2 idle CPU cores about 25 minutes for every row but
+# recipe_acc_vs_tutorial, which alone takes about 45 more (BENCH_ARGS='--only <rows>' runs some rows).
 bench: env
 	$(PY) bench/bench.py $(BENCH_ARGS)
 

@@ -24,8 +24,8 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
                                tutorial's recipe (SGD + StepLR, 25 epochs), mean over seeds; both wall times
 
 Usage:
-  python bench/bench.py                      # the full benchmark, checks the targets (< 15 min on 2 cores
-                                             # before recipe_acc_vs_tutorial, which alone took 46 min, shared)
+  python bench/bench.py                      # the full benchmark, checks the targets (about 25 min on 2 idle
+                                             # cores before recipe_acc_vs_tutorial, which alone took 46 min, shared)
   python bench/bench.py --smoke --out X.csv  # tiny sizes, every row, no checks (tests/test_bench_smoke.py)
   python bench/bench.py --only recipe_acc_vs_tutorial   # some rows only (and what they need), checks those
   python bench/bench.py --gpu                # CUDA at 224 px, batch 32/128/256: bench_gpu.csv (bench/gpu.py)

@@ -59,7 +59,7 @@ def dev_split(config: dict, seed: int, per_class: int, out: Path) -> Path:
     dataset = config["dataset"]
     if dataset.get("format") != "fashion-mnist":
         raise SystemExit("dev_protocol: the demo's dataset (format fashion-mnist) only")
-    frame, _ = make_split(SplitSpec(**{**dataset, "seed": seed}))
+    frame, _ = make_split(SplitSpec.from_config({**dataset, "seed": seed}))
     kept = frame[frame["split"].isin(["train", "val"])]
     images = f"{dataset['path']}/train-images-idx3-ubyte.gz"
     with gzip.open(f"{dataset['path']}/train-labels-idx1-ubyte.gz") as handle:

@@ -28,7 +28,7 @@ def sample_split(config: dict, dataset_seed: int, demo_split: Path, workdir: Pat
     out = workdir / f"split_sample{dataset_seed}.csv"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame, _ = make_split(SplitSpec(**{**config["dataset"], "seed": dataset_seed}))
+        frame, _ = make_split(SplitSpec.from_config({**config["dataset"], "seed": dataset_seed}))
         frame.to_csv(out, index=False)
     return out
 

@@ -303,17 +303,17 @@ def test_transfer_rows_draw_one_few_shot_sample_per_seed(tmp_path):
     """transfer_acc_* seed s trains on few-shot sample s (`dataset.seed: s`): seed 0 is the demo's own split file;
     another seed's sample keeps the demo's budget per class and the same official test images, with other training
     images, whose labels agree with the raw IDX label file."""
-    import yaml
-
     sys.path.insert(0, str(REPO / "bench"))
+    from common import demo_config
     from transfer import sample_split
 
     from finetune.data import SplitSpec, make_split
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = demo_config()  # as the bench reads it: the schema's defaults filled in (dataset.watch, ...)
+    assert "watch" in config["dataset"]
     config["dataset"]["path"] = FASHION_MNIST
     demo_csv = tmp_path / "demo.csv"
-    make_split(SplitSpec(**config["dataset"]))[0].to_csv(demo_csv, index=False)
+    make_split(SplitSpec.from_config(config["dataset"]))[0].to_csv(demo_csv, index=False)
     assert sample_split(config, config["dataset"]["seed"], demo_csv, tmp_path / "work") == demo_csv
     demo, other = pd.read_csv(demo_csv), pd.read_csv(sample_split(config, 1, demo_csv, tmp_path / "work"))
 
