@@ -189,7 +189,9 @@ def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
     result = run_predict("--model", str(tiny_run / "results/finetune/seed0/model.onnx"), "--images",
                          str(tmp_path / "only"), "--out", str(out))
     assert result.returncode == 1
-    assert "error: none of the 1 image(s) could be read" in result.stderr
+    assert "error: none of the 1 image(s) could be read: the warning lines above say why" in result.stderr
+    warning = f"cannot decode image {tmp_path / 'only' / 'bad.jpg'}: empty file (0 bytes)"
+    assert warning in result.stderr.split("error: none of")[0], result.stderr  # said before the error, in the log
     assert pd.read_csv(out, keep_default_na=False).loc[0, "error"] == \
         f"cannot decode image {tmp_path / 'only' / 'bad.jpg'}: empty file (0 bytes)"  # as the split says it
     empty = tmp_path / "empty"

@@ -53,7 +53,9 @@ def main():
           + (f"; {counts['failed']} unreadable (see the error column)" if counts["failed"] else ""),
           file=sys.stderr)
     if counts["classified"] == 0:
-        raise DataError(f"none of the {counts['images']} image(s) could be read (reasons in {args.out})")
+        raise DataError(f"none of the {counts['images']} image(s) could be read: the warning lines above say why, "
+                        f"one per image ({args.out}, with them in its error column, is removed where Snakemake ran "
+                        "this job: it removes a failed job's outputs)")
 
 
 if __name__ == "__main__":
