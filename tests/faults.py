@@ -7,9 +7,11 @@ import hashlib
 import http.server
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,25 @@ def make_bad_images(folder: Path) -> dict[str, Path]:
     bad["zero_bytes"].write_bytes(b"")
     bad["not_an_image"] = folder / "notes.jpg"
     bad["not_an_image"].write_text("shopping list: milk, eggs\n")
+    bad["decompression_bomb"] = folder / "bomb.png"
+    bad["decompression_bomb"].write_bytes(black_png(BOMB_SIDE, BOMB_SIDE))
     return bad
+
+
+BOMB_SIDE = 17_500  # 306 megapixels: a 0.3 MB file that decodes to 306 MB of gray (919 MB as RGB)
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A valid 8-bit gray PNG of ``width`` x ``height`` black pixels, compressed row by row (never held whole)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row, parts = zlib.compressobj(9), bytes(width + 1), []  # each row: filter byte 0, then pixels
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
 def save_state_dict(path: Path, arch: str = "resnet18", num_classes: int = 3, seed: int = 0) -> str:

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from faults import (PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict, silent_server,
-                    snapshot, train_args)
+from faults import (BOMB_SIDE, PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict,
+                    silent_server, snapshot, train_args)
 from helpers import REPO, run_script, run_snakemake, tiny_config
 
 TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
@@ -57,6 +57,10 @@ def test_unreadable_images_fail_the_split_listing_every_one(tmp_path):
     assert "empty file (0 bytes)" in result.stdout
     assert f"{bad['not_an_image']}: cannot decode: not an image" in result.stdout
     assert f"{bad['truncated_png']}: cannot decode: image file is truncated" in result.stdout
+    side = BOMB_SIDE
+    assert (f"{bad['decompression_bomb']}: cannot decode: {side}x{side} pixels ({side * side / 1e6:.0f} megapixels), "
+            "above the 300 megapixels decoded here") in result.stdout, result.stdout
+    assert "DecompressionBombWarning" not in result.stdout
     # The earlier good split is untouched, and no half-written file is left beside it.
     assert snapshot(out) == before
 

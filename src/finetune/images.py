@@ -25,9 +25,13 @@ from .errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-# Images above this many pixels are refused by PIL as a possible decompression bomb; real
-# photographs from modern cameras stay far below it, so raise PIL's default rather than fail.
-Image.MAX_IMAGE_PIXELS = 300_000_000
+# Images above this many pixels are refused (cannot decode: named, with their size) before any pixel is
+# decoded (:func:`_decode`): a possible decompression bomb (a 400 KB PNG of 20000x20000 pixels took 3 GB
+# in the split job), or a scan too large to train on. Photographs from cameras (up to ~100 megapixels)
+# stay below it. PIL's own check, which this replaces, warned above it without naming the file and
+# refused only at twice it. (Every image of the project is opened by _decode.)
+MAX_PIXELS = 300_000_000
+Image.MAX_IMAGE_PIXELS = None
 
 # The resize filters torchvision's classification weights use (their transforms' ``interpolation``),
 # applied with PIL as torchvision's ``Resize`` does on PIL images (antialiased).
@@ -200,6 +204,11 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
     """``path`` decoded (from ``data``, its bytes, where the caller has read them already)."""
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:  # before any pixel is decoded
+                raise _Undecodable(f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels), above the "
+                                   f"{MAX_PIXELS / 1e6:.0f} megapixels decoded here (a decompression bomb, or a "
+                                   "picture too large to train on): make it smaller")
             _draft_for(img, min_side)
             img.load()
             if orientation == "exif":
