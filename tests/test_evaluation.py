@@ -403,6 +403,27 @@ def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_pa
     assert choose_model([tmp_path / "first" / "seed0", tmp_path / "first" / "seed1"], "m")["seed"] == 1
 
 
+def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlier_leaderboard(tmp_path):
+    """A metrics.json cut short (a disk error, a hand edit) gave json's traceback without the file's name."""
+    from helpers import run_script
+
+    runs = [write_run(tmp_path, "finetune", 0, 0.9, 0.9, 1.0), write_run(tmp_path, "scratch", 0, 0.8, 0.8, 1.0)]
+    out = tmp_path / "out"
+    args = ["--runs", *(str(r["info"].parent) for r in runs), "--weights-source", "w", "--out-csv",
+            str(out / "summary.csv"), "--out-md", str(out / "summary.md")]
+    assert run_script("summary", *args).returncode == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    metrics = runs[1]["metrics"]
+    metrics.write_text('{"accuracy": 0.5,')
+    result = run_script("summary", *args)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    assert (f"error: {metrics} is not valid JSON (Expecting property name enclosed in double quotes at line 1, column "
+            f"18): cut short or edited by hand? A file the workflow wrote is written again by `snakemake --forcerun "
+            f"{metrics}`") in result.stdout, result.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+
+
 def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):
     runs = [write_run(tmp_path, "a", 0, 0.9, 0.9, 1.0, val=0.5), write_run(tmp_path, "b", 0, 0.8, 0.8, 1.0, val=0.2, metric="val_loss"),
             write_run(tmp_path, "c", 0, 0.7, 0.7, 1.0, val=0.1, metric="val_loss", sweep="b")]

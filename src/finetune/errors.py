@@ -9,6 +9,11 @@ class DataError(FinetuneError):
     """The dataset (folder, CSV manifest, image files, Fashion-MNIST files) is unusable."""
 
 
+class DamagedFile(DataError, ValueError):
+    """A file that should hold JSON does not (cut short, edited by hand). A ValueError too, as json's own error
+    is, so code that reads a file of its own and handles ValueError still does."""
+
+
 class WeightsError(FinetuneError):
     """Pretrained weights could not be fetched, verified or loaded."""
 

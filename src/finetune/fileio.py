@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import WriteError
+from .errors import DamagedFile, WriteError
 
 # errno values that can only mean "the file system refused a write" (a permission error inside the
 # block may be about reading an input, so it is left as it is).
@@ -220,7 +220,14 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; a file that holds no JSON raises :class:`DamagedFile` naming it and the place."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"{exc.msg} at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else \
+            "not UTF-8 text"
+        raise DamagedFile(f"{path} is not valid JSON ({where}): cut short or edited by hand? A file the workflow wrote "
+                          f"is written again by `snakemake --forcerun {path}`") from exc
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
