@@ -592,6 +592,12 @@ def test_a_weights_path_that_does_not_exist_stops_at_start_naming_the_key(tmp_pa
     assert (f"weights.path: nonexist.pth does not exist (relative to the working directory {tmp_path}): name the "
             "weights file") in result.stdout, result.stdout[-2000:]
     assert "MissingInputException" not in result.stdout and not (tmp_path / "results").exists()
+    (tmp_path / "loop.pth").symlink_to("loop.pth")
+    configfile = tiny_config(tmp_path, name="loop.yaml", replace={"weights": {**weights, "path": "loop.pth"}})
+    result = run_snakemake(tmp_path, configfile, "-n", check=False)
+    assert result.returncode != 0
+    assert ("weights.path: loop.pth is a symbolic link to loop.pth, which leads to no file (missing, or a loop of "
+            "links)") in result.stdout, result.stdout[-2000:]
 
 
 def test_a_quoted_value_on_the_command_line_stays_text(tmp_path):

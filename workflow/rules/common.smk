@@ -458,7 +458,10 @@ if _evaluate_tta != _export_tta:
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files).
 if workflow.is_main_process and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
-    _what = "is a folder, not a file" if os.path.isdir(config["weights"]["path"]) else "does not exist"
+    _path = config["weights"]["path"]
+    _what = ("is a folder, not a file" if os.path.isdir(_path) else
+             f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
+             if os.path.islink(_path) else "does not exist")
     raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
                         f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
 
