@@ -130,6 +130,21 @@ def test_state_dict_of_another_architecture(good_weights, out):
                    "parameter(s) missing (layer1.2.", "Set weights.arch")
 
 
+def test_an_unknown_architecture_is_refused_at_start_from_torchvision_s_own_list(tmp_path):
+    """Snakemake does not import torchvision (seconds at every start): the names come from its source, and must be
+    exactly the classification models torchvision itself lists. A misspelt arch stopped only the pretrain job."""
+    import torchvision
+
+    from finetune.configcheck import torchvision_architectures
+
+    assert torchvision_architectures() == sorted(torchvision.models.list_models(module=torchvision.models))
+    config = tiny_config(tmp_path, weights={"arch": "resnet19"})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "weights.arch: unknown architecture 'resnet19' (did you mean resnet18" in result.stdout, result.stdout[-2000:]
+    assert not (tmp_path / "resources").exists()
+
+
 def test_unknown_architecture_lists_the_valid_ones(good_weights, out):
     before = snapshot(out)
     result = run_weights(weights_config(path=str(good_weights), arch="resnet19"), out)

@@ -20,6 +20,7 @@ against its ``train`` key's own schema, e.g.::
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -353,6 +354,26 @@ def _dataset_problems(prefix: str, dataset: dict) -> list[str]:
     return problems
 
 
+def torchvision_architectures() -> list[str] | None:
+    """The classification models torchvision registers (``torchvision.models.list_models(module=torchvision.models)``),
+    read from its source: importing it (and torch) would add 1-2 s to every start of Snakemake. None where
+    torchvision is not installed, or its source says nothing of the kind (the train job then checks)."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    names: set[str] = set()
+    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
+        try:
+            names.update(_REGISTERED.findall(file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            return None
+    return sorted(names) or None
+
+
+# `@register_model()`, maybe more decorators, then the builder: `def resnet18(`.
+_REGISTERED = re.compile(r"@register_model\([^)]*\)\s*(?:@[^\n]*\n\s*)*def (\w+)\(")
+
+
 def _weights_problems(weights: dict) -> list[str]:
     source = weights.get("source", "pretrain")
     if source not in WEIGHTS_KEYS:
@@ -364,6 +385,12 @@ def _weights_problems(weights: dict) -> list[str]:
         if key != "source" and key not in read and value is not None:
             problems.append(f"weights.{key}: not used with weights.source: {source}, which reads {', '.join(read)}; "
                             "remove it (or choose the source that reads it)")
+    arch, names = weights.get("arch"), torchvision_architectures()
+    if isinstance(arch, str) and names and arch not in names:
+        close = difflib.get_close_matches(arch.lower(), names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        problems.append(f"weights.arch: unknown architecture {arch!r}{hint}; torchvision's classification models are: "
+                        f"{', '.join(names)}")
     prep = weights.get("preprocessing")
     if isinstance(prep, dict) and isinstance(prep.get("resize_size"), int) and isinstance(prep.get("crop_size"), int) \
             and prep["crop_size"] > prep["resize_size"]:
