@@ -64,6 +64,9 @@ def test_every_output_is_there_and_sound(tiny_run):
     manifest = json.loads((tiny_run / "resources/weights/manifest.json").read_text())
     assert manifest["arch"] == "resnet18" and manifest["num_classes"] == 6
     assert manifest["source"]["kind"] == "pretrain"
+    # The run of Snakemake succeeded: the finished resume states (kept by each train and pretrain job after its
+    # outputs) are gone, and the folders they left empty.
+    assert not (tiny_run / "resources" / "resume").exists() or not any((tiny_run / "resources" / "resume").rglob("*"))
 
 
 def test_head_only_training_trains_only_the_head(tiny_run):

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +27,7 @@ from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions, fit
 
 from faults import snapshot, split_and_weights, start_script, train_args
-from helpers import run_script
+from helpers import REPO, run_script
 
 OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
 FILE_SIZE_LIMIT = 1 << 20  # 1 MiB: far below a resnet18 checkpoint (45 MB)
@@ -414,7 +417,8 @@ def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resu
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]
     assert json.loads((out / "train_info.json").read_text())["epochs_run"] == 4
-    assert resume_files(resume) == [], "resume state is removed once the outputs are written"
+    assert [p.name for p in resume_files(resume)] == [state_file.name.replace(".pt", ".done.pt")], \
+        "once the outputs are written the resume state becomes the finished state (Snakemake's onsuccess removes it)"
 
 
 @pytest.mark.slow
@@ -499,3 +503,43 @@ def test_a_resume_folder_that_cannot_be_written_fails_before_training(inputs, tm
                         "is a file, not a folder; move it away or choose another path", message), message
     assert "trainable parameters" not in result.stdout, "it must fail before training starts"
     assert not (out / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_outputs_removed_after_the_job_ended_are_written_again_from_its_finished_state(inputs, tmp_path):
+    """Slurm marks a job TIMEOUT that ends in the last seconds of its walltime, and Snakemake then removes the
+    outputs the job had written: the retry trained again from epoch 1, the resume state being gone. The finished
+    state is kept until Snakemake's run succeeds: the retry writes the same outputs from it, training nothing.
+    Under other code (a module edited) the run is another: it trains afresh."""
+    options = {**OPTIONS, "epochs": 3}
+    out, resume = tmp_path / "run", tmp_path / "resume"
+    args = train_args(inputs.split, inputs.manifest, out, options, resume)
+    first = run_script("train", *args)
+    assert first.returncode == 0, first.stdout
+    [finished] = resume_files(resume)
+    assert finished.name.endswith(".done.pt"), finished
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    model = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    for path in out.iterdir():  # as Snakemake removes a failed job's outputs
+        path.unlink()
+    again = run_script("train", *args)
+    assert again.returncode == 0, again.stdout
+    assert "this run had ended, and its outputs were removed since" in again.stdout, again.stdout
+    assert "all 3 epochs were done; writing the outputs" in again.stdout, again.stdout
+    assert not re.search(r"^epoch \d/", again.stdout, re.M), "an epoch was trained again"
+    assert (out / "history.csv").read_bytes() == written["history.csv"]
+    rewritten = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert rewritten.keys() == model.keys() and all(torch.equal(rewritten[k], model[k]) for k in model)
+    assert resume_files(resume) == [finished]
+
+    # The same run under edited code (a comment added to a module the job loads) has another key.
+    edited = tmp_path / "src"
+    shutil.copytree(REPO / "src", edited)
+    (edited / "finetune" / "training.py").write_text((edited / "finetune" / "training.py").read_text() + "# edited\n")
+    script = REPO / "workflow" / "scripts" / "train.py"
+    fresh = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": str(edited)})
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "resuming from" not in fresh.stdout and "this run had ended" not in fresh.stdout
+    assert re.search(r"^epoch 1/3", fresh.stdout, re.M), fresh.stdout
+    assert len(resume_files(resume)) == 2 and finished in resume_files(resume)

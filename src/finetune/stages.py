@@ -182,7 +182,8 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     pixels = decoded_identity(decoded)
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv),
-                                                  *([pixels] if pixels else [])))
+                                                  code_digest(), *([pixels] if pixels else [])))
+    _reopen_finished(resume, log)
     lap("inputs")
     if start_cuda(opts.device):
         lap("CUDA start")
@@ -200,7 +201,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
         "options": options, **library_versions(),
     }
     write_json(out_info, info)
-    _cleanup_resume(resume)
+    _finish_resume(resume)
     lap("outputs")
     return info
 
@@ -291,13 +292,49 @@ def _resume_file(resume_dir: Path | None, key: str) -> Path | None:
     return path
 
 
-def _cleanup_resume(resume: Path | None) -> None:
+def finished_file(resume: Path) -> Path:
+    """Where a run's resume state goes once its outputs are written: ``<key>.done.pt``, beside it."""
+    return resume.with_name(f"{resume.stem}{FINISHED_SUFFIX}")
+
+
+FINISHED_SUFFIX = ".done.pt"  # removed by the workflow's onsuccess (Snakefile) once the run of Snakemake succeeds
+
+
+def _finish_resume(resume: Path | None) -> None:
+    """The outputs are written: the resume state becomes the run's finished state. It is kept until the run of
+    Snakemake succeeds (its onsuccess removes it): Snakemake may still remove the outputs of a job that has
+    ended (Slurm marks a job TIMEOUT that ends in the last seconds of its walltime), and its retry then ends at
+    once from the finished state instead of training again from epoch 1."""
     if resume is not None and resume.exists():
-        resume.unlink()
-        try:
-            resume.parent.rmdir()
-        except OSError:
-            pass
+        os.replace(resume, finished_file(resume))
+
+
+def _reopen_finished(resume: Path | None, log: Callable) -> None:
+    """A finished state of this very run (same options, inputs and code: the key) is resumed from: its outputs
+    were removed after it ended. Every process of a run may try; one renames it."""
+    if resume is None:
+        return
+    try:
+        os.replace(finished_file(resume), resume)
+    except FileNotFoundError:
+        return
+    log(f"{resume.name}: this run had ended, and its outputs were removed since (a job Slurm marked TIMEOUT at the "
+        "end of its walltime, or Snakemake stopped before it took them); they are written again from its finished "
+        "state")
+
+
+def code_digest() -> str:
+    """The source of the finetune modules this process has loaded: part of a resume state's key, so that a run
+    stopped (or finished) under other code starts afresh rather than continue what that code did."""
+    import hashlib
+    import sys
+
+    digest = hashlib.sha256()
+    files = {Path(module.__file__) for name, module in list(sys.modules.items())
+             if (name == "finetune" or name.startswith("finetune.")) and getattr(module, "__file__", None)}
+    for file in sorted(files):
+        digest.update(f"{file.name}\0".encode() + file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
@@ -324,9 +361,11 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     split_sha = sha256_of(split_csv)
     # The pixels are part of the run: a decode run again since the state was saved starts the run afresh.
     pixels = decoded_identity(decoded)
-    key = options_key(arch, loop_options, image_size, split_sha, weights_sha, *([pixels] if pixels else []))
+    key = options_key(arch, loop_options, image_size, split_sha, weights_sha, code_digest(),
+                      *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key)
+    _reopen_finished(resume, log if ranks.main else _quiet)
     lap("inputs")
     if start_cuda(loop_options.get("device", "auto")):
         lap("CUDA start")
@@ -364,7 +403,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
         "finetune": __version__, "python": platform.python_version(), **library_versions(),
     }
     write_json(out_info, info)
-    _cleanup_resume(resume)
+    _finish_resume(resume)
     lap("outputs")
     return info
 

@@ -472,3 +472,34 @@ if PREDICT["images"] is not None:
             f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
+
+
+# --------------------------------------------------------------------------- finished resume states
+
+RESUME_FOLDER = Path("resources/resume")
+
+
+def remove_finished_states():
+    """A train or pretrain job keeps its finished resume state (`<key>.done.pt`, finetune.stages.finished_file) after
+    it writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures
+    and resuming"). Once a run of Snakemake succeeds, those whose outputs are there are removed, with the
+    folders they leave empty; a state whose outputs are missing stays, to write them again from."""
+    from finetune.stages import FINISHED_SUFFIX
+
+    for state in sorted(RESUME_FOLDER.glob(f"**/*{FINISHED_SUFFIX}")):
+        run = state.parent.relative_to(RESUME_FOLDER)
+        output = Path("resources/pretrain/model.pth") if run == Path("pretrain") else Path("results") / run / "model.pt"
+        if not output.exists():
+            continue
+        state.unlink(missing_ok=True)
+        for folder in (state.parent, *state.parent.parents):
+            if folder == RESUME_FOLDER or RESUME_FOLDER not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+onsuccess:
+    remove_finished_states()
