@@ -99,12 +99,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     _WRITING[tmp] = target
     try:
-        try:
-            yield tmp
-        except OSError as exc:
-            if exc.errno in _WRITE_ERRNOS:
-                raise _write_failed(target, exc) from exc
-            raise
+        yield from _write_staged(tmp, target)
         try:
             _fsync(tmp)
             os.replace(tmp, target)
@@ -117,7 +112,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _write_staged(staged: Path, target: Path) -> Iterator[Path]:
-    """The inner block of nested atomic_path calls: the outer one's temporary file, errors naming its target."""
+    """The block's writes into ``staged``, a full disk and the like named as writes of ``target`` (the block of an
+    atomic_path, and of one nested in it, which writes the outer one's temporary file)."""
     try:
         yield staged
     except OSError as exc:
