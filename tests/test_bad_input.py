@@ -758,7 +758,7 @@ def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and
     assert len(evaluate) == len(experiments) == len(lr) == 2
     result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
     assert result.returncode != 0, result.stdout
-    assert "a config or profile file writes a key twice" in result.stdout, result.stdout
+    assert "a key is written twice in a config or profile file, or in --config" in result.stdout, result.stdout
     for key, (first, second) in (("evaluate", evaluate), ("experiments", experiments), ("experiments.a.lr", lr)):
         assert f"{config}: {key} is written twice (lines {first} and {second})" in result.stdout, result.stdout
     assert "experiments.b" not in result.stdout and "strategy" not in result.stdout

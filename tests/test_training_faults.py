@@ -132,7 +132,8 @@ def test_on_divergence_stop_ends_the_run_with_the_epochs_before_it(inputs, tmp_p
     epoch_1 = torch.load(resume_files(resume)[0], map_location="cpu", weights_only=False)["model"]
 
     run = tmp_path / "run"
-    result = run_script("train", *train_args(inputs.split, inputs.manifest, run, {**options, "on_divergence": "stop"}))
+    args = train_args(inputs.split, inputs.manifest, run, {**options, "on_divergence": "stop"}, tmp_path / "resume_stop")
+    result = run_script("train", *args)
     assert result.returncode == 0, result.stdout
     assert re.search(r"loss became (nan|inf|-inf) at epoch 2, step \d+: training diverged; the run ends with the best "
                      r"of its 1 epoch\(s\) done", result.stdout), result.stdout
@@ -141,6 +142,16 @@ def test_on_divergence_stop_ends_the_run_with_the_epochs_before_it(inputs, tmp_p
     info = json.loads((run / "train_info.json").read_text())
     assert re.fullmatch(r"loss became (nan|inf|-inf) at epoch 2, step \d+", info["diverged"]), info["diverged"]
     assert info["epochs_run"] == info["best_epoch"] == 1 and len(pd.read_csv(run / "history.csv")) == 1
+    # Its outputs removed after it ended (a TIMEOUT at the walltime's edge): written again from its finished state,
+    # as they were, the divergence included, without training the diverging epoch again.
+    for path in run.iterdir():
+        path.unlink()
+    again = run_script("train", *args)
+    assert again.returncode == 0, again.stdout
+    assert "the run had ended after 1 epoch(s); writing its outputs" in again.stdout and "diverged" not in again.stdout
+    assert json.loads((run / "train_info.json").read_text())["diverged"] == info["diverged"]
+    rewritten = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(rewritten[k], epoch_1[k]) for k in model)
 
 
 @pytest.mark.slow
@@ -518,14 +529,18 @@ def test_outputs_removed_after_the_job_ended_are_written_again_from_its_finished
     assert first.returncode == 0, first.stdout
     [finished] = resume_files(resume)
     assert finished.name.endswith(".done.pt"), finished
+    # What ends the run again, not what trains it on: no optimizer state; about the model's size, not 4x it.
+    state = torch.load(finished, weights_only=False)
+    assert "optimizer" not in state and state["ended"] == {"stopped_early": False, "diverged": None}
+    assert finished.stat().st_size < 1.5 * (out / "model.pt").stat().st_size
     written = {p.name: p.read_bytes() for p in out.iterdir()}
     model = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     for path in out.iterdir():  # as Snakemake removes a failed job's outputs
         path.unlink()
     again = run_script("train", *args)
     assert again.returncode == 0, again.stdout
-    assert "this run had ended, and its outputs were removed since" in again.stdout, again.stdout
-    assert "all 3 epochs were done; writing the outputs" in again.stdout, again.stdout
+    assert "this run had ended, and the run of Snakemake that ran it did not succeed" in again.stdout, again.stdout
+    assert "the run had ended after 3 epoch(s); writing its outputs" in again.stdout, again.stdout
     assert not re.search(r"^epoch \d/", again.stdout, re.M), "an epoch was trained again"
     assert (out / "history.csv").read_bytes() == written["history.csv"]
     rewritten = torch.load(out / "model.pt", weights_only=True)["state_dict"]

@@ -91,7 +91,6 @@ def start(options: dict, log=print) -> Ranks:
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LAUNCHERS = (b"torch.distributed.run", b"torchrun")
 
 
 def die_with_launcher() -> None:
@@ -101,21 +100,28 @@ def die_with_launcher() -> None:
     job's process) reached none of them: they trained on, and wrote the outputs of a job Snakemake had
     already failed and cleaned up, which the next run then took as up to date. Now they die with it, as the
     one process of a single-process job does, and the next run resumes from the last saved epoch.
-    Linux only (prctl), for processes torchrun started (TORCHELASTIC_RUN_ID); a process whose parent is no
-    torchrun any more (it died before this call) ends here.
+    Linux only (prctl), for processes torchrun started (TORCHELASTIC_RUN_ID); a process whose launcher died
+    before this call (it has been handed to init, or to a subreaper started after it) ends here.
     """
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
         return
+    parent = os.getppid()
     try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
-    except OSError:
+        orphaned = parent == 1 or _start_time(parent) > _start_time(os.getpid())
+    except (OSError, IndexError, ValueError):
         return  # not ours to read: leave it to the death signal
-    if not any(name in parent for name in _LAUNCHERS):
+    if orphaned:
         print("error: torchrun, which started this training process, has ended: stopping", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat, field 22)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19])  # fields after the command's ")" begin at field 3
 
 
 def stop(ranks: Ranks) -> None:

@@ -4,6 +4,7 @@ and the head solved full-batch by L-BFGS with an L2 penalty (``optimizer: lbfgs`
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,7 +46,11 @@ def _read_cache(cache_file: Path | None, n_train: int, n_val: int,
                 log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The cached (train, val) features, or None where there are none to use. A cache file that cannot be read
     (cut short, damaged) or holds other shapes is said, removed and computed again: it is derived data."""
-    if cache_file is None or not cache_file.exists():
+    try:
+        seen = os.stat(cache_file) if cache_file is not None else None
+    except FileNotFoundError:
+        seen = None
+    if seen is None:
         return None
     try:
         cached = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -58,7 +63,12 @@ def _read_cache(cache_file: Path | None, n_train: int, n_val: int,
     except Exception as exc:  # noqa: BLE001  (torch.load's errors for a damaged file are of many kinds)
         why = f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
     log(f"warning: feature cache {cache_file}: {why}; removed, the features are computed again")
-    cache_file.unlink(missing_ok=True)
+    try:  # unless another job (another seed of the run) has written it afresh meanwhile
+        now = os.stat(cache_file)
+        if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
+            cache_file.unlink()
+    except OSError:
+        pass
     return None
 
 

@@ -63,7 +63,17 @@ def _write_failed(target: Path, exc: OSError) -> WriteError:
 
 # The temporary files of the atomic_path blocks under way in this process: {temporary path: its target}.
 _WRITING: dict[Path, Path] = {}
-_HOST = socket.gethostname().replace(".", "_")
+def _host_tag() -> str:
+    """This host, and its PID namespace where it has one (containers sharing a host name and a file system do
+    not see each other's processes): the pids in temporary files' names are of processes seen from here."""
+    try:
+        namespace = f"_{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname().replace(".", "_") + namespace
+
+
+_HOST = _host_tag()
 
 
 @contextlib.contextmanager

@@ -205,11 +205,11 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as img:
             width, height = img.size
-            if width * height > MAX_PIXELS:  # before any pixel is decoded
+            _draft_for(img, min_side)
+            if img.size[0] * img.size[1] > MAX_PIXELS:  # before any pixel is decoded (a JPEG: at its draft scale)
                 raise _Undecodable(f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels), above the "
                                    f"{MAX_PIXELS / 1e6:.0f} megapixels decoded here (a decompression bomb, or a "
                                    "picture too large to train on): make it smaller")
-            _draft_for(img, min_side)
             img.load()
             if orientation == "exif":
                 ImageOps.exif_transpose(img, in_place=True)

@@ -30,6 +30,7 @@ class Progress:
     best: dict              # "state" (of setup.trained, on the CPU), "metric", "epoch" (1-based; -1: none yet), "val_loss"
     since_best: int = 0     # epochs since the best one
     start_epoch: int = 0    # 0-based: the first epoch this call of fit trains
+    ended: dict | None = None  # restored from a finished state (:func:`finished_state`): how the run ended
 
 
 def fresh_progress(setup: _Setup) -> Progress:
@@ -90,6 +91,15 @@ def resume_state(setup: _Setup, progress: Progress, epoch: int) -> dict:
     }
 
 
+def finished_state(setup: _Setup, progress: Progress, stopped_early: bool, diverged: str | None) -> dict:
+    """What is left of a run's resume state once it has ended: its epochs and best weights, and how it ended;
+    no optimizer or generator state (nothing more is trained from it), so about the model's size, not four
+    times it. Restored (:func:`restore_progress`), the run ends at once as it ended."""
+    return {"epoch": len(progress.history) - 1, "history": progress.history, "best": progress.best,
+            "since_best": progress.since_best, "model_keys": sorted(setup.trained.state_dict()),
+            "ended": {"stopped_early": stopped_early, "diverged": diverged}}
+
+
 def save_resume(path: Path, state: dict) -> None:
     torch_save(state, path)  # atomic: a failed write leaves the previous epoch's state as it was
 
@@ -97,15 +107,18 @@ def save_resume(path: Path, state: dict) -> None:
 def restore_progress(setup: _Setup, resume_path: Path | None, log: Callable[[str], None]) -> Progress | None:
     """Continue from the saved resume state, if there is a usable one: restore it into ``setup``."""
     state = load_resume(resume_path, log) if resume_path is not None and resume_path.exists() else None
-    if state is not None and set(state["model"]) != set(setup.trained.state_dict()):
+    if state is not None and set(state.get("model_keys") or state["model"]) != set(setup.trained.state_dict()):
         log(f"warning: resume state {resume_path} holds other parameters than this run trains; starting again from epoch 1")
         state = None
     if state is None:
         return None
-    restore_training_state(setup, state, resume_path, log)
+    if "ended" not in state:
+        restore_training_state(setup, state, resume_path, log)
     progress = Progress(history=state["history"], best=state["best"], since_best=state["since_best"],
-                         start_epoch=state["epoch"] + 1)
-    if progress.start_epoch < setup.opts.epochs:
+                         start_epoch=state["epoch"] + 1, ended=state.get("ended"))
+    if progress.ended is not None:
+        log(f"resuming from {resume_path}: the run had ended after {len(progress.history)} epoch(s); writing its outputs")
+    elif progress.start_epoch < setup.opts.epochs:
         log(f"resuming from {resume_path}: epoch {progress.start_epoch + 1} of {setup.opts.epochs}")
     else:  # stopped after its last epoch's state was saved, before its outputs were written
         log(f"resuming from {resume_path}: all {setup.opts.epochs} epochs were done; writing the outputs")

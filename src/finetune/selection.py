@@ -56,7 +56,8 @@ def tie_break(folder: str | Path, metric: str) -> float:
     if metric != "val_accuracy":
         return 0.0
     with open(Path(folder) / "history.csv", newline="") as f:
-        history = [{k: float(v) for k, v in row.items() if k in ("val_accuracy", "val_loss")} for row in csv.DictReader(f)]
+        history = [{k: float(v or "nan") for k, v in row.items() if k in ("val_accuracy", "val_loss")}
+                   for row in csv.DictReader(f)]
     return epoch_score(best_epoch_row(history, metric), metric)[1] if history else 0.0
 
 

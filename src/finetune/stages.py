@@ -318,21 +318,29 @@ def _reopen_finished(resume: Path | None, log: Callable) -> None:
         os.replace(finished_file(resume), resume)
     except FileNotFoundError:
         return
-    log(f"{resume.name}: this run had ended, and its outputs were removed since (a job Slurm marked TIMEOUT at the "
-        "end of its walltime, or Snakemake stopped before it took them); they are written again from its finished "
-        "state")
+    log(f"{resume.name}: this run had ended, and the run of Snakemake that ran it did not succeed (its outputs may "
+        "have been removed after the job ended: Slurm marks a job TIMEOUT that ends in the last seconds of its "
+        f"walltime); its outputs are written again from its finished state (delete {finished_file(resume)} to train "
+        "it again)")
+
+
+def _all_here(ranks) -> None:
+    """Wait until every training process gets here (several processes; nothing for one)."""
+    if ranks.active:
+        import torch
+
+        from .distributed import all_sum
+
+        all_sum(torch.zeros(1), ranks, control=True)
 
 
 def code_digest() -> str:
-    """The source of the finetune modules this process has loaded: part of a resume state's key, so that a run
-    stopped (or finished) under other code starts afresh rather than continue what that code did."""
+    """The source of the finetune package (every module, whichever a job loads): part of a resume state's key,
+    so that a run stopped (or finished) under other code starts afresh rather than continue what that code did."""
     import hashlib
-    import sys
 
     digest = hashlib.sha256()
-    files = {Path(module.__file__) for name, module in list(sys.modules.items())
-             if (name == "finetune" or name.startswith("finetune.")) and getattr(module, "__file__", None)}
-    for file in sorted(files):
+    for file in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(f"{file.name}\0".encode() + file.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -365,7 +373,9 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
                       *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key)
-    _reopen_finished(resume, log if ranks.main else _quiet)
+    if ranks.main:
+        _reopen_finished(resume, log)
+    _all_here(ranks)  # no rank looks for the resume state before rank 0 has reopened a finished one
     lap("inputs")
     if start_cuda(loop_options.get("device", "auto")):
         lap("CUDA start")
@@ -374,6 +384,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
                  resume_path=resume, feature_cache=feature_cache, log=log if ranks.main else _quiet, ranks=ranks)
     fit_window = [round(fit_started_at, 3), round(time.time(), 3)]
     lap("fit")
+    _all_here(ranks)  # every rank has read the resume state before rank 0 makes it the finished one
     if not ranks.main:
         return {}
     if result.compile_seconds is not None:

@@ -53,8 +53,8 @@ from .mixing import mix_batch
 from .models import (backbone_stages, count_parameters, find_output_layer, freeze_batchnorm, parameter_depths,
                      set_batchnorm_eval)
 from .options import TrainOptions, key_name
-from .progress import (best_model_state, fresh_progress, restore_progress, resume_state, save_resume, stops_early,
-                       track_best)
+from .progress import (best_model_state, finished_state, fresh_progress, restore_progress, resume_state, save_resume,
+                       stops_early, track_best)
 from .stopping import DivergenceCheck, SignalGuard, check_validation_loss, stop_if_requested
 from .store import StoredImages, prefetch
 from .tensors import Data, Preprocessing, batched_forward, choose_device, normalization_constants, normalize  # noqa: F401  (Data, choose_device: imported from here too)
@@ -143,13 +143,16 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
         progress = fresh_progress(setup)
     # Resumed after the epoch that stopped it early (its state is saved before that check) or after its last
     # epoch, a run stopped before its outputs were written trains no more: it ends as it would have.
-    stopped_early = bool(progress.history) and stops_early(opts, progress, log)
+    ended = progress.ended or {}
+    stopped_early = ended.get("stopped_early", False) if progress.ended else (
+        bool(progress.history) and stops_early(opts, progress, log))
     trainable, total = _parameter_counts(setup, progress.start_epoch - 1) if progress.history else (0, 0)
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     epochs_started_at = time.time()
-    diverged_at = None
+    diverged_at = ended.get("diverged")
     with SignalGuard() as guard:
-        for epoch in range(progress.start_epoch, progress.start_epoch if stopped_early else opts.epochs):
+        last = progress.start_epoch if stopped_early or progress.ended else opts.epochs
+        for epoch in range(progress.start_epoch, last):
             trainable, total = _prepare_epoch(setup, epoch)
             if epoch == progress.start_epoch:
                 log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, "
@@ -168,6 +171,8 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             if stops_early(opts, progress, log):
                 stopped_early = True
                 break
+    if resume_path is not None and ranks.main:  # the run has ended: its state shrinks to what ends it again
+        save_resume(resume_path, finished_state(setup, progress, stopped_early, diverged_at))
     return FitResult(
         best_state=best_model_state(setup, progress), best_epoch=progress.best["epoch"],
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,

@@ -47,7 +47,8 @@ _duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.
                for problem in duplicate_keys(file)]
 _duplicates += [f"--config: {problem}" for problem in command_line_duplicates(sys.argv)]
 if _duplicates:
-    raise WorkflowError("a config or profile file writes a key twice (merge the two into one):\n" + "\n".join(_duplicates))
+    raise WorkflowError("a key is written twice in a config or profile file, or in --config (merge the two into one):\n"
+                        + "\n".join(_duplicates))
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
 # again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
@@ -482,8 +483,9 @@ RESUME_FOLDER = Path("resources/resume")
 def remove_finished_states():
     """A train or pretrain job keeps its finished resume state (`<key>.done.pt`, finetune.stages.finished_file) after
     it writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures
-    and resuming"). Once a run of Snakemake succeeds, those whose outputs are there are removed, with the
-    folders they leave empty; a state whose outputs are missing stays, to write them again from."""
+    and resuming"). Once a run of Snakemake ends (onsuccess, onerror), those whose outputs are there are
+    removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again
+    from."""
     from finetune.stages import FINISHED_SUFFIX
 
     for state in sorted(RESUME_FOLDER.glob(f"**/*{FINISHED_SUFFIX}")):
@@ -502,4 +504,8 @@ def remove_finished_states():
 
 
 onsuccess:
+    remove_finished_states()
+
+
+onerror:  # a failed job's outputs are removed by now: the outputs still there were taken
     remove_finished_states()
