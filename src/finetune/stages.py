@@ -297,21 +297,22 @@ def finished_file(resume: Path) -> Path:
     return resume.with_name(f"{resume.stem}{FINISHED_SUFFIX}")
 
 
-FINISHED_SUFFIX = ".done.pt"  # removed by the workflow's onsuccess (Snakefile) once the run of Snakemake succeeds
+FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake ends (onsuccess, onerror: common.smk) if outputs are there
 
 
 def _finish_resume(resume: Path | None) -> None:
-    """The outputs are written: the resume state becomes the run's finished state. It is kept until the run of
-    Snakemake succeeds (its onsuccess removes it): Snakemake may still remove the outputs of a job that has
-    ended (Slurm marks a job TIMEOUT that ends in the last seconds of its walltime), and its retry then ends at
-    once from the finished state instead of training again from epoch 1."""
+    """The outputs are written: the resume state (by now the finished state fit left) is renamed the run's
+    finished state. It is kept until the run of Snakemake ends (common.smk's onsuccess and onerror remove it
+    where the outputs are there): Snakemake may still remove the outputs of a job that has ended (Slurm marks
+    a job TIMEOUT that ends in the last seconds of its walltime), and its retry then ends at once from the
+    finished state instead of training again from epoch 1."""
     if resume is not None and resume.exists():
         os.replace(resume, finished_file(resume))
 
 
 def _reopen_finished(resume: Path | None, log: Callable) -> None:
     """A finished state of this very run (same options, inputs and code: the key) is resumed from: its outputs
-    were removed after it ended. Every process of a run may try; one renames it."""
+    were removed after it ended. Rank 0 alone renames it (the others wait: train_stage)."""
     if resume is None:
         return
     try:

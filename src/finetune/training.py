@@ -171,7 +171,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             if stops_early(opts, progress, log):
                 stopped_early = True
                 break
-    if resume_path is not None and ranks.main:  # the run has ended: its state shrinks to what ends it again
+    if resume_path is not None and ranks.main and progress.ended is None:  # ended: the state shrinks to what ends it
         save_resume(resume_path, finished_state(setup, progress, stopped_early, diverged_at))
     return FitResult(
         best_state=best_model_state(setup, progress), best_epoch=progress.best["epoch"],
