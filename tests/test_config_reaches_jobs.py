@@ -26,6 +26,7 @@ CORES = ("--cores", "64")
 # Values the schema cannot suggest: they must name things that exist in the config.
 CHOSEN = {
     "weights.preprocessing": {"resize_size": 40, "crop_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
+    "weights.arch": "resnet34",  # one torchvision has: another name is refused at start
     "predict.images": "new_images",
     "predict.experiment": "finetune",  # the default is null (the run selected by validation metric)
     "predict.seed": 3,  # in SEEDS below; the default is null (the selected run's best seed)
