@@ -175,6 +175,9 @@ _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock"
 # finetune.training and its parts
 _TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
              "selection", "stopping", "store", "tensors", "training"]
+# Where train and pretrain keep their resume state (their params.resume_dir), outside their outputs.
+RESUME_FOLDER = Path("resources/resume")
+
 RULE_MODULES = {
     "split": [*_STAGES, "nearduplicates"],
     "decode": [*_STAGES, "store"],
@@ -477,7 +480,6 @@ if PREDICT["images"] is not None:
 
 # --------------------------------------------------------------------------- finished resume states
 
-RESUME_FOLDER = Path("resources/resume")
 
 
 def remove_finished_states():
@@ -489,8 +491,9 @@ def remove_finished_states():
     from finetune.stages import FINISHED_SUFFIX
 
     for state in sorted(RESUME_FOLDER.glob(f"**/*{FINISHED_SUFFIX}")):
-        run = state.parent.relative_to(RESUME_FOLDER)
-        output = Path("resources/pretrain/model.pth") if run == Path("pretrain") else Path("results") / run / "model.pt"
+        run = state.parent.relative_to(RESUME_FOLDER)  # pretrain, or <experiment>/seed<seed> (the rules' resume_dir)
+        output = Path(rules.pretrain.output.weights if run == Path("pretrain") else
+                      rules.train.output.checkpoint.format(experiment=run.parent.name, seed=run.name[len("seed"):]))
         if not output.exists():
             continue
         state.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ rule train:
             else ""
         ),
         # Resume state lives outside the outputs (Snakemake deletes a failed job's outputs).
-        resume_dir=lambda w: f"resources/resume/{w.experiment}/seed{w.seed}",
+        resume_dir=lambda w: f"{RESUME_FOLDER}/{w.experiment}/seed{w.seed}",
         feature_cache_dir="resources/features",
         lr_from=lr_from_arg,
     log:

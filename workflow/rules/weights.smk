@@ -22,7 +22,7 @@ rule pretrain:
         arch=config["weights"]["arch"],
         image_size=config["pretrain"]["image_size"],
         options=as_json(loop_options(config["pretrain"]["train"])),
-        resume_dir="resources/resume/pretrain",
+        resume_dir=f"{RESUME_FOLDER}/pretrain",
     log:
         "results/logs/pretrain.log",
     benchmark:
