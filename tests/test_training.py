@@ -145,6 +145,28 @@ def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     assert trainable[0] == 512 * 4 + 4 and trainable[1] > trainable[0]
 
 
+def test_gradual_counts_a_resnets_stem_as_one_stage(tiny):
+    """A ResNet's backbone has five stages (the stem conv1 + bn1, layer1 .. layer4), as layer_decay counts them:
+    unfreeze_stages 5 trains all of it, conv1 included (the same run as null: all stages), and 6 is refused."""
+    from finetune.errors import ConfigError
+
+    runs = {}
+    for stages in (5, None):
+        model = make_model(tiny)
+        before = snapshot(model)
+        runs[stages] = run_fit(tiny, model, strategy="gradual", unfreeze_epoch=1, unfreeze_stages=stages, epochs=2)
+        moved = changed(before, snapshot(model))
+        assert {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.bias"} <= moved
+    assert strip(runs[5].history) == strip(runs[None].history)
+    four = make_model(tiny)
+    before = snapshot(four)
+    run_fit(tiny, four, strategy="gradual", unfreeze_epoch=1, unfreeze_stages=4, epochs=2)
+    moved = changed(before, snapshot(four))
+    assert "layer1.0.conv1.weight" in moved and not {k for k in moved if k.startswith(("conv1.", "bn1."))}
+    with pytest.raises(ConfigError, match=r"unfreeze_stages: 6, but this architecture's backbone has 5 stages"):
+        run_fit(tiny, make_model(tiny), strategy="gradual", unfreeze_epoch=1, unfreeze_stages=6, epochs=2)
+
+
 def test_gradual_that_would_never_unfreeze_is_refused(tiny):
     """unfreeze_epoch >= epochs: the head trains alone to the end and the backbone never moves (trained here with
     options built without their checks), so the workflow and the loop refuse it."""
@@ -399,6 +421,22 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     shorter = run_fit(tiny, shorter_model, epochs=best_epoch, **EARLY_STOPPING)
     assert strip(shorter.history) == strip(result.history[:best_epoch])
     assert equal_states(result.best_state, snapshot(shorter_model))
+
+
+def test_early_stopping_lets_gradual_train_its_backbone_patience_epochs_after_the_unfreeze(tiny):
+    """A run whose metric never improves after its first epoch (lr 1e-30, below float32 rounding, BatchNorm frozen: every epoch scores the
+    same) would stop in its head-only phase, its backbone never trained; with gradual the count starts again
+    at the unfreeze, so it stops ``patience`` epochs after it, and the log says the best epoch is a head-only one."""
+    patience, unfreeze = 2, 2
+    lines = []
+    result = run_fit(tiny, make_model(tiny), strategy="gradual", unfreeze_epoch=unfreeze, epochs=8, lr=1e-30,
+                     bn="frozen", schedule="constant", early_stopping_patience=patience, log=lines.append)
+    head = 512 * len(tiny["classes"]) + len(tiny["classes"])
+    assert [row["val_loss"] for row in result.history] == [result.history[0]["val_loss"]] * len(result.history)
+    assert result.stopped_early and len(result.history) == unfreeze + patience
+    assert [row["trainable_params"] > head for row in result.history] == [False] * unfreeze + [True] * patience
+    assert result.best_epoch == 1
+    assert any("best epoch 1 is a head-only one" in line for line in lines), lines
 
 
 def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss():

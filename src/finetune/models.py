@@ -175,15 +175,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def backbone_stages(model: nn.Module) -> list[nn.Module]:
-    """The model's top-level children except the output layer, in order: the units `gradual` unfreezes."""
-    head_name = find_output_layer(model)[0]
-    head_root = head_name.split(".")[0]
-    stages = []
+    """The backbone's stages, in order: the units `gradual` unfreezes and the depths of ``layer_decay``.
+
+    The stem is the top-level single layers before the first block (a ResNet's conv1 and bn1), held together;
+    each following top-level child with parameters is one stage (a ResNet's layer1 .. layer4). So a ResNet has
+    five stages, and its stem's BatchNorm unfreezes with the convolution it normalises.
+    """
+    return [stage[0] if len(stage) == 1 else nn.ModuleList(stage) for stage in _stage_children(model)]
+
+
+def _stage_children(model: nn.Module) -> list[list[nn.Module]]:
+    """The top-level children with parameters, output layer left out, grouped by stage (:func:`backbone_stages`)."""
+    head_root = find_output_layer(model)[0].split(".")[0]
+    stages: list[list[nn.Module]] = []
+    in_stem = True
     for name, child in model.named_children():
-        if name == head_root:
+        if name == head_root or not any(p.numel() for p in child.parameters()):
             continue
-        if any(p.numel() for p in child.parameters()):
-            stages.append(child)
+        is_single_layer = not any(True for _ in child.children())
+        if in_stem and is_single_layer and stages:
+            stages[0].append(child)
+        else:
+            stages.append([child])
+        in_stem = in_stem and is_single_layer
     return stages
 
 
@@ -199,20 +213,19 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     """Each backbone parameter's depth (``layer_decay``), and the output layer's (the largest).
 
     Depth 0 is the stem: the top-level single layers before the first block (a ResNet's conv1 and
-    bn1); each following top-level child with parameters is one deeper (a ResNet's layer1 .. layer4:
-    1 .. 4); the output layer is one deeper still (a ResNet's fc: 5).
+    bn1); each following stage (:func:`backbone_stages`) is one deeper (a ResNet's layer1 .. layer4:
+    1 .. 4); the output layer is one deeper still (a ResNet's fc: 5). A backbone without a stem of single
+    layers starts at depth 1.
     """
-    head_root = find_output_layer(model)[0].split(".")[0]
-    depths, depth, in_stem = {}, 0, True
-    for name, child in model.named_children():
-        if name == head_root or not any(p.numel() for p in child.parameters()):
-            continue
-        is_single_layer = not any(True for _ in child.children())
-        if not (in_stem and is_single_layer):
-            in_stem = False
-            depth += 1
-        for param_name, _ in child.named_parameters():
-            depths[f"{name}.{param_name}"] = depth
+    names = {id(child): name for name, child in model.named_children()}
+    stages = _stage_children(model)
+    has_stem = bool(stages) and not any(True for _ in stages[0][0].children())
+    depths, depth = {}, 0
+    for index, stage in enumerate(stages):
+        depth = index if has_stem else index + 1
+        for child in stage:
+            for param_name, _ in child.named_parameters():
+                depths[f"{names[id(child)]}.{param_name}"] = depth
     return depths, depth + 1
 
 

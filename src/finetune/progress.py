@@ -63,7 +63,16 @@ def improves(row: dict, best: dict, opts: TrainOptions) -> bool:
 
 
 def stops_early(opts: TrainOptions, progress: Progress, log: Callable[[str], None]) -> bool:
-    if opts.early_stopping_patience is None or progress.since_best < opts.early_stopping_patience:
+    """Whether the run stops after the epochs in its history: its metric has not improved for
+    ``early_stopping_patience`` epochs. With ``strategy: gradual`` the count starts again at the unfreeze, so the
+    backbone always trains for at least that many epochs (a head-only phase never stops the run before it)."""
+    patience = opts.early_stopping_patience
+    if patience is None:
+        return False
+    waited = progress.since_best
+    if opts.strategy == "gradual":
+        waited = min(waited, len(progress.history) - opts.unfreeze_epoch)
+    if waited < patience:
         return False
     tie = " (nor val_loss at equal accuracy)" if maximizes(opts) else ""
     log(f"early stopping: {opts.metric}{tie} did not improve for {progress.since_best} epoch(s); "

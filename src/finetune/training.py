@@ -173,6 +173,9 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 break
     if resume_path is not None and ranks.main and progress.ended is None:  # ended: the state shrinks to what ends it
         save_resume(resume_path, finished_state(setup, progress, stopped_early, diverged_at))
+    if opts.strategy == "gradual" and 0 < progress.best["epoch"] <= opts.unfreeze_epoch:
+        log(f"best epoch {progress.best['epoch']} is a head-only one ({key_name('unfreeze_epoch')}: "
+            f"{opts.unfreeze_epoch}): the model kept has the backbone it started with")
     return FitResult(
         best_state=best_model_state(setup, progress), best_epoch=progress.best["epoch"],
         best_metric=progress.best["metric"], history=progress.history, trainable_params=trainable,
@@ -297,6 +300,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     if place.channels_last:
         model.to(memory_format=torch.channels_last)
     stages = backbone_stages(model)
+    _check_unfreeze_stages(stages, opts)
     groups = _param_groups(model, opts)
     head_name, head = find_output_layer(model)
     optimizer, decayed = _make_optimizer(head, groups, opts, place.device)
@@ -325,6 +329,16 @@ def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
             f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
             f"{opts.batch_size}), fewer than the {ranks.world} training processes (devices {opts.devices} x nodes "
             f"{opts.nodes}): choose a batch_size that leaves at least {ranks.world} (or none) for the last batch")
+
+
+def _check_unfreeze_stages(stages: list[nn.Module], opts: TrainOptions) -> None:
+    """``unfreeze_stages`` above the backbone's stages would unfreeze all of them: refuse it, saying how many there
+    are (the architecture is known only once its model is built, not at the workflow's start)."""
+    if opts.strategy == "gradual" and opts.unfreeze_stages is not None and opts.unfreeze_stages > len(stages):
+        raise ConfigError(
+            f"{key_name('unfreeze_stages')}: {opts.unfreeze_stages}, but this architecture's backbone has "
+            f"{len(stages)} stages (a ResNet's: the stem conv1 + bn1, then layer1 .. layer4): use at most "
+            f"{len(stages)}, or null for all of them")
 
 
 def _check_batchnorm_batches(model: nn.Module, n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
