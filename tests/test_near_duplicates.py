@@ -87,6 +87,31 @@ def test_a_picture_saved_again_resized_or_in_gray_is_found_in_another_split_and_
     assert all(f["split"] != f["copy_split"] for f in found)
 
 
+def test_copies_of_small_pictures_saved_as_jpeg_are_found(tmp_path):
+    """A 40x30 picture and its copies as JPEG, at the same size and at twice it: a JPEG decoded at 1/8 scale would
+    be 5x4 or 10x8 pixels, fewer than the 16x16 cells compared, and its copies would go unseen."""
+    originals = []
+    for i in range(4):
+        small = Image.open(scene(tmp_path / f"big{i}.jpg", seed=10 + i)).resize((40, 30), Image.Resampling.LANCZOS)
+        small.save(tmp_path / f"small{i}.png")
+        originals.append(tmp_path / f"small{i}.png")
+    copies = []
+    for original in originals[:2]:
+        image = Image.open(original)
+        image.save(tmp_path / f"{original.stem}_q85.jpg", quality=85)
+        image.resize((80, 60), Image.Resampling.BICUBIC).save(tmp_path / f"{original.stem}_double.jpg", quality=85)
+        copies += [(tmp_path / f"{original.stem}_q85.jpg", original), (tmp_path / f"{original.stem}_double.jpg", original)]
+    rows = [(str(o), "test") for o in originals] + [(str(c), "train") for c, _ in copies]
+    split = pd.DataFrame(rows, columns=["path", "split"]).assign(class_name="any")
+    thumbnails = np.stack([inspect_image(p)[1] for p in split["path"]])
+
+    found = find_near_duplicates(split, thumbnails)
+
+    assert {(f["path"], f["copy_of"]) for f in found} == {(str(c), str(o)) for c, o in copies}
+    independent = pairwise(split, thumbnails)
+    assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx({k: round(v, 2) for k, v in independent.items()}, abs=0.011)
+
+
 def test_pictures_of_the_same_gray_levels_in_other_colours_are_not_paired(tmp_path):
     """A red circle on green and a circle of another colour on another background, of the same luma cell for
     cell: the same in gray, two pictures in colour (a T-shirt in two colours, say)."""

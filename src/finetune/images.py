@@ -260,10 +260,12 @@ def inspect_image(ref: str, data: bytes | None = None) -> tuple[str | None, np.n
     if (len(data) if data is not None else os.path.getsize(path)) == 0:
         return "empty file (0 bytes)", None
     try:
-        # At the smallest scale a JPEG allows (1/8): its whole bitstream is still read, so a truncated
+        # A large JPEG at a reduced scale (down to 1/8): its whole bitstream is still read, so a truncated
         # or broken file fails as at full size, in a fraction of the time (the split stage checks every
-        # file). Turned upright as the decode stage will, so a file that passes here decodes there.
-        image = _decode(path, min_side=1, data=data)
+        # file). Not below 8 pixels per thumbnail cell: a 56-px JPEG at 1/8 (7x7) would have too few to
+        # compare, and its copies would go unseen. Turned upright as the decode stage will, so a file that
+        # passes here decodes there.
+        image = _decode(path, min_side=8 * THUMBNAIL_SIDE, data=data)
     except FileNotFoundError:
         return "file does not exist", None
     except _Undecodable as exc:
