@@ -47,3 +47,4 @@ rule all:
         [PREDICT_TARGET] if PREDICT_TARGET else [],
         "results/summary.csv",
         "results/summary.md",
+        intermediate_outputs(),

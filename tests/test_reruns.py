@@ -52,6 +52,24 @@ def test_reruns_only_what_went_stale(tiny_run_copy):
     assert "results/finetune/seed0/model.pt" in third.stdout
 
 
+def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_standing(tiny_run_copy):
+    """New settings whose train job fails: Snakemake removes the job's outputs (model.pt, ...) but not the older
+    results made from them (metrics.json, model.onnx). The next run must try the train job again and what
+    follows, not end with "Nothing to be done" and the old settings' results as if current."""
+    workdir = tiny_run_copy
+    before = (workdir / "results/finetune/seed0/metrics.json").read_bytes()
+    # batch_size 1 with BatchNorm training: refused by the train job itself, before its first step
+    tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "batch_size": 1}})
+    failed = run_snakemake(workdir, workdir / "config.yaml", check=False)
+    log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
+    assert failed.returncode != 0 and "batch_size 1 gives BatchNorm batches of 1 image" in log, failed.stdout[-3000:]
+    assert not (workdir / "results/finetune/seed0/model.pt").exists()
+    assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
+    again = run_snakemake(workdir, workdir / "config.yaml", check=False)
+    assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]
+    assert (workdir / "results/finetune/seed0/metrics.json").read_bytes() == before  # not overwritten, nor passed
+
+
 def test_a_dataset_change_reruns_the_target_split_and_all_after_it_not_pretraining(tiny_run_copy):
     tiny_config(tiny_run_copy, dataset={"seed": 1})
     result = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "-n")

@@ -482,6 +482,26 @@ if PREDICT["images"] is not None:
 
 
 
+def intermediate_outputs():
+    """What rule all asks for besides the results: every file the results are made from (splits, decoded images,
+    weights, lr_find's suggestions, each run's model.pt, history.csv and train_info.json).
+
+    A job that fails, or is stopped, leaves no output. Snakemake makes a missing file again only where something
+    asked for needs it, so without these a failed train job (say, of new settings) would leave the results of the
+    old ones standing, and the next run would end with "Nothing to be done" and those results as if current."""
+    files = [path.format(dataset="target") for path in rules.split.output]
+    files += [*rules.weights.output]
+    if config["weights"]["source"] == "pretrain":
+        files += [path.format(dataset="source") for path in rules.split.output]
+        files += [*source_decoded().values(), *rules.pretrain.output]
+    for experiment in EXPERIMENTS:
+        files += target_decoded(experiment).values()
+        if lr_is_auto(experiment):
+            files.append(LR_SUGGESTION.format(experiment=experiment))
+    files += expand(list(rules.train.output), experiment=EXPERIMENTS, seed=SEEDS)
+    return files
+
+
 def remove_finished_states():
     """A train or pretrain job keeps its finished resume state (`<key>.done.pt`, finetune.stages.finished_file) after
     it writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures
