@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -720,6 +721,34 @@ def run_to_end(cmd):
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout
     return result.stdout
+
+
+@pytest.mark.slow
+def test_cached_features_are_not_read_by_other_code(tiny_run, tmp_path):
+    """The feature cache outlives a job, and an upgrade or an edit of the package must not read features that
+    other code computed: the same train job run from a copy of src/ whose features.py differs (by a comment)
+    computes them again, while the unchanged code reads its own."""
+    other_src = tmp_path / "other" / "src"
+    shutil.copytree(REPO / "src", other_src, ignore=shutil.ignore_patterns("__pycache__"))
+    features_py = other_src / "finetune" / "features.py"
+    features_py.write_text(features_py.read_text() + "\n# another version\n")
+    options = {"strategy": "feature_extract", "epochs": 1, "batch_size": 8, "lr": 0.01, "seed": 0, "device": "cpu"}
+
+    def train(src: Path, name: str) -> str:
+        command = train_command(tiny_run, tmp_path / name, 1)
+        command[command.index("--options") + 1] = json.dumps(options)
+        decoded = tiny_run / "resources/decoded/target/native"
+        command += ["--feature-cache-dir", str(tmp_path / "features"),
+                    "--decoded", str(decoded / "images.npy"), str(decoded / "info.json")]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(src)})
+        assert result.returncode == 0, result.stdout
+        return result.stdout
+
+    assert "backbone features computed once" in train(REPO / "src", "first")
+    assert "read from cache" in train(REPO / "src", "again")
+    assert "backbone features computed once" in train(other_src, "other_code")
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2
 
 
 @pytest.mark.slow

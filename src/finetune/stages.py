@@ -437,12 +437,13 @@ def _feature_cache_file(feature_cache_dir: Path | None, weights_sha: str | None,
                         decoded: tuple[Path, Path] | None) -> Path | None:
     """Where the backbone features of a split's images under some weights are kept for other jobs (the seeds of
     a feature_extract run, lr_find), or None: nothing is kept without pretrained weights or a decoded file.
-    Keyed by the weights, the split file, the preprocessing and the decoded file as written."""
+    Keyed by the weights, the split file, the preprocessing, the decoded file as written and the package's code
+    (:func:`code_digest`: features computed by other code, before an upgrade say, are not read)."""
     from .training import options_key
 
     if feature_cache_dir is None or weights_sha is None or decoded is None:
         return None
-    key = options_key(weights_sha, split_sha, prep.to_dict(), decoded_identity(decoded))
+    key = options_key(weights_sha, split_sha, prep.to_dict(), decoded_identity(decoded), code_digest())
     return Path(feature_cache_dir) / f"{key}.pt"
 
 
@@ -563,14 +564,15 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
                    calibration_bins: int = 15, history: Path | None = None, plots: dict | None = None,
                    out_html: Path | None = None, title: str | None = None,
                    decoded: tuple[Path, Path] | None = None, onnx_model: Path | None = None, tta: str = "none",
-                   split_report: Path | None = None) -> dict:
+                   split_report: Path | None = None, train_info: Path | None = None) -> dict:
     """Test-set metrics of one run, and (optionally) its plots and an HTML page of its tables.
 
     ``tta``: ``none``, or ``hflip``: the logits are the mean of the model's on each image and on its
     mirror image (:class:`finetune.models.HflipAverage`); metrics.json records it as ``tta``.
 
     ``plots``: any of ``{"confusion": png, "reliability": png, "learning_curves": png}``; the learning
-    curves need ``history`` (the run's history.csv). ``onnx_model``: also score the exported model
+    curves need ``history`` (the run's history.csv), and mark the epoch kept from ``train_info`` (its
+    train_info.json; without it, the best by validation accuracy). ``onnx_model``: also score the exported model
     on the same images with onnxruntime (the report's ``onnx`` section). ``split_report``: the split's
     report, whose near duplicates give ``near_duplicates`` (:func:`without_near_duplicates`) and
     test_predictions.csv's ``near_duplicate_of``.
@@ -620,7 +622,8 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions, copies or {})
     write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
-                             title=title or Path(checkpoint_path).parent.as_posix())
+                             title=title or Path(checkpoint_path).parent.as_posix(),
+                             best_epoch=read_json(train_info)["best_epoch"] if train_info else None)
     write_json(out_metrics, report)
     lap("outputs")
     return report
@@ -702,8 +705,9 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int 
 
 
 def write_evaluation_figures(report: dict, plots: dict, history: Path | None = None, out_html: Path | None = None,
-                             title: str = "") -> None:
-    """The plots and the HTML tables of one evaluation (a ``metrics.json`` dict)."""
+                             title: str = "", best_epoch: int | None = None) -> None:
+    """The plots and the HTML tables of one evaluation (a ``metrics.json`` dict); ``best_epoch``: the epoch
+    whose weights training kept, marked on the learning curves."""
     from . import plots as plotting
     from .tables import metrics_tables, page
 
@@ -719,7 +723,8 @@ def write_evaluation_figures(report: dict, plots: dict, history: Path | None = N
     if plots.get("learning_curves"):
         if history is None:
             raise ValueError("the learning curves plot needs the run's history.csv")
-        plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves")
+        plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves",
+                                      best_epoch=best_epoch)
     if out_html is not None:
         write_text(out_html, page(f"{title}: test-set metrics", metrics_tables(report)))
 
