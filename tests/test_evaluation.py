@@ -137,6 +137,16 @@ def test_every_plot_is_a_valid_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png", "curves.png", "history.csv", "rel.png"]
 
 
+def test_the_learning_curves_mark_the_epoch_training_kept(tmp_path):
+    """With metric val_loss the epoch kept is the lowest validation loss's (epoch 2 here), not the highest
+    accuracy's (epoch 3): the curves mark the one train_info.json names."""
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [1.2, 0.8, 0.5, 0.4], "val_loss": [1.1, 0.7, 0.9, 1.0],
+                            "train_accuracy": [0.4, 0.7, 0.9, 0.95], "val_accuracy": [0.5, 0.6, 0.65, 0.55]})
+    assert learning_curves_plot(history, tmp_path / "kept.png", best_epoch=2) == 2
+    assert learning_curves_plot(history, tmp_path / "by_accuracy.png") == 3  # no train_info: the best accuracy
+    assert_png(tmp_path / "kept.png")
+
+
 def test_plots_refuse_inconsistent_data(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         confusion_matrix_plot([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "cm.png")

@@ -92,8 +92,11 @@ def reliability_plot(bins: Sequence[dict], ece: float, out_path: str | Path, tit
     _save(fig, out_path)
 
 
-def learning_curves_plot(history, out_path: str | Path, title: str = "Learning curves") -> None:
-    """Loss and accuracy per epoch, train and validation, from a ``history.csv`` DataFrame (or its path)."""
+def learning_curves_plot(history, out_path: str | Path, title: str = "Learning curves",
+                         best_epoch: int | None = None) -> int | None:
+    """Loss and accuracy per epoch, train and validation, from a ``history.csv`` DataFrame (or its path), with
+    a dotted line at ``best_epoch``, the epoch whose weights training kept (train_info.json's; where not
+    given, the best by validation accuracy, ties to the lower validation loss). Returns the epoch marked."""
     import pandas as pd
 
     frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
@@ -107,10 +110,13 @@ def learning_curves_plot(history, out_path: str | Path, title: str = "Learning c
     for column, style in (("train_accuracy", "-o"), ("val_accuracy", "--s")):
         if column in frame.columns:
             acc_ax.plot(epochs, frame[column], style, label=column.replace("_", " "), markersize=4)
-    if "val_accuracy" in frame.columns and frame["val_accuracy"].notna().any():
-        rows = frame.reset_index(drop=True).to_dict("records")
-        best = rows.index(best_epoch_row(rows, "val_accuracy"))  # the epoch training kept
-        acc_ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best val (epoch {epochs[best]})")
+    if best_epoch is None and "val_accuracy" in frame.columns and frame["val_accuracy"].notna().any():
+        best_epoch = int(best_epoch_row(frame.reset_index(drop=True).to_dict("records"), "val_accuracy")["epoch"])
+    if best_epoch is not None and best_epoch in epochs:
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+    else:
+        best_epoch = None
     for ax, ylabel in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -121,6 +127,7 @@ def learning_curves_plot(history, out_path: str | Path, title: str = "Learning c
     acc_ax.set_ylim(0, 1.02)
     fig.suptitle(f"{title} ({len(epochs)} epoch{'s' if len(epochs) != 1 else ''})")
     _save(fig, out_path)
+    return best_epoch
 
 
 

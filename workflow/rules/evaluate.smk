@@ -11,6 +11,7 @@ rule evaluate:
         modules=package_modules("evaluate"),
         checkpoint=rules.train.output.checkpoint,
         history=rules.train.output.history,
+        train_info=rules.train.output.info,
         split="resources/splits/target.csv",
         split_report="resources/splits/target.report.json",
     output:
@@ -65,7 +66,7 @@ rule evaluate:
         gpu=1 if config["evaluate"]["device"] == "cuda" else 0,
     shell:
         "{params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --split-report {input.split_report} "
-        "--history {input.history} "
+        "--history {input.history} --train-info {input.train_info} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "
         "--out-predictions {output.predictions} --out-html {output.html} "

@@ -13,6 +13,7 @@ def main():
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--history", type=Path, help="the run's history.csv, for the learning curves")
+    parser.add_argument("--train-info", type=Path, help="the run's train_info.json: the learning curves mark its best_epoch")
     parser.add_argument("--out-metrics", type=Path, required=True)
     parser.add_argument("--out-confusion", type=Path, required=True)
     parser.add_argument("--out-predictions", type=Path, required=True)
@@ -41,7 +42,7 @@ def main():
                             threads, batch_size=args.batch_size, device=args.device, top_k=args.top_k, calibration_bins=args.calibration_bins, history=args.history,
                             plots={k: v for k, v in plots.items() if v}, out_html=args.out_html, title=args.title,
                             decoded=tuple(args.decoded) if args.decoded else None, onnx_model=args.onnx,
-                            tta=args.tta, split_report=args.split_report)
+                            tta=args.tta, split_report=args.split_report, train_info=args.train_info)
     k = report["top_k"]
     top_k = f"top-{k} {report[f'top{k}_accuracy']:.4f}, " if k else ""
     print(f"test accuracy {report['accuracy']:.4f}, {top_k}macro F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f} "
