@@ -471,6 +471,29 @@ def test_the_workflow_refuses_a_recipe_where_it_makes_no_sense_before_running(ov
     assert any(p.startswith("pretrain.train: ") for p in config_problems({"pretrain": {"train": overrides}}, schema))
 
 
+def test_a_recipe_in_train_that_one_experiment_cannot_act_on_trains_the_others_with_it_and_that_one_without():
+    """train.layer_decay, ema_decay (with ema_warmup: false) and mixup_alpha shared by a finetune experiment, which
+    acts on all three, and an L-BFGS head on cached features, which can act on none: accepted; the head's run
+    goes without them (its options build, and equal the run's without those keys written); where no experiment
+    acts on one, it is refused as a train key, naming it."""
+    from finetune.configcheck import config_problems, run_options
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    shared = {"layer_decay": 0.7, "ema_decay": 0.99, "ema_warmup": False, "mixup_alpha": 0.2}
+    head = {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0, "weight_decay": 0.1}
+    config = {"train": shared, "experiments": {"ft": {"strategy": "finetune"}, "fe": head}}
+    assert config_problems(config, schema) == []
+    assert run_options(shared, head) == head
+    assert run_options(shared, {"strategy": "finetune"}) == {**shared, "strategy": "finetune"}
+    TrainOptions.from_dict(run_options(shared, head))
+    alone = config_problems({"train": shared, "experiments": {"fe": head}}, schema)
+    assert sorted(p.split(":")[0] for p in alone) == [f"train.{key}" for key in sorted(shared)], alone
+    # written in the experiment itself, the same key is refused there
+    assert any(p.startswith("experiments.fe: layer_decay: 0.7 scales") for p in config_problems(
+        {"experiments": {"ft": {"strategy": "finetune"}, "fe": {**head, "layer_decay": 0.7}}}, schema))
+
+
 def test_ema_warmup_without_an_average_is_refused_naming_both_keys():
     from finetune.configcheck import config_problems
     from helpers import REPO

@@ -104,6 +104,38 @@ def distributed_problems(options: dict) -> list[str]:
          "its own part of the batch; set sync_batchnorm false, or bn frozen"),
     ]
     return [message for ok, message in checks if not ok]
+# A recipe key's values that ask for nothing (off).
+_RECIPE_OFF = {"layer_decay": (None,), "ema_decay": (None,), "ema_warmup": (True,), "mixup_alpha": (0, 0.0),
+               "cutmix_alpha": (0, 0.0)}
+
+
+def inert_recipes(options: dict) -> dict[str, str]:
+    """The recipe keys set (not off) that a run with these options cannot act on, each with the reason: layer_decay
+    with feature_extract, ema_decay (and its ema_warmup) with lbfgs, mixing on cached features. Written for the run
+    (in its experiment or sweep) they are refused (:func:`recipe_problems`); taken from `train`, where another
+    experiment acts on them, the run goes without them (:func:`run_options`)."""
+    strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
+    inert = {}
+    if strategy == "feature_extract":
+        inert["layer_decay"] = "strategy feature_extract trains only the new head: no backbone stage's lr to scale"
+    if optimizer == "lbfgs":
+        inert["ema_decay"] = inert["ema_warmup"] = "optimizer lbfgs takes one step per epoch: no steps to average"
+    if caches_features(strategy, options.get("cache_features", True), options.get("augment", False)):
+        inert["mixup_alpha"] = inert["cutmix_alpha"] = "the head trains on cached backbone features, not images to mix"
+    return {key: why for key, why in inert.items() if options.get(key) not in _RECIPE_OFF[key]}
+
+
+def run_options(train: dict, overrides: dict) -> dict:
+    """One run's training keys: `train`'s, overridden by its experiment's (``overrides``), less the recipe keys it
+    takes from `train` and cannot act on (:func:`inert_recipes`: `train.layer_decay` shared by a finetune and a
+    feature_extract experiment trains the first with it and the second without)."""
+    options = {**train, **overrides}
+    for key in inert_recipes(options):
+        if key not in overrides:
+            options.pop(key, None)
+    return options
+
+
 def recipe_problems(options: dict) -> list[str]:
     """The training recipes (ema_decay, ema_warmup, mixup_alpha, cutmix_alpha, layer_decay, gradual's unfreeze_epoch)
     set where they make no sense."""
@@ -204,7 +236,8 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                 problems.append(f"{where}: not used: {reasons[0]}; remove it")
     for key in written_train:
         inheriting = [name for name, overrides in runs.items() if key not in overrides]
-        reasons = [unread[name].get(key) for name in inheriting]
+        reasons = [unread[name].get(key) or inert_recipes({**defaults, **train, **(runs[name] if isinstance(runs[name], dict) else {})}).get(key)
+                   for name in inheriting]
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
     return problems
@@ -318,7 +351,7 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
                 for name, spec in experiments.items()
                 if isinstance(spec, dict) and "auto" in ((spec.get("sweep") or {}).get("lr") or [])]
     for name, overrides in runs.items():
-        options = {**train, **(overrides if isinstance(overrides, dict) else {})}
+        options = run_options(train, overrides if isinstance(overrides, dict) else {})
         if options.get("lr") == "auto" and options.get("optimizer") == "lbfgs":
             where = f"experiments.{experiment_of[name]}.lr" if "lr" in overrides else "train.lr"
             problems.append(f"{where}: auto needs a learning rate to find, but experiment run {name} uses optimizer "
@@ -446,7 +479,7 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
                                  train if written_train is None else written_train)
     for name, overrides in runs.items():
-        options = {**train, **(overrides if isinstance(overrides, dict) else {})}
+        options = run_options(train, overrides if isinstance(overrides, dict) else {})
         problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
         problems += [f"experiments.{name}: {why}" for why in recipe_problems(options)]
         if options.get("optimizer") != "lbfgs":
