@@ -390,6 +390,24 @@ def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
             TrainOptions.from_dict({"compile": bad})
 
 
+def test_a_warm_up_of_one_step_is_told_and_one_of_two_ramps(tiny):
+    """With every training image in one batch an epoch is one optimizer step: warmup_epochs 1 (or 0.1, rounded up
+    to a step, not down to none) is a one-step warm-up, which starts at the full lr: the log says so. warmup_epochs
+    2 is two steps: the first at lr / 2 (history's lr is the epoch's last step's), the second at lr."""
+    n_train = len(tiny["data"]["train"].labels)
+    for warmup in (1, 0.1):
+        lines = []
+        result = run_fit(tiny, make_model(tiny), epochs=2, batch_size=n_train, warmup_epochs=warmup,
+                         schedule="constant", lr=0.01, log=lines.append)
+        assert [row["lr"] for row in result.history] == pytest.approx([0.01, 0.01])
+        assert any(line.startswith(f"warning: train.warmup_epochs: {warmup:g} is one optimizer step here") for line in lines), lines
+    lines = []
+    result = run_fit(tiny, make_model(tiny), epochs=3, batch_size=n_train, warmup_epochs=2, schedule="constant",
+                     lr=0.01, log=lines.append)
+    assert [row["lr"] for row in result.history] == pytest.approx([0.005, 0.01, 0.01])
+    assert not any("warm-up" in line for line in lines), lines
+
+
 def test_lr_schedules():
     assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)

@@ -307,12 +307,14 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     scaler = torch.amp.GradScaler("cuda", enabled=place.amp and place.amp_dtype == torch.float16)
     losses = _make_losses(train.labels, num_classes, opts, place.device)
     inputs = _prepare_inputs(model, head, train, val, prep, opts, place, feature_cache, log)
+    steps = _steps(len(train.labels), opts)
+    _check_warmup(steps, len(train.labels), opts, log)
     trained = head if inputs.cached else model
     return _Setup(
         opts=opts, prep=prep, place=place, model=model, head_name=head_name, head=head,
         trained=trained, stages=stages, groups=groups, optimizer=optimizer,
         decayed=decayed, scaler=scaler, losses=losses, inputs=inputs, train_labels=train.labels,
-        val_labels=val.labels, steps=_steps(len(train.labels), opts),
+        val_labels=val.labels, steps=steps,
         shuffle=torch.Generator().manual_seed(opts.seed),
         augment=torch.Generator().manual_seed(augmentation_seed(opts.seed)),
         normalization=normalization_constants(prep, place.device), num_classes=num_classes,
@@ -464,8 +466,19 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
 def _steps(n_train: int, opts: TrainOptions) -> _Steps:
     batch_size = n_train if opts.optimizer == "lbfgs" else opts.batch_size  # L-BFGS is a full-batch method
     per_epoch = math.ceil(n_train / batch_size) - (1 if _lone_last(n_train, batch_size) else 0)
-    return _Steps(batch_size=batch_size, per_epoch=per_epoch, total=per_epoch * opts.epochs,
-                  warmup=int(round(opts.warmup_epochs * per_epoch)))
+    # A warm-up of a fraction of an epoch is at least one step (rounded up, never to none).
+    warmup = math.ceil(opts.warmup_epochs * per_epoch - 1e-9) if opts.warmup_epochs > 0 else 0
+    return _Steps(batch_size=batch_size, per_epoch=per_epoch, total=per_epoch * opts.epochs, warmup=warmup)
+
+
+def _check_warmup(steps: "_Steps", n_train: int, opts: TrainOptions, log: Callable[[str], None]) -> None:
+    """Say where warmup_epochs comes to a warm-up of one optimizer step: its lr ramp, (step + 1) / steps, then starts
+    at the full lr, so the warm-up written does nothing."""
+    if (opts.warmup_epochs > 0 and steps.warmup == 1 and opts.optimizer != "lbfgs"
+            and opts.schedule != "onecycle"):
+        log(f"warning: {key_name('warmup_epochs')}: {opts.warmup_epochs:g} is one optimizer step here ({n_train} "
+            f"training images at {key_name('batch_size')} {opts.batch_size}: {steps.per_epoch} step(s) an epoch), and a "
+            "one-step warm-up starts at the full lr: it does nothing; raise warmup_epochs or lower batch_size")
 
 
 # --------------------------------------------------------------------------- one epoch
