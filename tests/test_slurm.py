@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 SCRIPTS = REPO / ".ci" / "slurm"
 PROFILE = REPO / "profiles" / "slurm"
 SLURM_COMMANDS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
-# The Snakefile's `localrules:` (downloads need the internet, which compute nodes often lack) and `all`.
+# The rules declared `localrule: True` (downloads need the internet, which compute nodes often lack) and `all`.
 LOCAL_RULES = {"weights", "summary", "all"}
 # The tiny config's DAG: what must have gone through Slurm, job by job.
 SLURM_JOBS = {"split": 2, "decode": 2, "pretrain": 1, "train": 3, "evaluate": 3, "export_onnx": 3}

@@ -300,6 +300,35 @@ def finished_file(resume: Path) -> Path:
 FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake ends (onsuccess, onerror: common.smk) if outputs are there
 
 
+def remove_finished_states(resume_folder: Path = Path("resources/resume"),
+                           pretrain_output: str = "resources/pretrain/model.pth",
+                           train_output: str = "results/{experiment}/seed{seed}/model.pt") -> list[Path]:
+    """A train or pretrain job keeps its finished resume state (``<key>.done.pt``, :func:`finished_file`) after it
+    writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures and
+    resuming"). Once a run of Snakemake ends (the workflow's onsuccess and onerror), those whose outputs are there
+    are removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again
+    from. ``resume_folder`` holds ``pretrain/`` and ``<experiment>/seed<seed>/`` (the rules' resume_dir); the
+    outputs: the rules'. Returns the states removed."""
+    resume_folder = Path(resume_folder)
+    removed = []
+    for state in sorted(resume_folder.glob(f"**/*{FINISHED_SUFFIX}")):
+        run = state.parent.relative_to(resume_folder)
+        output = Path(pretrain_output if run == Path("pretrain") else
+                      train_output.format(experiment=run.parent.name, seed=run.name[len("seed"):]))
+        if not output.exists():
+            continue
+        state.unlink(missing_ok=True)
+        removed.append(state)
+        for folder in (state.parent, *state.parent.parents):
+            if folder == resume_folder or resume_folder not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return removed
+
+
 def _finish_resume(resume: Path | None) -> None:
     """The outputs are written: the resume state (by now the finished state fit left) is renamed the run's
     finished state. It is kept until the run of Snakemake ends (common.smk's onsuccess and onerror remove it

@@ -11,7 +11,9 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-REPO = Path(workflow.basedir)
+# This file's repository (workflow/rules/ is two below it), not workflow.basedir: used as a module of another
+# workflow (`module finetune: snakefile: ...`), that is the other workflow's folder.
+REPO = Path(workflow.current_basedir).parent.parent
 SCRIPTS = REPO / "workflow" / "scripts"
 PACKAGE = REPO / "src" / "finetune"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -500,31 +502,15 @@ def intermediate_outputs():
         if lr_is_auto(experiment):
             files.append(LR_SUGGESTION.format(experiment=experiment))
     files += expand(list(rules.train.output), experiment=EXPERIMENTS, seed=SEEDS)
-    return files
+    return list(dict.fromkeys(files))
 
 
 def remove_finished_states():
-    """A train or pretrain job keeps its finished resume state (`<key>.done.pt`, finetune.stages.finished_file) after
-    it writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures
-    and resuming"). Once a run of Snakemake ends (onsuccess, onerror), those whose outputs are there are
-    removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again
-    from."""
-    from finetune.stages import FINISHED_SUFFIX
+    """The finished resume states whose outputs are there, removed once a run of Snakemake ends
+    (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs)."""
+    from finetune.stages import remove_finished_states as remove
 
-    for state in sorted(RESUME_FOLDER.glob(f"**/*{FINISHED_SUFFIX}")):
-        run = state.parent.relative_to(RESUME_FOLDER)  # pretrain, or <experiment>/seed<seed> (the rules' resume_dir)
-        output = Path(rules.pretrain.output.weights if run == Path("pretrain") else
-                      rules.train.output.checkpoint.format(experiment=run.parent.name, seed=run.name[len("seed"):]))
-        if not output.exists():
-            continue
-        state.unlink(missing_ok=True)
-        for folder in (state.parent, *state.parent.parents):
-            if folder == RESUME_FOLDER or RESUME_FOLDER not in folder.parents:
-                break
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+    remove(RESUME_FOLDER, rules.pretrain.output.weights, rules.train.output.checkpoint)
 
 
 onsuccess:

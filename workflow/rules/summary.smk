@@ -2,11 +2,8 @@
 # the run selected per experiment (a sweep's runs together) is marked and written to selected.json.
 
 
-localrules:
-    summary,
-
-
 rule summary:
+    localrule: True
     input:
         script=script("summary"),
         modules=package_modules("summary"),

@@ -3,10 +3,6 @@
 # like downloaded weights.
 
 
-localrules:
-    weights,  # downloads need the internet, which cluster compute nodes often lack
-
-
 rule pretrain:
     input:
         **source_decoded(),
@@ -38,6 +34,9 @@ rule pretrain:
 
 
 rule weights:
+    # on the machine running Snakemake: downloads need the internet, which cluster compute nodes often lack
+    # (a rule's own localrule, unlike a localrules list, stays with it in `use rule * from finetune as ...`)
+    localrule: True
     input:
         unpack(weights_inputs),
     output:
