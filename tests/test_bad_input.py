@@ -686,6 +686,9 @@ BAD_CONFIGS = {
     "unknown_nested_key": ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean lr?); allowed keys:"),
     "unknown_key_in_experiment": ({"experiments": {"finetune": {"epoch": 3}}},
                                   "experiments.finetune.epoch: unknown key (did you mean epochs?)"),
+    "no_space_after_a_colon": ({"experiments": {"finetune": {"epochs:6": None}}},
+                               "experiments.finetune.epochs:6: unknown key (YAML reads 'epochs:6' as one key: write a "
+                               "space after the colon, 'epochs: 6')"),
     "top_level_key_in_an_experiment": ({"experiments": {"finetune": {"seeds": [0, 1]}}},
                                        "experiments.finetune.seeds: unknown key (seeds is a key of the config's top "
                                        "level, not of experiments.finetune); allowed keys:"),

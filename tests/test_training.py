@@ -570,7 +570,7 @@ def test_batchnorm_that_would_train_on_one_image_is_refused_naming_the_keys(tiny
 
     model = make_model(tiny)
     before = snapshot(model)
-    with pytest.raises(ConfigError, match=r"train: batch_size 1 gives BatchNorm batches of 1 image, and BatchNorm cannot "
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 1 gives BatchNorm batches of 1 image, and BatchNorm cannot "
                                           r"train on one image \(strategy finetune, bn auto\): use a batch_size of 2 or more, "
                                           r"or bn: frozen"):
         run_fit(tiny, model, batch_size=1, strategy="finetune", epochs=1)

@@ -279,6 +279,10 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
                 guess = f" ({key} is a key of pretrain, not of pretrain.train)"
             elif error.absolute_path and key in top_level:
                 guess = f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
+            if ":" in str(key) and str(key).split(":", 1)[0].strip() in allowed:
+                name, value_text = (part.strip() for part in str(key).split(":", 1))
+                guess = (f" (YAML reads '{key}' as one key: write a space after the colon, "
+                         f"'{name}: {value_text}')")
             lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{guess}; allowed keys: {', '.join(allowed)}")
         if lines:
             return lines

@@ -328,8 +328,8 @@ def _check_last_batch(n_train: int, opts: TrainOptions, ranks: Ranks) -> None:
     last = _smallest_batch(n_train, opts.batch_size)
     if ranks.active and last < ranks.world:
         raise ConfigError(
-            f"train: the last batch of each epoch has {last} example(s) ({n_train} training images, batch_size "
-            f"{opts.batch_size}), fewer than the {ranks.world} training processes (devices {opts.devices} x nodes "
+            f"{key_name('batch_size')}: {opts.batch_size} leaves {last} example(s) for the last batch of each epoch "
+            f"({n_train} training images), fewer than the {ranks.world} training processes (devices {opts.devices} x nodes "
             f"{opts.nodes}): choose a batch_size that leaves at least {ranks.world} (or none) for the last batch")
 
 
@@ -355,7 +355,7 @@ def _check_batchnorm_batches(model: nn.Module, n_train: int, opts: TrainOptions,
     if per_process < 2:
         where = "" if per_process == smallest else f" per process ({ranks.world} processes, sync_batchnorm off)"
         raise ConfigError(
-            f"train: batch_size {opts.batch_size} gives BatchNorm batches of {per_process} image{where}, and BatchNorm "
+            f"{key_name('batch_size')}: {opts.batch_size} gives BatchNorm batches of {per_process} image{where}, and BatchNorm "
             f"cannot train on one image (strategy {opts.strategy}, bn {opts.bn}): use a batch_size of 2 or more"
             f"{' per process, or sync_batchnorm: true' if where else ''}, or bn: frozen (BatchNorm then keeps the "
             "source model's statistics)")
@@ -369,8 +369,8 @@ def augmentation_seed(seed: int) -> int:
 def _placement(opts: TrainOptions, ranks: Ranks = SINGLE) -> _Placement:
     device = choose_device(opts.device, key=key_name("device"))
     if opts.sync_batchnorm and device.type != "cuda":
-        raise ConfigError("train: sync_batchnorm runs on GPUs only (torch's SyncBatchNorm), and this run trains on "
-                          f"{device} (device {opts.device}): set sync_batchnorm false or use bn frozen")
+        raise ConfigError(f"{key_name('sync_batchnorm')}: true runs on GPUs only (torch's SyncBatchNorm), and this run "
+                          f"trains on {device} ({key_name('device')}: {opts.device}): set sync_batchnorm false or use bn frozen")
     if ranks.active and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)  # one GPU per process
     return _Placement(device=device, amp=opts.amp != "off" and device.type == "cuda",
