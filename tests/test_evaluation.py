@@ -170,6 +170,12 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
     page = (tmp_path / "metrics.html").read_text()
     assert "Ankle &lt;boot&gt;" in page and "<boot>" not in page  # class names are escaped
     assert "macro average" in page and "weighted average" in page and "top-2 accuracy" in page
+    assert report["never_predicted"] == [] and "never predicted" not in page
+    # Bag never predicted (every image called Shirt or Ankle boot): its precision is 0/0, and the page says so
+    never = classification_report(labels, np.eye(3)[[0, 0, 0, 2, 2, 2]] * 3.0, ["Shirt", "Bag", "Ankle boot"], top_k=2)
+    assert never["never_predicted"] == ["Bag"] and never["per_class"]["Bag"]["precision"] == 0.0
+    write_evaluation_figures(never, {}, out_html=tmp_path / "never.html", title="t")
+    assert "classes the model never predicted" in (tmp_path / "never.html").read_text()
 
 
 # --------------------------------------------------------------------------- leaderboard over seeds
@@ -246,6 +252,15 @@ def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
     note = (f"The test figures are over 500 test images: a test accuracy of 0.9100 (finetune) has a 95% interval of "
             f"{low:.4f} to {high:.4f} (Wilson) over test sets of that size")
     assert note in (tmp_path / "summary.md").read_text() and note in (tmp_path / "summary.html").read_text()
+    # A mean over seeds that is no whole count (0.9015 of 500: 450.75 images): the interval is the figure printed's.
+    (tmp_path / "halves").mkdir()
+    halves = [write_run(tmp_path / "halves", "finetune", seed, accuracy, 0.8, 10.0) for seed, accuracy in ((0, 0.901), (1, 0.902))]
+    for run in halves:
+        run["metrics"].write_text(json.dumps({**json.loads(run["metrics"].read_text()), "n_test": 500}))
+    summary_stage(halves, tmp_path / "summary.csv", tmp_path / "summary.md")
+    low, high = wilson_bounds(450.75, 500)
+    assert f"a test accuracy of 0.9015 (finetune) has a 95% interval of {low:.4f} to {high:.4f}" in (
+        tmp_path / "summary.md").read_text()
     runs[2]["metrics"].write_text(json.dumps({**json.loads(runs[2]["metrics"].read_text()), "n_test": 400}))
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert "95% interval" not in (tmp_path / "summary.md").read_text()

@@ -183,7 +183,8 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     if per_run["n_test"].isna().any() or per_run["n_test"].nunique() != 1:
         return []
     n, top = int(per_run["n_test"].iloc[0]), table.iloc[0]
-    low, high = wilson_interval(int(round(top.test_accuracy * n)), n)
+    # The interval of the share printed (a mean over seeds need not be a whole count of images: 200.5 of 300)
+    low, high = wilson_interval(top.test_accuracy * n, n)
     return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}) "
             f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
             "closer than that may differ by chance."]

@@ -73,7 +73,7 @@ def most_confused_pairs(cm: np.ndarray, class_names: list[str], n: int = 5) -> l
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: two-sided 95%
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> list[float] | None:
+def wilson_interval(correct: float, n: int, z: float = Z95) -> list[float] | None:
     """The Wilson score interval of the proportion ``correct / n`` (95% by default): the accuracies the
     same model could have on other test sets of this size and kind, given this one. It stays inside
     [0, 1] and is not empty at 0 or n correct, where the normal approximation's p ± z·sqrt(p(1-p)/n) is.
@@ -111,6 +111,8 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: l
                    "f1": float(scores["f1"][i]), "support": int(support[i])}
             for i, name in enumerate(class_names)
         },
+        # precision is 0/0 for these: reported as 0 and averaged as 0 (scikit-learn's zero_division default)
+        "never_predicted": [name for i, name in enumerate(class_names) if cm[:, i].sum() == 0],
         "most_confused": most_confused_pairs(cm, class_names),
         "calibration_bins": bins,
         "confusion_matrix": cm.tolist(),
