@@ -426,6 +426,9 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     patience, epochs = 2, 12
     model = make_model(tiny)
     result = run_fit(tiny, model, epochs=epochs, early_stopping_patience=patience, **EARLY_STOPPING)
+    n_val = len(tiny["data"]["val"].labels)
+    shares = {k / n_val for k in range(n_val + 1)}  # an accuracy is an exact share (0.84), not a float32 (0.83999997)
+    assert all(row["val_accuracy"] in shares for row in result.history), [r["val_accuracy"] for r in result.history]
     # the highest accuracy; among epochs tied on it the lowest validation loss (then the first)
     ranked = [(row["val_accuracy"], -row["val_loss"], -row["epoch"]) for row in result.history]
     best_epoch = -max(ranked)[2]
