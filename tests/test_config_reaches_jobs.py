@@ -170,6 +170,13 @@ NOT_PRETRAIN = (*TRAIN_NOT_LOOP, "devices", "nodes", "sync_batchnorm")  # refuse
 
 
 def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
+    """The run's keys reach its train job as set, but those it does not act on (configcheck.unread_options,
+    inert_recipes: a gradual-only key for a finetune run, say), which arrive at the schema's default."""
+    from finetune.configcheck import inert_recipes, train_defaults, unread_options
+
+    defaults = train_defaults(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    idle = {**unread_options({**defaults, **train}), **inert_recipes({**defaults, **train})}
+    train = {k: defaults[k] if k in idle else v for k, v in train.items()}
     loop = {k: v for k, v in train.items() if k not in TRAIN_NOT_LOOP}
     assert_json_option_carries(options, "options", loop, where)
     assert options.get("scratch", False) is (not train.get("pretrained", True)), f"{where}: pretrained"

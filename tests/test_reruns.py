@@ -6,6 +6,7 @@ mtimes kept), never in the source tree itself.
 """
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -77,6 +78,16 @@ def test_a_dataset_change_reruns_the_target_split_and_all_after_it_not_pretraini
     assert Counter(jobs_run(result.stdout)) == Counter({"split": 1, "decode": 1, **AFTER_TRAIN}), result.stdout[-3000:]
     assert "output: resources/splits/target.csv" in result.stdout
     assert "output: resources/splits/source.csv" not in result.stdout
+
+
+def test_a_shared_key_reruns_only_the_runs_that_act_on_it(tiny_run_copy):
+    """train.backbone_lr_factor: finetune and scratch train the backbone at lr x it; feature_extract trains the head
+    alone and its job gets the key's default, so it does not rerun."""
+    tiny_config(tiny_run_copy, train={"backbone_lr_factor": 0.5})
+    ran = would_run(tiny_run_copy)
+    assert ran == Counter({"train": 2, "evaluate": 2, "export_onnx": 2, "summary": 1, "all": 1}), ran
+    info = json.loads((tiny_run_copy / "results/feature_extract/seed0/train_info.json").read_text())
+    assert info["options"]["backbone_lr_factor"] == 1.0
 
 
 def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):

@@ -136,6 +136,27 @@ def run_options(train: dict, overrides: dict) -> dict:
     return options
 
 
+def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
+    """The options a run's jobs get: `train`'s, overridden by its experiment's (``overrides``: a sweep's run
+    included), with every key the run does not act on (:func:`unread_options`, :func:`inert_recipes`) at its
+    default (``defaults``: the schema's), so that changing such a key (`train.layer_decay` for a feature_extract
+    experiment, `backbone_lr_factor` for a sweep's feature_extract runs) reruns only the runs that act on it,
+    and their train_info.json shows what they trained with."""
+    options = {**train, **overrides}
+    for key in {**unread_options({**defaults, **options}), **inert_recipes({**defaults, **options})}:
+        if key in defaults:
+            options[key] = defaults[key]
+        else:
+            options.pop(key, None)
+    return options
+
+
+def train_defaults(schema_file: str | Path) -> dict:
+    """Every `train` key's default, as the schema writes it."""
+    train = yaml.safe_load(Path(schema_file).read_text())["$defs"]["train"]["properties"]
+    return {key: rule["default"] for key, rule in train.items() if isinstance(rule, dict) and "default" in rule}
+
+
 def recipe_problems(options: dict) -> list[str]:
     """The training recipes (ema_decay, ema_warmup, mixup_alpha, cutmix_alpha, layer_decay, gradual's unfreeze_epoch)
     set where they make no sense."""

@@ -34,7 +34,7 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import config_problems, format_problems, run_options, schema_default
+from finetune.configcheck import config_problems, format_problems, job_options, schema_default, train_defaults
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, own_sections, profile_files, typed_command_line_config, where_written)
@@ -230,10 +230,13 @@ def train_key_names(experiment):
             for key in EXPERIMENTS[experiment]}
 
 
+TRAIN_DEFAULTS = train_defaults(SCHEMA)
+
+
 def train_options(experiment, seed):
-    """The training loop's options for one run: `train`, overridden by the experiment (less the recipe keys it takes
-    from `train` and cannot act on: configcheck.run_options), plus the seed."""
-    return loop_options(run_options(config["train"], EXPERIMENTS[experiment])) | {"seed": int(seed)}
+    """The training loop's options for one run: `train`, overridden by the experiment, the keys the run does not act
+    on at their defaults (configcheck.job_options), plus the seed."""
+    return loop_options(job_options(config["train"], EXPERIMENTS[experiment], TRAIN_DEFAULTS)) | {"seed": int(seed)}
 
 
 # lr_find's suggestion for an experiment run: the lr of its train jobs where the run has `lr: auto`.
