@@ -221,13 +221,14 @@ def test_quantize_and_predict_rules(tiny_run_copy):
         slower = all(s["int8_img_per_s"] < s["fp32_img_per_s"] for s in report["speed"].values())
         log = workdir / "results" / "logs" / "quantize_onnx" / f"{run}.log"
         assert ("warning: the int8 model is slower than fp32" in log.read_text()) == slower, log.read_text()
-        # Both models' accuracy counted here: each run by onnxruntime on the test images, against the labels.
+        # Both models' accuracy counted here: each run by onnxruntime on the test images, against the labels; the
+        # int8 model one image at a time (dynamic quantization scales each activation over its whole batch).
         accuracy = report["test_accuracy"]
         test = held_out(workdir)
         x = model_inputs(test["path"], onnx_preprocessing(folder / "model.onnx"))
-        counted = {kind: float(np.mean([CLASSES[i] == t for i, t in
-                                        zip(onnx_logits(folder / name, x).argmax(1), test["class_name"])]))
-                   for kind, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+        one_by_one = np.concatenate([onnx_logits(folder / "model.int8.onnx", x[i : i + 1]) for i in range(len(x))])
+        counted = {kind: float(np.mean([CLASSES[i] == t for i, t in zip(logits.argmax(1), test["class_name"])]))
+                   for kind, logits in (("fp32", onnx_logits(folder / "model.onnx", x)), ("int8", one_by_one))}
         assert accuracy["n_images"] == len(test)
         assert accuracy["fp32"] == pytest.approx(counted["fp32"], abs=1e-9)
         assert accuracy["int8"] == pytest.approx(counted["int8"], abs=1e-9)
@@ -236,6 +237,21 @@ def test_quantize_and_predict_rules(tiny_run_copy):
         meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         assert json.loads(meta["classes"]) == CLASSES and "mean" in meta and "quantization" in meta
+
+    # The int8 model's predictions do not depend on the batch: the same at batch 1 and 64, and as one image alone.
+    int8 = workdir / "results/feature_extract/seed0/model.int8.onnx"
+    tables = {}
+    for batch in (1, 64):
+        out = workdir / f"int8_b{batch}.csv"
+        result = run_predict("--model", str(int8), "--images", str(workdir / "incoming"), "--out", str(out),
+                             "--batch-size", str(batch))
+        assert result.returncode == 0, result.stdout + result.stderr
+        tables[batch] = pd.read_csv(out, keep_default_na=False)
+    assert tables[1].equals(tables[64])
+    good = tables[64][tables[64]["error"] == ""]
+    alone = model_inputs(list(good["path"]), onnx_preprocessing(int8))
+    expected = np.concatenate([onnx_logits(int8, alone[i : i + 1]) for i in range(len(alone))])
+    assert list(good["predicted"]) == [CLASSES[i] for i in expected.argmax(1)]
 
     table = pd.read_csv(workdir / "results/predictions/feature_extract/seed0/predictions.csv", keep_default_na=False)
     assert len(table) == n_good + 1 and (table["error"] != "").sum() == 1

@@ -131,8 +131,18 @@ class OnnxClassifier:
         """uint8 (N, H, W, 3) -> the float32 NCHW tensor the model takes."""
         return normalize(pixels, self.metadata["mean"], self.metadata["std"])
 
+    @property
+    def batch_dependent(self) -> bool:
+        """Dynamic quantization (model.int8.onnx) quantizes each activation with a scale taken from the whole input
+        tensor, so an image's logits depend on the other images of its batch (2 of 200 test images changed class
+        between batch 1 and 64): such a model runs one image at a time (:meth:`logits`)."""
+        return str(self.metadata.get("quantization", "")).startswith("dynamic")
+
     def logits(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Run the model over uint8 pixels in batches: float32 (N, classes)."""
+        """Run the model over uint8 pixels in batches (one image at a time for a :attr:`batch_dependent` model, so
+        an image's result never depends on what else is classified with it): float32 (N, classes)."""
+        if self.batch_dependent:
+            batch_size = 1
         outputs = []
         for start in range(0, len(pixels), batch_size):
             x = self.inputs(pixels[start : start + batch_size])
