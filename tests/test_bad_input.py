@@ -686,6 +686,8 @@ BAD_CONFIGS = {
     "unknown_nested_key": ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean lr?); allowed keys:"),
     "unknown_key_in_experiment": ({"experiments": {"finetune": {"epoch": 3}}},
                                   "experiments.finetune.epoch: unknown key (did you mean epochs?)"),
+    "text_in_a_swept_lr": ({"experiments": {"finetune": {"sweep": {"lr": ["fast", 0.01]}}}},
+                           "experiments.finetune.sweep.lr.0: 'fast' is not a number\n"),
     "no_space_after_a_colon": ({"experiments": {"finetune": {"epochs:6": None}}},
                                "experiments.finetune.epochs:6: unknown key (YAML reads 'epochs:6' as one key: write a "
                                "space after the colon, 'epochs: 6')"),

@@ -311,8 +311,10 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
         types = expected if isinstance(expected, list) else [expected]
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
         return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
-    if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto
+    if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
         hint = _number_text_hint(value, ["number"])
+        if "sweep" in map(str, error.absolute_path):
+            return [f"{where}: {value!r} is not a number{hint}"]
         return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"]
     if kind == "enum":
         return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}"]
