@@ -267,6 +267,15 @@ def test_quantize_and_predict_rules(tiny_run_copy):
     time.sleep(0.05)
     shutil.copy(workdir / "incoming" / "item0.png", workdir / "incoming" / "nested" / "new.png")
     assert sorted(jobs_run(run_snakemake(workdir, config, "-n").stdout)) == ["all", "predict"]
+    # A predict.images left without images is refused at start, and the earlier predictions stay as they were.
+    predictions = workdir / "results/predictions/feature_extract/seed0/predictions.csv"
+    before = predictions.read_bytes()
+    shutil.rmtree(workdir / "incoming")
+    (workdir / "incoming" / "nested").mkdir(parents=True)
+    (workdir / "incoming" / "notes.txt").write_text("new photos")
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and "predict.images: no image files in incoming" in refused.stdout, refused.stdout[-2000:]
+    assert predictions.read_bytes() == before
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

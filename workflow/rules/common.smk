@@ -482,6 +482,14 @@ if PREDICT["images"] is not None:
             f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
+    if workflow.is_main_process:  # a folder without images (or a list without paths) fails here, not in the job,
+        from finetune.deploy import list_images  # which would start by removing the earlier predictions
+        from finetune.errors import DataError
+
+        try:
+            list_images(PREDICT["images"])
+        except DataError as exc:
+            raise WorkflowError(f"predict.images: {exc}") from None
 
 
 # --------------------------------------------------------------------------- finished resume states
