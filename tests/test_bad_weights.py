@@ -105,8 +105,10 @@ def test_torchvision_hash_prefix_refused_from_a_mirror(server, out):
     assert_refused(result, out, before, f"hash mismatch for {url}: expected a sha256 starting with f37072fd", "got ")
 
 
-def test_stopped_during_a_download_leaves_no_partial_file(server, good_weights, out):
-    """SIGTERM while the download hangs: exit 143, the earlier weights untouched, nothing half-written."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_stopped_during_a_download_leaves_no_partial_file(server, good_weights, out, stop):
+    """SIGTERM (or SIGHUP: the terminal that ran it closed) while the download hangs: exit 143, the earlier weights
+    untouched, nothing half-written."""
     before = snapshot(out)
     cfg = weights_config(source="url", url=f"{server.url}/hang/good.pth", sha256=sha256(good_weights), timeout_s=60)
     server.hanging.clear()
@@ -114,12 +116,12 @@ def test_stopped_during_a_download_leaves_no_partial_file(server, good_weights, 
                            "--out-manifest", str(out / "manifest.json"))
     try:
         assert server.hanging.wait(120), "the download never reached the server"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         stdout, _ = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 143, stdout
-    assert "stopped by SIGTERM" in stdout
+    assert f"stopped by {stop.name}" in stdout
     assert snapshot(out) == before
 
 

@@ -64,7 +64,7 @@ def _stop_now(signum, frame):
 def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     """Run ``main``; print a FinetuneError as one clear line (no traceback) and exit 1.
 
-    SIGTERM or SIGINT end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
+    SIGTERM, SIGINT or SIGHUP (a closed terminal) end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
     and Snakemake the job was stopped, not broken: during training at the next batch boundary
     (resume state of the last completed epoch kept), elsewhere at once, with any half-written
     result removed.
@@ -79,7 +79,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     # showed no epoch until the job ended, and a job killed (SIGKILL, walltime) lost every line it printed.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     jobclock.start()
     try:
         code = main()

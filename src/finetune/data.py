@@ -393,8 +393,9 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
             f"too few to stratify into train/val/test (needs {n_test} test + {n_val} val + at least 1 train)"
             + (f"; {len(left_out)} more of its files were left out: {'; '.join(left_out[:5])}"
                + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "") if left_out else "")
-            + ". Add images or lower dataset.val_fraction / dataset.test_fraction"
-            + (", or leave the class out with dataset.classes." if n == 0 else ".")
+            + (". Add images or lower dataset.val_fraction / dataset.test_fraction" if n >= 3 else
+               ". Give the class at least 3 images (one for each split)")
+            + ", or leave the class out with dataset.classes."
         )
     parts = {"test": pool.iloc[:n_test], "val": pool.iloc[n_test : n_test + n_val], "train": pool.iloc[n_test + n_val :]}
     for split in ("test", "val"):  # this order keeps the random draws of datasets that give only a test split

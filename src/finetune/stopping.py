@@ -26,8 +26,13 @@ if TYPE_CHECKING:
 DIVERGENCE_CHECK_STEPS = 32
 
 
+# What stops a job cleanly: SIGTERM (Slurm's walltime, Snakemake), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh
+# session that ran Snakemake closed, which killed the job where it stood).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class SignalGuard:
-    """Turn SIGTERM/SIGINT into :class:`StopRequested` at the next batch boundary.
+    """Turn SIGTERM/SIGINT/SIGHUP (:data:`STOP_SIGNALS`) into :class:`StopRequested` at the next batch boundary.
 
     Resume state is saved at the end of every epoch, so stopping between batches loses at most the
     epoch in progress.
@@ -39,7 +44,7 @@ class SignalGuard:
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -303,8 +303,9 @@ def _check_belongs(npy: Path, info: dict, split_csv: Path | None, sizes: tuple[i
     if interpolation is not None and info["interpolation"] != interpolation:
         problems.append(f"it holds images resized with {info['interpolation']} interpolation, {interpolation} is needed")
     if problems:
-        raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; rerun the workflow, whose "
-                        "decode job writes them for the split file and size its jobs need")
+        raise DataError(f"decoded images {npy} cannot be used: {'; '.join(problems)}; decode them again for the "
+                        f"split file and size its jobs need with `snakemake --forcerun {npy}` (a plain rerun takes the "
+                        "file, newer than the split, as up to date)")
 
 
 def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
