@@ -259,6 +259,25 @@ def test_adding_removing_or_renaming_an_image_reruns_the_split_and_what_follows(
         settle(tmp_path / "run", config)
 
 
+def test_an_imagefolder_missing_for_one_run_stops_it_at_start_and_keeps_what_was_made(tmp_path):
+    """A folder moved away (or a file system not mounted) for one run: refused at start naming dataset.path, with
+    nothing removed, so that with the folder back nothing reruns (the split job failing on it would have had
+    Snakemake remove the split file, and everything been retrained from the same split)."""
+    images = tmp_path / "images"
+    make_images(images, {"circle": 8, "square": 8})
+    config = own_images_config(tmp_path / "run", {"format": "imagefolder", "path": str(images)})
+    settle(tmp_path / "run", config)
+    split = tmp_path / "run/resources/splits/target.csv"
+    before = split.read_bytes()
+    images.rename(tmp_path / "away")
+    refused = run_snakemake(tmp_path / "run", config, check=False)
+    assert refused.returncode != 0 and f"dataset.path: {images} (imagefolder) does not exist" in refused.stdout, \
+        refused.stdout[-2000:]
+    assert jobs_run(refused.stdout) == [] and split.read_bytes() == before
+    (tmp_path / "away").rename(images)
+    assert would_run(tmp_path / "run") == NOTHING
+
+
 def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):
     made = make_images(tmp_path / "images", {"circle": 8, "square": 8})
     manifest = tmp_path / "images" / "manifest.csv"

@@ -475,6 +475,20 @@ if workflow.is_main_process and config["weights"]["source"] == "path" and not os
     raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
                         f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
 
+# An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
+# would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
+# everything from a split the same as before.
+for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
+    if _dataset == "source" and config["weights"]["source"] != "pretrain" or not workflow.is_main_process:
+        continue
+    _cfg = dataset_config(_dataset)
+    _present = os.path.isdir if _cfg["format"] == "imagefolder" else os.path.isfile
+    if _cfg["format"] in ("imagefolder", "csv") and not _present(_cfg["path"]):
+        raise WorkflowError(
+            f"{_key}.path: {_cfg['path']} ({_cfg['format']}) does not exist (relative to the working directory "
+            f"{os.getcwd()}): nothing ran, and what was made from it is kept; mount it or put it back, or name "
+            f"{'the folder of class folders' if _cfg['format'] == 'imagefolder' else 'the CSV manifest'}")
+
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
     if workflow.is_main_process and not os.path.exists(PREDICT["images"]):
