@@ -286,6 +286,9 @@ def test_resume_state_is_keyed_by_the_run_parameters_and_kept_on_ctrl_c(killed_a
     assert jobs_run(stopped.output) == ["train"], "a training option reruns train, not split, pretrain or weights"
     assert epochs_logged(stopped.log)[:1] == [1], stopped.log
     assert stopped.resume_file.name != run.train.resume_file.name
+    # Its log names the other state kept beside its own, and its size (which only deleting it frees).
+    assert re.search(rf"^note: 1 resume state\(s\) of other settings or code of this run are kept in .*\(\d[\d,]* MB: "
+                     rf"{re.escape(run.train.resume_file.name)}\)", stopped.log, re.M), stopped.log
     # Ctrl-C: the job stops at the next batch boundary, saying which state it kept; snakemake fails.
     assert stopped.status != 0, stopped.output[-3000:]
     assert "exit status 143" in stopped.output, "SIGINT: a clean stop (128 + SIGTERM), not a crash"

@@ -182,7 +182,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     pixels = decoded_identity(decoded)
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv),
-                                                  code_digest(), *([pixels] if pixels else [])))
+                                                  code_digest(), *([pixels] if pixels else [])), log)
     _reopen_finished(resume, log)
     lap("inputs")
     if start_cuda(opts.device):
@@ -283,12 +283,20 @@ def _checked_num_classes(weights_file: Path, arch: str, classes: list, where: st
 
 # --------------------------------------------------------------------------- train
 
-def _resume_file(resume_dir: Path | None, key: str) -> Path | None:
-    """The run's resume state in ``resume_dir``, whose folder is checked writable now, not after the first epoch."""
+def _resume_file(resume_dir: Path | None, key: str, log: Callable = print) -> Path | None:
+    """The run's resume state in ``resume_dir``, whose folder is checked writable now, not after the first epoch.
+    The states of other settings (or code) stopped there stay until deleted: the log names them and their size."""
     if resume_dir is None:
         return None
     path = Path(resume_dir) / f"{key}.pt"
     ensure_writable(path)
+    others = sorted(p for p in Path(resume_dir).glob("*.pt")
+                    if p not in (path, finished_file(path)) and not p.name.startswith("."))
+    if others:
+        sizes = [p.stat().st_size for p in others if p.exists()]
+        log(f"note: {len(others)} resume state(s) of other settings or code of this run are kept in {resume_dir} "
+            f"({sum(sizes) / 1e6:,.0f} MB: {', '.join(p.name for p in others[:3])}{' ...' if len(others) > 3 else ''}); "
+            "a run with those settings would continue from them: delete them if you will not go back to those")
     return path
 
 
@@ -402,7 +410,7 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     key = options_key(arch, loop_options, image_size, split_sha, weights_sha, code_digest(),
                       *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
-    resume = _resume_file(resume_dir, key)
+    resume = _resume_file(resume_dir, key, log)
     if ranks.main:
         _reopen_finished(resume, log)
     _all_here(ranks)  # no rank looks for the resume state before rank 0 has reopened a finished one
