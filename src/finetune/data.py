@@ -160,7 +160,9 @@ def split_folders(directory: Path) -> dict[Path, str]:
         raise DataError(
             f"{directory} mixes split folders holding class folders ({', '.join(p.name for p in named)}) with other "
             f"folders ({others}): lay it out as {directory}/<class>/<image>, or as {directory}/<split>/<class>/<image> "
-            "with splits train, val and test only (or training, valid, validation, testing)"
+            "with splits train, val and test only (or training, valid, validation, testing). A class named like a "
+            f"split ({', '.join(p.name for p in named)}) whose images are in sub-folders is read as a split folder: "
+            "rename it, or move its images up into it"
         )
     return {p: SPLIT_NAMES[p.name.lower()] for p in named}
 

@@ -133,8 +133,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
         img = Image.fromarray(np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
-        # Composite transparent pixels over black: what a plain convert("RGB") would show anyway,
-        # but without PIL's warning for palette images.
+        # Composite over black: a transparent pixel becomes black and a half-transparent one darker (alpha 128:
+        # half its colour), where a plain convert("RGB") would drop the alpha and keep the colour (README,
+        # "Predict on new images", says so for deployments that decode themselves).
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
