@@ -59,7 +59,7 @@ BAD_SWEEPS = {
     "out_of_range": ({"epochs": [2, 0]}, "experiments.finetune.sweep.epochs.1: 0 is too small: it must be >= 1"),
     "bad_enum": ({"optimizer": ["adamw", "adam"]}, "experiments.finetune.sweep.optimizer.1: 'adam' is not allowed"),
     "set_twice": ({"strategy": ["finetune", "gradual"]},
-                  "experiments.finetune.sweep.strategy: strategy is also set in experiments.finetune; set it in one place"),
+                  "experiments.finetune.strategy: is also swept (experiments.finetune.sweep.strategy); set it in one place"),
     "metric": ({"metric": ["val_accuracy", "val_loss"]}, "experiments.finetune.sweep.metric: the runs of a sweep are compared"),
     "empty_sweep": ({}, "experiments.finetune.sweep: needs at least 1 entry(ies)"),
     "lbfgs_in_a_run": ({"optimizer": ["adamw", "lbfgs"]}, "experiments.finetune-optimizerlbfgs: optimizer lbfgs"),

@@ -14,7 +14,7 @@ the keys each ``weights.source`` needs, ``optimizer: lbfgs`` only where features
 against its ``train`` key's own schema, e.g.::
 
     experiments.finetune.sweep.lr.1: 'fast' is not a number
-    experiments.finetune.sweep.lr: lr is also set in experiments.finetune; set it in one place
+    experiments.finetune.lr: is also swept (experiments.finetune.sweep.lr); set it in one place ...
 """
 
 from __future__ import annotations

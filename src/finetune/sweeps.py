@@ -79,8 +79,10 @@ def sweep_problems(experiments: dict) -> list[str]:
         sweep = (overrides or {}).get("sweep") or {}
         for key in sweep:
             where = f"experiments.{experiment}.sweep.{key}"
-            if key in overrides:
-                problems.append(f"{where}: {key} is also set in experiments.{experiment}; set it in one place")
+            if key in overrides:  # named by the plain key: the file that wrote it (the demo's, say) is the one named
+                problems.append(f"experiments.{experiment}.{key}: is also swept ({where}); set it in one place (a "
+                                "file merged over another may inherit it: remove it there, or name the experiment "
+                                "otherwise)")
             if key in NOT_SWEPT:
                 problems.append(f"{where}: {NOT_SWEPT[key]}")
     if problems:
