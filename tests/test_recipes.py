@@ -260,6 +260,22 @@ def test_fit_trains_on_the_plain_batches_mixed_by_a_generator_of_the_run_seed(mo
     assert mixed.history[0]["train_loss"] != plain.history[0]["train_loss"]
 
 
+def test_class_weighted_soft_targets_are_normalised_as_hard_labels_are():
+    """class_weighting: loss with mixing: one-hot soft targets give torch's weighted cross-entropy of the labels
+    (divided by the batch's weights, not its size), and mixed ones the weighted sum over the same normaliser."""
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 3, generator=gen), torch.tensor([0, 0, 0, 1, 2, 2])
+    weights = training.class_weights(labels, 3)
+    loss = training.SoftTargetLoss(weights)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert loss(logits, one_hot).item() == pytest.approx(torch.nn.CrossEntropyLoss(weight=weights)(logits, labels).item(),
+                                                         rel=1e-6)
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, 0)
+    by_hand = sum(-float(weights[c]) * float(mixed[i, c]) * float(torch.log_softmax(logits[i], 0)[c])
+                  for i in range(6) for c in range(3)) / float((mixed * weights).sum())
+    assert loss(logits, mixed).item() == pytest.approx(by_hand, rel=1e-6)
+
+
 def test_train_accuracy_with_soft_targets_counts_the_label_with_the_larger_share():
     sums = training._EpochSums.on(torch.device("cpu"))
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
@@ -278,13 +294,14 @@ def test_mixing_cached_features_is_refused_with_the_reason():
 
 
 def test_soft_target_loss_with_class_weights_is_the_weighted_soft_cross_entropy():
-    """class_weighting: loss with mixing: -sum_c w_c t_c log p_c, averaged over the batch."""
+    """class_weighting: loss with mixing: -sum_i sum_c w_c t_ic log p_ic over sum_i sum_c w_c t_ic (the batch's
+    weights, as torch's weighted mean of hard labels divides by them), through the losses the loop builds."""
     logits, targets = torch.randn(5, 3), torch.softmax(torch.randn(5, 3), 1)
     labels = torch.tensor([0, 1, 2, 2])
     weights = training.class_weights(labels, 3)
     assert torch.allclose(weights, torch.tensor([4 / 3, 4 / 3, 2 / 3]))
     losses = training._make_losses(labels, 3, TrainOptions(class_weighting="loss", mixup_alpha=0.2), torch.device("cpu"))
-    expected = -(weights * targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    expected = -(weights * targets * torch.log_softmax(logits, 1)).sum() / (weights * targets).sum()
     assert losses.soft(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -423,11 +423,27 @@ def _make_optimizer(head: nn.Module, groups: list[dict], opts: TrainOptions,
     return torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=True, fused=fused), []
 
 
+class SoftTargetLoss(nn.Module):
+    """Cross-entropy on soft targets (mixup, cutmix) weighted per class as torch weights hard labels: the sum over
+    examples and classes of ``w_c * t_ic * -log p_ic`` over the sum of ``w_c * t_ic``. For one-hot targets it is
+    ``CrossEntropyLoss(weight=w)`` (whose mean divides by the batch's weights); torch's own soft-target loss
+    divides by the batch size instead, so a class-weighted step's size would depend on whether it was mixed."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weighted = targets * self.weight
+        return -(weighted * torch.log_softmax(logits, dim=1)).sum() / weighted.sum()
+
+
 def _make_losses(labels: torch.Tensor, num_classes: int, opts: TrainOptions, device: torch.device) -> _Losses:
     weights = class_weights(labels, num_classes).to(device) if opts.class_weighting == "loss" else None
     sampling = class_weights(labels, num_classes)[labels] if opts.class_weighting == "sampler" else None
     return _Losses(train=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing),
-                   soft=nn.CrossEntropyLoss(weight=weights), eval=nn.CrossEntropyLoss(), sampling_weights=sampling,
+                   soft=nn.CrossEntropyLoss() if weights is None else SoftTargetLoss(weights),
+                   eval=nn.CrossEntropyLoss(), sampling_weights=sampling,
                    train_sum=nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing, reduction="sum"),
                    example_weights=None if weights is None else weights.cpu())
 
