@@ -332,7 +332,8 @@ def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
     assert "error: class 'dog' has 2 image(s): too few to stratify" in result.stdout
     assert "needs 1 test + 1 val + at least 1 train" in result.stdout
     # lowering the fractions cannot help a class of 2: each split needs one image
-    assert "Give the class at least 3 images (one for each split), or leave the class out with dataset.classes" in result.stdout
+    assert "Give the class at least 3 images (one for each split drawn from them), or leave the class out with " \
+           "dataset.classes" in result.stdout
     # every class too small is named at once, not one per run
     assert "class 'eel' has 1 image(s): too few to stratify" in result.stdout
     assert "class 'cat'" not in result.stdout

@@ -253,7 +253,12 @@ def test_gpu_dag_config_is_valid_and_builds_the_issues_dag(tmp_path):
     dry = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds")
     trains = [line for line in dry.stdout.splitlines() if "scripts/train.py --split" in line]
     assert len(trains) == 2 and all("--image-size 224" in line for line in trains), dry.stdout[-3000:]
-    assert all('"batch_size": 128' in line and '"amp": "bf16"' in line for line in trains)
+    # the issue's batch and precision reach the finetune run; the L-BFGS head (full-batch, full precision) acts on
+    # neither, and its job gets their defaults
+    finetune = [line for line in trains if '"strategy": "finetune"' in line]
+    assert len(finetune) == 1 and '"batch_size": 128' in finetune[0] and '"amp": "bf16"' in finetune[0]
+    head = [line for line in trains if '"optimizer": "lbfgs"' in line]
+    assert len(head) == 1 and '"batch_size": 32' in head[0] and '"amp": "off"' in head[0]
     # gpu-check's dag_half: the same DAG with fewer threads a job, which reach the jobs.
     configfile.write_text(yaml.safe_dump(dag_config(FASHION_MNIST, threads=1)))
     dry = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds")

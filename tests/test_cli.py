@@ -40,6 +40,37 @@ def test_a_stopped_training_job_exits_143():
     assert "stopped by SIGTERM" in result.stderr
 
 
+def test_sighup_stops_a_job_unless_it_is_ignored_as_under_nohup():
+    """A closed terminal (SIGHUP) stops a job cleanly, exit 143, as SIGTERM does; a job started under nohup (SIGHUP
+    ignored, inherited) goes on to its end: the stop handler must not replace the ignore. The same for a
+    training loop's SignalGuard."""
+    import signal
+
+    code = """
+        import os, signal, time
+        from finetune.cli import run
+        from finetune.stopping import SignalGuard
+        def main():
+            with SignalGuard() as guard:
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.2)
+                print("guard saw:", guard.signum)
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+            print("went on")
+        run(main)
+    """
+    for ignored in (False, True):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                                timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                                preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+        if ignored:
+            assert result.returncode == 0 and "guard saw: None" in result.stdout and "went on" in result.stdout, result
+        else:
+            assert "guard saw: 1" in result.stdout, result  # the loop's guard: a stop at the next batch boundary
+            assert result.returncode == 143 and "stopped by SIGHUP" in result.stderr, result
+
+
 def test_fast_exit_runs_atexit_and_flushes_what_was_printed():
     """run(main, fast_exit=True) skips the interpreter's teardown, not the atexit handlers nor buffered output."""
     result = run_python("""

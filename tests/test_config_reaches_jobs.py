@@ -19,6 +19,18 @@ import yaml
 
 from helpers import REPO, TINY_CONFIG, run_snakemake, tiny_config
 
+def _one_pixel_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = _one_pixel_png()  # an image file for a predict.images folder, which the workflow lists at start
+
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 # Enough cores that no rule's `threads` is scaled down to fit.
 CORES = ("--cores", "64")
@@ -28,6 +40,9 @@ CHOSEN = {
     "weights.preprocessing": {"resize_size": 40, "crop_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
     "weights.arch": "resnet34",  # one torchvision has: another name is refused at start
     "predict.images": "new_images",
+    # An ImageFolder the workflow finds at start (dry_run_output makes it): a missing one is refused before any job.
+    "dataset.path": "photos",
+    "pretrain.dataset.path": "photos",
     "predict.experiment": "finetune",  # the default is null (the run selected by validation metric)
     "predict.seed": 3,  # in SEEDS below; the default is null (the selected run's best seed)
     # Not feature_extract: every train key changed at once sets layer_decay, refused with it.
@@ -136,7 +151,10 @@ def command_line_config(config: dict, via: str) -> list[str]:
 def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile") -> str:
     """What a dry run of ``config`` as written prints (any key left out takes the schema's default), the
     config given in a file or on the command line (:func:`command_line_config`)."""
-    (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist to be an input
+    (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist and hold an image (checked at start)
+    (tmp_path / "new_images" / "a.png").write_bytes(PNG)
+    (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)  # dataset.path (CHOSEN)
+    (tmp_path / "photos" / "cat" / "a.png").write_bytes(PNG)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config if via == "configfile" else {}, sort_keys=False))
     given = [] if via == "configfile" else ["--config", *command_line_config(config, via)]
@@ -536,6 +554,7 @@ def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):
     for folder in (home / "photos" / "cat", home / "incoming", work):
         folder.mkdir(parents=True)
     (home / "w.pth").write_bytes(b"")
+    (home / "incoming" / "a.png").write_bytes(PNG)
     weights = {"source": "path", "path": "~/w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
     config = {**TINY_CONFIG, "dataset": {"format": "imagefolder", "path": "~/photos"}, "weights": weights,
               "predict": {"images": "~/incoming", "experiment": "finetune", "seed": 0}}
@@ -612,6 +631,7 @@ def test_a_quoted_value_on_the_command_line_stays_text(tmp_path):
     """`--config 'predict={images: "2024"}'`: quoted, a folder named by a number is a path, as in a config file
     (Snakemake's own parse loses the quotes; read as a number, the schema would refuse it)."""
     (tmp_path / "2024").mkdir()
+    (tmp_path / "2024" / "a.png").write_bytes(PNG)
     configfile = tiny_config(tmp_path)
     output = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES, "--config",
                            'predict={images: "2024", experiment: finetune, seed: 0}').stdout

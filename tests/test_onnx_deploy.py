@@ -248,6 +248,16 @@ def test_quantize_and_predict_rules(tiny_run_copy):
         assert result.returncode == 0, result.stdout + result.stderr
         tables[batch] = pd.read_csv(out, keep_default_na=False)
     assert tables[1].equals(tables[64])
+    # The loader knows the quantized model is batch-dependent (the fp32 one is not), and asked for batches of 64 it
+    # gives each image's logits as a session run on that image alone gives them, bit for bit.
+    from finetune.deploy import OnnxClassifier
+
+    assert OnnxClassifier.load(int8).batch_dependent and not OnnxClassifier.load(int8.with_name("model.onnx")).batch_dependent
+    classifier = OnnxClassifier.load(int8)
+    test_pixels = np.stack([classifier.pixels(ref) for ref in held_out(workdir)["path"]])
+    one_at_a_time = np.concatenate([classifier.session.run(None, {classifier.input_name: classifier.inputs(test_pixels[i : i + 1])})[0]
+                                    for i in range(len(test_pixels))])
+    assert np.array_equal(classifier.logits(test_pixels, batch_size=64), one_at_a_time)
     good = tables[64][tables[64]["error"] == ""]
     alone = model_inputs(list(good["path"]), onnx_preprocessing(int8))
     expected = np.concatenate([onnx_logits(int8, alone[i : i + 1]) for i in range(len(alone))])

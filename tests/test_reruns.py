@@ -274,6 +274,13 @@ def test_an_imagefolder_missing_for_one_run_stops_it_at_start_and_keeps_what_was
     assert refused.returncode != 0 and f"dataset.path: {images} (imagefolder) does not exist" in refused.stdout, \
         refused.stdout[-2000:]
     assert jobs_run(refused.stdout) == [] and split.read_bytes() == before
+    # A file system not mounted leaves its mount point, an empty folder: the same.
+    images.mkdir()
+    refused = run_snakemake(tmp_path / "run", config, check=False)
+    assert refused.returncode != 0 and f"dataset.path: {images} (imagefolder) is empty" in refused.stdout, \
+        refused.stdout[-2000:]
+    assert jobs_run(refused.stdout) == [] and split.read_bytes() == before
+    images.rmdir()
     (tmp_path / "away").rename(images)
     assert would_run(tmp_path / "run") == NOTHING
 

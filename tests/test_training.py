@@ -166,6 +166,14 @@ def test_gradual_counts_a_resnets_stem_as_one_stage(tiny):
     assert "layer1.0.conv1.weight" in moved and not {k for k in moved if k.startswith(("conv1.", "bn1."))}
     with pytest.raises(ConfigError, match=r"unfreeze_stages: 6, but this architecture's backbone has 5 stages"):
         run_fit(tiny, make_model(tiny), strategy="gradual", unfreeze_epoch=1, unfreeze_stages=6, epochs=2)
+    # and for a ResNet the workflow refuses it at start, before any job
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    assert config_problems({"experiments": {"g": {"strategy": "gradual", "unfreeze_stages": 6}}}, schema) == [
+        "experiments.g: unfreeze_stages: 6, but a resnet18's backbone has 5 stages (the stem conv1 + bn1, then "
+        "layer1 .. layer4): use at most 5, or null for all of them"]
+    assert config_problems({"experiments": {"g": {"strategy": "gradual", "unfreeze_stages": 5}}}, schema) == []
 
 
 def test_gradual_that_would_never_unfreeze_is_refused(tiny):
@@ -391,8 +399,8 @@ def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
 
 
 def test_a_warm_up_of_one_step_is_told_and_one_of_two_ramps(tiny):
-    """With every training image in one batch an epoch is one optimizer step: warmup_epochs 1 (or 0.1, rounded up
-    to a step, not down to none) is a one-step warm-up, which starts at the full lr: the log says so. warmup_epochs
+    """With every training image in one batch an epoch is one optimizer step: warmup_epochs 1 (or 0.1, rounded to
+    a step, not down to none) is a one-step warm-up, which starts at the full lr: the log says so. warmup_epochs
     2 is two steps: the first at lr / 2 (history's lr is the epoch's last step's), the second at lr."""
     n_train = len(tiny["data"]["train"].labels)
     for warmup in (1, 0.1):

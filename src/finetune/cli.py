@@ -61,10 +61,21 @@ def _stop_now(signum, frame):
                         "earlier results and resume state are kept")
 
 
+# What stops a job cleanly: SIGTERM (Slurm's walltime, Snakemake), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh
+# session that ran Snakemake closed, which killed the job where it stood).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """:data:`STOP_SIGNALS` less those the process ignores: under `nohup` SIGHUP is ignored, and a job started
+    so must go on when the terminal closes (a handler of ours would replace the ignore)."""
+    return tuple(sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN)
+
+
 def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     """Run ``main``; print a FinetuneError as one clear line (no traceback) and exit 1.
 
-    SIGTERM, SIGINT or SIGHUP (a closed terminal) end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
+    SIGTERM, SIGINT or SIGHUP (a closed terminal; not where it is ignored, under nohup) end the run cleanly with exit status 143 (128 + SIGTERM), which tells Slurm
     and Snakemake the job was stopped, not broken: during training at the next batch boundary
     (resume state of the last completed epoch kept), elsewhere at once, with any half-written
     result removed.
@@ -79,7 +90,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     # showed no epoch until the job ended, and a job killed (SIGKILL, walltime) lost every line it printed.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, _stop_now) for sig in stop_signals()}
     jobclock.start()
     try:
         code = main()

@@ -153,8 +153,11 @@ def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
 
 def train_defaults(schema_file: str | Path) -> dict:
     """Every `train` key's default, as the schema writes it."""
-    train = yaml.safe_load(Path(schema_file).read_text())["$defs"]["train"]["properties"]
-    return {key: rule["default"] for key, rule in train.items() if isinstance(rule, dict) and "default" in rule}
+    return _defaults_of(yaml.safe_load(Path(schema_file).read_text())["$defs"]["train"])
+
+
+def _defaults_of(section: dict) -> dict:
+    return {key: rule["default"] for key, rule in section["properties"].items() if isinstance(rule, dict) and "default" in rule}
 
 
 def recipe_problems(options: dict) -> list[str]:
@@ -193,6 +196,9 @@ def recipe_problems(options: dict) -> list[str]:
         problems.append("ema_warmup: false sets how the moving average of the weights starts, but ema_decay is null "
                         "(no average): set ema_decay (e.g. 0.999) or leave ema_warmup out")
     return problems
+
+
+RESNET_STAGES = 5  # finetune.models.backbone_stages of torchvision's ResNets (ResNeXt, Wide ResNet): stem, layer1-4
 
 
 def _is_number(value) -> bool:
@@ -313,7 +319,7 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
         return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
     if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
         hint = _number_text_hint(value, ["number"])
-        if "sweep" in map(str, error.absolute_path):
+        if list(map(str, error.absolute_path))[2:3] == ["sweep"]:  # experiments.<name>.sweep.lr.<i>
             return [f"{where}: {value!r} is not a number{hint}"]
         return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"]
     if kind == "enum":
@@ -378,7 +384,7 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
                 for name, spec in experiments.items()
                 if isinstance(spec, dict) and "auto" in ((spec.get("sweep") or {}).get("lr") or [])]
     for name, overrides in runs.items():
-        options = run_options(train, overrides if isinstance(overrides, dict) else {})
+        options = {**train, **(overrides if isinstance(overrides, dict) else {})}
         if options.get("lr") == "auto" and options.get("optimizer") == "lbfgs":
             where = f"experiments.{experiment_of[name]}.lr" if "lr" in overrides else "train.lr"
             problems.append(f"{where}: auto needs a learning rate to find, but experiment run {name} uses optimizer "
@@ -505,8 +511,16 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
     problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
                                  train if written_train is None else written_train)
+    weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
+    arch = str(weights.get("arch", "resnet18"))  # the schema's default
     for name, overrides in runs.items():
         options = run_options(train, overrides if isinstance(overrides, dict) else {})
+        stages = options.get("unfreeze_stages")
+        if (options.get("strategy") == "gradual" and _is_number(stages) and stages > RESNET_STAGES
+                and arch.startswith(("resnet", "resnext", "wide_resnet"))):
+            problems.append(f"experiments.{name}: unfreeze_stages: {stages}, but a {arch}'s backbone has "
+                            f"{RESNET_STAGES} stages (the stem conv1 + bn1, then layer1 .. layer4): use at most "
+                            f"{RESNET_STAGES}, or null for all of them")
         problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
         problems += [f"experiments.{name}: {why}" for why in recipe_problems(options)]
         if options.get("optimizer") != "lbfgs":
@@ -552,10 +566,9 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
             if line not in problems:
                 problems.append(line)
     if not problems:
-        train_defaults = {key: rule["default"] for key, rule in schema["$defs"]["train"]["properties"].items()
-                          if isinstance(rule, dict) and "default" in rule}
+        defaults = _defaults_of(schema["$defs"]["train"])
         range_defaults = {key: rule["default"] for key, rule in schema["properties"]["lr_find"]["properties"].items()}
-        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], train_defaults,
+        problems = _semantic_problems(config, schema["properties"]["experiments"]["default"], defaults,
                                       range_defaults, written_train)
     return problems
 

@@ -390,13 +390,16 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     n_test = 0 if "test" in given else _drawn_count(n, spec.test_fraction)
     n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
     if n - n_test - n_val < 1:
+        # the fewest images that can do: one for each split drawn (a fraction above 0 draws at least one), one to train
+        fewest = 1 + sum(split not in given and fraction > 0
+                         for split, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)))
         raise DataError(
             f"class {name!r} has {n} image(s){' outside the official ' + ' and '.join(given) + ' split' if given else ''}: "
             f"too few to stratify into train/val/test (needs {n_test} test + {n_val} val + at least 1 train)"
             + (f"; {len(left_out)} more of its files were left out: {'; '.join(left_out[:5])}"
                + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "") if left_out else "")
-            + (". Add images or lower dataset.val_fraction / dataset.test_fraction" if n >= 3 else
-               ". Give the class at least 3 images (one for each split)")
+            + (". Add images or lower dataset.val_fraction / dataset.test_fraction" if n >= fewest else
+               f". Give the class at least {fewest} images (one for each split drawn from them)")
             + ", or leave the class out with dataset.classes."
         )
     parts = {"test": pool.iloc[:n_test], "val": pool.iloc[n_test : n_test + n_val], "train": pool.iloc[n_test + n_val :]}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from . import distributed
+from .cli import stop_signals
 from .distributed import SINGLE, Ranks
 from .errors import Diverged, StopRequested
 from .options import TrainOptions, key_name
@@ -26,13 +27,10 @@ if TYPE_CHECKING:
 DIVERGENCE_CHECK_STEPS = 32
 
 
-# What stops a job cleanly: SIGTERM (Slurm's walltime, Snakemake), SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh
-# session that ran Snakemake closed, which killed the job where it stood).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class SignalGuard:
-    """Turn SIGTERM/SIGINT/SIGHUP (:data:`STOP_SIGNALS`) into :class:`StopRequested` at the next batch boundary.
+    """Turn SIGTERM/SIGINT/SIGHUP (:func:`finetune.cli.stop_signals`) into :class:`StopRequested` at the next batch boundary.
 
     Resume state is saved at the end of every epoch, so stopping between batches loses at most the
     epoch in progress.
@@ -44,7 +42,7 @@ class SignalGuard:
         self._previous = {}
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
+        for sig in stop_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -138,6 +138,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     only rank 0 writes the resume state.
     """
     setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log, ranks)
+    _check_warmup(setup.steps, len(train.labels), opts, log)
     progress = restore_progress(setup, resume_path, log)
     if progress is None:
         progress = fresh_progress(setup)
@@ -308,7 +309,6 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     losses = _make_losses(train.labels, num_classes, opts, place.device)
     inputs = _prepare_inputs(model, head, train, val, prep, opts, place, feature_cache, log)
     steps = _steps(len(train.labels), opts)
-    _check_warmup(steps, len(train.labels), opts, log)
     trained = head if inputs.cached else model
     return _Setup(
         opts=opts, prep=prep, place=place, model=model, head_name=head_name, head=head,
@@ -482,8 +482,8 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
 def _steps(n_train: int, opts: TrainOptions) -> _Steps:
     batch_size = n_train if opts.optimizer == "lbfgs" else opts.batch_size  # L-BFGS is a full-batch method
     per_epoch = math.ceil(n_train / batch_size) - (1 if _lone_last(n_train, batch_size) else 0)
-    # A warm-up of a fraction of an epoch is at least one step (rounded up, never to none).
-    warmup = math.ceil(opts.warmup_epochs * per_epoch - 1e-9) if opts.warmup_epochs > 0 else 0
+    # A warm-up of a fraction of an epoch is at least one step (rounded, never to none).
+    warmup = max(1, int(round(opts.warmup_epochs * per_epoch))) if opts.warmup_epochs > 0 else 0
     return _Steps(batch_size=batch_size, per_epoch=per_epoch, total=per_epoch * opts.epochs, warmup=warmup)
 
 

@@ -68,7 +68,11 @@ if workflow.config_settings.config:
 # where that file is found. A section that describes something else (another dataset, another source of
 # weights, experiments of other names) replaces the demo's instead of inheriting its choices, such as
 # Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
-_merged_over_the_demo = os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config
+# Used as a module of another workflow (README "As a module of your own workflow") the config is the host's alone,
+# whatever its working directory's config/config.yaml holds (the host's own config, likely).
+_as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
+_merged_over_the_demo = (os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config
+                         and not _as_module)
 if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
@@ -482,12 +486,20 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
     if _dataset == "source" and config["weights"]["source"] != "pretrain" or not workflow.is_main_process:
         continue
     _cfg = dataset_config(_dataset)
-    _present = os.path.isdir if _cfg["format"] == "imagefolder" else os.path.isfile
-    if _cfg["format"] in ("imagefolder", "csv") and not _present(_cfg["path"]):
+    if _cfg["format"] not in ("imagefolder", "csv"):
+        continue
+    _path = _cfg["path"]
+    _folder = _cfg["format"] == "imagefolder"
+    _what = ("does not exist" if not os.path.exists(_path) else
+             "is empty (a file system not mounted leaves its mount point so)" if _folder and os.path.isdir(_path)
+             and not any(os.scandir(_path)) else
+             "is a file, not a folder" if _folder and not os.path.isdir(_path) else
+             "is a folder, not a CSV file" if not _folder and os.path.isdir(_path) else None)
+    if _what:
         raise WorkflowError(
-            f"{_key}.path: {_cfg['path']} ({_cfg['format']}) does not exist (relative to the working directory "
-            f"{os.getcwd()}): nothing ran, and what was made from it is kept; mount it or put it back, or name "
-            f"{'the folder of class folders' if _cfg['format'] == 'imagefolder' else 'the CSV manifest'}")
+            f"{_key}.path: {_path} ({_cfg['format']}) {_what} (relative to the working directory {os.getcwd()}): "
+            f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
+            f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
@@ -511,7 +523,7 @@ if PREDICT["images"] is not None:
 
 
 def intermediate_outputs():
-    """What rule all asks for besides the results: every file the results are made from (splits, decoded images,
+    """What the target all asks for besides the results: every file the results are made from (splits, decoded images,
     weights, lr_find's suggestions, each run's model.pt, history.csv and train_info.json).
 
     A job that fails, or is stopped, leaves no output. Snakemake makes a missing file again only where something
