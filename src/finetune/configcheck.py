@@ -104,6 +104,8 @@ def distributed_problems(options: dict) -> list[str]:
          "its own part of the batch; set sync_batchnorm false, or bn frozen"),
     ]
     return [message for ok, message in checks if not ok]
+
+
 # A recipe key's values that ask for nothing (off).
 _RECIPE_OFF = {"layer_decay": (None,), "ema_decay": (None,), "ema_warmup": (True,), "mixup_alpha": (0, 0.0),
                "cutmix_alpha": (0, 0.0)}
@@ -263,7 +265,8 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                 problems.append(f"{where}: not used: {reasons[0]}; remove it")
     for key in written_train:
         inheriting = [name for name, overrides in runs.items() if key not in overrides]
-        reasons = [unread[name].get(key) or inert_recipes({**defaults, **train, **(runs[name] if isinstance(runs[name], dict) else {})}).get(key)
+        reasons = [unread[name].get(key) or inert_recipes(
+                       {**defaults, **train, **(runs[name] if isinstance(runs[name], dict) else {})}).get(key)
                    for name in inheriting]
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
