@@ -112,8 +112,10 @@ def test_stopped_during_a_download_leaves_no_partial_file(server, good_weights, 
     before = snapshot(out)
     cfg = weights_config(source="url", url=f"{server.url}/hang/good.pth", sha256=sha256(good_weights), timeout_s=60)
     server.hanging.clear()
+    # SIGHUP as a closed terminal sends it: not ignored (a run under nohup ignores it, and the job goes on)
     process = start_script("weights", "--weights", json.dumps(cfg), "--out-weights", str(out / "weights.pth"),
-                           "--out-manifest", str(out / "manifest.json"))
+                           "--out-manifest", str(out / "manifest.json"),
+                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         assert server.hanging.wait(120), "the download never reached the server"
         process.send_signal(stop)

@@ -63,7 +63,8 @@ def test_sighup_stops_a_job_unless_it_is_ignored_as_under_nohup():
     for ignored in (False, True):
         result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                                 timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-                                preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+                                preexec_fn=lambda ignored=ignored: signal.signal(
+                                    signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL))
         if ignored:
             assert result.returncode == 0 and "guard saw: None" in result.stdout and "went on" in result.stdout, result
         else:
