@@ -9,6 +9,8 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -283,6 +285,26 @@ def test_an_imagefolder_missing_for_one_run_stops_it_at_start_and_keeps_what_was
     images.rmdir()
     (tmp_path / "away").rename(images)
     assert would_run(tmp_path / "run") == NOTHING
+    # Snakemake killed (kill -9, a closed terminal) leaves its lock; `--unlock` must work while the data is away (the
+    # file system not mounted yet after the crash), and so must the other commands that run no job.
+    locks = tmp_path / "run/.snakemake/locks"
+    killed = subprocess.Popen([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                               str(tmp_path / "run"), "--cores", "2", "--configfile", str(config), "--forcerun", "summary"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert any(locks.iterdir()), "the run was to be killed while it held its lock"
+    images.rename(tmp_path / "away")
+    for command in (["--list-rules"], ["--lint"], ["--unlock"]):
+        result = run_snakemake(tmp_path / "run", config, *command, check=False)
+        assert "dataset.path" not in result.stdout, (command, result.stdout[-2000:])
+    assert result.returncode == 0 and not (locks.is_dir() and any(locks.iterdir())), result.stdout[-2000:]
+    (tmp_path / "away").rename(images)
+    # A run checks the lock before it finds nothing to do: no LockException now.
+    assert jobs_run(run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv").stdout) == []
 
 
 def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):

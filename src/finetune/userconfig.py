@@ -143,6 +143,18 @@ def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLik
     return found
 
 
+# Snakemake commands that read the workflow but run no job and look at no input: the checks of the data at start
+# (dataset.path, weights.path, predict.images) must not stand in their way. `--unlock` after a crash, above all,
+# with the data's file system not mounted yet.
+RUNS_NO_JOB = ("--unlock", "--cleanup-metadata", "--cm", "--cleanup-shadow", "--list-rules", "--list", "-l",
+               "--list-target-rules", "--lt", "--lint")
+
+
+def runs_no_job(argv: list[str]) -> bool:
+    """Whether this Snakemake command line only unlocks, cleans up metadata, lists rules or lints."""
+    return any(arg.split("=", 1)[0] in RUNS_NO_JOB for arg in argv[1:])
+
+
 def command_line_config(argv: list[str]) -> dict | None:
     """The ``--config key=value ...`` items of a Snakemake command line, each value read as YAML reads it in a
     config file (``'train={lr: 0.01}'`` -> 0.01, ``'dataset={classes: ["7"]}'`` -> the text '7'), or as JSON

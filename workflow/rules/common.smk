@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, job_options, schema_default, train_defaults
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, own_sections, profile_files, typed_command_line_config, where_written)
+                                 expand_home, own_sections, profile_files, runs_no_job, typed_command_line_config,
+                                 where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -470,8 +471,10 @@ if _evaluate_tta != _export_tta:
           f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
           "too)", file=sys.stderr)
 
-# Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files).
-if workflow.is_main_process and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
+# Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
+# not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
+CHECK_FILES = workflow.is_main_process and not runs_no_job(sys.argv)
+if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
     _path = config["weights"]["path"]
     _what = ("is a folder, not a file" if os.path.isdir(_path) else
              f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
@@ -483,7 +486,7 @@ if workflow.is_main_process and config["weights"]["source"] == "path" and not os
 # would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
 # everything from a split the same as before.
 for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
-    if _dataset == "source" and config["weights"]["source"] != "pretrain" or not workflow.is_main_process:
+    if _dataset == "source" and config["weights"]["source"] != "pretrain" or not CHECK_FILES:
         continue
     _cfg = dataset_config(_dataset)
     if _cfg["format"] not in ("imagefolder", "csv"):
@@ -503,12 +506,12 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
-    if workflow.is_main_process and not os.path.exists(PREDICT["images"]):
+    if CHECK_FILES and not os.path.exists(PREDICT["images"]):
         raise WorkflowError(
             f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
-    if workflow.is_main_process:  # a folder without images (or a list without paths) fails here, not in the job,
+    if CHECK_FILES:  # a folder without images (or a list without paths) fails here, not in the job,
         from finetune.deploy import list_images  # which would start by removing the earlier predictions
         from finetune.errors import DataError
 
