@@ -404,6 +404,22 @@ def code_copy(tiny_run_copy, tmp_path) -> Path:
     return repo
 
 
+def test_a_project_folder_moved_or_renamed_reruns_nothing(tiny_run_copy, tmp_path):
+    """The workflow's code inside the folder it runs in, as a user's clone: renaming that folder is no change to any
+    job (Snakemake records each job's set of input paths, and the scripts and modules are inputs)."""
+    project = tiny_run_copy
+    for name in ("Snakefile", "workflow", "src", "profiles"):  # not config/: the tiny run's config stands alone
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, project / name)
+    run_snakemake(project, project / "config.yaml", "--touch", snakefile=project / "Snakefile")
+    assert would_run(project, snakefile=project / "Snakefile") == NOTHING
+    moved = project.rename(tmp_path / "renamed")
+    assert would_run(moved, snakefile=moved / "Snakefile") == NOTHING
+
+
 def edit(path: Path) -> None:
     path.write_text(path.read_text() + "\n# edited\n")
 

@@ -202,14 +202,24 @@ RULE_MODULES = {
 }
 
 
+def as_input(path):
+    """A file of this repository as an input: relative to the working directory where it lies below it, else absolute.
+    Snakemake records each job's set of input paths: with absolute ones, a project folder moved or renamed would
+    rerun every job, pretraining included."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def script(rule):
     """A rule's script (workflow/scripts/<rule>.py), one of its inputs."""
-    return str(SCRIPTS / f"{rule}.py")
+    return as_input(SCRIPTS / f"{rule}.py")
 
 
 def package_modules(rule):
     """The source files of the finetune modules a rule's script loads, inputs of the rule."""
-    return [str(PACKAGE / f"{module}.py") for module in RULE_MODULES[rule]]
+    return [as_input(PACKAGE / f"{module}.py") for module in RULE_MODULES[rule]]
 
 
 # --------------------------------------------------------------------------- config slices
