@@ -63,4 +63,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, fast_exit=True)

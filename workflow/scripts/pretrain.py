@@ -31,4 +31,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, fast_exit=True)

@@ -4,7 +4,6 @@ import argparse
 import os
 from pathlib import Path
 
-from finetune import distributed
 from finetune.cli import json_arg, run, set_torch_threads
 from finetune.options import name_keys
 from finetune.stages import train_stage
@@ -30,6 +29,8 @@ def main():
                              "the others are train.<key>")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    from finetune import distributed  # imports torch: inside main, so that the time line counts it under `imports`
+
     name_keys(args.key_names)
     # Several training processes on a node (torchrun) share the job's threads.
     threads = set_torch_threads(distributed.ddp_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -47,4 +48,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, fast_exit=True)
