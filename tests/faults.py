@@ -67,6 +67,8 @@ def make_bad_images(folder: Path) -> dict[str, Path]:
     bad["not_an_image"].write_text("shopping list: milk, eggs\n")
     bad["decompression_bomb"] = folder / "bomb.png"
     bad["decompression_bomb"].write_bytes(black_png(BOMB_SIDE, BOMB_SIDE))
+    bad["named_pipe"] = folder / "pipe.png"  # opened, it would wait for a writer forever
+    os.mkfifo(bad["named_pipe"])
     return bad
 
 

@@ -61,6 +61,7 @@ def test_unreadable_images_fail_the_split_listing_every_one(tmp_path):
     assert (f"{bad['decompression_bomb']}: cannot decode: {side}x{side} pixels ({side * side / 1e6:.0f} megapixels), "
             "above the 300 megapixels decoded here") in result.stdout, result.stdout
     assert "DecompressionBombWarning" not in result.stdout
+    assert f"{bad['named_pipe']}: not a regular file (a named pipe, socket or device)" in result.stdout
     # The earlier good split is untouched, and no half-written file is left beside it.
     assert snapshot(out) == before
 

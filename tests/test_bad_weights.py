@@ -178,7 +178,8 @@ def test_manifest_that_disagrees_with_its_file(previous, tmp_path):
                                              {"epochs": 1, "batch_size": 4, "device": "cpu"}))
     assert result.returncode == 1, result.stdout
     assert (f"error: {weights / 'weights.pth'} does not match its manifest {weights / 'manifest.json'}: "
-            f"sha256 is {real_sha}, manifest says {'f' * 64}") in result.stdout
+            f"sha256 is {real_sha}, manifest says {'f' * 64} (replaced or changed after the weights job published "
+            "it): publish them again with `snakemake --forcerun weights`") in result.stdout
     assert not run.exists() or not any(run.iterdir())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -452,6 +453,8 @@ def _inspect(path: str) -> tuple[str | None, str | None, np.ndarray | None]:
     if split_ref(path)[1] is not None:  # an image inside a file (Fashion-MNIST's IDX): no file of its own
         return *inspect_image(path), None
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe waits for a writer, forever
+            return "not a regular file (a named pipe, socket or device)", None, None
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return "file does not exist", None, None

@@ -155,6 +155,11 @@ def restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: C
     set_rng_state(state["rng"])
 
 
+def _first_line(exc: Exception) -> str:
+    """An exception's first line (torch.load's errors run to paragraphs of advice on weights_only)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
     """The saved resume state, or None (with a warning) when the file cannot be read."""
     try:
@@ -163,7 +168,7 @@ def load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
             raise ValueError("not a resume state written by this training loop")
         return state
     except Exception as exc:  # a file from another torch version, or damaged outside this program
-        log(f"warning: resume state {resume_path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+        log(f"warning: resume state {resume_path} is unreadable ({type(exc).__name__}: {_first_line(exc)}); "
             "starting again from epoch 1 (it is overwritten after the first epoch)")
         return None
 

@@ -355,6 +355,8 @@ def read_manifest(path: str | os.PathLike, verify_file: bool = True) -> dict:
         actual = sha256_of(weights_file)
         if actual != manifest["sha256"]:
             raise WeightsError(
-                f"{weights_file} does not match its manifest {file}: sha256 is {actual}, manifest says {manifest['sha256']}"
+                f"{weights_file} does not match its manifest {file}: sha256 is {actual}, manifest says {manifest['sha256']} "
+                "(replaced or changed after the weights job published it): publish them again with "
+                "`snakemake --forcerun weights`"
             )
     return manifest
