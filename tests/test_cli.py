@@ -40,6 +40,28 @@ def test_a_stopped_training_job_exits_143():
     assert "stopped by SIGTERM" in result.stderr
 
 
+def test_a_stop_that_a_library_wrapped_in_its_own_error_still_exits_143(tmp_path):
+    """Ctrl-C or a walltime's SIGTERM while torch's dynamo exporter runs: the exporter catches the stop and raises its own
+    error from it (a ConversionError and a page of traceback); the job still ends as stopped, 143, in one line."""
+    result = run_python(f"""
+        import os, signal
+        import torch
+        from finetune.cli import run
+
+        class Stops(torch.nn.Module):
+            def forward(self, x):
+                os.kill(os.getpid(), signal.SIGINT)  # while the exporter traces the model
+                return x * 2
+
+        def main():
+            torch.onnx.export(Stops(), (torch.zeros(2, 3),), {str(tmp_path / "m.onnx")!r}, dynamo=True)
+        run(main)
+    """)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("stopped by SIGINT: stopped at once"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_sighup_stops_a_job_unless_it_is_ignored_as_under_nohup():
     """A closed terminal (SIGHUP) stops a job cleanly, exit 143, as SIGTERM does; a job started under nohup (SIGHUP
     ignored, inherited) goes on to its end: the stop handler must not replace the ignore. The same for a

@@ -100,7 +100,11 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     except StopRequested as exc:
         print(f"stopped by {exc}", file=sys.stderr, flush=True)
         sys.exit(143)
-    except Exception:
+    except Exception as exc:
+        stop = _stop_within(exc)
+        if stop is not None:  # a library caught the stop and raised its own error from it
+            print(f"stopped by {stop}", file=sys.stderr, flush=True)
+            sys.exit(143)
         traceback.print_exc()
         sys.exit(2)
     finally:
@@ -113,6 +117,18 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     if fast_exit:
         _exit_now(code or 0)
     sys.exit(code or 0)
+
+
+def _stop_within(exc: BaseException) -> StopRequested | None:
+    """The StopRequested among ``exc``'s causes and contexts: torch's dynamo exporter, for one, catches what the
+    traced code raises and raises its own error from it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StopRequested):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _exit_now(code: int) -> None:
