@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,47 @@ def killed_and_resumed(tmp_path_factory) -> SimpleNamespace:
                            train_outputs_after_kill=train_outputs_after_kill)
 
 
+def children_running(pid: int, script: str) -> list[int]:
+    """The processes whose parent is ``pid`` and whose command line holds ``script``: what Snakemake started for a job."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and script.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_sigterm_to_the_process_snakemake_started_for_a_job_stops_its_training(reference, tmp_path):
+    """`kill` of a job's process as Snakemake started it (the first `ps` shows; what a scheduler signals): the training
+    itself gets the SIGTERM and stops cleanly, resume state kept; it must not run on orphaned behind a shell that died,
+    after Snakemake has called the job failed, and write its outputs into what the next run finds."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    config = behaviour_config(workdir)
+    log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
+    run = Snakemake(workdir, config, f"{RUN}/model.pt", "--forcerun", "train", name="sigterm")
+    try:
+        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
+                   "epoch 1 of train logged and its resume state saved")
+        started = children_running(run.proc.pid, "train.py")
+        assert len(started) == 1, started
+        os.kill(started[0], signal.SIGTERM)
+        assert run.wait() != 0
+        deadline = time.monotonic() + PATIENCE_S
+        while job_pids(workdir, "train.py") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not job_pids(workdir, "train.py")
+    finally:
+        run.end()
+    assert re.search(r"stopped by SIGTERM at epoch \d, step \d+: resume state of epoch \d kept in ", log.read_text()), \
+        log.read_text()[-3000:]
+    assert not (workdir / RUN / "model.pt").exists() and any(resume.glob("*.pt"))
+
+
+# --------------------------------------------------------------------------- determinism
 # --------------------------------------------------------------------------- determinism
 
 def test_same_config_and_seed_give_the_same_split_history_and_metrics(reference, tmp_path):

@@ -67,6 +67,14 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
     assert failed.returncode != 0 and "experiments.finetune.batch_size: 1 gives BatchNorm batches of 1 image" in log, failed.stdout[-3000:]
     assert not (workdir / "results/finetune/seed0/model.pt").exists()
+    # The run says which results are still the old settings': those of the jobs after the failed one, still there.
+    stale = sorted(f"results/finetune/seed0/{name}" for name in
+                   ("confusion_matrix.csv", "confusion_matrix.png", "learning_curves.png", "metrics.html", "metrics.json",
+                    "model.onnx", "onnx_parity.json", "reliability.png", "test_predictions.csv"))
+    stale = sorted(stale + [f"results/summary.{ext}" for ext in ("csv", "html", "md")] + ["results/selected.json"])
+    assert all((workdir / f).exists() for f in stale)
+    assert (f"note: {len(stale)} file(s) under results/ are still the earlier run's, not this config's: their jobs did "
+            f"not run ({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]

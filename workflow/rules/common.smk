@@ -555,6 +555,21 @@ def intermediate_outputs():
     return list(dict.fromkeys(files))
 
 
+def earlier_results_note():
+    """After a failed run: the files under results/ still there whose jobs were to run and did not (a run's metrics,
+    model.onnx, summary.md): they are the earlier settings' (or earlier data's), not this run's."""
+    try:
+        jobs = list(workflow.dag.needrun_jobs())
+    except Exception:  # Snakemake's DAG is internal: without it, no note rather than a second error
+        return []
+    earlier = sorted({str(f) for job in jobs for f in job.output if str(f).startswith("results/") and os.path.exists(f)})
+    if not earlier:
+        return []
+    shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
+    return [f"note: {len(earlier)} file(s) under results/ are still the earlier run's, not this config's: their jobs did "
+            f"not run ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
+
+
 def remove_finished_states():
     """The finished resume states whose outputs are there, removed once a run of Snakemake ends
     (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs)."""
@@ -569,3 +584,5 @@ onsuccess:
 
 onerror:  # a failed job's outputs are removed by now: the outputs still there were taken
     remove_finished_states()
+    for _line in earlier_results_note():
+        print(_line, file=sys.stderr)
