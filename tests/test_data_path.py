@@ -300,8 +300,19 @@ def _other_shape(npy, info):
     info.write_text(json.dumps(record))
 
 
+def _overwrite_pixels(npy, info):
+    """Pixels written over in place, the file's size unchanged (a stray `dd conv=notrunc`, a program writing into
+    the wrong file)."""
+    with open(npy, "r+b") as handle:
+        handle.seek(-64, os.SEEK_END)
+        old = handle.read(64)
+        handle.seek(-64, os.SEEK_END)
+        handle.write(bytes(255 - b for b in old))
+
+
 @pytest.mark.parametrize("damage, why", [(_truncate, "cut short"), (_spoil_header, "not a readable .npy"),
-                                         (_spoil_record, "cannot be read"), (_other_shape, "its record says")])
+                                         (_spoil_record, "cannot be read"), (_other_shape, "its record says"),
+                                         (_overwrite_pixels, "its bytes changed after it was written")])
 def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again(split_csv, tmp_path, damage, why):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
@@ -309,6 +320,22 @@ def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again
     with pytest.raises(DataError, match=f"{npy}.*{why}.*removed .*snakemake --forcerun {npy}"):
         open_decoded(npy, info, split_csv, (32, 32))
     assert not npy.exists() and not info.exists()
+
+
+def test_a_decoded_file_touched_or_copied_without_its_times_is_read_as_it_is(split_csv, tmp_path):
+    """Another modification time alone (`touch`, `snakemake --touch`, a copy that does not keep times) is no damage:
+    the bytes are checked, found as written, and read."""
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    expected = np.load(npy)
+    os.utime(npy, ns=(npy.stat().st_atime_ns, npy.stat().st_mtime_ns + 10**9))
+    rows = np.arange(len(expected))
+    np.testing.assert_array_equal(open_decoded(npy, info, split_csv, (32, 32)).read(rows), expected)
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    shutil.copyfile(npy, copied / "d.npy")
+    shutil.copyfile(info, copied / "d.json")
+    np.testing.assert_array_equal(open_decoded(copied / "d.npy", copied / "d.json", split_csv, (32, 32)).read(rows), expected)
 
 
 def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp_path):

@@ -20,6 +20,8 @@ whole file).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import queue
 import threading
@@ -113,14 +115,21 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     # Written in order with plain writes, not through a memory map: a full disk is then an OSError
     # (a clear message, the partial file removed), where a page of a map that cannot be stored
     # kills the process with SIGBUS.
+    # The file's sha256, taken as it is written, goes into its record: a reader that finds the file changed since
+    # (another modification time) checks its bytes against it, so that pixels overwritten in place are never used.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    digest = hashlib.sha256(header.getvalue())
     with atomic_path(out_npy) as tmp, open(tmp, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        handle.write(header.getvalue())
         pool = ThreadPoolExecutor(max_workers=max(1, threads))
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
                 for pixels in pool.map(lambda r: load_stored(r, resize_size, crop_size, interpolation), chunk):
-                    handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).data)
+                    row = np.ascontiguousarray(pixels, dtype=np.uint8).data
+                    digest.update(row)
+                    handle.write(row)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         decoded_at = time.perf_counter()
@@ -132,6 +141,7 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
         "interpolation": interpolation, "orientation": "exif", "bytes": out_npy.stat().st_size,
+        "sha256": digest.hexdigest(), "mtime_ns": out_npy.stat().st_mtime_ns,
         "splits": split_ranges(frame["split"].tolist()), "classes": classes,
         "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
     }
@@ -245,7 +255,24 @@ def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, d
         return f"it holds {dtype} {list(shape)}, its record says uint8 {info.get('shape')}", info, offset
     if size != expected or size != info.get("bytes"):
         return f"it has {size} bytes, {expected} expected: it was cut short or changed after it was written", info, offset
+    # Changed in place (the same size) since it was written, or only touched or copied: its bytes tell which.
+    # (Records written before 2026-11-30 have no sha256: their files are not checked so.)
+    if "sha256" in info and os.fstat(handle.fileno()).st_mtime_ns != info.get("mtime_ns"):
+        actual = _sha256_of_open(handle)
+        if actual != info["sha256"]:
+            return (f"its bytes changed after it was written: sha256 {actual}, its record says {info['sha256']}"), info, offset
     return None, info, offset
+
+
+def _sha256_of_open(handle: BinaryIO, chunk: int = 1 << 23) -> str:
+    """The sha256 of the whole file ``handle`` has open (read by offset: its position is left alone)."""
+    digest, fd, at = hashlib.sha256(), handle.fileno(), 0
+    while True:
+        block = os.pread(fd, chunk, at)
+        if not block:
+            return digest.hexdigest()
+        digest.update(block)
+        at += len(block)
 
 
 def _remove_damaged(npy: Path, info_json: Path, why: str) -> DataError:
