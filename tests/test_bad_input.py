@@ -862,3 +862,19 @@ def test_with_several_config_files_each_problem_names_the_file_its_value_comes_f
     assert f"experiments.finetune.epoch: unknown key (did you mean epochs?) (set in {second}); allowed keys:" in result.stdout
     assert "seeds: [0, 0] has non-unique elements (set in --config)" in result.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_a_target_written_after_configfile_is_named_as_read_for_a_config_file(tmp_path):
+    """`--configfile my.yaml results/.../metrics.json`: Snakemake reads the target as a second config file, and its keys
+    as unknown config keys; the message says first why, and how to write the command."""
+    config = tiny_config(tmp_path)
+    target = tmp_path / "results/finetune/seed0/metrics.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps({"accuracy": 0.5, "n_test": 40}))
+    result = run_snakemake(tmp_path, config, str(target), "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    assert (f"{target}: read as a config file but sets none of the config's keys. `--configfile` takes every word "
+            "after it as a config file: name targets before it") in result.stdout, result.stdout[-3000:]
+    assert f"n_test: unknown key (set in {target})" in result.stdout
+    # A config file that sets a key of the config is not taken for a target.
+    assert f"{config}: read as a config file" not in result.stdout

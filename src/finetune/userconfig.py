@@ -263,6 +263,20 @@ def _writes(config, path: list[str]) -> bool:
     return True
 
 
+def stray_configfiles(sources: dict[str, dict], known_keys) -> list[str]:
+    """The config files given that set none of the config's keys: most likely a target written after
+    ``--configfile``, which takes every word after it as one more config file (``results/.../metrics.json``)."""
+    known = set(known_keys)
+    return [name for name, loaded in sources.items()
+            if name != "--config" and isinstance(loaded, dict) and loaded and not known & set(loaded)]
+
+
+def stray_configfiles_hint(strays: list[str]) -> str:
+    return (f"{', '.join(strays)}: read as a config file but {'sets' if len(strays) == 1 else 'set'} none of the "
+            "config's keys. `--configfile` takes every word after it as a config file: name targets before it "
+            "(snakemake results/x.json --configfile my.yaml), or put a flag between")
+
+
 def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
     """Each problem (``key.path: why``) with the source its key's value comes from, where there are several
     (``sources``: {name: the config it gives}, in the order Snakemake merges them, so the last that writes

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import config_problems, format_problems, job_options, schema_default, train_defaults
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, own_sections, profile_files, runs_no_job, typed_command_line_config,
-                                 where_written)
+                                 expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
+                                 stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -103,7 +103,10 @@ if _problems:
     _sources = {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
                 **{str(f): load_configfile(f) for f in workflow.config_settings.configfiles},
                 **({"--config": dict(workflow.config_settings.config)} if workflow.config_settings.config else {})}
-    raise WorkflowError(format_problems(where_written(_problems, _sources)))
+    _strays = stray_configfiles({f: _sources[f] for f in map(str, workflow.config_settings.configfiles)},
+                                load_configfile(SCHEMA)["properties"])
+    raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
+                                   format_problems(where_written(_problems, _sources))]))
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
