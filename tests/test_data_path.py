@@ -301,8 +301,11 @@ def _other_shape(npy, info):
 
 
 def _overwrite_pixels(npy, info):
-    """Pixels written over in place, the file's size unchanged (a stray `dd conv=notrunc`, a program writing into
-    the wrong file)."""
+    """Pixels written over in place a while after the pair was written, the file's size unchanged (a stray
+    `dd conv=notrunc`, a program writing into the wrong file)."""
+    earlier = time.time_ns() - 60 * 10**9  # the pair as written a minute ago
+    for path in (npy, info):
+        os.utime(path, ns=(earlier, earlier))
     with open(npy, "r+b") as handle:
         handle.seek(-64, os.SEEK_END)
         old = handle.read(64)
@@ -328,14 +331,33 @@ def test_a_decoded_file_touched_or_copied_without_its_times_is_read_as_it_is(spl
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
     expected = np.load(npy)
-    os.utime(npy, ns=(npy.stat().st_atime_ns, npy.stat().st_mtime_ns + 10**9))
+    os.utime(npy, ns=(npy.stat().st_atime_ns, info.stat().st_mtime_ns + 10 * 10**9))  # touched later than its record
     rows = np.arange(len(expected))
     np.testing.assert_array_equal(open_decoded(npy, info, split_csv, (32, 32)).read(rows), expected)
     copied = tmp_path / "copy"
     copied.mkdir()
+    shutil.copyfile(info, copied / "d.json")  # the record first: the array is then the later of the two
     shutil.copyfile(npy, copied / "d.npy")
-    shutil.copyfile(info, copied / "d.json")
+    os.utime(copied / "d.npy", ns=(time.time_ns(), time.time_ns() + 10 * 10**9))
     np.testing.assert_array_equal(open_decoded(copied / "d.npy", copied / "d.json", split_csv, (32, 32)).read(rows), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.fashion_mnist
+def test_decoded_files_as_snakemake_leaves_them_are_opened_without_a_pass_over_their_bytes(tiny_run, monkeypatch):
+    """Snakemake touches a job's outputs when it is done: the decoded array and then its record. Opening them must not
+    take that for a change and read the whole array through (every job after decode would)."""
+    import finetune.store
+
+    def no_full_read(handle, chunk=0):
+        raise AssertionError("the whole array was read to check it")
+
+    monkeypatch.setattr(finetune.store, "_sha256_of_open", no_full_read)
+    folders = sorted((tiny_run / "resources/decoded").glob("*/*/"))
+    assert folders
+    for folder in folders:
+        store = open_decoded(folder / "images.npy", folder / "info.json")
+        assert store.read(np.arange(1)).shape[0] == 1
 
 
 def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp_path):

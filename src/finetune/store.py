@@ -14,8 +14,9 @@ foreign file is never read as data: a damaged pair (unreadable record or header,
 size; the two in one folder, as the decode job writes them) is removed with a message naming it and
 the command that decodes it again; a missing record removes nothing; a pair
 that is intact but belongs to another split file or size is refused and left alone. The check
-covers structure and size, not every byte (a full checksum would cost each job a pass over the
-whole file).
+covers structure and size, and the bytes of an array modified after its record was written (pixels
+written over in place), against the sha256 the record holds: a pass over the whole file only then,
+as the record is written after the array and Snakemake touches the two in that order.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
     # Written in order with plain writes, not through a memory map: a full disk is then an OSError
     # (a clear message, the partial file removed), where a page of a map that cannot be stored
     # kills the process with SIGBUS.
-    # The file's sha256, taken as it is written, goes into its record: a reader that finds the file changed since
-    # (another modification time) checks its bytes against it, so that pixels overwritten in place are never used.
+    # The file's sha256, taken as it is written, goes into its record: a reader that finds the file modified after
+    # its record checks its bytes against it, so that pixels written over in place are never used.
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
     digest = hashlib.sha256(header.getvalue())
@@ -141,7 +142,7 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         "format": STORE_FORMAT, "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "shape": list(shape), "dtype": "uint8", "resize_size": resize_size, "crop_size": crop_size,
         "interpolation": interpolation, "orientation": "exif", "bytes": out_npy.stat().st_size,
-        "sha256": digest.hexdigest(), "mtime_ns": out_npy.stat().st_mtime_ns,
+        "sha256": digest.hexdigest(),
         "splits": split_ranges(frame["split"].tolist()), "classes": classes,
         "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
     }
@@ -237,6 +238,9 @@ def _array_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(shape), dtype, handle.tell()
 
 
+MODIFIED_AFTER_NS = 1_000_000_000  # an array modified this much after its record has its bytes checked
+
+
 def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, dict, int]:
     """(what is wrong with the pair, or None; its record; where the array's bytes start)."""
     try:
@@ -255,9 +259,10 @@ def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, d
         return f"it holds {dtype} {list(shape)}, its record says uint8 {info.get('shape')}", info, offset
     if size != expected or size != info.get("bytes"):
         return f"it has {size} bytes, {expected} expected: it was cut short or changed after it was written", info, offset
-    # Changed in place (the same size) since it was written, or only touched or copied: its bytes tell which.
-    # (Records written before 2026-11-30 have no sha256: their files are not checked so.)
-    if "sha256" in info and os.fstat(handle.fileno()).st_mtime_ns != info.get("mtime_ns"):
+    # The record is written after the array, and Snakemake touches the two in that order once the job is done: an
+    # array modified later than its record (by more than a second) was written over in place (the same size), or
+    # only touched or copied: its bytes tell which. (Records written before 2026-11-30 have no sha256.)
+    if "sha256" in info and os.fstat(handle.fileno()).st_mtime_ns > os.stat(info_json).st_mtime_ns + MODIFIED_AFTER_NS:
         actual = _sha256_of_open(handle)
         if actual != info["sha256"]:
             return (f"its bytes changed after it was written: sha256 {actual}, its record says {info['sha256']}"), info, offset
