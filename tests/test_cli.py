@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from helpers import REPO
 
 
@@ -60,6 +62,40 @@ def test_a_stop_that_a_library_wrapped_in_its_own_error_still_exits_143(tmp_path
     assert result.returncode == 143, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("stopped by SIGINT: stopped at once"), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("call", ["load_resume(Path(STATE), print)", "load_state_dict(STATE)"])
+def test_a_stop_while_a_file_is_read_is_a_stop_not_a_damaged_file(tmp_path, call):
+    """SIGTERM (a walltime) while the resume state or the weights are read: the job stops, 143, rather than take the
+    interrupted read for a damaged file (starting again from epoch 1 and overwriting the resume state; or failing as
+    an unreadable checkpoint)."""
+    state = tmp_path / "state.pt"
+    result = run_python(f"""
+        import os, signal
+        from pathlib import Path
+        import torch
+        from finetune.cli import run
+        from finetune.progress import load_resume
+        from finetune.weights import load_state_dict
+
+        STATE = {str(state)!r}
+        torch.save({{"epoch": 1, "state_dict": {{"w": torch.zeros(2)}}}}, STATE)
+        real_load = torch.load
+
+        def load(*args, **kwargs):  # the signal arrives while the file is read
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real_load(*args, **kwargs)
+
+        torch.load = load
+
+        def main():
+            {call}
+            print("went on")
+        run(main)
+    """)
+    assert result.returncode == 143, result.stdout + result.stderr
+    assert "went on" not in result.stdout and "unreadable" not in result.stdout + result.stderr
+    assert "stopped by SIGTERM: stopped at once" in result.stderr
 
 
 def test_sighup_stops_a_job_unless_it_is_ignored_as_under_nohup():

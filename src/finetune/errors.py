@@ -43,9 +43,11 @@ class WriteError(FinetuneError):
     """
 
 
-class StopRequested(Exception):
+class StopRequested(BaseException):
     """SIGTERM/SIGINT arrived: Slurm's warning before a walltime kill, or Ctrl-C.
 
     Not a FinetuneError: the entry points exit with 143 (128 + SIGTERM) so that schedulers see a
-    stopped job, not a broken one. The message says what was kept.
+    stopped job, not a broken one. The message says what was kept. A BaseException, as KeyboardInterrupt:
+    the ``except Exception`` that takes a file torch cannot read for a damaged one (the resume state, the
+    feature cache, the weights) must not take a stop arriving during the read for one too.
     """
