@@ -876,5 +876,38 @@ def test_a_target_written_after_configfile_is_named_as_read_for_a_config_file(tm
     assert (f"{target}: read as a config file but sets none of the config's keys. `--configfile` takes every word "
             "after it as a config file: name targets before it") in result.stdout, result.stdout[-3000:]
     assert f"n_test: unknown key (set in {target})" in result.stdout
-    # A config file that sets a key of the config is not taken for a target.
+    # A config file that sets a key of the config is not taken for a target, nor one of unknown keys only (`lr` not
+    # under `train:`): that is a config's mistake, said as one.
     assert f"{config}: read as a config file" not in result.stdout
+    mistake = tmp_path / "lr.yaml"
+    mistake.write_text("lr: 0.01\n")
+    result = run_snakemake(tmp_path, config, str(mistake), "-n", check=False, timeout=120)
+    assert result.returncode != 0 and f"lr: unknown key (set in {mistake})" in result.stdout, result.stdout[-3000:]
+    assert "read as a config file" not in result.stdout
+
+
+def test_a_csv_row_naming_a_folder_is_refused_as_a_folder(tmp_path):
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["cat,cat"])
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"{manifest.parent / 'cat'}: is a folder, not an image file" in result.stdout
+
+
+def test_image_file_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
+    """A name from an old archive in Latin-1 (`caf\\xe9.png`): the split file (UTF-8 text) cannot hold it. Refused,
+    naming it, instead of a traceback; watching the folder for changes reads it as it is."""
+    import os
+
+    from finetune.watch import tree_state
+
+    data = tmp_path / "data"
+    make_images(data, {"cat": 6, "dog": 6})
+    odd = data / "cat" / os.fsdecode(b"caf\xe9.png")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(odd)
+    result = run_split(imagefolder(data), tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"1 image file name(s) under {data} are not valid UTF-8" in result.stdout
+    assert ascii(str(odd)) in result.stdout
+    before = tree_state(data, "folders")
+    odd.rename(data / "cat" / "cafe.png")
+    assert tree_state(data, "folders") != before

@@ -3,6 +3,7 @@ snippet, run for real on the tiny config, trains the same model as the workflow 
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -39,3 +40,24 @@ def test_the_readme_s_module_snippet_runs_the_workflow_as_a_module(tiny_run, tmp
     # The snippet's onsuccess removed the finished resume states (a module's own handlers do not run).
     assert not list((host / "resources/resume").glob("**/*.done.pt"))
     assert list((host / "resources/resume").glob("**/*")) == [] or not (host / "resources/resume").exists()
+
+
+def test_a_module_with_a_prefix_and_this_repository_inside_the_host_finds_its_own_files(tmp_path):
+    """The repository vendored inside the host's folder (a git submodule) and the module given a `prefix:`: the rules'
+    own scripts and modules are this repository's files, not paths under the prefix (which would be missing)."""
+    host = tmp_path / "host"
+    for name in ("Snakefile", "workflow", "src", "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, host / "finetune" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (host / "finetune").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, host / "finetune" / name)
+    snippet = readme_module_snippet().replace("/path/to/finetune", "finetune")
+    (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
+    (host / "config").mkdir()
+    tiny_config(host / "config", name="finetune.yaml", replace={"experiments": {"finetune": TINY_CONFIG["experiments"]["finetune"]}})
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0 and "Missing input files" not in result.stdout, result.stdout[-3000:]
+    assert "runs/a/results/finetune/seed0/model.pt" in result.stdout, result.stdout[-3000:]
+    assert re.search(r"input: .*(?<!runs/a/)finetune/workflow/scripts/train\.py", result.stdout), result.stdout[-3000:]

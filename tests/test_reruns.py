@@ -73,8 +73,9 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
                     "model.onnx", "onnx_parity.json", "reliability.png", "test_predictions.csv"))
     stale = sorted(stale + [f"results/summary.{ext}" for ext in ("csv", "html", "md")] + ["results/selected.json"])
     assert all((workdir / f).exists() for f in stale)
-    assert (f"note: {len(stale)} file(s) under results/ are still the earlier run's, not this config's: their jobs did "
-            f"not run ({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
+    assert (f"note: {len(stale)} file(s) under results/ were to be made again by this run and were not (changed "
+            f"settings, code or data, or --forcerun): they are an earlier run's, not this one's "
+            f"({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]
@@ -426,6 +427,38 @@ def test_a_project_folder_moved_or_renamed_reruns_nothing(tiny_run_copy, tmp_pat
     assert would_run(project, snakefile=project / "Snakefile") == NOTHING
     moved = project.rename(tmp_path / "renamed")
     assert would_run(moved, snakefile=moved / "Snakefile") == NOTHING
+
+
+def copy_of_the_workflow(folder: Path) -> Path:
+    """This repository's workflow (no config/: a config of the test's own stands alone) copied into ``folder``."""
+    for name in ("Snakefile", "workflow", "src", "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, folder / name)
+    return folder / "Snakefile"
+
+
+def test_the_workflow_in_a_folder_whose_path_has_spaces_and_shell_characters_runs_its_jobs(tmp_path):
+    """`~/My Projects/finetune`, run with --snakefile from another working directory: the rules' commands name the
+    scripts (and the venv's python) by paths the shell must be given quoted."""
+    snakefile = copy_of_the_workflow(tmp_path / "My Projects" / "fïne tune's ($HOME) & co")
+    workdir = tmp_path / "run dir #1"
+    ran = run_snakemake(workdir, tiny_config(workdir), "--printshellcmds", "resources/splits/target.csv",
+                        snakefile=snakefile, check=False)
+    assert ran.returncode == 0 and jobs_run(ran.stdout) == ["split"], ran.stdout[-3000:]
+    assert (workdir / "resources/splits/target.csv").read_text().startswith("path,")
+
+
+def test_the_workflow_in_a_folder_whose_path_has_a_colon_is_refused_at_start(tmp_path):
+    """PYTHONPATH, how the jobs find this workflow's code, splits its entries at ':': the jobs would import another
+    copy of the package, or none. Refused at start, naming the folder."""
+    snakefile = copy_of_the_workflow(tmp_path / "runs:2026" / "finetune")
+    refused = run_snakemake(tmp_path / "run", tiny_config(tmp_path / "run"), "-n", snakefile=snakefile, check=False)
+    assert refused.returncode != 0
+    assert f"this workflow's folder {snakefile.parent} has a ':' in its path" in refused.stdout, refused.stdout[-3000:]
 
 
 def edit(path: Path) -> None:

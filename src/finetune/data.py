@@ -213,12 +213,26 @@ def list_image_folder(root: str) -> pd.DataFrame:
                     rows.append((str(p), name, split))
                 else:
                     ignored.append(p)
+    not_utf8 = [ascii(path) for path, _, _ in rows if not _utf8(path)]
+    if not_utf8:
+        raise DataError(f"{len(not_utf8)} image file name(s) under {root} are not valid UTF-8 (an old archive's "
+                        f"encoding, e.g. Latin-1), which the split file cannot hold: {', '.join(not_utf8[:5])}"
+                        f"{' ...' if len(not_utf8) > 5 else ''}; rename them (e.g. `convmv -f latin1 -t utf8 -r "
+                        f"--notest {root}`)")
     tops = [Path(root), *split_folders(Path(root))]
     frame = pd.DataFrame(rows, columns=["path", "class_name", "official_split"])
     frame.attrs["ignored_files"] = extension_counts(ignored)
     frame.attrs["outside_class_folders"] = sorted(str(p) for top in tops for p in _images_in(top))
     frame.attrs["layout_note"] = layout_note(Path(root), classes)
     return frame
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name's bytes that are not UTF-8, kept by Python as surrogates
+        return False
+    return True
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -453,7 +467,10 @@ def _inspect(path: str) -> tuple[str | None, str | None, np.ndarray | None]:
     if split_ref(path)[1] is not None:  # an image inside a file (Fashion-MNIST's IDX): no file of its own
         return *inspect_image(path), None
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe waits for a writer, forever
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            return "is a folder, not an image file", None, None
+        if not stat.S_ISREG(mode):  # opening a named pipe waits for a writer, forever
             return "not a regular file (a named pipe, socket or device)", None, None
         data = Path(path).read_bytes()
     except FileNotFoundError:

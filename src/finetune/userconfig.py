@@ -263,12 +263,20 @@ def _writes(config, path: list[str]) -> bool:
     return True
 
 
-def stray_configfiles(sources: dict[str, dict], known_keys) -> list[str]:
-    """The config files given that set none of the config's keys: most likely a target written after
-    ``--configfile``, which takes every word after it as one more config file (``results/.../metrics.json``)."""
+def stray_configfiles(sources: dict[str, dict], known_keys, workdir: str | os.PathLike) -> list[str]:
+    """The config files given that set none of the config's keys and look like a workflow's output (under the working
+    directory's results/ or resources/, or not .yaml/.yml/.json): most likely a target written after ``--configfile``,
+    which takes every word after it as one more config file (``results/.../metrics.json``). A config file of
+    unknown keys only (``lr: 0.01``, not under ``train:``) is not one."""
     known = set(known_keys)
+
+    def output_like(name: str) -> bool:
+        path = Path(workdir, name).resolve()
+        under = any(path.is_relative_to(Path(workdir, top).resolve()) for top in ("results", "resources"))
+        return under or path.suffix.lower() not in (".yaml", ".yml", ".json")
+
     return [name for name, loaded in sources.items()
-            if name != "--config" and isinstance(loaded, dict) and loaded and not known & set(loaded)]
+            if name != "--config" and isinstance(loaded, dict) and loaded and not known & set(loaded) and output_like(name)]
 
 
 def stray_configfiles_hint(strays: list[str]) -> str:

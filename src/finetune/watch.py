@@ -60,10 +60,10 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
             files_state = cached[1]
         else:
             files = sorted(n for n in names if not images_only or n.lower().endswith(IMAGE_EXTENSIONS))
-            files_state = hashlib.sha256("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0" for name in files)
-                                         .encode()).hexdigest()
+            files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
+                                                             for name in files))).hexdigest()
         looked[real] = [mtime, files_state]
-        digest.update(f"{os.path.relpath(folder, root)}\0{files_state}\0".encode())
+        digest.update(os.fsencode(f"{os.path.relpath(folder, root)}\0{files_state}\0"))  # names not UTF-8 as bytes
     if cache is not None and any(known.get(real) != state for real, state in looked.items()):
         _write_cache(cache, {**known, **looked})
     return digest.hexdigest()[:16]

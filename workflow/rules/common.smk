@@ -23,7 +23,11 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # (python, python3) reruns nothing, as before.
 PYTHON = Path(sys.executable)
 # Scripts import the `finetune` package from src/: first on PYTHONPATH, here and, through `envvars`
-# (which also checks it is set), in jobs submitted to a cluster.
+# (which also checks it is set), in jobs submitted to a cluster. A path with the separator of PYTHONPATH's entries
+# would be split into two wrong ones, and the jobs would import another copy of the package, or none.
+if os.pathsep in str(REPO / "src"):
+    raise WorkflowError(f"this workflow's folder {REPO} has a {os.pathsep!r} in its path, which PYTHONPATH (how its jobs "
+                        f"find its code) cannot hold: move or clone it to a path without one")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO / "src"), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO / "src"))]
 )
@@ -104,7 +108,7 @@ if _problems:
                 **{str(f): load_configfile(f) for f in workflow.config_settings.configfiles},
                 **({"--config": dict(workflow.config_settings.config)} if workflow.config_settings.config else {})}
     _strays = stray_configfiles({f: _sources[f] for f in map(str, workflow.config_settings.configfiles)},
-                                load_configfile(SCHEMA)["properties"])
+                                load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
                                    format_problems(where_written(_problems, _sources))]))
 
@@ -208,9 +212,11 @@ RULE_MODULES = {
 def as_input(path):
     """A file of this repository as an input: relative to the working directory where it lies below it, else absolute.
     Snakemake records each job's set of input paths: with absolute ones, a project folder moved or renamed would
-    rerun every job, pretraining included."""
+    rerun every job, pretraining included. Resolved (a repository reached through a symlink is the same files),
+    and `local`: a module's `prefix:` (or a default storage provider) must not take a relative one for a file of
+    its own."""
     try:
-        return str(Path(path).relative_to(Path.cwd()))
+        return local(str(Path(path).resolve().relative_to(Path.cwd().resolve())))
     except ValueError:
         return str(path)
 
@@ -560,7 +566,7 @@ def intermediate_outputs():
 
 def earlier_results_note():
     """After a failed run: the files under results/ still there whose jobs were to run and did not (a run's metrics,
-    model.onnx, summary.md): they are the earlier settings' (or earlier data's), not this run's."""
+    model.onnx, summary.md): they are an earlier run's, not this one's."""
     try:
         jobs = list(workflow.dag.needrun_jobs())
     except Exception:  # Snakemake's DAG is internal: without it, no note rather than a second error
@@ -569,8 +575,9 @@ def earlier_results_note():
     if not earlier:
         return []
     shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
-    return [f"note: {len(earlier)} file(s) under results/ are still the earlier run's, not this config's: their jobs did "
-            f"not run ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
+    return [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not (changed "
+            f"settings, code or data, or --forcerun): they are an earlier run's, not this one's ({shown}); the next run "
+            "that succeeds makes them again (`snakemake -n` lists them)"]
 
 
 def remove_finished_states():

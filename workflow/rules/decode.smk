@@ -30,5 +30,5 @@ rule decode:
         mem_mb=1000,
         runtime=60,
     shell:
-        "exec {params.python} {input.script} --split {input.split} {params.weights:q} {params.image_size} "
+        "exec {params.python:q} {input.script:q} --split {input.split} {params.weights:q} {params.image_size} "
         "--splits {params.splits} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"

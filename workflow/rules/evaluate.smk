@@ -65,7 +65,7 @@ rule evaluate:
         runtime=30,
         gpu=1 if config["evaluate"]["device"] == "cuda" else 0,
     shell:
-        "exec {params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} --split-report {input.split_report} "
+        "exec {params.python:q} {input.script:q} --checkpoint {input.checkpoint} --split {input.split} --split-report {input.split_report} "
         "--history {input.history} --train-info {input.train_info} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-metrics {output.metrics} --out-confusion {output.confusion} "

@@ -28,7 +28,7 @@ rule export_onnx:
         mem_mb=3000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --checkpoint {input.checkpoint} --split {input.split} "
+        "exec {params.python:q} {input.script:q} --checkpoint {input.checkpoint} --split {input.split} "
         "--decoded {input.decoded_images} {input.decoded_info} "
         "--out-onnx {output.onnx} --out-parity {output.parity} --tolerance {params.tolerance} --rtol {params.rtol} "
         "--parity-batch {params.parity_batch} --exporter {params.exporter} --opset {params.opset} "
@@ -59,5 +59,5 @@ rule quantize_onnx:
         mem_mb=3000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --onnx {input.onnx} --split {input.split} --out-onnx {output.onnx} "
+        "exec {params.python:q} {input.script:q} --onnx {input.onnx} --split {input.split} --out-onnx {output.onnx} "
         "--out-report {output.report} --threads {threads} > {log} 2>&1"

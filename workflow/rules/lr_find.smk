@@ -43,7 +43,7 @@ rule lr_find:
         runtime=60,
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
-        "exec {params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
+        "exec {params.python:q} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
         "--options {params.options:q} --key-names {params.key_names:q} --range-test {params.range_test:q} {params.scratch} {params.image_size} "
         "--out-csv {output.csv} --out-png {output.png} --out-suggestion {output.suggestion} "
         "--feature-cache-dir {params.feature_cache_dir} --threads {threads} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule predict:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --model {input.model} --images {params.images:q} --out {output.csv} "
+        "exec {params.python:q} {input.script:q} --model {input.model} --images={params.images:q} --out {output.csv} "
         "--top-k {params.top_k} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
 
 
@@ -64,6 +64,6 @@ rule predict_selected:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --choose-from {params.runs} --model-name {params.model_name} {params.seed} "
-        "--images {params.images:q} --out {output.csv} --out-selection {output.selection} "
+        "exec {params.python:q} {input.script:q} --choose-from {params.runs} --model-name {params.model_name} {params.seed} "
+        "--images={params.images:q} --out {output.csv} --out-selection {output.selection} "
         "--top-k {params.top_k} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"

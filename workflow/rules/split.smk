@@ -22,5 +22,5 @@ rule split:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --dataset {params.dataset:q} --out {output.csv} "
+        "exec {params.python:q} {input.script:q} --dataset {params.dataset:q} --out {output.csv} "
         "--report {output.report} --threads {threads} > {log} 2>&1"

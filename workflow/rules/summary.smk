@@ -30,6 +30,6 @@ rule summary:
     log:
         "results/logs/summary.log",
     shell:
-        "exec {params.python} {input.script} --runs {params.runs} --weights-source {params.weights_source:q} "
+        "exec {params.python:q} {input.script:q} --runs {params.runs} --weights-source {params.weights_source:q} "
         "--sweep-of {params.sweep_of:q} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} "
         "--out-selected {output.selected} --split-report {input.split_report} > {log} 2>&1"

@@ -43,7 +43,7 @@ rule train:
         # GPUs per node (sbatch --gpus; a job of several nodes asks with `gres` instead: README)
         gpu=lambda w: experiment_config(w.experiment)["devices"] if uses_gpu(w.experiment) else 0,
     shell:
-        "exec {params.python} {params.launch} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
+        "exec {params.python:q} {params.launch} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
         "--options {params.options:q} --key-names {params.key_names:q} {params.scratch} {params.image_size} {params.lr_from} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "

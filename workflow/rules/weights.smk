@@ -28,7 +28,7 @@ rule pretrain:
         mem_mb=4000,
         runtime=120,
     shell:
-        "exec {params.python} {input.script} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
+        "exec {params.python:q} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
         "--options {params.options:q} --out-weights {output.weights} --out-info {output.info} "
         "--out-history {output.history} --resume-dir {params.resume_dir} --threads {threads} > {log} 2>&1"
 
@@ -56,5 +56,5 @@ rule weights:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python} {input.script} --weights {params.weights:q} --fetch {params.fetch:q} --out-weights {output.weights} "
+        "exec {params.python:q} {input.script:q} --weights {params.weights:q} --fetch {params.fetch:q} --out-weights {output.weights} "
         "--out-manifest {output.manifest} {params.pretrained} > {log} 2>&1"
