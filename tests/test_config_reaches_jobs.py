@@ -121,6 +121,9 @@ def commands(output: str) -> list[tuple[str, dict]]:
         if not line.startswith("Shell command: ") or line == "Shell command: None":  # `all` runs nothing
             continue
         words = shlex.split(line[len("Shell command: "):].split(" > ")[0])
+        words = words[1:] if words[0] == "exec" else words  # each rule execs its script
+        words = [part for word in words for part in (word.split("=", 1) if word.startswith("--") and "=" in word
+                                                     else [word])]  # --images=-x.png: option and value
         options, i = {}, 2
         if words[1:3] == ["-m", "finetune.launch"]:  # several training processes: the launcher, then the script
             options = {"launch-devices": words[words.index("--devices") + 1],

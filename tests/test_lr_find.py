@@ -114,10 +114,12 @@ def test_lr_auto_in_an_experiment_or_in_train_is_accepted():
 
 
 def shell_commands(output: str) -> list[list[str]]:
-    """The words of every job's command a dry run printed (python, script, options...), up to the log redirect."""
+    """The words of every job's command a dry run printed (python, script, options...), up to the log redirect (and
+    after the `exec` each rule runs its script with)."""
     prefix = "Shell command: "
-    return [shlex.split(line[len(prefix):].split(" > ")[0]) for line in output.splitlines()
-            if line.startswith(prefix) and line != prefix + "None"]
+    commands = [shlex.split(line[len(prefix):].split(" > ")[0]) for line in output.splitlines()
+                if line.startswith(prefix) and line != prefix + "None"]
+    return [words[1:] if words[0] == "exec" else words for words in commands]
 
 
 def command_of(commands: list[list[str]], script: str, option: str, value: str) -> list[str]:
