@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,16 @@ def jobs_run(snakemake_output: str) -> list[str]:
             if stripped.startswith(prefix) and stripped.endswith(":"):
                 names.append(stripped[len(prefix):-1])
     return names
+
+
+def copy_of_the_workflow(folder: Path, with_config: bool = False) -> Path:
+    """This repository's workflow copied into ``folder`` (modification times kept), its Snakefile returned. Without
+    ``with_config`` no config/: a config of the test's own then stands alone, not merged over the demo's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "src", *(["config"] if with_config else []), "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))  # copy2: mtimes kept
+        else:
+            shutil.copy2(source, folder / name)
+    return folder / "Snakefile"

@@ -3,11 +3,10 @@ snippet, run for real on the tiny config, trains the same model as the workflow 
 
 import json
 import re
-import shutil
 
 import pytest
 
-from helpers import REPO, TINY_CONFIG, run_snakemake, tiny_config
+from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -46,13 +45,7 @@ def test_a_module_with_a_prefix_and_this_repository_inside_the_host_finds_its_ow
     """The repository vendored inside the host's folder (a git submodule) and the module given a `prefix:`: the rules'
     own scripts and modules are this repository's files, not paths under the prefix (which would be missing)."""
     host = tmp_path / "host"
-    for name in ("Snakefile", "workflow", "src", "profiles"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, host / "finetune" / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (host / "finetune").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, host / "finetune" / name)
+    copy_of_the_workflow(host / "finetune")
     snippet = readme_module_snippet().replace("/path/to/finetune", "finetune")
     (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
     (host / "config").mkdir()

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from faults import make_images
-from helpers import REPO, jobs_run, run_snakemake, tiny_config
+from helpers import REPO, copy_of_the_workflow, jobs_run, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -401,13 +401,7 @@ def code_copy(tiny_run_copy, tmp_path) -> Path:
     records them as the inputs the results were made with (it runs no job).
     """
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("Snakefile", "workflow", "src", "config", "profiles"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))  # copy2: mtimes kept
-        else:
-            shutil.copy2(source, repo / name)
+    copy_of_the_workflow(repo, with_config=True)
     run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "--touch", snakefile=repo / "Snakefile")
     assert would_run(tiny_run_copy, snakefile=repo / "Snakefile") == NOTHING
     return repo
@@ -417,28 +411,11 @@ def test_a_project_folder_moved_or_renamed_reruns_nothing(tiny_run_copy, tmp_pat
     """The workflow's code inside the folder it runs in, as a user's clone: renaming that folder is no change to any
     job (Snakemake records each job's set of input paths, and the scripts and modules are inputs)."""
     project = tiny_run_copy
-    for name in ("Snakefile", "workflow", "src", "profiles"):  # not config/: the tiny run's config stands alone
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, project / name)
+    copy_of_the_workflow(project)  # not config/: the tiny run's config stands alone
     run_snakemake(project, project / "config.yaml", "--touch", snakefile=project / "Snakefile")
     assert would_run(project, snakefile=project / "Snakefile") == NOTHING
     moved = project.rename(tmp_path / "renamed")
     assert would_run(moved, snakefile=moved / "Snakefile") == NOTHING
-
-
-def copy_of_the_workflow(folder: Path) -> Path:
-    """This repository's workflow (no config/: a config of the test's own stands alone) copied into ``folder``."""
-    for name in ("Snakefile", "workflow", "src", "profiles"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, folder / name)
-    return folder / "Snakefile"
 
 
 def test_the_workflow_in_a_folder_whose_path_has_spaces_and_shell_characters_runs_its_jobs(tmp_path):
