@@ -276,7 +276,7 @@ def stray_configfiles(sources: dict[str, dict], known_keys, workdir: str | os.Pa
         return under or path.suffix.lower() not in (".yaml", ".yml", ".json")
 
     return [name for name, loaded in sources.items()
-            if name != "--config" and isinstance(loaded, dict) and loaded and not known & set(loaded) and output_like(name)]
+            if isinstance(loaded, dict) and loaded and not known & set(loaded) and output_like(name)]
 
 
 def stray_configfiles_hint(strays: list[str]) -> str:
