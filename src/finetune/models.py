@@ -6,17 +6,18 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightsError
+from .importing import import_torchvision
 
 
 def available_architectures() -> list[str]:
-    import torchvision
+    torchvision = import_torchvision()
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def build_architecture(arch: str, num_classes: int) -> nn.Module:
     """A randomly initialised torchvision classification model with ``num_classes`` outputs."""
-    import torchvision
+    torchvision = import_torchvision()
 
     names = available_architectures()
     if arch not in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,9 +29,9 @@ PARITY_SAMPLE = 256  # test images on which export checks onnxruntime against Py
 def imports_done() -> None:
     """End the job's ``imports`` (:mod:`finetune.jobclock`): torchvision too, which each torch stage loads to build
     its model, so that the time the imports take is told apart from reading the inputs."""
-    import importlib
+    from .importing import import_torchvision
 
-    importlib.import_module("torchvision")
+    import_torchvision()
     lap("imports")
 
 
@@ -573,18 +574,34 @@ def load_checkpoint(path: Path):
     return model.eval(), checkpoint
 
 
+# Building on the meta device skips initialising the weights a state dict replaces, but there torch's init
+# functions run through torch._refs, which imports torch._dynamo: 2.5 s on 2 CPU cores in a job that has not
+# loaded it otherwise (evaluate), where initialising costs about 0.03 s per million parameters (resnet18: 0.3 s).
+META_BUILD_MIN_PARAMETERS = 80_000_000
+
+
+def _meta_build_pays(state_dict: dict) -> bool:
+    """Whether building on the meta device saves time: dynamo is loaded already, or the model is large."""
+    if "torch._dynamo" in sys.modules:
+        return True
+    return sum(t.numel() for t in state_dict.values() if hasattr(t, "numel")) >= META_BUILD_MIN_PARAMETERS
+
+
 def _model_from_state(build: Callable, arch: str, num_classes: int, state_dict: dict):
-    """``build(arch, num_classes)`` holding ``state_dict``'s tensors, without first initialising weights the
-    state dict replaces: built on the meta device and given the tensors themselves (``assign``). An
-    architecture that cannot be built so, or that keeps a tensor outside its state dict (a non-persistent
-    buffer), is built and initialised as usual and the state dict copied in."""
+    """``build(arch, num_classes)`` holding ``state_dict``'s tensors. Where that saves time
+    (:func:`_meta_build_pays`), without first initialising weights the state dict replaces: built on the meta
+    device and given the tensors themselves (``assign``). An architecture that cannot be built so, or that keeps
+    a tensor outside its state dict (a non-persistent buffer), is built and initialised as usual and the state
+    dict copied in."""
     import torch
 
-    try:
-        with torch.device("meta"):
-            model = build(arch, num_classes)
-    except Exception:  # a builder that computes on its tensors; the usual way below says what is wrong, if anything
-        model = None
+    model = None
+    if _meta_build_pays(state_dict):
+        try:
+            with torch.device("meta"):
+                model = build(arch, num_classes)
+        except Exception:  # a builder that computes on its tensors; the usual way below says what is wrong, if anything
+            model = None
     if model is not None:
         model.load_state_dict(state_dict, assign=True)
         if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):

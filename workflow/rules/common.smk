@@ -187,8 +187,8 @@ wildcard_constraints:
 _STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "jobclock", "stages", "weights"]  # finetune.stages and its imports
 _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock", "metrics"]  # finetune.deploy: no torch
 # finetune.training and its parts
-_TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "mixing", "models", "options", "progress",
-             "selection", "stopping", "store", "tensors", "training"]
+_TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "importing", "mixing", "models", "options",
+             "progress", "selection", "stopping", "store", "tensors", "training"]
 # Where train and pretrain keep their resume state (their params.resume_dir), outside their outputs.
 RESUME_FOLDER = Path("resources/resume")
 
@@ -197,11 +197,11 @@ RULE_MODULES = {
     "decode": [*_STAGES, "store"],
     "pretrain": [*_STAGES, *_TRAINING],
     # Weights from pretrain are published as pretrain saved them (no model built): models only for the others.
-    "weights": [*_STAGES, *(["models"] if config["weights"]["source"] != "pretrain" else [])],
+    "weights": [*_STAGES, *(["importing", "models"] if config["weights"]["source"] != "pretrain" else [])],
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
-    "evaluate": [*_STAGES, "metrics", "models", "nearduplicates", "plots", "selection", "store", "tables", "tensors"],
-    "export_onnx": [*_STAGES, "configcheck", "export", "models", "store", "tensors"],
+    "evaluate": [*_STAGES, "importing", "metrics", "models", "nearduplicates", "plots", "selection", "store", "tables", "tensors"],
+    "export_onnx": [*_STAGES, "configcheck", "export", "importing", "models", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
     "predict_selected": [*_DEPLOY, "selection"],
