@@ -549,16 +549,19 @@ def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
 
 # --------------------------------------------------------------------------- image modes and sizes
 
-def write_png16_rgb(path: Path, pixels: np.ndarray) -> None:
-    """A 16-bit-per-channel RGB PNG, written by hand (PIL cannot write one)."""
-    height, width, _ = pixels.shape
+def write_png16_rgb(path: Path, pixels: np.ndarray, transparent: tuple[int, ...] | None = None) -> None:
+    """A 16-bit PNG, RGB (H, W, 3) or gray (H, W), written by hand (PIL cannot write one); ``transparent``: the
+    colour key of its tRNS chunk (one value per channel)."""
+    height, width = pixels.shape[:2]
     raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+    key = chunk(b"tRNS", struct.pack(f">{len(transparent)}H", *transparent)) if transparent else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + key + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
 
 
 def write_mode_variants(folder: Path, rgb: np.ndarray, huge: bool = False) -> dict[str, Path]:
@@ -611,6 +614,26 @@ def test_every_image_mode_decodes_to_8bit_rgb_consistently(tmp_path):
     dark = tmp_path / "dark16.png"
     Image.fromarray(np.full((8, 8), 2570, dtype=np.uint16)).save(dark)
     assert np.unique(np.asarray(load_image(str(dark)))).tolist() == [10]
+
+
+def test_a_16bit_png_s_colour_key_is_transparent_as_an_8bit_one_s(tmp_path):
+    """PNG's tRNS chunk names one colour as transparent, in the file's own bit depth; transparent pixels are
+    composited over black (black here), whatever the depth."""
+    from finetune.images import load_image
+
+    values = np.array([[0, 255, 256, 1000, 32768, 60000, 60159, 65535]], dtype=np.uint16)
+    write_png16_rgb(tmp_path / "gray16.png", values, transparent=(60000,))
+    gray = np.asarray(load_image(str(tmp_path / "gray16.png")))[0, :, 0]
+    expected = np.where(values[0] == 60000, 0, np.rint(values[0] / 257)).astype(int)
+    assert gray.tolist() == expected.tolist()
+    write_png16_rgb(tmp_path / "rgb16.png", np.stack([values, values, values], -1), transparent=(60000,) * 3)
+    rgb = np.asarray(load_image(str(tmp_path / "rgb16.png")))[0]
+    # PIL keeps the 8 high bits of a 16-bit RGB value: the key matches on them (60159 >> 8 == 60000 >> 8).
+    expected = np.where(values[0] >> 8 == 60000 >> 8, 0, values[0] >> 8).astype(int)
+    assert rgb[:, 0].tolist() == expected.tolist() and (rgb == rgb[:, :1]).all()
+    # 8-bit, the control: PIL's own colour key handling.
+    Image.fromarray((values[0:1] >> 8).astype(np.uint8), mode="L").save(tmp_path / "gray8.png", transparency=234)
+    assert np.asarray(load_image(str(tmp_path / "gray8.png")))[0, :, 0].tolist() == expected.tolist()
 
 
 @pytest.mark.slow

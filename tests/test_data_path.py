@@ -75,6 +75,21 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_nearly_the_same_pixels(
     assert np.abs(fast - slow).mean() < 1.5, "the reduced decode must show the same picture"
 
 
+def test_a_multi_picture_jpeg_is_decoded_at_a_reduced_scale_like_a_plain_one(tmp_path):
+    """MPO (a camera's multi-picture JPEG: the picture, then e.g. a second view) is its first picture's JPEG."""
+    with Image.open(photo(tmp_path / "photo.jpg", 2400, 1800)) as picture:
+        picture.load()
+        picture.save(tmp_path / "camera.jpg", format="MPO", save_all=True, quality=92,
+                     append_images=[picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+        plain = tmp_path / "plain.jpg"
+        picture.save(plain, quality=92)  # the same picture, encoded alike, in a plain JPEG
+    with Image.open(tmp_path / "camera.jpg") as check:
+        assert check.format == "MPO" and check.n_frames == 2
+    reduced = load_image(str(tmp_path / "camera.jpg"), min_side=224)
+    assert reduced.size == (300, 225)
+    assert np.array_equal(np.asarray(reduced), np.asarray(load_image(str(plain), min_side=224)))
+
+
 def test_small_images_and_other_formats_decode_exactly_as_before(tmp_path):
     small = photo(tmp_path / "small.jpg", 300, 240)  # not 2x larger than 224: no reduced decode possible
     png = tmp_path / "big.png"
@@ -245,6 +260,36 @@ def test_the_stored_squares_centre_is_the_evaluation_crop_for_every_aspect_ratio
                 assert np.array_equal(square[start : start + crop, start : start + crop], evaluation), (w, h)
 
 
+STRIP_PROBE = """
+import sys
+from finetune.images import load_stored
+load_stored(sys.argv[1], 64, 56)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))  # kB
+"""
+
+
+def test_an_extreme_strip_is_resized_in_bounded_memory_with_nearly_torchvision_s_pixels(tmp_path):
+    """A 6000x1 PNG (a few hundred bytes) resized to 64 px would be 384,000x64 pixels, about 100 MB as PIL holds
+    them: only the square kept is resampled, within a grey level of torchvision's Resize + CenterCrop."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(7)
+    strip = Image.fromarray(rng.integers(0, 256, (1, 6000, 3), dtype=np.uint8))
+    strip.save(tmp_path / "strip.png")
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    peaks = {}
+    for name in ("strip", "small"):
+        out = subprocess.run([sys.executable, "-c", STRIP_PROBE, str(tmp_path / f"{name}.png")], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
+        peaks[name] = int(out.stdout.split()[-1]) / 1024  # MB
+    assert peaks["strip"] - peaks["small"] < 40, peaks
+    reference = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(56)])
+    for image in (strip, strip.transpose(Image.Transpose.TRANSPOSE), strip.crop((0, 0, 300, 1))):
+        evaluation = preprocess(image, 64, 56)
+        assert np.abs(evaluation.astype(int) - np.asarray(reference(image))).max() <= 1, image.size
+        assert np.array_equal(preprocess_stored(image, 64, 56)[4:60, 4:60], evaluation), image.size
+
+
 def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 40, 32, npy, info, threads=2, log=lambda _: None)
@@ -358,6 +403,18 @@ def test_decoded_files_as_snakemake_leaves_them_are_opened_without_a_pass_over_t
     for folder in folders:
         store = open_decoded(folder / "images.npy", folder / "info.json")
         assert store.read(np.arange(1)).shape[0] == 1
+
+
+def test_an_image_broken_after_the_split_stops_the_decode_saying_how_to_check_the_images_again(split_csv, tmp_path):
+    first = pd.read_csv(split_csv)["path"][0]
+    Path(first).write_bytes(Path(first).read_bytes()[:300])  # overwritten in place, cut short
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    with pytest.raises(DataError) as caught:
+        write_decoded(split_csv, 40, 32, npy, info, threads=2, log=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith(f"cannot decode image {first}: ")
+    assert f"snakemake --forcerun {split_csv}" in message and "dataset.watch: files" in message
+    assert not npy.exists() and not info.exists() and list(tmp_path.glob("*.npy*")) == []
 
 
 def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp_path):

@@ -141,20 +141,21 @@ def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, t
     images = tmp_path / "imgs"
     write_images(images, n=2)
     listing = tmp_path / "list.csv"
-    pd.DataFrame({"path": ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png")],
-                  "note": ["a", "b", "c"]}).to_csv(listing, index=False)
+    pd.DataFrame({"path": ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png"), "imgs/nested"],
+                  "note": ["a", "b", "c", "d"]}).to_csv(listing, index=False)
     out = tmp_path / "out.csv"
     result = run_predict("--model", str(tiny_run / "results/scratch/seed0/model.onnx"), "--images", str(listing),
                          "--out", str(out), "--top-k", "10")
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table["path"]) == ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png")]
+    assert list(table["path"]) == ["imgs/item0.png", "imgs/missing.png", str(images / "item1.png"), "imgs/nested"]
     assert "not found" in table.loc[1, "error"] and "missing.png" in result.stderr
+    assert table.loc[3, "error"].endswith("imgs/nested: a folder, not an image file"), table.loc[3, "error"]
     assert table.loc[0, "error"] == "" and table.loc[2, "error"] == ""
     assert "top4_class" in table.columns and "top5_class" not in table.columns  # k is capped at 4 classes
     # The same list written by hand, with spaces after the commas (`note, path`): the same rows.
     spaced = tmp_path / "spaced.csv"
-    spaced.write_text("note, path\n" + "".join(f"{n}, {p}\n" for n, p in zip("abc", table["path"])))
+    spaced.write_text("note, path\n" + "".join(f"{n}, {p}\n" for n, p in zip("abcd", table["path"])))
     result = run_predict("--model", str(tiny_run / "results/scratch/seed0/model.onnx"), "--images", str(spaced),
                          "--out", str(tmp_path / "spaced_out.csv"), "--top-k", "10")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -180,6 +181,18 @@ def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
     result = run_predict("--model", str(model), "--images", str(notes), "--out", str(tmp_path / "bad.csv"))
     assert result.returncode == 1 and f"image list {notes} has no `path` column" in result.stderr, result.stderr
     assert "a file that is not an image (.png, .jpg" in result.stderr and "is read as a CSV list of images" in result.stderr
+    # A JPEG saved as .jfif (browsers do) is an image; a binary file of another kind is named as the list it is not.
+    jfif = tmp_path / "imgs" / "saved.jfif"
+    Image.open(image).convert("RGB").save(jfif, format="JPEG")
+    result = run_predict("--model", str(model), "--images", str(jfif), "--out", str(tmp_path / "jfif.csv"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    p = probabilities(onnx_logits(model, model_inputs([str(jfif)], onnx_preprocessing(model))))[0]
+    assert pd.read_csv(tmp_path / "jfif.csv", keep_default_na=False).loc[0, "predicted"] == CLASSES[int(np.argmax(p))]
+    binary = tmp_path / "imgs" / ".DS_Store"
+    binary.write_bytes(b"\x00\x00\x00\x01Bud1\xff\xfe" + bytes(range(256)))
+    result = run_predict("--model", str(model), "--images", str(binary), "--out", str(tmp_path / "bad.csv"))
+    assert result.returncode == 1 and f"cannot parse image list {binary}" in result.stderr, result.stderr
+    assert "is read as a CSV list of images" in result.stderr
 
 
 def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):

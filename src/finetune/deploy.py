@@ -177,7 +177,8 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         try:
             frame = read_text_table(source)  # `note, path` too
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot parse image list {source}: {exc}") from exc
+            raise DataError(f"cannot parse image list {source}: {exc}; a file that is not an image "
+                            f"({', '.join(IMAGE_EXTENSIONS)}) is read as a CSV list of images") from exc
         if "path" not in frame.columns:
             raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'}): a "
                             f"file that is not an image ({', '.join(IMAGE_EXTENSIONS)}) is read as a CSV list of images")

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from .errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # Images above this many pixels are refused (cannot decode: named, with their size) before any pixel is
 # decoded (:func:`_decode`): a possible decompression bomb (a 400 KB PNG of 20000x20000 pixels took 3 GB
@@ -123,12 +123,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
       rounded), as image viewers show it; never a per-image stretch, so a dark image stays dark.
       (PIL itself opens 16-bit RGB files as 8-bit RGB.)
     - float grayscale: 0.0..1.0 maps onto 0..255, values outside are clipped.
-    - transparency (RGBA, LA, PA, palette with a transparent colour): composited over black.
+    - transparency (RGBA, LA, PA, palette with a transparent colour, a colour key): composited over black.
+      A 16-bit RGB PNG's colour key matches on the 8 high bits PIL keeps of each value (the 16-bit values
+      are gone), so a colour within 1/256 of the key is transparent too.
     - everything else (L, 1, P, CMYK, YCbCr, ...): PIL's own conversion to RGB.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.rint(np.clip(array, 0, 65535) / 257.0).astype(np.uint8), mode="L")
+        gray = Image.fromarray(np.rint(np.clip(array, 0, 65535) / 257.0).astype(np.uint8), mode="L")
+        key = img.info.get("transparency")  # a PNG's colour key (tRNS), in the file's own 16-bit values
+        if isinstance(key, int):
+            img = Image.merge("LA", (gray, Image.fromarray(np.where(array == key, 0, 255).astype(np.uint8), mode="L")))
+        else:
+            img = gray
     elif img.mode == "F":
         array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
         img = Image.fromarray(np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8), mode="L")
@@ -187,7 +194,7 @@ def _draft_for(img: Image.Image, min_side: int | None) -> None:
     A 12-megapixel photo resized to 256 px decoded in 28-30 ms this way instead of 141-153 ms (one
     core); PIL picks the smallest scale whose size is still at least the one asked for.
     """
-    if not min_side or img.format != "JPEG":
+    if not min_side or img.format not in ("JPEG", "MPO"):  # MPO: a camera's multi-picture JPEG, its first picture
         return
     width, height = img.size
     scale = min_side / min(width, height)
@@ -211,12 +218,18 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
                 raise _Undecodable(f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels), above the "
                                    f"{MAX_PIXELS / 1e6:.0f} megapixels decoded here (a decompression bomb, or a "
                                    "picture too large to train on): make it smaller")
+            sixteen_bit_rgb = img.format == "PNG" and img.mode == "RGB" and bool(img.tile) and \
+                str(img.tile[0][3]).startswith("RGB;16")
             img.load()
+            if sixteen_bit_rgb and isinstance(img.info.get("transparency"), tuple):  # a tRNS key in 16-bit units
+                img.info["transparency"] = tuple(int(value) >> 8 for value in img.info["transparency"])
             if orientation == "exif":
                 ImageOps.exif_transpose(img, in_place=True)
             return _to_rgb(img)
     except FileNotFoundError:
         raise
+    except IsADirectoryError as exc:
+        raise _Undecodable("a folder, not an image file") from exc
     except Image.UnidentifiedImageError as exc:
         raise _Undecodable("not an image, or a format PIL cannot read") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -337,11 +350,27 @@ def preprocess(img: Image.Image, resize_size: int, crop_size: int, interpolation
     weights (Resize + CenterCrop), before normalisation.
     """
     new_size = resized_size(img.size, resize_size, crop_size)
-    if new_size != img.size:
-        img = img.resize(new_size, resampling(interpolation))
     left, top = centre_offset(new_size[0], crop_size), centre_offset(new_size[1], crop_size)
-    img = img.crop((left, top, left + crop_size, top + crop_size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(_resized_square(img, new_size, left, top, crop_size, interpolation), dtype=np.uint8)
+
+
+# An image resized in whole, then cropped, has torchvision's pixels exactly. One whose resized size is far larger
+# than the square kept (an 8000x1 strip resized to 256 px: 2,048,000x256, 2 GB of memory and seconds) has only
+# that square resampled: PIL's resize of a source box, the same filter at the same places, within a grey level.
+MAX_RESIZED_OVER_KEPT = 64
+
+
+def _resized_square(img: Image.Image, new_size: tuple[int, int], left: int, top: int, side: int,
+                    interpolation: str) -> Image.Image:
+    """The ``side`` square at (``left``, ``top``) of ``img`` resized to ``new_size``."""
+    if new_size == img.size:
+        return img.crop((left, top, left + side, top + side))
+    if new_size[0] * new_size[1] <= MAX_RESIZED_OVER_KEPT * side * side:
+        return img.resize(new_size, resampling(interpolation)).crop((left, top, left + side, top + side))
+    x_scale, y_scale = img.size[0] / new_size[0], img.size[1] / new_size[1]
+    box = (left * x_scale, top * y_scale, min(img.size[0], (left + side) * x_scale),
+           min(img.size[1], (top + side) * y_scale))
+    return img.resize((side, side), resampling(interpolation), box=box)
 
 
 def stored_size(resize_size: int, crop_size: int) -> int:
@@ -364,12 +393,10 @@ def preprocess_stored(img: Image.Image, resize_size: int, crop_size: int, interp
     """
     side = stored_size(resize_size, crop_size)
     new_size = resized_size(img.size, resize_size, side)
-    if new_size != img.size:
-        img = img.resize(new_size, resampling(interpolation))
     inner = centre_offset(side, crop_size)
     left = centre_offset(new_size[0], crop_size) - inner
     top = centre_offset(new_size[1], crop_size) - inner
-    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    return np.asarray(_resized_square(img, new_size, left, top, side, interpolation), dtype=np.uint8)
 
 
 def load_stored(ref: str, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:

@@ -96,6 +96,17 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
+def _load_checked(ref: str, split_csv: Path, resize_size: int, crop_size: int, interpolation: str):
+    """:func:`load_stored`; an image the split found readable and that is not now says what to do."""
+    try:
+        return load_stored(ref, resize_size, crop_size, interpolation)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; the split ({split_csv}) read it, so it changed since (an image overwritten in place is not "
+            f"seen by default): run `snakemake --forcerun {split_csv}` to check the images again (dataset.on_bad_image "
+            "says what becomes of one that is bad), and set dataset.watch: files to have such edits seen") from exc
+
+
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
                   splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print,
                   interpolation: str = "bilinear", require_every_split: bool = False) -> dict:
@@ -127,7 +138,8 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
-                for pixels in pool.map(lambda r: load_stored(r, resize_size, crop_size, interpolation), chunk):
+                for pixels in pool.map(lambda r: _load_checked(r, split_csv, resize_size, crop_size, interpolation),
+                                       chunk):
                     row = np.ascontiguousarray(pixels, dtype=np.uint8).data
                     digest.update(row)
                     handle.write(row)
