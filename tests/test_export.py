@@ -154,6 +154,25 @@ def test_an_opset_the_exporter_cannot_write_is_refused(tiny_run, tmp_path):
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
 
 
+@pytest.mark.fashion_mnist
+def test_an_opset_above_the_torchscript_exporter_s_is_refused_before_anything_runs(tmp_path):
+    """torch's torchscript exporter writes opset 20 at most: asked for more, it stopped with a traceback after training."""
+    from torch.onnx import _constants
+
+    from finetune.configcheck import TORCHSCRIPT_MAX_OPSET
+
+    assert TORCHSCRIPT_MAX_OPSET == _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET  # this torch's own limit
+    workdir = tmp_path / "workdir"
+    config = tiny_config(workdir, export={"exporter": "torchscript", "opset": TORCHSCRIPT_MAX_OPSET + 1})
+    result = run_snakemake(workdir, config, "-n", check=False)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert (f"export.opset: {TORCHSCRIPT_MAX_OPSET + 1} with export.exporter: torchscript: torch's torchscript exporter "
+            f"writes opset {TORCHSCRIPT_MAX_OPSET} at most") in result.stdout, result.stdout[-3000:]
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+    config = tiny_config(workdir, export={"exporter": "torchscript", "opset": TORCHSCRIPT_MAX_OPSET})
+    assert run_snakemake(workdir, config, "-n", check=False).returncode == 0
+
+
 def test_a_parity_batch_larger_than_the_test_images_is_said_and_the_batch_used_recorded(tiny_run, tmp_path):
     out = tmp_path / "out"
     n_test = len(held_out(tiny_run))

@@ -45,6 +45,9 @@ RESULTS_FOLDERS = {"logs": "the jobs' logs", "benchmarks": "the jobs' benchmark 
 # torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
 # and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
 DYNAMO_MIN_OPSET = 18
+# The newest opset torch's torchscript exporter writes (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;
+# a test checks the two agree): asked for more, it stops with a traceback after training.
+TORCHSCRIPT_MAX_OPSET = 20
 
 
 def opset_problem(exporter: str, opset: int) -> str | None:
@@ -54,6 +57,12 @@ def opset_problem(exporter: str, opset: int) -> str | None:
             f"export.opset: {opset} with export.exporter: dynamo: torch's dynamo exporter writes opset "
             f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
             f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
+        )
+    if exporter == "torchscript" and isinstance(opset, int) and opset > TORCHSCRIPT_MAX_OPSET:
+        return (
+            f"export.opset: {opset} with export.exporter: torchscript: torch's torchscript exporter writes opset "
+            f"{TORCHSCRIPT_MAX_OPSET} at most; set export.opset <= {TORCHSCRIPT_MAX_OPSET}, or export.exporter: "
+            "dynamo for a newer opset"
         )
     return None
 

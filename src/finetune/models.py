@@ -238,4 +238,7 @@ class HflipAverage(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x) + self.model(x.flip(-1))) / 2
+        # One call of the model on both: an exported graph then holds each weight once (two calls made the
+        # torchscript exporter share them through Identity nodes, which onnxruntime's int8 quantizer refuses).
+        plain, mirrored = self.model(torch.cat([x, x.flip(-1)])).chunk(2)
+        return (plain + mirrored) / 2
