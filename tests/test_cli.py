@@ -174,6 +174,28 @@ def test_the_time_line_adds_up_to_the_wall_time_the_parent_measures():
     assert wall - 1.0 <= total <= wall + 0.05  # the parent's clock also counts starting and reaping the process
 
 
+def test_a_job_says_its_peak_memory_before_its_time_line():
+    # A job that held 400 MB at once (written to, so resident), then let it go: its peak, not its memory at the end.
+    import re
+
+    result = run_python("""
+        import numpy as np
+        from finetune.cli import run
+        from finetune.jobclock import lap
+        def main():
+            held = np.ones(400 * 2**20, dtype=np.uint8)
+            del held
+            lap("work")
+        run(main)
+    """)
+    assert result.returncode == 0, result.stderr
+    memory, time_line = result.stdout.strip().splitlines()[-2:]
+    assert time_line.startswith("time: start-up "), result.stdout
+    peak = re.fullmatch(r"peak memory: ([\d,]+) MB \(resident; the least mem_mb this job runs in\)", memory)
+    assert peak, memory
+    assert 400 * 2**20 / 1e6 <= float(peak.group(1).replace(",", "")) <= 400 * 2**20 / 1e6 + 300
+
+
 def test_a_job_without_parts_prints_no_time_line():
     result = run_python("""
         from finetune.cli import run

@@ -290,6 +290,23 @@ def test_an_extreme_strip_is_resized_in_bounded_memory_with_nearly_torchvision_s
         assert np.array_equal(preprocess_stored(image, 64, 56)[4:60, 4:60], evaluation), image.size
 
 
+@pytest.mark.fashion_mnist
+def test_an_idx_file_is_unpacked_once_however_many_decode_threads_ask_at_once(tmp_path):
+    """Each of 16 threads missed the cache at once and unpacked its own 47 MB copy (the decode job held 1.2 GB)."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    from finetune.images import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    shutil.copy(f"{FASHION_MNIST}/train-images-idx3-ubyte.gz", path)  # a path no earlier test read
+    with ThreadPoolExecutor(16) as pool:
+        arrays = list(pool.map(lambda _: read_idx(str(path)), range(16)))
+    assert all(array is arrays[0] for array in arrays)
+    raw = gzip.decompress(path.read_bytes())
+    assert np.array_equal(arrays[0], np.frombuffer(raw, np.uint8, offset=16).reshape(60000, 28, 28))
+
+
 def test_decoded_split_holds_every_image_as_decoded_one_by_one(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 40, 32, npy, info, threads=2, log=lambda _: None)

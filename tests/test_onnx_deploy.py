@@ -214,7 +214,7 @@ def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
     assert result.returncode == 1 and "no image files in" in result.stderr
 
 
-def test_quantize_and_predict_rules(tiny_run_copy):
+def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     """export.quantize and predict.images on a finished run: only the new jobs run."""
     workdir = tiny_run_copy
     n_good = write_images(workdir / "incoming")
@@ -250,6 +250,17 @@ def test_quantize_and_predict_rules(tiny_run_copy):
         meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         assert json.loads(meta["classes"]) == CLASSES and "mean" in meta and "quantization" in meta
+    # The test images decoded and scored a chunk at a time (the job's memory bounded by the chunk, not by the test
+    # set): over chunks of 5, the figures counted above.
+    import finetune.deploy as deploy
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(deploy, "QUANTIZE_CHUNK", 5)
+    folder = workdir / "results" / RUNS[0]
+    chunked = deploy.quantize_stage(folder / "model.onnx", "resources/splits/target.csv", workdir / "q.int8.onnx",
+                                    workdir / "q.json", min_seconds=0.01, log=lambda _: None)
+    assert chunked["test_accuracy"] == json.loads((folder / "quantization.json").read_text())["test_accuracy"]
+    assert len(held_out(workdir)) > 5
 
     # The int8 model's predictions do not depend on the batch: the same at batch 1 and 64, and as one image alone.
     int8 = workdir / "results/feature_extract/seed0/model.int8.onnx"

@@ -101,3 +101,9 @@ def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_cl
         # Outside the process: the shell, and Snakemake's start of it, which a loaded machine slows (seen: 2.3 s of
         # 10.5 s with every core busy): all but 1.5 s, or a quarter of the job, is accounted for.
         assert measured - max(1.5, 0.25 * measured) <= total <= measured + 0.05, (job, line, measured)
+        # The line before: the job's peak memory, at least what Snakemake's samples of it saw (they can miss the peak).
+        memory = (results / "logs" / f"{job}.log").read_text().strip().splitlines()[-2]
+        peak = re.fullmatch(r"peak memory: ([\d,]+) MB \(resident; the least mem_mb this job runs in\)", memory)
+        assert peak, (job, memory)
+        sampled = pd.read_csv(results / "benchmarks" / f"{job}.tsv", sep="\t")["max_rss"].iloc[-1]
+        assert pd.isna(sampled) or float(peak.group(1).replace(",", "")) >= float(sampled) - 1, (job, memory, sampled)

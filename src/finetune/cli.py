@@ -113,6 +113,9 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
         record_loaded_modules()
     timing = jobclock.summary()
     if timing and os.environ.get("RANK", "0") == "0":  # several training processes: rank 0's, as its other lines
+        memory = jobclock.peak_memory()
+        if memory:
+            print(memory, flush=True)
         print(timing, flush=True)
     if fast_exit:
         _exit_now(code or 0)
