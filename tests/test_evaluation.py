@@ -3,6 +3,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -223,12 +224,18 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert csv.set_index("experiment").loc["scratch", "weights_source"] == "none"
     assert csv.set_index("experiment").loc["feature_extract", "trainable_params"] == 10
     md = (tmp_path / "summary.md").read_text().splitlines()
-    assert len(md) == 2 + 3 + 2  # the table, a blank line, the sentence saying how runs are chosen (no n_test: no note)
+    # The table, a blank line, what ± is, the sentence saying how runs are chosen (no n_test: no note).
+    assert len(md) == 2 + 3 + 3
     assert "| 2 | finetune | ✓ finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
+    assert md[-2] == "Mean over seeds; ± is the sample standard deviation (n - 1) over seeds."
     assert "selected by val_accuracy on the validation images" in md[-1]
     assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
     html = (tmp_path / "summary.html").read_text()
-    assert "0.8500 ± 0.0707" in html and "0 1" in html
+    header = re.findall(r"<th>(.*?)</th>", html.split("<tbody>")[0])
+    row = next(re.findall(r"<td>(.*?)</td>", r) for r in html.split("<tr") if "<td>finetune</td>" in r)
+    cells = dict(zip(header[-len(row):], row))
+    assert cells["test accuracy"] == "0.8500 ± 0.0707"
+    assert cells["seeds"] == "2" and cells["seed list"] == "0 1"  # as in summary.md, a count
     assert len(table) == 3
 
 
@@ -613,6 +620,11 @@ def test_test_figures_with_test_time_augmentation_say_so_in_the_leaderboard_and_
     text = (tmp_path / "summary.md").read_text()
     assert "The test figures of finetune are with test-time augmentation (evaluate.tta: hflip" in text
     assert "scratch" not in text.split("test-time augmentation")[0].split("\n")[-1]
+    assert "each model.onnx was exported without it (export.tta: false)" in text
+    # export.tta: true, the shipped models do the same: said so, not that they score without it.
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", exported_tta=True)
+    text = (tmp_path / "summary.md").read_text()
+    assert "each model.onnx does the same itself (export.tta: true)" in text and "export.tta: false" not in text
 
     report = {**classification_report(np.array([0, 1, 1]), np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), ["A", "B"]),
               "tta": "hflip", "onnx": {"accuracy": 0.875, "tta": "none", "top1_agreement_with_pytorch": 1.0, "max_abs_logit_diff": 2e-6}}

@@ -73,9 +73,11 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
                     "model.onnx", "onnx_parity.json", "reliability.png", "test_predictions.csv"))
     stale = sorted(stale + [f"results/summary.{ext}" for ext in ("csv", "html", "md")] + ["results/selected.json"])
     assert all((workdir / f).exists() for f in stale)
-    assert (f"note: {len(stale)} file(s) under results/ were to be made again by this run and were not (changed "
-            f"settings, code or data, or --forcerun): they are an earlier run's, not this one's "
-            f"({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
+    assert (f"note: {len(stale)} file(s) under results/ were to be made again by this run and were not finished by it "
+            f"(changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
+            f"stopped following ({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
+    assert ("note: the leaderboard (results/selected.json, results/summary.csv, results/summary.md) is an earlier "
+            "run's: it is made once every run has finished") in failed.stdout, failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]
@@ -104,6 +106,13 @@ def test_a_shared_key_reruns_only_the_runs_that_act_on_it(tiny_run_copy):
 def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
     tiny_config(tiny_run_copy, export={"tolerance": 1e-3})
     assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})
+
+
+def test_where_fashion_mnist_would_be_downloaded_reruns_nothing(tiny_run_copy):
+    """dataset.download_dir and download_timeout_s say how a missing Fashion-MNIST is fetched, not which: the same
+    files either way (weights.timeout_s and mirror alike)."""
+    tiny_config(tiny_run_copy, dataset={"download_dir": "elsewhere", "download_timeout_s": 5})
+    assert would_run(tiny_run_copy) == NOTHING
 
 
 def test_the_same_python_by_another_name_reruns_nothing(tiny_run_copy):

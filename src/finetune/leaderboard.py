@@ -107,7 +107,9 @@ def markdown(table: pd.DataFrame) -> str:
             f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
-    return "\n".join([*lines, "", chosen_by(table)]) + "\n"
+    spread = (["Mean over seeds; ± is the sample standard deviation (n - 1) over seeds."]
+              if (table["seeds"] > 1).any() else [])
+    return "\n".join([*lines, "", *spread, chosen_by(table)]) + "\n"
 
 
 SIGN_FLIPS = 10_000  # random sign vectors of the paired test: its p-value is known to about +-0.005 at p = 0.05
@@ -164,14 +166,16 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
             "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
 
 
-def tta_notes(per_run: pd.DataFrame) -> list[str]:
-    """Test figures scored with test-time augmentation (evaluate.tta: hflip) are not a plain forward pass's: said."""
+def tta_notes(per_run: pd.DataFrame, exported_tta: bool = False) -> list[str]:
+    """Test figures scored with test-time augmentation (evaluate.tta: hflip) are not a plain forward pass's: said,
+    and whether the shipped model.onnx does the same (``exported_tta``: export.tta)."""
     flipped = sorted(set(per_run.loc[per_run["tta"] == "hflip", "experiment"]))
     if not flipped:
         return []
+    shipped = ("each model.onnx does the same itself (export.tta: true)" if exported_tta else
+               "each model.onnx was exported without it (export.tta: false) and scores as a plain forward pass does")
     return [f"The test figures of {', '.join(flipped)} are with test-time augmentation (evaluate.tta: hflip: each test "
-            "image scored by the mean of the model's logits on it and on its mirror image); a model.onnx exported "
-            "without it (export.tta: false) scores as without it."]
+            f"image scored by the mean of the model's logits on it and on its mirror image); {shipped}."]
 
 
 def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
@@ -229,7 +233,8 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
         "rank": table["rank"], "experiment": table["experiment"],
         "selected": [f"✓ {s}" if chosen else "" for s, chosen in zip(table["sweep"], table["selected"])],
         "strategy": table["strategy"], "weights": table["weights_source"],
-        "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seed_list"],
+        "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seeds"],
+        "seed list": table["seed_list"],
         "epochs": [epochs_cell(e, d, n) for e, d, n in zip(table["epochs"], table["diverged_seeds"], table["seeds"])],
         "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
         "validation": [f"{n} {mean_std(m, s, 4)}" for n, m, s in zip(table["val_metric"], table["val"], table["val_std"])],

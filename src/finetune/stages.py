@@ -858,7 +858,8 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
 # --------------------------------------------------------------------------- summary
 
 def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path | None = None,
-                  out_selected: Path | None = None, split_report: Path | None = None) -> pd.DataFrame:
+                  out_selected: Path | None = None, split_report: Path | None = None,
+                  exported_tta: bool = False) -> pd.DataFrame:
     """The leaderboard: one row per run name, mean and std over its seeds, ranked by the validation metric
     (``train.metric``); the run selected per experiment (a sweep's runs together) is marked, and written
     to ``out_selected`` with its best seed and model. Test figures are reported, never used to choose.
@@ -868,7 +869,8 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     test_predictions.csv: the selected runs are then compared with the first, paired per test image). The std is the sample standard
     deviation (n - 1) over seeds; with a single seed it is undefined, left empty in the CSV and left out
     of the Markdown. ``split_report``: the target split's report, whose near duplicates across splits are
-    noted under the table (:func:`finetune.leaderboard.near_duplicate_notes`).
+    noted under the table (:func:`finetune.leaderboard.near_duplicate_notes`). ``exported_tta``: export.tta, for
+    the note on test-time augmentation.
     """
     from .leaderboard import (aggregate, chance_notes, chosen_by, markdown, near_duplicate_notes, paired_notes, ranked,
                               run_row, selections, shown, tta_notes)
@@ -880,7 +882,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
-    notes = tta_notes(per_run) + chance_notes(per_run, table) + paired_notes(runs, table)
+    notes = tta_notes(per_run, exported_tta) + chance_notes(per_run, table) + paired_notes(runs, table)
     notes += near_duplicate_notes(read_json(split_report), str(split_report), table) if split_report is not None else []
     write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:

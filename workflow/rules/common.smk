@@ -310,9 +310,19 @@ def dataset_config(dataset):
     return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
 
 
+# How Fashion-MNIST is fetched where it is not at dataset.path, not which data: the split job reads them, but another
+# download folder or timeout reruns nothing (the same files come from either).
+DATASET_FETCH_KEYS = ("download_dir", "download_timeout_s")
+
+
 def split_dataset_config(dataset):
-    """The dataset config the split job reads: all but `watch`, which is Snakemake's (dataset_state)."""
-    return {k: v for k, v in dataset_config(dataset).items() if k != "watch"}
+    """The dataset config the split job reads: all but `watch`, which is Snakemake's (dataset_state), and the
+    fetch keys (split_dataset_fetch)."""
+    return {k: v for k, v in dataset_config(dataset).items() if k != "watch" and k not in DATASET_FETCH_KEYS}
+
+
+def split_dataset_fetch(dataset):
+    return NotARerunTrigger(as_json({k: v for k, v in dataset_config(dataset).items() if k in DATASET_FETCH_KEYS}))
 
 
 # What Snakemake watches of a dataset, so that its split reruns when the data changes: a CSV manifest
@@ -490,6 +500,16 @@ if _evaluate_tta != _export_tta:
           f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
           "too)", file=sys.stderr)
 
+# early_stopping_patience that no run of its length can reach: accepted (a patience in `train` serves its longer
+# runs), but said, since it stops nothing there.
+for _run in EXPERIMENTS:
+    _cfg = experiment_config(_run)
+    _patience = _cfg.get("early_stopping_patience")
+    if _patience and _patience >= _cfg["epochs"]:
+        print(f"note: experiments.{_run}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run "
+              f"cannot stop early (it would stop after {_patience} epochs without a better {_cfg['metric']})",
+              file=sys.stderr)
+
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
 CHECK_FILES = workflow.is_main_process and not runs_no_job(sys.argv)
@@ -575,9 +595,15 @@ def earlier_results_note():
     if not earlier:
         return []
     shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
-    return [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not (changed "
-            f"settings, code or data, or --forcerun): they are an earlier run's, not this one's ({shown}); the next run "
-            "that succeeds makes them again (`snakemake -n` lists them)"]
+    notes = [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not finished by "
+             "it (changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
+             f"stopped following ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
+    summary = [f for f in earlier if f in ("results/summary.md", "results/summary.csv", "results/selected.json")]
+    if summary:
+        notes.append(f"note: the leaderboard ({', '.join(summary)}) is an earlier run's: it is made once every run "
+                     "has finished, so it does not show this run's changes, and the runs it names may since hold "
+                     "other models")
+    return notes
 
 
 def remove_finished_states():

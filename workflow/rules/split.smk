@@ -12,6 +12,7 @@ rule split:
     params:
         python=PYTHON,
         dataset=lambda w: as_json(split_dataset_config(w.dataset)),
+        fetch=lambda w: split_dataset_fetch(w.dataset),  # where Fashion-MNIST is downloaded to: reruns nothing
         data_state=dataset_state,
     log:
         "results/logs/split/{dataset}.log",
@@ -22,5 +23,5 @@ rule split:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python:q} {input.script:q} --dataset {params.dataset:q} --out {output.csv} "
+        "exec {params.python:q} {input.script:q} --dataset {params.dataset:q} --fetch {params.fetch:q} --out {output.csv} "
         "--report {output.report} --threads {threads} > {log} 2>&1"

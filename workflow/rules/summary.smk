@@ -27,9 +27,10 @@ rule summary:
         runs=[f"results/{run}" for run in RUNS],
         weights_source=weights_label(),
         sweep_of=as_json(SWEEP_OF),
+        export_tta="--export-tta" if config["export"]["tta"] else "",
     log:
         "results/logs/summary.log",
     shell:
         "exec {params.python:q} {input.script:q} --runs {params.runs} --weights-source {params.weights_source:q} "
-        "--sweep-of {params.sweep_of:q} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} "
+        "--sweep-of {params.sweep_of:q} {params.export_tta} --out-csv {output.csv} --out-md {output.md} --out-html {output.html} "
         "--out-selected {output.selected} --split-report {input.split_report} > {log} 2>&1"

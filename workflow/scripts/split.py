@@ -13,9 +13,11 @@ def main():
     parser.add_argument("--dataset", type=json_arg, required=True, help="the dataset config (JSON)")
     parser.add_argument("--out", type=Path, required=True, help="split CSV: path,label,class_name,split")
     parser.add_argument("--report", type=Path, required=True, help="JSON: counts per class and split, skipped images")
+    parser.add_argument("--fetch", type=json_arg, default={},
+                        help="the dataset config's keys of a download (JSON: download_dir, download_timeout_s)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    report = split_stage(args.dataset, args.out, args.report, threads=args.threads)
+    report = split_stage({**args.dataset, **args.fetch}, args.out, args.report, threads=args.threads)
     for name, counts in report["counts"].items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report["dataset"]["format"] != "fashion-mnist":  # whose official test split is documented as the test set

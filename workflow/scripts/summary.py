@@ -17,6 +17,8 @@ def main():
     parser.add_argument("--weights-source", required=True, help="names the pretrained weights in the table")
     parser.add_argument("--sweep-of", type=json.loads, default={},
                         help='JSON {run name: experiment as written}: the runs of a sweep are selected among together')
+    parser.add_argument("--export-tta", action="store_true",
+                        help="export.tta: the exported models average over the mirror image themselves (a note says so)")
     parser.add_argument("--out-csv", type=Path, required=True)
     parser.add_argument("--out-md", type=Path, required=True)
     parser.add_argument("--out-html", type=Path, help="the table as an HTML page (for the report)")
@@ -31,7 +33,8 @@ def main():
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
                      "predictions": folder / "test_predictions.csv",
                      "weights_source": args.weights_source})
-    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected, args.split_report)
+    table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected, args.split_report,
+                          exported_tta=args.export_tta)
     print(args.out_md.read_text())
     return 0 if len(table) else 1
 
