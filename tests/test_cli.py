@@ -10,9 +10,9 @@ import pytest
 from helpers import REPO
 
 
-def run_python(code: str) -> subprocess.CompletedProcess:
+def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})})
 
 
 def test_run_reports_an_error_without_importing_torch():
@@ -194,6 +194,15 @@ def test_a_job_says_its_peak_memory_before_its_time_line():
     peak = re.fullmatch(r"peak memory: ([\d,]+) MB \(resident; the least mem_mb this job runs in\)", memory)
     assert peak, memory
     assert 400 * 2**20 / 1e6 <= float(peak.group(1).replace(",", "")) <= 400 * 2**20 / 1e6 + 300
+    # One of several training processes (torchrun's LOCAL_WORLD_SIZE): its own peak, and what the job needs.
+    result = run_python("""
+        from finetune.cli import run
+        from finetune.jobclock import lap
+        run(lambda: lap("work"))
+    """, env={"LOCAL_WORLD_SIZE": "4"})
+    memory = result.stdout.strip().splitlines()[-2]
+    assert re.fullmatch(r"peak memory: [\d,]+ MB \(resident\) in this one of the job's 4 training processes on this "
+                        r"machine, each holding about as much: the job needs about 4 times that", memory), memory
 
 
 def test_a_job_without_parts_prints_no_time_line():

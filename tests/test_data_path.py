@@ -283,11 +283,16 @@ def test_an_extreme_strip_is_resized_in_bounded_memory_with_nearly_torchvision_s
                              text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
         peaks[name] = int(out.stdout.split()[-1]) / 1024  # MB
     assert peaks["strip"] - peaks["small"] < 40, peaks
-    reference = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(56)])
-    for image in (strip, strip.transpose(Image.Transpose.TRANSPOSE), strip.crop((0, 0, 300, 1))):
-        evaluation = preprocess(image, 64, 56)
-        assert np.abs(evaluation.astype(int) - np.asarray(reference(image))).max() <= 1, image.size
-        assert np.array_equal(preprocess_stored(image, 64, 56)[4:60, 4:60], evaluation), image.size
+    noise = Image.fromarray(rng.integers(0, 256, (2000, 20, 3), dtype=np.uint8))  # tall and more than a pixel wide
+    for interpolation, mode in (("bilinear", transforms.InterpolationMode.BILINEAR),
+                                ("bicubic", transforms.InterpolationMode.BICUBIC)):
+        reference = transforms.Compose([transforms.Resize(64, interpolation=mode), transforms.CenterCrop(56)])
+        for image in (strip, strip.transpose(Image.Transpose.TRANSPOSE), strip.crop((0, 0, 300, 1)), noise,
+                      noise.transpose(Image.Transpose.TRANSPOSE)):
+            evaluation = preprocess(image, 64, 56, interpolation)
+            assert np.abs(evaluation.astype(int) - np.asarray(reference(image))).max() <= 1, (interpolation, image.size)
+            # predict's crop is the centre of the square training and evaluation read, pixel for pixel
+            assert np.array_equal(preprocess_stored(image, 64, 56, interpolation)[4:60, 4:60], evaluation), image.size
 
 
 @pytest.mark.fashion_mnist
@@ -430,8 +435,13 @@ def test_an_image_broken_after_the_split_stops_the_decode_saying_how_to_check_th
         write_decoded(split_csv, 40, 32, npy, info, threads=2, log=lambda _: None)
     message = str(caught.value)
     assert message.startswith(f"cannot decode image {first}: ")
-    assert f"snakemake --forcerun {split_csv}" in message and "dataset.watch: files" in message
+    assert f"snakemake --forcerun {split_csv}" in message and "and set dataset.watch: files" in message
     assert not npy.exists() and not info.exists() and list(tmp_path.glob("*.npy*")) == []
+    source = shutil.copy(split_csv, tmp_path / "source.csv")  # the source dataset's split, read by pretrain: its keys
+    with pytest.raises(DataError) as caught:
+        write_decoded(source, 40, 32, npy, info, threads=2, log=lambda _: None)
+    assert "(pretrain.dataset.on_bad_image says" in str(caught.value)
+    assert "set pretrain.dataset.watch: files" in str(caught.value)
 
 
 def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp_path):

@@ -71,3 +71,31 @@ def test_an_evaluate_job_does_not_load_dynamo(tiny_run_copy):
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "test accuracy" in done.stdout and "dynamo loaded: False" in done.stdout, done.stdout[-2000:]
+
+
+
+def test_a_dynamo_loaded_during_the_import_is_the_real_one_throughout():
+    """Another torchvision might load dynamo while the stand-in is in place: its first look-up on the stand-in
+    imports the real module, which every dynamo module then holds (none keeps the stand-in)."""
+    code = """
+import importlib.abc, sys, json
+class LoadsDynamoFirst(importlib.abc.MetaPathFinder):  # as if torchvision imported dynamo at its top
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            import torch._dynamo  # noqa: F401
+        return None
+import torch
+sys.meta_path.insert(0, LoadsDynamoFirst())
+from finetune.importing import import_torchvision
+import_torchvision()
+real = sys.modules["torch._dynamo.utils"]
+held = [module.__dict__["utils"] for name, module in list(sys.modules.items()) if name.startswith("torch._dynamo")
+        and getattr(module.__dict__.get("utils"), "__name__", None) == "torch._dynamo.utils"]
+print(json.dumps({"real": hasattr(real, "__file__"), "held": len(held), "all_real": all(m is real for m in held)}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads(done.stdout.splitlines()[-1])
+    assert state["real"] and state["held"] > 0 and state["all_real"], state

@@ -76,7 +76,8 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     assert (f"note: {len(stale)} file(s) under results/ were to be made again by this run and were not finished by it "
             f"(changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
             f"stopped following ({', '.join(stale[:6])} and {len(stale) - 6} more)") in failed.stdout, failed.stdout[-3000:]
-    assert ("note: the leaderboard (results/selected.json, results/summary.csv, results/summary.md) is an earlier "
+    assert ("note: the leaderboard (results/selected.json, results/summary.csv, results/summary.html, "
+            "results/summary.md) is an earlier "
             "run's: it is made once every run has finished") in failed.stdout, failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)

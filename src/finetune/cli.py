@@ -113,7 +113,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
         record_loaded_modules()
     timing = jobclock.summary()
     if timing and os.environ.get("RANK", "0") == "0":  # several training processes: rank 0's, as its other lines
-        memory = jobclock.peak_memory()
+        memory = jobclock.peak_memory(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         if memory:
             print(memory, flush=True)
         print(timing, flush=True)

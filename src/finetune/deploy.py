@@ -369,6 +369,8 @@ def _compare_accuracy(fp32: "OnnxClassifier", int8: "OnnxClassifier", split_csv,
     if classes != fp32.classes:
         raise ConfigError(f"{fp32.path} classifies {fp32.classes}, {split_csv} has classes {classes}")
     rows = frame[frame["split"] == "test"]
+    if rows.empty:
+        raise DataError(f"{split_csv} has no test images: the int8 model cannot be scored against the fp32 one")
     refs, labels = rows["path"].tolist(), rows["label"].to_numpy()
     correct32 = correct8 = agree = 0
     kept = []
@@ -386,7 +388,7 @@ def _compare_accuracy(fp32: "OnnxClassifier", int8: "OnnxClassifier", split_csv,
     n = len(refs)
     accuracy = {"n_images": n, "fp32": correct32 / max(1, n), "int8": correct8 / max(1, n),
                 "change": (correct8 - correct32) / max(1, n), "top1_agreement": agree / n if n else 1.0}
-    return accuracy, (np.concatenate(kept) if kept else np.zeros((0, 0, 0, 3), np.uint8))
+    return accuracy, np.concatenate(kept)
 
 
 def _compare_speed(fp32: "OnnxClassifier", int8: "OnnxClassifier", x, batches, min_seconds: float, log) -> dict:

@@ -60,14 +60,18 @@ def summary() -> str | None:
     return f"time: {parts}; {sum(seconds for _, seconds in laps):.1f} s in all"
 
 
-def peak_memory() -> str | None:
+def peak_memory(processes: int = 1) -> str | None:
     """``peak memory: <MB> MB ...``: the most of the machine's memory this process held at once (Linux's VmHWM),
     what a cluster's memory limit (Slurm's --mem) is held against. Snakemake's benchmark files sample the
     job's memory now and then, and missed the peak of short jobs (an export job: 870 MB there, 1,406 here).
-    None where it cannot be read."""
+    ``processes``: the job's training processes on this machine (torchrun's), each holding about as much. None
+    where it cannot be read."""
     try:
         with open("/proc/self/status") as status:
             kilobytes = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     except (OSError, StopIteration, ValueError, IndexError):
         return None
+    if processes > 1:
+        return (f"peak memory: {kilobytes / 1024:,.0f} MB (resident) in this one of the job's {processes} training "
+                f"processes on this machine, each holding about as much: the job needs about {processes} times that")
     return f"peak memory: {kilobytes / 1024:,.0f} MB (resident; the least mem_mb this job runs in)"

@@ -233,12 +233,17 @@ def parameter_depths(model: nn.Module) -> tuple[dict[str, int], int]:
 class HflipAverage(nn.Module):
     """Test-time augmentation: the mean of the model's logits on the image and on its mirror image."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, one_call: bool = False):
         super().__init__()
         self.model = model
+        self.one_call = one_call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One call of the model on both: an exported graph then holds each weight once (two calls made the
-        # torchscript exporter share them through Identity nodes, which onnxruntime's int8 quantizer refuses).
-        plain, mirrored = self.model(torch.cat([x, x.flip(-1)])).chunk(2)
-        return (plain + mirrored) / 2
+        if self.one_call:
+            # For export: one call of the model on both, so that the graph holds each weight once (two calls made the
+            # torchscript exporter share them through Identity nodes, which onnxruntime's int8 quantizer refuses).
+            # Twice the batch at once: evaluate, whose batch_size is its memory, calls the model twice (and so
+            # does the dynamo exporter's model: export_stage).
+            plain, mirrored = self.model(torch.cat([x, x.flip(-1)])).chunk(2)
+            return (plain + mirrored) / 2
+        return (self.model(x) + self.model(x.flip(-1))) / 2

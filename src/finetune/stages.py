@@ -821,7 +821,10 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
     imports_done()
     model, checkpoint = load_checkpoint(checkpoint_path)
     if tta:
-        model = HflipAverage(model).eval()
+        # One call for the torchscript exporter, which shared the weights of two calls through Identity nodes (the
+        # int8 quantizer refused them); dynamo's graph holds them once either way, and keeps its batch axis dynamic
+        # only with two (one call's split of the doubled batch fixed it at export time).
+        model = HflipAverage(model, one_call=not dynamo).eval()
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     pixels = parity_images(split_csv, prep, threads, decoded)
     inputs = normalize(pixels, prep.mean, prep.std)

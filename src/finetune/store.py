@@ -101,10 +101,11 @@ def _load_checked(ref: str, split_csv: Path, resize_size: int, crop_size: int, i
     try:
         return load_stored(ref, resize_size, crop_size, interpolation)
     except DataError as exc:
+        key = "pretrain.dataset" if Path(split_csv).name == "source.csv" else "dataset"  # the workflow's split files
         raise DataError(
             f"{exc}; the split ({split_csv}) read it, so it changed since (an image overwritten in place is not "
-            f"seen by default): run `snakemake --forcerun {split_csv}` to check the images again (dataset.on_bad_image "
-            "says what becomes of one that is bad), and set dataset.watch: files to have such edits seen") from exc
+            f"seen by default): run `snakemake --forcerun {split_csv}` to check the images again ({key}.on_bad_image "
+            f"says what becomes of one that is bad), and set {key}.watch: files to have such edits seen") from exc
 
 
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,

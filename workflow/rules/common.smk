@@ -501,14 +501,17 @@ if _evaluate_tta != _export_tta:
           "too)", file=sys.stderr)
 
 # early_stopping_patience that no run of its length can reach: accepted (a patience in `train` serves its longer
-# runs), but said, since it stops nothing there.
+# runs), but said, since it stops nothing there. The first epoch is the first best, so the earliest stop is after
+# epoch 1 + patience (gradual: unfreeze_epoch + patience, the count starting again at the unfreeze).
 for _run in EXPERIMENTS:
     _cfg = experiment_config(_run)
     _patience = _cfg.get("early_stopping_patience")
-    if _patience and _patience >= _cfg["epochs"]:
-        print(f"note: experiments.{_run}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run "
-              f"cannot stop early (it would stop after {_patience} epochs without a better {_cfg['metric']})",
-              file=sys.stderr)
+    _first = max(1, _cfg["unfreeze_epoch"]) if _cfg["strategy"] == "gradual" else 1
+    if _patience and _first + _patience >= _cfg["epochs"]:
+        _named = f"experiments.{SWEEP_OF.get(_run, _run)}" + (f" (its run {_run})" if SWEEP_OF.get(_run, _run) != _run else "")
+        print(f"note: {_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
+              f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
+              f"{_cfg['metric']} after epoch {_first})", file=sys.stderr)
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
@@ -598,7 +601,8 @@ def earlier_results_note():
     notes = [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not finished by "
              "it (changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
              f"stopped following ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
-    summary = [f for f in earlier if f in ("results/summary.md", "results/summary.csv", "results/selected.json")]
+    summary = [f for f in earlier if f in ("results/summary.md", "results/summary.csv", "results/summary.html",
+                                           "results/selected.json")]
     if summary:
         notes.append(f"note: the leaderboard ({', '.join(summary)}) is an earlier run's: it is made once every run "
                      "has finished, so it does not show this run's changes, and the runs it names may since hold "
