@@ -245,26 +245,6 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
 
 # --------------------------------------------------------------------------- accuracy and speed
 
-def split_accuracy(model: OnnxClassifier, split_csv: str | Path, split: str = "test", threads: int = 1,
-                   batch_size: int = 64, pixels: np.ndarray | None = None) -> dict:
-    """Top-1 accuracy of the ONNX model on one split of a split CSV (written by the split rule)."""
-    from .data import read_split
-
-    frame, classes = read_split(split_csv)
-    if classes != model.classes:
-        raise ConfigError(f"{model.path} classifies {model.classes}, {split_csv} has classes {classes}")
-    rows = frame[frame["split"] == split]
-    if pixels is None:
-        pixels, errors = model.decode(rows["path"].tolist(), threads)
-        if errors:
-            raise DataError(f"{len(errors)} {split} image(s) of {split_csv} do not decode, e.g. {next(iter(errors.values()))}")
-    predicted = model.logits(pixels, batch_size).argmax(1)
-    labels = rows["label"].to_numpy()
-    correct = int((predicted == labels).sum())
-    return {"n_images": int(len(labels)), "correct": correct, "accuracy": correct / max(1, len(labels)),
-            "predicted": predicted}
-
-
 def throughput(session, x: np.ndarray, batch: int, min_seconds: float = 1.0, min_repeats: int = 3,
                max_repeats: int = 200) -> float:
     """Images per second of ``session`` at ``batch`` (median over repeats, after one warm-up run)."""
@@ -383,11 +363,11 @@ def _compare_accuracy(fp32: "OnnxClassifier", int8: "OnnxClassifier", split_csv,
         correct32 += int((predicted32 == chunk_labels).sum())
         correct8 += int((predicted8 == chunk_labels).sum())
         agree += int((predicted32 == predicted8).sum())
-        if sum(map(len, kept)) < keep:
-            kept.append(pixels[: keep - sum(map(len, kept))].copy())
+        if start < keep:  # the chunks before this one were whole: ``start`` images kept so far
+            kept.append(pixels[: keep - start].copy())
     n = len(refs)
-    accuracy = {"n_images": n, "fp32": correct32 / max(1, n), "int8": correct8 / max(1, n),
-                "change": (correct8 - correct32) / max(1, n), "top1_agreement": agree / n if n else 1.0}
+    accuracy = {"n_images": n, "fp32": correct32 / n, "int8": correct8 / n, "change": (correct8 - correct32) / n,
+                "top1_agreement": agree / n}
     return accuracy, np.concatenate(kept)
 
 

@@ -3,8 +3,8 @@
 torchvision compiles one function lazily on its first call, so that eager-only users need not import dynamo
 (``lazy_compile`` in ``torchvision/ops/roi_align.py``, pytorch/vision#8436), but the same module imports one
 helper from ``torch._dynamo.utils`` at its top, and that import loads the whole of dynamo (``sympy``, the
-symbolic tracer...): 2.5 of the 2.8 s that ``import torchvision`` took on 2 CPU cores (``python -X importtime``). ``evaluate`` and
-``predict`` never need dynamo; a job that builds an optimizer or compiles or exports loads it anyway (torch
+symbolic tracer...): 2.5 of the 2.8 s that ``import torchvision`` took on 2 CPU cores (``python -X importtime``).
+``evaluate`` and ``predict`` never need dynamo; a job that builds an optimizer or compiles or exports loads it anyway (torch
 itself imports it on an optimizer's first ``add_param_group``), when it first needs it.
 
 :func:`import_torchvision` imports torchvision with a stand-in for ``torch._dynamo.utils`` in

@@ -6,7 +6,8 @@ its outputs. The stages mark where each part ends (:func:`lap`); :func:`finetune
 
     time: start-up 3.0 s, inputs 0.4 s, CUDA start 1.1 s, fit 4.7 s, outputs 0.5 s; 9.7 s in all
 
-after a line with the job's peak memory (:func:`peak_memory`). "start-up" runs from the process's start (Linux: ``/proc/self/stat``) to ``run``; elsewhere it is left out.
+after a line with the job's peak memory (:func:`peak_memory`). "start-up" runs from the process's start (Linux:
+``/proc/self/stat``) to ``run``; elsewhere it is left out.
 """
 
 from __future__ import annotations
