@@ -93,6 +93,10 @@ def epochs_cell(epochs: float, diverged_seeds: int, seeds: int) -> str:
     return f"{epochs:g}" + (f" (diverged: {diverged_seeds} of {seeds} seeds)" if diverged_seeds else "")
 
 
+# What the tables' figures are (summary.md under its table where a run has two seeds or more; summary.html always).
+SPREAD_NOTE = "Mean over seeds; ± is the sample standard deviation (n - 1) over seeds"
+
+
 def markdown(table: pd.DataFrame) -> str:
     lines = [
         "| rank | experiment | selected | strategy | weights | trainable params | seeds | epochs | train s | validation | "
@@ -107,8 +111,7 @@ def markdown(table: pd.DataFrame) -> str:
             f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
         )
-    spread = (["Mean over seeds; ± is the sample standard deviation (n - 1) over seeds."]
-              if (table["seeds"] > 1).any() else [])
+    spread = [f"{SPREAD_NOTE}."] if (table["seeds"] > 1).any() else []
     return "\n".join([*lines, "", *spread, chosen_by(table)]) + "\n"
 
 

@@ -875,8 +875,8 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     noted under the table (:func:`finetune.leaderboard.near_duplicate_notes`). ``exported_tta``: export.tta, for
     the note on test-time augmentation.
     """
-    from .leaderboard import (aggregate, chance_notes, chosen_by, markdown, near_duplicate_notes, paired_notes, ranked,
-                              run_row, selections, shown, tta_notes)
+    from .leaderboard import (SPREAD_NOTE, aggregate, chance_notes, chosen_by, markdown, near_duplicate_notes,
+                              paired_notes, ranked, run_row, selections, shown, tta_notes)
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
@@ -893,8 +893,8 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     if out_html is not None:
         from .tables import page
 
-        note = " ".join(["Mean over seeds; ± is the sample standard deviation (n - 1) over seeds, shown when there are "
-                         "two or more. Every experiment is evaluated on the same test images.", *notes])
+        note = " ".join([f"{SPREAD_NOTE}, shown when there are two or more. Every experiment is evaluated on the "
+                         "same test images.", *notes])
         write_text(out_html, page("Leaderboard", [("Runs, best validation figure first", shown(table)),
                                                   ("How runs are chosen", chosen_by(table)), ("Note", note)]))
     return table

@@ -508,7 +508,8 @@ for _run in EXPERIMENTS:
     _patience = _cfg.get("early_stopping_patience")
     _first = max(1, _cfg["unfreeze_epoch"]) if _cfg["strategy"] == "gradual" else 1
     if _patience and _first + _patience >= _cfg["epochs"]:
-        _named = f"experiments.{SWEEP_OF.get(_run, _run)}" + (f" (its run {_run})" if SWEEP_OF.get(_run, _run) != _run else "")
+        _experiment = SWEEP_OF.get(_run, _run)
+        _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
         print(f"note: {_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
               f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
               f"{_cfg['metric']} after epoch {_first})", file=sys.stderr)
@@ -601,8 +602,8 @@ def earlier_results_note():
     notes = [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not finished by "
              "it (changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
              f"stopped following ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
-    summary = [f for f in earlier if f in ("results/summary.md", "results/summary.csv", "results/summary.html",
-                                           "results/selected.json")]
+    leaderboard = {str(f) for f in rules.summary.output}
+    summary = [f for f in earlier if f in leaderboard]
     if summary:
         notes.append(f"note: the leaderboard ({', '.join(summary)}) is an earlier run's: it is made once every run "
                      "has finished, so it does not show this run's changes, and the runs it names may since hold "
