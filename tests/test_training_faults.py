@@ -501,6 +501,27 @@ def test_pretraining_s_messages_name_the_pretrain_train_keys():
     assert "lower train.lr" in str(diverged("loss became nan", TrainOptions.from_dict(OPTIONS), [], None))
 
 
+@pytest.mark.slow
+def test_a_scratch_run_normalised_anew_does_not_take_its_finished_state(inputs, tmp_path):
+    """A scratch run (no weights, so no weights sha256 in its key) whose manifest brings another mean and std (the
+    source's images changed, pretrain ran again) is another run: before, it found the finished state of the
+    earlier normalisation and wrote its model again under the new preprocessing, training nothing."""
+    out, resume = tmp_path / "run", tmp_path / "resume"
+    first = run_script("train", *train_args(inputs.split, inputs.manifest, out, OPTIONS, resume), "--scratch")
+    assert first.returncode == 0, first.stdout
+    manifest = json.loads(inputs.manifest.read_text())
+    manifest["preprocessing"] = {**manifest["preprocessing"], "mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]}
+    renormalised = inputs.manifest.parent / "renormalised.json"
+    renormalised.write_text(json.dumps(manifest))
+    for path in out.iterdir():  # as Snakemake removes the outputs of a job it runs again
+        path.unlink()
+    again = run_script("train", *train_args(inputs.split, renormalised, out, OPTIONS, resume), "--scratch")
+    assert again.returncode == 0, again.stdout
+    assert "this run had ended" not in again.stdout and re.search(r"^epoch 1/", again.stdout, re.M), again.stdout
+    assert torch.load(out / "model.pt", weights_only=True)["preprocessing"]["mean"] == [0.3, 0.3, 0.3]
+    assert len(resume_files(resume)) == 2
+
+
 def test_a_resume_folder_that_cannot_be_written_fails_before_training(inputs, tmp_path):
     """resources/ unwritable (here a file where the folder should be): the resume state could not be saved after
     the first epoch, so the job failed there, an epoch of work late. Refused at start, naming the resume file."""

@@ -406,9 +406,10 @@ def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpo
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, loop_options, threads, pretrained, image_size, decoded)
     split_sha = sha256_of(split_csv)
-    # The pixels are part of the run: a decode run again since the state was saved starts the run afresh.
+    # The pixels are part of the run: a decode run again since the state was saved starts the run afresh. So is
+    # the preprocessing: a scratch run (no weights sha256) normalised with another mean and std starts afresh too.
     pixels = decoded_identity(decoded)
-    key = options_key(arch, loop_options, image_size, split_sha, weights_sha, code_digest(),
+    key = options_key(arch, loop_options, image_size, split_sha, weights_sha, code_digest(), prep.to_dict(),
                       *([pixels] if pixels else []))
     feature_cache = _feature_cache_file(feature_cache_dir, weights_sha, split_sha, prep, decoded)
     resume = _resume_file(resume_dir, key, log)
