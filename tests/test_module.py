@@ -54,3 +54,20 @@ def test_a_module_with_a_prefix_and_this_repository_inside_the_host_finds_its_ow
     assert result.returncode == 0 and "Missing input files" not in result.stdout, result.stdout[-3000:]
     assert "runs/a/results/finetune/seed0/model.pt" in result.stdout, result.stdout[-3000:]
     assert re.search(r"input: .*(?<!runs/a/)finetune/workflow/scripts/train\.py", result.stdout), result.stdout[-3000:]
+
+
+def test_the_host_s_config_file_is_checked_as_a_config_file_given_here(tmp_path):
+    """A key written twice in the host's `configfile:` (two `train:` sections): YAML keeps the last, so the first's
+    epochs were lost without a word where the workflow is a module (only --configfile's files were checked). Refused,
+    naming the host's file and both lines."""
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    (host / "Snakefile").write_text(readme_module_snippet().replace("/path/to/finetune", str(REPO)))
+    config = tiny_config(host / "config", name="finetune.yaml")
+    text = config.read_text()
+    first = text.splitlines().index("train:") + 1
+    config.write_text(text + "train:\n  lr: 0.002\n")
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    second = len(text.splitlines()) + 1
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert f"config/finetune.yaml: train is written twice (lines {first} and {second})" in result.stdout, result.stdout[-3000:]

@@ -48,9 +48,14 @@ from finetune.sweeps import expand as expand_sweeps
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
 # edited Slurm profile, say): YAML keeps the last without a word, so the first's settings would be
 # ignored. Refused, naming the file, the key and both lines.
-_duplicates = [f"{file}: {problem}" for file in [*(["config/config.yaml"] if os.path.exists("config/config.yaml") else []),
-                                                 *workflow.config_settings.configfiles,
-                                                 *profile_files(sys.argv, os.environ, workflow.basedir)]
+# Used as a module of another workflow (README "As a module of your own workflow"), the config is the host's:
+# its `configfile:` files are read besides --configfile's (Snakemake skips this workflow's own `configfile:`).
+_as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
+_config_files = list(dict.fromkeys(map(str, [*workflow.config_settings.configfiles,
+                                             *(workflow.configfiles if _as_module else [])])))
+_checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") else []), *_config_files,
+                  *profile_files(sys.argv, os.environ, workflow.basedir)]
+_duplicates = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
                for problem in duplicate_keys(file)]
 _duplicates += [f"--config: {problem}" for problem in command_line_duplicates(sys.argv)]
 if _duplicates:
@@ -75,7 +80,6 @@ if workflow.config_settings.config:
 # Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
 # Used as a module of another workflow (README "As a module of your own workflow") the config is the host's alone,
 # whatever its working directory's config/config.yaml holds (the host's own config, likely).
-_as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
 _merged_over_the_demo = (os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config
                          and not _as_module)
 if _merged_over_the_demo:
@@ -105,9 +109,9 @@ if _problems:
     from snakemake.common.configfile import load_configfile
 
     _sources = {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
-                **{str(f): load_configfile(f) for f in workflow.config_settings.configfiles},
+                **{f: load_configfile(f) for f in _config_files},
                 **({"--config": dict(workflow.config_settings.config)} if workflow.config_settings.config else {})}
-    _strays = stray_configfiles({f: _sources[f] for f in map(str, workflow.config_settings.configfiles)},
+    _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
                                    format_problems(where_written(_problems, _sources))]))
