@@ -81,6 +81,17 @@ def test_lrs_rise_exponentially_from_min_lr():
     assert not curve.diverged and len(curve.loss) == 40 and math.isclose(curve.lr[-1], 1e-1)
 
 
+def test_a_range_that_starts_above_every_lr_that_trains_is_refused_not_suggested_below_it():
+    """lr_find.min_lr 100: the loss is lowest at the first step and diverges. The suggestion was min_loss/10, an lr the
+    test never tried (10), and train then ended at chance accuracy without a word: refused, naming the key."""
+    torch.manual_seed(0)
+    opts = TrainOptions.from_dict({"batch_size": 32, "device": "cpu", "optimizer": "sgd", "momentum": 0.9})
+    with pytest.raises(ConfigError, match=r"lowest at the first lr tried, 100 \(lr_find.min_lr: 100\).*"
+                                          r"Lower lr_find.min_lr \(to 0.1, say\)"):
+        find_lr(TinyNet(), synthetic(), synthetic(90, seed=1), PLAIN, opts, num_classes=3, min_lr=100, max_lr=1e5,
+                steps=5, smoothing=BETA, diverge_factor=FACTOR, log=lambda _: None)
+
+
 # --------------------------------------------------------------------------- lr: auto in the workflow
 
 def config_with(**overrides):

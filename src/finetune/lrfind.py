@@ -100,6 +100,14 @@ def find_lr(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
             break
     diverged = _diverges(smoothed, diverge_factor)
     suggestion, method = suggest(lrs[: len(losses)], smoothed)
+    if suggestion < lrs[0]:
+        # The loss never fell: its lowest was at the first lr tried, and a tenth of that was never tried. Trained
+        # at it, a run can end at chance accuracy without a word (lr 10 from a range of 100 to 1e5, say).
+        raise ConfigError(
+            f"lr_find: the smoothed loss was lowest at the first lr tried, {lrs[0]:.3g} (lr_find.min_lr: {min_lr:g}), "
+            f"and {'diverged' if diverged else 'never fell'} after it ({len(losses)} step(s), to lr {lrs[len(losses) - 1]:.3g}): "
+            f"the range starts above every lr that trains this run, and its suggestion ({suggestion:.3g}) would be one "
+            f"it never tried. Lower lr_find.min_lr (to {min_lr / 1000:g}, say), or set the run's lr yourself")
     log(f"lr_find: {len(losses)} steps, lr {lrs[0]:.2e} to {lrs[len(losses) - 1]:.2e}"
         f"{' (stopped: loss diverged)' if diverged else ''}; suggested lr {suggestion:.3g} ({method})")
     return LrCurve(lr=lrs[: len(losses)], loss=losses, smoothed=smoothed, suggestion=suggestion, method=method,
