@@ -200,6 +200,31 @@ def test_the_lr_find_rule_runs_the_configured_range_test_and_train_uses_its_sugg
                                                 "lr_find": {**RANGE_TEST, "steps": 30}})
     again = run_snakemake(tmp_path, configfile, "-n", "results/auto/seed0/train_info.json").stdout
     assert sorted(jobs_run(again)) == ["lr_find", "train"], again
+    # what the range test does not read (how long the run trains, when it stops) reruns the train job alone
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto", "epochs": 3, "warmup_epochs": 1,
+                                                                         "early_stopping_patience": 1}},
+                                                "lr_find": RANGE_TEST})
+    again = run_snakemake(tmp_path, configfile, "-n", "results/auto/seed0/train_info.json").stdout
+    assert sorted(jobs_run(again)) == ["train"], again
+
+
+def test_the_keys_the_range_test_is_not_given_do_not_change_its_curve():
+    """configcheck.range_test_options sets these keys to their defaults for lr_find (so that editing them does not
+    run the test again): the curve must indeed be the same whatever they are."""
+    from finetune.configcheck import RANGE_TEST_UNREAD
+
+    def curve(**options):
+        torch.manual_seed(0)
+        opts = TrainOptions.from_dict({"batch_size": 32, "device": "cpu", "optimizer": "sgd", "momentum": 0.9, **options})
+        return find_lr(TinyNet(), synthetic(), synthetic(90, seed=1), PLAIN, opts, num_classes=3, min_lr=1e-4,
+                       max_lr=10, steps=60, smoothing=BETA, diverge_factor=FACTOR, log=lambda _: None)
+
+    changed = {"epochs": 7, "early_stopping_patience": 2, "metric": "val_loss", "on_divergence": "stop",
+               "schedule": "onecycle", "warmup_epochs": 2, "ema_decay": 0.9, "ema_warmup": False}
+    assert set(changed) == set(RANGE_TEST_UNREAD)
+    plain, other = curve(), curve(**changed)
+    assert plain.loss == other.loss and plain.suggestion == other.suggestion
+    assert curve(weight_decay=0.5).loss != plain.loss  # and a key it reads does change it
 
 
 def test_a_range_test_that_cannot_rise_is_refused_naming_the_keys():

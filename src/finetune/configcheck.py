@@ -162,6 +162,21 @@ def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
     return options
 
 
+# What lr_find's range test does not read of a run's options: how long and how the run trains after its first
+# steps (the test sets each step's lr itself, and keeps no model), and with gradual what the first epoch, the head
+# alone, leaves frozen. At their defaults in the range test's options: changing them reruns train, not lr_find.
+RANGE_TEST_UNREAD = ("epochs", "early_stopping_patience", "metric", "on_divergence", "schedule", "warmup_epochs",
+                     "ema_decay", "ema_warmup")
+GRADUAL_HEAD_ALONE = ("unfreeze_epoch", "unfreeze_stages", "backbone_lr_factor", "layer_decay")
+
+
+def range_test_options(options: dict, defaults: dict) -> dict:
+    """A run's options (:func:`job_options`) as lr_find's range test gets them: the keys it does not read at their
+    defaults, so that editing one (a run's epochs, its patience) does not run the range test again."""
+    unread = RANGE_TEST_UNREAD + (GRADUAL_HEAD_ALONE if options.get("strategy") == "gradual" else ())
+    return {**options, **{key: defaults[key] for key in unread if key in defaults}}
+
+
 def train_defaults(schema_file: str | Path) -> dict:
     """Every `train` key's default, as the schema writes it."""
     return _defaults_of(yaml.safe_load(Path(schema_file).read_text())["$defs"]["train"])

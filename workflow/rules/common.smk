@@ -38,7 +38,8 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import config_problems, format_problems, job_options, schema_default, train_defaults
+from finetune.configcheck import (config_problems, format_problems, job_options, range_test_options, schema_default,
+                                  train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
@@ -272,8 +273,9 @@ LR_SUGGESTION = "results/lr_find/{experiment}/suggestion.json"
 
 
 def lr_find_options(experiment):
-    """The range test's options: the run's training options (lr auto included), seeded by the first of `seeds`."""
-    return train_options(experiment, SEEDS[0])
+    """The range test's options: the run's training options (lr auto included), seeded by the first of `seeds`, with
+    the keys it does not read at their defaults (configcheck.range_test_options: a run's epochs, say)."""
+    return range_test_options(train_options(experiment, SEEDS[0]), TRAIN_DEFAULTS)
 
 
 def lr_is_auto(experiment):
