@@ -4,6 +4,7 @@ the culprit, and no earlier good result lost."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 import zlib
@@ -885,6 +886,15 @@ def test_with_several_config_files_each_problem_names_the_file_its_value_comes_f
     assert f"experiments.finetune.epoch: unknown key (did you mean epochs?) (set in {second}); allowed keys:" in result.stdout
     assert "seeds: [0, 0] has non-unique elements (set in --config)" in result.stdout
     assert not (tmp_path / "results").exists()
+    # A key with a colon in it (no space after `quantize:` on the command line) is named as --config's, not as the
+    # file's that writes export.quantize
+    second.write_text("export:\n  quantize: false\n  tta: false\n")
+    result = run_snakemake(tmp_path, base, str(second), "--config", "export={quantize:true,tta:true}", "-n", check=False,
+                           timeout=120)
+    assert result.returncode != 0
+    for key in ("quantize", "tta"):
+        assert f"export.{key}:true: unknown key" in result.stdout and f"(set in {second})" not in result.stdout, result.stdout[-3000:]
+        assert re.search(rf"export\.{key}:true: unknown key.*\(set in --config\)", result.stdout), result.stdout[-3000:]
 
 
 def test_a_target_written_after_configfile_is_named_as_read_for_a_config_file(tmp_path):

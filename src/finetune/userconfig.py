@@ -294,7 +294,8 @@ def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
         return problems
     named = []
     for problem in problems:
-        path = problem.split(":", 1)[0].split(".")
+        # the key path ends at ": " (a key may hold a colon itself: `--config 'export={quantize:true}'`)
+        path = problem.split(": ", 1)[0].split(".")
         files = [name for name, config in sources.items() if _writes(config, path)]
         if not files:
             named.append(problem)
