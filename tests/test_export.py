@@ -63,6 +63,23 @@ def test_failed_parity_keeps_the_earlier_model_byte_for_byte(tiny_run, tmp_path)
     assert snapshot(out) == before, "the earlier model.onnx/onnx_parity.json changed, or a file was left beside them"
 
 
+def test_a_new_model_removes_the_int8_model_made_from_the_earlier_one(tiny_run, tmp_path):
+    """export.quantize turned off, then the model trained again: the int8 model and its report were left beside the
+    new model.onnx (a shipped folder then held two models that disagree). A failed export keeps all three."""
+    out = tmp_path / "earlier"
+    out.mkdir()
+    shutil.copy2(tiny_run / RUN / "model.onnx", out / "model.onnx")
+    (out / "model.int8.onnx").write_bytes(b"the earlier model's int8 copy")
+    (out / "quantization.json").write_text("{}")
+    before = snapshot(out)
+    parity_failure(export(tiny_run, out, *IMPOSSIBLE, *FAST), out)
+    assert snapshot(out) == before
+    result = export(tiny_run, out, *FAST)
+    assert result.returncode == 0, result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "onnx_parity.json"]
+    assert f"removed {out / 'model.int8.onnx'}, {out / 'quantization.json'}: made from the earlier model.onnx" in result.stdout
+
+
 def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
     """The file's opset, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
     proto = onnx.load(str(model_path))

@@ -214,6 +214,25 @@ def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
     assert result.returncode == 1 and "no image files in" in result.stderr
 
 
+def test_predict_refuses_a_model_whose_class_names_do_not_match_its_outputs(tiny_run, tmp_path):
+    """The `classes` metadata edited to 2 names on a 4-class model: an IndexError traceback, or with --top-k 1 labels
+    that may be another score's. Refused, naming the file and both counts."""
+    model = onnx.load(tiny_run / "results/finetune/seed0/model.onnx")
+    for prop in model.metadata_props:
+        if prop.key == "classes":
+            prop.value = json.dumps(CLASSES[:2])
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, edited)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "images" / "a.png")
+    result = run_predict("--model", str(edited), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out.csv"),
+                         "--top-k", "1")
+    assert result.returncode == 1, result.stderr
+    assert (f"{edited}: its metadata 'classes' names 2 classes, but the model outputs 4 scores" in result.stderr
+            and "Traceback" not in result.stderr), result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     """export.quantize and predict.images on a finished run: only the new jobs run."""
     workdir = tiny_run_copy

@@ -94,6 +94,11 @@ class OnnxClassifier:
     def load(cls, path: str | Path, threads: int | None = None) -> "OnnxClassifier":
         session = new_session(path, threads)
         metadata = decode_metadata(session.get_modelmeta().custom_metadata_map, origin=str(path))
+        scores = session.get_outputs()[0].shape[-1]
+        if isinstance(scores, int) and "classes" in metadata and len(metadata["classes"]) != scores:
+            # a label for each score, or the labels would be those of other scores (or an IndexError)
+            raise ModelError(f"{path}: its metadata 'classes' names {len(metadata['classes'])} classes, but the model "
+                             f"outputs {scores} scores: export it again with the workflow's export_onnx rule")
         return cls(Path(path), session, metadata)
 
     @property

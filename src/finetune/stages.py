@@ -855,8 +855,22 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
                 f"export.rtol; figures above); {kept}"
             )
     write_json(out_parity, report)
+    _remove_made_from_the_earlier_model(Path(out_onnx), log)
     lap("outputs")
     return report
+
+
+def _remove_made_from_the_earlier_model(out_onnx: Path, log: Callable) -> None:
+    """The int8 model and its report beside a model.onnx just written (rule quantize_onnx's outputs) were made from
+    the earlier model.onnx: with export.quantize turned off since, nothing would make them again, and a folder
+    shipped as it is would hold two models that disagree. Removed; quantize_onnx writes them anew where it runs."""
+    stale = [p for p in (out_onnx.with_name(f"{out_onnx.stem}.int8.onnx"), out_onnx.with_name("quantization.json"))
+             if p.exists()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log(f"removed {', '.join(map(str, stale))}: made from the earlier {out_onnx.name} (quantize_onnx makes them "
+            "again from this one where export.quantize is on)")
 
 
 # --------------------------------------------------------------------------- summary

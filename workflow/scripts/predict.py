@@ -49,7 +49,7 @@ def main():
     model = args.model if args.model is not None else chosen_model(args)
     counts = predict_images(model, args.images, args.out, top_k=args.top_k, batch_size=args.batch_size,
                             threads=max(1, min(args.threads, usable_cpus())))
-    print(f"classified {counts['classified']} of {counts['images']} image(s) -> {args.out}"
+    print(f"classified {counts['classified']} of {counts['images']} image(s) with {model} -> {args.out}"
           + (f"; {counts['failed']} unreadable (see the error column)" if counts["failed"] else ""),
           file=sys.stderr)
     if counts["classified"] == 0:
