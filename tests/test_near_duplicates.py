@@ -180,6 +180,28 @@ def test_the_split_report_lists_them_and_leave_out_removes_the_train_copy_keepin
     assert "not checked (dataset.near_duplicates: false)" in log
 
 
+def test_leave_out_removes_the_earlier_copies_and_moves_nothing_else(tmp_path):
+    """No split given: the split is drawn. leave_out drew it again without the copies, which drew another test
+    split (and new pairs with it): `report` and `leave_out` runs were scored on different test images. Now
+    leave_out's split is report's without the earlier copy of each pair, row for row."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = ["path,label"] + [f"{scene(folder / f'{name}{seed}.jpg', seed).name},{name}"
+                              for name, seeds in (("cats", range(0, 12)), ("dogs", range(20, 32))) for seed in seeds]
+    lines += [f"{c.name},cats" for c in copies_of(folder / "cats3.jpg", folder)]
+    lines += [f"{c.name},dogs" for c in copies_of(folder / "dogs25.jpg", folder)]
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    dataset = {"format": "csv", "path": str(folder / "m.csv"), "val_fraction": 0.2, "test_fraction": 0.25, "seed": 3}
+    reported, report = make_split(SplitSpec.from_config({**dataset, "near_duplicates": "report"}))
+    earlier = {p["path"] for p in report["near_duplicates"]["pairs"]}
+    assert earlier, "the case: copies across splits"
+    left, _ = make_split(SplitSpec.from_config({**dataset, "near_duplicates": "leave_out"}))
+    expected = reported[~reported["path"].isin(earlier)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(left, expected)
+    # and none is left: no image of a split has a near copy in another (compared pair by pair here)
+    assert pairwise(left, np.stack([inspect_image(p)[1] for p in left["path"]])) == {}
+
+
 @pytest.mark.fashion_mnist
 def test_every_fashion_mnist_pair_close_at_full_size_is_found_in_the_demo_s_source_split():
     import yaml
@@ -244,7 +266,8 @@ def test_a_test_image_whose_copy_is_nearer_another_test_image_is_still_listed():
 
 def test_a_class_left_too_small_by_leave_out_names_each_file_left_out_once(tmp_path):
     """A picture in test and two copies of it in the pool, drawn into train and val: three pairs (the train
-    copy is near both others), two files left out. The message counts and names files, not pairs."""
+    copy is near both others), two files left out, which leave a split without an image of the class. The
+    message counts and names files, not pairs."""
     folder = tmp_path / "images"
     folder.mkdir()
     lines = ["path,label,split"] + [f"{scene(folder / f'cats{seed}.jpg', seed).name},cats,{'test' if seed == 0 else ''}"
@@ -260,9 +283,12 @@ def test_a_class_left_too_small_by_leave_out_names_each_file_left_out_once(tmp_p
     pairs = report["near_duplicates"]["pairs"]
     left = {p["path"] for p in pairs if p["class_name"] == "rare"}
     assert left == {str(folder / "rare_half.png"), str(folder / "rare_gray.jpg")} and len(pairs) == 3  # the case
+    rare = split[(split["class_name"] == "rare") & ~split["path"].isin(left)]
+    emptied = [which for which in ("train", "val") if which not in set(rare["split"])]
+    assert emptied, "the case: a split of the class holds only copies"
     with pytest.raises(DataError) as refused:
         make_split(SplitSpec.from_config({**dataset, "near_duplicates": "leave_out"}))
     message = str(refused.value)
-    assert "class 'rare' has 1 image(s) outside the official test split" in message
-    assert "; 2 more of its files were left out: " in message, message
+    assert all(f"class 'rare' has no {which} image left once its near duplicates" in message for which in emptied), message
+    assert "(dataset.near_duplicates: leave_out): 2 of its files were left out: " in message, message
     assert all(message.count(f"{path} (a near duplicate of") == 1 for path in left), message

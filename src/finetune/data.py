@@ -582,7 +582,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     lap("split")
     near: dict = {"checked": False, "pairs": []}
     if spec.near_duplicates:  # false: not checked
-        split, near = split_without_near_duplicates(split, listing, class_names, spec, thumbnails, left_out)
+        split, near = split_without_near_duplicates(split, class_names, spec, thumbnails, left_out)
         lap("near duplicates")
     counts = split.groupby(["class_name", "split"]).size().unstack(fill_value=0)
     report = {
@@ -601,32 +601,44 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     return split, report
 
 
-def split_without_near_duplicates(split: pd.DataFrame, listing: pd.DataFrame, class_names: list[str], spec: SplitSpec,
+def split_without_near_duplicates(split: pd.DataFrame, class_names: list[str], spec: SplitSpec,
                                   thumbnails: dict, left_out: dict[str, list[str]]) -> tuple[pd.DataFrame, dict]:
     """Near duplicates across the splits of ``split`` (finetune.nearduplicates), as the split report's
     ``near_duplicates``: ``checked`` (false where there were more than MAX_PAIRS pairs to compare, ``why``
     then says so), ``pairs`` found and ``left_out``. With ``near_duplicates: leave_out``, the copy in the
-    earlier split (train before val; test is never changed) is left out of the listing and the split drawn
-    again, until none is left; ``left_out`` (per class, for the split's messages) gets each of them."""
+    earlier split of each pair (train before val) is left out, and nothing else moves: the test images and
+    every other image keep the split ``report`` gives them (drawing the split again drew another test split,
+    and new pairs with it), so the two modes' figures are on the same test images. One pass leaves no pair:
+    every pair loses its earlier copy. A class left without a training image is refused, naming the files
+    left out; ``left_out`` (per class, for the split's messages) gets each of them."""
     from .nearduplicates import MAX_PAIRS, find_near_duplicates, pairs_to_compare  # the split's own module
 
     near = {"checked": True, "pairs": [], "left_out": spec.near_duplicates == "leave_out"}
-    while True:
-        pairs = pairs_to_compare(split["split"])
-        if pairs > MAX_PAIRS:
-            return split, {**near, "checked": False, "why": f"{pairs:,} pairs of images to compare, more than {MAX_PAIRS:,}"}
-        found = find_near_duplicates(split, _thumbnails(split["path"].tolist(), thumbnails))
-        near["pairs"] += found
-        if not found or spec.near_duplicates != "leave_out":
-            return split, near
-        nearest: dict[str, dict] = {}  # an image with copies in val and test is one file left out: named once
-        for item in sorted(found, key=lambda item: item["rms"]):
-            nearest.setdefault(item["path"], item)
-        for item in nearest.values():
-            left_out.setdefault(item["class_name"], []).append(
-                f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})")
-        listing = listing[~listing["path"].isin({item["path"] for item in found})].reset_index(drop=True)
-        split = stratified_split(listing, class_names, spec, left_out)
+    pairs = pairs_to_compare(split["split"])
+    if pairs > MAX_PAIRS:
+        return split, {**near, "checked": False, "why": f"{pairs:,} pairs of images to compare, more than {MAX_PAIRS:,}"}
+    near["pairs"] = find_near_duplicates(split, _thumbnails(split["path"].tolist(), thumbnails))
+    if not near["pairs"] or spec.near_duplicates != "leave_out":
+        return split, near
+    nearest: dict[str, dict] = {}  # an image with copies in val and test is one file left out: named once
+    for item in sorted(near["pairs"], key=lambda item: item["rms"]):
+        nearest.setdefault(item["path"], item)
+    for item in nearest.values():
+        left_out.setdefault(item["class_name"], []).append(
+            f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})")
+    kept = split[~split["path"].isin(nearest)].reset_index(drop=True)
+    # A split the class had an image in before and has none in now (train; val where it was drawn or given).
+    emptied = [(name, which) for name in class_names for which in ("train", "val")
+               if ((split["class_name"] == name) & (split["split"] == which)).any()
+               and not ((kept["class_name"] == name) & (kept["split"] == which)).any()]
+    if emptied:
+        raise DataError("\n".join(
+            f"class {name!r} has no {which} image left once its near duplicates of later splits' images are left out "
+            f"(dataset.near_duplicates: leave_out): {len(left_out[name])} of its files were left out: "
+            f"{'; '.join(left_out[name][:5])}{f' and {len(left_out[name]) - 5} more' if len(left_out[name]) > 5 else ''}. "
+            "Add images, set dataset.near_duplicates: report (the copies are kept, and the figures say how many "
+            "test images have one), or leave the class out with dataset.classes." for name, which in emptied))
+    return kept, near
 
 
 def _thumbnails(paths: list[str], known: dict) -> np.ndarray:

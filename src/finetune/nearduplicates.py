@@ -129,7 +129,7 @@ def copies_learnt_from(near: dict | None, split: str = "test") -> dict[str, dict
     """Each image of ``split`` with a near copy in a split the model learnt from (:data:`LEARNT_FROM`), from a
     split report's ``near_duplicates``: {path: its nearest such copy, ``{path, split, rms}``}. None where they
     were not looked for (``near`` None, from a report made before the check, or not ``checked``); empty
-    where they were left out (``leave_out``: the split was drawn again until none was left)."""
+    where they were left out (``leave_out``: the earlier copy of each pair is out of the split)."""
     if near is None or not near.get("checked"):
         return None
     if near.get("left_out"):
