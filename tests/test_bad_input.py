@@ -535,7 +535,7 @@ def test_csv_split_column_with_test_only_draws_val_from_the_rest(tmp_path):
     assert set(split.loc[split["split"] == "train", "path"]) == pool - set(val["path"])
 
 
-@pytest.mark.parametrize("value", ["tests", "holdout"])
+@pytest.mark.parametrize("value", ["tests", "holdout", "Tests"])  # not lower case: its lines were left out
 def test_csv_split_value_that_names_no_split_is_refused(tmp_path, value):
     """A misspelt mark would put those images in the pool (test images into training): refused, naming it."""
     marks = {"cat": ["test", "train", "train", value, "train"], "dog": ["test", "train", "train", "train", value]}

@@ -305,9 +305,10 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
     values = column.str.strip().str.lower()
     unknown = values[~values.isin(list(SPLIT_NAMES))]
     if len(unknown):
+        written = column[unknown.index].str.strip()  # as written: 'Tests' is named with its own lines
         listed = "; ".join(
-            f"{value!r} (line(s) {', '.join(str(i + 2) for i in unknown.index[unknown == value][:5])})"
-            for value in column[unknown.index].str.strip().unique()[:10]
+            f"{value!r} (line(s) {', '.join(str(i + 2) for i in written.index[written == value][:5])})"
+            for value in written.unique()[:10]
         )
         raise DataError(
             f"CSV manifest {file}: column split holds value(s) that name no split: {listed}. Use test, val, train (or "
