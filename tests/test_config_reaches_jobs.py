@@ -191,12 +191,12 @@ NOT_PRETRAIN = (*TRAIN_NOT_LOOP, "devices", "nodes", "sync_batchnorm")  # refuse
 
 
 def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
-    """The run's keys reach its train job as set, but those it does not act on (configcheck.unread_options,
+    """The run's keys reach its train job as set, but those it does not act on (configcheck.ignored_options,
     inert_recipes: a gradual-only key for a finetune run, say), which arrive at the schema's default."""
-    from finetune.configcheck import inert_recipes, train_defaults, unread_options
+    from finetune.configcheck import ignored_options, inert_recipes, train_defaults
 
     defaults = train_defaults(REPO / "workflow" / "schemas" / "config.schema.yaml")
-    idle = {**unread_options({**defaults, **train}), **inert_recipes({**defaults, **train})}
+    idle = {**ignored_options({**defaults, **train}), **inert_recipes({**defaults, **train})}
     train = {k: defaults[k] if k in idle else v for k, v in train.items()}
     loop = {k: v for k, v in train.items() if k not in TRAIN_NOT_LOOP}
     assert_json_option_carries(options, "options", loop, where)
@@ -566,6 +566,23 @@ def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):
     output = dry_run_output(tmp_path / "auto", config)
     assert "note: lr_find" not in output
     assert json.loads(jobs_of(commands(output), "lr_find")[0]["range-test"])["steps"] == 50
+
+
+@pytest.mark.parametrize("experiment, written", [
+    ({"strategy": "feature_extract", "augment": True}, {"cache_features": False}),
+    ({"strategy": "feature_extract"}, {"bn": "frozen"}),
+])
+def test_a_value_that_asks_for_nothing_where_its_key_does_not_apply_is_the_same_run_as_leaving_it_out(
+        tmp_path, experiment, written):
+    """`cache_features: false` for an augmented feature_extract run (nothing is cached either way), `bn: frozen` for
+    feature_extract (its BatchNorm is frozen either way): accepted, and the run's jobs get the key's default, so
+    that removing it later does not train the run again (it did: its options had changed)."""
+    options = {}
+    for name, spec in (("written", {**experiment, **written}), ("left_out", experiment)):
+        (tmp_path / name).mkdir()
+        output = dry_run_output(tmp_path / name, {**TINY_CONFIG, "experiments": {"run": spec}})
+        options[name] = json.loads(jobs_of(commands(output), "train")[0]["options"])
+    assert options["written"] == options["left_out"]
 
 
 def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):

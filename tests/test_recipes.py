@@ -483,6 +483,9 @@ def test_export_with_tta_exports_the_flip_average_and_says_so_only_then(tiny_run
      "experiments.probe: mixup_alpha: 0.2 and cutmix_alpha: 1 mix training images"),
     ({"strategy": "feature_extract", "optimizer": "lbfgs", "ema_decay": 0.99},
      "experiments.probe: ema_decay: 0.99 averages the weights over optimizer steps; optimizer lbfgs"),
+    # each epoch another resample of the examples: L-BFGS's curvature from one objective applied to the next
+    ({"strategy": "feature_extract", "optimizer": "lbfgs", "class_weighting": "sampler"},
+     "experiments.probe: class_weighting: sampler draws each epoch's examples anew"),
 ])
 def test_the_workflow_refuses_a_recipe_where_it_makes_no_sense_before_running(overrides, expected):
     from finetune.configcheck import config_problems

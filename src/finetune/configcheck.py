@@ -149,12 +149,12 @@ def run_options(train: dict, overrides: dict) -> dict:
 
 def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
     """The options a run's jobs get: `train`'s, overridden by its experiment's (``overrides``: a sweep's run
-    included), with every key the run does not act on (:func:`unread_options`, :func:`inert_recipes`) at its
+    included), with every key the run does not act on (:func:`ignored_options`, :func:`inert_recipes`) at its
     default (``defaults``: the schema's), so that changing such a key (`train.layer_decay` for a feature_extract
     experiment, `backbone_lr_factor` for a sweep's feature_extract runs) reruns only the runs that act on it,
     and their train_info.json shows what they trained with."""
     options = {**train, **overrides}
-    for key in {**unread_options({**defaults, **options}), **inert_recipes({**defaults, **options})}:
+    for key in {**ignored_options({**defaults, **options}), **inert_recipes({**defaults, **options})}:
         if key in defaults:
             options[key] = defaults[key]
         else:
@@ -207,6 +207,11 @@ def recipe_problems(options: dict) -> list[str]:
     if options.get("ema_decay") is not None and options.get("optimizer") == "lbfgs":
         problems.append(f"ema_decay: {options['ema_decay']} averages the weights over optimizer steps; optimizer lbfgs "
                         "takes one step per epoch: leave ema_decay null")
+    if options.get("class_weighting") == "sampler" and options.get("optimizer") == "lbfgs":
+        problems.append("class_weighting: sampler draws each epoch's examples anew, with replacement, but optimizer lbfgs "
+                        "solves the head on all of them at once, keeping its curvature from one epoch to the next: each "
+                        "epoch would solve another objective; use class_weighting: loss (the same balance, by "
+                        "inverse-frequency weights, on every example)")
     unfreeze, epochs = options.get("unfreeze_epoch", 1), options.get("epochs", 10)
     if strategy == "gradual" and isinstance(unfreeze, int) and isinstance(epochs, int) and unfreeze >= epochs:
         problems.append(f"unfreeze_epoch: {unfreeze} with epochs: {epochs}: strategy gradual trains the head alone for "
@@ -237,11 +242,18 @@ _NO_EFFECT = {"cache_features": (False,), "bn": ("auto", "frozen"), "amp": ("off
 
 
 def unread_options(options: dict) -> dict[str, str]:
-    """The `train` keys one run's training does not act on, given its other options, each with the reason.
+    """The `train` keys one run's training does not act on, given its other options, each with the reason, but
+    those at a value that asks for nothing (:data:`_NO_EFFECT`: `cache_features: false` where nothing is cached).
 
     ``options``: the run's keys with their defaults. A key written for such a run is refused at start
     (:func:`_unread_problems`) rather than silently ignored.
     """
+    return {key: why for key, why in ignored_options(options).items() if options.get(key) not in _NO_EFFECT.get(key, ())}
+
+
+def ignored_options(options: dict) -> dict[str, str]:
+    """Every `train` key one run's training does not act on, whatever its value: :func:`job_options` gives each
+    its default, so that writing it (`cache_features: false` for an augmented run) or not is the same run."""
     strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
     cached = caches_features(strategy, options.get("cache_features", True), options.get("augment", False))
     unread = {}
@@ -268,7 +280,7 @@ def unread_options(options: dict) -> dict[str, str]:
                                     f"and this is strategy {strategy}, augment {str(options.get('augment', False)).lower()}")
     if options.get("device", "auto") == "cpu":
         unread["amp"] = unread["channels_last"] = "autocast and channels-last apply on CUDA only, and this is device cpu"
-    return {key: why for key, why in unread.items() if options.get(key) not in _NO_EFFECT.get(key, ())}
+    return unread
 
 
 def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict, defaults: dict,
