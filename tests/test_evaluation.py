@@ -247,6 +247,23 @@ def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):
     assert "±" not in (tmp_path / "summary.md").read_text()
 
 
+def test_the_leaderboard_names_the_classes_a_selected_run_never_predicted(tmp_path):
+    """On imbalanced test images a run that never predicts the rare class can rank first by accuracy: the note
+    names the class and the run's macro_f1; a run that predicts every class gets none."""
+    runs = [write_run(tmp_path, "plain", 0, 0.90, 0.55, 10.0), write_run(tmp_path, "plain", 1, 0.88, 0.50, 10.0),
+            write_run(tmp_path, "weighted", 0, 0.85, 0.80, 10.0)]
+    for run, never in zip(runs, (["ankle boot"], [], [])):
+        run["metrics"].write_text(json.dumps({**json.loads(run["metrics"].read_text()), "never_predicted": never}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html")
+    csv = pd.read_csv(tmp_path / "summary.csv").set_index("experiment")
+    assert bool(csv.loc["plain", "selected"]) and csv.loc["plain", "rank"] == 1
+    note = ("The selected run plain (seed 0) predicted no test image as ankle boot: its test accuracy comes from the "
+            "other classes alone (its macro_f1, which counts such a class as 0, is 0.5500)")
+    for page in ("summary.md", "summary.html"):
+        assert note in (tmp_path / page).read_text(), page
+    assert "weighted (seed" not in (tmp_path / "summary.md").read_text()
+
+
 def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
     """With n_test in metrics.json, a note gives the first-ranked run's 95% interval on a test set of that
     size; runs scored on test sets of other sizes get none."""

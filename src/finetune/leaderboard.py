@@ -32,6 +32,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "test_accuracy_no_near_duplicates": _or_nan((metrics.get("near_duplicates") or {}).get("accuracy_without")),
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
         "tta": metrics.get("tta") or "none",  # evaluate.tta: the test figures with test-time augmentation
+        "never_predicted": list(metrics.get("never_predicted") or []),  # classes it gave no test image
         "folder": str(Path(run["info"]).parent),
     }
 
@@ -195,6 +196,20 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}) "
             f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
             "closer than that may differ by chance."]
+
+
+def never_predicted_notes(per_run: pd.DataFrame, chosen: dict) -> list[str]:
+    """The selected runs (the seed that selected each) that predicted some class for no test image: accuracy on
+    imbalanced classes can rank such a run high, and the note says to look at macro_f1."""
+    notes = []
+    for sweep, pick in chosen.items():
+        row = per_run[(per_run["experiment"] == pick["run"]) & (per_run["seed"] == pick["seed"])].iloc[0]
+        if row.never_predicted:
+            notes.append(f"The selected run {pick['run']} (seed {pick['seed']}) predicted no test image as "
+                         f"{', '.join(row.never_predicted)}: its test accuracy comes from the other classes alone (its "
+                         f"macro_f1, which counts such a class as 0, is {row.macro_f1:.4f}); with imbalanced classes, "
+                         "compare the runs' macro_f1, or try class_weighting: loss.")
+    return notes
 
 
 def near_duplicate_notes(split_report: dict, report_path: str = "resources/splits/target.report.json",

@@ -891,7 +891,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     the note on test-time augmentation.
     """
     from .leaderboard import (SPREAD_NOTE, aggregate, chance_notes, chosen_by, markdown, near_duplicate_notes,
-                              paired_notes, ranked, run_row, selections, shown, tta_notes)
+                              never_predicted_notes, paired_notes, ranked, run_row, selections, shown, tta_notes)
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
@@ -901,6 +901,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
     notes = tta_notes(per_run, exported_tta) + chance_notes(per_run, table) + paired_notes(runs, table)
+    notes += never_predicted_notes(per_run, chosen)
     notes += near_duplicate_notes(read_json(split_report), str(split_report), table) if split_report is not None else []
     write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:
