@@ -874,6 +874,20 @@ def test_image_size_the_architecture_cannot_take_stops_train_naming_the_key(tmp_
     assert not (tmp_path / "results" / "small" / "seed0" / "model.pt").exists()
 
 
+def test_a_file_where_the_workflow_makes_a_folder_stops_it_at_start_naming_the_file(tmp_path):
+    """results/ft2 written by hand, then ft2 made an experiment: Snakemake stopped on a traceback of its own
+    (NotADirectoryError, removing the job's old outputs) before any job could name the path."""
+    config = tiny_config(tmp_path, replace={"experiments": {"ft2": {"strategy": "finetune"}}})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "ft2").write_text("notes\n")
+    (tmp_path / "resources").write_text("not a folder\n")
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stdout, result.stdout[-3000:]
+    assert ("resources, results/ft2: are files, not a folder, where the workflow writes its outputs (relative to the "
+            f"working directory {tmp_path}): nothing ran; move them away") in result.stdout, result.stdout[-3000:]
+    assert (tmp_path / "results" / "ft2").read_text() == "notes\n"
+
+
 def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):
     """--configfile a.yaml b.yaml --config ...: Snakemake merges them, the last that writes a key winning; a
     problem says which source that is (a key no source writes, a default, is named as before)."""

@@ -80,6 +80,27 @@ def test_a_new_model_removes_the_int8_model_made_from_the_earlier_one(tiny_run, 
     assert f"removed {out / 'model.int8.onnx'}, {out / 'quantization.json'}: made from the earlier model.onnx" in result.stdout
 
 
+def test_a_damaged_checkpoint_or_model_names_the_command_that_makes_it_again(tiny_run, tmp_path):
+    """A model.pt or model.onnx cut short: Snakemake still counts it as made (it compares times), so each plain rerun
+    failed the same way, and the message said no way on. It names the file and `snakemake --forcerun` of it."""
+    cut = tmp_path / "model.pt"
+    cut.write_bytes((tiny_run / RUN / "model.pt").read_bytes()[:5000])
+    result = run_script("export_onnx", "--checkpoint", str(cut), "--split", str(tiny_run / "resources/splits/target.csv"),
+                        "--out-onnx", str(tmp_path / "out/model.onnx"), "--out-parity", str(tmp_path / "out/p.json"))
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"error: cannot read checkpoint {cut}: " in result.stdout
+    assert f"The train job writes it again (training the run again): `snakemake --forcerun {cut}`" in result.stdout
+    onnx_cut = tmp_path / "model.onnx"
+    onnx_cut.write_bytes((tiny_run / RUN / "model.onnx").read_bytes()[:5000])
+    (tmp_path / "images").mkdir()
+    shutil.copy(tiny_run / RUN / "confusion_matrix.png", tmp_path / "images" / "a.png")
+    result = run_script("predict", "--model", str(onnx_cut), "--images", str(tmp_path / "images"),
+                        "--out", str(tmp_path / "p.csv"))
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"cannot load ONNX model {onnx_cut}: " in result.stdout
+    assert f"One the workflow wrote is written again by `snakemake --forcerun {onnx_cut}`" in result.stdout
+
+
 def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
     """The file's opset, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
     proto = onnx.load(str(model_path))

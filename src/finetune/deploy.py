@@ -75,7 +75,8 @@ def new_session(path: str | Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for missing/corrupt files
-        raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
+        raise ModelError(f"cannot load ONNX model {path}: {exc}. Cut short or damaged? One the workflow wrote is written "
+                         f"again by `snakemake --forcerun {path}`") from exc
 
 
 @dataclass

@@ -568,7 +568,8 @@ def load_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}. Cut short or damaged? The train job writes it "
+                           f"again (training the run again): `snakemake --forcerun {path}`") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is not a checkpoint written by the train rule")
     model = _model_from_state(build_architecture, checkpoint["arch"], checkpoint["num_classes"], checkpoint["state_dict"])

@@ -553,6 +553,20 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
             f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
 
+# A file where the workflow makes a folder (`results/ft2` written by hand, a run's name then used as an experiment):
+# Snakemake stopped on it with a traceback of its own (NotADirectoryError) before any job could say which path.
+OUTPUT_FOLDERS = ["results/logs", "results/benchmarks", "results/lr_find", "results/predictions", "resources/splits",
+                  "resources/decoded", "resources/weights", "resources/pretrain", "resources/features",
+                  str(RESUME_FOLDER), *(f"results/{run}" for run in RUNS)]
+if CHECK_FILES:
+    _blocked = sorted({str(folder) for path in OUTPUT_FOLDERS for folder in (Path(path), *Path(path).parents)
+                       if str(folder) != "." and os.path.lexists(folder) and not os.path.isdir(folder)})
+    if _blocked:
+        raise WorkflowError(
+            f"{', '.join(_blocked)}: {'is a file' if len(_blocked) == 1 else 'are files'}, not a folder, where the "
+            f"workflow writes its outputs (relative to the working directory {os.getcwd()}): nothing ran; move "
+            f"{'it' if len(_blocked) == 1 else 'them'} away")
+
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
     if CHECK_FILES and not os.path.exists(PREDICT["images"]):
