@@ -145,6 +145,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Routes: /<name> serves ``files[name]``; /truncated/<name> announces more bytes than it sends;
+    /unannounced/<name> sends half of it without a length;
     /hang/<name> accepts and never answers (until the server stops); anything else is a 404."""
 
     files: dict[str, bytes] = {}
@@ -171,6 +172,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])  # then the connection closes
+            return
+        if parts[0] == "unannounced":  # no length said: the client reads to the end, which comes too soon
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
             return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

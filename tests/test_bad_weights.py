@@ -72,13 +72,14 @@ def test_url_download_that_works(server, good_weights, tmp_path):
     assert manifest["source"] == {"kind": "url", "url": url} and manifest["num_classes"] == 3
 
 
-@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "http_404", "hanging_server"])
+@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "cut_without_length", "http_404", "hanging_server"])
 def test_refused_download_keeps_the_previous_weights(server, good_weights, out, case):
     good_sha = sha256(good_weights)
     other_sha = "0123456789abcdef" * 4
     url, sha, timeout = {
         "sha256_mismatch": (f"{server.url}/good.pth", other_sha, 5),
         "truncated": (f"{server.url}/truncated/good.pth", good_sha, 5),
+        "cut_without_length": (f"{server.url}/unannounced/good.pth", good_sha, 5),
         "http_404": (f"{server.url}/no-such-file.pth", good_sha, 5),
         "hanging_server": (f"{server.url}/hang/good.pth", good_sha, 1),
     }[case]
@@ -88,6 +89,9 @@ def test_refused_download_keeps_the_previous_weights(server, good_weights, out, 
     expected = {
         "sha256_mismatch": [f"sha256 mismatch for {url}: expected {other_sha}, got {good_sha}", "refused"],
         "truncated": [f"download of {url} is truncated: received", f"expected sha256 {good_sha}, got "],
+        # only the hash says so: the message says it may be a cut-off transfer, not only a wrong pin
+        "cut_without_length": [f"sha256 mismatch for {url}: expected {good_sha}",
+                               "The server announced no length, so the transfer may have been cut short: rerun"],
         "http_404": [f"download of {url} failed: HTTP 404", "check weights.url"],
         "hanging_server": [f"download of {url} failed: no answer within 1 s (weights.timeout_s)"],
     }[case]

@@ -222,7 +222,14 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         config = tiny_config(run, replace={"weights": weights})
         assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
         tiny_config(run, replace={"weights": {**weights, "timeout_s": 600, "url": f"{base}/mirror/w.pth"}})
-        assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == []
+        moved = run_snakemake(run, config, "-n", *target).stdout
+        assert jobs_run(moved) == []
+        # said, for a user who meant other weights (the leaderboard names them by their sha256, not the url)
+        assert (f"note: weights.url is {base}/mirror/w.pth, but weights.sha256 is that of the weights fetched from "
+                f"{base}/w.pth: the same file, so nothing is fetched") in moved, moved[-3000:]
+        summary = [line for line in run_snakemake(run, config, "-n", "--printshellcmds", "--forcerun", "summary",
+                                                  "results/summary.csv").stdout.splitlines() if "--weights-source" in line]
+        assert summary and f"url:sha256:{digest[:12]}" in summary[0] and "w.pth" not in summary[0], summary
         tiny_config(run, replace={"weights": {**weights, "sha256": "cd" * 32}})
         assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
 

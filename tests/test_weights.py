@@ -126,10 +126,10 @@ def test_squeezenet_head_replacement_from_downloaded_weights(served, tmp_path):
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
 
 
-def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_fails_before_downloading(served, tmp_path):
+def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_is_refused_at_start(served, tmp_path):
     """Through Snakemake, where the schema fills every default: weights.arch left out (its default is
-    resnet18) must not refuse SqueezeNet's weights; written wrong, it is refused before any download."""
-    from helpers import run_snakemake, tiny_config
+    resnet18) must not refuse SqueezeNet's weights; written wrong, it is refused at start."""
+    from helpers import jobs_run, run_snakemake, tiny_config
 
     weights = {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"], "sha256": served["sha256"],
                "timeout_s": 10}
@@ -138,14 +138,42 @@ def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_f
     manifest = json.loads((tmp_path / "resources/weights/manifest.json").read_text())
     assert manifest["arch"] == "squeezenet1_1" and manifest["sha256"] == served["sha256"]
 
-    other = tmp_path / "other"
-    config = tiny_config(other, replace={"weights": {**weights, "arch": "resnet18", "mirror": "http://127.0.0.1:9"}})
-    result = run_snakemake(other, config, "--printshellcmds", "resources/weights/manifest.json", check=False)
-    assert result.returncode != 0
-    log = (other / "results/logs/weights.log").read_text()
-    # The mirror is a closed port: reaching the check after a download attempt would fail differently.
-    assert f"error: weights.arch is 'resnet18' but {ENUM} belongs to 'squeezenet1_1'" in log, log
-    assert not (other / "resources/weights/weights.pth").exists()
+    # The same weights in other words: the enum's DEFAULT (the member it names), the matching arch written. Nothing
+    # reruns (the job's param was the config as written: each retrained every run, decoding again for DEFAULT).
+    target = ("--printshellcmds", "resources/weights/manifest.json", "resources/decoded/target/native/info.json")
+    run_snakemake(tmp_path, config, *target)
+    for same in ({"torchvision": "SqueezeNet1_1_Weights.DEFAULT"}, {"arch": "squeezenet1_1"}):
+        config = tiny_config(tmp_path, replace={"weights": {**weights, **same}})
+        assert jobs_run(run_snakemake(tmp_path, config, "-n", *target).stdout) == [], same
+
+    # Written wrong (an arch of other weights, a member torchvision has not), refused at start naming the key, before
+    # any job: Snakemake would have removed the earlier weights (and decoded images) when the job started.
+    before = (tmp_path / "resources/weights/weights.pth").read_bytes()
+    for wrong, message in (({"arch": "resnet18"}, f"weights.arch: 'resnet18', but {ENUM} belongs to 'squeezenet1_1'"),
+                           ({"torchvision": "SqueezeNet1_1_Weights.IMAGENET1K_V3"},
+                            "weights.torchvision: unknown torchvision weights 'SqueezeNet1_1_Weights.IMAGENET1K_V3' "
+                            "(did you mean SqueezeNet1_1_Weights.IMAGENET1K_V1")):
+        config = tiny_config(tmp_path, replace={"weights": {**weights, **wrong}})
+        result = run_snakemake(tmp_path, config, *target, check=False)
+        assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
+        assert jobs_run(result.stdout) == []
+        assert (tmp_path / "resources/weights/weights.pth").read_bytes() == before
+
+
+def test_the_weights_names_read_at_start_are_torchvision_s_own():
+    """configcheck reads the weights enums from torchvision's source (importing it would add 1-2 s to every start):
+    the same members, aliases included, and architectures as torchvision itself gives."""
+    from finetune.configcheck import torchvision_weights_member, torchvision_weights_names
+
+    expected = {}
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        enum = torchvision.models.get_model_weights(arch)
+        for member in enum.__members__:  # aliases (DEFAULT) included
+            expected[f"{enum.__name__}.{member}"] = arch
+    assert torchvision_weights_names() == expected
+    for name in expected:
+        resolved = torchvision.models.get_weight(name)
+        assert torchvision_weights_member(name) == f"{type(resolved).__name__}.{resolved.name}", name
 
 
 def test_pretrained_weights_are_published_without_importing_torch(tmp_path):

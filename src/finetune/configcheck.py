@@ -479,6 +479,59 @@ def torchvision_architectures() -> list[str] | None:
 _REGISTERED = re.compile(r"@register_model\([^)]*\)\s*(?:@[^\n]*\n\s*)*def (\w+)\(")
 
 
+def torchvision_weights_names() -> dict[str, str] | None:
+    """{weights enum member (aliases such as ``ResNet18_Weights.DEFAULT`` included): the architecture it belongs to}
+    of torchvision's classification models, read from torchvision's source as :func:`torchvision_architectures`
+    reads the models (importing it would add 1-2 s to every start). None where that source says nothing of the
+    kind (the weights job then checks)."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    architectures, members = {}, {}
+    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        architectures.update({enum: arch for arch, enum in _BUILDER.findall(text)})
+        for enum, body in _WEIGHTS_ENUM.findall(text):
+            members[enum] = dict(_MEMBER.findall(body))
+    registered = set(torchvision_architectures() or ())
+    names = {}
+    for enum, defined in members.items():
+        arch = architectures.get(enum)
+        if arch not in registered:
+            continue
+        names.update({f"{enum}.{member}": arch for member in defined})
+    return names or None
+
+
+def torchvision_weights_member(name: str) -> str:
+    """``ResNet18_Weights.DEFAULT`` -> ``ResNet18_Weights.IMAGENET1K_V1`` (the member an alias names), read from
+    torchvision's source; other names as given."""
+    enum, _, member = name.partition(".")
+    spec = importlib.util.find_spec("torchvision")
+    if not member or spec is None or not spec.submodule_search_locations:
+        return name
+    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return name
+        for found, body in _WEIGHTS_ENUM.findall(text):
+            if found == enum:
+                value = dict(_MEMBER.findall(body)).get(member, "")
+                return f"{enum}.{value}" if re.fullmatch(r"[A-Z][A-Z0-9_]*", value) else name
+    return name
+
+
+# `class ResNet18_Weights(WeightsEnum):` and its indented body; in it `    IMAGENET1K_V1 = Weights(` and
+# `    DEFAULT = IMAGENET1K_V1`; the builder `def resnet18(*, weights: Optional[ResNet18_Weights] = None, ...`.
+_WEIGHTS_ENUM = re.compile(r"^class (\w+)\(WeightsEnum\):\n((?:[ \t]+.*\n|[ \t]*\n)*)", re.M)
+_MEMBER = re.compile(r"^    ([A-Z][A-Z0-9_]*) = (\w+\(?)", re.M)
+_BUILDER = re.compile(r"^def (\w+)\(\s*\*,\s*weights: Optional\[(\w+)\]", re.M)
+
+
 def _weights_problems(weights: dict) -> list[str]:
     source = weights.get("source", "pretrain")
     if source not in WEIGHTS_KEYS:
@@ -490,6 +543,7 @@ def _weights_problems(weights: dict) -> list[str]:
         if key != "source" and key not in read and value is not None:
             problems.append(f"weights.{key}: not used with weights.source: {source}, which reads {', '.join(read)}; "
                             "remove it (or choose the source that reads it)")
+    problems += _torchvision_weights_problems(weights) if source == "torchvision" else []
     arch, names = weights.get("arch"), torchvision_architectures()
     if isinstance(arch, str) and names and arch not in names:
         close = difflib.get_close_matches(arch.lower(), names, n=3)
@@ -503,6 +557,24 @@ def _weights_problems(weights: dict) -> list[str]:
                         f"{prep['resize_size']}: a centre crop cannot be larger than the image it is cut from; set "
                         f"resize_size >= crop_size (torchvision's convention: resize 256, crop 224)")
     return problems
+
+
+def _torchvision_weights_problems(weights: dict) -> list[str]:
+    """weights.torchvision a member of torchvision's weights enums, and weights.arch, where written, its architecture:
+    found at start, not by the weights job after Snakemake had removed the earlier weights (and decoded images)."""
+    name, known = weights.get("torchvision", "ResNet18_Weights.IMAGENET1K_V1"), torchvision_weights_names()
+    if not isinstance(name, str) or not known:
+        return []
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        return [f"weights.torchvision: unknown torchvision weights {name!r}{hint}: a classification model's weights "
+                "enum and member, as ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_model_weights(name))"]
+    arch = weights.get("arch")
+    if isinstance(arch, str) and arch in set(known.values()) and arch != known[name]:
+        return [f"weights.arch: {arch!r}, but {name} belongs to {known[name]!r}: leave weights.arch out (torchvision "
+                "weights name their architecture) or fix it"]
+    return []
 
 
 def _semantic_problems(config: dict, default_experiments: dict, train_defaults: dict | None = None,

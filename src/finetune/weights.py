@@ -220,12 +220,19 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
                 f"download of {url} is truncated: received {received} of the {announced} bytes the server announced "
                 f"({expected}got {digest} for what arrived); nothing was kept, rerun to try again"
             )
+        # Without a length from the server a cut-off transfer shows only as a wrong hash: say it may be that.
+        cut = "" if announced is not None else (" The server announced no length, so the transfer may have been cut "
+                                                "short: rerun to try again.")
         if hash_prefix and not digest.startswith(hash_prefix):
             raise WeightsError(
                 f"hash mismatch for {url}: expected a sha256 starting with {hash_prefix} (from the file name), "
-                f"got {digest} ({received} bytes); the file was refused"
+                f"got {digest} ({received} bytes); the file was refused. Another file under the official name (a "
+                f"mirror's own weights) needs its sha256 in weights.sha256; else check weights.mirror.{cut}"
             )
-        _check_sha256(tmp, sha256, url, actual=digest)
+        try:
+            _check_sha256(tmp, sha256, url, actual=digest)
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}.{cut}" if cut else str(exc)) from None
     return digest
 
 

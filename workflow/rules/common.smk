@@ -39,7 +39,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import (config_problems, format_problems, job_options, range_test_options, schema_default,
-                                  train_defaults)
+                                  torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
@@ -389,7 +389,17 @@ def weights_file_state():
 
 
 def weights_identity():
-    return as_json({k: v for k, v in config["weights"].items() if k not in WEIGHTS_FETCH_KEYS})
+    """The weights job's config but how they are fetched: what fixes the weights (a param: when it changes, the job
+    runs again). The same weights written in other words are the same: torchvision's alias (`DEFAULT`) as the member
+    it names, its weights.arch (only a check, made at start) left out, the preprocessing's filter and channels
+    written as their defaults or not."""
+    weights = {k: v for k, v in config["weights"].items() if k not in WEIGHTS_FETCH_KEYS}
+    if weights["source"] == "torchvision":
+        weights["torchvision"] = torchvision_weights_member(weights["torchvision"])
+        weights.pop("arch", None)
+    if isinstance(weights.get("preprocessing"), dict):
+        weights["preprocessing"] = {"interpolation": "bilinear", "channels": "RGB", **weights["preprocessing"]}
+    return as_json(weights)
 
 
 def weights_fetch():
@@ -455,8 +465,11 @@ def weights_label():
     source = weights["source"]
     if source == "torchvision":
         return f"torchvision:{weights['torchvision']}"
-    if source in ("url", "path") and weights.get(source):
-        return f"{source}:{os.path.basename(str(weights[source]).rstrip('/'))}"
+    if source == "url" and weights.get("sha256"):
+        # by the file (weights.sha256), not where it is fetched from: another url of the same pin fetches nothing
+        return f"url:sha256:{weights['sha256'][:12]}"
+    if source == "path" and weights.get("path"):
+        return f"path:{os.path.basename(str(weights['path']).rstrip('/'))}"
     return source
 
 
@@ -489,9 +502,10 @@ def decode_sizes_key(size):
     if source == "pretrain":
         sizes = config["pretrain"]["image_size"]
     elif source == "torchvision":
-        sizes = weights["torchvision"]
+        sizes = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
     else:
-        sizes = {k: (weights["preprocessing"] or {}).get(k) for k in ("resize_size", "crop_size", "interpolation")}
+        sizes = {"interpolation": "bilinear", **{k: v for k, v in (weights["preprocessing"] or {}).items()
+                                                 if k in ("resize_size", "crop_size", "interpolation")}}
     return as_json({"weights": source, "sizes": sizes, "image_size": size})
 
 
@@ -552,6 +566,20 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             f"{_key}.path: {_path} ({_cfg['format']}) {_what} (relative to the working directory {os.getcwd()}): "
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
             f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
+
+# weights.url edited, weights.sha256 not: the pin says the file is the one fetched before, so nothing is fetched
+# (a mirror of the same file); a user who meant other weights is told, rather than left with the earlier ones.
+if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile("resources/weights/manifest.json"):
+    try:
+        _fetched = json.loads(Path("resources/weights/manifest.json").read_text())
+    except (OSError, ValueError):
+        _fetched = {}
+    _fetched_url = (_fetched.get("source") or {}).get("url") if isinstance(_fetched, dict) else None
+    if _fetched_url and _fetched_url != config["weights"]["url"] and \
+            str(_fetched.get("sha256", "")).lower() == str(config["weights"]["sha256"]).lower():
+        print(f"note: weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
+              f"{_fetched_url}: the same file, so nothing is fetched and no run trains again; for other weights, set "
+              "weights.sha256 to their file's", file=sys.stderr)
 
 # A file where the workflow makes a folder (`results/ft2` written by hand, a run's name then used as an experiment):
 # Snakemake stopped on it with a traceback of its own (NotADirectoryError) before any job could say which path.
