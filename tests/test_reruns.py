@@ -220,7 +220,8 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         weights = {"source": "url", "url": f"{base}/w.pth", "sha256": digest, "arch": "resnet18",
                    "preprocessing": PREPROCESSING, "timeout_s": 60}
         config = tiny_config(run, replace={"weights": weights})
-        assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
+        decoded = ("resources/decoded/target/native/info.json",)
+        assert sorted(jobs_run(run_snakemake(run, config, *target, *decoded).stdout)) == ["decode", "split", "weights"]
         tiny_config(run, replace={"weights": {**weights, "timeout_s": 600, "url": f"{base}/mirror/w.pth"}})
         moved = run_snakemake(run, config, "-n", *target).stdout
         assert jobs_run(moved) == []
@@ -230,6 +231,10 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         summary = [line for line in run_snakemake(run, config, "-n", "--printshellcmds", "--forcerun", "summary",
                                                   "results/summary.csv").stdout.splitlines() if "--weights-source" in line]
         assert summary and f"url:sha256:{digest[:12]}" in summary[0] and "w.pth" not in summary[0], summary
+        # the preprocessing's defaults written out: the same weights (it retrained every run, and decoded again)
+        written = {**PREPROCESSING, "interpolation": "bilinear", "channels": "RGB"}
+        tiny_config(run, replace={"weights": {**weights, "preprocessing": written}})
+        assert jobs_run(run_snakemake(run, config, "-n", *target, *decoded).stdout) == []
         tiny_config(run, replace={"weights": {**weights, "sha256": "cd" * 32}})
         assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
 
