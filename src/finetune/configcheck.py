@@ -20,6 +20,7 @@ against its ``train`` key's own schema, e.g.::
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import math
 import re
@@ -479,6 +480,7 @@ def torchvision_architectures() -> list[str] | None:
 _REGISTERED = re.compile(r"@register_model\([^)]*\)\s*(?:@[^\n]*\n\s*)*def (\w+)\(")
 
 
+@functools.lru_cache(maxsize=None)
 def torchvision_weights_names() -> dict[str, str] | None:
     """{weights enum member (aliases such as ``ResNet18_Weights.DEFAULT`` included): the architecture it belongs to}
     of torchvision's classification models, read from torchvision's source as :func:`torchvision_architectures`
@@ -506,6 +508,7 @@ def torchvision_weights_names() -> dict[str, str] | None:
     return names or None
 
 
+@functools.lru_cache(maxsize=None)
 def torchvision_weights_member(name: str) -> str:
     """``ResNet18_Weights.DEFAULT`` -> ``ResNet18_Weights.IMAGENET1K_V1`` (the member an alias names), read from
     torchvision's source; other names as given."""
