@@ -883,9 +883,16 @@ def test_a_file_where_the_workflow_makes_a_folder_stops_it_at_start_naming_the_f
     (tmp_path / "resources").write_text("not a folder\n")
     result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stdout, result.stdout[-3000:]
-    assert ("resources, results/ft2: are files, not a folder, where the workflow writes its outputs (relative to the "
-            f"working directory {tmp_path}): nothing ran; move them away") in result.stdout, result.stdout[-3000:]
+    for folder in ("resources", "results/ft2"):
+        assert (f"{folder}: a file, not a folder, where the workflow writes its outputs (relative to the working "
+                f"directory {tmp_path}): nothing ran; move it away") in result.stdout, result.stdout[-3000:]
     assert (tmp_path / "results" / "ft2").read_text() == "notes\n"
+    # a link to a scratch disk not mounted: said so, not "a file"
+    (tmp_path / "resources").unlink()
+    (tmp_path / "resources").symlink_to(tmp_path / "scratch" / "resources")
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert (f"resources: a symbolic link to {tmp_path / 'scratch' / 'resources'}, which does not exist (a file system not "
+            "mounted?)") in result.stdout, result.stdout[-3000:]
 
 
 def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):

@@ -92,6 +92,35 @@ def test_a_range_that_starts_above_every_lr_that_trains_is_refused_not_suggested
                 steps=5, smoothing=BETA, diverge_factor=FACTOR, log=lambda _: None)
 
 
+def test_gradual_s_frozen_keys_reach_the_range_test_only_where_its_first_epoch_trains_them():
+    """With gradual the range test trains what the first epoch trains: the head alone from unfreeze_epoch 1 on
+    (backbone_lr_factor etc. then do not change it, and are given at their defaults), everything with 0."""
+    from finetune.configcheck import range_test_options, train_defaults
+
+    defaults = train_defaults(SCHEMA)
+    run = {**defaults, "strategy": "gradual", "backbone_lr_factor": 0.3, "layer_decay": 0.7, "epochs": 5}
+    later = range_test_options({**run, "unfreeze_epoch": 2}, defaults)
+    assert (later["backbone_lr_factor"], later["layer_decay"], later["epochs"]) == (
+        defaults["backbone_lr_factor"], defaults["layer_decay"], defaults["epochs"])
+    at_once = range_test_options({**run, "unfreeze_epoch": 0}, defaults)
+    assert (at_once["backbone_lr_factor"], at_once["layer_decay"], at_once["unfreeze_epoch"]) == (0.3, 0.7, 0)
+
+
+def test_a_fall_among_the_first_steps_left_out_gives_an_lr_that_was_tried():
+    """The first 10 steps are left out of the steepest-descent search. A loss that fell only in them (lowest at step
+    5, rising after) was suggested a tenth of step 10's lr, below the range, and then refused as a range that never
+    fell: the suggestion is the steepest fall among those steps instead."""
+    from finetune.lrfind import range_lrs, suggest
+
+    lrs = range_lrs(1e-7, 10, 200)
+    smoothed = [5.0, 4.5, 4.0, 3.5, 3.2, 3.1] + [3.1 + 0.01 * i for i in range(1, 20)]
+    lr, method = suggest(lrs[: len(smoothed)], smoothed)
+    drops = [smoothed[i] - smoothed[i - 1] for i in range(1, 6)]
+    assert method == "steepest" and lr == lrs[1 + drops.index(min(drops))] and lr >= lrs[0]
+    # lowest at the very first step: the only case left below the range (find_lr refuses it, test above)
+    assert suggest(lrs[:20], [3.0 + 0.01 * i for i in range(20)])[0] < lrs[0]
+
+
 # --------------------------------------------------------------------------- lr: auto in the workflow
 
 def config_with(**overrides):

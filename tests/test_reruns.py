@@ -227,7 +227,7 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         assert jobs_run(moved) == []
         # said, for a user who meant other weights (the leaderboard names them by their sha256, not the url)
         assert (f"note: weights.url is {base}/mirror/w.pth, but weights.sha256 is that of the weights fetched from "
-                f"{base}/w.pth: the same file, so nothing is fetched") in moved, moved[-3000:]
+                f"{base}/w.pth: it pins the same file, so a change of url alone fetches nothing") in moved, moved[-3000:]
         summary = [line for line in run_snakemake(run, config, "-n", "--printshellcmds", "--forcerun", "summary",
                                                   "results/summary.csv").stdout.splitlines() if "--weights-source" in line]
         assert summary and f"url:sha256:{digest[:12]}" in summary[0] and "w.pth" not in summary[0], summary

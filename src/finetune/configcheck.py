@@ -165,7 +165,7 @@ def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
 
 # What lr_find's range test does not read of a run's options: how long and how the run trains after its first
 # steps (the test sets each step's lr itself, and keeps no model), and with gradual what the first epoch, the head
-# alone, leaves frozen. At their defaults in the range test's options: changing them reruns train, not lr_find.
+# alone, leaves frozen (unfreeze_epoch 0 trains everything from the start: then they are read). At their defaults in the range test's options: changing them reruns train, not lr_find.
 RANGE_TEST_UNREAD = ("epochs", "early_stopping_patience", "metric", "on_divergence", "schedule", "warmup_epochs",
                      "ema_decay", "ema_warmup")
 GRADUAL_HEAD_ALONE = ("unfreeze_epoch", "unfreeze_stages", "backbone_lr_factor", "layer_decay")
@@ -174,7 +174,8 @@ GRADUAL_HEAD_ALONE = ("unfreeze_epoch", "unfreeze_stages", "backbone_lr_factor",
 def range_test_options(options: dict, defaults: dict) -> dict:
     """A run's options (:func:`job_options`) as lr_find's range test gets them: the keys it does not read at their
     defaults, so that editing one (a run's epochs, its patience) does not run the range test again."""
-    unread = RANGE_TEST_UNREAD + (GRADUAL_HEAD_ALONE if options.get("strategy") == "gradual" else ())
+    head_alone = options.get("strategy") == "gradual" and (options.get("unfreeze_epoch") or 0) >= 1  # 0: all from the start
+    unread = RANGE_TEST_UNREAD + (GRADUAL_HEAD_ALONE if head_alone else ())
     return {**options, **{key: defaults[key] for key in unread if key in defaults}}
 
 

@@ -624,9 +624,11 @@ def split_without_near_duplicates(split: pd.DataFrame, class_names: list[str], s
     nearest: dict[str, dict] = {}  # an image with copies in val and test is one file left out: named once
     for item in sorted(near["pairs"], key=lambda item: item["rms"]):
         nearest.setdefault(item["path"], item)
+    near_left: dict[str, list[str]] = {}  # this check's, for its own message (left_out also holds unreadable files)
     for item in nearest.values():
-        left_out.setdefault(item["class_name"], []).append(
-            f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})")
+        named = f"{item['path']} (a near duplicate of {item['copy_of']}, {item['copy_split']})"
+        left_out.setdefault(item["class_name"], []).append(named)
+        near_left.setdefault(item["class_name"], []).append(named)
     kept = split[~split["path"].isin(nearest)].reset_index(drop=True)
     # A split the class had an image in before and has none in now (train; val where it was drawn or given).
     emptied = [(name, which) for name in class_names for which in ("train", "val")
@@ -635,10 +637,11 @@ def split_without_near_duplicates(split: pd.DataFrame, class_names: list[str], s
     if emptied:
         raise DataError("\n".join(
             f"class {name!r} has no {which} image left once its near duplicates of later splits' images are left out "
-            f"(dataset.near_duplicates: leave_out): {len(left_out[name])} of its files were left out: "
-            f"{'; '.join(left_out[name][:5])}{f' and {len(left_out[name]) - 5} more' if len(left_out[name]) > 5 else ''}. "
-            "Add images, set dataset.near_duplicates: report (the copies are kept, and the figures say how many "
-            "test images have one), or leave the class out with dataset.classes." for name, which in emptied))
+            f"(dataset.near_duplicates: leave_out): {len(near_left[name])} of its files were left out: "
+            f"{'; '.join(near_left[name][:5])}{f' and {len(near_left[name]) - 5} more' if len(near_left[name]) > 5 else ''}. "
+            f"Add images (or raise dataset.max_{which}_per_class, where it caps the split), set "
+            "dataset.near_duplicates: report (the copies are kept, and the figures say how many test images have one), "
+            "or leave the class out with dataset.classes." for name, which in emptied))
     return kept, near
 
 

@@ -68,13 +68,17 @@ def smooth(losses: list[float], beta: float) -> list[float]:
 def suggest(lrs: list[float], smoothed: list[float], skip_start: int = SKIP_START) -> tuple[float, str]:
     """(suggested lr, method): the steepest fall of the smoothed loss up to its minimum, else min-loss lr / 10.
 
-    The first ``skip_start`` steps are left out (all kept when the curve is too short to leave them out)."""
+    The first ``skip_start`` steps are left out (all kept when the curve is too short to leave them out, or where
+    the loss only fell among them). Below ``lrs[0]`` only where the loss was lowest at the first step."""
     skip = skip_start if len(smoothed) > skip_start + 2 else 0
     finite = [s if math.isfinite(s) else math.inf for s in smoothed]
     lowest = min(range(skip, len(finite)), key=finite.__getitem__)
     drops = [(finite[i] - finite[i - 1], i) for i in range(skip + 1, lowest + 1) if finite[i] < finite[i - 1]]
     if drops:
         return lrs[min(drops)[1]], "steepest"
+    if skip and lrs[lowest] / 10 < lrs[0]:
+        # the loss fell (if at all) among the steps left out: look at them rather than suggest an lr never tried
+        return suggest(lrs, smoothed, skip_start=0)
     return lrs[lowest] / 10, "min_loss/10"
 
 

@@ -227,7 +227,7 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
             raise WeightsError(
                 f"hash mismatch for {url}: expected a sha256 starting with {hash_prefix} (from the file name), "
                 f"got {digest} ({received} bytes); the file was refused. Another file under the official name (a "
-                f"mirror's own weights) needs its sha256 in weights.sha256; else check weights.mirror.{cut}"
+                f"mirror's own weights) needs its sha256 in weights.sha256; else check weights.mirror, where set.{cut}"
             )
         try:
             _check_sha256(tmp, sha256, url, actual=digest)

@@ -52,8 +52,10 @@ from finetune.sweeps import expand as expand_sweeps
 # Used as a module of another workflow (README "As a module of your own workflow"), the config is the host's:
 # its `configfile:` files are read besides --configfile's (Snakemake skips this workflow's own `configfile:`).
 _as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
-_config_files = list(dict.fromkeys(map(str, [*workflow.config_settings.configfiles,
-                                             *(workflow.configfiles if _as_module else [])])))
+# In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
+_cli_files = list(map(str, workflow.config_settings.configfiles))
+_config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
+                                    *_cli_files]))
 _checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") else []), *_config_files,
                   *profile_files(sys.argv, os.environ, workflow.basedir)]
 _duplicates = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
@@ -396,14 +398,19 @@ def weights_identity():
     weights = {k: v for k, v in config["weights"].items() if k not in WEIGHTS_FETCH_KEYS}
     if weights["source"] == "torchvision":
         weights["torchvision"] = torchvision_weights_member(weights["torchvision"])
-        weights.pop("arch", None)
+        weights.pop("arch", None)  # passed with the fetch keys (weights_fetch): the job checks it too
     if isinstance(weights.get("preprocessing"), dict):
         weights["preprocessing"] = {"interpolation": "bilinear", "channels": "RGB", **weights["preprocessing"]}
     return as_json(weights)
 
 
 def weights_fetch():
-    return NotARerunTrigger(as_json({k: v for k, v in config["weights"].items() if k in WEIGHTS_FETCH_KEYS}))
+    """How the weights are fetched, and with torchvision's their weights.arch where written: a check, made at start
+    and again by the job (where torchvision's source could not be read at start), that does not fix the weights."""
+    fetch = {k: v for k, v in config["weights"].items() if k in WEIGHTS_FETCH_KEYS}
+    if config["weights"]["source"] == "torchvision" and config["weights"].get("arch"):
+        fetch["arch"] = config["weights"]["arch"]
+    return NotARerunTrigger(as_json(fetch))
 
 
 def pretrained_args(wildcards, input):
@@ -464,7 +471,7 @@ def weights_label():
     weights = config["weights"]
     source = weights["source"]
     if source == "torchvision":
-        return f"torchvision:{weights['torchvision']}"
+        return f"torchvision:{torchvision_weights_member(weights['torchvision'])}"  # DEFAULT: the member it names
     if source == "url" and weights.get("sha256"):
         # by the file (weights.sha256), not where it is fetched from: another url of the same pin fetches nothing
         return f"url:sha256:{weights['sha256'][:12]}"
@@ -569,17 +576,20 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
 
 # weights.url edited, weights.sha256 not: the pin says the file is the one fetched before, so nothing is fetched
 # (a mirror of the same file); a user who meant other weights is told, rather than left with the earlier ones.
-if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile("resources/weights/manifest.json"):
+# A module's `prefix:` puts every output below it (README "As a module of your own workflow").
+OUTPUT_PREFIX = getattr(workflow.modifier.path_modifier, "prefix", None) or ""
+_manifest = f"{OUTPUT_PREFIX}resources/weights/manifest.json"
+if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile(_manifest):
     try:
-        _fetched = json.loads(Path("resources/weights/manifest.json").read_text())
+        _fetched = json.loads(Path(_manifest).read_text())
     except (OSError, ValueError):
         _fetched = {}
     _fetched_url = (_fetched.get("source") or {}).get("url") if isinstance(_fetched, dict) else None
     if _fetched_url and _fetched_url != config["weights"]["url"] and \
             str(_fetched.get("sha256", "")).lower() == str(config["weights"]["sha256"]).lower():
         print(f"note: weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
-              f"{_fetched_url}: the same file, so nothing is fetched and no run trains again; for other weights, set "
-              "weights.sha256 to their file's", file=sys.stderr)
+              f"{_fetched_url}: it pins the same file, so a change of url alone fetches nothing and trains nothing "
+              "again; for other weights, set weights.sha256 to their file's", file=sys.stderr)
 
 # A file where the workflow makes a folder (`results/ft2` written by hand, a run's name then used as an experiment):
 # Snakemake stopped on it with a traceback of its own (NotADirectoryError) before any job could say which path.
@@ -587,13 +597,16 @@ OUTPUT_FOLDERS = ["results/logs", "results/benchmarks", "results/lr_find", "resu
                   "resources/decoded", "resources/weights", "resources/pretrain", "resources/features",
                   str(RESUME_FOLDER), *(f"results/{run}" for run in RUNS)]
 if CHECK_FILES:
-    _blocked = sorted({str(folder) for path in OUTPUT_FOLDERS for folder in (Path(path), *Path(path).parents)
+    _blocked = sorted({str(folder) for path in OUTPUT_FOLDERS for folder in (Path(OUTPUT_PREFIX + path),
+                                                                        *Path(OUTPUT_PREFIX + path).parents)
                        if str(folder) != "." and os.path.lexists(folder) and not os.path.isdir(folder)})
     if _blocked:
-        raise WorkflowError(
-            f"{', '.join(_blocked)}: {'is a file' if len(_blocked) == 1 else 'are files'}, not a folder, where the "
-            f"workflow writes its outputs (relative to the working directory {os.getcwd()}): nothing ran; move "
-            f"{'it' if len(_blocked) == 1 else 'them'} away")
+        raise WorkflowError("\n".join(
+            f"{folder}: a symbolic link to {os.readlink(folder)}, which does not exist (a file system not mounted?), where "
+            f"the workflow writes its outputs: nothing ran; mount it, or point the link at a folder"
+            if os.path.islink(folder) else
+            f"{folder}: a file, not a folder, where the workflow writes its outputs (relative to the working directory "
+            f"{os.getcwd()}): nothing ran; move it away" for folder in _blocked))
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
