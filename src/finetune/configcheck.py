@@ -461,20 +461,26 @@ def _dataset_problems(prefix: str, dataset: dict) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=None)
+def _torchvision_model_sources() -> tuple[str, ...] | None:
+    """The text of each of torchvision's ``models/*.py`` (its classification models), read once per start; None where
+    torchvision is not installed or a file cannot be read."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        return tuple(file.read_text(encoding="utf-8")
+                     for file in sorted((Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py")))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def torchvision_architectures() -> list[str] | None:
     """The classification models torchvision registers (``torchvision.models.list_models(module=torchvision.models)``),
     read from its source: importing it (and torch) would add 1-2 s to every start of Snakemake. None where
     torchvision is not installed, or its source says nothing of the kind (the train job then checks)."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    names: set[str] = set()
-    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
-        try:
-            names.update(_REGISTERED.findall(file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            return None
-    return sorted(names) or None
+    texts = _torchvision_model_sources()
+    return sorted({name for text in texts for name in _REGISTERED.findall(text)}) or None if texts else None
 
 
 # `@register_model()`, maybe more decorators, then the builder: `def resnet18(`.
@@ -482,51 +488,31 @@ _REGISTERED = re.compile(r"@register_model\([^)]*\)\s*(?:@[^\n]*\n\s*)*def (\w+)
 
 
 @functools.lru_cache(maxsize=None)
+def _torchvision_weights_enums() -> dict[str, tuple[str | None, dict[str, str]]]:
+    """{weights enum: (the registered architecture its builder takes, {member: what it is set to})} of torchvision's
+    classification models, read from their source (:func:`_torchvision_model_sources`)."""
+    texts = _torchvision_model_sources() or ()
+    builders = {enum: arch for text in texts for arch, enum in _BUILDER.findall(text)}
+    registered = set(torchvision_architectures() or ())
+    return {enum: (builders.get(enum) if builders.get(enum) in registered else None, dict(_MEMBER.findall(body)))
+            for text in texts for enum, body in _WEIGHTS_ENUM.findall(text)}
+
+
 def torchvision_weights_names() -> dict[str, str] | None:
     """{weights enum member (aliases such as ``ResNet18_Weights.DEFAULT`` included): the architecture it belongs to}
     of torchvision's classification models, read from torchvision's source as :func:`torchvision_architectures`
     reads the models (importing it would add 1-2 s to every start). None where that source says nothing of the
     kind (the weights job then checks)."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    architectures, members = {}, {}
-    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-        architectures.update({enum: arch for arch, enum in _BUILDER.findall(text)})
-        for enum, body in _WEIGHTS_ENUM.findall(text):
-            members[enum] = dict(_MEMBER.findall(body))
-    registered = set(torchvision_architectures() or ())
-    names = {}
-    for enum, defined in members.items():
-        arch = architectures.get(enum)
-        if arch not in registered:
-            continue
-        names.update({f"{enum}.{member}": arch for member in defined})
-    return names or None
+    return {f"{enum}.{member}": arch for enum, (arch, members) in _torchvision_weights_enums().items() if arch
+            for member in members} or None
 
 
-@functools.lru_cache(maxsize=None)
 def torchvision_weights_member(name: str) -> str:
     """``ResNet18_Weights.DEFAULT`` -> ``ResNet18_Weights.IMAGENET1K_V1`` (the member an alias names), read from
     torchvision's source; other names as given."""
     enum, _, member = name.partition(".")
-    spec = importlib.util.find_spec("torchvision")
-    if not member or spec is None or not spec.submodule_search_locations:
-        return name
-    for file in (Path(next(iter(spec.submodule_search_locations))) / "models").glob("*.py"):
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return name
-        for found, body in _WEIGHTS_ENUM.findall(text):
-            if found == enum:
-                value = dict(_MEMBER.findall(body)).get(member, "")
-                return f"{enum}.{value}" if re.fullmatch(r"[A-Z][A-Z0-9_]*", value) else name
-    return name
+    value = _torchvision_weights_enums().get(enum, (None, {}))[1].get(member, "")
+    return f"{enum}.{value}" if re.fullmatch(r"[A-Z][A-Z0-9_]*", value) else name
 
 
 # `class ResNet18_Weights(WeightsEnum):` and its indented body; in it `    IMAGENET1K_V1 = Weights(` and
