@@ -390,6 +390,11 @@ def weights_file_state():
     return f"{os.path.realpath(config['weights']['path'])} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
 
 
+# weights.preprocessing's keys left out, as the schema describes them (finetune.images.Preprocessing reads them so):
+# written or not, the same preprocessing.
+PREPROCESSING_DEFAULTS = {"interpolation": "bilinear", "channels": "RGB"}
+
+
 def weights_identity():
     """The weights job's config but how they are fetched: what fixes the weights (a param: when it changes, the job
     runs again). The same weights written in other words are the same: torchvision's alias (`DEFAULT`) as the member
@@ -400,7 +405,7 @@ def weights_identity():
         weights["torchvision"] = torchvision_weights_member(weights["torchvision"])
         weights.pop("arch", None)  # passed with the fetch keys (weights_fetch): the job checks it too
     if isinstance(weights.get("preprocessing"), dict):
-        weights["preprocessing"] = {"interpolation": "bilinear", "channels": "RGB", **weights["preprocessing"]}
+        weights["preprocessing"] = {**PREPROCESSING_DEFAULTS, **weights["preprocessing"]}
     return as_json(weights)
 
 
@@ -511,8 +516,8 @@ def decode_sizes_key(size):
     elif source == "torchvision":
         sizes = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
     else:
-        sizes = {"interpolation": "bilinear", **{k: v for k, v in (weights["preprocessing"] or {}).items()
-                                                 if k in ("resize_size", "crop_size", "interpolation")}}
+        sizes = {k: v for k, v in {**PREPROCESSING_DEFAULTS, **(weights["preprocessing"] or {})}.items()
+                 if k in ("resize_size", "crop_size", "interpolation")}
     return as_json({"weights": source, "sizes": sizes, "image_size": size})
 
 
