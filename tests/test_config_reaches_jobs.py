@@ -329,10 +329,20 @@ def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, sour
         (tmp_path / weights["path"]).write_bytes(b"")  # it must exist at start: an input of the weights rule
     jobs = dry_run(tmp_path, {"weights": weights})
     (options,) = jobs_of(jobs, "weights")
-    fetch = json.loads(options["fetch"])  # how to fetch them: passed apart, not compared between runs
-    assert set(fetch) == {"timeout_s", "mirror", "url"}
+    fetch = json.loads(options["fetch"])  # how to fetch them (and torchvision's arch, a check): not compared between runs
+    assert set(fetch) == {"timeout_s", "mirror", "url", *(["arch"] if source == "torchvision" else [])}
     carried = json.dumps({**json.loads(options["weights"]), **fetch})
-    assert_json_option_carries({"weights": carried}, "weights", weights, "weights -> weights")
+    # The same weights in the words the job compares between runs: the alias as the member it names (torchvision's
+    # own answer), the preprocessing's keys left out at the schema's values.
+    expected = dict(weights)
+    if source == "torchvision":
+        import torchvision
+
+        member = torchvision.models.get_weight(weights["torchvision"])
+        expected["torchvision"] = f"{type(member).__name__}.{member.name}"
+    else:
+        expected["preprocessing"] = {"interpolation": "bilinear", "channels": "RGB", **weights["preprocessing"]}
+    assert_json_option_carries({"weights": carried}, "weights", expected, "weights -> weights")
     assert not [rule for rule, _ in jobs if rule == "pretrain"], "no pretraining with other weights"
 
 
