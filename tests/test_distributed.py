@@ -237,3 +237,41 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
     assert "resuming from" in log, log[-3000:]
     columns, weights = _differences(workdir, "finetune_two_stopped", "finetune_two")
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
+
+
+_AGREE_THEN_LATE_SIGNAL = """
+import os, signal, sys
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from finetune.distributed import Ranks
+from finetune.errors import StopRequested
+from finetune.options import TrainOptions
+from finetune.stopping import DivergenceCheck, SignalGuard
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=rank, world_size=2)
+ranks = Ranks(rank=rank, world=2, control=dist.new_group(backend="gloo"))
+guard = SignalGuard()
+if rank == 1:
+    guard.signum = signal.SIGTERM  # this rank's own signal, before the two agree
+DivergenceCheck(TrainOptions(), 0, [], None, ranks, guard).check()
+dist.barrier()
+guard.signum = signal.SIGTERM  # rank 0: the launcher's SIGTERM once rank 1 has gone, after the agreement
+try:
+    guard.stop_now(lambda: "at step 1")
+except StopRequested as exc:
+    print(exc)
+dist.destroy_process_group()
+"""
+
+
+def test_a_rank_stopped_for_another_ranks_signal_says_so_even_if_the_launcher_signals_it_afterwards(tmp_path):
+    """torchrun sends SIGTERM to the ranks still running once one has exited: rank 0, stopping because rank 1
+    was asked, may get it between the ranks' agreement and its own message. Its message names the reason as
+    it stood at the agreement (the CI run that saw the race reported SIGTERM for both)."""
+    procs = [subprocess.Popen([sys.executable, "-c", _AGREE_THEN_LATE_SIGNAL, str(tmp_path / "store"), str(REPO / "src")],
+                              env={**os.environ, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    assert outs[0].strip() == "a signal to another training process at step 1", outs
+    assert outs[1].strip() == "SIGTERM at step 1", outs

@@ -39,6 +39,8 @@ class SignalGuard:
     def __init__(self):
         self.signum = None
         self.agreed = False  # several processes: some rank was asked to stop (seen at a divergence check)
+        self.agreed_signum = None  # this rank's own signal when they agreed (a later one, e.g. torchrun's SIGTERM
+        # after another rank's exit, does not change why it stopped)
         self._previous = {}
 
     def __enter__(self):
@@ -54,7 +56,9 @@ class SignalGuard:
             raise StopRequested(f"{signal.Signals(self.signum).name} {where()}")
 
     def stop_now(self, where: Callable[[], str]):
-        name = signal.Signals(self.signum).name if self.signum is not None else "a signal to another training process"
+        """Several processes, once they agreed to stop: named by this rank's signal as it was at the agreement."""
+        signum = self.agreed_signum
+        name = signal.Signals(signum).name if signum is not None else "a signal to another training process"
         raise StopRequested(f"{name} {where()}")
 
     def __exit__(self, *exc):
@@ -100,11 +104,12 @@ class DivergenceCheck:
 
     def _agree(self, losses: torch.Tensor) -> torch.Tensor:
         """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop."""
-        asked = self.guard is not None and self.guard.signum is not None
+        signum = self.guard.signum if self.guard is not None else None
+        asked = signum is not None
         flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0], dtype=torch.float64)])
         distributed.all_sum(flags, self.ranks, control=True)
         if self.guard is not None and flags[-1].item() > 0:
-            self.guard.agreed = True
+            self.guard.agreed, self.guard.agreed_signum = True, signum
         return flags[:-1]
 
 
