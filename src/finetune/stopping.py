@@ -61,7 +61,11 @@ class SignalGuard:
         name = signal.Signals(signum).name if signum is not None else "a signal to another training process"
         raise StopRequested(f"{name} {where()}")
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, StopRequested):
+            # Stopping already: a second signal (torchrun's SIGTERM to the ranks left once one has exited) is
+            # only recorded, so it cannot replace this stop's message with a traceback on its way out.
+            return False
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
