@@ -77,6 +77,25 @@ def test_head_only_training_trains_only_the_head(tiny_run):
     assert full["trainable_params"] == full["total_params"]
 
 
+def test_pretrain_and_the_scratch_control_normalise_with_the_source_train_images_mean_and_std(tiny_run):
+    """Recipe step 1 publishes its model with the mean and std per channel of the images it trained on; the
+    scratch control (same architecture, random weights) normalises as the weights would. Recomputed here from the
+    source split's train images, read with PIL."""
+    import torch
+
+    from finetune.images import load_image, preprocess
+
+    split = pd.read_csv(tiny_run / "resources/splits/source.csv")
+    refs = split[split["split"] == "train"]["path"]
+    pixels = np.stack([preprocess(load_image(ref), 32, 32) for ref in refs]).astype(np.float64) / 255.0  # N, H, W, 3
+    mean, std = pixels.reshape(-1, 3).mean(axis=0), pixels.reshape(-1, 3).std(axis=0, ddof=1)
+    manifest = json.loads((tiny_run / "resources/weights/manifest.json").read_text())["preprocessing"]
+    assert manifest["mean"] == pytest.approx(mean.tolist(), rel=1e-12)
+    assert manifest["std"] == pytest.approx(std.tolist(), rel=1e-12)
+    assert torch.load(tiny_run / "results/scratch/seed0/model.pt", weights_only=False)["preprocessing"] == manifest
+    assert onnx_preprocessing(tiny_run / "results/scratch/seed0/model.onnx")["mean"] == pytest.approx(mean.tolist())
+
+
 def test_each_torch_job_says_where_its_time_went_and_it_adds_up_to_snakemakes_clock(tiny_run):
     """The last line of each torch job's log (and of decode's and split's) splits its time into parts; their sum is the job's wall time as
     Snakemake's `benchmark:` file measured it from outside the process (that also counts the shell that starts it)."""

@@ -104,6 +104,24 @@ def test_a_shared_key_reruns_only_the_runs_that_act_on_it(tiny_run_copy):
     assert info["options"]["backbone_lr_factor"] == 1.0
 
 
+def test_pretraining_anew_reruns_the_runs_from_its_weights_not_the_scratch_control(tiny_run_copy):
+    """The scratch control uses none of pretrain's weights, only the preprocessing pretrain publishes: the source's
+    train images' mean and std, which the source's decode job records. Pretraining for longer reruns pretrain, the
+    weights and the two runs made from them; the scratch run stays done, and its checkpoint's preprocessing is still
+    what the new weights' manifest says."""
+    tiny_config(tiny_run_copy, pretrain={"train": {"epochs": 2}})
+    scratch = (tiny_run_copy / "results/scratch/seed0/model.pt").read_bytes()
+    ran = Counter(jobs_run(run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout))
+    assert ran == Counter({"pretrain": 1, "weights": 1, "train": 2, "evaluate": 2, "export_onnx": 2, "summary": 1,
+                           "all": 1}), ran
+    assert (tiny_run_copy / "results/scratch/seed0/model.pt").read_bytes() == scratch
+    manifest = json.loads((tiny_run_copy / "resources/weights/manifest.json").read_text())
+    import torch
+    checkpoint = torch.load(tiny_run_copy / "results/scratch/seed0/model.pt", weights_only=False)
+    assert checkpoint["preprocessing"] == manifest["preprocessing"]
+    assert json.loads((tiny_run_copy / "resources/pretrain/info.json").read_text())["options"]["epochs"] == 2
+
+
 def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
     tiny_config(tiny_run_copy, export={"tolerance": 1e-3})
     assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})

@@ -14,7 +14,7 @@ import pandas as pd
 
 from . import __version__
 from .data import SPLITS, SplitSpec, make_split, read_split
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
 from .jobclock import lap
 from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
@@ -48,13 +48,14 @@ def split_stage(dataset_cfg: dict, out_csv: Path, out_report: Path, threads: int
 
 def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, image_size: int | None = None,
                  manifest_path: Path | None = None, splits=SPLITS, log: Callable = print,
-                 weights_sizes: dict | None = None) -> dict:
+                 weights_sizes: dict | None = None, channel_stats_of: str | None = None) -> dict:
     """Decode the images of a split file once, at the size the jobs that read them need.
 
     The target dataset: the weights' preprocessing, its crop overridden by ``image_size``, read from the
     config's own ``weights_sizes`` (:func:`weights_preprocessing`; the workflow's way, so decoding needs
     no weights file) or from a weights manifest (``manifest_path``). The source dataset of ``pretrain``
-    (neither given): resized and cropped to ``image_size``.
+    (neither given): resized and cropped to ``image_size``; its record keeps the mean and standard deviation of
+    the ``channel_stats_of`` images (``train``), with which pretrain and the scratch control normalise them.
     """
     from .images import Preprocessing
     from .store import write_decoded
@@ -68,7 +69,8 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     else:
         raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
     return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
-                         log=log, interpolation=prep.interpolation, require_every_split=True)
+                         log=log, interpolation=prep.interpolation, require_every_split=True,
+                         channel_stats_of=channel_stats_of)
 
 
 def weights_preprocessing(weights_sizes: dict) -> dict:
@@ -146,19 +148,58 @@ def _stored_split(store, name: str, crop: int | None, stream: bool):
 # --------------------------------------------------------------------------- pretrain (recipe step 1)
 
 def channel_stats(images, chunk: int = 1024) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (sample) standard deviation of uint8 images (N, 3, H, W) scaled to 0..1,
-    read ``chunk`` images at a time (in float64, so the sums over a large dataset stay exact enough)."""
+    """Per-channel mean and (sample) standard deviation of uint8 images (N, 3, H, W) scaled to 0..1, read
+    ``chunk`` images at a time: :class:`finetune.store.ChannelStats`, as the decode job records them."""
     import torch
 
-    count, total, squares = 0, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    from .store import ChannelStats
+
+    stats = ChannelStats()
     for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].to(torch.float64) / 255.0
-        count += x.numel() // x.shape[1]
-        total += x.sum(dim=(0, 2, 3))
-        squares += (x * x).sum(dim=(0, 2, 3))
-    mean = total / count
-    var = (squares - count * mean * mean) / max(1, count - 1)
-    return mean.tolist(), var.clamp(min=0).sqrt().tolist()
+        x = images[start : start + chunk].to(torch.int64)
+        stats.add_sums(x.numel() // x.shape[1], x.sum(dim=(0, 2, 3)).tolist(), (x * x).sum(dim=(0, 2, 3)).tolist())
+    return stats.result()
+
+
+def run_weights(manifest: Path | None, source_info: Path | None, arch: str | None, pretrained: bool) -> Path | dict:
+    """What a train or lr_find job builds its model from: the weights manifest (``--manifest``), or for a scratch
+    run with weights from pretrain the source's decoded images' record and the architecture (``--source-info``,
+    ``--arch``: :func:`scratch_manifest`)."""
+    if source_info is None:
+        if manifest is None:
+            raise ConfigError("give the weights manifest (--manifest), or for a scratch run --source-info and --arch")
+        return manifest
+    if pretrained or manifest is not None or not arch:
+        raise ConfigError("--source-info (instead of a weights manifest) is for a scratch run: give it with --scratch "
+                          "and --arch, and without --manifest")
+    return scratch_manifest(source_info, arch)
+
+
+def source_channel_stats(decoded: tuple[Path, Path] | None, images) -> tuple[list[float], list[float]]:
+    """The source's train images' mean and std per channel: as the decode job recorded them (the scratch
+    control reads the same record), or, without a decoded file (a script run alone), taken from ``images``."""
+    if decoded is not None:
+        stats = read_json(decoded[1]).get("channel_stats")
+        if isinstance(stats, dict) and stats.get("split") == "train":
+            return stats["mean"], stats["std"]
+    return channel_stats(images)
+
+
+def scratch_manifest(source_info: Path, arch: str) -> dict:
+    """What a scratch run (the control, no pretrained weights) needs of weights from ``pretrain``, without them:
+    ``arch`` and the preprocessing pretrain publishes, made from the source's decoded images' record
+    (``source_info``, the decode job's info.json). So a change of pretrain's training reruns no scratch run."""
+    from .images import Preprocessing
+
+    info = read_json(source_info)
+    stats = info.get("channel_stats") if isinstance(info, dict) else None
+    if not isinstance(stats, dict) or stats.get("split") != "train":
+        raise DataError(f"{source_info} records no mean and standard deviation of the source's train images (written "
+                        f"by an earlier version): decode them again with `snakemake --forcerun {source_info}`")
+    size = int(stats["crop_size"])
+    prep = Preprocessing(size, size, tuple(stats["mean"]), tuple(stats["std"])).to_dict()
+    return {"arch": arch, "num_classes": None, "sha256": None, "path": None, "preprocessing": prep,
+            "crop_from": f"pretrain.image_size: {size} (the preprocessing pretrain publishes, from {source_info})"}
 
 
 def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, out_weights: Path, out_info: Path,
@@ -177,9 +218,9 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     data, classes, _ = load_split_tensors(split_csv, Preprocessing.raw(image_size), threads, splits=("train", "val"),
                                           decoded=decoded, stream=True)
     model = build_architecture(arch, len(classes))
-    # Before the pass over the images that channel_stats makes: a size the model cannot take fails at once.
+    # Before any pass over the images (channel_stats, without a decoded file): a size the model cannot take fails at once.
     check_input_size(model, arch, image_size, f"pretrain.image_size: {image_size}", "pretrain.image_size")
-    mean, std = channel_stats(data["train"].images)
+    mean, std = source_channel_stats(decoded, data["train"].images)
     prep = Preprocessing(image_size, image_size, tuple(mean), tuple(std))
     pixels = decoded_identity(decoded)
     resume = _resume_file(resume_dir, options_key("pretrain", arch, image_size, options, sha256_of(split_csv),
@@ -384,7 +425,7 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def train_stage(split_csv: Path, manifest_path: Path, options: dict, out_checkpoint: Path, out_history: Path,
+def train_stage(split_csv: Path, manifest_path: Path | dict, options: dict, out_checkpoint: Path, out_history: Path,
                 out_info: Path, threads: int, pretrained: bool = True, image_size: int | None = None,
                 resume_dir: Path | None = None, feature_cache_dir: Path | None = None, log: Callable = print,
                 decoded: tuple[Path, Path] | None = None, lr_from: Path | None = None, ranks=None) -> dict:
@@ -490,16 +531,23 @@ def _quiet(message: str) -> None:
     """The log of ranks other than 0: their lines would repeat rank 0's."""
 
 
-def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, threads: int, pretrained: bool,
+def _training_inputs(split_csv: Path, manifest_path: Path | dict, options: dict, threads: int, pretrained: bool,
                      image_size: int | None, decoded: tuple[Path, Path] | None):
-    """What train and lr_find set up alike: (opts, arch, prep, train/val data, classes, new model, weights sha256)."""
+    """What train and lr_find set up alike: (opts, arch, prep, train/val data, classes, new model, weights sha256).
+    ``manifest_path``: the weights manifest, or (a scratch run) what :func:`scratch_manifest` gives in its stead."""
     from .models import build_target_model, check_input_size
     from .tensors import Preprocessing
     from .training import TrainOptions, seed_everything
 
     opts = TrainOptions.from_dict(options)
     seed_everything(opts.seed, opts.deterministic)
-    manifest = read_manifest(manifest_path, verify_file=pretrained)
+    if isinstance(manifest_path, dict):
+        if pretrained:
+            raise ConfigError("a run with pretrained weights needs the weights manifest (--manifest)")
+        manifest, weights_crop = manifest_path, manifest_path["crop_from"]
+    else:
+        manifest = read_manifest(manifest_path, verify_file=pretrained)
+        weights_crop = f"the crop size of the weights' preprocessing in {manifest_path}"
     if pretrained:
         source_state, source_classes, weights_sha = load_state_dict(manifest["path"]), manifest["num_classes"], manifest["sha256"]
     else:
@@ -509,8 +557,7 @@ def _training_inputs(split_csv: Path, manifest_path: Path, options: dict, thread
     data, classes, _ = load_split_tensors(split_csv, prep, threads, splits=("train", "val"), decoded=decoded, stream=True,
                                           uncropped=("train",) if opts.augment else ())
     model = build_target_model(manifest["arch"], len(classes), source_state, source_classes, origin=manifest["path"])
-    setting = (f"image_size: {image_size}" if image_size else
-               f"the crop size of the weights' preprocessing in {manifest_path}")
+    setting = f"image_size: {image_size}" if image_size else weights_crop
     check_input_size(model, manifest["arch"], prep.crop_size, setting, "image_size (train's or the experiment's)")
     return opts, manifest["arch"], prep, data, classes, model, weights_sha
 
@@ -529,7 +576,7 @@ def resolve_lr(options: dict, lr_from: Path | None) -> tuple[dict, float]:
     return {**options, "lr": suggestion["lr"]}, suggestion["lr"]
 
 
-def lr_find_stage(split_csv: Path, manifest_path: Path, options: dict, out_csv: Path, out_png: Path, out_json: Path,
+def lr_find_stage(split_csv: Path, manifest_path: Path | dict, options: dict, out_csv: Path, out_png: Path, out_json: Path,
                   threads: int, pretrained: bool = True, image_size: int | None = None,
                   feature_cache_dir: Path | None = None, decoded: tuple[Path, Path] | None = None,
                   range_test: dict | None = None, log: Callable = print) -> dict:

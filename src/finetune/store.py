@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import queue
 import threading
@@ -108,12 +109,42 @@ def _load_checked(ref: str, split_csv: Path, resize_size: int, crop_size: int, i
             f"says what becomes of one that is bad), and set {key}.watch: files to have such edits seen") from exc
 
 
+class ChannelStats:
+    """Per-channel mean and sample standard deviation of uint8 RGB pixels scaled to 0..1, from exact integer sums
+    (the same figures whatever the order or grouping of the pixels added)."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, [0, 0, 0], [0, 0, 0]
+
+    def add_sums(self, count: int, total, squares) -> None:
+        """``count`` pixels whose per-channel sums of values and of squared values are ``total`` and ``squares``."""
+        self.count += int(count)
+        self.total = [a + int(b) for a, b in zip(self.total, total)]
+        self.squares = [a + int(b) for a, b in zip(self.squares, squares)]
+
+    def add(self, pixels: np.ndarray) -> None:
+        """uint8 pixels, channels last (H, W, 3)."""
+        flat = pixels.reshape(-1, 3).astype(np.int64)
+        self.add_sums(len(flat), flat.sum(axis=0), (flat * flat).sum(axis=0))
+
+    def result(self) -> tuple[list[float], list[float]]:
+        n = self.count
+        if n == 0:
+            raise DataError("no pixels to take the channels' mean and standard deviation of")
+        mean = [t / (255 * n) for t in self.total]
+        var = [(q * n - t * t) / (n * max(1, n - 1) * 255 * 255) for t, q in zip(self.total, self.squares)]
+        return mean, [math.sqrt(max(0.0, v)) for v in var]
+
+
 def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Path, out_info: Path,
                   splits=SPLITS, threads: int = 1, log: Callable[[str], None] = print,
-                  interpolation: str = "bilinear", require_every_split: bool = False) -> dict:
+                  interpolation: str = "bilinear", require_every_split: bool = False,
+                  channel_stats_of: str | None = None) -> dict:
     """Decode the images of ``split_csv`` in ``splits`` once into ``out_npy`` (the split file's row
     order); its record goes to ``out_info``, written last. ``require_every_split`` (the decode job, whose
-    ``splits`` are those the jobs after it read): a split of them without images is refused, naming the key."""
+    ``splits`` are those the jobs after it read): a split of them without images is refused, naming the key.
+    ``channel_stats_of`` (a split, ``train``): the record keeps the mean and standard deviation per channel of
+    that split's centre crops (:class:`ChannelStats`), the normalisation a model trained from scratch on them uses."""
     frame, classes = _chosen_rows(split_csv, splits)
     if require_every_split:
         present = set(frame["split"])
@@ -122,6 +153,11 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
             raise DataError(missing_split_message(Path(split_csv), missing[0]))
     refs = frame["path"].tolist()
     side = stored_size(resize_size, crop_size)
+    stats = ChannelStats() if channel_stats_of else None
+    counted = (frame["split"] == channel_stats_of).to_numpy() if stats else None
+    if stats is not None and not counted.any():
+        raise DataError(missing_split_message(Path(split_csv), channel_stats_of))
+    offset = centre_offset(side, crop_size)
     shape = (len(refs), side, side, 3)
     _warn_if_short_of_space(Path(out_npy), len(refs) * side * side * 3, log)
     started = time.perf_counter()
@@ -139,8 +175,10 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         try:
             for start in range(0, len(refs), CHUNK_IMAGES):
                 chunk = refs[start : start + CHUNK_IMAGES]
-                for pixels in pool.map(lambda r: _load_checked(r, split_csv, resize_size, crop_size, interpolation),
-                                       chunk):
+                images = pool.map(lambda r: _load_checked(r, split_csv, resize_size, crop_size, interpolation), chunk)
+                for index, pixels in enumerate(images, start):
+                    if stats is not None and counted[index]:
+                        stats.add(pixels[offset : offset + crop_size, offset : offset + crop_size])
                     row = np.ascontiguousarray(pixels, dtype=np.uint8).data
                     digest.update(row)
                     handle.write(row)
@@ -159,6 +197,9 @@ def write_decoded(split_csv: Path, resize_size: int, crop_size: int, out_npy: Pa
         "splits": split_ranges(frame["split"].tolist()), "classes": classes,
         "images_decoded": len(refs), "decode_seconds": round(seconds, 2),
     }
+    if stats is not None:
+        mean, std = stats.result()
+        info["channel_stats"] = {"split": channel_stats_of, "crop_size": crop_size, "mean": mean, "std": std}
     write_json(out_info, info)
     log(f"decoded {len(refs)} images to {out_npy} ({shape[1]}x{shape[2]} px, {info['bytes'] / 1e6:.1f} MB) "
         f"in {seconds:.1f}s with {threads} thread(s): {decoding:.1f} s decoding, {flushing:.1f} s flushing it to disk")

@@ -418,6 +418,22 @@ def weights_fetch():
     return NotARerunTrigger(as_json(fetch))
 
 
+def run_weights_inputs(wildcards):
+    """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
+    weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
+    none of pretrain's training: a change of pretrain.train reruns no scratch run)."""
+    if not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] == "pretrain":
+        return {"source_info": source_decoded()["decoded_info"]}
+    return {"manifest": rules.weights.output.manifest, "weights": rules.weights.output.weights}
+
+
+def run_weights_args(wildcards, input):
+    if "source_info" in input.keys():
+        return f"--source-info {input.source_info} --arch {config['weights']['arch']} --scratch"
+    scratch = "" if experiment_config(wildcards.experiment)["pretrained"] else " --scratch"
+    return f"--manifest {input.manifest}{scratch}"
+
+
 def pretrained_args(wildcards, input):
     if config["weights"]["source"] != "pretrain":
         return ""

@@ -21,6 +21,8 @@ rule decode:
         image_size=lambda w: "" if w.size == "native" else f"--image-size {w.size}",
         # pretrain reads the source's train and val images; train, evaluate and export all three of the target's
         splits=lambda w: "train val test" if w.dataset == "target" else "train val",
+        # the source's train images' mean and std, with which pretrain and the scratch control normalise them
+        channel_stats=lambda w: "--channel-stats train" if w.dataset == "source" else "",
     log:
         "results/logs/decode/{dataset}/{size}.log",
     benchmark:
@@ -31,4 +33,4 @@ rule decode:
         runtime=60,
     shell:
         "exec {params.python:q} {input.script:q} --split {input.split} {params.weights:q} {params.image_size} "
-        "--splits {params.splits} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"
+        "--splits {params.splits} {params.channel_stats} --out-images {output.images} --out-info {output.info} --threads {threads} > {log} 2>&1"

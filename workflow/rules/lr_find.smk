@@ -6,11 +6,10 @@
 rule lr_find:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
+        unpack(run_weights_inputs),
         script=script("lr_find"),
         modules=package_modules("lr_find"),
         split="resources/splits/target.csv",
-        manifest=rules.weights.output.manifest,
-        weights=rules.weights.output.weights,
     output:
         csv="results/lr_find/{experiment}/lr_find.csv",
         png=report(
@@ -26,7 +25,7 @@ rule lr_find:
         options=lambda w: as_json(lr_find_options(w.experiment)),
         key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),  # for messages only
         range_test=as_json(config["lr_find"]),
-        scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
+        weights=run_weights_args,
         image_size=lambda w: (
             f"--image-size {experiment_config(w.experiment)['image_size']}"
             if experiment_config(w.experiment)["image_size"]
@@ -43,7 +42,7 @@ rule lr_find:
         runtime=60,
         gpu=lambda w: 1 if uses_gpu(w.experiment) else 0,
     shell:
-        "exec {params.python:q} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
-        "--options {params.options:q} --key-names {params.key_names:q} --range-test {params.range_test:q} {params.scratch} {params.image_size} "
+        "exec {params.python:q} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} {params.weights} "
+        "--options {params.options:q} --key-names {params.key_names:q} --range-test {params.range_test:q} {params.image_size} "
         "--out-csv {output.csv} --out-png {output.png} --out-suggestion {output.suggestion} "
         "--feature-cache-dir {params.feature_cache_dir} --threads {threads} > {log} 2>&1"

@@ -5,12 +5,11 @@
 rule train:
     input:
         unpack(lambda w: target_decoded(w.experiment)),
+        unpack(run_weights_inputs),
         unpack(lr_suggestion_input),
         script=script("train"),
         modules=package_modules("train"),
         split="resources/splits/target.csv",
-        manifest=rules.weights.output.manifest,
-        weights=rules.weights.output.weights,
     output:
         checkpoint="results/{experiment}/seed{seed}/model.pt",
         history="results/{experiment}/seed{seed}/history.csv",
@@ -22,7 +21,7 @@ rule train:
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
         # Where each key is written, for messages only: a key moved from train to the experiment reruns nothing.
         key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),
-        scratch=lambda w: "" if experiment_config(w.experiment)["pretrained"] else "--scratch",
+        weights=run_weights_args,
         image_size=lambda w: (
             f"--image-size {experiment_config(w.experiment)['image_size']}"
             if experiment_config(w.experiment)["image_size"]
@@ -43,8 +42,8 @@ rule train:
         # GPUs per node (sbatch --gpus; a job of several nodes asks with `gres` instead: README)
         gpu=lambda w: experiment_config(w.experiment)["devices"] if uses_gpu(w.experiment) else 0,
     shell:
-        "exec {params.python:q} {params.launch} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --manifest {input.manifest} "
-        "--options {params.options:q} --key-names {params.key_names:q} {params.scratch} {params.image_size} {params.lr_from} "
+        "exec {params.python:q} {params.launch} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} {params.weights} "
+        "--options {params.options:q} --key-names {params.key_names:q} {params.image_size} {params.lr_from} "
         "--out-checkpoint {output.checkpoint} --out-history {output.history} --out-info {output.info} "
         "--resume-dir {params.resume_dir} --feature-cache-dir {params.feature_cache_dir} "
         "--threads {threads} > {log} 2>&1"

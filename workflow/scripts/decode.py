@@ -18,12 +18,16 @@ def main():
     parser.add_argument("--image-size", type=int, help="the crop; with --manifest or --weights-sizes it overrides the weights' crop")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
                         help="which of the split file's images are read later (default: all)")
+    parser.add_argument("--channel-stats", choices=["train"],
+                        help="record the mean and std per channel of these images (the source's: pretrain and the scratch "
+                             "control normalise with them)")
     parser.add_argument("--out-images", type=Path, required=True)
     parser.add_argument("--out-info", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     info = decode_stage(args.split, args.out_images, args.out_info, args.threads, image_size=args.image_size,
-                        manifest_path=args.manifest, splits=args.splits, weights_sizes=args.weights_sizes)
+                        manifest_path=args.manifest, splits=args.splits, weights_sizes=args.weights_sizes,
+                        channel_stats_of=args.channel_stats)
     print(f"{info['images_decoded']} images decoded in {info['decode_seconds']} s")
 
 

@@ -5,13 +5,17 @@ from pathlib import Path
 
 from finetune.cli import json_arg, run, set_torch_threads
 from finetune.options import name_keys
-from finetune.stages import lr_find_stage
+from finetune.stages import lr_find_stage, run_weights
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--manifest", type=Path, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--source-info", type=Path,
+                        help="instead of --manifest, for --scratch with weights from pretrain: the source's decoded images' "
+                             "record (rule decode's info.json), whose train images' mean and std pretrain normalises with")
+    parser.add_argument("--arch", help="with --source-info: the architecture (weights.arch)")
     parser.add_argument("--options", type=json_arg, required=True, help="the run's training options (JSON)")
     parser.add_argument("--range-test", type=json_arg, default={},
                         help="the range test's settings (JSON; config key lr_find): min_lr, max_lr, steps, smoothing, diverge_factor")
@@ -29,7 +33,7 @@ def main():
     args = parser.parse_args()
     name_keys(args.key_names)
     threads = set_torch_threads(args.threads)
-    suggestion = lr_find_stage(args.split, args.manifest, args.options, args.out_csv, args.out_png, args.out_suggestion,
+    suggestion = lr_find_stage(args.split, run_weights(args.manifest, args.source_info, args.arch, not args.scratch), args.options, args.out_csv, args.out_png, args.out_suggestion,
                                threads, pretrained=not args.scratch, image_size=args.image_size,
                                feature_cache_dir=args.feature_cache_dir,
                                decoded=tuple(args.decoded) if args.decoded else None, range_test=args.range_test)

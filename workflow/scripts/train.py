@@ -6,13 +6,17 @@ from pathlib import Path
 
 from finetune.cli import json_arg, run, set_torch_threads
 from finetune.options import name_keys
-from finetune.stages import train_stage
+from finetune.stages import train_stage, run_weights
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--manifest", type=Path, help="weights manifest (architecture, preprocessing)")
+    parser.add_argument("--source-info", type=Path,
+                        help="instead of --manifest, for --scratch with weights from pretrain: the source's decoded images' "
+                             "record (rule decode's info.json), whose train images' mean and std pretrain normalises with")
+    parser.add_argument("--arch", help="with --source-info: the architecture (weights.arch)")
     parser.add_argument("--options", type=json_arg, required=True, help="training options (JSON)")
     parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
     parser.add_argument("--image-size", type=int)
@@ -36,7 +40,7 @@ def main():
     threads = set_torch_threads(distributed.ddp_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     ranks = distributed.start(args.options)
     try:
-        info = train_stage(args.split, args.manifest, args.options, args.out_checkpoint, args.out_history,
+        info = train_stage(args.split, run_weights(args.manifest, args.source_info, args.arch, not args.scratch), args.options, args.out_checkpoint, args.out_history,
                            args.out_info, threads, pretrained=not args.scratch, image_size=args.image_size,
                            resume_dir=args.resume_dir, feature_cache_dir=args.feature_cache_dir,
                            decoded=tuple(args.decoded) if args.decoded else None, lr_from=args.lr_from, ranks=ranks)
