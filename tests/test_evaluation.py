@@ -452,6 +452,23 @@ def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_pa
     assert choose_model([tmp_path / "first" / "seed0", tmp_path / "first" / "seed1"], "m")["seed"] == 1
 
 
+def test_runs_with_as_many_validation_images_right_tie_whatever_the_float_sums_and_rank_by_val_loss(tmp_path):
+    """3 of 20 images right over two seeds, as 0 + 3 or 1 + 2 of 10: the means are 0.15 and 0.15000000000000002 in
+    floats, which picked the second run over the first's lower val_loss. The leaderboard ranks such ties the same
+    way, across experiments too, by the lower mean val_loss."""
+    from finetune.selection import choose_model
+
+    figures = {("first", 0): (0.0, 0.5), ("first", 1): (0.3, 0.5), ("second", 0): (0.1, 1.5), ("second", 1): (0.2, 1.5),
+               ("other", 0): (0.15, 0.2)}
+    assert (0.0 + 0.3) / 2 != (0.1 + 0.2) / 2  # the case is built so that float sums differ
+    runs = [write_run(tmp_path, name, seed, 0.8, 0.8, 1.0, val=acc, val_loss=loss, sweep="other" if name == "other" else "sweep")
+            for (name, seed), (acc, loss) in figures.items()]
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", out_selected=tmp_path / "selected.json")
+    assert json.loads((tmp_path / "selected.json").read_text())["sweep"]["run"] == "first"
+    assert choose_model([r["info"].parent for r in runs if r["info"].parent.parent.name != "other"], "m")["experiment"] == "first"
+    assert list(zip(table["experiment"], table["rank"])) == [("other", 1), ("first", 2), ("second", 3)]
+
+
 def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlier_leaderboard(tmp_path):
     """A metrics.json cut short (a disk error, a hand edit) gave json's traceback without the file's name."""
     from helpers import run_script

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .selection import oriented, select_run, validation_record
+from .selection import MEAN_DIGITS, oriented, select_run, validation_record
 
 FIGURES = ("val", "test_accuracy", "test_accuracy_no_near_duplicates", "macro_f1", "epochs", "train_seconds")
 KEYS = ["experiment", "sweep", "strategy", "pretrained", "weights_source", "trainable_params", "val_metric"]
@@ -44,7 +44,7 @@ def _or_nan(value: float | None) -> float:
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (n - 1) over seeds of every figure, one row per run name."""
     spec = {"seeds": ("seed", "count"), "seed_list": ("seed", lambda s: " ".join(str(v) for v in sorted(s))),
-            "diverged_seeds": ("diverged", "sum")}
+            "diverged_seeds": ("diverged", "sum"), "tie_break": ("tie_break", "mean")}
     for figure in FIGURES:
         spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
     return per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
@@ -65,15 +65,18 @@ def selections(per_run: pd.DataFrame) -> dict:
 
 
 def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
-    """Best validation figure first: over every row when all share one metric, else within each experiment."""
+    """Best validation figure first: over every row when all share one metric, else within each experiment. Equal
+    figures (:func:`finetune.selection.seeds_mean`) rank as selection breaks their tie: by the best epochs' mean
+    ``val_loss`` (``tie_break``), then the selected run first."""
     table = table.assign(selected=table["experiment"].isin([c["run"] for c in chosen.values()]),
-                         score=[oriented(m, v) for m, v in zip(table["val_metric"], table["val"])])
+                         score=[round(oriented(m, v), MEAN_DIGITS) for m, v in zip(table["val_metric"], table["val"])],
+                         tie=table["tie_break"].round(MEAN_DIGITS))
     one_metric = table["val_metric"].nunique() == 1
     order = {sweep: i for i, sweep in enumerate(dict.fromkeys(table["sweep"]))}
     table = table.assign(group=0 if one_metric else table["sweep"].map(order))
-    table = table.sort_values(["group", "score", "selected"], ascending=[True, False, False], kind="stable")
+    table = table.sort_values(["group", "score", "tie", "selected"], ascending=[True, False, False, False], kind="stable")
     table.insert(0, "rank", table.groupby("group").cumcount() + 1)
-    return table.drop(columns=["score", "group"]).reset_index(drop=True)
+    return table.drop(columns=["score", "group", "tie", "tie_break"]).reset_index(drop=True)
 
 
 def chosen_by(table: pd.DataFrame) -> str:

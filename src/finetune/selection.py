@@ -81,6 +81,16 @@ def common_metric(records: list[dict]) -> str:
     return metrics[0]
 
 
+# Digits a mean over seeds is compared to: the same number of images right over the seeds ties, whatever the order
+# of float additions (0.0 + 0.3 and 0.1 + 0.2 over two seeds are 0.15 and 0.15000000000000002).
+MEAN_DIGITS = 12
+
+
+def seeds_mean(values) -> float:
+    """The mean over seeds as runs are compared on it (:data:`MEAN_DIGITS`)."""
+    return round(mean(values), MEAN_DIGITS)
+
+
 def select_experiment(records: list[dict]) -> str:
     """The run name whose mean validation value over its seeds is best; on a tie, the best mean tie_break,
     then the first written."""
@@ -88,8 +98,8 @@ def select_experiment(records: list[dict]) -> str:
     runs: dict[str, list[dict]] = {}
     for record in records:
         runs.setdefault(record["experiment"], []).append(record)
-    return max(runs, key=lambda name: (oriented(metric, mean(r["value"] for r in runs[name])),
-                                       mean(r.get("tie_break", 0.0) for r in runs[name])))
+    return max(runs, key=lambda name: (oriented(metric, seeds_mean(r["value"] for r in runs[name])),
+                                       seeds_mean(r.get("tie_break", 0.0) for r in runs[name])))
 
 
 def select_run(records: list[dict], seed: int | None = None) -> dict:
