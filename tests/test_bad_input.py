@@ -731,6 +731,9 @@ BAD_CONFIGS = {
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
     "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
                                   "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),
+    "number_with_a_point_but_no_exponent_sign": ({"train": {"weight_decay": "1.0e4"}},
+                                                 "train.weight_decay: '1.0e4' is not a number (YAML reads 1.0e4 as text: "
+                                                 "write it with a decimal point and a signed exponent, e.g. 1.0e+04)"),
     "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),
     "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
     "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),

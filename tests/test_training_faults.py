@@ -98,7 +98,7 @@ def test_loss_nan_stops_with_epoch_and_step(inputs, out):
     result = run_script("train", *train_args(inputs.split, inputs.manifest, out, {**OPTIONS, "lr": 1e30}),
                         "--key-names", json.dumps(names))
     message = error_line(result.stdout)
-    assert result.returncode == 1 and "training diverged; lower experiments.div.lr (now 1e+30) or use warmup_epochs " \
+    assert result.returncode == 1 and "training diverged; lower experiments.div.lr (now 1e+30) or use train.warmup_epochs " \
         "(experiments.div.on_divergence: stop keeps" in message, message
 
 
@@ -262,7 +262,7 @@ def test_the_first_non_finite_loss_between_two_checks_is_the_step_named(step):
     assert model.poisoned_steps[0] == step, "the data did not put the white image where the test meant it"
     assert model.training_calls > STEPS_PER_EPOCH + step, "the steps after the bad one ran (the loss is read in intervals)"
     assert str(error.value) == (f"loss became inf at epoch 2, step {step}: training diverged; lower train.lr "
-                                "(now 0.001) or use warmup_epochs (train.on_divergence: stop keeps the best epoch before "
+                                "(now 0.001) or use train.warmup_epochs (train.on_divergence: stop keeps the best epoch before "
                                 "it instead, where one is done). Last good state: none kept (no --resume-dir)")
 
 
@@ -310,7 +310,7 @@ def test_a_validation_loss_that_is_not_finite_stops_training_before_the_epoch_is
     assert model.training_calls == 2 * STEPS_PER_EPOCH, "epoch 2 trained to its end, then validation overflowed"
     assert str(error.value) == (
         "validation loss became nan at epoch 2 (the model's outputs are no longer finite numbers): training diverged; "
-        "lower train.lr (now 0.001) or use warmup_epochs (train.on_divergence: stop keeps the best epoch before it "
+        "lower train.lr (now 0.001) or use train.warmup_epochs (train.on_divergence: stop keeps the best epoch before it "
         f"instead, where one is done). Last good state: resume state of epoch 1 kept in {resume}")
     state = torch.load(resume, weights_only=False)
     assert state["epoch"] == 0 and len(state["history"]) == 1 and math.isfinite(state["history"][0]["val_loss"])
@@ -496,9 +496,16 @@ def test_pretraining_s_messages_name_the_pretrain_train_keys():
         message = str(diverged("loss became nan at epoch 1, step 2", TrainOptions.from_dict(OPTIONS), [], None))
     finally:
         name_keys()
-    assert "training diverged; lower pretrain.train.lr (now 0.001) or use warmup_epochs (pretrain.train.on_divergence: " \
+    assert "training diverged; lower pretrain.train.lr (now 0.001) or use pretrain.train.warmup_epochs (pretrain.train.on_divergence: " \
         "stop keeps" in message, message
     assert "lower train.lr" in str(diverged("loss became nan", TrainOptions.from_dict(OPTIONS), [], None))
+    # A warm-up already set: the advice is to lengthen it, not to add one.
+    name_keys({"warmup_epochs": "experiments.dv.warmup_epochs"})
+    try:
+        message = str(diverged("loss became nan", TrainOptions.from_dict({**OPTIONS, "epochs": 3, "warmup_epochs": 2}), [], None))
+    finally:
+        name_keys()
+    assert "lower train.lr (now 0.001) or raise experiments.dv.warmup_epochs (now 2) (" in message, message
 
 
 @pytest.mark.slow

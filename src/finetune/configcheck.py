@@ -383,7 +383,8 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
 
 def _number_text_hint(value, types) -> str:
     if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types:
-        return f" (YAML reads {value} as text: write it with a decimal point, e.g. {float(value):.1e})"
+        return (f" (YAML reads {value} as text: write it with a decimal point and a signed exponent, "
+                f"e.g. {float(value):.1e})")
     return ""
 
 

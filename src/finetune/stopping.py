@@ -143,7 +143,9 @@ def diverged(what: str, opts: TrainOptions, history: list, resume_path: Path | N
         where = "none saved yet" if resume_path is not None else "none kept (no --resume-dir)"
     keep = (f" ({key_name('on_divergence')}: stop keeps the best epoch before it instead, where one is done)"
             if opts.on_divergence == "fail" else f" ({key_name('on_divergence')} is stop, but no epoch was done before it)")
-    return Diverged(f"{what}: training diverged; lower {key_name('lr')} (now {opts.lr:g}) or use warmup_epochs{keep}. "
+    warmup = (f"raise {key_name('warmup_epochs')} (now {opts.warmup_epochs:g})" if opts.warmup_epochs
+              else f"use {key_name('warmup_epochs')}")
+    return Diverged(f"{what}: training diverged; lower {key_name('lr')} (now {opts.lr:g}) or {warmup}{keep}. "
                     f"Last good state: {where}", what)
 
 
