@@ -48,6 +48,7 @@ EXPERIMENTS = {
     "finetune_two_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_launcher_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+    "finetune_two_launcher_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
 }
 
 
@@ -135,9 +136,10 @@ def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int | Non
 
 
 def _torchrun(workdir: Path) -> list[int]:
-    """torchrun's own process (the agent) of the train job running in ``workdir``."""
+    """torchrun's own process (the agent: the launcher, which runs it in its process) of the train job running in
+    ``workdir``."""
     return [pid for pid in job_pids(workdir, "train.py")
-            if b"torch.distributed.run" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if b"finetune.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def _ranks(workdir: Path) -> list[int]:
@@ -227,15 +229,35 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
     # Both ranks stopped at the same step, through the training loop's clean stop (exit status 143), rank 1 for
     # its own signal and rank 0 because rank 1 was asked; neither was killed.
     stops = re.findall(r"^stopped by (SIGTERM|a signal to another training process) at epoch (\d+), step (\d+)", log, re.M)
-    assert sorted(kind for kind, *_ in stops) == ["SIGTERM", "a signal to another training process"], log[-3000:]
+    assert sorted(set(kind for kind, *_ in stops)) == ["SIGTERM", "a signal to another training process"], log[-3000:]
     assert len({tuple(where) for _, *where in stops}) == 1, stops
-    assert "exitcode  : 143" in log and "Signal 9" not in log, log[-3000:]
+    # The job ends as one process's stop does: status 143 (not torchrun's failure, 1), the stop's line last.
+    assert "failed (exitcode: 143) local_rank: 1" in log and "Signal 9" not in log and "Traceback" not in log, log[-3000:]
+    assert log.strip().splitlines()[-1].startswith("stopped by a signal to another training process at epoch"), log[-3000:]
+    assert "exit status 143" in out, out[-3000:]
     assert not _model(workdir, "finetune_two_stopped").exists()
 
     run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target("finetune_two_stopped"))
     log = (workdir / "results" / "logs" / "train" / "finetune_two_stopped" / "seed0.log").read_text()
     assert "resuming from" in log, log[-3000:]
     columns, weights = _differences(workdir, "finetune_two_stopped", "finetune_two")
+    assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
+
+
+def test_sigterm_to_the_job_stops_every_rank_with_status_143_and_the_run_resumes(runs):
+    """SIGTERM to the job's process (Slurm's walltime, Snakemake stopping its jobs): torchrun, in that process, passes
+    it on; every rank stops at the same step, and the job ends with 143 and the stop's line, without a traceback."""
+    workdir, _ = runs
+    experiment = "finetune_two_launcher_stopped"
+    _, out, returncode = _signal_rank_after_epoch_one(workdir, experiment, None, signal.SIGTERM)
+    log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
+    assert returncode != 0 and "exit status 143" in out, out[-3000:]
+    assert "Traceback" not in log and "Signal 9" not in log, log[-3000:]
+    assert re.match(r"stopped by SIGTERM at epoch \d+, step \d+ \(all 2 processes\)", log.strip().splitlines()[-1]), log[-3000:]
+    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
+    log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
+    assert "resuming from" in log, log[-3000:]
+    columns, weights = _differences(workdir, experiment, "finetune_two")
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
 
 

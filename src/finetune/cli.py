@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from . import jobclock
@@ -95,16 +96,15 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     try:
         code = main()
     except FinetuneError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"error: {exc}\n")  # one write: the lines of several training processes in one log stay whole
+        sys.stderr.flush()
         sys.exit(1)
     except StopRequested as exc:
-        print(f"stopped by {exc}", file=sys.stderr, flush=True)
-        sys.exit(143)
+        stopping(previous, exc)
     except Exception as exc:
         stop = _stop_within(exc)
         if stop is not None:  # a library caught the stop and raised its own error from it
-            print(f"stopped by {stop}", file=sys.stderr, flush=True)
-            sys.exit(143)
+            stopping(previous, stop)
         traceback.print_exc()
         sys.exit(2)
     finally:
@@ -120,6 +120,24 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     if fast_exit:
         _exit_now(code or 0)
     sys.exit(code or 0)
+
+
+def stopping(handlers: dict, stop: StopRequested) -> None:
+    """End a stopped run: exit status 143 and a ``stopped by ...`` line. Signals that come meanwhile are ignored
+    (torchrun sends SIGTERM to the training processes left once one has exited: it must not kill this one on its
+    way out), and among several training processes the stop is recorded for the launcher (:mod:`finetune.launch`)."""
+    for sig in handlers:
+        signal.signal(sig, signal.SIG_IGN)
+    handlers.clear()  # run's finally restores none: the process ends here
+    record = os.environ.get("FINETUNE_STOP_RECORD")
+    if record and os.environ.get("RANK") is not None:
+        try:
+            (Path(record) / f"rank{os.environ['RANK']}").write_text(str(stop))
+        except OSError:
+            pass  # the launcher then reports torchrun's own outcome
+    sys.stderr.write(f"stopped by {stop}\n")
+    sys.stderr.flush()
+    sys.exit(143)
 
 
 def _stop_within(exc: BaseException) -> StopRequested | None:

@@ -10,15 +10,24 @@
   node of the allocation (c10d rendezvous, id = the Slurm job id) and start ``D`` processes each.
 
 When one process fails, torchrun stops the others and ends with a summary naming the first rank that
-failed, its exit code or signal; the job's log has it.
+failed, its exit code or signal; the job's log has it. On one node torchrun runs in this process (the job's), so
+that a stop (SIGTERM, SIGINT, SIGHUP: every process stopped at the same step, resume state kept) ends the job as a
+single process's does: its ``stopped by ...`` line last and exit status 143, not torchrun's failure (status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+# Where each training process of this node writes why it stopped (finetune.cli.run), for the launcher to tell a
+# stop of every process from a failure.
+STOP_RECORD = "FINETUNE_STOP_RECORD"
 
 
 class LaunchError(Exception):
@@ -64,7 +73,31 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(f"launch: {' '.join(cmd)}", flush=True)
-    os.execvp(cmd[0], cmd)  # torchrun (or srun) takes this process's place: signals reach it directly
+    if cmd[1:3] != ["-m", "torch.distributed.run"]:  # one process, or srun on several nodes
+        os.execvp(cmd[0], cmd)  # it takes this process's place: signals reach it directly
+    sys.exit(run_torchrun(cmd[3:], args.devices))
+
+
+def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
+    """torchrun with ``torchrun_args``, in this process; 143 with the stop's message where every one of the
+    ``local_world`` processes stopped on a signal, else torchrun's own outcome (its failure summary, status 1)."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    record = Path(tempfile.mkdtemp(prefix="finetune-stop-"))
+    os.environ[STOP_RECORD] = str(record)
+    try:
+        torchrun(torchrun_args)
+        return 0
+    except (ChildFailedError, SignalException):
+        stops = {p.name: p.read_text() for p in record.glob("rank*")}
+        if len(stops) < local_world:
+            raise
+        print(f"stopped by {stops.get('rank0') or next(iter(stops.values()))}", file=sys.stderr, flush=True)
+        return 143
+    finally:
+        shutil.rmtree(record, ignore_errors=True)
 
 
 if __name__ == "__main__":
