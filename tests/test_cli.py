@@ -202,8 +202,10 @@ def test_a_job_says_its_peak_memory_before_its_time_line():
         run(lambda: lap("work"))
     """, env={"LOCAL_WORLD_SIZE": "4"})
     memory = result.stdout.strip().splitlines()[-2]
-    assert re.fullmatch(r"peak memory: [\d,]+ MB \(resident\) in this one of the job's 4 training processes on this "
-                        r"machine, each holding about as much: the job needs about 4 times that", memory), memory
+    peak = re.fullmatch(r"peak memory: ([\d,]+) MB \(resident\) in this one of the job's 4 training processes on this "
+                        r"machine, each holding about as much: the job needs about ([\d,]+) MB; a cluster job also holds "
+                        r"the Snakemake process that runs it: give mem_mb about 200 MB more", memory)
+    assert peak and abs(4 * int(peak.group(1).replace(",", "")) - int(peak.group(2).replace(",", ""))) <= 2, memory
 
 
 def test_a_job_without_parts_prints_no_time_line():

@@ -109,6 +109,13 @@ def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
     # Rank 0 alone wrote the log's epoch lines (each epoch once).
     assert sum(line.startswith("epoch 1/") for line in log.splitlines()) == 1, log
     assert sum(line.startswith("time: ") for line in log.splitlines()) == 1, log  # and the one time line
+    # The memory the job needs: both training processes and torchrun, which holds torch too (the launcher's process).
+    peak = re.search(r"^peak memory: ([\d,]+) MB \(resident\) in this one of the job's 2 training processes on this "
+                     r"machine, each holding about as much, and ([\d,]+) MB in torchrun, which started them: the job "
+                     r"needs about ([\d,]+) MB; ", log, re.M)
+    assert peak, log[-3000:]
+    rank, launcher, total = (int(group.replace(",", "")) for group in peak.groups())
+    assert launcher > 100 and abs(2 * rank + launcher - total) <= 2, peak.group(0)
     # torchrun made its workers' log folders in the jobs' TMPDIR; the runs succeeded, so none is left there.
     # (torch may also make its compile cache there, torchinductor_<user>: one for every run, not per run.)
     assert sorted((workdir / "tmp").glob("torchelastic_*")) == [], "a torchrun log folder was left behind"

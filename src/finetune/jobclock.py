@@ -70,15 +70,27 @@ def peak_memory(processes: int = 1) -> str | None:
     job's memory now and then, and missed the peak of short jobs (an export job: 870 MB there, 1,406 here).
     ``processes``: the job's training processes on this machine (torchrun's), each holding about as much. None
     where it cannot be read."""
-    try:
-        with open("/proc/self/status") as status:
-            kilobytes = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError, IndexError):
+    kilobytes = _peak_kilobytes("self")
+    if kilobytes is None:
         return None
+    margin = f"a cluster job also holds the Snakemake process that runs it: give mem_mb about {SNAKEMAKE_MB} MB more"
     if processes > 1:
+        # torchrun, which started them (the launcher's process, finetune.launch), holds torch too: ~500 MB
+        launcher = _peak_kilobytes(str(os.getppid())) if "TORCHELASTIC_RUN_ID" in os.environ else None
+        total = processes * kilobytes + (launcher or 0)
         return (f"peak memory: {kilobytes / 1024:,.0f} MB (resident) in this one of the job's {processes} training "
-                f"processes on this machine, each holding about as much: the job needs about {processes} times that")
+                f"processes on this machine, each holding about as much"
+                + (f", and {launcher / 1024:,.0f} MB in torchrun, which started them" if launcher else "")
+                + f": the job needs about {total / 1024:,.0f} MB; {margin}")
     # A cluster job holds this script and the Snakemake process that starts it (on Slurm, ~70-120 MB more, killed
     # at 1,108 MB with this line saying 1,039): the margin is said here, where mem_mb is sized from it.
-    return (f"peak memory: {kilobytes / 1024:,.0f} MB (resident, this script; a cluster job also holds the Snakemake "
-            f"process that runs it: give mem_mb about {SNAKEMAKE_MB} MB more)")
+    return f"peak memory: {kilobytes / 1024:,.0f} MB (resident, this script; {margin})"
+
+
+def _peak_kilobytes(pid: str) -> int | None:
+    """The most memory process ``pid`` (or ``self``) held at once (Linux's VmHWM), in KB; None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
