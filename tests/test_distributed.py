@@ -220,6 +220,18 @@ def test_settings_several_processes_cannot_train_are_refused_before_any_job(tmp_
     assert message in result.stdout, result.stdout[-3000:]
 
 
+def test_more_training_processes_than_threads_on_the_cpu_is_said_at_start(tmp_path):
+    """Each process gets one thread at least: the job then uses more cores than Snakemake (or Slurm) gave it."""
+    config = tiny_config(tmp_path, threads={"train": 1, "data": 1},
+                         replace={"experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2}}})
+    result = run_snakemake(tmp_path, config, "-n")
+    assert ("note: two: devices 2 with device cpu, more training processes than threads.train (1): each gets one "
+            "thread, so the job uses more cores than it holds") in result.stdout, result.stdout[-3000:]
+    config = tiny_config(tmp_path, threads={"train": 2, "data": 1},
+                         replace={"experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2}}})
+    assert "more training processes than" not in run_snakemake(tmp_path, config, "-n").stdout
+
+
 def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"PYTHONPATH": str(REPO / "src")}
     result = subprocess.run([sys.executable, "-m", "finetune.launch", "--devices", "2", "--nodes", "2", "--",

@@ -111,7 +111,7 @@ def distributed_problems(options: dict) -> list[str]:
          f"strategy {options.get('strategy', 'finetune')})"),
         (not sync or options.get("device", "auto") != "cpu",
          "sync_batchnorm runs on GPUs only (torch's SyncBatchNorm): with device cpu each process normalises over "
-         "its own part of the batch; set sync_batchnorm false, or bn frozen"),
+         "its own part of the batch; set sync_batchnorm false" + ("" if bn_frozen else ", or bn frozen")),
     ]
     return [message for ok, message in checks if not ok]
 

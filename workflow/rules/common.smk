@@ -139,6 +139,14 @@ if config["weights"]["source"] == "torchvision":
 EXPERIMENTS, SWEEP_OF = expand_sweeps(config["experiments"])
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
+# Several training processes on the CPU share the train job's threads, one at least each: more processes than
+# threads use more cores than the job holds (said, not refused: it trains the same run, only more slowly).
+_crowded = [run for run, own in EXPERIMENTS.items() if {**config["train"], **own}["device"] == "cpu"
+            and {**config["train"], **own}["devices"] > config["threads"]["train"]]
+if _crowded:
+    print(f"note: {', '.join(_crowded)}: devices {max({**config['train'], **EXPERIMENTS[r]}['devices'] for r in _crowded)} "
+          f"with device cpu, more training processes than threads.train ({config['threads']['train']}): each gets one "
+          "thread, so the job uses more cores than it holds; raise threads.train to devices or more", file=sys.stderr)
 
 # Whose model classifies predict.images for the `all` target, if any: one named run and seed
 # (rule predict), or, where predict.experiment names a sweep or is null or predict.seed is null, the
