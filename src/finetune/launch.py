@@ -34,7 +34,8 @@ class LaunchError(Exception):
     pass
 
 
-def command(python: str, devices: int, nodes: int, script_args: list[str], env: dict) -> list[str]:
+def command(python: str, devices: int, nodes: int, script_args: list[str], env: dict,
+            nodes_key: str = "train.nodes") -> list[str]:
     """The command that starts ``devices x nodes`` processes of ``script_args`` (a script and its arguments)."""
     if devices < 1 or nodes < 1:
         raise LaunchError(f"train.devices and train.nodes must be >= 1, not {devices} and {nodes}")
@@ -47,9 +48,9 @@ def command(python: str, devices: int, nodes: int, script_args: list[str], env: 
     if not job or allocated != str(nodes):
         where = f"a Slurm job of {allocated} node(s)" if job else "no Slurm job"
         raise LaunchError(
-            f"train.nodes {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
+            f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
             f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
-            "\"Several GPUs and nodes\"), or set train.nodes 1")
+            f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
     head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], check=True,
                           capture_output=True, text=True).stdout.split()[0]
     port = 20000 + int(job) % 20000  # one port per job: two jobs sharing a node do not meet
@@ -62,13 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1, help="processes per node (train.devices)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes (train.nodes)")
+    parser.add_argument("--nodes-key", default="train.nodes", help="where nodes is written, for messages")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
     args = parser.parse_args(argv)
     script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
     if not script_args:
         parser.error("give the script to start after --")
     try:
-        cmd = command(sys.executable, args.devices, args.nodes, script_args, dict(os.environ))
+        cmd = command(sys.executable, args.devices, args.nodes, script_args, dict(os.environ), args.nodes_key)
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -318,7 +318,9 @@ def train_launcher(experiment):
     cfg = experiment_config(experiment)
     if cfg["devices"] * cfg["nodes"] == 1:
         return ""
-    return f"-m finetune.launch --devices {cfg['devices']} --nodes {cfg['nodes']} --"
+    # where nodes is written, for the launcher's message outside a Slurm allocation of that many nodes
+    key = f" --nodes-key {train_key_names(experiment).get('nodes', 'train.nodes')}" if cfg["nodes"] > 1 else ""
+    return f"-m finetune.launch --devices {cfg['devices']} --nodes {cfg['nodes']}{key} --"
 
 
 def dataset_config(dataset):
