@@ -254,7 +254,9 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
     log = (workdir / "results" / "logs" / "train" / "finetune_two_stopped" / "seed0.log").read_text()
     # Both ranks stopped at the same step, through the training loop's clean stop (exit status 143), rank 1 for
     # its own signal and rank 0 because rank 1 was asked; neither was killed.
-    stops = re.findall(r"^stopped by (SIGTERM|a signal to another training process) at epoch (\d+), step (\d+)", log, re.M)
+    stops = re.findall(r"^(?:rank 1: )?stopped by (SIGTERM|a signal to another training process) at epoch (\d+), step (\d+)",
+                       log, re.M)
+    assert re.search(r"^rank 1: stopped by SIGTERM at epoch", log, re.M), log[-3000:]  # each line says whose it is
     assert sorted(set(kind for kind, *_ in stops)) == ["SIGTERM", "a signal to another training process"], log[-3000:]
     assert len({tuple(where) for _, *where in stops}) == 1, stops
     # The job ends as one process's stop does: status 143 (not torchrun's failure, 1), the stop's line last.

@@ -96,7 +96,7 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     try:
         code = main()
     except FinetuneError as exc:
-        sys.stderr.write(f"error: {exc}\n")  # one write: the lines of several training processes in one log stay whole
+        sys.stderr.write(f"{_rank_prefix()}error: {exc}\n")  # one write: the lines of several processes in one log stay whole
         sys.stderr.flush()
         sys.exit(1)
     except StopRequested as exc:
@@ -122,6 +122,13 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     sys.exit(code or 0)
 
 
+def _rank_prefix() -> str:
+    """``rank 1: `` before the error and stop lines of a training process other than the first (several write to one
+    log: rank 0's lines are the job's, as its other lines are)."""
+    rank = os.environ.get("RANK")
+    return f"rank {rank}: " if rank not in (None, "", "0") and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+
+
 def stopping(handlers: dict, stop: StopRequested) -> None:
     """End a stopped run: exit status 143 and a ``stopped by ...`` line. Signals that come meanwhile are ignored
     (torchrun sends SIGTERM to the training processes left once one has exited: it must not kill this one on its
@@ -135,7 +142,7 @@ def stopping(handlers: dict, stop: StopRequested) -> None:
             (Path(record) / f"rank{os.environ['RANK']}").write_text(str(stop))
         except OSError:
             pass  # the launcher then reports torchrun's own outcome
-    sys.stderr.write(f"stopped by {stop}\n")
+    sys.stderr.write(f"{_rank_prefix()}stopped by {stop}\n")
     sys.stderr.flush()
     sys.exit(143)
 
