@@ -182,7 +182,8 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
 # --------------------------------------------------------------------------- leaderboard over seeds
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
-              trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None, val_loss=0.5):
+              trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None, val_loss=0.5,
+              class_weighting="none"):
     """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given.
     Its history: a first epoch worse on every figure, then the best epoch (``val_loss`` the loss there, or the
     figure itself with metric val_loss)."""
@@ -191,7 +192,8 @@ def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, str
     best = accuracy if val is None else val
     (folder / "train_info.json").write_text(json.dumps({
         "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
-        "train_seconds": train_seconds, "options": {"metric": metric}, f"best_{metric}": best}))
+        "train_seconds": train_seconds, "options": {"metric": metric, "class_weighting": class_weighting},
+        f"best_{metric}": best}))
     rows = ([(1, best + 1, 0.0), (2, best, 1.0)] if metric == "val_loss" else
             [(1, val_loss + 1, best - 0.1), (2, val_loss, best)])
     (folder / "history.csv").write_text("epoch,val_loss,val_accuracy\n" + "".join(f"{e},{l},{a}\n" for e, l, a in rows))
@@ -262,6 +264,14 @@ def test_the_leaderboard_names_the_classes_a_selected_run_never_predicted(tmp_pa
     for page in ("summary.md", "summary.html"):
         assert note in (tmp_path / page).read_text(), page
     assert "weighted (seed" not in (tmp_path / "summary.md").read_text()
+    assert "compare the runs' macro_f1, or try class_weighting: loss." in (tmp_path / "summary.md").read_text()
+    # A run that weights its classes already is not told to: more images of the classes it never predicts.
+    (tmp_path / "weighted_only").mkdir()
+    run = write_run(tmp_path / "weighted_only", "weighted", 0, 0.85, 0.60, 10.0, class_weighting="loss")
+    run["metrics"].write_text(json.dumps({**json.loads(run["metrics"].read_text()), "never_predicted": ["bag"]}))
+    summary_stage([run], tmp_path / "summary.csv", tmp_path / "summary.md")
+    text = (tmp_path / "summary.md").read_text()
+    assert "compare the runs' macro_f1, or give those classes more training images." in text and "try class_weighting" not in text
 
 
 def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
@@ -493,10 +503,16 @@ def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlie
 def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):
     runs = [write_run(tmp_path, "a", 0, 0.9, 0.9, 1.0, val=0.5), write_run(tmp_path, "b", 0, 0.8, 0.8, 1.0, val=0.2, metric="val_loss"),
             write_run(tmp_path, "c", 0, 0.7, 0.7, 1.0, val=0.1, metric="val_loss", sweep="b")]
+    for run in runs:
+        run["metrics"].write_text(json.dumps({**json.loads(run["metrics"].read_text()), "n_test": 500}))
     table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert list(zip(table["experiment"], table["rank"], table["selected"])) == [
         ("a", 1, True), ("c", 1, True), ("b", 2, False)]  # lower loss first within b's sweep
-    assert "not ranked against each other" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "not ranked against each other" in text
+    # The notes that take the first row do not call it the first-ranked run: no run is.
+    assert "a test accuracy of 0.9000 (a, listed first: the experiments use different metrics and are not ranked " \
+           "against each other)" in text, text
 
 
 # --------------------------------------------------------------------------- the evaluate rule, for real

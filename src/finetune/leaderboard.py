@@ -33,6 +33,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
         "tta": metrics.get("tta") or "none",  # evaluate.tta: the test figures with test-time augmentation
         "never_predicted": list(metrics.get("never_predicted") or []),  # classes it gave no test image
+        "class_weighting": (info.get("options") or {}).get("class_weighting") or "none",
         "folder": str(Path(run["info"]).parent),
     }
 
@@ -168,9 +169,17 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
         b = correct[name].to_numpy()
         p = paired_p_value(a, b)
         parts.append(f"{name} {b.mean() - a.mean():+.4f} ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'})")
-    return [f"Test accuracy of the selected runs against {first} (first), paired on the same {len(a):,} test images "
+    return [f"Test accuracy of the selected runs against {first} ({_first(table)}), paired on the same {len(a):,} test images "
             f"(each image's share of seeds right; two-sided sign-flip test, {SIGN_FLIPS:,} draws): {', '.join(parts)}. "
             "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
+
+
+def _first(table: pd.DataFrame) -> str:
+    """What the table's first row is: the first-ranked run, or only the first listed where experiments use different
+    metrics (each ranked within itself)."""
+    if table["val_metric"].nunique() == 1:
+        return "first"
+    return "listed first: the experiments use different metrics and are not ranked against each other"
 
 
 def tta_notes(per_run: pd.DataFrame, exported_tta: bool = False) -> list[str]:
@@ -196,7 +205,8 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     n, top = int(per_run["n_test"].iloc[0]), table.iloc[0]
     # The interval of the share printed (a mean over seeds need not be a whole count of images: 200.5 of 300)
     low, high = wilson_interval(top.test_accuracy * n, n)
-    return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}) "
+    ranked = "" if table["val_metric"].nunique() == 1 else f", {_first(table)}"
+    return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}{ranked}) "
             f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
             "closer than that may differ by chance."]
 
@@ -211,7 +221,8 @@ def never_predicted_notes(per_run: pd.DataFrame, chosen: dict) -> list[str]:
             notes.append(f"The selected run {pick['run']} (seed {pick['seed']}) predicted no test image as "
                          f"{', '.join(row.never_predicted)}: its test accuracy comes from the other classes alone (its "
                          f"macro_f1, which counts such a class as 0, is {row.macro_f1:.4f}); with imbalanced classes, "
-                         "compare the runs' macro_f1, or try class_weighting: loss.")
+                         "compare the runs' macro_f1" + (", or try class_weighting: loss." if row.class_weighting == "none"
+                                                         else ", or give those classes more training images."))
     return notes
 
 
