@@ -467,6 +467,24 @@ def test_an_image_folder_already_split_into_split_folders_keeps_its_splits(tmp_p
         assert test.groupby("class_name").size().to_dict() == {"cat": round(6 * 0.2), "dog": round(5 * 0.2)}
 
 
+def test_a_class_missing_from_a_split_folder_is_named_with_the_folder_it_lacks(tmp_path):
+    """A class only under test/, or missing from test/: the message said 'official' splits (Fashion-MNIST's word) and
+    asked for 0 test + 0 val images."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data / "train", {"cat": 6, "dog": 5}, seed=0)
+    make_images(data / "test", {"cat": 3, "dog": 3, "owl": 4}, seed=1)
+    result = run_split(imagefolder(data, val_fraction=0.2), out)
+    assert result.returncode == 1 and ("class 'owl' has no training images: all of its 4 image(s) are in the dataset's "
+                                       "own test split (an ImageFolder's test/ folder holds it but no other does") \
+        in result.stdout, result.stdout
+    make_images(data / "train", {"owl": 5}, seed=2)
+    (data / "test" / "dog").rename(tmp_path / "dog_test")
+    result = run_split(imagefolder(data, val_fraction=0.2), out)
+    assert result.returncode == 1 and ("class 'dog' has no test image, though the dataset gives a test split of its own "
+                                       "(an ImageFolder's test/ folder without a folder of this class") in result.stdout, \
+        result.stdout
+
+
 def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(tmp_path):
     """seg_train/<class>/ and seg_test/<class>/ (Intel's scene dataset): read as classes seg_test and seg_train,
     as laid out, but the log says what to rename. Images in the root itself have no class: counted, not silent."""

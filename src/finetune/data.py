@@ -405,6 +405,13 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     n = len(pool)
     n_test = 0 if "test" in given else _drawn_count(n, spec.test_fraction)
     n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
+    if n == 0 and given:
+        raise DataError(
+            f"class {name!r} has no training images: all of its {len(rows)} image(s) are in the dataset's own "
+            f"{' and '.join(given)} split (an ImageFolder's {' or '.join(f'{g}/' for g in given)} folder holds it but no "
+            "other does, or a CSV manifest's split column marks none of its rows train or leaves none empty): give it "
+            "training images, or leave the class out with dataset.classes"
+            + (f"; {len(left_out)} of its files were left out: {'; '.join(left_out[:5])}" if left_out else ""))
     if n - n_test - n_val < 1:
         # the fewest images that can do: one for each split drawn (a fraction above 0 draws at least one), one to train
         fewest = 1 + sum(split not in given and fraction > 0
@@ -423,7 +430,11 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
         if split in given:
             official = rows[rows["official_split"] == split]
             if len(official) == 0:
-                raise DataError(f"class {name!r} has no image in the official {split} split")
+                raise DataError(
+                    f"class {name!r} has no {split} image, though the dataset gives a {split} split of its own (an "
+                    f"ImageFolder's {split}/ folder without a folder of this class, or a CSV manifest whose split column "
+                    f"marks {split} rows of other classes but none of this one): give it {split} images there, or leave "
+                    "the class out with dataset.classes")
             capped = spec.max_test_per_class if split == "test" else spec.max_val_per_class
             parts[split] = official.iloc[rng.permutation(len(official))] if capped else official
     return parts
