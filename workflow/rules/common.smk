@@ -153,14 +153,22 @@ def runs_named(name):
     return [run for run, experiment in SWEEP_OF.items() if experiment == name] or ([name] if name in EXPERIMENTS else [])
 
 
+def predict_inherited(key):
+    """Where a predict key the user did not write comes from: config/config.yaml (the demo's run to classify with)."""
+    if not _merged_over_the_demo or key in _predict_written:
+        return ""
+    return (f" (set in config/config.yaml, the demo's; set predict.{key} in your config: null for the selected run"
+            f"{'' if key == 'experiment' else ' and its best seed'})")
+
+
 def predict_choice(experiment, seed):
     """(target, candidate run names): a named run and seed, or the selected run among candidates."""
     candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
     if not candidates:
         raise WorkflowError(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
-                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))})")
+                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
     if seed is not None and seed not in SEEDS:
-        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}")
+        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
     if len(candidates) == 1 and seed is not None:
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
