@@ -742,9 +742,6 @@ BAD_CONFIGS = {
                                      "experiments.2024: YAML reads this name as a number, not as text: quote it ('2024')"),
     "off_unquoted": ({"train": {"amp": False}}, "train.amp: False is not allowed; use one of off, bf16, fp16 (YAML reads "
                                                 "an unquoted off, no or false as false: write 'off', quoted)"),
-    "train_key_every_experiment_sets": ({"experiments": {"finetune": {"lr": 0.1}, "scratch": {"lr": 0.1}}},
-                                        "train.lr: not used: every experiment sets its own lr (finetune, feature_extract, "
-                                        "scratch); remove it, or set it in the experiments"),
     "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),
     "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
     "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),
@@ -1002,3 +999,11 @@ def test_a_predict_key_taken_from_the_demo_s_config_says_so(tmp_path, mine, mess
     config.write_text(yaml.safe_dump({**mine, "predict": {"images": str(images)}}))
     result = run_snakemake(tmp_path / "project", config, "-n", snakefile=snakefile, check=False, timeout=120)
     assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
+
+
+def test_a_train_key_every_experiment_sets_for_itself_is_said_not_used(tmp_path):
+    """train.lr under experiments that all set their own lr (here, or in a sweep) reaches no job: said at start."""
+    config = tiny_config(tmp_path, experiments={"finetune": {"lr": 0.1}, "scratch": {"sweep": {"lr": [0.1, 0.2]}}})
+    result = run_snakemake(tmp_path, config, "-n")
+    assert "note: train.lr: not used: every experiment sets its own lr (finetune, feature_extract, scratch)" in result.stdout
+    assert "note: train.epochs" not in result.stdout

@@ -314,11 +314,25 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                    for name in inheriting]
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
-        elif runs and not inheriting:
-            own = ", ".join(dict.fromkeys(experiment_of.get(name, name) for name in runs))
-            problems.append(f"train.{key}: not used: every experiment sets its own {key} ({own}); remove it, or "
-                            "set it in the experiments")
+
     return problems
+
+
+def overridden_train_notes(config: dict, written_train: dict) -> list[str]:
+    """Notes for the `train` keys the user wrote that every run sets for itself (in its experiment or sweep): the
+    value under `train` reaches no job. Said, not refused: a `train` section of common settings is a usual base."""
+    from .sweeps import expand
+
+    experiments = config.get("experiments")
+    if not isinstance(experiments, dict) or not experiments or not isinstance(written_train, dict):
+        return []
+    runs, experiment_of = expand(experiments)
+    notes = []
+    for key in written_train:
+        if runs and all(isinstance(own, dict) and key in own for own in runs.values()):
+            named = ", ".join(dict.fromkeys(experiment_of.get(name, name) for name in runs))
+            notes.append(f"note: train.{key}: not used: every experiment sets its own {key} ({named})")
+    return notes
 
 
 def _non_finite_problems(value, path: tuple = ()) -> list[str]:

@@ -38,8 +38,8 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import (config_problems, format_problems, job_options, range_test_options, schema_default,
-                                  torchvision_weights_member, train_defaults)
+from finetune.configcheck import (config_problems, format_problems, job_options, overridden_train_notes,
+                                  range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
@@ -118,6 +118,9 @@ if _problems:
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
                                    format_problems(where_written(_problems, _sources))]))
+
+for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
+    print(_note, file=sys.stderr)
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
