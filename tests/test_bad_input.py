@@ -17,7 +17,7 @@ from PIL import Image
 
 from faults import (BOMB_SIDE, PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict,
                     silent_server, snapshot, train_args)
-from helpers import REPO, run_script, run_snakemake, tiny_config
+from helpers import REPO, copy_of_the_workflow, run_script, run_snakemake, tiny_config
 
 TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
 
@@ -752,6 +752,14 @@ BAD_CONFIGS = {
     "number_with_a_point_but_no_exponent_sign": ({"train": {"weight_decay": "1.0e4"}},
                                                  "train.weight_decay: '1.0e4' is not a number (YAML reads 1.0e4 as text: "
                                                  "write it with a decimal point and a signed exponent, e.g. 1.0e+04)"),
+    "whole_number_written_with_a_point": ({"experiments": {"finetune": {"epochs": 2.0}}},
+                                          "experiments.finetune.epochs: 2.0 is not an integer: write it without the "
+                                          "decimal point, 2"),
+    "seed_written_with_a_point": ({"seeds": [1.0]}, "seeds.0: 1.0 is not an integer: write it without the decimal point, 1"),
+    "experiment_named_by_a_number": ({"experiments": {2024: {"strategy": "finetune"}}},
+                                     "experiments.2024: YAML reads this name as a number, not as text: quote it ('2024')"),
+    "off_unquoted": ({"train": {"amp": False}}, "train.amp: False is not allowed; use one of off, bf16, fp16 (YAML reads "
+                                                "an unquoted off, no or false as false: write 'off', quoted)"),
     "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),
     "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
     "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),
@@ -986,3 +994,34 @@ def test_image_file_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
     before = tree_state(data, "folders")
     odd.rename(data / "cat" / "cafe.png")
     assert tree_state(data, "folders") != before
+
+
+@pytest.mark.parametrize("mine, message", [
+    ({"seeds": [1]}, "predict.seed: 0 is not in seeds [1] (set in config/config.yaml, the demo's; set predict.seed in "
+                     "your config: null for the selected run and its best seed)"),
+    ({"experiments": {"mine": {"strategy": "finetune"}}},
+     "predict.experiment: 'finetune' is not an experiment or run of this config (mine) (set in config/config.yaml, the "
+     "demo's; set predict.experiment in your config: null for the selected run)"),
+])
+def test_a_predict_key_taken_from_the_demo_s_config_says_so(tmp_path, mine, message):
+    """Merged over config/config.yaml, a config that sets predict.images alone takes the demo's run to classify with,
+    which its own seeds or experiments may not have: the message said the key was wrong, not that the user never
+    wrote it."""
+    import yaml
+
+    snakefile = copy_of_the_workflow(tmp_path / "project", with_config=True)
+    images = tmp_path / "new"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({**mine, "predict": {"images": str(images)}}))
+    result = run_snakemake(tmp_path / "project", config, "-n", snakefile=snakefile, check=False, timeout=120)
+    assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
+
+
+def test_a_train_key_every_experiment_sets_for_itself_is_said_not_used(tmp_path):
+    """train.lr under experiments that all set their own lr (here, or in a sweep) reaches no job: said at start."""
+    config = tiny_config(tmp_path, experiments={"finetune": {"lr": 0.1}, "scratch": {"sweep": {"lr": [0.1, 0.2]}}})
+    result = run_snakemake(tmp_path, config, "-n")
+    assert "note: train.lr: not used: every experiment sets its own lr (finetune, feature_extract, scratch)" in result.stdout
+    assert "note: train.epochs" not in result.stdout

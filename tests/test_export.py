@@ -211,6 +211,22 @@ def test_an_opset_above_the_torchscript_exporter_s_is_refused_before_anything_ru
     assert run_snakemake(workdir, config, "-n", check=False).returncode == 0
 
 
+@pytest.mark.fashion_mnist
+def test_an_opset_newer_than_onnx_knows_is_refused_before_anything_runs(tmp_path):
+    """Asked for opset 99, the export failed after training with onnx's traceback and a message that said the
+    exporter had written opset 18."""
+    import onnx
+
+    from finetune.configcheck import DYNAMO_MAX_OPSET
+
+    assert DYNAMO_MAX_OPSET == onnx.defs.onnx_opset_version()  # the installed onnx's newest
+    result = run_snakemake(tmp_path, tiny_config(tmp_path, export={"opset": DYNAMO_MAX_OPSET + 1}), "-n", check=False)
+    assert result.returncode != 0 and (f"export.opset: {DYNAMO_MAX_OPSET + 1}: the newest ONNX opset is {DYNAMO_MAX_OPSET} "
+                                       f"(onnx's, as installed); set export.opset <= {DYNAMO_MAX_OPSET}") in result.stdout, \
+        result.stdout[-3000:]
+    assert run_snakemake(tmp_path, tiny_config(tmp_path, export={"opset": DYNAMO_MAX_OPSET}), "-n", check=False).returncode == 0
+
+
 def test_a_parity_batch_larger_than_the_test_images_is_said_and_the_batch_used_recorded(tiny_run, tmp_path):
     out = tmp_path / "out"
     n_test = len(held_out(tiny_run))

@@ -104,6 +104,7 @@ def run_predict(*args):
 def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image(tiny_run, tmp_path):
     images = tmp_path / "new images"
     n_good = write_images(images)
+    os.mkfifo(images / "pipe.png")  # opened as an image, it waited for a writer forever
     out = tmp_path / "predictions.csv"
     model = tiny_run / "results/finetune/seed0/model.onnx"
     result = run_predict("--model", str(model), "--images", str(images), "--out", str(out), "--top-k", "3")
@@ -116,9 +117,11 @@ def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["path", "predicted", "probability", "top1_class", "top1_probability",
                                    "top2_class", "top2_probability", "top3_class", "top3_probability", "error"]
-    assert len(table) == n_good + 1  # notes.txt is not an image file: not listed
+    assert len(table) == n_good + 2  # notes.txt is not an image file: not listed
     broken = table[table["path"].str.endswith("broken.png")].iloc[0]
     assert broken["predicted"] == "" and "broken.png" in broken["error"]
+    pipe = table[table["path"].str.endswith("pipe.png")].iloc[0]
+    assert pipe["predicted"] == "" and "not a regular file (a named pipe, socket or device)" in pipe["error"]
     good = table[table["error"] == ""]
     assert len(good) == n_good
     assert set(good["predicted"]) <= set(CLASSES)

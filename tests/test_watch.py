@@ -167,6 +167,18 @@ def test_the_cache_spares_looking_at_unchanged_folders_and_both_depths_agree(tmp
     assert tree_state(root) == tree_state(root, "files") == tree_state(root, cache=None)
 
 
+def test_looking_with_files_keeps_the_cache_of_the_other_trees(tmp_path):
+    """The dataset and the images to classify share the cache: a look at one with files dropped the other's entries
+    (its folders then all looked at afresh by the next start)."""
+    from finetune.watch import CACHE
+
+    data, other = make_tree(tmp_path / "images"), make_tree(tmp_path / "to_classify")
+    tree_state(data), tree_state(other)
+    overwrite(data / "cat" / "a.png", b"other pixels, written in place")
+    tree_state(data, "files")
+    assert str(other.resolve()) in json.loads(CACHE.read_text()), "the other tree's entries went"
+
+
 @pytest.mark.parametrize("text", ['{"x": 1}', '[1, 2]', '{"/a": [1]}', "{not json", ""])
 def test_a_damaged_cache_is_looked_past_and_written_again(tmp_path, text):
     """The cache is Snakemake's working state, not the user's: damaged or edited, its entries of another shape are

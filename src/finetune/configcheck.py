@@ -49,6 +49,9 @@ DYNAMO_MIN_OPSET = 18
 # The newest opset torch's torchscript exporter writes (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;
 # a test checks the two agree): asked for more, it stops with a traceback after training.
 TORCHSCRIPT_MAX_OPSET = 20
+# The newest opset the onnx package knows (onnx.defs.onnx_opset_version(); a test checks the two agree): the dynamo
+# exporter converts to it, and asked for more it fails after training ("invalid version").
+DYNAMO_MAX_OPSET = 28
 
 
 def opset_problem(exporter: str, opset: int) -> str | None:
@@ -59,6 +62,9 @@ def opset_problem(exporter: str, opset: int) -> str | None:
             f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
             f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
         )
+    if exporter == "dynamo" and isinstance(opset, int) and opset > DYNAMO_MAX_OPSET:
+        return (f"export.opset: {opset}: the newest ONNX opset is {DYNAMO_MAX_OPSET} (onnx's, as installed); set "
+                f"export.opset <= {DYNAMO_MAX_OPSET}")
     if exporter == "torchscript" and isinstance(opset, int) and opset > TORCHSCRIPT_MAX_OPSET:
         return (
             f"export.opset: {opset} with export.exporter: torchscript: torch's torchscript exporter writes opset "
@@ -308,7 +314,25 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                    for name in inheriting]
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
+
     return problems
+
+
+def overridden_train_notes(config: dict, written_train: dict) -> list[str]:
+    """Notes for the `train` keys the user wrote that every run sets for itself (in its experiment or sweep): the
+    value under `train` reaches no job. Said, not refused: a `train` section of common settings is a usual base."""
+    from .sweeps import expand
+
+    experiments = config.get("experiments")
+    if not isinstance(experiments, dict) or not experiments or not isinstance(written_train, dict):
+        return []
+    runs, experiment_of = expand(experiments)
+    notes = []
+    for key in written_train:
+        if runs and all(isinstance(own, dict) and key in own for own in runs.values()):
+            named = ", ".join(dict.fromkeys(experiment_of.get(name, name) for name in runs))
+            notes.append(f"note: train.{key}: not used: every experiment sets its own {key} ({named})")
+    return notes
 
 
 def _non_finite_problems(value, path: tuple = ()) -> list[str]:
@@ -357,6 +381,8 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
     if kind == "type":
         types = expected if isinstance(expected, list) else [expected]
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+        if "integer" in types and isinstance(value, float) and value.is_integer():
+            return [f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"]
         return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
     if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
         hint = _number_text_hint(value, ["number"])
@@ -364,7 +390,9 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
             return [f"{where}: {value!r} is not a number{hint}"]
         return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"]
     if kind == "enum":
-        return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}"]
+        hint = (" (YAML reads an unquoted off, no or false as false: write 'off', quoted)"
+                if value is False and "off" in expected else "")
+        return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}{hint}"]
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
         size = "small" if "inimum" in kind else "large"
@@ -659,8 +687,17 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     import jsonschema
 
     schema = with_sweep_items(yaml.safe_load(Path(schema_file).read_text()))
+    experiments = config.get("experiments")
+    unquoted = [name for name in experiments if not isinstance(name, str)] if isinstance(experiments, dict) else []
+    if unquoted:  # YAML reads `1:` or `2024:` as a number; the names are folders and wildcards, texts
+        return [f"experiments.{name}: YAML reads this name as {'true or false' if isinstance(name, bool) else 'a number'}, "
+                f"not as text: quote it ('{name}')" for name in unquoted]
     validator_class = jsonschema.validators.validator_for(schema)
-    validator = validator_class(schema)
+    # An integer key takes whole numbers as written: JSON Schema counts 1.0 as an integer, and it reached the jobs as
+    # a float (range(1.0) in training, a wildcard seed1.0 that no rule makes) after they had removed earlier results.
+    whole = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+    validator = jsonschema.validators.extend(validator_class, type_checker=whole)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems: list[str] = _non_finite_problems(config)
     for error in errors:

@@ -221,6 +221,9 @@ ORIENTATIONS = ("exif", "none")
 
 def _decode(path: str, min_side: int | None = None, orientation: str = "exif", data: bytes | None = None) -> Image.Image:
     """``path`` decoded (from ``data``, its bytes, where the caller has read them already)."""
+    if data is None and os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        # opening a named pipe waits for a writer, forever (and a stop signal waits with it)
+        raise _Undecodable("not a regular file (a named pipe, socket or device)")
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as img:
             width, height = img.size

@@ -65,7 +65,7 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
     mine, theirs = user.get("experiments"), workflow_file.get("experiments")
     if isinstance(mine, dict) and isinstance(theirs, dict) and mine and not set(mine) & set(theirs):
         config["experiments"] = copy.deepcopy(mine)
-        notes.append(f"experiments: yours ({', '.join(mine)}) replace config/config.yaml's ({', '.join(theirs)}), "
+        notes.append(f"experiments: yours ({', '.join(map(str, mine))}) replace config/config.yaml's ({', '.join(theirs)}), "
                      "none of whose names you use")
     return notes
 

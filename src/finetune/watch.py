@@ -46,7 +46,7 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     _check(watch)
     if not os.path.isdir(root):
         return ""
-    known = _read_cache(cache) if watch == "folders" and cache is not None else {}
+    known = _read_cache(cache) if cache is not None else {}  # with files, only kept for the other trees' entries
     looked: dict[str, list] = {}
     digest = hashlib.sha256()
     for folder, names in walk_folders(root):
@@ -55,7 +55,7 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
             mtime = os.stat(folder).st_mtime_ns
         except OSError:
             mtime = None
-        cached = known.get(real)
+        cached = known.get(real) if watch == "folders" else None
         if cached is not None and mtime is not None and cached[0] == mtime:
             files_state = cached[1]
         else:

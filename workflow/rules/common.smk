@@ -38,8 +38,8 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import (config_problems, format_problems, job_options, range_test_options, schema_default,
-                                  torchvision_weights_member, train_defaults)
+from finetune.configcheck import (config_problems, format_problems, job_options, overridden_train_notes,
+                                  range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
@@ -119,6 +119,9 @@ if _problems:
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
                                    format_problems(where_written(_problems, _sources))]))
 
+for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
+    print(_note, file=sys.stderr)
+
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
 # `experiments` section the one experiment is the schema's default, `finetune`, with no settings of
@@ -161,14 +164,22 @@ def runs_named(name):
     return [run for run, experiment in SWEEP_OF.items() if experiment == name] or ([name] if name in EXPERIMENTS else [])
 
 
+def predict_inherited(key):
+    """Where a predict key the user did not write comes from: config/config.yaml (the demo's run to classify with)."""
+    if not _merged_over_the_demo or key in _predict_written:
+        return ""
+    return (f" (set in config/config.yaml, the demo's; set predict.{key} in your config: null for the selected run"
+            f"{'' if key == 'experiment' else ' and its best seed'})")
+
+
 def predict_choice(experiment, seed):
     """(target, candidate run names): a named run and seed, or the selected run among candidates."""
     candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
     if not candidates:
         raise WorkflowError(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
-                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))})")
+                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
     if seed is not None and seed not in SEEDS:
-        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}")
+        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
     if len(candidates) == 1 and seed is not None:
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
