@@ -122,6 +122,14 @@ def test_pretraining_anew_reruns_the_runs_from_its_weights_not_the_scratch_contr
     assert json.loads((tiny_run_copy / "resources/pretrain/info.json").read_text())["options"]["epochs"] == 2
 
 
+def test_another_architecture_reruns_the_scratch_control_too(tiny_run_copy):
+    """A scratch run from pretrain's source record gets the architecture from weights.arch alone (`--arch` in its
+    command, and whether it is pretrained, `--scratch`): a param Snakemake compares. Made from the job's input, it
+    was left out of that comparison, and the scratch run stayed a ResNet18 beside ResNet34 transfer runs."""
+    tiny_config(tiny_run_copy, weights={"arch": "resnet34"})
+    assert would_run(tiny_run_copy) == Counter({"pretrain": 1, "weights": 1, **AFTER_TRAIN})
+
+
 def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
     tiny_config(tiny_run_copy, export={"tolerance": 1e-3})
     assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})

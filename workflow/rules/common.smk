@@ -439,20 +439,28 @@ def weights_fetch():
     return NotARerunTrigger(as_json(fetch))
 
 
+def scratch_from_source(wildcards):
+    """A scratch run with weights from pretrain: built from the source's decoded images' record, not the weights."""
+    return not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] == "pretrain"
+
+
 def run_weights_inputs(wildcards):
     """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
     weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
     none of pretrain's training: a change of pretrain.train reruns no scratch run)."""
-    if not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] == "pretrain":
+    if scratch_from_source(wildcards):
         return {"source_info": source_decoded()["decoded_info"]}
     return {"manifest": rules.weights.output.manifest, "weights": rules.weights.output.weights}
 
 
-def run_weights_args(wildcards, input):
-    if "source_info" in input.keys():
-        return f"--source-info {input.source_info} --arch {config['weights']['arch']} --scratch"
+def run_weights_args(wildcards):
+    """The arguments that say so (a param, compared between runs: a function of the wildcards alone, as Snakemake
+    leaves a param made from the job's input out of that comparison): whether the run is pretrained, and for a
+    scratch run from the source's record the architecture, which it gets nowhere else."""
+    if scratch_from_source(wildcards):
+        return f"--source-info {source_decoded()['decoded_info']} --arch {config['weights']['arch']} --scratch"
     scratch = "" if experiment_config(wildcards.experiment)["pretrained"] else " --scratch"
-    return f"--manifest {input.manifest}{scratch}"
+    return f"--manifest {rules.weights.output.manifest}{scratch}"
 
 
 def pretrained_args(wildcards, input):
