@@ -49,6 +49,7 @@ EXPERIMENTS = {
     "finetune_two_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_launcher_killed": {"strategy": "finetune", "bn": "frozen", "devices": 2},
     "finetune_two_launcher_stopped": {"strategy": "finetune", "bn": "frozen", "devices": 2},
+    "finetune_two_stopped_at_start": {"strategy": "finetune", "bn": "frozen", "devices": 2},
 }
 
 
@@ -172,6 +173,9 @@ def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
     # torchrun's summary names the process that failed first: rank 1, killed by signal 9.
     assert "rank      : 1 (local_rank: 1)" in log, log[-3000:]
     assert f"Signal 9 (SIGKILL) received by PID {killed}" in log, log[-3000:]
+    # A failure (exit 1), with torchrun's summary and no traceback: rank 0, whose collective lost its peer, says so
+    # in one line (its traceback and exit status 2 read as a bug of ours).
+    assert "exit status 1" in out and "Traceback" not in log and "exitcode  : 2" not in log, log[-3000:]
     assert not _model(workdir, "finetune_two_killed").exists()
 
     rerun = run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", target)
@@ -261,7 +265,8 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
     assert len({tuple(where) for _, *where in stops}) == 1, stops
     # The job ends as one process's stop does: status 143 (not torchrun's failure, 1), the stop's line last.
     assert "failed (exitcode: 143) local_rank: 1" in log and "Signal 9" not in log and "Traceback" not in log, log[-3000:]
-    assert log.strip().splitlines()[-1].startswith("stopped by a signal to another training process at epoch"), log[-3000:]
+    assert re.match(r"stopped by SIGTERM at epoch \d+, step \d+ \(all 2 processes\)", log.strip().splitlines()[-1]), \
+        log[-3000:]  # the stop's own signal, not rank 0's "a signal to another training process"
     assert "exit status 143" in out, out[-3000:]
     assert not _model(workdir, "finetune_two_stopped").exists()
 
@@ -285,6 +290,30 @@ def test_sigterm_to_the_job_stops_every_rank_with_status_143_and_the_run_resumes
     run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
     log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
     assert "resuming from" in log, log[-3000:]
+    columns, weights = _differences(workdir, experiment, "finetune_two")
+    assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
+
+
+def test_sigterm_to_the_job_while_it_starts_stops_it_with_status_143(runs):
+    """Before torchrun's processes train (torch still importing, or the processes starting): the job ends at once,
+    cleanly, and the next run trains the run from its start."""
+    workdir, _ = runs
+    experiment = "finetune_two_stopped_at_start"
+    log_file = workdir / "results" / "logs" / "train" / experiment / "seed0.log"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", _target(experiment), "--configfile", str(workdir / "config.yaml")]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, signalled = time.monotonic() + 300, None
+    while signalled is None and job.poll() is None and time.monotonic() < deadline:
+        if log_file.exists() and "launch: " in log_file.read_text() and _torchrun(workdir):
+            os.kill(_torchrun(workdir)[0], signal.SIGTERM)
+            signalled = True
+        time.sleep(0.02)
+    out, _ = job.communicate(timeout=600)
+    log = log_file.read_text()
+    assert signalled and job.returncode != 0 and "exit status 143" in out, out[-3000:]
+    assert "Traceback" not in log and log.strip().splitlines()[-1].startswith("stopped by SIGTERM"), log[-3000:]
+    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
     columns, weights = _differences(workdir, experiment, "finetune_two")
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
 

@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .cli import stop_signals
+from .errors import OTHER_RANKS_SIGNAL
 
 # Where each training process of this node writes why it stopped (finetune.cli.run), for the launcher to tell a
 # stop of every process from a failure.
@@ -77,7 +81,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"launch: {' '.join(cmd)}", flush=True)
     if cmd[1:3] != ["-m", "torch.distributed.run"]:  # one process, or srun on several nodes
         os.execvp(cmd[0], cmd)  # it takes this process's place: signals reach it directly
-    sys.exit(run_torchrun(cmd[3:], args.devices))
+    # Until torchrun puts in its own handlers (once its processes start), a stop ends the job at once, cleanly.
+    for sig in stop_signals():
+        signal.signal(sig, _stop_at_once)
+    try:
+        code = run_torchrun(cmd[3:], args.devices)
+    except _Stopped as exc:
+        print(f"stopped by {exc}: stopped at once, before the training processes started; earlier results and "
+              "resume state are kept", file=sys.stderr, flush=True)
+        code = 143
+    sys.exit(code)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_at_once(signum, frame):
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
@@ -92,11 +113,22 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
     try:
         torchrun(torchrun_args)
         return 0
-    except (ChildFailedError, SignalException):
-        stops = {p.name: p.read_text() for p in record.glob("rank*")}
-        if len(stops) < local_world:
-            raise
-        print(f"stopped by {stops.get('rank0') or next(iter(stops.values()))}", file=sys.stderr, flush=True)
+    except (ChildFailedError, SignalException) as exc:
+        stops = {p.name: p.read_text() for p in sorted(record.glob("rank*"))}
+        signalled = isinstance(exc, SignalException)  # this job was asked to stop: torchrun stopped its processes
+        if len(stops) < local_world and not signalled:
+            # a process failed: torchrun's summary (which rank failed first, its exit code or signal), not a traceback
+            print(str(exc), file=sys.stderr, flush=True)
+            return 1
+        # The stop's own signal first (a rank stopped for another's says less), rank 0's among equals.
+        ranked = sorted(stops, key=lambda name: (stops[name].startswith(OTHER_RANKS_SIGNAL), name != "rank0"))
+        if ranked:
+            message = stops[ranked[0]] + ("" if len(stops) == local_world else
+                                          f" ({local_world - len(stops)} process(es) stopped before training started)")
+        else:
+            message = (f"{signal.Signals(exc.sigval).name}: the training processes were stopped during their start-up; "
+                       "earlier results and resume state are kept")
+        print(f"stopped by {message}", file=sys.stderr, flush=True)
         return 143
     finally:
         shutil.rmtree(record, ignore_errors=True)
