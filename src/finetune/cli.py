@@ -105,6 +105,11 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
         stop = _stop_within(exc)
         if stop is not None:  # a library caught the stop and raised its own error from it
             stopping(previous, stop)
+        if _peer_gone(exc):
+            sys.stderr.write(f"{_rank_prefix()}error: another training process of this job ended, and this one cannot "
+                             f"go on without it (torchrun's summary names it and why): {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}\n")
+            sys.exit(1)
         traceback.print_exc()
         sys.exit(2)
     finally:
@@ -120,6 +125,19 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     if fast_exit:
         _exit_now(code or 0)
     sys.exit(code or 0)
+
+
+# What a collective (gloo, NCCL) raises in the training processes left when another one died (killed, out of memory).
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Read error", "Write error",
+              "NCCL communicator was aborted")
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another training process of the job ended."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return False
+    return type(exc).__name__ == "DistBackendError" or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE))
 
 
 def _rank_prefix() -> str:

@@ -43,6 +43,11 @@ class WriteError(FinetuneError):
     """
 
 
+# How a training process that stops because another one was signalled names its stop (finetune.stopping; the
+# launcher, finetune.launch, prefers a process's own signal when it says why the job stopped).
+OTHER_RANKS_SIGNAL = "a signal to another training process"
+
+
 class StopRequested(BaseException):
     """SIGTERM/SIGINT arrived: Slurm's warning before a walltime kill, or Ctrl-C.
 

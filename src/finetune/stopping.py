@@ -15,7 +15,7 @@ import torch
 from . import distributed
 from .cli import stop_signals
 from .distributed import SINGLE, Ranks
-from .errors import Diverged, StopRequested
+from .errors import OTHER_RANKS_SIGNAL, Diverged, StopRequested
 from .options import TrainOptions, key_name
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class SignalGuard:
     def stop_now(self, where: Callable[[], str]):
         """Several processes, once they agreed to stop: named by this rank's signal as it was at the agreement."""
         signum = self.agreed_signum
-        name = signal.Signals(signum).name if signum is not None else "a signal to another training process"
+        name = signal.Signals(signum).name if signum is not None else OTHER_RANKS_SIGNAL
         raise StopRequested(f"{name} {where()}")
 
     def __exit__(self, exc_type, exc, tb):
