@@ -749,6 +749,8 @@ BAD_CONFIGS = {
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
     "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
                                   "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),
+    "number_quoted": ({"train": {"lr": "0.01"}},
+                      "train.lr: '0.01' is not a number (it is quoted, so YAML reads it as text: write 0.01 without quotes)"),
     "number_with_a_point_but_no_exponent_sign": ({"train": {"weight_decay": "1.0e4"}},
                                                  "train.weight_decay: '1.0e4' is not a number (YAML reads 1.0e4 as text: "
                                                  "write it with a decimal point and a signed exponent, e.g. 1.0e+04)"),

@@ -392,7 +392,8 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
     if kind == "enum":
         hint = (" (YAML reads an unquoted off, no or false as false: write 'off', quoted)"
                 if value is False and "off" in expected else "")
-        return [f"{where}: {value!r} is not allowed; use one of {', '.join(map(str, expected))}{hint}"]
+        allowed = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in expected)  # YAML's false
+        return [f"{where}: {value!r} is not allowed; use one of {allowed}{hint}"]
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
         size = "small" if "inimum" in kind else "large"
@@ -410,10 +411,12 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
 
 
 def _number_text_hint(value, types) -> str:
-    if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types:
-        return (f" (YAML reads {value} as text: write it with a decimal point and a signed exponent, "
-                f"e.g. {float(value):.1e})")
-    return ""
+    if not (isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types):
+        return ""
+    if isinstance(yaml.safe_load(value.strip()), (int, float)):  # a number to YAML, so it was quoted
+        return f" (it is quoted, so YAML reads it as text: write {value.strip()} without quotes)"
+    return (f" (YAML reads {value} as text: write it with a decimal point and a signed exponent, "
+            f"e.g. {float(value):.1e})")
 
 
 # Keys of the `train` schema that pretraining has no use for: it always starts from random weights
