@@ -150,8 +150,9 @@ def test_the_same_python_by_another_name_reruns_nothing(tiny_run_copy):
 
 
 def mark_done(workdir: Path, config: Path) -> None:
-    """Every output of the DAG created empty, then `--touch`: Snakemake records each job as done, with its
-    params, code and input files, as after a real run."""
+    """Every output of the DAG created empty, then `--touch`: each output newer than its inputs, so a dry run lists
+    only what changed since by its files' times or the DAG's shape. Snakemake 9.27 records no params or code
+    this way (.snakemake/metadata stays empty): a test of a param's change runs the job for real (``settle``)."""
     dry = run_snakemake(workdir, config, "-n")
     for line in dry.stdout.splitlines():
         if line.strip().startswith("output: "):
@@ -163,8 +164,8 @@ def mark_done(workdir: Path, config: Path) -> None:
 
 def test_editing_one_swept_value_reruns_only_that_run(tmp_path):
     """A sweep's runs are ordinary runs: a changed value is a new run (its name carries the value), trained
-    alone; the other runs of the sweep stay as they are. The DAG is marked done by `--touch` (which records
-    what Snakemake compares, as a real run would), so no training is needed to see the job lists."""
+    alone; the other runs of the sweep stay as they are. The DAG is marked done by `--touch` (the new runs are new
+    outputs, which needs no record of params), so no training is needed to see the job lists."""
     sweep = {"lr": [0.001, 0.0003], "backbone_lr_factor": [0.1, 1.0]}
     config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"strategy": "finetune", "sweep": sweep}}})
     mark_done(tmp_path, config)
