@@ -475,7 +475,7 @@ def test_a_class_missing_from_a_split_folder_is_named_with_the_folder_it_lacks(t
     make_images(data / "test", {"cat": 3, "dog": 3, "owl": 4}, seed=1)
     result = run_split(imagefolder(data, val_fraction=0.2), out)
     assert result.returncode == 1 and ("class 'owl' has no training images: all of its 4 image(s) are in the dataset's "
-                                       "own test split (an ImageFolder's test/ folder holds it but no other does") \
+                                       "own test split (an ImageFolder's test/ folder holds it and train/ does not") \
         in result.stdout, result.stdout
     make_images(data / "train", {"owl": 5}, seed=2)
     (data / "test" / "dog").rename(tmp_path / "dog_test")
@@ -759,7 +759,8 @@ BAD_CONFIGS = {
                                           "decimal point, 2"),
     "seed_written_with_a_point": ({"seeds": [1.0]}, "seeds.0: 1.0 is not an integer: write it without the decimal point, 1"),
     "experiment_named_by_a_number": ({"experiments": {2024: {"strategy": "finetune"}}},
-                                     "experiments.2024: YAML reads this name as a number, not as text: quote it ('2024')"),
+                                     "experiments.2024: YAML reads this name as a number or a date, not as text: put "
+                                     "it in quotes as you wrote it"),
     "off_unquoted": ({"train": {"amp": False}}, "train.amp: False is not allowed; use one of off, bf16, fp16 (YAML reads "
                                                 "an unquoted off, no or false as false: write 'off', quoted)"),
     "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),

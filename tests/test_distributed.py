@@ -229,8 +229,9 @@ def test_more_training_processes_than_threads_on_the_cpu_is_said_at_start(tmp_pa
     config = tiny_config(tmp_path, threads={"train": 1, "data": 1},
                          replace={"experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2}}})
     result = run_snakemake(tmp_path, config, "-n")
-    assert ("note: two: devices 2 with device cpu, more training processes than threads.train (1): each gets one "
-            "thread, so the job uses more cores than it holds") in result.stdout, result.stdout[-3000:]
+    assert ("note: two: devices 2 on the CPU (device cpu), more training processes than the train job's threads (1: "
+            "threads.train, or --cores where fewer): each gets one thread, so the job uses more cores than it holds") \
+        in result.stdout, result.stdout[-3000:]
     config = tiny_config(tmp_path, threads={"train": 2, "data": 1},
                          replace={"experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2}}})
     assert "more training processes than" not in run_snakemake(tmp_path, config, "-n").stdout

@@ -477,6 +477,17 @@ def test_runs_with_as_many_validation_images_right_tie_whatever_the_float_sums_a
     assert json.loads((tmp_path / "selected.json").read_text())["sweep"]["run"] == "first"
     assert choose_model([r["info"].parent for r in runs if r["info"].parent.parent.name != "other"], "m")["experiment"] == "first"
     assert list(zip(table["experiment"], table["rank"])) == [("other", 1), ("first", 2), ("second", 3)]
+    # Rounding the means to digits still parted such ties at its cut points: 36,001 of 2 x 20,480 images right both.
+    n = 20480
+    figures = {("first", 0): (17950 / n, 0.5), ("first", 1): (18051 / n, 0.5), ("second", 0): (17952 / n, 1.5),
+               ("second", 1): (18049 / n, 1.5)}
+    assert round((17950 / n + 18051 / n) / 2, 12) != round((17952 / n + 18049 / n) / 2, 12)
+    (tmp_path / "large").mkdir()
+    runs = [write_run(tmp_path / "large", name, seed, 0.8, 0.8, 1.0, val=acc, val_loss=loss, sweep="sweep")
+            for (name, seed), (acc, loss) in figures.items()]
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", out_selected=tmp_path / "selected.json")
+    assert json.loads((tmp_path / "selected.json").read_text())["sweep"]["run"] == "first"
+    assert list(table["experiment"]) == ["first", "second"]
 
 
 def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlier_leaderboard(tmp_path):

@@ -57,7 +57,14 @@ def record_loaded_modules() -> None:
         out.write("".join(f"{name}\n" for name in names))
 
 
+# Set once a stop is on its way out (finetune.stopping.SignalGuard): a later signal then changes nothing, so it cannot
+# turn the stop's message into a traceback (torchrun's closing SIGTERM, a second Ctrl-C).
+STOPPING = []
+
+
 def _stop_now(signum, frame):
+    if STOPPING:
+        return
     raise StopRequested(f"{signal.Signals(signum).name}: stopped at once; files being written were discarded, "
                         "earlier results and resume state are kept")
 
@@ -148,12 +155,14 @@ def _rank_prefix() -> str:
 
 
 def stopping(handlers: dict, stop: StopRequested) -> None:
-    """End a stopped run: exit status 143 and a ``stopped by ...`` line. Signals that come meanwhile are ignored
-    (torchrun sends SIGTERM to the training processes left once one has exited: it must not kill this one on its
-    way out), and among several training processes the stop is recorded for the launcher (:mod:`finetune.launch`)."""
-    for sig in handlers:
-        signal.signal(sig, signal.SIG_IGN)
-    handlers.clear()  # run's finally restores none: the process ends here
+    """End a stopped run: exit status 143 and a ``stopped by ...`` line. Among several training processes, signals
+    that come meanwhile are ignored (torchrun sends SIGTERM to the processes left once one has exited: it must not
+    kill this one on its way out) and the stop is recorded for the launcher (:mod:`finetune.launch`)."""
+    STOPPING.append(stop)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # torchrun's closing SIGTERM must not kill this process
+        for sig in handlers:
+            signal.signal(sig, signal.SIG_IGN)
+        handlers.clear()  # run's finally restores none: the process ends here
     record = os.environ.get("FINETUNE_STOP_RECORD")
     if record and os.environ.get("RANK") is not None:
         try:

@@ -693,8 +693,9 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     experiments = config.get("experiments")
     unquoted = [name for name in experiments if not isinstance(name, str)] if isinstance(experiments, dict) else []
     if unquoted:  # YAML reads `1:` or `2024:` as a number; the names are folders and wildcards, texts
-        return [f"experiments.{name}: YAML reads this name as {'true or false' if isinstance(name, bool) else 'a number'}, "
-                f"not as text: quote it ('{name}')" for name in unquoted]
+        kinds = {bool: "true or false", type(None): "null"}
+        return [f"experiments.{name}: YAML reads this name as {kinds.get(type(name), 'a number or a date')}, not as "
+                "text: put it in quotes as you wrote it" for name in unquoted]
     validator_class = jsonschema.validators.validator_for(schema)
     # An integer key takes whole numbers as written: JSON Schema counts 1.0 as an integer, and it reached the jobs as
     # a float (range(1.0) in training, a wildcard seed1.0 that no rule makes) after they had removed earlier results.

@@ -405,13 +405,13 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     n = len(pool)
     n_test = 0 if "test" in given else _drawn_count(n, spec.test_fraction)
     n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
-    if n == 0 and given:
+    own = sorted(set(rows["official_split"]) & set(given))
+    if n == 0 and own and not left_out:
         raise DataError(
             f"class {name!r} has no training images: all of its {len(rows)} image(s) are in the dataset's own "
-            f"{' and '.join(given)} split (an ImageFolder's {' or '.join(f'{g}/' for g in given)} folder holds it but no "
-            "other does, or a CSV manifest's split column marks none of its rows train or leaves none empty): give it "
-            "training images, or leave the class out with dataset.classes"
-            + (f"; {len(left_out)} of its files were left out: {'; '.join(left_out[:5])}" if left_out else ""))
+            f"{' and '.join(own)} split (an ImageFolder's {' and '.join(f'{g}/' for g in own)} folder holds it and "
+            "train/ does not, or a CSV manifest's split column marks none of its rows train or leaves none empty): give "
+            "it training images, or leave the class out with dataset.classes")
     if n - n_test - n_val < 1:
         # the fewest images that can do: one for each split drawn (a fraction above 0 draws at least one), one to train
         fewest = 1 + sum(split not in given and fraction > 0

@@ -93,6 +93,26 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+# Seconds torchrun waits, once asked to stop, for its processes to stop at their next check (at most 32 steps) before
+# it kills them (torch's default, 30 s, is shorter than 32 steps of a ResNet on a CPU). TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+# in the environment sets another.
+SHUTDOWN_TIMEOUT_S = 120
+
+
+def _first_signal_only(handler):
+    """torchrun's signal handler, for the first signal only: a second one (Slurm's and Snakemake's SIGTERM both) raised
+    again inside torchrun's wait for its processes, which then were killed before they stopped."""
+    seen = []
+
+    def once(signum, frame):
+        if seen:
+            return
+        seen.append(signum)
+        handler(signum, frame)
+
+    return once
+
+
 class _Stopped(Exception):
     pass
 
@@ -104,12 +124,17 @@ def _stop_at_once(signum, frame):
 def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
     """torchrun with ``torchrun_args``, in this process; 143 with the stop's message where every one of the
     ``local_world`` processes stopped on a signal, else torchrun's own outcome (its failure summary, status 1)."""
-    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing import SignalException, api
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     record = Path(tempfile.mkdtemp(prefix="finetune-stop-"))
     os.environ[STOP_RECORD] = str(record)
+    # torchrun passes on the stop signals this job does not ignore (under nohup, SIGHUP goes on being ignored), and
+    # waits this long for its processes to reach a step where they stop together before it kills them.
+    os.environ["PET_SIGNALS_TO_HANDLE"] = ",".join(sig.name for sig in stop_signals())
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
+    api._terminate_process_handler = _first_signal_only(api._terminate_process_handler)
     try:
         torchrun(torchrun_args)
         return 0
@@ -126,8 +151,10 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
             message = stops[ranked[0]] + ("" if len(stops) == local_world else
                                           f" ({local_world - len(stops)} process(es) stopped before training started)")
         else:
-            message = (f"{signal.Signals(exc.sigval).name}: the training processes were stopped during their start-up; "
-                       "earlier results and resume state are kept")
+            message = (f"{signal.Signals(exc.sigval).name}: the training processes were stopped before they reached a "
+                       "step where they stop together (during their start-up, or killed after torchrun's wait of "
+                       f"{os.environ['TORCH_ELASTIC_SHUTDOWN_TIMEOUT']} s); earlier results and the resume state of the "
+                       "last completed epoch are kept")
         print(f"stopped by {message}", file=sys.stderr, flush=True)
         return 143
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .selection import MEAN_DIGITS, oriented, select_run, validation_record
+from .selection import exact, oriented, select_run, validation_record
 
 FIGURES = ("val", "test_accuracy", "test_accuracy_no_near_duplicates", "macro_f1", "epochs", "train_seconds")
 KEYS = ["experiment", "sweep", "strategy", "pretrained", "weights_source", "trainable_params", "val_metric"]
@@ -67,11 +67,11 @@ def selections(per_run: pd.DataFrame) -> dict:
 
 def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
     """Best validation figure first: over every row when all share one metric, else within each experiment. Equal
-    figures (:func:`finetune.selection.seeds_mean`) rank as selection breaks their tie: by the best epochs' mean
+    figures (:func:`finetune.selection.exact`) rank as selection breaks their tie: by the best epochs' mean
     ``val_loss`` (``tie_break``), then the selected run first."""
     table = table.assign(selected=table["experiment"].isin([c["run"] for c in chosen.values()]),
-                         score=[round(oriented(m, v), MEAN_DIGITS) for m, v in zip(table["val_metric"], table["val"])],
-                         tie=table["tie_break"].round(MEAN_DIGITS))
+                         score=[exact(oriented(m, v)) for m, v in zip(table["val_metric"], table["val"])],
+                         tie=[exact(v) for v in table["tie_break"]])
     one_metric = table["val_metric"].nunique() == 1
     order = {sweep: i for i, sweep in enumerate(dict.fromkeys(table["sweep"]))}
     table = table.assign(group=0 if one_metric else table["sweep"].map(order))

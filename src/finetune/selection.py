@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
-from statistics import mean
 
 from .errors import ConfigError
 from .fileio import read_json
@@ -81,14 +81,22 @@ def common_metric(records: list[dict]) -> str:
     return metrics[0]
 
 
-# Digits a mean over seeds is compared to: the same number of images right over the seeds ties, whatever the order
-# of float additions (0.0 + 0.3 and 0.1 + 0.2 over two seeds are 0.15 and 0.15000000000000002).
-MEAN_DIGITS = 12
+# The largest denominator of a figure as runs are compared on it (:func:`exact`): a share of validation images right is
+# k/n, and a mean over seeds (k1 + k2 + ...)/(seeds x n), far below this for any validation split and seeds.
+EXACT_DENOMINATOR = 10**7
 
 
-def seeds_mean(values) -> float:
-    """The mean over seeds as runs are compared on it (:data:`MEAN_DIGITS`)."""
-    return round(mean(values), MEAN_DIGITS)
+def exact(value: float) -> Fraction:
+    """``value`` as the fraction it stands for (the nearest of denominator <= :data:`EXACT_DENOMINATOR`), so that as
+    many images right over the seeds tie whatever the order of float additions: 0.0 + 0.3 and 0.1 + 0.2 over two
+    seeds are 0.15 and 0.15000000000000002, both 3/20 (rounding to digits still parted such means at its cut points)."""
+    return Fraction(value).limit_denominator(EXACT_DENOMINATOR)
+
+
+def seeds_mean(values) -> Fraction:
+    """The mean over seeds as runs are compared on it: of each seed's figure as a fraction (:func:`exact`)."""
+    values = [exact(v) for v in values]
+    return exact(sum(values) / len(values))
 
 
 def select_experiment(records: list[dict]) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from . import distributed
-from .cli import stop_signals
+from .cli import STOPPING, stop_signals
 from .distributed import SINGLE, Ranks
 from .errors import OTHER_RANKS_SIGNAL, Diverged, StopRequested
 from .options import TrainOptions, key_name
@@ -63,9 +63,9 @@ class SignalGuard:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None and issubclass(exc_type, StopRequested):
-            # Stopping already: a second signal (torchrun's SIGTERM to the ranks left once one has exited) is
-            # only recorded, so it cannot replace this stop's message with a traceback on its way out.
-            return False
+            # Stopping already: a second signal (torchrun's SIGTERM to the ranks left once one has exited) must not
+            # replace this stop's message with a traceback on its way out (finetune.cli's handler then does nothing).
+            STOPPING.append(exc)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False

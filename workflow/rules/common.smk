@@ -142,14 +142,20 @@ if config["weights"]["source"] == "torchvision":
 EXPERIMENTS, SWEEP_OF = expand_sweeps(config["experiments"])
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
-# Several training processes on the CPU share the train job's threads, one at least each: more processes than
-# threads use more cores than the job holds (said, not refused: it trains the same run, only more slowly).
-_crowded = [run for run, own in EXPERIMENTS.items() if {**config["train"], **own}["device"] == "cpu"
-            and {**config["train"], **own}["devices"] > config["threads"]["train"]]
+# Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
+# fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
+# trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
+_train_threads = min(config["threads"]["train"], workflow.cores or config["threads"]["train"])
+_crowded = {run: {**config["train"], **own} for run, own in EXPERIMENTS.items()}
+_crowded = {run: cfg for run, cfg in _crowded.items() if cfg["device"] in ("cpu", "auto") and cfg["nodes"] == 1
+            and cfg["devices"] > _train_threads}
 if _crowded:
-    print(f"note: {', '.join(_crowded)}: devices {max({**config['train'], **EXPERIMENTS[r]}['devices'] for r in _crowded)} "
-          f"with device cpu, more training processes than threads.train ({config['threads']['train']}): each gets one "
-          "thread, so the job uses more cores than it holds; raise threads.train to devices or more", file=sys.stderr)
+    print(f"note: {', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
+          f"{'/'.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
+          f"{', where no GPU is found' if any(cfg['device'] == 'auto' for cfg in _crowded.values()) else ''}), more "
+          f"training processes than the train job's threads ({_train_threads}: threads.train, or --cores where fewer): "
+          "each gets one thread, so the job uses more cores than it holds; raise threads.train (and --cores) to "
+          "devices or more", file=sys.stderr)
 
 # Whose model classifies predict.images for the `all` target, if any: one named run and seed
 # (rule predict), or, where predict.experiment names a sweep or is null or predict.seed is null, the

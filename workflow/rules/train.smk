@@ -17,7 +17,8 @@ rule train:
     params:
         # One process, or devices x nodes processes started by torchrun (README "Several GPUs and nodes").
         python=PYTHON,
-        launch=lambda w: train_launcher(w.experiment),
+        # how devices x nodes processes start (devices and nodes themselves are compared in options)
+        launch=lambda w: NotARerunTrigger(train_launcher(w.experiment)),
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
         # Where each key is written, for messages only: a key moved from train to the experiment reruns nothing.
         key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),
