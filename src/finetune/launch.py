@@ -149,7 +149,8 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
         ranked = sorted(stops, key=lambda name: (stops[name].startswith(OTHER_RANKS_SIGNAL), name != "rank0"))
         if ranked:
             message = stops[ranked[0]] + ("" if len(stops) == local_world else
-                                          f" ({local_world - len(stops)} process(es) stopped before training started)")
+                                          f" ({local_world - len(stops)} other process(es) ended without a stop of "
+                                          "their own: done already, still starting, or killed after torchrun's wait)")
         else:
             message = (f"{signal.Signals(exc.sigval).name}: the training processes were stopped before they reached a "
                        "step where they stop together (during their start-up, or killed after torchrun's wait of "
