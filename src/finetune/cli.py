@@ -65,6 +65,7 @@ STOPPING = []
 def _stop_now(signum, frame):
     if STOPPING:
         return
+    STOPPING.append(signum)  # the process ends with this stop: a second signal is not a second stop
     raise StopRequested(f"{signal.Signals(signum).name}: stopped at once; files being written were discarded, "
                         "earlier results and resume state are kept")
 
