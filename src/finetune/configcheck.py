@@ -314,7 +314,6 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                    for name in inheriting]
         if inheriting and all(reasons):
             problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
-
     return problems
 
 
