@@ -151,7 +151,7 @@ _crowded = {run: cfg for run, cfg in _crowded.items() if cfg["device"] in ("cpu"
             and cfg["devices"] > _train_threads}
 if _crowded:
     print(f"note: {', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
-          f"{'/'.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
+          f"{' or '.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
           f"{', where no GPU is found' if any(cfg['device'] == 'auto' for cfg in _crowded.values()) else ''}), more "
           f"training processes than the train job's threads ({_train_threads}: threads.train, or --cores where fewer): "
           "each gets one thread, so the job uses more cores than it holds; raise threads.train (and --cores) to "
