@@ -265,7 +265,9 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
     assert sorted(set(kind for kind, *_ in stops)) == ["SIGTERM", "a signal to another training process"], log[-3000:]
     assert len({tuple(where) for _, *where in stops}) == 1, stops
     # The job ends as one process's stop does: status 143 (not torchrun's failure, 1), the stop's line last.
-    assert "failed (exitcode: 143) local_rank: 1" in log and "Signal 9" not in log and "Traceback" not in log, log[-3000:]
+    # (torchrun names whichever rank it saw end first, each with 143)
+    assert re.search(r"failed \(exitcode: 143\) local_rank: [01]", log) and "Signal 9" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
     assert re.match(r"stopped by SIGTERM at epoch \d+, step \d+ \(all 2 processes\)", log.strip().splitlines()[-1]), \
         log[-3000:]  # the stop's own signal, not rank 0's "a signal to another training process"
     assert "exit status 143" in out, out[-3000:]
