@@ -76,11 +76,25 @@ def runs(tmp_path_factory):
     """The uninterrupted runs; and the module lists of the processes that ran `train`."""
     workdir = tmp_path_factory.mktemp("distributed")
     records = workdir / "modules"
-    (workdir / "tmp").mkdir()  # the jobs' TMPDIR, where torchrun makes its workers' log folders
+    (workdir / "tmp").mkdir()  # the jobs' TMPDIR, where the launcher keeps its stop records and torchrun's logs
     # (A flag first: --configfile would take the targets for more config files.)
     run_snakemake(workdir, _config(workdir), "--printshellcmds", _target("head_one"), _target("head_two"),
-                  _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records), "TMPDIR": str(workdir / "tmp")})
+                  _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records), **_tmpdir(workdir)})
     return workdir, records
+
+
+def _tmpdir(workdir: Path) -> dict:
+    return {"TMPDIR": str(workdir / "tmp")}
+
+
+def _left_in_tmpdir(workdir: Path) -> list[str]:
+    """What the jobs left in their TMPDIR (torch's compile cache aside, torchinductor_<user>: one for every run)."""
+    return sorted(p.name for p in (workdir / "tmp").iterdir() if not p.name.startswith("torchinductor_"))
+
+
+def _rerun(workdir: Path, experiment: str):
+    return run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment),
+                         env=_tmpdir(workdir))
 
 
 def _differences(workdir: Path, experiment: str, reference: str) -> tuple[dict, float]:
@@ -117,9 +131,9 @@ def test_two_gloo_processes_through_the_train_rule_train_the_run_of_one(runs):
     assert peak, log[-3000:]
     rank, launcher, total = (int(group.replace(",", "")) for group in peak.groups())
     assert launcher > 100 and abs(2 * rank + launcher - total) <= 2, peak.group(0)
-    # torchrun made its workers' log folders in the jobs' TMPDIR; the runs succeeded, so none is left there.
-    # (torch may also make its compile cache there, torchinductor_<user>: one for every run, not per run.)
-    assert sorted((workdir / "tmp").glob("torchelastic_*")) == [], "a torchrun log folder was left behind"
+    # The launcher kept its stop records and torchrun its workers' log folders in the jobs' TMPDIR; the runs
+    # succeeded, so nothing of theirs is left there.
+    assert _left_in_tmpdir(workdir) == []
 
 
 def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int | None, signum: int) -> tuple[int, str, int]:
@@ -127,7 +141,8 @@ def _signal_rank_after_epoch_one(workdir: Path, experiment: str, rank: int | Non
     (None: to torchrun, the job's own process). Returns (the process signalled, snakemake's output, its exit status)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", _target(experiment), "--configfile", str(workdir / "config.yaml")]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, **_tmpdir(workdir)})
     resume_dir = workdir / "resources" / "resume" / experiment / "seed0"
     deadline = time.monotonic() + 600
     signalled = None
@@ -166,7 +181,6 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
     workdir, _ = runs
-    target = _target("finetune_two_killed")
     killed, out, returncode = _signal_rank_after_epoch_one(workdir, "finetune_two_killed", 1, signal.SIGKILL)
     assert returncode != 0, out[-3000:]
     log = (workdir / "results" / "logs" / "train" / "finetune_two_killed" / "seed0.log").read_text()
@@ -178,7 +192,8 @@ def test_a_killed_rank_fails_the_job_naming_it_and_the_next_run_resumes(runs):
     assert "exit status 1" in out and "Traceback" not in log and "exitcode  : 2" not in log, log[-3000:]
     assert not _model(workdir, "finetune_two_killed").exists()
 
-    rerun = run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", target)
+    assert _left_in_tmpdir(workdir) == []  # no error file: rank 1 was killed, rank 0 exited with its one line
+    rerun = _rerun(workdir, "finetune_two_killed")
     log = (workdir / "results" / "logs" / "train" / "finetune_two_killed" / "seed0.log").read_text()
     assert "resuming from" in log, (log[-3000:], rerun.stdout[-2000:])
     # The resumed run is the uninterrupted one, exactly.
@@ -199,8 +214,12 @@ def test_a_killed_torchrun_takes_its_training_processes_with_it_and_the_next_run
     assert _ranks(workdir) == [], f"training processes outlived torchrun ({killed}): {_ranks(workdir)}"
     assert not _model(workdir, experiment).exists()
     assert list((workdir / "resources" / "resume" / experiment / "seed0").glob("*.pt")), "the resume state went"
+    # Killed, the launcher could not remove its folder; the next launch on the machine does.
+    assert _left_in_tmpdir(workdir) == [name for name in _left_in_tmpdir(workdir)
+                                        if name.startswith(f"finetune-launch-{killed}-")] != []
 
-    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
+    _rerun(workdir, experiment)
+    assert _left_in_tmpdir(workdir) == []
     log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
     assert "resuming from" in log, log[-3000:]
     columns, weights = _differences(workdir, experiment, "finetune_two")
@@ -272,8 +291,9 @@ def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
         log[-3000:]  # the stop's own signal, not rank 0's "a signal to another training process"
     assert "exit status 143" in out, out[-3000:]
     assert not _model(workdir, "finetune_two_stopped").exists()
+    assert _left_in_tmpdir(workdir) == []
 
-    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target("finetune_two_stopped"))
+    _rerun(workdir, "finetune_two_stopped")
     log = (workdir / "results" / "logs" / "train" / "finetune_two_stopped" / "seed0.log").read_text()
     assert "resuming from" in log, log[-3000:]
     columns, weights = _differences(workdir, "finetune_two_stopped", "finetune_two")
@@ -290,7 +310,8 @@ def test_sigterm_to_the_job_stops_every_rank_with_status_143_and_the_run_resumes
     assert returncode != 0 and "exit status 143" in out, out[-3000:]
     assert "Traceback" not in log and "Signal 9" not in log, log[-3000:]
     assert re.match(r"stopped by SIGTERM at epoch \d+, step \d+ \(all 2 processes\)", log.strip().splitlines()[-1]), log[-3000:]
-    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
+    assert _left_in_tmpdir(workdir) == []
+    _rerun(workdir, experiment)
     log = (workdir / "results" / "logs" / "train" / experiment / "seed0.log").read_text()
     assert "resuming from" in log, log[-3000:]
     columns, weights = _differences(workdir, experiment, "finetune_two")
@@ -305,7 +326,8 @@ def test_sigterm_to_the_job_while_it_starts_stops_it_with_status_143(runs):
     log_file = workdir / "results" / "logs" / "train" / experiment / "seed0.log"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", _target(experiment), "--configfile", str(workdir / "config.yaml")]
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, **_tmpdir(workdir)})
     deadline, signalled = time.monotonic() + 300, None
     while signalled is None and job.poll() is None and time.monotonic() < deadline:
         if log_file.exists() and "launch: " in log_file.read_text() and _torchrun(workdir):
@@ -316,7 +338,8 @@ def test_sigterm_to_the_job_while_it_starts_stops_it_with_status_143(runs):
     log = log_file.read_text()
     assert signalled and job.returncode != 0 and "exit status 143" in out, out[-3000:]
     assert "Traceback" not in log and log.strip().splitlines()[-1].startswith("stopped by SIGTERM"), log[-3000:]
-    run_snakemake(workdir, workdir / "config.yaml", "--printshellcmds", _target(experiment))
+    _rerun(workdir, experiment)
+    assert _left_in_tmpdir(workdir) == []
     columns, weights = _differences(workdir, experiment, "finetune_two")
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
 

@@ -13,6 +13,9 @@ When one process fails, torchrun stops the others and ends with a summary naming
 failed, its exit code or signal; the job's log has it. On one node torchrun runs in this process (the job's), so
 that a stop (SIGTERM, SIGINT, SIGHUP: every process stopped at the same step, resume state kept) ends the job as a
 single process's does: its ``stopped by ...`` line last and exit status 143, not torchrun's failure (status 1).
+Its folder for the stop records and torchrun's worker logs (``$TMPDIR/finetune-launch-<pid>-*``) is removed when it
+ends, however it ends, except for a failed worker's error file; one left by a launcher that was killed (SIGKILL) is
+removed by the next launch on the machine.
 """
 
 from __future__ import annotations
@@ -113,6 +116,38 @@ def _first_signal_only(handler):
     return once
 
 
+FOLDER_PREFIX = "finetune-launch-"
+
+
+def tidy(folder: Path) -> None:
+    """``folder`` (a launch's) without its stop records and empty folders: what is left is a failed worker's error
+    file, which torchrun's failure summary names."""
+    shutil.rmtree(folder / "stops", ignore_errors=True)
+    for path, _, _ in os.walk(folder, topdown=False):
+        try:
+            os.rmdir(path)  # an empty one only
+        except OSError:
+            pass
+
+
+def remove_stale_folders(root: Path) -> None:
+    """The folders of launches on this machine whose process is gone (killed: nothing of theirs ran at the end)."""
+    for folder in root.glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            tidy(folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 class _Stopped(Exception):
     pass
 
@@ -128,7 +163,10 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    record = Path(tempfile.mkdtemp(prefix="finetune-stop-"))
+    remove_stale_folders(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+    record = folder / "stops"
+    record.mkdir()
     os.environ[STOP_RECORD] = str(record)
     # torchrun passes on the stop signals this job does not ignore (under nohup, SIGHUP goes on being ignored), and
     # waits this long for its processes to reach a step where they stop together before it kills them.
@@ -136,7 +174,7 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     api._terminate_process_handler = _first_signal_only(api._terminate_process_handler)
     try:
-        torchrun(torchrun_args)
+        torchrun(["--log-dir", str(folder / "torchrun"), *torchrun_args])
         return 0
     except (ChildFailedError, SignalException) as exc:
         stops = {p.name: p.read_text() for p in sorted(record.glob("rank*"))}
@@ -159,7 +197,7 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
         print(f"stopped by {message}", file=sys.stderr, flush=True)
         return 143
     finally:
-        shutil.rmtree(record, ignore_errors=True)
+        tidy(folder)
 
 
 if __name__ == "__main__":
