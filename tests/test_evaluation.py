@@ -310,14 +310,34 @@ def exact_sign_flip_p(d) -> float:
     return sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-9 for signs in flips) / len(flips)
 
 
-@pytest.mark.parametrize("d", [[1] * 9 + [-1] * 3, [1, 1, 1, -1, 0, 0, 1, -1, 0.5, -0.5, 1, 1, 1, 0], [0.5] * 4 + [-1] * 2])
+@pytest.mark.parametrize("d", [[1] * 9 + [-1] * 3, [1, 1, 1, -1, 0, 0, 1, -1, 0.5, -0.5, 1, 1, 1, 0], [0.5] * 4 + [-1] * 2,
+                               [2 / 3, -1 / 3, 1, 1 / 3, 1 / 3, -2 / 3, 1, 1, 0, 1 / 3, 2 / 3, -1, 1 / 3, 1]])
 def test_paired_p_value_against_every_sign_vector(d):
+    """Shares of seeds (multiples of 1/k): exact, as enumerating every sign vector; other differences by random ones."""
     from finetune.leaderboard import paired_p_value
 
     a = np.array(d, dtype=float)
-    p = paired_p_value(a, np.zeros_like(a), draws=40_000)
-    assert p == pytest.approx(exact_sign_flip_p(d), abs=0.01)  # 40,000 draws: standard error <= 0.0025
-    assert paired_p_value(a, a) == 1.0
+    p, exact = paired_p_value(a, np.zeros_like(a))
+    assert exact and p == pytest.approx(exact_sign_flip_p(d), abs=1e-9)
+    irrational = a * np.sqrt(2) + np.where(a > 0, 1e-3, 0)  # no common step: random sign vectors
+    p, exact = paired_p_value(irrational, np.zeros_like(a), draws=40_000)
+    assert not exact and p == pytest.approx(exact_sign_flip_p(list(irrational)), abs=0.01)  # standard error <= 0.0025
+    assert paired_p_value(a, a) == (1.0, True)
+
+
+def test_paired_p_value_of_one_seed_is_the_binomial_sign_test_on_the_images_that_differ():
+    """One seed: each image right or wrong, so the test is the exact binomial sign test over the images the two runs
+    disagree on (29 one way, 9 the other: p = 0.00166), also at sizes no enumeration reaches."""
+    from math import comb
+
+    from finetune.leaderboard import paired_p_value
+
+    for wins, losses, same in ((29, 9, 100), (2_600, 2_480, 4_000)):
+        a = np.array([1] * wins + [0] * losses + [1] * same)
+        b = np.array([0] * wins + [1] * losses + [1] * same)
+        n, low = wins + losses, min(wins, losses)
+        binomial = min(1.0, 2 * sum(comb(n, k) for k in range(low + 1)) / 2 ** n)
+        assert paired_p_value(a, b) == (pytest.approx(binomial, rel=1e-6), True)
 
 
 def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_test_image(tmp_path):
@@ -344,7 +364,8 @@ def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_te
     other = np.mean([right[("scratch", 0)], right[("scratch", 1)]], axis=0)
     difference, p = re.search(r"scratch ([+-]\d\.\d{4}) \(p = ([\d.]+)\)", note).groups()
     assert float(difference) == pytest.approx(other.mean() - first.mean(), abs=5e-5)
-    assert float(p) == pytest.approx(exact_sign_flip_p(list(first - other)), abs=0.012)
+    assert float(p) == pytest.approx(exact_sign_flip_p(list(first - other)), abs=0.0005)  # exact, to 3 decimals
+    assert "two-sided sign-flip test, exact)" in note
     runs[-1]["predictions"].unlink()  # a seed without its predictions: no comparison
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert "paired on the same" not in (tmp_path / "summary.md").read_text()
