@@ -380,12 +380,16 @@ def test_a_key_the_run_does_not_act_on_is_refused_and_one_it_acts_on_is_not(tiny
     same = strip(first.history) == strip(second.history) and equal_states(first.best_state, second.best_state)
     problems = config_problems({"experiments": {"probe": {**options, key: b}}}, REPO / "workflow/schemas/config.schema.yaml")
     refused = [p for p in problems if p.startswith(f"experiments.probe.{key}: not used: ")]
+    # Swept over both values (one of which may ask for nothing, like warmup_epochs 0): refused as one run twice.
+    swept = config_problems({"experiments": {"probe": {**options, "sweep": {key: [a, b]}}}},
+                            REPO / "workflow/schemas/config.schema.yaml")
     if (options, key, a, b) in UNREAD:
         assert same, f"{key} {a} and {b} trained different runs: the run acts on it"
         assert refused and problems == refused, problems
+        assert len(swept) == 1 and swept[0].startswith(f"experiments.probe.sweep.{key}: "), swept
     else:
         assert not same, f"{key} {a} and {b} trained the same run"
-        assert problems == [], problems
+        assert problems == [] and swept == [], (problems, swept)
 
 
 def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():

@@ -317,6 +317,36 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
     return problems
 
 
+def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict, defaults: dict,
+                       refused: list[str]) -> list[str]:
+    """Runs of one sweep that would train the same (their jobs get the same options, :func:`job_options`): a swept
+    value the run does not act on at one value, and asks for nothing at another (`warmup_epochs: [0, 1]` with
+    schedule onecycle, `bn: [frozen, train]` with feature_extract), made two names for one run. Refused, naming the
+    keys, unless ``refused`` (the problems found already) names them all."""
+    problems = []
+    for experiment, spec in experiments.items():
+        swept = spec.get("sweep") if isinstance(spec, dict) else None
+        if not isinstance(swept, dict):
+            continue
+        first_of: dict[str, str] = {}
+        said = set()
+        for name in (name for name, of in experiment_of.items() if of == experiment):
+            overrides = runs[name] if isinstance(runs[name], dict) else {}
+            same = first_of.setdefault(repr(sorted(job_options(train, overrides, defaults).items())), name)
+            if same == name:
+                continue
+            keys = [key for key in swept if runs[same].get(key) != overrides.get(key)]
+            wheres = [f"experiments.{experiment}.sweep.{key}" for key in keys]
+            if tuple(keys) in said or all(any(problem.startswith(f"{where}:") for problem in refused) for where in wheres):
+                continue
+            said.add(tuple(keys))  # one pair of runs says it
+            ignored = ignored_options({**defaults, **train, **overrides})
+            why = "; ".join(f"{key}: {ignored[key]}" for key in keys if key in ignored)
+            problems.append(f"{', '.join(wheres)}: runs {same} and {name} would train the same run"
+                            f"{f' ({why})' if why else ''}; sweep only values that change the run")
+    return problems
+
+
 def overridden_train_notes(config: dict, written_train: dict) -> list[str]:
     """Notes for the `train` keys the user wrote that every run sets for itself (in its experiment or sweep): the
     value under `train` reaches no job. Said, not refused: a `train` section of common settings is a usual base."""
@@ -643,6 +673,7 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
     problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
                                  train if written_train is None else written_train)
+    problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults or {}, problems)
     weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
     arch = str(weights.get("arch", "resnet18"))  # the schema's default
     for name, overrides in runs.items():
