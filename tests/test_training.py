@@ -670,6 +670,31 @@ def test_augment_crops_from_the_stored_squares_margin_and_resizes_to_the_crop_si
         assert matches_one_of(seen, crops_and_flips(image, 8, min_area=0.3))
     centre = squares[:, :, 1:9, 1:9].float()
     assert not any(torch.allclose(seen, c) for seen, c in zip(out, centre))
+@pytest.mark.parametrize("h, w", [(40, 40), (12, 40)])
+def test_augment_draws_its_boxes_as_torchvisions_random_resized_crop(h, w):
+    """The boxes' area shares against torchvision's own RandomResizedCrop.get_params (same scale and ratio), 20,000
+    each: the same mean and the same share of near-whole crops (a box too large for the image is drawn again, not
+    clamped to it, which made whole-image crops rarer and the mean larger); every box inside the image, of an
+    aspect in range up to whole-pixel rounding."""
+    import numpy as np
+    from torchvision.transforms import RandomResizedCrop
+
+    from finetune.augment import AUGMENT_RATIO, AUGMENT_SCALE, _crop_boxes
+
+    n = 20_000
+    top, left, height, width, flip = _crop_boxes(n, h, w, torch.Generator().manual_seed(0))
+    ours = (height * width / (h * w)).numpy()
+    torch.manual_seed(0)
+    boxes = [RandomResizedCrop.get_params(torch.zeros(1, h, w), AUGMENT_SCALE, AUGMENT_RATIO) for _ in range(n)]
+    theirs = np.array([bh * bw / (h * w) for _, _, bh, bw in boxes])
+    assert abs(ours.mean() - theirs.mean()) < 0.01, (ours.mean(), theirs.mean())  # standard error ~0.002
+    assert abs((ours >= 0.95).mean() - (theirs >= 0.95).mean()) < 0.01, ((ours >= 0.95).mean(), (theirs >= 0.95).mean())
+    assert bool(((top >= 0) & (left >= 0) & (top + height <= h) & (left + width <= w)).all())
+    assert bool(((width + 0.5) / (height - 0.5) >= AUGMENT_RATIO[0]).all() and
+                ((width - 0.5) / (height + 0.5) <= AUGMENT_RATIO[1]).all())
+    assert abs(flip.double().mean().item() - 0.5) < 0.02
+
+
 def test_augment_turns_feature_caching_off_and_the_backbone_sees_augmented_images(tiny):
     model = make_model(tiny)
     seen = record_training_inputs(model)
