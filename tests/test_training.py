@@ -523,6 +523,21 @@ def test_class_weighting_loss_optimises_the_inverse_frequency_weighted_cross_ent
         assert result.history[0]["train_loss"] == pytest.approx(expected, rel=1e-5), weighting
 
 
+def test_class_weighting_loss_on_balanced_classes_says_it_does_nothing_which_holds(tiny):
+    """Equal class counts: every inverse-frequency weight is 1, so the run trains exactly as without weighting, and the
+    log says so; with unequal counts it weights, and says nothing."""
+    balanced, unequal = imbalanced(tiny["data"]["train"], [3, 3, 3, 3]), imbalanced(tiny["data"]["train"], [4, 3, 3, 3])
+    options = {"strategy": "finetune", "epochs": 2, "batch_size": 4}
+    for train, said in ((balanced, True), (unequal, False)):
+        lines = []
+        weighted = run_fit(tiny, make_model(tiny), train=train, class_weighting="loss", log=lines.append, **options)
+        plain = run_fit(tiny, make_model(tiny), train=train, class_weighting="none", **options)
+        same = strip(weighted.history) == strip(plain.history) and equal_states(weighted.best_state, plain.best_state)
+        warned = [line for line in lines if line.startswith("warning: train.class_weighting: loss does nothing here: "
+                                                            "every class has 3 training images")]
+        assert same == said and bool(warned) == said, (train.labels.bincount(), lines)
+
+
 class TinyNet(nn.Module):
     """A real, small classifier on channel means: fast enough for epochs over hundreds of images."""
 

@@ -139,6 +139,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     """
     setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log, ranks)
     _check_warmup(setup.steps, len(train.labels), opts, log)
+    _check_class_weighting(train.labels, num_classes, opts, log)
     progress = restore_progress(setup, resume_path, log)
     if progress is None:
         progress = fresh_progress(setup)
@@ -495,6 +496,16 @@ def _check_warmup(steps: "_Steps", n_train: int, opts: TrainOptions, log: Callab
         log(f"warning: {key_name('warmup_epochs')}: {opts.warmup_epochs:g} is one optimizer step here ({n_train} "
             f"training images at {key_name('batch_size')} {opts.batch_size}: {steps.per_epoch} step(s) an epoch), and a "
             "one-step warm-up starts at the full lr: it does nothing; raise warmup_epochs or lower batch_size")
+
+
+def _check_class_weighting(labels: torch.Tensor, num_classes: int, opts: TrainOptions, log: Callable[[str], None]) -> None:
+    """Say where class_weighting loss weights classes that are balanced already (the usual case under
+    max_train_per_class): every weight is 1, and the run trains as it would without it."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    if opts.class_weighting == "loss" and len(labels) and bool((counts == counts[0]).all()):
+        log(f"warning: {key_name('class_weighting')}: loss does nothing here: every class has {int(counts[0])} training "
+            "images, so every class weight is 1 and the run trains as with class_weighting none (it weights classes "
+            "of unequal counts; max_train_per_class may have made them equal)")
 
 
 # --------------------------------------------------------------------------- one epoch
