@@ -332,6 +332,13 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     refused = run_snakemake(workdir, config, check=False)
     assert refused.returncode != 0 and "predict.images: no image files in incoming" in refused.stdout, refused.stdout[-2000:]
     assert predictions.read_bytes() == before
+    # So is one whose image files all fail to open (an empty file, text named .jpg): the job would fail on them.
+    (workdir / "incoming" / "nested" / "empty.jpg").write_bytes(b"")
+    (workdir / "incoming" / "notes.png").write_text("not an image")
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and ("predict.images: none of the 2 image file(s) of incoming opens as an image (the "
+                                        "first: incoming/nested/empty.jpg: ") in refused.stdout, refused.stdout[-2000:]
+    assert predictions.read_bytes() == before
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

@@ -195,6 +195,23 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
     raise DataError(f"images to classify not found: {source} is not a folder, an image file or a CSV list of images")
 
 
+def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
+    """Raise DataError where none of ``pairs`` (:func:`list_images`) opens as an image (its header: PIL's lazy open),
+    naming the first one's problem. The workflow checks it at start: the predict job would fail on them, and a failed
+    job's outputs, the earlier predictions, are removed. The first image that opens ends the check."""
+    from PIL import Image
+
+    first = None
+    for ref, path in pairs:
+        try:
+            with Image.open(path):
+                return
+        except Exception as exc:  # any reason an image does not open is one to report here
+            first = first or f"{ref}: {exc}"
+    raise DataError(f"none of the {len(pairs)} image file(s) of {source} opens as an image (the first: {first}); "
+                    "the earlier predictions are kept")
+
+
 def prediction_columns(top_k: int) -> list[str]:
     columns = ["path", "predicted", "probability"]
     for i in range(1, top_k + 1):

@@ -672,11 +672,11 @@ if PREDICT["images"] is not None:
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
     if CHECK_FILES:  # a folder without images (or a list without paths) fails here, not in the job,
-        from finetune.deploy import list_images  # which would start by removing the earlier predictions
-        from finetune.errors import DataError
+        from finetune.deploy import check_one_opens, list_images  # which would start by removing the earlier
+        from finetune.errors import DataError  # predictions; so does a list of which no image opens
 
         try:
-            list_images(PREDICT["images"])
+            check_one_opens(list_images(PREDICT["images"])[0], PREDICT["images"])
         except DataError as exc:
             raise WorkflowError(f"predict.images: {exc}") from None
 
