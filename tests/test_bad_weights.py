@@ -245,6 +245,52 @@ def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path
     assert all(torch.equal(loaded[k], plain[k]) for k in plain)
 
 
+def test_a_state_dict_without_batchnorm_step_counters_is_read_as_torch_reads_it(tmp_path):
+    """Files of older torch or of conversion scripts lack BatchNorm's num_batches_tracked buffers; torch itself loads
+    them strictly (the counters start at 0), and so does the weights job: every other tensor as in the file."""
+    import torch
+    import torchvision
+
+    from finetune.weights import load_state_dict
+
+    torch.manual_seed(0)
+    state = {k: v for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    reference = torchvision.models.resnet18(num_classes=3)
+    reference.load_state_dict(torch.load(tmp_path / "old.pth"), strict=True)  # torch's own verdict: it loads
+    result = run_weights(weights_config(path=str(tmp_path / "old.pth")), tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    loaded = load_state_dict(tmp_path / "out" / "weights.pth")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("kind", ["lightning-with-loss-weights", "sequential-head"])
+def test_a_state_dict_with_more_than_the_model_or_a_head_of_several_layers_says_which(out, tmp_path, kind):
+    """Not a wrong architecture: a LightningModule's state with the model under `model.` beside its loss's class
+    weights, or a resnet18 whose head was nn.Sequential(Dropout, Linear). The message says what the keys show and
+    what to save, not to change weights.arch; the earlier weights stay."""
+    import torch
+
+    from finetune.models import build_architecture
+
+    model = build_architecture("resnet18", 3)
+    if kind == "sequential-head":
+        model.fc = torch.nn.Sequential(torch.nn.Dropout(), model.fc)
+        saved, fragments = model.state_dict(), ("has no 'fc.weight': its output layer is not one layer but fc.1.weight",
+                                                "model.fc = model.fc[-1]")
+    else:
+        holder = torch.nn.Module()
+        holder.model, holder.criterion = model, torch.nn.CrossEntropyLoss(weight=torch.ones(3))
+        saved = {"epoch": 7, "state_dict": holder.state_dict()}
+        fragments = ("the model's weights are the keys that start with 'model.', beside others (criterion.weight)",
+                     "torch.save(module.model.state_dict(), path)")
+    torch.save(saved, tmp_path / "trained.pth")
+    before = snapshot(out)
+    message = assert_refused(run_weights(weights_config(path=str(tmp_path / "trained.pth")), out), out, before, *fragments)
+    assert "weights.arch" not in message
+
+
 @pytest.mark.parametrize("kind", ["whole-model", "torchscript", "no-weights"])
 def test_a_file_that_is_no_state_dict_is_refused_saying_what_to_save(tmp_path, kind):
     """A whole model pickled with torch.save(model) (unpickling it would run code from the file), a TorchScript

@@ -63,6 +63,23 @@ def test_torchvision_weights_from_a_mirror_with_full_sha256(served, tmp_path):
     assert manifest["source"] == {"kind": "torchvision", "name": ENUM, "url": f"{served['url']}/models/{FILE_NAME}"}
 
 
+def test_torchvision_weights_of_another_head_from_a_mirror_are_refused_naming_the_enum(tmp_path):
+    """A mirror's own fine-tuned file (10 classes) pinned by its full sha256 at the official path: the enum's categories
+    (1,000) disagree with it, and the message says so, not a weights.classes the user never wrote (and cannot, with
+    source torchvision), and what to use instead."""
+    folder = tmp_path / "mirror"
+    (folder / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_architecture("squeezenet1_1", 10).state_dict(), folder / "models" / FILE_NAME)
+    with serve_folder(folder) as base_url:
+        result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": base_url,
+                                       "sha256": sha256(folder / "models" / FILE_NAME), "timeout_s": 10})
+    assert result.returncode == 1 and not (out / "weights.pth").exists(), result.stdout
+    assert (f"the output layer has 10 classes but weights.torchvision {ENUM} (its categories, which a file of another "
+            "head") in result.stdout and "use weights.source url or path with weights.classes" in result.stdout, result.stdout
+    assert "weights.classes names" not in result.stdout
+
+
 def test_torchvision_hash_check_refuses_a_file_that_is_not_the_official_one(served, tmp_path):
     # Without a full sha256, torch.hub's hash-prefix convention applies: the served file's sha256
     # does not start with the b8a52dc0 its official name promises (the prefix torch.hub itself reads).

@@ -305,20 +305,24 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
             # nothing new and import torch, the largest part of this job's time (~10 s on the GPU machine).
             num_classes = len(classes)
         else:
-            num_classes = _checked_num_classes(staged, arch, classes, where)
+            named_by = (f"weights.torchvision {cfg['torchvision']} (its categories, which a file of another head, a "
+                        "mirror's own fine-tuned weights, does not match: use weights.source url or path with "
+                        "weights.classes for such a file)") if source == "torchvision" else "weights.classes"
+            num_classes = _checked_num_classes(staged, arch, classes, where, named_by)
     return write_manifest(out_manifest, weights_file=out_weights, arch=arch, num_classes=num_classes,
                           classes=classes, preprocessing=prep, sha256=digest, source=origin)
 
 
-def _checked_num_classes(weights_file: Path, arch: str, classes: list, where: str) -> int:
+def _checked_num_classes(weights_file: Path, arch: str, classes: list, where: str,
+                         named_by: str = "weights.classes") -> int:
     """The output layer's size of the state in ``weights_file``, loaded once into ``arch`` so that a mismatched
-    file fails here, not in every experiment."""
+    file fails here, not in every experiment. ``named_by``: what lists ``classes``, for the message."""
     from .models import build_architecture, load_source_state
 
     state = load_state_dict(weights_file, origin=where)
     num_classes = infer_num_classes(arch, state, where)
     if classes and len(classes) != num_classes:
-        raise WeightsError(f"{where}: the output layer has {num_classes} classes but weights.classes names {len(classes)}")
+        raise WeightsError(f"{where}: the output layer has {num_classes} classes but {named_by} names {len(classes)}")
     load_source_state(build_architecture(arch, num_classes), state, where, arch=arch)
     return num_classes
 

@@ -150,11 +150,28 @@ def infer_num_classes(arch: str, state_dict: dict, origin: str) -> int:
     head_name, _ = find_output_layer(build_architecture(arch, 2))
     key = f"{head_name}.weight"
     if key not in state_dict:
-        raise WeightsError(
-            f"{origin} has no {key!r}: it is not a {arch} state_dict (first keys: {', '.join(list(state_dict)[:4])}). "
-            "Set weights.arch to the architecture the weights were saved from"
-        )
+        raise WeightsError(f"{origin} has no {key!r}: {_why_no_head(state_dict, head_name, arch)}")
     return int(state_dict[key].shape[0])
+
+
+def _why_no_head(state_dict: dict, head_name: str, arch: str) -> str:
+    """Why a state_dict lacks ``arch``'s output layer ``head_name``, as far as its keys tell, and what to do."""
+    below = [k for k in state_dict if k.startswith(f"{head_name}.")]
+    if below:  # a head of several layers (nn.Sequential(nn.Dropout(), nn.Linear(...)), say): fc.1.weight
+        return (f"its output layer is not one layer but {', '.join(below[:4])}; finetune replaces the output layer, but "
+                f"reads the source classes from a single nn.Linear {head_name}: save the model with "
+                f"model.{head_name} = model.{head_name}[-1] (its last Linear) before torch.save(model.state_dict(), path)")
+    groups: dict[str, list[str]] = {}
+    for k in state_dict:
+        groups.setdefault(k.split(".", 1)[0] if "." in k else "", []).append(k)
+    holding = [g for g, keys in groups.items() if g and f"{g}.{head_name}.weight" in state_dict]
+    if holding:  # the model under one attribute beside others: a LightningModule with a loss of its own, say
+        others = [k for g, keys in groups.items() if g != holding[0] for k in keys]
+        return (f"the model's weights are the keys that start with '{holding[0]}.', beside others ({', '.join(others[:4])}): a "
+                f"training module's state with more than the model; save the model's own weights, "
+                f"torch.save(module.{holding[0]}.state_dict(), path), and use that file")
+    return (f"it is not a {arch} state_dict (first keys: {', '.join(list(state_dict)[:4])}). "
+            "Set weights.arch to the architecture the weights were saved from")
 
 
 def _check_sha256(path: Path, expected: str | None, origin: str, actual: str | None = None) -> str:
