@@ -523,6 +523,22 @@ def test_one_decode_job_per_split_file_and_size_for_many_experiments_and_seeds(t
     ], dry.stdout[-3000:]
 
 
+@pytest.mark.fashion_mnist
+def test_image_size_at_the_weights_own_crop_is_said_to_decode_the_same_pixels_again(tmp_path):
+    """image_size 32 with weights pretrained at 32: decoded into a folder of its own, pixel for pixel the weights' own
+    (native) array, as the start's note says; a run at another size gets no note."""
+    experiments = {"at_crop": {"image_size": 32}, "own": {}, "larger": {"image_size": 48}}
+    config = tiny_config(tmp_path, replace={"experiments": experiments})
+    run = run_snakemake(tmp_path, config, "--printshellcmds", "resources/decoded/target/native/images.npy",
+                        "resources/decoded/target/32/images.npy")
+    notes = [line for line in run.stdout.splitlines() if line.startswith("note: image_size")]
+    assert notes == ["note: image_size 32 in at_crop is the weights' own crop size (pretrain.image_size): those runs "
+                     "read images decoded again at that size, the same pixels as with image_size null (the default, "
+                     "the weights' own), which decodes them once for every run"], run.stdout[-3000:]
+    decoded = tmp_path / "resources" / "decoded" / "target"
+    assert np.array_equal(np.load(decoded / "32" / "images.npy"), np.load(decoded / "native" / "images.npy"))
+
+
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_copy):

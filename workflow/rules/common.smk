@@ -597,6 +597,18 @@ for _run in EXPERIMENTS:
               f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
               f"{_cfg['metric']} after epoch {_first})", file=sys.stderr)
 
+# image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
+# decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly.
+_weights_crop = (("pretrain.image_size", config["pretrain"]["image_size"]) if config["weights"]["source"] == "pretrain"
+                 else ("weights.preprocessing.crop_size", (config["weights"].get("preprocessing") or {}).get("crop_size"))
+                 if config["weights"]["source"] in ("url", "path") else (None, None))
+_at_crop = [_run for _run in EXPERIMENTS if _weights_crop[1] is not None
+            and experiment_config(_run)["image_size"] == _weights_crop[1]]
+if _at_crop and workflow.is_main_process:
+    print(f"note: image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
+          f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
+          "image_size null (the default, the weights' own), which decodes them once for every run", file=sys.stderr)
+
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
 CHECK_FILES = workflow.is_main_process and not runs_no_job(sys.argv)
