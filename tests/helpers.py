@@ -68,10 +68,11 @@ def tiny_config(workdir: Path, name: str = "config.yaml", replace: dict | None =
 
 def run_snakemake(workdir: Path, configfile: Path | None, *args: str, check: bool = True, timeout: float = 900,
                   env: dict | None = None, snakefile: Path = REPO / "Snakefile",
-                  python: str = sys.executable) -> subprocess.CompletedProcess:
-    """Run the real snakemake (the repo's Snakefile unless told) in ``workdir``; stdout+stderr as text."""
+                  python: str = sys.executable, cores: int | None = 2) -> subprocess.CompletedProcess:
+    """Run the real snakemake (the repo's Snakefile unless told) in ``workdir``; stdout+stderr as text. ``cores``:
+    --cores (None: none given, as a run through the Slurm profile)."""
     cmd = [python, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
-           "--cores", "2"]
+           *(["--cores", str(cores)] if cores is not None else [])]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
     cmd += list(args)

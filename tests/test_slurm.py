@@ -55,10 +55,10 @@ class Cluster:
         """Through profiles/slurm, as a user would; plus settings for this one small, idle test node."""
         return [
             "--workflow-profile", str(PROFILE),
-            # run_snakemake's `--cores 2` would also cap the cores asked of Slurm at once (one training job
-            # at a time). With more, Slurm queues the jobs and starts each as soon as the node frees, without
-            # waiting for Snakemake's next poll. Threads stay the tiny config's (train 2, data 1).
-            "--cores", "16",
+            # No --cores, as README's command has it: the profile's `jobs` caps the jobs in Slurm at once, and
+            # Slurm queues them and starts each as soon as the node frees, without waiting for Snakemake's next
+            # poll (run_snakemake's `--cores 2` would cap the cores asked at once: one training job at a time).
+            # Threads stay the tiny config's (train 2, data 1).
             # The profile is sized for real cluster nodes: Snakemake lowers each job's memory request to this
             # node's memory (and keeps the jobs it has in Slurm at once within it).
             "--resources", f"mem_mb={self.mem_mb}",
@@ -172,7 +172,8 @@ ON_THE_COMMAND_LINE = ("--config", "evaluate={calibration_bins: 15}")
 @pytest.mark.fashion_mnist
 def test_pipeline_runs_through_slurm(slurm_cluster, tiny_run, tmp_path):
     workdir = tmp_path / "slurm_run"
-    result = run_snakemake(workdir, tiny_config(workdir), *slurm_cluster.snakemake_args(), *ON_THE_COMMAND_LINE)
+    result = run_snakemake(workdir, tiny_config(workdir), *slurm_cluster.snakemake_args(), *ON_THE_COMMAND_LINE,
+                           cores=None)
     out = result.stdout
     assert "Using workflow specific profile" in out and str(PROFILE) in out
 
@@ -202,7 +203,7 @@ def test_pipeline_runs_through_slurm(slurm_cluster, tiny_run, tmp_path):
         assert parity["passed"] is True, (run, parity)
     # Nothing left incomplete: a second run has nothing to do.
     assert jobs_run(run_snakemake(workdir, workdir / "config.yaml", *slurm_cluster.snakemake_args(),
-                                  *ON_THE_COMMAND_LINE).stdout) == []
+                                  *ON_THE_COMMAND_LINE, cores=None).stdout) == []
 
 
 def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_path):
@@ -214,7 +215,7 @@ def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_pa
     # Only the target split, one attempt (not the profile's `retries: 1`: a second ~30 s failure shows nothing
     # new). The target goes last: `--configfile` takes every word up to the next option.
     result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
-                           "resources/splits/target.csv", check=False)
+                           "resources/splits/target.csv", check=False, cores=None)
     out = result.stdout
     assert result.returncode != 0, out[-3000:]
 
@@ -247,7 +248,8 @@ def test_a_run_of_two_processes_is_one_slurm_job_and_trains_as_one_process_does(
         args = slurm_cluster.snakemake_args() if name == "slurm" else []
         # (A flag first: --configfile would take the target for another config file.)
         result = run_snakemake(workdir, config, *args, "--printshellcmds", target,
-                               env={"FINETUNE_RECORD_MODULES": str(workdir / "modules")})
+                               env={"FINETUNE_RECORD_MODULES": str(workdir / "modules")},
+                               cores=None if name == "slurm" else 2)
         runs[name] = (workdir, result.stdout)
 
     workdir, out = runs["slurm"]

@@ -145,7 +145,15 @@ RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEE
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
-_train_threads = min(config["threads"]["train"], workflow.cores or config["threads"]["train"])
+def given_cores():
+    """--cores, or None where none is given (the Slurm profile's run: jobs: caps the jobs, Slurm the cores)."""
+    try:
+        return workflow.cores
+    except WorkflowError:  # Snakemake raises rather than answer None
+        return None
+
+
+_train_threads = min(config["threads"]["train"], given_cores() or config["threads"]["train"])
 _crowded = {run: {**config["train"], **own} for run, own in EXPERIMENTS.items()}
 _crowded = {run: cfg for run, cfg in _crowded.items() if cfg["device"] in ("cpu", "auto") and cfg["nodes"] == 1
             and cfg["devices"] > _train_threads}
