@@ -380,3 +380,43 @@ def test_a_rank_stopped_for_another_ranks_signal_says_so_even_if_the_launcher_si
     assert [proc.returncode for proc in procs] == [0, 0], outs
     assert outs[0].strip() == "a signal to another training process at step 1", outs
     assert outs[1].strip() == "SIGTERM at step 1", outs
+
+
+_SLOW_STEPS_THEN_SIGNAL = """
+import os, signal, sys, time
+import torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from finetune.distributed import Ranks
+from finetune.options import TrainOptions
+from finetune.stopping import DivergenceCheck, SignalGuard
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=rank, world_size=2)
+ranks = Ranks(rank=rank, world=2, control=dist.new_group(backend="gloo"))
+guard = SignalGuard()
+check = DivergenceCheck(TrainOptions(), 0, [], None, ranks, guard)
+for step in range(1, 100):
+    time.sleep(float(sys.argv[3]))  # a slow training step
+    if rank == 1 and step == 2:
+        guard.signum = signal.SIGTERM  # rank 1 is asked to stop during step 2
+    check.add(torch.tensor(1.0))
+    if guard.agreed:
+        print(step)
+        break
+dist.destroy_process_group()
+"""
+
+
+def test_several_processes_agree_on_a_stop_within_seconds_of_slow_steps(tmp_path):
+    """Steps of 0.3 s (a CPU, large images): the ranks check at a pace of about CHECK_SECONDS (5 s), not every 32
+    steps (10 s here, minutes on slower steps: past Slurm's 30 s KillWait), and both agree at the same step. The
+    first check follows the first step; from it the interval is at most 5 / 0.3 = 16 steps."""
+    from finetune.stopping import CHECK_SECONDS
+
+    step_s = 0.3
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_STEPS_THEN_SIGNAL, str(tmp_path / "store"), str(REPO / "src"),
+                               str(step_s)], env={**os.environ, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    steps = [int(out.strip().splitlines()[-1]) for out in outs]
+    assert steps[0] == steps[1] and 2 <= steps[0] <= 1 + int(CHECK_SECONDS / step_s), steps

@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
-# Seconds torchrun waits, once asked to stop, for its processes to stop at their next check (at most 32 steps) before
-# it kills them (torch's default, 30 s, is shorter than 32 steps of a ResNet on a CPU). TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+# Seconds torchrun waits, once asked to stop, for its processes to stop at their next check (at most 32 steps, about
+# 5 s apart with slow steps: finetune.stopping.CHECK_SECONDS) before it kills them (torch's default, 30 s, leaves less
+# room for an epoch's last steps and its end). TORCH_ELASTIC_SHUTDOWN_TIMEOUT
 # in the environment sets another.
 SHUTDOWN_TIMEOUT_S = 120
 

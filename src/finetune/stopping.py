@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 # Steps between two reads of the losses for a non-finite one (and at the end of every epoch): each read
 # waits for the device, so a GPU runs this many steps ahead of Python at most.
 DIVERGENCE_CHECK_STEPS = 32
-
+# Several processes: they learn of a stop only at a check, so checks also come at most about this many seconds apart
+# at the pace of the steps since the last one (slow steps: a CPU, large images), well within the wait torchrun
+# (120 s) and Slurm (KillWait, 30 s by default) give a stopped job before they kill it.
+CHECK_SECONDS = 5.0
 
 
 
@@ -84,10 +88,14 @@ class DivergenceCheck:
         self.ranks, self.guard = ranks, guard
         self.losses: list[torch.Tensor] = []
         self.first_step = 0  # 0-based step of the epoch of losses[0]
+        # Steps until the next check: several processes check after the epoch's first step, then at the pace they
+        # agree on (:meth:`_agree`); one process at every DIVERGENCE_CHECK_STEPS (it sees its own signal each step).
+        self.interval = 1 if ranks.active else DIVERGENCE_CHECK_STEPS
+        self._since = time.monotonic()
 
     def add(self, loss: torch.Tensor) -> None:
         self.losses.append(loss.detach())
-        if len(self.losses) >= DIVERGENCE_CHECK_STEPS:
+        if len(self.losses) >= self.interval:
             self.check()
 
     def check(self) -> None:
@@ -97,7 +105,7 @@ class DivergenceCheck:
             return
         losses = torch.stack(self.losses).cpu() if self.losses else torch.zeros(0)  # the one wait per interval
         if self.ranks.active:
-            losses = self._agree(losses)
+            losses = self._agree(losses, time.monotonic() - self._since)
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -105,16 +113,21 @@ class DivergenceCheck:
                            self.opts, self.history, self.resume_path)
         self.first_step += len(self.losses)
         self.losses = []
+        self._since = time.monotonic()
 
-    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
-        """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop."""
+    def _agree(self, losses: torch.Tensor, seconds: float) -> torch.Tensor:
+        """The losses summed over the ranks; marks the guard stopped if any rank was asked to stop; and the next
+        interval, from the ranks' mean seconds since the last check (the same sum on every rank: the same interval)."""
         signum = self.guard.signum if self.guard is not None else None
         asked = signum is not None
-        flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0], dtype=torch.float64)])
+        flags = torch.cat([losses.double(), torch.tensor([1.0 if asked else 0.0, seconds], dtype=torch.float64)])
         distributed.all_sum(flags, self.ranks, control=True)
-        if self.guard is not None and flags[-1].item() > 0:
+        if self.guard is not None and flags[-2].item() > 0:
             self.guard.agreed, self.guard.agreed_signum = True, signum
-        return flags[:-1]
+        if len(losses):
+            per_step = flags[-1].item() / self.ranks.world / len(losses)
+            self.interval = max(1, min(DIVERGENCE_CHECK_STEPS, int(CHECK_SECONDS / max(per_step, 1e-9))))
+        return flags[:-2]
 
 
 def stop_if_requested(setup: _Setup, guard: "SignalGuard", divergence: DivergenceCheck, epoch: int,
@@ -122,7 +135,8 @@ def stop_if_requested(setup: _Setup, guard: "SignalGuard", divergence: Divergenc
     """Raise StopRequested after SIGTERM/SIGINT; a loss that already went non-finite is reported first.
 
     Several processes stop together: a signal to any rank is seen by all at the next divergence check
-    (within ``DIVERGENCE_CHECK_STEPS`` steps, or the epoch's end), and every rank stops there.
+    (within ``DIVERGENCE_CHECK_STEPS`` steps and about :data:`CHECK_SECONDS`, or the epoch's end), and every rank
+    stops there.
     """
     if setup.ranks.active:
         if guard.agreed:
