@@ -114,7 +114,8 @@ PARITY_CHUNK = 64
 
 def parity_check(model, onnx_path: Path, inputs: np.ndarray, batch_n: int, tolerance: float,
                  rtol: float = DEFAULT_RTOL) -> dict:
-    """Compare onnxruntime with PyTorch on real inputs at batch 1 and batch ``batch_n``, and top-1 on all.
+    """Compare onnxruntime with PyTorch on real inputs at batch 1, at batch ``batch_n``, and on all of them (by chunks
+of :data:`PARITY_CHUNK`), each logit held to the tolerance; and their top-1 agreement.
 
     A logit passes where ``|onnxruntime - PyTorch| <= tolerance + rtol * scale``, ``scale`` the largest
     |logit| PyTorch gives that image: float rounding grows with the logits' size, so a model whose logits
@@ -150,19 +151,24 @@ def parity_check(model, onnx_path: Path, inputs: np.ndarray, batch_n: int, toler
     def onnx_run(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         return expected_all[start:stop], session.run(None, {input_name: inputs[start:stop]})[0]
 
-    figures = {}
-    for label, stop in (("batch_1", 1), (f"batch_{batch_n}", batch_n)):
-        expected, actual = onnx_run(0, stop)
+    def compared(label: str, expected: np.ndarray, actual: np.ndarray, batch: int) -> dict:
         if actual.shape != expected.shape:
             raise ParityError(f"{onnx_path}: onnxruntime output shape {actual.shape} != PyTorch {expected.shape} at {label}")
         diff = np.abs(actual - expected)
         scale = np.abs(expected).max(axis=1, keepdims=True)
-        figures[label] = {"batch": len(actual), "max_abs_diff": float(diff.max()),
-                          "max_logit": float(scale.max()), "passed": bool((diff <= tolerance + rtol * scale).all())}
-    agree = 0
-    for start in range(0, len(inputs), chunks):
-        expected, actual = onnx_run(start, start + chunks)
-        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+        return {"batch": batch, "images": len(actual), "max_abs_diff": float(diff.max()),
+                "max_logit": float(scale.max()), "passed": bool((diff <= tolerance + rtol * scale).all())}
+
+    figures = {}
+    for label, stop in (("batch_1", 1), (f"batch_{batch_n}", batch_n)):
+        figures[label] = compared(label, *onnx_run(0, stop), batch=stop)
+    # Every image of the sample, by chunks: held to the same tolerance (an export wrong on images past the first
+    # batch_n passed before), and their top-1 agreement.
+    pairs = [onnx_run(start, start + chunks) for start in range(0, len(inputs), chunks)]
+    if pairs:
+        figures[f"all_{len(inputs)}"] = compared(f"all {len(inputs)} images", np.concatenate([e for e, _ in pairs]),
+                                                  np.concatenate([a for _, a in pairs]), batch=min(chunks, len(inputs)))
+    agree = sum(int((expected.argmax(1) == actual.argmax(1)).sum()) for expected, actual in pairs)
     worst = max(f["max_abs_diff"] for f in figures.values())
     report = {
         "tolerance": tolerance,

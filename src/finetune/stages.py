@@ -900,7 +900,9 @@ def export_stage(checkpoint_path: Path, split_csv: Path, out_onnx: Path, out_par
         report["tta"] = "hflip" if tta else "none"
         log(json.dumps(report, indent=2))
         if not report["passed"]:
-            kept = f"{out_onnx} was not written" + (", the earlier one is unchanged" if Path(out_onnx).exists() else "")
+            kept = f"{out_onnx} was not written" + (", the earlier one is unchanged" if Path(out_onnx).exists() else
+                                                    " (an earlier one, if any, is gone: Snakemake removes a job's "
+                                                    "outputs when it starts)")
             raise ParityError(
                 f"ONNX parity failed for {out_onnx}: max |onnxruntime - PyTorch| = {report['max_abs_diff']:.3g} "
                 f"> tolerance {tolerance:g} + rtol {rtol:g} x the image's largest |logit| (export.tolerance, "
