@@ -121,7 +121,8 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 SIGN_FLIPS = 10_000  # random sign vectors where the exact test is out of reach: p known to about +-0.005 at p = 0.05
-EXACT_GRID = 1 << 22  # the exact test's grid of sums (64 MB a complex array): beyond it, random sign vectors
+EXACT_GRID = 1 << 22  # the exact test's grid of sums (32 MB a float64 array): beyond it, random sign vectors
+EXACT_WORK = 1 << 26  # grid points x distinct steps the exact test computes at most (about a second)
 
 
 def paired_p_value(a: np.ndarray, b: np.ndarray, draws: int = SIGN_FLIPS, seed: int = 0) -> tuple[float, bool]:
@@ -134,7 +135,8 @@ def paired_p_value(a: np.ndarray, b: np.ndarray, draws: int = SIGN_FLIPS, seed: 
     if len(d) == 0:
         return 1.0, True
     steps = _integer_steps(d)
-    if steps is not None and 2 * int(np.abs(steps).sum()) + 1 <= EXACT_GRID:
+    if steps is not None and _exact_size(steps) <= EXACT_GRID and \
+            _exact_size(steps) * len(np.unique(np.abs(steps))) <= EXACT_WORK:
         return _exact_sign_flip_p(steps), True
     observed = abs(d.sum())
     rng = np.random.default_rng(seed)
@@ -155,21 +157,27 @@ def _integer_steps(d: np.ndarray, most: int = 256) -> np.ndarray | None:
     return None
 
 
+def _exact_size(steps: np.ndarray) -> int:
+    """The exact test's grid: a power of two above every sum's range, -reach..reach, so that none wraps onto another."""
+    return 1 << (2 * int(np.abs(steps).sum())).bit_length()
+
+
 def _exact_sign_flip_p(steps: np.ndarray) -> float:
-    """P(|sum of s_i x steps_i| >= |sum of steps|) over all 2^n sign vectors s, exactly (to float rounding): the images
-    with the same |step| v and count c add v x (2 Binomial(c, 1/2) - c), whose Fourier transform is ((1 + w^(2v)) / 2)^c;
-    the product of those over the distinct steps is the sum's, inverted on a grid of every possible sum."""
+    """P(|sum of s_i x steps_i| >= |sum of steps|) over all 2^n sign vectors s, exactly (to float rounding). Each
+    image adds +-v with probability 1/2: its Fourier transform is cos(2 pi v k / N), so the sum's is the product of
+    cos(2 pi v k / N)^c over the distinct |steps| v, c the images with that step; inverted on a grid of N points that
+    holds every sum (index: the sum mod N)."""
     values, counts = np.unique(np.abs(steps), return_counts=True)
-    reach = int((values * counts).sum())  # the sum runs over -reach..reach
-    size = 1 << (2 * reach).bit_length()
+    size = _exact_size(steps)
+    reach = int((values * counts).sum())
     k = np.arange(size, dtype=np.int64)
-    transform = np.ones(size, dtype=np.complex128)
+    cosines = np.cos(2 * np.pi * k / size)
+    transform = np.ones(size)
     for v, c in zip(values, counts):
-        transform *= ((1 + np.exp(-2j * np.pi * ((2 * int(v) * k) % size) / size)) / 2) ** int(c)
-    # index j holds the sum j - reach: shifted by reach, the sum v x (2x - c) sits at 2 v x over all values
-    pmf = np.clip(np.fft.ifft(transform).real[:2 * reach + 1], 0, None)
+        transform *= cosines[(int(v) * k) % size] ** int(c)
+    pmf = np.clip(np.fft.irfft(transform[:size // 2 + 1], n=size), 0, None)
     sums = np.arange(-reach, reach + 1)
-    return float(min(1.0, pmf[np.abs(sums) >= abs(int(steps.sum()))].sum()))
+    return float(min(1.0, pmf[sums[np.abs(sums) >= abs(int(steps.sum()))] % size].sum()))
 
 
 def per_image_correct(runs: list[dict]) -> dict[str, pd.Series] | None:
@@ -213,7 +221,9 @@ def p_text(p: float, exact: bool) -> str:
     0 in 10,000 is 0.0009)."""
     if exact:
         return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
-    return "p < 0.001" if p <= 1 / (1 + SIGN_FLIPS) else f"p ≈ {p:.3f}"
+    if p <= 1 / (1 + SIGN_FLIPS):
+        return "p < 0.001"
+    return f"p ≈ {p:.1g}" if p < 0.001 else f"p ≈ {p:.3f}"
 
 
 def _first(table: pd.DataFrame) -> str:
