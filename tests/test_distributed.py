@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,6 +82,9 @@ def runs(tmp_path_factory):
     run_snakemake(workdir, _config(workdir), "--printshellcmds", _target("head_one"), _target("head_two"),
                   _target("finetune_two"), env={"FINETUNE_RECORD_MODULES": str(records), **_tmpdir(workdir)})
     return workdir, records
+
+
+HOST = socket.gethostname().replace("-", "_")  # as the launcher names its folder
 
 
 def _tmpdir(workdir: Path) -> dict:
@@ -216,7 +220,7 @@ def test_a_killed_torchrun_takes_its_training_processes_with_it_and_the_next_run
     assert list((workdir / "resources" / "resume" / experiment / "seed0").glob("*.pt")), "the resume state went"
     # Killed, the launcher could not remove its folder; the next launch on the machine does.
     assert _left_in_tmpdir(workdir) == [name for name in _left_in_tmpdir(workdir)
-                                        if name.startswith(f"finetune-launch-{killed}-")] != []
+                                        if name.startswith(f"finetune-launch-{HOST}-{killed}-")] != []
 
     _rerun(workdir, experiment)
     assert _left_in_tmpdir(workdir) == []
@@ -420,3 +424,36 @@ def test_several_processes_agree_on_a_stop_within_seconds_of_slow_steps(tmp_path
     assert [proc.returncode for proc in procs] == [0, 0], outs
     steps = [int(out.strip().splitlines()[-1]) for out in outs]
     assert steps[0] == steps[1] and 2 <= steps[0] <= 1 + int(CHECK_SECONDS / step_s), steps
+
+
+def test_the_launcher_sweeps_only_its_own_machines_folders_of_launches_that_are_gone(tmp_path):
+    """A folder of a killed launch on this machine goes (its empty folders and stop records; a worker's error file
+    stays); a live launch's, another machine's (a temporary folder shared by nodes) and a link are left alone."""
+    from finetune.launch import remove_stale_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, live = gone.pid, os.getpid()
+    target = tmp_path / "elsewhere" / "empty"
+    target.mkdir(parents=True)
+    root = tmp_path / "tmp"
+    folders = {name: root / name for name in (f"finetune-launch-{HOST}-{dead}-a", f"finetune-launch-{HOST}-{dead}-b",
+                                              f"finetune-launch-{HOST}-{live}-c", f"finetune-launch-other_node-{dead}-d")}
+    for folder in folders.values():
+        (folder / "stops").mkdir(parents=True)
+        (folder / "stops" / "rank0").write_text("SIGTERM at epoch 1, step 3")
+        (folder / "torchrun" / "run_x" / "attempt_0" / "0").mkdir(parents=True)
+    error = folders[f"finetune-launch-{HOST}-{dead}-b"] / "torchrun" / "run_x" / "attempt_0" / "0" / "error.json"
+    error.write_text("{}")
+    (root / f"finetune-launch-{HOST}-{dead}-e").symlink_to(tmp_path / "elsewhere")
+    remove_stale_folders(root)
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert left == sorted([
+        *(f"finetune-launch-{HOST}-{dead}-b/{p}" for p in ("torchrun", "torchrun/run_x", "torchrun/run_x/attempt_0",
+                                                          "torchrun/run_x/attempt_0/0", "torchrun/run_x/attempt_0/0/error.json")),
+        f"finetune-launch-{HOST}-{dead}-b",
+        *(f"{name}/{p}" for name in (f"finetune-launch-{HOST}-{live}-c", f"finetune-launch-other_node-{dead}-d")
+          for p in ("stops", "stops/rank0", "torchrun", "torchrun/run_x", "torchrun/run_x/attempt_0", "torchrun/run_x/attempt_0/0")),
+        f"finetune-launch-{HOST}-{live}-c", f"finetune-launch-other_node-{dead}-d", f"finetune-launch-{HOST}-{dead}-e",
+    ]), left
+    assert target.is_dir()

@@ -13,9 +13,9 @@ When one process fails, torchrun stops the others and ends with a summary naming
 failed, its exit code or signal; the job's log has it. On one node torchrun runs in this process (the job's), so
 that a stop (SIGTERM, SIGINT, SIGHUP: every process stopped at the same step, resume state kept) ends the job as a
 single process's does: its ``stopped by ...`` line last and exit status 143, not torchrun's failure (status 1).
-Its folder for the stop records and torchrun's worker logs (``$TMPDIR/finetune-launch-<pid>-*``) is removed when it
-ends, however it ends, except for a failed worker's error file; one left by a launcher that was killed (SIGKILL) is
-removed by the next launch on the machine.
+Its folder for the stop records and torchrun's worker logs (``$TMPDIR/finetune-launch-<host>-<pid>-*``) is
+removed when it ends, however it ends, except for a failed worker's error file; one left by a launcher that was
+killed (SIGKILL) is removed by the next launch on the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import argparse
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -131,11 +133,23 @@ def tidy(folder: Path) -> None:
             pass
 
 
+def _own_prefix() -> str:
+    """Launch folders of this machine: a temporary folder shared by several nodes holds other machines' too, whose
+    processes this one cannot see."""
+    return f"{FOLDER_PREFIX}{socket.gethostname().replace('-', '_')}-"
+
+
 def remove_stale_folders(root: Path) -> None:
-    """The folders of launches on this machine whose process is gone (killed: nothing of theirs ran at the end)."""
-    for folder in root.glob(f"{FOLDER_PREFIX}*-*"):
-        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+    """The folders of this user's launches on this machine whose process is gone (killed: nothing of theirs ran at
+    the end); never a link, nor another's folder."""
+    prefix = _own_prefix()
+    for folder in root.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and pid.isdigit() and not _running(int(pid)):
             tidy(folder)
 
 
@@ -165,7 +179,7 @@ def run_torchrun(torchrun_args: list[str], local_world: int) -> int:
     from torch.distributed.run import main as torchrun
 
     remove_stale_folders(Path(tempfile.gettempdir()))
-    folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{_own_prefix()}{os.getpid()}-"))
     record = folder / "stops"
     record.mkdir()
     os.environ[STOP_RECORD] = str(record)
