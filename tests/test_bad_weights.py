@@ -245,27 +245,43 @@ def test_weights_saved_from_a_wrapped_model_are_read_as_the_plain_model(tmp_path
     assert all(torch.equal(loaded[k], plain[k]) for k in plain)
 
 
-def test_a_state_dict_without_batchnorm_step_counters_is_read_as_torch_reads_it(tmp_path):
-    """Files of older torch or of conversion scripts lack BatchNorm's num_batches_tracked buffers; torch itself loads
-    them strictly (the counters start at 0), and so does the weights job: every other tensor as in the file."""
+@pytest.mark.parametrize("version_record", [False, True], ids=["rebuilt-dict", "state-dict-with-its-version-record"])
+def test_a_state_dict_without_batchnorm_step_counters_is_read_with_them_at_zero(tmp_path, version_record):
+    """Files of older torch or of conversion scripts lack BatchNorm's num_batches_tracked buffers. A rebuilt dict torch
+    itself loads strictly (the counters start at 0); one that keeps the state_dict's version record torch refuses,
+    and the weights job reads it alike: every other tensor as in the file, the counters 0."""
     import torch
     import torchvision
 
+    from finetune.models import build_architecture, load_source_state
     from finetune.weights import load_state_dict
 
     torch.manual_seed(0)
-    state = {k: v for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    model = torchvision.models.resnet18(num_classes=3)
+    model.train()(torch.randn(2, 3, 32, 32))  # the counters move off 0 in the source
+    state = model.state_dict()
+    for key in [k for k in state if k.endswith("num_batches_tracked")]:
+        del state[key]  # keeps the state_dict's version record (_metadata)
+    if not version_record:
+        state = {k: v for k, v in state.items()}
     torch.save(state, tmp_path / "old.pth")
     reference = torchvision.models.resnet18(num_classes=3)
-    reference.load_state_dict(torch.load(tmp_path / "old.pth"), strict=True)  # torch's own verdict: it loads
+    if version_record:
+        with pytest.raises(RuntimeError, match="num_batches_tracked"):
+            reference.load_state_dict(torch.load(tmp_path / "old.pth"), strict=True)
+    else:
+        reference.load_state_dict(torch.load(tmp_path / "old.pth"), strict=True)  # torch's own verdict: it loads
     result = run_weights(weights_config(path=str(tmp_path / "old.pth")), tmp_path / "out")
     assert result.returncode == 0, result.stdout
     loaded = load_state_dict(tmp_path / "out" / "weights.pth")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    target = build_architecture("resnet18", 3)
+    load_source_state(target, loaded, "old.pth", arch="resnet18")
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in state.items())
+    assert [int(v) for k, v in target.state_dict().items() if k.endswith("num_batches_tracked")] == [0] * 20
 
 
-@pytest.mark.parametrize("kind", ["lightning-with-loss-weights", "sequential-head"])
+@pytest.mark.parametrize("kind", ["lightning-with-loss-weights", "sequential-head", "mlp-head"])
 def test_a_state_dict_with_more_than_the_model_or_a_head_of_several_layers_says_which(out, tmp_path, kind):
     """Not a wrong architecture: a LightningModule's state with the model under `model.` beside its loss's class
     weights, or a resnet18 whose head was nn.Sequential(Dropout, Linear). The message says what the keys show and
@@ -278,7 +294,11 @@ def test_a_state_dict_with_more_than_the_model_or_a_head_of_several_layers_says_
     if kind == "sequential-head":
         model.fc = torch.nn.Sequential(torch.nn.Dropout(), model.fc)
         saved, fragments = model.state_dict(), ("has no 'fc.weight': its output layer is not one layer but fc.1.weight",
-                                                "model.fc = model.fc[-1]")
+                                                "model.fc = model.fc[-1] (its last Linear, which takes the backbone's 512")
+    elif kind == "mlp-head":  # its last Linear takes 256 features, not the backbone's 512: it cannot stand alone
+        model.fc = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))
+        saved, fragments = model.state_dict(), ("its output layer is not one layer but fc.0.weight",
+                                                "model.fc = torch.nn.Linear(512, <its classes>)")
     else:
         holder = torch.nn.Module()
         holder.model, holder.criterion = model, torch.nn.CrossEntropyLoss(weight=torch.ones(3))

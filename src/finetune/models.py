@@ -118,8 +118,12 @@ def _first(names, n: int = 3) -> str:
 def load_source_state(model: nn.Module, state_dict: dict, origin: str, arch: str | None = None) -> None:
     """Load source weights strictly, turning key/shape mismatches into one readable error."""
     expected = model.state_dict()
-    # BatchNorm's step counters: files of older torch or of conversions lack them, and loading fills them in.
-    missing = [k for k in expected if k not in state_dict and not k.endswith(".num_batches_tracked")]
+    # BatchNorm's step counters: files of older torch or of conversions lack them; they start at 0, as torch starts
+    # them for a file without its state_dict's version record (one with it, torch would refuse).
+    counters = {k: v.new_zeros(()) for k, v in expected.items() if k not in state_dict and k.endswith(".num_batches_tracked")}
+    if counters:
+        state_dict = {**state_dict, **counters}
+    missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                 if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(v.shape)]

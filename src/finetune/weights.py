@@ -158,9 +158,17 @@ def _why_no_head(state_dict: dict, head_name: str, arch: str) -> str:
     """Why a state_dict lacks ``arch``'s output layer ``head_name``, as far as its keys tell, and what to do."""
     below = [k for k in state_dict if k.startswith(f"{head_name}.")]
     if below:  # a head of several layers (nn.Sequential(nn.Dropout(), nn.Linear(...)), say): fc.1.weight
+        from .models import build_architecture, find_output_layer
+
+        features = find_output_layer(build_architecture(arch, 2))[1].weight.shape[1]
+        last = [k for k in below if k.endswith(".weight") and getattr(state_dict[k], "ndim", 0) == 2][-1:]
+        fix = (f"model.{head_name} = model.{head_name}[-1] (its last Linear, which takes the backbone's {features} "
+               "features)" if last and state_dict[last[0]].shape[1] == features else
+               f"model.{head_name} = torch.nn.Linear({features}, <its classes>) (a head of several layers cannot be "
+               "carried over, and the new one replaces it anyway)")
         return (f"its output layer is not one layer but {', '.join(below[:4])}; finetune replaces the output layer, but "
-                f"reads the source classes from a single nn.Linear {head_name}: save the model with "
-                f"model.{head_name} = model.{head_name}[-1] (its last Linear) before torch.save(model.state_dict(), path)")
+                f"reads the source classes from a single nn.Linear {head_name}: save the model with {fix} before "
+                "torch.save(model.state_dict(), path)")
     groups: dict[str, list[str]] = {}
     for k in state_dict:
         groups.setdefault(k.split(".", 1)[0] if "." in k else "", []).append(k)
