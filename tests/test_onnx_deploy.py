@@ -332,12 +332,20 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     refused = run_snakemake(workdir, config, check=False)
     assert refused.returncode != 0 and "predict.images: no image files in incoming" in refused.stdout, refused.stdout[-2000:]
     assert predictions.read_bytes() == before
-    # So is one whose image files all fail to open (an empty file, text named .jpg): the job would fail on them.
+    # So is one whose image files all fail to decode (a JPEG cut short, an empty file, text named .png): the job would
+    # fail on them.
+    from io import BytesIO
+
+    from PIL import Image
+
+    jpeg = BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    (workdir / "incoming" / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     (workdir / "incoming" / "nested" / "empty.jpg").write_bytes(b"")
     (workdir / "incoming" / "notes.png").write_text("not an image")
     refused = run_snakemake(workdir, config, check=False)
-    assert refused.returncode != 0 and ("predict.images: none of the 2 image file(s) of incoming opens as an image (the "
-                                        "first: incoming/nested/empty.jpg: ") in refused.stdout, refused.stdout[-2000:]
+    assert refused.returncode != 0 and ("predict.images: none of the 3 image file(s) of incoming can be read as an image "
+                                        "(the first: incoming/cut.jpg: ") in refused.stdout, refused.stdout[-2000:]
     assert predictions.read_bytes() == before
 
 

@@ -196,7 +196,7 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
 
 
 def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
-    """Raise DataError where none of ``pairs`` (:func:`list_images`) opens as an image (its header: PIL's lazy open),
+    """Raise DataError where none of ``pairs`` (:func:`list_images`) decodes as an image (a JPEG at a reduced scale),
     naming the first one's problem. The workflow checks it at start: the predict job would fail on them, and a failed
     job's outputs, the earlier predictions, are removed. The first image that opens ends the check."""
     from PIL import Image
@@ -204,11 +204,13 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
     first = None
     for ref, path in pairs:
         try:
-            with Image.open(path):
+            with Image.open(path) as image:
+                image.draft("RGB", (64, 64))  # a JPEG decoded at a reduced scale: all its data read, cheaply
+                image.load()
                 return
         except Exception as exc:  # any reason an image does not open is one to report here
             first = first or f"{ref}: {exc}"
-    raise DataError(f"none of the {len(pairs)} image file(s) of {source} opens as an image (the first: {first}); "
+    raise DataError(f"none of the {len(pairs)} image file(s) of {source} can be read as an image (the first: {first}); "
                     "the earlier predictions are kept")
 
 
