@@ -348,9 +348,11 @@ def test_sigterm_to_the_job_while_it_starts_stops_it_with_status_143(runs):
     assert max(columns.values()) == 0.0 and weights == 0.0, (columns, weights)
 
 
-_AGREE_THEN_LATE_SIGNAL = """
-import os, signal, sys
-import torch.distributed as dist
+# Two gloo processes (RANK 0 and 1) meeting at the file argv[1], finetune's src at argv[2]: each with its Ranks and
+# SignalGuard, as the training loop holds them.
+_GLOO_PAIR = """
+import os, signal, sys, time
+import torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[2])
 from finetune.distributed import Ranks
 from finetune.errors import StopRequested
@@ -360,6 +362,9 @@ rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=rank, world_size=2)
 ranks = Ranks(rank=rank, world=2, control=dist.new_group(backend="gloo"))
 guard = SignalGuard()
+"""
+
+_AGREE_THEN_LATE_SIGNAL = _GLOO_PAIR + """
 if rank == 1:
     guard.signum = signal.SIGTERM  # this rank's own signal, before the two agree
 DivergenceCheck(TrainOptions(), 0, [], None, ranks, guard).check()
@@ -386,17 +391,7 @@ def test_a_rank_stopped_for_another_ranks_signal_says_so_even_if_the_launcher_si
     assert outs[1].strip() == "SIGTERM at step 1", outs
 
 
-_SLOW_STEPS_THEN_SIGNAL = """
-import os, signal, sys, time
-import torch, torch.distributed as dist
-sys.path.insert(0, sys.argv[2])
-from finetune.distributed import Ranks
-from finetune.options import TrainOptions
-from finetune.stopping import DivergenceCheck, SignalGuard
-rank = int(os.environ["RANK"])
-dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=rank, world_size=2)
-ranks = Ranks(rank=rank, world=2, control=dist.new_group(backend="gloo"))
-guard = SignalGuard()
+_SLOW_STEPS_THEN_SIGNAL = _GLOO_PAIR + """
 check = DivergenceCheck(TrainOptions(), 0, [], None, ranks, guard)
 for step in range(1, 100):
     time.sleep(float(sys.argv[3]))  # a slow training step
