@@ -114,8 +114,8 @@ PARITY_CHUNK = 64
 
 def parity_check(model, onnx_path: Path, inputs: np.ndarray, batch_n: int, tolerance: float,
                  rtol: float = DEFAULT_RTOL) -> dict:
-    """Compare onnxruntime with PyTorch on real inputs at batch 1, at batch ``batch_n``, and on all of them (by chunks
-of :data:`PARITY_CHUNK`), each logit held to the tolerance; and their top-1 agreement.
+    """Compare onnxruntime with PyTorch on real inputs at batch 1, at batch ``batch_n``, and on all of them (by
+    chunks of :data:`PARITY_CHUNK`), each logit held to the tolerance; and their top-1 agreement.
 
     A logit passes where ``|onnxruntime - PyTorch| <= tolerance + rtol * scale``, ``scale`` the largest
     |logit| PyTorch gives that image: float rounding grows with the logits' size, so a model whose logits
