@@ -147,20 +147,18 @@ def infer_num_classes(arch: str, state_dict: dict, origin: str) -> int:
     """Read the number of source classes from the output layer's weight in a state_dict."""
     from .models import build_architecture, find_output_layer
 
-    head_name, _ = find_output_layer(build_architecture(arch, 2))
+    head_name, head = find_output_layer(build_architecture(arch, 2))
     key = f"{head_name}.weight"
     if key not in state_dict:
-        raise WeightsError(f"{origin} has no {key!r}: {_why_no_head(state_dict, head_name, arch)}")
+        raise WeightsError(f"{origin} has no {key!r}: {_why_no_head(state_dict, head_name, head.weight.shape[1], arch)}")
     return int(state_dict[key].shape[0])
 
 
-def _why_no_head(state_dict: dict, head_name: str, arch: str) -> str:
-    """Why a state_dict lacks ``arch``'s output layer ``head_name``, as far as its keys tell, and what to do."""
+def _why_no_head(state_dict: dict, head_name: str, features: int, arch: str) -> str:
+    """Why a state_dict lacks ``arch``'s output layer ``head_name`` (taking ``features`` inputs), as far as its keys
+    tell, and what to do."""
     below = [k for k in state_dict if k.startswith(f"{head_name}.")]
     if below:  # a head of several layers (nn.Sequential(nn.Dropout(), nn.Linear(...)), say): fc.1.weight
-        from .models import build_architecture, find_output_layer
-
-        features = find_output_layer(build_architecture(arch, 2))[1].weight.shape[1]
         last = [k for k in below if k.endswith(".weight") and getattr(state_dict[k], "ndim", 0) == 2][-1:]
         fix = (f"model.{head_name} = model.{head_name}[-1] (its last Linear, which takes the backbone's {features} "
                "features)" if last and state_dict[last[0]].shape[1] == features else
