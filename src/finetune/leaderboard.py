@@ -135,9 +135,11 @@ def paired_p_value(a: np.ndarray, b: np.ndarray, draws: int = SIGN_FLIPS, seed: 
     if len(d) == 0:
         return 1.0, True
     steps = _integer_steps(d)
-    if steps is not None and _exact_size(steps) <= EXACT_GRID and \
-            _exact_size(steps) * len(np.unique(np.abs(steps))) <= EXACT_WORK:
-        return _exact_sign_flip_p(steps), True
+    if steps is not None:
+        values, counts = np.unique(np.abs(steps), return_counts=True)
+        size = _exact_size(steps)
+        if size <= EXACT_GRID and size * len(values) <= EXACT_WORK:
+            return _exact_sign_flip_p(values, counts, abs(int(steps.sum())), size), True
     observed = abs(d.sum())
     rng = np.random.default_rng(seed)
     extreme, rows = 0, max(1, min(1000, 4_000_000 // len(d)))  # at most 4 million signs at once (32 MB as float64)
@@ -162,13 +164,11 @@ def _exact_size(steps: np.ndarray) -> int:
     return 1 << (2 * int(np.abs(steps).sum())).bit_length()
 
 
-def _exact_sign_flip_p(steps: np.ndarray) -> float:
-    """P(|sum of s_i x steps_i| >= |sum of steps|) over all 2^n sign vectors s, exactly (to float rounding). Each
-    image adds +-v with probability 1/2: its Fourier transform is cos(2 pi v k / N), so the sum's is the product of
-    cos(2 pi v k / N)^c over the distinct |steps| v, c the images with that step; inverted on a grid of N points that
-    holds every sum (index: the sum mod N)."""
-    values, counts = np.unique(np.abs(steps), return_counts=True)
-    size = _exact_size(steps)
+def _exact_sign_flip_p(values: np.ndarray, counts: np.ndarray, observed: int, size: int) -> float:
+    """P(|sum of s_i x steps_i| >= ``observed``) over all 2^n sign vectors s, exactly (to float rounding), the steps
+    given as their distinct sizes ``values`` and how many images have each (``counts``). Each image adds +-v with
+    probability 1/2: its Fourier transform is cos(2 pi v k / N), so the sum's is the product of cos(2 pi v k / N)^c
+    over the values; inverted on a grid of N = ``size`` points that holds every sum (index: the sum mod N)."""
     reach = int((values * counts).sum())
     k = np.arange(size, dtype=np.int64)
     cosines = np.cos(2 * np.pi * k / size)
@@ -177,7 +177,7 @@ def _exact_sign_flip_p(steps: np.ndarray) -> float:
         transform *= cosines[(int(v) * k) % size] ** int(c)
     pmf = np.clip(np.fft.irfft(transform[:size // 2 + 1], n=size), 0, None)
     sums = np.arange(-reach, reach + 1)
-    return float(min(1.0, pmf[sums[np.abs(sums) >= abs(int(steps.sum()))] % size].sum()))
+    return float(min(1.0, pmf[sums[np.abs(sums) >= observed] % size].sum()))
 
 
 def per_image_correct(runs: list[dict]) -> dict[str, pd.Series] | None:
