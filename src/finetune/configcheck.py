@@ -340,7 +340,8 @@ def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train
             if tuple(keys) in said or all(any(problem.startswith(f"{where}:") for problem in refused) for where in wheres):
                 continue
             said.add(tuple(keys))  # one pair of runs says it
-            ignored = {**inert_recipes({**defaults, **train, **overrides}), **ignored_options({**defaults, **train, **overrides})}
+            options = {**defaults, **train, **overrides}
+            ignored = {**inert_recipes(options), **ignored_options(options)}
             why = "; ".join(f"{key}: {ignored[key]}" for key in keys if key in ignored)
             problems.append(f"{', '.join(wheres)}: runs {same} and {name} would train the same run"
                             f"{f' ({why})' if why else ''}; sweep only values that change the run")

@@ -501,8 +501,10 @@ def _check_warmup(steps: "_Steps", n_train: int, opts: TrainOptions, log: Callab
 def _check_class_weighting(labels: torch.Tensor, num_classes: int, opts: TrainOptions, log: Callable[[str], None]) -> None:
     """Say where class_weighting loss weights classes that are balanced already (the usual case under
     max_train_per_class): every weight is 1, and the run trains as it would without it."""
+    if opts.class_weighting != "loss" or not len(labels):
+        return
     counts = torch.bincount(labels, minlength=num_classes)
-    if opts.class_weighting == "loss" and len(labels) and bool((counts == counts[0]).all()):
+    if bool((counts == counts[0]).all()):
         log(f"warning: {key_name('class_weighting')}: loss does nothing here: every class has {int(counts[0])} training "
             "images, so every class weight is 1 and the run trains as with class_weighting none (it weights classes "
             "of unequal counts; max_train_per_class may have made them equal)")
