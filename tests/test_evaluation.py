@@ -196,7 +196,8 @@ def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, str
         f"best_{metric}": best}))
     rows = ([(1, best + 1, 0.0), (2, best, 1.0)] if metric == "val_loss" else
             [(1, val_loss + 1, best - 0.1), (2, val_loss, best)])
-    (folder / "history.csv").write_text("epoch,val_loss,val_accuracy\n" + "".join(f"{e},{l},{a}\n" for e, l, a in rows))
+    share = "val_accuracy" if metric == "val_loss" else metric
+    (folder / "history.csv").write_text(f"epoch,val_loss,{share}\n" + "".join(f"{e},{l},{a}\n" for e, l, a in rows))
     (folder / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": macro_f1}))
     return {"experiment": experiment, "sweep": sweep, "seed": seed, "info": folder / "train_info.json",
             "metrics": folder / "metrics.json", "weights_source": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}
@@ -426,7 +427,7 @@ def argmax_by(sweep: str, index: int) -> str:
     return max(means, key=means.get)
 
 
-@pytest.mark.parametrize("metric", ["val_accuracy", "val_loss"])
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_balanced_accuracy", "val_loss"])
 def test_the_leaderboard_selects_by_validation_even_where_test_accuracy_would_pick_another(tmp_path, metric):
     from helpers import run_script
 
@@ -454,15 +455,16 @@ def test_the_leaderboard_selects_by_validation_even_where_test_accuracy_would_pi
     assert f"selected by {metric}" in (out / "summary.html").read_text()
 
 
-def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_path):
-    """As between epochs: a seed tied with another on val_accuracy loses to the one of lower val_loss at its
-    best epoch, whichever was written first; runs tied on their mean, to the lower mean val_loss."""
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_balanced_accuracy"])
+def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_path, metric):
+    """As between epochs: a seed tied with another on val_accuracy (or val_balanced_accuracy) loses to the one of
+    lower val_loss at its best epoch, whichever was written first; runs tied on their mean, to the lower mean val_loss."""
     from finetune.selection import choose_model
     from helpers import run_script
 
     figures = {("first", 0): (0.5, 0.9), ("first", 1): (0.5, 0.7),  # (val_accuracy, val_loss): tied means
                ("second", 0): (0.5, 0.6), ("second", 1): (0.5, 0.8)}
-    runs = [write_run(tmp_path, name, seed, 0.8, 0.8, 1.0, val=acc, val_loss=loss, sweep="sweep")
+    runs = [write_run(tmp_path, name, seed, 0.8, 0.8, 1.0, val=acc, val_loss=loss, sweep="sweep", metric=metric)
             for (name, seed), (acc, loss) in figures.items()]
     mean_loss = {name: (figures[(name, 0)][1] + figures[(name, 1)][1]) / 2 for name in ("first", "second")}
     run = min(mean_loss, key=mean_loss.get)  # 0.7 against 0.8

@@ -42,14 +42,15 @@ def make_model(tiny, seed=0):
     return build_target_model("resnet18", len(tiny["classes"]), tiny["state"], tiny["manifest"]["num_classes"])
 
 
-def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, global_seed=0, feature_cache=None, **options):
+def run_fit(tiny, model, log=lambda _: None, resume_path=None, train=None, global_seed=0, feature_cache=None, val=None,
+            **options):
     """fit on the tiny split, on the CPU (the tests compare with CPU tensors; override with device=...).
 
     ``global_seed`` seeds torch's global RNG just before: fit must not depend on it.
     """
     opts = TrainOptions.from_dict({"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu", **options})
     torch.manual_seed(global_seed)
-    return fit(model, train or tiny["data"]["train"], tiny["data"]["val"], tiny["prep"], opts,
+    return fit(model, train or tiny["data"]["train"], val or tiny["data"]["val"], tiny["prep"], opts,
                num_classes=len(tiny["classes"]), log=log, resume_path=resume_path, feature_cache=feature_cache)
 
 
@@ -473,23 +474,54 @@ def test_early_stopping_lets_gradual_train_its_backbone_patience_epochs_after_th
     assert any("best epoch 1 is a head-only one" in line for line in lines), lines
 
 
-def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss():
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present_and_chooses_the_epoch(tiny):
+    """``metric: val_balanced_accuracy`` on a validation split of unequal classes, one of them absent: the kept
+    epoch is the best on it (ties to the lower val_loss), and its figure is the mean over the classes the split
+    holds of their recalls, recomputed here from the kept weights' predictions."""
+    full = tiny["data"]["val"]
+    sizes = torch.bincount(full.labels, minlength=len(tiny["classes"])).tolist()
+    val = imbalanced(full, [sizes[0], max(1, sizes[1] // 3), max(1, sizes[2] // 5), 0])
+    lines = []
+    model = make_model(tiny)
+    result = run_fit(tiny, model, val=val, epochs=4, log=lines.append, metric="val_balanced_accuracy",
+                     **{k: v for k, v in EARLY_STOPPING.items() if k != "metric"})
+    ranked = [(row["val_balanced_accuracy"], -row["val_loss"], -row["epoch"]) for row in result.history]
+    assert result.best_epoch == -max(ranked)[2]
+    best = result.history[result.best_epoch - 1]
+    assert result.best_metric == best["val_balanced_accuracy"]
+
+    model.load_state_dict(result.best_state)
+    mean = torch.tensor(tiny["prep"].mean).view(1, 3, 1, 1)
+    std = torch.tensor(tiny["prep"].std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        predicted = model.eval()((val.images.float() / 255 - mean) / std).argmax(1)
+    labels = val.labels
+    recalls = [((predicted == c) & (labels == c)).sum().item() / (labels == c).sum().item() for c in range(3)]
+    assert best["val_balanced_accuracy"] == pytest.approx(sum(recalls) / 3, abs=1e-12)
+    assert best["val_accuracy"] == pytest.approx((predicted == labels).float().mean().item(), abs=1e-6)
+    assert any(abs(row["val_balanced_accuracy"] - row["val_accuracy"]) > 0.01 for row in result.history), \
+        "the unequal classes must part the two figures here"
+    assert any(f"val_bal_acc {best['val_balanced_accuracy']:.4f}" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_balanced_accuracy"])
+def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss(metric):
     from finetune.progress import Progress, track_best
 
-    opts = TrainOptions.from_dict({"metric": "val_accuracy"})
+    opts = TrainOptions.from_dict({"metric": metric})
     progress = Progress(history=[], best={"state": {}, "metric": float("-inf"), "epoch": -1})
     layer = torch.nn.Linear(2, 2)
     rows = [(0.75, 0.9), (0.95, 0.54), (0.95, 0.41), (0.95, 0.47), (0.90, 0.20), (0.95, 0.41)]
     kept = []
     for epoch, (accuracy, loss) in enumerate(rows, start=1):
-        track_best(progress, layer, {"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss}, opts)
+        track_best(progress, layer, {"epoch": epoch, metric: accuracy, "val_loss": loss}, opts)
         kept.append((progress.best["epoch"], progress.since_best))
     # epoch 3 ties epoch 2's accuracy at a lower loss: it is kept; 4 (higher loss), 5 (lower accuracy) and 6
     # (the same loss, not lower) are not, and count as epochs without improvement for early stopping
     assert kept == [(1, 0), (2, 0), (3, 0), (3, 1), (3, 2), (3, 3)]
     by_loss = Progress(history=[], best={"state": {}, "metric": float("inf"), "epoch": -1})
     for epoch, (accuracy, loss) in enumerate(rows, start=1):
-        track_best(by_loss, layer, {"epoch": epoch, "val_accuracy": accuracy, "val_loss": loss},
+        track_best(by_loss, layer, {"epoch": epoch, metric: accuracy, "val_loss": loss},
                    TrainOptions.from_dict({"metric": "val_loss"}))
     assert by_loss.best["epoch"] == 5  # metric val_loss: the lowest loss, whatever the accuracy
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .configcheck import caches_features, distributed_problems, recipe_problems
 from .errors import ConfigError
+from .selection import METRICS
 
 
 # Where this job's `train` keys were written, for the messages that say what to change: `train.lr`, or
@@ -51,7 +52,7 @@ class TrainOptions:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     early_stopping_patience: int | None = None
-    metric: str = "val_accuracy"        # val_accuracy | val_loss
+    metric: str = "val_accuracy"        # val_accuracy | val_balanced_accuracy (mean recall of the classes) | val_loss
     class_weighting: str = "none"       # none | loss | sampler
     augment: bool = False               # random resized crop + horizontal flip
     cache_features: bool = True         # feature_extract without augmentation: one backbone pass
@@ -96,7 +97,7 @@ class TrainOptions:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
             (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
             (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
-            (self.metric in ("val_accuracy", "val_loss"), f"metric must be val_accuracy or val_loss, not {self.metric!r}"),
+            (self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}"),
             (self.class_weighting in ("none", "loss", "sampler"), f"unknown class_weighting {self.class_weighting!r}"),
             (self.amp in ("off", "bf16", "fp16"), f"amp must be off, bf16 or fp16, not {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),

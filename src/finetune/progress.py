@@ -16,7 +16,7 @@ from torch import nn
 
 from .fileio import torch_save
 from .options import TrainOptions
-from .selection import epoch_score
+from .selection import LOWER_IS_BETTER, epoch_score
 
 if TYPE_CHECKING:
     from .training import _Setup
@@ -39,7 +39,7 @@ def fresh_progress(setup: _Setup) -> Progress:
 
 
 def maximizes(opts: TrainOptions) -> bool:
-    return opts.metric == "val_accuracy"
+    return opts.metric not in LOWER_IS_BETTER
 
 
 def track_best(progress: Progress, trained: nn.Module, row: dict, opts: TrainOptions) -> None:
@@ -55,7 +55,7 @@ def track_best(progress: Progress, trained: nn.Module, row: dict, opts: TrainOpt
 
 def improves(row: dict, best: dict, opts: TrainOptions) -> bool:
     """Whether an epoch's row beats the best so far on ``opts.metric`` (:func:`finetune.selection.epoch_score`:
-    ``val_accuracy`` ties go to the lower validation loss). Validation figures only: the test split never chooses."""
+    accuracy ties go to the lower validation loss). Validation figures only: the test split never chooses."""
     if best["epoch"] < 0:
         return True
     kept = {opts.metric: best["metric"], "val_loss": best.get("val_loss", math.inf)}

@@ -4,7 +4,7 @@
 Torch- and pandas-free: the summary (leaderboard) and predict (the selected model) choose alike.
 Within an experiment (a sweep's runs, or the one run of an experiment without a sweep) the run
 whose mean over seeds is best is selected; of its seeds, the one with the best value. Ties go as they
-go between epochs (:func:`epoch_score`): with ``val_accuracy``, to the lower validation loss of the
+go between epochs (:func:`epoch_score`): with an accuracy, to the lower validation loss of the
 best epoch (its mean over seeds, for runs); then to the first written.
 """
 
@@ -19,7 +19,9 @@ from pathlib import Path
 from .errors import ConfigError
 from .fileio import read_json
 
+METRICS = ("val_accuracy", "val_balanced_accuracy", "val_loss")  # train.metric: history.csv's columns
 LOWER_IS_BETTER = {"val_loss"}
+SHARES = {"val_accuracy", "val_balanced_accuracy"}  # shares of images: ties go to the lower val_loss
 
 
 def oriented(metric: str, value: float) -> float:
@@ -30,11 +32,11 @@ def oriented(metric: str, value: float) -> float:
 def epoch_score(row: dict, metric: str) -> tuple[float, float]:
     """How one epoch of a history ranks on ``metric`` (higher is better), as training keeps its best epoch.
 
-    ``val_accuracy`` ties go to the lower ``val_loss``: on a small validation split the accuracy ties
-    for many epochs (40 images: steps of 2.5%), and the first of a tie can be a model whose validation
-    loss is still falling (the demo's finetune, seed 0: epoch 2 of 12 at val loss 0.54 instead of 0.20).
+    Accuracy ties (and balanced accuracy ties) go to the lower ``val_loss``: on a small validation split the
+    accuracy ties for many epochs (40 images: steps of 2.5%), and the first of a tie can be a model whose
+    validation loss is still falling (the demo's finetune, seed 0: epoch 2 of 12 at val loss 0.54 instead of 0.20).
     """
-    tie_break = -row.get("val_loss", math.inf) if metric == "val_accuracy" else 0.0
+    tie_break = -row.get("val_loss", math.inf) if metric in SHARES else 0.0
     return oriented(metric, row[metric]), tie_break
 
 
@@ -53,10 +55,10 @@ def validation_record(info: dict, folder: str | Path) -> dict:
 
 def tie_break(folder: str | Path, metric: str) -> float:
     """The second part of the best epoch's :func:`epoch_score` in ``folder``/history.csv (0 where none)."""
-    if metric != "val_accuracy":
+    if metric not in SHARES:
         return 0.0
     with open(Path(folder) / "history.csv", newline="") as f:
-        history = [{k: float(v or "nan") for k, v in row.items() if k in ("val_accuracy", "val_loss")}
+        history = [{k: float(v or "nan") for k, v in row.items() if k in (metric, "val_loss")}
                    for row in csv.DictReader(f)]
     return epoch_score(best_epoch_row(history, metric), metric)[1] if history else 0.0
 

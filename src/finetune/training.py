@@ -193,11 +193,11 @@ def _train_and_score_epoch(setup: "_Setup", epoch: int, guard: SignalGuard, prog
     opts = setup.opts
     train_metrics = train_one_epoch(setup, epoch, guard, progress.history, resume_path)
     with _scored_weights(setup):  # with ema_decay: the averaged weights are validated and kept
-        val_loss, val_accuracy = evaluate(setup, epoch)
-        check_validation_loss(val_loss, opts, epoch, progress.history, resume_path)
-        row = _epoch_row(setup, epoch, train_metrics, val_loss, val_accuracy, time.perf_counter() - started, trainable)
+        scores = evaluate(setup, epoch)
+        check_validation_loss(scores["val_loss"], opts, epoch, progress.history, resume_path)
+        row = _epoch_row(setup, epoch, train_metrics, scores, time.perf_counter() - started, trainable)
         progress.history.append(row)
-        _log_epoch(row, opts.epochs, log)
+        _log_epoch(row, opts, log)
         track_best(progress, setup.trained, row, opts)
 
 
@@ -791,8 +791,8 @@ def _show_progress(text: str) -> None:
 
 # --------------------------------------------------------------------------- validation, the epoch's row
 
-def evaluate(setup: _Setup, epoch: int) -> tuple[float, float]:
-    """Validation loss (plain cross-entropy) and accuracy of the model as it is now, in eval mode.
+def evaluate(setup: _Setup, epoch: int) -> dict[str, float]:
+    """Validation loss (plain cross-entropy), accuracy and balanced accuracy of the model as it is now, in eval mode.
 
     Several processes: each scores its own part of the split, and the sums are added up.
     """
@@ -802,39 +802,57 @@ def evaluate(setup: _Setup, epoch: int) -> tuple[float, float]:
             return _evaluate_shared(setup)
         logits = setup.inputs.eval_forward(setup.inputs.val)
         loss = setup.losses.eval(logits, setup.val_labels).item()
-        # the exact share (42 of 50: 0.84), not a float32 mean (0.8399999737739563), as the shared path gives
-        accuracy = (logits.argmax(1) == setup.val_labels).sum().item() / len(setup.val_labels)
+        counts = _class_counts(logits, setup.val_labels, setup.num_classes)
     except torch.OutOfMemoryError as exc:
         raise _out_of_memory(setup.place.device, setup.opts,
                              f"evaluating the validation split (epoch {epoch + 1})") from exc
-    return loss, accuracy
+    return {"val_loss": loss, **_accuracies(counts)}
 
 
-def _evaluate_shared(setup: _Setup) -> tuple[float, float]:
+def _class_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per class, its validation images and those of them predicted right: (2, num_classes), float64."""
+    right = logits.argmax(1) == labels
+    return torch.stack([torch.bincount(labels, minlength=num_classes),
+                        torch.bincount(labels[right], minlength=num_classes)]).double().cpu()
+
+
+def _accuracies(counts: torch.Tensor) -> dict[str, float]:
+    """Accuracy and balanced accuracy (the mean of the classes' recalls, over the classes the split holds) from
+    :func:`_class_counts`. Both from integer counts: the exact share (42 of 50: 0.84), not a float32 mean
+    (0.8399999737739563)."""
+    images, right = (row.tolist() for row in counts)
+    recalls = [r / n for r, n in zip(right, images) if n > 0]
+    return {"val_accuracy": sum(right) / sum(images), "val_balanced_accuracy": math.fsum(recalls) / len(recalls)}
+
+
+def _evaluate_shared(setup: _Setup) -> dict[str, float]:
     n = len(setup.val_labels)
     start, stop = distributed.shard_bounds(n, setup.ranks)
     images = setup.inputs.val
     part = StoredImages(images.store, images.rows[start:stop], images.crop) if isinstance(images, StoredImages) \
         else images[start:stop]
     labels = setup.val_labels[start:stop]
-    logits = setup.inputs.eval_forward(part) if stop > start else torch.zeros(0, 1)
-    sums = torch.zeros(2, dtype=torch.float64)
+    loss = torch.zeros(1, dtype=torch.float64)
+    counts = torch.zeros(2, setup.num_classes, dtype=torch.float64)
     if stop > start:
-        sums[0] = nn.functional.cross_entropy(logits, labels, reduction="sum").double()
-        sums[1] = (logits.argmax(1) == labels).sum().double()
+        logits = setup.inputs.eval_forward(part)
+        loss[0] = nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        counts = _class_counts(logits, labels, setup.num_classes)
+    sums = torch.cat([loss, counts.flatten()])
     distributed.all_sum(sums, setup.ranks, control=True)
-    return sums[0].item() / n, sums[1].item() / n
+    return {"val_loss": sums[0].item() / n, **_accuracies(sums[1:].view(2, -1))}
 
 
-def _epoch_row(setup: _Setup, epoch: int, train_metrics: dict, val_loss: float, val_accuracy: float,
-               elapsed_s: float, trainable: int) -> dict:
+def _epoch_row(setup: _Setup, epoch: int, train_metrics: dict, scores: dict, elapsed_s: float,
+               trainable: int) -> dict:
     """The epoch's line of the history (its keys are history.csv's columns, in order)."""
     return {
         "epoch": epoch + 1,
         "train_loss": train_metrics["train_loss"],
         "train_accuracy": train_metrics["train_accuracy"],
-        "val_loss": val_loss,
-        "val_accuracy": val_accuracy,
+        "val_loss": scores["val_loss"],
+        "val_accuracy": scores["val_accuracy"],
+        "val_balanced_accuracy": scores["val_balanced_accuracy"],
         "lr": setup.optimizer.param_groups[0]["lr"],
         "img_per_s": train_metrics["img_per_s"],
         "elapsed_s": elapsed_s,
@@ -842,10 +860,11 @@ def _epoch_row(setup: _Setup, epoch: int, train_metrics: dict, val_loss: float, 
     }
 
 
-def _log_epoch(row: dict, epochs: int, log: Callable[[str], None]) -> None:
+def _log_epoch(row: dict, opts: TrainOptions, log: Callable[[str], None]) -> None:
+    balanced = f" val_bal_acc {row['val_balanced_accuracy']:.4f}" if opts.metric == "val_balanced_accuracy" else ""
     log(
-        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
-        f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2e} "
+        f"epoch {row['epoch']}/{opts.epochs} train_loss {row['train_loss']:.4f} train_acc {row['train_accuracy']:.4f} "
+        f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}{balanced} lr {row['lr']:.2e} "
         f"img/s {row['img_per_s']:.1f} elapsed {row['elapsed_s']:.1f}s"
     )
 
