@@ -106,7 +106,7 @@ def _differences(workdir: Path, experiment: str, reference: str) -> tuple[dict, 
     ours, theirs = _history(workdir, experiment), _history(workdir, reference)
     assert len(ours) == len(theirs) == TRAIN["epochs"]
     columns = {c: float((ours[c] - theirs[c]).abs().max())
-               for c in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")}
+               for c in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr")}
     a = torch.load(_model(workdir, experiment), weights_only=False)["state_dict"]
     b = torch.load(_model(workdir, reference), weights_only=False)["state_dict"]
     assert a.keys() == b.keys()
