@@ -380,6 +380,56 @@ def test_csv_path_that_does_not_exist(tmp_path):
     assert f"{manifest.parent / 'dog/gone.png'} (line 11)" in result.stdout
 
 
+def test_csv_messages_name_the_files_own_lines_blank_and_quoted_multiline_ones_counted(tmp_path):
+    """pandas skips blank lines; the lines named were its row numbers + 2, so a blank line shifted every one after it."""
+    make_images(tmp_path / "images", {"cat": 4, "dog": 4})
+    manifest = tmp_path / "images" / "manifest.csv"
+    text = ["\ufeffpath,label,note", "", *[f"{r},x" for r in good_rows()[:4]], "   ", '\t', 'dog/000.png,dog,"two',
+            'lines"', "dog/001.png,dog,", "", "cat/lost.png,cat,", "dog/002.png,dog,tests"]
+    manifest.write_text("\r\n".join(text) + "\r\n")
+    expected = {line: number for number, line in enumerate(text, start=1)}
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"{manifest.parent / 'cat/lost.png'} (line {expected['cat/lost.png,cat,']})" in result.stdout
+    # and the misspelt split value on the last line:
+    text = [line.replace("cat/lost.png", "dog/003.png").replace(",note", ",split") for line in text]
+    manifest.write_text("\r\n".join(text) + "\r\n")
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"'tests' (line(s) {len(text)})" in result.stdout, result.stdout
+    assert not (tmp_path / "out" / "split.csv").exists()
+
+
+def test_csv_spaces_around_a_path_are_not_part_of_it(tmp_path):
+    """`cat/1.png , cat`: the label was stripped and the path not, so an existing image was called missing."""
+    manifest = write_manifest_csv(tmp_path, [f" {path} , {label}" for path, label in (r.split(",") for r in good_rows())])
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.25, "test_fraction": 0.25},
+                       tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    assert sorted(split["path"]) == sorted(str(manifest.parent / r.split(",")[0]) for r in good_rows())
+
+
+def test_a_class_folder_named_in_decomposed_unicode_is_the_class_typed_composed(tmp_path):
+    """A folder copied from a Mac names 'Shirt ü' as 'u' + a combining diaeresis; dataset.classes typed on a
+    keyboard has the one character 'ü'. They looked alike in a message that refused the class; and the same class
+    as a decomposed train/ folder and a composed test/ one would have been two classes."""
+    import unicodedata
+
+    composed = "Shirt \u00fc"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    make_images(tmp_path / "images" / "train", {decomposed: 6, "bag": 6})
+    make_images(tmp_path / "images" / "test", {composed: 2, "bag": 2}, seed=1)
+    result = run_split({"format": "imagefolder", "path": str(tmp_path / "images"), "classes": [composed, "bag"],
+                        "val_fraction": 0.34}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    counts = split.groupby(["class_name", "split"]).size().to_dict()
+    assert counts == {(composed, "train"): 4, (composed, "val"): 2, (composed, "test"): 2,
+                      ("bag", "train"): 4, ("bag", "val"): 2, ("bag", "test"): 2}, counts
+
+
 def test_csv_duplicate_path(tmp_path):
     manifest = write_manifest_csv(tmp_path, good_rows() + ["cat/001.png,dog"])
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,19 +276,20 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
         raise DataError(f"CSV manifest {file} lists no images")
     blank = frame.index[(frame["path"].str.strip() == "") | (frame["label"].str.strip() == "")]
     if len(blank):
-        raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(i + 2) for i in blank[:10])}")
-    # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole.
+        raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(i) for i in blank[:10])}")
+    # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole. Spaces around a
+    # path are not part of it (`cat/1.jpg , cat`), as around a label.
     base = file.parent
-    paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"]]
+    paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"].str.strip()]
     lines: dict[str, list[int]] = {}
-    for line, p in enumerate(paths, start=2):  # line 1 is the header
+    for line, p in zip(frame.index, paths):  # the file's lines (read_text_table)
         lines.setdefault(os.path.normpath(p), []).append(line)
     duplicated = [(p, where) for p, where in lines.items() if len(where) > 1]
     if duplicated:
         listed = "; ".join(f"{p} (lines {', '.join(map(str, where))})" for p, where in duplicated[:10])
         more = f" and {len(duplicated) - 10} more" if len(duplicated) > 10 else ""
         raise DataError(f"CSV manifest {file} lists the same image more than once: {listed}{more}. Keep one line per image")
-    missing_files = [(line, p) for line, p in enumerate(paths, start=2) if not os.path.exists(p)]
+    missing_files = [(line, p) for line, p in zip(frame.index, paths) if not os.path.exists(p)]
     if missing_files:
         listed = "; ".join(f"{p} (line {line})" for line, p in missing_files[:10])
         more = f" and {len(missing_files) - 10} more" if len(missing_files) > 10 else ""
@@ -296,7 +298,8 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
             f"(relative paths are read from the manifest's folder {base})"
         )
     official = _official_splits(frame["split"], file) if "split" in frame.columns else ""
-    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip(), "official_split": official})
+    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(),
+                         "official_split": official.to_numpy() if "split" in frame.columns else official})
 
 
 def _official_splits(column: pd.Series, file: Path) -> pd.Series:
@@ -307,7 +310,7 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
     if len(unknown):
         written = column[unknown.index].str.strip()  # as written: 'Tests' is named with its own lines
         listed = "; ".join(
-            f"{value!r} (line(s) {', '.join(str(i + 2) for i in written.index[written == value][:5])})"
+            f"{value!r} (line(s) {', '.join(str(i) for i in written.index[written == value][:5])})"
             for value in written.unique()[:10]
         )
         raise DataError(
@@ -353,6 +356,11 @@ def check_classes_have_images(listing: pd.DataFrame, class_names: list[str], spe
     raise DataError(f"class(es) with no images in {spec.path}: {', '.join(empty)}; leave them out with dataset.classes")
 
 
+def nfc(name: str) -> str:
+    """A class name in Unicode's composed form: 'ü' as one character, as typed, not as 'u' and a combining mark."""
+    return unicodedata.normalize("NFC", name)
+
+
 def select_classes(all_classes: list[str], wanted: list | None, where: str = "the dataset") -> list[str]:
     """Resolve ``dataset.classes`` (names or indices into the sorted class list) to names, in order."""
     if not wanted:
@@ -365,7 +373,7 @@ def select_classes(all_classes: list[str], wanted: list | None, where: str = "th
                 raise DataError(f"dataset.classes: index {item} is out of range ({where} has {len(all_classes)} classes)")
             name = all_classes[item]
         else:
-            name = str(item)
+            name = nfc(str(item))
             if name not in all_classes:
                 raise DataError(f"dataset.classes: {name!r} is not a class of {where}; its classes are {all_classes}")
         if name in chosen:
@@ -576,7 +584,10 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     outside = list(listing.attrs.get("outside_class_folders", []))
     note = listing.attrs.get("layout_note")
-    class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
+    # A class written in Unicode's decomposed form (folders copied from a Mac) is the class typed composed.
+    listing["class_name"] = listing["class_name"].map(nfc)
+    all_classes = list(dict.fromkeys(map(nfc, dataset_classes(spec, listing))))
+    class_names = select_classes(all_classes, spec.classes, where=spec.path)
     if len(class_names) < 2:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
         raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")

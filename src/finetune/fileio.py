@@ -244,9 +244,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def read_text_table(path: str | os.PathLike):
     """A CSV file a person may have written (a dataset manifest, a list of images to classify) as a DataFrame of
     strings, empty cells as "": spaces after the commas (`path, label`) are skipped and the column names
-    stripped; Excel's byte-order mark is read away. pandas' parse errors and UnicodeDecodeError propagate."""
+    stripped; Excel's byte-order mark is read away. Its index is each row's line in the file (the header's is
+    1 where no blank line comes first), blank lines counted, for messages that name a line. pandas' parse errors
+    and UnicodeDecodeError propagate."""
     import pandas as pd
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     frame.columns = [str(column).strip() for column in frame.columns]
+    lines = _record_lines(path)
+    frame.index = lines[1:] if len(lines) == len(frame) + 1 else range(2, len(frame) + 2)
     return frame
+
+
+def _record_lines(path: str | os.PathLike) -> list[int]:
+    """The line each record of a CSV file starts on, the header's first, leaving out the lines pandas skips as
+    blank (empty, or only spaces and tabs)."""
+    import csv
+
+    lines = []
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        for record in reader:
+            if len(record) <= 1 and not "".join(record).strip(" \t"):
+                continue
+            lines.append(reader.line_num - sum(cell.count("\n") for cell in record))
+    return lines
