@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, run_snakemake, tiny_config
 
@@ -41,19 +42,47 @@ def test_the_readme_s_module_snippet_runs_the_workflow_as_a_module(tiny_run, tmp
     assert list((host / "resources/resume").glob("**/*")) == [] or not (host / "resources/resume").exists()
 
 
-def test_a_module_with_a_prefix_and_this_repository_inside_the_host_finds_its_own_files(tmp_path):
+def test_a_module_with_a_prefix_runs_below_it_and_reads_the_config_s_paths_where_written(tmp_path):
     """The repository vendored inside the host's folder (a git submodule) and the module given a `prefix:`: the rules'
-    own scripts and modules are this repository's files, not paths under the prefix (which would be missing)."""
+    own scripts and modules are this repository's files, not paths under the prefix (which would be missing); every
+    file the run makes is below the prefix (the resume states and feature cache too, which are params); the config's
+    relative paths (a CSV manifest, a weights file) are read where written, not below the prefix, where the manifest
+    was not found and its split was not made again when it changed; the summary reads the runs below the prefix (it
+    failed on results/<run>/train_info.json); the snippet's onsuccess, told the prefix, removes the finished states."""
+    from faults import PREPROCESSING_32, make_images, save_state_dict
+
     host = tmp_path / "host"
     copy_of_the_workflow(host / "finetune")
     snippet = readme_module_snippet().replace("/path/to/finetune", "finetune")
+    snippet = snippet.replace("    remove_finished_states()\n", '    remove_finished_states("runs/a")\n')
+    assert snippet.count('remove_finished_states("runs/a")') == 2
     (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
+    make_images(host / "data", {"cat": 6, "dog": 6})
+    rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted((host / "data").glob("*/*.png"))]
+    (host / "data" / "manifest.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    save_state_dict(host / "weights" / "r18.pth")
+    config = {"dataset": {"format": "csv", "path": "data/manifest.csv", "val_fraction": 0.34, "test_fraction": 0.34},
+              "weights": {"source": "path", "arch": "resnet18", "path": "weights/r18.pth", "preprocessing": PREPROCESSING_32},
+              "experiments": {"head": {"strategy": "feature_extract", "lr": 0.01}}}
+    config = {**{k: v for k, v in TINY_CONFIG.items() if k != "pretrain"}, **config}
     (host / "config").mkdir()
-    tiny_config(host / "config", name="finetune.yaml", replace={"experiments": {"finetune": TINY_CONFIG["experiments"]["finetune"]}})
-    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
-    assert result.returncode == 0 and "Missing input files" not in result.stdout, result.stdout[-3000:]
-    assert "runs/a/results/finetune/seed0/model.pt" in result.stdout, result.stdout[-3000:]
+    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(host, None, snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"input: .*(?<!runs/a/)finetune/workflow/scripts/train\.py", result.stdout), result.stdout[-3000:]
+    made = sorted(p.name for p in host.iterdir() if p.name != ".snakemake")
+    assert made == ["Snakefile", "config", "data", "finetune", "runs", "weights"], made  # no results/, resources/
+    run = host / "runs/a/results/head/seed0"
+    assert (run / "model.onnx").exists() and json.loads((run / "train_info.json").read_text())["cached_features"]
+    assert list((host / "runs/a/resources/features").iterdir()), "the feature cache is below the prefix"
+    assert "head" in (host / "runs/a/results/summary.md").read_text()
+    assert not list((host / "runs/a/resources").glob("resume/**/*.done.pt"))
+    split = (host / "runs/a/resources/splits/target.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in split[1:]) == sorted(f"data/{row.split(',')[0]}" for row in rows)
+    # The manifest edited: its split is made again (and what follows), not the earlier one kept.
+    (host / "data" / "manifest.csv").write_text("path,label\n" + "\n".join(rows[1:]) + "\n")
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
+    assert re.search(r"^finetune_split\s+1$", result.stdout, re.M), result.stdout[-3000:]
 
 
 def test_the_host_s_config_file_is_checked_as_a_config_file_given_here(tmp_path):

@@ -354,16 +354,19 @@ def finished_file(resume: Path) -> Path:
 FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake ends (onsuccess, onerror: common.smk) if outputs are there
 
 
-def remove_finished_states(resume_folder: Path = Path("resources/resume"),
-                           pretrain_output: str = "resources/pretrain/model.pth",
-                           train_output: str = "results/{experiment}/seed{seed}/model.pt") -> list[Path]:
+def remove_finished_states(resume_folder: Path | None = None, pretrain_output: str | None = None,
+                           train_output: str | None = None, *, prefix: str = "") -> list[Path]:
     """A train or pretrain job keeps its finished resume state (``<key>.done.pt``, :func:`finished_file`) after it
     writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures and
     resuming"). Once a run of Snakemake ends (the workflow's onsuccess and onerror), those whose outputs are there
     are removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again
     from. ``resume_folder`` holds ``pretrain/`` and ``<experiment>/seed<seed>/`` (the rules' resume_dir); the
-    outputs: the rules'. Returns the states removed."""
-    resume_folder = Path(resume_folder)
+    outputs: the rules'. Where not given, they are the workflow's, below ``prefix`` (a module's `prefix:`).
+    Returns the states removed."""
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    resume_folder = Path(resume_folder or f"{prefix}resources/resume")
+    pretrain_output = pretrain_output or f"{prefix}resources/pretrain/model.pth"
+    train_output = train_output or f"{prefix}results/{{experiment}}/seed{{seed}}/model.pt"
     removed = []
     for state in sorted(resume_folder.glob(f"**/*{FINISHED_SUFFIX}")):
         run = state.parent.relative_to(resume_folder)

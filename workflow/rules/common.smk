@@ -229,8 +229,18 @@ _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock"
 # finetune.training and its parts
 _TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "importing", "mixing", "models", "options",
              "progress", "selection", "stopping", "store", "tensors", "training"]
+_path_modifier = workflow.modifier.path_modifier  # as the rules are read: a module's own
+
+
+def output_path(path):
+    """``path`` (under results/ or resources/) where the rules' files go: a module's `prefix:` (or `replace_prefix:`)
+    moves their inputs, outputs and logs, not their params, so a param naming such a folder or file takes it from here."""
+    return str(_path_modifier.replace_prefix(path))
+
+
 # Where train and pretrain keep their resume state (their params.resume_dir), outside their outputs.
-RESUME_FOLDER = Path("resources/resume")
+RESUME_FOLDER = Path(output_path("resources/resume"))
+FEATURE_FOLDER = output_path("resources/features")  # feature_extract's cached backbone features (train, lr_find)
 
 RULE_MODULES = {
     "split": [*_STAGES, "nearduplicates"],
@@ -376,8 +386,8 @@ def split_dataset_fetch(dataset):
 
 
 def dataset_inputs(wildcards):
-    cfg = dataset_config(wildcards.dataset)
-    return [cfg["path"]] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
+    cfg = dataset_config(wildcards.dataset)  # `local`: a user's path is read where written, a module's prefix: or not
+    return [local(cfg["path"])] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
 def dataset_state(wildcards):
@@ -391,7 +401,7 @@ def weights_inputs(wildcards):
     if config["weights"]["source"] == "pretrain":
         inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
     if config["weights"]["source"] == "path":
-        inputs["weights_file"] = config["weights"]["path"]
+        inputs["weights_file"] = local(config["weights"]["path"])
     return inputs
 
 
@@ -498,7 +508,7 @@ def predict_images_input(wildcards):
     """predict.images as an input where it is a file (an image, or a CSV list whose text counts). A folder is
     watched by its state (predict_images_state), not its own modification time, which a .DS_Store changes."""
     images = predict_images(wildcards)
-    return {} if os.path.isdir(images) else {"images": images}
+    return {} if os.path.isdir(images) else {"images": local(images)}
 
 
 def predict_images_state(wildcards):
@@ -652,9 +662,7 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
 
 # weights.url edited, weights.sha256 not: the pin says the file is the one fetched before, so nothing is fetched
 # (a mirror of the same file); a user who meant other weights is told, rather than left with the earlier ones.
-# A module's `prefix:` puts every output below it (README "As a module of your own workflow").
-OUTPUT_PREFIX = getattr(workflow.modifier.path_modifier, "prefix", None) or ""
-_manifest = f"{OUTPUT_PREFIX}resources/weights/manifest.json"
+_manifest = output_path("resources/weights/manifest.json")
 if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile(_manifest):
     try:
         _fetched = json.loads(Path(_manifest).read_text())
@@ -671,10 +679,10 @@ if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile(_mani
 # Snakemake stopped on it with a traceback of its own (NotADirectoryError) before any job could say which path.
 OUTPUT_FOLDERS = ["results/logs", "results/benchmarks", "results/lr_find", "results/predictions", "resources/splits",
                   "resources/decoded", "resources/weights", "resources/pretrain", "resources/features",
-                  str(RESUME_FOLDER), *(f"results/{run}" for run in RUNS)]
+                  "resources/resume", *(f"results/{run}" for run in RUNS)]
 if CHECK_FILES:
-    _blocked = sorted({str(folder) for path in OUTPUT_FOLDERS for folder in (Path(OUTPUT_PREFIX + path),
-                                                                        *Path(OUTPUT_PREFIX + path).parents)
+    _blocked = sorted({str(folder) for path in OUTPUT_FOLDERS for folder in (Path(output_path(path)),
+                                                                        *Path(output_path(path)).parents)
                        if str(folder) != "." and os.path.lexists(folder) and not os.path.isdir(folder)})
     if _blocked:
         raise WorkflowError("\n".join(
@@ -732,11 +740,12 @@ def earlier_results_note():
         jobs = list(workflow.dag.needrun_jobs())
     except Exception:  # Snakemake's DAG is internal: without it, no note rather than a second error
         return []
-    earlier = sorted({str(f) for job in jobs for f in job.output if str(f).startswith("results/") and os.path.exists(f)})
+    results = output_path("results/")
+    earlier = sorted({str(f) for job in jobs for f in job.output if str(f).startswith(results) and os.path.exists(f)})
     if not earlier:
         return []
     shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
-    notes = [f"note: {len(earlier)} file(s) under results/ were to be made again by this run and were not finished by "
+    notes = [f"note: {len(earlier)} file(s) under {results} were to be made again by this run and were not finished by "
              "it (changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
              f"stopped following ({shown}); the next run that succeeds makes them again (`snakemake -n` lists them)"]
     leaderboard = {str(f) for f in rules.summary.output}

@@ -31,7 +31,7 @@ rule lr_find:
             if experiment_config(w.experiment)["image_size"]
             else ""
         ),
-        feature_cache_dir="resources/features",
+        feature_cache_dir=FEATURE_FOLDER,
     log:
         "results/logs/lr_find/{experiment}.log",
     benchmark:

@@ -50,7 +50,7 @@ rule predict_selected:
         python=PYTHON,
         images=predict_images,
         images_state=predict_images_state,
-        runs=[f"results/{run}/seed{seed}" for run in PREDICT_CANDIDATES for seed in SEEDS],
+        runs=[output_path(f"results/{run}/seed{seed}") for run in PREDICT_CANDIDATES for seed in SEEDS],
         model_name=predict_model_name(),
         seed="" if config["predict"]["seed"] is None else f"--seed {config['predict']['seed']}",
         top_k=config["predict"]["top_k"],

@@ -24,7 +24,7 @@ rule summary:
         ),
     params:
         python=PYTHON,
-        runs=[f"results/{run}" for run in RUNS],
+        runs=[output_path(f"results/{run}") for run in RUNS],
         weights_source=weights_label(),
         sweep_of=as_json(SWEEP_OF),
         export_tta="--export-tta" if config["export"]["tta"] else "",

@@ -30,7 +30,7 @@ rule train:
         ),
         # Resume state lives outside the outputs (Snakemake deletes a failed job's outputs).
         resume_dir=lambda w: f"{RESUME_FOLDER}/{w.experiment}/seed{w.seed}",
-        feature_cache_dir="resources/features",
+        feature_cache_dir=FEATURE_FOLDER,
         lr_from=lr_from_arg,
     log:
         "results/logs/train/{experiment}/seed{seed}.log",
