@@ -3,6 +3,7 @@ snippet, run for real on the tiny config, trains the same model as the workflow 
 
 import json
 import re
+import shlex
 
 import pytest
 import yaml
@@ -100,3 +101,27 @@ def test_the_host_s_config_file_is_checked_as_a_config_file_given_here(tmp_path)
     second = len(text.splitlines()) + 1
     assert result.returncode != 0, result.stdout[-3000:]
     assert f"config/finetune.yaml: train is written twice (lines {first} and {second})" in result.stdout, result.stdout[-3000:]
+
+
+def test_a_module_given_a_part_of_the_host_s_config_takes_its_command_line_values_typed(tmp_path):
+    """The usual Snakemake pattern, `config: config["finetune"]` with keys of the host's own beside it: --config
+    'finetune={train: {epochs: 2}}' merged the host's key `finetune` into the module's config (refused as unknown) and
+    left its values as Snakemake's text ('2' is not an integer). The module's part is read as a config file reads it;
+    the host's own keys are the host's; a wrong value is still named."""
+    host = tmp_path / "host"
+    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    (host / "config").mkdir(parents=True)
+    (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config["finetune"]\n', 1))
+    config = {"threshold": 0.5, "finetune": {k: v for k, v in TINY_CONFIG.items()}}
+    config["finetune"]["experiments"] = {"finetune": TINY_CONFIG["experiments"]["finetune"]}
+    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(host, None, "-n", "--printshellcmds", "--config", "threshold=0.7",
+                           "finetune={train: {lr: 0.01, epochs: 2}}", snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    options = [json.loads(shlex.split(line.split(" > ")[0])[shlex.split(line.split(" > ")[0]).index("--options") + 1])
+               for line in result.stdout.splitlines() if "scripts/train.py" in line and "--options" in line]
+    assert options and all(o["lr"] == 0.01 and o["epochs"] == 2 for o in options), options
+    assert all(o["batch_size"] == TINY_CONFIG["train"]["batch_size"] for o in options), "the file's other keys stay"
+    result = run_snakemake(host, None, "-n", "--config", "finetune={train: {epochs: two}}", snakefile=host / "Snakefile",
+                           check=False)
+    assert result.returncode != 0 and "train.epochs: 'two' is not an integer" in result.stdout, result.stdout[-3000:]

@@ -70,10 +70,23 @@ if _duplicates:
 # in what the user wrote (the notes below read it), and the jobs Snakemake spawns (Slurm) are given the
 # values as JSON, which they read back the same way. Values not on the command line (a profile's `config:`,
 # Snakemake's API) are read as YAML reads unquoted values.
+# As a module, --config sets the host's config: the part of it that is the module's (`config: config`, or the usual
+# `config: config["finetune"]`) is read again here, and the host's other keys are the host's.
+def module_part(given):
+    """The part of the host's ``--config`` values ``given`` that sets this module's config (all of them outside a module)."""
+    if not _as_module:
+        return given
+    host = workflow.modifier_stack[0].globals.get("config")
+    if host is config:
+        return given
+    key = next((k for k, v in (host or {}).items() if v is config), None)
+    return given.get(key) if isinstance(given.get(key), dict) else {}
+
+
 if workflow.config_settings.config:
     _typed_cli = typed_command_line_config(workflow.config_settings.config)
     update_config(_typed_cli, command_line_config(sys.argv) or {})
-    update_config(config, _typed_cli)
+    update_config(config, module_part(_typed_cli))
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
     workflow.config_settings.config_args = as_config_args(_typed_cli)
 
@@ -113,7 +126,7 @@ if _problems:
 
     _sources = {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
                 **{f: load_configfile(f) for f in _config_files},
-                **({"--config": dict(workflow.config_settings.config)} if workflow.config_settings.config else {})}
+                **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
