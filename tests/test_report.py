@@ -86,3 +86,18 @@ def test_report_holds_the_leaderboard_and_every_runs_plots(tiny_run_copy):
                           .replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert embedded["dataset"]["max_train_per_class"] == config["dataset"]["max_train_per_class"]
     assert set(embedded["experiments"]) == set(config["experiments"]) and embedded["seeds"] == config["seeds"]
+
+
+def test_a_report_made_with_another_config_than_the_runs_says_which_runs_and_settings_differ(tiny_run_copy):
+    """`--report` renders the config given now as the report's configuration: with `train={epochs: 3}` beside runs
+    trained for one epoch (their train_info.json), the report would have stood beside results it did not make."""
+    workdir = tiny_run_copy
+    trained = {run: json.loads((workdir / "results" / run / "train_info.json").read_text())["options"]["epochs"]
+               for run in RUNS}
+    assert set(trained.values()) == {1}
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "other.html", "--config", "train={epochs: 3}")
+    note = next(line for line in result.stdout.splitlines() if line.startswith("note: the report's configuration"))
+    for run in RUNS:
+        assert f"results/{run}/train_info.json: epochs 1 (the config: 3)" in note, note
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
+    assert "note: the report's configuration" not in result.stdout

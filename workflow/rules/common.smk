@@ -42,7 +42,7 @@ from finetune.configcheck import (config_problems, format_problems, job_options,
                                   range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, own_sections, profile_files, runs_no_job, stray_configfiles,
+                                 expand_home, makes_report, option_differences, own_sections, profile_files, runs_no_job, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
@@ -639,6 +639,28 @@ if _at_crop and workflow.is_main_process:
     print(f"note: image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
           f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
           "image_size null (the default, the weights' own), which decodes them once for every run", file=sys.stderr)
+
+# `--report` describes the results with the config given now: where that is not the config a run was trained with
+# (another --configfile, or none in a folder of the user's own), the report's configuration would stand beside
+# results it did not make. Said, run by run, before the report is made.
+if workflow.is_main_process and makes_report(sys.argv):
+    _differ = {}
+    for _experiment in EXPERIMENTS:
+        for _seed in SEEDS:
+            _info_file = output_path(f"results/{_experiment}/seed{_seed}/train_info.json")
+            try:
+                _recorded = json.loads(Path(_info_file).read_text())["options"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not made yet, or not readable: the report leaves it out or Snakemake names it
+            _found = option_differences(train_options(_experiment, _seed), _recorded)
+            if _found:
+                _differ[_info_file] = _found
+    if _differ:
+        _shown = "; ".join(f"{f}: {', '.join(d[:4])}{' ...' if len(d) > 4 else ''}" for f, d in list(_differ.items())[:4])
+        print(f"note: the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
+              f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
+              "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "
+              "would make again)", file=sys.stderr)
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
