@@ -249,6 +249,33 @@ def test_sigterm_to_the_process_snakemake_started_for_a_job_stops_its_training(r
     assert not (workdir / RUN / "model.pt").exists() and any(resume.glob("*.pt"))
 
 
+def test_sigint_to_snakemake_alone_keeps_the_finished_state_and_the_rerun_writes_the_run_from_it(reference, tmp_path):
+    """SIGINT to Snakemake's process only (`kill -INT`, a wrapper's signal; a terminal's Ctrl-C signals the whole
+    group): the job runs on to its end and writes its outputs, which Snakemake then marks incomplete. Its onerror
+    removed the finished state because the outputs were there, so the rerun (rerun-incomplete) trained the run again
+    from epoch 1. The state stays until a run of Snakemake succeeds: the rerun writes the same model from it at once."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    config = behaviour_config(workdir)
+    log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
+    run = Snakemake(workdir, config, f"{RUN}/model.pt", "--forcerun", "train", name="sigint")
+    try:
+        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
+                   "epoch 1 of train logged and its resume state saved")
+        os.kill(run.proc.pid, signal.SIGINT)
+        assert run.wait() != 0, run.output[-3000:]
+    finally:
+        run.end()
+    assert epochs_logged(log.read_text()) == list(range(1, EPOCHS + 1)), "the job was to run on to its end"
+    assert [p.name.endswith(".done.pt") for p in resume.glob("*.pt")] == [True], list(resume.iterdir())
+    again = snakemake(workdir, config, f"{RUN}/model.pt")
+    assert "Forced execution" in again.stdout or "Incomplete" in again.stdout or "incomplete" in again.stdout, again.stdout[-3000:]
+    text = log.read_text()
+    assert f"the run had ended after {EPOCHS} epoch(s); writing its outputs" in text and epochs_logged(text) == [], text
+    assert_same_state(state_dict(workdir / RUN / "model.pt"), state_dict(reference / RUN / "model.pt"))
+    assert not list(resume.glob("*.pt")), "the run of Snakemake succeeded: its finished state is removed"
+
+
 # --------------------------------------------------------------------------- determinism
 # --------------------------------------------------------------------------- determinism
 

@@ -85,6 +85,22 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     assert (workdir / "results/finetune/seed0/metrics.json").read_bytes() == before  # not overwritten, nor passed
 
 
+def test_an_export_that_fails_after_the_leaderboard_is_made_says_the_selected_models_are_not_there(tiny_run_copy):
+    """The leaderboard does not wait for the exports: after an export that failed (here its parity check, at a
+    tolerance no float rounding meets), results/selected.json named a model.onnx Snakemake had removed, and no note
+    said so (the leaderboard itself was current)."""
+    workdir = tiny_run_copy
+    selected = json.loads((workdir / "results/selected.json").read_text())
+    tiny_config(workdir, export={"tolerance": 1e-30, "rtol": 0})
+    failed = run_snakemake(workdir, workdir / "config.yaml", "--keep-going", check=False)
+    assert failed.returncode != 0, failed.stdout[-3000:]
+    gone = sorted(entry["model"] for entry in selected.values() if not (workdir / entry["model"]).exists())
+    assert gone, "the exports were to fail and their model.onnx be removed"
+    assert json.loads((workdir / "results/selected.json").read_text()) == selected  # the leaderboard was not made again
+    note = next(line for line in failed.stdout.splitlines() if line.startswith("note: results/selected.json names"))
+    assert all(model in note for model in gone[:4]) and f"names {len(gone)} model(s) not there now" in note, note
+
+
 def test_a_dataset_change_reruns_the_target_split_and_all_after_it_not_pretraining(tiny_run_copy):
     tiny_config(tiny_run_copy, dataset={"seed": 1})
     result = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "-n")

@@ -342,7 +342,8 @@ def _resume_file(resume_dir: Path | None, key: str, log: Callable = print) -> Pa
         sizes = [p.stat().st_size for p in others if p.exists()]
         log(f"note: {len(others)} resume state(s) of other settings or code of this run are kept in {resume_dir} "
             f"({sum(sizes) / 1e6:,.0f} MB: {', '.join(p.name for p in others[:3])}{' ...' if len(others) > 3 else ''}); "
-            "a run with those settings would continue from them: delete them if you will not go back to those")
+            "a run with those settings would continue from its own, but only under the code that saved it (a state "
+            "saved before the code changed, an upgrade say, is never resumed): delete them if you will not go back")
     return path
 
 
@@ -351,7 +352,7 @@ def finished_file(resume: Path) -> Path:
     return resume.with_name(f"{resume.stem}{FINISHED_SUFFIX}")
 
 
-FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake ends (onsuccess, onerror: common.smk) if outputs are there
+FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake succeeds (onsuccess: common.smk) if outputs are there
 
 
 def remove_finished_states(resume_folder: Path | None = None, pretrain_output: str | None = None,

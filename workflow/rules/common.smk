@@ -768,6 +768,21 @@ def intermediate_outputs():
     return list(dict.fromkeys(files))
 
 
+def selected_models_missing():
+    """After a failed run: the models results/selected.json names that are not there (the leaderboard is made
+    before the exports, which this run did not finish)."""
+    try:
+        chosen = json.loads(Path(rules.summary.output.selected).read_text())
+        missing = [entry["model"] for entry in chosen.values() if not os.path.exists(entry["model"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if not missing:
+        return []
+    return [f"note: {rules.summary.output.selected} names {len(missing)} model(s) not there now ({', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}): their export did not finish in this run; the next run that succeeds "
+            "makes them"]
+
+
 def earlier_results_note():
     """After a failed run: the files under results/ still there whose jobs were to run and did not (a run's metrics,
     model.onnx, summary.md): they are an earlier run's, not this one's."""
@@ -777,8 +792,9 @@ def earlier_results_note():
         return []
     results = output_path("results/")
     earlier = sorted({str(f) for job in jobs for f in job.output if str(f).startswith(results) and os.path.exists(f)})
+    missing = selected_models_missing()
     if not earlier:
-        return []
+        return missing
     shown = ", ".join(earlier[:6]) + (f" and {len(earlier) - 6} more" if len(earlier) > 6 else "")
     notes = [f"note: {len(earlier)} file(s) under {results} were to be made again by this run and were not finished by "
              "it (changed settings, code or data, or --forcerun): they are an earlier run's, or a job's that this run "
@@ -789,12 +805,14 @@ def earlier_results_note():
         notes.append(f"note: the leaderboard ({', '.join(summary)}) is an earlier run's: it is made once every run "
                      "has finished, so it does not show this run's changes, and the runs it names may since hold "
                      "other models")
-    return notes
+    return notes + missing
 
 
 def remove_finished_states():
-    """The finished resume states whose outputs are there, removed once a run of Snakemake ends
-    (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs)."""
+    """The finished resume states whose outputs are there, removed once a run of Snakemake succeeds
+    (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs). Not after a failed
+    run: outputs still there may be ones Snakemake marked incomplete (a job that ran on to its end after Snakemake
+    was interrupted), which the rerun writes again, from the finished state rather than by training again."""
     from finetune.stages import remove_finished_states as remove
 
     remove(RESUME_FOLDER, rules.pretrain.output.weights, rules.train.output.checkpoint)
@@ -804,7 +822,6 @@ onsuccess:
     remove_finished_states()
 
 
-onerror:  # a failed job's outputs are removed by now: the outputs still there were taken
-    remove_finished_states()
+onerror:
     for _line in earlier_results_note():
         print(_line, file=sys.stderr)
