@@ -316,6 +316,18 @@ def test_a_dataset_key_the_format_does_not_read_is_refused(tmp_path, fmt, key):
     assert f"dataset.{key}: not used with dataset.format: {fmt} (" in result.stdout, result.stdout[-2000:]
 
 
+def test_a_test_cap_on_the_source_dataset_pretrain_never_tests_on_is_refused(tmp_path):
+    """pretrain.dataset.max_test_per_class with Fashion-MNIST changed the source split (and so pretrained again) and
+    nothing else: pretrain reads the source's train and val images only."""
+    config = tiny_config(tmp_path, pretrain={"dataset": {"max_test_per_class": 5}})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's train and val " \
+           "images" in result.stdout, result.stdout[-2000:]
+    config = tiny_config(tmp_path, dataset={"max_test_per_class": 5})  # the target's: its test split is read
+    assert run_snakemake(tmp_path, config, "-n", check=False).returncode == 0
+
+
 @pytest.mark.parametrize("source", ["torchvision", "url", "path"])
 def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, source):
     from finetune.weights import WEIGHTS_KEYS

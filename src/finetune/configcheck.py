@@ -644,6 +644,10 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if isinstance(dataset, dict):
             problems += _dataset_problems(prefix, dataset)
+        if prefix == "pretrain.dataset" and isinstance(dataset, dict) and dataset.get("max_test_per_class") is not None \
+                and dataset.get("format", "fashion-mnist") == "fashion-mnist":
+            problems.append("pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's "
+                            "train and val images, and Fashion-MNIST's test images are never read; remove it")
         if isinstance(dataset, dict) and dataset.get("format", "fashion-mnist") == "fashion-mnist" \
                 and dataset.get("val_fraction") == 0:
             problems.append(f"{prefix}.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no "
