@@ -264,6 +264,20 @@ def test_a_damaged_feature_cache_is_said_removed_and_computed_again(tiny, tmp_pa
     assert f"backbone features read from cache {cache}" in lines and not any("warning" in line for line in lines)
 
 
+def test_a_feature_cache_that_cannot_be_written_is_said_and_the_run_trains_on(tiny, tmp_path):
+    """The cache is derived data: a full disk (here a path whose folder is a file) failed the whole train job after
+    its features were computed. Now the run goes on with them, as the run without a cache."""
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")
+    options = {"strategy": "feature_extract", "epochs": 2, "cache_features": True}
+    lines = []
+    result = run_fit(tiny, make_model(tiny), feature_cache=blocked / "features.pt", log=lines.append, **options)
+    warning = next(line for line in lines if line.startswith("warning: the features are not cached"))
+    assert f"cannot write {blocked / 'features.pt'}" in warning, warning
+    assert not (blocked / "features.pt").exists() and not list(tmp_path.glob("**/*.tmp*"))
+    assert strip(result.history) == strip(run_fit(tiny, make_model(tiny), **options).history)
+
+
 @pytest.mark.parametrize("optimizer", [{"optimizer": "adamw"}, {"optimizer": "lbfgs", "lr": 1.0, "weight_decay": 0.1}],
                          ids=["adamw", "lbfgs"])
 def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(tiny, tmp_path, optimizer):

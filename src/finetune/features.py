@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import WriteError
 from .fileio import torch_save
 from .models import strip_output_layer
 from .tensors import Data, Preprocessing, batched_forward
@@ -48,7 +49,7 @@ def _read_cache(cache_file: Path | None, n_train: int, n_val: int,
     (cut short, damaged) or holds other shapes is said, removed and computed again: it is derived data."""
     try:
         seen = os.stat(cache_file) if cache_file is not None else None
-    except FileNotFoundError:
+    except OSError:  # none there (or no folder to hold one)
         seen = None
     if seen is None:
         return None
@@ -89,5 +90,9 @@ def cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessin
     seconds = time.perf_counter() - started
     log(f"backbone features computed once: {len(train.labels) + len(val.labels)} images in {seconds:.1f}s")
     if cache_file is not None:
-        torch_save(features, cache_file)
+        try:
+            torch_save(features, cache_file)
+        except WriteError as exc:  # a cache: the run goes on with the features it has
+            log(f"warning: the features are not cached, and the next run of these weights and images computes them "
+                f"again: {exc}")
     return features["train"], features["val"]
