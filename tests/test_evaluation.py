@@ -12,7 +12,7 @@ from PIL import Image
 
 from finetune.metrics import (classification_report, confusion_matrix, expected_calibration_error,
                               most_confused_pairs, per_class_scores, top_k_accuracy, wilson_interval)
-from finetune.plots import confusion_matrix_plot, learning_curves_plot, reliability_plot
+from finetune.plots import accuracy_columns, confusion_matrix_plot, learning_curves_plot, reliability_plot
 from finetune.stages import summary_stage, write_evaluation_figures
 from recompute import calibration, class_metrics, held_out, probabilities, run_logits, wilson_bounds
 
@@ -146,6 +146,14 @@ def test_the_learning_curves_mark_the_epoch_training_kept(tmp_path):
     assert learning_curves_plot(history, tmp_path / "kept.png", best_epoch=2) == 2
     assert learning_curves_plot(history, tmp_path / "by_accuracy.png") == 3  # no train_info: the best accuracy
     assert_png(tmp_path / "kept.png")
+    # Kept by val_balanced_accuracy (epoch 2 here, where val_accuracy dips): that curve is drawn beside the others,
+    # so the mark does not fall on a dip of the only validation curve shown.
+    history["val_balanced_accuracy"] = [0.5, 0.7, 0.6, 0.55]
+    assert learning_curves_plot(history, tmp_path / "balanced.png", metric="val_balanced_accuracy") == 2
+    assert accuracy_columns(history.columns, "val_balanced_accuracy") == ["train_accuracy", "val_accuracy",
+                                                                           "val_balanced_accuracy"]
+    assert accuracy_columns(history.columns, "val_loss") == ["train_accuracy", "val_accuracy"]
+    assert_png(tmp_path / "balanced.png")
 
 
 def test_plots_refuse_inconsistent_data(tmp_path):

@@ -540,6 +540,22 @@ def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss(metric):
     assert by_loss.best["epoch"] == 5  # metric val_loss: the lowest loss, whatever the accuracy
 
 
+def test_pretrain_records_the_figures_of_the_epoch_it_kept(tiny_run, tmp_path):
+    """pretrain with metric val_loss keeps the lowest validation loss's epoch; its info.json (and the weights'
+    manifest, the log) gave the highest validation accuracy of any epoch, which may be another epoch's."""
+    from finetune.stages import pretrain_stage
+
+    options = {"epochs": 5, "batch_size": 8, "lr": 0.02, "device": "cpu", "metric": "val_loss", "schedule": "constant"}
+    info = pretrain_stage(tiny_run / "resources/splits/source.csv", "resnet18", 32, options, tmp_path / "model.pth",
+                          tmp_path / "info.json", tmp_path / "history.csv", threads=2, log=lambda _: None)
+    history = pd.read_csv(tmp_path / "history.csv")
+    kept = history.loc[history["val_loss"].idxmin()]
+    assert info["best_epoch"] == kept["epoch"]
+    assert info["best_val_loss"] == pytest.approx(kept["val_loss"], abs=1e-12)
+    assert info["best_val_accuracy"] == pytest.approx(kept["val_accuracy"], abs=1e-12), (info, history)
+    assert json.loads((tmp_path / "info.json").read_text())["best_val_accuracy"] == info["best_val_accuracy"]
+
+
 # --------------------------------------------------------------------------- class weighting
 
 def imbalanced(data, counts):

@@ -92,11 +92,18 @@ def reliability_plot(bins: Sequence[dict], ece: float, out_path: str | Path, tit
     _save(fig, out_path)
 
 
+def accuracy_columns(columns, metric: str) -> list[str]:
+    """The accuracy curves drawn: train and validation accuracy, and the validation figure that chose the epoch kept
+    where it is another share (val_balanced_accuracy)."""
+    wanted = ["train_accuracy", "val_accuracy", *([metric] if metric not in ("val_accuracy", "val_loss") else [])]
+    return [column for column in wanted if column in columns]
+
+
 def learning_curves_plot(history, out_path: str | Path, title: str = "Learning curves",
-                         best_epoch: int | None = None) -> int | None:
+                         best_epoch: int | None = None, metric: str = "val_accuracy") -> int | None:
     """Loss and accuracy per epoch, train and validation, from a ``history.csv`` DataFrame (or its path), with
-    a dotted line at ``best_epoch``, the epoch whose weights training kept (train_info.json's; where not
-    given, the best by validation accuracy, ties to the lower validation loss). Returns the epoch marked."""
+    a dotted line at ``best_epoch``, the epoch whose weights training kept by ``metric`` (train_info.json's; where
+    not given, the best by ``metric``, accuracy ties to the lower validation loss). Returns the epoch marked."""
     import pandas as pd
 
     frame = history if isinstance(history, pd.DataFrame) else pd.read_csv(history)
@@ -107,14 +114,14 @@ def learning_curves_plot(history, out_path: str | Path, title: str = "Learning c
     for column, style in (("train_loss", "-o"), ("val_loss", "--s")):
         if column in frame.columns:
             loss_ax.plot(epochs, frame[column], style, label=column.replace("_", " "), markersize=4)
-    for column, style in (("train_accuracy", "-o"), ("val_accuracy", "--s")):
-        if column in frame.columns:
-            acc_ax.plot(epochs, frame[column], style, label=column.replace("_", " "), markersize=4)
-    if best_epoch is None and "val_accuracy" in frame.columns and frame["val_accuracy"].notna().any():
-        best_epoch = int(best_epoch_row(frame.reset_index(drop=True).to_dict("records"), "val_accuracy")["epoch"])
+    for column, style in zip(accuracy_columns(frame.columns, metric), ("-o", "--s", ":^")):
+        acc_ax.plot(epochs, frame[column], style, label=column.replace("_", " "), markersize=4)
+    if best_epoch is None and metric in frame.columns and frame[metric].notna().any():
+        best_epoch = int(best_epoch_row(frame.reset_index(drop=True).to_dict("records"), metric)["epoch"])
     if best_epoch is not None and best_epoch in epochs:
         for ax in (loss_ax, acc_ax):
-            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+            ax.axvline(best_epoch, color="grey", linestyle=":",
+                       label=f"kept (epoch {best_epoch}, best {metric.replace('_', ' ')})")
     else:
         best_epoch = None
     for ax, ylabel in ((loss_ax, "loss"), (acc_ax, "accuracy")):

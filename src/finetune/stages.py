@@ -235,9 +235,11 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     torch_save(result.best_state, out_weights)
     with atomic_path(out_history) as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
+    kept = next(row for row in result.history if row["epoch"] == result.best_epoch)
     info = {
         "arch": arch, "classes": classes, "preprocessing": prep.to_dict(),
-        "best_epoch": result.best_epoch, "best_val_accuracy": max(r["val_accuracy"] for r in result.history),
+        # the kept epoch's figures (not the best accuracy of any epoch: with metric val_loss it may be another's)
+        "best_epoch": result.best_epoch, "best_val_accuracy": kept["val_accuracy"], f"best_{opts.metric}": result.best_metric,
         "train_seconds": round(result.train_seconds, 2), "diverged": result.diverged,
         "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "options": options, **library_versions(),
@@ -732,9 +734,10 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         lap("ONNX scoring")
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions, copies or {})
+    kept = read_json(train_info) if train_info else {}
     write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
-                             title=title or Path(checkpoint_path).parent.as_posix(),
-                             best_epoch=read_json(train_info)["best_epoch"] if train_info else None)
+                             title=title or Path(checkpoint_path).parent.as_posix(), best_epoch=kept.get("best_epoch"),
+                             metric=kept.get("options", {}).get("metric", "val_accuracy"))
     write_json(out_metrics, report)
     lap("outputs")
     return report
@@ -816,9 +819,9 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int 
 
 
 def write_evaluation_figures(report: dict, plots: dict, history: Path | None = None, out_html: Path | None = None,
-                             title: str = "", best_epoch: int | None = None) -> None:
+                             title: str = "", best_epoch: int | None = None, metric: str = "val_accuracy") -> None:
     """The plots and the HTML tables of one evaluation (a ``metrics.json`` dict); ``best_epoch``: the epoch
-    whose weights training kept, marked on the learning curves."""
+    whose weights training kept by ``metric``, marked on the learning curves."""
     from . import plots as plotting
     from .tables import metrics_tables, page
 
@@ -835,7 +838,7 @@ def write_evaluation_figures(report: dict, plots: dict, history: Path | None = N
         if history is None:
             raise ValueError("the learning curves plot needs the run's history.csv")
         plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves",
-                                      best_epoch=best_epoch)
+                                      best_epoch=best_epoch, metric=metric)
     if out_html is not None:
         write_text(out_html, page(f"{title}: test-set metrics", metrics_tables(report)))
 

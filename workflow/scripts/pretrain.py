@@ -27,7 +27,8 @@ def main():
     info = pretrain_stage(args.split, args.arch, args.image_size, args.options, args.out_weights, args.out_info,
                           args.out_history, threads, resume_dir=args.resume_dir,
                           decoded=tuple(args.decoded) if args.decoded else None)
-    print(f"source model {info['arch']} on {len(info['classes'])} classes: best val accuracy {info['best_val_accuracy']:.4f}")
+    print(f"source model {info['arch']} on {len(info['classes'])} classes: kept epoch {info['best_epoch']}, val accuracy "
+          f"{info['best_val_accuracy']:.4f}")
 
 
 if __name__ == "__main__":
