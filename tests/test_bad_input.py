@@ -525,14 +525,23 @@ def test_a_class_missing_from_a_split_folder_is_named_with_the_folder_it_lacks(t
     make_images(data / "test", {"cat": 3, "dog": 3, "owl": 4}, seed=1)
     result = run_split(imagefolder(data, val_fraction=0.2), out)
     assert result.returncode == 1 and ("class 'owl' has no training images: all of its 4 image(s) are in the dataset's "
-                                       "own test split (an ImageFolder's test/ folder holds it and train/ does not") \
+                                       f"own test split ({data}: its test/ folder holds the class and train/ does not)") \
         in result.stdout, result.stdout
     make_images(data / "train", {"owl": 5}, seed=2)
     (data / "test" / "dog").rename(tmp_path / "dog_test")
     result = run_split(imagefolder(data, val_fraction=0.2), out)
     assert result.returncode == 1 and ("class 'dog' has no test image, though the dataset gives a test split of its own "
-                                       "(an ImageFolder's test/ folder without a folder of this class") in result.stdout, \
+                                       f"({data}: its test folder has no folder of this class)") in result.stdout, \
         result.stdout
+    # A CSV manifest's split column, named as the file it is
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{p},{p.parent.name},{'val' if p.parent.name == 'cat' and p.stem < '002' else ''}"
+            for p in sorted((data / "train").glob("*/*.png"))]
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    result = run_split({"format": "csv", "path": str(manifest)}, out)
+    assert result.returncode == 1 and ("class 'dog' has no val image, though the dataset gives a val split of its own "
+                                       f"(CSV manifest {manifest} marks val rows of other classes but none of this one)") \
+        in result.stdout, result.stdout
 
 
 def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(tmp_path):

@@ -415,11 +415,11 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
     n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
     own = sorted(set(rows["official_split"]) & set(given))
     if n == 0 and own and not left_out:
+        where = (f"CSV manifest {spec.path} marks none of its rows train or leaves none empty" if spec.format == "csv" else
+                 f"{spec.path}: its {' and '.join(f'{g}/' for g in own)} folder holds the class and train/ does not")
         raise DataError(
             f"class {name!r} has no training images: all of its {len(rows)} image(s) are in the dataset's own "
-            f"{' and '.join(own)} split (an ImageFolder's {' and '.join(f'{g}/' for g in own)} folder holds it and "
-            "train/ does not, or a CSV manifest's split column marks none of its rows train or leaves none empty): give "
-            "it training images, or leave the class out with dataset.classes")
+            f"{' and '.join(own)} split ({where}): give it training images, or leave the class out with dataset.classes")
     if n - n_test - n_val < 1:
         # the fewest images that can do: one for each split drawn (a fraction above 0 draws at least one), one to train
         fewest = 1 + sum(split not in given and fraction > 0
@@ -438,11 +438,11 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
         if split in given:
             official = rows[rows["official_split"] == split]
             if len(official) == 0:
+                where = (f"CSV manifest {spec.path} marks {split} rows of other classes but none of this one"
+                         if spec.format == "csv" else f"{spec.path}: its {split} folder has no folder of this class")
                 raise DataError(
-                    f"class {name!r} has no {split} image, though the dataset gives a {split} split of its own (an "
-                    f"ImageFolder's {split}/ folder without a folder of this class, or a CSV manifest whose split column "
-                    f"marks {split} rows of other classes but none of this one): give it {split} images there, or leave "
-                    "the class out with dataset.classes")
+                    f"class {name!r} has no {split} image, though the dataset gives a {split} split of its own "
+                    f"({where}): give it {split} images there, or leave the class out with dataset.classes")
             capped = spec.max_test_per_class if split == "test" else spec.max_val_per_class
             parts[split] = official.iloc[rng.permutation(len(official))] if capped else official
     return parts
