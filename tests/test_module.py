@@ -86,6 +86,22 @@ def test_a_module_with_a_prefix_runs_below_it_and_reads_the_config_s_paths_where
     assert re.search(r"^finetune_split\s+1$", result.stdout, re.M), result.stdout[-3000:]
 
 
+def test_a_module_with_a_prefix_gives_a_scratch_run_the_source_record_below_it(tmp_path):
+    """A scratch run with weights from pretrain reads the source's decoded images' record, a param (Snakemake moves
+    inputs and outputs below a prefix, not params): it named resources/decoded/source/... outside the prefix, where no
+    job writes it (or an earlier run without the prefix did)."""
+    host = tmp_path / "host"
+    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    (host / "config").mkdir(parents=True)
+    (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
+    tiny_config(host / "config", name="finetune.yaml", replace={"experiments": {"scratch": TINY_CONFIG["experiments"]["scratch"]}})
+    result = run_snakemake(host, None, "-n", "--printshellcmds", snakefile=host / "Snakefile")
+    command = next(line for line in result.stdout.splitlines() if "--source-info" in line)
+    record = command.split("--source-info ", 1)[1].split()[0]
+    assert record == "runs/a/resources/decoded/source/32/info.json", command
+    assert re.search(rf"output: [^\n]*{re.escape(record)}", result.stdout), "the decode job writes it"
+
+
 def test_the_host_s_config_file_is_checked_as_a_config_file_given_here(tmp_path):
     """A key written twice in the host's `configfile:` (two `train:` sections): YAML keeps the last, so the first's
     epochs were lost without a word where the workflow is a module (only --configfile's files were checked). Refused,

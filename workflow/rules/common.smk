@@ -495,7 +495,7 @@ def run_weights_args(wildcards):
     leaves a param made from the job's input out of that comparison): whether the run is pretrained, and for a
     scratch run from the source's record the architecture, which it gets nowhere else."""
     if scratch_from_source(wildcards):
-        return f"--source-info {source_decoded()['decoded_info']} --arch {config['weights']['arch']} --scratch"
+        return f"--source-info {output_path(source_decoded()['decoded_info'])} --arch {config['weights']['arch']} --scratch"
     scratch = "" if experiment_config(wildcards.experiment)["pretrained"] else " --scratch"
     return f"--manifest {rules.weights.output.manifest}{scratch}"
 
