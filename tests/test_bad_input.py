@@ -428,6 +428,14 @@ def test_a_class_folder_named_in_decomposed_unicode_is_the_class_typed_composed(
     counts = split.groupby(["class_name", "split"]).size().to_dict()
     assert counts == {(composed, "train"): 4, (composed, "val"): 2, (composed, "test"): 2,
                       ("bag", "train"): 4, ("bag", "val"): 2, ("bag", "test"): 2}, counts
+    # The classes' order (their labels, the model's outputs) is the composed names', as a CSV of the same names
+    # gives it: decomposed, 'e' + an accent sorted before 'fig'; composed, 'é' after it.
+    eclair = "\u00e9clair"
+    make_images(tmp_path / "sorted", {unicodedata.normalize("NFD", eclair): 5, "fig": 5})
+    result = run_split({"format": "imagefolder", "path": str(tmp_path / "sorted")}, tmp_path / "out2")
+    assert result.returncode == 0, result.stdout
+    labels = pd.read_csv(tmp_path / "out2" / "split.csv").groupby("class_name")["label"].unique().to_dict()
+    assert {name: list(values) for name, values in labels.items()} == {"fig": [0], eclair: [1]}, labels
 
 
 def test_csv_duplicate_path(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fileio import read_text_table
+from .fileio import read_text_table, table_lines
 from .jobclock import lap
 from .images import IMAGE_EXTENSIONS, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
 
@@ -276,30 +276,32 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
         raise DataError(f"CSV manifest {file} lists no images")
     blank = frame.index[(frame["path"].str.strip() == "") | (frame["label"].str.strip() == "")]
     if len(blank):
-        raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(i) for i in blank[:10])}")
+        line = table_lines(file, len(frame))
+        raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(line[i]) for i in blank[:10])}")
     # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole. Spaces around a
     # path are not part of it (`cat/1.jpg , cat`), as around a label.
     base = file.parent
     paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"].str.strip()]
-    lines: dict[str, list[int]] = {}
-    for line, p in zip(frame.index, paths):  # the file's lines (read_text_table)
-        lines.setdefault(os.path.normpath(p), []).append(line)
-    duplicated = [(p, where) for p, where in lines.items() if len(where) > 1]
+    rows: dict[str, list[int]] = {}
+    for row, p in enumerate(paths):
+        rows.setdefault(os.path.normpath(p), []).append(row)
+    duplicated = [(p, where) for p, where in rows.items() if len(where) > 1]
     if duplicated:
-        listed = "; ".join(f"{p} (lines {', '.join(map(str, where))})" for p, where in duplicated[:10])
+        line = table_lines(file, len(frame))
+        listed = "; ".join(f"{p} (lines {', '.join(str(line[i]) for i in where)})" for p, where in duplicated[:10])
         more = f" and {len(duplicated) - 10} more" if len(duplicated) > 10 else ""
         raise DataError(f"CSV manifest {file} lists the same image more than once: {listed}{more}. Keep one line per image")
-    missing_files = [(line, p) for line, p in zip(frame.index, paths) if not os.path.exists(p)]
+    missing_files = [row for row, p in enumerate(paths) if not os.path.exists(p)]
     if missing_files:
-        listed = "; ".join(f"{p} (line {line})" for line, p in missing_files[:10])
+        line = table_lines(file, len(frame))
+        listed = "; ".join(f"{paths[row]} (line {line[row]})" for row in missing_files[:10])
         more = f" and {len(missing_files) - 10} more" if len(missing_files) > 10 else ""
         raise DataError(
             f"CSV manifest {file} names {len(missing_files)} image(s) that do not exist: {listed}{more} "
             f"(relative paths are read from the manifest's folder {base})"
         )
-    official = _official_splits(frame["split"], file) if "split" in frame.columns else ""
-    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(),
-                         "official_split": official.to_numpy() if "split" in frame.columns else official})
+    official = _official_splits(frame["split"], file).to_numpy() if "split" in frame.columns else ""
+    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(), "official_split": official})
 
 
 def _official_splits(column: pd.Series, file: Path) -> pd.Series:
@@ -309,8 +311,9 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
     unknown = values[~values.isin(list(SPLIT_NAMES))]
     if len(unknown):
         written = column[unknown.index].str.strip()  # as written: 'Tests' is named with its own lines
+        line = table_lines(file, len(column))
         listed = "; ".join(
-            f"{value!r} (line(s) {', '.join(str(i) for i in written.index[written == value][:5])})"
+            f"{value!r} (line(s) {', '.join(str(line[i]) for i in written.index[written == value][:5])})"
             for value in written.unique()[:10]
         )
         raise DataError(
@@ -586,7 +589,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     note = listing.attrs.get("layout_note")
     # A class written in Unicode's decomposed form (folders copied from a Mac) is the class typed composed.
     listing["class_name"] = listing["class_name"].map(nfc)
-    all_classes = list(dict.fromkeys(map(nfc, dataset_classes(spec, listing))))
+    all_classes = dataset_classes(spec, listing)  # sorted by name as composed, however a folder stores it
+    all_classes = list(all_classes) if spec.format == "fashion-mnist" else sorted(set(map(nfc, all_classes)))
     class_names = select_classes(all_classes, spec.classes, where=spec.path)
     if len(class_names) < 2:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"

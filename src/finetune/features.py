@@ -92,7 +92,7 @@ def cached_features(model: nn.Module, train: Data, val: Data, prep: Preprocessin
     if cache_file is not None:
         try:
             torch_save(features, cache_file)
-        except WriteError as exc:  # a cache: the run goes on with the features it has
-            log(f"warning: the features are not cached, and the next run of these weights and images computes them "
-                f"again: {exc}")
+        except (WriteError, OSError) as exc:  # a cache: the run goes on with the features it has
+            log(f"warning: the features are not cached ({str(exc).split('; ')[0]}); the run goes on with them, and the "
+                "next run of these weights and images computes them again")
     return features["train"], features["val"]

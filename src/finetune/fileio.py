@@ -244,16 +244,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def read_text_table(path: str | os.PathLike):
     """A CSV file a person may have written (a dataset manifest, a list of images to classify) as a DataFrame of
     strings, empty cells as "": spaces after the commas (`path, label`) are skipped and the column names
-    stripped; Excel's byte-order mark is read away. Its index is each row's line in the file (the header's is
-    1 where no blank line comes first), blank lines counted, for messages that name a line. pandas' parse errors
-    and UnicodeDecodeError propagate."""
+    stripped; Excel's byte-order mark is read away. Row i is on line ``table_lines(path, rows)[i]`` of the file.
+    pandas' parse errors and UnicodeDecodeError propagate."""
     import pandas as pd
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     frame.columns = [str(column).strip() for column in frame.columns]
-    lines = _record_lines(path)
-    frame.index = lines[1:] if len(lines) == len(frame) + 1 else range(2, len(frame) + 2)
     return frame
+
+
+def table_lines(path: str | os.PathLike, rows: int) -> list[int]:
+    """The line of the file each of the ``rows`` rows of :func:`read_text_table` starts on, blank lines and quoted
+    line breaks counted (pandas skips the blank ones), for a message that names a line: read again only then.
+    Where the two reads disagree on the rows, the row's number + 2 (the header on line 1)."""
+    lines = _record_lines(path)
+    return lines[1:] if len(lines) == rows + 1 else list(range(2, rows + 2))
 
 
 def _record_lines(path: str | os.PathLike) -> list[int]:

@@ -157,7 +157,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    # convert makes a copy even to the same mode: a 48-megapixel PNG held twice over (144 MB more per data thread)
+    # convert makes a copy even to the same mode: a 48-megapixel PNG held twice over (~190 MB more per data thread)
     return img if img.mode == "RGB" else img.convert("RGB")
 
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .fileio import atomic_path  # noqa: E402
-from .selection import best_epoch_row  # noqa: E402
+from .selection import SHARES, best_epoch_row  # noqa: E402
 
 DPI = 110
 
@@ -95,7 +95,7 @@ def reliability_plot(bins: Sequence[dict], ece: float, out_path: str | Path, tit
 def accuracy_columns(columns, metric: str) -> list[str]:
     """The accuracy curves drawn: train and validation accuracy, and the validation figure that chose the epoch kept
     where it is another share (val_balanced_accuracy)."""
-    wanted = ["train_accuracy", "val_accuracy", *([metric] if metric not in ("val_accuracy", "val_loss") else [])]
+    wanted = ["train_accuracy", "val_accuracy", *([metric] if metric in SHARES - {"val_accuracy"} else [])]
     return [column for column in wanted if column in columns]
 
 

@@ -21,7 +21,7 @@ from .fileio import read_json
 
 METRICS = ("val_accuracy", "val_balanced_accuracy", "val_loss")  # train.metric: history.csv's columns
 LOWER_IS_BETTER = {"val_loss"}
-SHARES = {"val_accuracy", "val_balanced_accuracy"}  # shares of images: ties go to the lower val_loss
+SHARES = {"val_accuracy", "val_balanced_accuracy"}  # accuracies (higher is better): ties go to the lower val_loss
 
 
 def oriented(metric: str, value: float) -> float:
@@ -84,7 +84,9 @@ def common_metric(records: list[dict]) -> str:
 
 
 # The largest denominator of a figure as runs are compared on it (:func:`exact`): a share of validation images right is
-# k/n, and a mean over seeds (k1 + k2 + ...)/(seeds x n), far below this for any validation split and seeds.
+# k/n, and a mean over seeds (k1 + k2 + ...)/(seeds x n), far below this for any validation split and seeds. A balanced
+# accuracy's (a mean of the classes' recalls) can pass it (C x the lcm of the class counts): two such figures within
+# ~1e-14 of each other then tie, and go to the lower val_loss.
 EXACT_DENOMINATOR = 10**7
 
 

@@ -239,7 +239,7 @@ def pretrain_stage(split_csv: Path, arch: str, image_size: int, options: dict, o
     info = {
         "arch": arch, "classes": classes, "preprocessing": prep.to_dict(),
         # the kept epoch's figures (not the best accuracy of any epoch: with metric val_loss it may be another's)
-        "best_epoch": result.best_epoch, "best_val_accuracy": kept["val_accuracy"], f"best_{opts.metric}": result.best_metric,
+        "best_epoch": result.best_epoch, **{f"best_{m}": kept[m] for m in dict.fromkeys(("val_accuracy", opts.metric))},
         "train_seconds": round(result.train_seconds, 2), "diverged": result.diverged,
         "split": str(split_csv), "split_sha256": sha256_of(split_csv),
         "options": options, **library_versions(),
@@ -358,18 +358,18 @@ FINISHED_SUFFIX = ".done.pt"  # removed when the run of Snakemake succeeds (onsu
 
 
 def remove_finished_states(resume_folder: Path | None = None, pretrain_output: str | None = None,
-                           train_output: str | None = None, *, prefix: str = "") -> list[Path]:
+                           train_output: str | None = None) -> list[Path]:
     """A train or pretrain job keeps its finished resume state (``<key>.done.pt``, :func:`finished_file`) after it
     writes its outputs, for a retry of a job Snakemake failed after it had ended (README "Walltime, failures and
-    resuming"). Once a run of Snakemake ends (the workflow's onsuccess and onerror), those whose outputs are there
-    are removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again
-    from. ``resume_folder`` holds ``pretrain/`` and ``<experiment>/seed<seed>/`` (the rules' resume_dir); the
-    outputs: the rules'. Where not given, they are the workflow's, below ``prefix`` (a module's `prefix:`).
-    Returns the states removed."""
-    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
-    resume_folder = Path(resume_folder or f"{prefix}resources/resume")
-    pretrain_output = pretrain_output or f"{prefix}resources/pretrain/model.pth"
-    train_output = train_output or f"{prefix}results/{{experiment}}/seed{{seed}}/model.pt"
+    resuming"). Once a run of Snakemake succeeds (the workflow's onsuccess), those whose outputs are there are
+    removed, with the folders they leave empty; a state whose outputs are missing stays, to write them again from.
+    ``pretrain_output`` and ``train_output``: the rules' outputs (the workflow's where not given: a module's
+    `prefix:` moves them); ``resume_folder`` (the rules' resume_dir, holding ``pretrain/`` and
+    ``<experiment>/seed<seed>/``): where not given, ``resume/`` beside pretrain's output folder. Returns the states
+    removed."""
+    pretrain_output = pretrain_output or "resources/pretrain/model.pth"
+    train_output = train_output or "results/{experiment}/seed{seed}/model.pt"
+    resume_folder = Path(resume_folder or Path(pretrain_output).parent.parent / "resume")
     removed = []
     for state in sorted(resume_folder.glob(f"**/*{FINISHED_SUFFIX}")):
         run = state.parent.relative_to(resume_folder)
@@ -391,10 +391,10 @@ def remove_finished_states(resume_folder: Path | None = None, pretrain_output: s
 
 def _finish_resume(resume: Path | None) -> None:
     """The outputs are written: the resume state (by now the finished state fit left) is renamed the run's
-    finished state. It is kept until the run of Snakemake ends (common.smk's onsuccess and onerror remove it
-    where the outputs are there): Snakemake may still remove the outputs of a job that has ended (Slurm marks
-    a job TIMEOUT that ends in the last seconds of its walltime), and its retry then ends at once from the
-    finished state instead of training again from epoch 1."""
+    finished state. It is kept until a run of Snakemake succeeds (common.smk's onsuccess removes it where the
+    outputs are there): Snakemake may still remove the outputs of a job that has ended (Slurm marks a job TIMEOUT
+    that ends in the last seconds of its walltime), or mark them incomplete (Snakemake interrupted while the job
+    ran on), and its retry then ends at once from the finished state instead of training again from epoch 1."""
     if resume is not None and resume.exists():
         os.replace(resume, finished_file(resume))
 

@@ -150,27 +150,23 @@ RUNS_NO_JOB = ("--unlock", "--cleanup-metadata", "--cm", "--cleanup-shadow", "--
                "--list-target-rules", "--lt", "--lint")
 
 
-def makes_report(argv: list[str]) -> bool:
-    """Whether this Snakemake command line makes the report (``--report``), which runs no job."""
-    return any(arg.split("=", 1)[0] == "--report" for arg in argv[1:])
+def has_option(argv: list[str], names) -> bool:
+    """Whether a Snakemake command line gives one of the options ``names`` (``--report`` or ``--report=x.html``)."""
+    return any(arg.split("=", 1)[0] in names for arg in argv[1:])
 
 
 def option_differences(expected: dict, recorded: dict) -> list[str]:
     """The training options a run recorded (its train_info.json's ``options``) that the config now gives otherwise:
     ``epochs 1 (the config: 7)``, one per key both hold."""
-    return [f"{key} {json_text(recorded[key])} (the config: {json_text(expected[key])})"
-            for key in sorted(expected) if key in recorded and recorded[key] != expected[key]]
-
-
-def json_text(value) -> str:
     import json
 
-    return json.dumps(value)
+    return [f"{key} {json.dumps(recorded[key])} (the config: {json.dumps(expected[key])})"
+            for key in sorted(expected) if key in recorded and recorded[key] != expected[key]]
 
 
 def runs_no_job(argv: list[str]) -> bool:
     """Whether this Snakemake command line only unlocks, cleans up metadata, lists rules or lints."""
-    return any(arg.split("=", 1)[0] in RUNS_NO_JOB for arg in argv[1:])
+    return has_option(argv, RUNS_NO_JOB)
 
 
 def command_line_config(argv: list[str]) -> dict | None:

@@ -42,7 +42,7 @@ from finetune.configcheck import (config_problems, format_problems, job_options,
                                   range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, makes_report, option_differences, own_sections, profile_files, runs_no_job, stray_configfiles,
+                                 expand_home, has_option, option_differences, own_sections, profile_files, runs_no_job, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
@@ -72,21 +72,32 @@ if _duplicates:
 # Snakemake's API) are read as YAML reads unquoted values.
 # As a module, --config sets the host's config: the part of it that is the module's (`config: config`, or the usual
 # `config: config["finetune"]`) is read again here, and the host's other keys are the host's.
+def module_config_key():
+    """Where this module's config lies in the host's: "" (the host's whole config, `config: config`; and outside a
+    module), one of its keys (`config: config["finetune"]`), or None (another dict, which --config is not traced to)."""
+    host = workflow.modifier_stack[0].globals.get("config") if _as_module else config
+    if host is config:
+        return ""
+    return next((k for k, v in (host or {}).items() if v is config), None)
+
+
 def module_part(given):
     """The part of the host's ``--config`` values ``given`` that sets this module's config (all of them outside a module)."""
-    if not _as_module:
+    key = module_config_key()
+    if key == "":
         return given
-    host = workflow.modifier_stack[0].globals.get("config")
-    if host is config:
-        return given
-    key = next((k for k, v in (host or {}).items() if v is config), None)
-    return given.get(key) if isinstance(given.get(key), dict) else {}
+    return given.get(key) if key is not None and isinstance(given.get(key), dict) else {}
 
 
 if workflow.config_settings.config:
     _typed_cli = typed_command_line_config(workflow.config_settings.config)
     update_config(_typed_cli, command_line_config(sys.argv) or {})
     update_config(config, module_part(_typed_cli))
+    if module_config_key() is None:
+        print("note: --config sets the host's config, and this module's config (its module block's `config:`) is "
+              "neither the host's config nor one of its keys, so the values given there are not read again here: they "
+              "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
+              "or give them in a config file", file=sys.stderr)
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
     workflow.config_settings.config_args = as_config_args(_typed_cli)
 
@@ -643,7 +654,7 @@ if _at_crop and workflow.is_main_process:
 # `--report` describes the results with the config given now: where that is not the config a run was trained with
 # (another --configfile, or none in a folder of the user's own), the report's configuration would stand beside
 # results it did not make. Said, run by run, before the report is made.
-if workflow.is_main_process and makes_report(sys.argv):
+if workflow.is_main_process and has_option(sys.argv, ("--report",)):
     _differ = {}
     for _experiment in EXPERIMENTS:
         for _seed in SEEDS:
