@@ -62,7 +62,8 @@ BAD_SWEEPS = {
                   "experiments.finetune.strategy: is also swept (experiments.finetune.sweep.strategy); set it in one place"),
     "metric": ({"metric": ["val_accuracy", "val_loss"]}, "experiments.finetune.sweep.metric: the runs of a sweep are compared"),
     "empty_sweep": ({}, "experiments.finetune.sweep: needs at least 1 entry(ies)"),
-    "lbfgs_in_a_run": ({"optimizer": ["adamw", "lbfgs"]}, "experiments.finetune-optimizerlbfgs: optimizer lbfgs"),
+    "lbfgs_in_a_run": ({"optimizer": ["adamw", "lbfgs"]},
+                       "experiments.finetune (its sweep's run(s) finetune-optimizerlbfgs): optimizer lbfgs"),
 }
 
 
@@ -71,6 +72,17 @@ def test_a_bad_sweep_is_refused_naming_its_key_path(case):
     sweep, expected = BAD_SWEEPS[case]
     problems = config_problems(with_experiments({"finetune": {"strategy": "finetune", "sweep": sweep}}), SCHEMA)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_a_problem_every_run_of_a_sweep_shares_is_said_once_under_the_experiment_s_key_path():
+    """`devices: 3` with a global batch of 16 in a sweep of 2 x 2 runs: the problem was said four times, each under a
+    generated run name (experiments.ft-lr1e-3-strategyfinetune), which is no key of the config."""
+    config = with_experiments({"ft": {"device": "cpu", "devices": 3, "batch_size": 16,
+                                      "sweep": {"lr": [1e-3, 3e-3], "bn": ["frozen", "auto"]}}})
+    problems = config_problems(config, SCHEMA)
+    divide = [p for p in problems if "does not divide among 3 processes" in p]
+    assert len(divide) == 1 and divide[0].startswith("experiments.ft (every run of its sweep): batch_size 16 "), problems
+    assert not any(p.startswith("experiments.ft-") for p in problems), problems
 
 
 def test_duplicate_values_and_colliding_names_are_refused():

@@ -681,26 +681,9 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults or {}, problems)
     weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
     arch = str(weights.get("arch", "resnet18"))  # the schema's default
-    for name, overrides in runs.items():
-        options = run_options(train, overrides if isinstance(overrides, dict) else {})
-        stages = options.get("unfreeze_stages")
-        if (options.get("strategy") == "gradual" and _is_number(stages) and stages > RESNET_STAGES
-                and arch.startswith(("resnet", "resnext", "wide_resnet"))):
-            problems.append(f"experiments.{name}: unfreeze_stages: {stages}, but a {arch}'s backbone has "
-                            f"{RESNET_STAGES} stages (the stem conv1 + bn1, then layer1 .. layer4): use at most "
-                            f"{RESNET_STAGES}, or null for all of them")
-        problems += [f"experiments.{name}: {why}" for why in distributed_problems({**(train_defaults or {}), **options})]
-        problems += [f"experiments.{name}: {why}" for why in recipe_problems(options)]
-        if options.get("optimizer") != "lbfgs":
-            continue
-        if not caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),
-                               options.get("augment", False)):
-            problems.append(
-                f"experiments.{name}: optimizer lbfgs (set here or in train) solves the new head on cached backbone features; it needs "
-                f"strategy: feature_extract, cache_features: true and augment: false (here strategy: "
-                f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
-                f"augment: {str(options.get('augment', False)).lower()})"
-            )
+    found = {name: _run_problems(run_options(train, overrides if isinstance(overrides, dict) else {}), arch,
+                                 train_defaults or {}) for name, overrides in runs.items()}
+    problems += _by_experiment(found, experiment_of)
     export = config.get("export") if isinstance(config.get("export"), dict) else {}
     problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
     if problem:
@@ -715,6 +698,44 @@ def with_sweep_items(schema: dict) -> dict:
     sweep["properties"] = {key: {**listed, "items": rule} for key, rule in schema["$defs"]["train"]["properties"].items()}
     sweep["additionalProperties"] = False
     return schema
+
+
+def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
+    """What one run's options (train and its experiment's, a sweep's values in) cannot train."""
+    problems = []
+    stages = options.get("unfreeze_stages")
+    if (options.get("strategy") == "gradual" and _is_number(stages) and stages > RESNET_STAGES
+            and arch.startswith(("resnet", "resnext", "wide_resnet"))):
+        problems.append(f"unfreeze_stages: {stages}, but a {arch}'s backbone has {RESNET_STAGES} stages (the stem conv1 "
+                        f"+ bn1, then layer1 .. layer4): use at most {RESNET_STAGES}, or null for all of them")
+    problems += distributed_problems({**defaults, **options})
+    problems += recipe_problems(options)
+    if options.get("optimizer") == "lbfgs" and not caches_features(
+            options.get("strategy", "finetune"), options.get("cache_features", True), options.get("augment", False)):
+        problems.append(
+            "optimizer lbfgs (set here or in train) solves the new head on cached backbone features; it needs "
+            f"strategy: feature_extract, cache_features: true and augment: false (here strategy: "
+            f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
+            f"augment: {str(options.get('augment', False)).lower()})")
+    return problems
+
+
+def _by_experiment(found: dict[str, list[str]], experiment_of: dict[str, str]) -> list[str]:
+    """Each run's problems under its experiment's key path (a sweep's run names are no key of the config), once for
+    the runs of a sweep that share it, naming them (or saying every run has it)."""
+    runs_of: dict[str, list[str]] = {}
+    for name in found:
+        runs_of.setdefault(experiment_of[name], []).append(name)
+    problems = []
+    for experiment, names in runs_of.items():
+        for why in dict.fromkeys(why for name in names for why in found[name]):
+            having = [name for name in names if why in found[name]]
+            if names == [experiment]:
+                problems.append(f"experiments.{experiment}: {why}")
+            else:
+                which = "every run of its sweep" if having == names else f"its sweep's run(s) {', '.join(having)}"
+                problems.append(f"experiments.{experiment} ({which}): {why}")
+    return problems
 
 
 def config_problems(config: dict, schema_file: str | Path, written_train: dict | None = None) -> list[str]:
