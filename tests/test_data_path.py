@@ -268,6 +268,13 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
+def decode_peak_mb(image: Path) -> float:
+    """The peak resident memory of a fresh process that decodes ``image`` as the decode stage does (MB)."""
+    out = subprocess.run([sys.executable, "-c", STRIP_PROBE, str(image)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def test_an_extreme_strip_is_resized_in_bounded_memory_with_nearly_torchvision_s_pixels(tmp_path):
     """A 6000x1 PNG (a few hundred bytes) resized to 64 px would be 384,000x64 pixels, about 100 MB as PIL holds
     them: only the square kept is resampled, within a grey level of torchvision's Resize + CenterCrop."""
@@ -277,11 +284,7 @@ def test_an_extreme_strip_is_resized_in_bounded_memory_with_nearly_torchvision_s
     strip = Image.fromarray(rng.integers(0, 256, (1, 6000, 3), dtype=np.uint8))
     strip.save(tmp_path / "strip.png")
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "small.png")
-    peaks = {}
-    for name in ("strip", "small"):
-        out = subprocess.run([sys.executable, "-c", STRIP_PROBE, str(tmp_path / f"{name}.png")], capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
-        peaks[name] = int(out.stdout.split()[-1]) / 1024  # MB
+    peaks = {name: decode_peak_mb(tmp_path / f"{name}.png") for name in ("strip", "small")}
     assert peaks["strip"] - peaks["small"] < 40, peaks
     noise = Image.fromarray(rng.integers(0, 256, (2000, 20, 3), dtype=np.uint8))  # tall and more than a pixel wide
     for interpolation, mode in (("bilinear", transforms.InterpolationMode.BILINEAR),
@@ -302,11 +305,7 @@ def test_a_large_png_is_held_once_while_it_is_decoded(tmp_path):
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)).save(tmp_path / "large.png", compress_level=1)
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "small.png")
-    peaks = {}
-    for name in ("large", "small"):
-        out = subprocess.run([sys.executable, "-c", STRIP_PROBE, str(tmp_path / f"{name}.png")], capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
-        peaks[name] = int(out.stdout.split()[-1]) / 1024  # MB
+    peaks = {name: decode_peak_mb(tmp_path / f"{name}.png") for name in ("large", "small")}
     decoded = 4000 * 3000 * 4 / 2**20  # PIL holds RGB at 4 bytes a pixel
     assert peaks["large"] - peaks["small"] < 1.5 * decoded, (peaks, decoded)
 

@@ -222,18 +222,28 @@ def children_running(pid: int, script: str) -> list[int]:
     return found
 
 
+def train_again_to_epoch_1(reference: Path, tmp_path: Path, name: str) -> tuple[Path, Path, Path, Snakemake]:
+    """A copy of the reference run whose train job snakemake runs again (--forcerun) in the background, returned once
+    the job has logged epoch 1 and saved its resume state: (its folder, the job's log, its resume folder, the run)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir, symlinks=True)
+    log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
+    run = Snakemake(workdir, behaviour_config(workdir), f"{RUN}/model.pt", "--forcerun", "train", name=name)
+    try:
+        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
+                   "epoch 1 of train logged and its resume state saved")
+    except BaseException:
+        run.end()
+        raise
+    return workdir, log, resume, run
+
+
 def test_sigterm_to_the_process_snakemake_started_for_a_job_stops_its_training(reference, tmp_path):
     """`kill` of a job's process as Snakemake started it (the first `ps` shows; what a scheduler signals): the training
     itself gets the SIGTERM and stops cleanly, resume state kept; it must not run on orphaned behind a shell that died,
     after Snakemake has called the job failed, and write its outputs into what the next run finds."""
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
-    config = behaviour_config(workdir)
-    log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
-    run = Snakemake(workdir, config, f"{RUN}/model.pt", "--forcerun", "train", name="sigterm")
+    workdir, log, resume, run = train_again_to_epoch_1(reference, tmp_path, "sigterm")
     try:
-        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
-                   "epoch 1 of train logged and its resume state saved")
         started = children_running(run.proc.pid, "train.py")
         assert len(started) == 1, started
         os.kill(started[0], signal.SIGTERM)
@@ -254,21 +264,15 @@ def test_sigint_to_snakemake_alone_keeps_the_finished_state_and_the_rerun_writes
     group): the job runs on to its end and writes its outputs, which Snakemake then marks incomplete. Its onerror
     removed the finished state because the outputs were there, so the rerun (rerun-incomplete) trained the run again
     from epoch 1. The state stays until a run of Snakemake succeeds: the rerun writes the same model from it at once."""
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
-    config = behaviour_config(workdir)
-    log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
-    run = Snakemake(workdir, config, f"{RUN}/model.pt", "--forcerun", "train", name="sigint")
+    workdir, log, resume, run = train_again_to_epoch_1(reference, tmp_path, "sigint")
     try:
-        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
-                   "epoch 1 of train logged and its resume state saved")
         os.kill(run.proc.pid, signal.SIGINT)
         assert run.wait() != 0, run.output[-3000:]
     finally:
         run.end()
     assert epochs_logged(log.read_text()) == list(range(1, EPOCHS + 1)), "the job was to run on to its end"
     assert [p.name.endswith(".done.pt") for p in resume.glob("*.pt")] == [True], list(resume.iterdir())
-    again = snakemake(workdir, config, f"{RUN}/model.pt")
+    again = snakemake(workdir, behaviour_config(workdir), f"{RUN}/model.pt")
     assert "Forced execution" in again.stdout or "Incomplete" in again.stdout or "incomplete" in again.stdout, again.stdout[-3000:]
     text = log.read_text()
     assert f"the run had ended after {EPOCHS} epoch(s); writing its outputs" in text and epochs_logged(text) == [], text
@@ -276,7 +280,6 @@ def test_sigint_to_snakemake_alone_keeps_the_finished_state_and_the_rerun_writes
     assert not list(resume.glob("*.pt")), "the run of Snakemake succeeded: its finished state is removed"
 
 
-# --------------------------------------------------------------------------- determinism
 # --------------------------------------------------------------------------- determinism
 
 def test_same_config_and_seed_give_the_same_split_history_and_metrics(reference, tmp_path):
