@@ -42,8 +42,8 @@ from finetune.configcheck import (config_problems, format_problems, job_options,
                                   range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, has_option, option_differences, own_sections, profile_files, runs_no_job, stray_configfiles,
-                                 stray_configfiles_hint, typed_command_line_config, where_written)
+                                 expand_home, has_option, option_differences, own_sections, profile_files, runs_no_job,
+                                 stray_configfiles, stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -81,19 +81,21 @@ def module_config_key():
     return next((k for k, v in (host or {}).items() if v is config), None)
 
 
+_module_key = module_config_key()
+
+
 def module_part(given):
     """The part of the host's ``--config`` values ``given`` that sets this module's config (all of them outside a module)."""
-    key = module_config_key()
-    if key == "":
+    if _module_key == "":
         return given
-    return given.get(key) if key is not None and isinstance(given.get(key), dict) else {}
+    return given.get(_module_key) if _module_key is not None and isinstance(given.get(_module_key), dict) else {}
 
 
 if workflow.config_settings.config:
     _typed_cli = typed_command_line_config(workflow.config_settings.config)
     update_config(_typed_cli, command_line_config(sys.argv) or {})
     update_config(config, module_part(_typed_cli))
-    if module_config_key() is None:
+    if _module_key is None:
         print("note: --config sets the host's config, and this module's config (its module block's `config:`) is "
               "neither the host's config nor one of its keys, so the values given there are not read again here: they "
               "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
@@ -796,7 +798,8 @@ def selected_models_missing():
 
 def earlier_results_note():
     """After a failed run: the files under results/ still there whose jobs were to run and did not (a run's metrics,
-    model.onnx, summary.md): they are an earlier run's, not this one's."""
+    model.onnx, summary.md): they are an earlier run's, not this one's; and the selected models not there
+    (:func:`selected_models_missing`)."""
     try:
         jobs = list(workflow.dag.needrun_jobs())
     except Exception:  # Snakemake's DAG is internal: without it, no note rather than a second error
