@@ -325,13 +325,15 @@ def _official_splits(column: pd.Series, file: Path) -> pd.Series:
 
 
 def list_dataset(spec: SplitSpec) -> pd.DataFrame:
+    """The dataset's images and their class names, in Unicode's composed form (:func:`nfc`): a folder copied from a
+    Mac (decomposed) is the class typed on a keyboard."""
     if spec.format == "fashion-mnist":
         return list_fashion_mnist(spec.path, spec.download_dir, spec.download_timeout_s)
-    if spec.format == "imagefolder":
-        return list_image_folder(spec.path)
-    if spec.format == "csv":
-        return list_csv_manifest(spec.path)
-    raise DataError(f"unknown dataset format {spec.format!r}: use fashion-mnist, imagefolder or csv")
+    if spec.format not in ("imagefolder", "csv"):
+        raise DataError(f"unknown dataset format {spec.format!r}: use fashion-mnist, imagefolder or csv")
+    listing = list_image_folder(spec.path) if spec.format == "imagefolder" else list_csv_manifest(spec.path)
+    listing["class_name"] = listing["class_name"].map(nfc)
+    return listing
 
 
 # --------------------------------------------------------------------------- splitting
@@ -340,8 +342,8 @@ def dataset_classes(spec: SplitSpec, listing: pd.DataFrame) -> list[str]:
     """Every class of the dataset, in label order: what indices in ``dataset.classes`` count in."""
     if spec.format == "fashion-mnist":
         return list(FASHION_MNIST_CLASSES)
-    if spec.format == "imagefolder":
-        return image_folder_classes(spec.path)  # empty folders count too, so indices do not shift
+    if spec.format == "imagefolder":  # empty folders count too, so indices do not shift; sorted as composed
+        return sorted({nfc(name) for name in image_folder_classes(spec.path)})
     return sorted(listing["class_name"].unique())
 
 
@@ -587,11 +589,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     outside = list(listing.attrs.get("outside_class_folders", []))
     note = listing.attrs.get("layout_note")
-    # A class written in Unicode's decomposed form (folders copied from a Mac) is the class typed composed.
-    listing["class_name"] = listing["class_name"].map(nfc)
-    all_classes = dataset_classes(spec, listing)  # sorted by name as composed, however a folder stores it
-    all_classes = list(all_classes) if spec.format == "fashion-mnist" else sorted(set(map(nfc, all_classes)))
-    class_names = select_classes(all_classes, spec.classes, where=spec.path)
+    class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
     if len(class_names) < 2:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
         raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
