@@ -85,6 +85,20 @@ def test_a_problem_every_run_of_a_sweep_shares_is_said_once_under_the_experiment
     assert not any(p.startswith("experiments.ft-") for p in problems), problems
 
 
+def test_a_sweep_run_s_problem_names_the_config_file_that_writes_its_experiment(tmp_path):
+    """With several config files each problem names the file its key comes from; a sweep run's problem
+    (`experiments.fx (its sweep's run(s) fx-mixup_alpha0.2): ...`) was left without it: the run name's dot was read
+    as a key path."""
+    base = tiny_config(tmp_path)
+    mine = tmp_path / "sweep.yaml"
+    mine.write_text("experiments:\n  fx: {strategy: feature_extract, optimizer: adamw, sweep: {mixup_alpha: [0, 0.2]}}\n")
+    result = run_snakemake(tmp_path, base, str(mine), "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    line = next(line for line in result.stdout.splitlines() if "experiments.fx (its sweep's run(s) fx-mixup_alpha0.2)" in line)
+    assert line.rstrip().endswith(f"(set in {mine})"), line
+    assert not (tmp_path / "results").exists()
+
+
 def test_duplicate_values_and_colliding_names_are_refused():
     twice = config_problems(with_experiments({"finetune": {"sweep": {"lr": [0.1, 0.1]}}}), SCHEMA)
     assert any(p.startswith("experiments.finetune.sweep.lr: ") and "non-unique" in p for p in twice), twice

@@ -308,8 +308,9 @@ def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
         return problems
     named = []
     for problem in problems:
-        # the key path ends at ": " (a key may hold a colon itself: `--config 'export={quantize:true}'`)
-        path = problem.split(": ", 1)[0].split(".")
+        # the key path ends at ": " (a key may hold a colon itself: `--config 'export={quantize:true}'`), or at " ("
+        # (`experiments.ft (every run of its sweep): ...`, whose run names hold dots: `ft-lr0.1`)
+        path = problem.split(": ", 1)[0].split(" (", 1)[0].split(".")
         files = [name for name, config in sources.items() if _writes(config, path)]
         if not files:
             named.append(problem)
