@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import run_snakemake
+from helpers import REPO, run_snakemake
 from recompute import held_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
@@ -101,3 +101,44 @@ def test_a_report_made_with_another_config_than_the_runs_says_which_runs_and_set
         assert f"results/{run}/train_info.json: epochs 1 (the config: 3)" in note, note
     result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
     assert "note: the report's configuration" not in result.stdout
+
+
+def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_again(tiny_run_copy):
+    """`--report` after a change not yet run (another dataset.seed: another split, so other runs) built the report
+    from the old results without a word. A dry run of the same command line is what would run; the note names it."""
+    workdir = tiny_run_copy
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
+    assert "would run" not in result.stdout and "Report created" in result.stdout
+    changed = run_snakemake(workdir, workdir / "config.yaml", "--config", "dataset={seed: 7}", "-n").stdout
+    expected = {rule: changed.count(f"rule {rule}:") + changed.count(f"localrule {rule}:")
+                for rule in ("split", "decode", "train", "evaluate", "summary")}
+    assert all(expected.values()), changed
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "old.html", "--config", "dataset={seed: 7}")
+    note = next(line for line in result.stdout.splitlines() if "would run" in line)
+    assert note.startswith("note: `snakemake -n` with this command line would run "), note
+    for rule, count in expected.items():
+        assert f"{rule} {count}" in note, (rule, count, note)
+    assert "Report created" in result.stdout and (workdir / "old.html").is_file()
+    # with --report-after-run the workflow runs first: nothing to say (only its dry run here)
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "after.html", "--report-after-run",
+                           "--config", "dataset={seed: 7}", "-n")
+    assert "would run" not in result.stdout
+
+
+def test_the_report_s_description_mentions_the_learning_rate_finder_only_where_a_run_uses_it():
+    """The description said "Runs with lr: auto ... shown under 3. Learning-rate finder" for every report, though a
+    report has that section only where a run trains at lr: auto."""
+    import jinja2
+
+    template = jinja2.Template((REPO / "workflow" / "report" / "workflow.rst").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["train"].setdefault("lr", 0.001)
+
+    def described(experiments):
+        return template.render(snakemake=type("S", (), {"config": {**config, "experiments": experiments}}))
+
+    assert "Learning-rate finder" not in described({"finetune": {"strategy": "finetune"}, "fast": {"lr": 0.1}})
+    assert "Learning-rate finder" in described({"finetune": {"strategy": "finetune"}, "probe": {"lr": "auto"}})
+    config["train"]["lr"] = "auto"  # every experiment that sets no lr of its own trains at the suggestion
+    assert "Learning-rate finder" in described({"finetune": {"strategy": "finetune"}, "fast": {"lr": 0.1}})
+    assert "Learning-rate finder" not in described({"fast": {"lr": 0.1}})

@@ -164,6 +164,51 @@ def option_differences(expected: dict, recorded: dict) -> list[str]:
             for key in sorted(expected) if key in recorded and recorded[key] != expected[key]]
 
 
+def without_report_options(argv: list[str]) -> list[str]:
+    """A Snakemake command line's arguments (``argv[1:]``) without the options that make a report: ``--report
+    [FILE]``, ``--report-after-run``, ``--reporter PLUGIN`` and every ``--report-<setting> VALUE``."""
+    args, rest = [], list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        name, given = arg.split("=", 1)[0], "=" in arg
+        if name == "--report":
+            if not given and rest and not rest[0].startswith("-"):
+                rest.pop(0)  # its file (argparse takes the next word as it: nargs="?")
+        elif name == "--reporter" or (name.startswith("--report-") and name != "--report-after-run"):
+            if not given and rest:
+                rest.pop(0)
+        elif name != "--report-after-run":
+            args.append(arg)
+    return args
+
+
+def pending_jobs(argv: list[str], timeout: float = 600) -> dict[str, int] | None:
+    """The jobs (rule: count) a dry run of this command line, report options left out, would run: what `--report`
+    would show out of date. None where the dry run fails or its job table cannot be read."""
+    import subprocess
+    import sys
+
+    try:
+        result = subprocess.run([sys.executable, "-m", "snakemake", *without_report_options(argv), "--dry-run"],
+                                capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    lines = result.stdout.splitlines()
+    if "Job stats:" not in lines:
+        return None
+    counts: dict[str, int] = {}
+    for line in lines[lines.index("Job stats:") + 3:]:  # the header, its rule, then one row a rule
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit() or fields[0] == "total":
+            break
+        counts[fields[0]] = int(fields[1])
+    return counts
+
+
 def runs_no_job(argv: list[str]) -> bool:
     """Whether this Snakemake command line only unlocks, cleans up metadata, lists rules or lints."""
     return has_option(argv, RUNS_NO_JOB)

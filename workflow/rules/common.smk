@@ -42,8 +42,9 @@ from finetune.configcheck import (config_problems, format_problems, job_options,
                                   range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, has_option, option_differences, own_sections, profile_files, runs_no_job,
-                                 stray_configfiles, stray_configfiles_hint, typed_command_line_config, where_written)
+                                 expand_home, has_option, option_differences, own_sections, pending_jobs, profile_files,
+                                 runs_no_job, stray_configfiles, stray_configfiles_hint, typed_command_line_config,
+                                 where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -655,8 +656,17 @@ if _at_crop and workflow.is_main_process:
 
 # `--report` describes the results with the config given now: where that is not the config a run was trained with
 # (another --configfile, or none in a folder of the user's own), the report's configuration would stand beside
-# results it did not make. Said, run by run, before the report is made.
-if workflow.is_main_process and has_option(sys.argv, ("--report",)):
+# results it did not make. Said, run by run, before the report is made. Results older than the config, data or code
+# (a sweep value added back, an image added: the leaderboard or the runs would be made again) are said too, from a
+# dry run of the same command line. Not with --report-after-run: the workflow runs first.
+if (workflow.is_main_process and has_option(sys.argv, ("--report",))
+        and not has_option(sys.argv, ("--report-after-run",))):
+    _pending = {_rule: _count for _rule, _count in (pending_jobs(sys.argv) or {}).items() if _rule != "all"}
+    if _pending:
+        print(f"note: `snakemake -n` with this command line would run {sum(_pending.values())} job(s) "
+              f"({', '.join(f'{_rule} {_count}' for _rule, _count in _pending.items())}): the report shows the results "
+              "as they are, made before the latest changes to the config, data or code; run the workflow first, or "
+              "add --report-after-run to make the report once it has run", file=sys.stderr)
     _differ = {}
     for _experiment in EXPERIMENTS:
         for _seed in SEEDS:
