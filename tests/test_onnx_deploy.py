@@ -236,6 +236,57 @@ def test_predict_refuses_a_model_whose_class_names_do_not_match_its_outputs(tiny
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_standalone_predict_names_a_missing_model_bad_metadata_and_options_it_does_not_use(tiny_run, tmp_path):
+    """On a machine with only the model file: a mistyped --model was "cut short or damaged? ... snakemake --forcerun",
+    a crop_size of '32.0' a ValueError traceback, --seed beside --model silently unused, a CSV list without pandas an
+    ImportError traceback."""
+    model = tiny_run / "results/finetune/seed0/model.onnx"
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "images" / "a.png")
+    common = ("--images", str(tmp_path / "images"), "--out", str(tmp_path / "out.csv"))
+    result = run_predict("--model", str(tmp_path / "nothere.onnx"), *common)
+    assert result.returncode == 1 and f"ONNX model {tmp_path / 'nothere.onnx'} does not exist" in result.stderr, result.stderr
+    assert "--forcerun" not in result.stderr and "Traceback" not in result.stderr
+    edited = onnx.load(model)
+    for prop in edited.metadata_props:
+        if prop.key == "crop_size":
+            prop.value = "32.0"
+    onnx.save(edited, tmp_path / "edited.onnx")
+    result = run_predict("--model", str(tmp_path / "edited.onnx"), *common)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{tmp_path / 'edited.onnx'}: metadata crop_size='32.0' is not a whole number of pixels" in result.stderr
+    result = run_predict("--model", str(model), "--seed", "1", *common)
+    assert result.returncode == 2 and "--seed: only with --choose-from" in result.stderr, result.stderr
+    assert not (tmp_path / "out.csv").exists()
+    (tmp_path / "list.csv").write_text("path\nimages/a.png\n")
+    script = str(REPO / "workflow/scripts/predict.py")
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.modules['pandas'] = None\n"
+                             + PREDICT_WITHOUT_TORCH.format(script=script), "--model", str(model),
+                             "--images", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out.csv")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is read with pandas, which is not installed: `pip install pandas`" in result.stderr
+    # a folder needs no pandas
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.modules['pandas'] = None\n"
+                             + PREDICT_WITHOUT_TORCH.format(script=script), "--model", str(model), *common],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stderr
+
+
+def test_quantizing_a_damaged_model_names_the_file_and_how_to_make_it_again(tiny_run, tmp_path):
+    """A model.onnx cut short: quantize_onnx ended in onnx's "Unable to parse proto" traceback from inside the
+    quantizer; predict on the same file said what to do."""
+    from finetune.deploy import ModelError, quantize_stage
+
+    damaged = tmp_path / "model.onnx"
+    data = (tiny_run / "results/finetune/seed0/model.onnx").read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=rf"cannot load ONNX model {damaged}: .*snakemake --forcerun {damaged}"):
+        quantize_stage(damaged, tiny_run / "resources/splits/target.csv", tmp_path / "model.int8.onnx",
+                       tmp_path / "quantization.json", log=lambda _: None)
+    assert not (tmp_path / "model.int8.onnx").exists()
+
+
 def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     """export.quantize and predict.images on a finished run: only the new jobs run."""
     workdir = tiny_run_copy

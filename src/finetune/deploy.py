@@ -51,7 +51,10 @@ def decode_metadata(raw: dict[str, str], origin: str = "model") -> dict:
             "export it with the workflow's export_onnx rule"
         )
     for key in ("resize_size", "crop_size"):
-        meta[key] = int(meta[key])
+        try:
+            meta[key] = int(meta[key])
+        except ValueError:
+            raise ModelError(f"{origin}: metadata {key}={meta[key]!r} is not a whole number of pixels") from None
     for key, supported in (("channel_order", ("RGB",)), ("layout", ("NCHW",)), ("interpolation", tuple(RESAMPLING)),
                            ("orientation", ORIENTATIONS)):
         if key in meta and meta[key] not in supported:
@@ -72,9 +75,12 @@ def new_session(path: str | Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise ModelError(f"ONNX model {path} {what} (relative to the working directory {Path.cwd()})")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for missing/corrupt files
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
         raise ModelError(f"cannot load ONNX model {path}: {exc}. Cut short or damaged? One the workflow wrote is written "
                          f"again by `snakemake --forcerun {path}`") from exc
 
@@ -178,7 +184,11 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
             raise DataError(f"no image files in {source} (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
         return [(str(p), str(p)) for p in files], extension_counts(p for p in found if p.suffix.lower() not in IMAGE_EXTENSIONS)
     if source.is_file():
-        import pandas as pd
+        try:
+            import pandas as pd
+        except ImportError:
+            raise DataError(f"{source}: a list of images (a CSV file with a `path` column) is read with pandas, which "
+                            "is not installed: `pip install pandas`, or name a folder of images") from None
 
         try:
             frame = read_text_table(source)  # `note, path` too
@@ -299,8 +309,9 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
     import onnxruntime
 
     onnx_path, out_onnx = Path(onnx_path), Path(out_onnx)
+    fp32 = OnnxClassifier.load(onnx_path, threads)  # a damaged model is named here, not in the quantizer's traceback
     quantize_seconds = quantize_int8(onnx_path, out_onnx)
-    fp32, int8 = OnnxClassifier.load(onnx_path, threads), OnnxClassifier.load(out_onnx, threads)
+    int8 = OnnxClassifier.load(out_onnx, threads)
     accuracy, pixels = _compare_accuracy(fp32, int8, split_csv, threads, keep=max(batches))
     size32, size8 = onnx_path.stat().st_size, out_onnx.stat().st_size
     report = {

@@ -34,7 +34,7 @@ def main():
     which.add_argument("--choose-from", nargs="+", type=Path, metavar="RUN_FOLDER",
                        help="results/<run>/seed<n> folders: the model of the run selected by validation metric "
                             "(finetune.selection: best mean over seeds, then its best seed)")
-    parser.add_argument("--model-name", default="model.onnx", help="with --choose-from: the model file in the run folder")
+    parser.add_argument("--model-name", help="with --choose-from: the model file in the run folder (default: model.onnx)")
     parser.add_argument("--seed", type=int, help="with --choose-from: take the selected run's model of this seed")
     parser.add_argument("--out-selection", type=Path, help="with --choose-from: JSON naming the chosen run and why")
     parser.add_argument("--images", type=Path, required=True,
@@ -46,6 +46,11 @@ def main():
     args = parser.parse_args()
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be at least 1")
+    unused = [option for option, value in (("--model-name", args.model_name), ("--seed", args.seed),
+                                           ("--out-selection", args.out_selection)) if value is not None]
+    if args.model is not None and unused:
+        parser.error(f"{', '.join(unused)}: only with --choose-from (--model names the model itself)")
+    args.model_name = args.model_name or "model.onnx"
     model = args.model if args.model is not None else chosen_model(args)
     counts = predict_images(model, args.images, args.out, top_k=args.top_k, batch_size=args.batch_size,
                             threads=max(1, min(args.threads, usable_cpus())))
