@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -474,6 +475,26 @@ def test_distributed_keys_reach_the_train_job(tmp_path):
     (train,) = jobs_of(commands(out), "train")
     assert (train["launch-devices"], train["launch-nodes"]) == ("2", "3")
     assert_json_option_carries(train, "options", experiment, "experiments.ddp -> train")
+
+
+def test_every_job_that_trains_or_scores_on_cuda_asks_for_a_gpu(tmp_path):
+    """`gpu` is what the Slurm plugin turns into sbatch --gpus (a cluster shows a job only the GPUs it asked for) and
+    what the local profile counts. pretrain on CUDA asked for none: on Slurm it failed "no CUDA device", twice."""
+    config = tiny_config(tmp_path, pretrain={"train": {"device": "cuda"}}, evaluate={"device": "cuda"},
+                         replace={"experiments": {"ft": {"device": "cuda"}, "cpu": {"device": "cpu"}}})
+    output = run_snakemake(tmp_path, config, "-n", "--resources", "gpu=1").stdout
+    asked = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        outputs = re.search(r"output: (\S+)", block)
+        resources = re.search(r"resources: (.*)", block)
+        if rule and outputs and resources:
+            asked[outputs.group(1).rstrip(",")] = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+    gpus = {path: int(found.get("gpu", 0)) for path, found in asked.items()}
+    assert gpus["resources/pretrain/model.pth"] == 1, asked
+    assert gpus["results/ft/seed0/model.pt"] == 1 and gpus["results/cpu/seed0/model.pt"] == 0, asked
+    assert gpus["results/ft/seed0/metrics.json"] == 1 and gpus["results/cpu/seed0/metrics.json"] == 1, asked
+    assert gpus["resources/splits/target.csv"] == 0 and gpus["resources/weights/weights.pth"] == 0, asked
 
 
 # --------------------------------------------------------------------------- a config of one's own over the demo's

@@ -27,6 +27,8 @@ rule pretrain:
     resources:
         mem_mb=4000,
         runtime=120,
+        # sbatch --gpus=1 where it trains on CUDA (a cluster shows a job only the GPUs it asked for)
+        gpu=1 if config["pretrain"]["train"]["device"] == "cuda" else 0,
     shell:
         "exec {params.python:q} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} --arch {params.arch} --image-size {params.image_size} "
         "--options {params.options:q} --out-weights {output.weights} --out-info {output.info} "
