@@ -280,6 +280,11 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         assert jobs_run(run_snakemake(run, config, "-n", *target, *decoded).stdout) == []
         tiny_config(run, replace={"weights": {**weights, "sha256": "cd" * 32}})
         assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
+        # the same preprocessing from a file at weights.path: the weights job runs, the images are not decoded again
+        # (their sizes are the preprocessing's, whichever source gives it; they were decoded again)
+        tiny_config(run, replace={"weights": {"source": "path", "path": str(served / "w.pth"), "arch": "resnet18",
+                                              "preprocessing": PREPROCESSING}})
+        assert jobs_run(run_snakemake(run, config, "-n", *target, *decoded).stdout) == ["weights"]
 
 
 # --------------------------------------------------------------------------- data changes

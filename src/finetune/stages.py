@@ -78,8 +78,8 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
 
     ``weights_sizes`` is the workflow's ``{"weights": <weights.source>, "sizes": ...}``: for ``pretrain``
     ``pretrain.image_size`` (the source model's resize and crop), for ``torchvision`` the weights enum's
-    name (its transforms), for ``url`` and ``path`` ``weights.preprocessing``. Mean and std do not
-    matter to decoding (images are stored as uint8) and are left neutral.
+    name (its transforms), for ``preprocessing`` (sources ``url`` and ``path``) ``weights.preprocessing``.
+    Mean and std do not matter to decoding (images are stored as uint8) and are left neutral.
     """
     from .images import Preprocessing
     from .weights import preprocessing_from_torchvision
@@ -89,7 +89,7 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
         return Preprocessing.raw(int(sizes)).to_dict()
     if source == "torchvision":
         return preprocessing_from_torchvision(torchvision_weights(str(sizes)))
-    if source in ("url", "path") and isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size"):
+    if source in ("preprocessing", "url", "path") and isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size"):
         neutral = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
         return {**neutral, **{k: v for k, v in sizes.items() if v is not None}}
     raise ConfigError(f"decode: cannot tell the image sizes from {weights_sizes!r} (weights.source and its preprocessing)")

@@ -611,7 +611,8 @@ def decode_sizes_key(size):
         sizes = config["pretrain"]["image_size"]
     elif source == "torchvision":
         sizes = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
-    else:
+    else:  # url and path alike: the same file from a path or a url (and its preprocessing) is not decoded again
+        source = "preprocessing"
         sizes = {k: v for k, v in {**PREPROCESSING_DEFAULTS, **(weights["preprocessing"] or {})}.items()
                  if k in ("resize_size", "crop_size", "interpolation")}
     return as_json({"weights": source, "sizes": sizes, "image_size": size})
