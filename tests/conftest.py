@@ -1,5 +1,7 @@
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,11 @@ from prerequisites import missing
 
 # Tests run torch in several processes at once (Snakemake jobs): keep each one to few threads.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# torch.hub's cache of the machine (weights torchvision downloaded) is read by the weights job: the tests see an
+# empty one of their own, so that what they download is what they check (tests that need one set TORCH_HOME).
+_TORCH_HOME = tempfile.mkdtemp(prefix="finetune-tests-torch-home-")
+os.environ["TORCH_HOME"] = _TORCH_HOME
+atexit.register(shutil.rmtree, _TORCH_HOME, True)
 
 
 @pytest.hookimpl(tryfirst=True)

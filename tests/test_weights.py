@@ -39,10 +39,10 @@ def served(tmp_path_factory):
         yield {"url": base_url, "file": folder / "models" / FILE_NAME, "sha256": sha256(folder / "models" / FILE_NAME)}
 
 
-def fetch(tmp_path, weights_cfg):
+def fetch(tmp_path, weights_cfg, env=None):
     out = tmp_path / "out"
     result = run_script("weights", "--weights", json.dumps(weights_cfg), "--out-weights", str(out / "weights.pth"),
-                        "--out-manifest", str(out / "manifest.json"))
+                        "--out-manifest", str(out / "manifest.json"), env=env)
     return result, out
 
 
@@ -61,6 +61,44 @@ def test_torchvision_weights_from_a_mirror_with_full_sha256(served, tmp_path):
     assert manifest["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert len(manifest["classes"]) == 1000
     assert manifest["source"] == {"kind": "torchvision", "name": ENUM, "url": f"{served['url']}/models/{FILE_NAME}"}
+
+
+def test_torchvision_weights_in_torch_hub_s_cache_are_taken_from_it_only_where_they_pass_the_check(served, tmp_path):
+    """Weights torchvision downloaded before (torch.hub's cache, under $TORCH_HOME) are copied, on a machine without
+    the internet, where the file passes the check a download would; a file there that fails it is downloaded over.
+    The cache is only read."""
+    import socket
+
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / FILE_NAME).write_bytes(served["file"].read_bytes())
+    with socket.socket() as closed:  # a port nothing listens on: any download fails
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env = {"TORCH_HOME": str(tmp_path / "torch-home")}
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": nowhere,
+                                   "sha256": served["sha256"], "timeout_s": 5}, env=env)
+    assert result.returncode == 0, result.stdout
+    assert f"taken from torch.hub's cache: {cache / FILE_NAME} (sha256 checked), nothing downloaded" in result.stdout
+    assert (out / "weights.pth").read_bytes() == served["file"].read_bytes()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sha256"] == served["sha256"] and manifest["source"]["cache"] == str(cache / FILE_NAME)
+    # another file under the official name: not the pinned one, so it is downloaded (and the cache left as it was)
+    torch.manual_seed(1)
+    torch.save(build_architecture("squeezenet1_1", 1000).state_dict(), cache / FILE_NAME)
+    other = (cache / FILE_NAME).read_bytes()
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"],
+                                   "sha256": served["sha256"], "timeout_s": 10}, env=env)
+    assert result.returncode == 0, result.stdout
+    assert (f"note: {cache / FILE_NAME} (torch.hub's cache) has sha256 {sha256(cache / FILE_NAME)}, not sha256 "
+            f"{served['sha256']}: downloading instead") in result.stdout, result.stdout
+    assert (out / "weights.pth").read_bytes() == served["file"].read_bytes() and (cache / FILE_NAME).read_bytes() == other
+    assert "cache" not in json.loads((out / "manifest.json").read_text())["source"]
+    # without a full sha256, the name's hash prefix decides, as for a download: the cached file fails it too
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": nowhere, "timeout_s": 5},
+                        env=env)
+    assert result.returncode == 1 and "a sha256 starting with b8a52dc0: downloading instead" in result.stdout
+    assert f"download of {nowhere}/models/{FILE_NAME} failed" in result.stdout, result.stdout
 
 
 def test_torchvision_weights_of_another_head_from_a_mirror_are_refused_naming_the_enum(tmp_path):

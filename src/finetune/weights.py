@@ -314,12 +314,42 @@ def preprocessing_from_torchvision(weights_enum) -> dict:
     }
 
 
+def hub_checkpoints_dir() -> Path:
+    """torch.hub's download folder, found as ``torch.hub.get_dir()`` finds it (without importing torch):
+    ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``; then ``checkpoints``."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
+def _from_hub_cache(file_name: str, destination: Path, sha256: str | None, hash_prefix: str | None,
+                    log) -> str | None:
+    """The file of torch.hub's cache with this name, copied to ``destination`` where it passes the same check as a
+    download (the full ``sha256``, else the name's hash prefix): its sha256; None where there is none or it fails
+    (said: then it is downloaded). The cache is only read, never written."""
+    cached = hub_checkpoints_dir() / file_name
+    if not cached.is_file():
+        return None
+    digest = sha256_of(cached)
+    if (sha256 and digest != sha256.lower()) or (not sha256 and hash_prefix and not digest.startswith(hash_prefix)):
+        wanted = f"sha256 {sha256.lower()}" if sha256 else f"a sha256 starting with {hash_prefix}"
+        log(f"note: {cached} (torch.hub's cache) has sha256 {digest}, not {wanted}: downloading instead")
+        return None
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(cached, tmp)
+        _check_sha256(tmp, digest, str(cached))  # a file changed while copied is refused
+    log(f"taken from torch.hub's cache: {cached} (sha256 checked), nothing downloaded")
+    return digest
+
+
 def fetch_torchvision(enum_name: str, destination: Path, mirror: str | None = None, sha256: str | None = None,
-                      timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+                      timeout_s: float = DEFAULT_TIMEOUT_S, log=print) -> dict:
     """torchvision weights by enum name, with torchvision's hash check (or a full sha256 when given).
 
     ``mirror`` replaces scheme and host of the official URL (``https://download.pytorch.org``) with
-    a private mirror's base URL, keeping the path.
+    a private mirror's base URL, keeping the path. A file of that name in torch.hub's cache that passes the same
+    check is copied instead (:func:`_from_hub_cache`): weights torchvision downloaded before, on a machine
+    without the internet.
     """
     weights_enum = torchvision_weights(enum_name)
     url = weights_enum.url
@@ -327,16 +357,21 @@ def fetch_torchvision(enum_name: str, destination: Path, mirror: str | None = No
         parsed = urllib.parse.urlparse(url)
         url = mirror.rstrip("/") + parsed.path
     # torchvision's own check: the file name ends in the first hex digits of its sha256.
-    stem = Path(urllib.parse.urlparse(weights_enum.url).path).stem
-    hash_prefix = None if sha256 else stem.rsplit("-", 1)[-1]
+    file_name = Path(urllib.parse.urlparse(weights_enum.url).path).name
+    hash_prefix = None if sha256 else Path(file_name).stem.rsplit("-", 1)[-1]
     key = "weights.mirror (the official file's path under it)" if mirror else "weights.torchvision"
-    digest = download(url, destination, sha256=sha256, hash_prefix=hash_prefix, timeout_s=timeout_s, key=key)
+    source = {"kind": "torchvision", "name": str(weights_enum), "url": url}
+    digest = _from_hub_cache(file_name, destination, sha256, hash_prefix, log)
+    if digest is None:
+        digest = download(url, destination, sha256=sha256, hash_prefix=hash_prefix, timeout_s=timeout_s, key=key)
+    else:
+        source["cache"] = str(hub_checkpoints_dir() / file_name)
     return {
         "arch": torchvision_arch(weights_enum),
         "classes": list(weights_enum.meta.get("categories") or []),
         "preprocessing": preprocessing_from_torchvision(weights_enum),
         "sha256": digest,
-        "source": {"kind": "torchvision", "name": str(weights_enum), "url": url},
+        "source": source,
     }
 
 
