@@ -47,7 +47,8 @@ def out(previous, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(good_weights):
-    files = {"good.pth": good_weights.read_bytes(), "resnet18-f37072fd.pth": b"not the real resnet18 weights\n"}
+    files = {"good.pth": good_weights.read_bytes(), "resnet18-f37072fd.pth": b"not the real resnet18 weights\n",
+             "login.pth": b"<html><body>Login required</body></html>\n"}
     with http_server(files) as running:
         yield running
 
@@ -72,7 +73,8 @@ def test_url_download_that_works(server, good_weights, tmp_path):
     assert manifest["source"] == {"kind": "url", "url": url} and manifest["num_classes"] == 3
 
 
-@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "cut_without_length", "http_404", "hanging_server"])
+@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "cut_without_length", "http_404", "hanging_server",
+                                  "login_page"])
 def test_refused_download_keeps_the_previous_weights(server, good_weights, out, case):
     good_sha = sha256(good_weights)
     other_sha = "0123456789abcdef" * 4
@@ -82,6 +84,7 @@ def test_refused_download_keeps_the_previous_weights(server, good_weights, out, 
         "cut_without_length": (f"{server.url}/unannounced/good.pth", good_sha, 5),
         "http_404": (f"{server.url}/no-such-file.pth", good_sha, 5),
         "hanging_server": (f"{server.url}/hang/good.pth", good_sha, 1),
+        "login_page": (f"{server.url}/login.pth", good_sha, 5),
     }[case]
     before = snapshot(out)
     started = time.monotonic()
@@ -94,6 +97,9 @@ def test_refused_download_keeps_the_previous_weights(server, good_weights, out, 
                                "The server announced no length, so the transfer may have been cut short: rerun"],
         "http_404": [f"download of {url} failed: HTTP 404", "check weights.url"],
         "hanging_server": [f"download of {url} failed: no answer within 1 s (weights.timeout_s)"],
+        # a page served in the file's place: said, not only its hash (whose pin would not help)
+        "login_page": [f"sha256 mismatch for {url}: expected {good_sha}",
+                       "The file received: it starts as an HTML or XML page (a login or error page saved in its place?)"],
     }[case]
     assert_refused(result, out, before, *expected)
     if case == "hanging_server":
@@ -107,6 +113,23 @@ def test_torchvision_hash_prefix_refused_from_a_mirror(server, out):
     result = run_weights(cfg, out)
     url = f"{server.url}/models/resnet18-f37072fd.pth"
     assert_refused(result, out, before, f"hash mismatch for {url}: expected a sha256 starting with f37072fd", "got ")
+
+
+def test_a_url_without_a_scheme_is_refused_at_start_naming_its_key(server, out):
+    """`127.0.0.1:8000/w.pth` (no http://) passed the start and failed in the weights job, after Snakemake had removed
+    the earlier weights, naming no key."""
+    from finetune.configcheck import config_problems
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    bare = server.url.removeprefix("http://")
+    for key, weights in (("url", weights_config(source="url", url=f"{bare}/good.pth", sha256="ab" * 32)),
+                         ("mirror", weights_config(source="torchvision", torchvision=TORCHVISION_RESNET18, mirror=bare))):
+        problems = config_problems({"weights": weights}, schema)
+        assert (f"weights.{key}: {weights[key]!r} is not a URL the downloader reads: begin it with http://, https:// "
+                "or file://") in problems, problems
+        before = snapshot(out)
+        assert_refused(run_weights(weights, out), out, before, "unsupported URL scheme in", f"check weights.{key}")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])

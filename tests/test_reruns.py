@@ -285,6 +285,10 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         tiny_config(run, replace={"weights": {"source": "path", "path": str(served / "w.pth"), "arch": "resnet18",
                                               "preprocessing": PREPROCESSING}})
         assert jobs_run(run_snakemake(run, config, "-n", *target, *decoded).stdout) == ["weights"]
+        # named on the leaderboard by the path as written: another folder's w.pth is other weights
+        summary = [line for line in run_snakemake(run, config, "-n", "--printshellcmds", "--forcerun", "summary",
+                                                  "results/summary.csv").stdout.splitlines() if "--weights-source" in line]
+        assert summary and f"path:{served / 'w.pth'}" in summary[0], summary
 
 
 # --------------------------------------------------------------------------- data changes

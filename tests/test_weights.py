@@ -197,9 +197,14 @@ def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_i
     # reruns (the job's param was the config as written: each retrained every run, decoding again for DEFAULT).
     target = ("--printshellcmds", "resources/weights/manifest.json", "resources/decoded/target/native/info.json")
     run_snakemake(tmp_path, config, *target)
-    for same in ({"torchvision": "SqueezeNet1_1_Weights.DEFAULT"}, {"arch": "squeezenet1_1"}):
+    for same in ({"torchvision": "SqueezeNet1_1_Weights.DEFAULT"}, {"arch": "squeezenet1_1"},
+                 {"sha256": served["sha256"].upper()}):  # hex digits in either case (it fetched and retrained)
         config = tiny_config(tmp_path, replace={"weights": {**weights, **same}})
         assert jobs_run(run_snakemake(tmp_path, config, "-n", *target).stdout) == [], same
+    # The leaderboard names the file pinned (a mirror's own file under the official name), not the enum's alone
+    summary = [line for line in run_snakemake(tmp_path, config, "-n", "--printshellcmds", "--forcerun", "summary",
+                                              "results/summary.csv").stdout.splitlines() if "--weights-source" in line]
+    assert summary and f"torchvision:{ENUM}@sha256:{served['sha256'][:12]}" in summary[0], summary
 
     # Written wrong (an arch of other weights, a member torchvision has not), refused at start naming the key, before
     # any job: Snakemake would have removed the earlier weights (and decoded images) when the job started.

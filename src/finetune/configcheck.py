@@ -25,10 +25,11 @@ import importlib.util
 import math
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from .weights import WEIGHTS_KEYS, WEIGHTS_REQUIRED
+from .weights import URL_SCHEMES, WEIGHTS_KEYS, WEIGHTS_REQUIRED
 
 
 _TYPE_NAMES = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
@@ -596,6 +597,11 @@ def _weights_problems(weights: dict) -> list[str]:
             problems.append(f"weights.{key}: not used with weights.source: {source}, which reads {', '.join(read)}; "
                             "remove it (or choose the source that reads it)")
     problems += _torchvision_weights_problems(weights) if source == "torchvision" else []
+    for key in ("url", "mirror"):
+        value = weights.get(key)
+        if key in read and isinstance(value, str) and value and urlsplit(value).scheme not in URL_SCHEMES:
+            problems.append(f"weights.{key}: {value!r} is not a URL the downloader reads: begin it with http://, "
+                            "https:// or file://")
     arch, names = weights.get("arch"), torchvision_architectures()
     if isinstance(arch, str) and names and arch not in names:
         close = difflib.get_close_matches(arch.lower(), names, n=3)

@@ -32,6 +32,7 @@ WEIGHTS_KEYS = {
 }
 WEIGHTS_REQUIRED = {"url": ("url", "sha256", "preprocessing"), "path": ("path", "preprocessing")}
 
+URL_SCHEMES = ("http", "https", "file")  # what urllib's downloader reads
 MANIFEST_FORMAT = "finetune-weights/1"
 DEFAULT_TIMEOUT_S = 60
 
@@ -121,6 +122,16 @@ def _what_file(head: bytes) -> str:
                 "cut short?): copy or download it again")
     printable = head[:40].decode("latin-1")
     return f"its first bytes are {printable!r}, not those of a file torch.save writes (a zip archive or a pickle)"
+
+
+def _not_weights(path: Path) -> str:
+    """`` The file received: <what it seems to be>.`` for a download that is no file torch.save writes (a zip archive
+    or a pickle): an HTML login or error page, say; else empty."""
+    with open(path, "rb") as received:
+        head = received.read(64)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return ""
+    return f" The file received: {_what_file(head)}."
 
 
 def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
@@ -217,8 +228,9 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
     the download instead of hanging it. ``key``: the config key that gave the URL, named in the messages.
     """
     scheme = urllib.parse.urlparse(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise WeightsError(f"unsupported URL scheme in {url!r}: use http(s)://")
+    if scheme not in URL_SCHEMES:
+        raise WeightsError(f"unsupported URL scheme in {url!r}: check {key}, which must begin with http://, https:// "
+                           "or file://")
     with atomic_path(destination) as tmp:
         try:
             with open(tmp, "wb") as out:
@@ -246,11 +258,14 @@ def download(url: str, destination: Path, sha256: str | None = None, hash_prefix
         # Without a length from the server a cut-off transfer shows only as a wrong hash: say it may be that.
         cut = "" if announced is not None else (" The server announced no length, so the transfer may have been cut "
                                                 "short: rerun to try again.")
+        page = _not_weights(tmp)  # a login or error page served in its place: no hash to pin
+        cut = page + cut
         if hash_prefix and not digest.startswith(hash_prefix):
+            advice = ("Check weights.mirror, where set" if page else "Another file under the official name (a mirror's "
+                      "own weights) needs its sha256 in weights.sha256; else check weights.mirror, where set")
             raise WeightsError(
                 f"hash mismatch for {url}: expected a sha256 starting with {hash_prefix} (from the file name), "
-                f"got {digest} ({received} bytes); the file was refused. Another file under the official name (a "
-                f"mirror's own weights) needs its sha256 in weights.sha256; else check weights.mirror, where set.{cut}"
+                f"got {digest} ({received} bytes); the file was refused. {advice}.{cut}"
             )
         try:
             _check_sha256(tmp, sha256, url, actual=digest)

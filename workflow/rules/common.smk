@@ -478,6 +478,8 @@ def weights_identity():
         weights.pop("arch", None)  # passed with the fetch keys (weights_fetch): the job checks it too
     if isinstance(weights.get("preprocessing"), dict):
         weights["preprocessing"] = {**PREPROCESSING_DEFAULTS, **weights["preprocessing"]}
+    if weights.get("sha256"):
+        weights["sha256"] = str(weights["sha256"]).lower()  # hex digits: one hash in either case
     return as_json(weights)
 
 
@@ -571,13 +573,17 @@ def weights_label():
     """The pretrained weights as the leaderboard (summary rule) names them."""
     weights = config["weights"]
     source = weights["source"]
+    pin = str(weights.get("sha256") or "").lower()[:12]
     if source == "torchvision":
-        return f"torchvision:{torchvision_weights_member(weights['torchvision'])}"  # DEFAULT: the member it names
-    if source == "url" and weights.get("sha256"):
+        member = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
+        # a sha256 pins a mirror's own file under the official name (README): not the weights the enum names
+        return f"torchvision:{member}" + (f"@sha256:{pin}" if pin else "")
+    if source == "url" and pin:
         # by the file (weights.sha256), not where it is fetched from: another url of the same pin fetches nothing
-        return f"url:sha256:{weights['sha256'][:12]}"
+        return f"url:sha256:{pin}"
     if source == "path" and weights.get("path"):
-        return f"path:{os.path.basename(str(weights['path']).rstrip('/'))}"
+        # the path as written (two checkpoints of one name in two folders are two weights), with its pin where given
+        return f"path:{str(weights['path']).rstrip('/')}" + (f"@sha256:{pin}" if pin else "")
     return source
 
 
