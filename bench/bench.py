@@ -256,9 +256,12 @@ def measure(run: Session) -> None:
     measure_export_rows(run, transfer, split_csv)
 
 
-def report(run: Session, info: dict, durations: dict[str, float]) -> int:
-    """Write the CSV and its JSON companion, print the table; the exit status (1: a target missed)."""
-    ordered = [run.rows[name] for name in ROWS if run.only is None or name in run.only]
+def report(run: Session, info: dict, durations: dict[str, float], failure: BaseException | None = None) -> int:
+    """Write the CSV and its JSON companion, print the table; the exit status (1: a target missed, or a row failed:
+    the rows measured before it are written all the same)."""
+    asked = [name for name in ROWS if run.only is None or name in run.only]
+    ordered = [run.rows[name] for name in asked if name in run.rows]
+    not_measured = [name for name in asked if name not in run.rows]
     write_csv(ordered, run.out)
     info_after = machine_info(run.threads)
     info["loadavg_1_5_15"] = f"{info['loadavg_1_5_15']} at start, {info_after['loadavg_1_5_15']} at end"
@@ -270,7 +273,13 @@ def report(run: Session, info: dict, durations: dict[str, float]) -> int:
     summary = {"machine": info, "seconds": round(total, 1), "phases_s": durations, "smoke": run.args.smoke,
                "weights": run.origin, "only": None if run.only is None else sorted(run.only),
                "recipe_acc_vs_tutorial": {k: recipe[k] for k in ("accuracy", "wall_s")} if recipe else None}
+    if failure is not None:
+        summary["failed"] = {"error": str(failure), "not_measured": not_measured, "work_folder_kept": str(run.scratch)}
     run.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    if failure is not None:
+        say(f"\nbench: a row failed, {len(ordered)} row(s) measured before it are in {run.out}; not measured: "
+            f"{', '.join(not_measured)}. Its work folder (logs) is kept: {run.scratch}\n{failure}")
+        return 1
     if run.args.smoke:
         return 0
     missed = [r["metric"] for r in ordered if check(r)[1] is False]
@@ -288,11 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(run.threads)
     say(f"finetune bench ({'smoke' if args.smoke else 'full'}): {info['cpu_model']}, {info['cpus_usable']} CPU(s), "
         f"{run.threads} thread(s), load average {info['loadavg_1_5_15']}")
+    failure = None
     try:
         measure(run)
+    except (Exception, SystemExit) as exc:  # run_checked's SystemExit too: the rows measured before it are kept
+        failure = exc
+        run.args.keep = True  # the failed step's logs are in the work folder
     finally:
         durations = run.finish()
-    return report(run, info, durations)
+    return report(run, info, durations, failure)
 
 
 if __name__ == "__main__":

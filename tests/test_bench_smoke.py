@@ -336,3 +336,22 @@ def test_transfer_rows_draw_one_few_shot_sample_per_seed(tmp_path):
             for frame in (demo, other)]
     assert len(test[0]) == 4000
     pd.testing.assert_frame_equal(test[0], test[1])
+
+
+def test_a_row_that_fails_keeps_the_rows_measured_before_it_and_its_logs(tmp_path):
+    """A failure in a late row (here: no Fashion-MNIST where the tiny DAG reads it) lost every row measured before it
+    (no CSV, no JSON), and the message named logs in the work folder it had just removed."""
+    out = tmp_path / "bench.csv"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench.py"), "--smoke", "--only", "dag_build_20exp_s",
+                             "--only", "ddp_cpu_2proc_img_per_s", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "FINETUNE_FASHION_MNIST": str(tmp_path / "no-fashion-mnist")})
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pd.read_csv(out)
+    assert list(rows["metric"]) == ["dag_build_20exp_s"] and rows["ours"].iloc[0] > 0
+    failed = json.loads(out.with_suffix(".json").read_text())["failed"]
+    assert failed["not_measured"] == ["ddp_cpu_2proc_img_per_s"]
+    logs = list((tmp_path / failed["work_folder_kept"]).rglob("results/logs/split/source.log"))
+    assert logs and "Fashion-MNIST files missing in" in logs[0].read_text()
+    assert f"not measured: ddp_cpu_2proc_img_per_s. Its work folder (logs) is kept: {failed['work_folder_kept']}" in (
+        result.stdout + result.stderr)
