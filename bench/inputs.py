@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 # common first: it sets OMP_WAIT_POLICY before torch is imported.
-from common import DEMO_CONFIG, REPO, run_checked, say, snakemake_cmd, timed
+from common import DEMO_CONFIG, REPO, run_checked, say, snakemake_cmd, timed, with_package_env
 
 import pandas as pd
 
@@ -24,21 +24,41 @@ SPEED_SUBSET = {"max_train_per_class": 100, "max_val_per_class": 100, "max_test_
 
 def demo_weights(workdir: Path, threads: int) -> tuple[Path, Path, str]:
     """The demo's pretrained source model and target split: reused from the repository's resources/ when
-    `make demo` made them, otherwise made by the demo pipeline's own rules in ``workdir``."""
-    manifest, split = REPO / "resources/weights/manifest.json", REPO / "resources/splits/target.csv"
+    `make demo` made them and the demo's config would make nothing of them again (a run of another config there,
+    another dataset.seed say, made others), otherwise made by the demo pipeline's own rules in ``workdir``."""
+    targets = ["resources/weights/manifest.json", "resources/splits/target.csv"]
+    manifest, split = REPO / targets[0], REPO / targets[1]
     if manifest.exists() and split.exists():
         try:
             read_manifest(manifest)
-            return manifest, split, f"reused {manifest.relative_to(REPO)}"
+            stale = stale_for_the_demo(targets)
+            if not stale:
+                return manifest, split, f"reused {manifest.relative_to(REPO)}"
+            say(f"  not reusing {manifest.parent.parent}: the demo's config would make them again ({stale})")
         except Exception as exc:  # a half-written or stale manifest: make our own
             say(f"  not reusing {manifest}: {exc}")
-    targets = ["resources/weights/manifest.json", "resources/splits/target.csv"]
     cmd = snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
                         "--configfile", str(DEMO_CONFIG), "--cores", str(max(threads, 1)), *targets)
     say(f"  running the demo's split, pretrain and weights rules in {workdir} ...")
     seconds, _ = timed(run_checked, cmd, "the demo's weights rule", 3600)
     return (workdir / targets[0], workdir / targets[1],
             f"the demo's rules in {workdir} ({seconds:.0f} s; Snakemake reran only what was missing or stale)")
+
+
+def stale_for_the_demo(targets: list[str]) -> str:
+    """What a dry run of the demo's config in the repository would make again of ``targets`` (its reasons, in
+    short), or '' where nothing: they are what `make demo` made."""
+    import subprocess
+
+    cmd = snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO), "--configfile",
+                        str(DEMO_CONFIG), "--cores", "1", "--dry-run", *targets)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                            env=with_package_env())
+    if result.returncode == 0 and "Nothing to be done" in result.stdout:
+        return ""
+    reasons = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("reason:")]
+    found = "; ".join(dict.fromkeys(reasons)) or f"its dry run ended with exit status {result.returncode}"
+    return found if len(found) <= 300 else found[:300] + " ..."
 
 
 # --------------------------------------------------------------------------- data: a folder of PNG files
