@@ -54,8 +54,8 @@ bench: env
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 dag: env
-	$(VENV)/bin/snakemake --rulegraph mermaid-js
+	@$(VENV)/bin/snakemake --rulegraph mermaid-js
 
 clean:
-	rm -rf results/* resources .snakemake
+	rm -rf results/* results/.[!.]* resources .snakemake report.html report.zip
 	touch results/.gitkeep
