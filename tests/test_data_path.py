@@ -382,6 +382,16 @@ def _other_shape(npy, info):
     info.write_text(json.dumps(record))
 
 
+def _moved_ranges(npy, info):
+    """The record's split ranges edited, their total kept: validation would have been scored on test rows, and
+    evaluate's labels (from the split file) would not have matched the images read."""
+    record = json.loads(info.read_text())
+    (_, val), (_, test) = ((name, record["splits"][name]) for name in ("val", "test"))
+    val[1] -= 1
+    test[0] -= 1
+    info.write_text(json.dumps(record))
+
+
 def _overwrite_pixels(npy, info):
     """Pixels written over in place a while after the pair was written, the file's size unchanged (a stray
     `dd conv=notrunc`, a program writing into the wrong file)."""
@@ -397,7 +407,8 @@ def _overwrite_pixels(npy, info):
 
 @pytest.mark.parametrize("damage, why", [(_truncate, "cut short"), (_spoil_header, "not a readable .npy"),
                                          (_spoil_record, "cannot be read"), (_other_shape, "its record says"),
-                                         (_overwrite_pixels, "its bytes changed after it was written")])
+                                         (_overwrite_pixels, "its bytes changed after it was written"),
+                                         (_moved_ranges, "its record gives the splits' rows as")])
 def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again(split_csv, tmp_path, damage, why):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)

@@ -368,13 +368,17 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
         if why is not None:
             raise _remove_damaged(npy, info_json, why)
         _check_belongs(npy, info, split_csv, sizes, interpolation)
+        labels = None
+        if split_csv is not None:
+            frame, _ = _chosen_rows(split_csv, info["splits"])
+            labels = frame["label"].to_numpy(dtype=np.int64)
+            ranges = split_ranges(list(frame["split"]))
+            if {name: list(rows) for name, rows in info["splits"].items()} != ranges:  # the labels would be others'
+                raise _remove_damaged(npy, info_json, f"its record gives the splits' rows as {info['splits']}, the "
+                                      f"split file's are {ranges}")
     except BaseException:
         handle.close()
         raise
-    labels = None
-    if split_csv is not None:
-        frame, _ = _chosen_rows(split_csv, info["splits"])
-        labels = frame["label"].to_numpy(dtype=np.int64)
     return DecodedSplit(npy, info, labels, offset, handle)
 
 
