@@ -78,18 +78,13 @@ def peak_memory(processes: int = 1) -> str | None:
         # torchrun, which started them (the launcher's process, finetune.launch), holds torch too: ~500 MB
         launcher = _peak_kilobytes(str(os.getppid())) if "TORCHELASTIC_RUN_ID" in os.environ else None
         total = processes * kilobytes + (launcher or 0)
-        return (f"peak memory: {_mb(kilobytes):,.0f} MB (resident) in this one of the job's {processes} training "
+        return (f"peak memory: {kilobytes / 1024:,.0f} MB (resident) in this one of the job's {processes} training "
                 f"processes on this machine, each holding about as much"
-                + (f", and {_mb(launcher):,.0f} MB in torchrun, which started them" if launcher else "")
-                + f": the job needs about {_mb(total):,.0f} MB; {margin}")
+                + (f", and {launcher / 1024:,.0f} MB in torchrun, which started them" if launcher else "")
+                + f": the job needs about {total / 1024:,.0f} MB; {margin}")
     # A cluster job holds this script and the Snakemake process that starts it (on Slurm, ~70-120 MB more, killed
     # at 1,108 MB with this line saying 1,039): the margin is said here, where mem_mb is sized from it.
-    return f"peak memory: {_mb(kilobytes):,.0f} MB (resident, this script; {margin})"
-
-
-def _mb(kilobytes: int) -> float:
-    """Linux's kB (KiB) in MB of 10^6 bytes, the unit of Snakemake's mem_mb (its mem_mib is the other)."""
-    return kilobytes * 1024 / 1e6
+    return f"peak memory: {kilobytes / 1024:,.0f} MB (resident, this script; {margin})"
 
 
 def _peak_kilobytes(pid: str) -> int | None:
