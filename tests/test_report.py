@@ -3,7 +3,10 @@ the leaderboard, every run's metrics tables and plots, each with its caption."""
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
 
 import pandas as pd
@@ -119,6 +122,14 @@ def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_a
     for rule, count in expected.items():
         assert f"{rule} {count}" in note, (rule, count, note)
     assert "Report created" in result.stdout and (workdir / "old.html").is_file()
+    # started from the folder above, the working folder and config file given relative to it (Snakemake changes into
+    # --directory before it reads the workflow: the dry run is run where the command was)
+    relative = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                               workdir.name, "--cores", "1", "--configfile", f"{workdir.name}/config.yaml", "--report",
+                               "rel.html", "--config", "dataset={seed: 7}"], cwd=workdir.parent, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+                              env={**os.environ, "PWD": str(workdir.parent)})
+    assert note in relative.stdout.splitlines() and "could not check" not in relative.stdout, relative.stdout[-3000:]
     # with --report-after-run the workflow runs first: nothing to say (only its dry run here)
     result = run_snakemake(workdir, workdir / "config.yaml", "--report", "after.html", "--report-after-run",
                            "--config", "dataset={seed: 7}", "-n")

@@ -182,24 +182,50 @@ def without_report_options(argv: list[str]) -> list[str]:
     return args
 
 
-def pending_jobs(argv: list[str], timeout: float = 600) -> dict[str, int] | None:
+def started_in(argv: list[str], workdir: str | os.PathLike) -> str | None:
+    """The folder this Snakemake command line was started in: the working directory itself, or, with
+    ``--directory`` (Snakemake changes into it before it reads the workflow), the shell's $PWD where that folder
+    with the command line's --directory is the working directory; None where it cannot be told."""
+    rest = list(argv[1:])
+    directory = None
+    while rest:
+        arg = rest.pop(0)
+        name, _, value = arg.partition("=")
+        if name in ("-d", "--directory"):
+            directory = value or (rest.pop(0) if rest else None)
+    if directory is None:
+        return str(workdir)
+    shell = os.environ.get("PWD")
+    if shell and Path(shell, os.path.expanduser(directory)).resolve() == Path(workdir).resolve():
+        return shell
+    return None
+
+
+def pending_jobs(argv: list[str], workdir: str | os.PathLike, timeout: float = 120) -> dict[str, int] | str:
     """The jobs (rule: count) a dry run of this command line, report options left out, would run: what `--report`
-    would show out of date. None where the dry run fails or its job table cannot be read."""
+    would show out of date. Run where the command line was (its relative paths read as the user's). Where it cannot
+    tell, the reason, in a few words."""
     import subprocess
     import sys
 
+    where = started_in(argv, workdir)
+    if where is None:
+        return "the folder Snakemake was started in is not known (its --directory, and $PWD)"
     try:
         result = subprocess.run([sys.executable, "-m", "snakemake", *without_report_options(argv), "--dry-run"],
-                                capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+                                capture_output=True, text=True, timeout=timeout, cwd=where)
+    except subprocess.TimeoutExpired:
+        return f"its dry run took more than {timeout:g} s"
+    except OSError as exc:
+        return f"its dry run did not start: {exc}"
     if result.returncode != 0:
-        return None
+        last = next((line for line in reversed((result.stderr + result.stdout).splitlines()) if line.strip()), "")
+        return f"its dry run failed: {last.strip()}"
     if "Nothing to be done" in result.stdout + result.stderr:
         return {}
     lines = result.stdout.splitlines()
     if "Job stats:" not in lines:
-        return None
+        return "its dry run printed no table of jobs (a `quiet` setting?)"
     counts: dict[str, int] = {}
     for line in lines[lines.index("Job stats:") + 3:]:  # the header, its rule, then one row a rule
         fields = line.split()

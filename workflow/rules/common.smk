@@ -667,13 +667,19 @@ if _at_crop and workflow.is_main_process:
 # (a sweep value added back, an image added: the leaderboard or the runs would be made again) are said too, from a
 # dry run of the same command line. Not with --report-after-run: the workflow runs first.
 if (workflow.is_main_process and has_option(sys.argv, ("--report",))
-        and not has_option(sys.argv, ("--report-after-run",))):
-    _pending = {_rule: _count for _rule, _count in (pending_jobs(sys.argv) or {}).items() if _rule != "all"}
-    if _pending:
+        and not has_option(sys.argv, ("--report-after-run",)) and not os.environ.get("FINETUNE_REPORT_CHECKED")):
+    os.environ["FINETUNE_REPORT_CHECKED"] = "1"  # once, where a host workflow uses this one as several modules
+    _pending = pending_jobs(sys.argv, os.getcwd())
+    if isinstance(_pending, str):
+        print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
+              "`snakemake -n` with the same options says", file=sys.stderr)
+    elif any(_rule != "all" for _rule in _pending):
+        _pending = {_rule: _count for _rule, _count in _pending.items() if _rule != "all"}
         print(f"note: `snakemake -n` with this command line would run {sum(_pending.values())} job(s) "
               f"({', '.join(f'{_rule} {_count}' for _rule, _count in _pending.items())}): the report shows the results "
-              "as they are, made before the latest changes to the config, data or code; run the workflow first, or "
-              "add --report-after-run to make the report once it has run", file=sys.stderr)
+              "as they are, older than the latest changes to the config, data or code, or left unfinished by a run "
+              "that failed; run the workflow first, or add --report-after-run to make the report once it has run",
+              file=sys.stderr)
     _differ = {}
     for _experiment in EXPERIMENTS:
         for _seed in SEEDS:
