@@ -34,7 +34,8 @@ def demo_weights(workdir: Path, threads: int) -> tuple[Path, Path, str]:
             stale = stale_for_the_demo(targets)
             if not stale:
                 return manifest, split, f"reused {manifest.relative_to(REPO)}"
-            say(f"  not reusing {manifest.parent.parent}: the demo's config would make them again ({stale})")
+            say(f"  not reusing {manifest.parent.parent}: a dry run of the demo's config would make them again (another "
+                f"config's run there, or a change of the data or code since: {stale})")
         except Exception as exc:  # a half-written or stale manifest: make our own
             say(f"  not reusing {manifest}: {exc}")
     cmd = snakemake_cmd("--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),

@@ -76,7 +76,7 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
 def weights_preprocessing(weights_sizes: dict) -> dict:
     """The resize, crop and filter the weights job writes in its manifest, from the config alone.
 
-    ``weights_sizes`` is the workflow's ``{"weights": <weights.source>, "sizes": ...}``: for ``pretrain``
+    ``weights_sizes`` is the workflow's ``{"weights": <what gives the sizes>, "sizes": ...}``: for ``pretrain``
     ``pretrain.image_size`` (the source model's resize and crop), for ``torchvision`` the weights enum's
     name (its transforms), for ``preprocessing`` (sources ``url`` and ``path``) ``weights.preprocessing``.
     Mean and std do not matter to decoding (images are stored as uint8) and are left neutral.

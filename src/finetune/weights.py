@@ -345,14 +345,18 @@ def _from_hub_cache(file_name: str, destination: Path, sha256: str | None, hash_
     cached = hub_checkpoints_dir() / file_name
     if not cached.is_file():
         return None
-    digest = sha256_of(cached)
-    if (sha256 and digest != sha256.lower()) or (not sha256 and hash_prefix and not digest.startswith(hash_prefix)):
-        wanted = f"sha256 {sha256.lower()}" if sha256 else f"a sha256 starting with {hash_prefix}"
-        log(f"note: {cached} (torch.hub's cache) has sha256 {digest}, not {wanted}: downloading instead")
+    try:
+        digest = sha256_of(cached)
+        if (sha256 and digest != sha256.lower()) or (not sha256 and hash_prefix and not digest.startswith(hash_prefix)):
+            wanted = f"sha256 {sha256.lower()}" if sha256 else f"a sha256 starting with {hash_prefix}"
+            log(f"note: {cached} (torch.hub's cache) has sha256 {digest}, not {wanted}: downloading instead")
+            return None
+        with atomic_path(destination) as tmp:
+            shutil.copyfile(cached, tmp)
+            _check_sha256(tmp, digest, str(cached))  # a file changed while copied is refused
+    except (OSError, WeightsError) as exc:  # unreadable (a shared cache's permissions), or changed meanwhile
+        log(f"note: {cached} (torch.hub's cache) cannot be used ({exc}): downloading instead")
         return None
-    with atomic_path(destination) as tmp:
-        shutil.copyfile(cached, tmp)
-        _check_sha256(tmp, digest, str(cached))  # a file changed while copied is refused
     log(f"taken from torch.hub's cache: {cached} (sha256 checked), nothing downloaded")
     return digest
 

@@ -583,7 +583,7 @@ def weights_label():
         return f"url:sha256:{pin}"
     if source == "path" and weights.get("path"):
         # the path as written (two checkpoints of one name in two folders are two weights), with its pin where given
-        return f"path:{str(weights['path']).rstrip('/')}" + (f"@sha256:{pin}" if pin else "")
+        return f"path:{os.path.normpath(str(weights['path']))}" + (f"@sha256:{pin}" if pin else "")
     return source
 
 
