@@ -66,8 +66,9 @@ SNAKEMAKE_MB = 200  # the Snakemake process of a cluster job (70-120 MB resident
 
 def peak_memory(processes: int = 1) -> str | None:
     """``peak memory: <MB> MB ...``: the most of the machine's memory this process held at once (Linux's VmHWM),
-    what a cluster's memory limit (Slurm's --mem) is held against, in its unit: MB of 2^20 bytes. Snakemake's benchmark files sample the
-    job's memory now and then, and missed the peak of short jobs (an export job: 870 MB there, 1,406 here).
+    what a cluster's memory limit (Slurm's --mem) is held against, in its unit: MB of 2^20 bytes. Snakemake's
+    benchmark files sample the job's memory now and then, and missed the peak of short jobs (an export job: 870 MB
+    there, 1,406 here).
     ``processes``: the job's training processes on this machine (torchrun's), each holding about as much. None
     where it cannot be read."""
     kilobytes = _peak_kilobytes("self")

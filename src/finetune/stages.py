@@ -89,7 +89,8 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
         return Preprocessing.raw(int(sizes)).to_dict()
     if source == "torchvision":
         return preprocessing_from_torchvision(torchvision_weights(str(sizes)))
-    if source in ("preprocessing", "url", "path") and isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size"):
+    given = isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size")
+    if source in ("preprocessing", "url", "path") and given:
         neutral = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
         return {**neutral, **{k: v for k, v in sizes.items() if v is not None}}
     raise ConfigError(f"decode: cannot tell the image sizes from {weights_sizes!r} (weights.source and its preprocessing)")

@@ -582,7 +582,7 @@ def weights_label():
         # by the file (weights.sha256), not where it is fetched from: another url of the same pin fetches nothing
         return f"url:sha256:{pin}"
     if source == "path" and weights.get("path"):
-        # the path as written (two checkpoints of one name in two folders are two weights), with its pin where given
+        # the path (two checkpoints of one name in two folders are two weights), with its pin where given
         return f"path:{os.path.normpath(str(weights['path']))}" + (f"@sha256:{pin}" if pin else "")
     return source
 
