@@ -40,6 +40,8 @@ CORES = ("--cores", "64")
 CHOSEN = {
     "weights.preprocessing": {"resize_size": 40, "crop_size": 36, "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
     "weights.arch": "resnet34",  # one torchvision has: another name is refused at start
+    "weights.url": "https://models.example.org/w.pth",  # a URL the downloader reads: another is refused at start
+    "weights.mirror": "https://mirror.example.org/pytorch",
     "predict.images": "new_images",
     # An ImageFolder the workflow finds at start (dry_run_output makes it): a missing one is refused before any job.
     "dataset.path": "photos",
