@@ -201,6 +201,18 @@ def started_in(argv: list[str], workdir: str | os.PathLike) -> str | None:
     return None
 
 
+_CHECKED: set[str] = set()
+
+
+def first_time(what: str) -> bool:
+    """True the first time it is asked about ``what`` in this process: a check the workflow's start makes once,
+    where a host workflow uses this one as several modules (each runs the workflow's start)."""
+    if what in _CHECKED:
+        return False
+    _CHECKED.add(what)
+    return True
+
+
 def pending_jobs(argv: list[str], workdir: str | os.PathLike, timeout: float = 120) -> dict[str, int] | str:
     """The jobs (rule: count) a dry run of this command line, report options left out, would run: what `--report`
     would show out of date. Run where the command line was (its relative paths read as the user's). Where it cannot

@@ -42,9 +42,9 @@ from finetune.configcheck import (config_problems, format_problems, job_options,
                                   range_test_options, schema_default, torchvision_weights_member, train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, has_option, option_differences, own_sections, pending_jobs, profile_files,
-                                 runs_no_job, stray_configfiles, stray_configfiles_hint, typed_command_line_config,
-                                 where_written)
+                                 expand_home, first_time, has_option, option_differences, own_sections, pending_jobs,
+                                 profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
+                                 typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
@@ -667,16 +667,15 @@ if _at_crop and workflow.is_main_process:
 # (a sweep value added back, an image added: the leaderboard or the runs would be made again) are said too, from a
 # dry run of the same command line. Not with --report-after-run: the workflow runs first.
 if (workflow.is_main_process and has_option(sys.argv, ("--report",))
-        and not has_option(sys.argv, ("--report-after-run",)) and not os.environ.get("FINETUNE_REPORT_CHECKED")):
-    os.environ["FINETUNE_REPORT_CHECKED"] = "1"  # once, where a host workflow uses this one as several modules
+        and not has_option(sys.argv, ("--report-after-run",)) and first_time("report")):
     _pending = pending_jobs(sys.argv, os.getcwd())
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
-    elif any(_rule != "all" for _rule in _pending):
-        _pending = {_rule: _count for _rule, _count in _pending.items() if _rule != "all"}
+    elif any(_step != "all" for _step in _pending):
+        _pending = {_step: _count for _step, _count in _pending.items() if _step != "all"}
         print(f"note: `snakemake -n` with this command line would run {sum(_pending.values())} job(s) "
-              f"({', '.join(f'{_rule} {_count}' for _rule, _count in _pending.items())}): the report shows the results "
+              f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.items())}): the report shows the results "
               "as they are, older than the latest changes to the config, data or code, or left unfinished by a run "
               "that failed; run the workflow first, or add --report-after-run to make the report once it has run",
               file=sys.stderr)
