@@ -139,3 +139,58 @@ def test_a_module_given_a_part_of_the_host_s_config_takes_its_command_line_value
     result = run_snakemake(host, None, "-n", "--config", "finetune={train: {epochs: two}}", snakefile=host / "Snakefile",
                            check=False)
     assert result.returncode != 0 and "train.epochs: 'two' is not an integer" in result.stdout, result.stdout[-3000:]
+
+
+def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_and_checks_each(tiny_run, tmp_path):
+    """`--report` where the workflow is two modules given parts of the host's config (`config: config["a"]`, the usual
+    Snakemake pattern): the report's description read the host's config as the workflow's and the report stopped
+    (UndefinedError: 'dict object' has no attribute 'experiments'); and only the first instance's runs were checked
+    against the config given (a change to the second's said nothing). Each instance here holds a copy of the tiny
+    run's files (the same config, mtimes kept): up to date without training again."""
+    import shutil
+
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    keys = {"a": "first", "b": "second"}  # module: its part of the host's config (Snakemake's --config takes 2+ letters)
+    modules = "".join(f'module f{x}:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config["{key}"]\n    prefix: "runs/{x}"\n'
+                      f"use rule * from f{x} as f{x}_*\n" for x, key in keys.items())
+    (host / "Snakefile").write_text('configfile: "config/host.yaml"\n' + modules
+                                    + "rule all:\n    input: rules.fa_all.input, rules.fb_all.input\n    default_target: True\n")
+    tiny = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"first": tiny, "second": tiny, "threshold": 0.5}))
+    for x in "ab":
+        for folder in ("results", "resources"):
+            shutil.copytree(tiny_run / folder, host / "runs" / x / folder, symlinks=True)
+    assert "Nothing to be done" in run_snakemake(host, None, "-n", snakefile=host / "Snakefile").stdout
+
+    result = run_snakemake(host, None, "--report", "report.html", snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0 and "Report created" in result.stdout, result.stdout[-3000:]
+    assert "note:" not in result.stdout, result.stdout[-3000:]
+    page = (host / "report.html").read_text()
+    for key in keys.values():  # the page holds the description as a JavaScript string: its quotes escaped
+        assert re.search(rf'Instance configured by <tt class=\\?"docutils literal\\?">{key}</tt>: trained per experiment', page)
+
+    result = run_snakemake(host, None, "--report", "other.html", "--config", "second={train: {epochs: 3}}",
+                           snakefile=host / "Snakefile", check=False)
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: the report's configuration")]
+    assert len(notes) == 1, result.stdout[-3000:]
+    for run in tiny["experiments"]:
+        assert f"runs/b/results/{run}/seed0/train_info.json: epochs 1 (the config: 3)" in notes[0], notes[0]
+    assert "runs/a/" not in notes[0]
+
+
+def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_prefix(tmp_path):
+    """Two instances, the second with an `lr_find` setting no run of its uses: the note said neither which module
+    it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b)."""
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    modules = "".join(f'module f{x}:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config["{x}{x}"]\n'
+                      f'    prefix: "runs/{x}"\nuse rule * from f{x} as f{x}_*\n' for x in "ab")
+    (host / "Snakefile").write_text('configfile: "config/host.yaml"\n' + modules
+                                    + "rule all:\n    input: rules.fa_all.input, rules.fb_all.input\n    default_target: True\n")
+    tiny = {key: value for key, value in TINY_CONFIG.items()}
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": tiny, "bb": {**tiny, "lr_find": {"steps": 20}}}))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "lr_find" in line]
+    assert notes == ["note: module fb: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves "
+                     "asked for by name (snakemake runs/b/results/lr_find/<run>/lr_find.png)"], result.stdout[-3000:]

@@ -136,12 +136,43 @@ def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_a
     assert "would run" not in result.stdout
 
 
+def test_a_report_before_new_runs_are_made_says_it_cannot_be_made_yet(tiny_run_copy):
+    """An experiment added and `--report` made before running it: the note said "the report shows the results as they
+    are", then Snakemake stopped on the new run's files, marked for the report, that do not exist. It says that the
+    report cannot be made before they have run, counting the jobs whose files are missing."""
+    workdir = tiny_run_copy
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["experiments"]["wider"] = {"strategy": "feature_extract", "lr": 0.03}
+    (workdir / "added.yaml").write_text(yaml.safe_dump(config))
+    missing = [run for run in config["experiments"] for seed in config["seeds"]
+               if not (workdir / f"results/{run}/seed{seed}/metrics.html").exists()]
+    assert missing == ["wider"]
+    result = run_snakemake(workdir, workdir / "added.yaml", "--report", "new.html", check=False)
+    note = next(line for line in result.stdout.splitlines() if "would run" in line)
+    assert f"{len(missing)} of them make files that do not exist yet (evaluate {len(missing)})" in note, note
+    assert "the report cannot be made before they have run" in note and "shows the results as they are" not in note
+    assert result.returncode != 0 and not (workdir / "new.html").exists()
+
+
+def test_the_rules_named_as_making_report_files_are_those_that_do():
+    """common.smk's REPORT_RULES (a missing file of theirs stops `--report`) against the rule files' `report(...)`."""
+    marked = set()
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=(?:local)?rule )", rules.read_text(), flags=re.M)[1:]:
+            if re.search(r"^\s+\w+=report\(", block, re.M):
+                marked.add(re.match(r"(?:local)?rule (\w+):", block).group(1))
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    named = re.search(r"^REPORT_RULES = \((.*)\)$", common, re.M).group(1)
+    assert marked and {name.strip().strip('"') for name in named.split(",") if name.strip()} == marked
+
+
 def test_the_report_s_description_mentions_the_learning_rate_finder_only_where_a_run_uses_it():
     """The description said "Runs with lr: auto ... shown under 3. Learning-rate finder" for every report, though a
     report has that section only where a run trains at lr: auto."""
     import jinja2
 
-    template = jinja2.Template((REPO / "workflow" / "report" / "workflow.rst").read_text())
+    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # as Snakemake renders it
+    template = environment.from_string((REPO / "workflow" / "report" / "workflow.rst").read_text())
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["train"].setdefault("lr", 0.001)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 
 # Sections of a user's config that replace the workflow's own config/config.yaml (the demo), rather than
@@ -213,10 +215,20 @@ def first_time(what: str) -> bool:
     return True
 
 
-def pending_jobs(argv: list[str], workdir: str | os.PathLike, timeout: float = 120) -> dict[str, int] | str:
-    """The jobs (rule: count) a dry run of this command line, report options left out, would run: what `--report`
-    would show out of date. Run where the command line was (its relative paths read as the user's). Where it cannot
-    tell, the reason, in a few words."""
+class Pending(NamedTuple):
+    """What a dry run would run: ``jobs``, rule: count (``all`` left out); ``new``, of those the jobs of a rule in
+    ``report_rules`` whose outputs are missing (files the report would show that do not exist yet)."""
+
+    jobs: dict[str, int]
+    new: dict[str, int]
+
+
+def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tuple[str, ...] = (),
+                 timeout: float = 120) -> Pending | str:
+    """The jobs a dry run of this command line, report options left out, would run: what `--report` would show out
+    of date. Run where the command line was (its relative paths read as the user's). A rule is in ``report_rules``
+    where its name holds one of them (a module's rules are renamed: ``fa_evaluate``). Where it cannot tell, the
+    reason, in a few words."""
     import subprocess
     import sys
 
@@ -234,7 +246,7 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, timeout: float = 1
         last = next((line for line in reversed((result.stderr + result.stdout).splitlines()) if line.strip()), "")
         return f"its dry run failed: {last.strip()}"
     if "Nothing to be done" in result.stdout + result.stderr:
-        return {}
+        return Pending({}, {})
     lines = result.stdout.splitlines()
     if "Job stats:" not in lines:
         return "its dry run printed no table of jobs (a `quiet` setting?)"
@@ -243,8 +255,18 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, timeout: float = 1
         fields = line.split()
         if len(fields) != 2 or not fields[1].isdigit() or fields[0] == "total":
             break
-        counts[fields[0]] = int(fields[1])
-    return counts
+        if fields[0] != "all":
+            counts[fields[0]] = int(fields[1])
+    new: dict[str, int] = {}
+    rule = None
+    for line in lines:  # each job: `rule <name>:` (or `localrule`), then indented lines, its `reason:` among them
+        found = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
+        if found:
+            rule = found.group(1)
+        elif (rule and any(name in rule for name in report_rules)
+              and line.strip().startswith("reason:") and "Missing output files" in line):
+            new[rule] = new.get(rule, 0) + 1
+    return Pending(counts, new)
 
 
 def runs_no_job(argv: list[str]) -> bool:

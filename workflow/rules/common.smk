@@ -53,6 +53,8 @@ from finetune.sweeps import expand as expand_sweeps
 # Used as a module of another workflow (README "As a module of your own workflow"), the config is the host's:
 # its `configfile:` files are read besides --configfile's (Snakemake skips this workflow's own `configfile:`).
 _as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
+# Each note printed at start names the module it is about, where a host has several (`module fb: ...`).
+INSTANCE = f"module {workflow.modifier.namespace}: " if _as_module and getattr(workflow.modifier, "namespace", None) else ""
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
 _cli_files = list(map(str, workflow.config_settings.configfiles))
 _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
@@ -116,11 +118,11 @@ if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
     for _note in own_sections(config, load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}):
-        print(f"note: {_note}", file=sys.stderr)
+        print(f"note: {INSTANCE}{_note}", file=sys.stderr)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
 if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
-    print(f"note: pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
+    print(f"note: {INSTANCE}pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
           "trains a source model)", file=sys.stderr)
 # The `lr_find` keys written, before the schema's defaults fill the section (noted below where no run uses them).
 _lr_find_written = list(_written["lr_find"]) if isinstance(_written.get("lr_find"), dict) else []
@@ -128,7 +130,7 @@ _lr_find_written = list(_written["lr_find"]) if isinstance(_written.get("lr_find
 # are not made.
 _predict_written = [key for key in (_written.get("predict") or {}) if key != "images"] if isinstance(_written.get("predict"), dict) else []
 if _predict_written and (config.get("predict") or {}).get("images") is None:
-    print(f"note: predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
+    print(f"note: {INSTANCE}predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
           "null, so nothing is classified (set it to a folder of images or a CSV with a path column)", file=sys.stderr)
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
@@ -185,7 +187,7 @@ _crowded = {run: {**config["train"], **own} for run, own in EXPERIMENTS.items()}
 _crowded = {run: cfg for run, cfg in _crowded.items() if cfg["device"] in ("cpu", "auto") and cfg["nodes"] == 1
             and cfg["devices"] > _train_threads}
 if _crowded:
-    print(f"note: {', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
+    print(f"note: {INSTANCE}{', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
           f"{' or '.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
           f"{', where no GPU is found' if any(cfg['device'] == 'auto' for cfg in _crowded.values()) else ''}), more "
           f"training processes than the train job's threads ({_train_threads}: threads.train, or --cores where fewer): "
@@ -357,8 +359,8 @@ def lr_is_auto(experiment):
 # `lr_find` settings run the range test of the runs with `lr: auto`; where there is none, only a curve asked for
 # by name uses them: say so rather than leave them silently unused.
 if _lr_find_written and not any(map(lr_is_auto, EXPERIMENTS)):
-    print(f"note: lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
-          "set only the curves asked for by name (snakemake results/lr_find/<run>/lr_find.png)", file=sys.stderr)
+    print(f"note: {INSTANCE}lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
+          f"set only the curves asked for by name (snakemake {output_path('results/lr_find/<run>/lr_find.png')})", file=sys.stderr)
 
 
 def lr_suggestion_input(wildcards):
@@ -630,7 +632,7 @@ def decode_sizes_key(size):
 # would score another model than the one deployed.
 _evaluate_tta, _export_tta = config["evaluate"]["tta"], "hflip" if config["export"]["tta"] else "none"
 if _evaluate_tta != _export_tta:
-    print(f"note: evaluate.tta is {_evaluate_tta} but export.tta is {str(config['export']['tta']).lower()}: the test figures "
+    print(f"note: {INSTANCE}evaluate.tta is {_evaluate_tta} but export.tta is {str(config['export']['tta']).lower()}: the test figures "
           f"(and the leaderboard) score the model with test-time augmentation {_evaluate_tta}, the exported model.onnx "
           f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
           "too)", file=sys.stderr)
@@ -645,7 +647,7 @@ for _run in EXPERIMENTS:
     if _patience and _first + _patience >= _cfg["epochs"]:
         _experiment = SWEEP_OF.get(_run, _run)
         _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
-        print(f"note: {_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
+        print(f"note: {INSTANCE}{_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
               f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
               f"{_cfg['metric']} after epoch {_first})", file=sys.stderr)
 
@@ -657,7 +659,7 @@ _weights_crop = (("pretrain.image_size", config["pretrain"]["image_size"]) if co
 _at_crop = [_run for _run in EXPERIMENTS if _weights_crop[1] is not None
             and experiment_config(_run)["image_size"] == _weights_crop[1]]
 if _at_crop and workflow.is_main_process:
-    print(f"note: image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
+    print(f"note: {INSTANCE}image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
           f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
           "image_size null (the default, the weights' own), which decodes them once for every run", file=sys.stderr)
 
@@ -666,19 +668,27 @@ if _at_crop and workflow.is_main_process:
 # results it did not make. Said, run by run, before the report is made. Results older than the config, data or code
 # (a sweep value added back, an image added: the leaderboard or the runs would be made again) are said too, from a
 # dry run of the same command line. Not with --report-after-run: the workflow runs first.
-if (workflow.is_main_process and has_option(sys.argv, ("--report",))
-        and not has_option(sys.argv, ("--report-after-run",)) and first_time("report")):
-    _pending = pending_jobs(sys.argv, os.getcwd())
+# The rules with outputs marked for the report (`report(...)`): a missing one stops `--report`.
+REPORT_RULES = ("evaluate", "lr_find", "summary")
+_making_report = (workflow.is_main_process and has_option(sys.argv, ("--report",))
+                  and not has_option(sys.argv, ("--report-after-run",)))
+if _making_report and first_time("report"):  # one dry run covers every instance where this workflow is a module
+    _pending = pending_jobs(sys.argv, os.getcwd(), REPORT_RULES)
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
-    elif any(_step != "all" for _step in _pending):
-        _pending = {_step: _count for _step, _count in _pending.items() if _step != "all"}
-        print(f"note: `snakemake -n` with this command line would run {sum(_pending.values())} job(s) "
-              f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.items())}): the report shows the results "
-              "as they are, older than the latest changes to the config, data or code, or left unfinished by a run "
-              "that failed; run the workflow first, or add --report-after-run to make the report once it has run",
+    elif _pending.jobs:
+        print(f"note: `snakemake -n` with this command line would run {sum(_pending.jobs.values())} job(s) "
+              f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): "
+              + (f"{sum(_pending.new.values())} of them make files that do not exist yet "
+                 f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.new.items())}), so the report cannot "
+                 "be made before they have run (Snakemake stops on a file marked for the report that does not exist)"
+                 if _pending.new else
+                 "the report shows the results as they are, older than the latest changes to the config, data or "
+                 "code, or left unfinished by a run that failed")
+              + "; run the workflow first, or add --report-after-run to make the report once it has run",
               file=sys.stderr)
+if _making_report:  # each instance's own runs
     _differ = {}
     for _experiment in EXPERIMENTS:
         for _seed in SEEDS:
@@ -692,7 +702,7 @@ if (workflow.is_main_process and has_option(sys.argv, ("--report",))
                 _differ[_info_file] = _found
     if _differ:
         _shown = "; ".join(f"{f}: {', '.join(d[:4])}{' ...' if len(d) > 4 else ''}" for f, d in list(_differ.items())[:4])
-        print(f"note: the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
+        print(f"note: {INSTANCE}the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
               f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
               "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "
               "would make again)", file=sys.stderr)
@@ -741,7 +751,7 @@ if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile(_mani
     _fetched_url = (_fetched.get("source") or {}).get("url") if isinstance(_fetched, dict) else None
     if _fetched_url and _fetched_url != config["weights"]["url"] and \
             str(_fetched.get("sha256", "")).lower() == str(config["weights"]["sha256"]).lower():
-        print(f"note: weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
+        print(f"note: {INSTANCE}weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
               f"{_fetched_url}: it pins the same file, so a change of url alone fetches nothing and trains nothing "
               "again; for other weights, set weights.sha256 to their file's", file=sys.stderr)
 
