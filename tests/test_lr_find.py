@@ -182,6 +182,23 @@ def test_a_dry_run_with_lr_auto_runs_lr_find_and_train_reads_its_suggestion(tmp_
     assert not [c for c in commands if "results/lr_find/fixed/suggestion.json" in c]
 
 
+def test_the_range_test_s_seed_is_its_own_so_the_seeds_list_can_change_without_testing_again(tmp_path):
+    """The range test was seeded by the first of `seeds`: reordering them (or removing the first) changed lr_find's
+    params, so every `lr: auto` run was tested and trained again. Its seed is `lr_find.seed` (0 by default), read
+    from each dry run's lr_find command."""
+    def range_test_options(**replace):
+        configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}}, **replace})
+        commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
+        found = command_of(commands, "lr_find.py", "--out-suggestion", "results/lr_find/auto/suggestion.json")
+        return json.loads(found[found.index("--options") + 1]), json.loads(found[found.index("--range-test") + 1])
+
+    first = range_test_options(seeds=[3, 4])
+    assert first[0]["seed"] == 0 and "seed" not in first[1]
+    assert range_test_options(seeds=[4, 3]) == first and range_test_options(seeds=[4]) == first
+    chosen = range_test_options(seeds=[3, 4], lr_find={"seed": 7})
+    assert chosen[0] == {**first[0], "seed": 7} and chosen[1] == first[1]
+
+
 def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
     suggestion = tmp_path / "suggestion.json"
     suggestion.write_text(json.dumps({"lr": 0.0123, "method": "steepest"}))

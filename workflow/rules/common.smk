@@ -347,9 +347,10 @@ LR_SUGGESTION = "results/lr_find/{experiment}/suggestion.json"
 
 
 def lr_find_options(experiment):
-    """The range test's options: the run's training options (lr auto included), seeded by the first of `seeds`, with
-    the keys it does not read at their defaults (configcheck.range_test_options: a run's epochs, say)."""
-    return range_test_options(train_options(experiment, SEEDS[0]), TRAIN_DEFAULTS)
+    """The range test's options: the run's training options (lr auto included), seeded by `lr_find.seed` (not one of
+    `seeds`: reordering them tested and trained again), with the keys it does not read at their defaults
+    (configcheck.range_test_options: a run's epochs, say)."""
+    return range_test_options(train_options(experiment, config["lr_find"]["seed"]), TRAIN_DEFAULTS)
 
 
 def lr_is_auto(experiment):
