@@ -362,6 +362,25 @@ def test_a_stale_decoded_file_is_refused_naming_it_and_kept(split_csv, tmp_path)
     assert (npy.read_bytes(), info.read_bytes()) == before  # intact, only made for something else: left alone
 
 
+def test_a_decoded_file_of_another_version_s_format_is_refused_naming_both_and_kept(split_csv, tmp_path):
+    """A pair an earlier version wrote (its record's format finetune-decoded/2), read by this one (a run with
+    `--rerun-triggers mtime`, a script run by hand): called "damaged" and removed, though intact."""
+    from finetune.store import STORE_FORMAT
+
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    record = json.loads(info.read_text())
+    record["format"] = "finetune-decoded/2"
+    info.write_text(json.dumps(record))
+    before = npy.read_bytes(), info.read_bytes()
+    with pytest.raises(DataError) as error:
+        open_decoded(npy, info, split_csv, (32, 32))
+    message = str(error.value)
+    assert "finetune-decoded/2" in message and STORE_FORMAT in message and "damaged" not in message, message
+    assert f"snakemake --forcerun {npy}" in message and "nothing was removed" in message
+    assert (npy.read_bytes(), info.read_bytes()) == before
+
+
 def _truncate(npy, info):
     with open(npy, "r+b") as handle:
         handle.truncate(npy.stat().st_size - 100)

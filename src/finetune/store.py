@@ -323,6 +323,19 @@ def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, d
     return None, info, offset
 
 
+def _check_version(npy: Path, info_json: Path) -> None:
+    """A pair written by another version of finetune (a record of another ``finetune-decoded/<n>`` format) is intact,
+    only not read here: refused, naming both formats, and left alone (not removed as damaged)."""
+    try:
+        found = read_json(info_json).get("format")
+    except (OSError, ValueError, AttributeError):
+        return  # not readable, or not a record at all: damage, said by _damage
+    if isinstance(found, str) and found.startswith("finetune-decoded/") and found != STORE_FORMAT:
+        raise DataError(f"decoded images {npy} were written by another version of finetune (format {found}; this "
+                        f"version reads {STORE_FORMAT}): decode them again with `snakemake --forcerun {npy}` "
+                        "(nothing was removed)")
+
+
 def _sha256_of_open(handle: BinaryIO, chunk: int = 1 << 23) -> str:
     """The sha256 of the whole file ``handle`` has open (read by offset: its position is left alone)."""
     digest, fd, at = hashlib.sha256(), handle.fileno(), 0
@@ -361,6 +374,7 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
             raise DataError(f"decoded images {npy}: their record {info_json} does not exist (the decode job writes "
                             "it beside them, as info.json); nothing was removed. If the record was lost, decode "
                             f"them again with `snakemake --forcerun {npy}`")
+        _check_version(npy, info_json)
         why, info, offset = _damage(handle, npy, info_json)
         if why is not None and npy.resolve().parent != info_json.resolve().parent:
             raise DataError(f"decoded images {npy} do not match the record {info_json} ({why}), which is in another "
