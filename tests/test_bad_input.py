@@ -4,6 +4,7 @@ the culprit, and no earlier good result lost."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import time
@@ -460,6 +461,28 @@ def test_csv_manifest_that_works(tmp_path):
                        tmp_path / "out")
     assert result.returncode == 0, result.stdout
     assert len(pd.read_csv(tmp_path / "out" / "split.csv")) == 8
+
+
+def test_the_split_of_a_csv_manifest_does_not_depend_on_the_order_of_its_lines(tmp_path):
+    """The same images listed in another order (a manifest exported again from a database, sorted in a spreadsheet)
+    drew another split: 42 of 72 images moved, test images into train. The lines are taken in the order of their
+    paths: the same split file, byte for byte."""
+    import random
+
+    make_images(tmp_path / "images", {"cat": 9, "dog": 9, "owl": 9})
+    rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted((tmp_path / "images").glob("*/*.png"))]
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    assert shuffled != rows
+    dataset = {"format": "csv", "val_fraction": 0.25, "test_fraction": 0.25}
+    for name, lines in (("sorted", rows), ("shuffled", shuffled)):
+        manifest = tmp_path / "images" / f"{name}.csv"
+        manifest.write_text("path,label\n" + "\n".join(lines) + "\n")
+        result = run_split({**dataset, "path": str(manifest)}, tmp_path / name)
+        assert result.returncode == 0, result.stdout
+    drawn = (tmp_path / "sorted" / "split.csv").read_bytes()
+    assert drawn == (tmp_path / "shuffled" / "split.csv").read_bytes()
+    assert {"train", "val", "test"} <= set(pd.read_csv(tmp_path / "sorted" / "split.csv")["split"])
 
 
 def marked_manifest(tmp_path: Path, marks: dict[str, list[str]]) -> Path:
@@ -1095,3 +1118,25 @@ def test_a_train_key_every_experiment_sets_for_itself_is_said_not_used(tmp_path)
     result = run_snakemake(tmp_path, config, "-n")
     assert "note: train.lr: not used: every experiment sets its own lr (finetune, feature_extract, scratch)" in result.stdout
     assert "note: train.epochs" not in result.stdout
+
+
+def test_a_file_whose_name_ends_in_a_hash_and_digits_is_read_as_the_file_it_is(tmp_path):
+    """`cat/scan#000` (a file's own name, in a CSV manifest): read as image 0 inside a file `cat/scan`, the form of
+    Fashion-MNIST's references (`<IDX file>#<index>`), so every such image was "unreadable: cannot read IDX file".
+    A reference is an image inside a file only where no file has its whole name."""
+    make_images(tmp_path / "images", {"cat": 4, "dog": 4})
+    rows = []
+    for png in sorted((tmp_path / "images").glob("*/*.png")):
+        named = png.rename(png.with_name(f"scan#{png.stem}"))
+        rows.append((f"{png.parent.name}/{named.name}", png.parent.name))
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
+    result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.25, "test_fraction": 0.25},
+                       tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    assert sorted(map(os.path.normpath, split["path"])) == sorted(str(tmp_path / "images" / path) for path, _ in rows)
+    from finetune.images import load_image
+
+    for path in split["path"]:  # the pixels are the file's own, as PIL reads it
+        assert np.array_equal(np.asarray(load_image(path)), np.asarray(Image.open(path).convert("RGB")))

@@ -165,6 +165,26 @@ def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, t
     assert pd.read_csv(tmp_path / "spaced_out.csv", keep_default_na=False).equals(table)
 
 
+def test_predict_reads_a_listed_file_whose_name_ends_in_a_hash_and_digits(tiny_run, tmp_path):
+    """A listed file named `photo#7`: read as image 7 inside a file `photo` (the form of Fashion-MNIST's references),
+    its row said "cannot read IDX file". Its answer is that of the same bytes under a plain name."""
+    import shutil
+
+    write_images(tmp_path / "imgs", n=1)
+    plain, hashed = tmp_path / "imgs" / "item0.png", tmp_path / "imgs" / "photo#7"
+    shutil.copyfile(plain, hashed)
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{hashed}\n")
+    model = tiny_run / "results/finetune/seed0/model.onnx"
+    result = run_predict("--model", str(model), "--images", str(listing), "--out", str(tmp_path / "out.csv"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(table["path"]) == [str(hashed)] and table.loc[0, "error"] == "", table.to_dict("records")
+    p = probabilities(onnx_logits(model, model_inputs([str(plain)], onnx_preprocessing(model))))[0]
+    assert table.loc[0, "predicted"] == CLASSES[int(np.argmax(p))]
+    assert float(table.loc[0, "probability"]) == pytest.approx(max(p), abs=1e-5)
+
+
 def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
     """predict.images may name one image (by its extension, in any case): one row, the model's own answer
     recomputed here; before, the image was read as a CSV list and the job stopped on its bytes."""

@@ -301,7 +301,11 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
             f"(relative paths are read from the manifest's folder {base})"
         )
     official = _official_splits(frame["split"], file).to_numpy() if "split" in frame.columns else ""
-    return pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(), "official_split": official})
+    listing = pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(), "official_split": official})
+    # In the order of the images' paths, not of the lines: the split is drawn from the listing, and a manifest
+    # exported again in another order (a database's, a spreadsheet sorted) must not move images between splits.
+    order = sorted(range(len(paths)), key=lambda row: os.path.normpath(paths[row]))
+    return listing.iloc[order].reset_index(drop=True)
 
 
 def _official_splits(column: pd.Series, file: Path) -> pd.Series:

@@ -120,9 +120,10 @@ def _read_idx_once(path: str) -> np.ndarray:
 
 
 def split_ref(ref: str) -> tuple[str, int | None]:
-    """``'file.gz#12'`` -> ``('file.gz', 12)``; a plain path -> ``(path, None)``."""
+    """``'file.gz#12'`` -> ``('file.gz', 12)``; a plain path -> ``(path, None)``. A file whose own name ends in
+    ``#<digits>`` (``scan#0``, in a CSV manifest or a predict list) is that file, not an image inside ``scan``."""
     head, sep, tail = ref.rpartition("#")
-    if sep and tail.isdigit() and head:
+    if sep and tail.isdigit() and head and not os.path.lexists(ref):
         return head, int(tail)
     return ref, None
 
