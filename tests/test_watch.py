@@ -192,3 +192,39 @@ def test_a_damaged_cache_is_looked_past_and_written_again(tmp_path, text):
     assert tree_state(root) == expected
     assert len(json.loads(CACHE.read_text())) == 4  # images, cat, dog, dog/more
     assert tree_state(root) == expected
+
+
+def test_what_a_class_folder_left_out_by_dataset_classes_holds_changes_nothing(tmp_path):
+    """An image added to a class `dataset.classes` leaves out (or a folder made in it) gave the split a new param and
+    retrained every run, though the split never reads it. Such a folder counts by its path alone; a chosen class's
+    images, a folder added beside the classes (a class by index may move) and classes given by index still count."""
+    from finetune.watch import dataset_state
+
+    root = make_tree(tmp_path / "images")
+    (root / "owl").mkdir()
+    (root / "owl" / "o.png").write_bytes(b"owl")
+    dataset = {"format": "imagefolder", "path": str(root), "classes": ["cat", "dog"]}
+    before = dataset_state(dataset)
+    assert before == tree_state(root, classes=["cat", "dog"]) and before
+    (root / "owl" / "p.png").write_bytes(b"another owl")
+    (root / "owl" / "nested").mkdir()
+    (root / "owl" / "nested" / "q.png").write_bytes(b"deeper")
+    assert dataset_state(dataset) == before
+    everything = tree_state(root)
+    assert dataset_state({**dataset, "classes": None}) == everything != before  # no classes: every folder is one
+    assert dataset_state({**dataset, "classes": [0, 1]}) == everything  # by index: which folders depends on all
+    (root / "dog" / "more" / "e.png").write_bytes(b"a chosen class's image")
+    assert dataset_state(dataset) != before
+    before = dataset_state(dataset)
+    (root / "emu").mkdir()
+    assert dataset_state(dataset) != before
+    # a root already split: <root>/<split>/<class>; the split folders are no classes to leave out
+    split = tmp_path / "split"
+    for name in ("train/cat/a.png", "train/owl/o.png", "val/cat/b.png"):
+        (split / name).parent.mkdir(parents=True, exist_ok=True)
+        (split / name).write_bytes(name.encode())
+    before = tree_state(split, classes=["cat"])
+    (split / "train" / "owl" / "p.png").write_bytes(b"owl")
+    assert tree_state(split, classes=["cat"]) == before
+    (split / "val" / "cat" / "c.png").write_bytes(b"cat")
+    assert tree_state(split, classes=["cat"]) != before

@@ -21,7 +21,7 @@ import pandas as pd
 from .errors import DataError
 from .fileio import read_text_table, table_lines
 from .jobclock import lap
-from .images import IMAGE_EXTENSIONS, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
+from .images import IMAGE_EXTENSIONS, SPLIT_NAMES, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -40,8 +40,6 @@ SPLITS = ("train", "val", "test")
 # val or test are kept as that split; train and unmarked ones are the pool the splits it does not give are
 # drawn from (as Fashion-MNIST's official train set is). The names a split is given (lower-cased), and
 # the split each means:
-SPLIT_NAMES = {"": "", "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test"}
 GIVEN_SPLITS = ("val", "test")
 
 

@@ -46,6 +46,11 @@ def resampling(interpolation: str) -> Image.Resampling:
         raise ConfigError(f"interpolation {interpolation!r} is not supported: use {' or '.join(RESAMPLING)}") from None
 
 
+# The names of an ImageFolder's split folders (<root>/<split>/<class>/<image>), any letter case: the split each is.
+SPLIT_NAMES = {"": "", "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "testing": "test"}
+
+
 def walk_folders(root):
     """``(folder, file names)`` of ``root`` and every folder below it (folders in sorted order, names as
     listed: :func:`files_below` sorts the paths, the watched state needs none), as torchvision's ImageFolder

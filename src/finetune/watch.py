@@ -28,7 +28,9 @@ import json
 import os
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, walk_folders
+import unicodedata
+
+from .images import IMAGE_EXTENSIONS, SPLIT_NAMES, walk_folders
 
 WATCH = ("folders", "files")
 
@@ -38,11 +40,13 @@ CACHE = Path(".snakemake") / "finetune-watch.json"
 
 
 def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: bool = True,
-               cache: str | os.PathLike | None = CACHE) -> str:
+               cache: str | os.PathLike | None = CACHE, classes: list | None = None) -> str:
     """Digest of ``root`` and every folder below it, walked as the split and predict walk them
     (:func:`finetune.images.walk_folders`): each folder's path, and each image file's name, size and
     modification time (with ``watch="folders"`` taken from ``cache`` where the folder did not change).
-    ``images_only`` false: every file (not hidden) counts, as Fashion-MNIST's IDX files do."""
+    ``images_only`` false: every file (not hidden) counts, as Fashion-MNIST's IDX files do. ``classes``: an
+    ImageFolder's `dataset.classes`; of a class folder it leaves out (:func:`_unread_depth`) only the path
+    counts, not what it holds."""
     _check(watch)
     if not os.path.isdir(root):
         return ""
@@ -50,6 +54,12 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     looked: dict[str, list] = {}
     digest = hashlib.sha256()
     for folder, names in walk_folders(root):
+        relative = os.path.relpath(folder, root)
+        depth = _unread_depth(Path(relative).parts if relative != "." else (), classes)
+        if depth is not None:  # in a class folder the split does not read: that folder's path alone
+            if len(Path(relative).parts) == depth + 1:
+                digest.update(os.fsencode(f"{relative}\0\0"))
+            continue
         real = os.path.realpath(folder)
         try:
             mtime = os.stat(folder).st_mtime_ns
@@ -63,10 +73,29 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
             files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
                                                              for name in files))).hexdigest()
         looked[real] = [mtime, files_state]
-        digest.update(os.fsencode(f"{os.path.relpath(folder, root)}\0{files_state}\0"))  # names not UTF-8 as bytes
+        digest.update(os.fsencode(f"{relative}\0{files_state}\0"))  # names not UTF-8 as bytes
     if cache is not None and any(known.get(real) != state for real, state in looked.items()):
         _write_cache(cache, {**known, **looked})
     return digest.hexdigest()[:16]
+
+
+def _unread_depth(parts: tuple[str, ...], classes: list | None) -> int | None:
+    """Where a folder (its path's parts below the root) is in a class folder that `dataset.classes` leaves out, the
+    depth of that class folder (0: <root>/<class>, 1: <root>/<split>/<class>); else None. Said only where sure:
+    never with a class given by its index (which class that is depends on every folder's name), nor below a folder
+    named as a split (train, val, ...) that is also a chosen class (the root's layout is the split's to tell)."""
+    if not classes or not parts or any(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return None
+
+    def key(name) -> str:
+        return unicodedata.normalize("NFC", str(name)).casefold()
+
+    chosen = {key(c) for c in classes}
+    if parts[0].lower() in SPLIT_NAMES:
+        if key(parts[0]) in chosen or len(parts) < 2:
+            return None
+        return 1 if key(parts[1]) not in chosen else None
+    return 0 if key(parts[0]) not in chosen else None
 
 
 def _read_cache(cache) -> dict:
@@ -126,7 +155,7 @@ def dataset_state(dataset: dict) -> str:
         return listed_files_state(dataset["path"], watch)
     if dataset["format"] == "fashion-mnist":  # its four IDX files, used as published unless files are watched
         return "" if watch == "folders" else tree_state(dataset["path"], watch, images_only=False)
-    return tree_state(dataset["path"], watch)
+    return tree_state(dataset["path"], watch, classes=dataset.get("classes"))
 
 
 def images_state(source: str | os.PathLike, watch: str = "folders") -> str:
