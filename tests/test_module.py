@@ -172,8 +172,8 @@ def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_
 
     result = run_snakemake(host, None, "--report", "other.html", "--config", "second={train: {epochs: 3}}",
                            snakefile=host / "Snakefile", check=False)
-    notes = [line for line in result.stdout.splitlines() if line.startswith("note: the report's configuration")]
-    assert len(notes) == 1, result.stdout[-3000:]
+    notes = [line for line in result.stdout.splitlines() if "the report's configuration" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: module fb: the report's configuration"), result.stdout[-3000:]
     for run in tiny["experiments"]:
         assert f"runs/b/results/{run}/seed0/train_info.json: epochs 1 (the config: 3)" in notes[0], notes[0]
     assert "runs/a/" not in notes[0]

@@ -228,3 +228,13 @@ def test_what_a_class_folder_left_out_by_dataset_classes_holds_changes_nothing(t
     assert tree_state(split, classes=["cat"]) == before
     (split / "val" / "cat" / "c.png").write_bytes(b"cat")
     assert tree_state(split, classes=["cat"]) != before
+    # a chosen class that is a link into a folder left out, which is walked first (sorted): the split reads it
+    linked = tmp_path / "linked"
+    (linked / "birds" / "owl").mkdir(parents=True)
+    (linked / "cat").mkdir()
+    (linked / "birds" / "owl" / "o1.png").write_bytes(b"owl")
+    (linked / "cat" / "c1.png").write_bytes(b"cat")
+    (linked / "owl").symlink_to(linked / "birds" / "owl", target_is_directory=True)
+    before = tree_state(linked, classes=["cat", "owl"])
+    (linked / "birds" / "owl" / "o2.png").write_bytes(b"another owl")
+    assert tree_state(linked, classes=["cat", "owl"]) != before

@@ -51,14 +51,19 @@ SPLIT_NAMES = {"": "", "train": "train", "training": "train", "val": "val", "val
                "test": "test", "testing": "test"}
 
 
-def walk_folders(root):
+def walk_folders(root, prune=None):
     """``(folder, file names)`` of ``root`` and every folder below it (folders in sorted order, names as
     listed: :func:`files_below` sorts the paths, the watched state needs none), as torchvision's ImageFolder
     walks them: folders reached through symlinks are followed (a symlink farm is a common
     way to make a subset), each real folder once (a symlink loop ends there); hidden folders and files
-    (``.ipynb_checkpoints``, ``.DS_Store``) are left out."""
+    (``.ipynb_checkpoints``, ``.DS_Store``) are left out. ``prune(folder)`` true: the folder is yielded with no
+    names and not walked into, nor counted as seen (a folder linked from elsewhere is walked there)."""
     seen = set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
+        if prune is not None and prune(folder):
+            subfolders[:] = []
+            yield folder, []
+            continue
         real = os.path.realpath(folder)
         if real in seen:
             subfolders[:] = []

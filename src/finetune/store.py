@@ -360,7 +360,8 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
                  sizes: tuple[int, int] | None = None, interpolation: str | None = None) -> DecodedSplit:
     """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
 
-    A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size is refused.
+    A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size, or written by
+    another version (:func:`_check_version`), is refused.
     Nothing is removed where the record is missing or in another folder than the images: that is a wrong
     path more likely than damage, and the images may be intact.
     """

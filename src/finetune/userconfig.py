@@ -227,8 +227,9 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tupl
                  timeout: float = 120) -> Pending | str:
     """The jobs a dry run of this command line, report options left out, would run: what `--report` would show out
     of date. Run where the command line was (its relative paths read as the user's). A rule is in ``report_rules``
-    where its name holds one of them (a module's rules are renamed: ``fa_evaluate``). Where it cannot tell, the
-    reason, in a few words."""
+    where its name holds one of them (a module's rules are renamed: ``fa_evaluate``; a host's own rule
+    ``evaluate_baseline`` counts too); its job is new where one of its outputs does not exist (whatever the reason
+    the dry run gives: `Forced execution` after a kill, too). Where it cannot tell, the reason, in a few words."""
     import subprocess
     import sys
 
@@ -259,13 +260,15 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tupl
             counts[fields[0]] = int(fields[1])
     new: dict[str, int] = {}
     rule = None
-    for line in lines:  # each job: `rule <name>:` (or `localrule`), then indented lines, its `reason:` among them
-        found = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
+    for line in lines:  # each job: `rule <name>:` (`localrule`, `checkpoint`), then indented lines, `output:` among them
+        found = re.fullmatch(r"(?:local)?(?:rule|checkpoint) (\S+):", line.strip())
         if found:
             rule = found.group(1)
-        elif (rule and any(name in rule for name in report_rules)
-              and line.strip().startswith("reason:") and "Missing output files" in line):
-            new[rule] = new.get(rule, 0) + 1
+        elif rule and any(name in rule for name in report_rules) and line.strip().startswith("output:"):
+            outputs = line.strip()[len("output:"):].split(", ")
+            if not all(os.path.exists(os.path.join(workdir, path.strip())) for path in outputs):  # the workflow's folder
+                new[rule] = new.get(rule, 0) + 1
+            rule = None  # one count a job
     return Pending(counts, new)
 
 

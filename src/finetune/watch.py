@@ -53,12 +53,14 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     known = _read_cache(cache) if cache is not None else {}  # with files, only kept for the other trees' entries
     looked: dict[str, list] = {}
     digest = hashlib.sha256()
-    for folder, names in walk_folders(root):
+    def unread(folder) -> bool:  # a class folder the split does not read (not walked into: its path alone counts)
         relative = os.path.relpath(folder, root)
-        depth = _unread_depth(Path(relative).parts if relative != "." else (), classes)
-        if depth is not None:  # in a class folder the split does not read: that folder's path alone
-            if len(Path(relative).parts) == depth + 1:
-                digest.update(os.fsencode(f"{relative}\0\0"))
+        return _unread_depth(Path(relative).parts if relative != "." else (), classes) is not None
+
+    for folder, names in walk_folders(root, prune=unread if classes else None):
+        relative = os.path.relpath(folder, root)
+        if classes and unread(folder):
+            digest.update(os.fsencode(f"{relative}\0\0"))
             continue
         real = os.path.realpath(folder)
         try:

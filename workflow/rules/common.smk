@@ -99,7 +99,7 @@ if workflow.config_settings.config:
     update_config(_typed_cli, command_line_config(sys.argv) or {})
     update_config(config, module_part(_typed_cli))
     if _module_key is None:
-        print("note: --config sets the host's config, and this module's config (its module block's `config:`) is "
+        print(f"note: {INSTANCE}--config sets the host's config, and this module's config (its module block's `config:`) is "
               "neither the host's config nor one of its keys, so the values given there are not read again here: they "
               "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
               "or give them in a config file", file=sys.stderr)
@@ -149,7 +149,7 @@ if _problems:
                                    format_problems(where_written(_problems, _sources))]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
-    print(_note, file=sys.stderr)
+    print(_note.replace("note: ", f"note: {INSTANCE}", 1), file=sys.stderr)
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
