@@ -129,11 +129,14 @@ def _read_idx_once(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+IDX_SUFFIXES = ("-ubyte", "-ubyte.gz")  # Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz): no stat per image
+
+
 def split_ref(ref: str) -> tuple[str, int | None]:
     """``'file.gz#12'`` -> ``('file.gz', 12)``; a plain path -> ``(path, None)``. A file whose own name ends in
     ``#<digits>`` (``scan#0``, in a CSV manifest or a predict list) is that file, not an image inside ``scan``."""
     head, sep, tail = ref.rpartition("#")
-    if sep and tail.isdigit() and head and not os.path.lexists(ref):
+    if sep and tail.isdigit() and head and (head.endswith(IDX_SUFFIXES) or not os.path.lexists(ref)):
         return head, int(tail)
     return ref, None
 
