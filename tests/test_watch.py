@@ -238,3 +238,47 @@ def test_what_a_class_folder_left_out_by_dataset_classes_holds_changes_nothing(t
     before = tree_state(linked, classes=["cat", "owl"])
     (linked / "birds" / "owl" / "o2.png").write_bytes(b"another owl")
     assert tree_state(linked, classes=["cat", "owl"]) != before
+
+
+def test_two_folders_swapped_with_the_same_modification_time_are_seen(tmp_path):
+    """`mv cat tmp; mv dog cat; mv tmp dog` where both folders have the same time (as an archive unpacked, `cp -a`,
+    `rsync -a` leave them): each path's folder time was as before, so the cache gave each path the other class's
+    files and nothing reran. A folder's inode counts beside its time."""
+    root = tmp_path / "images"
+    for name, count in (("cat", 2), ("dog", 3)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            (root / name / f"{i}.png").write_bytes(f"{name}{i}".encode())
+        os.utime(root / name, ns=(10**18, 10**18))
+    before = tree_state(root)
+    (root / "cat").rename(root / "tmp")
+    (root / "dog").rename(root / "cat")
+    (root / "tmp").rename(root / "dog")
+    assert os.stat(root / "cat").st_mtime_ns == os.stat(root / "dog").st_mtime_ns
+    assert tree_state(root) != before
+    assert tree_state(root) == tree_state(root, "files")  # as every file looked at
+
+
+def test_a_linked_file_s_target_replaced_or_gone_is_seen_though_its_folder_did_not_change(tmp_path):
+    """`cat/l.png -> ../bird/0.png`, bird a class left out (not walked since 2026-12-01) or a folder outside the root:
+    its target replaced or deleted changes no folder the watch looks at. A link is looked at each time."""
+    root = tmp_path / "images"
+    for name in ("cat", "dog", "bird"):
+        (root / name).mkdir(parents=True)
+        (root / name / "0.png").write_bytes(name.encode())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"outside")
+    (root / "cat" / "l.png").symlink_to(root / "bird" / "0.png")
+    (root / "dog" / "x.png").symlink_to(tmp_path / "elsewhere" / "x.png")
+    classes = ["cat", "dog"]
+    before = tree_state(root, classes=classes)
+    assert tree_state(root, classes=classes) == before  # the cache in use: the same
+    (tmp_path / "new.png").write_bytes(b"another bird, a longer one")
+    os.replace(tmp_path / "new.png", root / "bird" / "0.png")
+    replaced = tree_state(root, classes=classes)
+    assert replaced != before and replaced == tree_state(root, "files", classes=classes)
+    (root / "bird" / "0.png").unlink()
+    assert tree_state(root, classes=classes) not in (before, replaced)
+    gone = tree_state(root, classes=classes)
+    (tmp_path / "elsewhere" / "x.png").write_bytes(b"outside, edited to another size")
+    assert tree_state(root, classes=classes) != gone

@@ -58,19 +58,42 @@ def walk_folders(root, prune=None):
     way to make a subset), each real folder once (a symlink loop ends there); hidden folders and files
     (``.ipynb_checkpoints``, ``.DS_Store``) are left out. ``prune(folder)`` true: the folder is yielded with no
     names and not walked into, nor counted as seen (a folder linked from elsewhere is walked there)."""
-    seen = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        if prune is not None and prune(folder):
-            subfolders[:] = []
-            yield folder, []
-            continue
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        yield folder, [n for n in names if not n.startswith(".")]
+    for folder, names, _ in walk_entries(root, prune):
+        yield folder, names
+
+
+def walk_entries(root, prune=None, _seen=None):
+    """:func:`walk_folders` with a third item: the names that are symbolic links, from the same listing (one
+    ``scandir`` a folder, no ``stat`` a file). A folder that cannot be listed is left out, as ``os.walk`` does."""
+    seen = set() if _seen is None else _seen
+    folder = os.fspath(root)
+    if prune is not None and prune(folder):
+        yield folder, [], []
+        return
+    real = os.path.realpath(folder)
+    if real in seen:
+        return
+    try:
+        with os.scandir(folder) as listing:
+            entries = [entry for entry in listing if not entry.name.startswith(".")]
+    except OSError:
+        return
+    seen.add(real)
+    subfolders, names, links = [], [], []
+    for entry in entries:
+        try:
+            is_folder = entry.is_dir()  # through a symlink too
+        except OSError:
+            is_folder = False
+        if is_folder:
+            subfolders.append(entry.name)
+        else:
+            names.append(entry.name)
+            if entry.is_symlink():
+                links.append(entry.name)
+    yield folder, names, links
+    for name in sorted(subfolders):
+        yield from walk_entries(os.path.join(folder, name), prune, seen)
 
 
 def files_below(root) -> list[Path]:
