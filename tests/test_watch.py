@@ -282,3 +282,19 @@ def test_a_linked_file_s_target_replaced_or_gone_is_seen_though_its_folder_did_n
     gone = tree_state(root, classes=classes)
     (tmp_path / "elsewhere" / "x.png").write_bytes(b"outside, edited to another size")
     assert tree_state(root, classes=classes) != gone
+
+
+def test_a_class_folder_left_out_and_named_like_a_split_is_watched_by_its_name_alone(tmp_path):
+    """`test/` beside the class folders holding images only (unlabelled photos kept next to the classes): a class to
+    the split, as a split folder holds class folders; left out by dataset.classes, an image added there still
+    retrained every run. Once it holds a folder it may be a split folder: then it counts again."""
+    root = make_tree(tmp_path / "images")
+    (root / "test").mkdir()
+    (root / "test" / "t.png").write_bytes(b"unlabelled")
+    before = tree_state(root, classes=["cat", "dog"])
+    (root / "test" / "u.png").write_bytes(b"another")
+    assert tree_state(root, classes=["cat", "dog"]) == before
+    assert tree_state(root, classes=["cat", "dog", "test"]) != before  # chosen: read
+    (root / "test" / "cat").mkdir()
+    assert tree_state(root, classes=["cat", "dog"]) != before
+

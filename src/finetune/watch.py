@@ -56,7 +56,8 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     digest = hashlib.sha256()
     def unread(folder) -> bool:  # a class folder the split does not read (not walked into: its path alone counts)
         relative = os.path.relpath(folder, root)
-        return _unread_depth(Path(relative).parts if relative != "." else (), classes) is not None
+        return _unread_depth(Path(relative).parts if relative != "." else (), classes,
+                             lambda: _holds_folders(folder)) is not None
 
     for folder, names, linked in walk_entries(root, prune=unread if classes else None):
         relative = os.path.relpath(folder, root)
@@ -87,11 +88,13 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     return digest.hexdigest()[:16]
 
 
-def _unread_depth(parts: tuple[str, ...], classes: list | None) -> int | None:
+def _unread_depth(parts: tuple[str, ...], classes: list | None, holds_folders=lambda: True) -> int | None:
     """Where a folder (its path's parts below the root) is in a class folder that `dataset.classes` leaves out, the
     depth of that class folder (0: <root>/<class>, 1: <root>/<split>/<class>); else None. Said only where sure:
     never with a class given by its index (which class that is depends on every folder's name), nor below a folder
-    named as a split (train, val, ...) that is also a chosen class (the root's layout is the split's to tell)."""
+    named as a split (train, val, ...) that is also a chosen class (the root's layout is the split's to tell). A
+    folder of the root named as a split that holds no folder (``holds_folders()`` false) is a class folder: a split
+    folder holds class folders (data.split_folders)."""
     if not classes or not parts or any(isinstance(c, int) and not isinstance(c, bool) for c in classes):
         return None
 
@@ -100,10 +103,21 @@ def _unread_depth(parts: tuple[str, ...], classes: list | None) -> int | None:
 
     chosen = {key(c) for c in classes}
     if parts[0].lower() in SPLIT_NAMES:
-        if key(parts[0]) in chosen or len(parts) < 2:
+        if key(parts[0]) in chosen:
             return None
+        if len(parts) < 2:
+            return None if holds_folders() else 0
         return 1 if key(parts[1]) not in chosen else None
     return 0 if key(parts[0]) not in chosen else None
+
+
+def _holds_folders(folder: str) -> bool:
+    """Whether ``folder`` holds a folder (not hidden; through a symlink too), as data._subfolders sees it."""
+    try:
+        with os.scandir(folder) as listing:
+            return any(not entry.name.startswith(".") and entry.is_dir() for entry in listing)
+    except OSError:
+        return True  # not known: taken as a split folder, so watched
 
 
 def _read_cache(cache) -> dict:
