@@ -1087,6 +1087,12 @@ def test_image_file_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
     before = tree_state(data, "folders")
     odd.rename(data / "cat" / "cafe.png")
     assert tree_state(data, "folders") != before
+    # in a class dataset.classes leaves out: not read (nor watched), so no reason to stop the split
+    (data / "bird").mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(data / "bird" / os.fsdecode(b"caf\xe9.png"))
+    result = run_split({**imagefolder(data), "classes": ["cat", "dog"]}, tmp_path / "chosen")
+    assert result.returncode == 0, result.stdout
+    assert set(pd.read_csv(tmp_path / "chosen" / "split.csv")["class_name"]) == {"cat", "dog"}
 
 
 @pytest.mark.parametrize("mine, message", [

@@ -212,18 +212,23 @@ def list_image_folder(root: str) -> pd.DataFrame:
                     rows.append((str(p), name, split))
                 else:
                     ignored.append(p)
-    not_utf8 = [ascii(path) for path, _, _ in rows if not _utf8(path)]
-    if not_utf8:
-        raise DataError(f"{len(not_utf8)} image file name(s) under {root} are not valid UTF-8 (an old archive's "
-                        f"encoding, e.g. Latin-1), which the split file cannot hold: {', '.join(not_utf8[:5])}"
-                        f"{' ...' if len(not_utf8) > 5 else ''}; rename them (e.g. `convmv -f latin1 -t utf8 -r "
-                        f"--notest {root}`)")
     tops = [Path(root), *split_folders(Path(root))]
     frame = pd.DataFrame(rows, columns=["path", "class_name", "official_split"])
     frame.attrs["ignored_files"] = extension_counts(ignored)
     frame.attrs["outside_class_folders"] = sorted(str(p) for top in tops for p in _images_in(top))
     frame.attrs["layout_note"] = layout_note(Path(root), classes)
     return frame
+
+
+def check_names_are_utf8(listing: pd.DataFrame, root: str) -> None:
+    """Refuse image file names that are not UTF-8 (the split file, UTF-8 text, cannot hold them), naming them: of the
+    chosen classes only (a class left out is not read, nor watched)."""
+    not_utf8 = [ascii(path) for path in listing["path"] if not _utf8(path)]
+    if not_utf8:
+        raise DataError(f"{len(not_utf8)} image file name(s) under {root} are not valid UTF-8 (an old archive's "
+                        f"encoding, e.g. Latin-1), which the split file cannot hold: {', '.join(not_utf8[:5])}"
+                        f"{' ...' if len(not_utf8) > 5 else ''}; rename them (e.g. `convmv -f latin1 -t utf8 -r "
+                        f"--notest {root}`)")
 
 
 def _utf8(text: str) -> bool:
@@ -597,6 +602,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
     check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
+    if spec.format == "imagefolder":
+        check_names_are_utf8(listing, spec.path)
     bad: list[tuple[str, str]] = []
     duplicates: list[dict] = []
     thumbnails: dict = {}
