@@ -39,7 +39,7 @@ SPLITS = ("train", "val", "test")
 # A dataset's own split (a manifest's split column, split folders, Fashion-MNIST's files): images marked
 # val or test are kept as that split; train and unmarked ones are the pool the splits it does not give are
 # drawn from (as Fashion-MNIST's official train set is). The names a split is given (lower-cased), and
-# the split each means:
+# the split each means: images.SPLIT_NAMES.
 GIVEN_SPLITS = ("val", "test")
 
 
