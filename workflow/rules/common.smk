@@ -55,6 +55,13 @@ from finetune.sweeps import expand as expand_sweeps
 _as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
 # Each note printed at start names the module it is about, where a host has several (`module fb: ...`).
 INSTANCE = f"module {workflow.modifier.namespace}: " if _as_module and getattr(workflow.modifier, "namespace", None) else ""
+
+
+def say(text):
+    """A note at start, on stderr: ``note: <module>: <text>``."""
+    print(f"note: {INSTANCE}{text}", file=sys.stderr)
+
+
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
 _cli_files = list(map(str, workflow.config_settings.configfiles))
 _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
@@ -99,10 +106,10 @@ if workflow.config_settings.config:
     update_config(_typed_cli, command_line_config(sys.argv) or {})
     update_config(config, module_part(_typed_cli))
     if _module_key is None:
-        print(f"note: {INSTANCE}--config sets the host's config, and this module's config (its module block's `config:`) is "
-              "neither the host's config nor one of its keys, so the values given there are not read again here: they "
-              "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
-              "or give them in a config file", file=sys.stderr)
+        say("--config sets the host's config, and this module's config (its module block's `config:`) is "
+            "neither the host's config nor one of its keys, so the values given there are not read again here: they "
+            "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
+            "or give them in a config file")
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
     workflow.config_settings.config_args = as_config_args(_typed_cli)
 
@@ -118,20 +125,20 @@ if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
     for _note in own_sections(config, load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}):
-        print(f"note: {INSTANCE}{_note}", file=sys.stderr)
+        say(_note)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
 if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
-    print(f"note: {INSTANCE}pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
-          "trains a source model)", file=sys.stderr)
+    say(f"pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
+        "trains a source model)")
 # The `lr_find` keys written, before the schema's defaults fill the section (noted below where no run uses them).
 _lr_find_written = list(_written["lr_find"]) if isinstance(_written.get("lr_find"), dict) else []
 # A `predict` section without images: its other keys choose the model and the columns of predictions that
 # are not made.
 _predict_written = [key for key in (_written.get("predict") or {}) if key != "images"] if isinstance(_written.get("predict"), dict) else []
 if _predict_written and (config.get("predict") or {}).get("images") is None:
-    print(f"note: {INSTANCE}predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
-          "null, so nothing is classified (set it to a folder of images or a CSV with a path column)", file=sys.stderr)
+    say(f"predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
+        "null, so nothing is classified (set it to a folder of images or a CSV with a path column)")
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
@@ -149,7 +156,7 @@ if _problems:
                                    format_problems(where_written(_problems, _sources))]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
-    print(_note.replace("note: ", f"note: {INSTANCE}", 1), file=sys.stderr)
+    say(_note.removeprefix("note: "))
 
 # Experiments override `train`, so they must not get the schema's defaults filled in: validate
 # them as written, and let `train` supply every key an experiment leaves out. Without an
@@ -187,12 +194,12 @@ _crowded = {run: {**config["train"], **own} for run, own in EXPERIMENTS.items()}
 _crowded = {run: cfg for run, cfg in _crowded.items() if cfg["device"] in ("cpu", "auto") and cfg["nodes"] == 1
             and cfg["devices"] > _train_threads}
 if _crowded:
-    print(f"note: {INSTANCE}{', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
-          f"{' or '.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
-          f"{', where no GPU is found' if any(cfg['device'] == 'auto' for cfg in _crowded.values()) else ''}), more "
-          f"training processes than the train job's threads ({_train_threads}: threads.train, or --cores where fewer): "
-          "each gets one thread, so the job uses more cores than it holds; raise threads.train (and --cores) to "
-          "devices or more", file=sys.stderr)
+    say(f"{', '.join(_crowded)}: devices {max(cfg['devices'] for cfg in _crowded.values())} on the CPU (device "
+        f"{' or '.join(sorted({cfg['device'] for cfg in _crowded.values()}))}"
+        f"{', where no GPU is found' if any(cfg['device'] == 'auto' for cfg in _crowded.values()) else ''}), more "
+        f"training processes than the train job's threads ({_train_threads}: threads.train, or --cores where fewer): "
+        "each gets one thread, so the job uses more cores than it holds; raise threads.train (and --cores) to "
+        "devices or more")
 
 # Whose model classifies predict.images for the `all` target, if any: one named run and seed
 # (rule predict), or, where predict.experiment names a sweep or is null or predict.seed is null, the
@@ -360,8 +367,8 @@ def lr_is_auto(experiment):
 # `lr_find` settings run the range test of the runs with `lr: auto`; where there is none, only a curve asked for
 # by name uses them: say so rather than leave them silently unused.
 if _lr_find_written and not any(map(lr_is_auto, EXPERIMENTS)):
-    print(f"note: {INSTANCE}lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
-          f"set only the curves asked for by name (snakemake {output_path('results/lr_find/<run>/lr_find.png')})", file=sys.stderr)
+    say(f"lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
+        f"set only the curves asked for by name (snakemake {output_path('results/lr_find/<run>/lr_find.png')})")
 
 
 def lr_suggestion_input(wildcards):
@@ -633,10 +640,10 @@ def decode_sizes_key(size):
 # would score another model than the one deployed.
 _evaluate_tta, _export_tta = config["evaluate"]["tta"], "hflip" if config["export"]["tta"] else "none"
 if _evaluate_tta != _export_tta:
-    print(f"note: {INSTANCE}evaluate.tta is {_evaluate_tta} but export.tta is {str(config['export']['tta']).lower()}: the test figures "
-          f"(and the leaderboard) score the model with test-time augmentation {_evaluate_tta}, the exported model.onnx "
-          f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
-          "too)", file=sys.stderr)
+    say(f"evaluate.tta is {_evaluate_tta} but export.tta is {str(config['export']['tta']).lower()}: the test figures "
+        f"(and the leaderboard) score the model with test-time augmentation {_evaluate_tta}, the exported model.onnx "
+        f"runs with {_export_tta}; set both alike to score what is shipped (evaluate.onnx: true scores model.onnx "
+        "too)")
 
 # early_stopping_patience that no run of its length can reach: accepted (a patience in `train` serves its longer
 # runs), but said, since it stops nothing there. The first epoch is the first best, so the earliest stop is after
@@ -648,9 +655,9 @@ for _run in EXPERIMENTS:
     if _patience and _first + _patience >= _cfg["epochs"]:
         _experiment = SWEEP_OF.get(_run, _run)
         _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
-        print(f"note: {INSTANCE}{_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
-              f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
-              f"{_cfg['metric']} after epoch {_first})", file=sys.stderr)
+        say(f"{_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
+            f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
+            f"{_cfg['metric']} after epoch {_first})")
 
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
 # decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly.
@@ -660,9 +667,9 @@ _weights_crop = (("pretrain.image_size", config["pretrain"]["image_size"]) if co
 _at_crop = [_run for _run in EXPERIMENTS if _weights_crop[1] is not None
             and experiment_config(_run)["image_size"] == _weights_crop[1]]
 if _at_crop and workflow.is_main_process:
-    print(f"note: {INSTANCE}image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
-          f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
-          "image_size null (the default, the weights' own), which decodes them once for every run", file=sys.stderr)
+    say(f"image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
+        f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
+        "image_size null (the default, the weights' own), which decodes them once for every run")
 
 # `--report` describes the results with the config given now: where that is not the config a run was trained with
 # (another --configfile, or none in a folder of the user's own), the report's configuration would stand beside
@@ -703,10 +710,10 @@ if _making_report:  # each instance's own runs
                 _differ[_info_file] = _found
     if _differ:
         _shown = "; ".join(f"{f}: {', '.join(d[:4])}{' ...' if len(d) > 4 else ''}" for f, d in list(_differ.items())[:4])
-        print(f"note: {INSTANCE}the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
-              f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
-              "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "
-              "would make again)", file=sys.stderr)
+        say(f"the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
+            f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
+            "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "
+            "would make again)")
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
@@ -752,9 +759,9 @@ if CHECK_FILES and config["weights"]["source"] == "url" and os.path.isfile(_mani
     _fetched_url = (_fetched.get("source") or {}).get("url") if isinstance(_fetched, dict) else None
     if _fetched_url and _fetched_url != config["weights"]["url"] and \
             str(_fetched.get("sha256", "")).lower() == str(config["weights"]["sha256"]).lower():
-        print(f"note: {INSTANCE}weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
-              f"{_fetched_url}: it pins the same file, so a change of url alone fetches nothing and trains nothing "
-              "again; for other weights, set weights.sha256 to their file's", file=sys.stderr)
+        say(f"weights.url is {config['weights']['url']}, but weights.sha256 is that of the weights fetched from "
+            f"{_fetched_url}: it pins the same file, so a change of url alone fetches nothing and trains nothing "
+            "again; for other weights, set weights.sha256 to their file's")
 
 # A file where the workflow makes a folder (`results/ft2` written by hand, a run's name then used as an experiment):
 # Snakemake stopped on it with a traceback of its own (NotADirectoryError) before any job could say which path.
