@@ -267,7 +267,9 @@ def test_every_key_reaches_its_job(tmp_path, experiments, via):
 
     if "auto" in (experiments or {}):  # lr: auto runs the range test, with every lr_find setting
         (options,) = jobs_of(jobs, "lr_find")
-        assert json.loads(options["range-test"]) == config["lr_find"], "lr_find -> lr_find"
+        range_test = {key: value for key, value in config["lr_find"].items() if key != "seed"}
+        assert json.loads(options["range-test"]) == range_test, "lr_find -> lr_find"
+        assert json.loads(options["options"])["seed"] == config["lr_find"]["seed"], "lr_find.seed -> lr_find's options"
 
     for options in jobs_of(jobs, "evaluate"):
         assert options["top-k"] == str(config["evaluate"]["top_k"])
