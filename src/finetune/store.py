@@ -296,12 +296,19 @@ MODIFIED_AFTER_NS = 1_000_000_000  # an array modified this much after its recor
 
 
 def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, dict, int]:
-    """(what is wrong with the pair, or None; its record; where the array's bytes start)."""
+    """(what is wrong with the pair, or None; its record; where the array's bytes start). A record of another
+    version's format raises DataError: the pair is intact, not damaged."""
     try:
         info = read_json(info_json)
     except (OSError, ValueError) as exc:
         return f"its record {info_json} cannot be read ({exc})", {}, 0
-    if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
+    found = info.get("format") if isinstance(info, dict) else None
+    if isinstance(found, str) and found.startswith("finetune-decoded/") and found != STORE_FORMAT:
+        # intact, only written by another version: refused and left alone, not removed as damaged
+        raise DataError(f"decoded images {npy} were written by another version of finetune (format {found}; this "
+                        f"version reads {STORE_FORMAT}): decode them again with `snakemake --forcerun {npy}` "
+                        "(nothing was removed)")
+    if found != STORE_FORMAT:
         return f"{info_json} is not a record of decoded images ({STORE_FORMAT})", {}, 0
     try:
         shape, dtype, offset = _array_header(handle)
@@ -321,19 +328,6 @@ def _damage(handle: BinaryIO, npy: Path, info_json: Path) -> tuple[str | None, d
         if actual != info["sha256"]:
             return (f"its bytes changed after it was written: sha256 {actual}, its record says {info['sha256']}"), info, offset
     return None, info, offset
-
-
-def _check_version(npy: Path, info_json: Path) -> None:
-    """A pair written by another version of finetune (a record of another ``finetune-decoded/<n>`` format) is intact,
-    only not read here: refused, naming both formats, and left alone (not removed as damaged)."""
-    try:
-        found = read_json(info_json).get("format")
-    except (OSError, ValueError, AttributeError):
-        return  # not readable, or not a record at all: damage, said by _damage
-    if isinstance(found, str) and found.startswith("finetune-decoded/") and found != STORE_FORMAT:
-        raise DataError(f"decoded images {npy} were written by another version of finetune (format {found}; this "
-                        f"version reads {STORE_FORMAT}): decode them again with `snakemake --forcerun {npy}` "
-                        "(nothing was removed)")
 
 
 def _sha256_of_open(handle: BinaryIO, chunk: int = 1 << 23) -> str:
@@ -361,7 +355,7 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
     """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
 
     A damaged pair is removed (:func:`_remove_damaged`); one made for another split file or size, or written by
-    another version (:func:`_check_version`), is refused.
+    another version (:func:`_damage` says which), is refused.
     Nothing is removed where the record is missing or in another folder than the images: that is a wrong
     path more likely than damage, and the images may be intact.
     """
@@ -375,7 +369,6 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
             raise DataError(f"decoded images {npy}: their record {info_json} does not exist (the decode job writes "
                             "it beside them, as info.json); nothing was removed. If the record was lost, decode "
                             f"them again with `snakemake --forcerun {npy}`")
-        _check_version(npy, info_json)
         why, info, offset = _damage(handle, npy, info_json)
         if why is not None and npy.resolve().parent != info_json.resolve().parent:
             raise DataError(f"decoded images {npy} do not match the record {info_json} ({why}), which is in another "
