@@ -415,13 +415,35 @@ def _drawn_count(n: int, fraction: float) -> int:
     return max(int(round(n * fraction)), 1) if fraction > 0 else 0
 
 
+def draw_key(path: str, spec: SplitSpec) -> str:
+    """What places an image in the draw, beside the seed: its path relative to the dataset's folder (the
+    manifest's folder for a CSV manifest), so that the dataset can move as a whole; for Fashion-MNIST the
+    image's file name and index (``train-images-idx3-ubyte#12``, with or without ``.gz``), wherever it is."""
+    if spec.format == "fashion-mnist":
+        return os.path.basename(path).replace(".gz#", "#")
+    base = os.path.dirname(os.path.normpath(spec.path)) if spec.format == "csv" else spec.path
+    return os.path.relpath(os.path.normpath(path), os.path.normpath(base)).replace(os.sep, "/")
+
+
+def draw_rank(key: str, seed: int) -> int:
+    """An image's place in the draw: the first 8 bytes of the BLAKE2b hash of ``<seed>/<key>`` (big-endian).
+    Each image's place depends on its own path and the seed alone: adding or removing an image leaves the
+    others in the order they had."""
+    text = f"{seed}/{key}".encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def _in_draw_order(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.sort_values("draw_rank", kind="stable")  # equal ranks (a 2^-64 chance) keep the listing's path order
+
+
 def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: SplitSpec,
-                 rng: np.random.Generator, left_out: list[str] = ()) -> dict[str, pd.DataFrame]:
-    """One class's rows -> its train/val/test rows (uncapped). The splits in ``given`` are the rows the
-    dataset marks so; the others are drawn from the rest (the pool), test first, then val. ``left_out``: the
-    class's files the check left out, ``path (why)``, for the message."""
-    pool = rows[~rows["official_split"].isin(given)]
-    pool = pool.iloc[rng.permutation(len(pool))]
+                 left_out: list[str] = ()) -> dict[str, pd.DataFrame]:
+    """One class's rows (with ``draw_rank`` and ``draw_key``) -> its train/val/test rows (uncapped), each in draw
+    order. The splits in ``given`` are the rows the dataset marks so; the others are cut from the rest (the
+    pool) in draw order: test first, then val, then train. ``left_out``: the class's files the check left
+    out, ``path (why)``, for the message."""
+    pool = _in_draw_order(rows[~rows["official_split"].isin(given)])
     n = len(pool)
     n_test = 0 if "test" in given else _drawn_count(n, spec.test_fraction)
     n_val = 0 if "val" in given else _drawn_count(n, spec.val_fraction)
@@ -446,7 +468,7 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
             + ", or leave the class out with dataset.classes."
         )
     parts = {"test": pool.iloc[:n_test], "val": pool.iloc[n_test : n_test + n_val], "train": pool.iloc[n_test + n_val :]}
-    for split in ("test", "val"):  # this order keeps the random draws of datasets that give only a test split
+    for split in ("test", "val"):
         if split in given:
             official = rows[rows["official_split"] == split]
             if len(official) == 0:
@@ -456,22 +478,25 @@ def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: Sp
                     f"class {name!r} has no {split} image, though the dataset gives a {split} split of its own "
                     f"({where}): give it {split} images there, or leave the class out with dataset.classes")
             capped = spec.max_test_per_class if split == "test" else spec.max_val_per_class
-            parts[split] = official.iloc[rng.permutation(len(official))] if capped else official
+            parts[split] = _in_draw_order(official) if capped else official  # a cap keeps the first in draw order
     return parts
 
 
 def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitSpec,
                      left_out: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Seeded, stratified split. Rows marked val or test (a dataset's official split) keep it; the rest
-    of each class is cut by the fractions into the splits the dataset does not give. ``left_out``: per class,
-    the files the check left out (named when a class is left with too few)."""
-    rng = np.random.default_rng(spec.seed)
+    of each class is cut by the fractions into the splits the dataset does not give, in the order of
+    :func:`draw_rank` (a cap, ``max_<split>_per_class``, keeps the first in that order). An image's split thus
+    depends on its own path, its class's image count and the seed, never on the other classes or the listing's
+    order. ``left_out``: per class, the files the check left out (named when a class is left with too few)."""
+    keys = [draw_key(path, spec) for path in listing["path"]]
+    listing = listing.assign(draw_key=keys, draw_rank=[draw_rank(key, spec.seed) for key in keys])
     given = official_splits(listing)
     caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
     parts, too_few = [], []
     for label, name in enumerate(class_names):
         try:
-            rows = _split_class(listing[listing["class_name"] == name], name, given, spec, rng, (left_out or {}).get(name, []))
+            rows = _split_class(listing[listing["class_name"] == name], name, given, spec, (left_out or {}).get(name, []))
         except DataError as exc:  # every class too small, in one message: not one class per run
             too_few.append(str(exc))
             continue
