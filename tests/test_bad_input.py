@@ -18,7 +18,7 @@ from PIL import Image
 
 from faults import (BOMB_SIDE, PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict,
                     silent_server, snapshot, train_args)
-from helpers import REPO, copy_of_the_workflow, run_script, run_snakemake, tiny_config
+from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, jobs_run, run_script, run_snakemake, tiny_config
 
 TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
 
@@ -607,6 +607,58 @@ def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
     result = run_split(imagefolder(data), tmp_path / "out")
     assert result.returncode == 1, result.stdout
     assert f"error: {data} mixes split folders holding class folders (train) with other folders (bird)" in result.stdout
+
+
+def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_path):
+    """The split of pretrain's source dataset told the user to change `dataset.classes` (the target's key, which
+    changes nothing there) and said `dataset.val_fraction` did not apply to its val folder: its messages name
+    `pretrain.dataset.<key>`, the target's still `dataset.<key>`."""
+    data = tmp_path / "source"
+    make_images(data / "train", {"cat": 6, "dog": 6})
+    make_images(data / "val", {"cat": 2, "dog": 2}, seed=1)
+    folder = {"format": "imagefolder", "path": str(data), "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "val_fraction": 0.2}, "pretrain": {
+        **TINY_CONFIG["pretrain"], "dataset": {**folder, "val_fraction": 0.2}}})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    source = (tmp_path / "run" / "results/logs/split/source.log").read_text()
+    target = (tmp_path / "run" / "results/logs/split/target.log").read_text()
+    assert "val: the dataset's own val split (its val folder, or the rows marked val); pretrain.dataset.val_fraction does not apply to it" in source
+    assert "val: the dataset's own val split (its val folder, or the rows marked val); dataset.val_fraction does not apply to it" in target
+
+    (data / "train" / "dog" / "000.png").unlink()
+    for name in ("001", "002", "003", "004"):
+        (data / "train" / "dog" / f"{name}.png").unlink()
+    result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
+    assert result.returncode != 0
+    error = (tmp_path / "run" / "results/logs/split/source.log").read_text()
+    assert "class 'dog' has 1 image(s) outside the official val split: too few to stratify" in error
+    assert "or leave the class out with pretrain.dataset.classes." in error and " dataset.classes" not in error
+
+
+def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
+    """A class misspelt in `dataset.classes` of an ImageFolder failed the split job, and Snakemake removed the split
+    it had made before: with the name put right, the split, the source model and every run were made again. The
+    folder names are checked at start now, naming the key (`pretrain.dataset.classes` for the source)."""
+    data = tmp_path / "images"
+    make_images(data, {"cat": 6, "dog": 6, "owl": 6})
+    folder = {"format": "imagefolder", "path": str(data), "val_fraction": 0.2, "test_fraction": 0.2}
+    good = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "classes": ["cat", "dog"]}, "pretrain": {
+        **TINY_CONFIG["pretrain"], "dataset": {**folder, "classes": ["dog", "owl"]}}})
+    run_snakemake(tmp_path / "run", good, "--until", "split")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    for name, key, dataset, pretrain in (
+            ("target", "dataset", {**folder, "classes": ["cat", "dgo"]}, {**folder, "classes": ["dog", "owl"]}),
+            ("source", "pretrain.dataset", {**folder, "classes": ["cat", "dog"]}, {**folder, "classes": ["dog", "oww"]})):
+        bad = tiny_config(tmp_path / "run", f"{name}.yaml",
+                          replace={"dataset": dataset, "pretrain": {**TINY_CONFIG["pretrain"], "dataset": pretrain}})
+        result = run_snakemake(tmp_path / "run", bad, "--until", "split", check=False)
+        assert result.returncode != 0
+        wrong = "dgo" if name == "target" else "oww"
+        assert (f"{key}.classes: '{wrong}' is not a class of {data}; its classes are ['cat', 'dog', 'owl']: nothing ran, "
+                "and what was made from it is kept") in result.stdout, result.stdout[-3000:]
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    again = run_snakemake(tmp_path / "run", good, "--until", "split").stdout
+    assert jobs_run(again) == [], again
 
 
 def test_csv_manifest_written_with_spaces_after_the_commas_or_by_excel_reads_as_meant(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import unicodedata
 from dataclasses import dataclass, field
@@ -191,6 +192,21 @@ def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
 def image_folder_classes(root: str) -> list[str]:
     """The class folders of an ImageFolder root, sorted: its classes, empty ones included."""
     return list(_image_folder(root))
+
+
+def image_folder_classes_problem(root: str, wanted: list) -> str | None:
+    """What is wrong with ``dataset.classes`` for an ImageFolder, from its folder names alone (the workflow asks at
+    start, before its split job would fail and lose the split made before); None where it is fine, or where the
+    folder itself is at fault (the split job says how)."""
+    try:
+        found = sorted({nfc(name) for name in image_folder_classes(root)})
+    except (DataError, OSError):
+        return None
+    try:
+        select_classes(found, wanted, where=root)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def list_image_folder(root: str) -> pd.DataFrame:
@@ -413,6 +429,15 @@ def _cap(n: int | None, cap: int | None) -> int:
 def _drawn_count(n: int, fraction: float) -> int:
     """Images of a pool of ``n`` a split drawn with ``fraction`` gets: rounded, at least one where it is asked for."""
     return max(int(round(n * fraction)), 1) if fraction > 0 else 0
+
+
+def named_under(text: str, key: str) -> str:
+    """``text`` (a message of the split) with the dataset's keys, written ``dataset.<key>``, named where the config
+    holds that dataset (``pretrain.dataset.classes`` for the source dataset of ``pretrain``)."""
+    if key == "dataset":
+        return text
+    fields = "|".join(sorted({*SplitSpec.__dataclass_fields__, "watch"} - {"extra"}, key=len, reverse=True))
+    return re.sub(rf"(?<![\w/.-])dataset\.(?=(?:{fields})\b)", f"{key}.", text)
 
 
 def draw_key(path: str, spec: SplitSpec) -> str:

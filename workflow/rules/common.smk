@@ -400,6 +400,11 @@ def dataset_config(dataset):
     return config["dataset"] if dataset == "target" else config["pretrain"]["dataset"]
 
 
+def dataset_key(dataset):
+    """Where the config holds that dataset, as the split job's messages name its keys."""
+    return "dataset" if dataset == "target" else "pretrain.dataset"
+
+
 # How Fashion-MNIST is fetched where it is not at dataset.path, not which data: the split job reads them, but another
 # download folder or timeout reruns nothing (the same files come from either).
 DATASET_FETCH_KEYS = ("download_dir", "download_timeout_s")
@@ -747,6 +752,12 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             f"{_key}.path: {_path} ({_cfg['format']}) {_what} (relative to the working directory {os.getcwd()}): "
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
             f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
+    if _folder and _cfg.get("classes"):  # a class misspelt: its folder names are at hand (a manifest's labels are not read here)
+        from finetune.data import image_folder_classes_problem, named_under  # numpy, pandas: only where asked
+
+        _problem = image_folder_classes_problem(_cfg["path"], _cfg["classes"])
+        if _problem:
+            raise WorkflowError(f"{named_under(_problem, _key)}: nothing ran, and what was made from it is kept")
 
 # weights.url edited, weights.sha256 not: the pin says the file is the one fetched before, so nothing is fetched
 # (a mirror of the same file); a user who meant other weights is told, rather than left with the earlier ones.

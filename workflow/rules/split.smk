@@ -13,6 +13,7 @@ rule split:
         python=PYTHON,
         dataset=lambda w: as_json(split_dataset_config(w.dataset)),
         fetch=lambda w: split_dataset_fetch(w.dataset),  # where Fashion-MNIST is downloaded to: reruns nothing
+        key=lambda w: NotARerunTrigger(dataset_key(w.dataset)),  # the key its messages name
         data_state=dataset_state,
     log:
         "results/logs/split/{dataset}.log",
@@ -23,5 +24,5 @@ rule split:
         mem_mb=2000,
         runtime=30,
     shell:
-        "exec {params.python:q} {input.script:q} --dataset {params.dataset:q} --fetch {params.fetch:q} --out {output.csv} "
-        "--report {output.report} --threads {threads} > {log} 2>&1"
+        "exec {params.python:q} {input.script:q} --dataset {params.dataset:q} --fetch {params.fetch:q} --key {params.key:q} "
+        "--out {output.csv} --report {output.report} --threads {threads} > {log} 2>&1"

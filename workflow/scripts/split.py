@@ -4,6 +4,8 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run
+from finetune.data import named_under
+from finetune.errors import FinetuneError
 from finetune.images import not_read_line
 from finetune.stages import split_stage
 
@@ -16,33 +18,43 @@ def main():
     parser.add_argument("--fetch", type=json_arg, default={},
                         help="the dataset config's keys of a download (JSON: download_dir, download_timeout_s)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--key", default="dataset",
+                        help="where the config holds the dataset (pretrain.dataset for the source): its messages name its keys so")
     args = parser.parse_args()
-    report = split_stage({**args.dataset, **args.fetch}, args.out, args.report, threads=args.threads)
+    try:
+        report = split_stage({**args.dataset, **args.fetch}, args.out, args.report, threads=args.threads)
+    except FinetuneError as exc:
+        raise type(exc)(named_under(str(exc), args.key)) from None
+    say_report(report, args.report, lambda line: print(named_under(line, args.key)))
+
+
+def say_report(report: dict, path: Path, say) -> None:
+    """The split's log: its counts and what it left out or found, each line through ``say``."""
     for name, counts in report["counts"].items():
-        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if report["dataset"]["format"] != "fashion-mnist":  # whose official test split is documented as the test set
         for split in report["official_splits"]:
-            print(f"{split}: the dataset's own {split} split (its {split} folder, or the rows marked {split}); "
+            say(f"{split}: the dataset's own {split} split (its {split} folder, or the rows marked {split}); "
                   f"dataset.{split}_fraction does not apply to it")
     if report["skipped_images"]:
-        print(f"skipped {len(report['skipped_images'])} image(s) (dataset.on_bad_image: skip), "
-              f"listed in {args.report}:")
+        say(f"skipped {len(report['skipped_images'])} image(s) (dataset.on_bad_image: skip), "
+              f"listed in {path}:")
         for item in report["skipped_images"]:
-            print(f"  {item['path']}: {item['reason']}")
+            say(f"  {item['path']}: {item['reason']}")
     if report["ignored_files"]:
-        print(not_read_line(report["ignored_files"]))
+        say(not_read_line(report["ignored_files"]))
     outside = report["images_outside_class_folders"]
     if outside:
-        print(f"ignored {len(outside)} image(s) outside any class folder (an image's class is the folder it is in), "
-              f"listed in {args.report}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
+        say(f"ignored {len(outside)} image(s) outside any class folder (an image's class is the folder it is in), "
+              f"listed in {path}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
     if report["layout_note"]:
-        print(f"note: {report['layout_note']}")
+        say(f"note: {report['layout_note']}")
     if report["duplicate_images"]:
-        print(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
-              f"(identical files; one copy kept, so no image is in two splits), listed in {args.report}:")
+        say(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
+              f"(identical files; one copy kept, so no image is in two splits), listed in {path}:")
         for item in report["duplicate_images"]:
-            print(f"  {item['path']}: same as {item['same_as']}")
-    print(near_duplicates_lines(report["near_duplicates"], args.report))
+            say(f"  {item['path']}: same as {item['same_as']}")
+    say(near_duplicates_lines(report["near_duplicates"], path))
 
 
 def near_duplicates_lines(near: dict, report: Path) -> str:
