@@ -48,3 +48,6 @@ rule all:
         "results/summary.csv",
         "results/summary.md",
         intermediate_outputs(),
+
+
+note_resources_under_unprefixed_names()

@@ -194,3 +194,24 @@ def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_pr
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "lr_find" in line]
     assert notes == ["note: module fb: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves "
                      "asked for by name (snakemake runs/b/results/lr_find/<run>/lr_find.png)"], result.stdout[-3000:]
+
+
+def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reach_no_rule(tmp_path):
+    """A profile's `set-resources: train:` reaches no rule of a module renamed `fa_*` (the rule is `fa_train`):
+    Snakemake said nothing, and the jobs ran with the rule's own resources. A note names each such key, once
+    per instance; a key given the new name reaches its rule and is not named."""
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    modules = "".join(f'module f{x}:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config["{x}{x}"]\n'
+                      f'    prefix: "runs/{x}"\nuse rule * from f{x} as f{x}_*\n' for x in "ab")
+    (host / "Snakefile").write_text('configfile: "config/host.yaml"\n' + modules
+                                    + "rule all:\n    input: rules.fa_all.input, rules.fb_all.input\n    default_target: True\n")
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": TINY_CONFIG, "bb": TINY_CONFIG}))
+    (host / "profile").mkdir()
+    (host / "profile" / "config.yaml").write_text(yaml.safe_dump(
+        {"set-resources": {"train": {"mem_mb": 9111}, "fa_evaluate": {"runtime": 77}}}))
+    result = run_snakemake(host, None, "-n", "--workflow-profile", str(host / "profile"), snakefile=host / "Snakefile")
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-resources" in line]
+    assert notes == [f"note: module f{x}: set-resources names the rule train, which is f{x}_train here: its settings "
+                     f"(mem_mb) reach no rule; name it f{x}_train in your profile or command line" for x in "ab"], notes
+    assert "mem_mb=9111" not in result.stdout and "runtime=77" in result.stdout  # what the note says, as Snakemake plans
