@@ -212,6 +212,6 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
         {"set-resources": {"train": {"mem_mb": 9111}, "fa_evaluate": {"runtime": 77}}}))
     result = run_snakemake(host, None, "-n", "--workflow-profile", str(host / "profile"), snakefile=host / "Snakefile")
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-resources" in line]
-    assert notes == [f"note: module f{x}: set-resources names the rule train, which is f{x}_train here: its settings "
-                     f"(mem_mb) reach no rule; name it f{x}_train in your profile or command line" for x in "ab"], notes
+    assert notes == [f"note: module f{x}: set-resources names train, which this module calls f{x}_train; its settings "
+                     f"(mem_mb) apply to nothing. Name it f{x}_train in your profile or command line" for x in "ab"], notes
     assert "mem_mb=9111" not in result.stdout and "runtime=77" in result.stdout  # what the note says, as Snakemake plans

@@ -63,18 +63,18 @@ def say(text):
 
 
 def note_resources_under_unprefixed_names():
-    """As a module whose rules are renamed (`use rule * from finetune as a_*`), `set-resources` (a profile's, or
-    --set-resources) naming a rule without its new name (`train`, not `a_train`) reaches no rule: Snakemake says
-    nothing, and the job runs with the rule's own resources (nor `* attempt` on a retry). Said here, once the
-    rules are defined."""
+    """As a module whose rules are renamed (`use rule * from finetune as a_*`), a `set-resources` key (a profile's,
+    or --set-resources) that names one of them by its old name (`train`, not `a_train`) applies to nothing, and
+    Snakemake says nothing of it (the job runs with the resources its rule asks, nor `* attempt` on a retry).
+    Said here, once the rules are defined."""
     given = (workflow.resource_settings.overwrite_resources or {}) if workflow.is_main_process else {}
-    ours = {rule.name for rule in workflow.modifier.rules}
-    defined = {rule.name for rule in workflow.rules}
+    ours = {each.name for each in workflow.modifier.rules}
+    defined = {each.name for each in workflow.rules}
     for name in sorted(given):
         renamed = workflow.modifier.modify_rulename(name)
         if renamed != name and renamed in ours and name not in defined:
-            say(f"set-resources names the rule {name}, which is {renamed} here: its settings "
-                f"({', '.join(sorted(given[name]))}) reach no rule; name it {renamed} in your profile or command line")
+            say(f"set-resources names {name}, which this module calls {renamed}; its settings "
+                f"({', '.join(sorted(given[name]))}) apply to nothing. Name it {renamed} in your profile or command line")
 
 
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
