@@ -584,6 +584,23 @@ def test_image_size_at_the_weights_own_crop_is_said_to_decode_the_same_pixels_ag
     assert np.array_equal(np.load(decoded / "32" / "images.npy"), np.load(decoded / "native" / "images.npy"))
 
 
+@pytest.mark.fashion_mnist
+def test_the_target_decoded_at_a_size_of_its_own_is_not_decoded_again_when_pretrain_image_size_changes(tmp_path):
+    """Weights pretrained here are resized and cropped to pretrain.image_size alike: a run's own image_size then fixes
+    every decoded pixel. The target's decode at that size reran when pretrain.image_size changed; now it does not,
+    and decoding it again (forced) gives the same pixels."""
+    config = tiny_config(tmp_path, replace={"experiments": {"sized": {"image_size": 40}}})
+    target = "resources/decoded/target/40/images.npy"
+    run_snakemake(tmp_path, config, "--printshellcmds", target)
+    before = np.load(tmp_path / target)
+    changed = tiny_config(tmp_path, "changed.yaml", replace={"experiments": {"sized": {"image_size": 40}}},
+                          pretrain={"image_size": 36})
+    dry = run_snakemake(tmp_path, changed, "-n", target)
+    assert decode_outputs(dry.stdout) == [], dry.stdout[-3000:]
+    run_snakemake(tmp_path, changed, "--forcerun", "decode", "--printshellcmds", target)
+    assert np.array_equal(np.load(tmp_path / target), before)
+
+
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_copy):

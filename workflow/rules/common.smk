@@ -640,11 +640,13 @@ def source_decoded():
 
 def decode_sizes_key(size):
     """What fixes the sizes and filter of the target's decoded images, from the config (the decode job's
-    --weights-sizes, a param: when it changes, the job reruns). The source's: pretrain.image_size alone."""
+    --weights-sizes, a param: when it changes, the job reruns). The source's: pretrain.image_size alone. Weights
+    pretrained here are resized and cropped to pretrain.image_size alike, so at another `size` it is not part of
+    the key (the decode would rerun on a change of it, for the same pixels)."""
     weights = config["weights"]
     source = weights["source"]
-    if source == "pretrain":
-        sizes = config["pretrain"]["image_size"]
+    if source == "pretrain":  # resized and cropped alike: an image_size of its own fixes every pixel
+        sizes = config["pretrain"]["image_size"] if size == "native" else int(size)
     elif source == "torchvision":
         sizes = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
     else:  # url and path alike: the same file from a path or a url (and its preprocessing) is not decoded again
