@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from faults import (BOMB_SIDE, PREPROCESSING_32, make_bad_images, make_images, run_split, save_state_dict,
@@ -659,6 +660,37 @@ def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_b
         assert snapshot(tmp_path / "run" / "resources" / "splits") == before
     again = run_snakemake(tmp_path / "run", good, "--until", "split").stdout
     assert jobs_run(again) == [], again
+
+
+def test_pretraining_on_the_target_s_own_classes_of_one_dataset_is_said_at_start(tmp_path):
+    """A config of its own that names Fashion-MNIST's classes 6-9 and `weights: {source: pretrain}`, pretrain.dataset
+    left to the schema (all ten classes): the source model was trained on the target's classes without a word, and
+    the transfer runs beat scratch by having seen them. A note names the shared classes; none where they differ, or
+    where the datasets are two."""
+    from finetune.data import FASHION_MNIST_CLASSES
+
+    def notes(config: dict) -> list[str]:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        out = run_snakemake(tmp_path / "run", tmp_path / "config.yaml", "-n").stdout
+        return [line for line in out.splitlines() if line.startswith("note: pretrain.dataset and dataset")]
+
+    pretrain = {**TINY_CONFIG["pretrain"], "dataset": {"format": "fashion-mnist", "path": TINY_CONFIG["dataset"]["path"]}}
+    shared = ", ".join(repr(FASHION_MNIST_CLASSES[i]) for i in TINY_CONFIG["dataset"]["classes"])
+    (note,) = notes({**TINY_CONFIG, "pretrain": pretrain})
+    assert note.startswith(f"note: pretrain.dataset and dataset are one dataset and share the class(es) {shared}: the "
+                           "source model is pretrained on the target's classes, its train and val images likely among them")
+    assert notes({**TINY_CONFIG, "pretrain": {**pretrain, "dataset": {**pretrain["dataset"], "classes": [0, 6]}}}) == [
+        note.replace(shared, repr(FASHION_MNIST_CLASSES[6]))]
+    assert notes(TINY_CONFIG) == []  # classes 0-5 and 6-9, as the demo
+    data = tmp_path / "images"
+    make_images(data, {"cat": 4, "dog": 4, "owl": 4})
+    folder = {"format": "imagefolder", "path": str(data)}
+    (note,) = notes({**TINY_CONFIG, "dataset": {**folder, "classes": ["cat", "dog"]},
+                     "pretrain": {**pretrain, "dataset": {**folder, "classes": ["dog", "owl"]}}})
+    assert "share the class(es) 'dog': the source model is pretrained on the target's classes, its test images possibly" in note
+    make_images(tmp_path / "copy", {"dog": 4, "owl": 4})
+    assert notes({**TINY_CONFIG, "dataset": {**folder, "classes": ["cat", "dog"]},
+                  "pretrain": {**pretrain, "dataset": {"format": "imagefolder", "path": str(tmp_path / "copy")}}}) == []
 
 
 def test_csv_manifest_written_with_spaces_after_the_commas_or_by_excel_reads_as_meant(tmp_path):

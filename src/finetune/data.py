@@ -209,6 +209,27 @@ def image_folder_classes_problem(root: str, wanted: list) -> str | None:
     return None
 
 
+def shared_classes(target: dict, source: dict) -> list[str]:
+    """The classes the target dataset (``dataset``) and pretrain's source dataset (``pretrain.dataset``) share, where
+    both are the same dataset (Fashion-MNIST, wherever its files are, or one ImageFolder) and their classes are known
+    without reading the images; [] otherwise."""
+    def chosen(cfg: dict) -> list[str]:
+        if cfg.get("format", "fashion-mnist") == "fashion-mnist":
+            return select_classes(FASHION_MNIST_CLASSES, cfg.get("classes"), where="Fashion-MNIST")
+        return select_classes(sorted({nfc(name) for name in image_folder_classes(cfg["path"])}), cfg.get("classes"),
+                              where=cfg["path"])
+
+    formats = {cfg.get("format", "fashion-mnist") for cfg in (target, source)}
+    if len(formats) > 1 or formats == {"csv"}:
+        return []
+    if formats == {"imagefolder"} and os.path.realpath(target["path"]) != os.path.realpath(source["path"]):
+        return []
+    try:
+        return [name for name in chosen(target) if name in set(chosen(source))]
+    except (DataError, OSError):
+        return []  # told by the checks of each dataset
+
+
 def list_image_folder(root: str) -> pd.DataFrame:
     """Every image of every class folder; a folder with none simply adds no rows (see
     :func:`check_classes_have_images`, which looks only at the chosen classes). In a root already split

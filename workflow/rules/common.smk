@@ -776,6 +776,23 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         if _problem:
             raise WorkflowError(f"{named_under(_problem, _key)}: nothing ran, and what was made from it is kept")
 
+# pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
+# ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn
+# from, and the transfer figures would not measure transfer.
+if CHECK_FILES and config["weights"]["source"] == "pretrain":
+    from finetune.data import shared_classes
+
+    _shared = shared_classes(config["dataset"], config["pretrain"]["dataset"])
+    if _shared:
+        _held = ("its train and val images likely among them (both drawn from Fashion-MNIST's official train images; its "
+                 "test images, the official test set, are not pretrained on)"
+                 if config["dataset"]["format"] == "fashion-mnist" else "its test images possibly among them (each "
+                 "dataset's split is drawn on its own)")
+        say(f"pretrain.dataset and dataset are one dataset and share the class(es) {', '.join(map(repr, _shared))}: the "
+            f"source model is pretrained on the target's classes, {_held}, so the transfer runs' figures do not "
+            "measure transfer to new classes. Leave them out with pretrain.dataset.classes (the demo's config "
+            "pretrains on classes 0-5 and fine-tunes on 6-9)")
+
 # weights.url edited, weights.sha256 not: the pin says the file is the one fetched before, so nothing is fetched
 # (a mirror of the same file); a user who meant other weights is told, rather than left with the earlier ones.
 _manifest = output_path("resources/weights/manifest.json")
