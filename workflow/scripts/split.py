@@ -35,10 +35,10 @@ def say_report(report: dict, path: Path, say) -> None:
     if report["dataset"]["format"] != "fashion-mnist":  # whose official test split is documented as the test set
         for split in report["official_splits"]:
             say(f"{split}: the dataset's own {split} split (its {split} folder, or the rows marked {split}); "
-                  f"dataset.{split}_fraction does not apply to it")
+                f"dataset.{split}_fraction does not apply to it")
     if report["skipped_images"]:
         say(f"skipped {len(report['skipped_images'])} image(s) (dataset.on_bad_image: skip), "
-              f"listed in {path}:")
+            f"listed in {path}:")
         for item in report["skipped_images"]:
             say(f"  {item['path']}: {item['reason']}")
     if report["ignored_files"]:
@@ -46,12 +46,12 @@ def say_report(report: dict, path: Path, say) -> None:
     outside = report["images_outside_class_folders"]
     if outside:
         say(f"ignored {len(outside)} image(s) outside any class folder (an image's class is the folder it is in), "
-              f"listed in {path}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
+            f"listed in {path}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
     if report["layout_note"]:
         say(f"note: {report['layout_note']}")
     if report["duplicate_images"]:
         say(f"left out {len(report['duplicate_images'])} copy(ies) of images found more than once in a class "
-              f"(identical files; one copy kept, so no image is in two splits), listed in {path}:")
+            f"(identical files; one copy kept, so no image is in two splits), listed in {path}:")
         for item in report["duplicate_images"]:
             say(f"  {item['path']}: same as {item['same_as']}")
     say(near_duplicates_lines(report["near_duplicates"], path))
