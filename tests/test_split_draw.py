@@ -117,3 +117,70 @@ def test_fashion_mnist_draws_the_same_images_from_its_files_gzipped_or_not(tmp_p
         splits.append({Path(p).name.replace(".gz#", "#"): s for p, s in zip(frame["path"], frame["split"])})
     assert splits[0] == splits[1]
     assert sorted(pd.Series(list(splits[0].values())).value_counts().items()) == [("test", 60), ("train", 20), ("val", 40)]
+
+
+def test_names_in_decomposed_unicode_draw_the_split_of_their_composed_form(tmp_path):
+    """A folder copied from a Mac names `é` in two code points (NFD): the same classes, and now the same split
+    (36 of 60 images moved before)."""
+    import unicodedata
+
+    splits = []
+    for form in ("NFC", "NFD"):
+        root = tmp_path / form
+        for name in ("café", "thé"):
+            folder = root / unicodedata.normalize(form, name)
+            folder.mkdir(parents=True)
+            for i in range(15):
+                Image.new("RGB", (8, 8), (i * 16, len(name) * 20, 7)).save(
+                    folder / unicodedata.normalize(form, f"photo_é_{i}.png"))
+        dataset = {"format": "imagefolder", "path": str(root), "val_fraction": 0.2, "test_fraction": 0.2}
+        assert run_split(dataset, tmp_path / f"out_{form}").returncode == 0
+        splits.append({unicodedata.normalize("NFC", p): s for p, s in split_of(tmp_path / f"out_{form}", root).items()})
+    assert splits[0] == splits[1]
+
+
+def test_a_manifest_s_absolute_rows_draw_the_same_split_wherever_the_manifest_is(tmp_path):
+    """Rows written as absolute paths to images outside the manifest's folder were keyed relative to it
+    (`../../data/a/0.png`): the same manifest in another project folder, or opened through a link, moved about half
+    the images. Such a row is keyed by its absolute path."""
+    data = tmp_path / "data"
+    make_images(data, {"ant": 15, "bee": 15})
+    text = "path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(data.glob("*/*.png")))
+    places = [tmp_path / "project", tmp_path / "home" / "me" / "deep" / "project"]
+    for place in places:
+        place.mkdir(parents=True)
+        (place / "manifest.csv").write_text(text)
+    (tmp_path / "link").symlink_to(places[0])
+    splits = []
+    for i, manifest in enumerate([places[0] / "manifest.csv", places[1] / "manifest.csv", tmp_path / "link" / "manifest.csv"]):
+        dataset = {"format": "csv", "path": str(manifest), "val_fraction": 0.2, "test_fraction": 0.2}
+        assert run_split(dataset, tmp_path / f"out{i}").returncode == 0
+        splits.append(split_of(tmp_path / f"out{i}", data))
+    assert splits[0] == splits[1] == splits[2]
+
+
+def test_the_copy_kept_and_a_file_listed_twice_do_not_depend_on_how_dataset_path_is_written(tmp_path, monkeypatch):
+    """A manifest lists `a/c.png` (relative) and `<abs>/a/0.png` (absolute), byte copies of one image: the copy kept
+    was the one with the shorter path as listed, which depends on whether dataset.path is written absolute or
+    relative. And one file listed twice, once relative and once absolute, was refused with one spelling of
+    dataset.path and taken for two identical files with the other."""
+    from finetune.data import SplitSpec, make_split
+    from finetune.errors import DataError
+
+    data = tmp_path / "data"
+    make_images(data, {"a": 10, "b": 10})
+    shutil.copy(data / "a" / "000.png", data / "a" / "c.png")
+    rows = [f"{data / 'a' / '000.png'},a", "a/c.png,a"] + [f"{p.parent.name}/{p.name},{p.parent.name}"
+                                                         for p in sorted(data.glob("*/*.png")) if p.name not in ("000.png", "c.png") or p.parent.name == "b"]
+    (data / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    (data / "twice.csv").write_text("path,label\n" + "\n".join(rows + ["a/000.png,a"]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    splits = []
+    for path in (str(data / "m.csv"), "data/m.csv"):
+        split, report = make_split(SplitSpec(format="csv", path=path, val_fraction=0.2, test_fraction=0.2))
+        kept = [Path(item["same_as"]).name for item in report["duplicate_images"]]
+        splits.append(({Path(p).resolve().relative_to(data).as_posix(): s for p, s in zip(split["path"], split["split"])}, kept))
+        with pytest.raises(DataError, match="lists the same image more than once"):
+            make_split(SplitSpec(format="csv", path=str(Path(path).with_name("twice.csv")), val_fraction=0.2, test_fraction=0.2))
+    assert splits[0] == splits[1]
+    assert splits[0][1] == ["c.png"]  # the shorter of the two paths below the manifest's folder: a/c.png, not a/000.png

@@ -323,8 +323,8 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
     base = file.parent
     paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"].str.strip()]
     rows: dict[str, list[int]] = {}
-    for row, p in enumerate(paths):
-        rows.setdefault(os.path.normpath(p), []).append(row)
+    for row, p in enumerate(paths):  # absolute: a row written relative and one written absolute are one file
+        rows.setdefault(os.path.abspath(p), []).append(row)
     duplicated = [(p, where) for p, where in rows.items() if len(where) > 1]
     if duplicated:
         line = table_lines(file, len(frame))
@@ -461,18 +461,28 @@ def named_under(text: str, key: str) -> str:
     return re.sub(rf"(?<![\w/.-])dataset\.(?=(?:{fields})\b)", f"{key}.", text)
 
 
-def draw_key(path: str, spec: SplitSpec) -> str:
-    """What places an image in the draw, beside the seed: its path relative to the dataset's folder (the
-    manifest's folder for a CSV manifest), so that the dataset can move as a whole; for Fashion-MNIST the
-    image's file name and index (``train-images-idx3-ubyte#12``, with or without ``.gz``), wherever it is."""
+def draw_keys(paths, spec: SplitSpec) -> list[str]:
+    """What places each image in the draw, beside the seed: its path below the dataset's folder (the manifest's
+    folder for a CSV manifest; that folder as written or with its links resolved), ``/``-separated and in
+    Unicode's composed form (NFC: a folder copied from a Mac names ``é`` in two code points), so that the dataset
+    can move as a whole; a path outside that folder (a manifest's absolute row elsewhere) is its absolute path. For
+    Fashion-MNIST the image's file name and index (``train-images-idx3-ubyte#12``, with or without ``.gz``)."""
     if spec.format == "fashion-mnist":
-        return os.path.basename(path).replace(".gz#", "#")
-    base = os.path.dirname(os.path.normpath(spec.path)) if spec.format == "csv" else spec.path
-    return os.path.relpath(os.path.normpath(path), os.path.normpath(base)).replace(os.sep, "/")
+        return [os.path.basename(path).replace(".gz#", "#") for path in paths]
+    folder = os.path.abspath(spec.path)
+    folder = os.path.dirname(folder) if spec.format == "csv" else folder
+    bases = [base + os.sep for base in dict.fromkeys([folder, os.path.realpath(folder)]) if base != os.sep]
+    keys = []
+    for path in paths:
+        full = os.path.abspath(path)
+        below = next((full[len(base):] for base in bases if full.startswith(base)), full)
+        keys.append(unicodedata.normalize("NFC", below.replace(os.sep, "/")))
+    return keys
 
 
 def draw_rank(key: str, seed: int) -> int:
-    """An image's place in the draw: the first 8 bytes of the BLAKE2b hash of ``<seed>/<key>`` (big-endian).
+    """An image's place in the draw: BLAKE2b with an 8-byte digest (``b2sum -l 64``) of ``<seed>/<key>`` in UTF-8,
+    read as a big-endian integer.
     Each image's place depends on its own path and the seed alone: adding or removing an image leaves the
     others in the order they had."""
     text = f"{seed}/{key}".encode("utf-8", "surrogateescape")
@@ -535,14 +545,15 @@ def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitS
     :func:`draw_rank` (a cap, ``max_<split>_per_class``, keeps the first in that order). An image's split thus
     depends on its own path, its class's image count and the seed, never on the other classes or the listing's
     order. ``left_out``: per class, the files the check left out (named when a class is left with too few)."""
-    keys = [draw_key(path, spec) for path in listing["path"]]
+    keys = draw_keys(listing["path"], spec)
     listing = listing.assign(draw_key=keys, draw_rank=[draw_rank(key, spec.seed) for key in keys])
+    by_class = dict(tuple(listing.groupby("class_name", sort=False)))  # once: not a scan of every row per class
     given = official_splits(listing)
     caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
     parts, too_few = [], []
     for label, name in enumerate(class_names):
         try:
-            rows = _split_class(listing[listing["class_name"] == name], name, given, spec, (left_out or {}).get(name, []))
+            rows = _split_class(by_class.get(name, listing.iloc[:0]), name, given, spec, (left_out or {}).get(name, []))
         except DataError as exc:  # every class too small, in one message: not one class per run
             too_few.append(str(exc))
             continue
@@ -596,20 +607,23 @@ def inspect_images(paths: list[str], threads: int = 1) -> list[tuple[str | None,
 
 
 # Which copy of an image found more than once in a class is kept: the official test copy, then val, then
-# the pool's; among those, the shortest path (``IMG_1.jpg`` rather than ``IMG_1 (1).jpg``), then listing order.
+# the pool's; among those, the shortest path below the dataset's folder (``IMG_1.jpg`` rather than ``IMG_1 (1).jpg``),
+# then the first of those paths in text order.
 KEEP_ORDER = {"test": 0, "val": 1}
 
 
-def find_duplicates(listing: pd.DataFrame, digests: list[str | None]) -> tuple[list[dict], list[tuple[str, str]]]:
+def find_duplicates(listing: pd.DataFrame, digests: list[str | None],
+                    keys: list[str] | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`) is redundant and
     could put one image in two splits: ``[{path, same_as}]``. Across classes, the image is labelled two
-    ways: ``(path, reason)`` of every copy."""
-    frame = listing.assign(digest=digests)
+    ways: ``(path, reason)`` of every copy. ``keys``: each path as :func:`draw_keys` gives it, whose length and
+    order choose the copy kept (not the path as listed, whose length depends on how ``dataset.path`` is written)."""
+    frame = listing.assign(digest=digests, key=list(listing["path"]) if keys is None else keys)
     frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
     frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)),
-                         length=frame["path"].str.len())
+                         length=frame["key"].str.len())
     redundant, conflicting = [], []
-    for _, group in frame.sort_values(["rank", "length"], kind="stable").groupby("digest", sort=False):
+    for _, group in frame.sort_values(["rank", "length", "key"], kind="stable").groupby("digest", sort=False):
         if group["class_name"].nunique() > 1:
             for path, name in zip(group["path"], group["class_name"]):
                 others = "; ".join(f"{p} ({c})" for p, c in zip(group["path"], group["class_name"]) if p != path)
@@ -641,7 +655,7 @@ def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) ->
     thumbnails = {p: thumb for p, (reason, _, thumb) in zip(listing["path"], inspected) if reason is None}
     listing = listing[~listing["path"].isin({p for p, _ in unreadable})].reset_index(drop=True)
     digests = [digest for reason, digest, _ in inspected if reason is None]
-    redundant, conflicting = find_duplicates(listing, digests)
+    redundant, conflicting = find_duplicates(listing, digests, draw_keys(listing["path"], spec))
     _refuse_bad({"unreadable image(s)": unreadable, "image(s) found under two labels (identical files)": conflicting}, spec)
     left_out = {p for p, _ in conflicting} | {item["path"] for item in redundant}
     return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant, thumbnails
