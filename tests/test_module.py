@@ -179,17 +179,23 @@ def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_
     assert "runs/a/" not in notes[0]
 
 
-def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_prefix(tmp_path):
-    """Two instances, the second with an `lr_find` setting no run of its uses: the note said neither which module
-    it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b)."""
-    host = tmp_path / "host"
+def two_instance_host(host, config_a: dict, config_b: dict):
+    """A host workflow of two instances, `fa_*` below runs/a given config["aa"] and `fb_*` below runs/b given
+    config["bb"] (config/host.yaml)."""
     (host / "config").mkdir(parents=True)
     modules = "".join(f'module f{x}:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config["{x}{x}"]\n'
                       f'    prefix: "runs/{x}"\nuse rule * from f{x} as f{x}_*\n' for x in "ab")
     (host / "Snakefile").write_text('configfile: "config/host.yaml"\n' + modules
                                     + "rule all:\n    input: rules.fa_all.input, rules.fb_all.input\n    default_target: True\n")
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": config_a, "bb": config_b}))
+    return host
+
+
+def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_prefix(tmp_path):
+    """Two instances, the second with an `lr_find` setting no run of its uses: the note said neither which module
+    it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b)."""
     tiny = {key: value for key, value in TINY_CONFIG.items()}
-    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": tiny, "bb": {**tiny, "lr_find": {"steps": 20}}}))
+    host = two_instance_host(tmp_path / "host", tiny, {**tiny, "lr_find": {"steps": 20}})
     result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "lr_find" in line]
     assert notes == ["note: module fb: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves "
@@ -200,13 +206,7 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
     """A profile's `set-resources: train:` reaches no rule of a module renamed `fa_*` (the rule is `fa_train`):
     Snakemake said nothing, and the jobs ran with the rule's own resources. A note names each such key, once
     per instance; a key given the new name reaches its rule and is not named."""
-    host = tmp_path / "host"
-    (host / "config").mkdir(parents=True)
-    modules = "".join(f'module f{x}:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config["{x}{x}"]\n'
-                      f'    prefix: "runs/{x}"\nuse rule * from f{x} as f{x}_*\n' for x in "ab")
-    (host / "Snakefile").write_text('configfile: "config/host.yaml"\n' + modules
-                                    + "rule all:\n    input: rules.fa_all.input, rules.fb_all.input\n    default_target: True\n")
-    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": TINY_CONFIG, "bb": TINY_CONFIG}))
+    host = two_instance_host(tmp_path / "host", TINY_CONFIG, TINY_CONFIG)
     (host / "profile").mkdir()
     (host / "profile" / "config.yaml").write_text(yaml.safe_dump(
         {"set-resources": {"train": {"mem_mb": 9111}, "fa_evaluate": {"runtime": 77}}}))
