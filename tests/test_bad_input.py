@@ -42,6 +42,20 @@ def tiny_manifest(tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- unreadable images
 
+def test_a_dataset_of_unreadable_files_only_is_refused_listing_them_not_with_a_traceback(tmp_path):
+    """Every file unreadable (git-LFS pointers, say): the check of identical files met an empty listing and stopped
+    with pandas' `Can only use .str accessor with string values`, before the message that lists the files."""
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            (data / name / f"{i}.png").write_text("version https://git-lfs.github.com/spec/v1\n")
+    result = run_split(imagefolder(data), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    assert f"error: 6 unreadable image(s) in {data}" in result.stdout, result.stdout
+
+
 def test_unreadable_images_fail_the_split_listing_every_one(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     make_images(data, {"cat": 6, "dog": 6})

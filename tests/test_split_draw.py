@@ -24,8 +24,8 @@ def split_of(out_dir: Path, root: Path) -> dict[str, str]:
 
 
 def documented_split(root: Path, seed: int, val_fraction: float, test_fraction: float, max_train: int | None) -> dict:
-    """The README's rule, computed here from its words alone: per class folder, the images in the order of the first
-    8 bytes (big-endian) of BLAKE2b of ``<seed>/<path below the dataset's folder>``; test takes the first
+    """The README's rule, computed here from its words alone: per class folder, the images in the order of BLAKE2b
+    with an 8-byte digest (read big-endian) of ``<seed>/<path below the dataset's folder>``; test takes the first
     round(n x test_fraction) (at least one), val the next round(n x val_fraction), train the rest (its first
     ``max_train``)."""
     expected = {}
@@ -64,7 +64,6 @@ def test_adding_or_removing_an_image_leaves_the_other_classes_as_they_were_and_i
     assert run_split(dataset, tmp_path / "before").returncode == 0
     before = split_of(tmp_path / "before", root)
 
-    shutil.copy(root / "ant" / "000.png", tmp_path / "spare.png")
     Image.open(root / "cow" / "000.png").rotate(90).save(root / "bee" / "new.png")
     (root / "ant" / "007.png").unlink()
     assert run_split(dataset, tmp_path / "after").returncode == 0
@@ -160,7 +159,7 @@ def test_a_manifest_s_absolute_rows_draw_the_same_split_wherever_the_manifest_is
 
 
 def test_the_copy_kept_and_a_file_listed_twice_do_not_depend_on_how_dataset_path_is_written(tmp_path, monkeypatch):
-    """A manifest lists `a/c.png` (relative) and `<abs>/a/0.png` (absolute), byte copies of one image: the copy kept
+    """A manifest lists `<abs>/a/c.png` (absolute) and `a/000.png` (relative), byte copies of one image: the copy kept
     was the one with the shorter path as listed, which depends on whether dataset.path is written absolute or
     relative. And one file listed twice, once relative and once absolute, was refused with one spelling of
     dataset.path and taken for two identical files with the other."""
@@ -170,10 +169,12 @@ def test_the_copy_kept_and_a_file_listed_twice_do_not_depend_on_how_dataset_path
     data = tmp_path / "data"
     make_images(data, {"a": 10, "b": 10})
     shutil.copy(data / "a" / "000.png", data / "a" / "c.png")
-    rows = [f"{data / 'a' / '000.png'},a", "a/c.png,a"] + [f"{p.parent.name}/{p.name},{p.parent.name}"
+    # the copy shorter below the folder (a/c.png) written absolute, the other (a/000.png) relative: as listed, with
+    # dataset.path written relative, data/a/000.png is the shorter string
+    rows = [f"{data / 'a' / 'c.png'},a", "a/000.png,a"] + [f"{p.parent.name}/{p.name},{p.parent.name}"
                                                          for p in sorted(data.glob("*/*.png")) if p.name not in ("000.png", "c.png") or p.parent.name == "b"]
     (data / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    (data / "twice.csv").write_text("path,label\n" + "\n".join(rows + ["a/000.png,a"]) + "\n")
+    (data / "twice.csv").write_text("path,label\n" + "\n".join(rows + ["a/c.png,a"]) + "\n")
     monkeypatch.chdir(tmp_path)
     splits = []
     for path in (str(data / "m.csv"), "data/m.csv"):

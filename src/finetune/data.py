@@ -225,7 +225,8 @@ def shared_classes(target: dict, source: dict) -> list[str]:
     if formats == {"imagefolder"} and os.path.realpath(target["path"]) != os.path.realpath(source["path"]):
         return []
     try:
-        return [name for name in chosen(target) if name in set(chosen(source))]
+        in_source = set(chosen(source))
+        return [name for name in chosen(target) if name in in_source]
     except (DataError, OSError):
         return []  # told by the checks of each dataset
 
@@ -495,8 +496,8 @@ def _in_draw_order(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _split_class(rows: pd.DataFrame, name: str, given: tuple[str, ...], spec: SplitSpec,
                  left_out: list[str] = ()) -> dict[str, pd.DataFrame]:
-    """One class's rows (with ``draw_rank`` and ``draw_key``) -> its train/val/test rows (uncapped), each in draw
-    order. The splits in ``given`` are the rows the dataset marks so; the others are cut from the rest (the
+    """One class's rows (with ``draw_rank`` and ``draw_key``) -> its train/val/test rows (uncapped), in draw order
+    but a given split without a cap (in listing order). The splits in ``given`` are the rows the dataset marks so; the others are cut from the rest (the
     pool) in draw order: test first, then val, then train. ``left_out``: the class's files the check left
     out, ``path (why)``, for the message."""
     pool = _in_draw_order(rows[~rows["official_split"].isin(given)])
@@ -543,8 +544,8 @@ def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitS
     """Seeded, stratified split. Rows marked val or test (a dataset's official split) keep it; the rest
     of each class is cut by the fractions into the splits the dataset does not give, in the order of
     :func:`draw_rank` (a cap, ``max_<split>_per_class``, keeps the first in that order). An image's split thus
-    depends on its own path, its class's image count and the seed, never on the other classes or the listing's
-    order. ``left_out``: per class, the files the check left out (named when a class is left with too few)."""
+    depends on its own path, the other paths of its class and the seed, never on the other classes or the
+    listing's order. ``left_out``: per class, the files the check left out (named when a class is left with too few)."""
     keys = draw_keys(listing["path"], spec)
     listing = listing.assign(draw_key=keys, draw_rank=[draw_rank(key, spec.seed) for key in keys])
     by_class = dict(tuple(listing.groupby("class_name", sort=False)))  # once: not a scan of every row per class
@@ -618,10 +619,11 @@ def find_duplicates(listing: pd.DataFrame, digests: list[str | None],
     could put one image in two splits: ``[{path, same_as}]``. Across classes, the image is labelled two
     ways: ``(path, reason)`` of every copy. ``keys``: each path as :func:`draw_keys` gives it, whose length and
     order choose the copy kept (not the path as listed, whose length depends on how ``dataset.path`` is written)."""
-    frame = listing.assign(digest=digests, key=list(listing["path"]) if keys is None else keys)
+    keys = list(listing["path"]) if keys is None else list(keys)
+    frame = listing.assign(digest=digests, key=pd.Series(keys, index=listing.index, dtype=object))
     frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
     frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)),
-                         length=frame["key"].str.len())
+                         length=[len(key) for key in frame["key"]])  # not .str: an empty column has no strings
     redundant, conflicting = [], []
     for _, group in frame.sort_values(["rank", "length", "key"], kind="stable").groupby("digest", sort=False):
         if group["class_name"].nunique() > 1:

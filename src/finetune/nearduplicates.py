@@ -9,9 +9,9 @@ A copy saved again as a JPEG at quality 70 differs by about 1; at half the size,
 (pictures of sharp-edged shapes: the check decodes a JPEG at 1/8 scale, whose 8x8 blocks straddle the
 thumbnail's cells); two different pictures by tens, and two pictures of the same gray levels but other
 colours (a red and a green circle on other backgrounds) by 20 and more once colour counts. On the whole
-of Fashion-MNIST (70,000 gray images, the default split) there are 29 pairs within 5 across splits (45
-images; 10 test images with a copy in train or val), every one in its own class and, looked at, the same
-garment; at 8 there are about 150, some of them two different items.
+of Fashion-MNIST (70,000 gray images, the default split) there are 30 pairs within 5 across splits (50
+images; 10 test images with a copy in train or val), every one in its own class (the 29 of the split's
+earlier draw were, looked at, the same garment); at 8 there are about 150, some of them two different items.
 Every image of a split is compared with every image of the splits it must not share with: test with val
 and train, val with train (one matrix product per chunk of rows).
 """

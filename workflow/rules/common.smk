@@ -66,7 +66,8 @@ def note_resources_under_unprefixed_names():
     """As a module whose rules are renamed (`use rule * from finetune as a_*`), a `set-resources` key (a profile's,
     or --set-resources) that names one of them by its old name (`train`, not `a_train`) applies to nothing, and
     Snakemake says nothing of it (the job runs with the resources its rule asks, nor `* attempt` on a retry).
-    Said here, once the rules are defined."""
+    Said here, once the rules are defined (a host's own rule of that name defined after its `use rule` is not
+    known yet: the note then names a key that does reach that rule)."""
     given = (workflow.resource_settings.overwrite_resources or {}) if workflow.is_main_process else {}
     ours = {each.name for each in workflow.modifier.rules}
     defined = {each.name for each in workflow.rules}

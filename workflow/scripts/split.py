@@ -24,7 +24,8 @@ def main():
     try:
         report = split_stage({**args.dataset, **args.fetch}, args.out, args.report, threads=args.threads)
     except FinetuneError as exc:
-        raise type(exc)(named_under(str(exc), args.key)) from None
+        exc.args = (named_under(str(exc), args.key),)  # the same error, its keys named where the config holds them
+        raise exc from None
     say_report(report, args.report, lambda line: print(named_under(line, args.key)))
 
 
