@@ -190,8 +190,9 @@ def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
 
 
 def image_folder_classes(root: str) -> list[str]:
-    """The class folders of an ImageFolder root, sorted: its classes, empty ones included."""
-    return list(_image_folder(root))
+    """The classes of an ImageFolder root, empty folders included: their folder names in Unicode's composed form
+    (:func:`nfc`), sorted, as the split names them and ``dataset.classes`` indexes them."""
+    return sorted({nfc(name) for name in _image_folder(root)})
 
 
 def image_folder_classes_problem(root: str, wanted: list) -> str | None:
@@ -199,7 +200,7 @@ def image_folder_classes_problem(root: str, wanted: list) -> str | None:
     start, before its split job would fail and lose the split made before); None where it is fine, or where the
     folder itself is at fault (the split job says how)."""
     try:
-        found = sorted({nfc(name) for name in image_folder_classes(root)})
+        found = image_folder_classes(root)
     except (DataError, OSError):
         return None
     try:
@@ -216,8 +217,7 @@ def shared_classes(target: dict, source: dict) -> list[str]:
     def chosen(cfg: dict) -> list[str]:
         if cfg.get("format", "fashion-mnist") == "fashion-mnist":
             return select_classes(FASHION_MNIST_CLASSES, cfg.get("classes"), where="Fashion-MNIST")
-        return select_classes(sorted({nfc(name) for name in image_folder_classes(cfg["path"])}), cfg.get("classes"),
-                              where=cfg["path"])
+        return select_classes(image_folder_classes(cfg["path"]), cfg.get("classes"), where=cfg["path"])
 
     formats = {cfg.get("format", "fashion-mnist") for cfg in (target, source)}
     if len(formats) > 1 or formats == {"csv"}:
@@ -388,7 +388,7 @@ def dataset_classes(spec: SplitSpec, listing: pd.DataFrame) -> list[str]:
     if spec.format == "fashion-mnist":
         return list(FASHION_MNIST_CLASSES)
     if spec.format == "imagefolder":  # empty folders count too, so indices do not shift; sorted as composed
-        return sorted({nfc(name) for name in image_folder_classes(spec.path)})
+        return image_folder_classes(spec.path)
     return sorted(listing["class_name"].unique())
 
 
@@ -546,8 +546,9 @@ def stratified_split(listing: pd.DataFrame, class_names: list[str], spec: SplitS
     :func:`draw_rank` (a cap, ``max_<split>_per_class``, keeps the first in that order). An image's split thus
     depends on its own path, the other paths of its class and the seed, never on the other classes or the
     listing's order. ``left_out``: per class, the files the check left out (named when a class is left with too few)."""
-    keys = draw_keys(listing["path"], spec)
-    listing = listing.assign(draw_key=keys, draw_rank=[draw_rank(key, spec.seed) for key in keys])
+    if "draw_key" not in listing:  # as make_split gives it
+        listing = listing.assign(draw_key=draw_keys(listing["path"], spec))
+    listing = listing.assign(draw_rank=[draw_rank(key, spec.seed) for key in listing["draw_key"]])
     by_class = dict(tuple(listing.groupby("class_name", sort=False)))  # once: not a scan of every row per class
     given = official_splits(listing)
     caps = {"train": spec.max_train_per_class, "val": spec.max_val_per_class, "test": spec.max_test_per_class}
@@ -657,7 +658,7 @@ def checked_listing(listing: pd.DataFrame, spec: SplitSpec, threads: int = 1) ->
     thumbnails = {p: thumb for p, (reason, _, thumb) in zip(listing["path"], inspected) if reason is None}
     listing = listing[~listing["path"].isin({p for p, _ in unreadable})].reset_index(drop=True)
     digests = [digest for reason, digest, _ in inspected if reason is None]
-    redundant, conflicting = find_duplicates(listing, digests, draw_keys(listing["path"], spec))
+    redundant, conflicting = find_duplicates(listing, digests, listing["draw_key"])
     _refuse_bad({"unreadable image(s)": unreadable, "image(s) found under two labels (identical files)": conflicting}, spec)
     left_out = {p for p, _ in conflicting} | {item["path"] for item in redundant}
     return listing[~listing["path"].isin(left_out)].reset_index(drop=True), unreadable + conflicting, redundant, thumbnails
@@ -689,6 +690,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
     check_classes_have_images(listing, class_names, spec)
     listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
+    listing = listing.assign(draw_key=draw_keys(listing["path"], spec))  # for the copies kept and for the draw
     if spec.format == "imagefolder":
         check_names_are_utf8(listing, spec.path)
     bad: list[tuple[str, str]] = []
