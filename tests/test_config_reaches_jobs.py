@@ -159,8 +159,9 @@ def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile") -> str
     config given in a file or on the command line (:func:`command_line_config`)."""
     (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist and hold an image (checked at start)
     (tmp_path / "new_images" / "a.png").write_bytes(PNG)
-    (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)  # dataset.path (CHOSEN)
-    (tmp_path / "photos" / "cat" / "a.png").write_bytes(PNG)
+    for name in ("cat", "dog"):  # dataset.path (CHOSEN), with the classes dataset.classes [0, 1] names (checked at start)
+        (tmp_path / "photos" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name / "a.png").write_bytes(PNG)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config if via == "configfile" else {}, sort_keys=False))
     given = [] if via == "configfile" else ["--config", *command_line_config(config, via)]
