@@ -615,13 +615,12 @@ KEEP_ORDER = {"test": 0, "val": 1}
 
 
 def find_duplicates(listing: pd.DataFrame, digests: list[str | None],
-                    keys: list[str] | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+                    keys) -> tuple[list[dict], list[tuple[str, str]]]:
     """Files with the same bytes. Within a class, every copy but one (:data:`KEEP_ORDER`) is redundant and
     could put one image in two splits: ``[{path, same_as}]``. Across classes, the image is labelled two
     ways: ``(path, reason)`` of every copy. ``keys``: each path as :func:`draw_keys` gives it, whose length and
     order choose the copy kept (not the path as listed, whose length depends on how ``dataset.path`` is written)."""
-    keys = list(listing["path"]) if keys is None else list(keys)
-    frame = listing.assign(digest=digests, key=pd.Series(keys, index=listing.index, dtype=object))
+    frame = listing.assign(digest=digests, key=pd.Series(list(keys), index=listing.index, dtype=object))
     frame = frame[frame["digest"].notna() & frame["digest"].duplicated(keep=False)]
     frame = frame.assign(rank=frame["official_split"].map(KEEP_ORDER).fillna(len(KEEP_ORDER)),
                          length=[len(key) for key in frame["key"]])  # not .str: an empty column has no strings
