@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from faults import make_images, run_split
-from helpers import FASHION_MNIST
+from helpers import FASHION_MNIST, run_snakemake, tiny_config
 
 
 def split_of(out_dir: Path, root: Path) -> dict[str, str]:
@@ -33,7 +33,7 @@ def documented_split(root: Path, seed: int, val_fraction: float, test_fraction: 
         keys = sorted(f"{folder.name}/{f.name}" for f in folder.iterdir())
         order = sorted(keys, key=lambda key: int.from_bytes(
             hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest(), "big"))
-        n_test, n_val = (max(int(round(len(keys) * f)), 1) for f in (test_fraction, val_fraction))
+        n_test, n_val = (max(int(round(len(keys) * f)), 1) if f > 0 else 0 for f in (test_fraction, val_fraction))
         train = order[n_test + n_val:]
         expected.update({key: "test" for key in order[:n_test]})
         expected.update({key: "val" for key in order[n_test:n_test + n_val]})
@@ -48,6 +48,23 @@ def test_each_image_s_split_is_the_one_the_documented_rule_gives(tmp_path):
                "max_train_per_class": 6}
     assert run_split(dataset, tmp_path / "out").returncode == 0
     assert split_of(tmp_path / "out", root) == documented_split(root, 5, 0.2, 0.25, 6)
+
+
+@pytest.mark.parametrize("written", [None, 0.3])
+def test_the_source_dataset_draws_no_test_images_unless_its_test_fraction_is_written(tmp_path, written):
+    """Nothing reads the source's test images (pretrain trains on train and chooses its epoch on val): drawn by the
+    target's default of 0.2, a fifth of a user's own source images were taken from training for nothing."""
+    source = tmp_path / "source"
+    make_images(source, {"ant": 12, "bee": 9, "cow": 15})
+    dataset = {"format": "imagefolder", "path": str(source), "classes": None, "seed": 3, "val_fraction": 0.25,
+               "max_train_per_class": None, "max_val_per_class": None}
+    config = tiny_config(tmp_path / "run", pretrain={"dataset": {
+        **dataset, **({} if written is None else {"test_fraction": written})}})
+    run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/source.csv")
+    frame = pd.read_csv(tmp_path / "run/resources/splits/source.csv")
+    drawn = {Path(p).relative_to(source).as_posix(): s for p, s in zip(frame["path"], frame["split"])}
+    assert drawn == documented_split(source, 3, 0.25, written or 0, None)
+    assert ("test" in drawn.values()) == (written is not None)
 
 
 def moved(before: dict[str, str], after: dict[str, str], prefix: str) -> dict[str, tuple[str, str]]:

@@ -660,7 +660,8 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
                             "validation images, on which training chooses its best epoch; set it above 0 (default 0.2)")
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
             continue  # Fashion-MNIST has an official test split: test_fraction is ignored
-        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2)
+        # the source's test_fraction defaults to 0 (common.smk: nothing reads the source's test images)
+        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2 if prefix == "dataset" else 0)
         if isinstance(val, (int, float)) and isinstance(test, (int, float)) and val + test >= 1:
             problems.append(
                 f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave training images"

@@ -180,7 +180,13 @@ for _note in overridden_train_notes(config, _written.get("train") if isinstance(
 # its own: every `train` key (train.strategy included) reaches its jobs.
 _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default(SCHEMA, "experiments")))
 _arch_as_written = (config.get("weights") or {}).get("arch")
+_source_test_written = "test_fraction" in (((config.get("pretrain") or {}).get("dataset")) or {})
 validate(config, "../schemas/config.schema.yaml")
+# The source dataset's test images are read by nothing (pretrain trains on its train images and chooses its best
+# epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
+# ImageFolder or a CSV manifest but the val ones trains the source model. Fashion-MNIST's test split is its own file.
+if not _source_test_written and config["pretrain"]["dataset"]["format"] != "fashion-mnist":
+    config["pretrain"]["dataset"]["test_fraction"] = 0.0
 config["experiments"] = _experiments_as_written
 expand_home(config)  # dataset.path: ~/photos is the home folder's photos, as torchvision reads it
 # torchvision weights name their own architecture: weights.arch is only a check there, where written
