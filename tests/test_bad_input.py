@@ -469,6 +469,53 @@ def test_csv_class_list_names_a_label_not_in_the_manifest(tmp_path):
     assert f"error: dataset.classes: 'unicorn' is not a class of {manifest}; its classes are ['cat', 'dog']" in result.stdout
 
 
+def test_csv_labels_that_differ_only_in_case_are_refused_naming_the_rarer_spelling_s_lines(tmp_path):
+    """`Bag` on one row of a `bag` class: as a class of its own it failed for want of a test image ("give it test
+    images there"), a message that never said the label was misspelt nor where."""
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["dog/004.png,Dog"])
+    make_images(tmp_path / "extra", {"dog": 5})
+    (tmp_path / "images/dog/004.png").write_bytes((tmp_path / "extra/dog/004.png").read_bytes())
+    for classes in (None, ["cat", "dog"]):  # the typo left out of the classes chosen was dropped without a word
+        result = run_split({"format": "csv", "path": str(manifest), "classes": classes}, tmp_path / "out")
+        assert result.returncode == 1, result.stdout
+        assert (f"CSV manifest {manifest}: label(s) that differ only in case, one class written two ways: 'dog' (4 row(s): "
+                "line(s) 6, 7, 8, 9) and 'Dog' (1 row(s): line(s) 10)") in result.stdout, result.stdout
+
+
+def test_csv_rows_of_labels_not_chosen_are_counted_in_the_log_and_the_report(tmp_path):
+    """A misspelt label (`dgo`) on a row whose class is chosen left its image out without a word: the split's counts
+    changed by one, or not at all under a cap."""
+    make_images(tmp_path / "extra", {"dog": 6})
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["dog/004.png,dgo", "dog/005.png,bird"])
+    for name in ("004", "005"):
+        (tmp_path / f"images/dog/{name}.png").write_bytes((tmp_path / f"extra/dog/{name}.png").read_bytes())
+    result = run_split({"format": "csv", "path": str(manifest), "classes": ["cat", "dog"], "val_fraction": 0.25,
+                        "test_fraction": 0.25}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    report = json.loads((tmp_path / "out/split.report.json").read_text())
+    assert report["rows_of_other_labels"] == {"bird": 1, "dgo": 1}
+    assert (f"left out 2 row(s) of CSV manifest {manifest} whose label is not in dataset.classes (label and rows: "
+            "'bird' 1, 'dgo' 1)") in result.stdout, result.stdout
+    assert len(pd.read_csv(tmp_path / "out/split.csv")) == 8
+
+
+def test_csv_unreadable_images_are_named_with_their_manifest_lines(tmp_path):
+    manifest = write_manifest_csv(tmp_path, good_rows() + ["cat/broken.png,cat"])
+    (tmp_path / "images/cat/broken.png").write_text("not an image")
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"  {manifest.parent / 'cat/broken.png'} (line 10): cannot decode" in result.stdout, result.stdout
+
+
+def test_an_empty_csv_manifest_says_so(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"")
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert f"error: CSV manifest {manifest} is empty: check dataset.path (a CSV file with a header line path,label" \
+        in result.stdout, result.stdout
+
+
 def test_csv_manifest_that_works(tmp_path):
     """The control: the same manifest without the faults splits fine (relative paths, label column)."""
     manifest = write_manifest_csv(tmp_path, good_rows())
@@ -674,6 +721,32 @@ def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_b
         assert snapshot(tmp_path / "run" / "resources" / "splits") == before
     again = run_snakemake(tmp_path / "run", good, "--until", "split").stdout
     assert jobs_run(again) == [], again
+
+
+def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
+    """A row added for a file that is not there (or a row twice, a label differing only in case, a class of
+    dataset.classes the manifest lost) failed the split job, and Snakemake removed the split it had made before:
+    with the manifest put right, the split and every run after it were made again."""
+    manifest = write_manifest_csv(tmp_path, [f"{r},{'test' if r.endswith(('000.png,cat', '000.png,dog')) else ''}"
+                                             for r in good_rows()], header="path,label,split")
+    good_text = manifest.read_text()
+    dataset = {"format": "csv", "path": str(manifest), "classes": ["cat", "dog"], "val_fraction": 0.25}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    for edit, message in (
+            (good_text + "cat/lost.png,cat,\n", f"names 1 image(s) that do not exist: {manifest.parent / 'cat/lost.png'} (line 10)"),
+            (good_text + "cat/001.png,cat,\n", f"lists the same image more than once: {manifest.parent / 'cat/001.png'} (lines 3, 10)"),
+            (good_text.replace("dog/003.png,dog", "dog/003.png,Dog"), "label(s) that differ only in case"),
+            (good_text.replace(",cat,", ",kat,"), f"dataset.classes: 'cat' is not a class of {manifest}")):
+        manifest.write_text(edit)
+        result = run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv", check=False)
+        assert result.returncode != 0
+        assert message in result.stdout and "nothing ran, and the split made before is kept" in result.stdout, result.stdout[-3000:]
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    manifest.write_text(good_text)  # put right: newer than the split, checked, and the same split made again
+    run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv")
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
 
 
 def test_pretraining_on_the_target_s_own_classes_of_one_dataset_is_said_at_start(tmp_path):
@@ -1164,7 +1237,7 @@ def test_a_csv_row_naming_a_folder_is_refused_as_a_folder(tmp_path):
     manifest = write_manifest_csv(tmp_path, good_rows() + ["cat,cat"])
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
     assert result.returncode == 1, result.stdout
-    assert f"{manifest.parent / 'cat'}: is a folder, not an image file" in result.stdout
+    assert f"{manifest.parent / 'cat'} (line 10): is a folder, not an image file" in result.stdout
 
 
 def test_image_file_names_that_are_not_utf8_are_refused_naming_them(tmp_path):

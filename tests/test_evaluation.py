@@ -410,6 +410,23 @@ def test_near_duplicates_of_test_and_val_images_are_noted_under_the_leaderboard(
     assert notes["left out"] == [] and notes["none"] == [] and "near duplicate" not in pages["none"]
 
 
+def test_manifest_rows_of_labels_not_chosen_are_noted_under_the_leaderboard(tmp_path):
+    """A label misspelt in a CSV manifest (`bga`) left its image out of the split without a failure: the split's log
+    counted it, and nobody reads that log after a run that succeeded; the leaderboard's notes name it."""
+    runs = [write_run(tmp_path, "finetune", 0, 0.8, 0.7, 10.0)]
+    report = {"dataset": {"format": "csv", "path": "data/manifest.csv"}, "counts": {"bag": {"train": 3, "val": 1, "test": 1}},
+              "rows_of_other_labels": {"bga": 1, "coat": 12}}
+    notes = {}
+    for case, other in (("other labels", {"bga": 1, "coat": 12}), ("none", {})):
+        (tmp_path / "report.json").write_text(json.dumps({**report, "rows_of_other_labels": other}))
+        summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", split_report=tmp_path / "report.json")
+        notes[case] = [line for line in (tmp_path / "summary.md").read_text().splitlines() if "dataset.classes" in line]
+    assert notes["other labels"] == ["The target split left out 13 row(s) of CSV manifest data/manifest.csv whose label "
+                                     "is not in dataset.classes (label and rows: 'bga' 1, 'coat' 12): a row whose label is "
+                                     "misspelt is left out so too."]
+    assert notes["none"] == []
+
+
 # A sweep of three lr and a plain experiment, two seeds each: (validation, test accuracy) per seed. The
 # validation figures and the test figures order the sweep's runs differently.
 DISAGREE = {

@@ -305,7 +305,10 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
         raise DataError(f"CSV manifest {file} {what}: check dataset.path (a CSV file with a header line path,label)")
     try:
         frame = read_text_table(file)  # `path, label` and `cat/1.jpg, cat`, as written by hand, read as meant
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"CSV manifest {file} is empty: check dataset.path (a CSV file with a header line path,label, "
+                        "then one line per image)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot parse CSV manifest {file}: {exc}") from exc
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
@@ -319,10 +322,8 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
     if len(blank):
         line = table_lines(file, len(frame))
         raise DataError(f"CSV manifest {file}: empty path or label on line(s) {', '.join(str(line[i]) for i in blank[:10])}")
-    # Relative paths are relative to the manifest, so a dataset folder can be moved as a whole. Spaces around a
-    # path are not part of it (`cat/1.jpg , cat`), as around a label.
     base = file.parent
-    paths = [p if os.path.isabs(p) else str(base / p) for p in frame["path"].str.strip()]
+    paths = _manifest_paths(frame, file)
     rows: dict[str, list[int]] = {}
     for row, p in enumerate(paths):  # absolute: a row written relative and one written absolute are one file
         rows.setdefault(os.path.abspath(p), []).append(row)
@@ -342,11 +343,45 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
             f"(relative paths are read from the manifest's folder {base})"
         )
     official = _official_splits(frame["split"], file).to_numpy() if "split" in frame.columns else ""
-    listing = pd.DataFrame({"path": paths, "class_name": frame["label"].str.strip().to_numpy(), "official_split": official})
+    labels = frame["label"].str.strip().map(nfc)
+    _refuse_labels_differing_in_case(labels, file)
+    listing = pd.DataFrame({"path": paths, "class_name": labels.to_numpy(), "official_split": official})
     # In the order of the images' paths, not of the lines: the split is drawn from the listing, and a manifest
     # exported again in another order (a database's, a spreadsheet sorted) must not move images between splits.
     order = sorted(range(len(paths)), key=lambda row: os.path.normpath(paths[row]))
     return listing.iloc[order].reset_index(drop=True)
+
+
+def _manifest_paths(frame: pd.DataFrame, manifest: Path) -> list[str]:
+    """The images a manifest's rows name, in its rows' order: relative paths are relative to the manifest, so a
+    dataset folder can be moved as a whole; spaces around a path are not part of it (`cat/1.jpg , cat`)."""
+    return [p if os.path.isabs(p) else str(manifest.parent / p) for p in frame["path"].str.strip()]
+
+
+def manifest_lines(manifest: str) -> dict[str, int]:
+    """{image path, as the listing gives it: the line of the manifest that names it}, for a message on images: the
+    manifest is read again, only then."""
+    frame = read_text_table(Path(manifest))
+    return dict(zip(_manifest_paths(frame, Path(manifest)), table_lines(manifest, len(frame))))
+
+
+def _refuse_labels_differing_in_case(labels: pd.Series, file: Path) -> None:
+    """Labels that differ only in case (``Bag`` beside ``bag``) are one class misspelt: as two classes, the rarer
+    one failed for want of test images, or was left out of ``dataset.classes`` without a word."""
+    spellings = labels.groupby(labels.str.casefold()).unique()
+    twice = [sorted(found, key=lambda label: (-(labels == label).sum(), label)) for found in spellings if len(found) > 1]
+    if not twice:
+        return
+    line = table_lines(file, len(labels))
+
+    def rows(label: str) -> str:
+        where = labels.index[labels == label]
+        shown = ", ".join(str(line[i]) for i in where[:5]) + (" ..." if len(where) > 5 else "")
+        return f"{label!r} ({len(where)} row(s): line(s) {shown})"
+
+    listed = "; ".join(" and ".join(rows(label) for label in found) for found in twice[:10])
+    raise DataError(f"CSV manifest {file}: label(s) that differ only in case, one class written two ways: {listed}. "
+                    "Write each class one way (labels are class names, read case-sensitively)")
 
 
 def _official_splits(column: pd.Series, file: Path) -> pd.Series:
@@ -641,7 +676,8 @@ def _refuse_bad(kinds: dict[str, list[tuple[str, str]]], spec: SplitSpec) -> Non
     one message, so that one round of fixes is enough."""
     found = {what: bad for what, bad in kinds.items() if bad}
     if found and spec.on_bad_image != "skip":
-        lines = "\n".join(f"  {p}: {r}" for bad in found.values() for p, r in bad)
+        line = manifest_lines(spec.path) if spec.format == "csv" else {}
+        lines = "\n".join(f"  {p}{f' (line {line[p]})' if p in line else ''}: {r}" for bad in found.values() for p, r in bad)
         raise DataError(
             f"{' and '.join(f'{len(bad)} {what}' for what, bad in found.items())} in {spec.path}: fix or delete them, "
             f"or set dataset.on_bad_image: skip to leave them out (they are then listed in the split report):\n{lines}"
@@ -675,6 +711,13 @@ def _left_out_by_class(listed: pd.DataFrame, bad: list[tuple[str, str]], duplica
     return left_out
 
 
+def other_labels_line(counts: dict[str, int], manifest: str) -> str:
+    """The split report's ``rows_of_other_labels`` as the log and the summary say it."""
+    listed = ", ".join(f"{label!r} {n}" for label, n in list(counts.items())[:20]) + (" ..." if len(counts) > 20 else "")
+    return (f"left out {sum(counts.values())} row(s) of CSV manifest {manifest} whose label is not in dataset.classes "
+            f"(label and rows: {listed}): a row whose label is misspelt is left out so too")
+
+
 def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict. Each part ends a lap
     of the job's time line (:mod:`finetune.jobclock`): listing, checking images, split, near duplicates."""
@@ -688,7 +731,10 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
         raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
     check_classes_have_images(listing, class_names, spec)
-    listing = listing[listing["class_name"].isin(class_names)].reset_index(drop=True)
+    chosen = listing["class_name"].isin(class_names)
+    # A manifest's rows of other labels: a label misspelt in a row (`bga`) leaves its image out, as a class not chosen
+    other_labels = listing[~chosen]["class_name"].value_counts().sort_index().to_dict() if spec.format == "csv" else {}
+    listing = listing[chosen].reset_index(drop=True)
     listing = listing.assign(draw_key=draw_keys(listing["path"], spec))  # for the copies kept and for the draw
     if spec.format == "imagefolder":
         check_names_are_utf8(listing, spec.path)
@@ -719,6 +765,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "ignored_files": ignored_files,
         "images_outside_class_folders": outside,
         "layout_note": note,
+        "rows_of_other_labels": {str(label): int(n) for label, n in other_labels.items()},
     }
     return split, report
 

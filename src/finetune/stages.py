@@ -964,7 +964,14 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
     notes = tta_notes(per_run, exported_tta) + chance_notes(per_run, table) + paired_notes(runs, table)
     notes += never_predicted_notes(per_run, chosen)
-    notes += near_duplicate_notes(read_json(split_report), str(split_report), table) if split_report is not None else []
+    if split_report is not None:
+        report = read_json(split_report)
+        notes += near_duplicate_notes(report, str(split_report), table)
+        if report.get("rows_of_other_labels"):  # a misspelt label: images left out without a failure
+            from .data import other_labels_line
+
+            line = other_labels_line(report["rows_of_other_labels"], report["dataset"]["path"])
+            notes.append(f"The target split {line}.")
     write_text(out_md, markdown(table) + "".join(f"\n{note}\n" for note in notes))
     if out_selected is not None:
         write_json(out_selected, chosen)

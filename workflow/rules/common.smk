@@ -782,6 +782,19 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         _problem = image_folder_classes_problem(_cfg["path"], _cfg["classes"])
         if _problem:
             raise WorkflowError(f"{named_under(_problem, _key)}: nothing ran, and what was made from it is kept")
+    _split_file = f"resources/splits/{_dataset}.csv"
+    if not _folder and (not os.path.exists(_split_file) or os.path.getmtime(_path) > os.path.getmtime(_split_file)):
+        # A manifest edited since its split was made: its rows are checked here (a missing file, a row twice, a split
+        # value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose failure
+        # would remove the split, so that the run after the fix trained everything again. Unreadable images are found
+        # by the split job, which opens each image.
+        from finetune.data import DataError, list_csv_manifest, named_under, select_classes
+
+        try:
+            _listing = list_csv_manifest(_path)
+            select_classes(sorted(set(_listing["class_name"])), _cfg.get("classes"), where=_path)
+        except DataError as _exc:
+            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and the split made before is kept")
 
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn

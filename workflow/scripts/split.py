@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from finetune.cli import json_arg, run
-from finetune.data import named_under
+from finetune.data import named_under, other_labels_line
 from finetune.errors import FinetuneError
 from finetune.images import not_read_line
 from finetune.stages import split_stage
@@ -48,6 +48,9 @@ def say_report(report: dict, path: Path, say) -> None:
     if outside:
         say(f"ignored {len(outside)} image(s) outside any class folder (an image's class is the folder it is in), "
             f"listed in {path}: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}")
+    other = report.get("rows_of_other_labels")
+    if other:
+        say(other_labels_line(other, report["dataset"]["path"]))
     if report["layout_note"]:
         say(f"note: {report['layout_note']}")
     if report["duplicate_images"]:
