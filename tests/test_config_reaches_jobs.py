@@ -347,8 +347,11 @@ def test_every_weights_key_a_source_reads_reaches_the_weights_job(tmp_path, sour
         (tmp_path / weights["path"]).write_bytes(b"")  # it must exist at start: an input of the weights rule
     jobs = dry_run(tmp_path, {"weights": weights})
     (options,) = jobs_of(jobs, "weights")
-    fetch = json.loads(options["fetch"])  # how to fetch them (and torchvision's arch, a check): not compared between runs
-    assert set(fetch) == {"timeout_s", "mirror", "url", *(["arch"] if source == "torchvision" else [])}
+    # how to fetch them (and torchvision's arch, a check; the path as written, whose file the job's file state pins):
+    # not compared between runs
+    fetch = json.loads(options["fetch"])
+    assert set(fetch) == {"timeout_s", "mirror", "url", *(["arch"] if source == "torchvision" else []),
+                          *(["path"] if source == "path" else [])}
     carried = json.dumps({**json.loads(options["weights"]), **fetch})
     # The same weights in the words the job compares between runs: the alias as the member it names (torchvision's
     # own answer), the preprocessing's keys left out at the schema's values.
@@ -650,7 +653,7 @@ def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):
     jobs = commands(output)
     split = json.loads(jobs_of(jobs, "split", out="resources/splits/target.csv")[0]["dataset"])
     assert split["path"] == str(home / "photos")
-    assert json.loads(jobs_of(jobs, "weights")[0]["weights"])["path"] == str(home / "w.pth")
+    assert json.loads(jobs_of(jobs, "weights")[0]["fetch"])["path"] == str(home / "w.pth")
     assert jobs_of(jobs, "predict")[0]["images"] == str(home / "incoming")
 
 

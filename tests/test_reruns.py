@@ -240,6 +240,32 @@ def test_an_older_weights_file_switched_in_at_weights_path_reruns_the_weights(tm
     assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
 
 
+def test_the_same_weights_file_named_by_another_path_or_a_link_reruns_nothing(tmp_path):
+    """weights.path written relative instead of absolute, or as a symbolic link to the same file: the weights job ran
+    again (its params held the path as written, its input was the link), rewrote the same weights, and every run
+    was trained again from them."""
+    import torch
+
+    from finetune.models import build_architecture
+
+    run = tmp_path / "run"
+    (tmp_path / "w").mkdir()
+    torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / "w" / "weights.pth")
+    weights = {"source": "path", "path": str(tmp_path / "w" / "weights.pth"), "arch": "resnet18", "preprocessing": PREPROCESSING}
+    config = tiny_config(run, replace={"weights": weights})
+    target = ("--printshellcmds", "resources/weights/manifest.json")
+    assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
+    time.sleep(0.05)
+    os.symlink(tmp_path / "w" / "weights.pth", tmp_path / "link.pth")  # newer than the weights job's outputs
+    for path in ("../w/weights.pth", str(tmp_path / "link.pth")):
+        tiny_config(run, replace={"weights": {**weights, "path": path}})
+        assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == [], path
+    # the control: another file at the path the link leads to reruns the weights
+    torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / "w" / "other.pth")
+    os.replace(tmp_path / "w" / "other.pth", tmp_path / "w" / "weights.pth")
+    assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
+
+
 def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path):
     """The file is pinned by its sha256: a longer timeout_s or another url (a mirror of the same file) reruns
     nothing (before, a longer timeout retrained every run); another sha256 reruns the weights. The weights job

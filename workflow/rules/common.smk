@@ -464,8 +464,8 @@ def weights_inputs(wildcards):
     inputs = {"script": script("weights"), "modules": package_modules("weights")}
     if config["weights"]["source"] == "pretrain":
         inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
-    if config["weights"]["source"] == "path":
-        inputs["weights_file"] = local(config["weights"]["path"])
+    if config["weights"]["source"] == "path":  # the file itself: the path written another way, or a link to it, is it
+        inputs["weights_file"] = local(os.path.realpath(config["weights"]["path"]))
     return inputs
 
 
@@ -517,6 +517,8 @@ def weights_identity():
         weights["preprocessing"] = {**PREPROCESSING_DEFAULTS, **weights["preprocessing"]}
     if weights.get("sha256"):
         weights["sha256"] = str(weights["sha256"]).lower()  # hex digits: one hash in either case
+    if weights["source"] == "path":  # the file is pinned by its state (weights_file_state), however the path is written
+        weights.pop("path")
     return as_json(weights)
 
 
@@ -524,6 +526,8 @@ def weights_fetch():
     """How the weights are fetched, and with torchvision's their weights.arch where written: a check, made at start
     and again by the job (where torchvision's source could not be read at start), that does not fix the weights."""
     fetch = {k: v for k, v in config["weights"].items() if k in WEIGHTS_FETCH_KEYS}
+    if config["weights"]["source"] == "path":  # as written, for the job's messages and manifest: weights_identity
+        fetch["path"] = config["weights"]["path"]
     if config["weights"]["source"] == "torchvision" and config["weights"].get("arch"):
         fetch["arch"] = config["weights"]["arch"]
     return NotARerunTrigger(as_json(fetch))
