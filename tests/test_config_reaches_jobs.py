@@ -599,9 +599,10 @@ def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_
     the unfreeze). A run of 4 epochs cannot stop early; one of 5 can."""
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 5, "early_stopping_patience": 3},
               "experiments": {"short": {"epochs": 4}, "long": {"epochs": 5},
-                              "late": {"strategy": "gradual", "unfreeze_epoch": 2, "epochs": 5}}}
+                              "late": {"strategy": "gradual", "unfreeze_epoch": 2, "epochs": 5, "early_stopping_patience": 3}}}
     output = dry_run_output(tmp_path, config)
-    assert ("note: experiments.short: early_stopping_patience 3 with epochs 4: the run cannot stop early (the earliest "
+    # named where written: `train` for short, which takes it from there (it named the experiment's own key)
+    assert ("note: experiments.short: train.early_stopping_patience 3 with epochs 4: the run cannot stop early (the earliest "
             "stop is after epoch 4: 3 epochs without a better val_accuracy after epoch 1)") in output, output[-3000:]
     assert ("note: experiments.late: early_stopping_patience 3 with epochs 5: the run cannot stop early (the earliest "
             "stop is after epoch 5: 3 epochs without a better val_accuracy after epoch 2)") in output, output[-3000:]

@@ -241,6 +241,9 @@ def test_the_lr_find_rule_runs_the_configured_range_test_and_train_uses_its_sugg
     assert any(math.isclose(suggestion["lr"], lr) or math.isclose(suggestion["lr"], lr / 10) for lr in lrs)
     info = json.loads((tmp_path / "results/auto/seed0/train_info.json").read_text())
     assert info["lr_used"] == suggestion["lr"] and info["options"]["lr"] == "auto"
+    log = (tmp_path / "results/logs/train/auto/seed0.log").read_text()  # its epochs' lines give the schedule's lr
+    assert f"lr {suggestion['lr']:.4g} (lr: auto): the suggestion of the learning-rate finder, " \
+           f"results/lr_find/auto/suggestion.json" in log, log
     # another range-test setting reruns the range test and the train job that read it, nothing upstream
     configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}},
                                                 "lr_find": {**RANGE_TEST, "steps": 30}})

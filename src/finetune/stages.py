@@ -455,6 +455,8 @@ def train_stage(split_csv: Path, manifest_path: Path | dict, options: dict, out_
 
     ensure_writable(out_checkpoint, out_history, out_info)
     loop_options, lr_used = resolve_lr(options, lr_from)
+    if lr_from is not None and ranks.main:  # the epochs' lines give the schedule's lr, which starts from this one
+        log(f"lr {lr_used:.4g} (lr: auto): the suggestion of the learning-rate finder, {lr_from}")
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, loop_options, threads, pretrained, image_size, decoded)
     split_sha = sha256_of(split_csv)

@@ -688,7 +688,8 @@ for _run in EXPERIMENTS:
     if _patience and _first + _patience >= _cfg["epochs"]:
         _experiment = SWEEP_OF.get(_run, _run)
         _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
-        say(f"{_named}: early_stopping_patience {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
+        _key = "early_stopping_patience" if "early_stopping_patience" in EXPERIMENTS[_run] else "train.early_stopping_patience"
+        say(f"{_named}: {_key} {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
             f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
             f"{_cfg['metric']} after epoch {_first})")
 
