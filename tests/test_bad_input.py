@@ -747,6 +747,23 @@ def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the
     manifest.write_text(good_text)  # put right: newer than the split, checked, and the same split made again
     run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv")
     assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    # dataset.classes misspelt, the manifest as it was: checked too (the split job refused it, and the split was gone),
+    # for the source's manifest naming pretrain.dataset.classes
+    for key, replace in (("dataset", {"dataset": {**dataset, "classes": ["cat", "dgo"]}}),
+                         ("pretrain.dataset", {"pretrain": {**TINY_CONFIG["pretrain"], "dataset": {**dataset, "classes": ["cat", "dgo"]}}})):
+        bad = tiny_config(tmp_path / "run", "bad.yaml", replace={"dataset": dataset, **replace})
+        result = run_snakemake(tmp_path / "run", bad, "--printshellcmds", "resources/splits/target.csv", check=False)
+        assert result.returncode != 0
+        assert (f"{key}.classes: 'dgo' is not a class of {manifest}; its classes are ['cat', 'dog']: nothing ran, and "
+                f"{'the split made before is kept' if key == 'dataset' else 'no split was made from it'}") in result.stdout, \
+            result.stdout[-3000:]
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    # the same text touched, an image it names gone since the split (decoded already): nothing to check at start, as
+    # before the check (the manifest's time alone had it read, and the run stopped)
+    (manifest.parent / "cat" / "003.png").unlink()
+    os.utime(manifest)
+    result = run_snakemake(tmp_path / "run", config, "-n", "resources/splits/target.csv", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_pretraining_on_the_target_s_own_classes_of_one_dataset_is_said_at_start(tmp_path):

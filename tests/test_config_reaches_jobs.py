@@ -217,7 +217,7 @@ FASHION_MNIST_ONLY = ("download_dir", "download_timeout_s")  # refused with anot
 def everything_changed_but_weights() -> dict:
     return {
         "dataset": changed("dataset", skip=FASHION_MNIST_ONLY),
-        "pretrain": {"dataset": changed("pretrain.dataset", skip=FASHION_MNIST_ONLY),
+        "pretrain": {"dataset": changed("pretrain.dataset", skip=(*FASHION_MNIST_ONLY, "max_test_per_class")),  # refused: below
                      "image_size": non_default("pretrain", "image_size",
                                                                                         section_keys("pretrain")["image_size"]),
                      "train": changed("pretrain.train", skip=NOT_PRETRAIN)},
@@ -322,10 +322,15 @@ def test_a_dataset_key_the_format_does_not_read_is_refused(tmp_path, fmt, key):
     assert f"dataset.{key}: not used with dataset.format: {fmt} (" in result.stdout, result.stdout[-2000:]
 
 
-def test_a_test_cap_on_the_source_dataset_pretrain_never_tests_on_is_refused(tmp_path):
-    """pretrain.dataset.max_test_per_class with Fashion-MNIST changed the source split (and so pretrained again) and
-    nothing else: pretrain reads the source's train and val images only."""
-    config = tiny_config(tmp_path, pretrain={"dataset": {"max_test_per_class": 5}})
+@pytest.mark.parametrize("fmt", ["fashion-mnist", "imagefolder"])
+def test_a_test_cap_on_the_source_dataset_pretrain_never_tests_on_is_refused(tmp_path, fmt):
+    """pretrain.dataset.max_test_per_class changed the source split (and so pretrained again) and nothing else:
+    pretrain reads the source's train and val images only (an ImageFolder's cap was taken without a word, and
+    since the source draws no test images where its test_fraction is not written, it caps nothing)."""
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    dataset = {"max_test_per_class": 5} if fmt == "fashion-mnist" else {
+        "format": "imagefolder", "path": str(tmp_path / "photos"), "classes": None, "max_test_per_class": 5}
+    config = tiny_config(tmp_path, pretrain={"dataset": dataset})
     result = run_snakemake(tmp_path, config, "-n", check=False)
     assert result.returncode != 0
     assert "pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's train and val " \

@@ -496,6 +496,10 @@ def _lr_auto_problems(experiments: dict, runs: dict, experiment_of: dict, train:
     return problems
 
 
+# The source dataset's test_fraction where not written (ImageFolder, CSV): nothing reads the source's test images
+# (pretrain trains on its train images and chooses its best epoch on its val ones), so none are drawn (common.smk).
+SOURCE_TEST_FRACTION = 0.0
+
 # The dataset keys a format does not read: written, they are refused rather than silently ignored.
 _DOWNLOAD_KEYS = dict.fromkeys(("download_dir", "download_timeout_s"), "only fashion-mnist is downloaded")
 DATASET_KEYS_NOT_READ = {
@@ -650,18 +654,16 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if isinstance(dataset, dict):
             problems += _dataset_problems(prefix, dataset)
-        if prefix == "pretrain.dataset" and isinstance(dataset, dict) and dataset.get("max_test_per_class") is not None \
-                and dataset.get("format", "fashion-mnist") == "fashion-mnist":
+        if prefix == "pretrain.dataset" and isinstance(dataset, dict) and dataset.get("max_test_per_class") is not None:
             problems.append("pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's "
-                            "train and val images, and Fashion-MNIST's test images are never read; remove it")
+                            "train and val images, and its test images are never read; remove it")
         if isinstance(dataset, dict) and dataset.get("format", "fashion-mnist") == "fashion-mnist" \
                 and dataset.get("val_fraction") == 0:
             problems.append(f"{prefix}.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no "
                             "validation images, on which training chooses its best epoch; set it above 0 (default 0.2)")
         if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
             continue  # Fashion-MNIST has an official test split: test_fraction is ignored
-        # the source's test_fraction defaults to 0 (common.smk: nothing reads the source's test images)
-        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2 if prefix == "dataset" else 0)
+        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2 if prefix == "dataset" else SOURCE_TEST_FRACTION)
         if isinstance(val, (int, float)) and isinstance(test, (int, float)) and val + test >= 1:
             problems.append(
                 f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave training images"

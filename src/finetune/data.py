@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fileio import read_text_table, table_lines
+from .fileio import read_text_table, sha256_of, table_lines
 from .jobclock import lap
 from .images import IMAGE_EXTENSIONS, SPLIT_NAMES, extension_counts, files_below, idx_thumbnails, inspect_image, read_idx, split_ref
 
@@ -711,6 +711,23 @@ def _left_out_by_class(listed: pd.DataFrame, bad: list[tuple[str, str]], duplica
     return left_out
 
 
+def chosen_classes(spec: SplitSpec, listing: pd.DataFrame) -> list[str]:
+    """``dataset.classes`` resolved against the listing (every class where null): at least two, each with an image."""
+    class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
+    if len(class_names) < 2:
+        layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
+        raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
+    check_classes_have_images(listing, class_names, spec)
+    return class_names
+
+
+def check_csv_manifest(manifest: str, classes: list | None) -> None:
+    """What the split job checks of a CSV manifest's rows without opening an image (each file there, no row twice,
+    the split marks, the labels, ``dataset.classes`` against them), for the check at start: DataError as it would."""
+    spec = SplitSpec(format="csv", path=manifest, classes=classes)
+    chosen_classes(spec, list_dataset(spec))
+
+
 def other_labels_line(counts: dict[str, int], manifest: str) -> str:
     """The split report's ``rows_of_other_labels`` as the log and the summary say it."""
     listed = ", ".join(f"{label!r} {n}" for label, n in list(counts.items())[:20]) + (" ..." if len(counts) > 20 else "")
@@ -722,15 +739,12 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
     """List, check, select and split a dataset. Returns the split and a report dict. Each part ends a lap
     of the job's time line (:mod:`finetune.jobclock`): listing, checking images, split, near duplicates."""
     listing = list_dataset(spec)
+    manifest_sha256 = sha256_of(spec.path) if spec.format == "csv" else None  # read as listed (it exists)
     lap("listing")
     ignored_files = dict(listing.attrs.get("ignored_files", {}))
     outside = list(listing.attrs.get("outside_class_folders", []))
     note = listing.attrs.get("layout_note")
-    class_names = select_classes(dataset_classes(spec, listing), spec.classes, where=spec.path)
-    if len(class_names) < 2:
-        layout = f"one folder per class, {spec.path}/<class>/<image>" if spec.format == "imagefolder" else "a second label"
-        raise DataError(f"{spec.path} has one class only ({class_names[0]!r}): a classifier needs at least two ({layout})")
-    check_classes_have_images(listing, class_names, spec)
+    class_names = chosen_classes(spec, listing)
     chosen = listing["class_name"].isin(class_names)
     # A manifest's rows of other labels: a label misspelt in a row (`bga`) leaves its image out, as a class not chosen
     other_labels = listing[~chosen]["class_name"].value_counts().sort_index().to_dict() if spec.format == "csv" else {}
@@ -767,6 +781,8 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "layout_note": note,
         "rows_of_other_labels": {str(label): int(n) for label, n in other_labels.items()},
     }
+    if spec.format == "csv":  # what the check at start compares: the manifest and classes this split was made from
+        report["manifest"] = {"sha256": manifest_sha256, "classes": spec.classes}
     return split, report
 
 

@@ -38,8 +38,9 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import (config_problems, format_problems, job_options, overridden_train_notes,
-                                  range_test_options, schema_default, torchvision_weights_member, train_defaults)
+from finetune.configcheck import (SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
+                                  overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
+                                  train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, has_option, option_differences, own_sections, pending_jobs,
@@ -186,7 +187,7 @@ validate(config, "../schemas/config.schema.yaml")
 # epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
 # ImageFolder or a CSV manifest but the val ones trains the source model. Fashion-MNIST's test split is its own file.
 if not _source_test_written and config["pretrain"]["dataset"]["format"] != "fashion-mnist":
-    config["pretrain"]["dataset"]["test_fraction"] = 0.0
+    config["pretrain"]["dataset"]["test_fraction"] = SOURCE_TEST_FRACTION
 config["experiments"] = _experiments_as_written
 expand_home(config)  # dataset.path: ~/photos is the home folder's photos, as torchvision reads it
 # torchvision weights name their own architecture: weights.arch is only a check there, where written
@@ -465,8 +466,18 @@ def weights_inputs(wildcards):
     if config["weights"]["source"] == "pretrain":
         inputs |= {"pretrained_weights": rules.pretrain.output.weights, "pretrained_info": rules.pretrain.output.info}
     if config["weights"]["source"] == "path":  # the file itself: the path written another way, or a link to it, is it
-        inputs["weights_file"] = local(os.path.realpath(config["weights"]["path"]))
+        inputs["weights_file"] = local(resolved(config["weights"]["path"]))
     return inputs
+
+
+def resolved(path):
+    """A file as itself: links resolved, relative to the working directory where it lies below it (a project folder
+    moved or renamed is the same files), else absolute."""
+    real = Path(os.path.realpath(path))
+    try:
+        return str(real.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(real)
 
 
 class NotARerunTrigger:
@@ -496,7 +507,7 @@ def weights_file_state():
         stat = os.stat(config["weights"]["path"])
     except OSError:
         return "missing"
-    return f"{os.path.realpath(config['weights']['path'])} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
+    return f"{resolved(config['weights']['path'])} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
 
 
 # weights.preprocessing's keys left out, as the schema describes them (finetune.images.Preprocessing reads them so):
@@ -688,7 +699,8 @@ for _run in EXPERIMENTS:
     if _patience and _first + _patience >= _cfg["epochs"]:
         _experiment = SWEEP_OF.get(_run, _run)
         _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
-        _key = "early_stopping_patience" if "early_stopping_patience" in EXPERIMENTS[_run] else "train.early_stopping_patience"
+        _key = train_key_names(_run).get("early_stopping_patience", "train.early_stopping_patience")
+        _key = _key.removeprefix(f"experiments.{_experiment}.")  # its own (or its sweep's), or train's
         say(f"{_named}: {_key} {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
             f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
             f"{_cfg['metric']} after epoch {_first})")
@@ -760,6 +772,18 @@ if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(
     raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
                         f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
 
+def manifest_changed(manifest, classes, split_file):
+    """Whether a CSV manifest's text or dataset.classes differ from those its split (``split_file``) was made from, as
+    its report records them (a sha256 of the manifest: one read of it, no image looked at); no split or record: yes."""
+    from finetune.fileio import sha256_of
+
+    try:
+        made_from = json.loads(Path(split_file).with_suffix(".report.json").read_text())["manifest"]
+        return made_from != {"sha256": sha256_of(manifest), "classes": classes}
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 # An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
 # would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
 # everything from a split the same as before.
@@ -787,19 +811,19 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         _problem = image_folder_classes_problem(_cfg["path"], _cfg["classes"])
         if _problem:
             raise WorkflowError(f"{named_under(_problem, _key)}: nothing ran, and what was made from it is kept")
-    _split_file = f"resources/splits/{_dataset}.csv"
-    if not _folder and (not os.path.exists(_split_file) or os.path.getmtime(_path) > os.path.getmtime(_split_file)):
-        # A manifest edited since its split was made: its rows are checked here (a missing file, a row twice, a split
-        # value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose failure
-        # would remove the split, so that the run after the fix trained everything again. Unreadable images are found
-        # by the split job, which opens each image.
-        from finetune.data import DataError, list_csv_manifest, named_under, select_classes
+    _split_file = output_path(f"resources/splits/{_dataset}.csv")
+    if not _folder and manifest_changed(_path, _cfg.get("classes"), _split_file):
+        # A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing
+        # file, a row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the
+        # split job, whose failure would remove the split, so that the run after the fix trained everything again.
+        # Unreadable images are found by the split job, which opens each image.
+        from finetune.data import DataError, check_csv_manifest, named_under
 
         try:
-            _listing = list_csv_manifest(_path)
-            select_classes(sorted(set(_listing["class_name"])), _cfg.get("classes"), where=_path)
+            check_csv_manifest(_path, _cfg.get("classes"))
         except DataError as _exc:
-            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and the split made before is kept")
+            _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
+            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
 
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn

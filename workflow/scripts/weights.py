@@ -11,8 +11,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", type=json_arg, required=True, help="the weights config (JSON)")
     parser.add_argument("--fetch", type=json_arg, default={},
-                        help="how to fetch them, merged into --weights (JSON: timeout_s, mirror, url; the workflow "
-                             "passes these apart: they do not rerun the job)")
+                        help="how to fetch them, merged into --weights (JSON: timeout_s, mirror, url; path, the file's "
+                             "state pinning it; the workflow passes these apart: they do not rerun the job)")
     parser.add_argument("--out-weights", type=Path, required=True)
     parser.add_argument("--out-manifest", type=Path, required=True)
     parser.add_argument("--pretrained-weights", type=Path, help="with source pretrain: the pretrain rule's weights")
