@@ -510,6 +510,11 @@ def test_ties_on_val_accuracy_go_to_the_lower_val_loss_for_seeds_and_runs(tmp_pa
     assert (chosen["experiment"], chosen["seed"]) == (run, seed), chosen
     # within the chosen run alone, the seed tied on val_accuracy goes the same way
     assert choose_model([tmp_path / "first" / "seed0", tmp_path / "first" / "seed1"], "m")["seed"] == 1
+    # one share written an ulp apart by the float sums of other recalls (11/18 as (1, 5, 5)/6 and (4, 4, 3)/6): a tie
+    (tmp_path / "ulp").mkdir()
+    ulp = [write_run(tmp_path / "ulp", "one", seed, 0.8, 0.8, 1.0, val=val, val_loss=loss, metric=metric)
+           for seed, (val, loss) in enumerate(((0.6111111111111112, 1.05), (0.611111111111111, 0.30)))]
+    assert choose_model([r["info"].parent for r in ulp], "m")["seed"] == 1
 
 
 def test_runs_with_as_many_validation_images_right_tie_whatever_the_float_sums_and_rank_by_val_loss(tmp_path):

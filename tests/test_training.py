@@ -541,6 +541,34 @@ def test_the_best_epoch_breaks_accuracy_ties_by_validation_loss(metric):
     assert by_loss.best["epoch"] == 5  # metric val_loss: the lowest loss, whatever the accuracy
 
 
+def test_one_balanced_accuracy_reached_by_other_recalls_is_one_float_and_ties_go_to_the_lower_loss():
+    """6 validation images per class: recalls (1, 5, 5)/6 and (4, 4, 3)/6 are both 11/18 balanced accuracy, but their
+    float means were 0.6111111111111112 and 0.611111111111111, so the epoch an ulp above was kept over the later one of
+    lower val_loss (and the seed an ulp above chosen). Now the figure is the exact share, and shares compare exactly."""
+    from fractions import Fraction
+
+    from finetune.progress import Progress, track_best
+    from finetune.selection import best_epoch_row
+    from finetune.training import _accuracies
+
+    def counts(right):
+        return torch.tensor([[6, 6, 6], right], dtype=torch.float64)
+
+    old = [math.fsum(r / 6 for r in right) / 3 for right in ((1, 5, 5), (4, 4, 3))]
+    assert old[0] != old[1]  # the case as the helper found it
+    ours = [_accuracies(counts(right))["val_balanced_accuracy"] for right in ((1, 5, 5), (4, 4, 3))]
+    assert ours == [float(Fraction(11, 18))] * 2
+    # and rows written by the old computation (a history from before) tie too, going to the lower loss
+    rows = [{"epoch": 1, "val_balanced_accuracy": old[0], "val_loss": 1.0557}, {"epoch": 2, "val_balanced_accuracy": 0.5, "val_loss": 0.9},
+            {"epoch": 3, "val_balanced_accuracy": old[1], "val_loss": 1.0162}]
+    assert best_epoch_row(rows, "val_balanced_accuracy")["epoch"] == 3
+    opts = TrainOptions.from_dict({"metric": "val_balanced_accuracy"})
+    progress = Progress(history=[], best={"state": {}, "metric": float("-inf"), "epoch": -1})
+    for row in rows:
+        track_best(progress, torch.nn.Linear(2, 2), row, opts)
+    assert progress.best["epoch"] == 3
+
+
 def test_pretrain_records_the_figures_of_the_epoch_it_kept(tiny_run, tmp_path):
     """pretrain with metric val_loss keeps the lowest validation loss's epoch; its info.json (and the weights'
     manifest, the log) gave the highest validation accuracy of any epoch, which may be another epoch's."""

@@ -36,6 +36,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
@@ -820,9 +821,9 @@ def _accuracies(counts: torch.Tensor) -> dict[str, float]:
     """Accuracy and balanced accuracy (the mean of the classes' recalls, over the classes the split holds) from
     :func:`_class_counts`. Both from integer counts: the exact share (42 of 50: 0.84), not a float32 mean
     (0.8399999737739563)."""
-    images, right = (row.tolist() for row in counts)
-    recalls = [r / n for r, n in zip(right, images) if n > 0]
-    return {"val_accuracy": sum(right) / sum(images), "val_balanced_accuracy": math.fsum(recalls) / len(recalls)}
+    images, right = ([int(x) for x in row.tolist()] for row in counts)
+    recalls = [Fraction(r, n) for r, n in zip(right, images) if n > 0]  # exact: one share, one float, however summed
+    return {"val_accuracy": sum(right) / sum(images), "val_balanced_accuracy": float(sum(recalls) / len(recalls))}
 
 
 def _evaluate_shared(setup: _Setup) -> dict[str, float]:
