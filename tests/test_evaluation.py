@@ -281,6 +281,15 @@ def test_the_leaderboard_names_the_classes_a_selected_run_never_predicted(tmp_pa
     summary_stage([run], tmp_path / "summary.csv", tmp_path / "summary.md")
     text = (tmp_path / "summary.md").read_text()
     assert "compare the runs' macro_f1, or give those classes more training images." in text and "try class_weighting" not in text
+    # As many training images per class (the split report's counts): class_weighting: loss would weigh each 1, so it
+    # is not suggested (it was, to a run of 30 images per class); unequal counts still get the suggestion.
+    for train, suggested in (([30, 30, 30], False), ([30, 12, 30], True)):
+        report = {"counts": {name: {"train": n, "val": 5, "test": 10} for name, n in zip(("bag", "coat", "shirt"), train)}}
+        (tmp_path / "report.json").write_text(json.dumps(report))
+        summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", split_report=tmp_path / "report.json")
+        text = (tmp_path / "summary.md").read_text()
+        assert ("try class_weighting: loss" in text) is suggested, text
+        assert ("every class has as many training images, so class weighting would change nothing" in text) is not suggested
 
 
 def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
@@ -375,6 +384,14 @@ def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_te
     assert float(difference) == pytest.approx(other.mean() - first.mean(), abs=5e-5)
     assert float(p) == pytest.approx(exact_sign_flip_p(list(first - other)), abs=0.0005)  # exact, to 3 decimals
     assert "two-sided sign-flip test, exact)" in note
+    # the verdict follows the p-value (the sentence "above 0.05 ... does not show" followed every p, 0.006 included)
+    assert exact_sign_flip_p(list(first - other)) <= 0.05 and note.endswith("Each differs from finetune at the 5% level (p at most 0.05).")
+    for run in runs[2:]:  # scratch right on the images finetune's seeds get right: nothing to tell them apart
+        frame = pd.read_csv(runs[0]["predictions"] if run["seed"] == 0 else runs[1]["predictions"])
+        frame.to_csv(run["predictions"], index=False)
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    note = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "paired on the same" in line)
+    assert note.endswith("With p above 0.05 (scratch), this test set does not show the run differs from finetune (at the 5% level).")
     runs[-1]["predictions"].unlink()  # a seed without its predictions: no comparison
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert "paired on the same" not in (tmp_path / "summary.md").read_text()

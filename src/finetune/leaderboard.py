@@ -204,15 +204,18 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
     if correct is None or any(not correct[name].index.equals(correct[first].index) for name in others):
         return []
     a = correct[first].to_numpy()
-    parts, tests = [], set()
+    parts, tests, unshown = [], set(), []
     for name in others:
         b = correct[name].to_numpy()
         p, exact = paired_p_value(a, b)
         parts.append(f"{name} {b.mean() - a.mean():+.4f} ({p_text(p, exact)})")
         tests.add("exact" if exact else f"{SIGN_FLIPS:,} random sign vectors")
+        unshown += [name] if p > 0.05 else []
+    verdict = (f"With p above 0.05 ({', '.join(unshown)}), this test set does not show the run differs from {first} (at the "
+               "5% level)." if unshown else f"Each differs from {first} at the 5% level (p at most 0.05).")
     return [f"Test accuracy of the selected runs against {first} ({_first(table)}), paired on the same {len(a):,} test images "
             f"(each image's share of seeds right; two-sided sign-flip test, {' or '.join(sorted(tests))}): {', '.join(parts)}. "
-            "Above 0.05, this test set does not show the two runs differ (at the 5% level)."]
+            + verdict]
 
 
 def p_text(p: float, exact: bool) -> str:
@@ -263,18 +266,24 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             "closer than that may differ by chance."]
 
 
-def never_predicted_notes(per_run: pd.DataFrame, chosen: dict) -> list[str]:
+def never_predicted_notes(per_run: pd.DataFrame, chosen: dict, train_counts: list[int] | None = None) -> list[str]:
     """The selected runs (the seed that selected each) that predicted some class for no test image: accuracy on
-    imbalanced classes can rank such a run high, and the note says to look at macro_f1."""
+    imbalanced classes can rank such a run high, and the note says to look at macro_f1. ``train_counts``: the training
+    images per class (the split report's), where known: as many each, class weighting is not suggested (its weights
+    are then all 1)."""
+    balanced = bool(train_counts) and len(set(train_counts)) == 1
     notes = []
     for sweep, pick in chosen.items():
         row = per_run[(per_run["experiment"] == pick["run"]) & (per_run["seed"] == pick["seed"])].iloc[0]
         if row.never_predicted:
             notes.append(f"The selected run {pick['run']} (seed {pick['seed']}) predicted no test image as "
                          f"{', '.join(row.never_predicted)}: its test accuracy comes from the other classes alone (its "
-                         f"macro_f1, which counts such a class as 0, is {row.macro_f1:.4f}); with imbalanced classes, "
-                         "compare the runs' macro_f1" + (", or try class_weighting: loss." if row.class_weighting == "none"
-                                                         else ", or give those classes more training images."))
+                         f"macro_f1, which counts such a class as 0, is {row.macro_f1:.4f}); "
+                         + ("every class has as many training images, so class weighting would change nothing: compare "
+                            "the runs' macro_f1, or give those classes more training images." if balanced else
+                            "with imbalanced classes, compare the runs' macro_f1"
+                            + (", or try class_weighting: loss." if row.class_weighting == "none"
+                               else ", or give those classes more training images.")))
     return notes
 
 

@@ -969,9 +969,10 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
     notes = tta_notes(per_run, exported_tta) + chance_notes(per_run, table) + paired_notes(runs, table)
-    notes += never_predicted_notes(per_run, chosen)
-    if split_report is not None:
-        report = read_json(split_report)
+    report = read_json(split_report) if split_report is not None else None
+    train_counts = [counts.get("train", 0) for counts in report["counts"].values()] if report and "counts" in report else None
+    notes += never_predicted_notes(per_run, chosen, train_counts)
+    if report is not None:
         notes += near_duplicate_notes(report, str(split_report), table)
         few = {label: n for label, n in (report.get("rows_of_other_labels") or {}).items() if n <= FEW_ROWS}
         if few:  # a label misspelt on a row or two leaves those images out without a failure; a class not chosen is not news
