@@ -324,10 +324,16 @@ def as_input(path):
     rerun every job, pretraining included. Resolved (a repository reached through a symlink is the same files),
     and `local`: a module's `prefix:` (or a default storage provider) must not take a relative one for a file of
     its own."""
+    relative = below_workdir(path)
+    return local(relative) if relative is not None else str(path)
+
+
+def below_workdir(path):
+    """``path`` resolved (links followed), relative to the working directory where it lies below it; else None."""
     try:
-        return local(str(Path(path).resolve().relative_to(Path.cwd().resolve())))
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(path)
+        return None
 
 
 def script(rule):
@@ -472,12 +478,8 @@ def weights_inputs(wildcards):
 
 def resolved(path):
     """A file as itself: links resolved, relative to the working directory where it lies below it (a project folder
-    moved or renamed is the same files), else absolute."""
-    real = Path(os.path.realpath(path))
-    try:
-        return str(real.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(real)
+    moved or renamed is the same files, as_input), else absolute."""
+    return below_workdir(path) or str(Path(path).resolve())
 
 
 class NotARerunTrigger:
