@@ -64,6 +64,61 @@ def test_a_stop_that_a_library_wrapped_in_its_own_error_still_exits_143(tmp_path
     assert "Traceback" not in result.stderr
 
 
+PEER_GONE = "[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:8094: Connection reset by peer"
+
+
+@pytest.mark.parametrize("when", ["as_the_error_leaves_main", "as_the_job_writes_its_error_line"])
+def test_torchruns_sigterm_after_a_lost_peer_leaves_the_one_line_failure(when):
+    """One of several training processes is killed: the one left fails in its collective, and torchrun's SIGTERM to it
+    comes a moment later, while the error is on its way out. It still ends with the one line saying another process
+    ended, exit 1; not a traceback (CI saw one, the SIGTERM arriving while the error was read), nor a stop (143) that
+    hides why the job failed. The SIGTERM is sent at each of those two moments: in a `finally` the error passes
+    through, and when the job reads the error's message."""
+    result = run_python(f"""
+        import os, signal
+        from finetune.cli import run
+
+        class PeerGone(RuntimeError):
+            def __str__(self):
+                if {when!r} == "as_the_job_writes_its_error_line":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return {PEER_GONE!r}
+
+        def main():
+            try:
+                raise PeerGone()
+            finally:
+                if {when!r} == "as_the_error_leaves_main":
+                    os.kill(os.getpid(), signal.SIGTERM)
+        run(main)
+    """, env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "stopped by" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.startswith("error: another training process of this job ended"), result.stderr[-3000:]
+    assert "Connection reset by peer" in result.stderr
+
+
+def test_a_sigterm_while_the_error_line_is_written_leaves_the_line():
+    """A job failing with its one-line error as a SIGTERM comes (Snakemake stopping the other jobs once one failed):
+    the line, exit 1, not a traceback of the stop raised inside the error's handling."""
+    result = run_python("""
+        import os, signal
+        from finetune.cli import run
+        from finetune.errors import DataError
+
+        class Failing(DataError):
+            def __str__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return "bad.png is not an image"
+
+        def main():
+            raise Failing()
+        run(main)
+    """)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr == "error: bad.png is not an image\n", result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("call", ["load_resume(Path(STATE), print)", "load_state_dict(STATE)"])
 def test_a_stop_while_a_file_is_read_is_a_stop_not_a_damaged_file(tmp_path, call):
     """SIGTERM (a walltime) while the resume state or the weights are read: the job stops, 143, rather than take the

@@ -104,20 +104,23 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     try:
         code = main()
     except FinetuneError as exc:
+        _ending()
         sys.stderr.write(f"{_rank_prefix()}error: {exc}\n")  # one write: the lines of several processes in one log stay whole
         sys.stderr.flush()
         sys.exit(1)
     except StopRequested as exc:
+        lost = _peer_gone_within(exc)
+        if lost is not None:  # torchrun's SIGTERM, come as the lost peer's error was on its way out
+            _ending()
+            _peer_gone_exit(lost)
         stopping(previous, exc)
     except Exception as exc:
+        _ending()
         stop = _stop_within(exc)
         if stop is not None:  # a library caught the stop and raised its own error from it
             stopping(previous, stop)
         if _peer_gone(exc):
-            sys.stderr.write(f"{_rank_prefix()}error: another training process of this job ended, and this one cannot "
-                             f"go on without it (torchrun's summary names it and why): {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:300]}\n")
-            sys.exit(1)
+            _peer_gone_exit(exc)
         traceback.print_exc()
         sys.exit(2)
     finally:
@@ -146,6 +149,33 @@ def _peer_gone(exc: BaseException) -> bool:
         return False
     return type(exc).__name__ == "DistBackendError" or (
         isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE))
+
+
+def _peer_gone_within(exc: BaseException) -> BaseException | None:
+    """The lost peer's error among ``exc``'s contexts: a stop signal (torchrun's SIGTERM to the processes left) that
+    came while that error was on its way out of ``main``, through a ``finally`` or a context manager's exit."""
+    seen = set()
+    exc = exc.__context__
+    while exc is not None and id(exc) not in seen:
+        if _peer_gone(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _peer_gone_exit(exc: BaseException) -> None:
+    sys.stderr.write(f"{_rank_prefix()}error: another training process of this job ended, and this one cannot "
+                     f"go on without it (torchrun's summary names it and why): {type(exc).__name__}: "
+                     f"{' '.join(str(exc).split())[:300]}\n")
+    sys.exit(1)
+
+
+def _ending() -> None:
+    """The job ends with the error in hand: a stop signal from now on (torchrun's SIGTERM to the processes left once
+    one has ended, Snakemake's to the jobs left once one failed) must not raise a stop inside the error's handling and
+    replace its one line with a traceback."""
+    STOPPING.append("ending")
 
 
 def _rank_prefix() -> str:
