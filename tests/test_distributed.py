@@ -452,3 +452,30 @@ def test_the_launcher_sweeps_only_its_own_machines_folders_of_launches_that_are_
         f"finetune-launch-{HOST}-{live}-c", f"finetune-launch-other_node-{dead}-d", f"finetune-launch-{HOST}-{dead}-e",
     ]), left
     assert target.is_dir()
+
+
+def test_settings_this_machine_cannot_run_are_refused_at_start_keeping_the_trained_model(runs):
+    """A trained run's `nodes` raised to 2 on a machine outside Slurm, or its `device` set to cuda where there is no
+    GPU: each failed in the train job, after Snakemake had removed the model trained before (setting it back meant
+    training again). They are refused at the start of the run now, before any job, and the model is kept byte for
+    byte. A dry run says nothing (it may plan a run for a cluster, whose nodes have what this machine lacks)."""
+    workdir, _ = runs
+    model = _model(workdir, "head_one")
+    before = model.read_bytes()
+    # no GPU to torch, even on a machine with one; no Slurm allocation, even inside one
+    env = {**_tmpdir(workdir), "CUDA_VISIBLE_DEVICES": "", "SLURM_JOB_ID": ""}
+    for name, setting, message in (
+            ("nodes", {"nodes": 2}, "experiments.head_one.nodes 2: training on several nodes runs inside a Slurm "
+                                    "allocation of 2 nodes, and this is no Slurm job"),
+            ("cuda", {"device": "cuda"}, "experiments.head_one.device is cuda, but no CUDA device is available on "
+                                         "this machine")):
+        config = tiny_config(workdir, f"{name}.yaml", dataset=DATASET, train=TRAIN, threads={"train": 1, "data": 1},
+                             replace={"experiments": {**EXPERIMENTS, "head_one": {**HEAD, **setting}}})
+        planned = run_snakemake(workdir, config, "-n", _target("head_one"), env=env)
+        assert "rule train:" in planned.stdout and message not in planned.stdout, planned.stdout[-3000:]
+        result = run_snakemake(workdir, config, "--printshellcmds", _target("head_one"), env=env, check=False)
+        assert result.returncode != 0
+        assert message in result.stdout and "nothing ran, and every earlier result is kept" in result.stdout, \
+            result.stdout[-3000:]
+        assert "rule train:" not in result.stdout, result.stdout[-3000:]
+        assert model.read_bytes() == before

@@ -77,6 +77,10 @@ def start(options: dict, log=print) -> Ranks:
     local_rank = int(os.environ["LOCAL_RANK"])
     device = options.get("device", "auto")
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda and devices > torch.cuda.device_count():  # every process says it (rather than wait for the ones that cannot start)
+        raise ConfigError(f"{key_name('devices')} {devices}: {devices} training processes on the GPUs of this node "
+                          f"({key_name('device')} {device}), but it has {torch.cuda.device_count()}: set "
+                          f"{key_name('devices')} to {torch.cuda.device_count()} or fewer")
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)

@@ -53,19 +53,29 @@ def command(python: str, devices: int, nodes: int, script_args: list[str], env: 
     torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={devices}", "--max-restarts=0"]
     if nodes == 1:
         return [*torchrun, "--standalone", "--nnodes=1", *script_args]
-    job, allocated = env.get("SLURM_JOB_ID"), env.get("SLURM_JOB_NUM_NODES")
-    if not job or allocated != str(nodes):
-        where = f"a Slurm job of {allocated} node(s)" if job else "no Slurm job"
-        raise LaunchError(
-            f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
-            f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
-            f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
+    problem = allocation_problem(nodes, env, nodes_key)
+    if problem:
+        raise LaunchError(problem)
+    job = env["SLURM_JOB_ID"]
     head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], check=True,
                           capture_output=True, text=True).stdout.split()[0]
     port = 20000 + int(job) % 20000  # one port per job: two jobs sharing a node do not meet
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torchrun,
             f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={job}",
             *script_args]
+
+
+def allocation_problem(nodes: int, env: dict, nodes_key: str = "train.nodes") -> str | None:
+    """Why ``nodes`` (> 1) nodes cannot train where ``env`` is (no Slurm allocation of that many nodes), or None.
+    Asked by the job, and at the start of a run on this machine (workflow/rules/common.smk) before any job removes
+    the outputs it would replace."""
+    job, allocated = env.get("SLURM_JOB_ID"), env.get("SLURM_JOB_NUM_NODES")
+    if nodes <= 1 or (job and allocated == str(nodes)):
+        return None
+    where = f"a Slurm job of {allocated} node(s)" if job else "no Slurm job"
+    return (f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
+            f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
+            f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -968,6 +968,70 @@ def remove_finished_states():
     remove(RESUME_FOLDER, rules.pretrain.output.weights, rules.train.output.checkpoint)
 
 
+def scheduled_device_keys():
+    """The device settings of the jobs this run starts that train or evaluate on a device: {device key: (device,
+    processes per node, devices key)}, and the nodes of those training on several: {nodes key: nodes}."""
+    devices, nodes = {}, {}
+    for job in workflow.dag.needrun_jobs():
+        if job.rule.name in ("train", "lr_find"):
+            cfg, names = experiment_config(job.wildcards.experiment), train_key_names(job.wildcards.experiment)
+            processes = cfg["devices"] if job.rule.name == "train" else 1
+            key = names.get("device", "train.device")
+            if processes >= devices.get(key, (None, 0, None))[1]:
+                devices[key] = (cfg["device"], processes, names.get("devices", "train.devices"))
+            if job.rule.name == "train" and cfg["nodes"] > 1:
+                nodes[names.get("nodes", "train.nodes")] = cfg["nodes"]
+        elif job.rule.name == "pretrain":
+            devices["pretrain.train.device"] = (config["pretrain"]["train"]["device"], 1, None)
+        elif job.rule.name == "evaluate":
+            devices["evaluate.device"] = (config["evaluate"]["device"], 1, None)
+    return devices, nodes
+
+
+def visible_gpus():
+    """The CUDA devices the jobs of this machine would see, asked of torch in a process of its own (this one stays
+    without torch: a run with nothing to do starts in a fraction of a second)."""
+    import subprocess
+
+    asked = subprocess.run([str(PYTHON), "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True,
+                           text=True)
+    return int(asked.stdout.strip()) if asked.returncode == 0 and asked.stdout.strip().isdigit() else 0
+
+
+def local_run_problems():
+    """What the jobs of a run on this machine (Snakemake's local executor, not a cluster's) cannot do here: device
+    cuda where there is no GPU or fewer than the devices asked for, several nodes outside a Slurm allocation of that
+    many. Found in the job, each failed only after Snakemake removed the outputs it would replace (an earlier model,
+    trained under other settings); found here, nothing ran and they are kept."""
+    from finetune.launch import allocation_problem
+
+    devices, nodes = scheduled_device_keys()
+    problems = [allocation_problem(count, os.environ, key) for key, count in sorted(nodes.items())]
+    # device auto trains on the GPUs where there are some: several processes a node then need as many
+    cuda = {key: setting for key, setting in devices.items()
+            if setting[0] == "cuda" or (setting[0] == "auto" and setting[1] > 1)}
+    if cuda:
+        gpus = visible_gpus()
+        for key, (device, processes, devices_key) in sorted(cuda.items()):
+            if device == "auto" and gpus == 0:
+                continue  # on the CPU
+            if gpus == 0:
+                problems.append(f"{key} is cuda, but no CUDA device is available on this machine (set it to auto or "
+                                "cpu, or run the workflow where there is a GPU: the Slurm profile)")
+            elif processes > gpus:
+                problems.append(f"{devices_key} {processes} with {key} {device}: {processes} training processes on "
+                                f"the GPUs of this machine, but it has {gpus}: set {devices_key} to {gpus} or fewer"
+                                f"{f', or {key} to cpu' if device == 'auto' else ''}")
+    return [problem for problem in problems if problem]
+
+
+onstart:
+    if workflow.local_exec and not workflow.touch:
+        _problems = local_run_problems()
+        if _problems:
+            raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
+
+
 onsuccess:
     remove_finished_states()
 
