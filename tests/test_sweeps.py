@@ -107,6 +107,31 @@ def test_duplicate_values_and_colliding_names_are_refused():
     assert problems == ["experiments.finetune-epochs2: run name 'finetune-epochs2' is also a run of experiments.finetune"]
 
 
+def test_run_names_the_file_system_or_snakemake_cannot_take_are_refused_at_start(tmp_path):
+    """Names that passed the schema's pattern and then failed: `a` beside `A` (one folder where the file system
+    ignores case, macOS's and Windows'), a 230-character name or a sweep's run name grown past what a file name may
+    hold (an OSError traceback: File name too long), and 20 x's (Snakemake's PeriodicWildcardError). Each is
+    refused before any job, naming the experiment; a name of 100 characters and the sweep's other runs pass."""
+    long = "n" + "0123456789" * 23
+    experiments = {"a": {}, "A": {}, long: {}, "x" * 20: {}, ("ok-" + "0123456789" * 10)[:100]: {},
+                   "sweep" + "s" * 80: {"sweep": {"lr": [0.1], "backbone_lr_factor": [0.5]}}}
+    config = tiny_config(tmp_path, replace={"experiments": experiments})
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    problems = [line.strip() for line in result.stdout.splitlines() if line.startswith("  experiments.")]
+    assert problems == [
+        "experiments.A: run name 'A' differs only in letter case from 'a', and a file system that ignores case "
+        "(macOS's, Windows') holds both in one folder: name the experiment otherwise",
+        f"experiments.{long}: run name {long[:40]}... is 231 characters long, at most 100: it names folders and "
+        "files, whose names the file system limits; shorten the experiment's name",
+        f"experiments.{'x' * 20}: run name '{'x' * 20}' ends in 'x' repeated 20 times, which Snakemake refuses "
+        "(PeriodicWildcardError: it takes such a name for a rule that makes its own input): name it otherwise",
+        f"experiments.sweep{'s' * 80}.sweep: run name sweep{'s' * 35}... is 113 characters long, at most 100: it "
+        "names folders and files, whose names the file system limits; shorten the experiment's name (a sweep adds "
+        "its keys and values)"], result.stdout[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_good_sweep_passes():
     assert config_problems(with_experiments({"finetune": {"strategy": "finetune", "sweep": SWEEP}}), SCHEMA) == []
 

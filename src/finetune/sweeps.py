@@ -13,6 +13,12 @@ import re
 
 # What a run name may hold: it is a folder name and a Snakemake wildcard value.
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+# The longest run name: it names a folder, and files beside a temporary copy of theirs (``.<name>.tsv.<host>-<pid>
+# .<random>.tmp``), within the 255 bytes a file name may have.
+MAX_RUN_NAME = 100
+# A name that ends in one piece repeated 20 times or more: Snakemake refuses it as a wildcard's value (io.py,
+# PeriodicityDetector), taking it for a rule that makes its own input.
+PERIODIC = re.compile(r"((.+?)\2{19,})$")
 
 # `train` keys a sweep may not vary, and why (the message names the key path).
 NOT_SWEPT = {
@@ -88,12 +94,29 @@ def sweep_problems(experiments: dict) -> list[str]:
     if problems:
         return problems
     seen: dict[str, str] = {}
+    folded: dict[str, str] = {}
     for experiment, overrides in experiments.items():
+        swept = bool((overrides or {}).get("sweep"))
+        where = f"experiments.{experiment}{'.sweep' if swept else ''}"
         names = [run_name(experiment, c) for c in combinations((overrides or {}).get("sweep") or {})] or [experiment]
         for name in names:
             if not RUN_NAME.match(name):
                 problems.append(f"experiments.{experiment}.sweep: run name {name!r} is not a valid folder name")
             elif name in seen:
                 problems.append(f"experiments.{experiment}: run name {name!r} is also a run of experiments.{seen[name]}")
+            elif name.casefold() in folded:
+                problems.append(f"experiments.{experiment}: run name {name!r} differs only in letter case from "
+                                f"{folded[name.casefold()]!r}, and a file system that ignores case (macOS's, Windows') "
+                                "holds both in one folder: name the experiment otherwise")
+            elif len(name) > MAX_RUN_NAME:
+                problems.append(f"{where}: run name {name[:40]}... is {len(name)} characters long, at most "
+                                f"{MAX_RUN_NAME}: it names folders and files, whose names the file system limits; "
+                                f"shorten the experiment's name{' (a sweep adds its keys and values)' if swept else ''}")
+            elif PERIODIC.search(name):
+                problems.append(f"{where}: run name {name!r} ends in {PERIODIC.search(name).group(2)!r} repeated "
+                                f"{len(PERIODIC.search(name).group(1)) // len(PERIODIC.search(name).group(2))} times, "
+                                "which Snakemake refuses (PeriodicWildcardError: it takes such a name for a rule that "
+                                "makes its own input): name it otherwise")
             seen.setdefault(name, experiment)
+            folded.setdefault(name.casefold(), name)
     return problems
