@@ -565,6 +565,26 @@ def test_experiments_of_other_names_replace_the_demo_s(tmp_path):
     assert "note: experiments: yours (mine) replace config/config.yaml's (finetune, feature_extract, scratch)" in output
 
 
+def test_another_optimizer_for_a_demo_experiment_names_the_settings_it_keeps_from_the_demo(tmp_path):
+    """`feature_extract: {optimizer: adamw}` over the demo kept the demo's lr 1.0 (L-BFGS's line-search scale) and
+    weight_decay 0.1 for that experiment: AdamW at lr 1.0, its loss rising every epoch, with nothing said. A note
+    names what it keeps and where; with lr written too, only weight_decay is named; the same optimizer, nothing."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"]["feature_extract"]
+    assert demo["optimizer"] == "lbfgs" and {"lr", "weight_decay"} <= set(demo), "the demo's head is no longer so"
+    jobs, output = run_over_the_demo(tmp_path / "a", {"experiments": {"feature_extract": {"optimizer": "adamw"}}})
+    options = json.loads(jobs_of(jobs, "train", **{"out-checkpoint": "results/feature_extract/seed0/model.pt"})[0]["options"])
+    kept = f"lr {demo['lr']!r}, weight_decay {demo['weight_decay']!r}"
+    assert (options["optimizer"], options["lr"], options["weight_decay"]) == ("adamw", demo["lr"], demo["weight_decay"])
+    assert (f"note: experiments.feature_extract.optimizer adamw (your config) keeps {kept} of config/config.yaml's "
+            "experiments.feature_extract, set there for optimizer lbfgs: write lr and weight_decay for adamw under "
+            "experiments.feature_extract") in output, output[-3000:]
+    _, output = run_over_the_demo(tmp_path / "b", {"experiments": {"feature_extract": {"optimizer": "adamw", "lr": 0.01}}})
+    assert (f"keeps weight_decay {demo['weight_decay']!r} of config/config.yaml's experiments.feature_extract, set "
+            "there for optimizer lbfgs: write weight_decay for adamw") in output, output[-3000:]
+    _, output = run_over_the_demo(tmp_path / "c", {"experiments": {"feature_extract": {"epochs": 3}}})
+    assert "note:" not in output, output[-3000:]
+
+
 def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_it(tmp_path):
     """Over the demo, experiments of the user's own that are all L-BFGS heads act on none of the demo's
     `train.schedule` and `train.warmup_epochs`: those are the demo's, not refused. The user's own

@@ -72,6 +72,36 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
     return notes
 
 
+# An experiment's keys that the demo's config set for the optimizer it gives that experiment (feature_extract's lr 1.0,
+# L-BFGS's line-search scale, and its L2 strength weight_decay 0.1).
+OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum")
+
+
+def inherited_for_another_optimizer(config: dict, workflow_file: dict, user: dict) -> list[str]:
+    """One note per experiment of ``workflow_file`` (the demo's) that ``user`` gives another optimizer while it keeps
+    the demo's :data:`OPTIMIZER_KEYS` of that experiment, set there for the demo's optimizer: AdamW at L-BFGS's lr 1.0
+    trained with a loss rising every epoch, and nothing said."""
+    notes = []
+    demo_train, user_train = workflow_file.get("train") or {}, user.get("train") or {}
+    demo_runs, user_runs = workflow_file.get("experiments") or {}, user.get("experiments") or {}
+    kept = config.get("experiments") or {}
+    if not (isinstance(demo_runs, dict) and isinstance(user_runs, dict) and isinstance(user_train, dict)):
+        return notes
+    for name, demo in demo_runs.items():
+        mine = user_runs.get(name) or {}
+        if name not in kept or not isinstance(demo, dict) or not isinstance(mine, dict):
+            continue
+        was = demo.get("optimizer", demo_train.get("optimizer") if isinstance(demo_train, dict) else None)
+        now = mine.get("optimizer", demo.get("optimizer", user_train.get("optimizer", was)))
+        inherited = {key: demo[key] for key in OPTIMIZER_KEYS if key in demo and key not in mine}
+        if now == was or not inherited:
+            continue
+        where = f"experiments.{name}.optimizer" if "optimizer" in mine else "train.optimizer"
+        keys = ", ".join(f"{key} {value!r}" for key, value in inherited.items())
+        notes.append(f"{where} {now} (your config) keeps {keys} of config/config.yaml's experiments.{name}, set there "
+                     f"for optimizer {was}: write {' and '.join(inherited)} for {now} under experiments.{name}")
+    return notes
+
 
 def duplicate_keys(path: str | os.PathLike) -> list[str]:
     """Keys written twice in one mapping of a YAML (or JSON) config file, one line each with the key's path
