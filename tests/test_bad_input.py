@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import zlib
@@ -717,10 +718,78 @@ def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_b
         assert result.returncode != 0
         wrong = "dgo" if name == "target" else "oww"
         assert (f"{key}.classes: '{wrong}' is not a class of {data}; its classes are ['cat', 'dog', 'owl']: nothing ran, "
-                "and what was made from it is kept") in result.stdout, result.stdout[-3000:]
+                "and the split made before is kept") in result.stdout, result.stdout[-3000:]
         assert snapshot(tmp_path / "run" / "resources" / "splits") == before
     again = run_snakemake(tmp_path / "run", good, "--until", "split").stdout
     assert jobs_run(again) == [], again
+
+
+def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_right_reruns_nothing(tmp_path):
+    """An empty class folder added, a class folder written two ways (`Cat` beside `cat`, or one name composed two
+    ways), or split folders added beside the class folders: each failed the split job, and Snakemake removed the
+    split made before, so that with the folder put right the split and every run after it were made again. They are
+    checked at start where the folder changed, the split kept, and with the folder as it was nothing reruns."""
+    import unicodedata
+
+    data = tmp_path / "images"
+    make_images(data, {"cat": 6, "dog": 6, "cr\u00eape": 6})
+    config = tiny_config(tmp_path / "run", replace={"dataset": {
+        "format": "imagefolder", "path": str(data), "val_fraction": 0.2, "test_fraction": 0.2}})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    for name, message in (
+            ("owl", f"class folder(s) with no images in {data}: owl"),
+            ("Cat", f"{data}: class folders whose names differ only in case or in their Unicode form"),
+            (unicodedata.normalize("NFD", "cr\u00eape"), f"{data}: class folders whose names differ only in case"),
+            ("train", f"{data} mixes split folders holding class folders (train) with other folders")):
+        made = make_images(data / name / "cat", {"": 1}) if name == "train" else (
+            (data / name).mkdir() if name == "owl" else make_images(data, {name: 3}, seed=2))
+        result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
+        assert result.returncode != 0
+        assert message in result.stdout and "nothing ran, and the split made before is kept" in result.stdout, \
+            result.stdout[-3000:]
+        assert "rule split:" not in result.stdout
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+        shutil.rmtree(data / name)
+        again = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+        assert jobs_run(again) == [], (made, again[-3000:])
+
+
+def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
+    """`dataset.test_fraction` written for an ImageFolder with a test/ folder (or a manifest whose split column marks
+    test rows) was ignored, said only in the split job's log; and editing it reran the split and everything after
+    it. It is refused at start, naming the key and why; the fraction of a split the dataset lacks (val here) is
+    taken, and the split made before is kept."""
+    data = tmp_path / "images"
+    make_images(data / "train", {"cat": 6, "dog": 6})
+    make_images(data / "test", {"cat": 2, "dog": 2}, seed=1)
+    folder = {"format": "imagefolder", "path": str(data)}
+    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "val_fraction": 0.34}})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    split = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")
+    assert split.groupby("split").size().to_dict() == {"test": 4, "train": 8, "val": 4}  # val drawn: 2 of 6 per class
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    bad = tiny_config(tmp_path / "run", "bad.yaml", replace={"dataset": {**folder, "val_fraction": 0.34,
+                                                                         "test_fraction": 0.1}})
+    result = run_snakemake(tmp_path / "run", bad, "--until", "split", check=False)
+    assert result.returncode != 0
+    assert (f"dataset.test_fraction 0.1: {data} gives its own test images (its test folder), so the fraction does not "
+            "apply to them") in result.stdout and "remove dataset.test_fraction from your config: nothing ran" \
+        in result.stdout, result.stdout[-3000:]
+    assert "val_fraction" not in result.stdout.split("dataset.test_fraction 0.1")[1].split("\n")[0]
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+
+    # A manifest's split column, as its last split found it (the manifest unchanged: not read again)
+    manifest = write_manifest_csv(tmp_path / "csv", [f"{r},{'test' if r.startswith(('cat/000', 'dog/000')) else ''}"
+                                                     for r in good_rows()], header="path,label,split")
+    dataset = {"format": "csv", "path": str(manifest), "val_fraction": 0.34}
+    config = tiny_config(tmp_path / "csvrun", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "csvrun", config, "--until", "split")
+    bad = tiny_config(tmp_path / "csvrun", "bad.yaml", replace={"dataset": {**dataset, "test_fraction": 0.25}})
+    result = run_snakemake(tmp_path / "csvrun", bad, "--until", "split", check=False)
+    assert result.returncode != 0
+    assert (f"dataset.test_fraction 0.25: {manifest} gives its own test images (the rows its split column marks "
+            "test)") in result.stdout, result.stdout[-3000:]
 
 
 def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):

@@ -172,9 +172,31 @@ def _class_folders(directory: Path) -> dict[str, list[tuple[Path, str]]]:
     """``{class: [(folder, official split), ...]}`` of an ImageFolder root, either layout."""
     classes: dict[str, list[tuple[Path, str]]] = {}
     for top, split in (split_folders(directory) or {directory: ""}).items():
-        for folder in _subfolders(top):
+        folders = _subfolders(top)
+        _refuse_folders_written_two_ways(top, folders)
+        for folder in folders:
             classes.setdefault(folder.name, []).append((folder, split))
+    _refuse_folders_written_two_ways(directory, [folder for found in classes.values() for folder, _ in found],
+                                     only_case=True)
     return dict(sorted(classes.items()))
+
+
+def _refuse_folders_written_two_ways(where: Path, folders: list[Path], only_case: bool = False) -> None:
+    """Class folders whose names differ only in case (``Bag`` beside ``bag``), or only in how Unicode composes them
+    (``chemisé`` typed, and copied from a Mac): one class written two ways. The first pair were two classes (a
+    case-insensitive file system, macOS's or Windows', merges them), the second one class of both folders' images,
+    with nothing said. ``only_case``: folders of several split folders, where one name composed two ways is one
+    class (train/ copied from a Mac, test/ not)."""
+    ways: dict[str, set[str]] = {}
+    for folder in folders:
+        ways.setdefault(nfc(folder.name).casefold(), set()).add(nfc(folder.name) if only_case else folder.name)
+    twice = sorted(sorted(found) for found in ways.values() if len(found) > 1)
+    if not twice:
+        return
+    listed = "; ".join(" and ".join(repr(name) for name in found) for found in twice[:10])
+    raise DataError(f"{where}: class folders whose names differ only in case or in their Unicode form (a letter "
+                    f"with an accent as one character, or as the letter and a combining accent), one class written "
+                    f"two ways: {listed}. Merge each into one folder, or rename one")
 
 
 def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
@@ -193,21 +215,6 @@ def image_folder_classes(root: str) -> list[str]:
     """The classes of an ImageFolder root, empty folders included: their folder names in Unicode's composed form
     (:func:`nfc`), sorted, as the split names them and ``dataset.classes`` indexes them."""
     return sorted({nfc(name) for name in _image_folder(root)})
-
-
-def image_folder_classes_problem(root: str, wanted: list) -> str | None:
-    """What is wrong with ``dataset.classes`` for an ImageFolder, from its folder names alone (the workflow asks at
-    start, before its split job would fail and lose the split made before); None where it is fine, or where the
-    folder itself is at fault (the split job says how)."""
-    try:
-        found = image_folder_classes(root)
-    except (DataError, OSError):
-        return None
-    try:
-        select_classes(found, wanted, where=root)
-    except DataError as exc:
-        return str(exc)
-    return None
 
 
 def shared_classes(target: dict, source: dict) -> list[str]:
@@ -721,11 +728,40 @@ def chosen_classes(spec: SplitSpec, listing: pd.DataFrame) -> list[str]:
     return class_names
 
 
-def check_csv_manifest(manifest: str, classes: list | None) -> None:
+def check_csv_manifest(manifest: str, classes: list | None) -> tuple[str, ...]:
     """What the split job checks of a CSV manifest's rows without opening an image (each file there, no row twice,
-    the split marks, the labels, ``dataset.classes`` against them), for the check at start: DataError as it would."""
+    the split marks, the labels, ``dataset.classes`` against them), for the check at start: DataError as it would.
+    Returns the splits its rows of the chosen classes give themselves (:func:`official_splits`)."""
     spec = SplitSpec(format="csv", path=manifest, classes=classes)
-    chosen_classes(spec, list_dataset(spec))
+    listing = list_dataset(spec)
+    names = chosen_classes(spec, listing)
+    return official_splits(listing[listing["class_name"].isin(names)])
+
+
+def given_splits_line(key: str, dataset: dict, written: list[str], given: tuple[str, ...]) -> str | None:
+    """Where ``written`` (the fraction keys the user wrote of the dataset config at ``key``) names a split the
+    dataset gives itself (``given``: its val/ or test/ folder, or its manifest's split column), why that fraction
+    cannot apply; None where none does."""
+    applies_not = [name for name in written if name.removesuffix("_fraction") in given]
+    if not applies_not:
+        return None
+    where = (lambda split: f"its {split} folder") if dataset["format"] == "imagefolder" else (
+        lambda split: f"the rows its split column marks {split}")
+    listed = "; ".join(f"{key}.{name} {dataset[name]}: {dataset['path']} gives its own {name.removesuffix('_fraction')} "
+                       f"images ({where(name.removesuffix('_fraction'))})" for name in applies_not)
+    return (f"{listed}, so the fraction does not apply to them (the split keeps them as given, and draws only the "
+            f"splits the dataset does not give): remove {' and '.join(f'{key}.{name}' for name in applies_not)} "
+            "from your config")
+
+
+def check_image_folder(root: str, classes: list | None) -> None:
+    """What the split job checks of an ImageFolder without opening an image (its layout, class folders written two
+    ways, ``dataset.classes`` against the folders, a chosen class with no image, file names that are not UTF-8), for
+    the check at start: DataError as it would."""
+    spec = SplitSpec(format="imagefolder", path=root, classes=classes)
+    listing = list_dataset(spec)
+    names = chosen_classes(spec, listing)
+    check_names_are_utf8(listing[listing["class_name"].isin(names)], root)
 
 
 def other_labels_line(counts: dict[str, int], manifest: str) -> str:

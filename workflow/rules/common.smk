@@ -43,7 +43,8 @@ from finetune.configcheck import (SOURCE_TEST_FRACTION, config_problems, format_
                                   train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, first_time, has_option, option_differences, own_sections, pending_jobs,
+                                 expand_home, first_time, has_option, inherited_for_another_optimizer, option_differences,
+                                 own_sections, pending_jobs,
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
@@ -141,7 +142,8 @@ _merged_over_the_demo = (os.path.exists("config/config.yaml") and not workflow.c
 if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
-    for _note in own_sections(config, load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}):
+    _demo, _user = load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}
+    for _note in own_sections(config, _demo, _user) + inherited_for_another_optimizer(config, _demo, _user):
         say(_note)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
@@ -182,6 +184,13 @@ for _note in overridden_train_notes(config, _written.get("train") if isinstance(
 _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default(SCHEMA, "experiments")))
 _arch_as_written = (config.get("weights") or {}).get("arch")
 _source_test_written = "test_fraction" in (((config.get("pretrain") or {}).get("dataset")) or {})
+# The fractions the user wrote of each dataset (not the demo's, nor the schema's defaults): one written for a split the
+# dataset gives itself is refused at start (below, where the data is looked at).
+_fractions_written = {
+    key: [name for name in ("val_fraction", "test_fraction") if isinstance(section, dict) and name in section]
+    for key, section in (("dataset", _written.get("dataset")),
+                         ("pretrain.dataset", (_written.get("pretrain") or {}).get("dataset")
+                          if isinstance(_written.get("pretrain"), dict) else None))}
 validate(config, "../schemas/config.schema.yaml")
 # The source dataset's test images are read by nothing (pretrain trains on its train images and chooses its best
 # epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
@@ -786,6 +795,59 @@ def manifest_changed(manifest, classes, split_file):
         return True
 
 
+def given_splits(cfg, split_file):
+    """The splits (of val, test) an ImageFolder's split folders or an unchanged CSV manifest's split column give
+    (the manifest's from its split's report); () where not known here."""
+    if cfg["format"] == "imagefolder":
+        from finetune.data import GIVEN_SPLITS, split_folders
+
+        try:
+            return tuple(split for split in GIVEN_SPLITS if split in split_folders(Path(cfg["path"])).values())
+        except Exception:  # noqa: BLE001 - a layout the split job refuses, naming what is wrong
+            return ()
+    try:
+        return tuple(json.loads(Path(split_file).with_suffix(".report.json").read_text())["official_splits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
+# The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
+# depth: the check lists every image, so it runs only where the folder changed since.
+IMAGE_FOLDERS_CHECKED = Path(".snakemake") / "finetune-checked-folders.json"
+
+
+def _image_folder_key(cfg):
+    return json.dumps([os.path.realpath(cfg["path"]), cfg.get("classes"), cfg.get("watch", "folders")])
+
+
+def _checked_folders():
+    try:
+        checked = json.loads(IMAGE_FOLDERS_CHECKED.read_text())
+        return checked if isinstance(checked, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def image_folder_unchecked(cfg):
+    """An ImageFolder's state where it changed since it last passed the check at start (or never passed it here);
+    None where it did not."""
+    state = watched_state(cfg)
+    return None if _checked_folders().get(_image_folder_key(cfg)) == state else state
+
+
+def image_folder_checked(cfg, state):
+    """Record that the ImageFolder, in ``state``, passed (a record not written only means the check runs again)."""
+    from finetune.errors import FinetuneError
+    from finetune.fileio import atomic_path
+
+    try:
+        IMAGE_FOLDERS_CHECKED.parent.mkdir(exist_ok=True)
+        with atomic_path(IMAGE_FOLDERS_CHECKED) as tmp:
+            Path(tmp).write_text(json.dumps({**_checked_folders(), _image_folder_key(cfg): state}))
+    except (OSError, FinetuneError):
+        pass
+
+
 # An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
 # would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
 # everything from a split the same as before.
@@ -807,13 +869,21 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             f"{_key}.path: {_path} ({_cfg['format']}) {_what} (relative to the working directory {os.getcwd()}): "
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
             f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
-    if _folder and _cfg.get("classes"):  # a class misspelt: its folder names are at hand (a manifest's labels are not read here)
-        from finetune.data import image_folder_classes_problem, named_under  # numpy, pandas: only where asked
-
-        _problem = image_folder_classes_problem(_cfg["path"], _cfg["classes"])
-        if _problem:
-            raise WorkflowError(f"{named_under(_problem, _key)}: nothing ran, and what was made from it is kept")
     _split_file = output_path(f"resources/splits/{_dataset}.csv")
+    _state = image_folder_unchecked(_cfg) if _folder else None
+    if _state is not None:
+        # The folder (or its dataset.classes) changed since it last passed: an image or a class folder added, removed,
+        # renamed. What the split job checks without opening an image is checked here (a class of dataset.classes
+        # misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways, names
+        # not UTF-8), for the same reason as a manifest's rows below.
+        from finetune.data import DataError, check_image_folder, named_under
+
+        try:
+            check_image_folder(_path, _cfg.get("classes"))
+        except (DataError, OSError) as _exc:
+            _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
+            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
+        image_folder_checked(_cfg, _state)
     if not _folder and manifest_changed(_path, _cfg.get("classes"), _split_file):
         # A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing
         # file, a row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the
@@ -822,10 +892,20 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         from finetune.data import DataError, check_csv_manifest, named_under
 
         try:
-            check_csv_manifest(_path, _cfg.get("classes"))
+            _given = check_csv_manifest(_path, _cfg.get("classes"))
         except DataError as _exc:
             _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
             raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
+    else:
+        _given = given_splits(_cfg, _split_file)
+    # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
+    # would be ignored by the split job (its log said so), and editing it reran the split and all after it.
+    if _fractions_written.get(_key) and _given:
+        from finetune.data import given_splits_line
+
+        _line = given_splits_line(_key, _cfg, _fractions_written[_key], _given)
+        if _line:
+            raise WorkflowError(f"{_line}: nothing ran")
 
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn
