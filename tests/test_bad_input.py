@@ -724,6 +724,32 @@ def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_b
     assert jobs_run(again) == [], again
 
 
+def test_class_indices_that_a_new_class_folder_moves_stop_the_run_at_start(tmp_path):
+    """`dataset.classes: [1, 2]` of an ImageFolder, then a folder `aardvark/` added: the indices named other classes,
+    and the run split and trained those with nothing said but Snakemake's "Params have changed". It stops at start
+    naming the classes before and now; written by name, the classes of before are kept and nothing reruns but the
+    split (its params changed), which draws the same images."""
+    data = tmp_path / "images"
+    make_images(data, {"bag": 6, "cat": 6, "dog": 6})
+    folder = {"format": "imagefolder", "path": str(data), "val_fraction": 0.2, "test_fraction": 0.2}
+    by_index = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "classes": [1, 2]}})
+    run_snakemake(tmp_path / "run", by_index, "--until", "split")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    split = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")
+    assert sorted(split["class_name"].unique()) == ["cat", "dog"]
+    make_images(data, {"aardvark": 5}, seed=3)
+    result = run_snakemake(tmp_path / "run", by_index, "--until", "split", check=False)
+    assert result.returncode != 0
+    assert (f"dataset.classes [1, 2]: its indices now name ['bag', 'cat'], and named ['cat', 'dog'] when the split "
+            f"was made: a class folder added or removed under {data} moves what an index names") in result.stdout \
+        and "nothing ran, and the split made before is kept" in result.stdout, result.stdout[-3000:]
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    by_name = tiny_config(tmp_path / "run", "names.yaml", replace={"dataset": {**folder, "classes": ["cat", "dog"]}})
+    run_snakemake(tmp_path / "run", by_name, "--until", "split")
+    after = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")
+    pd.testing.assert_frame_equal(after, split)
+
+
 def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_right_reruns_nothing(tmp_path):
     """An empty class folder added, a class folder written two ways (`Cat` beside `cat`, or one name composed two
     ways), or split folders added beside the class folders: each failed the split job, and Snakemake removed the

@@ -738,6 +738,28 @@ def check_csv_manifest(manifest: str, classes: list | None) -> tuple[str, ...]:
     return official_splits(listing[listing["class_name"].isin(names)])
 
 
+def moved_indices_line(key: str, dataset: dict, report: dict) -> str | None:
+    """Where an ImageFolder's ``dataset.classes`` holds indices, is as written when its split was made (``report``,
+    the split's report) and now names other classes (a class folder added or removed: an index counts in the sorted
+    folder names), what happened; None otherwise. Read from the folder names alone."""
+    written = dataset.get("classes")
+    if (dataset["format"] != "imagefolder" or not written or report.get("classes_written") != written
+            or not any(isinstance(c, int) and not isinstance(c, bool) for c in written)
+            or os.path.realpath(str((report.get("dataset") or {}).get("path"))) != os.path.realpath(dataset["path"])):
+        return None
+    try:
+        now = select_classes(image_folder_classes(dataset["path"]), written, where=dataset["path"])
+    except (DataError, OSError):
+        return None  # said by the checks of the folder
+    before = report.get("classes")
+    if now == before:
+        return None
+    return (f"{key}.classes {written}: its indices now name {now}, and named {before} when the split was made: a class "
+            f"folder added or removed under {dataset['path']} moves what an index names (indices count in the sorted "
+            f"folder names). Write the classes by name ({before} to keep them), so that a folder added later changes "
+            "nothing")
+
+
 def given_splits_line(key: str, dataset: dict, written: list[str], given: tuple[str, ...]) -> str | None:
     """Where ``written`` (the fraction keys the user wrote of the dataset config at ``key``) names a split the
     dataset gives itself (``given``: its val/ or test/ folder, or its manifest's split column), why that fraction
@@ -808,6 +830,7 @@ def make_split(spec: SplitSpec, threads: int = 1) -> tuple[pd.DataFrame, dict]:
         "seed": spec.seed,
         "official_splits": list(official_splits(listing)),
         "classes": class_names,
+        "classes_written": spec.classes,  # dataset.classes as written: the check at start sees indices that moved
         "counts": {name: {s: int(counts.loc[name].get(s, 0)) for s in SPLITS} for name in class_names},
         "skipped_images": [{"path": p, "reason": r} for p, r in bad],
         "duplicate_images": duplicates,

@@ -806,9 +806,18 @@ def given_splits(cfg, split_file):
         except Exception:  # noqa: BLE001 - a layout the split job refuses, naming what is wrong
             return ()
     try:
-        return tuple(json.loads(Path(split_file).with_suffix(".report.json").read_text())["official_splits"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return tuple(split_report(split_file)["official_splits"])
+    except (KeyError, TypeError):
         return ()
+
+
+def split_report(split_file):
+    """The report of the split made before ({} where there is none, or it does not read)."""
+    try:
+        found = json.loads(Path(split_file).with_suffix(".report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 # The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
@@ -884,6 +893,12 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
             raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
         image_folder_checked(_cfg, _state)
+    if _folder and _cfg.get("classes") and os.path.exists(_split_file):
+        from finetune.data import moved_indices_line
+
+        _line = moved_indices_line(_key, _cfg, split_report(_split_file))
+        if _line:
+            raise WorkflowError(f"{_line}: nothing ran, and the split made before is kept")
     if not _folder and manifest_changed(_path, _cfg.get("classes"), _split_file):
         # A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing
         # file, a row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the
