@@ -1120,6 +1120,9 @@ BAD_CONFIGS = {
                                              "preprocessing": {**PRE, "resize_size": 24, "crop_size": 32}}},
                                 "weights.preprocessing: crop_size 32 is larger than resize_size 24"),
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
+    "empty_section": ({"experiments": {"finetune": None}},
+                      "experiments.finetune: empty (YAML reads a key with nothing after it as null), and it must be a "
+                      "mapping (key: value): write `finetune: {}` for none of its keys"),
     "number_yaml_reads_as_text": ({"train": {"lr": "1e-3"}},
                                   "train.lr: '1e-3' is not a number (YAML reads 1e-3 as text: write it with a decimal point"),
     "number_quoted": ({"train": {"lr": "0.01"}},

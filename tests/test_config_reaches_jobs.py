@@ -585,6 +585,21 @@ def test_another_optimizer_for_a_demo_experiment_names_the_settings_it_keeps_fro
     assert "note:" not in output, output[-3000:]
 
 
+def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it(tmp_path):
+    """`finetune: {strategy: feature_extract}` over the demo: the demo's own `backbone_lr_factor` of that experiment is
+    not used by a head on a frozen backbone, and was refused with `remove it (set in config/config.yaml)`, which a file
+    merged over the demo cannot do. The message says what can: another name, or --replace-workflow-config."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"]["finetune"]
+    assert "backbone_lr_factor" in demo, "the demo's finetune no longer sets backbone_lr_factor"
+    result = run_snakemake(*config_over_the_demo(tmp_path, {"experiments": {"finetune": {"strategy": "feature_extract"}}}),
+                           "-n", check=False)
+    assert result.returncode != 0
+    line = next(line for line in result.stdout.splitlines() if "experiments.finetune.backbone_lr_factor" in line)
+    assert line.rstrip().endswith("(set in config/config.yaml, the demo's config yours is merged over: a file of yours "
+                                  "cannot unset its keys; name the experiment otherwise, or run with "
+                                  "--replace-workflow-config to use your config alone)"), line
+
+
 def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_it(tmp_path):
     """Over the demo, experiments of the user's own that are all L-BFGS heads act on none of the demo's
     `train.schedule` and `train.warmup_epochs`: those are the demo's, not refused. The user's own

@@ -414,6 +414,10 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
         if "integer" in types and isinstance(value, float) and value.is_integer():
             return [f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"]
+        if value is None and "object" in types:  # `finetune:` with nothing after it, or every key below commented out
+            return [f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: "
+                    f"write `{str(list(error.absolute_path)[-1]) if error.absolute_path else 'key'}: {{}}` for none of "
+                    "its keys"]
         return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
     if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
         hint = _number_text_hint(value, ["number"])

@@ -437,11 +437,12 @@ def stray_configfiles_hint(strays: list[str]) -> str:
             "(snakemake results/x.json --configfile my.yaml), or put a flag between")
 
 
-def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
+def where_written(problems: list[str], sources: dict[str, dict], demo: str | None = None) -> list[str]:
     """Each problem (``key.path: why``) with the source its key's value comes from, where there are several
     (``sources``: {name: the config it gives}, in the order Snakemake merges them, so the last that writes
     the key wins): ``train.lr: ... (set in my.yaml)``. A problem whose key no source writes (a default) is
-    unchanged."""
+    unchanged. ``demo``: the source the others are merged over (config/config.yaml), whose keys a file merged over it
+    cannot unset: where it is the one that writes the key, how else to be rid of it."""
     if len(sources) < 2:
         return problems
     named = []
@@ -454,5 +455,10 @@ def where_written(problems: list[str], sources: dict[str, dict]) -> list[str]:
             named.append(problem)
             continue
         head, allowed, tail = problem.partition("; allowed keys:")  # said before the (long) list of keys
-        named.append(f"{head} (set in {files[-1]}){allowed}{tail}")
+        inherited = (f", the demo's config yours is merged over: a file of yours cannot unset its keys; name the "
+                     f"experiment otherwise, or run with --replace-workflow-config to use your config alone"
+                     if files[-1] == demo and path[0] == "experiments" else
+                     f", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
+                     "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
+        named.append(f"{head} (set in {files[-1]}{inherited}){allowed}{tail}")
     return named

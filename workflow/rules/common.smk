@@ -172,7 +172,7 @@ if _problems:
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   format_problems(where_written(_problems, _sources))]))
+                                   format_problems(where_written(_problems, _sources, demo="config/config.yaml"))]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
