@@ -680,8 +680,8 @@ def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_pa
     make_images(data / "train", {"cat": 6, "dog": 6})
     make_images(data / "val", {"cat": 2, "dog": 2}, seed=1)
     folder = {"format": "imagefolder", "path": str(data), "test_fraction": 0.2}
-    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "val_fraction": 0.2}, "pretrain": {
-        **TINY_CONFIG["pretrain"], "dataset": {**folder, "val_fraction": 0.2}}})
+    config = tiny_config(tmp_path / "run", replace={"dataset": folder, "pretrain": {
+        **TINY_CONFIG["pretrain"], "dataset": folder}})  # val_fraction not written: one written is refused at start
     run_snakemake(tmp_path / "run", config, "--until", "split")
     source = (tmp_path / "run" / "results/logs/split/source.log").read_text()
     target = (tmp_path / "run" / "results/logs/split/target.log").read_text()

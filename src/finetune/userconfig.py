@@ -455,10 +455,10 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
             named.append(problem)
             continue
         head, allowed, tail = problem.partition("; allowed keys:")  # said before the (long) list of keys
-        inherited = (f", the demo's config yours is merged over: a file of yours cannot unset its keys; name the "
-                     f"experiment otherwise, or run with --replace-workflow-config to use your config alone"
+        inherited = (", the demo's config yours is merged over: a file of yours cannot unset its keys; name the "
+                     "experiment otherwise, or run with --replace-workflow-config to use your config alone"
                      if files[-1] == demo and path[0] == "experiments" else
-                     f", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
+                     ", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
                      "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
         named.append(f"{head} (set in {files[-1]}{inherited}){allowed}{tail}")
     return named
