@@ -656,6 +656,12 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
     assert report["images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)
     assert "ignored 2 image(s) outside any class folder" in result.stdout
     assert sorted(pd.read_csv(out / "split.csv")["class_name"].unique()) == ["seg_test", "seg_train"]
+    # said at the start of a run too, not only in the split job's log; and each time, until the folders are renamed
+    config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "imagefolder", "path": str(data)}})
+    for _ in range(2):
+        started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+        assert (f"note: dataset.path: the class folders of {data} (seg_test, seg_train) hold no images of their own"
+                in started), started[-3000:]
     plain = tmp_path / "plain"
     make_images(plain, {"cat": 4, "dog": 4})
     result = run_split(imagefolder(plain), tmp_path / "plain_out")

@@ -289,6 +289,15 @@ def _images_in(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
+def image_folder_layout_note(root: str) -> str | None:
+    """:func:`layout_note` of an ImageFolder root, for the check at start; None where the folder is at fault (the
+    checks of the folder say how)."""
+    try:
+        return layout_note(Path(root), _class_folders(Path(root)))
+    except (DataError, OSError):
+        return None
+
+
 def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str | None:
     """Where every class folder holds no image of its own but the same subfolders (``seg_train/<class>/``,
     ``seg_test/<class>/``), the "classes" are most likely split folders named otherwise: what to rename.

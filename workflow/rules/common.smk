@@ -893,6 +893,13 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
             _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
             raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
         image_folder_checked(_cfg, _state)
+    if _folder:  # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here,
+        # where it is seen, not only in the split job's log (from the folder names, and each class folder's own files)
+        from finetune.data import image_folder_layout_note
+
+        _note = image_folder_layout_note(_path)
+        if _note:
+            say(f"{_key}.path: {_note}")
     if _folder and _cfg.get("classes") and os.path.exists(_split_file):
         from finetune.data import moved_indices_line
 
