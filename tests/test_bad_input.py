@@ -1108,6 +1108,8 @@ PRE = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25
 BAD_CONFIGS = {
     "unknown_top_level_key": ({"foo": 1}, "foo: unknown key; allowed keys: dataset, evaluate,"),
     "unknown_nested_key": ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (did you mean lr?); allowed keys:"),
+    "train_key_at_the_top_level": ({"epochs": 3}, "epochs: unknown key (epochs is a key of train: write it under "
+                                                  "train:, or on the command line --config 'train={epochs: 3}')"),
     "unknown_key_in_experiment": ({"experiments": {"finetune": {"epoch": 3}}},
                                   "experiments.finetune.epoch: unknown key (did you mean epochs?)"),
     "text_in_a_swept_lr": ({"experiments": {"finetune": {"sweep": {"lr": ["fast", 0.01]}}}},

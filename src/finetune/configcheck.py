@@ -383,6 +383,20 @@ def _key_path(path) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _section_keys(schema: dict, section: str) -> set[str]:
+    """The keys of a top-level section of the config's ``schema`` (one given by a ``$ref`` to ``$defs`` too)."""
+    entry = (schema.get("properties") or {}).get(section) or {}
+    ref = entry.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        entry = (schema.get("$defs") or {}).get(ref.removeprefix("#/$defs/")) or {}
+    return set(entry.get("properties") or {})
+
+
+def _yaml_text(value) -> str:
+    """``value`` as a flow-style YAML scalar or collection, one line."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
 def _where(path) -> str:
     return _key_path(path) or "the top level"
 
@@ -402,6 +416,9 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
                 guess = f" ({key} is a key of pretrain, not of pretrain.train)"
             elif error.absolute_path and key in top_level:
                 guess = f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
+            elif not error.absolute_path and key in _section_keys(error.schema, "train"):
+                guess = (f" ({key} is a key of train: write it under train:, or on the command line "
+                         f"--config 'train={{{key}: {_yaml_text(value[key])}}}')")
             if ":" in str(key) and str(key).split(":", 1)[0].strip() in allowed:
                 name, value_text = (part.strip() for part in str(key).split(":", 1))
                 guess = (f" (YAML reads '{key}' as one key: write a space after the colon, "
