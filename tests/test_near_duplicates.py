@@ -180,6 +180,31 @@ def test_the_split_report_lists_them_and_leave_out_removes_the_train_copy_keepin
     assert "not checked (dataset.near_duplicates: false)" in log
 
 
+def test_a_near_copy_under_another_label_is_said_apart_in_the_split_s_log(tmp_path):
+    """A picture saved again under another label (a dog's photo filed as a cat) was listed among the ordinary pairs
+    only; identical files under two labels stop the split. The log says such pairs apart, naming both labels."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = ["path,label"] + [f"{scene(folder / f'{name}{seed}.jpg', seed).name},{name}"
+                              for name, seeds in (("cats", range(0, 8)), ("dogs", range(10, 18))) for seed in seeds]
+    misfiled = copies_of(folder / "dogs12.jpg", folder)[0]
+    lines.append(f"{misfiled.name},cats")
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    dataset = {"format": "csv", "path": str(folder / "m.csv"), "val_fraction": 0.25, "test_fraction": 0.25, "seed": 1}
+    result = subprocess.run([sys.executable, str(REPO / "workflow/scripts/split.py"), "--dataset", json.dumps(dataset),
+                             "--out", str(tmp_path / "split.csv"), "--report", str(tmp_path / "report.json")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    split = pd.read_csv(tmp_path / "split.csv").set_index("path")["split"]
+    original, copy = str(folder / "dogs12.jpg"), str(misfiled)
+    assert split[original] != split[copy], "the case: the two in different splits"
+    earlier, later = sorted((original, copy), key=lambda p: ["train", "val", "test"].index(split[p]))
+    label = {original: "dogs", copy: "cats"}
+    assert (f"of them, 1 pair(s) under two labels, one of each likely mislabelled (identical files under two labels "
+            f"stop the split; near copies may be two pictures alike): {earlier} ({label[earlier]}) and {later} "
+            f"({label[later]})") in result.stdout, result.stdout
+
+
 def test_leave_out_removes_the_earlier_copies_and_moves_nothing_else(tmp_path):
     """No split given: the split is drawn. leave_out drew it again without the copies, which drew another test
     split (and new pairs with it): `report` and `leave_out` runs were scored on different test images. Now

@@ -74,6 +74,12 @@ def near_duplicates_lines(near: dict, report: Path) -> str:
               f"{p['copy_class']}), {p['rms']} levels apart (RMS)" for p in pairs[:20]]
     if len(pairs) > 20:
         lines.append(f"  and {len(pairs) - 20} more")
+    labels = [p for p in pairs if p["class_name"] != p["copy_class"]]
+    if labels:  # a picture under two labels: one of the two is likely mislabelled (identical files so stop the split)
+        lines.append(f"of them, {len(labels)} pair(s) under two labels, one of each likely mislabelled (identical files "
+                     "under two labels stop the split; near copies may be two pictures alike): "
+                     + "; ".join(f"{p['path']} ({p['class_name']}) and {p['copy_of']} ({p['copy_class']})"
+                                 for p in labels[:10]) + (" ..." if len(labels) > 10 else ""))
     return "\n".join(lines)
 
 
