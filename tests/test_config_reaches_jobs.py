@@ -517,7 +517,9 @@ def config_over_the_demo(tmp_path: Path, own: dict) -> tuple[Path, Path]:
     written beside it to give with --configfile."""
     (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text((REPO / "config" / "config.yaml").read_text())
-    (tmp_path / "photos" / "cat").mkdir(parents=True, exist_ok=True)
+    for name in ("cat", "dog"):  # an ImageFolder of two classes: one changed since it last passed is checked at start
+        (tmp_path / "photos" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name / "a.png").write_bytes(PNG)
     configfile = tmp_path / "mine.yaml"
     configfile.write_text(yaml.safe_dump(own, sort_keys=False))
     return tmp_path, configfile
@@ -681,10 +683,11 @@ def test_a_path_starting_with_a_tilde_is_read_in_the_home_folder(tmp_path):
     """`dataset.path: ~/photos` (and predict.images, weights.path) name the home folder's, as torchvision's
     datasets read them: the jobs get the real path."""
     home, work = tmp_path / "home", tmp_path / "work"
-    for folder in (home / "photos" / "cat", home / "incoming", work):
+    for folder in (home / "photos" / "cat", home / "photos" / "dog", home / "incoming", work):
         folder.mkdir(parents=True)
     (home / "w.pth").write_bytes(b"")
-    (home / "incoming" / "a.png").write_bytes(PNG)
+    for image in (home / "incoming" / "a.png", home / "photos" / "cat" / "a.png", home / "photos" / "dog" / "a.png"):
+        image.write_bytes(PNG)
     weights = {"source": "path", "path": "~/w.pth", "arch": "resnet18", "preprocessing": CHOSEN["weights.preprocessing"]}
     config = {**TINY_CONFIG, "dataset": {"format": "imagefolder", "path": "~/photos"}, "weights": weights,
               "predict": {"images": "~/incoming", "experiment": "finetune", "seed": 0}}
