@@ -208,8 +208,9 @@ def test_pipeline_runs_through_slurm(slurm_cluster, tiny_run, tmp_path):
 
 def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_path):
     empty = tmp_path / "no_images"
-    for name in ("cat", "dog"):  # class folders without images: the split job fails (an empty root: at start)
-        (empty / name).mkdir(parents=True)
+    for name in ("cat", "dog"):  # class folders of files that are no images: the split job fails, opening them (an
+        (empty / name).mkdir(parents=True)  # empty root or class folder is refused at start, before any job)
+        (empty / name / "a.png").write_text("not an image")
     workdir = tmp_path / "failing_run"
     config = tiny_config(workdir, replace={"dataset": {"format": "imagefolder", "path": str(empty)}})
     # Only the target split, one attempt (not the profile's `retries: 1`: a second ~30 s failure shows nothing
@@ -233,7 +234,7 @@ def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_pa
         assert "Error in rule split" in slurm_log.read_text()
     # `show-failed-logs` puts both logs in the output: the Slurm log, and the rule's log saying what went wrong.
     assert f"Logfile {submitted[0][2]}:" in out
-    assert f"class folder(s) with no images in {empty}: cat, dog" in out
+    assert f"2 unreadable image(s) in {empty}" in out, out[-3000:]
 
 
 def test_a_run_of_two_processes_is_one_slurm_job_and_trains_as_one_process_does(slurm_cluster, tmp_path):
