@@ -218,6 +218,25 @@ def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
     assert "is read as a CSV list of images" in result.stderr
 
 
+def test_an_image_whose_name_is_not_utf8_is_classified_and_named_with_escapes(tiny_run, tmp_path):
+    """A file name in an old archive's encoding (Latin-1 `n\\xffme.png`): every image was classified, then writing
+    the CSV failed on that name (UnicodeEncodeError, a traceback) and the job's earlier predictions were removed. Its
+    row names it with the byte escaped, its prediction the model's own; the other images' rows are as before."""
+    write_images(tmp_path / "imgs", n=2)
+    odd = os.path.join(os.fsencode(tmp_path / "imgs"), b"n\xffme.png")
+    os.rename(os.fsencode(tmp_path / "imgs" / "item1.png"), odd)
+    model = tiny_run / "results/finetune/seed0/model.onnx"
+    result = run_predict("--model", str(model), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out.csv"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
+    escaped = str(tmp_path / "imgs") + "/n\\xffme.png"
+    assert escaped in table.index and str(tmp_path / "imgs" / "item0.png") in table.index, table.index
+    assert f"warning: the file name {escaped} is not UTF-8" in result.stderr, result.stderr
+    p = probabilities(onnx_logits(model, model_inputs([os.fsdecode(odd)], onnx_preprocessing(model))))[0]
+    assert table.loc[escaped, "predicted"] == CLASSES[int(np.argmax(p))] and table.loc[escaped, "error"] == ""
+    assert float(table.loc[escaped, "probability"]) == pytest.approx(max(p), abs=1e-5)
+
+
 def test_predict_fails_clearly_when_nothing_can_be_read(tiny_run, tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "bad.jpg").write_bytes(b"")
@@ -402,7 +421,13 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     (workdir / "incoming" / "notes.txt").write_text("new photos")
     refused = run_snakemake(workdir, config, check=False)
     assert refused.returncode != 0 and "predict.images: no image files in incoming" in refused.stdout, refused.stdout[-2000:]
+    assert "nothing ran, and every earlier result is kept" in refused.stdout and "rule predict" not in refused.stdout
     assert predictions.read_bytes() == before
+    # It blocks only the runs that make predictions (an inbox emptied once classified stopped every command, a report,
+    # training): another target runs, with a note saying why the predictions would not be made.
+    other = run_snakemake(workdir, config, "--printshellcmds", "results/feature_extract/seed0/metrics.json")
+    assert ("note: predict.images: no image files in incoming" in other.stdout and "a run that makes the predictions "
+            "stops at start" in other.stdout), other.stdout[-2000:]
     # So is one whose image files all fail to decode (a JPEG cut short, an empty file, text named .png): the job would
     # fail on them.
     from io import BytesIO

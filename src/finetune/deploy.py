@@ -258,7 +258,10 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
         decoded = iter(range(len(pixels)))
         for i, (ref, _) in enumerate(chunk):
             row = dict.fromkeys(columns, "")
-            row["path"] = ref
+            row["path"] = writable_name(ref)
+            if row["path"] != ref:
+                log(f"warning: the file name {row['path']} is not UTF-8 (an old archive's encoding): the predictions "
+                    "name it with \\x escapes for the bytes that are not (rename it: `convmv -f latin1 -t utf8`)")
             if i in errors:
                 failed += 1
                 row["error"] = errors[i]
@@ -271,11 +274,22 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
                     row[f"top{rank}_class"], row[f"top{rank}_probability"] = classes[c], f"{probs[j, c]:.6f}"
             rows.append(row)
     with atomic_path(out_csv) as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
     return {"images": len(rows), "classified": len(rows) - failed, "failed": failed}
+
+
+def writable_name(path: str) -> str:
+    """``path`` as UTF-8 text can hold it: a file name whose bytes are not UTF-8 (Python keeps them as surrogates) with
+    those bytes as ``\\xff`` escapes. Writing it as it was failed the whole job after every image was classified, and
+    Snakemake removed the earlier predictions."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------- accuracy and speed

@@ -239,6 +239,7 @@ if _crowded:
 # made in the job, from the runs' train_info.json, so the DAG stays static).
 PREDICT = config["predict"]
 PREDICT_TARGET, PREDICT_CANDIDATES = None, []
+PREDICT_PROBLEM = None  # why predict.images cannot be classified, where found at start
 
 
 def runs_named(name):
@@ -985,14 +986,16 @@ if PREDICT["images"] is not None:
             f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
-    if CHECK_FILES:  # a folder without images (or a list without paths) fails here, not in the job,
-        from finetune.deploy import check_one_opens, list_images  # which would start by removing the earlier
-        from finetune.errors import DataError  # predictions; so does a list of which no image opens
-
+    if CHECK_FILES:  # a folder without images (or a list without paths, or of which no image opens) stops a run that
+        from finetune.deploy import check_one_opens, list_images  # makes the predictions (onstart), not the job, which
+        from finetune.errors import DataError  # would start by removing the earlier ones. Other targets (train, a report)
+        # run: a dry run or one of them gets a note only.
         try:
             check_one_opens(list_images(PREDICT["images"])[0], PREDICT["images"])
         except DataError as exc:
-            raise WorkflowError(f"predict.images: {exc}") from None
+            PREDICT_PROBLEM = f"predict.images: {exc}"
+            say(f"{PREDICT_PROBLEM}: a run that makes the predictions stops at start (the earlier ones are kept); "
+                "other targets run. Set predict.images to null (--config 'predict={images: null}') to classify nothing")
 
 
 # --------------------------------------------------------------------------- finished resume states
@@ -1127,9 +1130,16 @@ def local_run_problems():
     return [problem for problem in problems if problem]
 
 
+def scheduled_predict_problems():
+    """PREDICT_PROBLEM, where this run is to make predictions."""
+    predicts = PREDICT_PROBLEM and any(job.rule.name in ("predict", "predict_selected")
+                                       for job in workflow.dag.needrun_jobs())
+    return [PREDICT_PROBLEM] if predicts else []
+
+
 onstart:
-    if workflow.local_exec and not workflow.touch:
-        _problems = local_run_problems()
+    if not workflow.touch:
+        _problems = [*scheduled_predict_problems(), *(local_run_problems() if workflow.local_exec else [])]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
 
