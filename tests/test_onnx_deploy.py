@@ -326,6 +326,18 @@ def test_quantizing_a_damaged_model_names_the_file_and_how_to_make_it_again(tiny
     assert not (tmp_path / "model.int8.onnx").exists()
 
 
+def test_predicting_with_the_pytorch_checkpoint_says_to_give_the_onnx_model(tiny_run, tmp_path):
+    """`--model model.pt` was told the file was cut short or damaged, and to make it again: it is the run's PyTorch
+    checkpoint, whole. The message says so and names the file to give."""
+    write_images(tmp_path / "imgs", n=1)
+    checkpoint = tiny_run / "results/finetune/seed0/model.pt"
+    result = run_predict("--model", str(checkpoint), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.csv"))
+    assert result.returncode == 1
+    assert (f"cannot load ONNX model {checkpoint}: it is a PyTorch checkpoint (model.pt, a .pth), not an ONNX model; "
+            "give the run's model.onnx") in result.stderr, result.stderr
+    assert "damaged" not in result.stderr and not (tmp_path / "o.csv").exists()
+
+
 def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     """export.quantize and predict.images on a finished run: only the new jobs run."""
     workdir = tiny_run_copy

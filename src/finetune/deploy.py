@@ -81,8 +81,21 @@ def new_session(path: str | Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+        if _is_torch_checkpoint(path):
+            raise ModelError(f"cannot load ONNX model {path}: it is a PyTorch checkpoint (model.pt, a .pth), not an ONNX "
+                             "model; give the run's model.onnx (rule export_onnx writes it beside model.pt)") from exc
         raise ModelError(f"cannot load ONNX model {path}: {exc}. Cut short or damaged? One the workflow wrote is written "
                          f"again by `snakemake --forcerun {path}`") from exc
+
+
+def _is_torch_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` begins as torch.save's files do: a zip archive holding ``data.pkl``, or a bare pickle."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return (head.startswith(b"PK\x03\x04") and b"data.pkl" in head) or head[:1] == b"\x80"
 
 
 @dataclass
