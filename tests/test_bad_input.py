@@ -84,6 +84,19 @@ def test_unreadable_images_fail_the_split_listing_every_one(tmp_path):
     assert snapshot(out) == before
 
 
+def test_a_symbolic_link_to_a_file_that_is_gone_is_named_so(tmp_path):
+    """A link whose target went (a file system not mounted, a file moved) was `file does not exist`, beside a name
+    that `ls` shows: the message names the link and where it points."""
+    data = tmp_path / "data"
+    make_images(data, {"cat": 4, "dog": 4})
+    target = tmp_path / "elsewhere" / "photo.png"
+    (data / "cat" / "linked.png").symlink_to(target)
+    result = run_split(imagefolder(data), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert (f"{data / 'cat' / 'linked.png'}: a symbolic link to {target}, which does not exist"
+            in result.stdout), result.stdout
+
+
 def test_unreadable_images_skipped_and_reported_then_training_works(tmp_path, tiny_manifest):
     data, out = tmp_path / "data", tmp_path / "out"
     good = make_images(data, {"cat": 6, "dog": 6})

@@ -641,6 +641,8 @@ def _inspect(path: str) -> tuple[str | None, str | None, np.ndarray | None]:
             return "not a regular file (a named pipe, socket or device)", None, None
         data = Path(path).read_bytes()
     except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a symbolic link to {os.readlink(path)}, which does not exist", None, None
         return "file does not exist", None, None
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}", None, None
