@@ -784,8 +784,10 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
     before = snapshot(tmp_path / "run" / "resources" / "splits")
     for name, message in (
             ("owl", f"class folder(s) with no images in {data}: owl"),
-            ("Cat", f"{data}: class folders whose names differ only in case or in their Unicode form"),
-            (unicodedata.normalize("NFD", "cr\u00eape"), f"{data}: class folders whose names differ only in case"),
+            (unicodedata.normalize("NFD", "cr\u00eape"), f"{data}: class folders whose names differ only in their "
+                                                         "Unicode form (a letter with an accent as one character, or "
+                                                         "as the letter and a combining accent), shown with the "
+                                                         "characters' codes: 'cre\\u0302pe' and 'cr\\xeape'"),
             ("train", f"{data} mixes split folders holding class folders (train) with other folders")):
         made = make_images(data / name / "cat", {"": 1}) if name == "train" else (
             (data / name).mkdir() if name == "owl" else make_images(data, {name: 3}, seed=2))
@@ -798,6 +800,13 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
         shutil.rmtree(data / name)
         again = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
         assert jobs_run(again) == [], (made, again[-3000:])
+    # `Cat` beside `cat`: two classes on Linux (letters of two cases may be meant), one folder on macOS or Windows;
+    # said at the start of each run, not refused
+    make_images(data, {"Cat": 3}, seed=2)
+    started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+    assert ("note: dataset.path: classes whose names differ only in letter case: 'Cat' and 'cat': two classes each"
+            in started), started[-3000:]
+    assert "Cat" in set(pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")["class_name"])
 
 
 def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
@@ -818,11 +827,16 @@ def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tm
                                                                          "test_fraction": 0.1}})
     result = run_snakemake(tmp_path / "run", bad, "--until", "split", check=False)
     assert result.returncode != 0
-    assert (f"dataset.test_fraction 0.1: {data} gives its own test images (its test folder), so the fraction does not "
-            "apply to them") in result.stdout and "remove dataset.test_fraction from your config: nothing ran" \
+    assert (f"dataset.test_fraction 0.1: {data} gives its own test images (its folder test/), so the fraction does "
+            "not apply to them") in result.stdout and "remove dataset.test_fraction from your config: nothing ran" \
         in result.stdout, result.stdout[-3000:]
     assert "val_fraction" not in result.stdout.split("dataset.test_fraction 0.1")[1].split("\n")[0]
     assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+    # 0, the value that says the dataset gives that split (the schema's "0 only there"), is taken: nothing to redo
+    zero = tiny_config(tmp_path / "run", "zero.yaml", replace={"dataset": {**folder, "val_fraction": 0.34,
+                                                                           "test_fraction": 0}})
+    result = run_snakemake(tmp_path / "run", zero, "--until", "split")
+    assert "gives its own test images" not in result.stdout, result.stdout[-3000:]
 
     # A manifest's split column, as its last split found it (the manifest unchanged: not read again)
     manifest = write_manifest_csv(tmp_path / "csv", [f"{r},{'test' if r.startswith(('cat/000', 'dog/000')) else ''}"
@@ -831,10 +845,12 @@ def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tm
     config = tiny_config(tmp_path / "csvrun", replace={"dataset": dataset})
     run_snakemake(tmp_path / "csvrun", config, "--until", "split")
     bad = tiny_config(tmp_path / "csvrun", "bad.yaml", replace={"dataset": {**dataset, "test_fraction": 0.25}})
+    before = snapshot(tmp_path / "csvrun" / "resources" / "splits")
     result = run_snakemake(tmp_path / "csvrun", bad, "--until", "split", check=False)
     assert result.returncode != 0
     assert (f"dataset.test_fraction 0.25: {manifest} gives its own test images (the rows its split column marks "
             "test)") in result.stdout, result.stdout[-3000:]
+    assert snapshot(tmp_path / "csvrun" / "resources" / "splits") == before
 
 
 def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
@@ -1365,7 +1381,9 @@ def test_a_target_written_after_configfile_is_named_as_read_for_a_config_file(tm
     mistake = tmp_path / "lr.yaml"
     mistake.write_text("lr: 0.01\n")
     result = run_snakemake(tmp_path, config, str(mistake), "-n", check=False, timeout=120)
-    assert result.returncode != 0 and f"lr: unknown key (set in {mistake})" in result.stdout, result.stdout[-3000:]
+    assert result.returncode != 0 and (f"lr: unknown key (lr is a key of train: write it under train:, or on the "
+                                       f"command line --config 'train={{lr: 0.01}}') (set in {mistake})") \
+        in result.stdout, result.stdout[-3000:]
     assert "read as a config file" not in result.stdout
 
 

@@ -479,3 +479,30 @@ def test_settings_this_machine_cannot_run_are_refused_at_start_keeping_the_train
             result.stdout[-3000:]
         assert "rule train:" not in result.stdout, result.stdout[-3000:]
         assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 4])
+def test_device_settings_a_machine_cannot_run_follow_from_its_gpu_count(gpus):
+    """The check at start (local_run_problems) for each GPU count a machine may have, the rule written out here:
+    cuda needs a GPU and one per process; auto takes the GPUs where there are some, one per process, else the CPU;
+    cpu needs none."""
+    from finetune.launch import device_problems, needs_gpus
+
+    settings = {"experiments.one.device": ("cuda", 1, "experiments.one.devices"),
+                "experiments.two.device": ("cuda", 2, "experiments.two.devices"),
+                "experiments.auto_two.device": ("auto", 2, "experiments.auto_two.devices"),
+                "experiments.auto_one.device": ("auto", 1, "experiments.auto_one.devices"),
+                "experiments.cpu_four.device": ("cpu", 4, "experiments.cpu_four.devices"),
+                "evaluate.device": ("cuda", 1, None)}
+    refused = {key for key, (device, processes, _) in settings.items()
+               if (device == "cuda" and gpus < processes) or (device == "auto" and 0 < gpus < processes)}
+    problems = device_problems(settings, gpus)
+    assert {problem.split(" ")[0] if " is cuda" in problem else problem.split(" with ")[1].split(" ")[0]
+            for problem in problems} == refused, problems
+    assert len(problems) == len(refused)
+    for problem in problems:
+        if gpus == 0:
+            assert "is cuda, but no CUDA device is available on this machine" in problem
+        else:
+            assert f"but it has {gpus}: set" in problem
+    assert needs_gpus(settings) and not needs_gpus({"k": ("cpu", 4, "d"), "a": ("auto", 1, "d")})

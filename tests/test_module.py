@@ -215,3 +215,28 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
     assert notes == [f"note: module f{x}: set-resources names train, which this module calls f{x}_train; its settings "
                      f"(mem_mb) apply to nothing. Name it f{x}_train in your profile or command line" for x in "ab"], notes
     assert "mem_mb=9111" not in result.stdout and "runtime=77" in result.stdout  # what the note says, as Snakemake plans
+
+
+def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbox_is_refused(tmp_path):
+    """A host with a second `use rule ... from finetune` statement reads the workflow twice with one config dict,
+    which the first reading filled with the schema's defaults: the fractions were then taken as written, and an
+    ImageFolder of split folders refused for a `dataset.test_fraction` nobody wrote. And a module's `onstart` does
+    not run: an empty `predict.images` is refused as the module is read, keeping the earlier predictions."""
+    from faults import make_images
+
+    host = tmp_path / "host"
+    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    snippet = snippet.replace("use rule * from finetune as finetune_*\n", "use rule * from finetune as finetune_*\n"
+                              "use rule train from finetune as finetune_train with:\n    threads: 1\n", 1)
+    (host / "config").mkdir(parents=True)
+    (host / "Snakefile").write_text(snippet)
+    make_images(host / "data" / "train", {"cat": 6, "dog": 6})
+    make_images(host / "data" / "test", {"cat": 2, "dog": 2}, seed=1)
+    dataset = {"format": "imagefolder", "path": "data"}
+    tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset})
+    planned = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert planned.returncode == 0 and "finetune_split" in planned.stdout, planned.stdout[-3000:]
+    (host / "inbox").mkdir()
+    tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset}, predict={"images": "inbox"})
+    refused = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert refused.returncode != 0 and "predict.images: no image files in inbox" in refused.stdout, refused.stdout[-3000:]

@@ -225,13 +225,18 @@ def test_an_image_whose_name_is_not_utf8_is_classified_and_named_with_escapes(ti
     write_images(tmp_path / "imgs", n=2)
     odd = os.path.join(os.fsencode(tmp_path / "imgs"), b"n\xffme.png")
     os.rename(os.fsencode(tmp_path / "imgs" / "item1.png"), odd)
+    unreadable = os.path.join(os.fsencode(tmp_path / "imgs"), b"br\xf6ken.png")  # its error names it too
+    with open(unreadable, "wb") as handle:
+        handle.write(b"not an image")
     model = tiny_run / "results/finetune/seed0/model.onnx"
     result = run_predict("--model", str(model), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "out.csv"))
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
     escaped = str(tmp_path / "imgs") + "/n\\xffme.png"
     assert escaped in table.index and str(tmp_path / "imgs" / "item0.png") in table.index, table.index
-    assert f"warning: the file name {escaped} is not UTF-8" in result.stderr, result.stderr
+    assert "warning: 2 file name(s) not UTF-8 (an old archive's encoding)" in result.stderr, result.stderr
+    broken = str(tmp_path / "imgs") + "/br\\xf6ken.png"
+    assert table.loc[broken, "predicted"] == "" and broken in table.loc[broken, "error"], table.loc[broken].to_dict()
     p = probabilities(onnx_logits(model, model_inputs([os.fsdecode(odd)], onnx_preprocessing(model))))[0]
     assert table.loc[escaped, "predicted"] == CLASSES[int(np.argmax(p))] and table.loc[escaped, "error"] == ""
     assert float(table.loc[escaped, "probability"]) == pytest.approx(max(p), abs=1e-5)

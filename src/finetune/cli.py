@@ -104,21 +104,17 @@ def run(main: Callable[[], int | None], fast_exit: bool = False) -> None:
     try:
         code = main()
     except FinetuneError as exc:
-        _ending()
+        _ending(previous)
         sys.stderr.write(f"{_rank_prefix()}error: {exc}\n")  # one write: the lines of several processes in one log stay whole
         sys.stderr.flush()
         sys.exit(1)
     except StopRequested as exc:
-        lost = _peer_gone_within(exc)
-        if lost is not None:  # torchrun's SIGTERM, come as the lost peer's error was on its way out
-            _ending()
-            _peer_gone_exit(lost)
-        stopping(previous, exc)
+        _stopped(previous, exc)
     except Exception as exc:
-        _ending()
+        _ending(previous)
         stop = _stop_within(exc)
         if stop is not None:  # a library caught the stop and raised its own error from it
-            stopping(previous, stop)
+            _stopped(previous, stop)
         if _peer_gone(exc):
             _peer_gone_exit(exc)
         traceback.print_exc()
@@ -151,17 +147,23 @@ def _peer_gone(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(text in str(exc) for text in _PEER_GONE))
 
 
-def _peer_gone_within(exc: BaseException) -> BaseException | None:
-    """The lost peer's error among ``exc``'s contexts: a stop signal (torchrun's SIGTERM to the processes left) that
-    came while that error was on its way out of ``main``, through a ``finally`` or a context manager's exit."""
+def _chain(exc: BaseException | None):
+    """``exc``, then the exceptions it was raised from or while handling, each once."""
     seen = set()
-    exc = exc.__context__
     while exc is not None and id(exc) not in seen:
-        if _peer_gone(exc):
-            return exc
+        yield exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+
+
+def _stopped(handlers: dict, stop: StopRequested) -> None:
+    """End a stopped run, unless the stop came while a lost peer's error was on its way out of ``main`` (through a
+    ``finally`` or a context manager's exit: torchrun's SIGTERM to the processes left): that error is why it ends."""
+    lost = next((exc for exc in _chain(stop.__context__) if _peer_gone(exc)), None)
+    if lost is not None:
+        _ending(handlers)
+        _peer_gone_exit(lost)
+    stopping(handlers, stop)
 
 
 def _peer_gone_exit(exc: BaseException) -> None:
@@ -171,11 +173,16 @@ def _peer_gone_exit(exc: BaseException) -> None:
     sys.exit(1)
 
 
-def _ending() -> None:
+def _ending(handlers: dict) -> None:
     """The job ends with the error in hand: a stop signal from now on (torchrun's SIGTERM to the processes left once
     one has ended, Snakemake's to the jobs left once one failed) must not raise a stop inside the error's handling and
-    replace its one line with a traceback."""
+    replace its one line with a traceback. Among several training processes, signals are ignored until the process
+    has ended (torchrun's second SIGTERM must not kill it on its way out, changing its exit status)."""
     STOPPING.append("ending")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        for sig in handlers:
+            signal.signal(sig, signal.SIG_IGN)
+        handlers.clear()  # run's finally restores none: the process ends here
 
 
 def _rank_prefix() -> str:
@@ -208,13 +215,7 @@ def stopping(handlers: dict, stop: StopRequested) -> None:
 def _stop_within(exc: BaseException) -> StopRequested | None:
     """The StopRequested among ``exc``'s causes and contexts: torch's dynamo exporter, for one, catches what the
     traced code raises and raises its own error from it."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, StopRequested):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((found for found in _chain(exc) if isinstance(found, StopRequested)), None)
 
 
 def _exit_now(code: int) -> None:

@@ -176,27 +176,37 @@ def _class_folders(directory: Path) -> dict[str, list[tuple[Path, str]]]:
         _refuse_folders_written_two_ways(top, folders)
         for folder in folders:
             classes.setdefault(folder.name, []).append((folder, split))
-    _refuse_folders_written_two_ways(directory, [folder for found in classes.values() for folder, _ in found],
-                                     only_case=True)
     return dict(sorted(classes.items()))
 
 
-def _refuse_folders_written_two_ways(where: Path, folders: list[Path], only_case: bool = False) -> None:
-    """Class folders whose names differ only in case (``Bag`` beside ``bag``), or only in how Unicode composes them
-    (``chemisé`` typed, and copied from a Mac): one class written two ways. The first pair were two classes (a
-    case-insensitive file system, macOS's or Windows', merges them), the second one class of both folders' images,
-    with nothing said. ``only_case``: folders of several split folders, where one name composed two ways is one
-    class (train/ copied from a Mac, test/ not)."""
+def _refuse_folders_written_two_ways(where: Path, folders: list[Path]) -> None:
+    """Class folders of one parent whose names differ only in how Unicode composes them (``chemisé`` typed, and
+    copied from a Mac): two folders that look alike and were one class of both folders' images, with nothing said.
+    (The same name composed two ways in two split folders, train/ copied from a Mac and test/ not, is one class.)"""
     ways: dict[str, set[str]] = {}
     for folder in folders:
-        ways.setdefault(nfc(folder.name).casefold(), set()).add(nfc(folder.name) if only_case else folder.name)
+        ways.setdefault(nfc(folder.name), set()).add(folder.name)
     twice = sorted(sorted(found) for found in ways.values() if len(found) > 1)
     if not twice:
         return
+    listed = "; ".join(" and ".join(ascii(name) for name in found) for found in twice[:10])
+    raise DataError(f"{where}: class folders whose names differ only in their Unicode form (a letter with an accent "
+                    f"as one character, or as the letter and a combining accent), shown with the characters' codes: "
+                    f"{listed}. They look alike and would be one class: merge each pair into one folder, or rename one")
+
+
+def case_note(classes: list[str]) -> str | None:
+    """Classes whose names differ only in letter case (``Bag`` beside ``bag``): two classes here, where a file system
+    that ignores case (macOS's, Windows') has one folder; likely one class written two ways, unless meant (letters)."""
+    ways: dict[str, list[str]] = {}
+    for name in classes:
+        ways.setdefault(name.casefold(), []).append(name)
+    twice = [found for found in ways.values() if len(found) > 1]
+    if not twice:
+        return None
     listed = "; ".join(" and ".join(repr(name) for name in found) for found in twice[:10])
-    raise DataError(f"{where}: class folders whose names differ only in case or in their Unicode form (a letter "
-                    f"with an accent as one character, or as the letter and a combining accent), one class written "
-                    f"two ways: {listed}. Merge each into one folder, or rename one")
+    return (f"classes whose names differ only in letter case: {listed}: two classes each (on macOS or Windows the "
+            "folders would be one); if each is one class written two ways, merge the folders")
 
 
 def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
@@ -284,18 +294,32 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def _holds_an_image(folder: Path) -> bool:
+    """Whether ``folder`` itself holds an image file (not hidden): stops at the first, so a class folder of 100,000
+    images costs one entry at the start of each run, not a listing."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                       and entry.is_file() for entry in entries)
+    except OSError:
+        return True  # not known: no note
+
+
 def _images_in(folder: Path) -> list[Path]:
     """The image files in ``folder`` itself (not below it), hidden ones left out."""
     return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-def image_folder_layout_note(root: str) -> str | None:
-    """:func:`layout_note` of an ImageFolder root, for the check at start; None where the folder is at fault (the
+def image_folder_notes(root: str) -> list[str]:
+    """:func:`layout_note` and :func:`case_note` of an ImageFolder root, for the start of each run (from the folder
+    names, and whether the first class folder holds an image of its own); none where the folder is at fault (the
     checks of the folder say how)."""
     try:
-        return layout_note(Path(root), _class_folders(Path(root)))
+        classes = _class_folders(Path(root))
     except (DataError, OSError):
-        return None
+        return []
+    return [note for note in (layout_note(Path(root), classes), case_note(sorted({nfc(name) for name in classes})))
+            if note]
 
 
 def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str | None:
@@ -303,7 +327,7 @@ def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str |
     ``seg_test/<class>/``), the "classes" are most likely split folders named otherwise: what to rename.
     Images below a class folder count for that class, so such a root trains a classifier of split names."""
     folders = [folder for entries in classes.values() for folder, _ in entries]
-    if len(folders) < 2 or any(_images_in(folder) for folder in folders):
+    if len(folders) < 2 or any(_holds_an_image(folder) for folder in folders):
         return None
     inner = [{p.name for p in _subfolders(folder)} for folder in folders]
     if len(inner[0]) < 2 or any(names != inner[0] for names in inner):
@@ -775,11 +799,21 @@ def given_splits_line(key: str, dataset: dict, written: list[str], given: tuple[
     """Where ``written`` (the fraction keys the user wrote of the dataset config at ``key``) names a split the
     dataset gives itself (``given``: its val/ or test/ folder, or its manifest's split column), why that fraction
     cannot apply; None where none does."""
-    applies_not = [name for name in written if name.removesuffix("_fraction") in given]
+    # 0 is the value that says so (the schema's "0 only there"): not refused
+    applies_not = [name for name in written if name.removesuffix("_fraction") in given and dataset[name] != 0]
     if not applies_not:
         return None
-    where = (lambda split: f"its {split} folder") if dataset["format"] == "imagefolder" else (
-        lambda split: f"the rows its split column marks {split}")
+    if dataset["format"] == "imagefolder":
+        try:
+            folders = {split: folder.name for folder, split in split_folders(Path(dataset["path"])).items()}
+        except (DataError, OSError):
+            folders = {}
+
+        def where(split: str) -> str:
+            return f"its folder {folders.get(split, split)}/"
+    else:
+        def where(split: str) -> str:
+            return f"the rows its split column marks {split}"
     listed = "; ".join(f"{key}.{name} {dataset[name]}: {dataset['path']} gives its own {name.removesuffix('_fraction')} "
                        f"images ({where(name.removesuffix('_fraction'))})" for name in applies_not)
     return (f"{listed}, so the fraction does not apply to them (the split keeps them as given, and draws only the "

@@ -262,7 +262,7 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     if ignored:
         log(f"warning: {not_read_line(ignored)}")
     columns = prediction_columns(k)
-    rows, failed = [], 0
+    rows, failed, escaped = [], 0, 0
     for start in range(0, len(listed), batch_size):
         chunk = listed[start : start + batch_size]
         pixels, errors = model.decode([opened for _, opened in chunk], threads)
@@ -272,12 +272,10 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
         for i, (ref, _) in enumerate(chunk):
             row = dict.fromkeys(columns, "")
             row["path"] = writable_name(ref)
-            if row["path"] != ref:
-                log(f"warning: the file name {row['path']} is not UTF-8 (an old archive's encoding): the predictions "
-                    "name it with \\x escapes for the bytes that are not (rename it: `convmv -f latin1 -t utf8`)")
+            escaped += row["path"] != ref
             if i in errors:
                 failed += 1
-                row["error"] = errors[i]
+                row["error"] = writable_name(errors[i])  # names the file, whose name may not be UTF-8
                 log(f"warning: unreadable image {ref}: {errors[i]}")
             else:
                 j = next(decoded)
@@ -286,6 +284,9 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
                 for rank, c in enumerate(best, start=1):
                     row[f"top{rank}_class"], row[f"top{rank}_probability"] = classes[c], f"{probs[j, c]:.6f}"
             rows.append(row)
+    if escaped:
+        log(f"warning: {escaped} file name(s) not UTF-8 (an old archive's encoding): the predictions name them with "
+            "\\x escapes for the bytes that are not (rename them: `convmv -f latin1 -t utf8 -r --notest <folder>`)")
     with atomic_path(out_csv) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")

@@ -77,6 +77,8 @@ def start(options: dict, log=print) -> Ranks:
     local_rank = int(os.environ["LOCAL_RANK"])
     device = options.get("device", "auto")
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() == 0:
+        raise ConfigError(f"{key_name('device')} is cuda, but no CUDA device is available (set it to auto or cpu)")
     if cuda and devices > torch.cuda.device_count():  # every process says it (rather than wait for the ones that cannot start)
         raise ConfigError(f"{key_name('devices')} {devices}: {devices} training processes on the GPUs of this node "
                           f"({key_name('device')} {device}), but it has {torch.cuda.device_count()}: set "

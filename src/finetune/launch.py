@@ -78,6 +78,27 @@ def allocation_problem(nodes: int, env: dict, nodes_key: str = "train.nodes") ->
             f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
 
 
+def needs_gpus(devices: dict) -> bool:
+    """Whether :func:`device_problems` has anything to check in ``devices`` (so whether to count the GPUs)."""
+    return any(device == "cuda" or (device == "auto" and processes > 1) for device, processes, _ in devices.values())
+
+
+def device_problems(devices: dict, gpus: int) -> list[str]:
+    """Why the jobs' device settings cannot run on a machine of ``gpus`` GPUs. ``devices``: {device key: (device,
+    processes per node, devices key)}. device cuda needs a GPU, and one per process; device auto trains on the GPUs
+    where there are some, so several processes a node then need as many (on a machine without, the CPU)."""
+    problems = []
+    for key, (device, processes, devices_key) in sorted(devices.items()):
+        if device == "cuda" and gpus == 0:
+            problems.append(f"{key} is cuda, but no CUDA device is available on this machine (set it to auto or cpu, "
+                            "or run the workflow where there is a GPU: the Slurm profile)")
+        elif device in ("cuda", "auto") and 0 < gpus < processes:
+            problems.append(f"{devices_key} {processes} with {key} {device}: {processes} training processes on the "
+                            f"GPUs of this machine, but it has {gpus}: set {devices_key} to {gpus} or fewer"
+                            f"{f', or {key} to cpu' if device == 'auto' else ''}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1, help="processes per node (train.devices)")

@@ -112,9 +112,9 @@ def sweep_problems(experiments: dict) -> list[str]:
                 problems.append(f"{where}: run name {name[:40]}... is {len(name)} characters long, at most "
                                 f"{MAX_RUN_NAME}: it names folders and files, whose names the file system limits; "
                                 f"shorten the experiment's name{' (a sweep adds its keys and values)' if swept else ''}")
-            elif PERIODIC.search(name):
-                problems.append(f"{where}: run name {name!r} ends in {PERIODIC.search(name).group(2)!r} repeated "
-                                f"{len(PERIODIC.search(name).group(1)) // len(PERIODIC.search(name).group(2))} times, "
+            elif periodic := PERIODIC.search(name):
+                problems.append(f"{where}: run name {name!r} ends in {periodic.group(2)!r} repeated "
+                                f"{len(periodic.group(1)) // len(periodic.group(2))} times, "
                                 "which Snakemake refuses (PeriodicWildcardError: it takes such a name for a rule that "
                                 "makes its own input): name it otherwise")
             seen.setdefault(name, experiment)

@@ -245,6 +245,19 @@ def first_time(what: str) -> bool:
     return True
 
 
+_ONCE: dict[tuple[int, str], object] = {}
+
+
+def once_per(config: dict, what: str, compute):
+    """``compute()`` the first time ``what`` is asked of this ``config`` object, that answer after: a host's every
+    `use rule ... from` statement reads the workflow again with one config dict, which the first reading validated
+    (the schema's defaults filled in), so what was written is known only then."""
+    key = (id(config), what)
+    if key not in _ONCE:
+        _ONCE[key] = compute()
+    return _ONCE[key]
+
+
 class Pending(NamedTuple):
     """What a dry run would run: ``jobs``, rule: count (``all`` left out); ``new``, of those the jobs of a rule in
     ``report_rules`` whose outputs are missing (files the report would show that do not exist yet)."""

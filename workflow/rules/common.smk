@@ -43,12 +43,19 @@ from finetune.configcheck import (SOURCE_TEST_FRACTION, config_problems, format_
                                   train_defaults)
 from finetune.watch import dataset_state as watched_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, first_time, has_option, inherited_for_another_optimizer, option_differences,
-                                 own_sections, pending_jobs,
+                                 expand_home, first_time, has_option, inherited_for_another_optimizer, once_per,
+                                 option_differences, own_sections, pending_jobs,
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 
+# A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
+# changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
+# the second found every default "written" and refused keys nobody wrote.
+_config_as_written = once_per(config, "as written", lambda: copy.deepcopy(config))
+if config != _config_as_written:
+    config.clear()
+    config.update(copy.deepcopy(_config_as_written))
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
 # edited Slurm profile, say): YAML keeps the last without a word, so the first's settings would be
 # ignored. Refused, naming the file, the key and both lines.
@@ -184,13 +191,13 @@ for _note in overridden_train_notes(config, _written.get("train") if isinstance(
 _experiments_as_written = copy.deepcopy(config.get("experiments", schema_default(SCHEMA, "experiments")))
 _arch_as_written = (config.get("weights") or {}).get("arch")
 _source_test_written = "test_fraction" in (((config.get("pretrain") or {}).get("dataset")) or {})
-# The fractions the user wrote of each dataset (not the demo's, nor the schema's defaults): one written for a split the
-# dataset gives itself is refused at start (below, where the data is looked at).
+# The fractions written of each dataset (in a config file or --config, before the schema's defaults fill them in): one
+# written for a split the dataset gives itself is refused at start (below, where the data is looked at).
 _fractions_written = {
     key: [name for name in ("val_fraction", "test_fraction") if isinstance(section, dict) and name in section]
-    for key, section in (("dataset", _written.get("dataset")),
-                         ("pretrain.dataset", (_written.get("pretrain") or {}).get("dataset")
-                          if isinstance(_written.get("pretrain"), dict) else None))}
+    for key, section in (("dataset", config.get("dataset")),
+                         ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset")
+                          if isinstance(config.get("pretrain"), dict) else None))}
 validate(config, "../schemas/config.schema.yaml")
 # The source dataset's test images are read by nothing (pretrain trains on its train images and chooses its best
 # epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
@@ -790,9 +797,8 @@ def manifest_changed(manifest, classes, split_file):
     from finetune.fileio import sha256_of
 
     try:
-        made_from = json.loads(Path(split_file).with_suffix(".report.json").read_text())["manifest"]
-        return made_from != {"sha256": sha256_of(manifest), "classes": classes}
-    except (OSError, ValueError, KeyError, TypeError):
+        return split_report(split_file)["manifest"] != {"sha256": sha256_of(manifest), "classes": classes}
+    except (OSError, KeyError):
         return True
 
 
@@ -824,6 +830,7 @@ def split_report(split_file):
 # The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
 # depth: the check lists every image, so it runs only where the folder changed since.
 IMAGE_FOLDERS_CHECKED = Path(".snakemake") / "finetune-checked-folders.json"
+CHECKED_FOLDERS_KEPT = 16
 
 
 def _image_folder_key(cfg):
@@ -852,8 +859,10 @@ def image_folder_checked(cfg, state):
 
     try:
         IMAGE_FOLDERS_CHECKED.parent.mkdir(exist_ok=True)
+        key = _image_folder_key(cfg)  # the last few folders (and classes, watch) checked: the others looked at again
+        kept = [(k, v) for k, v in _checked_folders().items() if k != key][-(CHECKED_FOLDERS_KEPT - 1):]
         with atomic_path(IMAGE_FOLDERS_CHECKED) as tmp:
-            Path(tmp).write_text(json.dumps({**_checked_folders(), _image_folder_key(cfg): state}))
+            Path(tmp).write_text(json.dumps({**dict(kept), key: state}))
     except (OSError, FinetuneError):
         pass
 
@@ -896,10 +905,9 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         image_folder_checked(_cfg, _state)
     if _folder:  # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here,
         # where it is seen, not only in the split job's log (from the folder names, and each class folder's own files)
-        from finetune.data import image_folder_layout_note
+        from finetune.data import image_folder_notes
 
-        _note = image_folder_layout_note(_path)
-        if _note:
+        for _note in image_folder_notes(_path):
             say(f"{_key}.path: {_note}")
     if _folder and _cfg.get("classes") and os.path.exists(_split_file):
         from finetune.data import moved_indices_line
@@ -994,6 +1002,8 @@ if PREDICT["images"] is not None:
             check_one_opens(list_images(PREDICT["images"])[0], PREDICT["images"])
         except DataError as exc:
             PREDICT_PROBLEM = f"predict.images: {exc}"
+            if _as_module:  # a module's onstart is not run (Snakemake keeps the host's): refused here, as before
+                raise WorkflowError(PREDICT_PROBLEM) from None
             say(f"{PREDICT_PROBLEM}: a run that makes the predictions stops at start (the earlier ones are kept); "
                 "other targets run. Set predict.images to null (--config 'predict={images: null}') to classify nothing")
 
@@ -1095,12 +1105,17 @@ def scheduled_device_keys():
 
 def visible_gpus():
     """The CUDA devices the jobs of this machine would see, asked of torch in a process of its own (this one stays
-    without torch: a run with nothing to do starts in a fraction of a second)."""
+    without torch: a run with nothing to do starts in a fraction of a second); None where torch does not answer (it
+    does not import, a driver hangs): the jobs then say what is wrong."""
     import subprocess
 
-    asked = subprocess.run([str(PYTHON), "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True,
-                           text=True)
-    return int(asked.stdout.strip()) if asked.returncode == 0 and asked.stdout.strip().isdigit() else 0
+    try:
+        asked = subprocess.run([str(PYTHON), "-c", "import torch; print(torch.cuda.device_count())"],
+                               capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    answer = asked.stdout.strip()
+    return int(answer) if asked.returncode == 0 and answer.isdigit() else None
 
 
 def local_run_problems():
@@ -1108,26 +1123,12 @@ def local_run_problems():
     cuda where there is no GPU or fewer than the devices asked for, several nodes outside a Slurm allocation of that
     many. Found in the job, each failed only after Snakemake removed the outputs it would replace (an earlier model,
     trained under other settings); found here, nothing ran and they are kept."""
-    from finetune.launch import allocation_problem
+    from finetune.launch import allocation_problem, device_problems, needs_gpus
 
     devices, nodes = scheduled_device_keys()
     problems = [allocation_problem(count, os.environ, key) for key, count in sorted(nodes.items())]
-    # device auto trains on the GPUs where there are some: several processes a node then need as many
-    cuda = {key: setting for key, setting in devices.items()
-            if setting[0] == "cuda" or (setting[0] == "auto" and setting[1] > 1)}
-    if cuda:
-        gpus = visible_gpus()
-        for key, (device, processes, devices_key) in sorted(cuda.items()):
-            if device == "auto" and gpus == 0:
-                continue  # on the CPU
-            if gpus == 0:
-                problems.append(f"{key} is cuda, but no CUDA device is available on this machine (set it to auto or "
-                                "cpu, or run the workflow where there is a GPU: the Slurm profile)")
-            elif processes > gpus:
-                problems.append(f"{devices_key} {processes} with {key} {device}: {processes} training processes on "
-                                f"the GPUs of this machine, but it has {gpus}: set {devices_key} to {gpus} or fewer"
-                                f"{f', or {key} to cpu' if device == 'auto' else ''}")
-    return [problem for problem in problems if problem]
+    gpus = visible_gpus() if needs_gpus(devices) else None
+    return [problem for problem in problems if problem] + ([] if gpus is None else device_problems(devices, gpus))
 
 
 def scheduled_predict_problems():
