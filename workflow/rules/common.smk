@@ -827,6 +827,15 @@ def split_report(split_file):
     return found if isinstance(found, dict) else {}
 
 
+def refused_at_start(problem, key, split_file):
+    """The error that stops a run at start for a dataset's ``problem`` (its keys named under ``key``, where the config
+    holds the dataset), saying what is kept: the split made before, where there is one."""
+    from finetune.data import named_under
+
+    kept = "the split made before is kept" if os.path.exists(split_file) else "no split was made from it"
+    return WorkflowError(f"{named_under(problem, key)}: nothing ran, and {kept}")
+
+
 # The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
 # depth: the check lists every image, so it runs only where the folder changed since.
 IMAGE_FOLDERS_CHECKED = Path(".snakemake") / "finetune-checked-folders.json"
@@ -895,13 +904,12 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         # renamed. What the split job checks without opening an image is checked here (a class of dataset.classes
         # misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways, names
         # not UTF-8), for the same reason as a manifest's rows below.
-        from finetune.data import DataError, check_image_folder, named_under
+        from finetune.data import DataError, check_image_folder
 
         try:
             check_image_folder(_path, _cfg.get("classes"))
         except (DataError, OSError) as _exc:
-            _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
-            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
+            raise refused_at_start(str(_exc), _key, _split_file)
         image_folder_checked(_cfg, _state)
     if _folder:  # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here,
         # where it is seen, not only in the split job's log (from the folder names, and each class folder's own files)
@@ -914,19 +922,18 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
 
         _line = moved_indices_line(_key, _cfg, split_report(_split_file))
         if _line:
-            raise WorkflowError(f"{_line}: nothing ran, and the split made before is kept")
+            raise refused_at_start(_line, _key, _split_file)
     if not _folder and manifest_changed(_path, _cfg.get("classes"), _split_file):
         # A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing
         # file, a row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the
         # split job, whose failure would remove the split, so that the run after the fix trained everything again.
         # Unreadable images are found by the split job, which opens each image.
-        from finetune.data import DataError, check_csv_manifest, named_under
+        from finetune.data import DataError, check_csv_manifest
 
         try:
             _given = check_csv_manifest(_path, _cfg.get("classes"))
         except DataError as _exc:
-            _kept = "the split made before is kept" if os.path.exists(_split_file) else "no split was made from it"
-            raise WorkflowError(f"{named_under(str(_exc), _key)}: nothing ran, and {_kept}")
+            raise refused_at_start(str(_exc), _key, _split_file)
     else:
         _given = given_splits(_cfg, _split_file)
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
