@@ -266,13 +266,15 @@ def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp
                              str(REPO / "workflow" / "scripts" / "train.py")], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "train.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes" in result.stderr
-    # The workflow says where nodes is written: an experiment's key named as such (it said train.nodes).
+    # The workflow says where nodes is written: an experiment's key named as such (it said train.nodes); at the start
+    # of the run, before any job (the launcher's refusal came after Snakemake removed the outputs it would replace)
     config = tiny_config(tmp_path, replace={"experiments": {"nd": {"strategy": "finetune", "bn": "frozen", "nodes": 2}}})
     run = run_snakemake(tmp_path, config, "--printshellcmds", "results/nd/seed0/model.pt", check=False,
                         env={k: "" for k in os.environ if k.startswith("SLURM_")})
-    log = (tmp_path / "results/logs/train/nd/seed0.log").read_text()
     assert run.returncode != 0 and ("experiments.nd.nodes 2: training on several nodes runs inside a Slurm allocation of "
-                                    "2 nodes, and this is no Slurm job") in log and "or set experiments.nd.nodes 1" in log, log
+                                    "2 nodes, and this is no Slurm job") in run.stdout \
+        and "or set experiments.nd.nodes 1" in run.stdout, run.stdout[-3000:]
+    assert not (tmp_path / "results/logs/train/nd").exists() and not (tmp_path / "resources").exists()
 
 
 def test_sigterm_to_one_rank_stops_every_rank_cleanly_and_the_run_resumes(runs):
