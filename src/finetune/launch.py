@@ -194,8 +194,10 @@ def _running(pid: int) -> bool:
     return True
 
 
-class _Stopped(Exception):
-    pass
+class _Stopped(BaseException):
+    """A stop before torchrun's handlers are in. A BaseException, as StopRequested: raised wherever the signal finds
+    the launcher, inside torch's imports too, where an `except Exception` would take it and the stop be lost (the job
+    then trained on to its end, exit 0)."""
 
 
 def _stop_at_once(signum, frame):
