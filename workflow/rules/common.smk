@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import (SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
                                   overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
-from finetune.watch import dataset_state as watched_state, images_state
+from finetune.watch import dataset_state as tree_of_dataset_state, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, has_option, inherited_for_another_optimizer, once_per,
                                  option_differences, own_sections, pending_jobs,
@@ -480,6 +480,18 @@ def dataset_inputs(wildcards):
 
 def dataset_state(wildcards):
     return watched_state(dataset_config(wildcards.dataset))
+
+
+_WATCHED = {}
+
+
+def watched_state(cfg):
+    """finetune.watch.dataset_state of a dataset config, once per run of Snakemake: the check at start and the split's
+    params ask for the same state, which with `watch: files` stats every image file."""
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    if key not in _WATCHED:
+        _WATCHED[key] = tree_of_dataset_state(cfg)
+    return _WATCHED[key]
 
 
 def weights_inputs(wildcards):
