@@ -636,6 +636,38 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert options["top-k"] == "2"
 
 
+@pytest.mark.parametrize("dataset, n_classes", [({}, 4), ({"classes": None}, 10)])
+def test_a_top_k_at_or_above_the_number_of_classes_is_named_at_start(tmp_path, dataset, n_classes):
+    """evaluate.top_k at the number of classes (top-k accuracy would be 1.0, so it is left out of the metrics) and
+    predict.top_k above it (every class listed) change nothing a user sees: said at start, counting the classes
+    of dataset.classes, or Fashion-MNIST's ten where none are chosen. One below (evaluate) or at it (predict): no
+    note, and the jobs carry the value."""
+    target = {**TINY_CONFIG["dataset"], **dataset}
+    (tmp_path / "over").mkdir()
+    (tmp_path / "under").mkdir()
+    output = dry_run_output(tmp_path / "over", {**TINY_CONFIG, "dataset": target, "evaluate": {"top_k": n_classes},
+                                                "predict": {"images": "new_images", "top_k": n_classes + 1}})
+    assert (f"note: evaluate.top_k: {n_classes} with {n_classes} classes: top-k accuracy is left out of the metrics "
+            "(it would be 1.0)") in output, output[-3000:]
+    assert f"note: predict.top_k: {n_classes + 1} with {n_classes} classes: each image lists all {n_classes} " \
+           "classes" in output
+    output = dry_run_output(tmp_path / "under", {**TINY_CONFIG, "dataset": target, "evaluate": {"top_k": n_classes - 1},
+                                                 "predict": {"images": "new_images", "top_k": n_classes}})
+    assert "top_k" not in "\n".join(line for line in output.splitlines() if line.startswith("note:"))
+    assert {options["top-k"] for options in jobs_of(commands(output), "evaluate")} == {str(n_classes - 1)}
+    assert {options["top-k"] for options in jobs_of(commands(output), "predict")} == {str(n_classes)}
+
+
+def test_a_top_k_is_not_named_where_the_classes_are_not_known_yet(tmp_path):
+    """An ImageFolder without dataset.classes, never split: its classes are known only once the split job lists the
+    folder, so nothing is said at start about a top_k (the evaluate job's metrics leave top-k out where it is
+    not below the classes found)."""
+    folder = {"format": "imagefolder", "path": "photos", "val_fraction": 0.5, "test_fraction": 0.0}
+    output = dry_run_output(tmp_path, {**TINY_CONFIG, "dataset": folder, "evaluate": {"top_k": 50}})
+    assert "note: evaluate.top_k" not in output
+    assert {options["top-k"] for options in jobs_of(commands(output), "evaluate")} == {"50"}
+
+
 def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_path):
     """Patience 3: the first epoch is the first best, so the earliest stop is after epoch 4 (gradual: 3 epochs after
     the unfreeze). A run of 4 epochs cannot stop early; one of 5 can."""

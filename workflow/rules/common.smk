@@ -957,6 +957,30 @@ for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
         if _line:
             raise WorkflowError(f"{_line}: nothing ran")
 
+def target_class_count():
+    """How many classes the target model has, where known without reading images: dataset.classes as written,
+    Fashion-MNIST's ten, or the classes of the split made before; None otherwise."""
+    cfg = dataset_config("target")
+    if cfg.get("classes"):
+        return len(cfg["classes"])
+    if cfg["format"] == "fashion-mnist":
+        return 10
+    classes = split_report(output_path("resources/splits/target.csv")).get("classes")
+    return len(classes) if isinstance(classes, list) and classes else None
+
+
+# A top_k written at or above the number of classes changes nothing the user sees (evaluate leaves top-k out, where it
+# would be 1.0; predict lists every class): said at start rather than only in a job's log.
+if CHECK_FILES:
+    _n_classes = target_class_count()
+    for _section, _too_many in (("evaluate", lambda k, n: k >= n), ("predict", lambda k, n: k > n)):
+        _k = (_written.get(_section) or {}).get("top_k") if isinstance(_written.get(_section), dict) else None
+        if _n_classes and isinstance(_k, int) and _too_many(_k, _n_classes) and \
+                (_section == "evaluate" or config["predict"]["images"] is not None):
+            say(f"{_section}.top_k: {_k} with {_n_classes} classes: "
+                + ("top-k accuracy is left out of the metrics (it would be 1.0); set it below the number of classes"
+                   if _section == "evaluate" else f"each image lists all {_n_classes} classes"))
+
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn
 # from, and the transfer figures would not measure transfer.
