@@ -156,6 +156,25 @@ def test_a_dry_run_has_train_evaluate_export_per_combination_and_seed(tmp_path):
         assert f"results/{run}/model.pt" in result.stdout, run
 
 
+def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_path):
+    """Snakemake says only "No rule to produce" a target under results/<name>/ whose name is no run of the config:
+    a note at start names the experiments (the closest one first), or a sweep's runs where <name> is a sweep."""
+    config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"sweep": {"lr": SWEEP["lr"]}},
+                                                            "scratch": {"pretrained": False}}})
+    result = run_snakemake(tmp_path, config, "-n", "results/scrach/seed0/metrics.json", check=False, timeout=120)
+    assert result.returncode != 0
+    runs = [f"finetune-lr{value_text(lr)}" for lr in SWEEP["lr"]]
+    assert ("note: results/scrach/seed0/metrics.json: no experiment named 'scrach' in this config (experiments: "
+            f"{', '.join(runs)}, scratch); did you mean results/scratch/...?") in result.stdout, result.stdout[-3000:]
+    result = run_snakemake(tmp_path, config, "-n", "results/finetune/seed0/model.pt", check=False, timeout=120)
+    assert result.returncode != 0
+    assert (f"note: results/finetune/seed0/model.pt: finetune is a sweep; its runs are results/<run>/ for the runs "
+            f"{', '.join(runs)}") in result.stdout, result.stdout[-3000:]
+    result = run_snakemake(tmp_path, config, "-n", f"results/{runs[1]}/seed0/model.pt", timeout=120)
+    assert "note: results/" not in result.stdout
+    assert not (tmp_path / "results").exists()
+
+
 def test_predict_left_to_selection_refuses_runs_with_different_metrics(tmp_path):
     (tmp_path / "new").mkdir()
     config = tiny_config(tmp_path, predict={"images": "new"},

@@ -315,6 +315,20 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tupl
     return Pending(counts, new)
 
 
+def command_line_targets(argv: list[str]) -> list[str]:
+    """The targets a Snakemake command line names, as Snakemake's own parser reads them (a target written after
+    ``--config`` is one of its items there too); [] where no argument names a path under results/ (the parser is
+    not built then)."""
+    if not any(arg.startswith(("results/", "./results/")) for arg in argv[1:]):
+        return []
+    from snakemake.cli import get_argument_parser
+
+    try:
+        return list(get_argument_parser().parse_known_args(argv[1:])[0].targets or [])
+    except SystemExit:  # a command line Snakemake itself refuses, saying why
+        return []
+
+
 def runs_no_job(argv: list[str]) -> bool:
     """Whether this Snakemake command line only unlocks, cleans up metadata, lists rules or lints."""
     return has_option(argv, RUNS_NO_JOB)

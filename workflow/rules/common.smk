@@ -286,6 +286,35 @@ if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 
 
+def unknown_run_targets(targets):
+    """A line for each target under results/<name>/ whose <name> is no experiment (nor sweep, nor folder the workflow
+    writes) of this config: Snakemake says only that no rule produces it."""
+    import difflib
+
+    made_here = {"logs", "benchmarks", "lr_find", "predictions", "report"}
+    lines = []
+    for target in targets:
+        parts = Path(target).parts
+        if len(parts) < 3 or parts[0] != "results" or parts[1] in EXPERIMENTS or parts[1] in made_here:
+            continue
+        runs = runs_named(parts[1])
+        if runs:
+            lines.append(f"{target}: {parts[1]} is a sweep; its runs are results/<run>/ for the runs "
+                         f"{', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''}")
+            continue
+        close = difflib.get_close_matches(parts[1], list(EXPERIMENTS), n=1)
+        lines.append(f"{target}: no experiment named {parts[1]!r} in this config (experiments: "
+                     f"{', '.join(EXPERIMENTS) or 'none'})" + (f"; did you mean results/{close[0]}/...?" if close else ""))
+    return lines
+
+
+if workflow.is_main_process and not _as_module:
+    from finetune.userconfig import command_line_targets
+
+    for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(sys.argv)):
+        say(_line)
+
+
 wildcard_constraints:
     experiment="|".join(map(re.escape, EXPERIMENTS)) or "NONE",
     seed=r"\d+",
