@@ -917,74 +917,89 @@ def image_folder_checked(cfg, state):
         pass
 
 
-# An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
-# would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
-# everything from a split the same as before.
-for _key, _dataset in (("dataset", "target"), ("pretrain.dataset", "source")):
-    if _dataset == "source" and config["weights"]["source"] != "pretrain" or not CHECK_FILES:
-        continue
-    _cfg = dataset_config(_dataset)
-    if _cfg["format"] not in ("imagefolder", "csv"):
-        continue
-    _path = _cfg["path"]
-    _folder = _cfg["format"] == "imagefolder"
-    _what = ("does not exist" if not os.path.exists(_path) else
-             "is empty (a file system not mounted leaves its mount point so)" if _folder and os.path.isdir(_path)
-             and not any(os.scandir(_path)) else
-             "is a file, not a folder" if _folder and not os.path.isdir(_path) else
-             "is a folder, not a CSV file" if not _folder and os.path.isdir(_path) else None)
-    if _what:
+def refuse_missing_dataset(key, cfg):
+    """An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
+    would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
+    everything from a split the same as before."""
+    path, folder = cfg["path"], cfg["format"] == "imagefolder"
+    what = ("does not exist" if not os.path.exists(path) else
+            "is empty (a file system not mounted leaves its mount point so)" if folder and os.path.isdir(path)
+            and not any(os.scandir(path)) else
+            "is a file, not a folder" if folder and not os.path.isdir(path) else
+            "is a folder, not a CSV file" if not folder and os.path.isdir(path) else None)
+    if what:
         raise WorkflowError(
-            f"{_key}.path: {_path} ({_cfg['format']}) {_what} (relative to the working directory {os.getcwd()}): "
+            f"{key}.path: {path} ({cfg['format']}) {what} (relative to the working directory {os.getcwd()}): "
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
-            f"{'the folder of class folders' if _folder else 'the CSV manifest'}")
-    _split_file = output_path(f"resources/splits/{_dataset}.csv")
-    _state = image_folder_unchecked(_cfg) if _folder else None
-    if _state is not None:
-        # The folder (or its dataset.classes) changed since it last passed: an image or a class folder added, removed,
-        # renamed. What the split job checks without opening an image is checked here (a class of dataset.classes
-        # misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways, names
-        # not UTF-8), for the same reason as a manifest's rows below.
-        from finetune.data import DataError, check_image_folder
+            f"{'the folder of class folders' if folder else 'the CSV manifest'}")
 
+
+def check_image_folder_at_start(key, cfg, split_file):
+    """What the split job checks of an ImageFolder without opening an image, checked where the folder (or its
+    dataset.classes) changed since it last passed: an image or a class folder added, removed, renamed (a class of
+    dataset.classes misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways,
+    names not UTF-8); then the notes on its layout, and dataset.classes' indices that moved since the split."""
+    from finetune.data import DataError, check_image_folder, image_folder_notes, moved_indices_line
+
+    state = image_folder_unchecked(cfg)
+    if state is not None:
         try:
-            check_image_folder(_path, _cfg.get("classes"))
-        except (DataError, OSError) as _exc:
-            raise refused_at_start(str(_exc), _key, _split_file)
-        image_folder_checked(_cfg, _state)
-    if _folder:  # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here,
-        # where it is seen, not only in the split job's log (from the folder names, and each class folder's own files)
-        from finetune.data import image_folder_notes
+            check_image_folder(cfg["path"], cfg.get("classes"))
+        except (DataError, OSError) as exc:
+            raise refused_at_start(str(exc), key, split_file)
+        image_folder_checked(cfg, state)
+    # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
+    # seen, not only in the split job's log (from the folder names, and each class folder's own files)
+    for note in image_folder_notes(cfg["path"]):
+        say(f"{key}.path: {note}")
+    if cfg.get("classes") and os.path.exists(split_file):
+        line = moved_indices_line(key, cfg, split_report(split_file))
+        if line:
+            raise refused_at_start(line, key, split_file)
 
-        for _note in image_folder_notes(_path):
-            say(f"{_key}.path: {_note}")
-    if _folder and _cfg.get("classes") and os.path.exists(_split_file):
-        from finetune.data import moved_indices_line
 
-        _line = moved_indices_line(_key, _cfg, split_report(_split_file))
-        if _line:
-            raise refused_at_start(_line, _key, _split_file)
-    if not _folder and manifest_changed(_path, _cfg.get("classes"), _split_file):
-        # A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing
-        # file, a row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the
-        # split job, whose failure would remove the split, so that the run after the fix trained everything again.
-        # Unreadable images are found by the split job, which opens each image.
-        from finetune.data import DataError, check_csv_manifest
+def check_manifest_at_start(key, cfg, split_file):
+    """A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing file, a
+    row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose
+    failure would remove the split, so that the run after the fix trained everything again. Unreadable images are found
+    by the split job, which opens each image. The splits its split column gives are returned (as given_splits)."""
+    if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
+        return given_splits(cfg, split_file)
+    from finetune.data import DataError, check_csv_manifest
 
-        try:
-            _given = check_csv_manifest(_path, _cfg.get("classes"))
-        except DataError as _exc:
-            raise refused_at_start(str(_exc), _key, _split_file)
+    try:
+        return check_csv_manifest(cfg["path"], cfg.get("classes"))
+    except DataError as exc:
+        raise refused_at_start(str(exc), key, split_file)
+
+
+def check_dataset_at_start(key, dataset):
+    """The checks at start of an ImageFolder's or a CSV manifest's files (``key`` where the config holds it): what
+    the split job would fail on, refused before Snakemake removes the split made before."""
+    cfg = dataset_config(dataset)
+    if cfg["format"] not in ("imagefolder", "csv"):
+        return
+    refuse_missing_dataset(key, cfg)
+    split_file = output_path(f"resources/splits/{dataset}.csv")
+    if cfg["format"] == "imagefolder":
+        check_image_folder_at_start(key, cfg, split_file)
+        given = given_splits(cfg, split_file)
     else:
-        _given = given_splits(_cfg, _split_file)
+        given = check_manifest_at_start(key, cfg, split_file)
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
     # would be ignored by the split job (its log said so), and editing it reran the split and all after it.
-    if _fractions_written.get(_key) and _given:
+    if _fractions_written.get(key) and given:
         from finetune.data import given_splits_line
 
-        _line = given_splits_line(_key, _cfg, _fractions_written[_key], _given)
-        if _line:
-            raise WorkflowError(f"{_line}: nothing ran")
+        line = given_splits_line(key, cfg, _fractions_written[key], given)
+        if line:
+            raise WorkflowError(f"{line}: nothing ran")
+
+
+if CHECK_FILES:
+    check_dataset_at_start("dataset", "target")
+    if config["weights"]["source"] == "pretrain":
+        check_dataset_at_start("pretrain.dataset", "source")
 
 def target_class_count():
     """How many classes the target model has, where known without reading images: dataset.classes as written,
