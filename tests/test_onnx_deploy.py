@@ -351,6 +351,7 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
                          predict={"images": "incoming", "experiment": "feature_extract", "seed": 0, "model": "int8", "top_k": 2})
     result = run_snakemake(workdir, config)
     assert sorted(jobs_run(result.stdout)) == ["all", "predict"] + ["quantize_onnx"] * 3, result.stdout[-3000:]
+    made = result.stdout
 
     for run in RUNS:
         folder = workdir / "results" / run
@@ -420,6 +421,10 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     assert len(table) == n_good + 1 and (table["error"] != "").sum() == 1
     assert "top2_class" in table.columns and "top3_class" not in table.columns
     assert "broken.png" in (workdir / "results/logs/predict/feature_extract/seed0.log").read_text()
+    # The job succeeds with the others classified; the run's end says which predictions lack images, not only its log.
+    first = table.loc[table["error"] != "", "error"].iloc[0]
+    assert (f"note: results/predictions/feature_extract/seed0/predictions.csv: 1 of {n_good + 1} image(s) could not be "
+            f"read and have no prediction (their rows' error column says why; the first: {first})") in made, made[-3000:]
 
     # A file no job reads, at the top of predict.images, changes nothing (the folder is not an input by its time).
     time.sleep(0.05)

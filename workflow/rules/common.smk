@@ -1232,8 +1232,23 @@ onstart:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
 
 
+def unreadable_predictions_notes():
+    """After a run that succeeded: a note for each predictions file it made where images could not be read (the job
+    classifies the others and succeeds; its log alone said so)."""
+    from finetune.deploy import unreadable_line
+
+    try:
+        jobs = list(workflow.dag.needrun_jobs(exclude_finished=False))
+    except Exception:  # Snakemake's DAG is internal: without it, no note rather than an error after a run that succeeded
+        return []
+    made = [str(job.output[0]) for job in jobs if job.rule.name in ("predict", "predict_selected")]
+    return [f"note: {line}" for line in map(unreadable_line, made) if line]
+
+
 onsuccess:
     remove_finished_states()
+    for _line in unreadable_predictions_notes():
+        print(_line, file=sys.stderr)
 
 
 onerror:
