@@ -426,6 +426,11 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     assert (f"note: results/predictions/feature_extract/seed0/predictions.csv: 1 of {n_good + 1} image(s) could not be "
             f"read and have no prediction (their rows' error column says why; the first: {first})") in made, made[-3000:]
 
+    # predict.batch_size says how many images go to onnxruntime at once, not what they are classified as: no rerun.
+    faster = tiny_config(workdir, name="deploy.yaml", export={"quantize": True},
+                         predict={"images": "incoming", "experiment": "feature_extract", "seed": 0, "model": "int8",
+                                  "top_k": 2, "batch_size": 5})
+    assert jobs_run(run_snakemake(workdir, faster, "-n").stdout) == []
     # A file no job reads, at the top of predict.images, changes nothing (the folder is not an input by its time).
     time.sleep(0.05)
     (workdir / "incoming" / ".DS_Store").write_bytes(b"finder")

@@ -151,6 +151,18 @@ def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
     assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})
 
 
+def test_how_fast_evaluate_runs_reruns_nothing_what_it_computes_reruns_it(tiny_run_copy):
+    """evaluate.batch_size and evaluate.device say how fast the test images are scored, not what is scored (as
+    threads): editing them reruns nothing. evaluate.top_k changes the metrics: the evaluate jobs and what follows."""
+    tiny_config(tiny_run_copy, evaluate={"batch_size": 7, "device": "auto"})
+    assert would_run(tiny_run_copy) == NOTHING
+    forced = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "-n", "--printshellcmds", "--forcerun",
+                           "evaluate")
+    assert "--device auto --batch-size 7 " in forced.stdout, forced.stdout[-3000:]  # the jobs get the values
+    tiny_config(tiny_run_copy, evaluate={"batch_size": 7, "device": "auto", "top_k": 3})
+    assert would_run(tiny_run_copy) == AFTER_EVALUATE
+
+
 def test_where_fashion_mnist_would_be_downloaded_reruns_nothing(tiny_run_copy):
     """dataset.download_dir and download_timeout_s say how a missing Fashion-MNIST is fetched, not which: the same
     files either way (weights.timeout_s and mirror alike)."""

@@ -22,6 +22,20 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 # the params it compares between runs, so calling the same venv's python by another name
 # (python, python3) reruns nothing, as before.
 PYTHON = Path(sys.executable)
+
+
+class HowFast:
+    """A setting that changes how fast a job runs, not what it makes (evaluate.batch_size and device, predict.batch_size):
+    in ``params:`` as this, Snakemake leaves it out of the params it compares between runs, as PYTHON above, so
+    editing it reruns nothing, as threads do not. The shell command gets its value."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __str__(self):
+        return str(self.value)
+
+
 # Scripts import the `finetune` package from src/: first on PYTHONPATH, here and, through `envvars`
 # (which also checks it is set), in jobs submitted to a cluster. A path with the separator of PYTHONPATH's entries
 # would be split into two wrong ones, and the jobs would import another copy of the package, or none.
