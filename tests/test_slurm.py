@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, jobs_run, run_snakemake, tiny_config
+from helpers import REPO, TINY_CONFIG, jobs_run, run_snakemake, tiny_config
 from prerequisites import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -273,3 +273,33 @@ def test_a_run_of_two_processes_is_one_slurm_job_and_trains_as_one_process_does(
         assert (local[column] - slurm[column]).abs().max() < 1e-5, (column, local[column], slurm[column])
     a, b = (torch.load(runs[n][0] / target, weights_only=False)["state_dict"] for n in ("local", "slurm"))
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.fashion_mnist
+def test_a_config_that_replaces_the_demo_s_is_the_config_of_every_slurm_job(slurm_cluster, tmp_path):
+    """--replace-workflow-config: the user's config alone, not merged over config/config.yaml (the demo's, in the
+    working directory). Snakemake 9.27 does not pass the flag on to the jobs it submits, whose Snakemake read the demo
+    under the user's config again: the split job drew 10 training images per class (the demo's cap) where the user's
+    config has none. Through Slurm, the split is the one a local run of the same command makes."""
+    dataset = {key: value for key, value in TINY_CONFIG["dataset"].items() if key != "max_train_per_class"}
+    splits = {}
+    for name in ("local", "slurm"):
+        workdir = tmp_path / name
+        (workdir / "config").mkdir(parents=True)
+        shutil.copy(REPO / "config" / "config.yaml", workdir / "config" / "config.yaml")
+        config = tiny_config(workdir, name="mine.yaml", replace={"dataset": dataset})
+        args = [*slurm_cluster.snakemake_args(), "--retries", "0"] if name == "slurm" else []
+        result = run_snakemake(workdir, config, "--replace-workflow-config", *args, "resources/splits/target.csv",
+                               cores=None if name == "slurm" else 2)
+        if name == "slurm":
+            assert len(SUBMITTED.findall(result.stdout)) == 1, result.stdout[-3000:]
+        splits[name] = (workdir / "resources/splits/target.csv").read_bytes()
+    import io
+
+    import pandas as pd
+
+    split = pd.read_csv(io.BytesIO(splits["slurm"]))
+    train = split[split["split"] == "train"].groupby("class_name").size()
+    # Fashion-MNIST has 6,000 training images per class: all but the validation images drawn train.
+    assert len(train) == 4 and (train > 100).all(), train.to_dict()
+    assert splits["slurm"] == splits["local"]

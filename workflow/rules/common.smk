@@ -46,9 +46,23 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO / "src"), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO / "src"))]
 )
 
+# Snakemake 9.27 does not hand --replace-workflow-config on to the jobs it submits (Slurm): each job's Snakemake read
+# the demo's config/config.yaml again under the user's files, and trained with settings other than those the run
+# planned (the demo's backbone_lr_factor, warmup_epochs), recorded as planned. The choice of the Snakemake that plans
+# the run reaches its jobs through the environment, and a job's Snakemake reads the user's config alone, as it did.
+REPLACED_ENV = "FINETUNE_REPLACE_WORKFLOW_CONFIG"
+if workflow.is_main_process:
+    os.environ[REPLACED_ENV] = "1" if workflow.config_settings.replace_workflow_config else "0"
+elif os.environ.get(REPLACED_ENV) == "1" and not workflow.config_settings.replace_workflow_config \
+        and len(workflow.modifier_stack) == 1:
+    config.clear()
+    update_config(config, copy.deepcopy(workflow.config_settings.overwrite_config))
+REPLACES_WORKFLOW_CONFIG = workflow.config_settings.replace_workflow_config or os.environ.get(REPLACED_ENV) == "1"
+
 
 envvars:
     "PYTHONPATH",
+    REPLACED_ENV,
 
 
 sys.path.insert(0, str(REPO / "src"))
@@ -158,7 +172,7 @@ if workflow.config_settings.config:
 # Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
 # Used as a module of another workflow (README "As a module of your own workflow") the config is the host's alone,
 # whatever its working directory's config/config.yaml holds (the host's own config, likely).
-_merged_over_the_demo = (os.path.exists("config/config.yaml") and not workflow.config_settings.replace_workflow_config
+_merged_over_the_demo = (os.path.exists("config/config.yaml") and not REPLACES_WORKFLOW_CONFIG
                          and not _as_module)
 if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
