@@ -303,3 +303,25 @@ def test_a_config_that_replaces_the_demo_s_is_the_config_of_every_slurm_job(slur
     # Fashion-MNIST has 6,000 training images per class: all but the validation images drawn train.
     assert len(train) == 4 and (train > 100).all(), train.to_dict()
     assert splits["slurm"] == splits["local"]
+
+
+@pytest.mark.fashion_mnist
+def test_a_job_of_several_nodes_reads_its_allocation_from_slurm(slurm_cluster, tiny_run_copy):
+    """The plugin's jobstep starts a job's command without the SLURM_ variables but the job's id (plugin-slurm-jobstep
+    0.6.1), so a train job of `nodes: 2` read no node count ("a Slurm job of None node(s)") even in an allocation of
+    2 nodes. It now asks Slurm (`scontrol show job`). This cluster has one node, so the job's allocation is one node,
+    as squeue says, and the job refuses to train on 2, naming the 1 it has."""
+    workdir = tiny_run_copy
+    config = tiny_config(workdir, experiments={"multi": {"strategy": "finetune", "nodes": 2}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
+                           "results/multi/seed0/model.pt", check=False, cores=None)
+    assert result.returncode != 0
+    submitted = SUBMITTED.findall(result.stdout)
+    assert len(submitted) == 1, result.stdout[-3000:]  # only the new run's train job: the rest of the tiny run is there
+    slurm_id = submitted[0][1]
+    out = subprocess.run(["squeue", "--states=all", "-h", "-j", slurm_id, "-o", "%D"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    log = (workdir / "results/logs/train/multi/seed0.log").read_text()
+    assert (f"experiments.multi.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes, and this "
+            f"is a Slurm job of {out[0]} node(s)") in log, log[-3000:]
+    assert out == ["1"]

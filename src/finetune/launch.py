@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -57,7 +58,7 @@ def command(python: str, devices: int, nodes: int, script_args: list[str], env: 
     if problem:
         raise LaunchError(problem)
     job = env["SLURM_JOB_ID"]
-    head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], check=True,
+    head = subprocess.run(["scontrol", "show", "hostnames", slurm_allocation(env)[1]], check=True,
                           capture_output=True, text=True).stdout.split()[0]
     port = 20000 + int(job) % 20000  # one port per job: two jobs sharing a node do not meet
     return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *torchrun,
@@ -65,14 +66,41 @@ def command(python: str, devices: int, nodes: int, script_args: list[str], env: 
             *script_args]
 
 
+def slurm_allocation(env: dict) -> tuple[int | None, str | None]:
+    """The node count and node list of the Slurm job ``env`` is in ((None, None) outside one): from
+    SLURM_JOB_NUM_NODES and SLURM_JOB_NODELIST, or where they are not set, from `scontrol show job` of SLURM_JOB_ID.
+    The Slurm plugin's jobstep (snakemake-executor-plugin-slurm-jobstep 0.6) removes every SLURM_ variable but the
+    job's id before it starts a job's command, so a train job of several nodes saw none ("a Slurm job of None
+    node(s)", in an allocation of the nodes asked). None where neither says."""
+    job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    if not job:
+        return None, None
+    count, nodelist = env.get("SLURM_JOB_NUM_NODES"), env.get("SLURM_JOB_NODELIST")
+    if not (count and nodelist):
+        try:
+            shown = subprocess.run(["scontrol", "show", "job", "--oneliner", str(job)], capture_output=True, text=True,
+                                   timeout=60, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            shown = ""
+        fields = dict(item.split("=", 1) for item in shown.split() if "=" in item)
+        count, nodelist = count or fields.get("NumNodes"), nodelist or fields.get("NodeList")
+    number = re.match(r"\d+", count or "")
+    return (int(number.group()) if number else None), (nodelist if nodelist not in (None, "", "(null)") else None)
+
+
 def allocation_problem(nodes: int, env: dict, nodes_key: str = "train.nodes") -> str | None:
     """Why ``nodes`` (> 1) nodes cannot train where ``env`` is (no Slurm allocation of that many nodes), or None.
     Asked by the job, and at the start of a run on this machine (workflow/rules/common.smk) before any job removes
     the outputs it would replace."""
-    job, allocated = env.get("SLURM_JOB_ID"), env.get("SLURM_JOB_NUM_NODES")
-    if nodes <= 1 or (job and allocated == str(nodes)):
+    if nodes <= 1:
         return None
-    where = f"a Slurm job of {allocated} node(s)" if job else "no Slurm job"
+    allocated, nodelist = slurm_allocation(env)
+    if allocated == nodes and nodelist:
+        return None
+    where = ("no Slurm job" if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")) else
+             f"a Slurm job of {allocated} node(s)" if allocated else
+             f"a Slurm job ({env.get('SLURM_JOB_ID') or env.get('SLURM_JOBID')}) whose nodes `scontrol show job` did "
+             "not say")
     return (f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
             f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
             f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
