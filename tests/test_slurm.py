@@ -305,23 +305,39 @@ def test_a_config_that_replaces_the_demo_s_is_the_config_of_every_slurm_job(slur
     assert splits["slurm"] == splits["local"]
 
 
-@pytest.mark.fashion_mnist
-def test_a_job_of_several_nodes_reads_its_allocation_from_slurm(slurm_cluster, tiny_run_copy):
+def test_a_job_reads_its_allocation_from_slurm_without_the_slurm_variables(slurm_cluster, tmp_path):
     """The plugin's jobstep starts a job's command without the SLURM_ variables but the job's id (plugin-slurm-jobstep
-    0.6.1), so a train job of `nodes: 2` read no node count ("a Slurm job of None node(s)") even in an allocation of
-    2 nodes. It now asks Slurm (`scontrol show job`). This cluster has one node, so the job's allocation is one node,
-    as squeue says, and the job refuses to train on 2, naming the 1 it has."""
+    0.6.1): a train job of several nodes read no node count ("a Slurm job of None node(s)") in an allocation of the
+    nodes asked. The launcher asks Slurm then (`scontrol show job`): in a real job, its environment stripped as the
+    jobstep strips it, it reads the allocation squeue shows."""
+    probe = ("import os, sys; sys.path.insert(0, sys.argv[1]); from finetune.launch import slurm_allocation; "
+             "env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_') or k == 'SLURM_JOB_ID'}; "
+             "print(*slurm_allocation(env), sep='|')")
+    out = tmp_path / "probe.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "--wait", "-o", str(out), "--wrap",
+                                f"{sys.executable} -c \"{probe}\" {REPO / 'src'}"],
+                               capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    shown = subprocess.run(["squeue", "--states=all", "-h", "-j", job, "-o", "%D|%N"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert out.read_text().strip() == shown, (out.read_text(), shown)
+    assert shown.split("|")[0] == "1"
+
+
+@pytest.mark.fashion_mnist
+def test_several_nodes_without_the_profile_s_allocation_are_refused_before_any_submission(slurm_cluster, tiny_run_copy):
+    """nodes: 2 with the profile as shipped (one node a job, no mpi resource): the train job, submitted, refused to
+    train, after Snakemake removed its outputs (twice: the profile retries). Refused at start now: nothing is
+    submitted."""
     workdir = tiny_run_copy
-    config = tiny_config(workdir, experiments={"multi": {"strategy": "finetune", "nodes": 2}})
-    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
-                           "results/multi/seed0/model.pt", check=False, cores=None)
+    before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "nodes": 2}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), check=False, cores=None)
     assert result.returncode != 0
-    submitted = SUBMITTED.findall(result.stdout)
-    assert len(submitted) == 1, result.stdout[-3000:]  # only the new run's train job: the rest of the tiny run is there
-    slurm_id = submitted[0][1]
-    out = subprocess.run(["squeue", "--states=all", "-h", "-j", slurm_id, "-o", "%D"], capture_output=True, text=True,
-                         check=True).stdout.split()
-    log = (workdir / "results/logs/train/multi/seed0.log").read_text()
-    assert (f"experiments.multi.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes, and this "
-            f"is a Slurm job of {out[0]} node(s)") in log, log[-3000:]
-    assert out == ["1"]
+    assert ("experiments.finetune.nodes 2: the train job asks Slurm for 1 node(s) and has no mpi resource; training on "
+            "2 nodes needs the train rule's `nodes: 2`, `tasks: 2`, `tasks_per_gpu: 0` and `mpi: \"srun\"` in the profile's "
+            "set-resources") in result.stdout, result.stdout[-3000:]
+    assert "nothing ran, and every earlier result is kept" in result.stdout
+    assert SUBMITTED.findall(result.stdout) == []
+    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before

@@ -1246,6 +1246,26 @@ def local_run_problems():
     return [problem for problem in problems if problem] + ([] if gpus is None else device_problems(devices, gpus))
 
 
+def cluster_run_problems():
+    """What the train jobs of a run submitted to a cluster (Slurm) cannot do there: several nodes where the profile
+    does not give rule train an allocation of that many, with the `mpi` resource (README, "Running on a Slurm
+    cluster", GPUs). The job found it, after Snakemake removed its outputs, and after the profile's retry too."""
+    problems = {}
+    for job in workflow.dag.needrun_jobs():
+        if job.rule.name != "train":
+            continue
+        nodes = experiment_config(job.wildcards.experiment)["nodes"]
+        asked = job.resources.get("nodes", 1)
+        if nodes > 1 and (asked != nodes or not job.resources.get("mpi")):
+            key = train_key_names(job.wildcards.experiment).get("nodes", "train.nodes")
+            problems[key] = (
+                f"{key} {nodes}: the train job asks Slurm for {asked} node(s)"
+                f"{'' if job.resources.get('mpi') else ' and has no mpi resource'}; training on {nodes} nodes needs "
+                f"the train rule's `nodes: {nodes}`, `tasks: {nodes}`, `tasks_per_gpu: 0` and `mpi: \"srun\"` in the profile's "
+                f"set-resources (README, \"Running on a Slurm cluster\", GPUs), or set {key} 1")
+    return [problems[key] for key in sorted(problems)]
+
+
 def scheduled_predict_problems():
     """PREDICT_PROBLEM, where this run is to make predictions."""
     predicts = PREDICT_PROBLEM and any(job.rule.name in ("predict", "predict_selected")
@@ -1255,7 +1275,8 @@ def scheduled_predict_problems():
 
 onstart:
     if not workflow.touch:
-        _problems = [*scheduled_predict_problems(), *(local_run_problems() if workflow.local_exec else [])]
+        _problems = [*scheduled_predict_problems(),
+                     *(local_run_problems() if workflow.local_exec else cluster_run_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
 
