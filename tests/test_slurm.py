@@ -341,3 +341,23 @@ def test_several_nodes_without_the_profile_s_allocation_are_refused_before_any_s
     assert "nothing ran, and every earlier result is kept" in result.stdout
     assert SUBMITTED.findall(result.stdout) == []
     assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+
+
+@pytest.mark.fashion_mnist
+def test_gpu_jobs_for_a_partition_without_gpus_are_refused_before_any_submission(slurm_cluster, tiny_run_copy):
+    """device cuda asks Slurm for a GPU (sbatch --gpus=1); this cluster's one partition has no GPU (no gpu GRES, as
+    sinfo says). sbatch refused each job, after Snakemake removed its outputs, then again on the profile's retry,
+    leaving an empty log. Now refused at start, naming the key and the partition: nothing is submitted."""
+    workdir = tiny_run_copy
+    gres = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, check=True).stdout.split()
+    assert gres and not any("gpu" in line for line in gres), gres
+    partition = next(line.split("|")[0][:-1] for line in gres if line.split("|")[0].endswith("*"))
+    before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "device": "cuda"}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), check=False, cores=None)
+    assert result.returncode != 0
+    assert (f"experiments.finetune.device cuda: the jobs ask Slurm for a GPU, and partition {partition} (the default) "
+            "has no node with one") in result.stdout, result.stdout[-3000:]
+    assert "nothing ran, and every earlier result is kept" in result.stdout
+    assert SUBMITTED.findall(result.stdout) == []
+    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before

@@ -1266,6 +1266,50 @@ def cluster_run_problems():
     return [problems[key] for key in sorted(problems)]
 
 
+def slurm_partitions_with_gpus():
+    """{partition: whether a node of it has a GPU (a gpu GRES)}, as `sinfo` lists them, and the default partition's
+    name (marked * there); ({}, None) where sinfo does not answer."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}, None
+    partitions, default = {}, None
+    for line in listed.stdout.splitlines() if listed.returncode == 0 else []:
+        name, _, gres = line.strip().partition("|")
+        if name.endswith("*"):
+            name = default = name[:-1]
+        partitions[name] = partitions.get(name, False) or "gpu" in gres
+    return partitions, default
+
+
+def slurm_gpu_problems():
+    """The device settings of a run submitted to Slurm whose jobs ask for a GPU (`gpu`) in a partition without one:
+    sbatch refused each ("Invalid generic resource (gres) specification"), after Snakemake removed the job's outputs,
+    and again on the profile's retry."""
+    asking = {}
+    for job in workflow.dag.needrun_jobs():
+        if job.resources.get("gpu", 0) and job.rule.name in ("train", "lr_find", "pretrain", "evaluate"):
+            key = (train_key_names(job.wildcards.experiment).get("device", "train.device")
+                   if job.rule.name in ("train", "lr_find") else
+                   "pretrain.train.device" if job.rule.name == "pretrain" else "evaluate.device")
+            asking.setdefault(job.resources.get("slurm_partition"), set()).add(key)
+    if not asking:
+        return []
+    partitions, default = slurm_partitions_with_gpus()
+    problems = []
+    for partition, keys in sorted(asking.items(), key=lambda item: str(item[0])):
+        name = partition or default
+        if name in partitions and not partitions[name]:
+            problems.append(
+                f"{', '.join(sorted(keys))} cuda: the jobs ask Slurm for a GPU, and partition {name}"
+                f"{'' if partition else ' (the default)'} has no node with one (`sinfo -o %G` lists no gpu GRES): give "
+                f"those rules a GPU partition (slurm_partition in the profile's set-resources; README, \"Running on a "
+                f"Slurm cluster\", GPUs), or set {', '.join(sorted(keys))} to auto or cpu")
+    return problems
+
+
 def scheduled_predict_problems():
     """PREDICT_PROBLEM, where this run is to make predictions."""
     predicts = PREDICT_PROBLEM and any(job.rule.name in ("predict", "predict_selected")
@@ -1276,7 +1320,8 @@ def scheduled_predict_problems():
 onstart:
     if not workflow.touch:
         _problems = [*scheduled_predict_problems(),
-                     *(local_run_problems() if workflow.local_exec else cluster_run_problems())]
+                     *(local_run_problems() if workflow.local_exec else
+                       cluster_run_problems() + slurm_gpu_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
 
