@@ -102,8 +102,16 @@ def test_a_report_made_with_another_config_than_the_runs_says_which_runs_and_set
     note = next(line for line in result.stdout.splitlines() if line.startswith("note: the report's configuration"))
     for run in RUNS:
         assert f"results/{run}/train_info.json: epochs 1 (the config: 3)" in note, note
+    # The report says so too, above its leaderboard, where its reader looks (the console's note is gone by then).
+    caption = embedded_results((workdir / "other.html").read_text())["results/summary.html"]["caption"]
+    assert "Note: these results may not be this configuration" in caption, caption
+    assert (f"{len(RUNS)} run(s) were trained with settings other than the configuration shown with this report"
+            in caption), caption
+    for run in RUNS:
+        assert f"results/{run}/train_info.json: epochs 1 (the config: 3)" in caption, caption
     result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
     assert "note: the report's configuration" not in result.stdout
+    assert "Note:" not in embedded_results((workdir / "same.html").read_text())["results/summary.html"]["caption"]
 
 
 def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_again(tiny_run_copy):
@@ -122,6 +130,10 @@ def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_a
     for rule, count in expected.items():
         assert f"{rule} {count}" in note, (rule, count, note)
     assert "Report created" in result.stdout and (workdir / "old.html").is_file()
+    caption = embedded_results((workdir / "old.html").read_text())["results/summary.html"]["caption"]
+    assert "Note: these results may not be this configuration" in caption, caption
+    for rule, count in expected.items():
+        assert f"{rule} {count}" in caption, (rule, count, caption)
     # started from the folder above, the working folder and config file given relative to it (Snakemake changes into
     # --directory before it reads the workflow: the dry run is run where the command was)
     relative = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",

@@ -24,16 +24,20 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 PYTHON = Path(sys.executable)
 
 
-class HowFast:
-    """A setting that changes how fast a job runs, not what it makes (evaluate.batch_size and device, predict.batch_size):
-    in ``params:`` as this, Snakemake leaves it out of the params it compares between runs, as PYTHON above, so
-    editing it reruns nothing, as threads do not. The shell command gets its value."""
+class Untracked:
+    """A value a rule's ``params:`` hold that Snakemake leaves out of the params it compares between runs (it compares
+    builtin types only, as PYTHON above): settings that change how fast a job runs, not what it makes
+    (evaluate.batch_size and device, predict.batch_size), so that editing them reruns nothing, as threads do not;
+    and the report's note on results older than the config. The shell command and the report get its text."""
 
     def __init__(self, value):
         self.value = value
 
     def __str__(self):
         return str(self.value)
+
+    def __bool__(self):
+        return bool(self.value)
 
 
 # Scripts import the `finetune` package from src/: first on PYTHONPATH, here and, through `envvars`
@@ -814,12 +818,19 @@ if _at_crop and workflow.is_main_process:
 REPORT_RULES = ("evaluate", "lr_find", "summary")
 _making_report = (workflow.is_main_process and has_option(sys.argv, ("--report",))
                   and not has_option(sys.argv, ("--report-after-run",)))
+# What the notes below say, also written into the report (above its leaderboard), where the reader sees it.
+REPORT_NOTES = []
 if _making_report and first_time("report"):  # one dry run covers every instance where this workflow is a module
     _pending = pending_jobs(sys.argv, os.getcwd(), REPORT_RULES)
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
     elif _pending.jobs:
+        REPORT_NOTES.append(f"``snakemake -n`` with the command line that made this report would run "
+                            f"{sum(_pending.jobs.values())} job(s) "
+                            f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): the "
+                            "results shown are older than the latest changes to the config, data or code, or were "
+                            "left unfinished by a run that failed.")
         print(f"note: `snakemake -n` with this command line would run {sum(_pending.jobs.values())} job(s) "
               f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): "
               + (f"{sum(_pending.new.values())} of them make files that do not exist yet "
@@ -844,6 +855,8 @@ if _making_report:  # each instance's own runs
                 _differ[_info_file] = _found
     if _differ:
         _shown = "; ".join(f"{f}: {', '.join(d[:4])}{' ...' if len(d) > 4 else ''}" for f, d in list(_differ.items())[:4])
+        REPORT_NOTES.append(f"{len(_differ)} run(s) were trained with settings other than the configuration shown "
+                            f"with this report ({_shown}{' ...' if len(_differ) > 4 else ''}).")
         say(f"the report's configuration is the config given now, and {len(_differ)} run(s) were trained with "
             f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
             "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "

@@ -18,7 +18,7 @@ rule predict:
         images=predict_images,
         images_state=predict_images_state,
         top_k=config["predict"]["top_k"],
-        batch_size=HowFast(config["predict"]["batch_size"]),
+        batch_size=Untracked(config["predict"]["batch_size"]),
     log:
         "results/logs/predict/{experiment}/seed{seed}.log",
     benchmark:
@@ -54,7 +54,7 @@ rule predict_selected:
         model_name=predict_model_name(),
         seed="" if config["predict"]["seed"] is None else f"--seed {config['predict']['seed']}",
         top_k=config["predict"]["top_k"],
-        batch_size=HowFast(config["predict"]["batch_size"]),
+        batch_size=Untracked(config["predict"]["batch_size"]),
     log:
         "results/logs/predict/selected.log",
     benchmark:

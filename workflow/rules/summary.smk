@@ -28,6 +28,7 @@ rule summary:
         weights_source=weights_label(),
         sweep_of=as_json(SWEEP_OF),
         export_tta="--export-tta" if config["export"]["tta"] else "",
+        report_note=Untracked(" ".join(REPORT_NOTES)),  # read by the report's caption only
     log:
         "results/logs/summary.log",
     shell:
