@@ -807,6 +807,13 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
     assert ("note: dataset.path: classes whose names differ only in letter case: 'Cat' and 'cat': two classes each"
             in started), started[-3000:]
     assert "Cat" in set(pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")["class_name"])
+    # `dog ` (a trailing space, from a copy or an archive): a class name no one sees, kept in every output: said too
+    make_images(data, {"dog ": 3}, seed=3)
+    started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+    assert ("note: dataset.path: class folder name(s) beginning or ending with white space: 'dog ': the class names "
+            "keep it") in started, started[-3000:]
+    split = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv", keep_default_na=False)
+    assert "dog " in set(split["class_name"]) and "dog" in set(split["class_name"])
 
 
 def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
