@@ -700,6 +700,10 @@ def test_a_top_k_is_not_named_where_the_classes_are_not_known_yet(tmp_path):
     output = dry_run_output(tmp_path, {**TINY_CONFIG, "dataset": folder, "evaluate": {"top_k": 50}})
     assert "note: evaluate.top_k" not in output
     assert {options["top-k"] for options in jobs_of(commands(output), "evaluate")} == {"50"}
+    # Nor where no top_k is written: the schema's 2 with 2 classes is no setting of the user's to question.
+    output = dry_run_output(tmp_path, {**TINY_CONFIG, "dataset": {**folder, "classes": ["cat", "dog"]}})
+    assert "note: evaluate.top_k" not in output
+    assert {options["top-k"] for options in jobs_of(commands(output), "evaluate")} == {"2"}
 
 
 def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_path):
@@ -818,6 +822,10 @@ def test_a_weights_path_that_does_not_exist_stops_at_start_naming_the_key(tmp_pa
     assert (f"weights.path: nonexist.pth does not exist (relative to the working directory {tmp_path}): name the "
             "weights file") in result.stdout, result.stdout[-2000:]
     assert "MissingInputException" not in result.stdout and not (tmp_path / "results").exists()
+    absolute = tiny_config(tmp_path, name="abs.yaml", replace={"weights": {**weights, "path": "/nonexist/w.pth"}})
+    result = run_snakemake(tmp_path, absolute, "-n", check=False)  # an absolute path is relative to nothing
+    assert result.returncode != 0 and "weights.path: /nonexist/w.pth does not exist: name the weights file" in \
+        result.stdout, result.stdout[-2000:]
     (tmp_path / "loop.pth").symlink_to("loop.pth")
     configfile = tiny_config(tmp_path, name="loop.yaml", replace={"weights": {**weights, "path": "loop.pth"}})
     result = run_snakemake(tmp_path, configfile, "-n", check=False)

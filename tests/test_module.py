@@ -233,9 +233,15 @@ def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbo
     make_images(host / "data" / "train", {"cat": 6, "dog": 6})
     make_images(host / "data" / "test", {"cat": 2, "dog": 2}, seed=1)
     dataset = {"format": "imagefolder", "path": "data"}
-    tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset})
+    tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset}, predict={"top_k": 2})
+    # The host's own config/config.yaml, which the module never reads: a key written twice there is none of its business.
+    (host / "config" / "config.yaml").write_text("other: 1\nother: 2\n")
     planned = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
     assert planned.returncode == 0 and "finetune_split" in planned.stdout, planned.stdout[-3000:]
+    # Each note once, though the module is read twice.
+    notes = [line for line in planned.stdout.splitlines() if line.startswith("note: module finetune: predict: ")]
+    assert len(notes) == 1, planned.stdout[-3000:]
+    tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset})
     (host / "inbox").mkdir()
     tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset}, predict={"images": "inbox"})
     refused = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)

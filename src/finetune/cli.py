@@ -77,9 +77,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def stop_signals() -> tuple[signal.Signals, ...]:
     """:data:`STOP_SIGNALS` less those the process ignores: under `nohup` SIGHUP is ignored, and a job started
-    so must go on when the terminal closes (a handler of ours would replace the ignore); a command a shell without
-    job control starts in the background (`snakemake ... &` in a script) ignores SIGINT, so that a Ctrl-C for the
-    script's foreground command does not stop it (Snakemake, started so, ignores it too): SIGTERM stops it."""
+    so must go on when the terminal closes (a handler of ours would replace the ignore)."""
     return tuple(sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN)
 
 

@@ -123,35 +123,6 @@ def distributed_problems(options: dict) -> list[str]:
     return [message for ok, message in checks if not ok]
 
 
-# torchvision's families of classifiers built with BatchNorm layers (the others, as vit, swin, convnext, alexnet, vgg
-# without _bn, have none, or are not known here: their train job checks, once the model is built).
-BATCHNORM_ARCHS = re.compile(r"^(resnet|resnext|wide_resnet|densenet|mobilenet|efficientnet|regnet|mnasnet|shufflenet|"
-                             r"googlenet|inception|maxvit|vgg\d+_bn)")
-
-
-def batchnorm_batch_problems(options: dict, arch: str) -> list[str]:
-    """A batch_size that gives BatchNorm layers training on batches of one image (batch_size 1, or 1 a process
-    without sync_batchnorm), which torch cannot train ("Expected more than 1 value per channel"): refused at start
-    for an architecture known to have BatchNorm, rather than by the job after Snakemake removed its earlier outputs.
-    Its train job checks the last batch of an epoch too (known once the split is). ``options``: with defaults."""
-    batch, devices, nodes = options.get("batch_size"), options.get("devices", 1), options.get("nodes", 1)
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (batch, devices, nodes)):
-        return []
-    strategy, bn = options.get("strategy", "finetune"), options.get("bn", "auto")
-    if (bn == "frozen" or (bn == "auto" and strategy == "feature_extract") or options.get("optimizer") == "lbfgs"
-            or not BATCHNORM_ARCHS.match(arch)):
-        return []
-    world = devices * nodes
-    per_process = batch if options.get("sync_batchnorm") or world == 1 else batch // world
-    if per_process >= 2:
-        return []
-    where = "" if per_process == batch else f" per process ({world} processes, sync_batchnorm off)"
-    return [f"batch_size: {batch} gives BatchNorm batches of {per_process} image{where}, and BatchNorm cannot train on "
-            f"one image (a {arch}, strategy {strategy}, bn {bn}): use a batch_size of 2 or more"
-            f"{' per process, or sync_batchnorm: true' if where else ''}, or bn: frozen (BatchNorm then keeps the "
-            "source model's statistics)"]
-
-
 # A recipe key's values that ask for nothing (off).
 _RECIPE_OFF = {"layer_decay": (None,), "ema_decay": (None,), "ema_warmup": (True,), "mixup_alpha": (0, 0.0),
                "cutmix_alpha": (0, 0.0)}
@@ -522,11 +493,6 @@ def _pretrain_train_problems(config: dict) -> list[str]:
         return []
     problems = [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
     problems += [f"pretrain.train: {why}" for why in recipe_problems(train)]
-    weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
-    if weights.get("source", "pretrain") == "pretrain":
-        problems += [f"pretrain.train: {why}" for why in batchnorm_batch_problems(
-            {key: value for key, value in train.items() if key not in _NOT_PRETRAIN_OPTIONS},
-            str(weights.get("arch", "resnet18")))]
     if train.get("lr") == "auto":
         problems.append("pretrain.train.lr: auto is not available for pretraining (the learning-rate finder runs "
                         "for experiments); set a number")
@@ -773,7 +739,6 @@ def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
         problems.append(f"unfreeze_stages: {stages}, but a {arch}'s backbone has {RESNET_STAGES} stages (the stem conv1 "
                         f"+ bn1, then layer1 .. layer4): use at most {RESNET_STAGES}, or null for all of them")
     problems += distributed_problems({**defaults, **options})
-    problems += batchnorm_batch_problems({**defaults, **options}, arch)
     problems += recipe_problems(options)
     if options.get("optimizer") == "lbfgs" and not caches_features(
             options.get("strategy", "finetune"), options.get("cache_features", True), options.get("augment", False)):

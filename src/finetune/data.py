@@ -209,17 +209,6 @@ def case_note(classes: list[str]) -> str | None:
             "folders would be one); if each is one class written two ways, merge the folders")
 
 
-def spacing_note(classes: list[str]) -> str | None:
-    """Class folder names that begin or end with white space (``'cat '``, from a copy or an archive): a class name
-    the user cannot see, kept in every output (metrics, predictions, the ONNX model's class names)."""
-    spaced = [name for name in classes if name != name.strip()]
-    if not spaced:
-        return None
-    return (f"class folder name(s) beginning or ending with white space: {', '.join(map(repr, spaced[:10]))}"
-            f"{' ...' if len(spaced) > 10 else ''}: the class names keep it, in the metrics, the predictions and the "
-            "ONNX model's metadata (and dataset.classes must write it so); rename the folders if it is not meant")
-
-
 def _image_folder(root: str) -> dict[str, list[tuple[Path, str]]]:
     """:func:`_class_folders` of a root that must exist and hold class folders."""
     directory = Path(root)
@@ -322,15 +311,15 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def image_folder_notes(root: str) -> list[str]:
-    """:func:`layout_note`, :func:`case_note` and :func:`spacing_note` of an ImageFolder root, for the start of each run (from the folder
+    """:func:`layout_note` and :func:`case_note` of an ImageFolder root, for the start of each run (from the folder
     names, and whether the first class folder holds an image of its own); none where the folder is at fault (the
     checks of the folder say how)."""
     try:
         classes = _class_folders(Path(root))
     except (DataError, OSError):
         return []
-    names = sorted({nfc(name) for name in classes})
-    return [note for note in (layout_note(Path(root), classes), case_note(names), spacing_note(names)) if note]
+    return [note for note in (layout_note(Path(root), classes), case_note(sorted({nfc(name) for name in classes})))
+            if note]
 
 
 def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str | None:

@@ -295,24 +295,6 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     return {"images": len(rows), "classified": len(rows) - failed, "failed": failed}
 
 
-def unreadable_line(predictions_csv: str | Path) -> str | None:
-    """A line for the end of the run that made ``predictions_csv``, where some of its images could not be read
-    (their rows' ``error``): how many, and the first; None where every image was classified (or the file does not
-    read)."""
-    import csv
-
-    try:
-        with open(predictions_csv, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    failed = [row for row in rows if row.get("error")]
-    if not failed:
-        return None
-    return (f"{predictions_csv}: {len(failed)} of {len(rows)} image(s) could not be read and have no prediction (their "
-            f"rows' error column says why; the first: {failed[0]['error']})")
-
-
 def writable_name(path: str) -> str:
     """``path`` as UTF-8 text can hold it: a file name whose bytes are not UTF-8 (Python keeps them as surrogates) with
     those bytes as ``\\xff`` escapes. Writing it as it was failed the whole job after every image was classified, and

@@ -98,7 +98,8 @@ def allocation_problem(nodes: int, env: dict, nodes_key: str = "train.nodes") ->
     if allocated == nodes and nodelist:
         return None
     where = ("no Slurm job" if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")) else
-             f"a Slurm job of {allocated} node(s)" if allocated else
+             f"a Slurm job of {allocated} node(s) whose node list `scontrol show job` did not give" if allocated == nodes
+             else f"a Slurm job of {allocated} node(s)" if allocated else
              f"a Slurm job ({env.get('SLURM_JOB_ID') or env.get('SLURM_JOBID')}) whose nodes `scontrol show job` did "
              "not say")
     return (f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "

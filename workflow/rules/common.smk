@@ -55,13 +55,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # planned (the demo's backbone_lr_factor, warmup_epochs), recorded as planned. The choice of the Snakemake that plans
 # the run reaches its jobs through the environment, and a job's Snakemake reads the user's config alone, as it did.
 REPLACED_ENV = "FINETUNE_REPLACE_WORKFLOW_CONFIG"
-if workflow.is_main_process:
-    os.environ[REPLACED_ENV] = "1" if workflow.config_settings.replace_workflow_config else "0"
+if workflow.is_main_process:  # replaced only where a config is given (Snakemake's own rule: the flag alone keeps the demo's)
+    os.environ[REPLACED_ENV] = ("1" if workflow.config_settings.replace_workflow_config
+                                and workflow.config_settings.overwrite_config else "0")
 elif os.environ.get(REPLACED_ENV) == "1" and not workflow.config_settings.replace_workflow_config \
         and len(workflow.modifier_stack) == 1:
     config.clear()
     update_config(config, copy.deepcopy(workflow.config_settings.overwrite_config))
-REPLACES_WORKFLOW_CONFIG = workflow.config_settings.replace_workflow_config or os.environ.get(REPLACED_ENV) == "1"
+REPLACES_WORKFLOW_CONFIG = os.environ.get(REPLACED_ENV) == "1"
 
 
 envvars:
@@ -70,7 +71,7 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import (SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
+from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
                                   overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_state as tree_of_dataset_state, images_state
@@ -80,6 +81,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
+from finetune.startchecks import batchnorm_problems, spacing_note, unreadable_line
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -98,9 +100,14 @@ _as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under
 INSTANCE = f"module {workflow.modifier.namespace}: " if _as_module and getattr(workflow.modifier, "namespace", None) else ""
 
 
+_SAID = once_per(config, "notes said", set)  # a host's `use rule ... from` statements read the module again
+
+
 def say(text):
-    """A note at start, on stderr: ``note: <module>: <text>``."""
-    print(f"note: {INSTANCE}{text}", file=sys.stderr)
+    """A note at start, on stderr: ``note: <module>: <text>``; once, however often a host reads the module."""
+    if text not in _SAID:
+        _SAID.add(text)
+        print(f"note: {INSTANCE}{text}", file=sys.stderr)
 
 
 def note_resources_under_unprefixed_names():
@@ -123,7 +130,9 @@ def note_resources_under_unprefixed_names():
 _cli_files = list(map(str, workflow.config_settings.configfiles))
 _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
                                     *_cli_files]))
-_checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") else []), *_config_files,
+# config/config.yaml (the demo's) is read only by the workflow run as itself, its config not replaced by the user's.
+_checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") and not _as_module
+                    and not REPLACES_WORKFLOW_CONFIG else []), *_config_files,
                   *profile_files(sys.argv, os.environ, workflow.basedir)]
 _duplicates = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
                for problem in duplicate_keys(file)]
@@ -191,6 +200,9 @@ if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretr
         "trains a source model)")
 # The `lr_find` keys written, before the schema's defaults fill the section (noted below where no run uses them).
 _lr_find_written = list(_written["lr_find"]) if isinstance(_written.get("lr_find"), dict) else []
+# The top_k values written (noted below, where the classes are known, if at or above their number).
+_top_k_written = {section: _written[section]["top_k"] for section in ("evaluate", "predict")
+                  if isinstance(_written.get(section), dict) and isinstance(_written[section].get("top_k"), int)}
 # A `predict` section without images: its other keys choose the model and the columns of predictions that
 # are not made.
 _predict_written = [key for key in (_written.get("predict") or {}) if key != "images"] if isinstance(_written.get("predict"), dict) else []
@@ -211,7 +223,8 @@ if _problems:
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   format_problems(where_written(_problems, _sources, demo="config/config.yaml"))]))
+                                   INSTANCE + format_problems(where_written(_problems, _sources,
+                                                                            demo="config/config.yaml"))]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
@@ -249,6 +262,11 @@ if config["weights"]["source"] == "torchvision":
 EXPERIMENTS, SWEEP_OF = expand_sweeps(config["experiments"])
 SEEDS = config["seeds"]
 RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEEDS]
+# BatchNorm batches of one image: refused here, not by the train job after Snakemake removed the run's model.pt
+# (under Slurm after two submissions). A check of finetune.startchecks, which no job loads.
+_problems = batchnorm_problems(config, EXPERIMENTS, SWEEP_OF)
+if _problems:
+    raise WorkflowError(INSTANCE + format_problems(_problems))
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
@@ -323,7 +341,7 @@ def unknown_run_targets(targets):
     writes) of this config: Snakemake says only that no rule produces it."""
     import difflib
 
-    made_here = {"logs", "benchmarks", "lr_find", "predictions", "report"}
+    made_here = set(RESULTS_FOLDERS)
     lines = []
     for target in targets:
         parts = Path(target).parts
@@ -404,6 +422,11 @@ def as_input(path):
     its own."""
     relative = below_workdir(path)
     return local(relative) if relative is not None else str(path)
+
+
+def relative_to_workdir(path):
+    """`` (relative to the working directory <cwd>)`` where ``path`` is relative; "" where it is absolute."""
+    return "" if os.path.isabs(os.path.expanduser(str(path))) else f" (relative to the working directory {os.getcwd()})"
 
 
 def below_workdir(path):
@@ -870,8 +893,8 @@ if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(
     _what = ("is a folder, not a file" if os.path.isdir(_path) else
              f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
              if os.path.islink(_path) else "does not exist")
-    raise WorkflowError(f"weights.path: {config['weights']['path']} {_what} (relative to the working directory "
-                        f"{os.getcwd()}): name the weights file (.pth, .pt) to start from")
+    raise WorkflowError(f"weights.path: {config['weights']['path']} {_what}{relative_to_workdir(_path)}: name the "
+                        "weights file (.pth, .pt) to start from")
 
 def manifest_changed(manifest, classes, split_file):
     """Whether a CSV manifest's text or dataset.classes differ from those its split (``split_file``) was made from, as
@@ -970,7 +993,7 @@ def refuse_missing_dataset(key, cfg):
             "is a folder, not a CSV file" if not folder and os.path.isdir(path) else None)
     if what:
         raise WorkflowError(
-            f"{key}.path: {path} ({cfg['format']}) {what} (relative to the working directory {os.getcwd()}): "
+            f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
             f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
             f"{'the folder of class folders' if folder else 'the CSV manifest'}")
 
@@ -980,7 +1003,7 @@ def check_image_folder_at_start(key, cfg, split_file):
     dataset.classes) changed since it last passed: an image or a class folder added, removed, renamed (a class of
     dataset.classes misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways,
     names not UTF-8); then the notes on its layout, and dataset.classes' indices that moved since the split."""
-    from finetune.data import DataError, check_image_folder, image_folder_notes, moved_indices_line
+    from finetune.data import DataError, check_image_folder, image_folder_classes, image_folder_notes, moved_indices_line
 
     state = image_folder_unchecked(cfg)
     if state is not None:
@@ -993,6 +1016,12 @@ def check_image_folder_at_start(key, cfg, split_file):
     # seen, not only in the split job's log (from the folder names, and each class folder's own files)
     for note in image_folder_notes(cfg["path"]):
         say(f"{key}.path: {note}")
+    try:
+        spaced = spacing_note(image_folder_classes(cfg["path"]))
+    except (DataError, OSError):  # a folder the checks above refuse, saying why
+        spaced = None
+    if spaced:
+        say(f"{key}.path: {spaced}")
     if cfg.get("classes") and os.path.exists(split_file):
         line = moved_indices_line(key, cfg, split_report(split_file))
         if line:
@@ -1059,12 +1088,14 @@ def target_class_count():
 if CHECK_FILES:
     _n_classes = target_class_count()
     for _section, _too_many in (("evaluate", lambda k, n: k >= n), ("predict", lambda k, n: k > n)):
-        _k = (_written.get(_section) or {}).get("top_k") if isinstance(_written.get(_section), dict) else None
-        if _n_classes and isinstance(_k, int) and _too_many(_k, _n_classes) and \
+        _k = _top_k_written.get(_section)
+        if _n_classes and _k is not None and _too_many(_k, _n_classes) and \
                 (_section == "evaluate" or config["predict"]["images"] is not None):
             say(f"{_section}.top_k: {_k} with {_n_classes} classes: "
-                + ("top-k accuracy is left out of the metrics (it would be 1.0); set it below the number of classes"
-                   if _section == "evaluate" else f"each image lists all {_n_classes} classes"))
+                + (f"each image lists all {_n_classes} classes" if _section == "predict" else
+                   "top-k accuracy is left out of the metrics (it would be 1.0); set it below the number of classes"
+                   if _n_classes > 2 else "top-k accuracy is left out of the metrics (it would be 1.0; with 2 "
+                   "classes, top-1 accuracy is the only one)"))
 
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn
@@ -1119,7 +1150,7 @@ if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
     if CHECK_FILES and not os.path.exists(PREDICT["images"]):
         raise WorkflowError(
-            f"predict.images: {PREDICT['images']} does not exist (relative to the working directory {os.getcwd()}): "
+            f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
     if CHECK_FILES:  # a folder without images (or a list without paths, or of which no image opens) stops a run that
@@ -1301,8 +1332,16 @@ def slurm_gpu_problems():
     """The device settings of a run submitted to Slurm whose jobs ask for a GPU (`gpu`) in a partition without one:
     sbatch refused each ("Invalid generic resource (gres) specification"), after Snakemake removed the job's outputs,
     and again on the profile's retry."""
+    # Where the plugin chooses a job's partition itself (a partition file: --slurm-partition-config or
+    # SNAKEMAKE_SLURM_PARTITIONS, by what each job asks for, GPUs included), or sends it to another cluster, sinfo
+    # here cannot say where it goes: only partitions named by the job's own slurm_partition are checked then.
+    chosen_by_plugin = bool(getattr(workflow.executor_settings, "partition_config", None)
+                            or os.environ.get("SNAKEMAKE_SLURM_PARTITIONS"))
     asking = {}
     for job in workflow.dag.needrun_jobs():
+        if job.resources.get("clusters") or job.resources.get("slurm_cluster") or (
+                chosen_by_plugin and not job.resources.get("slurm_partition")):
+            continue
         if job.resources.get("gpu", 0) and job.rule.name in ("train", "lr_find", "pretrain", "evaluate"):
             key = (train_key_names(job.wildcards.experiment).get("device", "train.device")
                    if job.rule.name in ("train", "lr_find") else
@@ -1342,8 +1381,6 @@ onstart:
 def unreadable_predictions_notes():
     """After a run that succeeded: a note for each predictions file it made where images could not be read (the job
     classifies the others and succeeds; its log alone said so)."""
-    from finetune.deploy import unreadable_line
-
     try:
         jobs = list(workflow.dag.needrun_jobs(exclude_finished=False))
     except Exception:  # Snakemake's DAG is internal: without it, no note rather than an error after a run that succeeded
