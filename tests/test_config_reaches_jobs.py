@@ -843,3 +843,19 @@ def test_a_quoted_value_on_the_command_line_stays_text(tmp_path):
     output = run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES, "--config",
                            'predict={images: "2024", experiment: finetune, seed: 0}').stdout
     assert jobs_of(commands(output), "predict")[0]["images"] == "2024"
+
+
+def test_the_batchnorm_check_at_start_takes_the_architecture_torchvision_weights_name():
+    """weights.source torchvision names its architecture through its weights enum (weights.arch need not be written):
+    a ViT has no BatchNorm, so batch_size 1 is no problem of it; a ResNet's enum is, as for weights.arch."""
+    from finetune.startchecks import batchnorm_problems
+
+    def problems(weights):
+        config = {"weights": {"source": "torchvision", **weights}, "train": {"batch_size": 1, "strategy": "finetune"}}
+        return batchnorm_problems(config, {"small": {}}, {"small": "small"})
+
+    assert problems({"torchvision": "ViT_B_16_Weights.DEFAULT"}) == []
+    assert problems({"torchvision": "ResNet50_Weights.IMAGENET1K_V2"}) == [
+        "experiments.small: batch_size: 1 gives BatchNorm batches of 1 image, and BatchNorm cannot train on one image "
+        "(a resnet50, strategy finetune, bn auto): use a batch_size of 2 or more, or bn: frozen (BatchNorm then keeps "
+        "the source model's statistics)"]
