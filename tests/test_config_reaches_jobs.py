@@ -859,3 +859,17 @@ def test_the_batchnorm_check_at_start_takes_the_architecture_torchvision_weights
         "experiments.small: batch_size: 1 gives BatchNorm batches of 1 image, and BatchNorm cannot train on one image "
         "(a resnet50, strategy finetune, bn auto): use a batch_size of 2 or more, or bn: frozen (BatchNorm then keeps "
         "the source model's statistics)"]
+
+
+def test_a_sha256_of_digits_alone_read_as_a_number_says_to_quote_it(tmp_path):
+    """YAML reads an unquoted hash of digits alone as an integer (leading zeros dropped): the schema's "is not a
+    string" alone left users puzzled by a 0 they never wrote."""
+    config = {key: value for key, value in TINY_CONFIG.items() if key not in ("weights", "pretrain")}
+    weights = {"source": "url", "url": "http://127.0.0.1:9/w.pth", "arch": "resnet18",
+               "preprocessing": CHOSEN["weights.preprocessing"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "weights": weights}, sort_keys=False)
+                                          + "  sha256: " + "0" * 63 + "7\n")  # the last key of weights, unquoted
+    result = run_snakemake(tmp_path, tmp_path / "config.yaml", "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(r"weights\.sha256: 7 is not a string.*\(YAML reads a hash of digits alone as a number, dropping "
+                     r"its leading zeros: quote it", result.stdout), result.stdout[-2000:]

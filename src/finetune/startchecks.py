@@ -90,3 +90,11 @@ def unreadable_line(predictions_csv: str | Path) -> str | None:
         return None
     return (f"{predictions_csv}: {len(failed)} of {len(rows)} image(s) could not be read and have no prediction (their "
             f"rows' error column says why; the first: {failed[0]['error']})")
+
+
+def with_hints(problems: list[str]) -> list[str]:
+    """Config problems whose cause the message alone does not show, with a hint: a sha256 written as digits alone,
+    which YAML reads as a number (its leading zeros dropped), so that the schema sees no text."""
+    return [f"{problem} (YAML reads a hash of digits alone as a number, dropping its leading zeros: quote it, "
+            "sha256: \"0123...\")" if re.match(r"weights\.sha256: \d+ is not a string", problem) else problem
+            for problem in problems]

@@ -81,7 +81,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import batchnorm_problems, spacing_note, unreadable_line
+from finetune.startchecks import batchnorm_problems, spacing_note, unreadable_line, with_hints
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -223,8 +223,8 @@ if _problems:
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   INSTANCE + format_problems(where_written(_problems, _sources,
-                                                                            demo="config/config.yaml"))]))
+                                   INSTANCE + format_problems(with_hints(where_written(_problems, _sources,
+                                                                                       demo="config/config.yaml")))]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
