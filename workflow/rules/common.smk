@@ -105,9 +105,10 @@ _SAID = once_per(config, "notes said", set)  # a host's `use rule ... from` stat
 
 def say(text):
     """A note at start, on stderr: ``note: <module>: <text>``; once, however often a host reads the module."""
-    if text not in _SAID:
-        _SAID.add(text)
-        print(f"note: {INSTANCE}{text}", file=sys.stderr)
+    line = f"note: {INSTANCE}{text}"  # two instances of one config dict: each says its own
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
 
 
 def note_resources_under_unprefixed_names():
