@@ -138,7 +138,13 @@ def test_a_module_given_a_part_of_the_host_s_config_takes_its_command_line_value
     assert all(o["batch_size"] == TINY_CONFIG["train"]["batch_size"] for o in options), "the file's other keys stay"
     result = run_snakemake(host, None, "-n", "--config", "finetune={train: {epochs: two}}", snakefile=host / "Snakefile",
                            check=False)
-    assert result.returncode != 0 and "train.epochs: 'two' is not an integer" in result.stdout, result.stdout[-3000:]
+    # named under the host's key, as written there, and traced to where it is written
+    assert result.returncode != 0 and "finetune.train.epochs: 'two' is not an integer (set in --config)" in \
+        result.stdout, result.stdout[-3000:]
+    result = run_snakemake(host, None, "-n", "--config", "finetune={train: {epochz: 2}}", snakefile=host / "Snakefile",
+                           check=False)
+    assert result.returncode != 0 and "finetune.train.epochz: unknown key (did you mean epochs?) (set in --config)" in \
+        result.stdout, result.stdout[-3000:]
 
 
 def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_and_checks_each(tiny_run, tmp_path):

@@ -223,6 +223,10 @@ if _problems:
                 **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
+    if _as_module and _module_key:  # the module's keys lie under the host's key: named so, and traced in the host's files
+        _problems = [f"{_module_key}.{_problem}" for _problem in _problems]
+        if workflow.config_settings.config:
+            _sources["--config"] = dict(workflow.config_settings.config)
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
                                    INSTANCE + format_problems(with_hints(where_written(_problems, _sources,
                                                                                        demo="config/config.yaml")))]))
