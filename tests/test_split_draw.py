@@ -67,6 +67,21 @@ def test_the_source_dataset_draws_no_test_images_unless_its_test_fraction_is_wri
     assert ("test" in drawn.values()) == (written is not None)
 
 
+def test_dataset_classes_give_the_labels_in_the_order_written_by_name_or_index(tmp_path):
+    """README, "Your own images": with dataset.classes, output i is the i-th class written (torchvision's ImageFolder
+    sorts instead): each image's label is its class folder's place in the list as written, read here from the
+    folder each path lies in."""
+    root = tmp_path / "images"
+    make_images(root, {"ant": 6, "bee": 6, "cow": 6})
+    for written, names in ((["cow", "ant"], ["cow", "ant"]), ([2, 0, 1], ["cow", "ant", "bee"])):
+        dataset = {"format": "imagefolder", "path": str(root), "classes": written}
+        out = tmp_path / f"out{len(names)}"
+        assert run_split(dataset, out).returncode == 0
+        frame = pd.read_csv(out / "split.csv")
+        assert sorted({Path(p).parent.name for p in frame["path"]}) == sorted(names)
+        assert all(label == names.index(Path(p).parent.name) for p, label in zip(frame["path"], frame["label"]))
+
+
 def moved(before: dict[str, str], after: dict[str, str], prefix: str) -> dict[str, tuple[str, str]]:
     return {p: (s, after[p]) for p, s in before.items() if p.startswith(prefix) and p in after and after[p] != s}
 
