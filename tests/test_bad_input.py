@@ -816,6 +816,51 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
     assert "dog " in set(split["class_name"]) and "dog" in set(split["class_name"])
 
 
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_keeping_the_split(tmp_path, fmt):
+    """A broken file dropped into a dataset after a run (a copy cut short, a file that is no image) failed the split
+    job, and Snakemake removed the split made before: with the file deleted, the same images made the same split
+    again, and every job after it ran again. The images new since the split are opened at start (one copied with its
+    old time stamp too), the split is kept, and with them deleted nothing reruns; with on_bad_image: skip they are
+    left to the split, which leaves them out."""
+    data = tmp_path / "images"
+    make_images(data, {"cat": 6, "dog": 6})
+    manifest = data / "manifest.csv"
+    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(6)]
+    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+    dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.2, "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+
+    bad = make_bad_images(tmp_path / "bad")
+    added = {"cat": bad["truncated_png"], "dog": bad["not_an_image"]}
+    for name, file in added.items():
+        shutil.copy2(file, data / name / file.name)
+        os.utime(data / name / file.name, (946684800, 946684800))  # copied keeping its time stamp (2000-01-01)
+    if fmt == "csv":
+        manifest.write_text("\n".join(["path,label", *rows, *(f"{n}/{f.name},{n}" for n, f in added.items())]) + "\n")
+    result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
+    assert result.returncode != 0
+    assert (f"2 unreadable image(s) in {dataset['path']}, new since its split was made: nothing ran, and the split "
+            "made before is kept") in result.stdout, result.stdout[-3000:]
+    named = re.findall(r"^  (\S+?)(?: \(line (\d+)\))?: (?:cannot decode|empty)", result.stdout, re.M)
+    assert sorted(Path(path).name for path, _ in named) == sorted(f.name for f in added.values()), result.stdout[-3000:]
+    if fmt == "csv":
+        assert sorted(line for _, line in named) == ["14", "15"]
+    assert "rule split:" not in result.stdout
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+
+    skip = tiny_config(tmp_path / "run", "skip.yaml", replace={"dataset": {**dataset, "on_bad_image": "skip"}})
+    assert jobs_run(run_snakemake(tmp_path / "run", skip, "--until", "split", "--dry-run").stdout) == ["split"]
+    for name, file in added.items():
+        (data / name / file.name).unlink()
+    if fmt == "csv":
+        manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+    again = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+    assert jobs_run(again) == [], again[-3000:]
+
+
 def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
     """`dataset.test_fraction` written for an ImageFolder with a test/ folder (or a manifest whose split column marks
     test rows) was ignored, said only in the split job's log; and editing it reran the split and everything after

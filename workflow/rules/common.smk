@@ -81,7 +81,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import batchnorm_problems, spacing_note, unreadable_line, with_hints
+from finetune.startchecks import (OPENING_SAID, batchnorm_problems, new_dataset_images, spacing_note,
+                                  unreadable_images_problem, unreadable_line, with_hints)
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -1003,11 +1004,31 @@ def refuse_missing_dataset(key, cfg):
             f"{'the folder of class folders' if folder else 'the CSV manifest'}")
 
 
+def refuse_unreadable_new_images(key, cfg, split_file):
+    """Images added to a dataset since its split was made (finetune.startchecks.new_images) that do not decode stop
+    the run here, as the split job would stop, but before Snakemake removes the split made before: with the files
+    fixed or deleted, the same images give the same split, and nothing after it runs again."""
+    if cfg.get("on_bad_image") == "skip":
+        return
+    from finetune.data import DataError, named_under
+
+    try:
+        paths = new_dataset_images(cfg["format"], cfg["path"], cfg.get("classes"), split_file)
+        if len(paths) >= OPENING_SAID:
+            say(f"{key}.path: opening the {len(paths)} images new since the split was made, before any job (one that "
+                "cannot be read would fail the split job, which removes the split made before)")
+        problem = unreadable_images_problem(cfg["format"], cfg["path"], paths, config["threads"]["data"])
+    except (DataError, OSError):  # the split job says what is wrong
+        return
+    if problem:
+        raise WorkflowError(named_under(problem, key))
+
+
 def check_image_folder_at_start(key, cfg, split_file):
     """What the split job checks of an ImageFolder without opening an image, checked where the folder (or its
     dataset.classes) changed since it last passed: an image or a class folder added, removed, renamed (a class of
     dataset.classes misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways,
-    names not UTF-8); then the notes on its layout, and dataset.classes' indices that moved since the split."""
+    names not UTF-8), and the images new since the split was made opened; then the notes on its layout, and dataset.classes' indices that moved since the split."""
     from finetune.data import DataError, check_image_folder, image_folder_classes, image_folder_notes, moved_indices_line
 
     state = image_folder_unchecked(cfg)
@@ -1016,6 +1037,7 @@ def check_image_folder_at_start(key, cfg, split_file):
             check_image_folder(cfg["path"], cfg.get("classes"))
         except (DataError, OSError) as exc:
             raise refused_at_start(str(exc), key, split_file)
+        refuse_unreadable_new_images(key, cfg, split_file)
         image_folder_checked(cfg, state)
     # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
     # seen, not only in the split job's log (from the folder names, and each class folder's own files)
@@ -1037,15 +1059,17 @@ def check_manifest_at_start(key, cfg, split_file):
     """A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing file, a
     row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose
     failure would remove the split, so that the run after the fix trained everything again. Unreadable images are found
-    by the split job, which opens each image. The splits its split column gives are returned (as given_splits)."""
+    by the split job, which opens each image, but for those of rows new since the split was made. The splits its split column gives are returned (as given_splits)."""
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
         return given_splits(cfg, split_file)
     from finetune.data import DataError, check_csv_manifest
 
     try:
-        return check_csv_manifest(cfg["path"], cfg.get("classes"))
+        given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
         raise refused_at_start(str(exc), key, split_file)
+    refuse_unreadable_new_images(key, cfg, split_file)
+    return given
 
 
 def check_dataset_at_start(key, dataset):
