@@ -212,7 +212,9 @@ def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_i
     for wrong, message in (({"arch": "resnet18"}, f"weights.arch: 'resnet18', but {ENUM} belongs to 'squeezenet1_1'"),
                            ({"torchvision": "SqueezeNet1_1_Weights.IMAGENET1K_V3"},
                             "weights.torchvision: unknown torchvision weights 'SqueezeNet1_1_Weights.IMAGENET1K_V3' "
-                            "(did you mean SqueezeNet1_1_Weights.IMAGENET1K_V1")):
+                            "(did you mean SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+                           ({"torchvision": ENUM.lower()},  # written in lower case: named as torchvision spells it
+                            f"weights.torchvision: unknown torchvision weights '{ENUM.lower()}' (did you mean {ENUM}?)")):
         config = tiny_config(tmp_path, replace={"weights": {**weights, **wrong}})
         result = run_snakemake(tmp_path, config, *target, check=False)
         assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]

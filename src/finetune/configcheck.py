@@ -652,7 +652,9 @@ def _torchvision_weights_problems(weights: dict) -> list[str]:
     if not isinstance(name, str) or not known:
         return []
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=3)
+        lowered = {member.lower(): member for member in known}  # `resnet18_weights.imagenet1k_v1` is one of them too
+        close = [lowered[found] for found in ([name.lower()] if name.lower() in lowered else
+                                              difflib.get_close_matches(name.lower(), list(lowered), n=3))]
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return [f"weights.torchvision: unknown torchvision weights {name!r}{hint}: a classification model's weights "
                 "enum and member, as ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_model_weights(name))"]
