@@ -224,13 +224,18 @@ if _problems:
                 **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
+    # A target read as a config file: its keys (all unknown) are not the config's mistakes, and said one by one they
+    # buried the line that says what happened; the config's own problems are still listed.
+    _stray_keys = {_key for _stray in _strays for _key in _sources[_stray]}
+    _problems = [_problem for _problem in _problems if re.split(r"[.:]", _problem, maxsplit=1)[0] not in _stray_keys]
     if _as_module and _module_key:  # the module's keys lie under the host's key: named so, and traced in the host's files
         _problems = [f"{_module_key}.{_problem}" for _problem in _problems]
         if workflow.config_settings.config:
             _sources["--config"] = dict(workflow.config_settings.config)
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   INSTANCE + format_problems(with_hints(where_written(_problems, _sources,
-                                                                                       demo="config/config.yaml")))]))
+                                   *([INSTANCE + format_problems(with_hints(where_written(_problems, _sources,
+                                                                                          demo="config/config.yaml")))]
+                                     if _problems else [])]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
