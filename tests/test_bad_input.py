@@ -861,6 +861,52 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
     assert jobs_run(again) == [], again[-3000:]
 
 
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_the_images_opened_at_start_are_those_the_split_did_not_open(tmp_path, fmt):
+    """finetune.startchecks.new_dataset_images against the split job's own files: none right after the split (with a
+    cap, whose images the split opened and left out, neither); then exactly those added since: a file, a folder of
+    old files moved in, a new link to an old file (with a cap, every image of a folder changed since counts)."""
+    from finetune.startchecks import new_dataset_images
+
+    data = tmp_path / "images"
+    made = make_images(data, {"cat": 8, "dog": 8})
+    old = 946684800  # 2000-01-01: files copied keeping their time stamps
+    for files in made.values():
+        for file in files:
+            os.utime(file, (old, old))
+    batch = tmp_path / "batch"  # made before the split, moved in after it: its file's times stay old
+    make_images(batch, {"": 1}, seed=4)
+    os.utime(batch / "000.png", (old, old))
+    manifest = data / "manifest.csv"
+    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(8)]
+    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+    for capped in (False, True):
+        dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.25,
+                   "test_fraction": 0.25, "max_train_per_class": 2 if capped else None}
+        out = tmp_path / f"out{capped}"
+        assert run_split(dataset, out).returncode == 0
+        time.sleep(0.05)
+        assert new_dataset_images(dataset, out / "split.csv") == [], capped
+    added = [data / "dog" / "later.png", data / "cat" / "batch" / "000.png", data / "dog" / "link.png"]
+    shutil.copy2(made["cat"][0], added[0])
+    os.utime(added[0], (old, old))
+    batch.rename(data / "cat" / "batch")
+    added[2].symlink_to(made["cat"][1])
+    if fmt == "csv":
+        manifest.write_text("\n".join(["path,label", *rows, "dog/later.png,dog", "cat/batch/000.png,cat",
+                                       "dog/link.png,dog"]) + "\n")
+    for capped in (False, True):
+        dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.25,
+                   "test_fraction": 0.25, "max_train_per_class": 2 if capped else None}
+        new = {Path(p).absolute() for p in new_dataset_images(dataset, tmp_path / f"out{capped}" / "split.csv")}
+        expected = {p.absolute() for p in added}
+        if capped:  # cat/ and dog/ changed (entries added): their images left out by the cap count too
+            split = pd.read_csv(tmp_path / "outTrue" / "split.csv")
+            opened = {Path(p).absolute() for p in split["path"]}
+            expected |= {p.absolute() for files in made.values() for p in files} - opened
+        assert new == expected, (capped, sorted(map(str, new)))
+
+
 def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
     """`dataset.test_fraction` written for an ImageFolder with a test/ folder (or a manifest whose split column marks
     test rows) was ignored, said only in the split job's log; and editing it reran the split and everything after

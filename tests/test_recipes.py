@@ -536,30 +536,6 @@ def test_ema_warmup_without_an_average_is_refused_naming_both_keys():
         TrainOptions.from_dict({"ema_warmup": False})
 
 
-def test_train_ema_warmup_shared_with_experiments_without_an_average_trains_those_without_it():
-    """train: {ema_decay: 0.9, ema_warmup: false} with an experiment setting ema_decay: null was refused under that
-    experiment ("leave ema_warmup out", which it had not written), as was train.ema_warmup beside one experiment
-    that averages: it is a recipe its runs without an average cannot act on, so they go without it (their options
-    build, and equal those of the run without it written); where no run averages, it is refused as train.ema_warmup."""
-    from finetune.configcheck import config_problems, job_options, run_options, train_defaults
-    from helpers import REPO
-
-    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    shared = {"ema_decay": 0.9, "ema_warmup": False}
-    config = {"train": shared, "experiments": {"a": {}, "b": {"ema_decay": None}}}
-    assert config_problems(config, schema) == []
-    assert run_options(shared, {"ema_decay": None}) == {"ema_decay": None}
-    TrainOptions.from_dict(run_options(shared, {"ema_decay": None}))
-    defaults = train_defaults(schema)
-    # b's jobs get the options they get without train.ema_warmup written: writing it reruns a alone
-    assert (job_options({**defaults, **shared}, {"ema_decay": None}, defaults)
-            == job_options({**defaults, "ema_decay": 0.9}, {"ema_decay": None}, defaults))
-    assert config_problems({"train": {"ema_warmup": False}, "experiments": {"a": {"ema_decay": 0.9}, "b": {}}},
-                           schema) == []
-    alone = config_problems({"train": {"ema_warmup": False}, "experiments": {"a": {}}}, schema)
-    assert [p.split(":")[0] for p in alone] == ["train.ema_warmup"], alone
-
-
 @pytest.mark.parametrize("key, value", [("ema_decay", 1.0), ("mixup_alpha", -0.5), ("layer_decay", 0), ("layer_decay", 1.2)])
 def test_the_schema_refuses_recipe_values_out_of_range(key, value):
     from finetune.configcheck import config_problems

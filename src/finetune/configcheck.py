@@ -130,14 +130,11 @@ _RECIPE_OFF = {"layer_decay": (None,), "ema_decay": (None,), "ema_warmup": (True
 
 def inert_recipes(options: dict) -> dict[str, str]:
     """The recipe keys set (not off) that a run with these options cannot act on, each with the reason: layer_decay
-    with feature_extract, ema_decay (and its ema_warmup) with lbfgs, ema_warmup without ema_decay, mixing on cached
-    features. Written for the run
+    with feature_extract, ema_decay (and its ema_warmup) with lbfgs, mixing on cached features. Written for the run
     (in its experiment or sweep) they are refused (:func:`recipe_problems`); taken from `train`, where another
     experiment acts on them, the run goes without them (:func:`run_options`)."""
     strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
     inert = {}
-    if options.get("ema_decay") is None:
-        inert["ema_warmup"] = "ema_decay is null: no moving average of the weights to start"
     if strategy == "feature_extract":
         inert["layer_decay"] = "strategy feature_extract trains only the new head: no backbone stage's lr to scale"
     if optimizer == "lbfgs":
@@ -652,9 +649,7 @@ def _torchvision_weights_problems(weights: dict) -> list[str]:
     if not isinstance(name, str) or not known:
         return []
     if name not in known:
-        lowered = {member.lower(): member for member in known}  # `resnet18_weights.imagenet1k_v1` is one of them too
-        close = [lowered[found] for found in ([name.lower()] if name.lower() in lowered else
-                                              difflib.get_close_matches(name.lower(), list(lowered), n=3))]
+        close = difflib.get_close_matches(name, list(known), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return [f"weights.torchvision: unknown torchvision weights {name!r}{hint}: a classification model's weights "
                 "enum and member, as ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_model_weights(name))"]

@@ -96,18 +96,35 @@ def unreadable_line(predictions_csv: str | Path) -> str | None:
 
 def with_hints(problems: list[str]) -> list[str]:
     """Config problems whose cause the message alone does not show, with a hint: a sha256 written as digits alone,
-    which YAML reads as a number (its leading zeros dropped), so that the schema sees no text."""
-    return [f"{problem} (YAML reads a hash of digits alone as a number, dropping its leading zeros: quote it, "
-            "sha256: \"0123...\")" if re.match(r"weights\.sha256: \d+ is not a string", problem) else problem
+    which YAML reads as a number (its leading zeros dropped), so that the schema sees no text; torchvision weights
+    written in other letter cases (:func:`case_hint`)."""
+    return [case_hint(f"{problem} (YAML reads a hash of digits alone as a number, dropping its leading zeros: quote "
+                      "it, sha256: \"0123...\")" if re.match(r"weights\.sha256: \d+ is not a string", problem) else problem)
             for problem in problems]
+
+
+_UNKNOWN_WEIGHTS = re.compile(r"^((?:[\w.-]+\.)?weights\.torchvision: unknown torchvision weights '([^']*)')(?: \(did you mean [^)]*\))?")
+
+
+def case_hint(problem: str) -> str:
+    """``weights.torchvision: unknown torchvision weights 'resnet18_weights.imagenet1k_v1'``: the did-you-mean names
+    the member written in another letter case (configcheck's, matching the case too, found none, or others)."""
+    found = _UNKNOWN_WEIGHTS.match(problem)
+    if not found:
+        return problem
+    from .configcheck import torchvision_weights_names
+
+    same = [name for name in (torchvision_weights_names() or {}) if name.lower() == found.group(2).lower()]
+    return f"{found.group(1)} (did you mean {same[0]}?){problem[found.end():]}" if same else problem
 
 
 # How many images new since the split was made the check at start opens (as the split job opens every image, in the
 # same way; measured on one core: 2.4 ms for a 400x300 JPEG, 135 ms for a 12-megapixel one): enough for images added
-# or uploaded between runs; a dataset copied anew, or a cap leaving out thousands that are opened again whenever the
-# dataset changes, is left to the split job. From OPENING_SAID images on, a line says why the start takes a while.
+# or uploaded between runs; more (a dataset copied anew) are left to the split job. From SAY_OPENING_FROM images on, a
+# line says why the start takes a while.
 NEW_IMAGES_OPENED_AT_START = 2000
-OPENING_SAID = 100
+SAY_OPENING_FROM = 100
+CAPS = ("max_train_per_class", "max_val_per_class", "max_test_per_class")
 
 
 def _chosen_listing(fmt: str, path: str, classes: list | None):
@@ -121,8 +138,9 @@ def _chosen_listing(fmt: str, path: str, classes: list | None):
 
 
 def paths_known_to_split(split_file: str | Path) -> set[str]:
-    """The images the split made before opened: those in its file, and those its report lists as left out (unreadable
-    with on_bad_image: skip, copies, near duplicates), as the listing names them; empty where either does not read."""
+    """The images the split made before opened and kept or left out: those in its file, and those its report lists
+    (unreadable with on_bad_image: skip, copies, near duplicates), as the listing names them; empty where either does
+    not read."""
     try:
         with open(split_file, newline="", encoding="utf-8") as f:
             known = {row["path"] for row in csv.DictReader(f)}
@@ -131,25 +149,38 @@ def paths_known_to_split(split_file: str | Path) -> set[str]:
             known.update(item["path"] for item in report.get(key, []) if isinstance(item, dict) and "path" in item)
         known.update(item["path"] for item in (report.get("near_duplicates") or {}).get("pairs", [])
                      if isinstance(item, dict) and "path" in item)  # left out with near_duplicates: leave_out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, csv.Error):
         return set()
     return known
 
 
-def _changed_since(path: str, when: float) -> bool:
-    """Whether the file was made, renamed or written after ``when`` (an image copied with its old modification time
-    has a new status change time); a file that cannot be looked at is one to open."""
+def _changed_since(path: str, root: str, when: float, folders: dict[str, bool]) -> bool:
+    """Whether the file, the link naming it, or a folder between it and ``root`` was made, renamed or written at
+    ``when`` or after (an image copied with its old modification time has a new status change time; a folder moved
+    in, a new one; ``folders``: each folder's answer, looked up once). A path that cannot be looked at is one to open."""
     try:
-        info = os.stat(path)
+        if any(max(info.st_mtime, info.st_ctime) >= when for info in (os.stat(path), os.lstat(path))):
+            return True
     except OSError:
         return True
-    return max(info.st_mtime, info.st_ctime) >= when
+    top, folder = os.path.abspath(root), os.path.dirname(os.path.abspath(path))
+    while folder.startswith(top + os.sep):
+        if folder not in folders:
+            try:
+                folders[folder] = max(os.stat(folder).st_mtime, os.stat(folder).st_ctime) >= when
+            except OSError:
+                folders[folder] = True
+        if folders[folder]:
+            return True
+        folder = os.path.dirname(folder)
+    return False
 
 
-def new_images(paths: list[str], split_file: str | Path, changed_only: bool) -> list[str]:
-    """Of ``paths``, the images the split made before (``split_file``) did not open; with ``changed_only``, only those
-    changed since it was made (an ImageFolder: a cap's images left out stay unopened, and old). None where there is no
-    split, or more than NEW_IMAGES_OPENED_AT_START (the split job opens them)."""
+def new_images(paths: list[str], split_file: str | Path, root: str, capped: bool) -> list[str]:
+    """Of ``paths``, the images not in the split made before (``split_file``) nor in its report: those it did not
+    open. With a cap (``capped``), the images it opened and left out are in neither: then only those of them changed
+    since it was made count (:func:`_changed_since`; a folder below ``root`` changed since makes all its images count).
+    Empty where there is no split, or more than NEW_IMAGES_OPENED_AT_START (the split job opens them)."""
     try:
         made = os.stat(split_file).st_mtime
     except OSError:
@@ -157,21 +188,28 @@ def new_images(paths: list[str], split_file: str | Path, changed_only: bool) -> 
     known = paths_known_to_split(split_file)
     if not known:
         return []
-    new = [p for p in paths if p not in known and (not changed_only or _changed_since(p, made))]
-    return new if len(new) <= NEW_IMAGES_OPENED_AT_START else []
+    new, folders = [], {}
+    for path in paths:
+        if path not in known and (not capped or _changed_since(path, root, made, folders)):
+            new.append(path)
+            if len(new) > NEW_IMAGES_OPENED_AT_START:
+                return []
+    return new
 
 
-def new_dataset_images(fmt: str, path: str, classes: list | None, split_file: str | Path) -> list[str]:
-    """The images of an ImageFolder's or a CSV manifest's chosen classes that are new since its split was made
-    (:func:`new_images`: for an ImageFolder, written or moved in since)."""
-    return new_images(_chosen_listing(fmt, path, classes)["path"].tolist(), split_file, fmt == "imagefolder")
+def new_dataset_images(cfg: dict, split_file: str | Path) -> list[str]:
+    """The images of an ImageFolder's or a CSV manifest's (``cfg``: the dataset's config) chosen classes that the
+    split made before did not open (:func:`new_images`)."""
+    listing = _chosen_listing(cfg["format"], cfg["path"], cfg.get("classes"))
+    root = cfg["path"] if cfg["format"] == "imagefolder" else os.path.dirname(os.path.abspath(cfg["path"]))
+    return new_images(listing["path"].tolist(), split_file, root, any(cfg.get(cap) for cap in CAPS))
 
 
 def unreadable_images_problem(fmt: str, path: str, paths: list[str], threads: int) -> str | None:
     """The split job's message (data._refuse_bad) for the images of ``paths`` (new since the split was made) that do
     not decode, opened as it opens them (finetune.data.inspect_images), so that the run stops before Snakemake removes
-    the split: the run after the fix, with the same images as before, would have made the same split again, and
-    everything after it would have run again. None where all decode."""
+    the split: the run after they are deleted, with the same images as before, would have made the same split again,
+    and everything after it would have run again. None where all decode."""
     from .data import inspect_images, manifest_lines
 
     bad = [(p, reason) for p, (reason, _, _) in zip(paths, inspect_images(paths, threads)) if reason is not None]

@@ -81,7 +81,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import (OPENING_SAID, batchnorm_problems, new_dataset_images, spacing_note,
+from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, new_dataset_images, spacing_note,
                                   unreadable_images_problem, unreadable_line, with_hints)
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
@@ -1012,14 +1012,14 @@ def refuse_missing_dataset(key, cfg):
 def refuse_unreadable_new_images(key, cfg, split_file):
     """Images added to a dataset since its split was made (finetune.startchecks.new_images) that do not decode stop
     the run here, as the split job would stop, but before Snakemake removes the split made before: with the files
-    fixed or deleted, the same images give the same split, and nothing after it runs again."""
+    deleted, the same images give the same split, and nothing after it runs again."""
     if cfg.get("on_bad_image") == "skip":
         return
     from finetune.data import DataError, named_under
 
     try:
-        paths = new_dataset_images(cfg["format"], cfg["path"], cfg.get("classes"), split_file)
-        if len(paths) >= OPENING_SAID:
+        paths = new_dataset_images(cfg, split_file)
+        if len(paths) >= SAY_OPENING_FROM:
             say(f"{key}.path: opening the {len(paths)} images new since the split was made, before any job (one that "
                 "cannot be read would fail the split job, which removes the split made before)")
         problem = unreadable_images_problem(cfg["format"], cfg["path"], paths, config["threads"]["data"])
@@ -1033,7 +1033,8 @@ def check_image_folder_at_start(key, cfg, split_file):
     """What the split job checks of an ImageFolder without opening an image, checked where the folder (or its
     dataset.classes) changed since it last passed: an image or a class folder added, removed, renamed (a class of
     dataset.classes misspelt, an empty class folder, a layout mixing split and class folders, a class written two ways,
-    names not UTF-8), and the images new since the split was made opened; then the notes on its layout, and dataset.classes' indices that moved since the split."""
+    names not UTF-8), and the images new since the split was made opened; then the notes on its layout, and
+    dataset.classes' indices that moved since the split."""
     from finetune.data import DataError, check_image_folder, image_folder_classes, image_folder_notes, moved_indices_line
 
     state = image_folder_unchecked(cfg)
@@ -1063,8 +1064,9 @@ def check_image_folder_at_start(key, cfg, split_file):
 def check_manifest_at_start(key, cfg, split_file):
     """A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing file, a
     row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose
-    failure would remove the split, so that the run after the fix trained everything again. Unreadable images are found
-    by the split job, which opens each image, but for those of rows new since the split was made. The splits its split column gives are returned (as given_splits)."""
+    failure would remove the split, so that the run after the fix trained everything again, and the images of rows new
+    since the split was made are opened (the split job opens every image). The splits its split column gives are
+    returned (as given_splits)."""
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
         return given_splits(cfg, split_file)
     from finetune.data import DataError, check_csv_manifest
