@@ -499,6 +499,7 @@ def test_batchnorm_batches_of_one_image_are_refused_at_start(tmp_path, run, refu
     if refused:
         assert result.returncode != 0 and f"experiments.small: {refused}" in result.stdout, result.stdout[-3000:]
         assert "use a batch_size of 2 or more" in result.stdout and "or bn: frozen" in result.stdout
+        assert "sync_batchnorm: true" not in result.stdout  # it runs on GPUs only: not offered on the CPU
     else:
         assert result.returncode == 0, result.stdout[-3000:]
         assert "results/small/seed0/model.pt" in result.stdout

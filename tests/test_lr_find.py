@@ -199,6 +199,25 @@ def test_the_range_test_s_seed_is_its_own_so_the_seeds_list_can_change_without_t
     assert chosen[0] == {**first[0], "seed": 7} and chosen[1] == first[1]
 
 
+def test_the_range_test_runs_in_one_process_so_devices_and_nodes_do_not_reach_it(tmp_path):
+    """lr_find runs in one process at the run's global batch size: a run's `devices` changed its options, so that
+    editing them tested again (the same curve) and its suggestion.json named processes it did not run. They are at
+    their defaults in lr_find's command, and reach the train job's."""
+    def options_of(script, out_flag, out, devices):
+        configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto", "bn": "frozen",
+                                                                             "devices": devices}}})
+        commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
+        found = command_of(commands, script, out_flag, out)
+        return json.loads(found[found.index("--options") + 1])
+
+    one, two = (options_of("lr_find.py", "--out-suggestion", "results/lr_find/auto/suggestion.json", n) for n in (1, 2))
+    assert one == two and one["devices"] == 1 and one["nodes"] == 1
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto", "bn": "frozen", "devices": 2}}})
+    commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
+    train = [c for c in commands if any(Path(word).name == "train.py" for word in c)]  # through finetune.launch
+    assert len(train) == 1 and json.loads(train[0][train[0].index("--options") + 1])["devices"] == 2, train
+
+
 def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
     suggestion = tmp_path / "suggestion.json"
     suggestion.write_text(json.dumps({"lr": 0.0123, "method": "steepest"}))

@@ -48,10 +48,11 @@ def batchnorm_batch_problems(options: dict, arch: str | None) -> list[str]:
     if per_process >= 2:
         return []
     where = "" if per_process == batch else f" per process ({world} processes, sync_batchnorm off)"
+    sync = ", or sync_batchnorm: true" if options.get("device", "auto") != "cpu" else ""  # it runs on GPUs only
     return [f"batch_size: {batch} gives BatchNorm batches of {per_process} image{where}, and BatchNorm cannot train on "
             f"one image (a {arch}, strategy {strategy}, bn {bn}): use a batch_size of 2 or more"
-            f"{' per process, or sync_batchnorm: true' if where else ''}, or bn: frozen (BatchNorm then keeps the "
-            "source model's statistics)"]
+            f"{f' per process{sync}' if where else ''}, or bn: frozen (BatchNorm then keeps the source model's "
+            "statistics)"]
 
 
 def batchnorm_problems(config: dict, runs: dict, experiment_of: dict) -> list[str]:

@@ -494,11 +494,17 @@ def train_options(experiment, seed):
 LR_SUGGESTION = "results/lr_find/{experiment}/suggestion.json"
 
 
+# The range test runs in one process at the run's global batch size, whatever its `devices` and `nodes`: at their
+# defaults in its options, so that changing them reruns the train jobs, not the test (whose record named them).
+LR_FIND_ONE_PROCESS = ("devices", "nodes")
+
+
 def lr_find_options(experiment):
     """The range test's options: the run's training options (lr auto included), seeded by `lr_find.seed` (not one of
     `seeds`: reordering them tested and trained again), with the keys it does not read at their defaults
-    (configcheck.range_test_options: a run's epochs, say)."""
-    return range_test_options(train_options(experiment, config["lr_find"]["seed"]), TRAIN_DEFAULTS)
+    (configcheck.range_test_options: a run's epochs, say; LR_FIND_ONE_PROCESS)."""
+    options = range_test_options(train_options(experiment, config["lr_find"]["seed"]), TRAIN_DEFAULTS)
+    return {**options, **{key: TRAIN_DEFAULTS[key] for key in LR_FIND_ONE_PROCESS if key in options}}
 
 
 def lr_is_auto(experiment):
