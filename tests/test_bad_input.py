@@ -842,8 +842,8 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
         manifest.write_text("\n".join(["path,label", *rows, *(f"{n}/{f.name},{n}" for n, f in added.items())]) + "\n")
     result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
     assert result.returncode != 0
-    assert (f"2 unreadable image(s) in {dataset['path']}, new since its split was made: nothing ran, and the split "
-            "made before is kept") in result.stdout, result.stdout[-3000:]
+    assert ("images new since the split was made do not decode (nothing ran, and the split made before is kept): "
+            f"2 unreadable image(s) in {dataset['path']}: fix or delete them") in result.stdout, result.stdout[-3000:]
     named = re.findall(r"^  (\S+?)(?: \(line (\d+)\))?: (?:cannot decode|empty)", result.stdout, re.M)
     assert sorted(Path(path).name for path, _ in named) == sorted(f.name for f in added.values()), result.stdout[-3000:]
     if fmt == "csv":

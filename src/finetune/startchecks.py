@@ -207,17 +207,16 @@ def new_dataset_images(cfg: dict, split_file: str | Path) -> list[str]:
 
 
 def unreadable_images_problem(fmt: str, path: str, paths: list[str], threads: int) -> str | None:
-    """The split job's message (data._refuse_bad) for the images of ``paths`` (new since the split was made) that do
-    not decode, opened as it opens them (finetune.data.inspect_images), so that the run stops before Snakemake removes
-    the split: the run after they are deleted, with the same images as before, would have made the same split again,
-    and everything after it would have run again. None where all decode."""
-    from .data import inspect_images, manifest_lines
+    """The split job's message (finetune.data._refuse_bad) for the images of ``paths`` (new since the split was made)
+    that do not decode, opened as it opens them (finetune.data.inspect_images), so that the run stops before Snakemake
+    removes the split: the run after they are deleted, with the same images as before, would have made the same split
+    again, and everything after it would have run again. None where all decode."""
+    from .data import DataError, SplitSpec, _refuse_bad, inspect_images
 
     bad = [(p, reason) for p, (reason, _, _) in zip(paths, inspect_images(paths, threads)) if reason is not None]
-    if not bad:
-        return None
-    line = manifest_lines(path) if fmt == "csv" else {}
-    lines = "\n".join(f"  {p}{f' (line {line[p]})' if p in line else ''}: {r}" for p, r in bad)
-    return (f"{len(bad)} unreadable image(s) in {path}, new since its split was made: nothing ran, and the split made "
-            "before is kept. Fix or delete them, or set dataset.on_bad_image: skip to leave them out (they are then "
-            f"listed in the split report):\n{lines}")
+    try:
+        _refuse_bad({"unreadable image(s)": bad}, SplitSpec(format=fmt, path=path))
+    except DataError as exc:
+        return f"images new since the split was made do not decode (nothing ran, and the split made before is kept): " \
+               f"{exc}"
+    return None
