@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 4
 PYTEST_ARGS ?=
+# `make test` runs the tests in this many pytest-xdist workers (one per core, at most 4: each runs snakemake with 2).
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))' 2>/dev/null || echo 2)
 BENCH_ARGS ?=
 
 .PHONY: env dataset demo report test test-fast bench dag clean
@@ -42,10 +44,10 @@ report: env
 	$(VENV)/bin/snakemake --report report.html
 
 test: env
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: env
-	$(PY) -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 # Ours vs what a user would otherwise write, as ratios measured in the same run (docs/bench.md):
 # prints a table, writes results/bench/bench.csv. On 2 idle CPU cores about 25 minutes for every row but

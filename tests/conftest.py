@@ -46,11 +46,30 @@ def module_records(workdir: Path) -> Path:
     return workdir.with_name(f"{workdir.name}_modules")
 
 
+def _run_tiny_dag(workdir: Path) -> None:
+    run_snakemake(workdir, tiny_config(workdir), env={"FINETUNE_RECORD_MODULES": str(module_records(workdir))})
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """The tiny real config run once through the real `snakemake`; tests read (never modify) its outputs."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    run_snakemake(workdir, tiny_config(workdir), env={"FINETUNE_RECORD_MODULES": str(module_records(workdir))})
+    """The tiny real config run once through the real `snakemake`; tests read (never modify) its outputs.
+    Under pytest-xdist (`make test` runs a worker per core) the workers share one run: the first to need it builds
+    it under a lock in their common temporary folder, and the others wait for it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        workdir = tmp_path_factory.mktemp("tiny_run")
+        _run_tiny_dag(workdir)
+        return workdir
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, built = shared / "tiny_run", shared / "tiny_run.built"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if not built.exists():  # a worker whose build failed left no mark: the next one builds it afresh
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(module_records(workdir), ignore_errors=True)
+            workdir.mkdir()
+            _run_tiny_dag(workdir)
+            built.touch()
     return workdir
 
 

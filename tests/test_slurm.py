@@ -29,7 +29,8 @@ import pytest
 from helpers import REPO, TINY_CONFIG, jobs_run, run_snakemake, tiny_config
 from prerequisites import missing
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+# One xdist worker runs them all: they share one Slurm cluster (a session fixture).
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 SCRIPTS = REPO / ".ci" / "slurm"
 PROFILE = REPO / "profiles" / "slurm"
