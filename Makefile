@@ -44,10 +44,10 @@ report: env
 	$(VENV)/bin/snakemake --report report.html
 
 test: env
-	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: env
-	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # Ours vs what a user would otherwise write, as ratios measured in the same run (docs/bench.md):
 # prints a table, writes results/bench/bench.csv. On 2 idle CPU cores about 25 minutes for every row but

@@ -18,6 +18,28 @@ os.environ["TORCH_HOME"] = _TORCH_HOME
 atexit.register(shutil.rmtree, _TORCH_HOME, True)
 
 
+# Under pytest-xdist (`make test` runs one worker per core), the tests of these files run on one worker: they share a
+# fixture too costly to build twice (the Slurm cluster, a session fixture that must not start twice on one machine; the
+# uninterrupted and resumed runs of a module). Every other test goes to whichever worker is free.
+ONE_WORKER_FILES = {"test_slurm.py", "test_distributed.py", "test_pipeline_behaviour.py", "test_training_faults.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: pytest without xdist (-p no:xdist) does not know it
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `load` scheduling, but each file of ONE_WORKER_FILES is one unit of work (xdist's own `loadgroup`
+    cannot group under pytest 9: it renames items through an attribute pytest 9 no longer reads)."""
+    if config.getvalue("dist") != "load":
+        return None  # a --dist the user chose
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerForSharedFixtures(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_FILES else nodeid
+
+    return OneWorkerForSharedFixtures(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Before `-m "not slow"` deselects: a test that needs the tiny DAG is slow (the whole DAG through the real

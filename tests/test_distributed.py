@@ -35,8 +35,7 @@ import torch
 from faults import job_pids
 from helpers import REPO, run_snakemake, tiny_config
 
-# One xdist worker runs them all: they share the module's uninterrupted runs.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
 # 60 training images per class: epochs long enough (~2 s with two processes) to kill one mid-epoch.

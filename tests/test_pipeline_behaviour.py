@@ -36,8 +36,7 @@ import torch
 from faults import job_pids
 from helpers import REPO, jobs_run, run_snakemake, tiny_config
 
-# One xdist worker runs them all: they share the module's reference and resumed runs.
-pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist, pytest.mark.xdist_group("pipeline_behaviour")]
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
 EPOCHS = 3  # pretrain and train: a kill after epoch 1 lands mid-run, with an epoch to spare
 EXPERIMENT = "finetune"

@@ -29,8 +29,7 @@ import pytest
 from helpers import REPO, TINY_CONFIG, jobs_run, run_snakemake, tiny_config
 from prerequisites import missing
 
-# One xdist worker runs them all: they share one Slurm cluster (a session fixture).
-pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 SCRIPTS = REPO / ".ci" / "slurm"
 PROFILE = REPO / "profiles" / "slurm"

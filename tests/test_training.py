@@ -574,18 +574,28 @@ def test_pretrain_records_the_figures_of_the_epoch_it_kept(tiny_run, tmp_path):
     manifest, the log) gave the highest validation accuracy of any epoch, which may be another epoch's."""
     from finetune.stages import pretrain_stage
 
-    # lr 0.1: with the tiny source split this parts the two epochs (with the split's draw of 2026-12-01; lr 0.02 no
-    # longer did: its accuracy rose with every epoch while its loss fell)
-    options = {"epochs": 5, "batch_size": 8, "lr": 0.1, "device": "cpu", "metric": "val_loss", "schedule": "constant"}
-    info = pretrain_stage(tiny_run / "resources/splits/source.csv", "resnet18", 32, options, tmp_path / "model.pth",
-                          tmp_path / "info.json", tmp_path / "history.csv", threads=2, log=lambda _: None)
-    history = pd.read_csv(tmp_path / "history.csv")
-    kept = history.loc[history["val_loss"].idxmin()]
-    assert history["val_accuracy"].max() > kept["val_accuracy"], "the case must part the two epochs"
+    # The case needs a history whose lowest val_loss is not at its highest val_accuracy. Training resnet18 from
+    # scratch on 48 images at these lrs is chaotic (losses in the millions at first), so which lr parts the two
+    # epochs changes with the split's draw and with torch: the first of a few lrs that does is taken (on the draw of
+    # 2026-12-02, 0.02; on that of 2026-12-01, 0.1), and none parting fails the test.
+    tried = []
+    for lr in (0.02, 0.1, 0.05):
+        options = {"epochs": 5, "batch_size": 8, "lr": lr, "device": "cpu", "metric": "val_loss", "schedule": "constant"}
+        out = tmp_path / f"lr{lr}"
+        out.mkdir()
+        info = pretrain_stage(tiny_run / "resources/splits/source.csv", "resnet18", 32, options, out / "model.pth",
+                              out / "info.json", out / "history.csv", threads=2, log=lambda _: None)
+        history = pd.read_csv(out / "history.csv")
+        kept = history.loc[history["val_loss"].idxmin()]
+        if history["val_accuracy"].max() > kept["val_accuracy"]:
+            break
+        tried.append((lr, list(history["val_accuracy"]), list(history["val_loss"])))
+    else:
+        raise AssertionError(f"no lr parts the lowest val_loss's epoch from the best val_accuracy's: {tried}")
     assert info["best_epoch"] == kept["epoch"]
     assert info["best_val_loss"] == pytest.approx(kept["val_loss"], abs=1e-12)
     assert info["best_val_accuracy"] == pytest.approx(kept["val_accuracy"], abs=1e-12), (info, history)
-    assert json.loads((tmp_path / "info.json").read_text())["best_val_accuracy"] == info["best_val_accuracy"]
+    assert json.loads((out / "info.json").read_text())["best_val_accuracy"] == info["best_val_accuracy"]
 
 
 # --------------------------------------------------------------------------- class weighting

@@ -29,9 +29,6 @@ from finetune.training import TrainOptions, fit
 from faults import snapshot, split_and_weights, start_script, train_args
 from helpers import REPO, run_script
 
-# One xdist worker runs them all: they share the module's inputs and earlier run.
-pytestmark = pytest.mark.xdist_group("training_faults")
-
 OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
 FILE_SIZE_LIMIT = 1 << 20  # 1 MiB: far below a resnet18 checkpoint (45 MB)
 
