@@ -536,6 +536,28 @@ def test_ema_warmup_without_an_average_is_refused_naming_both_keys():
         TrainOptions.from_dict({"ema_warmup": False})
 
 
+def test_ema_warmup_in_train_goes_with_ema_decay_to_the_experiments_that_average_and_no_further():
+    """train.ema_decay with ema_warmup: false, and one experiment that turns the average off (ema_decay: null):
+    accepted. That run goes without ema_warmup (nothing to start) and the averaging run keeps it; with no run
+    averaging at all, train.ema_warmup is refused as a train key, naming it and why."""
+    from finetune.configcheck import config_problems, job_options, run_options, train_defaults
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    shared = {"ema_decay": 0.99, "ema_warmup": False}
+    config = {"train": shared, "experiments": {"avg": {}, "plain": {"ema_decay": None}}}
+    assert config_problems(config, schema) == []
+    assert run_options(shared, {"ema_decay": None}) == {"ema_decay": None}
+    assert run_options(shared, {}) == shared
+    TrainOptions.from_dict(run_options(shared, {"ema_decay": None}))
+    defaults = train_defaults(schema)
+    plain = job_options(shared, {"ema_decay": None}, defaults)
+    assert plain["ema_warmup"] is defaults["ema_warmup"] is True  # the job trains as if ema_warmup were not written
+    assert {**job_options({}, {"ema_decay": None}, defaults), "ema_warmup": True} == plain
+    alone = config_problems({"train": {"ema_warmup": False}, "experiments": {"plain": {}}}, schema)
+    assert len(alone) == 1 and alone[0].startswith("train.ema_warmup: not used") and "ema_decay is null" in alone[0], alone
+
+
 @pytest.mark.parametrize("key, value", [("ema_decay", 1.0), ("mixup_alpha", -0.5), ("layer_decay", 0), ("layer_decay", 1.2)])
 def test_the_schema_refuses_recipe_values_out_of_range(key, value):
     from finetune.configcheck import config_problems

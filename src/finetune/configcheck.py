@@ -130,13 +130,16 @@ _RECIPE_OFF = {"layer_decay": (None,), "ema_decay": (None,), "ema_warmup": (True
 
 def inert_recipes(options: dict) -> dict[str, str]:
     """The recipe keys set (not off) that a run with these options cannot act on, each with the reason: layer_decay
-    with feature_extract, ema_decay (and its ema_warmup) with lbfgs, mixing on cached features. Written for the run
+    with feature_extract, ema_decay (and its ema_warmup) with lbfgs, ema_warmup without ema_decay, mixing on cached
+    features. Written for the run
     (in its experiment or sweep) they are refused (:func:`recipe_problems`); taken from `train`, where another
     experiment acts on them, the run goes without them (:func:`run_options`)."""
     strategy, optimizer = options.get("strategy", "finetune"), options.get("optimizer", "adamw")
     inert = {}
     if strategy == "feature_extract":
         inert["layer_decay"] = "strategy feature_extract trains only the new head: no backbone stage's lr to scale"
+    if options.get("ema_decay") is None:
+        inert["ema_warmup"] = "ema_decay is null (no moving average of the weights to start)"
     if optimizer == "lbfgs":
         inert["ema_decay"] = inert["ema_warmup"] = "optimizer lbfgs takes one step per epoch: no steps to average"
     if caches_features(strategy, options.get("cache_features", True), options.get("augment", False)):
