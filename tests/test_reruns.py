@@ -138,6 +138,23 @@ def test_pretraining_anew_reruns_the_runs_from_its_weights_not_the_scratch_contr
     assert json.loads((tiny_run_copy / "resources/pretrain/info.json").read_text())["options"]["epochs"] == 2
 
 
+def test_a_config_of_scratch_runs_alone_neither_pretrains_nor_fetches_weights(tmp_path, tiny_run_copy):
+    """No run starts from the weights (every experiment pretrained: false): nothing asks for them, so neither
+    pretrain (minutes to hours on the source) nor the weights job runs, in a new folder or after a pretrain setting
+    changes; the scratch runs still take the source's preprocessing from its decoded record. With a run that starts
+    from them again, they are made."""
+    scratch_only = {"scratch": {"strategy": "finetune", "pretrained": False}}
+    tiny_config(tmp_path, replace={"experiments": scratch_only})
+    planned = would_run(tmp_path)
+    assert planned["pretrain"] == planned["weights"] == 0, planned
+    assert planned["split"] == planned["decode"] == 2 and planned["train"] == 1, planned
+    tiny_config(tiny_run_copy, replace={"experiments": scratch_only}, pretrain={"train": {"epochs": 2}})
+    assert would_run(tiny_run_copy) == Counter({"summary": 1, "all": 1})
+    tiny_config(tiny_run_copy, pretrain={"train": {"epochs": 2}})
+    assert would_run(tiny_run_copy) == Counter({"pretrain": 1, "weights": 1, "train": 2, "evaluate": 2,
+                                                "export_onnx": 2, "summary": 1, "all": 1})
+
+
 def test_another_architecture_reruns_the_scratch_control_too(tiny_run_copy):
     """A scratch run from pretrain's source record gets the architecture from weights.arch alone (`--arch` in its
     command, and whether it is pretrained, `--scratch`): a param Snakemake compares. Made from the job's input, it

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
@@ -681,6 +682,12 @@ def scratch_from_source(wildcards):
     return not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] == "pretrain"
 
 
+def weights_used():
+    """Whether a run builds its model from the weights job's output: not where every run is a scratch run from the
+    source's record (then neither pretrain nor the weights job has a run to serve)."""
+    return any(not scratch_from_source(SimpleNamespace(experiment=name)) for name in EXPERIMENTS)
+
+
 def run_weights_inputs(wildcards):
     """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
     weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
@@ -1221,10 +1228,11 @@ def intermediate_outputs():
     asked for needs it, so without these a failed train job (say, of new settings) would leave the results of the
     old ones standing, and the next run would end with "Nothing to be done" and those results as if current."""
     files = [path.format(dataset="target") for path in rules.split.output]
-    files += [*rules.weights.output]
+    if weights_used():
+        files += [*rules.weights.output]
     if config["weights"]["source"] == "pretrain":
         files += [path.format(dataset="source") for path in rules.split.output]
-        files += [*source_decoded().values(), *rules.pretrain.output]
+        files += [*source_decoded().values(), *(rules.pretrain.output if weights_used() else [])]
     for experiment in EXPERIMENTS:
         files += target_decoded(experiment).values()
         if lr_is_auto(experiment):
