@@ -168,6 +168,23 @@ def test_export_tolerance_reruns_only_the_exports(tiny_run_copy):
     assert would_run(tiny_run_copy) == Counter({"export_onnx": EXPERIMENTS, "all": 1})
 
 
+def test_the_same_dataset_folder_written_another_way_reruns_nothing(tiny_run_copy):
+    """dataset.path with a trailing slash, `./` or a doubled slash names the folder the split was made from:
+    nothing reruns (it retrained every run, though the split came out byte for byte the same). Another folder
+    of the same images (a copy) is another dataset: its split reruns."""
+    from helpers import TINY_CONFIG
+
+    path = TINY_CONFIG["dataset"]["path"]
+    source = TINY_CONFIG["pretrain"]["dataset"]["path"]
+    tiny_config(tiny_run_copy, dataset={"path": path.rstrip("/") + "/"},
+                pretrain={"dataset": {"path": str(Path(source).parent) + "//./" + Path(source).name}})
+    assert would_run(tiny_run_copy) == NOTHING
+    copy = tiny_run_copy / "fashion-mnist copy"
+    shutil.copytree(path, copy)
+    tiny_config(tiny_run_copy, dataset={"path": str(copy)})
+    assert would_run(tiny_run_copy)["split"] == 1
+
+
 def test_how_fast_evaluate_runs_reruns_nothing_what_it_computes_reruns_it(tiny_run_copy):
     """evaluate.batch_size and evaluate.device say how fast the test images are scored, not what is scored (as
     threads): editing them reruns nothing. evaluate.top_k changes the metrics: the evaluate jobs and what follows."""

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
@@ -560,8 +560,12 @@ DATASET_FETCH_KEYS = ("download_dir", "download_timeout_s")
 
 def split_dataset_config(dataset):
     """The dataset config the split job reads: all but `watch`, which is Snakemake's (dataset_state), and the
-    fetch keys (split_dataset_fetch)."""
-    return {k: v for k, v in dataset_config(dataset).items() if k != "watch" and k not in DATASET_FETCH_KEYS}
+    fetch keys (split_dataset_fetch); its path in its plain form (`data/`, `data//` and `./data` are `data`: the
+    same folder written another way reruns nothing; `..` is kept, as a link makes it another folder)."""
+    cfg = {k: v for k, v in dataset_config(dataset).items() if k != "watch" and k not in DATASET_FETCH_KEYS}
+    if isinstance(cfg.get("path"), str) and cfg["path"]:
+        cfg["path"] = str(PurePath(cfg["path"]))
+    return cfg
 
 
 def split_dataset_fetch(dataset):
@@ -1209,9 +1213,9 @@ if PREDICT["images"] is not None:
         try:
             check_one_opens(list_images(PREDICT["images"])[0], PREDICT["images"])
         except DataError as exc:
-            PREDICT_PROBLEM = f"predict.images: {exc}"
+            PREDICT_PROBLEM = f"predict.images: {str(exc).removesuffix('; the earlier predictions are kept')}"
             if _as_module:  # a module's onstart is not run (Snakemake keeps the host's): refused here, as before
-                raise WorkflowError(PREDICT_PROBLEM) from None
+                raise WorkflowError(f"{PREDICT_PROBLEM}; the earlier predictions are kept") from None
             say(f"{PREDICT_PROBLEM}: a run that makes the predictions stops at start (the earlier ones are kept); "
                 "other targets run. Set predict.images to null (--config 'predict={images: null}') to classify nothing")
 
