@@ -682,6 +682,34 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
     assert json.loads((tmp_path / "plain_out" / "split.report.json").read_text())["layout_note"] is None
 
 
+def test_photos_of_a_format_not_read_are_said_at_each_start_with_their_count(tmp_path):
+    """An ImageFolder of PNGs beside a phone's .HEIC photos and a camera's .dng: the split reads the PNGs alone,
+    which its log said; the start says it too, counting each format (a .txt is no photo: not counted), every run,
+    and a photo added later counts where its folder is looked at again (the watch cache kept the others)."""
+    data = tmp_path / "data"
+    make_images(data, {"cat": 4, "dog": 4})
+    (data / "cat" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    (data / "dog" / "deep").mkdir()
+    (data / "dog" / "deep" / "raw.dng").write_bytes(b"II*\0")
+    (data / "dog" / "notes.txt").write_text("taken in May")
+    (data / "cat" / ".hidden.heic").write_bytes(b"")
+    config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "imagefolder", "path": str(data),
+                                                                "val_fraction": 0.25, "test_fraction": 0.25}})
+    expected = (f"note: dataset.path: 2 file(s) of an image format not read here (1 .dng, 1 .heic) are left out of "
+                "the dataset: to train on them, convert them to one read here (.png, .jpg")
+    for _ in range(2):
+        started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+        assert expected in started, started[-3000:]
+    split = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")
+    assert len(split) == 8 and not split["path"].str.lower().str.endswith((".heic", ".dng")).any()
+    (data / "cat" / "IMG_0002.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    started = run_snakemake(tmp_path / "run", config, "-n").stdout
+    assert "3 file(s) of an image format not read here (1 .dng, 2 .heic)" in started, started[-3000:]
+    for photo in [*data.rglob("*.heic"), *data.rglob("*.HEIC"), *data.rglob("*.dng")]:
+        photo.unlink()
+    assert "not read here" not in run_snakemake(tmp_path / "run", config, "-n").stdout
+
+
 def test_split_folders_mixed_with_class_folders_are_refused(tmp_path):
     data = tmp_path / "data"
     make_images(data / "train", {"cat": 4, "dog": 4})

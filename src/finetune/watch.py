@@ -31,9 +31,15 @@ import os
 import unicodedata
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, SPLIT_NAMES, walk_entries
+from .images import IMAGE_EXTENSIONS, SPLIT_NAMES, extension_counts, walk_entries
 
 WATCH = ("folders", "files")
+
+# Image formats of cameras and phones that a split does not read (not in IMAGE_EXTENSIONS: Pillow reads none of them,
+# or not without a plugin). A photo library exported half as HEIC would otherwise train on its JPEGs alone, said only
+# in the split job's log: these are counted where a tree is walked (:func:`tree_walk`), so the start can say so.
+UNREAD_IMAGE_FORMATS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                        ".orf", ".rw2", ".raf", ".psd")
 
 # {real folder path: [its modification time in ns, the digest of its files' states]}, kept between
 # Snakemake's starts in the working directory. Only a shortcut: without it every folder is looked at.
@@ -48,13 +54,21 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
     ``images_only`` false: every file (not hidden) counts, as Fashion-MNIST's IDX files do. ``classes``: an
     ImageFolder's `dataset.classes`; of a class folder it leaves out (:func:`_unread_depth`) only the path
     counts, not what it holds."""
+    return tree_walk(root, watch, images_only, cache, classes)[0]
+
+
+def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool = True,
+              cache: str | os.PathLike | None = CACHE, classes: list | None = None) -> tuple[str, dict[str, int]]:
+    """:func:`tree_state`, and how many files of each :data:`UNREAD_IMAGE_FORMATS` extension the folders walked hold
+    (from the same listing, or the cache)."""
     _check(watch)
     if not os.path.isdir(root):
-        return ""
+        return "", {}
     known = _read_cache(cache) if cache is not None else {}  # with files, only kept for the other trees' entries
     looked: dict[str, list] = {}
     digest = hashlib.sha256()
     unread: set[str] = set()  # class folders the split does not read: not walked into, their paths alone count
+    formats: dict[str, int] = {}  # files of UNREAD_IMAGE_FORMATS, per extension
 
     def leave_out(folder) -> bool:
         relative = os.path.relpath(folder, root)
@@ -76,20 +90,23 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
             stamp = None
         cached = known.get(real) if watch == "folders" else None
         if cached is not None and stamp is not None and cached[0] == stamp:
-            files_state, links = cached[1], cached[2]
+            files_state, links, others = cached[1], cached[2], cached[3]
         else:
             files = sorted(n for n in names if not images_only or n.lower().endswith(IMAGE_EXTENSIONS))
             links = [name for name in files if name in linked]
             files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
                                                              for name in files if name not in links))).hexdigest()
-        looked[real] = [stamp, files_state, links]
+            others = extension_counts(n for n in names if n.lower().endswith(UNREAD_IMAGE_FORMATS))
+        looked[real] = [stamp, files_state, links, others]
+        for extension, count in others.items():
+            formats[extension] = formats.get(extension, 0) + count
         if links:  # a link's target can change (or go) while its folder does not: looked at each time
             files_state = hashlib.sha256(os.fsencode(files_state + "".join(
                 f"{name}\0{_stat(os.path.join(folder, name))}\0" for name in links))).hexdigest()
         digest.update(os.fsencode(f"{relative}\0{files_state}\0"))  # names not UTF-8 as bytes
     if cache is not None and any(known.get(real) != state for real, state in looked.items()):
         _write_cache(cache, {**known, **looked})
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:16], dict(sorted(formats.items()))
 
 
 def _unread_depth(parts: tuple[str, ...], classes: list | None, holds_folders=lambda: True) -> int | None:
@@ -125,8 +142,9 @@ def _holds_folders(folder: str) -> bool:
 
 
 def _read_cache(cache) -> dict:
-    """{folder: [[mtime, inode], files' digest, names of its files that are links]}; entries of another shape (a file
-    edited or damaged, or written by an earlier version) are left out: those folders are looked at afresh."""
+    """{folder: [[mtime, inode], files' digest, names of its files that are links, {extension: count} of its files of
+    UNREAD_IMAGE_FORMATS]}; entries of another shape (a file edited or damaged, or written by an earlier version) are
+    left out: those folders are looked at afresh."""
     try:
         with open(cache) as handle:
             data = json.load(handle)
@@ -135,7 +153,8 @@ def _read_cache(cache) -> dict:
     if not isinstance(data, dict):
         return {}
     return {folder: entry for folder, entry in data.items()
-            if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], str) and isinstance(entry[2], list)}
+            if isinstance(entry, list) and len(entry) == 4 and isinstance(entry[1], str) and isinstance(entry[2], list)
+            and isinstance(entry[3], dict)}
 
 
 def _write_cache(cache, data: dict) -> None:
@@ -176,12 +195,18 @@ def listed_files_state(table: str | os.PathLike, watch: str = "folders") -> str:
 def dataset_state(dataset: dict) -> str:
     """The state of a dataset config's files: an ImageFolder's tree, a CSV manifest's listed images, or
     the folder of Fashion-MNIST's files."""
+    return dataset_walk(dataset)[0]
+
+
+def dataset_walk(dataset: dict) -> tuple[str, dict[str, int]]:
+    """:func:`dataset_state`, and for an ImageFolder the files of :data:`UNREAD_IMAGE_FORMATS` it holds, per extension
+    (``{}`` for the other formats)."""
     watch = dataset.get("watch", "folders")
     if dataset["format"] == "csv":
-        return listed_files_state(dataset["path"], watch)
+        return listed_files_state(dataset["path"], watch), {}
     if dataset["format"] == "fashion-mnist":  # its four IDX files, used as published unless files are watched
-        return "" if watch == "folders" else tree_state(dataset["path"], watch, images_only=False)
-    return tree_state(dataset["path"], watch, classes=dataset.get("classes"))
+        return "" if watch == "folders" else tree_state(dataset["path"], watch, images_only=False), {}
+    return tree_walk(dataset["path"], watch, classes=dataset.get("classes"))
 
 
 def images_state(source: str | os.PathLike, watch: str = "folders") -> str:

@@ -75,7 +75,7 @@ sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
                                   overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
-from finetune.watch import dataset_state as tree_of_dataset_state, images_state
+from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, has_option, inherited_for_another_optimizer, once_per,
                                  option_differences, own_sections, pending_jobs,
@@ -594,9 +594,19 @@ _WATCHED = {}
 def watched_state(cfg):
     """finetune.watch.dataset_state of a dataset config, once per run of Snakemake: the check at start and the split's
     params ask for the same state, which with `watch: files` stats every image file."""
+    return _dataset_walk(cfg)[0]
+
+
+def unread_image_formats(cfg):
+    """The files of a camera's or phone's image format that the split does not read (.heic, .dng, ...) in an
+    ImageFolder, per extension, from the same walk as its state (finetune.watch.dataset_walk)."""
+    return _dataset_walk(cfg)[1]
+
+
+def _dataset_walk(cfg):
     key = json.dumps(cfg, sort_keys=True, default=str)
     if key not in _WATCHED:
-        _WATCHED[key] = tree_of_dataset_state(cfg)
+        _WATCHED[key] = dataset_walk(cfg)
     return _WATCHED[key]
 
 
@@ -1066,6 +1076,13 @@ def check_image_folder_at_start(key, cfg, split_file):
     # seen, not only in the split job's log (from the folder names, and each class folder's own files)
     for note in image_folder_notes(cfg["path"]):
         say(f"{key}.path: {note}")
+    formats = unread_image_formats(cfg)
+    if formats:  # said at each start while they are there: the split job's log alone said so
+        from finetune.images import IMAGE_EXTENSIONS
+
+        listed = ", ".join(f"{count} {extension}" for extension, count in formats.items())
+        say(f"{key}.path: {sum(formats.values())} file(s) of an image format not read here ({listed}) are left out "
+            f"of the dataset: to train on them, convert them to one read here ({', '.join(IMAGE_EXTENSIONS)})")
     try:
         spaced = spacing_note(image_folder_classes(cfg["path"]))
     except (DataError, OSError):  # a folder the checks above refuse, saying why
