@@ -695,7 +695,7 @@ def test_photos_of_a_format_not_read_are_said_at_each_start_with_their_count(tmp
     (data / "cat" / ".hidden.heic").write_bytes(b"")
     config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "imagefolder", "path": str(data),
                                                                 "val_fraction": 0.25, "test_fraction": 0.25}})
-    expected = (f"note: dataset.path: 2 file(s) of an image format not read here (1 .dng, 1 .heic) are left out of "
+    expected = ("note: dataset.path: 2 file(s) of an image format not read here (1 .dng, 1 .heic) are left out of "
                 "the dataset: to train on them, convert them to one read here (.png, .jpg")
     for _ in range(2):
         started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
