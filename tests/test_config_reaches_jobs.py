@@ -637,6 +637,23 @@ def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it
                                   "--replace-workflow-config to use your config alone)"), line
 
 
+def test_a_problem_of_train_s_own_keys_is_named_under_train_and_the_file_that_wrote_them(tmp_path):
+    """`train: {epochs: 2, warmup_epochs: 5}` over the demo: every run warms up past its end. It was refused once per
+    demo experiment, as `experiments.finetune: ...`, credited to config/config.yaml (which writes neither key) with
+    the advice to rename the experiment. It is train's: said once, as `train.warmup_epochs`, set in the user's file.
+    An experiment that sets the key itself keeps its own line."""
+    result = run_snakemake(*config_over_the_demo(tmp_path / "a", {"train": {"epochs": 2, "warmup_epochs": 5}}), "-n",
+                           check=False)
+    lines = [line for line in result.stdout.splitlines() if "warmup_epochs: 5 with epochs: 2" in line]
+    assert result.returncode != 0 and len(lines) == 1, result.stdout[-3000:]
+    assert lines[0].strip().startswith("train.warmup_epochs: 5 with epochs: 2: the learning rate would still be"), lines
+    assert lines[0].rstrip().endswith(f"(set in {tmp_path / 'a' / 'mine.yaml'})") and "experiments." not in lines[0], lines
+    own = {"train": {"epochs": 2, "warmup_epochs": 1}, "experiments": {"long": {"warmup_epochs": 3}}}
+    result = run_snakemake(*config_over_the_demo(tmp_path / "b", own), "-n", check=False)
+    assert "experiments.long: warmup_epochs: 3 with epochs: 2" in result.stdout, result.stdout[-3000:]
+    assert "train.warmup_epochs" not in result.stdout
+
+
 def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_it(tmp_path):
     """Over the demo, experiments of the user's own that are all L-BFGS heads act on none of the demo's
     `train.schedule` and `train.warmup_epochs`: those are the demo's, not refused. The user's own

@@ -716,6 +716,7 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     arch = str(weights.get("arch", "resnet18"))  # the schema's default
     found = {name: _run_problems(run_options(train, overrides if isinstance(overrides, dict) else {}), arch,
                                  train_defaults or {}) for name, overrides in runs.items()}
+    problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults or {}), train_defaults or {})
     problems += _by_experiment(found, experiment_of)
     export = config.get("export") if isinstance(config.get("export"), dict) else {}
     problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
@@ -751,6 +752,16 @@ def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
             f"{options.get('strategy', 'finetune')}, cache_features: {str(options.get('cache_features', True)).lower()}, "
             f"augment: {str(options.get('augment', False)).lower()})")
     return problems
+
+
+def _train_s_own(found: dict[str, list[str]], of_train: list[str], defaults: dict) -> list[str]:
+    """The problems a run has that `train` alone has too (the same line: the keys and values it names are train's),
+    said once under `train` (``train.<key>`` where the line starts with a train key) and taken out of ``found``: not
+    once per experiment, credited to the file that writes the experiment rather than those keys."""
+    shared = [why for why in of_train if any(why in whys for whys in found.values())]
+    for name in found:
+        found[name] = [why for why in found[name] if why not in shared]
+    return [f"train.{why}" if why.split(":", 1)[0] in defaults else f"train: {why}" for why in shared]
 
 
 def _by_experiment(found: dict[str, list[str]], experiment_of: dict[str, str]) -> list[str]:
