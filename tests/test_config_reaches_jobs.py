@@ -238,11 +238,13 @@ def test_the_config_covers_every_section_of_the_schema():
 
 @pytest.mark.parametrize("experiments, via", [
     (None, "configfile"),
-    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "configfile"),
+    # train.pretrained is changed (false): "transfer" starts from the weights, so that pretrain runs
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}, "transfer": {"pretrained": True}}, "configfile"),
     # Snakemake reads a nested --config value as text ('0.01'): the workflow reads the command line again as a
     # config file would, and has the jobs Snakemake spawns on a cluster given JSON, which they read alike.
-    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "--config"),
-    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}}, "spawned-job --config"),
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}, "transfer": {"pretrained": True}}, "--config"),
+    ({"finetune": {}, "longer": {"epochs": 7}, "auto": {"lr": "auto"}, "transfer": {"pretrained": True}},
+     "spawned-job --config"),
 ], ids=["without-experiments", "with-experiments", "command-line", "command-line-of-a-cluster-job"])
 def test_every_key_reaches_its_job(tmp_path, experiments, via):
     config = everything_changed_but_weights()
@@ -256,9 +258,12 @@ def test_every_key_reaches_its_job(tmp_path, experiments, via):
     assert_json_option_carries(source[0], "dataset", job_keys(config["pretrain"]["dataset"]),
                                "pretrain.dataset -> split source")
 
-    pretrain = jobs_of(jobs, "pretrain")[0]
-    assert pretrain["image-size"] == str(config["pretrain"]["image_size"])
-    assert_json_option_carries(pretrain, "options", config["pretrain"]["train"], "pretrain.train -> pretrain")
+    if any({**config["train"], **overrides}.get("pretrained", True) for overrides in (experiments or {"finetune": {}}).values()):
+        pretrain = jobs_of(jobs, "pretrain")[0]
+        assert pretrain["image-size"] == str(config["pretrain"]["image_size"])
+        assert_json_option_carries(pretrain, "options", config["pretrain"]["train"], "pretrain.train -> pretrain")
+    else:  # every run from scratch (train.pretrained false): no run starts from the weights, none are made
+        assert not [rule for rule, _ in jobs if rule in ("pretrain", "weights")]
 
     for name, overrides in (experiments or {"finetune": {}}).items():
         for seed in SEEDS:
@@ -296,7 +301,8 @@ def test_every_key_reaches_its_job(tmp_path, experiments, via):
     threads = config["threads"]
     for rule, kind in (("pretrain", "train"), ("train", "train"), ("split", "data"), ("decode", "data"), ("evaluate", "data"),
                        ("export_onnx", "data"), ("quantize_onnx", "data"), ("predict", "data")):
-        assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
+        if rule != "pretrain" or experiments is not None:  # without: every run is from scratch, no pretrain job
+            assert {o["threads"] for o in jobs_of(jobs, rule)} == {str(threads[kind])}, f"threads.{kind} -> {rule}"
 
 
 def test_the_fashion_mnist_keys_reach_the_split_job(tmp_path):
