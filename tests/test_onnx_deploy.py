@@ -101,6 +101,39 @@ def run_predict(*args):
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
 
 
+def test_predict_run_alone_never_writes_over_its_inputs_or_an_earlier_good_file(tiny_run, tmp_path):
+    """predict.py run by hand: an --out that names its own model, its list of images or an image (a slip of the
+    shell's history) wrote the predictions over it, exit 0; an --out that is a folder failed only after classifying
+    everything; and a folder of which no image could be read replaced earlier good predictions with a table of
+    errors before failing. Each is refused now, the files byte for byte as they were."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_run / "results/finetune/seed0/model.onnx", model)
+    images = tmp_path / "images"
+    write_images(images)
+    listed = tmp_path / "list.csv"
+    listed.write_text("path\nimages/item0.png\nimages/item1.png\n")
+    before = {path: path.read_bytes() for path in (model, listed, images / "item0.png")}
+    for source, out, named in ((images, model, "--model"), (listed, listed, "--images"), (images / "item0.png", images / "item0.png", "--images"),
+                               (images, images / "item1.png", "an image")):
+        result = run_predict("--model", str(model), "--images", str(source), "--out", str(out))
+        assert result.returncode != 0 and f"--out {out}" in result.stderr and named in result.stderr, result.stderr
+        assert "classified" not in result.stderr, result.stderr  # refused before any image is read
+    assert {path: path.read_bytes() for path in before} == before
+    assert (images / "item1.png").read_bytes()[:4] == b"\x89PNG"
+    result = run_predict("--model", str(model), "--images", str(images), "--out", str(tmp_path))
+    assert result.returncode != 0 and f"--out {tmp_path} is a folder" in result.stderr, result.stderr
+    assert "classified" not in result.stderr
+    good = tmp_path / "good.csv"
+    assert run_predict("--model", str(model), "--images", str(images), "--out", str(good)).returncode == 0
+    kept = good.read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = run_predict("--model", str(model), "--images", str(bad), "--out", str(good))
+    assert result.returncode == 1 and "none of the 1 image(s) could be read" in result.stderr, result.stderr
+    assert good.read_bytes() == kept
+
+
 def test_predict_classifies_a_folder_without_torch_and_reports_the_corrupt_image(tiny_run, tmp_path):
     images = tmp_path / "new images"
     n_good = write_images(images)

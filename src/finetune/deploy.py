@@ -284,6 +284,9 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
                 for rank, c in enumerate(best, start=1):
                     row[f"top{rank}_class"], row[f"top{rank}_probability"] = classes[c], f"{probs[j, c]:.6f}"
             rows.append(row)
+    if rows and failed == len(rows):  # an earlier file of good predictions stays as it was
+        raise DataError(f"none of the {len(rows)} image(s) could be read: the warning lines above say why, one per "
+                        f"image; {out_csv} was not written")
     if escaped:
         log(f"warning: {escaped} file name(s) not UTF-8 (an old archive's encoding): the predictions name them with "
             "\\x escapes for the bytes that are not (rename them: `convmv -f latin1 -t utf8 -r --notest <folder>`)")

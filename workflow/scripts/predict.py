@@ -7,12 +7,12 @@ classified regardless.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from finetune.cli import run, usable_cpus
 from finetune.deploy import predict_images
-from finetune.errors import DataError
 
 
 def chosen_model(args) -> Path:
@@ -25,6 +25,28 @@ def chosen_model(args) -> Path:
     if args.out_selection is not None:
         write_json(args.out_selection, {**chosen, "candidates": [str(f) for f in args.choose_from]})
     return Path(chosen["model"])
+
+
+def overwrite_problem(args) -> str | None:
+    """Why --out (or --out-selection) would write over what this run reads, or cannot be a file: the model, the
+    list or image given as --images, an image or model file of another name, a folder. Said before any image is
+    read, so a slip of the shell's history costs nothing."""
+    from finetune.images import IMAGE_EXTENSIONS
+
+    reads = [(path, option) for path, option in ((args.model, "--model"), (args.images, "--images")) if path is not None]
+    for out, option in ((args.out, "--out"), (args.out_selection, "--out-selection")):
+        if out is None:
+            continue
+        if out.is_dir():
+            return f"{option} {out} is a folder: name the file to write (e.g. {out / 'predictions.csv'})"
+        same = next((read for read, _ in reads if out.exists() and read.exists() and os.path.samefile(out, read)), None)
+        if same is not None:
+            return (f"{option} {out} is the file given as {dict(reads)[same]}: writing there would replace it; name "
+                    "another file")
+        if out.exists() and out.suffix.lower() in (*IMAGE_EXTENSIONS, ".onnx"):
+            kind = "a model" if out.suffix.lower() == ".onnx" else "an image"
+            return f"{option} {out} is {kind}: writing there would replace it; name another file (a .csv)"
+    return None
 
 
 def main():
@@ -44,8 +66,12 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    if args.top_k < 1 or args.batch_size < 1:
-        parser.error("--top-k and --batch-size must be at least 1")
+    for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            parser.error(f"{option} {value}: must be at least 1")
+    problem = overwrite_problem(args)
+    if problem:
+        parser.error(f"{problem}; nothing was written")
     unused = [option for option, value in (("--model-name", args.model_name), ("--seed", args.seed),
                                            ("--out-selection", args.out_selection)) if value is not None]
     if args.model is not None and unused:
@@ -57,10 +83,6 @@ def main():
     print(f"classified {counts['classified']} of {counts['images']} image(s) with {model} -> {args.out}"
           + (f"; {counts['failed']} unreadable (see the error column)" if counts["failed"] else ""),
           file=sys.stderr)
-    if counts["classified"] == 0:
-        raise DataError(f"none of the {counts['images']} image(s) could be read: the warning lines above say why, "
-                        f"one per image ({args.out}, with them in its error column, is removed where Snakemake ran "
-                        "this job: it removes a failed job's outputs)")
 
 
 if __name__ == "__main__":
