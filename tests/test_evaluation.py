@@ -14,6 +14,7 @@ from finetune.metrics import (classification_report, confusion_matrix, expected_
                               most_confused_pairs, per_class_scores, top_k_accuracy, wilson_interval)
 from finetune.plots import accuracy_columns, confusion_matrix_plot, learning_curves_plot, reliability_plot
 from finetune.stages import summary_stage, write_evaluation_figures
+from helpers import run_script
 from recompute import calibration, class_metrics, held_out, probabilities, run_logits, wilson_bounds
 
 
@@ -765,3 +766,27 @@ def test_test_figures_with_test_time_augmentation_say_so_in_the_leaderboard_and_
     assert overall["test-time augmentation (evaluate.tta)"] == "hflip"
     assert overall["exported model.onnx (onnxruntime, test-time augmentation none): top-1 accuracy"] == "0.8750"
     assert overall["its top-1 agreement with PyTorch (with test-time augmentation none)"] == "1.0000"
+
+
+@pytest.mark.parametrize("script, option, value, said", [
+    ("evaluate", "--top-k", "-2", "--top-k -2: must be at least 1"),
+    ("evaluate", "--calibration-bins", "0", "--calibration-bins 0: must be at least 1"),
+    ("evaluate", "--batch-size", "0", "--batch-size 0: must be at least 1"),
+    ("export_onnx", "--tolerance", "-1", "--tolerance -1: must be above 0"),
+    ("export_onnx", "--parity-batch", "0", "--parity-batch 0: must be 2 to 256"),
+])
+def test_a_script_run_alone_refuses_a_number_the_config_schema_would_refuse(tiny_run, tmp_path, script, option, value, said):
+    """Run by hand, evaluate.py took --top-k -2 (metrics.json then held a "top-2_accuracy" of another k),
+    --calibration-bins 0 (an ECE of 0.0) and --batch-size 0 (a traceback); export_onnx.py exported for seconds with
+    --tolerance -1 before failing parity, and ran --parity-batch 0 as 2. Each is refused at once, naming the
+    option and value, and writes nothing."""
+    run = tiny_run / "results/finetune/seed0"
+    out = tmp_path / "out"
+    common = ["--checkpoint", str(run / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv")]
+    outputs = (["--out-metrics", str(out / "m.json"), "--out-confusion", str(out / "c.csv"), "--out-predictions",
+                str(out / "p.csv")] if script == "evaluate" else
+               ["--out-onnx", str(out / "m.onnx"), "--out-parity", str(out / "p.json")])
+    result = run_script(script, *common, *outputs, option, value)
+    assert result.returncode == 2 and said in result.stdout, result.stdout[-2000:]
+    assert not out.exists()
+

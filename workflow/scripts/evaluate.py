@@ -35,6 +35,10 @@ def main():
                         help="the split's report: its near duplicates give the test accuracy without the test images that have one")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    for option, value in (("--top-k", args.top_k), ("--calibration-bins", args.calibration_bins),
+                          ("--batch-size", args.batch_size)):
+        if value < 1:  # the schema's bounds: -2 wrote a "top--2" accuracy, 0 bins an ECE of 0.0, batch 0 a traceback
+            parser.error(f"{option} {value}: must be at least 1")
     threads = set_torch_threads(args.threads)
     plots = {"confusion": args.out_confusion_png, "reliability": args.out_reliability_png,
              "learning_curves": args.out_learning_curves_png}

@@ -26,6 +26,12 @@ def main():
                         help="hflip: the exported graph averages the logits of each image and its mirror image")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    checks = ((args.tolerance > 0, f"--tolerance {args.tolerance:g}: must be above 0"),
+              (args.rtol >= 0, f"--rtol {args.rtol:g}: must be at least 0"),
+              (2 <= args.parity_batch <= 256, f"--parity-batch {args.parity_batch}: must be 2 to 256"))
+    for ok, message in checks:  # the schema's bounds: refused before the export's seconds, not after
+        if not ok:
+            parser.error(message)
     threads = set_torch_threads(args.threads)
     report = export_stage(args.checkpoint, args.split, args.out_onnx, args.out_parity, args.tolerance,
                           args.parity_batch, threads, dynamo=args.exporter == "dynamo", opset=args.opset,
