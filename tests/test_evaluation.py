@@ -582,6 +582,13 @@ def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlie
             f"18): cut short or edited by hand? A file the workflow wrote is written again by `snakemake --forcerun "
             f"{metrics}`") in result.stdout, result.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+    # the experiment's folder for a run's (results/<run>, not .../seed<n>): named, not a FileNotFoundError traceback
+    wrong = args.copy()
+    wrong[1] = str(runs[0]["info"].parent.parent)
+    result = run_script("summary", *wrong)
+    assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout
+    assert f"these lack files: {wrong[1]} (train_info.json, metrics.json)" in result.stdout, result.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 
 def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):

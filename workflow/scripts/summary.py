@@ -10,6 +10,9 @@ from finetune.cli import run
 from finetune.stages import summary_stage
 
 
+RUN_FILES = ("train_info.json", "metrics.json")  # what the table reads of each run, at the least
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", required=True,
@@ -26,6 +29,11 @@ def main():
     parser.add_argument("--split-report", type=Path,
                         help="the target split's report: its near duplicates across splits are noted under the table")
     args = parser.parse_args()
+    lacking = [f"{folder} ({', '.join(name for name in RUN_FILES if not (Path(folder) / name).is_file())})"
+               for folder in args.runs if not all((Path(folder) / name).is_file() for name in RUN_FILES)]
+    if lacking:  # a traceback (FileNotFoundError) named the first file only
+        parser.error(f"--runs: each is a run's results/<run>/seed<n> folder, as its train and evaluate jobs leave it; "
+                     f"these lack files: {'; '.join(lacking)}")
     runs = []
     for folder in map(Path, args.runs):
         seed = re.fullmatch(r"seed(\d+)", folder.name)
