@@ -364,6 +364,21 @@ def test_quantizing_a_damaged_model_names_the_file_and_how_to_make_it_again(tiny
     assert not (tmp_path / "model.int8.onnx").exists()
 
 
+def test_quantizing_where_onnx_is_not_installed_says_to_install_it(tiny_run, tmp_path):
+    """A deployment venv of onnxruntime alone (as "Predict on new images" installs): quantize_onnx.py ended in a
+    ModuleNotFoundError traceback. It says what to install, and writes nothing."""
+    script = str(REPO / "workflow/scripts/quantize_onnx.py")
+    without_onnx = ("import runpy, sys; sys.modules['onnx'] = None; sys.argv = ['quantize_onnx.py'] + sys.argv[1:]; "
+                    f"runpy.run_path({script!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", without_onnx, "--onnx", str(tiny_run / "results/finetune/seed0/model.onnx"),
+                             "--split", str(tiny_run / "resources/splits/target.csv"), "--out-onnx", str(tmp_path / "m.int8.onnx"),
+                             "--out-report", str(tmp_path / "q.json")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "error: quantizing needs the onnx package besides onnxruntime: `pip install onnx`" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_predicting_with_the_pytorch_checkpoint_says_to_give_the_onnx_model(tiny_run, tmp_path):
     """`--model model.pt` was told the file was cut short or damaged, and to make it again: it is the run's PyTorch
     checkpoint, whole. The message says so and names the file to give."""

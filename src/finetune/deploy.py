@@ -372,7 +372,10 @@ def quantize_int8(onnx_path: Path, out_onnx: Path) -> float:
     """``onnx_path`` quantized (dynamic int8 weights) into ``out_onnx`` with its metadata kept; the seconds it took."""
     import logging
 
-    import onnx
+    try:
+        import onnx  # onnxruntime's quantization reads and writes the model with it
+    except ImportError:
+        raise ConfigError("quantizing needs the onnx package besides onnxruntime: `pip install onnx`") from None
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -1,5 +1,5 @@
 """Dynamic INT8 quantization of an exported model, with its size, speed and accuracy report
-(rule `quantize_onnx`, when `export.quantize: true`). Runs on onnxruntime, no torch."""
+(rule `quantize_onnx`, when `export.quantize: true`). Runs on onnxruntime and onnx, no torch."""
 
 import argparse
 from pathlib import Path
