@@ -693,6 +693,7 @@ def test_photos_of_a_format_not_read_are_said_at_each_start_with_their_count(tmp
     (data / "dog" / "deep" / "raw.dng").write_bytes(b"II*\0")
     (data / "dog" / "notes.txt").write_text("taken in May")
     (data / "cat" / ".hidden.heic").write_bytes(b"")
+    (data / "IMG_0000.heic").write_bytes(b"")  # in the root: in no class, converted or not; not counted
     config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "imagefolder", "path": str(data),
                                                                 "val_fraction": 0.25, "test_fraction": 0.25}})
     expected = ("note: dataset.path: 2 file(s) of an image format not read here (1 .dng, 1 .heic) are left out of "

@@ -650,9 +650,11 @@ def test_a_problem_of_train_s_own_keys_is_named_under_train_and_the_file_that_wr
     An experiment that sets the key itself keeps its own line."""
     result = run_snakemake(*config_over_the_demo(tmp_path / "a", {"train": {"epochs": 2, "warmup_epochs": 5}}), "-n",
                            check=False)
-    lines = [line for line in result.stdout.splitlines() if "warmup_epochs: 5 with epochs: 2" in line]
+    lines = [line for line in result.stdout.splitlines() if "5 with epochs: 2" in line]
     assert result.returncode != 0 and len(lines) == 1, result.stdout[-3000:]
-    assert lines[0].strip().startswith("train.warmup_epochs: 5 with epochs: 2: the learning rate would still be"), lines
+    # the demo's feature_extract (L-BFGS, no schedule to warm up) has no such problem: the others are named
+    assert lines[0].strip().startswith("train.warmup_epochs (experiments finetune, scratch): 5 with epochs: 2: the "
+                                       "learning rate would still be"), lines
     assert lines[0].rstrip().endswith(f"(set in {tmp_path / 'a' / 'mine.yaml'})") and "experiments." not in lines[0], lines
     own = {"train": {"epochs": 2, "warmup_epochs": 1}, "experiments": {"long": {"warmup_epochs": 3}}}
     result = run_snakemake(*config_over_the_demo(tmp_path / "b", own), "-n", check=False)

@@ -558,6 +558,27 @@ def test_ema_warmup_in_train_goes_with_ema_decay_to_the_experiments_that_average
     assert len(alone) == 1 and alone[0].startswith("train.ema_warmup: not used") and "ema_decay is null" in alone[0], alone
 
 
+def test_a_problem_is_train_s_only_for_the_runs_that_take_its_keys_from_train():
+    """train: {epochs: 2, warmup_epochs: 5} warms up past the end of every run that takes both from train: said once
+    as train.warmup_epochs, naming the experiments where only some runs have it. A run that writes one of the keys
+    itself (in its experiment or sweep) has the problem as its own, even with train's value: said under it."""
+    from finetune.configcheck import config_problems
+    from helpers import REPO
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    train = {"epochs": 2, "warmup_epochs": 5}
+
+    def lines(experiments):
+        return [p for p in config_problems({"train": train, "experiments": experiments}, schema) if "warmup_epochs" in p]
+
+    assert [p.split(": 5 with")[0] for p in lines({"a": {}, "b": {}})] == ["train.warmup_epochs"]
+    assert [p.split(": 5 with")[0] for p in lines({"a": {}, "b": {"epochs": 20}, "c": {"schedule": "onecycle"}})] == [
+        "train.warmup_epochs (experiments a)"]
+    assert [p.split(": warmup")[0] for p in lines({"a": {"warmup_epochs": 5}, "b": {"epochs": 20}})] == ["experiments.a"]
+    swept = lines({"s": {"sweep": {"warmup_epochs": [5, 1]}}})
+    assert len(swept) == 1 and swept[0].startswith("experiments.s (its sweep's run(s) "), swept
+
+
 @pytest.mark.parametrize("key, value", [("ema_decay", 1.0), ("mixup_alpha", -0.5), ("layer_decay", 0), ("layer_decay", 1.2)])
 def test_the_schema_refuses_recipe_values_out_of_range(key, value):
     from finetune.configcheck import config_problems

@@ -716,7 +716,8 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     arch = str(weights.get("arch", "resnet18"))  # the schema's default
     found = {name: _run_problems(run_options(train, overrides if isinstance(overrides, dict) else {}), arch,
                                  train_defaults or {}) for name, overrides in runs.items()}
-    problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults or {}), train_defaults or {})
+    problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults or {}), runs, experiment_of,
+                             train_defaults or {})
     problems += _by_experiment(found, experiment_of)
     export = config.get("export") if isinstance(config.get("export"), dict) else {}
     problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
@@ -754,14 +755,28 @@ def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
     return problems
 
 
-def _train_s_own(found: dict[str, list[str]], of_train: list[str], defaults: dict) -> list[str]:
-    """The problems a run has that `train` alone has too (the same line: the keys and values it names are train's),
-    said once under `train` (``train.<key>`` where the line starts with a train key) and taken out of ``found``: not
-    once per experiment, credited to the file that writes the experiment rather than those keys."""
-    shared = [why for why in of_train if any(why in whys for whys in found.values())]
-    for name in found:
-        found[name] = [why for why in found[name] if why not in shared]
-    return [f"train.{why}" if why.split(":", 1)[0] in defaults else f"train: {why}" for why in shared]
+def _train_s_own(found: dict[str, list[str]], of_train: list[str], runs: dict, experiment_of: dict[str, str],
+                 defaults: dict) -> list[str]:
+    """The problems that `train` alone has too (the same line) and that runs have which write none of the keys the
+    line names (``key: value``): those runs take them from train. Said once under ``train.<the line's first key>``
+    (naming the experiments where not every run has it) and taken out of those runs' lines in ``found``, not said per
+    experiment, credited to the file that writes the experiment. A run that writes one of the keys keeps its line."""
+    said = []
+    for why in of_train:
+        first = why.split(":", 1)[0]
+        if first not in defaults:  # a line that does not start with a key (`optimizer lbfgs (set here or in train)`)
+            continue
+        keys = set(re.findall(r"(?<![\w.])(\w+): ", why)) & set(defaults)
+        taking = [name for name, whys in found.items() if why in whys
+                  and not keys & set(runs[name] if isinstance(runs[name], dict) else {})]
+        if not taking:
+            continue
+        for name in taking:
+            found[name].remove(why)
+        experiments = list(dict.fromkeys(experiment_of[name] for name in taking))
+        which = "" if len(taking) == len(found) else f" (experiments {', '.join(experiments)})"
+        said.append(f"train.{why.replace(': ', f'{which}: ', 1)}")
+    return said
 
 
 def _by_experiment(found: dict[str, list[str]], experiment_of: dict[str, str]) -> list[str]:

@@ -374,8 +374,9 @@ def quantize_int8(onnx_path: Path, out_onnx: Path) -> float:
 
     try:
         import onnx  # onnxruntime's quantization reads and writes the model with it
-    except ImportError:
-        raise ConfigError("quantizing needs the onnx package besides onnxruntime: `pip install onnx`") from None
+    except ImportError as exc:
+        raise ConfigError(f"quantizing needs the onnx package besides onnxruntime, which cannot be imported ({exc}): "
+                          "`pip install onnx`") from None
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -96,7 +96,8 @@ def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool
             links = [name for name in files if name in linked]
             files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
                                                              for name in files if name not in links))).hexdigest()
-            others = extension_counts(n for n in names if n.lower().endswith(UNREAD_IMAGE_FORMATS))
+            others = extension_counts(n for n in names if n.lower().endswith(UNREAD_IMAGE_FORMATS)
+                                      and relative != ".")  # the root's own files are in no class, read or not
         looked[real] = [stamp, files_state, links, others]
         for extension, count in others.items():
             formats[extension] = formats.get(extension, 0) + count

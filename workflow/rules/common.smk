@@ -581,7 +581,7 @@ def split_dataset_fetch(dataset):
 
 def dataset_inputs(wildcards):
     cfg = dataset_config(wildcards.dataset)  # `local`: a user's path is read where written, a module's prefix: or not
-    return [local(cfg["path"])] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
+    return [local(str(PurePath(cfg["path"])))] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
 def dataset_state(wildcards):
