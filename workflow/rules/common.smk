@@ -1249,11 +1249,12 @@ def intermediate_outputs():
     asked for needs it, so without these a failed train job (say, of new settings) would leave the results of the
     old ones standing, and the next run would end with "Nothing to be done" and those results as if current."""
     files = [path.format(dataset="target") for path in rules.split.output]
-    if weights_used():
+    used = weights_used()
+    if used:
         files += [*rules.weights.output]
     if config["weights"]["source"] == "pretrain":
         files += [path.format(dataset="source") for path in rules.split.output]
-        files += [*source_decoded().values(), *(rules.pretrain.output if weights_used() else [])]
+        files += [*source_decoded().values(), *(rules.pretrain.output if used else [])]
     for experiment in EXPERIMENTS:
         files += target_decoded(experiment).values()
         if lr_is_auto(experiment):

@@ -39,17 +39,19 @@ def overwrite_problem(args) -> str | None:
             continue
         if out.is_dir():
             return f"{option} {out} is a folder: name the file to write (e.g. {out / 'predictions.csv'})"
-        if option == "--out-selection" and (out == args.out or out.exists() and args.out.exists()
-                                            and os.path.samefile(out, args.out)):
+        if option == "--out-selection" and _same_file(out, args.out):
             return f"--out-selection {out} is the --out file: name two files"
-        same = next((read for read, _ in reads if out.exists() and read.exists() and os.path.samefile(out, read)), None)
-        if same is not None:
-            return (f"{option} {out} is the file given as {dict(reads)[same]}: writing there would replace it; name "
-                    "another file")
+        given = next((read_option for read, read_option in reads if _same_file(out, read)), None)
+        if given is not None:
+            return f"{option} {out} is the file given as {given}: writing there would replace it; name another file"
         if out.suffix.lower() in (*IMAGE_EXTENSIONS, ".onnx"):  # one that is not there yet would be read as one later
             kind = "a model's" if out.suffix.lower() == ".onnx" else "an image's"
             return f"{option} {out} has {kind} name ({out.suffix}): name a .csv file (a .json for --out-selection)"
     return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def main():
