@@ -216,11 +216,16 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
     (host / "profile").mkdir()
     (host / "profile" / "config.yaml").write_text(yaml.safe_dump(
         {"set-resources": {"train": {"mem_mb": 9111}, "fa_evaluate": {"runtime": 77}}}))
-    result = run_snakemake(host, None, "-n", "--workflow-profile", str(host / "profile"), snakefile=host / "Snakefile")
+    result = run_snakemake(host, None, "-n", "--workflow-profile", str(host / "profile"), "--set-threads", "evaluate=2",
+                           snakefile=host / "Snakefile")
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-resources" in line]
     assert notes == [f"note: module f{x}: set-resources names train, which this module calls f{x}_train; its settings "
                      f"(mem_mb) apply to nothing. Name it f{x}_train in your profile or command line" for x in "ab"], notes
     assert "mem_mb=9111" not in result.stdout and "runtime=77" in result.stdout  # what the note says, as Snakemake plans
+    # --set-threads likewise: `evaluate=2` reached no rule, without a word
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-threads" in line]
+    assert notes == [f"note: module f{x}: set-threads names evaluate, which this module calls f{x}_evaluate: its threads "
+                     f"apply to nothing. Name it f{x}_evaluate in your profile or command line" for x in "ab"], notes
 
 
 def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbox_is_refused(tmp_path):

@@ -71,3 +71,52 @@ def test_a_key_written_twice_in_the_profile_in_use_is_refused_naming_it(tmp_path
     assert profile_files(["snakemake", "--workflow-profile", "none"], {}, REPO) == []
     assert profile_files(["snakemake", "--workflow-profile", "none"], {"SNAKEMAKE_PROFILE": str(profile)}, REPO) == [
         profile / "config.yaml"]
+
+
+def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):
+    """`--configfile a.yaml --configfile b.yaml` read b.yaml alone, and a second --set-resources replaced the first's,
+    without a word (Snakemake keeps the last of an option that takes a list). Refused at start, naming the option;
+    the two files after one --configfile are read both, the second over the first."""
+    from helpers import run_snakemake, tiny_config
+
+    first = tiny_config(tmp_path)
+    second = tmp_path / "epochs.yaml"
+    second.write_text("train:\n  epochs: 7\n")
+    result = run_snakemake(tmp_path, None, "--configfile", str(first), "--configfile", str(second),
+                           "--set-resources", "train:mem_mb=100", "--set-resources=evaluate:runtime=3", "-n",
+                           check=False, timeout=120)
+    assert result.returncode != 0, result.stdout
+    assert "an option is given twice on the command line: nothing ran" in result.stdout, result.stdout
+    assert "--configfile is given 2 times (--configfile, --configfile): Snakemake reads only the last one's files" \
+        in result.stdout, result.stdout
+    assert "--set-resources is given 2 times (--set-resources, --set-resources)" in result.stdout, result.stdout
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    result = run_snakemake(tmp_path, None, "--configfile", str(first), str(second), "-n", "-p", timeout=120)
+    assert '"epochs": 7' in result.stdout, result.stdout[-3000:]  # both read: the second's epochs, the first's data
+
+
+def test_a_command_line_option_that_replaces_a_profile_setting_whole_says_what_it_drops(tmp_path):
+    """`--resources mem_mb=8000` replaces the workflow profile's `resources:` whole: its `gpu: 1` (one GPU job at a
+    time) no longer applied, without a word; so for --set-resources and the Slurm profile's per-rule settings. A note
+    names what the profile set and the command line drops; given again on the command line, nothing is said."""
+    from helpers import run_snakemake, tiny_config
+
+    config = tiny_config(tmp_path)
+    result = run_snakemake(tmp_path, config, "--resources", "mem_mb=8000", "-n", timeout=120)
+    profile = REPO / "profiles" / "default" / "config.yaml"
+    dropped = sorted(set(DEFAULT["resources"]) - {"mem_mb"})
+    assert "gpu" in dropped
+    assert (f"note: --resources on the command line replaces the resources of the profile {profile} whole: its "
+            f"{', '.join(dropped)} no longer appl") in result.stdout, result.stdout[-3000:]
+    result = run_snakemake(tmp_path, config, "--resources", "mem_mb=8000", *(f"{k}=1" for k in dropped), "-n",
+                           timeout=120)
+    assert "replaces the resources" not in result.stdout, result.stdout[-3000:]
+    # the Slurm profile (read, not submitted: -n): one rule's runtime given on the command line drops every other
+    # rule's settings of the profile
+    result = run_snakemake(tmp_path, config, "--profile", str(REPO / "profiles" / "slurm"), "--set-resources",
+                           "train:runtime=600", "-n", cores=None, timeout=120)
+    lost = [f"{rule}:{name}" for rule, names in SLURM["set-resources"].items() for name in names
+            if (rule, name) != ("train", "runtime")]
+    line = next((x for x in result.stdout.splitlines() if "replaces the set-resources" in x), "")
+    assert line.endswith(f"whole: its {', '.join(lost)} no longer apply; give them on the command line too, where "
+                         "still meant"), result.stdout[-3000:]

@@ -378,6 +378,98 @@ def _config_items(argv: list[str]) -> list[str]:
     return items
 
 
+# Snakemake options that take a list of words (argparse's nargs "+" or "*"): given twice, the second replaces the first
+# without a word (`--configfile a.yaml --configfile b.yaml` reads b.yaml alone). Each spelling of one option, together.
+LIST_OPTIONS = (("--configfile", "--configfiles"), ("--resources", "--res"), ("--set-threads",), ("--set-resources",),
+                ("--default-resources", "--default-res"), ("--set-scatter",), ("--set-resource-scopes",),
+                ("--forcerun", "-R"), ("--until", "-U"), ("--omit-from", "-O"))
+
+
+def repeated_options(argv: list[str]) -> list[str]:
+    """The options of :data:`LIST_OPTIONS` a Snakemake command line gives more than once, one line each: Snakemake
+    keeps only the last one's words, so what the first ones set would be ignored. (``--config`` given twice is read
+    whole here, :func:`command_line_config`.)"""
+    found = []
+    for names in LIST_OPTIONS:
+        given = [arg.split("=", 1)[0] for arg in argv[1:] if arg.split("=", 1)[0] in names]
+        if len(given) > 1:
+            words = {"--configfile": "files", "--forcerun": "rules or files", "--until": "rules or files",
+                     "--omit-from": "rules or files"}.get(names[0], "settings")
+            found.append(f"{names[0]} is given {len(given)} times ({', '.join(given)}): Snakemake reads only the last "
+                         f"one's {words}, so those of the first would be ignored. Give them all after one {names[0]}")
+    return found
+
+
+# The settings of a profile that a command line's option of the same name replaces whole rather than entry by entry
+# (Snakemake's profile gives its options' defaults): {option: (how an entry is named, what the option sets)}.
+REPLACED_WHOLE = {"--resources": "resources", "--set-resources": "set-resources", "--set-threads": "set-threads",
+                  "--default-resources": "default-resources"}
+_ALIASES = {"--res": "--resources", "--default-res": "--default-resources", "-R": "--forcerun"}
+
+
+def _option_words(argv: list[str], option: str) -> list[str] | None:
+    """The words a command line gives ``option`` (or an alias of it); None where it does not give it."""
+    words, taking, given = [], False, False
+    for arg in argv[1:]:
+        name, eq, value = arg.partition("=")
+        if _ALIASES.get(name, name) == option:
+            taking, given = not eq, True
+            if eq:
+                words.append(value)
+        elif arg.startswith("-") and not arg[1:2].isdigit():
+            taking = False
+        elif taking:
+            words.append(arg)
+    return words if given else None
+
+
+def forced_to_run(argv: list[str]) -> set[str] | None:
+    """What a Snakemake command line forces to run whatever its state: the rules and files after ``--forcerun`` (or
+    ``-R``); None for everything (``--forceall``, ``-F``)."""
+    if has_option(argv, ("--forceall", "-F")):
+        return None
+    return {os.path.normpath(word) for word in _option_words(argv, "--forcerun") or []}
+
+
+def _entry_names(option: str, value) -> list[str]:
+    """The entries a profile's value (a mapping, or a list of words as on a command line) or a command line's words
+    set for ``option``: resource names (``gpu``), ``rule:resource`` for set-resources, rule names for set-threads."""
+    if isinstance(value, dict):
+        if option == "--set-resources":
+            return [f"{rule}:{name}" for rule, names in value.items() for name in (names or {})]
+        return [str(key) for key in value]
+    words = [str(value)] if isinstance(value, str) else [str(word) for word in (value or [])]
+    return [word.split("=", 1)[0] for word in words]
+
+
+def profile_settings_replaced(argv: list[str], profiles: list) -> list[str]:
+    """One line for each option of :data:`REPLACED_WHOLE` that both this command line and a profile in use give: the
+    command line's replaces the profile's whole, so the profile's entries it does not give again no longer apply
+    (``--resources mem_mb=8000`` drops the default profile's ``gpu: 1``, and the GPU jobs then run side by side)."""
+    import yaml
+
+    lines = []
+    for profile in profiles:
+        try:
+            loaded = yaml.safe_load(Path(profile).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(loaded, dict):
+            continue
+        for option, key in REPLACED_WHOLE.items():
+            words = _option_words(argv, option)
+            value = loaded.get(key, loaded.get(key.replace("-", "_")))
+            if words is None or value is None:
+                continue
+            given = set(_entry_names(option, words))
+            dropped = [name for name in _entry_names(option, value) if name not in given]
+            if dropped:
+                lines.append(f"{option} on the command line replaces the {key} of the profile {profile} whole: its "
+                             f"{', '.join(dropped)} no longer appl{'ies' if len(dropped) == 1 else 'y'}; give "
+                             f"{'it' if len(dropped) == 1 else 'them'} on the command line too, where still meant")
+    return lines
+
+
 def command_line_duplicates(argv: list[str]) -> list[str]:
     """Keys written twice in the ``--config`` items of a command line: a key given twice (``train=... train=...``),
     or twice in one mapping of a value (``'train={epochs: 1, epochs: 2}'``). Only the last is read, as in a
