@@ -101,6 +101,33 @@ def test_a_damaged_checkpoint_or_model_names_the_command_that_makes_it_again(tin
     assert f"One the workflow wrote is written again by `snakemake --forcerun {onnx_cut}`" in result.stdout
 
 
+def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_again(tiny_run_copy):
+    """A model.onnx cut short after its export checked it (a full disk while copying results): Snakemake said
+    "Nothing to be done", keeping the broken deliverable as made. Refused at start, naming the file, with nothing run or
+    removed; --forcerun of it exports it again, a model onnxruntime loads and that gives the earlier one's logits."""
+    import onnxruntime
+
+    workdir, model = tiny_run_copy, tiny_run_copy / RUN / "model.onnx"
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) * 9 // 10])
+    with pytest.raises(Exception):  # an independent verdict: onnxruntime cannot load it either
+        onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    config = workdir / "config.yaml"
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+    assert "a file made before was cut short or changed since its job wrote it: nothing ran" in refused.stdout
+    assert f"{RUN}/model.onnx no longer loads as an ONNX model (DecodeError: " in refused.stdout, refused.stdout[-3000:]
+    assert f"make it again with --forcerun {RUN}/model.onnx" in refused.stdout
+    assert model.read_bytes() == whole[: len(whole) * 9 // 10]
+    ran = run_snakemake(workdir, None, "--forcerun", f"{RUN}/model.onnx", "--printshellcmds", f"{RUN}/model.onnx",
+                        "--configfile", str(config))
+    assert jobs_run(ran.stdout) == ["export_onnx"], ran.stdout[-3000:]
+    earlier = workdir / "earlier.onnx"
+    earlier.write_bytes(whole)
+    x = model_inputs(held_out(workdir)["path"], onnx_preprocessing(earlier))
+    assert np.abs(onnx_logits(model, x) - onnx_logits(earlier, x)).max() <= 1e-5
+
+
 def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
     """The file's opset, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
     proto = onnx.load(str(model_path))

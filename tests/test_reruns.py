@@ -462,6 +462,43 @@ def test_an_imagefolder_missing_for_one_run_stops_it_at_start_and_keeps_what_was
     assert jobs_run(run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv").stdout) == []
 
 
+def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_until_made_again(tmp_path):
+    """A split file cut short after its job wrote it (a full disk while copying results, an editor): decode, train
+    and evaluate reran on it without a word, evaluating on the test rows left. Refused at start, naming the file and
+    what differs from the counts its report recorded (counted again here from the file as it is); nothing runs and
+    nothing is removed. A split value misspelt in an edit likewise. --forcerun of the file makes it again, as it was."""
+    import csv
+
+    workdir = tmp_path / "run"
+    config = tiny_config(workdir)
+    run_snakemake(workdir, config, "--printshellcmds", "resources/splits/target.csv")
+    split = workdir / "resources/splits/target.csv"
+    whole = split.read_bytes()
+    counts = json.loads(split.with_suffix(".report.json").read_text())["counts"]
+    cut = whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 6]  # the last row cut after 5 of its characters
+    edited = whole.replace(b",test\n", b",tset\n", 1)
+    for damaged, odd in ((cut, "none (a row cut short)"), (edited, "'tset'")):
+        split.write_bytes(damaged)
+        rows = list(csv.DictReader(io.StringIO(damaged.decode())))
+        found = Counter((row["class_name"], row["split"]) for row in rows)
+        differ = [f"{name} {s}: {found[(name, s)]} rows, its report {n}" for name, by_split in counts.items()
+                  for s, n in by_split.items() if found[(name, s)] != n]
+        assert len(differ) == 1 and sum(n for c in counts.values() for n in c.values()) == len(rows)
+        refused = run_snakemake(workdir, config, check=False)
+        assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+        assert "a file made before was cut short or changed since its job wrote it: nothing ran" in refused.stdout
+        assert (f"resources/splits/target.csv no longer holds the split its job wrote ({len(rows)} rows, {len(rows)} "
+                f"in its report target.report.json: split value(s) {odd}, not train, val or test; {differ[0]}): make "
+                "it again with --forcerun resources/splits/target.csv") in refused.stdout, refused.stdout[-3000:]
+        assert split.read_bytes() == damaged and not (workdir / "resources/decoded").exists()
+    split.write_bytes(whole)  # put back: nothing to say
+    assert "no longer holds" not in run_snakemake(workdir, config, "-n").stdout
+    split.write_bytes(cut)
+    ran = run_snakemake(workdir, config, "--forcerun", "resources/splits/target.csv", "--printshellcmds",
+                        "resources/splits/target.csv")
+    assert jobs_run(ran.stdout) == ["split"] and split.read_bytes() == whole, ran.stdout[-3000:]
+
+
 def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):
     made = make_images(tmp_path / "images", {"circle": 8, "square": 8})
     manifest = tmp_path / "images" / "manifest.csv"

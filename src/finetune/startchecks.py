@@ -220,3 +220,59 @@ def unreadable_images_problem(fmt: str, path: str, paths: list[str], threads: in
         return f"images new since the split was made do not decode (nothing ran, and the split made before is kept): " \
                f"{exc}"
     return None
+
+
+def damaged_split_problem(split_file: str | Path) -> str | None:
+    """Where the split file made before no longer holds what its split job wrote: its rows per class and split differ
+    from the counts its report (``<split>.report.json``) recorded, or a row's split is none of train, val, test (a file
+    cut short by a full disk or a copy, or edited). Every job after it would read it without a word, and evaluate on
+    fewer test images. None where it agrees, or where the split or its report is missing or has no counts."""
+    from collections import Counter
+
+    split_file = Path(split_file)
+    try:
+        counts = json.loads(split_file.with_suffix(".report.json").read_text())["counts"]
+        expected = Counter({(str(name), split): int(n) for name, by_split in counts.items()
+                            for split, n in by_split.items() if int(n)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    found: Counter = Counter()
+    try:
+        with open(split_file, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                found[(row.get("class_name"), row.get("split"))] += 1
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"{split_file} does not read ({exc})"
+    if found == expected:
+        return None
+    odd = sorted({"none (a row cut short)" if split is None else repr(split) for _, split in found
+                  if split not in ("train", "val", "test")})
+    differ = [f"{name} {split}: {found[(name, split)]} rows, its report {expected[(name, split)]}"
+              for name, split in sorted(set(found) | set(expected), key=str) if found[(name, split)] != expected[(name, split)]
+              and split in ("train", "val", "test")]
+    why = "; ".join([*([f"split value(s) {', '.join(odd)}, not train, val or test"] if odd else []),
+                     *differ[:6], *(["..."] if len(differ) > 6 else [])])
+    return (f"{split_file} no longer holds the split its job wrote ({sum(found.values())} rows, "
+            f"{sum(expected.values())} in its report {split_file.with_suffix('.report.json').name}: {why})")
+
+
+def damaged_onnx_problem(path: str | Path) -> str | None:
+    """Where an ONNX model the export wrote (its parity checked then) no longer loads, or lacks what every export
+    writes (outputs, opset, metadata): a file cut short or overwritten since, which Snakemake would keep as done."""
+    try:
+        import onnx
+    except ImportError:  # the check at start is then left out; the export itself needs onnx
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, and what else a damaged file raises
+        return f"{path} no longer loads as an ONNX model ({type(exc).__name__}: {exc})"
+    lacks = [what for what, has in (("outputs", model.graph.output), ("opset", model.opset_import),
+                                    ("metadata", model.metadata_props)) if not len(has)]
+    if lacks:
+        return f"{path} lacks the {', '.join(lacks)} its export wrote"
+    return None

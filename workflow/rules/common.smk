@@ -77,13 +77,14 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, first_time, has_option, inherited_for_another_optimizer, once_per,
-                                 option_differences, own_sections, pending_jobs,
-                                 profile_files, runs_no_job, stray_configfiles, stray_configfiles_hint,
-                                 typed_command_line_config, where_written)
+                                 expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
+                                 once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
+                                 profile_files, repeated_options, runs_no_job, stray_configfiles,
+                                 stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, new_dataset_images, spacing_note,
-                                  unreadable_images_problem, unreadable_line, with_hints)
+from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
+                                  new_dataset_images, spacing_note, unreadable_images_problem, unreadable_line,
+                                  with_hints)
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -114,8 +115,8 @@ def say(text):
 
 
 def note_resources_under_unprefixed_names():
-    """As a module whose rules are renamed (`use rule * from finetune as a_*`), a `set-resources` key (a profile's,
-    or --set-resources) that names one of them by its old name (`train`, not `a_train`) applies to nothing, and
+    """As a module whose rules are renamed (`use rule * from finetune as a_*`), a `set-resources` or `set-threads` key
+    (a profile's, or the command line's) that names one of them by its old name (`train`, not `a_train`) applies to nothing, and
     Snakemake says nothing of it (the job runs with the resources its rule asks, nor `* attempt` on a retry).
     Said here, once the rules are defined (a host's own rule of that name defined after its `use rule` is not
     known yet: the note then names a key that does reach that rule)."""
@@ -127,6 +128,12 @@ def note_resources_under_unprefixed_names():
         if renamed != name and renamed in ours and name not in defined:
             say(f"set-resources names {name}, which this module calls {renamed}; its settings "
                 f"({', '.join(sorted(given[name]))}) apply to nothing. Name it {renamed} in your profile or command line")
+    threads = (workflow.resource_settings.overwrite_threads or {}) if workflow.is_main_process else {}
+    for name in sorted(threads):
+        renamed = workflow.modifier.modify_rulename(name)
+        if renamed != name and renamed in ours and name not in defined:
+            say(f"set-threads names {name}, which this module calls {renamed}: its threads apply to nothing. Name it "
+                f"{renamed} in your profile or command line")
 
 
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
@@ -143,6 +150,13 @@ _duplicates += [f"--config: {problem}" for problem in command_line_duplicates(sy
 if _duplicates:
     raise WorkflowError("a key is written twice in a config or profile file, or in --config (merge the two into one):\n"
                         + "\n".join(_duplicates))
+# `--configfile a.yaml --configfile b.yaml`: Snakemake reads b.yaml alone (each option taking a list keeps its last).
+if workflow.is_main_process and repeated_options(sys.argv):
+    raise WorkflowError("an option is given twice on the command line: nothing ran\n" + "\n".join(repeated_options(sys.argv)))
+# `--resources mem_mb=8000` replaces the workflow profile's `resources:` (its gpu: 1) whole, not key by key.
+if workflow.is_main_process:
+    for _line in profile_settings_replaced(sys.argv, profile_files(sys.argv, os.environ, workflow.basedir)):
+        say(_line)
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
 # again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
@@ -1140,6 +1154,62 @@ if CHECK_FILES:
     check_dataset_at_start("dataset", "target")
     if config["weights"]["source"] == "pretrain":
         check_dataset_at_start("pretrain.dataset", "source")
+
+
+# A split file cut short or edited since its job wrote it (a full disk, a copy, an editor): the jobs after it would read
+# it without a word and evaluate on fewer test images; a model.onnx cut short since its export checked its parity,
+# Snakemake would keep as done. Each file is checked once per state (modification time and size).
+FILES_CHECKED = Path(".snakemake") / "finetune-checked-files.json"
+FILES_CHECKED_KEPT = 256
+
+
+def forced(rule, path):
+    """Whether this run makes ``path`` again whatever it holds (--forceall, or --forcerun naming its rule or file)."""
+    named = forced_to_run(sys.argv)
+    return named is None or workflow.modifier.modify_rulename(rule) in named or os.path.normpath(path) in named
+
+
+def refuse_damaged_files(checks):
+    """``checks``: (rule, file, the files whose state it is checked in, check -> problem or None). Refused at start,
+    naming each file that fails its check and the command that makes it again; a file passing is not read again until
+    one of its files changes."""
+    try:
+        checked = json.loads(FILES_CHECKED.read_text())
+    except (OSError, ValueError):
+        checked = {}
+    checked = checked if isinstance(checked, dict) else {}
+    problems = []
+    for rule, path, files, check in checks:
+        try:
+            state = [[os.stat(each).st_mtime_ns, os.stat(each).st_size] for each in files]
+        except OSError:
+            continue
+        key = os.path.abspath(path)
+        if checked.get(key) == state or forced(rule, path):
+            continue
+        problem = check(path)
+        if problem:
+            problems.append(f"{problem}: make it again with --forcerun {path}")
+        else:
+            checked[key] = state
+    if problems:
+        raise WorkflowError("a file made before was cut short or changed since its job wrote it: nothing ran, and "
+                            "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns; a split of "
+                            "your own is given as a CSV manifest's split column, dataset.format: csv)")
+    try:
+        FILES_CHECKED.parent.mkdir(exist_ok=True)
+        FILES_CHECKED.write_text(json.dumps(dict(list(checked.items())[-FILES_CHECKED_KEPT:])))
+    except OSError:  # a read-only working directory: checked again next time
+        pass
+
+
+if CHECK_FILES:
+    _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
+    _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits]
+    refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
+                            for each in _splits),
+                          *(("export_onnx", each, [each], damaged_onnx_problem)
+                            for each in (output_path(f"results/{run}/model.onnx") for run in RUNS))])
 
 def target_class_count():
     """How many classes the target model has, where known without reading images: dataset.classes as written,
