@@ -494,6 +494,7 @@ def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_unti
     split.write_bytes(whole)  # put back: nothing to say
     assert "no longer holds" not in run_snakemake(workdir, config, "-n").stdout
     split.write_bytes(cut)
+    assert "output: resources/splits/target.csv" in run_snakemake(workdir, config, "-n", "-f", "./resources/splits/target.csv").stdout
     ran = run_snakemake(workdir, config, "--forcerun", "resources/splits/target.csv", "--printshellcmds",
                         "resources/splits/target.csv")
     assert jobs_run(ran.stdout) == ["split"] and split.read_bytes() == whole, ran.stdout[-3000:]

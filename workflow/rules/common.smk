@@ -1164,8 +1164,11 @@ FILES_CHECKED_KEPT = 256
 
 
 def forced(rule, path):
-    """Whether this run makes ``path`` again whatever it holds (--forceall, or --forcerun naming its rule or file)."""
+    """Whether this run makes ``path`` again whatever it holds (--forceall, --forcerun naming its rule or file, or
+    --force with the file a target)."""
     named = forced_to_run(sys.argv)
+    if has_option(sys.argv, ("--force", "-f")):
+        named = named if named is None else named | {os.path.normpath(each) for each in sys.argv[1:]}
     return named is None or workflow.modifier.modify_rulename(rule) in named or os.path.normpath(path) in named
 
 
