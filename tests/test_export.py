@@ -119,6 +119,17 @@ def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_
     assert f"{RUN}/model.onnx no longer loads as an ONNX model (DecodeError: " in refused.stdout, refused.stdout[-3000:]
     assert f"make it again with --forcerun {RUN}/model.onnx" in refused.stdout
     assert model.read_bytes() == whole[: len(whole) * 9 // 10]
+    # --forcerun of a rule before the export makes it again too, unnamed: not refused.
+    assert "output: " + f"{RUN}/model.onnx" in run_snakemake(workdir, config, "-n", "--forcerun", "train").stdout
+    # One whose last metadata entries are gone (a file cut inside its metadata, that still parses): refused too.
+    proto = onnx.load_from_string(whole)
+    kept = [(entry.key, entry.value) for entry in proto.metadata_props if entry.key != "finetune_version"]
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, dict(kept))
+    model.write_bytes(proto.SerializeToString())
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+    assert f"{RUN}/model.onnx lacks the metadata its export wrote: make it again" in refused.stdout, refused.stdout[-3000:]
     ran = run_snakemake(workdir, None, "--forcerun", f"{RUN}/model.onnx", "--printshellcmds", f"{RUN}/model.onnx",
                         "--configfile", str(config))
     assert jobs_run(ran.stdout) == ["export_onnx"], ran.stdout[-3000:]

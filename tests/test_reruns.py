@@ -491,10 +491,35 @@ def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_unti
                 f"in its report target.report.json: split value(s) {odd}, not train, val or test; {differ[0]}): make "
                 "it again with --forcerun resources/splits/target.csv") in refused.stdout, refused.stdout[-3000:]
         assert split.read_bytes() == damaged and not (workdir / "resources/decoded").exists()
+    # Two classes' labels swapped in one row (the row counts stay those of the report): its class is two labels now.
+    rows = whole.decode().splitlines(keepends=True)
+    labels = {row["class_name"]: row["label"] for row in csv.DictReader(io.StringIO(whole.decode()))}
+    (first, first_label), (second, second_label) = sorted(labels.items())[:2]
+    at = next(i for i, row in enumerate(rows) if f",{first_label},{first}," in row)
+    rows[at] = rows[at].replace(f",{first_label},{first},", f",{second_label},{first},")
+    split.write_bytes("".join(rows).encode())
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+    assert (f"class {first} has rows labelled {', '.join(sorted([first_label, second_label]))}; label {second_label} is "
+            f"given to classes {', '.join(sorted([first, second]))})") in refused.stdout, refused.stdout[-3000:]
+    split.write_bytes(whole)
+    report = split.with_suffix(".report.json")
+    report_bytes = report.read_bytes()
+    report.write_bytes(report_bytes[: len(report_bytes) // 2])  # its report cut short: the split is not vouched for
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+    assert (f"its report {Path('resources/splits/target.report.json')} does not read (JSONDecodeError: "
+            in refused.stdout), refused.stdout[-3000:]
+    report.write_bytes(report_bytes)
     split.write_bytes(whole)  # put back: nothing to say
     assert "no longer holds" not in run_snakemake(workdir, config, "-n").stdout
     split.write_bytes(cut)
+    # What makes the split again, or only shows or marks files, is not refused: -f with it a target, --forcerun of its
+    # rule as Snakemake's parser reads it (clustered with -n), a summary.
     assert "output: resources/splits/target.csv" in run_snakemake(workdir, config, "-n", "-f", "./resources/splits/target.csv").stdout
+    assert "output: resources/splits/target.csv" in run_snakemake(workdir, config, "-nRsplit").stdout
+    summary = run_snakemake(workdir, config, "--summary")
+    assert "resources/splits/target.csv" in summary.stdout and "no longer holds" not in summary.stdout
     ran = run_snakemake(workdir, config, "--forcerun", "resources/splits/target.csv", "--printshellcmds",
                         "resources/splits/target.csv")
     assert jobs_run(ran.stdout) == ["split"] and split.read_bytes() == whole, ran.stdout[-3000:]

@@ -224,28 +224,39 @@ def unreadable_images_problem(fmt: str, path: str, paths: list[str], threads: in
 
 def damaged_split_problem(split_file: str | Path) -> str | None:
     """Where the split file made before no longer holds what its split job wrote: its rows per class and split differ
-    from the counts its report (``<split>.report.json``) recorded, or a row's split is none of train, val, test (a file
-    cut short by a full disk or a copy, or edited). Every job after it would read it without a word, and evaluate on
-    fewer test images. None where it agrees, or where the split or its report is missing or has no counts."""
-    from collections import Counter
+    from the counts its report (``<split>.report.json``) recorded, a row's split is none of train, val, test, a class
+    has rows of several labels or a label rows of several classes (a file cut short by a full disk or a copy, or
+    edited), or its report no longer reads. Every job after it would read it without a word, and evaluate on fewer
+    test images. None where it agrees, or where the split or its report is missing, or the report (of an earlier
+    version) has no counts."""
+    from collections import Counter, defaultdict
 
     split_file = Path(split_file)
+    report = split_file.with_suffix(".report.json")
     try:
-        counts = json.loads(split_file.with_suffix(".report.json").read_text())["counts"]
+        counts = json.loads(report.read_text())["counts"]
+    except (FileNotFoundError, KeyError, TypeError):
+        return None
+    except (OSError, ValueError) as exc:
+        return f"its report {report} does not read ({type(exc).__name__}: {exc})"
+    try:
         expected = Counter({(str(name), split): int(n) for name, by_split in counts.items()
                             for split, n in by_split.items() if int(n)})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    except (ValueError, TypeError, AttributeError):
+        return f"its report {report} no longer holds counts of rows per class and split"
     found: Counter = Counter()
+    labels: dict = defaultdict(set)
     try:
         with open(split_file, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 found[(row.get("class_name"), row.get("split"))] += 1
+                labels[row.get("class_name")].add(row.get("label"))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return f"{split_file} does not read ({exc})"
-    if found == expected:
+    mixed = label_mixups(labels)
+    if found == expected and not mixed:
         return None
     odd = sorted({"none (a row cut short)" if split is None else repr(split) for _, split in found
                   if split not in ("train", "val", "test")})
@@ -253,14 +264,34 @@ def damaged_split_problem(split_file: str | Path) -> str | None:
               for name, split in sorted(set(found) | set(expected), key=str) if found[(name, split)] != expected[(name, split)]
               and split in ("train", "val", "test")]
     why = "; ".join([*([f"split value(s) {', '.join(odd)}, not train, val or test"] if odd else []),
-                     *differ[:6], *(["..."] if len(differ) > 6 else [])])
+                     *differ[:6], *(["..."] if len(differ) > 6 else []), *mixed[:3]])
     return (f"{split_file} no longer holds the split its job wrote ({sum(found.values())} rows, "
-            f"{sum(expected.values())} in its report {split_file.with_suffix('.report.json').name}: {why})")
+            f"{sum(expected.values())} in its report {report.name}: {why})")
+
+
+def label_mixups(labels: dict) -> list[str]:
+    """``labels``: {class name: the labels its rows give}. One line for a class whose rows give several labels, and for
+    a label given to several classes: each class is one label in every file a split job writes."""
+    lines = [f"class {name} has rows labelled {', '.join(sorted(map(str, given)))}"
+             for name, given in sorted(labels.items(), key=str) if len(given) > 1]
+    classes_of: dict = {}
+    for name, given in labels.items():
+        for label in given:
+            classes_of.setdefault(label, set()).add(name)
+    lines += [f"label {label} is given to classes {', '.join(sorted(map(str, names)))}"
+              for label, names in sorted(classes_of.items(), key=str) if len(names) > 1]
+    return lines
+
+
+# The metadata every export has written since the first version, the last of them written last: a file cut inside its
+# metadata lacks some (finetune.export.onnx_metadata).
+ONNX_METADATA_KEPT = {"classes", "input_size", "mean", "std", "arch", "finetune_version"}
 
 
 def damaged_onnx_problem(path: str | Path) -> str | None:
     """Where an ONNX model the export wrote (its parity checked then) no longer loads, or lacks what every export
-    writes (outputs, opset, metadata): a file cut short or overwritten since, which Snakemake would keep as done."""
+    writes (outputs, opset, the metadata of :data:`ONNX_METADATA_KEPT`): a file cut short or overwritten since, which
+    Snakemake would keep as done."""
     try:
         import onnx
     except ImportError:  # the check at start is then left out; the export itself needs onnx
@@ -271,8 +302,9 @@ def damaged_onnx_problem(path: str | Path) -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, and what else a damaged file raises
         return f"{path} no longer loads as an ONNX model ({type(exc).__name__}: {exc})"
-    lacks = [what for what, has in (("outputs", model.graph.output), ("opset", model.opset_import),
-                                    ("metadata", model.metadata_props)) if not len(has)]
+    keys = {entry.key for entry in model.metadata_props}
+    lacks = [what for what, has in (("outputs", len(model.graph.output)), ("opset", len(model.opset_import)),
+                                    ("metadata", ONNX_METADATA_KEPT <= keys)) if not has]
     if lacks:
         return f"{path} lacks the {', '.join(lacks)} its export wrote"
     return None

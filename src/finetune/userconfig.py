@@ -404,7 +404,7 @@ def repeated_options(argv: list[str]) -> list[str]:
 # (Snakemake's profile gives its options' defaults): {option: (how an entry is named, what the option sets)}.
 REPLACED_WHOLE = {"--resources": "resources", "--set-resources": "set-resources", "--set-threads": "set-threads",
                   "--default-resources": "default-resources"}
-_ALIASES = {"--res": "--resources", "--default-res": "--default-resources", "-R": "--forcerun"}
+_ALIASES = {"--res": "--resources", "--default-res": "--default-resources"}
 
 
 def _option_words(argv: list[str], option: str) -> list[str] | None:
@@ -423,12 +423,50 @@ def _option_words(argv: list[str], option: str) -> list[str] | None:
     return words if given else None
 
 
-def forced_to_run(argv: list[str]) -> set[str] | None:
-    """What a Snakemake command line forces to run whatever its state: the rules and files after ``--forcerun`` (or
-    ``-R``); None for everything (``--forceall``, ``-F``)."""
-    if has_option(argv, ("--forceall", "-F")):
+def snakemake_command_line(argv: list[str]):
+    """A Snakemake command line as Snakemake's own parser reads it (abbreviated options such as ``--forcer``, clustered
+    short ones such as ``-nR train``); None where it does not parse (Snakemake itself then says why)."""
+    import contextlib
+    import io
+
+    from snakemake.cli import get_argument_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return get_argument_parser().parse_known_args(argv[1:])[0]
+    except SystemExit:
         return None
-    return {os.path.normpath(word) for word in _option_words(argv, "--forcerun") or []}
+
+
+# What a Snakemake command line does instead of running the DAG as it stands, or showing what that run would do
+# (Snakemake's parser's names): the files made before are not checked at start then.
+NOT_A_RUN = ("summary", "detailed_summary", "list_changes", "list_untracked", "dag", "rulegraph", "filegraph", "d3dag",
+             "delete_all_output", "delete_temp_output", "report", "containerize", "archive", "generate_unit_tests",
+             "print_compilation", "export_cwl", "unlock", "cleanup_metadata", "cleanup_shadow", "list_rules",
+             "list_target_rules", "lint")
+
+
+def runs_the_dag(command) -> bool:
+    """Whether a command line (:func:`snakemake_command_line`) runs the DAG's jobs, or shows those it would run
+    (``-n``); not a summary, a graph, a clean-up or ``--touch``."""
+    return command is not None and not command.touch and not any(getattr(command, name, None) for name in NOT_A_RUN)
+
+
+def forced_to_run(command, rule: str, path: str) -> bool:
+    """Whether a command line (:func:`snakemake_command_line`) makes ``path`` (of ``rule``) again whatever it holds:
+    --forceall, --forcerun naming the rule or the file, or --force with the file a target."""
+    if command is None:
+        return False
+    named = {os.path.normpath(word) for word in command.forcerun or ()}
+    targets = {os.path.normpath(word) for word in command.targets or ()}
+    return bool(command.forceall or rule in named or os.path.normpath(path) in named
+                or (command.force and os.path.normpath(path) in targets))
+
+
+def reruns_more_than_named(command) -> bool:
+    """Whether a command line may make files again that it does not name: --forcerun (each job after a forced one
+    reruns), --until or --omit-from (the DAG is cut)."""
+    return command is not None and bool(command.forcerun or command.until or command.omit_from)
 
 
 def _entry_names(option: str, value) -> list[str]:

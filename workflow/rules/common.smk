@@ -79,8 +79,9 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
                                  once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
-                                 profile_files, repeated_options, runs_no_job, stray_configfiles,
-                                 stray_configfiles_hint, typed_command_line_config, where_written)
+                                 profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
+                                 snakemake_command_line, stray_configfiles, stray_configfiles_hint,
+                                 typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
                                   new_dataset_images, spacing_note, unreadable_images_problem, unreadable_line,
@@ -1158,61 +1159,89 @@ if CHECK_FILES:
 
 # A split file cut short or edited since its job wrote it (a full disk, a copy, an editor): the jobs after it would read
 # it without a word and evaluate on fewer test images; a model.onnx cut short since its export checked its parity,
-# Snakemake would keep as done. Each file is checked once per state (modification time and size).
+# Snakemake would keep as done. Checked where the command line runs the DAG (or shows what it would run), each file
+# once per state (modification time and size); --touch declares the files as they are made (their sizes kept).
 FILES_CHECKED = Path(".snakemake") / "finetune-checked-files.json"
 FILES_CHECKED_KEPT = 256
 
 
-def forced(rule, path):
-    """Whether this run makes ``path`` again whatever it holds (--forceall, --forcerun naming its rule or file, or
-    --force with the file a target)."""
-    named = forced_to_run(sys.argv)
-    if has_option(sys.argv, ("--force", "-f")):
-        named = named if named is None else named | {os.path.normpath(each) for each in sys.argv[1:]}
-    return named is None or workflow.modifier.modify_rulename(rule) in named or os.path.normpath(path) in named
-
-
-def refuse_damaged_files(checks):
-    """``checks``: (rule, file, the files whose state it is checked in, check -> problem or None). Refused at start,
-    naming each file that fails its check and the command that makes it again; a file passing is not read again until
-    one of its files changes."""
+def read_files_checked():
+    """{absolute path: [[mtime_ns, size] per file] or {"touched": [size per file]}} of the files found sound before,
+    those no longer there left out."""
     try:
         checked = json.loads(FILES_CHECKED.read_text())
     except (OSError, ValueError):
-        checked = {}
-    checked = checked if isinstance(checked, dict) else {}
-    problems = []
-    for rule, path, files, check in checks:
-        try:
-            state = [[os.stat(each).st_mtime_ns, os.stat(each).st_size] for each in files]
-        except OSError:
-            continue
-        key = os.path.abspath(path)
-        if checked.get(key) == state or forced(rule, path):
-            continue
-        problem = check(path)
-        if problem:
-            problems.append(f"{problem}: make it again with --forcerun {path}")
-        else:
-            checked[key] = state
-    if problems:
-        raise WorkflowError("a file made before was cut short or changed since its job wrote it: nothing ran, and "
-                            "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns; a split of "
-                            "your own is given as a CSV manifest's split column, dataset.format: csv)")
+        return {}
+    return {key: state for key, state in checked.items() if os.path.exists(key)} if isinstance(checked, dict) else {}
+
+
+def write_files_checked(checked, kept):
+    """The newest ``kept`` entries of ``checked`` (its order: the last found sound last)."""
     try:
         FILES_CHECKED.parent.mkdir(exist_ok=True)
-        FILES_CHECKED.write_text(json.dumps(dict(list(checked.items())[-FILES_CHECKED_KEPT:])))
+        FILES_CHECKED.write_text(json.dumps(dict(list(checked.items())[-kept:])))
     except OSError:  # a read-only working directory: checked again next time
         pass
 
 
-if CHECK_FILES:
+def file_states(files):
+    """[[mtime_ns, size] per file]; None where one is missing (its job makes it again)."""
+    try:
+        return [[os.stat(each).st_mtime_ns, os.stat(each).st_size] for each in files]
+    except OSError:
+        return None
+
+
+def refuse_damaged_files(checks, command):
+    """``checks``: (rule, file, the files whose state it is checked in, check -> problem or None). Refused at start,
+    naming each file that fails its check and the command that makes it again; a file passing is not read again until
+    one of its files changes. Under --touch the files are declared sound as they are."""
+    checked = read_files_checked()
+    problems, splits = [], False
+    for rule, path, files, check in checks:
+        state = file_states(files)
+        key = os.path.abspath(path)
+        if state is None or forced_to_run(command, workflow.modifier.modify_rulename(rule), path):
+            continue
+        known = checked.pop(key, None)
+        if command is not None and command.touch:
+            checked[key] = {"touched": [size for _, size in state]}
+            continue
+        if known == state or known == {"touched": [size for _, size in state]}:
+            checked[key] = state
+            continue
+        problem = check(path)
+        if problem:
+            problems.append(f"{problem}: make it again with --forcerun {path}")
+            splits = splits or rule == "split"
+        else:
+            checked[key] = state
+    if problems:
+        raise WorkflowError("a file made before was cut short or changed since its job wrote it: nothing ran, and "
+                            "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
+                            ("; if you edited a split on purpose, give your split as the split column of a CSV "
+                             "manifest, dataset.format: csv)" if splits else ")"))
+    write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
+
+
+def onnx_checked(command, path):
+    """Whether the model.onnx at ``path`` is checked at start: not where the command line may export it again without
+    naming it (--forcerun of a rule before it, --until, --omit-from), nor where its targets do not ask for it."""
+    if reruns_more_than_named(command):
+        return False
+    targets = {os.path.normpath(each) for each in (command.targets or ())} if command is not None else set()
+    return not targets or "all" in targets or os.path.normpath(path) in targets
+
+
+_COMMAND = snakemake_command_line(sys.argv) if CHECK_FILES else None
+if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND.touch)):
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
     _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits]
+    _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
+             if _COMMAND.touch or onnx_checked(_COMMAND, each)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
-                          *(("export_onnx", each, [each], damaged_onnx_problem)
-                            for each in (output_path(f"results/{run}/model.onnx") for run in RUNS))])
+                          *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx)], _COMMAND)
 
 def target_class_count():
     """How many classes the target model has, where known without reading images: dataset.classes as written,
