@@ -154,7 +154,7 @@ def command_line_config(config: dict, via: str) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in config.items()]
 
 
-def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile") -> str:
+def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile", check: bool = True) -> str:
     """What a dry run of ``config`` as written prints (any key left out takes the schema's default), the
     config given in a file or on the command line (:func:`command_line_config`)."""
     (tmp_path / "new_images").mkdir(exist_ok=True)  # predict.images must exist and hold an image (checked at start)
@@ -165,7 +165,7 @@ def dry_run_output(tmp_path: Path, config: dict, via: str = "configfile") -> str
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config if via == "configfile" else {}, sort_keys=False))
     given = [] if via == "configfile" else ["--config", *command_line_config(config, via)]
-    return run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES, *given).stdout
+    return run_snakemake(tmp_path, configfile, "-n", "--printshellcmds", *CORES, *given, check=check).stdout
 
 
 def dry_run(tmp_path: Path, config: dict, via: str = "configfile") -> list[tuple[str, dict]]:
@@ -745,6 +745,21 @@ def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_
     assert ("note: experiments.late: early_stopping_patience 3 with epochs 5: the run cannot stop early (the earliest "
             "stop is after epoch 5: 3 epochs without a better val_accuracy after epoch 2)") in output, output[-3000:]
     assert "experiments.long: early_stopping_patience" not in output
+
+
+def test_a_sweep_of_patiences_no_run_of_its_length_can_reach_is_refused(tmp_path):
+    """Patience 3 and 4 in 4 epochs: neither run can stop (the earliest stops would be after epochs 4 and 5), so both
+    train the same run under two names: refused, as a sweep of any value that changes nothing. Patience 1 and 3 in 4
+    epochs: the first can stop after epoch 2, two runs that differ."""
+    swept = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 4}}
+    output = dry_run_output(tmp_path, {**swept, "experiments": {"ft": {"sweep": {"early_stopping_patience": [3, 4]}}}},
+                            check=False)
+    assert ("experiments.ft.sweep.early_stopping_patience: runs ft-early_stopping_patience3 and "
+            "ft-early_stopping_patience4 would train the same run (with epochs 4 neither can stop early") in output, output[-3000:]
+    assert "Job stats" not in output
+    output = dry_run_output(tmp_path, {**swept, "experiments": {"ft": {"sweep": {"early_stopping_patience": [1, 3]}}}})
+    assert "would train the same run" not in output
+    assert len([job for job in commands(output) if job[0] == "train"]) == 2 * len(TINY_CONFIG.get("seeds", [0])), output[-3000:]
 
 
 def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):

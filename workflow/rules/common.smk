@@ -873,6 +873,23 @@ for _run in EXPERIMENTS:
             f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
             f"{_cfg['metric']} after epoch {_first})")
 
+# Two runs of one sweep that differ only in an early_stopping_patience neither can reach train the same run: refused,
+# as a sweep of any other value that changes nothing (finetune.configcheck's same-run check).
+_cannot_stop = {}
+for _run in EXPERIMENTS:
+    _cfg = experiment_config(_run)
+    _first = max(1, _cfg["unfreeze_epoch"]) if _cfg["strategy"] == "gradual" else 1
+    _patience = _cfg.get("early_stopping_patience")
+    if "early_stopping_patience" in ((config["experiments"][SWEEP_OF[_run]] or {}).get("sweep") or {}):
+        _same = {key: value for key, value in _cfg.items() if key != "early_stopping_patience"}
+        if not _patience or _first + _patience >= _cfg["epochs"]:
+            _other = _cannot_stop.setdefault((SWEEP_OF[_run], as_json(_same)), _run)
+            if _other != _run:
+                raise WorkflowError(
+                    f"experiments.{SWEEP_OF[_run]}.sweep.early_stopping_patience: runs {_other} and {_run} would train "
+                    f"the same run (with epochs {_cfg['epochs']} neither can stop early: the earliest stop is after "
+                    f"epoch {_first} + the patience); sweep only values that change the run")
+
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
 # decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly.
 _weights_crop = (("pretrain.image_size", config["pretrain"]["image_size"]) if config["weights"]["source"] == "pretrain"
