@@ -93,6 +93,12 @@ def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(t
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
     result = run_snakemake(tmp_path, None, "--configfile", str(first), str(second), "-n", "-p", timeout=120)
     assert '"epochs": 7' in result.stdout, result.stdout[-3000:]  # both read: the second's epochs, the first's data
+    # `--configfile=a.yaml b.yaml`: one config file and a target b.yaml (Snakemake said only that no rule makes it).
+    result = run_snakemake(tmp_path, None, f"--configfile={first}", str(second), "-n", check=False, timeout=120)
+    assert result.returncode != 0 and "MissingRuleException" not in result.stdout, result.stdout[-3000:]
+    assert (f"{second}: given as a target (a file to make), not as a config file: nothing ran. --configfile=a.yaml "
+            f"takes one file; give several after one --configfile without '=': --configfile a.yaml {second}") \
+        in result.stdout, result.stdout[-3000:]
 
 
 def test_a_command_line_option_that_replaces_a_profile_setting_whole_says_what_it_drops(tmp_path):

@@ -390,6 +390,15 @@ if workflow.is_main_process and not _as_module:
 
     for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(sys.argv)):
         say(_line)
+    # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
+    # makes b.yaml.
+    if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in sys.argv[1:]):
+        _yaml_targets = [each for each in getattr(snakemake_command_line(sys.argv), "targets", None) or []
+                         if each.endswith((".yaml", ".yml")) and os.path.isfile(each)]
+        if _yaml_targets:
+            raise WorkflowError(f"{', '.join(_yaml_targets)}: given as a target (a file to make), not as a config file: "
+                                "nothing ran. --configfile=a.yaml takes one file; give several after one "
+                                f"--configfile without '=': --configfile a.yaml {' '.join(_yaml_targets)}")
 
 
 wildcard_constraints:
