@@ -520,6 +520,10 @@ def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_unti
     assert "output: resources/splits/target.csv" in run_snakemake(workdir, config, "-nRsplit").stdout
     summary = run_snakemake(workdir, config, "--summary")
     assert "resources/splits/target.csv" in summary.stdout and "no longer holds" not in summary.stdout
+    # Another dataset.seed: the split is made again whatever it holds.
+    tiny_config(workdir, dataset={"seed": 1})
+    assert "output: resources/splits/target.csv" in run_snakemake(workdir, config, "-n").stdout
+    config = tiny_config(workdir)
     ran = run_snakemake(workdir, config, "--forcerun", "resources/splits/target.csv", "--printshellcmds",
                         "resources/splits/target.csv")
     assert jobs_run(ran.stdout) == ["split"] and split.read_bytes() == whole, ran.stdout[-3000:]

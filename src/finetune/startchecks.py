@@ -269,6 +269,18 @@ def damaged_split_problem(split_file: str | Path) -> str | None:
             f"{sum(expected.values())} in its report {report.name}: {why})")
 
 
+def split_made_again(split_file: str | Path, dataset_cfg: dict) -> bool:
+    """Whether the split job runs again whatever its file holds: the dataset's format, path, seed or classes as its
+    report recorded them differ from the config's now (its params changed). False where the report does not say."""
+    try:
+        report = json.loads(Path(split_file).with_suffix(".report.json").read_text())
+        recorded = (report["dataset"]["format"], report["dataset"]["path"], report["seed"], report["classes_written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded != (dataset_cfg.get("format"), dataset_cfg.get("path"), dataset_cfg.get("seed"),
+                        dataset_cfg.get("classes"))
+
+
 def label_mixups(labels: dict) -> list[str]:
     """``labels``: {class name: the labels its rows give}. One line for a class whose rows give several labels, and for
     a label given to several classes: each class is one label in every file a split job writes."""

@@ -84,8 +84,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
-                                  new_dataset_images, spacing_note, unreadable_images_problem, unreadable_line,
-                                  with_hints)
+                                  new_dataset_images, spacing_note, split_made_again, unreadable_images_problem,
+                                  unreadable_line, with_hints)
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -1262,7 +1262,8 @@ def onnx_checked(command, path):
 _COMMAND = snakemake_command_line(sys.argv) if CHECK_FILES else None
 if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND.touch)):
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
-    _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits]
+    _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits
+               if not split_made_again(output_path(f"resources/splits/{each}.csv"), dataset_config(each))]
     _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
              if _COMMAND.touch or onnx_checked(_COMMAND, each)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
