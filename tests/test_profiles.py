@@ -101,6 +101,26 @@ def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(t
         in result.stdout, result.stdout[-3000:]
 
 
+@pytest.mark.parametrize("argv, option, dest, kept", [
+    (["-nRtrain", "--forcer", "split"], "--forcerun", "forcerun", {"split"}),
+    (["--configfiles", "a.yaml", "--configfile", "b.yaml"], "--configfile", "configfile", ["b.yaml"]),
+    (["--res", "gpu=1", "--resources=mem_mb=9"], "--resources", "resources", ["mem_mb"]),
+    (["--omit-fr", "split", "-nO", "train"], "--omit-from", "omit_from", {"train"}),
+    (["--set-th", "train=1", "--set-threads", "evaluate=1"], "--set-threads", "set_threads", ["evaluate"]),
+])
+def test_an_option_given_twice_abbreviated_or_clustered_is_found_as_snakemake_reads_it(argv, option, dest, kept):
+    """Snakemake's own parser (abbreviations, clustered short options) keeps the last of the two alone; the check at
+    start names the option."""
+    from snakemake.cli import get_argument_parser
+
+    from finetune.userconfig import repeated_options
+
+    parsed = vars(get_argument_parser().parse_known_args(argv)[0])[dest]
+    assert (set(parsed) if isinstance(kept, set) else [str(each) for each in parsed]) == kept
+    lines = repeated_options(["snakemake", *argv])
+    assert len(lines) == 1 and lines[0].startswith(f"{option} is given 2 times"), lines
+
+
 def test_a_command_line_option_that_replaces_a_profile_setting_whole_says_what_it_drops(tmp_path):
     """`--resources mem_mb=8000` replaces the workflow profile's `resources:` whole: its `gpu: 1` (one GPU job at a
     time) no longer applied, without a word; so for --set-resources and the Slurm profile's per-rule settings. A note

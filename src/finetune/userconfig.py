@@ -7,6 +7,7 @@ it, so editing it reruns nothing).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 from pathlib import Path
@@ -386,18 +387,56 @@ LIST_OPTIONS = (("--configfile", "--configfiles"), ("--resources", "--res"), ("-
 
 
 def repeated_options(argv: list[str]) -> list[str]:
-    """The options of :data:`LIST_OPTIONS` a Snakemake command line gives more than once, one line each: Snakemake
-    keeps only the last one's words, so what the first ones set would be ignored. (``--config`` given twice is read
-    whole here, :func:`command_line_config`.)"""
+    """The options of :data:`LIST_OPTIONS` a Snakemake command line gives more than once, one line each (spelt in full
+    or abbreviated, alone or clustered: ``--forcer``, ``-nR``): Snakemake keeps only the last one's words, so what
+    the first ones set would be ignored. (``--config`` given twice is read whole here, :func:`command_line_config`.)"""
+    if sum(arg.startswith("-") for arg in argv[1:]) < 2:  # no option given twice: the parser is not built
+        return []
+    given = given_options(argv)
     found = []
     for names in LIST_OPTIONS:
-        given = [arg.split("=", 1)[0] for arg in argv[1:] if arg.split("=", 1)[0] in names]
-        if len(given) > 1:
+        dest = _snakemake_parser()._option_string_actions[names[0]].dest
+        spelt = [written for each, written in given if each == dest]
+        if len(spelt) > 1:
             words = {"--configfile": "files", "--forcerun": "rules or files", "--until": "rules or files",
                      "--omit-from": "rules or files"}.get(names[0], "settings")
-            found.append(f"{names[0]} is given {len(given)} times ({', '.join(given)}): Snakemake reads only the last "
+            found.append(f"{names[0]} is given {len(spelt)} times ({', '.join(spelt)}): Snakemake reads only the last "
                          f"one's {words}, so those of the first would be ignored. Give them all after one {names[0]}")
     return found
+
+
+@functools.lru_cache(maxsize=1)
+def _snakemake_parser():
+    from snakemake.cli import get_argument_parser
+
+    return get_argument_parser()
+
+
+def given_options(argv: list[str]) -> list[tuple[str, str]]:
+    """(Snakemake's name of the option, the option as written) for each option of a command line, read as Snakemake's
+    parser reads them: a long option abbreviated to a prefix of one option alone, short options clustered (``-nR``:
+    -n, then -R, whose value the rest of the word is, if any)."""
+    actions = _snakemake_parser()._option_string_actions
+    given = []
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            matches = {id(action): action for option, action in actions.items()
+                       if option.startswith("--") and option.startswith(name)}
+            action = actions.get(name) or (next(iter(matches.values())) if len(matches) == 1 else None)
+            if action is not None:
+                given.append((action.dest, name))
+        elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            for char in arg[1:]:
+                action = actions.get(f"-{char}")
+                if action is None:
+                    break
+                given.append((action.dest, f"-{char}"))
+                if action.nargs != 0:  # the rest of the word is its value
+                    break
+    return given
 
 
 # The settings of a profile that a command line's option of the same name replaces whole rather than entry by entry
@@ -429,11 +468,9 @@ def snakemake_command_line(argv: list[str]):
     import contextlib
     import io
 
-    from snakemake.cli import get_argument_parser
-
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            return get_argument_parser().parse_known_args(argv[1:])[0]
+            return _snakemake_parser().parse_known_args(argv[1:])[0]
     except SystemExit:
         return None
 
