@@ -132,6 +132,15 @@ def test_a_command_line_option_that_replaces_a_profile_setting_whole_says_what_i
     profile = REPO / "profiles" / "default" / "config.yaml"
     dropped = sorted(set(DEFAULT["resources"]) - {"mem_mb"})
     assert "gpu" in dropped
+    # What Snakemake itself then holds, read by a throwaway workflow given the same profile and option: no gpu.
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "Snakefile").write_text('print("RESOURCES", sorted(workflow.global_resources))\n'
+                                                   'rule all:\n    shell: "true"\n')
+    for given, has_gpu in (([], True), (["--resources", "mem_mb=8000"], False)):
+        probe = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--workflow-profile",
+                                str(REPO / "profiles" / "default"), *given], cwd=tmp_path / "probe", text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120).stdout
+        assert ("'gpu'" in probe.split("RESOURCES", 1)[1].splitlines()[0]) == has_gpu, probe[-2000:]
     assert (f"note: --resources on the command line replaces the resources of the profile {profile} whole: its "
             f"{', '.join(dropped)} no longer appl") in result.stdout, result.stdout[-3000:]
     result = run_snakemake(tmp_path, config, "--resources", "mem_mb=8000", *(f"{k}=1" for k in dropped), "-n",
