@@ -146,7 +146,10 @@ def demo_config() -> dict:
 
 
 def experiment_options(config: dict, experiment: str, seed: int) -> tuple[dict, bool, int | None]:
-    """The training loop's options of one demo run, as the train rule passes them; plus pretrained, image_size."""
+    """The training loop's options of one demo run, as the train rule passes them, on the CPU; plus pretrained,
+    image_size. The rows that train through them are CPU rows, against baselines that run on the CPU (the tutorial's
+    loop) and figures recomputed there: the demo's `device: auto` would train on a GPU where there is one (and
+    leave the model there), so that `make bench` would compare a GPU with a CPU, and fail, on a machine with one."""
     merged = {**config["train"], **config["experiments"][experiment]}
-    options = {k: v for k, v in merged.items() if k not in NOT_LOOP_OPTIONS} | {"seed": int(seed)}
+    options = {k: v for k, v in merged.items() if k not in NOT_LOOP_OPTIONS} | {"seed": int(seed), "device": "cpu"}
     return options, bool(merged.get("pretrained", True)), merged.get("image_size")

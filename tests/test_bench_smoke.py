@@ -138,6 +138,13 @@ def test_bench_smoke_measures_every_documented_row(tmp_path):
         assert rows.loc[f"transfer_acc_{experiment}", "ours"] == pytest.approx(ours, abs=1e-5), experiment
         assert rows.loc[f"transfer_acc_{experiment}", "baseline"] == pytest.approx(scratch, abs=1e-5), experiment
 
+    # CPU rows on any machine: every run the bench trained ran on the CPU, as its baselines do (the demo's
+    # `device: auto` trained on a GPU where there was one, left the model there, and the feature_extract row's CPU
+    # forward pass failed; only on a machine with a GPU can this line fail).
+    infos = {path: json.loads(path.read_text())["device"] for path in work.rglob("train_info.json")}
+    assert len([path for path in infos if path.is_relative_to(runs)]) == 3, infos  # the transfer rows' own runs
+    assert set(infos.values()) == {"cpu"}, infos
+
     # The table is printed too; with --keep the work files stay, in one folder beside the CSV and its JSON.
     assert "ratio" in result.stdout and "onnx_infer_img_per_s_b1" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["bench.csv", "bench.json"]
