@@ -401,6 +401,32 @@ def test_csv_missing_column(tmp_path):
     assert f"error: CSV manifest {manifest} lacks column(s) label; it has path, class" in result.stdout
 
 
+def test_a_manifest_path_stored_in_another_unicode_form_is_named_with_both_forms_at_start(tmp_path):
+    """A manifest written with 'é' as one character, of files copied from a Mac (its names 'e' and a combining
+    accent): the files are there, but not under the names written. The refusal at start says which rows, with both
+    forms in the characters' codes (they look alike), rather than only that the files do not exist."""
+    import unicodedata
+
+    made = make_images(tmp_path / "images", {"cat": 4, "dog": 4})
+    root = tmp_path / "images"
+    (root / "cat" / "001.png").rename(root / "cat" / unicodedata.normalize("NFD", "café.png"))
+    (root / "dog").rename(root / unicodedata.normalize("NFD", "dóg"))
+    rows = [f"cat/{p.name},cat" for p in made["cat"] if p.name != "001.png"] + ["cat/café.png,cat"]
+    rows += [f"dóg/{p.name},dog" for p in made["dog"]] + ["cat/lost.png,cat"]
+    manifest = root / "manifest.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "csv", "path": str(manifest)}})
+    result = run_snakemake(tmp_path / "run", config, "-n", check=False)
+    assert result.returncode != 0 and "names 6 image(s) that do not exist" in result.stdout, result.stdout[-3000:]
+    assert (". 5 row(s) name a file that is there with a name in another Unicode form" in result.stdout
+            and f"line 5: {ascii(str(root / 'cat' / 'café.png'))} in the manifest, "
+                f"{ascii(str(root / 'cat' / unicodedata.normalize('NFD', 'café.png')))} on disk" in result.stdout
+            and f"line 6: {ascii(str(root / 'dóg' / '000.png'))} in the manifest, "
+                f"{ascii(str(root / unicodedata.normalize('NFD', 'dóg') / '000.png'))} on disk" in result.stdout
+            and "lost.png' in the manifest" not in result.stdout), result.stdout[-3000:]
+    assert "nothing ran, and no split was made from it" in result.stdout
+
+
 def test_csv_path_that_does_not_exist(tmp_path):
     manifest = write_manifest_csv(tmp_path, good_rows() + ["cat/lost.png,cat", "dog/gone.png,dog"])
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from faults import make_images
-from helpers import REPO, copy_of_the_workflow, jobs_run, run_snakemake, tiny_config
+from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, jobs_run, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
@@ -527,6 +527,42 @@ def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_unti
     ran = run_snakemake(workdir, config, "--forcerun", "resources/splits/target.csv", "--printshellcmds",
                         "resources/splits/target.csv")
     assert jobs_run(ran.stdout) == ["split"] and split.read_bytes() == whole, ran.stdout[-3000:]
+
+
+def test_a_damaged_split_is_found_whatever_the_path_is_written_and_said_not_refused_from_python(tmp_path):
+    """Found by review: `dataset.path` written with a trailing slash (the split's report records it plain) counted as
+    another path, so the check was skipped and the run trained on the damaged split; `--touch -n` recorded the damaged
+    file as sound, so a dry run turned the check off for good; and Snakemake started from Python (its API, a wrapper
+    script) had the checks read the wrapper's own command line: the --forcerun the message asks for was refused, and
+    the wrapper's argument `config.yaml` was refused as a target. From Python the run's options are not known, so a
+    damaged file is said, not refused."""
+    workdir = tmp_path / "run"
+    config = tiny_config(workdir)
+    run_snakemake(workdir, config, "--printshellcmds", "resources/splits/target.csv")
+    split = workdir / "resources/splits/target.csv"
+    whole = split.read_bytes()
+    split.write_bytes(whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 6])  # the last row cut short
+    damaged = "resources/splits/target.csv no longer holds the split its job wrote"
+    slash = tiny_config(workdir, "slash.yaml", dataset={"path": TINY_CONFIG["dataset"]["path"] + "/"})
+    for configfile in (config, slash):
+        refused = run_snakemake(workdir, configfile, "-n", check=False)
+        assert refused.returncode != 0 and damaged in refused.stdout, refused.stdout[-3000:]
+    assert run_snakemake(workdir, config, "-n", "--touch").returncode == 0  # a dry run marks nothing
+    refused = run_snakemake(workdir, config, "-n", check=False)
+    assert refused.returncode != 0 and damaged in refused.stdout, refused.stdout[-3000:]
+
+    def from_python(*args):  # a wrapper script's own command line (`wrapper.py config.yaml`), Snakemake's given apart
+        code = "import sys; from snakemake.cli import main; main(sys.argv[2:])"
+        return subprocess.run([sys.executable, "-c", code, str(config), "--snakefile", str(REPO / "Snakefile"),
+                               "--directory", str(workdir), "--cores", "1", "--configfile", str(config), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+    planned = from_python("-n")
+    assert planned.returncode == 0 and f"note: {damaged}" in planned.stdout, planned.stdout[-3000:]
+    assert "started from Python" in planned.stdout and "output: resources/splits/target.csv" not in planned.stdout
+    forced = from_python("-n", "--forcerun", "resources/splits/target.csv")
+    assert forced.returncode == 0 and "output: resources/splits/target.csv" in forced.stdout, forced.stdout[-3000:]
+    assert split.read_bytes() != whole  # nothing ran
 
 
 def test_editing_a_csv_manifest_reruns_the_split_and_what_follows(tmp_path):

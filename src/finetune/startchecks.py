@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 from .configcheck import _by_experiment, _torchvision_weights_enums
@@ -320,3 +321,43 @@ def damaged_onnx_problem(path: str | Path) -> str | None:
     if lacks:
         return f"{path} lacks the {', '.join(lacks)} its export wrote"
     return None
+
+
+def stored_as(path: str) -> str | None:
+    """The file ``path`` names where it is not there as written but one of its names (the file's or a folder's above
+    it) is stored in another Unicode form: 'é' as one character written, 'e' and a combining accent on disk (as macOS
+    writes names), or the reverse. The path as stored, or None."""
+    here = Path(path).parts[0] if os.path.isabs(path) else "."
+    for part in Path(path).parts[1 if os.path.isabs(path) else 0:]:
+        step = os.path.join(here, part)
+        if not os.path.lexists(step):
+            try:
+                alike = sorted(name for name in os.listdir(here)
+                               if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", part))
+            except OSError:
+                return None
+            if not alike:
+                return None
+            step = os.path.join(here, alike[0])
+        here = step
+    return os.path.normpath(here) if os.path.exists(here) else None
+
+
+def other_unicode_form_hint(manifest: str | Path) -> str:
+    """For a CSV manifest whose rows name files not found: those of them found with a name in another Unicode form
+    (:func:`stored_as`), as a hint to end the message with ('' where none is)."""
+    from .data import manifest_lines
+
+    try:
+        lines = manifest_lines(str(manifest))
+    except Exception:  # the manifest's own problem is the message this would end
+        return ""
+    found = [(line, path, stored) for path, line in lines.items()
+             if not os.path.exists(path) and (stored := stored_as(path)) is not None]
+    if not found:
+        return ""
+    shown = "; ".join(f"line {line}: {ascii(written)} in the manifest, {ascii(stored)} on disk"
+                      for line, written, stored in found[:3]) + (" ..." if len(found) > 3 else "")
+    return (f". {len(found)} row(s) name a file that is there with a name in another Unicode form (an accented "
+            f"letter as one character, or as a letter and a combining accent, as macOS writes names; shown with the "
+            f"characters' codes): {shown}. Write those paths as the names are stored, or rename the files")

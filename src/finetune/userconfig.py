@@ -330,6 +330,15 @@ def command_line_targets(argv: list[str]) -> list[str]:
         return []
 
 
+def is_snakemake_command_line(argv: list[str]) -> bool:
+    """Whether ``argv`` (sys.argv) is the command line of the Snakemake running the workflow: the `snakemake` command,
+    or `python -m snakemake`; not that of a program of the user's calling Snakemake's Python API (snakemake.cli.main,
+    snakemake.api), which says nothing of the options Snakemake was given."""
+    first = os.path.normpath(argv[0]) if argv and argv[0] else ""
+    return (os.path.basename(first) in ("snakemake", "snakemake.exe")
+            or first.endswith(os.path.join("snakemake", "__main__.py")))
+
+
 def runs_no_job(argv: list[str]) -> bool:
     """Whether this Snakemake command line only unlocks, cleans up metadata, lists rules or lints."""
     return has_option(argv, RUNS_NO_JOB)

@@ -78,7 +78,7 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
-                                 once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
+                                 is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
                                  profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
                                  snakemake_command_line, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
@@ -86,6 +86,13 @@ from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
                                   new_dataset_images, spacing_note, split_made_again, unreadable_images_problem,
                                   unreadable_line, with_hints)
+
+# The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
+# program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
+# options: read as none given, and a damaged file found at start (below) is said, not refused, as the run's
+# --forcerun and targets are not known.
+COMMAND_KNOWN = is_snakemake_command_line(sys.argv)
+ARGV = sys.argv if COMMAND_KNOWN else sys.argv[:1]
 
 # A host's every `use rule ... from` statement reads this workflow again, with one config dict, which the first reading
 # changed (the schema's defaults filled in, paths expanded): each reading starts from the config as it was written, or
@@ -144,19 +151,19 @@ _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _a
 # config/config.yaml (the demo's) is read only by the workflow run as itself, its config not replaced by the user's.
 _checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") and not _as_module
                     and not REPLACES_WORKFLOW_CONFIG else []), *_config_files,
-                  *profile_files(sys.argv, os.environ, workflow.basedir)]
+                  *profile_files(ARGV, os.environ, workflow.basedir)]
 _duplicates = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
                for problem in duplicate_keys(file)]
-_duplicates += [f"--config: {problem}" for problem in command_line_duplicates(sys.argv)]
+_duplicates += [f"--config: {problem}" for problem in command_line_duplicates(ARGV)]
 if _duplicates:
     raise WorkflowError("a key is written twice in a config or profile file, or in --config (merge the two into one):\n"
                         + "\n".join(_duplicates))
 # `--configfile a.yaml --configfile b.yaml`: Snakemake reads b.yaml alone (each option taking a list keeps its last).
-if workflow.is_main_process and repeated_options(sys.argv):
-    raise WorkflowError("an option is given twice on the command line: nothing ran\n" + "\n".join(repeated_options(sys.argv)))
+if workflow.is_main_process and repeated_options(ARGV):
+    raise WorkflowError("an option is given twice on the command line: nothing ran\n" + "\n".join(repeated_options(ARGV)))
 # `--resources mem_mb=8000` replaces the workflow profile's `resources:` (its gpu: 1) whole, not key by key.
 if workflow.is_main_process:
-    for _line in profile_settings_replaced(sys.argv, profile_files(sys.argv, os.environ, workflow.basedir)):
+    for _line in profile_settings_replaced(ARGV, profile_files(ARGV, os.environ, workflow.basedir)):
         say(_line)
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
@@ -187,7 +194,7 @@ def module_part(given):
 
 if workflow.config_settings.config:
     _typed_cli = typed_command_line_config(workflow.config_settings.config)
-    update_config(_typed_cli, command_line_config(sys.argv) or {})
+    update_config(_typed_cli, command_line_config(ARGV) or {})
     update_config(config, module_part(_typed_cli))
     if _module_key is None:
         say("--config sets the host's config, and this module's config (its module block's `config:`) is "
@@ -388,12 +395,12 @@ def unknown_run_targets(targets):
 if workflow.is_main_process and not _as_module:
     from finetune.userconfig import command_line_targets
 
-    for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(sys.argv)):
+    for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(ARGV)):
         say(_line)
     # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
     # makes b.yaml.
-    if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in sys.argv[1:]):
-        _yaml_targets = [each for each in getattr(snakemake_command_line(sys.argv), "targets", None) or []
+    if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in ARGV[1:]):
+        _yaml_targets = [each for each in getattr(snakemake_command_line(ARGV), "targets", None) or []
                          if each.endswith((".yaml", ".yml")) and os.path.isfile(each)]
         if _yaml_targets:
             raise WorkflowError(f"{', '.join(_yaml_targets)}: given as a target (a file to make), not as a config file: "
@@ -912,12 +919,12 @@ if _at_crop and workflow.is_main_process:
 # dry run of the same command line. Not with --report-after-run: the workflow runs first.
 # The rules with outputs marked for the report (`report(...)`): a missing one stops `--report`.
 REPORT_RULES = ("evaluate", "lr_find", "summary")
-_making_report = (workflow.is_main_process and has_option(sys.argv, ("--report",))
-                  and not has_option(sys.argv, ("--report-after-run",)))
+_making_report = (workflow.is_main_process and has_option(ARGV, ("--report",))
+                  and not has_option(ARGV, ("--report-after-run",)))
 # What the notes below say, also written into the report (above its leaderboard), where the reader sees it.
 REPORT_NOTES = []
 if _making_report and first_time("report"):  # one dry run covers every instance where this workflow is a module
-    _pending = pending_jobs(sys.argv, os.getcwd(), REPORT_RULES)
+    _pending = pending_jobs(ARGV, os.getcwd(), REPORT_RULES)
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
@@ -960,7 +967,7 @@ if _making_report:  # each instance's own runs
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
-CHECK_FILES = workflow.is_main_process and not runs_no_job(sys.argv)
+CHECK_FILES = workflow.is_main_process and not runs_no_job(ARGV)
 if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
     _path = config["weights"]["path"]
     _what = ("is a folder, not a file" if os.path.isdir(_path) else
@@ -1139,11 +1146,12 @@ def check_manifest_at_start(key, cfg, split_file):
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
         return given_splits(cfg, split_file)
     from finetune.data import DataError, check_csv_manifest
+    from finetune.startchecks import other_unicode_form_hint
 
     try:
         given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
-        raise refused_at_start(str(exc), key, split_file)
+        raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file)
     refuse_unreadable_new_images(key, cfg, split_file)
     return given
 
@@ -1236,12 +1244,18 @@ def refuse_damaged_files(checks, command):
             splits = splits or rule == "split"
         else:
             checked[key] = state
-    if problems:
+    if problems and not COMMAND_KNOWN:
+        for problem in problems:
+            say(f"{problem} (a file made before, cut short or changed since its job wrote it: started from Python, "
+                "this run's --forcerun and targets are not known here, so it is not refused; every job after it "
+                "reruns once it is made again)")
+    elif problems:
         raise WorkflowError("a file made before was cut short or changed since its job wrote it: nothing ran, and "
                             "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
                             ("; if you edited a split on purpose, give your split as the split column of a CSV "
                              "manifest, dataset.format: csv)" if splits else ")"))
-    write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
+    if not workflow.output_settings.dryrun:  # a dry run changes nothing (`--touch -n` declares no file sound)
+        write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
 
 
 def onnx_checked(command, path):
@@ -1253,11 +1267,11 @@ def onnx_checked(command, path):
     return not targets or "all" in targets or os.path.normpath(path) in targets
 
 
-_COMMAND = snakemake_command_line(sys.argv) if CHECK_FILES else None
+_COMMAND = snakemake_command_line(ARGV) if CHECK_FILES else None
 if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND.touch)):
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
     _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits
-               if not split_made_again(output_path(f"resources/splits/{each}.csv"), dataset_config(each))]
+               if not split_made_again(output_path(f"resources/splits/{each}.csv"), split_dataset_config(each))]
     _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
              if _COMMAND.touch or onnx_checked(_COMMAND, each)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
