@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -99,6 +100,15 @@ def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(t
     assert (f"{second}: given as a target (a file to make), not as a config file: nothing ran. --configfile=a.yaml "
             f"takes one file; give several after one --configfile without '=': --configfile a.yaml {second}") \
         in result.stdout, result.stdout[-3000:]
+    # The same with paths relative to where Snakemake is started, its --directory elsewhere (found by review: the file
+    # was looked for in the working directory only, and Snakemake's MissingRuleException came back).
+    (tmp_path / "work").mkdir()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                             "work", "--cores", "1", f"--configfile={first.name}", second.name, "-n"], cwd=tmp_path,
+                            env={**os.environ, "PWD": str(tmp_path)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert result.returncode != 0 and "MissingRuleException" not in result.stdout, result.stdout[-3000:]
+    assert f"{second.name}: given as a target (a file to make), not as a config file" in result.stdout
 
 
 @pytest.mark.parametrize("argv, option, dest, kept", [

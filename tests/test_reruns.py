@@ -562,6 +562,18 @@ def test_a_damaged_split_is_found_whatever_the_path_is_written_and_said_not_refu
     assert "started from Python" in planned.stdout and "output: resources/splits/target.csv" not in planned.stdout
     forced = from_python("-n", "--forcerun", "resources/splits/target.csv")
     assert forced.returncode == 0 and "output: resources/splits/target.csv" in forced.stdout, forced.stdout[-3000:]
+    # A profile's forcerun (its settings are Snakemake's defaults) counts as the command line's; a listing of what
+    # changed runs no job, and is not refused; a report's dry run that is refused says why in the report's note.
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text("forcerun: [split]\n")
+    forced = run_snakemake(workdir, config, "-n", "--profile", str(profile))
+    assert "output: resources/splits/target.csv" in forced.stdout, forced.stdout[-3000:]
+    listed = run_snakemake(workdir, config, "--list-params-changes")
+    assert damaged not in listed.stdout, listed.stdout[-3000:]
+    report = run_snakemake(workdir, config, "--report", str(tmp_path / "report.html"), check=False)
+    assert ("its dry run failed: a file made before was cut short or changed since its job wrote it: nothing ran"
+            in report.stdout), report.stdout[-3000:]
     assert split.read_bytes() != whole  # nothing ran
 
 

@@ -267,6 +267,19 @@ class Pending(NamedTuple):
     new: dict[str, int]
 
 
+def failure_message(output: str) -> str:
+    """What a failed Snakemake run said: the lines of its error (`WorkflowError in file ...:` and what follows, up to
+    the traceback's first frame), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if re.match(r"^\w*(Error|Exception)\b", line)), None)
+    if start is not None:
+        said = lines[start + 1:]
+        said = said[:next((i for i, line in enumerate(said) if line.startswith("File \"")), len(said))]
+        if said:
+            return " ".join(said[:4]) + (" ..." if len(said) > 4 else "")
+    return lines[-1] if lines else ""
+
+
 def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tuple[str, ...] = (),
                  timeout: float = 120) -> Pending | str:
     """The jobs a dry run of this command line, report options left out, would run: what `--report` would show out
@@ -288,8 +301,7 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tupl
     except OSError as exc:
         return f"its dry run did not start: {exc}"
     if result.returncode != 0:
-        last = next((line for line in reversed((result.stderr + result.stdout).splitlines()) if line.strip()), "")
-        return f"its dry run failed: {last.strip()}"
+        return f"its dry run failed: {failure_message(result.stderr + result.stdout)}"
     if "Nothing to be done" in result.stdout + result.stderr:
         return Pending({}, {})
     lines = result.stdout.splitlines()
@@ -414,11 +426,13 @@ def repeated_options(argv: list[str]) -> list[str]:
     return found
 
 
-@functools.lru_cache(maxsize=1)
-def _snakemake_parser():
+@functools.lru_cache(maxsize=4)
+def _snakemake_parser(profiles: tuple[str, ...] = ()):
+    """Snakemake's own argument parser; with ``profiles`` (their files), their settings as its defaults, as Snakemake
+    reads them (the last, the workflow's profile, winning key by key)."""
     from snakemake.cli import get_argument_parser
 
-    return get_argument_parser()
+    return get_argument_parser(profiles=list(profiles) or None)
 
 
 def given_options(argv: list[str]) -> list[tuple[str, str]]:
@@ -471,22 +485,27 @@ def _option_words(argv: list[str], option: str) -> list[str] | None:
     return words if given else None
 
 
-def snakemake_command_line(argv: list[str]):
+def snakemake_command_line(argv: list[str], profiles: list = ()):
     """A Snakemake command line as Snakemake's own parser reads it (abbreviated options such as ``--forcer``, clustered
-    short ones such as ``-nR train``); None where it does not parse (Snakemake itself then says why)."""
+    short ones such as ``-nR train``), with the settings of ``profiles`` (their files, :func:`profile_files`) where
+    the command line does not give them (a profile's `forcerun: [split]`); None where it does not parse (Snakemake
+    itself then says why). A profile that does not parse here is left out."""
     import contextlib
     import io
 
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            return _snakemake_parser().parse_known_args(argv[1:])[0]
-    except SystemExit:
-        return None
+    for each in ([tuple(map(str, profiles))] if profiles else []) + [()]:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                return _snakemake_parser(each).parse_known_args(argv[1:])[0]
+        except SystemExit:
+            continue
+    return None
 
 
 # What a Snakemake command line does instead of running the DAG as it stands, or showing what that run would do
 # (Snakemake's parser's names): the files made before are not checked at start then.
-NOT_A_RUN = ("summary", "detailed_summary", "list_changes", "list_untracked", "dag", "rulegraph", "filegraph", "d3dag",
+NOT_A_RUN = ("summary", "detailed_summary", "list_changes", "list_untracked", "list_input_changes", "list_params_changes",
+             "list_conda_envs", "conda_create_envs_only", "conda_cleanup_envs", "dag", "rulegraph", "filegraph", "d3dag",
              "delete_all_output", "delete_temp_output", "report", "containerize", "archive", "generate_unit_tests",
              "print_compilation", "export_cwl", "unlock", "cleanup_metadata", "cleanup_shadow", "list_rules",
              "list_target_rules", "lint")

@@ -398,10 +398,11 @@ if workflow.is_main_process and not _as_module:
     for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(ARGV)):
         say(_line)
     # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
-    # makes b.yaml.
+    # makes b.yaml. The file is looked for where Snakemake was started too ($PWD), as it reads --configfile from there.
     if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in ARGV[1:]):
         _yaml_targets = [each for each in getattr(snakemake_command_line(ARGV), "targets", None) or []
-                         if each.endswith((".yaml", ".yml")) and os.path.isfile(each)]
+                         if each.endswith((".yaml", ".yml")) and (
+                             os.path.isfile(each) or os.path.isfile(os.path.join(os.environ.get("PWD", ""), each)))]
         if _yaml_targets:
             raise WorkflowError(f"{', '.join(_yaml_targets)}: given as a target (a file to make), not as a config file: "
                                 "nothing ran. --configfile=a.yaml takes one file; give several after one "
@@ -1267,7 +1268,7 @@ def onnx_checked(command, path):
     return not targets or "all" in targets or os.path.normpath(path) in targets
 
 
-_COMMAND = snakemake_command_line(ARGV) if CHECK_FILES else None
+_COMMAND = snakemake_command_line(ARGV, profile_files(ARGV, os.environ, workflow.basedir)) if CHECK_FILES else None
 if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND.touch)):
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
     _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits
