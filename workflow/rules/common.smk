@@ -78,8 +78,8 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
-                                 is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
-                                 profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
+                                 is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs,
+                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
                                  snakemake_command_line, stray_configfiles, stray_configfiles_hint,
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
@@ -1233,8 +1233,11 @@ def refuse_damaged_files(checks, command):
         if state is None or forced_to_run(command, workflow.modifier.modify_rulename(rule), path):
             continue
         known = checked.pop(key, None)
-        if command is not None and command.touch:
-            checked[key] = {"touched": [size for _, size in state]}
+        if command is not None and command.touch:  # `--touch -n` touches nothing, and declares nothing sound
+            if not workflow.output_settings.dryrun:
+                checked[key] = {"touched": [size for _, size in state]}
+            elif known is not None:
+                checked[key] = known
             continue
         if known == state or known == {"touched": [size for _, size in state]}:
             checked[key] = state
@@ -1255,8 +1258,7 @@ def refuse_damaged_files(checks, command):
                             "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
                             ("; if you edited a split on purpose, give your split as the split column of a CSV "
                              "manifest, dataset.format: csv)" if splits else ")"))
-    if not workflow.output_settings.dryrun:  # a dry run changes nothing (`--touch -n` declares no file sound)
-        write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
+    write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
 
 
 def onnx_checked(command, path):
