@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -15,7 +18,7 @@ import pytest
 import torch
 
 from faults import PREPROCESSING_32, split_and_weights, start_script, train_args
-from helpers import run_script
+from helpers import REPO, run_script
 
 pytestmark = [pytest.mark.gpu]
 
@@ -88,6 +91,23 @@ def test_resume_after_sigkill_on_cuda_ends_like_an_uninterrupted_run(inputs, tmp
     columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
     pd.testing.assert_frame_equal(pd.read_csv(resumed / "history.csv")[columns],
                                   pd.read_csv(reference / "history.csv")[columns], rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_cpu_run_on_a_gpu_machine_never_starts_cuda(inputs, tmp_path, device):
+    """A ``device: cpu`` train job, resume state and all, takes no CUDA context (GPU memory another job may need);
+    the same job with ``device: cuda`` does, which shows the probe can see it."""
+    script = str(REPO / "workflow" / "scripts" / "train.py")
+    args = train_args(inputs.split, inputs.manifest, tmp_path, OPTIONS | {"device": device}, tmp_path / "resume")
+    probe = ("import atexit, runpy, sys, torch\n"
+             "atexit.register(lambda: print('CUDA initialized:', torch.cuda.is_initialized(), flush=True))\n"
+             f"sys.argv = [{script!r}, *{args!r}]\n"
+             f"runpy.run_path({script!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stdout
+    assert json.loads((tmp_path / "train_info.json").read_text())["device"] == device
+    assert f"CUDA initialized: {device == 'cuda'}" in result.stdout.splitlines()[-1], result.stdout[-2000:]
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])

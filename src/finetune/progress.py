@@ -94,7 +94,7 @@ def resume_state(setup: _Setup, progress: Progress, epoch: int) -> dict:
     return {
         "epoch": epoch, "model": setup.trained.state_dict(), "optimizer": setup.optimizer.state_dict(),
         "scaler": setup.scaler.state_dict(), "shuffle": setup.shuffle.get_state(),
-        "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(),
+        "augment": setup.augment.get_state(), "mix": setup.mix.get_state(), "rng": rng_state(setup.place.device),
         "history": progress.history, "best": progress.best, "since_best": progress.since_best,
         **({"ema": setup.ema.state_dict()} if setup.ema is not None else {}),
     }
@@ -152,7 +152,7 @@ def restore_training_state(setup: _Setup, state: dict, resume_path: Path, log: C
         setup.mix.set_state(state["mix"])
     if setup.ema is not None:
         setup.ema.load_state_dict(state["ema"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], setup.place.device)
 
 
 def _first_line(exc: Exception) -> str:
@@ -173,16 +173,18 @@ def load_resume(resume_path: Path, log: Callable[[str], None]) -> dict | None:
         return None
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The global generators' states; CUDA's only for a run on CUDA: reading them starts CUDA (a context and
+    its GPU memory), which a ``device: cpu`` run on a machine with a GPU never needs."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state_all(state["cuda"])
