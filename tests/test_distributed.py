@@ -508,3 +508,31 @@ def test_device_settings_a_machine_cannot_run_follow_from_its_gpu_count(gpus):
         else:
             assert f"but it has {gpus}: set" in problem
     assert needs_gpus(settings) and not needs_gpus({"k": ("cpu", 4, "d"), "a": ("auto", 1, "d")})
+
+
+@pytest.mark.parametrize("cores", [None, 1, 2, 8, 16])
+@pytest.mark.parametrize("threads", [(16, 16), (8, 16), (16, 2), (1, 1)], ids=lambda t: f"train{t[0]}-data{t[1]}")
+@pytest.mark.parametrize("scheduled", [{"train": 2, "evaluate": 2, "export_onnx": 2, "split": 2, "pretrain": 1},
+                                       {"train": 1, "evaluate": 1, "export_onnx": 1, "decode": 1},
+                                       {"train": 1, "lr_find": 1, "pretrain": 1}, {"evaluate": 3}, {"split": 4}],
+                         ids=["two_runs", "one_run", "one_train", "evaluations", "cpu_only"])
+def test_the_note_on_jobs_that_hold_every_core_on_a_gpu_machine_names_exactly_the_jobs_that_wait(cores, threads,
+                                                                                                 scheduled):
+    """side_by_side_note (said at start where the jobs train on this machine's GPU), against the rule written out
+    here: a threads key whose jobs hold every core given, where two of its jobs could run at once (two train jobs;
+    two of evaluate and export_onnx together) and --cores allows two jobs at all."""
+    from finetune.startchecks import side_by_side_note
+
+    config_threads = {"train": threads[0], "data": threads[1]}
+    rules = {"train": ["train"], "data": ["evaluate", "export_onnx"]}
+    expected = [key for key, names in rules.items() if cores and cores >= 2 and config_threads[key] >= cores
+                and sum(scheduled.get(name, 0) for name in names) >= 2]
+    note = side_by_side_note(cores, config_threads, scheduled)
+    if not expected:
+        assert note is None, note
+        return
+    assert note.startswith(" and ".join(f"threads.{key} {config_threads[key]}" for key in expected) + " take")
+    assert f"all {cores} cores given (--cores {cores})" in note
+    waiting = [f"{scheduled[name]} {name}" for key in expected for name in rules[key] if scheduled.get(name)]
+    assert f"the {', '.join(waiting[:-1]) + ' and ' + waiting[-1] if len(waiting) > 1 else waiting[0]} jobs" in note
+    assert f"with {' and '.join(f'threads.{key}' for key in expected)} {cores // 2} (half the cores)" in note

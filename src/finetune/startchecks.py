@@ -361,3 +361,37 @@ def other_unicode_form_hint(manifest: str | Path) -> str:
     return (f". {len(found)} row(s) name a file that is there with a name in another Unicode form (an accented "
             f"letter as one character, or as a letter and a combining accent, as macOS writes names; shown with the "
             f"characters' codes): {shown}. Write those paths as the names are stored, or rename the files")
+
+
+def nvidia_driver_loaded() -> bool:
+    """Whether this machine has NVIDIA's driver loaded (a GPU may be there): asked of the file system, in no time,
+    before torch is asked, which takes seconds."""
+    return os.path.isdir("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+# The rules whose jobs use the GPU, or torch beside it, by the threads key their jobs hold; two jobs of a key can be
+# independent: two runs' train jobs, or a run's evaluate and export_onnx (pretrain and lr_find come before the
+# train jobs that need them).
+GPU_SIDE_RULES = {"train": ("train",), "data": ("evaluate", "export_onnx")}
+
+
+def side_by_side_note(cores: int | None, threads: dict, scheduled: dict) -> str | None:
+    """For a run on one machine whose jobs train on its GPU: where independent GPU-side jobs this run starts each
+    hold every core given (threads.train or threads.data >= --cores), Snakemake runs them one at a time and the GPU
+    waits while each starts (imports, reading its inputs) and ends (writing); with half the cores they run side by
+    side. Said, not changed: the threads are the user's. ``threads``: config's threads; ``scheduled``: {rule: jobs}."""
+    if not cores or cores < 2:
+        return None
+    held = {key: {rule: scheduled[rule] for rule in rules if scheduled.get(rule)}
+            for key, rules in GPU_SIDE_RULES.items()
+            if threads.get(key, 0) >= cores and sum(scheduled.get(rule, 0) for rule in rules) >= 2}
+    if not held:
+        return None
+    jobs = [f"{count} {rule}" for rules in held.values() for rule, count in rules.items()]
+    listed = ", ".join(jobs[:-1]) + " and " + jobs[-1] if len(jobs) > 1 else jobs[0]
+    written = " and ".join(f"threads.{key} {threads[key]}" for key in held)
+    return (f"{written} {'take' if len(held) > 1 else 'takes'} all {cores} cores given (--cores {cores}): the {listed} "
+            "jobs of this run will run one at a time, the GPU waiting while each starts and ends; with "
+            f"{' and '.join(f'threads.{key}' for key in held)} {max(1, cores // 2)} (half the cores) they would run "
+            "side by side (a 224-px DAG of two experiments on an H200: 108 s with 16 threads a job on 16 cores, 55 s with "
+            "8; README, \"On a GPU\")")

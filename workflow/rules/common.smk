@@ -84,8 +84,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
-                                  new_dataset_images, spacing_note, split_made_again, unreadable_images_problem,
-                                  unreadable_line, with_hints)
+                                  new_dataset_images, nvidia_driver_loaded, side_by_side_note, spacing_note,
+                                  split_made_again, unreadable_images_problem, unreadable_line, with_hints)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -1474,10 +1474,19 @@ def scheduled_device_keys():
     return devices, nodes
 
 
+_VISIBLE_GPUS = []  # visible_gpus' answer, once asked
+
+
 def visible_gpus():
     """The CUDA devices the jobs of this machine would see, asked of torch in a process of its own (this one stays
     without torch: a run with nothing to do starts in a fraction of a second); None where torch does not answer (it
-    does not import, a driver hangs): the jobs then say what is wrong."""
+    does not import, a driver hangs): the jobs then say what is wrong. Asked once a run."""
+    if not _VISIBLE_GPUS:
+        _VISIBLE_GPUS.append(_ask_torch_for_gpus())
+    return _VISIBLE_GPUS[0]
+
+
+def _ask_torch_for_gpus():
     import subprocess
 
     try:
@@ -1487,6 +1496,29 @@ def visible_gpus():
         return None
     answer = asked.stdout.strip()
     return int(answer) if asked.returncode == 0 and answer.isdigit() else None
+
+
+def trains_on_this_gpu():
+    """Whether a job this run starts here trains or evaluates on a GPU: device cuda, or auto on a machine whose
+    NVIDIA driver is loaded and where torch sees a GPU (torch is asked only there: no start-up cost on the CPU)."""
+    devices, _ = scheduled_device_keys()
+    kinds = {device for device, _, _ in devices.values()}
+    return "cuda" in kinds or ("auto" in kinds and nvidia_driver_loaded() and (visible_gpus() or 0) > 0)
+
+
+def side_by_side_note_here():
+    """side_by_side_note for this run's jobs, where they train on this machine's GPU. A job asking for as many of the
+    `gpu` resource as the run has (the local profile's gpu: 1, a train job with device cuda) runs beside no other such
+    job whatever its threads: not counted."""
+    limit = workflow.global_resources.get("gpu")
+    limit = getattr(limit, "value", limit)
+    scheduled = {}
+    for job in workflow.dag.needrun_jobs():
+        gpus = job.resources.get("gpu", 0) or 0
+        if not (gpus and isinstance(limit, int) and limit < 2 * gpus):
+            scheduled[job.rule.name] = scheduled.get(job.rule.name, 0) + 1
+    note = side_by_side_note(given_cores(), config["threads"], scheduled)
+    return note if note and trains_on_this_gpu() else None
 
 
 def local_run_problems():
@@ -1588,6 +1620,9 @@ onstart:
                        cluster_run_problems() + slurm_gpu_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
+        _side_by_side = side_by_side_note_here() if workflow.local_exec else None
+        if _side_by_side:
+            say(_side_by_side)
 
 
 def unreadable_predictions_notes():
