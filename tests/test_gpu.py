@@ -107,7 +107,7 @@ def test_a_cpu_run_on_a_gpu_machine_never_starts_cuda(inputs, tmp_path, device):
                             timeout=600, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert result.returncode == 0, result.stdout
     assert json.loads((tmp_path / "train_info.json").read_text())["device"] == device
-    assert f"CUDA initialized: {device == 'cuda'}" in result.stdout.splitlines()[-1], result.stdout[-2000:]
+    assert f"CUDA initialized: {device == 'cuda'}" in result.stdout.splitlines(), result.stdout[-2000:]
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])

@@ -473,6 +473,20 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     assert equal_states(result.best_state, snapshot(shorter_model))
 
 
+def test_a_run_whose_patience_runs_out_at_its_last_epoch_did_not_stop_early(tiny):
+    """Patience reached at the last epoch ends nothing that was not ending: stopped_early false, no early-stopping
+    line. The case is built from a longer run of the same seed (constant lr: the same epochs), which stops early."""
+    patience = 2
+    longer = run_fit(tiny, make_model(tiny), epochs=12, early_stopping_patience=patience, **EARLY_STOPPING)
+    assert longer.stopped_early, "the case: the longer run stops patience epochs after its best"
+    epochs, lines = len(longer.history), []
+    result = run_fit(tiny, make_model(tiny), epochs=epochs, early_stopping_patience=patience, log=lines.append,
+                     **EARLY_STOPPING)
+    assert strip(result.history) == strip(longer.history) and result.best_epoch == longer.best_epoch
+    assert not result.stopped_early and len(result.history) == epochs
+    assert not any(line.startswith("early stopping") for line in lines), lines
+
+
 def test_early_stopping_lets_gradual_train_its_backbone_patience_epochs_after_the_unfreeze(tiny):
     """A run whose metric never improves after its first epoch (lr 1e-30, below float32 rounding, BatchNorm frozen: every epoch scores the
     same) would stop in its head-only phase, its backbone never trained; with gradual the count starts again

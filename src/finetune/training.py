@@ -148,7 +148,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     # epoch, a run stopped before its outputs were written trains no more: it ends as it would have.
     ended = progress.ended or {}
     stopped_early = ended.get("stopped_early", False) if progress.ended else (
-        bool(progress.history) and stops_early(opts, progress, log))
+        bool(progress.history) and progress.start_epoch < opts.epochs and stops_early(opts, progress, log))
     trainable, total = _parameter_counts(setup, progress.start_epoch - 1) if progress.history else (0, 0)
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     epochs_started_at = time.time()
@@ -171,7 +171,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
                 break
             if resume_path is not None and ranks.main:
                 save_resume(resume_path, resume_state(setup, progress, epoch))
-            if stops_early(opts, progress, log):
+            if epoch + 1 < last and stops_early(opts, progress, log):  # after its last epoch a run stops anyway
                 stopped_early = True
                 break
     if resume_path is not None and ranks.main and progress.ended is None:  # ended: the state shrinks to what ends it
