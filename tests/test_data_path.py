@@ -752,6 +752,36 @@ def test_streaming_from_the_decoded_file_trains_exactly_like_the_in_memory_path(
         assert torch.equal(value, results[1].best_state[key]), key
 
 
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("augment", [False, True], ids=["crops", "stored_squares"])
+def test_rows_read_for_the_gpu_are_the_decoded_images_viewed_as_stored_without_a_host_copy(tiny_run, augment):
+    """What training copies to a GPU from a decoded file (finetune.training._stored_rows, _images_to), against the
+    images decoded here from the image files: the same pixels, as a view of the rows as stored (channels last; the
+    GPU lays them out), or contiguous where a whole split is moved."""
+    import torch
+
+    from finetune.stages import load_split_tensors
+    from finetune.tensors import Preprocessing
+    from finetune.training import _images_to, _stored_rows
+    from finetune.weights import read_manifest
+
+    prep = Preprocessing.from_dict(read_manifest(tiny_run / "resources/weights/manifest.json")["preprocessing"])
+    split = tiny_run / "resources/splits/target.csv"
+    decoded = (tiny_run / "resources/decoded/target/native/images.npy", tiny_run / "resources/decoded/target/native/info.json")
+    uncropped = ("train",) if augment else ()
+    in_memory = load_split_tensors(split, prep, 1, splits=("train",), decoded=decoded, uncropped=uncropped)[0]["train"]
+    streamed = load_split_tensors(split, prep, 1, splits=("train",), decoded=decoded, stream=True,
+                                  uncropped=uncropped)[0]["train"]
+    if not augment:  # the centre crops: decoded here from the image files, not from the decoded file
+        assert torch.equal(in_memory.images, load_split_tensors(split, prep, 1, splits=("train",))[0]["train"].images)
+    index = torch.tensor([3, 0, 5, 1, 5])
+    rows = _stored_rows(streamed.images, index)
+    assert torch.equal(rows, in_memory.images[index])
+    assert not rows.is_contiguous() and rows.permute(0, 2, 3, 1).is_contiguous(), rows.stride()
+    whole = _images_to(streamed.images, torch.device("cpu"))
+    assert whole.is_contiguous() and torch.equal(whole, in_memory.images)
+
+
 MEMORY_PROBE = """
 import sys, torch
 from pathlib import Path

@@ -93,6 +93,36 @@ def test_resume_after_sigkill_on_cuda_ends_like_an_uninterrupted_run(inputs, tmp
                                   pd.read_csv(reference / "history.csv")[columns], rtol=1e-5)
 
 
+# Runs the train script with the size under which a split's images sit on the GPU whole set to argv[1].
+RESIDENT_BYTES_PROBE = """import runpy, sys
+from finetune import training
+training.GPU_RESIDENT_BYTES = int(sys.argv[1])
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_decoded_file_trains_the_same_on_the_gpu_whole_or_streamed_through_pinned_memory(inputs, tmp_path):
+    """The two ways a decoded file reaches the GPU, both copied as stored (channels last) and laid out there: whole
+    (a small split) or batch by batch through pinned memory. Deterministic kernels: the same epochs exactly."""
+    npy, info = tmp_path / "decoded.npy", tmp_path / "decoded.json"
+    decoded = run_script("decode", "--split", str(inputs.split), "--manifest", str(inputs.manifest),
+                         "--out-images", str(npy), "--out-info", str(info))
+    assert decoded.returncode == 0, decoded.stdout
+    options = OPTIONS | {"epochs": 3, "deterministic": True, "amp": "bf16", "channels_last": True, "augment": True}
+    script, histories = str(REPO / "workflow" / "scripts" / "train.py"), {}
+    for name, resident_bytes in (("whole", 2 * 1024**3), ("streamed", 0)):
+        args = [*train_args(inputs.split, inputs.manifest, tmp_path / name, options), "--decoded", str(npy), str(info)]
+        result = subprocess.run([sys.executable, "-c", RESIDENT_BYTES_PROBE, str(resident_bytes), script, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        assert result.returncode == 0, result.stdout
+        histories[name] = pd.read_csv(tmp_path / name / "history.csv")
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+    assert all(math.isfinite(v) for v in histories["whole"][["train_loss", "val_loss"]].to_numpy().ravel())
+    pd.testing.assert_frame_equal(histories["streamed"][columns], histories["whole"][columns], check_exact=True)
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_a_cpu_run_on_a_gpu_machine_never_starts_cuda(inputs, tmp_path, device):
     """A ``device: cpu`` train job, resume state and all, takes no CUDA context (GPU memory another job may need);
