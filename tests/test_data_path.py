@@ -754,7 +754,8 @@ def test_streaming_from_the_decoded_file_trains_exactly_like_the_in_memory_path(
 
 @pytest.mark.fashion_mnist
 @pytest.mark.parametrize("augment", [False, True], ids=["crops", "stored_squares"])
-def test_rows_read_for_the_gpu_are_the_decoded_images_viewed_as_stored_without_a_host_copy(tiny_run, augment):
+def test_rows_read_for_the_gpu_are_the_decoded_images_viewed_as_stored_without_a_host_copy(tiny_run, augment,
+                                                                                             monkeypatch):
     """What training copies to a GPU from a decoded file (finetune.training._stored_rows, _images_to), against the
     images decoded here from the image files: the same pixels, as a view of the rows as stored (channels last; the
     GPU lays them out), or contiguous where a whole split is moved."""
@@ -762,6 +763,7 @@ def test_rows_read_for_the_gpu_are_the_decoded_images_viewed_as_stored_without_a
 
     from finetune.stages import load_split_tensors
     from finetune.tensors import Preprocessing
+    from finetune import training
     from finetune.training import _images_to, _stored_rows
     from finetune.weights import read_manifest
 
@@ -778,6 +780,9 @@ def test_rows_read_for_the_gpu_are_the_decoded_images_viewed_as_stored_without_a
     rows = _stored_rows(streamed.images, index)
     assert torch.equal(rows, in_memory.images[index])
     assert not rows.is_contiguous() and rows.permute(0, 2, 3, 1).is_contiguous(), rows.stride()
+    # moved whole in parts of 3 images (the last one shorter): each laid out in place
+    assert len(in_memory.images) % 3
+    monkeypatch.setattr(training, "RESIDENT_COPY_BYTES", 3 * in_memory.images[0].numel())
     whole = _images_to(streamed.images, torch.device("cpu"))
     assert whole.is_contiguous() and torch.equal(whole, in_memory.images)
 

@@ -510,29 +510,42 @@ def test_device_settings_a_machine_cannot_run_follow_from_its_gpu_count(gpus):
     assert needs_gpus(settings) and not needs_gpus({"k": ("cpu", 4, "d"), "a": ("auto", 1, "d")})
 
 
-@pytest.mark.parametrize("cores", [None, 1, 2, 8, 16])
-@pytest.mark.parametrize("threads", [(16, 16), (8, 16), (16, 2), (1, 1)], ids=lambda t: f"train{t[0]}-data{t[1]}")
-@pytest.mark.parametrize("scheduled", [{"train": 2, "evaluate": 2, "export_onnx": 2, "split": 2, "pretrain": 1},
-                                       {"train": 1, "evaluate": 1, "export_onnx": 1, "decode": 1},
-                                       {"train": 1, "lr_find": 1, "pretrain": 1}, {"evaluate": 3}, {"split": 4}],
-                         ids=["two_runs", "one_run", "one_train", "evaluations", "cpu_only"])
-def test_the_note_on_jobs_that_hold_every_core_on_a_gpu_machine_names_exactly_the_jobs_that_wait(cores, threads,
-                                                                                                 scheduled):
-    """side_by_side_note (said at start where the jobs train on this machine's GPU), against the rule written out
-    here: a threads key whose jobs hold every core given, where two of its jobs could run at once (two train jobs;
-    two of evaluate and export_onnx together) and --cores allows two jobs at all."""
+TWO_RUNS = {"train": 2, "evaluate": 2, "export_onnx": 2, "split": 2, "pretrain": 1, "summary": 1}
+ONE_RUN = {"train": 1, "evaluate": 1, "export_onnx": 1, "lr_find": 1, "decode": 1}
+
+
+@pytest.mark.parametrize("case", [
+    # cores, (threads.train, threads.data), jobs, on the GPU, taking the whole gpu resource: the pairs that wait
+    (16, (16, 16), TWO_RUNS, {"train", "evaluate"}, set(),
+     ["train and train", "train and evaluate", "train and export_onnx", "evaluate and evaluate",
+      "evaluate and export_onnx"]),
+    (16, (8, 8), TWO_RUNS, {"train", "evaluate"}, set(), []),
+    (16, (12, 8), TWO_RUNS, {"train"}, set(), ["train and train", "train and evaluate", "train and export_onnx"]),
+    (16, (16, 1), TWO_RUNS, {"train"}, {"train"}, ["train and evaluate", "train and export_onnx"]),
+    (16, (16, 1), TWO_RUNS, {"train", "evaluate"}, {"train", "evaluate"}, ["train and export_onnx"]),
+    (4, (4, 4), ONE_RUN, {"train"}, set(), []),  # evaluate on the CPU: its export beside it is no GPU's wait
+    (4, (4, 4), ONE_RUN, {"train", "evaluate"}, set(), ["evaluate and export_onnx"]),
+    (4, (4, 4), {"train": 1, "lr_find": 1}, {"train"}, set(), []),  # lr_find comes before its run's train job
+    (4, (4, 4), TWO_RUNS, set(), set(), []),  # nothing on the GPU
+    (None, (4, 4), TWO_RUNS, {"train"}, set(), []),  # no --cores (a cluster's run)
+    (1, (4, 4), TWO_RUNS, {"train"}, set(), []),
+], ids=lambda case: "-".join(map(str, case[:2])) + f"-{sorted(case[3])}-{sorted(case[4])}")
+def test_the_note_on_jobs_that_cannot_run_beside_a_gpu_job_names_those_pairs_and_the_threads_to_halve(case):
+    """side_by_side_note (said at start on a machine whose GPU this run's jobs use), against cases worked out here:
+    two jobs that could run at once (two runs' trains; a train and another run's evaluate or export; evaluate and
+    export), one on the GPU, not both holding the whole gpu resource, whose threads add up to more than --cores."""
     from finetune.startchecks import side_by_side_note
 
-    config_threads = {"train": threads[0], "data": threads[1]}
-    rules = {"train": ["train"], "data": ["evaluate", "export_onnx"]}
-    expected = [key for key, names in rules.items() if cores and cores >= 2 and config_threads[key] >= cores
-                and sum(scheduled.get(name, 0) for name in names) >= 2]
-    note = side_by_side_note(cores, config_threads, scheduled)
-    if not expected:
+    cores, (train, data), scheduled, on_gpu, whole_gpu, waiting = case
+    threads = {"train": train, "data": data}
+    note = side_by_side_note(cores, threads, scheduled, on_gpu, whole_gpu)
+    if not waiting:
         assert note is None, note
         return
-    assert note.startswith(" and ".join(f"threads.{key} {config_threads[key]}" for key in expected) + " take")
-    assert f"all {cores} cores given (--cores {cores})" in note
-    waiting = [f"{scheduled[name]} {name}" for key in expected for name in rules[key] if scheduled.get(name)]
-    assert f"the {', '.join(waiting[:-1]) + ' and ' + waiting[-1] if len(waiting) > 1 else waiting[0]} jobs" in note
-    assert f"with {' and '.join(f'threads.{key}' for key in expected)} {cores // 2} (half the cores)" in note
+    key_of = {"train": "train", "evaluate": "data", "export_onnx": "data"}
+    involved = {key_of[rule] for pair in waiting for rule in pair.split(" and ")}
+    # the keys to lower: those of the waiting pairs above half the cores (one at half or below leaves room already)
+    halve = [key for key in ("train", "data") if key in involved and min(threads[key], cores) > cores // 2]
+    assert note.startswith(" and ".join(f"threads.{key} {threads[key]}" for key in halve) + f" on --cores {cores}:")
+    assert f"could run at once ({', '.join(waiting)}) run one at a time" in note, note
+    assert f"with {' and '.join(f'threads.{key}' for key in halve)} {cores // 2} (half the cores)" in note, note

@@ -117,6 +117,9 @@ def test_a_decoded_file_trains_the_same_on_the_gpu_whole_or_streamed_through_pin
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
                                 env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         assert result.returncode == 0, result.stdout
+        read = "copied to the GPU" if name == "whole" else "read from the decoded file batch by batch"
+        assert any(line.startswith("trainable parameters:") and read in line for line in result.stdout.splitlines()), \
+            result.stdout[-3000:]
         histories[name] = pd.read_csv(tmp_path / name / "history.csv")
     columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
     assert all(math.isfinite(v) for v in histories["whole"][["train_loss", "val_loss"]].to_numpy().ravel())

@@ -369,29 +369,46 @@ def nvidia_driver_loaded() -> bool:
     return os.path.isdir("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
-# The rules whose jobs use the GPU, or torch beside it, by the threads key their jobs hold; two jobs of a key can be
-# independent: two runs' train jobs, or a run's evaluate and export_onnx (pretrain and lr_find come before the
-# train jobs that need them).
-GPU_SIDE_RULES = {"train": ("train",), "data": ("evaluate", "export_onnx")}
+# The jobs that can run beside one another in a run, by rule, and the threads key each holds (lr_find, a short job
+# before its run's train job, is left out).
+SIDE_BY_SIDE_RULES = {"train": "train", "evaluate": "data", "export_onnx": "data"}
 
 
-def side_by_side_note(cores: int | None, threads: dict, scheduled: dict) -> str | None:
-    """For a run on one machine whose jobs train on its GPU: where independent GPU-side jobs this run starts each
-    hold every core given (threads.train or threads.data >= --cores), Snakemake runs them one at a time and the GPU
-    waits while each starts (imports, reading its inputs) and ends (writing); with half the cores they run side by
-    side. Said, not changed: the threads are the user's. ``threads``: config's threads; ``scheduled``: {rule: jobs}."""
+def _could_overlap(first: str, second: str, scheduled: dict) -> bool:
+    """Whether a job of ``first`` and one of ``second`` can run at once in a run of ``scheduled`` {rule: jobs}: two
+    runs' train jobs; a train job and another run's evaluate or export; a run's evaluate and export_onnx (they
+    need only its model); two runs' evaluate or export jobs."""
+    count = lambda rule: scheduled.get(rule, 0)  # noqa: E731
+    if first == second:
+        return count(first) >= 2
+    if "train" in (first, second):
+        return count("train") >= 2 and count(second if first == "train" else first) >= 1
+    return count(first) >= 1 and count(second) >= 1
+
+
+def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu: set, whole_gpu: set) -> str | None:
+    """For a run on one machine: where two of its jobs that could run at once, one of them on the GPU, cannot for
+    their threads (threads.train and threads.data add up to more than --cores), Snakemake runs them one at a time and
+    the GPU waits while the other works on the CPU, starts or ends; with half the cores each they run side by side.
+    Said, not changed: the threads are the user's. ``scheduled``: {rule: jobs} of the run; ``on_gpu``: the rules
+    whose jobs use the GPU; ``whole_gpu``: those whose jobs each take every GPU the run has (the `gpu` resource),
+    which run one at a time whatever their threads."""
     if not cores or cores < 2:
         return None
-    held = {key: {rule: scheduled[rule] for rule in rules if scheduled.get(rule)}
-            for key, rules in GPU_SIDE_RULES.items()
-            if threads.get(key, 0) >= cores and sum(scheduled.get(rule, 0) for rule in rules) >= 2}
-    if not held:
+    rules = list(SIDE_BY_SIDE_RULES)
+    blocked = [(first, second) for i, first in enumerate(rules) for second in rules[i:]
+               if (first in on_gpu or second in on_gpu) and not (first in whole_gpu and second in whole_gpu)
+               and _could_overlap(first, second, scheduled)
+               and sum(min(threads[SIDE_BY_SIDE_RULES[rule]], cores) for rule in (first, second)) > cores]
+    if not blocked:
         return None
-    jobs = [f"{count} {rule}" for rules in held.values() for rule, count in rules.items()]
-    listed = ", ".join(jobs[:-1]) + " and " + jobs[-1] if len(jobs) > 1 else jobs[0]
-    written = " and ".join(f"threads.{key} {threads[key]}" for key in held)
-    return (f"{written} {'take' if len(held) > 1 else 'takes'} all {cores} cores given (--cores {cores}): the {listed} "
-            "jobs of this run will run one at a time, the GPU waiting while each starts and ends; with "
-            f"{' and '.join(f'threads.{key}' for key in held)} {max(1, cores // 2)} (half the cores) they would run "
-            "side by side (a 224-px DAG of two experiments on an H200: 108 s with 16 threads a job on 16 cores, 55 s with "
-            "8; README, \"On a GPU\")")
+    # the keys to halve: those of the blocked pairs above half the cores (two at half fit; one at most half leaves room)
+    keys = [key for key in ("train", "data") if min(threads[key], cores) > cores // 2
+            and any(SIDE_BY_SIDE_RULES[rule] == key for pair in blocked for rule in pair)]
+    written = " and ".join(f"threads.{key} {threads[key]}" for key in keys)
+    pairs = ", ".join(f"{first} and {second}" for first, second in blocked)
+    return (f"{written} on --cores {cores}: jobs of this run that could run at once ({pairs}) run one at a time, the "
+            "GPU waiting while the other works on the CPU, starts or ends; with "
+            f"{' and '.join(f'threads.{key}' for key in keys)} {max(1, cores // 2)} (half the cores) they would run "
+            "side by side (a 224-px DAG of two experiments on an H200: 108 s with 16 threads a job on 16 cores, 55 s "
+            "with 8; README, \"On a GPU\")")

@@ -140,8 +140,6 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
     only rank 0 writes the resume state.
     """
     set_up_started = time.perf_counter()
-    importlib.import_module("torch._dynamo")  # torch.optim imports it to build any optimizer: timed apart, for the log
-    dynamo_s = time.perf_counter() - set_up_started
     setup = _set_up(model, train, val, prep, opts, num_classes, feature_cache, log, ranks)
     set_up_s = time.perf_counter() - set_up_started
     _check_warmup(setup.steps, len(train.labels), opts, log)
@@ -164,8 +162,7 @@ def fit(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: Tra
             trainable, total = _prepare_epoch(setup, epoch)
             if epoch == progress.start_epoch:
                 log(f"trainable parameters: {trainable:,} of {total:,} ({opts.strategy}, "
-                    f"bn {'frozen' if opts.bn_frozen else 'train'}); set up in {set_up_s:.1f} s (torch._dynamo, which "
-                    f"torch.optim imports, {dynamo_s:.1f} s; {_set_up_what(setup)})")
+                    f"bn {'frozen' if opts.bn_frozen else 'train'}); set up in {set_up_s:.1f} s ({_set_up_what(setup)})")
             try:
                 _train_and_score_epoch(setup, epoch, guard, progress, resume_path, started, trainable, log)
             except Diverged as exc:
@@ -292,6 +289,7 @@ class _Setup:
     ranks: Ranks = SINGLE                   # several processes: this one's rank (finetune.distributed)
     compile_seconds: float | None = None    # set by the first training step when train.compile is on
     ddp_trainable: tuple | None = None      # several processes: the parameters the DDP wrapper was built for
+    dynamo_import_s: float | None = None    # torch._dynamo's import, which building the optimizer made (None: loaded)
 
     @property
     def lbfgs(self) -> bool:
@@ -312,6 +310,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
     _check_unfreeze_stages(stages, opts)
     groups = _param_groups(model, opts)
     head_name, head = find_output_layer(model)
+    dynamo_s = _import_dynamo()
     optimizer, decayed = _make_optimizer(head, groups, opts, place.device)
     scaler = torch.amp.GradScaler("cuda", enabled=place.amp and place.amp_dtype == torch.float16)
     losses = _make_losses(train.labels, num_classes, opts, place.device)
@@ -328,6 +327,7 @@ def _set_up(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts:
         normalization=normalization_constants(prep, place.device), num_classes=num_classes,
         mix=torch.Generator().manual_seed(int(options_key("mix", opts.seed), 16)),
         ema=None if opts.ema_decay is None else Ema(trained, opts.ema_decay, opts.ema_warmup), ranks=ranks,
+        dynamo_import_s=dynamo_s,
     )
 
 
@@ -461,7 +461,7 @@ def _prepare_inputs(model: nn.Module, head: nn.Module, train: Data, val: Data, p
                     log: Callable[[str], None]) -> _Inputs:
     if opts.uses_cached_features:
         return _feature_inputs(model, head, train, val, prep, opts, place.device, feature_cache, log)
-    return _image_inputs(model, train, val, prep, opts, place)
+    return _image_inputs(model, train, val, prep, opts, place, log)
 
 
 def _feature_inputs(model: nn.Module, head: nn.Module, train: Data, val: Data, prep: Preprocessing,
@@ -477,24 +477,44 @@ def _feature_inputs(model: nn.Module, head: nn.Module, train: Data, val: Data, p
 
 
 def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing, opts: TrainOptions,
-                  place: _Placement) -> _Inputs:
+                  place: _Placement, log: Callable[[str], None]) -> _Inputs:
     train_images = train.images
     if place.device.type == "cuda" and train_images.numel() <= GPU_RESIDENT_BYTES:
         # Small decoded datasets (uint8) live on the GPU: no host-to-device copy per batch.
-        train_images = _images_to(train_images, place.device)
+        try:
+            train_images = _images_to(train_images, place.device)
+        except torch.OutOfMemoryError:  # they stay on the host and go to the GPU batch by batch, as a large split's do
+            torch.cuda.empty_cache()
+            log(f"the {len(train_images):,} training images ({train_images.numel() / 1e9:.2f} GB) do not fit on "
+                f"{place.device} beside the model: read batch by batch instead")
     eval_forward = lambda x: batched_forward(model, x, prep, place.device, channels_last=place.channels_last)  # noqa: E731
     train_forward = model if opts.compile == "off" else torch.compile(model, mode=opts.compile)
     return _Inputs(train_images, val.images, train_forward=train_forward, eval_forward=eval_forward, cached=False)
 
 
+def _import_dynamo() -> float | None:
+    """Import torch._dynamo, as building any torch.optim optimizer does (its methods are wrapped by
+    torch._disable_dynamo): timed apart, seconds of a short run's set-up; None where it was loaded already."""
+    if "torch._dynamo" in sys.modules:
+        return None
+    started = time.perf_counter()
+    importlib.import_module("torch._dynamo")
+    return time.perf_counter() - started
+
+
 def _set_up_what(setup: _Setup) -> str:
-    """What the set-up before the first epoch did besides building the optimizer, for its log line."""
+    """What the set-up before the first epoch did, for its log line."""
     inputs = setup.inputs.train
     if setup.inputs.cached:
-        return f"the backbone's features of {len(setup.train_labels) + len(setup.val_labels):,} images"
-    if isinstance(inputs, torch.Tensor) and inputs.is_cuda:
-        return f"{len(inputs):,} training images, {inputs.numel() / 1e9:.2f} GB, copied to the GPU"
-    return f"{len(inputs):,} training images read {'batch by batch' if isinstance(inputs, StoredImages) else 'in memory'}"
+        what = f"the backbone's features of {len(setup.train_labels) + len(setup.val_labels):,} images"
+    elif isinstance(inputs, torch.Tensor) and inputs.is_cuda:
+        what = f"{len(inputs):,} training images, {inputs.numel() / 1e9:.2f} GB, copied to the GPU"
+    else:
+        where = "read from the decoded file batch by batch" if isinstance(inputs, StoredImages) else "in memory"
+        what = f"{len(inputs):,} training images {where}"
+    if setup.dynamo_import_s is None:
+        return what
+    return f"torch._dynamo, which torch.optim imports, {setup.dynamo_import_s:.1f} s; {what}"
 
 
 def _stored_rows(images: StoredImages, index) -> torch.Tensor:
@@ -505,12 +525,20 @@ def _stored_rows(images: StoredImages, index) -> torch.Tensor:
     return torch.from_numpy(images.store.read(rows, images.crop)).permute(0, 3, 1, 2)
 
 
+RESIDENT_COPY_BYTES = 64 * 1024**2  # a decoded file goes to the GPU in parts of this size
+
+
 def _images_to(images: torch.Tensor | StoredImages, device: torch.device) -> torch.Tensor:
     """All of a split's images on ``device``, contiguous (N, 3, H, W) as :class:`StoredImages` gives them on the
-    host; from a decoded file copied as stored and laid out on the device (one host copy of the split, not two)."""
-    if isinstance(images, StoredImages):
-        return _stored_rows(images, slice(None)).to(device).contiguous()
-    return images.to(device)
+    host; from a decoded file, part by part: each part read as stored, copied, and laid out on the device, so
+    neither the host nor the device holds more than the split and one part."""
+    if not isinstance(images, StoredImages):
+        return images.to(device)
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    rows = max(1, RESIDENT_COPY_BYTES // max(1, out[0].numel()))
+    for start in range(0, len(images), rows):
+        out[start : start + rows] = _stored_rows(images, slice(start, start + rows)).to(device)
+    return out
 
 
 def _steps(n_train: int, opts: TrainOptions) -> _Steps:

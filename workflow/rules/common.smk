@@ -1498,27 +1498,31 @@ def _ask_torch_for_gpus():
     return int(answer) if asked.returncode == 0 and answer.isdigit() else None
 
 
-def trains_on_this_gpu():
-    """Whether a job this run starts here trains or evaluates on a GPU: device cuda, or auto on a machine whose
-    NVIDIA driver is loaded and where torch sees a GPU (torch is asked only there: no start-up cost on the CPU)."""
-    devices, _ = scheduled_device_keys()
-    kinds = {device for device, _, _ in devices.values()}
-    return "cuda" in kinds or ("auto" in kinds and nvidia_driver_loaded() and (visible_gpus() or 0) > 0)
-
-
 def side_by_side_note_here():
-    """side_by_side_note for this run's jobs, where they train on this machine's GPU. A job asking for as many of the
-    `gpu` resource as the run has (the local profile's gpu: 1, a train job with device cuda) runs beside no other such
-    job whatever its threads: not counted."""
+    """side_by_side_note for the jobs this run starts on this machine. A job on device auto counts as on the GPU where
+    torch sees one (asked only where NVIDIA's driver is loaded and a note would follow: no start-up cost on the CPU);
+    a job asking for as many of the `gpu` resource as the run has (the local profile's gpu: 1, a train job with
+    device cuda) runs beside no other such job, whatever its threads."""
     limit = workflow.global_resources.get("gpu")
     limit = getattr(limit, "value", limit)
-    scheduled = {}
+    scheduled, devices, whole_gpu = {}, {}, set()
     for job in workflow.dag.needrun_jobs():
+        name = job.rule.name
+        scheduled[name] = scheduled.get(name, 0) + 1
+        if name in ("train", "evaluate"):
+            device = (experiment_config(job.wildcards.experiment)["device"] if name == "train"
+                      else config["evaluate"]["device"])
+            devices.setdefault(name, set()).add(device)
         gpus = job.resources.get("gpu", 0) or 0
-        if not (gpus and isinstance(limit, int) and limit < 2 * gpus):
-            scheduled[job.rule.name] = scheduled.get(job.rule.name, 0) + 1
-    note = side_by_side_note(given_cores(), config["threads"], scheduled)
-    return note if note and trains_on_this_gpu() else None
+        if gpus and isinstance(limit, int) and limit < 2 * gpus:
+            whole_gpu.add(name)
+    cuda = {side for side, kinds in devices.items() if "cuda" in kinds}
+    auto = {side for side, kinds in devices.items() if "auto" in kinds}
+    note = lambda on_gpu: side_by_side_note(given_cores(), config["threads"], scheduled, on_gpu, whole_gpu)  # noqa: E731
+    if note(cuda | auto) is None:
+        return None
+    gpu_here = bool(auto) and nvidia_driver_loaded() and (visible_gpus() or 0) > 0
+    return note(cuda | (auto if gpu_here else set()))
 
 
 def local_run_problems():
