@@ -144,6 +144,8 @@ def note_resources_under_unprefixed_names():
                 f"{renamed} in your profile or command line")
 
 
+# The profiles this run reads (the workflow's own, --profile, $SNAKEMAKE_PROFILE): read once.
+PROFILE_FILES = profile_files(ARGV, os.environ, workflow.basedir)
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
 _cli_files = list(map(str, workflow.config_settings.configfiles))
 _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
@@ -151,7 +153,7 @@ _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _a
 # config/config.yaml (the demo's) is read only by the workflow run as itself, its config not replaced by the user's.
 _checked_files = [*(["config/config.yaml"] if os.path.exists("config/config.yaml") and not _as_module
                     and not REPLACES_WORKFLOW_CONFIG else []), *_config_files,
-                  *profile_files(ARGV, os.environ, workflow.basedir)]
+                  *PROFILE_FILES]
 _duplicates = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
                for problem in duplicate_keys(file)]
 _duplicates += [f"--config: {problem}" for problem in command_line_duplicates(ARGV)]
@@ -163,7 +165,7 @@ if workflow.is_main_process and repeated_options(ARGV):
     raise WorkflowError("an option is given twice on the command line: nothing ran\n" + "\n".join(repeated_options(ARGV)))
 # `--resources mem_mb=8000` replaces the workflow profile's `resources:` (its gpu: 1) whole, not key by key.
 if workflow.is_main_process:
-    for _line in profile_settings_replaced(ARGV, profile_files(ARGV, os.environ, workflow.basedir)):
+    for _line in profile_settings_replaced(ARGV, PROFILE_FILES):
         say(_line)
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
@@ -1270,7 +1272,7 @@ def onnx_checked(command, path):
     return not targets or "all" in targets or os.path.normpath(path) in targets
 
 
-_COMMAND = snakemake_command_line(ARGV, profile_files(ARGV, os.environ, workflow.basedir)) if CHECK_FILES else None
+_COMMAND = snakemake_command_line(ARGV, PROFILE_FILES) if CHECK_FILES else None
 if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND.touch)):
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
     _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits
