@@ -549,3 +549,22 @@ def test_the_note_on_jobs_that_cannot_run_beside_a_gpu_job_names_those_pairs_and
     assert note.startswith(" and ".join(f"threads.{key} {threads[key]}" for key in halve) + f" on --cores {cores}:")
     assert f"could run at once ({', '.join(waiting)}) run one at a time" in note, note
     assert f"with {' and '.join(f'threads.{key}' for key in halve)} {cores // 2} (half the cores)" in note, note
+
+
+def test_the_note_on_uncached_bytecode_is_said_only_where_every_torch_job_would_compile_torch_again(tmp_path):
+    """uncached_bytecode_note (said at start): PYTHONDONTWRITEBYTECODE set, torch's folder without __pycache__, no
+    PYTHONPYCACHEPREFIX and a job that imports torch; any one of them missing, nothing is said."""
+    from finetune.startchecks import uncached_bytecode_note
+
+    bare, compiled = tmp_path / "bare" / "torch", tmp_path / "compiled" / "torch"
+    bare.mkdir(parents=True)
+    (compiled / "__pycache__").mkdir(parents=True)
+    note = uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": "1"}, bare, 5)
+    assert note.startswith(f"PYTHONDONTWRITEBYTECODE is set and torch ({bare}) holds no compiled bytecode") and \
+        "each of the 5 job(s) of this run that import torch" in note and "unset PYTHONDONTWRITEBYTECODE" in note
+    assert uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": ""}, bare, 5) is None  # empty: Python writes bytecode
+    assert uncached_bytecode_note({}, bare, 5) is None
+    assert uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": "1"}, compiled, 5) is None
+    assert uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(tmp_path)}, bare, 5) is None
+    assert uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": "1"}, bare, 0) is None
+    assert uncached_bytecode_note({"PYTHONDONTWRITEBYTECODE": "1"}, None, 5) is None

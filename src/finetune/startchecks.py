@@ -412,3 +412,22 @@ def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu:
             f"{' and '.join(f'threads.{key}' for key in keys)} {max(1, cores // 2)} (half the cores) they would run "
             "side by side (a 224-px DAG of two experiments on an H200: 108 s with 16 threads a job on 16 cores, 55 s "
             "with 8; README, \"On a GPU\")")
+
+
+# The rules whose jobs import torch (each pays its import again where bytecode is not cached).
+TORCH_RULES = ("pretrain", "train", "lr_find", "evaluate", "export_onnx")
+
+
+def uncached_bytecode_note(environ: dict, torch_folder: str | os.PathLike | None, torch_jobs: int) -> str | None:
+    """Where the jobs' Python may not write bytecode (PYTHONDONTWRITEBYTECODE, set in many container images) and
+    torch's package holds none (installed with --no-compile): every job compiles torch's Python again before its
+    work, seconds each. ``torch_folder``: torch's package folder (None: not found); ``torch_jobs``: the run's jobs
+    that import torch."""
+    if torch_jobs < 1 or not environ.get("PYTHONDONTWRITEBYTECODE") or torch_folder is None:
+        return None
+    if environ.get("PYTHONPYCACHEPREFIX") or os.path.isdir(os.path.join(torch_folder, "__pycache__")):
+        return None
+    return (f"PYTHONDONTWRITEBYTECODE is set and torch ({torch_folder}) holds no compiled bytecode (__pycache__): each "
+            f"of the {torch_jobs} job(s) of this run that import torch compiles its Python again first (import torch "
+            "took 3.5-4.1 s that way on an H200 machine, 2.2 s with its bytecode kept); unset PYTHONDONTWRITEBYTECODE for "
+            "the run, with PYTHONPYCACHEPREFIX=<a writable folder> where torch's folder is read-only")

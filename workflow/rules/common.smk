@@ -85,7 +85,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
                                   new_dataset_images, nvidia_driver_loaded, side_by_side_note, spacing_note,
-                                  split_made_again, unreadable_images_problem, unreadable_line, with_hints)
+                                  split_made_again, uncached_bytecode_note, unreadable_images_problem, unreadable_line,
+                                  with_hints, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -1527,6 +1528,18 @@ def side_by_side_note_here():
     return note(cuda | (auto if gpu_here else set()))
 
 
+def uncached_bytecode_note_here():
+    """uncached_bytecode_note for this run's jobs (torch's folder found without importing it: no start-up cost)."""
+    import importlib.util
+
+    torch_jobs = sum(1 for job in workflow.dag.needrun_jobs() if job.rule.name in TORCH_RULES)
+    if not torch_jobs or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return None
+    spec = importlib.util.find_spec("torch")
+    folder = os.path.dirname(spec.origin) if spec is not None and spec.origin else None
+    return uncached_bytecode_note(os.environ, folder, torch_jobs)
+
+
 def local_run_problems():
     """What the jobs of a run on this machine (Snakemake's local executor, not a cluster's) cannot do here: device
     cuda where there is no GPU or fewer than the devices asked for, several nodes outside a Slurm allocation of that
@@ -1629,6 +1642,9 @@ onstart:
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
         if _side_by_side:
             say(_side_by_side)
+        _uncached = uncached_bytecode_note_here()
+        if _uncached:
+            say(_uncached)
 
 
 def unreadable_predictions_notes():
