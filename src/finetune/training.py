@@ -482,8 +482,10 @@ def _image_inputs(model: nn.Module, train: Data, val: Data, prep: Preprocessing,
     if place.device.type == "cuda" and train_images.numel() <= GPU_RESIDENT_BYTES:
         # Small decoded datasets (uint8) live on the GPU: no host-to-device copy per batch.
         try:
-            train_images = _images_to(train_images, place.device)
+            train_images, fits = _images_to(train_images, place.device), True
         except torch.OutOfMemoryError:  # they stay on the host and go to the GPU batch by batch, as a large split's do
+            fits = False
+        if not fits:  # (out of the except block: its traceback no longer holds the part-filled copy)
             torch.cuda.empty_cache()
             log(f"the {len(train_images):,} training images ({train_images.numel() / 1e9:.2f} GB) do not fit on "
                 f"{place.device} beside the model: read batch by batch instead")
