@@ -429,5 +429,5 @@ def uncached_bytecode_note(environ: dict, torch_folder: str | os.PathLike | None
         return None
     return (f"PYTHONDONTWRITEBYTECODE is set and torch ({torch_folder}) holds no compiled bytecode (__pycache__): each "
             f"of the {torch_jobs} job(s) of this run that import torch compiles its Python again first (import torch "
-            "took 3.5-4.1 s that way on an H200 machine, 2.2 s with its bytecode kept); unset PYTHONDONTWRITEBYTECODE for "
-            "the run, with PYTHONPYCACHEPREFIX=<a writable folder> where torch's folder is read-only")
+            "took 3.5-4.1 s that way on an H200 machine, 2.2 s with its bytecode kept); unset PYTHONDONTWRITEBYTECODE "
+            "for the run, with PYTHONPYCACHEPREFIX=<a writable folder> where torch's folder is read-only")
