@@ -2,6 +2,7 @@
 # function the rules call (the other .smk files hold rules only).
 
 import copy
+import functools
 import json
 import os
 import re
@@ -79,9 +80,9 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
                                  expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
                                  is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs,
-                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
-                                 snakemake_command_line, stray_configfiles, stray_configfiles_hint,
-                                 typed_command_line_config, where_written)
+                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
+                                 runs_no_job, runs_the_dag, snakemake_command_line, stray_configfiles,
+                                 stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
                                   new_dataset_images, nvidia_driver_loaded, side_by_side_note, spacing_note,
@@ -1477,19 +1478,11 @@ def scheduled_device_keys():
     return devices, nodes
 
 
-_VISIBLE_GPUS = []  # visible_gpus' answer, once asked
-
-
+@functools.lru_cache(maxsize=1)
 def visible_gpus():
     """The CUDA devices the jobs of this machine would see, asked of torch in a process of its own (this one stays
     without torch: a run with nothing to do starts in a fraction of a second); None where torch does not answer (it
     does not import, a driver hangs): the jobs then say what is wrong. Asked once a run."""
-    if not _VISIBLE_GPUS:
-        _VISIBLE_GPUS.append(_ask_torch_for_gpus())
-    return _VISIBLE_GPUS[0]
-
-
-def _ask_torch_for_gpus():
     import subprocess
 
     try:
