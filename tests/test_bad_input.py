@@ -753,8 +753,9 @@ def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_pa
     data = tmp_path / "source"
     make_images(data / "train", {"cat": 6, "dog": 6})
     make_images(data / "val", {"cat": 2, "dog": 2}, seed=1)
+    shutil.copytree(data, tmp_path / "target")
     folder = {"format": "imagefolder", "path": str(data), "test_fraction": 0.2}
-    config = tiny_config(tmp_path / "run", replace={"dataset": folder, "pretrain": {
+    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "path": str(tmp_path / "target")}, "pretrain": {
         **TINY_CONFIG["pretrain"], "dataset": folder}})  # val_fraction not written: one written is refused at start
     run_snakemake(tmp_path / "run", config, "--until", "split")
     source = (tmp_path / "run" / "results/logs/split/source.log").read_text()
@@ -766,10 +767,13 @@ def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_pa
     for name in ("001", "002", "003", "004"):
         (data / "train" / "dog" / f"{name}.png").unlink()
     result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
-    assert result.returncode != 0
-    error = (tmp_path / "run" / "results/logs/split/source.log").read_text()
-    assert "class 'dog' has 1 image(s) outside the official val split: too few to stratify" in error
+    assert result.returncode != 0  # refused at start (the split made before kept), as the split job would refuse it
+    error = result.stdout[result.stdout.find("class 'dog'"):result.stdout.find("nothing ran")]
+    assert "class 'dog' has 1 image(s) outside the official val split: too few to stratify" in error, result.stdout[-3000:]
     assert "or leave the class out with pretrain.dataset.classes." in error and " dataset.classes" not in error
+    alone = run_script("split", "--dataset", json.dumps(folder), "--out", str(tmp_path / "alone.csv"), "--report",
+                       str(tmp_path / "alone.report.json"), "--threads", "1", "--key", "pretrain.dataset")
+    assert alone.stdout.strip().removeprefix("error: ") in result.stdout, (alone.stdout, result.stdout[-3000:])
 
 
 def test_a_misspelt_class_folder_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
@@ -914,6 +918,64 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
         manifest.write_text("\n".join(["path,label", *rows]) + "\n")
     again = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
     assert jobs_run(again) == [], again[-3000:]
+
+    # with on_bad_image: skip the split leaves them out, and each start says so (the split's log alone said so)
+    for name, file in added.items():
+        shutil.copy2(file, data / name / file.name)
+    if fmt == "csv":
+        manifest.write_text("\n".join(["path,label", *rows, *(f"{n}/{f.name},{n}" for n, f in added.items())]) + "\n")
+    assert jobs_run(run_snakemake(tmp_path / "run", skip, "--until", "split").stdout) == ["split"]
+    started = run_snakemake(tmp_path / "run", skip, "-n").stdout
+    said = re.search(r"note: dataset\.on_bad_image: skip left 2 image\(s\) out of the split \(2 that do not decode: "
+                     r"(.*?)\); each is listed with why in resources/splits/target\.report\.json", started)
+    assert said and sorted(Path(p).name for p in said.group(1).split(", ")) == sorted(f.name for f in added.values()), \
+        started[-3000:]
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_a_class_too_small_or_a_photo_copied_under_another_label_stops_the_run_at_start_keeping_the_split(tmp_path, fmt):
+    """A class folder of one photo added (or a manifest's row of a new label), or a photo copied into a second class,
+    failed the split job, and Snakemake removed the split made before: with the fault put right, the split and every
+    job after it ran again. Both are found at start now, with the message the split job run alone on the same
+    dataset gives, the split is kept, and with the fault put right nothing reruns."""
+    data = tmp_path / "images"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    manifest = data / "manifest.csv"
+    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(6)]
+    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+    dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.2, "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+
+    def add_owl():
+        make_images(data, {"owl": 1}, seed=5)
+        return data / "owl"
+
+    def copy_a_cat_into_dog():
+        shutil.copy(made["cat"][1], data / "dog" / "copy of 001.png")
+        return data / "dog" / "copy of 001.png"
+
+    for add, row, expected in ((add_owl, "owl/000.png,owl", "class 'owl' has 1 image(s): too few to stratify"),
+                               (copy_a_cat_into_dog, "dog/copy of 001.png,dog",
+                                "images new since the split was made are the same file as an image of another class")):
+        added = add()
+        if fmt == "csv":
+            manifest.write_text("\n".join(["path,label", *rows, row]) + "\n")
+        alone = run_split(dataset, tmp_path / "alone")
+        assert alone.returncode != 0
+        split_job_says = alone.stdout.strip().removeprefix("error: ")
+        result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
+        assert result.returncode != 0
+        assert expected in result.stdout and split_job_says in result.stdout, (split_job_says, result.stdout[-3000:])
+        assert "nothing ran, and the split made before is kept" in result.stdout, result.stdout[-3000:]
+        assert "rule split:" not in result.stdout
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+        shutil.rmtree(added) if added.is_dir() else added.unlink()
+        if fmt == "csv":
+            manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+        again = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+        assert jobs_run(again) == [], again[-3000:]
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])

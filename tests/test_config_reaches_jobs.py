@@ -585,6 +585,22 @@ def test_a_config_naming_another_dataset_does_not_inherit_the_demo_s_choices_for
     demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     source = json.loads(jobs_of(jobs, "split", out="resources/splits/source.csv")[0]["dataset"])
     assert source["classes"] == demo["pretrain"]["dataset"]["classes"]
+    # and so is the source model, which sets the size the user's images are trained at: said, with the way out
+    size = demo["pretrain"]["image_size"]
+    assert [json.loads(o["weights-sizes"])["sizes"] for o in jobs_of(jobs, "decode")
+            if o["split"] == "resources/splits/target.csv"] == [size], jobs_of(jobs, "decode")
+    assert (f"note: weights.source: pretrain is config/config.yaml's (your config names no source): your images are "
+            f"trained from a {demo['weights']['arch']} pretrained here on Fashion-MNIST's 28-px grayscale images of "
+            f"classes {demo['pretrain']['dataset']['classes']} at pretrain.image_size {size} px, and at {size} px "
+            "themselves") in output, output[-3000:]
+    for i, written in enumerate(({"train": {"image_size": 96}}, {"weights": {"source": "torchvision"}},
+                                 {"pretrain": {"dataset": own["dataset"]}})):
+        _, output = run_over_the_demo(tmp_path / f"written{i}", {**own, **written})
+        said = [line for line in output.splitlines() if "weights.source: pretrain is" in line]
+        if "train" in written:  # the source model still said, not the size its own images are trained at
+            assert len(said) == 1 and f"and at {size} px" not in said[0], said
+        else:
+            assert said == [], (written, said)
 
 
 def test_a_config_that_tweaks_the_demo_is_merged_key_by_key(tmp_path):
@@ -694,6 +710,22 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert "note: predict" not in output
     options = jobs_of(commands(output), "predict", out="results/predictions/scratch/seed0/predictions.csv")[0]
     assert options["top-k"] == "2"
+
+
+def test_photos_of_a_format_predict_does_not_read_are_named_at_start(tmp_path):
+    """A phone's photos (.heic) in predict.images got no row, said only in the predict job's log, and only once it
+    reran (adding them alone reran nothing): each start says how many of each format, counted in the folder and
+    the folders below it (hidden ones left out, as predict leaves them out); without them, nothing is said."""
+    config = {**TINY_CONFIG, "predict": {"images": "new_images", "experiment": "scratch", "seed": 0}}
+    (tmp_path / "new_images" / "2026" / ".thumbs").mkdir(parents=True)
+    for name in ("IMG_1.HEIC", "2026/IMG_2.heic", "2026/raw.dng", "2026/.thumbs/IMG_3.heic", "notes.txt"):
+        (tmp_path / "new_images" / name).write_bytes(b"\0\0\0\x18ftypheic")
+    output = dry_run_output(tmp_path, config)
+    assert ("note: predict.images: 3 file(s) of an image format not read here (1 .dng, 2 .heic) get no prediction: "
+            "convert them to one read here (") in output, output[-3000:]
+    for name in ("IMG_1.HEIC", "2026/IMG_2.heic", "2026/raw.dng"):
+        (tmp_path / "new_images" / name).unlink()
+    assert "not read here" not in dry_run_output(tmp_path, config)
 
 
 @pytest.mark.parametrize("dataset, n_classes", [({}, 4), ({"classes": None}, 10)])

@@ -136,7 +136,29 @@ def _chosen_listing(fmt: str, path: str, classes: list | None):
 
     spec = SplitSpec(format=fmt, path=path, classes=classes)
     listing = list_dataset(spec)
-    return listing[listing["class_name"].isin(chosen_classes(spec, listing))]
+    return listing[listing["class_name"].isin(chosen_classes(spec, listing))].reset_index(drop=True)
+
+
+def chosen_listing(cfg: dict):
+    """:func:`_chosen_listing` of a dataset's config: listed once for the checks at start below that take it (a
+    folder of many images takes a while to list)."""
+    return _chosen_listing(cfg["format"], cfg["path"], cfg.get("classes"))
+
+
+def too_few_to_split_problem(cfg: dict, listing=None) -> str | None:
+    """The split job's message (finetune.data.stratified_split) where a chosen class of an ImageFolder or a CSV manifest
+    (``cfg``: the dataset's config) has too few images for the splits drawn from it (a folder of one photo dropped in),
+    counted from the listing without opening an image; None where every class has enough. The split job counts the
+    images that decode (and one copy of each): it can still find a class too small where some do not."""
+    from .data import DataError, SplitSpec, stratified_split
+
+    spec = SplitSpec.from_config(cfg)
+    listing = chosen_listing(cfg) if listing is None else listing
+    try:
+        stratified_split(listing, list(dict.fromkeys(listing["class_name"])), spec)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 def paths_known_to_split(split_file: str | Path) -> set[str]:
@@ -199,28 +221,103 @@ def new_images(paths: list[str], split_file: str | Path, root: str, capped: bool
     return new
 
 
-def new_dataset_images(cfg: dict, split_file: str | Path) -> list[str]:
+def new_dataset_images(cfg: dict, split_file: str | Path, listing=None) -> list[str]:
     """The images of an ImageFolder's or a CSV manifest's (``cfg``: the dataset's config) chosen classes that the
     split made before did not open (:func:`new_images`)."""
-    listing = _chosen_listing(cfg["format"], cfg["path"], cfg.get("classes"))
+    listing = chosen_listing(cfg) if listing is None else listing
     root = cfg["path"] if cfg["format"] == "imagefolder" else os.path.dirname(os.path.abspath(cfg["path"]))
     return new_images(listing["path"].tolist(), split_file, root, any(cfg.get(cap) for cap in CAPS))
 
 
-def unreadable_images_problem(fmt: str, path: str, paths: list[str], threads: int) -> str | None:
-    """The split job's message (finetune.data._refuse_bad) for the images of ``paths`` (new since the split was made)
-    that do not decode, opened as it opens them (finetune.data.inspect_images), so that the run stops before Snakemake
-    removes the split: the run after they are deleted, with the same images as before, would have made the same split
-    again, and everything after it would have run again. None where all decode."""
+def new_images_problem(cfg: dict, paths: list[str], threads: int, listing=None) -> str | None:
+    """The split job's message (finetune.data._refuse_bad) for the images of ``paths`` (new since the split was made,
+    of the dataset ``cfg`` configures) that do not decode, or that are the same file (identical bytes) as an image of
+    another class (:func:`labelled_two_ways`), opened and hashed as the split job does (finetune.data.inspect_images),
+    so that the run stops before Snakemake removes the split: the run after they are deleted, with the same images
+    as before, would have made the same split again, and everything after it would have run again. None where none
+    is."""
     from .data import DataError, SplitSpec, _refuse_bad, inspect_images
 
-    bad = [(p, reason) for p, (reason, _, _) in zip(paths, inspect_images(paths, threads)) if reason is not None]
+    inspected = inspect_images(paths, threads)
+    bad = [(p, reason) for p, (reason, _, _) in zip(paths, inspected) if reason is not None]
+    digests = {p: digest for p, (reason, digest, _) in zip(paths, inspected) if reason is None}
+    conflicting = labelled_two_ways(cfg, digests, threads, listing)
     try:
-        _refuse_bad({"unreadable image(s)": bad}, SplitSpec(format=fmt, path=path))
+        _refuse_bad({"unreadable image(s)": bad, "image(s) found under two labels (identical files)": conflicting},
+                    SplitSpec(format=cfg["format"], path=cfg["path"]))
     except DataError as exc:
-        return f"images new since the split was made do not decode (nothing ran, and the split made before is kept): " \
-               f"{exc}"
+        what = " or ".join([*(["do not decode"] if bad else []),
+                            *(["are the same file as an image of another class"] if conflicting else [])])
+        return f"images new since the split was made {what} (nothing ran, and the split made before is kept): {exc}"
     return None
+
+
+# The most files of the same size as an image new since the split that the check at start reads to compare their
+# bytes (files of one size: images of a camera's raw format, say); more are left to the split job, which reads all.
+SAME_SIZE_READ_AT_START = 2000
+
+
+def labelled_two_ways(cfg: dict, digests: dict[str, str], threads: int, listing=None) -> list[tuple[str, str]]:
+    """``digests``: {path of an image new since the split: the sha256 of its bytes}. Each copy of an image found
+    under two classes (finetune.data.find_duplicates) where one of them is new: a photo copied into a second class
+    folder, or a manifest row giving a file of one label again under another. Only the files of the dataset of the
+    same size as a new one are read."""
+    from .data import SplitSpec, draw_keys, find_duplicates, inspect_images
+
+    if not digests:
+        return []
+    listing = chosen_listing(cfg) if listing is None else listing
+    sizes = {_size(path) for path in digests}
+    same_size = [path for path in dict.fromkeys(listing["path"]) if path not in digests and _size(path) in sizes]
+    if len(same_size) > SAME_SIZE_READ_AT_START:
+        return []
+    found = {**digests, **{path: digest for path, (_, digest, _) in zip(same_size, inspect_images(same_size, threads))}}
+    compared = listing[listing["path"].isin(found)].reset_index(drop=True)
+    spec = SplitSpec(format=cfg["format"], path=cfg["path"])
+    conflicting = find_duplicates(compared, [found[p] for p in compared["path"]], draw_keys(compared["path"], spec))[1]
+    return conflicting
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def skipped_images_note(report: dict, report_path: str, dataset_path: str) -> str | None:
+    """Where the split made before (``report``, its report) of the dataset at ``dataset_path`` left images out under
+    ``on_bad_image: skip`` (they do not decode, or are one image under two labels), how many and where they are
+    listed: said only in the split job's log otherwise, so that photos half uploaded left training without a word.
+    None where it left none out."""
+    skipped = [item for item in report.get("skipped_images") or [] if isinstance(item, dict) and "path" in item]
+    made_from = str((report.get("dataset") or {}).get("path"))
+    if not skipped or os.path.realpath(made_from) != os.path.realpath(dataset_path):
+        return None
+    two_labels = sum(str(item.get("reason", "")).startswith("labelled ") for item in skipped)
+    kinds = [f"{n} {what}" for n, what in ((len(skipped) - two_labels, "that do not decode"),
+                                          (two_labels, "under two labels (identical files)")) if n]
+    named = ", ".join(str(item["path"]) for item in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f"on_bad_image: skip left {len(skipped)} image(s) out of the split ({' and '.join(kinds)}: {named}); each "
+            f"is listed with why in {report_path} (skipped_images)")
+
+
+def unread_predict_images_note(images: str) -> str | None:
+    """Where ``images`` (predict.images) is a folder holding files of a camera's or phone's image format that predict
+    does not read (.heic, .dng: finetune.watch.UNREAD_IMAGE_FORMATS), how many of each: they get no row, said
+    otherwise only in the predict job's log, and only once it reruns (adding them alone reruns nothing)."""
+    from .images import IMAGE_EXTENSIONS, extension_counts, walk_folders
+    from .watch import UNREAD_IMAGE_FORMATS
+
+    if not os.path.isdir(images):
+        return None
+    counts = extension_counts(name for _, names in walk_folders(images) for name in names
+                              if name.lower().endswith(UNREAD_IMAGE_FORMATS))
+    if not counts:
+        return None
+    listed = ", ".join(f"{n} {extension}" for extension, n in counts.items())
+    return (f"predict.images: {sum(counts.values())} file(s) of an image format not read here ({listed}) get no "
+            f"prediction: convert them to one read here ({', '.join(IMAGE_EXTENSIONS)})")
 
 
 def damaged_split_problem(split_file: str | Path) -> str | None:

@@ -73,6 +73,34 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
     return notes
 
 
+def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) -> list[str]:
+    """Where ``user`` (the ``--configfile`` / ``--config`` layer) names a dataset of its own images (an ImageFolder or
+    a CSV manifest) and neither a ``weights.source`` nor a ``pretrain.dataset``, so that its images are trained from
+    the source model of ``workflow_file`` (the demo's ``pretrain``: a ResNet18 trained here on Fashion-MNIST's 28-px
+    grayscale images at 32 px) and, with no ``image_size`` written, at that model's size: one line saying so. The
+    README's example for one's own images, run in the repository, trained colour photos at 32 px, nothing said but
+    that the dataset section was replaced."""
+    weights, pretrain = user.get("weights"), user.get("pretrain")
+    if (not isinstance(user.get("dataset"), dict) or (config.get("dataset") or {}).get("format") not in ("imagefolder", "csv")
+            or (isinstance(weights, dict) and "source" in weights) or (isinstance(pretrain, dict) and "dataset" in pretrain)
+            or (config.get("weights") or {}).get("source") != "pretrain" or "pretrain" not in workflow_file):
+        return []
+    source = (config.get("pretrain") or {}).get("dataset") or {}
+    size = (config.get("pretrain") or {}).get("image_size")
+    described = ("Fashion-MNIST's 28-px grayscale images" if source.get("format") == "fashion-mnist" else
+                 f"the {source.get('format')} dataset {source.get('path')}")
+    if source.get("classes") is not None:
+        described += f" of classes {source['classes']}"
+    sections = [user.get("train"), *((user.get("experiments") or {}).values() if isinstance(user.get("experiments"), dict) else [])]
+    sized = any(isinstance(section, dict) and section.get("image_size") is not None for section in sections)
+    return [f"weights.source: pretrain is config/config.yaml's (your config names no source): your images are trained "
+            f"from a {(config.get('weights') or {}).get('arch')} pretrained here on {described} at pretrain.image_size "
+            f"{size} px" + ("" if sized else f", and at {size} px themselves (train.image_size null takes the source "
+                                             "model's size)")
+            + "; for photos, write weights.source: torchvision (README \"ImageNet weights from torchvision\")"
+            + ("" if sized else " or set train.image_size")]
+
+
 # An experiment's keys that the demo's config set for the optimizer it gives that experiment (feature_extract's lr 1.0,
 # L-BFGS's line-search scale, and its L2 strength weight_decay 0.1).
 OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum")

@@ -77,17 +77,18 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
-from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, duplicate_keys,
-                                 expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
+from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, demo_source_for_own_images,
+                                 duplicate_keys, expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
                                  is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs,
                                  profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
                                  runs_no_job, runs_the_dag, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, damaged_onnx_problem, damaged_split_problem,
-                                  new_dataset_images, nvidia_driver_loaded, side_by_side_note, spacing_note,
-                                  split_made_again, uncached_bytecode_note, unreadable_images_problem, unreadable_line,
-                                  with_hints, TORCH_RULES)
+from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, damaged_onnx_problem,
+                                  damaged_split_problem, new_dataset_images, new_images_problem, nvidia_driver_loaded,
+                                  side_by_side_note, skipped_images_note, spacing_note, split_made_again,
+                                  too_few_to_split_problem, uncached_bytecode_note, unread_predict_images_note,
+                                  unreadable_line, with_hints, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -220,7 +221,8 @@ if _merged_over_the_demo:
     from snakemake.common.configfile import load_configfile
 
     _demo, _user = load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}
-    for _note in own_sections(config, _demo, _user) + inherited_for_another_optimizer(config, _demo, _user):
+    for _note in (own_sections(config, _demo, _user) + inherited_for_another_optimizer(config, _demo, _user)
+                  + demo_source_for_own_images(config, _demo, _user)):
         say(_note)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
@@ -1083,24 +1085,45 @@ def refuse_missing_dataset(key, cfg):
             f"{'the folder of class folders' if folder else 'the CSV manifest'}")
 
 
-def refuse_unreadable_new_images(key, cfg, split_file):
-    """Images added to a dataset since its split was made (finetune.startchecks.new_images) that do not decode stop
-    the run here, as the split job would stop, but before Snakemake removes the split made before: with the files
-    deleted, the same images give the same split, and nothing after it runs again."""
+def refuse_bad_new_images(key, cfg, split_file, listing):
+    """Images added to a dataset since its split was made (finetune.startchecks.new_images) that do not decode, or that
+    are a copy of an image of another class, stop the run here, as the split job would stop, but before Snakemake
+    removes the split made before: with the files deleted, the same images give the same split, and nothing after
+    it runs again."""
     if cfg.get("on_bad_image") == "skip":
         return
     from finetune.data import DataError, named_under
 
     try:
-        paths = new_dataset_images(cfg, split_file)
+        paths = new_dataset_images(cfg, split_file, listing)
         if len(paths) >= SAY_OPENING_FROM:
             say(f"{key}.path: opening the {len(paths)} images new since the split was made, before any job (one that "
                 "cannot be read would fail the split job, which removes the split made before)")
-        problem = unreadable_images_problem(cfg["format"], cfg["path"], paths, config["threads"]["data"])
+        problem = new_images_problem(cfg, paths, config["threads"]["data"], listing)
     except (DataError, OSError):  # the split job says what is wrong
         return
     if problem:
         raise WorkflowError(named_under(problem, key))
+
+
+def refuse_new_faults(key, cfg, split_file):
+    """What the split job would refuse of a dataset changed since its split was made, checked here on one listing of
+    its chosen classes, before Snakemake removes the split made before (with the fault put right, nothing reruns): a
+    class with too few images for the splits drawn from it (a folder of one photo added, a manifest's rows of a new
+    label), and the images new since the split that do not decode or are a copy of an image of another class. With no
+    split made yet, the split job says so (nothing is lost)."""
+    from finetune.data import DataError
+
+    if not os.path.exists(split_file):
+        return
+    try:
+        listing = chosen_listing(cfg)
+    except (DataError, OSError):  # the split job says what is wrong
+        return
+    problem = too_few_to_split_problem(cfg, listing)
+    if problem:
+        raise refused_at_start(problem, key, split_file)
+    refuse_bad_new_images(key, cfg, split_file, listing)
 
 
 def check_image_folder_at_start(key, cfg, split_file):
@@ -1117,7 +1140,7 @@ def check_image_folder_at_start(key, cfg, split_file):
             check_image_folder(cfg["path"], cfg.get("classes"))
         except (DataError, OSError) as exc:
             raise refused_at_start(str(exc), key, split_file)
-        refuse_unreadable_new_images(key, cfg, split_file)
+        refuse_new_faults(key, cfg, split_file)
         image_folder_checked(cfg, state)
     # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
     # seen, not only in the split job's log (from the folder names, and each class folder's own files)
@@ -1157,7 +1180,7 @@ def check_manifest_at_start(key, cfg, split_file):
         given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
         raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file)
-    refuse_unreadable_new_images(key, cfg, split_file)
+    refuse_new_faults(key, cfg, split_file)
     return given
 
 
@@ -1174,6 +1197,11 @@ def check_dataset_at_start(key, dataset):
         given = given_splits(cfg, split_file)
     else:
         given = check_manifest_at_start(key, cfg, split_file)
+    if cfg.get("on_bad_image") == "skip":  # said at each start while the split leaves them out: its log alone said so
+        skipped = skipped_images_note(split_report(split_file), str(Path(split_file).with_suffix(".report.json")),
+                                      cfg["path"])
+        if skipped:
+            say(f"{key}.{skipped}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
     # would be ignored by the split job (its log said so), and editing it reran the split and all after it.
     if _fractions_written.get(key) and given:
@@ -1310,6 +1338,13 @@ if CHECK_FILES:
                    "top-k accuracy is left out of the metrics (it would be 1.0); set it below the number of classes"
                    if _n_classes > 2 else "top-k accuracy is left out of the metrics (it would be 1.0; with 2 "
                    "classes, top-1 accuracy is the only one)"))
+
+# A phone's photos in predict.images (.heic) get no row: said at each start while they are there (the job's log alone
+# said so, and adding them reruns nothing).
+if CHECK_FILES and config["predict"]["images"] is not None:
+    _unread = unread_predict_images_note(config["predict"]["images"])
+    if _unread:
+        say(_unread)
 
 # pretrain.dataset left as the schema gives it (all of Fashion-MNIST) under a target of Fashion-MNIST's classes, or one
 # ImageFolder for both: the source model would be trained on the target's classes, from the images its splits are drawn
