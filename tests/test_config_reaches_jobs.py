@@ -712,6 +712,17 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert options["top-k"] == "2"
 
 
+def test_amp_on_device_auto_is_said_at_the_start_of_a_run_on_a_machine_where_torch_sees_no_gpu(tmp_path):
+    """The start of a local run names a run's amp set (experiments.<name>.amp) with device auto where torch sees no
+    GPU (it trains as without it: tests/test_training.py); on a machine with one, nothing is said."""
+    import torch
+
+    config = tiny_config(tmp_path, replace={"experiments": {"fast": {"strategy": "finetune", "amp": "bf16", "device": "auto"}}})
+    output = run_snakemake(tmp_path, config, "--until", "train").stdout
+    assert ("rule train:" in output) and (("note: experiments.fast.amp bf16 (fast): autocast and channels-last act "
+                                           "on CUDA only") in output) == (not torch.cuda.is_available()), output[-3000:]
+
+
 def test_photos_of_a_format_predict_does_not_read_are_named_at_start(tmp_path):
     """A phone's photos (.heic) in predict.images got no row, said only in the predict job's log, and only once it
     reran (adding them alone reran nothing): each start says how many of each format, counted in the folder and

@@ -199,6 +199,21 @@ def test_the_range_test_s_seed_is_its_own_so_the_seeds_list_can_change_without_t
     assert chosen[0] == {**first[0], "seed": 7} and chosen[1] == first[1]
 
 
+def test_a_run_s_own_lr_does_not_reach_the_range_test(tmp_path):
+    """The range test sets each step's lr itself, but a run's lr was in its options: a curve asked for by name ran
+    again when the run's lr was set to auto (to use it), or to another number. lr_find's options are the same for
+    each, and say lr auto."""
+    def options_of(lr):
+        configfile = tiny_config(tmp_path, replace={"experiments": {"run": {"lr": lr}}})
+        commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds",
+                                                "results/lr_find/run/lr_find.png").stdout)
+        found = command_of(commands, "lr_find.py", "--out-suggestion", "results/lr_find/run/suggestion.json")
+        return json.loads(found[found.index("--options") + 1])
+
+    first = options_of(0.01)
+    assert first["lr"] == "auto" and options_of(0.05) == first and options_of("auto") == first
+
+
 def test_the_range_test_runs_in_one_process_so_devices_and_nodes_do_not_reach_it(tmp_path):
     """lr_find runs in one process at the run's global batch size: a run's `devices` changed its options, so that
     editing them tested again (the same curve) and its suggestion.json named processes it did not run. They are at
@@ -292,6 +307,7 @@ def test_the_keys_the_range_test_is_not_given_do_not_change_its_curve():
     assert set(changed) == set(RANGE_TEST_UNREAD)
     plain, other = curve(), curve(**changed)
     assert plain.loss == other.loss and plain.suggestion == other.suggestion
+    assert curve(lr=0.5).loss == plain.loss  # nor does the run's own lr (lr_find's options say auto)
     assert curve(weight_decay=0.5).loss != plain.loss  # and a key it reads does change it
 
 

@@ -408,6 +408,25 @@ def test_a_key_the_run_does_not_act_on_is_refused_and_one_it_acts_on_is_not(tiny
         assert problems == [] and swept == [], (problems, swept)
 
 
+def test_amp_and_channels_last_on_device_auto_without_a_gpu_train_as_without_them_and_the_start_says_so(tiny):
+    """amp and channels_last act on CUDA only: refused with device cpu, but with device auto on a machine without a
+    GPU the run trained as without them, the same history to the last digit, and nothing said. Where torch sees no
+    GPU both runs are the same here, and cuda_only_options_note (said at the start of a local run where torch sees
+    none) names the keys as written and the runs; on a GPU they are two runs."""
+    from finetune.startchecks import cuda_only_options_note
+
+    plain = run_fit(tiny, make_model(tiny), strategy="finetune", device="auto")
+    both = run_fit(tiny, make_model(tiny), strategy="finetune", device="auto", amp="bf16", channels_last=True)
+    same = strip(plain.history) == strip(both.history) and equal_states(plain.best_state, both.best_state)
+    assert same == (not torch.cuda.is_available())
+    runs = {"fast": {"device": "auto", "amp": "bf16", "channels_last": True}, "nhwc": {"device": "auto", "channels_last": True},
+            "plain": {"device": "auto", "amp": "off"}, "cpu": {"device": "cuda", "amp": "fp16"}}
+    note = cuda_only_options_note(runs, {"fast": {"amp": "experiments.fast.amp"}})
+    assert note.startswith("experiments.fast.amp bf16 (fast); train.channels_last true (fast, nhwc): autocast and "
+                           "channels-last act on CUDA only"), note
+    assert cuda_only_options_note({"plain": runs["plain"], "cpu": runs["cpu"]}, {}) is None
+
+
 def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
     from finetune.errors import ConfigError
 

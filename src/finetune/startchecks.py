@@ -515,6 +515,26 @@ def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu:
 TORCH_RULES = ("pretrain", "train", "lr_find", "evaluate", "export_onnx")
 
 
+def cuda_only_options_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
+    """``runs``: {run: its options} of the train jobs a run starts on a machine where no GPU is seen, their device
+    ``auto``; ``keys``: {run: where its own keys are written (experiments.<name>.<key>)}. Where some set ``amp`` or
+    ``channels_last``, which act on CUDA only, a line naming each key as written: those runs train as they would
+    without them (the same history, to the last digit), which a comparison of the two would not show. (device: cpu
+    with them is refused at start; on a cluster the jobs' nodes may have GPUs the submitting machine lacks.)"""
+    named = {}
+    for run, options in runs.items():
+        for key, on in (("amp", options.get("amp", "off") != "off"), ("channels_last", bool(options.get("channels_last")))):
+            if on and options.get("device", "auto") == "auto":
+                written = keys.get(run, {}).get(key, f"train.{key}")
+                named.setdefault(f"{written} {str(options[key]).lower()}", []).append(run)
+    if not named:
+        return None
+    listed = "; ".join(f"{key} ({', '.join(sorted(which))})" for key, which in sorted(named.items()))
+    return (f"{listed}: autocast and channels-last act on CUDA only, and this machine has no GPU that torch sees, so "
+            "these runs train on the CPU (device auto) as they would without them (train_info.json records the "
+            "options as written)")
+
+
 def uncached_bytecode_note(environ: dict, torch_folder: str | os.PathLike | None, torch_jobs: int) -> str | None:
     """Where the jobs' Python may not write bytecode (PYTHONDONTWRITEBYTECODE, set in many container images) and
     torch's package holds none (installed with --no-compile): every job compiles torch's Python again before its

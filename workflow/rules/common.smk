@@ -84,11 +84,11 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  runs_no_job, runs_the_dag, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, damaged_onnx_problem,
-                                  damaged_split_problem, new_dataset_images, new_images_problem, nvidia_driver_loaded,
-                                  side_by_side_note, skipped_images_note, spacing_note, split_made_again,
-                                  too_few_to_split_problem, uncached_bytecode_note, unread_predict_images_note,
-                                  unreadable_line, with_hints, TORCH_RULES)
+from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
+                                  damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
+                                  nvidia_driver_loaded, side_by_side_note, skipped_images_note, spacing_note,
+                                  split_made_again, too_few_to_split_problem, uncached_bytecode_note,
+                                  unread_predict_images_note, unreadable_line, with_hints, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -539,11 +539,12 @@ LR_FIND_ONE_PROCESS = ("devices", "nodes")
 
 
 def lr_find_options(experiment):
-    """The range test's options: the run's training options (lr auto included), seeded by `lr_find.seed` (not one of
-    `seeds`: reordering them tested and trained again), with the keys it does not read at their defaults
-    (configcheck.range_test_options: a run's epochs, say; LR_FIND_ONE_PROCESS)."""
+    """The range test's options: the run's training options, seeded by `lr_find.seed` (not one of `seeds`: reordering
+    them tested and trained again), with the keys it does not read at their defaults (configcheck.range_test_options:
+    a run's epochs, say; LR_FIND_ONE_PROCESS), and its lr `auto` whatever the run's (the test sets each step's lr
+    itself: a curve asked for by name ran again when the run's lr was set to auto, or to another number)."""
     options = range_test_options(train_options(experiment, config["lr_find"]["seed"]), TRAIN_DEFAULTS)
-    return {**options, **{key: TRAIN_DEFAULTS[key] for key in LR_FIND_ONE_PROCESS if key in options}}
+    return {**options, **{key: TRAIN_DEFAULTS[key] for key in LR_FIND_ONE_PROCESS if key in options}, "lr": "auto"}
 
 
 def lr_is_auto(experiment):
@@ -1556,6 +1557,18 @@ def side_by_side_note_here():
     return note(cuda | (auto if gpu_here else set()))
 
 
+def cuda_only_options_note_here():
+    """cuda_only_options_note for the train jobs this run starts on this machine, where torch sees no GPU (asked only
+    where a run on device auto sets amp or channels_last, and NVIDIA's driver is loaded)."""
+    runs = {}
+    for job in workflow.dag.needrun_jobs():
+        if job.rule.name == "train" and job.wildcards.experiment not in runs:
+            runs[job.wildcards.experiment] = experiment_config(job.wildcards.experiment)
+    if cuda_only_options_note(runs, {}) is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0):
+        return None
+    return cuda_only_options_note(runs, {run: train_key_names(run) for run in runs})
+
+
 def uncached_bytecode_note_here():
     """uncached_bytecode_note for this run's jobs (torch's folder found without importing it: no start-up cost)."""
     import importlib.util
@@ -1670,6 +1683,9 @@ onstart:
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
         if _side_by_side:
             say(_side_by_side)
+        _cuda_only = cuda_only_options_note_here() if workflow.local_exec else None
+        if _cuda_only:
+            say(_cuda_only)
         _uncached = uncached_bytecode_note_here()
         if _uncached:
             say(_uncached)
