@@ -875,6 +875,21 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
     assert "dog " in set(split["class_name"]) and "dog" in set(split["class_name"])
 
 
+def split_of_cats_and_dogs(tmp_path: Path, fmt: str):
+    """An ImageFolder of 6 cats and 6 dogs (``fmt`` csv: its CSV manifest), split by a run of the workflow in
+    ``tmp_path / "run"``: (its folder, {class: image paths}, the manifest, its rows, the dataset config, the config
+    file, a snapshot of the splits made)."""
+    data = tmp_path / "images"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    manifest = data / "manifest.csv"
+    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(6)]
+    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
+    dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.2, "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    return data, made, manifest, rows, dataset, config, snapshot(tmp_path / "run" / "resources" / "splits")
+
+
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
 def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_keeping_the_split(tmp_path, fmt):
     """A broken file dropped into a dataset after a run (a copy cut short, a file that is no image) failed the split
@@ -882,15 +897,7 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
     again, and every job after it ran again. The images new since the split are opened at start (one copied with its
     old time stamp too), the split is kept, and with them deleted nothing reruns; with on_bad_image: skip they are
     left to the split, which leaves them out."""
-    data = tmp_path / "images"
-    make_images(data, {"cat": 6, "dog": 6})
-    manifest = data / "manifest.csv"
-    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(6)]
-    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
-    dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.2, "test_fraction": 0.2}
-    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
-    run_snakemake(tmp_path / "run", config, "--until", "split")
-    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    data, _, manifest, rows, dataset, config, before = split_of_cats_and_dogs(tmp_path, fmt)
 
     bad = make_bad_images(tmp_path / "bad")
     added = {"cat": bad["truncated_png"], "dog": bad["not_an_image"]}
@@ -938,15 +945,7 @@ def test_a_class_too_small_or_a_photo_copied_under_another_label_stops_the_run_a
     failed the split job, and Snakemake removed the split made before: with the fault put right, the split and every
     job after it ran again. Both are found at start now, with the message the split job run alone on the same
     dataset gives, the split is kept, and with the fault put right nothing reruns."""
-    data = tmp_path / "images"
-    made = make_images(data, {"cat": 6, "dog": 6})
-    manifest = data / "manifest.csv"
-    rows = [f"{name}/{i:03d}.png,{name}" for name in ("cat", "dog") for i in range(6)]
-    manifest.write_text("\n".join(["path,label", *rows]) + "\n")
-    dataset = {"format": fmt, "path": str(manifest if fmt == "csv" else data), "val_fraction": 0.2, "test_fraction": 0.2}
-    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
-    run_snakemake(tmp_path / "run", config, "--until", "split")
-    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    data, made, manifest, rows, dataset, config, before = split_of_cats_and_dogs(tmp_path, fmt)
 
     def add_owl():
         make_images(data, {"owl": 1}, seed=5)
