@@ -130,6 +130,11 @@ def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_
     refused = run_snakemake(workdir, config, check=False)
     assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
     assert f"{RUN}/model.onnx lacks the metadata its export wrote: make it again" in refused.stdout, refused.stdout[-3000:]
+    # --touch of another run's model touches this one no more than it declares it sound: still refused after it
+    other = next(p.parent for p in (workdir / "results").glob("*/seed*/model.onnx") if p != model).relative_to(workdir)
+    assert run_snakemake(workdir, config, "--touch", f"{other}/model.onnx").returncode == 0
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and f"{RUN}/model.onnx lacks the metadata" in refused.stdout, refused.stdout[-3000:]
     ran = run_snakemake(workdir, None, "--forcerun", f"{RUN}/model.onnx", "--printshellcmds", f"{RUN}/model.onnx",
                         "--configfile", str(config))
     assert jobs_run(ran.stdout) == ["export_onnx"], ran.stdout[-3000:]

@@ -1308,8 +1308,9 @@ if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND
     _splits = ["target", *(["source"] if config["weights"]["source"] == "pretrain" else [])]
     _splits = [output_path(f"resources/splits/{each}.csv") for each in _splits
                if not split_made_again(output_path(f"resources/splits/{each}.csv"), split_dataset_config(each))]
-    _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
-             if _COMMAND.touch or onnx_checked(_COMMAND, each)]
+    # under --touch, those its targets name (or all, with none): a touch of another run's model declares this one
+    # sound no more than it touches it
+    _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS) if onnx_checked(_COMMAND, each)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
                           *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx)], _COMMAND)
