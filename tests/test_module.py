@@ -197,6 +197,35 @@ def two_instance_host(host, config_a: dict, config_b: dict):
     return host
 
 
+def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_themselves(tmp_path):
+    """Two instances on one ImageFolder, the first with no split yet: its check at start passed the folder and recorded
+    it as checked (in the host's .snakemake/, which both share), so that the second, with a split, skipped its check
+    of the images new since; a broken one then failed its split job, which removed its split, and the run after the
+    fix trained everything again. Each instance's check is its own now: the second refuses at start, naming its
+    module and its keys as the host's config holds them, and keeps its split."""
+    from faults import make_images, snapshot
+
+    host = tmp_path / "host"
+    make_images(host / "data", {"cat": 6, "dog": 6})
+    folder = {"format": "imagefolder", "path": "data", "val_fraction": 0.2, "test_fraction": 0.2}
+    tiny = {**TINY_CONFIG, "dataset": folder}
+    two_instance_host(host, tiny, tiny)
+    run_snakemake(host, None, "runs/b/resources/splits/target.csv", snakefile=host / "Snakefile")
+    before = snapshot(host / "runs/b/resources/splits")
+    (host / "data" / "cat" / "96.png").write_bytes(b"not an image")
+    result = run_snakemake(host, None, "runs/b/resources/splits/target.csv", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and "rule fb_split:" not in result.stdout, result.stdout[-3000:]
+    assert ("module fb: images new since the split was made do not decode (nothing ran, and the split made before is "
+            "kept): 1 unreadable image(s) in data") in result.stdout, result.stdout[-3000:]
+    assert "set bb.dataset.on_bad_image: skip" in result.stdout, result.stdout[-3000:]
+    assert snapshot(host / "runs/b/resources/splits") == before
+    (host / "data" / "cat" / "96.png").unlink()
+    (host / "data" / "bird").mkdir()  # an empty class folder: each instance refuses it, the first read naming itself
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and "module fa: class folder(s) with no images in data: bird" in result.stdout, \
+        result.stdout[-3000:]
+
+
 def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_prefix(tmp_path):
     """Two instances, the second with an `lr_find` setting no run of its uses: the note said neither which module
     it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b)."""

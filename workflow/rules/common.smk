@@ -1035,8 +1035,12 @@ IMAGE_FOLDERS_CHECKED = Path(".snakemake") / "finetune-checked-folders.json"
 CHECKED_FOLDERS_KEPT = 16
 
 
-def _image_folder_key(cfg):
-    return json.dumps([os.path.realpath(cfg["path"]), cfg.get("classes"), cfg.get("watch", "folders")])
+def _image_folder_key(cfg, split_file):
+    """The folder, classes and watch depth of a check, and the split it protects: two instances of the workflow in one
+    host (`prefix:`) share .snakemake/, and one with no split yet passed the folder without the checks a split asks
+    for (its images new since), so that the other's run then skipped them."""
+    return json.dumps([os.path.realpath(cfg["path"]), cfg.get("classes"), cfg.get("watch", "folders"),
+                       os.path.abspath(split_file)])
 
 
 def _checked_folders():
@@ -1047,21 +1051,22 @@ def _checked_folders():
         return {}
 
 
-def image_folder_unchecked(cfg):
+def image_folder_unchecked(cfg, split_file):
     """An ImageFolder's state where it changed since it last passed the check at start (or never passed it here);
     None where it did not."""
     state = watched_state(cfg)
-    return None if _checked_folders().get(_image_folder_key(cfg)) == state else state
+    return None if _checked_folders().get(_image_folder_key(cfg, split_file)) == state else state
 
 
-def image_folder_checked(cfg, state):
+def image_folder_checked(cfg, split_file, state):
     """Record that the ImageFolder, in ``state``, passed (a record not written only means the check runs again)."""
     from finetune.errors import FinetuneError
     from finetune.fileio import atomic_path
 
     try:
         IMAGE_FOLDERS_CHECKED.parent.mkdir(exist_ok=True)
-        key = _image_folder_key(cfg)  # the last few folders (and classes, watch) checked: the others looked at again
+        # the last few folders (and classes, watch, split) checked: the others looked at again
+        key = _image_folder_key(cfg, split_file)
         kept = [(k, v) for k, v in _checked_folders().items() if k != key][-(CHECKED_FOLDERS_KEPT - 1):]
         with atomic_path(IMAGE_FOLDERS_CHECKED) as tmp:
             Path(tmp).write_text(json.dumps({**dict(kept), key: state}))
@@ -1135,14 +1140,14 @@ def check_image_folder_at_start(key, cfg, split_file):
     dataset.classes' indices that moved since the split."""
     from finetune.data import DataError, check_image_folder, image_folder_classes, image_folder_notes, moved_indices_line
 
-    state = image_folder_unchecked(cfg)
+    state = image_folder_unchecked(cfg, split_file)
     if state is not None:
         try:
             check_image_folder(cfg["path"], cfg.get("classes"))
         except (DataError, OSError) as exc:
             raise refused_at_start(str(exc), key, split_file)
         refuse_new_faults(key, cfg, split_file)
-        image_folder_checked(cfg, state)
+        image_folder_checked(cfg, split_file, state)
     # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
     # seen, not only in the split job's log (from the folder names, and each class folder's own files)
     for note in image_folder_notes(cfg["path"]):
@@ -1185,32 +1190,43 @@ def check_manifest_at_start(key, cfg, split_file):
     return given
 
 
+def host_key(key):
+    """A key of this workflow's config as the user wrote it: under the host's key as a module given a part of the host's
+    config (`config: config["fb"]`: `fb.dataset`), as it is otherwise."""
+    return f"{_module_key}.{key}" if _as_module and _module_key else key
+
+
 def check_dataset_at_start(key, dataset):
     """The checks at start of an ImageFolder's or a CSV manifest's files (``key`` where the config holds it): what
-    the split job would fail on, refused before Snakemake removes the split made before."""
+    the split job would fail on, refused before Snakemake removes the split made before. As a module, its keys are
+    named as the host's config holds them, and a refusal names the module (two instances may read two folders)."""
     cfg = dataset_config(dataset)
     if cfg["format"] not in ("imagefolder", "csv"):
         return
-    refuse_missing_dataset(key, cfg)
+    named = host_key(key)
     split_file = output_path(f"resources/splits/{dataset}.csv")
-    if cfg["format"] == "imagefolder":
-        check_image_folder_at_start(key, cfg, split_file)
-        given = given_splits(cfg, split_file)
-    else:
-        given = check_manifest_at_start(key, cfg, split_file)
+    try:
+        refuse_missing_dataset(named, cfg)
+        if cfg["format"] == "imagefolder":
+            check_image_folder_at_start(named, cfg, split_file)
+            given = given_splits(cfg, split_file)
+        else:
+            given = check_manifest_at_start(named, cfg, split_file)
+    except WorkflowError as exc:
+        raise (WorkflowError(f"{INSTANCE}{exc.args[0]}") if INSTANCE and exc.args else exc) from None
     if cfg.get("on_bad_image") == "skip":  # said at each start while the split leaves them out: its log alone said so
         skipped = skipped_images_note(split_report(split_file), str(Path(split_file).with_suffix(".report.json")),
                                       cfg["path"])
         if skipped:
-            say(f"{key}.{skipped}")
+            say(f"{named}.{skipped}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
     # would be ignored by the split job (its log said so), and editing it reran the split and all after it.
     if _fractions_written.get(key) and given:
         from finetune.data import given_splits_line
 
-        line = given_splits_line(key, cfg, _fractions_written[key], given)
+        line = given_splits_line(named, cfg, _fractions_written[key], given)
         if line:
-            raise WorkflowError(f"{line}: nothing ran")
+            raise WorkflowError(f"{INSTANCE}{line}: nothing ran")
 
 
 if CHECK_FILES:
