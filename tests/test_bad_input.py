@@ -755,8 +755,9 @@ def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_pa
     make_images(data / "val", {"cat": 2, "dog": 2}, seed=1)
     shutil.copytree(data, tmp_path / "target")
     folder = {"format": "imagefolder", "path": str(data), "test_fraction": 0.2}
-    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "path": str(tmp_path / "target")}, "pretrain": {
-        **TINY_CONFIG["pretrain"], "dataset": folder}})  # val_fraction not written: one written is refused at start
+    config = tiny_config(tmp_path / "run", replace={"dataset": {**folder, "path": str(tmp_path / "target")},
+                                                    "pretrain": {**TINY_CONFIG["pretrain"], "dataset": folder}})
+    # val_fraction not written above: one written is refused at start
     run_snakemake(tmp_path / "run", config, "--until", "split")
     source = (tmp_path / "run" / "results/logs/split/source.log").read_text()
     target = (tmp_path / "run" / "results/logs/split/target.log").read_text()
@@ -769,7 +770,8 @@ def test_the_source_dataset_s_split_names_its_keys_under_pretrain_dataset(tmp_pa
     result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
     assert result.returncode != 0  # refused at start (the split made before kept), as the split job would refuse it
     error = result.stdout[result.stdout.find("class 'dog'"):result.stdout.find("nothing ran")]
-    assert "class 'dog' has 1 image(s) outside the official val split: too few to stratify" in error, result.stdout[-3000:]
+    assert "class 'dog' has 1 image(s) outside the official val split: too few to stratify" in error, \
+        result.stdout[-3000:]
     assert "or leave the class out with pretrain.dataset.classes." in error and " dataset.classes" not in error
     alone = run_script("split", "--dataset", json.dumps(folder), "--out", str(tmp_path / "alone.csv"), "--report",
                        str(tmp_path / "alone.report.json"), "--threads", "1", "--key", "pretrain.dataset")
@@ -940,7 +942,7 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
-def test_a_class_too_small_or_a_photo_copied_under_another_label_stops_the_run_at_start_keeping_the_split(tmp_path, fmt):
+def test_a_class_too_small_or_a_photo_copied_under_another_label_stops_the_run_at_start(tmp_path, fmt):
     """A class folder of one photo added (or a manifest's row of a new label), or a photo copied into a second class,
     failed the split job, and Snakemake removed the split made before: with the fault put right, the split and every
     job after it ran again. Both are found at start now, with the message the split job run alone on the same

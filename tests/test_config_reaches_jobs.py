@@ -717,7 +717,8 @@ def test_amp_on_device_auto_is_said_at_the_start_of_a_run_on_a_machine_where_tor
     GPU (it trains as without it: tests/test_training.py); on a machine with one, nothing is said."""
     import torch
 
-    config = tiny_config(tmp_path, replace={"experiments": {"fast": {"strategy": "finetune", "amp": "bf16", "device": "auto"}}})
+    fast = {"strategy": "finetune", "amp": "bf16", "device": "auto"}
+    config = tiny_config(tmp_path, replace={"experiments": {"fast": fast}})
     output = run_snakemake(tmp_path, config, "--until", "train").stdout
     assert ("rule train:" in output) and (("note: experiments.fast.amp bf16 (fast): autocast and channels-last act "
                                            "on CUDA only") in output) == (not torch.cuda.is_available()), output[-3000:]

@@ -419,12 +419,13 @@ def test_amp_and_channels_last_on_device_auto_without_a_gpu_train_as_without_the
     both = run_fit(tiny, make_model(tiny), strategy="finetune", device="auto", amp="bf16", channels_last=True)
     same = strip(plain.history) == strip(both.history) and equal_states(plain.best_state, both.best_state)
     assert same == (not torch.cuda.is_available())
-    runs = {"fast": {"device": "auto", "amp": "bf16", "channels_last": True}, "nhwc": {"device": "auto", "channels_last": True},
-            "plain": {"device": "auto", "amp": "off"}, "cpu": {"device": "cuda", "amp": "fp16"}}
+    runs = {"fast": {"device": "auto", "amp": "bf16", "channels_last": True},
+            "nhwc": {"device": "auto", "channels_last": True},
+            "plain": {"device": "auto", "amp": "off"}, "cuda": {"device": "cuda", "amp": "fp16"}}
     note = cuda_only_options_note(runs, {"fast": {"amp": "experiments.fast.amp"}})
     assert note.startswith("experiments.fast.amp bf16 (fast); train.channels_last true (fast, nhwc): autocast and "
                            "channels-last act on CUDA only"), note
-    assert cuda_only_options_note({"plain": runs["plain"], "cpu": runs["cpu"]}, {}) is None
+    assert cuda_only_options_note({"plain": runs["plain"], "cuda": runs["cuda"]}, {}) is None
 
 
 def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():

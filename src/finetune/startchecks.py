@@ -274,8 +274,7 @@ def labelled_two_ways(cfg: dict, digests: dict[str, str], threads: int, listing=
     found = {**digests, **{path: digest for path, (_, digest, _) in zip(same_size, inspect_images(same_size, threads))}}
     compared = listing[listing["path"].isin(found)].reset_index(drop=True)
     spec = SplitSpec(format=cfg["format"], path=cfg["path"])
-    conflicting = find_duplicates(compared, [found[p] for p in compared["path"]], draw_keys(compared["path"], spec))[1]
-    return conflicting
+    return find_duplicates(compared, [found[p] for p in compared["path"]], draw_keys(compared["path"], spec))[1]
 
 
 def _size(path: str) -> int | None:
@@ -523,7 +522,8 @@ def cuda_only_options_note(runs: dict[str, dict], keys: dict[str, dict]) -> str 
     with them is refused at start; on a cluster the jobs' nodes may have GPUs the submitting machine lacks.)"""
     named = {}
     for run, options in runs.items():
-        for key, on in (("amp", options.get("amp", "off") != "off"), ("channels_last", bool(options.get("channels_last")))):
+        asked = {"amp": options.get("amp", "off") != "off", "channels_last": bool(options.get("channels_last"))}
+        for key, on in asked.items():
             if on and options.get("device", "auto") == "auto":
                 written = keys.get(run, {}).get(key, f"train.{key}")
                 named.setdefault(f"{written} {str(options[key]).lower()}", []).append(run)

@@ -81,8 +81,10 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
     README's example for one's own images, run in the repository, trained colour photos at 32 px, nothing said but
     that the dataset section was replaced."""
     weights, pretrain = user.get("weights"), user.get("pretrain")
-    if (not isinstance(user.get("dataset"), dict) or (config.get("dataset") or {}).get("format") not in ("imagefolder", "csv")
-            or (isinstance(weights, dict) and "source" in weights) or (isinstance(pretrain, dict) and "dataset" in pretrain)
+    own_images = (isinstance(user.get("dataset"), dict)
+                  and (config.get("dataset") or {}).get("format") in ("imagefolder", "csv"))
+    if (not own_images or (isinstance(weights, dict) and "source" in weights)
+            or (isinstance(pretrain, dict) and "dataset" in pretrain)
             or (config.get("weights") or {}).get("source") != "pretrain" or "pretrain" not in workflow_file):
         return []
     source = (config.get("pretrain") or {}).get("dataset") or {}
@@ -91,7 +93,8 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
                  f"the {source.get('format')} dataset {source.get('path')}")
     if source.get("classes") is not None:
         described += f" of classes {source['classes']}"
-    sections = [user.get("train"), *((user.get("experiments") or {}).values() if isinstance(user.get("experiments"), dict) else [])]
+    experiments = user.get("experiments") if isinstance(user.get("experiments"), dict) else {}
+    sections = [user.get("train"), *experiments.values()]
     sized = any(isinstance(section, dict) and section.get("image_size") is not None for section in sections)
     return [f"weights.source: pretrain is config/config.yaml's (your config names no source): your images are trained "
             f"from a {(config.get('weights') or {}).get('arch')} pretrained here on {described} at pretrain.image_size "

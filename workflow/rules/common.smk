@@ -77,12 +77,13 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
-from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, demo_source_for_own_images,
-                                 duplicate_keys, expand_home, first_time, forced_to_run, has_option, inherited_for_another_optimizer,
-                                 is_snakemake_command_line, once_per, option_differences, own_sections, pending_jobs,
-                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
-                                 runs_no_job, runs_the_dag, snakemake_command_line, stray_configfiles,
-                                 stray_configfiles_hint, typed_command_line_config, where_written)
+from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
+                                 demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
+                                 has_option, inherited_for_another_optimizer, is_snakemake_command_line, once_per,
+                                 option_differences, own_sections, pending_jobs, profile_settings_replaced,
+                                 profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
+                                 snakemake_command_line, stray_configfiles, stray_configfiles_hint,
+                                 typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
@@ -1326,7 +1327,8 @@ if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND
                if not split_made_again(output_path(f"resources/splits/{each}.csv"), split_dataset_config(each))]
     # under --touch, those its targets name (or all, with none): a touch of another run's model declares this one
     # sound no more than it touches it
-    _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS) if onnx_checked(_COMMAND, each)]
+    _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
+             if onnx_checked(_COMMAND, each)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
                           *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx)], _COMMAND)
