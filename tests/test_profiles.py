@@ -67,11 +67,28 @@ def test_a_key_written_twice_in_the_profile_in_use_is_refused_naming_it(tmp_path
         assert (f"{profile / 'config.yaml'}: default-resources is written twice (lines {lines[0]} and {lines[1]})"
                 in result.stdout), (option, result.stdout[-2000:])
     assert not (tmp_path / "run" / "results").exists()
+    # The profile's path relative to where snakemake is started, the run in another --directory: still found.
+    relative = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                               "run", "--cores", "2", "--configfile", str(config), "-n", "--workflow-profile",
+                               "myslurm"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=120)
+    assert relative.returncode != 0, relative.stdout
+    assert "myslurm/config.yaml: default-resources is written twice" in relative.stdout, relative.stdout[-2000:]
     # Which profile files a command line uses, as Snakemake picks them.
     assert profile_files(["snakemake", "-n"], {}, REPO) == [REPO / "profiles" / "default" / "config.yaml"]
     assert profile_files(["snakemake", "--workflow-profile", "none"], {}, REPO) == []
     assert profile_files(["snakemake", "--workflow-profile", "none"], {"SNAKEMAKE_PROFILE": str(profile)}, REPO) == [
         profile / "config.yaml"]
+    assert profile_files(["snakemake", "--workflow-profile", "myslurm"], {}, REPO, tmp_path) == [profile / "config.yaml"]
+    assert profile_files(["snakemake", "--profile", "myslurm/config.yaml", "--workflow-profile=none"], {}, REPO,
+                         tmp_path) == [profile / "config.yaml"]
+    # A workflow profile named: profiles/<name> where snakemake started, else beside the Snakefile.
+    assert profile_files(["snakemake", "--workflow-profile", "slurm"], {}, REPO, tmp_path) == [
+        REPO / "profiles" / "slurm" / "config.yaml"]
+    (tmp_path / "profiles" / "slurm").mkdir(parents=True)
+    (tmp_path / "profiles" / "slurm" / "config.yaml").write_text("jobs: 1\n")
+    assert profile_files(["snakemake", "--workflow-profile", "slurm"], {}, REPO, tmp_path) == [
+        tmp_path / "profiles" / "slurm" / "config.yaml"]
 
 
 def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):

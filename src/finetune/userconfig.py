@@ -177,11 +177,13 @@ def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) ->
 PROFILE_FILES = ("config.v9+.yaml", "config.yaml")  # the file Snakemake 9 reads in a profile folder, first found
 
 
-def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLike) -> list[Path]:
+def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLike,
+                  rundir: str | os.PathLike = ".") -> list[Path]:
     """The profile config files of this Snakemake run, from its command line: ``--profile`` (or
     $SNAKEMAKE_PROFILE) and ``--workflow-profile`` (without it, the workflow's profiles/default, as Snakemake
-    takes it; ``none``: none). A profile named rather than a folder is looked up in
-    ~/.config/snakemake/<name>, as Snakemake does."""
+    takes it; ``none``: none). A relative path is taken from ``rundir``, the directory Snakemake started in (before
+    ``--directory`` changed it); a profile named rather than a folder is looked up in ~/.config/snakemake/<name>, and
+    a workflow profile named in profiles/<name> there or beside the Snakefile, as Snakemake does."""
     def value(option: str) -> str | None:
         for i, arg in enumerate(argv):
             if arg == option and i + 1 < len(argv):
@@ -190,18 +192,24 @@ def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLik
                 return arg.split("=", 1)[1]
         return None
 
-    folders = []
+    rundir = Path(rundir).absolute()
+
+    def first_existing(*candidates: Path) -> Path | None:
+        return next((path for path in candidates if path.exists()), None)
+
+    places = []
     profile = value("--profile") or environ.get("SNAKEMAKE_PROFILE")
-    if profile:
-        folders.append(Path(profile) if os.path.isdir(profile) else Path.home() / ".config" / "snakemake" / profile)
+    if profile and profile != "none":
+        places.append(first_existing(rundir / profile, Path.home() / ".config" / "snakemake" / profile))
     workflow_profile = value("--workflow-profile")
-    if workflow_profile is None:
-        folders.append(Path(workflow_dir) / "profiles" / "default")
-    elif workflow_profile != "none":
-        folders.append(Path(workflow_profile))
+    if workflow_profile != "none":
+        name = Path(workflow_profile or "default")
+        places.append(first_existing(rundir / name, rundir / "profiles" / name,
+                                     Path(workflow_dir) / "profiles" / name))
     found = []
-    for folder in folders:
-        file = next((folder / name for name in PROFILE_FILES if (folder / name).is_file()), None)
+    for place in filter(None, places):
+        file = place if place.is_file() else next(
+            (place / name for name in PROFILE_FILES if (place / name).is_file()), None)
         if file is not None:
             found.append(file)
     return found

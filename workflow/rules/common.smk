@@ -149,7 +149,7 @@ def note_resources_under_unprefixed_names():
 
 
 # The profiles this run reads (the workflow's own, --profile, $SNAKEMAKE_PROFILE): read once.
-PROFILE_FILES = profile_files(ARGV, os.environ, workflow.basedir)
+PROFILE_FILES = profile_files(ARGV, os.environ, workflow.basedir, workflow.rundir)
 # In the order Snakemake merges them (the last that writes a key wins): the host's, then --configfile's.
 _cli_files = list(map(str, workflow.config_settings.configfiles))
 _config_files = list(dict.fromkeys([*(str(f) for f in workflow.configfiles if _as_module and str(f) not in _cli_files),
@@ -1583,9 +1583,8 @@ def cuda_only_options_note_here():
     for job in workflow.dag.needrun_jobs():
         if job.rule.name == "train" and job.wildcards.experiment not in runs:
             runs[job.wildcards.experiment] = experiment_config(job.wildcards.experiment)
-    if cuda_only_options_note(runs, {}) is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0):
-        return None
-    return cuda_only_options_note(runs, {run: train_key_names(run) for run in runs})
+    note = cuda_only_options_note(runs, {run: train_key_names(run) for run in runs})
+    return None if note is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0) else note
 
 
 def uncached_bytecode_note_here():
