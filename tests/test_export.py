@@ -144,12 +144,18 @@ def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_
     assert np.abs(onnx_logits(model, x) - onnx_logits(earlier, x)).max() <= 1e-5
 
 
-def assert_sound_onnx(model_path, checkpoint_path, refs, opset):
-    """The file's opset, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
+def readme_ir_version(exporter, opset):
+    """The ONNX IR version the README says each exporter writes (which onnxruntime versions load it hangs on it)."""
+    return 10 if exporter == "dynamo" else 7 if opset <= 14 else 8
+
+
+def assert_sound_onnx(model_path, checkpoint_path, refs, opset, exporter):
+    """The file's opset and IR version, its dynamic batch axis, and onnxruntime against PyTorch on ``refs``."""
     proto = onnx.load(str(model_path))
     onnx.checker.check_model(proto, full_check=True)
     default_domain = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     assert default_domain == [opset], f"{model_path}: opset_import {default_domain}, asked for {opset}"
+    assert proto.ir_version == readme_ir_version(exporter, opset), (exporter, opset, proto.ir_version)
     for value in (proto.graph.input[0], proto.graph.output[0]):
         batch = value.type.tensor_type.shape.dim[0]
         assert batch.dim_param and not batch.HasField("dim_value"), f"{value.name}: the batch axis is not dynamic"
@@ -226,13 +232,13 @@ def test_a_model_with_large_logits_is_judged_by_their_size(tiny_run, tmp_path):
     assert not (tmp_path / "strict/model.onnx").exists()
 
 
-@pytest.mark.parametrize("exporter, opset", [("dynamo", 20), ("torchscript", 18)])
+@pytest.mark.parametrize("exporter, opset", [("dynamo", 20), ("torchscript", 18), ("torchscript", 13)])
 def test_script_exports_with_the_exporter_and_opset_asked_for(tiny_run, tmp_path, exporter, opset):
     out = tmp_path / "out"
     result = export(tiny_run, out, "--exporter", exporter, "--opset", str(opset))
     assert result.returncode == 0, result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "onnx_parity.json"]
-    assert_sound_onnx(out / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], opset)
+    assert_sound_onnx(out / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], opset, exporter)
 
 
 def test_export_config_keys_reach_the_exported_file(tiny_run, tiny_run_copy):
@@ -242,9 +248,11 @@ def test_export_config_keys_reach_the_exported_file(tiny_run, tiny_run_copy):
     # The target goes before --configfile, which would take it for a second config file.
     result = run_snakemake(workdir, None, f"{RUN}/model.onnx", "--configfile", str(config))
     assert jobs_run(result.stdout) == ["export_onnx"], result.stdout[-3000:]
-    assert_sound_onnx(workdir / RUN / "model.onnx", workdir / RUN / "model.pt", held_out(workdir)["path"], 17)
+    assert_sound_onnx(workdir / RUN / "model.onnx", workdir / RUN / "model.pt", held_out(workdir)["path"], 17,
+                      "torchscript")
     # The default config's model (dynamo) carries the default opset, 18.
-    assert_sound_onnx(tiny_run / RUN / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], 18)
+    assert_sound_onnx(tiny_run / RUN / "model.onnx", tiny_run / RUN / "model.pt", held_out(tiny_run)["path"], 18,
+                      "dynamo")
 
 
 DYNAMO_17 = ("export.opset: 17 with export.exporter: dynamo: torch's dynamo exporter writes opset 18 or later")
