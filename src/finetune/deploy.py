@@ -400,7 +400,9 @@ def quantize_int8(onnx_path: Path, out_onnx: Path) -> float:
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, value
         entry = proto.metadata_props.add()
-        entry.key, entry.value = "quantization", f"dynamic int8 weights (onnxruntime {onnxruntime.__version__})"
+        entry.key, entry.value = "quantization", (f"dynamic int8 weights (onnxruntime {onnxruntime.__version__}): "
+                                                  "run one image at a time, as an image's logits depend on the other "
+                                                  "images of its batch")
         onnx.save(proto, str(tmp))
     return time.perf_counter() - started
 
