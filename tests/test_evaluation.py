@@ -359,6 +359,39 @@ def test_paired_p_value_of_one_seed_is_the_binomial_sign_test_on_the_images_that
         assert paired_p_value(a, b) == (pytest.approx(binomial, rel=1e-6), True)
 
 
+def permutation_p(a, b):
+    """The permutation test's p-value by relabelling the pooled figures every way, as bit masks (small n only)."""
+    pooled, n = [*a, *b], len(a) + len(b)
+    observed = abs(np.mean(a) - np.mean(b))
+    masks = [m for m in range(1 << n) if bin(m).count("1") == len(a)]
+    gaps = [abs(np.mean([pooled[i] for i in range(n) if m >> i & 1]) - np.mean([pooled[i] for i in range(n) if not m >> i & 1]))
+            for m in masks]
+    return sum(gap >= observed - 1e-12 for gap in gaps) / len(masks)
+
+
+@pytest.mark.parametrize("a, b", [([0.799, 0.889], [0.901, 0.898]), ([0.9, 0.91, 0.93], [0.8, 0.85, 0.79, 0.9]),
+                                  ([0.5, 0.5, 0.5], [0.5, 0.5]), ([0.91, 0.92, 0.95, 0.93], [0.81, 0.8, 0.83, 0.85])])
+def test_seed_p_value_against_every_relabelling(a, b):
+    """The seed-level test (each seed's test accuracy) against every way of dealing the figures into two groups;
+    the random draws past PERMUTATIONS_EXACT within their error of it."""
+    from finetune.leaderboard import seed_p_value
+
+    assert seed_p_value(a, b) == (pytest.approx(permutation_p(a, b), abs=1e-12), True)
+    assert seed_p_value(a, b, draws=1)[0] >= 0.5  # fewer draws than ways: (1 + extreme) / (1 + draws), never 0
+
+
+def test_seed_p_value_draws_at_random_within_its_error_where_the_ways_are_too_many():
+    """7 seeds against 7 (3,432 ways) with 2,000 random draws: within 3 standard errors of the exact p."""
+    from finetune.leaderboard import seed_p_value
+
+    rng = np.random.default_rng(5)
+    a, b = list(0.9 + 0.02 * rng.standard_normal(7)), list(0.89 + 0.02 * rng.standard_normal(7))
+    exact = permutation_p(a, b)
+    estimate, is_exact = seed_p_value(a, b, draws=2_000)
+    assert not is_exact and 0.05 < exact < 0.95
+    assert abs(estimate - exact) <= 3 * math.sqrt(exact * (1 - exact) / 2_000)
+
+
 def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_test_image(tmp_path):
     """Each run's test_predictions.csv per seed: the note gives each other selected run's test accuracy
     difference from the first-ranked one and the sign-flip p-value, both recomputed here from the rows."""
@@ -386,13 +419,21 @@ def test_the_leaderboard_compares_the_selected_runs_with_the_first_paired_per_te
     assert float(p) == pytest.approx(exact_sign_flip_p(list(first - other)), abs=0.0005)  # exact, to 3 decimals
     assert "two-sided sign-flip test, exact)" in note
     # the verdict follows the p-value (the sentence "above 0.05 ... does not show" followed every p, 0.006 included)
-    assert exact_sign_flip_p(list(first - other)) <= 0.05 and note.endswith("Each differs from finetune at the 5% level (p at most 0.05).")
+    assert exact_sign_flip_p(list(first - other)) <= 0.05
+    assert "Each differs from finetune at the 5% level on this test set (p at most 0.05). That p is about these trained " \
+           "models" in note, note
+    # Over seeds: 12/14 twice against 7/14 twice; of the 6 ways to deal the four figures in two pairs, the 2 that keep
+    # the pairs apart differ as much: p = 2/6, the least two and two seeds can give.
+    assert note.endswith("Over seeds (each seed's test accuracy; two-sided permutation test of the means): scratch "
+                         "p = 0.333 (2 and 2 seeds give no p below 0.333)."), note
     for run in runs[2:]:  # scratch right on the images finetune's seeds get right: nothing to tell them apart
         frame = pd.read_csv(runs[0]["predictions"] if run["seed"] == 0 else runs[1]["predictions"])
         frame.to_csv(run["predictions"], index=False)
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     note = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "paired on the same" in line)
-    assert note.endswith("With p above 0.05 (scratch), this test set does not show the run differs from finetune (at the 5% level).")
+    assert "With p above 0.05 (scratch), this test set does not show the run differs from finetune (at the 5% level). " \
+           "That p is about these trained models" in note, note
+    assert note.endswith("scratch p = 1.000 (2 and 2 seeds give no p below 0.333)."), note
     runs[-1]["predictions"].unlink()  # a seed without its predictions: no comparison
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert "paired on the same" not in (tmp_path / "summary.md").read_text()

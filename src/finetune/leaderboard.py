@@ -5,6 +5,8 @@ validation metric; per experiment (a sweep's runs together) the run selection ch
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -180,18 +182,42 @@ def _exact_sign_flip_p(values: np.ndarray, counts: np.ndarray, observed: int, si
     return float(min(1.0, pmf[sums[np.abs(sums) >= observed] % size].sum()))
 
 
-def per_image_correct(runs: list[dict]) -> dict[str, pd.Series] | None:
-    """{run name: the share of its seeds that classified each test image right, by path}, from each seed's
+PERMUTATIONS_EXACT = 200_000  # the seed-level test deals every way up to this many, else this many at random
+
+
+def seed_p_value(a, b, draws: int = PERMUTATIONS_EXACT, seed: int = 0) -> tuple[float, bool]:
+    """(two-sided p-value, exact?) of two experiments' mean test accuracy over seeds being the same, from each seed's
+    figure (``a``, ``b``): a permutation test, the share of the ways of dealing the pooled figures into groups of these
+    sizes whose means differ at least as much (every way where there are at most ``draws``, else ``draws`` at random).
+    It counts the spread of training seeds, which the paired test per image takes as it is."""
+    pooled = np.asarray([*a, *b], dtype=np.float64)
+    k, total = len(a), pooled.sum()
+    observed = abs(np.mean(a) - np.mean(b)) - 1e-12
+
+    def differs(group) -> bool:
+        chosen = pooled[list(group)].sum()
+        return abs(chosen / k - (total - chosen) / (len(pooled) - k)) >= observed
+
+    if math.comb(len(pooled), k) <= draws:
+        dealt = [differs(group) for group in itertools.combinations(range(len(pooled)), k)]
+        return float(np.mean(dealt)), True
+    rng = np.random.default_rng(seed)
+    extreme = sum(differs(rng.permutation(len(pooled))[:k]) for _ in range(draws))
+    return float((1 + extreme) / (1 + draws)), False
+
+
+def per_seed_correct(runs: list[dict]) -> dict[str, list[pd.Series]] | None:
+    """{run name: per seed, 1.0 or 0.0 for each test image classified right or not, by path}, from each seed's
     test_predictions.csv (``run["predictions"]``); None where a seed has none (made before it, or a test)."""
-    shares: dict[str, list[pd.Series]] = {}
+    seeds: dict[str, list[pd.Series]] = {}
     for run in runs:
         path = run.get("predictions")
         if path is None or not Path(path).is_file():
             return None
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        shares.setdefault(run["experiment"], []).append(
+        seeds.setdefault(run["experiment"], []).append(
             pd.Series((table["predicted"] == table["label"]).to_numpy(dtype=float), index=table["path"]))
-    return {name: pd.concat(seeds, axis=1).mean(axis=1) for name, seeds in shares.items()}
+    return seeds
 
 
 def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
@@ -200,7 +226,8 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
     selected = table.loc[table["selected"], "experiment"].tolist()
     first = table["experiment"].iloc[0]
     others = [name for name in selected if name != first]
-    correct = per_image_correct(runs) if others else None
+    seeds = per_seed_correct(runs) if others else None
+    correct = None if seeds is None else {name: pd.concat(each, axis=1).mean(axis=1) for name, each in seeds.items()}
     if correct is None or any(not correct[name].index.equals(correct[first].index) for name in others):
         return []
     a = correct[first].to_numpy()
@@ -212,10 +239,29 @@ def paired_notes(runs: list[dict], table: pd.DataFrame) -> list[str]:
         tests.add("exact" if exact else f"{SIGN_FLIPS:,} random sign vectors")
         unshown += [name] if p > 0.05 else []
     verdict = (f"With p above 0.05 ({', '.join(unshown)}), this test set does not show the run differs from {first} (at the "
-               "5% level)." if unshown else f"Each differs from {first} at the 5% level (p at most 0.05).")
+               "5% level)." if unshown else f"Each differs from {first} at the 5% level on this test set (p at most 0.05).")
     return [f"Test accuracy of the selected runs against {first} ({_first(table)}), paired on the same {len(a):,} test images "
             f"(each image's share of seeds right; two-sided sign-flip test, {' or '.join(sorted(tests))}): {', '.join(parts)}. "
-            + verdict]
+            + verdict + " " + seed_verdict(first, others, {name: [s.mean() for s in each] for name, each in seeds.items()})]
+
+
+def seed_verdict(first: str, others: list[str], accuracy: dict[str, list[float]]) -> str:
+    """What the paired test leaves out, said: it is about these trained models, its p counting the test images'
+    sampling only; another set of seeds trains other models. Each run against ``first`` over its seeds' test accuracy
+    (:func:`seed_p_value`), with the least p its numbers of seeds can give where that is above 0.05."""
+    parts = []
+    for name in others:
+        ours, theirs = accuracy[name], accuracy[first]
+        if min(len(ours), len(theirs)) < 2:
+            parts.append(f"{name} not tested ({first if len(theirs) < 2 else name} has one seed)")
+            continue
+        p, exact = seed_p_value(ours, theirs)
+        least, _ = seed_p_value([1.0] * len(ours), [0.0] * len(theirs))
+        parts.append(f"{name} {p_text(p, exact)}" + (f" ({len(ours)} and {len(theirs)} seeds give no p below "
+                                                      f"{least:.3f})" if least > 0.05 else ""))
+    return ("That p is about these trained models: it counts the sampling of test images, not the spread another set "
+            "of training seeds gives. Over seeds (each seed's test accuracy; two-sided permutation test of the means): "
+            f"{', '.join(parts)}.")
 
 
 def p_text(p: float, exact: bool) -> str:
