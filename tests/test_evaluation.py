@@ -221,7 +221,8 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
         write_run(tmp_path, "scratch", 0, 0.50, 0.40, 11.0, pretrained=False),
         write_run(tmp_path, "scratch", 1, 0.60, 0.50, 13.0, pretrained=False),
     ]
-    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html")
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html",
+                          tmp_path / "selected.json")
     csv = pd.read_csv(tmp_path / "summary.csv")
     assert list(csv["experiment"]) == ["feature_extract", "finetune", "scratch"]  # best mean accuracy first
     assert list(csv["rank"]) == [1, 2, 3]
@@ -238,7 +239,15 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     md = (tmp_path / "summary.md").read_text().splitlines()
     # The table, a blank line, what ± is, the sentence saying how runs are chosen (no n_test: no note).
     assert len(md) == 2 + 3 + 3
-    assert "| 2 | finetune | ✓ finetune | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 | 1,000 | 2 | 3 |" in md[3]
+    # The selected run's mark names the seed selection chose (the best validation figure: seed 1's 0.90) and that
+    # seed's own test accuracy, the figure of the model shipped; the row's is the mean over seeds.
+    assert ("| 2 | finetune | ✓ finetune (seed 1: test 0.9000) | finetune | torchvision:ResNet18_Weights.IMAGENET1K_V1 "
+            "| 1,000 | 2 | 3 |") in md[3]
+    assert (finetune["selected_seed"], finetune["selected_test_accuracy"]) == (1, 0.9)
+    scratch = csv.set_index("experiment").loc["scratch"]
+    assert (scratch["selected_seed"], scratch["selected_test_accuracy"]) == (1, 0.6)
+    assert {name: (c["seed"], c["test_accuracy"]) for name, c in json.loads((tmp_path / "selected.json").read_text()).items()} \
+        == {"feature_extract": (1, 0.87), "finetune": (1, 0.9), "scratch": (1, 0.6)}
     assert md[-2] == "Mean over seeds; ± is the sample standard deviation (n - 1) over seeds."
     assert "selected by val_accuracy on the validation images" in md[-1]
     assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
@@ -273,7 +282,7 @@ def test_the_leaderboard_names_the_classes_a_selected_run_never_predicted(tmp_pa
             "other classes alone (its macro_f1, which counts such a class as 0, is 0.5500)")
     for page in ("summary.md", "summary.html"):
         assert note in (tmp_path / page).read_text(), page
-    assert "weighted (seed" not in (tmp_path / "summary.md").read_text()
+    assert "The selected run weighted (seed" not in (tmp_path / "summary.md").read_text()
     assert "compare the runs' macro_f1, or try class_weighting: loss." in (tmp_path / "summary.md").read_text()
     # A run that weights its classes already is not told to: more images of the classes it never predicts.
     (tmp_path / "weighted_only").mkdir()

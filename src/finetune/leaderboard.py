@@ -61,17 +61,31 @@ def selections(per_run: pd.DataFrame) -> dict:
                     "tie_break": r.tie_break, "folder": r.folder} for r in runs.itertuples()]
         run = select_run(records)
         mean = runs.loc[runs["experiment"] == run["experiment"], "val"].mean()
+        own = runs.loc[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"]), "test_accuracy"]
         chosen[sweep] = {"run": run["experiment"], "seed": int(run["seed"]), "metric": run["metric"],
                          "value": run["value"], "mean_over_seeds": float(mean),
-                         "model": f"{run['folder']}/model.onnx"}
+                         "test_accuracy": float(own.iloc[0]), "model": f"{run['folder']}/model.onnx"}
     return chosen
+
+
+def selected_cell(sweep: str, selected: bool, seed, test_accuracy) -> str:
+    """The leaderboard's mark of a selected run, with the seed whose model is shipped and that model's own test
+    accuracy (the row's test figure is the mean over its seeds)."""
+    if not selected:
+        return ""
+    return f"✓ {sweep}" + ("" if pd.isna(seed) else f" (seed {int(seed)}: test {test_accuracy:.4f})")
 
 
 def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
     """Best validation figure first: over every row when all share one metric, else within each experiment. Equal
     figures (:func:`finetune.selection.exact`) rank as selection breaks their tie: by the best epochs' mean
     ``val_loss`` (``tie_break``), then the selected run first."""
-    table = table.assign(selected=table["experiment"].isin([c["run"] for c in chosen.values()]),
+    by_run = {c["run"]: c for c in chosen.values()}
+    table = table.assign(selected=table["experiment"].isin(by_run),
+                         selected_seed=pd.array([by_run[name]["seed"] if name in by_run else None
+                                                 for name in table["experiment"]], dtype="Int64"),
+                         selected_test_accuracy=[by_run[name]["test_accuracy"] if name in by_run else np.nan
+                                                 for name in table["experiment"]],
                          score=[exact(oriented(m, v)) for m, v in zip(table["val_metric"], table["val"])],
                          tie=[exact(v) for v in table["tie_break"]])
     one_metric = table["val_metric"].nunique() == 1
@@ -112,7 +126,8 @@ def markdown(table: pd.DataFrame) -> str:
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.experiment} | {'✓ ' + r.sweep if r.selected else ''} | {r.strategy} | {r.weights_source} | "
+            f"| {r.rank} | {r.experiment} | {selected_cell(r.sweep, r.selected, r.selected_seed, r.selected_test_accuracy)} | "
+            f"{r.strategy} | {r.weights_source} | "
             f"{r.trainable_params:,} | {r.seeds} | {epochs_cell(r.epochs, r.diverged_seeds, r.seeds)} | "
             f"{mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
             f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
@@ -380,7 +395,8 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as the HTML page shows it."""
     return pd.DataFrame({
         "rank": table["rank"], "experiment": table["experiment"],
-        "selected": [f"✓ {s}" if chosen else "" for s, chosen in zip(table["sweep"], table["selected"])],
+        "selected": [selected_cell(*cells) for cells in zip(table["sweep"], table["selected"], table["selected_seed"],
+                                                            table["selected_test_accuracy"])],
         "strategy": table["strategy"], "weights": table["weights_source"],
         "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seeds"],
         "seed list": table["seed_list"],
