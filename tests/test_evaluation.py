@@ -326,6 +326,13 @@ def test_the_leaderboard_says_how_far_chance_moves_the_test_figures(tmp_path):
     runs[2]["metrics"].write_text(json.dumps({**json.loads(runs[2]["metrics"].read_text()), "n_test": 400}))
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
     assert "95% interval" not in (tmp_path / "summary.md").read_text()
+    # The ranking's figure likewise, on the validation images (train_info.json's n_val): 0.91 of 40 there.
+    for run in runs:
+        run["info"].write_text(json.dumps({**json.loads(run["info"].read_text()), "n_val": 40}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    low, high = wilson_bounds(0.91 * 40, 40)
+    assert (f"The runs are ranked and selected on 40 validation images: a val_accuracy of 0.9100 (finetune) has a 95% "
+            f"interval of {low:.4f} to {high:.4f} (Wilson)") in (tmp_path / "summary.md").read_text()
 
 
 def exact_sign_flip_p(d) -> float:

@@ -30,6 +30,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "tie_break": record["tie_break"],
         "epochs": info["epochs_run"], "train_seconds": info["train_seconds"],
         "test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n_test": _or_nan(metrics.get("n_test")),
+        "n_val": _or_nan(info.get("n_val")),
         # On the test images without a near copy in train or val; NaN where not looked for (or none is left).
         "test_accuracy_no_near_duplicates": _or_nan((metrics.get("near_duplicates") or {}).get("accuracy_without")),
         "diverged": bool(info.get("diverged")),  # on_divergence stop: the run ended at a non-finite loss
@@ -316,15 +317,31 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     size or metrics.json does not say (made before ``n_test``)."""
     from .metrics import wilson_interval
 
+    notes = validation_chance_notes(per_run, table)
     if per_run["n_test"].isna().any() or per_run["n_test"].nunique() != 1:
-        return []
+        return notes
     n, top = int(per_run["n_test"].iloc[0]), table.iloc[0]
     # The interval of the share printed (a mean over seeds need not be a whole count of images: 200.5 of 300)
     low, high = wilson_interval(top.test_accuracy * n, n)
     ranked = "" if table["val_metric"].nunique() == 1 else f", {_first(table)}"
     return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}{ranked}) "
             f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
-            "closer than that may differ by chance."]
+            "closer than that may differ by chance.", *notes]
+
+
+def validation_chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """How far chance alone moves the figure that ranks and selects, where it is val_accuracy: the 95% Wilson interval
+    of the first-ranked run's on a validation set of this size (a few-shot split ranks on a few dozen images).
+    Nothing for other metrics, or where train_info.json does not say (made before ``n_val``)."""
+    from .metrics import wilson_interval
+
+    if set(table["val_metric"]) != {"val_accuracy"} or per_run["n_val"].isna().any() or per_run["n_val"].nunique() != 1:
+        return []
+    n, top = int(per_run["n_val"].iloc[0]), table.iloc[0]
+    low, high = wilson_interval(top.val * n, n)
+    return [f"The runs are ranked and selected on {n:,} validation images: a val_accuracy of {top.val:.4f} "
+            f"({top.experiment}) has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over validation sets of that "
+            "size, so runs closer than that may be in their order by chance."]
 
 
 def never_predicted_notes(per_run: pd.DataFrame, chosen: dict, train_counts: list[int] | None = None) -> list[str]:
