@@ -272,7 +272,8 @@ def seed_verdict(first: str, others: list[str], accuracy: dict[str, list[float]]
             parts.append(f"{name} not tested ({first if len(theirs) < 2 else name} has one seed)")
             continue
         p, exact = seed_p_value(ours, theirs)
-        least, _ = seed_p_value([1.0] * len(ours), [0.0] * len(theirs))
+        # the least p: each seed of one above each of the other, matched by that dealing alone (and its mirror, sizes equal)
+        least = (2 if len(ours) == len(theirs) else 1) / math.comb(len(ours) + len(theirs), len(ours))
         parts.append(f"{name} {p_text(p, exact)}" + (f" ({len(ours)} and {len(theirs)} seeds give no p below "
                                                       f"{least:.3f})" if least > 0.05 else ""))
     return ("That p is about these trained models: it counts the sampling of test images, not the spread another set "
