@@ -958,3 +958,25 @@ def test_a_sha256_of_digits_alone_read_as_a_number_says_to_quote_it(tmp_path):
     assert result.returncode != 0
     assert re.search(r"weights\.sha256: 7 is not a string.*\(YAML reads a hash of digits alone as a number, dropping "
                      r"its leading zeros: quote it", result.stdout), result.stdout[-2000:]
+
+
+def test_a_config_used_alone_without_pretrain_says_how_large_the_schema_s_pretrain_is(tmp_path):
+    """The README's sweep example run with --replace-workflow-config (or any config in a --directory without
+    config/config.yaml) and no `pretrain`: the schema's defaults pretrained on every Fashion-MNIST train image for
+    the default epochs, nothing said. The start says it, the images counted here from the schema's defaults; with
+    `pretrain` written, or its model made already, nothing is said."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    val_fraction = schema["$defs"]["dataset"]["properties"]["val_fraction"]["default"]
+    epochs = schema["$defs"]["train"]["properties"]["epochs"]["default"]
+    images = round(6000 * (1 - val_fraction)) * 10  # Fashion-MNIST: 6,000 train images in each of 10 classes
+    alone = {key: value for key, value in TINY_CONFIG.items() if key != "pretrain"}
+    output = dry_run_output(tmp_path, alone)
+    assert (f"note: pretrain: not in your config, which is used alone (--replace-workflow-config, or no "
+            f"config/config.yaml where it runs), so the schema's defaults pretrain the source resnet18 on {images:,} "
+            f"Fashion-MNIST images (10 classes) for {epochs} epochs at 32 px: {images * epochs / 18000:.0f} times the "
+            "demo's pretrain") in output, output[-3000:]
+    assert "with no `dataset` your target is every Fashion-MNIST image too" not in output
+    assert "note: pretrain: not in your config" not in dry_run_output(tmp_path, TINY_CONFIG)
+    (tmp_path / "resources" / "pretrain").mkdir(parents=True)
+    (tmp_path / "resources" / "pretrain" / "model.pth").write_bytes(b"made before")
+    assert "note: pretrain: not in your config" not in dry_run_output(tmp_path, alone)

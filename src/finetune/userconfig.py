@@ -106,6 +106,30 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
 
 # An experiment's keys that the demo's config set for the optimizer it gives that experiment (feature_extract's lr 1.0,
 # L-BFGS's line-search scale, and its L2 strength weight_decay 0.1).
+FASHION_MNIST_TRAIN_PER_CLASS = 6000  # Fashion-MNIST's official train images of each of its ten classes
+
+
+def schema_pretrain_note(pretrain: dict, arch: str, epochs: int, dataset_written: bool) -> str | None:
+    """Where a config used alone (no config/config.yaml under it) leaves out `pretrain` with weights.source: pretrain,
+    one line: the schema's defaults pretrain the source model on every train image of Fashion-MNIST's ten classes for
+    ``epochs`` epochs, a long job on CPUs where the demo's pretrain takes about a minute; nothing said, a user who
+    copied the README's sweep example got it silently. ``dataset_written``: whether the config gives `dataset`
+    (without it the target is every Fashion-MNIST image too)."""
+    source = pretrain.get("dataset") or {}
+    if source.get("format") != "fashion-mnist":
+        return None
+    classes = source.get("classes") or list(range(10))
+    per_class = source.get("max_train_per_class") or round(FASHION_MNIST_TRAIN_PER_CLASS * (1 - source["val_fraction"]))
+    images = per_class * len(classes)
+    demo = 1000 * 6 * 3  # config/config.yaml's: 1,000 images of each of classes 0-5, 3 epochs
+    return (f"pretrain: not in your config, which is used alone (--replace-workflow-config, or no config/config.yaml "
+            f"where it runs), so the schema's defaults pretrain the source {arch} on {images:,} Fashion-MNIST images "
+            f"({len(classes)} classes) for {epochs} epochs at {pretrain.get('image_size')} px: {images * epochs / demo:.0f} "
+            "times the demo's pretrain (1,000 images of each of classes 0-5, 3 epochs: about a minute on 2 CPU cores)"
+            + ("" if dataset_written else ", and with no `dataset` your target is every Fashion-MNIST image too")
+            + "; copy the pretrain section of config/config.yaml into your config for the demo's, or set weights.source")
+
+
 OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum")
 
 

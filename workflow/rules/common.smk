@@ -79,6 +79,7 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
+                                 schema_pretrain_note,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, once_per,
                                  option_differences, own_sections, pending_jobs, profile_settings_replaced,
                                  profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
@@ -227,6 +228,9 @@ if _merged_over_the_demo:
         say(_note)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
+# A config used alone without `pretrain` (said below, once the schema's defaults are known, where none was made yet).
+_schema_pretrain = not _merged_over_the_demo and "pretrain" not in _written
+_dataset_written = "dataset" in _written
 if "pretrain" in _written and (config.get("weights") or {}).get("source", "pretrain") != "pretrain":
     say(f"pretrain: not used with weights.source: {config['weights']['source']} (only the `pretrain` source "
         "trains a source model)")
@@ -447,6 +451,13 @@ def output_path(path):
 # Where train and pretrain keep their resume state (their params.resume_dir), outside their outputs.
 RESUME_FOLDER = Path(output_path("resources/resume"))
 FEATURE_FOLDER = output_path("resources/features")  # feature_extract's cached backbone features (train, lr_find)
+if (_schema_pretrain and workflow.is_main_process and config["weights"]["source"] == "pretrain"
+        and not os.path.exists(output_path("resources/pretrain/model.pth"))):
+    _note = schema_pretrain_note(config["pretrain"], config["weights"]["arch"],
+                                 config["pretrain"]["train"].get("epochs", train_defaults(SCHEMA)["epochs"]),
+                                 _dataset_written)
+    if _note:
+        say(_note)
 
 RULE_MODULES = {
     "split": [*_STAGES, "nearduplicates"],
