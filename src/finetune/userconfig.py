@@ -104,8 +104,6 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
             + ("" if sized else " or set train.image_size")]
 
 
-# An experiment's keys that the demo's config set for the optimizer it gives that experiment (feature_extract's lr 1.0,
-# L-BFGS's line-search scale, and its L2 strength weight_decay 0.1).
 FASHION_MNIST_TRAIN_PER_CLASS = 6000  # Fashion-MNIST's official train images of each of its ten classes
 
 
@@ -130,6 +128,8 @@ def schema_pretrain_note(pretrain: dict, arch: str, epochs: int, dataset_written
             + "; copy the pretrain section of config/config.yaml into your config for the demo's, or set weights.source")
 
 
+# An experiment's keys that the demo's config set for the optimizer it gives that experiment (feature_extract's lr 1.0,
+# L-BFGS's line-search scale, and its L2 strength weight_decay 0.1).
 OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum")
 
 

@@ -79,12 +79,11 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
-                                 schema_pretrain_note,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, once_per,
                                  option_differences, own_sections, pending_jobs, profile_settings_replaced,
                                  profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
-                                 snakemake_command_line, stray_configfiles, stray_configfiles_hint,
-                                 typed_command_line_config, where_written)
+                                 schema_pretrain_note, snakemake_command_line, stray_configfiles,
+                                 stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
