@@ -704,6 +704,13 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert ("note: predict: predict.top_k, predict.experiment not used: predict.images is null, so nothing is "
             "classified") in output, output[-3000:]
     assert "results/predictions/" not in output
+    # Asking for predictions by name with no images is refused at start, naming the key (no input function's traceback).
+    configfile = tmp_path / "none" / "config.yaml"
+    for target in ("results/predictions/scratch/seed0/predictions.csv", "predict_selected"):
+        refused = run_snakemake(tmp_path / "none", configfile, "-n", target, check=False)
+        assert refused.returncode != 0 and "InputFunctionException" not in refused.stdout, refused.stdout[-3000:]
+        assert (f"{target}: predictions need predict.images (a folder of images or a CSV with a `path` column), "
+                "which is null: nothing ran") in refused.stdout, refused.stdout[-3000:]
     (tmp_path / "some").mkdir()
     output = dry_run_output(tmp_path / "some", {**TINY_CONFIG, "predict": {"images": "new_images", "top_k": 2,
                                                                           "experiment": "scratch", "seed": 0}})

@@ -407,6 +407,14 @@ if workflow.is_main_process and not _as_module:
 
     for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(ARGV)):
         say(_line)
+    # Predictions asked for by name without predict.images: refused here, not by an input function's traceback.
+    _prediction_targets = [t for t in command_line_targets(ARGV)
+                           if Path(os.path.normpath(t)).parts[:2] == ("results", "predictions")]
+    _prediction_targets += ["predict_selected"] if "predict_selected" in ARGV[1:] else []
+    if _prediction_targets and PREDICT["images"] is None:
+        raise WorkflowError(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
+                            "or a CSV with a `path` column), which is null: nothing ran. Set it in your config or "
+                            "on the command line: --config 'predict={images: my_images}'")
     # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
     # makes b.yaml. The file is looked for where Snakemake was started too ($PWD), as it reads --configfile from there.
     if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in ARGV[1:]):
