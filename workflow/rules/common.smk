@@ -458,10 +458,11 @@ def output_path(path):
 # Where train and pretrain keep their resume state (their params.resume_dir), outside their outputs.
 RESUME_FOLDER = Path(output_path("resources/resume"))
 FEATURE_FOLDER = output_path("resources/features")  # feature_extract's cached backbone features (train, lr_find)
+TRAIN_DEFAULTS = train_defaults(SCHEMA)  # the schema's train section: what a key left out of train and experiments is
 if (_schema_pretrain and workflow.is_main_process and config["weights"]["source"] == "pretrain"
         and not os.path.exists(output_path("resources/pretrain/model.pth"))):
     _note = schema_pretrain_note(config["pretrain"], config["weights"]["arch"],
-                                 config["pretrain"]["train"].get("epochs", train_defaults(SCHEMA)["epochs"]),
+                                 config["pretrain"]["train"].get("epochs", TRAIN_DEFAULTS["epochs"]),
                                  _dataset_written)
     if _note:
         say(_note)
@@ -537,9 +538,6 @@ def train_key_names(experiment):
     swept = written.get("sweep") or {}
     return {key: f"experiments.{SWEEP_OF[experiment]}.{'sweep.' if key in swept else ''}{key}"
             for key in EXPERIMENTS[experiment]}
-
-
-TRAIN_DEFAULTS = train_defaults(SCHEMA)
 
 
 def train_options(experiment, seed):
