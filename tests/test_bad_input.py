@@ -832,9 +832,9 @@ def test_class_indices_that_a_new_class_folder_moves_stop_the_run_at_start(tmp_p
 
 def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_right_reruns_nothing(tmp_path):
     """An empty class folder added, a class folder written two ways (`Cat` beside `cat`, or one name composed two
-    ways), or split folders added beside the class folders: each failed the split job, and Snakemake removed the
-    split made before, so that with the folder put right the split and every run after it were made again. They are
-    checked at start where the folder changed, the split kept, and with the folder as it was nothing reruns."""
+    ways), split folders added beside the class folders, or a macOS zip's __MACOSX folder (said to be one): each failed
+    the split job, and Snakemake removed the split made before, so that with the folder put right the split and every
+    run after it were made again. They are checked at start where the folder changed, the split kept, and with the folder as it was nothing reruns."""
     import unicodedata
 
     data = tmp_path / "images"
@@ -849,9 +849,18 @@ def test_an_image_folder_changed_into_a_bad_one_stops_the_run_at_start_and_put_r
                                                          "Unicode form (a letter with an accent as one character, or "
                                                          "as the letter and a combining accent), shown with the "
                                                          "characters' codes: 'cre\\u0302pe' and 'cr\\xeape'"),
-            ("train", f"{data} mixes split folders holding class folders (train) with other folders")):
-        made = make_images(data / name / "cat", {"": 1}) if name == "train" else (
-            (data / name).mkdir() if name == "owl" else make_images(data, {name: 3}, seed=2))
+            ("train", f"{data} mixes split folders holding class folders (train) with other folders"),
+            # a zip made on macOS, unzipped: __MACOSX/<class>/._<image> (AppleDouble files, hidden), no images
+            ("__MACOSX", f"{data}: __MACOSX (extensions read: .png, .jpg, .jpeg, .jfif, .jpe, .bmp, .gif, .tif, .tiff, "
+                         ".webp, .ppm, .pgm); add images, or remove the folder(s) or leave the class out with "
+                         f"dataset.classes; {data / '__MACOSX'} is no class but the metadata a zip made on macOS "
+                         "carries (delete it, or unzip with -x '__MACOSX/*')")):
+        if name == "__MACOSX":
+            (data / name / "cat").mkdir(parents=True)
+            made = (data / name / "cat" / "._000.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+        else:
+            made = make_images(data / name / "cat", {"": 1}) if name == "train" else (
+                (data / name).mkdir() if name == "owl" else make_images(data, {name: 3}, seed=2))
         result = run_snakemake(tmp_path / "run", config, "--until", "split", check=False)
         assert result.returncode != 0
         assert message in result.stdout and "nothing ran, and the split made before is kept" in result.stdout, \

@@ -1149,6 +1149,16 @@ def refuse_new_faults(key, cfg, split_file):
     refuse_bad_new_images(key, cfg, split_file, listing)
 
 
+def mac_archive_hint(path, problem):
+    """Where a refusal names a folder __MACOSX: what it is (the AppleDouble files a zip made on macOS carries, one
+    ._<name> per file, which unzip writes as folders beside the classes) and that deleting it is the fix."""
+    found = sorted({str(p) for p in Path(path).glob("**/__MACOSX") if p.is_dir()}) if "__MACOSX" in problem else []
+    if not found:
+        return ""
+    return (f"; {', '.join(found[:3])}{', ...' if len(found) > 3 else ''} is no class but the metadata a zip made on "
+            "macOS carries (delete it, or unzip with -x '__MACOSX/*')")
+
+
 def check_image_folder_at_start(key, cfg, split_file):
     """What the split job checks of an ImageFolder without opening an image, checked where the folder (or its
     dataset.classes) changed since it last passed: an image or a class folder added, removed, renamed (a class of
@@ -1162,7 +1172,7 @@ def check_image_folder_at_start(key, cfg, split_file):
         try:
             check_image_folder(cfg["path"], cfg.get("classes"))
         except (DataError, OSError) as exc:
-            raise refused_at_start(str(exc), key, split_file)
+            raise refused_at_start(str(exc) + mac_archive_hint(cfg["path"], str(exc)), key, split_file)
         refuse_new_faults(key, cfg, split_file)
         image_folder_checked(cfg, split_file, state)
     # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
