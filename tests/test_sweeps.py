@@ -157,8 +157,9 @@ def test_a_dry_run_has_train_evaluate_export_per_combination_and_seed(tmp_path):
 
 
 def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_path):
-    """Snakemake says only "No rule to produce" a target under results/<name>/ whose name is no run of the config:
-    a note at start names the experiments (the closest one first), or a sweep's runs where <name> is a sweep."""
+    """Snakemake says only "No rule to produce" a target under results/<name>/ (or results/lr_find/<name>/) whose name
+    is no run of the config: a note at start names the experiments (the closest one first, one written in another case
+    before any), or a sweep's runs where <name> is a sweep."""
     config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"sweep": {"lr": SWEEP["lr"]}},
                                                             "scratch": {"pretrained": False}}})
     result = run_snakemake(tmp_path, config, "-n", "results/scrach/seed0/metrics.json", check=False, timeout=120)
@@ -170,8 +171,19 @@ def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_pat
     assert result.returncode != 0
     assert (f"note: results/finetune/seed0/model.pt: finetune is a sweep; its runs are results/<run>/ for the runs "
             f"{', '.join(runs)}") in result.stdout, result.stdout[-3000:]
-    result = run_snakemake(tmp_path, config, "-n", f"results/{runs[1]}/seed0/model.pt", timeout=120)
-    assert "note: results/" not in result.stdout
+    # the same mistakes in the run's folder of the learning-rate finder's curves; a name written in another case
+    for target, line in (
+            ("results/lr_find/finetune/lr_find.png", "finetune is a sweep; its runs are results/lr_find/<run>/ for the "
+                                                     f"runs {', '.join(runs)}"),
+            ("results/lr_find/Scratch/lr_find.png", "no experiment named 'Scratch' in this config (experiments: "
+                                                    f"{', '.join(runs)}, scratch); did you mean results/lr_find/scratch/...?"),
+            ("results/SCRATCH/seed0/metrics.json", "no experiment named 'SCRATCH' in this config (experiments: "
+                                                   f"{', '.join(runs)}, scratch); did you mean results/scratch/...?")):
+        result = run_snakemake(tmp_path, config, "-n", target, check=False, timeout=120)
+        assert result.returncode != 0 and f"note: {target}: {line}" in result.stdout, result.stdout[-3000:]
+    for target in (f"results/{runs[1]}/seed0/model.pt", f"results/lr_find/{runs[1]}/lr_find.png"):
+        result = run_snakemake(tmp_path, config, "-n", target, timeout=120)
+        assert "note: results/" not in result.stdout and target in result.stdout, result.stdout[-3000:]
     assert not (tmp_path / "results").exists()
 
 

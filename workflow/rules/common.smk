@@ -381,24 +381,30 @@ NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 
 
 def unknown_run_targets(targets):
-    """A line for each target under results/<name>/ whose <name> is no experiment (nor sweep, nor folder the workflow
-    writes) of this config: Snakemake says only that no rule produces it."""
+    """A line for each target under results/<name>/ (or a run's folder of results/lr_find/ and results/predictions/)
+    whose <name> is no experiment (nor sweep, nor folder the workflow writes) of this config: Snakemake says only that
+    no rule produces it."""
     import difflib
 
     made_here = set(RESULTS_FOLDERS)
     lines = []
     for target in targets:
         parts = Path(target).parts
-        if len(parts) < 3 or parts[0] != "results" or parts[1] in EXPERIMENTS or parts[1] in made_here:
+        if len(parts) < 3 or parts[0] != "results":
             continue
-        runs = runs_named(parts[1])
+        by_run = parts[1] in ("lr_find", "predictions") and len(parts) >= 4 and parts[2] != "selected"
+        name, folder = (parts[2], f"results/{parts[1]}/") if by_run else (parts[1], "results/")
+        if name in EXPERIMENTS or (not by_run and name in made_here):
+            continue
+        runs = runs_named(name)
         if runs:
-            lines.append(f"{target}: {parts[1]} is a sweep; its runs are results/<run>/ for the runs "
+            lines.append(f"{target}: {name} is a sweep; its runs are {folder}<run>/ for the runs "
                          f"{', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''}")
             continue
-        close = difflib.get_close_matches(parts[1], list(EXPERIMENTS), n=1)
-        lines.append(f"{target}: no experiment named {parts[1]!r} in this config (experiments: "
-                     f"{', '.join(EXPERIMENTS) or 'none'})" + (f"; did you mean results/{close[0]}/...?" if close else ""))
+        close = ([each for each in EXPERIMENTS if each.casefold() == name.casefold()]
+                 or difflib.get_close_matches(name, list(EXPERIMENTS), n=1))
+        lines.append(f"{target}: no experiment named {name!r} in this config (experiments: "
+                     f"{', '.join(EXPERIMENTS) or 'none'})" + (f"; did you mean {folder}{close[0]}/...?" if close else ""))
     return lines
 
 
