@@ -248,6 +248,9 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert (scratch["selected_seed"], scratch["selected_test_accuracy"]) == (1, 0.6)
     assert {name: (c["seed"], c["test_accuracy"]) for name, c in json.loads((tmp_path / "selected.json").read_text()).items()} \
         == {"feature_extract": (1, 0.87), "finetune": (1, 0.9), "scratch": (1, 0.6)}
+    # the mean of the validation figures as a decimal, not its float sum's 0.8500000000000001
+    assert {name: c["mean_over_seeds"] for name, c in json.loads((tmp_path / "selected.json").read_text()).items()} \
+        == {"feature_extract": 0.86, "finetune": 0.85, "scratch": 0.55}
     assert md[-2] == "Mean over seeds; ± is the sample standard deviation (n - 1) over seeds."
     assert "selected by val_accuracy on the validation images" in md[-1]
     assert "0.8500 ± 0.0707" in md[3] and "0.7500 ± 0.0707" in md[3]
