@@ -1571,7 +1571,9 @@ def test_with_several_config_files_each_problem_names_the_file_its_value_comes_f
     base = tiny_config(tmp_path)
     second = tmp_path / "more.yaml"
     second.write_text("train:\n  lr: -1.0\nexperiments:\n  finetune:\n    epoch: 3\n")
-    result = run_snakemake(tmp_path, base, str(second), "--config", "seeds=[0, 0]", "-n", check=False, timeout=120)
+    (tmp_path / "sub").mkdir()  # the file given as sub/../more.yaml is named as more.yaml
+    result = run_snakemake(tmp_path, base, str(tmp_path / "sub" / ".." / "more.yaml"), "--config", "seeds=[0, 0]", "-n",
+                           check=False, timeout=120)
     assert result.returncode != 0
     assert f"train.lr: -1.0 is too small: it must be > 0 (set in {second})" in result.stdout, result.stdout[-3000:]
     assert f"experiments.finetune.epoch: unknown key (did you mean epochs?) (set in {second}); allowed keys:" in result.stdout

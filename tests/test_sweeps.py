@@ -111,10 +111,11 @@ def test_run_names_the_file_system_or_snakemake_cannot_take_are_refused_at_start
     """Names that passed the schema's pattern and then failed: `a` beside `A` (one folder where the file system
     ignores case, macOS's and Windows'), a 230-character name or a sweep's run name grown past what a file name may
     hold (an OSError traceback: File name too long), and 20 x's (Snakemake's PeriodicWildcardError). Each is
-    refused before any job, naming the experiment; a name of 100 characters and the sweep's other runs pass."""
+    refused before any job, naming the experiment (once, where a sweep's two runs are cut short alike); a name of 100
+    characters and the sweep's other runs pass."""
     long = "n" + "0123456789" * 23
     experiments = {"a": {}, "A": {}, long: {}, "x" * 20: {}, ("ok-" + "0123456789" * 10)[:100]: {},
-                   "sweep" + "s" * 80: {"sweep": {"lr": [0.1], "backbone_lr_factor": [0.5]}}}
+                   "sweep" + "s" * 80: {"sweep": {"lr": [0.1, 0.2], "backbone_lr_factor": [0.5]}}}
     config = tiny_config(tmp_path, replace={"experiments": experiments})
     result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
     assert result.returncode != 0

@@ -745,5 +745,5 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
                      if files[-1] == demo and path[0] == "experiments" else
                      ", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
                      "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
-        named.append(f"{head} (set in {files[-1]}{inherited}){allowed}{tail}")
+        named.append(f"{head} (set in {os.path.normpath(files[-1])}{inherited}){allowed}{tail}")  # not /a/p/../my.yaml
     return named

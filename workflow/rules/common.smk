@@ -248,6 +248,7 @@ if _predict_written and (config.get("predict") or {}).get("images") is None:
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
 _problems = config_problems(config, SCHEMA, written_train=_written.get("train") if isinstance(_written.get("train"), dict) else {})
+_problems = list(dict.fromkeys(_problems))  # once each: a sweep's runs may share one (a run name too long, cut short)
 if _problems:
     # Several files (or --config) give the config: each problem says which of them writes its key.
     from snakemake.common.configfile import load_configfile
