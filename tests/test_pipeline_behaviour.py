@@ -263,7 +263,8 @@ def test_sigint_to_snakemake_alone_keeps_the_finished_state_and_the_rerun_writes
     """SIGINT to Snakemake's process only (`kill -INT`, a wrapper's signal; a terminal's Ctrl-C signals the whole
     group): the job runs on to its end and writes its outputs, which Snakemake then marks incomplete. Its onerror
     removed the finished state because the outputs were there, so the rerun (rerun-incomplete) trained the run again
-    from epoch 1. The state stays until a run of Snakemake succeeds: the rerun writes the same model from it at once."""
+    from epoch 1. The state stays until a run of Snakemake succeeds: the rerun writes the same model from it at once,
+    and its success removes the state, with the files saves killed while writing left (said, with their size)."""
     workdir, log, resume, run = train_again_to_epoch_1(reference, tmp_path, "sigint")
     try:
         os.kill(run.proc.pid, signal.SIGINT)
@@ -271,13 +272,30 @@ def test_sigint_to_snakemake_alone_keeps_the_finished_state_and_the_rerun_writes
     finally:
         run.end()
     assert epochs_logged(log.read_text()) == list(range(1, EPOCHS + 1)), "the job was to run on to its end"
-    assert [p.name.endswith(".done.pt") for p in resume.glob("*.pt")] == [True], list(resume.iterdir())
+    [finished] = [p for p in resume.glob("*.pt") if p.name.endswith(".done.pt")] or [None]
+    assert finished is not None and list(resume.glob("*.pt")) == [finished], list(resume.iterdir())
+    # Saves of other settings killed while writing (SIGKILL: nothing removes its own temporary file): of this host by
+    # a process that no longer runs, of another host (a Slurm node) untouched for two hours, and one written now.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    from finetune.fileio import _HOST
+    dead = resume / f".0123456789abcdef.pt.{_HOST}-{gone.pid}.x1y2z3.tmp"
+    old = resume / ".0123456789abcdef.pt.node-7-12345.a1b2c3.tmp"
+    fresh = resume / ".fedcba9876543210.pt.node-7-12346.d4e5f6.tmp"
+    for path, size in ((dead, 3_000_000), (old, 1_000_000), (fresh, 1_000)):
+        path.write_bytes(bytes(size))
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    size = finished.stat().st_size
     again = snakemake(workdir, behaviour_config(workdir), f"{RUN}/model.pt")
     assert "Forced execution" in again.stdout or "Incomplete" in again.stdout or "incomplete" in again.stdout, again.stdout[-3000:]
     text = log.read_text()
     assert f"the run had ended after {EPOCHS} epoch(s); writing its outputs" in text and epochs_logged(text) == [], text
     assert_same_state(state_dict(workdir / RUN / "model.pt"), state_dict(reference / RUN / "model.pt"))
     assert not list(resume.glob("*.pt")), "the run of Snakemake succeeded: its finished state is removed"
+    assert sorted(resume.iterdir()) == [fresh], "the abandoned temporary files go too, not one another host may write"
+    assert (f"note: resources/resume: removed, as this run of Snakemake succeeded: 1 finished resume state(s) of runs "
+            f"whose outputs are written ({size / 1e6:,.0f} MB); and 2 file(s) a save killed while writing left "
+            "half-written (4 MB: ") in again.stdout, again.stdout[-3000:]
 
 
 # --------------------------------------------------------------------------- determinism

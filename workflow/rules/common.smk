@@ -1,12 +1,14 @@
 # Shared by every rule: config validation, paths, the per-rule slices of the config, and every
 # function the rules call (the other .smk files hold rules only).
 
+import contextlib
 import copy
 import functools
 import json
 import os
 import re
 import sys
+import time
 from pathlib import Path, PurePath
 from types import SimpleNamespace
 
@@ -1538,12 +1540,58 @@ def earlier_results_note():
 
 def remove_finished_states():
     """The finished resume states whose outputs are there, removed once a run of Snakemake succeeds
-    (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs). Not after a failed
+    (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs), and the states a killed
+    save left half-written (abandoned_writes); a line says what went, and how much. Not after a failed
     run: outputs still there may be ones Snakemake marked incomplete (a job that ran on to its end after Snakemake
     was interrupted), which the rerun writes again, from the finished state rather than by training again."""
-    from finetune.stages import remove_finished_states as remove
+    from finetune.stages import FINISHED_SUFFIX, remove_finished_states as remove
 
-    remove(RESUME_FOLDER, rules.pretrain.output.weights, rules.train.output.checkpoint)
+    sizes = {path: size_of(path) for path in RESUME_FOLDER.glob(f"**/*{FINISHED_SUFFIX}")}
+    abandoned = {path: size_of(path) for path in abandoned_writes(RESUME_FOLDER)}
+    for path in abandoned:  # first, so that the folders they were in can go with the finished states
+        with contextlib.suppress(OSError):
+            path.unlink()
+    finished = remove(RESUME_FOLDER, rules.pretrain.output.weights, rules.train.output.checkpoint)
+    parts = [f"{len(finished)} finished resume state(s) of runs whose outputs are written "
+             f"({sum(sizes.get(p, 0) for p in finished) / 1e6:,.0f} MB)"] if finished else []
+    parts += [f"{len(abandoned)} file(s) a save killed while writing left half-written ({sum(abandoned.values()) / 1e6:,.0f} "
+              f"MB: {', '.join(p.name for p in list(abandoned)[:2])}{' ...' if len(abandoned) > 2 else ''})"] if abandoned else []
+    if parts:
+        print(f"note: {RESUME_FOLDER}: removed, as this run of Snakemake succeeded: {'; and '.join(parts)}", file=sys.stderr)
+
+
+def size_of(path):
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# A save writes its file within seconds: another host's temporary file (a Slurm node's) untouched this long is abandoned.
+ABANDONED_AFTER_S = 3600
+
+
+def abandoned_writes(folder):
+    """The temporary files of atomic writes (finetune.fileio.atomic_path: ``.<name>.<host>-<pid>.<random>.tmp``)
+    under ``folder`` whose writer no longer runs: of this host, where its pid runs no more (a save killed by SIGKILL or
+    a walltime, which the next save of the same file alone would remove); of another host, where untouched for
+    ABANDONED_AFTER_S."""
+    from finetune.fileio import _HOST, _running
+
+    pattern = re.compile(r"\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+    found = []
+    for path in Path(folder).glob("**/.*.tmp"):
+        match = pattern.fullmatch(path.name)
+        if match is None:
+            continue
+        try:
+            stale = (not _running(int(match["pid"])) if match["host"] == _HOST else
+                     time.time() - path.stat().st_mtime > ABANDONED_AFTER_S)
+        except OSError:
+            continue
+        if stale:
+            found.append(path)
+    return found
 
 
 def scheduled_device_keys():
