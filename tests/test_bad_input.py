@@ -1439,7 +1439,8 @@ def test_every_config_problem_reported_at_once(tmp_path):
     config = tiny_config(tmp_path, train={"lr": -1, "epochs": 0}, dataset={"test_fraction": 2})
     result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
     assert result.returncode != 0
-    assert "invalid configuration (3 problem(s)" in result.stdout, result.stdout
+    # one config file: named once, in the first line (with several, each line names its own)
+    assert f"invalid configuration in {config} (3 problem(s)" in result.stdout, result.stdout
     for key in ("train.lr:", "train.epochs:", "dataset.test_fraction:"):
         assert key in result.stdout
 

@@ -268,10 +268,11 @@ if _problems:
         _problems = [f"{_module_key}.{_problem}" for _problem in _problems]
         if workflow.config_settings.config:
             _sources["--config"] = dict(workflow.config_settings.config)
+    _listed = format_problems(with_hints(where_written(_problems, _sources, demo="config/config.yaml")))
+    if len(_sources) == 1 and "--config" not in _sources:  # one file: named once, as several are on each line
+        _listed = _listed.replace("invalid configuration (", f"invalid configuration in {os.path.normpath(next(iter(_sources)))} (", 1)
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   *([INSTANCE + format_problems(with_hints(where_written(_problems, _sources,
-                                                                                          demo="config/config.yaml")))]
-                                     if _problems else [])]))
+                                   *([INSTANCE + _listed] if _problems else [])]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
