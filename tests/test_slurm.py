@@ -237,6 +237,27 @@ def test_failing_job_fails_the_run_and_names_its_slurm_log(slurm_cluster, tmp_pa
     assert f"2 unreadable image(s) in {empty}" in out, out[-3000:]
 
 
+def test_a_job_slurm_kills_for_memory_is_said_to_be_so_at_the_end_of_the_run(slurm_cluster, tmp_path):
+    """A job past its mem_mb is killed by Slurm (the test cluster enforces --mem as a cluster without cgroups does),
+    before its rule's log has a line: Snakemake's report stops at that empty log and leaves out the Slurm log after it,
+    the one that says why. The end of the run says it, with Slurm's own line and the log it is in."""
+    workdir = tmp_path / "small_mem"
+    config = tiny_config(workdir)
+    # (the target before --set-resources, which takes every word after it)
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
+                           "resources/splits/target.csv", "--set-resources", "split:mem_mb=50", check=False, cores=None)
+    out = result.stdout
+    assert result.returncode != 0, out[-3000:]
+    [(_, slurm_id, log)] = SUBMITTED.findall(out)
+    assert _squeue(_run_id(out))[slurm_id][0] in ("FAILED", "OUT_OF_MEMORY"), out[-3000:]
+    # the limit Slurm enforced is mem_mb in MiB (what the plugin passes to --mem): 50 x 2^20 bytes
+    killed = re.search(rf"^note: Slurm ended a job \({re.escape(log)}\): slurmstepd\S*: error: .*exceeded memory "
+                       rf"limit \(\d+ > {50 * 2 ** 20}\), being killed", out, re.M)
+    assert killed, out[-3000:]
+    assert killed.group(0).split("): ", 1)[1] in Path(log).read_text()
+    assert not (workdir / "resources/splits/target.csv").exists()
+
+
 def test_a_run_of_two_processes_is_one_slurm_job_and_trains_as_one_process_does(slurm_cluster, tmp_path):
     # The head on a frozen backbone's live features: smooth, so two processes train one's run to ~1e-7
     # (tests/test_distributed.py says why fine-tuning the whole network is compared otherwise).

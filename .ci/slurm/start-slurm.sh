@@ -5,7 +5,9 @@
 # (install-slurm.sh). Tested on Debian bookworm.
 #
 # What it takes to make this work (each learnt the hard way):
-# - No cgroups (proctrack/linuxproc, task/none) and no accounting: runs in a container, no slurmdbd.
+# - No cgroups (proctrack/linuxproc, task/none) and no accounting storage: runs in a container, no slurmdbd.
+#   Memory is enforced as on a cluster without cgroups: jobacct_gather/linux samples each step every second and
+#   OverMemoryKill kills one past its --mem (`slurmstepd: error: ... exceeded memory limit ..., being killed`).
 # - slurm.conf must be at /etc/slurm/slurm.conf: the Snakemake jobstep plugin drops SLURM_CONF from the
 #   environment of its inner `srun`, which then fails with "Could not establish a configuration source".
 #   We link it there, and refuse to replace a real file (a real Slurm installation).
@@ -82,7 +84,9 @@ MpiDefault=none
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill

@@ -118,6 +118,7 @@ INSTANCE = f"module {workflow.modifier.namespace}: " if _as_module and getattr(w
 
 
 _SAID = once_per(config, "notes said", set)  # a host's `use rule ... from` statements read the module again
+STARTED_AT = time.time()  # when this run of Snakemake read the workflow: Slurm logs written since are its jobs'
 
 
 def say(text):
@@ -1539,6 +1540,25 @@ def earlier_results_note():
     return notes + missing
 
 
+def slurm_kill_notes(folder=".snakemake/slurm_logs"):
+    """After a failed run on Slurm: Slurm's own lines on the jobs it ended (``slurmstepd...: error: ... exceeded memory
+    limit ..., being killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the
+    executor kept (it keeps a failed job's, removes the others). Snakemake's report prints a failed job's logs up to the
+    first empty one only: the rule's log of a job killed before it wrote a line hid the Slurm log that says why."""
+    notes = []
+    for log in sorted(Path(folder).glob("**/*.log")):
+        try:
+            if log.stat().st_mtime < STARTED_AT:
+                continue
+            lines = list(dict.fromkeys(line.strip() for line in log.read_text(errors="replace").splitlines()
+                                       if line.startswith("slurmstepd")))
+        except OSError:
+            continue
+        if lines:
+            notes.append(f"note: Slurm ended a job ({os.path.abspath(log)}): {' | '.join(lines[-3:])}")
+    return notes[:10]
+
+
 def remove_finished_states():
     """The finished resume states whose outputs are there, removed once a run of Snakemake succeeds
     (finetune.stages.remove_finished_states, with this workflow's resume folder and outputs), and the states a killed
@@ -1809,5 +1829,5 @@ onsuccess:
 
 
 onerror:
-    for _line in earlier_results_note():
+    for _line in [*slurm_kill_notes(), *earlier_results_note()]:
         print(_line, file=sys.stderr)
