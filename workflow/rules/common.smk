@@ -416,11 +416,11 @@ def unknown_run_targets(targets):
 if workflow.is_main_process and not _as_module:
     from finetune.userconfig import command_line_targets
 
-    for _line in unknown_run_targets(os.path.normpath(t) for t in command_line_targets(ARGV)):
+    _targets = [os.path.normpath(t) for t in command_line_targets(ARGV)]  # Snakemake's parser built once
+    for _line in unknown_run_targets(_targets):
         say(_line)
     # Predictions asked for by name without predict.images: refused here, not by an input function's traceback.
-    _prediction_targets = [t for t in command_line_targets(ARGV)
-                           if Path(os.path.normpath(t)).parts[:2] == ("results", "predictions")]
+    _prediction_targets = [t for t in _targets if Path(t).parts[:2] == ("results", "predictions")]
     _prediction_targets += ["predict_selected"] if "predict_selected" in ARGV[1:] else []
     if _prediction_targets and PREDICT["images"] is None:
         raise WorkflowError(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
