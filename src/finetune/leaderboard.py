@@ -316,14 +316,12 @@ def chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """How far chance alone moves the test figures: the 95% Wilson interval of the first-ranked run's test
     accuracy (mean over seeds) on a test set of this size. Nothing where the runs' test sets differ in
     size or metrics.json does not say (made before ``n_test``)."""
-    from .metrics import wilson_interval
-
-    notes = validation_chance_notes(per_run, table)
-    if per_run["n_test"].isna().any() or per_run["n_test"].nunique() != 1:
-        return notes
-    n, top = int(per_run["n_test"].iloc[0]), table.iloc[0]
+    notes, top = validation_chance_notes(per_run, table), table.iloc[0]
     # The interval of the share printed (a mean over seeds need not be a whole count of images: 200.5 of 300)
-    low, high = wilson_interval(top.test_accuracy * n, n)
+    interval = _interval_of_share(per_run["n_test"], top.test_accuracy)
+    if interval is None:
+        return notes
+    n, low, high = interval
     ranked = "" if table["val_metric"].nunique() == 1 else f", {_first(table)}"
     return [f"The test figures are over {n:,} test images: a test accuracy of {top.test_accuracy:.4f} ({top.experiment}{ranked}) "
             f"has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over test sets of that size, so test figures "
@@ -334,15 +332,25 @@ def validation_chance_notes(per_run: pd.DataFrame, table: pd.DataFrame) -> list[
     """How far chance alone moves the figure that ranks and selects, where it is val_accuracy: the 95% Wilson interval
     of the first-ranked run's on a validation set of this size (a few-shot split ranks on a few dozen images).
     Nothing for other metrics, or where train_info.json does not say (made before ``n_val``)."""
-    from .metrics import wilson_interval
-
-    if set(table["val_metric"]) != {"val_accuracy"} or per_run["n_val"].isna().any() or per_run["n_val"].nunique() != 1:
+    top = table.iloc[0]
+    interval = _interval_of_share(per_run["n_val"], top.val) if set(table["val_metric"]) == {"val_accuracy"} else None
+    if interval is None:
         return []
-    n, top = int(per_run["n_val"].iloc[0]), table.iloc[0]
-    low, high = wilson_interval(top.val * n, n)
+    n, low, high = interval
     return [f"The runs are ranked and selected on {n:,} validation images: a val_accuracy of {top.val:.4f} "
             f"({top.experiment}) has a 95% interval of {low:.4f} to {high:.4f} (Wilson) over validation sets of that "
             "size, so runs closer than that may be in their order by chance."]
+
+
+def _interval_of_share(sizes: pd.Series, share: float) -> tuple[int, float, float] | None:
+    """(n, low, high): the 95% Wilson interval of ``share`` of n images, where every run's set has the same size n;
+    None where the sizes differ or a run's file does not say."""
+    from .metrics import wilson_interval
+
+    if sizes.isna().any() or sizes.nunique() != 1:
+        return None
+    n = int(sizes.iloc[0])
+    return (n, *wilson_interval(share * n, n))
 
 
 def never_predicted_notes(per_run: pd.DataFrame, chosen: dict, train_counts: list[int] | None = None) -> list[str]:
