@@ -578,10 +578,18 @@ def test_image_size_at_the_weights_own_crop_is_said_to_decode_the_same_pixels_ag
                         "resources/decoded/target/32/images.npy")
     notes = [line for line in run.stdout.splitlines() if line.startswith("note: image_size")]
     assert notes == ["note: image_size 32 in at_crop is the weights' own crop size (pretrain.image_size): those runs "
-                     "read images decoded again at that size, the same pixels as with image_size null (the default, "
-                     "the weights' own), which decodes them once for every run"], run.stdout[-3000:]
+                     "read images decoded again at that size, the same pixels as own read (image_size null, the "
+                     "default, the weights' own); with image_size null in every run they are decoded once"], \
+        run.stdout[-3000:]
     decoded = tmp_path / "resources" / "decoded" / "target"
     assert np.array_equal(np.load(decoded / "32" / "images.npy"), np.load(decoded / "native" / "images.npy"))
+    # Every run at 32 (none at null): the target decoded once, at 32, and nothing to say.
+    all_32 = tmp_path / "all_32"
+    config = tiny_config(all_32, replace={"experiments": {"at_crop": {"image_size": 32}, "other": {"image_size": 32}}})
+    dry = run_snakemake(all_32, config, "-n")
+    assert not [line for line in dry.stdout.splitlines() if line.startswith("note: image_size")], dry.stdout[-3000:]
+    assert decode_outputs(dry.stdout) == ["resources/decoded/source/32/images.npy",
+                                         "resources/decoded/target/32/images.npy"], dry.stdout[-3000:]
 
 
 @pytest.mark.fashion_mnist

@@ -937,16 +937,19 @@ for _run in EXPERIMENTS:
                 f"epoch {_first} + the patience); sweep only values that change the run")
 
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
-# decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly.
+# decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly. Only
+# beside a run at image_size null: with none, the images are decoded once all the same.
 _weights_crop = (("pretrain.image_size", config["pretrain"]["image_size"]) if config["weights"]["source"] == "pretrain"
                  else ("weights.preprocessing.crop_size", (config["weights"].get("preprocessing") or {}).get("crop_size"))
                  if config["weights"]["source"] in ("url", "path") else (None, None))
 _at_crop = [_run for _run in EXPERIMENTS if _weights_crop[1] is not None
             and experiment_config(_run)["image_size"] == _weights_crop[1]]
-if _at_crop and workflow.is_main_process:
+_at_native = [_run for _run in EXPERIMENTS if experiment_config(_run)["image_size"] is None]
+if _at_crop and _at_native and workflow.is_main_process:
     say(f"image_size {_weights_crop[1]} in {', '.join(_at_crop)} is the weights' own crop size "
-        f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as with "
-        "image_size null (the default, the weights' own), which decodes them once for every run")
+        f"({_weights_crop[0]}): those runs read images decoded again at that size, the same pixels as "
+        f"{', '.join(_at_native[:3])}{', ...' if len(_at_native) > 3 else ''} read (image_size null, the default, the "
+        "weights' own); with image_size null in every run they are decoded once")
 
 # `--report` describes the results with the config given now: where that is not the config a run was trained with
 # (another --configfile, or none in a folder of the user's own), the report's configuration would stand beside
