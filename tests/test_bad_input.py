@@ -701,6 +701,14 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
         started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
         assert (f"note: dataset.path: the class folders of {data} (seg_test, seg_train) hold no images of their own"
                 in started), started[-3000:]
+    # the images in no class folder too, from the second start (the split's report lists them); one deleted is not
+    assert (f"note: dataset: 2 image(s) are in no class folder, and the split leaves them out ({data / loose[0].name}, "
+            f"{data / loose[1].name}; listed in resources/splits/target.report.json, images_outside_class_folders)"
+            in started), started[-3000:]
+    (data / loose[0].name).unlink()
+    started = run_snakemake(tmp_path / "run", config, "-n").stdout
+    assert f"note: dataset: 1 image(s) are in no class folder, and the split leaves them out ({data / loose[1].name};" \
+        in started, started[-3000:]
     plain = tmp_path / "plain"
     make_images(plain, {"cat": 4, "dog": 4})
     result = run_split(imagefolder(plain), tmp_path / "plain_out")
@@ -948,6 +956,24 @@ def test_images_added_since_the_split_that_do_not_decode_stop_the_run_at_start_k
                      r"(.*?)\); each is listed with why in resources/splits/target\.report\.json", started)
     assert said and sorted(Path(p).name for p in said.group(1).split(", ")) == sorted(f.name for f in added.values()), \
         started[-3000:]
+    # One put right in place, its name kept: the split does not see a file overwritten (dataset.watch: folders), so
+    # the note names it and how to split again, which takes it in.
+    repaired = data / "cat" / added["cat"].name
+    shutil.copyfile(make_images(tmp_path / "fresh", {"cat": 1}, seed=9)["cat"][0], repaired)
+    started = run_snakemake(tmp_path / "run", skip, "-n").stdout
+    said = re.search(r"1 of them changed since \((.*?)\), but a file overwritten in place is not seen \(dataset\.watch: "
+                     r"folders\) and the split leaves them out still: split again with --forcerun "
+                     r"resources/splits/target\.csv \(the runs train again\), or set dataset\.watch: files", started)
+    assert said and Path(said.group(1)).name == repaired.name, started[-3000:]
+    assert jobs_run(run_snakemake(tmp_path / "run", skip, "--until", "split", "--forcerun",
+                                  "resources/splits/target.csv").stdout) == ["split"]
+    split = pd.read_csv(tmp_path / "run" / "resources" / "splits" / "target.csv")
+    assert [row.class_name for row in split.itertuples() if Path(row.path).name == repaired.name
+            and Path(row.path).parent.name == "cat"] == ["cat"]
+    report = json.loads((tmp_path / "run" / "resources" / "splits" / "target.report.json").read_text())
+    assert [Path(item["path"]).name for item in report["skipped_images"]] == [added["dog"].name]
+    started = run_snakemake(tmp_path / "run", skip, "-n").stdout
+    assert "skip left 1 image(s) out of the split" in started and "changed since" not in started, started[-3000:]
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])

@@ -284,11 +284,12 @@ def _size(path: str) -> int | None:
         return None
 
 
-def skipped_images_note(report: dict, report_path: str, dataset_path: str) -> str | None:
+def skipped_images_note(report: dict, report_path: str, dataset_path: str, watch: str = "folders") -> str | None:
     """Where the split made before (``report``, its report) of the dataset at ``dataset_path`` left images out under
     ``on_bad_image: skip`` (they do not decode, or are one image under two labels), how many and where they are
     listed: said only in the split job's log otherwise, so that photos half uploaded left training without a word.
-    None where it left none out."""
+    Those changed since (written after the report, as a file put right in place is) are named apart: under ``watch:
+    folders`` the split does not see a file overwritten, and left them out still. None where it left none out."""
     skipped = [item for item in report.get("skipped_images") or [] if isinstance(item, dict) and "path" in item]
     made_from = str((report.get("dataset") or {}).get("path"))
     if not skipped or os.path.realpath(made_from) != os.path.realpath(dataset_path):
@@ -297,8 +298,46 @@ def skipped_images_note(report: dict, report_path: str, dataset_path: str) -> st
     kinds = [f"{n} {what}" for n, what in ((len(skipped) - two_labels, "that do not decode"),
                                           (two_labels, "under two labels (identical files)")) if n]
     named = ", ".join(str(item["path"]) for item in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-    return (f"on_bad_image: skip left {len(skipped)} image(s) out of the split ({' and '.join(kinds)}: {named}); each "
+    note = (f"on_bad_image: skip left {len(skipped)} image(s) out of the split ({' and '.join(kinds)}: {named}); each "
             f"is listed with why in {report_path} (skipped_images)")
+    changed = _changed_after([str(item["path"]) for item in skipped], report_path) if watch == "folders" else []
+    if changed:
+        split_file = report_path[:-len(".report.json")] + ".csv" if report_path.endswith(".report.json") else report_path
+        note += (f". {len(changed)} of them changed since ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}),"
+                 f" but a file overwritten in place is not seen (dataset.watch: folders) and the split leaves them out "
+                 f"still: split again with --forcerun {split_file} (the runs train again), or set dataset.watch: files")
+    return note
+
+
+def _changed_after(paths: list[str], reference: str) -> list[str]:
+    """The files of ``paths`` modified after ``reference`` was (none where it cannot be read)."""
+    try:
+        since = os.stat(reference).st_mtime_ns
+    except OSError:
+        return []
+    changed = []
+    for path in paths:
+        try:
+            if os.stat(path).st_mtime_ns > since:
+                changed.append(path)
+        except OSError:
+            continue
+    return changed
+
+
+def outside_class_images_note(report: dict, report_path: str, dataset_path: str) -> str | None:
+    """Where the split made before of the ImageFolder at ``dataset_path`` left out images that are in no class folder
+    (at its root, or in a split folder beside the class folders): how many, said only in the split job's log
+    otherwise, so that photos dropped into the root stayed out of training without a word. Those no longer there (moved
+    into a class folder: the split runs again) are not counted. None where there are none."""
+    outside = [str(path) for path in report.get("images_outside_class_folders") or [] if os.path.lexists(str(path))]
+    made_from = str((report.get("dataset") or {}).get("path"))
+    if not outside or os.path.realpath(made_from) != os.path.realpath(dataset_path):
+        return None
+    return (f"{len(outside)} image(s) are in no class folder, and the split leaves them out "
+            f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; listed in {report_path}, "
+            "images_outside_class_folders): an image's class is the folder it is in; move each into its class "
+            "folder, and the split runs again")
 
 
 def unread_predict_images_note(images: str) -> str | None:
