@@ -1730,3 +1730,26 @@ def test_a_file_whose_name_ends_in_a_hash_and_digits_is_read_as_the_file_it_is(t
 
     for path in split["path"]:  # the pixels are the file's own, as PIL reads it
         assert np.array_equal(np.asarray(load_image(path)), np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_classes_named_by_numbers_in_their_order_as_text_are_said_with_the_classes_that_order_them(tmp_path):
+    """Class folders 1, 2 and 10: sorted as text, the model's output 1 is class '10'. With dataset.classes not
+    written, each start says so and how to write them in the numbers' order; written so, the split orders them so
+    and nothing more is said."""
+    data = tmp_path / "data"
+    make_images(data, {"1": 6, "2": 6, "10": 6})
+    dataset = {"format": "imagefolder", "path": str(data), "val_fraction": 0.2, "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    report = tmp_path / "run" / "resources" / "splits" / "target.report.json"
+    as_text = sorted(["1", "2", "10"])
+    assert json.loads(report.read_text())["classes"] == as_text
+    started = run_snakemake(tmp_path / "run", config, "-n").stdout
+    assert (f"note: dataset: the classes are numbers, in their order as text ({', '.join(as_text)}): the model's output 1 "
+            f"is class '{as_text[1]}', not '2' (the ONNX model's metadata lists them in that order); for the numbers' "
+            "order, write dataset.classes: ['1', '2', '10'] (quoted: a bare number is an index), which splits and "
+            "trains again") in started, started[-3000:]
+    ordered = tiny_config(tmp_path / "run", "ordered.yaml", replace={"dataset": {**dataset, "classes": ["1", "2", "10"]}})
+    started = run_snakemake(tmp_path / "run", ordered, "--until", "split").stdout
+    assert json.loads(report.read_text())["classes"] == ["1", "2", "10"]
+    assert "the classes are numbers" not in started + run_snakemake(tmp_path / "run", ordered, "-n").stdout

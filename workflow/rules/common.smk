@@ -89,7 +89,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
-                                  nvidia_driver_loaded, outside_class_images_note, side_by_side_note,
+                                  nvidia_driver_loaded, number_classes_note, outside_class_images_note, side_by_side_note,
                                   skipped_images_note, spacing_note, split_made_again, too_few_to_split_problem,
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints, TORCH_RULES)
 
@@ -1263,6 +1263,9 @@ def check_dataset_at_start(key, dataset):
     outside = outside_class_images_note(made, made_path, cfg["path"]) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
+    numbers = number_classes_note(made, cfg["path"], cfg.get("classes"))
+    if numbers:
+        say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
     # would be ignored by the split job (its log said so), and editing it reran the split and all after it.
     if _fractions_written.get(key) and given:
