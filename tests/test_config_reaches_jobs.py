@@ -717,6 +717,22 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert "note: predict" not in output
     options = jobs_of(commands(output), "predict", out="results/predictions/scratch/seed0/predictions.csv")[0]
     assert options["top-k"] == "2"
+    # The selected run's predictions asked for where the config names one run and seed: nothing to select among (the
+    # job started with an empty --choose-from and stopped on it); refused at start, naming the run's own file.
+    configfile = tmp_path / "some" / "config.yaml"
+    for target in ("results/predictions/selected/predictions.csv", "predict_selected"):
+        refused = run_snakemake(tmp_path / "some", configfile, "-n", target, check=False)
+        assert refused.returncode != 0 and "choose-from" not in refused.stdout, refused.stdout[-3000:]
+        assert (f"{target}: predict.experiment scratch with predict.seed 0 names one run, whose predictions are "
+                "results/predictions/scratch/seed0/predictions.csv: nothing ran") in refused.stdout, refused.stdout[-3000:]
+    # A run's seed folder asked for with a seed not in `seeds`: it trains, and the start says the leaderboard leaves it out.
+    for target in ("results/scratch/seed5/metrics.json", "results/predictions/scratch/seed5/predictions.csv"):
+        planned = run_snakemake(tmp_path / "some", configfile, "-n", target).stdout
+        assert (f"note: {target}: seed 5 is not in seeds {TINY_CONFIG['seeds']}: its run trains as asked, but the "
+                "leaderboard (results/summary.csv) and the selection count only the seeds listed") in planned, planned[-3000:]
+        assert "output: results/scratch/seed5/model.pt" in planned, planned[-3000:]
+    assert "seed 0 is not in seeds" not in run_snakemake(tmp_path / "some", configfile, "-n",
+                                                         "results/scratch/seed0/metrics.json").stdout
 
 
 def test_amp_on_device_auto_is_said_at_the_start_of_a_run_on_a_machine_where_torch_sees_no_gpu(tmp_path):

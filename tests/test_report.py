@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from faults import make_images
 from helpers import REPO, run_snakemake
 from recompute import held_out
 
@@ -112,6 +113,19 @@ def test_a_report_made_with_another_config_than_the_runs_says_which_runs_and_set
     result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
     assert "note: the report's configuration" not in result.stdout
     assert "Note:" not in embedded_results((workdir / "same.html").read_text())["results/summary.html"]["caption"]
+
+
+def test_predictions_not_made_yet_are_no_reason_to_call_the_report_out_of_date(tiny_run_copy):
+    """Predictions are not in the report, and nothing it shows is made from them: with predict.images set (a dry run
+    would make them), the report gets no note that its results may be out of date."""
+    workdir = tiny_run_copy
+    make_images(workdir / "new_images", {"any": 3})
+    images = ["--config", "predict={images: new_images}"]
+    planned = run_snakemake(workdir, workdir / "config.yaml", "-n", *images).stdout
+    assert re.findall(r"^(?:local)?rule (\S+):", planned, re.M) == ["predict_selected", "all"], planned[-3000:]
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "new.html", *images)
+    assert "would run" not in result.stdout and "Report created" in result.stdout, result.stdout[-3000:]
+    assert "Note:" not in embedded_results((workdir / "new.html").read_text())["results/summary.html"]["caption"]
 
 
 def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_again(tiny_run_copy):

@@ -413,6 +413,22 @@ def unknown_run_targets(targets):
     return lines
 
 
+def unlisted_seed_targets(targets):
+    """A line for each target of a run's seed folder (results/<run>/seed<N>/..., and the same under results/lr_find/
+    and results/predictions/) whose seed is not in `seeds`: it trains, but the leaderboard counts only `seeds`."""
+    lines = []
+    for target in targets:
+        parts = Path(target).parts
+        at = 3 if parts[:2] in (("results", "lr_find"), ("results", "predictions")) else 2
+        found = re.fullmatch(r"seed(\d+)", parts[at]) if len(parts) > at and parts[0] == "results" else None
+        if found and parts[at - 1] in EXPERIMENTS and int(found.group(1)) not in SEEDS:
+            lines.append(f"{target}: seed {int(found.group(1))} is not in seeds {SEEDS}: its run trains as asked, but "
+                         "the leaderboard (results/summary.csv) and the selection count only the seeds listed; add it to "
+                         "seeds to have it counted")
+    return lines
+
+
+SELECTED_PREDICTION_TARGETS = []  # the command line's targets of the selected run's predictions
 if workflow.is_main_process and not _as_module:
     from finetune.userconfig import command_line_targets
 
@@ -426,6 +442,11 @@ if workflow.is_main_process and not _as_module:
         raise WorkflowError(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
                             "or a CSV with a `path` column), which is null: nothing ran. Set it in your config or "
                             "on the command line: --config 'predict={images: my_images}'")
+    # The selected run's predictions asked for: refused below where the config names one run and seed.
+    SELECTED_PREDICTION_TARGETS = [t for t in _prediction_targets if t == "predict_selected"
+                                   or Path(t).parts[:3] == ("results", "predictions", "selected")]
+    for _line in unlisted_seed_targets(_targets):
+        say(_line)
     # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
     # makes b.yaml. The file is looked for where Snakemake was started too ($PWD), as it reads --configfile from there.
     if any(arg.endswith((".yaml", ".yml")) and not arg.startswith("-") for arg in ARGV[1:]):
@@ -964,6 +985,8 @@ _making_report = (workflow.is_main_process and has_option(ARGV, ("--report",))
 REPORT_NOTES = []
 if _making_report and first_time("report"):  # one dry run covers every instance where this workflow is a module
     _pending = pending_jobs(ARGV, os.getcwd(), REPORT_RULES)
+    if not isinstance(_pending, str):  # predictions are not in the report, and nothing it shows is made from them
+        _pending = _pending._replace(jobs={_rule: _n for _rule, _n in _pending.jobs.items() if "predict" not in _rule})
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
@@ -1463,6 +1486,12 @@ if CHECK_FILES:
 
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
+    if SELECTED_PREDICTION_TARGETS and not PREDICT_CANDIDATES:  # nothing to select among: the job would start with an
+        raise WorkflowError(  # empty --choose-from and stop on it
+            f"{', '.join(SELECTED_PREDICTION_TARGETS)}: predict.experiment {PREDICT['experiment']} with predict.seed "
+            f"{PREDICT['seed']} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
+            "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
+            "validation metric")
     if CHECK_FILES and not os.path.exists(PREDICT["images"]):
         raise WorkflowError(
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
