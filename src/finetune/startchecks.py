@@ -340,11 +340,13 @@ def outside_class_images_note(report: dict, report_path: str, dataset_path: str)
             "folder, and the split runs again")
 
 
-def number_classes_note(report: dict, dataset_path: str, classes_written: list | None) -> str | None:
+def number_classes_note(report: dict, dataset_path: str, classes_written: list | None,
+                        key: str = "dataset") -> str | None:
     """Where ``dataset.classes`` is not written and the split made before of the dataset at ``dataset_path`` found
     classes named by numbers (labels 1 to 12, folders 0 to 10), in an order as text other than the numbers' own: the
     model's output i is the i-th name as text (output 2 is class '10'), which a deployer reading outputs as numbers
-    gets wrong. Said with the ``dataset.classes`` that orders them by number. None otherwise."""
+    gets wrong. Said with the ``<key>.classes`` that orders them by number (``key``: where the config holds the
+    dataset). None otherwise."""
     names = report.get("classes") or []
     made_from = str((report.get("dataset") or {}).get("path"))
     if (classes_written is not None or len(names) < 2 or not all(isinstance(n, str) and n.isdigit() for n in names)
@@ -356,7 +358,7 @@ def number_classes_note(report: dict, dataset_path: str, classes_written: list |
     first = next(i for i, (a, b) in enumerate(zip(names, by_number)) if a != b)
     return (f"the classes are numbers, in their order as text ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}):"
             f" the model's output {first} is class '{names[first]}', not '{by_number[first]}' (the ONNX model's metadata "
-            f"lists them in that order); for the numbers' order, write dataset.classes: [{', '.join(repr(n) for n in by_number[:12])}"
+            f"lists them in that order); for the numbers' order, write {key}.classes: [{', '.join(repr(n) for n in by_number[:12])}"
             f"{', ...' if len(by_number) > 12 else ''}] (quoted: a bare number is an index), which splits and trains again")
 
 

@@ -1286,7 +1286,7 @@ def check_dataset_at_start(key, dataset):
     outside = outside_class_images_note(made, made_path, cfg["path"]) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
-    numbers = number_classes_note(made, cfg["path"], cfg.get("classes"))
+    numbers = number_classes_note(made, cfg["path"], cfg.get("classes"), named)
     if numbers:
         say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
