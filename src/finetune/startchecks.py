@@ -284,15 +284,21 @@ def _size(path: str) -> int | None:
         return None
 
 
-def skipped_images_note(report: dict, report_path: str, dataset_path: str, watch: str = "folders") -> str | None:
-    """Where the split made before (``report``, its report) of the dataset at ``dataset_path`` left images out under
+def report_of_dataset(report: dict, dataset_path: str) -> dict:
+    """``report``, the report of the split made before, where that split was made from the dataset at
+    ``dataset_path``; else {} (another folder's split: nothing it says is of this dataset)."""
+    made_from = str((report.get("dataset") or {}).get("path"))
+    return report if os.path.realpath(made_from) == os.path.realpath(dataset_path) else {}
+
+
+def skipped_images_note(report: dict, report_path: str, watch: str = "folders") -> str | None:
+    """Where the split made before (``report``, its report: :func:`report_of_dataset`) left images out under
     ``on_bad_image: skip`` (they do not decode, or are one image under two labels), how many and where they are
     listed: said only in the split job's log otherwise, so that photos half uploaded left training without a word.
     Those changed since (written after the report, as a file put right in place is) are named apart: under ``watch:
     folders`` the split does not see a file overwritten, and left them out still. None where it left none out."""
     skipped = [item for item in report.get("skipped_images") or [] if isinstance(item, dict) and "path" in item]
-    made_from = str((report.get("dataset") or {}).get("path"))
-    if not skipped or os.path.realpath(made_from) != os.path.realpath(dataset_path):
+    if not skipped:
         return None
     two_labels = sum(str(item.get("reason", "")).startswith("labelled ") for item in skipped)
     kinds = [f"{n} {what}" for n, what in ((len(skipped) - two_labels, "that do not decode"),
@@ -325,14 +331,13 @@ def _changed_after(paths: list[str], reference: str) -> list[str]:
     return changed
 
 
-def outside_class_images_note(report: dict, report_path: str, dataset_path: str) -> str | None:
-    """Where the split made before of the ImageFolder at ``dataset_path`` left out images that are in no class folder
-    (at its root, or in a split folder beside the class folders): how many, said only in the split job's log
+def outside_class_images_note(report: dict, report_path: str) -> str | None:
+    """Where the split made before of an ImageFolder (``report``: :func:`report_of_dataset`) left out images that are
+    in no class folder (at its root, or in a split folder beside the class folders): how many, said only in its log
     otherwise, so that photos dropped into the root stayed out of training without a word. Those no longer there (moved
     into a class folder: the split runs again) are not counted. None where there are none."""
     outside = [str(path) for path in report.get("images_outside_class_folders") or [] if os.path.lexists(str(path))]
-    made_from = str((report.get("dataset") or {}).get("path"))
-    if not outside or os.path.realpath(made_from) != os.path.realpath(dataset_path):
+    if not outside:
         return None
     return (f"{len(outside)} image(s) are in no class folder, and the split leaves them out "
             f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; listed in {report_path}, "
@@ -340,17 +345,14 @@ def outside_class_images_note(report: dict, report_path: str, dataset_path: str)
             "folder, and the split runs again")
 
 
-def number_classes_note(report: dict, dataset_path: str, classes_written: list | None,
-                        key: str = "dataset") -> str | None:
-    """Where ``dataset.classes`` is not written and the split made before of the dataset at ``dataset_path`` found
+def number_classes_note(report: dict, classes_written: list | None, key: str = "dataset") -> str | None:
+    """Where ``dataset.classes`` is not written and the split made before (``report``: :func:`report_of_dataset`) found
     classes named by numbers (labels 1 to 12, folders 0 to 10), in an order as text other than the numbers' own: the
     model's output i is the i-th name as text (output 2 is class '10'), which a deployer reading outputs as numbers
     gets wrong. Said with the ``<key>.classes`` that orders them by number (``key``: where the config holds the
     dataset). None otherwise."""
     names = report.get("classes") or []
-    made_from = str((report.get("dataset") or {}).get("path"))
-    if (classes_written is not None or len(names) < 2 or not all(isinstance(n, str) and n.isdigit() for n in names)
-            or os.path.realpath(made_from) != os.path.realpath(dataset_path)):
+    if classes_written is not None or len(names) < 2 or not all(isinstance(n, str) and n.isdigit() for n in names):
         return None
     by_number = sorted(names, key=lambda name: (int(name), name))
     if by_number == names:

@@ -89,9 +89,10 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
-                                  nvidia_driver_loaded, number_classes_note, outside_class_images_note, side_by_side_note,
-                                  skipped_images_note, spacing_note, split_made_again, too_few_to_split_problem,
-                                  uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints, TORCH_RULES)
+                                  nvidia_driver_loaded, number_classes_note, outside_class_images_note,
+                                  report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
+                                  split_made_again, too_few_to_split_problem, uncached_bytecode_note,
+                                  unread_predict_images_note, unreadable_line, with_hints, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -1278,15 +1279,16 @@ def check_dataset_at_start(key, dataset):
             given = check_manifest_at_start(named, cfg, split_file)
     except WorkflowError as exc:
         raise (WorkflowError(f"{INSTANCE}{exc.args[0]}") if INSTANCE and exc.args else exc) from None
-    made, made_path = split_report(split_file), str(Path(split_file).with_suffix(".report.json"))
+    made = report_of_dataset(split_report(split_file), cfg["path"])
+    made_path = str(Path(split_file).with_suffix(".report.json"))
     if cfg.get("on_bad_image") == "skip":  # said at each start while the split leaves them out: its log alone said so
-        skipped = skipped_images_note(made, made_path, cfg["path"], cfg.get("watch", "folders"))
+        skipped = skipped_images_note(made, made_path, cfg.get("watch", "folders"))
         if skipped:
             say(f"{named}.{skipped}")
-    outside = outside_class_images_note(made, made_path, cfg["path"]) if cfg["format"] == "imagefolder" else None
+    outside = outside_class_images_note(made, made_path) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
-    numbers = number_classes_note(made, cfg["path"], cfg.get("classes"), named)
+    numbers = number_classes_note(made, cfg.get("classes"), named)
     if numbers:
         say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
