@@ -704,13 +704,16 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert ("note: predict: predict.top_k, predict.experiment not used: predict.images is null, so nothing is "
             "classified") in output, output[-3000:]
     assert "results/predictions/" not in output
+
+    def refused_at_start(folder: str, target: str, said: str, not_seen: str) -> None:
+        refused = run_snakemake(tmp_path / folder, tmp_path / folder / "config.yaml", "-n", target, check=False)
+        assert refused.returncode != 0 and not_seen not in refused.stdout, refused.stdout[-3000:]
+        assert f"{target}: {said}" in refused.stdout, refused.stdout[-3000:]
+
     # Asking for predictions by name with no images is refused at start, naming the key (no input function's traceback).
-    configfile = tmp_path / "none" / "config.yaml"
     for target in ("results/predictions/scratch/seed0/predictions.csv", "predict_selected"):
-        refused = run_snakemake(tmp_path / "none", configfile, "-n", target, check=False)
-        assert refused.returncode != 0 and "InputFunctionException" not in refused.stdout, refused.stdout[-3000:]
-        assert (f"{target}: predictions need predict.images (a folder of images or a CSV with a `path` column), "
-                "which is null: nothing ran") in refused.stdout, refused.stdout[-3000:]
+        refused_at_start("none", target, "predictions need predict.images (a folder of images or a CSV with a `path` "
+                         "column), which is null: nothing ran", "InputFunctionException")
     (tmp_path / "some").mkdir()
     output = dry_run_output(tmp_path / "some", {**TINY_CONFIG, "predict": {"images": "new_images", "top_k": 2,
                                                                           "experiment": "scratch", "seed": 0}})
@@ -719,12 +722,10 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     assert options["top-k"] == "2"
     # The selected run's predictions asked for where the config names one run and seed: nothing to select among (the
     # job started with an empty --choose-from and stopped on it); refused at start, naming the run's own file.
-    configfile = tmp_path / "some" / "config.yaml"
     for target in ("results/predictions/selected/predictions.csv", "predict_selected"):
-        refused = run_snakemake(tmp_path / "some", configfile, "-n", target, check=False)
-        assert refused.returncode != 0 and "choose-from" not in refused.stdout, refused.stdout[-3000:]
-        assert (f"{target}: predict.experiment scratch with predict.seed 0 names one run, whose predictions are "
-                "results/predictions/scratch/seed0/predictions.csv: nothing ran") in refused.stdout, refused.stdout[-3000:]
+        refused_at_start("some", target, "predict.experiment scratch with predict.seed 0 names one run, whose "
+                         "predictions are results/predictions/scratch/seed0/predictions.csv: nothing ran", "choose-from")
+    configfile = tmp_path / "some" / "config.yaml"
     # A run's seed folder asked for with a seed not in `seeds`: it trains, and the start says the leaderboard leaves it out.
     for target in ("results/scratch/seed5/metrics.json", "results/predictions/scratch/seed5/predictions.csv"):
         planned = run_snakemake(tmp_path / "some", configfile, "-n", target).stdout
