@@ -386,22 +386,32 @@ if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
 
 
+PER_RUN_FOLDERS = ("lr_find", "predictions")  # results/<folder>/<run>/seed<N>/...
+
+
+def run_of_target(target):
+    """Where a target under results/ names a run: (folder, name, parts, at) for results/<name>/... and for a run's
+    folder of results/lr_find/ and results/predictions/ (not their selected/), parts[at] being <name>; None for any
+    other path (results/<folder the workflow writes>/... included)."""
+    parts = Path(target).parts
+    if len(parts) < 3 or parts[0] != "results":
+        return None
+    if parts[1] in PER_RUN_FOLDERS:
+        return (f"results/{parts[1]}/", parts[2], parts, 2) if len(parts) >= 4 and parts[2] != "selected" else None
+    return None if parts[1] in RESULTS_FOLDERS else ("results/", parts[1], parts, 1)
+
+
 def unknown_run_targets(targets):
     """A line for each target under results/<name>/ (or a run's folder of results/lr_find/ and results/predictions/)
-    whose <name> is no experiment (nor sweep, nor folder the workflow writes) of this config: Snakemake says only that
-    no rule produces it."""
+    whose <name> is no experiment (nor sweep) of this config: Snakemake says only that no rule produces it."""
     import difflib
 
-    made_here = set(RESULTS_FOLDERS)
     lines = []
     for target in targets:
-        parts = Path(target).parts
-        if len(parts) < 3 or parts[0] != "results":
+        found = run_of_target(target)
+        if found is None or found[1] in EXPERIMENTS:
             continue
-        by_run = parts[1] in ("lr_find", "predictions") and len(parts) >= 4 and parts[2] != "selected"
-        name, folder = (parts[2], f"results/{parts[1]}/") if by_run else (parts[1], "results/")
-        if name in EXPERIMENTS or (not by_run and name in made_here):
-            continue
+        folder, name = found[:2]
         runs = runs_named(name)
         if runs:
             lines.append(f"{target}: {name} is a sweep; its runs are {folder}<run>/ for the runs "
@@ -419,11 +429,13 @@ def unlisted_seed_targets(targets):
     and results/predictions/) whose seed is not in `seeds`: it trains, but the leaderboard counts only `seeds`."""
     lines = []
     for target in targets:
-        parts = Path(target).parts
-        at = 3 if parts[:2] in (("results", "lr_find"), ("results", "predictions")) else 2
-        found = re.fullmatch(r"seed(\d+)", parts[at]) if len(parts) > at and parts[0] == "results" else None
-        if found and parts[at - 1] in EXPERIMENTS and int(found.group(1)) not in SEEDS:
-            lines.append(f"{target}: seed {int(found.group(1))} is not in seeds {SEEDS}: its run trains as asked, but "
+        found = run_of_target(target)
+        if found is None or found[1] not in EXPERIMENTS:
+            continue
+        parts, at = found[2:]
+        seed = re.fullmatch(r"seed(\d+)", parts[at + 1]) if len(parts) > at + 1 else None
+        if seed and int(seed.group(1)) not in SEEDS:
+            lines.append(f"{target}: seed {int(seed.group(1))} is not in seeds {SEEDS}: its run trains as asked, but "
                          "the leaderboard (results/summary.csv) and the selection count only the seeds listed; add it to "
                          "seeds to have it counted")
     return lines
