@@ -1753,3 +1753,24 @@ def test_classes_named_by_numbers_in_their_order_as_text_are_said_with_the_class
     started = run_snakemake(tmp_path / "run", ordered, "--until", "split").stdout
     assert json.loads(report.read_text())["classes"] == ["1", "2", "10"]
     assert "the classes are numbers" not in started + run_snakemake(tmp_path / "run", ordered, "-n").stdout
+
+
+def test_a_mistyped_fashion_mnist_path_is_refused_at_start_and_the_split_made_before_is_kept(tmp_path):
+    """dataset.path changed to a folder that is not there (a typo): the split job would have tried torchvision's download
+    after Snakemake removed the split made before, and without a network failed, the split gone and every run made from
+    it to train again once the path was put right. Refused at start, naming the key; the split's bytes are kept, and with
+    the path put right nothing of it runs again. The source dataset of pretrain is checked alike."""
+    config = tiny_config(tmp_path)
+    splits = ["resources/splits/target.csv", "resources/splits/source.csv"]  # targets before --configfile's files
+    run_snakemake(tmp_path, None, *splits, "--configfile", str(config))
+    made = {name: (tmp_path / "resources/splits" / name).read_bytes() for name in ("target.csv", "source.csv")}
+    typo = TINY_CONFIG["dataset"]["path"].replace("fashion-mnist", "fashion_mnist")
+    for key, changed in (("dataset", {"dataset": {"path": typo}}), ("pretrain.dataset", {"pretrain": {"dataset": {"path": typo}}})):
+        result = run_snakemake(tmp_path, tiny_config(tmp_path, **changed), check=False)
+        assert result.returncode != 0 and "Job stats" not in result.stdout, result.stdout[-3000:]
+        assert (f"{key}.path: {typo} does not exist, and {key}.download_dir (resources/datasets/FashionMNIST/raw) holds "
+                f"none of the files either; the split made before was made from {TINY_CONFIG['dataset']['path']}: "
+                "nothing ran") in " ".join(result.stdout.split()), result.stdout[-3000:]
+        assert {name: (tmp_path / "resources/splits" / name).read_bytes() for name in made} == made
+    dry = run_snakemake(tmp_path, None, "-n", *splits, "--configfile", str(tiny_config(tmp_path)))
+    assert "Nothing to be done" in dry.stdout, dry.stdout[-3000:]

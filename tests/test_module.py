@@ -49,12 +49,19 @@ def test_a_module_with_a_prefix_runs_below_it_and_reads_the_config_s_paths_where
     file the run makes is below the prefix (the resume states and feature cache too, which are params); the config's
     relative paths (a CSV manifest, a weights file) are read where written, not below the prefix, where the manifest
     was not found and its split was not made again when it changed; the summary reads the runs below the prefix (it
-    failed on results/<run>/train_info.json); the snippet's onsuccess removes the finished states below the prefix."""
+    failed on results/<run>/train_info.json); the snippet's onsuccess removes the finished states below the prefix,
+    a rule of the module given other threads by a `use rule ... with:` statement."""
     from faults import PREPROCESSING_32, make_images, save_state_dict
 
     host = tmp_path / "host"
     copy_of_the_workflow(host / "finetune")
-    snippet = readme_module_snippet().replace("/path/to/finetune", "finetune")
+    snippet = readme_module_snippet().replace("/path/to/finetune", "finetune").replace(
+        'FINETUNE_FILES = "."', 'FINETUNE_FILES = "runs/a"', 1)
+    assert 'FINETUNE_FILES = "runs/a"' in snippet
+    # A rule of the module given other threads (README): under a prefix its rules.<name>.output is then empty, which
+    # the snippet's onsuccess read (AttributeError after every run that succeeded, and the states stayed).
+    snippet = snippet.replace("use rule * from finetune as finetune_*\n", "use rule * from finetune as finetune_*\n"
+                              "use rule train from finetune as finetune_train with:\n    threads: 1\n", 1)
     (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
     make_images(host / "data", {"cat": 6, "dog": 6})
     rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted((host / "data").glob("*/*.png"))]
@@ -228,12 +235,13 @@ def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_thems
 
 def test_a_note_at_start_names_the_module_it_is_about_and_its_files_below_the_prefix(tmp_path):
     """Two instances, the second with an `lr_find` setting no run of its uses: the note said neither which module
-    it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b)."""
+    it was about nor where its curves go (results/lr_find/..., not below the module's prefix runs/b), nor its keys as the
+    host's config holds them (bb.lr_find)."""
     tiny = {key: value for key, value in TINY_CONFIG.items()}
     host = two_instance_host(tmp_path / "host", tiny, {**tiny, "lr_find": {"steps": 20}})
     result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "lr_find" in line]
-    assert notes == ["note: module fb: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves "
+    assert notes == ["note: module fb: bb.lr_find: no experiment run has lr: auto, so bb.lr_find.steps set only the curves "
                      "asked for by name (snakemake runs/b/results/lr_find/<run>/lr_find.png)"], result.stdout[-3000:]
 
 
@@ -286,3 +294,51 @@ def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbo
     tiny_config(host / "config", name="finetune.yaml", replace={"dataset": dataset}, predict={"images": "inbox"})
     refused = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
     assert refused.returncode != 0 and "predict.images: no image files in inbox" in refused.stdout, refused.stdout[-3000:]
+
+
+def test_a_refusal_at_start_names_the_instance_and_its_keys_as_the_host_s_config_holds_them(tmp_path):
+    """Two instances given parts of the host's config: a refusal at start of one's predict.images or weights.path said
+    `predict.images: inbox_b does not exist`, naming neither the instance nor the host's key (both read the same key
+    names); and a key written at the wrong level was told to be given as `--config 'train={epochs: 3}'`, which sets the
+    host's `train`, read by no instance, and changed nothing without a word. Each names the module and the key under the
+    host's (bb.predict.images), and the hint is the host's --config; a part deeper in the host's config is named so."""
+    host = tmp_path / "host"
+    two_instance_host(host, TINY_CONFIG, {**TINY_CONFIG, "predict": {"images": "inbox_b"}})
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert (f"module fb: bb.predict.images: inbox_b does not exist (relative to the working directory {host}): name a "
+            "folder of images") in result.stdout, result.stdout[-3000:]
+    from faults import PREPROCESSING_32
+
+    weights = {"source": "path", "arch": "resnet18", "path": "weights/nope.pth", "preprocessing": PREPROCESSING_32}
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({
+        "aa": {k: v for k, v in TINY_CONFIG.items() if k != "pretrain"} | {"weights": weights}, "bb": TINY_CONFIG}))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and "module fa: aa.weights.path: weights/nope.pth does not exist" in result.stdout, \
+        result.stdout[-3000:]
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": {**TINY_CONFIG, "epochs": 3}, "bb": TINY_CONFIG}))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert ("aa.epochs: unknown key (epochs is a key of train: write it under train:, or on the command line --config "
+            "'aa={train: {epochs: 3}}')") in result.stdout, result.stdout[-3000:]
+    # The host's hint, followed, sets that instance's train.epochs: its train jobs get 3.
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": TINY_CONFIG, "bb": TINY_CONFIG}))
+    result = run_snakemake(host, None, "-n", "--printshellcmds", "--config", "aa={train: {epochs: 3}}",
+                           snakefile=host / "Snakefile")
+    epochs = {line.split("--out-checkpoint ")[1].split("/results/")[0]: json.loads(shlex.split(line.split(" > ")[0])[
+        shlex.split(line.split(" > ")[0]).index("--options") + 1])["epochs"]
+        for line in result.stdout.splitlines() if "scripts/train.py" in line and "--options" in line}
+    assert epochs == {"runs/a": 3, "runs/b": TINY_CONFIG["train"]["epochs"]}, epochs
+    # A part two keys deep in the host's config: its keys named by both.
+    (host / "Snakefile").write_text((host / "Snakefile").read_text().replace('config["aa"]', 'config["parts"]["aa"]'))
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({
+        "parts": {"aa": {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochz": 2}}}, "bb": TINY_CONFIG}))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and "parts.aa.train.epochz: unknown key (did you mean epochs?)" in result.stdout, \
+        result.stdout[-3000:]
+    # The schema's pretrain note, said of a module's config: why it is used alone (no --replace-workflow-config there).
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({
+        "parts": {"aa": {k: v for k, v in TINY_CONFIG.items() if k != "pretrain"}}, "bb": TINY_CONFIG}))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
+    assert ("note: module fa: parts.aa.pretrain: not in your config, which is used alone (the module's config is the "
+            "host's alone), so the schema's defaults pretrain") in result.stdout, result.stdout[-3000:]

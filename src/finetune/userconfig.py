@@ -107,12 +107,14 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
 FASHION_MNIST_TRAIN_PER_CLASS = 6000  # Fashion-MNIST's official train images of each of its ten classes
 
 
-def schema_pretrain_note(pretrain: dict, arch: str, epochs: int, dataset_written: bool) -> str | None:
+def schema_pretrain_note(pretrain: dict, arch: str, epochs: int, dataset_written: bool,
+                         as_module: bool = False) -> str | None:
     """Where a config used alone (no config/config.yaml under it) leaves out `pretrain` with weights.source: pretrain,
     one line: the schema's defaults pretrain the source model on every train image of Fashion-MNIST's ten classes for
     ``epochs`` epochs, a long job on CPUs where the demo's pretrain takes about a minute; nothing said, a user who
     copied the README's sweep example got it silently. ``dataset_written``: whether the config gives `dataset`
-    (without it the target is every Fashion-MNIST image too)."""
+    (without it the target is every Fashion-MNIST image too); ``as_module``: the config is a module's, the host's
+    alone."""
     source = pretrain.get("dataset") or {}
     if source.get("format") != "fashion-mnist":
         return None
@@ -120,9 +122,10 @@ def schema_pretrain_note(pretrain: dict, arch: str, epochs: int, dataset_written
     per_class = source.get("max_train_per_class") or round(FASHION_MNIST_TRAIN_PER_CLASS * (1 - source["val_fraction"]))
     images = per_class * len(classes)
     demo = 1000 * 6 * 3  # config/config.yaml's: 1,000 images of each of classes 0-5, 3 epochs
-    return (f"pretrain: not in your config, which is used alone (--replace-workflow-config, or no config/config.yaml "
-            f"where it runs), so the schema's defaults pretrain the source {arch} on {images:,} Fashion-MNIST images "
-            f"({len(classes)} classes) for {epochs} epochs at {pretrain.get('image_size')} px: {images * epochs / demo:.0f} "
+    alone = ("the module's config is the host's alone" if as_module else
+             "--replace-workflow-config, or no config/config.yaml where it runs")
+    return (f"pretrain: not in your config, which is used alone ({alone}), so the schema's defaults pretrain the "
+            f"source {arch} on {images:,} Fashion-MNIST images ({len(classes)} classes) for {epochs} epochs at {pretrain.get('image_size')} px: {images * epochs / demo:.0f} "
             "times the demo's pretrain (1,000 images of each of classes 0-5, 3 epochs: about a minute on 2 CPU cores)"
             + ("" if dataset_written else ", and with no `dataset` your target is every Fashion-MNIST image too")
             + "; copy the pretrain section of config/config.yaml into your config for the demo's, or set weights.source")
@@ -747,3 +750,46 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
                      "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
         named.append(f"{head} (set in {os.path.normpath(files[-1])}{inherited}){allowed}{tail}")  # not /a/p/../my.yaml
     return named
+
+
+def schema_sections(schema: dict) -> dict[str, set[str] | None]:
+    """The config's top-level keys and the keys of each: None for a section of any names (``experiments``), an empty
+    set for a value (``seeds``)."""
+    definitions = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    sections = {}
+    for name, entry in (schema.get("properties") or {}).items():
+        ref = entry.get("$ref", "") if isinstance(entry, dict) else ""
+        entry = definitions.get(ref.rsplit("/", 1)[-1], entry) if ref else entry
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("additionalProperties"), dict) or entry.get("patternProperties"):
+            sections[name] = None
+        else:
+            sections[name] = set(entry.get("properties") or ())
+    return sections
+
+
+def keys_under(text: str, path: list[str] | None, sections: dict[str, set[str] | None]) -> str:
+    """``text`` (a message of this workflow) as the host's config would say it where it holds this workflow's config
+    under ``path`` (a module given ``config: config["fa"]``: ["fa"]): each key it names, a section and one of its keys
+    (``train.lr``, ``pretrain.dataset.classes``), under the host's (``fa.train.lr``), and each ``--config
+    'train={lr: 1}'`` it suggests as the host's --config sets it (``--config 'fa={train: {lr: 1}}'``), and the key a
+    message begins with (``seeds: ...``). A key named so already, a file (``weights.pth``) or a path
+    (``results/train.log``) is left as it is."""
+    if not path:
+        return text
+    names = "|".join(sorted(map(re.escape, sections), key=len, reverse=True))
+
+    def key(match: re.Match) -> str:
+        keys = sections[match[1]]
+        return f"{'.'.join(path)}.{match[0]}" if keys is None or match[2] in keys else match[0]
+
+    def command_line(match: re.Match) -> str:
+        value = f"{{{match[2]}: {match[3]}}}"
+        for outer in reversed(path[1:]):
+            value = f"{{{outer}: {value}}}"
+        return f"--config {match[1]}{path[0]}={value}{match[1]}"
+
+    text = re.sub(r"--config (['\"])(\w+)=(.*?)\1", command_line, text)
+    text = re.sub(rf"^({names})(?=: )", lambda match: f"{'.'.join(path)}.{match[0]}", text)  # a message about a key
+    return re.sub(rf"(?<![\w/.={{-])({names})\.(\w+)", key, text)

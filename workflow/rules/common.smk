@@ -81,10 +81,10 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
-                                 has_option, inherited_for_another_optimizer, is_snakemake_command_line, once_per,
-                                 option_differences, own_sections, pending_jobs, profile_settings_replaced,
+                                 has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
+                                 once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
                                  profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
-                                 schema_pretrain_note, snakemake_command_line, stray_configfiles,
+                                 schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
@@ -122,9 +122,29 @@ _SAID = once_per(config, "notes said", set)  # a host's `use rule ... from` stat
 STARTED_AT = time.time()  # when this run of Snakemake read the workflow: Slurm logs written since are its jobs'
 
 
+@functools.cache
+def schema_sections_here():
+    from snakemake.common.configfile import load_configfile
+
+    return schema_sections(load_configfile(SCHEMA))
+
+
+def host_keys(text):
+    """``text`` with this workflow's config keys (and its `--config` hints) as the host's config holds them, where it
+    is a module given a part of the host's config (`config: config["fa"]`: `fa.train.lr`); as it is otherwise."""
+    path = globals().get("_module_path")  # said before the module's place in the host's config is found: as it is
+    return keys_under(text, path, schema_sections_here()) if _as_module and path else text
+
+
+def refused(text):
+    """The error that stops the run at start, naming the module and its keys where it is one (say's notes do too)."""
+    return WorkflowError(f"{INSTANCE}{host_keys(text)}")
+
+
 def say(text):
-    """A note at start, on stderr: ``note: <module>: <text>``; once, however often a host reads the module."""
-    line = f"note: {INSTANCE}{text}"  # two instances of one config dict: each says its own
+    """A note at start, on stderr: ``note: <module>: <text>``, its keys named as the host's config holds them
+    (host_keys); once, however often a host reads the module."""
+    line = f"note: {INSTANCE}{host_keys(text)}"  # two instances of one config dict: each says its own
     if line not in _SAID:
         _SAID.add(line)
         print(line, file=sys.stderr)
@@ -183,23 +203,37 @@ if workflow.is_main_process:
 # Snakemake's API) are read as YAML reads unquoted values.
 # As a module, --config sets the host's config: the part of it that is the module's (`config: config`, or the usual
 # `config: config["finetune"]`) is read again here, and the host's other keys are the host's.
-def module_config_key():
-    """Where this module's config lies in the host's: "" (the host's whole config, `config: config`; and outside a
-    module), one of its keys (`config: config["finetune"]`), or None (another dict, which --config is not traced to)."""
+def module_config_path():
+    """Where this module's config lies in the host's: [] (the host's whole config, `config: config`; and outside a
+    module), the keys down to it (`config: config["finetune"]`: ["finetune"]; `config["finetune"]["fa"]`: ["finetune",
+    "fa"]), or None (another dict, which --config is not traced to)."""
     host = workflow.modifier_stack[0].globals.get("config") if _as_module else config
-    if host is config:
-        return ""
-    return next((k for k, v in (host or {}).items() if v is config), None)
+
+    def path_to(section, depth):
+        if section is config:
+            return []
+        if not isinstance(section, dict) or depth > 4:
+            return None
+        for key, value in section.items():
+            below = path_to(value, depth + 1) if isinstance(key, str) else None
+            if below is not None:
+                return [key, *below]
+        return None
+
+    return path_to(host, 0)
 
 
-_module_key = module_config_key()
+_module_path = module_config_path()
+_module_key = ".".join(_module_path) if _module_path is not None else None  # as a message names it: finetune.fa
 
 
 def module_part(given):
     """The part of the host's ``--config`` values ``given`` that sets this module's config (all of them outside a module)."""
-    if _module_key == "":
-        return given
-    return given.get(_module_key) if _module_key is not None and isinstance(given.get(_module_key), dict) else {}
+    if _module_path is None:
+        return {}
+    for key in _module_path:
+        given = given.get(key) if isinstance(given, dict) else None
+    return given if isinstance(given, dict) else {}
 
 
 if workflow.config_settings.config:
@@ -274,7 +308,7 @@ if _problems:
     if len(_sources) == 1 and "--config" not in _sources:  # one file: named once, as several are on each line
         _listed = _listed.replace("invalid configuration (", f"invalid configuration in {os.path.normpath(next(iter(_sources)))} (", 1)
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
-                                   *([INSTANCE + _listed] if _problems else [])]))
+                                   *([INSTANCE + host_keys(_listed)] if _problems else [])]))
 
 for _note in overridden_train_notes(config, _written.get("train") if isinstance(_written.get("train"), dict) else {}):
     say(_note.removeprefix("note: "))
@@ -316,7 +350,7 @@ RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEE
 # (under Slurm after two submissions). A check of finetune.startchecks, which no job loads.
 _problems = batchnorm_problems(config, EXPERIMENTS, SWEEP_OF)
 if _problems:
-    raise WorkflowError(INSTANCE + format_problems(_problems))
+    raise refused(format_problems(_problems))
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
@@ -366,21 +400,21 @@ def predict_choice(experiment, seed):
     """(target, candidate run names): a named run and seed, or the selected run among candidates."""
     candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
     if not candidates:
-        raise WorkflowError(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
+        raise refused(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
                             f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
     if seed is not None and seed not in SEEDS:
-        raise WorkflowError(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
+        raise refused(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
     if len(candidates) == 1 and seed is not None:
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
     if len(set(metrics.values())) > 1:
-        raise WorkflowError("predict.experiment: the runs to select among have different train.metric ("
+        raise refused("predict.experiment: the runs to select among have different train.metric ("
                             + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment")
     return "results/predictions/selected/predictions.csv", candidates
 
 
 if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
-    raise WorkflowError("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)")
+    raise refused("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)")
 
 # Settings of an experiment that are not options of the training loop.
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
@@ -504,11 +538,26 @@ def output_path(path):
 RESUME_FOLDER = Path(output_path("resources/resume"))
 FEATURE_FOLDER = output_path("resources/features")  # feature_extract's cached backbone features (train, lr_find)
 TRAIN_DEFAULTS = train_defaults(SCHEMA)  # the schema's train section: what a key left out of train and experiments is
+
+
+def pretrained_otherwise(pretrain, epochs):
+    """Whether the source model made before (its record, resources/pretrain/info.json) was trained on another number of
+    classes or epochs than ``pretrain`` gives: made again by this run. False where none was made, or its record does
+    not read (a model made before, of unknown settings)."""
+    try:
+        made = json.loads(Path(output_path("resources/pretrain/info.json")).read_text())
+        classes, made_epochs = len(made["classes"]), made["options"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return classes != len(pretrain["dataset"].get("classes") or range(10)) or made_epochs != epochs
+
+
+_pretrain_epochs = config["pretrain"]["train"].get("epochs", TRAIN_DEFAULTS["epochs"])
 if (_schema_pretrain and workflow.is_main_process and config["weights"]["source"] == "pretrain"
-        and not os.path.exists(output_path("resources/pretrain/model.pth"))):
-    _note = schema_pretrain_note(config["pretrain"], config["weights"]["arch"],
-                                 config["pretrain"]["train"].get("epochs", TRAIN_DEFAULTS["epochs"]),
-                                 _dataset_written)
+        and (not os.path.exists(output_path("resources/pretrain/model.pth"))
+             or pretrained_otherwise(config["pretrain"], _pretrain_epochs))):
+    _note = schema_pretrain_note(config["pretrain"], config["weights"]["arch"], _pretrain_epochs, _dataset_written,
+                                 as_module=_as_module)
     if _note:
         say(_note)
 
@@ -650,8 +699,9 @@ def dataset_config(dataset):
 
 
 def dataset_key(dataset):
-    """Where the config holds that dataset, as the split job's messages name its keys."""
-    return "dataset" if dataset == "target" else "pretrain.dataset"
+    """Where the config holds that dataset, as the split job's messages name its keys (under the host's key as a module
+    given a part of the host's config: `fa.dataset`)."""
+    return host_key("dataset" if dataset == "target" else "pretrain.dataset")
 
 
 # How Fashion-MNIST is fetched where it is not at dataset.path, not which data: the split job reads them, but another
@@ -669,8 +719,17 @@ def split_dataset_config(dataset):
     return cfg
 
 
+def download_dir(cfg):
+    """Where Fashion-MNIST missing at dataset.path is downloaded to: dataset.download_dir, below a module's `prefix:`
+    where relative, as every file the rules make."""
+    folder = cfg.get("download_dir", "resources/datasets")
+    return folder if os.path.isabs(folder) else output_path(folder)
+
+
 def split_dataset_fetch(dataset):
-    return NotARerunTrigger(as_json({k: v for k, v in dataset_config(dataset).items() if k in DATASET_FETCH_KEYS}))
+    cfg = dataset_config(dataset)
+    return NotARerunTrigger(as_json({**{k: v for k, v in cfg.items() if k in DATASET_FETCH_KEYS},
+                                     "download_dir": download_dir(cfg)}))
 
 
 # What Snakemake watches of a dataset, so that its split reruns when the data changes: a CSV manifest
@@ -835,7 +894,7 @@ def run_labels(figure):
 
 def predict_images(wildcards):
     if config["predict"]["images"] is None:
-        raise WorkflowError("the predict rule needs predict.images (a folder of images or a CSV with a `path` column)")
+        raise refused("the predict rule needs predict.images (a folder of images or a CSV with a `path` column)")
     return config["predict"]["images"]
 
 
@@ -965,7 +1024,7 @@ for _run in EXPERIMENTS:
         _same = {key: value for key, value in _cfg.items() if key != "early_stopping_patience"}
         _other = _cannot_stop.setdefault((_experiment, as_json(_same)), _run)
         if _other != _run:
-            raise WorkflowError(
+            raise refused(
                 f"experiments.{_experiment}.sweep.early_stopping_patience: runs {_other} and {_run} would train "
                 f"the same run (with epochs {_cfg['epochs']} neither can stop early: the earliest stop is after "
                 f"epoch {_first} + the patience); sweep only values that change the run")
@@ -1048,7 +1107,7 @@ if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(
     _what = ("is a folder, not a file" if os.path.isdir(_path) else
              f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
              if os.path.islink(_path) else "does not exist")
-    raise WorkflowError(f"weights.path: {config['weights']['path']} {_what}{relative_to_workdir(_path)}: name the "
+    raise refused(f"weights.path: {config['weights']['path']} {_what}{relative_to_workdir(_path)}: name the "
                         "weights file (.pth, .pt) to start from")
 
 def manifest_changed(manifest, classes, split_file):
@@ -1273,15 +1332,42 @@ def host_key(key):
     return f"{_module_key}.{key}" if _as_module and _module_key else key
 
 
+def refuse_fashion_mnist_nowhere(key, cfg, split_file):
+    """Fashion-MNIST at another dataset.path than the split made before was made from, its files neither there nor in
+    dataset.download_dir: the split job would download them (torchvision, over the network) after Snakemake removed
+    that split, and a failed download (a mistyped path, no network) left it gone, every run made from it to train
+    again once the path was put right. Refused here; a first split (none made yet) goes on to the download."""
+    made = split_report(split_file)
+    if not made or report_of_dataset(made, cfg["path"]):
+        return
+    from finetune.data import FASHION_MNIST_FILES, _find_fashion_mnist_file
+
+    raw = Path(download_dir(cfg)) / "FashionMNIST" / "raw"
+    missing = [stem for stem in FASHION_MNIST_FILES.values()
+               if not _find_fashion_mnist_file(Path(cfg["path"]), stem) and not _find_fashion_mnist_file(raw, stem)]
+    if missing:
+        what = (f"holds no Fashion-MNIST files ({', '.join(missing)} missing)" if os.path.isdir(cfg["path"]) else
+                "is a file, not a folder" if os.path.exists(cfg["path"]) else "does not exist")
+        raise WorkflowError(
+            f"{INSTANCE}{key}.path: {cfg['path']} {what}{relative_to_workdir(cfg['path'])}, and {key}.download_dir "
+            f"({raw}) holds none of the files either; the split made before was made from "
+            f"{(made.get('dataset') or {}).get('path')}: nothing ran, and that split and the runs made from it are kept. "
+            f"Point {key}.path at the folder of the four *-ubyte.gz files (`apt-get install dataset-fashion-mnist` puts "
+            f"them in /usr/share/datasets/fashion-mnist); to download them instead (torchvision, over the network), remove "
+            f"{split_file} first")
+
+
 def check_dataset_at_start(key, dataset):
     """The checks at start of an ImageFolder's or a CSV manifest's files (``key`` where the config holds it): what
     the split job would fail on, refused before Snakemake removes the split made before. As a module, its keys are
     named as the host's config holds them, and a refusal names the module (two instances may read two folders)."""
     cfg = dataset_config(dataset)
-    if cfg["format"] not in ("imagefolder", "csv"):
-        return
     named = host_key(key)
     split_file = output_path(f"resources/splits/{dataset}.csv")
+    if cfg["format"] == "fashion-mnist":
+        refuse_fashion_mnist_nowhere(named, cfg, split_file)
+    if cfg["format"] not in ("imagefolder", "csv"):
+        return
     try:
         refuse_missing_dataset(named, cfg)
         if cfg["format"] == "imagefolder":
@@ -1387,7 +1473,7 @@ def refuse_damaged_files(checks, command):
                 "this run's --forcerun and targets are not known here, so it is not refused; every job after it "
                 "reruns once it is made again)")
     elif problems:
-        raise WorkflowError("a file made before was cut short or changed since its job wrote it: nothing ran, and "
+        raise refused("a file made before was cut short or changed since its job wrote it: nothing ran, and "
                             "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
                             ("; if you edited a split on purpose, give your split as the split column of a CSV "
                              "manifest, dataset.format: csv)" if splits else ")"))
@@ -1491,7 +1577,7 @@ if CHECK_FILES:
                                                                         *Path(output_path(path)).parents)
                        if str(folder) != "." and os.path.lexists(folder) and not os.path.isdir(folder)})
     if _blocked:
-        raise WorkflowError("\n".join(
+        raise refused("\n".join(
             f"{folder}: a symbolic link to {os.readlink(folder)}, which does not exist (a file system not mounted?), where "
             f"the workflow writes its outputs: nothing ran; mount it, or point the link at a folder"
             if os.path.islink(folder) else
@@ -1501,13 +1587,13 @@ if CHECK_FILES:
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
     if SELECTED_PREDICTION_TARGETS and not PREDICT_CANDIDATES:  # nothing to select among: the job would start with an
-        raise WorkflowError(  # empty --choose-from and stop on it
+        raise refused(  # empty --choose-from and stop on it
             f"{', '.join(SELECTED_PREDICTION_TARGETS)}: predict.experiment {PREDICT['experiment']} with predict.seed "
             f"{PREDICT['seed']} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
             "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
     if CHECK_FILES and not os.path.exists(PREDICT["images"]):
-        raise WorkflowError(
+        raise refused(
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
         )
@@ -1520,7 +1606,7 @@ if PREDICT["images"] is not None:
         except DataError as exc:
             PREDICT_PROBLEM = f"predict.images: {str(exc).removesuffix('; the earlier predictions are kept')}"
             if _as_module:  # a module's onstart is not run (Snakemake keeps the host's): refused here, as before
-                raise WorkflowError(f"{PREDICT_PROBLEM}; the earlier predictions are kept") from None
+                raise refused(f"{PREDICT_PROBLEM}; the earlier predictions are kept") from None
             say(f"{PREDICT_PROBLEM}: a run that makes the predictions stops at start (the earlier ones are kept); "
                 "other targets run. Set predict.images to null (--config 'predict={images: null}') to classify nothing")
 
