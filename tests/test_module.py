@@ -342,3 +342,20 @@ def test_a_refusal_at_start_names_the_instance_and_its_keys_as_the_host_s_config
     result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
     assert ("note: module fa: parts.aa.pretrain: not in your config, which is used alone (the module's config is the "
             "host's alone), so the schema's defaults pretrain") in result.stdout, result.stdout[-3000:]
+
+
+def test_keys_under_the_host_s_key_rename_keys_and_hints_but_not_files_or_paths():
+    """The renaming each message of a module given a part of the host's config goes through, against the schema's own
+    sections: a key (section and one of its keys, or any name under experiments), a message's leading key and a
+    --config hint are the host's; a file named like a section (weights.pth, train.py), a path (results/train.log) and a
+    key named so already are left as they are."""
+    from finetune.userconfig import keys_under, schema_sections
+
+    sections = schema_sections(yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    text = ("seeds: train.lr and pretrain.dataset.classes, experiments.mine.lr; weights.pth, workflow/scripts/train.py, "
+            "results/train.log, fa.export.opset; --config 'predict={images: null}'")
+    assert keys_under(text, ["fa"], sections) == (
+        "fa.seeds: fa.train.lr and fa.pretrain.dataset.classes, fa.experiments.mine.lr; weights.pth, "
+        "workflow/scripts/train.py, results/train.log, fa.export.opset; --config 'fa={predict: {images: null}}'")
+    assert keys_under(text, ["parts", "fa"], sections).endswith("--config 'parts={fa: {predict: {images: null}}}'")
+    assert keys_under(text, [], sections) == keys_under(text, None, sections) == text
