@@ -401,7 +401,7 @@ def predict_choice(experiment, seed):
     candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
     if not candidates:
         raise refused(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
-                            f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
+                      f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
     if seed is not None and seed not in SEEDS:
         raise refused(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
     if len(candidates) == 1 and seed is not None:
@@ -409,7 +409,7 @@ def predict_choice(experiment, seed):
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
     if len(set(metrics.values())) > 1:
         raise refused("predict.experiment: the runs to select among have different train.metric ("
-                            + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment")
+                      + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment")
     return "results/predictions/selected/predictions.csv", candidates
 
 
@@ -1108,7 +1108,7 @@ if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(
              f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
              if os.path.islink(_path) else "does not exist")
     raise refused(f"weights.path: {config['weights']['path']} {_what}{relative_to_workdir(_path)}: name the "
-                        "weights file (.pth, .pt) to start from")
+                  "weights file (.pth, .pt) to start from")
 
 def manifest_changed(manifest, classes, split_file):
     """Whether a CSV manifest's text or dataset.classes differ from those its split (``split_file``) was made from, as
@@ -1474,9 +1474,9 @@ def refuse_damaged_files(checks, command):
                 "reruns once it is made again)")
     elif problems:
         raise refused("a file made before was cut short or changed since its job wrote it: nothing ran, and "
-                            "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
-                            ("; if you edited a split on purpose, give your split as the split column of a CSV "
-                             "manifest, dataset.format: csv)" if splits else ")"))
+                      "nothing was removed\n" + "\n".join(problems) + "\n(every job after it reruns" +
+                      ("; if you edited a split on purpose, give your split as the split column of a CSV "
+                       "manifest, dataset.format: csv)" if splits else ")"))
     write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
 
 
