@@ -58,7 +58,8 @@ def test_reruns_only_what_went_stale(tiny_run_copy):
 def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_standing(tiny_run_copy):
     """New settings whose train job fails: Snakemake removes the job's outputs (model.pt, ...) but not the older
     results made from them (metrics.json, model.onnx). The next run must try the train job again and what
-    follows, not end with "Nothing to be done" and the old settings' results as if current."""
+    follows, not end with "Nothing to be done" and the old settings' results as if current; the failed run says
+    which runs lost their model.pt."""
     workdir = tiny_run_copy
     before = (workdir / "results/finetune/seed0/metrics.json").read_bytes()
     # An lr at which the loss overflows: the train job fails (training diverged), which no check at start can know
@@ -79,6 +80,11 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     assert ("note: the leaderboard (results/selected.json, results/summary.csv, results/summary.html, "
             "results/summary.md) is an earlier "
             "run's: it is made once every run has finished") in failed.stdout, failed.stdout[-3000:]
+    # The good model.pt is gone (Snakemake removed it when the job started) while its model.onnx stays: said, with what
+    # going back costs (only the README said so, under a heading that said nothing good is lost).
+    assert ("note: 1 run(s) lost their model.pt (results/finetune/seed0/model.pt): Snakemake removes a job's outputs "
+            "when it starts, and their train jobs, started for other settings, code or data, did not finish; the "
+            "model.onnx and metrics.json beside them are of the model removed") in failed.stdout, failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]
