@@ -1348,8 +1348,8 @@ def refuse_fashion_mnist_nowhere(key, cfg, split_file):
     if missing:
         what = (f"holds no Fashion-MNIST files ({', '.join(missing)} missing)" if os.path.isdir(cfg["path"]) else
                 "is a file, not a folder" if os.path.exists(cfg["path"]) else "does not exist")
-        raise WorkflowError(
-            f"{INSTANCE}{key}.path: {cfg['path']} {what}{relative_to_workdir(cfg['path'])}, and {key}.download_dir "
+        raise refused(
+            f"{key}.path: {cfg['path']} {what}{relative_to_workdir(cfg['path'])}, and {key}.download_dir "
             f"({raw}) holds none of the files either; the split made before was made from "
             f"{(made.get('dataset') or {}).get('path')}: nothing ran, and that split and the runs made from it are kept. "
             f"Point {key}.path at the folder of the four *-ubyte.gz files (`apt-get install dataset-fashion-mnist` puts "
@@ -1376,7 +1376,7 @@ def check_dataset_at_start(key, dataset):
         else:
             given = check_manifest_at_start(named, cfg, split_file)
     except WorkflowError as exc:
-        raise (WorkflowError(f"{INSTANCE}{exc.args[0]}") if INSTANCE and exc.args else exc) from None
+        raise (refused(exc.args[0]) if INSTANCE and exc.args else exc) from None
     made = report_of_dataset(split_report(split_file), cfg["path"])
     made_path = str(Path(split_file).with_suffix(".report.json"))
     if cfg.get("on_bad_image") == "skip":  # said at each start while the split leaves them out: its log alone said so
@@ -1396,7 +1396,7 @@ def check_dataset_at_start(key, dataset):
 
         line = given_splits_line(named, cfg, _fractions_written[key], given)
         if line:
-            raise WorkflowError(f"{INSTANCE}{line}: nothing ran")
+            raise refused(f"{line}: nothing ran")
 
 
 if CHECK_FILES:
