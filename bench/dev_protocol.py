@@ -14,7 +14,7 @@ scored by ``evaluate_stage``; the table gives the mean over dataset seeds x trai
 Its figures for the demo (2026-11-29, docs/bench.md "Results"): finetune 0.891, scratch 0.782; of the variants
 below only ema_decay (with its warm-up) scored higher, 0.896, within the runs' spread; augment: true scored
 lower (finetune 0.829, scratch 0.745). For a source model other than the demo's, make its manifest with the
-demo's rules under another config and pass it with --manifest (docs/bench.md "Findings" lists those tried).
+demo's rules under another config and pass it with --manifest (docs/bench.md, "Findings for the demo", lists those tried).
 """
 
 from __future__ import annotations

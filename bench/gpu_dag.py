@@ -132,7 +132,7 @@ def bench_gpu_dag(workdir: Path, fashion_mnist: str, threads: int | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The DAG alone, e.g. with fewer threads a job than cores so that jobs run side by side (README, On a GPU):
+    """The DAG alone, e.g. with fewer threads a job than cores so that jobs run side by side (docs/gpu.md, "On a GPU"):
     ``python bench/gpu_dag.py FASHION_MNIST WORKDIR --threads 8``; its figures as JSON on the last line."""
     import argparse
 

@@ -1,4 +1,4 @@
-"""The workflow as a module of another workflow (README "As a module of your own workflow"): the README's own
+"""The workflow as a module of another workflow (docs/module.md, "As a module of your own workflow"): its own
 snippet, run for real on the tiny config, trains the same model as the workflow run directly."""
 
 import json
@@ -13,16 +13,14 @@ from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, run_snakemake, tiny
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
 
-def readme_module_snippet() -> str:
-    """The python block under the README's "As a module of your own workflow"."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## As a module of your own workflow", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def docs_module_snippet() -> str:
+    """The first python block of docs/module.md ("As a module of your own workflow")."""
+    return re.search(r"```python\n(.*?)```", (REPO / "docs" / "module.md").read_text(), re.S).group(1)
 
 
-def test_the_readme_s_module_snippet_runs_the_workflow_as_a_module(tiny_run, tmp_path):
+def test_the_docs_module_snippet_runs_the_workflow_as_a_module(tiny_run, tmp_path):
     host = tmp_path / "host"
-    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    snippet = docs_module_snippet().replace("/path/to/finetune", str(REPO))
     (host / "config").mkdir(parents=True)
     (host / "Snakefile").write_text(snippet)
     tiny_config(host / "config", name="finetune.yaml", replace={"experiments": {"finetune": TINY_CONFIG["experiments"]["finetune"]}})
@@ -55,10 +53,10 @@ def test_a_module_with_a_prefix_runs_below_it_and_reads_the_config_s_paths_where
 
     host = tmp_path / "host"
     copy_of_the_workflow(host / "finetune")
-    snippet = readme_module_snippet().replace("/path/to/finetune", "finetune").replace(
+    snippet = docs_module_snippet().replace("/path/to/finetune", "finetune").replace(
         'FINETUNE_FILES = "."', 'FINETUNE_FILES = "runs/a"', 1)
     assert 'FINETUNE_FILES = "runs/a"' in snippet
-    # A rule of the module given other threads (README): under a prefix its rules.<name>.output is then empty, which
+    # A rule of the module given other threads (docs/module.md): under a prefix its rules.<name>.output is then empty, which
     # the snippet's onsuccess read (AttributeError after every run that succeeded, and the states stayed).
     snippet = snippet.replace("use rule * from finetune as finetune_*\n", "use rule * from finetune as finetune_*\n"
                               "use rule train from finetune as finetune_train with:\n    threads: 1\n", 1)
@@ -96,7 +94,7 @@ def test_a_module_with_a_prefix_gives_a_scratch_run_the_source_record_below_it(t
     inputs and outputs below a prefix, not params): it named resources/decoded/source/... outside the prefix, where no
     job writes it (or an earlier run without the prefix did)."""
     host = tmp_path / "host"
-    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    snippet = docs_module_snippet().replace("/path/to/finetune", str(REPO))
     (host / "config").mkdir(parents=True)
     (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config\n    prefix: "runs/a"\n', 1))
     tiny_config(host / "config", name="finetune.yaml", replace={"experiments": {"scratch": TINY_CONFIG["experiments"]["scratch"]}})
@@ -113,7 +111,7 @@ def test_the_host_s_config_file_is_checked_as_a_config_file_given_here(tmp_path)
     naming the host's file and both lines."""
     host = tmp_path / "host"
     (host / "config").mkdir(parents=True)
-    (host / "Snakefile").write_text(readme_module_snippet().replace("/path/to/finetune", str(REPO)))
+    (host / "Snakefile").write_text(docs_module_snippet().replace("/path/to/finetune", str(REPO)))
     config = tiny_config(host / "config", name="finetune.yaml")
     text = config.read_text()
     first = text.splitlines().index("train:") + 1
@@ -130,7 +128,7 @@ def test_a_module_given_a_part_of_the_host_s_config_takes_its_command_line_value
     left its values as Snakemake's text ('2' is not an integer). The module's part is read as a config file reads it;
     the host's own keys are the host's; a wrong value is still named."""
     host = tmp_path / "host"
-    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    snippet = docs_module_snippet().replace("/path/to/finetune", str(REPO))
     (host / "config").mkdir(parents=True)
     (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: config["finetune"]\n', 1))
     config = {"threshold": 0.5, "finetune": {k: v for k, v in TINY_CONFIG.items()}}
@@ -273,7 +271,7 @@ def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbo
     from faults import make_images
 
     host = tmp_path / "host"
-    snippet = readme_module_snippet().replace("/path/to/finetune", str(REPO))
+    snippet = docs_module_snippet().replace("/path/to/finetune", str(REPO))
     snippet = snippet.replace("use rule * from finetune as finetune_*\n", "use rule * from finetune as finetune_*\n"
                               "use rule train from finetune as finetune_train with:\n    threads: 1\n", 1)
     (host / "config").mkdir(parents=True)

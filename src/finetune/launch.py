@@ -6,7 +6,7 @@
 - one node: ``torchrun --standalone --nproc-per-node D`` (a free local port, no restarts: a failed
   process fails the job, and Snakemake or Slurm's retry resumes it from its resume state).
 - ``N`` nodes, inside a Slurm allocation of ``N`` nodes (the profile's ``set-resources`` for `train`,
-  README "Several GPUs and nodes"): ``srun`` starts one torchrun per node, which meet at the first
+  docs/gpu.md, "Several GPUs and nodes"): ``srun`` starts one torchrun per node, which meet at the first
   node of the allocation (c10d rendezvous, id = the Slurm job id) and start ``D`` processes each.
 
 When one process fails, torchrun stops the others and ends with a summary naming the first rank that
@@ -103,7 +103,7 @@ def allocation_problem(nodes: int, env: dict, nodes_key: str = "train.nodes") ->
              f"a Slurm job ({env.get('SLURM_JOB_ID') or env.get('SLURM_JOBID')}) whose nodes `scontrol show job` did "
              "not say")
     return (f"{nodes_key} {nodes}: training on several nodes runs inside a Slurm allocation of {nodes} nodes, and this "
-            f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (README, "
+            f"is {where}; run the workflow with the Slurm profile and give rule train `nodes: {nodes}` (docs/gpu.md, "
             f"\"Several GPUs and nodes\"), or set {nodes_key} 1")
 
 

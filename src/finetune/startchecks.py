@@ -570,7 +570,7 @@ def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu:
             "GPU waiting while the other works on the CPU, starts or ends; with "
             f"{' and '.join(f'threads.{key}' for key in keys)} {max(1, cores // 2)} (half the cores) they would run "
             "side by side (a 224-px DAG of two experiments on an H200: 108 s with 16 threads a job on 16 cores, 55 s "
-            "with 8; README, \"On a GPU\")")
+            "with 8; docs/gpu.md, \"On a GPU\")")
 
 
 # The rules whose jobs import torch (each pays its import again where bytecode is not cached).

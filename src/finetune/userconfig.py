@@ -100,7 +100,8 @@ def demo_source_for_own_images(config: dict, workflow_file: dict, user: dict) ->
             f"from a {(config.get('weights') or {}).get('arch')} pretrained here on {described} at pretrain.image_size "
             f"{size} px" + ("" if sized else f", and at {size} px themselves (train.image_size null takes the source "
                                              "model's size)")
-            + "; for photos, write weights.source: torchvision (README \"ImageNet weights from torchvision\")"
+            + "; for photos, write weights.source: torchvision (docs/data-and-weights.md, \"ImageNet weights from "
+              "torchvision\")"
             + ("" if sized else " or set train.image_size")]
 
 

@@ -111,7 +111,7 @@ if config != _config_as_written:
 # A key written twice in one config file, or in the profile in use (a second `default-resources:` in an
 # edited Slurm profile, say): YAML keeps the last without a word, so the first's settings would be
 # ignored. Refused, naming the file, the key and both lines.
-# Used as a module of another workflow (README "As a module of your own workflow"), the config is the host's:
+# Used as a module of another workflow (docs/module.md), the config is the host's:
 # its `configfile:` files are read besides --configfile's (Snakemake skips this workflow's own `configfile:`).
 _as_module = len(workflow.modifier_stack) > 1  # a module's rules are read under a modifier of their own
 # Each note printed at start names the module it is about, where a host has several (`module fb: ...`).
@@ -252,7 +252,7 @@ if workflow.config_settings.config:
 # where that file is found. A section that describes something else (another dataset, another source of
 # weights, experiments of other names) replaces the demo's instead of inheriting its choices, such as
 # Fashion-MNIST's classes 6-9 and 10 training images per class; each replacement is said at start.
-# Used as a module of another workflow (README "As a module of your own workflow") the config is the host's alone,
+# Used as a module of another workflow (docs/module.md) the config is the host's alone,
 # whatever its working directory's config/config.yaml holds (the host's own config, likely).
 _merged_over_the_demo = (os.path.exists("config/config.yaml") and not REPLACES_WORKFLOW_CONFIG
                          and not _as_module)
@@ -941,7 +941,7 @@ def weights_label():
     pin = str(weights.get("sha256") or "").lower()[:12]
     if source == "torchvision":
         member = torchvision_weights_member(weights["torchvision"])  # DEFAULT: the member it names
-        # a sha256 pins a mirror's own file under the official name (README): not the weights the enum names
+        # a sha256 pins a mirror's own file under the official name (docs/data-and-weights.md): not the weights the enum names
         return f"torchvision:{member}" + (f"@sha256:{pin}" if pin else "")
     if source == "url" and pin:
         # by the file (weights.sha256), not where it is fetched from: another url of the same pin fetches nothing
@@ -1664,7 +1664,7 @@ def removed_models_note():
     return [f"note: {len(gone)} run(s) lost their model.pt ({shown}): Snakemake removes a job's outputs when it starts, "
             "and their train jobs, started for other settings, code or data, did not finish; the model.onnx and "
             "metrics.json beside them are of the model removed, and going back to the earlier settings trains it again "
-            "(copy a run's folder before a change you may undo: README \"When things go wrong\")"]
+            "(copy a run's folder before a change you may undo: docs/troubleshooting.md)"]
 
 
 def earlier_results_note():
@@ -1869,8 +1869,8 @@ def local_run_problems():
 
 def cluster_run_problems():
     """What the train jobs of a run submitted to a cluster (Slurm) cannot do there: several nodes where the profile
-    does not give rule train an allocation of that many, with the `mpi` resource (README, "Running on a Slurm
-    cluster", GPUs). The job found it, after Snakemake removed its outputs, and after the profile's retry too."""
+    does not give rule train an allocation of that many, with the `mpi` resource (docs/slurm.md,
+    "GPUs"). The job found it, after Snakemake removed its outputs, and after the profile's retry too."""
     problems = {}
     for job in workflow.dag.needrun_jobs():
         if job.rule.name != "train":
@@ -1883,7 +1883,7 @@ def cluster_run_problems():
                 f"{key} {nodes}: the train job asks Slurm for {asked} node(s)"
                 f"{'' if job.resources.get('mpi') else ' and has no mpi resource'}; training on {nodes} nodes needs "
                 f"the train rule's `nodes: {nodes}`, `tasks: {nodes}`, `tasks_per_gpu: 0` and `mpi: \"srun\"` in the profile's "
-                f"set-resources (README, \"Running on a Slurm cluster\", GPUs), or set {key} 1")
+                f"set-resources (docs/slurm.md, \"GPUs\"), or set {key} 1")
     return [problems[key] for key in sorted(problems)]
 
 
@@ -1934,8 +1934,8 @@ def slurm_gpu_problems():
             problems.append(
                 f"{', '.join(sorted(keys))} cuda: the jobs ask Slurm for a GPU, and partition {name}"
                 f"{'' if partition else ' (the default)'} has no node with one (`sinfo -o %G` lists no gpu GRES): give "
-                f"those rules a GPU partition (slurm_partition in the profile's set-resources; README, \"Running on a "
-                f"Slurm cluster\", GPUs), or set {', '.join(sorted(keys))} to auto or cpu")
+                f"those rules a GPU partition (slurm_partition in the profile's set-resources; docs/slurm.md, \"GPUs\"), "
+                f"or set {', '.join(sorted(keys))} to auto or cpu")
     return problems
 
 

@@ -15,7 +15,7 @@ rule train:
         history="results/{experiment}/seed{seed}/history.csv",
         info="results/{experiment}/seed{seed}/train_info.json",
     params:
-        # One process, or devices x nodes processes started by torchrun (README "Several GPUs and nodes").
+        # One process, or devices x nodes processes started by torchrun (docs/gpu.md, "Several GPUs and nodes").
         python=PYTHON,
         # how devices x nodes processes start (devices and nodes themselves are compared in options)
         launch=lambda w: NotARerunTrigger(train_launcher(w.experiment)),
@@ -40,7 +40,7 @@ rule train:
     resources:
         mem_mb=6000,
         runtime=240,
-        # GPUs per node (sbatch --gpus; a job of several nodes asks with `gres` instead: README)
+        # GPUs per node (sbatch --gpus; a job of several nodes asks with `gres` instead: docs/slurm.md, "GPUs")
         gpu=lambda w: experiment_config(w.experiment)["devices"] if uses_gpu(w.experiment) else 0,
     shell:
         "exec {params.python:q} {params.launch} {input.script:q} --split {input.split} --decoded {input.decoded_images} {input.decoded_info} {params.weights} "
