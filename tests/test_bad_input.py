@@ -1400,6 +1400,13 @@ BAD_CONFIGS = {
     "top_level_key_in_an_experiment": ({"experiments": {"finetune": {"seeds": [0, 1]}}},
                                        "experiments.finetune.seeds: unknown key (seeds is a key of the config's top "
                                        "level, not of experiments.finetune); allowed keys:"),
+    # a training seed in a section: not the closest key's `sweep`, but the top-level list
+    "seed_in_a_sweep": ({"experiments": {"finetune": {"sweep": {"seed": [0, 1]}}}},
+                        "experiments.finetune.sweep.seed: unknown key (the training seeds are the config's top-level "
+                        "seeds, a list every experiment runs once per seed, seeds: [0, 1, 2]; dataset.seed draws the "
+                        "split); allowed keys:"),
+    "seed_in_train": ({"train": {"seed": 1}}, "train.seed: unknown key (the training seeds are the config's top-level "
+                                              "seeds"),
     "fashion_mnist_class_out_of_range": ({"dataset": {"classes": [6, 12]}},
                                          "dataset.classes: index 12 is out of range (Fashion-MNIST has 10 classes)"),
     "fashion_mnist_class_twice": ({"pretrain": {"dataset": {"classes": [0, 6, "Shirt"]}}},

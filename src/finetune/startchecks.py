@@ -99,10 +99,26 @@ def unreadable_line(predictions_csv: str | Path) -> str | None:
 def with_hints(problems: list[str]) -> list[str]:
     """Config problems whose cause the message alone does not show, with a hint: a sha256 written as digits alone,
     which YAML reads as a number (its leading zeros dropped), so that the schema sees no text; torchvision weights
-    written in other letter cases (:func:`case_hint`)."""
-    return [case_hint(f"{problem} (YAML reads a hash of digits alone as a number, dropping its leading zeros: quote "
-                      "it, sha256: \"0123...\")" if re.match(r"weights\.sha256: \d+ is not a string", problem) else problem)
+    written in other letter cases (:func:`case_hint`); a training seed written in a section (:func:`seed_hint`)."""
+    return [seed_hint(case_hint(f"{problem} (YAML reads a hash of digits alone as a number, dropping its leading zeros: "
+                                "quote it, sha256: \"0123...\")"
+                                if re.match(r"weights\.sha256: \d+ is not a string", problem) else problem))
             for problem in problems]
+
+
+# `seed` in train, an experiment or its sweep (configcheck guesses `sweep` for it, as the closest key of the section)
+_SECTION_SEED = re.compile(r"^((?:[\w.-]+\.)?(?:train|experiments\.[\w-]+(?:\.sweep)?)\.seed: unknown key)"
+                           r"(?: \(did you mean [^)]*\))?")
+
+
+def seed_hint(problem: str) -> str:
+    """``experiments.finetune.sweep.seed: unknown key``: the training seeds are the config's top-level `seeds`, every
+    experiment run once per seed (its own `seed` would be another key); `dataset.seed` draws the split."""
+    found = _SECTION_SEED.match(problem)
+    if not found or ".pretrain." in f".{found.group(1)}":  # pretrain trains one source model: no seeds
+        return problem
+    return (f"{found.group(1)} (the training seeds are the config's top-level seeds, a list every experiment runs "
+            f"once per seed, seeds: [0, 1, 2]; dataset.seed draws the split){problem[found.end():]}")
 
 
 _UNKNOWN_WEIGHTS = re.compile(r"^((?:[\w.-]+\.)?weights\.torchvision: unknown torchvision weights '([^']*)')(?: \(did you mean [^)]*\))?")
