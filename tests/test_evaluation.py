@@ -192,7 +192,7 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
               trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None, val_loss=0.5,
-              class_weighting="none"):
+              class_weighting="none", diverged=None):
     """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given.
     Its history: a first epoch worse on every figure, then the best epoch (``val_loss`` the loss there, or the
     figure itself with metric val_loss)."""
@@ -202,7 +202,7 @@ def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, str
     (folder / "train_info.json").write_text(json.dumps({
         "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
         "train_seconds": train_seconds, "options": {"metric": metric, "class_weighting": class_weighting},
-        f"best_{metric}": best}))
+        f"best_{metric}": best, **({"diverged": diverged} if diverged else {})}))
     rows = ([(1, best + 1, 0.0), (2, best, 1.0)] if metric == "val_loss" else
             [(1, val_loss + 1, best - 0.1), (2, val_loss, best)])
     share = "val_accuracy" if metric == "val_loss" else metric
@@ -261,6 +261,33 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert cells["test accuracy"] == "0.8500 ± 0.0707"
     assert cells["seeds"] == "2" and cells["seed list"] == "0 1"  # as in summary.md, a count
     assert len(table) == 3
+
+
+def test_the_leaderboard_names_the_seeds_that_diverged_and_marks_a_selected_one(tmp_path):
+    """Runs stopped at a non-finite loss (on_divergence: stop) keep their best epoch. Where such a seed ties the
+    others on the metric and wins the tie on val_loss, selection ships it: the mark says so, and the epochs cell
+    and summary.csv name the seeds that diverged (not their count alone)."""
+    losses = {0: 0.6, 1: 0.9, 2: 0.8}  # seed 0's loss the lowest of the three at one val_accuracy
+    diverged = {0: "loss became nan at epoch 2, step 7", 2: "loss became inf at epoch 2, step 3"}
+    runs = [write_run(tmp_path, "ds", seed, 0.25, 0.1, 1.0, val=0.25, val_loss=loss, epochs=2 if seed in diverged else 3,
+                      diverged=diverged.get(seed)) for seed, loss in losses.items()]
+    runs.append(write_run(tmp_path, "calm", 0, 0.2, 0.1, 1.0, val=0.2))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html",
+                  tmp_path / "selected.json")
+    selected = json.loads((tmp_path / "selected.json").read_text())
+    shipped = min(losses, key=losses.get)
+    assert (selected["ds"]["seed"], selected["ds"]["diverged"]) == (shipped, shipped in diverged)
+    assert selected["calm"]["diverged"] is False
+    csv = pd.read_csv(tmp_path / "summary.csv", dtype={"diverged_seed_list": str}).set_index("experiment")
+    assert csv.loc["ds", "diverged_seeds"] == len(diverged)
+    assert csv.loc["ds", "diverged_seed_list"] == " ".join(map(str, sorted(diverged)))
+    assert pd.isna(csv.loc["calm", "diverged_seed_list"])  # none: an empty cell
+    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| 1 | ds |"))
+    assert f"✓ ds (seed {shipped}: test 0.2500, diverged)" in row
+    assert f" (diverged: 2 of 3 seeds: {', '.join(map(str, sorted(diverged)))}) |" in row
+    calm = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "| calm |" in line)
+    assert "diverged" not in calm and "✓ calm (seed 0: test 0.2000) |" in calm
+    assert f"(seed {shipped}: test 0.2500, diverged)" in (tmp_path / "summary.html").read_text()
 
 
 def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):

@@ -219,7 +219,7 @@ def test_a_combination_that_diverges_with_on_divergence_stop_keeps_its_epochs_an
     assert summary.loc["gradual-backbone_lr_factor1e33", "epochs"] == 1
     assert summary.loc["gradual-backbone_lr_factor1", "epochs"] == 2
     markdown = (tmp_path / "results" / "summary.md").read_text().splitlines()
-    flagged = [line for line in markdown if "(diverged: 1 of 1 seeds)" in line]
+    flagged = [line for line in markdown if "(diverged: 1 of 1 seeds: 0)" in line]
     assert len(flagged) == 1 and "gradual-backbone_lr_factor1e33" in flagged[0]
     run = tmp_path / "results" / "gradual-backbone_lr_factor1e33" / "seed0"
     info = json.loads((run / "train_info.json").read_text())

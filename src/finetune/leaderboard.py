@@ -47,11 +47,18 @@ def _or_nan(value: float | None) -> float:
 
 def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (n - 1) over seeds of every figure, one row per run name."""
-    spec = {"seeds": ("seed", "count"), "seed_list": ("seed", lambda s: " ".join(str(v) for v in sorted(s))),
-            "diverged_seeds": ("diverged", "sum"), "tie_break": ("tie_break", "mean")}
+    spec = {"seeds": ("seed", "count"), "seed_list": ("seed", seed_list),
+            "diverged_seeds": ("diverged", "sum"), "diverged_seed_list": ("diverged_seed", seed_list),
+            "tie_break": ("tie_break", "mean")}
     for figure in FIGURES:
         spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
+    per_run = per_run.assign(diverged_seed=per_run["seed"].where(per_run["diverged"]))
     return per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
+
+
+def seed_list(seeds: pd.Series) -> str:
+    """Seeds as the CSV lists them: ``"0 1 2"``, sorted; NaN (no such seed) left out."""
+    return " ".join(str(int(seed)) for seed in sorted(seeds.dropna()))
 
 
 def selections(per_run: pd.DataFrame) -> dict:
@@ -63,18 +70,23 @@ def selections(per_run: pd.DataFrame) -> dict:
         run = select_run(records)
         mean = runs.loc[runs["experiment"] == run["experiment"], "val"].mean()
         own = runs.loc[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"]), "test_accuracy"]
+        diverged = runs.loc[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"]), "diverged"]
         chosen[sweep] = {"run": run["experiment"], "seed": int(run["seed"]), "metric": run["metric"],
                          "value": run["value"], "mean_over_seeds": round(float(mean), 12),  # not a float sum's 0.8500000000000001
-                         "test_accuracy": float(own.iloc[0]), "model": f"{run['folder']}/model.onnx"}
+                         "test_accuracy": float(own.iloc[0]), "model": f"{run['folder']}/model.onnx",
+                         # its training ended at a non-finite loss (on_divergence: stop): the model is its best epoch
+                         "diverged": bool(diverged.iloc[0])}
     return chosen
 
 
-def selected_cell(sweep: str, selected: bool, seed, test_accuracy) -> str:
+def selected_cell(sweep: str, selected: bool, seed, test_accuracy, diverged: bool = False) -> str:
     """The leaderboard's mark of a selected run, with the seed whose model is shipped and that model's own test
-    accuracy (the row's test figure is the mean over its seeds)."""
+    accuracy (the row's test figure is the mean over its seeds), and whether that seed's training diverged (its
+    model is then its best epoch before the loss became non-finite, as selection may ship on a tie)."""
     if not selected:
         return ""
-    return f"✓ {sweep}" + ("" if pd.isna(seed) else f" (seed {int(seed)}: test {test_accuracy:.4f})")
+    return f"✓ {sweep}" + ("" if pd.isna(seed) else
+                           f" (seed {int(seed)}: test {test_accuracy:.4f}{', diverged' if diverged else ''})")
 
 
 def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
@@ -87,6 +99,7 @@ def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
                                                  for name in table["experiment"]], dtype="Int64"),
                          selected_test_accuracy=[by_run[name]["test_accuracy"] if name in by_run else np.nan
                                                  for name in table["experiment"]],
+                         selected_diverged=[name in by_run and by_run[name]["diverged"] for name in table["experiment"]],
                          score=[exact(oriented(m, v)) for m, v in zip(table["val_metric"], table["val"])],
                          tie=[exact(v) for v in table["tie_break"]])
     one_metric = table["val_metric"].nunique() == 1
@@ -110,9 +123,11 @@ def mean_std(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def epochs_cell(epochs: float, diverged_seeds: int, seeds: int) -> str:
-    """The epochs run (mean over seeds), and how many seeds ended at a non-finite loss (on_divergence: stop)."""
-    return f"{epochs:g}" + (f" (diverged: {diverged_seeds} of {seeds} seeds)" if diverged_seeds else "")
+def epochs_cell(epochs: float, diverged_seeds: str, seeds: int) -> str:
+    """The epochs run (mean over seeds), and which seeds ended at a non-finite loss (on_divergence: stop):
+    ``diverged_seeds`` as :func:`seed_list` writes them."""
+    diverged = diverged_seeds.split()
+    return f"{epochs:g}" + (f" (diverged: {len(diverged)} of {seeds} seeds: {', '.join(diverged)})" if diverged else "")
 
 
 # What the tables' figures are (summary.md under its table where a run has two seeds or more; summary.html always).
@@ -127,9 +142,10 @@ def markdown(table: pd.DataFrame) -> str:
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.experiment} | {selected_cell(r.sweep, r.selected, r.selected_seed, r.selected_test_accuracy)} | "
+            f"| {r.rank} | {r.experiment} | "
+            f"{selected_cell(r.sweep, r.selected, r.selected_seed, r.selected_test_accuracy, r.selected_diverged)} | "
             f"{r.strategy} | {r.weights_source} | "
-            f"{r.trainable_params:,} | {r.seeds} | {epochs_cell(r.epochs, r.diverged_seeds, r.seeds)} | "
+            f"{r.trainable_params:,} | {r.seeds} | {epochs_cell(r.epochs, r.diverged_seed_list, r.seeds)} | "
             f"{mean_std(r.train_seconds, r.train_seconds_std, 1)} | "
             f"{r.val_metric} {mean_std(r.val, r.val_std, 4)} | {mean_std(r.test_accuracy, r.test_accuracy_std, 4)} | "
             f"{mean_std(r.macro_f1, r.macro_f1_std, 4)} |"
@@ -422,11 +438,11 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "rank": table["rank"], "experiment": table["experiment"],
         "selected": [selected_cell(*cells) for cells in zip(table["sweep"], table["selected"], table["selected_seed"],
-                                                            table["selected_test_accuracy"])],
+                                                            table["selected_test_accuracy"], table["selected_diverged"])],
         "strategy": table["strategy"], "weights": table["weights_source"],
         "trainable params": table["trainable_params"].map("{:,}".format), "seeds": table["seeds"],
         "seed list": table["seed_list"],
-        "epochs": [epochs_cell(e, d, n) for e, d, n in zip(table["epochs"], table["diverged_seeds"], table["seeds"])],
+        "epochs": [epochs_cell(e, d, n) for e, d, n in zip(table["epochs"], table["diverged_seed_list"], table["seeds"])],
         "train s": [mean_std(m, s, 1) for m, s in zip(table["train_seconds"], table["train_seconds_std"])],
         "validation": [f"{n} {mean_std(m, s, 4)}" for n, m, s in zip(table["val_metric"], table["val"], table["val_std"])],
         "test accuracy": [mean_std(m, s, 4) for m, s in zip(table["test_accuracy"], table["test_accuracy_std"])],
