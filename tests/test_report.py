@@ -162,6 +162,26 @@ def test_a_report_of_results_older_than_the_config_or_data_says_what_would_run_a
     assert "would run" not in result.stdout
 
 
+def test_a_report_whose_leaderboard_ranks_runs_the_config_lacks_names_them(tiny_run_copy):
+    """An experiment removed from the config, and `--report` made before the workflow has run with it: the report
+    shows the leaderboard as it is, ranking a run the configuration shown beside it does not have. The note and the
+    report's caption name that run (the leaderboard's own rows, read here, less the config's experiments)."""
+    workdir = tiny_run_copy
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    del config["experiments"]["feature_extract"]
+    (workdir / "fewer.yaml").write_text(yaml.safe_dump(config))
+    ranked = list(pd.read_csv(workdir / "results" / "summary.csv")["experiment"])
+    gone = [run for run in ranked if run not in config["experiments"]]
+    assert gone == ["feature_extract"], ranked
+    result = run_snakemake(workdir, None, "--report", "fewer.html", "--configfile", str(workdir / "fewer.yaml"))
+    note = next(line for line in result.stdout.splitlines() if "ranks" in line and line.startswith("note:"))
+    assert f"ranks {len(gone)} run(s) the config given now does not have ({', '.join(gone)})" in note, note
+    caption = embedded_results((workdir / "fewer.html").read_text())["results/summary.html"]["caption"]
+    assert f"The leaderboard shows {len(gone)} run(s) this configuration does not have ({', '.join(gone)})" in caption
+    result = run_snakemake(workdir, workdir / "config.yaml", "--report", "same.html")
+    assert "does not have" not in result.stdout, result.stdout[-3000:]
+
+
 def test_a_report_before_new_runs_are_made_says_it_cannot_be_made_yet(tiny_run_copy):
     """An experiment added and `--report` made before running it: the note said "the report shows the results as they
     are", then Snakemake stopped on the new run's files, marked for the report, that do not exist. It says that the

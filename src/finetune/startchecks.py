@@ -106,6 +106,19 @@ def with_hints(problems: list[str]) -> list[str]:
             for problem in problems]
 
 
+def leaderboard_runs_not_configured(summary_csv: str, runs) -> list[str]:
+    """The runs ``summary_csv`` (results/summary.csv) ranks that ``runs`` (the config's, sweeps expanded) lack, in its
+    order: a leaderboard of another config's runs, which a report made now would show. None where there is no
+    readable leaderboard (not made yet: Snakemake names it)."""
+    try:
+        with open(summary_csv, newline="", encoding="utf-8") as table:
+            shown = [row["experiment"] for row in csv.DictReader(table)]
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return []
+    configured = set(runs)
+    return [run for run in shown if run not in configured]
+
+
 # `seed` in train, an experiment or its sweep (configcheck guesses `sweep` for it, as the closest key of the section)
 _SECTION_SEED = re.compile(r"^((?:[\w.-]+\.)?(?:train|experiments\.[\w-]+(?:\.sweep)?)\.seed: unknown key)"
                            r"(?: \(did you mean [^)]*\))?")

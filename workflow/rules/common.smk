@@ -88,7 +88,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
-                                  damaged_onnx_problem, damaged_split_problem, new_dataset_images, new_images_problem,
+                                  damaged_onnx_problem, damaged_split_problem, leaderboard_runs_not_configured,
+                                  new_dataset_images, new_images_problem,
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, too_few_to_split_problem, uncached_bytecode_note,
@@ -1098,6 +1099,14 @@ if _making_report:  # each instance's own runs
             f"other settings ({_shown}{' ...' if len(_differ) > 4 else ''}): make the report with the config the runs "
             "were made with (its --configfile), or run the workflow with this one first (`snakemake -n` lists what it "
             "would make again)")
+    _not_configured = leaderboard_runs_not_configured(output_path("results/summary.csv"), EXPERIMENTS)
+    if _not_configured:
+        _named = f"{', '.join(_not_configured[:6])}{' ...' if len(_not_configured) > 6 else ''}"
+        REPORT_NOTES.append(f"The leaderboard shows {len(_not_configured)} run(s) this configuration does not have "
+                            f"({_named}): it was made with another configuration.")
+        say(f"the leaderboard the report would show ({output_path('results/summary.csv')}) ranks "
+            f"{len(_not_configured)} run(s) the config given now does not have ({_named}): it was made with another "
+            "config; run the workflow with this one first, or make the report with the config that made it")
 
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
