@@ -192,7 +192,7 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
               trainable=1000, epochs=3, val=None, metric="val_accuracy", sweep=None, val_loss=0.5,
-              class_weighting="none", diverged=None):
+              class_weighting="none", diverged=None, options=None):
     """A run's outputs as train and evaluate write them; its validation figure is the test accuracy unless given.
     Its history: a first epoch worse on every figure, then the best epoch (``val_loss`` the loss there, or the
     figure itself with metric val_loss)."""
@@ -201,7 +201,7 @@ def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, str
     best = accuracy if val is None else val
     (folder / "train_info.json").write_text(json.dumps({
         "strategy": strategy, "pretrained": pretrained, "trainable_params": trainable, "epochs_run": epochs,
-        "train_seconds": train_seconds, "options": {"metric": metric, "class_weighting": class_weighting},
+        "train_seconds": train_seconds, "options": {"metric": metric, "class_weighting": class_weighting, **(options or {})},
         f"best_{metric}": best, **({"diverged": diverged} if diverged else {})}))
     rows = ([(1, best + 1, 0.0), (2, best, 1.0)] if metric == "val_loss" else
             [(1, val_loss + 1, best - 0.1), (2, val_loss, best)])
@@ -288,6 +288,23 @@ def test_the_leaderboard_names_the_seeds_that_diverged_and_marks_a_selected_one(
     calm = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "| calm |" in line)
     assert "diverged" not in calm and "✓ calm (seed 0: test 0.2000) |" in calm
     assert f"(seed {shipped}: test 0.2500, diverged)" in (tmp_path / "summary.html").read_text()
+
+
+def test_summary_csv_has_a_column_per_swept_key_with_each_run_s_value(tmp_path):
+    """A sweep's runs differ in the keys swept: summary.csv gives each its own column (`swept_lr`), the values as the
+    runs' train_info.json options hold them (not rounded as the figures are: an lr of 1e-5 stays 1e-5); keys the
+    runs share, the seed, and experiments of one run get none."""
+    swept = {"finetune-lr1e-5": 1e-5, "finetune-lr0.03": 0.03}
+    runs = [write_run(tmp_path, name, seed, 0.5 + lr + seed / 100, 0.4, 1.0, sweep="finetune",
+                      options={"lr": lr, "epochs": 3, "seed": seed})
+            for name, lr in swept.items() for seed in (0, 1)]
+    runs.append(write_run(tmp_path, "scratch", 0, 0.3, 0.2, 1.0, pretrained=False, options={"lr": 0.5, "seed": 0}))
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    csv = pd.read_csv(tmp_path / "summary.csv").set_index("experiment")
+    assert [c for c in csv.columns if c.startswith("swept_")] == ["swept_lr"]
+    assert list(csv.columns).index("swept_lr") == list(csv.columns).index("sweep") + 1
+    assert csv.loc[list(swept), "swept_lr"].to_dict() == swept
+    assert pd.isna(csv.loc["scratch", "swept_lr"])
 
 
 def test_leaderboard_with_one_seed_claims_no_spread(tmp_path):

@@ -216,6 +216,8 @@ def test_a_combination_that_diverges_with_on_divergence_stop_keeps_its_epochs_an
     run_snakemake(tmp_path, config)
     summary = pd.read_csv(tmp_path / "results" / "summary.csv").set_index("experiment")
     assert summary["diverged_seeds"].to_dict() == {"gradual-backbone_lr_factor1": 0, "gradual-backbone_lr_factor1e33": 1}
+    assert summary["swept_backbone_lr_factor"].to_dict() == {  # the config's values, a column for the swept key
+        f"gradual-backbone_lr_factor{name}": value for name, value in zip(("1", "1e33"), experiment["sweep"]["backbone_lr_factor"])}
     assert summary.loc["gradual-backbone_lr_factor1e33", "epochs"] == 1
     assert summary.loc["gradual-backbone_lr_factor1", "epochs"] == 2
     markdown = (tmp_path / "results" / "summary.md").read_text().splitlines()

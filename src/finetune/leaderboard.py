@@ -6,6 +6,7 @@ validation metric; per experiment (a sweep's runs together) the run selection ch
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "tta": metrics.get("tta") or "none",  # evaluate.tta: the test figures with test-time augmentation
         "never_predicted": list(metrics.get("never_predicted") or []),  # classes it gave no test image
         "class_weighting": (info.get("options") or {}).get("class_weighting") or "none",
+        "options": info.get("options") or {},  # the run's training options: a sweep's values (swept_values)
         "folder": str(Path(run["info"]).parent),
     }
 
@@ -53,7 +55,31 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     for figure in FIGURES:
         spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
     per_run = per_run.assign(diverged_seed=per_run["seed"].where(per_run["diverged"]))
-    return per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
+    table = per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
+    swept = swept_values(per_run)
+    if swept.empty:
+        return table
+    after = table.columns.get_loc("sweep") + 1  # beside the experiment as written
+    columns = [*table.columns[:after], *swept.columns, *table.columns[after:]]
+    return table.join(swept, on="experiment")[columns]
+
+
+def swept_values(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per run of a sweep (an experiment whose runs are several), the values of the options its runs differ in, as
+    columns ``swept_<key>`` indexed by run name: what the run's name says (``finetune-lr1e-3``), for a table to sort
+    or plot by. Read from each run's own train_info.json options (its first seed's; the seed itself left out)."""
+    columns = {}
+    for _, runs in per_run.groupby("sweep", sort=False):
+        first = runs.drop_duplicates("experiment").set_index("experiment")["options"]
+        if len(first) < 2:
+            continue
+        keys = sorted({key for options in first for key in options} - {"seed"})
+        for key in keys:
+            # as JSON text: summary.csv rounds its numbers to 4 decimals, which would make an lr of 1e-5 a 0
+            values = {run: json.dumps(options.get(key)) for run, options in first.items()}
+            if len(set(values.values())) > 1:
+                columns.setdefault(f"swept_{key}", {}).update(values)
+    return pd.DataFrame(columns)
 
 
 def seed_list(seeds: pd.Series) -> str:
