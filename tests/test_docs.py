@@ -11,7 +11,7 @@ from helpers import REPO
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 CODE = [*sorted((REPO / "src" / "finetune").glob("*.py")), *sorted((REPO / "workflow").rglob("*.smk")),
         *sorted((REPO / "workflow").rglob("*.yaml")), REPO / "config" / "config.yaml", *sorted((REPO / "bench").glob("*.py")),
-        *sorted((REPO / "tests").glob("*.py"))]
+        *sorted((REPO / "tests").glob("*.py")), *sorted((REPO / "profiles").rglob("*.yaml")), REPO / "Makefile"]
 
 
 def without_code_blocks(text):
@@ -72,7 +72,7 @@ def test_a_section_the_code_names_is_there():
         text = re.sub(r"\\\"", '"', path.read_text())
         text = re.sub(r'"\s*\n\s*f?"', "", text)  # a message's text continued on the next line
         text = re.sub(r"\s*\n\s*#?\s*", " ", text)  # and a docstring's or comment's
-        for section in re.findall(r'README,? "([A-Z][^"]{2,80})"', text):
+        for section in re.findall(r'README(?:\.md)?,? "([A-Z][^"]{2,80})"', text):
             if section not in readme_index and section not in {"it comes out different"}:
                 missing.append(f"{path.name}: README \"{section}\"")
         for doc, section in re.findall(r'(docs/[\w.-]+\.md),? "([A-Z][^"]{2,80})"', text):

@@ -382,3 +382,42 @@ def test_gpu_jobs_for_a_partition_without_gpus_are_refused_before_any_submission
     assert "nothing ran, and every earlier result is kept" in result.stdout
     assert SUBMITTED.findall(result.stdout) == []
     assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+
+
+@pytest.mark.fashion_mnist
+def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cluster, tiny_run_copy, tmp_path):
+    """The profile edited as its EDIT ME asks, rule train sent to a partition this cluster does not have: sbatch
+    refused the job ("invalid partition specified"), after Snakemake removed its outputs, then again on the profile's
+    retry, and the failure showed the rule's log of the earlier run as this job's. Refused at start now, naming the
+    partition and the ones `sinfo` lists: nothing is submitted, and a partition the cluster has goes through."""
+    workdir = tiny_run_copy
+    listed = sorted(name.rstrip("*") for name in subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True,
+                                                                 text=True, check=True).stdout.split())
+    assert listed and "nosuch" not in listed, listed
+    profile = tmp_path / "profile"
+    shutil.copytree(PROFILE, profile)
+    shipped = (profile / "config.yaml").read_text()
+    train = "  train:               # one job per experiment and seed; resumes on resubmission\n"
+    assert shipped.count(train) == 1
+    (profile / "config.yaml").write_text(shipped.replace(train, train + "    slurm_partition: \"nosuch\"\n"))
+    args = [profile if arg == str(PROFILE) else arg for arg in slurm_cluster.snakemake_args()]
+    assert args != slurm_cluster.snakemake_args()
+    before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": 2}})
+    result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
+    assert result.returncode != 0
+    assert (f"slurm_partition nosuch (rule train, from the profile's set-resources or --set-resources): this cluster "
+            f"has no such partition (`sinfo` lists {', '.join(listed)})") in result.stdout, result.stdout[-3000:]
+    assert "nothing ran, and every earlier result is kept" in result.stdout
+    assert SUBMITTED.findall(result.stdout) == []
+    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+    # the cluster's own partition, named the same way, is no problem: the job is submitted there and trains
+    (profile / "config.yaml").write_text(shipped.replace(train, train + f"    slurm_partition: \"{listed[0]}\"\n"))
+    result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
+    assert result.returncode == 0 and "no such partition" not in result.stdout, result.stdout[-3000:]
+    trained = [slurm_id for _, slurm_id, log in SUBMITTED.findall(result.stdout) if "/rule_train/" in log]
+    assert len(trained) == 1, result.stdout[-3000:]
+    where = subprocess.run(["squeue", "--states=all", "-h", "-j", trained[0], "-o", "%P"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert where == listed[0], where
+    assert json.loads((workdir / "results/finetune/seed0/train_info.json").read_text())["epochs_run"] == 2

@@ -1896,6 +1896,7 @@ def cluster_run_problems():
     return [problems[key] for key in sorted(problems)]
 
 
+@functools.lru_cache(maxsize=None)
 def slurm_partitions_with_gpus():
     """{partition: whether a node of it has a GPU (a gpu GRES)}, as `sinfo` lists them, and the default partition's
     name (marked * there); ({}, None) where sinfo does not answer."""
@@ -1914,20 +1915,41 @@ def slurm_partitions_with_gpus():
     return partitions, default
 
 
+def slurm_checked_jobs():
+    """The jobs to submit whose partition `sinfo` here can tell. Where the plugin chooses a job's partition itself (a
+    partition file: --slurm-partition-config or SNAKEMAKE_SLURM_PARTITIONS, by what each job asks for, GPUs
+    included), or sends it to another cluster, sinfo here cannot say where it goes: only partitions named by the
+    job's own slurm_partition are checked then."""
+    chosen_by_plugin = bool(getattr(workflow.executor_settings, "partition_config", None)
+                            or os.environ.get("SNAKEMAKE_SLURM_PARTITIONS"))
+    return [job for job in workflow.dag.needrun_jobs()
+            if not (job.resources.get("clusters") or job.resources.get("slurm_cluster")
+                    or (chosen_by_plugin and not job.resources.get("slurm_partition")))]
+
+
+def slurm_partition_problems():
+    """The partitions the jobs name (slurm_partition, from the profile or --set-resources) that `sinfo` does not list:
+    sbatch refused each job ("invalid partition specified"), after Snakemake removed its outputs, then again on the
+    profile's retry, and the failure showed the rule's log of an earlier run as the job's. A job may name several,
+    comma-separated (Slurm starts it in the first that can)."""
+    asking = {}
+    for job in slurm_checked_jobs():
+        for name in str(job.resources.get("slurm_partition") or "").split(","):
+            if name.strip():
+                asking.setdefault(name.strip(), set()).add(job.rule.name)
+    partitions = slurm_partitions_with_gpus()[0] if asking else {}
+    return [f"slurm_partition {name} (rule{'s' if len(rules) > 1 else ''} {', '.join(sorted(rules))}, from the "
+            f"profile's set-resources or --set-resources): this cluster has no such partition (`sinfo` lists "
+            f"{', '.join(sorted(partitions))}): name one of those, or leave slurm_partition out for the default"
+            for name, rules in sorted(asking.items()) if partitions and name not in partitions]
+
+
 def slurm_gpu_problems():
     """The device settings of a run submitted to Slurm whose jobs ask for a GPU (`gpu`) in a partition without one:
     sbatch refused each ("Invalid generic resource (gres) specification"), after Snakemake removed the job's outputs,
     and again on the profile's retry."""
-    # Where the plugin chooses a job's partition itself (a partition file: --slurm-partition-config or
-    # SNAKEMAKE_SLURM_PARTITIONS, by what each job asks for, GPUs included), or sends it to another cluster, sinfo
-    # here cannot say where it goes: only partitions named by the job's own slurm_partition are checked then.
-    chosen_by_plugin = bool(getattr(workflow.executor_settings, "partition_config", None)
-                            or os.environ.get("SNAKEMAKE_SLURM_PARTITIONS"))
     asking = {}
-    for job in workflow.dag.needrun_jobs():
-        if job.resources.get("clusters") or job.resources.get("slurm_cluster") or (
-                chosen_by_plugin and not job.resources.get("slurm_partition")):
-            continue
+    for job in slurm_checked_jobs():
         if job.resources.get("gpu", 0) and job.rule.name in ("train", "lr_find", "pretrain", "evaluate"):
             key = (train_key_names(job.wildcards.experiment).get("device", "train.device")
                    if job.rule.name in ("train", "lr_find") else
@@ -1959,7 +1981,7 @@ onstart:
     if not workflow.touch:
         _problems = [*scheduled_predict_problems(),
                      *(local_run_problems() if workflow.local_exec else
-                       cluster_run_problems() + slurm_gpu_problems())]
+                       cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
