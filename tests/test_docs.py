@@ -3,6 +3,7 @@ files have (as GitHub makes a heading's anchor), and a message or comment of the
 (`README "On a GPU"`, `docs/gpu.md, "On a GPU"`) names one that is there."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,28 @@ def test_a_section_the_code_names_is_there():
             if not (REPO / doc).exists() or section not in sections_of(doc):
                 missing.append(f"{path.name}: {doc} \"{section}\"")
     assert everywhere and not missing, missing
+
+
+def test_a_section_a_document_names_elsewhere_is_linked():
+    """A section named in quotes ("Walltime, failures and resuming") that is not in the same file is a link to the
+    file that has it (text moved from README to docs/ left such names pointing nowhere); `README "X"` in the docs
+    names a section README lists."""
+    owners = {}
+    for doc in DOCS:
+        for section in sections_of(doc.relative_to(REPO).as_posix()):
+            owners.setdefault(section, []).append(doc.relative_to(REPO).as_posix())
+    readme = set(headings(REPO / "README.md")) | {
+        m.strip('"') for m in re.findall(r"\[([^\]]+)\]\(docs/[^)]+\)", (REPO / "README.md").read_text())}
+    unlinked = []
+    for doc in DOCS:
+        name = doc.relative_to(REPO).as_posix()
+        text = re.sub(r"`[^`\n]*`", "", without_code_blocks(doc.read_text()))
+        text = re.sub(r"\s*\n\s*", " ", re.sub(r"\[[^\]]*\]\([^)]*\)", "", text))  # links out; a quote over lines
+        for found in re.finditer(r'"([A-Z][^"]{2,80})"', text):
+            quoted, before = found.group(1), text[max(0, found.start() - 40):found.start()]
+            if quoted in owners and name not in owners[quoted] and not any(
+                    f"{Path(owner).name}" in before for owner in owners[quoted]):  # `docs/gpu.md, "On a GPU"`
+                unlinked.append(f"{name}: \"{quoted}\" is in {', '.join(owners[quoted])}, neither linked nor named")
+        unlinked += [f"{name}: README \"{s}\"" for s in re.findall(r'README,? "([A-Z][^"]{2,80})"', text)
+                     if s not in readme]
+    assert not unlinked, unlinked
