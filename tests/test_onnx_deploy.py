@@ -452,6 +452,9 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
                              "--batch-size", str(batch))
         assert result.returncode == 0, result.stdout + result.stderr
         tables[batch] = pd.read_csv(out, keep_default_na=False)
+        # asked for batches of 64, the log says the int8 model runs one image at a time; at batch 1 nothing to say
+        assert ("it runs one image at a time; batch size 64 is how many are decoded at once" in result.stderr) \
+            == (batch == 64), result.stderr
     assert tables[1].equals(tables[64])
     # The loader knows the quantized model is batch-dependent (the fp32 one is not), and asked for batches of 64 it
     # gives each image's logits as a session run on that image alone gives them, bit for bit.

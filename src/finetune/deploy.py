@@ -261,6 +261,9 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     listed, ignored = list_images(source)
     if ignored:
         log(f"warning: {not_read_line(ignored)}")
+    if model.batch_dependent and batch_size > 1:
+        log(f"note: {model_path} is quantized dynamically (int8), so an image's logits would depend on the other "
+            f"images of its batch: it runs one image at a time; batch size {batch_size} is how many are decoded at once")
     columns = prediction_columns(k)
     rows, failed, escaped = [], 0, 0
     for start in range(0, len(listed), batch_size):
