@@ -95,13 +95,12 @@ def selections(per_run: pd.DataFrame) -> dict:
                     "tie_break": r.tie_break, "folder": r.folder} for r in runs.itertuples()]
         run = select_run(records)
         mean = runs.loc[runs["experiment"] == run["experiment"], "val"].mean()
-        own = runs.loc[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"]), "test_accuracy"]
-        diverged = runs.loc[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"]), "diverged"]
+        own = runs[(runs["experiment"] == run["experiment"]) & (runs["seed"] == run["seed"])].iloc[0]
         chosen[sweep] = {"run": run["experiment"], "seed": int(run["seed"]), "metric": run["metric"],
                          "value": run["value"], "mean_over_seeds": round(float(mean), 12),  # not a float sum's 0.8500000000000001
-                         "test_accuracy": float(own.iloc[0]), "model": f"{run['folder']}/model.onnx",
+                         "test_accuracy": float(own["test_accuracy"]), "model": f"{run['folder']}/model.onnx",
                          # its training ended at a non-finite loss (on_divergence: stop): the model is its best epoch
-                         "diverged": bool(diverged.iloc[0])}
+                         "diverged": bool(own["diverged"])}
     return chosen
 
 
