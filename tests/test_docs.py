@@ -61,12 +61,17 @@ def sections_of(name):
             | {re.split(r" \(|: ", h)[0] for h in headings(path)})
 
 
+def readme_sections():
+    """What `README "X"` may name: README's headings and the sections its links into docs/ name."""
+    return set(headings(REPO / "README.md")) | {
+        m.strip('"') for m in re.findall(r"\[([^\]]+)\]\(docs/[^)]+\)", (REPO / "README.md").read_text())}
+
+
 def test_a_section_the_code_names_is_there():
     """`README "X"` means a section of README.md or one its Documentation table lists (the docs' headings);
     `docs/f.md, "X"` a section of that file."""
     everywhere = set().union(*(sections_of(p.relative_to(REPO).as_posix()) for p in DOCS))
-    readme_index = set(headings(REPO / "README.md")) | {
-        m.strip('"') for m in re.findall(r"\[([^\]]+)\]\(docs/[^)]+\)", (REPO / "README.md").read_text())}
+    readme_index = readme_sections()
     assert readme_index >= {"When things go wrong", "Walltime, failures and resuming", "On a GPU"}, readme_index
     missing = []
     for path in CODE:
@@ -90,8 +95,7 @@ def test_a_section_a_document_names_elsewhere_is_linked():
     for doc in DOCS:
         for section in sections_of(doc.relative_to(REPO).as_posix()):
             owners.setdefault(section, []).append(doc.relative_to(REPO).as_posix())
-    readme = set(headings(REPO / "README.md")) | {
-        m.strip('"') for m in re.findall(r"\[([^\]]+)\]\(docs/[^)]+\)", (REPO / "README.md").read_text())}
+    readme = readme_sections()
     unlinked = []
     for doc in DOCS:
         name = doc.relative_to(REPO).as_posix()
