@@ -92,6 +92,39 @@ def test_expected_calibration_error_by_hand():
     json.dumps(bins, allow_nan=False)
 
 
+def test_a_confidence_on_a_bin_edge_falls_in_the_bin_it_closes():
+    """Bins are (low, high]: a confidence of exactly 1.0, 0.6 or 0.2 with 5 bins counts in the bin that ends there,
+    bin ceil(confidence x 5) - 1 (computed here), not the one that starts there (and 1.0 in no bin at all)."""
+    confidences = [1.0, 0.6, 0.2]
+    probs = np.array([[c] + [(1 - c) / 4] * 4 for c in confidences])  # five classes; the rest shared by the other four
+    assert (probs.max(axis=1) == confidences).all()  # the premise: each row's top probability is the confidence
+    labels = np.zeros(len(confidences), dtype=int)
+    _, bins = expected_calibration_error(labels, probs, n_bins=5)
+    expected = [0] * 5
+    for c in confidences:
+        expected[math.ceil(c * 5) - 1] += 1
+    assert [b["count"] for b in bins] == expected == [1, 0, 1, 0, 1]
+
+
+def test_macro_f1_counts_a_class_without_test_images_as_zero():
+    """Macro F1 is the mean over every class of the model (scikit-learn's average="macro" with labels= all of them):
+    a class with no test image that is never predicted has F1 0 and still counts; the weighted F1 gives it no weight.
+    The per-class F1s are computed here from the predictions."""
+    labels = np.array([0, 0, 1, 1, 1])
+    logits = np.array([[3.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 3.0, 1.0], [0.0, 3.0, 1.0], [3.0, 0.0, 1.0]])
+    preds = logits.argmax(axis=1)
+    f1 = []
+    for c in range(3):
+        tp = int(((preds == c) & (labels == c)).sum())
+        predicted, actual = int((preds == c).sum()), int((labels == c).sum())
+        f1.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
+    assert f1[2] == 0.0 and f1[0] > 0 and f1[1] > 0
+    report = classification_report(labels, logits, ["A", "B", "C"], top_k=2)
+    assert report["per_class"]["C"]["support"] == 0
+    assert report["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert report["weighted_f1"] == pytest.approx((2 * f1[0] + 3 * f1[1]) / 5)
+
+
 @pytest.mark.parametrize("correct, n", [(914, 1000), (3657, 4000), (0, 20), (20, 20), (1, 3), (50, 100)])
 def test_accuracy_interval_is_the_wilson_interval_by_its_definition(correct, n):
     """Against the interval found by bisection on its defining equation (tests/recompute.py); at 0 and n
@@ -261,6 +294,33 @@ def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     assert cells["test accuracy"] == "0.8500 ± 0.0707"
     assert cells["seeds"] == "2" and cells["seed list"] == "0 1"  # as in summary.md, a count
     assert len(table) == 3
+
+
+def test_selection_takes_the_run_with_the_best_mean_over_seeds_not_the_best_single_seed(tmp_path):
+    """A sweep's run a scores 0.9 and 0.5 on its two seeds, run b 0.82 and 0.78: b's mean (0.8, computed here) beats
+    a's (0.7) though a's best seed beats b's. The leaderboard and predict's choice (selection.choose_model, over the
+    run folders) both select b, then b's better seed; the leaderboard marks b's row alone."""
+    from finetune.selection import choose_model
+
+    figures = {"s-a": (0.9, 0.5), "s-b": (0.82, 0.78)}
+    runs = [write_run(tmp_path, name, seed, value, 0.5, 1.0, sweep="s")
+            for name, values in figures.items() for seed, value in enumerate(values)]
+    means = {name: sum(values) / len(values) for name, values in figures.items()}
+    best_mean, best_seed = max(means, key=means.get), max(figures, key=lambda name: max(figures[name]))
+    assert (best_mean, best_seed) == ("s-b", "s-a")  # the premise: the two rules disagree
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html",
+                  tmp_path / "selected.json")
+    selected = json.loads((tmp_path / "selected.json").read_text())["s"]
+    shipped_seed = figures[best_mean].index(max(figures[best_mean]))
+    assert (selected["run"], selected["seed"], selected["mean_over_seeds"]) == (best_mean, shipped_seed, means[best_mean])
+    rows = {line.split(" | ")[1]: line for line in (tmp_path / "summary.md").read_text().splitlines()
+            if line.startswith("| ") and " | s-" in line}
+    assert f"✓ s (seed {shipped_seed}: test {figures[best_mean][shipped_seed]:.4f})" in rows[best_mean]
+    assert "✓" not in rows[best_seed]
+    chosen = choose_model([tmp_path / name / f"seed{seed}" for name, values in figures.items()
+                           for seed in range(len(values))], "model.onnx")
+    assert (chosen["experiment"], chosen["seed"]) == (best_mean, shipped_seed)
+    assert chosen["model"] == str(tmp_path / best_mean / f"seed{shipped_seed}" / "model.onnx")
 
 
 def test_the_leaderboard_names_the_seeds_that_diverged_and_marks_a_selected_one(tmp_path):

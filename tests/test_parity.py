@@ -1,0 +1,88 @@
+"""The export's parity gate (finetune.export.parity_check) on small real networks exported here with
+torch.onnx and run by a real onnxruntime session: PyTorch's side is the network or the network with a known shift
+added to some of its logits, so the difference the gate must see is known beforehand."""
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.export import DEFAULT_RTOL, parity_check
+
+
+def exported(tmp_path, net: torch.nn.Module, shape=(3, 8, 8)):
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net.eval(), (torch.zeros(1, *shape),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    return path
+
+
+class Shifted(torch.nn.Module):
+    """``net``'s logits, plus ``shift`` on the images whose first pixel is above ``marker``."""
+
+    def __init__(self, net, shift, marker=-np.inf):
+        super().__init__()
+        self.net, self.shift, self.marker = net, shift, marker
+
+    def forward(self, x):
+        return self.net(x) + self.shift * (x[:, :1, 0, 0] > self.marker)
+
+
+def small_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3)).eval()
+
+
+def test_parity_holds_every_sampled_image_to_the_tolerance(tmp_path):
+    """An export that agrees on the first parity_batch images and is 0.5 off on the others (PyTorch's side shifted
+    there, marked by one pixel) fails the check, with max_abs_diff the shift; the faithful one passes."""
+    net = small_net()
+    path = exported(tmp_path, net)
+    inputs = np.random.default_rng(0).standard_normal((100, 3, 8, 8)).astype(np.float32)
+    inputs[16:, 0, 0, 0] = 100.0
+    good, bad = (parity_check(model, path, inputs, 16, 1e-4) for model in (net, Shifted(net, 0.5, marker=50)))
+    assert good["passed"] and good["max_abs_diff"] < 1e-4 and good["top1_agreement"] == 1.0, good
+    assert bad["checks"]["batch_1"]["passed"] and bad["checks"]["batch_16"]["passed"], bad  # the first 16 agree
+    assert not bad["passed"] and bad["max_abs_diff"] == pytest.approx(0.5, abs=1e-3), bad
+    assert bad["checks"]["all_100"]["images"] == 100 and not bad["checks"]["all_100"]["passed"]
+
+
+@pytest.mark.parametrize("shift, passes", [(5e-4, False), (5e-5, True), (1.5e-4, False), (2e-5, True)])
+def test_the_absolute_tolerance_is_the_one_given(tmp_path, shift, passes):
+    """With rtol 0 a logit passes where |onnxruntime - PyTorch| <= tolerance: a shift of every logit by 5 times the
+    tolerance (or 1.5 times) fails, by half of it (or a fifth) passes. The export's own rounding (~1e-7 here) is
+    far below the margins."""
+    net = small_net()
+    path = exported(tmp_path, net)
+    inputs = np.random.default_rng(1).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    report = parity_check(Shifted(net, shift), path, inputs, 4, tolerance=1e-4, rtol=0.0)
+    assert report["max_abs_diff"] == pytest.approx(shift, abs=1e-6), report
+    assert report["passed"] is passes, report
+    assert all(check["passed"] is passes for check in report["checks"].values()), report
+
+
+def test_the_relative_tolerance_scales_with_each_image_s_own_logits(tmp_path):
+    """rtol's scale is the largest |logit| of the image the logit belongs to. Beside an image whose logits reach ~1e4,
+    an image whose logits are ~1 and 0.01 off is refused: its own bound is tolerance + rtol x ~1 ~ 1.1e-4, where a
+    scale taken over all the images (1e4 x 1e-5 = 0.1) would let 0.01 through. The faithful export of the same two
+    images passes (the large image's rounding is within its own, large, bound)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    path = exported(tmp_path, net)
+    rng = np.random.default_rng(2)
+    large, small = (rng.standard_normal((3, 8, 8)).astype(np.float32) * scale for scale in (1e5, 1.0))
+    inputs = np.stack([large, small])
+    with torch.no_grad():
+        logits = net(torch.from_numpy(inputs)).double().numpy()
+    own_scale = np.abs(logits).max(axis=1)
+    assert own_scale[0] > 1e3 and own_scale[1] < 10, own_scale  # the premise: logits of two sizes
+    small_bound = 1e-4 + DEFAULT_RTOL * own_scale[1]
+    assert small_bound < 0.01 < 1e-4 + DEFAULT_RTOL * own_scale.max()  # per image refuses 0.01; over both would not
+
+    faithful = parity_check(net, path, inputs, 2, tolerance=1e-4)
+    assert faithful["passed"], faithful
+    shifted = parity_check(Shifted(net, 0.01), path, inputs, 2, tolerance=1e-4)
+    # shifting every logit of both images: the large one's bound (~1e-4 + 1e-5 x 1e4) still holds 0.01, the small one's not
+    assert not shifted["passed"] and not shifted["checks"]["all_2"]["passed"], shifted
+    assert shifted["checks"]["batch_1"]["passed"], shifted  # the large image alone
+    assert shifted["max_abs_diff"] == pytest.approx(0.01, abs=2e-3), shifted
