@@ -21,14 +21,15 @@ CLASSES = 3
 class SmallNet(nn.Module):
     """A real, small convolutional classifier with BatchNorm (buffers the EMA must average too)."""
 
-    def __init__(self, classes=CLASSES):
+    def __init__(self, classes=CLASSES, dropout=0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(dropout)  # draws from torch's global generator in training
         self.fc = nn.Linear(4, classes)
 
     def forward(self, x):
-        return self.fc(torch.relu(self.bn1(self.conv1(x))).mean(dim=(2, 3)))
+        return self.fc(self.drop(torch.relu(self.bn1(self.conv1(x))).mean(dim=(2, 3))))
 
 
 def small_data(n: int, seed: int) -> Data:
@@ -43,9 +44,9 @@ def small_data(n: int, seed: int) -> Data:
 TRAIN, VAL = small_data(48, 1), small_data(24, 2)
 
 
-def fit_small(log=lambda _: None, resume_path=None, **options):
+def fit_small(log=lambda _: None, resume_path=None, dropout=0.0, **options):
     torch.manual_seed(0)
-    model = SmallNet()
+    model = SmallNet(dropout=dropout)
     opts = TrainOptions.from_dict({"epochs": 3, "batch_size": 16, "lr": 0.05, "device": "cpu",
                                    "schedule": "constant", **options})
     result = fit(model, TRAIN, VAL, PLAIN, opts, num_classes=CLASSES, log=log, resume_path=resume_path)
@@ -171,6 +172,50 @@ def test_a_resumed_run_with_ema_and_mixing_is_the_uninterrupted_run(tmp_path):
     assert strip(resumed.history) == strip(reference.history)
     assert equal_states(resumed.best_state, reference.best_state)
     assert equal_states(resumed_model.state_dict(), reference_model.state_dict())
+
+
+def test_a_resumed_run_draws_dropout_s_masks_where_the_uninterrupted_run_did(tmp_path):
+    """Dropout draws from torch's global generator: the resume state holds its state after epoch 2 and restores it,
+    so the resumed epochs 3 and 4 drop the units the uninterrupted run dropped, whatever the global generator held
+    when the resumed run started (seeded otherwise here)."""
+    reference, reference_model = fit_small(dropout=0.5, epochs=4)
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Interrupted):
+        fit_small(log=stop_in_epoch_3, resume_path=resume, dropout=0.5, epochs=4)
+    torch.manual_seed(123)
+    model = SmallNet(dropout=0.5)  # the model's initial weights are replaced by the resume state's
+    lines = []
+    opts = TrainOptions.from_dict({"epochs": 4, "batch_size": 16, "lr": 0.05, "device": "cpu", "schedule": "constant"})
+    resumed = fit(model, TRAIN, VAL, PLAIN, opts, num_classes=CLASSES, log=lines.append, resume_path=resume)
+    assert any(line.startswith("resuming from") for line in lines)
+    assert strip(resumed.history) == strip(reference.history)
+    assert equal_states(model.state_dict(), reference_model.state_dict())
+    # the premise: another global generator state gives other masks, and so another run
+    torch.manual_seed(123)
+    other = SmallNet(dropout=0.5)
+    other.load_state_dict(reference_model.state_dict())
+    other.train()
+    x = TRAIN.images[:8].float() / 255
+    torch.manual_seed(1)
+    first = other(x)
+    torch.manual_seed(2)
+    assert not torch.equal(first, other(x))
+
+
+def test_label_smoothing_is_the_loss_training_minimises():
+    """One epoch of one batch: its train_loss is the initial model's cross-entropy on the training images with the
+    targets smoothed by 0.1, computed here with torch.nn.functional.cross_entropy (the BatchNorm in training mode, as
+    the step runs it); without smoothing, the plain cross-entropy."""
+    torch.manual_seed(0)
+    initial = SmallNet().train()
+    with torch.no_grad():
+        logits = initial(TRAIN.images.float() / 255)
+    for smoothing in (0.1, 0.0):
+        result, _ = fit_small(epochs=1, batch_size=len(TRAIN.labels), label_smoothing=smoothing)
+        expected = nn.functional.cross_entropy(logits, TRAIN.labels, label_smoothing=smoothing).item()
+        assert result.history[0]["train_loss"] == pytest.approx(expected, rel=1e-5), smoothing
+    assert nn.functional.cross_entropy(logits, TRAIN.labels, label_smoothing=0.1).item() != pytest.approx(
+        nn.functional.cross_entropy(logits, TRAIN.labels).item(), rel=1e-3)  # the premise: smoothing changes it
 
 
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1])

@@ -50,6 +50,31 @@ def test_each_image_s_split_is_the_one_the_documented_rule_gives(tmp_path):
     assert split_of(tmp_path / "out", root) == documented_split(root, 5, 0.2, 0.25, 6)
 
 
+def test_a_capped_given_test_split_keeps_the_first_images_in_draw_order(tmp_path):
+    """A dataset with its own train/ and test/ folders, its test split capped by max_test_per_class: each class keeps
+    the 2 test images first in the documented draw order (BLAKE2b of ``<seed>/test/<class>/<file>``, computed here),
+    not the first 2 its folder lists; val is drawn from train/ alone."""
+    root = tmp_path / "images"
+    make_images(root / "train", {"ant": 8, "bee": 8})
+    make_images(root / "test", {"ant": 6, "bee": 6}, seed=1)
+    dataset = {"format": "imagefolder", "path": str(root), "seed": 5, "val_fraction": 0.25, "test_fraction": 0.2,
+               "max_test_per_class": 2}
+    assert run_split(dataset, tmp_path / "out").returncode == 0
+    drawn = split_of(tmp_path / "out", root)
+    rank = lambda key: int.from_bytes(hashlib.blake2b(f"5/{key}".encode(), digest_size=8).digest(), "big")  # noqa: E731
+    for name in ("ant", "bee"):
+        listed = sorted(f"test/{name}/{f.name}" for f in (root / "test" / name).iterdir())
+        expected = sorted(listed, key=rank)[:2]
+        assert sorted(k for k, s in drawn.items() if s == "test" and k.startswith(f"test/{name}/")) == sorted(expected)
+        assert not any(k.startswith(f"test/{name}/") for k, s in drawn.items() if s != "test")
+        train = sorted(f"train/{name}/{f.name}" for f in (root / "train" / name).iterdir())
+        assert sorted(k for k, s in drawn.items() if s == "val" and k.startswith(f"train/{name}/")) \
+            == sorted(sorted(train, key=rank)[:2])  # round(8 x 0.25), first in draw order
+    # the premise: in some class the draw's first two are not the listing's first two
+    assert any(sorted(sorted(listed, key=rank)[:2]) != listed[:2]
+               for listed in ([f"test/{n}/{i:03d}.png" for i in range(6)] for n in ("ant", "bee")))
+
+
 @pytest.mark.parametrize("written", [None, 0.3])
 def test_the_source_dataset_draws_no_test_images_unless_its_test_fraction_is_written(tmp_path, written):
     """Nothing reads the source's test images (pretrain trains on train and chooses its epoch on val): drawn by the
