@@ -268,6 +268,25 @@ def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_afte
     assert ran["weights"] == 1 and ran["train"] == EXPERIMENTS and ran["evaluate"] == EXPERIMENTS, ran
 
 
+def test_the_weights_file_rewritten_reruns_the_runs_from_it_not_the_scratch_control(tmp_path):
+    """resources/weights/weights.pth written again (a `cp` back from a backup, the weights job run alone): too large for
+    Snakemake's checksums, it counts by its time, and the runs trained from it rerun. The scratch control reads the
+    manifest (architecture, preprocessing) and never the file: it stays done."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"weights")
+    config = tiny_config(tmp_path / "run", replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
+                                                                "preprocessing": PREPROCESSING}})
+    mark_done(tmp_path / "run", config)
+    assert would_run(tmp_path / "run") == NOTHING
+    time.sleep(0.05)
+    published = tmp_path / "run/resources/weights/weights.pth"
+    shutil.copyfile(published, tmp_path / "copy.pth")
+    os.replace(tmp_path / "copy.pth", published)
+    pretrained = EXPERIMENTS - 1  # finetune and feature_extract; not scratch
+    assert would_run(tmp_path / "run") == Counter({"train": pretrained, "evaluate": pretrained, "export_onnx": pretrained,
+                                                   "summary": 1, "all": 1})
+
+
 def test_an_older_weights_file_switched_in_at_weights_path_reruns_the_weights(tmp_path):
     """An earlier checkpoint moved back to the path (`mv`, which keeps its time): the file there is older than the
     weights job's outputs, so its time alone says nothing changed; its state (a param) does. The job runs for

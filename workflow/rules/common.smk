@@ -866,9 +866,14 @@ def weights_used():
 def run_weights_inputs(wildcards):
     """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
     weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
-    none of pretrain's training: a change of pretrain.train reruns no scratch run)."""
+    none of pretrain's training: a change of pretrain.train reruns no scratch run). Another scratch run reads the
+    manifest alone (the architecture and preprocessing), never the weights file: a weights.pth rewritten with the
+    same bytes (newer, and too large for Snakemake's checksum) retrained it, and other weights change the
+    manifest's sha256."""
     if scratch_from_source(wildcards):
         return {"source_info": source_decoded()["decoded_info"]}
+    if not experiment_config(wildcards.experiment)["pretrained"]:
+        return {"manifest": rules.weights.output.manifest}
     return {"manifest": rules.weights.output.manifest, "weights": rules.weights.output.weights}
 
 
