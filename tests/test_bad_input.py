@@ -1622,6 +1622,12 @@ def test_with_several_config_files_each_problem_names_the_file_its_value_comes_f
     for key in ("quantize", "tta"):
         assert f"export.{key}:true: unknown key" in result.stdout and f"(set in {second})" not in result.stdout, result.stdout[-3000:]
         assert re.search(rf"export\.{key}:true: unknown key.*\(set in --config\)", result.stdout), result.stdout[-3000:]
+    # A problem of one experiment that names a value it takes from train names where that value is written too
+    second.write_text("experiments:\n  fe:\n    strategy: feature_extract\n    optimizer: lbfgs\n    lr: 1.0\n")
+    result = run_snakemake(tmp_path, base, str(second), "--config", "train={augment: true}", "-n", check=False,
+                           timeout=120)
+    line = next((line.strip() for line in result.stdout.splitlines() if line.strip().startswith("experiments.fe:")), "")
+    assert "augment: true" in line and line.endswith(f"(set in {second}; train.augment in --config)"), result.stdout[-3000:]
 
 
 def test_a_target_written_after_configfile_is_named_as_read_for_a_config_file(tmp_path):

@@ -749,8 +749,29 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
                      if files[-1] == demo and path[0] == "experiments" else
                      ", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
                      "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
-        named.append(f"{head} (set in {os.path.normpath(files[-1])}{inherited}){allowed}{tail}")  # not /a/p/../my.yaml
+        also = _train_keys_from_elsewhere(problem, path, sources, files[-1])
+        named.append(f"{head} (set in {os.path.normpath(files[-1])}{inherited}{also}){allowed}{tail}")  # not /a/p/../my.yaml
     return named
+
+
+def _train_keys_from_elsewhere(problem: str, path: list[str], sources: dict[str, dict], experiment_file: str) -> str:
+    """For a problem of one experiment (``experiments.fe: ... augment: true ...``): the keys it names as ``key: value``
+    that the experiment takes from ``train`` written in another source than the experiment's
+    (``; train.augment in --config``), where the value it names came from; "" for any other problem."""
+    if len(path) != 2 or path[0] != "experiments":
+        return ""
+    def section(config, key) -> dict:
+        value = config.get(key) if isinstance(config, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    own, last_writer = set(), {}
+    for name, config in sources.items():
+        spec = section(section(config, "experiments"), path[1])
+        own |= set(spec) | set(section(spec, "sweep"))
+        last_writer.update({key: name for key in section(config, "train")})
+    named = [f"train.{key} in {os.path.normpath(name)}" for key, name in last_writer.items()
+             if key not in own and name != experiment_file and re.search(rf"(?<![\w.]){re.escape(key)}: ", problem)]
+    return "".join(f"; {item}" for item in named)
 
 
 def schema_sections(schema: dict) -> dict[str, set[str] | None]:
