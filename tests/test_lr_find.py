@@ -231,6 +231,15 @@ def test_the_range_test_runs_in_one_process_so_devices_and_nodes_do_not_reach_it
     commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
     train = [c for c in commands if any(Path(word).name == "train.py" for word in c)]  # through finetune.launch
     assert len(train) == 1 and json.loads(train[0][train[0].index("--options") + 1])["devices"] == 2, train
+    # sync_batchnorm (BatchNorm statistics shared among the processes) needs several: the range test's one process
+    # refused it, so an lr: auto run with it could never start training
+    synced = {"lr": "auto", "devices": 2, "sync_batchnorm": True, "device": "cuda"}
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": synced}})
+    commands = shell_commands(run_snakemake(tmp_path, configfile, "-n", "--printshellcmds").stdout)
+    found = command_of(commands, "lr_find.py", "--out-suggestion", "results/lr_find/auto/suggestion.json")
+    options = json.loads(found[found.index("--options") + 1])
+    assert (options["devices"], options["nodes"], options["sync_batchnorm"]) == (1, 1, False), options
+    TrainOptions.from_dict({**options, "lr": 0.1})  # the job's own reading of them accepts them
 
 
 def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):

@@ -647,7 +647,7 @@ LR_SUGGESTION = "results/lr_find/{experiment}/suggestion.json"
 
 # The range test runs in one process at the run's global batch size, whatever its `devices` and `nodes`: at their
 # defaults in its options, so that changing them reruns the train jobs, not the test (whose record named them).
-LR_FIND_ONE_PROCESS = ("devices", "nodes")
+LR_FIND_ONE_PROCESS = ("devices", "nodes", "sync_batchnorm")  # (BatchNorm statistics shared among processes)
 
 
 def lr_find_options(experiment):
