@@ -92,6 +92,15 @@ def test_expected_calibration_error_by_hand():
     json.dumps(bins, allow_nan=False)
 
 
+def test_softmax_of_large_logits_is_their_ratio_not_an_overflow():
+    """Logits of a diverged run reach 1e3 and more: e^1000 overflows a float64. Softmax depends on the logits'
+    differences alone: [1000, 1000 + ln 3] is 1 : 3, so [0.25, 0.75]."""
+    from finetune.metrics import softmax
+
+    probs = softmax(np.array([[1000.0, 1000.0 + math.log(3)], [-1000.0, -1000.0]]))
+    assert probs.tolist() == [pytest.approx([0.25, 0.75]), pytest.approx([0.5, 0.5])]
+
+
 def test_a_confidence_on_a_bin_edge_falls_in_the_bin_it_closes():
     """Bins are (low, high]: a confidence of exactly 1.0, 0.6 or 0.2 with 5 bins counts in the bin that ends there,
     bin ceil(confidence x 5) - 1 (computed here), not the one that starts there (and 1.0 in no bin at all)."""

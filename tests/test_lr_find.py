@@ -214,6 +214,17 @@ def test_a_run_s_own_lr_does_not_reach_the_range_test(tmp_path):
     assert first["lr"] == "auto" and options_of(0.05) == first and options_of("auto") == first
 
 
+def test_the_suggestion_is_the_steepest_fall_up_to_and_into_the_minimum():
+    """Smoothed losses 5.0, 4.9, 4.8, 4.0, 4.5 fall by 0.1, 0.1 and 0.8: the steepest fall is the one into the minimum
+    (at the 4th lr), which the suggestion is."""
+    from finetune.lrfind import suggest
+
+    losses = [5.0, 4.9, 4.8, 4.0, 4.5]
+    falls = [losses[i] - losses[i - 1] for i in range(1, losses.index(min(losses)) + 1)]
+    steepest = 1 + falls.index(min(falls))
+    assert suggest([1.0, 2.0, 3.0, 4.0, 5.0], losses, skip_start=0) == (float(steepest + 1), "steepest")
+
+
 def test_the_range_test_runs_in_one_process_so_devices_and_nodes_do_not_reach_it(tmp_path):
     """lr_find runs in one process at the run's global batch size: a run's `devices` changed its options, so that
     editing them tested again (the same curve) and its suggestion.json named processes it did not run. They are at

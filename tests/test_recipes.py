@@ -10,7 +10,7 @@ from torch import nn
 
 from finetune import training
 from finetune.errors import ConfigError
-from finetune.mixing import mix_batch
+from finetune.mixing import _cutmix_box, draw_mixing, mix_batch
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions, fit
 
@@ -238,6 +238,28 @@ def expected_targets(y, perm, lam, classes, smoothing):
         targets[i, y[i]] += lam * (1 - smoothing)
         targets[i, y[perm[i]]] += (1 - lam) * (1 - smoothing)
     return targets
+
+
+def test_a_cutmix_box_has_sides_sqrt_1_minus_lam_of_the_image_s():
+    """timm's rand_bbox: with lam 0.75 the pasted box covers a quarter of the image, sides 100 x sqrt(0.25) = 50 of
+    100, wherever it is not cut off by the image's edge."""
+    whole = 0
+    for seed in range(80):
+        top, bottom, left, right = _cutmix_box(100, 100, 0.75, torch.Generator().manual_seed(seed))
+        if 0 < top and bottom < 100:
+            assert bottom - top == 50, (top, bottom)
+        if 0 < left and right < 100:
+            assert right - left == 50, (left, right)
+            whole += 0 < top and bottom < 100
+    assert whole > 10  # enough boxes lay wholly inside to say so
+
+
+def test_mixup_draws_lam_from_beta_alpha_alpha():
+    """mixup_alpha 0.4: lam ~ Beta(0.4, 0.4), mean 1/2 and standard deviation sqrt(1 / (4 (2 x 0.4 + 1))) = 0.3727;
+    2,000 draws hold both within ~4 standard errors."""
+    g = torch.Generator().manual_seed(0)
+    lams = np.array([draw_mixing(4, 8, 8, 0.4, 0.0, g).lam for _ in range(2000)])
+    assert abs(lams.mean() - 0.5) < 0.035 and abs(lams.std() - (1 / (4 * 1.8)) ** 0.5) < 0.03, (lams.mean(), lams.std())
 
 
 def test_mixup_mixes_each_image_with_its_partner_and_the_targets_alike():

@@ -463,6 +463,15 @@ def test_lr_schedules():
     assert lr_factor(50, 100, 0, "constant") == 1.0
     peak = max(lr_factor(s, 100, 0, "onecycle") for s in range(100))
     assert peak == pytest.approx(1.0) and lr_factor(0, 100, 0, "onecycle") == pytest.approx(1 / 25)
+    # the documented shapes at every step, written out here: onecycle rises by a half cosine from 1/25 to 1 over the
+    # first 30% of the steps, then falls by a half cosine towards 1/25e4; cosine after a warm-up falls from 1 to 0
+    low, floor = 1 / 25, 1 / 25e4
+    for step in range(100):
+        expected = (low + (1 - low) * (1 - math.cos(math.pi * step / 30)) / 2 if step < 30 else
+                    floor + (1 - floor) * (1 + math.cos(math.pi * (step - 30) / 70)) / 2)
+        assert lr_factor(step, 100, 0, "onecycle") == pytest.approx(expected, rel=1e-12), step
+    assert lr_factor(99, 100, 0, "onecycle") < 6e-4  # near the floor, far below lr/25
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
 
 
 # --------------------------------------------------------------------------- early stopping
@@ -823,7 +832,9 @@ def test_augment_crops_from_the_stored_squares_margin_and_resizes_to_the_crop_si
         assert matches_one_of(seen, crops_and_flips(image, 8, min_area=0.3))
     centre = squares[:, :, 1:9, 1:9].float()
     assert not any(torch.allclose(seen, c) for seen, c in zip(out, centre))
-@pytest.mark.parametrize("h, w", [(40, 40), (12, 40)])
+
+
+@pytest.mark.parametrize("h, w", [(40, 40), (12, 40), (40, 12)])
 def test_augment_draws_its_boxes_as_torchvisions_random_resized_crop(h, w):
     """The boxes' area shares against torchvision's own RandomResizedCrop.get_params (same scale and ratio), 20,000
     each: the same mean and the same share of near-whole crops (a box too large for the image is drawn again, not
@@ -846,6 +857,13 @@ def test_augment_draws_its_boxes_as_torchvisions_random_resized_crop(h, w):
     assert bool(((width + 0.5) / (height - 0.5) >= AUGMENT_RATIO[0]).all() and
                 ((width - 0.5) / (height + 0.5) <= AUGMENT_RATIO[1]).all())
     assert abs(flip.double().mean().item() - 0.5) < 0.02
+    # a box's offset is uniform over every place it fits, the last one included (torchvision's randint(0, room + 1))
+    for offset, room in ((top, h - height), (left, w - width)):
+        fits = room > 0
+        assert bool((offset[fits] == room[fits]).any()) and bool((offset[fits] == 0).any())
+        one = room == 1
+        if one.sum() > 100:  # two places: each half the time
+            assert abs((offset[one] == 1).double().mean().item() - 0.5) < 0.1
 
 
 def test_augment_turns_feature_caching_off_and_the_backbone_sees_augmented_images(tiny):

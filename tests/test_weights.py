@@ -101,6 +101,21 @@ def test_torchvision_weights_in_torch_hub_s_cache_are_taken_from_it_only_where_t
     assert f"download of {nowhere}/models/{FILE_NAME} failed" in result.stdout, result.stdout
 
 
+def test_a_sha256_written_in_capitals_takes_the_cached_file_it_pins(tmp_path, monkeypatch):
+    """weights.sha256 may be written in capitals (the schema allows A-F): the file in torch.hub's cache whose sha256
+    (computed here by hashlib) is that value is taken, not refused and downloaded (which fails on an offline node)."""
+    from finetune.weights import _from_hub_cache
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "w.pth").write_bytes(b"weights bytes")
+    digest = hashlib.sha256(b"weights bytes").hexdigest()
+    lines = []
+    assert _from_hub_cache("w.pth", tmp_path / "out.pth", digest.upper(), None, lines.append) == digest, lines
+    assert (tmp_path / "out.pth").read_bytes() == b"weights bytes"
+
+
 def test_torchvision_weights_of_another_head_from_a_mirror_are_refused_naming_the_enum(tmp_path):
     """A mirror's own fine-tuned file (10 classes) pinned by its full sha256 at the official path: the enum's categories
     (1,000) disagree with it, and the message says so, not a weights.classes the user never wrote (and cannot, with
