@@ -252,16 +252,23 @@ def test_editing_one_swept_value_reruns_only_that_run(tmp_path):
 PREPROCESSING = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
 
-def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_after_it(tmp_path):
-    """weights.path is an input of the weights rule: another file at that path (a newer download, say) reruns
-    the weights and every run trained from them; before, nothing reran and every result stayed stale."""
+def done_with_weights_at_path(tmp_path, data: bytes) -> Path:
+    """The tiny DAG in tmp_path/run with weights.path a file of ``data`` (returned), marked done (nothing to run), and
+    a moment passed, so that a file written next is newer than every output."""
     weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"first weights")
+    weights.write_bytes(data)
     config = tiny_config(tmp_path / "run", replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
                                                                 "preprocessing": PREPROCESSING}})
     mark_done(tmp_path / "run", config)
     assert would_run(tmp_path / "run") == NOTHING
     time.sleep(0.05)
+    return weights
+
+
+def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_after_it(tmp_path):
+    """weights.path is an input of the weights rule: another file at that path (a newer download, say) reruns
+    the weights and every run trained from them; before, nothing reran and every result stayed stale."""
+    weights = done_with_weights_at_path(tmp_path, b"first weights")
     (tmp_path / "newer.pth").write_bytes(b"other weights")
     os.replace(tmp_path / "newer.pth", weights)
     ran = would_run(tmp_path / "run")
@@ -272,13 +279,7 @@ def test_the_weights_file_rewritten_reruns_the_runs_from_it_not_the_scratch_cont
     """resources/weights/weights.pth written again (a `cp` back from a backup, the weights job run alone): too large for
     Snakemake's checksums, it counts by its time, and the runs trained from it rerun. The scratch control reads the
     manifest (architecture, preprocessing) and never the file: it stays done."""
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"weights")
-    config = tiny_config(tmp_path / "run", replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
-                                                                "preprocessing": PREPROCESSING}})
-    mark_done(tmp_path / "run", config)
-    assert would_run(tmp_path / "run") == NOTHING
-    time.sleep(0.05)
+    done_with_weights_at_path(tmp_path, b"weights")
     published = tmp_path / "run/resources/weights/weights.pth"
     shutil.copyfile(published, tmp_path / "copy.pth")
     os.replace(tmp_path / "copy.pth", published)
