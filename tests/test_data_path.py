@@ -943,3 +943,21 @@ def test_the_decode_job_takes_torchvision_weights_sizes_and_filter_from_the_enum
     assert (record["resize_size"], record["crop_size"]) == (expected_resize, 48)
     assert record["interpolation"] == transform.interpolation.value
     assert not list(tmp_path.glob("*.pth")), "nothing was downloaded"
+
+
+def test_channel_stats_are_the_mean_and_sample_std_of_the_pixels_over_255():
+    """Against numpy in float64 (ddof=1: the sample standard deviation), the pixels added in two parts; two pixels
+    0 and 255 in a channel: mean 0.5, sample std sqrt(0.5) (the population's would be 0.5)."""
+    from finetune.store import ChannelStats
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 7, 5, 3), dtype=np.uint8)
+    stats = ChannelStats()
+    for part in pixels:
+        stats.add(part)
+    mean, std = stats.result()
+    flat = pixels.reshape(-1, 3).astype(np.float64) / 255
+    assert mean == pytest.approx(flat.mean(axis=0).tolist(), rel=1e-12)
+    assert std == pytest.approx(flat.std(axis=0, ddof=1).tolist(), rel=1e-9)
+    two = ChannelStats()
+    two.add(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
+    assert two.result() == (pytest.approx([0.5] * 3), pytest.approx([0.5 ** 0.5] * 3))

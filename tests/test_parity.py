@@ -1,6 +1,7 @@
 """The export's parity gate (finetune.export.parity_check) on small real networks exported here with
 torch.onnx and run by a real onnxruntime session: PyTorch's side is the network or the network with a known shift
-added to some of its logits, so the difference the gate must see is known beforehand."""
+added to some of its logits, so the difference the gate must see is known beforehand. And the int8 model's scoring
+against the fp32 one (finetune.deploy._compare_accuracy) on classifiers whose predictions are set here."""
 
 import numpy as np
 import pytest
@@ -86,3 +87,39 @@ def test_the_relative_tolerance_scales_with_each_image_s_own_logits(tmp_path):
     assert not shifted["passed"] and not shifted["checks"]["all_2"]["passed"], shifted
     assert shifted["checks"]["batch_1"]["passed"], shifted  # the large image alone
     assert shifted["max_abs_diff"] == pytest.approx(0.01, abs=2e-3), shifted
+
+
+class Predicting:
+    """A classifier of two classes that predicts ``preds`` for the images, in order (pixels of zeros, no errors)."""
+
+    classes, path = ["a", "b"], "model.onnx"
+
+    def __init__(self, preds):
+        self.preds, self.at = np.array(preds), 0
+
+    def decode(self, refs, threads):
+        return np.zeros((len(refs), 3, 2, 2), np.float32), {}
+
+    def logits(self, pixels):
+        chunk = self.preds[self.at : self.at + len(pixels)]
+        self.at += len(pixels)
+        return np.eye(2, dtype=np.float32)[chunk]
+
+
+def test_quantization_scores_each_model_and_their_agreement_on_the_test_images(tmp_path):
+    """Test labels 0 1 1 0; fp32 predicts 0 0 1 0 (3 of 4 right), int8 0 1 0 1 (2 of 4): they agree on the first image
+    alone, 1 of 4, which is neither model's accuracy. Train and val rows are not scored."""
+    import pandas as pd
+
+    from finetune.deploy import _compare_accuracy
+
+    labels, fp32, int8 = [0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 0, 1]
+    rows = [(f"t{i}.png", label, "ab"[label], "test") for i, label in enumerate(labels)]
+    rows += [("x.png", 0, "a", "train"), ("y.png", 1, "b", "val")]
+    pd.DataFrame(rows, columns=["path", "label", "class_name", "split"]).to_csv(tmp_path / "split.csv", index=False)
+    accuracy, _ = _compare_accuracy(Predicting(fp32), Predicting(int8), tmp_path / "split.csv", 1, keep=2)
+    right = lambda preds: sum(p == y for p, y in zip(preds, labels)) / len(labels)  # noqa: E731
+    agree = sum(a == b for a, b in zip(fp32, int8)) / len(labels)
+    assert (accuracy["fp32"], accuracy["int8"], accuracy["top1_agreement"]) == (right(fp32), right(int8), agree)
+    assert (right(fp32), right(int8), agree) == (0.75, 0.5, 0.25) and accuracy["n_images"] == 4
+    assert accuracy["change"] == pytest.approx(right(int8) - right(fp32))
