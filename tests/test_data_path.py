@@ -961,3 +961,21 @@ def test_channel_stats_are_the_mean_and_sample_std_of_the_pixels_over_255():
     two = ChannelStats()
     two.add(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
     assert two.result() == (pytest.approx([0.5] * 3), pytest.approx([0.5 ** 0.5] * 3))
+
+
+def test_predict_lists_a_folder_s_images_sorted_by_path_hidden_ones_left_out(tmp_path):
+    """predict.images as a folder: every image file below it, ordered by its path compared folder name by folder name
+    (code points: uppercase before lowercase; `a/z.png` before `a.png`, as the folder `a` sorts before the file
+    `a.png`), computed here with Python's tuple order; hidden files and folders and files of other formats left out
+    (the others counted by extension)."""
+    from finetune.deploy import list_images
+
+    images = ["B.png", "a/z.png", "a.png", "b/c.png", "b/d/e.JPG"]
+    for name in [*images, ".h/x.png", ".y.png", "b/.z.png", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"not read here")
+    listed, others = list_images(tmp_path)
+    expected = sorted(images, key=lambda name: tuple(name.split("/")))
+    assert [Path(ref).relative_to(tmp_path).as_posix() for ref, _ in listed] == expected
+    assert expected[:4] == ["B.png", "a/z.png", "a.png", "b/c.png"]  # the order docs/predict.md shows
+    assert others == {".txt": 1}

@@ -474,6 +474,14 @@ def test_lr_schedules():
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
 
 
+def test_history_lr_is_the_head_s_not_a_backbone_group_s(tiny):
+    """history.csv's lr is the head's (the lr written, 0.01 here at a constant schedule): the backbone's groups train
+    at it x backbone_lr_factor x layer_decay^depth (at most 0.001), none of which is the figure."""
+    result = run_fit(tiny, make_model(tiny), strategy="finetune", schedule="constant", warmup_epochs=0, lr=0.01,
+                     backbone_lr_factor=0.1, layer_decay=0.7)
+    assert [row["lr"] for row in result.history] == pytest.approx([0.01, 0.01])
+
+
 # --------------------------------------------------------------------------- early stopping
 
 EARLY_STOPPING = {"strategy": "feature_extract", "schedule": "constant", "metric": "val_accuracy", "lr": 0.05}
