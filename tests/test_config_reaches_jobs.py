@@ -692,8 +692,23 @@ def test_a_train_key_no_experiment_acts_on_is_refused_only_where_the_user_wrote_
     result = run_snakemake(*config_over_the_demo(tmp_path / "own-key", mine), "-n", check=False)
     assert result.returncode != 0
     assert ("train.momentum: not used by any experiment that takes it from train: only optimizer sgd has momentum, "
-            "and this is optimizer lbfgs; remove it") in result.stdout, result.stdout[-3000:]
+            "and this is optimizer lbfgs (experiment head); only optimizer sgd has momentum, and this is optimizer "
+            "adamw (experiment mine); remove it") in result.stdout, result.stdout[-3000:]
     assert "train.schedule" not in result.stdout and "train.warmup_epochs" not in result.stdout
+
+
+def test_a_train_key_no_experiment_acts_on_names_each_experiments_own_reason(tmp_path):
+    """`train.warmup_epochs` that an L-BFGS head (no schedule) and a onecycle sweep (its own warm-up) both take
+    from train and neither acts on: the message gives each experiment's reason, not the first one's as if it were
+    every experiment's, and names the sweep's experiment once for its two runs."""
+    head = {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0}
+    cycle = {"schedule": "onecycle", "sweep": {"lr": [0.01, 0.001]}}
+    mine = {"train": {"warmup_epochs": 1}, "experiments": {"head": head, "cycle": cycle}}
+    result = run_snakemake(*config_over_the_demo(tmp_path, mine), "-n", check=False)
+    assert result.returncode != 0
+    assert ("train.warmup_epochs: not used by any experiment that takes it from train: optimizer lbfgs's line search "
+            "chooses each step: no learning-rate schedule applies (experiment head); schedule onecycle warms up over "
+            "its first 30% of steps itself (experiment cycle); remove it") in result.stdout, result.stdout[-3000:]
 
 
 def test_predict_keys_without_predict_images_are_named(tmp_path):

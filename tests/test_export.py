@@ -248,7 +248,7 @@ def test_an_opset_above_the_torchscript_exporter_s_is_refused_before_anything_ru
     """torch's torchscript exporter writes opset 20 at most: asked for more, it stopped with a traceback after training."""
     from torch.onnx import _constants
 
-    from finetune.configcheck import TORCHSCRIPT_MAX_OPSET
+    from finetune.optionrules import TORCHSCRIPT_MAX_OPSET
 
     assert TORCHSCRIPT_MAX_OPSET == _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET  # this torch's own limit
     workdir = tmp_path / "workdir"
@@ -268,7 +268,7 @@ def test_an_opset_newer_than_onnx_knows_is_refused_before_anything_runs(tmp_path
     exporter had written opset 18."""
     import onnx
 
-    from finetune.configcheck import DYNAMO_MAX_OPSET
+    from finetune.optionrules import DYNAMO_MAX_OPSET
 
     assert DYNAMO_MAX_OPSET == onnx.defs.onnx_opset_version()  # the installed onnx's newest
     result = run_snakemake(tmp_path, tiny_config(tmp_path, export={"opset": DYNAMO_MAX_OPSET + 1}), "-n", check=False)

@@ -733,6 +733,7 @@ def edit(path: Path) -> None:
     ("workflow/scripts/evaluate.py", AFTER_EVALUATE),
     ("src/finetune/metrics.py", AFTER_EVALUATE),
     ("src/finetune/training.py", {"pretrain": 1, "weights": 1, **AFTER_TRAIN}),
+    ("src/finetune/configcheck.py", {}),  # the start checks and their messages: no job loads them
 ])
 def test_editing_code_reruns_exactly_the_jobs_that_run_it_and_what_follows(tiny_run_copy, code_copy, changed, reruns):
     edit(code_copy / changed)

@@ -15,6 +15,10 @@ against its ``train`` key's own schema, e.g.::
 
     experiments.finetune.sweep.lr.1: 'fast' is not a number
     experiments.finetune.lr: is also swept (experiments.finetune.sweep.lr); set it in one place ...
+
+No job loads this module (workflow/rules/common.smk's RULE_MODULES list the modules each job loads, and its
+inputs): its checks and messages can change without rerunning anything. The rules the jobs check too (a run's
+recipes, its processes, the export's opset) are in :mod:`finetune.optionrules`, which they load.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .optionrules import DYNAMO_MIN_OPSET, caches_features, distributed_problems, is_number, opset_problem, recipe_problems
 from .weights import URL_SCHEMES, WEIGHTS_KEYS, WEIGHTS_REQUIRED
 
 
@@ -42,85 +47,6 @@ _NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 RESULTS_FOLDERS = {"logs": "the jobs' logs", "benchmarks": "the jobs' benchmark files",
                    "lr_find": "the learning-rate finder's curves", "predictions": "the predictions of new images",
                    "bench": "make bench's results"}
-
-
-# torch's dynamo exporter writes opset 18 and later: asked for an older one it tries to convert
-# and, where that fails (a ResNet's ReduceMean does), silently keeps 18.
-DYNAMO_MIN_OPSET = 18
-# The newest opset torch's torchscript exporter writes (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;
-# a test checks the two agree): asked for more, it stops with a traceback after training.
-TORCHSCRIPT_MAX_OPSET = 20
-# The newest opset the onnx package knows (onnx.defs.onnx_opset_version(); a test checks the two agree): the dynamo
-# exporter converts to it, and asked for more it fails after training ("invalid version").
-DYNAMO_MAX_OPSET = 28
-
-
-def opset_problem(exporter: str, opset: int) -> str | None:
-    """Why ``exporter`` cannot write ``opset`` (one line naming the config keys), or None."""
-    if exporter == "dynamo" and isinstance(opset, int) and opset < DYNAMO_MIN_OPSET:
-        return (
-            f"export.opset: {opset} with export.exporter: dynamo: torch's dynamo exporter writes opset "
-            f"{DYNAMO_MIN_OPSET} or later (asked for less it falls back to {DYNAMO_MIN_OPSET}); set export.opset "
-            f">= {DYNAMO_MIN_OPSET}, or export.exporter: torchscript for an older opset"
-        )
-    if exporter == "dynamo" and isinstance(opset, int) and opset > DYNAMO_MAX_OPSET:
-        return (f"export.opset: {opset}: the newest ONNX opset is {DYNAMO_MAX_OPSET} (onnx's, as installed); set "
-                f"export.opset <= {DYNAMO_MAX_OPSET}")
-    if exporter == "torchscript" and isinstance(opset, int) and opset > TORCHSCRIPT_MAX_OPSET:
-        return (
-            f"export.opset: {opset} with export.exporter: torchscript: torch's torchscript exporter writes opset "
-            f"{TORCHSCRIPT_MAX_OPSET} at most; set export.opset <= {TORCHSCRIPT_MAX_OPSET}, or export.exporter: "
-            "dynamo for a newer opset"
-        )
-    return None
-
-
-def caches_features(strategy: str, cache_features: bool, augment: bool) -> bool:
-    """Whether training computes the backbone's features once and trains the head on them.
-
-    Here (torch-free) so the check at workflow start and ``TrainOptions`` share one rule.
-    """
-    return strategy == "feature_extract" and cache_features and not augment
-
-
-def distributed_problems(options: dict) -> list[str]:
-    """Why one run's training options cannot train in ``devices x nodes`` processes ([] when they can).
-
-    Here (torch-free) so the check at workflow start and ``TrainOptions`` share one rule. ``options``:
-    the run's `train` keys with their defaults.
-    """
-    devices, nodes = options.get("devices", 1), options.get("nodes", 1)
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (devices, nodes)):
-        return [f"devices and nodes must be whole numbers >= 1, not {devices!r} and {nodes!r}"]
-    world, batch = devices * nodes, options.get("batch_size")
-    processes = f"{world} processes (devices {devices} x nodes {nodes})"
-    cached = caches_features(options.get("strategy", "finetune"), options.get("cache_features", True),
-                             options.get("augment", False))
-    bn_frozen = options.get("bn", "auto") == "frozen" or (
-        options.get("bn", "auto") == "auto" and options.get("strategy", "finetune") == "feature_extract")
-    sync = options.get("sync_batchnorm", False)
-    checks = [
-        (not isinstance(batch, int) or batch % world == 0,
-         f"batch_size {batch} does not divide among {processes}: each process takes batch_size / (devices x nodes) "
-         f"examples of every batch; use a multiple of {world}"
-         + (f", e.g. {max(world, round(batch / world) * world)}" if isinstance(batch, int) else "")),
-        (world == 1 or not (cached or options.get("optimizer") == "lbfgs"),
-         f"{processes}: strategy {options.get('strategy', 'finetune')} on cached backbone features (and optimizer "
-         "lbfgs) trains the head on small tensors in one process; set devices 1 and nodes 1 (or cache_features "
-         "false, to train on images in several processes)"),
-        (world == 1 or not any((options.get(key) or 0) > 0 for key in ("mixup_alpha", "cutmix_alpha")),
-         f"{processes}: mixup_alpha / cutmix_alpha pair images within a batch, and several processes would pair "
-         "them within each process's part only; train the mixing runs with devices 1 and nodes 1"),
-        (not sync or world > 1,
-         "sync_batchnorm shares BatchNorm statistics among training processes: it needs devices x nodes > 1"),
-        (not sync or not bn_frozen,
-         f"sync_batchnorm needs BatchNorm in training mode, but it is frozen here (bn {options.get('bn', 'auto')}, "
-         f"strategy {options.get('strategy', 'finetune')})"),
-        (not sync or options.get("device", "auto") != "cpu",
-         "sync_batchnorm runs on GPUs only (torch's SyncBatchNorm): with device cpu each process normalises over "
-         "its own part of the batch; set sync_batchnorm false" + ("" if bn_frozen else ", or bn frozen")),
-    ]
-    return [message for ok, message in checks if not ok]
 
 
 # A recipe key's values that ask for nothing (off).
@@ -198,54 +124,7 @@ def _defaults_of(section: dict) -> dict:
     return {key: rule["default"] for key, rule in section["properties"].items() if isinstance(rule, dict) and "default" in rule}
 
 
-def recipe_problems(options: dict) -> list[str]:
-    """The training recipes (ema_decay, ema_warmup, mixup_alpha, cutmix_alpha, layer_decay, gradual's unfreeze_epoch)
-    set where they make no sense."""
-    strategy = options.get("strategy", "finetune")
-    cached = caches_features(strategy, options.get("cache_features", True), options.get("augment", False))
-    mixing = [f"{key}: {options[key]:g}" for key in ("mixup_alpha", "cutmix_alpha") if (options.get(key) or 0) > 0]
-    problems = []
-    if mixing and cached:
-        problems.append(f"{' and '.join(mixing)} mix training images, but strategy: feature_extract with cache_features: "
-                        "true and augment: false trains the head on cached backbone features, and mixing those is not "
-                        "mixup of images; set cache_features: false or leave the mixing off")
-    if options.get("pretrained") is False and strategy == "feature_extract":
-        problems.append("pretrained: false with strategy: feature_extract: the backbone would start random and stay "
-                        "frozen, so only a head on random features would train; to train from scratch set strategy: "
-                        "finetune (in this experiment, or in train)")
-    if options.get("layer_decay") is not None and strategy == "feature_extract":
-        problems.append(f"layer_decay: {options['layer_decay']} scales the backbone stages' learning rates, but strategy: "
-                        "feature_extract trains only the new head; use finetune or gradual, or leave layer_decay null")
-    if options.get("ema_decay") is not None and options.get("optimizer") == "lbfgs":
-        problems.append(f"ema_decay: {options['ema_decay']} averages the weights over optimizer steps; optimizer lbfgs "
-                        "takes one step per epoch: leave ema_decay null")
-    if options.get("class_weighting") == "sampler" and options.get("optimizer") == "lbfgs":
-        problems.append("class_weighting: sampler draws each epoch's examples anew, with replacement, but optimizer lbfgs "
-                        "solves the head on all of them at once, keeping its curvature from one epoch to the next: each "
-                        "epoch would solve another objective; use class_weighting: loss (the same balance, by "
-                        "inverse-frequency weights, on every example)")
-    unfreeze, epochs = options.get("unfreeze_epoch", 1), options.get("epochs", 10)
-    if strategy == "gradual" and isinstance(unfreeze, int) and isinstance(epochs, int) and unfreeze >= epochs:
-        problems.append(f"unfreeze_epoch: {unfreeze} with epochs: {epochs}: strategy gradual trains the head alone for "
-                        f"{unfreeze} epochs, so the backbone would never train; lower unfreeze_epoch below epochs, or use "
-                        "strategy feature_extract")
-    warmup = options.get("warmup_epochs", 0)
-    if (_is_number(warmup) and _is_number(epochs) and warmup > epochs and options.get("optimizer") != "lbfgs"
-            and options.get("schedule", "cosine") != "onecycle"):
-        problems.append(f"warmup_epochs: {warmup:g} with epochs: {epochs}: the learning rate would still be warming up "
-                        f"when training ends, below the lr written, and the schedule after the warm-up would never run; "
-                        "lower warmup_epochs to at most epochs")
-    if options.get("ema_warmup") is False and options.get("ema_decay") is None:
-        problems.append("ema_warmup: false sets how the moving average of the weights starts, but ema_decay is null "
-                        "(no average): set ema_decay (e.g. 0.999) or leave ema_warmup out")
-    return problems
-
-
 RESNET_STAGES = 5  # finetune.models.backbone_stages of torchvision's ResNets (ResNeXt, Wide ResNet): stem, layer1-4
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # Values of a `train` key that ask for nothing: written where the key does not apply, they are not refused.
@@ -317,8 +196,23 @@ def _unread_problems(experiments: dict, runs: dict, experiment_of: dict, train: 
                        {**defaults, **train, **(runs[name] if isinstance(runs[name], dict) else {})}).get(key)
                    for name in inheriting]
         if inheriting and all(reasons):
-            problems.append(f"train.{key}: not used by any experiment that takes it from train: {reasons[0]}; remove it")
+            problems.append(f"train.{key}: not used by any experiment that takes it from train: "
+                            f"{_each_reason(dict(zip(inheriting, reasons)), experiment_of)}; remove it")
     return problems
+
+
+def _each_reason(reasons: dict[str, str], experiment_of: dict[str, str]) -> str:
+    """Why the runs (``reasons``, by run name) do not act on a key: the one reason where all share it, or else
+    each reason followed by the experiments whose runs it is given for."""
+    experiments: dict[str, list[str]] = {}
+    for name, why in reasons.items():
+        named = experiments.setdefault(why, [])
+        if experiment_of[name] not in named:
+            named.append(experiment_of[name])
+    if len(experiments) == 1:
+        return next(iter(experiments))
+    return "; ".join(f"{why} ({'experiments' if len(named) > 1 else 'experiment'} {', '.join(named)})"
+                     for why, named in experiments.items())
 
 
 def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict, defaults: dict,
@@ -739,7 +633,7 @@ def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
     """What one run's options (train and its experiment's, a sweep's values in) cannot train."""
     problems = []
     stages = options.get("unfreeze_stages")
-    if (options.get("strategy") == "gradual" and _is_number(stages) and stages > RESNET_STAGES
+    if (options.get("strategy") == "gradual" and is_number(stages) and stages > RESNET_STAGES
             and arch.startswith(("resnet", "resnext", "wide_resnet"))):
         problems.append(f"unfreeze_stages: {stages}, but a {arch}'s backbone has {RESNET_STAGES} stages (the stem conv1 "
                         f"+ bn1, then layer1 .. layer4): use at most {RESNET_STAGES}, or null for all of them")

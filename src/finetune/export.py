@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .configcheck import opset_problem
+from .optionrules import opset_problem
 from .errors import ConfigError, FinetuneError
 from .fileio import atomic_path
 

@@ -1,12 +1,12 @@
 """The training loop's options (:class:`TrainOptions`): one field per `train` key, checked as the workflow's
-schema and cross-key rules check them (the shared rules live in :mod:`finetune.configcheck`)."""
+schema and cross-key rules check them (the shared rules live in :mod:`finetune.optionrules`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from .configcheck import caches_features, distributed_problems, recipe_problems
+from .optionrules import caches_features, distributed_problems, recipe_problems
 from .errors import ConfigError
 from .selection import METRICS
 
@@ -115,7 +115,7 @@ class TrainOptions:
 
     def _recipe_checks(self) -> list[tuple[bool, str]]:
         """ema_decay, mixup_alpha, cutmix_alpha, layer_decay: their values here; the strategies they make no
-        sense with by the rule the workflow's start checks too (configcheck.recipe_problems)."""
+        sense with by the rule the workflow's start checks too (optionrules.recipe_problems)."""
         ema, layer = self.ema_decay, self.layer_decay
         return [
             (ema is None or 0 < ema < 1, f"ema_decay must be null (off) or between 0 and 1 (e.g. 0.999), not {ema!r}"),

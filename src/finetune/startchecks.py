@@ -2,7 +2,7 @@
 
 No job loads this module (it is in no rule's list of modules, workflow/rules/common.smk's RULE_MODULES): a job's
 code is an input of the job, so a check kept here can be added or edited without making every earlier result
-stale, as one added to a module the jobs load would (configcheck, data, deploy: the update would rerun pretraining
+stale, as one added to a module the jobs load would (optionrules, data, deploy: the update would rerun pretraining
 and every run).
 """
 

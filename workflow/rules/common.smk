@@ -524,7 +524,7 @@ wildcard_constraints:
 _STAGES = ["__init__", "cli", "data", "errors", "fileio", "images", "jobclock", "stages", "weights"]  # finetune.stages and its imports
 _DEPLOY = ["__init__", "cli", "deploy", "errors", "fileio", "images", "jobclock", "metrics"]  # finetune.deploy: no torch
 # finetune.training and its parts
-_TRAINING = ["augment", "configcheck", "distributed", "ema", "features", "importing", "mixing", "models", "options",
+_TRAINING = ["augment", "distributed", "ema", "features", "importing", "mixing", "models", "optionrules", "options",
              "progress", "selection", "stopping", "store", "tensors", "training"]
 _path_modifier = workflow.modifier.path_modifier  # as the rules are read: a module's own
 
@@ -571,7 +571,7 @@ RULE_MODULES = {
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
     "evaluate": [*_STAGES, "importing", "metrics", "models", "nearduplicates", "plots", "selection", "store", "tables", "tensors"],
-    "export_onnx": [*_STAGES, "configcheck", "export", "importing", "models", "store", "tensors"],
+    "export_onnx": [*_STAGES, "export", "importing", "models", "optionrules", "store", "tensors"],
     "quantize_onnx": [*_DEPLOY, "data"],
     "predict": _DEPLOY,
     "predict_selected": [*_DEPLOY, "selection"],
