@@ -230,6 +230,34 @@ def test_evaluation_figures_and_tables_from_a_report(tmp_path):
     assert "classes the model never predicted" in (tmp_path / "never.html").read_text()
 
 
+def test_the_metrics_page_s_averages_and_interval_are_those_of_the_images(tmp_path):
+    """metrics.html's per-class table: the macro average is each figure's plain mean over the classes, the weighted
+    average weighs each class by its test images (6, 2, 2 here, so the two differ), and the overall table's 95%
+    interval is the Wilson interval of the top-1 accuracy, low to high: all counted here one image at a time."""
+    from finetune.tables import metrics_tables
+
+    classes = ["Shirt", "Bag", "Boot"]
+    true = [0] * 6 + [1] * 2 + [2] * 2
+    predicted = [0, 0, 0, 0, 1, 2, 1, 1, 0, 2]
+    report = classification_report(np.array(true), np.eye(3)[predicted] * 3.0, classes, top_k=2)
+    expected = class_metrics([classes[i] for i in true], [classes[i] for i in predicted], classes)
+    tables = dict(metrics_tables(report))
+    rows = tables["Per class"].set_index("class")
+    support = {c: expected["per_class"][c]["support"] for c in classes}
+    assert support == {"Shirt": 6, "Bag": 2, "Boot": 2}
+    for figure in ("precision", "recall", "f1"):
+        each = {c: expected["per_class"][c][figure] for c in classes}
+        macro, weighted = sum(each.values()) / 3, sum(each[c] * support[c] for c in classes) / 10
+        assert abs(macro - weighted) > 0.01, figure  # the two would not tell a weighting wrong apart
+        assert rows.loc["macro average", figure] == pytest.approx(macro)
+        assert rows.loc["weighted average", figure] == pytest.approx(weighted)
+    assert rows.loc["weighted average", "support"] == 10
+    overall = dict(tables["Overall"].itertuples(index=False))
+    low, high = wilson_bounds(7, 10)
+    assert overall["top-1 accuracy"] == "0.7000"
+    assert overall["top-1 accuracy, 95% interval over test sets of this size (Wilson)"] == f"{low:.4f} to {high:.4f}"
+
+
 # --------------------------------------------------------------------------- leaderboard over seeds
 
 def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, strategy="finetune", pretrained=True,
@@ -474,6 +502,19 @@ def test_paired_p_value_against_every_sign_vector(d):
     p, exact = paired_p_value(irrational, np.zeros_like(a), draws=40_000)
     assert not exact and p == pytest.approx(exact_sign_flip_p(list(irrational)), abs=0.01)  # standard error <= 0.0025
     assert paired_p_value(a, a) == (1.0, True)
+
+
+def test_paired_p_value_from_random_sign_vectors_counts_the_observed_one_and_is_never_0():
+    """40 differences, all positive, with no common step (random sign vectors): only the all-plus and all-minus
+    vectors reach the observed sum, 2 in 2^40, so no draw of 10,000 does. The estimate is then
+    (1 + 0) / (1 + 10,000), the observed vector counted among the draws (Phipson and Smyth), never a p of 0."""
+    from finetune.leaderboard import SIGN_FLIPS, p_text, paired_p_value
+
+    d = np.sqrt(2) * np.arange(1, 41) + 1e-3
+    assert all(d > 0) and 2 / 2 ** 40 * SIGN_FLIPS < 1e-7  # the chance that any draw is as extreme
+    p, exact = paired_p_value(d, np.zeros_like(d))
+    assert not exact and p == 1 / (1 + SIGN_FLIPS)
+    assert p_text(p, exact) == "p < 0.001"
 
 
 def test_paired_p_value_of_one_seed_is_the_binomial_sign_test_on_the_images_that_differ():
