@@ -18,7 +18,7 @@ from PIL import Image
 
 from finetune.errors import DataError
 from finetune.images import load_image, load_preprocessed, preprocess, preprocess_stored
-from finetune.store import open_decoded, prefetch, write_decoded
+from finetune.store import open_decoded, prefetch, split_ranges, write_decoded
 from faults import make_images
 from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
 
@@ -979,3 +979,14 @@ def test_predict_lists_a_folder_s_images_sorted_by_path_hidden_ones_left_out(tmp
     assert [Path(ref).relative_to(tmp_path).as_posix() for ref, _ in listed] == expected
     assert expected[:4] == ["B.png", "a/z.png", "a.png", "b/c.png"]  # the order docs/predict.md shows
     assert others == {".txt": 1}
+
+
+def test_each_split_s_rows_are_one_range_and_a_split_file_that_interleaves_them_is_refused():
+    """The decoded file stores each split as one range of rows, [start, stop), from the split file's order; a split
+    file whose rows of one split are not together (hand-made, or sorted by another column) would give a range that
+    holds the other split's images: refused, naming the split."""
+    names = ["train"] * 3 + ["val"] * 2 + ["test"]
+    assert split_ranges(names) == {split: [names.index(split), len(names) - names[::-1].index(split)]
+                                   for split in ("train", "val", "test")}
+    with pytest.raises(DataError, match="the rows of split 'train' are not contiguous"):
+        split_ranges(["train", "val", "train"])

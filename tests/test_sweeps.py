@@ -25,8 +25,10 @@ def with_experiments(experiments: dict) -> dict:
 
 @pytest.mark.parametrize("value, text", [(3.0e-4, "3e-4"), (1.0e-3, "1e-3"), (0.3, "0.3"), (1.0, "1"), (0.25, "0.25"),
                                          (1500.0, "1500"), (2.5e-5, "2.5e-5"), (7, "7"), (True, "true"), (None, "none"),
-                                         ("feature_extract", "feature_extract")])
+                                         ("feature_extract", "feature_extract"), (0.01, "0.01"), (1.0e5, "1e5")])
 def test_a_value_reads_back_from_its_name(value, text):
+    """A float is named by the shorter of its plain and scientific texts, the plain one where they are as long
+    (0.01, not 1e-2): a run's name is its results folder, so this rule may never change under a user's runs."""
     assert value_text(value) == text
     if isinstance(value, float):
         assert float(text) == value
