@@ -440,15 +440,19 @@ def test_csv_messages_name_the_files_own_lines_blank_and_quoted_multiline_ones_c
     """pandas skips blank lines; the lines named were its row numbers + 2, so a blank line shifted every one after it."""
     make_images(tmp_path / "images", {"cat": 4, "dog": 4})
     manifest = tmp_path / "images" / "manifest.csv"
-    text = ["\ufeffpath,label,note", "", *[f"{r},x" for r in good_rows()[:4]], "   ", '\t', 'dog/000.png,dog,"two',
+    text = ["\ufeffpath,label,note", "", *[f"{r},x" for r in good_rows()[:4]], "   ", '\t', 'dog/gone.png,dog,"two',
             'lines"', "dog/001.png,dog,", "", "cat/lost.png,cat,", "dog/002.png,dog,tests"]
     manifest.write_text("\r\n".join(text) + "\r\n")
     expected = {line: number for number, line in enumerate(text, start=1)}
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
     assert result.returncode == 1, result.stdout
     assert f"{manifest.parent / 'cat/lost.png'} (line {expected['cat/lost.png,cat,']})" in result.stdout
+    # a record over two lines is named by the first (where its path is), not the line its quote closes on
+    two_lines = expected['dog/gone.png,dog,"two']
+    assert f"{manifest.parent / 'dog/gone.png'} (line {two_lines})" in result.stdout, result.stdout
     # and the misspelt split value on the last line:
-    text = [line.replace("cat/lost.png", "dog/003.png").replace(",note", ",split") for line in text]
+    text = [line.replace("cat/lost.png", "dog/003.png").replace("dog/gone.png", "dog/000.png").replace(",note", ",split")
+            for line in text]
     manifest.write_text("\r\n".join(text) + "\r\n")
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
     assert result.returncode == 1, result.stdout

@@ -235,7 +235,7 @@ def test_cached_features_match_the_uncached_loop(tiny):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
-@pytest.mark.parametrize("damage", ["cut short", "other shapes"])
+@pytest.mark.parametrize("damage", ["cut short", "other shapes", "fewer val rows", "widths differ", "integers"])
 def test_a_damaged_feature_cache_is_said_removed_and_computed_again(tiny, tmp_path, damage):
     """The cache is derived data: a file cut short (a kill mid-write on a file system without atomic renames, a
     disk error) crashed every rerun with torch.load's traceback until found by hand. Now it is computed again,
@@ -249,7 +249,10 @@ def test_a_damaged_feature_cache_is_said_removed_and_computed_again(tiny, tmp_pa
     if damage == "cut short":
         cache.write_bytes(cache.read_bytes()[:5000])
     else:
-        torch.save({"train": intact["train"][:3], "val": intact["val"]}, cache)
+        train, val = intact["train"], intact["val"]
+        damaged = {"other shapes": (train[:3], val), "fewer val rows": (train, val[:2]),
+                   "widths differ": (train[:, :100], val), "integers": (train.long(), val.long())}[damage]
+        torch.save(dict(zip(("train", "val"), damaged)), cache)
     lines = []
     again = run_fit(tiny, make_model(tiny), feature_cache=cache, log=lines.append, **options)
     warning = next(line for line in lines if line.startswith("warning: feature cache"))
