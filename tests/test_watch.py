@@ -99,6 +99,12 @@ def test_a_list_watches_the_files_it_names_and_only_with_files(tmp_path):
     assert listed_files_state(listing, "folders") == ""  # the list's text is the rule's input
     assert images_state(listing, "files") == listed_files_state(listing, "files")
     assert images_state(root, "files") == tree_state(root, "files")
+    # a path written with spaces around it (`cat/b.png , cat`) names the file without them, as the split reads it
+    spaced = root / "spaced.csv"
+    spaced.write_text("path,label\n cat/b.png , cat\n")
+    before = listed_files_state(spaced, "files")
+    overwrite(root / "cat/b.png", b"listed, between spaces")
+    assert listed_files_state(spaced, "files") != before
 
 
 def test_nothing_to_watch_leaves_the_message_to_the_job(tmp_path):
@@ -213,6 +219,7 @@ def test_what_a_class_folder_left_out_by_dataset_classes_holds_changes_nothing(t
     everything = tree_state(root)
     assert dataset_state({**dataset, "classes": None}) == everything != before  # no classes: every folder is one
     assert dataset_state({**dataset, "classes": [0, 1]}) == everything  # by index: which folders depends on all
+    assert dataset_state({**dataset, "classes": ["cat", 1]}) == everything  # one index among names: the same
     (root / "dog" / "more" / "e.png").write_bytes(b"a chosen class's image")
     assert dataset_state(dataset) != before
     before = dataset_state(dataset)
