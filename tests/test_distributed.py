@@ -508,6 +508,7 @@ def test_device_settings_a_machine_cannot_run_follow_from_its_gpu_count(gpus):
         else:
             assert f"but it has {gpus}: set" in problem
     assert needs_gpus(settings) and not needs_gpus({"k": ("cpu", 4, "d"), "a": ("auto", 1, "d")})
+    assert needs_gpus({"a": ("auto", 2, "d")})  # auto in 2 processes takes 2 GPUs where there are some: counted
 
 
 TWO_RUNS = {"train": 2, "evaluate": 2, "export_onnx": 2, "split": 2, "pretrain": 1, "summary": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from finetune.distributed import Ranks, ddp_threads, shard_bounds
+from finetune.launch import allocation_problem
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
@@ -32,3 +33,20 @@ def test_the_processes_of_one_job_share_its_threads():
                 assert each * local <= threads < (each + 1) * local, (threads, local, each)
             else:
                 assert each == 1, (threads, local, each)
+
+
+def test_several_nodes_train_only_in_a_slurm_allocation_of_that_many_with_a_node_list():
+    """Where the job's Slurm variables give the allocation: training on N nodes needs a job of N nodes whose node list
+    is known (Slurm writes "(null)" where it has none); the message says what the job is instead."""
+    job = {"SLURM_JOB_ID": "42"}
+    assert allocation_problem(1, {}) is None  # one node: anywhere
+    assert allocation_problem(2, {**job, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"}) is None
+    for env, where in (({}, "no Slurm job"),
+                       ({**job, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n1"}, "a Slurm job of 1 node(s)"),
+                       ({**job, "SLURM_JOB_NUM_NODES": "3", "SLURM_JOB_NODELIST": "n[1-3]"}, "a Slurm job of 3 node(s)"),
+                       ({**job, "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "(null)"},
+                        "a Slurm job of 2 node(s) whose node list `scontrol show job` did not give")):
+        problem = allocation_problem(2, env, "experiments.big.nodes")
+        assert problem is not None and problem.startswith(
+            "experiments.big.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes, and this is "
+            f"{where};"), (env, problem)

@@ -196,6 +196,7 @@ def test_the_learning_curves_mark_the_epoch_training_kept(tmp_path):
     assert accuracy_columns(history.columns, "val_balanced_accuracy") == ["train_accuracy", "val_accuracy",
                                                                            "val_balanced_accuracy"]
     assert accuracy_columns(history.columns, "val_loss") == ["train_accuracy", "val_accuracy"]
+    assert accuracy_columns(history.columns, "val_accuracy") == ["train_accuracy", "val_accuracy"]  # drawn once
     assert_png(tmp_path / "balanced.png")
 
 
