@@ -678,3 +678,21 @@ def test_a_run_stopped_before_its_outputs_were_written_ends_as_it_would_have(tmp
         (done.best_epoch, done.stopped_early, done.trainable_params, done.total_params)
     assert done.trainable_params > 0 and equal_states(again.best_state, done.best_state)
     assert not any(line.startswith("epoch ") for line in lines), lines  # no epoch trained again
+
+
+def test_sgd_takes_nesterov_momentum_steps():
+    """`optimizer: sgd` is Nesterov's (docs/training.md): with a constant gradient g, momentum m and lr, the first two
+    steps move a weight by lr(1 + m)g and lr(1 + m + m^2)g (plain momentum: lr g, then lr(1 + m)g), worked out here."""
+    head = torch.nn.Linear(3, 2)
+    g = torch.randn(2, 3)
+    opts = TrainOptions.from_dict({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0})
+    optimizer, _ = training._make_optimizer(head, [{"params": [head.weight], "lr": 0.1}], opts, torch.device("cpu"))
+    start, lr, m = head.weight.detach().clone(), 0.1, 0.9
+    moved = []
+    for _ in range(2):
+        optimizer.zero_grad()
+        (head.weight * g).sum().backward()
+        optimizer.step()
+        moved.append(head.weight.detach().clone())
+    assert torch.allclose(moved[0], start - lr * (1 + m) * g, atol=1e-6)
+    assert torch.allclose(moved[1], moved[0] - lr * (1 + m + m * m) * g, atol=1e-6)
