@@ -1054,16 +1054,3 @@ def test_train_info_records_when_the_fit_and_its_epochs_ran(tiny_run, tmp_path):
     assert before <= fit_window[0] <= epochs_window[0] <= epochs_window[1] <= fit_window[1] <= after + 0.001
     elapsed = pd.read_csv(tmp_path / "history.csv")["elapsed_s"].iloc[-1]
     assert elapsed - 0.01 <= epochs_window[1] - epochs_window[0] <= elapsed + 5, (epochs_window, elapsed)
-
-
-def test_the_smallest_batch_checked_is_the_smallest_batch_an_epoch_is_cut_into():
-    """The BatchNorm and last-batch checks read the epoch's smallest batch without cutting one: for every size and
-    batch size, it is the smallest of the batches epoch_batches cuts (a lone last example joining the one before)."""
-    from finetune.training import _smallest_batch, epoch_batches
-
-    for batch_size in range(1, 9):
-        for n in range(1, 4 * batch_size + 3):
-            batches = epoch_batches(torch.arange(n), batch_size)
-            assert torch.equal(torch.cat(batches), torch.arange(n))
-            assert _smallest_batch(n, batch_size) == min(len(b) for b in batches), (n, batch_size)
-
