@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from finetune.data import SplitSpec, make_split, read_idx, split_ref
 from finetune.errors import DataError
-from finetune.images import inspect_image
+from finetune.images import idx_thumbnails, inspect_image, load_image, thumbnail
 from finetune.nearduplicates import MAX_RMS, find_near_duplicates
 from helpers import FASHION_MNIST, REPO
 
@@ -66,6 +67,58 @@ def pairwise(split: pd.DataFrame, thumbnails: np.ndarray) -> dict:
     for (path, _), (copy, rms) in nearest.items():
         oriented[(path, copy) if order[paths[path]] < order[paths[copy]] else (copy, path)] = rms
     return oriented
+
+
+def exact_luma_cells(image) -> np.ndarray:
+    """The 16x16 luma cells of ``image`` (a PIL image, or its luma as an array) as exact area means, worked out
+    another way than the code's: each pixel repeated 16 times across and down, so that the 16 equal cells cut
+    whole (repeated) pixels and each is a plain mean."""
+    y = np.asarray(image.convert("YCbCr"), dtype=np.float64)[..., 0] if isinstance(image, Image.Image) else \
+        np.asarray(image, dtype=np.float64)
+    h, w = y.shape
+    up = np.repeat(np.repeat(y, 16, axis=0), 16, axis=1)
+    return up.reshape(16, h, 16, w).mean(axis=(1, 3)).reshape(-1)
+
+
+@pytest.mark.parametrize("size", [(300, 260), (517, 389), (640, 480), (259, 1000)])
+def test_a_large_picture_s_thumbnail_is_the_area_means_of_its_cells(tmp_path, size):
+    """A picture large enough to be block-averaged first (256 px and more) still gets each cell's mean of the area
+    it covers: within 1.5 gray levels RMS of the exact means (the blocks at the edge, where the block size does not
+    divide the picture, put single cells a few levels off; a coarser first pass put them 10-30 off)."""
+    for seed in range(3):
+        image = Image.open(scene(tmp_path / f"scene{seed}.png", seed, size=size))
+        difference = thumbnail(image)[:256].astype(float) - exact_luma_cells(image)
+        assert np.sqrt(np.mean(difference ** 2)) <= 1.5, (size, seed)
+
+
+def test_the_split_check_s_thumbnail_of_a_jpeg_is_nearly_the_full_decode_s(tmp_path):
+    """The check decodes a JPEG at a reduced scale, but never so far that the thumbnail's cells lack pixels: for
+    JPEGs 48 to 480 px high, its thumbnail is within 2 gray levels RMS of the thumbnail of the full decode (at 1/8
+    scale, 56-200 px pictures came out 2-9 levels off, as far as a copy may be from its original)."""
+    for height in (48, 64, 100, 150, 200, 300, 480):
+        for seed in range(3):
+            picture = Image.open(scene(tmp_path / f"scene{seed}.jpg", seed, size=(640, 480)))
+            path = tmp_path / f"small{seed}_{height}.jpg"
+            picture.resize((height * 4 // 3, height), Image.Resampling.LANCZOS).save(path, quality=90)
+            full = thumbnail(Image.open(path).convert("RGB")).astype(float)
+            checked = inspect_image(str(path))[1].astype(float)
+            assert np.sqrt(np.mean((checked[:256] - full[:256]) ** 2)) <= 2.0, (height, seed)
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_mnist_thumbnails_made_a_file_at_once_are_those_of_each_image_decoded_alone():
+    """The split makes Fashion-MNIST's thumbnails a whole IDX file at once: each is the thumbnail of the image
+    decoded alone (luma within a level), gray (every colour cell 128, so that two gray images are compared on
+    their luma alone), and its luma the exact area means of the 28x28 pixels."""
+    path = str(Path(FASHION_MNIST) / "t10k-images-idx3-ubyte.gz")
+    indices = [0, 1, 7, 123, 4567, 9999]
+    together = idx_thumbnails(path, indices)
+    for row, index in zip(together, indices):
+        alone = thumbnail(load_image(f"{path}#{index}"))
+        assert np.abs(row[:256].astype(int) - alone[:256]).max() <= 1, index
+        assert (row[256:] == 128).all() and (alone[256:] == 128).all(), index
+        exact = exact_luma_cells(read_idx(path)[index])  # a gray image's luma is its gray level
+        assert np.abs(row[:256] - exact).max() <= 0.5 + 1e-9, index
 
 
 def test_a_picture_saved_again_resized_or_in_gray_is_found_in_another_split_and_other_pictures_are_not(tmp_path):
