@@ -372,6 +372,19 @@ def test_class_too_small_to_stratify_names_class_and_counts(tmp_path):
     assert not (tmp_path / "out" / "split.csv").exists()
 
 
+def test_a_class_with_one_image_a_split_still_too_small_is_told_to_lower_the_fractions(tmp_path):
+    """3 images, test_fraction 0.5 and val_fraction 0.2: round(1.5) = 2 test + 1 val leave none to train, though 3 is
+    one image for each split; lower fractions would do, so the message says so, not to give it 3 images."""
+    data = tmp_path / "data"
+    make_images(data, {"ant": 3, "bee": 10})
+    result = run_split(imagefolder(data, val_fraction=0.2, test_fraction=0.5), tmp_path / "out")
+    assert result.returncode == 1, result.stdout
+    assert ("error: class 'ant' has 3 image(s): too few to stratify into train/val/test (needs 2 test + 1 val + at "
+            "least 1 train). Add images or lower dataset.val_fraction / dataset.test_fraction, or leave the class out "
+            "with dataset.classes.") in result.stdout, result.stdout
+    assert "Give the class at least" not in result.stdout and "class 'bee'" not in result.stdout
+
+
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
 def test_dataset_path_that_does_not_exist(tmp_path, fmt):
     missing = tmp_path / ("no-such-folder" if fmt == "imagefolder" else "no-such-manifest.csv")

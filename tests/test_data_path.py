@@ -864,6 +864,34 @@ def test_the_weights_resize_filter_gives_torchvision_s_pixels_and_is_recorded(tm
         open_decoded(npy, info, split_csv, (40, 32), other)
 
 
+def test_a_preprocessing_record_without_a_filter_is_read_as_bilinear_as_it_was_made(tmp_path):
+    """A weights manifest written before the resize filter was kept has no ``interpolation``: its images were all
+    resized bilinear then, and are still (torchvision's Resize with BILINEAR, then CenterCrop)."""
+    from torchvision import transforms
+
+    from finetune.images import Preprocessing
+
+    old = Preprocessing.from_dict({"resize_size": 64, "crop_size": 56, "mean": [0.5] * 3, "std": [0.25] * 3})
+    img_path = photo(tmp_path / "p.png", 300, 200)
+    reference = transforms.Compose([transforms.Resize(64, interpolation=transforms.InterpolationMode.BILINEAR),
+                                    transforms.CenterCrop(56)])
+    expected = np.asarray(reference(Image.open(img_path).convert("RGB")))
+    assert np.array_equal(load_preprocessed(str(img_path), old.resize_size, old.crop_size, old.interpolation), expected)
+
+
+def test_an_image_index_past_the_end_of_an_idx_file_is_refused_naming_it(tmp_path):
+    """``<file>#<index>`` reads image ``index`` of an IDX file (gray, as RGB); one past its last image is refused
+    with the file and its count, not an IndexError from numpy."""
+    import struct
+
+    pixels = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2) * 20
+    path = tmp_path / "few-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">HBB3I", 0, 0x08, 3, 3, 2, 2) + pixels.tobytes())
+    assert np.array_equal(np.asarray(load_image(f"{path}#2")), np.repeat(pixels[2][..., None], 3, axis=2))
+    with pytest.raises(DataError, match=rf"{path}#3: no image 3 in {path} \(3 images\)"):
+        load_image(f"{path}#3")
+
+
 def test_an_unsupported_resize_filter_is_refused_naming_it():
     from finetune.errors import ConfigError
     from finetune.images import Preprocessing

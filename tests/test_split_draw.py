@@ -177,7 +177,7 @@ def test_fashion_mnist_draws_the_same_images_from_its_files_gzipped_or_not(tmp_p
 
 def test_names_in_decomposed_unicode_draw_the_split_of_their_composed_form(tmp_path):
     """A folder copied from a Mac names `é` in two code points (NFD): the same classes, and now the same split
-    (36 of 60 images moved before)."""
+    (36 of 60 images moved before), the one the documented rule gives for the names in composed form (NFC)."""
     import unicodedata
 
     splits = []
@@ -193,6 +193,8 @@ def test_names_in_decomposed_unicode_draw_the_split_of_their_composed_form(tmp_p
         assert run_split(dataset, tmp_path / f"out_{form}").returncode == 0
         splits.append({unicodedata.normalize("NFC", p): s for p, s in split_of(tmp_path / f"out_{form}", root).items()})
     assert splits[0] == splits[1]
+    # and it is the documented draw of the composed names (keys hashed in NFC), default seed 0
+    assert splits[0] == documented_split(tmp_path / "NFC", 0, 0.2, 0.2, None)
 
 
 def test_a_manifest_s_absolute_rows_draw_the_same_split_wherever_the_manifest_is(tmp_path):
