@@ -169,6 +169,28 @@ def test_a_copy_of_an_official_test_image_is_left_out_of_the_pool(tmp_path):
     assert not any(p.endswith("dup.png") for p in split["path"])
 
 
+def test_of_identical_copies_in_official_test_and_val_rows_the_test_copy_stays_then_the_val_copy(tmp_path):
+    """A manifest's own test and val rows, with a copy of a test image among the val rows and a copy of a val image
+    among the train rows: the test set keeps its images (the val copy goes), val keeps its own (the train copy goes)."""
+    import shutil
+
+    made = make_images(tmp_path / "images", {"cat": 8, "dog": 8})
+    given = {0: "test", 1: "test", 2: "val", 3: "val"}
+    rows = [f"{name}/{i:03d}.png,{name},{given.get(i, 'train')}" for name in ("cat", "dog") for i in range(8)]
+    for name in ("cat", "dog"):
+        shutil.copy(made[name][0], tmp_path / "images" / name / "a_test_copy.png")
+        shutil.copy(made[name][2], tmp_path / "images" / name / "a_val_copy.png")
+        rows += [f"{name}/a_test_copy.png,{name},val", f"{name}/a_val_copy.png,{name},train"]
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("\n".join(["path,label,split", *rows]) + "\n")
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 0, result.stdout
+    split = pd.read_csv(tmp_path / "out" / "split.csv")
+    for kind, indices in (("test", (0, 1)), ("val", (2, 3))):
+        assert set(split.loc[split["split"] == kind, "path"]) == {str(made[n][i]) for n in ("cat", "dog") for i in indices}
+    assert not any("copy" in p for p in split["path"])
+
+
 def test_unreadable_images_and_images_under_two_labels_are_refused_in_one_message(tmp_path):
     """Every bad file at once, whatever its kind: one round of fixes, not one per kind."""
     import shutil

@@ -165,6 +165,42 @@ def test_copies_of_small_pictures_saved_as_jpeg_are_found(tmp_path):
     assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx({k: round(v, 2) for k, v in independent.items()}, abs=0.011)
 
 
+def test_a_gray_copy_with_a_faint_colour_cast_is_still_a_gray_copy(tmp_path):
+    """A colour picture and its gray copy with a faint cast (red +1, blue -1 on every pixel: a print scanned back,
+    say), whose colour cells are a level from gray's 128: gray within the 2 levels allowed, so compared on luma
+    alone and found; counted as colour, its colour cells would put it tens of levels from the original."""
+    originals = [scene(tmp_path / f"photo{i}.jpg", seed=i) for i in range(3)]
+    gray = np.asarray(Image.open(originals[0]).convert("L"), dtype=np.int16)
+    cast = np.stack([gray + 1, gray, gray - 1], axis=-1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(cast).save(tmp_path / "cast.png")
+    split = pd.DataFrame({"path": [str(p) for p in originals] + [str(tmp_path / "cast.png")],
+                          "split": ["test"] * 3 + ["train"], "class_name": "any"})
+    thumbnails = np.stack([inspect_image(p)[1] for p in split["path"]])
+    assert 1 <= np.abs(thumbnails[3, 256:].astype(int) - 128).max() <= 2  # not quite gray, as meant
+    found = find_near_duplicates(split, thumbnails)
+    assert [(f["path"], f["copy_of"]) for f in found] == [(str(tmp_path / "cast.png"), str(originals[0]))]
+    assert {(f["path"], f["copy_of"]): f["rms"] for f in found} == pytest.approx(pairwise(split, thumbnails), abs=0.011)
+
+
+def test_pictures_alike_but_for_the_colour_of_a_small_patch_are_not_paired(tmp_path):
+    """The same gray picture with a small patch of one colour or of another of the same luma: the same in gray,
+    and colour in a few cells only (most cells gray): still colour pictures, compared on their colour too."""
+    def patched(path, colour):
+        image = Image.new("RGB", (256, 256), (120, 120, 120))
+        ImageDraw.Draw(image).rectangle([96, 96, 143, 143], fill=colour)
+        image.save(path)
+        return str(path)
+
+    red = (200, 60, 90)
+    y = 0.299 * red[0] + 0.587 * red[1] + 0.114 * red[2]
+    green = (40, int(round((y - 0.299 * 40 - 0.114 * 200) / 0.587)), 200)  # the same luma (ITU-R 601)
+    split = pd.DataFrame({"path": [patched(tmp_path / "red.png", red), patched(tmp_path / "green.png", green)],
+                          "split": ["test", "train"], "class_name": "any"})
+    thumbnails = np.stack([inspect_image(p)[1] for p in split["path"]])
+    assert np.abs(thumbnails[0, :256].astype(int) - thumbnails[1, :256]).max() <= 2  # the same in gray
+    assert find_near_duplicates(split, thumbnails) == [] and pairwise(split, thumbnails) == {}
+
+
 def test_pictures_of_the_same_gray_levels_in_other_colours_are_not_paired(tmp_path):
     """A red circle on green and a circle of another colour on another background, of the same luma cell for
     cell: the same in gray, two pictures in colour (a T-shirt in two colours, say)."""

@@ -407,8 +407,14 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
         report = json.loads((folder / "quantization.json").read_text())
         assert report["size_bytes"]["int8"] < 0.35 * report["size_bytes"]["fp32"]
         assert report["size_bytes"]["fp32"] == (folder / "model.onnx").stat().st_size
+        assert report["size_bytes"]["int8"] == (folder / "model.int8.onnx").stat().st_size
+        assert report["size_bytes"]["ratio"] == pytest.approx(report["size_bytes"]["int8"] / report["size_bytes"]["fp32"],
+                                                              abs=1e-4)
         for batch in ("batch_1", "batch_64"):
-            assert report["speed"][batch]["fp32_img_per_s"] > 0 and report["speed"][batch]["int8_img_per_s"] > 0
+            speed = report["speed"][batch]
+            assert speed["fp32_img_per_s"] > 0 and speed["int8_img_per_s"] > 0
+            # the speedup is int8's rate over fp32's (the rates are rounded to 0.1 img/s in the report)
+            assert speed["speedup"] == pytest.approx(speed["int8_img_per_s"] / speed["fp32_img_per_s"], rel=0.01, abs=0.002)
         # Where int8 was slower at every batch (as on this project's CPUs), the job's log says so.
         slower = all(s["int8_img_per_s"] < s["fp32_img_per_s"] for s in report["speed"].values())
         log = workdir / "results" / "logs" / "quantize_onnx" / f"{run}.log"
@@ -425,6 +431,8 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
         assert accuracy["fp32"] == pytest.approx(counted["fp32"], abs=1e-9)
         assert accuracy["int8"] == pytest.approx(counted["int8"], abs=1e-9)
         assert accuracy["change"] == pytest.approx(counted["int8"] - counted["fp32"], abs=1e-9)
+        fp32_top1 = onnx_logits(folder / "model.onnx", x).argmax(1)
+        assert accuracy["top1_agreement"] == pytest.approx(float(np.mean(fp32_top1 == one_by_one.argmax(1))), abs=1e-9)
         # The int8 model keeps the metadata a consumer needs.
         meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map

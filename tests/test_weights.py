@@ -116,6 +116,39 @@ def test_a_sha256_written_in_capitals_takes_the_cached_file_it_pins(tmp_path, mo
     assert (tmp_path / "out.pth").read_bytes() == b"weights bytes"
 
 
+def test_a_sha256_in_capitals_pins_a_download_and_a_local_file_too(tmp_path):
+    """weights.sha256 in capitals pins a file downloaded from a real server and a local file copied, as in lower
+    case: both are taken, each with its sha256 (hashlib's, lower case) recorded."""
+    from finetune.weights import copy_local, download
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "w.pth").write_bytes(b"weights bytes")
+    digest = hashlib.sha256(b"weights bytes").hexdigest()
+    with serve_folder(folder) as base_url:
+        assert download(f"{base_url}/w.pth", tmp_path / "downloaded.pth", sha256=digest.upper(), timeout_s=10) == digest
+    assert (tmp_path / "downloaded.pth").read_bytes() == b"weights bytes"
+    assert copy_local(str(folder / "w.pth"), tmp_path / "copied.pth", digest.upper()) == digest
+    assert (tmp_path / "copied.pth").read_bytes() == b"weights bytes"
+
+
+def test_the_hash_digits_of_a_weights_file_s_name_must_begin_its_sha256(tmp_path):
+    """torchvision's check: the digits in the file's name (resnet18-f37072fd.pth) are the first of its sha256. A
+    file whose sha256 has those digits elsewhere is refused, and nothing is kept; one that begins with them is taken."""
+    from finetune.errors import WeightsError
+    from finetune.weights import download
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "w.pth").write_bytes(b"other weights")
+    digest = hashlib.sha256(b"other weights").hexdigest()
+    with serve_folder(folder) as base_url:
+        with pytest.raises(WeightsError, match=f"expected a sha256 starting with {digest[8:16]}"):
+            download(f"{base_url}/w.pth", tmp_path / "refused.pth", hash_prefix=digest[8:16], timeout_s=10)
+        assert not (tmp_path / "refused.pth").exists()
+        assert download(f"{base_url}/w.pth", tmp_path / "taken.pth", hash_prefix=digest[:8], timeout_s=10) == digest
+
+
 def test_torchvision_weights_of_another_head_from_a_mirror_are_refused_naming_the_enum(tmp_path):
     """A mirror's own fine-tuned file (10 classes) pinned by its full sha256 at the official path: the enum's categories
     (1,000) disagree with it, and the message says so, not a weights.classes the user never wrote (and cannot, with
