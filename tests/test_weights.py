@@ -116,6 +116,32 @@ def test_a_sha256_written_in_capitals_takes_the_cached_file_it_pins(tmp_path, mo
     assert (tmp_path / "out.pth").read_bytes() == b"weights bytes"
 
 
+def test_a_mirror_written_with_a_trailing_slash_serves_the_official_path(served, tmp_path):
+    """weights.mirror 'http://host:port/': the file is fetched from, and recorded as, the mirror's URL with the
+    official path once (torchvision's enum's), not with '//' between them."""
+    result, out = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": served["url"] + "/",
+                                   "sha256": served["sha256"], "timeout_s": 10})
+    assert result.returncode == 0, result.stdout
+    official = urllib.parse.urlparse(torchvision.models.get_weight(ENUM).url).path
+    assert json.loads((out / "manifest.json").read_text())["source"]["url"] == served["url"] + official
+
+
+@pytest.mark.parametrize("torch_home, xdg", [(None, None), (None, "xdg-cache"), ("torch-home", "xdg-cache"),
+                                             ("~/th", None)])
+def test_torch_hub_s_cache_is_looked_for_where_torch_hub_puts_it(tmp_path, monkeypatch, torch_home, xdg):
+    """The folder whose files are taken instead of a download is torch.hub's own (torch.hub.get_dir(), asked here)
+    /checkpoints, under TORCH_HOME, else XDG_CACHE_HOME, else ~/.cache."""
+    from finetune.weights import hub_checkpoints_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, value in (("TORCH_HOME", torch_home), ("XDG_CACHE_HOME", xdg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value if value.startswith("~") else str(tmp_path / value))
+    assert hub_checkpoints_dir() == Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def test_a_sha256_in_capitals_pins_a_download_and_a_local_file_too(tmp_path):
     """weights.sha256 in capitals pins a file downloaded from a real server and a local file copied, as in lower
     case: both are taken, each with its sha256 (hashlib's, lower case) recorded."""
