@@ -144,8 +144,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes: /<name> serves ``files[name]``; /truncated/<name> announces more bytes than it sends;
-    /unannounced/<name> sends half of it without a length;
+    """Routes: /<name> serves ``files[name]``; /truncated/<name> announces more bytes than it sends (half of
+    them), /short/<name> one byte less than it announces; /unannounced/<name> sends half of it without a length;
     /hang/<name> accepts and never answers (until the server stops); anything else is a 404."""
 
     files: dict[str, bytes] = {}
@@ -168,10 +168,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        if parts[0] == "truncated":
+        if parts[0] in ("truncated", "short"):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2])  # then the connection closes
+            self.wfile.write(body[: len(body) // 2] if parts[0] == "truncated" else body[:-1])  # then the connection closes
             return
         if parts[0] == "unannounced":  # no length said: the client reads to the end, which comes too soon
             self.end_headers()

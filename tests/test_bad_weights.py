@@ -73,14 +73,15 @@ def test_url_download_that_works(server, good_weights, tmp_path):
     assert manifest["source"] == {"kind": "url", "url": url} and manifest["num_classes"] == 3
 
 
-@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "cut_without_length", "http_404", "hanging_server",
-                                  "login_page"])
+@pytest.mark.parametrize("case", ["sha256_mismatch", "truncated", "one_byte_short", "cut_without_length", "http_404",
+                                  "hanging_server", "login_page"])
 def test_refused_download_keeps_the_previous_weights(server, good_weights, out, case):
     good_sha = sha256(good_weights)
     other_sha = "0123456789abcdef" * 4
     url, sha, timeout = {
         "sha256_mismatch": (f"{server.url}/good.pth", other_sha, 5),
         "truncated": (f"{server.url}/truncated/good.pth", good_sha, 5),
+        "one_byte_short": (f"{server.url}/short/good.pth", good_sha, 5),
         "cut_without_length": (f"{server.url}/unannounced/good.pth", good_sha, 5),
         "http_404": (f"{server.url}/no-such-file.pth", good_sha, 5),
         "hanging_server": (f"{server.url}/hang/good.pth", good_sha, 1),
@@ -92,6 +93,8 @@ def test_refused_download_keeps_the_previous_weights(server, good_weights, out, 
     expected = {
         "sha256_mismatch": [f"sha256 mismatch for {url}: expected {other_sha}, got {good_sha}", "refused"],
         "truncated": [f"download of {url} is truncated: received", f"expected sha256 {good_sha}, got "],
+        "one_byte_short": [f"download of {url} is truncated: received {good_weights.stat().st_size - 1} of the "
+                           f"{good_weights.stat().st_size} bytes the server announced"],
         # only the hash says so: the message says it may be a cut-off transfer, not only a wrong pin
         "cut_without_length": [f"sha256 mismatch for {url}: expected {good_sha}",
                                "The server announced no length, so the transfer may have been cut short: rerun"],

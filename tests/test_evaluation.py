@@ -786,6 +786,14 @@ def test_runs_with_as_many_validation_images_right_tie_whatever_the_float_sums_a
     table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", out_selected=tmp_path / "selected.json")
     assert json.loads((tmp_path / "selected.json").read_text())["sweep"]["run"] == "first"
     assert list(table["experiment"]) == ["first", "second"]
+    # A full tie (the same figure and val_loss), listed either way round: the run selection chose ranks first.
+    for order in (("b", "a"), ("a", "b")):
+        folder = tmp_path / f"tie_{''.join(order)}"
+        folder.mkdir()
+        runs = [write_run(folder, name, 0, 0.8, 0.8, 1.0, val=0.5, val_loss=0.5, sweep="sweep") for name in order]
+        table = summary_stage(runs, folder / "summary.csv", folder / "summary.md", out_selected=folder / "selected.json")
+        chosen = json.loads((folder / "selected.json").read_text())["sweep"]["run"]
+        assert list(zip(table["experiment"], table["rank"]))[0] == (chosen, 1), (order, chosen)
 
 
 def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlier_leaderboard(tmp_path):
