@@ -1099,6 +1099,67 @@ def test_the_images_opened_at_start_are_those_the_split_did_not_open(tmp_path, f
         assert new == expected, (capped, sorted(map(str, new)))
 
 
+def test_with_a_cap_an_image_left_out_and_overwritten_in_place_with_an_old_time_is_opened_at_start(tmp_path):
+    """With a cap, the split opened images it then left out, which the check at start does not open again unless
+    changed since. One overwritten in place by a copy that keeps an older time stamp (cp -p, rsync -t) changes
+    neither its modification time nor its folder's: its status change time says it changed, and it is opened."""
+    from finetune.startchecks import new_dataset_images
+
+    data = tmp_path / "images"
+    made = make_images(data, {"cat": 8, "dog": 8})
+    old = 946684800  # 2000-01-01
+    for path in [*(p for files in made.values() for p in files), data / "cat", data / "dog", data]:
+        os.utime(path, (old, old))
+    dataset = imagefolder(data, val_fraction=0.25, test_fraction=0.25, max_train_per_class=2)
+    assert run_split(dataset, tmp_path / "out").returncode == 0
+    time.sleep(0.05)
+    assert new_dataset_images(dataset, tmp_path / "out" / "split.csv") == []
+    opened = {Path(p).absolute() for p in pd.read_csv(tmp_path / "out" / "split.csv")["path"]}
+    left_out = next(p for p in made["cat"] if p.absolute() not in opened)
+    replacement = make_images(tmp_path / "elsewhere", {"x": 1}, seed=7)["x"][0]
+    os.utime(replacement, (old, old))
+    shutil.copy2(replacement, left_out)  # into the file itself: the folder's entries do not change
+    assert os.stat(left_out).st_mtime == old and os.stat(data / "cat").st_mtime == old
+    assert {Path(p).absolute() for p in new_dataset_images(dataset, tmp_path / "out" / "split.csv")} == {left_out.absolute()}
+
+
+def test_images_skipped_as_unreadable_or_under_two_labels_are_counted_apart_at_start(tmp_path):
+    """on_bad_image: skip left out a file that does not decode and both copies of a photo under two labels: the note
+    at start counts each kind, from the split's own report."""
+    from finetune.startchecks import skipped_images_note
+
+    data = tmp_path / "images"
+    made = make_images(data, {"cat": 6, "dog": 6})
+    shutil.copy(made["cat"][0], data / "dog" / "same_photo.png")
+    shutil.copy(make_bad_images(tmp_path / "bad")["not_an_image"], data / "cat" / "notes.png")
+    assert run_split(imagefolder(data, on_bad_image="skip"), tmp_path / "out").returncode == 0
+    report_path = tmp_path / "out" / "split.report.json"
+    note = skipped_images_note(json.loads(report_path.read_text()), str(report_path))
+    assert note.startswith("on_bad_image: skip left 3 image(s) out of the split (1 that do not decode and 2 under two "
+                           "labels (identical files): "), note
+
+
+def test_a_class_name_beginning_or_ending_with_white_space_is_said_and_no_other():
+    from finetune.startchecks import spacing_note
+
+    note = spacing_note([" cat", "dog", "eel ", "f o x"])
+    assert note.startswith("class folder name(s) beginning or ending with white space: ' cat', 'eel ': "), note
+    assert spacing_note(["cat", "f o x"]) is None
+
+
+@pytest.mark.parametrize("key, hinted", [("train", True), ("experiments.mine", True), ("experiments.mine.sweep", True),
+                                         ("pretrain.train", False)])
+def test_a_seed_written_in_a_section_is_pointed_to_the_top_level_seeds_except_pretraining_s(key, hinted):
+    """A training seed in train, an experiment or its sweep: the runs' seeds are the top-level list. Pretraining trains
+    one source model, so its seed gets no such hint."""
+    from finetune.startchecks import seed_hint
+
+    problem = f"{key}.seed: unknown key (did you mean sweep?); allowed keys: a, b"
+    said = seed_hint(problem)
+    assert ("the training seeds are the config's top-level seeds" in said) == hinted, said
+    assert said.endswith("; allowed keys: a, b") and said.startswith(f"{key}.seed: unknown key")
+
+
 def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tmp_path):
     """`dataset.test_fraction` written for an ImageFolder with a test/ folder (or a manifest whose split column marks
     test rows) was ignored, said only in the split job's log; and editing it reran the split and everything after
