@@ -362,13 +362,22 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
                  "than fp32 Conv: compare the figures before deploying the int8 model"),
     }
     write_json(out_report, report)
-    speedups = [figures["speedup"] for figures in report["speed"].values()]
-    if speedups and max(speedups) < 1:
-        log(f"warning: the int8 model is slower than fp32 on this CPU at every batch size measured "
-            f"({min(speedups):.2f}-{max(speedups):.2f}x the speed; onnxruntime runs its ConvInteger kernels "
-            f"slower than fp32 Conv here): it saves size ({size8 / size32:.2f} of the file), not time; deploy "
-            "model.onnx (predict.model: fp32) unless the size matters, or measure on the machine that will run it")
+    slower = slower_everywhere_warning(report["speed"], size8 / size32)
+    if slower:
+        log(f"warning: {slower}")
     return report
+
+
+def slower_everywhere_warning(speed: dict, size_ratio: float) -> str | None:
+    """Where the int8 model was slower than fp32 at every batch size measured (``speed``: the report's, each batch's
+    ``speedup`` int8 over fp32), what that means for deploying it; None where it was faster at one of them at least."""
+    speedups = [figures["speedup"] for figures in speed.values()]
+    if not speedups or max(speedups) >= 1:
+        return None
+    return (f"the int8 model is slower than fp32 on this CPU at every batch size measured "
+            f"({min(speedups):.2f}-{max(speedups):.2f}x the speed; onnxruntime runs its ConvInteger kernels "
+            f"slower than fp32 Conv here): it saves size ({size_ratio:.2f} of the file), not time; deploy "
+            "model.onnx (predict.model: fp32) unless the size matters, or measure on the machine that will run it")
 
 
 def quantize_int8(onnx_path: Path, out_onnx: Path) -> float:
