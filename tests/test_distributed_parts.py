@@ -50,3 +50,17 @@ def test_several_nodes_train_only_in_a_slurm_allocation_of_that_many_with_a_node
         assert problem is not None and problem.startswith(
             "experiments.big.nodes 2: training on several nodes runs inside a Slurm allocation of 2 nodes, and this is "
             f"{where};"), (env, problem)
+
+
+@pytest.mark.parametrize("offset, n", [(0, 3), (3, 3), (2, 4), (5, 1)])
+def test_a_process_s_share_of_a_batch_is_augmented_as_its_images_of_the_whole_batch_are(offset, n):
+    """Each training process augments its images of a batch with the boxes and flips the whole batch draws
+    (``part_of``): its share equals those images of the batch augmented by one process, from the same seed."""
+    import torch
+
+    from finetune.augment import augment_batch
+
+    images = torch.randint(0, 256, (6, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole = augment_batch(images, 8, torch.Generator().manual_seed(5))
+    share = augment_batch(images[offset:offset + n], 8, torch.Generator().manual_seed(5), part_of=(offset, 6))
+    assert torch.equal(share, whole[offset:offset + n])

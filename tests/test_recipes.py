@@ -252,6 +252,20 @@ def test_a_cutmix_box_has_sides_sqrt_1_minus_lam_of_the_image_s():
             assert right - left == 50, (left, right)
             whole += 0 < top and bottom < 100
     assert whole > 10  # enough boxes lay wholly inside to say so
+    # A cut of an odd number of pixels (102 x 0.5 = 51): timm's box reaches cut // 2 either side of its centre, 50.
+    inside = 0
+    for seed in range(40):
+        top, bottom, left, right = _cutmix_box(102, 102, 0.75, torch.Generator().manual_seed(seed))
+        assert (0 < top and bottom < 102) <= (bottom - top == 50) and (0 < left and right < 102) <= (right - left == 50)
+        inside += 0 < top and bottom < 102 and 0 < left and right < 102
+    assert inside > 5
+
+
+def test_a_cutmix_box_s_centre_is_any_pixel_of_the_image():
+    """timm draws the centre uniformly over every row and column (randint(H), randint(W)): with lam near 1 the box
+    is empty and sits at its centre, which reaches each of the 4 x 4 pixels, the last row and column too."""
+    corners = {_cutmix_box(4, 4, 0.99, torch.Generator().manual_seed(seed))[::2] for seed in range(300)}
+    assert corners == {(row, column) for row in range(4) for column in range(4)}
 
 
 def test_mixup_draws_lam_from_beta_alpha_alpha():

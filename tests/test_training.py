@@ -864,6 +864,13 @@ def test_augment_draws_its_boxes_as_torchvisions_random_resized_crop(h, w):
     theirs = np.array([bh * bw / (h * w) for _, _, bh, bw in boxes])
     assert abs(ours.mean() - theirs.mean()) < 0.01, (ours.mean(), theirs.mean())  # standard error ~0.002
     assert abs((ours >= 0.95).mean() - (theirs >= 0.95).mean()) < 0.01, ((ours >= 0.95).mean(), (theirs >= 0.95).mean())
+    # boxes as wide or as high as the image fit (drawn, not redrawn), as often as torchvision's
+    for mine, side, index in ((width, w, 3), (height, h, 2)):
+        share, their_share = (mine == side).double().mean().item(), np.mean([box[index] == side for box in boxes])
+        assert abs(share - their_share) < 0.01, (share, their_share)
+    # and lie where torchvision's lie, on average: a box that never fits (a tall image's) falls back to the centre
+    for mine, index in ((top, 0), (left, 1)):
+        assert abs(mine.double().mean().item() - np.mean([box[index] for box in boxes])) < 0.3
     assert bool(((top >= 0) & (left >= 0) & (top + height <= h) & (left + width <= w)).all())
     assert bool(((width + 0.5) / (height - 0.5) >= AUGMENT_RATIO[0]).all() and
                 ((width - 0.5) / (height + 0.5) <= AUGMENT_RATIO[1]).all())
