@@ -121,6 +121,44 @@ def test_a_fall_among_the_first_steps_left_out_gives_an_lr_that_was_tried():
     assert suggest(lrs[:20], [3.0 + 0.01 * i for i in range(20)])[0] < lrs[0]
 
 
+@pytest.mark.parametrize("steps, skipped", [(11, False), (12, False), (13, True), (20, True)])
+def test_the_first_steps_are_left_out_only_where_three_steps_are_left_after_them(steps, skipped):
+    """A falling curve whose steepest fall is at step 3 (of 0..): with 13 steps and more the first 10 are left out
+    and the suggestion is the steepest fall after them; a curve too short to leave 3 after them (11 or 12 steps) is
+    searched whole."""
+    from finetune.lrfind import range_lrs, suggest
+
+    lrs = range_lrs(1e-5, 1.0, steps)
+    smoothed = [5.0 - 0.1 * i - (1.0 if i >= 3 else 0.0) for i in range(steps)]  # -0.1 a step, -1.1 into step 3
+    drops = {i: smoothed[i] - smoothed[i - 1] for i in range(1, steps)}
+    first = 11 if skipped else 1  # the first fall the search may take: into the step after the last one left out
+    expected = min((drop, i) for i, drop in drops.items() if i >= first)[1]
+    assert suggest(lrs, smoothed) == (lrs[expected], "steepest")
+    assert (expected == 3) == (not skipped)
+
+
+def test_the_range_test_stops_past_its_factor_times_the_lowest_smoothed_loss_so_far_not_the_first():
+    from finetune.lrfind import _diverges
+
+    assert _diverges([5.0, 1.0, 4.5], FACTOR)  # 4.5 > 4 x 1.0, though below 4 x 5.0
+    assert not _diverges([5.0, 1.0, 3.9], FACTOR) and not _diverges([5.0, 6.0], FACTOR)
+    assert _diverges([5.0, 1.0, math.nan], FACTOR) and _diverges([5.0, math.inf], FACTOR)
+
+
+def test_each_parameter_group_steps_at_its_share_of_the_range_s_lr():
+    """backbone_lr_factor 1e-9: the range test raises the head's lr and the backbone's at a billionth of it, as
+    train would (each group at lr x lr_scale): over 20 steps the head moves, the backbone all but stays."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    opts = TrainOptions.from_dict({"batch_size": 32, "device": "cpu", "optimizer": "sgd", "momentum": 0.0,
+                                   "weight_decay": 0.0, "backbone_lr_factor": 1e-9})
+    find_lr(model, synthetic(), synthetic(90, seed=1), PLAIN, opts, num_classes=3, min_lr=1e-3, max_lr=1.0, steps=20,
+            smoothing=BETA, diverge_factor=1e9, log=lambda _: None)
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()}
+    assert moved["fc.weight"] > 1e-3 and moved["features.weight"] < 1e-6, moved
+
+
 # --------------------------------------------------------------------------- lr: auto in the workflow
 
 def config_with(**overrides):

@@ -710,3 +710,19 @@ def test_sgd_takes_nesterov_momentum_steps():
         moved.append(head.weight.detach().clone())
     assert torch.allclose(moved[0], start - lr * (1 + m) * g, atol=1e-6)
     assert torch.allclose(moved[1], moved[0] - lr * (1 + m + m * m) * g, atol=1e-6)
+
+
+def test_sgd_with_momentum_0_is_plain_sgd():
+    """`momentum: 0` (the schema allows it): plain SGD, each step lr g. torch refuses Nesterov without momentum, and
+    the train job failed with its ValueError after Snakemake had removed the run's earlier outputs."""
+    head = torch.nn.Linear(3, 2)
+    g = torch.randn(2, 3)
+    opts = TrainOptions.from_dict({"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
+    optimizer, _ = training._make_optimizer(head, [{"params": [head.weight], "lr": 0.1}], opts, torch.device("cpu"))
+    previous = head.weight.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad()
+        (head.weight * g).sum().backward()
+        optimizer.step()
+        assert torch.allclose(head.weight.detach(), previous - 0.1 * g, atol=1e-6)
+        previous = head.weight.detach().clone()

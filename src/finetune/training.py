@@ -428,7 +428,8 @@ def _make_optimizer(head: nn.Module, groups: list[dict], opts: TrainOptions,
     fused = _fused_supported(device)
     if opts.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=opts.lr, fused=fused), []
-    return torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=True, fused=fused), []
+    # Nesterov's momentum; momentum 0 is plain SGD (torch refuses Nesterov without momentum: the job failed)
+    return torch.optim.SGD(groups, lr=opts.lr, momentum=opts.momentum, nesterov=opts.momentum > 0, fused=fused), []
 
 
 class SoftTargetLoss(nn.Module):
