@@ -344,3 +344,37 @@ print("torch imported:", "torch" in sys.modules, "torchvision imported:", "torch
     assert (manifest["torch"], manifest["torchvision"]) == (torch.__version__, torchvision.__version__)
     state = torch.load(out / "w.pth", weights_only=True)
     build_architecture("resnet18", 3).load_state_dict(state)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "squeezenet1_1", "mobilenet_v3_small"])
+def test_the_new_output_layer_is_the_one_torchvision_builds_for_that_many_classes(arch):
+    """Step 3 of the recipe: the source model's output layer (1,000 classes) replaced for 4 has the parameters, names
+    and shapes of torchvision's own model built with num_classes=4 (a SqueezeNet's 1x1 convolution keeps its bias),
+    and every other parameter is the source's, unchanged."""
+    from finetune.models import replace_output_layer
+
+    torch.manual_seed(0)
+    source = build_architecture(arch, 1000)
+    kept = {k: v.clone() for k, v in source.state_dict().items()}
+    target = replace_output_layer(source, 4).state_dict()
+    theirs = torchvision.models.get_model(arch, num_classes=4).state_dict()
+    assert {k: tuple(v.shape) for k, v in target.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    changed = {k for k in target if k not in kept or target[k].shape != kept[k].shape or not torch.equal(target[k], kept[k])}
+    head = {"resnet18": "fc", "squeezenet1_1": "classifier.1", "mobilenet_v3_small": "classifier.3"}[arch]
+    assert changed == {f"{head}.weight", f"{head}.bias"}, changed
+
+
+def test_source_weights_of_another_shape_are_refused_naming_each_with_both_shapes():
+    """A state_dict with resnet18's keys but a 5x5 stem (a model changed before it was saved): refused naming the
+    parameter, its shape in the file and the shape the architecture has, not loaded."""
+    from finetune.errors import WeightsError
+    from finetune.models import load_source_state
+
+    model = build_architecture("resnet18", 3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    before = model.conv1.weight.detach().clone()
+    with pytest.raises(WeightsError, match=r"the weights in w\.pth are not a resnet18 state_dict: 1 of another shape "
+                                           r"\(conv1\.weight \(64, 3, 5, 5\) vs \(64, 3, 7, 7\)\)"):
+        load_source_state(model, state, "w.pth", "resnet18")
+    assert torch.equal(model.conv1.weight, before)
