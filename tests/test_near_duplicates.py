@@ -71,13 +71,13 @@ def pairwise(split: pd.DataFrame, thumbnails: np.ndarray) -> dict:
 
 def exact_luma_cells(image) -> np.ndarray:
     """The 16x16 luma cells of ``image`` (a PIL image, or its luma as an array) as exact area means, worked out
-    another way than the code's: each pixel repeated 16 times across and down, so that the 16 equal cells cut
-    whole (repeated) pixels and each is a plain mean."""
+    another way than the code's: each pixel repeated 16 times down, then across, so that the 16 equal cells cut
+    whole (repeated) pixels and each is a plain mean (down first, then across: a mean of means of equal parts)."""
     y = np.asarray(image.convert("YCbCr"), dtype=np.float64)[..., 0] if isinstance(image, Image.Image) else \
         np.asarray(image, dtype=np.float64)
     h, w = y.shape
-    up = np.repeat(np.repeat(y, 16, axis=0), 16, axis=1)
-    return up.reshape(16, h, 16, w).mean(axis=(1, 3)).reshape(-1)
+    rows = np.repeat(y, 16, axis=0).reshape(16, h, w).mean(axis=1)  # (16, w)
+    return np.repeat(rows, 16, axis=1).reshape(16, 16, w).mean(axis=2).reshape(-1)
 
 
 @pytest.mark.parametrize("size", [(300, 260), (517, 389), (640, 480), (259, 1000)])
