@@ -425,14 +425,15 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
         test = held_out(workdir)
         x = model_inputs(test["path"], onnx_preprocessing(folder / "model.onnx"))
         one_by_one = np.concatenate([onnx_logits(folder / "model.int8.onnx", x[i : i + 1]) for i in range(len(x))])
+        fp32_logits = onnx_logits(folder / "model.onnx", x)
         counted = {kind: float(np.mean([CLASSES[i] == t for i, t in zip(logits.argmax(1), test["class_name"])]))
-                   for kind, logits in (("fp32", onnx_logits(folder / "model.onnx", x)), ("int8", one_by_one))}
+                   for kind, logits in (("fp32", fp32_logits), ("int8", one_by_one))}
         assert accuracy["n_images"] == len(test)
         assert accuracy["fp32"] == pytest.approx(counted["fp32"], abs=1e-9)
         assert accuracy["int8"] == pytest.approx(counted["int8"], abs=1e-9)
         assert accuracy["change"] == pytest.approx(counted["int8"] - counted["fp32"], abs=1e-9)
-        fp32_top1 = onnx_logits(folder / "model.onnx", x).argmax(1)
-        assert accuracy["top1_agreement"] == pytest.approx(float(np.mean(fp32_top1 == one_by_one.argmax(1))), abs=1e-9)
+        agreement = float(np.mean(fp32_logits.argmax(1) == one_by_one.argmax(1)))
+        assert accuracy["top1_agreement"] == pytest.approx(agreement, abs=1e-9)
         # The int8 model keeps the metadata a consumer needs.
         meta = ort.InferenceSession(str(folder / "model.int8.onnx"),
                                     providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
