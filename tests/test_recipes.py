@@ -3,6 +3,8 @@ tensors), horizontal-flip test-time augmentation (evaluate and export, on the ti
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,45 @@ def test_a_resumed_run_draws_dropout_s_masks_where_the_uninterrupted_run_did(tmp
     first = other(x)
     torch.manual_seed(2)
     assert not torch.equal(first, other(x))
+
+
+class NoisyNet(SmallNet):
+    """SmallNet whose training forward pass adds noise drawn from Python's and NumPy's global generators, as a
+    user's layer may."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            out = out + float(np.random.standard_normal()) + random.random()
+        return out
+
+
+def fit_noisy(log=lambda _: None, resume_path=None):
+    torch.manual_seed(0)
+    model = NoisyNet()
+    opts = TrainOptions.from_dict({"epochs": 4, "batch_size": 16, "lr": 0.05, "device": "cpu", "schedule": "constant"})
+    return fit(model, TRAIN, VAL, PLAIN, opts, num_classes=CLASSES, log=log, resume_path=resume_path), model
+
+
+def test_a_resumed_run_draws_from_python_s_and_numpy_s_global_generators_where_the_uninterrupted_run_did(tmp_path):
+    """The resume state holds Python's and NumPy's global generators too: a model drawing from them in its resumed
+    epochs draws what the uninterrupted run drew there, whatever they held when the resumed run started."""
+    random.seed(1), np.random.seed(1)
+    reference, reference_model = fit_noisy()
+    resume = tmp_path / "resume.pt"
+    random.seed(1), np.random.seed(1)
+    with pytest.raises(Interrupted):
+        fit_noisy(log=stop_in_epoch_3, resume_path=resume)
+    lines = []
+    random.seed(2), np.random.seed(2)
+    resumed, resumed_model = fit_noisy(log=lines.append, resume_path=resume)
+    assert f"resuming from {resume}: epoch 3 of 4" in lines, lines
+    assert strip(resumed.history) == strip(reference.history)
+    assert equal_states(resumed_model.state_dict(), reference_model.state_dict())
+    # the premise: other draws give another run
+    random.seed(2), np.random.seed(2)
+    other, _ = fit_noisy()
+    assert strip(other.history) != strip(reference.history)
 
 
 def test_label_smoothing_is_the_loss_training_minimises():

@@ -302,6 +302,37 @@ def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(t
         assert torch.equal(resumed.best_state[key], value), key
 
 
+def test_a_resume_state_of_other_parameters_is_said_and_the_run_starts_again(tiny, tmp_path):
+    """A resume state of a run that cached features (the head's two tensors) found where the run trains the whole
+    network (the same run uncached, as after a cache that could not be written): the rerun says so and trains as a
+    run without a resume state would, from epoch 1; the file is overwritten with its own state."""
+    options = {"strategy": "feature_extract", "epochs": 3}
+    resume = tmp_path / "resume.pt"
+    interrupted_in_epoch_3(tiny, resume, cache_features=True, **options)
+    fresh = run_fit(tiny, make_model(tiny), cache_features=False, **options)
+    lines = []
+    resumed = run_fit(tiny, make_model(tiny), cache_features=False, log=lines.append, resume_path=resume, **options)
+    assert f"warning: resume state {resume} holds other parameters than this run trains; starting again from " \
+           "epoch 1" in lines, lines
+    assert not any(line.startswith("resuming from") for line in lines), lines
+    assert strip(resumed.history) == strip(fresh.history) and len(resumed.history) == 3
+    assert set(torch.load(resume, weights_only=False)["model_keys"]) == set(make_model(tiny).state_dict())
+
+
+def test_a_resume_path_holding_a_model_s_weights_is_said_and_the_run_starts_again(tiny, tmp_path):
+    """A file at the resume path that torch reads but that is no resume state (a model's state_dict put there): the
+    run says it is not one, names the file, and trains from epoch 1 as a run without it."""
+    options = {"strategy": "feature_extract", "epochs": 2}
+    resume = tmp_path / "resume.pt"
+    torch.save(make_model(tiny).state_dict(), resume)
+    fresh = run_fit(tiny, make_model(tiny), **options)
+    lines = []
+    resumed = run_fit(tiny, make_model(tiny), log=lines.append, resume_path=resume, **options)
+    assert f"warning: resume state {resume} is unreadable (ValueError: not a resume state written by this training " \
+           "loop); starting again from epoch 1 (it is overwritten after the first epoch)" in lines, lines
+    assert strip(resumed.history) == strip(fresh.history) and len(resumed.history) == 2
+
+
 def test_lbfgs_solves_the_regularised_head_problem(tiny):
     """Full-batch L-BFGS on cached features minimises cross-entropy + wd/2 ||W||^2 over the head only."""
     wd = 0.1
@@ -492,8 +523,8 @@ EARLY_STOPPING = {"strategy": "feature_extract", "schedule": "constant", "metric
 
 def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weights(tiny):
     patience, epochs = 2, 12
-    model = make_model(tiny)
-    result = run_fit(tiny, model, epochs=epochs, early_stopping_patience=patience, **EARLY_STOPPING)
+    model, lines = make_model(tiny), []
+    result = run_fit(tiny, model, epochs=epochs, early_stopping_patience=patience, log=lines.append, **EARLY_STOPPING)
     n_val = len(tiny["data"]["val"].labels)
     shares = {k / n_val for k in range(n_val + 1)}  # an accuracy is an exact share (0.84), not a float32 (0.83999997)
     assert all(row["val_accuracy"] in shares for row in result.history), [r["val_accuracy"] for r in result.history]
@@ -503,6 +534,9 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     assert result.stopped_early
     assert len(result.history) == best_epoch + patience < epochs
     assert result.best_epoch == best_epoch and best_epoch > 1
+    # val_accuracy is higher-is-better with val_loss breaking ties: the line says both
+    assert f"early stopping: val_accuracy (nor val_loss at equal accuracy) did not improve for {patience} epoch(s); " \
+           f"best epoch {best_epoch}" in lines, lines
     last_state = snapshot(model)
     assert not equal_states(result.best_state, last_state), "best_state is the last epoch's, not the best epoch's"
 
