@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.export import DEFAULT_RTOL, parity_check
+from finetune.export import DEFAULT_RTOL, PARITY_CHUNK, parity_check
 
 
 def exported(tmp_path, net: torch.nn.Module, shape=(3, 8, 8)):
@@ -36,7 +36,8 @@ def small_net():
 
 def test_parity_holds_every_sampled_image_to_the_tolerance(tmp_path):
     """An export that agrees on the first parity_batch images and is 0.5 off on the others (PyTorch's side shifted
-    there, marked by one pixel) fails the check, with max_abs_diff the shift; the faithful one passes."""
+    there, marked by one pixel) fails the check, with max_abs_diff the shift; the faithful one passes. So does one
+    off on the last image only, past two chunks of PARITY_CHUNK images."""
     net = small_net()
     path = exported(tmp_path, net)
     inputs = np.random.default_rng(0).standard_normal((100, 3, 8, 8)).astype(np.float32)
@@ -46,6 +47,13 @@ def test_parity_holds_every_sampled_image_to_the_tolerance(tmp_path):
     assert bad["checks"]["batch_1"]["passed"] and bad["checks"]["batch_16"]["passed"], bad  # the first 16 agree
     assert not bad["passed"] and bad["max_abs_diff"] == pytest.approx(0.5, abs=1e-3), bad
     assert bad["checks"]["all_100"]["images"] == 100 and not bad["checks"]["all_100"]["passed"]
+    # Two whole chunks of the check and one image more, that one alone off: the last chunk is checked too.
+    n = 2 * PARITY_CHUNK + 1
+    inputs = np.random.default_rng(4).standard_normal((n, 3, 8, 8)).astype(np.float32)
+    inputs[-1, 0, 0, 0] = 100.0
+    last_off = parity_check(Shifted(net, 0.5, marker=50), path, inputs, 16, 1e-4)
+    assert not last_off["passed"] and last_off["max_abs_diff"] == pytest.approx(0.5, abs=1e-3), last_off
+    assert last_off["checks"][f"all_{n}"]["images"] == n and not last_off["checks"][f"all_{n}"]["passed"], last_off
 
 
 @pytest.mark.parametrize("shift, passes", [(5e-4, False), (5e-5, True), (1.5e-4, False), (2e-5, True)])
@@ -87,6 +95,40 @@ def test_the_relative_tolerance_scales_with_each_image_s_own_logits(tmp_path):
     assert not shifted["passed"] and not shifted["checks"]["all_2"]["passed"], shifted
     assert shifted["checks"]["batch_1"]["passed"], shifted  # the large image alone
     assert shifted["max_abs_diff"] == pytest.approx(0.01, abs=2e-3), shifted
+
+
+class Raised(torch.nn.Module):
+    """``net``'s logits with class ``k``'s raised by ``by`` on the images whose first pixel is above ``marker``."""
+
+    def __init__(self, net, k, by, marker):
+        super().__init__()
+        self.net, self.k, self.by, self.marker = net, k, by, marker
+
+    def forward(self, x):
+        raised = torch.zeros(x.shape[0], 3)
+        raised[:, self.k] = self.by * (x[:, 0, 0, 0] > self.marker)
+        return self.net(x) + raised
+
+
+def test_top1_agreement_is_the_share_of_images_both_sides_give_the_same_class(tmp_path):
+    """PyTorch's side raises class 1 on every third image, which turns some of their top classes to 1 and not
+    onnxruntime's: the agreement is the share of the 150 images (three chunks of the check) on which the two sides'
+    largest logits, computed here by each, are the same class."""
+    import onnxruntime as ort
+
+    net = small_net()
+    path = exported(tmp_path, net)
+    inputs = np.random.default_rng(3).standard_normal((150, 3, 8, 8)).astype(np.float32)
+    inputs[::3, 0, 0, 0] = 3.0  # (the network's top class is 2 on all; class 1 is 0.13 to 0.3 below it there)
+    raised = Raised(net, 1, 0.2, marker=2.5)
+    report = parity_check(raised, path, inputs, 16, tolerance=1e-4)
+    with torch.no_grad():
+        ours = raised(torch.from_numpy(inputs)).numpy().argmax(1)
+    theirs = ort.InferenceSession(str(path)).run(None, {"x": inputs})[0].argmax(1)
+    expected = float((ours == theirs).mean())
+    assert 0.5 < expected < 1, expected  # the premise: the raise turns the top class of some images, not all
+    assert report["top1_agreement"] == pytest.approx(expected, abs=1e-12), report
+    assert not report["passed"] and report["n_images"] == 150
 
 
 class Predicting:
