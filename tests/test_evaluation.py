@@ -12,7 +12,8 @@ from PIL import Image
 
 from finetune.metrics import (classification_report, confusion_matrix, expected_calibration_error,
                               most_confused_pairs, per_class_scores, top_k_accuracy, wilson_interval)
-from finetune.plots import accuracy_columns, confusion_matrix_plot, learning_curves_plot, reliability_plot
+from finetune.plots import (accuracy_columns, confusion_matrix_plot, learning_curves_plot, lr_find_plot,
+                            reliability_plot)
 from finetune.stages import summary_stage, write_evaluation_figures
 from helpers import run_script
 from recompute import calibration, class_metrics, held_out, probabilities, run_logits, wilson_bounds
@@ -181,6 +182,39 @@ def test_every_plot_is_a_valid_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png", "curves.png", "history.csv", "rel.png"]
 
 
+def drawn_figures(monkeypatch) -> list:
+    """The figures the plot functions draw, each recorded as it is saved (and saved as always)."""
+    from finetune import plots
+
+    figures, save = [], plots._save
+
+    def recording(fig, out_path):
+        figures.append(fig)
+        save(fig, out_path)
+
+    monkeypatch.setattr(plots, "_save", recording)
+    return figures
+
+
+def test_the_confusion_matrix_colours_each_cell_by_its_share_of_the_true_class(tmp_path, monkeypatch):
+    """Rows are true classes: each cell's colour is its count over its row's (a row without images stays 0), its
+    count is written in it, in white where the colour is dark (a share above one half), and the title counts the
+    images."""
+    cm = np.array([[8, 2, 0], [1, 1, 2], [0, 0, 0]])
+    figures = drawn_figures(monkeypatch)
+    confusion_matrix_plot(cm, ["a", "b", "c"], tmp_path / "cm.png")
+    assert_png(tmp_path / "cm.png")
+    [fig] = figures
+    ax = fig.axes[0]
+    shares = [[count / row.sum() if row.sum() else 0.0 for count in row] for row in cm]
+    assert np.asarray(ax.images[0].get_array()) == pytest.approx(np.array(shares))
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): (t.get_text(), t.get_color()) for t in ax.texts}
+    assert written == {(i, j): (str(cm[i, j]), "white" if shares[i][j] > 0.5 else "black")
+                       for i in range(3) for j in range(3)}
+    assert [cell for cell, (_, colour) in written.items() if colour == "white"] == [(0, 0)]  # 0.8; 0.5 is not above
+    assert ax.get_title() == f"Confusion matrix ({cm.sum()} images)"
+
+
 def test_the_learning_curves_mark_the_epoch_training_kept(tmp_path):
     """With metric val_loss the epoch kept is the lowest validation loss's (epoch 2 here), not the highest
     accuracy's (epoch 3): the curves mark the one train_info.json names."""
@@ -198,6 +232,8 @@ def test_the_learning_curves_mark_the_epoch_training_kept(tmp_path):
     assert accuracy_columns(history.columns, "val_loss") == ["train_accuracy", "val_accuracy"]
     assert accuracy_columns(history.columns, "val_accuracy") == ["train_accuracy", "val_accuracy"]  # drawn once
     assert_png(tmp_path / "balanced.png")
+    # an epoch the history does not hold (train_info.json of another run, say) is not marked
+    assert learning_curves_plot(history, tmp_path / "outside.png", best_epoch=7) is None
 
 
 def test_plots_refuse_inconsistent_data(tmp_path):
@@ -205,6 +241,10 @@ def test_plots_refuse_inconsistent_data(tmp_path):
         confusion_matrix_plot([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "cm.png")
     with pytest.raises(ValueError, match="no epochs"):
         learning_curves_plot(pd.DataFrame({"epoch": []}), tmp_path / "curves.png")
+    with pytest.raises(ValueError, match="no epochs"):
+        learning_curves_plot(pd.DataFrame({"train_loss": [0.5, 0.4]}), tmp_path / "curves.png")
+    with pytest.raises(ValueError, match="recorded no steps"):
+        lr_find_plot([], [], [], 1e-3, "steepest", tmp_path / "lr_find.png")
     assert not list(tmp_path.iterdir())
 
 
