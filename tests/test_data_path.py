@@ -941,6 +941,9 @@ def test_bicubic_weights_are_decoded_exported_and_predicted_bicubic(tmp_path):
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     assert (metadata["interpolation"], metadata["orientation"]) == ("bicubic", "exif")
+    # resized to 40, then cropped: the input the model takes (its graph's own shape) is the 32-px crop
+    assert (metadata["resize_size"], metadata["crop_size"]) == ("40", "32")
+    assert json.loads(metadata["input_size"]) == session.get_inputs()[0].shape[1:] == [3, 32, 32]
     upright = [Image.open(p).convert("RGB") for p in photos] + [Image.fromarray(UPRIGHT[6](as_stored(sideways)))]
     pixels = np.stack([np.asarray(bicubic(img)) for img in upright])
     logits = session.run(None, {session.get_inputs()[0].name: normalize(pixels, prep["mean"], prep["std"])})[0]
