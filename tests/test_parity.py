@@ -37,7 +37,7 @@ def small_net():
 def test_parity_holds_every_sampled_image_to_the_tolerance(tmp_path):
     """An export that agrees on the first parity_batch images and is 0.5 off on the others (PyTorch's side shifted
     there, marked by one pixel) fails the check, with max_abs_diff the shift; the faithful one passes. So does one
-    off on the last image only, past two chunks of PARITY_CHUNK images."""
+    off on the last image only, past two chunks of PARITY_CHUNK images; the report's largest logit is that image's."""
     net = small_net()
     path = exported(tmp_path, net)
     inputs = np.random.default_rng(0).standard_normal((100, 3, 8, 8)).astype(np.float32)
@@ -50,8 +50,13 @@ def test_parity_holds_every_sampled_image_to_the_tolerance(tmp_path):
     # Two whole chunks of the check and one image more, that one alone off: the last chunk is checked too.
     n = 2 * PARITY_CHUNK + 1
     inputs = np.random.default_rng(4).standard_normal((n, 3, 8, 8)).astype(np.float32)
+    inputs[-1] *= 100  # its logits the largest too
     inputs[-1, 0, 0, 0] = 100.0
     last_off = parity_check(Shifted(net, 0.5, marker=50), path, inputs, 16, 1e-4)
+    with torch.no_grad():  # the largest |logit| PyTorch gives any image
+        largest = float(Shifted(net, 0.5, marker=50)(torch.from_numpy(inputs)).abs().max())
+    assert last_off["max_logit"] == pytest.approx(largest, rel=1e-6), last_off
+    assert last_off["checks"]["batch_16"]["max_logit"] < largest / 10, last_off
     assert not last_off["passed"] and last_off["max_abs_diff"] == pytest.approx(0.5, abs=1e-3), last_off
     assert last_off["checks"][f"all_{n}"]["images"] == n and not last_off["checks"][f"all_{n}"]["passed"], last_off
 
@@ -68,6 +73,21 @@ def test_the_absolute_tolerance_is_the_one_given(tmp_path, shift, passes):
     assert report["max_abs_diff"] == pytest.approx(shift, abs=1e-6), report
     assert report["passed"] is passes, report
     assert all(check["passed"] is passes for check in report["checks"].values()), report
+
+
+def test_a_difference_of_exactly_the_tolerance_passes(tmp_path):
+    """The bound is inclusive: logits of exactly 1 (a layer of zero weights, bias 1), shifted by exactly 0.25 on
+    PyTorch's side (all three exact in float32), pass a tolerance of 0.25 and fail one a float32 step below it."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.fill_(1.0)
+    path = exported(tmp_path, net)
+    inputs = np.random.default_rng(5).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    exact = parity_check(Shifted(net, 0.25), path, inputs, 2, tolerance=0.25, rtol=0.0)
+    assert exact["passed"] and exact["max_abs_diff"] == 0.25, exact
+    below = parity_check(Shifted(net, 0.25), path, inputs, 2, tolerance=float(np.nextafter(np.float32(0.25), 0)), rtol=0.0)
+    assert not below["passed"], below
 
 
 def test_the_relative_tolerance_scales_with_each_image_s_own_logits(tmp_path):
