@@ -994,6 +994,46 @@ def test_channel_stats_are_the_mean_and_sample_std_of_the_pixels_over_255():
     assert two.result() == (pytest.approx([0.5] * 3), pytest.approx([0.5 ** 0.5] * 3))
 
 
+def test_the_decode_records_the_channel_stats_of_the_train_images_centre_crops_alone(tmp_path):
+    """The decode's channel_stats (pretrain and the scratch control normalise with them) are those of the train
+    images' 8-px centre crops (torchvision's Resize and CenterCrop, here), not of the stored 10-px squares, nor of
+    the val images (darker here). 300 images: the train rows run past the 256 a chunk of the decode holds."""
+    from torchvision import transforms
+
+    from finetune.store import CHUNK_IMAGES
+
+    rng = np.random.default_rng(7)
+    rows, crops = [], []
+    crop = transforms.Compose([transforms.Resize(10), transforms.CenterCrop(8)])
+    for i in range(300):
+        split = "val" if i < 200 else "train"
+        low, high = (0, 120) if split == "val" else (60, 256)
+        pixels = rng.integers(low, high, (11 + i % 4, 13 + i % 3, 3), dtype=np.uint8)
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(pixels).save(path)
+        rows.append({"path": str(path), "label": i % 2, "class_name": ("cat", "dog")[i % 2], "split": split})
+        if split == "train":
+            crops.append(np.asarray(crop(Image.fromarray(pixels))))
+    assert 200 < CHUNK_IMAGES < 300  # the premise: the train rows span two chunks
+    split_csv = tmp_path / "split.csv"
+    pd.DataFrame(rows).to_csv(split_csv, index=False)
+    info = write_decoded(split_csv, 10, 8, tmp_path / "images.npy", tmp_path / "info.json", channel_stats_of="train",
+                         log=lambda _: None)
+    flat = np.concatenate([c.reshape(-1, 3) for c in crops]).astype(np.float64) / 255
+    stats = json.loads((tmp_path / "info.json").read_text())["channel_stats"]
+    assert stats == info["channel_stats"] and (stats["split"], stats["crop_size"]) == ("train", 8)
+    assert stats["mean"] == pytest.approx(flat.mean(axis=0).tolist(), rel=1e-9)
+    assert stats["std"] == pytest.approx(flat.std(axis=0, ddof=1).tolist(), rel=1e-9)
+
+    # A split file without train images has none to take them from: said, naming the file and the key
+    val_only = tmp_path / "val_only.csv"
+    pd.DataFrame(rows[:200]).to_csv(val_only, index=False)
+    with pytest.raises(DataError, match=f"{val_only} has no train images: check dataset.classes and dataset.path"):
+        write_decoded(val_only, 10, 8, tmp_path / "v.npy", tmp_path / "v.json", channel_stats_of="train",
+                      log=lambda _: None)
+    assert not (tmp_path / "v.npy").exists() and not (tmp_path / "v.json").exists()
+
+
 def test_predict_lists_a_folder_s_images_sorted_by_path_hidden_ones_left_out(tmp_path):
     """predict.images as a folder: every image file below it, ordered by its path compared folder name by folder name
     (code points: uppercase before lowercase; `a/z.png` before `a.png`, as the folder `a` sorts before the file
