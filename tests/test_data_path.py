@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -547,6 +548,45 @@ def test_prefetch_keeps_order_and_hands_on_the_producers_error():
     assert next(stream) == 1
     with pytest.raises(DataError, match="row 7"):
         next(stream)
+
+
+def test_prefetch_reads_at_most_depth_batches_ahead_of_the_consumer():
+    """The batches a slow consumer has not taken are at most ``depth`` in the queue and one in the producer's
+    hand: a reader of 100 batches is 5 ahead of one taken, not all 100 read into memory."""
+    produced = []
+
+    def batches():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    stream = prefetch(batches(), depth=3)
+    assert next(stream) == 0
+    time.sleep(0.5)  # ample time for an unbounded reader to read them all
+    assert len(produced) <= 1 + 3 + 1, produced
+    assert list(stream) == list(range(1, 100))
+
+
+def test_decoded_images_larger_than_the_free_space_are_said_before_decoding(tmp_path):
+    """A decode whose array will not fit in the free space of its folder warns at the start, with both sizes: here
+    1000 images of 50,000 px squares, 7,500 GB, more than any disk the tests run on; the decode then stops at the
+    first image (a missing file), nothing left."""
+    rows = [{"path": str(tmp_path / f"missing{i}.png"), "label": i % 2, "class_name": ("cat", "dog")[i % 2],
+             "split": "train"} for i in range(1000)]
+    split_csv = tmp_path / "split.csv"
+    pd.DataFrame(rows).to_csv(split_csv, index=False)
+    needed = 1000 * 50_000 * 50_000 * 3
+    free = shutil.disk_usage(tmp_path).free
+    assert free < needed  # the premise
+    lines = []
+    with pytest.raises(DataError, match="missing0.png"):
+        write_decoded(split_csv, 50_000, 50_000, tmp_path / "out" / "images.npy", tmp_path / "out" / "info.json",
+                      splits=("train",), log=lines.append)
+    [warning] = lines
+    said = re.fullmatch(rf"warning: the decoded images need {needed / 1e9:.1f} GB and {tmp_path} has ([\d.]+) (GB|MB) "
+                        "free", warning)
+    assert said and abs(float(said.group(1)) * {"GB": 1e9, "MB": 1e6}[said.group(2)] - free) < 1e9, warning
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def decode_outputs(dry_run_output: str) -> list[str]:
