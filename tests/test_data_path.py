@@ -425,7 +425,19 @@ def _overwrite_pixels(npy, info):
         handle.write(bytes(255 - b for b in old))
 
 
+def _fortran_order(npy, info):
+    """The same pixels in Fortran order (columns first), header and size as valid, the times as written: read as
+    C order they would be other images."""
+    times = [(p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (npy, info)]
+    pixels = np.load(npy)
+    with open(npy, "wb") as handle:
+        np.save(handle, np.asfortranarray(pixels))
+    for path, ns in zip((npy, info), times):
+        os.utime(path, ns=ns)
+
+
 @pytest.mark.parametrize("damage, why", [(_truncate, "cut short"), (_spoil_header, "not a readable .npy"),
+                                         (_fortran_order, "Fortran-ordered"),
                                          (_spoil_record, "cannot be read"), (_other_shape, "its record says"),
                                          (_overwrite_pixels, "its bytes changed after it was written"),
                                          (_moved_ranges, "its record gives the splits' rows as")])
@@ -436,6 +448,26 @@ def test_a_damaged_decoded_file_is_never_read_and_is_removed_to_be_decoded_again
     with pytest.raises(DataError, match=f"{npy}.*{why}.*removed .*snakemake --forcerun {npy}"):
         open_decoded(npy, info, split_csv, (32, 32))
     assert not npy.exists() and not info.exists()
+
+
+def test_a_decoded_file_cut_short_after_it_was_opened_stops_the_read_naming_the_row(split_csv, tmp_path):
+    """Rows are read from the file checked when it was opened: one cut short since (truncated by another process)
+    stops the read at a row past the cut, naming it, never handing on what was not read. A split the file does not
+    hold is named beside those it does."""
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 32, 32, npy, info, splits=("train", "val"), log=lambda _: None)
+    expected = np.load(npy)
+    decoded = open_decoded(npy, info, split_csv, (32, 32))
+    try:
+        last = len(expected) - 1  # 12 train and 6 val rows
+        os.truncate(npy, npy.stat().st_size - 32 * 32 * 3)  # its last row gone
+        np.testing.assert_array_equal(decoded.read(np.arange(last)), expected[:last])
+        with pytest.raises(DataError, match=f"{npy}: row {last} is cut short"):
+            decoded.read(np.array([0, last]))
+        with pytest.raises(DataError, match=rf"{npy} holds no 'test' images \(it holds train, val\)"):
+            decoded.rows("test")
+    finally:
+        decoded.handle.close()
 
 
 def test_a_decoded_file_touched_or_copied_without_its_times_is_read_as_it_is(split_csv, tmp_path):
