@@ -1106,19 +1106,27 @@ def test_the_decode_records_the_channel_stats_of_the_train_images_centre_crops_a
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / "v.json").exists()
 
 
-def test_a_split_without_val_images_stops_the_decode_naming_the_key_that_would_give_some(tmp_path):
+@pytest.mark.parametrize("key", ["dataset", "pretrain.dataset"])
+def test_a_split_without_val_images_stops_the_decode_naming_the_key_that_would_give_some(tmp_path, key):
     """An ImageFolder without a val/ folder and `val_fraction: 0` gives a split file without val images, which
-    training needs: the decode job says so, naming the split file and the key, and leaves no decoded images."""
+    training needs: the decode job says so, naming the split file and the key (the target's or the source's of
+    pretraining), and leaves no decoded images."""
     make_images(tmp_path / "data", {"cat": 6, "dog": 6})
-    config = tiny_config(tmp_path, replace={"dataset": {"format": "imagefolder", "path": str(tmp_path / "data"),
-                                                        "val_fraction": 0, "seed": 0}})
-    target = "resources/decoded/target/native/images.npy"
+    folder = {"format": "imagefolder", "path": str(tmp_path / "data"), "val_fraction": 0, "seed": 0}
+    if key == "dataset":
+        config = tiny_config(tmp_path, replace={"dataset": folder})
+        split_csv, target = "resources/splits/target.csv", "resources/decoded/target/native/images.npy"
+    else:
+        from helpers import TINY_CONFIG
+
+        config = tiny_config(tmp_path, replace={"pretrain": {**TINY_CONFIG["pretrain"], "dataset": folder}})
+        split_csv, target = "resources/splits/source.csv", "resources/decoded/source/32/images.npy"
     result = run_snakemake(tmp_path, None, target, "--configfile", str(config), check=False)
     assert result.returncode != 0, result.stdout[-3000:]
-    split = pd.read_csv(tmp_path / "resources/splits/target.csv")
+    split = pd.read_csv(tmp_path / split_csv)
     assert "val" not in set(split["split"]) and len(split) == 12  # the premise
-    assert ("error: resources/splits/target.csv has no val images, and the jobs after decode need them (training "
-            "chooses its best epoch on them): dataset.val_fraction is 0") in result.stdout, result.stdout[-3000:]
+    assert (f"error: {split_csv} has no val images, and the jobs after decode need them (training chooses its best "
+            f"epoch on them): {key}.val_fraction is 0") in result.stdout, result.stdout[-3000:]
     assert not list((tmp_path / "resources").glob("decoded/**/*.npy"))
 
 
