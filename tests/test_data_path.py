@@ -21,7 +21,7 @@ from finetune.errors import DataError
 from finetune.images import load_image, load_preprocessed, preprocess, preprocess_stored
 from finetune.store import open_decoded, prefetch, split_ranges, write_decoded
 from faults import make_images
-from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
+from helpers import FASHION_MNIST, REPO, TINY_CONFIG, jobs_run, run_snakemake, tiny_config
 
 
 def photo(path, width, height, seed=0, orientation=None):
@@ -1106,6 +1106,7 @@ def test_the_decode_records_the_channel_stats_of_the_train_images_centre_crops_a
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / "v.json").exists()
 
 
+@pytest.mark.fashion_mnist
 @pytest.mark.parametrize("key", ["dataset", "pretrain.dataset"])
 def test_a_split_without_val_images_stops_the_decode_naming_the_key_that_would_give_some(tmp_path, key):
     """An ImageFolder without a val/ folder and `val_fraction: 0` gives a split file without val images, which
@@ -1117,8 +1118,6 @@ def test_a_split_without_val_images_stops_the_decode_naming_the_key_that_would_g
         config = tiny_config(tmp_path, replace={"dataset": folder})
         split_csv, target = "resources/splits/target.csv", "resources/decoded/target/native/images.npy"
     else:
-        from helpers import TINY_CONFIG
-
         config = tiny_config(tmp_path, replace={"pretrain": {**TINY_CONFIG["pretrain"], "dataset": folder}})
         split_csv, target = "resources/splits/source.csv", "resources/decoded/source/32/images.npy"
     result = run_snakemake(tmp_path, None, target, "--configfile", str(config), check=False)

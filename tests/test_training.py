@@ -303,9 +303,9 @@ def test_cached_features_resume_keeps_only_the_head_and_continues_the_same_run(t
 
 
 def test_a_resume_state_of_other_parameters_is_said_and_the_run_starts_again(tiny, tmp_path):
-    """A resume state of a run that cached features (the head's two tensors) found where the run trains the whole
-    network (the same run uncached, as after a cache that could not be written): the rerun says so and trains as a
-    run without a resume state would, from epoch 1; the file is overwritten with its own state."""
+    """A resume state of a run that cached features (the head's two tensors, its trained module) found by a run whose
+    trained module is the whole network (the same options without cache_features): the run says so and trains as
+    one without a resume state would, from epoch 1; the file is overwritten with its own state."""
     options = {"strategy": "feature_extract", "epochs": 3}
     resume = tmp_path / "resume.pt"
     interrupted_in_epoch_3(tiny, resume, cache_features=True, **options)
