@@ -396,6 +396,11 @@ def _spoil_record(npy, info):
     info.write_text(info.read_text()[:20])
 
 
+def _foreign_record(npy, info):
+    """Valid JSON in the record's place, but not a record of decoded images (another tool's file, say)."""
+    info.write_text(json.dumps({"images": 18, "note": "not written by the decode job"}))
+
+
 def _other_shape(npy, info):
     record = json.loads(info.read_text())
     record["shape"][0] += 1
@@ -438,6 +443,7 @@ def _fortran_order(npy, info):
 
 @pytest.mark.parametrize("damage, why", [(_truncate, "cut short"), (_spoil_header, "not a readable .npy"),
                                          (_fortran_order, "Fortran-ordered"),
+                                         (_foreign_record, "is not a record of decoded images"),
                                          (_spoil_record, "cannot be read"), (_other_shape, "its record says"),
                                          (_overwrite_pixels, "its bytes changed after it was written"),
                                          (_moved_ranges, "its record gives the splits' rows as")])
