@@ -46,9 +46,10 @@ def small_data(n: int, seed: int) -> Data:
 TRAIN, VAL = small_data(48, 1), small_data(24, 2)
 
 
-def fit_small(log=lambda _: None, resume_path=None, dropout=0.0, **options):
+def fit_small(log=lambda _: None, resume_path=None, dropout=0.0, net=None, **options):
+    """fit a SmallNet (or the class ``net``, a SmallNet's subclass) of seed 0 on the small data."""
     torch.manual_seed(0)
-    model = SmallNet(dropout=dropout)
+    model = (net or SmallNet)(dropout=dropout)
     opts = TrainOptions.from_dict({"epochs": 3, "batch_size": 16, "lr": 0.05, "device": "cpu",
                                    "schedule": "constant", **options})
     result = fit(model, TRAIN, VAL, PLAIN, opts, num_classes=CLASSES, log=log, resume_path=resume_path)
@@ -215,31 +216,24 @@ class NoisyNet(SmallNet):
         return out
 
 
-def fit_noisy(log=lambda _: None, resume_path=None):
-    torch.manual_seed(0)
-    model = NoisyNet()
-    opts = TrainOptions.from_dict({"epochs": 4, "batch_size": 16, "lr": 0.05, "device": "cpu", "schedule": "constant"})
-    return fit(model, TRAIN, VAL, PLAIN, opts, num_classes=CLASSES, log=log, resume_path=resume_path), model
-
-
 def test_a_resumed_run_draws_from_python_s_and_numpy_s_global_generators_where_the_uninterrupted_run_did(tmp_path):
     """The resume state holds Python's and NumPy's global generators too: a model drawing from them in its resumed
     epochs draws what the uninterrupted run drew there, whatever they held when the resumed run started."""
     random.seed(1), np.random.seed(1)
-    reference, reference_model = fit_noisy()
+    reference, reference_model = fit_small(net=NoisyNet, epochs=4)
     resume = tmp_path / "resume.pt"
     random.seed(1), np.random.seed(1)
     with pytest.raises(Interrupted):
-        fit_noisy(log=stop_in_epoch_3, resume_path=resume)
+        fit_small(log=stop_in_epoch_3, resume_path=resume, net=NoisyNet, epochs=4)
     lines = []
     random.seed(2), np.random.seed(2)
-    resumed, resumed_model = fit_noisy(log=lines.append, resume_path=resume)
+    resumed, resumed_model = fit_small(log=lines.append, resume_path=resume, net=NoisyNet, epochs=4)
     assert f"resuming from {resume}: epoch 3 of 4" in lines, lines
     assert strip(resumed.history) == strip(reference.history)
     assert equal_states(resumed_model.state_dict(), reference_model.state_dict())
     # the premise: other draws give another run
     random.seed(2), np.random.seed(2)
-    other, _ = fit_noisy()
+    other, _ = fit_small(net=NoisyNet, epochs=4)
     assert strip(other.history) != strip(reference.history)
 
 
