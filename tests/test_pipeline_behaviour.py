@@ -121,6 +121,15 @@ class Snakemake:
             self.proc.wait()
 
 
+def logged(log: Path) -> str:
+    """The job log's text so far; "" where there is none (Snakemake removes a copied run's old log as the job starts,
+    between a check that it exists and its read)."""
+    try:
+        return log.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def wait_until(condition, run: Snakemake, what: str, timeout: float = PATIENCE_S) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -139,7 +148,7 @@ def stop_job_after_epoch_1(run: Snakemake, script: str, log: Path, resume_dir: P
     def new_files() -> list[Path]:
         return [p for p in resume_dir.glob("*.pt") if p not in earlier]
 
-    wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and new_files(), run,
+    wait_until(lambda: "epoch 1/" in logged(log) and new_files(), run,
                f"epoch 1 of {script} logged and its resume state in {resume_dir}")
     pids = job_pids(run.workdir, script)
     assert len(pids) == 1, f"expected one {script} process in {run.workdir}, found {pids}"
@@ -230,7 +239,7 @@ def train_again_to_epoch_1(reference: Path, tmp_path: Path, name: str) -> tuple[
     log, resume = workdir / f"results/logs/train/{EXPERIMENT}/seed0.log", workdir / f"resources/resume/{EXPERIMENT}/seed0"
     run = Snakemake(workdir, behaviour_config(workdir), f"{RUN}/model.pt", "--forcerun", "train", name=name)
     try:
-        wait_until(lambda: log.exists() and "epoch 1/" in log.read_text() and any(resume.glob("*.pt")), run,
+        wait_until(lambda: "epoch 1/" in logged(log) and any(resume.glob("*.pt")), run,
                    "epoch 1 of train logged and its resume state saved")
     except BaseException:
         run.end()
