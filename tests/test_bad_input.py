@@ -496,8 +496,10 @@ def test_csv_messages_name_the_files_own_lines_blank_and_quoted_multiline_ones_c
 
 
 def test_csv_spaces_around_a_path_are_not_part_of_it(tmp_path):
-    """`cat/1.png , cat`: the label was stripped and the path not, so an existing image was called missing."""
-    manifest = write_manifest_csv(tmp_path, [f" {path} , {label}" for path, label in (r.split(",") for r in good_rows())])
+    """`cat/1.png , cat`: the label was stripped and the path not, so an existing image was called missing. The
+    header written so too, `path , label `: its column names are path and label."""
+    manifest = write_manifest_csv(tmp_path, [f" {path} , {label}" for path, label in (r.split(",") for r in good_rows())],
+                                  header=" path , label ")
     result = run_split({"format": "csv", "path": str(manifest), "val_fraction": 0.25, "test_fraction": 0.25},
                        tmp_path / "out")
     assert result.returncode == 0, result.stdout

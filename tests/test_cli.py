@@ -1,5 +1,7 @@
-"""finetune.cli.run: torch-free entry points stay torch-free; a stopped training job still exits 143."""
+"""finetune.cli: torch-free entry points stay torch-free; a stopped training job still exits 143; a job sets no more
+torch threads than the CPUs it may run on; a JSON argument that is not JSON is a usage error saying where."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +9,8 @@ import textwrap
 
 import pytest
 
-from helpers import REPO
+from faults import split_and_weights, start_script, train_args
+from helpers import REPO, run_script
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -271,3 +274,37 @@ def test_a_job_without_parts_prints_no_time_line():
         run(main)
     """)
     assert result.returncode == 0 and result.stdout == "done\n", result.stdout
+
+
+@pytest.mark.slow
+def test_a_job_takes_no_more_torch_threads_than_the_cpus_it_may_run_on(tmp_path):
+    """A Slurm allocation or taskset may give a job fewer CPUs than the node has: the rule's threads: 2 on one CPU
+    ran two torch threads on it (oversubscribed). The train job records the threads it set (train_info.json)."""
+    inputs = split_and_weights(tmp_path / "inputs", 3)
+    options = {"epochs": 1, "batch_size": 4, "device": "cpu", "schedule": "constant"}
+    allowed = sorted(os.sched_getaffinity(0))
+
+    def threads_taken(out, cpus):
+        args = train_args(inputs.split, inputs.manifest, out, options)
+        args[args.index("--threads") + 1] = "2"
+        job = start_script("train", *args, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output
+        return json.loads((out / "train_info.json").read_text())["threads"]
+
+    assert threads_taken(tmp_path / "one_cpu", allowed[:1]) == 1
+    assert threads_taken(tmp_path / "all", allowed) == min(2, len(allowed))
+
+
+def test_a_json_argument_that_is_not_json_is_refused_saying_where_it_breaks(tmp_path):
+    """The scripts also run alone (`python workflow/scripts/split.py --dataset '...'`): JSON written by hand with a
+    key unquoted is refused by the argument's name with json's own account of where it breaks, exit status 2 (a
+    usage error), no traceback and nothing written."""
+    text = '{"format": "imagefolder", path: "data"}'
+    with pytest.raises(json.JSONDecodeError) as broken:
+        json.loads(text)
+    result = run_script("split", "--dataset", text, "--out", str(tmp_path / "split.csv"),
+                        "--report", str(tmp_path / "split.report.json"))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout.splitlines()[-1] == f"split.py: error: argument --dataset: not valid JSON: {broken.value}"
+    assert "Traceback" not in result.stdout and not list(tmp_path.iterdir())

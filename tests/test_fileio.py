@@ -1,18 +1,22 @@
 """Atomic writes (finetune.fileio.atomic_path) with real processes: a writer killed mid-file leaves its temporary
 file, which the next write of the same path removes (a running writer's stays); a write inside a write (a staged
-path handed to a writer that writes atomically itself) is one temporary file, and a failure names the result."""
+path handed to a writer that writes atomically itself) is one temporary file, and a failure names the result; a
+full disk (the kernel's own ENOSPC) names the result and says what to free."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from helpers import REPO
 
-from finetune.fileio import write_json
+from finetune.errors import WriteError
+from finetune.fileio import atomic_path, write_json
 
 HALF_WRITTEN = textwrap.dedent("""
     import sys, time
@@ -86,3 +90,35 @@ def test_a_write_inside_a_write_names_the_result_and_leaves_nothing(tmp_path):
     assert f"a previous {target.name}, if any, is unchanged" in result.stdout
     assert target.read_bytes() == b"the earlier model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_full_disk_names_the_result_says_to_free_space_and_replaces_nothing(tmp_path):
+    """/dev/full refuses every write with the kernel's ENOSPC, as a full disk does: the error raised inside the block
+    is the result's write failing, and the message says which space to free (each errno has its own remedy)."""
+    target = tmp_path / "metrics.json"
+    target.write_text("the earlier metrics")
+    with pytest.raises(WriteError) as refused:
+        with atomic_path(target) as staged:
+            staged.write_text("the first half")
+            with open("/dev/full", "wb", buffering=0) as full:
+                full.write(b"the second half")
+    assert str(refused.value) == (
+        f"cannot write {target}: {os.strerror(errno.ENOSPC)} (errno {errno.ENOSPC}); free disk space, then rerun. "
+        "Nothing was replaced: a previous metrics.json, if any, is unchanged")
+    assert target.read_text() == "the earlier metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_an_input_that_cannot_be_read_inside_the_block_is_not_called_a_failed_write(tmp_path):
+    """A block reads its inputs as it writes (an exporter reads the checkpoint): an input missing, or refused to this
+    user, is that input's error as the OS gave it, not "cannot write" the result, which would send the user to free
+    disk space. The result is not replaced, and no temporary file is left."""
+    target = tmp_path / "report.json"
+    target.write_text("the earlier report")
+    missing = tmp_path / "history.csv"
+    with pytest.raises(FileNotFoundError) as raised:
+        with atomic_path(target) as staged:
+            staged.write_text(missing.read_text())
+    assert raised.value.filename == str(missing)
+    assert target.read_text() == "the earlier report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
