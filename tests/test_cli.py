@@ -67,7 +67,74 @@ def test_a_stop_that_a_library_wrapped_in_its_own_error_still_exits_143(tmp_path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("how", ["raised_from_it", "raised_while_handling_it"])
+def test_a_stop_turned_into_another_error_by_the_code_it_interrupted_still_exits_143(how):
+    """A library that catches everything (an exporter, a data loader's worker) turns a stop into an error of its own,
+    naming the stop as its cause (`raise ... from`) or only as what it was handling: the job ends as stopped, 143, in
+    one line, either way, and a long way down the chain."""
+    result = run_python(f"""
+        import os, signal, time
+        from finetune.cli import run
+
+        def interrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+        def library():
+            try:
+                interrupted()
+            except BaseException as exc:
+                if {how!r} == "raised_from_it":
+                    raise RuntimeError("the exporter failed") from exc
+                raise RuntimeError("the exporter failed")
+
+        def main():
+            try:
+                library()
+            except RuntimeError:
+                raise ValueError("the model cannot be exported")
+        run(main)
+    """)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.startswith("stopped by SIGTERM: stopped at once") and result.stderr.count("\n") == 1, \
+        result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("error", ["KeyError('label')", "RuntimeError('write to the log: Broken pipe')"])
+def test_an_unexpected_error_is_a_traceback_and_exit_status_2(error):
+    """A bug is not a one-line message: its traceback, exit status 2 (1 is a known failure with its one line). In one
+    process no other training process can be gone, so an error that names a broken pipe is a bug too."""
+    result = run_python(f"""
+        from finetune.cli import run
+        def main():
+            raise {error}
+        run(main)
+    """, env={"WORLD_SIZE": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "KeyError: 'label'" if error.startswith("KeyError") else "RuntimeError: write to the log: Broken pipe")
+
+
 PEER_GONE = "[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:8094: Connection reset by peer"
+
+
+def test_a_lost_peer_s_error_of_many_lines_is_said_in_one():
+    """NCCL's errors run over many lines (the communicator, the last error, a hint): the job's error line keeps their
+    words on one line, cut at 300 characters, so that several processes' lines in one log stay whole."""
+    words = ["NCCL communicator was aborted on rank 1.", "Last error:", *(f"detail {i:02d}" for i in range(60))]
+    message = "\n  ".join(words)
+    result = run_python(f"""
+        from finetune.cli import run
+        def main():
+            raise RuntimeError({message!r})
+        run(main)
+    """, env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1, result.stderr
+    said = result.stderr.removeprefix("rank 1: error: another training process of this job ended, and this one cannot "
+                                      "go on without it (torchrun's summary names it and why): RuntimeError: ").rstrip("\n")
+    assert said == " ".join(words)[:300], result.stderr
 
 
 @pytest.mark.parametrize("when", ["as_the_error_leaves_main", "as_the_job_writes_its_error_line"])
@@ -200,6 +267,16 @@ def test_fast_exit_runs_atexit_and_flushes_what_was_printed():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "written, not flushedatexit ran\n"
+    # Nothing printed after it: the partial line is flushed by run itself, and a handler's error output too.
+    result = run_python("""
+        import atexit, sys
+        from finetune.cli import run
+        atexit.register(lambda: sys.stderr.write("atexit ran, no new line"))
+        def main():
+            sys.stdout.write("written, not flushed")
+        run(main, fast_exit=True)
+    """, env={"PYTHONUNBUFFERED": ""})  # buffered, as where PYTHONUNBUFFERED is not set
+    assert (result.returncode, result.stdout, result.stderr) == (0, "written, not flushed", "atexit ran, no new line")
 
 
 def test_the_time_line_adds_up_to_the_wall_time_the_parent_measures():
