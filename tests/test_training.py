@@ -267,6 +267,30 @@ def test_a_damaged_feature_cache_is_said_removed_and_computed_again(tiny, tmp_pa
     assert f"backbone features read from cache {cache}" in lines and not any("warning" in line for line in lines)
 
 
+def test_a_damaged_feature_cache_that_another_job_writes_afresh_meanwhile_is_left_to_it(tmp_path):
+    """The seeds of a run share one cache: a job finds it damaged and, as it says so, another job (another seed) writes
+    it afresh. That fresh file is kept for the next reads, not removed as the damaged one; a damaged file that no one
+    rewrote is removed."""
+    from finetune.features import _read_cache
+    from finetune.fileio import torch_save
+
+    cache = tmp_path / "features.pt"
+    cache.write_bytes(b"a cache cut short")
+    fresh = {"train": torch.randn(4, 8), "val": torch.randn(2, 8)}
+    lines = []
+
+    def another_job_writes_it_meanwhile(line):
+        lines.append(line)
+        torch_save(fresh, cache)
+
+    assert _read_cache(cache, 4, 2, another_job_writes_it_meanwhile) is None
+    assert lines[0].startswith(f"warning: feature cache {cache}: it cannot be read"), lines
+    train, val = _read_cache(cache, 4, 2, lines.append)
+    assert torch.equal(train, fresh["train"]) and torch.equal(val, fresh["val"]) and len(lines) == 1
+    cache.write_bytes(b"a cache cut short")
+    assert _read_cache(cache, 4, 2, lines.append) is None and not cache.exists()
+
+
 def test_a_feature_cache_that_cannot_be_written_is_said_and_the_run_trains_on(tiny, tmp_path):
     """The cache is derived data: a full disk (here a path whose folder is a file) failed the whole train job after
     its features were computed. Now the run goes on with them, as the run without a cache."""
@@ -360,6 +384,13 @@ def test_lbfgs_solves_the_regularised_head_problem(tiny):
 
     assert gradient_norm(before["fc.weight"], before["fc.bias"]) > 0.1
     assert gradient_norm(last["weight"], last["bias"]) < 1e-3
+    # Each epoch reports the loss and accuracy of the head it started from, as a batch of the other optimizers does
+    # (before its step): epoch 1's are the random initial head's.
+    with torch.no_grad():
+        logits = features @ before["fc.weight"].T + before["fc.bias"]
+    assert result.history[0]["train_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert result.history[0]["train_accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
 
 
 @pytest.mark.parametrize("options", [
