@@ -1641,6 +1641,19 @@ def test_nan_and_infinity_are_found_at_any_depth_of_a_config():
     assert config_problems({"seeds": [2**64 - 1]}, schema) == []
 
 
+def test_an_integer_key_takes_whole_numbers_only_and_the_decimal_point_hint_is_for_whole_ones():
+    """YAML's `true` is no count of epochs (Python's bool is an int: it reached the jobs as 1), and 1.5 epochs is not
+    1 written with a point: only a whole number written with a point gets the hint to drop it."""
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    assert config_problems({"train": {"epochs": 1.5}, "seeds": [True, 2.0]}, schema) == [
+        "seeds.0: True is not an integer",
+        "seeds.1: 2.0 is not an integer: write it without the decimal point, 2",
+        "train.epochs: 1.5 is not an integer"]
+    assert config_problems({"train": {"epochs": True}}, schema) == ["train.epochs: True is not an integer"]
+
+
 def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):
     from finetune.userconfig import duplicate_keys
 
