@@ -1654,6 +1654,22 @@ def test_an_integer_key_takes_whole_numbers_only_and_the_decimal_point_hint_is_f
     assert config_problems({"train": {"epochs": True}}, schema) == ["train.epochs: True is not an integer"]
 
 
+def test_lr_0_an_empty_range_test_and_false_where_off_is_no_choice_are_refused_as_such():
+    """lr 0 trains nothing (the schema's bound is exclusive, and the message says > 0, not >= 0); a range test from
+    one lr to the same lr has no range; `bn: false` is told its choices, and only a key that takes 'off' is told that
+    YAML read the off the user wrote unquoted as false."""
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    assert config_problems({"train": {"lr": 0}}, schema) == ["train.lr: 0 is too small: it must be > 0"]
+    assert config_problems({"lr_find": {"min_lr": 0.01, "max_lr": 0.01}}, schema) == [
+        "lr_find.min_lr: 0.01 must be below lr_find.max_lr (0.01): the range test raises the lr from one to the other"]
+    assert config_problems({"train": {"bn": False, "amp": False}}, schema) == [
+        "train.amp: False is not allowed; use one of off, bf16, fp16 (YAML reads an unquoted off, no or false as "
+        "false: write 'off', quoted)",
+        "train.bn: False is not allowed; use one of auto, frozen, train"]
+
+
 def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):
     from finetune.userconfig import duplicate_keys
 
