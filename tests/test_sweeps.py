@@ -87,6 +87,21 @@ def test_a_problem_every_run_of_a_sweep_shares_is_said_once_under_the_experiment
     assert not any(p.startswith("experiments.ft-") for p in problems), problems
 
 
+def test_values_that_all_train_the_same_run_are_said_once():
+    """`warmup_epochs: [0, 1, 2]` with schedule onecycle (which warms up itself): three names for one run, said once,
+    by its first two runs, not once for each pair; a swept key the runs act on (lr) does not hide the one they do not."""
+    config = with_experiments({"w": {"schedule": "onecycle", "sweep": {"warmup_epochs": [0, 1, 2]}}})
+    assert config_problems(config, SCHEMA) == [
+        "experiments.w.sweep.warmup_epochs: runs w-warmup_epochs0 and w-warmup_epochs1 would train the same run "
+        "(warmup_epochs: schedule onecycle warms up over its first 30% of steps itself); sweep only values that change "
+        "the run"]
+    config = with_experiments({"w": {"strategy": "feature_extract", "sweep": {"bn": ["frozen", "train"], "lr": [0.1, 0.01]}}})
+    assert config_problems(config, SCHEMA) == [
+        "experiments.w.sweep.bn: runs w-bnfrozen-lr0.1 and w-bntrain-lr0.1 would train the same run (bn: strategy "
+        "feature_extract keeps the whole backbone in eval mode: its BatchNorm layers never train); sweep only values "
+        "that change the run"]
+
+
 def test_a_sweep_run_s_problem_names_the_config_file_that_writes_its_experiment(tmp_path):
     """With several config files each problem names the file its key comes from; a sweep run's problem
     (`experiments.fx (its sweep's run(s) fx-mixup_alpha0.2): ...`) was left without it: the run name's dot was read
