@@ -1863,6 +1863,14 @@ def test_a_train_key_every_experiment_sets_for_itself_is_said_not_used(tmp_path)
     result = run_snakemake(tmp_path, config, "-n")
     assert "note: train.lr: not used: every experiment sets its own lr (finetune, feature_extract, scratch)" in result.stdout
     assert "note: train.epochs" not in result.stdout
+    # One experiment that takes it from train is enough for it to be used.
+    from finetune.configcheck import overridden_train_notes
+
+    own = {"train": {"lr": 0.01}, "experiments": {"own": {"lr": 0.1}, "inherits": {"strategy": "finetune"}}}
+    assert overridden_train_notes(own, own["train"]) == []
+    own["experiments"]["inherits"]["lr"] = 0.2
+    assert overridden_train_notes(own, own["train"]) == ["note: train.lr: not used: every experiment sets its own lr "
+                                                         "(own, inherits)"]
 
 
 def test_a_file_whose_name_ends_in_a_hash_and_digits_is_read_as_the_file_it_is(tmp_path):
