@@ -1670,6 +1670,36 @@ def test_lr_0_an_empty_range_test_and_false_where_off_is_no_choice_are_refused_a
         "train.bn: False is not allowed; use one of auto, frozen, train"]
 
 
+def test_a_key_some_runs_act_on_is_accepted_where_it_is_written_and_where_it_is_inherited():
+    """Refused only where no run acts on it: unfreeze_epoch in an experiment whose sweep trains a gradual run beside a
+    finetune one, and train.momentum that one experiment's SGD takes (another's AdamW not)."""
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    swept = {"g": {"unfreeze_epoch": 1, "epochs": 3, "sweep": {"strategy": ["finetune", "gradual"]}}}
+    assert config_problems({"experiments": swept}, schema) == []
+    inherited = {"train": {"momentum": 0.5}, "experiments": {"a": {"optimizer": "sgd"}, "b": {"optimizer": "adamw"}}}
+    assert config_problems(inherited, schema) == []
+
+
+def test_a_crop_as_large_as_the_resize_an_unknown_architecture_and_a_name_yaml_read_as_true():
+    """A centre crop the size of the resized image is allowed (no crop); an unknown weights.arch beside torchvision
+    weights is said once, as unknown, not also as not theirs; an experiment named `true:` unquoted is said to be YAML's
+    true."""
+    from finetune.configcheck import config_problems
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    prep = {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    weights = {"source": "path", "path": "w.pth", "arch": "resnet18", "preprocessing": prep}
+    assert config_problems({"weights": weights}, schema) == []
+    unknown = config_problems({"weights": {"source": "torchvision", "torchvision": "ResNet18_Weights.DEFAULT",
+                                           "arch": "resnet19"}}, schema)
+    assert len(unknown) == 1 and unknown[0].startswith("weights.arch: unknown architecture 'resnet19' (did you mean "
+                                                       "resnet18"), unknown
+    assert config_problems({"experiments": {True: {}}}, schema) == [
+        "experiments.True: YAML reads this name as true or false, not as text: put it in quotes as you wrote it"]
+
+
 def test_duplicate_keys_of_a_json_config_and_of_lists_of_mappings(tmp_path):
     from finetune.userconfig import duplicate_keys
 
