@@ -22,6 +22,10 @@ from faults import (BOMB_SIDE, PREPROCESSING_32, make_bad_images, make_images, r
                     silent_server, snapshot, train_args)
 from helpers import REPO, TINY_CONFIG, copy_of_the_workflow, jobs_run, run_script, run_snakemake, tiny_config
 
+from finetune.configcheck import config_problems
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
 TRAIN_OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu"}
 
 
@@ -1624,47 +1628,38 @@ def test_a_key_written_twice_on_the_command_line_is_refused_and_a_nan_or_infinit
 
 
 def test_nan_and_infinity_are_found_at_any_depth_of_a_config():
-    from finetune.configcheck import config_problems
-
-    schema = REPO / "workflow/schemas/config.schema.yaml"
     nan, inf = float("nan"), float("inf")
     config = {"train": {"label_smoothing": nan}, "experiments": {"a": {"sweep": {"lr": [0.1, inf]}}},
               "pretrain": {"train": {"weight_decay": -inf}}}
-    assert config_problems(config, schema)[:3] == [
+    assert config_problems(config, SCHEMA)[:3] == [
         "train.label_smoothing: .nan is not a finite number; write a number",
         "experiments.a.sweep.lr.1: .inf is not a finite number; write a number",
         "pretrain.train.weight_decay: -.inf is not a finite number; write a number"]
-    assert config_problems({"train": {"lr": 1e308}}, schema) == []
+    assert config_problems({"train": {"lr": 1e308}}, SCHEMA) == []
     # torch's generators take 64 bits: a larger seed failed in the train job (Overflow when unpacking long long)
-    assert config_problems({"seeds": [0, 2**64]}, schema) == ["seeds.1: 18446744073709551616 is too large: it must be "
+    assert config_problems({"seeds": [0, 2**64]}, SCHEMA) == ["seeds.1: 18446744073709551616 is too large: it must be "
                                                               "<= 18446744073709551615"]
-    assert config_problems({"seeds": [2**64 - 1]}, schema) == []
+    assert config_problems({"seeds": [2**64 - 1]}, SCHEMA) == []
 
 
 def test_an_integer_key_takes_whole_numbers_only_and_the_decimal_point_hint_is_for_whole_ones():
-    """YAML's `true` is no count of epochs (Python's bool is an int: it reached the jobs as 1), and 1.5 epochs is not
-    1 written with a point: only a whole number written with a point gets the hint to drop it."""
-    from finetune.configcheck import config_problems
-
-    schema = REPO / "workflow/schemas/config.schema.yaml"
-    assert config_problems({"train": {"epochs": 1.5}, "seeds": [True, 2.0]}, schema) == [
+    """YAML's `true` is no count of epochs (Python's bool is an int: the integer check must not take it), and 1.5
+    epochs is not 1 written with a point: only a whole number written with a point gets the hint to drop it."""
+    assert config_problems({"train": {"epochs": 1.5}, "seeds": [True, 2.0]}, SCHEMA) == [
         "seeds.0: True is not an integer",
         "seeds.1: 2.0 is not an integer: write it without the decimal point, 2",
         "train.epochs: 1.5 is not an integer"]
-    assert config_problems({"train": {"epochs": True}}, schema) == ["train.epochs: True is not an integer"]
+    assert config_problems({"train": {"epochs": True}}, SCHEMA) == ["train.epochs: True is not an integer"]
 
 
 def test_lr_0_an_empty_range_test_and_false_where_off_is_no_choice_are_refused_as_such():
     """lr 0 trains nothing (the schema's bound is exclusive, and the message says > 0, not >= 0); a range test from
     one lr to the same lr has no range; `bn: false` is told its choices, and only a key that takes 'off' is told that
     YAML read the off the user wrote unquoted as false."""
-    from finetune.configcheck import config_problems
-
-    schema = REPO / "workflow/schemas/config.schema.yaml"
-    assert config_problems({"train": {"lr": 0}}, schema) == ["train.lr: 0 is too small: it must be > 0"]
-    assert config_problems({"lr_find": {"min_lr": 0.01, "max_lr": 0.01}}, schema) == [
+    assert config_problems({"train": {"lr": 0}}, SCHEMA) == ["train.lr: 0 is too small: it must be > 0"]
+    assert config_problems({"lr_find": {"min_lr": 0.01, "max_lr": 0.01}}, SCHEMA) == [
         "lr_find.min_lr: 0.01 must be below lr_find.max_lr (0.01): the range test raises the lr from one to the other"]
-    assert config_problems({"train": {"bn": False, "amp": False}}, schema) == [
+    assert config_problems({"train": {"bn": False, "amp": False}}, SCHEMA) == [
         "train.amp: False is not allowed; use one of off, bf16, fp16 (YAML reads an unquoted off, no or false as "
         "false: write 'off', quoted)",
         "train.bn: False is not allowed; use one of auto, frozen, train"]
@@ -1673,30 +1668,24 @@ def test_lr_0_an_empty_range_test_and_false_where_off_is_no_choice_are_refused_a
 def test_a_key_some_runs_act_on_is_accepted_where_it_is_written_and_where_it_is_inherited():
     """Refused only where no run acts on it: unfreeze_epoch in an experiment whose sweep trains a gradual run beside a
     finetune one, and train.momentum that one experiment's SGD takes (another's AdamW not)."""
-    from finetune.configcheck import config_problems
-
-    schema = REPO / "workflow/schemas/config.schema.yaml"
     swept = {"g": {"unfreeze_epoch": 1, "epochs": 3, "sweep": {"strategy": ["finetune", "gradual"]}}}
-    assert config_problems({"experiments": swept}, schema) == []
+    assert config_problems({"experiments": swept}, SCHEMA) == []
     inherited = {"train": {"momentum": 0.5}, "experiments": {"a": {"optimizer": "sgd"}, "b": {"optimizer": "adamw"}}}
-    assert config_problems(inherited, schema) == []
+    assert config_problems(inherited, SCHEMA) == []
 
 
 def test_a_crop_as_large_as_the_resize_an_unknown_architecture_and_a_name_yaml_read_as_true():
     """A centre crop the size of the resized image is allowed (no crop); an unknown weights.arch beside torchvision
     weights is said once, as unknown, not also as not theirs; an experiment named `true:` unquoted is said to be YAML's
     true."""
-    from finetune.configcheck import config_problems
-
-    schema = REPO / "workflow/schemas/config.schema.yaml"
     prep = {"resize_size": 32, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
     weights = {"source": "path", "path": "w.pth", "arch": "resnet18", "preprocessing": prep}
-    assert config_problems({"weights": weights}, schema) == []
+    assert config_problems({"weights": weights}, SCHEMA) == []
     unknown = config_problems({"weights": {"source": "torchvision", "torchvision": "ResNet18_Weights.DEFAULT",
-                                           "arch": "resnet19"}}, schema)
+                                           "arch": "resnet19"}}, SCHEMA)
     assert len(unknown) == 1 and unknown[0].startswith("weights.arch: unknown architecture 'resnet19' (did you mean "
                                                        "resnet18"), unknown
-    assert config_problems({"experiments": {True: {}}}, schema) == [
+    assert config_problems({"experiments": {True: {}}}, SCHEMA) == [
         "experiments.True: YAML reads this name as true or false, not as text: put it in quotes as you wrote it"]
 
 

@@ -1,5 +1,7 @@
-"""finetune.cli: torch-free entry points stay torch-free; a stopped training job still exits 143; a job sets no more
-torch threads than the CPUs it may run on; a JSON argument that is not JSON is a usage error saying where."""
+"""finetune.cli: torch-free entry points stay torch-free; a stopped job exits 143, also where a library turned the
+stop into its own error; a known failure is one line and exit 1, a bug a traceback and exit 2, a lost peer's error one
+line; a job sets no more torch threads than the CPUs it may run on; a JSON argument that is not JSON is a usage error
+saying where."""
 
 import json
 import os
@@ -71,7 +73,7 @@ def test_a_stop_that_a_library_wrapped_in_its_own_error_still_exits_143(tmp_path
 def test_a_stop_turned_into_another_error_by_the_code_it_interrupted_still_exits_143(how):
     """A library that catches everything (an exporter, a data loader's worker) turns a stop into an error of its own,
     naming the stop as its cause (`raise ... from`) or only as what it was handling: the job ends as stopped, 143, in
-    one line, either way, and a long way down the chain."""
+    one line, either way, and also where the code around the library turned that error into another."""
     result = run_python(f"""
         import os, signal, time
         from finetune.cli import run

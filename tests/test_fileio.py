@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+
 from helpers import REPO
 
 from finetune.errors import WriteError

@@ -89,7 +89,8 @@ def test_a_problem_every_run_of_a_sweep_shares_is_said_once_under_the_experiment
 
 def test_values_that_all_train_the_same_run_are_said_once():
     """`warmup_epochs: [0, 1, 2]` with schedule onecycle (which warms up itself): three names for one run, said once,
-    by its first two runs, not once for each pair; a swept key the runs act on (lr) does not hide the one they do not."""
+    by its first two runs, not once for each pair; and `bn: [frozen, train]` beside `lr: [0.1, 0.01]` (two pairs of
+    runs, one at each lr, differing in bn alone) once, by the first pair."""
     config = with_experiments({"w": {"schedule": "onecycle", "sweep": {"warmup_epochs": [0, 1, 2]}}})
     assert config_problems(config, SCHEMA) == [
         "experiments.w.sweep.warmup_epochs: runs w-warmup_epochs0 and w-warmup_epochs1 would train the same run "
