@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -189,6 +190,108 @@ def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(inputs, tmp_path
     time.sleep(0.01)
     write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)  # the decode run again
     assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
+
+
+@pytest.mark.slow
+def test_other_pixels_decoded_to_a_file_of_the_same_size_and_time_are_told_apart_by_its_record(tmp_path):
+    """A decoded file is known by its record's sha256 (which holds the pixels' own), its size and its
+    modification time. Pixels decoded anew from an image edited in place, the file then given its old time
+    (a copy that keeps times, ``cp -a`` or rsync, of another decode): same size, same time, but the record
+    differs, so the state of the old pixels is not resumed."""
+    from PIL import Image
+
+    from finetune.store import write_decoded
+
+    own = split_and_weights(tmp_path / "inputs", 6)
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
+    resume = tmp_path / "resume"
+
+    def train():
+        args = train_args(own.split, own.manifest, tmp_path / "run", options, resume)
+        result = run_script("train", *args, "--decoded", str(npy), str(info))
+        assert result.returncode == 1 and "training diverged" in result.stdout, result.stdout
+        return result.stdout
+
+    assert "resuming from" not in train()
+    assert "resuming from" in train(), "the same pixels: the stopped run goes on"
+    written = npy.stat()
+    image = Path(pd.read_csv(own.split)["path"].iloc[0])
+    Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)  # edited in place
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    os.utime(npy, ns=(written.st_atime_ns, written.st_mtime_ns))
+    assert (npy.stat().st_size, npy.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
+    assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
+
+
+@pytest.mark.slow
+def test_a_scratch_run_keeps_no_features_for_another_seed_to_read(inputs, tmp_path):
+    """The scratch control's backbone is random, drawn from its seed: features it computed would be another
+    seed's wrong ones. Given the feature cache folder the workflow gives every train job, a scratch
+    feature_extract run keeps nothing there, and the second seed trains exactly as it does with no cache at all."""
+    from finetune.store import write_decoded
+
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)
+    cache = tmp_path / "features"
+
+    def train(seed: int, out: Path, *cached: str):
+        options = {**OPTIONS, "strategy": "feature_extract", "cache_features": True, "epochs": 2, "seed": seed}
+        result = run_script("train", *train_args(inputs.split, inputs.manifest, out, options), "--scratch",
+                            "--decoded", str(npy), str(info), *cached)
+        assert result.returncode == 0, result.stdout
+        return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+    train(0, tmp_path / "seed0", "--feature-cache-dir", str(cache))
+    shared = train(1, tmp_path / "seed1", "--feature-cache-dir", str(cache))
+    alone = train(1, tmp_path / "seed1-alone")
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.iterdir())
+    assert shared.keys() == alone.keys() and all(torch.equal(shared[k], alone[k]) for k in alone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["pixels", "normalisation"])
+def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path, change):
+    """The feature cache is shared by the jobs of a DAG (the seeds of a feature_extract run, lr_find) and outlives
+    them: features computed from pixels decoded before (an image edited in place, decoded again) or normalised
+    otherwise (the same weights file, its preprocessing's mean and std changed) are not read, but computed again,
+    and the run trains as one given no cache at all."""
+    from PIL import Image
+
+    from finetune.store import write_decoded
+    from finetune.weights import write_manifest
+
+    own = split_and_weights(tmp_path / "inputs", 6)
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    cache = tmp_path / "features"
+    options = {**OPTIONS, "strategy": "feature_extract", "cache_features": True, "epochs": 2}
+
+    def train(out: Path, manifest: Path, *cached: str):
+        result = run_script("train", *train_args(own.split, manifest, out, options), "--decoded", str(npy), str(info),
+                            *cached)
+        assert result.returncode == 0, result.stdout
+        return result.stdout, torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+    assert "backbone features computed once" in train(tmp_path / "first", own.manifest, "--feature-cache-dir", str(cache))[0]
+    assert "read from cache" in train(tmp_path / "again", own.manifest, "--feature-cache-dir", str(cache))[0]
+    manifest = own.manifest
+    if change == "pixels":
+        image = Path(pd.read_csv(own.split)["path"].iloc[0])
+        Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)
+        write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    else:
+        first = json.loads(own.manifest.read_text())
+        manifest = tmp_path / "inputs" / "weights" / "renormalised.json"  # beside the same weights file
+        write_manifest(manifest, weights_file=tmp_path / "inputs" / "weights" / "weights.pth", arch="resnet18", num_classes=3, classes=[],
+                       preprocessing={**first["preprocessing"], "mean": [0.4, 0.4, 0.4], "std": [0.3, 0.3, 0.3]},
+                       sha256=first["sha256"], source={"kind": "test"})
+    log, cached = train(tmp_path / "changed", manifest, "--feature-cache-dir", str(cache))
+    assert "backbone features computed once" in log and "read from cache" not in log, log
+    assert len(list(cache.glob("*.pt"))) == 2
+    alone = train(tmp_path / "alone", manifest)[1]
+    assert cached.keys() == alone.keys() and all(torch.equal(cached[k], alone[k]) for k in alone)
 
 
 # --------------------------------------------------------------------------- a non-finite loss between two checks
@@ -570,6 +673,7 @@ def test_outputs_removed_after_the_job_ended_are_written_again_from_its_finished
     assert "this run had ended, and the run of Snakemake that ran it did not succeed" in again.stdout, again.stdout
     assert "the run had ended after 3 epoch(s); writing its outputs" in again.stdout, again.stdout
     assert not re.search(r"^epoch \d/", again.stdout, re.M), "an epoch was trained again"
+    assert "of other settings or code" not in again.stdout, "its own finished state is no other run's"
     assert (out / "history.csv").read_bytes() == written["history.csv"]
     rewritten = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert rewritten.keys() == model.keys() and all(torch.equal(rewritten[k], model[k]) for k in model)
@@ -585,4 +689,47 @@ def test_outputs_removed_after_the_job_ended_are_written_again_from_its_finished
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert "resuming from" not in fresh.stdout and "this run had ended" not in fresh.stdout
     assert re.search(r"^epoch 1/3", fresh.stdout, re.M), fresh.stdout
+    # Its log names the finished state of the code before, kept beside its own: that one state alone.
+    assert re.search(rf"^note: 1 resume state\(s\) of other settings or code of this run are kept in .*\(\d[\d,]* MB: "
+                     rf"{re.escape(finished.name)}\)", fresh.stdout, re.M), fresh.stdout
     assert len(resume_files(resume)) == 2 and finished in resume_files(resume)
+
+
+def test_a_finished_state_goes_once_its_outputs_are_there_and_stays_while_they_are_missing(tmp_path):
+    """What the workflow's onsuccess removes: the finished resume states (``<key>.done.pt``) of the runs whose
+    outputs are there, with the folders they leave empty, but never the resume folder itself; a finished state
+    whose outputs are missing stays, for the next run to write them from instead of training again. The runs'
+    outputs are found from the states' folders (``pretrain/``, ``<experiment>/seed<seed>/``) as the rules name
+    them; another experiment's seed of the same number is another run."""
+    from finetune.stages import remove_finished_states
+
+    resume = tmp_path / "resume"
+    states = {name: resume / name / "0123abcd.done.pt"
+              for name in ("pretrain", "finetune/seed0", "finetune/seed1", "feature_extract/seed0")}
+    for state in states.values():
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_bytes(b"state")
+    kept_beside = resume / "finetune" / "seed1" / "4567cdef.pt"  # an unfinished state of other settings
+    kept_beside.write_bytes(b"state")
+    outputs = {"pretrain": tmp_path / "pretrain/model.pth", "finetune/seed0": tmp_path / "results/finetune/seed0/model.pt",
+               "finetune/seed1": tmp_path / "results/finetune/seed1/model.pt"}  # feature_extract/seed0's is missing
+    for output in outputs.values():
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(b"output")
+
+    train_output = str(tmp_path / "results/{experiment}/seed{seed}/model.pt")  # the train rule's, moved
+    removed = remove_finished_states(resume, str(outputs["pretrain"]), train_output)
+
+    assert sorted(removed) == sorted(states[name] for name in outputs)
+    assert sorted(p for p in resume.rglob("*") if p.is_file()) == sorted([states["feature_extract/seed0"], kept_beside])
+    assert not (resume / "pretrain").exists() and not (resume / "finetune/seed0").exists(), "emptied folders go"
+    assert (resume / "finetune/seed1").is_dir()
+    assert remove_finished_states(resume, str(outputs["pretrain"]), train_output) == []
+    # A resume folder the last state leaves empty is kept (it is the rules' resume_dir, say a link's target).
+    alone = tmp_path / "alone"
+    (alone / "x/seed3").mkdir(parents=True)
+    (alone / "x/seed3/89ab.done.pt").write_bytes(b"state")
+    (tmp_path / "results/x/seed3").mkdir(parents=True)
+    (tmp_path / "results/x/seed3/model.pt").write_bytes(b"output")
+    assert remove_finished_states(alone, str(outputs["pretrain"]), train_output) == [alone / "x/seed3/89ab.done.pt"]
+    assert alone.is_dir() and not list(alone.iterdir())
