@@ -1487,6 +1487,26 @@ def test_a_split_drawn_without_val_or_test_images_stops_at_decode_naming_the_key
     assert not (out / "d.npy").exists() and not (out / "d.json").exists()
 
 
+@pytest.mark.parametrize("sizes", [
+    {"weights": "url", "sizes": {"resize_size": 36}},  # no crop_size
+    {"weights": "url", "sizes": {"crop_size": 32}},  # no resize_size
+    {"weights": "huggingface", "sizes": {"resize_size": 36, "crop_size": 32}},  # no source the workflow writes
+])
+def test_decode_run_alone_with_weights_sizes_that_give_no_sizes_stops_naming_them(tmp_path, sizes):
+    """--weights-sizes is what the workflow writes from weights.source and its preprocessing; a script run alone
+    with one that cannot give both the resize and the crop stops with one line quoting it, before decoding,
+    rather than a KeyError's traceback or images decoded at sizes nobody asked for."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_images(data, {"cat": 6, "dog": 6})
+    assert run_split(imagefolder(data), out).returncode == 0
+    result = run_script("decode", "--split", str(out / "split.csv"), "--weights-sizes", json.dumps(sizes),
+                        "--out-images", str(out / "d.npy"), "--out-info", str(out / "d.json"))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    assert f"error: decode: cannot tell the image sizes from {sizes!r}" in result.stdout, result.stdout
+    assert not (out / "d.npy").exists() and not (out / "d.json").exists()
+
+
 # --------------------------------------------------------------------------- config, rejected at start
 
 PRE = {"resize_size": 32, "crop_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -301,6 +302,30 @@ def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
         resolve_lr({"lr": "auto"}, None)
     with pytest.raises(ConfigError, match="not auto"):
         resolve_lr({"lr": 0.5}, suggestion)
+    # A suggestion no training can use (damaged, or not lr_find's) is refused naming the file, not trained with.
+    for held in ({"lr": 0}, {"lr": -0.01}, {"lr": "0.01"}, {"lr": None}, {"method": "steepest"}, [0.01]):
+        suggestion.write_text(json.dumps(held))
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(suggestion))} holds no positive 'lr'"):
+            resolve_lr({"lr": "auto"}, suggestion)
+
+
+def test_lr_find_run_alone_refuses_a_range_test_setting_it_does_not_know_naming_the_known_ones(tmp_path):
+    """--range-test is what the workflow writes from lr_find's keys; run alone with a misspelt one, the script
+    stops on one line naming it and the settings it knows, before any step, and writes nothing."""
+    from faults import split_and_weights, train_args
+    from helpers import run_script
+
+    inputs = split_and_weights(tmp_path / "inputs", 4)
+    out = tmp_path / "out"
+    args = train_args(inputs.split, inputs.manifest, out, {"epochs": 1, "batch_size": 4, "lr": "auto", "seed": 0})[:6]
+    result = run_script("lr_find", *args, "--range-test", json.dumps({"steps": 30, "max_rl": 1.0}),
+                        "--out-csv", str(out / "curve.csv"), "--out-png", str(out / "curve.png"),
+                        "--out-suggestion", str(out / "suggestion.json"))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    known = ", ".join(sorted(["min_lr", "max_lr", "steps", "smoothing", "diverge_factor"]))
+    assert f"error: lr_find: unknown range-test setting(s) max_rl (known: {known})" in result.stdout, result.stdout
+    assert not out.exists() or not any(out.iterdir())
 
 
 # --------------------------------------------------------------------------- the rule, run for real
