@@ -245,6 +245,10 @@ def test_plots_refuse_inconsistent_data(tmp_path):
         learning_curves_plot(pd.DataFrame({"train_loss": [0.5, 0.4]}), tmp_path / "curves.png")
     with pytest.raises(ValueError, match="recorded no steps"):
         lr_find_plot([], [], [], 1e-3, "steepest", tmp_path / "lr_find.png")
+    report = {**classification_report(np.array([0, 1]), np.eye(2), ["a", "b"]), "classes": ["a", "b"]}
+    with pytest.raises(ValueError, match=r"^unknown plot\(s\): confusoin, roc$"):  # before any is drawn
+        write_evaluation_figures(report, {"confusion": tmp_path / "cm.png", "confusoin": tmp_path / "x.png",
+                                          "roc": tmp_path / "roc.png"})
     assert not list(tmp_path.iterdir())
 
 
@@ -949,12 +953,17 @@ def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
 
     folder = tiny_run / "results/finetune/seed0"
     decoded = tiny_run / "resources/decoded/target/native"
-    out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
-                     "--decoded", str(decoded / "images.npy"), str(decoded / "info.json"), "--onnx", str(folder / "model.onnx"),
-                     "--out-metrics", str(tmp_path / "m.json"), "--out-confusion", str(tmp_path / "c.csv"),
-                     "--out-predictions", str(tmp_path / "p.csv"), "--device", "cpu")
-    assert out.returncode == 0, out.stdout[-3000:]
-    onnx = json.loads((tmp_path / "m.json").read_text())["onnx"]
+
+    def evaluate(*tta: str):
+        out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
+                         "--decoded", str(decoded / "images.npy"), str(decoded / "info.json"), "--onnx", str(folder / "model.onnx"),
+                         "--out-metrics", str(tmp_path / "m.json"), "--out-confusion", str(tmp_path / "c.csv"),
+                         "--out-predictions", str(tmp_path / "p.csv"), "--device", "cpu", *tta)
+        assert out.returncode == 0, out.stdout[-3000:]
+        return out, json.loads((tmp_path / "m.json").read_text())
+
+    out, metrics = evaluate()
+    onnx = metrics["onnx"]
     test = held_out(tiny_run)
     prep = onnx_preprocessing(folder / "model.onnx")
     ours = onnx_logits(folder / "model.onnx", model_inputs(test["path"], prep)).argmax(1)
@@ -965,6 +974,34 @@ def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
     assert onnx["top1_agreement_with_pytorch"] == pytest.approx(float((ours == theirs).mean()), abs=1e-12)
     assert 0 <= onnx["max_abs_logit_diff"] < 1e-3
     assert f"ONNX model {folder / 'model.onnx'}: test accuracy {onnx['accuracy']:.4f}" in out.stdout
+    # evaluate.tta hflip beside a plain model.onnx: the export is compared with PyTorch doing what it does
+    # (no flip), and said to run without test-time augmentation; the PyTorch figures are the flipped ones.
+    _, flipped = evaluate("--tta", "hflip")
+    assert flipped["tta"] == "hflip" and flipped["onnx"]["tta"] == "none"
+    assert flipped["onnx"]["accuracy"] == onnx["accuracy"]
+    assert flipped["onnx"]["top1_agreement_with_pytorch"] == pytest.approx(float((ours == theirs).mean()), abs=1e-12)
+    assert 0 <= flipped["onnx"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_evaluate_refuses_a_split_of_other_classes_than_the_model_was_trained_on(tiny_run, tmp_path):
+    """A split file whose classes are not the checkpoint's (here one renamed; the label numbers alike) would
+    be scored under the wrong names: refused on one line naming both files and both lists, nothing written."""
+    from helpers import run_script
+
+    folder = tiny_run / "results/finetune/seed0"
+    split = pd.read_csv(tiny_run / "resources/splits/target.csv")
+    trained = json.loads((folder / "train_info.json").read_text())["classes"]
+    renamed = split.assign(class_name=split["class_name"].replace({trained[-1]: "Handbag"}))
+    renamed.to_csv(tmp_path / "renamed.csv", index=False)
+    out = tmp_path / "out"
+    result = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tmp_path / "renamed.csv"),
+                        "--out-metrics", str(out / "m.json"), "--out-confusion", str(out / "c.csv"),
+                        "--out-predictions", str(out / "p.csv"), "--device", "cpu")
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    other = [*trained[:-1], "Handbag"]
+    assert (f"error: {folder / 'model.pt'} was trained on classes {trained}, {tmp_path / 'renamed.csv'} has {other}"
+            in result.stdout), result.stdout
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.slow
@@ -989,7 +1026,10 @@ def test_evaluate_scores_the_test_images_without_a_near_duplicate_apart(tiny_run
     correct = run_logits(folder, test["path"]).argmax(1) == truth
     decoded = tiny_run / "resources/decoded/target/native"
     results = {}
-    for case, report in (("kept", near), ("left out", {**near, "left_out": True}), ("unchecked", {**near, "checked": False})):
+    every = {**near, "pairs": [{"path": train[i % len(train)], "split": "train", "class_name": "x", "copy_of": p,
+                                "copy_split": "test", "copy_class": "x", "rms": 1.0} for i, p in enumerate(test["path"])]}
+    for case, report in (("kept", near), ("left out", {**near, "left_out": True}), ("unchecked", {**near, "checked": False}),
+                         ("every", every)):
         (tmp_path / "report.json").write_text(json.dumps({"near_duplicates": report}))
         out = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(tiny_run / "resources/splits/target.csv"),
                          "--split-report", str(tmp_path / "report.json"),
@@ -1019,6 +1059,9 @@ def test_evaluate_scores_the_test_images_without_a_near_duplicate_apart(tiny_run
                                                          "accuracy_without": pytest.approx(float(correct.mean()), abs=1e-12)}
     assert results["unchecked"][0]["near_duplicates"] == {"checked": False, "test_images_with_copy": None,
                                                           "n_test_without": None, "accuracy_without": None}
+    # Every test image with a copy: no accuracy is left to give without them (null, not NaN, in metrics.json).
+    assert results["every"][0]["near_duplicates"] == {"checked": True, "test_images_with_copy": len(test),
+                                                      "n_test_without": 0, "accuracy_without": None}
 
 
 def test_test_figures_with_test_time_augmentation_say_so_in_the_leaderboard_and_the_tables(tmp_path):

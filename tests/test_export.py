@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from helpers import jobs_run, run_script, run_snakemake, tiny_config
 from recompute import held_out, model_inputs, onnx_logits, onnx_preprocessing, torch_logits
@@ -99,6 +100,24 @@ def test_a_damaged_checkpoint_or_model_names_the_command_that_makes_it_again(tin
     assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
     assert f"cannot load ONNX model {onnx_cut}: " in result.stdout
     assert f"One the workflow wrote is written again by `snakemake --forcerun {onnx_cut}`" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["export_onnx", "evaluate"])
+def test_a_weights_file_given_as_the_checkpoint_is_refused_naming_it(tiny_run, tmp_path, script):
+    """A file torch reads that is not a train checkpoint (here the pretrained weights, a bare state dict: a
+    mix-up of the two .pt/.pth files a run folder holds) is refused on one line naming it and what it should
+    be, not a KeyError's traceback; nothing is written."""
+    weights = tiny_run / "resources/pretrain/model.pth"
+    assert "state_dict" not in torch.load(weights, weights_only=True)  # independently: a bare state dict
+    split = str(tiny_run / "resources/splits/target.csv")
+    out = tmp_path / "out"
+    outputs = (["--out-onnx", str(out / "model.onnx"), "--out-parity", str(out / "p.json")] if script == "export_onnx" else
+               ["--out-metrics", str(out / "m.json"), "--out-confusion", str(out / "c.csv"),
+                "--out-predictions", str(out / "p.csv")])
+    result = run_script(script, "--checkpoint", str(weights), "--split", split, *outputs)
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"error: {weights} is not a checkpoint written by the train rule" in result.stdout, result.stdout
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_again(tiny_run_copy):
@@ -287,3 +306,32 @@ def test_a_parity_batch_larger_than_the_test_images_is_said_and_the_batch_used_r
             f"batch {n_test}") in result.stdout, result.stdout[-2000:]
     parity = json.loads((out / "onnx_parity.json").read_text())
     assert parity["n_images"] == n_test and f"batch_{n_test}" in json.dumps(parity["checks"]), parity["checks"]
+
+
+def test_a_model_with_a_tensor_outside_its_state_dict_is_rebuilt_whole_from_a_checkpoint():
+    """Where building on the meta device pays (torch._dynamo loaded, as in an export job), a model is built
+    there and given the checkpoint's tensors. A tensor the state dict does not hold (a non-persistent buffer,
+    made by the model's own constructor) would stay on the meta device, with no values: such a model is built
+    the usual way instead, its buffer as its constructor makes it, its weights the checkpoint's."""
+    import torch._dynamo  # noqa: F401  (what makes the meta build pay for a small model)
+    from torch import nn
+
+    from finetune.stages import _meta_build_pays, _model_from_state
+
+    class WithScale(nn.Module):
+        def __init__(self, num_classes: int):
+            super().__init__()
+            self.fc = nn.Linear(3, num_classes)
+            self.register_buffer("scale", torch.arange(1.0, 4.0), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x * self.scale)
+
+    state = {"fc.weight": torch.randn(2, 3), "fc.bias": torch.randn(2)}
+    assert _meta_build_pays(state)
+    model = _model_from_state(lambda arch, n: WithScale(n), "with_scale", 2, state)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    assert torch.equal(model.scale, torch.tensor([1.0, 2.0, 3.0]))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    x = torch.randn(4, 3)
+    assert torch.allclose(model(x), (x * torch.tensor([1.0, 2.0, 3.0])) @ state["fc.weight"].T + state["fc.bias"])

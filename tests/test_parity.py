@@ -177,3 +177,37 @@ def test_quantization_scores_each_model_and_their_agreement_on_the_test_images(t
     assert (accuracy["fp32"], accuracy["int8"], accuracy["top1_agreement"]) == (right(fp32), right(int8), agree)
     assert (right(fp32), right(int8), agree) == (0.75, 0.5, 0.25) and accuracy["n_images"] == 4
     assert accuracy["change"] == pytest.approx(right(int8) - right(fp32))
+
+
+def test_the_parity_images_are_at_most_256_test_images_spread_over_the_whole_test_split(tmp_path):
+    """Export checks onnxruntime on a sample of the test split, never a second pass over all of it: of 300 test
+    images, 256, each another, in file order, from the first to the last with no gap wider than two, read from
+    the decoded file as decoded here when there is none; on a smaller split, every test image."""
+    import pandas as pd
+
+    from faults import make_images, run_split
+    from finetune.images import Preprocessing
+    from finetune.stages import PARITY_SAMPLE, parity_images
+    from finetune.store import write_decoded
+    from finetune.tensors import decode_images
+
+    make_images(tmp_path / "data", {"cat": 150, "dog": 150}, size=8)
+    assert run_split({"format": "imagefolder", "path": str(tmp_path / "data"), "test_fraction": 0.9,
+                      "val_fraction": 0.05}, tmp_path / "split").returncode == 0
+    split = tmp_path / "split" / "split.csv"
+    frame = pd.read_csv(split)
+    test_paths = frame[frame["split"] == "test"]["path"].tolist()
+    assert len(test_paths) > PARITY_SAMPLE == 256
+    prep = Preprocessing.raw(8)
+    every = decode_images(test_paths, prep, 1).permute(0, 2, 3, 1).numpy()  # each test image, decoded here
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(split, 8, 8, npy, info, log=lambda _: None)
+    for decoded in (None, (npy, info)):
+        picked = parity_images(split, prep, 1, decoded)
+        assert picked.shape == (256, 8, 8, 3) and picked.dtype == np.uint8
+        found = [next(i for i, image in enumerate(every) if np.array_equal(image, p)) for p in picked]
+        assert found[0] == 0 and found[-1] == len(test_paths) - 1
+        assert all(0 < b - a <= 2 for a, b in zip(found, found[1:])), found
+    small = frame[(frame["split"] != "test") | frame["path"].isin(test_paths[:40])]
+    small.to_csv(tmp_path / "small.csv", index=False)
+    assert np.array_equal(parity_images(tmp_path / "small.csv", prep, 1), every[:40])

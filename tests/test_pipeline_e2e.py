@@ -23,6 +23,7 @@ def test_every_output_is_there_and_sound(tiny_run):
     test = held_out(tiny_run)
     truth = list(test["class_name"])
     assert len(test) == 4 * 6 and all(truth.count(c) == 6 for c in CLASSES)
+    counts = pd.read_csv(tiny_run / "resources/splits/target.csv")["split"].value_counts()
     for run in RUNS:
         folder = results / run
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -59,6 +60,8 @@ def test_every_output_is_there_and_sound(tiny_run):
         assert list(history["epoch"]) == [1]
         info = json.loads((folder / "train_info.json").read_text())
         assert info["classes"] == CLASSES
+        # The counts the leaderboard's notes on chance are worked out from, counted here in the split file.
+        assert (info["n_train"], info["n_val"]) == (counts["train"], counts["val"]) and counts["train"] != counts["val"]
     summary = pd.read_csv(results / "summary.csv")
     assert set(summary["experiment"]) == {"finetune", "feature_extract", "scratch"}
     manifest = json.loads((tiny_run / "resources/weights/manifest.json").read_text())
