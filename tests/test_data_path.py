@@ -241,6 +241,35 @@ def split_csv(tmp_path):
     return path
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_training_with_augment_reads_the_stored_squares_of_train_alone(split_csv, tmp_path, stream):
+    """With augment, train's images are the stored squares at the resize size (random resized crops draw from
+    them), the val images the centre crops at the crop size; without, both are the centre crops. Against the
+    images decoded here from the photos with torchvision's Resize (and CenterCrop)."""
+    from torchvision import transforms
+
+    from finetune.stages import load_split_tensors
+    from finetune.tensors import Preprocessing
+
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split_csv, 40, 32, npy, info, log=lambda _: None)
+    prep = Preprocessing(40, 32, (0.5,) * 3, (0.25,) * 3)
+    frame = pd.read_csv(split_csv)
+
+    def expected(split, crop):
+        steps = [transforms.Resize(40), transforms.CenterCrop(crop)]
+        return np.stack([np.asarray(transforms.Compose(steps)(Image.open(p).convert("RGB")))
+                         for p in frame[frame["split"] == split]["path"]]).transpose(0, 3, 1, 2)
+
+    for uncropped, train_size in (((), 32), (("train",), 40)):
+        data = load_split_tensors(split_csv, prep, 1, splits=("train", "val"), decoded=(npy, info), stream=stream,
+                                  uncropped=uncropped)[0]
+        train = np.asarray(data["train"].images[0 : len(data["train"].labels)])
+        val = np.asarray(data["val"].images[0 : len(data["val"].labels)])
+        assert np.array_equal(train, expected("train", train_size)), uncropped
+        assert np.array_equal(val, expected("val", 32)), uncropped
+
+
 @pytest.mark.parametrize("resize, crop", [(256, 224), (37, 32), (36, 33), (32, 32), (8, 7)])
 def test_the_stored_squares_centre_is_the_evaluation_crop_for_every_aspect_ratio(resize, crop):
     """The evaluation crop is torchvision's Resize + CenterCrop, pixel for pixel (their rounding of the
@@ -1070,6 +1099,21 @@ def test_channel_stats_are_the_mean_and_sample_std_of_the_pixels_over_255():
     two = ChannelStats()
     two.add(np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8))
     assert two.result() == (pytest.approx([0.5] * 3), pytest.approx([0.5 ** 0.5] * 3))
+
+
+def test_channel_stats_of_images_in_memory_are_those_of_their_pixels_read_in_chunks():
+    """What pretrain run alone (no decoded file) normalises with: the same figures of (N, 3, H, W) uint8
+    images, read a few at a time, against numpy over every pixel of each channel at once."""
+    import torch
+
+    from finetune.stages import channel_stats
+
+    images = np.random.default_rng(1).integers(0, 256, (5, 3, 4, 6), dtype=np.uint8)
+    images[:, 2] //= 3  # channels of other means
+    mean, std = channel_stats(torch.from_numpy(images), chunk=2)
+    flat = images.transpose(0, 2, 3, 1).reshape(-1, 3).astype(np.float64) / 255
+    assert mean == pytest.approx(flat.mean(axis=0).tolist(), rel=1e-12)
+    assert std == pytest.approx(flat.std(axis=0, ddof=1).tolist(), rel=1e-9)
 
 
 def test_the_decode_records_the_channel_stats_of_the_train_images_centre_crops_alone(tmp_path):

@@ -705,13 +705,13 @@ def test_manifest_rows_of_labels_not_chosen_are_noted_under_the_leaderboard(tmp_
     report = {"dataset": {"format": "csv", "path": "data/manifest.csv"}, "counts": {"bag": {"train": 3, "val": 1, "test": 1}},
               "rows_of_other_labels": {"bga": 1, "coat": 12}}
     notes = {}
-    for case, other in (("other labels", {"bga": 1, "coat": 12}), ("none", {})):
+    for case, other in (("other labels", {"bga": 1, "coat": 12, "bgas": 5, "shirt": 6}), ("none", {})):
         (tmp_path / "report.json").write_text(json.dumps({**report, "rows_of_other_labels": other}))
         summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", split_report=tmp_path / "report.json")
         notes[case] = [line for line in (tmp_path / "summary.md").read_text().splitlines() if "dataset.classes" in line]
-    # a class left out on purpose (coat, 12 rows) is no news; a label on a row or two is a likely typo
-    assert notes["other labels"] == [f"1 row(s) of the CSV manifest data/manifest.csv have a label not in dataset.classes "
-                                     "and found on at most 5 rows, so they were left out: 'bga' 1. A misspelt label? Every "
+    # a class left out on purpose (coat, 12 rows; shirt, 6) is no news; a label on a row or two (up to 5) is a likely typo
+    assert notes["other labels"] == [f"6 row(s) of the CSV manifest data/manifest.csv have a label not in dataset.classes "
+                                     "and found on at most 5 rows, so they were left out: 'bga' 1, 'bgas' 5. A misspelt label? Every "
                                      f"label left out is in {tmp_path / 'report.json'} (rows_of_other_labels)."]
     assert notes["none"] == []
 

@@ -294,6 +294,39 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     assert cached.keys() == alone.keys() and all(torch.equal(cached[k], alone[k]) for k in alone)
 
 
+@pytest.mark.slow
+def test_pretraining_on_pixels_decoded_anew_does_not_take_the_finished_state_of_the_old_ones(tmp_path):
+    """Pretrain keeps its finished state after its outputs, to write them again should Snakemake remove them. The
+    source's images decoded anew (an image edited in place, then the decode run again) are other pixels: the
+    weights of the old ones are not written again from that state, pretraining runs afresh."""
+    from PIL import Image
+
+    from finetune.store import write_decoded
+
+    own = split_and_weights(tmp_path / "inputs", 6)
+    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None, channel_stats_of="train")
+    out, resume = tmp_path / "pretrain", tmp_path / "resume"
+
+    def pretrain():
+        result = run_script("pretrain", "--split", str(own.split), "--arch", "resnet18", "--image-size", "32",
+                            "--options", json.dumps({**OPTIONS, "epochs": 1}), "--out-weights", str(out / "model.pth"),
+                            "--out-info", str(out / "info.json"), "--out-history", str(out / "history.csv"),
+                            "--resume-dir", str(resume), "--decoded", str(npy), str(info))
+        assert result.returncode == 0, result.stdout
+        for path in out.iterdir():  # as Snakemake removes the outputs of a job it then calls failed
+            path.unlink()
+        return result.stdout
+
+    assert re.search(r"^epoch 1/1", pretrain(), re.M)
+    assert "this run had ended" in pretrain(), "the same pixels: written again from the finished state"
+    image = Path(pd.read_csv(own.split)["path"].iloc[0])
+    Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None, channel_stats_of="train")
+    again = pretrain()
+    assert "this run had ended" not in again and re.search(r"^epoch 1/1", again, re.M), again
+
+
 # --------------------------------------------------------------------------- a non-finite loss between two checks
 
 class TripwireNet(nn.Module):
@@ -733,3 +766,26 @@ def test_a_finished_state_goes_once_its_outputs_are_there_and_stays_while_they_a
     (tmp_path / "results/x/seed3/model.pt").write_bytes(b"output")
     assert remove_finished_states(alone, str(outputs["pretrain"]), train_output) == [alone / "x/seed3/89ab.done.pt"]
     assert alone.is_dir() and not list(alone.iterdir())
+
+
+@pytest.mark.parametrize("given, said", [
+    ((), "give the weights manifest (--manifest), or for a scratch run --source-info and --arch"),
+    (("--source-info", "{info}", "--arch", "resnet18"), "--source-info (instead of a weights manifest) is for a scratch run"),
+    (("--source-info", "{info}", "--scratch"), "--source-info (instead of a weights manifest) is for a scratch run"),
+    (("--source-info", "{info}", "--arch", "resnet18", "--scratch", "--manifest", "{manifest}"),
+     "--source-info (instead of a weights manifest) is for a scratch run: give it with --scratch and --arch, and without --manifest"),
+])
+def test_train_run_alone_without_the_weights_it_can_build_from_says_which_arguments_it_needs(inputs, tmp_path, given, said):
+    """The train script builds its model from a weights manifest, or (a scratch run with weights from pretrain) from
+    the source's decoded record and an architecture: another mix of the three arguments stops on one line saying
+    which to give, before reading anything, and writes nothing."""
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps({"channel_stats": {"split": "train", "crop_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3}}))
+    out = tmp_path / "out"
+    args = train_args(inputs.split, inputs.manifest, out, OPTIONS)
+    del args[2:4]  # --manifest and its path
+    filled = [a.format(info=info, manifest=inputs.manifest) for a in given]
+    result = run_script("train", *args, *filled)
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"error: {said}" in result.stdout, result.stdout
+    assert not out.exists()
