@@ -721,6 +721,25 @@ def test_pretrain_records_the_figures_of_the_epoch_it_kept(tiny_run, tmp_path):
     assert info["best_val_accuracy"] == pytest.approx(kept["val_accuracy"], abs=1e-12), (info, history)
     assert json.loads((out / "info.json").read_text())["best_val_accuracy"] == info["best_val_accuracy"]
 
+    # With metric val_accuracy, an epoch kept before the last: its figures, not the last epoch's (the draws above
+    # keep lowering the loss to the last epoch; their accuracy peaks earlier at some lrs).
+    for lr in (0.1, 0.05, 0.02, 0.2):
+        options = {"epochs": 5, "batch_size": 8, "lr": lr, "device": "cpu", "metric": "val_accuracy", "schedule": "constant"}
+        out = tmp_path / f"by_accuracy_lr{lr}"
+        out.mkdir()
+        info = pretrain_stage(tiny_run / "resources/splits/source.csv", "resnet18", 32, options, out / "model.pth",
+                              out / "info.json", out / "history.csv", threads=2, log=lambda _: None)
+        history = pd.read_csv(out / "history.csv")
+        kept = history.sort_values(["val_accuracy", "val_loss"], ascending=[False, True]).iloc[0]  # ties: lower loss
+        last = history.iloc[-1]
+        if kept["epoch"] != last["epoch"] and (kept["val_accuracy"], kept["val_loss"]) != (last["val_accuracy"], last["val_loss"]):
+            break
+    else:
+        raise AssertionError("no lr keeps an epoch before the last by val_accuracy")
+    assert info["best_epoch"] == kept["epoch"]
+    assert info["best_val_accuracy"] == pytest.approx(kept["val_accuracy"], abs=1e-12), (info, history)
+    assert "best_val_loss" not in info
+
 
 # --------------------------------------------------------------------------- class weighting
 
