@@ -167,42 +167,24 @@ def test_on_divergence_stop_still_fails_where_no_epoch_was_done(inputs, out):
     assert snapshot(out) == before
 
 
-@pytest.mark.slow
-def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(inputs, tmp_path):
-    """A run stopped (here: diverged at epoch 2, its epoch-1 state kept) resumes while its decoded images are the
-    same file; once the decode has run again (an image edited in place and --forcerun split), the state holds a
-    run of the old pixels and the run starts afresh."""
-    from finetune.store import write_decoded
-
-    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
-    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)
-    options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
-    resume = tmp_path / "resume"
-
-    def train():
-        args = train_args(inputs.split, inputs.manifest, tmp_path / "run", options, resume)
-        result = run_script("train", *args, "--decoded", str(npy), str(info))
-        assert result.returncode == 1 and "training diverged" in result.stdout, result.stdout
-        return result.stdout
-
-    assert "resuming from" not in train()
-    assert f"resuming from {resume_files(resume)[0]}" in train(), "the same pixels: the stopped run goes on"
-    time.sleep(0.01)
-    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)  # the decode run again
-    assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
-
-
-@pytest.mark.slow
-def test_other_pixels_decoded_to_a_file_of_the_same_size_and_time_are_told_apart_by_its_record(tmp_path):
-    """A decoded file is known by its record's sha256 (which holds the pixels' own), its size and its
-    modification time. Pixels decoded anew from an image edited in place, the file then given its old time
-    (a copy that keeps times, ``cp -a`` or rsync, of another decode): same size, same time, but the record
-    differs, so the state of the old pixels is not resumed."""
+def invert_an_image(split: Path) -> None:
+    """Edit the split file's first image in place: its pixels inverted, its size and format kept."""
     from PIL import Image
 
+    image = Path(pd.read_csv(split)["path"].iloc[0])
+    Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)
+
+
+@pytest.mark.slow
+def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(tmp_path):
+    """A run stopped (here: diverged at epoch 2, its epoch-1 state kept) resumes while its decoded images are the
+    same file; once the decode has run again (an image edited in place and --forcerun split), the state holds a
+    run of the old pixels and the run starts afresh. So it does where the pixels decoded anew from an edited image
+    are in a file given the old one's size and time (a copy that keeps times, ``cp -a`` or rsync, of another
+    decode): the record's sha256, which holds the pixels' own, tells them apart."""
     from finetune.store import write_decoded
 
-    own = split_and_weights(tmp_path / "inputs", 6)
+    own = split_and_weights(tmp_path / "inputs", 6)  # its own images, to edit
     npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
     write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
     options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
@@ -215,14 +197,17 @@ def test_other_pixels_decoded_to_a_file_of_the_same_size_and_time_are_told_apart
         return result.stdout
 
     assert "resuming from" not in train()
-    assert "resuming from" in train(), "the same pixels: the stopped run goes on"
+    assert f"resuming from {resume_files(resume)[0]}" in train(), "the same pixels: the stopped run goes on"
+    time.sleep(0.01)
+    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)  # the decode run again
+    assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
+
     written = npy.stat()
-    image = Path(pd.read_csv(own.split)["path"].iloc[0])
-    Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)  # edited in place
+    invert_an_image(own.split)
     write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
     os.utime(npy, ns=(written.st_atime_ns, written.st_mtime_ns))
     assert (npy.stat().st_size, npy.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
-    assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
+    assert "resuming from" not in train(), "a state of other pixels in a file of the same size and time was resumed"
 
 
 @pytest.mark.slow
@@ -257,8 +242,6 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     them: features computed from pixels decoded before (an image edited in place, decoded again) or normalised
     otherwise (the same weights file, its preprocessing's mean and std changed) are not read, but computed again,
     and the run trains as one given no cache at all."""
-    from PIL import Image
-
     from finetune.store import write_decoded
     from finetune.weights import write_manifest
 
@@ -278,8 +261,7 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     assert "read from cache" in train(tmp_path / "again", own.manifest, "--feature-cache-dir", str(cache))[0]
     manifest = own.manifest
     if change == "pixels":
-        image = Path(pd.read_csv(own.split)["path"].iloc[0])
-        Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)
+        invert_an_image(own.split)
         write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
     else:
         first = json.loads(own.manifest.read_text())
@@ -299,8 +281,6 @@ def test_pretraining_on_pixels_decoded_anew_does_not_take_the_finished_state_of_
     """Pretrain keeps its finished state after its outputs, to write them again should Snakemake remove them. The
     source's images decoded anew (an image edited in place, then the decode run again) are other pixels: the
     weights of the old ones are not written again from that state, pretraining runs afresh."""
-    from PIL import Image
-
     from finetune.store import write_decoded
 
     own = split_and_weights(tmp_path / "inputs", 6)
@@ -320,8 +300,7 @@ def test_pretraining_on_pixels_decoded_anew_does_not_take_the_finished_state_of_
 
     assert re.search(r"^epoch 1/1", pretrain(), re.M)
     assert "this run had ended" in pretrain(), "the same pixels: written again from the finished state"
-    image = Path(pd.read_csv(own.split)["path"].iloc[0])
-    Image.fromarray(255 - np.asarray(Image.open(image).convert("RGB"))).save(image)
+    invert_an_image(own.split)
     write_decoded(own.split, 32, 32, npy, info, log=lambda _: None, channel_stats_of="train")
     again = pretrain()
     assert "this run had ended" not in again and re.search(r"^epoch 1/1", again, re.M), again
