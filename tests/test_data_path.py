@@ -242,10 +242,11 @@ def split_csv(tmp_path):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_training_with_augment_reads_the_stored_squares_of_train_alone(split_csv, tmp_path, stream):
-    """With augment, train's images are the stored squares at the resize size (random resized crops draw from
-    them), the val images the centre crops at the crop size; without, both are the centre crops. Against the
-    images decoded here from the photos with torchvision's Resize (and CenterCrop)."""
+def test_a_split_read_uncropped_is_the_stored_squares_and_the_others_the_centre_crops(split_csv, tmp_path, stream):
+    """What training with augment reads (train uncropped): train's images are the stored squares at the resize size
+    (random resized crops draw from them), the val images the centre crops at the crop size; with no split
+    uncropped, both are the centre crops. Against the images decoded here from the photos with torchvision's
+    Resize (and CenterCrop)."""
     from torchvision import transforms
 
     from finetune.stages import load_split_tensors
