@@ -88,6 +88,15 @@ def black_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
+def assert_same_state(actual: dict, expected: dict) -> None:
+    """Two state dicts hold the same keys and, for each, the very same tensor values."""
+    import torch
+
+    assert actual.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(actual[k], expected[k])]
+    assert not different, f"{len(different)} tensor(s) differ, e.g. {different[:5]}"
+
+
 def save_state_dict(path: Path, arch: str = "resnet18", num_classes: int = 3, seed: int = 0) -> str:
     """A randomly initialised torchvision ``arch`` state_dict at ``path``; returns its sha256."""
     import torch

@@ -33,7 +33,7 @@ import pandas as pd
 import pytest
 import torch
 
-from faults import job_pids
+from faults import assert_same_state, job_pids
 from helpers import REPO, jobs_run, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
@@ -75,12 +75,6 @@ def metrics_without_timing(path: Path) -> dict:
 def state_dict(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state["state_dict"] if "state_dict" in state else state
-
-
-def assert_same_state(actual: dict, expected: dict) -> None:
-    assert actual.keys() == expected.keys()
-    different = [k for k in expected if not torch.equal(actual[k], expected[k])]
-    assert not different, f"{len(different)} tensor(s) differ, e.g. {different[:5]}"
 
 
 def epochs_logged(log: str) -> list[int]:

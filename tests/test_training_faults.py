@@ -27,7 +27,7 @@ from finetune.errors import TrainingError
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions, fit
 
-from faults import snapshot, split_and_weights, start_script, train_args
+from faults import assert_same_state, snapshot, split_and_weights, start_script, train_args
 from helpers import REPO, run_script
 
 OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
@@ -139,7 +139,7 @@ def test_on_divergence_stop_ends_the_run_with_the_epochs_before_it(inputs, tmp_p
     assert re.search(r"loss became (nan|inf|-inf) at epoch 2, step \d+: training diverged; the run ends with the best "
                      r"of its 1 epoch\(s\) done", result.stdout), result.stdout
     model = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
-    assert model.keys() == epoch_1.keys() and all(torch.equal(model[k], epoch_1[k]) for k in model)
+    assert_same_state(model, epoch_1)
     info = json.loads((run / "train_info.json").read_text())
     assert re.fullmatch(r"loss became (nan|inf|-inf) at epoch 2, step \d+", info["diverged"]), info["diverged"]
     assert info["epochs_run"] == info["best_epoch"] == 1 and len(pd.read_csv(run / "history.csv")) == 1
@@ -232,7 +232,7 @@ def test_a_scratch_run_keeps_no_features_for_another_seed_to_read(inputs, tmp_pa
     shared = train(1, tmp_path / "seed1", "--feature-cache-dir", str(cache))
     alone = train(1, tmp_path / "seed1-alone")
     assert not cache.exists() or not any(cache.iterdir()), sorted(cache.iterdir())
-    assert shared.keys() == alone.keys() and all(torch.equal(shared[k], alone[k]) for k in alone)
+    assert_same_state(shared, alone)
 
 
 @pytest.mark.slow
@@ -273,7 +273,7 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     assert "backbone features computed once" in log and "read from cache" not in log, log
     assert len(list(cache.glob("*.pt"))) == 2
     alone = train(tmp_path / "alone", manifest)[1]
-    assert cached.keys() == alone.keys() and all(torch.equal(cached[k], alone[k]) for k in alone)
+    assert_same_state(cached, alone)
 
 
 @pytest.mark.slow
@@ -688,7 +688,7 @@ def test_outputs_removed_after_the_job_ended_are_written_again_from_its_finished
     assert "of other settings or code" not in again.stdout, "its own finished state is no other run's"
     assert (out / "history.csv").read_bytes() == written["history.csv"]
     rewritten = torch.load(out / "model.pt", weights_only=True)["state_dict"]
-    assert rewritten.keys() == model.keys() and all(torch.equal(rewritten[k], model[k]) for k in model)
+    assert_same_state(rewritten, model)
     assert resume_files(resume) == [finished]
 
     # The same run under edited code (a comment added to a module the job loads) has another key.
