@@ -261,6 +261,17 @@ def split_and_weights(root: Path, per_class: int):
     return SimpleNamespace(split=root / "split" / "split.csv", manifest=root / "weights" / "manifest.json")
 
 
+def decode_split(split: Path, folder: Path, **kwargs) -> tuple[Path, Path]:
+    """``split``'s images decoded at 32 px as the decode stage stores them, to ``folder``/images.npy and
+    ``folder``/info.json (written again on each call): (images.npy, info.json), the pair train's ``--decoded``
+    takes. ``kwargs`` go to ``write_decoded`` (``channel_stats_of="train"`` for pretrain)."""
+    from finetune.store import write_decoded
+
+    npy, info = folder / "images.npy", folder / "info.json"
+    write_decoded(split, 32, 32, npy, info, log=lambda _: None, **kwargs)
+    return npy, info
+
+
 def job_pids(workdir: Path, script: str, env: str | None = None) -> list[int]:
     """The python processes running ``workflow/scripts/<script>`` in ``workdir``: the script among their
     arguments as one word (not the shell around them, whose command is one long word). ``env``: only those

@@ -27,7 +27,7 @@ from finetune.errors import TrainingError
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions, fit
 
-from faults import assert_same_state, snapshot, split_and_weights, start_script, train_args
+from faults import assert_same_state, decode_split, snapshot, split_and_weights, start_script, train_args
 from helpers import REPO, run_script
 
 OPTIONS = {"epochs": 1, "batch_size": 4, "lr": 0.001, "device": "cpu", "schedule": "constant"}
@@ -182,11 +182,8 @@ def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(tmp_path):
     run of the old pixels and the run starts afresh. So it does where the pixels decoded anew from an edited image
     are in a file given the old one's size and time (a copy that keeps times, ``cp -a`` or rsync, of another
     decode): the record's sha256, which holds the pixels' own, tells them apart."""
-    from finetune.store import write_decoded
-
     own = split_and_weights(tmp_path / "inputs", 6)  # its own images, to edit
-    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    npy, info = decode_split(own.split, tmp_path / "decoded")
     options = {**OPTIONS, "epochs": 3, "strategy": "gradual", "unfreeze_epoch": 1, "backbone_lr_factor": 1e33}
     resume = tmp_path / "resume"
 
@@ -199,12 +196,12 @@ def test_a_resume_state_of_pixels_decoded_before_is_not_resumed(tmp_path):
     assert "resuming from" not in train()
     assert f"resuming from {resume_files(resume)[0]}" in train(), "the same pixels: the stopped run goes on"
     time.sleep(0.01)
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)  # the decode run again
+    decode_split(own.split, tmp_path / "decoded")  # the decode run again
     assert "resuming from" not in train(), "a state of the pixels decoded before was resumed"
 
     written = npy.stat()
     invert_an_image(own.split)
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    decode_split(own.split, tmp_path / "decoded")
     os.utime(npy, ns=(written.st_atime_ns, written.st_mtime_ns))
     assert (npy.stat().st_size, npy.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
     assert "resuming from" not in train(), "a state of other pixels in a file of the same size and time was resumed"
@@ -215,10 +212,7 @@ def test_a_scratch_run_keeps_no_features_for_another_seed_to_read(inputs, tmp_pa
     """The scratch control's backbone is random, drawn from its seed: features it computed would be another
     seed's wrong ones. Given the feature cache folder the workflow gives every train job, a scratch
     feature_extract run keeps nothing there, and the second seed trains exactly as it does with no cache at all."""
-    from finetune.store import write_decoded
-
-    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
-    write_decoded(inputs.split, 32, 32, npy, info, log=lambda _: None)
+    npy, info = decode_split(inputs.split, tmp_path / "decoded")
     cache = tmp_path / "features"
 
     def train(seed: int, out: Path, *cached: str):
@@ -242,12 +236,10 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     them: features computed from pixels decoded before (an image edited in place, decoded again) or normalised
     otherwise (the same weights file, its preprocessing's mean and std changed) are not read, but computed again,
     and the run trains as one given no cache at all."""
-    from finetune.store import write_decoded
     from finetune.weights import write_manifest
 
     own = split_and_weights(tmp_path / "inputs", 6)
-    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+    npy, info = decode_split(own.split, tmp_path / "decoded")
     cache = tmp_path / "features"
     options = {**OPTIONS, "strategy": "feature_extract", "cache_features": True, "epochs": 2}
 
@@ -262,7 +254,7 @@ def test_cached_features_of_other_pixels_or_normalisation_are_not_read(tmp_path,
     manifest = own.manifest
     if change == "pixels":
         invert_an_image(own.split)
-        write_decoded(own.split, 32, 32, npy, info, log=lambda _: None)
+        decode_split(own.split, tmp_path / "decoded")
     else:
         first = json.loads(own.manifest.read_text())
         manifest = tmp_path / "inputs" / "weights" / "renormalised.json"  # beside the same weights file
@@ -281,11 +273,8 @@ def test_pretraining_on_pixels_decoded_anew_does_not_take_the_finished_state_of_
     """Pretrain keeps its finished state after its outputs, to write them again should Snakemake remove them. The
     source's images decoded anew (an image edited in place, then the decode run again) are other pixels: the
     weights of the old ones are not written again from that state, pretraining runs afresh."""
-    from finetune.store import write_decoded
-
     own = split_and_weights(tmp_path / "inputs", 6)
-    npy, info = tmp_path / "decoded" / "images.npy", tmp_path / "decoded" / "info.json"
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None, channel_stats_of="train")
+    npy, info = decode_split(own.split, tmp_path / "decoded", channel_stats_of="train")
     out, resume = tmp_path / "pretrain", tmp_path / "resume"
 
     def pretrain():
@@ -301,7 +290,7 @@ def test_pretraining_on_pixels_decoded_anew_does_not_take_the_finished_state_of_
     assert re.search(r"^epoch 1/1", pretrain(), re.M)
     assert "this run had ended" in pretrain(), "the same pixels: written again from the finished state"
     invert_an_image(own.split)
-    write_decoded(own.split, 32, 32, npy, info, log=lambda _: None, channel_stats_of="train")
+    decode_split(own.split, tmp_path / "decoded", channel_stats_of="train")
     again = pretrain()
     assert "this run had ended" not in again and re.search(r"^epoch 1/1", again, re.M), again
 
