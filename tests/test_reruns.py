@@ -290,24 +290,26 @@ def test_the_weights_file_rewritten_reruns_the_runs_from_it_not_the_scratch_cont
 
 def test_an_older_weights_file_switched_in_at_weights_path_reruns_the_weights(tmp_path):
     """An earlier checkpoint moved back to the path (`mv`, which keeps its time): the file there is older than the
-    weights job's outputs, so its time alone says nothing changed; its state (a param) does. The job runs for
-    real first (Snakemake records the params it compares)."""
+    weights job's outputs, so its time alone says nothing changed; its state (a param) does, though the two
+    checkpoints are of one size (the same architecture, saved under names of one length): only its inode and time
+    tell it from the file it replaced. The job runs for real first (Snakemake records the params it compares)."""
     import torch
 
     from finetune.models import build_architecture
 
     run = tmp_path / "run"
-    for name, seed in (("earlier.pth", 0), ("later.pth", 1)):
+    for name, seed in (("older.pth", 0), ("newer.pth", 1)):
         torch.manual_seed(seed)
         torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / name)
-    os.utime(tmp_path / "earlier.pth", (1_000_000_000, 1_000_000_000))  # 2001
-    shutil.copy2(tmp_path / "later.pth", tmp_path / "weights.pth")
+    assert os.path.getsize(tmp_path / "older.pth") == os.path.getsize(tmp_path / "newer.pth")
+    os.utime(tmp_path / "older.pth", (1_000_000_000, 1_000_000_000))  # 2001
+    shutil.copy2(tmp_path / "newer.pth", tmp_path / "weights.pth")
     config = tiny_config(run, replace={"weights": {"source": "path", "path": str(tmp_path / "weights.pth"),
                                                    "arch": "resnet18", "preprocessing": PREPROCESSING}})
     target = ("--printshellcmds", "resources/weights/manifest.json")
     assert jobs_run(run_snakemake(run, config, *target).stdout) == ["weights"]
     assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == []
-    os.replace(tmp_path / "earlier.pth", tmp_path / "weights.pth")
+    os.replace(tmp_path / "older.pth", tmp_path / "weights.pth")
     assert os.stat(tmp_path / "weights.pth").st_mtime < os.stat(run / "resources/weights/weights.pth").st_mtime
     assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
 
