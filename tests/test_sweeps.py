@@ -7,6 +7,7 @@ import itertools
 import re
 
 import pytest
+from PIL import Image
 
 from helpers import REPO, TINY_CONFIG, deep_update, jobs_run, run_snakemake, tiny_config
 
@@ -203,6 +204,15 @@ def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_pat
     for target in (f"results/{runs[1]}/seed0/model.pt", f"results/lr_find/{runs[1]}/lr_find.png"):
         result = run_snakemake(tmp_path, config, "-n", target, timeout=120)
         assert "note: results/" not in result.stdout and target in result.stdout, result.stdout[-3000:]
+    # the selected run's predictions: results/predictions/selected/ is the workflow's own folder, not a run's
+    (tmp_path / "new").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "new" / "photo.png")
+    predicting = tiny_config(tmp_path, "predicting.yaml", predict={"images": "new", "experiment": None, "seed": None},
+                             replace={"experiments": {"finetune": {"sweep": {"lr": SWEEP["lr"]}},
+                                                      "scratch": {"pretrained": False}}})
+    target = "results/predictions/selected/predictions.csv"
+    result = run_snakemake(tmp_path, predicting, "-n", target, timeout=120)
+    assert "note: results/" not in result.stdout and "rule predict_selected" in result.stdout, result.stdout[-3000:]
     assert not (tmp_path / "results").exists()
 
 
