@@ -8,6 +8,7 @@ mtimes kept), never in the source tree itself.
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -338,6 +339,24 @@ def test_the_same_weights_file_named_by_another_path_or_a_link_reruns_nothing(tm
     torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / "w" / "other.pth")
     os.replace(tmp_path / "w" / "other.pth", tmp_path / "w" / "weights.pth")
     assert jobs_run(run_snakemake(run, config, "-n", *target).stdout) == ["weights"]
+
+
+def test_the_leaderboard_names_a_weights_file_written_another_way_by_its_plain_path(tmp_path):
+    """weights.path with a doubled slash or `./` names the same file: the leaderboard's weights column (the summary
+    job's --weights-source, a param) names it in its plain form, so that the path written another way does not make
+    the leaderboard again; relative stays relative (two checkpoints of one name in two folders are two weights)."""
+    import torch
+
+    from finetune.models import build_architecture
+
+    (tmp_path / "w").mkdir()
+    torch.save(build_architecture("resnet18", 10).state_dict(), tmp_path / "w" / "weights.pth")
+    for written, plain in ((f"{tmp_path}//w/./weights.pth", f"{tmp_path}/w/weights.pth"),
+                           ("./w//weights.pth", "w/weights.pth")):
+        config = tiny_config(tmp_path, replace={"weights": {"source": "path", "path": written, "arch": "resnet18",
+                                                            "preprocessing": PREPROCESSING}})
+        result = run_snakemake(tmp_path, config, "-n", "--printshellcmds", "results/summary.csv")
+        assert re.search(rf"--weights-source path:{re.escape(plain)} ", result.stdout), (written, result.stdout[-3000:])
 
 
 def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path):
