@@ -154,6 +154,28 @@ def _squeue(run_id: str) -> dict[str, tuple[str, str]]:
     return jobs
 
 
+def _slurm_cpus(run_id: str) -> dict[str, int]:
+    """Slurm job id -> the CPUs Slurm allocated to it, for every job of one Snakemake run, finished ones included."""
+    out = subprocess.run(["squeue", "--states=all", "-h", "--name", run_id, "-o", "%i|%C"],
+                         capture_output=True, text=True, check=True)
+    return {job_id: int(cpus) for job_id, cpus in (line.split("|") for line in out.stdout.splitlines())}
+
+
+def _job_threads(output: str) -> dict[int, int]:
+    """Snakemake job id -> the threads Snakemake gave the job (its `threads:` line; 1 where it prints none)."""
+    threads, job = {}, None
+    for line in output.splitlines():
+        line = line.strip()
+        if match := JOBID_LINE.match(line):
+            job = int(match.group(1))
+            threads[job] = 1
+        elif job is not None and (match := re.fullmatch(r"threads: (\d+)", line)):
+            threads[job] = int(match.group(1))
+        elif RULE_HEADER.match(line):
+            job = None
+    return threads
+
+
 def _run_id(output: str) -> str:
     match = re.search(r"SLURM run ID: (\S+)", output)
     assert match, output[-3000:]
@@ -195,6 +217,13 @@ def test_pipeline_runs_through_slurm(slurm_cluster, tiny_run, tmp_path):
         state, comment = in_slurm[slurm_id]
         assert state == "COMPLETED", (slurm_id, state)
         assert comment == f"rule_{remote[job]}" or comment.startswith(f"rule_{remote[job]}_wildcards_"), comment
+    # Slurm reserved for each job the CPUs it runs on: the threads Snakemake gave it (the profile's cpus_per_task:
+    # threads), the training jobs the tiny config's threads.train.
+    threads, cpus = _job_threads(out), _slurm_cpus(_run_id(out))
+    for job, (slurm_id, _) in submitted.items():
+        assert cpus[slurm_id] == threads[job], (remote[job], cpus[slurm_id], threads[job])
+    assert {threads[job] for job, rule in remote.items() if rule in ("train", "pretrain")} == \
+        {TINY_CONFIG["threads"]["train"]}, out[-3000:]
 
     # Same outputs as the local run of the same config, and sound ones.
     assert _files_under(workdir / "results") == _files_under(tiny_run / "results")
