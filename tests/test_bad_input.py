@@ -1976,3 +1976,11 @@ def test_a_mistyped_fashion_mnist_path_is_refused_at_start_and_the_split_made_be
         assert {name: (tmp_path / "resources/splits" / name).read_bytes() for name in made} == made
     dry = run_snakemake(tmp_path, None, "-n", *splits, "--configfile", str(tiny_config(tmp_path)))
     assert "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+    # the files in dataset.download_dir (a download made before): the split job reads them there, so the path that
+    # holds none is not refused, and the split (its dataset.path changed) is made again
+    raw = tmp_path / "resources/datasets/FashionMNIST/raw"
+    raw.mkdir(parents=True)
+    for file in Path(TINY_CONFIG["dataset"]["path"]).glob("*-ubyte.gz"):
+        (raw / file.name).symlink_to(file)
+    dry = run_snakemake(tmp_path, None, "-n", splits[0], "--configfile", str(tiny_config(tmp_path, dataset={"path": typo})))
+    assert "holds none of the files" not in dry.stdout and jobs_run(dry.stdout) == ["split"], dry.stdout[-3000:]
