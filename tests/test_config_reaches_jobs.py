@@ -484,6 +484,13 @@ def test_predict_left_to_selection_chooses_among_the_runs_it_stands_for(tmp_path
     assert folders == [f"results/{run}/seed{s}" for run in candidates for s in SEEDS]
     assert options.get("seed") == (None if seed is None else str(seed))
     assert options["model-name"] == "model.onnx" and options["out-selection"] == "results/predictions/selected/selection.json"
+    # the models it waits for: each candidate's at predict.seed, where one is set (every seed's train_info.json
+    # still, as runs are selected by their mean), not the other seeds' (asked for alone, they would be exported)
+    block = output.split("rule predict_selected:\n", 1)[1].split("\n\n", 1)[0]
+    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:")).split(":", 1)[1]
+    models = sorted(path for path in map(str.strip, inputs.split(",")) if path.endswith("model.onnx"))
+    assert models == sorted(f"results/{run}/seed{s}/model.onnx" for run in candidates
+                            for s in (SEEDS if seed is None else [seed])), block
 
 
 @pytest.mark.parametrize("run, refused", [
@@ -813,6 +820,14 @@ def test_a_top_k_is_not_named_where_the_classes_are_not_known_yet(tmp_path):
     output = dry_run_output(tmp_path, {**TINY_CONFIG, "dataset": {**folder, "classes": ["cat", "dog"]}})
     assert "note: evaluate.top_k" not in output
     assert {options["top-k"] for options in jobs_of(commands(output), "evaluate")} == {"2"}
+    # Once split, the folder's classes are those its split's report lists: a top_k at or above them is named.
+    from faults import make_images
+
+    make_images(tmp_path / "split_photos", {"cat": 4, "dog": 4, "owl": 4})
+    config = {**TINY_CONFIG, "dataset": {**folder, "path": "split_photos"}, "evaluate": {"top_k": 50}}
+    assert "note: evaluate.top_k" not in dry_run_output(tmp_path, config)
+    run_snakemake(tmp_path, None, "resources/splits/target.csv", "--configfile", str(tmp_path / "config.yaml"))
+    assert "note: evaluate.top_k: 50 with 3 classes: top-k accuracy is left out" in dry_run_output(tmp_path, config)
 
 
 def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_path):
@@ -850,10 +865,11 @@ def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):
     output = dry_run_output(tmp_path / "fixed", {**TINY_CONFIG, "lr_find": {"steps": 50}})
     assert "note: lr_find: no experiment run has lr: auto, so lr_find.steps set only the curves asked for" in output
     (tmp_path / "auto").mkdir()
-    config = {**TINY_CONFIG, "lr_find": {"steps": 50}, "experiments": {"finetune": {"lr": "auto"}}}
+    # one run at lr: auto beside one of a fixed lr: the range test runs for it, with the settings written
+    config = {**TINY_CONFIG, "lr_find": {"steps": 50}, "experiments": {"finetune": {"lr": "auto"}, "fixed": {}}}
     output = dry_run_output(tmp_path / "auto", config)
     assert "note: lr_find" not in output
-    assert json.loads(jobs_of(commands(output), "lr_find")[0]["range-test"])["steps"] == 50
+    assert [json.loads(job["range-test"])["steps"] for job in jobs_of(commands(output), "lr_find")] == [50]
 
 
 @pytest.mark.parametrize("experiment, written", [
