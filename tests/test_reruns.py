@@ -384,7 +384,9 @@ def test_how_the_weights_are_fetched_reruns_nothing_which_weights_does(tmp_path)
         config = tiny_config(run, replace={"weights": weights})
         decoded = ("resources/decoded/target/native/info.json",)
         assert sorted(jobs_run(run_snakemake(run, config, *target, *decoded).stdout)) == ["decode", "split", "weights"]
-        tiny_config(run, replace={"weights": {**weights, "timeout_s": 600, "url": f"{base}/mirror/w.pth"}})
+        # another url and timeout, the same sha256 written in capitals (one hash in either case)
+        tiny_config(run, replace={"weights": {**weights, "timeout_s": 600, "url": f"{base}/mirror/w.pth",
+                                              "sha256": digest.upper()}})
         moved = run_snakemake(run, config, "-n", *target).stdout
         assert jobs_run(moved) == []
         # said, for a user who meant other weights (the leaderboard names them by their sha256, not the url)
