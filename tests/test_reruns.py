@@ -92,6 +92,23 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     assert (workdir / "results/finetune/seed0/metrics.json").read_bytes() == before  # not overwritten, nor passed
 
 
+def test_a_suggestion_or_weights_that_a_failed_job_left_missing_are_made_again_with_the_runs_after_them(tiny_run_copy):
+    """A job that fails leaves no outputs: Snakemake removed them when it started. Where that job is lr_find (a run at
+    lr: auto, new range-test settings) or the weights job (new weights whose download failed), the next run makes
+    them again and trains the runs from them, rather than end with "Nothing to be done" and the runs of the old ones
+    standing as if current."""
+    workdir = tiny_run_copy
+    for name in ("weights.pth", "manifest.json"):  # as a failed weights job leaves them
+        (workdir / "resources/weights" / name).unlink()
+    pretrained = EXPERIMENTS - 1  # the scratch run is built from the source's decoded record, not the weights
+    assert would_run(workdir) == Counter({"weights": 1, "train": pretrained, "evaluate": pretrained,
+                                          "export_onnx": pretrained, "summary": 1, "all": 1})
+    tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "lr": "auto"}})
+    assert "lr_find" in jobs_run(run_snakemake(workdir, workdir / "config.yaml").stdout)
+    (workdir / "results/lr_find/finetune/suggestion.json").unlink()  # as a failed lr_find job leaves it
+    assert would_run(workdir) == Counter({"lr_find": 1, **{rule: 1 for rule in AFTER_TRAIN}})
+
+
 def test_an_export_that_fails_after_the_leaderboard_is_made_says_the_selected_models_are_not_there(tiny_run_copy):
     """The leaderboard does not wait for the exports: after an export that failed (here its parity check, at a
     tolerance no float rounding meets), results/selected.json named a model.onnx Snakemake had removed, and no note
