@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,11 @@ def test_a_job_slurm_kills_for_memory_is_said_to_be_so_at_the_end_of_the_run(slu
     the one that says why. The end of the run says it, with Slurm's own line and the log it is in."""
     workdir = tmp_path / "small_mem"
     config = tiny_config(workdir)
+    # a Slurm log an earlier run kept (a job of its that Slurm ended): not this run's, so not said
+    earlier = workdir / ".snakemake" / "slurm_logs" / "rule_split" / "1.log"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("slurmstepd: error: *** JOB 1 ON node CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***\n")
+    os.utime(earlier, (time.time() - 3600, time.time() - 3600))  # (the plugin removes logs 10 days old)
     # (the target before --set-resources, which takes every word after it)
     result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--retries", "0",
                            "resources/splits/target.csv", "--set-resources", "split:mem_mb=50", check=False, cores=None)
@@ -284,6 +290,7 @@ def test_a_job_slurm_kills_for_memory_is_said_to_be_so_at_the_end_of_the_run(slu
                        rf"limit \(\d+ > {50 * 2 ** 20}\), being killed", out, re.M)
     assert killed, out[-3000:]
     assert killed.group(0).split("): ", 1)[1] in Path(log).read_text()
+    assert "DUE TO TIME LIMIT" not in out and len(re.findall("^note: Slurm ended a job", out, re.M)) == 1, out[-3000:]
     assert not (workdir / "resources/splits/target.csv").exists()
 
 
@@ -390,6 +397,12 @@ def test_several_nodes_without_the_profile_s_allocation_are_refused_before_any_s
             "set-resources") in result.stdout, result.stdout[-3000:]
     assert "nothing ran, and every earlier result is kept" in result.stdout
     assert SUBMITTED.findall(result.stdout) == []
+    # the nodes asked of Slurm, but not the mpi resource that starts a process on each: refused alike
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--set-resources", "train:nodes=2",
+                           check=False, cores=None)
+    assert result.returncode != 0 and SUBMITTED.findall(result.stdout) == []
+    assert ("experiments.finetune.nodes 2: the train job asks Slurm for 2 node(s) and has no mpi resource"
+            in result.stdout), result.stdout[-3000:]
     assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
 
 
@@ -428,18 +441,21 @@ def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cl
     shipped = (profile / "config.yaml").read_text()
     train = "  train:               # one job per experiment and seed; resumes on resubmission\n"
     assert shipped.count(train) == 1
-    (profile / "config.yaml").write_text(shipped.replace(train, train + "    slurm_partition: \"nosuch\"\n"))
     args = [profile if arg == str(PROFILE) else arg for arg in slurm_cluster.snakemake_args()]
     assert args != slurm_cluster.snakemake_args()
     before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
     config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": 2}})
-    result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
-    assert result.returncode != 0
-    assert (f"slurm_partition nosuch (rule train, from the profile's set-resources or --set-resources): this cluster "
-            f"has no such partition (`sinfo` lists {', '.join(listed)})") in result.stdout, result.stdout[-3000:]
-    assert "nothing ran, and every earlier result is kept" in result.stdout
-    assert SUBMITTED.findall(result.stdout) == []
-    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+    # alone, or in a list of partitions (Slurm starts the job in the first that can; sbatch refuses a list naming
+    # one it lacks): the one missing is named
+    for partitions in ("nosuch", f"{listed[0]},nosuch"):
+        (profile / "config.yaml").write_text(shipped.replace(train, train + f"    slurm_partition: \"{partitions}\"\n"))
+        result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
+        assert result.returncode != 0
+        assert (f"slurm_partition nosuch (rule train, from the profile's set-resources or --set-resources): this "
+                f"cluster has no such partition (`sinfo` lists {', '.join(listed)})") in result.stdout, result.stdout[-3000:]
+        assert "nothing ran, and every earlier result is kept" in result.stdout
+        assert SUBMITTED.findall(result.stdout) == []
+        assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
     # the cluster's own partition, named the same way, is no problem: the job is submitted there and trains
     (profile / "config.yaml").write_text(shipped.replace(train, train + f"    slurm_partition: \"{listed[0]}\"\n"))
     result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
