@@ -137,6 +137,7 @@ def test_a_model_onnx_cut_short_since_its_export_is_refused_at_start_until_made_
     assert "a file made before was cut short or changed since its job wrote it: nothing ran" in refused.stdout
     assert f"{RUN}/model.onnx no longer loads as an ONNX model (DecodeError: " in refused.stdout, refused.stdout[-3000:]
     assert f"make it again with --forcerun {RUN}/model.onnx" in refused.stdout
+    assert "(every job after it reruns)" in refused.stdout and "split on purpose" not in refused.stdout  # no split's
     assert model.read_bytes() == whole[: len(whole) * 9 // 10]
     # --forcerun of a rule before the export makes it again too, unnamed: not refused.
     assert "output: " + f"{RUN}/model.onnx" in run_snakemake(workdir, config, "-n", "--forcerun", "train").stdout

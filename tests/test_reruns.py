@@ -556,6 +556,9 @@ def test_a_split_file_cut_short_or_edited_since_its_job_is_refused_at_start_unti
         assert (f"resources/splits/target.csv no longer holds the split its job wrote ({len(rows)} rows, {len(rows)} "
                 f"in its report target.report.json: split value(s) {odd}, not train, val or test; {differ[0]}): make "
                 "it again with --forcerun resources/splits/target.csv") in refused.stdout, refused.stdout[-3000:]
+        # a split edited by hand, on purpose: where such a split goes instead
+        assert ("(every job after it reruns; if you edited a split on purpose, give your split as the split column of "
+                "a CSV manifest, dataset.format: csv)") in refused.stdout, refused.stdout[-3000:]
         assert split.read_bytes() == damaged and not (workdir / "resources/decoded").exists()
     # Two classes' labels swapped in one row (the row counts stay those of the report): its class is two labels now.
     rows = whole.decode().splitlines(keepends=True)
