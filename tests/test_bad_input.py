@@ -1879,11 +1879,12 @@ def test_image_file_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
     ({"experiments": {"mine": {"strategy": "finetune"}}},
      "predict.experiment: 'finetune' is not an experiment or run of this config (mine) (set in config/config.yaml, the "
      "demo's; set predict.experiment in your config: null for the selected run)"),
+    ({"seeds": [1], "predict": {"seed": 0}}, "predict.seed: 0 is not in seeds [1]"),  # written: no word of the demo's
 ])
 def test_a_predict_key_taken_from_the_demo_s_config_says_so(tmp_path, mine, message):
     """Merged over config/config.yaml, a config that sets predict.images alone takes the demo's run to classify with,
     which its own seeds or experiments may not have: the message said the key was wrong, not that the user never
-    wrote it."""
+    wrote it. A key the user wrote is theirs: nothing is said of the demo's config."""
     import yaml
 
     snakefile = copy_of_the_workflow(tmp_path / "project", with_config=True)
@@ -1891,9 +1892,10 @@ def test_a_predict_key_taken_from_the_demo_s_config_says_so(tmp_path, mine, mess
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "a.png")
     config = tmp_path / "mine.yaml"
-    config.write_text(yaml.safe_dump({**mine, "predict": {"images": str(images)}}))
+    config.write_text(yaml.safe_dump({**mine, "predict": {**mine.get("predict", {}), "images": str(images)}}))
     result = run_snakemake(tmp_path / "project", config, "-n", snakefile=snakefile, check=False, timeout=120)
     assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
+    assert ("set in config/config.yaml, the demo's" in result.stdout) == ("predict" not in mine), result.stdout[-3000:]
 
 
 def test_a_train_key_every_experiment_sets_for_itself_is_said_not_used(tmp_path):
@@ -1984,3 +1986,20 @@ def test_a_mistyped_fashion_mnist_path_is_refused_at_start_and_the_split_made_be
         (raw / file.name).symlink_to(file)
     dry = run_snakemake(tmp_path, None, "-n", splits[0], "--configfile", str(tiny_config(tmp_path, dataset={"path": typo})))
     assert "holds none of the files" not in dry.stdout and jobs_run(dry.stdout) == ["split"], dry.stdout[-3000:]
+
+
+def test_a_dataset_path_of_the_wrong_kind_is_refused_at_start_saying_what_to_name(tmp_path):
+    """dataset.path naming a folder where format csv reads a manifest file, or a file where imagefolder reads a folder
+    of class folders: the split job would fail on it after Snakemake removed the split made before. Refused at start,
+    saying which it is and what to name; nothing runs."""
+    (tmp_path / "photos").mkdir()
+    make_images(tmp_path / "photos", {"cat": 2})
+    (tmp_path / "manifest.csv").write_text("path,label\nphotos/cat/000.png,cat\n")
+    for fmt, path, what, name in (("csv", "photos", "is a folder, not a CSV file", "the CSV manifest"),
+                                  ("imagefolder", "manifest.csv", "is a file, not a folder", "the folder of class folders")):
+        config = tiny_config(tmp_path, replace={"dataset": {"format": fmt, "path": path}})
+        result = run_snakemake(tmp_path, config, "-n", check=False)
+        assert result.returncode != 0 and jobs_run(result.stdout) == [], result.stdout[-3000:]
+        assert (f"dataset.path: {path} ({fmt}) {what} (relative to the working directory {tmp_path}): nothing ran, and "
+                f"what was made from it is kept; mount it or put it back, or name {name}") in result.stdout, \
+            result.stdout[-3000:]
