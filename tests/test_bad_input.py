@@ -1625,6 +1625,11 @@ def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and
         assert f"{config}: {key} is written twice (lines {first} and {second})" in result.stdout, result.stdout
     assert "experiments.b" not in result.stdout and "strategy" not in result.stdout
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    # the same file read twice (at the demo's path, config/config.yaml, and given as --configfile): each line once
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(text)
+    result = run_snakemake(tmp_path, tmp_path / "config" / "config.yaml", "-n", check=False, timeout=120)
+    assert result.returncode != 0 and result.stdout.count(": evaluate is written twice") == 1, result.stdout
 
 
 def test_a_key_written_twice_on_the_command_line_is_refused_and_a_nan_or_infinity_anywhere(tmp_path):
