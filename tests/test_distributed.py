@@ -258,6 +258,10 @@ def test_more_training_processes_than_threads_on_the_cpu_is_said_at_start(tmp_pa
     config = tiny_config(tmp_path, threads={"train": 2, "data": 1},
                          replace={"experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2}}})
     assert "more training processes than" not in run_snakemake(tmp_path, config, "-n").stdout
+    # on several nodes (a Slurm allocation, where each node's processes have the node's CPUs): not said
+    config = tiny_config(tmp_path, threads={"train": 1, "data": 1}, replace={
+        "experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2, "nodes": 2}}})
+    assert "more training processes than" not in run_snakemake(tmp_path, config, "-n").stdout
 
 
 def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp_path):
