@@ -150,6 +150,11 @@ def test_a_module_given_a_part_of_the_host_s_config_takes_its_command_line_value
                            check=False)
     assert result.returncode != 0 and "finetune.train.epochz: unknown key (did you mean epochs?) (set in --config)" in \
         result.stdout, result.stdout[-3000:]
+    # a module given a copy of that part (no key of the host's config): --config is not traced to it, and says so
+    (host / "Snakefile").write_text(snippet.replace("    config: config\n", '    config: dict(config["finetune"])\n', 1))
+    result = run_snakemake(host, None, "-n", "--config", "threshold=0.7", snakefile=host / "Snakefile", check=False)
+    assert ("--config sets the host's config, and this module's config (its module block's `config:`) is neither the "
+            "host's config nor one of its keys") in " ".join(result.stdout.split()), result.stdout[-3000:]
 
 
 def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_and_checks_each(tiny_run, tmp_path):
@@ -261,6 +266,12 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-threads" in line]
     assert notes == [f"note: module f{x}: set-threads names evaluate, which this module calls f{x}_evaluate: its threads "
                      f"apply to nothing. Name it f{x}_evaluate in your profile or command line" for x in "ab"], notes
+    # a rule of the host's own of that name (defined before the modules' rules) is what the key reaches: not said
+    text = (host / "Snakefile").read_text()
+    own = 'rule train:\n    output: "trained.txt"\n    shell: "touch {output}"\n'
+    (host / "Snakefile").write_text(text.replace("module fa:", own + "module fa:", 1))
+    result = run_snakemake(host, None, "-n", "--workflow-profile", str(host / "profile"), snakefile=host / "Snakefile")
+    assert "set-resources names train" not in result.stdout, result.stdout[-3000:]
 
 
 def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbox_is_refused(tmp_path):
