@@ -2008,3 +2008,18 @@ def test_a_dataset_path_of_the_wrong_kind_is_refused_at_start_saying_what_to_nam
         assert (f"dataset.path: {path} ({fmt}) {what} (relative to the working directory {tmp_path}): nothing ran, and "
                 f"what was made from it is kept; mount it or put it back, or name {name}") in result.stdout, \
             result.stdout[-3000:]
+
+
+def test_replace_workflow_config_alone_keeps_the_demo_s_config_and_checks_it(tmp_path):
+    """--replace-workflow-config without a config of the user's: Snakemake keeps config/config.yaml, the demo's, as the
+    run's config (its own rule), so that file is checked as any config the run reads: a key written twice in it is
+    refused, naming it."""
+    snakefile = copy_of_the_workflow(tmp_path / "project", with_config=True)
+    demo = tmp_path / "project" / "config" / "config.yaml"
+    demo.write_text(demo.read_text() + "seeds: [0]\n")
+    lines = [i + 1 for i, line in enumerate(demo.read_text().splitlines()) if line.startswith("seeds:")]
+    assert len(lines) == 2
+    result = run_snakemake(tmp_path / "project", None, "-n", "--replace-workflow-config", snakefile=snakefile,
+                           check=False, timeout=120)
+    assert result.returncode != 0 and (f"config/config.yaml: seeds is written twice (lines {lines[0]} and {lines[1]})"
+                                       in result.stdout), result.stdout[-3000:]
