@@ -1041,3 +1041,21 @@ def test_a_config_used_alone_without_pretrain_says_how_large_the_schema_s_pretra
     for classes, made_epochs, said in ((6, 3, True), (10, epochs + 1, True), (10, epochs, False)):
         record.write_text(json.dumps({"classes": [f"c{i}" for i in range(classes)], "options": {"epochs": made_epochs}}))
         assert ("note: pretrain: not in your config" in dry_run_output(tmp_path, alone)) == said, (classes, made_epochs)
+
+
+def test_test_time_augmentation_in_evaluate_but_not_in_the_export_is_said_at_start(tmp_path):
+    """evaluate.tta hflip with export.tta false, or the reverse: the leaderboard scores another forward pass than the
+    shipped model.onnx runs. Said at start; set alike, nothing is."""
+    for name, evaluate, export, note in (
+            ("apart", "hflip", False, "evaluate.tta is hflip but export.tta is false: the test figures (and the "
+                                      "leaderboard) score the model with test-time augmentation hflip, the exported "
+                                      "model.onnx runs with none"),
+            ("reverse", "none", True, "evaluate.tta is none but export.tta is true: the test figures (and the "
+                                      "leaderboard) score the model with test-time augmentation none, the exported "
+                                      "model.onnx runs with hflip"),
+            ("alike", "hflip", True, None)):
+        (tmp_path / name).mkdir()
+        output = dry_run_output(tmp_path / name, {**TINY_CONFIG, "evaluate": {"tta": evaluate}, "export": {"tta": export}})
+        notes = [line for line in output.splitlines() if line.startswith("note: evaluate.tta")]
+        assert notes == ([] if note is None else [f"note: {note}; set both alike to score what is shipped (evaluate.onnx: "
+                                                  "true scores model.onnx too)"]), output[-3000:]
