@@ -180,8 +180,8 @@ def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_pat
     """Snakemake says only "No rule to produce" a target under results/<name>/ (or results/lr_find/<name>/) whose name
     is no run of the config: a note at start names the experiments (the closest one first, one written in another case
     before any), or a sweep's runs where <name> is a sweep."""
-    config = tiny_config(tmp_path, replace={"experiments": {"finetune": {"sweep": {"lr": SWEEP["lr"]}},
-                                                            "scratch": {"pretrained": False}}})
+    experiments = {"finetune": {"sweep": {"lr": SWEEP["lr"]}}, "scratch": {"pretrained": False}}
+    config = tiny_config(tmp_path, replace={"experiments": experiments})
     result = run_snakemake(tmp_path, config, "-n", "results/scrach/seed0/metrics.json", check=False, timeout=120)
     assert result.returncode != 0
     runs = [f"finetune-lr{value_text(lr)}" for lr in SWEEP["lr"]]
@@ -208,8 +208,7 @@ def test_a_target_under_no_experiment_of_the_config_says_which_there_are(tmp_pat
     (tmp_path / "new").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "new" / "photo.png")
     predicting = tiny_config(tmp_path, "predicting.yaml", predict={"images": "new", "experiment": None, "seed": None},
-                             replace={"experiments": {"finetune": {"sweep": {"lr": SWEEP["lr"]}},
-                                                      "scratch": {"pretrained": False}}})
+                             replace={"experiments": experiments})
     target = "results/predictions/selected/predictions.csv"
     result = run_snakemake(tmp_path, predicting, "-n", target, timeout=120)
     assert "note: results/" not in result.stdout and "rule predict_selected" in result.stdout, result.stdout[-3000:]
