@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -466,3 +467,111 @@ def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cl
                            text=True, check=True).stdout.strip()
     assert where == listed[0], where
     assert json.loads((workdir / "results/finetune/seed0/train_info.json").read_text())["epochs_run"] == 2
+
+
+def _slurm_request(slurm_id: str) -> tuple[str, str]:
+    """The time limit and memory Slurm holds for a job, as squeue prints them (e.g. '8:00:00', '8000M')."""
+    out = subprocess.run(["squeue", "--states=all", "-h", "-j", slurm_id, "-o", "%l|%m"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    limit, mem = out.split("|")
+    return limit, mem
+
+
+def _minutes(limit: str) -> int:
+    """squeue's time limit ('[days-]hours:minutes:seconds' or 'minutes:seconds') in minutes."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    assert seconds == 0, limit
+    return (int(days or 0) * 24 + hours) * 60 + minutes
+
+
+def _mb(mem: str) -> int:
+    assert mem.endswith("M"), mem
+    return int(mem[:-1])
+
+
+@pytest.mark.fashion_mnist
+def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_the_time_and_resumes(
+        slurm_cluster, tiny_run, tmp_path):
+    """The profile's promise for long training runs: a train job Slurm ends at its walltime is submitted again
+    (`retries: 1`) asking twice the time and memory (`480 * attempt`, `8000 * attempt`), and continues from the
+    epochs the first one finished, to the very state an uninterrupted run reaches. The walltime is the test's: once
+    the job has finished an epoch, its training process is paused (the rest of the run outlasts the job's time) and
+    the job's time limit lowered to Slurm's least, one minute; Slurm itself then ends the job at that limit."""
+    from faults import assert_same_state, job_pids
+
+    import pandas as pd
+    import torch
+
+    epochs, target = 5, "results/finetune/seed0/model.pt"
+    runs = {}
+    for name in ("local", "slurm"):  # copies of the tiny run: only the train job of the longer run is to do
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_run, runs[name], symlinks=True)
+        tiny_config(runs[name], experiments={"finetune": {"strategy": "finetune", "epochs": epochs}})
+    # (a flag before the target: --configfile would take it for another config file)
+    local = run_snakemake(runs["local"], runs["local"] / "config.yaml", "--printshellcmds", target)
+    assert jobs_run(local.stdout) == ["train"], local.stdout[-3000:]
+
+    workdir = runs["slurm"]
+    log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
+    output = tmp_path / "slurm.out"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *slurm_cluster.snakemake_args(), "--printshellcmds", target]
+    # As a user's shell has it: the job's log shows each epoch as it ends.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(output, "w") as out:
+        run = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (list(resume.glob("*.pt")) and re.search(rf"^epoch 1/{epochs} ", log.read_text() if log.exists()
+                                                            else "", re.M)):
+            assert run.poll() is None, output.read_text()[-3000:]
+            assert time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.05)
+        [trainer] = job_pids(workdir, "train.py")
+        os.kill(trainer, signal.SIGSTOP)
+        [(_, first, _)] = [s for s in SUBMITTED.findall(output.read_text()) if "/rule_train/" in s[2]]
+        in_job = subprocess.run(["scontrol", "listpids", first], capture_output=True, text=True, check=True).stdout
+        assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
+        [state] = resume.glob("*.pt")
+        completed = torch.load(state, map_location="cpu", weights_only=False)["epoch"] + 1
+        assert 1 <= completed < epochs, completed
+        asked = _slurm_request(first)
+        subprocess.run(["scontrol", "update", f"JobId={first}", "TimeLimit=1"], check=True)
+        status = run.wait(timeout=900)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    out = output.read_text()
+    assert status == 0, out[-3000:]
+
+    # Two submissions of the train job: the first ended by Slurm at its time limit, the second finished.
+    trained = [slurm_id for _, slurm_id, path in SUBMITTED.findall(out) if "/rule_train/" in path]
+    assert len(trained) == 2 and trained[0] == first, out[-3000:]
+    in_slurm = _squeue(_run_id(out))
+    assert [in_slurm[job][0] for job in trained] == ["TIMEOUT", "COMPLETED"], in_slurm
+    assert f"SLURM-job '{first}' failed, SLURM status is: 'TIMEOUT'" in out, out[-3000:]
+    # Slurm's SIGTERM reached the paused training (Slurm sends SIGCONT first), which stopped cleanly, keeping the state
+    # of the epochs it had finished (the first attempt's log, which the retry's replaces, is in the error report).
+    assert (f"stopped by SIGTERM at epoch {completed + 1}, step " in out
+            and f"resume state of epoch {completed} kept in {state.relative_to(workdir)}" in out), out[-3000:]
+    # The second asked twice what the first asked (its memory within the node's, as --resources caps it).
+    assert _minutes(_slurm_request(trained[1])[0]) == 2 * _minutes(asked[0]), (asked, _slurm_request(trained[1]))
+    assert _mb(_slurm_request(trained[1])[1]) == min(2 * _mb(asked[1]), slurm_cluster.mem_mb), (asked,
+                                                                                                   _slurm_request(trained[1]))
+    # It went on from the epochs the first finished: those are not trained again.
+    text = log.read_text()
+    assert f"resuming from {state.relative_to(workdir)}: epoch {completed + 1} of {epochs}" in text, text
+    assert [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs} ", text, re.M)] == list(range(completed + 1, epochs + 1))
+    # ... to the run an uninterrupted job trains.
+    history = {name: pd.read_csv(runs[name] / "results/finetune/seed0/history.csv").drop(columns=["img_per_s", "elapsed_s"])
+               for name in runs}
+    pd.testing.assert_frame_equal(history["slurm"], history["local"], check_exact=True)
+    assert_same_state(*(torch.load(runs[name] / target, map_location="cpu", weights_only=False)["state_dict"]
+                        for name in ("slurm", "local")))
+    assert not list(resume.glob("*.pt")), "the run succeeded: its resume state is removed"
