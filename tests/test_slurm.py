@@ -493,14 +493,25 @@ def _mb(mem: str) -> int:
     return int(mem[:-1])
 
 
+def _wait_for(condition, run: subprocess.Popen, output: Path, timeout: float = 600) -> None:
+    """Until ``condition()`` holds; an error with the end of the run's output where Snakemake ends first or it takes
+    longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert run.poll() is None, output.read_text()[-3000:]
+        assert time.monotonic() < deadline, output.read_text()[-3000:]
+        time.sleep(0.05)
+
+
 @pytest.mark.fashion_mnist
 def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_the_time_and_resumes(
         slurm_cluster, tiny_run, tmp_path):
     """The profile's promise for long training runs: a train job Slurm ends at its walltime is submitted again
     (`retries: 1`) asking twice the time and memory (`480 * attempt`, `8000 * attempt`), and continues from the
-    epochs the first one finished, to the very state an uninterrupted run reaches. The walltime is the test's: once
-    the job has finished an epoch, its training process is paused (the rest of the run outlasts the job's time) and
-    the job's time limit lowered to Slurm's least, one minute; Slurm itself then ends the job at that limit."""
+    epochs the first one finished, to the very state an uninterrupted run reaches; the end of the run says what Slurm
+    ended. The walltime is the test's: once the job has finished an epoch, its training process is paused (the rest
+    of the run outlasts the job's time) and the job's time limit lowered to Slurm's least, one minute; Slurm itself
+    then ends the job at that limit."""
     from faults import assert_same_state, job_pids
 
     import pandas as pd
@@ -516,25 +527,19 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     local = run_snakemake(runs["local"], runs["local"] / "config.yaml", "--printshellcmds", target)
     assert jobs_run(local.stdout) == ["train"], local.stdout[-3000:]
 
-    workdir = runs["slurm"]
+    workdir, output = runs["slurm"], tmp_path / "slurm.out"
     log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
-    output = tmp_path / "slurm.out"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *slurm_cluster.snakemake_args(), "--printshellcmds", target]
-    # As a user's shell has it: the job's log shows each epoch as it ends.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's shell: the log shows each epoch
     with open(output, "w") as out:
         run = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
-        while not (list(resume.glob("*.pt")) and re.search(rf"^epoch 1/{epochs} ", log.read_text() if log.exists()
-                                                            else "", re.M)):
-            assert run.poll() is None, output.read_text()[-3000:]
-            assert time.monotonic() < deadline, output.read_text()[-3000:]
-            time.sleep(0.05)
+        _wait_for(lambda: list(resume.glob("*.pt")) and log.exists()
+                  and re.search(rf"^epoch 1/{epochs} ", log.read_text(), re.M), run, output)
         [trainer] = job_pids(workdir, "train.py")
         os.kill(trainer, signal.SIGSTOP)
-        [(_, first, _)] = [s for s in SUBMITTED.findall(output.read_text()) if "/rule_train/" in s[2]]
+        [first] = [slurm_id for _, slurm_id, path in SUBMITTED.findall(output.read_text()) if "/rule_train/" in path]
         in_job = subprocess.run(["scontrol", "listpids", first], capture_output=True, text=True, check=True).stdout
         assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
         [state] = resume.glob("*.pt")
@@ -551,8 +556,9 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     assert status == 0, out[-3000:]
 
     # Two submissions of the train job: the first ended by Slurm at its time limit, the second finished.
-    trained = [slurm_id for _, slurm_id, path in SUBMITTED.findall(out) if "/rule_train/" in path]
-    assert len(trained) == 2 and trained[0] == first, out[-3000:]
+    trained = {slurm_id: Path(path) for _, slurm_id, path in SUBMITTED.findall(out) if "/rule_train/" in path}
+    assert len(trained) == 2 and list(trained)[0] == first, out[-3000:]
+    second = list(trained)[1]
     in_slurm = _squeue(_run_id(out))
     assert [in_slurm[job][0] for job in trained] == ["TIMEOUT", "COMPLETED"], in_slurm
     assert f"SLURM-job '{first}' failed, SLURM status is: 'TIMEOUT'" in out, out[-3000:]
@@ -561,16 +567,26 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     assert (f"stopped by SIGTERM at epoch {completed + 1}, step " in out
             and f"resume state of epoch {completed} kept in {state.relative_to(workdir)}" in out), out[-3000:]
     # The second asked twice what the first asked (its memory within the node's, as --resources caps it).
-    assert _minutes(_slurm_request(trained[1])[0]) == 2 * _minutes(asked[0]), (asked, _slurm_request(trained[1]))
-    assert _mb(_slurm_request(trained[1])[1]) == min(2 * _mb(asked[1]), slurm_cluster.mem_mb), (asked,
-                                                                                                   _slurm_request(trained[1]))
-    # It went on from the epochs the first finished: those are not trained again.
+    again = _slurm_request(second)
+    assert _minutes(again[0]) == 2 * _minutes(asked[0]), (asked, again)
+    assert _mb(again[1]) == min(2 * _mb(asked[1]), slurm_cluster.mem_mb), (asked, again)
+    # The end of the run says it, with Slurm's lines from the first attempt's Slurm log (kept, as that job failed).
+    ended = re.findall(r"^note: Slurm ended a job \((.*?)\): (.*)$", out, re.M)
+    assert [Path(path) for path, _ in ended] == [trained[first]], out[-3000:]
+    said = list(dict.fromkeys(line for line in trained[first].read_text().splitlines()
+                              if line.startswith("slurmstepd")))
+    assert any(f"*** JOB {first} ON " in line and line.endswith(" DUE TO TIME LIMIT ***") for line in said), said
+    assert ended[0][1] == (" | ".join(said[-3:]) + "; the profile's `retries` submitted it again, and that attempt "
+                           "finished (where it is ended each time, raise the rule's runtime or mem_mb in the profile's "
+                           "set-resources)"), out[-3000:]
+    # It went on from the epochs the first finished: those are not trained again ...
     text = log.read_text()
     assert f"resuming from {state.relative_to(workdir)}: epoch {completed + 1} of {epochs}" in text, text
-    assert [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs} ", text, re.M)] == list(range(completed + 1, epochs + 1))
+    trained_epochs = [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs} ", text, re.M)]
+    assert trained_epochs == list(range(completed + 1, epochs + 1)), text
     # ... to the run an uninterrupted job trains.
-    history = {name: pd.read_csv(runs[name] / "results/finetune/seed0/history.csv").drop(columns=["img_per_s", "elapsed_s"])
-               for name in runs}
+    history = {name: pd.read_csv(folder / "results/finetune/seed0/history.csv").drop(columns=["img_per_s", "elapsed_s"])
+               for name, folder in runs.items()}
     pd.testing.assert_frame_equal(history["slurm"], history["local"], check_exact=True)
     assert_same_state(*(torch.load(runs[name] / target, map_location="cpu", weights_only=False)["state_dict"]
                         for name in ("slurm", "local")))

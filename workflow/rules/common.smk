@@ -1707,11 +1707,18 @@ def earlier_results_note():
     return notes + missing
 
 
-def slurm_kill_notes(folder=".snakemake/slurm_logs"):
-    """After a failed run on Slurm: Slurm's own lines on the jobs it ended (``slurmstepd...: error: ... exceeded memory
-    limit ..., being killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the
-    executor kept (it keeps a failed job's, removes the others). Snakemake's report prints a failed job's logs up to the
-    first empty one only: the rule's log of a job killed before it wrote a line hid the Slurm log that says why."""
+# After a run that succeeded, a job Slurm ended was submitted again and finished: said, as it will be on every run.
+RAN_AGAIN = ("; the profile's `retries` submitted it again, and that attempt finished (where it is ended each time, "
+             "raise the rule's runtime or mem_mb in the profile's set-resources)")
+
+
+def slurm_kill_notes(folder=".snakemake/slurm_logs", after=""):
+    """Slurm's own lines on the jobs of this run it ended (``slurmstepd...: error: ... exceeded memory limit ..., being
+    killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the executor kept (it
+    keeps a failed job's, removes the others); each note ends with ``after``. After a failed run: Snakemake's report
+    prints a failed job's logs up to the first empty one only, so the rule's log of a job killed before it wrote a line
+    hid the Slurm log that says why. After a run that succeeded: the attempt that failed was said mid-run only, among
+    the other jobs' lines."""
     notes = []
     for log in sorted(Path(folder).glob("**/*.log")):
         try:
@@ -1722,7 +1729,7 @@ def slurm_kill_notes(folder=".snakemake/slurm_logs"):
         except OSError:
             continue
         if lines:
-            notes.append(f"note: Slurm ended a job ({os.path.abspath(log)}): {' | '.join(lines[-3:])}")
+            notes.append(f"note: Slurm ended a job ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}")
     return notes[:10]
 
 
@@ -2013,7 +2020,7 @@ def unreadable_predictions_notes():
 
 onsuccess:
     remove_finished_states()
-    for _line in unreadable_predictions_notes():
+    for _line in [*slurm_kill_notes(after=RAN_AGAIN), *unreadable_predictions_notes()]:
         print(_line, file=sys.stderr)
 
 
