@@ -503,56 +503,127 @@ def _wait_for(condition, run: subprocess.Popen, output: Path, timeout: float = 6
         time.sleep(0.05)
 
 
+# The longer training of the stopped and resumed runs below: only the train job of the tiny run's finetune is to do.
+LONGER, LONGER_EPOCHS = "results/finetune/seed0", 5
+
+
+def _longer_run(tiny_run: Path, workdir: Path) -> Path:
+    """A copy of the tiny run with the config of the longer training (not trained yet)."""
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    return tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": LONGER_EPOCHS}})
+
+
+@pytest.fixture(scope="module")
+def longer_run_uninterrupted(tiny_run, tmp_path_factory) -> Path:
+    """The longer training run on this machine from start to end: what a stopped and resumed run must end with."""
+    workdir = tmp_path_factory.mktemp("longer") / "run"
+    # (a flag before the target: --configfile would take it for another config file)
+    local = run_snakemake(workdir, _longer_run(tiny_run, workdir), "--printshellcmds", f"{LONGER}/model.pt")
+    assert jobs_run(local.stdout) == ["train"], local.stdout[-3000:]
+    return workdir
+
+
+@dataclass
+class _Paused:
+    """A Slurm run of the longer training whose training process is paused once it has finished an epoch."""
+    run: subprocess.Popen
+    output: Path
+    slurm_id: str  # the train job's
+    state: Path  # its resume state
+    completed: int  # the epochs that state holds
+
+
+def _start_and_pause_the_longer_run(cluster: Cluster, workdir: Path, output: Path) -> _Paused:
+    """Snakemake through the profile in its own session (so that the test can end it and signal it as a terminal
+    does), until the train job has finished an epoch and saved its state: its training process is then paused, as
+    in an epoch that outlasts what the job has left."""
+    import torch
+    from faults import job_pids
+
+    log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *cluster.snakemake_args(), "--printshellcmds",
+           f"{LONGER}/model.pt"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's shell: the log shows each epoch
+    with open(output, "w") as out:
+        run = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        _wait_for(lambda: list(resume.glob("*.pt")) and log.exists()
+                  and re.search(rf"^epoch 1/{LONGER_EPOCHS} ", log.read_text(), re.M), run, output)
+        [trainer] = job_pids(workdir, "train.py")
+        os.kill(trainer, signal.SIGSTOP)
+        [slurm_id] = [job for _, job, path in SUBMITTED.findall(output.read_text()) if "/rule_train/" in path]
+        in_job = subprocess.run(["scontrol", "listpids", slurm_id], capture_output=True, text=True, check=True).stdout
+        assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
+        [state] = resume.glob("*.pt")
+        completed = torch.load(state, map_location="cpu", weights_only=False)["epoch"] + 1
+        assert 1 <= completed < LONGER_EPOCHS, completed
+    except BaseException:
+        _end(run)
+        raise
+    return _Paused(run, output, slurm_id, state, completed)
+
+
+def _end(run: subprocess.Popen) -> None:
+    """Kill what is left of a run of Snakemake (its own session), if anything."""
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+
+
+def _wait(paused: _Paused) -> tuple[int, str]:
+    """The exit status and output of the paused run, once it has ended (killed after 15 minutes)."""
+    try:
+        status = paused.run.wait(timeout=900)
+    finally:
+        _end(paused.run)
+    return status, paused.output.read_text()
+
+
+def _assert_stopped_cleanly(paused: _Paused, workdir: Path, out: str) -> None:
+    """Slurm's SIGTERM reached the paused training (Slurm sends SIGCONT first), which stopped at once, keeping the state
+    of the epochs it had finished (the job's log, which a retry's replaces, is in Snakemake's error report)."""
+    assert (f"stopped by SIGTERM at epoch {paused.completed + 1}, step " in out
+            and f"resume state of epoch {paused.completed} kept in {paused.state.relative_to(workdir)}" in out), \
+        out[-3000:]
+
+
+def _assert_resumed_to(workdir: Path, paused: _Paused, uninterrupted: Path) -> None:
+    """The run in ``workdir`` went on from the epochs the paused job finished (not trained again), to the very model
+    the uninterrupted run trained; its resume state is gone, as the run of Snakemake succeeded."""
+    import pandas as pd
+    import torch
+    from faults import assert_same_state
+
+    text = (workdir / "results/logs/train/finetune/seed0.log").read_text()
+    assert (f"resuming from {paused.state.relative_to(workdir)}: epoch {paused.completed + 1} of {LONGER_EPOCHS}"
+            in text), text
+    trained = [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", text, re.M)]
+    assert trained == list(range(paused.completed + 1, LONGER_EPOCHS + 1)), text
+    history = [pd.read_csv(folder / LONGER / "history.csv").drop(columns=["img_per_s", "elapsed_s"])
+               for folder in (workdir, uninterrupted)]
+    pd.testing.assert_frame_equal(*history, check_exact=True)
+    assert_same_state(*(torch.load(folder / LONGER / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+                        for folder in (workdir, uninterrupted)))
+    assert not paused.state.exists(), "the run succeeded: its resume state is removed"
+
+
 @pytest.mark.fashion_mnist
 def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_the_time_and_resumes(
-        slurm_cluster, tiny_run, tmp_path):
+        slurm_cluster, tiny_run, longer_run_uninterrupted, tmp_path):
     """The profile's promise for long training runs: a train job Slurm ends at its walltime is submitted again
     (`retries: 1`) asking twice the time and memory (`480 * attempt`, `8000 * attempt`), and continues from the
     epochs the first one finished, to the very state an uninterrupted run reaches; the end of the run says what Slurm
     ended. The walltime is the test's: once the job has finished an epoch, its training process is paused (the rest
     of the run outlasts the job's time) and the job's time limit lowered to Slurm's least, one minute; Slurm itself
     then ends the job at that limit."""
-    from faults import assert_same_state, job_pids
-
-    import pandas as pd
-    import torch
-
-    epochs, target = 5, "results/finetune/seed0/model.pt"
-    runs = {}
-    for name in ("local", "slurm"):  # copies of the tiny run: only the train job of the longer run is to do
-        runs[name] = tmp_path / name
-        shutil.copytree(tiny_run, runs[name], symlinks=True)
-        tiny_config(runs[name], experiments={"finetune": {"strategy": "finetune", "epochs": epochs}})
-    # (a flag before the target: --configfile would take it for another config file)
-    local = run_snakemake(runs["local"], runs["local"] / "config.yaml", "--printshellcmds", target)
-    assert jobs_run(local.stdout) == ["train"], local.stdout[-3000:]
-
-    workdir, output = runs["slurm"], tmp_path / "slurm.out"
-    log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *slurm_cluster.snakemake_args(), "--printshellcmds", target]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a user's shell: the log shows each epoch
-    with open(output, "w") as out:
-        run = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    try:
-        _wait_for(lambda: list(resume.glob("*.pt")) and log.exists()
-                  and re.search(rf"^epoch 1/{epochs} ", log.read_text(), re.M), run, output)
-        [trainer] = job_pids(workdir, "train.py")
-        os.kill(trainer, signal.SIGSTOP)
-        [first] = [slurm_id for _, slurm_id, path in SUBMITTED.findall(output.read_text()) if "/rule_train/" in path]
-        in_job = subprocess.run(["scontrol", "listpids", first], capture_output=True, text=True, check=True).stdout
-        assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
-        [state] = resume.glob("*.pt")
-        completed = torch.load(state, map_location="cpu", weights_only=False)["epoch"] + 1
-        assert 1 <= completed < epochs, completed
-        asked = _slurm_request(first)
-        subprocess.run(["scontrol", "update", f"JobId={first}", "TimeLimit=1"], check=True)
-        status = run.wait(timeout=900)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    out = output.read_text()
+    workdir = tmp_path / "run"
+    _longer_run(tiny_run, workdir)
+    paused = _start_and_pause_the_longer_run(slurm_cluster, workdir, tmp_path / "slurm.out")
+    first = paused.slurm_id
+    asked = _slurm_request(first)
+    subprocess.run(["scontrol", "update", f"JobId={first}", "TimeLimit=1"], check=True)
+    status, out = _wait(paused)
     assert status == 0, out[-3000:]
 
     # Two submissions of the train job: the first ended by Slurm at its time limit, the second finished.
@@ -562,10 +633,7 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     in_slurm = _squeue(_run_id(out))
     assert [in_slurm[job][0] for job in trained] == ["TIMEOUT", "COMPLETED"], in_slurm
     assert f"SLURM-job '{first}' failed, SLURM status is: 'TIMEOUT'" in out, out[-3000:]
-    # Slurm's SIGTERM reached the paused training (Slurm sends SIGCONT first), which stopped cleanly, keeping the state
-    # of the epochs it had finished (the first attempt's log, which the retry's replaces, is in the error report).
-    assert (f"stopped by SIGTERM at epoch {completed + 1}, step " in out
-            and f"resume state of epoch {completed} kept in {state.relative_to(workdir)}" in out), out[-3000:]
+    _assert_stopped_cleanly(paused, workdir, out)
     # The second asked twice what the first asked (its memory within the node's, as --resources caps it).
     again = _slurm_request(second)
     assert _minutes(again[0]) == 2 * _minutes(asked[0]), (asked, again)
@@ -579,15 +647,34 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     assert ended[0][1] == (" | ".join(said[-3:]) + "; the profile's `retries` submitted it again, and that attempt "
                            "finished (where it is ended each time, raise the rule's runtime or mem_mb in the profile's "
                            "set-resources)"), out[-3000:]
-    # It went on from the epochs the first finished: those are not trained again ...
-    text = log.read_text()
-    assert f"resuming from {state.relative_to(workdir)}: epoch {completed + 1} of {epochs}" in text, text
-    trained_epochs = [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs} ", text, re.M)]
-    assert trained_epochs == list(range(completed + 1, epochs + 1)), text
-    # ... to the run an uninterrupted job trains.
-    history = {name: pd.read_csv(folder / "results/finetune/seed0/history.csv").drop(columns=["img_per_s", "elapsed_s"])
-               for name, folder in runs.items()}
-    pd.testing.assert_frame_equal(history["slurm"], history["local"], check_exact=True)
-    assert_same_state(*(torch.load(runs[name] / target, map_location="cpu", weights_only=False)["state_dict"]
-                        for name in ("slurm", "local")))
-    assert not list(resume.glob("*.pt")), "the run succeeded: its resume state is removed"
+    _assert_resumed_to(workdir, paused, longer_run_uninterrupted)
+
+
+@pytest.mark.fashion_mnist
+def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_training_stopped(
+        slurm_cluster, tiny_run, longer_run_uninterrupted, tmp_path):
+    """docs/slurm.md's way to stop a run on Slurm: Ctrl-C to Snakemake (SIGINT to its process group, as a terminal
+    sends it). The plugin cancels the jobs it submitted, whose training stops at once keeping its resume state; no
+    job is submitted again, and the next run of the same command resumes, to the uninterrupted run's model."""
+    workdir = tmp_path / "run"
+    _longer_run(tiny_run, workdir)
+    paused = _start_and_pause_the_longer_run(slurm_cluster, workdir, tmp_path / "stopped.out")
+    os.killpg(paused.run.pid, signal.SIGINT)
+    status, out = _wait(paused)
+    assert status != 0, out[-3000:]
+    submitted = [slurm_id for _, slurm_id, _ in SUBMITTED.findall(out)]
+    assert submitted == [paused.slurm_id], out[-3000:]  # one submission: a cancelled job is not a failed one
+    deadline = time.monotonic() + 120  # (COMPLETING until its processes are gone, within Slurm's KillWait)
+    while (state := _squeue(_run_id(out))[paused.slurm_id][0]) == "COMPLETING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state == "CANCELLED", state
+    assert not (workdir / LONGER / "model.pt").exists()
+    assert paused.state.exists(), "the stop kept the resume state"
+    log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
+    _assert_stopped_cleanly(paused, workdir, log)
+
+    again = run_snakemake(workdir, workdir / "config.yaml", *slurm_cluster.snakemake_args(), "--printshellcmds",
+                          f"{LONGER}/model.pt", cores=None)
+    assert jobs_run(again.stdout) == ["train"], again.stdout[-3000:]
+    assert len(SUBMITTED.findall(again.stdout)) == 1, again.stdout[-3000:]
+    _assert_resumed_to(workdir, paused, longer_run_uninterrupted)
