@@ -504,7 +504,7 @@ def _wait_for(condition, run: subprocess.Popen, output: Path, timeout: float = 6
 
 
 # The longer training of the stopped and resumed runs below: only the train job of the tiny run's finetune is to do.
-LONGER, LONGER_EPOCHS = "results/finetune/seed0", 5
+LONGER, LONGER_EPOCHS = "results/finetune/seed0", 10  # (epochs of ~0.3 s: time to pause it after the first)
 
 
 def _longer_run(tiny_run: Path, workdir: Path) -> Path:
