@@ -533,13 +533,9 @@ class _Paused:
     completed: int  # the epochs that state holds
 
 
-def _start_and_pause_the_longer_run(cluster: Cluster, workdir: Path, output: Path) -> _Paused:
+def _start_the_longer_run(cluster: Cluster, workdir: Path, output: Path) -> subprocess.Popen:
     """Snakemake through the profile in its own session (so that the test can end it and signal it as a terminal
-    does), until the train job has finished an epoch and saved its state: its training process is then paused, as
-    in an epoch that outlasts what the job has left."""
-    import torch
-    from faults import job_pids
-
+    does), until the train job has saved its state after its first epoch."""
     log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *cluster.snakemake_args(), "--printshellcmds",
@@ -550,12 +546,26 @@ def _start_and_pause_the_longer_run(cluster: Cluster, workdir: Path, output: Pat
     try:
         _wait_for(lambda: list(resume.glob("*.pt")) and log.exists()
                   and re.search(rf"^epoch 1/{LONGER_EPOCHS} ", log.read_text(), re.M), run, output)
+    except BaseException:
+        _end(run)
+        raise
+    return run
+
+
+def _start_and_pause_the_longer_run(cluster: Cluster, workdir: Path, output: Path) -> _Paused:
+    """The longer run through the profile, its training process paused once it has finished an epoch and saved its
+    state, as in an epoch that outlasts what the job has left."""
+    import torch
+    from faults import job_pids
+
+    run = _start_the_longer_run(cluster, workdir, output)
+    try:
         [trainer] = job_pids(workdir, "train.py")
         os.kill(trainer, signal.SIGSTOP)
         [slurm_id] = [job for _, job, path in SUBMITTED.findall(output.read_text()) if "/rule_train/" in path]
         in_job = subprocess.run(["scontrol", "listpids", slurm_id], capture_output=True, text=True, check=True).stdout
         assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
-        [state] = resume.glob("*.pt")
+        [state] = (workdir / "resources/resume/finetune/seed0").glob("*.pt")
         completed = torch.load(state, map_location="cpu", weights_only=False)["epoch"] + 1
         assert 1 <= completed < LONGER_EPOCHS, completed
     except BaseException:
@@ -591,21 +601,26 @@ def _assert_stopped_cleanly(paused: _Paused, workdir: Path, out: str) -> None:
 def _assert_resumed_to(workdir: Path, paused: _Paused, uninterrupted: Path) -> None:
     """The run in ``workdir`` went on from the epochs the paused job finished (not trained again), to the very model
     the uninterrupted run trained; its resume state is gone, as the run of Snakemake succeeded."""
-    import pandas as pd
-    import torch
-    from faults import assert_same_state
-
     text = (workdir / "results/logs/train/finetune/seed0.log").read_text()
     assert (f"resuming from {paused.state.relative_to(workdir)}: epoch {paused.completed + 1} of {LONGER_EPOCHS}"
             in text), text
     trained = [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", text, re.M)]
     assert trained == list(range(paused.completed + 1, LONGER_EPOCHS + 1)), text
+    _assert_trained_alike(workdir, uninterrupted)
+    assert not paused.state.exists(), "the run succeeded: its resume state is removed"
+
+
+def _assert_trained_alike(workdir: Path, uninterrupted: Path) -> None:
+    """The longer run in ``workdir`` has the very history (timings aside) and model of the uninterrupted one."""
+    import pandas as pd
+    import torch
+    from faults import assert_same_state
+
     history = [pd.read_csv(folder / LONGER / "history.csv").drop(columns=["img_per_s", "elapsed_s"])
                for folder in (workdir, uninterrupted)]
     pd.testing.assert_frame_equal(*history, check_exact=True)
     assert_same_state(*(torch.load(folder / LONGER / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
                         for folder in (workdir, uninterrupted)))
-    assert not paused.state.exists(), "the run succeeded: its resume state is removed"
 
 
 @pytest.mark.fashion_mnist
@@ -678,3 +693,31 @@ def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_trai
     assert jobs_run(again.stdout) == ["train"], again.stdout[-3000:]
     assert len(SUBMITTED.findall(again.stdout)) == 1, again.stdout[-3000:]
     _assert_resumed_to(workdir, paused, longer_run_uninterrupted)
+
+
+@pytest.mark.fashion_mnist
+def test_sigterm_to_snakemake_cancels_nothing_and_what_the_job_finishes_is_kept(
+        slurm_cluster, tiny_run, longer_run_uninterrupted, tmp_path):
+    """docs/slurm.md: a plain `kill` (SIGTERM) of Snakemake cancels nothing: the submitted job runs to its end,
+    Snakemake then exits saying that a job did not complete, and what the job finished is kept: the next run has
+    nothing to do."""
+    workdir = tmp_path / "run"
+    _longer_run(tiny_run, workdir)
+    run = _start_the_longer_run(slurm_cluster, workdir, tmp_path / "terminated.out")
+    os.kill(run.pid, signal.SIGTERM)
+    try:
+        status = run.wait(timeout=900)
+    finally:
+        _end(run)
+    out = (tmp_path / "terminated.out").read_text()
+    assert status != 0 and "At least one job did not complete successfully" in out, out[-3000:]
+    [(_, slurm_id, _)] = SUBMITTED.findall(out)
+    assert _squeue(_run_id(out))[slurm_id][0] == "COMPLETED"
+    log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
+    trained = [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", log, re.M)]
+    assert trained == list(range(1, LONGER_EPOCHS + 1)), log
+    _assert_trained_alike(workdir, longer_run_uninterrupted)
+
+    again = run_snakemake(workdir, workdir / "config.yaml", *slurm_cluster.snakemake_args(), "--printshellcmds",
+                          f"{LONGER}/model.pt", cores=None)
+    assert "Nothing to be done" in again.stdout and SUBMITTED.findall(again.stdout) == [], again.stdout[-3000:]
