@@ -505,6 +505,7 @@ def _wait_for(condition, run: subprocess.Popen, output: Path, timeout: float = 6
 
 # The longer training of the stopped and resumed runs below: only the train job of the tiny run's finetune is to do.
 LONGER, LONGER_EPOCHS = "results/finetune/seed0", 10  # (epochs of ~0.3 s: time to pause it after the first)
+LONGER_LOG, LONGER_RESUME = "results/logs/train/finetune/seed0.log", "resources/resume/finetune/seed0"
 
 
 def _longer_run(tiny_run: Path, workdir: Path) -> Path:
@@ -536,7 +537,7 @@ class _Paused:
 def _start_the_longer_run(cluster: Cluster, workdir: Path, output: Path) -> subprocess.Popen:
     """Snakemake through the profile in its own session (so that the test can end it and signal it as a terminal
     does), until the train job has saved its state after its first epoch."""
-    log, resume = workdir / "results/logs/train/finetune/seed0.log", workdir / "resources/resume/finetune/seed0"
+    log, resume = workdir / LONGER_LOG, workdir / LONGER_RESUME
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *cluster.snakemake_args(), "--printshellcmds",
            f"{LONGER}/model.pt"]
@@ -565,7 +566,7 @@ def _start_and_pause_the_longer_run(cluster: Cluster, workdir: Path, output: Pat
         [slurm_id] = [job for _, job, path in SUBMITTED.findall(output.read_text()) if "/rule_train/" in path]
         in_job = subprocess.run(["scontrol", "listpids", slurm_id], capture_output=True, text=True, check=True).stdout
         assert str(trainer) in in_job.split(), (trainer, in_job)  # the training process is the Slurm job's
-        [state] = (workdir / "resources/resume/finetune/seed0").glob("*.pt")
+        [state] = (workdir / LONGER_RESUME).glob("*.pt")
         completed = torch.load(state, map_location="cpu", weights_only=False)["epoch"] + 1
         assert 1 <= completed < LONGER_EPOCHS, completed
     except BaseException:
@@ -581,13 +582,19 @@ def _end(run: subprocess.Popen) -> None:
         run.wait()
 
 
-def _wait(paused: _Paused) -> tuple[int, str]:
-    """The exit status and output of the paused run, once it has ended (killed after 15 minutes)."""
+def _wait(run: subprocess.Popen, output: Path) -> tuple[int, str]:
+    """The exit status and output of a run of Snakemake, once it has ended (killed after 15 minutes)."""
     try:
-        status = paused.run.wait(timeout=900)
+        status = run.wait(timeout=900)
     finally:
-        _end(paused.run)
-    return status, paused.output.read_text()
+        _end(run)
+    return status, output.read_text()
+
+
+def _epochs_logged(workdir: Path) -> tuple[str, list[int]]:
+    """The longer run's train log, and the epochs it says were trained, in order."""
+    text = (workdir / LONGER_LOG).read_text()
+    return text, [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", text, re.M)]
 
 
 def _assert_stopped_cleanly(paused: _Paused, workdir: Path, out: str) -> None:
@@ -601,10 +608,9 @@ def _assert_stopped_cleanly(paused: _Paused, workdir: Path, out: str) -> None:
 def _assert_resumed_to(workdir: Path, paused: _Paused, uninterrupted: Path) -> None:
     """The run in ``workdir`` went on from the epochs the paused job finished (not trained again), to the very model
     the uninterrupted run trained; its resume state is gone, as the run of Snakemake succeeded."""
-    text = (workdir / "results/logs/train/finetune/seed0.log").read_text()
+    text, trained = _epochs_logged(workdir)
     assert (f"resuming from {paused.state.relative_to(workdir)}: epoch {paused.completed + 1} of {LONGER_EPOCHS}"
             in text), text
-    trained = [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", text, re.M)]
     assert trained == list(range(paused.completed + 1, LONGER_EPOCHS + 1)), text
     _assert_trained_alike(workdir, uninterrupted)
     assert not paused.state.exists(), "the run succeeded: its resume state is removed"
@@ -638,7 +644,7 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     first = paused.slurm_id
     asked = _slurm_request(first)
     subprocess.run(["scontrol", "update", f"JobId={first}", "TimeLimit=1"], check=True)
-    status, out = _wait(paused)
+    status, out = _wait(paused.run, paused.output)
     assert status == 0, out[-3000:]
 
     # Two submissions of the train job: the first ended by Slurm at its time limit, the second finished.
@@ -675,7 +681,7 @@ def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_trai
     _longer_run(tiny_run, workdir)
     paused = _start_and_pause_the_longer_run(slurm_cluster, workdir, tmp_path / "stopped.out")
     os.killpg(paused.run.pid, signal.SIGINT)
-    status, out = _wait(paused)
+    status, out = _wait(paused.run, paused.output)
     assert status != 0, out[-3000:]
     submitted = [slurm_id for _, slurm_id, _ in SUBMITTED.findall(out)]
     assert submitted == [paused.slurm_id], out[-3000:]  # one submission: a cancelled job is not a failed one
@@ -685,8 +691,7 @@ def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_trai
     assert state == "CANCELLED", state
     assert not (workdir / LONGER / "model.pt").exists()
     assert paused.state.exists(), "the stop kept the resume state"
-    log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
-    _assert_stopped_cleanly(paused, workdir, log)
+    _assert_stopped_cleanly(paused, workdir, (workdir / LONGER_LOG).read_text())
 
     again = run_snakemake(workdir, workdir / "config.yaml", *slurm_cluster.snakemake_args(), "--printshellcmds",
                           f"{LONGER}/model.pt", cores=None)
@@ -705,16 +710,11 @@ def test_sigterm_to_snakemake_cancels_nothing_and_what_the_job_finishes_is_kept(
     _longer_run(tiny_run, workdir)
     run = _start_the_longer_run(slurm_cluster, workdir, tmp_path / "terminated.out")
     os.kill(run.pid, signal.SIGTERM)
-    try:
-        status = run.wait(timeout=900)
-    finally:
-        _end(run)
-    out = (tmp_path / "terminated.out").read_text()
+    status, out = _wait(run, tmp_path / "terminated.out")
     assert status != 0 and "At least one job did not complete successfully" in out, out[-3000:]
     [(_, slurm_id, _)] = SUBMITTED.findall(out)
     assert _squeue(_run_id(out))[slurm_id][0] == "COMPLETED"
-    log = (workdir / "results/logs/train/finetune/seed0.log").read_text()
-    trained = [int(n) for n in re.findall(rf"^epoch (\d+)/{LONGER_EPOCHS} ", log, re.M)]
+    log, trained = _epochs_logged(workdir)
     assert trained == list(range(1, LONGER_EPOCHS + 1)), log
     _assert_trained_alike(workdir, longer_run_uninterrupted)
 
