@@ -145,22 +145,23 @@ def _jobs_by_kind(output: str) -> tuple[dict[int, str], dict[int, str]]:
     return remote, local
 
 
+def _squeue_rows(fields: str, *, run_id: str | None = None, job: str | None = None) -> list[list[str]]:
+    """squeue's fields (its `-o` codes, e.g. '%i|%T') of every job of one Snakemake run (named by its run id) or of
+    one Slurm job, finished ones included: a row of strings a job."""
+    selector = ["--name", run_id] if run_id is not None else ["-j", job]
+    out = subprocess.run(["squeue", "--states=all", "-h", *selector, "-o", fields], capture_output=True, text=True,
+                         check=True)
+    return [[field.strip() for field in line.split("|", fields.count("|"))] for line in out.stdout.splitlines()]
+
+
 def _squeue(run_id: str) -> dict[str, tuple[str, str]]:
     """Slurm job id -> (state, comment) of every job of one Snakemake run, finished ones included."""
-    out = subprocess.run(["squeue", "--states=all", "-h", "--name", run_id, "-o", "%i|%T|%k"],
-                         capture_output=True, text=True, check=True)
-    jobs = {}
-    for line in out.stdout.splitlines():
-        job_id, state, comment = line.split("|", 2)
-        jobs[job_id] = (state, comment)
-    return jobs
+    return {job_id: (state, comment) for job_id, state, comment in _squeue_rows("%i|%T|%k", run_id=run_id)}
 
 
 def _slurm_cpus(run_id: str) -> dict[str, int]:
     """Slurm job id -> the CPUs Slurm allocated to it, for every job of one Snakemake run, finished ones included."""
-    out = subprocess.run(["squeue", "--states=all", "-h", "--name", run_id, "-o", "%i|%C"],
-                         capture_output=True, text=True, check=True)
-    return {job_id: int(cpus) for job_id, cpus in (line.split("|") for line in out.stdout.splitlines())}
+    return {job_id: int(cpus) for job_id, cpus in _squeue_rows("%i|%C", run_id=run_id)}
 
 
 def _job_threads(output: str) -> dict[int, int]:
@@ -377,8 +378,8 @@ def test_a_job_reads_its_allocation_from_slurm_without_the_slurm_variables(slurm
                                capture_output=True, text=True, timeout=300)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
-    shown = subprocess.run(["squeue", "--states=all", "-h", "-j", job, "-o", "%D|%N"], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    [allocation] = _squeue_rows("%D|%N", job=job)
+    shown = "|".join(allocation)
     assert out.read_text().strip() == shown, (out.read_text(), shown)
     assert shown.split("|")[0] == "1"
 
@@ -463,17 +464,13 @@ def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cl
     assert result.returncode == 0 and "no such partition" not in result.stdout, result.stdout[-3000:]
     trained = [slurm_id for _, slurm_id, log in SUBMITTED.findall(result.stdout) if "/rule_train/" in log]
     assert len(trained) == 1, result.stdout[-3000:]
-    where = subprocess.run(["squeue", "--states=all", "-h", "-j", trained[0], "-o", "%P"], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    assert where == listed[0], where
+    assert _squeue_rows("%P", job=trained[0]) == [[listed[0]]]
     assert json.loads((workdir / "results/finetune/seed0/train_info.json").read_text())["epochs_run"] == 2
 
 
 def _slurm_request(slurm_id: str) -> tuple[str, str]:
     """The time limit and memory Slurm holds for a job, as squeue prints them (e.g. '8:00:00', '8000M')."""
-    out = subprocess.run(["squeue", "--states=all", "-h", "-j", slurm_id, "-o", "%l|%m"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    limit, mem = out.split("|")
+    [(limit, mem)] = _squeue_rows("%l|%m", job=slurm_id)
     return limit, mem
 
 
