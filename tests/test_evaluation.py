@@ -327,6 +327,25 @@ def write_run(tmp_path, experiment, seed, accuracy, macro_f1, train_seconds, str
             "metrics": folder / "metrics.json", "weights_source": "torchvision:ResNet18_Weights.IMAGENET1K_V1"}
 
 
+def test_leaderboard_keeps_seeds_of_all_64_bits_exact(tmp_path):
+    """The schema takes seeds up to 2**64 - 1 (torch's generators take 64 bits): int64 holds none above 2**63 - 1 (the
+    summary job stopped at pandas' "cannot safely cast non-equivalent uint64 to int64") and float64 none odd above
+    2**53. Each seed is written back as it was given: the seed list, the diverged seeds, the selected run's seed."""
+    top, half, odd = 2**64 - 1, 2**63, 2**53 + 1
+    runs = [write_run(tmp_path, "finetune", top, 0.9, 0.9, 1.0),
+            write_run(tmp_path, "finetune", half, 0.8, 0.8, 1.0),
+            write_run(tmp_path, "finetune", odd, 0.7, 0.7, 1.0, diverged=True),
+            write_run(tmp_path, "scratch", 0, 0.5, 0.5, 1.0, pretrained=False)]
+    summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html",
+                  tmp_path / "selected.json")
+    csv = pd.read_csv(tmp_path / "summary.csv", dtype=str).set_index("experiment")
+    assert csv.loc["finetune", "seed_list"] == f"{odd} {half} {top}"
+    assert csv.loc["finetune", "diverged_seed_list"] == str(odd)
+    assert (csv.loc["finetune", "selected_seed"], csv.loc["scratch", "selected_seed"]) == (str(top), "0")
+    assert json.loads((tmp_path / "selected.json").read_text())["finetune"]["seed"] == top
+    assert f"✓ finetune (seed {top}: test 0.9000)" in (tmp_path / "summary.md").read_text()
+
+
 def test_leaderboard_with_two_seeds_has_mean_and_sample_std(tmp_path):
     runs = [
         write_run(tmp_path, "finetune", 0, 0.80, 0.70, 10.0),

@@ -43,6 +43,14 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
     }
 
 
+def runs_frame(rows: list[dict]) -> pd.DataFrame:
+    """The runs' lines (:func:`run_row`) as a table whose seeds stay Python integers: a seed may be any of the 64 bits
+    torch takes, which int64 does not hold above 2**63 - 1 and float64 not exactly above 2**53."""
+    frame = pd.DataFrame(rows)
+    frame["seed"] = pd.Series([row["seed"] for row in rows], index=frame.index, dtype=object)
+    return frame
+
+
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -120,8 +128,8 @@ def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
     ``val_loss`` (``tie_break``), then the selected run first."""
     by_run = {c["run"]: c for c in chosen.values()}
     table = table.assign(selected=table["experiment"].isin(by_run),
-                         selected_seed=pd.array([by_run[name]["seed"] if name in by_run else None
-                                                 for name in table["experiment"]], dtype="Int64"),
+                         selected_seed=pd.Series([by_run[name]["seed"] if name in by_run else None
+                                                  for name in table["experiment"]], index=table.index, dtype=object),
                          selected_test_accuracy=[by_run[name]["test_accuracy"] if name in by_run else np.nan
                                                  for name in table["experiment"]],
                          selected_diverged=[name in by_run and by_run[name]["diverged"] for name in table["experiment"]],
