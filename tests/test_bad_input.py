@@ -1941,27 +1941,54 @@ def test_a_file_whose_name_ends_in_a_hash_and_digits_is_read_as_the_file_it_is(t
         assert np.array_equal(np.asarray(load_image(path)), np.asarray(Image.open(path).convert("RGB")))
 
 
+def _number_classes_note(as_text: list[str], by_number: list[str], key: str = "dataset") -> str:
+    """The note at start on classes named by numbers, as docs/data-and-weights.md words it, from the classes as text."""
+    first = next(i for i, (a, b) in enumerate(zip(as_text, by_number)) if a != b)
+    return (f"note: {key}: the classes are numbers, in their order as text ({', '.join(as_text)}): the model's output "
+            f"{first} is class '{as_text[first]}', not '{by_number[first]}' (the ONNX model's metadata lists them in that "
+            f"order); for the numbers' order, write {key}.classes: {by_number} (quoted: a bare number is an index), which "
+            "splits and trains again")
+
+
 def test_classes_named_by_numbers_in_their_order_as_text_are_said_with_the_classes_that_order_them(tmp_path):
     """Class folders 1, 2 and 10: sorted as text, the model's output 1 is class '10'. With dataset.classes not
-    written, each start says so and how to write them in the numbers' order; written so, the split orders them so
-    and nothing more is said."""
+    written, each start says so and how to write them in the numbers' order, the first too (no split made yet: the
+    run about to train the model in that order); written so, the split orders them so and nothing more is said."""
     data = tmp_path / "data"
     make_images(data, {"1": 6, "2": 6, "10": 6})
     dataset = {"format": "imagefolder", "path": str(data), "val_fraction": 0.2, "test_fraction": 0.2}
     config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
-    run_snakemake(tmp_path / "run", config, "--until", "split")
+    as_text, note = sorted(["1", "2", "10"]), _number_classes_note(sorted(["1", "2", "10"]), ["1", "2", "10"])
+    first = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
+    assert note in first, first[-3000:]
     report = tmp_path / "run" / "resources" / "splits" / "target.report.json"
-    as_text = sorted(["1", "2", "10"])
     assert json.loads(report.read_text())["classes"] == as_text
     started = run_snakemake(tmp_path / "run", config, "-n").stdout
-    assert (f"note: dataset: the classes are numbers, in their order as text ({', '.join(as_text)}): the model's output 1 "
-            f"is class '{as_text[1]}', not '2' (the ONNX model's metadata lists them in that order); for the numbers' "
-            "order, write dataset.classes: ['1', '2', '10'] (quoted: a bare number is an index), which splits and "
-            "trains again") in started, started[-3000:]
+    assert note in started, started[-3000:]
     ordered = tiny_config(tmp_path / "run", "ordered.yaml", replace={"dataset": {**dataset, "classes": ["1", "2", "10"]}})
     started = run_snakemake(tmp_path / "run", ordered, "--until", "split").stdout
     assert json.loads(report.read_text())["classes"] == ["1", "2", "10"]
     assert "the classes are numbers" not in started + run_snakemake(tmp_path / "run", ordered, "-n").stdout
+
+
+def test_labels_that_are_numbers_in_a_new_manifest_are_said_at_its_first_start(tmp_path):
+    """A CSV manifest labelled 3, 9 and 12 (spaces around a label dropped, as the split reads it), no split made yet:
+    the first start says the model's outputs will be in their order as text; a label added to the manifest since its
+    split (20) is in the note of the next start, before the split is made again."""
+    data = tmp_path / "data"
+    make_images(data, {"3": 6, "9": 6, "12": 6})
+    manifest = data / "manifest.csv"
+    rows = [(png.relative_to(data), png.parent.name) for png in sorted(data.glob("*/*.png"))]
+    manifest.write_text("path,label\n" + "".join(f"{path}, {label} \n" for path, label in rows))
+    dataset = {"format": "csv", "path": str(manifest), "val_fraction": 0.2, "test_fraction": 0.2}
+    config = tiny_config(tmp_path / "run", replace={"dataset": dataset})
+    first = run_snakemake(tmp_path / "run", config, "-n").stdout
+    assert _number_classes_note(sorted(["3", "9", "12"]), ["3", "9", "12"]) in first, first[-3000:]
+    run_snakemake(tmp_path / "run", config, "--until", "split")
+    make_images(data, {"20": 6}, seed=1)
+    manifest.write_text(manifest.read_text() + "".join(f"20/{png.name},20\n" for png in sorted(data.glob("20/*.png"))))
+    again = run_snakemake(tmp_path / "run", config, "-n").stdout
+    assert _number_classes_note(sorted(["3", "9", "12", "20"]), ["3", "9", "12", "20"]) in again, again[-3000:]
 
 
 def test_a_mistyped_fashion_mnist_path_is_refused_at_start_and_the_split_made_before_is_kept(tmp_path):

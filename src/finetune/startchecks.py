@@ -374,13 +374,12 @@ def outside_class_images_note(report: dict, report_path: str) -> str | None:
             "folder, and the split runs again")
 
 
-def number_classes_note(report: dict, classes_written: list | None, key: str = "dataset") -> str | None:
-    """Where ``dataset.classes`` is not written and the split made before (``report``: :func:`report_of_dataset`) found
-    classes named by numbers (labels 1 to 12, folders 0 to 10), in an order as text other than the numbers' own: the
-    model's output i is the i-th name as text (output 2 is class '10'), which a deployer reading outputs as numbers
-    gets wrong. Said with the ``<key>.classes`` that orders them by number (``key``: where the config holds the
-    dataset). None otherwise."""
-    names = report.get("classes") or []
+def number_classes_note(names: list[str], classes_written: list | None, key: str = "dataset") -> str | None:
+    """Where ``dataset.classes`` is not written and the dataset's classes (``names``: :func:`classes_at_start`) are
+    named by numbers (labels 1 to 12, folders 0 to 10), in an order as text other than the numbers' own: the model's
+    output i is the i-th name as text (output 2 is class '10'), which a deployer reading outputs as numbers gets wrong.
+    Said with the ``<key>.classes`` that orders them by number (``key``: where the config holds the dataset). None
+    otherwise."""
     if classes_written is not None or len(names) < 2 or not all(isinstance(n, str) and n.isdigit() for n in names):
         return None
     by_number = sorted(names, key=lambda name: (int(name), name))
@@ -391,6 +390,26 @@ def number_classes_note(report: dict, classes_written: list | None, key: str = "
             f" the model's output {first} is class '{names[first]}', not '{by_number[first]}' (the ONNX model's metadata "
             f"lists them in that order); for the numbers' order, write {key}.classes: [{', '.join(repr(n) for n in by_number[:12])}"
             f"{', ...' if len(by_number) > 12 else ''}] (quoted: a bare number is an index), which splits and trains again")
+
+
+def classes_at_start(cfg: dict, report: dict, manifest_changed: bool) -> list[str]:
+    """Every class of an ImageFolder or CSV dataset (``cfg``: its config section), in label order, as the split of
+    this run has or will make them, before any image is read: the class folders' names (the first run's split is
+    not made yet, and a folder added or renamed makes it again), or a manifest's labels where it changed since its
+    split (``manifest_changed``; no split yet counts), else those of that split's ``report``. [] where they do not read
+    (the checks at start say why)."""
+    from .data import DataError, image_folder_classes, nfc
+    from .fileio import read_text_table
+
+    try:
+        if cfg["format"] == "imagefolder":
+            return image_folder_classes(cfg["path"])
+        if manifest_changed:  # as data.list_csv_manifest reads a label: spaces around it dropped, composed
+            labels = read_text_table(cfg["path"])["label"].str.strip().map(nfc)
+            return sorted(set(labels) - {""})
+    except (DataError, OSError, KeyError, ValueError):
+        return []
+    return list(report.get("classes") or [])
 
 
 def unread_predict_images_note(images: str) -> str | None:

@@ -87,7 +87,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
-from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, cuda_only_options_note,
+from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, classes_at_start,
+                                  cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, leaderboard_runs_not_configured,
                                   new_dataset_images, new_images_problem,
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
@@ -1400,7 +1401,9 @@ def check_dataset_at_start(key, dataset):
     outside = outside_class_images_note(made, made_path) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
-    numbers = number_classes_note(made, cfg.get("classes"), named)
+    numbers = cfg.get("classes") is None and number_classes_note(  # each start, the first run's too (no split yet)
+        classes_at_start(cfg, made, cfg["format"] == "csv" and manifest_changed(cfg["path"], None, split_file)), None,
+        named)
     if numbers:
         say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
