@@ -740,16 +740,18 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
     assert report["images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)
     assert "ignored 2 image(s) outside any class folder" in result.stdout
     assert sorted(pd.read_csv(out / "split.csv")["class_name"].unique()) == ["seg_test", "seg_train"]
-    # said at the start of a run too, not only in the split job's log; and each time, until the folders are renamed
+    # said at the start of a run too, not only in the split job's log; and each time, until the folders are renamed,
+    # the first start's too (no split yet); and so are the images in no class folder
     config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "imagefolder", "path": str(data)}})
     for _ in range(2):
         started = run_snakemake(tmp_path / "run", config, "--until", "split").stdout
         assert (f"note: dataset.path: the class folders of {data} (seg_test, seg_train) hold no images of their own"
                 in started), started[-3000:]
-    # the images in no class folder too, from the second start (the split's report lists them); one deleted is not
-    assert (f"note: dataset: 2 image(s) are in no class folder, and the split leaves them out ({data / loose[0].name}, "
-            f"{data / loose[1].name}; listed in resources/splits/target.report.json, images_outside_class_folders)"
-            in started), started[-3000:]
+        assert (f"note: dataset: 2 image(s) are in no class folder, and the split leaves them out ({data / loose[0].name}, "
+                f"{data / loose[1].name}; the split's report resources/splits/target.report.json lists them, "
+                "images_outside_class_folders)" in started), started[-3000:]
+    assert json.loads((tmp_path / "run/resources/splits/target.report.json").read_text())[
+        "images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)  # as the note says
     (data / loose[0].name).unlink()
     started = run_snakemake(tmp_path / "run", config, "-n").stdout
     assert f"note: dataset: 1 image(s) are in no class folder, and the split leaves them out ({data / loose[1].name};" \

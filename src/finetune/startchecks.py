@@ -360,17 +360,23 @@ def _changed_after(paths: list[str], reference: str) -> list[str]:
     return changed
 
 
-def outside_class_images_note(report: dict, report_path: str) -> str | None:
-    """Where the split made before of an ImageFolder (``report``: :func:`report_of_dataset`) left out images that are
-    in no class folder (at its root, or in a split folder beside the class folders): how many, said only in its log
-    otherwise, so that photos dropped into the root stayed out of training without a word. Those no longer there (moved
-    into a class folder: the split runs again) are not counted. None where there are none."""
-    outside = [str(path) for path in report.get("images_outside_class_folders") or [] if os.path.lexists(str(path))]
+def outside_class_images_note(root: str, report_path: str) -> str | None:
+    """Images of an ImageFolder ``root`` that are in no class folder (in the root itself, or in a split folder beside
+    its class folders), which the split leaves out: how many, said only in the split job's log otherwise, so that
+    photos dropped into the root stayed out of training without a word. Read from those folders' own entries at each
+    start, the first too (no split made yet), until each is moved into its class folder (the split then runs again).
+    None where there are none, or the folder does not read (the checks of the folder say why)."""
+    from .data import DataError, _images_in, split_folders
+
+    try:
+        outside = sorted(str(path) for top in [Path(root), *split_folders(Path(root))] for path in _images_in(top))
+    except (DataError, OSError):
+        return None
     if not outside:
         return None
     return (f"{len(outside)} image(s) are in no class folder, and the split leaves them out "
-            f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; listed in {report_path}, "
-            "images_outside_class_folders): an image's class is the folder it is in; move each into its class "
+            f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; the split's report {report_path} lists "
+            "them, images_outside_class_folders): an image's class is the folder it is in; move each into its class "
             "folder, and the split runs again")
 
 

@@ -1398,7 +1398,7 @@ def check_dataset_at_start(key, dataset):
         skipped = skipped_images_note(made, made_path, cfg.get("watch", "folders"))
         if skipped:
             say(f"{named}.{skipped}")
-    outside = outside_class_images_note(made, made_path) if cfg["format"] == "imagefolder" else None
+    outside = outside_class_images_note(cfg["path"], made_path) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
     numbers = cfg.get("classes") is None and number_classes_note(  # each start, the first run's too (no split yet)
