@@ -43,14 +43,6 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
     }
 
 
-def runs_frame(rows: list[dict]) -> pd.DataFrame:
-    """The runs' lines (:func:`run_row`) as a table whose seeds stay Python integers: a seed may be any of the 64 bits
-    torch takes, which int64 does not hold above 2**63 - 1 and float64 not exactly above 2**53."""
-    frame = pd.DataFrame(rows)
-    frame["seed"] = pd.Series([row["seed"] for row in rows], index=frame.index, dtype=object)
-    return frame
-
-
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -62,7 +54,10 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
             "tie_break": ("tie_break", "mean")}
     for figure in FIGURES:
         spec[figure], spec[f"{figure}_std"] = (figure, "mean"), (figure, "std")
-    per_run = per_run.assign(diverged_seed=per_run["seed"].where(per_run["diverged"]))
+    # Seeds as Python integers: a seed may be any of the 64 bits torch takes, which int64 does not hold above 2**63 - 1,
+    # nor float64 (where NaN would put them) exactly above 2**53.
+    seeds = per_run["seed"].astype(object)
+    per_run = per_run.assign(seed=seeds, diverged_seed=seeds.where(per_run["diverged"]))
     table = per_run.groupby(KEYS, sort=False).agg(**spec).reset_index()
     swept = swept_values(per_run)
     if swept.empty:

@@ -959,12 +959,11 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
     the note on test-time augmentation.
     """
     from .leaderboard import (SPREAD_NOTE, aggregate, chance_notes, chosen_by, markdown, near_duplicate_notes,
-                              never_predicted_notes, paired_notes, ranked, run_row, runs_frame, selections, shown,
-                              tta_notes)
+                              never_predicted_notes, paired_notes, ranked, run_row, selections, shown, tta_notes)
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
-    per_run = runs_frame([run_row(run, read_json(run["info"]), read_json(run["metrics"])) for run in runs])
+    per_run = pd.DataFrame([run_row(run, read_json(run["info"]), read_json(run["metrics"])) for run in runs])
     chosen = selections(per_run)
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
