@@ -455,6 +455,50 @@ READ = [
 ]
 
 
+# (a run's options, a key, its default, another value that trains as the default does): one run, whichever is written.
+SAME_AS_DEFAULT = [
+    ({"strategy": "finetune"}, "bn", "auto", "train"),
+    ({"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}, "bn", "auto", "train"),
+    ({"strategy": "finetune"}, "layer_decay", None, 1.0),
+    ({"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}, "unfreeze_stages", None, 5),
+]
+
+
+@pytest.mark.parametrize("options, key, default, value", SAME_AS_DEFAULT,
+                         ids=[f"{c[1]}-{c[0]['strategy']}" for c in SAME_AS_DEFAULT])
+def test_a_value_that_trains_as_the_default_is_the_same_run(tiny, options, key, default, value):
+    """`bn: train` where auto trains BatchNorm too, `layer_decay: 1.0` (no decay), `unfreeze_stages: 5` of a ResNet's 5:
+    trained, each gives the very run of the default. So the jobs get the default (writing the value reruns nothing),
+    a sweep over both is refused as one run twice, naming why, and the value written alone is no problem."""
+    from finetune.configcheck import config_problems, job_options, model_arch, train_defaults
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    first = run_fit(tiny, make_model(tiny), **{**options, key: default})
+    second = run_fit(tiny, make_model(tiny), **{**options, key: value})
+    assert strip(first.history) == strip(second.history) and equal_states(first.best_state, second.best_state)
+    defaults, arch = train_defaults(schema), model_arch({})
+    assert job_options(defaults, {**options, key: value}, defaults, arch) == \
+        job_options(defaults, {**options, key: default}, defaults, arch)
+    assert config_problems({"experiments": {"probe": {**options, key: value}}}, schema) == []
+    swept = config_problems({"experiments": {"probe": {**options, "sweep": {key: [default, value]}}}}, schema)
+    assert len(swept) == 1 and swept[0].startswith(f"experiments.probe.sweep.{key}: runs probe-") \
+        and f"would train the same run ({key}: " in swept[0], swept
+
+
+def test_unfreeze_stages_of_a_model_other_than_a_resnet_is_its_own_run():
+    """`unfreeze_stages: 5` is all of a ResNet's stages, not of every model's: with ConvNeXt's weights (more stages) a
+    sweep over null and 5 is two runs, and 6 is not refused at start as a ResNet's would be (the train job counts the
+    model's own stages)."""
+    from finetune.configcheck import config_problems, model_arch
+
+    schema = REPO / "workflow/schemas/config.schema.yaml"
+    weights = {"source": "torchvision", "torchvision": "ConvNeXt_Tiny_Weights.IMAGENET1K_V1"}
+    assert model_arch(weights) == "convnext_tiny"
+    gradual = {"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}
+    assert config_problems({"weights": weights, "experiments": {
+        "probe": {**gradual, "sweep": {"unfreeze_stages": [None, 5, 6]}}}}, schema) == []
+
+
 @pytest.mark.parametrize("options, key, a, b", UNREAD + READ,
                          ids=[f"{'unread' if i < len(UNREAD) else 'read'}-{c[1]}-{c[0]['strategy']}"
                               for i, c in enumerate(UNREAD + READ)])

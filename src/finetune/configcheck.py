@@ -84,19 +84,56 @@ def run_options(train: dict, overrides: dict) -> dict:
     return options
 
 
-def job_options(train: dict, overrides: dict, defaults: dict) -> dict:
+def job_options(train: dict, overrides: dict, defaults: dict, arch: str | None = None) -> dict:
     """The options a run's jobs get: `train`'s, overridden by its experiment's (``overrides``: a sweep's run
     included), with every key the run does not act on (:func:`ignored_options`, :func:`inert_recipes`) at its
     default (``defaults``: the schema's), so that changing such a key (`train.layer_decay` for a feature_extract
     experiment, `backbone_lr_factor` for a sweep's feature_extract runs) reruns only the runs that act on it,
-    and their train_info.json shows what they trained with."""
+    and their train_info.json shows what they trained with. A value that trains as the default does
+    (:func:`same_as_default`: `bn: train` with finetune, `layer_decay: 1.0`; ``arch``: the model's architecture,
+    :func:`model_arch`) is the default too: writing it is the same run, not a second one."""
     options = {**train, **overrides}
     for key in {**ignored_options({**defaults, **options}), **inert_recipes({**defaults, **options})}:
         if key in defaults:
             options[key] = defaults[key]
         else:
             options.pop(key, None)
+    for key in same_as_default({**defaults, **options}, arch):
+        options[key] = defaults[key]
     return options
+
+
+def same_as_default(options: dict, arch: str | None = None) -> dict[str, str]:
+    """The `train` keys whose value trains exactly as the schema's default does, given the run's other options, each
+    with why: `bn: train` where `auto` trains BatchNorm too (every strategy but feature_extract), `layer_decay: 1.0`
+    (every stage's lr times 1.0: no decay, as null), `unfreeze_stages` of all the stages of a ResNet (``arch``; as
+    null, all of them)."""
+    strategy = options.get("strategy", "finetune")
+    same = {}
+    if options.get("bn") == "train" and strategy != "feature_extract":
+        same["bn"] = f"auto trains BatchNorm with strategy {strategy}, as train does"
+    if options.get("layer_decay") == 1 and is_number(options.get("layer_decay")):
+        same["layer_decay"] = "1.0 scales every stage's lr by 1.0: no decay, as null"
+    stages = options.get("unfreeze_stages")
+    if strategy == "gradual" and is_resnet(arch) and is_number(stages) and stages == RESNET_STAGES:
+        same["unfreeze_stages"] = (f"a {arch}'s backbone has {RESNET_STAGES} stages: {stages} unfreezes all of them, as "
+                                   "null does")
+    return same
+
+
+def is_resnet(arch: str | None) -> bool:
+    """Whether ``arch`` is one of torchvision's ResNets (ResNeXt and Wide ResNet too): :data:`RESNET_STAGES` stages."""
+    return isinstance(arch, str) and arch.startswith(("resnet", "resnext", "wide_resnet"))
+
+
+def model_arch(weights: dict) -> str | None:
+    """The architecture the runs train, from the config's ``weights`` section: the one torchvision weights belong to
+    (their enum names it, weights.arch left out), else weights.arch (the schema's default, resnet18, where not
+    written). None where torchvision's weights are not known here."""
+    if weights.get("source", "pretrain") == "torchvision":
+        known = torchvision_weights_names() or {}
+        return known.get(weights.get("torchvision", "ResNet18_Weights.IMAGENET1K_V1"))
+    return str(weights.get("arch", "resnet18"))
 
 
 # What lr_find's range test does not read of a run's options: how long and how the run trains after its first
@@ -216,11 +253,12 @@ def _each_reason(reasons: dict[str, str], experiment_of: dict[str, str]) -> str:
 
 
 def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train: dict, defaults: dict,
-                       refused: list[str]) -> list[str]:
+                       refused: list[str], arch: str | None = None) -> list[str]:
     """Runs of one sweep that would train the same (their jobs get the same options, :func:`job_options`): a swept
     value the run does not act on at one value, and asks for nothing at another (`warmup_epochs: [0, 1]` with
-    schedule onecycle, `bn: [frozen, train]` with feature_extract), made two names for one run. Refused, naming the
-    keys, unless ``refused`` (the problems found already) names them all."""
+    schedule onecycle, `bn: [frozen, train]` with feature_extract), or at two values that train alike (`bn: [auto,
+    train]` with finetune: :func:`same_as_default`), made two names for one run. Refused, naming the keys, unless
+    ``refused`` (the problems found already) names them all."""
     problems = []
     for experiment, spec in experiments.items():
         swept = spec.get("sweep") if isinstance(spec, dict) else None
@@ -230,7 +268,7 @@ def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train
         said = set()
         for name in (name for name, of in experiment_of.items() if of == experiment):
             overrides = runs[name] if isinstance(runs[name], dict) else {}
-            same = first_of.setdefault(repr(sorted(job_options(train, overrides, defaults).items())), name)
+            same = first_of.setdefault(repr(sorted(job_options(train, overrides, defaults, arch).items())), name)
             if same == name:
                 continue
             keys = [key for key in swept if runs[same].get(key) != overrides.get(key)]
@@ -239,7 +277,9 @@ def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train
                 continue
             said.add(tuple(keys))  # one pair of runs says it
             options = {**defaults, **train, **overrides}
-            ignored = {**inert_recipes(options), **ignored_options(options)}
+            first = {**defaults, **train, **(runs[same] if isinstance(runs[same], dict) else {})}
+            ignored = {**same_as_default(first, arch), **same_as_default(options, arch), **inert_recipes(options),
+                       **ignored_options(options)}
             why = "; ".join(f"{key}: {ignored[key]}" for key in keys if key in ignored)
             problems.append(f"{', '.join(wheres)}: runs {same} and {name} would train the same run"
                             f"{f' ({why})' if why else ''}; sweep only values that change the run")
@@ -605,9 +645,9 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
     problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
                                  train if written_train is None else written_train)
-    problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults or {}, problems)
     weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
-    arch = str(weights.get("arch", "resnet18"))  # the schema's default
+    arch = model_arch(weights)
+    problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults or {}, problems, arch)
     found = {name: _run_problems(run_options(train, overrides if isinstance(overrides, dict) else {}), arch,
                                  train_defaults or {}) for name, overrides in runs.items()}
     problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults or {}), runs, experiment_of,
@@ -629,12 +669,11 @@ def with_sweep_items(schema: dict) -> dict:
     return schema
 
 
-def _run_problems(options: dict, arch: str, defaults: dict) -> list[str]:
+def _run_problems(options: dict, arch: str | None, defaults: dict) -> list[str]:
     """What one run's options (train and its experiment's, a sweep's values in) cannot train."""
     problems = []
     stages = options.get("unfreeze_stages")
-    if (options.get("strategy") == "gradual" and is_number(stages) and stages > RESNET_STAGES
-            and arch.startswith(("resnet", "resnext", "wide_resnet"))):
+    if options.get("strategy") == "gradual" and is_number(stages) and stages > RESNET_STAGES and is_resnet(arch):
         problems.append(f"unfreeze_stages: {stages}, but a {arch}'s backbone has {RESNET_STAGES} stages (the stem conv1 "
                         f"+ bn1, then layer1 .. layer4): use at most {RESNET_STAGES}, or null for all of them")
     problems += distributed_problems({**defaults, **options})

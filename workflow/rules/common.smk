@@ -76,7 +76,7 @@ envvars:
 
 sys.path.insert(0, str(REPO / "src"))
 from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
-                                  overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
+                                  model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
@@ -638,8 +638,10 @@ def train_key_names(experiment):
 
 def train_options(experiment, seed):
     """The training loop's options for one run: `train`, overridden by the experiment, the keys the run does not act
-    on at their defaults (configcheck.job_options), plus the seed."""
-    return loop_options(job_options(config["train"], EXPERIMENTS[experiment], TRAIN_DEFAULTS)) | {"seed": int(seed)}
+    on at their defaults, and values that train as the default does at the default (configcheck.job_options), plus
+    the seed."""
+    return loop_options(job_options(config["train"], EXPERIMENTS[experiment], TRAIN_DEFAULTS,
+                                    model_arch(config["weights"]))) | {"seed": int(seed)}
 
 
 # lr_find's suggestion for an experiment run: the lr of its train jobs where the run has `lr: auto`.
