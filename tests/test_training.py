@@ -201,6 +201,22 @@ def test_gradual_that_would_never_unfreeze_is_refused(tiny):
             TrainOptions.from_dict(options)
     assert config_problems({"experiments": {"ok": {"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}}},
                            REPO / "workflow/schemas/config.schema.yaml") == []
+    # A model that starts from random weights (a run with pretrained: false, the source model pretrain trains): the
+    # advice is finetune, which passes, as feature_extract (refused there: it would never train the backbone) would not
+    def starting_random(strategy, **keys):
+        return (({"experiments": {"s": {"strategy": strategy, "epochs": 2, "pretrained": False, **keys}}}, "experiments.s"),
+                ({"pretrain": {"train": {"strategy": strategy, "epochs": 2, **keys}}}, "pretrain.train"))
+
+    for (config, where), (followed, _), (refused, _) in zip(starting_random("gradual", unfreeze_epoch=2),
+                                                            starting_random("finetune"),
+                                                            starting_random("feature_extract")):
+        problems = config_problems(config, REPO / "workflow/schemas/config.schema.yaml")
+        assert [p for p in problems if p.startswith(f"{where}: unfreeze_epoch: 2")] == [
+            f"{where}: unfreeze_epoch: 2 with epochs: 2: strategy gradual trains the head alone for 2 epochs, so the "
+            "backbone would never train; lower unfreeze_epoch below epochs, or use strategy finetune (the backbone "
+            "starts random: feature_extract would never train it)"], problems
+        assert config_problems(followed, REPO / "workflow/schemas/config.schema.yaml") == []
+        assert config_problems(refused, REPO / "workflow/schemas/config.schema.yaml") != []
 
 
 def test_a_warm_up_longer_than_the_training_is_refused():

@@ -429,7 +429,7 @@ def _pretrain_train_problems(config: dict) -> list[str]:
     if not isinstance(train, dict):
         return []
     problems = [f"pretrain.train.{key}: {why}" for key, why in _NOT_PRETRAIN_OPTIONS.items() if key in train]
-    problems += [f"pretrain.train: {why}" for why in recipe_problems(train)]
+    problems += [f"pretrain.train: {why}" for why in from_scratch_advice(recipe_problems(train))]
     if train.get("lr") == "auto":
         problems.append("pretrain.train.lr: auto is not available for pretraining (the learning-rate finder runs "
                         "for experiments); set a number")
@@ -669,6 +669,19 @@ def with_sweep_items(schema: dict) -> dict:
     return schema
 
 
+# optionrules' advice for gradual's unfreeze_epoch, where strategy feature_extract is itself refused (a source model
+# that pretrain trains, a run with pretrained: false): put right here, not there, which the train jobs load (an edit
+# of it would train every run again).
+_GRADUAL_ADVICE = "lower unfreeze_epoch below epochs, or use strategy feature_extract"
+
+
+def from_scratch_advice(problems: list[str]) -> list[str]:
+    """``problems`` of a model that starts from random weights, advising finetune where they advise feature_extract."""
+    return [problem.replace(_GRADUAL_ADVICE, "lower unfreeze_epoch below epochs, or use strategy finetune (the backbone "
+                                             "starts random: feature_extract would never train it)")
+            for problem in problems]
+
+
 def _run_problems(options: dict, arch: str | None, defaults: dict) -> list[str]:
     """What one run's options (train and its experiment's, a sweep's values in) cannot train."""
     problems = []
@@ -677,7 +690,8 @@ def _run_problems(options: dict, arch: str | None, defaults: dict) -> list[str]:
         problems.append(f"unfreeze_stages: {stages}, but a {arch}'s backbone has {RESNET_STAGES} stages (the stem conv1 "
                         f"+ bn1, then layer1 .. layer4): use at most {RESNET_STAGES}, or null for all of them")
     problems += distributed_problems({**defaults, **options})
-    problems += recipe_problems(options)
+    recipes = recipe_problems(options)
+    problems += from_scratch_advice(recipes) if options.get("pretrained") is False else recipes
     if options.get("optimizer") == "lbfgs" and not caches_features(
             options.get("strategy", "finetune"), options.get("cache_features", True), options.get("augment", False)):
         problems.append(
