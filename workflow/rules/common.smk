@@ -1328,10 +1328,10 @@ def check_manifest_at_start(key, cfg, split_file):
     """A manifest (or dataset.classes) other than its split was made from: its rows are checked here (a missing file, a
     row twice, a split value or label misspelt, a class of dataset.classes it lacks) rather than by the split job, whose
     failure would remove the split, so that the run after the fix trained everything again, and the images of rows new
-    since the split was made are opened (the split job opens every image). The splits its split column gives are
-    returned (as given_splits)."""
+    since the split was made are opened (the split job opens every image). Returned: the splits its split column
+    gives (as given_splits), and whether it changed (no split yet counts)."""
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
-        return given_splits(cfg, split_file)
+        return given_splits(cfg, split_file), False
     from finetune.data import DataError, check_csv_manifest
     from finetune.startchecks import other_unicode_form_hint
 
@@ -1340,7 +1340,7 @@ def check_manifest_at_start(key, cfg, split_file):
     except DataError as exc:
         raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file)
     refuse_new_faults(key, cfg, split_file)
-    return given
+    return given, True
 
 
 def host_key(key):
@@ -1389,9 +1389,9 @@ def check_dataset_at_start(key, dataset):
         refuse_missing_dataset(named, cfg)
         if cfg["format"] == "imagefolder":
             check_image_folder_at_start(named, cfg, split_file)
-            given = given_splits(cfg, split_file)
+            given, manifest_new = given_splits(cfg, split_file), False
         else:
-            given = check_manifest_at_start(named, cfg, split_file)
+            given, manifest_new = check_manifest_at_start(named, cfg, split_file)
     except WorkflowError as exc:
         raise (refused(exc.args[0]) if INSTANCE and exc.args else exc) from None
     made = report_of_dataset(split_report(split_file), cfg["path"])
@@ -1404,8 +1404,7 @@ def check_dataset_at_start(key, dataset):
     if outside:
         say(f"{named}: {outside}")
     numbers = cfg.get("classes") is None and number_classes_note(  # each start, the first run's too (no split yet)
-        classes_at_start(cfg, made, cfg["format"] == "csv" and manifest_changed(cfg["path"], None, split_file)), None,
-        named)
+        classes_at_start(cfg, made, manifest_new), None, named)
     if numbers:
         say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
