@@ -15,21 +15,12 @@ import re
 import unicodedata
 from pathlib import Path
 
-from .configcheck import _by_experiment, _torchvision_weights_enums
+from .configcheck import _by_experiment, model_arch
 
 # torchvision's families of classifiers built with BatchNorm layers (the others, as vit, swin, convnext, alexnet, vgg
 # without _bn, have none, or are not known here: their train job checks, once the model is built).
 BATCHNORM_ARCHS = re.compile(r"^(resnet|resnext|wide_resnet|densenet|mobilenet|efficientnet|regnet|mnasnet|shufflenet|"
                              r"googlenet|inception|maxvit|vgg\d+_bn)")
-
-
-def model_arch(weights: dict) -> str | None:
-    """The architecture the runs build: weights.arch, or with weights.source torchvision the one its weights enum
-    names (read from torchvision's source; None where not found there)."""
-    if weights.get("source") == "torchvision":
-        enum = str(weights.get("torchvision", "")).partition(".")[0]
-        return _torchvision_weights_enums().get(enum, (None, {}))[0]
-    return weights.get("arch")
 
 
 def batchnorm_batch_problems(options: dict, arch: str | None) -> list[str]:

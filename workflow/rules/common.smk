@@ -540,6 +540,7 @@ def output_path(path):
 RESUME_FOLDER = Path(output_path("resources/resume"))
 FEATURE_FOLDER = output_path("resources/features")  # feature_extract's cached backbone features (train, lr_find)
 TRAIN_DEFAULTS = train_defaults(SCHEMA)  # the schema's train section: what a key left out of train and experiments is
+MODEL_ARCH = model_arch(config["weights"])  # the architecture every run trains (weights.arch, or the torchvision enum's)
 
 
 def pretrained_otherwise(pretrain, epochs):
@@ -640,8 +641,8 @@ def train_options(experiment, seed):
     """The training loop's options for one run: `train`, overridden by the experiment, the keys the run does not act
     on at their defaults, and values that train as the default does at the default (configcheck.job_options), plus
     the seed."""
-    return loop_options(job_options(config["train"], EXPERIMENTS[experiment], TRAIN_DEFAULTS,
-                                    model_arch(config["weights"]))) | {"seed": int(seed)}
+    return loop_options(job_options(config["train"], EXPERIMENTS[experiment], TRAIN_DEFAULTS, MODEL_ARCH)) | {
+        "seed": int(seed)}
 
 
 # lr_find's suggestion for an experiment run: the lr of its train jobs where the run has `lr: auto`.
