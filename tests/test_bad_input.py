@@ -748,14 +748,24 @@ def test_split_folders_of_other_names_and_images_outside_class_folders_are_said(
         assert (f"note: dataset.path: the class folders of {data} (seg_test, seg_train) hold no images of their own"
                 in started), started[-3000:]
         assert (f"note: dataset: 2 image(s) are in no class folder, and the split leaves them out ({data / loose[0].name}, "
-                f"{data / loose[1].name}; the split's report resources/splits/target.report.json lists them, "
-                "images_outside_class_folders)" in started), started[-3000:]
+                f"{data / loose[1].name}; the split reads none of them, and its report "
+                "resources/splits/target.report.json lists those there when it ran, images_outside_class_folders)"
+                in started), started[-3000:]
     assert json.loads((tmp_path / "run/resources/splits/target.report.json").read_text())[
         "images_outside_class_folders"] == sorted(str(data / p.name) for p in loose)  # as the note says
+    # The split reads no image of the root, so one removed there, or another saved there, splits nothing again (it
+    # reran the split and so every job after it, for the same split); the note counts them at each start
     (data / loose[0].name).unlink()
-    started = run_snakemake(tmp_path / "run", config, "-n").stdout
+    started = run_snakemake(tmp_path / "run", config, "-n", "--until", "split").stdout
     assert f"note: dataset: 1 image(s) are in no class folder, and the split leaves them out ({data / loose[1].name};" \
         in started, started[-3000:]
+    assert jobs_run(started) == [] and re.search(r"total +0\n", started), started[-3000:]
+    make_images(tmp_path / "more", {"x": 1}, seed=11)["x"][0].rename(data / "stray.png")
+    started = run_snakemake(tmp_path / "run", config, "-n", "--until", "split").stdout
+    assert "note: dataset: 2 image(s) are in no class folder" in started and jobs_run(started) == [], started[-3000:]
+    (data / "stray.png").rename(data / "seg_test" / "cat" / "stray.png")  # moved into a class folder: split again
+    started = run_snakemake(tmp_path / "run", config, "-n", "--until", "split").stdout
+    assert jobs_run(started) == ["split"] and "1 image(s) are in no class folder" in started, started[-3000:]
     plain = tmp_path / "plain"
     make_images(plain, {"cat": 4, "dog": 4})
     result = run_split(imagefolder(plain), tmp_path / "plain_out")

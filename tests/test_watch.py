@@ -305,3 +305,26 @@ def test_a_class_folder_left_out_and_named_like_a_split_is_watched_by_its_name_a
     (root / "test" / "cat").mkdir()
     assert tree_state(root, classes=["cat", "dog"]) != before
 
+
+
+def test_an_image_in_an_imagefolder_s_root_changes_nothing_the_split_reads(tmp_path):
+    """An image saved in the root itself is in no class, and the split reads none there: it reran the split and so
+    every job after it, for the same split. The dataset's digest is that of a root holding none (a tree without such
+    images keeps the digest it had, so no earlier split runs again); predict reads a folder's own images: they count
+    there, and in a class folder."""
+    from finetune.watch import dataset_state
+
+    root = make_tree(tmp_path / "images")
+    dataset = {"format": "imagefolder", "path": str(root)}
+    before = dataset_state(dataset)
+    assert before == tree_state(root) == images_state(root)  # nothing in the root: as every tree was watched before
+    (root / "stray.png").write_bytes(b"a photo dropped beside the class folders")
+    (root / "notes.txt").write_text("and a note")
+    assert dataset_state(dataset) == before and dataset_state({**dataset, "watch": "files"}) == before
+    (root / "stray.png").unlink()
+    chosen = dataset_state({**dataset, "classes": ["cat"]})
+    (root / "stray.png").write_bytes(b"a photo dropped beside the class folders")
+    assert dataset_state({**dataset, "classes": ["cat"]}) == chosen  # with dataset.classes too
+    assert images_state(root) != before  # predict classifies it
+    (root / "stray.png").rename(root / "cat" / "stray.png")
+    assert dataset_state(dataset) != before

@@ -366,9 +366,9 @@ def outside_class_images_note(root: str, report_path: str) -> str | None:
     if not outside:
         return None
     return (f"{len(outside)} image(s) are in no class folder, and the split leaves them out "
-            f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; the split's report {report_path} lists "
-            "them, images_outside_class_folders): an image's class is the folder it is in; move each into its class "
-            "folder, and the split runs again")
+            f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}; the split reads none of them, and its "
+            f"report {report_path} lists those there when it ran, images_outside_class_folders): an image's class is "
+            "the folder it is in; move each into its class folder, and the split runs again")
 
 
 def number_classes_note(names: list[str], classes_written: list | None, key: str = "dataset") -> str | None:

@@ -3,8 +3,8 @@ rerun when they change (params of the `split` and `predict` rules, read when Sna
 
 The state of a tree is a digest of every folder's path and of the name, size and modification time of
 every image file in it (the files a split or predict reads: by extension, not hidden). A file of another
-kind (``.DS_Store``, notes) or an image added and deleted again changes nothing the jobs read, so it
-changes no digest. Two depths, by the config key `watch`:
+kind (``.DS_Store``, notes), an image in an ImageFolder's root itself (in no class: the split reads none) or an
+image added and deleted again changes nothing the jobs read, so it changes no digest. Two depths, by the config key `watch`:
 
 - ``folders`` (the default): a folder's files are looked at (one ``stat`` each) only where the folder's
   own modification time (or inode: another folder renamed into its path) changed since Snakemake last looked,
@@ -58,9 +58,12 @@ def tree_state(root: str | os.PathLike, watch: str = "folders", images_only: boo
 
 
 def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool = True,
-              cache: str | os.PathLike | None = CACHE, classes: list | None = None) -> tuple[str, dict[str, int]]:
+              cache: str | os.PathLike | None = CACHE, classes: list | None = None,
+              root_files: bool = True) -> tuple[str, dict[str, int]]:
     """:func:`tree_state`, and how many files of each :data:`UNREAD_IMAGE_FORMATS` extension the folders walked hold
-    (from the same listing, or the cache)."""
+    (from the same listing, or the cache). ``root_files`` false: the root's own files do not count (an ImageFolder's
+    images in no class folder, which its split does not read: one saved there reran the split and every job after
+    it, for the same split), and the digest is that of a root holding none."""
     _check(watch)
     if not os.path.isdir(root):
         return "", {}
@@ -81,6 +84,9 @@ def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool
         relative = os.path.relpath(folder, root)
         if folder in unread:
             digest.update(os.fsencode(f"{relative}\0\0"))
+            continue
+        if relative == "." and not root_files:  # no cache entry: predict may watch the same folder, its files too
+            digest.update(os.fsencode(f".\0{hashlib.sha256(b'').hexdigest()}\0"))
             continue
         real = os.path.realpath(folder)
         try:
@@ -207,7 +213,7 @@ def dataset_walk(dataset: dict) -> tuple[str, dict[str, int]]:
         return listed_files_state(dataset["path"], watch), {}
     if dataset["format"] == "fashion-mnist":  # its four IDX files, used as published unless files are watched
         return "" if watch == "folders" else tree_state(dataset["path"], watch, images_only=False), {}
-    return tree_walk(dataset["path"], watch, classes=dataset.get("classes"))
+    return tree_walk(dataset["path"], watch, classes=dataset.get("classes"), root_files=False)
 
 
 def images_state(source: str | os.PathLike, watch: str = "folders") -> str:
