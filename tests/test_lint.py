@@ -29,6 +29,6 @@ def test_lint_finds_nothing_but_the_missing_conda_environments(tmp_path):
     assert not others, "\n".join(others)
     rules_linted = {what.split(" (")[0] for what, _ in found}
     # The parse saw the lints Snakemake printed: one accepted lint per rule that runs a command.
-    rules = ("split", "decode", "pretrain", "weights", "lr_find", "train", "evaluate", "export_onnx", "quantize_onnx", "predict",
+    rules = ("split", "decode", "pretrain", "weights", "scratch_manifest", "lr_find", "train", "evaluate", "export_onnx", "quantize_onnx", "predict",
              "predict_selected", "summary")
     assert rules_linted == {f"rule {r}" for r in rules}, result.stdout[-3000:]

@@ -203,6 +203,9 @@ def test_the_same_dataset_folder_written_another_way_reruns_nothing(tiny_run_cop
     tiny_config(tiny_run_copy, dataset={"path": path.rstrip("/") + "/"},
                 pretrain={"dataset": {"path": str(Path(source).parent) + "//./" + Path(source).name}})
     assert would_run(tiny_run_copy) == NOTHING
+    assert os.path.isabs(path) and os.path.samefile(path, "/" + path)  # two leading slashes: the same folder on Linux
+    tiny_config(tiny_run_copy, dataset={"path": "/" + path}, pretrain={"dataset": {"path": "///" + source.lstrip("/")}})
+    assert would_run(tiny_run_copy) == NOTHING  # (Python's paths keep two: the split and all after it reran)
     copy = tiny_run_copy / "fashion-mnist copy"
     shutil.copytree(path, copy)
     tiny_config(tiny_run_copy, dataset={"path": str(copy)})
@@ -285,12 +288,53 @@ def done_with_weights_at_path(tmp_path, data: bytes) -> Path:
 
 def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_after_it(tmp_path):
     """weights.path is an input of the weights rule: another file at that path (a newer download, say) reruns
-    the weights and every run trained from them; before, nothing reran and every result stayed stale."""
+    the weights and every run trained from them; before, nothing reran and every result stayed stale. Not the
+    scratch control, which loads no weights (it read the weights' manifest, and so trained again for other weights):
+    it reads the architecture and preprocessing the config gives them."""
     weights = done_with_weights_at_path(tmp_path, b"first weights")
     (tmp_path / "newer.pth").write_bytes(b"other weights")
     os.replace(tmp_path / "newer.pth", weights)
-    ran = would_run(tmp_path / "run")
-    assert ran["weights"] == 1 and ran["train"] == EXPERIMENTS and ran["evaluate"] == EXPERIMENTS, ran
+    dry = run_snakemake(tmp_path / "run", tmp_path / "run/config.yaml", "-n").stdout
+    ran = Counter(jobs_run(dry))
+    assert ran["weights"] == 1 and ran["train"] == ran["evaluate"] == EXPERIMENTS - 1, ran
+    trained = {line.split("results/")[1].split("/seed")[0] for line in dry.splitlines()
+               if "output: results/" in line and "model.pt" in line}
+    assert trained == {"finetune", "feature_extract"} and "scratch_manifest" not in ran, dry[-3000:]
+
+
+def test_a_scratch_run_with_weights_from_a_file_is_built_from_the_config_not_the_weights(tmp_path):
+    """A scratch run (pretrained: false) with weights.source path trains from the architecture and preprocessing
+    the config gives the weights (rule scratch_manifest), as the weights job would write them; with scratch runs
+    alone the weights job does not run, and the file is never read. Another preprocessing trains it again."""
+    import torch
+
+    from faults import save_state_dict
+
+    weights = tmp_path / "weights.pth"
+    save_state_dict(weights, num_classes=6)
+    prep = {"resize_size": 36, "crop_size": 32, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
+    run = tmp_path / "run"
+    scratch_only = {"scratch": {"strategy": "finetune", "pretrained": False}}
+    config = tiny_config(run, replace={
+        "weights": {"source": "path", "path": str(weights), "arch": "resnet18", "preprocessing": prep},
+        "experiments": scratch_only})
+    records = tmp_path / "modules"
+    done = run_snakemake(run, config, "--printshellcmds", "results/scratch/seed0/train_info.json",
+                         env={"FINETUNE_RECORD_MODULES": str(records)})
+    assert Counter(jobs_run(done.stdout)) == Counter({"split": 1, "decode": 1, "scratch_manifest": 1, "train": 1})
+    assert not (run / "resources/weights/weights.pth").exists() and not (run / "resources/weights/manifest.json").exists()
+    checkpoint = torch.load(run / "results/scratch/seed0/model.pt", map_location="cpu", weights_only=False)
+    expected = {**prep, "interpolation": "bilinear", "channels": "RGB"}  # the schema's defaults of the two left out
+    assert {k: checkpoint["preprocessing"].get(k) for k in expected} == expected, checkpoint["preprocessing"]
+    assert json.loads((run / "results/scratch/seed0/train_info.json").read_text())["pretrained"] is False
+    loaded = loaded_modules(records)["scratch_manifest"]
+    dry = run_snakemake(run, config, "--forcerun", "scratch_manifest", "-n", "results/scratch/seed0/train_info.json")
+    assert declared_modules(dry.stdout)["scratch_manifest"] == loaded  # RULE_MODULES lists what it loads
+    tiny_config(run, replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
+                                          "preprocessing": {**prep, "mean": [0.5, 0.5, 0.5]}},
+                              "experiments": scratch_only})
+    again = run_snakemake(run, config, "-n", "results/scratch/seed0/train_info.json")
+    assert Counter(jobs_run(again.stdout)) == Counter({"scratch_manifest": 1, "train": 1}), again.stdout[-3000:]
 
 
 def test_the_weights_file_rewritten_reruns_the_runs_from_it_not_the_scratch_control(tmp_path):

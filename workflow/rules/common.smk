@@ -570,6 +570,7 @@ RULE_MODULES = {
     "pretrain": [*_STAGES, *_TRAINING],
     # Weights from pretrain are published as pretrain saved them (no model built): models only for the others.
     "weights": [*_STAGES, *(["importing", "models"] if config["weights"]["source"] != "pretrain" else [])],
+    "scratch_manifest": ["__init__", "cli", "errors", "fileio", "images", "jobclock", "weights"],
     "train": [*_STAGES, *_TRAINING],
     "lr_find": [*_STAGES, *_TRAINING, "lrfind", "plots"],
     "evaluate": [*_STAGES, "importing", "metrics", "models", "nearduplicates", "plots", "selection", "store", "tables", "tensors"],
@@ -714,13 +715,22 @@ def dataset_key(dataset):
 DATASET_FETCH_KEYS = ("download_dir", "download_timeout_s")
 
 
+def plain_path(path):
+    """A path in its plain form: `data/`, `data//` and `./data` are `data`, `//srv/data` is `/srv/data` (POSIX leaves
+    two leading slashes to the system, and Linux reads them as one; Python keeps them); `..` is kept, as a link
+    makes it another folder."""
+    plain = str(PurePath(path))
+    leading = len(plain) - len(plain.lstrip(os.sep))
+    return plain[leading - 1:] if leading > 1 else plain
+
+
 def split_dataset_config(dataset):
     """The dataset config the split job reads: all but `watch`, which is Snakemake's (dataset_state), and the
-    fetch keys (split_dataset_fetch); its path in its plain form (`data/`, `data//` and `./data` are `data`: the
-    same folder written another way reruns nothing; `..` is kept, as a link makes it another folder)."""
+    fetch keys (split_dataset_fetch); its path in its plain form (plain_path: the same folder written another way
+    reruns nothing)."""
     cfg = {k: v for k, v in dataset_config(dataset).items() if k != "watch" and k not in DATASET_FETCH_KEYS}
     if isinstance(cfg.get("path"), str) and cfg["path"]:
-        cfg["path"] = str(PurePath(cfg["path"]))
+        cfg["path"] = plain_path(cfg["path"])
     return cfg
 
 
@@ -746,7 +756,7 @@ def split_dataset_fetch(dataset):
 
 def dataset_inputs(wildcards):
     cfg = dataset_config(wildcards.dataset)  # `local`: a user's path is read where written, a module's prefix: or not
-    return [local(str(PurePath(cfg["path"])))] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
+    return [local(plain_path(cfg["path"]))] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
 def dataset_state(wildcards):
@@ -861,21 +871,40 @@ def scratch_from_source(wildcards):
     return not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] == "pretrain"
 
 
+def scratch_from_config(wildcards):
+    """A scratch run with weights from a url or a file: built from what the config gives those weights (rule
+    scratch_manifest), not from the weights job's manifest."""
+    return not experiment_config(wildcards.experiment)["pretrained"] and config["weights"]["source"] in ("url", "path")
+
+
+def scratch_identity():
+    """What a scratch run takes of the weights config (the scratch_manifest rule's param), the architecture and
+    preprocessing, its filter and channels written as their defaults or not."""
+    weights = config["weights"]
+    if weights["source"] not in ("url", "path"):
+        return ""
+    return as_json({"arch": weights["arch"], "source": weights["source"],
+                    "preprocessing": {**PREPROCESSING_DEFAULTS, **(weights.get("preprocessing") or {})}})
+
+
 def weights_used():
     """Whether a run builds its model from the weights job's output: not where every run is a scratch run from the
-    source's record (then neither pretrain nor the weights job has a run to serve)."""
-    return any(not scratch_from_source(SimpleNamespace(experiment=name)) for name in EXPERIMENTS)
+    source's record or the config (then neither pretrain nor the weights job has a run to serve)."""
+    return any(not (scratch_from_source(run) or scratch_from_config(run))
+               for run in (SimpleNamespace(experiment=name) for name in EXPERIMENTS))
 
 
 def run_weights_inputs(wildcards):
     """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
     weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
-    none of pretrain's training: a change of pretrain.train reruns no scratch run). Another scratch run reads the
-    manifest alone (the architecture and preprocessing), never the weights file: a weights.pth rewritten with the
-    same bytes (newer, and too large for Snakemake's checksum) retrained it, and other weights change the
-    manifest's sha256."""
+    none of pretrain's training: a change of pretrain.train reruns no scratch run); with weights from a url or a file,
+    the architecture and preprocessing the config gives them (the scratch_manifest rule; other weights there retrain no
+    scratch run). A scratch run with torchvision's weights reads their manifest alone, never the weights file: a
+    weights.pth rewritten with the same bytes (newer, and too large for Snakemake's checksum) retrained it."""
     if scratch_from_source(wildcards):
         return {"source_info": source_decoded()["decoded_info"]}
+    if scratch_from_config(wildcards):
+        return {"manifest": rules.scratch_manifest.output.manifest}
     if not experiment_config(wildcards.experiment)["pretrained"]:
         return {"manifest": rules.weights.output.manifest}
     return {"manifest": rules.weights.output.manifest, "weights": rules.weights.output.weights}
@@ -887,6 +916,8 @@ def run_weights_args(wildcards):
     scratch run from the source's record the architecture, which it gets nowhere else."""
     if scratch_from_source(wildcards):
         return f"--source-info {output_path(source_decoded()['decoded_info'])} --arch {config['weights']['arch']} --scratch"
+    if scratch_from_config(wildcards):
+        return f"--manifest {rules.scratch_manifest.output.manifest} --scratch"
     scratch = "" if experiment_config(wildcards.experiment)["pretrained"] else " --scratch"
     return f"--manifest {rules.weights.output.manifest}{scratch}"
 
@@ -1645,6 +1676,8 @@ def intermediate_outputs():
     used = weights_used()
     if used:
         files += [*rules.weights.output]
+    if any(scratch_from_config(SimpleNamespace(experiment=name)) for name in EXPERIMENTS):
+        files.append(rules.scratch_manifest.output.manifest)
     if config["weights"]["source"] == "pretrain":
         files += [path.format(dataset="source") for path in rules.split.output]
         files += [*source_decoded().values(), *(rules.pretrain.output if used else [])]

@@ -60,3 +60,28 @@ rule weights:
     shell:
         "exec {params.python:q} {input.script:q} --weights {params.weights:q} --fetch {params.fetch:q} --out-weights {output.weights} "
         "--out-manifest {output.manifest} {params.pretrained} > {log} 2>&1"
+
+
+rule scratch_manifest:
+    # A scratch run's (pretrained: false) architecture and preprocessing where the weights come from a url or a file:
+    # those the config gives the weights, without them, so that other weights there (another file at weights.path,
+    # another weights.sha256) retrain no scratch run. (With torchvision's weights a scratch run reads the weights'
+    # manifest, which changes only with the config; with pretrain's, the source's decoded images' record.)
+    localrule: True
+    input:
+        script=script("scratch_manifest"),
+        modules=package_modules("scratch_manifest"),
+    output:
+        manifest="resources/weights/scratch.json",
+    params:
+        python=PYTHON,
+        weights=scratch_identity(),
+    log:
+        "results/logs/scratch_manifest.log",
+    benchmark:
+        "results/benchmarks/scratch_manifest.tsv"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "exec {params.python:q} {input.script:q} --weights {params.weights:q} --out-manifest {output.manifest} > {log} 2>&1"
