@@ -136,6 +136,30 @@ def test_finetune_with_frozen_batchnorm_keeps_running_statistics(tiny):
     assert not {k for k in moved if "bn" in k or "downsample.1" in k}, "BatchNorm moved although bn: frozen"
 
 
+def test_a_backbone_lr_factor_of_zero_keeps_the_weights_but_not_batchnorm_statistics_and_the_start_says_so(
+        tiny_run_copy):
+    """backbone_lr_factor: 0 (the schema takes it) looks like a frozen backbone: its weights never change, but every
+    step still computes their gradients, and under bn auto BatchNorm's running statistics follow the target's images.
+    A real run of it: the backbone's weights are the published weights' to the bit, its statistics are not, and the
+    start says so, naming the key as written."""
+    from helpers import run_snakemake, tiny_config
+
+    tiny_config(tiny_run_copy, experiments={"finetune": {"strategy": "finetune", "backbone_lr_factor": 0}})
+    ran = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
+    assert ("note: experiments.finetune.backbone_lr_factor 0 (finetune): the backbone trains at lr 0, so its weights "
+            "never change, yet each step computes their gradients, and its BatchNorm layers' running statistics still "
+            "follow the target's images (bn: frozen keeps the source model's)") in ran, ran[-3000:]
+    source = torch.load(tiny_run_copy / "resources/weights/weights.pth", map_location="cpu", weights_only=True)
+    trained = torch.load(tiny_run_copy / "results/finetune/seed0/model.pt", map_location="cpu",
+                         weights_only=False)["state_dict"]
+    backbone = [k for k in source if not k.startswith("fc.")]
+    moved = {k for k in backbone if not torch.equal(source[k], trained[k])}
+    assert moved and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in moved), moved
+    assert any(k.endswith(".weight") and source[k].dim() == 4 for k in backbone)  # convolutions among those kept
+    tiny_config(tiny_run_copy, experiments={"finetune": {"strategy": "finetune", "backbone_lr_factor": 0.3}})
+    assert "backbone trains at lr 0" not in run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
+
+
 def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     model = make_model(tiny)
     before = snapshot(model)

@@ -618,6 +618,29 @@ def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu:
             "with 8; docs/gpu.md, \"On a GPU\")")
 
 
+def zero_backbone_lr_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
+    """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
+    Where finetune or gradual has ``backbone_lr_factor: 0`` (the schema takes it), a line naming each such key: the
+    backbone's weights then never change, as with feature_extract, yet every step computes their gradients, and
+    under bn auto (or train) BatchNorm's running statistics follow the target's images; said, not refused (adapting
+    those statistics alone may be what the user wants)."""
+    named: dict[str, list[str]] = {}
+    bn_moves = False
+    for run, options in runs.items():
+        if options.get("strategy", "finetune") in ("finetune", "gradual") and options.get("backbone_lr_factor") == 0:
+            written = keys.get(run, {}).get("backbone_lr_factor", "train.backbone_lr_factor")
+            named.setdefault(written, []).append(run)
+            bn_moves = bn_moves or options.get("bn", "auto") != "frozen"
+    if not named:
+        return None
+    listed = "; ".join(f"{key} 0 ({', '.join(sorted(which))})" for key, which in sorted(named.items()))
+    stats = (", and its BatchNorm layers' running statistics still follow the target's images (bn: frozen keeps "
+             "the source model's)") if bn_moves else ""
+    return (f"{listed}: the backbone trains at lr 0, so its weights never change, yet each step computes their "
+            f"gradients{stats}; strategy: feature_extract trains the new head alone on the frozen backbone, faster "
+            "(without augment, its features computed once)")
+
+
 # The rules whose jobs import torch (each pays its import again where bytecode is not cached).
 TORCH_RULES = ("pretrain", "train", "lr_find", "evaluate", "export_onnx")
 

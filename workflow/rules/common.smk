@@ -94,7 +94,8 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, too_few_to_split_problem, uncached_bytecode_note,
-                                  unread_predict_images_note, unreadable_line, with_hints, TORCH_RULES)
+                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
+                                  TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -1901,6 +1902,13 @@ def cuda_only_options_note_here():
     return None if note is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0) else note
 
 
+def zero_backbone_lr_note_here():
+    """zero_backbone_lr_note for the train jobs this run starts (here or on a cluster)."""
+    runs = {job.wildcards.experiment: experiment_config(job.wildcards.experiment)
+            for job in workflow.dag.needrun_jobs() if job.rule.name == "train"}
+    return zero_backbone_lr_note(runs, {run: train_key_names(run) for run in runs})
+
+
 def uncached_bytecode_note_here():
     """uncached_bytecode_note for this run's jobs (torch's folder found without importing it: no start-up cost)."""
     import importlib.util
@@ -2043,6 +2051,9 @@ onstart:
         _uncached = uncached_bytecode_note_here()
         if _uncached:
             say(_uncached)
+        _zero_lr = zero_backbone_lr_note_here()
+        if _zero_lr:
+            say(_zero_lr)
 
 
 def unreadable_predictions_notes():
