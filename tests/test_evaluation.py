@@ -896,10 +896,26 @@ def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):
     assert list(zip(table["experiment"], table["rank"], table["selected"])) == [
         ("a", 1, True), ("c", 1, True), ("b", 2, False)]  # lower loss first within b's sweep
     text = (tmp_path / "summary.md").read_text()
-    assert "not ranked against each other" in text
+    assert ("by train.metric among the experiments that share it (val_accuracy: a; val_loss: b; experiments of "
+            "different metrics are not ranked against each other)") in text, text
     # The notes that take the first row do not call it the first-ranked run: no run is.
     assert "a test accuracy of 0.9000 (a, listed first: the experiments use different metrics and are not ranked " \
            "against each other)" in text, text
+
+
+def test_experiments_that_share_a_metric_are_ranked_together_beside_one_of_another(tmp_path):
+    """One experiment on val_loss among several on val_accuracy: those several are still ranked against each other
+    (each was ranked 1, alone), the val_loss one by itself, each metric's rows in the order the experiments are
+    listed; the selection within each experiment is unchanged."""
+    runs = [write_run(tmp_path, "a", 0, 0.7, 0.7, 1.0, val=0.6), write_run(tmp_path, "b", 0, 0.8, 0.8, 1.0, val=0.2,
+                                                                           metric="val_loss"),
+            write_run(tmp_path, "d", 0, 0.9, 0.9, 1.0, val=0.8), write_run(tmp_path, "e", 0, 0.6, 0.6, 1.0, val=0.7)]
+    table = summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md")
+    expected = sorted([("d", 0.8), ("e", 0.7), ("a", 0.6)], key=lambda row: -row[1])  # higher accuracy first
+    assert list(zip(table["experiment"], table["rank"], table["val_metric"])) == [
+        *((name, rank, "val_accuracy") for rank, (name, _) in enumerate(expected, 1)), ("b", 1, "val_loss")]
+    assert table["selected"].all()  # one run per experiment: each is its experiment's selection
+    assert "(val_accuracy: d, e, a; val_loss: b;" in (tmp_path / "summary.md").read_text()  # in rank order
 
 
 # --------------------------------------------------------------------------- the evaluate rule, for real

@@ -118,7 +118,8 @@ def selected_cell(sweep: str, selected: bool, seed, test_accuracy, diverged: boo
 
 
 def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
-    """Best validation figure first: over every row when all share one metric, else within each experiment. Equal
+    """Best validation figure first: over the rows that share a metric, the metrics in the order their experiments
+    are listed (one experiment on val_loss among others on val_accuracy ranked them all 1, each alone). Equal
     figures (:func:`finetune.selection.exact`) rank as selection breaks their tie: by the best epochs' mean
     ``val_loss`` (``tie_break``), then the selected run first."""
     by_run = {c["run"]: c for c in chosen.values()}
@@ -130,9 +131,8 @@ def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
                          selected_diverged=[name in by_run and by_run[name]["diverged"] for name in table["experiment"]],
                          score=[exact(oriented(m, v)) for m, v in zip(table["val_metric"], table["val"])],
                          tie=[exact(v) for v in table["tie_break"]])
-    one_metric = table["val_metric"].nunique() == 1
-    order = {sweep: i for i, sweep in enumerate(dict.fromkeys(table["sweep"]))}
-    table = table.assign(group=0 if one_metric else table["sweep"].map(order))
+    order = {metric: i for i, metric in enumerate(dict.fromkeys(table["val_metric"]))}
+    table = table.assign(group=table["val_metric"].map(order))
     table = table.sort_values(["group", "score", "tie", "selected"], ascending=[True, False, False, False], kind="stable")
     table.insert(0, "rank", table.groupby("group").cumcount() + 1)
     return table.drop(columns=["score", "group", "tie", "tie_break"]).reset_index(drop=True)
@@ -140,9 +140,11 @@ def ranked(table: pd.DataFrame, chosen: dict) -> pd.DataFrame:
 
 def chosen_by(table: pd.DataFrame) -> str:
     """The sentence saying how the table ranks and chooses."""
-    metrics = sorted(set(table["val_metric"]))
+    metrics = list(dict.fromkeys(table["val_metric"]))
+    of = {m: ", ".join(dict.fromkeys(table.loc[table["val_metric"] == m, "sweep"])) for m in metrics}
     how = (f"by {metrics[0]}" if len(metrics) == 1 else
-           f"within each experiment by its own train.metric ({', '.join(metrics)}; they differ, so experiments are not ranked against each other)")
+           f"by train.metric among the experiments that share it ({'; '.join(f'{m}: {of[m]}' for m in metrics)}; "
+           "experiments of different metrics are not ranked against each other)")
     return (f"Ranked and selected {how} on the validation images (best epoch, mean over seeds); the selected run of each "
             "experiment is marked. Test figures are reported, never used to rank or choose.")
 
