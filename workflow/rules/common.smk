@@ -884,7 +884,7 @@ def scratch_identity():
     weights = config["weights"]
     if weights["source"] not in ("url", "path"):
         return ""
-    return as_json({"arch": weights["arch"], "source": weights["source"],
+    return as_json({"arch": weights["arch"],  # not the source: the same from a url or a file
                     "preprocessing": {**PREPROCESSING_DEFAULTS, **(weights.get("preprocessing") or {})}})
 
 

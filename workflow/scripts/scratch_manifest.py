@@ -15,14 +15,14 @@ from finetune.weights import MANIFEST_FORMAT
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", type=json_arg, required=True,
-                        help="the weights config's arch, preprocessing and source (JSON)")
+                        help="the weights config's arch and preprocessing (JSON)")
     parser.add_argument("--out-manifest", type=Path, required=True)
     args = parser.parse_args()
     weights = args.weights
     prep = Preprocessing.from_dict(weights["preprocessing"]).to_dict()  # as the weights job writes it
     write_json(args.out_manifest, {"format": MANIFEST_FORMAT, "file": "", "sha256": None, "arch": weights["arch"],
                                    "num_classes": None, "classes": [], "preprocessing": prep,
-                                   "source": {"kind": "scratch", "weights": weights["source"]}})
+                                   "source": {"kind": "scratch"}})
     print(f"{weights['arch']}, no weights (a scratch run), preprocessing {prep}")
 
 
