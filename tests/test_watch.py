@@ -306,7 +306,6 @@ def test_a_class_folder_left_out_and_named_like_a_split_is_watched_by_its_name_a
     assert tree_state(root, classes=["cat", "dog"]) != before
 
 
-
 def test_an_image_in_an_imagefolder_s_root_changes_nothing_the_split_reads(tmp_path):
     """An image saved in the root itself is in no class, and the split reads none there: it reran the split and so
     every job after it, for the same split. The dataset's digest is that of a root holding none (a tree without such

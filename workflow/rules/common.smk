@@ -1894,19 +1894,21 @@ def side_by_side_note_here():
 def cuda_only_options_note_here():
     """cuda_only_options_note for the train jobs this run starts on this machine, where torch sees no GPU (asked only
     where a run on device auto sets amp or channels_last, and NVIDIA's driver is loaded)."""
-    runs = {}
-    for job in workflow.dag.needrun_jobs():
-        if job.rule.name == "train" and job.wildcards.experiment not in runs:
-            runs[job.wildcards.experiment] = experiment_config(job.wildcards.experiment)
+    runs = starting_train_runs()
     note = cuda_only_options_note(runs, {run: train_key_names(run) for run in runs})
     return None if note is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0) else note
 
 
 def zero_backbone_lr_note_here():
     """zero_backbone_lr_note for the train jobs this run starts (here or on a cluster)."""
-    runs = {job.wildcards.experiment: experiment_config(job.wildcards.experiment)
-            for job in workflow.dag.needrun_jobs() if job.rule.name == "train"}
+    runs = starting_train_runs()
     return zero_backbone_lr_note(runs, {run: train_key_names(run) for run in runs})
+
+
+def starting_train_runs():
+    """{run: its experiment config} for the runs (a sweep's each) whose train jobs this run of Snakemake starts."""
+    return {job.wildcards.experiment: experiment_config(job.wildcards.experiment)
+            for job in workflow.dag.needrun_jobs() if job.rule.name == "train"}
 
 
 def uncached_bytecode_note_here():
