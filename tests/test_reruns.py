@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -132,6 +133,21 @@ def test_a_dataset_change_reruns_the_target_split_and_all_after_it_not_pretraini
     assert Counter(jobs_run(result.stdout)) == Counter({"split": 1, "decode": 1, **AFTER_TRAIN}), result.stdout[-3000:]
     assert "output: resources/splits/target.csv" in result.stdout
     assert "output: resources/splits/source.csv" not in result.stdout
+    # A key of the test set alone retrains too (docs/reruns.md): every job after a job that reruns reruns.
+    tiny_config(tiny_run_copy, dataset={"max_test_per_class": 5})
+    result = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "-n")
+    assert Counter(jobs_run(result.stdout)) == Counter({"split": 1, "decode": 1, **AFTER_TRAIN}), result.stdout[-3000:]
+    split = tiny_run_copy / "resources/splits/target.csv"
+    before = pd.read_csv(split)
+    run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml", "--printshellcmds", "resources/splits/target.csv")
+    after = pd.read_csv(split)
+    def learnt(rows):
+        return rows[rows["split"] != "test"].reset_index(drop=True)
+
+    def tests_per_class(rows):
+        return set(rows[rows["split"] == "test"].groupby("class_name").size())
+
+    assert learnt(after).equals(learnt(before)) and tests_per_class(before) == {6} and tests_per_class(after) == {5}
 
 
 def test_a_shared_key_reruns_only_the_runs_that_act_on_it(tiny_run_copy):
