@@ -490,6 +490,19 @@ def test_out_of_memory_suggests_a_smaller_batch(where, phase):
 
 # --------------------------------------------------------------------------- SIGTERM / SIGINT, full disk, resume
 
+def stopped_once_resumable(args, resume: Path, signum) -> tuple[subprocess.Popen, str]:
+    """The train script run with ``args``, sent ``signum`` once its first resume state is in ``resume``: (the ended
+    process, its output)."""
+    process = start_script("train", *args)
+    try:
+        assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
+        process.send_signal(signum)
+        stdout, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    return process, stdout
+
+
 @pytest.mark.slow
 def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resumes(inputs, tmp_path):
     options = {**OPTIONS, "epochs": 4}
@@ -497,13 +510,7 @@ def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resu
     args = train_args(inputs.split, inputs.manifest, out, options, resume)
 
     # 1. SIGTERM once the first epoch's resume state is on disk: exit 143 at the next batch.
-    process = start_script("train", *args)
-    try:
-        assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
-        process.send_signal(signal.SIGTERM)
-        stdout, _ = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    process, stdout = stopped_once_resumable(args, resume, signal.SIGTERM)
     assert process.returncode == 143, stdout
     [state_file] = resume_files(resume)
     saved = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -540,13 +547,7 @@ def test_sigterm_keeps_resume_state_a_full_disk_keeps_it_intact_and_a_rerun_resu
 def test_sigint_stops_cleanly_and_a_damaged_resume_state_is_not_fatal(inputs, tmp_path):
     resume = tmp_path / "resume"
     args = train_args(inputs.split, inputs.manifest, tmp_path / "run", {**OPTIONS, "epochs": 4}, resume)
-    process = start_script("train", *args)
-    try:
-        assert wait_for(lambda: resume_files(resume), process), process.communicate()[0]
-        process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=300)
-    finally:
-        process.kill()
+    process, stdout = stopped_once_resumable(args, resume, signal.SIGINT)
     assert process.returncode == 143, stdout
     assert "Traceback" not in stdout and "KeyboardInterrupt" not in stdout
     assert re.search(r"stopped by SIGINT at epoch \d, step \d+: resume state of epoch \d kept in ", stdout), stdout
