@@ -218,6 +218,36 @@ def test_the_decode_stage_stores_photos_upright(tmp_path):
     decoded.handle.close()
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".tif", ".webp"])
+def test_a_file_of_several_frames_is_its_first_frame_in_training_and_predict(tmp_path, suffix):
+    """docs/data-and-weights.md: an animated GIF or WebP, a multi-page TIFF is one image, its first frame, in the
+    decoded file the jobs train and evaluate on and in predict's preprocessing alike (torchvision's Resize +
+    CenterCrop of the frame as Pillow reads it on its own)."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 256, (46, 70, 3), dtype=np.uint8)) for _ in range(2)]
+    ref = tmp_path / f"frames{suffix}"
+    frames[0].save(ref, save_all=True, append_images=frames[1:], **({"lossless": True} if suffix == ".webp" else {}))
+    centre = transforms.Compose([transforms.Resize(40), transforms.CenterCrop(32)])
+
+    def frame(index):
+        with Image.open(ref) as img:
+            assert img.n_frames == 2
+            img.seek(index)
+            return np.asarray(centre(img.convert("RGB")))
+
+    assert not np.array_equal(frame(0), frame(1))
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"path": [str(ref)], "label": 0, "class_name": "a", "split": "train"}).to_csv(split, index=False)
+    npy, info = tmp_path / "d.npy", tmp_path / "d.json"
+    write_decoded(split, 40, 32, npy, info, log=lambda _: None)
+    decoded = open_decoded(npy, info, split)
+    assert np.array_equal(decoded.read(np.arange(1), 32)[0], frame(0))
+    decoded.handle.close()
+    assert np.array_equal(load_preprocessed(str(ref), 40, 32), frame(0))
+
+
 def test_a_model_without_orientation_metadata_gets_its_images_as_stored():
     """Models exported before orientation was recorded were trained on stored pixels; an unknown value is refused."""
     from finetune.deploy import ModelError, decode_metadata
