@@ -1202,7 +1202,7 @@ def refused_at_start(problem, key, split_file):
     from finetune.data import named_under
 
     kept = "the split made before is kept" if os.path.exists(split_file) else "no split was made from it"
-    return WorkflowError(f"{named_under(problem, key)}: nothing ran, and {kept}")
+    return WorkflowError(f"{named_under(problem, key).rstrip('.')}: nothing ran, and {kept}")  # not `classes.: nothing`
 
 
 # The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
