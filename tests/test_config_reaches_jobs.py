@@ -666,6 +666,20 @@ def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it
                                   "--replace-workflow-config to use your config alone)"), line
 
 
+def test_a_demo_experiment_refused_for_a_train_key_of_yours_names_that_key_and_your_file(tmp_path):
+    """`train: {sync_batchnorm: true}` over the demo (one process): each demo experiment is refused, and the line was
+    credited to config/config.yaml alone, with the advice to rename the experiment; the key at fault, written in the
+    user's file, was not named (the line says `sync_batchnorm shares ...`, not `sync_batchnorm: true`)."""
+    workdir, mine = config_over_the_demo(tmp_path, {"train": {"sync_batchnorm": True}})
+    result = run_snakemake(workdir, mine, "-n", check=False)
+    lines = [line.strip() for line in result.stdout.splitlines() if "it needs devices x nodes > 1" in line]
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"]
+    assert result.returncode != 0 and sorted(line.split(":", 1)[0] for line in lines) == sorted(
+        f"experiments.{name}" for name in demo), result.stdout[-3000:]
+    assert all(line.endswith(f"(set in config/config.yaml, the demo's config yours is merged over; train.sync_batchnorm "
+                             f"in {mine})") for line in lines), lines
+
+
 def test_a_problem_of_train_s_own_keys_is_named_under_train_and_the_file_that_wrote_them(tmp_path):
     """`train: {epochs: 2, warmup_epochs: 5}` over the demo: every run warms up past its end. It was refused once per
     demo experiment, as `experiments.finetune: ...`, credited to config/config.yaml (which writes neither key) with

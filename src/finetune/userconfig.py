@@ -744,20 +744,23 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
             named.append(problem)
             continue
         head, allowed, tail = problem.partition("; allowed keys:")  # said before the (long) list of keys
-        inherited = (", the demo's config yours is merged over: a file of yours cannot unset its keys; name the "
+        also = _train_keys_from_elsewhere(problem, path, sources, files[-1])
+        # a demo's experiment faulted for a train key of yours: that key is what to change, not the experiment
+        inherited = (", the demo's config yours is merged over" if files[-1] == demo and also else
+                     ", the demo's config yours is merged over: a file of yours cannot unset its keys; name the "
                      "experiment otherwise, or run with --replace-workflow-config to use your config alone"
                      if files[-1] == demo and path[0] == "experiments" else
                      ", the demo's config yours is merged over: a file of yours cannot unset its keys; run with "
                      "--replace-workflow-config to use your config alone" if files[-1] == demo else "")
-        also = _train_keys_from_elsewhere(problem, path, sources, files[-1])
         named.append(f"{head} (set in {os.path.normpath(files[-1])}{inherited}{also}){allowed}{tail}")  # not /a/p/../my.yaml
     return named
 
 
 def _train_keys_from_elsewhere(problem: str, path: list[str], sources: dict[str, dict], experiment_file: str) -> str:
-    """For a problem of one experiment (``experiments.fe: ... augment: true ...``): the keys it names as ``key: value``
-    that the experiment takes from ``train`` written in another source than the experiment's
-    (``; train.augment in --config``), where the value it names came from; "" for any other problem."""
+    """For a problem of one experiment (``experiments.fe: ... augment: true ...``, ``sync_batchnorm shares ...``): the
+    keys it names (as words: ``key: value``, ``key value``) that the experiment takes from ``train`` written in another
+    source than the experiment's (``; train.augment in --config``), where the value it names came from; "" for any
+    other problem."""
     if len(path) != 2 or path[0] != "experiments":
         return ""
     def section(config, key) -> dict:
@@ -770,7 +773,7 @@ def _train_keys_from_elsewhere(problem: str, path: list[str], sources: dict[str,
         own |= set(spec) | set(section(spec, "sweep"))
         last_writer.update({key: name for key in section(config, "train")})
     named = [f"train.{key} in {os.path.normpath(name)}" for key, name in last_writer.items()
-             if key not in own and name != experiment_file and re.search(rf"(?<![\w.]){re.escape(key)}: ", problem)]
+             if key not in own and name != experiment_file and re.search(rf"(?<![\w.]){re.escape(key)}(?!\w|\.\w)", problem)]
     return "".join(f"; {item}" for item in named)
 
 
