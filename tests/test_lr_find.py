@@ -221,6 +221,28 @@ def test_a_dry_run_with_lr_auto_runs_lr_find_and_train_reads_its_suggestion(tmp_
     assert not [c for c in commands if "results/lr_find/fixed/suggestion.json" in c]
 
 
+def test_the_curve_of_an_lbfgs_run_asked_for_by_name_is_refused_at_start_naming_where_the_optimizer_is(tmp_path):
+    """The dry run planned lr_find for an L-BFGS run asked for by name, and the job failed (`optimizer lbfgs chooses its
+    own step`), naming no key. Refused at start now, naming the key where the optimizer is written (an experiment's,
+    a sweep's, or train's); a run of another optimizer beside it is planned."""
+    configfile = tiny_config(tmp_path, replace={"experiments": {
+        "fe": {"strategy": "feature_extract", "optimizer": "lbfgs", "lr": 1.0},
+        "sw": {"strategy": "feature_extract", "lr": 1.0, "sweep": {"optimizer": ["lbfgs", "adamw"]}}}})
+    for run, key in (("fe", "experiments.fe.optimizer"), ("sw-optimizerlbfgs", "experiments.sw.sweep.optimizer")):
+        target = f"results/lr_find/{run}/lr_find.png"
+        refused = run_snakemake(tmp_path, configfile, "-n", target, check=False)
+        assert refused.returncode != 0 and f"{target}: {key} is lbfgs, whose line search chooses each step: the run " \
+            "has no lr to find" in refused.stdout and "lr_find.py" not in refused.stdout, refused.stdout[-3000:]
+    planned = run_snakemake(tmp_path, configfile, "-n", "results/lr_find/sw-optimizeradamw/lr_find.png")
+    assert jobs_run(planned.stdout).count("lr_find") == 1, planned.stdout[-3000:]
+    train = tiny_config(tmp_path, "train.yaml", replace={
+        "experiments": {"fe": {"strategy": "feature_extract"}},
+        "train": {"epochs": 1, "lr": 1.0, "device": "cpu", "optimizer": "lbfgs"}})
+    refused = run_snakemake(tmp_path, train, "-n", "results/lr_find/fe/lr_find.csv", check=False)
+    assert refused.returncode != 0 and "results/lr_find/fe/lr_find.csv: train.optimizer is lbfgs" in refused.stdout, \
+        refused.stdout[-3000:]
+
+
 def test_the_range_test_s_seed_is_its_own_so_the_seeds_list_can_change_without_testing_again(tmp_path):
     """The range test was seeded by the first of `seeds`: reordering them (or removing the first) changed lr_find's
     params, so every `lr: auto` run was tested and trained again. Its seed is `lr_find.seed` (0 by default), read

@@ -478,6 +478,21 @@ def unlisted_seed_targets(targets):
     return lines
 
 
+def lbfgs_curve_targets(targets):
+    """The targets of a range test (results/lr_find/<run>/...) of a run whose optimizer is lbfgs, which has no lr to
+    find (its line search chooses each step): refused at start, naming where the optimizer is written, not by the job."""
+    lines = []
+    for target in targets:
+        found = run_of_target(target)
+        if found is None or found[0] != "results/lr_find/" or found[1] not in EXPERIMENTS:
+            continue
+        if experiment_config(found[1]).get("optimizer") == "lbfgs":
+            key = train_key_names(found[1]).get("optimizer", "train.optimizer")
+            lines.append(f"{target}: {key} is lbfgs, whose line search chooses each step: the run has no lr to find "
+                         "(ask for the curve of a run with optimizer sgd or adamw)")
+    return lines
+
+
 SELECTED_PREDICTION_TARGETS = []  # the command line's targets of the selected run's predictions
 if workflow.is_main_process and not _as_module:
     from finetune.userconfig import command_line_targets
@@ -674,6 +689,11 @@ def lr_is_auto(experiment):
 if _lr_find_written and not any(map(lr_is_auto, EXPERIMENTS)):
     say(f"lr_find: no experiment run has lr: auto, so {', '.join(f'lr_find.{key}' for key in _lr_find_written)} "
         f"set only the curves asked for by name (snakemake {output_path('results/lr_find/<run>/lr_find.png')})")
+
+
+# The range test of an L-BFGS run asked for by name: refused here (train_key_names names where the optimizer is written).
+if workflow.is_main_process and not _as_module and lbfgs_curve_targets(_targets):
+    raise WorkflowError("\n".join([*lbfgs_curve_targets(_targets), "nothing ran"]))
 
 
 def lr_suggestion_input(wildcards):
