@@ -651,6 +651,27 @@ def test_another_optimizer_for_a_demo_experiment_names_the_settings_it_keeps_fro
     assert "note:" not in output, output[-3000:]
 
 
+def test_another_optimizer_keeping_the_demo_s_train_settings_names_them(tmp_path):
+    """`finetune: {optimizer: sgd}` (or `train: {optimizer: sgd}`) over the demo kept the lr and weight_decay the demo's
+    `train` sets for AdamW, with nothing said (the note named an experiment's own settings only). Said now: where the
+    optimizer is an experiment's, under it; where it is train's, once, under train (the demo's feature_extract, L-BFGS
+    of its own, has no such note); a key written beside it is not named."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    train = demo["train"]
+    assert train["optimizer"] == "adamw" and {"lr", "weight_decay"} <= set(train), "the demo's train is no longer so"
+    jobs, output = run_over_the_demo(tmp_path / "a", {"experiments": {"finetune": {"optimizer": "sgd"}}})
+    options = json.loads(jobs_of(jobs, "train", **{"out-checkpoint": "results/finetune/seed0/model.pt"})[0]["options"])
+    assert (options["optimizer"], options["lr"], options["weight_decay"]) == ("sgd", train["lr"], train["weight_decay"])
+    kept = f"lr {train['lr']!r}, weight_decay {train['weight_decay']!r}"
+    assert (f"note: experiments.finetune.optimizer sgd (your config) keeps {kept} of config/config.yaml's train, set "
+            "there for optimizer adamw: write lr and weight_decay for sgd under experiments.finetune") in output, output[-3000:]
+    _, output = run_over_the_demo(tmp_path / "b", {"train": {"optimizer": "sgd", "lr": 0.1}})
+    notes = [line for line in output.splitlines() if "optimizer sgd (your config)" in line]
+    assert notes == [f"note: train.optimizer sgd (your config) keeps weight_decay {train['weight_decay']!r} of "
+                     "config/config.yaml's train, set there for optimizer adamw: write weight_decay for sgd under "
+                     "train"], output[-3000:]
+
+
 def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it(tmp_path):
     """`finetune: {strategy: feature_extract}` over the demo: the demo's own `backbone_lr_factor` of that experiment is
     not used by a head on a frozen backbone, and was refused with `remove it (set in config/config.yaml)`, which a file
@@ -664,6 +685,17 @@ def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it
     assert line.rstrip().endswith("(set in config/config.yaml, the demo's config yours is merged over: a file of yours "
                                   "cannot unset its keys; name the experiment otherwise, or run with "
                                   "--replace-workflow-config to use your config alone)"), line
+
+
+def test_an_empty_experiments_section_over_the_demo_is_said_to_add_nothing(tmp_path):
+    """`experiments: {}` in a file merged over the demo: Snakemake's merge adds nothing, and the demo's experiments
+    all ran without a word, as if the section had been read."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"]
+    result = run_snakemake(*config_over_the_demo(tmp_path, {"experiments": {}}), "-n")
+    assert (f"note: experiments: yours is empty, which adds nothing to config/config.yaml's ({', '.join(demo)}): they "
+            "all run") in result.stdout, result.stdout[-3000:]
+    trained = set(re.findall(r"results/([\w-]+)/seed\d+/model\.pt", result.stdout))
+    assert trained == set(demo), (trained, result.stdout[-3000:])
 
 
 def test_a_demo_experiment_refused_for_a_train_key_of_yours_names_that_key_and_your_file(tmp_path):

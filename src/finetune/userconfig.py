@@ -70,6 +70,10 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
         config["experiments"] = copy.deepcopy(mine)
         notes.append(f"experiments: yours ({', '.join(map(str, mine))}) replace config/config.yaml's ({', '.join(theirs)}), "
                      "none of whose names you use")
+    elif isinstance(mine, dict) and not mine and theirs:  # a merge of nothing: not "no experiments"
+        notes.append(f"experiments: yours is empty, which adds nothing to config/config.yaml's ({', '.join(theirs)}): "
+                     "they all run; name experiments of your own (they then replace the demo's), or run with "
+                     "--replace-workflow-config to use your config alone")
     return notes
 
 
@@ -140,27 +144,36 @@ OPTIMIZER_KEYS = ("lr", "weight_decay", "momentum")
 def inherited_for_another_optimizer(config: dict, workflow_file: dict, user: dict) -> list[str]:
     """One note per experiment of ``workflow_file`` (the demo's) that ``user`` gives another optimizer while it keeps
     the demo's :data:`OPTIMIZER_KEYS` of that experiment, set there for the demo's optimizer: AdamW at L-BFGS's lr 1.0
-    trained with a loss rising every epoch, and nothing said."""
+    trained with a loss rising every epoch, and nothing said. The same for those it keeps of the demo's ``train``, set
+    there for train's optimizer (SGD at AdamW's lr): said once for every experiment of ``train.optimizer`` yours."""
     notes = []
     demo_train, user_train = workflow_file.get("train") or {}, user.get("train") or {}
     demo_runs, user_runs = workflow_file.get("experiments") or {}, user.get("experiments") or {}
     kept = config.get("experiments") or {}
-    if not (isinstance(demo_runs, dict) and isinstance(user_runs, dict) and isinstance(user_train, dict)):
+    if not (isinstance(demo_runs, dict) and isinstance(user_runs, dict) and isinstance(user_train, dict)
+            and isinstance(demo_train, dict)):
         return notes
     for name, demo in demo_runs.items():
         mine = user_runs.get(name) or {}
         if name not in kept or not isinstance(demo, dict) or not isinstance(mine, dict):
             continue
-        was = demo.get("optimizer", demo_train.get("optimizer") if isinstance(demo_train, dict) else None)
+        was = demo.get("optimizer", demo_train.get("optimizer"))
         now = mine.get("optimizer", demo.get("optimizer", user_train.get("optimizer", was)))
-        inherited = {key: demo[key] for key in OPTIMIZER_KEYS if key in demo and key not in mine}
-        if now == was or not inherited:
-            continue
         where = f"experiments.{name}.optimizer" if "optimizer" in mine else "train.optimizer"
-        keys = ", ".join(f"{key} {value!r}" for key, value in inherited.items())
-        notes.append(f"{where} {now} (your config) keeps {keys} of config/config.yaml's experiments.{name}, set there "
-                     f"for optimizer {was}: write {' and '.join(inherited)} for {now} under experiments.{name}")
-    return notes
+        inherited = {key: demo[key] for key in OPTIMIZER_KEYS if key in demo and key not in mine}
+        if now != was and inherited:
+            keys = ", ".join(f"{key} {value!r}" for key, value in inherited.items())
+            notes.append(f"{where} {now} (your config) keeps {keys} of config/config.yaml's experiments.{name}, set "
+                         f"there for optimizer {was}: write {' and '.join(inherited)} for {now} under experiments.{name}")
+        from_train = {key: demo_train[key] for key in OPTIMIZER_KEYS
+                      if key in demo_train and key not in demo and key not in mine and key not in user_train}
+        if now != demo_train.get("optimizer") and from_train:
+            keys = ", ".join(f"{key} {value!r}" for key, value in from_train.items())
+            under = "train" if where == "train.optimizer" else f"experiments.{name}"
+            notes.append(f"{where} {now} (your config) keeps {keys} of config/config.yaml's train, set there for "
+                         f"optimizer {demo_train.get('optimizer')}: write {' and '.join(from_train)} for {now} under "
+                         f"{under}")
+    return list(dict.fromkeys(notes))
 
 
 def duplicate_keys(path: str | os.PathLike) -> list[str]:
