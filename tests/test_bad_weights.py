@@ -179,6 +179,18 @@ def test_an_unknown_architecture_is_refused_at_start_from_torchvision_s_own_list
     assert not (tmp_path / "resources").exists()
 
 
+def test_weights_of_another_channel_order_are_refused_at_start(tmp_path):
+    """docs/data-and-weights.md: `preprocessing.channels` says the weights' channel order, and RGB is the only one read:
+    BGR weights (Caffe's) would be fed RGB images, every prediction made from swapped colours, nothing said."""
+    preprocessing = {"resize_size": 36, "crop_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "channels": "BGR"}
+    config = tiny_config(tmp_path, replace={"weights": {"source": "path", "path": str(tmp_path / "w.pth"),
+                                                        "arch": "resnet18", "preprocessing": preprocessing}})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "weights.preprocessing.channels: 'BGR' is not allowed; use one of RGB" in result.stdout, result.stdout[-2000:]
+    assert not (tmp_path / "resources").exists()
+
+
 def test_unknown_architecture_lists_the_valid_ones(good_weights, out):
     before = snapshot(out)
     result = run_weights(weights_config(path=str(good_weights), arch="resnet19"), out)
