@@ -1536,6 +1536,12 @@ BAD_CONFIGS = {
     "no_space_after_a_colon": ({"experiments": {"finetune": {"epochs:6": None}}},
                                "experiments.finetune.epochs:6: unknown key (YAML reads 'epochs:6' as one key: write a "
                                "space after the colon, 'epochs: 6')"),
+    # a key of another section: where it goes (no close key of its own section to guess)
+    "key_of_another_section": ({"evaluate": {"opset": 17}}, "evaluate.opset: unknown key (opset is a key of export: "
+                                                             "export.opset); allowed keys:"),
+    "evaluate_key_in_an_experiment": ({"experiments": {"finetune": {"top_k": 3}}},
+                                      "experiments.finetune.top_k: unknown key (top_k is a key of evaluate, predict: "
+                                      "evaluate.top_k); allowed keys:"),
     "top_level_key_in_an_experiment": ({"experiments": {"finetune": {"seeds": [0, 1]}}},
                                        "experiments.finetune.seeds: unknown key (seeds is a key of the config's top "
                                        "level, not of experiments.finetune); allowed keys:"),

@@ -338,9 +338,17 @@ def _where(path) -> str:
     return _key_path(path) or "the top level"
 
 
-def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
+def _other_sections_hint(key: str, root: dict, section: str) -> str:
+    """`` (opset is a key of export: export.opset)`` for a key written in ``section`` that another top-level section of
+    the ``root`` schema has; "" where none has it."""
+    others = [name for name in root.get("properties") or {} if name != section and key in _section_keys(root, name)]
+    return f" ({key} is a key of {', '.join(others)}: {others[0]}.{key})" if others else ""
+
+
+def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) -> list[str]:
     """One or more lines for a jsonschema ValidationError; ``top_level``: the config's top-level keys (a key
-    of theirs written in a section, `experiments.a.seeds`, is named as such)."""
+    of theirs written in a section, `experiments.a.seeds`, is named as such); ``root``: the config's schema (a key
+    of another section written in one, `evaluate.opset`, is named where it goes: export.opset)."""
     where, value, kind, expected = _where(error.absolute_path), error.instance, error.validator, error.validator_value
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(error.schema.get("properties", {}))
@@ -356,6 +364,8 @@ def _describe(error, top_level: tuple[str, ...] = ()) -> list[str]:
             elif not error.absolute_path and key in _section_keys(error.schema, "train"):
                 guess = (f" ({key} is a key of train: write it under train:, or on the command line "
                          f"--config 'train={{{key}: {_yaml_text(value[key])}}}')")
+            elif not close and error.absolute_path and root is not None and key != "seed":  # seed: startchecks.seed_hint
+                guess = _other_sections_hint(str(key), root, str(list(error.absolute_path)[0]))
             if ":" in str(key) and str(key).split(":", 1)[0].strip() in allowed:
                 name, value_text = (part.strip() for part in str(key).split(":", 1))
                 guess = (f" (YAML reads '{key}' as one key: write a space after the colon, "
@@ -767,7 +777,7 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     problems: list[str] = _non_finite_problems(config)
     for error in errors:
-        for line in _describe(error, tuple(schema["properties"])):
+        for line in _describe(error, tuple(schema["properties"]), schema):
             if line not in problems:
                 problems.append(line)
     if not problems:
