@@ -687,6 +687,17 @@ def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it
                                   "--replace-workflow-config to use your config alone)"), line
 
 
+def test_a_batchnorm_refusal_over_the_demo_names_the_file_that_wrote_the_batch_size(tmp_path):
+    """`train: {batch_size: 1}` over the demo: each demo experiment training BatchNorm is refused, and the line named no
+    file (the config check's lines do): it names the demo's experiment and the user's train.batch_size."""
+    workdir, mine = config_over_the_demo(tmp_path, {"train": {"batch_size": 1}})
+    result = run_snakemake(workdir, mine, "-n", check=False)
+    lines = [line.strip() for line in result.stdout.splitlines() if "gives BatchNorm batches of 1 image" in line]
+    assert result.returncode != 0 and lines, result.stdout[-3000:]
+    assert all(line.endswith(f"(set in config/config.yaml, the demo's config yours is merged over; train.batch_size in "
+                             f"{mine})") for line in lines), lines
+
+
 def test_an_empty_experiments_section_over_the_demo_is_said_to_add_nothing(tmp_path):
     """`experiments: {}` in a file merged over the demo: Snakemake's merge adds nothing, and the demo's experiments
     all ran without a word, as if the section had been read."""

@@ -286,6 +286,16 @@ if _predict_written and (config.get("predict") or {}).get("images") is None:
     say(f"predict: {', '.join(f'predict.{key}' for key in _predict_written)} not used: predict.images is "
         "null, so nothing is classified (set it to a folder of images or a CSV with a path column)")
 
+def config_sources():
+    """{name: the config it gives} of each source of the config, in the order Snakemake merges them: the demo's
+    config/config.yaml where yours is merged over it, each --configfile, --config (finetune.userconfig.where_written)."""
+    from snakemake.common.configfile import load_configfile
+
+    return {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
+            **{f: load_configfile(f) for f in _config_files},
+            **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
+
+
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
 _problems = config_problems(config, SCHEMA, written_train=_written.get("train") if isinstance(_written.get("train"), dict) else {})
@@ -294,9 +304,7 @@ if _problems:
     # Several files (or --config) give the config: each problem says which of them writes its key.
     from snakemake.common.configfile import load_configfile
 
-    _sources = {**({"config/config.yaml": load_configfile("config/config.yaml")} if _merged_over_the_demo else {}),
-                **{f: load_configfile(f) for f in _config_files},
-                **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
+    _sources = config_sources()
     _strays = stray_configfiles({f: _sources[f] for f in _config_files},
                                 load_configfile(SCHEMA)["properties"], os.getcwd())
     # A target read as a config file: its keys (all unknown) are not the config's mistakes, and said one by one they
@@ -353,7 +361,8 @@ RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEE
 # (under Slurm after two submissions). A check of finetune.startchecks, which no job loads.
 _problems = batchnorm_problems(config, EXPERIMENTS, SWEEP_OF)
 if _problems:
-    raise refused(format_problems(_problems))
+    raise refused(format_problems(_problems if _as_module else where_written(_problems, config_sources(),
+                                                                             demo="config/config.yaml")))
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
