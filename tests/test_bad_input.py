@@ -1223,6 +1223,29 @@ def test_a_fraction_written_for_a_split_the_dataset_gives_is_refused_at_start(tm
     assert snapshot(tmp_path / "csvrun" / "resources" / "splits") == before
 
 
+def test_a_manifest_that_does_not_parse_says_which_line_and_how_to_write_it(tmp_path):
+    """A path holding a comma, unquoted, and a line saved in Latin-1 (a spreadsheet's default): the start said pandas'
+    "Error tokenizing data. C error: Expected 2 fields in line 10, saw 3" with a line break inside, or "'utf-8' codec
+    can't decode byte 0xe0 in position 1", a place in a block of the file, not its line. The line is named now, with
+    how to write it; the split made before is kept."""
+    manifest = write_manifest_csv(tmp_path, good_rows())
+    good = manifest.read_bytes()
+    config = tiny_config(tmp_path / "run", replace={"dataset": {"format": "csv", "path": str(manifest),
+                                                                "val_fraction": 0.25, "test_fraction": 0.25}})
+    run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv")
+    before = snapshot(tmp_path / "run" / "resources" / "splits")
+    for edit, said in ((good + b"cat/a,b.png,cat\n", "line 10 has 3 fields, and the lines before it 2: a path or label "
+                                                     'that holds a comma is written in double quotes ("cats/a,b.png")'),
+                       (good.replace(b"dog/001.png,dog", "dog/001.png,dög".encode("latin-1")),
+                        "line 7 is not UTF-8 text (the encoding it is read in): save the file as UTF-8")):
+        manifest.write_bytes(edit)
+        result = run_snakemake(tmp_path / "run", config, "--printshellcmds", "resources/splits/target.csv", check=False)
+        assert result.returncode != 0 and f"cannot parse CSV manifest {manifest}: {said}" in result.stdout, \
+            result.stdout[-3000:]
+        assert "nothing ran, and the split made before is kept" in result.stdout and "C error" not in result.stdout
+        assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+
+
 def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
     """A row added for a file that is not there (or a row twice, a label differing only in case, a class of
     dataset.classes the manifest lost) failed the split job, and Snakemake removed the split it had made before:
