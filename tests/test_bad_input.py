@@ -1260,6 +1260,8 @@ def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the
     for edit, message in (
             (good_text + "cat/lost.png,cat,\n", f"names 1 image(s) that do not exist: {manifest.parent / 'cat/lost.png'} (line 10)"),
             (good_text + "cat/001.png,cat,\n", f"lists the same image more than once: {manifest.parent / 'cat/001.png'} (lines 3, 10)"),
+            (good_text + "cat/001.png,dog,\n", f"lists the same image more than once: {manifest.parent / 'cat/001.png'} "
+                                               "(lines 3, 10: labelled 'cat' and 'dog')"),
             (good_text.replace("dog/003.png,dog", "dog/003.png,Dog"), "label(s) that differ only in case"),
             (good_text.replace(",cat,", ",kat,"), f"dataset.classes: 'cat' is not a class of {manifest}")):
         manifest.write_text(edit)

@@ -568,6 +568,27 @@ def csv_parse_hint(problem: str, manifest: str | Path) -> str:
     return problem
 
 
+def rows_twice_hint(problem: str, manifest: str | Path) -> str:
+    """``CSV manifest <file> lists the same image more than once: <image> (lines 7, 38)``: where the lines give it
+    different labels, they are named (``(lines 7, 38: labelled 'Bag' and 'Shoe')``), as a file under two labels is
+    (one of the two is likely wrong). Any other problem is returned as it is."""
+    if not problem.startswith(f"CSV manifest {manifest} lists the same image more than once: "):
+        return problem
+    from .fileio import read_text_table, table_lines
+
+    try:
+        frame = read_text_table(manifest)
+        label_on = dict(zip(table_lines(manifest, len(frame)), frame["label"].str.strip()))
+    except Exception:  # the message stands as the split job gives it
+        return problem
+
+    def labelled(found):
+        labels = list(dict.fromkeys(label_on.get(int(n), "") for n in found[1].split(", ")))
+        return found[0] if len(labels) < 2 else f"(lines {found[1]}: labelled {' and '.join(map(repr, labels))})"
+
+    return re.sub(r"\(lines ([\d, ]+)\)", labelled, problem)
+
+
 def first_line_not_utf8(path: str | Path) -> int | None:
     """The number of the first line of the file that is not UTF-8 text, or None (all of it is, or it does not read)."""
     try:

@@ -1395,13 +1395,13 @@ def check_manifest_at_start(key, cfg, split_file):
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
         return given_splits(cfg, split_file), False
     from finetune.data import DataError, check_csv_manifest
-    from finetune.startchecks import csv_parse_hint, other_unicode_form_hint
+    from finetune.startchecks import csv_parse_hint, other_unicode_form_hint, rows_twice_hint
 
     try:
         given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
-        raise refused_at_start(f"{csv_parse_hint(str(exc), Path(cfg['path']))}{other_unicode_form_hint(cfg['path'])}",
-                               key, split_file)
+        problem = rows_twice_hint(csv_parse_hint(str(exc), Path(cfg["path"])), Path(cfg["path"]))
+        raise refused_at_start(f"{problem}{other_unicode_form_hint(cfg['path'])}", key, split_file)
     refuse_new_faults(key, cfg, split_file)
     return given, True
 
