@@ -2077,7 +2077,7 @@ def test_a_dataset_path_of_the_wrong_kind_is_refused_at_start_saying_what_to_nam
         result = run_snakemake(tmp_path, config, "-n", check=False)
         assert result.returncode != 0 and jobs_run(result.stdout) == [], result.stdout[-3000:]
         assert (f"dataset.path: {path} ({fmt}) {what} (relative to the working directory {tmp_path}): nothing ran, and "
-                f"what was made from it is kept; mount it or put it back, or name {name}") in result.stdout, \
+                f"no split was made; mount it or put it back, or name {name}") in result.stdout, \
             result.stdout[-3000:]
 
 

@@ -556,6 +556,7 @@ def test_an_imagefolder_missing_for_one_run_stops_it_at_start_and_keeps_what_was
     refused = run_snakemake(tmp_path / "run", config, check=False)
     assert refused.returncode != 0 and f"dataset.path: {images} (imagefolder) does not exist" in refused.stdout, \
         refused.stdout[-2000:]
+    assert "nothing ran, and what was made from it is kept" in refused.stdout, refused.stdout[-2000:]
     assert jobs_run(refused.stdout) == [] and split.read_bytes() == before
     # A file system not mounted leaves its mount point, an empty folder: the same.
     images.mkdir()

@@ -1279,10 +1279,10 @@ def image_folder_checked(cfg, split_file, state):
         pass
 
 
-def refuse_missing_dataset(key, cfg):
+def refuse_missing_dataset(key, cfg, split_file):
     """An ImageFolder or CSV manifest missing (moved away, a file system not mounted) stops the run here: the split job
     would fail on it, and Snakemake would remove its split file, so that the next run, with the data back, retrained
-    everything from a split the same as before."""
+    everything from a split the same as before. Where no split was made yet, there is nothing to keep: said so."""
     path, folder = cfg["path"], cfg["format"] == "imagefolder"
     what = ("does not exist" if not os.path.exists(path) else
             "is empty (a file system not mounted leaves its mount point so)" if folder and os.path.isdir(path)
@@ -1292,7 +1292,8 @@ def refuse_missing_dataset(key, cfg):
     if what:
         raise WorkflowError(
             f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
-            f"nothing ran, and what was made from it is kept; mount it or put it back, or name "
+            f"nothing ran, and {'what was made from it is kept' if os.path.exists(split_file) else 'no split was made'}; "
+            "mount it or put it back, or name "
             f"{'the folder of class folders' if folder else 'the CSV manifest'}")
 
 
@@ -1449,7 +1450,7 @@ def check_dataset_at_start(key, dataset):
     if cfg["format"] not in ("imagefolder", "csv"):
         return
     try:
-        refuse_missing_dataset(named, cfg)
+        refuse_missing_dataset(named, cfg, split_file)
         if cfg["format"] == "imagefolder":
             check_image_folder_at_start(named, cfg, split_file)
             given, manifest_new = given_splits(cfg, split_file), False
