@@ -230,3 +230,17 @@ def test_the_report_s_description_mentions_the_learning_rate_finder_only_where_a
     config["train"]["lr"] = "auto"  # every experiment that sets no lr of its own trains at the suggestion
     assert "Learning-rate finder" in described({"finetune": {"strategy": "finetune"}, "fast": {"lr": 0.1}})
     assert "Learning-rate finder" not in described({"fast": {"lr": 0.1}})
+
+
+def test_the_range_test_s_caption_gives_the_divergence_factor_the_config_sets():
+    """lr_find.rst said the test stops at 4x the minimum, whatever lr_find.diverge_factor was: rendered as Snakemake
+    renders a caption (its config and the run's wildcards), it gives the factor set."""
+    import jinja2
+
+    template = jinja2.Environment().from_string((REPO / "workflow" / "report" / "lr_find.rst").read_text())
+    for factor in (4.0, 2.5):
+        snakemake = type("S", (), {"config": {"lr_find": {"diverge_factor": factor}},
+                                   "wildcards": type("W", (), {"experiment": "probe"})})
+        caption = " ".join(template.render(snakemake=snakemake).split())
+        assert f"stops once the smoothed loss passes ``lr_find.diverge_factor`` ({factor}) times its minimum" in caption
+        assert "**probe**" in caption
