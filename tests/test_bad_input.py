@@ -1585,6 +1585,9 @@ BAD_CONFIGS = {
                                              "preprocessing": {**PRE, "resize_size": 24, "crop_size": 32}}},
                                 "weights.preprocessing: crop_size 32 is larger than resize_size 24"),
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not an integer"),
+    # a typo of a few zeros: the decode job would fill the disk or the memory before any message
+    "image_size_far_too_large": ({"experiments": {"finetune": {"image_size": 100000}}},
+                                 "experiments.finetune.image_size: 100000 is too large: it must be <= 2048"),
     "empty_section": ({"experiments": {"finetune": None}},
                       "experiments.finetune: empty (YAML reads a key with nothing after it as null), and it must be a "
                       "mapping (key: value): write `finetune: {}` for none of its keys"),
