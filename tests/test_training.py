@@ -582,6 +582,30 @@ def test_amp_and_channels_last_on_device_auto_without_a_gpu_train_as_without_the
     assert cuda_only_options_note({"plain": runs["plain"], "cuda": runs["cuda"]}, {}) is None
 
 
+def test_compile_reduce_overhead_on_the_cpu_is_said_to_compile_as_default():
+    """compile: reduce-overhead is the default mode with CUDA graphs (torch's own table of modes), which act on CUDA
+    only: a run on the CPU (device cpu, or auto where no GPU is seen) compiles as with default, and a sweep of the two
+    trained twice the same, nothing said. The start names each key as written; not for a run that may see a GPU."""
+    import torch._inductor
+
+    from finetune.startchecks import cuda_graphs_on_cpu_note
+
+    assert torch._inductor.list_mode_options("reduce-overhead") == {"triton.cudagraphs": True}
+    assert not torch._inductor.list_mode_options("default")
+    runs = {"a-compiledefault": {"compile": "default", "device": "cpu"},
+            "a-compilereduce-overhead": {"compile": "reduce-overhead", "device": "cpu"},
+            "b": {"compile": "reduce-overhead", "device": "auto"}, "c": {"compile": "reduce-overhead", "device": "cuda"}}
+    keys = {"a-compiledefault": {"compile": "experiments.a.sweep.compile"},
+            "a-compilereduce-overhead": {"compile": "experiments.a.sweep.compile"}, "b": {}, "c": {}}
+    tail = (": reduce-overhead is torch.compile's default mode with CUDA graphs, which act on CUDA only, and these runs "
+            "train on the CPU: they compile and train as with compile: default")
+    assert cuda_graphs_on_cpu_note(runs, keys, gpu_seen=True) == (
+        "experiments.a.sweep.compile reduce-overhead (a-compilereduce-overhead)" + tail)
+    assert cuda_graphs_on_cpu_note(runs, keys, gpu_seen=False) == (
+        "experiments.a.sweep.compile reduce-overhead (a-compilereduce-overhead); train.compile reduce-overhead (b)" + tail)
+    assert cuda_graphs_on_cpu_note({"c": runs["c"]}, keys, gpu_seen=False) is None
+
+
 def test_compile_takes_a_mode_and_refuses_anything_else_naming_the_key():
     from finetune.errors import ConfigError
 

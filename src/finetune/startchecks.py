@@ -722,6 +722,24 @@ def cuda_only_options_note(runs: dict[str, dict], keys: dict[str, dict]) -> str 
             "options as written)")
 
 
+def cuda_graphs_on_cpu_note(runs: dict[str, dict], keys: dict[str, dict], gpu_seen: bool = True) -> str | None:
+    """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
+    Where some set ``compile: reduce-overhead`` (torch.compile's default mode with CUDA graphs) and train on the CPU
+    (device cpu, or device auto where ``gpu_seen`` is false: no GPU that torch sees here), a line naming each key as
+    written: the graphs act on CUDA only, so those runs compile as with ``compile: default``, which a sweep of the
+    two would not show."""
+    named = {}
+    for run, options in runs.items():
+        device = options.get("device", "auto")
+        if options.get("compile") == "reduce-overhead" and (device == "cpu" or (device == "auto" and not gpu_seen)):
+            named.setdefault(keys.get(run, {}).get("compile", "train.compile"), []).append(run)
+    if not named:
+        return None
+    listed = "; ".join(f"{key} reduce-overhead ({', '.join(sorted(which))})" for key, which in sorted(named.items()))
+    return (f"{listed}: reduce-overhead is torch.compile's default mode with CUDA graphs, which act on CUDA only, and "
+            "these runs train on the CPU: they compile and train as with compile: default")
+
+
 def uncached_bytecode_note(environ: dict, torch_folder: str | os.PathLike | None, torch_jobs: int) -> str | None:
     """Where the jobs' Python may not write bytecode (PYTHONDONTWRITEBYTECODE, set in many container images) and
     torch's package holds none (installed with --no-compile): every job compiles torch's Python again before its

@@ -88,7 +88,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, classes_at_start,
-                                  cuda_only_options_note,
+                                  cuda_graphs_on_cpu_note, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, leaderboard_runs_not_configured,
                                   new_dataset_images, new_images_problem,
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
@@ -1936,6 +1936,16 @@ def zero_backbone_lr_note_here():
     return zero_backbone_lr_note(runs, {run: train_key_names(run) for run in runs})
 
 
+def cuda_graphs_on_cpu_note_here():
+    """cuda_graphs_on_cpu_note for the train jobs this run starts (device auto counted as the CPU only where this
+    machine, running them itself, has no GPU that torch sees)."""
+    runs = starting_train_runs()
+    if not any(options.get("compile") == "reduce-overhead" for options in runs.values()):
+        return None
+    gpu_seen = not workflow.local_exec or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0)
+    return cuda_graphs_on_cpu_note(runs, {run: train_key_names(run) for run in runs}, gpu_seen)
+
+
 def starting_train_runs():
     """{run: its experiment config} for the runs (a sweep's each) whose train jobs this run of Snakemake starts."""
     return {job.wildcards.experiment: experiment_config(job.wildcards.experiment)
@@ -2087,6 +2097,9 @@ onstart:
         _zero_lr = zero_backbone_lr_note_here()
         if _zero_lr:
             say(_zero_lr)
+        _graphs = cuda_graphs_on_cpu_note_here()
+        if _graphs:
+            say(_graphs)
 
 
 def unreadable_predictions_notes():
