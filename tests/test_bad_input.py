@@ -1630,6 +1630,19 @@ BAD_CONFIGS = {
 # One snakemake start-up per case (~3 s each, ~45 s for the table): slow. The quick tests keep one real
 # snakemake rejection, test_every_config_problem_reported_at_once.
 @pytest.mark.slow
+def test_the_keys_pretrain_train_is_said_to_allow_are_those_it_does_not_refuse(tmp_path):
+    """An unknown key of pretrain.train listed every train key as allowed, those refused there too (image_size,
+    pretrained, devices, nodes, sync_batchnorm: test_config_reaches_jobs refuses each): the list is the schema's train
+    keys less those."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    refused = {"pretrained", "image_size", "devices", "nodes", "sync_batchnorm"}
+    expected = sorted(set(schema["$defs"]["train"]["properties"]) - refused)
+    config = tiny_config(tmp_path, pretrain={"train": {"epoch": 2}})
+    result = run_snakemake(tmp_path, config, "-n", check=False)
+    line = next((line for line in result.stdout.splitlines() if "pretrain.train.epoch: unknown key" in line), "")
+    assert line.strip().endswith(f"(did you mean epochs?); allowed keys: {', '.join(expected)}"), result.stdout[-3000:]
+
+
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_bad_config_rejected_at_start_naming_the_key(tmp_path, case):
     overrides, expected = BAD_CONFIGS[case]

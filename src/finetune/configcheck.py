@@ -353,6 +353,8 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(error.schema.get("properties", {}))
         unknown = [k for k in value if k not in allowed]
+        if list(error.absolute_path) == ["pretrain", "train"]:  # the list a user picks from: not those refused there
+            allowed = [k for k in allowed if k not in _NOT_PRETRAIN_OPTIONS]
         lines = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), allowed, n=1)
