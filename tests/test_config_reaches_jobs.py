@@ -698,6 +698,17 @@ def test_a_batchnorm_refusal_over_the_demo_names_the_file_that_wrote_the_batch_s
                              f"{mine})") for line in lines), lines
 
 
+def test_refusals_whose_line_starts_with_more_than_the_key_name_the_file_that_wrote_it(tmp_path):
+    """Over the demo, `dataset.val_fraction is 0: ...` (the key path followed by words, not by a colon) and the int8
+    model asked of predict without export.quantize named no file: said now, as every other refusal's key."""
+    for name, own, start in (("a", {"dataset": {"val_fraction": 0}}, "dataset.val_fraction is 0: "),
+                             ("b", {"predict": {"images": "photos", "model": "int8"}}, "predict.model: int8 needs ")):
+        workdir, mine = config_over_the_demo(tmp_path / name, own)
+        result = run_snakemake(workdir, mine, "-n", check=False)
+        line = next((line.strip() for line in result.stdout.splitlines() if start in line), "")
+        assert result.returncode != 0 and line.endswith(f"(set in {mine})"), result.stdout[-3000:]
+
+
 def test_an_empty_experiments_section_over_the_demo_is_said_to_add_nothing(tmp_path):
     """`experiments: {}` in a file merged over the demo: Snakemake's merge adds nothing, and the demo's experiments
     all ran without a word, as if the section had been read."""

@@ -751,7 +751,8 @@ def where_written(problems: list[str], sources: dict[str, dict], demo: str | Non
     for problem in problems:
         # the key path ends at ": " (a key may hold a colon itself: `--config 'export={quantize:true}'`), or at " ("
         # (`experiments.ft (every run of its sweep): ...`, whose run names hold dots: `ft-lr0.1`)
-        path = problem.split(": ", 1)[0].split(" (", 1)[0].split(".")
+        # (`dataset.val_fraction is 0: ...`: the key path is its first word; no key of the config holds a space)
+        path = problem.split(": ", 1)[0].split(" (", 1)[0].split(" ", 1)[0].split(".")
         files = [name for name, config in sources.items() if _writes(config, path)]
         if not files:
             named.append(problem)

@@ -296,6 +296,12 @@ def config_sources():
             **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
 
 
+def with_source(problem):
+    """A refusal's ``problem`` (``key.path: why``) naming the source that writes its key where several give the config
+    (finetune.userconfig.where_written); as it is in a module."""
+    return problem if _as_module else where_written([problem], config_sources(), demo="config/config.yaml")[0]
+
+
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
 # first, buried in a dump of the schema); nothing runs with a config that fails here.
 _problems = config_problems(config, SCHEMA, written_train=_written.get("train") if isinstance(_written.get("train"), dict) else {})
@@ -420,13 +426,13 @@ def predict_choice(experiment, seed):
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
     if len(set(metrics.values())) > 1:
-        raise refused("predict.experiment: the runs to select among have different train.metric ("
-                      + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment")
+        raise refused(with_source("predict.experiment: the runs to select among have different train.metric ("
+                                  + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment"))
     return "results/predictions/selected/predictions.csv", candidates
 
 
 if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
-    raise refused("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)")
+    raise refused(with_source("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)"))
 
 # Settings of an experiment that are not options of the training loop.
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
