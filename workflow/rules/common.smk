@@ -296,10 +296,10 @@ def config_sources():
             **({"--config": module_part(dict(workflow.config_settings.config))} if workflow.config_settings.config else {})}
 
 
-def with_source(problem):
-    """A refusal's ``problem`` (``key.path: why``) naming the source that writes its key where several give the config
-    (finetune.userconfig.where_written); as it is in a module."""
-    return problem if _as_module else where_written([problem], config_sources(), demo="config/config.yaml")[0]
+def with_sources(problems):
+    """A refusal's ``problems`` (``key.path: why`` each) naming the source that writes each key where several give the
+    config (finetune.userconfig.where_written); as they are in a module."""
+    return problems if _as_module else where_written(problems, config_sources(), demo="config/config.yaml")
 
 
 # Every problem at once, one line each with its key path (Snakemake's own message shows only the
@@ -367,8 +367,7 @@ RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEE
 # (under Slurm after two submissions). A check of finetune.startchecks, which no job loads.
 _problems = batchnorm_problems(config, EXPERIMENTS, SWEEP_OF)
 if _problems:
-    raise refused(format_problems(_problems if _as_module else where_written(_problems, config_sources(),
-                                                                             demo="config/config.yaml")))
+    raise refused(format_problems(with_sources(_problems)))
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
@@ -426,13 +425,13 @@ def predict_choice(experiment, seed):
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
     if len(set(metrics.values())) > 1:
-        raise refused(with_source("predict.experiment: the runs to select among have different train.metric ("
-                                  + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment"))
+        raise refused(with_sources(["predict.experiment: the runs to select among have different train.metric ("
+                                    + ", ".join(f"{r}: {m}" for r, m in metrics.items()) + "); set predict.experiment"])[0])
     return "results/predictions/selected/predictions.csv", candidates
 
 
 if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
-    raise refused(with_source("predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)"))
+    raise refused(with_sources(["predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)"])[0])
 
 # Settings of an experiment that are not options of the training loop.
 NOT_LOOP_OPTIONS = ("pretrained", "image_size")
@@ -707,8 +706,9 @@ if _lr_find_written and not any(map(lr_is_auto, EXPERIMENTS)):
 
 
 # The range test of an L-BFGS run asked for by name: refused here (train_key_names names where the optimizer is written).
-if workflow.is_main_process and not _as_module and lbfgs_curve_targets(_targets):
-    raise WorkflowError("\n".join([*lbfgs_curve_targets(_targets), "nothing ran"]))
+_lbfgs_curves = lbfgs_curve_targets(_targets) if workflow.is_main_process and not _as_module else []
+if _lbfgs_curves:
+    raise WorkflowError("\n".join([*_lbfgs_curves, "nothing ran"]))
 
 
 def lr_suggestion_input(wildcards):
@@ -1924,32 +1924,28 @@ def side_by_side_note_here():
     note = lambda on_gpu: side_by_side_note(given_cores(), config["threads"], scheduled, on_gpu, whole_gpu)  # noqa: E731
     if note(cuda | auto) is None:
         return None
-    gpu_here = bool(auto) and nvidia_driver_loaded() and (visible_gpus() or 0) > 0
+    gpu_here = bool(auto) and gpu_seen_here()
     return note(cuda | (auto if gpu_here else set()))
 
 
-def cuda_only_options_note_here():
-    """cuda_only_options_note for the train jobs this run starts on this machine, where torch sees no GPU (asked only
-    where a run on device auto sets amp or channels_last, and NVIDIA's driver is loaded)."""
-    runs = starting_train_runs()
-    note = cuda_only_options_note(runs, {run: train_key_names(run) for run in runs})
-    return None if note is None or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0) else note
+def gpu_seen_here():
+    """Whether torch would see a GPU on this machine (NVIDIA's driver loaded, and at least one device visible)."""
+    return nvidia_driver_loaded() and (visible_gpus() or 0) > 0
 
 
-def zero_backbone_lr_note_here():
-    """zero_backbone_lr_note for the train jobs this run starts (here or on a cluster)."""
-    runs = starting_train_runs()
-    return zero_backbone_lr_note(runs, {run: train_key_names(run) for run in runs})
+def cuda_only_options_note_here(runs, keys):
+    """cuda_only_options_note for the train jobs this run starts on this machine (``runs``, their keys as written:
+    ``keys``), where torch sees no GPU (asked only where a run on device auto sets amp or channels_last)."""
+    note = cuda_only_options_note(runs, keys)
+    return None if note is None or gpu_seen_here() else note
 
 
-def cuda_graphs_on_cpu_note_here():
+def cuda_graphs_on_cpu_note_here(runs, keys):
     """cuda_graphs_on_cpu_note for the train jobs this run starts (device auto counted as the CPU only where this
     machine, running them itself, has no GPU that torch sees)."""
-    runs = starting_train_runs()
     if not any(options.get("compile") == "reduce-overhead" for options in runs.values()):
         return None
-    gpu_seen = not workflow.local_exec or (nvidia_driver_loaded() and (visible_gpus() or 0) > 0)
-    return cuda_graphs_on_cpu_note(runs, {run: train_key_names(run) for run in runs}, gpu_seen)
+    return cuda_graphs_on_cpu_note(runs, keys, not workflow.local_exec or gpu_seen_here())
 
 
 def starting_train_runs():
@@ -2094,16 +2090,18 @@ onstart:
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
         if _side_by_side:
             say(_side_by_side)
-        _cuda_only = cuda_only_options_note_here() if workflow.local_exec else None
+        _runs = starting_train_runs()  # one walk of the jobs for the notes on the train runs
+        _keys = {_run: train_key_names(_run) for _run in _runs}
+        _cuda_only = cuda_only_options_note_here(_runs, _keys) if workflow.local_exec else None
         if _cuda_only:
             say(_cuda_only)
         _uncached = uncached_bytecode_note_here()
         if _uncached:
             say(_uncached)
-        _zero_lr = zero_backbone_lr_note_here()
+        _zero_lr = zero_backbone_lr_note(_runs, _keys)
         if _zero_lr:
             say(_zero_lr)
-        _graphs = cuda_graphs_on_cpu_note_here()
+        _graphs = cuda_graphs_on_cpu_note_here(_runs, _keys)
         if _graphs:
             say(_graphs)
 
