@@ -1,7 +1,8 @@
 """finetune.cli: torch-free entry points stay torch-free; a stopped job exits 143, also where a library turned the
 stop into its own error; a known failure is one line and exit 1, a bug a traceback and exit 2, a lost peer's error one
 line; a job sets no more torch threads than the CPUs it may run on; a JSON argument that is not JSON is a usage error
-saying where."""
+saying where; an output given the path of an input, or of another output, is a usage error before anything is
+written."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import textwrap
 
 import pytest
 
-from faults import split_and_weights, start_script, train_args
+from faults import make_images, split_and_weights, start_script, train_args
 from helpers import REPO, run_script
 
 
@@ -387,3 +388,69 @@ def test_a_json_argument_that_is_not_json_is_refused_saying_where_it_breaks(tmp_
     assert result.returncode == 2, result.stdout
     assert result.stdout.splitlines()[-1] == f"split.py: error: argument --dataset: not valid JSON: {broken.value}"
     assert "Traceback" not in result.stdout and not list(tmp_path.iterdir())
+
+
+def _manifest_and_split_args(tmp_path):
+    """A CSV manifest of 8 real images, and the split script's arguments for it (the dataset's path as written)."""
+    make_images(tmp_path / "images", {"cat": 4, "dog": 4})
+    manifest = tmp_path / "images" / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{name}/{i:03d}.png,{name}\n" for name in ("cat", "dog")
+                                                 for i in range(4)))
+    dataset = {"format": "csv", "path": str(manifest), "val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}
+    return manifest, ["--dataset", json.dumps(dataset)]
+
+
+@pytest.mark.parametrize("out", ["manifest", "manifest by another path", "the other output"])
+def test_a_script_refuses_an_output_that_would_replace_its_input_or_another_output(tmp_path, out):
+    """A script run by hand with an output path that is one of its inputs (the dataset's CSV manifest, written the
+    same or as `images/../images/manifest.csv`), or that another output writes: a usage error naming both options,
+    exit status 2, and the input byte for byte as it was, nothing else written. With its own paths, the same command
+    writes the split: the refusal is what kept the manifest."""
+    manifest, dataset = _manifest_and_split_args(tmp_path)
+    before = manifest.read_bytes()
+    report = tmp_path / "split.report.json"
+    target = {"manifest": str(manifest), "manifest by another path": str(tmp_path / "images" / ".." / "images" /
+                                                                            "manifest.csv"),
+              "the other output": str(report)}[out]
+    result = run_script("split", *dataset, "--out", target, "--report", str(report))
+    assert result.returncode == 2, result.stdout
+    said = result.stdout.splitlines()[-1]
+    if out == "the other output":
+        assert said == (f"split.py: error: --report {report}: the same file as --out (an output): give each output "
+                        "its own path")
+    else:
+        assert said == (f"split.py: error: --out {target}: the same file as the \"path\" of --dataset (an input): "
+                        "writing the output would replace it; give the output another path")
+    assert manifest.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+    written = run_script("split", *dataset, "--out", str(tmp_path / "split.csv"), "--report", str(report))
+    assert written.returncode == 0, written.stdout
+    rows = (tmp_path / "split.csv").read_text().splitlines()
+    assert len(rows) == 9 and manifest.read_bytes() == before
+
+
+@pytest.mark.parametrize("script, args, output, input_option", [
+    ("evaluate", ["--checkpoint", "model.pt", "--split", "split.csv", "--out-metrics", "split.csv",
+                  "--out-confusion", "c.csv", "--out-predictions", "p.csv"], "--out-metrics", "--split"),
+    ("export_onnx", ["--checkpoint", "model.pt", "--split", "split.csv", "--out-onnx", "model.pt",
+                     "--out-parity", "parity.json"], "--out-onnx", "--checkpoint"),
+    ("train", ["--split", "split.csv", "--options", "{}", "--decoded", "images.npy", "images.json",
+               "--out-checkpoint", "m.pt", "--out-history", "images.json", "--out-info", "i.json"], "--out-history",
+     "--decoded"),
+    ("predict", ["--model", "model.onnx", "--images", "list.csv", "--out", "list.csv"], "--out", "--images"),
+])
+def test_each_script_refuses_an_output_over_one_of_its_inputs(tmp_path, script, args, output, input_option):
+    """The same check in the other scripts (each one's path options, `--decoded`'s two paths among them): the input
+    given as an output is named, and its bytes are kept."""
+    inputs = ("model.pt", "split.csv", "images.npy", "images.json", "model.onnx", "list.csv")
+    for name in inputs:
+        (tmp_path / name).write_bytes(f"{name} as it was".encode())
+    result = subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / f"{script}.py"), *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    value = args[args.index(output) + 1]
+    assert result.stderr.splitlines()[-1] == (f"{script}.py: error: {output} {value}: the same file as {input_option} "
+                                              "(an input): writing the output would replace it; give the output "
+                                              "another path")
+    assert all((tmp_path / name).read_bytes() == f"{name} as it was".encode() for name in inputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(inputs)

@@ -23,6 +23,48 @@ def json_arg(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
 
 
+def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
+               json_paths: dict[str, str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args()``, refusing (argparse's usage error, exit 2, before anything is read or written) an
+    output path that names a file the script reads, or another of its outputs: the output would replace it (a
+    script run by hand with a slip of the shell, ``--out-metrics`` given the split's path). The outputs are the
+    options named ``--out...`` and those in ``outputs``; the inputs every other path option, and the paths in
+    JSON options that ``json_paths`` names (``{"dataset": "path"}``: the key ``path`` of ``--dataset``)."""
+    args = parser.parse_args()
+    is_output = {dest: dest.startswith("out") or dest in outputs for dest in vars(args)}
+    read = {}
+    for dest, value in vars(args).items():
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(path, Path) and not is_output[dest]:
+                read.setdefault(_same(path), _option(dest))
+    for dest, key in (json_paths or {}).items():
+        path = getattr(args, dest)
+        path = path.get(key) if isinstance(path, dict) else None
+        if isinstance(path, str) and path:
+            read.setdefault(_same(path), f'the "{key}" of {_option(dest)}')
+    written = {}
+    for dest, value in vars(args).items():
+        if is_output[dest] and isinstance(value, Path):
+            key = _same(value)
+            if key in read:
+                parser.error(f"{_option(dest)} {value}: the same file as {read[key]} (an input): writing the output "
+                             "would replace it; give the output another path")
+            if key in written:
+                parser.error(f"{_option(dest)} {value}: the same file as {written[key]} (an output): give each "
+                             "output its own path")
+            written[key] = _option(dest)
+    return args
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _same(path) -> str:
+    """``path`` as the file it names (links and ``..`` resolved), for comparing paths written differently."""
+    return os.path.realpath(str(path))
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (a Slurm allocation or taskset, not the whole node)."""
     try:

@@ -267,8 +267,8 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
             width, height = img.size
             _draft_for(img, min_side)
             if img.size[0] * img.size[1] > MAX_PIXELS:  # before any pixel is decoded (a JPEG: at its draft scale)
-                raise _Undecodable(f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels), above the "
-                                   f"{MAX_PIXELS / 1e6:.0f} megapixels decoded here (a decompression bomb, or a "
+                raise _Undecodable(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} "
+                                   f"decoded here (a decompression bomb, or a "
                                    "picture too large to train on): make it smaller")
             sixteen_bit_rgb = img.format == "PNG" and img.mode == "RGB" and bool(img.tile) and \
                 str(img.tile[0][3]).startswith("RGB;16")

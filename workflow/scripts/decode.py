@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, run
+from finetune.cli import json_arg, parse_args, run
 from finetune.stages import decode_stage
 
 
@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--out-images", type=Path, required=True)
     parser.add_argument("--out-info", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     info = decode_stage(args.split, args.out_images, args.out_info, args.threads, image_size=args.image_size,
                         manifest_path=args.manifest, splits=args.splits, weights_sizes=args.weights_sizes,
                         channel_stats_of=args.channel_stats)

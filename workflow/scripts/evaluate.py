@@ -4,7 +4,7 @@ and their plots (rule `evaluate`)."""
 import argparse
 from pathlib import Path
 
-from finetune.cli import run, set_torch_threads
+from finetune.cli import parse_args, run, set_torch_threads
 from finetune.stages import evaluate_stage
 
 
@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--split-report", type=Path,
                         help="the split's report: its near duplicates give the test accuracy without the test images that have one")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     for option, value in (("--top-k", args.top_k), ("--calibration-bins", args.calibration_bins),
                           ("--batch-size", args.batch_size)):
         if value < 1:  # the schema's bounds: -2 wrote a "top--2" accuracy, 0 bins an ECE of 0.0, batch 0 a traceback

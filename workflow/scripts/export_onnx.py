@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import run, set_torch_threads
+from finetune.cli import parse_args, run, set_torch_threads
 from finetune.export import DEFAULT_RTOL
 from finetune.stages import export_stage
 
@@ -25,7 +25,7 @@ def main():
     parser.add_argument("--tta", choices=["none", "hflip"], default="none",
                         help="hflip: the exported graph averages the logits of each image and its mirror image")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     checks = ((args.tolerance > 0, f"--tolerance {args.tolerance:g}: must be above 0"),
               (args.rtol >= 0, f"--rtol {args.rtol:g}: must be at least 0"),
               (2 <= args.parity_batch <= 256, f"--parity-batch {args.parity_batch}: must be 2 to 256"))

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli import run, usable_cpus
+from finetune.cli import parse_args, run, usable_cpus
 from finetune.deploy import predict_images
 
 
@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{option} {value}: must be at least 1")

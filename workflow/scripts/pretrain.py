@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, run, set_torch_threads
+from finetune.cli import json_arg, parse_args, run, set_torch_threads
 from finetune.options import name_keys
 from finetune.stages import pretrain_stage
 
@@ -21,7 +21,7 @@ def main():
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     name_keys(prefix="pretrain.train")  # the messages name the keys the user wrote there
     threads = set_torch_threads(args.threads)
     info = pretrain_stage(args.split, args.arch, args.image_size, args.options, args.out_weights, args.out_info,

@@ -4,7 +4,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import run, usable_cpus
+from finetune.cli import parse_args, run, usable_cpus
 from finetune.deploy import quantize_stage
 
 
@@ -17,7 +17,7 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="batch sizes to time")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time each batch size at least this long")
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_args(parser)
     report = quantize_stage(args.onnx, args.split, args.out_onnx, args.out_report,
                             threads=max(1, min(args.threads, usable_cpus())), batches=tuple(args.batches),
                             min_seconds=args.min_seconds)

@@ -6,7 +6,7 @@ read that one trained again for other weights at weights.path (or another weight
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, run
+from finetune.cli import json_arg, parse_args, run
 from finetune.fileio import write_json
 from finetune.images import Preprocessing
 from finetune.weights import MANIFEST_FORMAT
@@ -17,7 +17,7 @@ def main():
     parser.add_argument("--weights", type=json_arg, required=True,
                         help="the weights config's arch and preprocessing (JSON)")
     parser.add_argument("--out-manifest", type=Path, required=True)
-    args = parser.parse_args()
+    args = parse_args(parser)
     weights = args.weights
     prep = Preprocessing.from_dict(weights["preprocessing"]).to_dict()  # as the weights job writes it
     write_json(args.out_manifest, {"format": MANIFEST_FORMAT, "file": "", "sha256": None, "arch": weights["arch"],

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, run
+from finetune.cli import json_arg, parse_args, run
 from finetune.data import named_under, other_labels_line
 from finetune.errors import FinetuneError
 from finetune.images import not_read_line
@@ -20,7 +20,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--key", default="dataset",
                         help="where the config holds the dataset (pretrain.dataset for the source): its messages name its keys so")
-    args = parser.parse_args()
+    args = parse_args(parser, outputs=("report",), json_paths={"dataset": "path"})
     try:
         report = split_stage({**args.dataset, **args.fetch}, args.out, args.report, threads=args.threads)
     except FinetuneError as exc:

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from finetune.cli import run
+from finetune.cli import parse_args, run
 from finetune.stages import summary_stage
 
 
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--out-selected", type=Path, help="JSON: per experiment, the selected run, seed and model")
     parser.add_argument("--split-report", type=Path,
                         help="the target split's report: its near duplicates across splits are noted under the table")
-    args = parser.parse_args()
+    args = parse_args(parser)
     lacking = [f"{folder} ({', '.join(name for name in RUN_FILES if not (Path(folder) / name).is_file())})"
                for folder in args.runs if not all((Path(folder) / name).is_file() for name in RUN_FILES)]
     if lacking:  # a traceback (FileNotFoundError) named the first file only

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, run
+from finetune.cli import json_arg, parse_args, run
 from finetune.stages import weights_stage
 
 
@@ -17,7 +17,7 @@ def main():
     parser.add_argument("--out-manifest", type=Path, required=True)
     parser.add_argument("--pretrained-weights", type=Path, help="with source pretrain: the pretrain rule's weights")
     parser.add_argument("--pretrained-info", type=Path, help="with source pretrain: the pretrain rule's info JSON")
-    args = parser.parse_args()
+    args = parse_args(parser, json_paths={"weights": "path"})
     manifest = weights_stage({**args.weights, **args.fetch}, args.out_weights, args.out_manifest,
                              pretrained_info=args.pretrained_info, pretrained_weights=args.pretrained_weights)
     print(f"{manifest['arch']} weights ({manifest['num_classes']} source classes) sha256 {manifest['sha256']}")
