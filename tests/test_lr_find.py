@@ -13,6 +13,7 @@ from torch import nn
 from finetune.configcheck import config_problems
 from finetune.errors import ConfigError
 from finetune.lrfind import find_lr
+from finetune.options import name_keys
 from finetune.stages import resolve_lr
 from finetune.tensors import Data, Preprocessing
 from finetune.training import TrainOptions
@@ -320,8 +321,14 @@ def test_train_takes_the_lr_from_the_suggestion_only_with_lr_auto(tmp_path):
     options, lr = resolve_lr({"lr": "auto", "epochs": 1}, suggestion)
     assert options == {"lr": 0.0123, "epochs": 1} and lr == 0.0123
     assert resolve_lr({"lr": 0.5}, None) == ({"lr": 0.5}, 0.5)
-    with pytest.raises(ConfigError, match="--lr-from"):
+    with pytest.raises(ConfigError, match=r"^train\.lr is auto: give lr_find's suggestion with --lr-from"):
         resolve_lr({"lr": "auto"}, None)
+    name_keys({"lr": "experiments.a.lr"})  # what the train job is given (--key-names) where an experiment wrote lr
+    try:
+        with pytest.raises(ConfigError, match=r"^experiments\.a\.lr is auto: give lr_find's suggestion"):
+            resolve_lr({"lr": "auto"}, None)
+    finally:
+        name_keys()
     with pytest.raises(ConfigError, match="not auto"):
         resolve_lr({"lr": 0.5}, suggestion)
     # A suggestion no training can use (damaged, or not lr_find's) is refused naming the file, not trained with.

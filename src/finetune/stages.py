@@ -482,7 +482,8 @@ def train_stage(split_csv: Path, manifest_path: Path | dict, options: dict, out_
     if not ranks.main:
         return {}
     if result.compile_seconds is not None:
-        log(f"torch.compile (train.compile {opts.compile}): the first training step took {result.compile_seconds:.1f} s, "
+        from .options import key_name
+        log(f"torch.compile ({key_name('compile')} {opts.compile}): the first training step took {result.compile_seconds:.1f} s, "
             "compilation included (counted in train_seconds)")
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": len(classes), "classes": classes,
@@ -582,7 +583,8 @@ def resolve_lr(options: dict, lr_from: Path | None) -> tuple[dict, float]:
             raise ConfigError(f"--lr-from {lr_from} is given, but the options' lr is {options.get('lr')!r}, not auto")
         return options, options.get("lr")
     if lr_from is None:
-        raise ConfigError("train.lr is auto: give lr_find's suggestion with --lr-from (the workflow does)")
+        from .options import key_name
+        raise ConfigError(f"{key_name('lr')} is auto: give lr_find's suggestion with --lr-from (the workflow does)")
     suggestion = read_json(lr_from)
     if not isinstance(suggestion, dict) or not isinstance(suggestion.get("lr"), (int, float)) or suggestion["lr"] <= 0:
         raise ConfigError(f"{lr_from} holds no positive 'lr' (is it lr_find's suggestion.json?)")
