@@ -454,3 +454,35 @@ def test_each_script_refuses_an_output_over_one_of_its_inputs(tmp_path, script, 
                                               "another path")
     assert all((tmp_path / name).read_bytes() == f"{name} as it was".encode() for name in inputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(inputs)
+
+
+@pytest.mark.parametrize("case", ["missing input", "input a folder", "link to nothing", "output a folder"])
+def test_a_script_refuses_a_path_that_names_nothing_or_a_folder_before_reading_anything(tmp_path, case):
+    """evaluate.py run by hand with a --split that is not there, a folder, or a link whose target went, or an
+    --out-metrics that is a folder: a traceback of the first read (or of the last write, after the whole test set was
+    scored) before; a usage error naming the option now, nothing written."""
+    (tmp_path / "model.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "split.csv").write_bytes(b"path,label\n")
+    (tmp_path / "folder").mkdir()
+    split, metrics = "split.csv", "metrics.json"
+    if case == "missing input":
+        split = "splt.csv"
+    elif case == "input a folder":
+        split = "folder"
+    elif case == "link to nothing":
+        os.symlink(tmp_path / "gone.csv", tmp_path / "link.csv")
+        split = "link.csv"
+    else:
+        metrics = "folder"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / "evaluate.py"), "--checkpoint",
+                             "model.pt", "--split", split, "--out-metrics", metrics, "--out-confusion", "c.csv",
+                             "--out-predictions", "p.csv"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = {"missing input": "--split splt.csv: no such file",
+            "input a folder": "--split folder is a folder: name the file to read",
+            "link to nothing": "--split link.csv: no such file (a link to a path that is gone)",
+            "output a folder": "--out-metrics folder is a folder: name the file to write in it"}[case]
+    assert result.stderr.splitlines()[-1] == f"evaluate.py: error: {said}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not list((tmp_path / "folder").iterdir())

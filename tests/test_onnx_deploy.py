@@ -322,7 +322,8 @@ def test_standalone_predict_names_a_missing_model_bad_metadata_and_options_it_do
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "images" / "a.png")
     common = ("--images", str(tmp_path / "images"), "--out", str(tmp_path / "out.csv"))
     result = run_predict("--model", str(tmp_path / "nothere.onnx"), *common)
-    assert result.returncode == 1 and f"ONNX model {tmp_path / 'nothere.onnx'} does not exist" in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr  # a usage error, said before anything is read
+    assert result.stderr.splitlines()[-1] == f"predict.py: error: --model {tmp_path / 'nothere.onnx'}: no such file"
     assert "--forcerun" not in result.stderr and "Traceback" not in result.stderr
     edited = onnx.load(model)
     for prop in edited.metadata_props:

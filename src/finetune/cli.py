@@ -24,12 +24,16 @@ def json_arg(text: str):
 
 
 def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
-               json_paths: dict[str, str] | None = None) -> argparse.Namespace:
+               json_paths: dict[str, str] | None = None, folders: tuple[str, ...] = ()) -> argparse.Namespace:
     """``parser.parse_args()``, refusing (argparse's usage error, exit 2, before anything is read or written) an
     output path that names a file the script reads, or another of its outputs: the output would replace it (a
     script run by hand with a slip of the shell, ``--out-metrics`` given the split's path). The outputs are the
     options named ``--out...`` and those in ``outputs``; the inputs every other path option, and the paths in
-    JSON options that ``json_paths`` names (``{"dataset": "path"}``: the key ``path`` of ``--dataset``)."""
+    JSON options that ``json_paths`` names (``{"dataset": "path"}``: the key ``path`` of ``--dataset``).
+
+    An input path option that names nothing, or a folder where a file is read (all but those in ``folders``), and an
+    output that is a folder are refused so too, naming the option (not a traceback of the first read or of the
+    write); options named ``--...-dir`` are the job's own folders (resume state, a cache), made where missing."""
     args = parser.parse_args()
     is_output = {dest: dest.startswith("out") or dest in outputs for dest in vars(args)}
     read = {}
@@ -37,6 +41,8 @@ def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
         for path in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(path, Path) and not is_output[dest]:
                 read.setdefault(_same(path), _option(dest))
+                if not dest.endswith("_dir"):
+                    _check_input(parser, _option(dest), path, folder_too=dest in folders)
     for dest, key in (json_paths or {}).items():
         path = getattr(args, dest)
         path = path.get(key) if isinstance(path, dict) else None
@@ -45,6 +51,8 @@ def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
     written = {}
     for dest, value in vars(args).items():
         if is_output[dest] and isinstance(value, Path):
+            if value.is_dir():
+                parser.error(f"{_option(dest)} {value} is a folder: name the file to write in it")
             key = _same(value)
             if key in read:
                 parser.error(f"{_option(dest)} {value}: the same file as {read[key]} (an input): writing the output "
@@ -54,6 +62,14 @@ def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
                              "output its own path")
             written[key] = _option(dest)
     return args
+
+
+def _check_input(parser: argparse.ArgumentParser, option: str, path: Path, folder_too: bool) -> None:
+    if not path.exists():
+        parser.error(f"{option} {path}: no such {'file or folder' if folder_too else 'file'}"
+                     + (" (a link to a path that is gone)" if path.is_symlink() else ""))
+    if path.is_dir() and not folder_too:
+        parser.error(f"{option} {path} is a folder: name the file to read")
 
 
 def _option(dest: str) -> str:

@@ -7,7 +7,6 @@ classified regardless.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,30 +27,16 @@ def chosen_model(args) -> Path:
 
 
 def overwrite_problem(args) -> str | None:
-    """Why --out (or --out-selection) would write over what this run reads, or cannot be a file: the model, the
-    list or image given as --images, an image or model file of another name, a folder. Said before any image is
-    read, so a slip of the shell's history costs nothing."""
+    """Why --out (or --out-selection) would be read as an image or a model later: a name of theirs. Said before any
+    image is read, so a slip of the shell's history costs nothing (an output over an input or a folder:
+    finetune.cli.parse_args)."""
     from finetune.images import IMAGE_EXTENSIONS
 
-    reads = [(path, option) for path, option in ((args.model, "--model"), (args.images, "--images")) if path is not None]
     for out, option in ((args.out, "--out"), (args.out_selection, "--out-selection")):
-        if out is None:
-            continue
-        if out.is_dir():
-            return f"{option} {out} is a folder: name the file to write (e.g. {out / 'predictions.csv'})"
-        if option == "--out-selection" and _same_file(out, args.out):
-            return f"--out-selection {out} is the --out file: name two files"
-        given = next((read_option for read, read_option in reads if _same_file(out, read)), None)
-        if given is not None:
-            return f"{option} {out} is the file given as {given}: writing there would replace it; name another file"
-        if out.suffix.lower() in (*IMAGE_EXTENSIONS, ".onnx"):  # one that is not there yet would be read as one later
+        if out is not None and out.suffix.lower() in (*IMAGE_EXTENSIONS, ".onnx"):
             kind = "a model's" if out.suffix.lower() == ".onnx" else "an image's"
             return f"{option} {out} has {kind} name ({out.suffix}): name a .csv file (a .json for --out-selection)"
     return None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def main():
@@ -70,7 +55,7 @@ def main():
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    args = parse_args(parser)
+    args = parse_args(parser, folders=("choose_from", "images"))
     for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{option} {value}: must be at least 1")
