@@ -7,6 +7,7 @@ import itertools
 import re
 
 import pytest
+import yaml
 from PIL import Image
 
 from helpers import REPO, TINY_CONFIG, deep_update, jobs_run, run_snakemake, tiny_config
@@ -75,6 +76,21 @@ def test_a_bad_sweep_is_refused_naming_its_key_path(case):
     sweep, expected = BAD_SWEEPS[case]
     problems = config_problems(with_experiments({"finetune": {"strategy": "finetune", "sweep": sweep}}), SCHEMA)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_an_unknown_sweep_key_lists_as_allowed_only_the_keys_a_sweep_may_vary():
+    """`sweep: {lrr: [0.1]}` listed `metric` among the allowed keys, which a sweep then refuses (NOT_SWEPT); every
+    other train key of the schema is listed."""
+    from finetune.sweeps import NOT_SWEPT
+
+    problems = config_problems(with_experiments({"finetune": {"sweep": {"lrr": [0.1]}}}), SCHEMA)
+    line = next(p for p in problems if p.startswith("experiments.finetune.sweep.lrr: unknown key"))
+    listed = line.split("; allowed keys: ")[1].split(", ")
+    schema = yaml.safe_load(SCHEMA.read_text())
+    train = schema["properties"]["train"]
+    train = schema["$defs"][train["$ref"].split("/")[-1]] if "$ref" in train else train
+    train_keys = set(train["properties"])
+    assert set(NOT_SWEPT) == {"metric"} and set(listed) == train_keys - {"metric"}, (line, train_keys)
 
 
 def test_a_problem_every_run_of_a_sweep_shares_is_said_once_under_the_experiment_s_key_path():

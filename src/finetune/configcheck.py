@@ -355,6 +355,10 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
         unknown = [k for k in value if k not in allowed]
         if list(error.absolute_path) == ["pretrain", "train"]:  # the list a user picks from: not those refused there
             allowed = [k for k in allowed if k not in _NOT_PRETRAIN_OPTIONS]
+        if list(map(str, error.absolute_path))[::2] == ["experiments", "sweep"]:  # experiments.<name>.sweep
+            from .sweeps import NOT_SWEPT
+
+            allowed = [k for k in allowed if k not in NOT_SWEPT]
         lines = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), allowed, n=1)
