@@ -1247,6 +1247,30 @@ def test_a_manifest_that_does_not_parse_says_which_line_and_how_to_write_it(tmp_
         assert snapshot(tmp_path / "run" / "resources" / "splits") == before
 
 
+@pytest.mark.parametrize("edit", ["comma", "latin-1", "twice"])
+def test_the_split_script_run_alone_says_a_manifest_s_line_as_the_start_does(tmp_path, edit):
+    """split.py run by hand on a manifest that does not parse, or lists an image twice under two labels: the line and
+    how to write it, as the start check says it (pandas' "C error: Expected 2 fields" and the codec's byte position
+    were said before), exit status 1 and no split written."""
+    manifest = write_manifest_csv(tmp_path, good_rows())
+    good = manifest.read_bytes()
+    manifest.write_bytes({"comma": good + b"cat/a,b.png,cat\n",
+                          "latin-1": good.replace(b"dog/001.png,dog", "dog/001.png,dög".encode("latin-1")),
+                          "twice": good + b"cat/001.png,dog\n"}[edit])
+    lines = manifest.read_bytes().split(b"\n")
+    bad_line = next(i for i, line in enumerate(lines, 1) if line.count(b",") > 1 or b"\xf6" in line
+                    or (edit == "twice" and i == len(lines) - 1))
+    said = {"comma": f"cannot parse CSV manifest {manifest}: line {bad_line} has 3 fields, and the lines before it 2: "
+                     'a path or label that holds a comma is written in double quotes ("cats/a,b.png")',
+            "latin-1": f"cannot parse CSV manifest {manifest}: line {bad_line} is not UTF-8 text (the encoding it is "
+                       "read in): save the file as UTF-8",
+            "twice": f"CSV manifest {manifest} lists the same image more than once: {manifest.parent / 'cat/001.png'} "
+                     f"(lines 3, {bad_line}: labelled 'cat' and 'dog')"}[edit]
+    result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
+    assert result.returncode == 1 and f"error: {said}" in result.stdout, result.stdout
+    assert "C error" not in result.stdout and not (tmp_path / "out" / "split.csv").exists()
+
+
 def test_a_csv_manifest_edited_into_a_bad_one_stops_the_run_at_start_keeping_the_split_made_before(tmp_path):
     """A row added for a file that is not there (or a row twice, a label differing only in case, a class of
     dataset.classes the manifest lost) failed the split job, and Snakemake removed the split it had made before:

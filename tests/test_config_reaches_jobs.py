@@ -928,6 +928,19 @@ def test_a_sweep_of_patiences_no_run_of_its_length_can_reach_is_refused(tmp_path
     assert len([job for job in commands(output) if job[0] == "train"]) == 2 * len(TINY_CONFIG.get("seeds", [0])), output[-3000:]
 
 
+def test_pretrain_train_where_every_run_is_a_scratch_run_is_said_unused(tmp_path):
+    """weights.source pretrain with only `pretrained: false` runs: no pretrain job is planned, so the pretrain.train
+    written changed nothing, and nothing said so. With one pretrained run beside them, pretrain trains: no note."""
+    (tmp_path / "scratch").mkdir()
+    config = {**TINY_CONFIG, "experiments": {"scratch": {"strategy": "finetune", "pretrained": False}}}
+    output = dry_run_output(tmp_path / "scratch", config)
+    assert "note: pretrain.train: not used: every experiment run is pretrained: false" in output, output[-3000:]
+    assert "pretrain" not in {job[0] for job in commands(output)}
+    (tmp_path / "both").mkdir()
+    output = dry_run_output(tmp_path / "both", {**config, "experiments": {**config["experiments"], "ft": {}}})
+    assert "note: pretrain.train" not in output and "pretrain" in {job[0] for job in commands(output)}, output[-3000:]
+
+
 def test_lr_find_keys_without_a_run_at_lr_auto_are_named(tmp_path):
     (tmp_path / "fixed").mkdir()
     output = dry_run_output(tmp_path / "fixed", {**TINY_CONFIG, "lr_find": {"steps": 50}})

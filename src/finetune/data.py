@@ -338,6 +338,43 @@ def layout_note(root: Path, classes: dict[str, list[tuple[Path, str]]]) -> str |
             f"{', '.join(classes)} is a class")
 
 
+def unparsed_why(exc: Exception, manifest: Path) -> str:
+    """Why a CSV manifest did not parse, said for a person: the line with too many fields and how to write a comma in
+    a path (pandas' "Error tokenizing data. C error: ..." held a line break), or the first line that is not UTF-8 and
+    how to save it (the codec named a byte's place in a block of the file, not a line); else pandas' words."""
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if fields:
+        return (f"line {fields[2]} has {fields[3]} fields, and the lines before it {fields[1]}: a path or label "
+                'that holds a comma is written in double quotes ("cats/a,b.png"), a double quote in it twice')
+    line = first_line_not_utf8(manifest) if "codec can't decode" in str(exc) else None
+    if line is not None:
+        return (f"line {line} is not UTF-8 text (the encoding it is read in): save the file as UTF-8 "
+                '(a spreadsheet\'s "CSV UTF-8"; iconv -f latin1 -t utf-8 converts a Latin-1 one)')
+    return str(exc)
+
+
+def first_line_not_utf8(path: str | Path) -> int | None:
+    """The number of the first line of the file that is not UTF-8 text, or None (all of it is, or it does not read)."""
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except OSError:
+        return None
+    return None
+
+
+def _lines_and_labels(frame: pd.DataFrame, line: list[int], rows: list[int]) -> str:
+    """``lines 7, 38`` of the rows that name one image, and where they give it different labels, those too
+    (``lines 7, 38: labelled 'Bag' and 'Shoe'``: a file under two labels, one of them likely wrong)."""
+    labels = list(dict.fromkeys(frame["label"].iloc[i].strip() for i in rows))
+    said = f"lines {', '.join(str(line[i]) for i in rows)}"
+    return said if len(labels) < 2 else f"{said}: labelled {' and '.join(map(repr, labels))}"
+
+
 def list_csv_manifest(manifest: str) -> pd.DataFrame:
     file = Path(manifest)
     if not file.is_file():
@@ -349,7 +386,7 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
         raise DataError(f"CSV manifest {file} is empty: check dataset.path (a CSV file with a header line path,label, "
                         "then one line per image)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot parse CSV manifest {file}: {exc}") from exc
+        raise DataError(f"cannot parse CSV manifest {file}: {unparsed_why(exc, file)}") from exc
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DataError(
@@ -370,7 +407,7 @@ def list_csv_manifest(manifest: str) -> pd.DataFrame:
     duplicated = [(p, where) for p, where in rows.items() if len(where) > 1]
     if duplicated:
         line = table_lines(file, len(frame))
-        listed = "; ".join(f"{p} (lines {', '.join(str(line[i]) for i in where)})" for p, where in duplicated[:10])
+        listed = "; ".join(f"{p} ({_lines_and_labels(frame, line, where)})" for p, where in duplicated[:10])
         more = f" and {len(duplicated) - 10} more" if len(duplicated) > 10 else ""
         raise DataError(f"CSV manifest {file} lists the same image more than once: {listed}{more}. Keep one line per image")
     missing_files = [row for row, p in enumerate(paths) if not os.path.exists(p)]

@@ -547,62 +547,6 @@ def stored_as(path: str) -> str | None:
     return os.path.normpath(here) if os.path.exists(here) else None
 
 
-def csv_parse_hint(problem: str, manifest: str | Path) -> str:
-    """``cannot parse CSV manifest <file>: <pandas' or the codec's words>`` said for a person: the line with too many
-    fields and how to write a comma in a path (pandas' "Error tokenizing data. C error: ..." with a line break), or the
-    first line that is not UTF-8 and how to save it (the codec named a byte's place in a block of the file, not a
-    line). Any other problem is returned as it is."""
-    prefix = f"cannot parse CSV manifest {manifest}: "
-    if not problem.startswith(prefix):
-        return problem
-    why = problem[len(prefix):]
-    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", why)
-    if fields:
-        return (f"{prefix}line {fields[2]} has {fields[3]} fields, and the lines before it {fields[1]}: a path or label "
-                'that holds a comma is written in double quotes ("cats/a,b.png"), a double quote in it twice')
-    if "codec can't decode" in why:
-        line = first_line_not_utf8(manifest)
-        if line is not None:
-            return (f"{prefix}line {line} is not UTF-8 text (the encoding it is read in): save the file as UTF-8 "
-                    '(a spreadsheet\'s "CSV UTF-8"; iconv -f latin1 -t utf-8 converts a Latin-1 one)')
-    return problem
-
-
-def rows_twice_hint(problem: str, manifest: str | Path) -> str:
-    """``CSV manifest <file> lists the same image more than once: <image> (lines 7, 38)``: where the lines give it
-    different labels, they are named (``(lines 7, 38: labelled 'Bag' and 'Shoe')``), as a file under two labels is
-    (one of the two is likely wrong). Any other problem is returned as it is."""
-    if not problem.startswith(f"CSV manifest {manifest} lists the same image more than once: "):
-        return problem
-    from .fileio import read_text_table, table_lines
-
-    try:
-        frame = read_text_table(manifest)
-        label_on = dict(zip(table_lines(manifest, len(frame)), frame["label"].str.strip()))
-    except Exception:  # the message stands as the split job gives it
-        return problem
-
-    def labelled(found):
-        labels = list(dict.fromkeys(label_on.get(int(n), "") for n in found[1].split(", ")))
-        return found[0] if len(labels) < 2 else f"(lines {found[1]}: labelled {' and '.join(map(repr, labels))})"
-
-    return re.sub(r"\(lines ([\d, ]+)\)", labelled, problem)
-
-
-def first_line_not_utf8(path: str | Path) -> int | None:
-    """The number of the first line of the file that is not UTF-8 text, or None (all of it is, or it does not read)."""
-    try:
-        with open(path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError:
-                    return number
-    except OSError:
-        return None
-    return None
-
-
 def other_unicode_form_hint(manifest: str | Path) -> str:
     """For a CSV manifest whose rows name files not found: those of them found with a name in another Unicode form
     (:func:`stored_as`), as a hint to end the message with ('' where none is)."""

@@ -930,6 +930,14 @@ def weights_used():
                for run in (SimpleNamespace(experiment=name) for name in EXPERIMENTS))
 
 
+# `pretrain.train` trains the source model, which only a pretrained run starts from: where every run is a scratch run,
+# say so rather than leave it silently unused.
+if (config["weights"]["source"] == "pretrain" and isinstance(_written.get("pretrain"), dict)
+        and "train" in _written["pretrain"] and not weights_used()):
+    say("pretrain.train: not used: every experiment run is pretrained: false, so no source model is trained "
+        "(pretrain.dataset and pretrain.image_size still give the scratch runs their mean and std)")
+
+
 def run_weights_inputs(wildcards):
     """What a train or lr_find job builds its model from: the weights and their manifest; for a scratch run with
     weights from pretrain, the source's decoded images' record instead (the mean and std pretrain publishes, and
@@ -1402,13 +1410,12 @@ def check_manifest_at_start(key, cfg, split_file):
     if not manifest_changed(cfg["path"], cfg.get("classes"), split_file):
         return given_splits(cfg, split_file), False
     from finetune.data import DataError, check_csv_manifest
-    from finetune.startchecks import csv_parse_hint, other_unicode_form_hint, rows_twice_hint
+    from finetune.startchecks import other_unicode_form_hint
 
     try:
         given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
-        problem = rows_twice_hint(csv_parse_hint(str(exc), Path(cfg["path"])), Path(cfg["path"]))
-        raise refused_at_start(f"{problem}{other_unicode_form_hint(cfg['path'])}", key, split_file)
+        raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file)
     refuse_new_faults(key, cfg, split_file)
     return given, True
 
