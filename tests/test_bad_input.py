@@ -545,7 +545,7 @@ def test_csv_duplicate_path(tmp_path):
     result = run_split({"format": "csv", "path": str(manifest)}, tmp_path / "out")
     assert result.returncode == 1, result.stdout
     assert "lists the same image more than once" in result.stdout
-    assert f"{manifest.parent / 'cat/001.png'} (lines 3, 10)" in result.stdout
+    assert f"{manifest.parent / 'cat/001.png'} (lines 3, 10: labelled 'cat' and 'dog')" in result.stdout
 
 
 def test_csv_class_list_names_a_label_not_in_the_manifest(tmp_path):

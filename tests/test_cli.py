@@ -486,3 +486,96 @@ def test_a_script_refuses_a_path_that_names_nothing_or_a_folder_before_reading_a
             "output a folder": "--out-metrics folder is a folder: name the file to write in it"}[case]
     assert result.stderr.splitlines()[-1] == f"evaluate.py: error: {said}"
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not list((tmp_path / "folder").iterdir())
+
+
+def _write_inputs(folder):
+    """Files a script run by hand reads (their contents are never read: each case is refused before)."""
+    (folder / "weights").mkdir()
+    (folder / "weights" / "weights.pth").write_bytes(b"the pretrained weights")
+    (folder / "weights" / "manifest.json").write_text(json.dumps({"file": "weights.pth", "sha256": "0" * 64}))
+    (folder / "split.csv").write_bytes(b"path,label,class_name,split\n")
+    for run in ("a/seed0", "b/seed0"):
+        (folder / run).mkdir(parents=True)
+        for name in ("metrics.json", "train_info.json", "history.csv", "model.onnx"):
+            (folder / run / name).write_bytes(f"{run}/{name}".encode())
+    (folder / "fmnist").mkdir()
+    (folder / "fmnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"labels")
+    (folder / "images").mkdir()
+    (folder / "images" / "a.png").write_bytes(b"an image")
+
+
+FILES_READ_CASES = {
+    "train over the weights its manifest names": (
+        "train", ["--split", "split.csv", "--manifest", "weights/manifest.json", "--options", "{}", "--out-checkpoint",
+                  "weights/weights.pth", "--out-history", "h.csv", "--out-info", "i.json"],
+        "--out-checkpoint weights/weights.pth: the same file as the weights file --manifest names (weights.pth) (an "
+        "input): writing the output would replace it; give the output another path"),
+    "lr_find over the weights its manifest names": (
+        "lr_find", ["--split", "split.csv", "--manifest", "weights/manifest.json", "--options", "{}", "--out-csv",
+                    "l.csv", "--out-png", "l.png", "--out-suggestion", "weights/weights.pth"],
+        "--out-suggestion weights/weights.pth: the same file as the weights file --manifest names (weights.pth) (an "
+        "input): writing the output would replace it; give the output another path"),
+    "summary over a run's metrics": (
+        "summary", ["--runs", "a/seed0", "b/seed0", "--weights-source", "pretrain", "--out-csv", "b/seed0/metrics.json",
+                    "--out-md", "s.md"],
+        "--out-csv b/seed0/metrics.json would replace a file inside --runs's folder b/seed0, whose files are read: "
+        "write the output outside it"),
+    "predict's selection over a run's train_info": (
+        "predict", ["--choose-from", "a/seed0", "b/seed0", "--images", "images", "--out", "p.csv", "--out-selection",
+                    "a/seed0/train_info.json"],
+        "--out-selection a/seed0/train_info.json would replace a file inside --choose-from's folder a/seed0, whose "
+        "files are read: write the output outside it"),
+    "split over a file of the dataset's folder": (
+        "split", ["--dataset", '{"format": "fashion-mnist", "path": "fmnist"}', "--out",
+                  "fmnist/train-labels-idx1-ubyte.gz", "--report", "r.json"],
+        '--out fmnist/train-labels-idx1-ubyte.gz would replace a file inside the "path" of --dataset, fmnist, whose '
+        "files are read: write the output outside it"),
+    "options a list": (
+        "train", ["--split", "split.csv", "--manifest", "weights/manifest.json", "--options", "[1]",
+                  "--out-checkpoint", "m.pt", "--out-history", "h.csv", "--out-info", "i.json"],
+        'argument --options: a list, where a JSON object is read ({"key": value, ...})'),
+    "weights from pretrain without pretrain's outputs": (
+        "weights", ["--weights", '{"source": "pretrain", "arch": "resnet18"}', "--pretrained-info", "split.csv",
+                    "--out-weights", "w.pth", "--out-manifest", "m.json"],
+        "--weights' source is pretrain: give --pretrained-weights (the pretrain rule's outputs)"),
+    "learning curves without the history": (
+        "evaluate", ["--checkpoint", "weights/weights.pth", "--split", "split.csv", "--out-metrics", "m.json",
+                     "--out-confusion", "c.csv", "--out-predictions", "p.csv", "--out-learning-curves-png", "l.png"],
+        "--out-learning-curves-png: the learning curves are drawn from the run's history.csv: give --history"),
+    "quantize timing a batch of 0": (
+        "quantize_onnx", ["--onnx", "a/seed0/model.onnx", "--split", "split.csv", "--out-onnx", "q.onnx",
+                          "--out-report", "q.json", "--batches", "1", "0"],
+        "--batches 0: each batch size must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILES_READ_CASES))
+def test_a_script_run_by_hand_refuses_writing_over_what_it_reads_through_its_inputs(tmp_path, case):
+    """Outputs over files a script reads through an input (the weights file a manifest names, a run folder's files,
+    a dataset folder's files), and arguments a script cannot use (a JSON list for an object, a source without its
+    files, a plot without its data, a batch of 0): each was written over, or a traceback, or a half-written set of
+    outputs. Each is a usage error now, and every file is byte for byte as it was, none added."""
+    _write_inputs(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    script, args, said = FILES_READ_CASES[case]
+    result = subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / f"{script}.py"), *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == f"{script}.py: error: {said}"
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_dataset_key_the_split_does_not_know_is_refused_naming_it_not_dropped(tmp_path):
+    """split.py run by hand with `max_train_per_clas` (the workflow's schema refuses it at start): the key was dropped
+    unsaid and the split drew every image. Refused now, with the key it was likely meant as, under the config key
+    --key names."""
+    dataset = json.dumps({"format": "fashion-mnist", "path": str(tmp_path), "max_train_per_clas": 2})
+    for key in ("dataset", "pretrain.dataset"):
+        result = run_script("split", "--dataset", dataset, "--key", key, "--out", str(tmp_path / "s.csv"),
+                            "--report", str(tmp_path / "r.json"))
+        assert result.returncode == 1, result.stdout
+        assert result.stdout.splitlines()[-1].startswith(
+            f"error: {key}.max_train_per_clas: unknown key (did you mean {key}.max_train_per_class?); allowed keys: "
+            "format, path, classes, "), result.stdout
+        assert not (tmp_path / "s.csv").exists()

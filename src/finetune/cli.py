@@ -16,52 +16,90 @@ from . import jobclock
 from .errors import FinetuneError, StopRequested
 
 
-def json_arg(text: str):
+def json_arg(text: str) -> dict:
+    """An option's JSON object (every JSON option of the scripts holds one: a config section, options by name)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(value), "null")
+        raise argparse.ArgumentTypeError(f"{kind}, where a JSON object is read ({{\"key\": value, ...}})")
+    return value
 
 
-def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (),
-               json_paths: dict[str, str] | None = None, folders: tuple[str, ...] = ()) -> argparse.Namespace:
+def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (), json_paths: dict[str, str] | None = None,
+               folders: tuple[str, ...] = (), inside: tuple[str, ...] = (),
+               also_reads: Callable[[argparse.Namespace], dict] | None = None) -> argparse.Namespace:
     """``parser.parse_args()``, refusing (argparse's usage error, exit 2, before anything is read or written) an
     output path that names a file the script reads, or another of its outputs: the output would replace it (a
     script run by hand with a slip of the shell, ``--out-metrics`` given the split's path). The outputs are the
-    options named ``--out...`` and those in ``outputs``; the inputs every other path option, and the paths in
-    JSON options that ``json_paths`` names (``{"dataset": "path"}``: the key ``path`` of ``--dataset``).
+    options named ``--out...`` and those in ``outputs``; the inputs every other path option, the paths in JSON
+    options that ``json_paths`` names (``{"dataset": "path"}``: the key ``path`` of ``--dataset``), and those
+    ``also_reads(args)`` gives ({what names it: path}: the weights file a manifest names). An output that would replace
+    a file inside a folder the script reads files of is refused so too: the options in ``inside`` (run folders) and a
+    JSON path that is a folder (a dataset's).
 
-    An input path option that names nothing, or a folder where a file is read (all but those in ``folders``), and an
-    output that is a folder are refused so too, naming the option (not a traceback of the first read or of the
-    write); options named ``--...-dir`` are the job's own folders (resume state, a cache), made where missing."""
+    An input path option that names nothing, or a folder where a file is read (all but those in ``folders`` and
+    ``inside``), and an output that is a folder are refused as well, naming the option (not a traceback of the first
+    read or of the write); options named ``--...-dir`` are the job's own folders (resume state, a cache), made where
+    missing."""
     args = parser.parse_args()
     is_output = {dest: dest.startswith("out") or dest in outputs for dest in vars(args)}
-    read = {}
+    read, within = {}, {}
     for dest, value in vars(args).items():
         for path in value if isinstance(value, (list, tuple)) else [value]:
+            if dest in inside and isinstance(path, (str, Path)):
+                within.setdefault(_same(path), f"{_option(dest)}'s folder {path}")
             if isinstance(path, Path) and not is_output[dest]:
                 read.setdefault(_same(path), _option(dest))
                 if not dest.endswith("_dir"):
-                    _check_input(parser, _option(dest), path, folder_too=dest in folders)
+                    _check_input(parser, _option(dest), path, folder_too=dest in folders or dest in inside)
     for dest, key in (json_paths or {}).items():
         path = getattr(args, dest)
         path = path.get(key) if isinstance(path, dict) else None
         if isinstance(path, str) and path:
             read.setdefault(_same(path), f'the "{key}" of {_option(dest)}')
+            if os.path.isdir(path):
+                within.setdefault(_same(path), f'the "{key}" of {_option(dest)}, {path}')
+    for named, path in (also_reads(args) if also_reads else {}).items():
+        read.setdefault(_same(path), named)
     written = {}
     for dest, value in vars(args).items():
         if is_output[dest] and isinstance(value, Path):
-            if value.is_dir():
-                parser.error(f"{_option(dest)} {value} is a folder: name the file to write in it")
-            key = _same(value)
-            if key in read:
-                parser.error(f"{_option(dest)} {value}: the same file as {read[key]} (an input): writing the output "
-                             "would replace it; give the output another path")
-            if key in written:
-                parser.error(f"{_option(dest)} {value}: the same file as {written[key]} (an output): give each "
-                             "output its own path")
-            written[key] = _option(dest)
+            _check_output(parser, _option(dest), value, read, within, written)
+            written[_same(value)] = _option(dest)
     return args
+
+
+def _check_output(parser: argparse.ArgumentParser, option: str, path: Path, read: dict, within: dict,
+                  written: dict) -> None:
+    if path.is_dir():
+        parser.error(f"{option} {path} is a folder: name the file to write in it")
+    key = _same(path)
+    if key in read:
+        parser.error(f"{option} {path}: the same file as {read[key]} (an input): writing the output would replace "
+                     "it; give the output another path")
+    if key in written:
+        parser.error(f"{option} {path}: the same file as {written[key]} (an output): give each output its own path")
+    folder = next((name for found, name in within.items() if key.startswith(found.rstrip(os.sep) + os.sep)), None)
+    if folder is not None and path.exists():
+        parser.error(f"{option} {path} would replace a file inside {folder}, whose files are read: write the output "
+                     "outside it")
+
+
+def weights_file_named(args: argparse.Namespace) -> dict:
+    """{what names it: the weights file} that ``--manifest`` names (a weights manifest: its ``file``, beside it),
+    read by the script through the manifest; {} where there is none or it does not read (said where it is read)."""
+    import json
+
+    manifest = getattr(args, "manifest", None)
+    try:
+        file = json.loads(Path(manifest).read_text(encoding="utf-8")).get("file") if manifest else None
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {f"the weights file --manifest names ({file})": Path(manifest).parent / file} if isinstance(file, str) and file else {}
 
 
 def _check_input(parser: argparse.ArgumentParser, option: str, path: Path, folder_too: bool) -> None:

@@ -65,8 +65,19 @@ class SplitSpec:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "SplitSpec":
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        known = [f for f in cls.__dataclass_fields__ if f != "extra"]
+        cfg = {k: v for k, v in cfg.items() if k != "watch"}  # Snakemake's (the rules' inputs), not the split's
+        unknown = [str(k) for k in cfg if k not in known]
+        if unknown:  # the workflow's schema refuses them at start; a split run alone must not drop them unsaid
+            import difflib
+
+            close = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+            raise DataError("; ".join(f"dataset.{k}: unknown key{f' (did you mean dataset.{c[0]}?)' if c else ''}"
+                                      for k, c in zip(unknown, close)) + f"; allowed keys: {', '.join(known)}")
+        missing = [f"dataset.{k}" for k in ("format", "path") if k not in cfg]
+        if missing:
+            raise DataError(f"{' and '.join(missing)} not given: a dataset needs its format and path")
+        return cls(**cfg)
 
 
 # --------------------------------------------------------------------------- listing datasets
@@ -571,7 +582,7 @@ def named_under(text: str, key: str) -> str:
     if key == "dataset":
         return text
     fields = "|".join(sorted({*SplitSpec.__dataclass_fields__, "watch"} - {"extra"}, key=len, reverse=True))
-    return re.sub(rf"(?<![\w/.-])dataset\.(?=(?:{fields})\b)", f"{key}.", text)
+    return re.sub(rf"(?<![\w/.-])dataset\.(?=(?:{fields})\b|\w+: unknown key)", f"{key}.", text)
 
 
 def draw_keys(paths, spec: SplitSpec) -> list[str]:

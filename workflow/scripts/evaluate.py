@@ -39,6 +39,8 @@ def main():
                           ("--batch-size", args.batch_size)):
         if value < 1:  # the schema's bounds: -2 wrote a "top--2" accuracy, 0 bins an ECE of 0.0, batch 0 a traceback
             parser.error(f"{option} {value}: must be at least 1")
+    if args.out_learning_curves_png and not args.history:
+        parser.error("--out-learning-curves-png: the learning curves are drawn from the run's history.csv: give --history")
     threads = set_torch_threads(args.threads)
     plots = {"confusion": args.out_confusion_png, "reliability": args.out_reliability_png,
              "learning_curves": args.out_learning_curves_png}

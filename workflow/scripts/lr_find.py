@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run, set_torch_threads
+from finetune.cli import json_arg, parse_args, run, set_torch_threads, weights_file_named
 from finetune.options import name_keys
 from finetune.stages import lr_find_stage, run_weights
 
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--key-names", type=json_arg, default={},
                         help="where the run's own keys are written, for messages (JSON, as train's)")
     parser.add_argument("--threads", type=int, default=1)
-    args = parse_args(parser)
+    args = parse_args(parser, also_reads=weights_file_named)
     name_keys(args.key_names)
     threads = set_torch_threads(args.threads)
     suggestion = lr_find_stage(args.split, run_weights(args.manifest, args.source_info, args.arch, not args.scratch), args.options, args.out_csv, args.out_png, args.out_suggestion,

@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    args = parse_args(parser, folders=("choose_from", "images"))
+    args = parse_args(parser, folders=("images",), inside=("choose_from",))
     for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{option} {value}: must be at least 1")

@@ -18,6 +18,8 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time each batch size at least this long")
     parser.add_argument("--threads", type=int, default=1)
     args = parse_args(parser)
+    if min(args.batches) < 1:
+        parser.error(f"--batches {min(args.batches)}: each batch size must be at least 1")
     report = quantize_stage(args.onnx, args.split, args.out_onnx, args.out_report,
                             threads=max(1, min(args.threads, usable_cpus())), batches=tuple(args.batches),
                             min_seconds=args.min_seconds)

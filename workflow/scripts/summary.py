@@ -2,11 +2,10 @@
 validation metric; the selected run of each experiment also goes to --out-selected."""
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-from finetune.cli import parse_args, run
+from finetune.cli import json_arg, parse_args, run
 from finetune.stages import summary_stage
 
 
@@ -18,7 +17,7 @@ def main():
     parser.add_argument("--runs", nargs="+", required=True,
                         help="results/<experiment>/seed<seed> folders, each holding train_info.json, metrics.json and test_predictions.csv")
     parser.add_argument("--weights-source", required=True, help="names the pretrained weights in the table")
-    parser.add_argument("--sweep-of", type=json.loads, default={},
+    parser.add_argument("--sweep-of", type=json_arg, default={},
                         help='JSON {run name: experiment as written}: the runs of a sweep are selected among together')
     parser.add_argument("--export-tta", action="store_true",
                         help="export.tta: the exported models average over the mirror image themselves (a note says so)")
@@ -28,7 +27,7 @@ def main():
     parser.add_argument("--out-selected", type=Path, help="JSON: per experiment, the selected run, seed and model")
     parser.add_argument("--split-report", type=Path,
                         help="the target split's report: its near duplicates across splits are noted under the table")
-    args = parse_args(parser)
+    args = parse_args(parser, inside=("runs",))
     lacking = [f"{folder} ({', '.join(name for name in RUN_FILES if not (Path(folder) / name).is_file())})"
                for folder in args.runs if not all((Path(folder) / name).is_file() for name in RUN_FILES)]
     if lacking:  # a traceback (FileNotFoundError) named the first file only

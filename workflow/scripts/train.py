@@ -4,7 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run, set_torch_threads
+from finetune.cli import json_arg, parse_args, run, set_torch_threads, weights_file_named
 from finetune.options import name_keys
 from finetune.stages import train_stage, run_weights
 
@@ -32,7 +32,7 @@ def main():
                         help="where the run's own keys are written, for messages (JSON: {lr: experiments.<name>.lr}); "
                              "the others are train.<key>")
     parser.add_argument("--threads", type=int, default=1)
-    args = parse_args(parser)
+    args = parse_args(parser, also_reads=weights_file_named)
     from finetune import distributed  # imports torch: inside main, so that the time line counts it under `imports`
 
     name_keys(args.key_names)

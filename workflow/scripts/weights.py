@@ -18,6 +18,12 @@ def main():
     parser.add_argument("--pretrained-weights", type=Path, help="with source pretrain: the pretrain rule's weights")
     parser.add_argument("--pretrained-info", type=Path, help="with source pretrain: the pretrain rule's info JSON")
     args = parse_args(parser, json_paths={"weights": "path"})
+    if "source" not in args.weights:
+        parser.error("--weights: no \"source\" (torchvision, url, path or pretrain)")
+    unpaired = [option for option, value in (("--pretrained-weights", args.pretrained_weights),
+                                              ("--pretrained-info", args.pretrained_info)) if value is None]
+    if args.weights["source"] == "pretrain" and unpaired:
+        parser.error(f"--weights' source is pretrain: give {' and '.join(unpaired)} (the pretrain rule's outputs)")
     manifest = weights_stage({**args.weights, **args.fetch}, args.out_weights, args.out_manifest,
                              pretrained_info=args.pretrained_info, pretrained_weights=args.pretrained_weights)
     print(f"{manifest['arch']} weights ({manifest['num_classes']} source classes) sha256 {manifest['sha256']}")
