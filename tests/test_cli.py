@@ -542,6 +542,14 @@ FILES_READ_CASES = {
         "evaluate", ["--checkpoint", "weights/weights.pth", "--split", "split.csv", "--out-metrics", "m.json",
                      "--out-confusion", "c.csv", "--out-predictions", "p.csv", "--out-learning-curves-png", "l.png"],
         "--out-learning-curves-png: the learning curves are drawn from the run's history.csv: give --history"),
+    "a scratch manifest without preprocessing": (
+        "scratch_manifest", ["--weights", '{"arch": "resnet18"}', "--out-manifest", "m.json"],
+        "--weights: no preprocessing (the weights config's, as the workflow gives them)"),
+    "a scratch manifest of preprocessing without its sizes": (
+        "scratch_manifest", ["--weights", '{"arch": "resnet18", "preprocessing": {"crop_size": 32}}', "--out-manifest",
+                             "m.json"],
+        "--weights' preprocessing {'crop_size': 32}: KeyError: 'resize_size' (the weights.preprocessing of the config, "
+        "with its defaults, as the workflow gives it)"),
     "quantize timing a batch of 0": (
         "quantize_onnx", ["--onnx", "a/seed0/model.onnx", "--split", "split.csv", "--out-onnx", "q.onnx",
                           "--out-report", "q.json", "--batches", "1", "0"],

@@ -19,7 +19,14 @@ def main():
     parser.add_argument("--out-manifest", type=Path, required=True)
     args = parse_args(parser)
     weights = args.weights
-    prep = Preprocessing.from_dict(weights["preprocessing"]).to_dict()  # as the weights job writes it
+    missing = [key for key in ("arch", "preprocessing") if not weights.get(key)]
+    if missing:
+        parser.error(f"--weights: no {' and no '.join(missing)} (the weights config's, as the workflow gives them)")
+    try:
+        prep = Preprocessing.from_dict(weights["preprocessing"]).to_dict()  # as the weights job writes it
+    except (KeyError, TypeError, ValueError) as exc:
+        parser.error(f"--weights' preprocessing {weights['preprocessing']!r}: {type(exc).__name__}: {exc} (the "
+                     "weights.preprocessing of the config, with its defaults, as the workflow gives it)")
     write_json(args.out_manifest, {"format": MANIFEST_FORMAT, "file": "", "sha256": None, "arch": weights["arch"],
                                    "num_classes": None, "classes": [], "preprocessing": prep,
                                    "source": {"kind": "scratch"}})
