@@ -3,6 +3,7 @@ rule's accuracy; `predict` classifies new images without torch; INT8 quantizatio
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -363,6 +364,24 @@ def test_quantizing_a_damaged_model_names_the_file_and_how_to_make_it_again(tiny
         quantize_stage(damaged, tiny_run / "resources/splits/target.csv", tmp_path / "model.int8.onnx",
                        tmp_path / "quantization.json", log=lambda _: None)
     assert not (tmp_path / "model.int8.onnx").exists()
+
+
+def test_quantizing_an_int8_model_again_is_refused_not_reported_as_fp32(tiny_run, tmp_path):
+    """quantize_onnx.py given model.int8.onnx (a slip of the shell): it quantized it again and reported the int8 model
+    as the fp32 one. Its metadata says it is quantized (onnxruntime reads it here), so it is refused, naming it."""
+    import onnxruntime as ort
+
+    from finetune.deploy import ModelError, quantize_int8, quantize_stage
+
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_int8(tiny_run / "results/finetune/seed0/model.onnx", int8)
+    said = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert said["quantization"].startswith("dynamic")
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(int8))} is quantized already \(its metadata: "
+                                         rf"quantization {re.escape(said['quantization'])}\): give the fp32 model.onnx"):
+        quantize_stage(int8, tiny_run / "resources/splits/target.csv", tmp_path / "again.onnx",
+                       tmp_path / "quantization.json", log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
 
 
 def test_quantizing_where_onnx_is_not_installed_says_to_install_it(tiny_run, tmp_path):

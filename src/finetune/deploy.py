@@ -344,6 +344,9 @@ def quantize_stage(onnx_path: str | Path, split_csv: str | Path, out_onnx: str |
 
     onnx_path, out_onnx = Path(onnx_path), Path(out_onnx)
     fp32 = OnnxClassifier.load(onnx_path, threads)  # a damaged model is named here, not in the quantizer's traceback
+    if fp32.batch_dependent:  # its report would compare int8 with int8, as if with fp32
+        raise ModelError(f"{onnx_path} is quantized already (its metadata: quantization "
+                         f"{fp32.metadata['quantization']}): give the fp32 model.onnx export_onnx wrote")
     quantize_seconds = quantize_int8(onnx_path, out_onnx)
     int8 = OnnxClassifier.load(out_onnx, threads)
     accuracy, pixels = _compare_accuracy(fp32, int8, split_csv, threads, keep=max(batches))
