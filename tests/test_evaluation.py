@@ -980,6 +980,36 @@ def test_evaluate_rule_writes_metrics_plots_and_tables(tiny_run):
 
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
+@pytest.mark.parametrize("bad", ["history empty", "history of another table", "train_info a list",
+                                 "split report a list"])
+def test_evaluate_run_alone_names_an_optional_input_that_is_not_what_the_workflow_writes_before_writing(tiny_run,
+                                                                                                        tmp_path, bad):
+    """evaluate.py run by hand with --history an empty file or another table, --train-info or --split-report a JSON
+    list: a traceback (EmptyDataError, AttributeError) after the test predictions and confusion matrix were written.
+    Now one line naming the file, exit status 1, before any output is written."""
+    folder = tiny_run / "results/finetune/seed0"
+    given = tmp_path / "given"
+    given.write_text({"history empty": "", "history of another table": "a,b\n1,2\n", "train_info a list": "[1, 2]",
+                      "split report a list": "[]"}[bad])
+    option = {"history empty": "--history", "history of another table": "--history",
+              "train_info a list": "--train-info", "split report a list": "--split-report"}[bad]
+    out = tmp_path / "out"
+    result = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split",
+                        str(tiny_run / "resources/splits/target.csv"), "--out-metrics", str(out / "m.json"),
+                        "--out-confusion", str(out / "c.csv"), "--out-predictions", str(out / "p.csv"),
+                        "--out-learning-curves-png", str(out / "l.png"), "--device", "cpu",
+                        *(["--history", str(folder / "history.csv")] if option != "--history" else []), option, str(given))
+    said = {"history empty": f"{given} does not read as a CSV table (EmptyDataError: No columns to parse from file): "
+                             "is it the run's history.csv?",
+            "history of another table": f"{given} has no epochs (columns: a, b, 1 rows): is it the run's history.csv, "
+                                        "written by its train job?",
+            "train_info a list": f"{given} holds a list, not a JSON object: is it the run's train_info.json?",
+            "split report a list": f"{given} holds a list, not a JSON object: is it the split's report "
+                                   "(split.report.json)?"}[bad]
+    assert result.returncode == 1 and result.stdout.splitlines()[-1] == f"error: {said}", result.stdout[-3000:]
+    assert "Traceback" not in result.stdout and not out.exists()
+
+
 def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
     """evaluate.onnx: the script scores model.onnx too; its accuracy and agreement are recomputed here from a
     fresh onnxruntime session on images decoded as the README documents, and the PyTorch side from torchvision."""

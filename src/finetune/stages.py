@@ -708,6 +708,11 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     frame, classes = read_split(split_csv)
     if classes != checkpoint["classes"]:
         raise ConfigError(f"{checkpoint_path} was trained on classes {checkpoint['classes']}, {split_csv} has {classes}")
+    # the optional inputs read before any image is scored or file written: one that is not what the workflow writes
+    # there is named now, not in a traceback after the first outputs were written
+    kept = json_object(train_info, "the run's train_info.json") if train_info else {}
+    history = history_frame(history) if history is not None and (plots or {}).get("learning_curves") else history
+    near = json_object(split_report, "the split's report (split.report.json)") if split_report else None
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     started = time.perf_counter()
@@ -728,7 +733,7 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     labels = test["label"].to_numpy()
     report = classification_report(labels, logits, classes, top_k=top_k, n_bins=calibration_bins)
     report["classes"], report["tta"] = classes, tta
-    copies = _test_copies(split_report)
+    copies = _test_copies(near)
     report["near_duplicates"] = without_near_duplicates(test["path"], labels, logits.argmax(1), copies)
     if onnx_model is not None:
         # Compared with PyTorch doing what the exported model does (its metadata says whether it flips).
@@ -739,7 +744,6 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         lap("ONNX scoring")
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     _write_test_tables(report["confusion_matrix"], logits, test, classes, out_confusion, out_predictions, copies or {})
-    kept = read_json(train_info) if train_info else {}
     write_evaluation_figures(report, plots or {}, history=history, out_html=out_html,
                              title=title or Path(checkpoint_path).parent.as_posix(), best_epoch=kept.get("best_epoch"),
                              metric=kept.get("options", {}).get("metric", "val_accuracy"))
@@ -748,14 +752,37 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
     return report
 
 
-def _test_copies(split_report: Path | None) -> dict[str, dict] | None:
+def _test_copies(split_report: dict | None) -> dict[str, dict] | None:
     """The test images with a near copy in train or val, from the split's report
     (:func:`finetune.nearduplicates.copies_learnt_from`); None where they were not looked for."""
     if split_report is None:
         return None
     from .nearduplicates import copies_learnt_from
 
-    return copies_learnt_from(read_json(split_report).get("near_duplicates"), "test")
+    return copies_learnt_from(split_report.get("near_duplicates"), "test")
+
+
+def json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path`` (``what`` names the file the workflow writes there, for the message)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(value), "null")
+        raise DataError(f"{path} holds {kind}, not a JSON object: is it {what}?")
+    return value
+
+
+def history_frame(path: Path) -> pd.DataFrame:
+    """A run's history.csv, one row per epoch; one without (empty, another table) named for what it is."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} does not read as a CSV table ({type(exc).__name__}: {exc}): is it the run's "
+                        "history.csv?") from exc
+    if frame.empty or "epoch" not in frame.columns:
+        raise DataError(f"{path} has no epochs (columns: {', '.join(map(str, frame.columns)) or 'none'}, "
+                        f"{len(frame)} rows): is it the run's history.csv, written by its train job?")
+    return frame
 
 
 def without_near_duplicates(paths: pd.Series, labels, predicted, copies: dict[str, dict] | None) -> dict:
@@ -842,7 +869,8 @@ def write_evaluation_figures(report: dict, plots: dict, history: Path | None = N
     if plots.get("learning_curves"):
         if history is None:
             raise ValueError("the learning curves plot needs the run's history.csv")
-        plotting.learning_curves_plot(pd.read_csv(history), plots["learning_curves"], title=f"{title}: learning curves",
+        plotting.learning_curves_plot(history if isinstance(history, pd.DataFrame) else history_frame(history),
+                                      plots["learning_curves"], title=f"{title}: learning curves",
                                       best_epoch=best_epoch, metric=metric)
     if out_html is not None:
         write_text(out_html, page(f"{title}: test-set metrics", metrics_tables(report)))
@@ -965,13 +993,13 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
+    report = json_object(split_report, "the split's report (split.report.json)") if split_report is not None else None
     per_run = pd.DataFrame([run_row(run, read_json(run["info"]), read_json(run["metrics"])) for run in runs])
     chosen = selections(per_run)
     table = ranked(aggregate(per_run), chosen)
     with atomic_path(out_csv) as tmp:
         table.assign(selected_by=table["val_metric"]).round(4).to_csv(tmp, index=False)
     notes = tta_notes(per_run, exported_tta) + chance_notes(per_run, table) + paired_notes(runs, table)
-    report = read_json(split_report) if split_report is not None else None
     train_counts = [counts.get("train", 0) for counts in report["counts"].values()] if report and "counts" in report else None
     notes += never_predicted_notes(per_run, chosen, train_counts)
     if report is not None:
