@@ -92,8 +92,6 @@ def _check_output(parser: argparse.ArgumentParser, option: str, path: Path, read
 def weights_file_named(args: argparse.Namespace) -> dict:
     """{what names it: the weights file} that ``--manifest`` names (a weights manifest: its ``file``, beside it),
     read by the script through the manifest; {} where there is none or it does not read (said where it is read)."""
-    import json
-
     manifest = getattr(args, "manifest", None)
     try:
         file = json.loads(Path(manifest).read_text(encoding="utf-8")).get("file") if manifest else None
