@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import jobclock
 from .errors import FinetuneError, StopRequested
+from .fileio import json_kind
 
 
 def json_arg(text: str) -> dict:
@@ -23,9 +24,7 @@ def json_arg(text: str) -> dict:
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        kind = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-            type(value), "null")
-        raise argparse.ArgumentTypeError(f"{kind}, where a JSON object is read ({{\"key\": value, ...}})")
+        raise argparse.ArgumentTypeError(f"{json_kind(value)}, where a JSON object is read ({{\"key\": value, ...}})")
     return value
 
 

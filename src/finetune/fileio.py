@@ -236,6 +236,21 @@ def read_json(path: str | os.PathLike) -> Any:
                           f"is written again by `snakemake --forcerun {path}`") from exc
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, said in a message (``a list``, ``null``)."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), "null")
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in ``path``; anything else raises :class:`DamagedFile` (``what`` names the file the workflow
+    writes there: ``is it the run's train_info.json?``)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise DamagedFile(f"{path} holds {json_kind(value)}, not a JSON object: is it {what}?")
+    return value
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -15,7 +15,8 @@ import pandas as pd
 from . import __version__
 from .data import SPLITS, SplitSpec, make_split, read_split
 from .errors import ConfigError, DataError, WeightsError
-from .fileio import atomic_path, ensure_writable, read_json, sha256_of, torch_save, write_json, write_text
+from .fileio import (atomic_path, ensure_writable, read_json, read_json_object, sha256_of, torch_save, write_json,
+                     write_text)
 from .jobclock import lap
 from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
                       infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch,
@@ -710,9 +711,9 @@ def evaluate_stage(checkpoint_path: Path, split_csv: Path, out_metrics: Path, ou
         raise ConfigError(f"{checkpoint_path} was trained on classes {checkpoint['classes']}, {split_csv} has {classes}")
     # the optional inputs read before any image is scored or file written: one that is not what the workflow writes
     # there is named now, not in a traceback after the first outputs were written
-    kept = json_object(train_info, "the run's train_info.json") if train_info else {}
+    kept = read_json_object(train_info, "the run's train_info.json") if train_info else {}
     history = history_frame(history) if history is not None and (plots or {}).get("learning_curves") else history
-    near = json_object(split_report, "the split's report (split.report.json)") if split_report else None
+    near = read_json_object(split_report, "the split's report (split.report.json)") if split_report else None
     prep = Preprocessing.from_dict(checkpoint["preprocessing"])
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     started = time.perf_counter()
@@ -760,16 +761,6 @@ def _test_copies(split_report: dict | None) -> dict[str, dict] | None:
     from .nearduplicates import copies_learnt_from
 
     return copies_learnt_from(split_report.get("near_duplicates"), "test")
-
-
-def json_object(path: Path, what: str) -> dict:
-    """The JSON object in ``path`` (``what`` names the file the workflow writes there, for the message)."""
-    value = read_json(path)
-    if not isinstance(value, dict):
-        kind = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-            type(value), "null")
-        raise DataError(f"{path} holds {kind}, not a JSON object: is it {what}?")
-    return value
 
 
 def history_frame(path: Path) -> pd.DataFrame:
@@ -993,7 +984,7 @@ def summary_stage(runs: list[dict], out_csv: Path, out_md: Path, out_html: Path 
 
     if not runs:
         raise ConfigError("summary: no runs to summarise")
-    report = json_object(split_report, "the split's report (split.report.json)") if split_report is not None else None
+    report = read_json_object(split_report, "the split's report (split.report.json)") if split_report is not None else None
     per_run = pd.DataFrame([run_row(run, read_json(run["info"]), read_json(run["metrics"])) for run in runs])
     chosen = selections(per_run)
     table = ranked(aggregate(per_run), chosen)
