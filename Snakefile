@@ -18,6 +18,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+include: "workflow/rules/module_config.smk"  # as a module, the config its module block gives: checked first
+
+
 configfile: "config/config.yaml"
 
 

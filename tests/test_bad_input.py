@@ -1687,6 +1687,10 @@ def test_every_config_problem_reported_at_once(tmp_path):
     assert f"invalid configuration in {config} (3 problem(s)" in result.stdout, result.stdout
     for key in ("train.lr:", "train.epochs:", "dataset.test_fraction:"):
         assert key in result.stdout
+    # The schema it points to is a path that opens from where the user is (was workflow/schemas/... relative to this
+    # repository, which is not the working directory of a run elsewhere, nor of a host using it as a module).
+    named = re.search(r"every key, its type and default: (\S+)\):", result.stdout).group(1)
+    assert (tmp_path / named).resolve() == REPO / "workflow/schemas/config.schema.yaml", named
 
 
 def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and_lines(tmp_path):

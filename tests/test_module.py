@@ -193,6 +193,18 @@ def test_the_report_of_two_instances_given_parts_of_the_host_s_config_describes_
     for run in tiny["experiments"]:
         assert f"runs/b/results/{run}/seed0/train_info.json: epochs 1 (the config: 3)" in notes[0], notes[0]
     assert "runs/a/" not in notes[0]
+    # The note the report holds above each leaderboard is that instance's: its jobs the dry run lists (`fb_train 2`:
+    # its weights newer than its runs; the copies have no Snakemake metadata, so the epochs above rerun nothing),
+    # none above the first's, which is up to date (the dry run's count went to the leaderboard read first, fa's).
+    (host / "runs/b/resources/weights/weights.pth").touch()
+    result = run_snakemake(host, None, "--report", "other.html", snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0 and "Report created" in result.stdout, result.stdout[-3000:]
+    page = (host / "other.html").read_text()
+    captions = {x: re.search(rf'"runs/{x}/results/summary\.html": {{.*?"caption": "((?:[^"\\]|\\.)*)"', page).group(1)
+                for x in "ab"}
+    assert "may not be this configuration" not in captions["a"], captions["a"]
+    pretrained = sum(spec.get("pretrained", True) for spec in tiny["experiments"].values())  # scratch reads no weights
+    assert f"fb_train {pretrained}," in captions["b"] and "fa_" not in captions["b"], captions["b"]
 
 
 def two_instance_host(host, config_a: dict, config_b: dict):
@@ -351,6 +363,44 @@ def test_a_refusal_at_start_names_the_instance_and_its_keys_as_the_host_s_config
     result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile")
     assert ("note: module fa: parts.aa.pretrain: not in your config, which is used alone (the module's config is the "
             "host's alone), so the schema's defaults pretrain") in result.stdout, result.stdout[-3000:]
+
+
+def test_a_module_given_no_config_or_one_not_a_mapping_is_refused_at_start_naming_it(tmp_path):
+    """`config: config["aa"]` with `aa: 3` (or a list) failed with Python's TypeError naming a line of common.smk; `aa:`
+    left empty, or no `config:` at all, gave the module no config, and Snakemake read the host's config files as the
+    module's: the host's own keys (`aa`, `bb`) were refused as unknown, which pointed away from the mistake. Each is
+    one line naming the module; nothing is written."""
+    host = two_instance_host(tmp_path / "host", TINY_CONFIG, TINY_CONFIG)
+    for value, said in ((3, "module fa: its config (the module block's `config:`) is 3, not a mapping of this "
+                            "workflow's keys"),
+                        ([1, 2], "module fa: its config (the module block's `config:`) is [1, 2], not a mapping"),
+                        (None, "module fa: its module block gives no config (its `config:` is left out, or is a key "
+                               "of your config left empty")):
+        (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": value, "bb": TINY_CONFIG}))
+        result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+        assert result.returncode != 0 and said in result.stdout, result.stdout[-3000:]
+        assert "TypeError" not in result.stdout and "unknown key" not in result.stdout, result.stdout[-3000:]
+    (host / "config" / "host.yaml").write_text(yaml.safe_dump({"aa": TINY_CONFIG, "bb": TINY_CONFIG}))
+    (host / "Snakefile").write_text((host / "Snakefile").read_text().replace('    config: config["bb"]\n', "", 1))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and "module fb: its module block gives no config" in result.stdout, result.stdout[-3000:]
+    assert not (host / "runs").exists()
+
+
+def test_predictions_asked_of_an_instance_without_predict_images_are_refused_at_start_naming_it(tmp_path):
+    """A target of an instance's predictions (below its prefix, or its predict_selected rule by its name in the host)
+    with predict.images null: the workflow run directly refuses it at start, but as a module the check was skipped and
+    Snakemake stopped on an InputFunctionException with a traceback. Refused alike now, naming the instance's key."""
+    host = two_instance_host(tmp_path / "host", TINY_CONFIG, TINY_CONFIG)
+    for target, module, key in (("runs/b/results/predictions/finetune/seed0/predictions.csv", "fb", "bb"),
+                                ("runs/a/results/predictions/selected/predictions.csv", "fa", "aa"),
+                                ("fb_predict_selected", "fb", "bb")):
+        result = run_snakemake(host, None, "-n", target, snakefile=host / "Snakefile", check=False)
+        assert result.returncode != 0, result.stdout[-3000:]
+        assert (f"module {module}: {target}: predictions need {key}.predict.images (a folder of images or a CSV with a "
+                f"`path` column), which is null: nothing ran") in result.stdout, result.stdout[-3000:]
+        assert f"--config '{key}={{predict: {{images: my_images}}}}'" in result.stdout, result.stdout[-3000:]
+        assert "InputFunctionException" not in result.stdout, result.stdout[-3000:]
 
 
 def test_keys_under_the_host_s_key_rename_keys_and_hints_but_not_files_or_paths():

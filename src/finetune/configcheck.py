@@ -794,8 +794,10 @@ def config_problems(config: dict, schema_file: str | Path, written_train: dict |
     return problems
 
 
-def format_problems(problems: list[str]) -> str:
+def format_problems(problems: list[str], schema: str = "workflow/schemas/config.schema.yaml") -> str:
+    """The refusal of a config: its ``problems``, one a line, under a header naming the ``schema`` file (as the
+    user finds it from the working directory)."""
     return (
         f"invalid configuration ({len(problems)} problem(s); every key, its type and default: "
-        "workflow/schemas/config.schema.yaml):\n" + "\n".join(f"  {p}" for p in problems)
+        f"{schema}):\n" + "\n".join(f"  {p}" for p in problems)
     )

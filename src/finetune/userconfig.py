@@ -327,6 +327,15 @@ def first_time(what: str) -> bool:
 
 
 _ONCE: dict[tuple[int, str], object] = {}
+_ONCE_IN_PROCESS: dict[str, object] = {}
+
+
+def once(what: str, compute):
+    """``compute()`` the first time ``what`` is asked in this process, that answer after: a check made once for every
+    instance where a host workflow uses this one as several modules (each runs the workflow's start)."""
+    if what not in _ONCE_IN_PROCESS:
+        _ONCE_IN_PROCESS[what] = compute()
+    return _ONCE_IN_PROCESS[what]
 
 
 def once_per(config: dict, what: str, compute):
@@ -408,11 +417,11 @@ def pending_jobs(argv: list[str], workdir: str | os.PathLike, report_rules: tupl
     return Pending(counts, new)
 
 
-def command_line_targets(argv: list[str]) -> list[str]:
+def command_line_targets(argv: list[str], results: str = "results") -> list[str]:
     """The targets a Snakemake command line names, as Snakemake's own parser reads them (a target written after
-    ``--config`` is one of its items there too); [] where no argument names a path under results/ (the parser is
-    not built then)."""
-    if not any(arg.startswith(("results/", "./results/")) for arg in argv[1:]):
+    ``--config`` is one of its items there too); [] where no argument names a path under the ``results`` folder
+    (a module's below its prefix: runs/a/results), as the parser is not built then."""
+    if not any(arg.startswith((f"{results}/", f"./{results}/")) for arg in argv[1:]):
         return []
     from snakemake.cli import get_argument_parser
 

@@ -21,6 +21,9 @@ REPO = Path(workflow.current_basedir).parent.parent
 SCRIPTS = REPO / "workflow" / "scripts"
 PACKAGE = REPO / "src" / "finetune"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# The schema as a refusal of the config names it: from the working directory, which is not this repository's where the
+# workflow is a module of another, or run with --directory elsewhere.
+SCHEMA_SHOWN = (os.path.relpath(SCHEMA) if not os.path.relpath(SCHEMA).startswith(os.pardir) else str(SCHEMA))
 # The same interpreter that runs Snakemake runs the scripts (also inside cluster jobs); every rule
 # gets it as params.python. A Path, not a str: Snakemake leaves a value it cannot represent out of
 # the params it compares between runs, so calling the same venv's python by another name
@@ -82,7 +85,7 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
-                                 once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
+                                 once, once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
                                  profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
@@ -321,7 +324,7 @@ if _problems:
         _problems = [f"{_module_key}.{_problem}" for _problem in _problems]
         if workflow.config_settings.config:
             _sources["--config"] = dict(workflow.config_settings.config)
-    _listed = format_problems(with_hints(where_written(_problems, _sources, demo="config/config.yaml")))
+    _listed = format_problems(with_hints(where_written(_problems, _sources, demo="config/config.yaml")), SCHEMA_SHOWN)
     if len(_sources) == 1 and "--config" not in _sources:  # one file: named once, as several are on each line
         _listed = _listed.replace("invalid configuration (", f"invalid configuration in {os.path.normpath(next(iter(_sources)))} (", 1)
     raise WorkflowError("\n".join([*([stray_configfiles_hint(_strays)] if _strays else []),
@@ -367,7 +370,7 @@ RUNS = [f"{experiment}/seed{seed}" for experiment in EXPERIMENTS for seed in SEE
 # (under Slurm after two submissions). A check of finetune.startchecks, which no job loads.
 _problems = batchnorm_problems(config, EXPERIMENTS, SWEEP_OF)
 if _problems:
-    raise refused(format_problems(with_sources(_problems)))
+    raise refused(format_problems(with_sources(_problems), SCHEMA_SHOWN))
 # Several training processes on the CPU share the train job's threads (threads.train, or fewer where --cores gives
 # fewer), one at least each: more processes than threads use more cores than the job holds (said, not refused: it
 # trains the same run, only more slowly). device: auto trains on the CPU where no GPU is found.
@@ -508,22 +511,27 @@ def lbfgs_curve_targets(targets):
 
 
 SELECTED_PREDICTION_TARGETS = []  # the command line's targets of the selected run's predictions
-if workflow.is_main_process and not _as_module:
+if workflow.is_main_process:
     from finetune.userconfig import command_line_targets
 
-    _targets = [os.path.normpath(t) for t in command_line_targets(ARGV)]  # Snakemake's parser built once
+    # Predictions asked for by name without predict.images: refused here, not by an input function's traceback. As
+    # a module, those below its prefix (runs/a/results/predictions/...) or its rule by its name in the host (fa_predict_selected).
+    _results_folder = os.path.normpath(workflow.modifier.path_modifier.replace_prefix("results"))
+    _targets = [os.path.normpath(t) for t in command_line_targets(ARGV, _results_folder)]  # Snakemake's parser built once
+    _predictions_folder = Path(_results_folder, "predictions")
+    _predict_selected = workflow.modifier.modify_rulename("predict_selected")
+    _prediction_targets = [t for t in _targets if Path(t).parts[:len(_predictions_folder.parts)] == _predictions_folder.parts]
+    _prediction_targets += [_predict_selected] if _predict_selected in ARGV[1:] else []
+    if _prediction_targets and PREDICT["images"] is None:
+        raise refused(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
+                      "or a CSV with a `path` column), which is null: nothing ran. Set it in your config or "
+                      "on the command line: --config 'predict={images: my_images}'")
+    # The selected run's predictions asked for: refused below where the config names one run and seed.
+    SELECTED_PREDICTION_TARGETS = [t for t in _prediction_targets if t == _predict_selected
+                                   or Path(t).parts[:len(_predictions_folder.parts) + 1] == (*_predictions_folder.parts, "selected")]
+if workflow.is_main_process and not _as_module:  # a host's targets may be its own files, under results/ too
     for _line in unknown_run_targets(_targets):
         say(_line)
-    # Predictions asked for by name without predict.images: refused here, not by an input function's traceback.
-    _prediction_targets = [t for t in _targets if Path(t).parts[:2] == ("results", "predictions")]
-    _prediction_targets += ["predict_selected"] if "predict_selected" in ARGV[1:] else []
-    if _prediction_targets and PREDICT["images"] is None:
-        raise WorkflowError(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
-                            "or a CSV with a `path` column), which is null: nothing ran. Set it in your config or "
-                            "on the command line: --config 'predict={images: my_images}'")
-    # The selected run's predictions asked for: refused below where the config names one run and seed.
-    SELECTED_PREDICTION_TARGETS = [t for t in _prediction_targets if t == "predict_selected"
-                                   or Path(t).parts[:3] == ("results", "predictions", "selected")]
     for _line in unlisted_seed_targets(_targets):
         say(_line)
     # `--configfile=a.yaml b.yaml` gives one config file and a target b.yaml: Snakemake would say only that no rule
@@ -1140,19 +1148,24 @@ _making_report = (workflow.is_main_process and has_option(ARGV, ("--report",))
                   and not has_option(ARGV, ("--report-after-run",)))
 # What the notes below say, also written into the report (above its leaderboard), where the reader sees it.
 REPORT_NOTES = []
-if _making_report and first_time("report"):  # one dry run covers every instance where this workflow is a module
-    _pending = pending_jobs(ARGV, os.getcwd(), REPORT_RULES)
-    if not isinstance(_pending, str):  # predictions are not in the report, and nothing it shows is made from them
-        _pending = _pending._replace(jobs={_rule: _n for _rule, _n in _pending.jobs.items() if "predict" not in _rule})
+# One dry run covers every instance where this workflow is a module of another, said once for all of them; each
+# instance's report note counts the jobs of its own rules (`fb_split`, not `fa_split`), as its leaderboard shows its runs.
+_pending = once("report dry run", lambda: pending_jobs(ARGV, os.getcwd(), REPORT_RULES)) if _making_report else None
+if _making_report and not isinstance(_pending, str):  # predictions are not in the report, nothing it shows is made of them
+    _pending = _pending._replace(jobs={_rule: _n for _rule, _n in _pending.jobs.items() if "predict" not in _rule})
+    _ours = {workflow.modifier.modify_rulename(_rule) for _rule in RULE_MODULES}
+    _jobs_here = {_rule: _n for _rule, _n in _pending.jobs.items() if _rule in _ours}
+    if _jobs_here:
+        REPORT_NOTES.append(f"``snakemake -n`` with the command line that made this report would run "
+                            f"{sum(_jobs_here.values())} job(s) "
+                            f"({', '.join(f'{_step} {_count}' for _step, _count in _jobs_here.items())}): the "
+                            "results shown are older than the latest changes to the config, data or code, or were "
+                            "left unfinished by a run that failed.")
+if _making_report and first_time("report"):
     if isinstance(_pending, str):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
     elif _pending.jobs:
-        REPORT_NOTES.append(f"``snakemake -n`` with the command line that made this report would run "
-                            f"{sum(_pending.jobs.values())} job(s) "
-                            f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): the "
-                            "results shown are older than the latest changes to the config, data or code, or were "
-                            "left unfinished by a run that failed.")
         print(f"note: `snakemake -n` with this command line would run {sum(_pending.jobs.values())} job(s) "
               f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): "
               + (f"{sum(_pending.new.values())} of them make files that do not exist yet "
