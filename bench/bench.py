@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import sys
 import traceback
 import tempfile
@@ -59,7 +61,7 @@ from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job, 
 from finetune.cli import usable_cpus
 from finetune.tensors import Preprocessing
 from finetune.weights import load_state_dict, read_manifest
-from gpu import bench_gpu
+from gpu import bench_gpu, gpu_args_problem
 from inputs import demo_weights, folder_split_csv, speed_split, tiny_weights, write_image_folder
 from onnx_speed import bench_onnx
 from recipe import bench_recipe
@@ -80,13 +82,44 @@ NEEDS_TRANSFER = ("transfer_acc_finetune", "transfer_acc_feature_extract", "onnx
 NEEDS_NO_WEIGHTS = ("noop_rerun_s", "decode_passes_demo", "decode_img_per_s_12mp", "dag_build_20exp_s")
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer of ``minimum`` or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be {minimum} or more")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the CSV ``out`` cannot be written (checked before any row runs, which may take half an hour), or None."""
+    if out.suffix.lower() != ".csv":
+        return f"{out}: give a .csv file (its JSON companion is written beside it, as {out.with_suffix('.json').name})"
+    if out.is_dir():
+        return f"{out}: is a folder; give the CSV file to write in it, e.g. {out / 'bench.csv'}"
+    folder = next((p for p in out.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        return f"{out}: {folder} is a file, not a folder"
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        return f"{out}: {folder} is not writable"
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=default_out(), help="CSV to write; its folder holds the bench's work files")
+    parser.add_argument("--out", default=None,
+                        help="CSV to write (default: results/bench/bench.csv; with --gpu, bench_gpu.csv there); its "
+                             "folder holds the bench's work files. An earlier CSV there holding rows this run does not "
+                             "measure is kept aside as <name>.<its time>.csv")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a couple of minutes, no target checks")
     parser.add_argument("--gpu", action="store_true",
                         help="the training loop on CUDA at 224 px, batch 32/128/256 (bench_gpu.csv; docs/bench.md)")
-    parser.add_argument("--reps", type=int, default=None, help="--gpu only: repeats of each figure (default 3; smoke 1)")
+    parser.add_argument("--reps", type=at_least(1), default=None, help="--gpu only: repeats of each figure (default 3; smoke 1)")
     parser.add_argument("--batches", default=None, metavar="B1,B2,...",
                         help="--gpu only: the batch sizes to sweep (default 32,128,256); the rows read the smallest and largest")
     parser.add_argument("--compile", action="store_true",
@@ -98,8 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dag", metavar="FASHION_MNIST", default=None,
                         help="--gpu only: also run issue 13's 224-px DAG on Fashion-MNIST at this path (its wall time, "
                              "and how busy nvidia-smi sees the GPU while its train jobs fit)")
-    parser.add_argument("--threads", type=int, default=usable_cpus(), help="torch (and decoding) threads, both sides")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--threads", type=at_least(1), default=usable_cpus(), help="torch (and decoding) threads, both sides")
+    parser.add_argument("--workers", type=at_least(0), default=0,
                         help="the tutorial's DataLoader worker processes (0: load in the training process, "
                              "which keeps both sides on the same cores)")
     parser.add_argument("--no-check", action="store_true", help="report the targets but exit 0 when one is missed")
@@ -114,6 +147,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"{', '.join(gpu_only)}: --gpu only (the CPU rows' sizes are fixed: --smoke or the full run)")
     if args.gpu and args.only is not None:
         parser.error("--only chooses among the CPU rows; --gpu measures its own rows (docs/bench.md, GPU rows)")
+    cpu_only = [f"--{name}" for name in ("workers", "keep") if getattr(args, name) != parser.get_default(name)]
+    if args.gpu and cpu_only:
+        parser.error(f"{', '.join(cpu_only)}: for the CPU rows only; --gpu keeps no work folder and loads no images "
+                     "through a DataLoader")
+    args.out_given = args.out is not None
+    args.out = Path(args.out if args.out_given else default_out()).resolve()
+    if args.gpu and not args.out_given:
+        args.out = args.out.with_name("bench_gpu.csv")
+    if out_problem(args.out):
+        parser.error(f"--out {out_problem(args.out)}")
+    if args.dag is not None:  # the DAG runs in a folder of its own: a relative path is read from here
+        args.dag = str(Path(args.dag).resolve())
+    if args.gpu:
+        gpu_problem = gpu_args_problem(args)
+        if gpu_problem:
+            parser.error(gpu_problem)
     if args.only is not None:
         args.only = {name.strip() for item in args.only for name in item.split(",") if name.strip()}
         if not args.only or args.only - set(ROWS):
@@ -266,8 +315,7 @@ def report(run: Session, info: dict, durations: dict[str, float], failure: BaseE
         failure = RuntimeError(f"rows asked for but not measured: {', '.join(not_measured)}")
     ordered = [run.rows[name] for name in asked if name in run.rows]
     write_csv(ordered, run.out)
-    info_after = machine_info(run.threads)
-    info["loadavg_1_5_15"] = f"{info['loadavg_1_5_15']} at start, {info_after['loadavg_1_5_15']} at end"
+    info["loadavg_1_5_15_end"] = machine_info(run.threads)["loadavg_1_5_15"]
     print_table(ordered, info, checked=not run.args.smoke)
     total = time.perf_counter() - run.started
     say("\nwall time per phase: " + "; ".join(f"{name.split(':')[0]} {seconds:.0f} s" for name, seconds in durations.items()))
@@ -277,10 +325,15 @@ def report(run: Session, info: dict, durations: dict[str, float], failure: BaseE
                "weights": run.origin, "only": None if run.only is None else sorted(run.only),
                "recipe_acc_vs_tutorial": {k: recipe[k] for k in ("accuracy", "wall_s")} if recipe else None}
     if failure is not None:
-        error = "".join(traceback.format_exception(failure)) if not isinstance(failure, SystemExit) else str(failure)
+        error = ("".join(traceback.format_exception(failure)) if not isinstance(failure, (SystemExit, Stopped))
+                 else str(failure))
         kept = str(run.scratch) if run.scratch.exists() else None
         summary["failed"] = {"error": error, "not_measured": not_measured, "work_folder_kept": kept}
     run.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    if isinstance(failure, Stopped):
+        say(f"\nbench: {failure}; {len(ordered)} row(s) measured before are in {run.out}; not measured: "
+            f"{', '.join(not_measured) or 'none'}")
+        return failure.status
     if failure is not None:
         say(f"\nbench: a row failed, {len(ordered)} row(s) measured before it are in {run.out}; not measured: "
             f"{', '.join(not_measured)}." + (f" Its work folder (logs) is kept: {kept}" if kept else "")
@@ -304,14 +357,29 @@ def main(argv: list[str] | None = None) -> int:
     say(f"finetune bench ({'smoke' if args.smoke else 'full'}): {info['cpu_model']}, {info['cpus_usable']} CPU(s), "
         f"{run.threads} thread(s), load average {info['loadavg_1_5_15']}")
     failure = None
+    signal.signal(signal.SIGTERM, stopped_by_signal)  # as Ctrl-C: the work folder removed, the rows measured kept
     try:
         measure(run)
+    except (KeyboardInterrupt, Stopped) as exc:
+        failure = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
     except (Exception, SystemExit) as exc:  # run_checked's SystemExit too: the rows measured before it are kept
         failure = exc
         run.args.keep = True  # the failed step's logs are in the work folder
     finally:
         durations = run.finish()
     return report(run, info, durations, failure)
+
+
+class Stopped(Exception):
+    """The bench was stopped (SIGTERM, Ctrl-C): its work folder is removed, the rows measured before are written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.status = 128 + signum  # as a shell reports a process a signal ended
+
+
+def stopped_by_signal(signum, frame) -> None:
+    raise Stopped(signum)
 
 
 if __name__ == "__main__":

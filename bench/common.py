@@ -100,14 +100,43 @@ def row(metric: str, ours: float, baseline: float, unit: str, higher_is_better: 
             "unit": unit, "higher_is_better": higher_is_better, "note": note}
 
 
+_WRITTEN: set[Path] = set()  # the CSVs this process wrote: an earlier run's is kept aside once, before the first write
+
+
 def write_csv(rows: list[dict], out: Path) -> None:
+    """The rows as a CSV at ``out``. An earlier run's CSV there that holds rows this one does not (a full run's, before
+    an ``--only`` run or one stopped by a failure) is kept aside first, with its JSON companion (:func:`keep_earlier`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.resolve() not in _WRITTEN:
+        keep_earlier(out, {r["metric"] for r in rows})
+        _WRITTEN.add(out.resolve())
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({**r, "ours": f"{r['ours']:.6g}", "baseline": f"{r['baseline']:.6g}",
                              "ratio": f"{r['ratio']:.4g}"})
+
+
+def keep_earlier(out: Path, metrics: set[str]) -> Path | None:
+    """Move an earlier CSV at ``out`` (and its ``.json``) to ``<stem>.<its time>.csv`` where it holds a row not in
+    ``metrics``, which writing ``out`` would lose (said). The path it went to, or None."""
+    try:
+        with open(out, newline="") as handle:
+            earlier = {row.get("metric") for row in csv.DictReader(handle)} - {None}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    lost = sorted(earlier - metrics)
+    if not lost:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(out.stat().st_mtime))
+    kept = out.with_name(f"{out.stem}.{stamp}{out.suffix}")
+    os.replace(out, kept)
+    if out.with_suffix(".json").exists():
+        os.replace(out.with_suffix(".json"), kept.with_suffix(".json"))
+    say(f"  the earlier {out.name} holds row(s) this run does not measure ({', '.join(lost[:4])}"
+        f"{', ...' if len(lost) > 4 else ''}): kept as {kept.name}")
+    return kept
 
 
 def default_out() -> str:

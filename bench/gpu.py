@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 # common first: it sets OMP_WAIT_POLICY before torch is imported.
-from common import default_out, median, quiet, row, say, spread, write_csv
+from common import median, quiet, row, say, spread, write_csv
 
 import torch
 
@@ -54,6 +55,27 @@ GPU_FULL = GpuSizes(image_size=224, n_train=6144, n_val=512, epochs=3, reps=3, c
 GPU_SMOKE = GpuSizes(image_size=16, n_train=64, n_val=16, epochs=2, reps=1, ceiling_steps=4)
 
 
+def gpu_args_problem(args) -> str | None:
+    """What is wrong with ``--device``, ``--data``, ``--dag`` and ``--batches`` (checked before anything runs: a wrong
+    --dag was read only after every speed row, minutes of device time), or None."""
+    try:
+        torch.device(args.device or "cuda")
+    except RuntimeError:
+        return f"--device {args.device!r}: not a torch device (cuda, cuda:1, cpu)"
+    if args.data is not None and not Path(args.data).is_file():
+        return f"--data {args.data}: no such file (a split CSV: path, label, split)"
+    if args.dag is not None:
+        if not Path(args.dag).is_dir():
+            return f"--dag {args.dag}: no such folder (Fashion-MNIST's files: /usr/share/datasets/fashion-mnist)"
+        if shutil.which("nvidia-smi") is None:
+            return "--dag: nvidia-smi is not on PATH, and the DAG's row is how busy it sees the GPU"
+    try:
+        sized(GPU_SMOKE, None, args.batches)
+    except SystemExit as exc:
+        return str(exc)
+    return None
+
+
 def bench_gpu(args) -> int:
     device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -62,7 +84,7 @@ def bench_gpu(args) -> int:
             "Run it on a machine with an NVIDIA GPU (or --smoke --device cpu); the CPU benchmark is `make bench`.")
         return 2
     sizes = sized(GPU_SMOKE if args.smoke else GPU_FULL, args.reps, args.batches)
-    out = Path(args.out).with_name("bench_gpu.csv") if args.out == default_out() else Path(args.out)
+    out = Path(args.out)  # bench_gpu.csv beside bench.csv where --out is not given (bench.parse_args)
     torch.set_num_threads(max(1, args.threads))
     prep = Preprocessing.from_dict(PREP_224, sizes.image_size)
     train, val = gpu_data(args.data, prep, sizes, args.threads)
@@ -93,7 +115,7 @@ def bench_gpu(args) -> int:
 def sized(sizes: GpuSizes, reps: int | None, batches: str | None) -> GpuSizes:
     """``sizes`` with ``--reps`` and ``--batches`` (e.g. "32,256") where given."""
     if reps is not None:
-        sizes = replace(sizes, reps=max(1, reps))
+        sizes = replace(sizes, reps=reps)  # at least 1 (bench.parse_args)
     if batches:
         try:
             chosen = tuple(sorted({int(b) for b in batches.split(",") if b.strip()}))

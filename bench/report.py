@@ -88,7 +88,9 @@ def print_table(rows: list[dict], info: dict, checked: bool = True) -> None:
     say()
     say(f"finetune benchmark - {info['date']}")
     say(f"machine: {info['cpu_model']}, {info['cpus_usable']} usable CPU(s) of {info['cpus_online']}, "
-        f"{info['threads']} torch thread(s), load average {info['loadavg_1_5_15']}; torch {info['torch']}, "
+        f"{info['threads']} torch thread(s), load average {info['loadavg_1_5_15']}"
+        + (f" at start, {info['loadavg_1_5_15_end']} at end" if "loadavg_1_5_15_end" in info else "")
+        + f"; torch {info['torch']}, "
         f"Python {info['python']}, OMP_WAIT_POLICY={info['omp_wait_policy']}" + (f"; GPU {info['gpu']}" if info.get("gpu") else ""))
     header = f"{'metric':<30} {'ours':>11} {'baseline':>11} {'ratio':>8}  {'unit':<14} {'target':<34} {'met':<4}"
     say(header)

@@ -55,7 +55,7 @@ def baseline_train(image_root: Path, model, prep: Preprocessing, opts: TrainOpti
     """The tutorial's path: ImageFolder + transforms + DataLoader, `train_model`."""
     seed_everything(opts.seed, False)
     datasets, loaders = tutorial.make_dataloaders(str(image_root), prep.crop_size, prep.mean, prep.std,
-                                                  opts.batch_size, num_workers=workers)
+                                                  opts.batch_size, num_workers=workers, resize_size=prep.resize_size)
     if head_only:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -113,7 +113,7 @@ def bench_train_throughput(image_root: Path, folder_csv: Path, manifest: dict, s
         say(f"  rep {rep + 1}: ours {ours[-1]:.1f} img/s, tutorial {base[-1]:.1f} img/s")
     # Where the tutorial's epoch goes: one pass of its DataLoaders alone (decode + transforms + collate).
     _, loaders = tutorial.make_dataloaders(str(image_root), prep.crop_size, prep.mean, prep.std,
-                                           options["batch_size"], num_workers=workers)
+                                           options["batch_size"], num_workers=workers, resize_size=prep.resize_size)
     load_s, _ = timed(lambda: [None for phase in ("train", "val") for _ in loaders[phase]])
     epoch_s = n_train / median(base)
     # And the optimizer step, the other difference: `fit` uses fused AdamW, the tutorial torch's default.
@@ -141,7 +141,7 @@ def bench_feature_extract(image_root: Path, folder_csv: Path, manifest: dict, so
     test_images = decode_images(test["path"].tolist(), prep, threads)
     test_labels = torch.tensor(test["label"].to_numpy())
     _, test_loaders = tutorial.make_dataloaders(str(image_root), prep.crop_size, prep.mean, prep.std, 256,
-                                                num_workers=workers, phases=("test",))
+                                                num_workers=workers, phases=("test",), resize_size=prep.resize_size)
 
     def once(side: str, seed: int, n_epochs: int) -> tuple[float, float]:
         opts = TrainOptions.from_dict(options | {"seed": seed, "epochs": n_epochs})

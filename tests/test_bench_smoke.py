@@ -362,3 +362,89 @@ def test_a_row_that_fails_keeps_the_rows_measured_before_it_and_its_logs(tmp_pat
     assert logs and "Fashion-MNIST files missing in" in logs[0].read_text()
     assert f"not measured: ddp_cpu_2proc_img_per_s. Its work folder (logs) is kept: {failed['work_folder_kept']}" in (
         result.stdout + result.stderr)
+
+
+BENCH = [sys.executable, str(REPO / "bench" / "bench.py")]
+
+
+def earlier_run(out, metrics=("train_img_per_s", "noop_rerun_s")) -> dict:
+    """A CSV and JSON at ``out`` as a full run leaves them (its rows named ``metrics``); their bytes by name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = pd.DataFrame({"metric": list(metrics), "ours": 2.0, "baseline": 1.0, "ratio": 2.0, "unit": "x",
+                         "higher_is_better": True, "note": "an earlier run"})
+    rows.to_csv(out, index=False)
+    out.with_suffix(".json").write_text(json.dumps({"seconds": 1500.0}) + "\n")
+    return {out.name: out.read_bytes(), out.with_suffix(".json").name: out.with_suffix(".json").read_bytes()}
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--smoke", "--only", "train_img_per_s", "--workers", "-1"], "argument --workers: -1: must be 0 or more"),
+    (["--smoke", "--threads", "0"], "argument --threads: 0: must be 1 or more"),
+    (["--smoke", "--out", "{tmp}/bench.json"], "--out {tmp}/bench.json: give a .csv file"),
+    (["--smoke", "--out", "{tmp}/folder.csv"], "--out {tmp}/folder.csv: is a folder"),
+    (["--gpu", "--smoke", "--device", "bogus"], "--device 'bogus': not a torch device"),
+    (["--gpu", "--smoke", "--device", "cpu", "--dag", "no-such-folder"], "--dag {cwd}/no-such-folder: no such folder"),
+    (["--gpu", "--smoke", "--device", "cpu", "--reps", "0"], "argument --reps: 0: must be 1 or more"),
+    (["--gpu", "--smoke", "--device", "cpu", "--keep"], "--keep: for the CPU rows only"),
+])
+def test_a_bad_option_is_refused_before_any_row_runs_and_the_earlier_results_stay(tmp_path, args, said):
+    """Each of these ran rows for minutes (half an hour in a full run) before failing with a traceback, or not at all:
+    `--workers -1` in its row, `--out` a folder after every row (all figures lost), `--out x.json` wrote the CSV and
+    then its JSON companion over it, a relative `--dag` was read from the DAG's own folder after every GPU row;
+    `--threads 0` and `--reps 0` became 1 without a word. Refused at once now (exit 2, usage), and the CSV of an
+    earlier run in that folder is untouched."""
+    (tmp_path / "folder.csv").mkdir()
+    before = earlier_run(tmp_path / "bench.csv")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([*BENCH, *args, *([] if "--out" in args else ["--out", str(tmp_path / "bench.csv")])],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert said.format(tmp=tmp_path, cwd=tmp_path) in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv", "bench.json", "folder.csv"]
+
+
+def test_a_partial_run_keeps_the_earlier_full_csv_aside(tmp_path):
+    """`--only` (the Makefile suggests BENCH_ARGS='--only ...'), or a run stopped by a failed row, replaced a full run's
+    CSV at --out with its own few rows. The earlier CSV and JSON, holding rows this run does not measure, are moved
+    aside first, byte for byte, under the time they were written."""
+    out = tmp_path / "bench.csv"
+    before = earlier_run(out)
+    written = time.strftime("%Y%m%dT%H%M%S", time.localtime(out.stat().st_mtime))
+    result = subprocess.run([*BENCH, "--smoke", "--only", "dag_build_20exp_s", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(pd.read_csv(out)["metric"]) == ["dag_build_20exp_s"]
+    kept = {name.replace("bench.", f"bench.{written}."): data for name, data in before.items()}
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    assert f"kept as bench.{written}.csv" in result.stdout
+    # A run of the same rows again loses nothing: nothing is moved aside.
+    result = subprocess.run([*BENCH, "--smoke", "--only", "dag_build_20exp_s", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and "kept as" not in result.stdout, result.stdout[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("bench.*.csv")) == [f"bench.{written}.csv"]
+
+
+def test_sigterm_stops_the_bench_removes_its_work_folder_and_keeps_the_earlier_csv(tmp_path):
+    """SIGTERM (a scheduler's time limit, `kill`) ended the bench without its `finally`: its work folder (the transfer
+    runs, ~800 MB in a full run) stayed beside the CSV, unrecorded. Now it ends as Ctrl-C does: the Snakemake it was
+    running is stopped, the work folder removed, the rows measured so far written (none here), exit 143, and the
+    earlier CSV kept aside."""
+    out = tmp_path / "bench.csv"
+    before = earlier_run(out)
+    proc = subprocess.Popen([*BENCH, "--smoke", "--only", "noop_rerun_s", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("work-*/tiny/.snakemake")) and time.monotonic() < deadline:  # Snakemake running
+        time.sleep(0.2)
+    assert list(tmp_path.glob("work-*/tiny/.snakemake")), "the bench's Snakemake did not start in 120 s"
+    proc.terminate()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output[-3000:]
+    assert "stopped by SIGTERM" in output and "Traceback" not in output, output[-3000:]
+    assert not list(tmp_path.glob("work-*")), sorted(p.name for p in tmp_path.iterdir())
+    assert [name for name, data in before.items() if data in (p.read_bytes() for p in tmp_path.glob("bench.*.*"))] \
+        == list(before)
+    still = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not still, f"processes of the bench still running: {still}"
