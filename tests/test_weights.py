@@ -4,6 +4,7 @@ HTTP server on 127.0.0.1: the real download code, its hash checks, the manifest.
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -294,6 +295,22 @@ def test_torchvision_weights_through_the_workflow_need_no_arch_and_a_wrong_one_i
         assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
         assert jobs_run(result.stdout) == []
         assert (tmp_path / "resources/weights/weights.pth").read_bytes() == before
+
+
+def test_a_mistyped_member_of_a_weights_enum_is_given_that_enum_s_members_as_hints():
+    """`ResNet18_Weights.IMAGENET1K_V3` was told "did you mean ResNet18_Weights.IMAGENET1K_V1 or
+    ResNet152_Weights.IMAGENET1K_V2 or ResNet152_Weights.IMAGENET1K_V1?": weights of other architectures. The hints are
+    the members of the enum written (torchvision's own list of them here), its closest first."""
+    from finetune.configcheck import _torchvision_weights_problems
+
+    members = {f"ResNet18_Weights.{w.name}" for w in torchvision.models.get_model_weights("resnet18")} | {
+        "ResNet18_Weights.DEFAULT"}
+    (problem,) = _torchvision_weights_problems({"torchvision": "ResNet18_Weights.IMAGENET1K_V3"})
+    hinted = re.search(r"\(did you mean (.+?)\?\)", problem).group(1).split(" or ")
+    assert hinted[0] == "ResNet18_Weights.IMAGENET1K_V1" and set(hinted) <= members, problem
+    # An enum not written right: the closest of every enum's members, as before.
+    (problem,) = _torchvision_weights_problems({"torchvision": "ResNet18_Weight.IMAGENET1K_V1"})
+    assert "did you mean ResNet18_Weights.IMAGENET1K_V1" in problem, problem
 
 
 def test_the_weights_names_read_at_start_are_torchvision_s_own():

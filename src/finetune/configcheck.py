@@ -602,7 +602,11 @@ def _torchvision_weights_problems(weights: dict) -> list[str]:
     if not isinstance(name, str) or not known:
         return []
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=3)
+        # The enum written right (ResNet18_Weights.IMAGENET1K_V3): its own members, the closest first; were all
+        # enums' members compared, other architectures' came up (ResNet152_Weights.IMAGENET1K_V2).
+        members = [member for member in known if member.split(".", 1)[0] == name.split(".", 1)[0]]
+        close = (difflib.get_close_matches(name, members, n=3, cutoff=0.0) if members
+                 else difflib.get_close_matches(name, list(known), n=3))
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return [f"weights.torchvision: unknown torchvision weights {name!r}{hint}: a classification model's weights "
                 "enum and member, as ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_model_weights(name))"]
