@@ -160,6 +160,32 @@ def test_a_backbone_lr_factor_of_zero_keeps_the_weights_but_not_batchnorm_statis
     assert "backbone trains at lr 0" not in run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
 
 
+def test_gradual_from_no_pretrained_weights_is_said_at_start_and_trains_the_head_alone_first(tiny_run_copy):
+    """strategy gradual with pretrained: false was taken without a word (feature_extract is refused there, its backbone
+    staying random): its first unfreeze_epoch epochs train a head on a random, frozen backbone. Said at start, naming
+    the run and the key; the run's history shows the head alone trainable in that epoch (counted here from a fresh
+    torchvision resnet18's 4-class head), every parameter after it."""
+    import torchvision
+
+    from finetune.startchecks import random_backbone_gradual_note
+    from helpers import run_snakemake, tiny_config
+
+    tiny_config(tiny_run_copy, replace={"experiments": {
+        "slow": {"strategy": "gradual", "pretrained": False, "unfreeze_epoch": 1, "epochs": 2}}})
+    ran = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
+    assert ("note: slow: strategy gradual with experiments.slow.pretrained false: the first 1 epoch(s) train the new "
+            "head alone on a random backbone, frozen") in ran, ran[-3000:]
+    model = torchvision.models.resnet18(num_classes=4)
+    head, every = (sum(p.numel() for p in part.parameters()) for part in (model.fc, model))
+    history = pd.read_csv(tiny_run_copy / "results/slow/seed0/history.csv")
+    assert list(history["trainable_params"]) == [head, every]
+    # From pretrained weights, or unfrozen from the first epoch: nothing to say.
+    for options in ({"strategy": "gradual", "pretrained": True, "unfreeze_epoch": 2},
+                    {"strategy": "gradual", "pretrained": False, "unfreeze_epoch": 0},
+                    {"strategy": "finetune", "pretrained": False}):
+        assert random_backbone_gradual_note({"run": options}, {}) is None, options
+
+
 def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     model = make_model(tiny)
     before = snapshot(model)

@@ -618,6 +618,23 @@ def side_by_side_note(cores: int | None, threads: dict, scheduled: dict, on_gpu:
             "with 8; docs/gpu.md, \"On a GPU\")")
 
 
+def random_backbone_gradual_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
+    """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
+    Where gradual starts from no pretrained weights, a line naming the runs: its first ``unfreeze_epoch`` epochs train
+    the new head alone on a random backbone, held frozen (feature_extract is refused there, as its backbone would stay
+    random; gradual's trains later, so it is said, not refused)."""
+    named = sorted(run for run, options in runs.items()
+                   if options.get("strategy") == "gradual" and options.get("pretrained") is False
+                   and (options.get("unfreeze_epoch") or 0) > 0)
+    if not named:
+        return None
+    epochs = {runs[run].get("unfreeze_epoch") for run in named}
+    where = sorted({keys.get(run, {}).get("pretrained", "train.pretrained") for run in named})
+    return (f"{', '.join(named)}: strategy gradual with {' and '.join(where)} false: the first "
+            f"{' or '.join(map(str, sorted(epochs)))} epoch(s) train the new head alone on a random backbone, frozen, "
+            "which has learnt nothing to build on; strategy finetune trains every layer from the first epoch")
+
+
 def zero_backbone_lr_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
     """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
     Where finetune or gradual has ``backbone_lr_factor: 0`` (the schema takes it), a line naming each such key: the

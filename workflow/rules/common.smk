@@ -97,7 +97,7 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, too_few_to_split_problem, uncached_bytecode_note,
-                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
+                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note, random_backbone_gradual_note,
                                   TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
@@ -2121,6 +2121,9 @@ onstart:
         _zero_lr = zero_backbone_lr_note(_runs, _keys)
         if _zero_lr:
             say(_zero_lr)
+        _random_gradual = random_backbone_gradual_note(_runs, _keys)
+        if _random_gradual:
+            say(_random_gradual)
         _graphs = cuda_graphs_on_cpu_note_here(_runs, _keys)
         if _graphs:
             say(_graphs)
