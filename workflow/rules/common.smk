@@ -85,8 +85,9 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
-                                 once, once_per, option_differences, own_sections, pending_jobs, profile_settings_replaced,
-                                 profile_files, repeated_options, reruns_more_than_named, runs_no_job, runs_the_dag,
+                                 once, once_per, option_differences, own_sections, pending_jobs,
+                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
+                                 runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, typed_command_line_config, where_written)
 from finetune.sweeps import expand as expand_sweeps
@@ -97,8 +98,8 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, too_few_to_split_problem, uncached_bytecode_note,
-                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note, random_backbone_gradual_note,
-                                  TORCH_RULES)
+                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
+                                  random_backbone_gradual_note, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -514,21 +515,24 @@ SELECTED_PREDICTION_TARGETS = []  # the command line's targets of the selected r
 if workflow.is_main_process:
     from finetune.userconfig import command_line_targets
 
-    # Predictions asked for by name without predict.images: refused here, not by an input function's traceback. As
-    # a module, those below its prefix (runs/a/results/predictions/...) or its rule by its name in the host (fa_predict_selected).
+    # Predictions asked for by name without predict.images: refused here, not by an input function's traceback. As a
+    # module, those below its prefix (runs/a/results/predictions/...), or its rule by its name in the host
+    # (fa_predict_selected).
     _results_folder = os.path.normpath(workflow.modifier.path_modifier.replace_prefix("results"))
     _targets = [os.path.normpath(t) for t in command_line_targets(ARGV, _results_folder)]  # Snakemake's parser built once
     _predictions_folder = Path(_results_folder, "predictions")
     _predict_selected = workflow.modifier.modify_rulename("predict_selected")
-    _prediction_targets = [t for t in _targets if Path(t).parts[:len(_predictions_folder.parts)] == _predictions_folder.parts]
+    _prediction_targets = [t for t in _targets
+                           if Path(t).parts[:len(_predictions_folder.parts)] == _predictions_folder.parts]
     _prediction_targets += [_predict_selected] if _predict_selected in ARGV[1:] else []
     if _prediction_targets and PREDICT["images"] is None:
         raise refused(f"{', '.join(_prediction_targets)}: predictions need predict.images (a folder of images "
                       "or a CSV with a `path` column), which is null: nothing ran. Set it in your config or "
                       "on the command line: --config 'predict={images: my_images}'")
     # The selected run's predictions asked for: refused below where the config names one run and seed.
-    SELECTED_PREDICTION_TARGETS = [t for t in _prediction_targets if t == _predict_selected
-                                   or Path(t).parts[:len(_predictions_folder.parts) + 1] == (*_predictions_folder.parts, "selected")]
+    SELECTED_PREDICTION_TARGETS = [
+        t for t in _prediction_targets if t == _predict_selected
+        or Path(t).parts[:len(_predictions_folder.parts) + 1] == (*_predictions_folder.parts, "selected")]
 if workflow.is_main_process and not _as_module:  # a host's targets may be its own files, under results/ too
     for _line in unknown_run_targets(_targets):
         say(_line)
@@ -1149,9 +1153,10 @@ _making_report = (workflow.is_main_process and has_option(ARGV, ("--report",))
 # What the notes below say, also written into the report (above its leaderboard), where the reader sees it.
 REPORT_NOTES = []
 # One dry run covers every instance where this workflow is a module of another, said once for all of them; each
-# instance's report note counts the jobs of its own rules (`fb_split`, not `fa_split`), as its leaderboard shows its runs.
+# instance's report note counts the jobs of its own rules (`fb_split`, not `fa_split`), as its leaderboard shows its
+# runs.
 _pending = once("report dry run", lambda: pending_jobs(ARGV, os.getcwd(), REPORT_RULES)) if _making_report else None
-if _making_report and not isinstance(_pending, str):  # predictions are not in the report, nothing it shows is made of them
+if _making_report and not isinstance(_pending, str):  # predictions are not in the report, nor made into what it shows
     _pending = _pending._replace(jobs={_rule: _n for _rule, _n in _pending.jobs.items() if "predict" not in _rule})
     _ours = {workflow.modifier.modify_rulename(_rule) for _rule in RULE_MODULES}
     _jobs_here = {_rule: _n for _rule, _n in _pending.jobs.items() if _rule in _ours}

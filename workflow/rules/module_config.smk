@@ -10,10 +10,11 @@ from snakemake.exceptions import WorkflowError
 if len(workflow.modifier_stack) > 1:
     _module_named = f"module {getattr(workflow.modifier, 'namespace', None) or 'finetune'}"
     if not isinstance(config, dict):
-        raise WorkflowError(f"{_module_named}: its config (the module block's `config:`) is "
-                            f"{_shown if len(_shown := repr(config)) <= 80 else _shown[:77] + '...'}, not a mapping of this "
-                            "workflow's keys (dataset, weights, train, experiments, ...): give it your config, or the key "
-                            "of it that holds the module's settings, `config: config[\"finetune\"]` (docs/module.md)")
+        _shown = repr(config) if len(repr(config)) <= 80 else repr(config)[:77] + "..."
+        raise WorkflowError(f"{_module_named}: its config (the module block's `config:`) is {_shown}, not a mapping "
+                            "of this workflow's keys (dataset, weights, train, experiments, ...): give it your config, "
+                            "or the key of it that holds the module's settings, `config: config[\"finetune\"]` "
+                            "(docs/module.md)")
     if not getattr(workflow.modifier, "skip_configfile", True):
         raise WorkflowError(f"{_module_named}: its module block gives no config (its `config:` is left out, or is a "
                             "key of your config left empty, such as `fa:` with nothing below it), so Snakemake would "
