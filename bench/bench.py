@@ -61,7 +61,7 @@ from data_path import bench_decode_12mp, bench_decode_passes, bench_export_job, 
 from finetune.cli import usable_cpus
 from finetune.tensors import Preprocessing
 from finetune.weights import load_state_dict, read_manifest
-from gpu import bench_gpu, gpu_args_problem
+from gpu import batch_sizes, bench_gpu, gpu_args_problem
 from inputs import demo_weights, folder_split_csv, speed_split, tiny_weights, write_image_folder
 from onnx_speed import bench_onnx
 from recipe import bench_recipe
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpu", action="store_true",
                         help="the training loop on CUDA at 224 px, batch 32/128/256 (bench_gpu.csv; docs/bench.md)")
     parser.add_argument("--reps", type=at_least(1), default=None, help="--gpu only: repeats of each figure (default 3; smoke 1)")
-    parser.add_argument("--batches", default=None, metavar="B1,B2,...",
+    parser.add_argument("--batches", type=batch_sizes, default=None, metavar="B1,B2,...",
                         help="--gpu only: the batch sizes to sweep (default 32,128,256); the rows read the smallest and largest")
     parser.add_argument("--compile", action="store_true",
                         help="--gpu only: also fit with train.compile reduce-overhead (CUDA graphs) at the smallest and "
@@ -176,7 +176,7 @@ class Session:
     def __init__(self, args: argparse.Namespace):
         self.args, self.only = args, args.only
         self.sizes = SMOKE if args.smoke else FULL
-        self.threads = max(1, args.threads)
+        self.threads = args.threads  # at least 1 (parse_args)
         torch.set_num_threads(self.threads)
         self.out = Path(args.out).resolve()
         self.workdir = self.out.parent

@@ -14,6 +14,7 @@ and 256. Writes ``bench_gpu.csv`` (the columns of bench.csv) and ``bench_gpu.jso
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -56,7 +57,7 @@ GPU_SMOKE = GpuSizes(image_size=16, n_train=64, n_val=16, epochs=2, reps=1, ceil
 
 
 def gpu_args_problem(args) -> str | None:
-    """What is wrong with ``--device``, ``--data``, ``--dag`` and ``--batches`` (checked before anything runs: a wrong
+    """What is wrong with ``--device``, ``--data`` and ``--dag`` (checked before anything runs: a wrong
     --dag was read only after every speed row, minutes of device time), or None."""
     try:
         torch.device(args.device or "cuda")
@@ -69,10 +70,6 @@ def gpu_args_problem(args) -> str | None:
             return f"--dag {args.dag}: no such folder (Fashion-MNIST's files: /usr/share/datasets/fashion-mnist)"
         if shutil.which("nvidia-smi") is None:
             return "--dag: nvidia-smi is not on PATH, and the DAG's row is how busy it sees the GPU"
-    try:
-        sized(GPU_SMOKE, None, args.batches)
-    except SystemExit as exc:
-        return str(exc)
     return None
 
 
@@ -85,7 +82,7 @@ def bench_gpu(args) -> int:
         return 2
     sizes = sized(GPU_SMOKE if args.smoke else GPU_FULL, args.reps, args.batches)
     out = Path(args.out)  # bench_gpu.csv beside bench.csv where --out is not given (bench.parse_args)
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)  # at least 1 (bench.parse_args)
     prep = Preprocessing.from_dict(PREP_224, sizes.image_size)
     train, val = gpu_data(args.data, prep, sizes, args.threads)
     compiled = lambda b: COMPILED if args.compile and b in (min(sizes.batches), max(sizes.batches)) else {}  # noqa: E731
@@ -112,18 +109,23 @@ def bench_gpu(args) -> int:
     return 1 if missed and not args.no_check else 0
 
 
-def sized(sizes: GpuSizes, reps: int | None, batches: str | None) -> GpuSizes:
-    """``sizes`` with ``--reps`` and ``--batches`` (e.g. "32,256") where given."""
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """``--batches`` (an argparse type): "32,256" -> (32, 256), sorted, each once."""
+    try:
+        chosen = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give batch sizes separated by commas, e.g. 32,256") from None
+    if not chosen or min(chosen) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every batch size must be a positive integer")
+    return chosen
+
+
+def sized(sizes: GpuSizes, reps: int | None, batches: tuple[int, ...] | None) -> GpuSizes:
+    """``sizes`` with ``--reps`` and ``--batches`` where given (checked by bench.parse_args)."""
     if reps is not None:
-        sizes = replace(sizes, reps=reps)  # at least 1 (bench.parse_args)
+        sizes = replace(sizes, reps=reps)
     if batches:
-        try:
-            chosen = tuple(sorted({int(b) for b in batches.split(",") if b.strip()}))
-        except ValueError:
-            raise SystemExit(f"--batches {batches!r}: give batch sizes separated by commas, e.g. 32,256") from None
-        if not chosen or min(chosen) < 1:
-            raise SystemExit(f"--batches {batches!r}: every batch size must be a positive integer")
-        sizes = replace(sizes, batches=chosen)
+        sizes = replace(sizes, batches=batches)
     return sizes
 
 
