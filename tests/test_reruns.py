@@ -902,3 +902,57 @@ def test_each_rule_declares_exactly_the_modules_its_jobs_load(tiny_run_copy, tin
         missing, extra = loaded[rule] - declared.get(rule, set()), declared.get(rule, set()) - loaded[rule]
         assert not missing, f"rule {rule} loads {sorted(missing)} but does not list them (RULE_MODULES, common.smk)"
         assert not extra, f"rule {rule} lists {sorted(extra)} but its jobs do not load them"
+
+
+# --------------------------------------------------------------------------- the other keys' rows in docs/reruns.md
+
+def test_a_seed_added_runs_that_seed_of_every_experiment_alone(tiny_run_copy):
+    tiny_config(tiny_run_copy, seeds=[0, 1])
+    assert would_run(tiny_run_copy) == AFTER_TRAIN
+
+
+def test_a_run_at_another_image_size_decodes_the_target_at_it_and_reruns_that_run_alone(tiny_run_copy):
+    """The other size's decoded file stays, read by the runs still at it: no decode reruns, one is added."""
+    tiny_config(tiny_run_copy, experiments={"finetune": {"image_size": 40}})
+    assert would_run(tiny_run_copy) == Counter({"decode": 1, "train": 1, "evaluate": 1, "export_onnx": 1,
+                                                "summary": 1, "all": 1})
+
+
+def test_the_source_image_size_reruns_pretraining_and_every_run_the_scratch_control_included(tiny_run_copy):
+    """The runs with no image_size of their own take the weights' (pretrain.image_size): the target is decoded at the
+    new size too, and the scratch control reruns (its preprocessing is the source's, at that size)."""
+    tiny_config(tiny_run_copy, pretrain={"image_size": 28})
+    assert would_run(tiny_run_copy) == Counter({"decode": 2, "pretrain": 1, "weights": 1, **AFTER_TRAIN})
+
+
+def test_what_evaluate_computes_reruns_the_evaluate_jobs_alone(tiny_run_copy):
+    for evaluate in ({"calibration_bins": 5}, {"tta": "hflip"}, {"onnx": True}):
+        tiny_config(tiny_run_copy, evaluate=evaluate)
+        assert would_run(tiny_run_copy) == AFTER_EVALUATE, evaluate
+
+
+def test_where_and_how_deterministically_the_runs_train_reruns_every_run(tiny_run_copy):
+    for train in ({"device": "auto"}, {"deterministic": True}):
+        tiny_config(tiny_run_copy, train=train)
+        assert would_run(tiny_run_copy) == AFTER_TRAIN, train
+
+
+def test_the_lr_finder_settings_rerun_nothing_where_no_run_has_lr_auto(tiny_run_copy):
+    tiny_config(tiny_run_copy, lr_find={"steps": 20, "max_lr": 1.0})
+    assert would_run(tiny_run_copy) == NOTHING
+
+
+def test_what_predict_writes_reruns_the_predict_job_alone(tiny_run_copy):
+    """top_k and the run predicted with rerun predict and no training; int8 (with export.quantize, which quantizes
+    every run's model) adds the quantize_onnx jobs.
+    predict.images written another way reruns predict too (unlike dataset.path): predictions.csv records the images'
+    paths as written."""
+    make_images(tiny_run_copy / "inbox" / "any", {"a": 2})
+    predict = {"images": "inbox", "experiment": "finetune", "seed": 0}
+    tiny_config(tiny_run_copy, predict=predict)
+    run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml")
+    for change in ({"top_k": 1}, {"experiment": "scratch"}, {"images": "./inbox/"}):
+        tiny_config(tiny_run_copy, predict={**predict, **change})
+        assert would_run(tiny_run_copy) == Counter({"predict": 1, "all": 1}), change
+    tiny_config(tiny_run_copy, predict={**predict, "model": "int8"}, export={"quantize": True})
+    assert would_run(tiny_run_copy) == Counter({"quantize_onnx": EXPERIMENTS, "predict": 1, "all": 1})
