@@ -1635,7 +1635,18 @@ BAD_CONFIGS = {
     "negative_lr": ({"train": {"lr": -0.1}}, "train.lr: -0.1 is too small: it must be > 0"),
     "zero_epochs": ({"train": {"epochs": 0}}, "train.epochs: 0 is too small: it must be >= 1"),
     "test_fraction_one": ({"dataset": {"test_fraction": 1.0}}, "dataset.test_fraction: 1.0 is too large: it must be < 1"),
-    "unknown_enum_value": ({"train": {"optimizer": "adam"}}, "train.optimizer: 'adam' is not allowed; use one of adamw, sgd"),
+    "unknown_enum_value": ({"train": {"optimizer": "adam"}}, "train.optimizer: 'adam' is not allowed; use one of adamw, sgd, "
+                                                             "lbfgs (did you mean adamw?)"),
+    "enum_value_in_capitals": ({"train": {"amp": "BF16"}}, "train.amp: 'BF16' is not allowed; use one of off, bf16, fp16 "
+                                                          "(write bf16, in lower case)"),
+    "auto_in_capitals": ({"train": {"lr": "Auto"}}, "train.lr: 'Auto' is not a number or auto (write auto, in lower case)"),
+    "integer_quoted": ({"train": {"epochs": "3"}},
+                       "train.epochs: '3' is not an integer (it is quoted, so YAML reads it as text: write 3 without quotes)"),
+    "boolean_quoted": ({"train": {"deterministic": "false"}}, "train.deterministic: 'false' is not true or false (it is "
+                                                              "quoted, so YAML reads it as text: write false without quotes)"),
+    "no_experiments": ({"replace": {"experiments": {}}},
+                       "experiments: needs at least 1 entry(ies): write one, or leave the key out for the default, "
+                       "{finetune: {}}"),
     "lbfgs_without_cached_features": (
         {"experiments": {"finetune": {"strategy": "finetune", "optimizer": "lbfgs"}}},
         "experiments.finetune: optimizer lbfgs (set here or in train) solves the new head on cached backbone features; "

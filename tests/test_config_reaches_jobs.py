@@ -672,6 +672,40 @@ def test_another_optimizer_keeping_the_demo_s_train_settings_names_them(tmp_path
                      "train"], output[-3000:]
 
 
+def test_a_train_key_of_yours_that_a_demo_experiment_sets_for_itself_is_said_not_to_reach_it(tmp_path):
+    """`train: {epochs: 2}` over the demo: the demo's feature_extract sets its own epochs (25), which win over train's,
+    and it trained its 25 epochs with nothing said while the others took 2. A note names each such experiment and
+    the key to write; the runs' options show who gets which value. A misspelled optimizer (Adam) is refused with a
+    hint, and no note advises on the settings it would keep."""
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"]
+    keeping = {name: own["epochs"] for name, own in demo.items() if own.get("epochs", 2) != 2}
+    assert keeping, "no demo experiment sets its own epochs any more"
+    jobs, output = run_over_the_demo(tmp_path / "a", {"train": {"epochs": 2}})
+    for name in demo:
+        options = json.loads(jobs_of(jobs, "train", **{"out-checkpoint": f"results/{name}/seed0/model.pt"})[0]["options"])
+        assert options["epochs"] == keeping.get(name, 2), (name, options)
+    notes = [line for line in output.splitlines() if line.startswith("note: train.epochs")]
+    assert notes == [f"note: train.epochs 2 (your config) does not reach experiment {name}: config/config.yaml sets its "
+                     f"epochs to {epochs}, and an experiment's own key wins over train's (write "
+                     f"experiments.{name}.epochs in your config to change it)"
+                     for name, epochs in keeping.items()], output[-3000:]
+    _, output = run_over_the_demo(tmp_path / "b", {"experiments": {name: {"epochs": 2} for name in keeping},
+                                                   "train": {"epochs": 2}})
+    assert "note: train.epochs" not in output, output[-3000:]
+    result = run_snakemake(*config_over_the_demo(tmp_path / "c", {"train": {"optimizer": "Adam"}}), "-n", check=False)
+    assert result.returncode != 0 and "train.optimizer: 'Adam' is not allowed; use one of adamw, sgd, lbfgs (did you " \
+        "mean adamw?)" in result.stdout, result.stdout[-3000:]
+    assert "(your config) keeps" not in result.stdout, result.stdout[-3000:]
+
+
+def test_an_int8_model_asked_of_predict_with_no_images_is_said_unused_not_refused(tmp_path):
+    """predict.model: int8 without export.quantize was refused even where predict.images is null, after a note that
+    predict.model is not used: the note alone now; with images, the refusal stands (test above)."""
+    result = run_snakemake(*config_over_the_demo(tmp_path, {"predict": {"images": None, "model": "int8"}}), "-n")
+    assert "note: predict: predict.model not used: predict.images is null" in result.stdout, result.stdout[-3000:]
+    assert "int8 needs export.quantize" not in result.stdout
+
+
 def test_a_demo_key_that_a_change_of_yours_makes_unused_says_how_to_be_rid_of_it(tmp_path):
     """`finetune: {strategy: feature_extract}` over the demo: the demo's own `backbone_lr_factor` of that experiment is
     not used by a head on a frozen backbone, and was refused with `remove it (set in config/config.yaml)`, which a file
@@ -699,10 +733,13 @@ def test_a_batchnorm_refusal_over_the_demo_names_the_file_that_wrote_the_batch_s
 
 
 def test_refusals_whose_line_starts_with_more_than_the_key_name_the_file_that_wrote_it(tmp_path):
-    """Over the demo, `dataset.val_fraction is 0: ...` (the key path followed by words, not by a colon) and the int8
-    model asked of predict without export.quantize named no file: said now, as every other refusal's key."""
+    """Over the demo, `dataset.val_fraction is 0: ...` (the key path followed by words, not by a colon), the int8
+    model asked of predict without export.quantize, and a predict.seed or predict.experiment of yours that names no
+    run named no file: said now, as every other refusal's key."""
     for name, own, start in (("a", {"dataset": {"val_fraction": 0}}, "dataset.val_fraction is 0: "),
-                             ("b", {"predict": {"images": "photos", "model": "int8"}}, "predict.model: int8 needs ")):
+                             ("b", {"predict": {"images": "photos", "model": "int8"}}, "predict.model: int8 needs "),
+                             ("c", {"predict": {"images": "photos", "seed": 5}}, "predict.seed: 5 is not in seeds "),
+                             ("d", {"predict": {"images": "photos", "experiment": "nope"}}, "predict.experiment: 'nope' ")):
         workdir, mine = config_over_the_demo(tmp_path / name, own)
         result = run_snakemake(workdir, mine, "-n", check=False)
         line = next((line.strip() for line in result.stdout.splitlines() if start in line), "")

@@ -393,12 +393,13 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
         hint = _number_text_hint(value, ["number"])
         if list(map(str, error.absolute_path))[2:3] == ["sweep"]:  # experiments.<name>.sweep.lr.<i>
             return [f"{where}: {value!r} is not a number{hint}"]
-        return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"]
+        return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"
+                f"{_case_hint(value, ['auto'])}"]
     if kind == "enum":
         hint = (" (YAML reads an unquoted off, no or false as false: write 'off', quoted)"
                 if value is False and "off" in expected else "")
         allowed = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in expected)  # YAML's false
-        return [f"{where}: {value!r} is not allowed; use one of {allowed}{hint}"]
+        return [f"{where}: {value!r} is not allowed; use one of {allowed}{hint}{_case_hint(value, expected)}"]
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
         size = "small" if "inimum" in kind else "large"
@@ -409,19 +410,52 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
     if kind == "minItems":
         return [f"{where}: needs at least {expected} item(s), has {len(value)}"]
     if kind == "minProperties":
-        return [f"{where}: needs at least {expected} entry(ies)"]
+        default = error.schema.get("default")
+        hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}"
+                if isinstance(default, dict) and default else "")
+        return [f"{where}: needs at least {expected} entry(ies){hint}"]
     if kind == "required":
         return [f"{where}: {error.message}"]
     return [f"{where}: {error.message}"]
 
 
 def _number_text_hint(value, types) -> str:
-    if not (isinstance(value, str) and _NUMBER_TEXT.match(value.strip()) and "number" in types):
+    """Why a text is not the number, integer or boolean wanted: quoted (write it without quotes), or an exponent YAML
+    1.1 reads as text (1e-3)."""
+    if not isinstance(value, str):
+        return ""
+    if ("integer" in types or "boolean" in types) and _quoted_as(value, types):
+        return f" (it is quoted, so YAML reads it as text: write {value.strip()} without quotes)"
+    if not (_NUMBER_TEXT.match(value.strip()) and "number" in types):
         return ""
     if isinstance(yaml.safe_load(value.strip()), (int, float)):  # a number to YAML, so it was quoted
         return f" (it is quoted, so YAML reads it as text: write {value.strip()} without quotes)"
     return (f" (YAML reads {value} as text: write it with a decimal point and a signed exponent, "
             f"e.g. {float(value):.1e})")
+
+
+def _quoted_as(value: str, types) -> bool:
+    """Whether YAML reads ``value`` unquoted as an integer or boolean of ``types`` ("3", "false")."""
+    try:
+        read = yaml.safe_load(value.strip())
+    except yaml.YAMLError:
+        return False
+    if isinstance(read, bool):
+        return "boolean" in types
+    return isinstance(read, int) and ("integer" in types or "number" in types)
+
+
+def _case_hint(value, allowed) -> str:
+    """`` (write sgd, in lower case)`` for a text that is an allowed value but for its case (SGD, Auto); else
+    `` (did you mean adamw?)`` for one close to an allowed value (Adam)."""
+    if not isinstance(value, str):
+        return ""
+    texts = [a for a in allowed if isinstance(a, str)]
+    same = [a for a in texts if a.lower() == value.strip().lower() and a != value]
+    if same:
+        return f" (write {same[0]}, in lower case)"
+    close = difflib.get_close_matches(value.strip().lower(), texts, n=1)
+    return f" (did you mean {close[0]}?)" if close and len(texts) > 1 else ""
 
 
 # Keys of the `train` schema that pretraining has no use for: it always starts from random weights

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from .options import OPTIMIZERS
+
 
 # Sections of a user's config that replace the workflow's own config/config.yaml (the demo), rather than
 # update it key by key, where they describe something else: (key path, the keys that say what it is).
@@ -161,6 +163,8 @@ def inherited_for_another_optimizer(config: dict, workflow_file: dict, user: dic
         now = mine.get("optimizer", demo.get("optimizer", user_train.get("optimizer", was)))
         where = f"experiments.{name}.optimizer" if "optimizer" in mine else "train.optimizer"
         inherited = {key: demo[key] for key in OPTIMIZER_KEYS if key in demo and key not in mine}
+        if now not in OPTIMIZERS:  # a misspelled one (Adam): refused by the schema, nothing to advise on it
+            continue
         if now != was and inherited:
             keys = ", ".join(f"{key} {value!r}" for key, value in inherited.items())
             notes.append(f"{where} {now} (your config) keeps {keys} of config/config.yaml's experiments.{name}, set "
@@ -174,6 +178,37 @@ def inherited_for_another_optimizer(config: dict, workflow_file: dict, user: dic
                          f"optimizer {demo_train.get('optimizer')}: write {' and '.join(from_train)} for {now} under "
                          f"{under}")
     return list(dict.fromkeys(notes))
+
+
+def train_keys_demo_experiments_keep(config: dict, workflow_file: dict, user: dict) -> list[str]:
+    """One note per ``train`` key of ``user`` (the ``--configfile`` / ``--config`` layer) that some of the kept
+    experiments of ``workflow_file`` (the demo's) set for themselves, to another value: an experiment's own key wins
+    over ``train``'s, and the demo's are not in the user's file (``train: {epochs: 2}`` ran the demo's feature_extract
+    for its 25 epochs, nothing said). Keys that every run sets have their own note
+    (configcheck.overridden_train_notes)."""
+    user_train, demo_runs = user.get("train"), workflow_file.get("experiments")
+    user_runs, kept = user.get("experiments") or {}, config.get("experiments") or {}
+    if not (isinstance(user_train, dict) and isinstance(demo_runs, dict) and isinstance(user_runs, dict)
+            and isinstance(kept, dict)):
+        return []
+    notes = []
+    for key, value in user_train.items():
+        keeping = {name: demo[key] for name, demo in demo_runs.items()
+                   if name in kept and isinstance(demo, dict) and key in demo and demo[key] != value
+                   and not (isinstance(user_runs.get(name), dict) and key in user_runs[name])}
+        every = all(isinstance(run, dict) and (key in run or key in (run.get("sweep") or {})) for run in kept.values())
+        if not keeping or every:
+            continue
+        if len(keeping) == 1:
+            (name, theirs), = keeping.items()
+            runs, sets, write = f"experiment {name}", f"its {key} to {theirs!r}", f"experiments.{name}.{key}"
+        else:
+            runs = f"experiments {', '.join(keeping)}"
+            sets = f"their {key} ({', '.join(f'{name} {theirs!r}' for name, theirs in keeping.items())})"
+            write = f"experiments.<name>.{key}"
+        notes.append(f"train.{key} {value!r} (your config) does not reach {runs}: config/config.yaml sets {sets}, "
+                     f"and an experiment's own key wins over train's (write {write} in your config to change it)")
+    return notes
 
 
 def duplicate_keys(path: str | os.PathLike) -> list[str]:

@@ -89,7 +89,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
                                  runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
-                                 stray_configfiles_hint, typed_command_line_config, where_written)
+                                 stray_configfiles_hint, train_keys_demo_experiments_keep, typed_command_line_config,
+                                 where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, classes_at_start,
                                   cuda_graphs_on_cpu_note, cuda_only_options_note,
@@ -268,7 +269,8 @@ if _merged_over_the_demo:
 
     _demo, _user = load_configfile("config/config.yaml"), workflow.config_settings.overwrite_config or {}
     for _note in (own_sections(config, _demo, _user) + inherited_for_another_optimizer(config, _demo, _user)
-                  + demo_source_for_own_images(config, _demo, _user)):
+                  + demo_source_for_own_images(config, _demo, _user)
+                  + train_keys_demo_experiments_keep(config, _demo, _user)):
         say(_note)
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
@@ -417,14 +419,20 @@ def predict_inherited(key):
             f"{'' if key == 'experiment' else ' and its best seed'})")
 
 
+def predict_refused(line, key):
+    """A refusal of predict.<key>, saying where the key is written: the demo's (with the hint to set it), or yours."""
+    inherited = predict_inherited(key)
+    return refused(line + inherited if inherited else with_sources([line])[0])
+
+
 def predict_choice(experiment, seed):
     """(target, candidate run names): a named run and seed, or the selected run among candidates."""
     candidates = list(EXPERIMENTS) if experiment is None else runs_named(experiment)
     if not candidates:
-        raise refused(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
-                      f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))}){predict_inherited('experiment')}")
+        raise predict_refused(f"predict.experiment: {experiment!r} is not an experiment or run of this config "
+                              f"({', '.join(dict.fromkeys([*config['experiments'], *EXPERIMENTS]))})", "experiment")
     if seed is not None and seed not in SEEDS:
-        raise refused(f"predict.seed: {seed} is not in seeds {SEEDS}{predict_inherited('seed')}")
+        raise predict_refused(f"predict.seed: {seed} is not in seeds {SEEDS}", "seed")
     if len(candidates) == 1 and seed is not None:
         return f"results/predictions/{candidates[0]}/seed{seed}/predictions.csv", []
     metrics = {run: experiment_config(run)["metric"] for run in candidates}
@@ -434,7 +442,8 @@ def predict_choice(experiment, seed):
     return "results/predictions/selected/predictions.csv", candidates
 
 
-if PREDICT["model"] == "int8" and not config["export"]["quantize"]:
+# Without predict.images the key is not used (said above): nothing to refuse.
+if PREDICT["model"] == "int8" and not config["export"]["quantize"] and PREDICT["images"] is not None:
     raise refused(with_sources(["predict.model: int8 needs export.quantize: true (the int8 model is not made otherwise)"])[0])
 
 # Settings of an experiment that are not options of the training loop.
