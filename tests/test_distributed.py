@@ -461,8 +461,8 @@ def test_the_launcher_sweeps_only_its_own_machines_folders_of_launches_that_are_
 
 
 def test_settings_this_machine_cannot_run_are_refused_at_start_keeping_the_trained_model(runs):
-    """A trained run's `nodes` raised to 2 on a machine outside Slurm, or its `device` set to cuda where there is no
-    GPU: each failed in the train job, after Snakemake had removed the model trained before (setting it back meant
+    """A trained run's `nodes` raised to 2 on a machine outside Slurm, its `device` set to cuda where there is no
+    GPU, or sync_batchnorm on device auto there: each failed in the train job, after Snakemake had removed the model trained before (setting it back meant
     training again). They are refused at the start of the run now, before any job, and the model is kept byte for
     byte. A dry run says nothing (it may plan a run for a cluster, whose nodes have what this machine lacks)."""
     workdir, _ = runs
@@ -474,7 +474,11 @@ def test_settings_this_machine_cannot_run_are_refused_at_start_keeping_the_train
             ("nodes", {"nodes": 2}, "experiments.head_one.nodes 2: training on several nodes runs inside a Slurm "
                                     "allocation of 2 nodes, and this is no Slurm job"),
             ("cuda", {"device": "cuda"}, "experiments.head_one.device is cuda, but no CUDA device is available on "
-                                         "this machine")):
+                                         "this machine"),
+            # device auto on no GPU trains on the CPU, where SyncBatchNorm does not run (the job failed after torchrun)
+            ("sync", {"strategy": "finetune", "bn": "train", "devices": 2, "sync_batchnorm": True, "device": "auto"},
+             "experiments.head_one.sync_batchnorm true (head_one): SyncBatchNorm runs on GPUs only, and this machine "
+             "has no GPU that torch sees")):
         config = tiny_config(workdir, f"{name}.yaml", dataset=DATASET, train=TRAIN, threads={"train": 1, "data": 1},
                              replace={"experiments": {**EXPERIMENTS, "head_one": {**HEAD, **setting}}})
         planned = run_snakemake(workdir, config, "-n", _target("head_one"), env=env)

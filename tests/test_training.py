@@ -23,7 +23,7 @@ from finetune.tensors import Preprocessing, batched_forward
 from finetune.augment import augment_batch
 from finetune.training import Data, TrainOptions, fit, lr_factor
 from finetune.weights import load_state_dict, read_manifest
-from helpers import REPO
+from helpers import REPO, run_snakemake, tiny_config
 
 pytestmark = [pytest.mark.fashion_mnist]
 
@@ -606,6 +606,21 @@ def test_amp_and_channels_last_on_device_auto_without_a_gpu_train_as_without_the
     assert note.startswith("experiments.fast.amp bf16 (fast); train.channels_last true (fast, nhwc): autocast and "
                            "channels-last act on CUDA only"), note
     assert cuda_only_options_note({"plain": runs["plain"], "cuda": runs["cuda"]}, {}) is None
+
+
+@pytest.mark.slow
+def test_pretraining_s_amp_and_channels_last_on_device_auto_without_a_gpu_are_said_at_start(tmp_path):
+    """The train runs' note (above) left pretraining out: pretrain.train amp and channels_last on device auto, where
+    torch sees no GPU, pretrained as without them, nothing said. Said now, naming the keys as written; the source
+    model's info.json records them as written. (No GPU to torch here, even on a machine with one.)"""
+    config = tiny_config(tmp_path, pretrain={"train": {"device": "auto", "amp": "bf16", "channels_last": True}})
+    result = run_snakemake(tmp_path, config, "--printshellcmds", "resources/pretrain/model.pth",
+                           env={"CUDA_VISIBLE_DEVICES": ""})
+    assert ("note: pretrain.train.amp bf16 (pretrain); pretrain.train.channels_last true (pretrain): autocast and "
+            "channels-last act on CUDA only, and this machine has no GPU that torch sees") in result.stdout, \
+        result.stdout[-3000:]
+    options = json.loads((tmp_path / "resources/pretrain/info.json").read_text())["options"]
+    assert (options["device"], options["amp"], options["channels_last"]) == ("auto", "bf16", True), options
 
 
 def test_compile_reduce_overhead_on_the_cpu_is_said_to_compile_as_default():

@@ -679,8 +679,24 @@ def cuda_only_options_note(runs: dict[str, dict], keys: dict[str, dict]) -> str 
         return None
     listed = "; ".join(f"{key} ({', '.join(sorted(which))})" for key, which in sorted(named.items()))
     return (f"{listed}: autocast and channels-last act on CUDA only, and this machine has no GPU that torch sees, so "
-            "these runs train on the CPU (device auto) as they would without them (train_info.json records the "
-            "options as written)")
+            "these runs train on the CPU (device auto) as they would without them (train_info.json, and pretraining's "
+            "resources/pretrain/info.json, record the options as written)")
+
+
+def sync_batchnorm_on_cpu_problems(runs: dict[str, dict], keys: dict[str, dict]) -> list[str]:
+    """``runs``: {run: its options} of the train jobs a run starts on a machine where no GPU is seen; ``keys``: {run:
+    where its own keys are written}. A run of ``sync_batchnorm: true`` on device ``auto`` would train on the CPU here,
+    where torch's SyncBatchNorm does not run: its job failed after a torchrun start, and after Snakemake removed the
+    model it was to replace. One line per key as written, naming the runs. (device: cpu with it is refused with the
+    options; on a cluster the jobs' nodes may have GPUs the submitting machine lacks.)"""
+    named = {}
+    for run, options in runs.items():
+        if options.get("sync_batchnorm") and options.get("device", "auto") == "auto":
+            written = keys.get(run, {}).get("sync_batchnorm", "train.sync_batchnorm")
+            named.setdefault(written, []).append(run)
+    return [f"{key} true ({', '.join(sorted(which))}): SyncBatchNorm runs on GPUs only, and this machine has no GPU "
+            "that torch sees, so these runs would train on the CPU (device auto): set sync_batchnorm false here, or run "
+            "them where there are GPUs (the Slurm profile)" for key, which in sorted(named.items())]
 
 
 def cuda_graphs_on_cpu_note(runs: dict[str, dict], keys: dict[str, dict], gpu_seen: bool = True) -> str | None:

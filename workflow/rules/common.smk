@@ -98,8 +98,8 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   new_dataset_images, new_images_problem,
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
-                                  split_made_again, too_few_to_split_problem, uncached_bytecode_note,
-                                  unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
+                                  split_made_again, sync_batchnorm_on_cpu_problems, too_few_to_split_problem,
+                                  uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
                                   random_backbone_gradual_note, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
@@ -1988,6 +1988,16 @@ def starting_train_runs():
             for job in workflow.dag.needrun_jobs() if job.rule.name == "train"}
 
 
+def starting_pretrain():
+    """{"pretrain": its options} where this run of Snakemake starts the pretrain job; else {}."""
+    starts = any(job.rule.name == "pretrain" for job in workflow.dag.needrun_jobs())
+    return {"pretrain": {**TRAIN_DEFAULTS, **config["pretrain"]["train"]}} if starts else {}
+
+
+# Where pretraining's options are written, for the notes that name them.
+PRETRAIN_KEYS = {"pretrain": {key: f"pretrain.train.{key}" for key in ("amp", "channels_last", "compile")}}
+
+
 def uncached_bytecode_note_here():
     """uncached_bytecode_note for this run's jobs (torch's folder found without importing it: no start-up cost)."""
     import importlib.util
@@ -2010,7 +2020,18 @@ def local_run_problems():
     devices, nodes = scheduled_device_keys()
     problems = [allocation_problem(count, os.environ, key) for key, count in sorted(nodes.items())]
     gpus = visible_gpus() if needs_gpus(devices) else None
-    return [problem for problem in problems if problem] + ([] if gpus is None else device_problems(devices, gpus))
+    problems += [] if gpus is None else device_problems(devices, gpus)
+    return [problem for problem in problems if problem] + sync_batchnorm_on_cpu_problems_here()
+
+
+def sync_batchnorm_on_cpu_problems_here():
+    """sync_batchnorm_on_cpu_problems for the train jobs this run starts here, where torch sees no GPU (asked only
+    where a run on device auto sets sync_batchnorm)."""
+    runs = {run: options for run, options in starting_train_runs().items()
+            if options["sync_batchnorm"] and options["device"] == "auto"}
+    if not runs or gpu_seen_here():
+        return []
+    return sync_batchnorm_on_cpu_problems(runs, {run: train_key_names(run) for run in runs})
 
 
 def cluster_run_problems():
@@ -2126,7 +2147,9 @@ onstart:
             say(_side_by_side)
         _runs = starting_train_runs()  # one walk of the jobs for the notes on the train runs
         _keys = {_run: train_key_names(_run) for _run in _runs}
-        _cuda_only = cuda_only_options_note_here(_runs, _keys) if workflow.local_exec else None
+        _pretrain = starting_pretrain()  # its options too, for the notes on options the CPU does not act on
+        _cuda_only = (cuda_only_options_note_here({**_runs, **_pretrain}, {**_keys, **PRETRAIN_KEYS})
+                      if workflow.local_exec else None)
         if _cuda_only:
             say(_cuda_only)
         _uncached = uncached_bytecode_note_here()
@@ -2138,7 +2161,7 @@ onstart:
         _random_gradual = random_backbone_gradual_note(_runs, _keys)
         if _random_gradual:
             say(_random_gradual)
-        _graphs = cuda_graphs_on_cpu_note_here(_runs, _keys)
+        _graphs = cuda_graphs_on_cpu_note_here({**_runs, **_pretrain}, {**_keys, **PRETRAIN_KEYS})
         if _graphs:
             say(_graphs)
 
