@@ -429,11 +429,32 @@ def test_gpu_jobs_for_a_partition_without_gpus_are_refused_before_any_submission
 
 
 @pytest.mark.fashion_mnist
+def test_a_job_larger_than_any_node_is_refused_before_any_submission(slurm_cluster, tiny_run_copy):
+    """`--set-threads train=N` above the node's CPUs: Slurm kept the job pending for ever (reason PartitionConfig),
+    nothing said. Refused at start now, naming the rule, the CPUs asked and the node's (from `scontrol`, not the
+    sinfo the check reads). (Jobs within the node's, with the profile's memory lowered to the node's by --resources,
+    go through: every other test here.)"""
+    workdir = tiny_run_copy
+    node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True, check=True).stdout
+    cpus = int(re.search(r"\bCPUTot=(\d+)", node).group(1))
+    before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": 2}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--set-threads", f"train={cpus + 1}",
+                           check=False, cores=None)
+    assert result.returncode != 0 and (f"rule train asks Slurm for {cpus + 1} CPUs a job (its threads: ") in result.stdout \
+        and f"has {cpus} (`sinfo -o %c,%m`)" in result.stdout, result.stdout[-3000:]
+    assert "rule evaluate asks" not in result.stdout and "MB of memory a job" not in result.stdout, result.stdout[-3000:]
+    assert SUBMITTED.findall(result.stdout) == []
+    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+
+
+@pytest.mark.fashion_mnist
 def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cluster, tiny_run_copy, tmp_path):
     """The profile edited as its EDIT ME asks, rule train sent to a partition this cluster does not have: sbatch
     refused the job ("invalid partition specified"), after Snakemake removed its outputs, then again on the profile's
     retry, and the failure showed the rule's log of the earlier run as this job's. Refused at start now, naming the
-    partition and the ones `sinfo` lists: nothing is submitted, and a partition the cluster has goes through."""
+    partition, where it is set and the ones `sinfo` lists: nothing is submitted, and a partition the cluster has goes
+    through."""
     workdir = tiny_run_copy
     listed = sorted(name.rstrip("*") for name in subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True,
                                                                  text=True, check=True).stdout.split())
@@ -458,6 +479,16 @@ def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cl
         assert "nothing ran, and every earlier result is kept" in result.stdout
         assert SUBMITTED.findall(result.stdout) == []
         assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+    # in default-resources (where the profile's EDIT ME puts it): said so, naming the rules submitted, not those
+    # Snakemake runs itself (summary, all)
+    edit_me = '  # slurm_partition: "EDIT_ME"\n'
+    assert shipped.count(edit_me) == 1
+    (profile / "config.yaml").write_text(shipped.replace(edit_me, '  slurm_partition: "nosuch"\n'))
+    result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
+    assert result.returncode != 0 and ("slurm_partition nosuch (rules evaluate, export_onnx, train, from the profile's "
+                                       "default-resources or --default-resources): this cluster has no such "
+                                       "partition") in result.stdout, result.stdout[-3000:]
+    assert SUBMITTED.findall(result.stdout) == []
     # the cluster's own partition, named the same way, is no problem: the job is submitted there and trains
     (profile / "config.yaml").write_text(shipped.replace(train, train + f"    slurm_partition: \"{listed[0]}\"\n"))
     result = run_snakemake(workdir, config, *map(str, args), check=False, cores=None)
@@ -686,6 +717,10 @@ def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_trai
     while (state := _squeue(_run_id(out))[paused.slurm_id][0]) == "COMPLETING" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert state == "CANCELLED", state
+    # said as a cancel, not as Slurm ending the job for a limit of its own
+    assert re.search(r"^note: a job was cancelled \(by scancel, or by Snakemake stopping its jobs on Ctrl-C\) \(.*\): "
+                     r"slurmstepd\S*: error: \*\*\* JOB \d+ ON \S+ CANCELLED AT \S+ \*\*\*", out, re.M), out[-3000:]
+    assert "note: Slurm ended a job" not in out, out[-3000:]
     assert not (workdir / LONGER / "model.pt").exists()
     assert paused.state.exists(), "the stop kept the resume state"
     _assert_stopped_cleanly(paused, workdir, (workdir / LONGER_LOG).read_text())

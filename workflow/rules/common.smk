@@ -1839,7 +1839,11 @@ def slurm_kill_notes(folder=".snakemake/slurm_logs", after=""):
         except OSError:
             continue
         if lines:
-            notes.append(f"note: Slurm ended a job ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}")
+            # CANCELLED with no DUE TO: scancel, or the executor cancelling its jobs on Ctrl-C; not a limit of Slurm's
+            cancelled = all(" CANCELLED AT " in line and " DUE TO " not in line for line in lines)
+            what = ("a job was cancelled (by scancel, or by Snakemake stopping its jobs on Ctrl-C)" if cancelled
+                    else "Slurm ended a job")
+            notes.append(f"note: {what} ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}")
     return notes[:10]
 
 
@@ -2092,14 +2096,77 @@ def slurm_partition_problems():
     comma-separated (Slurm starts it in the first that can)."""
     asking = {}
     for job in slurm_checked_jobs():
+        if job.is_local:  # run by Snakemake itself (all, summary, weights): no partition of theirs is asked
+            continue
         for name in str(job.resources.get("slurm_partition") or "").split(","):
             if name.strip():
-                asking.setdefault(name.strip(), set()).add(job.rule.name)
+                asking.setdefault((name.strip(), partition_source(job.rule.name)), set()).add(job.rule.name)
     partitions = slurm_partitions_with_gpus()[0] if asking else {}
     return [f"slurm_partition {name} (rule{'s' if len(rules) > 1 else ''} {', '.join(sorted(rules))}, from the "
-            f"profile's set-resources or --set-resources): this cluster has no such partition (`sinfo` lists "
-            f"{', '.join(sorted(partitions))}): name one of those, or leave slurm_partition out for the default"
-            for name, rules in sorted(asking.items()) if partitions and name not in partitions]
+            f"{source}): this cluster has no such partition (`sinfo` lists {', '.join(sorted(partitions))}): name one "
+            "of those, or leave slurm_partition out for the default"
+            for (name, source), rules in sorted(asking.items()) if partitions and name not in partitions]
+
+
+def partition_source(rule):
+    """Where a rule's slurm_partition is set: its own entry of set-resources, or default-resources."""
+    own = workflow.resource_settings.overwrite_resources.get(rule) or {}
+    return ("profile's set-resources or --set-resources" if "slurm_partition" in own
+            else "profile's default-resources or --default-resources")
+
+
+def slurm_node_sizes():
+    """{partition: (the most CPUs, the most memory in MB of a node of it)}, as `sinfo` lists them; a size that sinfo
+    gives as a lower bound (`2+`: nodes of several sizes) or not at all is None (not checked). {} where sinfo does not
+    answer."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    sizes = {}
+    for line in listed.stdout.splitlines() if listed.returncode == 0 else []:
+        name, cpus, memory = (line.strip().split("|") + ["", ""])[:3]
+        exact = [int(size) if size.isdigit() else None for size in (cpus, memory)]
+        known = sizes.get(name.rstrip("*"), exact)  # a partition of several node groups: the largest of each
+        sizes[name.rstrip("*")] = tuple(None if a is None or b is None else max(a, b) for a, b in zip(known, exact))
+    return sizes
+
+
+def slurm_size_problems():
+    """The jobs to submit that ask for more CPUs (their threads, or cpus_per_task) or memory (mem_mb) than any node of
+    their partitions has: Slurm left such a job pending for ever (reason PartitionConfig: `--set-threads train=16` on
+    nodes of 2 CPUs) or sbatch refused it after Snakemake removed its outputs. One line per rule and size."""
+    asking = {}
+    for job in slurm_checked_jobs():
+        if job.is_local:
+            continue
+        cpus = job.resources.get("cpus_per_task")
+        cpus = cpus if isinstance(cpus, int) and cpus > 0 else job.threads
+        memory = job.resources.get("mem_mb")
+        named = [name.strip() for name in str(job.resources.get("slurm_partition") or "").split(",") if name.strip()]
+        entry = asking.setdefault(job.rule.name, {"cpus": 0, "mem_mb": 0, "partitions": tuple(named)})
+        entry["cpus"] = max(entry["cpus"], cpus)
+        entry["mem_mb"] = max(entry["mem_mb"], memory if isinstance(memory, int) else 0)
+    sizes = slurm_node_sizes() if asking else {}
+    default = slurm_partitions_with_gpus()[1] if asking else None
+    problems = []
+    for rule, entry in sorted(asking.items()):
+        partitions = list(entry["partitions"]) or ([default] if default else [])
+        if not partitions or any(name not in sizes for name in partitions):  # unknown: said by the partition check
+            continue
+        where = f"partition{'s' if len(partitions) > 1 else ''} {', '.join(partitions)}"
+        for index, (what, unit, setting) in enumerate((
+                ("cpus", "CPUs", "its threads: set-threads in the profile, --set-threads, or threads in the config"),
+                ("mem_mb", "MB of memory", "mem_mb: the profile's set-resources or default-resources"))):
+            largest = [sizes[name][index] for name in partitions]
+            if None in largest or entry[what] <= max(largest):
+                continue
+            problems.append(f"rule {rule} asks Slurm for {entry[what]} {unit} a job ({setting}), and the largest node "
+                            f"of {where} has {max(largest)} (`sinfo -o %c,%m`): Slurm would keep it waiting for ever "
+                            f"or refuse it; ask for at most {max(largest)}, or name a partition of larger nodes")
+    return problems
 
 
 def slurm_gpu_problems():
@@ -2139,7 +2206,8 @@ onstart:
     if not workflow.touch:
         _problems = [*scheduled_predict_problems(),
                      *(local_run_problems() if workflow.local_exec else
-                       cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems())]
+                       cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems()
+                       + slurm_size_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
