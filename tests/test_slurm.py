@@ -717,9 +717,9 @@ def test_ctrl_c_cancels_the_run_s_slurm_jobs_and_the_next_run_resumes_where_trai
     while (state := _squeue(_run_id(out))[paused.slurm_id][0]) == "COMPLETING" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert state == "CANCELLED", state
-    # said as a cancel, not as Slurm ending the job for a limit of its own
+    # said as a cancel, not as Slurm ending the job for a limit of its own (the job's line, or its step's)
     assert re.search(r"^note: a job was cancelled \(by scancel, or by Snakemake stopping its jobs on Ctrl-C\) \(.*\): "
-                     r"slurmstepd\S*: error: \*\*\* JOB \d+ ON \S+ CANCELLED AT \S+ \*\*\*", out, re.M), out[-3000:]
+                     r"slurmstepd\S*: error: \*\*\* (JOB|STEP) [\d.]+ ON \S+ CANCELLED AT \S+ \*\*\*", out, re.M), out[-3000:]
     assert "note: Slurm ended a job" not in out, out[-3000:]
     assert not (workdir / LONGER / "model.pt").exists()
     assert paused.state.exists(), "the stop kept the resume state"

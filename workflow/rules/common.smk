@@ -1180,8 +1180,9 @@ if _making_report and first_time("report"):
         print(f"note: could not check whether the results the report shows are up to date: {_pending}; "
               "`snakemake -n` with the same options says", file=sys.stderr)
     elif _pending.jobs:
-        print(f"note: `snakemake -n` with this command line would run {sum(_pending.jobs.values())} job(s) "
-              f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}): "
+        print(f"note: `snakemake -n` with this command line would run {sum(_pending.jobs.values())} job(s) that make "
+              f"what the report shows ({', '.join(f'{_step} {_count}' for _step, _count in _pending.jobs.items())}; "
+              "predictions and `all` aside): "
               + (f"{sum(_pending.new.values())} of them make files that do not exist yet "
                  f"({', '.join(f'{_step} {_count}' for _step, _count in _pending.new.items())}), so the report cannot "
                  "be made before they have run (Snakemake stops on a file marked for the report that does not exist)"
