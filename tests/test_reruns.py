@@ -85,8 +85,9 @@ def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_st
     # The good model.pt is gone (Snakemake removed it when the job started) while its model.onnx stays: said, with what
     # going back costs (only the README said so, under a heading that said nothing good is lost).
     assert ("note: 1 run(s) lost their model.pt (results/finetune/seed0/model.pt): Snakemake removes a job's outputs "
-            "when it starts, and their train jobs, started for other settings, code or data, did not finish; the "
-            "model.onnx and metrics.json beside them are of the model removed") in failed.stdout, failed.stdout[-3000:]
+            "when it starts, and their train jobs, started for other settings, code or data (or by --forcerun), did "
+            "not finish; the model.onnx and metrics.json beside them are of the model removed") in failed.stdout, \
+        failed.stdout[-3000:]
     assert would_run(workdir) == Counter({rule: 1 for rule in AFTER_TRAIN})
     again = run_snakemake(workdir, workdir / "config.yaml", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.stdout, again.stdout[-3000:]

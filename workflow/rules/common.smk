@@ -1779,17 +1779,20 @@ def selected_models_missing():
 
 def removed_models_note():
     """After a failed run: the runs whose model.pt is gone while files made from it are still there (model.onnx,
-    metrics.json): Snakemake removed it when the run's train job started (other settings, code or data), and that job
-    did not finish. The files beside it are of the model removed; the earlier settings train it again."""
+    metrics.json): Snakemake removed it when the run's train job started (other settings, code or data, --forcerun), and
+    that job did not finish. The files beside it are of the model removed; the same settings resume from a kept state,
+    the earlier settings train it again."""
     gone = [run for run in RUNS if not os.path.exists(output_path(f"results/{run}/model.pt"))
             and any(os.path.exists(output_path(f"results/{run}/{name}")) for name in ("model.onnx", "metrics.json"))]
     if not gone:
         return []
     shown = ", ".join(output_path(f"results/{run}/model.pt") for run in gone[:4]) + (" ..." if len(gone) > 4 else "")
     return [f"note: {len(gone)} run(s) lost their model.pt ({shown}): Snakemake removes a job's outputs when it starts, "
-            "and their train jobs, started for other settings, code or data, did not finish; the model.onnx and "
-            "metrics.json beside them are of the model removed, and going back to the earlier settings trains it again "
-            "(copy a run's folder before a change you may undo: docs/troubleshooting.md)"]
+            "and their train jobs, started for other settings, code or data (or by --forcerun), did not finish; the "
+            "model.onnx and metrics.json beside them are of the model removed. The next run with these settings "
+            "resumes from the last epoch a stopped job kept (its log says `resuming from`); going back to earlier "
+            "settings trains their model again (copy a run's folder before a change you may undo: "
+            "docs/troubleshooting.md)"]
 
 
 def earlier_results_note():
