@@ -99,8 +99,8 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   nvidia_driver_loaded, number_classes_note, outside_class_images_note,
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, sync_batchnorm_on_cpu_problems, too_few_to_split_problem,
-                                  uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints, zero_backbone_lr_note,
-                                  random_backbone_gradual_note, TORCH_RULES)
+                                  uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
+                                  zero_backbone_lr_note, random_backbone_gradual_note, TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -2146,9 +2146,12 @@ def slurm_size_problems():
     for job in slurm_checked_jobs():
         if job.is_local:
             continue
+        # As the plugin asks: --cpus-per-task of cpus_per_task, else of the threads (none where cpus_per_task < 0);
+        # --mem-per-cpu of mem_mb_per_cpu where given, else --mem of mem_mb
         cpus = job.resources.get("cpus_per_task")
-        cpus = cpus if isinstance(cpus, int) and cpus > 0 else job.threads
-        memory = job.resources.get("mem_mb")
+        cpus = (0 if cpus < 0 else cpus) if isinstance(cpus, int) and cpus != 0 else job.threads
+        per_cpu = job.resources.get("mem_mb_per_cpu")
+        memory = per_cpu * max(cpus, 1) if isinstance(per_cpu, int) and per_cpu > 0 else job.resources.get("mem_mb")
         named = [name.strip() for name in str(job.resources.get("slurm_partition") or "").split(",") if name.strip()]
         entry = asking.setdefault(job.rule.name, {"cpus": 0, "mem_mb": 0, "partitions": tuple(named)})
         entry["cpus"] = max(entry["cpus"], cpus)
