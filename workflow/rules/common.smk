@@ -2063,18 +2063,25 @@ def cluster_run_problems():
 
 
 @functools.lru_cache(maxsize=None)
-def slurm_partitions_with_gpus():
-    """{partition: whether a node of it has a GPU (a gpu GRES)}, as `sinfo` lists them, and the default partition's
-    name (marked * there); ({}, None) where sinfo does not answer."""
+def sinfo_lines():
+    """`sinfo`'s lines here, one per partition and group of like nodes: [(partition, gres, cpus, memory)], the
+    default partition marked * as sinfo marks it; [] where sinfo does not answer. Asked once a start: the partition,
+    GPU and size checks all read these."""
     import subprocess
 
     try:
-        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c|%m"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
-        return {}, None
+        return []
+    return [tuple((line.strip().split("|") + ["", "", ""])[:4])
+            for line in (listed.stdout.splitlines() if listed.returncode == 0 else []) if line.strip()]
+
+
+def slurm_partitions_with_gpus():
+    """{partition: whether a node of it has a GPU (a gpu GRES)}, as `sinfo` lists them, and the default partition's
+    name (marked * there); ({}, None) where sinfo does not answer."""
     partitions, default = {}, None
-    for line in listed.stdout.splitlines() if listed.returncode == 0 else []:
-        name, _, gres = line.strip().partition("|")
+    for name, gres, _, _ in sinfo_lines():
         if name.endswith("*"):
             name = default = name[:-1]
         partitions[name] = partitions.get(name, False) or "gpu" in gres
@@ -2123,15 +2130,8 @@ def slurm_node_sizes():
     """{partition: (the most CPUs, the most memory in MB of a node of it)}, as `sinfo` lists them; a size that sinfo
     gives as a lower bound (`2+`: nodes of several sizes) or not at all is None (not checked). {} where sinfo does not
     answer."""
-    import subprocess
-
-    try:
-        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return {}
     sizes = {}
-    for line in listed.stdout.splitlines() if listed.returncode == 0 else []:
-        name, cpus, memory = (line.strip().split("|") + ["", ""])[:3]
+    for name, _, cpus, memory in sinfo_lines():
         exact = [int(size) if size.isdigit() else None for size in (cpus, memory)]
         known = sizes.get(name.rstrip("*"), exact)  # a partition of several node groups: the largest of each
         sizes[name.rstrip("*")] = tuple(None if a is None or b is None else max(a, b) for a, b in zip(known, exact))
