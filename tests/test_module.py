@@ -286,6 +286,46 @@ def test_set_resources_naming_a_rule_without_the_module_s_prefix_is_said_to_reac
     assert "set-resources names train" not in result.stdout, result.stdout[-3000:]
 
 
+def test_a_use_rule_with_statement_leaves_the_notes_on_unprefixed_names_to_the_rules_it_takes(tmp_path):
+    """docs/module.md's `use rule train from finetune as finetune_train with:` read the module again, and there every
+    name mapped to finetune_train: `--set-threads mine=1 evaluate=2` was said to name finetune_train twice, `mine` (the
+    host's own rule, which the setting does reach) among them. Each key is said once, under the name its rule has, and
+    a host rule's key not at all: its job runs with the threads given."""
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (host / "Snakefile").write_text(
+        'configfile: "config/finetune.yaml"\n'
+        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config\n'
+        "use rule * from finetune as finetune_*\n"
+        "use rule train from finetune as finetune_train with:\n    threads: 1\n"
+        'rule mine:\n    output: "mine.txt"\n    threads: 2\n    shell: "echo {threads} > {output}"\n')
+    result = run_snakemake(host, None, "--set-threads", "mine=1", "evaluate=2", "--printshellcmds", "mine.txt",
+                           snakefile=host / "Snakefile", cores=2)
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-threads" in line]
+    assert notes == ["note: module finetune: set-threads names evaluate, which this module calls finetune_evaluate: its "
+                     "threads apply to nothing. Name it finetune_evaluate in your profile or command line"], notes
+    assert (host / "mine.txt").read_text().split() == ["1"]  # the job ran with the threads the key gave it
+
+
+def test_config_values_given_to_a_host_whose_module_config_is_its_own_dict_are_said_not_to_reach_it(tmp_path):
+    """A module given a dict the host's Snakefile writes (`config: FT`) takes nothing from `--config`: the note said the
+    values reached it, as text. It says they reach it only where the Snakefile builds its config from them; the train
+    job is planned with the dict's epochs, not --config's."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "Snakefile").write_text(
+        f"FT = {TINY_CONFIG!r}\n"
+        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: FT\n'
+        "use rule * from finetune as finetune_*\n")
+    result = run_snakemake(host, None, "-n", "--printshellcmds", "--config", "train={epochs: 2}",
+                           snakefile=host / "Snakefile")
+    assert ("the values given there reach the module only where your Snakefile builds its config from them"
+            in result.stdout), result.stdout[-3000:]
+    epochs = {int(value) for value in re.findall(r'\\?"epochs\\?": (\d+)', result.stdout.split("rule finetune_train", 1)[1])}
+    assert epochs == {TINY_CONFIG["train"]["epochs"]}, epochs
+
+
 def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbox_is_refused(tmp_path):
     """A host with a second `use rule ... from finetune` statement reads the workflow twice with one config dict,
     which the first reading filled with the schema's defaults: the fractions were then taken as written, and an
@@ -418,3 +458,28 @@ def test_keys_under_the_host_s_key_rename_keys_and_hints_but_not_files_or_paths(
         "workflow/scripts/train.py, results/train.log, fa.export.opset; --config 'fa={predict: {images: null}}'")
     assert keys_under(text, ["parts", "fa"], sections).endswith("--config 'parts={fa: {predict: {images: null}}}'")
     assert keys_under(text, [], sections) == keys_under(text, None, sections) == text
+
+
+def test_one_instance_s_weights_are_another_s_in_one_run_from_an_empty_folder(tmp_path):
+    """docs/module.md's case of one instance's source model as another's weights.path: the second instance's check at
+    start refused the file as missing on every command, so the run that was to make it could not start. A file a
+    module declared above makes is not refused now: one run from an empty folder makes the first instance's weights
+    and publishes them as the second's, the same tensors, and the next run has nothing to do."""
+    import torch
+
+    from faults import PREPROCESSING_32
+
+    weights_b = {"source": "path", "path": "runs/a/resources/weights/weights.pth", "arch": "resnet18",
+                 "preprocessing": PREPROCESSING_32}
+    host = two_instance_host(tmp_path / "host", dict(TINY_CONFIG), {**TINY_CONFIG, "weights": weights_b})
+    target = "runs/b/resources/weights/weights.pth"
+    result = run_snakemake(host, None, "--printshellcmds", target, snakefile=host / "Snakefile", check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    made_a, made_b = (torch.load(host / f"runs/{x}/resources/weights/weights.pth", map_location="cpu") for x in "ab")
+    made_a, made_b = (state.get("state_dict", state) for state in (made_a, made_b))
+    assert made_a.keys() == made_b.keys() and all(torch.equal(made_a[key], made_b[key]) for key in made_a)
+    again = run_snakemake(host, None, "-n", target, snakefile=host / "Snakefile")
+    assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    (host / "runs/a/resources/weights/weights.pth").unlink()  # made by fa, not refused: fa makes it again
+    again = run_snakemake(host, None, "-n", target, snakefile=host / "Snakefile")
+    assert "fa_weights" in again.stdout, again.stdout[-3000:]

@@ -168,14 +168,14 @@ def note_resources_under_unprefixed_names():
     ours = {each.name for each in workflow.modifier.rules}
     defined = {each.name for each in workflow.rules}
     for name in sorted(given):
-        renamed = workflow.modifier.modify_rulename(name)
-        if renamed != name and renamed in ours and name not in defined:
+        renamed = workflow.modifier.avail_rulename(name)  # None for a rule this statement does not take
+        if renamed not in (None, name) and renamed in ours and name not in defined:
             say(f"set-resources names {name}, which this module calls {renamed}; its settings "
                 f"({', '.join(sorted(given[name]))}) apply to nothing. Name it {renamed} in your profile or command line")
     threads = (workflow.resource_settings.overwrite_threads or {}) if workflow.is_main_process else {}
     for name in sorted(threads):
-        renamed = workflow.modifier.modify_rulename(name)
-        if renamed != name and renamed in ours and name not in defined:
+        renamed = workflow.modifier.avail_rulename(name)  # None for a rule this statement does not take
+        if renamed not in (None, name) and renamed in ours and name not in defined:
             say(f"set-threads names {name}, which this module calls {renamed}: its threads apply to nothing. Name it "
                 f"{renamed} in your profile or command line")
 
@@ -250,9 +250,9 @@ if workflow.config_settings.config:
     update_config(config, module_part(_typed_cli))
     if _module_key is None:
         say("--config sets the host's config, and this module's config (its module block's `config:`) is "
-            "neither the host's config nor one of its keys, so the values given there are not read again here: they "
-            "reach the module as Snakemake leaves them, nested numbers as text; write `config: config[\"<key>\"]`, "
-            "or give them in a config file")
+            "neither the host's config nor one of its keys: the values given there reach the module only where your "
+            "Snakefile builds its config from them, and then as Snakemake leaves them, nested numbers as text (a copy "
+            "of a key); write `config: config[\"<key>\"]`, or give them in a config file")
     update_config(workflow.config_settings.overwrite_config, _typed_cli)
     workflow.config_settings.config_args = as_config_args(_typed_cli)
 
@@ -1223,13 +1223,31 @@ if _making_report:  # each instance's own runs
 # Where the user runs the workflow (not again in each job Snakemake spawns, which may not see the same files), and
 # not for a command that runs no job (`--unlock` after a crash, with the data's file system not mounted yet).
 CHECK_FILES = workflow.is_main_process and not runs_no_job(ARGV)
-if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]):
+
+
+def made_by_a_rule(path):
+    """Of the workflow's rules read so far, the one that makes ``path`` (another module's, above this one in the
+    host; one instance's weights as another's), or None."""
+    target = below_workdir(path) or str(Path(path).resolve())
+    for each in workflow.rules:
+        try:
+            if each.is_producer(target):
+                return each
+        except Exception:  # noqa: BLE001 - outputs that cannot be matched make nothing checked here
+            continue
+    return None
+
+
+if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]) \
+        and not (not os.path.lexists(config["weights"]["path"]) and made_by_a_rule(config["weights"]["path"])):
     _path = config["weights"]["path"]
     _what = ("is a folder, not a file" if os.path.isdir(_path) else
              f"is a symbolic link to {os.readlink(_path)}, which leads to no file (missing, or a loop of links)"
              if os.path.islink(_path) else "does not exist")
     raise refused(f"weights.path: {config['weights']['path']} {_what}{relative_to_workdir(_path)}: name the "
-                  "weights file (.pth, .pt) to start from")
+                  "weights file (.pth, .pt) to start from"
+                  + (", or the output of a rule of the host read above this module (another module declared before "
+                     "it)" if _as_module and _what == "does not exist" else ""))
 
 def manifest_changed(manifest, classes, split_file):
     """Whether a CSV manifest's text or dataset.classes differ from those its split (``split_file``) was made from, as

@@ -48,7 +48,7 @@ rule weights:
         python=PYTHON,
         weights=weights_identity(),
         fetch=weights_fetch(),
-        file_state=weights_file_state(),
+        file_state=lambda wildcards: weights_file_state(),  # when the job starts: the file may be made in this run
         pretrained=pretrained_args,
     log:
         "results/logs/weights.log",
