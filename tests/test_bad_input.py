@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -1883,6 +1884,53 @@ def test_a_file_where_the_workflow_makes_a_folder_stops_it_at_start_naming_the_f
     result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
     assert (f"resources: a symbolic link to {tmp_path / 'scratch' / 'resources'}, which does not exist (a file system not "
             "mounted?)") in result.stdout, result.stdout[-3000:]
+
+
+def as_a_user(tmp_path: Path) -> str:
+    """A python that runs as a user does, without root's right to write any file: under root (as CI runs), its
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from the bounding set (setpriv), so a folder's permissions hold
+    for it and its jobs; another user's python as it is."""
+    if os.geteuid() != 0:
+        return sys.executable
+    wrapper = tmp_path / "python-as-a-user"
+    wrapper.write_text(f'#!/bin/sh\nexec setpriv --bounding-set -dac_override,-dac_read_search {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_a_folder_the_run_cannot_write_stops_it_at_start_naming_the_folder_and_its_rules(tiny_run_copy, tmp_path):
+    """A run's folder not writable (permissions, or a read-only file system): Snakemake removed the outputs the job was
+    to replace, then stopped on a traceback of its own (PermissionError) or "Failed to create output directory" for a
+    new run, after the jobs before it had run. The start says which folder, why, and which rules write below it; nothing
+    runs, every file is kept, and with the permissions put back the run goes on."""
+    from faults import snapshot
+
+    workdir, python = tiny_run_copy, as_a_user(tmp_path)
+    config = workdir / "config.yaml"
+    before = snapshot(workdir / "results")
+    (workdir / "results" / "finetune" / "seed0").chmod(0o555)
+    try:
+        result = run_snakemake(workdir, config, "--forcerun", "results/finetune/seed0/metrics.json", python=python,
+                               check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stdout, result.stdout[-3000:]
+        assert ("results/finetune/seed0: not writable by this user (its permissions) (relative to the working directory "
+                f"{workdir}), and rule evaluate writes below it: make it writable, or run in a folder you can write "
+                "(--directory)") in result.stdout, result.stdout[-3000:]
+        assert "nothing ran, and every earlier result is kept" in result.stdout, result.stdout[-3000:]
+        assert snapshot(workdir / "results") == before
+        # a new run's folder, made below a results/ that cannot be written
+        (workdir / "results").chmod(0o555)
+        more = tiny_config(workdir, name="more.yaml", experiments={"another": {"strategy": "finetune"}})
+        result = run_snakemake(workdir, more, python=python, check=False)
+        line = next((line for line in result.stdout.splitlines() if line.startswith("results: not writable")), "")
+        assert all(f" {rule}," in line or f" {rule} write" in line for rule in ("train", "evaluate", "export_onnx")), \
+            result.stdout[-3000:]
+        assert snapshot(workdir / "results") == before
+    finally:
+        (workdir / "results").chmod(0o755)
+        (workdir / "results" / "finetune" / "seed0").chmod(0o755)
+    result = run_snakemake(workdir, config, "--forcerun", "results/finetune/seed0/metrics.json", python=python)
+    assert "evaluate" in jobs_run(result.stdout), result.stdout[-3000:]
 
 
 def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):

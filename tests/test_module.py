@@ -326,6 +326,26 @@ def test_config_values_given_to_a_host_whose_module_config_is_its_own_dict_are_s
     assert epochs == {TINY_CONFIG["train"]["epochs"]}, epochs
 
 
+def test_replace_workflow_config_submitted_from_a_host_is_said_not_to_reach_the_jobs(tmp_path):
+    """As a module, `--replace-workflow-config` under Slurm: each job's Snakemake merged the host's configfile again
+    under the user's file (Snakemake 9.27 does not pass the flag on), and trained with keys only the host's file
+    wrote, planned as without them, without a word. A note at start says so, where jobs are submitted (not locally)."""
+    host = tmp_path / "host"
+    (host / "config").mkdir(parents=True)
+    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (host / "mine.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (host / "Snakefile").write_text(
+        'configfile: "config/finetune.yaml"\n'
+        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config\n'
+        "use rule * from finetune as finetune_*\n")
+    args = ("--configfile", str(host / "mine.yaml"), "--replace-workflow-config", "-n")
+    submitted = run_snakemake(host, None, *args, "--executor", "slurm", "--jobs", "1", snakefile=host / "Snakefile")
+    local = run_snakemake(host, None, *args, snakefile=host / "Snakefile")
+    note = "note: module finetune: --replace-workflow-config does not reach the jobs Snakemake submits"
+    assert note in submitted.stdout, submitted.stdout[-3000:]
+    assert note not in local.stdout, local.stdout[-3000:]
+
+
 def test_a_host_reading_the_module_twice_is_checked_as_written_and_an_empty_inbox_is_refused(tmp_path):
     """A host with a second `use rule ... from finetune` statement reads the workflow twice with one config dict,
     which the first reading filled with the schema's defaults: the fractions were then taken as written, and an

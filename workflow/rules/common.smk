@@ -85,7 +85,7 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
-                                 once, once_per, option_differences, own_sections, pending_jobs,
+                                 named_executor, once, once_per, option_differences, own_sections, pending_jobs,
                                  profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
                                  runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
@@ -272,6 +272,15 @@ if _merged_over_the_demo:
                   + demo_source_for_own_images(config, _demo, _user)
                   + train_keys_demo_experiments_keep(config, _demo, _user)):
         say(_note)
+# The workflow passes it on itself (REPLACED_ENV) where it is the main Snakefile, not as a module: said where jobs are
+# submitted (a cluster's executor: known here from the command line and profiles alone).
+if (_as_module and workflow.is_main_process and workflow.config_settings.replace_workflow_config
+        and workflow.config_settings.overwrite_config
+        and named_executor(ARGV, PROFILE_FILES) not in (None, "local", "dryrun", "touch")):
+    say("--replace-workflow-config does not reach the jobs Snakemake submits (Snakemake 9.27 drops it): each job's "
+        "Snakemake merges your Snakefile's configfile again under --configfile, and trains with the keys only that file "
+        "writes; leave `configfile:` out of your Snakefile and name your config with --configfile, or write every key "
+        "in the file your Snakefile reads (docs/module.md)")
 # A `pretrain` section the user wrote is read only with weights.source: pretrain: say so where it is not.
 _written = (workflow.config_settings.overwrite_config or {}) if _merged_over_the_demo else config
 # A config used alone without `pretrain` (said below, once the schema's defaults are known, where none was made yet).
@@ -2060,6 +2069,37 @@ def sync_batchnorm_on_cpu_problems_here():
     return sync_batchnorm_on_cpu_problems(runs, {run: train_key_names(run) for run in runs})
 
 
+def unwritable_folder_problems():
+    """The folders this run's jobs write into (outputs, logs, benchmarks: the nearest folder of each that exists) that
+    cannot be written here: a read-only file system, or one this user may not write. Snakemake failed such a job
+    ("Failed to create output directory", or a traceback of its own where it removed an output to replace it), after
+    the jobs before it had run. One line per folder, naming the rules that write below it."""
+    blocked, verdicts = {}, {}
+    for job in workflow.dag.needrun_jobs():
+        for file in map(str, [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]):
+            folder = os.path.dirname(os.path.normpath(file)) or "."
+            while not os.path.isdir(folder) and folder not in ("", ".", os.sep):
+                folder = os.path.dirname(folder) or "."
+            if folder not in verdicts:
+                verdicts[folder] = unwritable_reason(folder)
+            if verdicts[folder]:
+                blocked.setdefault(folder, set()).add(job.rule.name)
+    return [f"{os.getcwd() if folder == '.' else folder}: {verdicts[folder]}"
+            f"{'' if folder == '.' else relative_to_workdir(folder)}, and rule{'s' if len(rules) > 1 else ''} "
+            f"{', '.join(sorted(rules))} write{'' if len(rules) > 1 else 's'} below it: make it writable, or run in a "
+            "folder you can write (--directory)" for folder, rules in sorted(blocked.items())]
+
+
+def unwritable_reason(folder):
+    """Why ``folder`` cannot be written here, or None where it can (or cannot be asked)."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "on a read-only file system"
+    except OSError:
+        return None
+    return None if os.access(folder, os.W_OK | os.X_OK) else "not writable by this user (its permissions)"
+
+
 def cluster_run_problems():
     """What the train jobs of a run submitted to a cluster (Slurm) cannot do there: several nodes where the profile
     does not give rule train an allocation of that many, with the `mpi` resource (docs/slurm.md,
@@ -2229,7 +2269,7 @@ def scheduled_predict_problems():
 
 onstart:
     if not workflow.touch:
-        _problems = [*scheduled_predict_problems(),
+        _problems = [*scheduled_predict_problems(), *unwritable_folder_problems(),
                      *(local_run_problems() if workflow.local_exec else
                        cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems()
                        + slurm_size_problems())]
