@@ -98,6 +98,7 @@ def bench_train_throughput(image_root: Path, folder_csv: Path, manifest: dict, s
 
     def once(side: str, seed: int, epochs: int) -> float:
         opts = TrainOptions.from_dict(options | {"seed": seed, "epochs": epochs})
+        seed_everything(seed, False)  # the same new head on both sides
         model = fresh_model(manifest, source_state)
         if side == "ours":
             seconds, _ = timed(ours_train, folder_csv, model, prep, opts, threads)
@@ -145,6 +146,7 @@ def bench_feature_extract(image_root: Path, folder_csv: Path, manifest: dict, so
 
     def once(side: str, seed: int, n_epochs: int) -> tuple[float, float]:
         opts = TrainOptions.from_dict(options | {"seed": seed, "epochs": n_epochs})
+        seed_everything(seed, False)  # the same new head on both sides: the accuracies differ by the training alone
         model = fresh_model(manifest, source_state)
         if side == "ours":
             seconds, result = timed(ours_train, folder_csv, model, prep, opts, threads)
