@@ -291,27 +291,6 @@ def profile_files(argv: list[str], environ: dict, workflow_dir: str | os.PathLik
     return found
 
 
-def named_executor(argv: list[str], profiles: list[Path]) -> str | None:
-    """The executor this run names (``--executor``/``-e``, else a profile's ``executor:``), None where none is named
-    (Snakemake's local one). Read from the command line and the profiles: Snakemake sets its executor only after
-    reading the workflow."""
-    import yaml
-
-    for i, arg in enumerate(argv):
-        if arg in ("--executor", "-e") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--executor="):
-            return arg.split("=", 1)[1]
-    for file in profiles:
-        try:
-            named = (yaml.safe_load(Path(file).read_text()) or {}).get("executor")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if named:
-            return str(named)
-    return None
-
-
 # Snakemake commands that read the workflow but run no job and look at no input: the checks of the data at start
 # (dataset.path, weights.path, predict.images) must not stand in their way. `--unlock` after a crash, above all,
 # with the data's file system not mounted yet.

@@ -85,7 +85,7 @@ from finetune.watch import dataset_walk, images_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
-                                 named_executor, once, once_per, option_differences, own_sections, pending_jobs,
+                                 once, once_per, option_differences, own_sections, pending_jobs,
                                  profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
                                  runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
@@ -274,9 +274,10 @@ if _merged_over_the_demo:
         say(_note)
 # The workflow passes it on itself (REPLACED_ENV) where it is the main Snakefile, not as a module: said where jobs are
 # submitted (a cluster's executor: known here from the command line and profiles alone).
+LOCAL_EXECUTORS = (None, "local", "dryrun", "touch")
 if (_as_module and workflow.is_main_process and workflow.config_settings.replace_workflow_config
         and workflow.config_settings.overwrite_config
-        and named_executor(ARGV, PROFILE_FILES) not in (None, "local", "dryrun", "touch")):
+        and getattr(snakemake_command_line(ARGV, PROFILE_FILES), "executor", None) not in LOCAL_EXECUTORS):
     say("--replace-workflow-config does not reach the jobs Snakemake submits (Snakemake 9.27 drops it): each job's "
         "Snakemake merges your Snakefile's configfile again under --configfile, and trains with the keys only that file "
         "writes; leave `configfile:` out of your Snakefile and name your config with --configfile, or write every key "
@@ -1237,7 +1238,7 @@ CHECK_FILES = workflow.is_main_process and not runs_no_job(ARGV)
 def made_by_a_rule(path):
     """Of the workflow's rules read so far, the one that makes ``path`` (another module's, above this one in the
     host; one instance's weights as another's), or None."""
-    target = below_workdir(path) or str(Path(path).resolve())
+    target = resolved(path)
     for each in workflow.rules:
         try:
             if each.is_producer(target):
