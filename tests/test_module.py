@@ -219,6 +219,22 @@ def two_instance_host(host, config_a: dict, config_b: dict):
     return host
 
 
+def one_instance_host(host, extra: str = "", *, config_in_snakefile: bool = False):
+    """A host workflow of one instance, `finetune_*`, given TINY_CONFIG: as the host's config (config/finetune.yaml,
+    `config: config`), or, with config_in_snakefile, as a dict its Snakefile writes (`config: FT`). `extra` is appended
+    to the Snakefile (rules, `use rule ... with:` statements)."""
+    host.mkdir(parents=True, exist_ok=True)
+    if config_in_snakefile:
+        head, module_config = f"FT = {TINY_CONFIG!r}\n", "FT"
+    else:
+        (host / "config").mkdir(exist_ok=True)
+        (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+        head, module_config = 'configfile: "config/finetune.yaml"\n', "config"
+    (host / "Snakefile").write_text(head + f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n'
+                                    f"    config: {module_config}\nuse rule * from finetune as finetune_*\n" + extra)
+    return host
+
+
 def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_themselves(tmp_path):
     """Two instances on one ImageFolder, the first with no split yet: its check at start passed the folder and recorded
     it as checked (in the host's .snakemake/, which both share), so that the second, with a split, skipped its check
@@ -291,15 +307,8 @@ def test_a_use_rule_with_statement_leaves_the_notes_on_unprefixed_names_to_the_r
     name mapped to finetune_train: `--set-threads mine=1 evaluate=2` was said to name finetune_train twice, `mine` (the
     host's own rule, which the setting does reach) among them. Each key is said once, under the name its rule has, and
     a host rule's key not at all: its job runs with the threads given."""
-    host = tmp_path / "host"
-    (host / "config").mkdir(parents=True)
-    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    (host / "Snakefile").write_text(
-        'configfile: "config/finetune.yaml"\n'
-        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config\n'
-        "use rule * from finetune as finetune_*\n"
-        "use rule train from finetune as finetune_train with:\n    threads: 1\n"
-        'rule mine:\n    output: "mine.txt"\n    threads: 2\n    shell: "echo {threads} > {output}"\n')
+    host = one_instance_host(tmp_path / "host", "use rule train from finetune as finetune_train with:\n    threads: 1\n"
+                             'rule mine:\n    output: "mine.txt"\n    threads: 2\n    shell: "echo {threads} > {output}"\n')
     result = run_snakemake(host, None, "--set-threads", "mine=1", "evaluate=2", "--printshellcmds", "mine.txt",
                            snakefile=host / "Snakefile", cores=2)
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:") and "set-threads" in line]
@@ -312,12 +321,7 @@ def test_config_values_given_to_a_host_whose_module_config_is_its_own_dict_are_s
     """A module given a dict the host's Snakefile writes (`config: FT`) takes nothing from `--config`: the note said the
     values reached it, as text. It says they reach it only where the Snakefile builds its config from them; the train
     job is planned with the dict's epochs, not --config's."""
-    host = tmp_path / "host"
-    host.mkdir()
-    (host / "Snakefile").write_text(
-        f"FT = {TINY_CONFIG!r}\n"
-        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: FT\n'
-        "use rule * from finetune as finetune_*\n")
+    host = one_instance_host(tmp_path / "host", config_in_snakefile=True)
     result = run_snakemake(host, None, "-n", "--printshellcmds", "--config", "train={epochs: 2}",
                            snakefile=host / "Snakefile")
     assert ("the values given there reach the module only where your Snakefile builds its config from them"
@@ -330,14 +334,8 @@ def test_replace_workflow_config_submitted_from_a_host_is_said_not_to_reach_the_
     """As a module, `--replace-workflow-config` under Slurm: each job's Snakemake merged the host's configfile again
     under the user's file (Snakemake 9.27 does not pass the flag on), and trained with keys only the host's file
     wrote, planned as without them, without a word. A note at start says so, where jobs are submitted (not locally)."""
-    host = tmp_path / "host"
-    (host / "config").mkdir(parents=True)
-    (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    host = one_instance_host(tmp_path / "host")
     (host / "mine.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    (host / "Snakefile").write_text(
-        'configfile: "config/finetune.yaml"\n'
-        f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n    config: config\n'
-        "use rule * from finetune as finetune_*\n")
     args = ("--configfile", str(host / "mine.yaml"), "--replace-workflow-config", "-n")
     submitted = run_snakemake(host, None, *args, "--executor", "slurm", "--jobs", "1", snakefile=host / "Snakefile")
     local = run_snakemake(host, None, *args, snakefile=host / "Snakefile")
