@@ -2,9 +2,12 @@
 snippet, run for real on the tiny config, trains the same model as the workflow run directly."""
 
 import json
+import os
 import re
 import shlex
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -219,20 +222,56 @@ def two_instance_host(host, config_a: dict, config_b: dict):
     return host
 
 
-def one_instance_host(host, extra: str = "", *, config_in_snakefile: bool = False):
-    """A host workflow of one instance, `finetune_*`, given TINY_CONFIG: as the host's config (config/finetune.yaml,
-    `config: config`), or, with config_in_snakefile, as a dict its Snakefile writes (`config: FT`). `extra` is appended
-    to the Snakefile (rules, `use rule ... with:` statements)."""
+def one_instance_host(host, extra: str = "", *, above: str = "", config: dict = TINY_CONFIG,
+                      config_in_snakefile: bool = False):
+    """A host workflow of one instance, `finetune_*`, given ``config``: as the host's config (config/finetune.yaml,
+    `config: config`), or, with config_in_snakefile, as a dict its Snakefile writes (`config: FT`). ``above`` and
+    ``extra`` are written before and after the module (rules, `use rule ... with:` statements)."""
     host.mkdir(parents=True, exist_ok=True)
     if config_in_snakefile:
-        head, module_config = f"FT = {TINY_CONFIG!r}\n", "FT"
+        head, module_config = f"FT = {config!r}\n", "FT"
     else:
         (host / "config").mkdir(exist_ok=True)
-        (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+        (host / "config" / "finetune.yaml").write_text(yaml.safe_dump(config))
         head, module_config = 'configfile: "config/finetune.yaml"\n', "config"
-    (host / "Snakefile").write_text(head + f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n'
+    (host / "Snakefile").write_text(head + above + f'module finetune:\n    snakefile: "{REPO / "Snakefile"}"\n'
                                     f"    config: {module_config}\nuse rule * from finetune as finetune_*\n" + extra)
     return host
+
+
+def test_an_image_folder_and_images_to_classify_made_by_rules_of_the_host_are_made_first_in_the_same_run(tmp_path):
+    """A dataset.path and a predict.images that rules of the host (declared above the module) make were refused at start
+    as missing, on every command, their own targets too. From an empty folder, one run now makes them, splits every
+    image the host's rule put there (Snakemake's timestamp file in a directory output is none of them) and classifies
+    every image it copied; the next run has nothing to do, nor the one after the host's rule made the folder again:
+    the split records the folder's state when its job starts, not as it was when the run began."""
+    from faults import make_images
+
+    host = tmp_path / "host"
+    made = make_images(host / "source", {"cat": 6, "dog": 6})
+    incoming = make_images(host / "incoming", {"x": 3}, seed=2)["x"]
+    config = {**TINY_CONFIG, "experiments": {"finetune": {"strategy": "finetune"}},
+              "dataset": {"format": "imagefolder", "path": "data", "val_fraction": 0.2, "test_fraction": 0.2},
+              "predict": {"images": "inbox", "experiment": "finetune", "seed": 0}}
+    above = ('rule images:\n    input: "source"\n    output: directory("data")\n    shell: "cp -r {input} {output}"\n'
+             'rule inbox:\n    input: "incoming/x"\n    output: directory("inbox")\n    shell: "cp -r {input} {output}"\n')
+    one_instance_host(host, above, config=config)  # declared below the module: not seen, refused as missing
+    refused = run_snakemake(host, None, "-n", "finetune_all", snakefile=host / "Snakefile", check=False)
+    assert refused.returncode != 0 and ("dataset.path: data (imagefolder) does not exist" in refused.stdout) and (
+        "or make it with a rule of your workflow declared above this module" in refused.stdout), refused.stdout[-3000:]
+    one_instance_host(host, above=above, config=config)
+    result = run_snakemake(host, None, "--printshellcmds", "finetune_all", snakefile=host / "Snakefile")
+    assert "note: module finetune: data is made in this run by images, a rule of your workflow" in result.stdout, \
+        result.stdout[-3000:]
+    split = pd.read_csv(host / "resources/splits/target.csv")
+    assert sorted(os.path.relpath(host / path, host / "data") for path in split["path"]) == sorted(
+        os.path.relpath(path, host / "source") for paths in made.values() for path in paths)
+    predictions = pd.read_csv(host / "results/predictions/finetune/seed0/predictions.csv")
+    assert sorted(Path(path).name for path in predictions["path"]) == sorted(path.name for path in incoming)
+    assert "Nothing to be done" in run_snakemake(host, None, "-n", "finetune_all", snakefile=host / "Snakefile").stdout
+    run_snakemake(host, None, "--forcerun", "images", "inbox", "--", "finetune_all", snakefile=host / "Snakefile")
+    planned = run_snakemake(host, None, "-n", "finetune_all", snakefile=host / "Snakefile")
+    assert "Nothing to be done" in planned.stdout, planned.stdout[-3000:]
 
 
 def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_themselves(tmp_path):

@@ -822,12 +822,18 @@ def split_dataset_fetch(dataset):
 
 
 def dataset_inputs(wildcards):
-    cfg = dataset_config(wildcards.dataset)  # `local`: a user's path is read where written, a module's prefix: or not
-    return [local(plain_path(cfg["path"]))] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
+    """A CSV manifest (its text counts), or the folder or manifest one of the host's rules makes (as a module: the
+    split waits for it). `local`: a user's path is read where written, a module's prefix: or not."""
+    cfg = dataset_config(wildcards.dataset)
+    made = made_by_a_host_rule(cfg.get("path"))
+    return [local(plain_path(cfg["path"]))] if made or cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
 def dataset_state(wildcards):
-    return watched_state(dataset_config(wildcards.dataset))
+    cfg = dataset_config(wildcards.dataset)
+    if made_by_a_host_rule(cfg.get("path")):  # read when the job starts, once made; not the walk done at start
+        return dataset_walk(cfg)[0] if os.path.lexists(cfg["path"]) else "to be made"
+    return watched_state(cfg)
 
 
 _WATCHED = {}
@@ -1015,9 +1021,12 @@ def predict_images(wildcards):
 
 
 def predict_images_input(wildcards):
-    """predict.images as an input where it is a file (an image, or a CSV list whose text counts). A folder is
-    watched by its state (predict_images_state), not its own modification time, which a .DS_Store changes."""
+    """predict.images as an input where it is a file (an image, or a CSV list whose text counts), or where a rule of
+    the host makes it (as a module: the predictions wait for that rule). A folder is otherwise watched by its state
+    (predict_images_state), not its own modification time, which a .DS_Store changes."""
     images = predict_images(wildcards)
+    if made_by_a_host_rule(images):
+        return {"images": local(plain_path(images))}
     return {} if os.path.isdir(images) else {"images": local(images)}
 
 
@@ -1025,7 +1034,10 @@ def predict_images_state(wildcards):
     """predict.images, a folder searched recursively or a CSV list: the state of its images
     (finetune.watch.images_state, at the depth predict.watch asks for) reruns the predictions when one
     is added, removed or renamed (with `watch: files`, also overwritten in place)."""
-    return images_state(predict_images(wildcards), config["predict"]["watch"])
+    images = predict_images(wildcards)
+    if made_by_a_host_rule(images) and not os.path.lexists(images):
+        return "to be made"
+    return images_state(images, config["predict"]["watch"])
 
 
 def predict_model_name():
@@ -1248,6 +1260,40 @@ def made_by_a_rule(path):
     return None
 
 
+def _host_made_paths():
+    """Of dataset.path, pretrain.dataset.path (ImageFolder or CSV) and predict.images, those that a rule of the host
+    read above this module makes, with that rule's name: {plain path: rule name}. Looked up once, here, before this
+    workflow's own rules are read: a host rule declared below the module is not seen (as for weights.path)."""
+    paths = [config["predict"]["images"]]
+    paths += [dataset_config(each)["path"] for each in ("target", "source") if (each == "target" or config["weights"][
+        "source"] == "pretrain") and dataset_config(each)["format"] in ("imagefolder", "csv")]
+    made = {}
+    for path in paths:
+        maker = made_by_a_rule(path) if _as_module and isinstance(path, str) and path else None
+        if maker is not None:
+            made[plain_path(path)] = maker.name
+    return made
+
+
+HOST_MADE = _host_made_paths()
+
+
+def made_by_a_host_rule(path):
+    """The name of the host's rule that makes this dataset.path or predict.images (_host_made_paths), else None."""
+    return HOST_MADE.get(plain_path(path)) if isinstance(path, str) and path else None
+
+
+def made_later(path):
+    """A dataset.path or predict.images not there yet that the host makes; the job that reads it checks its
+    files (at start there is nothing to check); said at each start until it is there."""
+    maker = made_by_a_host_rule(path)
+    if maker is None or os.path.lexists(path):
+        return False
+    say(f"{path} is made in this run by {maker}, a rule of your workflow; its images are checked by the job that "
+        "reads them, not at start")
+    return True
+
+
 if CHECK_FILES and config["weights"]["source"] == "path" and not os.path.isfile(config["weights"]["path"]) \
         and not (not os.path.lexists(config["weights"]["path"]) and made_by_a_rule(config["weights"]["path"])):
     _path = config["weights"]["path"]
@@ -1364,7 +1410,9 @@ def refuse_missing_dataset(key, cfg, split_file):
             f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
             f"nothing ran, and {'what was made from it is kept' if os.path.exists(split_file) else 'no split was made'}; "
             "mount it or put it back, or name "
-            f"{'the folder of class folders' if folder else 'the CSV manifest'}")
+            f"{'the folder of class folders' if folder else 'the CSV manifest'}"
+            + (", or make it with a rule of your workflow declared above this module" if _as_module
+               and not os.path.lexists(path) else ""))
 
 
 def refuse_bad_new_images(key, cfg, split_file, listing):
@@ -1514,6 +1562,8 @@ def check_dataset_at_start(key, dataset):
     cfg = dataset_config(dataset)
     named = host_key(key)
     split_file = output_path(f"resources/splits/{dataset}.csv")
+    if cfg["format"] in ("imagefolder", "csv") and made_later(cfg["path"]):
+        return
     if cfg["format"] == "fashion-mnist":
         refuse_fashion_mnist_nowhere(named, cfg, split_file)
     if cfg["format"] not in ("imagefolder", "csv"):
@@ -1681,7 +1731,8 @@ if CHECK_FILES:
 
 # A phone's photos in predict.images (.heic) get no row: said at each start while they are there (the job's log alone
 # said so, and adding them reruns nothing).
-if CHECK_FILES and config["predict"]["images"] is not None:
+PREDICT_IMAGES_LATER = CHECK_FILES and config["predict"]["images"] is not None and made_later(config["predict"]["images"])
+if CHECK_FILES and config["predict"]["images"] is not None and not PREDICT_IMAGES_LATER:
     _unread = unread_predict_images_note(config["predict"]["images"])
     if _unread:
         say(_unread)
@@ -1743,15 +1794,18 @@ if PREDICT["images"] is not None:
             f"{PREDICT['seed']} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
             "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
-    if CHECK_FILES and not os.path.exists(PREDICT["images"]):
+    if CHECK_FILES and not PREDICT_IMAGES_LATER and not os.path.exists(PREDICT["images"]):
         raise refused(
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
-        )
-    if CHECK_FILES:  # a folder without images (or a list without paths, or of which no image opens) stops a run that
-        from finetune.deploy import check_one_opens, list_images  # makes the predictions (onstart), not the job, which
-        from finetune.errors import DataError  # would start by removing the earlier ones. Other targets (train, a report)
-        # run: a dry run or one of them gets a note only.
+            + (" (or make it with a rule of your workflow declared above this module)" if _as_module else ""))
+    # A folder without images (or a list without paths, or of which no image opens) stops a run that makes the
+    # predictions (onstart), not the job, which would start by removing the earlier ones. Other targets (train, a
+    # report) run: a dry run or one of them gets a note only.
+    if CHECK_FILES and not PREDICT_IMAGES_LATER:
+        from finetune.deploy import check_one_opens, list_images
+        from finetune.errors import DataError
+
         try:
             check_one_opens(list_images(PREDICT["images"])[0], PREDICT["images"])
         except DataError as exc:
