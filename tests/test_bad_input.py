@@ -1599,8 +1599,12 @@ BAD_CONFIGS = {
     # a training seed in a section: not the closest key's `sweep`, but the top-level list
     "seed_in_a_sweep": ({"experiments": {"finetune": {"sweep": {"seed": [0, 1]}}}},
                         "experiments.finetune.sweep.seed: unknown key (the training seeds are the config's top-level "
-                        "seeds, a list every experiment runs once per seed, seeds: [0, 1, 2]; dataset.seed draws the "
+                        "seeds, a list every experiment runs once per seed, as in seeds: [0, 1, 2]; dataset.seed draws the "
                         "split); allowed keys:"),
+    # a sweep outside an experiment: where it goes, not only the list of train's keys
+    "sweep_in_train": ({"train": {"sweep": {"lr": [0.1, 0.01]}}},
+                       "train.sweep: unknown key (sweep is a key of an experiment, experiments.<name>.sweep: it trains "
+                       "that experiment once per value)"),
     "seed_in_train": ({"train": {"seed": 1}}, "train.seed: unknown key (the training seeds are the config's top-level "
                                               "seeds"),
     "fashion_mnist_class_out_of_range": ({"dataset": {"classes": [6, 12]}},

@@ -122,7 +122,7 @@ def seed_hint(problem: str) -> str:
     if not found or ".pretrain." in f".{found.group(1)}":  # pretrain trains one source model: no seeds
         return problem
     return (f"{found.group(1)} (the training seeds are the config's top-level seeds, a list every experiment runs "
-            f"once per seed, seeds: [0, 1, 2]; dataset.seed draws the split){problem[found.end():]}")
+            f"once per seed, as in seeds: [0, 1, 2]; dataset.seed draws the split){problem[found.end():]}")
 
 
 _UNKNOWN_WEIGHTS = re.compile(r"^((?:[\w.-]+\.)?weights\.torchvision: unknown torchvision weights '([^']*)')(?: \(did you mean [^)]*\))?")
