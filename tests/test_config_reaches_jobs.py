@@ -852,6 +852,12 @@ def test_predict_keys_without_predict_images_are_named(tmp_path):
     for target in ("results/predictions/selected/predictions.csv", "predict_selected"):
         refused_at_start("some", target, "predict.experiment scratch with predict.seed 0 names one run, whose "
                          "predictions are results/predictions/scratch/seed0/predictions.csv: nothing ran", "choose-from")
+    # So with experiment null and a config of one experiment of one run: the key named as written, null.
+    (tmp_path / "one").mkdir()
+    tiny_config(tmp_path / "one", replace={"experiments": {"scratch": TINY_CONFIG["experiments"]["scratch"]}},
+                predict={"images": "new_images", "experiment": None, "seed": 0})
+    refused_at_start("one", "predict_selected", "predict.experiment null with predict.seed 0 names one run, whose "
+                     "predictions are results/predictions/scratch/seed0/predictions.csv: nothing ran", "choose-from")
     configfile = tmp_path / "some" / "config.yaml"
     # A run's seed folder asked for with a seed not in `seeds`: it trains, and the start says the leaderboard leaves it out.
     for target in ("results/scratch/seed5/metrics.json", "results/predictions/scratch/seed5/predictions.csv"):

@@ -189,7 +189,8 @@ def test_predict_reads_a_csv_list_and_keeps_going_past_missing_files(tiny_run, t
     assert "not found" in table.loc[1, "error"] and "missing.png" in result.stderr
     assert table.loc[3, "error"].endswith("imgs/nested: a folder, not an image file"), table.loc[3, "error"]
     assert table.loc[0, "error"] == "" and table.loc[2, "error"] == ""
-    assert "top4_class" in table.columns and "top5_class" not in table.columns  # k is capped at 4 classes
+    assert "top4_class" in table.columns and "top5_class" not in table.columns  # k is capped at 4 classes, as said
+    assert "note: top-k 10: the model has 4 classes, so each row lists all 4" in result.stderr, result.stderr
     # The same list written by hand, with spaces after the commas (`note, path`): the same rows.
     spaced = tmp_path / "spaced.csv"
     spaced.write_text("note, path\n" + "".join(f"{n}, {p}\n" for n, p in zip("abcd", table["path"])))
@@ -553,6 +554,13 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     assert refused.returncode != 0 and ("predict.images: none of the 3 image file(s) of incoming can be read as an image "
                                         "(the first: incoming/cut.jpg: ") in refused.stdout, refused.stdout[-2000:]
     assert predictions.read_bytes() == before
+    # And one that opens but has more pixels than the job decodes (a small file: a 1-bit PNG of one colour): the check
+    # opened it and passed, the job refused it and failed, and the earlier predictions were removed.
+    Image.new("1", (20_000, 15_001), 1).save(workdir / "incoming" / "zz_big.png")
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and "predict.images: none of the 4 image file(s) of incoming" in refused.stdout, \
+        refused.stdout[-2000:]
+    assert "rule predict" not in refused.stdout and predictions.read_bytes() == before
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

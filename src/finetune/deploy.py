@@ -23,8 +23,8 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, read_text_table, write_json
-from .images import (IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_preprocessed,
-                     normalize, not_read_line)
+from .images import (IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_image,
+                     load_preprocessed, normalize, not_read_line)
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -219,19 +219,18 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
 
 
 def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
-    """Raise DataError where none of ``pairs`` (:func:`list_images`) decodes as an image (a JPEG at a reduced scale),
-    naming the first one's problem. The workflow checks it at start: the predict job would fail on them, and a failed
-    job's outputs, the earlier predictions, are removed. The first image that opens ends the check."""
-    from PIL import Image
-
+    """Raise DataError where none of ``pairs`` (:func:`list_images`) decodes as the job decodes it (a JPEG at a reduced
+    scale; no more pixels than :data:`finetune.images.MAX_PIXELS`, checked before any is decoded), naming the first
+    one's problem. The workflow checks it at start: the predict job would fail on them, and a failed job's outputs, the
+    earlier predictions, are removed. The first image that decodes ends the check."""
     first = None
     for ref, path in pairs:
         try:
-            with Image.open(path) as image:
-                image.draft("RGB", (64, 64))  # a JPEG decoded at a reduced scale: all its data read, cheaply
-                image.load()
-                return
-        except Exception as exc:  # any reason an image does not open is one to report here
+            load_image(path, min_side=64)
+            return
+        except DataError as exc:
+            first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"
+        except Exception as exc:  # any reason an image does not decode is one to report here
             first = first or f"{ref}: {exc}"
     raise DataError(f"none of the {len(pairs)} image file(s) of {source} can be read as an image (the first: {first}); "
                     "the earlier predictions are kept")
@@ -258,6 +257,8 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     model = OnnxClassifier.load(model_path, threads)
     classes = model.classes
     k = max(1, min(top_k, len(classes)))
+    if top_k > k:  # said, not taken silently (the workflow says it at start too)
+        log(f"note: top-k {top_k}: the model has {len(classes)} classes, so each row lists all {k}")
     listed, ignored = list_images(source)
     if ignored:
         log(f"warning: {not_read_line(ignored)}")

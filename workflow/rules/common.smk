@@ -1786,12 +1786,17 @@ if CHECK_FILES:
             f"{folder}: a file, not a folder, where the workflow writes its outputs (relative to the working directory "
             f"{os.getcwd()}): nothing ran; move it away" for folder in _blocked))
 
+def yaml_scalar(value):
+    """A config value as the config's YAML writes it: null, not Python's None."""
+    return "null" if value is None else value
+
+
 if PREDICT["images"] is not None:
     PREDICT_TARGET, PREDICT_CANDIDATES = predict_choice(PREDICT["experiment"], PREDICT["seed"])
     if SELECTED_PREDICTION_TARGETS and not PREDICT_CANDIDATES:  # nothing to select among: the job would start with an
         raise refused(  # empty --choose-from and stop on it
-            f"{', '.join(SELECTED_PREDICTION_TARGETS)}: predict.experiment {PREDICT['experiment']} with predict.seed "
-            f"{PREDICT['seed']} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
+            f"{', '.join(SELECTED_PREDICTION_TARGETS)}: predict.experiment {yaml_scalar(PREDICT['experiment'])} with "
+            f"predict.seed {yaml_scalar(PREDICT['seed'])} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
             "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
     if CHECK_FILES and not PREDICT_IMAGES_LATER and not os.path.exists(PREDICT["images"]):
@@ -1904,14 +1909,16 @@ def earlier_results_note():
 
 
 # After a run that succeeded, a job Slurm ended was submitted again and finished: said, as it will be on every run.
-RAN_AGAIN = ("; the profile's `retries` submitted it again, and that attempt finished (where it is ended each time, "
-             "raise the rule's runtime or mem_mb in the profile's set-resources)")
+RAN_AGAIN = "; the profile's `retries` submitted it again, and that attempt finished"
+# Not after a job cancelled by hand (scancel): no limit of the profile's ended it.
+RAISE_LIMITS = " (where it is ended each time, raise the rule's runtime or mem_mb in the profile's set-resources)"
 
 
-def slurm_kill_notes(folder=".snakemake/slurm_logs", after=""):
+def slurm_kill_notes(folder=".snakemake/slurm_logs", after="", limit_hint=""):
     """Slurm's own lines on the jobs of this run it ended (``slurmstepd...: error: ... exceeded memory limit ..., being
     killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the executor kept (it
-    keeps a failed job's, removes the others); each note ends with ``after``. After a failed run: Snakemake's report
+    keeps a failed job's, removes the others); each note ends with ``after``, and ``limit_hint`` where Slurm ended the
+    job (not cancelled by hand). After a failed run: Snakemake's report
     prints a failed job's logs up to the first empty one only, so the rule's log of a job killed before it wrote a line
     hid the Slurm log that says why. After a run that succeeded: the attempt that failed was said mid-run only, among
     the other jobs' lines."""
@@ -1929,7 +1936,8 @@ def slurm_kill_notes(folder=".snakemake/slurm_logs", after=""):
             cancelled = all(" CANCELLED AT " in line and " DUE TO " not in line for line in lines)
             what = ("a job was cancelled (by scancel, or by Snakemake stopping its jobs on Ctrl-C)" if cancelled
                     else "Slurm ended a job")
-            notes.append(f"note: {what} ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}")
+            notes.append(f"note: {what} ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}"
+                         f"{'' if cancelled else limit_hint}")
     return notes[:10]
 
 
@@ -2367,7 +2375,7 @@ def unreadable_predictions_notes():
 
 onsuccess:
     remove_finished_states()
-    for _line in [*slurm_kill_notes(after=RAN_AGAIN), *unreadable_predictions_notes()]:
+    for _line in [*slurm_kill_notes(after=RAN_AGAIN, limit_hint=RAISE_LIMITS), *unreadable_predictions_notes()]:
         print(_line, file=sys.stderr)
 
 
