@@ -91,6 +91,43 @@ def test_a_key_written_twice_in_the_profile_in_use_is_refused_naming_it(tmp_path
         tmp_path / "profiles" / "slurm" / "config.yaml"]
 
 
+def test_a_resource_value_in_slurm_s_format_is_refused_naming_the_profile_rule_and_key(tmp_path):
+    """`runtime: "2:00:00"` in an edited profile (sbatch's own format) and `mem_mb: 4GB`: Snakemake stopped when it sized
+    the first job, in a traceback naming rule `all` of this workflow, not the profile. Refused at start, each with its
+    file, rule and key and the value to write; written so, the jobs are planned with that walltime and memory. The
+    command line's --set-resources is read the same way; the shipped profiles have no such value."""
+    from helpers import run_snakemake, tiny_config
+    from finetune.userconfig import resource_value_problems
+
+    for name in ("slurm", "default"):
+        assert resource_value_problems(["snakemake"], [REPO / "profiles" / name / "config.yaml"]) == [], name
+    profile = tmp_path / "myslurm"
+    profile.mkdir()
+    shipped = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert "  runtime: 30          # walltime, minutes\n" in shipped and "    mem_mb: 8000 * attempt\n" in shipped
+    edited = shipped.replace("  runtime: 30          # walltime, minutes\n", '  runtime: "2:00:00"\n')
+    edited = edited.replace("    mem_mb: 8000 * attempt\n", "    mem_mb: 4GB\n", 1)
+    (profile / "config.yaml").write_text(edited)
+    config = tiny_config(tmp_path / "run")
+    result = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), check=False, timeout=120)
+    assert result.returncode != 0, result.stdout[-2000:]
+    rule = next(name for name, sizes in SLURM["set-resources"].items() if sizes.get("mem_mb") == "8000 * attempt")
+    said = [line for line in result.stdout.splitlines() if line.startswith(str(profile))]
+    assert said == [f"{profile / 'config.yaml'}: default-resources: runtime: '2:00:00' is Slurm's time format, which "
+                    f"Snakemake does not read: write the minutes, {2 * 60} (or a duration such as 2h or 90m)",
+                    f"{profile / 'config.yaml'}: set-resources: {rule}: mem_mb: '4GB': mem_mb is a number of megabytes: "
+                    f"write {4 * 1000}"], result.stdout[-2000:]
+    assert "Traceback" not in result.stdout and not (tmp_path / "run" / "results").exists()
+    # Written as said, the jobs are planned with them (a rule without its own runtime: two hours).
+    (profile / "config.yaml").write_text(edited.replace('"2:00:00"', "120").replace("mem_mb: 4GB", "mem_mb: 4000"))
+    planned = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), timeout=120).stdout
+    assert "runtime=120" in planned and "mem_mb=4000" in planned, planned[-2000:]
+    result = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), "--set-resources",
+                           "train:runtime=1-12", check=False, timeout=120)
+    assert result.returncode != 0 and ("--set-resources: train: runtime: '1-12' is Slurm's time format, which Snakemake "
+                                       f"does not read: write the minutes, {36 * 60}") in result.stdout, result.stdout[-2000:]
+
+
 def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):
     """`--configfile a.yaml --configfile b.yaml` read b.yaml alone, and a second --set-resources replaced the first's,
     without a word (Snakemake keeps the last of an option that takes a list). Refused at start, naming the option;

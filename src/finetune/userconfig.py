@@ -669,6 +669,89 @@ def _entry_names(option: str, value) -> list[str]:
     return [word.split("=", 1)[0] for word in words]
 
 
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+(?::\d{1,2}){0,2})")  # sbatch -t's M:S, H:M:S, D-H, D-H:M, D-H:M:S
+
+
+def slurm_time_minutes(text: str) -> int | None:
+    """The minutes (rounded up) of a walltime in Slurm's format (``2:00:00``, ``1-12``; ``90:00`` is 90 minutes: two
+    parts are minutes and seconds), or None where ``text`` is not one (a plain number of minutes among them)."""
+    found = _SLURM_TIME.fullmatch(text)
+    if not found or (found.group(1) is None and ":" not in text):
+        return None
+    parts = [int(part) for part in found.group(2).split(":")]
+    if found.group(1) is not None:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:
+        hours, minutes, seconds = ([0] + parts)[-3:]
+    return max(1, -(-(int(found.group(1) or 0) * 86400 + hours * 3600 + minutes * 60 + seconds) // 60))
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])i?B?$", re.IGNORECASE)
+
+
+def _resource_entries(option: str, value) -> list[tuple[str, str, object]]:
+    """(rule or "", resource name, value) of a profile's default-resources or set-resources (a mapping, or a list of
+    words as on a command line) or a command line's words for that option."""
+    if isinstance(value, dict):
+        if option == "--set-resources":
+            return [(str(rule), str(name), each) for rule, names in value.items() if isinstance(names, dict)
+                    for name, each in names.items()]
+        return [("", str(name), each) for name, each in value.items()]
+    entries = []
+    for word in [value] if isinstance(value, str) else list(value or []):
+        head, eq, each = str(word).partition("=")
+        rule, colon, name = head.rpartition(":") if option == "--set-resources" else ("", "", head)
+        if eq:
+            entries.append((rule, name, each))
+    return entries
+
+
+def _resource_problem(name: str, value) -> str | None:
+    """Why Snakemake would stop on this resource value when it sizes the first job (a value it cannot read as
+    minutes or MB, said in a traceback naming a rule and a line of this workflow), with the value to write."""
+    text = value.strip().strip("'\"") if isinstance(value, str) else None
+    if text is None:
+        return None
+    minutes = slurm_time_minutes(text) if name == "runtime" else None
+    if minutes is not None:
+        return (f"{text!r} is Slurm's time format, which Snakemake does not read: write the minutes, {minutes} (or a "
+                "duration such as 2h or 90m)")
+    if name.endswith("_mb") and _SIZE.match(text):
+        number, unit = _SIZE.match(text).groups()
+        mb = float(number) * {"K": 1e-3, "M": 1, "G": 1e3, "T": 1e6}[unit.upper()]
+        return f"{text!r}: {name} is a number of megabytes: write {max(1, round(mb))}"
+    return None
+
+
+def resource_value_problems(argv: list[str], profiles: list) -> list[str]:
+    """The resource values of the profiles in use and of the command line (default-resources, set-resources) that
+    Snakemake cannot read, each named with its file (or option), its rule and key: `runtime: "2:00:00"` (Slurm's
+    format) and `mem_mb: 4GB` stopped the run at its first job with a traceback naming this workflow's rule `all`."""
+    import yaml
+
+    sources = []
+    for profile in profiles:
+        try:
+            loaded = yaml.safe_load(Path(profile).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            for option in ("--default-resources", "--set-resources"):
+                key = option.removeprefix("--")
+                value = loaded.get(key, loaded.get(key.replace("-", "_")))
+                if value is not None:
+                    sources.append((f"{profile}: {key}", option, value))
+    for option in ("--default-resources", "--set-resources"):
+        words = _option_words(argv, option)
+        if words is not None:
+            sources.append((option, option, words))
+    problems = []
+    for where, option, value in sources:
+        for rule, name, each in _resource_entries(option, value):
+            problem = _resource_problem(name, each)
+            if problem:
+                problems.append(f"{where}: {f'{rule}: ' if rule else ''}{name}: {problem}")
+    return problems
+
+
 def profile_settings_replaced(argv: list[str], profiles: list) -> list[str]:
     """One line for each option of :data:`REPLACED_WHOLE` that both this command line and a profile in use give: the
     command line's replaces the profile's whole, so the profile's entries it does not give again no longer apply

@@ -86,8 +86,8 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
                                  once, once_per, option_differences, own_sections, pending_jobs,
-                                 profile_settings_replaced, profile_files, repeated_options, reruns_more_than_named,
-                                 runs_no_job, runs_the_dag,
+                                 profile_settings_replaced, profile_files, repeated_options, resource_value_problems,
+                                 reruns_more_than_named, runs_no_job, runs_the_dag,
                                  schema_pretrain_note, schema_sections, snakemake_command_line, stray_configfiles,
                                  stray_configfiles_hint, train_keys_demo_experiments_keep, typed_command_line_config,
                                  where_written)
@@ -203,6 +203,11 @@ if workflow.is_main_process and repeated_options(ARGV):
 if workflow.is_main_process:
     for _line in profile_settings_replaced(ARGV, PROFILE_FILES):
         say(_line)
+# `runtime: "2:00:00"` (Slurm's format) or `mem_mb: 4GB` stopped the run at its first job, in a traceback naming this
+# workflow's rule `all`, not the profile: refused here, each named with its file, rule and key, and what to write.
+if workflow.is_main_process and resource_value_problems(ARGV, PROFILE_FILES):
+    raise WorkflowError("a resource value Snakemake cannot read (nothing ran):\n"
+                        + "\n".join(resource_value_problems(ARGV, PROFILE_FILES)))
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
 # again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
