@@ -204,7 +204,7 @@ if workflow.is_main_process:
     for _line in profile_settings_replaced(ARGV, PROFILE_FILES):
         say(_line)
 # `runtime: "2:00:00"` (Slurm's format) or `mem_mb: 4GB` stopped the run at its first job, in a traceback naming this
-# workflow's rule `all`, not the profile: refused here, each named with its file, rule and key, and what to write.
+# workflow's target `all`, not the profile: refused here, each named with its file, its rule and key, and what to write.
 if workflow.is_main_process and resource_value_problems(ARGV, PROFILE_FILES):
     raise WorkflowError("a resource value Snakemake cannot read (nothing ran):\n"
                         + "\n".join(resource_value_problems(ARGV, PROFILE_FILES)))
