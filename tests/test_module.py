@@ -274,6 +274,32 @@ def test_an_image_folder_and_images_to_classify_made_by_rules_of_the_host_are_ma
     assert "Nothing to be done" in planned.stdout, planned.stdout[-3000:]
 
 
+def test_an_image_folder_a_rule_of_the_host_made_wrong_is_made_again_from_its_fixed_source(tmp_path):
+    """A host's rule made the image folder (written as an absolute path: the rule matched it, and the split's input,
+    written another way, did not: Snakemake's MissingInputException) from a source with an empty class folder: the
+    split job failed. With the source fixed, every command was then refused at start on the folder the failed run left,
+    the host's own rule too: the start does not check a folder the host makes; the rule makes it again, and the split
+    draws from the images of the fixed source."""
+    from faults import make_images
+
+    host = tmp_path / "host"
+    made = make_images(host / "source", {"cat": 6, "dog": 6})
+    (host / "source" / "bird").mkdir()
+    config = {**TINY_CONFIG, "dataset": {"format": "imagefolder", "path": str(host / "data"), "val_fraction": 0.2,
+                                         "test_fraction": 0.2}}
+    one_instance_host(host, above='rule images:\n    input: "source"\n    output: directory("data")\n'
+                                  '    shell: "rm -rf {output} && cp -r {input} {output}"\n', config=config)
+    split = host / "resources/splits/target.csv"
+    failed = run_snakemake(host, None, "--printshellcmds", "resources/splits/target.csv", snakefile=host / "Snakefile",
+                           check=False)
+    assert failed.returncode != 0 and "rule finetune_split:" in failed.stdout, failed.stdout[-3000:]
+    assert "bird" in (host / "results/logs/split/target.log").read_text() and not split.exists()
+    (host / "source" / "bird").rmdir()  # the source's own time changes: the rule makes the folder again
+    run_snakemake(host, None, "--printshellcmds", "resources/splits/target.csv", snakefile=host / "Snakefile")
+    assert sorted(os.path.relpath(host / path, host / "data") for path in pd.read_csv(split)["path"]) == sorted(
+        os.path.relpath(path, host / "source") for paths in made.values() for path in paths)
+
+
 def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_themselves(tmp_path):
     """Two instances on one ImageFolder, the first with no split yet: its check at start passed the folder and recorded
     it as checked (in the host's .snakemake/, which both share), so that the second, with a split, skipped its check

@@ -830,8 +830,9 @@ def dataset_inputs(wildcards):
     """A CSV manifest (its text counts), or the folder or manifest one of the host's rules makes (as a module: the
     split waits for it). `local`: a user's path is read where written, a module's prefix: or not."""
     cfg = dataset_config(wildcards.dataset)
-    made = made_by_a_host_rule(cfg.get("path"))
-    return [local(plain_path(cfg["path"]))] if made or cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
+    if made_by_a_host_rule(cfg.get("path")):  # as the rule's output matched it (made_by_a_rule): /abs/data is data
+        return [local(resolved(cfg["path"]))]
+    return [local(plain_path(cfg["path"]))] if cfg["format"] == "csv" and Path(cfg["path"]).is_file() else []
 
 
 def dataset_state(wildcards):
@@ -1031,7 +1032,7 @@ def predict_images_input(wildcards):
     (predict_images_state), not its own modification time, which a .DS_Store changes."""
     images = predict_images(wildcards)
     if made_by_a_host_rule(images):
-        return {"images": local(plain_path(images))}
+        return {"images": local(resolved(images))}
     return {} if os.path.isdir(images) else {"images": local(images)}
 
 
@@ -1288,14 +1289,17 @@ def made_by_a_host_rule(path):
     return HOST_MADE.get(plain_path(path)) if isinstance(path, str) and path else None
 
 
-def made_later(path):
-    """A dataset.path or predict.images not there yet that the host makes; the job that reads it checks its
-    files (at start there is nothing to check); said at each start until it is there."""
+def made_by_the_host(path):
+    """A dataset.path or predict.images that the host makes: the job that reads it checks its files, not the start,
+    which would check what an earlier run of the host's rule left (one that failed the job, say), not what the rule
+    makes again from its fixed source, and refuse every command, that rule's too. Said at each start while it is not
+    there."""
     maker = made_by_a_host_rule(path)
-    if maker is None or os.path.lexists(path):
+    if maker is None:
         return False
-    say(f"{path} is made in this run by {maker}, a rule of your workflow; its images are checked by the job that "
-        "reads them, not at start")
+    if not os.path.lexists(path):
+        say(f"{path} is made in this run by {maker}, a rule of your workflow; its images are checked by the job that "
+            "reads them, not at start")
     return True
 
 
@@ -1567,7 +1571,7 @@ def check_dataset_at_start(key, dataset):
     cfg = dataset_config(dataset)
     named = host_key(key)
     split_file = output_path(f"resources/splits/{dataset}.csv")
-    if cfg["format"] in ("imagefolder", "csv") and made_later(cfg["path"]):
+    if cfg["format"] in ("imagefolder", "csv") and made_by_the_host(cfg["path"]):
         return
     if cfg["format"] == "fashion-mnist":
         refuse_fashion_mnist_nowhere(named, cfg, split_file)
@@ -1736,8 +1740,9 @@ if CHECK_FILES:
 
 # A phone's photos in predict.images (.heic) get no row: said at each start while they are there (the job's log alone
 # said so, and adding them reruns nothing).
-PREDICT_IMAGES_LATER = CHECK_FILES and config["predict"]["images"] is not None and made_later(config["predict"]["images"])
-if CHECK_FILES and config["predict"]["images"] is not None and not PREDICT_IMAGES_LATER:
+PREDICT_IMAGES_MADE = CHECK_FILES and config["predict"]["images"] is not None and made_by_the_host(
+    config["predict"]["images"])
+if CHECK_FILES and config["predict"]["images"] is not None and not PREDICT_IMAGES_MADE:
     _unread = unread_predict_images_note(config["predict"]["images"])
     if _unread:
         say(_unread)
@@ -1804,7 +1809,7 @@ if PREDICT["images"] is not None:
             f"predict.seed {yaml_scalar(PREDICT['seed'])} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
             "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
-    if CHECK_FILES and not PREDICT_IMAGES_LATER and not os.path.exists(PREDICT["images"]):
+    if CHECK_FILES and not PREDICT_IMAGES_MADE and not os.path.exists(PREDICT["images"]):
         raise refused(
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
@@ -1812,7 +1817,7 @@ if PREDICT["images"] is not None:
     # A folder without images (or a list without paths, or of which no image opens) stops a run that makes the
     # predictions (onstart), not the job, which would start by removing the earlier ones. Other targets (train, a
     # report) run: a dry run or one of them gets a note only.
-    if CHECK_FILES and not PREDICT_IMAGES_LATER:
+    if CHECK_FILES and not PREDICT_IMAGES_MADE:
         from finetune.deploy import check_one_opens, list_images
         from finetune.errors import DataError
 
