@@ -684,6 +684,8 @@ def slurm_time_minutes(text: str) -> int | None:
     else:
         hours, minutes, seconds = ([0] + parts)[-3:]
     return max(1, -(-(int(found.group(1) or 0) * 86400 + hours * 3600 + minutes * 60 + seconds) // 60))
+
+
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])i?B?$", re.IGNORECASE)
 
 
@@ -698,7 +700,7 @@ def _resource_entries(option: str, value) -> list[tuple[str, str, object]]:
     entries = []
     for word in [value] if isinstance(value, str) else list(value or []):
         head, eq, each = str(word).partition("=")
-        rule, colon, name = head.rpartition(":") if option == "--set-resources" else ("", "", head)
+        rule, _, name = head.rpartition(":") if option == "--set-resources" else ("", "", head)
         if eq:
             entries.append((rule, name, each))
     return entries

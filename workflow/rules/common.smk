@@ -1796,6 +1796,7 @@ if CHECK_FILES:
             f"{folder}: a file, not a folder, where the workflow writes its outputs (relative to the working directory "
             f"{os.getcwd()}): nothing ran; move it away" for folder in _blocked))
 
+
 def yaml_scalar(value):
     """A config value as the config's YAML writes it: null, not Python's None."""
     return "null" if value is None else value
@@ -1806,8 +1807,8 @@ if PREDICT["images"] is not None:
     if SELECTED_PREDICTION_TARGETS and not PREDICT_CANDIDATES:  # nothing to select among: the job would start with an
         raise refused(  # empty --choose-from and stop on it
             f"{', '.join(SELECTED_PREDICTION_TARGETS)}: predict.experiment {yaml_scalar(PREDICT['experiment'])} with "
-            f"predict.seed {yaml_scalar(PREDICT['seed'])} names one run, whose predictions are {PREDICT_TARGET}: nothing ran. Ask for that file, or "
-            "set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
+            f"predict.seed {yaml_scalar(PREDICT['seed'])} names one run, whose predictions are {PREDICT_TARGET}: "
+            "nothing ran. Ask for that file, or set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
     if CHECK_FILES and not PREDICT_IMAGES_MADE and not os.path.exists(PREDICT["images"]):
         raise refused(
@@ -1928,9 +1929,8 @@ def slurm_kill_notes(folder=".snakemake/slurm_logs", after="", limit_hint=""):
     """Slurm's own lines on the jobs of this run it ended (``slurmstepd...: error: ... exceeded memory limit ..., being
     killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the executor kept (it
     keeps a failed job's, removes the others); each note ends with ``after``, and ``limit_hint`` where Slurm ended the
-    job (not cancelled by hand). After a failed run: Snakemake's report
-    prints a failed job's logs up to the first empty one only, so the rule's log of a job killed before it wrote a line
-    hid the Slurm log that says why. After a run that succeeded: the attempt that failed was said mid-run only, among
+    job (not cancelled by hand). After a failed run: Snakemake's report prints a failed job's logs up to the first
+    empty one only, so the rule's log of a job killed before it wrote a line hid the Slurm log that says why. After a run that succeeded: the attempt that failed was said mid-run only, among
     the other jobs' lines."""
     notes = []
     for log in sorted(Path(folder).glob("**/*.log")):
