@@ -300,6 +300,23 @@ def test_an_image_folder_a_rule_of_the_host_made_wrong_is_made_again_from_its_fi
         os.path.relpath(path, host / "source") for paths in made.values() for path in paths)
 
 
+def test_a_host_rule_of_wildcards_whose_pattern_matches_the_images_to_classify_does_not_skip_their_check(tmp_path):
+    """A host rule `{name}.csv` from `{name}.tsv` matched the user's own list of images to classify: taken as made by
+    the host, the list was not checked at start, and a list of which no image decodes failed the predict job, which
+    removed the earlier predictions. A rule of wildcards makes nothing taken so: the start refuses it, as without it."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "bad.png").write_text("not an image")
+    (host / "list.csv").write_text("path\nbad.png\n")
+    config = {**TINY_CONFIG, "predict": {"images": "list.csv", "experiment": "finetune", "seed": 0}}
+    one_instance_host(host, above='rule conv:\n    input: "{name}.tsv"\n    output: "{name}.csv"\n'
+                                  '    shell: "tr \'\\\\t\' , < {input} > {output}"\n', config=config)
+    refused = run_snakemake(host, None, "-n", "finetune_all", snakefile=host / "Snakefile", check=False)
+    assert refused.returncode != 0 and ("predict.images: none of the 1 image file(s) of list.csv can be read as an "
+                                        "image") in refused.stdout, refused.stdout[-3000:]
+    assert "is made in this run by" not in refused.stdout
+
+
 def test_two_instances_on_one_image_folder_each_check_it_at_start_and_name_themselves(tmp_path):
     """Two instances on one ImageFolder, the first with no split yet: its check at start passed the folder and recorded
     it as checked (in the host's .snakemake/, which both share), so that the second, with a split, skipped its check

@@ -114,7 +114,8 @@ def test_a_resource_value_in_slurm_s_format_is_refused_naming_the_profile_rule_a
     rule = next(name for name, sizes in SLURM["set-resources"].items() if sizes.get("mem_mb") == "8000 * attempt")
     said = [line for line in result.stdout.splitlines() if line.startswith(str(profile))]
     assert said == [f"{profile / 'config.yaml'}: default-resources: runtime: '2:00:00' is Slurm's time format, which "
-                    f"Snakemake does not read: write the minutes, {2 * 60} (or a duration such as 2h or 90m)",
+                    "Snakemake does not take as a walltime (it reads minutes, or a duration such as 2h or 90m): write "
+                    f"the minutes, {2 * 60}",
                     f"{profile / 'config.yaml'}: set-resources: {rule}: mem_mb: '4GB': mem_mb is a number of megabytes: "
                     f"write {4 * 1000}"], result.stdout[-2000:]
     assert "Traceback" not in result.stdout and not (tmp_path / "run" / "results").exists()
@@ -125,7 +126,21 @@ def test_a_resource_value_in_slurm_s_format_is_refused_naming_the_profile_rule_a
     result = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), "--set-resources",
                            "train:runtime=1-12", check=False, timeout=120)
     assert result.returncode != 0 and ("--set-resources: train: runtime: '1-12' is Slurm's time format, which Snakemake "
-                                       f"does not read: write the minutes, {36 * 60}") in result.stdout, result.stdout[-2000:]
+                                       "does not take as a walltime (it reads minutes, or a duration such as 2h or 90m): "
+                                       f"write the minutes, {36 * 60}") in result.stdout, result.stdout[-2000:]
+    # The command line's --set-resources replaces the profile's whole: the profile's value no longer applies.
+    assert shipped.count("    runtime: 480 * attempt\n") == 1  # train's
+    (profile / "config.yaml").write_text(shipped.replace("    runtime: 480 * attempt\n", '    runtime: "8:00:00"\n'))
+    assert run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), check=False,
+                         timeout=120).returncode != 0
+    planned = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), "--set-resources",
+                            "train:runtime=90", timeout=120).stdout
+    assert "runtime=90" in planned and "Slurm's time format" not in planned, planned[-2000:]
+    # Binary units as Snakemake's own size parser reads them (4 GiB: 4,295 MB), and Slurm's M:S said so.
+    from finetune.userconfig import _resource_problem
+
+    assert _resource_problem("mem_mb", "4GiB").endswith(f"write {round(4 * 1024 ** 3 / 1e6)}")
+    assert "(Slurm reads two parts as minutes:seconds" in _resource_problem("runtime", "12:00")
 
 
 def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):

@@ -365,7 +365,7 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
             guess = f" (did you mean {close[0]}?)" if close else ""
             if list(error.absolute_path) == ["pretrain", "train"] and key in ("dataset", "image_size"):
                 guess = f" ({key} is a key of pretrain, not of pretrain.train)"
-            elif key == "sweep" and list(map(str, error.absolute_path))[:1] != ["experiments"]:
+            elif key == "sweep" and list(map(str, error.absolute_path)) in ([], ["train"]):
                 guess = (" (sweep is a key of an experiment, experiments.<name>.sweep: it trains that experiment once "
                          "per value)")
             elif error.absolute_path and key in top_level:

@@ -23,8 +23,8 @@ import numpy as np
 
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, read_text_table, write_json
-from .images import (IMAGE_EXTENSIONS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_image,
-                     load_preprocessed, normalize, not_read_line)
+from .images import (IMAGE_EXTENSIONS, MAX_PIXELS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_image,
+                     load_preprocessed, normalize, not_read_line, split_ref)
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -219,15 +219,28 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
 
 
 def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
-    """Raise DataError where none of ``pairs`` (:func:`list_images`) decodes as the job decodes it (a JPEG at a reduced
-    scale; no more pixels than :data:`finetune.images.MAX_PIXELS`, checked before any is decoded), naming the first
+    """Raise DataError where none of ``pairs`` (:func:`list_images`) decodes as an image (a JPEG at a reduced scale; no
+    more pixels than the job decodes, :data:`finetune.images.MAX_PIXELS`, checked before any is read), naming the first
     one's problem. The workflow checks it at start: the predict job would fail on them, and a failed job's outputs, the
-    earlier predictions, are removed. The first image that decodes ends the check."""
+    earlier predictions, are removed. The first image that decodes ends the check. Its pixels are not converted as the
+    job converts them (a large 16-bit image: gigabytes, at every start), and an IDX reference (``file.gz#3``) is read
+    as the job reads it."""
+    from PIL import Image
+
     first = None
     for ref, path in pairs:
         try:
-            load_image(path, min_side=64)
-            return
+            if split_ref(path)[1] is not None or not os.path.isfile(path):  # an IDX image; a pipe would block an open
+                load_image(path, min_side=64)
+                return
+            with Image.open(path) as image:
+                image.draft("RGB", (64, 64))  # a JPEG decoded at a reduced scale: all its data read, cheaply
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise DataError(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} decoded here "
+                                    "(a decompression bomb, or a picture too large): make it smaller")
+                image.load()
+                return
         except DataError as exc:
             first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"
         except Exception as exc:  # any reason an image does not decode is one to report here

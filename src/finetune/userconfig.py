@@ -686,7 +686,7 @@ def slurm_time_minutes(text: str) -> int | None:
     return max(1, -(-(int(found.group(1) or 0) * 86400 + hours * 3600 + minutes * 60 + seconds) // 60))
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])i?B?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])(i?)B?$", re.IGNORECASE)
 
 
 def _resource_entries(option: str, value) -> list[tuple[str, str, object]]:
@@ -714,11 +714,14 @@ def _resource_problem(name: str, value) -> str | None:
         return None
     minutes = slurm_time_minutes(text) if name == "runtime" else None
     if minutes is not None:
-        return (f"{text!r} is Slurm's time format, which Snakemake does not read: write the minutes, {minutes} (or a "
-                "duration such as 2h or 90m)")
+        two_parts = "-" not in text and text.count(":") == 1  # sbatch's M:S, which reads 12:00 as 12 minutes
+        return (f"{text!r} is Slurm's time format, which Snakemake does not take as a walltime (it reads minutes, or a "
+                f"duration such as 2h or 90m): write the minutes, {minutes}"
+                + (" (Slurm reads two parts as minutes:seconds; for hours write them as 2h)" if two_parts else ""))
     if name.endswith("_mb") and _SIZE.match(text):
-        number, unit = _SIZE.match(text).groups()
-        mb = float(number) * {"K": 1e-3, "M": 1, "G": 1e3, "T": 1e6}[unit.upper()]
+        number, unit, binary = _SIZE.match(text).groups()
+        power = "KMGT".index(unit.upper()) + 1
+        mb = float(number) * (1024 if binary else 1000) ** power / 1e6
         return f"{text!r}: {name} is a number of megabytes: write {max(1, round(mb))}"
     return None
 
@@ -739,7 +742,7 @@ def resource_value_problems(argv: list[str], profiles: list) -> list[str]:
             for option in ("--default-resources", "--set-resources"):
                 key = option.removeprefix("--")
                 value = loaded.get(key, loaded.get(key.replace("-", "_")))
-                if value is not None:
+                if value is not None and _option_words(argv, option) is None:  # the command line's replaces it whole
                     sources.append((f"{profile}: {key}", option, value))
     for option in ("--default-resources", "--set-resources"):
         words = _option_words(argv, option)

@@ -1269,14 +1269,16 @@ def made_by_a_rule(path):
 def _host_made_paths():
     """Of dataset.path, pretrain.dataset.path (ImageFolder or CSV) and predict.images, those that a rule of the host
     read above this module makes, with that rule's name: {plain path: rule name}. Looked up once, here, before this
-    workflow's own rules are read: a host rule declared below the module is not seen (as for weights.path)."""
+    workflow's own rules are read: a host rule declared below the module is not seen (as for weights.path). A rule of
+    wildcards whose pattern matches the path (`{name}.csv` from `{name}.tsv`) is not taken as making it: the file may
+    be the user's own, checked at start as before (its check keeps the earlier predictions)."""
     paths = [config["predict"]["images"]]
     paths += [dataset_config(each)["path"] for each in ("target", "source") if (each == "target" or config["weights"][
         "source"] == "pretrain") and dataset_config(each)["format"] in ("imagefolder", "csv")]
     made = {}
     for path in paths:
         maker = made_by_a_rule(path) if _as_module and isinstance(path, str) and path else None
-        if maker is not None:
+        if maker is not None and not maker.has_wildcards():
             made[plain_path(path)] = maker.name
     return made
 
