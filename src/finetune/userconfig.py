@@ -726,24 +726,33 @@ def _resource_problem(name: str, value) -> str | None:
     return None
 
 
-def resource_value_problems(argv: list[str], profiles: list) -> list[str]:
-    """The resource values of the profiles in use and of the command line (default-resources, set-resources) that
-    Snakemake cannot read, each named with its file (or option), its rule and key: `runtime: "2:00:00"` (Slurm's
-    format) and `mem_mb: 4GB` stopped the run at its first job with a traceback naming this workflow's rule `all`."""
+def _profile_settings(profiles: list) -> list[tuple[object, dict]]:
+    """(profile file, its settings) of each profile that reads as a YAML mapping; the others left out (Snakemake
+    says why where it reads them)."""
     import yaml
 
-    sources = []
+    settings = []
     for profile in profiles:
         try:
             loaded = yaml.safe_load(Path(profile).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(loaded, dict):
-            for option in ("--default-resources", "--set-resources"):
-                key = option.removeprefix("--")
-                value = loaded.get(key, loaded.get(key.replace("-", "_")))
-                if value is not None and _option_words(argv, option) is None:  # the command line's replaces it whole
-                    sources.append((f"{profile}: {key}", option, value))
+            settings.append((profile, loaded))
+    return settings
+
+
+def resource_value_problems(argv: list[str], profiles: list) -> list[str]:
+    """The resource values of the profiles in use and of the command line (default-resources, set-resources) that
+    Snakemake cannot read, each named with its file (or option), its rule and key: `runtime: "2:00:00"` (Slurm's
+    format) and `mem_mb: 4GB` stopped the run at its first job with a traceback naming this workflow's rule `all`."""
+    sources = []
+    for profile, loaded in _profile_settings(profiles):
+        for option in ("--default-resources", "--set-resources"):
+            key = option.removeprefix("--")
+            value = loaded.get(key, loaded.get(key.replace("-", "_")))
+            if value is not None and _option_words(argv, option) is None:  # the command line's replaces it whole
+                sources.append((f"{profile}: {key}", option, value))
     for option in ("--default-resources", "--set-resources"):
         words = _option_words(argv, option)
         if words is not None:
@@ -761,16 +770,8 @@ def profile_settings_replaced(argv: list[str], profiles: list) -> list[str]:
     """One line for each option of :data:`REPLACED_WHOLE` that both this command line and a profile in use give: the
     command line's replaces the profile's whole, so the profile's entries it does not give again no longer apply
     (``--resources mem_mb=8000`` drops the default profile's ``gpu: 1``, and the GPU jobs then run side by side)."""
-    import yaml
-
     lines = []
-    for profile in profiles:
-        try:
-            loaded = yaml.safe_load(Path(profile).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if not isinstance(loaded, dict):
-            continue
+    for profile, loaded in _profile_settings(profiles):
         for option, key in REPLACED_WHOLE.items():
             words = _option_words(argv, option)
             value = loaded.get(key, loaded.get(key.replace("-", "_")))
