@@ -205,9 +205,9 @@ if workflow.is_main_process:
         say(_line)
 # `runtime: "2:00:00"` (Slurm's format) or `mem_mb: 4GB` stopped the run at its first job, in a traceback naming this
 # workflow's target `all`, not the profile: refused here, each named with its file, its rule and key, and what to write.
-if workflow.is_main_process and resource_value_problems(ARGV, PROFILE_FILES):
-    raise WorkflowError("a resource value Snakemake cannot read (nothing ran):\n"
-                        + "\n".join(resource_value_problems(ARGV, PROFILE_FILES)))
+_unreadable = resource_value_problems(ARGV, PROFILE_FILES) if workflow.is_main_process else []
+if _unreadable:
+    raise WorkflowError("a resource value Snakemake cannot read (nothing ran):\n" + "\n".join(_unreadable))
 
 # `--config 'train={lr: 0.01}' 'seeds=[0, 1]'`: Snakemake makes every nested value text ('0.01'). Each is read
 # again from the command line as a config file reads it (0.01, and '7' quoted stays text), in the config and
