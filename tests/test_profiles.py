@@ -141,6 +141,20 @@ def test_a_resource_value_in_slurm_s_format_is_refused_naming_the_profile_rule_a
 
     assert _resource_problem("mem_mb", "4GiB").endswith(f"write {round(4 * 1024 ** 3 / 1e6)}")
     assert "(Slurm reads two parts as minutes:seconds" in _resource_problem("runtime", "12:00")
+    # A walltime of several parts (Snakemake's parser reads one number and unit), and mem_mib with a unit: refused
+    # with the figure to write; one part, or a plain number, passes as Snakemake reads it.
+    assert _resource_problem("runtime", "2h30m").endswith(f"write the minutes, {2 * 60 + 30}")
+    assert _resource_problem("runtime", "1d 12h").endswith(f"write the minutes, {36 * 60}")
+    assert _resource_problem("runtime", "1h1min1s").endswith(f"write the minutes, {62}")
+    assert _resource_problem("mem_mib", "4GB").endswith(f"mem_mib is a number of mebibytes: write {round(4e9 / 2 ** 20)}")
+    assert [_resource_problem(name, value) for name, value in
+            [("runtime", "90m"), ("runtime", "2h"), ("runtime", "150"), ("mem_mib", "4096"), ("mem", "4GB")]] == [None] * 5
+    result = run_snakemake(tmp_path / "run", config, "-n", "--set-resources", "train:runtime=2h30m",
+                           "--default-resources", "mem_mib=4GiB", check=False, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stdout, result.stdout[-2000:]
+    assert ("--set-resources: train: runtime: '2h30m': Snakemake reads one number and unit as a walltime (2h, 90m), not "
+            "several: write the minutes, 150") in result.stdout, result.stdout[-2000:]
+    assert "--default-resources: mem_mib: '4GiB': mem_mib is a number of mebibytes: write 4096" in result.stdout
 
 
 def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):

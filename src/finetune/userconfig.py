@@ -718,12 +718,32 @@ def _resource_problem(name: str, value) -> str | None:
         return (f"{text!r} is Slurm's time format, which Snakemake does not take as a walltime (it reads minutes, or a "
                 f"duration such as 2h or 90m): write the minutes, {minutes}"
                 + (" (Slurm reads two parts as minutes:seconds; for hours write them as 2h)" if two_parts else ""))
-    if name.endswith("_mb") and _SIZE.match(text):
+    minutes = compound_duration_minutes(text) if name == "runtime" else None
+    if minutes is not None:
+        return (f"{text!r}: Snakemake reads one number and unit as a walltime (2h, 90m), not several: write the "
+                f"minutes, {minutes}")
+    suffix = next((each for each in ("_mb", "_mib") if name.endswith(each)), None)
+    if suffix and _SIZE.match(text):
         number, unit, binary = _SIZE.match(text).groups()
         power = "KMGT".index(unit.upper()) + 1
-        mb = float(number) * (1024 if binary else 1000) ** power / 1e6
-        return f"{text!r}: {name} is a number of megabytes: write {max(1, round(mb))}"
+        size = float(number) * (1024 if binary else 1000) ** power / (1e6 if suffix == "_mb" else 1024 ** 2)
+        return (f"{text!r}: {name} is a number of {'megabytes' if suffix == '_mb' else 'mebibytes'}: write "
+                f"{max(1, round(size))}")
     return None
+
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(min|d|h|m|s)\s*", re.IGNORECASE)
+_SECONDS = {"d": 86400, "h": 3600, "m": 60, "min": 60, "s": 1}
+
+
+def compound_duration_minutes(text: str) -> int | None:
+    """The minutes (rounded up) of a walltime of several parts (``2h30m``, ``1d 12h``), which Snakemake's parser
+    refuses (it reads one number and unit); None where ``text`` is not one."""
+    parts = _DURATION_PART.findall(text)
+    if len(parts) < 2 or _DURATION_PART.sub("", text):
+        return None
+    seconds = sum(float(number) * _SECONDS[unit.lower()] for number, unit in parts)
+    return max(1, -(-int(seconds) // 60))
 
 
 def _profile_settings(profiles: list) -> list[tuple[object, dict]]:
