@@ -1074,6 +1074,33 @@ def test_a_class_too_small_or_a_photo_copied_under_another_label_stops_the_run_a
         assert jobs_run(again) == [], again[-3000:]
 
 
+def test_a_dataset_other_than_the_split_s_refused_at_start_says_the_split_kept_is_of_the_other(tmp_path):
+    """A run's config pointed at another image folder, with an unreadable image or a dataset.classes it lacks: the
+    refusal said "images new since the split was made" and "the split made before is kept", as if the split were of
+    these images. It names the dataset the split was drawn from (its report's), the file that sets the key where
+    several give the config, and the split is kept byte for byte."""
+    data, _, _, _, dataset, config, before = split_of_cats_and_dogs(tmp_path, "imagefolder")
+    other = tmp_path / "other"
+    make_images(other, {"owl": 6, "fox": 6}, seed=3)
+    shutil.copy(make_bad_images(tmp_path / "bad")["not_an_image"], other / "owl")
+    mine = tmp_path / "run" / "other.yaml"
+    mine.write_text(yaml.safe_dump({"dataset": {**dataset, "path": str(other)}}))
+    result = run_snakemake(tmp_path / "run", config, mine, "--until", "split", check=False)
+    assert result.returncode != 0 and "rule split:" not in result.stdout
+    assert (f"images of this dataset do not decode (nothing ran, and the split made before, of another dataset "
+            f"({data}), is kept): 1 unreadable image(s) in {other}") in result.stdout, result.stdout[-3000:]
+    assert "new since the split" not in result.stdout
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+
+    mine.write_text(yaml.safe_dump({"dataset": {**dataset, "path": str(other), "classes": ["owl", "cat"]}}))
+    result = run_snakemake(tmp_path / "run", config, mine, "--until", "split", check=False)
+    assert result.returncode != 0 and "rule split:" not in result.stdout
+    said = next(line for line in result.stdout.splitlines() if line.startswith("dataset.classes"))
+    assert "'cat'" in said and said.endswith(f"(set in {mine}): nothing ran, and the split made before, of another "
+                                             f"dataset ({data}), is kept"), said
+    assert snapshot(tmp_path / "run" / "resources" / "splits") == before
+
+
 @pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
 def test_the_images_opened_at_start_are_those_the_split_did_not_open(tmp_path, fmt):
     """finetune.startchecks.new_dataset_images against the split job's own files: none right after the split (with a

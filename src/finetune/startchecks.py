@@ -249,13 +249,14 @@ def new_dataset_images(cfg: dict, split_file: str | Path, listing=None) -> list[
     return new_images(listing["path"].tolist(), split_file, root, any(cfg.get(cap) for cap in CAPS))
 
 
-def new_images_problem(cfg: dict, paths: list[str], threads: int, listing=None) -> str | None:
+def new_images_problem(cfg: dict, paths: list[str], threads: int, listing=None, other_dataset: str | None = None
+                       ) -> str | None:
     """The split job's message (finetune.data._refuse_bad) for the images of ``paths`` (new since the split was made,
     of the dataset ``cfg`` configures) that do not decode, or that are the same file (identical bytes) as an image of
     another class (:func:`labelled_two_ways`), opened and hashed as the split job does (finetune.data.inspect_images),
     so that the run stops before Snakemake removes the split: the run after they are deleted, with the same images
     as before, would have made the same split again, and everything after it would have run again. None where none
-    is."""
+    is. ``other_dataset``: the path the split made before was drawn from, where it is not this dataset's."""
     from .data import DataError, SplitSpec, _refuse_bad, inspect_images
 
     inspected = inspect_images(paths, threads)
@@ -268,6 +269,9 @@ def new_images_problem(cfg: dict, paths: list[str], threads: int, listing=None) 
     except DataError as exc:
         what = " or ".join([*(["do not decode"] if bad else []),
                             *(["are the same file as an image of another class"] if conflicting else [])])
+        if other_dataset:  # the split made before was drawn from other images: every image here is new to it
+            return (f"images of this dataset {what} (nothing ran, and the split made before, of another dataset "
+                    f"({other_dataset}), is kept): {exc}")
         return f"images new since the split was made {what} (nothing ran, and the split made before is kept): {exc}"
     return None
 

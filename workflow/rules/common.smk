@@ -1352,13 +1352,28 @@ def split_report(split_file):
     return found if isinstance(found, dict) else {}
 
 
-def refused_at_start(problem, key, split_file):
+def refused_at_start(problem, key, split_file, cfg=None):
     """The error that stops a run at start for a dataset's ``problem`` (its keys named under ``key``, where the config
-    holds the dataset), saying what is kept: the split made before, where there is one."""
+    holds the dataset), saying what is kept: the split made before, where there is one (``cfg``, the dataset's
+    config: of another dataset, said so)."""
     from finetune.data import named_under
 
-    kept = "the split made before is kept" if os.path.exists(split_file) else "no split was made from it"
-    return WorkflowError(f"{named_under(problem, key).rstrip('.')}: nothing ran, and {kept}")  # not `classes.: nothing`
+    other = split_of_another_dataset(cfg, split_file) if cfg else None
+    kept = ("no split was made from it" if not os.path.exists(split_file) else
+            f"the split made before, of another dataset ({other}), is kept" if other else "the split made before is kept")
+    # not `classes.: nothing`; the file that sets the key, where several give the config
+    return WorkflowError(f"{with_sources([named_under(problem, key).rstrip('.')])[0]}: nothing ran, and {kept}")
+
+
+def split_of_another_dataset(cfg, split_file):
+    """The dataset (its path) the split made before was drawn from, where it is not ``cfg``'s (the config now names
+    other images: its checks then say so, not "images new since the split"); None where it is, or is not known."""
+    made_from = split_report(split_file).get("dataset")
+    if not isinstance(made_from, dict) or not isinstance(made_from.get("path"), str):
+        return None
+    same = (made_from.get("format") == cfg["format"]
+            and os.path.realpath(os.path.expanduser(made_from["path"])) == os.path.realpath(os.path.expanduser(str(cfg["path"]))))
+    return None if same else made_from["path"]
 
 
 # The state (finetune.watch) of each ImageFolder as it last passed the check at start, by folder, classes and watch
@@ -1437,10 +1452,13 @@ def refuse_bad_new_images(key, cfg, split_file, listing):
 
     try:
         paths = new_dataset_images(cfg, split_file, listing)
+        other = split_of_another_dataset(cfg, split_file)
         if len(paths) >= SAY_OPENING_FROM:
-            say(f"{key}.path: opening the {len(paths)} images new since the split was made, before any job (one that "
-                "cannot be read would fail the split job, which removes the split made before)")
-        problem = new_images_problem(cfg, paths, config["threads"]["data"], listing)
+            which = (f"its {len(paths)} images (the split made before is of another dataset, {other})" if other else
+                     f"the {len(paths)} images new since the split was made")
+            say(f"{key}.path: opening {which}, before any job (one that cannot be read would fail the split job, "
+                "which removes the split made before)")
+        problem = new_images_problem(cfg, paths, config["threads"]["data"], listing, other_dataset=other)
     except (DataError, OSError):  # the split job says what is wrong
         return
     if problem:
@@ -1463,7 +1481,7 @@ def refuse_new_faults(key, cfg, split_file):
         return
     problem = too_few_to_split_problem(cfg, listing)
     if problem:
-        raise refused_at_start(problem, key, split_file)
+        raise refused_at_start(problem, key, split_file, cfg)
     refuse_bad_new_images(key, cfg, split_file, listing)
 
 
@@ -1490,7 +1508,7 @@ def check_image_folder_at_start(key, cfg, split_file):
         try:
             check_image_folder(cfg["path"], cfg.get("classes"))
         except (DataError, OSError) as exc:
-            raise refused_at_start(str(exc) + mac_archive_hint(cfg["path"], str(exc)), key, split_file)
+            raise refused_at_start(str(exc) + mac_archive_hint(cfg["path"], str(exc)), key, split_file, cfg)
         refuse_new_faults(key, cfg, split_file)
         image_folder_checked(cfg, split_file, state)
     # split folders named otherwise (seg_train/, seg_test/) train a classifier of those names: said here, where it is
@@ -1513,7 +1531,7 @@ def check_image_folder_at_start(key, cfg, split_file):
     if cfg.get("classes") and os.path.exists(split_file):
         line = moved_indices_line(key, cfg, split_report(split_file))
         if line:
-            raise refused_at_start(line, key, split_file)
+            raise refused_at_start(line, key, split_file, cfg)
 
 
 def check_manifest_at_start(key, cfg, split_file):
@@ -1530,7 +1548,7 @@ def check_manifest_at_start(key, cfg, split_file):
     try:
         given = check_csv_manifest(cfg["path"], cfg.get("classes"))
     except DataError as exc:
-        raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file)
+        raise refused_at_start(f"{exc}{other_unicode_form_hint(cfg['path'])}", key, split_file, cfg)
     refuse_new_faults(key, cfg, split_file)
     return given, True
 
