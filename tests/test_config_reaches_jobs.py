@@ -498,6 +498,9 @@ def test_predict_left_to_selection_chooses_among_the_runs_it_stands_for(tmp_path
                         "(a resnet18, strategy finetune, bn auto)"),
     ({"batch_size": 2, "devices": 2, "device": "cpu"}, "batch_size: 2 gives BatchNorm batches of 1 image per process "
                                                         "(2 processes, sync_batchnorm off)"),
+    ({"batch_size": 1, "pretrained": False}, "batch_size: 1 gives BatchNorm batches of 1 image, and BatchNorm cannot "
+                                             "train on one image (a resnet18, strategy finetune, bn auto): use a "
+                                             "batch_size of 2 or more\n"),
     ({"batch_size": 1, "bn": "frozen"}, None),
     ({"batch_size": 1, "strategy": "feature_extract", "cache_features": False}, None),
     ({"batch_size": 2}, None),
@@ -505,13 +508,15 @@ def test_predict_left_to_selection_chooses_among_the_runs_it_stands_for(tmp_path
 def test_batchnorm_batches_of_one_image_are_refused_at_start(tmp_path, run, refused):
     """batch_size 1 (or 1 a process) with a ResNet's BatchNorm in training mode: the train job refused it, after
     Snakemake had removed that run's model.pt (under Slurm, twice: the profile retries). Now refused before any job,
-    naming the experiment's key; with BatchNorm frozen (bn frozen, or feature_extract's head alone) it trains."""
+    naming the experiment's key; with BatchNorm frozen (bn frozen, or feature_extract's head alone) it trains. From
+    scratch (pretrained false) bn frozen is not offered: there is no source model whose statistics it would keep."""
     config = {**TINY_CONFIG, "experiments": {"small": {"strategy": "finetune", **run}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_snakemake(tmp_path, tmp_path / "config.yaml", "-n", check=False)
     if refused:
         assert result.returncode != 0 and f"experiments.small: {refused}" in result.stdout, result.stdout[-3000:]
-        assert "use a batch_size of 2 or more" in result.stdout and "or bn: frozen" in result.stdout
+        assert "use a batch_size of 2 or more" in result.stdout
+        assert ("or bn: frozen" in result.stdout) == (run.get("pretrained") is not False), result.stdout[-3000:]
         assert "sync_batchnorm: true" not in result.stdout  # it runs on GPUs only: not offered on the CPU
     else:
         assert result.returncode == 0, result.stdout[-3000:]
@@ -524,8 +529,9 @@ def test_pretraining_on_batchnorm_batches_of_one_image_is_refused_at_start(tmp_p
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_snakemake(tmp_path, tmp_path / "config.yaml", "-n", check=False)
     assert result.returncode != 0 and ("pretrain.train: batch_size: 1 gives BatchNorm batches of 1 image, and "
-                                       "BatchNorm cannot train on one image (a resnet18, strategy finetune, bn auto)"
-                                       ) in result.stdout, result.stdout[-3000:]
+                                       "BatchNorm cannot train on one image (a resnet18, strategy finetune, bn auto): "
+                                       "use a batch_size of 2 or more\n") in result.stdout, result.stdout[-3000:]
+    assert "bn: frozen" not in result.stdout  # pretraining starts from random weights: no statistics to keep
 
 
 def test_distributed_keys_reach_the_train_job(tmp_path):

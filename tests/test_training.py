@@ -186,6 +186,31 @@ def test_gradual_from_no_pretrained_weights_is_said_at_start_and_trains_the_head
         assert random_backbone_gradual_note({"run": options}, {}) is None, options
 
 
+def test_frozen_batchnorm_from_no_pretrained_weights_is_said_at_start_and_normalises_nothing(tiny_run_copy):
+    """bn: frozen with pretrained: false was taken without a word: BatchNorm keeps the statistics of the weights it
+    starts from, here a fresh model's. Said at start, naming the run and both keys; the trained model.pt's BatchNorm
+    layers hold exactly those (mean 0, variance 1, scale 1, shift 0)."""
+    from finetune.startchecks import frozen_random_batchnorm_note
+    from helpers import run_snakemake, tiny_config
+
+    tiny_config(tiny_run_copy, replace={"experiments": {"plain": {"strategy": "finetune", "pretrained": False,
+                                                                  "bn": "frozen"}}})
+    ran = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
+    assert ("note: plain: bn frozen with pretrained false (experiments.plain.bn, experiments.plain.pretrained): "
+            "BatchNorm keeps the statistics of the weights it starts from, here its initial ones") in ran, ran[-3000:]
+    state = torch.load(tiny_run_copy / "results/plain/seed0/model.pt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    norms = sorted({key.rsplit(".", 1)[0] for key in state if key.endswith("running_var")})
+    assert len(norms) == 20  # resnet18's BatchNorm layers
+    for norm in norms:
+        for name, value in (("running_mean", 0.0), ("running_var", 1.0), ("weight", 1.0), ("bias", 0.0)):
+            assert torch.equal(state[f"{norm}.{name}"], torch.full_like(state[f"{norm}.{name}"], value)), (norm, name)
+    # From pretrained weights, or BatchNorm trained: nothing to say.
+    for options in ({"bn": "frozen", "pretrained": True}, {"bn": "auto", "pretrained": False},
+                    {"bn": "train", "pretrained": False}):
+        assert frozen_random_batchnorm_note({"run": options}, {}) is None, options
+
+
 def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     model = make_model(tiny)
     before = snapshot(model)

@@ -43,8 +43,9 @@ def batchnorm_batch_problems(options: dict, arch: str | None) -> list[str]:
     sync = ", or sync_batchnorm: true" if options.get("device", "auto") != "cpu" else ""  # it runs on GPUs only
     return [f"batch_size: {batch} gives BatchNorm batches of {per_process} image{where}, and BatchNorm cannot train on "
             f"one image (a {arch}, strategy {strategy}, bn {bn}): use a batch_size of 2 or more"
-            f"{f' per process{sync}' if where else ''}, or bn: frozen (BatchNorm then keeps the source model's "
-            "statistics)"]
+            f"{f' per process{sync}' if where else ''}"
+            + ("" if options.get("pretrained") is False else  # from scratch there are no statistics to keep
+               ", or bn: frozen (BatchNorm then keeps the source model's statistics)")]
 
 
 def batchnorm_problems(config: dict, runs: dict, experiment_of: dict) -> list[str]:
@@ -56,7 +57,8 @@ def batchnorm_problems(config: dict, runs: dict, experiment_of: dict) -> list[st
     problems = _by_experiment({run: why for run, why in found.items() if why},
                               {run: experiment_of.get(run, run) for run in runs})
     if config["weights"]["source"] == "pretrain":
-        problems += [f"pretrain.train: {why}" for why in batchnorm_batch_problems(config["pretrain"]["train"], arch)]
+        problems += [f"pretrain.train: {why}"  # from random weights: no statistics for bn frozen to keep
+                     for why in batchnorm_batch_problems({**config["pretrain"]["train"], "pretrained": False}, arch)]
     return problems
 
 
@@ -637,6 +639,22 @@ def random_backbone_gradual_note(runs: dict[str, dict], keys: dict[str, dict]) -
     return (f"{', '.join(named)}: strategy gradual with {' and '.join(where)} false: the first "
             f"{' or '.join(map(str, sorted(epochs)))} epoch(s) train the new head alone on a random backbone, frozen, "
             "which has learnt nothing to build on; strategy finetune trains every layer from the first epoch")
+
+
+def frozen_random_batchnorm_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
+    """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
+    Where ``bn: frozen`` meets ``pretrained: false``, a line naming the runs: frozen BatchNorm keeps the statistics
+    and scale of the weights it starts from, which here are the initial ones (mean 0, variance 1, scale 1, shift 0),
+    so that its layers normalise nothing for the whole run; said, not refused (a network without normalisation may be
+    what is meant)."""
+    named = sorted(run for run, options in runs.items()
+                   if options.get("bn") == "frozen" and options.get("pretrained") is False)
+    if not named:
+        return None
+    written = sorted({keys.get(run, {}).get(key, f"train.{key}") for run in named for key in ("bn", "pretrained")})
+    return (f"{', '.join(named)}: bn frozen with pretrained false ({', '.join(written)}): BatchNorm keeps the statistics "
+            "of the weights it starts from, here its initial ones (mean 0, variance 1, scale 1, shift 0), so it "
+            "normalises nothing for the whole run; bn: auto trains BatchNorm from scratch")
 
 
 def zero_backbone_lr_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:

@@ -100,7 +100,8 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   report_of_dataset, side_by_side_note, skipped_images_note, spacing_note,
                                   split_made_again, sync_batchnorm_on_cpu_problems, too_few_to_split_problem,
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
-                                  zero_backbone_lr_note, random_backbone_gradual_note, TORCH_RULES)
+                                  zero_backbone_lr_note, random_backbone_gradual_note, frozen_random_batchnorm_note,
+                                  TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
 # program of the user's through Snakemake's Python API, sys.argv is that program's and says nothing of Snakemake's
@@ -2387,6 +2388,9 @@ onstart:
         _random_gradual = random_backbone_gradual_note(_runs, _keys)
         if _random_gradual:
             say(_random_gradual)
+        _frozen_random = frozen_random_batchnorm_note(_runs, _keys)
+        if _frozen_random:
+            say(_frozen_random)
         _graphs = cuda_graphs_on_cpu_note_here({**_runs, **_pretrain}, {**_keys, **PRETRAIN_KEYS})
         if _graphs:
             say(_graphs)
