@@ -161,6 +161,28 @@ def test_a_shared_key_reruns_only_the_runs_that_act_on_it(tiny_run_copy):
     assert info["options"]["backbone_lr_factor"] == 1.0
 
 
+def test_a_number_written_at_its_default_another_way_reruns_nothing(tiny_run_copy):
+    """`label_smoothing: 0` where the schema's default is 0.0 (and `backbone_lr_factor: 1`, `lr_find.max_lr: 10`,
+    `warmup_epochs: 0.0` where it is 0): the jobs' params, compared as text, differed from the run's with the key left
+    out, so writing a default trained every run again. They are the default's now; a value other than the default
+    still reruns the runs that act on it."""
+    import yaml
+
+    written = {"label_smoothing": 0, "mixup_alpha": 0, "cutmix_alpha": 0, "warmup_epochs": 0.0}
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    defaults = {key: rule.get("default") for key, rule in schema["$defs"]["train"]["properties"].items()}
+    lr_find = {key: rule.get("default") for key, rule in schema["properties"]["lr_find"]["properties"].items()}
+    for key, value in [*written.items(), ("backbone_lr_factor", 1)]:  # the same number, another type
+        assert value == defaults[key] and type(value) is not type(defaults[key]), (key, defaults[key])
+    assert type(lr_find["max_lr"]) is float and lr_find["max_lr"] == 10
+    tiny_config(tiny_run_copy, train=written, lr_find={"max_lr": 10, "diverge_factor": int(lr_find["diverge_factor"])},
+                experiments={"finetune": {"strategy": "finetune", "backbone_lr_factor": 1}},
+                pretrain={"train": {"label_smoothing": 0}})
+    assert would_run(tiny_run_copy) == NOTHING
+    tiny_config(tiny_run_copy, train={"label_smoothing": 0.1})
+    assert would_run(tiny_run_copy) == Counter(AFTER_TRAIN)
+
+
 def test_pretraining_anew_reruns_the_runs_from_its_weights_not_the_scratch_control(tiny_run_copy):
     """The scratch control uses none of pretrain's weights, only the preprocessing pretrain publishes: the source's
     train images' mean and std, which the source's decode job records. Pretraining for longer reruns pretrain, the

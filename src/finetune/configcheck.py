@@ -100,7 +100,34 @@ def job_options(train: dict, overrides: dict, defaults: dict, arch: str | None =
             options.pop(key, None)
     for key in same_as_default({**defaults, **options}, arch):
         options[key] = defaults[key]
-    return options
+    return numbers_as_defaults(options, defaults)
+
+
+def numbers_as_defaults(options: dict, defaults: dict) -> dict:
+    """``options`` with each number equal to its key's default written as the default is (`label_smoothing: 0` as
+    0.0): Snakemake compares a job's params as text, so that `0` and `0.0` were two runs, and writing a key at its
+    default trained again."""
+    return {key: defaults[key] if is_number(value) and is_number(defaults.get(key)) and value == defaults[key]
+            else value for key, value in options.items()}
+
+
+def config_numbers_as_defaults(config: dict, schema: dict) -> None:
+    """:func:`numbers_as_defaults` through every section of ``config`` (in place) whose keys the schema gives
+    defaults (`$ref`s followed): `lr_find.diverge_factor: 4` as the default 4.0, `export.rtol: 0` as 0.0."""
+    def resolved(node):
+        while isinstance(node, dict) and "$ref" in node:
+            node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return node if isinstance(node, dict) else {}
+
+    def walk(section: dict, node: dict) -> None:
+        properties = resolved(node).get("properties") or {}
+        defaults = {key: resolved(rule).get("default") for key, rule in properties.items()}
+        section.update(numbers_as_defaults({key: section[key] for key in properties if key in section}, defaults))
+        for key, rule in properties.items():
+            if isinstance(section.get(key), dict):
+                walk(section[key], rule)
+
+    walk(config, schema)
 
 
 def same_as_default(options: dict, arch: str | None = None) -> dict[str, str]:

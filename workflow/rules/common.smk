@@ -78,7 +78,8 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
-from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_problems, format_problems, job_options,
+from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_numbers_as_defaults, config_problems,
+                                  format_problems, job_options,
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
@@ -367,6 +368,11 @@ _fractions_written = {
                          ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset")
                           if isinstance(config.get("pretrain"), dict) else None))}
 validate(config, "../schemas/config.schema.yaml")
+# A number written as its key's default is the default (`label_smoothing: 0`, default 0.0): the jobs' params, compared as
+# text, then are the same as with the key left out, and writing a default runs nothing again.
+from snakemake.common.configfile import load_configfile as _load_schema
+
+config_numbers_as_defaults(config, _load_schema(str(SCHEMA)))
 # The source dataset's test images are read by nothing (pretrain trains on its train images and chooses its best
 # epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
 # ImageFolder or a CSV manifest but the val ones trains the source model. Fashion-MNIST's test split is its own file.
