@@ -51,6 +51,7 @@ rule all:
         "results/summary.csv",
         "results/summary.md",
         intermediate_outputs(),
+        side_outputs(),
 
 
 note_resources_under_unprefixed_names()

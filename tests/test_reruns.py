@@ -57,6 +57,26 @@ def test_reruns_only_what_went_stale(tiny_run_copy):
     assert "results/finetune/seed0/model.pt" in third.stdout
 
 
+def test_an_output_deleted_by_hand_is_made_again_by_the_next_run_and_nothing_else(tiny_run_copy):
+    """A figure, metrics.html, the leaderboard's HTML or selected.json deleted by hand stayed missing: Snakemake runs
+    a job again only for a missing output something asks for, so the next run said "Nothing to be done", and
+    `--report` failed on the figure. Each is made again by its own job (and what reads that job's outputs), with the
+    same content where it has no timings (selected.json; the confusion matrix's counts)."""
+    workdir = tiny_run_copy
+    deleted = ["results/finetune/seed0/reliability.png", "results/scratch/seed0/metrics.html",
+               "results/scratch/seed0/confusion_matrix.csv", "results/summary.html", "results/selected.json"]
+    before = {name: (workdir / name).read_bytes() for name in deleted}
+    for name in deleted:
+        (workdir / name).unlink()
+    assert would_run(workdir) == Counter({"evaluate": 2, "summary": 1, "all": 1})
+    run_snakemake(workdir, workdir / "config.yaml")
+    assert all((workdir / name).stat().st_size > 0 for name in deleted)
+    assert json.loads((workdir / "results/selected.json").read_text()) == json.loads(before["results/selected.json"])
+    confusion = pd.read_csv(workdir / "results/scratch/seed0/confusion_matrix.csv", index_col=0)
+    assert confusion.equals(pd.read_csv(io.BytesIO(before["results/scratch/seed0/confusion_matrix.csv"]), index_col=0))
+    assert would_run(workdir) == NOTHING
+
+
 def test_a_train_job_that_failed_runs_again_rather_than_leave_the_old_results_standing(tiny_run_copy):
     """New settings whose train job fails: Snakemake removes the job's outputs (model.pt, ...) but not the older
     results made from them (metrics.json, model.onnx). The next run must try the train job again and what

@@ -1887,6 +1887,21 @@ def intermediate_outputs():
     return list(dict.fromkeys(files))
 
 
+def side_outputs():
+    """What the target all asks for besides the results and :func:`intermediate_outputs`: every other output of the jobs
+    it runs (each run's figures, metrics.html, confusion_matrix.csv, the int8 model, the leaderboard's HTML and
+    selected.json, predict's selection.json). Snakemake runs a job again only for a missing output something asks for,
+    so that one deleted by hand stayed missing (`Nothing to be done`), and `--report` then failed on it. Not the range
+    test's curve (lr_find.csv, .png): made again, its suggestion.json would be new, and every run of `lr: auto` would
+    train again for a figure."""
+    files = expand(list(rules.evaluate.output), experiment=EXPERIMENTS, seed=SEEDS) + list(rules.summary.output)
+    if config["export"]["quantize"]:
+        files += expand(list(rules.quantize_onnx.output), experiment=EXPERIMENTS, seed=SEEDS)
+    if PREDICT_TARGET and PREDICT_TARGET == rules.predict_selected.output.csv:
+        files += list(rules.predict_selected.output)
+    return list(dict.fromkeys(files))
+
+
 def selected_models_missing():
     """After a failed run: the models results/selected.json names that are not there (the leaderboard is made
     before the exports, which this run did not finish)."""
