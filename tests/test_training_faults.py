@@ -758,3 +758,64 @@ def test_train_run_alone_without_the_weights_it_can_build_from_says_which_argume
     assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
     assert f"error: {said}" in result.stdout, result.stdout
     assert not out.exists()
+
+
+def _damage_in_place(path: Path, at: int) -> None:
+    """Bytes written over inside the file, its size kept (a bad copy, a disk error), its time then later."""
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(bytes(b ^ 0xFF for b in handle.read(64)))
+    os.utime(path, ns=(time.time_ns() + 5 * 10 ** 9,) * 2)
+
+
+def test_a_model_pt_weights_or_decoded_images_damaged_since_their_job_are_refused_at_start_keeping_every_result(
+        tiny_run_copy):
+    """A run's model.pt, the published weights or the decoded images cut short or written over since their job: the
+    jobs after them refused them, but only once Snakemake had removed their outputs (the run's model.onnx and
+    metrics.json; for the weights or the images, a run's model.pt). Refused at start now, naming the file and the
+    command that makes it again, with nothing run or removed; put back, nothing reruns; made again with --forcerun, the
+    model is the one it was (every tensor equal: training on the CPU is deterministic)."""
+    import zipfile
+
+    from faults import snapshot
+    from helpers import jobs_run, run_snakemake
+
+    workdir, config = tiny_run_copy, tiny_run_copy / "config.yaml"
+    model, weights = workdir / "results/finetune/seed0/model.pt", workdir / "resources/weights/weights.pth"
+    (decoded,) = (workdir / "resources/decoded/target").glob("*/images.npy")
+    before = snapshot(workdir / "results")
+    trained = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
+    cases = [
+        (weights, lambda: os.truncate(weights, 1000), "resources/weights/weights.pth does not match its manifest"),
+        (decoded, lambda: _damage_in_place(decoded, decoded.stat().st_size // 2),
+         f"decoded images {decoded.relative_to(workdir)}: its bytes changed after it was written"),
+        (decoded, lambda: os.truncate(decoded, decoded.stat().st_size - 10),
+         f"decoded images {decoded.relative_to(workdir)}: it has "),
+        (model, lambda: os.truncate(model, model.stat().st_size // 2),
+         "results/finetune/seed0/model.pt no longer reads as the checkpoint its train job wrote (BadZipFile"),
+        (model, lambda: _damage_in_place(model, model.stat().st_size // 2),
+         "results/finetune/seed0/model.pt no longer holds the bytes its train job wrote ("),
+    ]
+    for path, damage, said in cases:
+        whole, stat = path.read_bytes(), path.stat()
+        damage()
+        assert path.read_bytes() != whole
+        refused = run_snakemake(workdir, config, check=False)
+        assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+        assert said in refused.stdout and "nothing ran, and nothing was removed" in refused.stdout, refused.stdout[-3000:]
+        assert f"make it again with --forcerun {path.relative_to(workdir)}" in refused.stdout, refused.stdout[-3000:]
+        after = snapshot(workdir / "results")  # every result kept: the damaged model.pt aside, byte for byte
+        assert after.keys() == before.keys()
+        assert {k: v for k, v in after.items() if k != "finetune/seed0/model.pt"} == \
+            {k: v for k, v in before.items() if k != "finetune/seed0/model.pt"}
+        path.write_bytes(whole)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert jobs_run(run_snakemake(workdir, config).stdout) == []
+    # An independent verdict on the damage the check finds: Python's zipfile, on the CRCs torch.save wrote.
+    _damage_in_place(model, model.stat().st_size // 2)
+    with zipfile.ZipFile(model) as archive:
+        assert archive.testzip() is not None
+    ran = run_snakemake(workdir, config, "--forcerun", "results/finetune/seed0/model.pt")
+    assert "train" in jobs_run(ran.stdout), ran.stdout[-3000:]
+    again = torch.load(model, map_location="cpu", weights_only=False)["state_dict"]
+    assert again.keys() == trained.keys() and all(torch.equal(again[key], trained[key]) for key in trained)

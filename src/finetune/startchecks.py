@@ -533,6 +533,61 @@ def damaged_onnx_problem(path: str | Path) -> str | None:
     return None
 
 
+def damaged_checkpoint_problem(path: str | Path) -> str | None:
+    """Where a model.pt (torch.save's zip archive) no longer reads as one, or a member's bytes no longer match the
+    CRC its writer stored: cut short or overwritten since its train job, which Snakemake keeps as done; the export and
+    evaluate jobs after it would fail on it only once Snakemake had removed their outputs (the run's model.onnx,
+    metrics.json)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"{path} no longer reads as the checkpoint its train job wrote ({type(exc).__name__}: {exc})"
+    if bad is not None:
+        return f"{path} no longer holds the bytes its train job wrote ({bad} fails its CRC)"
+    return None
+
+
+def damaged_weights_problem(weights_file: str | Path, manifest_file: str | Path) -> str | None:
+    """Where the published weights no longer have the sha256 their manifest gives (cut short or replaced since the
+    weights job): every train job would refuse them, each after Snakemake removed that run's model.pt."""
+    from .fileio import sha256_of
+
+    try:
+        manifest = json.loads(Path(manifest_file).read_text())
+        expected = manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{manifest_file} no longer reads as the weights' manifest ({type(exc).__name__}: {exc})"
+    try:
+        actual = sha256_of(weights_file)
+    except FileNotFoundError:
+        return None
+    if actual != expected:
+        return f"{weights_file} does not match its manifest {manifest_file} (sha256 {actual}, the manifest says {expected})"
+    return None
+
+
+def damaged_decoded_problem(npy: str | Path, info_json: str | Path) -> str | None:
+    """Where decoded images no longer hold what their record says (cut short, or written over since: the decode
+    job's own check, finetune.store, whose bytes it reads only where the array changed after its record): every job
+    reading them would stop on it, each after Snakemake removed its outputs (a run's model.pt)."""
+    from .errors import DataError
+    from .store import _damage  # the check open_decoded makes, without its removal of the pair
+
+    try:
+        with open(npy, "rb") as handle:
+            why = _damage(handle, Path(npy), Path(info_json))[0]
+    except FileNotFoundError:
+        return None
+    except (OSError, DataError) as exc:  # another version's record: the job says so, nothing is damaged
+        return None if isinstance(exc, DataError) else f"{npy} cannot be read ({exc})"
+    return f"decoded images {npy}: {why}" if why else None
+
+
 def stored_as(path: str) -> str | None:
     """The file ``path`` names where it is not there as written but one of its names (the file's or a folder's above
     it) is stored in another Unicode form: 'é' as one character written, 'e' and a combining accent on disk (as macOS

@@ -102,6 +102,7 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   split_made_again, sync_batchnorm_on_cpu_problems, too_few_to_split_problem,
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
                                   zero_backbone_lr_note, random_backbone_gradual_note, frozen_random_batchnorm_note,
+                                  damaged_checkpoint_problem, damaged_weights_problem, damaged_decoded_problem,
                                   TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
@@ -1735,9 +1736,26 @@ if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND
     # sound no more than it touches it
     _onnx = [each for each in (output_path(f"results/{run}/model.onnx") for run in RUNS)
              if onnx_checked(_COMMAND, each)]
+    # model.pt, the published weights and the decoded images the same way: the jobs after them check them too, but
+    # only once Snakemake has removed those jobs' outputs (a run's model.onnx and metrics.json, or its model.pt)
+    _checkpoints = [each for each in (output_path(f"results/{run}/model.pt") for run in RUNS)
+                    if onnx_checked(_COMMAND, each)]
+    _weights = [(output_path("resources/weights/weights.pth"), output_path("resources/weights/manifest.json"))]
+    _weights = [pair for pair in _weights if weights_used() and onnx_checked(_COMMAND, pair[0])]
+    _decoded = list(dict.fromkeys(
+        (output_path(pair["decoded_images"]), output_path(pair["decoded_info"]))
+        for pair in [*(target_decoded(experiment) for experiment in EXPERIMENTS),
+                     *([source_decoded()] if config["weights"]["source"] == "pretrain" else [])]))
+    _decoded = [pair for pair in _decoded if onnx_checked(_COMMAND, pair[0])]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
-                          *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx)], _COMMAND)
+                          *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx),
+                          *(("train", each, [each], damaged_checkpoint_problem) for each in _checkpoints),
+                          *(("weights", weights, [weights, manifest],
+                             lambda path, manifest=manifest: damaged_weights_problem(path, manifest))
+                            for weights, manifest in _weights),
+                          *(("decode", npy, [npy, info], lambda path, info=info: damaged_decoded_problem(path, info))
+                            for npy, info in _decoded)], _COMMAND)
 
 def target_class_count():
     """How many classes the target model has, where known without reading images: dataset.classes as written,
