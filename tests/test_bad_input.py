@@ -1962,6 +1962,21 @@ def test_a_folder_the_run_cannot_write_stops_it_at_start_naming_the_folder_and_i
         (workdir / "results" / "finetune" / "seed0").chmod(0o755)
     result = run_snakemake(workdir, config, "--forcerun", "results/finetune/seed0/metrics.json", python=python)
     assert "evaluate" in jobs_run(result.stdout), result.stdout[-3000:]
+    # The resume folder, which train writes every epoch and which is none of its outputs: the job failed at its first
+    # epoch, after Snakemake had removed the run's model.pt. Found at start too.
+    resume = workdir / "resources" / "resume"
+    resume.mkdir(exist_ok=True)
+    before = snapshot(workdir / "results")
+    resume.chmod(0o555)
+    try:
+        result = run_snakemake(workdir, config, "--forcerun", "results/finetune/seed0/model.pt", python=python,
+                               check=False)
+    finally:
+        resume.chmod(0o755)
+    assert result.returncode != 0 and jobs_run(result.stdout) == [], result.stdout[-3000:]
+    assert ("resources/resume: not writable by this user (its permissions) (relative to the working directory "
+            f"{workdir}), and rule train writes below it") in result.stdout, result.stdout[-3000:]
+    assert snapshot(workdir / "results") == before
 
 
 def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):

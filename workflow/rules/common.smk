@@ -2209,7 +2209,8 @@ def unwritable_folder_problems():
     the jobs before it had run. One line per folder, naming the rules that write below it."""
     blocked, verdicts = {}, {}
     for job in workflow.dag.needrun_jobs():
-        for file in map(str, [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]):
+        for file in map(str, [*job.output, *job.log, *([job.benchmark] if job.benchmark else []),
+                              *folders_written_besides_outputs(job)]):
             folder = os.path.dirname(os.path.normpath(file)) or "."
             while not os.path.isdir(folder) and folder not in ("", ".", os.sep):
                 folder = os.path.dirname(folder) or "."
@@ -2221,6 +2222,17 @@ def unwritable_folder_problems():
             f"{'' if folder == '.' else relative_to_workdir(folder)}, and rule{'s' if len(rules) > 1 else ''} "
             f"{', '.join(sorted(rules))} write{'' if len(rules) > 1 else 's'} below it: make it writable, or run in a "
             "folder you can write (--directory)" for folder, rules in sorted(blocked.items())]
+
+
+def folders_written_besides_outputs(job):
+    """A file in each folder a training job writes that is none of its outputs (its resume state, every epoch; the
+    cached features of feature_extract): one that cannot be written failed the job at its first epoch, after
+    Snakemake had removed the run's model.pt."""
+    step = {workflow.modifier.modify_rulename(name): name for name in ("train", "pretrain", "lr_find")}.get(job.rule.name)
+    folders = {"train": [f"{RESUME_FOLDER}/{job.wildcards.get('experiment')}/seed{job.wildcards.get('seed')}",
+                         FEATURE_FOLDER],
+               "pretrain": [f"{RESUME_FOLDER}/pretrain"], "lr_find": [FEATURE_FOLDER]}.get(step, [])
+    return [os.path.join(str(folder), "state") for folder in folders]
 
 
 def unwritable_reason(folder):
