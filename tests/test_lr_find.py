@@ -222,6 +222,29 @@ def test_a_dry_run_with_lr_auto_runs_lr_find_and_train_reads_its_suggestion(tmp_
     assert not [c for c in commands if "results/lr_find/fixed/suggestion.json" in c]
 
 
+@pytest.mark.slow
+def test_a_range_test_whose_loss_still_falls_at_its_top_is_said_at_the_end_of_the_run(tmp_path):
+    """A range too low for the run (lr_find.max_lr 1e-3 here): the smoothed loss fell to the last lr tried, and the
+    suggestion, the steepest fall within the range, was taken without a word (the low end of a range is refused).
+    Said at the end of the run that made the curve, naming its folder and the key to raise, where the curve's own
+    last row holds its lowest smoothed loss; a range that reached divergence says nothing."""
+    import pandas as pd
+
+    edge = {"min_lr": 1.0e-6, "max_lr": 1.0e-3, "steps": 6, "smoothing": 0.0}
+    configfile = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}}}, lr_find=edge)
+    ran = run_snakemake(tmp_path, configfile, "-p", "results/lr_find/auto/suggestion.json").stdout
+    curve = pd.read_csv(tmp_path / "results/lr_find/auto/lr_find.csv")
+    assert len(curve) == 6 and curve["smoothed_loss"].idxmin() == 5  # the curve the note speaks of, read here
+    assert ("note: results/lr_find/auto: the smoothed loss was still falling at the last lr the range test tried, "
+            "0.001 (lr_find.max_lr 0.001): its suggestion") in ran, ran[-3000:]
+    assert "raise lr_find.max_lr" in ran
+    wide = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}}}, lr_find={"steps": 30})
+    ran = run_snakemake(tmp_path, wide, "-p", "results/lr_find/auto/suggestion.json").stdout
+    curve = pd.read_csv(tmp_path / "results/lr_find/auto/lr_find.csv")
+    assert curve["smoothed_loss"].idxmin() < len(curve) - 1, curve
+    assert "still falling at the last lr" not in ran, ran[-3000:]
+
+
 def test_the_curve_of_an_lbfgs_run_asked_for_by_name_is_refused_at_start_naming_where_the_optimizer_is(tmp_path):
     """The dry run planned lr_find for an L-BFGS run asked for by name, and the job failed (`optimizer lbfgs chooses its
     own step`), naming no key. Refused at start now, naming the key where the optimizer is written (an experiment's,

@@ -588,6 +588,28 @@ def damaged_decoded_problem(npy: str | Path, info_json: str | Path) -> str | Non
     return f"decoded images {npy}: {why}" if why else None
 
 
+def range_test_edge_line(curve_csv: str | Path, suggestion_json: str | Path) -> str | None:
+    """Where a range test's smoothed loss was still falling at the last lr it tried (the top of its range: it did not
+    diverge), a line saying so: its suggestion is the steepest fall within the range, and a larger lr, never tried,
+    may train better (the low end is refused by the job, finetune.lrfind; the high end was taken without a word)."""
+    import pandas as pd
+
+    try:
+        suggestion = json.loads(Path(suggestion_json).read_text())
+        curve = pd.read_csv(curve_csv)
+        smoothed, lrs = curve["smoothed_loss"].tolist(), curve["lr"].tolist()
+        lr, diverged = float(suggestion["lr"]), bool(suggestion["diverged"])
+        top = suggestion.get("range_test", {}).get("max_lr", lrs[-1])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    finite = [value for value in smoothed if value == value]  # NaN aside
+    if diverged or len(finite) < 2 or finite != smoothed or min(smoothed) != smoothed[-1]:
+        return None
+    return (f"{Path(curve_csv).parent}: the smoothed loss was still falling at the last lr the range test tried, "
+            f"{lrs[-1]:.3g} (lr_find.max_lr {top:g}): its suggestion, {lr:.3g}, is the steepest fall within that range, "
+            "and a larger lr, never tried, may train better; raise lr_find.max_lr to see where the loss turns up")
+
+
 def stored_as(path: str) -> str | None:
     """The file ``path`` names where it is not there as written but one of its names (the file's or a folder's above
     it) is stored in another Unicode form: 'é' as one character written, 'e' and a combining accent on disk (as macOS

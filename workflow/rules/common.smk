@@ -103,6 +103,7 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
                                   zero_backbone_lr_note, random_backbone_gradual_note, frozen_random_batchnorm_note,
                                   damaged_checkpoint_problem, damaged_weights_problem, damaged_decoded_problem,
+                                  range_test_edge_line,
                                   TORCH_RULES)
 
 # The command line of the Snakemake running this workflow (`snakemake ...`, `python -m snakemake ...`). Started from a
@@ -2458,9 +2459,22 @@ def unreadable_predictions_notes():
     return [f"note: {line}" for line in map(unreadable_line, made) if line]
 
 
+def range_test_edge_notes():
+    """After a run that succeeded: a note for each range test it ran whose loss was still falling at the top of its
+    range (its job's log alone showed the curve)."""
+    try:
+        jobs = list(workflow.dag.needrun_jobs(exclude_finished=False))
+    except Exception:  # Snakemake's DAG is internal: without it, no note rather than an error after a run that succeeded
+        return []
+    tests = [(str(job.output.csv), str(job.output.suggestion)) for job in jobs
+             if job.rule.name == workflow.modifier.modify_rulename("lr_find")]
+    return [f"note: {line}" for line in (range_test_edge_line(*paths) for paths in tests) if line]
+
+
 onsuccess:
     remove_finished_states()
-    for _line in [*slurm_kill_notes(after=RAN_AGAIN, limit_hint=RAISE_LIMITS), *unreadable_predictions_notes()]:
+    for _line in [*slurm_kill_notes(after=RAN_AGAIN, limit_hint=RAISE_LIMITS), *unreadable_predictions_notes(),
+                  *range_test_edge_notes()]:
         print(_line, file=sys.stderr)
 
 
