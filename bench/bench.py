@@ -13,7 +13,7 @@ alike. Rows (see ``TARGETS`` in report.py for the goals):
   dag_build_20exp_s            dry run of 20 experiments vs 1 experiment (note: a 3x3x3 sweep over 3 seeds)
   onnx_infer_img_per_s_b1/_b64 onnxruntime vs eager PyTorch inference
   decode_img_per_s_12mp        the decode stage on 12-megapixel JPEGs vs ImageFolder + Resize + CenterCrop
-  decode_passes_demo           images decoded over the bench's whole DAG vs images in its split files
+  decode_passes_demo           images decoded over the bench's whole DAG vs the images its jobs read
   export_onnx_s                the export_onnx job vs the export call alone
   train_peak_rss_4x            peak RSS of a train job on 4x the images vs on 1x (same image size)
   ddp_cpu_2proc_img_per_s      one run trained by 2 gloo processes (train.devices 2) vs 1, same global batch
@@ -65,7 +65,7 @@ from gpu import batch_sizes, bench_gpu, gpu_args_problem
 from inputs import demo_weights, folder_split_csv, speed_split, tiny_weights, write_image_folder
 from onnx_speed import bench_onnx
 from recipe import bench_recipe
-from report import ROWS, check, machine_info, print_table
+from report import ROWS, check, machine_info, print_table, verdicts
 from train_speed import bench_feature_extract, bench_train_throughput
 from transfer import bench_transfer
 
@@ -323,7 +323,8 @@ def report(run: Session, info: dict, durations: dict[str, float], failure: BaseE
     recipe = run.rows.get("recipe_acc_vs_tutorial")
     summary = {"machine": info, "seconds": round(total, 1), "phases_s": durations, "smoke": run.args.smoke,
                "weights": run.origin, "only": None if run.only is None else sorted(run.only),
-               "recipe_acc_vs_tutorial": {k: recipe[k] for k in ("accuracy", "wall_s")} if recipe else None}
+               "recipe_acc_vs_tutorial": {k: recipe[k] for k in ("accuracy", "wall_s")} if recipe else None,
+               "targets": None if run.args.smoke else verdicts(ordered)}  # --smoke checks none
     if failure is not None:
         error = ("".join(traceback.format_exception(failure)) if not isinstance(failure, (SystemExit, Stopped))
                  else str(failure))

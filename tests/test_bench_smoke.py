@@ -224,6 +224,41 @@ def test_recipe_acc_vs_tutorial_baseline_is_the_tutorials_recipe():
     assert evaluation[:2] == [transforms.Resize, transforms.CenterCrop]
 
 
+def test_the_targets_docs_bench_md_states_are_those_the_bench_checks():
+    """Each CPU row's target in docs/bench.md's table (`ratio >= 1.2`, `1 <= ratio <= 1.05`) against the bench's own
+    verdict (bench/report.py `check`) at ratios just inside and just outside each stated bound: a target edited on
+    one side only, or a check that lost a side (the decode count passed at 0 of 144), fails here. --smoke checks
+    no target, so the smoke runs above cannot."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from report import ROWS, TARGETS, check
+
+    section = DOCS.read_text().split("## What is compared", 1)[1].split("\n## ", 1)[0]
+    stated: dict[str, list[tuple[str, float]]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = line.split("|")
+        names: list[str] = []
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            names.append(names[-1].rsplit("_", 1)[0] + name if name.startswith("_") else name)
+        target = cells[-2]
+        bounds = [(op, float(bound)) for op, bound in re.findall(r"ratio (>=|<=) ([\d.]+)", target)]
+        bounds += [(">=", float(bound)) for bound in re.findall(r"([\d.]+) <= ratio", target)]
+        stated[names[0]] = bounds  # a row of two metrics (`_b1`, `_b64`): the target is the first's
+    with_ratio = [name for name in ROWS if name in TARGETS]
+    assert sorted(name for name, bounds in stated.items() if bounds) == sorted(with_ratio), stated
+    for name in with_ratio:
+        for op, bound in stated[name]:
+            inside, outside = (bound * 1.01, bound * 0.99) if op == ">=" else (bound * 0.99, bound * 1.01)
+            for ratio, expected in ((inside, True), (outside, False)):
+                others = [other for other in stated[name] if other != (op, bound)]
+                if any(not (ratio >= b if o == ">=" else ratio <= b) for o, b in others):
+                    continue  # outside another bound of the row: that bound decides
+                row = {"metric": name, "ratio": ratio, "ours": ratio, "baseline": 1.0, "acc_diff_pts": 0.0}
+                assert check(row)[1] is expected, (name, op, bound, ratio, check(row))
+    assert check({"metric": "decode_passes_demo", "ratio": 0.0, "ours": 0, "baseline": 144})[1] is False
+
+
 def test_gpu_mode_explains_itself_without_cuda(tmp_path):
     # CUDA hidden from the subprocess: the message is checked on every machine, with a GPU or without.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
