@@ -811,6 +811,16 @@ def test_a_model_pt_weights_or_decoded_images_damaged_since_their_job_are_refuse
         path.write_bytes(whole)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert jobs_run(run_snakemake(workdir, config).stdout) == []
+    # A target built from the damaged model.pt (the check at parse time leaves out what the targets do not name): its
+    # evaluate job ran and failed, after Snakemake removed the run's metrics. Checked as the run starts.
+    whole, stat = model.read_bytes(), model.stat()
+    os.truncate(model, model.stat().st_size // 2)
+    refused = run_snakemake(workdir, config, "-p", "results/finetune/seed0/metrics.json", check=False)
+    assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+    assert "results/finetune/seed0/model.pt no longer reads as the checkpoint" in refused.stdout, refused.stdout[-3000:]
+    assert snapshot(workdir / "results")["finetune/seed0/metrics.json"] == before["finetune/seed0/metrics.json"]
+    model.write_bytes(whole)
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     # An independent verdict on the damage the check finds: Python's zipfile, on the CRCs torch.save wrote.
     _damage_in_place(model, model.stat().st_size // 2)
     with zipfile.ZipFile(model) as archive:

@@ -1719,6 +1719,35 @@ def refuse_damaged_files(checks, command):
     write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
 
 
+def refuse_damaged_inputs():
+    """At the start of a run that runs jobs: the model.pt, published weights and decoded images that a job of the DAG
+    reads and no job of it makes again, checked as at parse time (:func:`refuse_damaged_files`, each file once per
+    state). The check there leaves out what the targets do not name or a --forcerun, --until or --omit-from may make
+    again; a target built from one of them (`snakemake results/<run>/metrics.json` after the run's model.pt was cut
+    short) then ran its evaluate job, which failed only once Snakemake had removed its outputs."""
+    if not CHECK_FILES or _COMMAND is None:
+        return
+    jobs = list(workflow.dag.needrun_jobs())
+    made = {os.path.normpath(str(each)) for job in jobs for each in job.output}
+    weights = (output_path("resources/weights/weights.pth"), output_path("resources/weights/manifest.json"))
+    checks = {}
+    for job in jobs:
+        for each in map(str, job.input):
+            path = os.path.normpath(each)
+            if path in made or path in checks:
+                continue
+            if path == os.path.normpath(weights[0]):
+                checks[path] = ("weights", path, [path, weights[1]],
+                                lambda file, manifest=weights[1]: damaged_weights_problem(file, manifest))
+            elif os.path.basename(path) == "model.pt" and job.rule.name != "train":
+                checks[path] = ("train", path, [path], damaged_checkpoint_problem)
+            elif os.path.basename(path) == "images.npy" and "decoded" in Path(path).parts:
+                info = os.path.join(os.path.dirname(path), "info.json")
+                checks[path] = ("decode", path, [path, info],
+                                lambda file, info=info: damaged_decoded_problem(file, info))
+    refuse_damaged_files(list(checks.values()), _COMMAND)
+
+
 def onnx_checked(command, path):
     """Whether the model.onnx at ``path`` is checked at start: not where the command line may export it again without
     naming it (--forcerun of a rule before it, --until, --omit-from), nor where its targets do not ask for it."""
@@ -2415,6 +2444,7 @@ def scheduled_predict_problems():
 
 onstart:
     if not workflow.touch:
+        refuse_damaged_inputs()
         _problems = [*scheduled_predict_problems(), *unwritable_folder_problems(),
                      *(local_run_problems() if workflow.local_exec else
                        cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems()
