@@ -209,6 +209,14 @@ def test_frozen_batchnorm_from_no_pretrained_weights_is_said_at_start_and_normal
     for options in ({"bn": "frozen", "pretrained": True}, {"bn": "auto", "pretrained": False},
                     {"bn": "train", "pretrained": False}):
         assert frozen_random_batchnorm_note({"run": options}, {}) is None, options
+    # Pretraining starts from random weights: bn frozen there is said too (its source model then normalises nothing).
+    tiny_config(tiny_run_copy, pretrain={"train": {"bn": "frozen"}})
+    ran = run_snakemake(tiny_run_copy, tiny_run_copy / "config.yaml").stdout
+    assert "note: pretrain.train.bn frozen: pretraining starts from random weights" in ran, ran[-3000:]
+    source = torch.load(tiny_run_copy / "resources/pretrain/model.pth", map_location="cpu", weights_only=False)
+    source = source.get("state_dict", source)
+    assert all(torch.equal(source[f"{norm}.running_var"], torch.ones_like(source[f"{norm}.running_var"]))
+               for norm in norms)
 
 
 def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):

@@ -734,6 +734,18 @@ def frozen_random_batchnorm_note(runs: dict[str, dict], keys: dict[str, dict]) -
             "normalises nothing for the whole run; bn: auto trains BatchNorm from scratch")
 
 
+def frozen_batchnorm_pretraining_note(pretrain: dict) -> str | None:
+    """``pretrain``: {"pretrain": its options} where the pretrain job starts (else {}). With ``bn: frozen`` a line: it
+    starts from random weights, so BatchNorm keeps the initial statistics, as :func:`frozen_random_batchnorm_note`
+    says of a run, and the source model every pretrained run starts from normalises nothing."""
+    options = pretrain.get("pretrain") or {}
+    if options.get("bn") != "frozen":
+        return None
+    return ("pretrain.train.bn frozen: pretraining starts from random weights, so BatchNorm keeps its initial "
+            "statistics (mean 0, variance 1, scale 1, shift 0) and normalises nothing, in the source model every "
+            "pretrained run then starts from; bn: auto trains BatchNorm")
+
+
 def zero_backbone_lr_note(runs: dict[str, dict], keys: dict[str, dict]) -> str | None:
     """``runs``: {run: its options} of the train jobs a run starts; ``keys``: {run: where its own keys are written}.
     Where finetune or gradual has ``backbone_lr_factor: 0`` (the schema takes it), a line naming each such key: the

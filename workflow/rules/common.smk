@@ -102,6 +102,7 @@ from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_l
                                   split_made_again, sync_batchnorm_on_cpu_problems, too_few_to_split_problem,
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
                                   zero_backbone_lr_note, random_backbone_gradual_note, frozen_random_batchnorm_note,
+                                  frozen_batchnorm_pretraining_note,
                                   damaged_checkpoint_problem, damaged_weights_problem, damaged_decoded_problem,
                                   range_test_edge_line,
                                   TORCH_RULES)
@@ -2470,9 +2471,9 @@ onstart:
         _random_gradual = random_backbone_gradual_note(_runs, _keys)
         if _random_gradual:
             say(_random_gradual)
-        _frozen_random = frozen_random_batchnorm_note(_runs, _keys)
-        if _frozen_random:
-            say(_frozen_random)
+        for _frozen_random in (frozen_random_batchnorm_note(_runs, _keys), frozen_batchnorm_pretraining_note(_pretrain)):
+            if _frozen_random:
+                say(_frozen_random)
         _graphs = cuda_graphs_on_cpu_note_here({**_runs, **_pretrain}, {**_keys, **PRETRAIN_KEYS})
         if _graphs:
             say(_graphs)
