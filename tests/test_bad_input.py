@@ -1977,6 +1977,15 @@ def test_a_folder_the_run_cannot_write_stops_it_at_start_naming_the_folder_and_i
     assert ("resources/resume: not writable by this user (its permissions) (relative to the working directory "
             f"{workdir}), and rule train writes below it") in result.stdout, result.stdout[-3000:]
     assert snapshot(workdir / "results") == before
+    # The feature cache is not: where it cannot be written the job warns and trains on, so it is no reason to refuse.
+    features = workdir / "resources" / "features"
+    features.mkdir(exist_ok=True)
+    features.chmod(0o555)
+    try:
+        result = run_snakemake(workdir, config, "--forcerun", "results/feature_extract/seed0/model.pt", python=python)
+    finally:
+        features.chmod(0o755)
+    assert "train" in jobs_run(result.stdout) and "not writable" not in result.stdout, result.stdout[-3000:]
 
 
 def test_with_several_config_files_each_problem_names_the_file_its_value_comes_from(tmp_path):
