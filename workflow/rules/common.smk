@@ -2256,14 +2256,16 @@ def unwritable_folder_problems():
 
 
 def folders_written_besides_outputs(job):
-    """A file in each folder a training job writes that is none of its outputs (its resume state, every epoch; the
-    cached features of feature_extract): one that cannot be written failed the job at its first epoch, after
-    Snakemake had removed the run's model.pt."""
-    step = {workflow.modifier.modify_rulename(name): name for name in ("train", "pretrain", "lr_find")}.get(job.rule.name)
-    folders = {"train": [f"{RESUME_FOLDER}/{job.wildcards.get('experiment')}/seed{job.wildcards.get('seed')}",
-                         FEATURE_FOLDER],
-               "pretrain": [f"{RESUME_FOLDER}/pretrain"], "lr_find": [FEATURE_FOLDER]}.get(step, [])
-    return [os.path.join(str(folder), "state") for folder in folders]
+    """A file in the folder a training job writes its resume state to, every epoch, which is none of its outputs: one
+    that cannot be written failed the job at its first epoch, after Snakemake had removed the run's model.pt. (The
+    feature cache of feature_extract is not: where it cannot be written, the job warns and trains on.)"""
+    step = {workflow.modifier.modify_rulename(name): name for name in ("train", "pretrain")}.get(job.rule.name)
+    if step == "pretrain":
+        return [os.path.join(str(RESUME_FOLDER), "pretrain", "state")]
+    if step == "train":
+        return [os.path.join(str(RESUME_FOLDER), job.wildcards.get("experiment"), f"seed{job.wildcards.get('seed')}",
+                             "state")]
+    return []
 
 
 def unwritable_reason(folder):
