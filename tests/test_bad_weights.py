@@ -406,3 +406,13 @@ def test_a_file_that_is_no_pytorch_file_says_what_it_seems_to_be(tmp_path, kind)
                 "cut-short": "it starts as the zip archive torch.save writes but is incomplete or damaged"}[kind]
     assert f"error: {file} is not a PyTorch file: {expected}" in result.stdout, result.stdout
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_weights_path_that_is_a_folder_says_so_not_that_it_is_missing(tmp_path):
+    """`weights.path` naming the folder that holds the file: "weights file not found" named a path that exists."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    result = run_weights(weights_config(path=str(folder)), tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"error: weights file {folder} is a folder: name the weights file in it" in result.stdout, result.stdout
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

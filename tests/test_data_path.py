@@ -606,6 +606,32 @@ def test_a_wrong_record_path_is_refused_without_removing_anything(split_csv, tmp
     assert open_decoded(npy, info, split_csv, (32, 32)).read(np.arange(2)).shape == (2, 32, 32, 3)
 
 
+def test_files_given_as_decoded_images_that_are_not_a_pair_are_refused_without_removing_them(split_csv, tmp_path):
+    """`--decoded NPY JSON` of a script run by hand, given the pair swapped, or a run's model.pt and metrics.json by
+    mistake: every check failed as "damaged" and both files were removed (the workflow's decoded images, or a trained
+    model). Refused now, naming the order, both files byte for byte as they were; a real pair, damaged, is still
+    removed, so that the next run decodes it again."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    npy, info = folder / "images.npy", folder / "info.json"
+    write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
+    model, metrics = folder / "model.pt", folder / "metrics.json"
+    model.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip archive's start, as torch.save writes
+    metrics.write_text(json.dumps({"accuracy": 0.9}))
+    before = {path: path.read_bytes() for path in (npy, info, model, metrics)}
+    for given in ((info, npy), (model, metrics), (model, info), (metrics, npy)):
+        with pytest.raises(DataError, match="do not read as decoded images and their record.*--decoded takes the "
+                                            "images \\(.npy\\) first.*nothing was removed"):
+            open_decoded(*given, split_csv, (32, 32))
+        assert {path: path.read_bytes() for path in before} == before, given
+    assert open_decoded(npy, info, split_csv, (32, 32)).read(np.arange(2)).shape == (2, 32, 32, 3)
+    # The record cut short (no JSON at all): damage, removed as before.
+    info.write_bytes(info.read_bytes()[:20])
+    with pytest.raises(DataError, match="were damaged.*removed"):
+        open_decoded(npy, info, split_csv, (32, 32))
+    assert not npy.exists() and not info.exists()
+
+
 def test_rows_come_from_the_file_that_was_checked_even_if_its_name_is_replaced(split_csv, tmp_path):
     npy, info = tmp_path / "d.npy", tmp_path / "d.json"
     write_decoded(split_csv, 32, 32, npy, info, log=lambda _: None)
@@ -762,9 +788,9 @@ def test_decoded_once_per_dag_and_not_again_when_an_experiment_changes(tiny_run_
 @pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuilds_it(tiny_run_copy):
-    """Decoded images cut short after the run (a disk filling up, a copy interrupted): the job that
-    reads them fails naming the file, removes it and says how to decode it again; that command
-    decodes again and ends with the same metrics as the first run."""
+    """Decoded images cut short after the run (a disk filling up, a copy interrupted): refused as the run starts,
+    naming the file and how to decode it again; that command decodes again and ends with the same metrics as the
+    first run."""
     workdir = tiny_run_copy
     npy = workdir / "resources/decoded/target/native/images.npy"
     metrics = workdir / "results/finetune/seed0/metrics.json"
@@ -773,13 +799,15 @@ def test_a_damaged_decoded_file_fails_the_job_naming_it_and_the_next_run_rebuild
         handle.truncate(npy.stat().st_size // 2)
     target = "results/finetune/seed0/metrics.json"
     # The target before --configfile (which takes every word after it as a config file).
+    # Refused as the run starts (the jobs that would read them check them too, but only once Snakemake has removed
+    # their outputs), naming the file and the command that decodes it again; the job's own check, which removes the
+    # pair, is tested above.
     failed = run_snakemake(workdir, None, target, "--configfile", str(workdir / "config.yaml"), check=False)
-    assert failed.returncode != 0
-    logs = "".join(p.read_text() for p in (workdir / "results/logs").rglob("*.log"))
-    assert f"decoded images {npy.relative_to(workdir)} were damaged" in logs and "cut short" in logs  # jobs name it as the rule does
-    assert not npy.exists()
+    assert failed.returncode != 0 and jobs_run(failed.stdout) == [], failed.stdout[-3000:]
+    assert f"decoded images {npy.relative_to(workdir)}: it has " in failed.stdout, failed.stdout[-3000:]
+    assert json.loads(metrics.read_text()) == first  # nothing was removed
     command = f"snakemake --forcerun {npy.relative_to(workdir)}"
-    assert command in logs
+    assert f"make it again with --forcerun {npy.relative_to(workdir)}" in failed.stdout
     again = run_snakemake(workdir, None, target, *command.split()[1:], "--configfile", str(workdir / "config.yaml"))
     assert "decode" in jobs_run(again.stdout), again.stdout[-3000:]
     second = json.loads(metrics.read_text())

@@ -100,6 +100,17 @@ def test_a_damaged_checkpoint_or_model_names_the_command_that_makes_it_again(tin
     assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
     assert f"cannot load ONNX model {onnx_cut}: " in result.stdout
     assert f"One the workflow wrote is written again by `snakemake --forcerun {onnx_cut}`" in result.stdout
+    # Another kind of file given as the checkpoint (the run's model.onnx, its metrics.json): nothing is cut short, and
+    # training the run again (the advice above) would not help: said so, from the file's first bytes.
+    for other in (tiny_run / RUN / "model.onnx", tiny_run / RUN / "metrics.json"):
+        result = run_script("export_onnx", "--checkpoint", str(other), "--split",
+                            str(tiny_run / "resources/splits/target.csv"), "--out-onnx", str(tmp_path / "o/model.onnx"),
+                            "--out-parity", str(tmp_path / "o/p.json"))
+        assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+        head = other.read_bytes()[:40].decode("latin-1")
+        assert (f"error: {other} is not a checkpoint the train job writes: its first bytes are {head!r}, not those of "
+                "a file torch.save writes") in result.stdout, result.stdout
+        assert "give the run's model.pt" in result.stdout and "--forcerun" not in result.stdout
 
 
 @pytest.mark.parametrize("script", ["export_onnx", "evaluate"])

@@ -88,7 +88,7 @@ def test_a_write_inside_a_write_names_the_result_and_leaves_nothing(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN), timeout=120)
     assert "same file: True" in result.stdout, result.stdout + result.stderr
     assert f"error: cannot write {target}: File too large (errno 27)" in result.stdout, result.stdout + result.stderr
-    assert f"a previous {target.name}, if any, is unchanged" in result.stdout
+    assert f"run alone, a previous {target.name} is unchanged" in result.stdout
     assert target.read_bytes() == b"the earlier model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
@@ -105,7 +105,8 @@ def test_a_full_disk_names_the_result_says_to_free_space_and_replaces_nothing(tm
                 full.write(b"the second half")
     assert str(refused.value) == (
         f"cannot write {target}: {os.strerror(errno.ENOSPC)} (errno {errno.ENOSPC}); free disk space, then rerun. "
-        "Nothing was replaced: a previous metrics.json, if any, is unchanged")
+        "Nothing half-written was left: run alone, a previous metrics.json is unchanged (Snakemake removes a job's "
+        "outputs as it starts it)")
     assert target.read_text() == "the earlier metrics"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 

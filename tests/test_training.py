@@ -219,6 +219,40 @@ def test_frozen_batchnorm_from_no_pretrained_weights_is_said_at_start_and_normal
                for norm in norms)
 
 
+@pytest.mark.parametrize("total", [2, 4, 8, 24, 50, 100, 1000])
+def test_schedules_give_the_lr_of_torch_s_own_schedulers_step_for_step(total):
+    """onecycle against torch's OneCycleLR (pct_start 0.3, cosine, lr/25 up to lr, down to lr/25e4), and cosine
+    against CosineAnnealingLR, at every step: the fall of onecycle was one step short, so that a short run ended far
+    above lr/25e4 (lr/15 after 8 steps, lr/117 after 24), and its peak one step late."""
+    from finetune.training import lr_factor
+
+    def torch_lrs(make):
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([parameter], lr=1.0)
+        scheduler = make(optimizer)
+        lrs = []
+        for _ in range(total):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return lrs
+
+    cycle = []
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=total, anneal_strategy="cos",
+                                                    cycle_momentum=False)
+    for step in range(total):
+        cycle.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if step < total - 1:  # OneCycleLR refuses a step past its total
+            scheduler.step()
+    assert [lr_factor(step, total, 0, "onecycle") for step in range(total)] == pytest.approx(cycle, rel=1e-9)
+    assert lr_factor(total - 1, total, 0, "onecycle") == pytest.approx(1 / 25e4)
+    cosine = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total))
+    assert [lr_factor(step, total, 0, "cosine") for step in range(total)] == pytest.approx(cosine, rel=1e-9, abs=1e-12)
+
+
 def test_gradual_unfreezes_only_the_last_stages_after_the_head_epochs(tiny):
     model = make_model(tiny)
     before = snapshot(model)

@@ -543,7 +543,8 @@ def select_classes(all_classes: list[str], wanted: list | None, where: str = "th
         if isinstance(item, int) and not isinstance(item, bool):
             _check_index_is_no_other_name(item, all_classes, where)
             if not 0 <= item < len(all_classes):
-                raise DataError(f"dataset.classes: index {item} is out of range ({where} has {len(all_classes)} classes)")
+                raise DataError(f"dataset.classes: index {item} is out of range ({where} has {len(all_classes)} "
+                               f"class{'es' if len(all_classes) != 1 else ''})")
             name = all_classes[item]
         else:
             name = nfc(str(item))
@@ -562,7 +563,7 @@ def _check_index_is_no_other_name(item: int, all_classes: list[str], where: str)
     if str(item) not in all_classes or (in_range and all_classes[item] == str(item)):
         return  # no class of that name, or the name and the index agree
     at_index = f"the class at index {item} is {all_classes[item]!r}" if in_range else \
-        f"there is no index {item} ({where} has {len(all_classes)} classes)"
+        f"there is no index {item} ({where} has {len(all_classes)} class{'es' if len(all_classes) != 1 else ''})"
     raise DataError(f"dataset.classes: {item} is ambiguous: {where} has a class named '{item}', and {at_index}. "
                     f"Quote it ('{item}') to choose the class named {item}; a number is an index into the sorted classes")
 

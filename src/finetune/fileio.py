@@ -57,7 +57,8 @@ def _write_failed(target: Path, exc: OSError) -> WriteError:
     }.get(exc.errno, "check that the folder exists and is writable")
     return WriteError(
         f"cannot write {target}: {reason} (errno {exc.errno}); {hint}, then rerun. "
-        f"Nothing was replaced: a previous {target.name}, if any, is unchanged"
+        f"Nothing half-written was left: run alone, a previous {target.name} is unchanged (Snakemake removes a job's "
+        "outputs as it starts it)"
     )
 
 

@@ -622,6 +622,19 @@ def lr_find_stage(split_csv: Path, manifest_path: Path | dict, options: dict, ou
     return suggestion
 
 
+def _not_a_torch_file(path) -> str | None:
+    """What a file is where it does not begin as torch.save's files do (a zip archive or a pickle); None where it does
+    (one cut short or damaged inside is then what it is)."""
+    from .weights import _what_file
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    return None if head.startswith((b"PK\x03\x04", b"\x80")) else _what_file(head)
+
+
 def load_checkpoint(path: Path):
     """Rebuild the trained model from a train checkpoint: (model in eval mode, checkpoint dict)."""
     import torch
@@ -631,6 +644,9 @@ def load_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        other = _not_a_torch_file(path)
+        if other:  # given another file (a model.onnx, a JSON), not one cut short: nothing to train again
+            raise WeightsError(f"{path} is not a checkpoint the train job writes: {other}; give the run's model.pt") from exc
         raise WeightsError(f"cannot read checkpoint {path}: {exc}. Cut short or damaged? The train job writes it "
                            f"again (training the run again): `snakemake --forcerun {path}`") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:

@@ -350,6 +350,23 @@ def _remove_damaged(npy: Path, info_json: Path, why: str) -> DataError:
                      "damage as up to date and do nothing)")
 
 
+def _reads_as_a_pair(handle: BinaryIO, npy: Path, info_json: Path) -> bool:
+    """Whether two files are decoded images and their record, be they damaged: a .npy file and a .json file, one of
+    which at least is what the decode job writes (the .npy begins as NumPy writes one, or the .json is the job's
+    record). Files that are something else (the pair swapped, a run's model.pt given by mistake) are not removed as
+    damaged."""
+    if npy.suffix != ".npy" or info_json.suffix != ".json":
+        return False
+    if os.pread(handle.fileno(), 6, 0) == b"\x93NUMPY":
+        return True
+    try:
+        record = read_json(info_json)
+    except (OSError, ValueError):
+        return False
+    found = record.get("format") if isinstance(record, dict) else None
+    return isinstance(found, str) and found.startswith("finetune-decoded/")
+
+
 def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
                  sizes: tuple[int, int] | None = None, interpolation: str | None = None) -> DecodedSplit:
     """Open a decoded split after checking it is complete and belongs to ``split_csv`` / ``sizes``.
@@ -373,6 +390,11 @@ def open_decoded(npy: Path, info_json: Path, split_csv: Path | None = None,
         if why is not None and npy.resolve().parent != info_json.resolve().parent:
             raise DataError(f"decoded images {npy} do not match the record {info_json} ({why}), which is in another "
                             "folder: they are not a pair written by one decode job; nothing was removed")
+        if why is not None and not _reads_as_a_pair(handle, npy, info_json):
+            raise DataError(f"{npy} and {info_json} do not read as decoded images and their record ({why}): "
+                            "--decoded takes the images (.npy) first, then their record (.json), as the decode job "
+                            "writes them; nothing was removed (where they are the workflow's, decode them again with "
+                            f"`snakemake --forcerun {npy}`)")
         if why is not None:
             raise _remove_damaged(npy, info_json, why)
         _check_belongs(npy, info, split_csv, sizes, interpolation)

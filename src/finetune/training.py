@@ -71,19 +71,24 @@ PREFETCH_BATCHES = 2  # batches read ahead of the step when images stream from a
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate at optimisation ``step`` (0-based)."""
     if schedule == "onecycle":
-        # The shape of torch's OneCycleLR (not its exact steps): a cosine warm-up from lr/25 to lr over the first
-        # 30% of steps, then a cosine down towards lr/25e4 (the last step is one step short of it).
-        peak = max(1, int(0.3 * total_steps))
-        if step < peak:
-            return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * step / peak)) / 2
-        progress = (step - peak) / max(1, total_steps - peak)
-        return 1 / 25e4 + (1 - 1 / 25e4) * (1 + math.cos(math.pi * progress)) / 2
+        # torch's OneCycleLR (pct_start 0.3, cosine, div_factor 25, final_div_factor 1e4), step for step: a cosine
+        # rise from lr/25 to lr that peaks at step 0.3 x total - 1, then a cosine fall to lr/25e4 at the last step.
+        # (Until 2026-12-07 the fall was one step short, and a short run ended far above it: lr/15 after 8 steps.)
+        peak, last = 0.3 * total_steps - 1, max(1, total_steps - 1)
+        if step <= peak:
+            return _cosine_between(1 / 25, 1.0, step / peak)
+        return _cosine_between(1.0, 1 / 25e4, min(1.0, (step - peak) / (last - peak)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    """From ``start`` (progress 0) to ``end`` (progress 1) along half a cosine, as torch's schedulers anneal."""
+    return end + (start - end) / 2 * (1 + math.cos(math.pi * progress))
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -396,6 +396,8 @@ def fetch_torchvision(enum_name: str, destination: Path, mirror: str | None = No
 
 def copy_local(path: str, destination: Path, sha256: str | None = None) -> str:
     source = Path(path)
+    if source.is_dir():
+        raise WeightsError(f"weights file {source} is a folder: name the weights file in it")
     if not source.is_file():
         raise WeightsError(f"weights file not found: {source}")
     with atomic_path(destination) as tmp:
