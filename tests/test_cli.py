@@ -390,6 +390,41 @@ def test_a_json_argument_that_is_not_json_is_refused_saying_where_it_breaks(tmp_
     assert "Traceback" not in result.stdout and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("option, value, said", [
+    ("--image-size", "-5", "argument --image-size: -5: must be 1 or more"),
+    ("--image-size", "0", "argument --image-size: 0: must be 1 or more"),
+    ("--threads", "0", "argument --threads: 0: must be 1 or more"),
+    ("--threads", "two", "argument --threads: 'two' is not a whole number"),
+])
+def test_a_size_or_thread_count_below_one_is_a_usage_error_not_a_traceback(tmp_path, option, value, said):
+    """A script run alone with `--image-size -5` stopped in PIL (`height and width must be > 0`) with a traceback,
+    the exit status the docs call a bug; `--threads 0` ran on. Refused as the other arguments are, nothing written."""
+    result = run_script("decode", "--split", str(tmp_path / "split.csv"), option, value,
+                        "--out-images", str(tmp_path / "images.npy"), "--out-info", str(tmp_path / "info.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout
+    assert result.stdout.splitlines()[-1] == f"decode.py: error: {said}", result.stdout
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"epochs": "2"}, "train: epochs must be a whole number, not '2'"),
+    ({"batch_size": 8.5}, "train: batch_size must be a whole number, not 8.5"),
+    ({"augment": "yes"}, "train: augment must be true or false, not 'yes'"),
+    ({"epochs": True}, "train: epochs must be a whole number, not True"),
+    ({"ema_decay": "0.9"}, "train: ema_decay must be a number or null, not '0.9'"),
+])
+def test_training_options_of_the_wrong_type_given_to_a_script_alone_are_refused_naming_them(tmp_path, options, said):
+    """`--options` written by hand (the workflow's schema refuses these before any job): `"epochs": "2"` stopped deep in
+    training with a TypeError's traceback, and `"augment": "yes"` trained as if true. Refused on one line, nothing
+    written."""
+    inputs = split_and_weights(tmp_path, 4)
+    out = tmp_path / "run"
+    result = run_script("train", *train_args(inputs.split, inputs.manifest, out, {"device": "cpu", **options}))
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout
+    assert f"error: {said}" in result.stdout, result.stdout
+    assert not out.exists() or not any(out.iterdir())
+
+
 def _manifest_and_split_args(tmp_path):
     """A CSV manifest of 8 real images, and the split script's arguments for it (the dataset's path as written)."""
     make_images(tmp_path / "images", {"cat": 4, "dog": 4})

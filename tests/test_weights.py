@@ -102,6 +102,26 @@ def test_torchvision_weights_in_torch_hub_s_cache_are_taken_from_it_only_where_t
     assert f"download of {nowhere}/models/{FILE_NAME} failed" in result.stdout, result.stdout
 
 
+def test_a_cached_file_that_fails_the_class_check_is_named_not_the_url_never_downloaded(served, tmp_path):
+    """A file in torch.hub's cache, pinned by its sha256, whose output layer disagrees with the weights' classes: the
+    refusal named the download URL, though nothing was downloaded; it names the cached file that was read."""
+    import socket
+
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(2)
+    torch.save(build_architecture("squeezenet1_1", 10).state_dict(), cache / FILE_NAME)  # 10 classes, not 1000
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    result, _ = fetch(tmp_path, {"source": "torchvision", "torchvision": ENUM, "mirror": nowhere,
+                                 "sha256": sha256(cache / FILE_NAME), "timeout_s": 5},
+                      env={"TORCH_HOME": str(tmp_path / "torch-home")})
+    assert result.returncode == 1 and "taken from torch.hub's cache" in result.stdout, result.stdout
+    assert f"error: {cache / FILE_NAME}: the output layer has 10 classes but" in result.stdout, result.stdout
+    assert nowhere not in result.stdout.split("error:", 1)[1]
+
+
 def test_a_sha256_written_in_capitals_takes_the_cached_file_it_pins(tmp_path, monkeypatch):
     """weights.sha256 may be written in capitals (the schema allows A-F): the file in torch.hub's cache whose sha256
     (computed here by hashlib) is that value is taken, not refused and downloaded (which fails on an offline node)."""

@@ -28,6 +28,28 @@ def json_arg(text: str) -> dict:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An option's whole number of 1 or more (a size in pixels, a number of threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An option's number above 0 (a time in seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g}: must be above 0")
+    return value
+
+
 def parse_args(parser: argparse.ArgumentParser, outputs: tuple[str, ...] = (), json_paths: dict[str, str] | None = None,
                folders: tuple[str, ...] = (), inside: tuple[str, ...] = (),
                also_reads: Callable[[argparse.Namespace], dict] | None = None) -> argparse.Namespace:

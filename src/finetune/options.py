@@ -78,6 +78,9 @@ class TrainOptions:
         unknown = sorted(set(cfg) - fields)
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        wrong = [why for name, value in cfg.items() if (why := _type_problem(name, value, _FIELD_TYPES[name]))]
+        if wrong:  # (the workflow's schema refuses these first: a script run alone met a TypeError deep in training)
+            raise ConfigError(f"train: {'; '.join(wrong)}")
         opts = cls(**cfg)
         opts.validate()
         return opts
@@ -136,3 +139,24 @@ class TrainOptions:
     @property
     def uses_cached_features(self) -> bool:
         return caches_features(self.strategy, self.cache_features, self.augment)
+
+
+_FIELD_TYPES = {field.name: str(field.type) for field in dataclasses.fields(TrainOptions)}
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a word"}
+
+
+def _type_problem(name: str, value, annotation: str) -> str | None:
+    """Why ``value`` is not of the option's type (``int``, ``float | None`` as the dataclass writes it), or None: a
+    bool is no number here, an int is a float, and ``lr`` may be ``auto`` (its own check says what to do)."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        return None if "None" in kinds else f"{name} must be {_KINDS.get(kinds[0], kinds[0])}, not null"
+    if name == "lr" and value == "auto":
+        return None
+    fits = {"int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool), "str": isinstance(value, str)}
+    if any(fits.get(kind, True) for kind in kinds if kind != "None"):
+        return None
+    wanted = " or ".join(_KINDS.get(kind, kind) for kind in kinds if kind != "None")
+    return f"{name} must be {wanted}{' or null' if 'None' in kinds else ''}, not {value!r}"

@@ -284,7 +284,7 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
             meta = fetch_torchvision(cfg["torchvision"], staged, mirror=cfg.get("mirror"), sha256=cfg.get("sha256"),
                                      timeout_s=timeout)
             arch, classes, prep, digest, origin = meta["arch"], meta["classes"], meta["preprocessing"], meta["sha256"], meta["source"]
-            where = origin["url"]
+            where = origin.get("cache", origin["url"])  # the file read: torch.hub's cached copy, where taken from it
         elif source in ("url", "path"):
             if source == "url":
                 digest = download(cfg["url"], staged, sha256=cfg["sha256"], timeout_s=timeout)

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run
+from finetune.cli import json_arg, parse_args, positive_int, run
 from finetune.stages import decode_stage
 
 
@@ -15,7 +15,7 @@ def main():
                         help="what fixes the weights' preprocessing, from the config (JSON; the workflow's way): "
                              '{"weights": <weights.source>, "sizes": <pretrain.image_size, the torchvision enum, or '
                              "weights.preprocessing>}")
-    parser.add_argument("--image-size", type=int, help="the crop; with --manifest or --weights-sizes it overrides the weights' crop")
+    parser.add_argument("--image-size", type=positive_int, help="the crop; with --manifest or --weights-sizes it overrides the weights' crop")
     parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"],
                         help="which of the split file's images are read later (default: all)")
     parser.add_argument("--channel-stats", choices=["train"],
@@ -23,7 +23,7 @@ def main():
                              "control normalise with them)")
     parser.add_argument("--out-images", type=Path, required=True)
     parser.add_argument("--out-info", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser)
     info = decode_stage(args.split, args.out_images, args.out_info, args.threads, image_size=args.image_size,
                         manifest_path=args.manifest, splits=args.splits, weights_sizes=args.weights_sizes,

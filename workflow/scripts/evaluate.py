@@ -4,7 +4,7 @@ and their plots (rule `evaluate`)."""
 import argparse
 from pathlib import Path
 
-from finetune.cli import parse_args, run, set_torch_threads
+from finetune.cli import parse_args, positive_int, run, set_torch_threads
 from finetune.stages import evaluate_stage
 
 
@@ -33,7 +33,7 @@ def main():
                         help="hflip: each image's logits are the mean over it and its mirror image")
     parser.add_argument("--split-report", type=Path,
                         help="the split's report: its near duplicates give the test accuracy without the test images that have one")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser)
     for option, value in (("--top-k", args.top_k), ("--calibration-bins", args.calibration_bins),
                           ("--batch-size", args.batch_size)):

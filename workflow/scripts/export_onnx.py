@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import parse_args, run, set_torch_threads
+from finetune.cli import parse_args, positive_int, run, set_torch_threads
 from finetune.export import DEFAULT_RTOL
 from finetune.stages import export_stage
 
@@ -24,7 +24,7 @@ def main():
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--tta", choices=["none", "hflip"], default="none",
                         help="hflip: the exported graph averages the logits of each image and its mirror image")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser)
     checks = ((args.tolerance > 0, f"--tolerance {args.tolerance:g}: must be above 0"),
               (args.rtol >= 0, f"--rtol {args.rtol:g}: must be at least 0"),

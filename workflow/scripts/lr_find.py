@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run, set_torch_threads, weights_file_named
+from finetune.cli import json_arg, parse_args, positive_int, run, set_torch_threads, weights_file_named
 from finetune.options import name_keys
 from finetune.stages import lr_find_stage, run_weights
 
@@ -20,7 +20,7 @@ def main():
     parser.add_argument("--range-test", type=json_arg, default={},
                         help="the range test's settings (JSON; config key lr_find): min_lr, max_lr, steps, smoothing, diverge_factor")
     parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
-    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--image-size", type=positive_int)
     parser.add_argument("--out-csv", type=Path, required=True)
     parser.add_argument("--out-png", type=Path, required=True)
     parser.add_argument("--out-suggestion", type=Path, required=True)
@@ -29,7 +29,7 @@ def main():
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
     parser.add_argument("--key-names", type=json_arg, default={},
                         help="where the run's own keys are written, for messages (JSON, as train's)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser, also_reads=weights_file_named)
     name_keys(args.key_names)
     threads = set_torch_threads(args.threads)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.cli import parse_args, run, usable_cpus
+from finetune.cli import parse_args, positive_int, run, usable_cpus
 from finetune.deploy import predict_images
 
 
@@ -54,7 +54,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV to write")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser, folders=("images",), inside=("choose_from",))
     for option, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:

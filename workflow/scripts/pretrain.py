@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run, set_torch_threads
+from finetune.cli import json_arg, parse_args, positive_int, run, set_torch_threads
 from finetune.options import name_keys
 from finetune.stages import pretrain_stage
 
@@ -12,7 +12,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--arch", required=True)
-    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--image-size", type=positive_int, required=True)
     parser.add_argument("--options", type=json_arg, required=True, help="training options (JSON)")
     parser.add_argument("--out-weights", type=Path, required=True)
     parser.add_argument("--out-info", type=Path, required=True)
@@ -20,7 +20,7 @@ def main():
     parser.add_argument("--resume-dir", type=Path)
     parser.add_argument("--decoded", type=Path, nargs=2, metavar=("NPY", "JSON"),
                         help="the split's decoded images and their record (rule `decode`); without it the images are decoded here")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser)
     name_keys(prefix="pretrain.train")  # the messages name the keys the user wrote there
     threads = set_torch_threads(args.threads)

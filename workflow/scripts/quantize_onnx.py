@@ -4,7 +4,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import parse_args, run, usable_cpus
+from finetune.cli import parse_args, positive_float, positive_int, run, usable_cpus
 from finetune.deploy import quantize_stage
 
 
@@ -15,8 +15,8 @@ def main():
     parser.add_argument("--out-onnx", type=Path, required=True)
     parser.add_argument("--out-report", type=Path, required=True)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="batch sizes to time")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="time each batch size at least this long")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-seconds", type=positive_float, default=1.0, help="time each batch size at least this long")
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser)
     if min(args.batches) < 1:
         parser.error(f"--batches {min(args.batches)}: each batch size must be at least 1")

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run
+from finetune.cli import json_arg, parse_args, positive_int, run
 from finetune.data import named_under, other_labels_line
 from finetune.errors import FinetuneError
 from finetune.images import not_read_line
@@ -17,7 +17,7 @@ def main():
     parser.add_argument("--report", type=Path, required=True, help="JSON: counts per class and split, skipped images")
     parser.add_argument("--fetch", type=json_arg, default={},
                         help="the dataset config's keys of a download (JSON: download_dir, download_timeout_s)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--key", default="dataset",
                         help="where the config holds the dataset (pretrain.dataset for the source): its messages name its keys so")
     args = parse_args(parser, outputs=("report",), json_paths={"dataset": "path"})

@@ -4,7 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
-from finetune.cli import json_arg, parse_args, run, set_torch_threads, weights_file_named
+from finetune.cli import json_arg, parse_args, positive_int, run, set_torch_threads, weights_file_named
 from finetune.options import name_keys
 from finetune.stages import train_stage, run_weights
 
@@ -19,7 +19,7 @@ def main():
     parser.add_argument("--arch", help="with --source-info: the architecture (weights.arch)")
     parser.add_argument("--options", type=json_arg, required=True, help="training options (JSON)")
     parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
-    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--image-size", type=positive_int)
     parser.add_argument("--out-checkpoint", type=Path, required=True)
     parser.add_argument("--out-history", type=Path, required=True)
     parser.add_argument("--out-info", type=Path, required=True)
@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--key-names", type=json_arg, default={},
                         help="where the run's own keys are written, for messages (JSON: {lr: experiments.<name>.lr}); "
                              "the others are train.<key>")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parse_args(parser, also_reads=weights_file_named)
     from finetune import distributed  # imports torch: inside main, so that the time line counts it under `imports`
 
