@@ -30,23 +30,21 @@ def json_arg(text: str) -> dict:
 
 def positive_int(text: str) -> int:
     """An option's whole number of 1 or more (a size in pixels, a number of threads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
-    return value
+    return _number_arg(text, int, "a whole number", lambda value: value >= 1, "must be 1 or more")
 
 
 def positive_float(text: str) -> float:
-    """An option's number above 0 (a time in seconds)."""
+    """An option's finite number above 0 (a time in seconds)."""
+    return _number_arg(text, float, "a number", lambda value: 0 < value < float("inf"), "must be above 0")
+
+
+def _number_arg(text: str, convert, kind: str, fits, bound: str):
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value:g}: must be above 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not fits(value):
+        raise argparse.ArgumentTypeError(f"{text}: {bound}")
     return value
 
 
