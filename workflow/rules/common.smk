@@ -136,10 +136,16 @@ STARTED_AT = time.time()  # when this run of Snakemake read the workflow: Slurm 
 
 
 @functools.cache
-def schema_sections_here():
+def loaded_schema():
+    """The config's schema as a mapping, read once a start (do not change it)."""
     from snakemake.common.configfile import load_configfile
 
-    return schema_sections(load_configfile(SCHEMA))
+    return load_configfile(SCHEMA)
+
+
+@functools.cache
+def schema_sections_here():
+    return schema_sections(loaded_schema())
 
 
 def host_keys(text):
@@ -334,11 +340,8 @@ _problems = config_problems(config, SCHEMA, written_train=_written.get("train") 
 _problems = list(dict.fromkeys(_problems))  # once each: a sweep's runs may share one (a run name too long, cut short)
 if _problems:
     # Several files (or --config) give the config: each problem says which of them writes its key.
-    from snakemake.common.configfile import load_configfile
-
     _sources = config_sources()
-    _strays = stray_configfiles({f: _sources[f] for f in _config_files},
-                                load_configfile(SCHEMA)["properties"], os.getcwd())
+    _strays = stray_configfiles({f: _sources[f] for f in _config_files}, loaded_schema()["properties"], os.getcwd())
     # A target read as a config file: its keys (all unknown) are not the config's mistakes, and said one by one they
     # buried the line that says what happened; the config's own problems are still listed.
     _stray_keys = {_key for _stray in _strays for _key in _sources[_stray]}
@@ -373,9 +376,7 @@ _fractions_written = {
 validate(config, "../schemas/config.schema.yaml")
 # A number written as its key's default is the default (`label_smoothing: 0`, default 0.0): the jobs' params, compared as
 # text, then are the same as with the key left out, and writing a default runs nothing again.
-from snakemake.common.configfile import load_configfile as _load_schema
-
-config_numbers_as_defaults(config, _load_schema(str(SCHEMA)))
+config_numbers_as_defaults(config, loaded_schema())
 # The source dataset's test images are read by nothing (pretrain trains on its train images and chooses its best
 # epoch on its val ones), so where pretrain.dataset.test_fraction is not written none are drawn: every image of an
 # ImageFolder or a CSV manifest but the val ones trains the source model. Fashion-MNIST's test split is its own file.
