@@ -345,6 +345,23 @@ def done_with_weights_at_path(tmp_path, data: bytes) -> Path:
     return weights
 
 
+def test_a_weights_file_of_the_user_s_named_model_pt_is_not_taken_for_a_run_s_checkpoint(tmp_path):
+    """The check as a run starts reads every run's model.pt (a zip archive of CRCs) that a job reads and none makes:
+    weights.path a file of the user's named model.pt, saved in torch's older (pickle, not zip) format, is no run's
+    checkpoint and must not be refused as one; the weights job publishes it, and the runs train from it."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "models" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(torchvision.models.resnet18(num_classes=6).state_dict(), weights, _use_new_zipfile_serialization=False)
+    assert weights.read_bytes()[:1] == b"\x80"  # a pickle: no zip archive
+    config = tiny_config(tmp_path / "run", replace={"weights": {"source": "path", "path": str(weights), "arch": "resnet18",
+                                                                "preprocessing": PREPROCESSING}})
+    ran = run_snakemake(tmp_path / "run", config, "-p", "results/finetune/seed0/model.pt").stdout
+    assert "train" in jobs_run(ran) and "no longer reads as the checkpoint" not in ran, ran[-3000:]
+
+
 def test_a_weights_file_replaced_at_weights_path_reruns_the_weights_and_all_after_it(tmp_path):
     """weights.path is an input of the weights rule: another file at that path (a newer download, say) reruns
     the weights and every run trained from them; before, nothing reran and every result stayed stale. Not the

@@ -1721,6 +1721,24 @@ def refuse_damaged_files(checks, command):
     write_files_checked(checked, max(FILES_CHECKED_KEPT, 2 * len(checks)))
 
 
+WEIGHTS_PUBLISHED = ("resources/weights/weights.pth", "resources/weights/manifest.json")
+
+
+def damage_check(path):
+    """The check of :func:`refuse_damaged_files` for a model.pt, the published weights or decoded images at ``path``
+    (rule, path, the files its state is read from, check); None for any other file."""
+    weights, manifest = (os.path.normpath(output_path(each)) for each in WEIGHTS_PUBLISHED)
+    under = lambda folder: os.path.normpath(path).startswith(os.path.normpath(output_path(folder)) + os.sep)
+    if os.path.normpath(path) == weights:
+        return "weights", path, [path, manifest], lambda file: damaged_weights_problem(file, manifest)
+    if os.path.basename(path) == "model.pt" and under("results"):  # not a weights.path of the user's so named
+        return "train", path, [path], damaged_checkpoint_problem
+    if os.path.basename(path) == "images.npy" and under("resources/decoded"):
+        info = os.path.join(os.path.dirname(path), "info.json")
+        return "decode", path, [path, info], lambda file: damaged_decoded_problem(file, info)
+    return None
+
+
 def refuse_damaged_inputs():
     """At the start of a run that runs jobs: the model.pt, published weights and decoded images that a job of the DAG
     reads and no job of it makes again, checked as at parse time (:func:`refuse_damaged_files`, each file once per
@@ -1731,23 +1749,9 @@ def refuse_damaged_inputs():
         return
     jobs = list(workflow.dag.needrun_jobs())
     made = {os.path.normpath(str(each)) for job in jobs for each in job.output}
-    weights = (output_path("resources/weights/weights.pth"), output_path("resources/weights/manifest.json"))
-    checks = {}
-    for job in jobs:
-        for each in map(str, job.input):
-            path = os.path.normpath(each)
-            if path in made or path in checks:
-                continue
-            if path == os.path.normpath(weights[0]):
-                checks[path] = ("weights", path, [path, weights[1]],
-                                lambda file, manifest=weights[1]: damaged_weights_problem(file, manifest))
-            elif os.path.basename(path) == "model.pt" and job.rule.name != "train":
-                checks[path] = ("train", path, [path], damaged_checkpoint_problem)
-            elif os.path.basename(path) == "images.npy" and "decoded" in Path(path).parts:
-                info = os.path.join(os.path.dirname(path), "info.json")
-                checks[path] = ("decode", path, [path, info],
-                                lambda file, info=info: damaged_decoded_problem(file, info))
-    refuse_damaged_files(list(checks.values()), _COMMAND)
+    read = dict.fromkeys(os.path.normpath(str(each)) for job in jobs for each in job.input)
+    checks = [damage_check(path) for path in read if path not in made]
+    refuse_damaged_files([check for check in checks if check], _COMMAND)
 
 
 def onnx_checked(command, path):
@@ -1770,24 +1774,16 @@ if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND
              if onnx_checked(_COMMAND, each)]
     # model.pt, the published weights and the decoded images the same way: the jobs after them check them too, but
     # only once Snakemake has removed those jobs' outputs (a run's model.onnx and metrics.json, or its model.pt)
-    _checkpoints = [each for each in (output_path(f"results/{run}/model.pt") for run in RUNS)
-                    if onnx_checked(_COMMAND, each)]
-    _weights = [(output_path("resources/weights/weights.pth"), output_path("resources/weights/manifest.json"))]
-    _weights = [pair for pair in _weights if weights_used() and onnx_checked(_COMMAND, pair[0])]
-    _decoded = list(dict.fromkeys(
-        (output_path(pair["decoded_images"]), output_path(pair["decoded_info"]))
-        for pair in [*(target_decoded(experiment) for experiment in EXPERIMENTS),
-                     *([source_decoded()] if config["weights"]["source"] == "pretrain" else [])]))
-    _decoded = [pair for pair in _decoded if onnx_checked(_COMMAND, pair[0])]
+    _inputs = [*(output_path(f"results/{run}/model.pt") for run in RUNS),
+               *([output_path(WEIGHTS_PUBLISHED[0])] if weights_used() else []),
+               *(output_path(pair["decoded_images"])
+                 for pair in [*(target_decoded(experiment) for experiment in EXPERIMENTS),
+                              *([source_decoded()] if config["weights"]["source"] == "pretrain" else [])])]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
                           *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx),
-                          *(("train", each, [each], damaged_checkpoint_problem) for each in _checkpoints),
-                          *(("weights", weights, [weights, manifest],
-                             lambda path, manifest=manifest: damaged_weights_problem(path, manifest))
-                            for weights, manifest in _weights),
-                          *(("decode", npy, [npy, info], lambda path, info=info: damaged_decoded_problem(path, info))
-                            for npy, info in _decoded)], _COMMAND)
+                          *(damage_check(each) for each in dict.fromkeys(_inputs) if onnx_checked(_COMMAND, each))],
+                         _COMMAND)
 
 def target_class_count():
     """How many classes the target model has, where known without reading images: dataset.classes as written,
