@@ -749,14 +749,16 @@ def test_lr_schedules():
     assert lr_factor(50, 100, 0, "constant") == 1.0
     peak = max(lr_factor(s, 100, 0, "onecycle") for s in range(100))
     assert peak == pytest.approx(1.0) and lr_factor(0, 100, 0, "onecycle") == pytest.approx(1 / 25)
-    # the documented shapes at every step, written out here: onecycle rises by a half cosine from 1/25 to 1 over the
-    # first 30% of the steps, then falls by a half cosine towards 1/25e4; cosine after a warm-up falls from 1 to 0
+    # the documented shapes at every step, written out here: onecycle rises by a half cosine from 1/25 to 1 until
+    # step 0.3 x 100 - 1 (torch's OneCycleLR), then falls by a half cosine to 1/25e4 at the last step; cosine after a
+    # warm-up falls from 1 to 0
     low, floor = 1 / 25, 1 / 25e4
     for step in range(100):
-        expected = (low + (1 - low) * (1 - math.cos(math.pi * step / 30)) / 2 if step < 30 else
-                    floor + (1 - floor) * (1 + math.cos(math.pi * (step - 30) / 70)) / 2)
+        expected = (low + (1 - low) * (1 - math.cos(math.pi * step / 29)) / 2 if step <= 29 else
+                    floor + (1 - floor) * (1 + math.cos(math.pi * (step - 29) / 70)) / 2)
         assert lr_factor(step, 100, 0, "onecycle") == pytest.approx(expected, rel=1e-12), step
     assert lr_factor(99, 100, 0, "onecycle") < 6e-4  # near the floor, far below lr/25
+    assert lr_factor(99, 100, 0, "onecycle") == pytest.approx(floor)  # reached at the last step
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
 
 

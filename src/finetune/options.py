@@ -142,7 +142,7 @@ class TrainOptions:
 
 
 _FIELD_TYPES = {field.name: str(field.type) for field in dataclasses.fields(TrainOptions)}
-_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a word"}
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
 def _type_problem(name: str, value, annotation: str) -> str | None:
@@ -153,9 +153,11 @@ def _type_problem(name: str, value, annotation: str) -> str | None:
         return None if "None" in kinds else f"{name} must be {_KINDS.get(kinds[0], kinds[0])}, not null"
     if name == "lr" and value == "auto":
         return None
+    if kinds == ["str"]:  # every word option is one of a few, which validate() lists
+        return None
     fits = {"int": isinstance(value, int) and not isinstance(value, bool),
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool), "str": isinstance(value, str)}
+            "bool": isinstance(value, bool)}
     if any(fits.get(kind, True) for kind in kinds if kind != "None"):
         return None
     wanted = " or ".join(_KINDS.get(kind, kind) for kind in kinds if kind != "None")
