@@ -376,77 +376,106 @@ def _describe(error, top_level: tuple[str, ...] = (), root: dict | None = None) 
     """One or more lines for a jsonschema ValidationError; ``top_level``: the config's top-level keys (a key
     of theirs written in a section, `experiments.a.seeds`, is named as such); ``root``: the config's schema (a key
     of another section written in one, `evaluate.opset`, is named where it goes: export.opset)."""
-    where, value, kind, expected = _where(error.absolute_path), error.instance, error.validator, error.validator_value
-    if kind == "additionalProperties" and isinstance(value, dict):
-        allowed = sorted(error.schema.get("properties", {}))
-        unknown = [k for k in value if k not in allowed]
-        if list(error.absolute_path) == ["pretrain", "train"]:  # the list a user picks from: not those refused there
-            allowed = [k for k in allowed if k not in _NOT_PRETRAIN_OPTIONS]
-        if list(map(str, error.absolute_path))[::2] == ["experiments", "sweep"]:  # experiments.<name>.sweep
-            from .sweeps import NOT_SWEPT
-
-            allowed = [k for k in allowed if k not in NOT_SWEPT]
-        lines = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            guess = f" (did you mean {close[0]}?)" if close else ""
-            if list(error.absolute_path) == ["pretrain", "train"] and key in ("dataset", "image_size"):
-                guess = f" ({key} is a key of pretrain, not of pretrain.train)"
-            elif key == "sweep" and list(map(str, error.absolute_path)) in ([], ["train"]):
-                guess = (" (sweep is a key of an experiment, experiments.<name>.sweep: it trains that experiment once "
-                         "per value)")
-            elif error.absolute_path and key in top_level:
-                guess = f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
-            elif not error.absolute_path and key in _section_keys(error.schema, "train"):
-                guess = (f" ({key} is a key of train: write it under train:, or on the command line "
-                         f"--config 'train={{{key}: {_yaml_text(value[key])}}}')")
-            elif not close and error.absolute_path and root is not None and key != "seed":  # seed: startchecks.seed_hint
-                guess = _other_sections_hint(str(key), root, str(list(error.absolute_path)[0]))
-            if ":" in str(key) and str(key).split(":", 1)[0].strip() in allowed:
-                name, value_text = (part.strip() for part in str(key).split(":", 1))
-                guess = (f" (YAML reads '{key}' as one key: write a space after the colon, "
-                         f"'{name}: {value_text}')")
-            lines.append(f"{_key_path([*error.absolute_path, key])}: unknown key{guess}; allowed keys: {', '.join(allowed)}")
+    where = _where(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        lines = _unknown_key_lines(error, top_level, root)
         if lines:
             return lines
-    if kind == "type":
-        types = expected if isinstance(expected, list) else [expected]
-        wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
-        if "integer" in types and isinstance(value, float) and value.is_integer():
-            return [f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"]
-        if value is None and "object" in types:  # `finetune:` with nothing after it, or every key below commented out
-            return [f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: "
-                    f"write `{str(list(error.absolute_path)[-1]) if error.absolute_path else 'key'}: {{}}` for none of "
-                    "its keys"]
-        return [f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"]
-    if kind == "pattern" and expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
+    describe = _DESCRIBERS.get(error.validator)
+    line = describe(error, where) if describe else None
+    return [line or f"{where}: {error.message}"]
+
+
+def _unknown_key_lines(error, top_level: tuple[str, ...], root: dict | None) -> list[str]:
+    """A line for each key a mapping may not hold, with the keys it may and a guess at the one meant."""
+    path = list(map(str, error.absolute_path))
+    allowed = sorted(error.schema.get("properties", {}))
+    unknown = [k for k in error.instance if k not in allowed]
+    if path == ["pretrain", "train"]:  # the list a user picks from: not those refused there
+        allowed = [k for k in allowed if k not in _NOT_PRETRAIN_OPTIONS]
+    if path[::2] == ["experiments", "sweep"]:  # experiments.<name>.sweep
+        from .sweeps import NOT_SWEPT
+
+        allowed = [k for k in allowed if k not in NOT_SWEPT]
+    return [f"{_key_path([*error.absolute_path, key])}: unknown key{_unknown_key_guess(error, key, allowed, top_level, root)}; "
+            f"allowed keys: {', '.join(allowed)}" for key in unknown]
+
+
+def _unknown_key_guess(error, key, allowed: list[str], top_level: tuple[str, ...], root: dict | None) -> str:
+    """`` (did you mean ...?)``, or where ``key`` belongs, for an unknown key of the mapping ``error`` is about."""
+    path = list(map(str, error.absolute_path))
+    if ":" in str(key) and str(key).split(":", 1)[0].strip() in allowed:
+        name, value_text = (part.strip() for part in str(key).split(":", 1))
+        return f" (YAML reads '{key}' as one key: write a space after the colon, '{name}: {value_text}')"
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    if path == ["pretrain", "train"] and key in ("dataset", "image_size"):
+        return f" ({key} is a key of pretrain, not of pretrain.train)"
+    if key == "sweep" and path in ([], ["train"]):
+        return " (sweep is a key of an experiment, experiments.<name>.sweep: it trains that experiment once per value)"
+    if path and key in top_level:
+        return f" ({key} is a key of the config's top level, not of {_key_path(error.absolute_path)})"
+    if not path and key in _section_keys(error.schema, "train"):
+        return (f" ({key} is a key of train: write it under train:, or on the command line "
+                f"--config 'train={{{key}: {_yaml_text(error.instance[key])}}}')")
+    if not close and path and root is not None and key != "seed":  # seed: startchecks.seed_hint
+        return _other_sections_hint(str(key), root, path[0])
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _type_line(error, where: str) -> str:
+    value, types = error.instance, error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    if "integer" in types and isinstance(value, float) and value.is_integer():
+        return f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"
+    if value is None and "object" in types:  # `finetune:` with nothing after it, or every key below commented out
+        return (f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: "
+                f"write `{str(list(error.absolute_path)[-1]) if error.absolute_path else 'key'}: {{}}` for none of "
+                "its keys")
+    return f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"
+
+
+def _pattern_line(error, where: str) -> str:
+    value, expected = error.instance, error.validator_value
+    if expected == "^auto$":  # lr: a number or the one word auto (not in a sweep: swept lrs are numbers)
         hint = _number_text_hint(value, ["number"])
         if list(map(str, error.absolute_path))[2:3] == ["sweep"]:  # experiments.<name>.sweep.lr.<i>
-            return [f"{where}: {value!r} is not a number{hint}"]
-        return [f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"
-                f"{_case_hint(value, ['auto'])}"]
-    if kind == "enum":
-        hint = (" (YAML reads an unquoted off, no or false as false: write 'off', quoted)"
-                if value is False and "off" in expected else "")
-        allowed = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in expected)  # YAML's false
-        return [f"{where}: {value!r} is not allowed; use one of {allowed}{hint}{_case_hint(value, expected)}"]
-    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
-        size = "small" if "inimum" in kind else "large"
-        return [f"{where}: {value!r} is too {size}: it must be {op} {expected}"]
-    if kind == "pattern":
-        what = "64 hex digits (a sha256)" if "64" in str(expected) else f"the pattern {expected}"
-        return [f"{where}: {value!r} must be {what}"]
-    if kind == "minItems":
-        return [f"{where}: needs at least {expected} item(s), has {len(value)}"]
-    if kind == "minProperties":
-        default = error.schema.get("default")
-        hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}"
-                if isinstance(default, dict) and default else "")
-        return [f"{where}: needs at least {expected} entry(ies){hint}"]
-    if kind == "required":
-        return [f"{where}: {error.message}"]
-    return [f"{where}: {error.message}"]
+            return f"{where}: {value!r} is not a number{hint}"
+        return (f"{where}: {value!r} is not a number{hint + '; the one text allowed is auto' if hint else ' or auto'}"
+                f"{_case_hint(value, ['auto'])}")
+    what = "64 hex digits (a sha256)" if "64" in str(expected) else f"the pattern {expected}"
+    return f"{where}: {value!r} must be {what}"
+
+
+def _enum_line(error, where: str) -> str:
+    value, expected = error.instance, error.validator_value
+    hint = (" (YAML reads an unquoted off, no or false as false: write 'off', quoted)"
+            if value is False and "off" in expected else "")
+    allowed = ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in expected)  # YAML's false
+    return f"{where}: {value!r} is not allowed; use one of {allowed}{hint}{_case_hint(value, expected)}"
+
+
+def _bound_line(error, where: str) -> str:
+    op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
+    size = "small" if "inimum" in error.validator else "large"
+    return f"{where}: {error.instance!r} is too {size}: it must be {op} {error.validator_value}"
+
+
+def _min_properties_line(error, where: str) -> str:
+    default = error.schema.get("default")
+    hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}"
+            if isinstance(default, dict) and default else "")
+    return f"{where}: needs at least {error.validator_value} entry(ies){hint}"
+
+
+# A line for a jsonschema error, by its validator (others: jsonschema's own message, after the key's path).
+_DESCRIBERS = {
+    "type": _type_line,
+    "pattern": _pattern_line,
+    "enum": _enum_line,
+    **dict.fromkeys(("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"), _bound_line),
+    "minItems": lambda error, where: f"{where}: needs at least {error.validator_value} item(s), has {len(error.instance)}",
+    "minProperties": _min_properties_line,
+}
 
 
 def _number_text_hint(value, types) -> str:
