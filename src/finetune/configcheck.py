@@ -715,8 +715,6 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
     """Rules across keys, checked only where the schema found nothing wrong with the keys involved.
 
     ``written_train``: the `train` keys the user wrote (default: all of ``config``'s)."""
-    from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
-
     problems = _pretrain_train_problems(config)
     pretrain_train = (config.get("pretrain") or {}).get("train")
     if isinstance(pretrain_train, dict):
@@ -724,53 +722,69 @@ def _semantic_problems(config: dict, default_experiments: dict, train_defaults: 
         problems += [f"pretrain.train.{key}: not used: {unread[key]}; remove it" for key in pretrain_train if key in unread]
     for prefix, dataset in (("dataset", config.get("dataset")), ("pretrain.dataset", (config.get("pretrain") or {}).get("dataset"))):
         if isinstance(dataset, dict):
-            problems += _dataset_problems(prefix, dataset)
-        if prefix == "pretrain.dataset" and isinstance(dataset, dict) and dataset.get("max_test_per_class") is not None:
-            problems.append("pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's "
-                            "train and val images, and its test images are never read; remove it")
-        if isinstance(dataset, dict) and dataset.get("format", "fashion-mnist") == "fashion-mnist" \
-                and dataset.get("val_fraction") == 0:
-            problems.append(f"{prefix}.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no "
-                            "validation images, on which training chooses its best epoch; set it above 0 (default 0.2)")
-        if not isinstance(dataset, dict) or dataset.get("format", "fashion-mnist") == "fashion-mnist":
-            continue  # Fashion-MNIST has an official test split: test_fraction is ignored
-        val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2 if prefix == "dataset" else SOURCE_TEST_FRACTION)
-        if isinstance(val, (int, float)) and isinstance(test, (int, float)) and val + test >= 1:
-            problems.append(
-                f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave training images"
-            )
+            problems += _dataset_problems(prefix, dataset) + _split_fraction_problems(prefix, dataset)
     if isinstance(config.get("weights"), dict):
         problems += _weights_problems(config["weights"])
-    range_test = {**(range_defaults or {}), **(config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {})}
+    problems += _lr_range_problems(config, range_defaults or {})
+    problems += _experiments_problems(config, default_experiments, train_defaults or {}, written_train, problems)
+    export = config.get("export") if isinstance(config.get("export"), dict) else {}
+    problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
+    return problems + ([problem] if problem else [])
+
+
+def _split_fraction_problems(prefix: str, dataset: dict) -> list[str]:
+    """What the split of ``dataset`` (at the config key ``prefix``) cannot do with its fractions and limits."""
+    problems = []
+    if prefix == "pretrain.dataset" and dataset.get("max_test_per_class") is not None:
+        problems.append("pretrain.dataset.max_test_per_class: not used: pretrain trains and validates on the source's "
+                        "train and val images, and its test images are never read; remove it")
+    if dataset.get("format", "fashion-mnist") == "fashion-mnist":  # an official test split: test_fraction is ignored
+        if dataset.get("val_fraction") == 0:
+            problems.append(f"{prefix}.val_fraction is 0: Fashion-MNIST gives no val split, so there would be no "
+                            "validation images, on which training chooses its best epoch; set it above 0 (default 0.2)")
+        return problems
+    val, test = dataset.get("val_fraction", 0.2), dataset.get("test_fraction", 0.2 if prefix == "dataset" else SOURCE_TEST_FRACTION)
+    if isinstance(val, (int, float)) and isinstance(test, (int, float)) and val + test >= 1:
+        problems.append(f"{prefix}.val_fraction + {prefix}.test_fraction is {val + test:g}: it must be < 1 to leave "
+                        "training images")
+    return problems
+
+
+def _lr_range_problems(config: dict, range_defaults: dict) -> list[str]:
+    range_test = {**range_defaults, **(config.get("lr_find") if isinstance(config.get("lr_find"), dict) else {})}
     min_lr, max_lr = range_test.get("min_lr"), range_test.get("max_lr")
     if min_lr is not None and max_lr is not None and min_lr >= max_lr:
-        problems.append(f"lr_find.min_lr: {min_lr:g} must be below lr_find.max_lr ({max_lr:g}): the range test raises the lr from one to the other")
+        return [f"lr_find.min_lr: {min_lr:g} must be below lr_find.max_lr ({max_lr:g}): the range test raises the lr "
+                "from one to the other"]
+    return []
+
+
+def _experiments_problems(config: dict, default_experiments: dict, train_defaults: dict, written_train: dict | None,
+                          found_before: list[str]) -> list[str]:
+    """What the experiments' runs cannot train: sweeps, names, lr auto, options unread, the same run twice, and
+    each run's options together (``found_before``: the problems of the other sections, found already)."""
+    from .sweeps import expand, sweep_problems  # here: the jobs that load this module never read sweeps
+
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     experiments = config.get("experiments", default_experiments)
     experiments = experiments if isinstance(experiments, dict) else {}
     swept = sweep_problems(experiments)
     if swept:
-        return problems + swept
+        return swept
     runs, experiment_of = expand(experiments)
-    problems += [f"experiments.{experiment_of[name]}: the run name {name} names the folder results/{name.lower()}/ "
-                 f"(letter case aside), which holds {RESULTS_FOLDERS[name.lower()]}: rename the experiment" for name in runs
-                 if name.lower() in RESULTS_FOLDERS]
+    problems = [f"experiments.{experiment_of[name]}: the run name {name} names the folder results/{name.lower()}/ "
+                f"(letter case aside), which holds {RESULTS_FOLDERS[name.lower()]}: rename the experiment" for name in runs
+                if name.lower() in RESULTS_FOLDERS]
     problems += _lr_auto_problems(experiments, runs, experiment_of, train)
-    problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults or {},
+    problems += _unread_problems(experiments, runs, experiment_of, train, train_defaults,
                                  train if written_train is None else written_train)
-    weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
-    arch = model_arch(weights)
-    problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults or {}, problems, arch)
+    arch = model_arch(config.get("weights") if isinstance(config.get("weights"), dict) else {})
+    problems += _same_run_problems(experiments, runs, experiment_of, train, train_defaults, found_before + problems, arch)
     found = {name: _run_problems(run_options(train, overrides if isinstance(overrides, dict) else {}), arch,
-                                 train_defaults or {}) for name, overrides in runs.items()}
-    problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults or {}), runs, experiment_of,
-                             train_defaults or {})
-    problems += _by_experiment(found, experiment_of)
-    export = config.get("export") if isinstance(config.get("export"), dict) else {}
-    problem = opset_problem(export.get("exporter", "dynamo"), export.get("opset", DYNAMO_MIN_OPSET))
-    if problem:
-        problems.append(problem)
-    return problems
+                                 train_defaults) for name, overrides in runs.items()}
+    problems += _train_s_own(found, _run_problems(run_options(train, {}), arch, train_defaults), runs, experiment_of,
+                             train_defaults)
+    return problems + _by_experiment(found, experiment_of)
 
 
 def with_sweep_items(schema: dict) -> dict:
