@@ -19,6 +19,7 @@ each other: a run with a rank killed and resumed equals the uninterrupted run ex
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -262,6 +263,26 @@ def test_more_training_processes_than_threads_on_the_cpu_is_said_at_start(tmp_pa
     config = tiny_config(tmp_path, threads={"train": 1, "data": 1}, replace={
         "experiments": {"two": {"strategy": "finetune", "bn": "frozen", "devices": 2, "nodes": 2}}})
     assert "more training processes than" not in run_snakemake(tmp_path, config, "-n").stdout
+
+
+def test_the_launcher_shares_the_jobs_math_library_threads_among_its_processes(tmp_path):
+    # Snakemake sets OMP_NUM_THREADS and its kin to the job's threads; each of two processes got all of them (a job
+    # of 16 threads started two pools of 16), where torch's own threads were shared.
+    script = tmp_path / "threads.py"
+    script.write_text("import json, os, sys, torch\n"
+                      "names = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS')\n"
+                      "seen = {name: os.environ.get(name) for name in names} | {'torch': torch.get_num_threads()}\n"
+                      "open(sys.argv[1] + os.environ['RANK'], 'w').write(json.dumps(seen))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMEXPR_NUM_THREADS", "MKL_NUM_THREADS")} | {
+        "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "5", "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "4"}
+    result = subprocess.run([sys.executable, "-m", "finetune.launch", "--devices", "2", "--", str(script),
+                             str(tmp_path / "rank")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}").read_text())
+        assert seen == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "1",
+                        "NUMEXPR_NUM_THREADS": None, "torch": 2}, seen
 
 
 def test_several_nodes_outside_a_slurm_allocation_is_refused_by_the_launcher(tmp_path):

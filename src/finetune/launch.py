@@ -66,6 +66,22 @@ def command(python: str, devices: int, nodes: int, script_args: list[str], env: 
             *script_args]
 
 
+# What Snakemake sets to a job's threads (snakemake.shell) for the math libraries' thread pools (OpenMP, OpenBLAS,
+# MKL, ...), which each process of the job would otherwise start in full.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def share_threads(env, local_world: int) -> None:
+    """The job's threads shared among the ``local_world`` processes it starts on each node: each thread variable of
+    ``env`` divided by it (at least 1), as the training script shares torch's threads (finetune.distributed.ddp_threads),
+    so that two processes of a job of 16 threads start no pool of 16 threads each."""
+    for name in THREAD_VARIABLES:
+        value = env.get(name, "")
+        if local_world > 1 and value.isdigit():
+            env[name] = str(max(1, int(value) // local_world))
+
+
 def slurm_allocation(env: dict) -> tuple[int | None, str | None]:
     """The node count and node list of the Slurm job ``env`` is in ((None, None) outside one): from
     SLURM_JOB_NUM_NODES and SLURM_JOB_NODELIST, or where they are not set, from `scontrol show job` of SLURM_JOB_ID.
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    share_threads(os.environ, args.devices)
     print(f"launch: {' '.join(cmd)}", flush=True)
     if cmd[1:3] != ["-m", "torch.distributed.run"]:  # one process, or srun on several nodes
         os.execvp(cmd[0], cmd)  # it takes this process's place: signals reach it directly
