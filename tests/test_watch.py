@@ -105,6 +105,12 @@ def test_a_list_watches_the_files_it_names_and_only_with_files(tmp_path):
     before = listed_files_state(spaced, "files")
     overwrite(root / "cat/b.png", b"listed, between spaces")
     assert listed_files_state(spaced, "files") != before
+    # a row without a path names no file (predict skips it), not the list's folder: a file made there is no change
+    blank = root / "blank.csv"
+    blank.write_text("note,path\na,cat/a.png\nb,\n")
+    before = listed_files_state(blank, "files")
+    (root / "unrelated.txt").write_text("made beside the list")
+    assert listed_files_state(blank, "files") == before
 
 
 def test_nothing_to_watch_leaves_the_message_to_the_job(tmp_path):

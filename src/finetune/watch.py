@@ -195,6 +195,8 @@ def listed_files_state(table: str | os.PathLike, watch: str = "folders") -> str:
     digest = hashlib.sha256()
     for ref in frame["path"]:
         path = ref.strip()
+        if not path:  # a row without a path names no file (predict skips it): not the list's own folder
+            continue
         digest.update(f"{path}\0{_stat(path if os.path.isabs(path) else base / path)}\0".encode())
     return digest.hexdigest()[:16]
 
