@@ -248,3 +248,26 @@ def test_a_command_line_option_that_replaces_a_profile_setting_whole_says_what_i
     line = next((x for x in result.stdout.splitlines() if "replaces the set-resources" in x), "")
     assert line.endswith(f"whole: its {', '.join(lost)} no longer apply; give them on the command line too, where "
                          "still meant"), result.stdout[-3000:]
+
+
+def test_the_slurm_size_checks_read_partitions_of_several_node_groups_as_sinfo_lists_them():
+    # A one-node test cluster lists one group; a real cluster lists a line per partition and group of like nodes,
+    # the default marked *, a size of mixed nodes as a lower bound ("2+"). The checks compare with a partition's
+    # largest node, and leave unchecked what sinfo gives no exact size of.
+    from finetune.slurmchecks import gpu_problems, job_size, node_sizes, parse_sinfo, partitions_with_gpus, size_problems
+
+    lines = parse_sinfo("cpu*|(null)|32|128000\ncpu*|(null)|64|256000\ngpu|gpu:a100:4|48|512000\nmixed|(null)|2+|4000\n")
+    assert node_sizes(lines) == {"cpu": (64, 256000), "gpu": (48, 512000), "mixed": (None, 4000)}
+    assert partitions_with_gpus(lines) == ({"cpu": False, "gpu": True, "mixed": False}, "cpu")
+    asking = {"train": {"cpus": 64, "mem_mb": 300000, "partitions": ()},  # the default, cpu: memory too large
+              "evaluate": {"cpus": 50, "mem_mb": 1000, "partitions": ("gpu", "cpu")},  # fits cpu's largest node
+              "decode": {"cpus": 99, "mem_mb": 1000, "partitions": ("mixed",)}}  # CPUs unknown there: not checked
+    problems = size_problems(asking, node_sizes(lines), "cpu")
+    assert len(problems) == 1 and problems[0].startswith("rule train asks Slurm for 300000 MB of memory a job") \
+        and "the largest node of partition cpu has 256000" in problems[0], problems
+    assert [p.split(":")[0] for p in gpu_problems({None: {"train.device"}, "gpu": {"evaluate.device"}},
+                                                  *partitions_with_gpus(lines))] == ["train.device cuda"]
+    # as the Slurm plugin asks: cpus_per_task over threads (none where negative), mem_mb_per_cpu x CPUs over mem_mb
+    assert job_size({"cpus_per_task": 4, "mem_mb": 1000}, 8) == (4, 1000)
+    assert job_size({"cpus_per_task": -1, "mem_mb_per_cpu": 500, "mem_mb": 1000}, 8) == (0, 500)
+    assert job_size({"mem_mb_per_cpu": 500}, 8) == (8, 4000)

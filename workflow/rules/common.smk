@@ -93,6 +93,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  stray_configfiles_hint, train_keys_demo_experiments_keep, typed_command_line_config,
                                  where_written)
 from finetune.sweeps import expand as expand_sweeps
+from finetune import slurmchecks
 from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, classes_at_start,
                                   cuda_graphs_on_cpu_note, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, leaderboard_runs_not_configured,
@@ -2297,28 +2298,9 @@ def cluster_run_problems():
 
 @functools.lru_cache(maxsize=None)
 def sinfo_lines():
-    """`sinfo`'s lines here, one per partition and group of like nodes: [(partition, gres, cpus, memory)], the
-    default partition marked * as sinfo marks it; [] where sinfo does not answer. Asked once a start: the partition,
-    GPU and size checks all read these."""
-    import subprocess
-
-    try:
-        listed = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c|%m"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [tuple((line.strip().split("|") + ["", "", ""])[:4])
-            for line in (listed.stdout.splitlines() if listed.returncode == 0 else []) if line.strip()]
-
-
-def slurm_partitions_with_gpus():
-    """{partition: whether a node of it has a GPU (a gpu GRES)}, as `sinfo` lists them, and the default partition's
-    name (marked * there); ({}, None) where sinfo does not answer."""
-    partitions, default = {}, None
-    for name, gres, _, _ in sinfo_lines():
-        if name.endswith("*"):
-            name = default = name[:-1]
-        partitions[name] = partitions.get(name, False) or "gpu" in gres
-    return partitions, default
+    """`sinfo`'s lines here (finetune.slurmchecks.parse_sinfo), asked once a start: the partition, GPU and size
+    checks all read them."""
+    return slurmchecks.read_sinfo()
 
 
 def slurm_checked_jobs():
@@ -2336,20 +2318,15 @@ def slurm_checked_jobs():
 def slurm_partition_problems():
     """The partitions the jobs name (slurm_partition, from the profile or --set-resources) that `sinfo` does not list:
     sbatch refused each job ("invalid partition specified"), after Snakemake removed its outputs, then again on the
-    profile's retry, and the failure showed the rule's log of an earlier run as the job's. A job may name several,
-    comma-separated (Slurm starts it in the first that can)."""
+    profile's retry, and the failure showed the rule's log of an earlier run as the job's."""
     asking = {}
     for job in slurm_checked_jobs():
         if job.is_local:  # run by Snakemake itself (all, summary, weights): no partition of theirs is asked
             continue
-        for name in str(job.resources.get("slurm_partition") or "").split(","):
-            if name.strip():
-                asking.setdefault((name.strip(), partition_source(job.rule.name)), set()).add(job.rule.name)
-    partitions = slurm_partitions_with_gpus()[0] if asking else {}
-    return [f"slurm_partition {name} (rule{'s' if len(rules) > 1 else ''} {', '.join(sorted(rules))}, from the "
-            f"{source}): this cluster has no such partition (`sinfo` lists {', '.join(sorted(partitions))}): name one "
-            "of those, or leave slurm_partition out for the default"
-            for (name, source), rules in sorted(asking.items()) if partitions and name not in partitions]
+        for name in slurmchecks.named_partitions(job.resources.get("slurm_partition")):
+            asking.setdefault((name, partition_source(job.rule.name)), set()).add(job.rule.name)
+    partitions = slurmchecks.partitions_with_gpus(sinfo_lines())[0] if asking else {}
+    return slurmchecks.partition_problems(asking, partitions)
 
 
 def partition_source(rule):
@@ -2357,18 +2334,6 @@ def partition_source(rule):
     own = workflow.resource_settings.overwrite_resources.get(rule) or {}
     return ("profile's set-resources or --set-resources" if "slurm_partition" in own
             else "profile's default-resources or --default-resources")
-
-
-def slurm_node_sizes():
-    """{partition: (the most CPUs, the most memory in MB of a node of it)}, as `sinfo` lists them; a size that sinfo
-    gives as a lower bound (`2+`: nodes of several sizes) or not at all is None (not checked). {} where sinfo does not
-    answer."""
-    sizes = {}
-    for name, _, cpus, memory in sinfo_lines():
-        exact = [int(size) if size.isdigit() else None for size in (cpus, memory)]
-        known = sizes.get(name.rstrip("*"), exact)  # a partition of several node groups: the largest of each
-        sizes[name.rstrip("*")] = tuple(None if a is None or b is None else max(a, b) for a, b in zip(known, exact))
-    return sizes
 
 
 def slurm_size_problems():
@@ -2379,34 +2344,15 @@ def slurm_size_problems():
     for job in slurm_checked_jobs():
         if job.is_local:
             continue
-        # As the plugin asks: --cpus-per-task of cpus_per_task, else of the threads (none where cpus_per_task < 0);
-        # --mem-per-cpu of mem_mb_per_cpu where given, else --mem of mem_mb
-        cpus = job.resources.get("cpus_per_task")
-        cpus = (0 if cpus < 0 else cpus) if isinstance(cpus, int) and cpus != 0 else job.threads
-        per_cpu = job.resources.get("mem_mb_per_cpu")
-        memory = per_cpu * max(cpus, 1) if isinstance(per_cpu, int) and per_cpu > 0 else job.resources.get("mem_mb")
-        named = [name.strip() for name in str(job.resources.get("slurm_partition") or "").split(",") if name.strip()]
-        entry = asking.setdefault(job.rule.name, {"cpus": 0, "mem_mb": 0, "partitions": tuple(named)})
+        cpus, memory = slurmchecks.job_size(job.resources, job.threads)
+        entry = asking.setdefault(job.rule.name, {"cpus": 0, "mem_mb": 0, "partitions": tuple(
+            slurmchecks.named_partitions(job.resources.get("slurm_partition")))})
         entry["cpus"] = max(entry["cpus"], cpus)
-        entry["mem_mb"] = max(entry["mem_mb"], memory if isinstance(memory, int) else 0)
-    sizes = slurm_node_sizes() if asking else {}
-    default = slurm_partitions_with_gpus()[1] if asking else None
-    problems = []
-    for rule, entry in sorted(asking.items()):
-        partitions = list(entry["partitions"]) or ([default] if default else [])
-        if not partitions or any(name not in sizes for name in partitions):  # unknown: said by the partition check
-            continue
-        where = f"partition{'s' if len(partitions) > 1 else ''} {', '.join(partitions)}"
-        for index, (what, unit, setting) in enumerate((
-                ("cpus", "CPUs", "its threads: set-threads in the profile, --set-threads, or threads in the config"),
-                ("mem_mb", "MB of memory", "mem_mb: the profile's set-resources or default-resources"))):
-            largest = [sizes[name][index] for name in partitions]
-            if None in largest or entry[what] <= max(largest):
-                continue
-            problems.append(f"rule {rule} asks Slurm for {entry[what]} {unit} a job ({setting}), and the largest node "
-                            f"of {where} has {max(largest)} (`sinfo -o %c,%m`): Slurm would keep it waiting for ever "
-                            f"or refuse it; ask for at most {max(largest)}, or name a partition of larger nodes")
-    return problems
+        entry["mem_mb"] = max(entry["mem_mb"], memory or 0)
+    if not asking:
+        return []
+    return slurmchecks.size_problems(asking, slurmchecks.node_sizes(sinfo_lines()),
+                                     slurmchecks.partitions_with_gpus(sinfo_lines())[1])
 
 
 def slurm_gpu_problems():
@@ -2420,19 +2366,7 @@ def slurm_gpu_problems():
                    if job.rule.name in ("train", "lr_find") else
                    "pretrain.train.device" if job.rule.name == "pretrain" else "evaluate.device")
             asking.setdefault(job.resources.get("slurm_partition"), set()).add(key)
-    if not asking:
-        return []
-    partitions, default = slurm_partitions_with_gpus()
-    problems = []
-    for partition, keys in sorted(asking.items(), key=lambda item: str(item[0])):
-        name = partition or default
-        if name in partitions and not partitions[name]:
-            problems.append(
-                f"{', '.join(sorted(keys))} cuda: the jobs ask Slurm for a GPU, and partition {name}"
-                f"{'' if partition else ' (the default)'} has no node with one (`sinfo -o %G` lists no gpu GRES): give "
-                f"those rules a GPU partition (slurm_partition in the profile's set-resources; docs/slurm.md, \"GPUs\"), "
-                f"or set {', '.join(sorted(keys))} to auto or cpu")
-    return problems
+    return slurmchecks.gpu_problems(asking, *slurmchecks.partitions_with_gpus(sinfo_lines())) if asking else []
 
 
 def scheduled_predict_problems():
