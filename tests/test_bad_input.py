@@ -2153,6 +2153,35 @@ def _number_classes_note(as_text: list[str], by_number: list[str], key: str = "d
             "splits and trains again")
 
 
+def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_at_start(tmp_path):
+    """Folders (or labels) 001 to 010: YAML reads an unquoted 001 as 1 and 010 as 8 (octal), which the split took as
+    indices, training classes 002 and 009 without a word. Refused at start, each number with the class at its index
+    and the class it names; the split made before from the names quoted is kept, byte for byte."""
+    data = tmp_path / "data"
+    make_images(data, {f"{n:03d}": 6 for n in range(1, 11)})
+    manifest = data / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{png.relative_to(data)},{png.parent.name}\n"
+                                                 for png in sorted(data.glob("*/*.png"))))
+    run = tmp_path / "run"
+    quoted = {"format": "csv", "path": str(manifest), "val_fraction": 0.2, "test_fraction": 0.2, "classes": ["001", "010"]}
+    config = tiny_config(run, replace={"dataset": quoted})
+    run_snakemake(run, config, "--until", "split")
+    split = run / "resources" / "splits" / "target.csv"
+    assert sorted(set(pd.read_csv(split, dtype={"class_name": str})["class_name"])) == ["001", "010"]
+    before = {folder: snapshot(run / folder) for folder in ("resources", "results")}
+    expected = ("dataset.classes: a bare number is an index into the sorted classes, and these also name classes "
+                "written with leading zeros: 1 (the class at index 1 is '002', and class '001' is the number 1); 8 (the "
+                "class at index 8 is '009', and class '008' is the number 8). YAML reads an unquoted 001 as 1 and 010 as "
+                "8 (octal): quote each class's name as its folder or label writes it ('001', '008'): nothing ran")
+    for dataset in (quoted, {**quoted, "format": "imagefolder", "path": str(data)}):
+        text = yaml.safe_dump({**yaml.safe_load(config.read_text()), "dataset": {**dataset, "classes": None}})
+        config.write_text(text.replace("classes: null", "classes: [001, 010]"))  # as a user writes them
+        assert yaml.safe_load(config.read_text())["dataset"]["classes"] == [1, 8]
+        result = run_snakemake(run, config, check=False)
+        assert result.returncode != 0 and expected in " ".join(result.stdout.split()), result.stdout[-3000:]
+        assert {folder: snapshot(run / folder) for folder in ("resources", "results")} == before
+
+
 def test_classes_named_by_numbers_in_their_order_as_text_are_said_with_the_classes_that_order_them(tmp_path):
     """Class folders 1, 2 and 10: sorted as text, the model's output 1 is class '10'. With dataset.classes not
     written, each start says so and how to write them in the numbers' order, the first too (no split made yet: the

@@ -395,6 +395,28 @@ def number_classes_note(names: list[str], classes_written: list | None, key: str
             f"{', ...' if len(by_number) > 12 else ''}] (quoted: a bare number is an index), which splits and trains again")
 
 
+def ambiguous_class_numbers_problem(names: list[str], classes_written: list | None, key: str = "dataset") -> str | None:
+    """Where ``<key>.classes`` holds a bare number that names a class written with leading zeros (folders 001 to 012:
+    YAML reads an unquoted 001 as 1, and 010 as 8, octal) other than the class at that index, which the split takes:
+    `classes: [001, 002]` trained classes 002 and 003, without a word. (A class named as the number itself, folder 1,
+    the split job refuses: finetune.data.select_classes.) ``names``: the dataset's classes in label order."""
+    ambiguous = []
+    for item in classes_written or []:
+        if not isinstance(item, int) or isinstance(item, bool):
+            continue
+        named = [name for name in names if name.isdigit() and int(name) == item and name != str(item)]
+        at_index = names[item] if 0 <= item < len(names) else None
+        ambiguous += [(item, name, at_index) for name in named if name != at_index]
+    if not ambiguous:
+        return None
+    lines = "; ".join(f"{item} (the class at index {item} is "
+                      f"{repr(at_index) if at_index is not None else 'none'}, and class '{name}' is the number {item})"
+                      for item, name, at_index in ambiguous)
+    return (f"{key}.classes: a bare number is an index into the sorted classes, and these also name classes written with "
+            f"leading zeros: {lines}. YAML reads an unquoted 001 as 1 and 010 as 8 (octal): quote each class's name as "
+            f"its folder or label writes it ({', '.join(repr(name) for _, name, _ in ambiguous[:3])})")
+
+
 def classes_at_start(cfg: dict, report: dict, manifest_changed: bool) -> list[str]:
     """Every class of an ImageFolder or CSV dataset (``cfg``: its config section), in label order, as the split of
     this run has or will make them, before any image is read: the class folders' names (the first run's split is

@@ -94,7 +94,7 @@ from finetune.userconfig import (as_config_args, command_line_config, command_li
                                  where_written)
 from finetune.sweeps import expand as expand_sweeps
 from finetune import slurmchecks
-from finetune.startchecks import (SAY_OPENING_FROM, batchnorm_problems, chosen_listing, classes_at_start,
+from finetune.startchecks import (SAY_OPENING_FROM, ambiguous_class_numbers_problem, batchnorm_problems, chosen_listing, classes_at_start,
                                   cuda_graphs_on_cpu_note, cuda_only_options_note,
                                   damaged_onnx_problem, damaged_split_problem, leaderboard_runs_not_configured,
                                   new_dataset_images, new_images_problem,
@@ -1627,8 +1627,13 @@ def check_dataset_at_start(key, dataset):
     outside = outside_class_images_note(cfg["path"], made_path) if cfg["format"] == "imagefolder" else None
     if outside:
         say(f"{named}: {outside}")
-    numbers = cfg.get("classes") is None and number_classes_note(  # each start, the first run's too (no split yet)
-        classes_at_start(cfg, made, manifest_new), None, named)
+    # every class (a split's report holds those chosen): a manifest read where dataset.classes holds a number
+    indexed = any(isinstance(item, int) and not isinstance(item, bool) for item in cfg.get("classes") or [])
+    names = classes_at_start(cfg, made, manifest_new or indexed)
+    ambiguous = ambiguous_class_numbers_problem(names, cfg.get("classes"), named)
+    if ambiguous:
+        raise refused(f"{ambiguous}: nothing ran")
+    numbers = cfg.get("classes") is None and number_classes_note(names, None, named)  # each start (no split yet too)
     if numbers:
         say(f"{named}: {numbers}")
     # A fraction written for a split the dataset gives itself (its val/ or test/ folder, its manifest's split column)
