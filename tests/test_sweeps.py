@@ -65,7 +65,11 @@ BAD_SWEEPS = {
     "set_twice": ({"strategy": ["finetune", "gradual"]},
                   "experiments.finetune.strategy: is also swept (experiments.finetune.sweep.strategy); set it in one place"),
     "metric": ({"metric": ["val_accuracy", "val_loss"]}, "experiments.finetune.sweep.metric: the runs of a sweep are compared"),
-    "empty_sweep": ({}, "experiments.finetune.sweep: needs at least 1 entry(ies)"),
+    "empty_sweep": ({}, "experiments.finetune.sweep: needs at least 1 entry(ies): write one, or leave the key out for "
+                        "none (the experiment trains once)"),
+    # `sweep:` with nothing after it: the advice was to write `sweep: {}`, which is refused in turn
+    "null_sweep": (None, "experiments.finetune.sweep: empty (YAML reads a key with nothing after it as null), and it must "
+                         "be a mapping (key: value): leave `sweep:` out for none (the experiment trains once)"),
     "lbfgs_in_a_run": ({"optimizer": ["adamw", "lbfgs"]},
                        "experiments.finetune (its sweep's run(s) finetune-optimizerlbfgs): optimizer lbfgs"),
 }

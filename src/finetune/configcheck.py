@@ -428,9 +428,12 @@ def _type_line(error, where: str) -> str:
     if "integer" in types and isinstance(value, float) and value.is_integer():
         return f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"
     if value is None and "object" in types:  # `finetune:` with nothing after it, or every key below commented out
-        return (f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: "
-                f"write `{str(list(error.absolute_path)[-1]) if error.absolute_path else 'key'}: {{}}` for none of "
-                "its keys")
+        key = str(list(error.absolute_path)[-1]) if error.absolute_path else "key"
+        default = error.schema.get("default")
+        empty = (f"write `{key}: {{}}` for none of its keys" if not error.schema.get("minProperties")
+                 else f"leave `{key}:` out for the default, {_yaml_text(default)}" if default  # `{}` is refused too
+                 else f"leave `{key}:` out for none{' (the experiment trains once)' if key == 'sweep' else ''}")
+        return f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: {empty}"
     return f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"
 
 
@@ -462,8 +465,9 @@ def _bound_line(error, where: str) -> str:
 
 def _min_properties_line(error, where: str) -> str:
     default = error.schema.get("default")
+    once = " (the experiment trains once)" if list(map(str, error.absolute_path))[-1:] == ["sweep"] else ""
     hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}"
-            if isinstance(default, dict) and default else "")
+            if isinstance(default, dict) and default else f": write one, or leave the key out for none{once}")
     return f"{where}: needs at least {error.validator_value} entry(ies){hint}"
 
 
