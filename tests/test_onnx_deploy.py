@@ -576,6 +576,12 @@ def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):
     assert result.returncode != 0 and (f"predict.images: incoming/ does not exist (relative to the working directory "
                                        f"{workdir})") in result.stdout, result.stdout[-2000:]
     assert "MissingInputException" not in result.stdout
+    # given on the command line: the refusal says so, as the config's other refusals do
+    result = run_snakemake(workdir, config, "-n", "--config", "predict={images: inbox, experiment: finetune, seed: 0}",
+                           check=False)
+    assert result.returncode != 0 and (f"predict.images: inbox does not exist (relative to the working directory "
+                                       f"{workdir}): ") in result.stdout and "(set in --config)" in result.stdout, \
+        result.stdout[-2000:]
 
 
 def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_path):
