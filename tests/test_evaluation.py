@@ -883,7 +883,7 @@ def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlie
     wrong[1] = str(runs[0]["info"].parent.parent)
     result = run_script("summary", *wrong)
     assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout
-    assert f"these lack files: {wrong[1]} (train_info.json, metrics.json)" in result.stdout, result.stdout
+    assert f"these lack files: {wrong[1]} (train_info.json, metrics.json, history.csv)" in result.stdout, result.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 

@@ -278,3 +278,30 @@ def test_a_combination_that_diverges_with_on_divergence_stop_keeps_its_epochs_an
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(float((predicted == test["label"].to_numpy()).mean()), abs=1e-12)
     assert json.loads((run / "onnx_parity.json").read_text())["passed"]
+
+
+def test_a_sweep_of_image_size_has_its_column_and_a_run_file_edited_by_hand_is_named(tmp_path):
+    """image_size (and pretrained) are train keys a sweep may vary that train_info.json records beside the options, not
+    in them: summary.csv had no swept_image_size column (docs/outputs.md: one per key the runs differ in). A word is
+    written as it is (device cpu, not "cpu"). Then a key removed from a run's train_info.json by hand: the summary
+    stopped on a KeyError naming no file; now on a line naming the run folder and the key."""
+    import json
+
+    import pandas as pd
+
+    experiment = {"strategy": "feature_extract", "sweep": {"image_size": [32, 28], "device": ["cpu", "auto"]}}
+    config = tiny_config(tmp_path, replace={"experiments": {"x": experiment}})
+    run_snakemake(tmp_path, config, "-p", "results/summary.csv")
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv", dtype={"swept_device": str}).set_index("experiment")
+    runs = {f"x-image_size{size}-device{device}": (size, device)
+            for size in experiment["sweep"]["image_size"] for device in experiment["sweep"]["device"]}
+    assert summary["swept_image_size"].to_dict() == {run: size for run, (size, _) in runs.items()}
+    assert summary["swept_device"].to_dict() == {run: device for run, (_, device) in runs.items()}
+    info = tmp_path / "results" / "x-image_size28-devicecpu" / "seed0" / "train_info.json"
+    written = json.loads(info.read_text())
+    info.write_text(json.dumps({key: value for key, value in written.items() if key != "best_val_accuracy"}))
+    result = run_snakemake(tmp_path, config, "--forcerun", "summary", "results/summary.csv", check=False)
+    log = (tmp_path / "results" / "logs" / "summary.log").read_text()
+    assert result.returncode != 0 and "Traceback" not in log, log[-3000:]
+    assert ("error: results/x-image_size28-devicecpu/seed0: train_info.json, metrics.json and history.csv do not hold "
+            "what the run's jobs write (KeyError: 'best_val_accuracy')") in log, log[-3000:]

@@ -38,9 +38,17 @@ def run_row(run: dict, info: dict, metrics: dict) -> dict:
         "tta": metrics.get("tta") or "none",  # evaluate.tta: the test figures with test-time augmentation
         "never_predicted": list(metrics.get("never_predicted") or []),  # classes it gave no test image
         "class_weighting": (info.get("options") or {}).get("class_weighting") or "none",
-        "options": info.get("options") or {},  # the run's training options: a sweep's values (swept_values)
+        "options": swept_options(info),  # the run's training options: a sweep's values (swept_values)
         "folder": str(Path(run["info"]).parent),
     }
+
+
+def swept_options(info: dict) -> dict:
+    """The keys a sweep may vary, as a run's train_info.json holds them: its training options, and the two train keys
+    recorded beside them, pretrained and image_size (its crop): a sweep of them had no swept_ column."""
+    crop = (info.get("preprocessing") or {}).get("crop_size")
+    return {**(info.get("options") or {}), "pretrained": info.get("pretrained"),
+            **({"image_size": crop} if crop is not None else {})}
 
 
 def _or_nan(value: float | None) -> float:
@@ -70,7 +78,7 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
 def swept_values(per_run: pd.DataFrame) -> pd.DataFrame:
     """Per run of a sweep (an experiment whose runs are several), the values of the options its runs differ in, as
     columns ``swept_<key>`` indexed by run name: what the run's name says (``finetune-lr1e-3``), for a table to sort
-    or plot by. Read from each run's own train_info.json options (its first seed's; the seed itself left out)."""
+    or plot by. Read from each run's own train_info.json (its first seed's :func:`swept_options`; the seed left out)."""
     columns = {}
     for _, runs in per_run.groupby("sweep", sort=False):
         first = runs.drop_duplicates("experiment").set_index("experiment")["options"]
@@ -78,11 +86,16 @@ def swept_values(per_run: pd.DataFrame) -> pd.DataFrame:
             continue
         keys = sorted({key for options in first for key in options} - {"seed"})
         for key in keys:
-            # as JSON text: summary.csv rounds its numbers to 4 decimals, which would make an lr of 1e-5 a 0
-            values = {run: json.dumps(options.get(key)) for run, options in first.items()}
+            # numbers as JSON text: summary.csv rounds its numbers to 4 decimals, which would make an lr of 1e-5 a 0;
+            # words as written (cpu, not "cpu")
+            values = {run: _as_text(options.get(key)) for run, options in first.items()}
             if len(set(values.values())) > 1:
                 columns.setdefault(f"swept_{key}", {}).update(values)
     return pd.DataFrame(columns)
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def seed_list(seeds: pd.Series) -> str:

@@ -2,14 +2,36 @@
 validation metric; the selected run of each experiment also goes to --out-selected."""
 
 import argparse
+import csv
 import re
 from pathlib import Path
 
 from finetune.cli import json_arg, parse_args, run
+from finetune.errors import ConfigError, DamagedFile
 from finetune.stages import summary_stage
 
 
-RUN_FILES = ("train_info.json", "metrics.json")  # what the table reads of each run, at the least
+RUN_FILES = ("train_info.json", "metrics.json", "history.csv")  # what the table reads of each run, at the least
+
+
+def unreadable_run(run: dict) -> str | None:
+    """Why a run's files do not hold what its train and evaluate jobs write (a key removed or a value changed by hand,
+    a history without epochs: the leaderboard stopped on a KeyError naming no file, or ranked such a run first among
+    equals); None where they do."""
+    from finetune.fileio import read_json
+    from finetune.leaderboard import run_row
+
+    folder = Path(run["info"]).parent
+    with open(folder / "history.csv", newline="") as handle:
+        if not any(True for _ in csv.DictReader(handle)):
+            return f"{folder / 'history.csv'} holds no epoch"
+    try:
+        run_row(run, read_json(run["info"]), read_json(run["metrics"]))
+    except DamagedFile:  # no JSON at all: its own message names the file
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        return f"{folder}: train_info.json, metrics.json and history.csv do not hold what the run's jobs write ({type(exc).__name__}: {exc})"
+    return None
 
 
 def main():
@@ -40,6 +62,10 @@ def main():
                      "info": folder / "train_info.json", "metrics": folder / "metrics.json",
                      "predictions": folder / "test_predictions.csv",
                      "weights_source": args.weights_source})
+    problems = [problem for problem in map(unreadable_run, runs) if problem]
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Edited by hand or cut short? `snakemake --forcerun <run folder>/model.pt` "
+                          "trains and evaluates a run again (`--forcerun <run folder>/metrics.json` evaluates it again)")
     table = summary_stage(runs, args.out_csv, args.out_md, args.out_html, args.out_selected, args.split_report,
                           exported_tta=args.export_tta)
     print(args.out_md.read_text())
