@@ -561,6 +561,19 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     assert refused.returncode != 0 and "predict.images: none of the 4 image file(s) of incoming" in refused.stdout, \
         refused.stdout[-2000:]
     assert "rule predict" not in refused.stdout and predictions.read_bytes() == before
+    # And one whose pixels decode but whose EXIF block does not (a WebP's, its TIFF header damaged): the job turns each
+    # image upright by it and failed there, after the check at start had let it through.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turned
+    webp = BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(webp, "WEBP", exif=exif.tobytes())
+    data = webp.getvalue()
+    header = data.find(b"MM\x00*") if b"MM\x00*" in data else data.find(b"II*\x00")
+    (workdir / "incoming" / "zzz_photo.webp").write_bytes(data[:header] + b";" + data[header + 1:])
+    refused = run_snakemake(workdir, config, check=False)
+    assert refused.returncode != 0 and "predict.images: none of the 5 image file(s) of incoming" in refused.stdout, \
+        refused.stdout[-2000:]
+    assert "rule predict" not in refused.stdout and predictions.read_bytes() == before
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

@@ -225,7 +225,7 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
     earlier predictions, are removed. The first image that decodes ends the check. Its pixels are not converted as the
     job converts them (a large 16-bit image: gigabytes, at every start), and an IDX reference (``file.gz#3``) is read
     as the job reads it."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     first = None
     for ref, path in pairs:
@@ -240,7 +240,8 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
                     raise DataError(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} decoded here "
                                     "(a decompression bomb, or a picture too large): make it smaller")
                 image.load()
-                return
+                ImageOps.exif_transpose(image, in_place=True)  # as the job turns it upright, where an EXIF block that
+                return  # does not read (a WebP's, damaged) failed the image after the check at start let it through
         except DataError as exc:
             first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"
         except Exception as exc:  # any reason an image does not decode is one to report here

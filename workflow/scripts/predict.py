@@ -16,9 +16,19 @@ from finetune.deploy import predict_images
 
 def chosen_model(args) -> Path:
     """The model of the run selected among --choose-from, recorded in --out-selection."""
+    from finetune.errors import ConfigError, DamagedFile
     from finetune.fileio import write_json
-    from finetune.selection import choose_model
+    from finetune.selection import choose_model, folder_record
 
+    for folder in args.choose_from:  # a key removed or a value changed by hand: a KeyError naming no file
+        try:
+            folder_record(folder)
+        except DamagedFile:  # no JSON at all: its own message names the file
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ConfigError(f"{folder}: its train_info.json and history.csv do not hold what its train job writes "
+                              f"({type(exc).__name__}: {exc}). Edited by hand or cut short? `snakemake --forcerun "
+                              f"{folder}/model.pt` trains it again") from exc
     chosen = choose_model(args.choose_from, args.model_name, args.seed)
     print(f"selected {chosen['folder']} by {chosen['metric']} {chosen['value']:.4f}: {chosen['model']}", file=sys.stderr)
     if args.out_selection is not None:
