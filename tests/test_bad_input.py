@@ -2259,13 +2259,15 @@ def test_a_dataset_path_of_the_wrong_kind_is_refused_at_start_saying_what_to_nam
     (tmp_path / "photos").mkdir()
     make_images(tmp_path / "photos", {"cat": 2})
     (tmp_path / "manifest.csv").write_text("path,label\nphotos/cat/000.png,cat\n")
-    for fmt, path, what, name in (("csv", "photos", "is a folder, not a CSV file", "the CSV manifest"),
-                                  ("imagefolder", "manifest.csv", "is a file, not a folder", "the folder of class folders")):
+    # (the path is the other format's: set that format, not "mount it or put it back")
+    for fmt, path, what, other, name in (
+            ("csv", "photos", "is a folder, not a CSV file", "imagefolder", "the CSV manifest"),
+            ("imagefolder", "manifest.csv", "is a file, not a folder", "csv", "the folder of class folders")):
         config = tiny_config(tmp_path, replace={"dataset": {"format": fmt, "path": path}})
         result = run_snakemake(tmp_path, config, "-n", check=False)
         assert result.returncode != 0 and jobs_run(result.stdout) == [], result.stdout[-3000:]
         assert (f"dataset.path: {path} ({fmt}) {what} (relative to the working directory {tmp_path}): nothing ran, and "
-                f"no split was made; mount it or put it back, or name {name}") in result.stdout, \
+                f"no split was made; set dataset.format: {other} for it, or name {name}") in result.stdout, \
             result.stdout[-3000:]
 
 

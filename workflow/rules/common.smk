@@ -1447,8 +1447,10 @@ def refuse_missing_dataset(key, cfg, split_file):
         raise WorkflowError(
             f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
             f"nothing ran, and {'what was made from it is kept' if os.path.exists(split_file) else 'no split was made'}; "
-            "mount it or put it back, or name "
-            f"{'the folder of class folders' if folder else 'the CSV manifest'}"
+            + (f"set {key}.format: {'csv' if folder else 'imagefolder'} for it, or name "  # the other format's path
+               if what.startswith("is a f") and (not folder or path.lower().endswith((".csv", ".tsv", ".txt")))
+               else "mount it or put it back, or name ")
+            + f"{'the folder of class folders' if folder else 'the CSV manifest'}"
             + (", or make it with a rule of your workflow declared above this module" if _as_module
                and not os.path.lexists(path) else ""))
 
