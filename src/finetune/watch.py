@@ -89,22 +89,9 @@ def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool
             digest.update(os.fsencode(f".\0{hashlib.sha256(b'').hexdigest()}\0"))
             continue
         real = os.path.realpath(folder)
-        try:
-            st = os.stat(folder)
-            stamp = [st.st_mtime_ns, st.st_ino]  # another folder renamed into this path may have the same time
-        except OSError:
-            stamp = None
-        cached = known.get(real) if watch == "folders" else None
-        if cached is not None and stamp is not None and cached[0] == stamp:
-            files_state, links, others = cached[1], cached[2], cached[3]
-        else:
-            files = sorted(n for n in names if not images_only or n.lower().endswith(IMAGE_EXTENSIONS))
-            links = [name for name in files if name in linked]
-            files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
-                                                             for name in files if name not in links))).hexdigest()
-            others = extension_counts(n for n in names if n.lower().endswith(UNREAD_IMAGE_FORMATS)
-                                      and relative != ".")  # the root's own files are in no class, read or not
-        looked[real] = [stamp, files_state, links, others]
+        looked[real] = _folder_entry(folder, names, linked, known.get(real) if watch == "folders" else None,
+                                     images_only, root_file=relative == ".")
+        _, files_state, links, others = looked[real]
         for extension, count in others.items():
             formats[extension] = formats.get(extension, 0) + count
         if links:  # a link's target can change (or go) while its folder does not: looked at each time
@@ -114,6 +101,26 @@ def tree_walk(root: str | os.PathLike, watch: str = "folders", images_only: bool
     if cache is not None and any(known.get(real) != state for real, state in looked.items()):
         _write_cache(cache, {**known, **looked})
     return digest.hexdigest()[:16], dict(sorted(formats.items()))
+
+
+def _folder_entry(folder: str, names: list[str], linked, cached: list | None, images_only: bool, root_file: bool) -> list:
+    """[stamp, files' state, linked files, files of UNREAD_IMAGE_FORMATS per extension] of one folder walked: the
+    ``cached`` entry where the folder's stamp (modification time, inode) is the one it was made at, else from its
+    files' names and states (the linked files' own, which can change while the folder does not, added by the caller).
+    ``root_file``: the walk's root, whose files are in no class, read or not (none counted)."""
+    try:
+        st = os.stat(folder)
+        stamp = [st.st_mtime_ns, st.st_ino]  # another folder renamed into this path may have the same time
+    except OSError:
+        stamp = None
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return [stamp, cached[1], cached[2], cached[3]]
+    files = sorted(n for n in names if not images_only or n.lower().endswith(IMAGE_EXTENSIONS))
+    links = [name for name in files if name in linked]
+    files_state = hashlib.sha256(os.fsencode("".join(f"{name}\0{_stat(os.path.join(folder, name))}\0"
+                                                     for name in files if name not in links))).hexdigest()
+    others = extension_counts(n for n in names if n.lower().endswith(UNREAD_IMAGE_FORMATS) and not root_file)
+    return [stamp, files_state, links, others]
 
 
 def _unread_depth(parts: tuple[str, ...], classes: list | None, holds_folders=lambda: True) -> int | None:
