@@ -595,6 +595,16 @@ def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):
     assert result.returncode != 0 and (f"predict.images: inbox does not exist (relative to the working directory "
                                        f"{workdir}): ") in result.stdout and "(set in --config)" in result.stdout, \
         result.stdout[-2000:]
+    # and from a folder holding config/config.yaml, the demo's, which yours is merged over: named as yours, not the
+    # demo's (whose predict.images is null: it never sets the folder refused)
+    from helpers import copy_of_the_workflow
+
+    snakefile = copy_of_the_workflow(workdir / "repo", with_config=True)
+    mine = workdir / "repo" / "my.yaml"
+    mine.write_text("predict: {images: inbox_missing, experiment: finetune, seed: 0}\n")
+    result = run_snakemake(workdir / "repo", mine, "-n", check=False, snakefile=snakefile)
+    assert result.returncode != 0 and "predict.images: inbox_missing does not exist" in result.stdout \
+        and f"(set in {mine})" in result.stdout and "the demo's" not in result.stdout, result.stdout[-2000:]
 
 
 def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_path):

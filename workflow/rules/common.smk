@@ -1892,10 +1892,10 @@ if PREDICT["images"] is not None:
             "nothing ran. Ask for that file, or set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
     if CHECK_FILES and not PREDICT_IMAGES_MADE and not os.path.exists(PREDICT["images"]):
-        raise predict_refused(
+        raise refused(with_sources([  # the demo's images are null: the key is the user's (a file, or --config)
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
             "name a folder of images, one image file, or a CSV file with a `path` column, or set it to null"
-            + (" (or make it with a rule of your workflow declared above this module)" if _as_module else ""), "images")
+            + (" (or make it with a rule of your workflow declared above this module)" if _as_module else "")])[0])
     # A folder without images (or a list without paths, or of which no image opens) stops a run that makes the
     # predictions (onstart), not the job, which would start by removing the earlier ones. Other targets (train, a
     # report) run: a dry run or one of them gets a note only.
