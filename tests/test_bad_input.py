@@ -2155,7 +2155,7 @@ def _number_classes_note(as_text: list[str], by_number: list[str], key: str = "d
 
 def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_at_start(tmp_path):
     """Folders (or labels) 001 to 010: YAML reads an unquoted 001 as 1 and 010 as 8 (octal), which the split took as
-    indices, training classes 002 and 009 without a word. Refused at start, each number with the class at its index
+    indices, training classes 002 and 009 without a word (and folders 000 to 029 with [010, 020]: 008 and 016). Refused at start, each number with the class at its index
     and the class it names; the split made before from the names quoted is kept, byte for byte."""
     data = tmp_path / "data"
     make_images(data, {f"{n:03d}": 6 for n in range(1, 11)})
@@ -2169,10 +2169,11 @@ def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_
     split = run / "resources" / "splits" / "target.csv"
     assert sorted(set(pd.read_csv(split, dtype={"class_name": str})["class_name"])) == ["001", "010"]
     before = {folder: snapshot(run / folder) for folder in ("resources", "results")}
-    expected = ("dataset.classes: a bare number is an index into the sorted classes, and these also name classes "
-                "written with leading zeros: 1 (the class at index 1 is '002', and class '001' is the number 1); 8 (the "
-                "class at index 8 is '009', and class '008' is the number 8). YAML reads an unquoted 001 as 1 and 010 as "
-                "8 (octal): quote each class's name as its folder or label writes it ('001', '008'): nothing ran")
+    expected = ("dataset.classes: a bare number is an index into the sorted classes, and these may stand for classes "
+                "named with leading zeros: 1 (the class at index 1 is '002'; it may stand for '001'); 8 (the class at "
+                "index 8 is '009'; it may stand for '008' or '010'). YAML reads an unquoted number with a leading 0 as "
+                "octal (010 as 8, 012 as 10): quote each class's name as its folder or label writes it ('010'): "
+                "nothing ran")
     for dataset in (quoted, {**quoted, "format": "imagefolder", "path": str(data)}):
         text = yaml.safe_dump({**yaml.safe_load(config.read_text()), "dataset": {**dataset, "classes": None}})
         config.write_text(text.replace("classes: null", "classes: [001, 010]"))  # as a user writes them
@@ -2180,6 +2181,14 @@ def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_
         result = run_snakemake(run, config, check=False)
         assert result.returncode != 0 and expected in " ".join(result.stdout.split()), result.stdout[-3000:]
         assert {folder: snapshot(run / folder) for folder in ("resources", "results")} == before
+    # folders 000 to 029: 010 read as 8 is also index 8's name, 008, but not the class written (the octal reading)
+    from finetune.startchecks import ambiguous_class_numbers_problem
+
+    problem = ambiguous_class_numbers_problem([f"{n:03d}" for n in range(30)], yaml.safe_load("[010, 020]"))
+    assert problem and "8 (the class at index 8 is '008'; it may stand for '010'); 16 (the class at index 16 is '016'; " \
+        "it may stand for '020')" in problem, problem
+    assert ambiguous_class_numbers_problem([f"{n:03d}" for n in range(30)], ["010", "020"]) is None  # quoted
+    assert ambiguous_class_numbers_problem(["1", "2", "\u00b2"], [1]) is None  # a digit int() does not read: no crash
 
 
 def test_classes_named_by_numbers_in_their_order_as_text_are_said_with_the_classes_that_order_them(tmp_path):

@@ -396,25 +396,33 @@ def number_classes_note(names: list[str], classes_written: list | None, key: str
 
 
 def ambiguous_class_numbers_problem(names: list[str], classes_written: list | None, key: str = "dataset") -> str | None:
-    """Where ``<key>.classes`` holds a bare number that names a class written with leading zeros (folders 001 to 012:
-    YAML reads an unquoted 001 as 1, and 010 as 8, octal) other than the class at that index, which the split takes:
-    `classes: [001, 002]` trained classes 002 and 003, without a word. (A class named as the number itself, folder 1,
-    the split job refuses: finetune.data.select_classes.) ``names``: the dataset's classes in label order."""
+    """Where ``<key>.classes`` holds a bare number that could name a class written with leading zeros other than the
+    class at that index, which the split takes: YAML reads an unquoted 010 as 8 and 012 as 10 (a leading 0 is octal
+    where every digit is below 8), and `8` could mean class 008 as well as index 8. `classes: [001, 010]` over folders
+    001 to 012 trained classes 002 and 009 without a word. (A class named as the number itself, folder 8, the split job
+    refuses: finetune.data.select_classes.) ``names``: the dataset's classes in label order."""
     ambiguous = []
     for item in classes_written or []:
         if not isinstance(item, int) or isinstance(item, bool):
             continue
-        named = [name for name in names if name.isdigit() and int(name) == item and name != str(item)]
         at_index = names[item] if 0 <= item < len(names) else None
-        ambiguous += [(item, name, at_index) for name in named if name != at_index]
+        meant = [name for name in names if name != at_index and name != str(item) and _reads_as(name, item)]
+        if meant:
+            ambiguous.append(f"{item} (the class at index {item} is {repr(at_index) if at_index is not None else 'none'}"
+                             f"; it may stand for {' or '.join(repr(name) for name in meant)})")
     if not ambiguous:
         return None
-    lines = "; ".join(f"{item} (the class at index {item} is "
-                      f"{repr(at_index) if at_index is not None else 'none'}, and class '{name}' is the number {item})"
-                      for item, name, at_index in ambiguous)
-    return (f"{key}.classes: a bare number is an index into the sorted classes, and these also name classes written with "
-            f"leading zeros: {lines}. YAML reads an unquoted 001 as 1 and 010 as 8 (octal): quote each class's name as "
-            f"its folder or label writes it ({', '.join(repr(name) for _, name, _ in ambiguous[:3])})")
+    return (f"{key}.classes: a bare number is an index into the sorted classes, and these may stand for classes named "
+            f"with leading zeros: {'; '.join(ambiguous)}. YAML reads an unquoted number with a leading 0 as octal (010 "
+            "as 8, 012 as 10): quote each class's name as its folder or label writes it ('010')")
+
+
+def _reads_as(name: str, number: int) -> bool:
+    """Whether a class ``name`` of ASCII digits with a leading zero is ``number`` written with leading zeros (008 for 8),
+    or what YAML 1.1 reads the name as, unquoted: octal where every digit is below 8 (010 as 8)."""
+    if not (name.isascii() and name.isdigit() and len(name) > 1 and name.startswith("0")):
+        return False
+    return int(name) == number or (set(name) <= set("01234567") and int(name, 8) == number)
 
 
 def classes_at_start(cfg: dict, report: dict, manifest_changed: bool) -> list[str]:
