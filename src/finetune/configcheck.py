@@ -431,7 +431,7 @@ def _type_line(error, where: str) -> str:
         key = str(list(error.absolute_path)[-1]) if error.absolute_path else "key"
         default = error.schema.get("default")
         empty = (f"write `{key}: {{}}` for none of its keys" if not error.schema.get("minProperties")
-                 else f"leave `{key}:` out for the default, {_yaml_text(default)}" if default  # `{}` is refused too
+                 else f"leave `{key}:` out for the default, {_yaml_text(default)}{_MERGED}" if default  # `{}` refused too
                  else f"leave `{key}:` out for none{' (the experiment trains once)' if key == 'sweep' else ''}")
         return f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: {empty}"
     return f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"
@@ -463,10 +463,14 @@ def _bound_line(error, where: str) -> str:
     return f"{where}: {error.instance!r} is too {size}: it must be {op} {error.validator_value}"
 
 
+# A key left out of a config merged over another (config/config.yaml, the demo's) takes that config's value.
+_MERGED = " (or that of a config yours is merged over)"
+
+
 def _min_properties_line(error, where: str) -> str:
     default = error.schema.get("default")
     once = " (the experiment trains once)" if list(map(str, error.absolute_path))[-1:] == ["sweep"] else ""
-    hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}"
+    hint = (f": write one, or leave the key out for the default, {_yaml_text(default)}{_MERGED}"
             if isinstance(default, dict) and default else f": write one, or leave the key out for none{once}")
     return f"{where}: needs at least {error.validator_value} entry(ies){hint}"
 

@@ -1448,7 +1448,7 @@ def refuse_missing_dataset(key, cfg, split_file):
             f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
             f"nothing ran, and {'what was made from it is kept' if os.path.exists(split_file) else 'no split was made'}; "
             + (f"set {key}.format: {'csv' if folder else 'imagefolder'} for it, or name "  # the other format's path
-               if what.startswith("is a f") and (not folder or path.lower().endswith((".csv", ".tsv", ".txt")))
+               if what.startswith("is a f") and (not folder or path.lower().endswith((".csv", ".txt")))
                else "mount it or put it back, or name ")
             + f"{'the folder of class folders' if folder else 'the CSV manifest'}"
             + (", or make it with a rule of your workflow declared above this module" if _as_module
