@@ -527,6 +527,22 @@ def test_a_module_given_no_config_or_one_not_a_mapping_is_refused_at_start_namin
     assert not (host / "runs").exists()
 
 
+def test_two_instances_read_from_two_checkouts_are_refused_at_start_naming_both(tmp_path):
+    """module fa from one checkout, fb from another: Python holds one `finetune` package, the first read, and every job
+    ran it (fb's jobs ran fa's checkout's code, and an edit of fb's own reran them without changing what they ran).
+    Refused at start, naming the module and both checkouts; nothing is written."""
+    host = two_instance_host(tmp_path / "host", TINY_CONFIG, TINY_CONFIG)
+    other = copy_of_the_workflow(tmp_path / "other checkout").parent
+    snakefile = (host / "Snakefile").read_text()
+    (host / "Snakefile").write_text(snakefile.replace(f'module fb:\n    snakefile: "{REPO / "Snakefile"}"',
+                                                      f'module fb:\n    snakefile: "{other / "Snakefile"}"', 1))
+    result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
+    assert result.returncode != 0 and (f"module fb: read from {other}, while another instance of this workflow was read "
+                                       f"from {REPO.resolve()}: its jobs would run that checkout's code. Load every "
+                                       "instance from one checkout") in result.stdout, result.stdout[-3000:]
+    assert not (host / "runs").exists()
+
+
 def test_predictions_asked_of_an_instance_without_predict_images_are_refused_at_start_naming_it(tmp_path):
     """A target of an instance's predictions (below its prefix, or its predict_selected rule by its name in the host)
     with predict.images null: the workflow run directly refuses it at start, but as a module the check was skipped and

@@ -78,6 +78,16 @@ envvars:
 
 
 sys.path.insert(0, str(REPO / "src"))
+# Two instances of this workflow in one host read from two checkouts (module fa: snakefile A, module fb: snakefile B):
+# Python holds one `finetune` package, the first read, and PYTHONPATH names one src/ for every job: the other's jobs ran
+# that checkout's code, and an edit of their own reran them without changing what they ran.
+import finetune as _package
+
+if Path(_package.__file__).resolve().parent != (REPO / "src" / "finetune").resolve():
+    raise WorkflowError(
+        f"module {getattr(workflow.modifier, 'namespace', None) or 'finetune'}: read from {REPO}, while another "
+        f"instance of this workflow was read from {Path(_package.__file__).resolve().parent.parent.parent}: its jobs "
+        "would run that checkout's code. Load every instance from one checkout (docs/module.md)")
 from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_numbers_as_defaults, config_problems,
                                   format_problems, job_options,
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
