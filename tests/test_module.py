@@ -543,6 +543,20 @@ def test_two_instances_read_from_two_checkouts_are_refused_at_start_naming_both(
     assert not (host / "runs").exists()
 
 
+def test_a_module_s_train_jobs_name_its_keys_as_the_host_s_config_holds_them(tmp_path):
+    """The train and lr_find jobs' messages name the keys they stop on (`train.device is cuda, but no CUDA device is
+    available`): as a module given config["aa"], the split job's said aa.dataset..., the train job's train.device.
+    Their --key-names name every key under the host's: aa.train.<key>, or where the run's experiment writes it."""
+    config = {**TINY_CONFIG, "experiments": {"ft": {"strategy": "feature_extract", "lr": 0.01}}}
+    host = two_instance_host(tmp_path / "host", config, config)
+    result = run_snakemake(host, None, "-n", "--printshellcmds", "runs/a/results/ft/seed0/model.pt",
+                           snakefile=host / "Snakefile")
+    command = next(line for line in result.stdout.splitlines() if "--key-names" in line and "train.py" in line)
+    names = json.loads(shlex.split(command)[shlex.split(command).index("--key-names") + 1])
+    assert names["lr"] == "aa.experiments.ft.lr" and names["strategy"] == "aa.experiments.ft.strategy", names
+    assert names["device"] == "aa.train.device" and names["epochs"] == "aa.train.epochs", names
+
+
 def test_predictions_asked_of_an_instance_without_predict_images_are_refused_at_start_naming_it(tmp_path):
     """A target of an instance's predictions (below its prefix, or its predict_selected rule by its name in the host)
     with predict.images null: the workflow run directly refuses it at start, but as a module the check was skipped and

@@ -726,6 +726,16 @@ def train_key_names(experiment):
             for key in EXPERIMENTS[experiment]}
 
 
+def job_key_names(experiment):
+    """:func:`train_key_names` for the messages of a run's train and lr_find jobs, which name every other key train.<key>:
+    as a module given a part of the host's config, every key as the host's config holds it (fa.train.device; the job
+    said train.device)."""
+    names = train_key_names(experiment)
+    if not (_as_module and _module_key):
+        return names
+    return {**{key: host_key(f"train.{key}") for key in TRAIN_DEFAULTS}, **{key: host_key(name) for key, name in names.items()}}
+
+
 def train_options(experiment, seed):
     """The training loop's options for one run: `train`, overridden by the experiment, the keys the run does not act
     on at their defaults, and values that train as the default does at the default (configcheck.job_options), plus

@@ -23,7 +23,7 @@ rule lr_find:
     params:
         python=PYTHON,
         options=lambda w: as_json(lr_find_options(w.experiment)),
-        key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),  # for messages only
+        key_names=lambda w: NotARerunTrigger(as_json(job_key_names(w.experiment))),  # for messages only
         range_test=as_json({key: value for key, value in config["lr_find"].items() if key != "seed"}),  # in options
         weights=run_weights_args,
         image_size=lambda w: (

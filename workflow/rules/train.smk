@@ -21,7 +21,7 @@ rule train:
         launch=lambda w: NotARerunTrigger(train_launcher(w.experiment)),
         options=lambda w: as_json(train_options(w.experiment, w.seed)),
         # Where each key is written, for messages only: a key moved from train to the experiment reruns nothing.
-        key_names=lambda w: NotARerunTrigger(as_json(train_key_names(w.experiment))),
+        key_names=lambda w: NotARerunTrigger(as_json(job_key_names(w.experiment))),
         weights=run_weights_args,
         image_size=lambda w: (
             f"--image-size {experiment_config(w.experiment)['image_size']}"
