@@ -1354,12 +1354,12 @@ def test_pretraining_on_the_target_s_own_classes_of_one_dataset_is_said_at_start
     def notes(config: dict) -> list[str]:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
         out = run_snakemake(tmp_path / "run", tmp_path / "config.yaml", "-n").stdout
-        return [line for line in out.splitlines() if line.startswith("note: pretrain.dataset and dataset")]
+        return [line for line in out.splitlines() if line.startswith("note: pretrain.dataset.path and dataset.path")]
 
     pretrain = {**TINY_CONFIG["pretrain"], "dataset": {"format": "fashion-mnist", "path": TINY_CONFIG["dataset"]["path"]}}
     shared = ", ".join(repr(FASHION_MNIST_CLASSES[i]) for i in TINY_CONFIG["dataset"]["classes"])
     (note,) = notes({**TINY_CONFIG, "pretrain": pretrain})
-    assert note.startswith(f"note: pretrain.dataset and dataset are one dataset and share the class(es) {shared}: the "
+    assert note.startswith(f"note: pretrain.dataset.path and dataset.path are one dataset and share the class(es) {shared}: the "
                            "source model is pretrained on the target's classes, its train and val images likely among them")
     assert notes({**TINY_CONFIG, "pretrain": {**pretrain, "dataset": {**pretrain["dataset"], "classes": [0, 6]}}}) == [
         note.replace(shared, repr(FASHION_MNIST_CLASSES[6]))]

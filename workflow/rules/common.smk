@@ -1860,7 +1860,7 @@ if CHECK_FILES and config["weights"]["source"] == "pretrain":
                  "test images, the official test set, are not pretrained on)"
                  if config["dataset"]["format"] == "fashion-mnist" else "its test images possibly among them (each "
                  "dataset's split is drawn on its own)")
-        say(f"pretrain.dataset and dataset are one dataset and share the class(es) {', '.join(map(repr, _shared))}: the "
+        say(f"pretrain.dataset.path and dataset.path are one dataset and share the class(es) {', '.join(map(repr, _shared))}: the "
             f"source model is pretrained on the target's classes, {_held}, so the transfer runs' figures do not "
             "measure transfer to new classes. Leave them out with pretrain.dataset.classes (the demo's config "
             "pretrains on classes 0-5 and fine-tunes on 6-9)")
