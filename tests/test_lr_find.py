@@ -238,6 +238,13 @@ def test_a_range_test_whose_loss_still_falls_at_its_top_is_said_at_the_end_of_th
     assert ("note: results/lr_find/auto: the smoothed loss was still falling at the last lr the range test tried, "
             "0.001 (lr_find.max_lr 0.001): its suggestion") in ran, ran[-3000:]
     assert "raise lr_find.max_lr" in ran
+    # Said too where another job of the run fails (--keep-going): the next run, the curve made, would not say it.
+    failing = tiny_config(tmp_path, "failing.yaml", lr_find=edge, replace={"experiments": {
+        "auto": {"lr": "auto"}, "bad": {"strategy": "finetune", "optimizer": "sgd", "momentum": 0.0, "lr": 1.0e4}}})
+    failed = run_snakemake(tmp_path, failing, "-p", "results/lr_find/auto/suggestion.json",
+                           "results/bad/seed0/train_info.json", "--keep-going", "--forcerun", "lr_find", check=False)
+    assert failed.returncode != 0 and "Error in rule train" in failed.stdout, failed.stdout[-3000:]
+    assert "note: results/lr_find/auto: the smoothed loss was still falling" in failed.stdout, failed.stdout[-3000:]
     wide = tiny_config(tmp_path, replace={"experiments": {"auto": {"lr": "auto"}}}, lr_find={"steps": 30})
     ran = run_snakemake(tmp_path, wide, "-p", "results/lr_find/auto/suggestion.json").stdout
     curve = pd.read_csv(tmp_path / "results/lr_find/auto/lr_find.csv")

@@ -2451,11 +2451,12 @@ def unreadable_predictions_notes():
 
 
 def range_test_edge_notes():
-    """After a run that succeeded: a note for each range test it ran whose loss was still falling at the top of its
-    range (its job's log alone showed the curve)."""
+    """At the end of a run: a note for each range test it ran (and finished: a run that failed elsewhere too, whose next
+    run would not make the curve again) whose loss was still falling at the top of its range (its job's log alone
+    showed the curve)."""
     try:
-        jobs = list(workflow.dag.needrun_jobs(exclude_finished=False))
-    except Exception:  # Snakemake's DAG is internal: without it, no note rather than an error after a run that succeeded
+        jobs = [job for job in workflow.dag.needrun_jobs(exclude_finished=False) if workflow.dag.finished(job)]
+    except Exception:  # Snakemake's DAG is internal: without it, no note rather than an error at the end of a run
         return []
     tests = [(str(job.output.csv), str(job.output.suggestion)) for job in jobs
              if job.rule.name == workflow.modifier.modify_rulename("lr_find")]
@@ -2470,5 +2471,5 @@ onsuccess:
 
 
 onerror:
-    for _line in [*slurm_kill_notes(), *earlier_results_note(), *removed_models_note()]:
+    for _line in [*slurm_kill_notes(), *earlier_results_note(), *removed_models_note(), *range_test_edge_notes()]:
         print(_line, file=sys.stderr)
