@@ -55,3 +55,4 @@ rule all:
 
 
 note_resources_under_unprefixed_names()
+refuse_unknown_rule_settings()

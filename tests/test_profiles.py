@@ -157,6 +157,38 @@ def test_a_resource_value_in_slurm_s_format_is_refused_naming_the_profile_rule_a
     assert "--default-resources: mem_mib: '4GiB': mem_mib is a number of mebibytes: write 4096" in result.stdout
 
 
+def test_a_profile_entry_naming_no_rule_is_refused_and_a_resource_one_letter_off_is_said(tmp_path):
+    """`trian:` under set-resources (a typo in an edited profile, or --set-resources trian:mem_mb=...): Snakemake applied
+    it to nothing without a word, and the train jobs ran with their rule's own sizes, no `* attempt` on a retry.
+    Refused at start, naming the entry and the rule meant; nothing is written. A resource key one letter off one that is
+    read (`mem_mbb`, `slurm_partiton`: the partition check was bypassed) is said at start, naming where it is."""
+    from helpers import run_snakemake, tiny_config
+
+    profile = tmp_path / "myslurm"
+    profile.mkdir()
+    shipped = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    assert shipped.count("\n  train:") == 1 and "\n  runtime: 30" in shipped
+    (profile / "config.yaml").write_text(shipped.replace("\n  train:", "\n  trian:", 1).replace(
+        "\n  runtime: 30", "\n  slurm_partiton: debug\n  runtime: 30", 1))
+    config = tiny_config(tmp_path / "run")
+    result = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), "--set-threads",
+                           "evalute=1", check=False, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stdout, result.stdout[-2000:]
+    for line in ("set-resources names trian, which is no rule of this workflow (did you mean train?): its settings "
+                 "would apply to nothing; the rules are all, decode, evaluate,",
+                 "set-threads names evalute, which is no rule of this workflow (did you mean evaluate?): its threads "
+                 "would apply to nothing", f"nothing ran, and every earlier result is kept (the profile in use: {profile}"):
+        assert line in result.stdout, result.stdout[-2000:]
+    assert not (tmp_path / "run" / "results").exists()
+    (profile / "config.yaml").write_text(shipped.replace("\n  runtime: 30", "\n  slurm_partiton: debug\n  runtime: 30", 1))
+    planned = run_snakemake(tmp_path / "run", config, "-n", "--workflow-profile", str(profile), "--set-resources",
+                            "train:mem_mbb=100", timeout=120).stdout
+    assert ("note: default-resources: slurm_partiton is no resource Snakemake or its Slurm plugin reads (did you mean "
+            "slurm_partition?): it sizes nothing") in planned, planned[-2000:]
+    assert "note: set-resources train: mem_mbb is no resource Snakemake or its Slurm plugin reads (did you mean " \
+           "mem_mb?)" in planned, planned[-2000:]
+
+
 def test_an_option_given_twice_on_the_command_line_is_refused_and_nothing_runs(tmp_path):
     """`--configfile a.yaml --configfile b.yaml` read b.yaml alone, and a second --set-resources replaced the first's,
     without a word (Snakemake keeps the last of an option that takes a list). Refused at start, naming the option;

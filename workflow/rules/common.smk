@@ -3,6 +3,7 @@
 
 import contextlib
 import copy
+import difflib
 import functools
 import json
 import os
@@ -200,6 +201,44 @@ def note_resources_under_unprefixed_names():
         if renamed not in (None, name) and renamed in ours and name not in defined:
             say(f"set-threads names {name}, which this module calls {renamed}: its threads apply to nothing. Name it "
                 f"{renamed} in your profile or command line")
+
+
+# The resources Snakemake, its Slurm plugin or this workflow's rules read: a set-resources or default-resources key one
+# letter off one of them (mem_mbb, slurm_partiton) sizes nothing, without a word (it could be a resource of the user's
+# own, which Snakemake counts against --resources: said, not refused).
+KNOWN_RESOURCES = {"mem", "mem_mb", "mem_mib", "disk", "disk_mb", "disk_mib", "runtime", "tmpdir", "gpu", "gpus",
+                   "slurm_partition", "slurm_account", "slurm_extra", "slurm_cluster", "clusters", "constraint", "qos",
+                   "cpus_per_task", "cpus_per_gpu", "mem_mb_per_cpu", "nodes", "tasks", "tasks_per_node",
+                   "tasks_per_gpu", "gpu_model", "gres", "mpi"}
+
+
+def refuse_unknown_rule_settings():
+    """A set-resources or set-threads entry (the profile's, or the command line's) naming no rule of this workflow (a
+    typo, `trian:`): Snakemake applies it to nothing without a word, and the jobs ran with their rules' own sizes (no
+    `* attempt` on a retry). Refused at start where this is the workflow itself (a host's own rules may take names a
+    module does not have). A resource key one letter off one that is read (mem_mbb) is said."""
+    if not workflow.is_main_process:
+        return
+    given = {"set-resources": dict(workflow.resource_settings.overwrite_resources or {}),
+             "set-threads": dict(workflow.resource_settings.overwrite_threads or {})}
+    rules = sorted(each.name for each in workflow.rules)
+    problems = [] if _as_module else [
+        f"{option} names {name}, which is no rule of this workflow"
+        f"{''.join(f' (did you mean {close}?)' for close in difflib.get_close_matches(name, rules, n=1))}: "
+        f"{'its settings' if option == 'set-resources' else 'its threads'} would apply to nothing; the rules are "
+        f"{', '.join(rules)}" for option, entries in given.items() for name in sorted(entries) if name not in rules]
+    if problems:
+        raise WorkflowError("\n".join([*problems, "nothing ran, and every earlier result is kept (the profile in use: "
+                                        f"{', '.join(map(str, PROFILE_FILES)) or 'none'}; or the command line)"]))
+    defaults = workflow.resource_settings.default_resources
+    keyed = [("default-resources", list(getattr(defaults, "keys", lambda: [])()) if defaults is not None else [])]
+    keyed += [(f"set-resources {name}", list(dict(entries or {}))) for name, entries in sorted(given["set-resources"].items())]
+    for where, keys in keyed:
+        for key in keys:
+            close = difflib.get_close_matches(str(key), sorted(KNOWN_RESOURCES), n=1, cutoff=0.8)
+            if key not in KNOWN_RESOURCES and not str(key).startswith("_") and close:
+                say(f"{where}: {key} is no resource Snakemake or its Slurm plugin reads (did you mean {close[0]}?): it "
+                    "sizes nothing, and the job gets the default")
 
 
 # The profiles this run reads (the workflow's own, --profile, $SNAKEMAKE_PROFILE): read once.
