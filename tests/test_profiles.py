@@ -296,7 +296,8 @@ def test_the_slurm_size_checks_read_partitions_of_several_node_groups_as_sinfo_l
               "decode": {"cpus": 99, "mem_mb": 1000, "partitions": ("mixed",)}}  # CPUs unknown there: not checked
     problems = size_problems(asking, node_sizes(lines), "cpu")
     assert len(problems) == 1 and problems[0].startswith("rule train asks Slurm for 300000 MB of memory a job") \
-        and "the largest node of partition cpu has 256000" in problems[0], problems
+        and "(mem_mb: the profile's set-resources or default-resources, or --set-resources), and the largest node of " \
+        "partition cpu has 256000" in problems[0], problems
     assert [p.split(":")[0] for p in gpu_problems({None: {"train.device"}, "gpu": {"evaluate.device"}},
                                                   *partitions_with_gpus(lines))] == ["train.device cuda"]
     # as the Slurm plugin asks: cpus_per_task over threads (none where negative), mem_mb_per_cpu x CPUs over mem_mb

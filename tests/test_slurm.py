@@ -292,6 +292,11 @@ def test_a_job_slurm_kills_for_memory_is_said_to_be_so_at_the_end_of_the_run(slu
                        rf"limit \(\d+ > {50 * 2 ** 20}\), being killed", out, re.M)
     assert killed, out[-3000:]
     assert killed.group(0).split("): ", 1)[1] in Path(log).read_text()
+    # and what to raise: the rule's mem_mb, with what Slurm counted (bytes, in MiB as --mem reads mem_mb)
+    used = int(re.search(r"exceeded memory limit \((\d+) > ", killed.group(0)).group(1))
+    note = next(line for line in out.splitlines() if line.startswith(killed.group(0)))
+    assert note.endswith(f" (it went past its memory, {-(-used // 2 ** 20):,} MiB used of the 50 allowed: raise rule "
+                         "split's mem_mb in the profile's set-resources, or --set-resources split:mem_mb=<more>)"), note
     assert "DUE TO TIME LIMIT" not in out and len(re.findall("^note: Slurm ended a job", out, re.M)) == 1, out[-3000:]
     assert not (workdir / "resources/splits/target.csv").exists()
 
@@ -694,8 +699,8 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
                               if line.startswith("slurmstepd")))
     assert any(f"*** JOB {first} ON " in line and line.endswith(" DUE TO TIME LIMIT ***") for line in said), said
     assert ended[0][1] == (" | ".join(said[-3:]) + "; the profile's `retries` submitted it again, and that attempt "
-                           "finished (where it is ended each time, raise the rule's runtime or mem_mb in the profile's "
-                           "set-resources)"), out[-3000:]
+                           "finished (where it is ended each time, it ran past its walltime: raise rule train's runtime "
+                           "in the profile's set-resources, or --set-resources train:runtime=<more>)"), out[-3000:]
     _assert_resumed_to(workdir, paused, longer_run_uninterrupted)
 
 

@@ -9,6 +9,7 @@ rule's job loads it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 SINFO_FORMAT = "%P|%G|%c|%m"  # partition (the default marked *), generic resources, CPUs a node, memory (MB) a node
@@ -86,7 +87,7 @@ def size_problems(asking: dict[str, dict], sizes: dict, default: str | None) -> 
         where = f"partition{'s' if len(partitions) > 1 else ''} {', '.join(partitions)}"
         for index, (what, unit, setting) in enumerate((
                 ("cpus", "CPUs", "its threads: set-threads in the profile, --set-threads, or threads in the config"),
-                ("mem_mb", "MB of memory", "mem_mb: the profile's set-resources or default-resources"))):
+                ("mem_mb", "MB of memory", "mem_mb: the profile's set-resources or default-resources, or --set-resources"))):
             largest = [sizes[name][index] for name in partitions]
             if None in largest or entry[what] <= max(largest):
                 continue
@@ -109,3 +110,22 @@ def gpu_problems(asking: dict[str | None, set[str]], partitions: dict[str, bool]
                 f"those rules a GPU partition (slurm_partition in the profile's set-resources; docs/slurm.md, \"GPUs\"), "
                 f"or set {', '.join(sorted(keys))} to auto or cpu")
     return problems
+
+
+def limit_hint(rule: str | None, lines: list[str], each_time: bool = False) -> str:
+    """What to raise where Slurm ended a job of ``rule`` at one of its limits (``lines``: slurmstepd's, from the job's
+    Slurm log): its memory (``exceeded memory limit (used > allowed)``, in bytes) or its walltime (``DUE TO TIME
+    LIMIT``); "" for neither (cancelled by hand). ``each_time``: the profile's retry then finished (said for a run that
+    fails so each time)."""
+    text = " ".join(lines)
+    memory = re.search(r"exceeded memory limit \((\d+) > (\d+)\)", text)
+    if memory:
+        used, allowed = (-(-int(n) // 2**20) for n in memory.groups())  # MiB: Slurm reads mem_mb (--mem) as MiB
+        key, why = "mem_mb", f"it went past its memory, {used:,} MiB used of the {allowed:,} allowed"
+    elif "DUE TO TIME LIMIT" in text:
+        key, why = "runtime", "it ran past its walltime"
+    else:
+        return ""
+    named = f"rule {rule}'s {key}" if rule else f"the rule's {key}"
+    option = f", or --set-resources {rule}:{key}=<more>" if rule else ""
+    return f" ({'where it is ended each time, ' if each_time else ''}{why}: raise {named} in the profile's set-resources{option})"

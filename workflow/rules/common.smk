@@ -2076,15 +2076,13 @@ def earlier_results_note():
 
 # After a run that succeeded, a job Slurm ended was submitted again and finished: said, as it will be on every run.
 RAN_AGAIN = "; the profile's `retries` submitted it again, and that attempt finished"
-# Not after a job cancelled by hand (scancel): no limit of the profile's ended it.
-RAISE_LIMITS = " (where it is ended each time, raise the rule's runtime or mem_mb in the profile's set-resources)"
 
 
-def slurm_kill_notes(folder=".snakemake/slurm_logs", after="", limit_hint=""):
+def slurm_kill_notes(folder=".snakemake/slurm_logs", after="", each_time=False):
     """Slurm's own lines on the jobs of this run it ended (``slurmstepd...: error: ... exceeded memory limit ..., being
     killed``, ``CANCELLED ... DUE TO TIME LIMIT``), from the Slurm logs written by this run that the executor kept (it
-    keeps a failed job's, removes the others); each note ends with ``after``, and ``limit_hint`` where Slurm ended the
-    job (not cancelled by hand). After a failed run: Snakemake's report prints a failed job's logs up to the first
+    keeps a failed job's, removes the others); each note ends with ``after``, and where Slurm ended the job at a limit
+    (not cancelled by hand) what to raise (finetune.slurmchecks.limit_hint; ``each_time``: its retry finished). After a failed run: Snakemake's report prints a failed job's logs up to the first
     empty one only, so the rule's log of a job killed before it wrote a line hid the Slurm log that says why. After a run that succeeded: the attempt that failed was said mid-run only, among
     the other jobs' lines."""
     notes = []
@@ -2101,8 +2099,9 @@ def slurm_kill_notes(folder=".snakemake/slurm_logs", after="", limit_hint=""):
             cancelled = all(" CANCELLED AT " in line and " DUE TO " not in line for line in lines)
             what = ("a job was cancelled (by scancel, or by Snakemake stopping its jobs on Ctrl-C)" if cancelled
                     else "Slurm ended a job")
+            named = next((part[len("rule_"):] for part in log.relative_to(folder).parts if part.startswith("rule_")), None)
             notes.append(f"note: {what} ({os.path.abspath(log)}): {' | '.join(lines[-3:])}{after}"
-                         f"{'' if cancelled else limit_hint}")
+                         f"{'' if cancelled else slurmchecks.limit_hint(named, lines, each_time)}")
     return notes[:10]
 
 
@@ -2504,7 +2503,7 @@ def range_test_edge_notes():
 
 onsuccess:
     remove_finished_states()
-    for _line in [*slurm_kill_notes(after=RAN_AGAIN, limit_hint=RAISE_LIMITS), *unreadable_predictions_notes(),
+    for _line in [*slurm_kill_notes(after=RAN_AGAIN, each_time=True), *unreadable_predictions_notes(),
                   *range_test_edge_notes()]:
         print(_line, file=sys.stderr)
 
