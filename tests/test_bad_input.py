@@ -2170,10 +2170,10 @@ def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_
     assert sorted(set(pd.read_csv(split, dtype={"class_name": str})["class_name"])) == ["001", "010"]
     before = {folder: snapshot(run / folder) for folder in ("resources", "results")}
     expected = ("dataset.classes: a bare number is an index into the sorted classes, and these may stand for classes "
-                "named with leading zeros: 1 (the class at index 1 is '002'; it may stand for '001'); 8 (the class at "
-                "index 8 is '009'; it may stand for '008' or '010'). YAML reads an unquoted number with a leading 0 as "
-                "octal (010 as 8, 012 as 10): quote each class's name as its folder or label writes it ('010'): "
-                "nothing ran")
+                "named with leading zeros: 001 (YAML reads it as 1, octal: the class at index 1 is '002'; it may stand "
+                "for '001'); 010 (YAML reads it as 8, octal: the class at index 8 is '009'; it may stand for '010'). "
+                "YAML reads an unquoted number with a leading 0 as octal (010 as 8, 012 as 10): quote each class's name "
+                "as its folder or label writes it ('001'), which names that class whatever its index: nothing ran")
     for dataset in (quoted, {**quoted, "format": "imagefolder", "path": str(data)}):
         text = yaml.safe_dump({**yaml.safe_load(config.read_text()), "dataset": {**dataset, "classes": None}})
         config.write_text(text.replace("classes: null", "classes: [001, 010]"))  # as a user writes them
@@ -2184,10 +2184,19 @@ def test_unquoted_numbers_naming_classes_written_with_leading_zeros_are_refused_
     # folders 000 to 029: 010 read as 8 is also index 8's name, 008, but not the class written (the octal reading)
     from finetune.startchecks import ambiguous_class_numbers_problem
 
-    problem = ambiguous_class_numbers_problem([f"{n:03d}" for n in range(30)], yaml.safe_load("[010, 020]"))
-    assert problem and "8 (the class at index 8 is '008'; it may stand for '010'); 16 (the class at index 16 is '016'; " \
-        "it may stand for '020')" in problem, problem
-    assert ambiguous_class_numbers_problem([f"{n:03d}" for n in range(30)], ["010", "020"]) is None  # quoted
+    from finetune.userconfig import written_texts
+
+    thirty = [f"{n:03d}" for n in range(30)]
+    (tmp_path / "octal.yaml").write_text("dataset: {classes: [010, 020]}\n")
+    texts = written_texts([tmp_path / "octal.yaml"], ["snakemake"], ("dataset", "classes"))
+    problem = ambiguous_class_numbers_problem(thirty, yaml.safe_load("[010, 020]"), texts=texts)
+    assert texts == ["010", "020"] and problem and ("010 (YAML reads it as 8, octal: the class at index 8 is '008'; it may "
+                                                    "stand for '010'); 020 (YAML reads it as 16") in problem, problem
+    assert ambiguous_class_numbers_problem(thirty, ["010", "020"]) is None  # quoted
+    # indices written as such (8, 9: index 8 is class 008) pass; the command line's --config is read as written too
+    texts = written_texts([tmp_path / "octal.yaml"], ["snakemake", "--config", "dataset={classes: [8, 9]}"],
+                          ("dataset", "classes"))
+    assert texts == ["8", "9"] and ambiguous_class_numbers_problem(thirty, [8, 9], texts=texts) is None
     assert ambiguous_class_numbers_problem(["1", "2", "\u00b2"], [1]) is None  # a digit int() does not read: no crash
 
 

@@ -395,34 +395,48 @@ def number_classes_note(names: list[str], classes_written: list | None, key: str
             f"{', ...' if len(by_number) > 12 else ''}] (quoted: a bare number is an index), which splits and trains again")
 
 
-def ambiguous_class_numbers_problem(names: list[str], classes_written: list | None, key: str = "dataset") -> str | None:
-    """Where ``<key>.classes`` holds a bare number that could name a class written with leading zeros other than the
-    class at that index, which the split takes: YAML reads an unquoted 010 as 8 and 012 as 10 (a leading 0 is octal
-    where every digit is below 8), and `8` could mean class 008 as well as index 8. `classes: [001, 010]` over folders
-    001 to 012 trained classes 002 and 009 without a word. (A class named as the number itself, folder 8, the split job
-    refuses: finetune.data.select_classes.) ``names``: the dataset's classes in label order."""
-    ambiguous = []
-    for item in classes_written or []:
+# An integer as YAML 1.1 (Snakemake's PyYAML) reads it in octal: a leading 0 and digits below 8 (010 is 8).
+YAML_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+
+
+def ambiguous_class_numbers_problem(names: list[str], classes_written: list | None, key: str = "dataset",
+                                    texts: list | None = None) -> str | None:
+    """Where ``<key>.classes`` holds a number that does not say which class it means: one YAML read from an unquoted
+    name with a leading 0 (`010` is 8, octal; `001` is 1) other than the class at that index, which the split takes
+    (`classes: [001, 010]` over folders 001 to 012 trained 002 and 009 without a word); or a bare number naming a class
+    written with leading zeros other than the one at that index (`8` over folders 001 to 012: index 8 is 009, the number
+    008). ``texts``: the items as written (finetune.userconfig.written_texts); without them (a module's config given as
+    a dict), a number is taken as possibly written either way. (A class named as the number itself, folder 8, the split
+    job refuses: finetune.data.select_classes.) ``names``: the dataset's classes in label order."""
+    texts = texts if texts is not None and len(texts) == len(classes_written or []) else [None] * len(classes_written or [])
+    ambiguous, example = [], None
+    for item, text in zip(classes_written or [], texts):
         if not isinstance(item, int) or isinstance(item, bool):
             continue
         at_index = names[item] if 0 <= item < len(names) else None
-        meant = [name for name in names if name != at_index and name != str(item) and _reads_as(name, item)]
+        octal = text is None or bool(YAML_OCTAL.fullmatch(str(text)))
+        meant = [name for name in names if name != at_index and name != str(item) and _reads_as(name, item, octal)]
+        if text is not None and YAML_OCTAL.fullmatch(str(text)) and str(text).lstrip("+") in names:
+            meant = [name for name in [str(text).lstrip("+")] if name != at_index]  # the class as written
         if meant:
-            ambiguous.append(f"{item} (the class at index {item} is {repr(at_index) if at_index is not None else 'none'}"
+            written = f"{text} (YAML reads it as {item}, octal: " if text is not None and octal else f"{item} ("
+            example = example or repr(meant[0])
+            ambiguous.append(f"{written}the class at index {item} is {repr(at_index) if at_index is not None else 'none'}"
                              f"; it may stand for {' or '.join(repr(name) for name in meant)})")
     if not ambiguous:
         return None
     return (f"{key}.classes: a bare number is an index into the sorted classes, and these may stand for classes named "
             f"with leading zeros: {'; '.join(ambiguous)}. YAML reads an unquoted number with a leading 0 as octal (010 "
-            "as 8, 012 as 10): quote each class's name as its folder or label writes it ('010')")
+            f"as 8, 012 as 10): quote each class's name as its folder or label writes it ({example}), which names that "
+            "class whatever its index")
 
 
-def _reads_as(name: str, number: int) -> bool:
+def _reads_as(name: str, number: int, octal: bool = True) -> bool:
     """Whether a class ``name`` of ASCII digits with a leading zero is ``number`` written with leading zeros (008 for 8),
-    or what YAML 1.1 reads the name as, unquoted: octal where every digit is below 8 (010 as 8)."""
+    or (``octal``) what YAML 1.1 reads the name as, unquoted: octal where every digit is below 8 (010 as 8)."""
     if not (name.isascii() and name.isdigit() and len(name) > 1 and name.startswith("0")):
         return False
-    return int(name) == number or (set(name) <= set("01234567") and int(name, 8) == number)
+    return int(name) == number or (octal and set(name) <= set("01234567") and int(name, 8) == number)
 
 
 def classes_at_start(cfg: dict, report: dict, manifest_changed: bool) -> list[str]:

@@ -507,6 +507,44 @@ def command_line_config(argv: list[str]) -> dict | None:
     return config
 
 
+def written_texts(files: list, argv: list[str], path: tuple[str, ...]) -> list | None:
+    """The list at ``path`` (("dataset", "classes")) as its items are written, each a text (``010``, not the 8 YAML reads
+    it as), from the last of the config ``files`` (in the order Snakemake merges them) and the command line's
+    ``--config`` items that writes it (a list is replaced whole, not merged); None where none does, or it is no list
+    (a module's config given as a dict of the host's Snakefile)."""
+    import json
+
+    import yaml
+
+    def at(node):
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    found = None
+    for file in files:
+        try:
+            node = at(yaml.load(Path(file).read_text(encoding="utf-8"), Loader=yaml.BaseLoader))  # every scalar a text
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        found = node if node is not None else found
+    for item in _config_items(argv):
+        key, _, text = item.partition("=")
+        if key != path[0]:
+            continue
+        try:  # JSON as command_line_config reads it first: its numbers are written as read
+            node = at({key: json.loads(text)})
+            node = [json.dumps(each) if not isinstance(each, str) else each for each in node] \
+                if isinstance(node, list) else node
+        except ValueError:
+            try:
+                node = at({key: yaml.load(text, Loader=yaml.BaseLoader)})
+            except yaml.YAMLError:
+                node = None
+        found = node if node is not None else found
+    return found if isinstance(found, list) else None
+
+
 def _config_items(argv: list[str]) -> list[str]:
     """The ``key=value`` items after ``--config`` (or ``-C``) on a Snakemake command line."""
     items: list[str] = []

@@ -94,7 +94,7 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state
-from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates,
+from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, written_texts,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
                                  once, once_per, option_differences, own_sections, pending_jobs,
@@ -1691,7 +1691,9 @@ def check_dataset_at_start(key, dataset):
     # every class (a split's report holds those chosen): a manifest read where dataset.classes holds a number
     indexed = any(isinstance(item, int) and not isinstance(item, bool) for item in cfg.get("classes") or [])
     names = classes_at_start(cfg, made, manifest_new or indexed)
-    ambiguous = ambiguous_class_numbers_problem(names, cfg.get("classes"), named)
+    texts = written_texts([*(["config/config.yaml"] if _merged_over_the_demo else []), *_config_files], ARGV,
+                          (*(_module_path or []), *key.split("."), "classes"))  # as written: 010, not 8
+    ambiguous = ambiguous_class_numbers_problem(names, cfg.get("classes"), named, texts)
     if ambiguous:
         raise refused(f"{ambiguous}: nothing ran")
     numbers = cfg.get("classes") is None and number_classes_note(names, None, named)  # each start (no split yet too)
