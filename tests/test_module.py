@@ -537,9 +537,10 @@ def test_two_instances_read_from_two_checkouts_are_refused_at_start_naming_both(
     (host / "Snakefile").write_text(snakefile.replace(f'module fb:\n    snakefile: "{REPO / "Snakefile"}"',
                                                       f'module fb:\n    snakefile: "{other / "Snakefile"}"', 1))
     result = run_snakemake(host, None, "-n", snakefile=host / "Snakefile", check=False)
-    assert result.returncode != 0 and (f"module fb: read from {other}, while another instance of this workflow was read "
-                                       f"from {REPO.resolve()}: its jobs would run that checkout's code. Load every "
-                                       "instance from one checkout") in result.stdout, result.stdout[-3000:]
+    assert result.returncode != 0 and (f"module fb: read from {other}, while the finetune package this run holds already "
+                                       f"comes from {REPO.resolve()} (another instance of this workflow, or an import "
+                                       "of your Snakefile's): one of them would run the other checkout's code. Load "
+                                       "every instance from one checkout") in result.stdout, result.stdout[-3000:]
     assert not (host / "runs").exists()
 
 

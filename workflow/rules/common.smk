@@ -86,9 +86,10 @@ import finetune as _package
 
 if Path(_package.__file__).resolve().parent != (REPO / "src" / "finetune").resolve():
     raise WorkflowError(
-        f"module {getattr(workflow.modifier, 'namespace', None) or 'finetune'}: read from {REPO}, while another "
-        f"instance of this workflow was read from {Path(_package.__file__).resolve().parent.parent.parent}: its jobs "
-        "would run that checkout's code. Load every instance from one checkout (docs/module.md)")
+        f"module {getattr(workflow.modifier, 'namespace', None) or 'finetune'}: read from {REPO}, while the finetune "
+        f"package this run holds already comes from {Path(_package.__file__).resolve().parent.parent.parent} (another "
+        "instance of this workflow, or an import of your Snakefile's): one of them would run the other checkout's "
+        "code. Load every instance from one checkout, and import finetune from it (docs/module.md)")
 from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_numbers_as_defaults, config_problems,
                                   format_problems, job_options,
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
