@@ -210,7 +210,7 @@ def note_resources_under_unprefixed_names():
 KNOWN_RESOURCES = {"mem", "mem_mb", "mem_mib", "disk", "disk_mb", "disk_mib", "runtime", "tmpdir", "gpu", "gpus",
                    "slurm_partition", "slurm_account", "slurm_extra", "slurm_cluster", "clusters", "constraint", "qos",
                    "cpus_per_task", "cpus_per_gpu", "mem_mb_per_cpu", "nodes", "tasks", "tasks_per_node",
-                   "tasks_per_gpu", "gpu_model", "gres", "mpi"}
+                   "tasks_per_gpu", "gpu_model", "gres", "mpi", "cluster"}
 
 
 def refuse_unknown_rule_settings():
@@ -237,9 +237,10 @@ def refuse_unknown_rule_settings():
     for where, keys in keyed:
         for key in keys:
             close = difflib.get_close_matches(str(key), sorted(KNOWN_RESOURCES), n=1, cutoff=0.8)
-            if key not in KNOWN_RESOURCES and not str(key).startswith("_") and close:
-                say(f"{where}: {key} is no resource Snakemake or its Slurm plugin reads (did you mean {close[0]}?): it "
-                    "sizes nothing, and the job gets the default")
+            if key not in KNOWN_RESOURCES and not str(key).startswith("_") and close \
+                    and first_time(f"resource {where} {key}"):  # the profile's: said once, not by each instance
+                print(f"note: {where}: {key} is no resource Snakemake or its Slurm plugin reads (did you mean "
+                      f"{close[0]}?): it sizes nothing, and the job gets the default", file=sys.stderr)
 
 
 # The profiles this run reads (the workflow's own, --profile, $SNAKEMAKE_PROFILE): read once.
