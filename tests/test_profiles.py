@@ -300,6 +300,18 @@ def test_the_slurm_size_checks_read_partitions_of_several_node_groups_as_sinfo_l
         "partition cpu has 256000" in problems[0], problems
     assert [p.split(":")[0] for p in gpu_problems({None: {"train.device"}, "gpu": {"evaluate.device"}},
                                                   *partitions_with_gpus(lines))] == ["train.device cuda"]
+    # what to raise where Slurm ended a job: its memory (polled: the bytes; cgroups: an oom_kill event), its walltime
+    from finetune.slurmchecks import limit_hint
+
+    assert limit_hint("train", ["slurmstepd: error: StepId=21.0 exceeded memory limit (686055424 > 524288000), being "
+                                "killed"]) == (" (it went past its memory, 655 MiB used of the 500 allowed: raise rule "
+                                               "train's mem_mb in the profile's set-resources)")
+    assert limit_hint("fa_train", ["slurmstepd: error: Detected 1 oom_kill event in StepId=41.batch. Some of the step "
+                                   "tasks have been OOM Killed."], each_time=True) == (
+        " (where it is ended each time, it went past its memory: raise rule fa_train's mem_mb in the profile's "
+        "set-resources)")
+    assert limit_hint("train", ["slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-12-07T12:00:00 DUE TO NODE "
+                                "FAILURE ***"]) == ""
     # as the Slurm plugin asks: cpus_per_task over threads (none where negative), mem_mb_per_cpu x CPUs over mem_mb
     assert job_size({"cpus_per_task": 4, "mem_mb": 1000}, 8) == (4, 1000)
     assert job_size({"cpus_per_task": -1, "mem_mb_per_cpu": 500, "mem_mb": 1000}, 8) == (0, 500)

@@ -296,7 +296,7 @@ def test_a_job_slurm_kills_for_memory_is_said_to_be_so_at_the_end_of_the_run(slu
     used = int(re.search(r"exceeded memory limit \((\d+) > ", killed.group(0)).group(1))
     note = next(line for line in out.splitlines() if line.startswith(killed.group(0)))
     assert note.endswith(f" (it went past its memory, {-(-used // 2 ** 20):,} MiB used of the 50 allowed: raise rule "
-                         "split's mem_mb in the profile's set-resources, or --set-resources split:mem_mb=<more>)"), note
+                         "split's mem_mb in the profile's set-resources)"), note
     assert "DUE TO TIME LIMIT" not in out and len(re.findall("^note: Slurm ended a job", out, re.M)) == 1, out[-3000:]
     assert not (workdir / "resources/splits/target.csv").exists()
 
@@ -700,7 +700,7 @@ def test_a_train_job_slurm_ends_at_its_walltime_is_submitted_again_with_twice_th
     assert any(f"*** JOB {first} ON " in line and line.endswith(" DUE TO TIME LIMIT ***") for line in said), said
     assert ended[0][1] == (" | ".join(said[-3:]) + "; the profile's `retries` submitted it again, and that attempt "
                            "finished (where it is ended each time, it ran past its walltime: raise rule train's runtime "
-                           "in the profile's set-resources, or --set-resources train:runtime=<more>)"), out[-3000:]
+                           "in the profile's set-resources)"), out[-3000:]
     _assert_resumed_to(workdir, paused, longer_run_uninterrupted)
 
 

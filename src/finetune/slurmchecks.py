@@ -114,18 +114,21 @@ def gpu_problems(asking: dict[str | None, set[str]], partitions: dict[str, bool]
 
 def limit_hint(rule: str | None, lines: list[str], each_time: bool = False) -> str:
     """What to raise where Slurm ended a job of ``rule`` at one of its limits (``lines``: slurmstepd's, from the job's
-    Slurm log): its memory (``exceeded memory limit (used > allowed)``, in bytes) or its walltime (``DUE TO TIME
-    LIMIT``); "" for neither (cancelled by hand). ``each_time``: the profile's retry then finished (said for a run that
-    fails so each time)."""
+    Slurm log): its memory (``exceeded memory limit (used > allowed)``, in bytes, where Slurm polls it; an ``oom_kill
+    event`` where cgroups enforce it) or its walltime (``DUE TO TIME LIMIT``); "" for another end (a node failure, a
+    cancel by hand). ``each_time``: the profile's retry then finished (said for a
+    run that fails so each time). Named in the profile's set-resources alone: --set-resources on the command line
+    replaces the profile's whole map (every other rule's sizes and the `* attempt` of a retry)."""
     text = " ".join(lines)
     memory = re.search(r"exceeded memory limit \((\d+) > (\d+)\)", text)
     if memory:
         used, allowed = (-(-int(n) // 2**20) for n in memory.groups())  # MiB: Slurm reads mem_mb (--mem) as MiB
         key, why = "mem_mb", f"it went past its memory, {used:,} MiB used of the {allowed:,} allowed"
+    elif re.search(r"oom.kill|out of memory", text, re.I):
+        key, why = "mem_mb", "it went past its memory"
     elif "DUE TO TIME LIMIT" in text:
         key, why = "runtime", "it ran past its walltime"
-    else:
+    else:  # a node failure, a preemption: no limit of the rule's to raise
         return ""
     named = f"rule {rule}'s {key}" if rule else f"the rule's {key}"
-    option = f", or --set-resources {rule}:{key}=<more>" if rule else ""
-    return f" ({'where it is ended each time, ' if each_time else ''}{why}: raise {named} in the profile's set-resources{option})"
+    return f" ({'where it is ended each time, ' if each_time else ''}{why}: raise {named} in the profile's set-resources)"
