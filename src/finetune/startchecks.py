@@ -414,12 +414,13 @@ def ambiguous_class_numbers_problem(names: list[str], classes_written: list | No
         if not isinstance(item, int) or isinstance(item, bool):
             continue
         at_index = names[item] if 0 <= item < len(names) else None
-        octal = text is None or bool(YAML_OCTAL.fullmatch(str(text)))
-        meant = [name for name in names if name != at_index and name != str(item) and _reads_as(name, item, octal)]
-        if text is not None and YAML_OCTAL.fullmatch(str(text)) and str(text).lstrip("+") in names:
+        as_octal = text is not None and bool(YAML_OCTAL.fullmatch(str(text)))  # written so: read as octal
+        meant = [name for name in names if name != at_index and name != str(item)
+                 and _reads_as(name, item, octal=text is None or as_octal)]
+        if as_octal and str(text).lstrip("+") in names:
             meant = [name for name in [str(text).lstrip("+")] if name != at_index]  # the class as written
         if meant:
-            written = f"{text} (YAML reads it as {item}, octal: " if text is not None and octal else f"{item} ("
+            written = f"{text} (YAML reads it as {item}, octal: " if as_octal else f"{item} ("
             example = example or repr(meant[0])
             ambiguous.append(f"{written}the class at index {item} is {repr(at_index) if at_index is not None else 'none'}"
                              f"; it may stand for {' or '.join(repr(name) for name in meant)})")

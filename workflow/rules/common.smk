@@ -1504,12 +1504,13 @@ def refuse_missing_dataset(key, cfg, split_file):
             and not any(os.scandir(path)) else
             "is a file, not a folder" if folder and not os.path.isdir(path) else
             "is a folder, not a CSV file" if not folder and os.path.isdir(path) else None)
+    other_format = what in ("is a folder, not a CSV file", "is a file, not a folder") and (
+        not folder or path.lower().endswith((".csv", ".txt")))  # a path of the other format's kind: that format meant
     if what:
         raise WorkflowError(
             f"{key}.path: {path} ({cfg['format']}) {what}{relative_to_workdir(path)}: "
             f"nothing ran, and {'what was made from it is kept' if os.path.exists(split_file) else 'no split was made'}; "
-            + (f"set {key}.format: {'csv' if folder else 'imagefolder'} for it, or name "  # the other format's path
-               if what.startswith("is a f") and (not folder or path.lower().endswith((".csv", ".txt")))
+            + (f"set {key}.format: {'csv' if folder else 'imagefolder'} for it, or name " if other_format
                else "mount it or put it back, or name ")
             + f"{'the folder of class folders' if folder else 'the CSV manifest'}"
             + (", or make it with a rule of your workflow declared above this module" if _as_module
