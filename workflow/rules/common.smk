@@ -1694,8 +1694,9 @@ def check_dataset_at_start(key, dataset):
     # every class (a split's report holds those chosen): a manifest read where dataset.classes holds a number
     indexed = any(isinstance(item, int) and not isinstance(item, bool) for item in cfg.get("classes") or [])
     names = classes_at_start(cfg, made, manifest_new or indexed)
+    # the config files read again only where dataset.classes holds a number: each item as written (010, not 8)
     texts = written_texts([*(["config/config.yaml"] if _merged_over_the_demo else []), *_config_files], ARGV,
-                          (*(_module_path or []), *key.split("."), "classes"))  # as written: 010, not 8
+                          (*(_module_path or []), *key.split("."), "classes")) if indexed else None
     ambiguous = ambiguous_class_numbers_problem(names, cfg.get("classes"), named, texts)
     if ambiguous:
         raise refused(f"{ambiguous}: nothing ran")
