@@ -485,8 +485,6 @@ def command_line_config(argv: list[str]) -> dict | None:
     config file (``'train={lr: 0.01}'`` -> 0.01, ``'dataset={classes: ["7"]}'`` -> the text '7'), or as JSON
     where it is JSON; None where the command line has none. Snakemake's own parse makes every nested scalar
     text, losing what quotes said."""
-    import json
-
     import yaml
 
     items = _config_items(argv)
@@ -494,16 +492,8 @@ def command_line_config(argv: list[str]) -> dict | None:
         return None
     config: dict = {}
     for item in items:
-        key, _, text = item.partition("=")
-        try:  # JSON first: what the jobs are given (:func:`as_config_args`; YAML would read 2e-05 as text)
-            config[key] = json.loads(text) if text else None
-            continue
-        except ValueError:
-            pass
-        try:
-            config[key] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            config[key] = text
+        key, value, _ = _config_item(item, yaml.SafeLoader)
+        config[key] = item.partition("=")[2] if value is _UNREAD else value
     return config
 
 
@@ -529,20 +519,38 @@ def written_texts(files: list, argv: list[str], path: tuple[str, ...]) -> list |
             continue
         found = node if node is not None else found
     for item in _config_items(argv):
-        key, _, text = item.partition("=")
-        if key != path[0]:
+        key, value, as_json = _config_item(item, yaml.BaseLoader)
+        if key != path[0] or value is _UNREAD:
             continue
-        try:  # JSON as command_line_config reads it first: its numbers are written as read
-            node = at({key: json.loads(text)})
-            node = [json.dumps(each) if not isinstance(each, str) else each for each in node] \
-                if isinstance(node, list) else node
-        except ValueError:
-            try:
-                node = at({key: yaml.load(text, Loader=yaml.BaseLoader)})
-            except yaml.YAMLError:
-                node = None
+        node = at({key: value})
+        if as_json and isinstance(node, list):  # JSON's numbers as written: as read
+            node = [json.dumps(each) if not isinstance(each, str) else each for each in node]
         found = node if node is not None else found
     return found if isinstance(found, list) else None
+
+
+_UNREAD = object()  # a --config value neither JSON nor YAML reads
+
+
+def _config_item(item: str, loader) -> tuple[str, object, bool]:
+    """One ``--config`` item ``key=value``: its key, its value and whether JSON read it. JSON is read first: what the
+    jobs are given (:func:`as_config_args`; YAML would read 2e-05 as text); else YAML with ``loader`` (SafeLoader as a
+    config file reads it; BaseLoader: every scalar a text as written); ``_UNREAD`` where neither reads it."""
+    import json
+
+    import yaml
+
+    key, _, text = item.partition("=")
+    if not text:
+        return key, None, False
+    try:
+        return key, json.loads(text), True
+    except ValueError:
+        pass
+    try:
+        return key, yaml.load(text, Loader=loader), False
+    except yaml.YAMLError:
+        return key, _UNREAD, False
 
 
 def _config_items(argv: list[str]) -> list[str]:
