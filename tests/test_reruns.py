@@ -828,6 +828,41 @@ def test_an_image_overwritten_in_place_reruns_the_split_where_files_are_watched(
     assert "output: resources/splits/source.csv" not in result.stdout
 
 
+@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
+def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone_where_files_are_watched(tmp_path, fmt):
+    """The split made again alone (`snakemake resources/splits/target.csv`, as docs/reruns.md suggests) comes out the
+    same file where an image was overwritten in place under its name: with `watch: files` the decode runs again all
+    the same, and its row of that image holds the new pixels (read here with PIL); the images of a CSV manifest listed
+    in another order decode nothing again."""
+    images = tmp_path / "images"
+    made = make_images(images, {"circle": 6, "square": 6})
+    path = images
+    if fmt == "csv":
+        path = images / "manifest.csv"
+        rows = [f"{p.parent.name}/{p.name},{name}\n" for name, paths in made.items() for p in paths]
+        path.write_text("path,label\n" + "".join(rows))
+    workdir = tmp_path / "run"
+    config = own_images_config(workdir, {"format": fmt, "path": str(path), "watch": "files"})
+    decoded = "resources/decoded/target/native/images.npy"
+    run_snakemake(workdir, config, "-p", decoded)
+    split = (workdir / "resources/splits/target.csv").read_bytes()
+    edited = made["square"][2]
+    overwrite_in_place(edited, seed=13)
+    run_snakemake(workdir, config, "-p", "resources/splits/target.csv")
+    assert (workdir / "resources/splits/target.csv").read_bytes() == split  # the same paths and labels
+    assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == Counter({"decode": 1})
+    run_snakemake(workdir, config, "-p", decoded)
+    table = pd.read_csv(workdir / "resources/splits/target.csv")
+    row = [i for i, ref in enumerate(table["path"]) if Path(ref).resolve() == edited.resolve()]
+    stored = np.load(workdir / decoded, mmap_mode="r")
+    assert stored.shape[1:] == (32, 32, 3)  # stored at the images' own size: their very pixels
+    assert len(row) == 1 and np.array_equal(stored[row[0]], np.asarray(Image.open(edited).convert("RGB")))
+    if fmt == "csv":
+        path.write_text("path,label\n" + "".join(reversed(rows)))
+        run_snakemake(workdir, config, "-p", "resources/splits/target.csv")
+        assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == NOTHING
+
+
 @pytest.mark.parametrize("listed", [False, True], ids=["folder", "csv list"])
 def test_an_image_to_classify_overwritten_in_place_reruns_predict_where_files_are_watched(tiny_run_copy, listed):
     workdir, config = tiny_run_copy, tiny_run_copy / "config.yaml"

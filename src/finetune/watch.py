@@ -183,10 +183,11 @@ def _write_cache(cache, data: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def listed_files_state(table: str | os.PathLike, watch: str = "folders") -> str:
+def listed_files_state(table: str | os.PathLike, watch: str = "folders", in_order: bool = True) -> str:
     """With ``watch="files"``, digest of the size and modification time of every file a CSV's `path`
     column names (relative paths are relative to the CSV's folder); "" otherwise, where the CSV is
-    missing or has no `path` column (its text is an input of the rule anyway)."""
+    missing or has no `path` column (its text is an input of the rule anyway). ``in_order`` false: the same
+    files listed in another order have the same digest."""
     _check(watch)
     if watch != "files" or not os.path.isfile(table):
         return ""
@@ -199,9 +200,9 @@ def listed_files_state(table: str | os.PathLike, watch: str = "folders") -> str:
     if "path" not in frame.columns:
         return ""
     base = Path(table).parent
+    paths = [ref.strip() for ref in frame["path"]]
     digest = hashlib.sha256()
-    for ref in frame["path"]:
-        path = ref.strip()
+    for path in paths if in_order else sorted(paths):
         if not path:  # a row without a path names no file (predict skips it): not the list's own folder
             continue
         digest.update(f"{path}\0{_stat(path if os.path.isabs(path) else base / path)}\0".encode())

@@ -94,7 +94,7 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   format_problems, job_options,
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
-from finetune.watch import dataset_walk, images_state
+from finetune.watch import dataset_walk, images_state, listed_files_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, written_texts,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
@@ -912,6 +912,23 @@ def dataset_state(wildcards):
     cfg = dataset_config(wildcards.dataset)
     if made_by_a_host_rule(cfg.get("path")):  # read when the job starts, once made; not the walk done at start
         return dataset_walk(cfg)[0] if os.path.lexists(cfg["path"]) else "to be made"
+    return watched_state(cfg)
+
+
+def decoded_data_state(wildcards):
+    """With `watch: files`, the state of the images decode reads, compared between runs as the split's is
+    (dataset_state): an image overwritten in place under its name leaves the split file as it was (its paths and
+    labels), so where the split ran alone (`snakemake resources/splits/target.csv`, `--until split`, a run stopped
+    between the two), nothing else would tell decode that the pixels changed. A CSV manifest's images in another
+    order are the same images. Not compared (a NotARerunTrigger) with `watch: folders`, where an image overwritten in
+    place is seen only once its folder changes (comparing it there would decode and train every run again once, for
+    every user updating: docs/reruns.md says to force decode after such a split), nor for a dataset the host makes,
+    whose state is read when the split starts."""
+    cfg = dataset_config(wildcards.dataset)
+    if cfg.get("watch", "folders") != "files" or made_by_a_host_rule(cfg.get("path")):
+        return NotARerunTrigger("")
+    if cfg["format"] == "csv":
+        return listed_files_state(cfg["path"], "files", in_order=False)
     return watched_state(cfg)
 
 
