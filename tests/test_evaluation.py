@@ -885,6 +885,13 @@ def test_a_damaged_results_file_stops_the_summary_naming_it_and_keeps_the_earlie
     assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout
     assert f"these lack files: {wrong[1]} (train_info.json, metrics.json, history.csv)" in result.stdout, result.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+    # one run given twice (written another way): not two seeds of 0 spread
+    twice = args.copy()
+    twice[2:2] = [str(runs[0]["info"].parent / ".." / "seed0")]
+    result = run_script("summary", *twice)
+    assert result.returncode == 2 and "Traceback" not in result.stdout, result.stdout
+    assert (f"--runs: each run once; {twice[1]} and {twice[2]} are both run finetune seed0") in result.stdout, result.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 
 def test_experiments_with_different_metrics_are_ranked_within_each(tmp_path):

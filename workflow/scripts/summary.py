@@ -34,6 +34,21 @@ def unreadable_run(run: dict) -> str | None:
     return None
 
 
+def _runs_given_twice(folders: list[str]) -> str:
+    """The folders of ``folders`` that are one run (one experiment and seed: `results/<run>/seed<n>`, the same folder
+    written another way, or the same run's folder of two projects), said as a message; "" where each is one run."""
+    seen: dict[tuple[str, str], str] = {}
+    twice = []
+    for folder in folders:
+        resolved = Path(folder).resolve()
+        run = (resolved.parent.name, resolved.name)
+        if run in seen:
+            twice.append(f"{seen[run]} and {folder} are both run {run[0]} {run[1]}")
+        else:
+            seen[run] = folder
+    return "; ".join(twice)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", required=True,
@@ -55,6 +70,9 @@ def main():
     if lacking:  # a traceback (FileNotFoundError) named the first file only
         parser.error(f"--runs: each is a run's results/<run>/seed<n> folder, as its train and evaluate jobs leave it; "
                      f"these lack files: {'; '.join(lacking)}")
+    twice = _runs_given_twice(args.runs)
+    if twice:  # counted as two seeds: a spread over seeds of 0, "seed_list 0 0"
+        parser.error(f"--runs: each run once; {twice}")
     runs = []
     for folder in map(Path, args.runs):
         seed = re.fullmatch(r"seed(\d+)", folder.name)
