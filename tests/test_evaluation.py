@@ -46,6 +46,23 @@ def test_top_k_accuracy_by_hand():
     assert top_k_accuracy(labels, probs, 10) == 1.0  # k above the class count is all classes
 
 
+def test_top_k_is_ranked_by_logits_where_probabilities_far_below_the_top_are_all_zero():
+    """A model gone far off (logits of thousands: a run with a huge lr) puts classes ~745 below its top logit at a
+    probability of exactly 0 in float64; ranked by those, the tie went to the lowest class index, and an image whose
+    label was second by logit counted as a miss. Against the ranks counted here one class at a time from the logits."""
+    logits = np.array([[-12539.0, 5098.6, -858.1, 2992.5],   # label 3: 2nd by logit; probabilities 0, 1, 0, 0
+                       [900.0, -900.0, 0.0, 10.0],             # label 2: 3rd
+                       [1.0, 2.0, 3.0, 4.0]])                  # label 3: 1st
+    labels = np.array([3, 2, 3])
+    assert (np.exp(logits[0] - logits[0].max())[[0, 2, 3]] == 0).all()  # the tie the probabilities make
+    rank = [sum(row[other] > row[label] for other in range(len(row))) for row, label in zip(logits, labels)]
+    for k in (1, 2, 3):
+        expected = sum(r < k for r in rank) / len(rank)
+        assert top_k_accuracy(labels, logits, k) == pytest.approx(expected)
+        assert classification_report(labels, logits, list("ABCD"), top_k=k)[f"top{k}_accuracy"] == pytest.approx(expected)
+    assert top_k_accuracy(labels, logits, 2) == pytest.approx(2 / 3)
+
+
 def test_per_class_precision_recall_f1_by_hand():
     cm = np.array([[3, 1, 0],
                    [2, 2, 0],
@@ -143,6 +160,10 @@ def test_accuracy_interval_is_the_wilson_interval_by_its_definition(correct, n):
     assert (low, high) == pytest.approx(wilson_bounds(correct, n), abs=1e-9)
     assert 0 <= low <= correct / n <= high <= 1 and high - low > 0
     assert wilson_interval(0, 0) is None
+    if correct == 0:  # the bounds themselves, not a rounding residue of centre - half (1.4e-17 at 0 of 25)
+        assert low == 0.0 and wilson_interval(0, 25)[0] == 0.0
+    if correct == n:
+        assert high == 1.0 and wilson_interval(25, 25)[1] == 1.0
 
 
 def test_perfectly_calibrated_predictions_have_zero_ece():
@@ -301,6 +322,10 @@ def test_the_metrics_page_s_averages_and_interval_are_those_of_the_images(tmp_pa
     low, high = wilson_bounds(7, 10)
     assert overall["top-1 accuracy"] == "0.7000"
     assert overall["top-1 accuracy, 95% interval over test sets of this size (Wilson)"] == f"{low:.4f} to {high:.4f}"
+    # evaluate.top_k: 1 scores the top-1 accuracy again: its row is there once, not twice
+    labels = [name for name, _ in metrics_tables(classification_report(np.array(true), np.eye(3)[predicted] * 3.0,
+                                                                       classes, top_k=1))[0][1].itertuples(index=False)]
+    assert labels.count("top-1 accuracy") == 1 and len(labels) == len(set(labels)), labels
 
 
 # --------------------------------------------------------------------------- leaderboard over seeds

@@ -284,8 +284,9 @@ def predict_images(model_path: str | Path, source: str | Path, out_csv: str | Pa
     for start in range(0, len(listed), batch_size):
         chunk = listed[start : start + batch_size]
         pixels, errors = model.decode([opened for _, opened in chunk], threads)
-        probs = softmax(model.logits(pixels, batch_size).astype(np.float64))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        logits = model.logits(pixels, batch_size).astype(np.float64)
+        probs = softmax(logits)
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # by logit: probabilities far below the top tie at 0
         decoded = iter(range(len(pixels)))
         for i, (ref, _) in enumerate(chunk):
             row = dict.fromkeys(columns, "")

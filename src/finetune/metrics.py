@@ -18,9 +18,12 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return cm
 
 
-def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+def top_k_accuracy(labels: np.ndarray, logits: np.ndarray, k: int) -> float:
+    """The share of images whose label is among the ``k`` classes of largest logit. Ranked by the logits, not by their
+    softmax: a class whose logit is ~745 below the top one (~100 in float32) has a probability of exactly 0, and all
+    such classes tie there, whatever their logits."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
@@ -83,7 +86,8 @@ def wilson_interval(correct: float, n: int, z: float = Z95) -> list[float] | Non
     p, zz = correct / n, z * z
     centre = (p + zz / (2 * n)) / (1 + zz / n)
     half = z * np.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # at 0 (or n) correct the bound is 0 (or 1) exactly, where centre - half leaves a rounding residue (1.4e-17)
+    return [0.0 if correct <= 0 else float(max(0.0, centre - half)), 1.0 if correct >= n else float(min(1.0, centre + half))]
 
 
 def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: list[str], top_k: int = 2,
@@ -102,7 +106,7 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, class_names: l
         "accuracy": float((preds == labels).mean()),
         "accuracy_ci95": wilson_interval(int((preds == labels).sum()), len(labels)),
         "top_k": scored_k,
-        **({f"top{scored_k}_accuracy": top_k_accuracy(labels, probs, scored_k)} if scored_k else {}),
+        **({f"top{scored_k}_accuracy": top_k_accuracy(labels, logits, scored_k)} if scored_k else {}),
         "macro_f1": float(scores["f1"].mean()),
         "weighted_f1": float((scores["f1"] * support).sum() / max(1, support.sum())),
         "ece": ece,

@@ -840,7 +840,7 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int 
     import onnxruntime as ort
 
     from .images import normalize
-    from .metrics import top_k_accuracy, softmax
+    from .metrics import top_k_accuracy
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
@@ -848,10 +848,9 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int 
     name = session.get_inputs()[0].name
     batches = (images[start : start + batch_size].permute(0, 2, 3, 1).numpy() for start in range(0, len(images), batch_size))
     logits = np.concatenate([session.run(None, {name: normalize(x, prep.mean, prep.std)})[0] for x in batches])
-    probs = softmax(logits.astype(np.float64))
     return {
-        "model": str(onnx_model), "accuracy": float((probs.argmax(1) == labels).mean()),
-        **({f"top{top_k}_accuracy": top_k_accuracy(labels, probs, top_k)} if top_k else {}),
+        "model": str(onnx_model), "accuracy": float((logits.argmax(1) == labels).mean()),
+        **({f"top{top_k}_accuracy": top_k_accuracy(labels, logits, top_k)} if top_k else {}),
         "top1_agreement_with_pytorch": float((logits.argmax(1) == torch_logits.argmax(1)).mean()),
         "max_abs_logit_diff": float(np.abs(logits - torch_logits).max()) if len(logits) else 0.0,
     }

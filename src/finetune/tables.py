@@ -45,7 +45,7 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
         ("top-1 accuracy", report["accuracy"]),
         *([("top-1 accuracy, 95% interval over test sets of this size (Wilson)",
             "{:.4f} to {:.4f}".format(*report["accuracy_ci95"]))] if report.get("accuracy_ci95") else []),
-        *([(f"top-{k} accuracy", report.get(f"top{k}_accuracy"))] if k else []),
+        *([(f"top-{k} accuracy", report.get(f"top{k}_accuracy"))] if k and k > 1 else []),  # top-1: the row above
         ("macro F1", report["macro_f1"]),
         ("weighted F1", report["weighted_f1"]),
         ("expected calibration error (ECE)", report["ece"]),
