@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from finetune.images import read_idx
+from finetune.images import normalize, preprocess, read_idx
 from helpers import FASHION_MNIST, REPO, jobs_run, run_snakemake, tiny_config
 from recompute import held_out, model_inputs, onnx_logits, onnx_preprocessing, probabilities
 
@@ -561,19 +561,31 @@ def test_quantize_and_predict_rules(tiny_run_copy, monkeypatch):
     assert refused.returncode != 0 and "predict.images: none of the 4 image file(s) of incoming" in refused.stdout, \
         refused.stdout[-2000:]
     assert "rule predict" not in refused.stdout and predictions.read_bytes() == before
-    # And one whose pixels decode but whose EXIF block does not (a WebP's, its TIFF header damaged): the job turns each
-    # image upright by it and failed there, after the check at start had let it through.
+    # And one whose pixels decode but whose EXIF block does not (a WebP's, its TIFF header damaged): read as stored, as
+    # a viewer that cannot read the block shows it (the job failed on it, after the check at start had let it through).
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: turned
     webp = BytesIO()
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(webp, "WEBP", exif=exif.tobytes())
+    halves = np.zeros((30, 40, 3), dtype=np.uint8)
+    halves[:, :20] = (200, 10, 10)
+    halves[:, 20:] = (10, 10, 200)
+    Image.fromarray(halves).save(webp, "WEBP", exif=exif.tobytes(), lossless=True)
     data = webp.getvalue()
     header = data.find(b"MM\x00*") if b"MM\x00*" in data else data.find(b"II*\x00")
-    (workdir / "incoming" / "zzz_photo.webp").write_bytes(data[:header] + b";" + data[header + 1:])
-    refused = run_snakemake(workdir, config, check=False)
-    assert refused.returncode != 0 and "predict.images: none of the 5 image file(s) of incoming" in refused.stdout, \
-        refused.stdout[-2000:]
-    assert "rule predict" not in refused.stdout and predictions.read_bytes() == before
+    photo = workdir / "incoming" / "zzz_photo.webp"
+    photo.write_bytes(data[:header] + b";" + data[header + 1:])
+    run_snakemake(workdir, config)
+    rows = pd.read_csv(predictions).set_index("path")
+    model = workdir / "results/feature_extract/seed0/model.int8.onnx"  # predict.model: int8, one image at a time
+    prep = onnx_preprocessing(model)
+    stored, turned = Image.open(photo).convert("RGB"), Image.fromarray(halves).transpose(Image.Transpose.ROTATE_270)
+    logits = np.concatenate([onnx_logits(model, normalize(preprocess(image, prep["resize_size"], prep["crop_size"])[None],
+                                                          prep["mean"], prep["std"])) for image in (stored, turned)])
+    assert np.abs(logits[0] - logits[1]).max() > 1e-3  # the two would be told apart
+    stored_probs = np.exp(logits[0] - logits[0].max()) / np.exp(logits[0] - logits[0].max()).sum()
+    row = rows.loc["incoming/zzz_photo.webp"]
+    assert row["predicted"] == prep["classes"][int(logits[0].argmax())], row
+    assert row["probability"] == pytest.approx(stored_probs.max(), abs=1e-5), (row, stored_probs)
 
 
 def test_predict_config_is_checked_before_anything_runs(tiny_run_copy):

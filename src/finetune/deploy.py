@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, read_text_table, write_json
 from .images import (IMAGE_EXTENSIONS, MAX_PIXELS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_image,
-                     load_preprocessed, normalize, not_read_line, split_ref)
+                     load_preprocessed, normalize, not_read_line, split_ref, turn_upright)
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -225,7 +225,7 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
     earlier predictions, are removed. The first image that decodes ends the check. Its pixels are not converted as the
     job converts them (a large 16-bit image: gigabytes, at every start), and an IDX reference (``file.gz#3``) is read
     as the job reads it."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     first = None
     for ref, path in pairs:
@@ -240,8 +240,8 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
                     raise DataError(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} decoded here "
                                     "(a decompression bomb, or a picture too large): make it smaller")
                 image.load()
-                ImageOps.exif_transpose(image, in_place=True)  # as the job turns it upright, where an EXIF block that
-                return  # does not read (a WebP's, damaged) failed the image after the check at start let it through
+                turn_upright(image)  # as the job turns it upright (an EXIF block that does not read: as stored)
+                return
         except DataError as exc:
             first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"
         except Exception as exc:  # any reason an image does not decode is one to report here

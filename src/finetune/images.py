@@ -257,6 +257,16 @@ def _draft_for(img: Image.Image, min_side: int | None) -> None:
 ORIENTATIONS = ("exif", "none")
 
 
+def turn_upright(img: Image.Image) -> None:
+    """``img`` turned in place by its EXIF Orientation tag, as every image viewer shows it. Where its EXIF block does
+    not read (damaged: a WebP's TIFF header cut), the pixels stay as stored, as a viewer that cannot read the block
+    shows them (the orientation is not known; torchvision's ImageFolder never reads it): the image decodes."""
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - any reason the block does not read: SyntaxError, struct.error, ValueError, ...
+        pass
+
+
 def _decode(path: str, min_side: int | None = None, orientation: str = "exif", data: bytes | None = None) -> Image.Image:
     """``path`` decoded (from ``data``, its bytes, where the caller has read them already)."""
     if data is None and os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
@@ -276,7 +286,7 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
             if sixteen_bit_rgb and isinstance(img.info.get("transparency"), tuple):  # a tRNS key in 16-bit units
                 img.info["transparency"] = tuple(int(value) >> 8 for value in img.info["transparency"])
             if orientation == "exif":
-                ImageOps.exif_transpose(img, in_place=True)
+                turn_upright(img)
             return _to_rgb(img)
     except FileNotFoundError:
         raise
