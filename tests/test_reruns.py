@@ -828,12 +828,13 @@ def test_an_image_overwritten_in_place_reruns_the_split_where_files_are_watched(
     assert "output: resources/splits/source.csv" not in result.stdout
 
 
-@pytest.mark.parametrize("fmt", ["imagefolder", "csv"])
-def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone_where_files_are_watched(tmp_path, fmt):
+@pytest.mark.parametrize("fmt, watch", [("imagefolder", "files"), ("csv", "files"), ("imagefolder", "folders")])
+def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone(tmp_path, fmt, watch):
     """The split made again alone (`snakemake resources/splits/target.csv`, as docs/reruns.md suggests) comes out the
-    same file where an image was overwritten in place under its name: with `watch: files` the decode runs again all
-    the same, and its row of that image holds the new pixels (read here with PIL); the images of a CSV manifest listed
-    in another order decode nothing again."""
+    same file where an image was overwritten in place under its name: the decode runs again all the same, and its row
+    of that image holds the new pixels (read here with PIL). With `watch: folders` the edit is seen once a file made
+    in its folder has the folder's files looked at (a Finder's .DS_Store). The images of a CSV manifest listed in
+    another order decode nothing again."""
     images = tmp_path / "images"
     made = make_images(images, {"circle": 6, "square": 6})
     path = images
@@ -842,12 +843,15 @@ def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone_wh
         rows = [f"{p.parent.name}/{p.name},{name}\n" for name, paths in made.items() for p in paths]
         path.write_text("path,label\n" + "".join(rows))
     workdir = tmp_path / "run"
-    config = own_images_config(workdir, {"format": fmt, "path": str(path), "watch": "files"})
+    config = own_images_config(workdir, {"format": fmt, "path": str(path), "watch": watch})
     decoded = "resources/decoded/target/native/images.npy"
     run_snakemake(workdir, config, "-p", decoded)
     split = (workdir / "resources/splits/target.csv").read_bytes()
     edited = made["square"][2]
     overwrite_in_place(edited, seed=13)
+    if watch == "folders":
+        assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == NOTHING  # not seen yet
+        (edited.parent / ".DS_Store").write_bytes(b"\0")
     run_snakemake(workdir, config, "-p", "resources/splits/target.csv")
     assert (workdir / "resources/splits/target.csv").read_bytes() == split  # the same paths and labels
     assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == Counter({"decode": 1})

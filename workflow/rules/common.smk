@@ -916,19 +916,17 @@ def dataset_state(wildcards):
 
 
 def decoded_data_state(wildcards):
-    """With `watch: files`, the state of the images decode reads, compared between runs as the split's is
-    (dataset_state): an image overwritten in place under its name leaves the split file as it was (its paths and
-    labels), so where the split ran alone (`snakemake resources/splits/target.csv`, `--until split`, a run stopped
-    between the two), nothing else would tell decode that the pixels changed. A CSV manifest's images in another
-    order are the same images. Not compared (a NotARerunTrigger) with `watch: folders`, where an image overwritten in
-    place is seen only once its folder changes (comparing it there would decode and train every run again once, for
-    every user updating: docs/reruns.md says to force decode after such a split), nor for a dataset the host makes,
-    whose state is read when the split starts."""
+    """The state of the images decode reads, compared between runs as the split's is (dataset_state): an image
+    overwritten in place under its name leaves the split file as it was (its paths and labels), so where the split ran
+    alone (`snakemake resources/splits/target.csv`, `--until split`, a run stopped between the two), nothing else would
+    tell decode that the pixels changed (with `watch: folders`, seen once a change in its folder has its files looked
+    at). A CSV manifest's images in another order are the same images. Not compared (a NotARerunTrigger) for a dataset
+    the host makes, whose state is read when the split starts."""
     cfg = dataset_config(wildcards.dataset)
-    if cfg.get("watch", "folders") != "files" or made_by_a_host_rule(cfg.get("path")):
+    if made_by_a_host_rule(cfg.get("path")):
         return NotARerunTrigger("")
     if cfg["format"] == "csv":
-        return listed_files_state(cfg["path"], "files", in_order=False)
+        return listed_files_state(cfg["path"], cfg.get("watch", "folders"), in_order=False)
     return watched_state(cfg)
 
 

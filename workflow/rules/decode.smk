@@ -23,8 +23,8 @@ rule decode:
         splits=lambda w: "train val test" if w.dataset == "target" else "train val",
         # the source's train images' mean and std, with which pretrain and the scratch control normalise them
         channel_stats=lambda w: "--channel-stats train" if w.dataset == "source" else "",
-        # with dataset.watch: files, the images' sizes and times: one overwritten in place decodes again, where the
-        # split made again came out the same file (common.smk: decoded_data_state)
+        # the images' state, as the split's: one overwritten in place decodes again, where the split made again
+        # came out the same file (common.smk: decoded_data_state)
         data_state=decoded_data_state,
     log:
         "results/logs/decode/{dataset}/{size}.log",
