@@ -1042,6 +1042,23 @@ def test_evaluate_run_alone_names_an_optional_input_that_is_not_what_the_workflo
     assert "Traceback" not in result.stdout and not out.exists()
 
 
+def test_evaluate_given_a_file_that_is_no_onnx_model_says_so_naming_it(tiny_run, tmp_path):
+    """evaluate.py --onnx run alone with the split file (or the checkpoint) for the model: onnxruntime's traceback
+    (INVALID_PROTOBUF) before; one line naming the file now, and no output written."""
+    folder = tiny_run / "results/finetune/seed0"
+    split = tiny_run / "resources/splits/target.csv"
+    for given in (split, folder / "model.pt"):
+        out = tmp_path / given.name
+        result = run_script("evaluate", "--checkpoint", str(folder / "model.pt"), "--split", str(split), "--out-metrics",
+                            str(out / "m.json"), "--out-confusion", str(out / "c.csv"), "--out-predictions",
+                            str(out / "p.csv"), "--device", "cpu", "--onnx", str(given))
+        last = result.stdout.splitlines()[-1]
+        assert result.returncode == 1 and last.startswith(f"error: {given}: onnxruntime cannot load it as an ONNX "
+                                                          "model ("), result.stdout[-3000:]
+        assert last.endswith("): give the run's model.onnx, as rule export_onnx writes it"), last
+        assert "Traceback" not in result.stdout and not any(out.glob("*")), result.stdout[-3000:]
+
+
 def test_evaluate_scores_the_exported_onnx_model_when_asked(tiny_run, tmp_path):
     """evaluate.onnx: the script scores model.onnx too; its accuracy and agreement are recomputed here from a
     fresh onnxruntime session on images decoded as the README documents, and the PyTorch side from torchvision."""

@@ -458,3 +458,28 @@ def test_a_range_test_that_cannot_rise_is_refused_naming_the_keys():
     assert any(p.startswith("lr_find.min_lr: 1 must be below lr_find.max_lr (0.1)") for p in problems), problems
     problems = config_problems(config_with(lr_find={"stepz": 10}), SCHEMA)
     assert any("stepz" in p for p in problems), problems
+
+
+def test_range_test_settings_given_alone_hold_the_schema_s_bounds():
+    """lr_find.py --range-test run alone checks its settings itself: just outside each bound of the schema's `lr_find`
+    keys (read from workflow/schemas/config.schema.yaml) is refused naming the key, a text where a number goes too
+    (a TypeError's traceback before), and each bound itself, or a value just inside an open one, passes."""
+    import yaml
+
+    from finetune.lrfind import DEFAULT_RANGE, range_test_problems
+
+    keys = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["properties"]["lr_find"]["properties"]
+    assert set(keys) - {"seed"} == set(DEFAULT_RANGE)
+    for key in DEFAULT_RANGE:
+        spec = keys[key]
+        outside = [spec[bound] for bound in ("exclusiveMinimum", "exclusiveMaximum") if bound in spec]
+        outside += [spec["minimum"] - 1] if "minimum" in spec else []
+        inside = [spec["minimum"]] if "minimum" in spec else []
+        inside += [spec["exclusiveMinimum"] + 0.5] if "exclusiveMinimum" in spec else []
+        inside += [spec["exclusiveMaximum"] - 0.01] if "exclusiveMaximum" in spec else []
+        for value in [*outside, str(spec["default"]), True]:
+            problems = range_test_problems({key: value})
+            assert len(problems) == 1 and problems[0].startswith(f"{key} must be"), (key, value, problems)
+        for value in inside:
+            assert range_test_problems({key: value}) == [], (key, value)
+        assert range_test_problems({key: spec["default"]}) == []

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from faults import make_images, run_split
-from helpers import FASHION_MNIST, run_snakemake, tiny_config
+from helpers import FASHION_MNIST, REPO, run_snakemake, tiny_config
 
 
 def split_of(out_dir: Path, root: Path) -> dict[str, str]:
@@ -244,3 +244,39 @@ def test_the_copy_kept_and_a_file_listed_twice_do_not_depend_on_how_dataset_path
             make_split(SplitSpec(format="csv", path=str(Path(path).with_name("twice.csv")), val_fraction=0.2, test_fraction=0.2))
     assert splits[0] == splits[1]
     assert splits[0][1] == ["c.png"]  # the shorter of the two paths below the manifest's folder: a/c.png, not a/000.png
+
+
+def test_a_dataset_config_given_alone_holds_the_schema_s_bounds():
+    """split.py --dataset run alone checks the values itself (a text val_fraction met a TypeError's traceback; a
+    max_train_per_class of 0 wrote a split without training images): just outside each bound or choice of the schema's
+    `dataset` keys (read from workflow/schemas/config.schema.yaml), a text for a number, a fraction for a count, each is
+    refused naming the key; each bound itself passes."""
+    import yaml
+
+    from finetune.data import SplitSpec
+    from finetune.errors import DataError
+
+    keys = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]["dataset"]["properties"]
+    base = {"format": "fashion-mnist", "path": "/nonexistent"}
+    checked = 0
+    for key, spec in keys.items():
+        outside, inside = [], []
+        if "minimum" in spec:
+            outside += [spec["minimum"] - 1, str(spec["minimum"])]
+            inside.append(spec["minimum"])
+        if "exclusiveMinimum" in spec:
+            outside.append(spec["exclusiveMinimum"])
+        if "exclusiveMaximum" in spec:
+            outside.append(spec["exclusiveMaximum"])
+        if "integer" in (spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")]):
+            outside.append(2.5)
+        if "enum" in spec and key not in ("format", "watch"):
+            outside.append("nonesuch")
+            inside += spec["enum"]
+        for value in outside:
+            with pytest.raises(DataError, match=f"dataset.{key}: must be"):
+                SplitSpec.from_config({**base, key: value})
+            checked += 1
+        for value in inside:
+            assert getattr(SplitSpec.from_config({**base, key: value}), key) == value
+    assert checked >= 15

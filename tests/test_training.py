@@ -336,6 +336,52 @@ def test_gradual_that_would_never_unfreeze_is_refused(tiny):
         assert config_problems(refused, REPO / "workflow/schemas/config.schema.yaml") != []
 
 
+def test_training_options_given_alone_hold_the_schema_s_bounds_and_defaults():
+    """A script run alone (train.py --options '{...}') checks its options itself: each bound and choice of the schema's
+    `train` keys, just outside it, is refused naming the key (a label_smoothing of 1.5 met torch's traceback; a momentum
+    of 2, a negative warm-up trained), just inside it passes, and a key left out takes the schema's default (batch_size
+    was 64 there, 32 in the workflow). Read from workflow/schemas/config.schema.yaml, not from the code."""
+    import dataclasses
+
+    import yaml
+
+    from finetune.errors import ConfigError
+
+    keys = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]["train"]["properties"]
+    base = {"strategy": "finetune", "epochs": 100, "unfreeze_epoch": 0}  # room for the warm-up and unfreeze checks
+    checked = 0
+    for key, spec in keys.items():
+        integer = "integer" in (spec["type"] if isinstance(spec.get("type"), list) else [spec.get("type")])
+        step = 1 if integer else 0.5
+        outside, inside = [], []
+        if "minimum" in spec:
+            outside.append(spec["minimum"] - step)
+            inside.append(spec["minimum"])
+        if "maximum" in spec:
+            outside.append(spec["maximum"] + step)
+            inside.append(spec["maximum"])
+        if "exclusiveMinimum" in spec and key != "lr":
+            outside.append(spec["exclusiveMinimum"])
+        if "exclusiveMaximum" in spec:
+            outside.append(spec["exclusiveMaximum"])
+        if "enum" in spec:
+            outside.append("nonesuch")
+        for value in outside:
+            with pytest.raises(ConfigError, match=re.escape(key)):
+                TrainOptions.from_dict({**base, key: value})
+            checked += 1
+        for value in inside:
+            if key not in ("epochs", "unfreeze_epoch", "warmup_epochs", "image_size", "devices", "nodes"):
+                TrainOptions.from_dict({**base, key: value})
+    assert checked >= 20
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainOptions)}
+    for key, spec in keys.items():
+        if key in defaults and "default" in spec:
+            assert defaults[key] == spec["default"], key
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        TrainOptions.from_dict({"seed": -3})
+
+
 def test_a_warm_up_longer_than_the_training_is_refused():
     """warmup_epochs above epochs: the lr would never reach the lr written (the linear warm-up's factor at the last
     step is (steps run) / (warm-up steps) < 1), so the workflow and the loop refuse it; equal to epochs reaches it."""

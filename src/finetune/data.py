@@ -9,6 +9,7 @@ the target's class list) and ``split``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import stat
@@ -77,7 +78,31 @@ class SplitSpec:
         missing = [f"dataset.{k}" for k in ("format", "path") if k not in cfg]
         if missing:
             raise DataError(f"{' and '.join(missing)} not given: a dataset needs its format and path")
+        wrong = _value_problems(cfg)
+        if wrong:  # the schema's bounds, as the workflow's start checks them: run alone, a text fraction met a TypeError
+            raise DataError("; ".join(wrong))
         return cls(**cfg)
+
+
+def _value_problems(cfg: dict) -> list[str]:
+    """The numbers and choices of a dataset config outside the schema's bounds (workflow/schemas/config.schema.yaml),
+    each naming its key: the split script run alone checks them itself."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    bounds = {"val_fraction": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+              "test_fraction": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+              **{f"max_{split}_per_class": (lambda v: v is None or (whole(v) and v >= 1), "null or a whole number, at least 1")
+                 for split in ("train", "val", "test")},
+              "seed": (lambda v: whole(v) and v >= 0, "a whole number, at least 0"),
+              "on_bad_image": (lambda v: v in ("fail", "skip"), "fail or skip"),
+              "near_duplicates": (lambda v: v in ("report", "leave_out") or v is False, "report, leave_out or false"),
+              "download_timeout_s": (lambda v: number(v) and v > 0, "a number above 0")}
+    return [f"dataset.{key}: must be {what}, not {cfg[key]!r}" for key, (ok, what) in bounds.items()
+            if key in cfg and not ok(cfg[key])]
 
 
 # --------------------------------------------------------------------------- listing datasets

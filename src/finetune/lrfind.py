@@ -48,6 +48,22 @@ class LrCurve:
                 for i, (lr, loss, s) in enumerate(zip(self.lr, self.loss, self.smoothed))]
 
 
+def range_test_problems(settings: dict) -> list[str]:
+    """What is wrong with the range test's settings (``lr_find`` of the config, as rule lr_find passes them), by the
+    schema's bounds: the workflow's start refuses them first; a script run alone met a TypeError (`steps: "10"`), ran
+    with a smoothing of 1.5, or blamed min_lr for a diverge_factor below 1."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    bounds = {"min_lr": (lambda v: number(v) and v > 0, "a number above 0"),
+              "max_lr": (lambda v: number(v) and v > 0, "a number above 0"),
+              "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, "a whole number, at least 2"),
+              "smoothing": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+              "diverge_factor": (lambda v: number(v) and v > 1, "a number above 1")}
+    return [f"{key} must be {what}, not {settings[key]!r}" for key, (ok, what) in bounds.items()
+            if key in settings and not ok(settings[key])]
+
+
 def range_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
     """``steps`` learning rates from ``min_lr`` to ``max_lr``, evenly spaced on a log scale."""
     if not 0 < min_lr < max_lr or steps < 2:

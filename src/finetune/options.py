@@ -39,7 +39,7 @@ OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 class TrainOptions:
     strategy: str = "finetune"
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 32               # the schema's default (a script run alone without it trained at 64)
     optimizer: str = "adamw"            # adamw | sgd | lbfgs (feature_extract on cached features only)
     lr: float = 1e-3                    # lbfgs: the step scale of its line search (1.0)
     momentum: float = 0.9               # sgd only
@@ -98,6 +98,7 @@ class TrainOptions:
              f"cache_features true and augment false (here strategy {self.strategy!r}, "
              f"cache_features {self.cache_features}, augment {self.augment})"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, not {self.weight_decay}"),
+            *self._range_checks(),
             (self.schedule in ("cosine", "onecycle", "constant"), f"unknown schedule {self.schedule!r}"),
             (self.bn in ("auto", "frozen", "train"), f"bn must be auto, frozen or train, not {self.bn!r}"),
             (self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}"),
@@ -112,6 +113,21 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"train: {message}")
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """The schema's bounds of the other numbers (the workflow's start refuses them first: a script run alone met
+        torch's traceback for a label_smoothing of 1.5, and trained with a momentum of 2 or a negative warm-up)."""
+        patience, stages = self.early_stopping_patience, self.unfreeze_stages
+        return [
+            (0 <= self.momentum <= 1, f"momentum must be between 0 and 1, not {self.momentum!r}"),
+            (self.backbone_lr_factor >= 0, f"backbone_lr_factor must be >= 0, not {self.backbone_lr_factor!r}"),
+            (self.unfreeze_epoch >= 0, f"unfreeze_epoch must be >= 0, not {self.unfreeze_epoch!r}"),
+            (stages is None or stages >= 1, f"unfreeze_stages must be null (all) or >= 1, not {stages!r}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, not {self.warmup_epochs!r}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be >= 0 and below 1, not {self.label_smoothing!r}"),
+            (patience is None or patience >= 1, f"early_stopping_patience must be null (off) or >= 1, not {patience!r}"),
+            (self.seed >= 0, f"seed must be >= 0, not {self.seed!r}"),
+        ]
 
     def _distributed_checks(self) -> list[tuple[bool, str]]:
         return [(False, why) for why in distributed_problems(dataclasses.asdict(self))]

@@ -597,14 +597,17 @@ def lr_find_stage(split_csv: Path, manifest_path: Path | dict, options: dict, ou
                   feature_cache_dir: Path | None = None, decoded: tuple[Path, Path] | None = None,
                   range_test: dict | None = None, log: Callable = print) -> dict:
     """The learning-rate range test of one experiment run (rule lr_find): the curve (CSV, PNG) and suggested lr."""
-    from .lrfind import DEFAULT_RANGE, find_lr
+    from .lrfind import DEFAULT_RANGE, find_lr, range_test_problems
     from .plots import lr_find_plot
 
     ensure_writable(out_csv, out_png, out_json)
     range_test = dict(range_test or {})
     unknown = sorted(set(range_test) - set(DEFAULT_RANGE))
     if unknown:
-        raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(DEFAULT_RANGE))})")
+        raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(DEFAULT_RANGE))}"
+                          f"{'; lr_find.seed is the run options seed' if 'seed' in unknown else ''})")
+    if range_test_problems(range_test):
+        raise ConfigError(f"lr_find: {'; '.join(range_test_problems(range_test))}")
     # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", DEFAULT_RANGE["min_lr"])}, threads, pretrained, image_size, decoded)
@@ -830,7 +833,12 @@ def _onnx_tta(onnx_model: Path) -> bool:
     """Whether an exported model averages over the horizontal flip itself (its metadata's ``tta``)."""
     from .export import read_metadata
 
-    return read_metadata(onnx_model).get("tta") == "hflip"
+    try:
+        return read_metadata(onnx_model).get("tta") == "hflip"
+    except Exception as exc:  # onnxruntime's own errors: INVALID_PROTOBUF for a file that is no ONNX model
+        reason = " ".join(str(exc).split())[:300]
+        raise DataError(f"{onnx_model}: onnxruntime cannot load it as an ONNX model ({reason}): give the run's "
+                        "model.onnx, as rule export_onnx writes it") from exc
 
 
 def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int | None, batch_size: int, threads: int) -> dict:
@@ -844,7 +852,7 @@ def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int 
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
-    session = ort.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_model), options, providers=["CPUExecutionProvider"])  # loaded: _onnx_tta
     name = session.get_inputs()[0].name
     batches = (images[start : start + batch_size].permute(0, 2, 3, 1).numpy() for start in range(0, len(images), batch_size))
     logits = np.concatenate([session.run(None, {name: normalize(x, prep.mean, prep.std)})[0] for x in batches])

@@ -18,7 +18,8 @@ def main():
     parser.add_argument("--arch", help="with --source-info: the architecture (weights.arch)")
     parser.add_argument("--options", type=json_arg, required=True, help="the run's training options (JSON)")
     parser.add_argument("--range-test", type=json_arg, default={},
-                        help="the range test's settings (JSON; config key lr_find): min_lr, max_lr, steps, smoothing, diverge_factor")
+                        help="the range test's settings (JSON; config key lr_find): min_lr, max_lr, steps, smoothing, diverge_factor "
+                             "(its seed is the seed of --options)")
     parser.add_argument("--scratch", action="store_true", help="no pretrained weights: the control experiment")
     parser.add_argument("--image-size", type=positive_int)
     parser.add_argument("--out-csv", type=Path, required=True)
