@@ -1265,3 +1265,24 @@ def test_each_split_s_rows_are_one_range_and_a_split_file_that_interleaves_them_
                                    for split in ("train", "val", "test")}
     with pytest.raises(DataError, match="the rows of split 'train' are not contiguous"):
         split_ranges(["train", "val", "train"])
+
+
+def test_decode_run_alone_refuses_sizes_it_would_not_decode_at(tmp_path):
+    """decode.py run alone: --weights-sizes with a key one letter off, pretrain's size as a text, an image_size other than
+    --image-size's, a size below the schema's 8, or no size at all: each refused naming what to give (a key one letter off
+    decoded at the weights' own size without a word; neither given blamed the source dataset's pretrain.image_size)."""
+    from finetune.errors import ConfigError
+    from finetune.stages import decode_stage
+
+    split = tmp_path / "split.csv"
+    split.write_text("path,label,split\n")
+    cases = [({"weights": "pretrain", "sizes": 32, "imagesize": 48}, 48, "unknown key(s) imagesize"),
+             ({"weights": "pretrain", "sizes": "32"}, None, "sizes is pretrain.image_size, a whole number, at least 8, not '32'"),
+             ({"weights": "pretrain", "sizes": 32, "image_size": "48"}, None, "names image_size '48', and --image-size is not given"),
+             (None, 4, "image size 4: at least 8 pixels"),
+             (None, None, "the sizes to decode at are not given: --manifest or --weights-sizes")]
+    for weights_sizes, image_size, said in cases:
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            decode_stage(split, tmp_path / "x.npy", tmp_path / "x.json", 1, image_size=image_size,
+                         weights_sizes=weights_sizes, log=lambda _: None)
+        assert not (tmp_path / "x.npy").exists()

@@ -415,3 +415,29 @@ def test_source_weights_of_another_shape_are_refused_naming_each_with_both_shape
                                            r"\(conv1\.weight \(64, 3, 5, 5\) vs \(64, 3, 7, 7\)\)"):
         load_source_state(model, state, "w.pth", "resnet18")
     assert torch.equal(model.conv1.weight, before)
+
+
+def test_the_weights_from_pretrain_run_alone_refuse_a_file_that_is_no_model_or_another_architecture(tiny_run, tmp_path):
+    """weights.py with source pretrain copies the pretrain rule's file as it is (no torch import): run alone with the
+    split file for it, it published a CSV as resnet18 weights with a manifest, and weights.arch resnet50 was not looked
+    at. Both refused now, naming the file, and nothing is written; the pretrain rule's own file is published byte for
+    byte, its sha256 (counted here) in the manifest."""
+    model, info = tiny_run / "resources/pretrain/model.pth", tiny_run / "resources/pretrain/info.json"
+    out = tmp_path / "out"
+
+    def publish(weights: dict, pretrained: Path):
+        return run_script("weights", "--weights", json.dumps(weights), "--out-weights", str(out / "weights.pth"),
+                          "--out-manifest", str(out / "manifest.json"), "--pretrained-weights", str(pretrained),
+                          "--pretrained-info", str(info))
+
+    split = tiny_run / "resources/splits/target.csv"
+    result = publish({"source": "pretrain"}, split)
+    assert result.returncode == 1 and "Traceback" not in result.stdout, result.stdout[-2000:]
+    assert f"error: {split} is not a PyTorch file (" in result.stdout and not any(out.glob("*")), result.stdout[-2000:]
+    arch = json.loads(info.read_text())["arch"]
+    result = publish({"source": "pretrain", "arch": "resnet50"}, model)
+    assert result.returncode == 1 and (f"error: weights.arch is 'resnet50', but {model} holds a {arch} ({info})"
+                                       in result.stdout) and not any(out.glob("*")), result.stdout[-2000:]
+    assert publish({"source": "pretrain", "arch": arch}, model).returncode == 0
+    assert (out / "weights.pth").read_bytes() == model.read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()

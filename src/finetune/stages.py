@@ -62,13 +62,21 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     from .store import write_decoded
 
     if weights_sizes is not None:
+        named = weights_sizes.get("image_size", "native" if not image_size else image_size)
+        if str(named) != (str(image_size) if image_size else "native"):  # the workflow's key names the size decoded
+            given = image_size or "not given (the weights' own: native)"
+            raise ConfigError(f"decode: --weights-sizes names image_size {named!r}, and --image-size is {given}: the "
+                              "size decoded is --image-size's")
         prep = Preprocessing.from_dict(weights_preprocessing(weights_sizes), image_size)
     elif manifest_path is not None:
         prep = Preprocessing.from_dict(read_manifest(manifest_path, verify_file=False)["preprocessing"], image_size)
     elif image_size:
         prep = Preprocessing.raw(image_size)
     else:
-        raise ConfigError("decode: the source dataset needs an image size (pretrain.image_size)")
+        raise ConfigError("decode: the sizes to decode at are not given: --manifest or --weights-sizes (the target "
+                          "dataset: the weights' preprocessing), or --image-size (the source: pretrain.image_size)")
+    if prep.crop_size < 8:  # the schema's image_size minimum
+        raise ConfigError(f"decode: image size {prep.crop_size}: at least 8 pixels")
     return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
                          log=log, interpolation=prep.interpolation, require_every_split=True,
                          channel_stats_of=channel_stats_of)
@@ -85,9 +93,15 @@ def weights_preprocessing(weights_sizes: dict) -> dict:
     from .images import Preprocessing
     from .weights import preprocessing_from_torchvision
 
+    unknown = sorted(map(str, set(weights_sizes) - {"weights", "sizes", "image_size"}))
+    if unknown:  # a script run alone: a key one letter off decoded at another size without a word
+        raise ConfigError(f"decode: --weights-sizes: unknown key(s) {', '.join(unknown)} (known: weights, sizes, image_size)")
     source, sizes = weights_sizes.get("weights"), weights_sizes.get("sizes")
     if source == "pretrain":
-        return Preprocessing.raw(int(sizes)).to_dict()
+        if not (isinstance(sizes, int) and not isinstance(sizes, bool) and sizes >= 8):
+            raise ConfigError(f"decode: --weights-sizes: with weights pretrain, sizes is pretrain.image_size, a whole "
+                              f"number, at least 8, not {sizes!r}")
+        return Preprocessing.raw(sizes).to_dict()
     if source == "torchvision":
         return preprocessing_from_torchvision(torchvision_weights(str(sizes)))
     given = isinstance(sizes, dict) and sizes.get("resize_size") and sizes.get("crop_size")
@@ -296,6 +310,13 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
             classes = list(cfg.get("classes") or [])
         else:  # pretrain
             info = read_json(pretrained_info)
+            other = _not_a_torch_file(pretrained_weights)
+            if other:  # copied as it is (no torch here): run alone, a CSV was published as the weights
+                raise WeightsError(f"{pretrained_weights} is not a PyTorch file ({other}): give the weights the pretrain "
+                                   "rule saved (resources/pretrain/model.pth)")
+            if cfg.get("arch", info["arch"]) != info["arch"]:
+                raise WeightsError(f"weights.arch is {cfg['arch']!r}, but {pretrained_weights} holds a {info['arch']} "
+                                   f"({pretrained_info})")
             digest = copy_local(str(pretrained_weights), staged)
             arch, classes, prep = info["arch"], info["classes"], info["preprocessing"]
             origin = {"kind": "pretrain", "path": str(pretrained_weights), "split": info["split"],
