@@ -768,6 +768,36 @@ def _damage_in_place(path: Path, at: int) -> None:
     os.utime(path, ns=(time.time_ns() + 5 * 10 ** 9,) * 2)
 
 
+def test_a_run_s_json_record_damaged_since_its_job_is_refused_at_start_keeping_the_leaderboard(tiny_run_copy):
+    """A run's metrics.json or train_info.json cut short or written over since its job: the summary job found it, but
+    only once Snakemake had removed the earlier leaderboard (summary.md, summary.csv, selected.json). Refused at start
+    now, naming the file and the command that makes it again, with nothing run or removed; put back, nothing reruns."""
+    from faults import snapshot
+    from helpers import jobs_run, run_snakemake
+
+    workdir, config = tiny_run_copy, tiny_run_copy / "config.yaml"
+    before = snapshot(workdir / "results")
+    run = workdir / "results/finetune/seed0"
+    for name, damage in (("metrics.json", lambda text: text[: len(text) // 2]), ("train_info.json", lambda _: "[1, 2]"),
+                         ("metrics.json", lambda text: "\0" * len(text))):
+        path = run / name
+        whole, stat = path.read_bytes(), path.stat()
+        path.write_text(damage(whole.decode()))
+        with pytest.raises(ValueError if name == "metrics.json" else AssertionError):  # the damage, seen here
+            assert isinstance(json.loads(path.read_text()), dict)
+        refused = run_snakemake(workdir, config, check=False)
+        assert refused.returncode != 0 and jobs_run(refused.stdout) == [], refused.stdout[-3000:]
+        assert f"results/finetune/seed0/{name} " in refused.stdout and "nothing ran, and nothing was removed" in \
+            refused.stdout, refused.stdout[-3000:]
+        assert f"make it again with --forcerun results/finetune/seed0/{name}" in refused.stdout, refused.stdout[-3000:]
+        after = snapshot(workdir / "results")
+        assert {k: v for k, v in after.items() if k != f"finetune/seed0/{name}"} == \
+            {k: v for k, v in before.items() if k != f"finetune/seed0/{name}"}
+        path.write_bytes(whole)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert jobs_run(run_snakemake(workdir, config).stdout) == []
+
+
 def test_a_model_pt_weights_or_decoded_images_damaged_since_their_job_are_refused_at_start_keeping_every_result(
         tiny_run_copy):
     """A run's model.pt, the published weights or the decoded images cut short or written over since their job: the

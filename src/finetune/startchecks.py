@@ -578,6 +578,23 @@ def damaged_onnx_problem(path: str | Path) -> str | None:
     return None
 
 
+def damaged_json_problem(path: str | Path) -> str | None:
+    """Where a run's JSON record (metrics.json, train_info.json) no longer reads as the JSON object its job wrote: cut
+    short or overwritten since, which Snakemake keeps as done; the summary job reading it would fail only once
+    Snakemake had removed the earlier leaderboard (summary.md, summary.csv, selected.json)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path} no longer reads as the JSON its job wrote ({type(exc).__name__}: {exc})"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"{path} is no longer the JSON its job wrote ({exc})"
+    return None if isinstance(value, dict) else f"{path} no longer holds the JSON object its job wrote"
+
+
 def damaged_checkpoint_problem(path: str | Path) -> str | None:
     """Where a model.pt (torch.save's zip archive) no longer reads as one, or a member's bytes no longer match the
     CRC its writer stored: cut short or overwritten since its train job, which Snakemake keeps as done; the export and

@@ -116,7 +116,7 @@ from finetune.startchecks import (SAY_OPENING_FROM, ambiguous_class_numbers_prob
                                   uncached_bytecode_note, unread_predict_images_note, unreadable_line, with_hints,
                                   zero_backbone_lr_note, random_backbone_gradual_note, frozen_random_batchnorm_note,
                                   frozen_batchnorm_pretraining_note,
-                                  damaged_checkpoint_problem, damaged_weights_problem, damaged_decoded_problem,
+                                  damaged_checkpoint_problem, damaged_weights_problem, damaged_decoded_problem, damaged_json_problem,
                                   range_test_edge_line,
                                   TORCH_RULES)
 
@@ -1810,11 +1810,12 @@ def refuse_damaged_files(checks, command):
 
 
 WEIGHTS_PUBLISHED = ("resources/weights/weights.pth", "resources/weights/manifest.json")
+RUN_RECORDS = {"metrics.json": "evaluate", "train_info.json": "train"}  # a run's JSON records, and the rule writing each
 
 
 def damage_check(path):
-    """The check of :func:`refuse_damaged_files` for a model.pt, the published weights or decoded images at ``path``
-    (rule, path, the files its state is read from, check); None for any other file."""
+    """The check of :func:`refuse_damaged_files` for a model.pt, the published weights, decoded images or a run's JSON
+    records at ``path`` (rule, path, the files its state is read from, check); None for any other file."""
     weights, manifest = (os.path.normpath(output_path(each)) for each in WEIGHTS_PUBLISHED)
     under = lambda folder: os.path.normpath(path).startswith(os.path.normpath(output_path(folder)) + os.sep)
     if os.path.normpath(path) == weights:
@@ -1824,6 +1825,8 @@ def damage_check(path):
     if os.path.basename(path) == "images.npy" and under("resources/decoded"):
         info = os.path.join(os.path.dirname(path), "info.json")
         return "decode", path, [path, info], lambda file: damaged_decoded_problem(file, info)
+    if os.path.basename(path) in RUN_RECORDS and under("results"):
+        return RUN_RECORDS[os.path.basename(path)], path, [path], damaged_json_problem
     return None
 
 
