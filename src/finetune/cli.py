@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import signal
 import sys
@@ -15,6 +16,16 @@ from typing import Callable
 from . import jobclock
 from .errors import FinetuneError, StopRequested
 from .fileio import json_kind
+
+
+def is_number(value) -> bool:
+    """A finite int or float of a JSON option, not a bool (JSON's true is no number here), nor NaN or infinity."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value) -> bool:
+    """An int of a JSON option, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def json_arg(text: str) -> dict:

@@ -9,7 +9,6 @@ the target's class list) and ``split``.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import stat
@@ -87,11 +86,7 @@ class SplitSpec:
 def _value_problems(cfg: dict) -> list[str]:
     """The numbers and choices of a dataset config outside the schema's bounds (workflow/schemas/config.schema.yaml),
     each naming its key: the split script run alone checks them itself."""
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+    from .cli import is_number as number, is_whole as whole
 
     bounds = {"val_fraction": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
               "test_fraction": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),

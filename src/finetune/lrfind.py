@@ -52,12 +52,11 @@ def range_test_problems(settings: dict) -> list[str]:
     """What is wrong with the range test's settings (``lr_find`` of the config, as rule lr_find passes them), by the
     schema's bounds: the workflow's start refuses them first; a script run alone met a TypeError (`steps: "10"`), ran
     with a smoothing of 1.5, or blamed min_lr for a diverge_factor below 1."""
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    from .cli import is_number as number, is_whole as whole
 
     bounds = {"min_lr": (lambda v: number(v) and v > 0, "a number above 0"),
               "max_lr": (lambda v: number(v) and v > 0, "a number above 0"),
-              "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, "a whole number, at least 2"),
+              "steps": (lambda v: whole(v) and v >= 2, "a whole number, at least 2"),
               "smoothing": (lambda v: number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
               "diverge_factor": (lambda v: number(v) and v > 1, "a number above 1")}
     return [f"{key} must be {what}, not {settings[key]!r}" for key, (ok, what) in bounds.items()

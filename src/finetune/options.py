@@ -171,9 +171,9 @@ def _type_problem(name: str, value, annotation: str) -> str | None:
         return None
     if kinds == ["str"]:  # every word option is one of a few, which validate() lists
         return None
-    fits = {"int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-            "bool": isinstance(value, bool)}
+    from .cli import is_number, is_whole
+
+    fits = {"int": is_whole(value), "float": is_number(value), "bool": isinstance(value, bool)}
     if any(fits.get(kind, True) for kind in kinds if kind != "None"):
         return None
     wanted = " or ".join(_KINDS.get(kind, kind) for kind in kinds if kind != "None")
