@@ -1119,6 +1119,31 @@ def test_batchnorm_that_would_train_on_one_image_is_refused_naming_the_keys(tiny
         assert math.isfinite(result.history[0]["train_loss"]), options
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_last_batch_too_small_for_batchnorm_s_processes_is_named_as_the_last_batch(device):
+    """27 training images at batch_size 8 over 2 processes: batches of 8, 8, 8 and 3 (counted here), the last split 2 + 1,
+    so one process's BatchNorm would train on one image. The refusal said the batch_size gave batches of one a process
+    and to use 2 or more a process (8 already gives 4), and offered sync_batchnorm on the CPU, where it is refused."""
+    from torch import nn
+
+    from finetune.distributed import Ranks
+    from finetune.errors import ConfigError
+    from finetune.training import _check_batchnorm_batches
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    sizes = [8] * (27 // 8) + [27 % 8]
+    assert sizes[-1] == 3 and sizes[-1] // 2 == 1
+    opts = TrainOptions(strategy="finetune", batch_size=8, devices=2, device=device)
+    with pytest.raises(ConfigError) as refused:
+        _check_batchnorm_batches(model, 27, opts, Ranks(world=2))
+    said = str(refused.value)
+    assert ("batch_size: 8 leaves a last batch of 3 image(s) (27 training images), which gives BatchNorm 1 image per "
+            "process (2 processes, sync_batchnorm off)") in said, said
+    assert "use a batch_size that leaves at least 4 images (or none) for the last batch" in said, said
+    assert ("sync_batchnorm: true" in said) == (device == "cuda"), said
+    _check_batchnorm_batches(model, 28, opts, Ranks(world=2))  # 8, 8, 8, 4: two images a process
+
+
 def test_class_weighting_sampler_shows_the_model_balanced_classes():
     # 90% class 0, 10% class 1; every pixel of an image says its label (0 or 255).
     labels = torch.tensor([0] * 540 + [1] * 60)

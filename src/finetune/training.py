@@ -366,12 +366,19 @@ def _check_batchnorm_batches(model: nn.Module, n_train: int, opts: TrainOptions,
     smallest = _smallest_batch(n_train, opts.batch_size)
     per_process = smallest if opts.sync_batchnorm or not ranks.active else smallest // ranks.world
     if per_process < 2:
-        where = "" if per_process == smallest else f" per process ({ranks.world} processes, sync_batchnorm off)"
+        split = per_process != smallest
+        need = 2 * ranks.world if split else 2
+        where = f" per process ({ranks.world} processes, sync_batchnorm off)" if split else ""
+        last = smallest < opts.batch_size  # the batch_size itself is large enough: the last batch is not
+        gives = (f"leaves a last batch of {smallest} image(s) ({n_train} training images), which gives BatchNorm "
+                 f"{per_process} image{where}" if last else f"gives BatchNorm batches of {per_process} image{where}")
+        fix = (f"a batch_size that leaves at least {need} images (or none) for the last batch" if last else
+               f"a batch_size of {need} or more")
+        sync = ", or sync_batchnorm: true" if split and opts.device != "cpu" else ""  # it runs on GPUs only
         raise ConfigError(
-            f"{key_name('batch_size')}: {opts.batch_size} gives BatchNorm batches of {per_process} image{where}, and BatchNorm "
-            f"cannot train on one image (strategy {opts.strategy}, bn {opts.bn}): use a batch_size of 2 or more"
-            f"{' per process, or sync_batchnorm: true' if where else ''}, or bn: frozen (BatchNorm then keeps the "
-            "source model's statistics)")
+            f"{key_name('batch_size')}: {opts.batch_size} {gives}, and BatchNorm cannot train on one image (strategy "
+            f"{opts.strategy}, bn {opts.bn}): use {fix}{sync}, or bn: frozen (BatchNorm then keeps the source model's "
+            "statistics)")
 
 
 def augmentation_seed(seed: int) -> int:
