@@ -1279,10 +1279,39 @@ def test_decode_run_alone_refuses_sizes_it_would_not_decode_at(tmp_path):
     cases = [({"weights": "pretrain", "sizes": 32, "imagesize": 48}, 48, "unknown key(s) imagesize"),
              ({"weights": "pretrain", "sizes": "32"}, None, "sizes is pretrain.image_size, a whole number, at least 8, not '32'"),
              ({"weights": "pretrain", "sizes": 32, "image_size": "48"}, None, "names image_size '48', and --image-size is not given"),
-             (None, 4, "image size 4: at least 8 pixels"),
+             (None, 4, "--image-size 4: at least 8 pixels"),
              (None, None, "the sizes to decode at are not given: --manifest or --weights-sizes")]
     for weights_sizes, image_size, said in cases:
         with pytest.raises(ConfigError, match=re.escape(said)):
             decode_stage(split, tmp_path / "x.npy", tmp_path / "x.json", 1, image_size=image_size,
                          weights_sizes=weights_sizes, log=lambda _: None)
         assert not (tmp_path / "x.npy").exists()
+    # weights' own preprocessing may crop below 8 (the schema's image_size minimum is not theirs): not refused for it
+    small = {"weights": "preprocessing", "sizes": {"resize_size": 6, "crop_size": 6}, "image_size": "native"}
+    with pytest.raises(Exception) as other:
+        decode_stage(split, tmp_path / "x.npy", tmp_path / "x.json", 1, weights_sizes=small, log=lambda _: None)
+    assert "at least 8" not in str(other.value), other.value
+
+
+def test_an_exif_block_that_reads_turns_the_photo_and_one_that_does_not_leaves_it_as_stored(tmp_path):
+    """Two WebPs of a red-left, blue-right picture tagged Orientation 6: one whose EXIF block also holds a rational of
+    0/0 (ImageOps.exif_transpose turned the pixels, then failed writing the block again: the decode had kept them
+    turned while saying it took the image as stored), one whose block's TIFF header is cut (no tag reads). The first
+    decodes turned, the second as stored: each against PIL's own transpose of the stored pixels."""
+    import struct
+    from io import BytesIO
+
+    from finetune.images import load_image
+
+    stored = np.zeros((30, 40, 3), np.uint8)
+    stored[:, :20] = (200, 10, 10)
+    stored[:, 20:] = (10, 10, 200)
+    tiff = (b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+            + struct.pack("<HHII", 0x9000, 5, 3, 38) + struct.pack("<I", 0) + b"\x00" * 24)  # 3 rationals of 0/0
+    for name, block in (("nan.webp", tiff), ("cut.webp", b";" + tiff[1:])):
+        data = BytesIO()
+        Image.fromarray(stored).save(data, "WEBP", exif=b"Exif\x00\x00" + block, lossless=True)
+        (tmp_path / name).write_bytes(data.getvalue())
+    turned = np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / "nan.webp"))), turned)
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / "cut.webp"))), stored)

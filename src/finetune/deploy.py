@@ -240,7 +240,7 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
                     raise DataError(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} decoded here "
                                     "(a decompression bomb, or a picture too large): make it smaller")
                 image.load()
-                turn_upright(image)  # as the job turns it upright (an EXIF block that does not read: as stored)
+                turn_upright(image)  # as the job reads its EXIF block (one that does not read: as stored)
                 return
         except DataError as exc:
             first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import ConfigError, DataError
 
@@ -257,14 +257,24 @@ def _draft_for(img: Image.Image, min_side: int | None) -> None:
 ORIENTATIONS = ("exif", "none")
 
 
-def turn_upright(img: Image.Image) -> None:
-    """``img`` turned in place by its EXIF Orientation tag, as every image viewer shows it. Where its EXIF block does
-    not read (damaged: a WebP's TIFF header cut), the pixels stay as stored, as a viewer that cannot read the block
-    shows them (the orientation is not known; torchvision's ImageFolder never reads it): the image decodes."""
+# How a photo's EXIF Orientation tag (2-8) says its stored pixels are turned upright (PIL's ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def turn_upright(img: Image.Image) -> Image.Image:
+    """``img`` turned by its EXIF Orientation tag, as every image viewer shows it (a new image; ``img`` itself where the
+    tag is 1 or absent). Where the EXIF block does not read (damaged: a WebP's TIFF header cut), ``img`` as stored, as
+    a viewer that cannot read the block shows it (the orientation is not known; torchvision's ImageFolder never reads
+    it): the image decodes. The same pixels as ImageOps.exif_transpose, which also writes the block again without the
+    tag, and failed there on a block it read (a rational of 0/0) after the pixels were turned."""
     try:
-        ImageOps.exif_transpose(img, in_place=True)
+        orientation = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - any reason the block does not read: SyntaxError, struct.error, ValueError, ...
-        pass
+        return img
+    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(turn) if turn is not None else img
 
 
 def _decode(path: str, min_side: int | None = None, orientation: str = "exif", data: bytes | None = None) -> Image.Image:
@@ -285,9 +295,7 @@ def _decode(path: str, min_side: int | None = None, orientation: str = "exif", d
             img.load()
             if sixteen_bit_rgb and isinstance(img.info.get("transparency"), tuple):  # a tRNS key in 16-bit units
                 img.info["transparency"] = tuple(int(value) >> 8 for value in img.info["transparency"])
-            if orientation == "exif":
-                turn_upright(img)
-            return _to_rgb(img)
+            return _to_rgb(turn_upright(img) if orientation == "exif" else img)
     except FileNotFoundError:
         raise
     except IsADirectoryError as exc:

@@ -61,6 +61,8 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     from .images import Preprocessing
     from .store import write_decoded
 
+    if image_size is not None and image_size < 8:  # the schema's image_size minimum (weights' own crop: 1 and up)
+        raise ConfigError(f"decode: --image-size {image_size}: at least 8 pixels")
     if weights_sizes is not None:
         named = weights_sizes.get("image_size", "native" if not image_size else image_size)
         if str(named) != (str(image_size) if image_size else "native"):  # the workflow's key names the size decoded
@@ -75,8 +77,6 @@ def decode_stage(split_csv: Path, out_npy: Path, out_info: Path, threads: int, i
     else:
         raise ConfigError("decode: the sizes to decode at are not given: --manifest or --weights-sizes (the target "
                           "dataset: the weights' preprocessing), or --image-size (the source: pretrain.image_size)")
-    if prep.crop_size < 8:  # the schema's image_size minimum
-        raise ConfigError(f"decode: image size {prep.crop_size}: at least 8 pixels")
     return write_decoded(split_csv, prep.resize_size, prep.crop_size, out_npy, out_info, splits=splits, threads=threads,
                          log=log, interpolation=prep.interpolation, require_every_split=True,
                          channel_stats_of=channel_stats_of)
@@ -627,8 +627,9 @@ def lr_find_stage(split_csv: Path, manifest_path: Path | dict, options: dict, ou
     if unknown:
         raise ConfigError(f"lr_find: unknown range-test setting(s) {', '.join(unknown)} (known: {', '.join(sorted(DEFAULT_RANGE))}"
                           f"{'; lr_find.seed is the run options seed' if 'seed' in unknown else ''})")
-    if range_test_problems(range_test):
-        raise ConfigError(f"lr_find: {'; '.join(range_test_problems(range_test))}")
+    wrong = range_test_problems(range_test)
+    if wrong:
+        raise ConfigError(f"lr_find: {'; '.join(wrong)}")
     # lr auto (or any lr): the finder sets every step's lr itself, from min_lr up.
     opts, arch, prep, data, classes, model, weights_sha = _training_inputs(
         split_csv, manifest_path, {**options, "lr": range_test.get("min_lr", DEFAULT_RANGE["min_lr"])}, threads, pretrained, image_size, decoded)
@@ -852,14 +853,15 @@ def _write_test_tables(confusion, logits, test: pd.DataFrame, classes: list[str]
 
 def _onnx_tta(onnx_model: Path) -> bool:
     """Whether an exported model averages over the horizontal flip itself (its metadata's ``tta``)."""
-    from .export import read_metadata
+    import onnxruntime as ort
 
     try:
-        return read_metadata(onnx_model).get("tta") == "hflip"
-    except Exception as exc:  # onnxruntime's own errors: INVALID_PROTOBUF for a file that is no ONNX model
+        session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors (InvalidProtobuf for a file that is no ONNX model) are Exceptions
         reason = " ".join(str(exc).split())[:300]
         raise DataError(f"{onnx_model}: onnxruntime cannot load it as an ONNX model ({reason}): give the run's "
                         "model.onnx, as rule export_onnx writes it") from exc
+    return session.get_modelmeta().custom_metadata_map.get("tta") == "hflip"
 
 
 def score_onnx(onnx_model: Path, images, prep, torch_logits, labels, top_k: int | None, batch_size: int, threads: int) -> dict:
