@@ -492,8 +492,8 @@ def command_line_config(argv: list[str]) -> dict | None:
         return None
     config: dict = {}
     for item in items:
-        key, value, _ = _config_item(item, yaml.SafeLoader)
-        config[key] = item.partition("=")[2] if value is _UNREAD else value
+        key, text, value, _ = _config_item(item, yaml.SafeLoader)
+        config[key] = text if value is _UNREAD else value
     return config
 
 
@@ -519,7 +519,7 @@ def written_texts(files: list, argv: list[str], path: tuple[str, ...]) -> list |
             continue
         found = node if node is not None else found
     for item in _config_items(argv):
-        key, value, as_json = _config_item(item, yaml.BaseLoader)
+        key, _, value, as_json = _config_item(item, yaml.BaseLoader)
         if key != path[0] or value is _UNREAD:
             continue
         node = at({key: value})
@@ -532,25 +532,26 @@ def written_texts(files: list, argv: list[str], path: tuple[str, ...]) -> list |
 _UNREAD = object()  # a --config value neither JSON nor YAML reads
 
 
-def _config_item(item: str, loader) -> tuple[str, object, bool]:
-    """One ``--config`` item ``key=value``: its key, its value and whether JSON read it. JSON is read first: what the
-    jobs are given (:func:`as_config_args`; YAML would read 2e-05 as text); else YAML with ``loader`` (SafeLoader as a
-    config file reads it; BaseLoader: every scalar a text as written); ``_UNREAD`` where neither reads it."""
+def _config_item(item: str, loader) -> tuple[str, str, object, bool]:
+    """One ``--config`` item ``key=value``: its key, its value's text, its value and whether JSON read it. JSON is read
+    first: what the jobs are given (:func:`as_config_args`; YAML would read 2e-05 as text); else YAML with ``loader``
+    (SafeLoader as a config file reads it; BaseLoader: every scalar a text as written); ``_UNREAD`` where neither reads
+    it."""
     import json
 
     import yaml
 
     key, _, text = item.partition("=")
     if not text:
-        return key, None, False
+        return key, text, None, False
     try:
-        return key, json.loads(text), True
+        return key, text, json.loads(text), True
     except ValueError:
         pass
     try:
-        return key, yaml.load(text, Loader=loader), False
+        return key, text, yaml.load(text, Loader=loader), False
     except yaml.YAMLError:
-        return key, _UNREAD, False
+        return key, text, _UNREAD, False
 
 
 def _config_items(argv: list[str]) -> list[str]:
