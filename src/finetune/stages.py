@@ -19,7 +19,7 @@ from .fileio import (atomic_path, ensure_writable, read_json, read_json_object, 
                      write_text)
 from .jobclock import lap
 from .weights import (DEFAULT_TIMEOUT_S, WEIGHTS_KEYS, WEIGHTS_REQUIRED, copy_local, download, fetch_torchvision,
-                      infer_num_classes, library_versions, load_state_dict, read_manifest, torchvision_arch,
+                      infer_num_classes, library_versions, load_state_dict, not_a_torch_file, read_manifest, torchvision_arch,
                       torchvision_weights, write_manifest)
 
 CHECKPOINT_FORMAT = "finetune-checkpoint/1"
@@ -310,7 +310,7 @@ def weights_stage(cfg: dict, out_weights: Path, out_manifest: Path, pretrained_i
             classes = list(cfg.get("classes") or [])
         else:  # pretrain
             info = read_json(pretrained_info)
-            other = _not_a_torch_file(pretrained_weights)
+            other = not_a_torch_file(pretrained_weights)
             if other:  # copied as it is (no torch here): run alone, a CSV was published as the weights
                 raise WeightsError(f"{pretrained_weights} is not a PyTorch file ({other}): give the weights the pretrain "
                                    "rule saved (resources/pretrain/model.pth)")
@@ -647,19 +647,6 @@ def lr_find_stage(split_csv: Path, manifest_path: Path | dict, options: dict, ou
     return suggestion
 
 
-def _not_a_torch_file(path) -> str | None:
-    """What a file is where it does not begin as torch.save's files do (a zip archive or a pickle); None where it does
-    (one cut short or damaged inside is then what it is)."""
-    from .weights import _what_file
-
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
-    except OSError:
-        return None
-    return None if head.startswith((b"PK\x03\x04", b"\x80")) else _what_file(head)
-
-
 def load_checkpoint(path: Path):
     """Rebuild the trained model from a train checkpoint: (model in eval mode, checkpoint dict)."""
     import torch
@@ -669,7 +656,7 @@ def load_checkpoint(path: Path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        other = _not_a_torch_file(path)
+        other = not_a_torch_file(path)
         if other:  # given another file (a model.onnx, a JSON), not one cut short: nothing to train again
             raise WeightsError(f"{path} is not a checkpoint the train job writes: {other}; give the run's model.pt") from exc
         raise WeightsError(f"cannot read checkpoint {path}: {exc}. Cut short or damaged? The train job writes it "

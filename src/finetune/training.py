@@ -83,7 +83,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     if schedule == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return _cosine_between(1.0, 0.0, min(1.0, progress))
 
 
 def _cosine_between(start: float, end: float, progress: float) -> float:

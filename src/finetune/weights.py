@@ -124,14 +124,22 @@ def _what_file(head: bytes) -> str:
     return f"its first bytes are {printable!r}, not those of a file torch.save writes (a zip archive or a pickle)"
 
 
+def not_a_torch_file(path: str | os.PathLike) -> str | None:
+    """What a file is where it does not begin as torch.save's files do (a zip archive, or a pickle: its old format);
+    None where it does (one cut short or damaged inside is then what it is), or where it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    return None if head.startswith((b"PK\x03\x04", b"\x80")) else _what_file(head)
+
+
 def _not_weights(path: Path) -> str:
     """`` The file received: <what it seems to be>.`` for a download that is no file torch.save writes (a zip archive
     or a pickle): an HTML login or error page, say; else empty."""
-    with open(path, "rb") as received:
-        head = received.read(64)
-    if head.startswith((b"PK\x03\x04", b"\x80")):
-        return ""
-    return f" The file received: {_what_file(head)}."
+    other = not_a_torch_file(path)
+    return f" The file received: {other}." if other else ""
 
 
 def _unreadable_because(path: str | os.PathLike, exc: Exception) -> str:
