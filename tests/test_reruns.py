@@ -832,10 +832,9 @@ def test_an_image_overwritten_in_place_reruns_the_split_where_files_are_watched(
 def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone(tmp_path, fmt, watch):
     """The split made again alone (`snakemake resources/splits/target.csv`, as docs/reruns.md suggests) comes out the
     same file where an image was overwritten in place under its name: with `watch: files` the decode runs again all the
-    same, and its row of that image holds the new pixels (read here with PIL). With `watch: folders` (the edit seen once
-    a file made in its folder has the folder's files looked at: a Finder's .DS_Store) decode compares nothing, and
-    `--forcerun` of the decoded file, as docs/reruns.md says, does it. The images of a CSV manifest listed in another
-    order decode nothing again."""
+    same, and its row of that image holds the new pixels (read here with PIL); with `watch: folders` too, once a file
+    made in its folder has the folder's files looked at (a Finder's .DS_Store). Turning `files` on or off for an
+    ImageFolder decodes nothing again; the images of a CSV manifest listed in another order decode nothing again."""
     images = tmp_path / "images"
     made = make_images(images, {"circle": 6, "square": 6})
     path = images
@@ -855,16 +854,17 @@ def test_an_image_overwritten_in_place_decodes_again_after_a_split_made_alone(tm
         (edited.parent / ".DS_Store").write_bytes(b"\0")
     run_snakemake(workdir, config, "-p", "resources/splits/target.csv")
     assert (workdir / "resources/splits/target.csv").read_bytes() == split  # the same paths and labels
-    forced = ["--forcerun", decoded] if watch == "folders" else []
-    if watch == "folders":
-        assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == NOTHING
-    assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded, *forced).stdout)) == Counter({"decode": 1})
-    run_snakemake(workdir, config, "-p", decoded, *forced)
+    assert Counter(jobs_run(run_snakemake(workdir, config, "-n", decoded).stdout)) == Counter({"decode": 1})
+    run_snakemake(workdir, config, "-p", decoded)
     table = pd.read_csv(workdir / "resources/splits/target.csv")
     row = [i for i, ref in enumerate(table["path"]) if Path(ref).resolve() == edited.resolve()]
     stored = np.load(workdir / decoded, mmap_mode="r")
     assert stored.shape[1:] == (32, 32, 3)  # stored at the images' own size: their very pixels
     assert len(row) == 1 and np.array_equal(stored[row[0]], np.asarray(Image.open(edited).convert("RGB")))
+    if fmt == "imagefolder":  # the same digest either way
+        other = own_images_config(workdir, {"format": fmt, "path": str(path),
+                                            "watch": "folders" if watch == "files" else "files"})
+        assert Counter(jobs_run(run_snakemake(workdir, other, "-n", decoded).stdout)) == NOTHING
     if fmt == "csv":
         path.write_text("path,label\n" + "".join(reversed(rows)))
         run_snakemake(workdir, config, "-p", "resources/splits/target.csv")

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ConfigError, DataError, FinetuneError
 from .fileio import atomic_path, read_text_table, write_json
 from .images import (IMAGE_EXTENSIONS, MAX_PIXELS, ORIENTATIONS, RESAMPLING, extension_counts, files_below, load_image,
-                     load_preprocessed, normalize, not_read_line, split_ref, turn_upright)
+                     load_preprocessed, normalize, not_read_line, split_ref)
 from .metrics import softmax
 
 JSON_METADATA = ("classes", "input_size", "mean", "std")
@@ -239,8 +239,7 @@ def check_one_opens(pairs: list[tuple[str, str]], source: str | Path) -> None:
                 if width * height > MAX_PIXELS:
                     raise DataError(f"{width}x{height} pixels ({width * height:,}), above the {MAX_PIXELS:,} decoded here "
                                     "(a decompression bomb, or a picture too large): make it smaller")
-                image.load()
-                turn_upright(image)  # as the job reads its EXIF block (one that does not read: as stored)
+                image.load()  # (its EXIF block is not read: one that does not read leaves the image as stored)
                 return
         except DataError as exc:
             first = first or f"{ref}: {str(exc).removeprefix(f'cannot decode image {path}: ')}"

@@ -270,10 +270,9 @@ def turn_upright(img: Image.Image) -> Image.Image:
     it): the image decodes. The same pixels as ImageOps.exif_transpose, which also writes the block again without the
     tag, and failed there on a block it read (a rational of 0/0) after the pixels were turned."""
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        turn = _UPRIGHT.get(img.getexif().get(0x0112, 1))  # a tag of another type read as 6.0 turns too, as there
     except Exception:  # noqa: BLE001 - any reason the block does not read: SyntaxError, struct.error, ValueError, ...
         return img
-    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     return img.transpose(turn) if turn is not None else img
 
 

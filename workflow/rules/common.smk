@@ -916,21 +916,22 @@ def dataset_state(wildcards):
 
 
 def decoded_data_state(wildcards):
-    """With `watch: files`, the state of the dataset's images, compared between runs as the split's is (dataset_state):
-    an image overwritten in place under its name leaves the split file as it was (its paths and labels), so where the
-    split ran alone (`snakemake resources/splits/target.csv`, `--until split`, a run stopped between the two), nothing
-    else would tell decode that the pixels changed. A CSV manifest's images in another order are the same images.
-    Not compared (a NotARerunTrigger) with `watch: folders`: that state changes with images the split does not list
-    (one added past a max_train_per_class cap, say), and decoding again retrains every run (the decoded file is
-    compared by time); docs/reruns.md says to force decode there after an image edited in place. Nor for a dataset
-    the host makes, whose state is read when the split starts."""
+    """The state of the dataset's images, compared between runs as the split's is (dataset_state, the same digest with
+    `watch: folders` or `files`, so that turning `files` on or off reruns nothing where no image changed): an image
+    overwritten in place under its name leaves the split file as it was (its paths and labels), so where the split ran
+    alone (`snakemake resources/splits/target.csv`, `--until split`, a run stopped between the two), nothing else would
+    tell decode that the pixels changed. The price: after a split made alone, any change it saw decodes again (and
+    retrains, the decoded file being compared by time), one that left the split file as it was too (an image added
+    past a max_train_per_class cap). A CSV manifest's images in another order are the same images. Not compared (a
+    NotARerunTrigger) for a dataset the host makes, whose state is read when the split starts."""
     cfg = dataset_config(wildcards.dataset)
-    if cfg.get("watch", "folders") != "files" or made_by_a_host_rule(cfg.get("path")):
+    if made_by_a_host_rule(cfg.get("path")):
         return NotARerunTrigger("")
     if cfg["format"] == "csv":  # once per run of Snakemake: each image size's decode asks
-        if cfg["path"] not in _LISTED_ANY_ORDER:
-            _LISTED_ANY_ORDER[cfg["path"]] = listed_files_state(cfg["path"], "files", in_order=False)
-        return _LISTED_ANY_ORDER[cfg["path"]]
+        watch = cfg.get("watch", "folders")
+        if (cfg["path"], watch) not in _LISTED_ANY_ORDER:
+            _LISTED_ANY_ORDER[cfg["path"], watch] = listed_files_state(cfg["path"], watch, in_order=False)
+        return _LISTED_ANY_ORDER[cfg["path"], watch]
     return watched_state(cfg)
 
 
