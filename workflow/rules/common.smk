@@ -1875,7 +1875,10 @@ if CHECK_FILES and (runs_the_dag(_COMMAND) or (_COMMAND is not None and _COMMAND
                *([output_path(WEIGHTS_PUBLISHED[0])] if weights_used() else []),
                *(output_path(pair["decoded_images"])
                  for pair in [*(target_decoded(experiment) for experiment in EXPERIMENTS),
-                              *([source_decoded()] if config["weights"]["source"] == "pretrain" else [])])]
+                              *([source_decoded()] if config["weights"]["source"] == "pretrain" else [])]),
+               # a run's JSON records are checked as a run starts (refuse_damaged_inputs), where the summary reads
+               # them: --touch declares them sound as they are here, as the other files
+               *(output_path(f"results/{run}/{name}") for run in RUNS for name in RUN_RECORDS if _COMMAND.touch)]
     refuse_damaged_files([*(("split", each, [each, str(Path(each).with_suffix(".report.json"))], damaged_split_problem)
                             for each in _splits),
                           *(("export_onnx", each, [each], damaged_onnx_problem) for each in _onnx),
