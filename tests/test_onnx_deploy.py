@@ -641,3 +641,37 @@ def test_predict_chooses_the_run_with_the_best_validation_figure(tiny_run, tmp_p
     assert chosen.read_text() == named.read_text()
     summary = json.loads((tiny_run / "results/selected.json").read_text())
     assert {experiment: s["run"] for experiment, s in summary.items()} == {f.parent.name: f.parent.name for f in folders}
+
+
+def test_predict_images_naming_the_workflows_own_outputs_is_refused_keeping_the_earlier_predictions(tiny_run_copy):
+    """predict.images naming a predictions.csv of this workflow (its `path` column makes it a list of images): the job
+    reading the file it replaces. Snakemake said "Cyclic dependency on rule predict" and kept the old predictions
+    ("Nothing to be done"), or for predict_selected removed them and selection.json and failed on "Missing files".
+    A folder holding results/ (`.`) classified the workflow's figures. Each is refused at start, the earlier files
+    byte for byte as they were."""
+    workdir = tiny_run_copy
+    write_images(workdir / "incoming")
+    made = {"selected": {"experiment": None, "seed": None}, "finetune/seed0": {"experiment": "finetune", "seed": 0}}
+    for folder, choice in made.items():
+        run_snakemake(workdir, tiny_config(workdir, name="ok.yaml", predict={"images": "incoming", **choice}))
+    outputs = sorted(p for p in (workdir / "results" / "predictions").rglob("*") if p.is_file())
+    assert {p.name for p in outputs} == {"predictions.csv", "selection.json"}, outputs
+    before = {p: p.read_bytes() for p in outputs}
+    for folder, choice in made.items():
+        for images in (f"results/predictions/{folder}/predictions.csv", f"{workdir}/results/predictions/{folder}",
+                       "results/predictions/selected/selection.json"):
+            config = tiny_config(workdir, name="loop.yaml", predict={"images": images, **choice})
+            result = run_snakemake(workdir, config, check=False)
+            assert result.returncode != 0 and (
+                f"predict.images: {images} is under results/predictions/, where the predict rules write: the job would "
+                f"read the file it replaces; nothing ran, and the earlier predictions are kept") in result.stdout, \
+                result.stdout[-3000:]
+    for images in (".", str(workdir), "./"):
+        config = tiny_config(workdir, name="dot.yaml", predict={"images": images})
+        result = run_snakemake(workdir, config, check=False)
+        assert result.returncode != 0 and (
+            f"predict.images: {images} holds the workflow's outputs (resources/ and results/): their figures would be "
+            "classified as images") in result.stdout, result.stdout[-3000:]
+    assert {p: p.read_bytes() for p in outputs} == before
+    # A folder beside results/ is read as before (the refusal is about the workflow's own outputs alone).
+    assert run_snakemake(workdir, tiny_config(workdir, name="ok.yaml", predict={"images": "incoming"}), "-n").returncode == 0

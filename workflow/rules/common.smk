@@ -1970,6 +1970,31 @@ if CHECK_FILES:
             f"{os.getcwd()}): nothing ran; move it away" for folder in _blocked))
 
 
+def predict_images_clash(images):
+    """Why predict.images cannot be read beside this workflow's outputs, or None.
+
+    A file under results/predictions/ (a run's predictions.csv, selection.json) is one the predict rules write: the
+    job read what it replaced. Snakemake printed "CyclicGraphException ... Cyclic dependency on rule predict" and kept
+    the old predictions ("Nothing to be done", exit 0), or, for predict_selected, removed them and selection.json and
+    failed on "Missing files after 5 seconds". A folder holding the workflow's outputs (`.`, the working directory)
+    classified its figures, and its predictions went stale whenever one was drawn again."""
+    real = os.path.realpath(images)
+    predictions = os.path.realpath(output_path("results/predictions"))
+    if os.path.commonpath([real, predictions]) == predictions:
+        return ("is under results/predictions/, where the predict rules write: the job would read the file it "
+                "replaces; nothing ran, and the earlier predictions are kept. Copy the file out of results/predictions/ "
+                "and name the copy (a list's `path` column is read relative to the list's folder)")
+    if not os.path.isdir(images):
+        return None
+    inside = sorted({folder.split("/")[0] for folder in OUTPUT_FOLDERS
+                     if os.path.commonpath([os.path.realpath(output_path(folder)), real]) == real})
+    if inside:
+        return (f"holds the workflow's outputs ({' and '.join(f'{name}/' for name in inside)}): their figures would be "
+                "classified as images, and the predictions made again whenever one is drawn; nothing ran. Name the "
+                "folder of your images")
+    return None
+
+
 def yaml_scalar(value):
     """A config value as the config's YAML writes it: null, not Python's None."""
     return "null" if value is None else value
@@ -1983,6 +2008,9 @@ if PREDICT["images"] is not None:
             f"predict.seed {yaml_scalar(PREDICT['seed'])} names one run, whose predictions are {PREDICT_TARGET}: "
             "nothing ran. Ask for that file, or set predict.seed: null (or predict.experiment to a sweep, or null) to predict with the run selected by "
             "validation metric")
+    _problem = predict_images_clash(PREDICT["images"])
+    if _problem:
+        raise refused(with_sources([f"predict.images: {PREDICT['images']} {_problem}"])[0])
     if CHECK_FILES and not PREDICT_IMAGES_MADE and not os.path.exists(PREDICT["images"]):
         raise refused(with_sources([  # the demo's images are null: the key is the user's (a file, or --config)
             f"predict.images: {PREDICT['images']} does not exist{relative_to_workdir(PREDICT['images'])}: "
