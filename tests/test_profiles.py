@@ -300,6 +300,21 @@ def test_the_slurm_size_checks_read_partitions_of_several_node_groups_as_sinfo_l
         "partition cpu has 256000" in problems[0], problems
     assert [p.split(":")[0] for p in gpu_problems({None: {"train.device"}, "gpu": {"evaluate.device"}},
                                                   *partitions_with_gpus(lines))] == ["train.device cuda"]
+    # partitions' time limits as sinfo's %l prints them; a rule asking past every partition it may go to is named
+    from finetune.slurmchecks import slurm_minutes, time_limits, time_problems
+
+    assert [slurm_minutes(t) for t in ("infinite", "UNLIMITED", "n/a", "30", "30:00", "30:01", "8:00:00", "1-12",
+                                       "2-00:00:00", "1-2:03")] == [None, None, None, 30, 30, 31, 480, 2160, 2880, 1563]
+    limits = time_limits(parse_sinfo("short*|(null)|32|1000|4:00:00\nlong|(null)|8|1000|7-00:00:00\n"
+                                     "open|(null)|8|1000|infinite\nold|(null)|8|1000\n"))
+    assert limits == {"short": 240, "long": 10080, "open": None, "old": None}
+    asking = {"train": {"runtime": 480, "partitions": ()},  # the default, short: past its 4 h
+              "evaluate": {"runtime": 480, "partitions": ("short", "long")},  # fits long's
+              "decode": {"runtime": 99999, "partitions": ("open",)},  # no limit
+              "export_onnx": {"runtime": 99999, "partitions": ("old",)}}  # none known: not checked
+    problems = time_problems(asking, limits, "short")
+    assert len(problems) == 1 and problems[0].startswith("rule train asks Slurm for a walltime of 480 minutes") \
+        and "the time limit of partition short is 240 minutes (`sinfo -o %P,%l`)" in problems[0], problems
     # what to raise where Slurm ended a job: its memory (polled: the bytes; cgroups: an oom_kill event), its walltime
     from finetune.slurmchecks import limit_hint
 

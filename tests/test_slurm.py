@@ -454,6 +454,39 @@ def test_a_job_larger_than_any_node_is_refused_before_any_submission(slurm_clust
 
 
 @pytest.mark.fashion_mnist
+def test_a_walltime_past_the_partitions_time_limit_or_a_gpu_model_without_a_gpu_is_refused_before_any_submission(
+        slurm_cluster, tiny_run_copy):
+    """A runtime above the partition's MaxTime (a cluster of 4 h partitions, the profile's train asking 8 h): Slurm
+    kept the job pending for ever (reason PartitionTimeLimit), and Snakemake waited without a word. The profile's
+    advice `gpu_model: "a100"` under train with the experiments' device auto: the plugin submitted `--gpus=a100:0`, a
+    job of no GPU, trained on the CPU of a GPU node. Both refused at start, naming the rule, what it asks and the limit
+    (read here from `scontrol`, not the sinfo the check reads) or the key; nothing is submitted."""
+    workdir = tiny_run_copy
+    shown = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, check=True).stdout
+    days, hours, minutes, seconds = map(int, re.search(r"\bMaxTime=(\d+)-(\d+):(\d+):(\d+)", shown).groups())
+    limit = days * 1440 + hours * 60 + minutes + (seconds > 0)
+    partition = re.search(r"\bPartitionName=(\S+)", shown).group(1)
+    before = (workdir / "results/finetune/seed0/model.pt").read_bytes()
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": 2}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--set-resources",
+                           f"train:runtime={limit + 1}", check=False, cores=None)
+    assert result.returncode != 0 and (
+        f"rule train asks Slurm for a walltime of {limit + 1} minutes (runtime: the profile's set-resources or "
+        f"default-resources, or --set-resources), and the time limit of partition {partition} is {limit} minutes"
+    ) in result.stdout and "nothing ran, and every earlier result is kept" in result.stdout, result.stdout[-3000:]
+    assert "rule evaluate asks" not in result.stdout and SUBMITTED.findall(result.stdout) == []
+    config = tiny_config(workdir, experiments={"finetune": {"strategy": "finetune", "epochs": 2, "device": "auto"}})
+    result = run_snakemake(workdir, config, *slurm_cluster.snakemake_args(), "--set-resources", "train:gpu_model=a100",
+                           check=False, cores=None)
+    assert result.returncode != 0 and (
+        "gpu_model a100 is given to the train jobs (the profile's set-resources or --set-resources), and they ask "
+        "Slurm for no GPU (experiments.finetune.device is auto, not cuda): the plugin would submit them with --gpus=a100:0, "
+        "no GPU; set experiments.finetune.device cuda, or leave gpu_model out") in result.stdout, result.stdout[-3000:]
+    assert SUBMITTED.findall(result.stdout) == []
+    assert (workdir / "results/finetune/seed0/model.pt").read_bytes() == before
+
+
+@pytest.mark.fashion_mnist
 def test_a_partition_the_cluster_lacks_is_refused_before_any_submission(slurm_cluster, tiny_run_copy, tmp_path):
     """The profile edited as its EDIT ME asks, rule train sent to a partition this cluster does not have: sbatch
     refused the job ("invalid partition specified"), after Snakemake removed its outputs, then again on the profile's

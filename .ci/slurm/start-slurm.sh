@@ -14,6 +14,8 @@
 # - Accounting off means `sacct` fails: the Snakemake profile uses `slurm-status-command: squeue`, and
 #   MinJobAge is large so finished jobs stay visible to squeue (`squeue --states=all`).
 # - DefMemPerCPU: without it, a job without --mem takes the whole node and jobs run one at a time.
+# - MaxTime 2 days, as real clusters limit a partition's walltime: a job asking for more is refused at start
+#   (tests/test_slurm.py); the profile's runtimes, retries included, stay within it.
 # - NodeName must be `hostname -s` (CI machines get other names); CPUs/cores as slurmd detects them.
 # - Our own munged (own key, socket, pidfile: AuthInfo=socket=...) so a system munged, if any, is
 #   neither used nor stopped.
@@ -104,7 +106,7 @@ SlurmdLogFile=$D/log/slurmd.log
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 NodeName=$H NodeAddr=127.0.0.1 $NODEHW State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=2-00:00:00 State=UP
 EOF
 mkdir -p /etc/slurm
 ln -sfn "$D/etc/slurm.conf" /etc/slurm/slurm.conf

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-SINFO_FORMAT = "%P|%G|%c|%m"  # partition (the default marked *), generic resources, CPUs a node, memory (MB) a node
+SINFO_FORMAT = "%P|%G|%c|%m|%l"  # partition (the default marked *), generic resources, CPUs a node, memory (MB) a node,
+# the partition's time limit (MaxTime)
 
 
 def read_sinfo() -> list[tuple[str, str, str, str]]:
@@ -24,17 +25,17 @@ def read_sinfo() -> list[tuple[str, str, str, str]]:
     return parse_sinfo(listed.stdout) if listed.returncode == 0 else []
 
 
-def parse_sinfo(text: str) -> list[tuple[str, str, str, str]]:
-    """``sinfo -h -o '%P|%G|%c|%m'``'s lines: [(partition, gres, cpus, memory)], one per partition and group of like
-    nodes, the default partition marked * as sinfo marks it."""
-    return [tuple((line.strip().split("|") + ["", "", ""])[:4]) for line in text.splitlines() if line.strip()]
+def parse_sinfo(text: str) -> list[tuple[str, str, str, str, str]]:
+    """``sinfo -h -o '%P|%G|%c|%m|%l'``'s lines: [(partition, gres, cpus, memory, time limit)], one per partition and
+    group of like nodes, the default partition marked * as sinfo marks it (a line of four fields: no time limit known)."""
+    return [tuple((line.strip().split("|") + ["", "", "", ""])[:5]) for line in text.splitlines() if line.strip()]
 
 
 def partitions_with_gpus(lines) -> tuple[dict[str, bool], str | None]:
     """{partition: whether a node of it has a GPU (a gpu GRES)} of sinfo's ``lines``, and the default partition's name
     (marked * there); ({}, None) for none."""
     partitions, default = {}, None
-    for name, gres, _, _ in lines:
+    for name, gres, *_ in lines:
         if name.endswith("*"):
             name = default = name[:-1]
         partitions[name] = partitions.get(name, False) or "gpu" in gres
@@ -45,11 +46,62 @@ def node_sizes(lines) -> dict[str, tuple[int | None, int | None]]:
     """{partition: (the most CPUs, the most memory in MB of a node of it)} of sinfo's ``lines``; a size that sinfo
     gives as a lower bound (`2+`: nodes of several sizes) or not at all is None (not checked)."""
     sizes = {}
-    for name, _, cpus, memory in lines:
+    for name, _, cpus, memory, *_ in lines:
         exact = [int(size) if size.isdigit() else None for size in (cpus, memory)]
         known = sizes.get(name.rstrip("*"), exact)  # a partition of several node groups: the largest of each
         sizes[name.rstrip("*")] = tuple(None if a is None or b is None else max(a, b) for a, b in zip(known, exact))
     return sizes
+
+
+def slurm_minutes(text: str) -> int | None:
+    """A Slurm time limit as sinfo prints it (`infinite`, `30:00`, `8:00:00`, `2-00:00:00`, `1-12`) in minutes (seconds
+    rounded up); None for none (`infinite`, `UNLIMITED`, `n/a`) or a form not known."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        return None
+    days, first, second, third = match.groups()
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+    elif third is not None:  # hours:minutes:seconds
+        hours, minutes, seconds = int(first), int(second), int(third)
+    elif second is not None:  # minutes:seconds
+        hours, minutes, seconds = 0, int(first), int(second)
+    else:  # minutes
+        hours, minutes, seconds = 0, int(first), 0
+    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def time_limits(lines) -> dict[str, int | None]:
+    """{partition: its time limit (MaxTime) in minutes, None for none or not known} of sinfo's ``lines``."""
+    limits = {}
+    for name, *rest in lines:
+        limit = slurm_minutes(rest[3]) if len(rest) > 3 else None
+        name = name.rstrip("*")
+        limits[name] = None if name in limits and limits[name] is None else (
+            limit if name not in limits or limit is None else max(limit, limits[name]))
+    return limits
+
+
+def time_problems(asking: dict[str, dict], limits: dict, default: str | None) -> list[str]:
+    """A line for each rule whose jobs ask for a walltime (``asking``: {rule: {"runtime", "partitions"}}, minutes)
+    above the time limit of every partition they may go to (``limits``: :func:`time_limits`; no partitions named: the
+    ``default``): Slurm keeps such a job pending for ever (reason PartitionTimeLimit), or refuses it where the cluster
+    enforces partition limits."""
+    problems = []
+    for rule, entry in sorted(asking.items()):
+        partitions = list(entry["partitions"]) or ([default] if default else [])
+        if not partitions or any(name not in limits or limits[name] is None for name in partitions):
+            continue
+        largest = max(limits[name] for name in partitions)
+        if entry["runtime"] <= largest:
+            continue
+        where = f"partition{'s' if len(partitions) > 1 else ''} {', '.join(partitions)}"
+        problems.append(f"rule {rule} asks Slurm for a walltime of {entry['runtime']} minutes (runtime: the profile's "
+                        f"set-resources or default-resources, or --set-resources), and the time limit of {where} is "
+                        f"{largest} minutes (`sinfo -o %P,%l`): Slurm would keep it waiting for ever (reason "
+                        f"PartitionTimeLimit) or refuse it; ask for at most {largest}, or name a partition of a longer "
+                        "time limit")
+    return problems
 
 
 def named_partitions(slurm_partition) -> list[str]:

@@ -2481,6 +2481,54 @@ def slurm_size_problems():
                                      slurmchecks.partitions_with_gpus(sinfo_lines())[1])
 
 
+def slurm_time_problems():
+    """The jobs to submit that ask for a walltime (runtime) above the time limit of every partition they may go to:
+    Slurm kept such a job pending for ever (reason PartitionTimeLimit: train's 480 minutes in a partition of 1 hour),
+    and Snakemake waited with it. One line per rule (the first attempt's; a retry's `* attempt` is not checked)."""
+    asking = {}
+    for job in slurm_checked_jobs():
+        runtime = job.resources.get("runtime")
+        if job.is_local or not isinstance(runtime, int):
+            continue
+        entry = asking.setdefault(job.rule.name, {"runtime": 0, "partitions": tuple(
+            slurmchecks.named_partitions(job.resources.get("slurm_partition")))})
+        entry["runtime"] = max(entry["runtime"], runtime)
+    if not asking:
+        return []
+    return slurmchecks.time_problems(asking, slurmchecks.time_limits(sinfo_lines()),
+                                     slurmchecks.partitions_with_gpus(sinfo_lines())[1])
+
+
+def slurm_gpu_model_problems():
+    """A gpu_model given to jobs that ask for no GPU (train, lr_find, pretrain and evaluate declare gpu 0 where their
+    device is not cuda): the plugin turned gpu_model a100 with gpu 0 into `--gpus=a100:0`, and the job trained on the
+    CPU of a GPU node, without a word. (Jobs of a rule declaring no gpu get one GPU of the model.)"""
+    problems = {}
+    for job in slurm_checked_jobs():
+        model = job.resources.get("gpu_model")
+        if job.is_local or not model or job.resources.get("gpu") != 0:
+            continue
+        key, device = job_device_setting(job)
+        problems.setdefault((job.rule.name, key), (
+            f"gpu_model {model} is given to the {job.rule.name} jobs (the profile's set-resources or --set-resources), "
+            f"and they ask Slurm for no GPU ({f'{key} is {device}, not cuda' if key else 'gpu: 0'}): the plugin would "
+            f"submit them with --gpus={model}:0, no GPU; {f'set {key} cuda, or ' if key else ''}leave gpu_model out"))
+    return [problems[key] for key in sorted(problems)]
+
+
+def job_device_setting(job):
+    """The config key that sets the device of a train, lr_find, pretrain or evaluate job, and its value; (None, None)
+    for another rule's."""
+    if job.rule.name in ("train", "lr_find"):
+        key = train_key_names(job.wildcards.experiment).get("device", "train.device")
+        return key, experiment_config(job.wildcards.experiment)["device"]
+    if job.rule.name == "pretrain":
+        return "pretrain.train.device", config["pretrain"]["train"]["device"]
+    if job.rule.name == "evaluate":
+        return "evaluate.device", config["evaluate"]["device"]
+    return None, None
+
+
 def slurm_gpu_problems():
     """The device settings of a run submitted to Slurm whose jobs ask for a GPU (`gpu`) in a partition without one:
     sbatch refused each ("Invalid generic resource (gres) specification"), after Snakemake removed the job's outputs,
@@ -2508,7 +2556,7 @@ onstart:
         _problems = [*scheduled_predict_problems(), *unwritable_folder_problems(),
                      *(local_run_problems() if workflow.local_exec else
                        cluster_run_problems() + slurm_partition_problems() + slurm_gpu_problems()
-                       + slurm_size_problems())]
+                       + slurm_gpu_model_problems() + slurm_size_problems() + slurm_time_problems())]
         if _problems:
             raise WorkflowError("\n".join([*_problems, "nothing ran, and every earlier result is kept"]))
         _side_by_side = side_by_side_note_here() if workflow.local_exec else None
