@@ -221,6 +221,17 @@ def test_pretraining_anew_reruns_the_runs_from_its_weights_not_the_scratch_contr
     assert json.loads((tiny_run_copy / "resources/pretrain/info.json").read_text())["options"]["epochs"] == 2
 
 
+def test_a_value_that_pretrains_as_the_default_does_reruns_nothing(tiny_run_copy):
+    """`layer_decay: 1` (no decay) and `bn: train` (what auto does when the whole network trains) written in
+    pretrain.train train the very source model of the default (tests/test_training.py shows each in a run): written in
+    an experiment they reran nothing, in pretrain.train they reran pretraining and every run from its weights. Now
+    neither; a value that pretrains otherwise still does."""
+    tiny_config(tiny_run_copy, pretrain={"train": {"layer_decay": 1, "bn": "train"}})
+    assert would_run(tiny_run_copy) == NOTHING
+    tiny_config(tiny_run_copy, pretrain={"train": {"layer_decay": 0.5, "bn": "train"}})
+    assert would_run(tiny_run_copy)["pretrain"] == 1
+
+
 def test_a_config_of_scratch_runs_alone_neither_pretrains_nor_fetches_weights(tmp_path, tiny_run_copy):
     """No run starts from the weights (every experiment pretrained: false): nothing asks for them, so neither
     pretrain (minutes to hours on the source) nor the weights job runs, in a new folder or after a pretrain setting

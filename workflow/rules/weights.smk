@@ -17,7 +17,10 @@ rule pretrain:
         python=PYTHON,
         arch=config["weights"]["arch"],
         image_size=config["pretrain"]["image_size"],
-        options=as_json(loop_options(config["pretrain"]["train"])),
+        # as a run's: a key pretraining does not act on, or a value that trains as its default does (bn: train,
+        # layer_decay: 1.0), at its default, so that writing it is the same source model (configcheck.job_options)
+        options=as_json(loop_options(job_options(config["pretrain"]["train"], {}, TRAIN_DEFAULTS,
+                                                 config["weights"]["arch"]))),
         resume_dir=f"{RESUME_FOLDER}/pretrain",
     log:
         "results/logs/pretrain.log",
