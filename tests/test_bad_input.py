@@ -3,6 +3,7 @@ the culprit, and no earlier good result lost."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -1658,6 +1659,11 @@ BAD_CONFIGS = {
     "whole_number_written_with_a_point": ({"experiments": {"finetune": {"epochs": 2.0}}},
                                           "experiments.finetune.epochs: 2.0 is not an integer: write it without the "
                                           "decimal point, 2"),
+    "path_read_as_a_date": ({"dataset": {"path": datetime.date(2024, 5, 1)}},
+                            "dataset.path: YAML reads 2024-05-01 as a date, not as text: put it in quotes, '2024-05-01'"),
+    "seeds_empty": ({"seeds": None}, "seeds: empty (YAML reads a key with nothing after it as null), and it must be a "
+                                     "list: leave `seeds:` out for the default, [0]"),
+    "seed_read_as_a_boolean": ({"seeds": [True]}, "seeds.0: true is not an integer"),
     "seed_written_with_a_point": ({"seeds": [1.0]}, "seeds.0: 1.0 is not an integer: write it without the decimal point, 1"),
     "experiment_named_by_a_number": ({"experiments": {2024: {"strategy": "finetune"}}},
                                      "experiments.2024: YAML reads this name as a number or a date, not as text: put "
@@ -1764,6 +1770,37 @@ def test_a_key_written_twice_in_a_config_file_is_refused_naming_the_file_key_and
     assert result.returncode != 0 and result.stdout.count(": evaluate is written twice") == 1, result.stdout
 
 
+def test_a_number_yaml_reads_otherwise_than_written_is_refused_naming_the_file_key_and_line(tmp_path):
+    """YAML 1.1 (Snakemake's reader) reads `epochs: 010` as 8 (octal) and `2:00:00` as 7200 (base 60): the train job
+    got 8 epochs without a word, and a sweep over [010, 8] was refused as non-unique, values never written. Refused
+    at start, in a file (with its line) and in --config; a leading zero that changes nothing (07) and a quoted time
+    are read as written."""
+    lines = tiny_config(tmp_path, train={"epochs": 1}).read_text().splitlines()
+    lines[lines.index("  epochs: 1")] = "  epochs: 010"  # train's (pretrain.train's is indented further)
+    text = "\n".join(lines) + "\n"
+    config = tmp_path / "octal.yaml"
+    config.write_text(text)
+    line = text.splitlines().index("  epochs: 010") + 1
+    assert yaml.safe_load(text)["train"]["epochs"] == 8  # what YAML makes of it, for the reader
+    result = run_snakemake(tmp_path, config, "-n", check=False, timeout=120)
+    assert result.returncode != 0 and (
+        "a number in a config or profile file, or in --config, that YAML reads otherwise than written (nothing ran):\n"
+        f"{config}: train.epochs: YAML reads 010 as 8, an octal number (its leading zero) (line {line}): write 10, "
+        "without the zero") in result.stdout, result.stdout[-3000:]
+    result = run_snakemake(tmp_path, tiny_config(tmp_path), "--config", "experiments={finetune: {epochs: 012}}",
+                           "seeds=[07]", "-n", check=False, timeout=120)
+    assert result.returncode != 0 and ("--config: experiments.finetune.epochs: YAML reads 012 as 10, an octal number "
+                                       "(its leading zero): write 12, without the zero") in result.stdout \
+        and "seeds" not in result.stdout.split("nothing ran")[-1], result.stdout[-3000:]
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    from finetune.userconfig import misread_numbers
+
+    (tmp_path / "profile.yaml").write_text("set-resources:\n  train:\n    runtime: 2:00:00\n    slurm_extra: '1:30'\n")
+    assert misread_numbers(tmp_path / "profile.yaml") == [
+        "set-resources.train.runtime: YAML reads 2:00:00 as 7200, a number in base 60 (line 3): write the number meant "
+        "(7200, if so), or put it in quotes for text ('2:00:00')"]
+
+
 def test_a_key_written_twice_on_the_command_line_is_refused_and_a_nan_or_infinity_anywhere(tmp_path):
     """--config 'train={epochs: 1, epochs: 2}' kept the last without a word, as a file did before it was refused;
     `.nan` passed every range check (a comparison with NaN is false) and reached the jobs, after Snakemake had
@@ -1803,10 +1840,10 @@ def test_an_integer_key_takes_whole_numbers_only_and_the_decimal_point_hint_is_f
     """YAML's `true` is no count of epochs (Python's bool is an int: the integer check must not take it), and 1.5
     epochs is not 1 written with a point: only a whole number written with a point gets the hint to drop it."""
     assert config_problems({"train": {"epochs": 1.5}, "seeds": [True, 2.0]}, SCHEMA) == [
-        "seeds.0: True is not an integer",
+        "seeds.0: true is not an integer",
         "seeds.1: 2.0 is not an integer: write it without the decimal point, 2",
         "train.epochs: 1.5 is not an integer"]
-    assert config_problems({"train": {"epochs": True}}, SCHEMA) == ["train.epochs: True is not an integer"]
+    assert config_problems({"train": {"epochs": True}}, SCHEMA) == ["train.epochs: true is not an integer"]
 
 
 def test_lr_0_an_empty_range_test_and_false_where_off_is_no_choice_are_refused_as_such():

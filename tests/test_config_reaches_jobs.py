@@ -763,6 +763,20 @@ def test_an_empty_experiments_section_over_the_demo_is_said_to_add_nothing(tmp_p
     assert trained == set(demo), (trained, result.stdout[-3000:])
 
 
+def test_experiments_of_yours_sharing_a_name_with_the_demos_are_said_to_keep_the_demos_others(tmp_path):
+    """`experiments: {finetune: {lr: 0.01}, mine: {...}}` over the demo: Snakemake's merge keeps the demo's other
+    experiments, which all ran (12 train jobs for 6), without a word; names none of the demo's replace them (said)."""
+    demo = list(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["experiments"])
+    shared = demo[0]
+    result = run_snakemake(*config_over_the_demo(tmp_path, {"experiments": {
+        shared: {"lr": 0.01}, "mine": {"strategy": "finetune"}}}), "-n")
+    assert (f"note: experiments: yours ({shared}, mine) share the name {shared} with config/config.yaml's, so they are "
+            f"merged with its experiments: its {', '.join(demo[1:])} run too; name yours all otherwise") \
+        in result.stdout, result.stdout[-3000:]
+    trained = set(re.findall(r"results/([\w-]+)/seed\d+/model\.pt", result.stdout))
+    assert trained == {*demo, "mine"}, (trained, result.stdout[-3000:])
+
+
 def test_a_demo_experiment_refused_for_a_train_key_of_yours_names_that_key_and_your_file(tmp_path):
     """`train: {sync_batchnorm: true}` over the demo (one process): each demo experiment is refused, and the line was
     credited to config/config.yaml alone, with the advice to rename the experiment; the key at fault, written in the

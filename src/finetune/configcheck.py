@@ -23,6 +23,7 @@ recipes, its processes, the export's opset) are in :mod:`finetune.optionrules`, 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import importlib.util
@@ -427,14 +428,19 @@ def _type_line(error, where: str) -> str:
     wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
     if "integer" in types and isinstance(value, float) and value.is_integer():
         return f"{where}: {value!r} is not {wanted}: write it without the decimal point, {int(value)}"
-    if value is None and "object" in types:  # `finetune:` with nothing after it, or every key below commented out
+    if value is None and ("object" in types or "array" in types):  # `finetune:` or `seeds:` with nothing after it
         key = str(list(error.absolute_path)[-1]) if error.absolute_path else "key"
         default = error.schema.get("default")
-        empty = (f"write `{key}: {{}}` for none of its keys" if not error.schema.get("minProperties")
+        empty = (f"write `{key}: {{}}` for none of its keys" if "object" in types and not error.schema.get("minProperties")
+                 else f"write `{key}: []` for none" if "object" not in types and not error.schema.get("minItems")
                  else f"leave `{key}:` out for the default, {_yaml_text(default)}{_MERGED}" if default  # `{}` refused too
                  else f"leave `{key}:` out for none{' (the experiment trains once)' if key == 'sweep' else ''}")
         return f"{where}: empty (YAML reads a key with nothing after it as null), and it must be {wanted}: {empty}"
-    return f"{where}: {value!r} is not {wanted}{_number_text_hint(value, types)}"
+    if isinstance(value, (datetime.date, datetime.datetime)) and "string" in types:  # `path: 2024-05-01`, unquoted
+        return (f"{where}: YAML reads {value.isoformat()} as a date, not as text: put it in quotes, "
+                f"'{value.isoformat()}'")
+    shown = _yaml_text(value) if value is None or isinstance(value, bool) else repr(value)  # null, true: as YAML writes them
+    return f"{where}: {shown} is not {wanted}{_number_text_hint(value, types)}"
 
 
 def _pattern_line(error, where: str) -> str:

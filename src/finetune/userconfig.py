@@ -72,6 +72,13 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
         config["experiments"] = copy.deepcopy(mine)
         notes.append(f"experiments: yours ({', '.join(map(str, mine))}) replace config/config.yaml's ({', '.join(theirs)}), "
                      "none of whose names you use")
+    elif isinstance(mine, dict) and isinstance(theirs, dict) and mine and set(theirs) - set(mine):
+        kept = [str(name) for name in theirs if name not in mine]
+        notes.append(f"experiments: yours ({', '.join(map(str, mine))}) share the name"
+                     f"{'s' if len(set(mine) & set(theirs)) > 1 else ''} {', '.join(str(n) for n in mine if n in theirs)} "
+                     f"with config/config.yaml's, so they are merged with its experiments: its {', '.join(kept)} run "
+                     "too; name yours all otherwise (they then replace the demo's), or run with "
+                     "--replace-workflow-config to use your config alone")
     elif isinstance(mine, dict) and not mine and theirs:  # a merge of nothing: not "no experiments"
         notes.append(f"experiments: yours is empty, which adds nothing to config/config.yaml's ({', '.join(theirs)}): "
                      "they all run; name experiments of your own (they then replace the demo's), or run with "
@@ -248,6 +255,64 @@ def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) ->
                 found.append(f"{name} is written twice{at}: only the last is read, so what the first "
                              f"sets would be ignored")
             _walk(value, (*where, key.value), found, lines)
+
+
+# Plain numbers YAML 1.1 (PyYAML's, Snakemake's reader) reads as no one writing them means: 010 as 8 (octal, a
+# leading zero), 1:30 as 90 and 2:00:00 as 7200 (base 60: a Slurm walltime unquoted).
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+_BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+def misread_numbers(path: str | os.PathLike) -> list[str]:
+    """The plain numbers of a YAML config file that YAML reads otherwise than written (:data:`_OCTAL`,
+    :data:`_BASE_60`), one line each with the key's path, the line and what to write. Not YAML: nothing here."""
+    import yaml
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    found: list[str] = []
+    _numbers(root, (), found)
+    return found
+
+
+def command_line_misread_numbers(argv: list[str]) -> list[str]:
+    """:func:`misread_numbers` of the ``--config`` items of a command line (read as a config file reads them)."""
+    import yaml
+
+    found: list[str] = []
+    for item in _config_items(argv):
+        key, _, text = item.partition("=")
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            continue
+        _numbers(root, (key,), found, lines=False)
+    return found
+
+
+def _numbers(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _numbers(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found, lines)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                _numbers(value, (*where, key.value), found, lines)
+    elif (isinstance(node, yaml.ScalarNode) and node.style is None
+          and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
+        read = yaml.safe_load(node.value)
+        at = f" (line {node.start_mark.line + 1})" if lines else ""
+        name = ".".join(where) or "the value"
+        if _OCTAL.fullmatch(node.value) and read != int(node.value.replace("_", ""), 10):  # 07 is 7 either way
+            found.append(f"{name}: YAML reads {node.value} as {read}, an octal number (its leading zero){at}: write "
+                         f"{int(node.value.replace('_', ''), 10)}, without the zero")
+        elif _BASE_60.fullmatch(node.value):
+            found.append(f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}: write the number meant "
+                         f"({read}, if so), or put it in quotes for text ('{node.value}')")
 
 
 PROFILE_FILES = ("config.v9+.yaml", "config.yaml")  # the file Snakemake 9 reads in a profile folder, first found

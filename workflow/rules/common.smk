@@ -96,6 +96,7 @@ from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state, listed_files_state
 from finetune.userconfig import (as_config_args, command_line_config, command_line_duplicates, written_texts,
+                                 command_line_misread_numbers, misread_numbers,
                                  demo_source_for_own_images, duplicate_keys, expand_home, first_time, forced_to_run,
                                  has_option, inherited_for_another_optimizer, is_snakemake_command_line, keys_under,
                                  once, once_per, option_differences, own_sections, pending_jobs,
@@ -259,6 +260,12 @@ _duplicates += [f"--config: {problem}" for problem in command_line_duplicates(AR
 if _duplicates:
     raise WorkflowError("a key is written twice in a config or profile file, or in --config (merge the two into one):\n"
                         + "\n".join(_duplicates))
+_misread = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
+            for problem in misread_numbers(file)]
+_misread += [f"--config: {problem}" for problem in command_line_misread_numbers(ARGV)]
+if _misread:
+    raise WorkflowError("a number in a config or profile file, or in --config, that YAML reads otherwise than written "
+                        "(nothing ran):\n" + "\n".join(_misread))
 # `--configfile a.yaml --configfile b.yaml`: Snakemake reads b.yaml alone (each option taking a list keeps its last).
 if workflow.is_main_process and repeated_options(ARGV):
     raise WorkflowError("an option is given twice on the command line: nothing ran\n" + "\n".join(repeated_options(ARGV)))
