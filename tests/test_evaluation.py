@@ -511,7 +511,7 @@ def test_the_leaderboard_names_the_classes_a_selected_run_never_predicted(tmp_pa
     summary_stage(runs, tmp_path / "summary.csv", tmp_path / "summary.md", tmp_path / "summary.html")
     csv = pd.read_csv(tmp_path / "summary.csv").set_index("experiment")
     assert bool(csv.loc["plain", "selected"]) and csv.loc["plain", "rank"] == 1
-    note = ("The selected run plain (seed 0) predicted no test image as ankle boot: its test accuracy comes from the "
+    note = ("The selected run plain (seed 0) predicted no test image as `ankle boot`: its test accuracy comes from the "
             "other classes alone (its macro_f1, which counts such a class as 0, is 0.5500)")
     for page in ("summary.md", "summary.html"):
         assert note in (tmp_path / page).read_text(), page
@@ -1227,3 +1227,14 @@ def test_a_script_run_alone_refuses_a_number_the_config_schema_would_refuse(tiny
     assert result.returncode == 2 and said in result.stdout, result.stdout[-2000:]
     assert not out.exists()
 
+
+def test_confusion_matrix_plot_draws_class_names_as_written(tmp_path):
+    """Names with two `$` are text, not TeX (one stopped the evaluate job with a mathtext ParseSyntaxException, another
+    lost its dollars), and a very long name is shortened, not clipped off the figure."""
+    from finetune.plots import _tick_label
+
+    names = ["price $5^$", "$5-$10", "L" + "o" * 120 + "ng name"]
+    confusion_matrix_plot(np.eye(3, dtype=int), names, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    assert _tick_label(names[2]).startswith("Looo") and _tick_label(names[2]).endswith("ng name")
+    assert len(_tick_label(names[2])) == 40 and _tick_label("$5-$10") == "$5-$10"

@@ -422,8 +422,9 @@ def never_predicted_notes(per_run: pd.DataFrame, chosen: dict, train_counts: lis
     for sweep, pick in chosen.items():
         row = per_run[(per_run["experiment"] == pick["run"]) & (per_run["seed"] == pick["seed"])].iloc[0]
         if row.never_predicted:
+            names = ", ".join(f"`{name}`" for name in row.never_predicted)  # a code span each: `a, b` is one class
             notes.append(f"The selected run {pick['run']} (seed {pick['seed']}) predicted no test image as "
-                         f"{', '.join(row.never_predicted)}: its test accuracy comes from the other classes alone (its "
+                         f"{names}: its test accuracy comes from the other classes alone (its "
                          f"macro_f1, which counts such a class as 0, is {row.macro_f1:.4f}); "
                          + ("every class has as many training images, so class weighting would change nothing: compare "
                             "the runs' macro_f1, or give those classes more training images." if balanced else

@@ -27,7 +27,7 @@ def _save(fig, out_path: str | Path) -> None:
     try:
         fig.tight_layout()
         with atomic_path(out_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")  # long class names: widen, never clip
     finally:
         plt.close(fig)
 
@@ -45,8 +45,10 @@ def confusion_matrix_plot(cm: np.ndarray | Sequence[Sequence[int]], class_names:
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(class_names))
+    # class names as written: parse_math off, or a name with two `$` ("$5-$10") is drawn as TeX or stops the job
+    labels = [_tick_label(name) for name in class_names]
+    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right", parse_math=False)
+    ax.set_yticks(range(n), labels=labels, parse_math=False)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"{title} ({int(cm.sum())} images)")
@@ -57,6 +59,16 @@ def confusion_matrix_plot(cm: np.ndarray | Sequence[Sequence[int]], class_names:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=fontsize,
                         color="white" if share[i, j] > 0.5 else "black")
     _save(fig, out_path)
+
+
+def _tick_label(name: str, most: int = 40) -> str:
+    """A class name as a tick label: at most ``most`` characters, a longer one cut in the middle ("Looo…g name"), its
+    start and end kept, so that the figure keeps its size and names that share a start stay apart."""
+    name = str(name)
+    if len(name) <= most:
+        return name
+    head = (most - 1) // 2
+    return f"{name[:head]}…{name[-(most - 1 - head):]}"
 
 
 def reliability_plot(bins: Sequence[dict], ece: float, out_path: str | Path, title: str = "Reliability") -> None:

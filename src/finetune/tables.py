@@ -52,7 +52,7 @@ def metrics_tables(report: dict) -> list[tuple[str, pd.DataFrame]]:
     ]
     if report.get("never_predicted"):
         rows.append(("classes the model never predicted: their precision is 0/0, shown and averaged as 0 "
-                     "(scikit-learn's convention)", ", ".join(report["never_predicted"])))
+                     "(scikit-learn's convention)", ", ".join(repr(name) for name in report["never_predicted"])))
     near = report.get("near_duplicates") or {}
     if near.get("test_images_with_copy"):
         rows.append((f"top-1 accuracy without the {near['test_images_with_copy']} test images with a near duplicate "
