@@ -239,6 +239,12 @@ def test_predict_classifies_one_image_file_named_alone(tiny_run, tmp_path):
     result = run_predict("--model", str(model), "--images", str(notes), "--out", str(tmp_path / "bad.csv"))
     assert result.returncode == 1 and f"image list {notes} has no `path` column" in result.stderr, result.stderr
     assert "a file that is not an image (.png, .jpg" in result.stderr and "is read as a CSV list of images" in result.stderr
+    twice = tmp_path / "twice.csv"  # two `path` columns: the first alone was read, without a word
+    twice.write_text(f"path,note,path\n{image},x,{image}\n")
+    result = run_predict("--model", str(model), "--images", str(twice), "--out", str(tmp_path / "bad.csv"))
+    assert result.returncode == 1 and f"image list {twice} has more than one `path` column" in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "bad.csv").exists()
     # A JPEG saved as .jfif (browsers do) is an image; a binary file of another kind is named as the list it is not.
     jfif = tmp_path / "imgs" / "saved.jfif"
     Image.open(image).convert("RGB").save(jfif, format="JPEG")
@@ -312,6 +318,31 @@ def test_predict_refuses_a_model_whose_class_names_do_not_match_its_outputs(tiny
     assert result.returncode == 1, result.stderr
     assert (f"{edited}: its metadata 'classes' names 2 classes, but the model outputs 4 scores" in result.stderr
             and "Traceback" not in result.stderr), result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("edit, said", [
+    ({"std": json.dumps([0.5, 0.0, 0.5])}, "and std [0.5, 0.0, 0.5] must be finite numbers, the std above 0"),
+    ({"mean": json.dumps([0.5, None, 0.5])}, "must be finite numbers, the std above 0"),
+    ({"crop_size": "40", "resize_size": "40"}, "its metadata crop_size 40 is not the model's input size 32x32"),
+    ({"crop_size": "40"}, "metadata crop_size 40 must be at least 1 and at most its resize_size 32"),
+], ids=["std_zero", "mean_null", "crop_not_the_input", "crop_past_resize"])
+def test_predict_refuses_metadata_that_preprocesses_otherwise_than_the_model_takes(tiny_run, tmp_path, edit, said):
+    """A std of 0 divided every pixel by zero: probabilities of NaN written, "classified 1 of 1", exit 0; a crop_size
+    other than the model's input size met onnxruntime's INVALID_ARGUMENT traceback at the first batch. Refused,
+    naming the file; nothing written."""
+    model = onnx.load(tiny_run / "results/finetune/seed0/model.onnx")
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    assert meta["crop_size"] == meta["resize_size"] == "32" and meta["input_size"] == "[3, 32, 32]", meta
+    for prop in model.metadata_props:
+        prop.value = edit.get(prop.key, prop.value)
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, edited)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "images" / "a.png")
+    result = run_predict("--model", str(edited), "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out.csv"))
+    assert result.returncode == 1 and f"{edited}: " in result.stderr and said in result.stderr \
+        and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out.csv").exists()
 
 

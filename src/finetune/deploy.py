@@ -11,6 +11,7 @@ Also here: dynamic INT8 quantization with onnxruntime and its report (size, spee
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -64,6 +65,14 @@ def decode_metadata(raw: dict[str, str], origin: str = "model") -> dict:
     meta.setdefault("orientation", "none")
     if len(meta["mean"]) != 3 or len(meta["std"]) != 3:
         raise ModelError(f"{origin}: mean and std must have 3 values (RGB), not {meta['mean']} / {meta['std']}")
+    # a std of 0 divided every pixel by zero: probabilities of NaN written, "classified 8 of 8"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (*meta["mean"], *meta["std"])) or min(meta["std"]) <= 0:
+        raise ModelError(f"{origin}: metadata mean {meta['mean']} and std {meta['std']} must be finite numbers, the std "
+                         "above 0: export it again with the workflow's export_onnx rule")
+    if not 1 <= meta["crop_size"] <= meta["resize_size"]:
+        raise ModelError(f"{origin}: metadata crop_size {meta['crop_size']} must be at least 1 and at most its "
+                         f"resize_size {meta['resize_size']}")
     return meta
 
 
@@ -119,6 +128,11 @@ class OnnxClassifier:
             # a label for each score, or the labels would be those of other scores (or an IndexError)
             raise ModelError(f"{path}: its metadata 'classes' names {len(metadata['classes'])} classes, but the model "
                              f"outputs {scores} scores: export it again with the workflow's export_onnx rule")
+        height, width = (session.get_inputs()[0].shape[-2:] + [None, None])[:2]
+        if any(isinstance(side, int) and side != metadata["crop_size"] for side in (height, width)):
+            # onnxruntime's INVALID_ARGUMENT traceback at the first batch, naming neither the file nor the key
+            raise ModelError(f"{path}: its metadata crop_size {metadata['crop_size']} is not the model's input size "
+                             f"{height}x{width}: export it again with the workflow's export_onnx rule")
         return cls(Path(path), session, metadata)
 
     @property
@@ -211,6 +225,9 @@ def list_images(source: str | Path) -> tuple[list[tuple[str, str]], dict[str, in
         if "path" not in frame.columns:
             raise DataError(f"image list {source} has no `path` column (columns: {', '.join(frame.columns) or 'none'}): a "
                             f"file that is not an image ({', '.join(IMAGE_EXTENSIONS)}) is read as a CSV list of images")
+        if "path.1" in frame.columns:  # pandas' name for a second `path` column: the first alone was read
+            raise DataError(f"image list {source} has more than one `path` column: which one names the images is not "
+                            "known; keep one")
         refs = [p.strip() for p in frame["path"] if p.strip()]
         if not refs:
             raise DataError(f"image list {source} names no images")
