@@ -984,7 +984,8 @@ def test_a_sweep_of_patiences_no_run_of_its_length_can_reach_is_refused(tmp_path
     output = dry_run_output(tmp_path, {**swept, "experiments": {"ft": {"sweep": {"early_stopping_patience": [3, 4]}}}},
                             check=False)
     assert ("experiments.ft.sweep.early_stopping_patience: runs ft-early_stopping_patience3 and "
-            "ft-early_stopping_patience4 would train the same run (with epochs 4 neither can stop early") in output, output[-3000:]
+            "ft-early_stopping_patience4 would train the same run (early_stopping_patience: with epochs 4 neither can "
+            "stop early: the earliest stop is after epoch 1 + the patience)") in output, output[-3000:]
     assert "Job stats" not in output
     output = dry_run_output(tmp_path, {**swept, "experiments": {"ft": {"sweep": {"early_stopping_patience": [1, 3]}}}})
     assert "would train the same run" not in output

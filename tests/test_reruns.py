@@ -228,6 +228,9 @@ def test_a_value_that_pretrains_as_the_default_does_reruns_nothing(tiny_run_copy
     neither; a value that pretrains otherwise still does."""
     tiny_config(tiny_run_copy, pretrain={"train": {"layer_decay": 1, "bn": "train"}})
     assert would_run(tiny_run_copy) == NOTHING
+    # a patience no run of one epoch can reach (said at start) stops nothing either, there or in `train`
+    tiny_config(tiny_run_copy, pretrain={"train": {"early_stopping_patience": 3}}, train={"early_stopping_patience": 3})
+    assert would_run(tiny_run_copy) == NOTHING
     tiny_config(tiny_run_copy, pretrain={"train": {"layer_decay": 0.5, "bn": "train"}})
     assert would_run(tiny_run_copy)["pretrain"] == 1
 

@@ -640,6 +640,8 @@ SAME_AS_DEFAULT = [
     ({"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}, "bn", "auto", "train"),
     ({"strategy": "finetune"}, "layer_decay", None, 1.0),
     ({"strategy": "gradual", "unfreeze_epoch": 1, "epochs": 2}, "unfreeze_stages", None, 5),
+    # the earliest stop is after epoch 1 + 1: the last one, so the patience stops nothing
+    ({"strategy": "finetune", "epochs": 2}, "early_stopping_patience", None, 1),
 ]
 
 

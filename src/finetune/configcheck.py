@@ -101,7 +101,21 @@ def job_options(train: dict, overrides: dict, defaults: dict, arch: str | None =
             options.pop(key, None)
     for key in same_as_default({**defaults, **options}, arch):
         options[key] = defaults[key]
+    if earliest_stop({**defaults, **options}) is not None:  # a patience the run cannot reach stops nothing
+        options["early_stopping_patience"] = defaults.get("early_stopping_patience")
     return numbers_as_defaults(options, defaults)
+
+
+def earliest_stop(options: dict) -> tuple[int, int] | None:
+    """(the epoch the patience starts counting after, the earliest epoch early stopping could end the run after) where
+    that is not before the run's last epoch, so that its early_stopping_patience stops nothing; None where it can stop
+    the run (or has no patience). The first epoch is the first best (gradual: the unfreeze epoch, the count starting
+    again there), so the earliest stop is after that epoch + the patience."""
+    patience = options.get("early_stopping_patience")
+    if not patience or not is_number(patience):
+        return None
+    first = max(1, options.get("unfreeze_epoch", 1)) if options.get("strategy", "finetune") == "gradual" else 1
+    return (first, first + patience) if first + patience >= options.get("epochs", 0) else None
 
 
 def numbers_as_defaults(options: dict, defaults: dict) -> dict:
@@ -308,6 +322,10 @@ def _same_run_problems(experiments: dict, runs: dict, experiment_of: dict, train
             first = {**defaults, **train, **(runs[same] if isinstance(runs[same], dict) else {})}
             ignored = {**same_as_default(first, arch), **same_as_default(options, arch), **inert_recipes(options),
                        **ignored_options(options)}
+            stop = earliest_stop(options) or earliest_stop(first)
+            if stop:
+                ignored["early_stopping_patience"] = (f"with epochs {options.get('epochs')} neither can stop early: the "
+                                                      f"earliest stop is after epoch {stop[0]} + the patience")
             why = "; ".join(f"{key}: {ignored[key]}" for key in keys if key in ignored)
             problems.append(f"{', '.join(wheres)}: runs {same} and {name} would train the same run"
                             f"{f' ({why})' if why else ''}; sweep only values that change the run")

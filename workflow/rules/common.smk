@@ -91,7 +91,7 @@ if Path(_package.__file__).resolve().parent != (REPO / "src" / "finetune").resol
         "instance of this workflow, or an import of your Snakefile's): one of them would run the other checkout's "
         "code. Load every instance from one checkout, and import finetune from it (docs/module.md)")
 from finetune.configcheck import (RESULTS_FOLDERS, SOURCE_TEST_FRACTION, config_numbers_as_defaults, config_problems,
-                                  format_problems, job_options,
+                                  earliest_stop, format_problems, job_options,
                                   model_arch, overridden_train_notes, range_test_options, schema_default, torchvision_weights_member,
                                   train_defaults)
 from finetune.watch import dataset_walk, images_state, listed_files_state
@@ -1238,31 +1238,20 @@ if _evaluate_tta != _export_tta:
         "too)")
 
 # early_stopping_patience that no run of its length can reach: accepted (a patience in `train` serves its longer
-# runs), but said, since it stops nothing there. The first epoch is the first best, so the earliest stop is after
-# epoch 1 + patience (gradual: unfreeze_epoch + patience, the count starting again at the unfreeze). Two runs of one
-# sweep that differ only in such a patience (or none) train the same run: refused, as a sweep of any other value
-# that changes nothing (finetune.configcheck's same-run check).
-_cannot_stop = {}
+# runs), but said, since it stops nothing there (its jobs get the default, configcheck.job_options: writing it reruns
+# nothing). Two runs of one sweep that differ only in such a patience (or none) train the same run: refused by
+# finetune.configcheck's same-run check, as a sweep of any other value that changes nothing.
 for _run in EXPERIMENTS:
     _cfg, _experiment = experiment_config(_run), SWEEP_OF[_run]
-    _patience = _cfg.get("early_stopping_patience")
-    _first = max(1, _cfg["unfreeze_epoch"]) if _cfg["strategy"] == "gradual" else 1
-    if _patience and _first + _patience >= _cfg["epochs"]:
+    _stop = earliest_stop(_cfg)  # None: it can stop the run
+    if _stop:
+        _patience, (_first, _earliest) = _cfg["early_stopping_patience"], _stop
         _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
         _key = train_key_names(_run).get("early_stopping_patience", "train.early_stopping_patience")
         _key = _key.removeprefix(f"experiments.{_experiment}.")  # its own (or its sweep's), or train's
         say(f"{_named}: {_key} {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
-            f"early (the earliest stop is after epoch {_first + _patience}: {_patience} epochs without a better "
+            f"early (the earliest stop is after epoch {_earliest}: {_patience} epochs without a better "
             f"{_cfg['metric']} after epoch {_first})")
-    _swept = "early_stopping_patience" in ((config["experiments"][_experiment] or {}).get("sweep") or {})
-    if _swept and (not _patience or _first + _patience >= _cfg["epochs"]):
-        _same = {key: value for key, value in _cfg.items() if key != "early_stopping_patience"}
-        _other = _cannot_stop.setdefault((_experiment, as_json(_same)), _run)
-        if _other != _run:
-            raise refused(
-                f"experiments.{_experiment}.sweep.early_stopping_patience: runs {_other} and {_run} would train "
-                f"the same run (with epochs {_cfg['epochs']} neither can stop early: the earliest stop is after "
-                f"epoch {_first} + the patience); sweep only values that change the run")
 
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
 # decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly. Only
