@@ -1797,8 +1797,13 @@ def test_a_number_yaml_reads_otherwise_than_written_is_refused_naming_the_file_k
 
     (tmp_path / "profile.yaml").write_text("set-resources:\n  train:\n    runtime: 2:00:00\n    slurm_extra: '1:30'\n")
     assert misread_numbers(tmp_path / "profile.yaml") == [
-        "set-resources.train.runtime: YAML reads 2:00:00 as 7200, a number in base 60 (line 3): write the number meant "
-        "(7200, if so), or put it in quotes for text ('2:00:00')"]
+        "set-resources.train.runtime: YAML reads 2:00:00 as 7200, a number in base 60 (line 3), which Snakemake would "
+        "take as 7200 minutes; '2:00:00' is Slurm's time format, which Snakemake does not take as a walltime (it reads "
+        "minutes, or a duration such as 2h or 90m): write the minutes, 120"]
+    (tmp_path / "other.yaml").write_text("evaluate:\n  x: 1:30\n")  # not a walltime: the general advice
+    assert misread_numbers(tmp_path / "other.yaml") == [
+        "evaluate.x: YAML reads 1:30 as 90, a number in base 60 (line 2): write the number meant (90, if so), or put it "
+        "in quotes for text ('1:30')"]
 
 
 def test_a_key_written_twice_on_the_command_line_is_refused_and_a_nan_or_infinity_anywhere(tmp_path):

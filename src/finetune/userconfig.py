@@ -304,12 +304,17 @@ def _numbers(node, where: tuple[str, ...], found: list[str], lines: bool = True)
                 _numbers(value, (*where, key.value), found, lines)
     elif (isinstance(node, yaml.ScalarNode) and node.style is None
           and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
+        if where and re.fullmatch(r"classes\[\d+\]", where[-1]):
+            return  # a class named by digits (`[001, 010]`): startchecks.ambiguous_class_numbers_problem says to quote it
         read = yaml.safe_load(node.value)
         at = f" (line {node.start_mark.line + 1})" if lines else ""
         name = ".".join(where) or "the value"
         if _OCTAL.fullmatch(node.value) and read != int(node.value.replace("_", ""), 10):  # 07 is 7 either way
             found.append(f"{name}: YAML reads {node.value} as {read}, an octal number (its leading zero){at}: write "
                          f"{int(node.value.replace('_', ''), 10)}, without the zero")
+        elif _BASE_60.fullmatch(node.value) and where[-1:] == ("runtime",) and _resource_problem("runtime", node.value):
+            found.append(f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}, which Snakemake would "
+                         f"take as {read} minutes; {_resource_problem('runtime', node.value)}")
         elif _BASE_60.fullmatch(node.value):
             found.append(f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}: write the number meant "
                          f"({read}, if so), or put it in quotes for text ('{node.value}')")
