@@ -194,14 +194,23 @@ TRAIN_NOT_LOOP = ("pretrained", "image_size")  # reach train as --scratch / --im
 NOT_PRETRAIN = (*TRAIN_NOT_LOOP, "devices", "nodes", "sync_batchnorm")  # refused in pretrain.train
 
 
-def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
-    """The run's keys reach its train job as set, but those it does not act on (configcheck.ignored_options,
-    inert_recipes: a gradual-only key for a finetune run, say), which arrive at the schema's default."""
-    from finetune.configcheck import ignored_options, inert_recipes, train_defaults
+def as_a_run_gets(train: dict) -> dict:
+    """``train`` with the keys the run does not act on (configcheck.ignored_options, inert_recipes: a gradual-only key
+    for a finetune run, `cache_features: false` where nothing is cached, say; a patience it cannot reach) at the
+    schema's default."""
+    from finetune.configcheck import earliest_stop, ignored_options, inert_recipes, train_defaults
 
     defaults = train_defaults(REPO / "workflow" / "schemas" / "config.schema.yaml")
     idle = {**ignored_options({**defaults, **train}), **inert_recipes({**defaults, **train})}
-    train = {k: defaults[k] if k in idle else v for k, v in train.items()}
+    if earliest_stop({**defaults, **train}):
+        idle["early_stopping_patience"] = "it cannot stop the run"
+    return {k: defaults[k] if k in idle else v for k, v in train.items()}
+
+
+def assert_train_job_carries(options: dict, train: dict, where: str) -> None:
+    """The run's keys reach its train job as set, but those it does not act on (:func:`as_a_run_gets`), which arrive
+    at the schema's default."""
+    train = as_a_run_gets(train)
     loop = {k: v for k, v in train.items() if k not in TRAIN_NOT_LOOP}
     assert_json_option_carries(options, "options", loop, where)
     assert options.get("scratch", False) is (not train.get("pretrained", True)), f"{where}: pretrained"
@@ -261,7 +270,8 @@ def test_every_key_reaches_its_job(tmp_path, experiments, via):
     if any({**config["train"], **overrides}.get("pretrained", True) for overrides in (experiments or {"finetune": {}}).values()):
         pretrain = jobs_of(jobs, "pretrain")[0]
         assert pretrain["image-size"] == str(config["pretrain"]["image_size"])
-        assert_json_option_carries(pretrain, "options", config["pretrain"]["train"], "pretrain.train -> pretrain")
+        assert_json_option_carries(pretrain, "options", as_a_run_gets(config["pretrain"]["train"]),
+                                   "pretrain.train -> pretrain")
     else:  # every run from scratch (train.pretrained false): no run starts from the weights, none are made
         assert not [rule for rule, _ in jobs if rule in ("pretrain", "weights")]
 

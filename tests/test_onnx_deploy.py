@@ -703,6 +703,11 @@ def test_predict_images_naming_the_workflows_own_outputs_is_refused_keeping_the_
         assert result.returncode != 0 and (
             f"predict.images: {images} holds the workflow's outputs (resources/ and results/): their figures would be "
             "classified as images") in result.stdout, result.stdout[-3000:]
+    config = tiny_config(workdir, name="figures.yaml", predict={"images": "results/finetune/seed0"})
+    result = run_snakemake(workdir, config, check=False)
+    assert result.returncode != 0 and ("predict.images: results/finetune/seed0 is in the workflow's outputs "
+                                       "(results/finetune/seed0/): their figures would be classified") in result.stdout, \
+        result.stdout[-3000:]
     assert {p: p.read_bytes() for p in outputs} == before
     # A folder beside results/ is read as before (the refusal is about the workflow's own outputs alone).
     assert run_snakemake(workdir, tiny_config(workdir, name="ok.yaml", predict={"images": "incoming"}), "-n").returncode == 0

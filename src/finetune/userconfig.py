@@ -72,7 +72,8 @@ def own_sections(config: dict, workflow_file: dict, user: dict) -> list[str]:
         config["experiments"] = copy.deepcopy(mine)
         notes.append(f"experiments: yours ({', '.join(map(str, mine))}) replace config/config.yaml's ({', '.join(theirs)}), "
                      "none of whose names you use")
-    elif isinstance(mine, dict) and isinstance(theirs, dict) and mine and set(theirs) - set(mine):
+    elif isinstance(mine, dict) and isinstance(theirs, dict) and set(mine) - set(theirs) and set(theirs) - set(mine):
+        # experiments of your own beside a demo name (a tweak of the demo's alone, `finetune: {lr: ...}`, is a merge)
         kept = [str(name) for name in theirs if name not in mine]
         notes.append(f"experiments: yours ({', '.join(map(str, mine))}) share the name"
                      f"{'s' if len(set(mine) & set(theirs)) > 1 else ''} {', '.join(str(n) for n in mine if n in theirs)} "

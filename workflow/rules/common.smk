@@ -1980,6 +1980,12 @@ def predict_images_clash(images):
         return ("is under results/predictions/, where the predict rules write: the job would read the file it "
                 "replaces; nothing ran, and the earlier predictions are kept. Copy the file out of results/predictions/ "
                 "and name the copy (a list's `path` column is read relative to the list's folder)")
+    within = next((folder for folder in OUTPUT_FOLDERS
+                   if os.path.commonpath([os.path.realpath(output_path(folder)), real])
+                   == os.path.realpath(output_path(folder))), None)
+    if within and os.path.isdir(images):  # results/lr_find/<name>/: the workflow's figures, redrawn by its jobs
+        return (f"is in the workflow's outputs ({within}/): their figures would be classified as images, and the "
+                "predictions made again whenever one is drawn; nothing ran. Name the folder of your images")
     if not os.path.isdir(images):
         return None
     inside = sorted({folder.split("/")[0] for folder in OUTPUT_FOLDERS
