@@ -223,39 +223,50 @@ def duplicate_keys(path: str | os.PathLike) -> list[str]:
     """Keys written twice in one mapping of a YAML (or JSON) config file, one line each with the key's path
     and both lines. YAML and JSON loaders keep the last silently, so the settings under the first would be
     ignored without a word (two `train:` sections, say). Not YAML at all: nothing here (Snakemake says so)."""
-    import yaml
-
-    try:
-        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
     found: list[str] = []
-    _walk(root, (), found)
+    _walk(_composed(path), (), found)
     return found
 
 
-def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
-    """``lines``: name the lines of both (a file's; a --config value is one line)."""
+def _composed(path: str | os.PathLike):
+    """A YAML file's node tree (comments and lines kept); None where it does not read as YAML."""
+    import yaml
+
+    try:
+        return yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def _children(node, where: tuple[str, ...]):
+    """The items of a YAML sequence or mapping node: (the key path of each, its key's node or None, its value's node).
+    A mapping's keys that are not plain keys (`<<`, YAML's merge: the merged mapping is walked where it is written)
+    are left out."""
     import yaml
 
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found, lines)
+            yield ((*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",)), None, item
     elif isinstance(node, yaml.MappingNode):
-        first: dict[tuple[str, str], int] = {}
         for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":  # `<<`: merges, not keys
-                continue
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                yield (*where, key.value), key, value
+
+
+def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
+    """``lines``: name the lines of both (a file's; a --config value is one line)."""
+    first: dict[tuple[str, str], int] = {}  # this mapping's keys
+    for path, key, value in _children(node, where):
+        if key is not None:
             line = key.start_mark.line + 1
             earlier = first.get((key.tag, key.value))
             if earlier is None:
                 first[(key.tag, key.value)] = line
             else:
-                name = ".".join((*where, key.value))
                 at = (f" (lines {earlier} and {line})" if earlier != line else f" (both on line {line})") if lines else ""
-                found.append(f"{name} is written twice{at}: only the last is read, so what the first "
+                found.append(f"{'.'.join(path)} is written twice{at}: only the last is read, so what the first "
                              f"sets would be ignored")
-            _walk(value, (*where, key.value), found, lines)
+        _walk(value, path, found, lines)
 
 
 # Plain numbers YAML 1.1 (PyYAML's, Snakemake's reader) reads as no one writing them means: 010 as 8 (octal, a
@@ -267,14 +278,8 @@ _BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 def misread_numbers(path: str | os.PathLike) -> list[str]:
     """The plain numbers of a YAML config file that YAML reads otherwise than written (:data:`_OCTAL`,
     :data:`_BASE_60`), one line each with the key's path, the line and what to write. Not YAML: nothing here."""
-    import yaml
-
-    try:
-        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
     found: list[str] = []
-    _numbers(root, (), found)
+    _numbers(_composed(path), (), found)
     return found
 
 
@@ -296,15 +301,10 @@ def command_line_misread_numbers(argv: list[str]) -> list[str]:
 def _numbers(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
     import yaml
 
-    if isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _numbers(item, (*where[:-1], f"{where[-1]}[{i}]") if where else (f"[{i}]",), found, lines)
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                _numbers(value, (*where, key.value), found, lines)
-    elif (isinstance(node, yaml.ScalarNode) and node.style is None
-          and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
+    for path, _, value in _children(node, where):
+        _numbers(value, path, found, lines)
+    if (isinstance(node, yaml.ScalarNode) and node.style is None
+            and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
         if where and re.fullmatch(r"classes\[\d+\]", where[-1]):
             return  # a class named by digits (`[001, 010]`): startchecks.ambiguous_class_numbers_problem says to quote it
         read = yaml.safe_load(node.value)
