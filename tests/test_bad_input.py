@@ -1793,6 +1793,13 @@ def test_a_number_yaml_reads_otherwise_than_written_is_refused_naming_the_file_k
                                        "(its leading zero): write 12, without the zero") in result.stdout \
         and "seeds" not in result.stdout.split("nothing ran")[-1], result.stdout[-3000:]
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+    # a class index written so, over Fashion-MNIST (whose names are words): YAML's 8 would train Bag, not class 10
+    result = run_snakemake(tmp_path, tiny_config(tmp_path), "--config", "dataset={classes: [6, 7, 010, 9]}", "-n",
+                           check=False, timeout=120)
+    assert result.returncode != 0 and ("--config: dataset.classes[2]: YAML reads 010 as 8, an octal number (its leading "
+                                       "zero), the class at index 8: write 10 for the class at index 10, or a class's "
+                                       "name in quotes ('010')") in result.stdout, result.stdout[-3000:]
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
     from finetune.userconfig import misread_numbers
 
     (tmp_path / "profile.yaml").write_text("set-resources:\n  train:\n    runtime: 2:00:00\n    slurm_extra: '1:30'\n")

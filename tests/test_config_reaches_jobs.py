@@ -975,6 +975,8 @@ def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_
     """Patience 3: the first epoch is the first best, so the earliest stop is after epoch 4 (gradual: 3 epochs after
     the unfreeze). A run of 4 epochs cannot stop early; one of 5 can."""
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 5, "early_stopping_patience": 3},
+              "pretrain": {**TINY_CONFIG["pretrain"], "train": {**TINY_CONFIG["pretrain"]["train"], "epochs": 3,
+                                                                "early_stopping_patience": 2}},
               "experiments": {"short": {"epochs": 4}, "long": {"epochs": 5},
                               "late": {"strategy": "gradual", "unfreeze_epoch": 2, "epochs": 5, "early_stopping_patience": 3}}}
     output = dry_run_output(tmp_path, config)
@@ -984,6 +986,8 @@ def test_an_early_stopping_patience_no_run_of_its_length_can_reach_is_named(tmp_
     assert ("note: experiments.late: early_stopping_patience 3 with epochs 5: the run cannot stop early (the earliest "
             "stop is after epoch 5: 3 epochs without a better val_accuracy after epoch 2)") in output, output[-3000:]
     assert "experiments.long: early_stopping_patience" not in output
+    assert ("note: pretrain.train.early_stopping_patience 2 with epochs 3: pretraining cannot stop early (the earliest "
+            "stop is after epoch 3: 2 epochs without a better val_accuracy after epoch 1)") in output, output[-3000:]
 
 
 def test_a_sweep_of_patiences_no_run_of_its_length_can_reach_is_refused(tmp_path):

@@ -111,11 +111,11 @@ def earliest_stop(options: dict) -> tuple[int, int] | None:
     that is not before the run's last epoch, so that its early_stopping_patience stops nothing; None where it can stop
     the run (or has no patience). The first epoch is the first best (gradual: the unfreeze epoch, the count starting
     again there), so the earliest stop is after that epoch + the patience."""
-    patience = options.get("early_stopping_patience")
-    if not patience or not is_number(patience):
+    patience, epochs = options.get("early_stopping_patience"), options.get("epochs")
+    if not patience or not is_number(patience) or not is_number(epochs):  # no epochs: not known to be unreachable
         return None
     first = max(1, options.get("unfreeze_epoch", 1)) if options.get("strategy", "finetune") == "gradual" else 1
-    return (first, first + patience) if first + patience >= options.get("epochs", 0) else None
+    return (first, first + patience) if first + patience >= epochs else None
 
 
 def numbers_as_defaults(options: dict, defaults: dict) -> dict:

@@ -238,10 +238,10 @@ def _composed(path: str | os.PathLike):
         return None
 
 
-def _children(node, where: tuple[str, ...]):
+def _children(node, where: tuple[str, ...], merges: bool = False):
     """The items of a YAML sequence or mapping node: (the key path of each, its key's node or None, its value's node).
-    A mapping's keys that are not plain keys (`<<`, YAML's merge: the merged mapping is walked where it is written)
-    are left out."""
+    A mapping's keys that are not plain keys are left out; ``merges``: a `<<` (YAML's merge) is given as an item
+    with no key node (its value may be a mapping written there, `<<: {epochs: 010}`, not only an alias)."""
     import yaml
 
     if isinstance(node, yaml.SequenceNode):
@@ -251,6 +251,8 @@ def _children(node, where: tuple[str, ...]):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 yield (*where, key.value), key, value
+            elif merges and isinstance(key, yaml.ScalarNode):
+                yield (*where, key.value), None, value
 
 
 def _walk(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
@@ -275,19 +277,22 @@ _OCTAL = re.compile(r"[-+]?0[0-7_]+")
 _BASE_60 = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
 
 
-def misread_numbers(path: str | os.PathLike) -> list[str]:
+def misread_numbers(path: str | os.PathLike, classes: bool = False) -> list[str]:
     """The plain numbers of a YAML config file that YAML reads otherwise than written (:data:`_OCTAL`,
-    :data:`_BASE_60`), one line each with the key's path, the line and what to write. Not YAML: nothing here."""
-    found: list[str] = []
+    :data:`_BASE_60`), one line each with the key's path, the line and what to write. Not YAML: nothing here.
+    ``classes``: those of a `classes` list alone (`[6, 010]`), which are left out otherwise: a number there is an
+    index, or stands for a class named by digits, which the checks at start of the dataset's names say more of
+    (finetune.startchecks.ambiguous_class_numbers_problem)."""
+    found: list[tuple[bool, str]] = []
     _numbers(_composed(path), (), found)
-    return found
+    return [line for of_classes, line in found if of_classes == classes]
 
 
-def command_line_misread_numbers(argv: list[str]) -> list[str]:
+def command_line_misread_numbers(argv: list[str], classes: bool = False) -> list[str]:
     """:func:`misread_numbers` of the ``--config`` items of a command line (read as a config file reads them)."""
     import yaml
 
-    found: list[str] = []
+    found: list[tuple[bool, str]] = []
     for item in _config_items(argv):
         key, _, text = item.partition("=")
         try:
@@ -295,30 +300,35 @@ def command_line_misread_numbers(argv: list[str]) -> list[str]:
         except yaml.YAMLError:
             continue
         _numbers(root, (key,), found, lines=False)
-    return found
+    return [line for of_classes, line in found if of_classes == classes]
 
 
-def _numbers(node, where: tuple[str, ...], found: list[str], lines: bool = True) -> None:
+def _numbers(node, where: tuple[str, ...], found: list[tuple[bool, str]], lines: bool = True) -> None:
+    """(whether it is an item of a `classes` list, the line) for each misread number below ``node``."""
     import yaml
 
-    for path, _, value in _children(node, where):
+    for path, _, value in _children(node, where, merges=True):
         _numbers(value, path, found, lines)
     if (isinstance(node, yaml.ScalarNode) and node.style is None
             and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")):
-        if where and re.fullmatch(r"classes\[\d+\]", where[-1]):
-            return  # a class named by digits (`[001, 010]`): startchecks.ambiguous_class_numbers_problem says to quote it
         read = yaml.safe_load(node.value)
         at = f" (line {node.start_mark.line + 1})" if lines else ""
         name = ".".join(where) or "the value"
-        if _OCTAL.fullmatch(node.value) and read != int(node.value.replace("_", ""), 10):  # 07 is 7 either way
-            found.append(f"{name}: YAML reads {node.value} as {read}, an octal number (its leading zero){at}: write "
-                         f"{int(node.value.replace('_', ''), 10)}, without the zero")
+        decimal = node.value.replace("_", "")
+        of_classes = bool(where) and bool(re.fullmatch(r"classes\[\d+\]", where[-1]))
+        if _OCTAL.fullmatch(node.value) and read != int(decimal, 10) and of_classes:
+            found.append((True, f"{name}: YAML reads {node.value} as {read}, an octal number (its leading zero){at}, "
+                                f"the class at index {read}: write {int(decimal, 10)} for the class at index "
+                                f"{int(decimal, 10)}, or a class's name in quotes ('{node.value}')"))
+        elif _OCTAL.fullmatch(node.value) and read != int(decimal, 10):  # 07 is 7 either way
+            found.append((False, f"{name}: YAML reads {node.value} as {read}, an octal number (its leading zero){at}: "
+                                 f"write {int(decimal, 10)}, without the zero"))
         elif _BASE_60.fullmatch(node.value) and where[-1:] == ("runtime",) and _resource_problem("runtime", node.value):
-            found.append(f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}, which Snakemake would "
-                         f"take as {read} minutes; {_resource_problem('runtime', node.value)}")
+            found.append((False, f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}, which Snakemake "
+                                 f"would take as {read} minutes; {_resource_problem('runtime', node.value)}"))
         elif _BASE_60.fullmatch(node.value):
-            found.append(f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}: write the number meant "
-                         f"({read}, if so), or put it in quotes for text ('{node.value}')")
+            found.append((False, f"{name}: YAML reads {node.value} as {read}, a number in base 60{at}: write the number "
+                                 f"meant ({read}, if so), or put it in quotes for text ('{node.value}')"))
 
 
 PROFILE_FILES = ("config.v9+.yaml", "config.yaml")  # the file Snakemake 9 reads in a profile folder, first found

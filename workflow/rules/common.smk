@@ -1252,6 +1252,14 @@ for _run in EXPERIMENTS:
         say(f"{_named}: {_key} {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
             f"early (the earliest stop is after epoch {_earliest}: {_patience} epochs without a better "
             f"{_cfg['metric']} after epoch {_first})")
+# pretrain.train's too (its job gets none as well, configcheck.job_options), where a source model is trained
+_pretrain_cfg = {**TRAIN_DEFAULTS, **config["pretrain"]["train"]}
+_stop = earliest_stop(_pretrain_cfg) if config["weights"]["source"] == "pretrain" and weights_used() else None
+if _stop:
+    say(f"pretrain.train.early_stopping_patience {_pretrain_cfg['early_stopping_patience']} with epochs "
+        f"{_pretrain_cfg['epochs']}: pretraining cannot stop early (the earliest stop is after epoch {_stop[1]}: "
+        f"{_pretrain_cfg['early_stopping_patience']} epochs without a better {_pretrain_cfg['metric']} after epoch "
+        f"{_stop[0]})")
 
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
 # decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly. Only
@@ -1734,6 +1742,14 @@ if CHECK_FILES:
     check_dataset_at_start("dataset", "target")
     if config["weights"]["source"] == "pretrain":
         check_dataset_at_start("pretrain.dataset", "source")
+# A class number written with a leading zero that the checks above, which know the classes' names, did not refuse
+# (`classes: [6, 010]` over Fashion-MNIST or folders not named by digits): YAML read it as octal, another index.
+_misread = [f"{file}: {problem}" for file in {os.path.abspath(f): f for f in _checked_files}.values()
+            for problem in misread_numbers(file, classes=True)]
+_misread += [f"--config: {problem}" for problem in command_line_misread_numbers(ARGV, classes=True)]
+if _misread:
+    raise WorkflowError("a class number in a config file, or in --config, that YAML reads otherwise than written "
+                        "(nothing ran):\n" + "\n".join(_misread))
 
 
 # A split file cut short or edited since its job wrote it (a full disk, a copy, an editor): the jobs after it would read
