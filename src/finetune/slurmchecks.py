@@ -75,10 +75,9 @@ def time_limits(lines) -> dict[str, int | None]:
     """{partition: its time limit (MaxTime) in minutes, None for none or not known} of sinfo's ``lines``."""
     limits = {}
     for name, *rest in lines:
-        limit = slurm_minutes(rest[3]) if len(rest) > 3 else None
-        name = name.rstrip("*")
-        limits[name] = None if name in limits and limits[name] is None else (
-            limit if name not in limits or limit is None else max(limit, limits[name]))
+        name, limit = name.rstrip("*"), slurm_minutes(rest[3]) if len(rest) > 3 else None
+        known = limits.get(name, limit)  # a partition of several node groups: one unknown limit leaves it unknown
+        limits[name] = None if known is None or limit is None else max(known, limit)
     return limits
 
 

@@ -1241,25 +1241,30 @@ if _evaluate_tta != _export_tta:
 # runs), but said, since it stops nothing there (its jobs get the default, configcheck.job_options: writing it reruns
 # nothing). Two runs of one sweep that differ only in such a patience (or none) train the same run: refused by
 # finetune.configcheck's same-run check, as a sweep of any other value that changes nothing.
+def unreachable_patience_note(cfg, key, what):
+    """`<key> 3 with epochs 4: <what> cannot stop early (...)` where ``cfg``'s patience stops nothing
+    (configcheck.earliest_stop), else None."""
+    stop = earliest_stop(cfg)
+    if not stop:
+        return None
+    patience, (first, earliest) = cfg["early_stopping_patience"], stop
+    return (f"{key} {patience} with epochs {cfg['epochs']}: {what} cannot stop early (the earliest stop is after epoch "
+            f"{earliest}: {patience} epochs without a better {cfg['metric']} after epoch {first})")
+
+
 for _run in EXPERIMENTS:
-    _cfg, _experiment = experiment_config(_run), SWEEP_OF[_run]
-    _stop = earliest_stop(_cfg)  # None: it can stop the run
-    if _stop:
-        _patience, (_first, _earliest) = _cfg["early_stopping_patience"], _stop
-        _named = f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "")
-        _key = train_key_names(_run).get("early_stopping_patience", "train.early_stopping_patience")
-        _key = _key.removeprefix(f"experiments.{_experiment}.")  # its own (or its sweep's), or train's
-        say(f"{_named}: {_key} {_patience} with epochs {_cfg['epochs']}: the run cannot stop "
-            f"early (the earliest stop is after epoch {_earliest}: {_patience} epochs without a better "
-            f"{_cfg['metric']} after epoch {_first})")
+    _experiment = SWEEP_OF[_run]
+    _key = train_key_names(_run).get("early_stopping_patience", "train.early_stopping_patience")
+    _note = unreachable_patience_note(experiment_config(_run), _key.removeprefix(f"experiments.{_experiment}."),
+                                      "the run")  # its own key (or its sweep's), or train's
+    if _note:
+        say(f"experiments.{_experiment}" + (f" (its run {_run})" if _experiment != _run else "") + f": {_note}")
 # pretrain.train's too (its job gets none as well, configcheck.job_options), where a source model is trained
-_pretrain_cfg = {**TRAIN_DEFAULTS, **config["pretrain"]["train"]}
-_stop = earliest_stop(_pretrain_cfg) if config["weights"]["source"] == "pretrain" and weights_used() else None
-if _stop:
-    say(f"pretrain.train.early_stopping_patience {_pretrain_cfg['early_stopping_patience']} with epochs "
-        f"{_pretrain_cfg['epochs']}: pretraining cannot stop early (the earliest stop is after epoch {_stop[1]}: "
-        f"{_pretrain_cfg['early_stopping_patience']} epochs without a better {_pretrain_cfg['metric']} after epoch "
-        f"{_stop[0]})")
+if config["weights"]["source"] == "pretrain" and weights_used():
+    _note = unreachable_patience_note({**TRAIN_DEFAULTS, **config["pretrain"]["train"]},
+                                      "pretrain.train.early_stopping_patience", "pretraining")
+    if _note:
+        say(_note)
 
 # image_size written at the weights' own crop size: the same pixels as image_size null (the default), but the
 # decoded images of another folder, made again, and a run of its own. Said, not refused: it trains correctly. Only
